@@ -1,0 +1,1 @@
+"""Calibration: intrinsics check, hand-eye, latency calibration."""

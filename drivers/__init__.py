@@ -1,0 +1,1 @@
+"""Hardware and simulation backends behind small interfaces (cameras, arms, grippers, sim)."""

@@ -1,0 +1,1 @@
+"""Policy interface, models, training, ONNX export, inference backends."""

@@ -1,0 +1,174 @@
+"""Setup configs: YAML files validated into typed (pydantic) models.
+
+A setup config lists the nodes of one robot setup. Each node names a ``kind`` (registered in
+``robot_stack.nodes.registry``) and ``params`` validated by that kind's own model, so any typo or
+bad value is caught before a single process starts. Errors name the key path, the value and the
+reason::
+
+    configs/bad.yaml: nodes.camera.params.fps = -5: Input should be greater than 0
+
+Endpoints: every node publishes on ``ipc://<run_dir>/<node>.pub`` and, if it receives lossless
+traffic, pulls on ``ipc://<run_dir>/<node>.in``, unless the node config overrides them with
+``tcp://`` endpoints (cross-host; CURVE required when leaving localhost).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .security import CurveClient, CurveServer
+
+
+class ConfigError(ValueError):
+    """A config file is missing, not YAML, or fails validation; the message names key, value, reason."""
+
+
+class StrictModel(BaseModel):
+    """Base for config models: unknown keys are errors (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CurveServerConfig(StrictModel):
+    secret_file: Path
+    authorized_clients_dir: Path
+
+    def build(self) -> CurveServer:
+        return CurveServer(self.secret_file, self.authorized_clients_dir)
+
+
+class CurveClientConfig(StrictModel):
+    secret_file: Path
+    server_public_file: Path
+
+    def build(self) -> CurveClient:
+        return CurveClient(self.secret_file, self.server_public_file)
+
+
+class NodeConfig(StrictModel):
+    """One node (one OS process).
+
+    Attributes:
+        kind: registered node kind (see ``robot-stack kinds``).
+        params: kind-specific parameters, validated by the kind's ``Params`` model.
+        pub_endpoint / in_endpoint: override the default ipc endpoints.
+        curve_server: CURVE keys for this node's bound sockets (required for non-local TCP).
+        curve_client: CURVE keys this node uses to connect to non-local TCP endpoints.
+        critical: if True and ``on_node_exit`` is "shutdown", this node's death stops the stack.
+        heartbeat_hz: heartbeat rate.
+    """
+
+    kind: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    pub_endpoint: str | None = None
+    in_endpoint: str | None = None
+    curve_server: CurveServerConfig | None = None
+    curve_client: CurveClientConfig | None = None
+    heartbeat_hz: float = Field(2.0, gt=0, le=100)
+    critical: bool = True
+
+
+class StackConfig(StrictModel):
+    """A whole setup.
+
+    Attributes:
+        name: setup name.
+        run_dir: folder for ipc sockets (default: a fresh temp folder per launch).
+        on_node_exit: "shutdown" stops the stack when a critical node dies; "continue" reports only.
+        shutdown_timeout_s: grace period after SIGTERM before SIGKILL.
+        nodes: node name -> node config (names are [a-z0-9_]).
+    """
+
+    name: str = "stack"
+    run_dir: Path | None = None
+    on_node_exit: Literal["shutdown", "continue"] = "shutdown"
+    shutdown_timeout_s: float = Field(5.0, gt=0, le=60)
+    nodes: dict[str, NodeConfig]
+
+    @model_validator(mode="after")
+    def _names(self) -> "StackConfig":
+        import re
+
+        for n in self.nodes:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", n):
+                raise ValueError(f"node name {n!r} must match [a-z][a-z0-9_]* (at most 40 chars)")
+        if not self.nodes:
+            raise ValueError("a stack needs at least one node")
+        return self
+
+    def pub_endpoint(self, node: str, run_dir: Path) -> str:
+        """The PUB endpoint of ``node``. Raises ConfigError for an unknown node."""
+        nc = self._node(node)
+        return nc.pub_endpoint or f"ipc://{run_dir}/{node}.pub"
+
+    def in_endpoint(self, node: str, run_dir: Path) -> str:
+        """The lossless input (PULL) endpoint of ``node``."""
+        nc = self._node(node)
+        return nc.in_endpoint or f"ipc://{run_dir}/{node}.in"
+
+    def _node(self, node: str) -> NodeConfig:
+        if node not in self.nodes:
+            raise ConfigError(f"no node named {node!r} in this config (have: {sorted(self.nodes)})")
+        return self.nodes[node]
+
+
+def format_validation_error(err: ValidationError, prefix: str = "", data: Any = None) -> str:
+    """One line per problem: ``key.path = value: reason``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(e["loc"]))
+        value = e.get("input", "<missing>")
+        if e["type"] == "missing":
+            lines.append(f"{loc}: required key is missing")
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"{loc} = {value!r}: unknown key (typo?)")
+        else:
+            lines.append(f"{loc} = {value!r}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping. Raises ConfigError if missing or not a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path) -> StackConfig:
+    """Load and fully validate a setup config, including every node's params.
+
+    Raises:
+        ConfigError: naming each offending key, its value and the reason.
+    """
+    from .nodes.registry import params_model
+
+    data = load_yaml(path)
+    try:
+        cfg = StackConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}:\n{format_validation_error(e)}") from None
+    problems = []
+    for name, nc in cfg.nodes.items():
+        try:
+            model = params_model(nc.kind)
+        except KeyError as e:
+            problems.append(f"nodes.{name}.kind = {nc.kind!r}: {e.args[0]}")
+            continue
+        try:
+            model.model_validate(nc.params)
+        except ValidationError as e:
+            problems.append(format_validation_error(e, prefix=f"nodes.{name}.params"))
+    if problems:
+        raise ConfigError(f"{path}:\n" + "\n".join(problems))
+    return cfg

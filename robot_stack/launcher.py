@@ -1,0 +1,186 @@
+"""Launcher: ``robot-stack up CONFIG`` starts each node as its own OS process and supervises them.
+
+- Every node runs as ``python -m robot_stack.nodes.main CONFIG NODE RUN_DIR``; its stdout/stderr
+  lines are streamed prefixed with the node name.
+- A node that exits is reported at once (the supervisor polls every 50 ms), with its exit code or
+  the signal that killed it. With ``on_node_exit: shutdown`` the death of a critical node stops
+  the whole stack.
+- Ctrl-C / SIGTERM: every node gets SIGTERM, then SIGKILL after ``shutdown_timeout_s``; the run
+  folder with the ipc sockets is removed. Nodes also get SIGTERM from the kernel if the launcher
+  itself dies (PR_SET_PDEATHSIG), so no orphans are left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import StackConfig, load_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    proc: subprocess.Popen
+    reader: threading.Thread
+    exit_reported: bool = False
+
+
+def describe_exit(code: int) -> str:
+    """Human text for a Popen return code (negative = killed by signal)."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+@dataclass
+class Launcher:
+    """Starts and supervises the nodes of one config.
+
+    Args:
+        config_path: YAML setup config.
+        only: start only these nodes (default all).
+        out: stream node log lines go to (default stdout).
+    """
+
+    config_path: Path
+    only: list[str] | None = None
+    out: object = None
+    config: StackConfig = field(init=False)
+    run_dir: Path = field(init=False)
+    nodes: dict[str, NodeProcess] = field(default_factory=dict, init=False)
+    dead: dict[str, int] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.config = load_config(self.config_path)  # raises ConfigError before anything starts
+        self.out = self.out or sys.stdout
+        self._own_run_dir = self.config.run_dir is None
+        self.run_dir = Path(self.config.run_dir or tempfile.mkdtemp(prefix=f"robot_stack-{self.config.name}-"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def _print(self, line: str) -> None:
+        with self._lock:
+            print(line, file=self.out, flush=True)
+
+    def _pump(self, name: str, stream) -> None:
+        for raw in iter(stream.readline, b""):
+            self._print(f"{time.strftime('%H:%M:%S')} [{name}] {raw.decode(errors='replace').rstrip()}")
+        stream.close()
+
+    def start(self) -> None:
+        """Start every node process (no waiting for readiness)."""
+        names = self.only or list(self.config.nodes)
+        for n in names:
+            if n not in self.config.nodes:
+                raise ValueError(f"no node named {n!r} in {self.config_path}")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        for n in names:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "robot_stack.nodes.main", str(self.config_path), n, str(self.run_dir)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # Ctrl-C goes to the launcher, which stops nodes in order
+            )
+            t = threading.Thread(target=self._pump, args=(n, proc.stdout), daemon=True)
+            t.start()
+            self.nodes[n] = NodeProcess(n, proc, t)
+            self._print(f"{time.strftime('%H:%M:%S')} [launcher] started {n} (pid {proc.pid}, kind {self.config.nodes[n].kind})")
+
+    def poll(self) -> list[str]:
+        """Report nodes that exited since the last call; returns their names."""
+        newly = []
+        for n, np_ in self.nodes.items():
+            code = np_.proc.poll()
+            if code is not None and not np_.exit_reported:
+                np_.exit_reported = True
+                self.dead[n] = code
+                newly.append(n)
+                if not self._stopping:
+                    self._print(f"{time.strftime('%H:%M:%S')} [launcher] NODE DIED: {n} {describe_exit(code)}")
+        return newly
+
+    def supervise(self, duration_s: float | None = None) -> int:
+        """Run until Ctrl-C, ``duration_s``, or a critical node's death; then stop everything.
+
+        Returns:
+            0 after a clean stop, 1 if a critical node died.
+        """
+        stop = threading.Event()
+        prev = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        if threading.current_thread() is threading.main_thread():
+            for s in prev:
+                signal.signal(s, lambda *_: stop.set())
+        rc = 0
+        t_end = None if duration_s is None else time.monotonic() + duration_s
+        try:
+            while not stop.is_set():
+                for n in self.poll():
+                    crit = self.config.nodes[n].critical
+                    if self.config.on_node_exit == "shutdown" and crit:
+                        self._print(f"{time.strftime('%H:%M:%S')} [launcher] critical node {n} is gone: stopping the stack")
+                        rc = 1
+                        stop.set()
+                if t_end is not None and time.monotonic() >= t_end:
+                    break
+                stop.wait(0.05)
+        finally:
+            self.stop()
+            if threading.current_thread() is threading.main_thread():
+                for s, h in prev.items():
+                    signal.signal(s, h)
+        return rc
+
+    def stop(self) -> None:
+        """SIGTERM all nodes, SIGKILL stragglers after the grace period, remove the run folder."""
+        self._stopping = True
+        for np_ in self.nodes.values():
+            if np_.proc.poll() is None:
+                try:
+                    os.killpg(np_.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        for np_ in self.nodes.values():
+            try:
+                np_.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._print(f"{time.strftime('%H:%M:%S')} [launcher] {np_.name} ignored SIGTERM: killing")
+            # kill the node's whole process group (helpers it started included)
+            try:
+                os.killpg(np_.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            np_.proc.wait()
+            np_.reader.join(timeout=1)
+        if self._own_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        else:
+            for p in self.run_dir.glob("*"):
+                if p.is_socket():
+                    p.unlink(missing_ok=True)
+        self._print(f"{time.strftime('%H:%M:%S')} [launcher] stack {self.config.name} stopped")
+
+
+def up(config_path: str | Path, duration_s: float | None = None, only: list[str] | None = None) -> int:
+    """Start a stack and supervise it until Ctrl-C (or ``duration_s``). Returns the exit code."""
+    launcher = Launcher(Path(config_path), only=only)
+    launcher.start()
+    return launcher.supervise(duration_s)

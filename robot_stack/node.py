@@ -1,0 +1,184 @@
+"""Node runtime: lifecycle, heartbeats and metrics for one OS process.
+
+A node subclasses :class:`Node`, declares a pydantic ``Params`` model and implements
+:meth:`Node.configure` (open drivers and sockets), :meth:`Node.step` (one iteration of its fixed-rate
+loop) and optionally :meth:`Node.shutdown`. The runtime
+
+- runs ``step`` on a :class:`~robot_stack.clock.RateLoop` at ``rate_hz``;
+- publishes a :class:`~robot_stack.messages.Heartbeat` with loop jitter, overruns and the node's
+  own :meth:`Node.metrics` on topic ``heartbeat/<node>``;
+- stops cleanly on SIGINT/SIGTERM (``shutdown`` always runs), and exits if its parent (the
+  launcher) dies, so no orphan survives.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterable
+
+from pydantic import BaseModel, ConfigDict
+
+from .clock import RateLoop, now_ns
+from .config import StackConfig
+from .messages import Heartbeat
+from .transport import Publisher, Receiver, Sender, Subscriber
+
+log = logging.getLogger(__name__)
+
+
+class NodeParams(BaseModel):
+    """Base of node parameter models (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class NodeContext:
+    """What a node knows about the stack it runs in."""
+
+    name: str
+    config: StackConfig
+    run_dir: Path
+
+    @property
+    def node_config(self):
+        return self.config.nodes[self.name]
+
+    def _curve_client(self):
+        cc = self.node_config.curve_client
+        return cc.build() if cc else None
+
+    def publisher(self, hwm: int = 64) -> Publisher:
+        """This node's PUB socket (bound at its pub endpoint)."""
+        nc = self.node_config
+        curve = nc.curve_server.build() if nc.curve_server else None
+        return Publisher(self.config.pub_endpoint(self.name, self.run_dir), self.name, hwm=hwm, curve=curve)
+
+    def subscriber(self, nodes: Iterable[str], topics: Iterable[str] = ("",), **kw: Any) -> Subscriber:
+        """A SUB socket connected to the PUB endpoints of ``nodes``."""
+        eps = [self.config.pub_endpoint(n, self.run_dir) for n in nodes]
+        return Subscriber(eps, topics, name=f"{self.name}<-{','.join(nodes)}",
+                          curve=self._curve_client(), **kw)
+
+    def receiver(self) -> Receiver:
+        """This node's lossless input (PULL, bound at its in endpoint)."""
+        nc = self.node_config
+        curve = nc.curve_server.build() if nc.curve_server else None
+        return Receiver(self.config.in_endpoint(self.name, self.run_dir), name=self.name, curve=curve)
+
+    def sender(self, node: str, timeout_s: float = 1.0) -> Sender:
+        """A lossless ordered channel to ``node``'s input."""
+        return Sender(self.config.in_endpoint(node, self.run_dir), self.name, timeout_s=timeout_s,
+                      curve=self._curve_client())
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:  # not Linux
+        pass
+
+
+class Node:
+    """Base class of all nodes.
+
+    Class attributes:
+        Params: the pydantic model of this kind's ``params``.
+        default_rate_hz: loop rate when params have no ``rate_hz``.
+    """
+
+    Params: ClassVar[type[NodeParams]] = NodeParams
+    default_rate_hz: ClassVar[float] = 100.0
+
+    def __init__(self, ctx: NodeContext, params: NodeParams):
+        self.ctx = ctx
+        self.name = ctx.name
+        self.params = params
+        self.rate_hz = float(getattr(params, "rate_hz", self.default_rate_hz))
+        self.stop_event = threading.Event()
+        self.pub: Publisher | None = None
+        self.loop: RateLoop | None = None
+        self.step_errors = 0
+
+    # --- to override -------------------------------------------------------------------------
+    def configure(self) -> None:
+        """Open drivers and sockets. ``self.pub`` is ready. Raise to abort start-up."""
+
+    def step(self) -> None:
+        """One loop iteration (must not block longer than one period)."""
+
+    def shutdown(self) -> None:
+        """Release drivers and sockets; always called, also after errors."""
+
+    def metrics(self) -> dict[str, float]:
+        """Node-specific metrics for the heartbeat (flat str -> float)."""
+        return {}
+
+    # --- runtime -----------------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        self.stop_event.set()
+
+    def heartbeat(self, state: str) -> None:
+        if self.pub is None:
+            return
+        m = {"rate_hz": self.rate_hz, "step_errors": float(self.step_errors)}
+        if self.loop is not None:
+            for k, v in self.loop.stats().as_dict().items():
+                m[f"loop.{k}"] = v
+        m.update(self.metrics())
+        self.pub.publish(f"heartbeat/{self.name}", Heartbeat(node=self.name, state=state, metrics=m))
+
+    def run(self) -> int:
+        """Run until stopped; returns the process exit code (0 on clean stop)."""
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+        _die_with_parent()
+        hb_period_ns = int(1e9 / self.ctx.node_config.heartbeat_hz)
+        code = 0
+        try:
+            self.pub = self.ctx.publisher()
+            self.configure()
+            log.info("running at %.1f Hz", self.rate_hz)
+            self.loop = RateLoop(self.rate_hz)
+            next_hb = 0
+            while not self.stop_event.is_set():
+                self.step()
+                t = now_ns()
+                if t >= next_hb:
+                    self.heartbeat("running")
+                    next_hb = t + hb_period_ns
+                self.loop.sleep()
+        except Exception:
+            log.exception("node %s failed", self.name)
+            code = 1
+        finally:
+            try:
+                self.heartbeat("stopping")
+            except Exception:
+                pass
+            try:
+                self.shutdown()
+            except Exception:
+                log.exception("shutdown of %s failed", self.name)
+                code = code or 1
+            if self.pub is not None:
+                self.pub.close()
+            st = self.loop.stats() if self.loop else None
+            if st is not None:
+                log.info("stopped: %d periods, %d overruns, jitter p99 %.3f ms",
+                         st.periods, st.overruns, st.jitter_p99_s * 1e3)
+        return code
+
+
+def setup_logging(name: str, level: int = logging.INFO) -> None:
+    """Log lines as ``LEVEL logger: message`` on stderr (the launcher prefixes node name and time)."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    os.environ.setdefault("ROBOT_STACK_NODE", name)

@@ -1,0 +1,1 @@
+"""Concrete nodes run by the launcher (each a thin shell around pure logic)."""

@@ -1,0 +1,40 @@
+"""Entry point of one node process: ``python -m robot_stack.nodes.main CONFIG NODE RUN_DIR``.
+
+Started by the launcher; also usable by hand to run one node of a config in the foreground.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..config import ConfigError, load_config
+from ..node import NodeContext, setup_logging
+from .registry import node_class
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="robot_stack.nodes.main")
+    ap.add_argument("config")
+    ap.add_argument("node")
+    ap.add_argument("run_dir")
+    args = ap.parse_args(argv)
+    setup_logging(args.node)
+    try:
+        cfg = load_config(args.config)
+        if args.node not in cfg.nodes:
+            raise ConfigError(f"{args.config}: no node named {args.node!r}")
+    except ConfigError as e:
+        logging.getLogger("robot_stack").error("%s", e)
+        return 2
+    nc = cfg.nodes[args.node]
+    cls = node_class(nc.kind)
+    params = cls.Params.model_validate(nc.params)
+    node = cls(NodeContext(args.node, cfg, Path(args.run_dir)), params)
+    return node.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

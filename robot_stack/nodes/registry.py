@@ -1,0 +1,27 @@
+"""Node kinds: name -> ``module:Class``, imported lazily so a config can be validated cheaply."""
+
+from __future__ import annotations
+
+import importlib
+
+KINDS: dict[str, str] = {
+    "camera": "robot_stack.nodes.camera:CameraNode",
+    "monitor": "robot_stack.nodes.monitor:MonitorNode",
+}
+
+
+def node_class(kind: str):
+    """The Node subclass for ``kind``.
+
+    Raises:
+        KeyError: with a message listing the known kinds.
+    """
+    if kind not in KINDS:
+        raise KeyError(f"unknown node kind (known: {', '.join(sorted(KINDS))})")
+    module, cls = KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def params_model(kind: str):
+    """The pydantic Params model of ``kind`` (raises KeyError for unknown kinds)."""
+    return node_class(kind).Params

@@ -1,0 +1,1 @@
+"""Teleoperation devices and scripted experts."""
