@@ -1,0 +1,138 @@
+"""Launcher with real node processes: death reporting, clean Ctrl-C, no orphans, no ipc leftovers."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from robot_stack.launcher import Launcher
+
+from conftest import REPO, pid_alive
+
+CONFIG = """
+name: t
+run_dir: {run_dir}
+nodes:
+  camera:
+    kind: camera
+    params: {{driver: synthetic, camera_id: cam0, width: 64, height: 48, rate_hz: 30}}
+  monitor:
+    kind: monitor
+    critical: {monitor_critical}
+    params: {{watch: [camera], report_every_s: 0.5}}
+"""
+
+
+def write_config(tmp_path, run_dir, monitor_critical="true"):
+    p = tmp_path / "stack.yaml"
+    p.write_text(CONFIG.format(run_dir=run_dir, monitor_critical=monitor_critical))
+    return p
+
+
+class Lines:
+    """Thread-safe capture of launcher output."""
+
+    def __init__(self):
+        self.lines = []
+        self.lock = threading.Lock()
+
+    def write(self, s):
+        with self.lock:
+            self.lines.extend(l for l in s.splitlines() if l)
+
+    def flush(self):
+        pass
+
+    def wait_for(self, pattern, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                for l in self.lines:
+                    if re.search(pattern, l):
+                        return l
+            time.sleep(0.02)
+        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
+
+
+def test_sigkill_of_a_node_is_reported_within_1s_and_stack_stops(tmp_path, run_dir):
+    out = Lines()
+    launcher = Launcher(write_config(tmp_path, run_dir), out=out)
+    launcher.start()
+    rc_box = []
+    t = threading.Thread(target=lambda: rc_box.append(launcher.supervise()))
+    t.start()
+    out.wait_for(r"\[monitor\].*camera/cam0 [0-9.]+/s")  # data flows between processes
+    cam_pid = launcher.nodes["camera"].proc.pid
+    t_kill = time.monotonic()
+    os.kill(cam_pid, signal.SIGKILL)
+    line = out.wait_for(r"NODE DIED: camera killed by SIGKILL", timeout=5)
+    latency = time.monotonic() - t_kill
+    print(f"death of camera reported after {latency * 1e3:.0f} ms: {line}")
+    assert latency < 1.0
+    t.join(15)
+    assert rc_box == [1]  # a critical node died
+    for np_ in launcher.nodes.values():
+        assert not pid_alive(np_.proc.pid)
+    assert not any(run_dir.glob("*.pub"))
+
+
+def test_non_critical_node_death_is_reported_and_stack_keeps_running(tmp_path, run_dir):
+    out = Lines()
+    launcher = Launcher(write_config(tmp_path, run_dir, monitor_critical="false"), out=out)
+    launcher.start()
+    stop_at = []
+    t = threading.Thread(target=lambda: stop_at.append(launcher.supervise(duration_s=4)))
+    t.start()
+    out.wait_for(r"\[monitor\] .*running")
+    os.kill(launcher.nodes["monitor"].proc.pid, signal.SIGKILL)
+    out.wait_for(r"NODE DIED: monitor killed by SIGKILL")
+    assert launcher.nodes["camera"].proc.poll() is None  # camera still up
+    t.join(20)
+    assert stop_at == [0]
+
+
+def _start_cli(config):
+    return subprocess.Popen([sys.executable, "-m", "robot_stack.cli", "up", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def _pids(proc):
+    pids, lines = {}, []
+    deadline = time.monotonic() + 30
+    while len(pids) < 2 or not any("[monitor]" in l and "/s" in l for l in lines):
+        assert time.monotonic() < deadline, "\n".join(lines)
+        line = proc.stdout.readline().decode()
+        lines.append(line)
+        m = re.search(r"started (\w+) \(pid (\d+)", line)
+        if m:
+            pids[m.group(1)] = int(m.group(2))
+    return pids
+
+
+def test_ctrl_c_leaves_no_process_and_no_ipc_file(tmp_path, run_dir):
+    proc = _start_cli(write_config(tmp_path, run_dir))
+    pids = _pids(proc)
+    assert all(pid_alive(p) for p in pids.values())
+    assert any(run_dir.glob("*.pub"))
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the launcher
+    out = proc.communicate(timeout=20)[0].decode()
+    assert proc.returncode == 0, out
+    assert "stack t stopped" in out
+    assert not any(pid_alive(p) for p in pids.values())
+    assert list(run_dir.iterdir()) == []
+
+
+def test_launcher_sigkilled_takes_its_nodes_with_it(tmp_path, run_dir):
+    proc = _start_cli(write_config(tmp_path, run_dir))
+    pids = _pids(proc)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(pid_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(pid_alive(p) for p in pids.values())

@@ -1,0 +1,240 @@
+"""Transport over real ZeroMQ sockets: stream semantics, lossless channels, request/reply, CURVE."""
+
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from robot_stack.codec import encode
+from robot_stack.messages import ActionChunk, ErrorReply, Heartbeat, ObservationWindow, WaypointSchedule
+from robot_stack.security import CurveClient, CurveServer, SecurityError, generate_keys, is_local_endpoint
+from robot_stack.transport import (
+    Publisher, Receiver, RemoteError, ReplyServer, RequestClient, Sender, Subscriber, TransportTimeout,
+    context,
+)
+
+
+def hb(i):
+    return Heartbeat(node="n", metrics={"i": float(i)})
+
+
+def wait_connected(pub, sub, topic="warmup"):
+    """PUB/SUB joins asynchronously: publish until the subscriber sees something."""
+    for _ in range(200):
+        pub.publish(topic, hb(-1))
+        if sub.wait_for(topic, 0.02) is not None:
+            return
+    raise AssertionError("subscriber never connected")
+
+
+STALLED_READER = """
+import sys, time, zmq
+s = zmq.Context.instance().socket(zmq.SUB)
+s.rcvhwm = 2
+s.subscribe(b"")
+s.connect(sys.argv[1])
+print("connected", flush=True)
+time.sleep(60)  # never reads
+"""
+
+
+def test_stalled_reader_never_blocks_publisher(run_dir):
+    """A reader process that never reads: the publisher still sends flat out without blocking."""
+    import subprocess
+    import sys
+
+    from robot_stack.messages import CameraFrame
+
+    ep = f"ipc://{run_dir}/pub"
+    pub = Publisher(ep, "cam", hwm=4)
+    reader = subprocess.Popen([sys.executable, "-c", STALLED_READER, ep], stdout=subprocess.PIPE)
+    try:
+        assert reader.stdout.readline().strip() == b"connected"
+        time.sleep(0.2)
+        frame = np.zeros((480, 640, 3), np.uint8)
+        for i in range(500):  # would hang here if PUB blocked on the full peer
+            pub.publish("camera/a", CameraFrame(color=frame, K=np.eye(3), frame_index=i))
+        assert pub.stats.sent + pub.stats.dropped == 500
+    finally:
+        reader.kill(); reader.wait()
+        pub.close()
+
+
+def test_slow_subscriber_reads_newest_sample(run_dir):
+    """The owner of the subscriber never reads while 300 frames go by; it then gets the newest."""
+    from robot_stack.messages import CameraFrame
+
+    ep = f"ipc://{run_dir}/pub"
+    pub = Publisher(ep, "cam")
+    sub = Subscriber([ep], history=3)
+    wait_connected(pub, sub)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    n = 300
+    for i in range(n):  # 1 kHz, far above any camera rate
+        pub.publish("camera/a", CameraFrame(color=frame, K=np.eye(3), frame_index=i))
+        time.sleep(0.001)
+    newest = sub.wait_for("camera/a", 5.0, newer_than_seq=n - 2)
+    assert newest is not None and newest.frame_index == n - 1
+    assert [m.frame_index for m in sub.history("camera/a")] == [n - 3, n - 2, n - 1]
+    assert sub.latest("camera/a").frame_index == n - 1
+    sub.close(); pub.close()
+
+
+def test_bounded_queue_counts_drops(run_dir):
+    ep = f"ipc://{run_dir}/pub"
+    pub = Publisher(ep, "x", hwm=10_000)
+    sub = Subscriber([ep], topics=("data",), queue_size=10)
+    wait_connected(pub, sub, topic="data")
+    while sub.get(0.05) is not None:
+        pass
+    for i in range(50):
+        pub.publish("data", hb(i))
+    sub.wait_for("data", 5.0, newer_than_seq=49 + 0)  # all delivered
+    deadline = time.monotonic() + 5
+    while sub.stats.received < 50 + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    got = []
+    while (item := sub.get(0.05)) is not None:
+        got.append(item[1].metrics["i"])
+    assert got == [float(i) for i in range(10)]  # the first 10 fit, in order
+    assert sub.stats.dropped == 40  # the rest are counted, not silently lost
+    sub.close(); pub.close()
+
+
+def test_malformed_messages_are_counted_and_stream_continues(run_dir):
+    ep = f"ipc://{run_dir}/pub"
+    raw = context().socket(zmq.PUB)
+    raw.bind(ep)
+    sub = Subscriber([ep], history=1)
+    for _ in range(200):
+        raw.send_multipart(encode("t", hb(0)))
+        if sub.wait_for("t", 0.02) is not None:
+            break
+    before = sub.stats.decode_errors
+    raw.send_multipart([b"t", b"garbage"])
+    raw.send_multipart([b"t", msgpack.packb({"schema": "heartbeat"})])
+    msg = hb(42); msg.seq = 10**6
+    raw.send_multipart(encode("t", msg))
+    got = sub.wait_for("t", 5.0, newer_than_seq=10**6 - 1)
+    assert got is not None and got.metrics["i"] == 42.0
+    assert sub.stats.decode_errors - before == 2
+    assert "header" in sub.stats.last_error
+    sub.close(); raw.close(0)
+
+
+def test_lossless_ordered_channel(run_dir):
+    ep = f"ipc://{run_dir}/in"
+    rx = Receiver(ep)
+    tx = Sender(ep, "controller", timeout_s=2.0)
+    n = 2000
+    for i in range(n):
+        tx.send("waypoints", WaypointSchedule(stamps_ns=np.array([i + 1], np.int64), positions=np.full((1, 7), i, float)))
+    got = []
+    while len(got) < n:
+        item = rx.recv(2.0)
+        assert item is not None, f"lost after {len(got)}"
+        got.append(int(item[1].positions[0, 0]))
+    assert got == list(range(n))
+    assert rx.stats.seq_gaps == 0
+    tx.close(); rx.close()
+
+
+def test_sender_without_receiver_times_out(run_dir):
+    tx = Sender(f"ipc://{run_dir}/nobody", "controller", timeout_s=0.1)
+    with pytest.raises(TransportTimeout, match="no receiver"):
+        tx.send("waypoints", WaypointSchedule(stamps_ns=np.array([1], np.int64), positions=np.zeros((1, 7))))
+    tx.close()
+
+
+def _serve(server, handler, stop):
+    while not stop.is_set():
+        server.serve_once(handler, 0.05)
+
+
+def echo_handler(topic, msg):
+    if not isinstance(msg, ObservationWindow):
+        raise ValueError("expected an observation window")
+    return ActionChunk(request_id=msg.request_id, actions=np.full((4, 2), msg.request_id, np.float32))
+
+
+def test_request_reply_errors_and_reconnect(run_dir):
+    ep = f"ipc://{run_dir}/policy"
+    client = RequestClient(ep, "controller", timeout_s=0.2)
+    req = ObservationWindow(request_id=3, obs_age_ns=np.zeros(1, np.int64))
+    with pytest.raises(TransportTimeout):  # server not up yet
+        client.request("infer", req)
+    server = ReplyServer(ep, "policy")
+    stop = threading.Event()
+    t = threading.Thread(target=_serve, args=(server, echo_handler, stop), daemon=True)
+    t.start()
+    try:
+        reply = client.request("infer", req, timeout_s=5)  # the re-opened socket reaches the server
+        assert isinstance(reply, ActionChunk) and reply.request_id == 3 and reply.actions[0, 0] == 3
+        assert client.reconnects == 1
+        with pytest.raises(RemoteError, match="handler_error: ValueError: expected an observation window"):
+            client.request("infer", hb(0), timeout_s=5)
+        # a raw malformed request gets an error reply, and the server keeps serving
+        raw = context().socket(zmq.REQ)
+        raw.connect(ep)
+        raw.send_multipart([b"infer", b"\x00garbage"])
+        assert raw.poll(5000)
+        from robot_stack.codec import decode
+        _, err = decode(raw.recv_multipart())
+        assert isinstance(err, ErrorReply) and err.code == "malformed"
+        raw.close(0)
+        assert client.request("infer", req, timeout_s=5).request_id == 3
+    finally:
+        stop.set(); t.join(); server.close(); client.close()
+
+
+def test_endpoint_locality():
+    assert is_local_endpoint("ipc:///tmp/x")
+    assert is_local_endpoint("tcp://127.0.0.1:5555")
+    assert is_local_endpoint("tcp://localhost:5555")
+    assert is_local_endpoint("tcp://[::1]:5555")
+    assert not is_local_endpoint("tcp://*:5555")
+    assert not is_local_endpoint("tcp://0.0.0.0:5555")
+    assert not is_local_endpoint("tcp://192.168.1.20:5555")
+    assert not is_local_endpoint("tcp://gpu-server:5555")
+
+
+def test_non_local_tcp_without_curve_is_refused():
+    with pytest.raises(SecurityError, match="leaves localhost"):
+        ReplyServer("tcp://*:0", "policy")
+    with pytest.raises(SecurityError, match="leaves localhost"):
+        RequestClient("tcp://10.1.2.3:5555", "controller")
+
+
+def test_curve_admits_authorized_client_and_refuses_others(tmp_path):
+    keys = generate_keys(tmp_path / "keys", ("server", "client"))
+    rogue = generate_keys(tmp_path / "rogue", ("client",))
+    server = ReplyServer("tcp://127.0.0.1:0".replace(":0", ":47811"), "policy",
+                         curve=CurveServer(keys["server"], tmp_path / "keys" / "authorized_clients"))
+    stop = threading.Event()
+    t = threading.Thread(target=_serve, args=(server, echo_handler, stop), daemon=True)
+    t.start()
+    server_pub = tmp_path / "keys" / "server.key"
+    req = ObservationWindow(request_id=9, obs_age_ns=np.zeros(1, np.int64))
+    try:
+        good = RequestClient("tcp://127.0.0.1:47811", "controller", timeout_s=5,
+                             curve=CurveClient(keys["client"], server_pub))
+        assert good.request("infer", req).request_id == 9
+        bad = RequestClient("tcp://127.0.0.1:47811", "intruder", timeout_s=0.5,
+                            curve=CurveClient(rogue["client"], server_pub))
+        with pytest.raises(TransportTimeout):
+            bad.request("infer", req)
+        plain = RequestClient("tcp://127.0.0.1:47811", "plain", timeout_s=0.5)
+        with pytest.raises(TransportTimeout):
+            plain.request("infer", req)
+        assert server.stats.received == 1  # only the authorized request reached the handler
+        good.close(); bad.close(); plain.close()
+    finally:
+        stop.set(); t.join(); server.close()
+
+
+def test_missing_key_file_is_a_clear_error(tmp_path):
+    with pytest.raises(SecurityError, match="does not exist"):
+        RequestClient("tcp://10.0.0.1:5555", "c", curve=CurveClient(tmp_path / "nope.key_secret", tmp_path / "s.key"))
