@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import msgpack
 import numpy as np
 
+from .shm_ring import ShmError, ShmRingReader, ShmRingWriter
 from .messages import (
     DTYPE_WHITELIST,
     MAX_DICT_ARRAYS,
@@ -75,16 +76,20 @@ def _as_wire_array(name: str, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def encode(topic: str | bytes, msg: Message) -> list[Any]:
+def encode(topic: str | bytes, msg: Message, ring: "ShmRingWriter | None" = None) -> list[Any]:
     """Encode ``msg`` for ``topic`` into multipart frames.
 
     Args:
         topic: routing topic (ASCII, at most 128 bytes).
         msg: a registered :class:`Message`.
+        ring: if given, the array buffers are copied into the next slot of this same-host
+            shared-memory ring and the header references them (``"shm"`` key) instead of carrying
+            them as frames. The caller checks ``ring.fits`` first.
 
     Returns:
         ``[topic bytes, header bytes, buffer...]``; buffers are memoryviews of the arrays (no copy
-        for C-contiguous input). Send with ``send_multipart(frames, copy=False)``.
+        for C-contiguous input). Send with ``send_multipart(frames, copy=False)``. With ``ring``,
+        just ``[topic, header]``.
 
     Raises:
         EncodeError: unknown schema, a field violating its declared spec, or failed cross-checks.
@@ -136,7 +141,22 @@ def encode(topic: str | bytes, msg: Message) -> list[Any]:
         "f": scalars,
         "a": arrays,
     }
+    if ring is not None:
+        header["shm"] = ring.write(buffers)
+        return [t, msgpack.packb(header, use_bin_type=True)]
     return [t, msgpack.packb(header, use_bin_type=True), *buffers]
+
+
+def buffer_sizes(msg: Message) -> list[int]:
+    """Byte sizes of the array buffers ``encode`` would send for ``msg`` (no validation)."""
+    sizes = []
+    for name, spec in type(msg).specs().items():
+        v = getattr(msg, name)
+        if isinstance(spec, ArraySpec) and isinstance(v, np.ndarray):
+            sizes.append(v.nbytes)
+        elif isinstance(spec, ArrayDictSpec) and isinstance(v, dict):
+            sizes.extend(a.nbytes for a in v.values() if isinstance(a, np.ndarray))
+    return sizes
 
 
 def _buf(frame: Any) -> memoryview:
@@ -145,11 +165,13 @@ def _buf(frame: Any) -> memoryview:
     return memoryview(b)
 
 
-def decode(frames: Sequence[Any]) -> tuple[bytes, Message]:
+def decode(frames: Sequence[Any], shm: "ShmRingReader | None" = None) -> tuple[bytes, Message]:
     """Decode and validate multipart ``frames``.
 
     Args:
         frames: ``[topic, header, buffers...]`` as bytes, memoryviews or ``zmq.Frame`` objects.
+        shm: reader for headers that reference a same-host shared-memory ring; without it such
+            messages are rejected.
 
     Returns:
         ``(topic, message)``; message arrays are read-only views on the received buffers.
@@ -177,7 +199,18 @@ def decode(frames: Sequence[Any]) -> tuple[bytes, Message]:
             header = msgpack.unpackb(hv, **_UNPACK_LIMITS)
         except Exception as e:  # msgpack raises several types for bad input
             raise DecodeError(f"header is not valid msgpack: {type(e).__name__}: {e}") from None
-        return topic, _decode_header(header, frames)
+        if isinstance(header, dict) and "shm" in header:
+            if shm is None:
+                raise DecodeError("message references shared memory but this reader has none (cross-host?)")
+            if len(frames) != 2:
+                raise DecodeError("a shared-memory message must have exactly 2 frames")
+            try:
+                buffers = shm.read(header["shm"])
+            except ShmError as e:
+                raise DecodeError(f"shared-memory buffers unavailable: {e}") from None
+        else:
+            buffers = list(frames[2:])
+        return topic, _decode_header(header, buffers)
     except DecodeError as e:
         e.topic = topic
         raise
@@ -186,12 +219,18 @@ def decode(frames: Sequence[Any]) -> tuple[bytes, Message]:
         raise DecodeError(f"malformed message: {type(e).__name__}: {e}", topic) from None
 
 
-def _decode_header(header: Any, frames: Sequence[Any]) -> Message:
+_HEADER_KEYS = {"schema", "v", "seq", "stamp_ns", "src", "f", "a"}
+
+
+def _decode_header(header: Any, buffers: Sequence[Any]) -> Message:
     if not isinstance(header, dict):
         raise DecodeError("header is not a map")
-    missing = {"schema", "v", "seq", "stamp_ns", "src", "f", "a"} - header.keys()
+    missing = _HEADER_KEYS - header.keys()
     if missing:
         raise DecodeError(f"header lacks keys {sorted(missing)}")
+    extra = header.keys() - _HEADER_KEYS - {"shm"}
+    if extra:
+        raise DecodeError(f"header has unknown keys {sorted(map(str, extra))}")
     schema = header["schema"]
     cls = REGISTRY.get(schema) if isinstance(schema, str) else None
     if cls is None:
@@ -201,7 +240,7 @@ def _decode_header(header: Any, frames: Sequence[Any]) -> Message:
     fields_in, arrays_in = header["f"], header["a"]
     if not isinstance(fields_in, dict) or not isinstance(arrays_in, list):
         raise DecodeError("header 'f' must be a map and 'a' a list")
-    nbuf = len(frames) - 2
+    nbuf = len(buffers)
     if len(arrays_in) != nbuf:
         raise DecodeError(f"header describes {len(arrays_in)} arrays but {nbuf} buffers arrived")
 
@@ -241,7 +280,7 @@ def _decode_header(header: Any, frames: Sequence[Any]) -> Message:
         expected = math.prod(shape) * dtype.itemsize
         if expected > MAX_BUFFER_BYTES:
             raise DecodeError(f"array {name!r}: {expected} bytes exceeds cap {MAX_BUFFER_BYTES}")
-        buf = _buf(frames[2 + idx])
+        buf = _buf(buffers[idx])
         if buf.nbytes != expected:
             raise DecodeError(
                 f"array {name!r}: buffer has {buf.nbytes} bytes, shape {shape} x {dtype.itemsize} needs {expected}"
@@ -294,4 +333,4 @@ def message_nbytes(frames: Sequence[Any]) -> int:
     return sum(_buf(f).nbytes for f in frames)
 
 
-__all__ = ["encode", "decode", "DecodeError", "EncodeError", "message_nbytes"]
+__all__ = ["encode", "decode", "buffer_sizes", "DecodeError", "EncodeError", "message_nbytes"]

@@ -29,8 +29,9 @@ from typing import Any, Callable, Iterable
 import zmq
 
 from .clock import now_ns
-from .codec import DecodeError, decode, encode
+from .codec import DecodeError, buffer_sizes, decode, encode
 from .messages import ErrorReply, Message
+from .shm_ring import ShmRingReader, ShmRingWriter
 from .security import CurveClient, CurveServer, apply_client, apply_server, check_endpoint
 
 log = logging.getLogger(__name__)
@@ -116,26 +117,56 @@ class _Sequencer:
             msg.stamp_ns = now_ns()
 
 
+SHM_MIN_BYTES = 256 * 1024
+
+
 class Publisher:
     """PUB socket for sensor streams; never blocks.
+
+    On an ``ipc://`` endpoint, messages whose arrays total at least ``SHM_MIN_BYTES`` (camera
+    frames) put their buffers in a shared-memory ring (``robot_stack.shm_ring``) and send only the
+    header: one copy in, one copy out per subscriber, no bulk data through sockets. Over TCP the
+    buffers travel as frames.
 
     Args:
         endpoint: where to bind (``ipc://PATH`` or ``tcp://HOST:PORT``).
         source: node name written into every header.
         hwm: send high-water mark per subscriber, messages.
         curve: CURVE server settings (required for non-local TCP).
+        shm: use the shared-memory ring for large messages on ipc endpoints.
+        shm_slots: ring slots; a subscriber whose drain thread falls more than this many large
+            messages behind loses (and counts) samples.
     """
 
-    def __init__(self, endpoint: str, source: str, *, hwm: int = 64, curve: CurveServer | None = None):
+    def __init__(self, endpoint: str, source: str, *, hwm: int = 64, curve: CurveServer | None = None,
+                 shm: bool = True, shm_slots: int = 16):
         self.endpoint = endpoint
+        self.source = source
         self._sock = _open(zmq.PUB, endpoint, True, curve, SNDHWM=hwm)
         self._seq = _Sequencer(source)
+        self._use_shm = shm and endpoint.startswith("ipc://")
+        self._shm_slots = shm_slots
+        self._rings: dict[str, ShmRingWriter] = {}
         self.stats = TransportStats()
+
+    def _ring_for(self, topic: str, msg: Message) -> ShmRingWriter | None:
+        if not self._use_shm:
+            return None
+        sizes = buffer_sizes(msg)
+        if sum(sizes) < SHM_MIN_BYTES:
+            return None
+        ring = self._rings.get(topic)
+        if ring is None or not ring.fits(sizes):
+            if ring is not None:
+                ring.close()  # readers re-map the new segment by name
+            ring = self._rings[topic] = ShmRingWriter(f"{self.source}_{topic}", int(sum(sizes) * 1.25) + 4096,
+                                                      self._shm_slots)
+        return ring
 
     def publish(self, topic: str, msg: Message) -> None:
         """Encode and send ``msg`` on ``topic`` (sets seq/source; stamp_ns defaults to now)."""
         self._seq.stamp(topic, msg)
-        frames = encode(topic, msg)
+        frames = encode(topic, msg, ring=self._ring_for(topic, msg))
         try:
             self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
             self.stats.sent += 1
@@ -144,6 +175,9 @@ class Publisher:
 
     def close(self) -> None:
         self._sock.close(0)
+        for ring in self._rings.values():
+            ring.close()
+        self._rings.clear()
 
 
 class Subscriber:
@@ -179,6 +213,7 @@ class Subscriber:
         self._cond = threading.Condition(self._lock)
         self._queue: queue.Queue | None = queue.Queue(queue_size) if queue_size > 0 else None
         self._stop = threading.Event()
+        self._shm = ShmRingReader()
         self._sock = context().socket(zmq.SUB)
         self._sock.linger = 0
         self._sock.rcvhwm = hwm
@@ -210,10 +245,11 @@ class Subscriber:
                     break
                 raise
         self._sock.close(0)
+        self._shm.close()
 
     def _ingest(self, frames: list) -> None:
         try:
-            topic_b, msg = decode(frames)
+            topic_b, msg = decode(frames, shm=self._shm)
         except DecodeError as e:
             self.stats.record_decode_error(e, self.name)
             return

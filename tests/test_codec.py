@@ -196,3 +196,20 @@ def test_fuzz_mutated_valid_messages(data):
     # a mutation that still decodes must yield a fully valid message of a known schema
     out.check()
     assert out.SCHEMA
+
+
+@settings(max_examples=300, deadline=None)
+@given(ref=st.dictionaries(st.sampled_from(["name", "slots", "cap", "slot", "gen", "spans", "x"]),
+                           st.one_of(st.integers(-5, 10**7), st.text(max_size=20), st.none(),
+                                     st.lists(st.lists(st.integers(-1, 10**6), max_size=3), max_size=3))))
+def test_fuzz_shared_memory_references(ref):
+    from robot_stack.shm_ring import ShmRingReader
+
+    frames = encode("c", camera_frame(4, 4))
+    h = msgpack.unpackb(frames[1])
+    h["a"] = h["a"]
+    h["shm"] = ref
+    reader = ShmRingReader()
+    with pytest.raises(DecodeError):
+        decode([frames[0], msgpack.packb(h)], shm=reader)
+    reader.close()

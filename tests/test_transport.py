@@ -238,3 +238,58 @@ def test_curve_admits_authorized_client_and_refuses_others(tmp_path):
 def test_missing_key_file_is_a_clear_error(tmp_path):
     with pytest.raises(SecurityError, match="does not exist"):
         RequestClient("tcp://10.0.0.1:5555", "c", curve=CurveClient(tmp_path / "nope.key_secret", tmp_path / "s.key"))
+
+
+def test_large_messages_go_through_shared_memory_ring(run_dir):
+    """On ipc, a camera frame's buffers travel in the shm ring; the header alone crosses the socket."""
+    from robot_stack.messages import CameraFrame
+
+    ep = f"ipc://{run_dir}/pub"
+    pub = Publisher(ep, "cam", shm_slots=4)
+    sub = Subscriber([ep], history=2)
+    wait_connected(pub, sub)
+    rng = np.random.default_rng(1)
+    sent = []
+    for i in range(20):
+        color = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+        depth = rng.integers(0, 4000, (240, 320), dtype=np.uint16)
+        sent.append((color, depth))
+        pub.publish("camera/a", CameraFrame(color=color, depth=depth, depth_scale=0.001, K=np.eye(3), frame_index=i))
+        got = sub.wait_for("camera/a", 5.0, newer_than_seq=i - 1)
+        assert got is not None and got.frame_index == i
+        assert np.array_equal(got.color, color) and np.array_equal(got.depth, depth)
+        assert not got.color.flags.writeable
+    assert len(pub._rings) == 1  # the ring was used
+    # a reader holding older samples keeps valid data after the writer reuses their slots
+    old = sub.history("camera/a")[0]
+    assert np.array_equal(old.color, sent[old.frame_index][0])
+    sub.close(); pub.close()
+
+
+def test_shm_reference_without_reader_or_after_lap_is_rejected(run_dir):
+    from robot_stack.codec import DecodeError, decode
+    from robot_stack.messages import CameraFrame
+    from robot_stack.shm_ring import ShmRingReader, ShmRingWriter
+
+    ring = ShmRingWriter("t", 64 * 48 * 5 + 4096, slots=2)
+    msg = CameraFrame(color=np.ones((48, 64, 3), np.uint8), K=np.eye(3))
+    frames = encode("c", msg, ring=ring)
+    assert len(frames) == 2
+    with pytest.raises(DecodeError, match="references shared memory"):
+        decode(frames)
+    reader = ShmRingReader()
+    assert decode(frames, shm=reader)[1].color.sum() == 48 * 64 * 3
+    encode("c", msg, ring=ring)
+    encode("c", msg, ring=ring)  # slot 0 reused: the first reference is stale now
+    with pytest.raises(DecodeError, match="overwritten"):
+        decode(frames, shm=reader)
+    assert reader.lapped == 1
+    h = msgpack.unpackb(frames[1])
+    h["shm"]["name"] = "../../etc/passwd"
+    with pytest.raises(DecodeError, match="invalid shared-memory segment name"):
+        decode([frames[0], msgpack.packb(h)], shm=reader)
+    h["shm"]["name"] = ring.name
+    h["shm"]["spans"] = [[0, 10**9]]
+    with pytest.raises(DecodeError, match="out of bounds"):
+        decode([frames[0], msgpack.packb(h)], shm=reader)
+    reader.close(); ring.close()
