@@ -47,6 +47,72 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack(config: Path):
+    from .config import load_config
+    from .launcher import default_run_dir
+
+    cfg = load_config(config)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    if not (run_dir / "launcher.pid").exists():
+        raise SystemExit(f"stack {cfg.name!r} is not running (no {run_dir / 'launcher.pid'}); "
+                         f"start it with: robot-stack up {config}")
+    return cfg, run_dir
+
+
+def _cmd_move(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from .arm_client import ArmClient, straight_line
+    from .clock import now_ns
+
+    cfg, run_dir = _stack(args.config)
+    sub = None
+    from .transport import Subscriber
+
+    sub = Subscriber([cfg.pub_endpoint(args.arm, run_dir)], ("robot/state",), name="cli-move")
+    client = ArmClient(cfg, run_dir, arm=args.arm, source="cli_move")
+    try:
+        st = sub.wait_for("robot/state", 5.0)
+        if st is None:
+            print("no robot/state from the arm node within 5 s", file=sys.stderr)
+            return 1
+        home = np.array(st.ee_pose)
+        goal = home.copy()
+        goal[:3] = args.to
+        legs = [(home, goal)] + ([(goal, home)] if args.back else [])
+        for a, b in legs:
+            stamps, poses = straight_line(a, b, now_ns(), args.speed)
+            client.send_schedule(stamps, poses, space="ee")
+            time.sleep((stamps[-1] - now_ns()) / 1e9 + args.settle)
+            st = sub.latest("robot/state")
+            err = np.linalg.norm(np.array(st.ee_pose[:3]) - b[:3])
+            print(f"reached {np.round(st.ee_pose[:3], 4).tolist()} m (target {np.round(b[:3], 4).tolist()}, "
+                  f"error {err * 1e3:.1f} mm, mode {st.mode}, safety events {st.safety_events})")
+        return 0
+    finally:
+        client.close()
+        sub.close()
+
+
+def _cmd_estop(args: argparse.Namespace) -> int:
+    from .arm_client import ArmClient
+
+    cfg, run_dir = _stack(args.config)
+    client = ArmClient(cfg, run_dir, arm=args.arm, source="cli_estop", heartbeat_hz=0)
+    try:
+        if args.release:
+            client.release()
+            print("e-stop released")
+        else:
+            client.estop(args.reason)
+            print("E-STOP sent")
+    finally:
+        client.close()
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -76,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("dir", type=Path)
     g.add_argument("--names", nargs="+", default=["server", "client"])
     g.set_defaults(fn=_cmd_keys)
+
+    p = sub.add_parser("move", help="move the TCP of a running stack's arm to a position (and back)")
+    p.add_argument("config", type=Path)
+    p.add_argument("--to", type=float, nargs=3, required=True, metavar=("X", "Y", "Z"),
+                   help="target TCP position in the base frame, m (orientation kept)")
+    p.add_argument("--back", action="store_true", help="return to the start afterwards")
+    p.add_argument("--speed", type=float, default=0.1, help="TCP speed, m/s")
+    p.add_argument("--settle", type=float, default=0.5, help="wait after each leg, s")
+    p.add_argument("--arm", default="arm", help="arm node name")
+    p.set_defaults(fn=_cmd_move)
+
+    p = sub.add_parser("estop", help="e-stop a running stack's arm (or --release it)")
+    p.add_argument("config", type=Path)
+    p.add_argument("--release", action="store_true")
+    p.add_argument("--reason", default="cli")
+    p.add_argument("--arm", default="arm")
+    p.set_defaults(fn=_cmd_estop)
 
     p = sub.add_parser("demo", help="the main job on the simulated robot")
     p.add_argument("--quick", action="store_true", help="short run that proves the path (CI)")

@@ -29,6 +29,23 @@ from .config import StackConfig, load_config
 log = logging.getLogger(__name__)
 
 
+def default_run_dir(config: StackConfig) -> Path:
+    """Where a stack's ipc sockets live unless the config sets ``run_dir``: a per-user runtime folder
+    named after the config, so CLI tools (``robot-stack move``, ``estop``) can find a running stack."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base) / f"robot_stack-{os.getuid()}-{config.name}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class NodeProcess:
     name: str
@@ -69,8 +86,18 @@ class Launcher:
         self.config = load_config(self.config_path)  # raises ConfigError before anything starts
         self.out = self.out or sys.stdout
         self._own_run_dir = self.config.run_dir is None
-        self.run_dir = Path(self.config.run_dir or tempfile.mkdtemp(prefix=f"robot_stack-{self.config.name}-"))
+        self.run_dir = default_run_dir(self.config) if self.config.run_dir is None else Path(self.config.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        pidfile = self.run_dir / "launcher.pid"
+        if pidfile.exists():
+            try:
+                other = int(pidfile.read_text().strip())
+            except ValueError:
+                other = -1
+            if other > 0 and other != os.getpid() and _alive(other):
+                raise RuntimeError(f"stack {self.config.name!r} is already running (launcher pid {other}, "
+                                   f"run folder {self.run_dir}); stop it first")
+        pidfile.write_text(str(os.getpid()))
         self._lock = threading.Lock()
         self._stopping = False
 
@@ -170,6 +197,7 @@ class Launcher:
                 pass
             np_.proc.wait()
             np_.reader.join(timeout=1)
+        (self.run_dir / "launcher.pid").unlink(missing_ok=True)
         if self._own_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         else:

@@ -246,7 +246,7 @@ class RobotState(Message):
         ee_pose: (7,) float64 end-effector pose in the base frame, [x y z qx qy qz qw] (m).
         gripper_width: finger opening, m.
         mode: arm node mode ("hold", "track", "estop", "init").
-        safety_refusals: waypoints refused by the safety layer since start.
+        safety_events: safety refusals and clamps since start (details in the arm heartbeat).
     """
 
     SCHEMA: ClassVar[str] = "robot_state"
@@ -255,7 +255,7 @@ class RobotState(Message):
     ee_pose: np.ndarray = array(FLOAT64, (7,))
     gripper_width: float = scalar("float", 0.0)
     mode: str = scalar("str", "hold", choices=("init", "hold", "track", "estop"))
-    safety_refusals: int = scalar("int", 0)
+    safety_events: int = scalar("int", 0)
 
     def check(self) -> None:
         if self.dq.shape != self.q.shape:
@@ -379,6 +379,91 @@ class EpisodeEvent(Message):
     kind: str = scalar("str", "start", choices=("start", "stop", "discard", "reset", "quit"))
     episode: int = scalar("int", 0)
     task: str = scalar("str", "")
+
+
+@dataclass(kw_only=True)
+class JointState(Message):
+    """Joint-level state from a robot's own controller (the sim world, or a driver's raw feed).
+
+    Attributes:
+        stamp_ns: measurement time on the stack clock, ns.
+        q: (n,) float64 joint positions, rad.
+        dq: (n,) float64 joint velocities, rad/s.
+        tau: (n,) float64 commanded joint torques, N m.
+        gripper_width: finger opening, m.
+    """
+
+    SCHEMA: ClassVar[str] = "joint_state"
+    q: np.ndarray = array(FLOAT64, (None,))
+    dq: np.ndarray = array(FLOAT64, (None,))
+    tau: np.ndarray = array(FLOAT64, (None,))
+    gripper_width: float = scalar("float", 0.0)
+
+
+@dataclass(kw_only=True)
+class JointTarget(Message):
+    """Servo-rate joint target for a robot's own controller (sim world or hardware).
+
+    Attributes:
+        q: (n,) float64 joint position targets, rad.
+        gripper: gripper opening target in [0, 1] (0 closed, 1 open).
+    """
+
+    SCHEMA: ClassVar[str] = "joint_target"
+    q: np.ndarray = array(FLOAT64, (None,))
+    gripper: float = scalar("float", 1.0)
+
+
+@dataclass(kw_only=True)
+class ArmControl(Message):
+    """Arm-node control (lossless channel): "estop" stops at once, "release" clears an e-stop,
+    "hold" drops the current schedule and holds."""
+
+    SCHEMA: ClassVar[str] = "arm_control"
+    kind: str = scalar("str", "hold", choices=("estop", "release", "hold"))
+    reason: str = scalar("str", "")
+
+
+@dataclass(kw_only=True)
+class SimCommand(Message):
+    """Simulation world control: "reset" puts the arm home and the cube at ``cube_pose``
+    ([x y z qx qy qz qw] in the base frame) or a random pose when it is None."""
+
+    SCHEMA: ClassVar[str] = "sim_command"
+    kind: str = scalar("str", "reset", choices=("reset",))
+    cube_pose: np.ndarray | None = array(FLOAT64, (7,), optional=True)
+    seed: int = scalar("int", -1)
+
+
+@dataclass(kw_only=True)
+class SimState(Message):
+    """Full MuJoCo ``qpos`` of the sim world at physics step ``step`` (for sim camera renderers).
+
+    Attributes:
+        stamp_ns: host time the state belongs to (sim time follows the host clock), ns.
+        qpos: (nq,) float64 generalized positions.
+        step: physics step index since the last reset.
+    """
+
+    SCHEMA: ClassVar[str] = "sim_state"
+    qpos: np.ndarray = array(FLOAT64, (None,))
+    step: int = scalar("int", 0)
+
+
+@dataclass(kw_only=True)
+class ObjectState(Message):
+    """Ground-truth object poses from the simulation (for success checks and tests only).
+
+    Attributes:
+        cube_pose: (7,) [x y z qx qy qz qw] in the base frame, m.
+        target_xy: (2,) centre of the target region, m.
+        target_half: half size of the target region, m.
+    """
+
+    SCHEMA: ClassVar[str] = "object_state"
+    cube_pose: np.ndarray = array(FLOAT64, (7,))
+    target_xy: np.ndarray = array(FLOAT64, (2,))
+    target_half: float = scalar("float", 0.05)
 
 
 @dataclass(kw_only=True)

@@ -181,4 +181,5 @@ class Node:
 def setup_logging(name: str, level: int = logging.INFO) -> None:
     """Log lines as ``LEVEL logger: message`` on stderr (the launcher prefixes node name and time)."""
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)
     os.environ.setdefault("ROBOT_STACK_NODE", name)

@@ -28,7 +28,7 @@ def all_messages():
     return [
         camera_frame(),
         RobotState(q=np.arange(7.0), dq=np.zeros(7), ee_pose=np.array([0.5, 0, 0.4, 0, 0, 0, 1.0]),
-                   gripper_width=0.04, mode="track", safety_refusals=2),
+                   gripper_width=0.04, mode="track", safety_events=2),
         TeleopCommand(kind="ee_delta", value=np.arange(6.0), gripper=0.5, buttons=["episode_start"]),
         ObservationWindow(request_id=5, obs={"scene.color": np.zeros((2, 8, 8, 3), np.uint8),
                                              "state": np.ones((2, 8), np.float32)},

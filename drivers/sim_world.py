@@ -1,0 +1,185 @@
+"""The simulated robot and cameras: physics, joint impedance control, offscreen rendering.
+
+:class:`SimWorld` is plain logic (no sockets): the sim-world node steps it in real time and
+publishes what it measures; tests use it directly.
+
+Rendering (:class:`SimRenderer`) uses MuJoCo's low-level API so that one ``mjr_render`` yields
+both color and depth via ``mjr_readPixels``; the OpenGL depth buffer value z in [0, 1] is mapped
+to metres with the standard perspective inverse ``d = near / (1 - z (1 - near / far))``
+(near/far = ``vis.map.znear/zfar`` x ``stat.extent``, as in ``mujoco.Renderer``).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import mujoco
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from robot_stack.drivers.camera import pinhole_K
+from robot_stack.drivers.sim_model import (
+    CUBE_HALF, HOME_Q, ArmIndex, SceneSpec, build_model, gripper_ctrl_from_open, gripper_width_from_driver,
+    joint_pd_torque,
+)
+
+
+class SimWorld:
+    """MuJoCo world with the arm under joint impedance control.
+
+    Args:
+        scene: scene options.
+        seed: seed of the cube-pose randomization.
+    """
+
+    CUBE_X = (0.40, 0.60)
+    CUBE_Y = (-0.20, 0.15)
+
+    def __init__(self, scene: SceneSpec = SceneSpec(), seed: int = 0):
+        self.scene = scene
+        self.model = build_model(scene)
+        self.data = mujoco.MjData(self.model)
+        self.arm = ArmIndex.of(self.model)
+        self.rng = np.random.default_rng(seed)
+        cube_j = self.model.joint("cube").id
+        self._cube_qpos = int(self.model.jnt_qposadr[cube_j])
+        self._cube_dof = int(self.model.jnt_dofadr[cube_j])
+        self.lock = threading.Lock()  # held while physics changes data (renderer reads under it)
+        self.q_target = HOME_Q.copy()
+        self.gripper_open = 1.0
+        self.reset()
+
+    @property
+    def dt(self) -> float:
+        """Physics step, s."""
+        return float(self.model.opt.timestep)
+
+    def reset(self, cube_pose: np.ndarray | None = None) -> np.ndarray:
+        """Arm home, gripper open, cube at ``cube_pose`` (7,) or a random pose; returns the cube pose."""
+        with self.lock:
+            mujoco.mj_resetData(self.model, self.data)
+            self.data.qpos[self.arm.qpos] = HOME_Q
+            self.q_target = HOME_Q.copy()
+            self.gripper_open = 1.0
+            if cube_pose is None:
+                yaw = self.rng.uniform(-np.pi / 4, np.pi / 4)
+                cube_pose = np.array([self.rng.uniform(*self.CUBE_X), self.rng.uniform(*self.CUBE_Y), CUBE_HALF,
+                                      *Rotation.from_euler("z", yaw).as_quat()])
+            q = self.data.qpos
+            q[self._cube_qpos:self._cube_qpos + 3] = cube_pose[:3]
+            x, y, z, w = cube_pose[3:]
+            q[self._cube_qpos + 3:self._cube_qpos + 7] = [w, x, y, z]  # MuJoCo quaternions are scalar-first
+            mujoco.mj_forward(self.model, self.data)
+        return np.asarray(cube_pose, float)
+
+    def set_target(self, q_target: np.ndarray, gripper_open: float) -> None:
+        """Joint position targets (rad) and gripper opening in [0, 1] for the impedance controller."""
+        self.q_target = np.asarray(q_target, float).copy()
+        self.gripper_open = float(gripper_open)
+
+    def step(self, n: int = 1) -> None:
+        """Advance physics by ``n`` steps under the impedance controller."""
+        a, d, m = self.arm, self.data, self.model
+        with self.lock:
+            for _ in range(n):
+                d.ctrl[a.act] = joint_pd_torque(d.qpos[a.qpos], d.qvel[a.dof], self.q_target,
+                                                d.qfrc_bias[a.dof], a.torque_limit)
+                d.ctrl[a.gripper_act] = gripper_ctrl_from_open(self.gripper_open)
+                mujoco.mj_step(m, d)
+
+    def joint_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """(q rad, dq rad/s, tau N m, gripper width m) of the arm."""
+        a, d = self.arm, self.data
+        return (d.qpos[a.qpos].copy(), d.qvel[a.dof].copy(), d.ctrl[a.act].copy(),
+                gripper_width_from_driver(float(d.qpos[a.gripper_qpos])))
+
+    def set_qpos(self, qpos: np.ndarray) -> None:
+        """Overwrite the full state with ``qpos`` (nq,) and update kinematics (renderer copies)."""
+        if qpos.shape != (self.model.nq,):
+            raise ValueError(f"qpos has shape {qpos.shape}, this model needs ({self.model.nq},): "
+                             "the world and the camera were built from different scenes")
+        with self.lock:
+            self.data.qpos[:] = qpos
+            mujoco.mj_kinematics(self.model, self.data)
+            mujoco.mj_camlight(self.model, self.data)
+
+    def cube_pose(self) -> np.ndarray:
+        """(7,) cube pose [x y z qx qy qz qw] in the base frame."""
+        q = self.data.qpos[self._cube_qpos:self._cube_qpos + 7]
+        return np.array([*q[:3], q[4], q[5], q[6], q[3]])
+
+    def tcp_pose(self) -> np.ndarray:
+        """(7,) TCP (pinch site) pose in the base frame."""
+        s = self.arm.tcp_site
+        return np.array([*self.data.site_xpos[s],
+                         *Rotation.from_matrix(self.data.site_xmat[s].reshape(3, 3)).as_quat()])
+
+    def cube_in_target(self) -> bool:
+        """Success check: the cube's centre lies inside the target square and it rests on the table."""
+        c = self.cube_pose()
+        tx, ty = self.scene.target_xy
+        h = self.scene.target_half
+        return bool(abs(c[0] - tx) <= h and abs(c[1] - ty) <= h and c[2] < 2.5 * CUBE_HALF)
+
+
+class SimRenderer:
+    """Offscreen RGB-D rendering of one world's fixed cameras (create and use in one thread).
+
+    Args:
+        world: the world to render.
+        width, height: image size, pixels.
+    """
+
+    def __init__(self, world: SimWorld, width: int, height: int):
+        self.world, self.width, self.height = world, width, height
+        m = world.model
+        self._gl = mujoco.GLContext(max(width, 640), max(height, 480))
+        self._gl.make_current()
+        self._con = mujoco.MjrContext(m, mujoco.mjtFontScale.mjFONTSCALE_150)
+        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)
+        self._scn = mujoco.MjvScene(m, maxgeom=2000)
+        self._opt = mujoco.MjvOption()
+        self._pert = mujoco.MjvPerturb()
+        self._cam = mujoco.MjvCamera()
+        self._cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
+        self._vp = mujoco.MjrRect(0, 0, width, height)
+        self._rgb = np.empty((height, width, 3), np.uint8)
+        self._z = np.empty((height, width), np.float32)
+        self.near = float(m.vis.map.znear * m.stat.extent)
+        self.far = float(m.vis.map.zfar * m.stat.extent)
+
+    def intrinsics(self, camera: str) -> np.ndarray:
+        """(3, 3) pinhole intrinsics of ``camera`` at this render size (pixels)."""
+        return pinhole_K(self.width, self.height, float(self.world.model.cam_fovy[self.world.model.camera(camera).id]))
+
+    def render(self, camera: str) -> tuple[np.ndarray, np.ndarray]:
+        """Render ``camera`` from the world's current state.
+
+        Returns:
+            color (H, W, 3) uint8 RGB and depth (H, W) float32 metres (0 beyond the far plane).
+        """
+        self._cam.fixedcamid = self.world.model.camera(camera).id
+        with self.world.lock:  # copy the scene out of MjData; render outside the lock
+            mujoco.mjv_updateScene(self.world.model, self.world.data, self._opt, self._pert, self._cam,
+                                   mujoco.mjtCatBit.mjCAT_ALL, self._scn)
+        mujoco.mjr_render(self._vp, self._scn, self._con)
+        mujoco.mjr_readPixels(self._rgb, self._z, self._vp, self._con)
+        color = np.flipud(self._rgb).copy()
+        z = np.flipud(self._z)
+        depth = self.near / (1.0 - z * (1.0 - self.near / self.far))
+        depth[z >= 1.0] = 0.0
+        return color, depth.astype(np.float32)
+
+    def close(self) -> None:
+        try:
+            self._con.free()
+            self._gl.free()
+        except Exception:  # EGL teardown errors at exit are harmless
+            pass
+
+
+def depth_to_mm(depth_m: np.ndarray) -> np.ndarray:
+    """Metres -> uint16 millimetres like a RealSense (depth scale 0.001); 0 = invalid/out of range."""
+    mm = np.round(depth_m * 1000.0)
+    mm[(mm <= 0) | (mm > 65535)] = 0
+    return mm.astype(np.uint16)

@@ -1,0 +1,100 @@
+"""Client side of the arm node's lossless input: schedules, heartbeats, e-stop.
+
+Anything that sends waypoints (controller, CLI, tests) must keep heartbeating while its schedule
+runs, or the arm node holds after ``heartbeat_timeout_s``. :class:`ArmClient` runs that heartbeat
+on a thread (the socket is shared under a lock).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .config import StackConfig
+from .messages import ArmControl, Heartbeat, WaypointSchedule
+from .transport import Sender
+
+
+class ArmClient:
+    """Sends to one arm node.
+
+    Args:
+        config: the stack's config; run_dir: its run folder.
+        arm: arm node name.
+        source: this sender's name (the arm node tracks its heartbeat).
+        heartbeat_hz: heartbeat rate (0 = none: the caller calls :meth:`heartbeat` itself).
+    """
+
+    def __init__(self, config: StackConfig, run_dir: Path, arm: str = "arm", source: str = "client",
+                 heartbeat_hz: float = 20.0, timeout_s: float = 2.0):
+        self.source = source
+        self._tx = Sender(config.in_endpoint(arm, run_dir), source, timeout_s=timeout_s)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        if heartbeat_hz > 0:
+            self._thread = threading.Thread(target=self._beat, args=(1.0 / heartbeat_hz,), daemon=True)
+            self._thread.start()
+
+    def _send(self, topic: str, msg) -> None:
+        with self._lock:
+            self._tx.send(topic, msg)
+
+    def _beat(self, period: float) -> None:
+        while not self._stop.wait(period):
+            try:
+                self.heartbeat()
+            except Exception:  # the arm node is gone: nothing to keep alive
+                pass
+
+    def heartbeat(self) -> None:
+        """Tell the arm node this sender is alive."""
+        self._send("heartbeat", Heartbeat(node=self.source))
+
+    def send_schedule(self, stamps_ns: np.ndarray, positions: np.ndarray, space: str = "joint",
+                      gripper: np.ndarray | None = None, origin: str = "") -> None:
+        """Send a waypoint schedule (see :class:`~robot_stack.messages.WaypointSchedule`)."""
+        self._send("waypoints", WaypointSchedule(
+            stamps_ns=np.asarray(stamps_ns, np.int64), positions=np.asarray(positions, np.float64),
+            space=space, gripper=None if gripper is None else np.asarray(gripper, np.float64),
+            origin=origin or self.source))
+
+    def estop(self, reason: str = "") -> None:
+        self._send("control", ArmControl(kind="estop", reason=reason))
+
+    def release(self) -> None:
+        self._send("control", ArmControl(kind="release"))
+
+    def hold(self) -> None:
+        self._send("control", ArmControl(kind="hold"))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+        self._tx.close()
+
+
+def straight_line(start: np.ndarray, end: np.ndarray, t0_ns: int, speed: float, step_s: float = 0.05
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Timed TCP waypoints along the segment start -> end (positions linear, orientation of ``end``).
+
+    Args:
+        start, end: (7,) poses [x y z qx qy qz qw] in the base frame.
+        t0_ns: time of ``start``, ns.
+        speed: TCP speed, m/s (> 0).
+        step_s: waypoint spacing, s.
+    Returns:
+        stamps_ns (N,) int64 and poses (N, 7), the first waypoint one step after ``t0_ns``.
+    """
+    if speed <= 0:
+        raise ValueError("speed must be > 0")
+    dist = float(np.linalg.norm(end[:3] - start[:3]))
+    n = max(1, int(np.ceil(dist / speed / step_s)))
+    s = np.arange(1, n + 1) / n
+    poses = np.repeat(np.asarray(end, float)[None], n, axis=0)
+    poses[:, :3] = start[:3] + s[:, None] * (end[:3] - start[:3])
+    stamps = t0_ns + (np.arange(1, n + 1) * step_s * 1e9).astype(np.int64)
+    return stamps, poses

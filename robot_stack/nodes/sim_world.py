@@ -1,0 +1,101 @@
+"""Sim-world node: the simulated robot controller box and scene, in real time.
+
+Each tick (``rate_hz``, default 500 Hz = the physics step) it applies the newest joint target from
+the arm node's sim driver, steps physics as many times as needed to stay on the host clock, and
+publishes ``sim/joint_state`` (every tick) and ``sim/state`` (full qpos for the camera renderers,
+at ``state_rate_hz``) and ``sim/objects`` (ground truth for success checks, 10 Hz).
+
+If physics falls behind the host clock by more than ``max_catchup_steps`` it does not silently
+slow down: it counts a real-time violation, logs it, and re-anchors to the host clock.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from pydantic import Field
+
+from ..clock import now_ns
+from ..messages import JointState, JointTarget, ObjectState, SimCommand, SimState
+from ..node import Node, NodeParams
+
+log = logging.getLogger(__name__)
+
+
+class SimWorldParams(NodeParams):
+    rate_hz: float = Field(500.0, gt=0, le=2000)
+    state_rate_hz: float = Field(60.0, gt=0, le=500)
+    seed: int = 0
+    max_catchup_steps: int = Field(20, ge=1)
+
+
+class SimWorldNode(Node):
+    """Owns the MuJoCo world; plays the robot controller box for the arm node's sim driver."""
+
+    Params = SimWorldParams
+
+    def configure(self) -> None:
+        from robot_stack.drivers.sim_world import SimWorld
+
+        self.world = SimWorld(seed=self.params.seed)
+        self.rx = self.ctx.receiver()
+        self.steps = 0
+        self.t0 = now_ns()
+        self.rt_violations = 0
+        self.lag_steps_max = 0
+        self.targets = 0
+        self._state_every = max(1, round(self.params.rate_hz / self.params.state_rate_hz))
+        self._obj_every = max(1, round(self.params.rate_hz / 10.0))
+        self._tick = 0
+        self._dt_ns = int(round(self.world.dt * 1e9))
+
+    def _inputs(self) -> None:
+        while (item := self.rx.recv(0.0)) is not None:
+            _, msg = item
+            if isinstance(msg, JointTarget):
+                if msg.q.shape == (7,) and np.all(np.isfinite(msg.q)):
+                    self.world.set_target(msg.q, msg.gripper)
+                    self.targets += 1
+                else:
+                    log.warning("ignored joint target of shape %s (finite: %s)", msg.q.shape, np.all(np.isfinite(msg.q)))
+            elif isinstance(msg, SimCommand):
+                pose = self.world.reset(None if msg.cube_pose is None else np.asarray(msg.cube_pose))
+                self.steps = 0
+                self.t0 = now_ns()
+                log.info("reset: cube at %s", np.round(pose[:3], 3).tolist())
+
+    def step(self) -> None:
+        self._inputs()
+        t = now_ns()
+        due = (t - self.t0) // self._dt_ns - self.steps
+        if due > self.params.max_catchup_steps:
+            self.rt_violations += 1
+            self.lag_steps_max = max(self.lag_steps_max, int(due))
+            if self.rt_violations <= 5 or self.rt_violations % 100 == 0:
+                log.warning("physics cannot keep real time: %d steps (%.1f ms) behind; re-anchoring (#%d)",
+                            due, due * self._dt_ns / 1e6, self.rt_violations)
+            self.t0 += (due - 1) * self._dt_ns
+            due = 1
+        if due > 0:
+            self.world.step(int(due))
+            self.steps += int(due)
+        stamp = self.t0 + self.steps * self._dt_ns  # sim time on the host clock
+        q, dq, tau, width = self.world.joint_state()
+        self.pub.publish("sim/joint_state", JointState(stamp_ns=stamp, q=q, dq=dq, tau=tau, gripper_width=width))
+        if self._tick % self._state_every == 0:
+            self.pub.publish("sim/state", SimState(stamp_ns=stamp, qpos=self.world.data.qpos.copy(), step=self.steps))
+        if self._tick % self._obj_every == 0:
+            sc = self.world.scene
+            self.pub.publish("sim/objects", ObjectState(stamp_ns=stamp, cube_pose=self.world.cube_pose(),
+                                                        target_xy=np.array(sc.target_xy), target_half=sc.target_half))
+        self._tick += 1
+
+    def metrics(self) -> dict[str, float]:
+        wall = (now_ns() - self.t0) / 1e9
+        return {"realtime_violations": float(self.rt_violations), "lag_steps_max": float(self.lag_steps_max),
+                "sim_s": self.steps * self.world.dt, "wall_s": wall, "targets": float(self.targets)}
+
+    def shutdown(self) -> None:
+        if hasattr(self, "rx"):
+            self.rx.close()
