@@ -36,7 +36,8 @@ class SafetyConfig(BaseModel):
         max_joint_vel, max_joint_acc: per-joint limits (scalar or one per joint).
         max_ee_vel, max_ee_ang_vel, max_ee_acc: TCP limits for Cartesian schedules.
         max_jump_joint: largest allowed distance (per joint) between the first waypoint of a
-            schedule and the arm's current commanded position.
+            schedule and the position the current plan has at that waypoint's time (the current
+            command when there is no plan).
         max_jump_ee: same for the TCP position, m.
         on_limit: "clamp" (move violating waypoints onto the limit) or "refuse" (drop the schedule)
             for joint-limit and workspace violations. Non-finite values and jumps are always refused.

@@ -121,13 +121,16 @@ class ArmNode(Node):
             return
         try:
             if msg.space == "joint":
-                q = self.checker.joint(msg.positions, self.q_cmd)
+                # a jump is measured against where the current plan is when the new one takes over
+                ref = self.traj.eval(int(msg.stamps_ns[0])) if self.traj is not None and self.traj.kind == "joint" else self.q_cmd
+                q = self.checker.joint(msg.positions, ref)
                 if self.traj is None or self.traj.kind != "joint":
                     self.traj = Trajectory("joint", t, self.q_cmd)
                 self.stretched += self.traj.merge(msg.stamps_ns, q, t, self.joint_limits)
             else:
                 ee_now = self.kin.fk(self.q_cmd)
-                poses = self.checker.pose(msg.positions, ee_now)
+                ref = self.traj.eval(int(msg.stamps_ns[0])) if self.traj is not None and self.traj.kind == "pose" else ee_now
+                poses = self.checker.pose(msg.positions, ref)
                 if self.traj is None or self.traj.kind != "pose":
                     self.traj = Trajectory("pose", t, ee_now)
                 self.stretched += self.traj.merge(msg.stamps_ns, poses, t, self.ee_limits)

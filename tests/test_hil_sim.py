@@ -1,0 +1,294 @@
+"""Hardware-in-the-loop on the sim backend: real processes, real sockets, real physics.
+
+One stack (sim world, arm node, two sim camera nodes) is started for the module; each test drives
+it through the same messages a controller would use.
+"""
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from robot_stack.arm_client import ArmClient, straight_line
+from robot_stack.clock import now_ns
+from robot_stack.config import load_config
+from robot_stack.launcher import Launcher
+from robot_stack.transport import Subscriber
+
+from conftest import REPO
+
+pytestmark = pytest.mark.hil
+
+CONFIG = """
+name: hil
+run_dir: {run_dir}
+nodes:
+  sim:
+    kind: sim_world
+    params: {{rate_hz: 500, state_rate_hz: 30}}
+  arm:
+    kind: arm
+    params:
+      rate_hz: 500
+      state_rate_hz: 250
+      safety: {{heartbeat_timeout_s: 0.3, max_jump_ee: 0.08, on_limit: refuse}}
+  cam_scene:
+    kind: camera
+    params: {{driver: sim, sim_camera: scene, camera_id: scene, width: 160, height: 120, rate_hz: 10}}
+  cam_wrist:
+    kind: camera
+    params: {{driver: sim, sim_camera: handcam_rgb, camera_id: wrist, width: 160, height: 120, rate_hz: 10}}
+"""
+
+
+class Out:
+    def __init__(self):
+        self.lines = []
+
+    def write(self, s):
+        self.lines.extend(s.splitlines())
+
+    def flush(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    import shutil
+    import tempfile
+
+    run_dir = tempfile.mkdtemp(prefix="rs-hil-")
+    cfg_path = tmp_path_factory.mktemp("hil") / "hil.yaml"
+    cfg_path.write_text(CONFIG.format(run_dir=run_dir))
+    out = Out()
+    launcher = Launcher(cfg_path, out=out)
+    launcher.start()
+    t = threading.Thread(target=launcher.supervise, daemon=True)
+    t.start()
+    cfg = load_config(cfg_path)
+    from pathlib import Path
+
+    rd = Path(run_dir)
+    state = Subscriber([cfg.pub_endpoint("arm", rd)], ("robot/state", "heartbeat"), history=2000, name="test-arm")
+    cams = Subscriber([cfg.pub_endpoint("cam_scene", rd), cfg.pub_endpoint("cam_wrist", rd)], ("camera/",),
+                      name="test-cams")
+    try:
+        first = state.wait_for("robot/state", 60)
+        assert first is not None, "\n".join(out.lines[-40:])
+        yield {"cfg": cfg, "run_dir": rd, "state": state, "cams": cams, "launcher": launcher, "out": out,
+               "cfg_path": cfg_path}
+    finally:
+        state.close()
+        cams.close()
+        launcher.stop()
+        t.join(10)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def arm_metrics(stack):
+    hb = stack["state"].wait_for("heartbeat/arm", 5, newer_than_seq=stack["state"].latest("heartbeat/arm").seq)
+    return hb.metrics
+
+
+def current_pose(stack):
+    return np.array(stack["state"].latest("robot/state").ee_pose)
+
+
+def wait_still(stack, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = stack["state"].latest("robot/state")
+        if np.abs(st.dq).max() < 0.01 and st.mode == "hold":
+            return
+        time.sleep(0.05)
+
+
+def dist_to_polyline(p, corners):
+    best = np.inf
+    for a, b in zip(corners[:-1], corners[1:]):
+        ab = b - a
+        s = np.clip(np.dot(p - a, ab) / np.dot(ab, ab), 0, 1)
+        best = min(best, np.linalg.norm(p - (a + s * ab)))
+    return best
+
+
+def test_cameras_publish_rgbd_with_true_intrinsics(stack):
+    for cam in ("scene", "wrist"):
+        f = stack["cams"].wait_for(f"camera/{cam}", 20)
+        assert f is not None, f"no frames from {cam}"
+        assert f.color.shape == (120, 160, 3) and f.depth.shape == (120, 160) and f.depth.dtype == np.uint16
+        assert f.depth_scale == 0.001
+        assert f.K[0, 0] == pytest.approx(f.K[1, 1]) and f.K[0, 2] == pytest.approx(79.5)
+        assert f.color.std() > 5  # a real image, not blank
+    # scene camera at z = 0.75 m looking down at the table: centre-pixel depth is the distance to the table
+    f = stack["cams"].latest("camera/scene")
+    d = f.depth[60, 80] * 0.001
+    cam_pos, target = np.array([1.25, 0, 0.75]), np.array([0.45, 0, 0.0])
+    assert d == pytest.approx(np.linalg.norm(target - cam_pos) * np.cos(0), rel=0.05)
+
+
+def test_square_tracking_and_servo_jitter(stack):
+    wait_still(stack)
+    start = current_pose(stack)
+    c = np.array([0.45, 0.0, 0.30])
+    h = 0.075
+    corners = [c + [-h, -h, 0], c + [h, -h, 0], c + [h, h, 0], c + [-h, h, 0], c + [-h, -h, 0]]
+    client = ArmClient(stack["cfg"], stack["run_dir"], source="test_square")
+    try:
+        # go to the first corner, then around the square at 0.1 m/s
+        pose = start.copy()
+        t = now_ns()
+        for corner in corners:
+            goal = start.copy()
+            goal[:3] = corner
+            stamps, poses = straight_line(pose, goal, t, speed=0.1, step_s=0.02)
+            client.send_schedule(stamps, poses, space="ee")
+            pose, t = goal, int(stamps[-1])
+            if corner is corners[0]:
+                time.sleep((t - now_ns()) / 1e9 + 0.5)  # settle at the first corner
+                t = now_ns()
+                t_square = t
+        time.sleep((t - now_ns()) / 1e9 + 0.5)
+        samples = [m for m in stack["state"].history("robot/state") if m.stamp_ns >= t_square]
+    finally:
+        client.close()
+    pos = np.array([m.ee_pose[:3] for m in samples])
+    assert len(pos) > 500
+    path_err = np.array([dist_to_polyline(p, [np.asarray(x) for x in corners]) for p in pos])
+    end_err = np.linalg.norm(pos[-1] - corners[-1])
+    extent = pos.max(0) - pos.min(0)
+    m = arm_metrics(stack)
+    print(f"\nsquare 150 mm at 0.1 m/s: path error mean {path_err.mean() * 1e3:.2f} mm, max {path_err.max() * 1e3:.2f} mm, "
+          f"final {end_err * 1e3:.2f} mm, extent {np.round(extent * 1e3, 1).tolist()} mm; servo period "
+          f"p50 {m['loop.period_p50_s'] * 1e3:.3f} ms p99 {m['loop.period_p99_s'] * 1e3:.3f} ms "
+          f"max {m['loop.period_max_s'] * 1e3:.3f} ms, overruns {m['loop.overruns']:.0f}/{m['loop.periods']:.0f}")
+    assert extent[0] == pytest.approx(0.15, abs=0.01) and extent[1] == pytest.approx(0.15, abs=0.01)
+    assert path_err.mean() < 0.005 and path_err.max() < 0.02 and end_err < 0.005
+    assert m["loop.period_p50_s"] == pytest.approx(0.002, rel=0.1)
+    assert m["loop.overruns"] < 0.5 * m["loop.periods"]
+
+
+def _refused(stack, positions, check):
+    wait_still(stack)
+    before_pose = current_pose(stack)
+    before = arm_metrics(stack).get(f"safety.{check}", 0.0)
+    client = ArmClient(stack["cfg"], stack["run_dir"], source="test_fault")
+    try:
+        t = now_ns()
+        stamps = t + (np.arange(1, len(positions) + 1) * 0.05e9).astype(np.int64)
+        client.send_schedule(stamps, positions, space="ee")
+        time.sleep(0.6)
+    finally:
+        client.close()
+    after = arm_metrics(stack).get(f"safety.{check}", 0.0)
+    moved = np.linalg.norm(current_pose(stack)[:3] - before_pose[:3])
+    assert after == before + 1, f"{check} not counted"
+    assert moved < 0.001, f"arm moved {moved * 1e3:.1f} mm after a refused schedule"
+
+
+def test_nan_waypoints_refused(stack):
+    p = current_pose(stack)
+    bad = np.repeat(p[None], 3, 0)
+    bad[1, 0] = np.nan
+    _refused(stack, bad, "non_finite")
+
+
+def test_out_of_workspace_refused(stack):
+    p = current_pose(stack)
+    bad = np.repeat(p[None], 20, 0)
+    bad[:, 2] = np.linspace(p[2], -0.1, 20)  # through the table
+    _refused(stack, bad, "workspace")
+
+
+def test_huge_jump_refused(stack):
+    p = current_pose(stack)
+    bad = p[None].copy()
+    bad[0, 1] += 0.3
+    _refused(stack, bad, "jump")
+
+
+SENDER = """
+import sys, time, numpy as np
+from pathlib import Path
+from robot_stack.config import load_config
+from robot_stack.arm_client import ArmClient, straight_line
+from robot_stack.clock import now_ns
+from robot_stack.transport import Subscriber
+cfg = load_config(sys.argv[1]); rd = Path(sys.argv[2])
+sub = Subscriber([cfg.pub_endpoint("arm", rd)], ("robot/state",))
+p = np.array(sub.wait_for("robot/state", 10).ee_pose)
+goal = p.copy(); goal[1] += 0.3
+client = ArmClient(cfg, rd, source="doomed_controller")
+stamps, poses = straight_line(p, goal, now_ns(), speed=0.05)
+client.send_schedule(stamps, poses, space="ee")
+print("sent", flush=True)
+time.sleep(60)
+"""
+
+
+def test_killed_sender_makes_arm_hold_within_timeout(stack):
+    wait_still(stack)
+    proc = subprocess.Popen([sys.executable, "-c", SENDER, str(stack["cfg_path"]), str(stack["run_dir"])],
+                            stdout=subprocess.PIPE, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == b"sent"
+        deadline = time.monotonic() + 5
+        while stack["state"].latest("robot/state").mode != "track":
+            assert time.monotonic() < deadline, "arm never started tracking"
+            time.sleep(0.01)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        t_kill = time.monotonic()
+        proc.wait()
+        while stack["state"].latest("robot/state").mode != "hold":
+            assert time.monotonic() - t_kill < 3, "arm did not hold after its sender died"
+            time.sleep(0.005)
+        latency = time.monotonic() - t_kill
+        time.sleep(0.5)
+        p1 = current_pose(stack)
+        time.sleep(0.5)
+        p2 = current_pose(stack)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"\narm held {latency * 1e3:.0f} ms after its sender was killed (timeout 300 ms)")
+    assert 0.2 < latency < 1.0  # the last heartbeat left up to 50 ms before the kill
+    assert np.linalg.norm(p2[:3] - p1[:3]) < 0.0005  # standing still
+    assert arm_metrics(stack)["safety.heartbeat_stale"] >= 1
+
+
+def test_estop_stops_at_once_and_refuses_until_release(stack):
+    wait_still(stack)
+    client = ArmClient(stack["cfg"], stack["run_dir"], source="test_estop")
+    try:
+        p = current_pose(stack)
+        goal = p.copy()
+        goal[1] -= 0.2
+        stamps, poses = straight_line(p, goal, now_ns(), speed=0.1)
+        client.send_schedule(stamps, poses, space="ee")
+        time.sleep(0.8)
+        client.estop("test")
+        time.sleep(0.3)
+        st = stack["state"].latest("robot/state")
+        assert st.mode == "estop"
+        p1 = current_pose(stack)
+        time.sleep(0.5)
+        assert np.linalg.norm(current_pose(stack)[:3] - p1[:3]) < 0.001
+        assert abs(p1[1] - goal[1]) > 0.05  # stopped well before the goal
+        stamps, poses = straight_line(p1, goal, now_ns(), speed=0.1)
+        client.send_schedule(stamps, poses, space="ee")
+        time.sleep(0.3)
+        assert np.linalg.norm(current_pose(stack)[:3] - p1[:3]) < 0.001  # refused while e-stopped
+        client.release()
+        time.sleep(0.2)
+        stamps, poses = straight_line(current_pose(stack), goal, now_ns(), speed=0.1)
+        client.send_schedule(stamps, poses, space="ee")
+        time.sleep((stamps[-1] - now_ns()) / 1e9 + 0.5)
+        assert np.linalg.norm(current_pose(stack)[:3] - goal[:3]) < 0.005
+        assert arm_metrics(stack)["safety.refused_estop"] >= 1
+    finally:
+        client.close()
