@@ -157,3 +157,36 @@ class RateLoop:
             jitter_p99_s=float(np.percentile(j, 99)),
             jitter_max_s=float(j.max()),
         )
+
+
+class DeviceClockMapper:
+    """Maps a device's timestamps (its own clock) onto the stack clock.
+
+    Estimate: ``offset = min over a sliding window of (host receive time - device time)``; the
+    sample with the least transport delay bounds the offset best (the minimum-delay filter of
+    clock synchronization, as in NTP's clock filter). ``host stamp = device time + offset``,
+    never later than the receive time. When the device clock jumps backwards (device reset, a
+    looping recording) or forwards by more than ``max_gap_ns``, the window restarts.
+
+    Args:
+        window: number of recent samples in the minimum.
+        max_gap_ns: a forward jump larger than this restarts the estimate.
+    """
+
+    def __init__(self, window: int = 300, max_gap_ns: int = 5 * NS_PER_S):
+        self.window = window
+        self.max_gap_ns = max_gap_ns
+        self._diffs: list[int] = []
+        self._last_dev: int | None = None
+        self.resets = 0
+
+    def map(self, device_ns: int, host_recv_ns: int) -> int:
+        """Host-clock capture time (ns) of a sample stamped ``device_ns`` and received at ``host_recv_ns``."""
+        if self._last_dev is not None and (device_ns <= self._last_dev or device_ns - self._last_dev > self.max_gap_ns):
+            self._diffs.clear()
+            self.resets += 1
+        self._last_dev = device_ns
+        self._diffs.append(host_recv_ns - device_ns)
+        if len(self._diffs) > self.window:
+            del self._diffs[0]
+        return min(device_ns + min(self._diffs), host_recv_ns)

@@ -1,0 +1,100 @@
+"""Intel RealSense camera driver (pyrealsense2).
+
+Color (rgb8) and depth (z16) are streamed and depth is aligned to the color image with
+``rs.align(rs.stream.color)``, so one (u, v) addresses both; intrinsics K are the color stream's,
+depth scale comes from the depth sensor (D4xx: 0.001 m per unit). Device timestamps
+(``frame.get_timestamp()``, ms) are mapped to the stack clock by
+:class:`~robot_stack.clock.DeviceClockMapper`; for ``global_time`` domain stamps (host-synchronized
+by librealsense) the same mapper applies. A recorded ``.bag``/``.db3`` file plays back instead of a
+device with ``playback_file`` (every frame delivered: ``set_real_time(False)``).
+Source: librealsense Python wrapper docs and examples (align-depth2color.py, read_bag_example.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from robot_stack.clock import DeviceClockMapper, now_ns
+from robot_stack.drivers.camera import CameraDriver, Frame
+
+
+class RealSenseError(RuntimeError):
+    """No device / bad recording / stream configuration refused by the device."""
+
+
+class RealSenseCamera(CameraDriver):
+    """RealSense D4xx RGB-D camera, live or from a recording.
+
+    Args:
+        width, height, fps: stream settings (live devices; a recording uses its own).
+        serial: device serial number to open (None: the first device).
+        playback_file: path of a ``.bag``/``.db3`` recording to play instead of a device.
+        loop: repeat the recording.
+    """
+
+    def __init__(self, width: int = 640, height: int = 480, fps: int = 30, serial: str | None = None,
+                 playback_file: str | None = None, loop: bool = True):
+        self.width, self.height, self.fps = width, height, fps
+        self.serial, self.playback_file, self.loop = serial, playback_file, loop
+        self._clock = DeviceClockMapper()
+        self._pipe = None
+
+    def start(self) -> None:
+        import pyrealsense2 as rs
+
+        self._rs = rs
+        cfg = rs.config()
+        if self.playback_file:
+            if not os.path.isfile(self.playback_file):
+                raise RealSenseError(f"recording {self.playback_file} does not exist")
+            cfg.enable_device_from_file(self.playback_file, repeat_playback=self.loop)
+        else:
+            ctx = rs.context()
+            serials = [d.get_info(rs.camera_info.serial_number) for d in ctx.query_devices()]
+            if not serials:
+                raise RealSenseError("no RealSense device connected")
+            if self.serial is not None:
+                if self.serial not in serials:
+                    raise RealSenseError(f"RealSense {self.serial} not found (connected: {serials})")
+                cfg.enable_device(self.serial)
+            cfg.enable_stream(rs.stream.color, self.width, self.height, rs.format.rgb8, self.fps)
+            cfg.enable_stream(rs.stream.depth, self.width, self.height, rs.format.z16, self.fps)
+        self._pipe = rs.pipeline()
+        try:
+            profile = self._pipe.start(cfg)
+        except RuntimeError as e:
+            raise RealSenseError(f"cannot start the RealSense pipeline: {e}") from None
+        dev = profile.get_device()
+        if self.playback_file:
+            dev.as_playback().set_real_time(False)
+        self.depth_scale = float(dev.first_depth_sensor().get_depth_scale())
+        intr = profile.get_stream(rs.stream.color).as_video_stream_profile().get_intrinsics()
+        self.width, self.height = intr.width, intr.height
+        self.K = np.array([[intr.fx, 0, intr.ppx], [0, intr.fy, intr.ppy], [0, 0, 1]], dtype=np.float64)
+        self.distortion = np.array(intr.coeffs, dtype=np.float64)
+        self.serial_number = dev.get_info(rs.camera_info.serial_number)
+        self._align = rs.align(rs.stream.color)
+
+    def read(self, timeout_s: float) -> Frame | None:
+        ok, frames = self._pipe.try_wait_for_frames(max(1, int(timeout_s * 1000)))
+        t_recv = now_ns()
+        if not ok:
+            return None
+        aligned = self._align.process(frames)
+        cf, df = aligned.get_color_frame(), aligned.get_depth_frame()
+        if not cf or not df:
+            return None
+        color = np.array(cf.get_data(), dtype=np.uint8, copy=True)
+        depth = np.array(df.get_data(), dtype=np.uint16, copy=True)
+        stamp = self._clock.map(int(cf.get_timestamp() * 1e6), t_recv)
+        return Frame(stamp_ns=stamp, frame_index=int(cf.get_frame_number()), color=color, depth=depth)
+
+    def stop(self) -> None:
+        if self._pipe is not None:
+            try:
+                self._pipe.stop()
+            except RuntimeError:
+                pass
+            self._pipe = None
