@@ -98,3 +98,29 @@ def straight_line(start: np.ndarray, end: np.ndarray, t0_ns: int, speed: float, 
     poses[:, :3] = start[:3] + s[:, None] * (end[:3] - start[:3])
     stamps = t0_ns + (np.arange(1, n + 1) * step_s * 1e9).astype(np.int64)
     return stamps, poses
+
+
+def polyline(client: "ArmClient", start: np.ndarray, points: list[np.ndarray], t0_ns: int, speed: float,
+             step_s: float = 0.02) -> int:
+    """Send one Cartesian schedule per leg start -> points[0] -> points[1] ... (orientation of ``start``).
+
+    Legs are queued back to back (each leg's schedule starts where the previous one ends).
+
+    Returns:
+        the planned end time of the last leg, ns.
+    """
+    pose, t = np.asarray(start, float), int(t0_ns)
+    for p in points:
+        goal = np.asarray(start, float).copy()
+        goal[:3] = p
+        stamps, poses = straight_line(pose, goal, t, speed=speed, step_s=step_s)
+        client.send_schedule(stamps, poses, space="ee")
+        pose, t = goal, int(stamps[-1])
+    return t
+
+
+def square(center: np.ndarray, side: float) -> list[np.ndarray]:
+    """Corners of a horizontal square (closed: the first corner repeated at the end), base frame, m."""
+    h = side / 2
+    c = np.asarray(center, float)
+    return [c + [-h, -h, 0], c + [h, -h, 0], c + [h, h, 0], c + [-h, h, 0], c + [-h, -h, 0]]

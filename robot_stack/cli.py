@@ -116,7 +116,7 @@ def _cmd_estop(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(quick=args.quick)
+    return run_demo(quick=args.quick, verbose=args.verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the simulated robot")
     p.add_argument("--quick", action="store_true", help="short run that proves the path (CI)")
+    p.add_argument("--verbose", action="store_true", help="stream every node's log")
     p.set_defaults(fn=_cmd_demo)
     return ap
 

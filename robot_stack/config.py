@@ -59,6 +59,9 @@ class NodeConfig(StrictModel):
         curve_server: CURVE keys for this node's bound sockets (required for non-local TCP).
         curve_client: CURVE keys this node uses to connect to non-local TCP endpoints.
         critical: if True and ``on_node_exit`` is "shutdown", this node's death stops the stack.
+        nice: scheduling niceness of the process (0..19); give best-effort work such as sim
+            rendering a higher value so servo loops keep the CPU on a small machine.
+        env: extra environment variables for the process.
         heartbeat_hz: heartbeat rate.
     """
 
@@ -70,6 +73,8 @@ class NodeConfig(StrictModel):
     curve_client: CurveClientConfig | None = None
     heartbeat_hz: float = Field(2.0, gt=0, le=100)
     critical: bool = True
+    nice: int = Field(0, ge=0, le=19)
+    env: dict[str, str] = Field(default_factory=dict)
 
 
 class StackConfig(StrictModel):

@@ -54,6 +54,7 @@ class Trajectory:
         self.kind = kind
         self.t = np.array([int(t0_ns)], dtype=np.int64)
         self.x = np.asarray(x0, dtype=np.float64)[None].copy()
+        self._rel = np.zeros((0, 3))  # pose: per-segment relative rotation vectors (slerp cache)
         if kind == "pose":
             self.x[0, 3:] = _normalize_quat(self.x[0, 3:])
 
@@ -77,6 +78,12 @@ class Trajectory:
             return self.x[-1].copy()
         i = int(np.searchsorted(t, t_ns, side="right"))  # t[i-1] <= t_ns < t[i]
         s = (t_ns - t[i - 1]) / (t[i] - t[i - 1])
+        if self.kind == "pose":
+            a, b = self.x[i - 1], self.x[i]
+            out = np.empty(7)
+            out[:3] = a[:3] + s * (b[:3] - a[:3])
+            out[3:] = (_rot(a[3:]) * Rotation.from_rotvec(s * self._rel[i - 1])).as_quat()
+            return out
         return self._interp(self.x[i - 1], self.x[i], s)
 
     def velocity(self, t_ns: int) -> np.ndarray:
@@ -144,6 +151,9 @@ class Trajectory:
         if limits is not None:
             t, stretched = self._stretch(t, x, v0, limits)
         self.t, self.x = t, x
+        if self.kind == "pose":  # slerp a -> b is a * exp(s * log(a^-1 b)); cache log(a^-1 b)
+            r = _rot(x[:, 3:])
+            self._rel = (r[:-1].inv() * r[1:]).as_rotvec()
         return stretched
 
     def _stretch(self, t: np.ndarray, x: np.ndarray, v0: np.ndarray, lim: Limits) -> tuple[np.ndarray, int]:

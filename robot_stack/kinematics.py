@@ -62,20 +62,26 @@ class Kinematics:
             IKError: if the tolerance is not met after ``iters`` (only when ``raise_on_fail``).
         """
         q = np.clip(np.asarray(q_seed, float).copy(), self.lower, self.upper)
-        r_t = Rotation.from_quat(target[3:])
+        # rotation error with MuJoCo's quaternion routines (scalar-first), cheap enough for 500 Hz
+        x, y, z, w = target[3:]
+        q_t = np.array([w, x, y, z]) / np.linalg.norm(target[3:])
+        q_c = np.empty(4)
+        e_rot = np.empty(3)
         lam2 = damping ** 2
+        e = np.empty(6)
         for _ in range(iters):
             self.data.qpos[self.qpos_adr] = q
             mujoco.mj_kinematics(self.model, self.data)
-            mujoco.mj_comPos(self.model, self.data)
             e_pos = target[:3] - self.data.site_xpos[self.site]
-            r_c = Rotation.from_matrix(self.data.site_xmat[self.site].reshape(3, 3))
-            e_rot = (r_t * r_c.inv()).as_rotvec()
+            mujoco.mju_mat2Quat(q_c, self.data.site_xmat[self.site])
+            mujoco.mju_subQuat(e_rot, q_t, q_c)  # body-frame rotation taking q_c to q_t
+            mujoco.mju_rotVecQuat(e_rot, e_rot.copy(), q_c)  # expressed in the base frame
             if np.linalg.norm(e_pos) < tol_m and np.linalg.norm(e_rot) < tol_rad:
                 return q
+            mujoco.mj_comPos(self.model, self.data)
             mujoco.mj_jacSite(self.model, self.data, self._jp, self._jr, self.site)
             J = np.vstack([self._jp[:, self.dof_adr], self._jr[:, self.dof_adr]])
-            e = np.concatenate([e_pos, e_rot])
+            e[:3], e[3:] = e_pos, e_rot
             dq = J.T @ np.linalg.solve(J @ J.T + lam2 * np.eye(6), e)
             q = np.clip(q + dq, self.lower, self.upper)
         if raise_on_fail:

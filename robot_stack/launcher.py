@@ -116,8 +116,9 @@ class Launcher:
         for n in names:
             if n not in self.config.nodes:
                 raise ValueError(f"no node named {n!r} in {self.config_path}")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
         for n in names:
+            nc = self.config.nodes[n]
+            env = dict(os.environ, PYTHONUNBUFFERED="1", **nc.env)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "robot_stack.nodes.main", str(self.config_path), n, str(self.run_dir)],
                 stdout=subprocess.PIPE,
@@ -125,6 +126,7 @@ class Launcher:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,  # Ctrl-C goes to the launcher, which stops nodes in order
+                preexec_fn=(lambda nice=nc.nice: os.nice(nice)) if nc.nice else None,
             )
             t = threading.Thread(target=self._pump, args=(n, proc.stdout), daemon=True)
             t.start()

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from robot_stack.arm_client import ArmClient, straight_line
+from robot_stack.arm_client import ArmClient, polyline, square, straight_line
 from robot_stack.clock import now_ns
 from robot_stack.config import load_config
 from robot_stack.launcher import Launcher
@@ -134,31 +134,21 @@ def test_cameras_publish_rgbd_with_true_intrinsics(stack):
 def test_square_tracking_and_servo_jitter(stack):
     wait_still(stack)
     start = current_pose(stack)
-    c = np.array([0.45, 0.0, 0.30])
-    h = 0.075
-    corners = [c + [-h, -h, 0], c + [h, -h, 0], c + [h, h, 0], c + [-h, h, 0], c + [-h, -h, 0]]
+    corners = square(np.array([0.45, 0.0, 0.30]), 0.15)
     client = ArmClient(stack["cfg"], stack["run_dir"], source="test_square")
     try:
-        # go to the first corner, then around the square at 0.1 m/s
-        pose = start.copy()
-        t = now_ns()
-        for corner in corners:
-            goal = start.copy()
-            goal[:3] = corner
-            stamps, poses = straight_line(pose, goal, t, speed=0.1, step_s=0.02)
-            client.send_schedule(stamps, poses, space="ee")
-            pose, t = goal, int(stamps[-1])
-            if corner is corners[0]:
-                time.sleep((t - now_ns()) / 1e9 + 0.5)  # settle at the first corner
-                t = now_ns()
-                t_square = t
-        time.sleep((t - now_ns()) / 1e9 + 0.5)
+        # go to the first corner and settle, then around the square at 0.1 m/s
+        t_end = polyline(client, start, corners[:1], now_ns(), speed=0.1)
+        time.sleep((t_end - now_ns()) / 1e9 + 0.5)
+        t_square = now_ns()
+        t_end = polyline(client, current_pose(stack), corners[1:], t_square, speed=0.1)
+        time.sleep((t_end - now_ns()) / 1e9 + 0.5)
         samples = [m for m in stack["state"].history("robot/state") if m.stamp_ns >= t_square]
     finally:
         client.close()
     pos = np.array([m.ee_pose[:3] for m in samples])
     assert len(pos) > 500
-    path_err = np.array([dist_to_polyline(p, [np.asarray(x) for x in corners]) for p in pos])
+    path_err = np.array([dist_to_polyline(p, corners) for p in pos])
     end_err = np.linalg.norm(pos[-1] - corners[-1])
     extent = pos.max(0) - pos.min(0)
     m = arm_metrics(stack)
@@ -215,7 +205,7 @@ SENDER = """
 import sys, time, numpy as np
 from pathlib import Path
 from robot_stack.config import load_config
-from robot_stack.arm_client import ArmClient, straight_line
+from robot_stack.arm_client import ArmClient, polyline, square, straight_line
 from robot_stack.clock import now_ns
 from robot_stack.transport import Subscriber
 cfg = load_config(sys.argv[1]); rd = Path(sys.argv[2])
