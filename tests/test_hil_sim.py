@@ -42,6 +42,10 @@ nodes:
   cam_wrist:
     kind: camera
     params: {{driver: sim, sim_camera: handcam_rgb, camera_id: wrist, width: 160, height: 120, rate_hz: 10}}
+  viewer:
+    kind: viewer
+    critical: false
+    params: {{watch: [arm, cam_scene, cam_wrist], rrd_path: "{run_dir}/view.rrd", rate_hz: 5}}
 """
 
 
@@ -282,3 +286,19 @@ def test_estop_stops_at_once_and_refuses_until_release(stack):
         assert arm_metrics(stack)["safety.refused_estop"] >= 1
     finally:
         client.close()
+
+
+def test_live_view_recording_has_cameras_and_robot(stack):
+    """The viewer node wrote camera images, depth, intrinsics and robot state to its .rrd file."""
+    import os
+
+    rrd = stack["run_dir"] / "view.rrd"
+    deadline = time.monotonic() + 20
+    while (not rrd.exists() or rrd.stat().st_size < 50_000) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    out = subprocess.run([sys.executable, "-m", "rerun", "rrd", "print", str(rrd)], capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ, RERUN_ANALYTICS="0"))
+    text = out.stdout + out.stderr
+    for entity in ("/camera/scene/color", "/camera/scene/depth", "/camera/wrist/color", "/robot/tcp", "/camera/scene"):
+        assert entity in text, text[-2000:]
+    assert "Pinhole" in text and "DepthImage" in text

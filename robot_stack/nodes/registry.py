@@ -9,6 +9,7 @@ KINDS: dict[str, str] = {
     "monitor": "robot_stack.nodes.monitor:MonitorNode",
     "sim_world": "robot_stack.nodes.sim_world:SimWorldNode",
     "arm": "robot_stack.nodes.arm:ArmNode",
+    "viewer": "robot_stack.nodes.viewer:ViewerNode",
 }
 
 
