@@ -1,0 +1,193 @@
+"""Timing math of action-chunk execution (DESIGN.md, "Action chunks and receding-horizon execution").
+
+Terms: prediction horizon H (actions per chunk), execution horizon s, inference delay d (control
+steps), control period dt, offset (step index of action 0 relative to the observation).
+Action i of a chunk observed at t_obs is meant for ``t_obs + (i + offset) * dt``.
+
+Pure functions and small classes, no processes:
+
+- :func:`plan_chunk`: which actions of an arriving chunk still lie in the future (after the
+  execution latency), how late the chunk is, and whether it is over budget (all stale -> hold).
+- :class:`TemporalEnsembler`: ACT's temporal ensembling (Zhao et al. 2023, "Learning Fine-Grained
+  Bimanual Manipulation with Low-Cost Hardware"): all predictions for one time step averaged with
+  weights exp(-m * i), i = 0 for the oldest prediction.
+- :func:`committed_prefix` and :func:`rtc_guidance_weights`: real-time chunking (Black et al.
+  2025, "Real-Time Execution of Action Chunking Flow Policies"): the first d actions of the next
+  chunk are frozen to what is already committed; the soft mask decays over the overlap.
+- :class:`DelayEstimator`: inference delay d measured online from observation-to-arrival times.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def action_times_ns(t_obs_ns: int, horizon: int, dt_ns: int, offset: int = 0) -> np.ndarray:
+    """(H,) int64 target times of a chunk's actions: ``t_obs + (i + offset) * dt``."""
+    return t_obs_ns + (np.arange(horizon, dtype=np.int64) + offset) * dt_ns
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What to execute of one chunk.
+
+    Attributes:
+        stamps_ns: (k,) target times of the actions to execute.
+        actions: (k, D) those actions.
+        first_index: chunk index of the first executed action (H if none).
+        dropped: number of actions dropped as stale (time <= arrival + execution latency).
+        late_steps: stale actions that were meant for after the observation (i + offset > 0):
+            how many steps late the chunk arrived ("late by N steps").
+        over_budget: every action was stale: the arm holds and the step is counted.
+    """
+
+    stamps_ns: np.ndarray
+    actions: np.ndarray
+    first_index: int
+    dropped: int
+    late_steps: int
+    over_budget: bool
+
+
+def plan_chunk(actions: np.ndarray, t_obs_ns: int, arrival_ns: int, dt_ns: int, offset: int = 0,
+               exec_latency_ns: int = 0, execute: int | None = None) -> ChunkPlan:
+    """Turn a chunk into the timed waypoints to execute.
+
+    Args:
+        actions: (H, D) the chunk.
+        t_obs_ns: capture time of the newest observation the chunk was computed from, ns.
+        arrival_ns: when the chunk arrived, ns.
+        dt_ns: control period, ns.
+        offset: step offset of action 0.
+        exec_latency_ns: command-to-motion latency; actions at or before arrival + latency are stale.
+        execute: execution horizon s (None: every non-stale action).
+
+    Returns:
+        A :class:`ChunkPlan`. Worked example (DESIGN.md): dt = 0.1 s, H = 16, s = 8, latency 10 ms,
+        t_obs = 10.000 s, arrival 10.085 s -> actions 1..8 at 10.1..10.8 s.
+    """
+    actions = np.asarray(actions)
+    H = actions.shape[0]
+    stamps = action_times_ns(t_obs_ns, H, dt_ns, offset)
+    cutoff = arrival_ns + exec_latency_ns
+    fresh = np.nonzero(stamps > cutoff)[0]
+    first = int(fresh[0]) if len(fresh) else H
+    late = int(np.sum((np.arange(first) + offset) > 0))
+    if first >= H:
+        return ChunkPlan(stamps[:0], actions[:0], H, H, late, True)
+    last = H if execute is None else min(H, first + execute)
+    return ChunkPlan(stamps[first:last], actions[first:last], first, first, late, False)
+
+
+class TemporalEnsembler:
+    """ACT temporal ensembling over overlapping chunks.
+
+    Args:
+        dt_ns: control period, ns.
+        m: weight decay; weights exp(-m * i), i = 0 for the oldest chunk predicting the step.
+            m > 0 favours older predictions (ACT's default m = 0.01), m < 0 newer ones.
+        max_chunks: chunks kept (older ones are forgotten).
+    """
+
+    def __init__(self, dt_ns: int, m: float = 0.01, max_chunks: int = 64):
+        self.dt_ns, self.m = dt_ns, m
+        self._chunks: collections.deque = collections.deque(maxlen=max_chunks)
+
+    def add(self, t_obs_ns: int, actions: np.ndarray, offset: int = 0) -> None:
+        """Register a chunk (its actions are stamped ``t_obs + (i + offset) dt``)."""
+        self._chunks.append((action_times_ns(t_obs_ns, len(actions), self.dt_ns, offset), np.asarray(actions, float)))
+
+    def weights(self, n: int) -> np.ndarray:
+        """Normalized weights of ``n`` predictions, oldest first."""
+        w = np.exp(-self.m * np.arange(n))
+        return w / w.sum()
+
+    def action_at(self, t_ns: int) -> np.ndarray | None:
+        """Ensembled action for control step time ``t_ns`` (predictions within dt/2), or None."""
+        preds = []
+        for stamps, acts in self._chunks:  # oldest first
+            j = int(np.argmin(np.abs(stamps - t_ns)))
+            if abs(int(stamps[j]) - t_ns) <= self.dt_ns // 2:
+                preds.append(acts[j])
+        if not preds:
+            return None
+        return np.einsum("i,ij->j", self.weights(len(preds)), np.stack(preds))
+
+    def prune(self, before_ns: int) -> None:
+        """Forget chunks whose last action is before ``before_ns``."""
+        while self._chunks and self._chunks[0][0][-1] < before_ns:
+            self._chunks.popleft()
+
+
+def committed_prefix(stamps_ns: np.ndarray, actions: np.ndarray, t_obs_ns: int, dt_ns: int, d: int,
+                     offset: int = 0) -> np.ndarray:
+    """The first ``d`` actions of the next chunk, frozen to what is already committed (RTC).
+
+    Args:
+        stamps_ns, actions: (k,) and (k, D) the schedule already sent to the arm.
+        t_obs_ns: observation time of the next request.
+        dt_ns, offset: the chunk timing.
+        d: inference delay in steps.
+    Returns:
+        (d', D) committed actions for next-chunk indices 0..d'-1, d' <= d: the prefix stops at the
+        first index with no committed action within dt/2 of its time.
+    """
+    out = []
+    for t in action_times_ns(t_obs_ns, d, dt_ns, offset):
+        if len(stamps_ns) == 0:
+            break
+        j = int(np.argmin(np.abs(stamps_ns - t)))
+        if abs(int(stamps_ns[j]) - int(t)) > dt_ns // 2:
+            break
+        out.append(actions[j])
+    return np.array(out, dtype=np.float32).reshape(len(out), actions.shape[1] if actions.ndim == 2 else 0)
+
+
+def rtc_guidance_weights(horizon: int, d: int, s: int) -> np.ndarray:
+    """RTC soft mask W (H,) over the next chunk (Black et al. 2025, eq. 5).
+
+    W_i = 1 for i < d (frozen prefix); for d <= i < H - s, W_i = c_i (e^{c_i} - 1) / (e - 1) with
+    c_i = (H - s - i) / (H - s - d + 1) (exponentially decaying guidance over the overlap); 0 for
+    i >= H - s (actions no earlier chunk committed to).
+    """
+    if not (0 <= d <= horizon and 0 <= s <= horizon):
+        raise ValueError(f"need 0 <= d, s <= H (H={horizon}, d={d}, s={s})")
+    w = np.zeros(horizon)
+    w[:d] = 1.0
+    denom = horizon - s - d + 1
+    for i in range(d, max(d, horizon - s)):
+        c = (horizon - s - i) / denom
+        w[i] = c * (math.exp(c) - 1) / (math.e - 1)
+    return w
+
+
+class DelayEstimator:
+    """Inference delay d (control steps) measured online.
+
+    Records observation-capture-to-chunk-arrival times and reports
+    ``d = ceil(quantile_q(delays) / dt)`` over the recent window (a high quantile so the frozen
+    prefix covers nearly every inference).
+
+    Args:
+        dt_ns: control period, ns.
+        window: samples kept.
+        quantile: in (0, 1].
+        initial_steps: d before any sample.
+    """
+
+    def __init__(self, dt_ns: int, window: int = 50, quantile: float = 0.9, initial_steps: int = 1):
+        self.dt_ns, self.quantile, self.initial = dt_ns, quantile, initial_steps
+        self._samples: collections.deque = collections.deque(maxlen=window)
+
+    def add(self, delay_ns: int) -> None:
+        self._samples.append(int(delay_ns))
+
+    @property
+    def steps(self) -> int:
+        if not self._samples:
+            return self.initial
+        return int(math.ceil(float(np.quantile(np.array(self._samples), self.quantile)) / self.dt_ns))

@@ -1,0 +1,101 @@
+"""Chunk timing math pinned with exact values (DESIGN.md worked example)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from robot_stack.chunking import (
+    DelayEstimator, TemporalEnsembler, action_times_ns, committed_prefix, plan_chunk, rtc_guidance_weights,
+)
+
+MS = 1_000_000
+S = 1_000 * MS
+DT = 100 * MS
+
+
+def chunk(H=16, D=2):
+    return np.arange(H * D, dtype=np.float32).reshape(H, D)
+
+
+def test_action_stamps():
+    assert list(action_times_ns(10 * S, 4, DT, offset=1)) == [10_100 * MS, 10_200 * MS, 10_300 * MS, 10_400 * MS]
+
+
+def test_design_worked_example_on_time():
+    p = plan_chunk(chunk(), t_obs_ns=10 * S, arrival_ns=10_085 * MS, dt_ns=DT, exec_latency_ns=10 * MS, execute=8)
+    assert p.first_index == 1 and p.dropped == 1 and p.late_steps == 0 and not p.over_budget
+    assert list(p.stamps_ns) == [(10_000 + 100 * i) * MS for i in range(1, 9)]  # 10.1 .. 10.8 s
+    assert np.array_equal(p.actions, chunk()[1:9])
+
+
+def test_design_worked_example_late_by_9_steps():
+    p = plan_chunk(chunk(), t_obs_ns=10 * S, arrival_ns=10_900 * MS, dt_ns=DT, exec_latency_ns=10 * MS, execute=8)
+    assert p.first_index == 10 and p.late_steps == 9 and not p.over_budget
+    assert len(p.actions) == 6  # only 10..15 run
+    assert p.stamps_ns[0] == 11 * S
+
+
+def test_all_stale_is_over_budget():
+    p = plan_chunk(chunk(), t_obs_ns=10 * S, arrival_ns=11_600 * MS, dt_ns=DT, exec_latency_ns=0)
+    assert p.over_budget and p.first_index == 16 and len(p.actions) == 0 and p.late_steps == 15
+
+
+def test_boundary_action_exactly_at_cutoff_is_dropped():
+    # action 1 at 10.1 s; arrival 10.09 + 10 ms latency = 10.1 s exactly: "at or before" -> dropped
+    p = plan_chunk(chunk(), t_obs_ns=10 * S, arrival_ns=10_090 * MS, dt_ns=DT, exec_latency_ns=10 * MS)
+    assert p.first_index == 2
+
+
+def test_offset_shifts_stamps_and_lateness():
+    p = plan_chunk(chunk(), t_obs_ns=10 * S, arrival_ns=10_050 * MS, dt_ns=DT, offset=1)
+    assert p.first_index == 0 and p.late_steps == 0 and p.stamps_ns[0] == 10_100 * MS
+
+
+def test_temporal_ensembling_weights_exact():
+    te = TemporalEnsembler(DT, m=0.5)
+    te.add(10 * S, np.full((4, 1), 1.0))  # predicts 10.0 .. 10.3
+    te.add(10_100 * MS, np.full((4, 1), 3.0))  # predicts 10.1 .. 10.4
+    te.add(10_200 * MS, np.full((4, 1), 5.0))  # predicts 10.2 .. 10.5
+    w = np.exp(-0.5 * np.arange(3))
+    w /= w.sum()
+    assert te.weights(3) == pytest.approx(w)
+    assert te.action_at(10_200 * MS)[0] == pytest.approx(w @ [1.0, 3.0, 5.0])
+    assert te.action_at(10_000 * MS)[0] == pytest.approx(1.0)  # one prediction only
+    assert te.action_at(10_480 * MS)[0] == pytest.approx(5.0)  # within dt/2 of 10.5 s: newest only
+    assert te.action_at(11 * S) is None
+    te.prune(10_350 * MS)
+    assert te.action_at(10_300 * MS)[0] == pytest.approx((w[:2] / w[:2].sum()) @ [3.0, 5.0])
+
+
+def test_committed_prefix_freezes_first_d_actions():
+    stamps = action_times_ns(10 * S, 8, DT)  # committed schedule 10.0 .. 10.7 s
+    acts = np.arange(16, dtype=np.float64).reshape(8, 2)
+    pre = committed_prefix(stamps, acts, t_obs_ns=10_300 * MS, dt_ns=DT, d=3)
+    assert pre.dtype == np.float32 and np.array_equal(pre, acts[3:6])
+    # beyond the committed schedule the prefix stops
+    pre = committed_prefix(stamps, acts, t_obs_ns=10_600 * MS, dt_ns=DT, d=4)
+    assert np.array_equal(pre, acts[6:8])
+    assert committed_prefix(stamps[:0], acts[:0], 0, DT, 3).shape == (0, 2)
+
+
+def test_rtc_guidance_weights_exact():
+    w = rtc_guidance_weights(horizon=8, d=2, s=3)
+    # i < 2: 1; 2 <= i < 5: c = (5 - i) / 4; i >= 5: 0
+    expected = [1, 1] + [c * (math.exp(c) - 1) / (math.e - 1) for c in (3 / 4, 2 / 4, 1 / 4)] + [0, 0, 0]
+    assert w == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        rtc_guidance_weights(8, 9, 1)
+
+
+def test_delay_estimator_quantile_in_steps():
+    est = DelayEstimator(DT, quantile=0.9, initial_steps=2)
+    assert est.steps == 2
+    for ms in [50, 60, 70, 80, 90, 110, 120, 130, 140, 250]:
+        est.add(ms * MS)
+    # 90th percentile of the delays = 151 ms -> 2 steps of 100 ms
+    assert float(np.quantile([50, 60, 70, 80, 90, 110, 120, 130, 140, 250], 0.9)) == pytest.approx(151.0)
+    assert est.steps == 2
+    for _ in range(50):
+        est.add(230 * MS)
+    assert est.steps == 3
