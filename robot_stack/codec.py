@@ -319,11 +319,9 @@ def _decode_header(header: Any, buffers: Sequence[Any]) -> Message:
         if isinstance(spec, ArraySpec) and not spec.optional and name not in values:
             raise DecodeError(f"{schema}: required array {name!r} missing")
     try:
-        msg = cls(**values)
+        msg = cls._from_fields(values)
         msg.check()
     except SchemaError as e:
-        raise DecodeError(f"{schema}: {e}") from None
-    except TypeError as e:
         raise DecodeError(f"{schema}: {e}") from None
     return msg
 

@@ -89,6 +89,8 @@ def scalar(kind: str, default: Any = dataclasses.MISSING, choices: tuple[str, ..
 
 
 REGISTRY: dict[str, type["Message"]] = {}
+_SPECS: dict[type, dict] = {}
+_DEFAULTS: dict[type, dict] = {}
 
 
 @dataclass(kw_only=True)
@@ -120,8 +122,33 @@ class Message:
 
     @classmethod
     def specs(cls) -> dict[str, ArraySpec | ArrayDictSpec | ScalarSpec]:
-        """Field name -> declared spec, in declaration order."""
-        return {f.name: f.metadata["spec"] for f in dataclasses.fields(cls)}
+        """Field name -> declared spec, in declaration order (computed once per class)."""
+        cached = _SPECS.get(cls)
+        if cached is None:
+            cached = _SPECS[cls] = {f.name: f.metadata["spec"] for f in dataclasses.fields(cls)}
+        return cached
+
+    @classmethod
+    def _from_fields(cls, values: dict[str, Any]) -> "Message":
+        """Build a message from already-validated field values without running ``__init__``
+        (the codec's hot path); absent fields take their declared defaults."""
+        defaults = _DEFAULTS.get(cls)
+        if defaults is None:
+            defaults = _DEFAULTS[cls] = {
+                f.name: (False, f.default) if f.default is not dataclasses.MISSING else (True, f.default_factory)
+                for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            }
+        obj = cls.__new__(cls)
+        d = obj.__dict__
+        for name, (is_factory, default) in defaults.items():
+            if name not in values:
+                d[name] = default() if is_factory else default
+        missing = cls.specs().keys() - values.keys() - defaults.keys()
+        if missing:
+            raise SchemaError(f"missing fields {sorted(missing)}")
+        d.update(values)
+        return obj
 
 
 # --------------------------------------------------------------------------------------------

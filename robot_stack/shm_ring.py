@@ -119,10 +119,30 @@ class _Mapped:
 class ShmRingReader:
     """Maps ring segments by name (cached) and copies slots out under the sequence lock."""
 
-    def __init__(self, max_segments: int = 16):
+    def __init__(self, max_segments: int = 16, pool_size: int = 8):
         self._maps: dict[str, _Mapped] = {}
         self._max = max_segments
+        self._pool: list[np.ndarray] = []
+        self._pool_size = pool_size
         self.lapped = 0
+
+    def _buffer(self, n: int) -> np.ndarray:
+        """A private buffer of n bytes, recycled once no decoded array references it any more.
+
+        Reusing buffers avoids the page faults of a fresh multi-MB allocation per frame. A pooled
+        buffer is free when the pool holds the only reference (``sys.getrefcount`` == 2: the
+        list's and the call's); any array still viewing it keeps it out of reuse.
+        """
+        import sys
+
+        for b in self._pool:
+            if b.shape[0] >= n and sys.getrefcount(b) <= 3:  # pool list + loop variable + call argument
+                b.flags.writeable = True
+                return b
+        b = np.empty(n, np.uint8)
+        if len(self._pool) < self._pool_size:
+            self._pool.append(b)
+        return b
 
     def read(self, ref: dict) -> list[memoryview]:
         """Copy the referenced slot out and return one read-only view per buffer.
@@ -170,7 +190,8 @@ class ShmRingReader:
         if int(gen_view[slot]) != gen:
             self.lapped += 1
             raise ShmError("slot was overwritten before it was read (reader too slow)")
-        out = m.buf[start: start + total].copy()
+        out = self._buffer(total)[:total]
+        np.copyto(out, m.buf[start: start + total])
         if int(gen_view[slot]) != gen:
             self.lapped += 1
             raise ShmError("slot was overwritten while it was read (reader too slow)")
