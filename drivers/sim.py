@@ -67,9 +67,14 @@ class SimCameraDriver(CameraDriver):
         width, height: render size, pixels.
     """
 
-    def __init__(self, state_endpoint: str, camera: str, width: int, height: int):
+    def __init__(self, state_endpoint: str, camera: str, width: int, height: int, scene=None,
+                 inject_latency_s: float = 0.0):
         self.endpoint, self.camera = state_endpoint, camera
         self.width, self.height = width, height
+        self.scene = scene
+        # test hook: stamp frames this much later than their true capture time, like an
+        # uncalibrated camera whose stamps are receive times
+        self.inject_latency_ns = int(inject_latency_s * 1e9)
         self.depth_scale = 0.001
         self._k = 0
         self._last_seq = -1
@@ -77,7 +82,9 @@ class SimCameraDriver(CameraDriver):
     def start(self) -> None:
         from robot_stack.drivers.sim_world import SimRenderer, SimWorld
 
-        self._world = SimWorld()
+        from robot_stack.drivers.sim_model import SceneSpec
+
+        self._world = SimWorld(self.scene or SceneSpec())
         try:
             self._world.model.camera(self.camera)
         except KeyError:
@@ -97,7 +104,8 @@ class SimCameraDriver(CameraDriver):
         color, depth = self._renderer.render(self.camera)
         self._k += 1
         # capture time = the time of the physics state that was rendered
-        return Frame(stamp_ns=st.stamp_ns, frame_index=self._k, color=color, depth=depth_to_mm(depth))
+        return Frame(stamp_ns=st.stamp_ns + self.inject_latency_ns, frame_index=self._k, color=color,
+                     depth=depth_to_mm(depth))
 
     def stop(self) -> None:
         if hasattr(self, "_sub"):

@@ -57,6 +57,10 @@ def panda_xml_path() -> str:
     return path
 
 
+TABLE_BOARD_DICT = "DICT_5X5_100"
+GRIPPER_BOARD_DICT = "DICT_4X4_50"
+
+
 @dataclass(frozen=True)
 class SceneSpec:
     """Scene options.
@@ -71,11 +75,15 @@ class SceneSpec:
 
     width: int = 320
     height: int = 240
-    scene_cam_pos: tuple[float, float, float] = (1.25, 0.0, 0.75)
-    scene_cam_target: tuple[float, float, float] = (0.45, 0.0, 0.0)
-    scene_cam_fovy: float = 50.0
+    scene_cam_pos: tuple[float, float, float] = (1.2, 0.0, 0.7)
+    scene_cam_target: tuple[float, float, float] = (0.45, 0.0, 0.2)
+    scene_cam_fovy: float = 55.0
     target_xy: tuple[float, float] = (0.45, 0.25)
     target_half: float = 0.05
+    table_board: bool = False
+    gripper_board: bool = False
+    table_board_xy: tuple[float, float] = (0.50, -0.05)
+    table_board_yaw: float = 0.3
 
 
 def _look_at_xyaxes(pos: np.ndarray, target: np.ndarray) -> list[float]:
@@ -98,8 +106,8 @@ def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
         SimModelError: missing robot model or a compile error.
     """
     spec = mujoco.MjSpec.from_file(panda_xml_path())
-    spec.visual.global_.offwidth = max(scene.width, 640)
-    spec.visual.global_.offheight = max(scene.height, 480)
+    spec.visual.global_.offwidth = max(scene.width, 1280)
+    spec.visual.global_.offheight = max(scene.height, 960)
     spec.visual.quality.shadowsize = 0  # shadows off: CPU rendering budget
     spec.option.timestep = 0.002
 
@@ -129,11 +137,114 @@ def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
     wb.add_camera(name=SCENE_CAMERA, pos=pos.tolist(),
                   xyaxes=_look_at_xyaxes(pos, np.array(scene.scene_cam_target, float)),
                   fovy=scene.scene_cam_fovy)
+    if scene.table_board:
+        hw, hh = _add_board_material(spec, "table_board", table_board_spec())
+        wb.add_geom(name="table_board", type=mujoco.mjtGeom.mjGEOM_BOX,
+                    pos=[*scene.table_board_xy, BOARD_HALF_THICK], euler=[0, 0, scene.table_board_yaw],
+                    size=[hw, hh, BOARD_HALF_THICK], material="table_board", contype=0, conaffinity=0)
+    if scene.gripper_board:
+        local = _gripper_board_local_pose(scene)
+        hw, hh = _add_board_material(spec, "gripper_board", gripper_board_spec())
+        spec.body(GRIPPER_BOARD_BODY).add_geom(
+            name="gripper_board", type=mujoco.mjtGeom.mjGEOM_BOX, pos=local[:3, 3].tolist(),
+            quat=_mat_to_wxyz(local[:3, :3]), size=[hw, hh, BOARD_HALF_THICK], material="gripper_board",
+            contype=0, conaffinity=0)
     try:
         model = spec.compile()
     except Exception as e:  # mujoco raises ValueError with the compiler message
         raise SimModelError(f"could not compile the sim scene: {e}") from None
     return model
+
+
+BOARD_HALF_THICK = 0.001
+GRIPPER_BOARD_BODY = "base"
+
+
+def table_board_spec():
+    """The ChArUco board lying on the sim table (for eye-in-hand calibration of the wrist camera)."""
+    from robot_stack.calibration.board import BoardSpec
+
+    return BoardSpec(squares_x=7, squares_y=5, square_m=0.03, marker_m=0.022, dictionary=TABLE_BOARD_DICT)
+
+
+def gripper_board_spec():
+    """The ChArUco board held by the sim gripper (eye-to-hand calibration of the scene camera); it
+    hangs in front of the fingers, in the wrist camera's view, so a scene has one board or the other."""
+    from robot_stack.calibration.board import BoardSpec
+
+    return BoardSpec(squares_x=7, squares_y=5, square_m=0.032, marker_m=0.024, dictionary=GRIPPER_BOARD_DICT)
+
+
+def _add_board_material(spec: mujoco.MjSpec, name: str, board) -> tuple[float, float]:
+    """Texture + material of a board image with a half-square white margin; returns box half sizes (m)."""
+    img = board.image(px_per_square=64, margin_squares=0.5)
+    tex = spec.add_texture(name=name, type=mujoco.mjtTexture.mjTEXTURE_2D, width=img.shape[1],
+                           height=img.shape[0], nchannel=3)
+    tex.data = np.repeat(img[..., None], 3, axis=2).tobytes()
+    mat = spec.add_material(name=name)
+    mat.textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = name
+    w, h = board.size_m
+    return (w + board.square_m) / 2, (h + board.square_m) / 2
+
+
+def board_frame_in_geom(board) -> np.ndarray:
+    """T_geom_board: the OpenCV board frame (origin at the chessboard's first corner) in the box
+    geom's frame, for a board textured on the box's +z face (verified by rendering + solvePnP)."""
+    w, h = board.size_m
+    T = np.diag([1.0, -1.0, -1.0, 1.0])
+    T[:3, 3] = [-w / 2, h / 2, BOARD_HALF_THICK]
+    return T
+
+
+def _mat_to_wxyz(R: np.ndarray) -> list[float]:
+    from scipy.spatial.transform import Rotation
+
+    x, y, z, w = Rotation.from_matrix(R).as_quat()
+    return [w, x, y, z]
+
+
+def _gripper_board_local_pose(scene: "SceneSpec") -> np.ndarray:
+    """Board pose in the gripper base body: in front of the hand, facing the scene camera at home."""
+    m = mujoco.MjSpec.from_file(panda_xml_path()).compile()
+    d = mujoco.MjData(m)
+    ix = ArmIndex.of(m)
+    d.qpos[ix.qpos] = HOME_Q
+    mujoco.mj_kinematics(m, d)
+    b = m.body(GRIPPER_BOARD_BODY).id
+    T_wb = np.eye(4)
+    T_wb[:3, :3] = d.xmat[b].reshape(3, 3)
+    T_wb[:3, 3] = d.xpos[b]
+    center = d.site_xpos[ix.tcp_site] + np.array([0.08, 0.0, -0.02])
+    z = np.array(scene.scene_cam_pos) - center
+    z /= np.linalg.norm(z)
+    x = np.cross([0.0, 0.0, 1.0], z)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    T_wg = np.eye(4)
+    T_wg[:3, :3] = np.stack([x, y, z], axis=1)
+    T_wg[:3, 3] = center
+    return np.linalg.inv(T_wb) @ T_wg
+
+
+def camera_pose_cv(model: mujoco.MjModel, data: mujoco.MjData, camera: str) -> np.ndarray:
+    """T_world_camera of a MuJoCo camera in OpenCV convention (x right, y down, z forward).
+
+    A MuJoCo camera looks along its -z axis with y up; OpenCV's frame is that frame rotated by
+    diag(1, -1, -1)."""
+    c = model.camera(camera).id
+    T = np.eye(4)
+    T[:3, :3] = data.cam_xmat[c].reshape(3, 3) @ np.diag([1.0, -1.0, -1.0])
+    T[:3, 3] = data.cam_xpos[c]
+    return T
+
+
+def geom_pose(model: mujoco.MjModel, data: mujoco.MjData, geom: str) -> np.ndarray:
+    """T_world_geom of a geom."""
+    g = model.geom(geom).id
+    T = np.eye(4)
+    T[:3, :3] = data.geom_xmat[g].reshape(3, 3)
+    T[:3, 3] = data.geom_xpos[g]
+    return T
 
 
 @dataclass(frozen=True)

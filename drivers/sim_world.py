@@ -133,7 +133,7 @@ class SimRenderer:
     def __init__(self, world: SimWorld, width: int, height: int):
         self.world, self.width, self.height = world, width, height
         m = world.model
-        self._gl = mujoco.GLContext(max(width, 640), max(height, 480))
+        self._gl = mujoco.GLContext(max(width, 1280), max(height, 960))
         self._gl.make_current()
         self._con = mujoco.MjrContext(m, mujoco.mjtFontScale.mjFONTSCALE_150)
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)

@@ -113,6 +113,24 @@ def _cmd_estop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate_hand_eye(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .calibration.hand_eye import CalibrationError
+    from .calibration.procedure import hand_eye
+
+    cfg, run_dir = _stack(args.config)
+    try:
+        res = hand_eye(cfg, run_dir, args.camera, args.mode, n_poses=args.poses, seed=args.seed,
+                       center=None if args.center is None else np.array(args.center), rot_deg=args.rot_deg,
+                       write=not args.dry_run)
+    except CalibrationError as e:
+        print(f"calibration failed: {e}", file=sys.stderr)
+        return 1
+    print(np.array2string(res.T, precision=4, suppress_small=True))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -159,6 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="cli")
     p.add_argument("--arm", default="arm")
     p.set_defaults(fn=_cmd_estop)
+
+    p = sub.add_parser("calibrate", help="calibration procedures on a running stack")
+    cs = p.add_subparsers(dest="calib_cmd", required=True)
+    h = cs.add_parser("hand-eye", help="drive the arm through a pose set, solve and store hand-eye extrinsics")
+    h.add_argument("config", type=Path)
+    h.add_argument("--camera", required=True, help="camera node name")
+    h.add_argument("--mode", choices=["eye_in_hand", "eye_to_hand"], required=True)
+    h.add_argument("--poses", type=int, default=15)
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--rot-deg", type=float, default=15.0, help="rotation range about each tool axis, deg")
+    h.add_argument("--center", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="nominal TCP position (default: where the arm is)")
+    h.add_argument("--dry-run", action="store_true", help="do not write the calibration file")
+    h.set_defaults(fn=_cmd_calibrate_hand_eye)
 
     p = sub.add_parser("demo", help="the main job on the simulated robot")
     p.add_argument("--quick", action="store_true", help="short run that proves the path (CI)")

@@ -77,6 +77,20 @@ class NodeConfig(StrictModel):
     env: dict[str, str] = Field(default_factory=dict)
 
 
+class CalibrationConfig(StrictModel):
+    """Where a setup keeps its calibration and which boards it calibrates with.
+
+    Attributes:
+        file: calibration YAML (relative paths are relative to the config file).
+        table_board: the board fixed in the world (eye-in-hand), or None.
+        gripper_board: the board held by the gripper (eye-to-hand), or None.
+    """
+
+    file: Path
+    table_board: dict[str, Any] | None = None
+    gripper_board: dict[str, Any] | None = None
+
+
 class StackConfig(StrictModel):
     """A whole setup.
 
@@ -92,6 +106,7 @@ class StackConfig(StrictModel):
     run_dir: Path | None = None
     on_node_exit: Literal["shutdown", "continue"] = "shutdown"
     shutdown_timeout_s: float = Field(5.0, gt=0, le=60)
+    calibration: CalibrationConfig | None = None
     nodes: dict[str, NodeConfig]
 
     @model_validator(mode="after")
@@ -174,6 +189,18 @@ def load_config(path: str | Path) -> StackConfig:
             model.model_validate(nc.params)
         except ValidationError as e:
             problems.append(format_validation_error(e, prefix=f"nodes.{name}.params"))
+    if cfg.calibration is not None:
+        from robot_stack.calibration.board import BoardSpec
+
+        if not cfg.calibration.file.is_absolute():
+            cfg.calibration.file = (Path(path).resolve().parent / cfg.calibration.file).resolve()
+        for key in ("table_board", "gripper_board"):
+            spec = getattr(cfg.calibration, key)
+            if spec is not None:
+                try:
+                    BoardSpec.model_validate(spec)
+                except ValidationError as e:
+                    problems.append(format_validation_error(e, prefix=f"calibration.{key}"))
     if problems:
         raise ConfigError(f"{path}:\n" + "\n".join(problems))
     return cfg

@@ -128,11 +128,15 @@ def test_cameras_publish_rgbd_with_true_intrinsics(stack):
         assert f.depth_scale == 0.001
         assert f.K[0, 0] == pytest.approx(f.K[1, 1]) and f.K[0, 2] == pytest.approx(79.5)
         assert f.color.std() > 5  # a real image, not blank
-    # scene camera at z = 0.75 m looking down at the table: centre-pixel depth is the distance to the table
+    # the scene camera's optical axis hits the table: centre-pixel depth = z-distance to that point
+    from robot_stack.drivers.sim_model import SceneSpec
+
+    sc = SceneSpec()
     f = stack["cams"].latest("camera/scene")
     d = f.depth[60, 80] * 0.001
-    cam_pos, target = np.array([1.25, 0, 0.75]), np.array([0.45, 0, 0.0])
-    assert d == pytest.approx(np.linalg.norm(target - cam_pos) * np.cos(0), rel=0.05)
+    pos, axis = np.array(sc.scene_cam_pos), np.array(sc.scene_cam_target) - np.array(sc.scene_cam_pos)
+    axis /= np.linalg.norm(axis)
+    assert d == pytest.approx(pos[2] / -axis[2], rel=0.03)
 
 
 def test_square_tracking_and_servo_jitter(stack):

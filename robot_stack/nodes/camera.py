@@ -25,6 +25,7 @@ class CameraParams(NodeParams):
     depth: bool = True
     sim_world: str = Field("sim", description="driver sim: node name of the sim world")
     sim_camera: str = Field("scene", description="driver sim: MJCF camera name")
+    sim_inject_latency_s: float = Field(0.0, ge=0, description="driver sim: test hook, stamp frames this late")
     serial: str | None = Field(None, description="driver realsense: device serial (None = first found)")
     playback_file: str | None = Field(None, description="driver realsense: .bag/.db3 recording to play")
     loop_playback: bool = True
@@ -40,7 +41,14 @@ def make_driver(p: CameraParams, ctx=None):
     if p.driver == "sim":
         from robot_stack.drivers.sim import SimCameraDriver
 
-        return SimCameraDriver(ctx.config.pub_endpoint(p.sim_world, ctx.run_dir), p.sim_camera, p.width, p.height)
+        from robot_stack.nodes.sim_world import SimWorldParams
+
+        world = ctx.config.nodes.get(p.sim_world)
+        if world is None or world.kind != "sim_world":
+            raise ValueError(f"camera driver sim: {p.sim_world!r} is not a sim_world node of this config")
+        scene = SimWorldParams.model_validate(world.params).scene()
+        return SimCameraDriver(ctx.config.pub_endpoint(p.sim_world, ctx.run_dir), p.sim_camera, p.width, p.height,
+                               scene=scene, inject_latency_s=p.sim_inject_latency_s)
     if p.driver == "realsense":
         from robot_stack.drivers.realsense import RealSenseCamera
 

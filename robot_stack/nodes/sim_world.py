@@ -28,6 +28,14 @@ class SimWorldParams(NodeParams):
     state_rate_hz: float = Field(60.0, gt=0, le=500)
     seed: int = 0
     max_catchup_steps: int = Field(20, ge=1)
+    table_board: bool = Field(False, description="ChArUco board on the table (eye-in-hand calibration)")
+    gripper_board: bool = Field(False, description="ChArUco board on the gripper (eye-to-hand calibration)")
+
+    def scene(self):
+        """The SceneSpec every process of this world builds (world and camera renderers)."""
+        from robot_stack.drivers.sim_model import SceneSpec
+
+        return SceneSpec(table_board=self.table_board, gripper_board=self.gripper_board)
 
 
 class SimWorldNode(Node):
@@ -38,7 +46,7 @@ class SimWorldNode(Node):
     def configure(self) -> None:
         from robot_stack.drivers.sim_world import SimWorld
 
-        self.world = SimWorld(seed=self.params.seed)
+        self.world = SimWorld(self.params.scene(), seed=self.params.seed)
         self.rx = self.ctx.receiver()
         self.steps = 0
         self.t0 = now_ns()

@@ -1,0 +1,140 @@
+"""Hand-eye calibration (OpenCV ``cv2.calibrateHandEye``, Park & Martin 1994 / Tsai & Lenz 1989).
+
+Two set-ups:
+
+- eye-in-hand (wrist camera, board fixed in the world): solves T_gripper_camera;
+- eye-to-hand (fixed camera, board on the gripper): solves T_base_camera, by feeding OpenCV the
+  inverted robot poses (base -> gripper), the standard trick from the OpenCV docs.
+
+"gripper" is the robot's TCP frame as it reports it (``RobotState.ee_pose``). Inputs are 4x4
+homogeneous transforms; ``T_a_b`` maps points in frame b to frame a.
+
+Residuals: the solved transform predicts a quantity that must be the same in every sample (the
+board in the base frame for eye-in-hand, the board in the gripper frame for eye-to-hand); its
+spread (RMS and max deviation from the mean) is reported in mm and degrees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+MIN_POSES = 5
+
+
+class CalibrationError(RuntimeError):
+    """Calibration inputs cannot give a trustworthy result (too few poses, degenerate motion, ...)."""
+
+
+@dataclass
+class HandEyeResult:
+    """Result of a hand-eye solve.
+
+    Attributes:
+        mode: "eye_in_hand" or "eye_to_hand".
+        T: (4, 4) T_gripper_camera (eye-in-hand) or T_base_camera (eye-to-hand).
+        residual_rms_mm, residual_max_mm: translation spread of the invariant, mm.
+        residual_rms_deg, residual_max_deg: rotation spread of the invariant, deg.
+        n_poses: samples used.
+    """
+
+    mode: str
+    T: np.ndarray
+    residual_rms_mm: float
+    residual_max_mm: float
+    residual_rms_deg: float
+    residual_max_deg: float
+    n_poses: int
+
+
+def pose_to_T(pose: np.ndarray) -> np.ndarray:
+    """[x y z qx qy qz qw] -> 4x4."""
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat(pose[3:]).as_matrix()
+    T[:3, 3] = pose[:3]
+    return T
+
+
+def inv(T: np.ndarray) -> np.ndarray:
+    """Inverse of a rigid transform."""
+    out = np.eye(4)
+    out[:3, :3] = T[:3, :3].T
+    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return out
+
+
+def check_motion(T_base_gripper: list[np.ndarray], min_rotation_deg: float = 10.0) -> None:
+    """Refuse pose sets that cannot determine the hand-eye transform.
+
+    Needs at least ``MIN_POSES`` poses, relative rotations of at least ``min_rotation_deg`` and
+    rotation axes that are not all parallel (rotations about one axis leave the translation along
+    it unobservable; Tsai & Lenz 1989).
+
+    Raises:
+        CalibrationError: naming the problem.
+    """
+    n = len(T_base_gripper)
+    if n < MIN_POSES:
+        raise CalibrationError(f"{n} usable poses; hand-eye calibration needs at least {MIN_POSES}")
+    axes, angles = [], []
+    for i in range(n):
+        for j in range(i + 1, n):
+            rv = Rotation.from_matrix(T_base_gripper[i][:3, :3].T @ T_base_gripper[j][:3, :3]).as_rotvec()
+            a = np.linalg.norm(rv)
+            angles.append(np.degrees(a))
+            if a > 1e-6:
+                axes.append(rv / a)
+    if max(angles, default=0.0) < min_rotation_deg:
+        raise CalibrationError(f"degenerate motion: the poses differ by at most {max(angles, default=0):.1f} deg of "
+                               f"rotation; rotate the gripper by at least {min_rotation_deg:.0f} deg between poses")
+    sv = np.linalg.svd(np.array(axes), compute_uv=False)
+    if len(sv) < 2 or sv[1] / sv[0] < 0.2:
+        raise CalibrationError("degenerate motion: all rotations are about (nearly) one axis; "
+                               "rotate about at least two different axes")
+
+
+def solve_hand_eye(T_base_gripper: list[np.ndarray], T_camera_board: list[np.ndarray], mode: str,
+                   method: int = cv2.CALIB_HAND_EYE_PARK) -> HandEyeResult:
+    """Solve hand-eye calibration.
+
+    Args:
+        T_base_gripper: robot TCP poses in the base frame, one per sample.
+        T_camera_board: board poses in the camera frame, same samples.
+        mode: "eye_in_hand" or "eye_to_hand".
+        method: OpenCV hand-eye method.
+
+    Raises:
+        CalibrationError: mismatched inputs, too few poses, degenerate motion.
+    """
+    if mode not in ("eye_in_hand", "eye_to_hand"):
+        raise ValueError(f"mode must be eye_in_hand or eye_to_hand, got {mode!r}")
+    if len(T_base_gripper) != len(T_camera_board):
+        raise CalibrationError(f"{len(T_base_gripper)} robot poses but {len(T_camera_board)} board poses")
+    check_motion(T_base_gripper)
+    robot = T_base_gripper if mode == "eye_in_hand" else [inv(T) for T in T_base_gripper]
+    R, t = cv2.calibrateHandEye([T[:3, :3] for T in robot], [T[:3, 3] for T in robot],
+                                [T[:3, :3] for T in T_camera_board], [T[:3, 3] for T in T_camera_board],
+                                method=method)
+    X = np.eye(4)
+    X[:3, :3], X[:3, 3] = R, t.ravel()
+    if mode == "eye_in_hand":
+        inv_ = [Tg @ X @ Tc for Tg, Tc in zip(T_base_gripper, T_camera_board)]  # board in base
+    else:
+        inv_ = [inv(Tg) @ X @ Tc for Tg, Tc in zip(T_base_gripper, T_camera_board)]  # board in gripper
+    pos = np.array([T[:3, 3] for T in inv_])
+    dpos = np.linalg.norm(pos - pos.mean(0), axis=1) * 1e3
+    rots = Rotation.from_matrix(np.array([T[:3, :3] for T in inv_]))
+    mean_rot = rots.mean()
+    drot = np.degrees((mean_rot.inv() * rots).magnitude())
+    return HandEyeResult(mode, X, float(np.sqrt(np.mean(dpos ** 2))), float(dpos.max()),
+                         float(np.sqrt(np.mean(drot ** 2))), float(drot.max()), len(inv_))
+
+
+def transform_error(T_est: np.ndarray, T_true: np.ndarray) -> tuple[float, float]:
+    """(translation error m, rotation error deg) between two transforms."""
+    dt = float(np.linalg.norm(T_est[:3, 3] - T_true[:3, 3]))
+    dr = float(np.degrees(Rotation.from_matrix(T_est[:3, :3].T @ T_true[:3, :3]).magnitude()))
+    return dt, dr
