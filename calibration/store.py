@@ -10,7 +10,8 @@ Layout::
         T_base_camera: 4x4 nested list         # eye-to-hand
         latency_s: 0.081                       # capture-stamp correction used by the controller
     robot:
-      command_latency_s: 0.012
+      latency:
+        command_latency_s: 0.012
 
 Writes are atomic (temp file + rename): a crash never leaves a half-written calibration.
 """
@@ -47,3 +48,10 @@ def update(path: str | Path, section: str, key: str, values: dict[str, Any]) -> 
         yaml.safe_dump(data, f, sort_keys=False)
     os.replace(tmp, p)
     return data
+
+
+def latency_offsets_ns(path: str | Path) -> dict[str, int]:
+    """Per-stream latency offsets for observation assembly: camera id -> ns (from ``latency_s``)."""
+    data = load(path)
+    return {cam: int(round(float(v["latency_s"]) * 1e9))
+            for cam, v in (data.get("cameras") or {}).items() if isinstance(v, dict) and "latency_s" in v}

@@ -13,7 +13,8 @@ import numpy as np
 from robot_stack.drivers.arm import ArmDriver, ArmDriverError, JointReading
 from robot_stack.drivers.camera import CameraDriver, Frame
 from robot_stack.messages import JointTarget
-from robot_stack.transport import Sender, Subscriber
+from robot_stack.clock import now_ns
+from robot_stack.transport import Sender, Subscriber, TransportTimeout
 
 
 class SimArmDriver(ArmDriver):
@@ -35,12 +36,23 @@ class SimArmDriver(ArmDriver):
         self._sub = Subscriber([state_endpoint], ("sim/joint_state",), name=f"{source}<-sim")
         self._tx = Sender(command_endpoint, source, timeout_s=0.05)
         self._last: JointReading | None = None
+        self.send_timeouts = 0
 
     def start(self, timeout_s: float = 10.0) -> JointReading:
         msg = self._sub.wait_for("sim/joint_state", timeout_s)
         if msg is None:
             raise ArmDriverError(f"no joint state from the sim world within {timeout_s} s (is it running?)")
-        return self.read()
+        first = self.read()
+        # the command channel connects asynchronously: wait until the first target (the measured
+        # state, so nothing moves) is accepted
+        deadline = now_ns() + int(timeout_s * 1e9)
+        while True:
+            try:
+                self._tx.send("sim/joint_target", JointTarget(q=first.q, gripper=min(1.0, first.gripper_width / 0.085)))
+                return first
+            except TransportTimeout:
+                if now_ns() > deadline:
+                    raise ArmDriverError("the sim world does not accept joint targets") from None
 
     def read(self) -> JointReading:
         m = self._sub.latest("sim/joint_state")
@@ -51,7 +63,12 @@ class SimArmDriver(ArmDriver):
         return self._last
 
     def command(self, q: np.ndarray, gripper_open: float) -> None:
-        self._tx.send("sim/joint_target", JointTarget(q=np.asarray(q, np.float64), gripper=float(gripper_open)))
+        """Send a target; a send that times out is counted and dropped (the controller box holds its
+        last target, as a real one does when a command packet is late)."""
+        try:
+            self._tx.send("sim/joint_target", JointTarget(q=np.asarray(q, np.float64), gripper=float(gripper_open)))
+        except TransportTimeout:
+            self.send_timeouts += 1
 
     def stop(self) -> None:
         self._sub.close()

@@ -131,6 +131,36 @@ def _cmd_calibrate_hand_eye(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate_latency(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .calibration import store
+    from .calibration.board import BoardSpec
+    from .calibration.hand_eye import CalibrationError
+    from .calibration.latency import measure
+    from .calibration.procedure import camera_id_of
+
+    cfg, run_dir = _stack(args.config)
+    if cfg.calibration is None or getattr(cfg.calibration, args.board) is None:
+        print(f"calibration failed: the config needs calibration.{args.board}", file=sys.stderr)
+        return 1
+    board = BoardSpec.model_validate(getattr(cfg.calibration, args.board))
+    cam = camera_id_of(cfg, args.camera)
+    T_gc = (store.load(cfg.calibration.file).get("cameras") or {}).get(cam, {}).get("T_gripper_camera")
+    try:
+        res = measure(cfg, run_dir, args.camera, board, center=None if args.center is None else np.array(args.center),
+                      moving="camera" if args.board == "table_board" else "board",
+                      T_gripper_camera=None if T_gc is None else np.array(T_gc))
+    except CalibrationError as e:
+        print(f"calibration failed: {e}", file=sys.stderr)
+        return 1
+    if not args.dry_run:
+        store.update(cfg.calibration.file, "cameras", cam, {"latency_s": round(res["camera_latency_s"], 4)})
+        store.update(cfg.calibration.file, "robot", "latency", {"command_latency_s": round(res["command_latency_s"], 4)})
+        print(f"written to {cfg.calibration.file}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -191,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nominal TCP position (default: where the arm is)")
     h.add_argument("--dry-run", action="store_true", help="do not write the calibration file")
     h.set_defaults(fn=_cmd_calibrate_hand_eye)
+    la = cs.add_parser("latency", help="camera and robot command latency by cross-correlating motion")
+    la.add_argument("config", type=Path)
+    la.add_argument("--camera", required=True, help="camera node name")
+    la.add_argument("--board", choices=["table_board", "gripper_board"], default="table_board",
+                    help="the board this camera watches")
+    la.add_argument("--center", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"))
+    la.add_argument("--dry-run", action="store_true")
+    la.set_defaults(fn=_cmd_calibrate_latency)
 
     p = sub.add_parser("demo", help="the main job on the simulated robot")
     p.add_argument("--quick", action="store_true", help="short run that proves the path (CI)")

@@ -183,7 +183,8 @@ class ArmNode(Node):
 
     def metrics(self) -> dict[str, float]:
         m = {f"safety.{k}": float(v) for k, v in self.counters.items()}
-        m.update(schedules=float(self.schedules), stretched_segments=float(self.stretched))
+        m.update(schedules=float(self.schedules), stretched_segments=float(self.stretched),
+                 driver_send_timeouts=float(getattr(self.driver, "send_timeouts", 0)))
         return m
 
     def shutdown(self) -> None:
