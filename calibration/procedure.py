@@ -47,6 +47,8 @@ class Samples:
     T_base_gripper: list[np.ndarray] = field(default_factory=list)
     T_camera_board: list[np.ndarray] = field(default_factory=list)
     reproj_px: list[float] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+    K: np.ndarray | None = None
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -100,6 +102,8 @@ def collect(cfg: StackConfig, run_dir: Path, camera_node: str, board: BoardSpec,
             out.T_base_gripper.append(pose_to_T(np.array(st.ee_pose)))
             out.T_camera_board.append(T_cb)
             out.reproj_px.append(rms)
+            out.images.append(np.array(frame.color))
+            out.K = np.array(frame.K)
             log(f"pose {i + 1}/{len(poses)}: {len(obj)} corners, reprojection {rms:.2f} px")
     finally:
         client.close()
@@ -162,3 +166,42 @@ def hand_eye(cfg: StackConfig, run_dir: Path, camera_node: str, mode: str, n_pos
         })
         log(f"written to {cfg.calibration.file} (cameras.{cam_id}.{name})")
     return res
+
+
+def intrinsics(cfg: StackConfig, run_dir: Path, camera_node: str, board_key: str = "table_board", n_poses: int = 12,
+               seed: int = 0, center: np.ndarray | None = None, rot_deg: float = 15.0, arm: str = "arm",
+               write: bool = True, log=print):
+    """Collect board views and check the camera's reported intrinsics against a calibration from them.
+
+    Returns:
+        (IntrinsicsCheck, calibrated K, distortion).
+    """
+    from robot_stack.calibration import store
+    from robot_stack.calibration.intrinsics import calibrate_intrinsics, verify_intrinsics
+
+    if cfg.calibration is None or getattr(cfg.calibration, board_key) is None:
+        raise CalibrationError(f"the config needs calibration.{board_key}")
+    board = BoardSpec.model_validate(getattr(cfg.calibration, board_key))
+    sub = Subscriber([cfg.pub_endpoint(arm, run_dir)], ("robot/state",), name="intrinsics-start")
+    st = sub.wait_for("robot/state", 10)
+    sub.close()
+    if st is None:
+        raise CalibrationError("no robot state: is the stack running?")
+    nominal = np.array(st.ee_pose)
+    if center is not None:
+        nominal[:3] = center
+    s = collect(cfg, run_dir, camera_node, board, pose_set(nominal, n_poses, seed, rot_deg), arm=arm, log=log)
+    if s.K is None:
+        raise CalibrationError("the board was not seen in any pose")
+    check = verify_intrinsics(s.images, s.K, None, board)
+    K, dist, rms = calibrate_intrinsics(s.images, board)
+    log(f"reported K: reprojection {check.rms_px:.3f} px, focal {check.focal_error * 100:.2f} % and principal "
+        f"point {check.principal_point_error_px:.1f} px from the calibration ({'OK' if check.ok else 'MISMATCH'}); "
+        f"calibrated fx {K[0, 0]:.1f} fy {K[1, 1]:.1f} cx {K[0, 2]:.1f} cy {K[1, 2]:.1f}, rms {rms:.3f} px")
+    if write:
+        store.update(cfg.calibration.file, "cameras", camera_id_of(cfg, camera_node), {
+            "intrinsics_check": {"reported_K": np.round(s.K, 4).tolist(), "rms_px": round(check.rms_px, 4),
+                                 "focal_error": round(check.focal_error, 5), "ok": bool(check.ok)},
+            "K_calibrated": np.round(K, 4).tolist(), "distortion_calibrated": np.round(dist, 6).tolist(),
+        })
+    return check, K, dist

@@ -131,6 +131,22 @@ def _cmd_calibrate_hand_eye(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate_intrinsics(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .calibration.hand_eye import CalibrationError
+    from .calibration.procedure import intrinsics
+
+    cfg, run_dir = _stack(args.config)
+    try:
+        check, _, _ = intrinsics(cfg, run_dir, args.camera, args.board, n_poses=args.poses,
+                                 center=None if args.center is None else np.array(args.center), write=not args.dry_run)
+    except CalibrationError as e:
+        print(f"calibration failed: {e}", file=sys.stderr)
+        return 1
+    return 0 if check.ok else 3
+
+
 def _cmd_calibrate_latency(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -221,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nominal TCP position (default: where the arm is)")
     h.add_argument("--dry-run", action="store_true", help="do not write the calibration file")
     h.set_defaults(fn=_cmd_calibrate_hand_eye)
+    ci = cs.add_parser("intrinsics", help="check a camera's intrinsics against board views and calibrate them")
+    ci.add_argument("config", type=Path)
+    ci.add_argument("--camera", required=True)
+    ci.add_argument("--board", choices=["table_board", "gripper_board"], default="table_board")
+    ci.add_argument("--poses", type=int, default=12)
+    ci.add_argument("--center", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"))
+    ci.add_argument("--dry-run", action="store_true")
+    ci.set_defaults(fn=_cmd_calibrate_intrinsics)
     la = cs.add_parser("latency", help="camera and robot command latency by cross-correlating motion")
     la.add_argument("config", type=Path)
     la.add_argument("--camera", required=True, help="camera node name")

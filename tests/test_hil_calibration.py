@@ -156,6 +156,21 @@ def test_camera_latency_recovered(table_stack):
     assert res["command_latency_s"] == pytest.approx(0.083, abs=0.02)
 
 
+def test_intrinsics_check_through_the_stack(table_stack):
+    from robot_stack.calibration.procedure import intrinsics
+
+    cfg, run_dir = table_stack
+    check, K, _ = intrinsics(cfg, run_dir, "cam_wrist", n_poses=10, center=np.array([0.5, -0.05, 0.27]))
+    from robot_stack.drivers.camera import pinhole_K
+
+    K_true = pinhole_K(640, 480, 42.5)
+    print(f"\nwrist camera: reported K ok={check.ok} (rms {check.rms_px:.3f} px, focal {check.focal_error * 100:.2f} %), "
+          f"calibrated fx {K[0, 0]:.1f} vs true {K_true[0, 0]:.1f}")
+    assert check.ok
+    assert K[0, 0] == pytest.approx(K_true[0, 0], rel=0.015)
+    assert store.load(cfg.calibration.file)["cameras"]["wrist"]["intrinsics_check"]["ok"] is True
+
+
 def test_board_not_visible_is_a_clear_error(table_stack):
     cfg, run_dir = table_stack
     # the gripper board is not in this scene: every pose is skipped, nothing is solved or written
