@@ -59,6 +59,23 @@ def camera_id_of(cfg: StackConfig, camera_node: str) -> str:
     return nc.params.get("camera_id", "cam0")
 
 
+def board_of(cfg: StackConfig, key: str) -> BoardSpec:
+    """The board ``key`` ("table_board" / "gripper_board") of the config's calibration section."""
+    if cfg.calibration is None or getattr(cfg.calibration, key) is None:
+        raise CalibrationError(f"the config needs calibration.{key} (a 'calibration:' section with the board)")
+    return BoardSpec.model_validate(getattr(cfg.calibration, key))
+
+
+def current_pose(cfg: StackConfig, run_dir: Path, arm: str = "arm") -> np.ndarray:
+    """The arm's current TCP pose (7,) from a running stack."""
+    sub = Subscriber([cfg.pub_endpoint(arm, run_dir)], ("robot/state",), name="calibrate-pose")
+    st = sub.wait_for("robot/state", 10)
+    sub.close()
+    if st is None:
+        raise CalibrationError("no robot state: is the stack running?")
+    return np.array(st.ee_pose)
+
+
 def collect(cfg: StackConfig, run_dir: Path, camera_node: str, board: BoardSpec, poses: list[np.ndarray],
             arm: str = "arm", speed: float = 0.1, settle_s: float = 0.6, log=print) -> Samples:
     """Drive the arm through ``poses`` and collect board observations (see module doc)."""
@@ -119,20 +136,9 @@ def hand_eye(cfg: StackConfig, run_dir: Path, camera_node: str, mode: str, n_pos
     Raises:
         CalibrationError: missing board config, too few usable poses, degenerate motion.
     """
-    if cfg.calibration is None:
-        raise CalibrationError("this config has no 'calibration:' section (file and boards)")
-    key = "table_board" if mode == "eye_in_hand" else "gripper_board"
-    spec = getattr(cfg.calibration, key)
-    if spec is None:
-        raise CalibrationError(f"{mode} needs calibration.{key} in the config")
-    board = BoardSpec.model_validate(spec)
-    sub = Subscriber([cfg.pub_endpoint(arm, run_dir)], ("robot/state",), name="calibrate-start")
-    st = sub.wait_for("robot/state", 10)
-    sub.close()
-    if st is None:
-        raise CalibrationError("no robot state: is the stack running?")
-    nominal = np.array(st.ee_pose)
-    start_pose = nominal.copy()
+    board = board_of(cfg, "table_board" if mode == "eye_in_hand" else "gripper_board")
+    start_pose = current_pose(cfg, run_dir, arm)
+    nominal = start_pose.copy()
     if center is not None:
         nominal[:3] = center
     samples = collect(cfg, run_dir, camera_node, board, pose_set(nominal, n_poses, seed, rot_deg), arm=arm, log=log)
@@ -179,15 +185,8 @@ def intrinsics(cfg: StackConfig, run_dir: Path, camera_node: str, board_key: str
     from robot_stack.calibration import store
     from robot_stack.calibration.intrinsics import calibrate_intrinsics, verify_intrinsics
 
-    if cfg.calibration is None or getattr(cfg.calibration, board_key) is None:
-        raise CalibrationError(f"the config needs calibration.{board_key}")
-    board = BoardSpec.model_validate(getattr(cfg.calibration, board_key))
-    sub = Subscriber([cfg.pub_endpoint(arm, run_dir)], ("robot/state",), name="intrinsics-start")
-    st = sub.wait_for("robot/state", 10)
-    sub.close()
-    if st is None:
-        raise CalibrationError("no robot state: is the stack running?")
-    nominal = np.array(st.ee_pose)
+    board = board_of(cfg, board_key)
+    nominal = current_pose(cfg, run_dir, arm)
     if center is not None:
         nominal[:3] = center
     s = collect(cfg, run_dir, camera_node, board, pose_set(nominal, n_poses, seed, rot_deg), arm=arm, log=log)

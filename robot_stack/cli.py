@@ -151,16 +151,16 @@ def _cmd_calibrate_latency(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .calibration import store
-    from .calibration.board import BoardSpec
     from .calibration.hand_eye import CalibrationError
     from .calibration.latency import measure
-    from .calibration.procedure import camera_id_of
+    from .calibration.procedure import board_of, camera_id_of
 
     cfg, run_dir = _stack(args.config)
-    if cfg.calibration is None or getattr(cfg.calibration, args.board) is None:
-        print(f"calibration failed: the config needs calibration.{args.board}", file=sys.stderr)
+    try:
+        board = board_of(cfg, args.board)
+    except CalibrationError as e:
+        print(f"calibration failed: {e}", file=sys.stderr)
         return 1
-    board = BoardSpec.model_validate(getattr(cfg.calibration, args.board))
     cam = camera_id_of(cfg, args.camera)
     T_gc = (store.load(cfg.calibration.file).get("cameras") or {}).get(cam, {}).get("T_gripper_camera")
     try:

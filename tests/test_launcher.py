@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 
-import pytest
 
 from robot_stack.launcher import Launcher
 
