@@ -65,6 +65,9 @@ def interpolate_states(stamps_ns: np.ndarray, q: np.ndarray, ee_pose: np.ndarray
     """
     if len(stamps_ns) == 0:
         raise StaleStreamError("robot/state", "no robot state received")
+    if len(stamps_ns) > 1 and not np.all(np.diff(stamps_ns) > 0):  # the same measurement published twice
+        keep = np.concatenate([[True], np.diff(stamps_ns) > 0])
+        stamps_ns, q, ee_pose, gripper = stamps_ns[keep], q[keep], ee_pose[keep], gripper[keep]
     lo, hi = int(stamps_ns[0]), int(stamps_ns[-1])
     for t in times_ns:
         if t < lo - max_extrapolation_ns or t > hi + max_extrapolation_ns:
@@ -100,8 +103,17 @@ def assemble(frames: dict[str, list], states: list, obs_horizon: int, dt_ns: int
     """
     offs = latency_offsets_ns or {}
     tol = dt_ns // 2 if tolerance_ns is None else tolerance_ns
-    if not frames:
-        raise StaleStreamError("cameras", "no camera configured")
+    if not frames:  # proprioception only: the newest robot state is the anchor
+        if not states:
+            raise StaleStreamError("robot/state", "no robot state received")
+        t_obs = int(states[-1].stamp_ns - offs.get("robot/state", 0))
+        if now_ns - t_obs > max_age_ns:
+            raise StaleStreamError("robot/state", f"newest state is {(now_ns - t_obs) / 1e6:.0f} ms old")
+        times = t_obs - (np.arange(obs_horizon)[::-1].astype(np.int64)) * dt_ns
+        st = np.array([m.stamp_ns for m in states], np.int64) - offs.get("robot/state", 0)
+        q, ee, g = interpolate_states(st, np.array([m.q for m in states]), np.array([m.ee_pose for m in states]),
+                                      np.array([m.gripper_width for m in states]), times, max_extrapolation_ns=tol)
+        return Observation(t_obs, times, {}, {}, {}, q, ee, g)
     stamps = {}
     for cam, fs in frames.items():
         if not fs:
@@ -127,10 +139,6 @@ def assemble(frames: dict[str, list], states: list, obs_horizon: int, dt_ns: int
             depth[cam] = np.stack([fs[j].depth for j in idx])
         chosen[cam] = stamps[cam][idx]
     st = np.array([m.stamp_ns for m in states], np.int64) - offs.get("robot/state", 0)
-    if len(states) and not np.all(np.diff(st) > 0):
-        keep = np.concatenate([[True], np.diff(st) > 0])  # drop repeated stamps
-        states = [m for m, k in zip(states, keep) if k]
-        st = st[keep]
     q, ee, g = interpolate_states(
         st, np.array([m.q for m in states]) if states else np.zeros((0, 0)),
         np.array([m.ee_pose for m in states]) if states else np.zeros((0, 7)),

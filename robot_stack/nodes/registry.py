@@ -10,6 +10,8 @@ KINDS: dict[str, str] = {
     "sim_world": "robot_stack.nodes.sim_world:SimWorldNode",
     "arm": "robot_stack.nodes.arm:ArmNode",
     "viewer": "robot_stack.nodes.viewer:ViewerNode",
+    "policy": "robot_stack.nodes.policy:PolicyNode",
+    "controller": "robot_stack.nodes.controller:ControllerNode",
 }
 
 

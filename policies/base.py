@@ -1,0 +1,75 @@
+"""Policy interface.
+
+A policy maps an observation window (the last To observations per key) to an action chunk of H
+actions. Its :class:`PolicyMetadata` says what it needs and what it returns, so the policy node
+can reject malformed requests before they reach the model and the controller knows the timing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class ObservationError(ValueError):
+    """An observation window does not match the policy's metadata (wrong keys, shapes, dtypes)."""
+
+
+@dataclass(frozen=True)
+class PolicyMetadata:
+    """What a policy consumes and produces.
+
+    Attributes:
+        obs_shapes: key -> (shape without the leading To axis, dtype str), e.g.
+            {"ee_pose": ((7,), "<f4"), "scene.color": ((240, 320, 3), "|u1")}.
+        obs_horizon: To.
+        horizon: H.
+        action_dim: D.
+        action_space: meaning of an action, e.g. "ee_pose+gripper" ([x y z qx qy qz qw g]).
+        dt: control period the policy was trained at, s.
+        offset: step index of action 0 relative to the newest observation.
+        supports_prefix: the policy can inpaint after a committed prefix (RTC).
+        norm_stats: normalization statistics (for checkpoints; informational here).
+    """
+
+    obs_shapes: dict[str, tuple[tuple[int, ...], str]]
+    obs_horizon: int
+    horizon: int
+    action_dim: int
+    action_space: str
+    dt: float
+    offset: int = 0
+    supports_prefix: bool = False
+    norm_stats: dict = field(default_factory=dict)
+
+    def validate(self, obs: dict[str, np.ndarray]) -> None:
+        """Raise :class:`ObservationError` naming the first mismatch."""
+        missing = self.obs_shapes.keys() - obs.keys()
+        extra = obs.keys() - self.obs_shapes.keys()
+        if missing or extra:
+            raise ObservationError(f"observation keys: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        for k, (shape, dtype) in self.obs_shapes.items():
+            a = obs[k]
+            want = (self.obs_horizon, *shape)
+            if a.shape != want:
+                raise ObservationError(f"{k}: shape {a.shape}, expected {want}")
+            if a.dtype.str != dtype:
+                raise ObservationError(f"{k}: dtype {a.dtype.str}, expected {dtype}")
+
+
+class Policy(ABC):
+    """A visuomotor policy."""
+
+    metadata: PolicyMetadata
+
+    @abstractmethod
+    def predict(self, obs: dict[str, np.ndarray], committed_prefix: np.ndarray | None = None) -> np.ndarray:
+        """Action chunk (H, action_dim) float32 for a validated observation window.
+
+        Args:
+            obs: key -> (To, ...) arrays as in the metadata.
+            committed_prefix: (d, action_dim) actions already committed (RTC): the returned chunk's
+                first d actions must equal them, the rest continue from them.
+        """

@@ -1,0 +1,59 @@
+"""Scripted chunking policies for tests, benchmarks and bring-up (no learning involved).
+
+:class:`GoToPolicy` moves the TCP in a straight line toward a goal at constant speed: from the
+newest observed TCP pose p(t_obs), action i is the pose at t_obs + (i + offset) dt. Executed
+through any strategy it must reach the goal on a straight path, which makes timing mistakes
+(stale actions, jumps at chunk switches) measurable. ``delay_s`` injects inference time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .base import Policy, PolicyMetadata
+
+
+class GoToPolicy(Policy):
+    """Straight-line TCP motion toward ``goal`` (3,) m at ``speed`` m/s; the orientation first
+    observed is held.
+
+    Actions are [x y z qx qy qz qw gripper] (absolute TCP pose in the base frame, gripper open
+    fraction). With a committed prefix (RTC) the chunk starts with the prefix and continues from
+    its last action (hard inpainting, the limit of RTC's soft mask with full guidance).
+    """
+
+    def __init__(self, goal, speed: float = 0.05, horizon: int = 16, obs_horizon: int = 2, dt: float = 0.1,
+                 delay_s: float = 0.0, offset: int = 0):
+        self.goal = np.asarray(goal, float)
+        self.speed, self.delay_s = speed, delay_s
+        self._orientation: np.ndarray | None = None  # held: the orientation first observed
+        self.metadata = PolicyMetadata(obs_shapes={"ee_pose": ((7,), "<f4")}, obs_horizon=obs_horizon,
+                                       horizon=horizon, action_dim=8, action_space="ee_pose+gripper", dt=dt,
+                                       offset=offset, supports_prefix=True)
+
+    def _advance(self, p: np.ndarray, n_steps: np.ndarray) -> np.ndarray:
+        d = self.goal - p
+        dist = np.linalg.norm(d)
+        step = np.minimum(self.speed * self.metadata.dt * n_steps, dist)
+        return p + (d / dist if dist > 1e-9 else np.zeros(3)) * step[:, None]
+
+    def predict(self, obs, committed_prefix=None):
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        m = self.metadata
+        ee = np.asarray(obs["ee_pose"][-1], float)
+        if self._orientation is None:
+            self._orientation = ee[3:] / np.linalg.norm(ee[3:])
+        out = np.empty((m.horizon, 8), np.float32)
+        out[:, 3:7] = self._orientation
+        out[:, 7] = 1.0
+        d = 0 if committed_prefix is None else min(len(committed_prefix), m.horizon)
+        if d:
+            out[:d] = committed_prefix[:d]
+            start, k0 = np.asarray(committed_prefix[d - 1, :3], float), 1
+            out[d:, :3] = self._advance(start, np.arange(k0, m.horizon - d + k0))
+        else:
+            out[:, :3] = self._advance(ee[:3], np.arange(m.horizon) + m.offset)
+        return out

@@ -1,0 +1,242 @@
+"""Controller node: runs a policy's action chunks on the arm with a chosen execution strategy.
+
+Observation windows are assembled from the newest samples (``robot_stack.observation``), sent to
+the policy node (request/reply with timeout and reconnect), and each returned chunk is turned into
+a timed waypoint schedule (``robot_stack.chunking.plan_chunk``) for the arm node, which merges it
+into its trajectory at "now". Strategies (DESIGN.md):
+
+- ``sync``: receding horizon (Diffusion Policy): infer, execute s actions, infer again; the next
+  request starts so that its chunk should arrive (measured delay d) before the s actions end;
+- ``async``: inference runs back to back while the arm executes; each new chunk takes over at its
+  first action not yet due;
+- ``ensemble``: ACT temporal ensembling: every control step sends the exp(-m i)-weighted average
+  of all chunks' predictions for the next steps;
+- ``rtc``: real-time chunking: like async, but each request carries the d actions already
+  committed for the next chunk's first steps; the policy inpaints the rest.
+
+Metrics in the heartbeat: inference latency, delay d, dropped (stale) actions, late steps, chunks
+over budget, the jump in commanded position at chunk switches, observation holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..arm_client import ArmClient
+from ..chunking import DelayEstimator, TemporalEnsembler, committed_prefix, plan_chunk
+from ..clock import now_ns
+from ..messages import ObservationWindow
+from ..node import Node, NodeParams
+from ..observation import StaleStreamError, assemble
+from ..transport import RemoteError, RequestClient, TransportTimeout
+
+log = logging.getLogger(__name__)
+
+
+class ControllerParams(NodeParams):
+    arm: str = "arm"
+    policy: str = Field("policy", description="policy node name (ignored when policy_endpoint is set)")
+    policy_endpoint: str | None = None
+    cameras: list[str] = Field(default_factory=list, description="camera node names")
+    obs_keys: list[str] = Field(default_factory=lambda: ["ee_pose"], min_length=1,
+                                description="keys sent to the policy: ee_pose, q, gripper_width, <camera_id>.color/.depth")
+    rate_hz: float = Field(10.0, gt=0, le=100)
+    obs_horizon: int = Field(2, ge=1)
+    strategy: Literal["sync", "async", "ensemble", "rtc"] = "sync"
+    execute_horizon: int = Field(8, ge=1)
+    ensemble_m: float = 0.01
+    ensemble_steps: int = Field(4, ge=1, description="ensemble: steps sent ahead each control step")
+    exec_latency_s: float = Field(0.01, ge=0)
+    max_obs_age_s: float = Field(0.3, gt=0)
+    request_timeout_s: float = Field(2.0, gt=0)
+
+
+class ControllerNode(Node):
+    """Executes action chunks with receding-horizon strategies."""
+
+    Params = ControllerParams
+    default_rate_hz = 10.0
+
+    def configure(self) -> None:
+        p = self.params
+        cfg, rd = self.ctx.config, self.ctx.run_dir
+        self.dt_ns = int(round(1e9 / p.rate_hz))
+        self.cam_ids = {}
+        for c in p.cameras:
+            nc = cfg.nodes.get(c)
+            if nc is None or nc.kind != "camera":
+                raise ValueError(f"controller.cameras: {c!r} is not a camera node")
+            self.cam_ids[c] = nc.params.get("camera_id", "cam0")
+        self.sub = self.ctx.subscriber([p.arm, *p.cameras], ("robot/state", "camera/"), history=500)
+        self.arm = ArmClient(cfg, rd, arm=p.arm, source=self.name, heartbeat_hz=20)
+        self.endpoint = p.policy_endpoint or cfg.in_endpoint(p.policy, rd)
+        self.lock = threading.Lock()
+        self.delay = DelayEstimator(self.dt_ns, initial_steps=2)
+        self.ensembler = TemporalEnsembler(self.dt_ns, p.ensemble_m)
+        self.plan_stamps = np.zeros(0, np.int64)  # what was last sent to the arm
+        self.plan_actions = np.zeros((0, 8))
+        self.request_id = 0
+        self.stats = {k: 0.0 for k in ("requests", "chunks", "dropped_actions", "late_steps", "over_budget",
+                                       "obs_holds", "errors")}
+        self.inference_ms: list[float] = []
+        self.jumps_m: list[float] = []
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------------- observation
+    def _observation(self):
+        frames = {cid: self.sub.history(f"camera/{cid}") for cid in self.cam_ids.values()}
+        obs = assemble(frames, self.sub.history("robot/state"), self.params.obs_horizon, self.dt_ns, now_ns(),
+                       int(self.params.max_obs_age_s * 1e9))
+        arrays = {"ee_pose": obs.ee_pose.astype(np.float32), "q": obs.q.astype(np.float32),
+                  "gripper_width": obs.gripper_width.astype(np.float32)[:, None]}
+        for cid in obs.color:
+            arrays[f"{cid}.color"] = obs.color[cid]
+            if cid in obs.depth:
+                arrays[f"{cid}.depth"] = obs.depth[cid]
+        missing = set(self.params.obs_keys) - arrays.keys()
+        if missing:
+            raise StaleStreamError("observation", f"no stream provides {sorted(missing)}")
+        return obs, {k: arrays[k] for k in self.params.obs_keys}
+
+    # ------------------------------------------------------------------------- inference
+    def _inference_loop(self) -> None:
+        client = RequestClient(self.endpoint, self.name, timeout_s=self.params.request_timeout_s)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._inference_once(client)
+                except Exception:  # never lose the inference loop: log, count, hold a period, go on
+                    self.stats["errors"] += 1
+                    log.exception("inference step failed")
+                    self._stop.wait(self.dt_ns / 1e9)
+        finally:
+            client.close()
+
+    def _inference_once(self, client: RequestClient) -> None:
+        """One request: observe, ask the policy, plan and send the chunk (or hold and return)."""
+        if self.params.strategy == "sync" and not self._sync_due():
+            self._stop.wait(0.005)
+            return
+        try:
+            obs, arrays = self._observation()
+        except StaleStreamError as e:
+            self.stats["obs_holds"] += 1
+            if self.stats["obs_holds"] <= 5 or self.stats["obs_holds"] % 50 == 0:
+                log.warning("holding: %s", e)
+            self._stop.wait(self.dt_ns / 1e9)
+            return
+        t_send = now_ns()
+        self.request_id += 1
+        prefix = None
+        if self.params.strategy == "rtc":
+            with self.lock:
+                prefix = committed_prefix(self.plan_stamps, self.plan_actions, obs.t_obs_ns, self.dt_ns,
+                                          self.delay.steps)
+        req = ObservationWindow(request_id=self.request_id, obs=arrays,
+                                obs_age_ns=(t_send - obs.times_ns).astype(np.int64),
+                                committed_prefix=prefix if prefix is not None and len(prefix) else None)
+        self.stats["requests"] += 1
+        try:
+            chunk = client.request("infer", req)
+        except RemoteError as e:
+            self.stats["errors"] += 1
+            log.error("policy refused the request: %s", e)
+            self._stop.wait(0.2)
+            return
+        except TransportTimeout as e:
+            self.stats["errors"] += 1
+            log.error("%s", e)
+            return
+        arrival = now_ns()
+        self.delay.add(arrival - obs.t_obs_ns)
+        self.inference_ms.append((arrival - t_send) / 1e6)
+        self._on_chunk(np.asarray(chunk.actions, np.float64), obs.t_obs_ns, arrival,
+                       int(round(chunk.dt * 1e9)), chunk.offset)
+
+    def _sync_due(self) -> bool:
+        """Sync: request when the executed part of the plan ends within the expected delay."""
+        with self.lock:
+            if len(self.plan_stamps) == 0:
+                return True
+            end = int(self.plan_stamps[-1])
+        return now_ns() >= end - self.delay.steps * self.dt_ns
+
+    def _on_chunk(self, actions: np.ndarray, t_obs: int, arrival: int, dt_ns: int, offset: int) -> None:
+        p = self.params
+        self.stats["chunks"] += 1
+        if p.strategy == "ensemble":
+            with self.lock:
+                self.ensembler.add(t_obs, actions, offset)
+            return
+        plan = plan_chunk(actions, t_obs, arrival, dt_ns, offset, int(p.exec_latency_s * 1e9),
+                          execute=p.execute_horizon if p.strategy == "sync" else None)
+        self.stats["dropped_actions"] += plan.dropped
+        self.stats["late_steps"] += plan.late_steps
+        if plan.over_budget:
+            self.stats["over_budget"] += 1
+            log.warning("chunk over budget: every action was stale (inference %.0f ms)", (arrival - t_obs) / 1e6)
+            return
+        self._send(plan.stamps_ns, plan.actions)
+
+    def _send(self, stamps: np.ndarray, actions: np.ndarray) -> None:
+        with self.lock:
+            if len(self.plan_stamps):
+                j = int(np.argmin(np.abs(self.plan_stamps - stamps[0])))
+                if abs(int(self.plan_stamps[j]) - int(stamps[0])) <= self.dt_ns // 2:
+                    self.jumps_m.append(float(np.linalg.norm(self.plan_actions[j, :3] - actions[0, :3])))
+            self.plan_stamps, self.plan_actions = stamps.copy(), actions.copy()
+        poses = actions[:, :7].copy()
+        poses[:, 3:] /= np.linalg.norm(poses[:, 3:], axis=1, keepdims=True)
+        gripper = np.clip(actions[:, 7], 0, 1) if actions.shape[1] > 7 else None
+        try:
+            self.arm.send_schedule(stamps, poses, space="ee", gripper=gripper, origin="policy")
+        except TransportTimeout as e:
+            self.stats["errors"] += 1
+            log.error("arm not reachable: %s", e)
+
+    # ------------------------------------------------------------------------- control step
+    def step(self) -> None:
+        if self.params.strategy != "ensemble":
+            return
+        t = now_ns() + int(self.params.exec_latency_s * 1e9)
+        t_next = (t // self.dt_ns + 1) * self.dt_ns  # the next control-grid times
+        stamps, acts = [], []
+        with self.lock:
+            self.ensembler.prune(now_ns() - 2 * self.dt_ns)
+            for k in range(self.params.ensemble_steps):
+                a = self.ensembler.action_at(t_next + k * self.dt_ns)
+                if a is None:
+                    break
+                stamps.append(t_next + k * self.dt_ns)
+                acts.append(a)
+        if acts:
+            self._send(np.array(stamps, np.int64), np.array(acts))
+
+    def metrics(self) -> dict[str, float]:
+        m = dict(self.stats)
+        m["delay_steps"] = float(self.delay.steps)
+        if self.inference_ms:
+            a = np.array(self.inference_ms[-500:])
+            m.update(inference_p50_ms=float(np.percentile(a, 50)), inference_p99_ms=float(np.percentile(a, 99)))
+        if self.jumps_m:
+            j = np.array(self.jumps_m)
+            m.update(switch_jump_mean_mm=float(j.mean() * 1e3), switch_jump_max_mm=float(j.max() * 1e3),
+                     switches=float(len(j)))
+        return m
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if hasattr(self, "_worker"):
+            self._worker.join(timeout=3)
+        if hasattr(self, "arm"):
+            self.arm.close()
+        if hasattr(self, "sub"):
+            self.sub.close()
+

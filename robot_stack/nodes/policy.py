@@ -1,0 +1,98 @@
+"""Policy node: answers observation windows with action chunks over request/reply.
+
+Binds a REP socket at its input endpoint (``ipc://`` by default; a ``tcp://`` endpoint for a remote
+GPU server, with CURVE when it leaves localhost). Every request is validated before the model sees
+it: schema (codec), keys/shapes/dtypes (policy metadata), staleness (the window's ages, which are
+durations and need no shared clock). A bad request gets an :class:`ErrorReply` and the node stays up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..messages import ActionChunk, ErrorReply, Message, ObservationWindow
+from ..node import Node, NodeParams
+from ..transport import ReplyServer
+
+log = logging.getLogger(__name__)
+
+
+class PolicyParams(NodeParams):
+    policy: Literal["goto"] = "goto"
+    goal: tuple[float, float, float] = (0.45, 0.15, 0.30)
+    speed: float = Field(0.05, gt=0)
+    horizon: int = Field(16, ge=1)
+    obs_horizon: int = Field(2, ge=1)
+    dt: float = Field(0.1, gt=0)
+    delay_s: float = Field(0.0, ge=0, description="injected inference delay (benchmarks)")
+    max_obs_age_s: float = Field(1.0, gt=0)
+    rate_hz: float = Field(1000.0, gt=0)
+
+
+def make_policy(p: PolicyParams):
+    from robot_stack.policies.scripted import GoToPolicy
+
+    return GoToPolicy(p.goal, p.speed, p.horizon, p.obs_horizon, p.dt, p.delay_s)
+
+
+class PolicyNode(Node):
+    """Serves one policy."""
+
+    Params = PolicyParams
+
+    def configure(self) -> None:
+        self.policy = make_policy(self.params)
+        nc = self.ctx.node_config
+        curve = nc.curve_server.build() if nc.curve_server else None
+        self.server = ReplyServer(self.ctx.config.in_endpoint(self.name, self.ctx.run_dir), self.name, curve=curve)
+        self.inference_ms: list[float] = []
+        self.rejected = 0
+
+    def handle(self, topic: str, msg: Message) -> Message:
+        from robot_stack.policies.base import ObservationError
+
+        if not isinstance(msg, ObservationWindow):
+            self.rejected += 1
+            return ErrorReply(code="bad_request", reason=f"expected observation_window, got {msg.SCHEMA}")
+        md = self.policy.metadata
+        try:
+            md.validate(msg.obs)
+        except ObservationError as e:
+            self.rejected += 1
+            return ErrorReply(request_id=msg.request_id, code="bad_observation", reason=str(e))
+        if len(msg.obs_age_ns) and msg.obs_age_ns.max() > self.params.max_obs_age_s * 1e9:
+            self.rejected += 1
+            return ErrorReply(request_id=msg.request_id, code="stale",
+                              reason=f"observation is {msg.obs_age_ns.max() / 1e6:.0f} ms old "
+                                     f"(max {self.params.max_obs_age_s * 1e3:.0f} ms)")
+        prefix = None if msg.committed_prefix is None or len(msg.committed_prefix) == 0 else np.asarray(msg.committed_prefix)
+        if prefix is not None and prefix.shape[1] != md.action_dim:
+            self.rejected += 1
+            return ErrorReply(request_id=msg.request_id, code="bad_observation",
+                              reason=f"committed prefix has {prefix.shape[1]} dims, policy acts in {md.action_dim}")
+        t0 = time.perf_counter_ns()
+        actions = self.policy.predict(msg.obs, prefix)
+        dt_ns = time.perf_counter_ns() - t0
+        self.inference_ms.append(dt_ns / 1e6)
+        return ActionChunk(request_id=msg.request_id, actions=np.asarray(actions, np.float32), dt=md.dt,
+                           offset=md.offset, inference_ns=dt_ns)
+
+    def step(self) -> None:
+        self.server.serve_once(self.handle, timeout_s=0.0)
+
+    def metrics(self) -> dict[str, float]:
+        m = {"requests": float(len(self.inference_ms)), "rejected": float(self.rejected),
+             "decode_errors": float(self.server.stats.decode_errors)}
+        if self.inference_ms:
+            a = np.array(self.inference_ms[-500:])
+            m.update(inference_p50_ms=float(np.percentile(a, 50)), inference_p99_ms=float(np.percentile(a, 99)))
+        return m
+
+    def shutdown(self) -> None:
+        if hasattr(self, "server"):
+            self.server.close()
