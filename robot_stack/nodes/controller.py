@@ -78,7 +78,7 @@ class ControllerNode(Node):
         self.lock = threading.Lock()
         self.delay = DelayEstimator(self.dt_ns, initial_steps=2)
         self.ensembler = TemporalEnsembler(self.dt_ns, p.ensemble_m)
-        self.plan_stamps = np.zeros(0, np.int64)  # what was last sent to the arm
+        self.plan_stamps = np.zeros(0, np.int64)  # the committed trajectory sent to the arm
         self.plan_actions = np.zeros((0, 8))
         self.request_id = 0
         self.stats = {k: 0.0 for k in ("requests", "chunks", "dropped_actions", "late_steps", "over_budget",
@@ -191,7 +191,11 @@ class ControllerNode(Node):
                 j = int(np.argmin(np.abs(self.plan_stamps - stamps[0])))
                 if abs(int(self.plan_stamps[j]) - int(stamps[0])) <= self.dt_ns // 2:
                     self.jumps_m.append(float(np.linalg.norm(self.plan_actions[j, :3] - actions[0, :3])))
-            self.plan_stamps, self.plan_actions = stamps.copy(), actions.copy()
+            # the committed trajectory is what the arm will execute: earlier plans up to the new
+            # plan's first waypoint, then the new plan (the arm node merges the same way)
+            keep = (self.plan_stamps < stamps[0]) & (self.plan_stamps > now_ns() - 2_000_000_000)
+            self.plan_stamps = np.concatenate([self.plan_stamps[keep], stamps])
+            self.plan_actions = np.concatenate([self.plan_actions[keep], actions])
         poses = actions[:, :7].copy()
         poses[:, 3:] /= np.linalg.norm(poses[:, 3:], axis=1, keepdims=True)
         gripper = np.clip(actions[:, 7], 0, 1) if actions.shape[1] > 7 else None
