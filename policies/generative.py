@@ -1,0 +1,229 @@
+"""Diffusion and flow-matching visuomotor policies: model, loss, ONNX export, torch/ORT inference.
+
+A :class:`GenerativePolicyModel` bundles the network (:class:`~robot_stack.policies.networks.PolicyNet`),
+the sampler kind ("ddim" or "flow"), action normalization and the policy metadata. Inference runs
+the shared sampler loop (``samplers.py``) around one of two denoiser backends:
+
+- :class:`TorchDenoiser`: torch eager (CUDA when available);
+- :class:`OnnxDenoiser`: ONNX Runtime (CUDA / TensorRT execution providers when present, else CPU)
+  on the exported graph ``denoise(images..., proprio, x_t, t) -> output``: encoder + one denoiser
+  step, with the loop outside.
+
+Observation keys: ``"<camera>.color"`` (To, h, w, 3) uint8 and/or ``"<camera>.depth"`` (To, h, w)
+uint16 mm, and ``"state"`` (To, P) float32. Actions are normalized to [-1, 1] per dimension with
+the min/max stats stored in the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import Policy, PolicyMetadata
+from .networks import PolicyNet
+from .samplers import DDIM, Flow
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and sampling settings.
+
+    Attributes:
+        cameras: camera id -> "rgb" | "depth" | "rgbd".
+        image_hw: (h, w) the images are resized to before the encoder.
+        proprio_dim, obs_horizon, horizon, action_dim, dt: data layout.
+        kind: "ddim" (Diffusion Policy) or "flow" (flow matching).
+        sample_steps: DDIM steps or Euler steps (1 = one-step flow).
+    """
+
+    cameras: dict[str, str] = field(default_factory=lambda: {"scene": "rgb"})
+    image_hw: tuple[int, int] = (96, 96)
+    proprio_dim: int = 8
+    obs_horizon: int = 2
+    horizon: int = 16
+    action_dim: int = 8
+    dt: float = 0.1
+    kind: str = "ddim"
+    sample_steps: int = 10
+    train_steps: int = 100
+    enc_base: int = 16
+    widths: tuple[int, ...] = (64, 128, 256)
+
+    def __post_init__(self):
+        if min(self.image_hw) < 64:
+            raise ValueError(f"image_hw {self.image_hw}: the encoder downsamples 32x; use at least 64x64 images")
+        if self.kind not in ("ddim", "flow"):
+            raise ValueError(f"kind must be 'ddim' or 'flow', got {self.kind!r}")
+        if self.horizon % 4:
+            raise ValueError(f"horizon {self.horizon} must be divisible by 4 (two U-Net downsamplings)")
+
+    def channels(self) -> dict[str, int]:
+        return {k: {"rgb": 3, "depth": 1, "rgbd": 4}[v] for k, v in self.cameras.items()}
+
+
+class GenerativePolicyModel(torch.nn.Module):
+    """Network + normalization + sampler settings (all saved in the checkpoint)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.net = PolicyNet(cfg.channels(), cfg.proprio_dim, cfg.obs_horizon, cfg.action_dim,
+                             enc_base=cfg.enc_base, widths=cfg.widths)
+        self.register_buffer("a_min", -torch.ones(cfg.action_dim))
+        self.register_buffer("a_max", torch.ones(cfg.action_dim))
+        self.sampler = DDIM(cfg.train_steps) if cfg.kind == "ddim" else Flow()
+
+    # ------------------------------------------------------------------ observation tensors
+    def images(self, obs: dict[str, np.ndarray]) -> list[torch.Tensor]:
+        """Per camera (1, To, C, h, w) float32 in [0, 1] (depth: metres / 2, clipped)."""
+        out = []
+        h, w = self.cfg.image_hw
+        for cam, mode in self.cfg.cameras.items():
+            chans = []
+            if mode in ("rgb", "rgbd"):
+                chans.append(torch.from_numpy(np.asarray(obs[f"{cam}.color"], np.float32) / 255.0).permute(0, 3, 1, 2))
+            if mode in ("depth", "rgbd"):
+                d = np.clip(np.asarray(obs[f"{cam}.depth"], np.float32) / 2000.0, 0, 1)
+                chans.append(torch.from_numpy(d)[:, None])
+            x = torch.cat(chans, dim=1)
+            if x.shape[-2:] != (h, w):
+                x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+            out.append(x[None])
+        return out
+
+    def metadata(self) -> PolicyMetadata:
+        c = self.cfg
+        shapes = {"state": ((c.proprio_dim,), "<f4")}
+        return PolicyMetadata(obs_shapes=shapes, obs_horizon=c.obs_horizon, horizon=c.horizon,
+                              action_dim=c.action_dim, action_space="ee_pose+gripper", dt=c.dt,
+                              supports_prefix=True)
+
+    # --------------------------------------------------------------------------- training
+    def loss(self, images: list[torch.Tensor], proprio: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Denoising loss on a batch: images per camera (B, To, C, h, w), proprio (B, To, P),
+        actions (B, H, D) in world units."""
+        x1 = self.normalize(actions)
+        noise = torch.randn_like(x1)
+        b = x1.shape[0]
+        if self.cfg.kind == "ddim":
+            k = torch.randint(0, self.cfg.train_steps, (b,))
+            xt, target = self.sampler.training_pair(x1, noise, k)
+            t = k.float() / self.cfg.train_steps
+        else:
+            t = torch.rand(b)
+            xt, target = self.sampler.training_pair(x1, noise, t)
+        cond = self.net.encode(images, proprio)
+        return torch.nn.functional.mse_loss(self.net(xt, t, cond), target)
+
+    def normalize(self, a):
+        return 2 * (a - self.a_min) / (self.a_max - self.a_min).clamp_min(1e-6) - 1
+
+    def denormalize(self, x: np.ndarray) -> np.ndarray:
+        lo, hi = self.a_min.numpy(), self.a_max.numpy()
+        return (x + 1) / 2 * (hi - lo) + lo
+
+
+class DenoiseStep(torch.nn.Module):
+    """The exported graph: observation -> conditioning -> one denoiser evaluation."""
+
+    def __init__(self, model: GenerativePolicyModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        *images, proprio, x, t = args
+        return self.model.net(x, t, self.model.net.encode(list(images), proprio))
+
+
+class TorchDenoiser:
+    """Torch eager backend; the conditioning is computed once per chunk."""
+
+    def __init__(self, model: GenerativePolicyModel, device: str | None = None):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device).eval()
+
+    def bind(self, images: list[torch.Tensor], proprio: np.ndarray):
+        with torch.inference_mode():
+            cond = self.model.net.encode([i.to(self.device) for i in images],
+                                         torch.from_numpy(proprio).to(self.device))
+
+        def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return self.model.net(torch.from_numpy(x).to(self.device), torch.from_numpy(t).to(self.device),
+                                      cond).cpu().numpy()
+
+        return denoise
+
+
+class OnnxDenoiser:
+    """ONNX Runtime backend on an exported :class:`DenoiseStep` graph."""
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        avail = ort.get_available_providers()
+        wanted = providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                           "CPUExecutionProvider") if p in avail]
+        self.session = ort.InferenceSession(str(path), providers=wanted)
+        self.providers = self.session.get_providers()
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def bind(self, images: list[torch.Tensor], proprio: np.ndarray):
+        feeds = {n: i.numpy() for n, i in zip(self.inputs, images)}
+        feeds[self.inputs[len(images)]] = proprio
+
+        def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            return self.session.run(None, {**feeds, "x": x, "t": t})[0]
+
+        return denoise
+
+
+def export_onnx(model: GenerativePolicyModel, path: str | Path, opset: int = 17) -> Path:
+    """Write the encoder + one-denoiser-step graph (batch 1) to ``path``."""
+    c = model.cfg
+    h, w = c.image_hw
+    images = tuple(torch.zeros(1, c.obs_horizon, ch, h, w) for ch in c.channels().values())
+    proprio = torch.zeros(1, c.obs_horizon, c.proprio_dim)
+    x = torch.zeros(1, c.horizon, c.action_dim)
+    t = torch.zeros(1)
+    names = [f"image_{k}" for k in c.cameras] + ["proprio", "x", "t"]
+    torch.onnx.export(DenoiseStep(model.eval()), (*images, proprio, x, t), str(path), input_names=names,
+                      output_names=["out"], opset_version=opset, dynamo=False)
+    return Path(path)
+
+
+class GenerativePolicy(Policy):
+    """A trained model served through the :class:`Policy` interface.
+
+    Args:
+        model: the model (its config and normalization).
+        backend: a TorchDenoiser or OnnxDenoiser.
+        seed: seed of the sampling noise (deterministic chunks for tests).
+    """
+
+    def __init__(self, model: GenerativePolicyModel, backend, seed: int | None = None):
+        self.model, self.backend = model, backend
+        self.metadata = model.metadata()
+        cams = {}
+        for cam, mode in model.cfg.cameras.items():
+            hw = model.cfg.image_hw
+            if mode in ("rgb", "rgbd"):
+                cams[f"{cam}.color"] = ((*hw, 3), "|u1")
+            if mode in ("depth", "rgbd"):
+                cams[f"{cam}.depth"] = (hw, "<u2")
+        self.metadata = PolicyMetadata(**{**self.metadata.__dict__, "obs_shapes": {**self.metadata.obs_shapes, **cams}})
+        self.rng = np.random.default_rng(seed)
+
+    def predict(self, obs, committed_prefix=None, noise: np.ndarray | None = None):
+        c = self.model.cfg
+        denoise = self.backend.bind(self.model.images(obs), np.asarray(obs["state"], np.float32)[None])
+        if noise is None:
+            noise = self.rng.standard_normal((1, c.horizon, c.action_dim)).astype(np.float32)
+        prefix = None
+        if committed_prefix is not None and len(committed_prefix):
+            prefix = self.model.normalize(torch.as_tensor(np.asarray(committed_prefix, np.float32))).numpy()
+        x = self.model.sampler.sample(denoise, noise, c.sample_steps, prefix=prefix)
+        return self.model.denormalize(x[0]).astype(np.float32)

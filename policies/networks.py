@@ -1,0 +1,168 @@
+"""Torch networks of the visuomotor policies (torchvision-free).
+
+- :class:`ConvEncoder`: a ResNet-18-style CNN (BasicBlocks, GroupNorm instead of BatchNorm, as
+  Diffusion Policy does for small batches and EMA) ending in spatial softmax keypoints (Levine et
+  al. 2016, "End-to-End Training of Deep Visuomotor Policies"); input RGB (3), depth (1) or RGB-D (4).
+- :class:`ConditionalUnet1D`: Diffusion Policy's 1-D temporal U-Net over the action sequence
+  (Chi et al. 2023), every residual block FiLM-conditioned (Perez et al. 2018) on the observation
+  features and a sinusoidal embedding of the diffusion / flow time.
+- :class:`PolicyNet`: per-camera encoders + proprioception -> conditioning; ``forward(x_t, t, obs)``
+  predicts the denoiser output (noise for DDPM/DDIM, velocity for flow matching).
+
+Shapes: actions (B, H, D); images (B, To, C, h, w) float32 in [0, 1] (depth in metres / 2);
+proprioception (B, To, P); t (B,) float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def group_norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, c), c)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.n1 = group_norm(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.n2 = group_norm(cout)
+        self.skip = None if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), group_norm(cout))
+
+    def forward(self, x):
+        y = F.relu(self.n1(self.c1(x)))
+        y = self.n2(self.c2(y))
+        return F.relu(y + (x if self.skip is None else self.skip(x)))
+
+
+class SpatialSoftmax(nn.Module):
+    """(B, C, h, w) feature maps -> (B, 2C) expected keypoint coordinates in [-1, 1]."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        p = F.softmax(x.reshape(b, c, h * w), dim=-1)
+        ys = torch.linspace(-1, 1, h, device=x.device).repeat_interleave(w)
+        xs = torch.linspace(-1, 1, w, device=x.device).repeat(h)
+        return torch.cat([(p * xs).sum(-1), (p * ys).sum(-1)], dim=-1)
+
+
+class ConvEncoder(nn.Module):
+    """ResNet-18 layout (2-2-2-2 BasicBlocks) with width ``base``; out: (B, out_dim)."""
+
+    def __init__(self, in_ch: int = 3, base: int = 16, out_dim: int = 64):
+        super().__init__()
+        w = [base, base * 2, base * 4, base * 8]
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, w[0], 7, 2, 3, bias=False), group_norm(w[0]), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        layers, c = [], w[0]
+        for i, cw in enumerate(w):
+            layers += [BasicBlock(c, cw, 1 if i == 0 else 2), BasicBlock(cw, cw)]
+            c = cw
+        self.layers = nn.Sequential(*layers)
+        self.keypoints = nn.Conv2d(c, 32, 1)
+        self.pool = SpatialSoftmax()
+        self.out = nn.Linear(64, out_dim)
+
+    def forward(self, x):
+        return self.out(self.pool(self.keypoints(self.layers(self.stem(x)))))
+
+
+def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of t (B,) -> (B, dim) (Vaswani et al. 2017)."""
+    half = dim // 2
+    f = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    a = t[:, None].float() * 1000.0 * f[None]
+    return torch.cat([a.sin(), a.cos()], dim=-1)
+
+
+class FiLMBlock(nn.Module):
+    """Conv1d residual block; the conditioning vector sets per-channel scale and bias (FiLM)."""
+
+    def __init__(self, cin: int, cout: int, cond_dim: int, k: int = 5):
+        super().__init__()
+        self.c1 = nn.Conv1d(cin, cout, k, padding=k // 2)
+        self.n1 = group_norm(cout)
+        self.c2 = nn.Conv1d(cout, cout, k, padding=k // 2)
+        self.n2 = group_norm(cout)
+        self.film = nn.Linear(cond_dim, 2 * cout)
+        self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, cond):
+        y = F.mish(self.n1(self.c1(x)))
+        scale, bias = self.film(F.mish(cond)).unsqueeze(-1).chunk(2, dim=1)
+        y = y * (1 + scale) + bias
+        y = F.mish(self.n2(self.c2(y)))
+        return y + self.skip(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    """1-D U-Net over (B, D, H) with FiLM conditioning; H must be divisible by 4."""
+
+    def __init__(self, action_dim: int, cond_dim: int, widths=(64, 128, 256), t_dim: int = 64):
+        super().__init__()
+        self.t_dim = t_dim
+        cd = cond_dim + t_dim
+        self.down = nn.ModuleList()
+        c = action_dim
+        for i, w in enumerate(widths):
+            self.down.append(nn.ModuleList([FiLMBlock(c, w, cd), FiLMBlock(w, w, cd),
+                                            nn.Conv1d(w, w, 3, 2, 1) if i < len(widths) - 1 else nn.Identity()]))
+            c = w
+        self.mid = nn.ModuleList([FiLMBlock(c, c, cd), FiLMBlock(c, c, cd)])
+        self.up = nn.ModuleList()
+        for w in reversed(widths[:-1]):
+            self.up.append(nn.ModuleList([nn.ConvTranspose1d(c, c, 4, 2, 1), FiLMBlock(c + w, w, cd),
+                                          FiLMBlock(w, w, cd)]))
+            c = w
+        self.final = nn.Sequential(nn.Conv1d(c, c, 5, padding=2), group_norm(c), nn.Mish(), nn.Conv1d(c, action_dim, 1))
+
+    def forward(self, x, t, cond):
+        """x (B, H, D), t (B,), cond (B, cond_dim) -> (B, H, D)."""
+        cond = torch.cat([cond, time_embedding(t, self.t_dim)], dim=-1)
+        h = x.transpose(1, 2)
+        skips = []
+        for b1, b2, down in self.down:
+            h = b2(b1(h, cond), cond)
+            skips.append(h)
+            h = down(h)
+        for b in self.mid:
+            h = b(h, cond)
+        skips.pop()  # the deepest level has no upsampling partner
+        for upsample, b1, b2 in self.up:
+            h = upsample(h)
+            h = b2(b1(torch.cat([h, skips.pop()], dim=1), cond), cond)
+        return self.final(h).transpose(1, 2)
+
+
+class PolicyNet(nn.Module):
+    """Observation encoders + conditional U-Net.
+
+    Args:
+        cameras: camera key -> input channels (3 RGB, 1 depth, 4 RGB-D); one encoder per camera.
+        proprio_dim: P, size of the low-dimensional state per step.
+        obs_horizon: To; action_dim: D.
+    """
+
+    def __init__(self, cameras: dict[str, int], proprio_dim: int, obs_horizon: int, action_dim: int,
+                 feat_dim: int = 64, enc_base: int = 16, widths=(64, 128, 256)):
+        super().__init__()
+        self.cameras = list(cameras)
+        self.encoders = nn.ModuleDict({k: ConvEncoder(c, enc_base, feat_dim) for k, c in cameras.items()})
+        cond_dim = obs_horizon * (feat_dim * len(cameras) + proprio_dim)
+        self.unet = ConditionalUnet1D(action_dim, cond_dim, widths)
+
+    def encode(self, images: list[torch.Tensor], proprio: torch.Tensor) -> torch.Tensor:
+        """images: per camera (B, To, C, h, w); proprio (B, To, P) -> cond (B, cond_dim)."""
+        b, to = proprio.shape[:2]
+        feats = [self.encoders[k](img.flatten(0, 1)).reshape(b, to, -1) for k, img in zip(self.cameras, images)]
+        return torch.cat(feats + [proprio], dim=-1).flatten(1)
+
+    def forward(self, x, t, cond):
+        return self.unet(x, t, cond)
