@@ -6,8 +6,8 @@ the shared sampler loop (``samplers.py``) around one of two denoiser backends:
 
 - :class:`TorchDenoiser`: torch eager (CUDA when available);
 - :class:`OnnxDenoiser`: ONNX Runtime (CUDA / TensorRT execution providers when present, else CPU)
-  on the exported graph ``denoise(images..., proprio, x_t, t) -> output``: encoder + one denoiser
-  step, with the loop outside.
+  on the exported graphs: the encoder (images..., proprio -> cond) once per chunk and one denoiser
+  step (x_t, t, cond -> output) per sampler step, with the loop outside.
 
 Observation keys: ``"<camera>.color"`` (To, h, w, 3) uint8 and/or ``"<camera>.depth"`` (To, h, w)
 uint16 mm, and ``"state"`` (To, P) float32. Actions are normalized to [-1, 1] per dimension with
@@ -126,16 +126,23 @@ class GenerativePolicyModel(torch.nn.Module):
         return (x + 1) / 2 * (hi - lo) + lo
 
 
-class DenoiseStep(torch.nn.Module):
-    """The exported graph: observation -> conditioning -> one denoiser evaluation."""
-
+class _Encode(torch.nn.Module):
     def __init__(self, model: GenerativePolicyModel):
         super().__init__()
         self.model = model
 
     def forward(self, *args):
-        *images, proprio, x, t = args
-        return self.model.net(x, t, self.model.net.encode(list(images), proprio))
+        *images, proprio = args
+        return self.model.net.encode(list(images), proprio)
+
+
+class _Denoise(torch.nn.Module):
+    def __init__(self, model: GenerativePolicyModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, t, cond):
+        return self.model.net(x, t, cond)
 
 
 class TorchDenoiser:
@@ -159,7 +166,7 @@ class TorchDenoiser:
 
 
 class OnnxDenoiser:
-    """ONNX Runtime backend on an exported :class:`DenoiseStep` graph."""
+    """ONNX Runtime backend on the exported encoder and denoiser graphs (see :func:`export_onnx`)."""
 
     def __init__(self, path: str | Path, providers: list[str] | None = None):
         import onnxruntime as ort
@@ -167,31 +174,45 @@ class OnnxDenoiser:
         avail = ort.get_available_providers()
         wanted = providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider",
                                            "CPUExecutionProvider") if p in avail]
-        self.session = ort.InferenceSession(str(path), providers=wanted)
-        self.providers = self.session.get_providers()
-        self.inputs = [i.name for i in self.session.get_inputs()]
+        enc, den = onnx_paths(path)
+        self.encoder = ort.InferenceSession(str(enc), providers=wanted)
+        self.denoiser = ort.InferenceSession(str(den), providers=wanted)
+        self.providers = self.denoiser.get_providers()
+        self.inputs = [i.name for i in self.encoder.get_inputs()]
 
     def bind(self, images: list[torch.Tensor], proprio: np.ndarray):
         feeds = {n: i.numpy() for n, i in zip(self.inputs, images)}
         feeds[self.inputs[len(images)]] = proprio
+        cond = self.encoder.run(None, feeds)[0]
 
         def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-            return self.session.run(None, {**feeds, "x": x, "t": t})[0]
+            return self.denoiser.run(None, {"x": x, "t": t, "cond": cond})[0]
 
         return denoise
 
 
+def onnx_paths(path: str | Path) -> tuple[Path, Path]:
+    """The encoder and denoiser graph files of an export named ``path`` (``X.onnx``)."""
+    p = Path(path)
+    return p.with_suffix(".encoder.onnx"), p.with_suffix(".denoiser.onnx")
+
+
 def export_onnx(model: GenerativePolicyModel, path: str | Path, opset: int = 17) -> Path:
-    """Write the encoder + one-denoiser-step graph (batch 1) to ``path``."""
+    """Export the policy as two graphs (batch 1): ``X.encoder.onnx`` (images..., proprio -> cond)
+    and ``X.denoiser.onnx`` (x, t, cond -> output); the sampler loop stays outside. Returns ``path``."""
     c = model.cfg
+    model = model.eval()
     h, w = c.image_hw
     images = tuple(torch.zeros(1, c.obs_horizon, ch, h, w) for ch in c.channels().values())
     proprio = torch.zeros(1, c.obs_horizon, c.proprio_dim)
-    x = torch.zeros(1, c.horizon, c.action_dim)
-    t = torch.zeros(1)
-    names = [f"image_{k}" for k in c.cameras] + ["proprio", "x", "t"]
-    torch.onnx.export(DenoiseStep(model.eval()), (*images, proprio, x, t), str(path), input_names=names,
-                      output_names=["out"], opset_version=opset, dynamo=False)
+    enc, den = onnx_paths(path)
+    torch.onnx.export(_Encode(model), (*images, proprio), str(enc),
+                      input_names=[f"image_{k}" for k in c.cameras] + ["proprio"], output_names=["cond"],
+                      opset_version=opset, dynamo=False)
+    with torch.no_grad():
+        cond = model.net.encode(list(images), proprio)
+    torch.onnx.export(_Denoise(model), (torch.zeros(1, c.horizon, c.action_dim), torch.zeros(1), cond), str(den),
+                      input_names=["x", "t", "cond"], output_names=["out"], opset_version=opset, dynamo=False)
     return Path(path)
 
 
