@@ -126,6 +126,42 @@ class GenerativePolicyModel(torch.nn.Module):
         return (x + 1) / 2 * (hi - lo) + lo
 
 
+def save_checkpoint(model: GenerativePolicyModel, path: str | Path, extra: dict | None = None) -> Path:
+    """Write ``path`` (.safetensors): weights and normalization as tensors, the model config (and
+    ``extra``, e.g. training state) as JSON metadata. No pickle: the file is safe to load."""
+    import dataclasses
+    import json
+
+    from safetensors.torch import save_file
+
+    meta = {"config": json.dumps(dataclasses.asdict(model.cfg)), "extra": json.dumps(extra or {})}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[GenerativePolicyModel, dict]:
+    """Model and ``extra`` from a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        ValueError: not a robot_stack policy checkpoint.
+    """
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise ValueError(f"{path} is not a robot_stack policy checkpoint (no config metadata)")
+    cfg_d = json.loads(meta["config"])
+    cfg_d["image_hw"] = tuple(cfg_d["image_hw"])
+    cfg_d["widths"] = tuple(cfg_d["widths"])
+    model = GenerativePolicyModel(ModelConfig(**cfg_d))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval(), json.loads(meta.get("extra", "{}"))
+
+
 class _Encode(torch.nn.Module):
     def __init__(self, model: GenerativePolicyModel):
         super().__init__()

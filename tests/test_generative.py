@@ -74,3 +74,77 @@ def test_rtc_prefix_is_reproduced_and_rest_generated(kind):
     a = pol.predict(obs(rng), committed_prefix=prefix)
     np.testing.assert_allclose(a[:3], prefix, atol=1e-4)
     assert np.all(np.isfinite(a[3:])) and not np.allclose(a[3:], 0)
+
+
+def test_checkpoint_round_trip_without_pickle(tmp_path):
+    from robot_stack.policies.generative import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    m = GenerativePolicyModel(ModelConfig(**SMALL, kind="flow")).eval()
+    m.a_min.fill_(-2.0)
+    path = save_checkpoint(m, tmp_path / "p.safetensors", extra={"step": 7})
+    assert path.read_bytes()[:8] != b"PK\x03\x04"  # not a torch/pickle zip
+    m2, extra = load_checkpoint(path)
+    assert extra == {"step": 7} and m2.cfg == m.cfg and float(m2.a_min[0]) == -2.0
+    rng = np.random.default_rng(0)
+    o = obs(rng)
+    noise = rng.standard_normal((1, 8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(GenerativePolicy(m, TorchDenoiser(m, "cpu")).predict(o, noise=noise),
+                                  GenerativePolicy(m2, TorchDenoiser(m2, "cpu")).predict(o, noise=noise))
+    bad = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(bad))
+    with pytest.raises(ValueError, match="not a robot_stack policy checkpoint"):
+        load_checkpoint(bad)
+
+
+def test_policy_node_serves_onnx_export_and_rejects_bad_windows(tmp_path, run_dir):
+    """The policy node in its own process serves an ONNX export; malformed windows get error replies."""
+    import threading
+
+    from robot_stack.config import load_config
+    from robot_stack.launcher import Launcher
+    from robot_stack.messages import ObservationWindow
+    from robot_stack.policies.generative import save_checkpoint
+    from robot_stack.transport import RemoteError, RequestClient
+
+    torch.manual_seed(0)
+    m = GenerativePolicyModel(ModelConfig(**{**SMALL, "sample_steps": 2}, kind="flow")).eval()
+    save_checkpoint(m, tmp_path / "pol.safetensors")
+    export_onnx(m, tmp_path / "pol.onnx")
+    cfg_path = tmp_path / "stack.yaml"
+    cfg_path.write_text(f"name: pol\nrun_dir: {run_dir}\nnodes:\n  policy:\n    kind: policy\n"
+                        f"    params: {{policy: onnx, path: \"{tmp_path / 'pol.onnx'}\", seed: 0}}\n")
+
+    class Sink:
+        lines = []
+
+        def write(self, s):
+            self.lines.append(s)
+
+        def flush(self):
+            pass
+
+    launcher = Launcher(cfg_path, out=Sink())
+    launcher.start()
+    t = threading.Thread(target=launcher.supervise, daemon=True)
+    t.start()
+    client = RequestClient(load_config(cfg_path).in_endpoint("policy", run_dir), "test", timeout_s=30)
+    try:
+        rng = np.random.default_rng(0)
+        o = obs(rng)
+        reply = client.request("infer", ObservationWindow(request_id=1, obs=o, obs_age_ns=np.zeros(2, np.int64)))
+        assert reply.actions.shape == (8, 3) and reply.request_id == 1 and reply.inference_ns > 0
+        bad = dict(o)
+        bad["state"] = bad["state"][:, :2]
+        with pytest.raises(RemoteError, match="bad_observation: state: shape"):
+            client.request("infer", ObservationWindow(request_id=2, obs=bad, obs_age_ns=np.zeros(2, np.int64)))
+        with pytest.raises(RemoteError, match="stale"):
+            client.request("infer", ObservationWindow(request_id=3, obs=o, obs_age_ns=np.full(2, 5 * 10**9)))
+        # still serving after the bad requests
+        assert client.request("infer", ObservationWindow(request_id=4, obs=o, obs_age_ns=np.zeros(2, np.int64))).request_id == 4
+    finally:
+        client.close()
+        launcher.stop()
+        t.join(10)

@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 
 
 class PolicyParams(NodeParams):
-    policy: Literal["goto"] = "goto"
+    policy: Literal["goto", "checkpoint", "onnx"] = "goto"
+    path: str | None = Field(None, description="checkpoint: a .safetensors checkpoint; onnx: the export's X.onnx "
+                                                "name with its checkpoint beside it as X.safetensors")
+    seed: int | None = None
     goal: tuple[float, float, float] = (0.45, 0.15, 0.30)
     speed: float = Field(0.05, gt=0)
     horizon: int = Field(16, ge=1)
@@ -35,9 +38,22 @@ class PolicyParams(NodeParams):
 
 
 def make_policy(p: PolicyParams):
-    from robot_stack.policies.scripted import GoToPolicy
+    """Build the served policy (scripted, torch checkpoint, or ONNX export)."""
+    if p.policy == "goto":
+        from robot_stack.policies.scripted import GoToPolicy
 
-    return GoToPolicy(p.goal, p.speed, p.horizon, p.obs_horizon, p.dt, p.delay_s)
+        return GoToPolicy(p.goal, p.speed, p.horizon, p.obs_horizon, p.dt, p.delay_s)
+    from pathlib import Path
+
+    from robot_stack.policies.generative import GenerativePolicy, OnnxDenoiser, TorchDenoiser, load_checkpoint
+
+    if p.path is None:
+        raise ValueError(f"policy {p.policy!r} needs 'path'")
+    ckpt = Path(p.path) if p.policy == "checkpoint" else Path(p.path).with_suffix(".safetensors")
+    model, _ = load_checkpoint(ckpt)
+    backend = TorchDenoiser(model) if p.policy == "checkpoint" else OnnxDenoiser(p.path)
+    log.info("serving %s (%s, %s)", p.path, model.cfg.kind, getattr(backend, "providers", [getattr(backend, "device", "")])[0])
+    return GenerativePolicy(model, backend, seed=p.seed)
 
 
 class PolicyNode(Node):
