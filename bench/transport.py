@@ -149,7 +149,7 @@ def run_mode(mode: str, n: int, rate_hz: float | None) -> dict:
         sock.linger = 5000
         time.sleep(0.1)
         sock.connect(endpoint)
-        ring = ShmRingWriter("bench", H * W * 5 + 4096, slots=16) if mode == "ours-shm" else None
+        ring = ShmRingWriter("bench", H * W * 5 + 4096, slots=8) if mode == "ours-shm" else None
         for i in range(n):
             if period:
                 while now_ns() < t0 + i * period:

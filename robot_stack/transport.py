@@ -139,7 +139,7 @@ class Publisher:
     """
 
     def __init__(self, endpoint: str, source: str, *, hwm: int = 64, curve: CurveServer | None = None,
-                 shm: bool = True, shm_slots: int = 16):
+                 shm: bool = True, shm_slots: int = 8):
         self.endpoint = endpoint
         self.source = source
         self._sock = _open(zmq.PUB, endpoint, True, curve, SNDHWM=hwm)
