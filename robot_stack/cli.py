@@ -177,6 +177,22 @@ def _cmd_calibrate_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .policies.generative import export_onnx, load_checkpoint, onnx_paths
+
+    import shutil
+
+    model, _ = load_checkpoint(args.checkpoint)
+    out = (args.out or args.checkpoint.with_suffix(".onnx")).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, out)
+    if out.with_suffix(".safetensors") != args.checkpoint.resolve():
+        shutil.copyfile(args.checkpoint, out.with_suffix(".safetensors"))  # the ONNX policy reads its config there
+    enc, den = onnx_paths(out)
+    print(f"wrote {enc} and {den} (serve with: kind: policy, params: {{policy: onnx, path: {out}}})")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -253,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--center", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"))
     la.add_argument("--dry-run", action="store_true")
     la.set_defaults(fn=_cmd_calibrate_latency)
+
+    p = sub.add_parser("export-onnx", help="export a policy checkpoint (.safetensors) to ONNX")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="X.onnx name (default: beside the checkpoint)")
+    p.set_defaults(fn=_cmd_export_onnx)
 
     p = sub.add_parser("demo", help="the main job on the simulated robot")
     p.add_argument("--quick", action="store_true", help="short run that proves the path (CI)")

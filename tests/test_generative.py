@@ -148,3 +148,15 @@ def test_policy_node_serves_onnx_export_and_rejects_bad_windows(tmp_path, run_di
         client.close()
         launcher.stop()
         t.join(10)
+
+
+def test_export_onnx_cli(tmp_path):
+    from robot_stack.cli import main
+    from robot_stack.policies.generative import save_checkpoint
+
+    m = GenerativePolicyModel(ModelConfig(**SMALL, kind="ddim")).eval()
+    save_checkpoint(m, tmp_path / "p.safetensors")
+    assert main(["export-onnx", str(tmp_path / "p.safetensors"), "--out", str(tmp_path / "out" / "q.onnx")]) == 0
+    assert (tmp_path / "out" / "q.encoder.onnx").is_file() and (tmp_path / "out" / "q.denoiser.onnx").is_file()
+    assert (tmp_path / "out" / "q.safetensors").is_file()  # the config travels with the export
+    OnnxDenoiser(tmp_path / "out" / "q.onnx", ["CPUExecutionProvider"])
