@@ -35,7 +35,7 @@ nodes:
     params:
       rate_hz: 500
       state_rate_hz: 250
-      safety: {{heartbeat_timeout_s: 0.3, max_jump_ee: 0.08, on_limit: refuse}}
+      safety: {{heartbeat_timeout_s: 0.5, max_jump_ee: 0.08, on_limit: refuse}}
   cam_scene:
     kind: camera
     params: {{driver: sim, sim_camera: scene, camera_id: scene, width: 160, height: 120, rate_hz: 10}}
@@ -141,6 +141,7 @@ def test_cameras_publish_rgbd_with_true_intrinsics(stack):
 
 def test_square_tracking_and_servo_jitter(stack):
     wait_still(stack)
+    stale_before = arm_metrics(stack).get("safety.heartbeat_stale", 0)
     start = current_pose(stack)
     corners = square(np.array([0.45, 0.0, 0.30]), 0.15)
     client = ArmClient(stack["cfg"], stack["run_dir"], source="test_square")
@@ -164,6 +165,7 @@ def test_square_tracking_and_servo_jitter(stack):
           f"final {end_err * 1e3:.2f} mm, extent {np.round(extent * 1e3, 1).tolist()} mm; servo period "
           f"p50 {m['loop.period_p50_s'] * 1e3:.3f} ms p99 {m['loop.period_p99_s'] * 1e3:.3f} ms "
           f"max {m['loop.period_max_s'] * 1e3:.3f} ms, overruns {m['loop.overruns']:.0f}/{m['loop.periods']:.0f}")
+    assert m.get("safety.heartbeat_stale", 0) == stale_before, "the arm held: the test's heartbeat thread was starved"
     assert extent[0] == pytest.approx(0.15, abs=0.01) and extent[1] == pytest.approx(0.15, abs=0.01)
     assert path_err.mean() < 0.005 and path_err.max() < 0.02 and end_err < 0.005
     assert m["loop.period_p50_s"] == pytest.approx(0.002, rel=0.1)
@@ -253,8 +255,8 @@ def test_killed_sender_makes_arm_hold_within_timeout(stack):
     finally:
         if proc.poll() is None:
             proc.kill()
-    print(f"\narm held {latency * 1e3:.0f} ms after its sender was killed (timeout 300 ms)")
-    assert 0.2 < latency < 1.0  # the last heartbeat left up to 50 ms before the kill
+    print(f"\narm held {latency * 1e3:.0f} ms after its sender was killed (timeout 500 ms)")
+    assert 0.4 < latency < 1.2  # the last heartbeat left up to 50 ms before the kill
     assert np.linalg.norm(p2[:3] - p1[:3]) < 0.0005  # standing still
     assert arm_metrics(stack)["safety.heartbeat_stale"] >= 1
 
