@@ -32,3 +32,42 @@ def pid_alive(pid: int) -> bool:
 
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+class LogSink:
+    """Collects launcher output (node logs) for failure messages."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def write(self, s: str) -> None:
+        self.lines.append(s)
+
+    def flush(self) -> None:
+        pass
+
+    def tail(self, n: int = 40) -> str:
+        return "".join(self.lines)[-4000:] if n else ""
+
+
+import contextlib  # noqa: E402
+import threading  # noqa: E402
+
+
+@contextlib.contextmanager
+def launched(cfg_path, only=None):
+    """Start a stack from ``cfg_path`` with the real launcher (supervised on a thread); stop it after.
+
+    Yields (launcher, log sink)."""
+    from robot_stack.launcher import Launcher
+
+    out = LogSink()
+    launcher = Launcher(Path(cfg_path), only=only, out=out)
+    launcher.start()
+    t = threading.Thread(target=launcher.supervise, daemon=True)
+    t.start()
+    try:
+        yield launcher, out
+    finally:
+        launcher.stop()
+        t.join(10)

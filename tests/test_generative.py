@@ -101,13 +101,9 @@ def test_checkpoint_round_trip_without_pickle(tmp_path):
 
 def test_policy_node_serves_onnx_export_and_rejects_bad_windows(tmp_path, run_dir):
     """The policy node in its own process serves an ONNX export; malformed windows get error replies."""
-    import threading
-
     from robot_stack.config import load_config
-    from robot_stack.launcher import Launcher
-    from robot_stack.messages import ObservationWindow
     from robot_stack.policies.generative import save_checkpoint
-    from robot_stack.transport import RemoteError, RequestClient
+    from robot_stack.transport import RequestClient
 
     torch.manual_seed(0)
     m = GenerativePolicyModel(ModelConfig(**{**SMALL, "sample_steps": 2}, kind="flow")).eval()
@@ -117,37 +113,32 @@ def test_policy_node_serves_onnx_export_and_rejects_bad_windows(tmp_path, run_di
     cfg_path.write_text(f"name: pol\nrun_dir: {run_dir}\nnodes:\n  policy:\n    kind: policy\n"
                         f"    params: {{policy: onnx, path: \"{tmp_path / 'pol.onnx'}\", seed: 0}}\n")
 
-    class Sink:
-        lines = []
+    from conftest import launched
 
-        def write(self, s):
-            self.lines.append(s)
+    with launched(cfg_path):
+        client = RequestClient(load_config(cfg_path).in_endpoint("policy", run_dir), "test", timeout_s=30)
+        try:
+            _check_policy_replies(client)
+        finally:
+            client.close()
 
-        def flush(self):
-            pass
 
-    launcher = Launcher(cfg_path, out=Sink())
-    launcher.start()
-    t = threading.Thread(target=launcher.supervise, daemon=True)
-    t.start()
-    client = RequestClient(load_config(cfg_path).in_endpoint("policy", run_dir), "test", timeout_s=30)
-    try:
-        rng = np.random.default_rng(0)
-        o = obs(rng)
-        reply = client.request("infer", ObservationWindow(request_id=1, obs=o, obs_age_ns=np.zeros(2, np.int64)))
-        assert reply.actions.shape == (8, 3) and reply.request_id == 1 and reply.inference_ns > 0
-        bad = dict(o)
-        bad["state"] = bad["state"][:, :2]
-        with pytest.raises(RemoteError, match="bad_observation: state: shape"):
-            client.request("infer", ObservationWindow(request_id=2, obs=bad, obs_age_ns=np.zeros(2, np.int64)))
-        with pytest.raises(RemoteError, match="stale"):
-            client.request("infer", ObservationWindow(request_id=3, obs=o, obs_age_ns=np.full(2, 5 * 10**9)))
-        # still serving after the bad requests
-        assert client.request("infer", ObservationWindow(request_id=4, obs=o, obs_age_ns=np.zeros(2, np.int64))).request_id == 4
-    finally:
-        client.close()
-        launcher.stop()
-        t.join(10)
+def _check_policy_replies(client):
+    from robot_stack.messages import ObservationWindow
+    from robot_stack.transport import RemoteError
+
+    rng = np.random.default_rng(0)
+    o = obs(rng)
+    reply = client.request("infer", ObservationWindow(request_id=1, obs=o, obs_age_ns=np.zeros(2, np.int64)))
+    assert reply.actions.shape == (8, 3) and reply.request_id == 1 and reply.inference_ns > 0
+    bad = dict(o)
+    bad["state"] = bad["state"][:, :2]
+    with pytest.raises(RemoteError, match="bad_observation: state: shape"):
+        client.request("infer", ObservationWindow(request_id=2, obs=bad, obs_age_ns=np.zeros(2, np.int64)))
+    with pytest.raises(RemoteError, match="stale"):
+        client.request("infer", ObservationWindow(request_id=3, obs=o, obs_age_ns=np.full(2, 5 * 10**9)))
+    # still serving after the bad requests
+    assert client.request("infer", ObservationWindow(request_id=4, obs=o, obs_age_ns=np.zeros(2, np.int64))).request_id == 4
 
 
 def test_export_onnx_cli(tmp_path):

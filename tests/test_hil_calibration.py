@@ -4,9 +4,9 @@ Real processes: sim world, arm node and camera nodes started by the launcher; th
 procedures drive the arm through its safety layer and read frames over sockets.
 """
 
+import contextlib
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,9 @@ from robot_stack.calibration.procedure import hand_eye
 from robot_stack.config import load_config
 from robot_stack.drivers.sim_model import SceneSpec, camera_pose_cv
 from robot_stack.drivers.sim_world import SimWorld
-from robot_stack.launcher import Launcher
 from robot_stack.transport import Subscriber
+
+from conftest import launched
 
 pytestmark = pytest.mark.hil
 
@@ -72,53 +73,34 @@ nodes:
 """
 
 
-class Sink:
-    def __init__(self):
-        self.lines = []
-
-    def write(self, s):
-        self.lines.append(s)
-
-    def flush(self):
-        pass
-
-
-def start_stack(tmp_path_factory, template):
+@contextlib.contextmanager
+def calibration_stack(tmp_path_factory, template):
     run_dir = Path(tempfile.mkdtemp(prefix="rs-cal-"))
     d = tmp_path_factory.mktemp("cal")
     cfg_path = d / "stack.yaml"
     cfg_path.write_text(template.format(run_dir=run_dir, calib_file=d / "calibration.yaml"))
-    out = Sink()
-    launcher = Launcher(cfg_path, out=out)
-    launcher.start()
-    t = threading.Thread(target=launcher.supervise, daemon=True)
-    t.start()
-    cfg = load_config(cfg_path)
-    sub = Subscriber([cfg.pub_endpoint("arm", run_dir)], ("robot/state",))
-    ok = sub.wait_for("robot/state", 60) is not None
-    sub.close()
-    assert ok, "".join(out.lines[-40:])
-    return cfg, run_dir, launcher, t
-
-
-def stop_stack(launcher, t, run_dir):
-    launcher.stop()
-    t.join(10)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        with launched(cfg_path) as (_, out):
+            cfg = load_config(cfg_path)
+            sub = Subscriber([cfg.pub_endpoint("arm", run_dir)], ("robot/state",))
+            ok = sub.wait_for("robot/state", 60) is not None
+            sub.close()
+            assert ok, out.tail()
+            yield cfg, run_dir
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def table_stack(tmp_path_factory):
-    cfg, run_dir, launcher, t = start_stack(tmp_path_factory, TABLE_STACK)
-    yield cfg, run_dir
-    stop_stack(launcher, t, run_dir)
+    with calibration_stack(tmp_path_factory, TABLE_STACK) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
 def gripper_stack(tmp_path_factory):
-    cfg, run_dir, launcher, t = start_stack(tmp_path_factory, GRIPPER_STACK)
-    yield cfg, run_dir
-    stop_stack(launcher, t, run_dir)
+    with calibration_stack(tmp_path_factory, GRIPPER_STACK) as s:
+        yield s
 
 
 def truth(scene: SceneSpec):

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import pytest
 from robot_stack.arm_client import ArmClient, straight_line
 from robot_stack.clock import now_ns
 from robot_stack.config import load_config
-from robot_stack.launcher import Launcher
 from robot_stack.transport import Subscriber
 
-from conftest import REPO
+from conftest import REPO, launched
 
 pytestmark = pytest.mark.hil
 
@@ -46,36 +44,21 @@ CONTROLLERS = "".join(f"""  controller_{s}:
 """ for s in ("sync", "async", "ensemble", "rtc"))
 
 
-class Sink:
-    def __init__(self):
-        self.lines = []
-
-    def write(self, s):
-        self.lines.append(s)
-
-    def flush(self):
-        pass
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     run_dir = Path(tempfile.mkdtemp(prefix="rs-ctl-"))
     cfg_path = tmp_path_factory.mktemp("ctl") / "ctl.yaml"
     cfg_path.write_text(CONFIG.format(run_dir=run_dir) + CONTROLLERS)
-    out = Sink()
-    launcher = Launcher(cfg_path, only=["sim", "arm", "policy"], out=out)
-    launcher.start()
-    t = threading.Thread(target=launcher.supervise, daemon=True)
-    t.start()
-    cfg = load_config(cfg_path)
-    state = Subscriber([cfg.pub_endpoint("arm", run_dir)], ("robot/state",), history=3000)
     try:
-        assert state.wait_for("robot/state", 60) is not None, "".join(out.lines[-30:])
-        yield {"cfg": cfg, "cfg_path": cfg_path, "run_dir": run_dir, "state": state}
+        with launched(cfg_path, only=["sim", "arm", "policy"]) as (_, out):
+            cfg = load_config(cfg_path)
+            state = Subscriber([cfg.pub_endpoint("arm", run_dir)], ("robot/state",), history=3000)
+            try:
+                assert state.wait_for("robot/state", 60) is not None, out.tail()
+                yield {"cfg": cfg, "cfg_path": cfg_path, "run_dir": run_dir, "state": state}
+            finally:
+                state.close()
     finally:
-        state.close()
-        launcher.stop()
-        t.join(10)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

@@ -7,7 +7,6 @@ it through the same messages a controller would use.
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -16,10 +15,9 @@ import pytest
 from robot_stack.arm_client import ArmClient, polyline, square, straight_line
 from robot_stack.clock import now_ns
 from robot_stack.config import load_config
-from robot_stack.launcher import Launcher
 from robot_stack.transport import Subscriber
 
-from conftest import REPO
+from conftest import REPO, launched
 
 pytestmark = pytest.mark.hil
 
@@ -49,47 +47,30 @@ nodes:
 """
 
 
-class Out:
-    def __init__(self):
-        self.lines = []
-
-    def write(self, s):
-        self.lines.extend(s.splitlines())
-
-    def flush(self):
-        pass
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     import shutil
     import tempfile
-
-    run_dir = tempfile.mkdtemp(prefix="rs-hil-")
-    cfg_path = tmp_path_factory.mktemp("hil") / "hil.yaml"
-    cfg_path.write_text(CONFIG.format(run_dir=run_dir))
-    out = Out()
-    launcher = Launcher(cfg_path, out=out)
-    launcher.start()
-    t = threading.Thread(target=launcher.supervise, daemon=True)
-    t.start()
-    cfg = load_config(cfg_path)
     from pathlib import Path
 
-    rd = Path(run_dir)
-    state = Subscriber([cfg.pub_endpoint("arm", rd)], ("robot/state", "heartbeat"), history=2000, name="test-arm")
-    cams = Subscriber([cfg.pub_endpoint("cam_scene", rd), cfg.pub_endpoint("cam_wrist", rd)], ("camera/",),
-                      name="test-cams")
+    run_dir = Path(tempfile.mkdtemp(prefix="rs-hil-"))
+    cfg_path = tmp_path_factory.mktemp("hil") / "hil.yaml"
+    cfg_path.write_text(CONFIG.format(run_dir=run_dir))
     try:
-        first = state.wait_for("robot/state", 60)
-        assert first is not None, "\n".join(out.lines[-40:])
-        yield {"cfg": cfg, "run_dir": rd, "state": state, "cams": cams, "launcher": launcher, "out": out,
-               "cfg_path": cfg_path}
+        with launched(cfg_path) as (launcher, out):
+            cfg = load_config(cfg_path)
+            state = Subscriber([cfg.pub_endpoint("arm", run_dir)], ("robot/state", "heartbeat"), history=2000,
+                               name="test-arm")
+            cams = Subscriber([cfg.pub_endpoint("cam_scene", run_dir), cfg.pub_endpoint("cam_wrist", run_dir)],
+                              ("camera/",), name="test-cams")
+            try:
+                assert state.wait_for("robot/state", 60) is not None, out.tail()
+                yield {"cfg": cfg, "run_dir": run_dir, "state": state, "cams": cams, "launcher": launcher,
+                       "out": out, "cfg_path": cfg_path}
+            finally:
+                state.close()
+                cams.close()
     finally:
-        state.close()
-        cams.close()
-        launcher.stop()
-        t.join(10)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

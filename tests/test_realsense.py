@@ -82,11 +82,10 @@ def test_device_clock_mapper_min_delay_and_resets():
 @needs_bag
 def test_camera_node_publishes_recorded_frames(tmp_path, run_dir):
     """The RealSense camera node in its own process, playing the recording, seen over a socket."""
-    import threading
-
     from robot_stack.config import load_config
-    from robot_stack.launcher import Launcher
     from robot_stack.transport import Subscriber
+
+    from conftest import launched
 
     cfg_path = tmp_path / "rs.yaml"
     cfg_path.write_text(f"""
@@ -98,27 +97,13 @@ nodes:
     params: {{driver: realsense, camera_id: d435, playback_file: "{BAG}", rate_hz: 6}}
 """)
 
-    class Sink:
-        lines = []
-
-        def write(self, s):
-            self.lines.append(s)
-
-        def flush(self):
-            pass
-
-    launcher = Launcher(cfg_path, out=Sink())
-    launcher.start()
-    t = threading.Thread(target=launcher.supervise, daemon=True)
-    t.start()
-    sub = Subscriber([load_config(cfg_path).pub_endpoint("cam", run_dir)], ("camera/",))
-    try:
-        f = sub.wait_for("camera/d435", 30)
-        assert f is not None, "".join(Sink.lines)
-        _, _, color_ref, depth_ref, _ = reference_frames()
-        assert np.array_equal(f.color, color_ref) and np.array_equal(f.depth, depth_ref)
-        assert f.K[0, 0] == pytest.approx(613.2037, abs=1e-3) and f.depth_scale == pytest.approx(0.001)
-    finally:
-        sub.close()
-        launcher.stop()
-        t.join(10)
+    with launched(cfg_path) as (_, out):
+        sub = Subscriber([load_config(cfg_path).pub_endpoint("cam", run_dir)], ("camera/",))
+        try:
+            f = sub.wait_for("camera/d435", 30)
+            assert f is not None, out.tail()
+            _, _, color_ref, depth_ref, _ = reference_frames()
+            assert np.array_equal(f.color, color_ref) and np.array_equal(f.depth, depth_ref)
+            assert f.K[0, 0] == pytest.approx(613.2037, abs=1e-3) and f.depth_scale == pytest.approx(0.001)
+        finally:
+            sub.close()
