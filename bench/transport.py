@@ -130,12 +130,16 @@ def run_mode(mode: str, n: int, rate_hz: float | None) -> dict:
     frames = [make_frame(i) for i in range(4)]
     period = None if rate_hz is None else int(1e9 / rate_hz)
     t0 = now_ns()
+
+    def pace(i: int) -> None:  # same pacing for every mode: poll in 0.5 ms sleeps up to frame i's slot
+        if period:
+            while now_ns() < t0 + i * period:
+                time.sleep(0.0005)
+
     if mode == "shm-memcpy":
         buf = np.ndarray((H * W * 5,), np.uint8, buffer=shm.buf)
         for i in range(n):
-            if period:
-                while now_ns() < t0 + i * period:
-                    time.sleep(0.0005)
+            pace(i)
             color, depth = frames[i % 4]
             stamp = now_ns()
             buf[: H * W * 3] = color.reshape(-1)
@@ -151,9 +155,7 @@ def run_mode(mode: str, n: int, rate_hz: float | None) -> dict:
         sock.connect(endpoint)
         ring = ShmRingWriter("bench", H * W * 5 + 4096, slots=8) if mode == "ours-shm" else None
         for i in range(n):
-            if period:
-                while now_ns() < t0 + i * period:
-                    time.sleep(0.0005)
+            pace(i)
             color, depth = frames[i % 4]
             stamp = now_ns()
             if mode == "pickle-ipc":

@@ -72,11 +72,6 @@ class SafetyCounters(collections.Counter):
         return int(sum(self.values()))
 
 
-def _finite(name: str, a: np.ndarray) -> None:
-    if not np.all(np.isfinite(a)):
-        raise SafetyViolation("non_finite", f"{name} contains NaN or inf")
-
-
 class ScheduleChecker:
     """Checks waypoint schedules before they enter the interpolator.
 
@@ -100,6 +95,10 @@ class ScheduleChecker:
         log.warning("safety: refused schedule (%s): %s", check, reason)
         return SafetyViolation(check, reason)
 
+    def _finite(self, name: str, a: np.ndarray) -> None:
+        if not np.all(np.isfinite(a)):
+            raise self._violation("non_finite", f"{name} contains NaN or inf")
+
     def _clamped(self, check: str, reason: str) -> None:
         self.counters[f"{check}_clamped"] += 1
         log.warning("safety: clamped schedule (%s): %s", check, reason)
@@ -107,10 +106,7 @@ class ScheduleChecker:
     def joint(self, q: np.ndarray, q_now: np.ndarray) -> np.ndarray:
         """Check an (N, n) joint schedule; returns it (possibly clamped). Raises SafetyViolation."""
         q = np.array(q, dtype=np.float64)
-        try:
-            _finite("joint waypoints", q)
-        except SafetyViolation as e:
-            raise self._violation(e.check, e.reason) from None
+        self._finite("joint waypoints", q)
         if q.shape[1] != len(self.lower):
             raise self._violation("shape", f"{q.shape[1]} joints given, arm has {len(self.lower)}")
         bad = (q < self.lower) | (q > self.upper)
@@ -133,10 +129,7 @@ class ScheduleChecker:
     def pose(self, poses: np.ndarray, ee_now: np.ndarray) -> np.ndarray:
         """Check an (N, 7) TCP pose schedule; returns it (possibly clamped). Raises SafetyViolation."""
         poses = np.array(poses, dtype=np.float64)
-        try:
-            _finite("pose waypoints", poses)
-        except SafetyViolation as e:
-            raise self._violation(e.check, e.reason) from None
+        self._finite("pose waypoints", poses)
         n = np.linalg.norm(poses[:, 3:], axis=1)
         if np.any(np.abs(n - 1) > 0.05):
             raise self._violation("quaternion", "pose quaternions must be unit length [qx qy qz qw]")
