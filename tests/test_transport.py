@@ -293,3 +293,47 @@ def test_shm_reference_without_reader_or_after_lap_is_rejected(run_dir):
     with pytest.raises(DecodeError, match="out of bounds"):
         decode([frames[0], msgpack.packb(h)], shm=reader)
     reader.close(); ring.close()
+
+
+FLOODER = """
+import sys, numpy as np
+from robot_stack.transport import Publisher
+from robot_stack.messages import CameraFrame
+pub = Publisher(sys.argv[1], "flooder", shm=sys.argv[2] == "1")
+frame = np.zeros((480, 640, 3), np.uint8)
+i = 0
+while True:
+    pub.publish("camera/x", CameraFrame(color=frame, K=np.eye(3), frame_index=i))
+    i += 1
+"""
+
+
+@pytest.mark.parametrize("shm", [False, True])
+def test_publisher_killed_mid_stream_does_not_hurt_the_subscriber(run_dir, shm):
+    """SIGKILL a publisher that is sending 900 KB frames flat out (so mid-message): the subscriber
+    keeps running, and a restarted publisher on the same endpoint is received again."""
+    import signal
+    import subprocess
+    import sys
+
+    ep = f"ipc://{run_dir}/flood"
+    sub = Subscriber([ep], history=1)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", FLOODER, ep, "1" if shm else "0"])
+        try:
+            got = sub.wait_for("camera/x", 20)  # history is cleared between rounds: any sample is new
+            deadline = time.monotonic() + 20
+            while (got is None or got.frame_index < 20) and time.monotonic() < deadline:
+                got = sub.latest("camera/x")
+                time.sleep(0.01)
+            assert got is not None and got.frame_index >= 20
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        before = sub.stats.received
+        time.sleep(0.3)
+        assert sub._thread.is_alive()  # the drain thread survived the dead peer
+        with sub._lock:
+            sub._hist.clear()  # next round must see fresh samples
+        assert sub.stats.received >= before
+    sub.close()
