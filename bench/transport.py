@@ -57,7 +57,7 @@ K = np.array([[600.0, 0, 319.5], [0, 600.0, 239.5], [0, 0, 1]])
 def receiver(mode: str, endpoint: str, n: int) -> dict:
     lat = []
     t_first = t_last = 0
-    check = dropped = 0
+    check = dropped = lost = 0
     if mode == "shm-memcpy":
         shm = shared_memory.SharedMemory(name=endpoint)
         from multiprocessing import resource_tracker
@@ -87,6 +87,9 @@ def receiver(mode: str, endpoint: str, n: int) -> dict:
         shm_reader = ShmRingReader() if mode == "ours-shm" else None
         print("ready", flush=True)
         for k in range(n):
+            if not sock.poll(10_000):  # the sender is done and nothing more comes: report, don't hang
+                lost = n - k
+                break
             if mode == "pickle-ipc":
                 d = sock.recv_pyobj()
                 stamp, color, depth = d["stamp_ns"], d["color"], d["depth"]
@@ -103,7 +106,7 @@ def receiver(mode: str, endpoint: str, n: int) -> dict:
             t_first = t_first or t
             t_last = t
         sock.close(0)
-    return {"lat_ns": lat, "span_ns": t_last - t_first, "check": check, "dropped": dropped}
+    return {"lat_ns": lat, "span_ns": t_last - t_first, "check": check, "dropped": dropped + lost, "lost": lost}
 
 
 # ------------------------------------------------------------------------------- sender side
@@ -165,10 +168,12 @@ def run_mode(mode: str, n: int, rate_hz: float | None) -> dict:
                 msg = CameraFrame(stamp_ns=stamp, camera_id="cam", frame_index=i, color=color,
                                   depth=depth, depth_scale=0.001, K=K)
                 sock.send_multipart(encode("camera/cam", msg, ring=ring), copy=False)
+    # close the sockets and the ring only after the receiver is done, so nothing is in flight
+    out, _ = proc.communicate(timeout=120)
+    if mode != "shm-memcpy":
         sock.close()
         if ring is not None:
             ring.close()
-    out, _ = proc.communicate(timeout=120)
     if shm is not None:
         shm.close()
         shm.unlink()
@@ -176,7 +181,7 @@ def run_mode(mode: str, n: int, rate_hz: float | None) -> dict:
     lat = np.array(res["lat_ns"], np.float64) / 1e6
     span_s = res["span_ns"] / 1e9
     delivered = len(res["lat_ns"])
-    return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+    return {"lost": res["lost"], "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "fps": (delivered - 1) / span_s if span_s > 0 else float("nan"), "dropped": res["dropped"]}
 
 

@@ -316,12 +316,15 @@ class Sender:
         endpoint: the receiver's endpoint (connect).
         source: node name written into every header.
         timeout_s: how long :meth:`send` may wait for a peer before raising.
+        flush_s: how long :meth:`close` lets queued messages leave.
     """
 
-    def __init__(self, endpoint: str, source: str, *, timeout_s: float = 1.0, curve: CurveClient | None = None):
+    def __init__(self, endpoint: str, source: str, *, timeout_s: float = 1.0, curve: CurveClient | None = None,
+                 flush_s: float = 1.0):
         self.endpoint = endpoint
         self._sock = _open(zmq.PUSH, endpoint, False, curve, IMMEDIATE=1, SNDHWM=10_000,
                            SNDTIMEO=int(timeout_s * 1000))
+        self._flush_ms = int(flush_s * 1000)
         self._seq = _Sequencer(source)
         self.stats = TransportStats()
 
@@ -337,7 +340,9 @@ class Sender:
         self.stats.sent += 1
 
     def close(self) -> None:
-        self._sock.close(0)
+        """Close, giving queued messages up to ``flush_s`` to leave (a lossless channel must not
+        drop an e-stop sent just before closing)."""
+        self._sock.close(linger=self._flush_ms)
 
 
 class Receiver:

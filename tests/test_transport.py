@@ -337,3 +337,22 @@ def test_publisher_killed_mid_stream_does_not_hurt_the_subscriber(run_dir, shm):
             sub._hist.clear()  # next round must see fresh samples
         assert sub.stats.received >= before
     sub.close()
+
+
+def test_message_sent_right_before_close_is_delivered(run_dir):
+    """A one-shot sender (e.g. the e-stop CLI) sends and closes at once: nothing may be lost."""
+    from robot_stack.messages import ArmControl
+
+    ep = f"ipc://{run_dir}/in"
+    rx = Receiver(ep)
+    for i in range(20):
+        tx = Sender(ep, f"cli{i}", timeout_s=2.0)
+        tx.send("control", ArmControl(kind="estop", reason=str(i)))
+        tx.close()
+    got = []
+    while (item := rx.recv(2.0)) is not None:
+        got.append(item[1].reason)
+        if len(got) == 20:
+            break
+    assert got == [str(i) for i in range(20)]
+    rx.close()
