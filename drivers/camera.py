@@ -71,7 +71,7 @@ class SyntheticCamera(CameraDriver):
     """Deterministic moving test pattern with a depth ramp (for tests and transport benchmarks).
 
     Frame k: color is a gradient shifted by k pixels with the frame index written into pixel
-    (0, 0..7) as little-endian bytes; depth is a ramp 500..1500 mm plus k (mod 1000). Frames are
+    (0, 0..7) as little-endian int64 bytes; depth is a ramp 500..1500 mm plus k (mod 1000). Frames are
     paced at ``fps`` by the caller's loop; ``read`` never blocks.
     """
 
@@ -96,8 +96,3 @@ class SyntheticCamera(CameraDriver):
         color[0, :8, 0] = np.frombuffer(np.int64(k).tobytes(), np.uint8)
         depth = (self._ramp + (k % 1000)).astype(np.uint16) if self._depth else None
         return Frame(stamp_ns=now_ns(), frame_index=k, color=color, depth=depth)
-
-    @staticmethod
-    def frame_index_of(color: np.ndarray) -> int:
-        """Recover the frame index written into a synthetic color image."""
-        return int(np.frombuffer(np.ascontiguousarray(color[0, :8, 0]).tobytes(), np.int64)[0])

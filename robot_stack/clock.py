@@ -23,11 +23,6 @@ now_ns = time.monotonic_ns
 NS_PER_S = 1_000_000_000
 
 
-def ns_to_s(ns: int) -> float:
-    """Convert integer nanoseconds to float seconds."""
-    return ns / NS_PER_S
-
-
 def s_to_ns(s: float) -> int:
     """Convert float seconds to integer nanoseconds (rounded to nearest)."""
     return int(round(s * NS_PER_S))

@@ -326,9 +326,4 @@ def _decode_header(header: Any, buffers: Sequence[Any]) -> Message:
     return msg
 
 
-def message_nbytes(frames: Sequence[Any]) -> int:
-    """Total payload bytes of encoded frames (for metrics)."""
-    return sum(_buf(f).nbytes for f in frames)
-
-
-__all__ = ["encode", "decode", "buffer_sizes", "DecodeError", "EncodeError", "message_nbytes"]
+__all__ = ["encode", "decode", "buffer_sizes", "DecodeError", "EncodeError"]

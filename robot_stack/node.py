@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from .clock import RateLoop, now_ns
 from .config import StackConfig
 from .messages import Heartbeat
+from .security import stop_authenticators
 from .transport import Publisher, Receiver, Sender, Subscriber
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ class Node:
                 code = code or 1
             if self.pub is not None:
                 self.pub.close()
+            stop_authenticators()  # CURVE ZAP threads, if this node started any
             st = self.loop.stats() if self.loop else None
             if st is not None:
                 log.info("stopped: %d periods, %d overruns, jitter p99 %.3f ms",

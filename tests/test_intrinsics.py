@@ -115,3 +115,36 @@ def test_d435_depth_aligned_to_color_grid():
     assert checked > 100 and hits / checked > 0.9  # the depth imager sees wider than the color one
     # intrinsics consistency: the color intrinsics are those of the aligned image's grid
     assert (c_intr.width, c_intr.height) == (640, 480) and c_intr.fx == pytest.approx(613.2037, abs=1e-3)
+
+
+def test_sim_board_pose_matches_model_ground_truth():
+    """The rendered table board, detected and solved with the true K, sits where the model puts it
+    (this pins the board-frame convention the hand-eye ground truth relies on)."""
+    from robot_stack.calibration.board import board_pose, detect
+    from robot_stack.calibration.hand_eye import inv, transform_error
+    from robot_stack.drivers.sim_model import (
+        SceneSpec, board_frame_in_geom, camera_pose_cv, geom_pose, table_board_spec,
+    )
+    from robot_stack.drivers.sim_world import SimRenderer, SimWorld
+
+    world = SimWorld(SceneSpec(table_board=True))
+    r = SimRenderer(world, 640, 480)
+    color, _ = r.render("handcam_rgb")
+    board = table_board_spec()
+    obj, img = detect(color, board)
+    T_est, rms = board_pose(obj, img, r.intrinsics("handcam_rgb"))
+    r.close()
+    m, d = world.model, world.data
+    T_true = inv(camera_pose_cv(m, d, "handcam_rgb")) @ geom_pose(m, d, "table_board") @ board_frame_in_geom(board)
+    dt, dr = transform_error(T_est, T_true)
+    assert rms < 0.3 and dt < 0.002 and dr < 0.5
+
+
+def test_latency_offsets_from_calibration_file(tmp_path):
+    from robot_stack.calibration import store
+
+    f = tmp_path / "cal.yaml"
+    store.update(f, "cameras", "wrist", {"latency_s": 0.0812})
+    store.update(f, "cameras", "scene", {"T_base_camera": [[1, 0, 0, 0]] * 4})
+    assert store.latency_offsets_ns(f) == {"wrist": 81_200_000}
+    assert store.latency_offsets_ns(tmp_path / "missing.yaml") == {}

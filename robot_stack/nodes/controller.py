@@ -77,6 +77,12 @@ class ControllerNode(Node):
         self.endpoint = p.policy_endpoint or cfg.in_endpoint(p.policy, rd)
         self.lock = threading.Lock()
         self.delay = DelayEstimator(self.dt_ns, initial_steps=2)
+        # per-stream capture-stamp corrections from latency calibration, when the setup has one
+        self.latency_offsets: dict[str, int] = {}
+        if cfg.calibration is not None:
+            from robot_stack.calibration import store
+
+            self.latency_offsets = store.latency_offsets_ns(cfg.calibration.file)
         self.ensembler = TemporalEnsembler(self.dt_ns, p.ensemble_m)
         self.plan_stamps = np.zeros(0, np.int64)  # the committed trajectory sent to the arm
         self.plan_actions = np.zeros((0, 8))
@@ -93,7 +99,7 @@ class ControllerNode(Node):
     def _observation(self):
         frames = {cid: self.sub.history(f"camera/{cid}") for cid in self.cam_ids.values()}
         obs = assemble(frames, self.sub.history("robot/state"), self.params.obs_horizon, self.dt_ns, now_ns(),
-                       int(self.params.max_obs_age_s * 1e9))
+                       int(self.params.max_obs_age_s * 1e9), latency_offsets_ns=self.latency_offsets)
         arrays = {"ee_pose": obs.ee_pose.astype(np.float32), "q": obs.q.astype(np.float32),
                   "gripper_width": obs.gripper_width.astype(np.float32)[:, None]}
         for cid in obs.color:
