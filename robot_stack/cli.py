@@ -193,6 +193,16 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from .collect import run_collect
+
+    res = run_collect(args.config, args.out, args.episodes, max_episode_s=args.max_episode_s, seed=args.seed,
+                      verbose=args.verbose)
+    print(f"{len(res.saved)} episodes saved in {args.out}, {res.discarded} discarded, "
+          f"{res.dropped:.0f} samples dropped")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -274,6 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--out", type=Path, default=None, help="X.onnx name (default: beside the checkpoint)")
     p.set_defaults(fn=_cmd_export_onnx)
+
+    p = sub.add_parser("collect", help="collect teleoperated demonstrations (teleop + recorder)")
+    p.add_argument("config", type=Path)
+    p.add_argument("--out", type=Path, default=Path("episodes"), help="dataset folder")
+    p.add_argument("--episodes", type=int, default=10, help="episodes to save")
+    p.add_argument("--max-episode-s", type=float, default=30.0, help="an episode running longer is discarded")
+    p.add_argument("--seed", type=int, default=None, help="sim: seed of the cube placement")
+    p.add_argument("--verbose", action="store_true", help="stream every node's log")
+    p.set_defaults(fn=_cmd_collect)
 
     p = sub.add_parser("demo", help="the main job on the simulated robot")
     p.add_argument("--quick", action="store_true", help="short run that proves the path (CI)")

@@ -119,6 +119,8 @@ class Launcher:
         for n in names:
             nc = self.config.nodes[n]
             env = dict(os.environ, PYTHONUNBUFFERED="1", **nc.env)
+            if sys.stdin is not None and sys.stdin.isatty():  # keyboard teleop reads the launcher's terminal
+                env.setdefault("ROBOT_STACK_TTY", os.ttyname(sys.stdin.fileno()))
             proc = subprocess.Popen(
                 [sys.executable, "-m", "robot_stack.nodes.main", str(self.config_path), n, str(self.run_dir)],
                 stdout=subprocess.PIPE,

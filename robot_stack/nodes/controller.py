@@ -14,6 +14,15 @@ into its trajectory at "now". Strategies (DESIGN.md):
 - ``rtc``: real-time chunking: like async, but each request carries the d actions already
   committed for the next chunk's first steps; the policy inpaints the rest.
 
+Teleop is one more action source through the same path (``teleop`` names the teleop node): with
+``source: teleop`` every control step turns the newest teleop commands into a waypoint one control
+period ahead (absolute targets as given; deltas added to the current target). A teleop
+``intervene`` button switches to teleop at once (the policy's plan is dropped), ``release`` hands
+back to the policy; the executed waypoints are published on ``controller/action`` with their origin,
+so a recording shows who commanded what. Episode events on the node's input (``start``; ``stop``,
+``reset``, ``discard``) enable and disable execution between episodes (``autostart`` says whether it
+starts enabled).
+
 Metrics in the heartbeat: inference latency, delay d, dropped (stale) actions, late steps, chunks
 over budget, the jump in commanded position at chunk switches, observation holds.
 """
@@ -30,7 +39,7 @@ from pydantic import Field
 from ..arm_client import ArmClient
 from ..chunking import DelayEstimator, TemporalEnsembler, committed_prefix, plan_chunk
 from ..clock import now_ns
-from ..messages import ObservationWindow
+from ..messages import EpisodeEvent, ObservationWindow, TeleopCommand, WaypointSchedule
 from ..node import Node, NodeParams
 from ..observation import StaleStreamError, assemble
 from ..transport import RemoteError, RequestClient, TransportTimeout
@@ -54,6 +63,11 @@ class ControllerParams(NodeParams):
     exec_latency_s: float = Field(0.01, ge=0)
     max_obs_age_s: float = Field(0.3, gt=0)
     request_timeout_s: float = Field(2.0, gt=0)
+    source: Literal["policy", "teleop"] = "policy"
+    teleop: str | None = Field(None, description="teleop node name (teleop source and intervention)")
+    teleop_timeout_s: float = Field(0.5, gt=0, description="teleop commands older than this are not executed")
+    autostart: bool = Field(True, description="execute from start-up (else wait for an episode start event)")
+    image_size: tuple[int, int] | None = Field(None, description="(h, w) camera images are resized to (INTER_AREA)")
 
 
 class ControllerNode(Node):
@@ -74,7 +88,20 @@ class ControllerNode(Node):
             self.cam_ids[c] = nc.params.get("camera_id", "cam0")
         self.sub = self.ctx.subscriber([p.arm, *p.cameras], ("robot/state", "camera/"), history=500)
         self.arm = ArmClient(cfg, rd, arm=p.arm, source=self.name, heartbeat_hz=20)
-        self.endpoint = p.policy_endpoint or cfg.in_endpoint(p.policy, rd)
+        self.has_policy = p.policy_endpoint is not None or p.policy in cfg.nodes
+        if p.source == "policy" and not self.has_policy:
+            raise ValueError(f"controller.policy: no node {p.policy!r} in the config and no policy_endpoint")
+        if p.teleop is not None and p.teleop not in cfg.nodes:
+            raise ValueError(f"controller.teleop: no node {p.teleop!r} in the config")
+        if p.source == "teleop" and p.teleop is None:
+            raise ValueError("controller.source = teleop needs controller.teleop (the teleop node name)")
+        self.source = p.source
+        self.enabled = p.autostart
+        self.rx = self.ctx.receiver()
+        self.teleop_sub = self.ctx.subscriber([p.teleop], ("teleop/",), history=200) if p.teleop else None
+        self.teleop_seq = -1
+        self.teleop_target: np.ndarray | None = None  # (8,) pose + gripper
+        self.endpoint = (p.policy_endpoint or cfg.in_endpoint(p.policy, rd)) if self.has_policy else None
         self.lock = threading.Lock()
         self.delay = DelayEstimator(self.dt_ns, initial_steps=2)
         # per-stream capture-stamp corrections from latency calibration, when the setup has one
@@ -88,12 +115,14 @@ class ControllerNode(Node):
         self.plan_actions = np.zeros((0, 8))
         self.request_id = 0
         self.stats = {k: 0.0 for k in ("requests", "chunks", "dropped_actions", "late_steps", "over_budget",
-                                       "obs_holds", "errors")}
+                                       "obs_holds", "errors", "teleop_steps", "interventions", "episodes")}
         self.inference_ms: list[float] = []
         self.jumps_m: list[float] = []
         self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
-        self._worker.start()
+        self._worker = None
+        if self.has_policy:
+            self._worker = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
+            self._worker.start()
 
     # ------------------------------------------------------------------------- observation
     def _observation(self):
@@ -102,10 +131,11 @@ class ControllerNode(Node):
                        int(self.params.max_obs_age_s * 1e9), latency_offsets_ns=self.latency_offsets)
         arrays = {"ee_pose": obs.ee_pose.astype(np.float32), "q": obs.q.astype(np.float32),
                   "gripper_width": obs.gripper_width.astype(np.float32)[:, None]}
+        arrays["state"] = np.concatenate([arrays["ee_pose"], arrays["gripper_width"]], axis=1)
         for cid in obs.color:
-            arrays[f"{cid}.color"] = obs.color[cid]
+            arrays[f"{cid}.color"] = resize_images(obs.color[cid], self.params.image_size)
             if cid in obs.depth:
-                arrays[f"{cid}.depth"] = obs.depth[cid]
+                arrays[f"{cid}.depth"] = resize_images(obs.depth[cid], self.params.image_size)
         missing = set(self.params.obs_keys) - arrays.keys()
         if missing:
             raise StaleStreamError("observation", f"no stream provides {sorted(missing)}")
@@ -127,6 +157,9 @@ class ControllerNode(Node):
 
     def _inference_once(self, client: RequestClient) -> None:
         """One request: observe, ask the policy, plan and send the chunk (or hold and return)."""
+        if not self.enabled or self.source != "policy":
+            self._stop.wait(0.01)
+            return
         if self.params.strategy == "sync" and not self._sync_due():
             self._stop.wait(0.005)
             return
@@ -176,6 +209,8 @@ class ControllerNode(Node):
 
     def _on_chunk(self, actions: np.ndarray, t_obs: int, arrival: int, dt_ns: int, offset: int) -> None:
         p = self.params
+        if not self.enabled or self.source != "policy":
+            return  # an intervention or the episode's end came while the policy was thinking
         self.stats["chunks"] += 1
         if p.strategy == "ensemble":
             with self.lock:
@@ -191,7 +226,7 @@ class ControllerNode(Node):
             return
         self._send(plan.stamps_ns, plan.actions)
 
-    def _send(self, stamps: np.ndarray, actions: np.ndarray) -> None:
+    def _send(self, stamps: np.ndarray, actions: np.ndarray, origin: str = "policy") -> None:
         with self.lock:
             if len(self.plan_stamps):
                 j = int(np.argmin(np.abs(self.plan_stamps - stamps[0])))
@@ -206,14 +241,76 @@ class ControllerNode(Node):
         poses[:, 3:] /= np.linalg.norm(poses[:, 3:], axis=1, keepdims=True)
         gripper = np.clip(actions[:, 7], 0, 1) if actions.shape[1] > 7 else None
         try:
-            self.arm.send_schedule(stamps, poses, space="ee", gripper=gripper, origin="policy")
+            self.arm.send_schedule(stamps, poses, space="ee", gripper=gripper, origin=origin)
+            self.pub.publish("controller/action", WaypointSchedule(stamps_ns=stamps.astype(np.int64), positions=poses,
+                                                                   space="ee", gripper=gripper, origin=origin))
         except TransportTimeout as e:
             self.stats["errors"] += 1
             log.error("arm not reachable: %s", e)
 
     # ------------------------------------------------------------------------- control step
+    def _events(self) -> None:
+        while (item := self.rx.recv(0.0)) is not None:
+            ev = item[1]
+            if not isinstance(ev, EpisodeEvent):
+                continue
+            if ev.kind == "start":
+                self._clear_plan()
+                self.enabled = True
+                self.stats["episodes"] += 1
+            elif ev.kind in ("stop", "reset", "discard"):
+                self.enabled = False
+                self._clear_plan()
+            log.info("episode event %s: execution %s", ev.kind, "on" if self.enabled else "off")
+
+    def _clear_plan(self) -> None:
+        with self.lock:
+            self.plan_stamps = np.zeros(0, np.int64)
+            self.plan_actions = np.zeros((0, 8))
+            self.ensembler = TemporalEnsembler(self.dt_ns, self.params.ensemble_m)
+        self.teleop_target = None
+
+    def _teleop_step(self) -> None:
+        """Apply new teleop commands: buttons (intervene/release/estop) always, motion when teleop drives."""
+        cmds = [m for m in self.teleop_sub.history("teleop/command") if m.seq > self.teleop_seq]
+        if not cmds:
+            return
+        self.teleop_seq = cmds[-1].seq
+        for c in cmds:
+            if "estop" in c.buttons:
+                self.arm.estop("teleop e-stop button")
+                log.warning("e-stop from teleop")
+            if "intervene" in c.buttons and self.source != "teleop":
+                self.source = "teleop"
+                self.stats["interventions"] += 1
+                self._clear_plan()
+                log.info("intervention: teleop takes over")
+            elif "release" in c.buttons and self.source == "teleop" and self.has_policy:
+                self.source = "policy"
+                self._clear_plan()
+                log.info("teleop hands back to the policy")
+        if not self.enabled or self.source != "teleop":
+            return
+        fresh = [c for c in cmds if now_ns() - c.stamp_ns < self.params.teleop_timeout_s * 1e9]
+        if not fresh:
+            return
+        state = self.sub.latest("robot/state")
+        if state is None:
+            return
+        target = self.teleop_target
+        if target is None:
+            target = np.r_[np.asarray(state.ee_pose, float), 1.0]
+        target = apply_teleop(target, fresh)
+        self.teleop_target = target
+        t = now_ns() + self.dt_ns + int(self.params.exec_latency_s * 1e9)
+        self.stats["teleop_steps"] += 1
+        self._send(np.array([t], np.int64), target[None], origin="teleop")
+
     def step(self) -> None:
-        if self.params.strategy != "ensemble":
+        self._events()
+        if self.teleop_sub is not None:
+            self._teleop_step()
+        if self.params.strategy != "ensemble" or not self.enabled or self.source != "policy":
             return
         t = now_ns() + int(self.params.exec_latency_s * 1e9)
         t_next = (t // self.dt_ns + 1) * self.dt_ns  # the next control-grid times
@@ -243,10 +340,46 @@ class ControllerNode(Node):
 
     def shutdown(self) -> None:
         self._stop.set()
-        if hasattr(self, "_worker"):
+        if getattr(self, "_worker", None) is not None:
             self._worker.join(timeout=3)
+        for s in ("rx", "teleop_sub"):
+            if getattr(self, s, None) is not None:
+                getattr(self, s).close()
         if hasattr(self, "arm"):
             self.arm.close()
         if hasattr(self, "sub"):
             self.sub.close()
 
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Resize (To, h, w[, c]) images to ``size`` (h, w) with OpenCV INTER_AREA (None: unchanged)."""
+    if size is None or images.shape[1:3] == tuple(size):
+        return images
+    import cv2
+
+    return np.stack([cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_AREA) for im in images])
+
+
+def apply_teleop(target: np.ndarray, cmds: list[TeleopCommand]) -> np.ndarray:
+    """Fold teleop commands into the TCP target (8,) [x y z qx qy qz qw gripper], base frame.
+
+    ``ee_absolute`` replaces the pose; ``ee_delta`` adds the translation (m) and pre-multiplies the
+    rotation vector (rad, base frame). The gripper follows the newest command. Joint commands are
+    not end-effector targets and are skipped here.
+    """
+    from scipy.spatial.transform import Rotation
+
+    out = np.asarray(target, float).copy()
+    for c in cmds:
+        v = np.asarray(c.value, float)
+        if c.kind == "ee_absolute":
+            out[:7] = v
+        elif c.kind == "ee_delta":
+            out[:3] += v[:3]
+            if np.any(v[3:]):
+                out[3:7] = (Rotation.from_rotvec(v[3:]) * Rotation.from_quat(out[3:7])).as_quat()
+        else:
+            continue
+        out[7] = float(np.clip(c.gripper, 0, 1))
+    return out

@@ -12,6 +12,8 @@ KINDS: dict[str, str] = {
     "viewer": "robot_stack.nodes.viewer:ViewerNode",
     "policy": "robot_stack.nodes.policy:PolicyNode",
     "controller": "robot_stack.nodes.controller:ControllerNode",
+    "teleop": "robot_stack.nodes.teleop:TeleopNode",
+    "recorder": "robot_stack.nodes.recorder:RecorderNode",
 }
 
 

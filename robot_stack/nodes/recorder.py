@@ -1,0 +1,215 @@
+"""Recorder node: writes episodes of every sample at its capture stamp, never blocking anyone.
+
+It subscribes to the arm (``robot/state``), the cameras (``camera/<id>``), the teleop node
+(``teleop/command``), the sim world's object ground truth (``sim/objects``, when
+``sim_world`` is set) and the controller (``controller/action``, the waypoints actually sent to the
+arm, with their origin: policy or teleop) through one bounded queue; a sample that does not fit is
+counted in ``dropped`` (heartbeat), never silently lost. Episode events on its input drive it:
+``start`` opens a new episode (task text from the event), ``stop`` saves it (samples stamped
+before the stop, after a short grace period for frames still in flight), ``discard`` moves it to
+``discarded/``, ``quit`` saves the current one. Writing happens in blocks on a flush thread
+(``robot_stack.dataset``): crash-safe, and a full disk stops the recording with a clear error,
+leaving earlier episodes untouched.
+
+On start-up, episodes interrupted by a crash (``*.zarr.partial``) are recovered up to their last
+complete sample or discarded, as ``on_interrupted`` says, with a log line for each.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..clock import now_ns
+from ..dataset import ORIGINS, DatasetError, EpisodeWriter, find_interrupted, recover
+from ..messages import TELEOP_BUTTONS, CameraFrame, EpisodeEvent, ObjectState, RobotState, TeleopCommand, WaypointSchedule
+from ..node import Node, NodeParams
+
+log = logging.getLogger(__name__)
+TELEOP_KINDS = ("ee_delta", "ee_absolute", "joint")
+
+
+class RecorderParams(NodeParams):
+    root: str = Field(..., description="dataset folder (episodes are written here)")
+    arm: str = "arm"
+    cameras: list[str] = Field(default_factory=list, description="camera node names")
+    teleop: str | None = None
+    controller: str | None = None
+    sim_world: str | None = Field(None, description="sim world node: its object ground truth is recorded too")
+    rate_hz: float = Field(200.0, gt=0)
+    flush_every_s: float = Field(0.5, gt=0)
+    stop_grace_s: float = Field(0.3, ge=0, description="after stop, wait this long for samples still in flight")
+    queue_size: int = Field(20000, ge=100)
+    on_interrupted: Literal["recover", "discard"] = "recover"
+    task: str = ""
+
+
+class RecorderNode(Node):
+    Params = RecorderParams
+    default_rate_hz = 200.0
+
+    def configure(self) -> None:
+        p = self.params
+        self.recovered = self.discarded_on_start = 0
+        for path in find_interrupted(p.root):
+            if p.on_interrupted == "recover" and recover(path) is not None:
+                self.recovered += 1
+            else:
+                if path.exists():
+                    recover(path, min_rows=1 << 62)  # moves it to discarded/
+                self.discarded_on_start += 1
+        nodes = [p.arm, *p.cameras] + [n for n in (p.teleop, p.controller, p.sim_world) if n]
+        self.sub = self.ctx.subscriber(nodes, ("robot/state", "camera/", "teleop/command", "controller/action",
+                                               "sim/objects"),
+                                       queue_size=p.queue_size, hwm=10000)
+        self.rx = self.ctx.receiver()
+        self.lock = threading.Lock()
+        self.writer: EpisodeWriter | None = None
+        self.t_start = self.t_stop = 0
+        self.stop_kind = ""
+        self.cam_meta: dict[str, dict] = {}
+        self.counts = {"saved": 0.0, "discarded": 0.0, "write_errors": 0.0}
+        self.episode_rows = 0
+        self._stop_flush = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
+        self._flusher.start()
+        log.info("recording into %s (recovered %d, discarded %d interrupted episodes)", p.root, self.recovered,
+                 self.discarded_on_start)
+
+    def _meta(self, ev: EpisodeEvent) -> dict:
+        cfg = self.ctx.config
+        rates = {n: nc.params.get("rate_hz") for n, nc in cfg.nodes.items() if "rate_hz" in nc.params}
+        arm = cfg.nodes.get(self.params.arm)
+        meta = {"task": ev.task or self.params.task, "episode_event": ev.episode, "config_name": cfg.name,
+                "config": cfg.model_dump(mode="json"), "rates_hz": rates,
+                "robot": {"arm_node": self.params.arm, "driver": arm.params.get("driver") if arm else None}}
+        if cfg.calibration is not None:
+            from pathlib import Path
+
+            f = Path(cfg.calibration.file)
+            meta["calibration"] = f.read_text() if f.is_file() else None
+        return meta
+
+    # ----------------------------------------------------------------------------- events
+    def _events(self) -> None:
+        while (item := self.rx.recv(0.0)) is not None:
+            ev = item[1]
+            if not isinstance(ev, EpisodeEvent):
+                continue
+            with self.lock:
+                if ev.kind == "start":
+                    if self.writer is not None:
+                        self._close()
+                    try:
+                        self.writer = EpisodeWriter(self.params.root, meta=self._meta(ev))
+                    except DatasetError as e:
+                        self.counts["write_errors"] += 1
+                        log.error("cannot start an episode: %s", e)
+                        continue
+                    self.t_start, self.t_stop, self.episode_rows = now_ns(), 0, 0
+                    self.cam_meta = {}
+                    log.info("episode %d started (%s)", self.writer.index, ev.task or self.params.task)
+                elif ev.kind in ("stop", "quit") and self.writer is not None and not self.t_stop:
+                    self.t_stop = now_ns()  # closed after the grace period
+                elif ev.kind == "discard" and self.writer is not None:
+                    dst = self.writer.discard()
+                    self.writer = None
+                    self.counts["discarded"] += 1
+                    log.info("episode discarded (kept in %s)", dst)
+
+    def _close(self) -> None:
+        w, self.writer = self.writer, None
+        try:
+            path = w.close({"cameras": self.cam_meta, "dropped": float(self.sub.stats.dropped)})
+        except DatasetError as e:
+            self.counts["write_errors"] += 1
+            log.error("%s", e)
+            return
+        self.counts["saved"] += 1
+        log.info("episode %d saved: %s rows %s", w.index, path, w.rows)
+
+    # ----------------------------------------------------------------------------- samples
+    def _add(self, topic: str, msg) -> None:
+        w = self.writer
+        if isinstance(msg, RobotState):
+            w.add("robot_state", msg.stamp_ns, q=msg.q, dq=msg.dq, ee_pose=msg.ee_pose,
+                  gripper_width=np.float64(msg.gripper_width))
+        elif isinstance(msg, CameraFrame):
+            cid = msg.camera_id
+            fields = {"color": msg.color}
+            if msg.depth is not None:
+                fields["depth"] = msg.depth
+            w.add(f"camera/{cid}", msg.stamp_ns, frame_index=np.int64(msg.frame_index), **fields)
+            if cid not in self.cam_meta:
+                self.cam_meta[cid] = {"K": msg.K.tolist(), "depth_scale": msg.depth_scale,
+                                      "height": int(msg.color.shape[0]), "width": int(msg.color.shape[1])}
+        elif isinstance(msg, TeleopCommand):
+            v = np.zeros(8)
+            v[: min(8, len(msg.value))] = msg.value[:8]
+            mask = sum(1 << TELEOP_BUTTONS.index(b) for b in msg.buttons)
+            w.add("teleop", msg.stamp_ns, kind=np.int8(TELEOP_KINDS.index(msg.kind)), value=v,
+                  gripper=np.float64(msg.gripper), buttons=np.int32(mask))
+        elif isinstance(msg, ObjectState):
+            w.add("sim_objects", msg.stamp_ns, cube_pose=msg.cube_pose)
+        elif isinstance(msg, WaypointSchedule):
+            origin = np.int8(ORIGINS.index(msg.origin)) if msg.origin in ORIGINS else np.int8(-1)
+            for i in range(len(msg.stamps_ns)):
+                w.add("action", msg.stamp_ns, target_ns=np.int64(msg.stamps_ns[i]), pose=msg.positions[i],
+                      gripper=np.float64(1.0 if msg.gripper is None else msg.gripper[i]), origin=origin)
+        self.episode_rows += 1
+
+    def step(self) -> None:
+        self._events()
+        with self.lock:
+            while (item := self.sub.get(0.0)) is not None:
+                topic, msg = item
+                if self.writer is None or msg.stamp_ns < self.t_start or (self.t_stop and msg.stamp_ns >= self.t_stop):
+                    continue
+                try:
+                    self._add(topic, msg)
+                except DatasetError as e:
+                    self.counts["write_errors"] += 1
+                    log.error("sample of %s not recordable: %s", topic, e)
+            if self.writer is not None and self.t_stop and now_ns() - self.t_stop > self.params.stop_grace_s * 1e9:
+                self._close()
+
+    def _flush_loop(self) -> None:
+        while not self._stop_flush.wait(self.params.flush_every_s):
+            with self.lock:
+                if self.writer is None:
+                    continue
+                try:
+                    self.writer.flush()
+                except DatasetError as e:
+                    self.counts["write_errors"] += 1
+                    log.error("%s", e)
+                    self.writer = None  # the partial episode stays for recovery on the next start
+
+    def metrics(self) -> dict[str, float]:
+        w = self.writer
+        m = dict(self.counts)
+        m.update(recording=float(w is not None), episode=float(w.index if w else -1),
+                 duration_s=(now_ns() - self.t_start) / 1e9 if w else 0.0, rows=float(self.episode_rows),
+                 dropped=float(self.sub.stats.dropped), recovered_on_start=float(self.recovered))
+        return m
+
+    def shutdown(self) -> None:
+        if hasattr(self, "_stop_flush"):
+            self._stop_flush.set()
+            self._flusher.join(timeout=5)
+        # an episode still open is left as .partial: the next start recovers it (a stop is explicit)
+        if getattr(self, "writer", None) is not None:
+            with self.lock:
+                try:
+                    self.writer.flush()
+                except DatasetError as e:
+                    log.error("%s", e)
+                log.warning("stopped while recording episode %d: left for recovery on the next start",
+                            self.writer.index)
+        for s in ("sub", "rx"):
+            if getattr(self, s, None) is not None:
+                getattr(self, s).close()

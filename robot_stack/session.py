@@ -1,0 +1,182 @@
+"""A running stack for the episode jobs (collect, replay, deploy, demo).
+
+:class:`Session` starts a config's nodes (with parameter overrides written to an effective config
+in the run folder), subscribes to what the jobs watch, and sends episode events, resets and arm
+moves. Between episodes the arm goes home through its safety layer (a joint-space schedule at a
+gentle speed); on the sim backend the sim world then places the cube (randomly, or at a recorded
+pose). On hardware the operator resets the scene; :meth:`reset` waits for a key.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .arm_client import ArmClient
+from .clock import now_ns
+from .config import load_config
+from .launcher import Launcher
+from .messages import EpisodeEvent, SimCommand
+from .transport import Sender, Subscriber
+
+HOME_SPEED = 0.6  # rad/s of the largest joint motion when going home
+
+
+class LogSink:
+    """Keeps node log lines (for an error report) instead of flooding a status display."""
+
+    def __init__(self, keep: int = 2000, echo: bool = False):
+        self.lines: list[str] = []
+        self.keep, self.echo = keep, echo
+
+    def write(self, s: str) -> None:
+        if self.echo:
+            print(s, end="", flush=True)
+        self.lines.extend(s.splitlines())
+        del self.lines[: -self.keep]
+
+    def flush(self) -> None:
+        pass
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.lines[-n:])
+
+
+def override(data: dict, sets: dict[str, object]) -> dict:
+    """Copy of a config dict with dotted-key overrides, e.g. {"nodes.policy.params.path": "x"}."""
+    out = copy.deepcopy(data)
+    for key, value in sets.items():
+        d = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise ValueError(f"override {key}: {p} is not a mapping")
+        d[parts[-1]] = value
+    return out
+
+
+class Session:
+    """Launch and drive a stack.
+
+    Args:
+        config_path: the setup YAML.
+        sets: dotted-key overrides of the config.
+        only: nodes to start (default all).
+        verbose: stream node logs to stdout (else kept in ``self.logs``).
+    """
+
+    def __init__(self, config_path: str | Path, sets: dict | None = None, only: list[str] | None = None,
+                 verbose: bool = False):
+        data = yaml.safe_load(Path(config_path).read_text())
+        data = override(data, sets or {})
+        self.tmp = Path(tempfile.mkdtemp(prefix="rs-session-"))
+        self.config_path = self.tmp / Path(config_path).name
+        self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        load_config(self.config_path)  # validation errors name the key before anything starts
+        self.logs = LogSink(echo=verbose)
+        self.launcher = Launcher(self.config_path, only=only, out=self.logs)
+        self.cfg, self.rd = self.launcher.config, self.launcher.run_dir
+        self.nodes = only or list(self.cfg.nodes)
+        self.sim = next((n for n in self.nodes if self.cfg.nodes[n].kind == "sim_world"), None)
+        self.arm_name = next(n for n in self.nodes if self.cfg.nodes[n].kind == "arm")
+        self.sub: Subscriber | None = None
+        self.arm: ArmClient | None = None
+        self._senders: dict[str, Sender] = {}
+        self._sup: threading.Thread | None = None
+
+    def start(self, wait_topics: tuple[str, ...] = ("robot/state",), timeout_s: float = 120) -> None:
+        """Start the nodes and wait until ``wait_topics`` arrive.
+
+        Raises:
+            RuntimeError: the stack did not come up (with the last node log lines).
+        """
+        self.launcher.start()
+        self._sup = threading.Thread(target=self.launcher.supervise, daemon=True)
+        self._sup.start()
+        pubs = [n for n in self.nodes if self.cfg.nodes[n].kind != "monitor"]
+        self.sub = Subscriber([self.cfg.pub_endpoint(n, self.rd) for n in pubs],
+                              ("robot/state", "camera/", "heartbeat/", "sim/objects", "teleop/", "controller/"),
+                              history=4000, name="session")
+        for t in wait_topics:
+            if self.sub.wait_for(t, timeout_s) is None:
+                raise RuntimeError(f"the stack did not come up ({t} never arrived):\n{self.logs.tail()}")
+        self.arm = ArmClient(self.cfg, self.rd, arm=self.arm_name, source="session")
+
+    def dead(self) -> dict[str, int]:
+        return dict(self.launcher.dead)
+
+    def send_event(self, kind: str, nodes: list[str], episode: int = 0, task: str = "") -> None:
+        """Send an episode event to each of ``nodes`` (lossless channel)."""
+        for n in nodes:
+            if n not in self._senders:
+                self._senders[n] = Sender(self.cfg.in_endpoint(n, self.rd), "session", timeout_s=2.0)
+            self._senders[n].send("event", EpisodeEvent(kind=kind, episode=episode, task=task))
+
+    def state(self):
+        return self.sub.latest("robot/state")
+
+    def heartbeat(self, node: str) -> dict[str, float]:
+        hb = self.sub.latest(f"heartbeat/{node}")
+        return dict(hb.metrics) if hb is not None else {}
+
+    def move_joints(self, q_goal: np.ndarray, speed: float = HOME_SPEED, settle_s: float = 0.4) -> None:
+        """Joint-space move to ``q_goal`` (rad) through the arm node; blocks until done."""
+        q0 = np.asarray(self.state().q, float)
+        q_goal = np.asarray(q_goal, float)
+        dur = max(0.5, float(np.max(np.abs(q_goal - q0))) / speed)
+        n = max(2, int(dur / 0.05))
+        s = np.linspace(0, 1, n)[1:]
+        s = 0.5 - 0.5 * np.cos(np.pi * s)  # smooth start and stop
+        stamps = now_ns() + 100_000_000 + (np.linspace(0, dur, n)[1:] * 1e9).astype(np.int64)
+        self.arm.send_schedule(stamps, q0 + s[:, None] * (q_goal - q0), space="joint", gripper=np.ones(n - 1))
+        time.sleep((stamps[-1] - now_ns()) / 1e9 + settle_s)
+
+    def move_pose(self, pose: np.ndarray, speed: float = 0.15, settle_s: float = 0.4) -> None:
+        """Straight-line TCP move to ``pose`` (7,) base frame; blocks until done."""
+        from .arm_client import straight_line
+
+        stamps, poses = straight_line(np.asarray(self.state().ee_pose), np.asarray(pose, float), now_ns(), speed)
+        self.arm.send_schedule(stamps, poses, space="ee")
+        time.sleep((stamps[-1] - now_ns()) / 1e9 + settle_s)
+
+    def reset(self, cube_pose: np.ndarray | None = None, home_q: np.ndarray | None = None) -> np.ndarray | None:
+        """Reset period: arm home; sim: cube placed (random when None) and its pose returned;
+        hardware: waits for the operator (Enter) and returns None."""
+        if home_q is None:
+            from .drivers.sim_model import HOME_Q
+
+            home_q = HOME_Q
+        self.move_joints(home_q)
+        if self.sim is None:
+            input("reset the scene, then press Enter to start the next episode ")
+            return None
+        if "sim" not in self._senders:
+            self._senders["sim"] = Sender(self.cfg.in_endpoint(self.sim, self.rd), "session", timeout_s=2.0)
+        seq = self.sub.latest("sim/objects").seq
+        self._senders["sim"].send("command", SimCommand(kind="reset", cube_pose=None if cube_pose is None
+                                                         else np.asarray(cube_pose, float)))
+        t0 = now_ns()
+        self.sub.wait_for("sim/objects", 5, newer_than_seq=seq)
+        obj = self.sub.wait_for("sim/objects", 5, newer_than_seq=self.sub.latest("sim/objects").seq)
+        while obj is not None and obj.stamp_ns < t0 and now_ns() - t0 < 3e9:
+            obj = self.sub.wait_for("sim/objects", 1, newer_than_seq=obj.seq)
+        time.sleep(0.3)  # cameras render the new scene
+        return np.asarray(self.sub.latest("sim/objects").cube_pose, float)
+
+    def close(self) -> None:
+        for s in self._senders.values():
+            s.close()
+        if self.arm is not None:
+            self.arm.close()
+        if self.sub is not None:
+            self.sub.close()
+        self.launcher.stop()
+        if self._sup is not None:
+            self._sup.join(10)

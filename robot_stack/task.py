@@ -1,0 +1,39 @@
+"""The sim task of the main job: reach the cube.
+
+The cube is placed at a random position and yaw on the table each episode (``SimWorld.reset``); the
+policy knows it only through the cameras. The arm must bring the gripper down around the cube (a
+pre-grasp pose: TCP, the pinch point between the fingertips, over the cube's centre, fingers
+straddling it) without knocking it away.
+
+Success (all in the base frame): the TCP is within ``xy_tol`` (m) of the cube centre horizontally
+and between 0 and ``z_tol`` above the cube centre, and the cube moved less than ``push_tol`` from
+where it was placed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ReachTask:
+    """Success check of the reach task (tolerances in m)."""
+
+    xy_tol: float = 0.02
+    z_tol: float = 0.03
+    push_tol: float = 0.02
+    approach_height: float = 0.12  # expert: above the cube before descending, m
+    grasp_height: float = 0.005    # expert: final TCP height above the cube centre, m
+
+    def success(self, tcp_xyz: np.ndarray, cube_xyz: np.ndarray, cube_start_xyz: np.ndarray) -> bool:
+        """True when the TCP (3,) is in the pre-grasp region of the cube (3,) and the cube stayed put."""
+        d = np.asarray(tcp_xyz, float) - np.asarray(cube_xyz, float)
+        moved = np.linalg.norm(np.asarray(cube_xyz, float)[:2] - np.asarray(cube_start_xyz, float)[:2])
+        return bool(np.hypot(d[0], d[1]) <= self.xy_tol and -0.005 <= d[2] <= self.z_tol and moved <= self.push_tol)
+
+    def xy_error(self, tcp_xyz: np.ndarray, cube_xyz: np.ndarray) -> float:
+        """Horizontal TCP-to-cube distance, m."""
+        d = np.asarray(tcp_xyz, float)[:2] - np.asarray(cube_xyz, float)[:2]
+        return float(np.hypot(*d))

@@ -1,0 +1,54 @@
+"""Teleoperation device interface.
+
+A device turns what a person (or a scripted expert) does into :class:`TeleopCommand` messages: an
+end-effector delta (m, rad; base frame), an absolute end-effector target, or joint targets, plus a
+gripper opening and button events. The teleop node polls one device at its rate and publishes
+each command on ``teleop/command``; the controller turns commands into timed waypoints through the
+same path and safety as a policy's actions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from robot_stack.messages import TeleopCommand
+
+
+class TeleopError(RuntimeError):
+    """A teleop device cannot be opened or read (the message says which and why)."""
+
+
+class TeleopDevice(ABC):
+    """One input device. ``poll`` must not block longer than one teleop period."""
+
+    @abstractmethod
+    def poll(self) -> TeleopCommand | None:
+        """The command for this period, or None when the device has nothing new (idle)."""
+
+    def close(self) -> None:
+        """Release the device."""
+
+
+def deadzone(x: np.ndarray, dz: float) -> np.ndarray:
+    """Zero components with ``|x| < dz`` and rescale the rest so the output is continuous at the edge.
+
+    Args:
+        x: axis values in [-1, 1].
+        dz: dead zone in [0, 1).
+    Returns: same shape, in [-1, 1].
+    """
+    if not 0 <= dz < 1:
+        raise ValueError(f"deadzone must be in [0, 1), got {dz}")
+    x = np.clip(np.asarray(x, float), -1, 1)
+    return np.where(np.abs(x) < dz, 0.0, np.sign(x) * (np.abs(x) - dz) / (1 - dz))
+
+
+def axes_to_delta(axes6: np.ndarray, period_s: float, max_lin_vel: float, max_ang_vel: float) -> np.ndarray:
+    """Scale six normalized axes [vx vy vz wx wy wz] in [-1, 1] to an ee delta for one period.
+
+    Returns: (6,) [dx dy dz (m), rotation vector (rad)] in the base frame.
+    """
+    a = np.asarray(axes6, float)
+    return np.concatenate([a[:3] * max_lin_vel * period_s, a[3:] * max_ang_vel * period_s])

@@ -1,0 +1,67 @@
+"""3Dconnexion SpaceMouse teleop through ``pyspacemouse`` (HID; needs libhidapi).
+
+Six axes map to a TCP velocity in the base frame (``axes_to_delta``) after a dead zone, so an idle
+device that reads a few counts off zero never drifts the arm (default 0.1 of full scale). Left
+button toggles the gripper; right button starts/stops an episode (press = toggle).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robot_stack.messages import TeleopCommand
+
+from .base import TeleopDevice, TeleopError, axes_to_delta, deadzone
+
+
+def spacemouse_command(axes6: np.ndarray, buttons: list[int], prev_buttons: list[int], gripper: float,
+                       recording: bool, period_s: float, dz: float = 0.1, max_lin_vel: float = 0.1,
+                       max_ang_vel: float = 0.5) -> tuple[TeleopCommand, float, bool]:
+    """One period's command from raw axes [x y z roll pitch yaw] in [-1, 1] and button states.
+
+    Returns (command, gripper, recording). Buttons act on press (0 -> 1 edges).
+    """
+    delta = axes_to_delta(deadzone(axes6, dz), period_s, max_lin_vel, max_ang_vel)
+    pressed = [i for i, b in enumerate(buttons) if b and not (i < len(prev_buttons) and prev_buttons[i])]
+    events = []
+    if 0 in pressed:
+        gripper = 0.0 if gripper > 0.5 else 1.0
+    if 1 in pressed:
+        events.append("episode_stop" if recording else "episode_start")
+        recording = not recording
+    return TeleopCommand(kind="ee_delta", value=delta, gripper=gripper, buttons=events), gripper, recording
+
+
+class SpaceMouseDevice(TeleopDevice):
+    """A SpaceMouse opened with pyspacemouse (first device, or ``device`` by name).
+
+    Raises:
+        TeleopError: pyspacemouse or libhidapi missing, or no device connected.
+    """
+
+    def __init__(self, period_s: float, deadzone: float = 0.1, max_lin_vel: float = 0.1, max_ang_vel: float = 0.5,
+                 device: str | None = None):
+        try:
+            import pyspacemouse
+        except Exception as e:  # ImportError, or OSError when libhidapi is missing
+            raise TeleopError(f"SpaceMouse needs pyspacemouse and libhidapi (apt libhidapi-hidraw0): {e}") from e
+        try:
+            self.dev = pyspacemouse.open(device=device)
+        except Exception as e:  # noqa: BLE001 - RuntimeError when none is connected
+            raise TeleopError(f"no SpaceMouse found: {e}") from e
+        if not self.dev:
+            raise TeleopError("no SpaceMouse found (is it plugged in, and is /dev/hidraw* readable?)")
+        self.period_s, self.dz, self.lin, self.ang = period_s, deadzone, max_lin_vel, max_ang_vel
+        self.gripper, self.recording, self.prev = 1.0, False, []
+
+    def poll(self) -> TeleopCommand | None:
+        s = self.dev.read()
+        buttons = list(s.buttons)
+        cmd, self.gripper, self.recording = spacemouse_command(
+            np.array([s.x, s.y, s.z, s.roll, s.pitch, s.yaw]), buttons, self.prev, self.gripper, self.recording,
+            self.period_s, self.dz, self.lin, self.ang)
+        self.prev = buttons
+        return cmd
+
+    def close(self) -> None:
+        self.dev.close()
