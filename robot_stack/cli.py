@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -203,6 +204,32 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_yaml
+    from .dataset import list_episodes
+    from .policies.training import TrainSettings, train
+
+    from pydantic import ValidationError
+
+    from .config import format_validation_error
+
+    data = load_yaml(args.config) if args.config else {}
+    if args.steps:
+        data["steps"] = args.steps
+    try:
+        settings = TrainSettings.model_validate(data or {})
+    except ValidationError as e:
+        raise ConfigError(f"{args.config}:\n{format_validation_error(e)}") from None
+    eps = list_episodes(args.episodes)
+    if not eps:
+        print(f"no finished episodes in {args.episodes}", file=sys.stderr)
+        return 1
+    summary = train(settings, eps, args.out, resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -293,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="sim: seed of the cube placement")
     p.add_argument("--verbose", action="store_true", help="stream every node's log")
     p.set_defaults(fn=_cmd_collect)
+
+    p = sub.add_parser("train", help="train a visuomotor policy on recorded episodes")
+    p.add_argument("config", type=Path, nargs="?", default=None, help="training settings YAML (default settings if omitted)")
+    p.add_argument("--episodes", type=Path, required=True, help="dataset folder")
+    p.add_argument("--out", type=Path, default=Path("policy.safetensors"), help="checkpoint to write")
+    p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
+    p.add_argument("--resume", action="store_true", help="continue from --out's last checkpoint")
+    p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("demo", help="the main job on the simulated robot")
     p.add_argument("--quick", action="store_true", help="short run that proves the path (CI)")

@@ -76,6 +76,7 @@ class ArmNode(Node):
         self.timeout_ns = int(p.safety.heartbeat_timeout_s * 1e9)
         self._state_every = max(1, round(p.rate_hz / p.state_rate_hz))
         self._tick = 0
+        self._state_stamp = -1
         self._dt = 1.0 / p.rate_hz
         self.mode = "hold"
         self._t_prev = 0
@@ -175,7 +176,8 @@ class ArmNode(Node):
         self.q_cmd = q
         self._t_prev = t
         self.driver.command(q, self.grip_cmd)
-        if self._tick % self._state_every == 0:
+        if self._tick % self._state_every == 0 and reading.stamp_ns > self._state_stamp:
+            self._state_stamp = reading.stamp_ns  # one message per measurement: stamps strictly increase
             self.pub.publish("robot/state", RobotState(
                 stamp_ns=reading.stamp_ns, q=reading.q, dq=reading.dq, ee_pose=self.kin.fk(reading.q),
                 gripper_width=reading.gripper_width, mode=self.mode, safety_events=self.counters.total()))

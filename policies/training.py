@@ -1,0 +1,314 @@
+"""Training a visuomotor policy on native episodes (``robot-stack train``).
+
+Samples are built the way the controller builds observations at deploy time
+(``robot_stack.observation.assemble``): every frame of the policy's camera is an anchor t_obs; the
+window times are t_obs - k dt (k < To), the camera frame nearest each window time is taken (within
+dt/2) and the robot state is interpolated at the window times (linear, slerp). The action chunk is
+the executed action stream (the waypoints sent to the arm, each at its target time) interpolated at
+t_obs + i dt, i < H, holding the first/last action outside the recorded span. Images are resized
+with the controller's ``resize_images`` so training and deployment see the same pixels.
+
+Training: AdamW with cosine decay, random-shift augmentation (Diffusion Policy), a rich progress
+bar, periodic checkpoints (weights, normalization, settings and the optimizer state, all in
+safetensors: no pickle) from which a run resumes. Validation holds out whole episodes and reports
+the position error (mm) of sampled chunks against the recorded actions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .generative import GenerativePolicy, GenerativePolicyModel, ModelConfig, TorchDenoiser, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class ModelSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field("flow", pattern="^(flow|ddim)$")
+    sample_steps: int = Field(1, ge=1)
+    camera: str = "wrist"
+    mode: str = Field("rgb", pattern="^(rgb|depth|rgbd)$")
+    image_hw: tuple[int, int] = (72, 96)
+    obs_horizon: int = Field(2, ge=1)
+    horizon: int = Field(16, ge=4)
+    dt: float = Field(0.1, gt=0)
+    enc_base: int = Field(16, ge=4)
+    widths: tuple[int, ...] = (64, 128, 256)
+
+
+class TrainSettings(BaseModel):
+    """``robot-stack train`` settings (YAML): ``model:`` and the training keys below."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: ModelSettings = ModelSettings()
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    checkpoint_every: int = Field(500, ge=1)
+    shift_px: int = Field(4, ge=0, description="random-shift augmentation, pixels")
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda")
+    threads: int | None = Field(None, description="torch CPU threads (default: torch's)")
+
+
+@dataclass
+class Samples:
+    """Training samples.
+
+    Attributes:
+        frames: (F, h, w, C) uint8 resized camera images of all episodes.
+        frame_idx: (N, To) int64 rows of ``frames`` per sample.
+        state: (N, To, 8) float32 [ee_pose(7) gripper_width] at the window times.
+        actions: (N, H, 8) float32 [ee_pose(7) gripper] at t_obs + i dt.
+        episode: (N,) int64 episode number of each sample.
+    """
+
+    frames: np.ndarray
+    frame_idx: np.ndarray
+    state: np.ndarray
+    actions: np.ndarray
+    episode: np.ndarray
+
+    def subset(self, mask: np.ndarray) -> "Samples":
+        return Samples(self.frames, self.frame_idx[mask], self.state[mask], self.actions[mask], self.episode[mask])
+
+
+def actions_at(target_ns: np.ndarray, poses: np.ndarray, gripper: np.ndarray, times_ns: np.ndarray) -> np.ndarray:
+    """The executed action stream at ``times_ns``: (T, 8) [x y z qx qy qz qw gripper].
+
+    Rows sharing a target time keep the one sent last; outside the span the first/last action is held.
+    """
+    from scipy.spatial.transform import Rotation, Slerp
+
+    order = np.argsort(target_ns, kind="stable")
+    t, p, g = target_ns[order], poses[order], gripper[order]
+    keep = np.r_[t[1:] != t[:-1], True]  # last sent per target time
+    t, p, g = t[keep].astype(np.float64), p[keep], g[keep]
+    q = np.clip(times_ns.astype(np.float64), t[0], t[-1])
+    pos = np.stack([np.interp(q, t, p[:, j]) for j in range(3)], axis=1)
+    rot = np.repeat(p[:1, 3:], len(q), 0) if len(t) == 1 else Slerp(t, Rotation.from_quat(p[:, 3:]))(q).as_quat()
+    return np.concatenate([pos, rot, np.interp(q, t, g)[:, None]], axis=1)
+
+
+def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
+    """Samples from finished episodes (see the module docstring).
+
+    Raises:
+        DatasetError: an episode lacks the camera, robot state or action stream.
+    """
+    from robot_stack.dataset import DatasetError, open_episode
+    from robot_stack.nodes.controller import resize_images
+    from robot_stack.observation import interpolate_states
+
+    frames, fidx, states, acts, eps = [], [], [], [], []
+    base = 0
+    dt_ns = int(round(ms.dt * 1e9))
+    for e_i, path in enumerate(paths):
+        ep = open_episode(path)
+        cam = f"camera/{ms.camera}"
+        if cam not in ep.streams():
+            raise DatasetError(f"{path}: no {cam} stream (has {ep.streams()})")
+        c = ep.load(cam)
+        rs = ep.load("robot_state")
+        a = ep.load("action")
+        if len(a["target_ns"]) == 0:
+            raise DatasetError(f"{path}: no executed actions recorded")
+        imgs = []
+        if ms.mode in ("rgb", "rgbd"):
+            imgs.append(resize_images(c["color"], ms.image_hw))
+        if ms.mode in ("depth", "rgbd"):
+            imgs.append(resize_images(c["depth"], ms.image_hw)[..., None].view(np.uint8).reshape(
+                *c["depth"].shape[:1], *ms.image_hw, 2))
+        frames.append(np.concatenate(imgs, axis=-1))
+        st = c["stamp_ns"]
+        win = np.arange(ms.obs_horizon)[::-1] * dt_ns
+        for k, t_obs in enumerate(st):
+            times = t_obs - win
+            if times[0] < rs["stamp_ns"][0]:
+                continue  # the window starts before the episode
+            j = np.abs(st[None, :] - times[:, None]).argmin(1)
+            if np.any(np.abs(st[j] - times) > dt_ns // 2):
+                continue
+            _, ee, g = interpolate_states(rs["stamp_ns"], rs["q"], rs["ee_pose"], rs["gripper_width"], times,
+                                          max_extrapolation_ns=dt_ns)
+            fidx.append(base + j)
+            states.append(np.concatenate([ee, g[:, None]], 1))
+            acts.append(actions_at(a["target_ns"], a["pose"], a["gripper"], t_obs + np.arange(ms.horizon) * dt_ns))
+            eps.append(e_i)
+        base += len(st)
+    if not fidx:
+        raise DatasetError("no training samples: episodes too short or camera stamps too sparse")
+    return Samples(np.concatenate(frames), np.array(fidx), np.array(states, np.float32), np.array(acts, np.float32),
+                   np.array(eps))
+
+
+def model_config(ms: ModelSettings) -> ModelConfig:
+    return ModelConfig(cameras={ms.camera: ms.mode}, image_hw=tuple(ms.image_hw), proprio_dim=8,
+                       obs_horizon=ms.obs_horizon, horizon=ms.horizon, action_dim=8, dt=ms.dt, kind=ms.kind,
+                       sample_steps=ms.sample_steps, enc_base=ms.enc_base, widths=tuple(ms.widths))
+
+
+def _batch_images(s: Samples, rows: np.ndarray, mode: str, shift: int, rng: np.random.Generator | None) -> torch.Tensor:
+    """(B, To, C, h, w) float in [0, 1] (depth: m / 2, as the model's ``images``), random-shifted."""
+    x = s.frames[s.frame_idx[rows]]  # (B, To, h, w, C)
+    if mode == "rgb":
+        t = torch.from_numpy(x.astype(np.float32) / 255.0)
+    else:
+        d = x[..., -2:].copy().view(np.uint16)[..., 0].astype(np.float32) / 2000.0
+        parts = ([x[..., :3].astype(np.float32) / 255.0] if mode == "rgbd" else []) + [np.clip(d, 0, 1)[..., None]]
+        t = torch.from_numpy(np.concatenate(parts, -1))
+    t = t.permute(0, 1, 4, 2, 3)
+    if shift and rng is not None:
+        b, to, c, h, w = t.shape
+        pad = torch.nn.functional.pad(t.reshape(b, to * c, h, w), (shift,) * 4, mode="replicate")
+        out = torch.empty_like(t.reshape(b, to * c, h, w))
+        for i, (dy, dx) in enumerate(rng.integers(0, 2 * shift + 1, (b, 2))):
+            out[i] = pad[i, :, dy:dy + h, dx:dx + w]
+        t = out.reshape(b, to, c, h, w)
+    return t
+
+
+def _opt_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, p in enumerate(opt.param_groups[0]["params"]):
+        for k, v in opt.state.get(p, {}).items():
+            out[f"opt.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return out
+
+
+def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    params = opt.param_groups[0]["params"]
+    for key, v in tensors.items():
+        _, i, k = key.split(".", 2)
+        opt.state[params[int(i)]][k] = v
+
+
+def _lr_at(step: int, s: TrainSettings) -> float:
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    frac = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    return s.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def validate(model: GenerativePolicyModel, s: Samples, mode: str, n: int = 128, seed: int = 0) -> dict[str, float]:
+    """Position error (mm) of sampled chunks vs the recorded actions on up to ``n`` samples:
+    mean over the whole chunk and over its first 8 actions (what sync execution runs)."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(s.state), size=min(n, len(s.state)), replace=False)
+    policy = GenerativePolicy(model, TorchDenoiser(model, device="cpu"), seed=seed)
+    errs, errs8 = [], []
+    imgs = _batch_images(s, rows, mode, 0, None)
+    for b, r in enumerate(rows):
+        denoise = policy.backend.bind([imgs[b:b + 1]], s.state[r][None])
+        noise = policy.rng.standard_normal((1, model.cfg.horizon, model.cfg.action_dim)).astype(np.float32)
+        x = model.sampler.sample(denoise, noise, model.cfg.sample_steps)
+        pred = model.denormalize(x[0])
+        e = np.linalg.norm(pred[:, :3] - s.actions[r, :, :3], axis=1) * 1e3
+        errs.append(e.mean())
+        errs8.append(e[:8].mean())
+    return {"val_pos_err_mm": float(np.mean(errs)), "val_pos_err_first8_mm": float(np.mean(errs8)), "val_samples": len(rows)}
+
+
+def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool = False, console=None,
+          progress: bool = True) -> dict:
+    """Train and write ``out`` (.safetensors, plus ``out``-step checkpoints); returns the summary.
+
+    Raises:
+        DatasetError: unusable episodes. ValueError: too few episodes for the validation split.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = console or Console()
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = "cuda" if settings.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if settings.device == "auto" else settings.device)
+    ms = settings.model
+    t0 = time.perf_counter()
+    samples = build_samples(episodes, ms)
+    n_ep = len(episodes)
+    n_val = int(round(n_ep * settings.val_fraction)) if n_ep > 1 else 0
+    val_eps = set(rng.choice(n_ep, size=n_val, replace=False).tolist()) if n_val else set()
+    is_val = np.isin(samples.episode, list(val_eps))
+    train_s, val_s = samples.subset(~is_val), samples.subset(is_val)
+    console.print(f"{n_ep} episodes -> {len(train_s.state)} training / {len(val_s.state)} validation samples "
+                  f"({time.perf_counter() - t0:.1f} s to load); device {device}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    step0 = 0
+    if resume and out.exists():
+        model, extra = load_checkpoint(out)
+        step0 = int(extra.get("step", 0))
+        console.print(f"resuming {out} at step {step0}")
+    else:
+        model = GenerativePolicyModel(model_config(ms))
+        a = train_s.actions.reshape(-1, 8)
+        lo, hi = a.min(0), a.max(0)
+        pad = np.maximum(0.05 * (hi - lo), 1e-3)  # margin so deploy-time actions near the edge stay in range
+        model.a_min.copy_(torch.from_numpy(lo - pad))
+        model.a_max.copy_(torch.from_numpy(hi + pad))
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if step0:
+        from safetensors.torch import load_file
+
+        ot = out.with_suffix(".opt.safetensors")
+        if ot.exists():
+            _load_opt(opt, {k: v.to(device) for k, v in load_file(str(ot)).items()})
+    losses = []
+
+    def save(path: Path, step: int, extra: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        model.cpu()
+        save_checkpoint(model, path, {"step": step, "settings": settings.model_dump(mode="json"),
+                                      "episodes": [str(p) for p in episodes], **(extra or {})})
+        save_file({k: v.detach().cpu().contiguous() for k, v in _opt_tensors(opt).items()},
+                  str(path.with_suffix(".opt.safetensors")))
+        model.to(device)
+
+    cols = [TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
+            TimeRemainingColumn()]
+    t_train = time.perf_counter()
+    with Progress(*cols, console=console, disable=not progress) as bar:
+        task = bar.add_task("train", total=settings.steps, completed=step0, loss=float("nan"))
+        for step in range(step0, settings.steps):
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, settings)
+            rows = rng.integers(0, len(train_s.state), settings.batch_size)
+            imgs = _batch_images(train_s, rows, ms.mode, settings.shift_px, rng).to(device)
+            loss = model.loss([imgs], torch.from_numpy(train_s.state[rows]).to(device),
+                              torch.from_numpy(train_s.actions[rows]).to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            bar.update(task, advance=1, loss=float(np.mean(losses[-50:])))
+            if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
+                save(out, step + 1)
+    train_s_time = time.perf_counter() - t_train
+    model.cpu().eval()
+    summary = {"steps": settings.steps, "train_time_s": round(train_s_time, 1),
+               "final_loss": float(np.mean(losses[-50:])) if losses else None,
+               "train_samples": int(len(train_s.state)), "val_episodes": sorted(int(v) for v in val_eps)}
+    if len(val_s.state):
+        summary.update(validate(model, val_s, ms.mode, seed=settings.seed))
+    save(out, settings.steps, {"summary": summary})
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    return summary
