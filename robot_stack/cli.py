@@ -230,6 +230,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from .deploy import run_deploy
+
+    res = run_deploy(args.config, args.policy, args.episodes, strategy=args.strategy, max_episode_s=args.max_episode_s,
+                     seed=args.seed, verbose=args.verbose)
+    return 0 if res.success else 1
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import run_replay
+
+    run_replay(args.config, args.episode, verbose=args.verbose)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -328,6 +343,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
     p.add_argument("--resume", action="store_true", help="continue from --out's last checkpoint")
     p.set_defaults(fn=_cmd_train)
+
+    p = sub.add_parser("deploy", help="run a trained policy on the robot (sim by default) for N episodes")
+    p.add_argument("config", type=Path)
+    p.add_argument("--policy", type=Path, required=True, help="checkpoint (.safetensors) or ONNX export (.onnx)")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--strategy", choices=["sync", "async", "ensemble", "rtc"], default=None,
+                   help="execution strategy (default: the config's)")
+    p.add_argument("--max-episode-s", type=float, default=20.0)
+    p.add_argument("--seed", type=int, default=None, help="sim: seed of the cube placement")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(fn=_cmd_deploy)
+
+    p = sub.add_parser("replay", help="replay a recorded episode's actions through the controller")
+    p.add_argument("config", type=Path)
+    p.add_argument("episode", type=Path)
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(fn=_cmd_replay)
 
     p = sub.add_parser("demo", help="the main job on the simulated robot")
     p.add_argument("--quick", action="store_true", help="short run that proves the path (CI)")

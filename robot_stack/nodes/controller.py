@@ -21,7 +21,8 @@ period ahead (absolute targets as given; deltas added to the current target). A 
 back to the policy; the executed waypoints are published on ``controller/action`` with their origin,
 so a recording shows who commanded what. Episode events on the node's input (``start``; ``stop``,
 ``reset``, ``discard``) enable and disable execution between episodes (``autostart`` says whether it
-starts enabled).
+starts enabled). An end-effector waypoint schedule on the input (``robot-stack replay``) is executed
+like a chunk, with origin ``replay``.
 
 Metrics in the heartbeat: inference latency, delay d, dropped (stale) actions, late steps, chunks
 over budget, the jump in commanded position at chunk switches, observation holds.
@@ -63,7 +64,8 @@ class ControllerParams(NodeParams):
     exec_latency_s: float = Field(0.01, ge=0)
     max_obs_age_s: float = Field(0.3, gt=0)
     request_timeout_s: float = Field(2.0, gt=0)
-    source: Literal["policy", "teleop"] = "policy"
+    source: Literal["policy", "teleop", "external"] = Field(
+        "policy", description="who drives: the policy, a teleop device, or only schedules sent to the input (replay)")
     teleop: str | None = Field(None, description="teleop node name (teleop source and intervention)")
     teleop_timeout_s: float = Field(0.5, gt=0, description="teleop commands older than this are not executed")
     autostart: bool = Field(True, description="execute from start-up (else wait for an episode start event)")
@@ -117,6 +119,7 @@ class ControllerNode(Node):
         self.stats = {k: 0.0 for k in ("requests", "chunks", "dropped_actions", "late_steps", "over_budget",
                                        "obs_holds", "errors", "teleop_steps", "interventions", "episodes")}
         self.inference_ms: list[float] = []
+        self.e2e_ms: list[float] = []  # capture of the anchor frame -> its chunk's waypoints sent to the arm
         self.jumps_m: list[float] = []
         self._stop = threading.Event()
         self._worker = None
@@ -225,6 +228,7 @@ class ControllerNode(Node):
             log.warning("chunk over budget: every action was stale (inference %.0f ms)", (arrival - t_obs) / 1e6)
             return
         self._send(plan.stamps_ns, plan.actions)
+        self.e2e_ms.append((now_ns() - t_obs) / 1e6)
 
     def _send(self, stamps: np.ndarray, actions: np.ndarray, origin: str = "policy") -> None:
         with self.lock:
@@ -252,6 +256,11 @@ class ControllerNode(Node):
     def _events(self) -> None:
         while (item := self.rx.recv(0.0)) is not None:
             ev = item[1]
+            if isinstance(ev, WaypointSchedule) and ev.space == "ee" and ev.positions.shape[1] == 7:
+                if self.enabled:  # a replayed action stream goes the same way as a policy's actions
+                    g = np.ones(len(ev.stamps_ns)) if ev.gripper is None else np.asarray(ev.gripper)
+                    self._send(np.asarray(ev.stamps_ns, np.int64), np.c_[ev.positions, g], origin="replay")
+                continue
             if not isinstance(ev, EpisodeEvent):
                 continue
             if ev.kind == "start":
@@ -332,6 +341,9 @@ class ControllerNode(Node):
         if self.inference_ms:
             a = np.array(self.inference_ms[-500:])
             m.update(inference_p50_ms=float(np.percentile(a, 50)), inference_p99_ms=float(np.percentile(a, 99)))
+        if self.e2e_ms:
+            a = np.array(self.e2e_ms[-500:])
+            m.update(e2e_p50_ms=float(np.percentile(a, 50)), e2e_p99_ms=float(np.percentile(a, 99)))
         if self.jumps_m:
             j = np.array(self.jumps_m)
             m.update(switch_jump_mean_mm=float(j.mean() * 1e3), switch_jump_max_mm=float(j.max() * 1e3),

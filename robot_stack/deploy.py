@@ -1,0 +1,163 @@
+"""``robot-stack deploy``: run a trained policy on the robot (sim by default) for N episodes.
+
+Each episode: reset period (arm home; sim: cube placed at random, or at given poses), ``start`` to
+the controller, the policy runs through the controller's strategy until the task succeeds or the
+episode times out, ``stop`` (the arm holds). The success check uses the sim's ground truth
+(``robot_stack.task.ReachTask``); on hardware the operator answers. The summary table gives success
+rate, completion time, control-loop jitter, inference latency, dropped actions and end-to-end
+latency (frame capture -> waypoints built from it sent to the arm).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .clock import now_ns
+from .task import ReachTask
+
+
+@dataclass
+class DeployResult:
+    success: list[bool] = field(default_factory=list)
+    completion_s: list[float] = field(default_factory=list)  # time to success (successful episodes)
+    final_xy_err_mm: list[float] = field(default_factory=list)
+    controller: dict[str, float] = field(default_factory=dict)
+    policy: dict[str, float] = field(default_factory=dict)
+    arm: dict[str, float] = field(default_factory=dict)
+    cube_poses: list[list[float]] = field(default_factory=list)
+    policy_waypoints: int = 0  # waypoints with origin "policy" the controller sent
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean(self.success)) if self.success else 0.0
+
+
+def deploy_nodes(cfg) -> list[str]:
+    """Nodes a deployment needs: everything but teleop devices and the recorder."""
+    return [n for n, nc in cfg.nodes.items() if nc.kind not in ("teleop", "recorder")]
+
+
+def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask = ReachTask(),
+                 cube_poses: list | None = None, console=None, label: str = "policy") -> DeployResult:
+    """Run ``episodes`` policy episodes on a started session (sim world required for success)."""
+    from rich.console import Console
+
+    console = console or Console()
+    cfg = session.cfg
+    ctl = [n for n in session.nodes if cfg.nodes[n].kind == "controller"]
+    res = DeployResult()
+    seq0 = session.sub.latest("controller/action").seq if session.sub.latest("controller/action") else -1
+    n_policy_wp = 0
+    for ep in range(episodes):
+        with console.status(f"{label}: reset for episode {ep + 1}/{episodes} ..."):
+            cube = session.reset(None if cube_poses is None else cube_poses[ep])
+        if cube is None:
+            raise RuntimeError("deploy's success check needs the sim world (hardware: use collect with intervention)")
+        res.cube_poses.append(cube.tolist())
+        session.send_event("start", ctl, episode=ep)
+        t0 = now_ns()
+        ok, t_ok = False, None
+        with console.status(f"{label}: episode {ep + 1}/{episodes} running ...") as st:
+            while (now_ns() - t0) / 1e9 < max_episode_s:
+                time.sleep(0.05)
+                if session.dead():
+                    raise RuntimeError(f"node died: {session.dead()}\n{session.logs.tail()}")
+                s, o = session.state(), session.sub.latest("sim/objects")
+                if task.success(np.asarray(s.ee_pose[:3]), np.asarray(o.cube_pose[:3]), cube[:3]):
+                    t_ok = t_ok or now_ns()
+                    if (now_ns() - t_ok) / 1e9 >= 0.3:  # held, not passed through
+                        ok = True
+                        break
+                else:
+                    t_ok = None
+                st.update(f"{label}: episode {ep + 1}/{episodes}: {(now_ns() - t0) / 1e9:4.1f} s, TCP-cube "
+                          f"{task.xy_error(s.ee_pose[:3], o.cube_pose[:3]) * 1e3:5.1f} mm")
+        session.send_event("stop", ctl, episode=ep)
+        s, o = session.state(), session.sub.latest("sim/objects")
+        res.success.append(ok)
+        res.final_xy_err_mm.append(task.xy_error(s.ee_pose[:3], o.cube_pose[:3]) * 1e3)
+        if ok:
+            res.completion_s.append((t_ok - t0) / 1e9)
+        acts = [m for m in session.sub.history("controller/action") if m.seq > seq0]
+        if acts:
+            seq0 = acts[-1].seq
+        n_policy_wp += sum(len(m.stamps_ns) for m in acts if m.origin == "policy")
+        console.print(f"{label} episode {ep + 1}/{episodes}: {'success' if ok else 'failure'} "
+                      f"({(now_ns() - t0) / 1e9:.1f} s, final TCP-cube {res.final_xy_err_mm[-1]:.1f} mm)")
+    time.sleep(1.2)  # one more heartbeat with the last episode's metrics
+    res.policy_waypoints = n_policy_wp
+    res.controller = session.heartbeat(ctl[0]) if ctl else {}
+    pol = [n for n in session.nodes if cfg.nodes[n].kind == "policy"]
+    res.policy = session.heartbeat(pol[0]) if pol else {}
+    res.arm = session.heartbeat(session.arm_name)
+    return res
+
+
+def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | None = None):
+    """A rich table of a deployment's figures."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_row("policy success", f"{sum(res.success)}/{len(res.success)} ({100 * res.success_rate:.0f} %)")
+    if baseline is not None:
+        t.add_row("scripted expert success (same task)", f"{baseline[0]}/{baseline[1]} ({100 * baseline[0] / max(1, baseline[1]):.0f} %)")
+    if res.completion_s:
+        t.add_row("completion time (successes) mean / max", f"{np.mean(res.completion_s):.1f} / {np.max(res.completion_s):.1f} s")
+    t.add_row("final TCP-cube distance median", f"{np.median(res.final_xy_err_mm):.1f} mm")
+    c, p, a = res.controller, res.policy, res.arm
+    if c:
+        t.add_row("control loop period p50 / p99", f"{c.get('loop.period_p50_s', 0) * 1e3:.1f} / {c.get('loop.period_p99_s', 0) * 1e3:.1f} ms")
+        t.add_row("inference round trip p50 / p99", f"{c.get('inference_p50_ms', float('nan')):.1f} / {c.get('inference_p99_ms', float('nan')):.1f} ms")
+        t.add_row("end-to-end: capture -> waypoints sent p50 / p99", f"{c.get('e2e_p50_ms', float('nan')):.0f} / {c.get('e2e_p99_ms', float('nan')):.0f} ms")
+        t.add_row("chunks / dropped (stale) actions / over budget", f"{c.get('chunks', 0):.0f} / {c.get('dropped_actions', 0):.0f} / {c.get('over_budget', 0):.0f}")
+        t.add_row("observation holds (stale stream)", f"{c.get('obs_holds', 0):.0f}")
+    if p:
+        t.add_row("policy compute p50 / p99", f"{p.get('inference_p50_ms', float('nan')):.1f} / {p.get('inference_p99_ms', float('nan')):.1f} ms")
+    if a:
+        t.add_row("servo loop period p99 / overruns", f"{a.get('loop.period_p99_s', 0) * 1e3:.2f} ms / {a.get('loop.overruns', 0):.0f}")
+        t.add_row("safety events", f"{sum(v for k, v in a.items() if k.startswith('safety.')):.0f}")
+    t.add_row("waypoints sent by the policy", f"{res.policy_waypoints}")
+    return t
+
+
+def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: str | None = None,
+               max_episode_s: float = 20.0, seed: int | None = None, verbose: bool = False, console=None) -> DeployResult:
+    """Start the stack with ``policy`` (a .safetensors checkpoint or an .onnx export) and run episodes."""
+    from rich.console import Console
+
+    from .config import load_config
+    from .session import Session
+
+    console = console or Console()
+    cfg = load_config(config)
+    pol = [n for n, nc in cfg.nodes.items() if nc.kind == "policy"]
+    ctl = [n for n, nc in cfg.nodes.items() if nc.kind == "controller"]
+    if not pol or not ctl:
+        raise ValueError(f"{config}: deploy needs a policy node and a controller node")
+    policy = Path(policy).resolve()
+    if not policy.exists():
+        raise FileNotFoundError(f"policy {policy} not found")
+    sets = {f"nodes.{pol[0]}.params.path": str(policy),
+            f"nodes.{pol[0]}.params.policy": "onnx" if policy.suffix == ".onnx" else "checkpoint",
+            f"nodes.{ctl[0]}.params.source": "policy", f"nodes.{ctl[0]}.params.teleop": None,
+            f"nodes.{ctl[0]}.params.autostart": False}
+    if strategy:
+        sets[f"nodes.{ctl[0]}.params.strategy"] = strategy
+    for n, nc in cfg.nodes.items():
+        if nc.kind == "sim_world" and seed is not None:
+            sets[f"nodes.{n}.params.seed"] = seed
+    session = Session(config, sets=sets, only=deploy_nodes(cfg), verbose=verbose)
+    try:
+        with console.status("starting the stack ..."):
+            session.start(("robot/state",))
+        res = run_episodes(session, episodes, max_episode_s, console=console)
+    finally:
+        session.close()
+    console.print(summary_table(res, f"deploy {policy.name} ({strategy or cfg.nodes[ctl[0]].params.get('strategy')})"))
+    return res

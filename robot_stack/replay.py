@@ -1,0 +1,97 @@
+"""``robot-stack replay``: re-execute a recorded episode's actions through the controller.
+
+The arm goes to the episode's first recorded joint state; on the sim the cube is placed where it
+was recorded. The executed action stream (the waypoints the controller sent during recording) is
+re-timed to now and sent to the controller's input, which executes it like a chunk (same safety
+path, origin ``replay``). The result compares the replayed TCP trajectory with the recorded one
+(time-aligned at the first action), in mm.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .clock import now_ns
+
+
+@dataclass
+class ReplayResult:
+    mean_err_mm: float
+    max_err_mm: float
+    final_err_mm: float
+    samples: int
+
+
+def replay_episode(session, episode_path: str | Path, lead_s: float = 0.5) -> ReplayResult:
+    """Replay one episode on a started session (controller + arm, sim optional); returns the TCP error."""
+    from .dataset import open_episode
+
+    ep = open_episode(episode_path)
+    rs, act = ep.load("robot_state"), ep.load("action")
+    if len(act["target_ns"]) == 0:
+        raise ValueError(f"{episode_path}: no recorded actions to replay")
+    cube = ep.load("sim_objects")["cube_pose"][0] if "sim_objects" in ep.streams() else None
+    cfg = session.cfg
+    ctl = [n for n in session.nodes if cfg.nodes[n].kind == "controller"]
+    session.reset(cube_pose=cube)
+    session.move_joints(rs["q"][0])  # the recorded start state
+    order = np.argsort(act["target_ns"], kind="stable")
+    t_rec, poses, grip = act["target_ns"][order], act["pose"][order], act["gripper"][order]
+    keep = np.r_[t_rec[1:] != t_rec[:-1], True]
+    t_rec, poses, grip = t_rec[keep], poses[keep], grip[keep]
+    session.send_event("start", ctl)
+    time.sleep(0.2)
+    t_new0 = now_ns() + int(lead_s * 1e9)
+    shift = t_new0 - int(t_rec[0])
+    from .messages import WaypointSchedule
+    from .transport import Sender
+
+    tx = Sender(cfg.in_endpoint(ctl[0], session.rd), "replay", timeout_s=2.0)
+    try:
+        tx.send("replay", WaypointSchedule(stamps_ns=(t_rec + shift).astype(np.int64), positions=poses, space="ee",
+                                           gripper=grip, origin="replay"))
+    finally:
+        tx.close()
+    end = int(t_rec[-1] + shift)
+    time.sleep(max(0.0, (end - now_ns()) / 1e9) + 0.8)
+    session.send_event("stop", ctl)
+    states = [m for m in session.sub.history("robot/state") if t_new0 <= m.stamp_ns <= end]
+    if len(states) < 10:
+        raise RuntimeError("replay: the arm published too few states during the replay")
+    t_new = np.array([m.stamp_ns for m in states]) - shift
+    p_new = np.array([m.ee_pose[:3] for m in states])
+    rec = np.stack([np.interp(t_new, rs["stamp_ns"], rs["ee_pose"][:, j]) for j in range(3)], 1)
+    err = np.linalg.norm(p_new - rec, axis=1) * 1e3
+    return ReplayResult(float(err.mean()), float(err.max()), float(err[-1]), len(err))
+
+
+def run_replay(config: str | Path, episode: str | Path, verbose: bool = False, console=None) -> ReplayResult:
+    """Start the stack (no policy, teleop or recorder) and replay ``episode``."""
+    from rich.console import Console
+
+    from .config import load_config
+    from .session import Session
+
+    console = console or Console()
+    cfg = load_config(config)
+    ctl = [n for n, nc in cfg.nodes.items() if nc.kind == "controller"]
+    if not ctl:
+        raise ValueError(f"{config}: replay needs a controller node")
+    only = [n for n, nc in cfg.nodes.items() if nc.kind not in ("teleop", "recorder", "policy", "camera")]
+    session = Session(config, sets={f"nodes.{ctl[0]}.params.source": "external", f"nodes.{ctl[0]}.params.teleop": None,
+                                    f"nodes.{ctl[0]}.params.autostart": False, f"nodes.{ctl[0]}.params.cameras": []},
+                      only=only, verbose=verbose)
+    try:
+        with console.status("starting the stack ..."):
+            session.start(("robot/state",))
+        with console.status(f"replaying {Path(episode).name} ..."):
+            res = replay_episode(session, episode)
+    finally:
+        session.close()
+    console.print(f"replayed {Path(episode).name}: TCP vs recorded mean {res.mean_err_mm:.2f} mm, "
+                  f"max {res.max_err_mm:.2f} mm, final {res.final_err_mm:.2f} mm ({res.samples} states)")
+    return res

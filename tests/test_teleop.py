@@ -1,0 +1,110 @@
+"""Teleop devices and the scripted expert: pure mappings, a pty keyboard, joystick event bytes."""
+
+import os
+import pty
+import struct
+
+import numpy as np
+import pytest
+
+from robot_stack.nodes.controller import apply_teleop
+from robot_stack.task import ReachTask
+from robot_stack.teleop.base import TeleopError, axes_to_delta, deadzone
+from robot_stack.teleop.gamepad import EVENT, JS_AXIS, JS_BUTTON, JS_INIT, GamepadState, gamepad_command
+from robot_stack.teleop.keyboard import KeyboardDevice, keys_to_command
+from robot_stack.teleop.scripted import ReachExpert
+from robot_stack.teleop.spacemouse import spacemouse_command
+
+
+def test_deadzone_zeroes_idle_noise_and_is_continuous():
+    assert np.array_equal(deadzone([0.05, -0.09, 0.0], 0.1), [0, 0, 0])
+    np.testing.assert_allclose(deadzone([0.1, 0.55, -1.0, 2.0], 0.1), [0.0, 0.5, -1.0, 1.0])
+    with pytest.raises(ValueError):
+        deadzone([0.0], 1.0)
+
+
+def test_axes_to_delta_units():
+    np.testing.assert_allclose(axes_to_delta([1, 0, -0.5, 0, 0, 1], 0.02, 0.1, 0.5), [0.002, 0, -0.001, 0, 0, 0.01])
+
+
+def test_spacemouse_idle_device_never_moves_and_buttons_toggle():
+    cmd, g, rec = spacemouse_command(np.full(6, 0.08), [0, 0], [0, 0], 1.0, False, 0.02)
+    assert not np.any(cmd.value) and cmd.buttons == []
+    cmd, g, rec = spacemouse_command(np.zeros(6), [1, 1], [0, 0], g, rec, 0.02)
+    assert g == 0.0 and rec and cmd.buttons == ["episode_start"]
+    cmd, g, rec = spacemouse_command(np.zeros(6), [1, 1], [1, 1], g, rec, 0.02)  # held: no new edge
+    assert g == 0.0 and rec and cmd.buttons == []
+
+
+def test_keyboard_mapping():
+    cmd, g = keys_to_command("wwa", 1.0)
+    np.testing.assert_allclose(cmd.value, [0.01, 0.005, 0, 0, 0, 0])
+    cmd, g = keys_to_command("gnQ?", g)
+    assert g == 0.0 and cmd.buttons == ["episode_stop", "quit"]
+    assert keys_to_command("", 1.0) == (None, 1.0)
+
+
+def test_keyboard_reads_a_terminal():
+    master, slave = pty.openpty()
+    try:
+        dev = KeyboardDevice(os.ttyname(slave))
+        assert dev.poll() is None
+        os.write(master, b"rrd i")
+        import time
+
+        time.sleep(0.05)
+        cmd = dev.poll()
+        np.testing.assert_allclose(cmd.value[:3], [0, -0.005, 0.01])
+        assert cmd.buttons == ["estop", "intervene"]
+        dev.close()
+    finally:
+        os.close(master)
+        os.close(slave)
+    with pytest.raises(TeleopError, match="cannot open terminal"):
+        KeyboardDevice("/nonexistent/tty")
+
+
+def test_gamepad_events():
+    st = GamepadState()
+    data = (EVENT.pack(0, 0, JS_BUTTON | JS_INIT, 0)  # init state, not a press
+            + EVENT.pack(1, -32767, JS_AXIS, 1)  # left stick up: +x
+            + EVENT.pack(2, 1, JS_BUTTON, 1))  # B pressed
+    st.feed(data)
+    cmd, g, rec, inter = gamepad_command(st, 1.0, False, False, 0.1)
+    assert cmd.value[0] == pytest.approx(0.01) and cmd.buttons == ["episode_start"] and rec and g == 1.0
+    cmd, *_ = gamepad_command(st, g, rec, inter, 0.1)
+    assert cmd.buttons == []  # edges are consumed
+    with pytest.raises(TeleopError, match="multiple of 8"):
+        st.feed(b"\x00" * 5)
+
+
+def test_apply_teleop_absolute_and_delta():
+    target = np.r_[0.4, 0.0, 0.3, 0, 0, 0, 1, 1.0]
+    from robot_stack.messages import TeleopCommand
+
+    out = apply_teleop(target, [TeleopCommand(kind="ee_delta", value=np.r_[0.01, 0, 0, 0, 0, np.pi / 2], gripper=0.0)])
+    np.testing.assert_allclose(out[:3], [0.41, 0, 0.3])
+    np.testing.assert_allclose(np.abs(out[3:7]), [0, 0, np.sqrt(0.5), np.sqrt(0.5)], atol=1e-9)
+    assert out[7] == 0.0
+    out = apply_teleop(out, [TeleopCommand(kind="ee_absolute", value=np.r_[0.5, 0.1, 0.2, 1, 0, 0, 0])])
+    np.testing.assert_allclose(out, [0.5, 0.1, 0.2, 1, 0, 0, 0, 1.0])
+
+
+def test_expert_reaches_the_pregrasp_pose_and_presses_stop():
+    """Kinematic check: a TCP that follows the carrot exactly ends in the task's success region."""
+    task = ReachTask()
+    ex = ReachExpert(task, speed=0.15, jitter=0.0)
+    tcp = np.r_[0.31, 0.0, 0.44, 1, 0, 0, 0]
+    cube = np.array([0.52, -0.1, 0.02])
+    stopped_at = None
+    for k in range(400):
+        cmd = ex.step(tcp, cube, 1 / 30)
+        assert cmd.kind == "ee_absolute"
+        step = np.linalg.norm(cmd.value[:3] - tcp[:3])
+        assert step <= 0.15 / 30 + 1e-9  # carrot speed limit
+        tcp = cmd.value
+        if "episode_stop" in cmd.buttons:
+            stopped_at = k
+            break
+    assert stopped_at is not None and task.success(tcp[:3], cube, cube)
+    assert tcp[2] - cube[2] == pytest.approx(task.grasp_height)

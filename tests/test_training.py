@@ -1,0 +1,87 @@
+"""Training data alignment (exact), checkpoints with optimizer state, resume, validation error."""
+
+import numpy as np
+import pytest
+import torch
+
+from robot_stack.dataset import DatasetError, EpisodeWriter
+from robot_stack.policies.training import (ModelSettings, TrainSettings, _batch_images, actions_at, build_samples,
+                                           train)
+
+MS = 1_000_000
+
+
+def test_actions_at_interpolates_holds_and_keeps_last_sent():
+    t = np.array([100, 200, 200, 300]) * MS
+    poses = np.zeros((4, 7))
+    poses[:, 6] = 1
+    poses[:, 0] = [0.0, 0.5, 1.0, 2.0]  # the second row for 200 ms was sent last and wins
+    a = actions_at(t, poses, np.array([1, 1, 0, 0.0]), np.array([50, 150, 200, 250, 400]) * MS)
+    np.testing.assert_allclose(a[:, 0], [0.0, 0.5, 1.0, 1.5, 2.0])
+    np.testing.assert_allclose(a[:, 7], [1, 0.5, 0, 0, 0])
+    np.testing.assert_allclose(a[:, 3:7], np.tile([0, 0, 0, 1], (5, 1)))
+
+
+def make_episode(root, n_frames=30, seed=0):
+    """Camera at 15 Hz, state at 250 Hz moving x = t (m, t in s), actions at 10 Hz leading by 0.1 s."""
+    rng = np.random.default_rng(seed)
+    w = EpisodeWriter(root)
+    t0 = 10_000 * MS
+    for i in range(int(n_frames / 15 * 250)):
+        t = t0 + i * 4 * MS
+        x = (t - t0) / 1e9
+        w.add("robot_state", t, q=np.zeros(7), dq=np.zeros(7), ee_pose=np.r_[x, 0, 0.3, 1, 0, 0, 0],
+              gripper_width=np.float64(0.08))
+    for k in range(n_frames):
+        w.add("camera/wrist", t0 + k * 66_666_667, frame_index=np.int64(k),
+              color=rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    for k in range(n_frames * 10 // 15):
+        t = t0 + k * 100 * MS
+        w.add("action", t, target_ns=np.int64(t + 100 * MS), pose=np.r_[(t - t0) / 1e9 + 0.1, 0, 0.3, 1, 0, 0, 0],
+              gripper=np.float64(1.0), origin=np.int8(1))
+    return w.close()
+
+
+def test_samples_are_aligned_like_the_controller_window(tmp_path):
+    path = make_episode(tmp_path)
+    ms = ModelSettings(image_hw=(64, 64), obs_horizon=2, horizon=8, camera="wrist")
+    s = build_samples([path], ms)
+    # frames 0 and 1 have a window time before the first robot state; the other 28 are anchors
+    assert len(s.state) == 28 and s.frames.shape == (30, 64, 64, 3)
+    k = 9  # anchor = frame 11 at 11 * 66.67 ms; window times t_obs - 0.1 s, t_obs
+    t_obs = 11 * 0.066666667
+    np.testing.assert_allclose(s.state[k, :, 0], [t_obs - 0.1, t_obs], atol=1e-5)
+    assert list(s.frame_idx[k]) == [10, 11]  # nearest frames to t_obs - 0.1 s (by 1 ns) and t_obs
+    np.testing.assert_allclose(s.actions[k, :, 0], t_obs + np.arange(8) * 0.1, atol=1e-5)  # x_cmd(t) = t
+    np.testing.assert_allclose(s.state[k, :, 7], 0.08)
+
+
+def test_batch_images_shift_and_missing_camera(tmp_path):
+    path = make_episode(tmp_path)
+    s = build_samples([path], ModelSettings(image_hw=(64, 64), horizon=8))
+    x = _batch_images(s, np.array([0, 1]), "rgb", 0, None)
+    assert x.shape == (2, 2, 3, 64, 64) and float(x.max()) <= 1.0
+    torch.testing.assert_close(x[0, 1], torch.from_numpy(s.frames[s.frame_idx[0, 1]] / 255.0).float().permute(2, 0, 1))
+    y = _batch_images(s, np.array([0, 1]), "rgb", 4, np.random.default_rng(0))
+    assert y.shape == x.shape and not torch.equal(x, y)
+    with pytest.raises(DatasetError, match="no camera/scene"):
+        build_samples([path], ModelSettings(camera="scene"))
+
+
+def test_train_checkpoints_resumes_and_validates(tmp_path):
+    eps = [make_episode(tmp_path / "data", seed=i) for i in range(3)]
+    settings = TrainSettings(model=ModelSettings(image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32)),
+                             steps=12, batch_size=8, checkpoint_every=6, val_fraction=0.34, warmup_steps=2)
+    out = tmp_path / "p.safetensors"
+    summary = train(settings, eps, out, progress=False)
+    assert out.exists() and out.with_suffix(".opt.safetensors").exists()
+    assert summary["val_episodes"] and summary["val_samples"] > 0 and np.isfinite(summary["val_pos_err_mm"])
+    from robot_stack.policies.generative import load_checkpoint
+
+    model, extra = load_checkpoint(out)
+    assert extra["step"] == 12 and extra["settings"]["steps"] == 12
+    assert model.a_min[0] < 0.1 < 2.0 < model.a_max[0]  # action range covers x in [0.1, 2.1] m
+    more = settings.model_copy(update={"steps": 15})
+    train(more, eps, out, resume=True, progress=False)
+    _, extra = load_checkpoint(out)
+    assert extra["step"] == 15
