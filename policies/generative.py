@@ -204,15 +204,19 @@ class TorchDenoiser:
 class OnnxDenoiser:
     """ONNX Runtime backend on the exported encoder and denoiser graphs (see :func:`export_onnx`)."""
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None):
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None):
         import onnxruntime as ort
 
         avail = ort.get_available_providers()
         wanted = providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider",
                                            "CPUExecutionProvider") if p in avail]
         enc, den = onnx_paths(path)
-        self.encoder = ort.InferenceSession(str(enc), providers=wanted)
-        self.denoiser = ort.InferenceSession(str(den), providers=wanted)
+        so = ort.SessionOptions()
+        if threads is not None:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        self.encoder = ort.InferenceSession(str(enc), so, providers=wanted)
+        self.denoiser = ort.InferenceSession(str(den), so, providers=wanted)
         self.providers = self.denoiser.get_providers()
         self.inputs = [i.name for i in self.encoder.get_inputs()]
 

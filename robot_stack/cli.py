@@ -246,9 +246,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import run_demo, run_square
 
-    return run_demo(quick=args.quick, verbose=args.verbose)
+    if args.square:
+        return run_square(quick=args.quick, verbose=args.verbose)
+    res = run_demo(quick=args.quick, verbose=args.verbose, workdir=args.workdir)
+    return 0 if res.deploy.policy_waypoints > 0 else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the simulated robot")
     p.add_argument("--quick", action="store_true", help="short run that proves the path (CI)")
+    p.add_argument("--square", action="store_true", help="bring-up check instead: trace a square, print tracking and timing")
+    p.add_argument("--workdir", type=Path, default=None, help="folder for episodes and the policy (default: a temp folder)")
     p.add_argument("--verbose", action="store_true", help="stream every node's log")
     p.set_defaults(fn=_cmd_demo)
     return ap

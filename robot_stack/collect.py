@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .clock import now_ns
+from .task import ReachTask
 
 COLLECT_NODES = ("sim", "arm", "cam_scene", "cam_wrist", "teleop", "controller", "recorder")
 
@@ -65,6 +66,8 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
     recorder = _nodes_of(cfg, "recorder")[0]
     targets = [n for n in session.nodes if cfg.nodes[n].kind in ("recorder", "controller", "teleop")]
     res = CollectResult()
+    task = ReachTask()
+    rng = np.random.default_rng(seed)
     try:
         if own:
             with console.status("starting the stack ..."):
@@ -73,7 +76,7 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
         ep = 0
         while len(res.saved) < episodes:
             with console.status(f"reset for episode {ep} ..."):
-                cube = session.reset()
+                cube = session.reset(start_pose=task.start_pose(rng, session.state().ee_pose[3:]))
             saved_before = session.heartbeat(recorder).get("saved", 0.0)
             teleop_seq = session.sub.latest("teleop/command").seq if session.sub.latest("teleop/command") else -1
             session.send_event("start", targets, episode=ep)

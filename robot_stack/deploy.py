@@ -37,24 +37,30 @@ class DeployResult:
 
 
 def deploy_nodes(cfg) -> list[str]:
-    """Nodes a deployment needs: everything but teleop devices and the recorder."""
-    return [n for n, nc in cfg.nodes.items() if nc.kind not in ("teleop", "recorder")]
+    """Nodes a deployment needs: everything but teleop devices, the recorder and cameras no
+    controller observes (rendering or streaming them would only take CPU from the loop)."""
+    used = {c for nc in cfg.nodes.values() if nc.kind == "controller" for c in nc.params.get("cameras", [])}
+    return [n for n, nc in cfg.nodes.items()
+            if nc.kind not in ("teleop", "recorder") and (nc.kind != "camera" or n in used)]
 
 
 def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask = ReachTask(),
-                 cube_poses: list | None = None, console=None, label: str = "policy") -> DeployResult:
-    """Run ``episodes`` policy episodes on a started session (sim world required for success)."""
+                 cube_poses: list | None = None, console=None, label: str = "policy", seed: int = 0) -> DeployResult:
+    """Run ``episodes`` policy episodes on a started session (sim world required for success);
+    each starts at a randomized start pose (``task.start_pose``, seeded)."""
     from rich.console import Console
 
     console = console or Console()
     cfg = session.cfg
     ctl = [n for n in session.nodes if cfg.nodes[n].kind == "controller"]
     res = DeployResult()
+    rng = np.random.default_rng(seed)
     seq0 = session.sub.latest("controller/action").seq if session.sub.latest("controller/action") else -1
     n_policy_wp = 0
     for ep in range(episodes):
         with console.status(f"{label}: reset for episode {ep + 1}/{episodes} ..."):
-            cube = session.reset(None if cube_poses is None else cube_poses[ep])
+            cube = session.reset(None if cube_poses is None else cube_poses[ep],
+                                 start_pose=task.start_pose(rng, session.state().ee_pose[3:]))
         if cube is None:
             raise RuntimeError("deploy's success check needs the sim world (hardware: use collect with intervention)")
         res.cube_poses.append(cube.tolist())
@@ -154,9 +160,9 @@ def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: 
             sets[f"nodes.{n}.params.seed"] = seed
     session = Session(config, sets=sets, only=deploy_nodes(cfg), verbose=verbose)
     try:
-        with console.status("starting the stack ..."):
-            session.start(("robot/state",))
-        res = run_episodes(session, episodes, max_episode_s, console=console)
+        with console.status("starting the stack (the policy node loads its model) ..."):
+            session.start(("robot/state", f"heartbeat/{pol[0]}"))
+        res = run_episodes(session, episodes, max_episode_s, console=console, seed=1000 if seed is None else seed)
     finally:
         session.close()
     console.print(summary_table(res, f"deploy {policy.name} ({strategy or cfg.nodes[ctl[0]].params.get('strategy')})"))

@@ -146,9 +146,11 @@ class Session:
         self.arm.send_schedule(stamps, poses, space="ee")
         time.sleep((stamps[-1] - now_ns()) / 1e9 + settle_s)
 
-    def reset(self, cube_pose: np.ndarray | None = None, home_q: np.ndarray | None = None) -> np.ndarray | None:
+    def reset(self, cube_pose: np.ndarray | None = None, home_q: np.ndarray | None = None,
+              start_pose: np.ndarray | None = None) -> np.ndarray | None:
         """Reset period: arm home; sim: cube placed (random when None) and its pose returned;
-        hardware: waits for the operator (Enter) and returns None."""
+        hardware: waits for the operator (Enter) and returns None. Then, if ``start_pose`` (7,)
+        is given, a straight TCP move there (the episode's start)."""
         if home_q is None:
             from .drivers.sim_model import HOME_Q
 
@@ -156,6 +158,8 @@ class Session:
         self.move_joints(home_q)
         if self.sim is None:
             input("reset the scene, then press Enter to start the next episode ")
+            if start_pose is not None:
+                self.move_pose(start_pose)
             return None
         if "sim" not in self._senders:
             self._senders["sim"] = Sender(self.cfg.in_endpoint(self.sim, self.rd), "session", timeout_s=2.0)
@@ -167,8 +171,11 @@ class Session:
         obj = self.sub.wait_for("sim/objects", 5, newer_than_seq=self.sub.latest("sim/objects").seq)
         while obj is not None and obj.stamp_ns < t0 and now_ns() - t0 < 3e9:
             obj = self.sub.wait_for("sim/objects", 1, newer_than_seq=obj.seq)
+        cube = np.asarray(self.sub.latest("sim/objects").cube_pose, float)
+        if start_pose is not None:
+            self.move_pose(start_pose, speed=0.2)
         time.sleep(0.3)  # cameras render the new scene
-        return np.asarray(self.sub.latest("sim/objects").cube_pose, float)
+        return cube
 
     def close(self) -> None:
         for s in self._senders.values():

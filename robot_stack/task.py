@@ -5,7 +5,8 @@ policy knows it only through the cameras. The arm must bring the gripper down ar
 pre-grasp pose: TCP, the pinch point between the fingertips, over the cube's centre, fingers
 straddling it) without knocking it away.
 
-Success (all in the base frame): the TCP is within ``xy_tol`` (m) of the cube centre horizontally
+Each episode starts at a randomized pose above the workspace (``start_pose``) from which the
+wrist camera sees the whole cube range. Success (all in the base frame): the TCP is within ``xy_tol`` (m) of the cube centre horizontally
 and between 0 and ``z_tol`` above the cube centre, and the cube moved less than ``push_tol`` from
 where it was placed.
 """
@@ -24,8 +25,15 @@ class ReachTask:
     xy_tol: float = 0.02
     z_tol: float = 0.03
     push_tol: float = 0.02
+    start_xyz: tuple[float, float, float] = (0.42, -0.02, 0.48)  # episode start: the wrist camera sees the
+    start_jitter: float = 0.03     # whole cube range from here; uniform +-jitter in x and y, m
     approach_height: float = 0.12  # expert: above the cube before descending, m
     grasp_height: float = 0.005    # expert: final TCP height above the cube centre, m
+
+    def start_pose(self, rng: np.random.Generator, orientation: np.ndarray) -> np.ndarray:
+        """A randomized episode start pose (7,) [x y z qx qy qz qw] with the given TCP orientation."""
+        xyz = np.asarray(self.start_xyz, float) + np.r_[rng.uniform(-self.start_jitter, self.start_jitter, 2), 0.0]
+        return np.r_[xyz, orientation]
 
     def success(self, tcp_xyz: np.ndarray, cube_xyz: np.ndarray, cube_start_xyz: np.ndarray) -> bool:
         """True when the TCP (3,) is in the pre-grasp region of the cube (3,) and the cube stayed put."""

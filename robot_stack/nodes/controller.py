@@ -7,8 +7,8 @@ into its trajectory at "now". Strategies (DESIGN.md):
 
 - ``sync``: receding horizon (Diffusion Policy): infer, execute s actions, infer again; the next
   request starts so that its chunk should arrive (measured delay d) before the s actions end;
-- ``async``: inference runs back to back while the arm executes; each new chunk takes over at its
-  first action not yet due;
+- ``async``: inference runs while the arm executes, one request per control period at most (or
+  back to back when inference is slower); each new chunk takes over at its first action not yet due;
 - ``ensemble``: ACT temporal ensembling: every control step sends the exp(-m i)-weighted average
   of all chunks' predictions for the next steps;
 - ``rtc``: real-time chunking: like async, but each request carries the d actions already
@@ -116,6 +116,7 @@ class ControllerNode(Node):
         self.plan_stamps = np.zeros(0, np.int64)  # the committed trajectory sent to the arm
         self.plan_actions = np.zeros((0, 8))
         self.request_id = 0
+        self._next_request_ns = 0
         self.stats = {k: 0.0 for k in ("requests", "chunks", "dropped_actions", "late_steps", "over_budget",
                                        "obs_holds", "errors", "teleop_steps", "interventions", "episodes")}
         self.inference_ms: list[float] = []
@@ -166,6 +167,10 @@ class ControllerNode(Node):
         if self.params.strategy == "sync" and not self._sync_due():
             self._stop.wait(0.005)
             return
+        wait = (self._next_request_ns - now_ns()) / 1e9
+        if wait > 0:  # at most one request per control period: back-to-back inference would replan
+            self._stop.wait(wait)  # on every fresh sample's noise, far faster than the arm can follow
+            return
         try:
             obs, arrays = self._observation()
         except StaleStreamError as e:
@@ -175,6 +180,7 @@ class ControllerNode(Node):
             self._stop.wait(self.dt_ns / 1e9)
             return
         t_send = now_ns()
+        self._next_request_ns = t_send + self.dt_ns
         self.request_id += 1
         prefix = None
         if self.params.strategy == "rtc":

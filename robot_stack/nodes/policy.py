@@ -35,6 +35,8 @@ class PolicyParams(NodeParams):
     delay_s: float = Field(0.0, ge=0, description="injected inference delay (benchmarks)")
     max_obs_age_s: float = Field(1.0, gt=0)
     rate_hz: float = Field(1000.0, gt=0)
+    threads: int | None = Field(1, ge=1, description="torch / ONNX Runtime CPU threads (None: library default). "
+                                                     "One avoids fighting the servo loop for cores on small machines")
 
 
 def make_policy(p: PolicyParams):
@@ -51,7 +53,7 @@ def make_policy(p: PolicyParams):
         raise ValueError(f"policy {p.policy!r} needs 'path'")
     ckpt = Path(p.path) if p.policy == "checkpoint" else Path(p.path).with_suffix(".safetensors")
     model, _ = load_checkpoint(ckpt)
-    backend = TorchDenoiser(model) if p.policy == "checkpoint" else OnnxDenoiser(p.path)
+    backend = TorchDenoiser(model) if p.policy == "checkpoint" else OnnxDenoiser(p.path, threads=p.threads)
     log.info("serving %s (%s, %s)", p.path, model.cfg.kind, getattr(backend, "providers", [getattr(backend, "device", "")])[0])
     return GenerativePolicy(model, backend, seed=p.seed)
 
@@ -62,6 +64,10 @@ class PolicyNode(Node):
     Params = PolicyParams
 
     def configure(self) -> None:
+        if self.params.threads is not None and self.params.policy != "goto":
+            import torch
+
+            torch.set_num_threads(self.params.threads)
         self.policy = make_policy(self.params)
         nc = self.ctx.node_config
         curve = nc.curve_server.build() if nc.curve_server else None
