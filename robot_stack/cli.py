@@ -245,6 +245,24 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .dataset import list_episodes
+    from .lerobot import export_lerobot
+
+    eps = list_episodes(args.episodes)
+    out = export_lerobot(eps, args.out, fps=args.fps, cameras=args.cameras)
+    print(f"wrote LeRobot v3.0 dataset {out} ({len(eps)} episodes at {args.fps:g} fps)")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from .lerobot import import_lerobot
+
+    paths = import_lerobot(args.dataset, args.out)
+    print(f"imported {len(paths)} episodes into {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo, run_square
 
@@ -363,6 +381,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("episode", type=Path)
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(fn=_cmd_replay)
+
+    p = sub.add_parser("export", help="export native episodes to another dataset format")
+    p.add_argument("episodes", type=Path, help="dataset folder of native episodes")
+    p.add_argument("--format", choices=["lerobot"], default="lerobot", help="lerobot: LeRobot v3.0")
+    p.add_argument("--out", type=Path, required=True, help="new dataset folder")
+    p.add_argument("--fps", type=float, default=10.0, help="frame rate of the exported grid")
+    p.add_argument("--cameras", nargs="*", default=None, help="camera ids (default: all)")
+    p.set_defaults(fn=_cmd_export)
+
+    p = sub.add_parser("import", help="import a LeRobot v2.1/v3.0 dataset as native episodes")
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(fn=_cmd_import)
 
     p = sub.add_parser("demo", help="the main job on the simulated robot")
     p.add_argument("--quick", action="store_true", help="short run that proves the path (CI)")

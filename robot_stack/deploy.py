@@ -25,6 +25,7 @@ class DeployResult:
     success: list[bool] = field(default_factory=list)
     completion_s: list[float] = field(default_factory=list)  # time to success (successful episodes)
     final_xy_err_mm: list[float] = field(default_factory=list)
+    final_tcp: list[list[float]] = field(default_factory=list)  # TCP xyz at the episode's end, m
     controller: dict[str, float] = field(default_factory=dict)
     policy: dict[str, float] = field(default_factory=dict)
     arm: dict[str, float] = field(default_factory=dict)
@@ -86,6 +87,7 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask =
         s, o = session.state(), session.sub.latest("sim/objects")
         res.success.append(ok)
         res.final_xy_err_mm.append(task.xy_error(s.ee_pose[:3], o.cube_pose[:3]) * 1e3)
+        res.final_tcp.append([float(v) for v in s.ee_pose[:3]])
         if ok:
             res.completion_s.append((t_ok - t0) / 1e9)
         acts = [m for m in session.sub.history("controller/action") if m.seq > seq0]

@@ -1,0 +1,269 @@
+"""LeRobot dataset export (v3.0) and import (v2.1 and v3.0).
+
+Export (``robot-stack export --format lerobot``): each native episode is resampled onto a uniform
+grid at ``fps`` (LeRobot stores one row per frame): ``observation.state`` = [ee_pose(7),
+gripper_width] interpolated at the grid times (linear, slerp), ``action`` = the executed action
+stream [ee_pose(7), gripper] at the grid times, and per camera the frame nearest each grid time as
+``observation.images.<camera>`` video (H.264 yuv420p through PyAV). Layout as LeRobot v3.0 writes
+it: ``data/chunk-000/file-000.parquet`` (all episodes), ``videos/<key>/chunk-000/file-000.mp4``
+(episodes concatenated; per-episode from/to timestamps in the episode table),
+``meta/info.json``, ``meta/stats.json``, ``meta/tasks.parquet`` and
+``meta/episodes/chunk-000/file-000.parquet`` (lengths, index ranges, video offsets, per-episode
+stats). Source of the layout: the LeRobot v3.0 dataset format (huggingface/lerobot,
+``CODEBASE_VERSION = "v3.0"``; blog post "LeRobotDataset v3.0").
+
+Import (``robot-stack import``): every episode of a v2.1 (one parquet and one video per episode)
+or v3.0 dataset becomes a native episode: ``robot_state`` (field ``q`` = observation.state),
+``action`` (``target_ns`` = frame time, ``value`` = action), ``camera/<key>`` (decoded frames,
+``color``), stamps = timestamp in ns; the task, fps, robot type and feature names go to the
+metadata. Videos are decoded with PyAV (AV1, H.264, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+VERSION = "v3.0"
+CHUNK = 1000
+
+
+class LeRobotError(ValueError):
+    """A LeRobot dataset cannot be read or written (the message names the file and problem)."""
+
+
+# ------------------------------------------------------------------------------------------ export
+def _grid(ep, fps: float) -> np.ndarray:
+    st = ep.array("robot_state", "stamp_ns")[:]
+    n = int((st[-1] - st[0]) * fps / 1e9) + 1
+    return st[0] + (np.arange(n) * 1e9 / fps).astype(np.int64)
+
+
+def _stats(x: np.ndarray) -> dict:
+    x = np.asarray(x, np.float64)
+    return {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
+            "std": x.std(0).tolist(), "count": [int(len(x))]}
+
+
+def _image_stats(frames: np.ndarray) -> dict:
+    x = frames[:: max(1, len(frames) // 100)].astype(np.float64) / 255.0  # (n, h, w, 3) -> per channel (3, 1, 1)
+    per = lambda f: f(x, axis=(0, 1, 2)).reshape(3, 1, 1).tolist()  # noqa: E731
+    return {"min": per(np.min), "max": per(np.max), "mean": per(np.mean), "std": per(np.std), "count": [int(len(frames))]}
+
+
+def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cameras: list[str] | None = None,
+                   robot_type: str = "franka_panda_sim") -> Path:
+    """Write ``episodes`` as a LeRobot v3.0 dataset in ``out`` (must not exist); returns ``out``.
+
+    Raises:
+        LeRobotError: ``out`` exists, no episodes, or an episode lacks a needed stream.
+    """
+    import av
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .dataset import open_episode
+    from .observation import interpolate_states
+    from .policies.training import actions_at
+
+    out = Path(out)
+    if out.exists():
+        raise LeRobotError(f"{out} exists; export writes a new dataset folder")
+    if not episodes:
+        raise LeRobotError("no episodes to export")
+    eps = [open_episode(p) for p in episodes]
+    cams = cameras or sorted(s.split("/", 1)[1] for s in eps[0].streams() if s.startswith("camera/"))
+    keys = {c: f"observation.images.{c}" for c in cams}
+    tasks = sorted({e.meta.get("task", "") for e in eps})
+    rows: dict[str, list] = {k: [] for k in ("observation.state", "action", "timestamp", "frame_index",
+                                            "episode_index", "index", "task_index")}
+    ep_rows = []
+    writers, streams, vt = {}, {}, {c: 0.0 for c in cams}
+    (out / "data" / "chunk-000").mkdir(parents=True)
+    (out / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
+    shapes = {}
+    all_frames: dict[str, list] = {c: [] for c in cams}
+    try:
+        index = 0
+        for e_i, ep in enumerate(eps):
+            for s in ["robot_state", "action"] + [f"camera/{c}" for c in cams]:
+                if s not in ep.streams():
+                    raise LeRobotError(f"{ep.path}: no {s} stream")
+            grid = _grid(ep, fps)
+            rs, act = ep.load("robot_state"), ep.load("action")
+            _, ee, g = interpolate_states(rs["stamp_ns"], rs["q"], rs["ee_pose"], rs["gripper_width"], grid,
+                                          max_extrapolation_ns=int(1e9 / fps))
+            state = np.concatenate([ee, g[:, None]], 1).astype(np.float32)
+            action = actions_at(act["target_ns"], act["pose"], act["gripper"], grid).astype(np.float32)
+            n = len(grid)
+            rec = {"episode_index": e_i, "tasks": [ep.meta.get("task", "")], "length": n,
+                   "data/chunk_index": 0, "data/file_index": 0, "dataset_from_index": index,
+                   "dataset_to_index": index + n, "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
+            for c in cams:
+                cst = ep.array(f"camera/{c}", "stamp_ns")[:]
+                idx = np.abs(cst[None, :] - grid[:, None]).argmin(1)
+                color = ep.array(f"camera/{c}", "color")
+                frames = np.stack([color[int(i)] for i in idx])
+                all_frames[c].append(frames[:: max(1, n // 20)])
+                h, w = frames.shape[1:3]
+                if c not in writers:
+                    path = out / "videos" / keys[c] / "chunk-000" / "file-000.mp4"
+                    path.parent.mkdir(parents=True)
+                    writers[c] = av.open(str(path), "w")
+                    st = writers[c].add_stream("libx264", rate=int(round(fps)))
+                    st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+                    st.options = {"crf": "18", "preset": "fast"}
+                    streams[c], shapes[c] = st, (h, w)
+                elif shapes[c] != (h, w):
+                    raise LeRobotError(f"{ep.path}: camera {c} is {w}x{h}, earlier episodes {shapes[c][1]}x{shapes[c][0]}")
+                for f in frames:
+                    for pkt in streams[c].encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                        writers[c].mux(pkt)
+                rec.update({f"videos/{keys[c]}/chunk_index": 0, f"videos/{keys[c]}/file_index": 0,
+                            f"videos/{keys[c]}/from_timestamp": vt[c], f"videos/{keys[c]}/to_timestamp": vt[c] + n / fps})
+                vt[c] += n / fps
+            for name, x in (("observation.state", state), ("action", action)):
+                for k, v in _stats(x).items():
+                    rec[f"stats/{name}/{k}"] = v
+            ep_rows.append(rec)
+            rows["observation.state"] += list(state)
+            rows["action"] += list(action)
+            rows["timestamp"] += list((np.arange(n) / fps).astype(np.float32))
+            rows["frame_index"] += list(range(n))
+            rows["episode_index"] += [e_i] * n
+            rows["index"] += list(range(index, index + n))
+            rows["task_index"] += [tasks.index(ep.meta.get("task", ""))] * n
+            index += n
+    finally:
+        for c, wtr in writers.items():
+            for pkt in streams[c].encode():
+                wtr.mux(pkt)
+            wtr.close()
+    vec = lambda a: pa.array([np.asarray(r, np.float32) for r in a], type=pa.list_(pa.float32(), 8))  # noqa: E731
+    table = pa.table({"observation.state": vec(rows["observation.state"]), "action": vec(rows["action"]),
+                      "timestamp": pa.array(rows["timestamp"], pa.float32()),
+                      **{k: pa.array(rows[k], pa.int64()) for k in ("frame_index", "episode_index", "index", "task_index")}})
+    pq.write_table(table, out / "data" / "chunk-000" / "file-000.parquet")
+    pq.write_table(pa.Table.from_pylist(ep_rows), out / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+    pq.write_table(pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()), "task": tasks}),
+                   out / "meta" / "tasks.parquet")
+    names = ["x", "y", "z", "qx", "qy", "qz", "qw"]
+    features = {
+        "observation.state": {"dtype": "float32", "shape": [8], "names": names + ["gripper_width"]},
+        "action": {"dtype": "float32", "shape": [8], "names": names + ["gripper_open"]},
+        **{keys[c]: {"dtype": "video", "shape": [*shapes[c], 3], "names": ["height", "width", "channels"],
+                     "info": {"video.fps": fps, "video.height": shapes[c][0], "video.width": shapes[c][1],
+                              "video.codec": "h264", "video.pix_fmt": "yuv420p", "video.is_depth_map": False,
+                              "video.channels": 3, "has_audio": False}} for c in cams},
+        **{k: {"dtype": "float32" if k == "timestamp" else "int64", "shape": [1], "names": None}
+           for k in ("timestamp", "frame_index", "episode_index", "index", "task_index")},
+    }
+    info = {"codebase_version": VERSION, "robot_type": robot_type, "total_episodes": len(eps), "total_frames": index,
+            "total_tasks": len(tasks), "chunks_size": CHUNK, "data_files_size_in_mb": 100, "video_files_size_in_mb": 500,
+            "fps": fps, "splits": {"train": f"0:{len(eps)}"},
+            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+            "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+            "features": features}
+    (out / "meta" / "info.json").write_text(json.dumps(info, indent=2))
+    stats = {"observation.state": _stats(np.array(rows["observation.state"])), "action": _stats(np.array(rows["action"])),
+             **{keys[c]: _image_stats(np.concatenate(all_frames[c])) for c in cams}}
+    (out / "meta" / "stats.json").write_text(json.dumps(stats, indent=2))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ import
+def _decode(path: Path, start_s: float = 0.0, n: int | None = None, fps: float = 30.0) -> np.ndarray:
+    """RGB frames (n, h, w, 3) uint8 of ``path`` from ``start_s`` (frame-exact by presentation time)."""
+    import av
+
+    if not path.is_file():
+        raise LeRobotError(f"missing video {path}")
+    out = []
+    with av.open(str(path)) as c:
+        st = c.streams.video[0]
+        for f in c.decode(st):
+            t = float(f.pts * st.time_base) if f.pts is not None else len(out) / fps
+            if t < start_s - 0.5 / fps:
+                continue
+            out.append(f.to_ndarray(format="rgb24"))
+            if n is not None and len(out) >= n:
+                break
+    return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def import_lerobot(root: str | Path, out: str | Path) -> list[Path]:
+    """Convert every episode present in a LeRobot v2.1 or v3.0 dataset into native episodes in ``out``.
+
+    Raises:
+        LeRobotError: unknown version, missing files, or video/row count mismatch.
+    """
+    import pyarrow.parquet as pq
+
+    from .dataset import EpisodeWriter
+
+    root = Path(root)
+    try:
+        info = json.loads((root / "meta" / "info.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LeRobotError(f"{root}/meta/info.json: {e}") from e
+    ver, fps = info.get("codebase_version"), float(info["fps"])
+    vkeys = [k for k, f in info["features"].items() if f.get("dtype") == "video"]
+    episodes = []  # (episode_index, table, {key: (video path, from_s)}, task)
+    if ver == "v2.1":
+        tasks = {}
+        for line in (root / "meta" / "tasks.jsonl").read_text().splitlines():
+            if line.strip():
+                d = json.loads(line)
+                tasks[d["task_index"]] = d["task"]
+        for p in sorted((root / "data").glob("chunk-*/episode_*.parquet")):
+            t = pq.read_table(p)
+            e_i = int(t.column("episode_index")[0].as_py())
+            chunk = e_i // int(info.get("chunks_size", CHUNK))
+            vids = {k: (root / info["video_path"].format(episode_chunk=chunk, video_key=k, episode_index=e_i), 0.0)
+                    for k in vkeys}
+            episodes.append((e_i, t, vids, tasks.get(int(t.column("task_index")[0].as_py()), "")))
+    elif ver == "v3.0":
+        tt = pq.read_table(root / "meta" / "tasks.parquet").to_pydict()
+        tasks = dict(zip(tt["task_index"], tt["task"])) if "task" in tt else {}
+        eps_t = pq.read_table(sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))[0]).to_pylist()
+        data = {}
+        for r in eps_t:
+            dp = root / info["data_path"].format(chunk_index=r["data/chunk_index"], file_index=r["data/file_index"])
+            if dp not in data:
+                data[dp] = pq.read_table(dp)
+            t = data[dp]
+            sel = np.nonzero(np.asarray(t.column("episode_index")) == r["episode_index"])[0]
+            vids = {k: (root / info["video_path"].format(video_key=k, chunk_index=r[f"videos/{k}/chunk_index"],
+                                                         file_index=r[f"videos/{k}/file_index"]),
+                        float(r[f"videos/{k}/from_timestamp"])) for k in vkeys}
+            episodes.append((r["episode_index"], t.take(sel), vids, (r.get("tasks") or [""])[0]))
+    else:
+        raise LeRobotError(f"{root}: codebase_version {ver!r} (supported: v2.1, v3.0)")
+    out_paths = []
+    for e_i, t, vids, task in episodes:
+        ts = np.asarray(t.column("timestamp"), np.float64)
+        stamps = np.round(ts * 1e9).astype(np.int64)
+        state = np.stack(t.column("observation.state").to_numpy(zero_copy_only=False))
+        action = np.stack(t.column("action").to_numpy(zero_copy_only=False))
+        w = EpisodeWriter(out, meta={"task": task, "source": f"lerobot {ver}", "source_path": str(root),
+                                     "source_episode_index": int(e_i), "robot": {"type": info.get("robot_type")},
+                                     "rates_hz": {"dataset": fps},
+                                     "features": {k: info["features"][k].get("names") for k in ("observation.state", "action")}})
+        for i in range(len(stamps)):
+            w.add("robot_state", stamps[i], q=state[i])
+            w.add("action", stamps[i], target_ns=stamps[i], value=action[i])
+        w.flush()
+        for k, (path, start) in vids.items():
+            frames = _decode(path, start, len(stamps), fps)
+            if len(frames) != len(stamps):
+                w.discard()
+                raise LeRobotError(f"{path}: {len(frames)} video frames for {len(stamps)} rows of episode {e_i}")
+            cam = k.removeprefix("observation.images.")
+            for i in range(len(stamps)):
+                w.add(f"camera/{cam}", stamps[i], frame_index=np.int64(i), color=frames[i])
+                if i % 60 == 59:
+                    w.flush()
+        out_paths.append(w.close())
+    return out_paths

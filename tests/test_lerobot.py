@@ -1,0 +1,68 @@
+"""LeRobot export (v3.0) and import (v2.1 real data, v3.0 round trip)."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from robot_stack.dataset import list_episodes, open_episode
+from robot_stack.lerobot import LeRobotError, export_lerobot, import_lerobot
+
+from conftest import SHARED_DATA
+from test_training import make_episode
+
+G1 = SHARED_DATA / "lerobot_v21_unitree_g1"
+
+
+@pytest.mark.skipif(not G1.is_dir(), reason=f"real LeRobot v2.1 data not found at {G1} (it ships with CI's shared folder)")
+def test_import_real_v21_unitree_g1(tmp_path):
+    paths = import_lerobot(G1, tmp_path)
+    assert [open_episode(p).meta["source_episode_index"] for p in paths] == [1, 2, 4]
+    for p, rows in zip(paths, (393, 343, 357)):
+        ep = open_episode(p)
+        assert ep.meta["task"] == "Pick up the yellow bottle on the table." and ep.meta["source"] == "lerobot v2.1"
+        assert ep.meta["features"]["action"][0][0] == "kLeftShoulderPitch"
+        src = pq.read_table(G1 / "data" / "chunk-000" / f"episode_{ep.meta['source_episode_index']:06d}.parquet")
+        rs, act = ep.load("robot_state"), ep.load("action")
+        assert len(rs["q"]) == rows and rs["q"].shape[1] == 26
+        np.testing.assert_array_equal(rs["q"], np.stack(src.column("observation.state").to_numpy(zero_copy_only=False)))
+        np.testing.assert_array_equal(act["value"], np.stack(src.column("action").to_numpy(zero_copy_only=False)))
+        assert np.all(np.diff(rs["stamp_ns"]) > 0) and np.all(np.abs(np.diff(rs["stamp_ns"]) - 33_333_333) < 2_000)  # float32 timestamps
+        color = ep.array("camera/cam_high", "color")
+        assert color.shape == (rows, 480, 640, 3)
+        assert 20 < float(np.asarray(color[rows // 2]).mean()) < 235  # a decoded picture, not a blank frame
+
+
+def test_export_v30_and_round_trip(tmp_path):
+    eps = [make_episode(tmp_path / "native", seed=i) for i in range(2)]
+    out = export_lerobot(eps, tmp_path / "lr", fps=10)
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 2 and info["fps"] == 10
+    assert info["features"]["observation.images.wrist"]["shape"] == [48, 64, 3]
+    data = pq.read_table(out / "data" / "chunk-000" / "file-000.parquet")
+    assert data.num_rows == info["total_frames"] == 40  # 2 x (2 s at 10 fps)
+    ep_t = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
+    assert [e["length"] for e in ep_t] == [20, 20] and ep_t[1]["dataset_from_index"] == 20
+    assert ep_t[1]["videos/observation.images.wrist/from_timestamp"] == pytest.approx(2.0)
+    state = np.stack(data.column("observation.state").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(state[:20, 0], np.arange(20) * 0.1, atol=1e-5)  # x = t in the synthetic episode
+    action = np.stack(data.column("action").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(action[1:19, 0], np.arange(1, 19) * 0.1 + 0.0, atol=1e-5)  # x_cmd(t) = t
+    stats = json.loads((out / "meta" / "stats.json").read_text())
+    assert stats["observation.state"]["count"] == [40] and len(stats["observation.images.wrist"]["mean"]) == 3
+    back = import_lerobot(out, tmp_path / "back")
+    assert len(back) == 2
+    ep = open_episode(back[1])
+    np.testing.assert_allclose(ep.load("robot_state")["q"], state[20:])
+    frames = ep.array("camera/wrist", "color")[:]
+    src = open_episode(eps[1]).array("camera/wrist", "color")[:]
+    assert frames.shape == (20, 48, 64, 3)
+    # H.264 (yuv420p) is lossy and the synthetic frames are noise: frame k of the export must still be
+    # nearer the source frame it was made from (grid time k * 0.1 s -> camera frame 1.5 k) than its neighbours
+    for k in (0, 4, 10):
+        d = [np.abs(frames[k].astype(int) - src[j]).mean() for j in range(len(src))]
+        assert int(np.argmin(d)) == int(np.argmin(np.abs(np.arange(len(src)) / 15 - k / 10)))
+    with pytest.raises(LeRobotError, match="exists"):
+        export_lerobot(eps, out)
+    assert list_episodes(tmp_path / "back") == back
