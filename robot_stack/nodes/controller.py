@@ -117,6 +117,7 @@ class ControllerNode(Node):
         self.plan_actions = np.zeros((0, 8))
         self.request_id = 0
         self._next_request_ns = 0
+        self._unsent_t_obs: int | None = None
         self.stats = {k: 0.0 for k in ("requests", "chunks", "dropped_actions", "late_steps", "over_budget",
                                        "obs_holds", "errors", "teleop_steps", "interventions", "episodes")}
         self.inference_ms: list[float] = []
@@ -224,6 +225,7 @@ class ControllerNode(Node):
         if p.strategy == "ensemble":
             with self.lock:
                 self.ensembler.add(t_obs, actions, offset)
+                self._unsent_t_obs = t_obs  # e2e latency is taken when the next step sends it
             return
         plan = plan_chunk(actions, t_obs, arrival, dt_ns, offset, int(p.exec_latency_s * 1e9),
                           execute=p.execute_horizon if p.strategy == "sync" else None)
@@ -340,6 +342,9 @@ class ControllerNode(Node):
                 acts.append(a)
         if acts:
             self._send(np.array(stamps, np.int64), np.array(acts))
+            if self._unsent_t_obs is not None:
+                self.e2e_ms.append((now_ns() - self._unsent_t_obs) / 1e6)
+                self._unsent_t_obs = None
 
     def metrics(self) -> dict[str, float]:
         m = dict(self.stats)

@@ -98,6 +98,8 @@ class PolicyNode(Node):
             return ErrorReply(request_id=msg.request_id, code="bad_observation",
                               reason=f"committed prefix has {prefix.shape[1]} dims, policy acts in {md.action_dim}")
         t0 = time.perf_counter_ns()
+        if self.params.delay_s and self.params.policy != "goto":  # (GoToPolicy sleeps inside predict)
+            time.sleep(self.params.delay_s)
         actions = self.policy.predict(msg.obs, prefix)
         dt_ns = time.perf_counter_ns() - t0
         self.inference_ms.append(dt_ns / 1e6)

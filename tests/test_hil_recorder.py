@@ -1,0 +1,64 @@
+"""Recorder crash safety with real processes: SIGKILL mid-episode, then recovery on the next start."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from robot_stack.dataset import find_interrupted, list_episodes, open_episode
+from robot_stack.session import Session
+
+pytestmark = pytest.mark.hil
+
+
+def test_recorder_sigkill_mid_episode_keeps_saved_and_recovers(tmp_path, run_dir):
+    root = tmp_path / "episodes"
+    cfg = tmp_path / "rec.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "rec", "run_dir": str(run_dir), "on_node_exit": "continue",
+        "nodes": {"sim": {"kind": "sim_world"}, "arm": {"kind": "arm"},
+                  "cam": {"kind": "camera", "params": {"driver": "synthetic", "camera_id": "c", "width": 64,
+                                                       "height": 48, "rate_hz": 30}},
+                  "recorder": {"kind": "recorder", "params": {"root": str(root), "cameras": ["cam"],
+                                                              "flush_every_s": 0.2}}}}))
+    s = Session(cfg)
+    try:
+        s.start(("robot/state", "camera/c", "heartbeat/recorder"))
+        s.send_event("start", ["recorder"])
+        time.sleep(1.5)
+        s.send_event("stop", ["recorder"])
+        deadline = time.monotonic() + 10
+        while not list_episodes(root) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        s.send_event("start", ["recorder"])
+        time.sleep(2.0)  # several flushes of the second episode
+        os.kill(s.launcher.nodes["recorder"].proc.pid, signal.SIGKILL)
+        time.sleep(0.5)
+        assert "recorder" in s.dead()
+    finally:
+        s.close()
+    saved = list_episodes(root)
+    assert len(saved) == 1
+    first = open_episode(saved[0])
+    assert first.meta["status"] == "complete" and 300 < len(first) < 500  # 1.5 s at 250 Hz
+    assert len(find_interrupted(root)) == 1
+    # next start of the recorder: the interrupted episode is recovered up to its last complete sample
+    s = Session(cfg, only=["recorder"])
+    try:
+        s.launcher.start()
+        deadline = time.monotonic() + 30
+        while len(list_episodes(root)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        s.close()
+    eps = list_episodes(root)
+    assert len(eps) == 2 and not find_interrupted(root)
+    rec = open_episode(eps[1])
+    assert rec.meta["status"] == "recovered"
+    rs = rec.load("robot_state")
+    assert len(rs["stamp_ns"]) > 250 and np.all(np.diff(rs["stamp_ns"]) > 0)  # > 1 s of the 2 s survived
+    assert len(rec.array("camera/c", "stamp_ns")) > 25
+    assert open_episode(saved[0]).meta["rows"] == first.meta["rows"]  # the finished episode is untouched
