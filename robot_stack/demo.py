@@ -132,8 +132,8 @@ def run_square(quick: bool = False, verbose: bool = False) -> int:
 class DemoSettings:
     """Sizes of a demo run (full: the README's figures; quick: proves the path in CI)."""
 
-    demos: int = 40
-    train_steps: int = 2000
+    demos: int = 50
+    train_steps: int = 2500
     eval_episodes: int = 20
     max_episode_s: float = 15.0
 
