@@ -41,7 +41,11 @@ nodes:
 CONTROLLERS = "".join(f"""  controller_{s}:
     kind: controller
     params: {{strategy: {s}, rate_hz: 10, execute_horizon: 8, ensemble_m: 0.1}}
-""" for s in ("sync", "async", "ensemble", "rtc"))
+""" for s in ("sync", "async", "ensemble", "rtc")) + """  teleop: {kind: teleop, params: {device: keyboard}}
+  controller_intervene:
+    kind: controller
+    params: {strategy: async, rate_hz: 10, teleop: teleop}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +120,54 @@ def test_strategy_completes_the_motion(stack, strategy):
     assert m["errors"] == 0 and m["chunks"] >= 3
     assert m["inference_p50_ms"] == pytest.approx(200, abs=60)  # the injected delay is seen
     assert proc.returncode == 0, log[-2000:]
+
+
+def test_teleop_intervention_takes_over_and_hands_back(stack):
+    """A teleop "intervene" button takes over from the policy at once; "release" hands back.
+
+    The teleop node of the config is not started: the test binds its publisher endpoint itself and
+    publishes what a device would (absolute TCP targets and buttons).
+    """
+    from robot_stack.messages import TeleopCommand
+    from robot_stack.transport import Publisher
+
+    move_to_start(stack)
+    cfg, rd = stack["cfg"], stack["run_dir"]
+    node = "controller_intervene"
+    teleop = Publisher(cfg.pub_endpoint("teleop", rd), "teleop")
+    sub = Subscriber([cfg.pub_endpoint(node, rd)], ("controller/action", "heartbeat"), history=2000)
+    proc = subprocess.Popen([sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node,
+                             str(rd)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    hold = np.r_[START + np.array([0.0, 0.0, 0.05]), np.array(stack["state"].latest("robot/state").ee_pose[3:])]
+    try:
+        # the policy drives toward GOAL; after 1 s the operator intervenes and lifts the TCP 5 cm above START
+        time.sleep(2.5)
+        p_before = np.array(stack["state"].latest("robot/state").ee_pose[:3])
+        assert p_before[1] > START[1] + 0.01, "the policy did not move the arm before the intervention"
+        t_int = now_ns()
+        for k in range(60):  # 2 s of absolute targets at 30 Hz, from where the arm is toward `hold`
+            a = min(1.0, (k + 1) / 30)
+            target = np.r_[(1 - a) * p_before + a * hold[:3], hold[3:]]
+            teleop.publish("teleop/command", TeleopCommand(kind="ee_absolute", value=target,
+                                                           buttons=["intervene"] if k == 0 else []))
+            time.sleep(1 / 30)
+        time.sleep(0.8)
+        p_held = np.array(stack["state"].latest("robot/state").ee_pose[:3])
+        acts = [m for m in sub.history("controller/action") if m.stamp_ns > t_int + 200_000_000]
+        assert acts and all(m.origin == "teleop" for m in acts), {m.origin for m in acts}
+        assert np.linalg.norm(p_held - hold[:3]) < 0.01, (p_held, hold)
+        teleop.publish("teleop/command", TeleopCommand(kind="ee_absolute", value=hold, buttons=["release"]))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - GOAL) < 0.005:
+                break
+            time.sleep(0.05)
+        p_end = np.array(stack["state"].latest("robot/state").ee_pose[:3])
+        hb = sub.wait_for(f"heartbeat/{node}", 3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        log = proc.communicate(timeout=10)[0].decode(errors="replace")
+        sub.close()
+        teleop.close()
+    assert np.linalg.norm(p_end - GOAL) < 0.005, f"the policy did not resume after release\n{log[-2000:]}"
+    assert hb.metrics["interventions"] == 1 and hb.metrics["teleop_steps"] > 5

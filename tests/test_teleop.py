@@ -108,3 +108,27 @@ def test_expert_reaches_the_pregrasp_pose_and_presses_stop():
             break
     assert stopped_at is not None and task.success(tcp[:3], cube, cube)
     assert tcp[2] - cube[2] == pytest.approx(task.grasp_height)
+
+
+def test_leader_arm_refuses_far_engage_then_ramps_in():
+    from robot_stack.teleop.leader import JointMap, LeaderArm
+
+    jm = JointMap(offsets=(0.1, -0.2, 0.0), signs=(1, -1, 1), gripper_open=2.0, gripper_closed=1.0)
+    np.testing.assert_allclose(jm.joints([0.6, 0.3, -0.4]), [0.5, -0.5, -0.4])
+    assert jm.gripper(1.5) == 0.5 and jm.gripper(3.0) == 1.0
+    with pytest.raises(TeleopError, match="reports 2 joints"):
+        jm.joints([0.0, 0.0])
+    leader = LeaderArm(max_engage_error=0.2, ramp_s=1.0)
+    follower = np.zeros(3)
+    with pytest.raises(TeleopError, match="joint 2 leader -0.500"):
+        leader.engage([0.1, -0.5, 0.0], follower, t=0.0)
+    assert not leader.engaged
+    with pytest.raises(TeleopError, match="not engaged"):
+        leader.command(follower, 1.0, 0.0)
+    leader.engage([0.1, -0.15, 0.05], follower, t=10.0)
+    q_lead = np.array([0.1, -0.15, 0.05])
+    np.testing.assert_allclose(leader.command(q_lead, 1.0, 10.0).value, 0.0)  # no jump at engage
+    np.testing.assert_allclose(leader.command(q_lead, 1.0, 10.5).value, q_lead / 2)
+    cmd = leader.command(q_lead, 0.3, 12.0)
+    assert cmd.kind == "joint" and cmd.gripper == 0.3
+    np.testing.assert_allclose(cmd.value, q_lead)

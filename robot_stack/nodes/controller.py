@@ -314,12 +314,21 @@ class ControllerNode(Node):
         state = self.sub.latest("robot/state")
         if state is None:
             return
+        t = now_ns() + self.dt_ns + int(self.params.exec_latency_s * 1e9)
+        if fresh[-1].kind == "joint":  # leader arm: joint-space waypoint, same arm-node safety
+            c = fresh[-1]
+            self.teleop_target = None
+            self.stats["teleop_steps"] += 1
+            stamps, q, g = np.array([t], np.int64), np.asarray(c.value, float)[None], np.array([np.clip(c.gripper, 0, 1)])
+            self.arm.send_schedule(stamps, q, space="joint", gripper=g, origin="teleop")
+            self.pub.publish("controller/action", WaypointSchedule(stamps_ns=stamps, positions=q, space="joint",
+                                                                   gripper=g, origin="teleop"))
+            return
         target = self.teleop_target
         if target is None:
             target = np.r_[np.asarray(state.ee_pose, float), 1.0]
         target = apply_teleop(target, fresh)
         self.teleop_target = target
-        t = now_ns() + self.dt_ns + int(self.params.exec_latency_s * 1e9)
         self.stats["teleop_steps"] += 1
         self._send(np.array([t], np.int64), target[None], origin="teleop")
 

@@ -157,6 +157,12 @@ class RecorderNode(Node):
             w.add("sim_objects", msg.stamp_ns, cube_pose=msg.cube_pose)
         elif isinstance(msg, WaypointSchedule):
             origin = np.int8(ORIGINS.index(msg.origin)) if msg.origin in ORIGINS else np.int8(-1)
+            if msg.space == "joint":  # leader-arm teleop: joint-space waypoints
+                for i in range(len(msg.stamps_ns)):
+                    w.add("action_joint", msg.stamp_ns, target_ns=np.int64(msg.stamps_ns[i]), q=msg.positions[i],
+                          gripper=np.float64(1.0 if msg.gripper is None else msg.gripper[i]), origin=origin)
+                self.episode_rows += 1
+                return
             for i in range(len(msg.stamps_ns)):
                 w.add("action", msg.stamp_ns, target_ns=np.int64(msg.stamps_ns[i]), pose=msg.positions[i],
                       gripper=np.float64(1.0 if msg.gripper is None else msg.gripper[i]), origin=origin)

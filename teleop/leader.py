@@ -1,0 +1,91 @@
+"""Leader-arm teleop (joint space): a small kinematically similar arm the operator moves by hand.
+
+The bus driver (Dynamixel/Feetech) reports raw joint positions; :class:`JointMap` turns them into
+follower joint angles (per-joint sign and offset, gripper range), stored per device. Before it
+drives the follower, :class:`LeaderArm` refuses to engage while leader and follower are far apart
+(the operator first matches the pose), then ramps the command from the follower's pose to the
+leader's over ``ramp_s`` so engaging never jumps. Commands are ``joint`` teleop commands; the
+controller sends them to the arm node as joint-space waypoints (same safety path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from robot_stack.messages import TeleopCommand
+
+from .base import TeleopError
+
+
+@dataclass(frozen=True)
+class JointMap:
+    """Raw leader readings -> follower joints: q = sign * (raw - offset) (rad); gripper fraction from
+    the raw gripper reading between ``gripper_closed`` and ``gripper_open``."""
+
+    offsets: tuple[float, ...]
+    signs: tuple[float, ...]
+    gripper_open: float = 1.0
+    gripper_closed: float = 0.0
+
+    def joints(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, float)
+        if raw.shape != (len(self.offsets),):
+            raise TeleopError(f"leader reports {raw.shape[0] if raw.ndim else 0} joints, calibration has {len(self.offsets)}")
+        return np.asarray(self.signs) * (raw - np.asarray(self.offsets))
+
+    def gripper(self, raw: float) -> float:
+        span = self.gripper_open - self.gripper_closed
+        if span == 0:
+            raise TeleopError("leader gripper calibration has open == closed")
+        return float(np.clip((raw - self.gripper_closed) / span, 0, 1))
+
+
+class LeaderArm:
+    """Engage check and ramp-in for a joint-space leader.
+
+    Args:
+        max_engage_error: largest |leader - follower| joint difference (rad) allowed to engage.
+        ramp_s: time to blend from the follower's pose to the leader's after engaging, s.
+    """
+
+    def __init__(self, max_engage_error: float = 0.2, ramp_s: float = 1.0):
+        self.max_err, self.ramp_s = max_engage_error, ramp_s
+        self.t0: float | None = None
+        self.q_start: np.ndarray | None = None
+
+    @property
+    def engaged(self) -> bool:
+        return self.t0 is not None
+
+    def engage(self, q_leader: np.ndarray, q_follower: np.ndarray, t: float) -> None:
+        """Engage at time ``t`` (s).
+
+        Raises:
+            TeleopError: a joint differs by more than ``max_engage_error``; names it and both values.
+        """
+        ql, qf = np.asarray(q_leader, float), np.asarray(q_follower, float)
+        if ql.shape != qf.shape:
+            raise TeleopError(f"leader has {ql.shape[0]} joints, follower {qf.shape[0]}")
+        err = np.abs(ql - qf)
+        j = int(np.argmax(err))
+        if err[j] > self.max_err:
+            raise TeleopError(f"leader and follower too far apart to engage: joint {j + 1} leader {ql[j]:+.3f} rad, "
+                              f"follower {qf[j]:+.3f} rad (max {self.max_err:.3f}); match the follower's pose first")
+        self.t0, self.q_start = t, qf.copy()
+
+    def disengage(self) -> None:
+        self.t0 = self.q_start = None
+
+    def command(self, q_leader: np.ndarray, gripper: float, t: float, buttons: list[str] | None = None) -> TeleopCommand:
+        """The joint command at time ``t``: blended from the follower's pose during the ramp.
+
+        Raises:
+            TeleopError: not engaged.
+        """
+        if self.t0 is None:
+            raise TeleopError("leader arm is not engaged")
+        a = 1.0 if self.ramp_s <= 0 else min(1.0, max(0.0, (t - self.t0) / self.ramp_s))
+        q = self.q_start + a * (np.asarray(q_leader, float) - self.q_start)
+        return TeleopCommand(kind="joint", value=q, gripper=gripper, buttons=buttons or [])
