@@ -198,7 +198,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     from .collect import run_collect
 
     res = run_collect(args.config, args.out, args.episodes, max_episode_s=args.max_episode_s, seed=args.seed,
-                      verbose=args.verbose)
+                      verbose=args.verbose, view=args.view)
     print(f"{len(res.saved)} episodes saved in {args.out}, {res.discarded} discarded, "
           f"{res.dropped:.0f} samples dropped")
     return 0
@@ -234,7 +234,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from .deploy import run_deploy
 
     res = run_deploy(args.config, args.policy, args.episodes, strategy=args.strategy, max_episode_s=args.max_episode_s,
-                     seed=args.seed, verbose=args.verbose)
+                     seed=args.seed, verbose=args.verbose, view=args.view)
     return 0 if res.success else 1
 
 
@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-episode-s", type=float, default=30.0, help="an episode running longer is discarded")
     p.add_argument("--seed", type=int, default=None, help="sim: seed of the cube placement")
     p.add_argument("--verbose", action="store_true", help="stream every node's log")
+    p.add_argument("--view", default=None, metavar="spawn|URL|FILE.rrd",
+                   help="live view in rerun: a window, a viewer at URL, or a recording file")
     p.set_defaults(fn=_cmd_collect)
 
     p = sub.add_parser("train", help="train a visuomotor policy on recorded episodes")
@@ -374,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-episode-s", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=None, help="sim: seed of the cube placement")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--view", default=None, metavar="spawn|URL|FILE.rrd",
+                   help="live view in rerun: a window, a viewer at URL, or a recording file")
     p.set_defaults(fn=_cmd_deploy)
 
     p = sub.add_parser("replay", help="replay a recorded episode's actions through the controller")

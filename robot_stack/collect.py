@@ -36,7 +36,8 @@ def _nodes_of(cfg, kind: str) -> list[str]:
 
 
 def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_s: float = 30.0,
-                seed: int | None = None, verbose: bool = False, console=None, session=None) -> CollectResult:
+                seed: int | None = None, verbose: bool = False, console=None, session=None,
+                view: str | None = None) -> CollectResult:
     """Collect ``episodes`` saved demonstrations into ``out``; returns what was saved.
 
     Raises:
@@ -45,7 +46,7 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
     from rich.console import Console
 
     from .dataset import list_episodes
-    from .session import Session
+    from .session import Session, viewer_sets
 
     console = console or Console()
     own = session is None
@@ -53,14 +54,15 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
         from .config import load_config
 
         cfg = load_config(config)
-        only = [n for n, nc in cfg.nodes.items() if nc.kind != "policy"]
+        only = [n for n, nc in cfg.nodes.items() if nc.kind != "policy"] + (["viewer"] if view else [])
         rec = _nodes_of(cfg, "recorder")
         if not rec:
             raise ValueError(f"{config}: collect needs a recorder node")
         session = Session(config, sets={f"nodes.{rec[0]}.params.root": str(Path(out).resolve()),
                                         **{f"nodes.{c}.params.source": "teleop" for c in _nodes_of(cfg, "controller")},
                                         **({f"nodes.{n}.params.seed": seed for n in _nodes_of(cfg, "sim_world")}
-                                           if seed is not None else {})},
+                                           if seed is not None else {}),
+                                        **viewer_sets(cfg, view)},
                           only=only, verbose=verbose)
     cfg = session.cfg
     recorder = _nodes_of(cfg, "recorder")[0]

@@ -135,12 +135,13 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
 
 
 def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: str | None = None,
-               max_episode_s: float = 20.0, seed: int | None = None, verbose: bool = False, console=None) -> DeployResult:
+               max_episode_s: float = 20.0, seed: int | None = None, verbose: bool = False, console=None,
+               view: str | None = None) -> DeployResult:
     """Start the stack with ``policy`` (a .safetensors checkpoint or an .onnx export) and run episodes."""
     from rich.console import Console
 
     from .config import load_config
-    from .session import Session
+    from .session import Session, viewer_sets
 
     console = console or Console()
     cfg = load_config(config)
@@ -160,7 +161,9 @@ def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: 
     for n, nc in cfg.nodes.items():
         if nc.kind == "sim_world" and seed is not None:
             sets[f"nodes.{n}.params.seed"] = seed
-    session = Session(config, sets=sets, only=deploy_nodes(cfg), verbose=verbose)
+    nodes = deploy_nodes(cfg)
+    sets.update(viewer_sets(cfg, view, cameras=[n for n in nodes if cfg.nodes[n].kind == "camera"]))
+    session = Session(config, sets=sets, only=nodes + (["viewer"] if view else []), verbose=verbose)
     try:
         with console.status("starting the stack (the policy node loads its model) ..."):
             session.start(("robot/state", f"heartbeat/{pol[0]}"))

@@ -62,6 +62,23 @@ def override(data: dict, sets: dict[str, object]) -> dict:
     return out
 
 
+def viewer_sets(cfg, view: str | None, cameras: list[str] | None = None) -> dict:
+    """Config overrides adding a live-view node: ``view`` is "spawn" (rerun window), a rerun URL
+    (connect to a viewer elsewhere) or a ``.rrd`` path (save for later); None adds nothing."""
+    if not view:
+        return {}
+    arm = [n for n, nc in cfg.nodes.items() if nc.kind == "arm"]
+    cams = cameras if cameras is not None else [n for n, nc in cfg.nodes.items() if nc.kind == "camera"]
+    params: dict = {"watch": arm + cams}
+    if view == "spawn":
+        params["spawn"] = True
+    elif "://" in view:
+        params["connect"] = view
+    else:
+        params["rrd_path"] = str(Path(view).resolve())
+    return {"nodes.viewer": {"kind": "viewer", "critical": False, "params": params}}
+
+
 class Session:
     """Launch and drive a stack.
 
