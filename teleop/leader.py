@@ -89,3 +89,37 @@ class LeaderArm:
         a = 1.0 if self.ramp_s <= 0 else min(1.0, max(0.0, (t - self.t0) / self.ramp_s))
         q = self.q_start + a * (np.asarray(q_leader, float) - self.q_start)
         return TeleopCommand(kind="joint", value=q, gripper=gripper, buttons=buttons or [])
+
+
+def save_joint_map(path, device: str, jm: JointMap) -> None:
+    """Store a leader's calibration under ``leaders.<device>`` of a calibration file (atomic YAML)."""
+    from robot_stack.calibration import store
+
+    store.update(path, "leaders", device, {"offsets": [float(v) for v in jm.offsets],
+                                           "signs": [float(v) for v in jm.signs],
+                                           "gripper_open": float(jm.gripper_open),
+                                           "gripper_closed": float(jm.gripper_closed)})
+
+
+def load_joint_map(path, device: str) -> JointMap:
+    """The calibration of leader ``device``.
+
+    Raises:
+        TeleopError: the file has none for this device.
+    """
+    from robot_stack.calibration import store
+
+    d = (store.load(path).get("leaders") or {}).get(device)
+    if not d:
+        raise TeleopError(f"{path} has no calibration for leader {device!r}: calibrate it first")
+    return JointMap(tuple(d["offsets"]), tuple(d["signs"]), d.get("gripper_open", 1.0), d.get("gripper_closed", 0.0))
+
+
+def calibrate_joint_map(raw_at_pose: np.ndarray, q_pose: np.ndarray, signs, gripper_open: float = 1.0,
+                        gripper_closed: float = 0.0) -> JointMap:
+    """Offsets from one reading of the leader held in a known follower pose ``q_pose`` (rad):
+    q = sign * (raw - offset)  =>  offset = raw - q / sign."""
+    raw, q, sg = (np.asarray(v, float) for v in (raw_at_pose, q_pose, signs))
+    if not (raw.shape == q.shape == sg.shape) or np.any(np.abs(sg) != 1):
+        raise TeleopError("calibration needs one raw reading, one pose and one sign (+1/-1) per joint")
+    return JointMap(tuple(raw - q / sg), tuple(sg), gripper_open, gripper_closed)

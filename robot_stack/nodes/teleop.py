@@ -1,7 +1,9 @@
 """Teleop node: polls one teleop device at its rate and publishes ``teleop/command``.
 
 Devices: ``keyboard`` (terminal), ``spacemouse``, ``gamepad``, ``scripted`` (the sim reach expert,
-which also needs the arm's ``robot/state`` and the sim world's ``sim/objects``). Episode events on
+which also needs the arm's ``robot/state`` and the sim world's ``sim/objects``), ``leader`` (a
+Dynamixel leader arm: joint commands, engaged only when it matches the follower's pose, then
+ramped in). Episode events on
 the node's input (start/stop/reset) restart the scripted expert; a person's devices ignore them.
 A device that fails to open stops the node with the device's error message.
 """
@@ -14,6 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from ..clock import now_ns
 from ..messages import EpisodeEvent
 from ..node import Node, NodeParams
 
@@ -21,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class TeleopParams(NodeParams):
-    device: Literal["keyboard", "spacemouse", "gamepad", "scripted"] = "keyboard"
+    device: Literal["keyboard", "spacemouse", "gamepad", "scripted", "leader"] = "keyboard"
     rate_hz: float = Field(30.0, gt=0, le=500)
     arm: str = "arm"
     sim_world: str = "sim"
@@ -31,6 +34,15 @@ class TeleopParams(NodeParams):
     max_lin_vel: float = Field(0.1, gt=0, description="m/s at full deflection")
     max_ang_vel: float = Field(0.5, gt=0, description="rad/s at full deflection")
     speed: float = Field(0.15, gt=0, description="scripted expert speed, m/s")
+    port: str = Field("/dev/ttyUSB0", description="leader: Dynamixel serial port")
+    ids: list[int] = Field(default_factory=lambda: list(range(1, 8)), description="leader: joint servo ids, in order")
+    gripper_id: int | None = Field(None, description="leader: servo id of the gripper trigger")
+    baudrate: int = 1_000_000
+    calibration: str | None = Field(None, description="leader: calibration file (leaders.<device> section)")
+    device_name: str = Field("leader", description="leader: name of its calibration entry")
+    max_engage_error: float = Field(0.2, gt=0, description="leader: max joint difference to engage, rad")
+    ramp_s: float = Field(1.0, ge=0, description="leader: blend time after engaging, s")
+    latency_timer_ms: float | None = None
     seed: int = 0
 
 
@@ -51,6 +63,19 @@ class TeleopNode(Node):
             self.device = ReachExpert(speed=p.speed, seed=p.seed)
             self.sub = self.ctx.subscriber([p.arm, p.sim_world], ("robot/state", "sim/objects"))
             self.active = False  # acts between episode start and stop
+        elif p.device == "leader":
+            from robot_stack.drivers.dynamixel import DynamixelBus
+            from robot_stack.teleop.leader import LeaderArm, load_joint_map
+
+            if p.calibration is None:
+                raise ValueError("teleop.device = leader needs params.calibration (the leader's calibration file)")
+            self.jmap = load_joint_map(p.calibration, p.device_name)
+            ids = list(p.ids) + ([p.gripper_id] if p.gripper_id is not None else [])
+            self.device = DynamixelBus(p.port, ids, p.baudrate, p.latency_timer_ms)
+            self.device.set_torque(False)  # the operator moves it by hand
+            self.leader = LeaderArm(p.max_engage_error, p.ramp_s)
+            self.sub = self.ctx.subscriber([p.arm], ("robot/state",))
+            self.refusals = 0
         elif p.device == "keyboard":
             from robot_stack.teleop.keyboard import KeyboardDevice
 
@@ -64,7 +89,33 @@ class TeleopNode(Node):
 
             self.device = GamepadDevice(period, p.path, p.deadzone, p.max_lin_vel, p.max_ang_vel)
 
+    def _leader_step(self) -> None:
+        from robot_stack.teleop.base import TeleopError
+
+        raw = self.device.read_positions()
+        n = len(self.params.ids)
+        q = self.jmap.joints(raw[:n])
+        g = self.jmap.gripper(raw[n]) if self.params.gripper_id is not None else 1.0
+        t = now_ns() / 1e9
+        if not self.leader.engaged:
+            st = self.sub.latest("robot/state")
+            if st is None:
+                return
+            try:
+                self.leader.engage(q, np.asarray(st.q), t)
+                log.info("leader engaged; ramping in over %.1f s", self.params.ramp_s)
+            except TeleopError as e:
+                self.refusals += 1
+                if self.refusals == 1 or self.refusals % int(5 * self.rate_hz) == 0:
+                    log.warning("%s", e)
+                return
+        self.pub.publish("teleop/command", self.leader.command(q, g, t))
+        self.sent += 1
+
     def step(self) -> None:
+        if self.params.device == "leader":
+            self._leader_step()
+            return
         while (item := self.rx.recv(0.0)) is not None:
             if isinstance(item[1], EpisodeEvent) and self.params.device == "scripted":
                 ev = item[1]
@@ -84,7 +135,10 @@ class TeleopNode(Node):
             self.sent += 1
 
     def metrics(self) -> dict[str, float]:
-        return {"commands": float(self.sent), "active": float(self.active)}
+        m = {"commands": float(self.sent), "active": float(self.active)}
+        if hasattr(self, "leader"):
+            m.update(engaged=float(self.leader.engaged), engage_refusals=float(self.refusals))
+        return m
 
     def shutdown(self) -> None:
         if hasattr(self, "device") and hasattr(self.device, "close"):
