@@ -1,6 +1,6 @@
 """Franka (FR3 / Panda) arm driver on ``pylibfranka`` (official Python bindings of libfranka).
 
-A 1 kHz thread owns the libfranka control loop (``start_joint_position_control`` with the
+A 1 kHz loop in its own process owns the libfranka control loop (``start_joint_position_control`` with the
 robot's internal joint impedance controller): each cycle it reads the robot state
 (``readOnce``, which paces the loop at the robot's 1 kHz) and writes the next joint position.
 The arm node's servo-rate targets (500 Hz, already interpolated and safety-checked) pass through
@@ -9,6 +9,10 @@ commands whose velocity or acceleration jump between cycles ("motion generator .
 reflexes) and the arm node's piecewise-linear interpolation has velocity steps at waypoints.
 The tracker's limits stay below the FR3 datasheet limits (velocity 2.0 rad/s, acceleration
 8 rad/s^2, jerk 2000 rad/s^3 against 2.62 / 10 / 5000).
+
+The loop runs in a child process (spawned) rather than a thread: pylibfranka's blocking
+``readOnce`` keeps the GIL, and a 1 kHz thread starved the arm node's 500 Hz servo loop to about
+100 Hz. Targets and state cross over shared memory under a lock; errors come back on a queue.
 
 Errors: a ``ControlException`` (a reflex, a communication-constraint violation) ends the control
 loop; :meth:`read` then raises :class:`ArmDriverError` naming libfranka's reason, and the arm
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import numpy as np
 
@@ -70,8 +73,135 @@ class JerkLimitedTracker:
         self.ddq[:] = 0
 
 
+class _Shared:
+    """Shared-memory exchange between the arm node and the 1 kHz process (float64 slots)."""
+
+    # layout: [0:7] target q, [7] gripper target, [8] state stamp ns, [9:16] q, [16:23] dq,
+    # [23] gripper width, [24] cycles, [25] period p50 ms, [26] p99 ms, [27] max ms, [28] recoveries
+    N = 29
+
+    def __init__(self, ctx, create: bool = True, name: str | None = None):
+        from multiprocessing import shared_memory
+
+        self.shm = shared_memory.SharedMemory(create=create, size=self.N * 8, name=name)
+        self.a = np.ndarray((self.N,), np.float64, buffer=self.shm.buf)
+        if create:
+            self.a[:] = 0
+
+
+def _franka_process(ip, realtime, use_gripper, automatic_recovery, impedance, shm_name, lock, events) -> None:
+    """The 1 kHz control process (see the module docstring). Reports ("ready", q), ("error", msg)."""
+    from multiprocessing import shared_memory
+
+    from robot_stack.node import _die_with_parent
+
+    _die_with_parent()  # never outlive the arm node
+    try:
+        import pylibfranka as pf
+    except ImportError as e:
+        events.put(("fatal", f"the franka driver needs pylibfranka: {e}"))
+        return
+    shm = shared_memory.SharedMemory(name=shm_name)
+    a = np.ndarray((_Shared.N,), np.float64, buffer=shm.buf)
+    cfg = pf.RealtimeConfig.kEnforce if realtime == "enforce" else pf.RealtimeConfig.kIgnore
+    try:
+        robot = pf.Robot(ip, cfg)
+        if impedance is not None:
+            robot.set_joint_impedance(list(impedance))
+        s = robot.read_once()
+        gripper = None
+        if use_gripper:
+            gripper = pf.Gripper(ip)
+            gripper.homing()
+    except Exception as e:  # noqa: BLE001 - NetworkException, RealtimeException, ...
+        events.put(("fatal", f"cannot connect to the Franka at {ip}: {e}"))
+        return
+    with lock:
+        a[0:7] = s.q
+        a[7] = 1.0
+        a[8] = now_ns()
+        a[9:16] = s.q
+        a[16:23] = s.dq
+        a[23] = gripper.read_once().width if gripper else 0.0
+    events.put(("ready", list(s.q)))
+    stop = threading.Event()
+    if gripper is not None:
+        threading.Thread(target=_gripper_loop, args=(gripper, a, lock, stop), daemon=True).start()
+    periods: list[int] = []
+    recoveries = 0
+    try:
+        while True:
+            try:
+                _control(pf, robot, a, lock, periods)
+                return
+            except pf.ControlException as e:
+                events.put(("error", f"libfranka: {e}"))
+                if not automatic_recovery:
+                    return  # the arm node holds and reports; restarting the node reconnects
+                try:
+                    robot.automatic_error_recovery()
+                    q = robot.read_once().q
+                except Exception as e2:  # noqa: BLE001
+                    events.put(("fatal", f"automatic error recovery failed: {e2}"))
+                    return
+                recoveries += 1
+                with lock:
+                    a[0:7] = q
+                    a[28] = recoveries
+                events.put(("recovered", recoveries))
+    finally:
+        stop.set()
+        shm.close()
+
+
+def _control(pf, robot, a, lock, periods) -> None:
+    ctrl = robot.start_joint_position_control(pf.ControllerMode.JointImpedance)
+    state, _ = ctrl.readOnce()
+    tracker = JerkLimitedTracker(np.array(state.q_d))
+    with lock:
+        a[0:7] = state.q_d
+    last = None
+    while True:
+        state, dur = ctrl.readOnce()
+        t = now_ns()
+        if last is not None:
+            periods.append(t - last)
+        last = t
+        with lock:
+            target = a[0:7].copy()
+            a[8] = t
+            a[9:16] = state.q
+            a[16:23] = state.dq
+            a[24] += 1
+        ctrl.writeOnce(pf.JointPositions(list(tracker.step(target, max(dur.to_sec(), 1e-3)))))
+        if len(periods) >= 1000:
+            p = np.array(periods) / 1e6
+            with lock:
+                a[25], a[26], a[27] = np.percentile(p, 50), np.percentile(p, 99), p.max()
+            del periods[:]
+
+
+def _gripper_loop(gripper, a, lock, stop) -> None:
+    sent = None
+    while not stop.wait(0.05):
+        with lock:
+            target = float(a[7])
+        if sent is None or abs(target - sent) > 0.05:
+            try:
+                gripper.move(float(np.clip(target, 0, 1)) * MAX_WIDTH, 0.1)
+            except Exception as e:  # noqa: BLE001 - a failed move is reported, not fatal
+                log.warning("gripper move failed: %s", e)
+            sent = target
+        try:
+            w = gripper.read_once().width
+            with lock:
+                a[23] = w
+        except Exception:  # noqa: BLE001
+            pass
+
+
 class FrankaDriver(ArmDriver):
-    """FR3/Panda through the FCI.
+    """FR3/Panda through the FCI (the 1 kHz loop runs in a child process).
 
     Args:
         robot_ip: the robot's (or franka-sim's) address; the FCI port is fixed at 1337.
@@ -89,160 +219,80 @@ class FrankaDriver(ArmDriver):
         if model not in LIMITS:
             raise ArmDriverError(f"franka model {model!r}: choose one of {sorted(LIMITS)}")
         self.lower, self.upper = LIMITS[model]
-        self.ip, self.realtime, self.use_gripper = robot_ip, realtime, gripper
-        self.automatic_recovery = automatic_recovery
-        self.impedance = impedance
-        self._lock = threading.Lock()
-        self._target: np.ndarray | None = None
-        self._reading: JointReading | None = None
+        self.args = (robot_ip, realtime, gripper, automatic_recovery, impedance)
+        self.ip = robot_ip
         self._error: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._grip_target, self._grip_width = 1.0, 0.0
-        self._grip_thread: threading.Thread | None = None
-        self.periods_ns: list[int] = []
-        self.cycles = 0
         self.errors: list[str] = []
-        self.recoveries = 0
+        self.proc = None
 
-    # -------------------------------------------------------------------------------- lifecycle
     def start(self, timeout_s: float = 10.0) -> JointReading:
-        try:
-            import pylibfranka as pf
-        except ImportError as e:
-            raise ArmDriverError(f"the franka driver needs pylibfranka (pip install pylibfranka): {e}") from e
-        self.pf = pf
-        cfg = pf.RealtimeConfig.kEnforce if self.realtime == "enforce" else pf.RealtimeConfig.kIgnore
-        try:
-            self.robot = pf.Robot(self.ip, cfg)
-            if self.impedance is not None:
-                self.robot.set_joint_impedance(list(self.impedance))
-            s = self.robot.read_once()
-        except Exception as e:  # noqa: BLE001 - NetworkException, RealtimeException, ...
-            raise ArmDriverError(f"cannot connect to the Franka at {self.ip}: {e}") from e
-        q = np.array(s.q)
-        self._reading = JointReading(now_ns(), q, np.array(s.dq), 0.0)
-        self._target = q.copy()
-        if self.use_gripper:
-            try:
-                self.gripper = pf.Gripper(self.ip)
-                self.gripper.homing()
-                self._grip_width = float(self.gripper.read_once().width)
-            except Exception as e:  # noqa: BLE001
-                raise ArmDriverError(f"cannot use the Franka Hand at {self.ip}: {e}") from e
-            self._grip_thread = threading.Thread(target=self._gripper_loop, name="franka-gripper", daemon=True)
-            self._grip_thread.start()
-        self._thread = threading.Thread(target=self._control_loop, name="franka-1khz", daemon=True)
-        self._thread.start()
-        return self._reading
+        import multiprocessing as mp
+        import queue
 
-    def _control_loop(self) -> None:
-        pf = self.pf
-        while not self._stop.is_set():
-            try:
-                self._run_control()
-                return
-            except pf.ControlException as e:
-                msg = f"libfranka: {e}"
-                self.errors.append(msg)
-                log.error("control stopped: %s", msg)
-                with self._lock:
-                    self._error = msg
-                if not self.automatic_recovery or self._stop.is_set():
-                    return
-                if not self.recover():
-                    return
+        ctx = mp.get_context("spawn")
+        self.shared = _Shared(ctx)
+        self.lock = ctx.Lock()
+        self.events = ctx.Queue()
+        self.proc = ctx.Process(target=_franka_process, args=(*self.args, self.shared.shm.name, self.lock, self.events),
+                                name="franka-1khz", daemon=True)
+        self.proc.start()
+        try:
+            kind, payload = self.events.get(timeout=timeout_s)
+        except queue.Empty:
+            self.stop()
+            raise ArmDriverError(f"the Franka at {self.ip} did not answer within {timeout_s:.0f} s") from None
+        if kind != "ready":
+            self.stop()
+            raise ArmDriverError(str(payload))
+        return self.read()
 
-    def _run_control(self) -> None:
-        pf = self.pf
-        ctrl = self.robot.start_joint_position_control(pf.ControllerMode.JointImpedance)
-        state, _ = ctrl.readOnce()
-        tracker = JerkLimitedTracker(np.array(state.q_d))
-        with self._lock:
-            self._target = np.array(state.q_d)
-        last = None
+    def _poll_events(self) -> None:
+        import queue
+
         while True:
-            state, dur = ctrl.readOnce()
-            t = now_ns()
-            if last is not None:
-                self.periods_ns.append(t - last)
-                if len(self.periods_ns) > 20000:
-                    del self.periods_ns[:10000]
-            last = t
-            with self._lock:
-                target = self._target
-                self._reading = JointReading(t, np.array(state.q), np.array(state.dq), self._grip_width)
-            dt = max(dur.to_sec(), 1e-3)
-            cmd = pf.JointPositions(list(tracker.step(target, dt)))
-            stopping = self._stop.is_set() and np.all(np.abs(tracker.dq) < 1e-3)
-            if stopping:
-                cmd.motion_finished = True
-            ctrl.writeOnce(cmd)
-            self.cycles += 1
-            if stopping:
-                return
-
-    def recover(self) -> bool:
-        """``automatic_error_recovery`` and resume control from the measured state; True if it worked."""
-        try:
-            self.robot.automatic_error_recovery()
-            q = np.array(self.robot.read_once().q)
-        except Exception as e:  # noqa: BLE001
-            log.error("automatic error recovery failed: %s", e)
-            return False
-        with self._lock:
-            self._target, self._error = q, None
-        self.recoveries += 1
-        log.warning("recovered from a reflex (%d so far); resuming from the measured state", self.recoveries)
-        if self._thread is not None and not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._control_loop, name="franka-1khz", daemon=True)
-            self._thread.start()
-        return True
-
-    def _gripper_loop(self) -> None:
-        sent = None
-        while not self._stop.wait(0.05):
-            target = self._grip_target
-            if sent is None or abs(target - sent) > 0.05:
-                try:
-                    self.gripper.move(float(np.clip(target, 0, 1)) * MAX_WIDTH, 0.1)
-                    sent = target
-                except Exception as e:  # noqa: BLE001 - a failed grasp/move is reported, not fatal
-                    log.warning("gripper move failed: %s", e)
-                    sent = target
             try:
-                self._grip_width = float(self.gripper.read_once().width)
-            except Exception:  # noqa: BLE001
-                pass
+                kind, payload = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if kind in ("error", "fatal"):
+                self._error = str(payload)
+                self.errors.append(self._error)
+                log.error("franka: %s", payload)
+            elif kind == "recovered":
+                self._error = None
+                log.warning("franka recovered from a reflex (%s so far)", payload)
 
-    # -------------------------------------------------------------------------------- ArmDriver
     def read(self) -> JointReading:
-        with self._lock:
-            if self._error is not None:
-                raise ArmDriverError(self._error)
-            return self._reading
+        self._poll_events()
+        if self._error is not None:
+            raise ArmDriverError(self._error)
+        if self.proc is not None and not self.proc.is_alive():
+            raise ArmDriverError(f"the Franka control process exited (code {self.proc.exitcode})")
+        a = self.shared.a
+        with self.lock:
+            return JointReading(int(a[8]), a[9:16].copy(), a[16:23].copy(), float(a[23]))
 
     def command(self, q: np.ndarray, gripper_open: float) -> None:
-        with self._lock:
-            self._target = np.asarray(q, float).copy()
-        self._grip_target = float(gripper_open)
+        a = self.shared.a
+        with self.lock:
+            a[0:7] = q
+            a[7] = gripper_open
 
     def loop_stats(self) -> dict[str, float]:
-        """1 kHz control-loop period statistics, ms."""
-        p = np.array(self.periods_ns[-5000:]) / 1e6
-        if len(p) == 0:
-            return {}
-        return {"franka.period_p50_ms": float(np.percentile(p, 50)), "franka.period_p99_ms": float(np.percentile(p, 99)),
-                "franka.period_max_ms": float(p.max()), "franka.cycles": float(self.cycles),
-                "franka.recoveries": float(self.recoveries)}
+        """1 kHz control-loop statistics (period in ms over the last 1000 cycles)."""
+        a = self.shared.a
+        with self.lock:
+            return {"franka.cycles": float(a[24]), "franka.period_p50_ms": float(a[25]),
+                    "franka.period_p99_ms": float(a[26]), "franka.period_max_ms": float(a[27]),
+                    "franka.recoveries": float(a[28])}
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=3)
-        if self._grip_thread is not None:
-            self._grip_thread.join(timeout=2)
-        try:
-            self.robot.stop()
-        except Exception:  # noqa: BLE001 - already stopped or disconnected
-            pass
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.terminate()  # the robot stops the motion when the FCI connection closes
+            self.proc.join(3)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join(2)
+        if hasattr(self, "shared"):
+            self.shared.shm.close()
+            self.shared.shm.unlink()

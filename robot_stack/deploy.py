@@ -38,11 +38,13 @@ class DeployResult:
 
 
 def deploy_nodes(cfg) -> list[str]:
-    """Nodes a deployment needs: everything but teleop devices, the recorder and cameras no
-    controller observes (rendering or streaming them would only take CPU from the loop)."""
+    """Nodes a deployment needs: everything but the recorder, the scripted expert and cameras no
+    controller observes (rendering or streaming them would only take CPU from the loop). A
+    person's teleop device stays, for intervention."""
     used = {c for nc in cfg.nodes.values() if nc.kind == "controller" for c in nc.params.get("cameras", [])}
     return [n for n, nc in cfg.nodes.items()
-            if nc.kind not in ("teleop", "recorder") and (nc.kind != "camera" or n in used)]
+            if nc.kind != "recorder" and (nc.kind != "camera" or n in used)
+            and not (nc.kind == "teleop" and nc.params.get("device", "keyboard") == "scripted")]
 
 
 def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask = ReachTask(),
@@ -152,16 +154,18 @@ def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: 
     policy = Path(policy).resolve()
     if not policy.exists():
         raise FileNotFoundError(f"policy {policy} not found")
+    nodes = deploy_nodes(cfg)
+    teleop = cfg.nodes[ctl[0]].params.get("teleop")
     sets = {f"nodes.{pol[0]}.params.path": str(policy),
             f"nodes.{pol[0]}.params.policy": "onnx" if policy.suffix == ".onnx" else "checkpoint",
-            f"nodes.{ctl[0]}.params.source": "policy", f"nodes.{ctl[0]}.params.teleop": None,
+            f"nodes.{ctl[0]}.params.source": "policy",
+            f"nodes.{ctl[0]}.params.teleop": teleop if teleop in nodes else None,
             f"nodes.{ctl[0]}.params.autostart": False}
     if strategy:
         sets[f"nodes.{ctl[0]}.params.strategy"] = strategy
     for n, nc in cfg.nodes.items():
         if nc.kind == "sim_world" and seed is not None:
             sets[f"nodes.{n}.params.seed"] = seed
-    nodes = deploy_nodes(cfg)
     sets.update(viewer_sets(cfg, view, cameras=[n for n in nodes if cfg.nodes[n].kind == "camera"]))
     session = Session(config, sets=sets, only=nodes + (["viewer"] if view else []), verbose=verbose)
     try:

@@ -142,7 +142,7 @@ def test_stalled_controller_holds_without_comm_violation(stack, franka_sim):
     finally:
         client.close()
     hb = stack.heartbeat("arm")
-    assert hb["safety.heartbeat_stale"] >= 1
+    assert hb.get("safety.heartbeat_stale", 0) >= 1, hb
     assert q_hold[0] - q0[0] < 0.2  # stopped early (full schedule: 0.4 rad)
     assert np.abs(q_later - q_hold).max() < 0.01  # holding
     cycles0 = hb["franka.cycles"]
