@@ -7,8 +7,8 @@ The arm node's servo-rate targets (500 Hz, already interpolated and safety-check
 a jerk-limited second-order tracker before they reach libfranka, because the FCI rejects
 commands whose velocity or acceleration jump between cycles ("motion generator ... discontinuity"
 reflexes) and the arm node's piecewise-linear interpolation has velocity steps at waypoints.
-The tracker's limits stay below the FR3 datasheet limits (velocity 2.0 rad/s, acceleration
-8 rad/s^2, jerk 2000 rad/s^3 against 2.62 / 10 / 5000).
+The tracker's limits stay well below the FR3 datasheet limits (velocity 1.0 rad/s, acceleration
+4 rad/s^2, jerk 400 rad/s^3 against 2.62 / 10 / 5000), leaving margin for late cycles.
 
 The loop runs in a child process (spawned) rather than a thread: pylibfranka's blocking
 ``readOnce`` keeps the GIL, and a 1 kHz thread starved the arm node's 500 Hz servo loop to about
@@ -46,24 +46,36 @@ LIMITS = {
 
 
 class JerkLimitedTracker:
-    """Critically damped tracking of a position target with velocity, acceleration and jerk limits.
+    """Tracks a position target without overshoot, within velocity, acceleration and jerk limits.
 
-    Each :meth:`step` of ``dt`` s moves the command toward the target: desired acceleration from a
-    PD law (natural frequency ``wn`` rad/s, damping 1), then the change of acceleration is clipped
-    to ``jerk * dt``, acceleration to ``acc`` and velocity to ``vel``. Units rad, s.
+    Each :meth:`step` of ``dt`` s: the desired velocity points at the target, proportional to the
+    error (gain ``wn`` 1/s) but never faster than what can still brake within the error at half
+    the acceleration limit (v = sqrt(acc * |e|)) nor than ``vel``; the acceleration toward it is
+    clipped in its change (``jerk * dt``) and in size (``acc``). Units rad, s.
     """
 
-    def __init__(self, q0: np.ndarray, wn: float = 40.0, vel: float = 2.0, acc: float = 8.0, jerk: float = 2000.0):
+    def __init__(self, q0: np.ndarray, wn: float = 25.0, vel: float = 1.0, acc: float = 4.0, jerk: float = 400.0,
+                 kv: float = 30.0):
         self.q = np.asarray(q0, float).copy()
         self.dq = np.zeros_like(self.q)
         self.ddq = np.zeros_like(self.q)
-        self.wn, self.vel, self.acc, self.jerk = wn, vel, acc, jerk
+        self.wn, self.vel, self.acc, self.jerk, self.kv = wn, vel, acc, jerk, kv
+        self._target = self.q.copy()
+        self.v_ff = np.zeros_like(self.q)
 
     def step(self, target: np.ndarray, dt: float) -> np.ndarray:
-        a_des = self.wn ** 2 * (np.asarray(target, float) - self.q) - 2 * self.wn * self.dq
-        a = self.ddq + np.clip(a_des - self.ddq, -self.jerk * dt, self.jerk * dt)
-        self.ddq = np.clip(a, -self.acc, self.acc)
-        self.dq = np.clip(self.dq + self.ddq * dt, -self.vel, self.vel)
+        target = np.asarray(target, float)
+        # feed-forward: the target's own velocity (low-passed, tau 20 ms: targets arrive at the servo rate)
+        self.v_ff += min(1.0, dt / 0.02) * ((target - self._target) / dt - self.v_ff)
+        self._target = target.copy()
+        e = target - self.q
+        v_brake = np.sqrt(self.acc * np.abs(e))
+        v_des = self.v_ff + self.wn * e
+        v_des = np.where(np.sign(v_des) == np.sign(e), np.clip(v_des, -v_brake - np.abs(self.v_ff), v_brake + np.abs(self.v_ff)), v_des)
+        v_des = np.clip(v_des, -self.vel, self.vel)
+        a_des = np.clip(self.kv * (v_des - self.dq), -self.acc, self.acc)
+        self.ddq = self.ddq + np.clip(a_des - self.ddq, -self.jerk * dt, self.jerk * dt)
+        self.dq = self.dq + self.ddq * dt
         self.q = self.q + self.dq * dt
         return self.q
 
@@ -71,6 +83,8 @@ class JerkLimitedTracker:
         self.q = np.asarray(q, float).copy()
         self.dq[:] = 0
         self.ddq[:] = 0
+        self._target = self.q.copy()
+        self.v_ff[:] = 0
 
 
 class _Shared:
@@ -102,6 +116,12 @@ def _franka_process(ip, realtime, use_gripper, automatic_recovery, impedance, sh
         events.put(("fatal", f"the franka driver needs pylibfranka: {e}"))
         return
     shm = shared_memory.SharedMemory(name=shm_name)
+    try:  # the arm node owns (and unlinks) the segment; this process only attaches to it
+        from multiprocessing import resource_tracker
+
+        resource_tracker.unregister(shm._name, "shared_memory")
+    except Exception:  # noqa: BLE001 - tracker internals differ across Python versions
+        pass
     a = np.ndarray((_Shared.N,), np.float64, buffer=shm.buf)
     cfg = pf.RealtimeConfig.kEnforce if realtime == "enforce" else pf.RealtimeConfig.kIgnore
     try:
@@ -295,4 +315,7 @@ class FrankaDriver(ArmDriver):
                 self.proc.join(2)
         if hasattr(self, "shared"):
             self.shared.shm.close()
-            self.shared.shm.unlink()
+            try:
+                self.shared.shm.unlink()
+            except FileNotFoundError:
+                pass

@@ -99,7 +99,7 @@ def test_schedule_there_and_back(stack, franka_sim):
           f"{hb['franka.period_p50_ms']:.3f} ms, p99 {hb['franka.period_p99_ms']:.3f} ms, max "
           f"{hb['franka.period_max_ms']:.1f} ms over {hb['franka.cycles']:.0f} cycles")
     back = np.array(stack.state().q)
-    assert np.abs(q.max(0) - q0 - np.maximum(delta, 0)).max() < 0.05  # it went there
+    assert np.abs(q.max(0) - q0 - np.maximum(delta, 0)).max() < 0.05, stack.logs.tail(60)  # it went there
     assert np.abs(back - q0).max() < 0.02  # and came back
     assert err.max() < 0.15 and hb["franka.period_p50_ms"] == pytest.approx(1.0, abs=0.2)
     assert stack.state().gripper_width == pytest.approx(0.02, abs=0.01)  # 0.25 of 80 mm
