@@ -102,7 +102,7 @@ class Session:
         self.cfg, self.rd = self.launcher.config, self.launcher.run_dir
         self.nodes = only or list(self.cfg.nodes)
         self.sim = next((n for n in self.nodes if self.cfg.nodes[n].kind == "sim_world"), None)
-        self.arm_name = next(n for n in self.nodes if self.cfg.nodes[n].kind == "arm")
+        self.arm_name = next((n for n in self.nodes if self.cfg.nodes[n].kind == "arm"), None)
         self.sub: Subscriber | None = None
         self.arm: ArmClient | None = None
         self._senders: dict[str, Sender] = {}
@@ -124,7 +124,8 @@ class Session:
         for t in wait_topics:
             if self.sub.wait_for(t, timeout_s) is None:
                 raise RuntimeError(f"the stack did not come up ({t} never arrived):\n{self.logs.tail()}")
-        self.arm = ArmClient(self.cfg, self.rd, arm=self.arm_name, source="session")
+        if self.arm_name is not None:
+            self.arm = ArmClient(self.cfg, self.rd, arm=self.arm_name, source="session")
 
     def dead(self) -> dict[str, int]:
         return dict(self.launcher.dead)

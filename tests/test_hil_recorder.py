@@ -60,5 +60,5 @@ def test_recorder_sigkill_mid_episode_keeps_saved_and_recovers(tmp_path, run_dir
     assert rec.meta["status"] == "recovered"
     rs = rec.load("robot_state")
     assert len(rs["stamp_ns"]) > 250 and np.all(np.diff(rs["stamp_ns"]) > 0)  # > 1 s of the 2 s survived
-    assert len(rec.array("camera/c", "stamp_ns")) > 25
+    assert rec.array("camera/c", "stamp_ns").shape[0] > 25
     assert open_episode(saved[0]).meta["rows"] == first.meta["rows"]  # the finished episode is untouched
