@@ -139,7 +139,7 @@ class DemoSettings:
 
     @staticmethod
     def quick() -> "DemoSettings":
-        return DemoSettings(demos=4, train_steps=300, eval_episodes=3, max_episode_s=8.0)
+        return DemoSettings(demos=6, train_steps=300, eval_episodes=3, max_episode_s=8.0)
 
 
 @dataclass
