@@ -16,8 +16,9 @@ from .base import Policy, PolicyMetadata
 
 
 class GoToPolicy(Policy):
-    """Straight-line TCP motion toward ``goal`` (3,) m at ``speed`` m/s; the orientation first
-    observed is held.
+    """Straight-line TCP motion toward ``goal`` (3,) m at ``speed`` m/s, through ``via`` (3,) first
+    when given (the sim reach task's expert as a chunking policy: above the cube, then down); the
+    orientation first observed is held.
 
     Actions are [x y z qx qy qz qw gripper] (absolute TCP pose in the base frame, gripper open
     fraction). With a committed prefix (RTC) the chunk starts with the prefix and continues from
@@ -25,8 +26,9 @@ class GoToPolicy(Policy):
     """
 
     def __init__(self, goal, speed: float = 0.05, horizon: int = 16, obs_horizon: int = 2, dt: float = 0.1,
-                 delay_s: float = 0.0, offset: int = 0):
+                 delay_s: float = 0.0, offset: int = 0, via=None):
         self.goal = np.asarray(goal, float)
+        self.via = None if via is None else np.asarray(via, float)  # visited first (e.g. above a cube)
         self.speed, self.delay_s = speed, delay_s
         self._orientation: np.ndarray | None = None  # held: the orientation first observed
         self.metadata = PolicyMetadata(obs_shapes={"ee_pose": ((7,), "<f4")}, obs_horizon=obs_horizon,
@@ -34,10 +36,19 @@ class GoToPolicy(Policy):
                                        offset=offset, supports_prefix=True)
 
     def _advance(self, p: np.ndarray, n_steps: np.ndarray) -> np.ndarray:
-        d = self.goal - p
-        dist = np.linalg.norm(d)
-        step = np.minimum(self.speed * self.metadata.dt * n_steps, dist)
-        return p + (d / dist if dist > 1e-9 else np.zeros(3)) * step[:, None]
+        """Points ``speed * dt * n`` along the path from ``p`` (through ``via`` if not yet reached)."""
+        # stateless: until the TCP is over the via point (within 5 mm horizontally) it goes there first
+        use_via = self.via is not None and np.linalg.norm((self.via - p)[:2]) > 0.005
+        pts = [p] + ([self.via] if use_via else []) + [self.goal]
+        seg = np.array([np.linalg.norm(b - a) for a, b in zip(pts[:-1], pts[1:])])
+        cum = np.r_[0.0, np.cumsum(seg)]
+        s = np.minimum(self.speed * self.metadata.dt * n_steps, cum[-1])
+        out = np.empty((len(s), 3))
+        for k, sk in enumerate(s):
+            i = min(int(np.searchsorted(cum, sk, side="right")) - 1, len(seg) - 1)
+            f = 0.0 if seg[i] < 1e-12 else (sk - cum[i]) / seg[i]
+            out[k] = pts[i] + f * (pts[i + 1] - pts[i])
+        return out
 
     def predict(self, obs, committed_prefix=None):
         if self.delay_s:

@@ -71,3 +71,20 @@ def launched(cfg_path, only=None):
     finally:
         launcher.stop()
         t.join(10)
+
+
+_REPORT: list[str] = []
+
+
+@pytest.fixture
+def report():
+    """``report(line)``: a figure a test measured, printed in pytest's terminal summary (CI logs
+    show it without ``-s``)."""
+    return _REPORT.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REPORT:
+        terminalreporter.section("measured figures")
+        for line in _REPORT:
+            terminalreporter.write_line(line)

@@ -13,10 +13,10 @@ from robot_stack.demo import DemoSettings, run_demo
 pytestmark = pytest.mark.hil
 
 
-def test_quick_demo_deploys_a_learned_policy(tmp_path):
+def test_quick_demo_deploys_a_learned_policy(tmp_path, report):
     res = run_demo(workdir=tmp_path, settings=DemoSettings.quick())
     d = res.deploy
-    print(f"quick demo: policy success {sum(d.success)}/{len(d.success)}, expert {res.expert_success}/"
+    report(f"quick demo: policy success {sum(d.success)}/{len(d.success)}, expert {res.expert_success}/"
           f"{res.expert_attempts}, final TCP-cube xy {np.round(d.final_xy_err_mm, 1)} mm, times {res.times_s}")
     assert res.expert_attempts == 6 and res.expert_success == 6
     assert (tmp_path / "policy.safetensors").exists() and len(list((tmp_path / "episodes").glob("episode_*.zarr"))) == 6

@@ -97,7 +97,7 @@ def test_recorded_images_are_the_sims_renders(collected):
         renderer.close()
 
 
-def test_replay_reproduces_the_tcp_path(collected):
+def test_replay_reproduces_the_tcp_path(collected, report):
     res = replay_episode(collected["session"], collected["res"].saved[0])
-    print(f"replay: mean {res.mean_err_mm:.2f} mm, max {res.max_err_mm:.2f} mm over {res.samples} states")
+    report(f"replay vs recording: mean {res.mean_err_mm:.2f} mm, max {res.max_err_mm:.2f} mm over {res.samples} states")
     assert res.mean_err_mm < REPLAY_MEAN_MM and res.max_err_mm < REPLAY_MAX_MM

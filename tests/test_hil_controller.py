@@ -26,6 +26,7 @@ from conftest import REPO, launched
 pytestmark = pytest.mark.hil
 
 START = np.array([0.45, -0.10, 0.30])
+CUBE = np.array([0.5, 0.05, 0.02])
 GOAL = np.array([0.45, 0.10, 0.30])
 
 CONFIG = """
@@ -41,7 +42,13 @@ nodes:
 CONTROLLERS = "".join(f"""  controller_{s}:
     kind: controller
     params: {{strategy: {s}, rate_hz: 10, execute_horizon: 8, ensemble_m: 0.1}}
-""" for s in ("sync", "async", "ensemble", "rtc")) + """  teleop: {kind: teleop, params: {device: keyboard}}
+""" for s in ("sync", "async", "ensemble", "rtc")) + "".join(f"""  reach_{s}:
+    kind: controller
+    params: {{strategy: {s}, rate_hz: 10, execute_horizon: 8, ensemble_m: 0.1, policy: policy_reach}}
+""" for s in ("sync", "async", "ensemble", "rtc")) + """  policy_reach:
+    kind: policy
+    params: {goal: [0.5, 0.05, 0.025], via: [0.5, 0.05, 0.14], speed: 0.08, horizon: 16, dt: 0.1, delay_s: 0.2}
+  teleop: {kind: teleop, params: {device: keyboard}}
   controller_intervene:
     kind: controller
     params: {strategy: async, rate_hz: 10, teleop: teleop}
@@ -54,11 +61,20 @@ def stack(tmp_path_factory):
     cfg_path = tmp_path_factory.mktemp("ctl") / "ctl.yaml"
     cfg_path.write_text(CONFIG.format(run_dir=run_dir) + CONTROLLERS)
     try:
-        with launched(cfg_path, only=["sim", "arm", "policy"]) as (_, out):
+        with launched(cfg_path, only=["sim", "arm", "policy", "policy_reach"]) as (_, out):
             cfg = load_config(cfg_path)
-            state = Subscriber([cfg.pub_endpoint("arm", run_dir)], ("robot/state",), history=3000)
+            state = Subscriber([cfg.pub_endpoint("arm", run_dir), cfg.pub_endpoint("sim", run_dir)],
+                               ("robot/state", "sim/objects"), history=3000)
             try:
                 assert state.wait_for("robot/state", 60) is not None, out.tail()
+                # the reach task's cube, placed while the arm is still at home (a reset homes the arm)
+                from robot_stack.messages import SimCommand
+                from robot_stack.transport import Sender
+
+                tx = Sender(cfg.in_endpoint("sim", run_dir), "test")
+                tx.send("command", SimCommand(kind="reset", cube_pose=np.r_[CUBE, 0, 0, 0, 1.0]))
+                tx.close()
+                time.sleep(0.5)
                 yield {"cfg": cfg, "cfg_path": cfg_path, "run_dir": run_dir, "state": state}
             finally:
                 state.close()
@@ -87,7 +103,7 @@ def deviation_from_line(p):
 
 
 @pytest.mark.parametrize("strategy", ["sync", "async", "ensemble", "rtc"])
-def test_strategy_completes_the_motion(stack, strategy):
+def test_strategy_completes_the_motion(stack, strategy, report):
     move_to_start(stack)
     node = f"controller_{strategy}"
     sub = Subscriber([stack["cfg"].pub_endpoint(node, stack["run_dir"])], ("heartbeat",))
@@ -112,7 +128,7 @@ def test_strategy_completes_the_motion(stack, strategy):
     path = np.array([m.ee_pose[:3] for m in stack["state"].history("robot/state") if m.stamp_ns >= t0])
     dev = deviation_from_line(path)
     m = hb.metrics
-    print(f"\n{strategy:8s}: reached the goal in {(reached_at - t0) / 1e9:.2f} s; path deviation max {dev.max() * 1e3:.2f} mm; "
+    report(f"controller {strategy:8s}: reached the goal in {(reached_at - t0) / 1e9:.2f} s; path deviation max {dev.max() * 1e3:.2f} mm; "
           f"inference p50 {m.get('inference_p50_ms', 0):.0f} ms, d = {m['delay_steps']:.0f} steps; chunks {m['chunks']:.0f}, "
           f"dropped actions {m['dropped_actions']:.0f}, over budget {m['over_budget']:.0f}; chunk-switch jump mean "
           f"{m.get('switch_jump_mean_mm', 0):.2f} mm max {m.get('switch_jump_max_mm', 0):.2f} mm")
@@ -171,3 +187,47 @@ def test_teleop_intervention_takes_over_and_hands_back(stack):
         teleop.close()
     assert np.linalg.norm(p_end - GOAL) < 0.005, f"the policy did not resume after release\n{log[-2000:]}"
     assert hb.metrics["interventions"] == 1 and hb.metrics["teleop_steps"] > 5
+
+
+def _move(stack, points, speed=0.15):
+    client = ArmClient(stack["cfg"], stack["run_dir"], source="test_move")
+    try:
+        p = np.array(stack["state"].latest("robot/state").ee_pose)
+        for q in points:
+            goal = p.copy()
+            goal[:3] = q
+            stamps, poses = straight_line(p, goal, now_ns(), speed=speed)
+            client.send_schedule(stamps, poses, space="ee")
+            time.sleep((stamps[-1] - now_ns()) / 1e9 + 0.5)
+            p = np.array(stack["state"].latest("robot/state").ee_pose)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("strategy", ["sync", "async", "ensemble", "rtc"])
+def test_reach_task_with_each_strategy(stack, strategy, report):
+    """The sim reach task through the full stack with each strategy: the task's expert as a chunking
+    policy (above the cube, then down; 200 ms inference) must end in the task's success region."""
+    from robot_stack.task import ReachTask
+
+    move_to_start(stack)
+    node = f"reach_{strategy}"
+    cube0 = np.array(stack["state"].latest("sim/objects").cube_pose[:3])
+    proc = subprocess.Popen([sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node,
+                             str(stack["run_dir"])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    t0 = time.monotonic()
+    try:
+        ok_at = None
+        while time.monotonic() - t0 < 25:
+            tcp = np.array(stack["state"].latest("robot/state").ee_pose[:3])
+            cube = np.array(stack["state"].latest("sim/objects").cube_pose[:3])
+            if ReachTask().success(tcp, cube, cube0):
+                ok_at = time.monotonic() - t0
+                break
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        log = proc.communicate(timeout=10)[0].decode(errors="replace")
+        _move(stack, [cube0 + np.array([0, 0, 0.14]), START])  # straight up first: never sweep the cube
+    assert ok_at is not None, f"{strategy}: TCP {tcp}, cube {cube}\n{log[-2000:]}"
+    report(f"reach task, {strategy:8s} @ 200 ms inference: success after {ok_at:.1f} s")

@@ -83,7 +83,7 @@ def unenforced_warnings(franka_sim) -> int:
     return sum("not enforced" in ln for ln in franka_sim["log"].read_text().splitlines())
 
 
-def test_schedule_there_and_back(stack, franka_sim):
+def test_schedule_there_and_back(stack, franka_sim, report):
     from robot_stack.clock import now_ns
 
     q0 = np.array(stack.state().q)
@@ -101,7 +101,7 @@ def test_schedule_there_and_back(stack, franka_sim):
     ref = np.stack([np.interp(tq, stamps, path[:, j]) for j in range(7)], 1)
     err = np.abs(q - ref).max(1)
     hb = stack.heartbeat("arm")
-    print(f"\nfranka-sim tracking: max {err.max():.4f} rad, mean {err.mean():.4f} rad (lag of the robot's "
+    report(f"franka-sim tracking: max {err.max():.4f} rad, mean {err.mean():.4f} rad (lag of the robot's "
           f"impedance controller and our jerk limiter included); 1 kHz loop period p50 "
           f"{hb['franka.period_p50_ms']:.3f} ms, p99 {hb['franka.period_p99_ms']:.3f} ms, max "
           f"{hb['franka.period_max_ms']:.1f} ms over {hb['franka.cycles']:.0f} cycles; motion-limit warnings "

@@ -23,7 +23,7 @@ def set_leader(bus, q):
         bus.set_position(i, int(t))
 
 
-def test_leader_refuses_far_then_follower_tracks(tmp_path, run_dir):
+def test_leader_refuses_far_then_follower_tracks(tmp_path, run_dir, report):
     bus = FakeBus(IDS)
     calib = tmp_path / "calibration.yaml"
     save_joint_map(calib, "leader", JointMap(offsets=(0.0,) * 7, signs=(1.0,) * 7))
@@ -49,11 +49,13 @@ def test_leader_refuses_far_then_follower_tracks(tmp_path, run_dir):
         for a in np.linspace(0, 1, 60):  # the operator moves the leader over 2 s
             set_leader(bus, HOME_Q + 0.03 + a * (goal - HOME_Q - 0.03))
             time.sleep(1 / 30)
-        time.sleep(1.5)
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline and np.abs(np.asarray(s.state().q) - goal).max() > 0.01:
+            time.sleep(0.1)
         q = np.asarray(s.state().q)
         err = np.abs(q - goal)
-        print(f"leader -> follower joint error after the move: max {err.max():.4f} rad")
-        assert err.max() < 0.02, (q, goal)
+        report(f"leader -> follower joint error after the move: max {err.max():.4f} rad")
+        assert err.max() < 0.02, (q, goal, s.heartbeat("teleop"), s.logs.tail(40))
         acts = [m for m in s.sub.history("controller/action") if m.space == "joint"]
         assert acts and all(m.origin == "teleop" for m in acts)
     finally:

@@ -28,6 +28,7 @@ class PolicyParams(NodeParams):
                                                 "name with its checkpoint beside it as X.safetensors")
     seed: int | None = None
     goal: tuple[float, float, float] = (0.45, 0.15, 0.30)
+    via: tuple[float, float, float] | None = Field(None, description="goto: waypoint visited before the goal")
     speed: float = Field(0.05, gt=0)
     horizon: int = Field(16, ge=1)
     obs_horizon: int = Field(2, ge=1)
@@ -44,7 +45,7 @@ def make_policy(p: PolicyParams):
     if p.policy == "goto":
         from robot_stack.policies.scripted import GoToPolicy
 
-        return GoToPolicy(p.goal, p.speed, p.horizon, p.obs_horizon, p.dt, p.delay_s)
+        return GoToPolicy(p.goal, p.speed, p.horizon, p.obs_horizon, p.dt, p.delay_s, via=p.via)
     from pathlib import Path
 
     from robot_stack.policies.generative import GenerativePolicy, OnnxDenoiser, TorchDenoiser, load_checkpoint

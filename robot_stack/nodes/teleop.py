@@ -76,6 +76,7 @@ class TeleopNode(Node):
             self.leader = LeaderArm(p.max_engage_error, p.ramp_s)
             self.sub = self.ctx.subscriber([p.arm], ("robot/state",))
             self.refusals = 0
+            self.bus_errors = self.bus_errors_run = 0
         elif p.device == "keyboard":
             from robot_stack.teleop.keyboard import KeyboardDevice
 
@@ -90,9 +91,21 @@ class TeleopNode(Node):
             self.device = GamepadDevice(period, p.path, p.deadzone, p.max_lin_vel, p.max_ang_vel)
 
     def _leader_step(self) -> None:
+        from robot_stack.drivers.dynamixel import DynamixelError
         from robot_stack.teleop.base import TeleopError
 
-        raw = self.device.read_positions()
+        try:
+            raw = self.device.read_positions()
+        except DynamixelError as e:  # one failed read skips a cycle; a failing bus disengages
+            self.bus_errors += 1
+            self.bus_errors_run += 1
+            if self.bus_errors_run == 1 or self.bus_errors_run % 50 == 0:
+                log.warning("leader read failed (%d in a row): %s", self.bus_errors_run, e)
+            if self.bus_errors_run >= max(3, int(0.5 * self.rate_hz)) and self.leader.engaged:
+                self.leader.disengage()
+                log.error("leader bus failing for 0.5 s: disengaged (match the follower's pose to re-engage)")
+            return
+        self.bus_errors_run = 0
         n = len(self.params.ids)
         q = self.jmap.joints(raw[:n])
         g = self.jmap.gripper(raw[n]) if self.params.gripper_id is not None else 1.0
@@ -137,7 +150,8 @@ class TeleopNode(Node):
     def metrics(self) -> dict[str, float]:
         m = {"commands": float(self.sent), "active": float(self.active)}
         if hasattr(self, "leader"):
-            m.update(engaged=float(self.leader.engaged), engage_refusals=float(self.refusals))
+            m.update(engaged=float(self.leader.engaged), engage_refusals=float(self.refusals),
+                     bus_errors=float(self.bus_errors))
         return m
 
     def shutdown(self) -> None:
