@@ -47,30 +47,17 @@ def run_delay(policy: Path, delay_s: float, episodes: int, max_episode_s: float,
     out = {}
     rng = np.random.default_rng(7)
     cubes = [[rng.uniform(0.42, 0.58), rng.uniform(-0.18, 0.13), 0.02, 0, 0, 0, 1.0] for _ in range(episodes)]
-    others = [n for n in base["nodes"] if not n.startswith("controller_")]
     s = Session(cfg)
     try:
         s.start(("robot/state", "heartbeat/policy"))
         for strat in STRATEGIES:
-            sess_view = _Only(s, f"controller_{strat}", others)
-            r = run_episodes(sess_view, episodes, max_episode_s, cube_poses=cubes, console=console,
-                             label=f"{strat} @ {delay_s * 1e3:.0f} ms", seed=11)
+            r = run_episodes(s, episodes, max_episode_s, cube_poses=cubes, console=console,
+                             label=f"{strat} @ {delay_s * 1e3:.0f} ms", seed=11, controller=f"controller_{strat}")
             out[strat] = r
     finally:
         s.close()
         cfg.unlink(missing_ok=True)
     return out
-
-
-class _Only:
-    """A view of a session that exposes one controller node to ``run_episodes``."""
-
-    def __init__(self, s, controller: str, others: list[str]):
-        self._s = s
-        self.nodes = [*others, controller]
-
-    def __getattr__(self, k):
-        return getattr(self._s, k)
 
 
 def main() -> int:

@@ -79,12 +79,6 @@ class JerkLimitedTracker:
         self.q = self.q + self.dq * dt
         return self.q
 
-    def reset(self, q: np.ndarray) -> None:
-        self.q = np.asarray(q, float).copy()
-        self.dq[:] = 0
-        self.ddq[:] = 0
-        self._target = self.q.copy()
-        self.v_ff[:] = 0
 
 
 class _Shared:
@@ -94,13 +88,12 @@ class _Shared:
     # [23] gripper width, [24] cycles, [25] period p50 ms, [26] p99 ms, [27] max ms, [28] recoveries
     N = 29
 
-    def __init__(self, ctx, create: bool = True, name: str | None = None):
+    def __init__(self):
         from multiprocessing import shared_memory
 
-        self.shm = shared_memory.SharedMemory(create=create, size=self.N * 8, name=name)
+        self.shm = shared_memory.SharedMemory(create=True, size=self.N * 8)
         self.a = np.ndarray((self.N,), np.float64, buffer=self.shm.buf)
-        if create:
-            self.a[:] = 0
+        self.a[:] = 0
 
 
 def _franka_process(ip, realtime, use_gripper, automatic_recovery, impedance, shm_name, lock, events) -> None:
@@ -242,7 +235,6 @@ class FrankaDriver(ArmDriver):
         self.args = (robot_ip, realtime, gripper, automatic_recovery, impedance)
         self.ip = robot_ip
         self._error: str | None = None
-        self.errors: list[str] = []
         self.proc = None
 
     def start(self, timeout_s: float = 10.0) -> JointReading:
@@ -250,7 +242,7 @@ class FrankaDriver(ArmDriver):
         import queue
 
         ctx = mp.get_context("spawn")
-        self.shared = _Shared(ctx)
+        self.shared = _Shared()
         self.lock = ctx.Lock()
         self.events = ctx.Queue()
         self.proc = ctx.Process(target=_franka_process, args=(*self.args, self.shared.shm.name, self.lock, self.events),
@@ -276,7 +268,6 @@ class FrankaDriver(ArmDriver):
                 return
             if kind in ("error", "fatal"):
                 self._error = str(payload)
-                self.errors.append(self._error)
                 log.error("franka: %s", payload)
             elif kind == "recovered":
                 self._error = None

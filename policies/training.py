@@ -6,7 +6,7 @@ window times are t_obs - k dt (k < To), the camera frame nearest each window tim
 dt/2) and the robot state is interpolated at the window times (linear, slerp). The action chunk is
 the executed action stream (the waypoints sent to the arm, each at its target time) interpolated at
 t_obs + i dt, i < H, holding the first/last action outside the recorded span. Images are resized
-with the controller's ``resize_images`` so training and deployment see the same pixels.
+with ``robot_stack.observation.resize_images`` (the controller's) so training and deployment see the same pixels.
 
 Training: AdamW with cosine decay, random-shift augmentation (Diffusion Policy), a rich progress
 bar, periodic checkpoints (weights, normalization, settings and the optimizer state, all in
@@ -110,8 +110,7 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
         DatasetError: an episode lacks the camera, robot state or action stream.
     """
     from robot_stack.dataset import DatasetError, open_episode
-    from robot_stack.nodes.controller import resize_images
-    from robot_stack.observation import interpolate_states
+    from robot_stack.observation import interpolate_states, resize_images
 
     frames, fidx, states, acts, eps = [], [], [], [], []
     base = 0

@@ -287,14 +287,21 @@ def recover(path: str | Path, min_rows: int = 1) -> Path | None:
             raise DatasetError("no robot state was saved")
         g.attrs.update({"status": "recovered", "rows": rows})
     except Exception as e:  # noqa: BLE001 - anything unreadable is discarded, with the reason
-        dst = path.parent / "discarded" / final.name
-        dst.parent.mkdir(exist_ok=True)
-        shutil.move(str(path), dst)
-        log.warning("interrupted episode %s could not be recovered (%s): moved to %s", path.name, e, dst)
+        discard_interrupted(path, f"could not be recovered ({e})")
         return None
     path.rename(final)
     log.warning("interrupted episode %s recovered up to its last complete sample: %s", final.name, rows)
     return final
+
+
+def discard_interrupted(path: str | Path, reason: str) -> Path:
+    """Move an interrupted (``.partial``) episode to ``discarded/`` (kept for inspection), logging why."""
+    path = Path(path)
+    dst = path.parent / "discarded" / path.name[: -len(PARTIAL)]
+    dst.parent.mkdir(exist_ok=True)
+    shutil.move(str(path), dst)
+    log.warning("interrupted episode %s %s: moved to %s", path.name, reason, dst)
+    return dst
 
 
 def _stream_groups(g) -> list[str]:

@@ -28,19 +28,6 @@ def config_path(name: str) -> Path:
     return p
 
 
-class _Quiet:
-    """Keeps node logs for the error report instead of flooding the terminal."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def write(self, s: str) -> None:
-        self.lines.extend(s.splitlines())
-
-    def flush(self) -> None:
-        pass
-
-
 def _dist_to_path(p: np.ndarray, corners: list[np.ndarray]) -> float:
     best = np.inf
     for a, b in zip(corners[:-1], corners[1:]):
@@ -61,7 +48,9 @@ def run_square(quick: bool = False, verbose: bool = False) -> int:
     from .transport import Subscriber
 
     console = Console()
-    out = None if verbose else _Quiet()
+    from .session import LogSink
+
+    out = None if verbose else LogSink()
     launcher = Launcher(config_path("sim_panda.yaml"), out=out)
     cfg, rd = launcher.config, launcher.run_dir
     console.print(f"[bold]robot-stack demo[/bold]: starting {len(cfg.nodes)} processes "
@@ -77,8 +66,8 @@ def run_square(quick: bool = False, verbose: bool = False) -> int:
             ok = all(subs.wait_for(t, 90) is not None for t in ("robot/state", "camera/scene", "camera/wrist"))
         if not ok:
             console.print("[red]the stack did not come up[/red]")
-            if isinstance(out, _Quiet):
-                console.print("\n".join(out.lines[-30:]))
+            if out is not None:
+                console.print(out.tail(30))
             return 1
         client = ArmClient(cfg, rd, source="demo")
         start = np.array(subs.latest("robot/state").ee_pose)
@@ -176,17 +165,14 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
     from rich.console import Console
 
     from .collect import run_collect
-    from .config import load_config
-    from .deploy import deploy_nodes, run_episodes, summary_table
+    from .deploy import deploy_session, run_episodes, summary_table
     from .policies.training import ModelSettings, TrainSettings, train
-    from .session import Session
 
     console = Console()
     st = settings or (DemoSettings.quick() if quick else DemoSettings())
     work = Path(workdir or tempfile.mkdtemp(prefix="robot-stack-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = config_path("sim_panda_reach.yaml")
-    cfg = load_config(cfg_path)
     times = {}
     console.rule("[bold]robot-stack demo[/bold]: collect -> train -> deploy on the simulated Franka Panda")
     console.print(f"task: reach the cube (random pose each episode, seen only through the wrist camera); "
@@ -213,13 +199,8 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
                       f"(first 8 actions {summary['val_pos_err_first8_mm']:.1f} mm) on held-out episodes")
 
     t0 = time.perf_counter()
-    ctl = [n for n, nc in cfg.nodes.items() if nc.kind == "controller"][0]
-    pol = [n for n, nc in cfg.nodes.items() if nc.kind == "policy"][0]
     console.rule(f"3/3 deploy the policy on {st.eval_episodes} new random cube poses")
-    session = Session(cfg_path, sets={f"nodes.{pol}.params.path": str(policy_path),
-                                      f"nodes.{ctl}.params.source": "policy", f"nodes.{ctl}.params.teleop": None,
-                                      "nodes.sim.params.seed": 1000},
-                      only=deploy_nodes(cfg), verbose=verbose)
+    session, pol = deploy_session(cfg_path, policy_path, seed=1000, verbose=verbose)  # cube poses unseen in training
     try:
         with console.status("starting the stack with the policy node ..."):
             session.start(("robot/state", f"heartbeat/{pol}"))

@@ -48,14 +48,16 @@ def deploy_nodes(cfg) -> list[str]:
 
 
 def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask = ReachTask(),
-                 cube_poses: list | None = None, console=None, label: str = "policy", seed: int = 0) -> DeployResult:
+                 cube_poses: list | None = None, console=None, label: str = "policy", seed: int = 0,
+                 controller: str | None = None) -> DeployResult:
     """Run ``episodes`` policy episodes on a started session (sim world required for success);
-    each starts at a randomized start pose (``task.start_pose``, seeded)."""
+    each starts at a randomized start pose (``task.start_pose``, seeded). ``controller``: the
+    controller node to drive (default: the session's only one)."""
     from rich.console import Console
 
     console = console or Console()
     cfg = session.cfg
-    ctl = [n for n in session.nodes if cfg.nodes[n].kind == "controller"]
+    ctl = [controller] if controller else [n for n in session.nodes if cfg.nodes[n].kind == "controller"]
     res = DeployResult()
     rng = np.random.default_rng(seed)
     seq0 = session.sub.latest("controller/action").seq if session.sub.latest("controller/action") else -1
@@ -136,16 +138,17 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
     return t
 
 
-def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: str | None = None,
-               max_episode_s: float = 20.0, seed: int | None = None, verbose: bool = False, console=None,
-               view: str | None = None) -> DeployResult:
-    """Start the stack with ``policy`` (a .safetensors checkpoint or an .onnx export) and run episodes."""
-    from rich.console import Console
+def deploy_session(config: str | Path, policy: str | Path, strategy: str | None = None, seed: int | None = None,
+                   view: str | None = None, verbose: bool = False):
+    """A (not yet started) Session of ``config`` serving ``policy`` (.safetensors or .onnx) with the
+    controller driven by the policy; returns (session, policy node name).
 
+    Raises:
+        ValueError: the config has no policy or controller node. FileNotFoundError: no such policy.
+    """
     from .config import load_config
     from .session import Session, viewer_sets
 
-    console = console or Console()
     cfg = load_config(config)
     pol = [n for n, nc in cfg.nodes.items() if nc.kind == "policy"]
     ctl = [n for n, nc in cfg.nodes.items() if nc.kind == "controller"]
@@ -167,12 +170,23 @@ def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: 
         if nc.kind == "sim_world" and seed is not None:
             sets[f"nodes.{n}.params.seed"] = seed
     sets.update(viewer_sets(cfg, view, cameras=[n for n in nodes if cfg.nodes[n].kind == "camera"]))
-    session = Session(config, sets=sets, only=nodes + (["viewer"] if view else []), verbose=verbose)
+    return Session(config, sets=sets, only=nodes + (["viewer"] if view else []), verbose=verbose), pol[0]
+
+
+def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: str | None = None,
+               max_episode_s: float = 20.0, seed: int | None = None, verbose: bool = False, console=None,
+               view: str | None = None) -> DeployResult:
+    """Start the stack with ``policy`` (a .safetensors checkpoint or an .onnx export) and run episodes."""
+    from rich.console import Console
+
+    console = console or Console()
+    session, pol = deploy_session(config, policy, strategy, seed, view, verbose)
     try:
         with console.status("starting the stack (the policy node loads its model) ..."):
-            session.start(("robot/state", f"heartbeat/{pol[0]}"))
+            session.start(("robot/state", f"heartbeat/{pol}"))
         res = run_episodes(session, episodes, max_episode_s, console=console, seed=1000 if seed is None else seed)
     finally:
         session.close()
-    console.print(summary_table(res, f"deploy {policy.name} ({strategy or cfg.nodes[ctl[0]].params.get('strategy')})"))
+    ctl = [n for n in session.nodes if session.cfg.nodes[n].kind == "controller"][0]
+    console.print(summary_table(res, f"deploy {Path(policy).name} ({session.cfg.nodes[ctl].params.get('strategy')})"))
     return res

@@ -145,3 +145,13 @@ def assemble(frames: dict[str, list], states: list, obs_horizon: int, dt_ns: int
         np.array([m.gripper_width for m in states]) if states else np.zeros(0),
         times, max_extrapolation_ns=tol)
     return Observation(t_obs, times, color, depth, chosen, q, ee, g)
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Resize (To, h, w[, c]) images to ``size`` (h, w) with OpenCV INTER_AREA (None: unchanged)."""
+    if size is None or images.shape[1:3] == tuple(size):
+        return images
+    import cv2
+
+    return np.stack([cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_AREA) for im in images])
+

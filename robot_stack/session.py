@@ -181,15 +181,16 @@ class Session:
             return None
         if "sim" not in self._senders:
             self._senders["sim"] = Sender(self.cfg.in_endpoint(self.sim, self.rd), "session", timeout_s=2.0)
-        seq = self.sub.latest("sim/objects").seq
+        t_sent = now_ns()
         self._senders["sim"].send("command", SimCommand(kind="reset", cube_pose=None if cube_pose is None
                                                          else np.asarray(cube_pose, float)))
-        t0 = now_ns()
-        self.sub.wait_for("sim/objects", 5, newer_than_seq=seq)
-        obj = self.sub.wait_for("sim/objects", 5, newer_than_seq=self.sub.latest("sim/objects").seq)
-        while obj is not None and obj.stamp_ns < t0 and now_ns() - t0 < 3e9:
-            obj = self.sub.wait_for("sim/objects", 1, newer_than_seq=obj.seq)
-        cube = np.asarray(self.sub.latest("sim/objects").cube_pose, float)
+        obj = self.sub.latest("sim/objects")
+        # the first object state stamped clearly after the reset (its ticks handle inputs first)
+        while obj is None or obj.stamp_ns < t_sent + 50_000_000:
+            obj = self.sub.wait_for("sim/objects", 5, newer_than_seq=-1 if obj is None else obj.seq)
+            if obj is None or now_ns() - t_sent > 5e9:
+                raise RuntimeError(f"the sim world did not reset within 5 s:\n{self.logs.tail()}")
+        cube = np.asarray(obj.cube_pose, float)
         if start_pose is not None:
             self.move_pose(start_pose, speed=0.2)
         time.sleep(0.3)  # cameras render the new scene

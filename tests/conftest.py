@@ -34,20 +34,7 @@ def pid_alive(pid: int) -> bool:
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-class LogSink:
-    """Collects launcher output (node logs) for failure messages."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def write(self, s: str) -> None:
-        self.lines.append(s)
-
-    def flush(self) -> None:
-        pass
-
-    def tail(self, n: int = 40) -> str:
-        return "".join(self.lines)[-4000:] if n else ""
+from robot_stack.session import LogSink  # noqa: E402  (node logs for failure messages)
 
 
 import contextlib  # noqa: E402

@@ -2,14 +2,12 @@
 
 import os
 import pty
-import struct
 
 import numpy as np
 import pytest
 
-from robot_stack.nodes.controller import apply_teleop
 from robot_stack.task import ReachTask
-from robot_stack.teleop.base import TeleopError, axes_to_delta, deadzone
+from robot_stack.teleop.base import TeleopError, apply_commands, axes_to_delta, deadzone
 from robot_stack.teleop.gamepad import EVENT, JS_AXIS, JS_BUTTON, JS_INIT, GamepadState, gamepad_command
 from robot_stack.teleop.keyboard import KeyboardDevice, keys_to_command
 from robot_stack.teleop.scripted import ReachExpert
@@ -78,15 +76,15 @@ def test_gamepad_events():
         st.feed(b"\x00" * 5)
 
 
-def test_apply_teleop_absolute_and_delta():
+def test_apply_commands_absolute_and_delta():
     target = np.r_[0.4, 0.0, 0.3, 0, 0, 0, 1, 1.0]
     from robot_stack.messages import TeleopCommand
 
-    out = apply_teleop(target, [TeleopCommand(kind="ee_delta", value=np.r_[0.01, 0, 0, 0, 0, np.pi / 2], gripper=0.0)])
+    out = apply_commands(target, [TeleopCommand(kind="ee_delta", value=np.r_[0.01, 0, 0, 0, 0, np.pi / 2], gripper=0.0)])
     np.testing.assert_allclose(out[:3], [0.41, 0, 0.3])
     np.testing.assert_allclose(np.abs(out[3:7]), [0, 0, np.sqrt(0.5), np.sqrt(0.5)], atol=1e-9)
     assert out[7] == 0.0
-    out = apply_teleop(out, [TeleopCommand(kind="ee_absolute", value=np.r_[0.5, 0.1, 0.2, 1, 0, 0, 0])])
+    out = apply_commands(out, [TeleopCommand(kind="ee_absolute", value=np.r_[0.5, 0.1, 0.2, 1, 0, 0, 0])])
     np.testing.assert_allclose(out, [0.5, 0.1, 0.2, 1, 0, 0, 0, 1.0])
 
 

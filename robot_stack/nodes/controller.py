@@ -40,9 +40,10 @@ from pydantic import Field
 from ..arm_client import ArmClient
 from ..chunking import DelayEstimator, TemporalEnsembler, committed_prefix, plan_chunk
 from ..clock import now_ns
-from ..messages import EpisodeEvent, ObservationWindow, TeleopCommand, WaypointSchedule
+from ..messages import EpisodeEvent, ObservationWindow, WaypointSchedule
+from ..teleop.base import apply_commands
 from ..node import Node, NodeParams
-from ..observation import StaleStreamError, assemble
+from ..observation import StaleStreamError, assemble, resize_images
 from ..transport import RemoteError, RequestClient, TransportTimeout
 
 log = logging.getLogger(__name__)
@@ -252,10 +253,15 @@ class ControllerNode(Node):
         poses = actions[:, :7].copy()
         poses[:, 3:] /= np.linalg.norm(poses[:, 3:], axis=1, keepdims=True)
         gripper = np.clip(actions[:, 7], 0, 1) if actions.shape[1] > 7 else None
+        self._dispatch(stamps, poses, "ee", gripper, origin)
+
+    def _dispatch(self, stamps: np.ndarray, positions: np.ndarray, space: str, gripper, origin: str) -> None:
+        """Send a schedule to the arm node and publish it on ``controller/action`` (for the recorder)."""
+        msg = WaypointSchedule(stamps_ns=np.asarray(stamps, np.int64), positions=positions, space=space,
+                               gripper=gripper, origin=origin)
         try:
-            self.arm.send_schedule(stamps, poses, space="ee", gripper=gripper, origin=origin)
-            self.pub.publish("controller/action", WaypointSchedule(stamps_ns=stamps.astype(np.int64), positions=poses,
-                                                                   space="ee", gripper=gripper, origin=origin))
+            self.arm.send_schedule(msg.stamps_ns, positions, space=space, gripper=gripper, origin=origin)
+            self.pub.publish("controller/action", msg)
         except TransportTimeout as e:
             self.stats["errors"] += 1
             log.error("arm not reachable: %s", e)
@@ -319,15 +325,13 @@ class ControllerNode(Node):
             c = fresh[-1]
             self.teleop_target = None
             self.stats["teleop_steps"] += 1
-            stamps, q, g = np.array([t], np.int64), np.asarray(c.value, float)[None], np.array([np.clip(c.gripper, 0, 1)])
-            self.arm.send_schedule(stamps, q, space="joint", gripper=g, origin="teleop")
-            self.pub.publish("controller/action", WaypointSchedule(stamps_ns=stamps, positions=q, space="joint",
-                                                                   gripper=g, origin="teleop"))
+            self._dispatch(np.array([t]), np.asarray(c.value, float)[None], "joint",
+                           np.array([np.clip(c.gripper, 0, 1)]), "teleop")
             return
         target = self.teleop_target
         if target is None:
             target = np.r_[np.asarray(state.ee_pose, float), 1.0]
-        target = apply_teleop(target, fresh)
+        target = apply_commands(target, fresh)
         self.teleop_target = target
         self.stats["teleop_steps"] += 1
         self._send(np.array([t], np.int64), target[None], origin="teleop")
@@ -383,35 +387,3 @@ class ControllerNode(Node):
             self.sub.close()
 
 
-
-def resize_images(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """Resize (To, h, w[, c]) images to ``size`` (h, w) with OpenCV INTER_AREA (None: unchanged)."""
-    if size is None or images.shape[1:3] == tuple(size):
-        return images
-    import cv2
-
-    return np.stack([cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_AREA) for im in images])
-
-
-def apply_teleop(target: np.ndarray, cmds: list[TeleopCommand]) -> np.ndarray:
-    """Fold teleop commands into the TCP target (8,) [x y z qx qy qz qw gripper], base frame.
-
-    ``ee_absolute`` replaces the pose; ``ee_delta`` adds the translation (m) and pre-multiplies the
-    rotation vector (rad, base frame). The gripper follows the newest command. Joint commands are
-    not end-effector targets and are skipped here.
-    """
-    from scipy.spatial.transform import Rotation
-
-    out = np.asarray(target, float).copy()
-    for c in cmds:
-        v = np.asarray(c.value, float)
-        if c.kind == "ee_absolute":
-            out[:7] = v
-        elif c.kind == "ee_delta":
-            out[:3] += v[:3]
-            if np.any(v[3:]):
-                out[3:7] = (Rotation.from_rotvec(v[3:]) * Rotation.from_quat(out[3:7])).as_quat()
-        else:
-            continue
-        out[7] = float(np.clip(c.gripper, 0, 1))
-    return out

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import Field
 
 from ..clock import now_ns
-from ..dataset import ORIGINS, DatasetError, EpisodeWriter, find_interrupted, recover
+from ..dataset import ORIGINS, DatasetError, EpisodeWriter, discard_interrupted, find_interrupted, recover
 from ..messages import TELEOP_BUTTONS, CameraFrame, EpisodeEvent, ObjectState, RobotState, TeleopCommand, WaypointSchedule
 from ..node import Node, NodeParams
 
@@ -56,11 +56,12 @@ class RecorderNode(Node):
         p = self.params
         self.recovered = self.discarded_on_start = 0
         for path in find_interrupted(p.root):
-            if p.on_interrupted == "recover" and recover(path) is not None:
+            if p.on_interrupted == "discard":
+                discard_interrupted(path, "was interrupted (on_interrupted: discard)")
+                self.discarded_on_start += 1
+            elif recover(path) is not None:
                 self.recovered += 1
             else:
-                if path.exists():
-                    recover(path, min_rows=1 << 62)  # moves it to discarded/
                 self.discarded_on_start += 1
         nodes = [p.arm, *p.cameras] + [n for n in (p.teleop, p.controller, p.sim_world) if n]
         self.sub = self.ctx.subscriber(nodes, ("robot/state", "camera/", "teleop/command", "controller/action",
@@ -157,14 +158,10 @@ class RecorderNode(Node):
             w.add("sim_objects", msg.stamp_ns, cube_pose=msg.cube_pose)
         elif isinstance(msg, WaypointSchedule):
             origin = np.int8(ORIGINS.index(msg.origin)) if msg.origin in ORIGINS else np.int8(-1)
-            if msg.space == "joint":  # leader-arm teleop: joint-space waypoints
-                for i in range(len(msg.stamps_ns)):
-                    w.add("action_joint", msg.stamp_ns, target_ns=np.int64(msg.stamps_ns[i]), q=msg.positions[i],
-                          gripper=np.float64(1.0 if msg.gripper is None else msg.gripper[i]), origin=origin)
-                self.episode_rows += 1
-                return
+            # ee waypoints -> "action" (pose); joint waypoints (leader-arm teleop) -> "action_joint" (q)
+            stream, field = ("action_joint", "q") if msg.space == "joint" else ("action", "pose")
             for i in range(len(msg.stamps_ns)):
-                w.add("action", msg.stamp_ns, target_ns=np.int64(msg.stamps_ns[i]), pose=msg.positions[i],
+                w.add(stream, msg.stamp_ns, target_ns=np.int64(msg.stamps_ns[i]), **{field: msg.positions[i]},
                       gripper=np.float64(1.0 if msg.gripper is None else msg.gripper[i]), origin=origin)
         self.episode_rows += 1
 
