@@ -40,6 +40,12 @@ class RealSenseCamera(CameraDriver):
         self.serial, self.playback_file, self.loop = serial, playback_file, loop
         self._clock = DeviceClockMapper()
         self._pipe = None
+        self._last_frame_ns = 0
+        self.playback_restarts = 0  # stalled playbacks restarted (librealsense can stall under load)
+
+    #: a playback that delivers nothing for this long is restarted (live devices are not: a silent
+    #: device is reported by the camera node as missing frames)
+    PLAYBACK_STALL_S = 2.0
 
     def start(self) -> None:
         import pyrealsense2 as rs
@@ -76,12 +82,19 @@ class RealSenseCamera(CameraDriver):
         self.distortion = np.array(intr.coeffs, dtype=np.float64)
         self.serial_number = dev.get_info(rs.camera_info.serial_number)
         self._align = rs.align(rs.stream.color)
+        self._last_frame_ns = now_ns()
 
     def read(self, timeout_s: float) -> Frame | None:
         ok, frames = self._pipe.try_wait_for_frames(max(1, int(timeout_s * 1000)))
         t_recv = now_ns()
         if not ok:
+            if self.playback_file and self.loop and t_recv - self._last_frame_ns > self.PLAYBACK_STALL_S * 1e9:
+                # a looping playback never ends: a stall is librealsense's, not the file's
+                self.stop()
+                self.start()
+                self.playback_restarts += 1
             return None
+        self._last_frame_ns = t_recv
         aligned = self._align.process(frames)
         cf, df = aligned.get_color_frame(), aligned.get_depth_frame()
         if not cf or not df:

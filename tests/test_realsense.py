@@ -1,5 +1,7 @@
 """RealSense driver against a real D435 recording (shared test data)."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -12,17 +14,29 @@ needs_bag = pytest.mark.skipif(not BAG.is_file(), reason=f"recorded D435 data no
                                "(it ships only beside the project's CI checkout)")
 
 
+@functools.cache
 def reference_frames():
-    """What pyrealsense2 itself reports for the file: intrinsics, scale, aligned pixels."""
+    """What pyrealsense2 itself reports for the file: intrinsics, scale, aligned pixels.
+
+    librealsense's playback now and then delivers nothing on a loaded machine (seen in CI, and here
+    under a CPU hog, in about 1 of 30 starts); the reference is read once per session, restarting
+    a stalled playback up to 3 times.
+    """
     import pyrealsense2 as rs
 
-    pipe, cfg = rs.pipeline(), rs.config()
-    cfg.enable_device_from_file(str(BAG), repeat_playback=False)
-    prof = pipe.start(cfg)
-    prof.get_device().as_playback().set_real_time(False)
+    for _ in range(3):
+        pipe, cfg = rs.pipeline(), rs.config()
+        cfg.enable_device_from_file(str(BAG), repeat_playback=True)
+        prof = pipe.start(cfg)
+        prof.get_device().as_playback().set_real_time(False)
+        ok, frames = pipe.try_wait_for_frames(10000)
+        if ok:
+            break
+        pipe.stop()
+    else:
+        raise RuntimeError(f"pyrealsense2 delivered no frame from {BAG} in 3 starts")
     scale = prof.get_device().first_depth_sensor().get_depth_scale()
     intr = prof.get_stream(rs.stream.color).as_video_stream_profile().get_intrinsics()
-    frames = pipe.wait_for_frames(5000)
     raw_depth = np.array(frames.get_depth_frame().get_data())
     al = rs.align(rs.stream.color).process(frames)
     color = np.array(al.get_color_frame().get_data())
@@ -97,13 +111,40 @@ nodes:
     params: {{driver: realsense, camera_id: d435, playback_file: "{BAG}", rate_hz: 6}}
 """)
 
+    _, _, color_ref, depth_ref, _ = reference_frames()  # before the node plays the same file
     with launched(cfg_path) as (_, out):
         sub = Subscriber([load_config(cfg_path).pub_endpoint("cam", run_dir)], ("camera/",))
         try:
             f = sub.wait_for("camera/d435", 30)
             assert f is not None, out.tail()
-            _, _, color_ref, depth_ref, _ = reference_frames()
             assert np.array_equal(f.color, color_ref) and np.array_equal(f.depth, depth_ref)
             assert f.K[0, 0] == pytest.approx(613.2037, abs=1e-3) and f.depth_scale == pytest.approx(0.001)
         finally:
             sub.close()
+
+
+@needs_bag
+def test_stalled_playback_is_restarted():
+    """A looping playback that stops delivering is restarted, and frames come again."""
+    from robot_stack.clock import now_ns
+    from robot_stack.drivers.realsense import RealSenseCamera
+
+    cam = RealSenseCamera(playback_file=str(BAG), loop=True)
+    cam.start()
+    try:
+        assert cam.read(10.0) is not None
+        class Stalled:  # the pipeline as a stalled playback answers
+            def __init__(self, pipe):
+                self.stop = pipe.stop
+
+            def try_wait_for_frames(self, ms):
+                return False, None
+
+        cam._pipe = stalled = Stalled(cam._pipe)
+        cam._last_frame_ns = now_ns() - int(1e9)  # stalled for 1 s: not yet restarted
+        assert cam.read(0.01) is None and cam.playback_restarts == 0 and cam._pipe is stalled
+        cam._last_frame_ns = now_ns() - int(3e9)  # past PLAYBACK_STALL_S
+        assert cam.read(0.01) is None and cam.playback_restarts == 1 and cam._pipe is not stalled
+        assert cam.read(10.0) is not None
+    finally:
+        cam.stop()
