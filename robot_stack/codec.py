@@ -18,7 +18,7 @@ No pickle anywhere.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import msgpack
 import numpy as np
@@ -94,6 +94,26 @@ def encode(topic: str | bytes, msg: Message, ring: "ShmRingWriter | None" = None
     Raises:
         EncodeError: unknown schema, a field violating its declared spec, or failed cross-checks.
     """
+    frames, commit = encode_deferred(topic, msg, ring)
+    commit()
+    return frames
+
+
+def encode_deferred(topic: str | bytes, msg: Message,
+                    ring: "ShmRingWriter | None" = None) -> tuple[list[Any], Callable[[], None]]:
+    """:func:`encode`, with the shared-memory copy left to the returned ``commit()``.
+
+    With ``ring``, the slot is reserved and the header is ready before the array data is copied, so
+    the caller can send the header first and copy while ZeroMQ delivers it; ``commit()`` must be
+    called in every case (after a failed send too), or the slot stays marked as being written and
+    its reader drops the sample after waiting. Without ``ring``, ``commit`` does nothing.
+
+    Returns:
+        ``(frames, commit)``.
+
+    Raises:
+        EncodeError: as :func:`encode`.
+    """
     t = topic.encode() if isinstance(topic, str) else bytes(topic)
     if len(t) > MAX_TOPIC_BYTES:
         raise EncodeError(f"topic longer than {MAX_TOPIC_BYTES} bytes")
@@ -142,9 +162,18 @@ def encode(topic: str | bytes, msg: Message, ring: "ShmRingWriter | None" = None
         "a": arrays,
     }
     if ring is not None:
-        header["shm"] = ring.write(buffers)
-        return [t, msgpack.packb(header, use_bin_type=True)]
-    return [t, msgpack.packb(header, use_bin_type=True), *buffers]
+        header["shm"], commit = ring.reserve([memoryview(b).nbytes for b in buffers])
+        try:
+            packed = msgpack.packb(header, use_bin_type=True)
+        except BaseException:
+            commit(buffers)
+            raise
+        return [t, packed], lambda: commit(buffers)
+    return [t, msgpack.packb(header, use_bin_type=True), *buffers], _nothing
+
+
+def _nothing() -> None:
+    return None
 
 
 def buffer_sizes(msg: Message) -> list[int]:
@@ -326,4 +355,4 @@ def _decode_header(header: Any, buffers: Sequence[Any]) -> Message:
     return msg
 
 
-__all__ = ["encode", "decode", "buffer_sizes", "DecodeError", "EncodeError"]
+__all__ = ["encode", "encode_deferred", "decode", "buffer_sizes", "DecodeError", "EncodeError"]

@@ -16,6 +16,11 @@ accepts the copy only if ``gen[k]`` equals the header's value both before and af
 otherwise the writer lapped it (the reader was more than S messages behind) and the sample is
 dropped and counted, never returned torn. x86-64 keeps stores and loads in order (TSO), which this
 relies on; other architectures would need explicit fences.
+
+The header may leave before the copy is done (:meth:`ShmRingWriter.reserve`, then send, then
+``commit``): ZeroMQ's delivery of the header (two I/O-thread hops) then overlaps the writer's
+copy instead of following it. A reader that finds its slot still odd at exactly ``gen - 1`` (being
+filled for this very message) yields until it turns even, for at most ``wait_s``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import time
 from multiprocessing import resource_tracker, shared_memory
+from typing import Callable
 
 import numpy as np
 
@@ -66,29 +73,46 @@ class ShmRingWriter:
         """True if buffers of these sizes fit one slot."""
         return sum(_align(s) for s in sizes) <= self.capacity
 
-    def write(self, buffers: list[memoryview]) -> dict:
-        """Copy ``buffers`` into the next slot; return the reference for the message header.
+    def reserve(self, sizes: list[int]) -> tuple[dict, Callable[[list[memoryview]], None]]:
+        """Claim the next slot for buffers of ``sizes`` bytes, before their data is copied.
+
+        The slot is marked as being written (odd generation) at once; the returned reference may be
+        sent right away. ``commit(buffers)`` must follow (also when the send failed): it copies the
+        buffers in and completes the slot.
 
         Returns:
-            ``{"name", "slots", "cap", "slot", "gen", "spans": [[offset, nbytes], ...]}`` (offsets
-            within the slot).
+            ``(ref, commit)``; ref is ``{"name", "slots", "cap", "slot", "gen", "spans": [[offset,
+            nbytes], ...]}`` (offsets within the slot).
+
+        Raises:
+            ValueError: the buffers do not fit one slot.
         """
+        if not self.fits(sizes):
+            raise ValueError(f"buffers of {sum(sizes)} bytes do not fit a {self.capacity}-byte slot")
         k = self._next
         self._next = (k + 1) % self.slots
         g = int(self._gen[k])
         self._gen[k] = g + 1  # odd: being written
         base = k * self.capacity
-        spans = []
-        off = 0
-        for b in buffers:
-            n = b.nbytes
-            if n:
-                self._data[base + off: base + off + n] = np.frombuffer(b, np.uint8)
+        spans, off = [], 0
+        for n in sizes:
             spans.append([off, n])
             off += _align(n)
-        self._gen[k] = g + 2  # even: complete
-        return {"name": self.name, "slots": self.slots, "cap": self.capacity, "slot": k, "gen": g + 2,
-                "spans": spans}
+
+        def commit(buffers: list[memoryview]) -> None:
+            for (o, n), b in zip(spans, buffers):
+                if n:
+                    self._data[base + o: base + o + n] = np.frombuffer(b, np.uint8)
+            self._gen[k] = g + 2  # even: complete
+
+        return ({"name": self.name, "slots": self.slots, "cap": self.capacity, "slot": k, "gen": g + 2,
+                 "spans": spans}, commit)
+
+    def write(self, buffers: list[memoryview]) -> dict:
+        """Copy ``buffers`` into the next slot and return its reference (reserve + commit)."""
+        ref, commit = self.reserve([memoryview(b).nbytes for b in buffers])
+        commit(buffers)
+        return ref
 
     def close(self) -> None:
         """Release and unlink the segment."""
@@ -119,8 +143,10 @@ class _Mapped:
 class ShmRingReader:
     """Maps ring segments by name (cached) and copies slots out under the sequence lock."""
 
-    def __init__(self, max_segments: int = 16, pool_size: int = 8):
+    def __init__(self, max_segments: int = 16, pool_size: int = 8, wait_s: float = 1.0):
         self._maps: dict[str, _Mapped] = {}
+        self._wait_s = wait_s
+        self.waited = 0  # reads that found their slot still being filled and waited for it
         self._max = max_segments
         self._pool: list[np.ndarray] = []
         self._pool_size = pool_size
@@ -187,7 +213,24 @@ class ShmRingReader:
         if total > cap or hdr + slots * cap > m.buf.shape[0]:
             raise ShmError("slot reference out of bounds")
         gen_view = m.buf[: 8 * slots].view(np.int64)
-        if int(gen_view[slot]) != gen:
+        g = int(gen_view[slot])
+        if g == gen - 1:  # the writer is still filling this slot for this message (header sent ahead)
+            self.waited += 1
+            t0 = time.monotonic()
+            while g == gen - 1:
+                waited = time.monotonic() - t0
+                if waited > self._wait_s:
+                    break
+                # a copy takes well under 1 ms: yield the CPU to the writer for that long, then nap
+                # (a preempted writer on a loaded machine needs a CPU, not a spinning reader)
+                if waited < 0.001:
+                    os.sched_yield()
+                else:
+                    time.sleep(0.0002)
+                g = int(gen_view[slot])
+            if g == gen - 1:
+                raise ShmError(f"writer did not complete the slot within {self._wait_s * 1e3:.0f} ms")
+        if g != gen:
             self.lapped += 1
             raise ShmError("slot was overwritten before it was read (reader too slow)")
         out = self._buffer(total)[:total]

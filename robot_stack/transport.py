@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 import zmq
 
 from .clock import now_ns
-from .codec import DecodeError, buffer_sizes, decode, encode
+from .codec import DecodeError, buffer_sizes, decode, encode, encode_deferred
 from .messages import ErrorReply, Message
 from .shm_ring import ShmRingReader, ShmRingWriter
 from .security import CurveClient, CurveServer, apply_client, apply_server, check_endpoint
@@ -166,12 +166,15 @@ class Publisher:
     def publish(self, topic: str, msg: Message) -> None:
         """Encode and send ``msg`` on ``topic`` (sets seq/source; stamp_ns defaults to now)."""
         self._seq.stamp(topic, msg)
-        frames = encode(topic, msg, ring=self._ring_for(topic, msg))
+        # a shared-memory header leaves before its data is copied: delivery overlaps the copy
+        frames, commit = encode_deferred(topic, msg, ring=self._ring_for(topic, msg))
         try:
             self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
             self.stats.sent += 1
         except zmq.Again:
             self.stats.dropped += 1
+        finally:
+            commit()
 
     def close(self) -> None:
         self._sock.close(0)

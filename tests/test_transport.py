@@ -295,6 +295,31 @@ def test_shm_reference_without_reader_or_after_lap_is_rejected(run_dir):
     reader.close(); ring.close()
 
 
+def test_shm_header_sent_before_the_copy_waits_for_its_slot():
+    """The header may leave before the data is in the slot: the reader waits for exactly that slot."""
+    import threading
+
+    from robot_stack.codec import DecodeError, decode, encode_deferred
+    from robot_stack.messages import CameraFrame
+    from robot_stack.shm_ring import ShmRingReader, ShmRingWriter
+
+    ring = ShmRingWriter("t", 64 * 48 * 5 + 4096, slots=4)
+    reader = ShmRingReader(wait_s=2.0)
+    color = np.arange(48 * 64 * 3, dtype=np.uint32).astype(np.uint8).reshape(48, 64, 3)
+    frames, commit = encode_deferred("c", CameraFrame(color=color, K=np.eye(3)), ring=ring)
+    timer = threading.Timer(0.05, commit)  # the writer finishes its copy 50 ms after the header left
+    timer.start()
+    got = decode(frames, shm=reader)[1]
+    timer.join()
+    assert np.array_equal(got.color, color) and reader.waited == 1 and reader.lapped == 0
+    # a writer that never completes (died mid-copy): the read gives up after wait_s, clearly
+    impatient = ShmRingReader(wait_s=0.05)
+    frames2, _ = encode_deferred("c", CameraFrame(color=color, K=np.eye(3)), ring=ring)
+    with pytest.raises(DecodeError, match="did not complete the slot within 50 ms"):
+        decode(frames2, shm=impatient)
+    reader.close(); impatient.close(); ring.close()
+
+
 FLOODER = """
 import sys, numpy as np
 from robot_stack.transport import Publisher
