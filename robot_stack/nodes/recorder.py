@@ -125,7 +125,10 @@ class RecorderNode(Node):
     def _close(self) -> None:
         w, self.writer = self.writer, None
         try:
-            path = w.close({"cameras": self.cam_meta, "dropped": float(self.sub.stats.dropped)})
+            st = self.sub.stats  # session totals so far: what a gap in an episode's frame counters may stem from
+            path = w.close({"cameras": self.cam_meta, "dropped": float(st.dropped),
+                            "receive": {"decode_errors": st.decode_errors,
+                                        "errors_by_reason": dict(st.errors_by_reason)}})
         except DatasetError as e:
             self.counts["write_errors"] += 1
             log.error("%s", e)
