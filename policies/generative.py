@@ -109,11 +109,11 @@ class GenerativePolicyModel(torch.nn.Module):
         noise = torch.randn_like(x1)
         b = x1.shape[0]
         if self.cfg.kind == "ddim":
-            k = torch.randint(0, self.cfg.train_steps, (b,))
+            k = torch.randint(0, self.cfg.train_steps, (b,), device=x1.device)
             xt, target = self.sampler.training_pair(x1, noise, k)
             t = k.float() / self.cfg.train_steps
         else:
-            t = torch.rand(b)
+            t = torch.rand(b, device=x1.device)
             xt, target = self.sampler.training_pair(x1, noise, t)
         cond = self.net.encode(images, proprio)
         return torch.nn.functional.mse_loss(self.net(xt, t, cond), target)
@@ -122,7 +122,7 @@ class GenerativePolicyModel(torch.nn.Module):
         return 2 * (a - self.a_min) / (self.a_max - self.a_min).clamp_min(1e-6) - 1
 
     def denormalize(self, x: np.ndarray) -> np.ndarray:
-        lo, hi = self.a_min.numpy(), self.a_max.numpy()
+        lo, hi = self.a_min.cpu().numpy(), self.a_max.cpu().numpy()  # the model may live on a GPU
         return (x + 1) / 2 * (hi - lo) + lo
 
 
@@ -285,6 +285,7 @@ class GenerativePolicy(Policy):
             noise = self.rng.standard_normal((1, c.horizon, c.action_dim)).astype(np.float32)
         prefix = None
         if committed_prefix is not None and len(committed_prefix):
-            prefix = self.model.normalize(torch.as_tensor(np.asarray(committed_prefix, np.float32))).numpy()
+            pre = torch.as_tensor(np.asarray(committed_prefix, np.float32), device=self.model.a_min.device)
+            prefix = self.model.normalize(pre).cpu().numpy()
         x = self.model.sampler.sample(denoise, noise, c.sample_steps, prefix=prefix)
         return self.model.denormalize(x[0]).astype(np.float32)
