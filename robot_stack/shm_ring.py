@@ -141,7 +141,13 @@ class _Mapped:
 
 
 class ShmRingReader:
-    """Maps ring segments by name (cached) and copies slots out under the sequence lock."""
+    """Maps ring segments by name (cached) and copies slots out under the sequence lock.
+
+    Args:
+        max_segments: segments kept mapped (the oldest is unmapped past this).
+        pool_size: private output buffers recycled between reads.
+        wait_s: longest wait for a slot whose writer sent the header ahead of the copy, s.
+    """
 
     def __init__(self, max_segments: int = 16, pool_size: int = 8, wait_s: float = 1.0):
         self._maps: dict[str, _Mapped] = {}
