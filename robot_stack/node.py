@@ -105,6 +105,7 @@ class Node:
         self.params = params
         self.rate_hz = float(getattr(params, "rate_hz", self.default_rate_hz))
         self.stop_event = threading.Event()
+        self._stop_watchdog: threading.Timer | None = None
         self.pub: Publisher | None = None
         self.loop: RateLoop | None = None
         self.step_errors = 0
@@ -127,6 +128,22 @@ class Node:
     def request_stop(self, *_: Any) -> None:
         self.stop_event.set()
 
+    def _on_stop_signal(self, signum: int, _frame: Any) -> None:
+        """SIGINT/SIGTERM (from the launcher, or from the kernel when the launcher died): stop, and
+        exit hard if the clean stop outlasts the launcher's grace period. A live launcher SIGKILLs
+        such a node itself; after a dead one nobody would, and an orphan would stay."""
+        self.request_stop()
+        if self._stop_watchdog is None:
+            grace = self.ctx.config.shutdown_timeout_s + 1.0
+            self._stop_watchdog = threading.Timer(grace, self._exit_hard, args=(signum, grace))
+            self._stop_watchdog.daemon = True
+            self._stop_watchdog.start()
+
+    def _exit_hard(self, signum: int, grace: float) -> None:
+        log.error("clean stop after signal %d took longer than %.1f s: exiting now", signum, grace)
+        logging.shutdown()
+        os._exit(1)
+
     def heartbeat(self, state: str) -> None:
         if self.pub is None:
             return
@@ -139,8 +156,8 @@ class Node:
 
     def run(self) -> int:
         """Run until stopped; returns the process exit code (0 on clean stop)."""
-        signal.signal(signal.SIGINT, self.request_stop)
-        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
         _die_with_parent()
         hb_period_ns = int(1e9 / self.ctx.node_config.heartbeat_hz)
         code = 0

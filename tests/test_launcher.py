@@ -135,3 +135,42 @@ def test_launcher_sigkilled_takes_its_nodes_with_it(tmp_path, run_dir):
     while any(pid_alive(p) for p in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(pid_alive(p) for p in pids.values())
+
+
+HANGING_NODE = """
+import sys, time
+from pathlib import Path
+from robot_stack.config import load_config
+from robot_stack.node import Node, NodeContext, NodeParams
+
+class Hangs(Node):
+    def step(self):
+        pass
+
+    def shutdown(self):
+        print("shutdown started", flush=True)
+        time.sleep(3600)  # a shutdown that never ends (a stuck driver, say)
+
+cfg = load_config(sys.argv[1])
+sys.exit(Hangs(NodeContext("camera", cfg, Path(sys.argv[2])), NodeParams()).run())
+"""
+
+
+def test_node_whose_clean_stop_hangs_exits_after_the_grace_period(tmp_path, run_dir):
+    """After a SIGTERM (e.g. the kernel's, when the launcher died) a node exits by itself at the latest
+    shutdown_timeout_s + 1 s later: nobody else would SIGKILL it."""
+    cfg = write_config(tmp_path, run_dir)
+    cfg.write_text(cfg.read_text().replace("run_dir:", "shutdown_timeout_s: 1.0\nrun_dir:"))
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_NODE, str(cfg), str(run_dir)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not any(run_dir.glob("*.pub")):  # publishing: the signal handlers are installed
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=30)[0].decode()
+    took = time.monotonic() - t0
+    assert "shutdown started" in out and "took longer than 2.0 s: exiting now" in out, out
+    assert proc.returncode == 1
+    assert 2.0 <= took < 20, took  # not before the grace period; the upper bound only guards a hang
