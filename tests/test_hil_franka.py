@@ -144,7 +144,10 @@ def test_stalled_controller_holds_without_comm_violation(stack, franka_sim):
         path = q0 + np.linspace(0, 1, 41)[:, None] * np.r_[0.4, 0, 0, 0, 0, 0, 0]
         client.heartbeat()
         client.send_schedule(stamps, path, space="joint")
-        time.sleep(2.5)  # heartbeat timeout 0.5 s: the arm holds well before the schedule's end
+        # heartbeat timeout 0.5 s: the arm holds well before the schedule's end. Stopping from
+        # 0.1 rad/s, the arm overshoots the hold point and comes back; in one CI rehearsal it was
+        # still 0.012 rad off 2.5 s after the schedule began, so the hold is measured later.
+        time.sleep(3.5)
         q_hold = np.array(stack.state().q)
         time.sleep(1.5)
         q_later = np.array(stack.state().q)
