@@ -14,8 +14,9 @@ Modes, all measured in the same run:
   signals over a pipe; the receiver memcpy's it out (two copies, no serialization, no sockets).
 
 For each mode: latency p50/p99 at 30 Hz (capture stamp -> usable arrays in the receiver, same host
-clock; the modes take turns in interleaved rounds) and delivered frames/s flat out. The socket modes are lossless; ``ours-shm`` drops (and counts)
-frames whose ring slot the writer reused before the reader copied it, as a sensor stream should.
+clock; the modes take turns in interleaved rounds) and delivered frames/s flat out. The socket
+modes are lossless; ``ours-shm`` drops (and counts) frames whose ring slot the writer reused before
+the reader copied it, as a sensor stream should.
 Ratios are against pickle and against shm-memcpy from this same run.
 
 Run: ``python bench/transport.py`` (``--quick`` for a short run, as CI does).
