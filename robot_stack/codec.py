@@ -84,7 +84,8 @@ def encode(topic: str | bytes, msg: Message, ring: "ShmRingWriter | None" = None
         msg: a registered :class:`Message`.
         ring: if given, the array buffers are copied into the next slot of this same-host
             shared-memory ring and the header references them (``"shm"`` key) instead of carrying
-            them as frames. The caller checks ``ring.fits`` first.
+            them as frames. The caller checks ``ring.fits`` first (``reserve`` raises ValueError
+            for buffers that do not fit a slot).
 
     Returns:
         ``[topic bytes, header bytes, buffer...]``; buffers are memoryviews of the arrays (no copy

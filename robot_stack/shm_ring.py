@@ -108,12 +108,6 @@ class ShmRingWriter:
         return ({"name": self.name, "slots": self.slots, "cap": self.capacity, "slot": k, "gen": g + 2,
                  "spans": spans}, commit)
 
-    def write(self, buffers: list[memoryview]) -> dict:
-        """Copy ``buffers`` into the next slot and return its reference (reserve + commit)."""
-        ref, commit = self.reserve([memoryview(b).nbytes for b in buffers])
-        commit(buffers)
-        return ref
-
     def close(self) -> None:
         """Release and unlink the segment."""
         del self._gen, self._data
