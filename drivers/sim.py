@@ -26,6 +26,9 @@ class SimArmDriver(ArmDriver):
         source: name used in message headers.
     """
 
+    #: joint state older than this means the world is gone: a driver fault, ns
+    STALE_NS = 250_000_000
+
     def __init__(self, state_endpoint: str, command_endpoint: str, source: str):
         from robot_stack.drivers.sim_model import ARM_JOINTS, ArmIndex, build_model
 
@@ -58,6 +61,8 @@ class SimArmDriver(ArmDriver):
         m = self._sub.latest("sim/joint_state")
         if m is None:
             raise ArmDriverError("no joint state yet")
+        if now_ns() - m.stamp_ns > self.STALE_NS:  # the world (the robot's controller box) went silent
+            raise ArmDriverError(f"no joint state from the sim world for {(now_ns() - m.stamp_ns) / 1e6:.0f} ms")
         if self._last is None or self._last.stamp_ns != m.stamp_ns:
             self._last = JointReading(m.stamp_ns, np.array(m.q), np.array(m.dq), m.gripper_width)
         return self._last

@@ -1,8 +1,10 @@
 """Client side of the arm node's lossless input: schedules, heartbeats, e-stop.
 
 Anything that sends waypoints (controller, CLI, tests) must keep heartbeating while its schedule
-runs, or the arm node holds after ``heartbeat_timeout_s``. :class:`ArmClient` runs that heartbeat
-on a thread (the socket is shared under a lock).
+runs, or the arm node holds after ``heartbeat_timeout_s``. A node sends that heartbeat from its
+own control loop (``heartbeat_hz=0`` and :meth:`ArmClient.heartbeat` every step), so a hung loop
+reads as silent; one-shot tools (CLI ``move``, calibration) let :class:`ArmClient` run it on a
+thread (the socket is shared under a lock).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ class ArmClient:
         arm: arm node name.
         source: this sender's name (the arm node tracks its heartbeat).
         heartbeat_hz: heartbeat rate (0 = none: the caller calls :meth:`heartbeat` itself).
+        timeout_s: send timeout, s.
+        curve: CURVE client settings (required when the arm's input is TCP that leaves the host).
     """
 
     def __init__(self, config: StackConfig, run_dir: Path, arm: str = "arm", source: str = "client",
-                 heartbeat_hz: float = 20.0, timeout_s: float = 2.0):
+                 heartbeat_hz: float = 20.0, timeout_s: float = 2.0, curve=None):
         self.source = source
-        self._tx = Sender(config.in_endpoint(arm, run_dir), source, timeout_s=timeout_s)
+        self._tx = Sender(config.in_endpoint(arm, run_dir), source, timeout_s=timeout_s, curve=curve)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import StackConfig, load_config
+from .lifeline import PARENT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,24 @@ def default_run_dir(config: StackConfig) -> Path:
     named after the config, so CLI tools (``robot-stack move``, ``estop``) can find a running stack."""
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     return Path(base) / f"robot_stack-{os.getuid()}-{config.name}"
+
+
+def private_run_dir(path: Path) -> Path:
+    """Create the run folder (ipc sockets, pid file) private to this user (mode 0700).
+
+    Raises:
+        RuntimeError: the folder exists and belongs to another user, or others can write to it
+            (another local user could then bind the stack's sockets or read its frames).
+    """
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise RuntimeError(f"run folder {path} belongs to uid {st.st_uid}, not to this user ({os.getuid()}); "
+                           "refusing to use it")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
 
 
 def _alive(pid: int) -> bool:
@@ -87,7 +106,7 @@ class Launcher:
         self.out = self.out or sys.stdout
         self._own_run_dir = self.config.run_dir is None
         self.run_dir = default_run_dir(self.config) if self.config.run_dir is None else Path(self.config.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        private_run_dir(self.run_dir)
         pidfile = self.run_dir / "launcher.pid"
         if pidfile.exists():
             try:
@@ -119,6 +138,7 @@ class Launcher:
         for n in names:
             nc = self.config.nodes[n]
             env = dict(os.environ, PYTHONUNBUFFERED="1", **nc.env)
+            env[PARENT_ENV] = str(os.getpid())  # the node checks it is still ours (robot_stack.lifeline)
             if sys.stdin is not None and sys.stdin.isatty():  # keyboard teleop reads the launcher's terminal
                 env.setdefault("ROBOT_STACK_TTY", os.ttyname(sys.stdin.fileno()))
             proc = subprocess.Popen(

@@ -291,6 +291,7 @@ class RobotState(Message):
 
 TELEOP_BUTTONS = (
     "episode_start", "episode_stop", "episode_discard", "quit", "intervene", "release", "estop",
+    "estop_release",
 )
 
 

@@ -8,12 +8,17 @@ loop) and optionally :meth:`Node.shutdown`. The runtime
 - publishes a :class:`~robot_stack.messages.Heartbeat` with loop jitter, overruns and the node's
   own :meth:`Node.metrics` on topic ``heartbeat/<node>``;
 - stops cleanly on SIGINT/SIGTERM (``shutdown`` always runs), and exits if its parent (the
-  launcher) dies, so no orphan survives.
+  launcher) dies, so no orphan survives (``robot_stack.lifeline`` arms that before any import);
+- treats an unexpected exception while handling one input message as a rejection of that message
+  (:meth:`Node.guarded`: logged, counted in ``rejected.<what>.<error>``), never as the node's end;
+- counts an exception escaping :meth:`Node.step` in ``step_errors`` and goes on, unless steps keep
+  failing for ``MAX_FAILING_S`` (then the node ends with code 1 and the launcher reports it);
+  :class:`NodeFatal` ends the node at once.
 """
 
 from __future__ import annotations
 
-import ctypes
+import collections
 import logging
 import os
 import signal
@@ -25,10 +30,11 @@ from typing import Any, ClassVar, Iterable
 from pydantic import BaseModel, ConfigDict
 
 from .clock import RateLoop, now_ns
+from .lifeline import die_with_parent, parent_gone
 from .config import StackConfig
 from .messages import Heartbeat
 from .security import stop_authenticators
-from .transport import Publisher, Receiver, Sender, Subscriber
+from .transport import Publisher, Receiver, RequestClient, Sender, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +84,26 @@ class NodeContext:
         return Sender(self.config.in_endpoint(node, self.run_dir), self.name, timeout_s=timeout_s,
                       curve=self._curve_client())
 
+    def request_client(self, endpoint: str, timeout_s: float = 2.0) -> RequestClient:
+        """A REQ client to ``endpoint`` (another node's input, or a remote policy server), with this
+        node's CURVE client settings (``curve_client``; required for TCP that leaves the host).
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except OSError:  # not Linux
-        pass
+        Raises:
+            SecurityError: a non-local TCP endpoint without CURVE settings.
+        """
+        return RequestClient(endpoint, self.name, timeout_s=timeout_s, curve=self._curve_client())
+
+    def arm_client(self, arm: str, heartbeat_hz: float = 0.0, timeout_s: float = 2.0):
+        """An :class:`~robot_stack.arm_client.ArmClient` to arm node ``arm``, with this node's CURVE
+        client settings; ``heartbeat_hz`` 0: the node heartbeats from its own loop."""
+        from .arm_client import ArmClient
+
+        return ArmClient(self.config, self.run_dir, arm=arm, source=self.name, heartbeat_hz=heartbeat_hz,
+                         timeout_s=timeout_s, curve=self._curve_client())
+
+
+class NodeFatal(RuntimeError):
+    """Raised (or handed to :meth:`Node.fail`) when a node cannot go on: the node ends with code 1."""
 
 
 class Node:
@@ -98,6 +116,8 @@ class Node:
 
     Params: ClassVar[type[NodeParams]] = NodeParams
     default_rate_hz: ClassVar[float] = 100.0
+    #: steps failing without a single success for this long end the node, s
+    MAX_FAILING_S: ClassVar[float] = 1.0
 
     def __init__(self, ctx: NodeContext, params: NodeParams):
         self.ctx = ctx
@@ -109,6 +129,8 @@ class Node:
         self.pub: Publisher | None = None
         self.loop: RateLoop | None = None
         self.step_errors = 0
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self._fatal: str | None = None
 
     # --- to override -------------------------------------------------------------------------
     def configure(self) -> None:
@@ -123,6 +145,32 @@ class Node:
     def metrics(self) -> dict[str, float]:
         """Node-specific metrics for the heartbeat (flat str -> float)."""
         return {}
+
+    # --- input handling ----------------------------------------------------------------------
+    def guarded(self, what: str, handler, *args: Any) -> bool:
+        """Run ``handler(*args)`` for one input message. An unexpected exception rejects that one
+        message: logged (first ones and then every 100th) and counted in ``rejected.<what>.<error>``;
+        returns False. :class:`NodeFatal` passes through."""
+        try:
+            handler(*args)
+            return True
+        except NodeFatal:
+            raise
+        except Exception as e:
+            key = f"{what}.{type(e).__name__}"
+            self.rejected[key] += 1
+            n = self.rejected[key]
+            if n <= 3 or n % 100 == 0:
+                log.error("rejected one %s message (%s #%d): %s: %s", what, key, n, type(e).__name__, e,
+                          exc_info=n == 1)
+            return False
+
+    def fail(self, reason: str) -> None:
+        """From any thread: end the node with ``reason`` (logged, exit code 1) at its next step."""
+        if self._fatal is None:
+            self._fatal = reason
+            log.error("fatal: %s", reason)
+        self.stop_event.set()
 
     # --- runtime -----------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -147,7 +195,9 @@ class Node:
     def heartbeat(self, state: str) -> None:
         if self.pub is None:
             return
-        m = {"rate_hz": self.rate_hz, "step_errors": float(self.step_errors)}
+        m = {"rate_hz": self.rate_hz, "step_errors": float(self.step_errors),
+             "rejected": float(sum(self.rejected.values()))}
+        m.update({f"rejected.{k}": float(v) for k, v in self.rejected.items()})
         if self.loop is not None:
             for k, v in self.loop.stats().as_dict().items():
                 m[f"loop.{k}"] = v
@@ -158,7 +208,10 @@ class Node:
         """Run until stopped; returns the process exit code (0 on clean stop)."""
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
-        _die_with_parent()
+        die_with_parent()  # again: harmless, and covers nodes started without robot_stack.nodes.main
+        if parent_gone():
+            log.error("the launcher died before this node started: exiting")
+            return 3
         hb_period_ns = int(1e9 / self.ctx.node_config.heartbeat_hz)
         code = 0
         try:
@@ -167,13 +220,31 @@ class Node:
             log.info("running at %.1f Hz", self.rate_hz)
             self.loop = RateLoop(self.rate_hz)
             next_hb = 0
+            failing_since: int | None = None
             while not self.stop_event.is_set():
-                self.step()
+                try:
+                    self.step()
+                    failing_since = None
+                except NodeFatal as e:
+                    self.fail(str(e))
+                    break
+                except Exception as e:
+                    self.step_errors += 1
+                    t_err = now_ns()
+                    failing_since = failing_since or t_err
+                    if self.step_errors <= 3 or self.step_errors % 100 == 0:
+                        log.error("step failed (#%d): %s: %s", self.step_errors, type(e).__name__, e,
+                                  exc_info=self.step_errors == 1)
+                    if t_err - failing_since > self.MAX_FAILING_S * 1e9:
+                        self.fail(f"every step failed for {self.MAX_FAILING_S:.1f} s, last: {type(e).__name__}: {e}")
+                        break
                 t = now_ns()
                 if t >= next_hb:
                     self.heartbeat("running")
                     next_hb = t + hb_period_ns
                 self.loop.sleep()
+            if self._fatal is not None:
+                code = 1
         except Exception:
             log.exception("node %s failed", self.name)
             code = 1

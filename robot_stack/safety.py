@@ -1,15 +1,17 @@
 """Safety checks of the arm node (DESIGN.md, "Safety contract").
 
-Nothing reaches a driver unless it passes: finite numbers; joint limits; workspace box; max jump
-from the current state; max velocity and acceleration (segments stretched by the interpolator, and
-every servo command rate-limited by :class:`ServoGuard`). A violation is clamped or refused as
-configured, logged and counted in :class:`SafetyCounters`.
+Nothing reaches a driver unless it passes: schedule sanity (not empty, not too long, not too far
+ahead, right dimensions, gripper targets finite and in range); finite numbers; joint limits;
+workspace box; max jump from the current plan (position and orientation); and, on every servo
+command, velocity, acceleration and jerk limits (:class:`ServoGuard`, holds and stops included).
+A violation is clamped or refused as configured, logged and counted in :class:`SafetyCounters`.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import time
 from typing import Literal
 
 import numpy as np
@@ -28,20 +30,27 @@ class SafetyViolation(ValueError):
 
 
 class SafetyConfig(BaseModel):
-    """Safety limits (units: rad, rad/s, rad/s^2, m, m/s, s).
+    """Safety limits (units: rad, rad/s, rad/s^2, rad/s^3, m, m/s, s).
 
     Attributes:
         joint_margin: keep this far inside the model's joint limits.
         workspace_min, workspace_max: TCP position box in the base frame.
-        max_joint_vel, max_joint_acc: per-joint limits (scalar or one per joint).
+        max_joint_vel, max_joint_acc, max_joint_jerk: per-joint limits (scalar or one per joint),
+            held by every command the driver receives (the servo guard, :class:`ServoGuard`).
         max_ee_vel, max_ee_ang_vel, max_ee_acc: TCP limits for Cartesian schedules.
         max_jump_joint: largest allowed distance (per joint) between the first waypoint of a
             schedule and the position the current plan has at that waypoint's time (the current
             command when there is no plan).
         max_jump_ee: same for the TCP position, m.
+        max_jump_ee_rad: same for the TCP orientation (rotation angle), rad.
+        max_waypoints: longest schedule accepted (longer ones are refused before any other check,
+            so checking never stalls the servo loop).
+        max_ahead_s: the last waypoint may lie at most this far after "now", s.
         on_limit: "clamp" (move violating waypoints onto the limit) or "refuse" (drop the schedule)
             for joint-limit and workspace violations. Non-finite values and jumps are always refused.
         heartbeat_timeout_s: hold if the schedule's sender is silent for longer than this.
+        estop_release: node names (message sources) allowed to release an e-stop; None: the CLI
+            (``cli_estop``) and the setup's teleop nodes.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -50,19 +59,37 @@ class SafetyConfig(BaseModel):
     workspace_max: tuple[float, float, float] = (0.85, 0.6, 0.8)
     max_joint_vel: float | list[float] = 1.5
     max_joint_acc: float | list[float] = 6.0
+    max_joint_jerk: float | list[float] = 150.0
     max_ee_vel: float = Field(0.5, gt=0)
     max_ee_ang_vel: float = Field(1.5, gt=0)
     max_ee_acc: float = Field(3.0, gt=0)
     max_jump_joint: float = Field(0.35, gt=0)
     max_jump_ee: float = Field(0.08, gt=0)
+    max_jump_ee_rad: float = Field(0.5, gt=0)
+    max_waypoints: int = Field(1024, ge=1)
+    max_ahead_s: float = Field(10.0, gt=0)
     on_limit: Literal["clamp", "refuse"] = "refuse"
     heartbeat_timeout_s: float = Field(0.5, gt=0)
+    estop_release: list[str] | None = None
 
     @model_validator(mode="after")
     def _box(self) -> "SafetyConfig":
         if any(a >= b for a, b in zip(self.workspace_min, self.workspace_max)):
             raise ValueError("workspace_min must be below workspace_max on every axis")
+        for k in ("max_joint_vel", "max_joint_acc", "max_joint_jerk"):
+            v = np.asarray(getattr(self, k), float)
+            if not np.all(np.isfinite(v)) or np.any(v <= 0):
+                raise ValueError(f"{k} must be > 0 (every joint)")
         return self
+
+    def per_joint(self, key: str, n: int) -> np.ndarray:
+        """Limit ``key`` (e.g. "max_joint_vel") as an (n,) array. Raises ValueError on a wrong length."""
+        v = np.asarray(getattr(self, key), float)
+        if v.ndim == 0:
+            return np.full(n, float(v))
+        if v.shape != (n,):
+            raise ValueError(f"safety.{key} has {v.size} values, the arm has {n} joints")
+        return v.copy()
 
 
 class SafetyCounters(collections.Counter):
@@ -74,6 +101,13 @@ class SafetyCounters(collections.Counter):
 
 class ScheduleChecker:
     """Checks waypoint schedules before they enter the interpolator.
+
+    The checks are split so that the servo loop never stalls on one schedule: :meth:`admit` and
+    the ``*_static`` checks are vectorised (microseconds for ``max_waypoints`` waypoints);
+    the workspace check of a joint schedule needs one forward kinematics per waypoint and runs in
+    slices under a time budget (:meth:`joint_workspace`); the jump checks run last, against the
+    plan as it is when the schedule takes over. :meth:`joint` and :meth:`pose` run all of it at
+    once (for callers without a servo loop).
 
     Args:
         cfg: the limits.
@@ -103,12 +137,45 @@ class ScheduleChecker:
         self.counters[f"{check}_clamped"] += 1
         log.warning("safety: clamped schedule (%s): %s", check, reason)
 
-    def joint(self, q: np.ndarray, q_now: np.ndarray) -> np.ndarray:
-        """Check an (N, n) joint schedule; returns it (possibly clamped). Raises SafetyViolation."""
+    # ------------------------------------------------------------------ whole-schedule checks
+    def admit(self, stamps_ns: np.ndarray, positions: np.ndarray, space: str, gripper: np.ndarray | None,
+              now_ns: int) -> None:
+        """Checks that need no model: size, dimensions, timing, gripper targets.
+
+        Args:
+            stamps_ns: (N,) int64 waypoint times, ns; positions: (N, D); space: "joint" or "ee";
+            gripper: (N,) opening targets in [0, 1] or None; now_ns: the servo loop's time.
+        Raises:
+            SafetyViolation: "empty", "too_long", "shape", "too_far_ahead", "gripper".
+        """
+        n = len(stamps_ns)
+        if n == 0:
+            raise self._violation("empty", "schedule has no waypoints")
+        if n > self.cfg.max_waypoints:
+            raise self._violation("too_long", f"{n} waypoints (max {self.cfg.max_waypoints})")
+        positions = np.asarray(positions)
+        dim = len(self.lower) if space == "joint" else 7
+        if positions.ndim != 2 or positions.shape != (n, dim):
+            raise self._violation("shape", f"{space} waypoints of shape {positions.shape}, expected ({n}, {dim})")
+        ahead = (int(stamps_ns[-1]) - now_ns) / 1e9
+        if ahead > self.cfg.max_ahead_s:
+            raise self._violation("too_far_ahead", f"last waypoint {ahead:.1f} s ahead (max {self.cfg.max_ahead_s} s)")
+        if gripper is not None:
+            g = np.asarray(gripper, float)
+            if g.shape != (n,):
+                raise self._violation("shape", f"{g.shape} gripper targets for {n} waypoints")
+            if not np.all(np.isfinite(g)):
+                raise self._violation("gripper", "gripper targets contain NaN or inf")
+            if g.min() < -1e-6 or g.max() > 1 + 1e-6:
+                raise self._violation("gripper", f"gripper targets in [{g.min():.3f}, {g.max():.3f}], outside [0, 1]")
+
+    # ------------------------------------------------------------------ joint schedules
+    def joint_static(self, q: np.ndarray) -> np.ndarray:
+        """Finite values, joint count and joint limits of an (N, n) schedule; returns it (maybe clamped)."""
         q = np.array(q, dtype=np.float64)
+        if q.ndim != 2 or q.shape[1] != len(self.lower):
+            raise self._violation("shape", f"joint waypoints of shape {q.shape}, arm has {len(self.lower)} joints")
         self._finite("joint waypoints", q)
-        if q.shape[1] != len(self.lower):
-            raise self._violation("shape", f"{q.shape[1]} joints given, arm has {len(self.lower)}")
         bad = (q < self.lower) | (q > self.upper)
         if bad.any():
             j = int(np.argwhere(bad)[0][1])
@@ -117,28 +184,75 @@ class ScheduleChecker:
                 raise self._violation("joint_limit", reason)
             self._clamped("joint_limit", reason)
             q = np.clip(q, self.lower, self.upper)
-        jump = np.abs(q[0] - q_now).max()
+        return q
+
+    def joint_workspace(self, q: np.ndarray, start: int = 0, budget_s: float = float("inf")) -> int:
+        """Workspace box check of waypoints ``start..`` by forward kinematics, until ``budget_s``
+        is spent; returns the index to resume from (``len(q)`` when done). Joint schedules are
+        refused (not clamped) when they leave the box: clamping a TCP needs IK."""
+        if self.fk is None:
+            return len(q)
+        deadline = time.perf_counter() + budget_s
+        i = start
+        while i < len(q):
+            p = np.asarray(self.fk(q[i])[:3])
+            if np.any(p < self.box_min) or np.any(p > self.box_max):
+                raise self._violation("workspace", f"waypoint {i}: TCP {np.round(p, 3).tolist()} m outside the "
+                                                   f"workspace box {self.box_min.tolist()}..{self.box_max.tolist()}")
+            i += 1
+            if time.perf_counter() > deadline:
+                break
+        return i
+
+    def joint_jump(self, q0: np.ndarray, q_ref: np.ndarray) -> None:
+        """First waypoint vs where the plan is at that time (rad, max over joints)."""
+        jump = float(np.abs(np.asarray(q0) - q_ref).max())
         if jump > self.cfg.max_jump_joint:
             raise self._violation("jump", f"first waypoint is {jump:.3f} rad from the current position "
                                           f"(max {self.cfg.max_jump_joint})")
-        if self.fk is not None:
-            pos = np.array([self.fk(qi)[:3] for qi in q])
-            self._box(pos)
+
+    def joint(self, q: np.ndarray, q_now: np.ndarray) -> np.ndarray:
+        """Check an (N, n) joint schedule at once; returns it (possibly clamped). Raises SafetyViolation."""
+        q = self.joint_static(q)
+        if len(q) == 0:
+            raise self._violation("empty", "schedule has no waypoints")
+        self.joint_jump(q[0], q_now)
+        self.joint_workspace(q)
         return q
 
-    def pose(self, poses: np.ndarray, ee_now: np.ndarray) -> np.ndarray:
-        """Check an (N, 7) TCP pose schedule; returns it (possibly clamped). Raises SafetyViolation."""
+    # ------------------------------------------------------------------ pose schedules
+    def pose_static(self, poses: np.ndarray) -> np.ndarray:
+        """Finite values, unit quaternions and the workspace box of an (N, 7) schedule."""
         poses = np.array(poses, dtype=np.float64)
+        if poses.ndim != 2 or poses.shape[1] != 7:
+            raise self._violation("shape", f"pose waypoints of shape {poses.shape}, expected (N, 7)")
         self._finite("pose waypoints", poses)
         n = np.linalg.norm(poses[:, 3:], axis=1)
         if np.any(np.abs(n - 1) > 0.05):
             raise self._violation("quaternion", "pose quaternions must be unit length [qx qy qz qw]")
         poses[:, 3:] /= n[:, None]
         poses[:, :3] = self._box(poses[:, :3])
-        jump = float(np.linalg.norm(poses[0, :3] - ee_now[:3]))
+        return poses
+
+    def pose_jump(self, p0: np.ndarray, ref: np.ndarray) -> None:
+        """First waypoint vs the plan's pose at that time: translation (m) and rotation angle (rad)."""
+        jump = float(np.linalg.norm(p0[:3] - ref[:3]))
         if jump > self.cfg.max_jump_ee:
             raise self._violation("jump", f"first waypoint is {jump * 1e3:.0f} mm from the current TCP "
                                           f"(max {self.cfg.max_jump_ee * 1e3:.0f} mm)")
+        # angle between unit quaternions: 2 acos |<a, b>| (sign-invariant: q and -q are one rotation)
+        d = abs(float(np.dot(p0[3:] / np.linalg.norm(p0[3:]), ref[3:] / np.linalg.norm(ref[3:]))))
+        ang = 2.0 * float(np.arccos(min(1.0, d)))
+        if ang > self.cfg.max_jump_ee_rad:
+            raise self._violation("jump", f"first waypoint is rotated {np.degrees(ang):.0f} deg from the current "
+                                          f"TCP (max {np.degrees(self.cfg.max_jump_ee_rad):.0f} deg)")
+
+    def pose(self, poses: np.ndarray, ee_now: np.ndarray) -> np.ndarray:
+        """Check an (N, 7) TCP pose schedule at once; returns it (possibly clamped). Raises SafetyViolation."""
+        poses = self.pose_static(poses)
+        if len(poses) == 0:
+            raise self._violation("empty", "schedule has no waypoints")
+        self.pose_jump(poses[0], np.asarray(ee_now, float))
         return poses
 
     def _box(self, pos: np.ndarray) -> np.ndarray:
@@ -154,29 +268,136 @@ class ScheduleChecker:
 
 
 class ServoGuard:
-    """Last check before every driver command (servo rate).
+    """Last stage before every driver command (servo rate): joint limits, and velocity,
+    acceleration and jerk limits on every command, holds and stops included.
 
-    Holds the previous command on non-finite input, clamps to the joint limits, and rate-limits
-    each joint to ``max_joint_vel`` (with a 20 % margin, so the interpolator's stretched segments
-    pass untouched) — the guard against anything that slipped past the schedule checks.
+    The guard keeps the commanded state (position, velocity, acceleration) and moves it each tick
+    along a jerk-limited, time-optimal profile computed by Ruckig (Berscheid & Kroeger, "Jerk-limited
+    Real-time Trajectory Generation with Arbitrary Target States", RSS 2021; ``ruckig`` on PyPI):
+
+    - :meth:`track`: toward the desired position of this tick with its velocity as feed-forward
+      (the interpolator's schedule, already stretched to the limits, passes through unchanged up
+      to a small lag; anything faster — a jump, an IK flip — is smoothed, and counted);
+    - :meth:`stop`: brake to zero velocity along a jerk-limited profile and hold where it ends
+      (holds, schedule drops, stale heartbeats, e-stop).
+
+    Non-finite desired positions are counted and turned into a stop. Limits per joint come from
+    :class:`SafetyConfig` (``max_joint_vel/acc/jerk``).
+
+    Args:
+        cfg: the limits; lower, upper: (n,) model joint limits, rad; counters: where to count.
+        q0: (n,) start position, rad (the measured state: the arm never jumps at start-up).
     """
 
-    def __init__(self, cfg: SafetyConfig, lower: np.ndarray, upper: np.ndarray, counters: SafetyCounters):
-        self.lower = np.asarray(lower) + cfg.joint_margin
-        self.upper = np.asarray(upper) - cfg.joint_margin
-        self.vmax = np.asarray(cfg.max_joint_vel, dtype=float) * 1.2
-        self.counters = counters
+    #: deviation from the desired position above which a tick counts as limited, rad
+    LIMITED_TOL = 2e-3
 
-    def filter(self, q_des: np.ndarray, q_prev: np.ndarray, dt: float) -> np.ndarray:
-        """Safe command for this servo tick (rad), given the previous command and period dt (s)."""
+    def __init__(self, cfg: SafetyConfig, lower: np.ndarray, upper: np.ndarray, counters: SafetyCounters,
+                 q0: np.ndarray | None = None):
+        from ruckig import InputParameter, OutputParameter, Ruckig
+
+        self.lower = np.asarray(lower, float) + cfg.joint_margin
+        self.upper = np.asarray(upper, float) - cfg.joint_margin
+        n = len(self.lower)
+        self.n = n
+        self.vmax = cfg.per_joint("max_joint_vel", n)
+        self.amax = cfg.per_joint("max_joint_acc", n)
+        self.jmax = cfg.per_joint("max_joint_jerk", n)
+        self.counters = counters
+        self._otg = Ruckig(n, 0.002)
+        self._inp = InputParameter(n)
+        self._out = OutputParameter(n)
+        self._inp.max_velocity = self.vmax.tolist()
+        self._inp.max_acceleration = self.amax.tolist()
+        self._inp.max_jerk = self.jmax.tolist()
+        self.q = np.zeros(n) if q0 is None else np.asarray(q0, float).copy()
+        self.v = np.zeros(n)
+        self.a = np.zeros(n)
+        self._prev_des: np.ndarray | None = None
+        self.stopped = True
+
+    def reset(self, q: np.ndarray) -> None:
+        """Restart at rest at ``q`` (rad): start-up, or after the robot itself stopped (driver fault)."""
+        self.q = np.asarray(q, float).copy()
+        self.v[:] = 0.0
+        self.a[:] = 0.0
+        self._prev_des = None
+        self.stopped = True
+
+    def _run(self, dt: float, target_q: np.ndarray | None, target_v: np.ndarray) -> np.ndarray:
+        """Advance the commanded state by ``dt`` toward a target moving at constant velocity
+        ``target_v`` that is at ``target_q`` at the end of this tick (None: brake to rest).
+
+        Tracking is planned in the target's moving frame: the relative state must reach zero, with
+        the same acceleration and jerk limits and the velocity limits shifted by ``target_v``
+        (Ruckig's ``min_velocity``/``max_velocity``). A target that really moves at constant
+        velocity is then followed without lag, and every limit still holds in the base frame."""
+        from ruckig import ControlInterface, Result, Synchronization
+
+        inp, out = self._inp, self._out
+        self._otg.delta_time = dt
+        inp.current_acceleration = self.a.tolist()
+        inp.target_acceleration = [0.0] * self.n
+        inp.target_velocity = [0.0] * self.n
+        if target_q is None:
+            inp.control_interface = ControlInterface.Velocity
+            inp.synchronization = Synchronization.Phase  # brake along the current direction
+            inp.current_position = self.q.tolist()
+            inp.current_velocity = self.v.tolist()
+            inp.max_velocity = self.vmax.tolist()
+            inp.min_velocity = (-self.vmax).tolist()
+            base_q, base_v = 0.0, 0.0
+        else:
+            inp.control_interface = ControlInterface.Position
+            inp.synchronization = Synchronization.No  # every joint tracks its own target
+            base_v = target_v
+            inp.current_position = (self.q - (target_q - target_v * dt)).tolist()
+            inp.current_velocity = (self.v - target_v).tolist()
+            inp.target_position = [0.0] * self.n
+            inp.max_velocity = (self.vmax - target_v).tolist()
+            inp.min_velocity = (-self.vmax - target_v).tolist()
+            base_q = target_q
+        res = self._otg.update(inp, out)
+        if res not in (Result.Working, Result.Finished):
+            if target_q is None:  # cannot happen with valid limits; never command anything unchecked
+                raise RuntimeError(f"ruckig failed to plan a stop: {res}")
+            self.counters["servo_plan_error"] += 1
+            return self._run(dt, None, np.zeros(self.n))
+        self.q = np.array(out.new_position) + base_q
+        self.v = np.array(out.new_velocity) + base_v
+        self.a = np.array(out.new_acceleration)
+        return self.q.copy()
+
+    def track(self, q_des: np.ndarray, dt: float) -> np.ndarray:
+        """Command for this tick toward ``q_des`` (rad) after ``dt`` (s) since the last one."""
         if not np.all(np.isfinite(q_des)):
             self.counters["servo_non_finite"] += 1
-            return q_prev.copy()
+            return self.stop(dt)
         q = np.clip(q_des, self.lower, self.upper)
         if not np.array_equal(q, q_des):
             self.counters["servo_joint_limit"] += 1
-        step = self.vmax * dt
-        dq = np.clip(q - q_prev, -step, step)
-        if not np.allclose(dq, q - q_prev):
-            self.counters["servo_velocity"] += 1
-        return q_prev + dq
+        v_max_ff = 0.98 * self.vmax  # keep the shifted velocity window open on both sides
+        v_ff = np.zeros(self.n) if self._prev_des is None else np.clip((q - self._prev_des) / dt, -v_max_ff, v_max_ff)
+        self._prev_des = q
+        self.stopped = False
+        out = self._run(dt, q, v_ff)
+        if np.max(np.abs(out - q)) > self.LIMITED_TOL:
+            self.counters["servo_limited"] += 1
+        return out
+
+    def stop(self, dt: float) -> np.ndarray:
+        """Command for this tick of a jerk-limited stop (then: hold where the stop ended)."""
+        self._prev_des = None
+        if self.stopped or not (np.any(self.v) or np.any(self.a)):
+            self.stopped = True
+            self.v[:] = 0.0
+            self.a[:] = 0.0
+            return self.q.copy()
+        out = self._run(dt, None, np.zeros(self.n))
+        if np.max(np.abs(self.v)) < 1e-9 and np.max(np.abs(self.a)) < 1e-9:
+            self.stopped = True
+        return out
+
+    @property
+    def moving(self) -> bool:
+        return bool(np.any(np.abs(self.v) > 1e-9) or np.any(np.abs(self.a) > 1e-9))

@@ -256,6 +256,9 @@ class Subscriber:
         except DecodeError as e:
             self.stats.record_decode_error(e, self.name)
             return
+        except Exception as e:  # a codec bug must not end the receive thread: count it as malformed
+            self.stats.record_decode_error(DecodeError(f"decoder failed: {type(e).__name__}: {e}"), self.name)
+            return
         topic = topic_b.decode(errors="replace")
         with self._cond:
             h = self._hist.get(topic)
@@ -370,6 +373,9 @@ class Receiver:
                 topic_b, msg = decode(frames)
             except DecodeError as e:
                 self.stats.record_decode_error(e, self.name)
+                continue
+            except Exception as e:  # a codec bug rejects the message, not the node
+                self.stats.record_decode_error(DecodeError(f"decoder failed: {type(e).__name__}: {e}"), self.name)
                 continue
             topic = topic_b.decode(errors="replace")
             key = (msg.source, topic)

@@ -25,7 +25,7 @@ from .base import TeleopDevice, TeleopError
 
 MOVES = {"w": (0, 1), "s": (0, -1), "a": (1, 1), "d": (1, -1), "r": (2, 1), "f": (2, -1), "j": (5, 1), "l": (5, -1)}
 BUTTONS = {"b": "episode_start", "n": "episode_stop", "x": "episode_discard", "i": "intervene", "o": "release",
-           " ": "estop", "Q": "quit"}
+           " ": "estop", "E": "estop_release", "Q": "quit"}
 
 
 def keys_to_command(keys: str, gripper: float, step_m: float = 0.005, step_rad: float = 0.03

@@ -264,7 +264,13 @@ def test_estop_stops_at_once_and_refuses_until_release(stack):
         client.send_schedule(stamps, poses, space="ee")
         time.sleep(0.3)
         assert np.linalg.norm(current_pose(stack)[:3] - p1[:3]) < 0.001  # refused while e-stopped
-        client.release()
+        client.release()  # this sender is not authorised to release (safety.estop_release)
+        time.sleep(0.3)
+        assert stack["state"].latest("robot/state").mode == "estop"
+        assert arm_metrics(stack)["safety.estop_release_refused"] >= 1
+        cli = ArmClient(stack["cfg"], stack["run_dir"], source="cli_estop", heartbeat_hz=0)  # as `robot-stack estop --release`
+        cli.release()
+        cli.close()
         time.sleep(0.2)
         stamps, poses = straight_line(current_pose(stack), goal, now_ns(), speed=0.1)
         client.send_schedule(stamps, poses, space="ee")

@@ -1,4 +1,4 @@
-"""Safety checks (pure): refusals, clamps, jumps, servo guard."""
+"""Safety checks (pure): refusals, clamps, jumps, schedule sanity, servo guard."""
 
 import numpy as np
 import pytest
@@ -56,15 +56,100 @@ def test_pose_jump_and_bad_quaternion():
         c.pose(np.array([[0.5, 0.0, 0.3, 0, 0, 0, 2.0]]), np.array([0.5, 0, 0.3, 0, 0, 0, 1]))
 
 
-def test_servo_guard_rate_limits_and_holds_on_nan():
-    c = checker(max_joint_vel=1.0)
-    g = ServoGuard(c.cfg, LOWER, UPPER, c.counters)
-    q = g.filter(np.array([1.0, 0, 0]), np.zeros(3), dt=0.01)
-    assert q[0] == pytest.approx(0.012)  # 1.0 rad/s * 1.2 margin * 10 ms
-    assert np.array_equal(g.filter(np.array([np.inf, 0, 0]), q, 0.01), q)
-    assert c.counters["servo_velocity"] == 1 and c.counters["servo_non_finite"] == 1
+def _derivatives(ts, q):
+    """Velocity, acceleration and jerk of commands q (N, n) at times ts (N,) by divided differences
+    (exact for the piecewise-cubic profiles a jerk-limited generator produces)."""
+    out, y = [], q
+    for k in (1, 2, 3):
+        y = (y[1:] - y[:-1]) / (ts[k:] - ts[:-k])[:, None]
+        out.append(np.abs(y).max(0) * [1, 2, 6][k - 1])
+    return out
+
+
+def _drive(guard, plan, seed=0):
+    rng = np.random.default_rng(seed)
+    ts, qs, t = [0.0], [guard.q.copy()], 0.0
+    for kind, value in plan:
+        d = 0.002 * rng.uniform(0.8, 1.6)  # jittery servo periods
+        t += d
+        value = value(t) if callable(value) else value
+        qs.append(guard.track(value, d) if kind == "track" else guard.stop(d))
+        ts.append(t)
+    return np.array(ts), np.array(qs)
+
+
+def test_servo_guard_holds_velocity_acceleration_and_jerk_in_every_mode():
+    c = checker(max_joint_vel=1.0, max_joint_acc=5.0, max_joint_jerk=100.0)
+    g = ServoGuard(c.cfg, LOWER, UPPER, c.counters, q0=np.zeros(3))
+    # a step (the guard smooths it), a fast sine it cannot follow, a sudden stop from full speed,
+    # and a NaN (turned into a stop)
+    plan = ([("track", np.array([0.3, 0, 0]))] * 300
+            + [("track", np.array([0.3, 1.5 * np.sin(k * 0.05), -0.5])) for k in range(300)]
+            + [("stop", None)] * 400 + [("track", np.array([np.nan, 0, 0]))] * 50)
+    ts, q = _drive(g, plan)
+    v, a, j = _derivatives(ts, q)
+    assert np.all(v <= 1.0 + 1e-6) and np.all(a <= 5.0 + 1e-5) and np.all(j <= 100.0 + 1e-3), (v, a, j)
+    assert a.max() > 4.5 and j.max() > 90  # the limits were reached, not avoided
+    assert q[300, 0] == pytest.approx(0.3, abs=1e-6)  # the step was reached
+    assert np.allclose(q[-1], q[-60]) and g.stopped  # held after the stop
+    assert c.counters["servo_non_finite"] == 50 and c.counters["servo_limited"] > 0
+
+
+def test_servo_guard_passes_a_feasible_trajectory_with_small_lag():
+    c = checker(max_joint_vel=1.5, max_joint_acc=6.0, max_joint_jerk=150.0)
+    g = ServoGuard(c.cfg, LOWER, UPPER, c.counters, q0=np.zeros(3))
+    def want(t):  # from rest; 0.6 rad/s, 1.2 rad/s^2 at most
+        return np.array([0.3 * (1 - np.cos(2 * t)), -0.2 * (1 - np.cos(3 * t)), 0.0])
+
+    ts, q = _drive(g, [("track", want)] * 2000)
+    err = np.abs(q[1:] - np.array([want(t) for t in ts[1:]])).max()
+    assert err < 2e-3, err  # a smooth, slow plan is followed, not lagged behind
 
 
 def test_config_box_validation():
     with pytest.raises(ValueError, match="workspace_min must be below"):
         SafetyConfig(workspace_min=(1, 0, 0), workspace_max=(0.5, 1, 1))
+
+
+def test_schedule_sanity_refusals_are_named():
+    c = checker()
+    now = 10**12
+    ok = np.array([now + 10**8])
+    for kw, check in [
+        (dict(stamps_ns=np.zeros(0, np.int64), positions=np.zeros((0, 3))), "empty"),
+        (dict(stamps_ns=now + np.arange(1, 2000) * 10**6, positions=np.zeros((1999, 3))), "too_long"),
+        (dict(stamps_ns=ok, positions=np.zeros((1, 4))), "shape"),
+        (dict(stamps_ns=np.array([now + 11 * 10**9]), positions=np.zeros((1, 3))), "too_far_ahead"),
+        (dict(stamps_ns=ok, positions=np.zeros((1, 3)), gripper=np.array([np.nan])), "gripper"),
+        (dict(stamps_ns=ok, positions=np.zeros((1, 3)), gripper=np.array([1.5])), "gripper"),
+    ]:
+        with pytest.raises(SafetyViolation) as e:
+            c.admit(kw["stamps_ns"], kw["positions"], "joint", kw.get("gripper"), now)
+        assert e.value.check == check
+    c.admit(ok, np.zeros((1, 3)), "joint", np.array([0.5]), now)  # a sane one passes
+    assert c.counters["gripper"] == 2 and c.counters["empty"] == 1
+
+
+def test_orientation_jump_refused():
+    c = checker(max_jump_ee_rad=0.5)
+    here = np.array([0.5, 0, 0.3, 0, 0, 0, 1.0])
+    flipped = np.array([[0.5, 0, 0.3, 1.0, 0, 0, 0]])  # 180 deg about x, same position
+    with pytest.raises(SafetyViolation, match="rotated 180 deg"):
+        c.pose(flipped, here)
+    small = np.array([[0.5, 0, 0.3, np.sin(0.1), 0, 0, np.cos(0.1)]])  # 0.2 rad
+    c.pose(small, here)
+    neg = small.copy()
+    neg[0, 3:] *= -1
+    c.pose(neg, here)  # the same rotation written with the other quaternion sign
+
+
+def test_joint_workspace_scan_resumes_under_a_budget():
+    c = checker(workspace_max=(0.6, 0.6, 0.8), max_jump_joint=5)
+    q = np.zeros((50, 3))
+    q[40, 0] = 1.5  # fk x = 0.65, outside
+    i = c.joint_workspace(q, 0, budget_s=0.0)  # one waypoint per call with no budget
+    assert i == 1
+    while i < 40:
+        i = c.joint_workspace(q, i, budget_s=0.0)
+    with pytest.raises(SafetyViolation, match="waypoint 40"):
+        c.joint_workspace(q, i, budget_s=0.0)

@@ -1,20 +1,27 @@
 """Arm node: the servo loop.
 
 Every tick (``rate_hz``): read the driver; take new waypoint schedules, heartbeats and arm-control
-messages from the lossless input; check schedules (``robot_stack.safety``) and merge them into
-the trajectory (``robot_stack.interpolation``); evaluate the trajectory at "now" (per-tick IK for
-Cartesian schedules); pass the command through the servo guard; command the driver; publish
-``robot/state``.
+messages from the lossless input; check schedules (``robot_stack.safety``: the cheap, vectorised
+checks at once, the per-waypoint workspace check of joint schedules in slices under a time budget,
+so checking never stalls the loop) and merge them into the trajectory
+(``robot_stack.interpolation``); evaluate the trajectory at "now" (per-tick IK for Cartesian
+schedules); pass the command through the servo guard (joint limits, and velocity, acceleration and
+jerk limits on every command: :class:`~robot_stack.safety.ServoGuard`); command the driver;
+publish ``robot/state``.
 
 Holds: when the schedule runs out (the trajectory holds its last point), when the schedule's
-sender has been silent longer than ``safety.heartbeat_timeout_s`` (schedule dropped, hold at the
-current command), and on e-stop (hold at the measured position until "release"). At start-up the
-first command is the measured state, so the arm never jumps.
+sender has sent no heartbeat for longer than ``safety.heartbeat_timeout_s`` (schedule dropped,
+jerk-limited stop), and on e-stop (jerk-limited stop, then hold until a "release" from a source
+in ``safety.estop_release``). At start-up the first command is the measured state, so the arm
+never jumps. Any message that decodes but is wrong is refused with a named reason and a counter;
+nothing unchecked reaches the driver.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -28,6 +35,9 @@ from ..node import Node, NodeParams
 from ..safety import SafetyConfig, SafetyViolation, ScheduleChecker, ServoGuard
 
 log = logging.getLogger(__name__)
+
+#: gripper stroke of the sim's Robotiq 2F-85, m (opening 1.0)
+GRIPPER_STROKE_M = 0.085
 
 
 class FrankaParams(NodeParams):
@@ -49,7 +59,18 @@ class ArmParams(NodeParams):
     state_rate_hz: float = Field(250.0, gt=0, le=2000)
     startup_timeout_s: float = Field(20.0, gt=0)
     ik_iters_per_tick: int = Field(4, ge=1, le=50)
+    check_budget: float = Field(0.25, gt=0, le=0.8, description="fraction of a servo period spent checking schedules")
+    max_pending: int = Field(16, ge=1, description="schedules waiting for their checks; more are refused")
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+
+
+@dataclass
+class _Pending:
+    """A schedule whose static checks passed; its workspace scan may still run (joint space)."""
+
+    msg: WaypointSchedule
+    points: np.ndarray
+    scanned: int
 
 
 class ArmNode(Node):
@@ -74,88 +95,130 @@ class ArmNode(Node):
         self.driver_fault: str | None = None
         first = self.driver.start(p.startup_timeout_s)
         self.kin = Kinematics.panda()
+        n = self.driver.n_joints
         self.q_cmd = first.q.copy()  # no jump at start-up: the first target is the measured state
-        self.grip_cmd = float(np.clip(first.gripper_width / 0.085, 0, 1))
+        self.grip_cmd = float(np.clip(first.gripper_width / GRIPPER_STROKE_M, 0, 1))
         self.traj: Trajectory | None = None
         self.grip_traj: Trajectory | None = None
         self.checker = ScheduleChecker(p.safety, self.driver.lower, self.driver.upper, fk=self.kin.fk)
         self.counters = self.checker.counters
-        self.guard = ServoGuard(p.safety, self.driver.lower, self.driver.upper, self.counters)
-        n = self.driver.n_joints
-        self.joint_limits = Limits(vel=np.broadcast_to(np.asarray(p.safety.max_joint_vel, float), (n,)),
-                                   acc=np.broadcast_to(np.asarray(p.safety.max_joint_acc, float), (n,)))
-        self.ee_limits = Limits(vel=(p.safety.max_ee_vel, p.safety.max_ee_ang_vel), acc=p.safety.max_ee_acc)
+        self.guard = ServoGuard(p.safety, self.driver.lower, self.driver.upper, self.counters, q0=self.q_cmd)
+        # the interpolator stretches segments to 90 % of the limits, so the guard rarely has to act
+        s = p.safety
+        self.joint_limits = Limits(vel=0.9 * s.per_joint("max_joint_vel", n), acc=0.9 * s.per_joint("max_joint_acc", n))
+        self.ee_limits = Limits(vel=(s.max_ee_vel, s.max_ee_ang_vel), acc=s.max_ee_acc)
+        self.release_sources = set(s.estop_release) if s.estop_release is not None else (
+            {"cli_estop"} | {k for k, nc in self.ctx.config.nodes.items() if nc.kind == "teleop"})
         self.rx = self.ctx.receiver()
+        self.pending: collections.deque[_Pending] = collections.deque()
         self.estop = False
-        self.estop_q: np.ndarray | None = None
         self.active_source = ""
         self.last_heard: dict[str, int] = {}
         self.schedules = 0
         self.stretched = 0
-        self.timeout_ns = int(p.safety.heartbeat_timeout_s * 1e9)
+        self.timeout_ns = int(s.heartbeat_timeout_s * 1e9)
+        self._budget_s = p.check_budget / p.rate_hz
         self._state_every = max(1, round(p.rate_hz / p.state_rate_hz))
         self._tick = 0
         self._state_stamp = -1
         self._dt = 1.0 / p.rate_hz
         self.mode = "hold"
         self._t_prev = 0
-        log.info("arm ready at q=%s", np.round(self.q_cmd, 3).tolist())
+        log.info("arm ready at q=%s; e-stop release allowed from %s", np.round(self.q_cmd, 3).tolist(),
+                 sorted(self.release_sources))
 
     # ------------------------------------------------------------------------------------ inputs
     def _inputs(self, t: int) -> None:
         while (item := self.rx.recv(0.0)) is not None:
-            _, msg = item
+            self.guarded("arm_input", self._on_message, item[1], t)
+
+    def _on_message(self, msg, t: int) -> None:
+        if isinstance(msg, Heartbeat):
             self.last_heard[msg.source] = t
-            if isinstance(msg, WaypointSchedule):
-                self._schedule(msg, t)
-            elif isinstance(msg, ArmControl):
-                self._control(msg)
-            elif not isinstance(msg, Heartbeat):
-                log.warning("ignored %s from %s on the arm input", msg.SCHEMA, msg.source)
+        elif isinstance(msg, WaypointSchedule):
+            self._schedule(msg, t)
+        elif isinstance(msg, ArmControl):
+            self._control(msg)
+        else:
+            self.rejected[f"arm_input.unexpected_{msg.SCHEMA}"] += 1
+            log.warning("ignored %s from %s on the arm input", msg.SCHEMA, msg.source)
 
     def _control(self, msg: ArmControl) -> None:
         if msg.kind == "estop":
             if not self.estop:
                 self.estop = True
-                self.estop_q = self.driver.read().q.copy()
                 self.counters["estop"] += 1
                 log.error("E-STOP from %s: %s", msg.source, msg.reason or "(no reason given)")
             self._drop_schedule()
         elif msg.kind == "release":
+            if msg.source not in self.release_sources:
+                self.counters["estop_release_refused"] += 1
+                log.error("e-stop release from %r refused: not in safety.estop_release %s", msg.source,
+                          sorted(self.release_sources))
+                return
             if self.estop:
                 log.warning("e-stop released by %s", msg.source)
             self.estop = False
-            self.q_cmd = self.driver.read().q.copy()  # resume from where the arm is, no jump
-            self._drop_schedule()
+            self._drop_schedule()  # resume from the held command: the guard's state, no jump
         else:
             self._drop_schedule()
 
     def _drop_schedule(self) -> None:
         self.traj = None
         self.grip_traj = None
+        self.pending.clear()
 
     def _schedule(self, msg: WaypointSchedule, t: int) -> None:
         if self.estop:
             self.counters["refused_estop"] += 1
             log.warning("schedule from %s refused: e-stop active", msg.source)
             return
+        if len(self.pending) >= self.params.max_pending:
+            self.counters["refused_backlog"] += 1
+            log.warning("schedule from %s refused: %d schedules still being checked", msg.source, len(self.pending))
+            return
         try:
-            if msg.space == "joint":
-                # a jump is measured against where the current plan is when the new one takes over
-                ref = self.traj.eval(int(msg.stamps_ns[0])) if self.traj is not None and self.traj.kind == "joint" else self.q_cmd
-                q = self.checker.joint(msg.positions, ref)
-                if self.traj is None or self.traj.kind != "joint":
-                    self.traj = Trajectory("joint", t, self.q_cmd)
-                self.stretched += self.traj.merge(msg.stamps_ns, q, t, self.joint_limits)
-            else:
-                ee_now = self.kin.fk(self.q_cmd)
-                ref = self.traj.eval(int(msg.stamps_ns[0])) if self.traj is not None and self.traj.kind == "pose" else ee_now
-                poses = self.checker.pose(msg.positions, ref)
-                if self.traj is None or self.traj.kind != "pose":
-                    self.traj = Trajectory("pose", t, ee_now)
-                self.stretched += self.traj.merge(msg.stamps_ns, poses, t, self.ee_limits)
+            self.checker.admit(msg.stamps_ns, msg.positions, msg.space, msg.gripper, t)
+            pts = self.checker.joint_static(msg.positions) if msg.space == "joint" else self.checker.pose_static(msg.positions)
         except SafetyViolation:
             return  # logged and counted by the checker; the current plan continues
+        # a sender that never heartbeated gets one timeout from its first schedule, then must beat
+        self.last_heard.setdefault(msg.source, t)
+        self.pending.append(_Pending(msg, pts, 0 if msg.space == "joint" else len(pts)))
+
+    def _advance_checks(self, t: int) -> None:
+        """Finish the checks of waiting schedules within this tick's budget; merge those done."""
+        budget = self._budget_s
+        while self.pending:
+            pend = self.pending[0]
+            try:
+                if pend.scanned < len(pend.points):
+                    pend.scanned = self.checker.joint_workspace(pend.points, pend.scanned, budget)
+                    if pend.scanned < len(pend.points):
+                        return  # resume next tick
+                self.pending.popleft()
+                self._merge(pend, t)
+            except SafetyViolation:
+                self.pending.popleft()
+            budget = 0.0  # at most one FK per further schedule this tick
+
+    def _merge(self, pend: _Pending, t: int) -> None:
+        msg, pts = pend.msg, pend.points
+        t0 = int(msg.stamps_ns[0])
+        if msg.space == "joint":
+            # a jump is measured against where the current plan is when the new one takes over
+            ref = self.traj.eval(t0) if self.traj is not None and self.traj.kind == "joint" else self.q_cmd
+            self.checker.joint_jump(pts[0], ref)
+            if self.traj is None or self.traj.kind != "joint":
+                self.traj = Trajectory("joint", t, self.q_cmd)
+            self.stretched += self.traj.merge(msg.stamps_ns, pts, t, self.joint_limits)
+        else:
+            ee_now = self.kin.fk(self.q_cmd)
+            ref = self.traj.eval(t0) if self.traj is not None and self.traj.kind == "pose" else ee_now
+            self.checker.pose_jump(pts[0], ref)
+            if self.traj is None or self.traj.kind != "pose":
+                self.traj = Trajectory("pose", t, ee_now)
+            self.stretched += self.traj.merge(msg.stamps_ns, pts, t, self.ee_limits)
         if msg.gripper is not None:
             g = np.clip(np.asarray(msg.gripper, float), 0.0, 1.0)[:, None]
             if self.grip_traj is None:
@@ -176,35 +239,35 @@ class ArmNode(Node):
                 log.error("arm driver fault, holding: %s", e)
                 self._drop_schedule()
             self.mode = "estop"
+            self._t_prev = 0
             return
         if self.driver_fault is not None:  # recovered (automatic error recovery): resume from here, no jump
             log.warning("arm driver recovered from: %s", self.driver_fault)
             self.driver_fault = None
             self.q_cmd = reading.q.copy()
+            self.guard.reset(self.q_cmd)
         self._inputs(t)
+        self._advance_checks(t)
         if (self.traj is not None and t < self.traj.end_ns
-                and t - self.last_heard.get(self.active_source, t) > self.timeout_ns):
+                and t - self.last_heard.get(self.active_source, 0) > self.timeout_ns):
             self.counters["heartbeat_stale"] += 1
             log.error("command source %r silent for > %.0f ms: holding", self.active_source, self.timeout_ns / 1e6)
             self._drop_schedule()
-        if self.estop:
-            q = self.estop_q
-            self.mode = "estop"
+        # the period that really passed since the last command (overruns included, capped)
+        dt = min((t - self._t_prev) / 1e9, 5 * self._dt) if self._t_prev else self._dt
+        if self.estop or self.traj is None:
+            q = self.guard.stop(dt)  # jerk-limited stop, then hold where it ended
+            self.mode = "estop" if self.estop else "hold"
         else:
-            if self.traj is None:
-                q_des = self.q_cmd
-            elif self.traj.kind == "joint":
+            if self.traj.kind == "joint":
                 q_des = self.traj.eval(t)
             else:
                 q_des = self.kin.ik(self.traj.eval(t), self.q_cmd, iters=self.params.ik_iters_per_tick,
                                     raise_on_fail=False)
-            # rate limit over the time that really passed since the last command (overruns included)
-            dt = min((t - self._t_prev) / 1e9, 5 * self._dt) if self._t_prev else self._dt
-            q = self.guard.filter(q_des, self.q_cmd, dt)
+            q = self.guard.track(q_des, dt)
             if self.grip_traj is not None:
                 self.grip_cmd = float(self.grip_traj.eval(t)[0])
-            tracking = self.traj is not None and t < self.traj.end_ns
-            self.mode = "track" if tracking else "hold"
+            self.mode = "track" if t < self.traj.end_ns or self.guard.moving else "hold"
         self.q_cmd = q
         self._t_prev = t
         self.driver.command(q, self.grip_cmd)
@@ -218,6 +281,7 @@ class ArmNode(Node):
     def metrics(self) -> dict[str, float]:
         m = {f"safety.{k}": float(v) for k, v in self.counters.items()}
         m.update(schedules=float(self.schedules), stretched_segments=float(self.stretched),
+                 pending_schedules=float(len(self.pending)),
                  driver_send_timeouts=float(getattr(self.driver, "send_timeouts", 0)))
         if hasattr(self.driver, "loop_stats"):
             m.update(self.driver.loop_stats())

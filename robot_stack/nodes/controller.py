@@ -37,7 +37,6 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..arm_client import ArmClient
 from ..chunking import DelayEstimator, TemporalEnsembler, committed_prefix, plan_chunk
 from ..clock import now_ns
 from ..messages import EpisodeEvent, ObservationWindow, WaypointSchedule
@@ -90,7 +89,15 @@ class ControllerNode(Node):
                 raise ValueError(f"controller.cameras: {c!r} is not a camera node")
             self.cam_ids[c] = nc.params.get("camera_id", "cam0")
         self.sub = self.ctx.subscriber([p.arm, *p.cameras], ("robot/state", "camera/"), history=500)
-        self.arm = ArmClient(cfg, rd, arm=p.arm, source=self.name, heartbeat_hz=20)
+        # the arm's heartbeat comes from this node's control step itself (``step``), so a hung or
+        # stopped control loop reads as silent and the arm holds after its heartbeat timeout
+        self.arm = self.ctx.arm_client(p.arm, heartbeat_hz=0)
+        arm_nc = cfg.nodes.get(p.arm)
+        if arm_nc is not None and arm_nc.kind == "arm":
+            hb_timeout = float((arm_nc.params.get("safety") or {}).get("heartbeat_timeout_s", 0.5))
+            if 1.0 / p.rate_hz >= 0.5 * hb_timeout:
+                raise ValueError(f"controller.rate_hz {p.rate_hz} Hz: the control period must be under half "
+                                 f"the arm's heartbeat timeout ({hb_timeout} s)")
         self.has_policy = p.policy_endpoint is not None or p.policy in cfg.nodes
         if p.source == "policy" and not self.has_policy:
             raise ValueError(f"controller.policy: no node {p.policy!r} in the config and no policy_endpoint")
@@ -114,6 +121,8 @@ class ControllerNode(Node):
 
             self.latency_offsets = store.latency_offsets_ns(cfg.calibration.file)
         self.ensembler = TemporalEnsembler(self.dt_ns, p.ensemble_m)
+        self.replay_stamps = np.zeros(0, np.int64)  # a replayed action stream, fed to the arm piecewise
+        self.replay_actions = np.zeros((0, 8))
         self.plan_stamps = np.zeros(0, np.int64)  # the committed trajectory sent to the arm
         self.plan_actions = np.zeros((0, 8))
         self.request_id = 0
@@ -148,15 +157,33 @@ class ControllerNode(Node):
         return obs, {k: arrays[k] for k in self.params.obs_keys}
 
     # ------------------------------------------------------------------------- inference
+    #: unexpected inference errors in a row that end the node (the launcher reports it)
+    MAX_INFERENCE_FAILURES = 20
+
     def _inference_loop(self) -> None:
-        client = RequestClient(self.endpoint, self.name, timeout_s=self.params.request_timeout_s)
+        """The inference thread. Transient trouble (a timeout, a refused request, stale streams)
+        is counted and retried; an unexpected error is counted and retried too, but
+        ``MAX_INFERENCE_FAILURES`` of them in a row, or a client that cannot be made (a bad
+        endpoint, missing CURVE keys), end the node with a clear error: it never dies silently."""
+        try:
+            client = self.ctx.request_client(self.endpoint, timeout_s=self.params.request_timeout_s)
+        except Exception as e:
+            self.fail(f"cannot reach the policy at {self.endpoint}: {type(e).__name__}: {e}")
+            return
+        failures = 0
         try:
             while not self._stop.is_set():
                 try:
                     self._inference_once(client)
-                except Exception:  # never lose the inference loop: log, count, hold a period, go on
+                    failures = 0
+                except Exception as e:  # log, count, hold a period, go on, unless it keeps failing
                     self.stats["errors"] += 1
-                    log.exception("inference step failed")
+                    failures += 1
+                    log.error("inference step failed (%d in a row): %s: %s", failures, type(e).__name__, e,
+                              exc_info=failures == 1)
+                    if failures >= self.MAX_INFERENCE_FAILURES:
+                        self.fail(f"inference failed {failures} times in a row, last: {type(e).__name__}: {e}")
+                        return
                     self._stop.wait(self.dt_ns / 1e9)
         finally:
             client.close()
@@ -267,26 +294,50 @@ class ControllerNode(Node):
             log.error("arm not reachable: %s", e)
 
     # ------------------------------------------------------------------------- control step
+    #: a replayed action stream goes to the arm this far ahead of its waypoints' times, ns
+    REPLAY_LEAD_NS = 1_000_000_000
+
     def _events(self) -> None:
         while (item := self.rx.recv(0.0)) is not None:
-            ev = item[1]
-            if isinstance(ev, WaypointSchedule) and ev.space == "ee" and ev.positions.shape[1] == 7:
-                if self.enabled:  # a replayed action stream goes the same way as a policy's actions
-                    g = np.ones(len(ev.stamps_ns)) if ev.gripper is None else np.asarray(ev.gripper)
-                    self._send(np.asarray(ev.stamps_ns, np.int64), np.c_[ev.positions, g], origin="replay")
-                continue
-            if not isinstance(ev, EpisodeEvent):
-                continue
-            if ev.kind == "start":
-                self._clear_plan()
-                self.enabled = True
-                self.stats["episodes"] += 1
-            elif ev.kind in ("stop", "reset", "discard"):
-                self.enabled = False
-                self._clear_plan()
-            log.info("episode event %s: execution %s", ev.kind, "on" if self.enabled else "off")
+            self.guarded("controller_input", self._on_event, item[1])
+
+    def _on_event(self, ev) -> None:
+        if isinstance(ev, WaypointSchedule):
+            if ev.space != "ee" or ev.positions.shape[1] != 7:
+                raise ValueError(f"replay schedules are TCP poses (N, 7), got {ev.space} {ev.positions.shape}")
+            if self.enabled:  # a replayed action stream goes the same way as a policy's actions
+                g = np.ones(len(ev.stamps_ns)) if ev.gripper is None else np.asarray(ev.gripper)
+                self.replay_stamps = np.asarray(ev.stamps_ns, np.int64)
+                self.replay_actions = np.c_[ev.positions, g]
+                self._replay_step()
+            return
+        if isinstance(ev, EpisodeEvent):
+            self._episode_event(ev)
+
+    def _replay_step(self) -> None:
+        """Send the next part of a replayed stream (the arm takes schedules up to
+        ``safety.max_ahead_s`` ahead and ``max_waypoints`` long, so a long episode goes piecewise)."""
+        if not len(self.replay_stamps):
+            return
+        n = int(np.searchsorted(self.replay_stamps, now_ns() + self.REPLAY_LEAD_NS, side="right"))
+        n = max(n, 1)
+        stamps, acts = self.replay_stamps[:n], self.replay_actions[:n]
+        self.replay_stamps, self.replay_actions = self.replay_stamps[n:], self.replay_actions[n:]
+        self._send(stamps, acts, origin="replay")
+
+    def _episode_event(self, ev: EpisodeEvent) -> None:
+        if ev.kind == "start":
+            self._clear_plan()
+            self.enabled = True
+            self.stats["episodes"] += 1
+        elif ev.kind in ("stop", "reset", "discard"):
+            self.enabled = False
+            self._clear_plan()
+        log.info("episode event %s: execution %s", ev.kind, "on" if self.enabled else "off")
 
     def _clear_plan(self) -> None:
+        self.replay_stamps = np.zeros(0, np.int64)
+        self.replay_actions = np.zeros((0, 8))
         with self.lock:
             self.plan_stamps = np.zeros(0, np.int64)
             self.plan_actions = np.zeros((0, 8))
@@ -337,7 +388,13 @@ class ControllerNode(Node):
         self._send(np.array([t], np.int64), target[None], origin="teleop")
 
     def step(self) -> None:
+        if self._fatal is None:
+            try:
+                self.arm.heartbeat()  # from the control loop itself: a hung loop reads as silent
+            except TransportTimeout:
+                self.stats["errors"] += 1
         self._events()
+        self._replay_step()
         if self.teleop_sub is not None:
             self._teleop_step()
         if self.params.strategy != "ensemble" or not self.enabled or self.source != "policy":

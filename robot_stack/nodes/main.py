@@ -5,14 +5,18 @@ Started by the launcher; also usable by hand to run one node of a config in the 
 
 from __future__ import annotations
 
-import argparse
-import logging
-import sys
-from pathlib import Path
+from ..lifeline import tie_to_parent
 
-from ..config import ConfigError, load_config
-from ..node import NodeContext, setup_logging
-from .registry import node_class
+tie_to_parent()  # first act, before the imports below (seconds for torch or MuJoCo)
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from ..config import ConfigError, load_config  # noqa: E402
+from ..node import NodeContext, setup_logging  # noqa: E402
+from .registry import node_class  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,29 +98,31 @@ class RecorderNode(Node):
     # ----------------------------------------------------------------------------- events
     def _events(self) -> None:
         while (item := self.rx.recv(0.0)) is not None:
-            ev = item[1]
-            if not isinstance(ev, EpisodeEvent):
-                continue
-            with self.lock:
-                if ev.kind == "start":
-                    if self.writer is not None:
-                        self._close()
-                    try:
-                        self.writer = EpisodeWriter(self.params.root, meta=self._meta(ev))
-                    except DatasetError as e:
-                        self.counts["write_errors"] += 1
-                        log.error("cannot start an episode: %s", e)
-                        continue
-                    self.t_start, self.t_stop, self.episode_rows = now_ns(), 0, 0
-                    self.cam_meta = {}
-                    log.info("episode %d started (%s)", self.writer.index, ev.task or self.params.task)
-                elif ev.kind in ("stop", "quit") and self.writer is not None and not self.t_stop:
-                    self.t_stop = now_ns()  # closed after the grace period
-                elif ev.kind == "discard" and self.writer is not None:
-                    dst = self.writer.discard()
-                    self.writer = None
-                    self.counts["discarded"] += 1
-                    log.info("episode discarded (kept in %s)", dst)
+            self.guarded("recorder_input", self._on_event, item[1])
+
+    def _on_event(self, ev) -> None:
+        if not isinstance(ev, EpisodeEvent):
+            return
+        with self.lock:
+            if ev.kind == "start":
+                if self.writer is not None:
+                    self._close()
+                try:
+                    self.writer = EpisodeWriter(self.params.root, meta=self._meta(ev))
+                except DatasetError as e:
+                    self.counts["write_errors"] += 1
+                    log.error("cannot start an episode: %s", e)
+                    return
+                self.t_start, self.t_stop, self.episode_rows = now_ns(), 0, 0
+                self.cam_meta = {}
+                log.info("episode %d started (%s)", self.writer.index, ev.task or self.params.task)
+            elif ev.kind in ("stop", "quit") and self.writer is not None and not self.t_stop:
+                self.t_stop = now_ns()  # closed after the grace period
+            elif ev.kind == "discard" and self.writer is not None:
+                dst = self.writer.discard()
+                self.writer = None
+                self.counts["discarded"] += 1
+                log.info("episode discarded (kept in %s)", dst)
 
     def _close(self) -> None:
         w, self.writer = self.writer, None
@@ -180,6 +182,10 @@ class RecorderNode(Node):
                 except DatasetError as e:
                     self.counts["write_errors"] += 1
                     log.error("sample of %s not recordable: %s", topic, e)
+                except Exception as e:  # a sample that decodes but is wrong: that sample, not the node
+                    self.rejected[f"recorder_sample.{type(e).__name__}"] += 1
+                    self.counts["rejected_samples"] = self.counts.get("rejected_samples", 0) + 1
+                    log.error("sample of %s rejected: %s: %s", topic, type(e).__name__, e)
             if self.writer is not None and self.t_stop and now_ns() - self.t_stop > self.params.stop_grace_s * 1e9:
                 self._close()
 

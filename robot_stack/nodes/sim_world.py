@@ -60,18 +60,20 @@ class SimWorldNode(Node):
 
     def _inputs(self) -> None:
         while (item := self.rx.recv(0.0)) is not None:
-            _, msg = item
-            if isinstance(msg, JointTarget):
-                if msg.q.shape == (7,) and np.all(np.isfinite(msg.q)):
-                    self.world.set_target(msg.q, msg.gripper)
-                    self.targets += 1
-                else:
-                    log.warning("ignored joint target of shape %s (finite: %s)", msg.q.shape, np.all(np.isfinite(msg.q)))
-            elif isinstance(msg, SimCommand):
-                pose = self.world.reset(None if msg.cube_pose is None else np.asarray(msg.cube_pose))
-                self.steps = 0
-                self.t0 = now_ns()
-                log.info("reset: cube at %s", np.round(pose[:3], 3).tolist())
+            self.guarded("sim_input", self._on_message, item[1])
+
+    def _on_message(self, msg) -> None:
+        if isinstance(msg, JointTarget):
+            if msg.q.shape == (7,) and np.all(np.isfinite(msg.q)) and np.isfinite(msg.gripper):
+                self.world.set_target(msg.q, msg.gripper)
+                self.targets += 1
+            else:
+                log.warning("ignored joint target of shape %s (finite: %s)", msg.q.shape, np.all(np.isfinite(msg.q)))
+        elif isinstance(msg, SimCommand):
+            pose = self.world.reset(None if msg.cube_pose is None else np.asarray(msg.cube_pose))
+            self.steps = 0
+            self.t0 = now_ns()
+            log.info("reset: cube at %s", np.round(pose[:3], 3).tolist())
 
     def step(self) -> None:
         self._inputs()

@@ -5,7 +5,10 @@ which also needs the arm's ``robot/state`` and the sim world's ``sim/objects``),
 Dynamixel leader arm: joint commands, engaged only when it matches the follower's pose, then
 ramped in). Episode events on
 the node's input (start/stop/reset) restart the scripted expert; a person's devices ignore them.
-A device that fails to open stops the node with the device's error message.
+A device that fails to open stops the node with the device's error message. The e-stop button
+goes straight to the arm node (not through the controller, which may be the part that hung), and
+so does ``estop_release`` (honoured only where the arm's ``safety.estop_release`` allows this node,
+as it does by default).
 """
 
 from __future__ import annotations
@@ -130,10 +133,7 @@ class TeleopNode(Node):
             self._leader_step()
             return
         while (item := self.rx.recv(0.0)) is not None:
-            if isinstance(item[1], EpisodeEvent) and self.params.device == "scripted":
-                ev = item[1]
-                self.active = ev.kind == "start"
-                self.device.reset()
+            self.guarded("teleop_input", self._on_event, item[1])
         if self.sub is not None:
             if not self.active:
                 return
@@ -144,8 +144,32 @@ class TeleopNode(Node):
         else:
             cmd = self.device.poll()
         if cmd is not None:
+            self._arm_buttons(cmd.buttons)
             self.pub.publish("teleop/command", cmd)
             self.sent += 1
+
+    def _on_event(self, ev) -> None:
+        if isinstance(ev, EpisodeEvent) and self.params.device == "scripted":
+            self.active = ev.kind == "start"
+            self.device.reset()
+
+    def _arm_buttons(self, buttons) -> None:
+        """E-stop (and its release) go to the arm node directly."""
+        wanted = [b for b in buttons if b in ("estop", "estop_release")]
+        if not wanted or self.params.arm not in self.ctx.config.nodes:
+            return
+        if getattr(self, "arm_tx", None) is None:
+            self.arm_tx = self.ctx.arm_client(self.params.arm, heartbeat_hz=0)
+        for b in wanted:
+            try:
+                if b == "estop":
+                    self.arm_tx.estop(f"e-stop button on {self.name}")
+                    log.warning("e-stop sent to %s", self.params.arm)
+                else:
+                    self.arm_tx.release()
+                    log.warning("e-stop release sent to %s", self.params.arm)
+            except Exception as e:  # the arm is gone or busy: say so, the button is not lost silently
+                log.error("could not send %s to %s: %s", b, self.params.arm, e)
 
     def metrics(self) -> dict[str, float]:
         m = {"commands": float(self.sent), "active": float(self.active)}
@@ -157,6 +181,6 @@ class TeleopNode(Node):
     def shutdown(self) -> None:
         if hasattr(self, "device") and hasattr(self.device, "close"):
             self.device.close()
-        for s in ("rx", "sub"):
+        for s in ("rx", "sub", "arm_tx"):
             if getattr(self, s, None) is not None:
                 getattr(self, s).close()
