@@ -81,25 +81,33 @@ class ArmClient:
         self._tx.close()
 
 
-def straight_line(start: np.ndarray, end: np.ndarray, t0_ns: int, speed: float, step_s: float = 0.05
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Timed TCP waypoints along the segment start -> end (positions linear, orientation of ``end``).
+def straight_line(start: np.ndarray, end: np.ndarray, t0_ns: int, speed: float, step_s: float = 0.05,
+                  ang_speed: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Timed TCP waypoints along the segment start -> end (positions linear, orientation slerped, so
+    no waypoint jumps in rotation; the duration covers both ``speed`` and ``ang_speed``).
 
     Args:
         start, end: (7,) poses [x y z qx qy qz qw] in the base frame.
         t0_ns: time of ``start``, ns.
         speed: TCP speed, m/s (> 0).
         step_s: waypoint spacing, s.
+        ang_speed: TCP rotation speed, rad/s (> 0).
     Returns:
         stamps_ns (N,) int64 and poses (N, 7), the first waypoint one step after ``t0_ns``.
     """
     if speed <= 0:
         raise ValueError("speed must be > 0")
+    from scipy.spatial.transform import Rotation, Slerp
+
+    start, end = np.asarray(start, float), np.asarray(end, float)
     dist = float(np.linalg.norm(end[:3] - start[:3]))
-    n = max(1, int(np.ceil(dist / speed / step_s)))
+    rots = Rotation.from_quat(np.stack([start[3:], end[3:]]))
+    angle = float((rots[0].inv() * rots[1]).magnitude())
+    n = max(1, int(np.ceil(max(dist / speed, angle / ang_speed) / step_s)))
     s = np.arange(1, n + 1) / n
-    poses = np.repeat(np.asarray(end, float)[None], n, axis=0)
+    poses = np.empty((n, 7))
     poses[:, :3] = start[:3] + s[:, None] * (end[:3] - start[:3])
+    poses[:, 3:] = Slerp([0.0, 1.0], rots)(s).as_quat()
     stamps = t0_ns + (np.arange(1, n + 1) * step_s * 1e9).astype(np.int64)
     return stamps, poses
 

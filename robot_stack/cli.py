@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from .config import ConfigError
@@ -274,6 +275,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="robot-stack", description="Real-robot visuomotor control stack")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("up", help="start every node of a setup config and supervise them")
@@ -408,15 +410,41 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _one_line(e: BaseException) -> str:
+    """An error as one line: its message (no traceback), its type when the message is empty."""
+    msg = " ".join(str(e).split()) or type(e).__name__
+    return msg if len(msg) <= 2000 else msg[:2000] + " ..."
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``robot-stack``: every domain error becomes one line on stderr and a non-zero exit code
+    (2: config error; 1: anything else); ``--debug`` shows the traceback too."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except ConfigError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"robot-stack {args.cmd}: config error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the CLI's contract: one clear line, never a traceback
+        if args.debug:
+            traceback.print_exc()
+            if getattr(e, "log_tail", ""):
+                print(f"--- last log lines of the stack ---\n{e.log_tail}", file=sys.stderr)
+        hint = "" if args.debug or _is_domain_error(e) else f" ({type(e).__name__}; --debug shows where)"
+        print(f"robot-stack {args.cmd}: error: {_one_line(e)}{hint}", file=sys.stderr)
+        return 1
+
+
+def _is_domain_error(e: BaseException) -> bool:
+    """Errors whose message is the whole story for a user (no need to point at --debug)."""
+    names = {c.__name__ for c in type(e).__mro__}
+    return bool(names & {"DatasetError", "LeRobotError", "SessionError", "CalibrationError", "SafetyViolation",
+                         "TransportTimeout", "SecurityError", "ArmDriverError", "TeleopError", "DeployError",
+                         "FileNotFoundError", "PermissionError", "TrainingError"})
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .clock import now_ns
+from .session import SessionError  # noqa: F401 (raised by the session, documented here)
 from .task import ReachTask
 
 COLLECT_NODES = ("sim", "arm", "cam_scene", "cam_wrist", "teleop", "controller", "recorder")
@@ -87,8 +88,7 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
             with console.status("") as st:
                 while True:
                     time.sleep(0.05)
-                    if session.dead():
-                        raise RuntimeError(f"node died: {session.dead()}\n{session.logs.tail()}")
+                    session.raise_if_dead()
                     cmds = [c for c in session.sub.history("teleop/command") if c.seq > teleop_seq]
                     if cmds:
                         teleop_seq = cmds[-1].seq
@@ -115,7 +115,7 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
                 while session.heartbeat(recorder).get("saved", 0.0) <= saved_before and time.monotonic() < deadline:
                     time.sleep(0.05)
                 if session.heartbeat(recorder).get("saved", 0.0) <= saved_before:
-                    raise RuntimeError(f"the recorder did not save episode {ep}:\n{session.logs.tail()}")
+                    raise SessionError(f"the recorder did not save episode {ep}", session.logs.tail())
                 path = list_episodes(out)[-1]
                 res.saved.append(path)
                 res.durations_s.append(dur)

@@ -262,7 +262,10 @@ def find_interrupted(root: str | Path) -> list[Path]:
 def recover(path: str | Path, min_rows: int = 1) -> Path | None:
     """Make an interrupted episode loadable up to its last complete sample, or discard it.
 
-    Each stream is trimmed to the rows all of its fields hold; the episode is marked
+    Each stream is trimmed to the rows all of its fields hold, and then to the rows whose stamps
+    were really written (an append grows an array's shape before its chunk lands, so a kill in
+    between leaves rows that read as the fill value 0, which no monotonic-clock stamp is); the
+    episode is marked
     ``status: recovered`` and renamed to its final name. If it holds no robot state rows (fewer
     than ``min_rows``) or cannot be read, it is moved to ``discarded/`` and None is returned.
     """
@@ -279,6 +282,7 @@ def recover(path: str | Path, min_rows: int = 1) -> Path | None:
         for stream in _stream_groups(g):
             sub = g[stream]
             n = min(a.shape[0] for _, a in sub.arrays())
+            n = _written_rows(sub["stamp_ns"], n)
             for _, a in sub.arrays():
                 if a.shape[0] > n:
                     a.resize((n, *a.shape[1:]))
@@ -292,6 +296,17 @@ def recover(path: str | Path, min_rows: int = 1) -> Path | None:
     path.rename(final)
     log.warning("interrupted episode %s recovered up to its last complete sample: %s", final.name, rows)
     return final
+
+
+def _written_rows(stamps, n: int) -> int:
+    """Rows ``0..k-1`` of ``stamps`` (first ``n``) that hold real stamps: > 0 and not decreasing."""
+    if n == 0:
+        return 0
+    s = np.asarray(stamps[:n])
+    ok = s > 0
+    ok[1:] &= np.diff(s) >= 0
+    bad = np.flatnonzero(~ok)
+    return int(bad[0]) if len(bad) else n
 
 
 def discard_interrupted(path: str | Path, reason: str) -> Path:

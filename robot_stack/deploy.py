@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .clock import now_ns
+from .session import SessionError  # noqa: F401 (raised by the session, documented here)
 from .task import ReachTask
 
 
@@ -75,8 +76,7 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask =
         with console.status(f"{label}: episode {ep + 1}/{episodes} running ...") as st:
             while (now_ns() - t0) / 1e9 < max_episode_s:
                 time.sleep(0.05)
-                if session.dead():
-                    raise RuntimeError(f"node died: {session.dead()}\n{session.logs.tail()}")
+                session.raise_if_dead()
                 s, o = session.state(), session.sub.latest("sim/objects")
                 if task.success(np.asarray(s.ee_pose[:3]), np.asarray(o.cube_pose[:3]), cube[:3]):
                     t_ok = t_ok or now_ns()

@@ -193,17 +193,10 @@ def _decode(path: Path, start_s: float = 0.0, n: int | None = None, fps: float =
     return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
 
 
-def import_lerobot(root: str | Path, out: str | Path) -> list[Path]:
-    """Convert every episode present in a LeRobot v2.1 or v3.0 dataset into native episodes in ``out``.
-
-    Raises:
-        LeRobotError: unknown version, missing files, or video/row count mismatch.
-    """
+def _read_lerobot_index(root: Path):
+    """(info, version, fps, [(episode_index, table, {video key: (path, from_s)}, task)]) of a dataset."""
     import pyarrow.parquet as pq
 
-    from .dataset import EpisodeWriter
-
-    root = Path(root)
     try:
         info = json.loads((root / "meta" / "info.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -241,29 +234,69 @@ def import_lerobot(root: str | Path, out: str | Path) -> list[Path]:
             episodes.append((r["episode_index"], t.take(sel), vids, (r.get("tasks") or [""])[0]))
     else:
         raise LeRobotError(f"{root}: codebase_version {ver!r} (supported: v2.1, v3.0)")
+    return info, ver, fps, episodes
+
+
+def import_lerobot(root: str | Path, out: str | Path) -> list[Path]:
+    """Convert every episode present in a LeRobot v2.1 or v3.0 dataset into native episodes in ``out``.
+
+    Raises:
+        LeRobotError: not a LeRobot dataset, unknown version, missing or unreadable files, or a
+            video/row count mismatch. The episode being imported is removed; those before it stay.
+    """
+    root = Path(root)
+    if not (root / "meta" / "info.json").is_file():
+        raise LeRobotError(f"{root} is not a LeRobot dataset (no meta/info.json)")
+    try:
+        info, ver, fps, episodes = _read_lerobot_index(root)
+    except LeRobotError:
+        raise
+    except Exception as e:  # a malformed dataset: say what and where, in one line
+        raise LeRobotError(f"{root}: unreadable LeRobot dataset ({type(e).__name__}: {e})") from e
+    from .dataset import EpisodeWriter
+
     out_paths = []
     for e_i, t, vids, task in episodes:
-        ts = np.asarray(t.column("timestamp"), np.float64)
-        stamps = np.round(ts * 1e9).astype(np.int64)
-        state = np.stack(t.column("observation.state").to_numpy(zero_copy_only=False))
-        action = np.stack(t.column("action").to_numpy(zero_copy_only=False))
-        w = EpisodeWriter(out, meta={"task": task, "source": f"lerobot {ver}", "source_path": str(root),
-                                     "source_episode_index": int(e_i), "robot": {"type": info.get("robot_type")},
-                                     "rates_hz": {"dataset": fps},
-                                     "features": {k: info["features"][k].get("names") for k in ("observation.state", "action")}})
-        for i in range(len(stamps)):
-            w.add("robot_state", stamps[i], q=state[i])
-            w.add("action", stamps[i], target_ns=stamps[i], value=action[i])
-        w.flush()
-        for k, (path, start) in vids.items():
-            frames = _decode(path, start, len(stamps), fps)
-            if len(frames) != len(stamps):
-                w.discard()
-                raise LeRobotError(f"{path}: {len(frames)} video frames for {len(stamps)} rows of episode {e_i}")
-            cam = k.removeprefix("observation.images.")
-            for i in range(len(stamps)):
-                w.add(f"camera/{cam}", stamps[i], frame_index=np.int64(i), color=frames[i])
-                if i % 60 == 59:
-                    w.flush()
-        out_paths.append(w.close())
+        w = None
+        try:
+            w = EpisodeWriter(out, meta={"task": task, "source": f"lerobot {ver}", "source_path": str(root),
+                                         "source_episode_index": int(e_i), "robot": {"type": info.get("robot_type")},
+                                         "rates_hz": {"dataset": fps},
+                                         "features": {k: info["features"][k].get("names")
+                                                      for k in ("observation.state", "action")}})
+            _import_episode(w, fps, e_i, t, vids)
+            out_paths.append(w.close())
+        except Exception as e:
+            if w is not None:  # nothing in a half-imported episode is worth keeping: no partial left behind
+                import shutil
+
+                shutil.rmtree(w.path, ignore_errors=True)
+            done = f" ({len(out_paths)} episodes imported before it are kept)" if out_paths else ""
+            if isinstance(e, LeRobotError):
+                raise LeRobotError(f"{e}{done}") from e
+            raise LeRobotError(f"{root}: episode {e_i} could not be imported ({type(e).__name__}: {e}){done}") from e
     return out_paths
+
+
+def _import_episode(w, fps: float, e_i: int, t, vids: dict) -> None:
+    """Fill writer ``w`` with one LeRobot episode (table ``t``, videos ``vids``)."""
+    ts = np.asarray(t.column("timestamp"), np.float64)
+    stamps = np.round(ts * 1e9).astype(np.int64)
+    state = np.stack(t.column("observation.state").to_numpy(zero_copy_only=False))
+    action = np.stack(t.column("action").to_numpy(zero_copy_only=False))
+    for i in range(len(stamps)):
+        w.add("robot_state", stamps[i], q=state[i])
+        w.add("action", stamps[i], target_ns=stamps[i], value=action[i])
+    w.flush()
+    for k, (path, start) in vids.items():
+        if not Path(path).is_file():
+            raise LeRobotError(f"{path}: video of episode {e_i} is missing")
+        frames = _decode(path, start, len(stamps), fps)
+        if len(frames) != len(stamps):
+            raise LeRobotError(f"{path}: {len(frames)} video frames for {len(stamps)} rows of episode {e_i}")
+        cam = k.removeprefix("observation.images.")
+        for i in range(len(stamps)):
+            w.add(f"camera/{cam}", stamps[i], frame_index=np.int64(i), color=frames[i])
+            if i % 60 == 59:
+                w.flush()
+

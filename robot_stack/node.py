@@ -10,7 +10,7 @@ loop) and optionally :meth:`Node.shutdown`. The runtime
 - stops cleanly on SIGINT/SIGTERM (``shutdown`` always runs), and exits if its parent (the
   launcher) dies, so no orphan survives (``robot_stack.lifeline`` arms that before any import);
 - treats an unexpected exception while handling one input message as a rejection of that message
-  (:meth:`Node.guarded`: logged, counted in ``rejected.<what>.<error>``), never as the node's end;
+  (:meth:`Node.guarded`: logged, counted in ``input_rejected.<what>.<error>``), never as the node's end;
 - counts an exception escaping :meth:`Node.step` in ``step_errors`` and goes on, unless steps keep
   failing for ``MAX_FAILING_S`` (then the node ends with code 1 and the launcher reports it);
   :class:`NodeFatal` ends the node at once.
@@ -129,7 +129,7 @@ class Node:
         self.pub: Publisher | None = None
         self.loop: RateLoop | None = None
         self.step_errors = 0
-        self.rejected: collections.Counter[str] = collections.Counter()
+        self.input_rejections: collections.Counter[str] = collections.Counter()
         self._fatal: str | None = None
 
     # --- to override -------------------------------------------------------------------------
@@ -149,7 +149,7 @@ class Node:
     # --- input handling ----------------------------------------------------------------------
     def guarded(self, what: str, handler, *args: Any) -> bool:
         """Run ``handler(*args)`` for one input message. An unexpected exception rejects that one
-        message: logged (first ones and then every 100th) and counted in ``rejected.<what>.<error>``;
+        message: logged (first ones and then every 100th) and counted in ``input_rejected.<what>.<error>``;
         returns False. :class:`NodeFatal` passes through."""
         try:
             handler(*args)
@@ -158,8 +158,8 @@ class Node:
             raise
         except Exception as e:
             key = f"{what}.{type(e).__name__}"
-            self.rejected[key] += 1
-            n = self.rejected[key]
+            self.input_rejections[key] += 1
+            n = self.input_rejections[key]
             if n <= 3 or n % 100 == 0:
                 log.error("rejected one %s message (%s #%d): %s: %s", what, key, n, type(e).__name__, e,
                           exc_info=n == 1)
@@ -196,8 +196,8 @@ class Node:
         if self.pub is None:
             return
         m = {"rate_hz": self.rate_hz, "step_errors": float(self.step_errors),
-             "rejected": float(sum(self.rejected.values()))}
-        m.update({f"rejected.{k}": float(v) for k, v in self.rejected.items()})
+             "input_rejected": float(sum(self.input_rejections.values()))}
+        m.update({f"input_rejected.{k}": float(v) for k, v in self.input_rejections.items()})
         if self.loop is not None:
             for k, v in self.loop.stats().as_dict().items():
                 m[f"loop.{k}"] = v

@@ -28,6 +28,17 @@ from .transport import Sender, Subscriber
 HOME_SPEED = 0.6  # rad/s of the largest joint motion when going home
 
 
+class SessionError(RuntimeError):
+    """A job's stack failed (a node died, the stack did not come up, the sim did not reset).
+
+    ``str(e)`` is one line for the user; ``log_tail`` holds the nodes' last log lines (the CLI
+    prints them with ``--debug``)."""
+
+    def __init__(self, summary: str, log_tail: str = ""):
+        super().__init__(summary)
+        self.log_tail = log_tail
+
+
 class LogSink:
     """Keeps node log lines (for an error report) instead of flooding a status display."""
 
@@ -123,9 +134,18 @@ class Session:
                               history=4000, name="session")
         for t in wait_topics:
             if self.sub.wait_for(t, timeout_s) is None:
-                raise RuntimeError(f"the stack did not come up ({t} never arrived):\n{self.logs.tail()}")
+                raise SessionError(f"the stack did not come up ({t} never arrived)", self.logs.tail())
         if self.arm_name is not None:
             self.arm = ArmClient(self.cfg, self.rd, arm=self.arm_name, source="session")
+
+    def raise_if_dead(self) -> None:
+        """Raises SessionError naming the nodes that died (exit code or signal) and why, if any did."""
+        d = self.dead()
+        if d:
+            from .launcher import describe_exit
+
+            why = "; ".join(f"{n} {describe_exit(c)}" for n, c in d.items())
+            raise SessionError(f"node died: {why}", self.logs.tail())
 
     def dead(self) -> dict[str, int]:
         return dict(self.launcher.dead)
@@ -189,7 +209,7 @@ class Session:
         while obj is None or obj.stamp_ns < t_sent + 50_000_000:
             obj = self.sub.wait_for("sim/objects", 5, newer_than_seq=-1 if obj is None else obj.seq)
             if obj is None or now_ns() - t_sent > 5e9:
-                raise RuntimeError(f"the sim world did not reset within 5 s:\n{self.logs.tail()}")
+                raise SessionError("the sim world did not reset within 5 s", self.logs.tail())
         cube = np.asarray(obj.cube_pose, float)
         if start_pose is not None:
             self.move_pose(start_pose, speed=0.2)

@@ -15,7 +15,9 @@ sets it to the next even value, which it puts in the header. A reader copies the
 accepts the copy only if ``gen[k]`` equals the header's value both before and after the copy;
 otherwise the writer lapped it (the reader was more than S messages behind) and the sample is
 dropped and counted, never returned torn. x86-64 keeps stores and loads in order (TSO), which this
-relies on; other architectures would need explicit fences.
+relies on; other architectures (ARM, POWER, RISC-V) would need explicit fences that NumPy cannot
+issue, so there :func:`ring_supported` is False and publishers fall back to plain ``ipc://``
+(one log line says so).
 
 The header may leave before the copy is done (:meth:`ShmRingWriter.reserve`, then send, then
 ``commit``): ZeroMQ's delivery of the header (two I/O-thread hops) then overlaps the writer's
@@ -35,6 +37,19 @@ from typing import Callable
 import numpy as np
 
 ALIGN = 64
+#: CPUs with total store ordering (stores seen in program order by other cores), where the
+#: sequence lock above is correct without fences
+TSO_MACHINES = frozenset({"x86_64", "amd64", "i386", "i486", "i586", "i686", "x86"})
+
+
+def ring_supported(machine: str | None = None) -> bool:
+    """True where the ring's sequence lock is sound without explicit fences (x86's store ordering);
+    ``machine`` defaults to ``platform.machine()``."""
+    import platform
+
+    return (machine or platform.machine()).lower() in TSO_MACHINES
+
+
 NAME_RE = re.compile(r"^rs_[A-Za-z0-9_]{1,60}$")
 
 

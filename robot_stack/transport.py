@@ -120,6 +120,25 @@ class _Sequencer:
 SHM_MIN_BYTES = 256 * 1024
 
 
+_SHM_NOTED = False
+
+
+def _shm_allowed() -> bool:
+    """The shared-memory ring runs only on CPUs where it is sound (``shm_ring.ring_supported``)."""
+    global _SHM_NOTED
+    import platform
+
+    from .shm_ring import ring_supported
+
+    if ring_supported():
+        return True
+    if not _SHM_NOTED:
+        _SHM_NOTED = True
+        log.warning("shared-memory ring off on %s (it relies on x86's store ordering): frames go over plain ipc",
+                    platform.machine())
+    return False
+
+
 class Publisher:
     """PUB socket for sensor streams; never blocks.
 
@@ -144,7 +163,7 @@ class Publisher:
         self.source = source
         self._sock = _open(zmq.PUB, endpoint, True, curve, SNDHWM=hwm)
         self._seq = _Sequencer(source)
-        self._use_shm = shm and endpoint.startswith("ipc://")
+        self._use_shm = shm and endpoint.startswith("ipc://") and _shm_allowed()
         self._shm_slots = shm_slots
         self._rings: dict[str, ShmRingWriter] = {}
         self.stats = TransportStats()

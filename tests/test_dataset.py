@@ -96,6 +96,25 @@ def test_sigkill_mid_episode_loses_nothing_saved_and_recovers(tmp_path):
     assert np.array_equal(cam["color"][:, 0, 0, 0], np.arange(len(cam["color"])) % 255)
 
 
+def test_recovery_drops_rows_whose_stamps_were_never_written(tmp_path):
+    """A kill between an append's resize and its chunk write leaves rows that read as 0."""
+    import zarr
+
+    w = EpisodeWriter(tmp_path)
+    for i in range(25):
+        w.add("robot_state", 1000 + i, q=np.full(7, float(i)))
+    w.flush()
+    g = zarr.open_group(str(w.path), mode="r+")
+    for _, a in g["robot_state"].arrays():  # grow the shape as an append does before its data lands
+        a.resize((40, *a.shape[1:]))
+    n_written = int(np.count_nonzero(np.asarray(g["robot_state"]["stamp_ns"][:])))
+    assert n_written < 40  # the test did make unwritten rows
+    ep = open_episode(recover(w.path))
+    rs = ep.load("robot_state")
+    assert len(rs["stamp_ns"]) == n_written and rs["stamp_ns"].min() > 0
+    assert np.array_equal(rs["q"][:, 0], np.arange(n_written))
+
+
 def test_unrecoverable_partial_is_discarded_with_reason(tmp_path):
     w = EpisodeWriter(tmp_path)
     w.add("camera/c", 1, color=np.zeros((4, 4, 3), np.uint8))

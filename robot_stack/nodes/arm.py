@@ -140,7 +140,7 @@ class ArmNode(Node):
         elif isinstance(msg, ArmControl):
             self._control(msg)
         else:
-            self.rejected[f"arm_input.unexpected_{msg.SCHEMA}"] += 1
+            self.input_rejections[f"arm_input.unexpected_{msg.SCHEMA}"] += 1
             log.warning("ignored %s from %s on the arm input", msg.SCHEMA, msg.source)
 
     def _control(self, msg: ArmControl) -> None:
