@@ -4,6 +4,11 @@ Both loops run at 500 Hz with the same small body (~50 us of numpy work, like on
 interpolation and safety math). Printed per loop: period p50/p99/max, |period - 2 ms| jitter
 p50/p99/max, overruns, and drift (elapsed time - N x period after N periods); then ratios
 plain/RateLoop. Run: ``python bench/servo.py`` (``--quick``: 2 s per loop instead of 10 s).
+
+``--load``: the RateLoop in its own process beside one CPU hog per core (busy Python processes at
+normal priority), without and with the arm node's real-time settings
+(``robot_stack.realtime``: SCHED_FIFO 80, memory locked), plus the idle baseline, in the same
+run; prints each, what the kernel granted, and the jitter ratios against idle.
 """
 
 from __future__ import annotations
@@ -50,11 +55,75 @@ def measure(kind: str, seconds: float) -> dict:
             "overruns": overruns, "drift_ms": (wakes[-1] - t0 - n * PERIOD_NS) / 1e6, "n": n}
 
 
+def _hog() -> None:
+    while True:
+        pass
+
+
+def _child(seconds: float, rt: bool) -> int:
+    """One measurement in this process (``--child``): JSON on stdout."""
+    import json
+
+    from robot_stack.realtime import RealtimeConfig, apply_realtime, current_policy
+
+    granted = apply_realtime(RealtimeConfig(fifo_priority=80, lock_memory=True), "bench") if rt else []
+    r = measure("rateloop", seconds)
+    r = {k: float(v) for k, v in r.items()}
+    r["policy"] = current_policy()
+    r["granted"] = granted
+    print(json.dumps(r))
+    return 0
+
+
+def _load(secs: float) -> int:
+    import json
+    import multiprocessing as mp
+    import os
+    import subprocess
+    import sys
+
+    def run(rt: bool) -> dict:
+        cmd = [sys.executable, __file__, "--child", str(secs)] + (["--rt"] if rt else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        return json.loads(out)
+
+    rows = {"idle": run(False)}
+    hogs = [mp.get_context("spawn").Process(target=_hog, daemon=True) for _ in range(os.cpu_count() or 2)]
+    for h in hogs:
+        h.start()
+    try:
+        time.sleep(0.5)
+        rows["load"] = run(False)
+        rows["load + realtime"] = run(True)
+    finally:
+        for h in hogs:
+            h.terminate()
+    print(f"\nRateLoop at {RATE:.0f} Hz, {secs:.0f} s each, beside {len(hogs)} CPU hogs; jitter |period - 2 ms| in us\n")
+    print(f"{'case':16s} {'scheduling':14s} {'jitter p50':>10s} {'p99':>8s} {'max':>9s} {'overruns':>9s}")
+    for k, r in rows.items():
+        print(f"{k:16s} {r['policy']:14s} {r['j50'] * 1e3:10.1f} {r['j99'] * 1e3:8.1f} {r['jmax'] * 1e3:9.1f} "
+              f"{int(r['overruns']):9d}")
+    for line in rows["load + realtime"]["granted"]:
+        print(f"  {line}")
+    i, a, b = rows["idle"], rows["load"], rows["load + realtime"]
+    print(f"\njitter p99 vs idle: load {a['j99'] / max(i['j99'], 1e-6):.1f}x, load + realtime "
+          f"{b['j99'] / max(i['j99'], 1e-6):.1f}x; load/realtime {a['j99'] / max(b['j99'], 1e-6):.1f}x "
+          f"(target: p99 <= 50 us with realtime: {'met' if b['j99'] * 1e3 <= 50 else 'NOT met'})")
+    return 0
+
+
 def main() -> int:
+    import sys
+
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        return _child(float(sys.argv[2]), "--rt" in sys.argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--load", action="store_true", help="beside CPU hogs, without and with real-time settings")
     args = ap.parse_args()
     secs = 2.0 if args.quick else 10.0
+    if args.load:
+        return _load(secs)
     res = {k: measure(k, secs) for k in ("rateloop", "plain_sleep")}
     print(f"\nservo loop at {RATE:.0f} Hz for {secs:.0f} s each (period 2.000 ms), times in ms\n")
     print(f"{'loop':12s} {'period p50':>10s} {'p99':>7s} {'max':>7s} {'jitter p50':>10s} {'p99':>7s} {'max':>7s} "

@@ -100,9 +100,9 @@ def _franka_process(ip, realtime, use_gripper, automatic_recovery, impedance, sh
     """The 1 kHz control process (see the module docstring). Reports ("ready", q), ("error", msg)."""
     from multiprocessing import shared_memory
 
-    from robot_stack.node import _die_with_parent
+    from robot_stack.lifeline import die_with_parent
 
-    _die_with_parent()  # never outlive the arm node
+    die_with_parent()  # never outlive the arm node
     try:
         import pylibfranka as pf
     except ImportError as e:

@@ -435,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(e, "log_tail", ""):
                 print(f"--- last log lines of the stack ---\n{e.log_tail}", file=sys.stderr)
         hint = "" if args.debug or _is_domain_error(e) else f" ({type(e).__name__}; --debug shows where)"
-        print(f"robot-stack {args.cmd}: error: {_one_line(e)}{hint}", file=sys.stderr)
+        msg = getattr(e, "summary", None) or _one_line(e)
+        print(f"robot-stack {args.cmd}: error: {msg}{hint}", file=sys.stderr)
         return 1
 
 

@@ -17,6 +17,8 @@ import sys
 
 PARENT_ENV = "ROBOT_STACK_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
+_parent: int | None = None  # the launcher's pid, as read by tie_to_parent
+_tied = False
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> bool:
@@ -32,6 +34,10 @@ def parent_gone(expected: int | None = None) -> bool:
     """True when this process's parent is not ``expected`` (default: ``$ROBOT_STACK_PARENT_PID``)
     any more, i.e. the launcher died and the process was re-parented."""
     if expected is None:
+        expected = _parent
+        if _tied and expected is None:
+            return False  # started by hand: nothing to check against
+    if expected is None:
         v = os.environ.get(PARENT_ENV, "")
         if not v.isdigit():
             return False  # started by hand: nothing to check against
@@ -40,8 +46,15 @@ def parent_gone(expected: int | None = None) -> bool:
 
 
 def tie_to_parent() -> None:
-    """Arm the parent-death signal, then exit at once (code 3) if the parent already died."""
+    """Arm the parent-death signal, then exit at once (code 3) if the parent already died.
+    Afterwards ``$ROBOT_STACK_PARENT_PID`` names this process, for the processes it starts."""
+    global _parent, _tied
+    v = os.environ.get(PARENT_ENV, "")
+    _parent = int(v) if v.isdigit() else None
+    _tied = True
     die_with_parent()
     if parent_gone():
         sys.stderr.write("robot_stack: the launcher died before this node started; exiting\n")
         os._exit(3)
+    if _parent is not None:
+        os.environ[PARENT_ENV] = str(os.getpid())  # this process's own children check against it

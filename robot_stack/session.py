@@ -31,11 +31,12 @@ HOME_SPEED = 0.6  # rad/s of the largest joint motion when going home
 class SessionError(RuntimeError):
     """A job's stack failed (a node died, the stack did not come up, the sim did not reset).
 
-    ``str(e)`` is one line for the user; ``log_tail`` holds the nodes' last log lines (the CLI
-    prints them with ``--debug``)."""
+    ``summary`` is one line for the user (what the CLI prints); ``log_tail`` holds the nodes' last
+    log lines (the CLI prints them with ``--debug``); ``str(e)`` is both, for logs and tests."""
 
     def __init__(self, summary: str, log_tail: str = ""):
-        super().__init__(summary)
+        super().__init__(summary + (f"\n{log_tail}" if log_tail else ""))
+        self.summary = summary
         self.log_tail = log_tail
 
 

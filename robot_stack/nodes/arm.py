@@ -32,6 +32,7 @@ from ..drivers.arm import ArmDriverError
 from ..interpolation import Limits, Trajectory
 from ..messages import ArmControl, Heartbeat, RobotState, WaypointSchedule
 from ..node import Node, NodeParams
+from ..realtime import RealtimeConfig, apply_realtime
 from ..safety import SafetyConfig, SafetyViolation, ScheduleChecker, ServoGuard
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ class ArmParams(NodeParams):
     check_budget: float = Field(0.25, gt=0, le=0.8, description="fraction of a servo period spent checking schedules")
     max_pending: int = Field(16, ge=1, description="schedules waiting for their checks; more are refused")
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig,
+                                     description="SCHED_FIFO priority, CPU affinity, locked memory for the servo loop")
+    spy_file: str | None = Field(None, description="record every driver command into this .npz at stop (fault tests)")
 
 
 @dataclass
@@ -82,6 +86,8 @@ class ArmNode(Node):
         from robot_stack.kinematics import Kinematics
 
         p = self.params
+        if p.realtime.any:  # before the driver starts its threads, so they inherit it
+            self.realtime_report = apply_realtime(p.realtime, f"arm node {self.name}")
         if p.driver == "sim":
             from robot_stack.drivers.sim import SimArmDriver
 
@@ -92,6 +98,11 @@ class ArmNode(Node):
 
             f = p.franka
             self.driver = FrankaDriver(f.robot_ip, f.realtime, f.gripper, f.automatic_recovery, f.impedance, f.model)
+        self.spy = None
+        if p.spy_file:
+            from robot_stack.drivers.spy import SpyArmDriver
+
+            self.driver = self.spy = SpyArmDriver(self.driver, p.spy_file)
         self.driver_fault: str | None = None
         first = self.driver.start(p.startup_timeout_s)
         self.kin = Kinematics.panda()
@@ -270,6 +281,8 @@ class ArmNode(Node):
             self.mode = "track" if t < self.traj.end_ns or self.guard.moving else "hold"
         self.q_cmd = q
         self._t_prev = t
+        if self.spy is not None:
+            self.spy.tick_ns = t
         self.driver.command(q, self.grip_cmd)
         if self._tick % self._state_every == 0 and reading.stamp_ns > self._state_stamp:
             self._state_stamp = reading.stamp_ns  # one message per measurement: stamps strictly increase

@@ -232,10 +232,29 @@ class ControllerNode(Node):
             log.error("%s", e)
             return
         arrival = now_ns()
+        actions = np.asarray(chunk.actions, np.float64)
+        bad = self._chunk_problem(actions)
+        if bad:
+            self.stats["bad_chunks"] = self.stats.get("bad_chunks", 0.0) + 1
+            if self.stats["bad_chunks"] <= 5 or self.stats["bad_chunks"] % 50 == 0:
+                log.error("chunk refused (#%d): %s", self.stats["bad_chunks"], bad)
+            return
         self.delay.add(arrival - obs.t_obs_ns)
         self.inference_ms.append((arrival - t_send) / 1e6)
-        self._on_chunk(np.asarray(chunk.actions, np.float64), obs.t_obs_ns, arrival,
+        self._on_chunk(actions, obs.t_obs_ns, arrival,
                        int(round(chunk.dt * 1e9)), chunk.offset)
+
+    @staticmethod
+    def _chunk_problem(actions: np.ndarray) -> str | None:
+        """Why a policy's chunk cannot be executed (None if it can): it must be (H >= 1, 8) TCP
+        poses + gripper, finite, with non-zero quaternions. The arm node checks the rest."""
+        if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] != 8:
+            return f"actions of shape {actions.shape}, expected (H >= 1, 8) [x y z qx qy qz qw gripper]"
+        if not np.all(np.isfinite(actions)):
+            return "actions contain NaN or inf"
+        if np.any(np.linalg.norm(actions[:, 3:7], axis=1) < 1e-6):
+            return "a zero quaternion"
+        return None
 
     def _sync_due(self) -> bool:
         """Sync: request when the executed part of the plan ends within the expected delay."""

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ..lifeline import tie_to_parent
 
-tie_to_parent()  # first act, before the imports below (seconds for torch or MuJoCo)
+if __name__ == "__main__":  # (not when multiprocessing's spawn re-imports this module in a child)
+    tie_to_parent()  # first act, before the imports below (seconds for torch or MuJoCo)
 
 import argparse  # noqa: E402
 import logging  # noqa: E402

@@ -36,6 +36,8 @@ class PolicyParams(NodeParams):
     delay_s: float = Field(0.0, ge=0, description="injected inference delay (benchmarks)")
     max_obs_age_s: float = Field(1.0, gt=0)
     rate_hz: float = Field(1000.0, gt=0)
+    fault: Literal["none", "nan", "limit", "jump", "empty", "flip"] = Field(
+        "none", description="fault injection (HIL tests, bench/faults.py): corrupt every chunk this way")
     threads: int | None = Field(1, ge=1, description="torch / ONNX Runtime CPU threads (None: library default). "
                                                      "One avoids fighting the servo loop for cores on small machines")
 
@@ -57,6 +59,25 @@ def make_policy(p: PolicyParams):
     backend = TorchDenoiser(model) if p.policy == "checkpoint" else OnnxDenoiser(p.path, threads=p.threads)
     log.info("serving %s (%s, %s)", p.path, model.cfg.kind, getattr(backend, "providers", [getattr(backend, "device", "")])[0])
     return GenerativePolicy(model, backend, seed=p.seed)
+
+
+def inject_fault(actions: np.ndarray, fault: str) -> np.ndarray:
+    """A chunk (H, 8) [x y z qx qy qz qw gripper] corrupted the way a broken policy would:
+    "nan" (NaN in the middle), "limit" (the TCP 2 m away, outside any workspace), "jump" (the
+    whole chunk shifted 0.3 m), "empty" (no actions), "flip" (orientation turned 180 deg)."""
+    a = actions.copy()
+    if fault == "nan":
+        a[len(a) // 2, 2] = np.nan
+    elif fault == "limit":
+        a[:, 0] += 2.0
+    elif fault == "jump":
+        a[:, 1] += 0.3
+    elif fault == "empty":
+        a = a[:0]
+    elif fault == "flip":  # q -> q * (1, 0, 0, 0): 180 deg about x
+        x, y, z, w = a[:, 3].copy(), a[:, 4].copy(), a[:, 5].copy(), a[:, 6].copy()
+        a[:, 3], a[:, 4], a[:, 5], a[:, 6] = w, z, -y, -x
+    return a
 
 
 class PolicyNode(Node):
@@ -102,6 +123,8 @@ class PolicyNode(Node):
         if self.params.delay_s and self.params.policy != "goto":  # (GoToPolicy sleeps inside predict)
             time.sleep(self.params.delay_s)
         actions = self.policy.predict(msg.obs, prefix)
+        if self.params.fault != "none":
+            actions = inject_fault(np.array(actions, np.float32), self.params.fault)
         dt_ns = time.perf_counter_ns() - t0
         self.inference_ms.append(dt_ns / 1e6)
         return ActionChunk(request_id=msg.request_id, actions=np.asarray(actions, np.float32), dt=md.dt,
