@@ -39,6 +39,10 @@ class ArmClient:
         self._stop = threading.Event()
         self._thread = None
         if heartbeat_hz > 0:
+            try:  # at once: the arm counts only heartbeats as signs of life, and may remember this
+                self.heartbeat()  # source name as silent from an earlier client
+            except Exception:
+                pass
             self._thread = threading.Thread(target=self._beat, args=(1.0 / heartbeat_hz,), daemon=True)
             self._thread.start()
 

@@ -57,9 +57,21 @@ class NodeContext:
     def node_config(self):
         return self.config.nodes[self.name]
 
-    def _curve_client(self):
+    def _curve_client(self, endpoint: str | None = None, node: str | None = None):
+        """This node's CURVE client settings for a connection to ``endpoint`` (of node ``node``):
+        used where the peer binds with CURVE (its ``curve_server``) or the endpoint leaves the
+        host; same-host ipc and loopback peers without CURVE are reached without it."""
+        from .security import is_local_endpoint
+
         cc = self.node_config.curve_client
-        return cc.build() if cc else None
+        if cc is None:
+            return None
+        peer = self.config.nodes.get(node) if node is not None else None
+        if peer is not None and peer.curve_server is not None:
+            return cc.build()
+        if endpoint is not None and is_local_endpoint(endpoint):
+            return None
+        return cc.build()
 
     def publisher(self, hwm: int = 64) -> Publisher:
         """This node's PUB socket (bound at its pub endpoint)."""
@@ -69,9 +81,11 @@ class NodeContext:
 
     def subscriber(self, nodes: Iterable[str], topics: Iterable[str] = ("",), **kw: Any) -> Subscriber:
         """A SUB socket connected to the PUB endpoints of ``nodes``."""
+        nodes = list(nodes)
         eps = [self.config.pub_endpoint(n, self.run_dir) for n in nodes]
+        curves = {self._curve_client(e, n) is not None for e, n in zip(eps, nodes)}
         return Subscriber(eps, topics, name=f"{self.name}<-{','.join(nodes)}",
-                          curve=self._curve_client(), **kw)
+                          curve=self._curve_client(eps[0], nodes[0]) if curves == {True} else None, **kw)
 
     def receiver(self) -> Receiver:
         """This node's lossless input (PULL, bound at its in endpoint)."""
@@ -81,8 +95,8 @@ class NodeContext:
 
     def sender(self, node: str, timeout_s: float = 1.0) -> Sender:
         """A lossless ordered channel to ``node``'s input."""
-        return Sender(self.config.in_endpoint(node, self.run_dir), self.name, timeout_s=timeout_s,
-                      curve=self._curve_client())
+        ep = self.config.in_endpoint(node, self.run_dir)
+        return Sender(ep, self.name, timeout_s=timeout_s, curve=self._curve_client(ep, node))
 
     def request_client(self, endpoint: str, timeout_s: float = 2.0) -> RequestClient:
         """A REQ client to ``endpoint`` (another node's input, or a remote policy server), with this
@@ -91,7 +105,7 @@ class NodeContext:
         Raises:
             SecurityError: a non-local TCP endpoint without CURVE settings.
         """
-        return RequestClient(endpoint, self.name, timeout_s=timeout_s, curve=self._curve_client())
+        return RequestClient(endpoint, self.name, timeout_s=timeout_s, curve=self._curve_client(endpoint))
 
     def arm_client(self, arm: str, heartbeat_hz: float = 0.0, timeout_s: float = 2.0):
         """An :class:`~robot_stack.arm_client.ArmClient` to arm node ``arm``, with this node's CURVE
@@ -99,7 +113,7 @@ class NodeContext:
         from .arm_client import ArmClient
 
         return ArmClient(self.config, self.run_dir, arm=arm, source=self.name, heartbeat_hz=heartbeat_hz,
-                         timeout_s=timeout_s, curve=self._curve_client())
+                         timeout_s=timeout_s, curve=self._curve_client(self.config.in_endpoint(arm, self.run_dir), arm))
 
 
 class NodeFatal(RuntimeError):
