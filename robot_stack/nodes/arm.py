@@ -264,8 +264,9 @@ class ArmNode(Node):
             self.counters["heartbeat_stale"] += 1
             log.error("command source %r silent for > %.0f ms: holding", self.active_source, self.timeout_ns / 1e6)
             self._drop_schedule()
-        # the period that really passed since the last command (overruns included, capped)
-        dt = min((t - self._t_prev) / 1e9, 5 * self._dt) if self._t_prev else self._dt
+        # the period that really passed since the last command, overruns included: the guard's
+        # profile is then the command stream the driver really sees, limits held in real time
+        dt = max((t - self._t_prev) / 1e9, 1e-5) if self._t_prev else self._dt
         if self.estop or self.traj is None:
             q = self.guard.stop(dt)  # jerk-limited stop, then hold where it ended
             self.mode = "estop" if self.estop else "hold"
@@ -300,7 +301,36 @@ class ArmNode(Node):
             m.update(self.driver.loop_stats())
         return m
 
+    #: longest jerk-limited stop run at shutdown before the driver is released, s
+    STOP_ON_SHUTDOWN_S = 2.0
+
+    def _stop_motion(self) -> None:
+        """Bring a moving command to rest along the guard's jerk-limited stop before the driver
+        is released (a stack stopping, or stopped because another node died, leaves the arm held,
+        not cut off mid-motion)."""
+        import time
+
+        if self.driver_fault is not None or not self.guard.moving:
+            return
+        t_prev = self._t_prev or now_ns()  # the profile goes on from the last command sent
+        deadline = now_ns() + int(self.STOP_ON_SHUTDOWN_S * 1e9)
+        while self.guard.moving and now_ns() < deadline:
+            time.sleep(self._dt)
+            t = now_ns()
+            q = self.guard.stop(max((t - t_prev) / 1e9, 1e-5))
+            t_prev = self._t_prev = t
+            if self.spy is not None:
+                self.spy.tick_ns = t
+            try:
+                self.driver.command(q, self.grip_cmd)
+            except Exception as e:  # the robot is gone: nothing left to stop
+                log.error("stop at shutdown: %s", e)
+                return
+        log.info("arm brought to rest before shutdown")
+
     def shutdown(self) -> None:
+        if hasattr(self, "guard") and hasattr(self, "driver"):
+            self._stop_motion()
         if hasattr(self, "driver"):
             self.driver.stop()
         if hasattr(self, "rx"):
