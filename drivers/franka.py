@@ -96,13 +96,24 @@ class _Shared:
         self.a[:] = 0
 
 
-def _franka_process(ip, realtime, use_gripper, automatic_recovery, impedance, shm_name, lock, events) -> None:
-    """The 1 kHz control process (see the module docstring). Reports ("ready", q), ("error", msg)."""
+def _franka_process(ip, realtime, use_gripper, automatic_recovery, impedance, shm_name, lock, events,
+                    rt: dict | None = None) -> None:
+    """The 1 kHz control process (see the module docstring). Reports ("ready", q), ("error", msg).
+    ``rt``: :class:`~robot_stack.realtime.RealtimeConfig` fields for this process (SCHED_FIFO,
+    affinity, mlockall), applied first and reported in its log."""
     from multiprocessing import shared_memory
 
     from robot_stack.lifeline import die_with_parent
 
     die_with_parent()  # never outlive the arm node
+    if rt:
+        from robot_stack.realtime import RealtimeConfig, RealtimeError, apply_realtime
+
+        try:
+            apply_realtime(RealtimeConfig(**rt), "franka 1 kHz loop")
+        except RealtimeError as e:
+            events.put(("error", str(e)))
+            return
     try:
         import pylibfranka as pf
     except ImportError as e:
@@ -223,16 +234,19 @@ class FrankaDriver(ArmDriver):
         automatic_recovery: after a reflex, call ``automatic_error_recovery`` and resume.
         impedance: joint impedance stiffness (7,) N m/rad for the robot's internal controller.
         model: "fr3" or "panda" (joint limits).
+        rt: real-time settings of the 1 kHz process (``RealtimeConfig`` fields), or None.
     """
 
     n_joints = 7
 
     def __init__(self, robot_ip: str, realtime: str = "ignore", gripper: bool = True,
-                 automatic_recovery: bool = False, impedance: list[float] | None = None, model: str = "fr3"):
+                 automatic_recovery: bool = False, impedance: list[float] | None = None, model: str = "fr3",
+                 rt: dict | None = None):
         if model not in LIMITS:
             raise ArmDriverError(f"franka model {model!r}: choose one of {sorted(LIMITS)}")
         self.lower, self.upper = LIMITS[model]
         self.args = (robot_ip, realtime, gripper, automatic_recovery, impedance)
+        self.rt = rt
         self.ip = robot_ip
         self._error: str | None = None
         self.proc = None
@@ -246,7 +260,7 @@ class FrankaDriver(ArmDriver):
         self.lock = ctx.Lock()
         self.events = ctx.Queue()
         self.proc = ctx.Process(target=_franka_process, args=(*self.args, self.shared.shm.name, self.lock, self.events),
-                                name="franka-1khz", daemon=True)
+                                kwargs={"rt": self.rt}, name="franka-1khz", daemon=True)
         self.proc.start()
         try:
             kind, payload = self.events.get(timeout=timeout_s)

@@ -25,5 +25,5 @@ def test_quick_demo_deploys_a_learned_policy(tmp_path, report):
     # episodes start 0.46 m above the cube's centre: only the policy can have brought the TCP down,
     # and toward the cube (a 300-step policy is rough: it need not succeed, but it must head there)
     tcp, cube = np.array(d.final_tcp), np.array(d.cube_poses)[:, :3]
-    assert np.median(tcp[:, 2]) < 0.25
-    assert np.median(np.linalg.norm(tcp - cube, axis=1)) < 0.25
+    assert np.median(tcp[:, 2]) < 0.2  # from 0.48 m
+    assert np.median(np.linalg.norm(tcp - cube, axis=1)) < 0.18  # README: median about 0.11 m in quick runs

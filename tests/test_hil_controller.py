@@ -132,7 +132,7 @@ def test_strategy_completes_the_motion(stack, strategy, report):
           f"inference p50 {m.get('inference_p50_ms', 0):.0f} ms, d = {m['delay_steps']:.0f} steps; chunks {m['chunks']:.0f}, "
           f"dropped actions {m['dropped_actions']:.0f}, over budget {m['over_budget']:.0f}; chunk-switch jump mean "
           f"{m.get('switch_jump_mean_mm', 0):.2f} mm max {m.get('switch_jump_max_mm', 0):.2f} mm")
-    assert dev.max() < 0.005
+    assert dev.max() < 0.0025  # README: about 1.3 mm (the printed figure)
     assert m["errors"] == 0 and m["chunks"] >= 3
     assert m["inference_p50_ms"] == pytest.approx(200, abs=60)  # the injected delay is seen
     assert proc.returncode == 0, log[-2000:]

@@ -109,7 +109,7 @@ def test_schedule_there_and_back(stack, franka_sim, report):
     back = np.array(stack.state().q)
     assert np.abs(q.max(0) - q0 - np.maximum(delta, 0)).max() < 0.05, stack.logs.tail(60)  # it went there
     assert np.abs(back - q0).max() < 0.02  # and came back
-    assert err.max() < 0.15 and hb["franka.period_p50_ms"] == pytest.approx(1.0, abs=0.2)
+    assert err.max() < 0.03 and hb["franka.period_p50_ms"] == pytest.approx(1.0, abs=0.2)
     assert stack.state().gripper_width == pytest.approx(0.02, abs=0.01)  # 0.25 of 80 mm
     assert hb.get("safety.driver_fault", 0) == 0 and not sim_errors(franka_sim), sim_errors(franka_sim)
 

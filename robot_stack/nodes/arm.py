@@ -50,6 +50,8 @@ class FrankaParams(NodeParams):
     automatic_recovery: bool = Field(False, description="after a reflex, recover automatically and resume")
     impedance: list[float] | None = Field(None, min_length=7, max_length=7, description="joint stiffness, N m/rad")
     model: Literal["fr3", "panda"] = "fr3"
+    loop_realtime: RealtimeConfig = Field(default_factory=RealtimeConfig,
+                                          description="SCHED_FIFO priority, CPU affinity, locked memory for the 1 kHz process")
 
 
 class ArmParams(NodeParams):
@@ -97,7 +99,8 @@ class ArmNode(Node):
             from robot_stack.drivers.franka import FrankaDriver
 
             f = p.franka
-            self.driver = FrankaDriver(f.robot_ip, f.realtime, f.gripper, f.automatic_recovery, f.impedance, f.model)
+            self.driver = FrankaDriver(f.robot_ip, f.realtime, f.gripper, f.automatic_recovery, f.impedance, f.model,
+                                       rt=f.loop_realtime.model_dump() if f.loop_realtime.any else None)
         self.spy = None
         if p.spy_file:
             from robot_stack.drivers.spy import SpyArmDriver
