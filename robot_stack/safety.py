@@ -67,7 +67,7 @@ class SafetyConfig(BaseModel):
     max_jump_ee: float = Field(0.08, gt=0)
     max_jump_ee_rad: float = Field(0.5, gt=0)
     max_waypoints: int = Field(1024, ge=1)
-    max_ahead_s: float = Field(10.0, gt=0)
+    max_ahead_s: float = Field(30.0, gt=0)
     on_limit: Literal["clamp", "refuse"] = "refuse"
     heartbeat_timeout_s: float = Field(0.5, gt=0)
     estop_release: list[str] | None = None

@@ -119,7 +119,7 @@ def test_schedule_sanity_refusals_are_named():
         (dict(stamps_ns=np.zeros(0, np.int64), positions=np.zeros((0, 3))), "empty"),
         (dict(stamps_ns=now + np.arange(1, 2000) * 10**6, positions=np.zeros((1999, 3))), "too_long"),
         (dict(stamps_ns=ok, positions=np.zeros((1, 4))), "shape"),
-        (dict(stamps_ns=np.array([now + 11 * 10**9]), positions=np.zeros((1, 3))), "too_far_ahead"),
+        (dict(stamps_ns=np.array([now + 31 * 10**9]), positions=np.zeros((1, 3))), "too_far_ahead"),
         (dict(stamps_ns=ok, positions=np.zeros((1, 3)), gripper=np.array([np.nan])), "gripper"),
         (dict(stamps_ns=ok, positions=np.zeros((1, 3)), gripper=np.array([1.5])), "gripper"),
     ]:
