@@ -200,16 +200,27 @@ class Launcher:
         return rc
 
     def stop(self) -> None:
-        """SIGTERM all nodes, SIGKILL stragglers after the grace period, remove the run folder."""
+        """SIGTERM the nodes in three stages, SIGKILL stragglers after each stage's grace period,
+        remove the run folder. Order: whatever commands the arm first, then the arm nodes (they
+        bring a moving arm to rest, jerk-limited, while the robot still listens), the sim world
+        (the robot) last."""
         self._stopping = True
+        others, arms, sims = [], [], []
         for np_ in self.nodes.values():
+            kind = self.config.nodes[np_.name].kind
+            (arms if kind == "arm" else sims if kind == "sim_world" else others).append(np_)
+        for stage in (others, arms, sims):
+            self._stop_stage(stage)
+
+    def _stop_stage(self, stage: list) -> None:
+        for np_ in stage:
             if np_.proc.poll() is None:
                 try:
                     os.killpg(np_.proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + self.config.shutdown_timeout_s
-        for np_ in self.nodes.values():
+        for np_ in stage:
             try:
                 np_.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
