@@ -249,10 +249,10 @@ def camera_stops(work: Path) -> None:
         dead = dict(s.launcher.dead)
     del t0
     row("camera stops", "SIGSTOP of the camera node mid-episode, SIGCONT after",
-        f"controller held ({holds:.0f} stale-observation holds), arm held at the plan's end"
+        f"controller held ({holds:.0f} stale-observation holds) and told the arm to hold"
         f"{', resumed' if resumed is not None else ''}; episode saved",
         f"hold {_ms(hold)}", f"{rec.get('dropped', 0):.0f} samples dropped",
-        hold is not None and hold < 2.5 and holds > 0 and not dead and rec.get("saved", 0) >= 1)
+        hold is not None and hold <= HB_TIMEOUT_S + 0.2 and holds > 0 and not dead and rec.get("saved", 0) >= 1)
 
 
 def sim_dies(work: Path) -> None:

@@ -206,6 +206,7 @@ class ControllerNode(Node):
             self.stats["obs_holds"] += 1
             if self.stats["obs_holds"] <= 5 or self.stats["obs_holds"] % 50 == 0:
                 log.warning("holding: %s", e)
+            self._hold_arm(f"stale observation: {e}")
             self._stop.wait(self.dt_ns / 1e9)
             return
         t_send = now_ns()
@@ -255,6 +256,23 @@ class ControllerNode(Node):
         if np.any(np.linalg.norm(actions[:, 3:7], axis=1) < 1e-6):
             return "a zero quaternion"
         return None
+
+    def _hold_arm(self, why: str) -> None:
+        """A stream the policy needs went stale: stop executing the current plan now (the arm
+        brakes, jerk-limited, and holds) instead of running it open-loop to its end."""
+        with self.lock:
+            had_plan = len(self.plan_stamps) > 0 and int(self.plan_stamps[-1]) > now_ns()
+            self.plan_stamps = np.zeros(0, np.int64)
+            self.plan_actions = np.zeros((0, 8))
+            self.ensembler = TemporalEnsembler(self.dt_ns, self.params.ensemble_m)
+        if had_plan:
+            self.stats["stale_holds"] = self.stats.get("stale_holds", 0.0) + 1
+            log.warning("arm told to hold: %s", why)
+            try:
+                self.arm.hold()
+            except TransportTimeout as e:
+                self.stats["errors"] += 1
+                log.error("arm not reachable: %s", e)
 
     def _sync_due(self) -> bool:
         """Sync: request when the executed part of the plan ends within the expected delay."""
