@@ -55,13 +55,17 @@ class Kinematics:
         return out
 
     def ik(self, target: np.ndarray, q_seed: np.ndarray, iters: int = 50, tol_m: float = 1e-4,
-           tol_rad: float = 1e-3, damping: float = 0.05, raise_on_fail: bool = True) -> np.ndarray:
-        """Joint positions reaching the TCP pose ``target``, starting from ``q_seed``.
+           tol_rad: float = 1e-3, damping: float = 0.05, raise_on_fail: bool = True,
+           margin: float = 0.0) -> np.ndarray:
+        """Joint positions reaching the TCP pose ``target``, starting from ``q_seed``, kept
+        ``margin`` (rad) inside the joint limits at every iteration (so a caller that clamps with
+        that margin, like the servo guard, never has to: the other joints make up for it).
 
         Raises:
             IKError: if the tolerance is not met after ``iters`` (only when ``raise_on_fail``).
         """
-        q = np.clip(np.asarray(q_seed, float).copy(), self.lower, self.upper)
+        lo, hi = self.lower + margin, self.upper - margin
+        q = np.clip(np.asarray(q_seed, float).copy(), lo, hi)
         # rotation error with MuJoCo's quaternion routines (scalar-first), cheap enough for 500 Hz
         x, y, z, w = target[3:]
         q_t = np.array([w, x, y, z]) / np.linalg.norm(target[3:])
@@ -83,7 +87,7 @@ class Kinematics:
             J = np.vstack([self._jp[:, self.dof_adr], self._jr[:, self.dof_adr]])
             e[:3], e[3:] = e_pos, e_rot
             dq = J.T @ np.linalg.solve(J @ J.T + lam2 * np.eye(6), e)
-            q = np.clip(q + dq, self.lower, self.upper)
+            q = np.clip(q + dq, lo, hi)
         if raise_on_fail:
             raise IKError(f"IK did not converge: position error {np.linalg.norm(e_pos) * 1e3:.1f} mm, "
                           f"rotation error {np.degrees(np.linalg.norm(e_rot)):.2f} deg")

@@ -96,6 +96,22 @@ def move_to_start(stack):
     assert np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - START) < 0.005
 
 
+def home_joints(stack):
+    """A joint-space move to the sim's home posture (as a deploy episode's reset does)."""
+    from robot_stack.drivers.sim_model import HOME_Q
+
+    client = ArmClient(stack["cfg"], stack["run_dir"], source="test_home")
+    try:
+        q0 = np.array(stack["state"].latest("robot/state").q)
+        dur = max(0.5, float(np.abs(HOME_Q - q0).max()) / 0.5)
+        s = np.linspace(0, 1, int(dur / 0.05) + 1)[1:]
+        client.send_schedule(now_ns() + (s * dur * 1e9).astype(np.int64), q0 + s[:, None] * (HOME_Q - q0))
+        time.sleep(dur + 0.8)
+    finally:
+        client.close()
+    assert np.abs(np.array(stack["state"].latest("robot/state").q) - HOME_Q).max() < 0.02
+
+
 def deviation_from_line(p):
     d = GOAL - START
     s = np.clip((p - START) @ d / (d @ d), 0, 1)
@@ -210,6 +226,7 @@ def test_reach_task_with_each_strategy(stack, strategy, report):
     policy (above the cube, then down; 200 ms inference) must end in the task's success region."""
     from robot_stack.task import ReachTask
 
+    home_joints(stack)  # the same posture for every strategy: earlier tests leave the redundant joint anywhere
     move_to_start(stack)
     node = f"reach_{strategy}"
     cube0 = np.array(stack["state"].latest("sim/objects").cube_pose[:3])
