@@ -102,14 +102,12 @@ def collect(cfg: StackConfig, run_dir: Path, camera_node: str, board: BoardSpec,
             reached = np.linalg.norm(np.array(st.ee_pose[:3]) - goal[:3])
             if reached > 0.005 or st.mode == "estop":
                 out.skipped.append((i, f"arm did not reach the pose ({reached * 1e3:.0f} mm off; refused by safety?)"))
-                log(f"pose {i + 1}/{len(poses)}: skipped: {out.skipped[-1][1]}")
                 continue
             frame = sub.wait_for(f"camera/{cam_id}", 3.0)
             while frame is not None and frame.stamp_ns < t_settled:
                 frame = sub.wait_for(f"camera/{cam_id}", 3.0, newer_than_seq=frame.seq)
             if frame is None:
                 out.skipped.append((i, "no camera frame after settling"))
-                log(f"pose {i + 1}/{len(poses)}: skipped: {out.skipped[-1][1]}")
                 continue
             st = sub.latest("robot/state")
             try:
@@ -117,7 +115,6 @@ def collect(cfg: StackConfig, run_dir: Path, camera_node: str, board: BoardSpec,
                 T_cb, rms = board_pose(obj, img, np.asarray(frame.K))
             except BoardNotVisible as e:
                 out.skipped.append((i, f"board not visible: {e}"))
-                log(f"pose {i + 1}/{len(poses)}: skipped: {out.skipped[-1][1]}")
                 continue
             out.T_base_gripper.append(pose_to_T(np.array(st.ee_pose)))
             out.T_camera_board.append(T_cb)
@@ -193,6 +190,8 @@ def intrinsics(cfg: StackConfig, run_dir: Path, camera_node: str, board_key: str
     if center is not None:
         nominal[:3] = center
     s = collect(cfg, run_dir, camera_node, board, pose_set(nominal, n_poses, seed, rot_deg), arm=arm, log=log)
+    for i, why in s.skipped:
+        log(f"pose {i + 1}/{n_poses}: skipped: {why}")
     if s.K is None:
         raise CalibrationError("the board was not seen in any pose")
     check = verify_intrinsics(s.images, s.K, None, board)

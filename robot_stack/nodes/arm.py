@@ -278,7 +278,7 @@ class ArmNode(Node):
                 q_des = self.traj.eval(t)
             else:
                 q_des = self.kin.ik(self.traj.eval(t), self.q_cmd, iters=self.params.ik_iters_per_tick,
-                                    raise_on_fail=False, margin=self.params.safety.joint_margin + 1e-3)
+                                    raise_on_fail=False)
             q = self.guard.track(q_des, dt)
             if self.grip_traj is not None:
                 self.grip_cmd = float(self.grip_traj.eval(t)[0])
