@@ -43,7 +43,7 @@ from robot_stack.config import load_config  # noqa: E402
 from robot_stack.drivers.spy import command_limits  # noqa: E402
 from robot_stack.launcher import Launcher  # noqa: E402
 from robot_stack.messages import (ArmControl, EpisodeEvent, Heartbeat, JointTarget,  # noqa: E402
-                                  ObservationWindow, SimCommand, WaypointSchedule)
+                                  ObservationWindow, WaypointSchedule)
 from robot_stack.session import LogSink  # noqa: E402
 from robot_stack.transport import Subscriber  # noqa: E402
 

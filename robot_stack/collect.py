@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .clock import now_ns
-from .session import SessionError  # noqa: F401 (raised by the session, documented here)
+from .session import SessionError
 from .task import ReachTask
 
 COLLECT_NODES = ("sim", "arm", "cam_scene", "cam_wrist", "teleop", "controller", "recorder")

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from .clock import now_ns
-from .session import SessionError  # noqa: F401 (raised by the session, documented here)
 from .task import ReachTask
 
 
