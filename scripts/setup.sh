@@ -11,6 +11,7 @@ APT_PKGS=(
   libusb-1.0-0              # pyrealsense2
   libhidapi-hidraw0 libhidapi-libusb0   # SpaceMouse
   libegl1 libegl-mesa0 libgl1-mesa-dri libgles2   # MuJoCo offscreen rendering with MUJOCO_GL=egl (Mesa, no GPU)
+  iproute2                  # network namespaces + veth for the off-host CURVE test (tests/test_hil_faults.py)
 )
 missing=()
 for p in "${APT_PKGS[@]}"; do
