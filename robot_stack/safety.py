@@ -314,7 +314,6 @@ class ServoGuard:
         self.v = np.zeros(n)
         self.a = np.zeros(n)
         self._prev_des: np.ndarray | None = None
-        self.stopped = True
 
     def reset(self, q: np.ndarray) -> None:
         """Restart at rest at ``q`` (rad): start-up, or after the robot itself stopped (driver fault)."""
@@ -322,7 +321,6 @@ class ServoGuard:
         self.v[:] = 0.0
         self.a[:] = 0.0
         self._prev_des = None
-        self.stopped = True
 
     def _run(self, dt: float, target_q: np.ndarray | None, target_v: np.ndarray) -> np.ndarray:
         """Advance the commanded state by ``dt`` toward a target moving at constant velocity
@@ -379,7 +377,6 @@ class ServoGuard:
         v_max_ff = 0.98 * self.vmax  # keep the shifted velocity window open on both sides
         v_ff = np.zeros(self.n) if self._prev_des is None else np.clip((q - self._prev_des) / dt, -v_max_ff, v_max_ff)
         self._prev_des = q
-        self.stopped = False
         out = self._run(dt, q, v_ff)
         if np.max(np.abs(out - q)) > self.LIMITED_TOL:
             self.counters["servo_limited"] += 1
@@ -388,16 +385,13 @@ class ServoGuard:
     def stop(self, dt: float) -> np.ndarray:
         """Command for this tick of a jerk-limited stop (then: hold where the stop ended)."""
         self._prev_des = None
-        if self.stopped or not (np.any(self.v) or np.any(self.a)):
-            self.stopped = True
+        if not self.moving:  # at rest: hold exactly where the stop ended
             self.v[:] = 0.0
             self.a[:] = 0.0
             return self.q.copy()
-        out = self._run(dt, None, np.zeros(self.n))
-        if np.max(np.abs(self.v)) < 1e-9 and np.max(np.abs(self.a)) < 1e-9:
-            self.stopped = True
-        return out
+        return self._run(dt, None, np.zeros(self.n))
 
     @property
     def moving(self) -> bool:
+        """The commanded state still has velocity or acceleration (beyond 1e-9)."""
         return bool(np.any(np.abs(self.v) > 1e-9) or np.any(np.abs(self.a) > 1e-9))

@@ -65,11 +65,14 @@ def stack(tmp_path):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _spy_limits(path):
+def _assert_commands_within_limits(path, report, when: str) -> None:
+    """Every command the spy driver recorded stays within the velocity, acceleration and jerk limits."""
     rec = np.load(path, allow_pickle=False)
     assert len(rec["t_ns"]) > 1000, "the spy recorded no commands"
-    lim = command_limits(rec["t_ns"], rec["q"])
-    return {k: float(v.max()) for k, v in lim.items()}, rec
+    lim = {k: float(v.max()) for k, v in command_limits(rec["t_ns"], rec["q"]).items()}
+    report(f"commands at the driver {when}: " + ", ".join(f"{k} {lim[k]:.2f}/{LIMITS[k]:g}" for k in LIMITS))
+    for k in LIMITS:
+        assert lim[k] <= LIMITS[k] * (1 + 1e-3), (k, lim)  # divided differences round at ~1e-5
 
 
 def test_wrong_messages_are_refused_by_name_and_never_reach_the_driver(stack, report):
@@ -94,7 +97,7 @@ def test_wrong_messages_are_refused_by_name_and_never_reach_the_driver(stack, re
             sched([t], q0[None], gripper=[np.nan])  # NaN gripper
             sched([t], q0[None], gripper=[2.0])  # gripper out of range
             sched([t], q0[None, :5])  # wrong joint count
-            sched([now_ns() + 60 * 10**9], q0[None])  # an hour's worth ahead... a minute
+            sched([now_ns() + 60 * 10**9], q0[None])  # a minute ahead (max_ahead_s 30 s)
             flipped = p0.copy()
             flipped[3:] = [1.0, 0, 0, 0] if abs(p0[3]) < 0.5 else [0, 0, 0, 1.0]
             sched([t], flipped[None], space="ee")  # orientation flip at the same position
@@ -132,11 +135,7 @@ def test_wrong_messages_are_refused_by_name_and_never_reach_the_driver(stack, re
         finally:
             tx.close()
             sub.close()
-    lim, _ = _spy_limits(stack["spy"])
-    report("commands at the driver after bad messages: " + ", ".join(
-        f"{k} {lim[k]:.2f}/{LIMITS[k]:g}" for k in LIMITS))
-    for k in LIMITS:
-        assert lim[k] <= LIMITS[k] * (1 + 1e-3), (k, lim)  # divided differences round at ~1e-5
+    _assert_commands_within_limits(stack["spy"], report, "after bad messages")
 
 
 def test_stopped_controller_makes_the_arm_hold_within_the_heartbeat_timeout(stack, report):
@@ -174,11 +173,7 @@ def test_stopped_controller_makes_the_arm_hold_within_the_heartbeat_timeout(stac
             assert not launcher.dead, out.tail()
         finally:
             sub.close()
-    lim, _ = _spy_limits(stack["spy"])
-    report("commands at the driver through the stall's stop: " + ", ".join(
-        f"{k} {lim[k]:.2f}/{LIMITS[k]:g}" for k in LIMITS))
-    for k in LIMITS:
-        assert lim[k] <= LIMITS[k] * (1 + 1e-3), (k, lim)  # divided differences round at ~1e-5
+    _assert_commands_within_limits(stack["spy"], report, "through the stall's stop")
 
 
 def test_inference_that_cannot_go_on_ends_the_node_and_the_launcher_reports_it(tmp_path, run_dir):

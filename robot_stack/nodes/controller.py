@@ -129,7 +129,8 @@ class ControllerNode(Node):
         self._next_request_ns = 0
         self._unsent_t_obs: int | None = None
         self.stats = {k: 0.0 for k in ("requests", "chunks", "dropped_actions", "late_steps", "over_budget",
-                                       "obs_holds", "errors", "teleop_steps", "interventions", "episodes")}
+                                       "obs_holds", "errors", "teleop_steps", "interventions", "episodes",
+                                       "bad_chunks", "stale_holds")}
         self.inference_ms: list[float] = []
         self.e2e_ms: list[float] = []  # capture of the anchor frame -> its chunk's waypoints sent to the arm
         self.jumps_m: list[float] = []
@@ -236,7 +237,7 @@ class ControllerNode(Node):
         actions = np.asarray(chunk.actions, np.float64)
         bad = self._chunk_problem(actions)
         if bad:
-            self.stats["bad_chunks"] = self.stats.get("bad_chunks", 0.0) + 1
+            self.stats["bad_chunks"] += 1
             if self.stats["bad_chunks"] <= 5 or self.stats["bad_chunks"] % 50 == 0:
                 log.error("chunk refused (#%d): %s", self.stats["bad_chunks"], bad)
             return
@@ -266,7 +267,7 @@ class ControllerNode(Node):
             self.plan_actions = np.zeros((0, 8))
             self.ensembler = TemporalEnsembler(self.dt_ns, self.params.ensemble_m)
         if had_plan:
-            self.stats["stale_holds"] = self.stats.get("stale_holds", 0.0) + 1
+            self.stats["stale_holds"] += 1
             log.warning("arm told to hold: %s", why)
             try:
                 self.arm.hold()

@@ -184,7 +184,6 @@ class RecorderNode(Node):
                     log.error("sample of %s not recordable: %s", topic, e)
                 except Exception as e:  # a sample that decodes but is wrong: that sample, not the node
                     self.input_rejections[f"recorder_sample.{type(e).__name__}"] += 1
-                    self.counts["rejected_samples"] = self.counts.get("rejected_samples", 0) + 1
                     log.error("sample of %s rejected: %s: %s", topic, type(e).__name__, e)
             if self.writer is not None and self.t_stop and now_ns() - self.t_stop > self.params.stop_grace_s * 1e9:
                 self._close()
