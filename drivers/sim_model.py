@@ -1,8 +1,9 @@
 """The MuJoCo scene of the simulation backend.
 
-Robot: the MuJoCo Menagerie Franka Emika Panda with a Robotiq 2F-85 gripper, as shipped in the
-``gym-hil`` PyPI package (``gym_hil/assets/panda.xml``, Apache-2.0). Only its asset files are read
-(the package is never imported), so no download happens at run time.
+Robot: the robot model ``panda_robotiq`` (``robot_stack/robots/panda_robotiq.yaml``): the MuJoCo
+Menagerie Franka Emika Panda with a Robotiq 2F-85 gripper, as shipped in the ``gym-hil`` PyPI
+package (``gym_hil/assets/panda.xml``, Apache-2.0). Only its asset files are read (the package is
+never imported), so no download happens at run time. The arm node uses the same model.
 
 The scene adds, with ``mujoco.MjSpec``: a floor that serves as the table top (z = 0 in the robot
 base frame), a 4 cm cube on a free joint, a flat target region (visual only), lights, a fixed scene
@@ -40,21 +41,6 @@ CUBE_HALF = 0.02
 
 class SimModelError(RuntimeError):
     """The robot model could not be found or built."""
-
-
-def panda_xml_path() -> str:
-    """Path of ``panda.xml`` inside the installed gym-hil package (not imported).
-
-    Raises:
-        SimModelError: gym-hil is not installed (``pip install --no-deps gym-hil==0.1.14``).
-    """
-    spec = importlib.util.find_spec("gym_hil")
-    if spec is None or not spec.submodule_search_locations:
-        raise SimModelError("the Panda model ships in the gym-hil package: pip install --no-deps gym-hil==0.1.14")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "assets", "panda.xml")
-    if not os.path.isfile(path):
-        raise SimModelError(f"gym-hil is installed but {path} is missing")
-    return path
 
 
 TABLE_BOARD_DICT = "DICT_5X5_100"
@@ -105,7 +91,11 @@ def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
     Raises:
         SimModelError: missing robot model or a compile error.
     """
-    spec = mujoco.MjSpec.from_file(panda_xml_path())
+    from robot_stack.robot_model import build_spec, load_description
+
+    # the scene is built on the robot's own model (robot_stack/robots/panda_robotiq.yaml), the one
+    # the arm node uses, so sim and arm node cannot disagree about the robot
+    spec = build_spec(*load_description("panda_robotiq"))
     spec.visual.global_.offwidth = max(scene.width, 1280)
     spec.visual.global_.offheight = max(scene.height, 960)
     spec.visual.quality.shadowsize = 0  # shadows off: CPU rendering budget
@@ -205,7 +195,9 @@ def _mat_to_wxyz(R: np.ndarray) -> list[float]:
 
 def _gripper_board_local_pose(scene: "SceneSpec") -> np.ndarray:
     """Board pose in the gripper base body: in front of the hand, facing the scene camera at home."""
-    m = mujoco.MjSpec.from_file(panda_xml_path()).compile()
+    from robot_stack.robot_model import build_spec, load_description
+
+    m = build_spec(*load_description("panda_robotiq")).compile()
     d = mujoco.MjData(m)
     ix = ArmIndex.of(m)
     d.qpos[ix.qpos] = HOME_Q

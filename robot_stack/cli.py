@@ -39,6 +39,15 @@ def _cmd_kinds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_robots(args: argparse.Namespace) -> int:
+    from .robot_model import RobotModel, available_robots
+
+    names = [args.robot] if args.robot else list(available_robots())
+    for name in names:
+        print(RobotModel.load(name).describe())
+    return 0
+
+
 def _cmd_keys(args: argparse.Namespace) -> int:
     from .security import generate_keys
 
@@ -291,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("kinds", help="list node kinds and their parameters")
     p.set_defaults(fn=_cmd_kinds)
 
+    p = sub.add_parser("robots", help="list the shipped robot models (or load one: a name or a description YAML)")
+    p.add_argument("robot", nargs="?", default=None)
+    p.set_defaults(fn=_cmd_robots)
+
     p = sub.add_parser("keys", help="CURVE key management")
     ks = p.add_subparsers(dest="keys_cmd", required=True)
     g = ks.add_parser("generate", help="write server/client CURVE certificates into DIR")
@@ -445,7 +458,7 @@ def _is_domain_error(e: BaseException) -> bool:
     names = {c.__name__ for c in type(e).__mro__}
     return bool(names & {"DatasetError", "LeRobotError", "SessionError", "CalibrationError", "SafetyViolation",
                          "TransportTimeout", "SecurityError", "ArmDriverError", "TeleopError", "DeployError",
-                         "FileNotFoundError", "PermissionError", "TrainingError"})
+                         "FileNotFoundError", "PermissionError", "TrainingError", "RobotModelError"})
 
 
 if __name__ == "__main__":

@@ -189,6 +189,14 @@ def load_config(path: str | Path) -> StackConfig:
             model.model_validate(nc.params)
         except ValidationError as e:
             problems.append(format_validation_error(e, prefix=f"nodes.{name}.params"))
+            continue
+        if nc.kind == "arm":  # the arm's robot model must exist and be valid (its files are read at start)
+            from .robot_model import RobotModelError, arm_robot, load_description
+
+            try:
+                load_description(arm_robot(nc.params))
+            except RobotModelError as e:
+                problems.append(f"nodes.{name}.params.robot: {' '.join(str(e).split())}")
     if cfg.calibration is not None:
         from robot_stack.calibration.board import BoardSpec
 

@@ -18,7 +18,8 @@ class IKError(RuntimeError):
 
 
 class Kinematics:
-    """FK/IK of one arm in a MuJoCo model (uses its own MjData; not thread-safe).
+    """FK/IK of one arm in a MuJoCo model (uses its own MjData; not thread-safe). A robot's
+    :class:`~robot_stack.robot_model.RobotModel` builds one from the robot's description file.
 
     Args:
         model: compiled model containing the arm.
@@ -36,15 +37,6 @@ class Kinematics:
         self._jp = np.zeros((3, model.nv))
         self._jr = np.zeros((3, model.nv))
 
-    @classmethod
-    def panda(cls) -> "Kinematics":
-        """Kinematics of the simulated Panda's ``pinch`` TCP site."""
-        from robot_stack.drivers.sim_model import ArmIndex, build_model
-
-        m = build_model()
-        ix = ArmIndex.of(m)
-        return cls(m, ix.qpos, ix.dof, ix.tcp_site, ix.lower, ix.upper)
-
     def fk(self, q: np.ndarray) -> np.ndarray:
         """(7,) TCP pose in the base frame for joint positions ``q`` (rad)."""
         self.data.qpos[self.qpos_adr] = q
@@ -53,6 +45,15 @@ class Kinematics:
         out[:3] = self.data.site_xpos[self.site]
         out[3:] = Rotation.from_matrix(self.data.site_xmat[self.site].reshape(3, 3)).as_quat()
         return out
+
+    def jacobian(self, q: np.ndarray) -> np.ndarray:
+        """(6, n) TCP site Jacobian at ``q`` (rad) in the base frame: linear rows (m/rad) first,
+        then angular (rad/rad) (MuJoCo ``mj_jacSite``)."""
+        self.data.qpos[self.qpos_adr] = q
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_comPos(self.model, self.data)
+        mujoco.mj_jacSite(self.model, self.data, self._jp, self._jr, self.site)
+        return np.vstack([self._jp[:, self.dof_adr], self._jr[:, self.dof_adr]])
 
     def ik(self, target: np.ndarray, q_seed: np.ndarray, iters: int = 50, tol_m: float = 1e-4,
            tol_rad: float = 1e-3, damping: float = 0.05, raise_on_fail: bool = True,

@@ -82,6 +82,22 @@ class SafetyConfig(BaseModel):
                 raise ValueError(f"{k} must be > 0 (every joint)")
         return self
 
+    def capped_by(self, max_vel: np.ndarray, max_acc: np.ndarray, robot: str = "robot") -> "SafetyConfig":
+        """A copy whose per-joint velocity and acceleration limits are at most the robot model's
+        (datasheet) limits, (n,) rad/s and rad/s^2; a config that asked for more is logged.
+
+        Raises:
+            ValueError: a per-joint limit list of the wrong length.
+        """
+        n = len(max_vel)
+        vel = self.per_joint("max_joint_vel", n)
+        acc = self.per_joint("max_joint_acc", n)
+        if np.any(vel > max_vel) or np.any(acc > max_acc):
+            log.warning("safety limits above %s's datasheet limits are capped to them (vel %s, acc %s)", robot,
+                        np.round(max_vel, 2).tolist(), np.round(max_acc, 2).tolist())
+        return self.model_copy(update={"max_joint_vel": np.minimum(vel, max_vel).tolist(),
+                                       "max_joint_acc": np.minimum(acc, max_acc).tolist()})
+
     def per_joint(self, key: str, n: int) -> np.ndarray:
         """Limit ``key`` (e.g. "max_joint_vel") as an (n,) array. Raises ValueError on a wrong length."""
         v = np.asarray(getattr(self, key), float)

@@ -190,10 +190,10 @@ class Session:
         """Reset period: arm home; sim: cube placed (random when None) and its pose returned;
         hardware: waits for the operator (Enter) and returns None. Then, if ``start_pose`` (7,)
         is given, a straight TCP move there (the episode's start)."""
-        if home_q is None:
-            from .drivers.sim_model import HOME_Q
+        if home_q is None:  # the arm's own home posture, from its robot model
+            from .robot_model import arm_robot, load_description
 
-            home_q = HOME_Q
+            home_q = np.asarray(load_description(arm_robot(self.cfg.nodes[self.arm_name].params))[0].home_q)
         self.move_joints(home_q)
         if self.sim is None:
             input("reset the scene, then press Enter to start the next episode ")

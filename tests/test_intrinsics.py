@@ -16,11 +16,11 @@ def views():
     """Wrist-camera renders of the table board from 8 tilted poses (640x480)."""
     from robot_stack.drivers.sim_model import HOME_Q, SceneSpec, table_board_spec
     from robot_stack.drivers.sim_world import SimRenderer, SimWorld
-    from robot_stack.kinematics import Kinematics
+    from robot_stack.robot_model import RobotModel
 
     world = SimWorld(SceneSpec(table_board=True))
     r = SimRenderer(world, 640, 480)
-    kin = Kinematics.panda()
+    kin = RobotModel.load("panda_robotiq").kin
     rng = np.random.default_rng(0)
     images = []
     for _ in range(8):

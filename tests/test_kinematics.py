@@ -1,15 +1,17 @@
-"""FK/IK on the simulated Panda model."""
+"""FK/IK on the simulated Panda's robot model (panda_robotiq)."""
 
 import numpy as np
 import pytest
 
-from robot_stack.drivers.sim_model import HOME_Q
-from robot_stack.kinematics import IKError, Kinematics
+from robot_stack.kinematics import IKError
+from robot_stack.robot_model import RobotModel
+
+HOME_Q = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])
 
 
 @pytest.fixture(scope="module")
 def kin():
-    return Kinematics.panda()
+    return RobotModel.load("panda_robotiq").kin
 
 
 def test_fk_home_matches_known_tcp(kin):

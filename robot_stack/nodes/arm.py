@@ -37,10 +37,6 @@ from ..safety import SafetyConfig, SafetyViolation, ScheduleChecker, ServoGuard
 
 log = logging.getLogger(__name__)
 
-#: gripper stroke of the sim's Robotiq 2F-85, m (opening 1.0)
-GRIPPER_STROKE_M = 0.085
-
-
 class FrankaParams(NodeParams):
     """driver: franka (pylibfranka; FCI port 1337, gripper 1338)."""
 
@@ -56,6 +52,8 @@ class FrankaParams(NodeParams):
 
 class ArmParams(NodeParams):
     driver: Literal["sim", "franka"] = "sim"
+    robot: str | None = Field(None, description="robot model: a shipped name (robot-stack robots) or a "
+                                                "description YAML; default: the driver's (sim: panda_robotiq, franka: fr3_hand)")
     sim_world: str = Field("sim", description="node name of the sim world (driver: sim)")
     franka: FrankaParams = Field(default_factory=FrankaParams)
     rate_hz: float = Field(500.0, gt=0, le=2000)
@@ -85,9 +83,12 @@ class ArmNode(Node):
     Params = ArmParams
 
     def configure(self) -> None:
-        from robot_stack.kinematics import Kinematics
+        from robot_stack.robot_model import RobotModel, default_robot_for_driver
 
         p = self.params
+        # the arm's own model (kinematics, TCP, limits, gripper): from the config or the driver,
+        # never from the sim scene
+        self.model = RobotModel.load(p.robot or default_robot_for_driver(p.driver))
         if p.realtime.any:  # before the driver starts its threads, so they inherit it
             self.realtime_report = apply_realtime(p.realtime, f"arm node {self.name}")
         if p.driver == "sim":
@@ -108,17 +109,24 @@ class ArmNode(Node):
             self.driver = self.spy = SpyArmDriver(self.driver, p.spy_file)
         self.driver_fault: str | None = None
         first = self.driver.start(p.startup_timeout_s)
-        self.kin = Kinematics.panda()
+        self.kin = self.model.kin
         n = self.driver.n_joints
+        if n != self.model.n_joints:
+            raise ValueError(f"robot model {self.model.name} has {self.model.n_joints} joints, "
+                             f"the {p.driver} driver {n}")
         self.q_cmd = first.q.copy()  # no jump at start-up: the first target is the measured state
-        self.grip_cmd = float(np.clip(first.gripper_width / GRIPPER_STROKE_M, 0, 1))
+        self.grip_cmd = float(np.clip(first.gripper_width / self.model.gripper_stroke_m, 0, 1)
+                              if self.model.gripper_stroke_m > 0 else 0.0)
         self.traj: Trajectory | None = None
         self.grip_traj: Trajectory | None = None
-        self.checker = ScheduleChecker(p.safety, self.driver.lower, self.driver.upper, fk=self.kin.fk)
+        # joint limits: the model's and the driver's, whichever is tighter
+        lower = np.maximum(self.model.lower, self.driver.lower)
+        upper = np.minimum(self.model.upper, self.driver.upper)
+        s = p.safety.capped_by(self.model.max_vel, self.model.max_acc, self.model.name)
+        self.checker = ScheduleChecker(s, lower, upper, fk=self.kin.fk)
         self.counters = self.checker.counters
-        self.guard = ServoGuard(p.safety, self.driver.lower, self.driver.upper, self.counters, q0=self.q_cmd)
+        self.guard = ServoGuard(s, lower, upper, self.counters, q0=self.q_cmd)
         # the interpolator stretches segments to 90 % of the limits, so the guard rarely has to act
-        s = p.safety
         self.joint_limits = Limits(vel=0.9 * s.per_joint("max_joint_vel", n), acc=0.9 * s.per_joint("max_joint_acc", n))
         self.ee_limits = Limits(vel=(s.max_ee_vel, s.max_ee_ang_vel), acc=s.max_ee_acc)
         self.release_sources = set(s.estop_release) if s.estop_release is not None else (
@@ -138,8 +146,8 @@ class ArmNode(Node):
         self._dt = 1.0 / p.rate_hz
         self.mode = "hold"
         self._t_prev = 0
-        log.info("arm ready at q=%s; e-stop release allowed from %s", np.round(self.q_cmd, 3).tolist(),
-                 sorted(self.release_sources))
+        log.info("arm ready (%s) at q=%s; e-stop release allowed from %s", self.model.name,
+                 np.round(self.q_cmd, 3).tolist(), sorted(self.release_sources))
 
     # ------------------------------------------------------------------------------------ inputs
     def _inputs(self, t: int) -> None:

@@ -1,0 +1,120 @@
+"""Device registries: every driver family (arm, camera, teleop device, policy backend) chooses its
+device by a typed config with a ``type`` field (DESIGN.md, "Robots as data").
+
+Each device has its own pydantic config model (a :class:`DeviceConfig` subclass, in the device's own
+file, with the device's keys and nothing else) and one line in its family's registry below:
+``type -> "module:ConfigClass"``. The models are imported lazily, so validating a config imports no
+hardware SDK; a device whose SDK (a package extra) is missing fails at ``robot-stack check`` with
+the extra to install. Adding a device is one file and one registry line.
+
+In a setup config::
+
+    cam_wrist:
+      kind: camera
+      params: {camera_id: wrist, driver: {type: realsense, serial: "123456789012"}}
+
+A bare type name (``driver: synthetic``) is shorthand for ``{type: synthetic}``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class DeviceConfig(BaseModel):
+    """Base of every device's config: ``type`` names the device; unknown keys are errors.
+
+    Class attributes:
+        extra: the package extra that brings the device's SDK (``pip install "robot-stack[X]"``).
+        requires: importable module names the device needs (checked at ``robot-stack check``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    extra: ClassVar[str | None] = None
+    requires: ClassVar[tuple[str, ...]] = ()
+
+
+class DeviceRegistry:
+    """The devices of one family: ``type -> "module:ConfigClass"``.
+
+    Args:
+        family: name used in messages ("arm driver", "camera driver", ...).
+        key: the params key that holds the device config (``driver``, ``device``, ``backend``).
+        types: the registry.
+    """
+
+    def __init__(self, family: str, key: str, types: dict[str, str]):
+        self.family, self.key, self.types = family, key, dict(types)
+
+    def config_class(self, type_: str) -> type[DeviceConfig]:
+        """The config model of ``type_``.
+
+        Raises:
+            ValueError: an unknown type (names the known ones).
+        """
+        if type_ not in self.types:
+            raise ValueError(f"unknown {self.family} {type_!r} (known: {', '.join(sorted(self.types))})")
+        module, cls = self.types[type_].split(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def owners(self, key: str) -> list[str]:
+        """Device types whose config has ``key``."""
+        return [t for t in sorted(self.types) if key in self.config_class(t).model_fields]
+
+    def parse(self, value: Any) -> DeviceConfig:
+        """Validate a device config (a mapping with ``type``, or a bare type name).
+
+        Raises:
+            ValueError: one line per problem, naming the key, the value and the reason; a key that
+                belongs to another device of the family says which one.
+        """
+        if isinstance(value, DeviceConfig):
+            return value
+        if isinstance(value, str):
+            value = {"type": value}
+        if not isinstance(value, dict) or "type" not in value:
+            raise ValueError(f"a {self.family} is a mapping with a type (one of {', '.join(sorted(self.types))})")
+        cls = self.config_class(str(value["type"]))
+        try:
+            return cls.model_validate(value)
+        except ValidationError as e:
+            lines = []
+            for err in e.errors():
+                loc = ".".join(str(p) for p in err["loc"])
+                if err["type"] == "extra_forbidden":
+                    others = [t for t in self.owners(str(err["loc"][0])) if t != value["type"]]
+                    where = f" (a key of {self.family} {', '.join(others)})" if others else " (typo?)"
+                    lines.append(f"{loc}: not a key of {self.family} {value['type']}{where}")
+                elif err["type"] == "missing":
+                    lines.append(f"{loc}: required key is missing")
+                else:
+                    lines.append(f"{loc} = {err.get('input')!r}: {err['msg']}")
+            raise ValueError("; ".join(lines)) from None
+
+    def missing_requirements(self, cfg: DeviceConfig) -> str | None:
+        """Why the device cannot run on this install (its SDK is missing), or None."""
+        missing = [m for m in cfg.requires if importlib.util.find_spec(m) is None]
+        if not missing:
+            return None
+        hint = f'pip install "robot-stack[{cfg.extra}]"' if cfg.extra else f"pip install {' '.join(missing)}"
+        return f"{self.family} {cfg.type} needs {', '.join(missing)}: {hint}"
+
+
+ARM_DRIVERS = DeviceRegistry("arm driver", "driver", {
+    "sim": "robot_stack.drivers.sim:SimArmConfig",
+    "franka": "robot_stack.drivers.franka:FrankaConfig",
+})
+
+CAMERA_DRIVERS = DeviceRegistry("camera driver", "driver", {
+    "synthetic": "robot_stack.drivers.camera:SyntheticCameraConfig",
+    "sim": "robot_stack.drivers.sim:SimCameraConfig",
+    "realsense": "robot_stack.drivers.realsense:RealSenseConfig",
+    "opencv": "robot_stack.drivers.opencv_camera:OpenCVCameraConfig",
+})
+
+FAMILIES: dict[str, DeviceRegistry] = {"arm": ARM_DRIVERS, "camera": CAMERA_DRIVERS}
