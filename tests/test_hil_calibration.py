@@ -142,7 +142,7 @@ def test_intrinsics_check_through_the_stack(table_stack):
     from robot_stack.calibration.procedure import intrinsics
 
     cfg, run_dir = table_stack
-    check, K, _ = intrinsics(cfg, run_dir, "cam_wrist", n_poses=16, center=np.array([0.5, -0.05, 0.27]))
+    check, K, _ = intrinsics(cfg, run_dir, "cam_wrist", n_poses=16, center=np.array([0.5, -0.05, 0.27]), rot_deg=25.0)
     from robot_stack.drivers.camera import pinhole_K
 
     K_true = pinhole_K(640, 480, 42.5)
