@@ -64,7 +64,7 @@ nodes:
     kind: camera
     nice: 10
     env: {{LP_NUM_THREADS: "1"}}
-    params: {{driver: sim, sim_camera: scene, camera_id: scene, width: 96, height: 72, rate_hz: 10}}
+    params: {{driver: {{type: sim, camera: scene}}, camera_id: scene, width: 96, height: 72, rate_hz: 10}}
   policy:
     kind: policy
     params: {{goal: {goal}, speed: 0.05, horizon: 16, dt: 0.1, fault: {fault}}}

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from typing import Literal
+
 from robot_stack.clock import now_ns
+from robot_stack.devices import DeviceConfig
 
 
 @dataclass
@@ -96,3 +99,12 @@ class SyntheticCamera(CameraDriver):
         color[0, :8, 0] = np.frombuffer(np.int64(k).tobytes(), np.uint8)
         depth = (self._ramp + (k % 1000)).astype(np.uint16) if self._depth else None
         return Frame(stamp_ns=now_ns(), frame_index=k, color=color, depth=depth)
+
+
+class SyntheticCameraConfig(DeviceConfig):
+    """camera driver ``synthetic``: a moving test pattern with depth (no hardware)."""
+
+    type: Literal["synthetic"] = "synthetic"
+
+    def build(self, ctx, params) -> "SyntheticCamera":
+        return SyntheticCamera(params.width, params.height, params.rate_hz, params.depth)

@@ -26,10 +26,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from robot_stack.clock import now_ns
+from robot_stack.devices import DeviceConfig
+from robot_stack.realtime import RealtimeConfig
 
 from .arm import ArmDriver, ArmDriverError, JointReading
 
@@ -324,3 +328,26 @@ class FrankaDriver(ArmDriver):
                 self.shared.shm.unlink()
             except FileNotFoundError:
                 pass
+
+
+class FrankaConfig(DeviceConfig):
+    """arm driver ``franka``: an FR3 or a Panda through the FCI with pylibfranka.
+
+    FCI port 1337, gripper port 1338; SDK: pylibfranka (extra ``franka``).
+    """
+
+    type: Literal["franka"] = "franka"
+    extra = "franka"
+    requires = ("pylibfranka",)
+    robot_ip: str = "172.16.0.2"
+    realtime: Literal["enforce", "ignore"] = Field("enforce", description="enforce needs a real-time kernel")
+    gripper: bool = True
+    automatic_recovery: bool = Field(False, description="after a reflex, recover automatically and resume")
+    impedance: list[float] | None = Field(None, min_length=7, max_length=7, description="joint stiffness, N m/rad")
+    model: Literal["fr3", "panda"] = "fr3"
+    loop_realtime: RealtimeConfig = Field(default_factory=RealtimeConfig,
+                                          description="SCHED_FIFO priority, CPU affinity, locked memory for the 1 kHz process")
+
+    def build(self, ctx, params) -> FrankaDriver:
+        return FrankaDriver(self.robot_ip, self.realtime, self.gripper, self.automatic_recovery, self.impedance,
+                            self.model, rt=self.loop_realtime.model_dump() if self.loop_realtime.any else None)

@@ -5,9 +5,13 @@ Capture stamp = receive time minus ``latency_s`` (calibrate it with the latency 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+from pydantic import Field
 
 from robot_stack.clock import now_ns, s_to_ns
+from robot_stack.devices import DeviceConfig
 from robot_stack.drivers.camera import CameraDriver, Frame, pinhole_K
 
 
@@ -55,3 +59,15 @@ class OpenCVCamera(CameraDriver):
     def stop(self) -> None:
         if hasattr(self, "_cap"):
             self._cap.release()
+
+
+class OpenCVCameraConfig(DeviceConfig):
+    """camera driver ``opencv``: a UVC/V4L2 camera (color only) through OpenCV's VideoCapture."""
+
+    type: Literal["opencv"] = "opencv"
+    requires = ("cv2",)
+    device: int | str = Field(0, description="device index or path (/dev/video0, or a video file)")
+    latency_s: float = Field(0.0, ge=0, description="receive-to-capture latency (latency calibration)")
+
+    def build(self, ctx, params) -> OpenCVCamera:
+        return OpenCVCamera(self.device, params.width, params.height, params.rate_hz, latency_s=self.latency_s)

@@ -13,10 +13,13 @@ Source: librealsense Python wrapper docs and examples (align-depth2color.py, rea
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from robot_stack.clock import DeviceClockMapper, now_ns
+from robot_stack.devices import DeviceConfig
 from robot_stack.drivers.camera import CameraDriver, Frame
 
 
@@ -111,3 +114,19 @@ class RealSenseCamera(CameraDriver):
             except RuntimeError:
                 pass
             self._pipe = None
+
+
+class RealSenseConfig(DeviceConfig):
+    """camera driver ``realsense``: an Intel RealSense D4xx, live (``serial``) or a recording
+    (``playback_file``). SDK: pyrealsense2 (extra ``realsense``; needs libusb-1.0)."""
+
+    type: Literal["realsense"] = "realsense"
+    extra = "realsense"
+    requires = ("pyrealsense2",)
+    serial: str | None = Field(None, description="device serial (None: the first device found)")
+    playback_file: str | None = Field(None, description=".bag/.db3 recording to play instead of a device")
+    loop_playback: bool = True
+
+    def build(self, ctx, params) -> RealSenseCamera:
+        return RealSenseCamera(params.width, params.height, int(params.rate_hz), serial=self.serial,
+                               playback_file=self.playback_file, loop=self.loop_playback)

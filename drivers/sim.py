@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from typing import Literal
+
+from pydantic import Field
+
+from robot_stack.devices import DeviceConfig
 from robot_stack.drivers.arm import ArmDriver, ArmDriverError, JointReading
 from robot_stack.drivers.camera import CameraDriver, Frame
 from robot_stack.messages import JointTarget
@@ -137,3 +142,36 @@ class SimCameraDriver(CameraDriver):
 
 
 __all__ = ["SimArmDriver", "SimCameraDriver"]
+
+
+class SimArmConfig(DeviceConfig):
+    """arm driver ``sim``: the arm of the sim world (``world``: its node name)."""
+
+    type: Literal["sim"] = "sim"
+    world: str = Field("sim", description="node name of the sim world")
+
+    def references(self) -> dict[str, str]:
+        return {self.world: "sim_world"}
+
+    def build(self, ctx, params) -> SimArmDriver:
+        cfg, rd = ctx.config, ctx.run_dir
+        return SimArmDriver(cfg.pub_endpoint(self.world, rd), cfg.in_endpoint(self.world, rd), ctx.name)
+
+
+class SimCameraConfig(DeviceConfig):
+    """camera driver ``sim``: one camera of the sim world, rendered in the camera node's process."""
+
+    type: Literal["sim"] = "sim"
+    world: str = Field("sim", description="node name of the sim world")
+    camera: str = Field("scene", description="MJCF camera name (scene, handcam_rgb)")
+    inject_latency_s: float = Field(0.0, ge=0, description="test hook: stamp frames this late")
+
+    def references(self) -> dict[str, str]:
+        return {self.world: "sim_world"}
+
+    def build(self, ctx, params) -> SimCameraDriver:
+        from robot_stack.nodes.sim_world import SimWorldParams
+
+        scene = SimWorldParams.model_validate(ctx.config.nodes[self.world].params).scene()
+        return SimCameraDriver(ctx.config.pub_endpoint(self.world, ctx.run_dir), self.camera, params.width,
+                               params.height, scene=scene, inject_latency_s=self.inject_latency_s)

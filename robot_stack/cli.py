@@ -27,15 +27,30 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_kinds(args: argparse.Namespace) -> int:
+    from .devices import FAMILIES
     from .nodes.registry import KINDS, node_class
+
+    def fields(model, skip=()):
+        for name, f in model.model_fields.items():
+            if name in skip:
+                continue
+            default = "required" if f.is_required() else (
+                "(default factory)" if f.default_factory is not None else repr(f.default))
+            print(f"    {name}: {f.annotation!s} = {default}")
 
     for kind in sorted(KINDS):
         cls = node_class(kind)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         print(f"{kind:12s} {doc}")
-        for name, f in cls.Params.model_fields.items():
-            default = "required" if f.is_required() else repr(f.default)
-            print(f"    {name}: {f.annotation!s} = {default}")
+        fields(cls.Params)
+    for kind, reg in FAMILIES.items():
+        print(f"\n{reg.family}s ({kind} nodes, params.{reg.key}: {{type: ..., ...}}):")
+        for t in sorted(reg.types):
+            c = reg.config_class(t)
+            doc = (c.__doc__ or "").strip().splitlines()[0]
+            extra = f" [extra: {c.extra}]" if c.extra else ""
+            print(f"  {t:10s} {doc}{extra}")
+            fields(c, skip=("type",))
     return 0
 
 

@@ -147,7 +147,8 @@ def format_validation_error(err: ValidationError, prefix: str = "", data: Any = 
         elif e["type"] == "extra_forbidden":
             lines.append(f"{loc} = {value!r}: unknown key (typo?)")
         else:
-            lines.append(f"{loc} = {value!r}: {e['msg']}")
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{loc} = {value!r}: {msg}")
     return "\n".join(lines)
 
 
@@ -165,6 +166,54 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _params_problems(err: ValidationError, name: str, kind: str) -> str:
+    """One line per problem of a node's params; a device key put beside ``driver`` (instead of
+    inside it) says which device it belongs to."""
+    from .devices import FAMILIES
+
+    family = FAMILIES.get(kind)
+    lines = []
+    for e in err.errors():
+        key = str(e["loc"][0]) if e["loc"] else ""
+        owners = family.owners(key) if family is not None and e["type"] == "extra_forbidden" else []
+        if owners:
+            lines.append(f"nodes.{name}.params.{key}: a key of {family.family} {', '.join(owners)}; put it inside "
+                         f"{family.key}: {{type: {owners[0]}, {key}: ...}}")
+        else:
+            lines.append(format_validation_error(ValidationError.from_exception_data(err.title, [e]),
+                                                 prefix=f"nodes.{name}.params"))
+    return "\n".join(lines)
+
+
+def _node_problems(cfg: StackConfig, name: str, params) -> list[str]:
+    """Cross-node checks of one node's typed params: references name nodes of the right kind,
+    the arm's robot model exists, a device's SDK (package extra) is installed."""
+    from .devices import DeviceConfig, FAMILIES
+
+    out = []
+    for ref, kind in params.references().items():
+        other = cfg.nodes.get(ref)
+        if other is None:
+            out.append(f"nodes.{name}.params: names node {ref!r}, which is not in this config "
+                       f"(have: {', '.join(sorted(cfg.nodes))})")
+        elif other.kind != kind:
+            out.append(f"nodes.{name}.params: node {ref!r} must be a {kind} node, it is a {other.kind} node")
+    device = getattr(params, "driver", None)
+    kind = cfg.nodes[name].kind
+    if isinstance(device, DeviceConfig) and kind in FAMILIES:
+        why = FAMILIES[kind].missing_requirements(device)
+        if why:
+            out.append(f"nodes.{name}.params.driver: {why}")
+    if kind == "arm":  # the arm's robot model must exist and be valid (its files are read at start)
+        from .robot_model import RobotModelError, load_description
+
+        try:
+            load_description(params.robot_name())
+        except RobotModelError as e:
+            out.append(f"nodes.{name}.params.robot: {' '.join(str(e).split())}")
+    return out
+
+
 def load_config(path: str | Path) -> StackConfig:
     """Load and fully validate a setup config, including every node's params.
 
@@ -179,6 +228,7 @@ def load_config(path: str | Path) -> StackConfig:
     except ValidationError as e:
         raise ConfigError(f"{path}:\n{format_validation_error(e)}") from None
     problems = []
+    typed = {}
     for name, nc in cfg.nodes.items():
         try:
             model = params_model(nc.kind)
@@ -186,17 +236,11 @@ def load_config(path: str | Path) -> StackConfig:
             problems.append(f"nodes.{name}.kind = {nc.kind!r}: {e.args[0]}")
             continue
         try:
-            model.model_validate(nc.params)
+            typed[name] = model.model_validate(nc.params)
         except ValidationError as e:
-            problems.append(format_validation_error(e, prefix=f"nodes.{name}.params"))
-            continue
-        if nc.kind == "arm":  # the arm's robot model must exist and be valid (its files are read at start)
-            from .robot_model import RobotModelError, arm_robot, load_description
-
-            try:
-                load_description(arm_robot(nc.params))
-            except RobotModelError as e:
-                problems.append(f"nodes.{name}.params.robot: {' '.join(str(e).split())}")
+            problems.append(_params_problems(e, name, nc.kind))
+    for name, params in typed.items():
+        problems += _node_problems(cfg, name, params)
     if cfg.calibration is not None:
         from robot_stack.calibration.board import BoardSpec
 

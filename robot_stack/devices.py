@@ -38,6 +38,14 @@ class DeviceConfig(BaseModel):
     extra: ClassVar[str | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
 
+    def references(self) -> dict[str, str]:
+        """Other nodes this device needs: node name -> required node kind (checked at ``check``)."""
+        return {}
+
+    def build(self, ctx, params):
+        """The driver object, from this config, the node's context and its typed params."""
+        raise NotImplementedError(f"{type(self).__name__}.build")
+
 
 class DeviceRegistry:
     """The devices of one family: ``type -> "module:ConfigClass"``.
@@ -117,4 +125,5 @@ CAMERA_DRIVERS = DeviceRegistry("camera driver", "driver", {
     "opencv": "robot_stack.drivers.opencv_camera:OpenCVCameraConfig",
 })
 
+#: node kind -> the registry of the devices it owns (``robot-stack kinds`` lists them)
 FAMILIES: dict[str, DeviceRegistry] = {"arm": ARM_DRIVERS, "camera": CAMERA_DRIVERS}

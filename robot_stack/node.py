@@ -44,6 +44,11 @@ class NodeParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    def references(self) -> dict[str, str]:
+        """Other nodes of the setup these params name: node name -> the node kind it must be
+        (``robot-stack check`` refuses a dangling or wrong reference)."""
+        return {}
+
 
 @dataclass
 class NodeContext:

@@ -319,10 +319,5 @@ def default_robot_for_driver(driver: str) -> str:
     return defaults[driver]
 
 
-def arm_robot(params: dict) -> str:
-    """The robot model (shipped name or YAML path) of an arm node's raw ``params``."""
-    return params.get("robot") or default_robot_for_driver(params.get("driver", "sim"))
-
-
 __all__ = ["RobotModel", "RobotDescription", "RobotModelError", "GripperSpec", "load_description",
-           "available_robots", "resolve_source", "build_spec", "default_robot_for_driver", "arm_robot"]
+           "available_robots", "resolve_source", "build_spec", "default_robot_for_driver"]

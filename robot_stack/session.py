@@ -191,9 +191,11 @@ class Session:
         hardware: waits for the operator (Enter) and returns None. Then, if ``start_pose`` (7,)
         is given, a straight TCP move there (the episode's start)."""
         if home_q is None:  # the arm's own home posture, from its robot model
-            from .robot_model import arm_robot, load_description
+            from .nodes.arm import ArmParams
+            from .robot_model import load_description
 
-            home_q = np.asarray(load_description(arm_robot(self.cfg.nodes[self.arm_name].params))[0].home_q)
+            robot = ArmParams.model_validate(self.cfg.nodes[self.arm_name].params).robot_name()
+            home_q = np.asarray(load_description(robot)[0].home_q)
         self.move_joints(home_q)
         if self.sim is None:
             input("reset the scene, then press Enter to start the next episode ")

@@ -59,3 +59,63 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
     assert main(["check", str(p)]) == 2
     err = capsys.readouterr().err
     assert "nodes.camera.params.width = 0" in err
+
+
+# ---------------------------------------------------------------- typed devices, references
+
+
+def _check(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    return str(e.value)
+
+
+def test_devices_are_typed_and_keep_their_type():
+    cfg = load_config(REPO / "configs" / "sim_panda.yaml")
+    from robot_stack.drivers.sim import SimArmConfig, SimCameraConfig
+    from robot_stack.nodes.arm import ArmParams
+    from robot_stack.nodes.camera import CameraParams
+
+    arm = ArmParams.model_validate(cfg.nodes["arm"].params)
+    cam = CameraParams.model_validate(cfg.nodes["cam_wrist"].params)
+    assert isinstance(arm.driver, SimArmConfig) and arm.driver.world == "sim"
+    assert isinstance(cam.driver, SimCameraConfig) and cam.driver.camera == "handcam_rgb"
+    assert arm.robot_name() == "panda_robotiq"
+    assert CameraParams.model_validate({"driver": "synthetic"}).driver.type == "synthetic"  # bare type name
+
+
+def test_a_key_of_another_driver_is_named(tmp_path):
+    msg = _check(tmp_path, "nodes:\n  cam: {kind: camera, params: {driver: {type: opencv, serial: '12'}}}\n")
+    assert "serial: not a key of camera driver opencv (a key of camera driver realsense)" in msg
+    # a device key beside driver instead of inside it
+    msg = _check(tmp_path, "nodes:\n  cam: {kind: camera, params: {driver: realsense, serial: '12'}}\n")
+    assert "nodes.cam.params.serial: a key of camera driver realsense; put it inside driver: {type: realsense" in msg
+    msg = _check(tmp_path, "nodes:\n  arm: {kind: arm, params: {driver: {type: ur5}}}\n")
+    assert "unknown arm driver 'ur5' (known: franka, sim)" in msg
+
+
+def test_dangling_and_wrong_kind_references_are_refused(tmp_path):
+    msg = _check(tmp_path, "nodes:\n  sim: {kind: sim_world}\n  arm: {kind: arm, params: {driver: {type: sim, world: world}}}\n")
+    assert "nodes.arm.params: names node 'world', which is not in this config" in msg
+    msg = _check(tmp_path, "nodes:\n  sim: {kind: sim_world}\n  arm: {kind: arm}\n  cam: {kind: camera}\n"
+                           "  controller: {kind: controller, params: {cameras: [arm], source: external}}\n")
+    assert "nodes.controller.params: node 'arm' must be a camera node, it is a arm node" in msg
+    msg = _check(tmp_path, "nodes:\n  sim: {kind: sim_world}\n  arm: {kind: arm, params: {robot: ur10}}\n")
+    assert "nodes.arm.params.robot: unknown robot 'ur10'" in msg
+
+
+def test_missing_sdk_names_the_extra(tmp_path, monkeypatch):
+    from robot_stack.devices import CAMERA_DRIVERS
+    from robot_stack.drivers.realsense import RealSenseConfig
+
+    class NeedsSdk(RealSenseConfig):
+        requires = ("no_such_sdk_module",)
+
+    monkeypatch.setitem(CAMERA_DRIVERS.types, "realsense", "test_config:NeedsSdk")
+    import sys
+
+    monkeypatch.setattr(sys.modules[__name__], "NeedsSdk", NeedsSdk, raising=False)
+    msg = _check(tmp_path, "nodes:\n  cam: {kind: camera, params: {driver: realsense}}\n")
+    assert 'camera driver realsense needs no_such_sdk_module: pip install "robot-stack[realsense]"' in msg

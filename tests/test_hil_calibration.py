@@ -47,12 +47,12 @@ nodes:
   cam_wrist:
     kind: camera
     nice: 10
-    params: {{driver: sim, sim_camera: handcam_rgb, camera_id: wrist, width: 640, height: 480, rate_hz: 5}}
+    params: {{driver: {{type: sim, camera: handcam_rgb}}, camera_id: wrist, width: 640, height: 480, rate_hz: 5}}
   cam_delayed:
     kind: camera
     nice: 10
-    params: {{driver: sim, sim_camera: handcam_rgb, camera_id: delayed, width: 320, height: 240, rate_hz: 15,
-             sim_inject_latency_s: 0.08}}
+    params: {{driver: {{type: sim, camera: handcam_rgb, inject_latency_s: 0.08}}, camera_id: delayed, width: 320,
+             height: 240, rate_hz: 15}}
 """
 
 GRIPPER_STACK = """
@@ -69,7 +69,7 @@ nodes:
   cam_scene:
     kind: camera
     nice: 10
-    params: {{driver: sim, sim_camera: scene, camera_id: scene, width: 1280, height: 960, rate_hz: 3}}
+    params: {{driver: {{type: sim, camera: scene}}, camera_id: scene, width: 1280, height: 960, rate_hz: 3}}
 """
 
 

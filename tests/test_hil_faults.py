@@ -195,7 +195,7 @@ name: orphans
 run_dir: {run_dir}
 nodes:
   sim: {{kind: sim_world}}
-  cam: {{kind: camera, params: {{driver: sim, sim_camera: scene, camera_id: scene, width: 64, height: 48}}}}
+  cam: {{kind: camera, params: {{driver: {{type: sim, camera: scene}}, camera_id: scene, width: 64, height: 48}}}}
   policy: {{kind: policy, params: {{policy: checkpoint, path: /nonexistent/p.safetensors}}}}
 """
 

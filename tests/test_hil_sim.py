@@ -36,10 +36,10 @@ nodes:
       safety: {{heartbeat_timeout_s: 0.5, max_jump_ee: 0.08, on_limit: refuse}}
   cam_scene:
     kind: camera
-    params: {{driver: sim, sim_camera: scene, camera_id: scene, width: 160, height: 120, rate_hz: 10}}
+    params: {{driver: {{type: sim, camera: scene}}, camera_id: scene, width: 160, height: 120, rate_hz: 10}}
   cam_wrist:
     kind: camera
-    params: {{driver: sim, sim_camera: handcam_rgb, camera_id: wrist, width: 160, height: 120, rate_hz: 10}}
+    params: {{driver: {{type: sim, camera: handcam_rgb}}, camera_id: wrist, width: 160, height: 120, rate_hz: 10}}
   viewer:
     kind: viewer
     critical: false

@@ -109,7 +109,7 @@ run_dir: {run_dir}
 nodes:
   cam:
     kind: camera
-    params: {{driver: realsense, camera_id: d435, playback_file: "{BAG}", rate_hz: 6}}
+    params: {{driver: {{type: realsense, playback_file: "{BAG}"}}, camera_id: d435, rate_hz: 6}}
 """)
 
     _, _, color_ref, depth_ref, _ = reference_frames()  # before the node plays the same file

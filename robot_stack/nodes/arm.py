@@ -22,12 +22,11 @@ from __future__ import annotations
 import collections
 import logging
 from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..clock import now_ns
+from ..devices import ARM_DRIVERS, DeviceConfig
 from ..drivers.arm import ArmDriverError
 from ..interpolation import Limits, Trajectory
 from ..messages import ArmControl, Heartbeat, RobotState, WaypointSchedule
@@ -37,25 +36,11 @@ from ..safety import SafetyConfig, SafetyViolation, ScheduleChecker, ServoGuard
 
 log = logging.getLogger(__name__)
 
-class FrankaParams(NodeParams):
-    """driver: franka (pylibfranka; FCI port 1337, gripper 1338)."""
-
-    robot_ip: str = "172.16.0.2"
-    realtime: Literal["enforce", "ignore"] = Field("enforce", description="enforce needs a real-time kernel")
-    gripper: bool = True
-    automatic_recovery: bool = Field(False, description="after a reflex, recover automatically and resume")
-    impedance: list[float] | None = Field(None, min_length=7, max_length=7, description="joint stiffness, N m/rad")
-    model: Literal["fr3", "panda"] = "fr3"
-    loop_realtime: RealtimeConfig = Field(default_factory=RealtimeConfig,
-                                          description="SCHED_FIFO priority, CPU affinity, locked memory for the 1 kHz process")
-
-
 class ArmParams(NodeParams):
-    driver: Literal["sim", "franka"] = "sim"
+    driver: DeviceConfig = Field(default_factory=lambda: ARM_DRIVERS.parse("sim"),
+                                 description="the arm driver: {type: sim|franka, ...its keys}")
     robot: str | None = Field(None, description="robot model: a shipped name (robot-stack robots) or a "
                                                 "description YAML; default: the driver's (sim: panda_robotiq, franka: fr3_hand)")
-    sim_world: str = Field("sim", description="node name of the sim world (driver: sim)")
-    franka: FrankaParams = Field(default_factory=FrankaParams)
     rate_hz: float = Field(500.0, gt=0, le=2000)
     state_rate_hz: float = Field(250.0, gt=0, le=2000)
     startup_timeout_s: float = Field(20.0, gt=0)
@@ -66,6 +51,20 @@ class ArmParams(NodeParams):
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig,
                                      description="SCHED_FIFO priority, CPU affinity, locked memory for the servo loop")
     spy_file: str | None = Field(None, description="record every driver command into this .npz at stop (fault tests)")
+
+    @field_validator("driver", mode="before")
+    @classmethod
+    def _driver(cls, v):
+        return ARM_DRIVERS.parse(v)
+
+    def references(self) -> dict[str, str]:
+        return self.driver.references()
+
+    def robot_name(self) -> str:
+        """The robot model this arm uses: ``robot``, or the driver's default."""
+        from robot_stack.robot_model import default_robot_for_driver
+
+        return self.robot or default_robot_for_driver(self.driver.type)
 
 
 @dataclass
@@ -83,25 +82,15 @@ class ArmNode(Node):
     Params = ArmParams
 
     def configure(self) -> None:
-        from robot_stack.robot_model import RobotModel, default_robot_for_driver
+        from robot_stack.robot_model import RobotModel
 
         p = self.params
         # the arm's own model (kinematics, TCP, limits, gripper): from the config or the driver,
         # never from the sim scene
-        self.model = RobotModel.load(p.robot or default_robot_for_driver(p.driver))
+        self.model = RobotModel.load(p.robot_name())
         if p.realtime.any:  # before the driver starts its threads, so they inherit it
             self.realtime_report = apply_realtime(p.realtime, f"arm node {self.name}")
-        if p.driver == "sim":
-            from robot_stack.drivers.sim import SimArmDriver
-
-            cfg, rd = self.ctx.config, self.ctx.run_dir
-            self.driver = SimArmDriver(cfg.pub_endpoint(p.sim_world, rd), cfg.in_endpoint(p.sim_world, rd), self.name)
-        elif p.driver == "franka":
-            from robot_stack.drivers.franka import FrankaDriver
-
-            f = p.franka
-            self.driver = FrankaDriver(f.robot_ip, f.realtime, f.gripper, f.automatic_recovery, f.impedance, f.model,
-                                       rt=f.loop_realtime.model_dump() if f.loop_realtime.any else None)
+        self.driver = p.driver.build(self.ctx, p)
         self.spy = None
         if p.spy_file:
             from robot_stack.drivers.spy import SpyArmDriver
@@ -113,7 +102,7 @@ class ArmNode(Node):
         n = self.driver.n_joints
         if n != self.model.n_joints:
             raise ValueError(f"robot model {self.model.name} has {self.model.n_joints} joints, "
-                             f"the {p.driver} driver {n}")
+                             f"the {p.driver.type} driver {n}")
         self.q_cmd = first.q.copy()  # no jump at start-up: the first target is the measured state
         self.grip_cmd = float(np.clip(first.gripper_width / self.model.gripper_stroke_m, 0, 1)
                               if self.model.gripper_stroke_m > 0 else 0.0)

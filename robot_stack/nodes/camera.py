@@ -6,10 +6,9 @@ Topic: ``camera/<camera_id>`` carrying :class:`~robot_stack.messages.CameraFrame
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from pydantic import Field, field_validator
 
-from pydantic import Field
-
+from ..devices import CAMERA_DRIVERS, DeviceConfig
 from ..messages import CameraFrame
 from ..node import Node, NodeParams
 
@@ -17,48 +16,21 @@ log = logging.getLogger(__name__)
 
 
 class CameraParams(NodeParams):
-    driver: Literal["synthetic", "sim", "realsense", "opencv"] = "synthetic"
+    driver: DeviceConfig = Field(default_factory=lambda: CAMERA_DRIVERS.parse("synthetic"),
+                                 description="the camera driver: {type: synthetic|sim|realsense|opencv, ...its keys}")
     camera_id: str = Field("cam0", pattern=r"^[a-z][a-z0-9_]*$")
     width: int = Field(640, gt=0, le=4096)
     height: int = Field(480, gt=0, le=4096)
     rate_hz: float = Field(30.0, gt=0, le=1000)
     depth: bool = True
-    sim_world: str = Field("sim", description="driver sim: node name of the sim world")
-    sim_camera: str = Field("scene", description="driver sim: MJCF camera name")
-    sim_inject_latency_s: float = Field(0.0, ge=0, description="driver sim: test hook, stamp frames this late")
-    serial: str | None = Field(None, description="driver realsense: device serial (None = first found)")
-    playback_file: str | None = Field(None, description="driver realsense: .bag/.db3 recording to play")
-    loop_playback: bool = True
-    device: int | str = Field(0, description="driver opencv: device index or path")
 
+    @field_validator("driver", mode="before")
+    @classmethod
+    def _driver(cls, v):
+        return CAMERA_DRIVERS.parse(v)
 
-def make_driver(p: CameraParams, ctx=None):
-    """Build the camera driver named by ``p.driver``."""
-    if p.driver == "synthetic":
-        from robot_stack.drivers.camera import SyntheticCamera
-
-        return SyntheticCamera(p.width, p.height, p.rate_hz, p.depth)
-    if p.driver == "sim":
-        from robot_stack.drivers.sim import SimCameraDriver
-
-        from robot_stack.nodes.sim_world import SimWorldParams
-
-        world = ctx.config.nodes.get(p.sim_world)
-        if world is None or world.kind != "sim_world":
-            raise ValueError(f"camera driver sim: {p.sim_world!r} is not a sim_world node of this config")
-        scene = SimWorldParams.model_validate(world.params).scene()
-        return SimCameraDriver(ctx.config.pub_endpoint(p.sim_world, ctx.run_dir), p.sim_camera, p.width, p.height,
-                               scene=scene, inject_latency_s=p.sim_inject_latency_s)
-    if p.driver == "realsense":
-        from robot_stack.drivers.realsense import RealSenseCamera
-
-        return RealSenseCamera(p.width, p.height, int(p.rate_hz), serial=p.serial,
-                               playback_file=p.playback_file, loop=p.loop_playback)
-    if p.driver == "opencv":
-        from robot_stack.drivers.opencv_camera import OpenCVCamera
-
-        return OpenCVCamera(p.device, p.width, p.height, p.rate_hz)
-    raise ValueError(f"unknown camera driver {p.driver!r}")  # pragma: no cover
+    def references(self) -> dict[str, str]:
+        return self.driver.references()
 
 
 class CameraNode(Node):
@@ -67,7 +39,7 @@ class CameraNode(Node):
     Params = CameraParams
 
     def configure(self) -> None:
-        self.driver = make_driver(self.params, self.ctx)
+        self.driver = self.params.driver.build(self.ctx, self.params)
         self.driver.start()
         self.topic = f"camera/{self.params.camera_id}"
         self.published = 0

@@ -71,6 +71,14 @@ class ControllerParams(NodeParams):
     autostart: bool = Field(True, description="execute from start-up (else wait for an episode start event)")
     image_size: tuple[int, int] | None = Field(None, description="(h, w) camera images are resized to (INTER_AREA)")
 
+    def references(self) -> dict[str, str]:
+        refs = {self.arm: "arm", **{c: "camera" for c in self.cameras}}
+        if self.teleop:
+            refs[self.teleop] = "teleop"
+        if self.source == "policy" and self.policy_endpoint is None:
+            refs[self.policy] = "policy"
+        return refs
+
 
 class ControllerNode(Node):
     """Executes action chunks with receding-horizon strategies."""

@@ -47,6 +47,13 @@ class RecorderParams(NodeParams):
     on_interrupted: Literal["recover", "discard"] = "recover"
     task: str = ""
 
+    def references(self) -> dict[str, str]:
+        refs = {self.arm: "arm", **{c: "camera" for c in self.cameras}}
+        for key, kind in (("teleop", "teleop"), ("controller", "controller"), ("sim_world", "sim_world")):
+            if getattr(self, key):
+                refs[getattr(self, key)] = kind
+        return refs
+
 
 class RecorderNode(Node):
     Params = RecorderParams
@@ -81,13 +88,22 @@ class RecorderNode(Node):
         log.info("recording into %s (recovered %d, discarded %d interrupted episodes)", p.root, self.recovered,
                  self.discarded_on_start)
 
+    def _robot_meta(self, arm) -> dict:
+        """The recorded arm: node name, typed driver config and robot model name."""
+        if arm is None or arm.kind != "arm":
+            return {"arm_node": self.params.arm, "driver": None, "model": None}
+        from .arm import ArmParams
+
+        ap = ArmParams.model_validate(arm.params)
+        return {"arm_node": self.params.arm, "driver": ap.driver.model_dump(mode="json"), "model": ap.robot_name()}
+
     def _meta(self, ev: EpisodeEvent) -> dict:
         cfg = self.ctx.config
         rates = {n: nc.params.get("rate_hz") for n, nc in cfg.nodes.items() if "rate_hz" in nc.params}
         arm = cfg.nodes.get(self.params.arm)
         meta = {"task": ev.task or self.params.task, "episode_event": ev.episode, "config_name": cfg.name,
                 "config": cfg.model_dump(mode="json"), "rates_hz": rates,
-                "robot": {"arm_node": self.params.arm, "driver": arm.params.get("driver") if arm else None}}
+                "robot": self._robot_meta(arm)}
         if cfg.calibration is not None:
             from pathlib import Path
 
