@@ -348,6 +348,10 @@ class FrankaConfig(DeviceConfig):
     loop_realtime: RealtimeConfig = Field(default_factory=RealtimeConfig,
                                           description="SCHED_FIFO priority, CPU affinity, locked memory for the 1 kHz process")
 
+    def default_robot(self, config) -> str:
+        """FR3 or Panda with a Franka Hand, as ``model`` says."""
+        return "fr3_hand" if self.model == "fr3" else "panda_hand"
+
     def build(self, ctx, params) -> FrankaDriver:
         return FrankaDriver(self.robot_ip, self.realtime, self.gripper, self.automatic_recovery, self.impedance,
                             self.model, rt=self.loop_realtime.model_dump() if self.loop_realtime.any else None)

@@ -34,13 +34,16 @@ class SimArmDriver(ArmDriver):
     #: joint state older than this means the world is gone: a driver fault, ns
     STALE_NS = 250_000_000
 
-    def __init__(self, state_endpoint: str, command_endpoint: str, source: str):
-        from robot_stack.drivers.sim_model import ARM_JOINTS, ArmIndex, build_model
+    def __init__(self, state_endpoint: str, command_endpoint: str, source: str, robot: str = "panda_robotiq"):
+        from robot_stack.drivers.sim_model import sim_description
 
-        m = build_model()
-        ix = ArmIndex.of(m)
-        self.n_joints = len(ARM_JOINTS)
-        self.lower, self.upper = ix.lower, ix.upper
+        from robot_stack.robot_model import RobotModel
+
+        desc = sim_description(robot)  # the robot the sim world plays (the robot's controller box)
+        model = RobotModel.load(robot)
+        self.n_joints = model.n_joints
+        self.lower, self.upper = model.lower, model.upper
+        self.stroke = desc.gripper.stroke_m
         self._sub = Subscriber([state_endpoint], ("sim/joint_state",), name=f"{source}<-sim")
         self._tx = Sender(command_endpoint, source, timeout_s=0.05)
         self._last: JointReading | None = None
@@ -56,7 +59,7 @@ class SimArmDriver(ArmDriver):
         deadline = now_ns() + int(timeout_s * 1e9)
         while True:
             try:
-                self._tx.send("sim/joint_target", JointTarget(q=first.q, gripper=min(1.0, first.gripper_width / 0.085)))
+                self._tx.send("sim/joint_target", JointTarget(q=first.q, gripper=min(1.0, first.gripper_width / self.stroke)))
                 return first
             except TransportTimeout:
                 if now_ns() > deadline:
@@ -153,9 +156,15 @@ class SimArmConfig(DeviceConfig):
     def references(self) -> dict[str, str]:
         return {self.world: "sim_world"}
 
+    def default_robot(self, config) -> str | None:
+        """The robot the sim world plays."""
+        nc = None if config is None else config.nodes.get(self.world)
+        return (nc.params.get("robot") if nc is not None else None) or "panda_robotiq"
+
     def build(self, ctx, params) -> SimArmDriver:
         cfg, rd = ctx.config, ctx.run_dir
-        return SimArmDriver(cfg.pub_endpoint(self.world, rd), cfg.in_endpoint(self.world, rd), ctx.name)
+        return SimArmDriver(cfg.pub_endpoint(self.world, rd), cfg.in_endpoint(self.world, rd), ctx.name,
+                            robot=self.default_robot(cfg))
 
 
 class SimCameraConfig(DeviceConfig):

@@ -51,7 +51,11 @@ GRIPPER_BOARD_DICT = "DICT_4X4_50"
 class SceneSpec:
     """Scene options.
 
+    Positions are given in front of the robot (x: its front) and turned into the base frame by the
+    robot's ``sim.workspace_yaw`` (:meth:`to_base`).
+
     Attributes:
+        robot: the simulated robot model (a shipped name or a description YAML with a sim block).
         width, height: render size of every camera, pixels.
         scene_cam_pos: scene camera position in the base frame, m.
         scene_cam_target: point the scene camera looks at, m.
@@ -59,6 +63,7 @@ class SceneSpec:
         target_xy: centre of the target region, m; target_half: its half size, m.
     """
 
+    robot: str = "panda_robotiq"
     width: int = 320
     height: int = 240
     scene_cam_pos: tuple[float, float, float] = (1.2, 0.0, 0.7)
@@ -72,14 +77,44 @@ class SceneSpec:
     table_board_yaw: float = 0.3
 
 
-def _look_at_xyaxes(pos: np.ndarray, target: np.ndarray) -> list[float]:
+    @property
+    def yaw(self) -> float:
+        """The robot's ``sim.workspace_yaw``, rad."""
+        return float(sim_description(self.robot).sim.workspace_yaw)
+
+    def to_base(self, p) -> np.ndarray:
+        """A point (x y [z]) laid out in front of the robot, in the base frame."""
+        p = np.asarray(p, float).copy()
+        c, s_ = np.cos(self.yaw), np.sin(self.yaw)
+        p[:2] = [c * p[0] - s_ * p[1], s_ * p[0] + c * p[1]]
+        return p
+
+
+def sim_description(robot: str):
+    """The description of a robot the sim can play (its ``sim`` block is required).
+
+    Raises:
+        SimModelError: unknown robot, or one without a sim block.
+    """
+    from robot_stack.robot_model import RobotModelError, load_description
+
+    try:
+        desc, _ = load_description(robot)
+    except RobotModelError as e:
+        raise SimModelError(str(e)) from None
+    if desc.sim is None:
+        raise SimModelError(f"robot {desc.name} has no sim block in its description: the sim cannot play it")
+    return desc
+
+
+def _look_at_xyaxes(pos: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> list[float]:
     """MuJoCo camera ``xyaxes`` so that the camera at ``pos`` looks at ``target`` with z up.
 
     A MuJoCo camera looks along its -z axis with +y up in the image (MJCF reference, camera/xyaxes).
     """
-    fwd = target - pos
+    fwd = np.asarray(target, float) - np.asarray(pos, float)
     fwd /= np.linalg.norm(fwd)
-    x = np.cross(fwd, [0.0, 0.0, 1.0])
+    x = np.cross(fwd, np.asarray(up, float))
     x /= np.linalg.norm(x)
     y = np.cross(x, fwd)
     return [*x, *y]
@@ -93,9 +128,17 @@ def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
     """
     from robot_stack.robot_model import build_spec, load_description
 
-    # the scene is built on the robot's own model (robot_stack/robots/panda_robotiq.yaml), the one
-    # the arm node uses, so sim and arm node cannot disagree about the robot
-    spec = build_spec(*load_description("panda_robotiq"))
+    # the scene is built on the robot's own model (robot_stack/robots/<robot>.yaml), the one the
+    # arm node uses, so sim and arm node cannot disagree about the robot
+    desc = sim_description(scene.robot)
+    spec = build_spec(*load_description(scene.robot))
+    _controller_box(spec, desc)
+    for cam in desc.sim.cameras:
+        body = spec.body(cam.body)
+        if body is None:
+            raise SimModelError(f"{desc.name}: sim camera {cam.name!r} on a body {cam.body!r} the model lacks")
+        body.add_camera(name=cam.name, pos=list(cam.pos), fovy=cam.fovy,
+                        xyaxes=_look_at_xyaxes(np.array(cam.pos), np.array(cam.look_at), cam.up))
     spec.visual.global_.offwidth = max(scene.width, 1280)
     spec.visual.global_.offheight = max(scene.height, 960)
     spec.visual.quality.shadowsize = 0  # shadows off: CPU rendering budget
@@ -114,25 +157,29 @@ def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
     wb.add_light(pos=[1.5, -1.0, 2.0], dir=[-1, 0.6, -1.2], diffuse=[0.4, 0.4, 0.4], castshadow=False)
     wb.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[2, 2, 0.01], material="table")
 
-    cube = wb.add_body(name="cube", pos=[0.5, 0.0, CUBE_HALF])
+    cube = wb.add_body(name="cube", pos=scene.to_base([0.5, 0.0, CUBE_HALF]).tolist())
     cube.add_freejoint(name="cube")
     cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3, mass=0.05,
                   rgba=[0.15, 0.35, 0.85, 1], friction=[1.0, 0.01, 0.001])
 
     wb.add_geom(name="target", type=mujoco.mjtGeom.mjGEOM_BOX,
-                pos=[*scene.target_xy, 0.0005], size=[scene.target_half, scene.target_half, 0.0005],
+                pos=[*scene.to_base(scene.target_xy), 0.0005], euler=[0, 0, scene.yaw],
+                size=[scene.target_half, scene.target_half, 0.0005],
                 rgba=[0.85, 0.2, 0.2, 1], contype=0, conaffinity=0)
 
-    pos = np.array(scene.scene_cam_pos, float)
+    pos = scene.to_base(scene.scene_cam_pos)
     wb.add_camera(name=SCENE_CAMERA, pos=pos.tolist(),
-                  xyaxes=_look_at_xyaxes(pos, np.array(scene.scene_cam_target, float)),
+                  xyaxes=_look_at_xyaxes(pos, scene.to_base(scene.scene_cam_target)),
                   fovy=scene.scene_cam_fovy)
     if scene.table_board:
         hw, hh = _add_board_material(spec, "table_board", table_board_spec())
         wb.add_geom(name="table_board", type=mujoco.mjtGeom.mjGEOM_BOX,
-                    pos=[*scene.table_board_xy, BOARD_HALF_THICK], euler=[0, 0, scene.table_board_yaw],
+                    pos=[*scene.to_base(scene.table_board_xy), BOARD_HALF_THICK],
+                    euler=[0, 0, scene.table_board_yaw + scene.yaw],
                     size=[hw, hh, BOARD_HALF_THICK], material="table_board", contype=0, conaffinity=0)
     if scene.gripper_board:
+        if scene.robot != "panda_robotiq":
+            raise SimModelError("the gripper-held calibration board is modelled on the Panda only")
         local = _gripper_board_local_pose(scene)
         hw, hh = _add_board_material(spec, "gripper_board", gripper_board_spec())
         spec.body(GRIPPER_BOARD_BODY).add_geom(
@@ -144,6 +191,24 @@ def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
     except Exception as e:  # mujoco raises ValueError with the compiler message
         raise SimModelError(f"could not compile the sim scene: {e}") from None
     return model
+
+
+def _controller_box(spec: mujoco.MjSpec, desc) -> None:
+    """Torque motors on the arm joints for the sim's joint impedance law: the MJCF's own (when
+    ``sim.arm_actuators`` names them), else the MJCF's arm actuators are replaced by
+    ``arm_motor1..n`` with the description's torque limits. Keyframes go (they size ``ctrl``)."""
+    if desc.sim.arm_actuators is not None:
+        return
+    joints = set(desc.joints)
+    for a in list(spec.actuators):
+        if a.target in joints:
+            spec.delete(a)
+    for k in list(spec.keys):
+        spec.delete(k)
+    for i, (j, lim) in enumerate(zip(desc.joints, desc.sim.torque_limit)):
+        a = spec.add_actuator(name=f"arm_motor{i + 1}", target=j, trntype=mujoco.mjtTrn.mjTRN_JOINT)
+        a.ctrlrange = [-lim, lim]
+        a.ctrllimited = True
 
 
 BOARD_HALF_THICK = 0.001
@@ -197,7 +262,9 @@ def _gripper_board_local_pose(scene: "SceneSpec") -> np.ndarray:
     """Board pose in the gripper base body: in front of the hand, facing the scene camera at home."""
     from robot_stack.robot_model import build_spec, load_description
 
-    m = build_spec(*load_description("panda_robotiq")).compile()
+    spec = build_spec(*load_description("panda_robotiq"))
+    _controller_box(spec, sim_description("panda_robotiq"))
+    m = spec.compile()
     d = mujoco.MjData(m)
     ix = ArmIndex.of(m)
     d.qpos[ix.qpos] = HOME_Q
@@ -241,56 +308,75 @@ def geom_pose(model: mujoco.MjModel, data: mujoco.MjData, geom: str) -> np.ndarr
 
 @dataclass(frozen=True)
 class ArmIndex:
-    """Addresses of the arm in a compiled model."""
+    """Addresses of the arm in a compiled scene, and the sim block of its description."""
 
-    qpos: np.ndarray  # (7,) qpos addresses of the arm joints
-    dof: np.ndarray  # (7,) dof addresses
-    act: np.ndarray  # (7,) actuator ids
+    qpos: np.ndarray  # (n,) qpos addresses of the arm joints
+    dof: np.ndarray  # (n,) dof addresses
+    act: np.ndarray  # (n,) actuator ids
     gripper_act: int
     gripper_qpos: int
     tcp_site: int
     lower: np.ndarray
     upper: np.ndarray
     torque_limit: np.ndarray
+    home_q: np.ndarray
+    kp: np.ndarray
+    kd: np.ndarray
+    gripper_stroke: float
+    gripper_closed: float
+    gripper_ctrl_closed: float
 
     @staticmethod
-    def of(model: mujoco.MjModel) -> "ArmIndex":
-        jids = [model.joint(n).id for n in ARM_JOINTS]
-        act = np.array([model.actuator(n).id for n in ARM_ACTUATORS])
+    def of(model: mujoco.MjModel, robot: str = "panda_robotiq") -> "ArmIndex":
+        desc = sim_description(robot)
+        sim = desc.sim
+        jids = [model.joint(n).id for n in desc.joints]
+        names = sim.arm_actuators or [f"arm_motor{i + 1}" for i in range(len(jids))]
+        act = np.array([model.actuator(n).id for n in names])
+        if desc.joint_range is not None:
+            lower, upper = (np.asarray(desc.joint_range, float)[:, k].copy() for k in (0, 1))
+        else:
+            lower, upper = model.jnt_range[jids, 0].copy(), model.jnt_range[jids, 1].copy()
         return ArmIndex(
             qpos=np.array([model.jnt_qposadr[j] for j in jids]),
             dof=np.array([model.jnt_dofadr[j] for j in jids]),
             act=act,
-            gripper_act=model.actuator(GRIPPER_ACTUATOR).id,
-            gripper_qpos=int(model.jnt_qposadr[model.joint(GRIPPER_JOINT).id]),
-            tcp_site=model.site(TCP_SITE).id,
-            lower=model.jnt_range[jids, 0].copy(),
-            upper=model.jnt_range[jids, 1].copy(),
-            torque_limit=model.actuator_ctrlrange[act, 1].copy(),
+            gripper_act=model.actuator(sim.gripper_actuator).id,
+            gripper_qpos=int(model.jnt_qposadr[model.joint(sim.gripper_joint).id]),
+            tcp_site=model.site(desc.tcp_site or "tcp").id,
+            lower=lower, upper=upper,
+            torque_limit=np.asarray(sim.torque_limit, float),
+            home_q=np.asarray(desc.home_q, float),
+            kp=np.asarray(sim.kp, float), kd=np.asarray(sim.kd, float),
+            gripper_stroke=desc.gripper.stroke_m, gripper_closed=sim.gripper_joint_closed,
+            gripper_ctrl_closed=sim.gripper_ctrl_closed,
         )
 
 
 def joint_pd_torque(q: np.ndarray, dq: np.ndarray, q_target: np.ndarray, bias: np.ndarray,
-                    limit: np.ndarray) -> np.ndarray:
+                    limit: np.ndarray, kp: np.ndarray = KP, kd: np.ndarray = KD) -> np.ndarray:
     """Joint impedance with gravity/Coriolis compensation: tau = KP (q* - q) - KD dq + bias.
 
     Args:
-        q, dq: (7,) measured joint positions (rad) and velocities (rad/s).
-        q_target: (7,) joint targets, rad.
-        bias: (7,) MuJoCo ``qfrc_bias`` of the arm dofs (gravity + Coriolis), N m.
-        limit: (7,) torque limits, N m.
+        q, dq: (n,) measured joint positions (rad) and velocities (rad/s).
+        q_target: (n,) joint targets, rad.
+        bias: (n,) MuJoCo ``qfrc_bias`` of the arm dofs (gravity + Coriolis), N m.
+        limit: (n,) torque limits, N m.
+        kp, kd: (n,) gains (default: the Panda's, libfranka's joint impedance example).
     Returns:
-        (7,) joint torques, N m, clipped to the limits.
+        (n,) joint torques, N m, clipped to the limits.
     """
-    tau = KP * (q_target - q) - KD * dq + bias
+    tau = kp * (q_target - q) - kd * dq + bias
     return np.clip(tau, -limit, limit)
 
 
-def gripper_width_from_driver(q_driver: float) -> float:
-    """Approximate finger opening (m) from the 2F-85 driver joint angle (0 open .. 0.8 rad closed)."""
-    return float(GRIPPER_MAX_WIDTH * np.clip(1.0 - q_driver / GRIPPER_DRIVER_RANGE, 0.0, 1.0))
+def gripper_width_from_driver(q_driver: float, stroke: float = GRIPPER_MAX_WIDTH,
+                              closed: float = GRIPPER_DRIVER_RANGE) -> float:
+    """Approximate finger opening (m) from a gripper joint position (0 open .. ``closed``; the
+    2F-85 driver joint: 0.8 rad closed), for a gripper of ``stroke`` m."""
+    return float(stroke * np.clip(1.0 - q_driver / closed, 0.0, 1.0))
 
 
-def gripper_ctrl_from_open(open_frac: float) -> float:
-    """Actuator control (0 open .. 255 closed) for an opening fraction in [0, 1]."""
-    return float(255.0 * (1.0 - np.clip(open_frac, 0.0, 1.0)))
+def gripper_ctrl_from_open(open_frac: float, closed_ctrl: float = 255.0) -> float:
+    """Actuator control (0 open .. ``closed_ctrl`` closed) for an opening fraction in [0, 1]."""
+    return float(closed_ctrl * (1.0 - np.clip(open_frac, 0.0, 1.0)))

@@ -19,13 +19,12 @@ from scipy.spatial.transform import Rotation
 
 from robot_stack.drivers.camera import pinhole_K
 from robot_stack.drivers.sim_model import (
-    CUBE_HALF, HOME_Q, ArmIndex, SceneSpec, build_model, gripper_ctrl_from_open, gripper_width_from_driver,
-    joint_pd_torque,
+    CUBE_HALF, ArmIndex, SceneSpec, build_model, gripper_ctrl_from_open, gripper_width_from_driver, joint_pd_torque,
 )
 
 
 class SimWorld:
-    """MuJoCo world with the arm under joint impedance control.
+    """MuJoCo world with the arm (``scene.robot``) under joint impedance control.
 
     Args:
         scene: scene options.
@@ -39,13 +38,13 @@ class SimWorld:
         self.scene = scene
         self.model = build_model(scene)
         self.data = mujoco.MjData(self.model)
-        self.arm = ArmIndex.of(self.model)
+        self.arm = ArmIndex.of(self.model, scene.robot)
         self.rng = np.random.default_rng(seed)
         cube_j = self.model.joint("cube").id
         self._cube_qpos = int(self.model.jnt_qposadr[cube_j])
         self._cube_dof = int(self.model.jnt_dofadr[cube_j])
         self.lock = threading.Lock()  # held while physics changes data (renderer reads under it)
-        self.q_target = HOME_Q.copy()
+        self.q_target = self.arm.home_q.copy()
         self.gripper_open = 1.0
         self.reset()
 
@@ -58,13 +57,13 @@ class SimWorld:
         """Arm home, gripper open, cube at ``cube_pose`` (7,) or a random pose; returns the cube pose."""
         with self.lock:
             mujoco.mj_resetData(self.model, self.data)
-            self.data.qpos[self.arm.qpos] = HOME_Q
-            self.q_target = HOME_Q.copy()
+            self.data.qpos[self.arm.qpos] = self.arm.home_q
+            self.q_target = self.arm.home_q.copy()
             self.gripper_open = 1.0
             if cube_pose is None:
                 yaw = self.rng.uniform(-np.pi / 4, np.pi / 4)
-                cube_pose = np.array([self.rng.uniform(*self.CUBE_X), self.rng.uniform(*self.CUBE_Y), CUBE_HALF,
-                                      *Rotation.from_euler("z", yaw).as_quat()])
+                xy = self.scene.to_base([self.rng.uniform(*self.CUBE_X), self.rng.uniform(*self.CUBE_Y)])
+                cube_pose = np.array([*xy, CUBE_HALF, *Rotation.from_euler("z", yaw + self.scene.yaw).as_quat()])
             q = self.data.qpos
             q[self._cube_qpos:self._cube_qpos + 3] = cube_pose[:3]
             x, y, z, w = cube_pose[3:]
@@ -83,15 +82,15 @@ class SimWorld:
         with self.lock:
             for _ in range(n):
                 d.ctrl[a.act] = joint_pd_torque(d.qpos[a.qpos], d.qvel[a.dof], self.q_target,
-                                                d.qfrc_bias[a.dof], a.torque_limit)
-                d.ctrl[a.gripper_act] = gripper_ctrl_from_open(self.gripper_open)
+                                                d.qfrc_bias[a.dof], a.torque_limit, a.kp, a.kd)
+                d.ctrl[a.gripper_act] = gripper_ctrl_from_open(self.gripper_open, a.gripper_ctrl_closed)
                 mujoco.mj_step(m, d)
 
     def joint_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """(q rad, dq rad/s, tau N m, gripper width m) of the arm."""
         a, d = self.arm, self.data
         return (d.qpos[a.qpos].copy(), d.qvel[a.dof].copy(), d.ctrl[a.act].copy(),
-                gripper_width_from_driver(float(d.qpos[a.gripper_qpos])))
+                gripper_width_from_driver(float(d.qpos[a.gripper_qpos]), a.gripper_stroke, a.gripper_closed))
 
     def set_qpos(self, qpos: np.ndarray) -> None:
         """Overwrite the full state with ``qpos`` (nq,) and update kinematics (renderer copies)."""
@@ -114,10 +113,14 @@ class SimWorld:
         return np.array([*self.data.site_xpos[s],
                          *Rotation.from_matrix(self.data.site_xmat[s].reshape(3, 3)).as_quat()])
 
+    def target_xy(self) -> np.ndarray:
+        """(2,) centre of the target region in the base frame, m."""
+        return self.scene.to_base(self.scene.target_xy)
+
     def cube_in_target(self) -> bool:
         """Success check: the cube's centre lies inside the target square and it rests on the table."""
         c = self.cube_pose()
-        tx, ty = self.scene.target_xy
+        tx, ty = self.target_xy()
         h = self.scene.target_half
         return bool(abs(c[0] - tx) <= h and abs(c[1] - ty) <= h and c[2] < 2.5 * CUBE_HALF)
 

@@ -208,9 +208,16 @@ def _node_problems(cfg: StackConfig, name: str, params) -> list[str]:
         from .robot_model import RobotModelError, load_description
 
         try:
-            load_description(params.robot_name())
+            robot = params.robot_name(cfg)
+            load_description(robot)
         except RobotModelError as e:
             out.append(f"nodes.{name}.params.robot: {' '.join(str(e).split())}")
+        else:
+            world = params.driver.references() if params.driver.type == "sim" else {}
+            for w in world:  # a sim arm must be the robot its world plays
+                plays = (cfg.nodes[w].params.get("robot") if w in cfg.nodes else None) or "panda_robotiq"
+                if w in cfg.nodes and robot != plays:
+                    out.append(f"nodes.{name}.params.robot = {robot!r}: the sim world {w!r} plays {plays!r}")
     return out
 
 

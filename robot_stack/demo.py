@@ -37,42 +37,55 @@ def _dist_to_path(p: np.ndarray, corners: list[np.ndarray]) -> float:
     return best
 
 
-def run_square(quick: bool = False, verbose: bool = False) -> int:
-    """Square-tracking bring-up check; returns the exit code (0 when the arm tracked the square)."""
+def run_square(quick: bool = False, verbose: bool = False, config: str | Path | None = None) -> int:
+    """Square-tracking bring-up check on a setup (default ``configs/sim_panda.yaml``): a
+    horizontal square around the arm's robot model's work centre; returns the exit code (0 when
+    the arm tracked the square)."""
     from rich.console import Console
     from rich.table import Table
 
     from .arm_client import ArmClient, polyline, square
     from .clock import now_ns
     from .launcher import Launcher
+    from .nodes.arm import ArmParams
+    from .nodes.camera import CameraParams
+    from .robot_model import RobotModel
+    from .session import LogSink
     from .transport import Subscriber
 
     console = Console()
-    from .session import LogSink
-
     out = None if verbose else LogSink()
-    launcher = Launcher(config_path("sim_panda.yaml"), out=out)
+    path = Path(config) if config is not None else config_path("sim_panda.yaml")
+    launcher = Launcher(path, out=out)
     cfg, rd = launcher.config, launcher.run_dir
+    arm_node = next((n for n, nc in cfg.nodes.items() if nc.kind == "arm"), None)
+    if arm_node is None:
+        raise ValueError(f"{path}: the square needs an arm node")
+    model = RobotModel.load(ArmParams.model_validate(cfg.nodes[arm_node].params).robot_name(cfg))
+    cams = {n: CameraParams.model_validate(nc.params) for n, nc in cfg.nodes.items() if nc.kind == "camera"}
+    sim_node = next((n for n, nc in cfg.nodes.items() if nc.kind == "sim_world"), None)
     console.print(f"[bold]robot-stack demo[/bold]: starting {len(cfg.nodes)} processes "
-                  f"({', '.join(cfg.nodes)}) from configs/sim_panda.yaml")
+                  f"({', '.join(cfg.nodes)}) from {path}; robot {model.name}")
     launcher.start()
     sup = threading.Thread(target=launcher.supervise, daemon=True)
     sup.start()
-    subs = Subscriber([cfg.pub_endpoint(n, rd) for n in ("arm", "cam_scene", "cam_wrist", "sim")],
-                      ("robot/state", "camera/", "heartbeat/"), history=5000, name="demo")
+    watched = [arm_node, *cams] + ([sim_node] if sim_node else [])
+    subs = Subscriber([cfg.pub_endpoint(n, rd) for n in watched], ("robot/state", "camera/", "heartbeat/"),
+                      history=5000, name="demo")
     client = None
     try:
-        with console.status("waiting for the sim world, the arm and the cameras ..."):
-            ok = all(subs.wait_for(t, 90) is not None for t in ("robot/state", "camera/scene", "camera/wrist"))
+        with console.status("waiting for the arm and the cameras ..."):
+            topics = ["robot/state"] + [f"camera/{c.camera_id}" for c in cams.values()]
+            ok = all(subs.wait_for(t, 90) is not None for t in topics)
         if not ok:
             console.print("[red]the stack did not come up[/red]")
             if out is not None:
                 console.print(out.tail(30))
             return 1
-        client = ArmClient(cfg, rd, source="demo")
+        client = ArmClient(cfg, rd, arm=arm_node, source="demo")
         start = np.array(subs.latest("robot/state").ee_pose)
         side = 0.10 if quick else 0.15
-        corners = square(np.array([0.45, 0.0, 0.30]), side)
+        corners = square(model.work_center, side)
         with console.status("moving to the start corner ..."):
             t_end = polyline(client, start, corners[:1], now_ns(), speed=0.1)
             time.sleep((t_end - now_ns()) / 1e9 + 0.5)
@@ -83,8 +96,9 @@ def run_square(quick: bool = False, verbose: bool = False) -> int:
         states = [m for m in subs.history("robot/state") if m.stamp_ns >= t0]
         pos = np.array([m.ee_pose[:3] for m in states])
         err = np.array([_dist_to_path(p, corners) for p in pos]) * 1e3
-        hb = {n: subs.latest(f"heartbeat/{n}") for n in ("arm", "cam_scene", "cam_wrist", "sim")}
-        cams = {c: [m for m in subs.history(f"camera/{c}") if m.stamp_ns >= t0] for c in ("scene", "wrist")}
+        hb = {n: subs.latest(f"heartbeat/{n}") for n in watched}
+        frames = {c.camera_id: [m for m in subs.history(f"camera/{c.camera_id}") if m.stamp_ns >= t0]
+                  for c in cams.values()}
     finally:
         if client is not None:
             client.close()
@@ -92,27 +106,29 @@ def run_square(quick: bool = False, verbose: bool = False) -> int:
         launcher.stop()
         sup.join(10)
 
-    t = Table(title="robot-stack demo: simulated Franka Panda, multi-process stack")
+    t = Table(title=f"robot-stack demo: simulated {model.name}, multi-process stack")
     t.add_column("measure")
     t.add_column("value", justify="right")
     t.add_row("TCP path error vs the commanded square (mean / max)", f"{err.mean():.2f} / {err.max():.2f} mm")
     t.add_row("square extent x / y", f"{np.ptp(pos[:, 0]) * 1e3:.1f} / {np.ptp(pos[:, 1]) * 1e3:.1f} mm")
-    arm = hb["arm"].metrics if hb["arm"] else {}
+    arm = hb[arm_node].metrics if hb[arm_node] else {}
     if arm:
-        t.add_row("servo loop 500 Hz: period p50 / p99 / max",
+        rate = float(cfg.nodes[arm_node].params.get("rate_hz", 500))
+        t.add_row(f"servo loop {rate:.0f} Hz: period p50 / p99 / max",
                   f"{arm['loop.period_p50_s'] * 1e3:.3f} / {arm['loop.period_p99_s'] * 1e3:.3f} / "
                   f"{arm['loop.period_max_s'] * 1e3:.1f} ms")
         t.add_row("servo loop overruns", f"{arm['loop.overruns']:.0f} of {arm['loop.periods']:.0f}")
         t.add_row("safety events", f"{sum(v for k, v in arm.items() if k.startswith('safety.')):.0f}")
-    for c, frames in cams.items():
-        if len(frames) > 1:
-            dur = (frames[-1].stamp_ns - frames[0].stamp_ns) / 1e9
-            t.add_row(f"camera {c}: rate (configured 30 Hz)", f"{(len(frames) - 1) / dur:.1f} Hz")
-    sim = hb["sim"].metrics if hb["sim"] else {}
+    for n, c in cams.items():
+        fs = frames[c.camera_id]
+        if len(fs) > 1:
+            dur = (fs[-1].stamp_ns - fs[0].stamp_ns) / 1e9
+            t.add_row(f"camera {c.camera_id}: rate (configured {c.rate_hz:.0f} Hz)", f"{(len(fs) - 1) / dur:.1f} Hz")
+    sim = hb[sim_node].metrics if sim_node and hb[sim_node] else {}
     if sim:
         t.add_row("physics real-time violations", f"{sim['realtime_violations']:.0f}")
     console.print(t)
-    ok = err.mean() < 5.0 and abs(np.ptp(pos[:, 0]) - side) < 0.01
+    ok = err.mean() < 5.0 and abs(np.ptp(pos[:, 0]) - side) < 0.01 and abs(np.ptp(pos[:, 1]) - side) < 0.01
     console.print("[green]OK[/green]" if ok else "[red]tracking failed[/red]")
     return 0 if ok else 1
 

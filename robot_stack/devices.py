@@ -42,6 +42,11 @@ class DeviceConfig(BaseModel):
         """Other nodes this device needs: node name -> required node kind (checked at ``check``)."""
         return {}
 
+    def default_robot(self, config) -> str | None:
+        """The robot model this device implies when the node names none (arm drivers), given the
+        setup's ``StackConfig`` (None: no default; the node must name one)."""
+        return None
+
     def build(self, ctx, params):
         """The driver object, from this config, the node's context and its typed params."""
         raise NotImplementedError(f"{type(self).__name__}.build")

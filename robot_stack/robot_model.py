@@ -72,6 +72,52 @@ class AttachSpec(_Strict):
     prefix: str = "gripper/"
 
 
+class SimCameraSpec(_Strict):
+    """A camera the sim adds to the robot (e.g. a wrist camera on the gripper).
+
+    Attributes:
+        name: MJCF camera name; body: the body it is fixed to;
+        pos: (3,) position in that body, m; look_at: (3,) point it looks at, in that body, m;
+        up: (3,) direction that is up in the image, in that body; fovy: vertical field of view, deg.
+    """
+
+    name: str
+    body: str
+    pos: tuple[float, float, float]
+    look_at: tuple[float, float, float]
+    up: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    fovy: float = Field(45.0, gt=0, lt=180)
+
+
+class SimSpec(_Strict):
+    """How the simulation plays this robot's controller box (the sim world only).
+
+    Attributes:
+        kp, kd: (n,) joint impedance gains, N m/rad and N m s/rad (tau = kp e - kd dq + bias).
+        torque_limit: (n,) N m.
+        arm_actuators: the MJCF's own torque motors on the arm joints, in joint order; None: the
+            sim removes the MJCF's arm actuators and adds torque motors (``arm_motor1..n``).
+        gripper_actuator: the gripper's actuator (control 0 open .. ``gripper_ctrl_closed``).
+        gripper_ctrl_closed: actuator control that closes the gripper.
+        gripper_joint: a gripper joint whose position measures the opening, and
+            gripper_joint_closed: its position when closed (0 = open), rad or m.
+        cameras: cameras the sim adds to the robot (the MJCF's own cameras stay).
+        workspace_yaw: direction of the robot's front in the base frame, rad: the sim's table
+            objects and scene camera, laid out in front of the robot, are turned by it.
+    """
+
+    kp: list[float]
+    kd: list[float]
+    torque_limit: list[float]
+    arm_actuators: list[str] | None = None
+    gripper_actuator: str
+    gripper_ctrl_closed: float = 255.0
+    gripper_joint: str
+    gripper_joint_closed: float
+    cameras: list[SimCameraSpec] = Field(default_factory=list)
+    workspace_yaw: float = 0.0
+
+
 class RobotDescription(_Strict):
     """One robot arm, as data.
 
@@ -92,6 +138,11 @@ class RobotDescription(_Strict):
         limits_source: where the limits come from (datasheet, SDK doc).
         gripper: kind and stroke.
         base_pose: (x y z qx qy qz qw) of the base frame in the setup's world frame.
+        joint_range: (n, 2) position limits overriding the MJCF's, rad (e.g. a Panda on the FR3
+            chain), or None.
+        work_center: (3,) centre of the robot's usual workspace in the base frame, m (bring-up
+            checks trace their square around it); None: the TCP at home.
+        sim: how the sim plays the robot, or None (the robot cannot be simulated).
     """
 
     name: str
@@ -110,13 +161,23 @@ class RobotDescription(_Strict):
     limits_source: str = ""
     gripper: GripperSpec
     base_pose: tuple[float, float, float, float, float, float, float] = (0, 0, 0, 0, 0, 0, 1)
+    joint_range: list[tuple[float, float]] | None = None
+    work_center: tuple[float, float, float] | None = None
+    sim: SimSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "RobotDescription":
         n = len(self.joints)
-        for key in ("home_q", "max_joint_vel", "max_joint_acc"):
-            if len(getattr(self, key)) != n:
-                raise ValueError(f"{key} has {len(getattr(self, key))} values for {n} joints")
+        sizes = {k: len(getattr(self, k)) for k in ("home_q", "max_joint_vel", "max_joint_acc")}
+        if self.joint_range is not None:
+            sizes["joint_range"] = len(self.joint_range)
+        if self.sim is not None:
+            sizes.update({f"sim.{k}": len(getattr(self.sim, k)) for k in ("kp", "kd", "torque_limit")})
+            if self.sim.arm_actuators is not None:
+                sizes["sim.arm_actuators"] = len(self.sim.arm_actuators)
+        for key, size in sizes.items():
+            if size != n:
+                raise ValueError(f"{key} has {size} values for {n} joints")
         if any(v <= 0 for v in self.max_joint_vel + self.max_joint_acc):
             raise ValueError("joint velocity and acceleration limits must be > 0")
         if (self.tcp_site is None) == (self.tcp_body is None):
@@ -258,6 +319,10 @@ class RobotModel:
         limited = m.jnt_limited[jids].astype(bool)
         self.lower = np.where(limited, m.jnt_range[jids, 0], -2 * np.pi)
         self.upper = np.where(limited, m.jnt_range[jids, 1], 2 * np.pi)
+        if desc.joint_range is not None:
+            r = np.asarray(desc.joint_range, float)
+            self.lower, self.upper = r[:, 0].copy(), r[:, 1].copy()
+            m.jnt_range[jids] = r
         self.max_vel = np.asarray(desc.max_joint_vel, float)
         self.max_acc = np.asarray(desc.max_joint_acc, float)
         self.home_q = np.asarray(desc.home_q, float)
@@ -294,6 +359,12 @@ class RobotModel:
         """A fresh ``MjSpec`` of this robot (what the sim builds its scene on)."""
         return build_spec(self.desc, self.base_dir)
 
+    @property
+    def work_center(self) -> np.ndarray:
+        """(3,) centre of the usual workspace in the base frame, m (the TCP at home by default)."""
+        c = self.desc.work_center
+        return self.home_pose[:3].copy() if c is None else np.asarray(c, float)
+
     @cached_property
     def home_pose(self) -> np.ndarray:
         """(7,) TCP pose at ``home_q`` in the base frame."""
@@ -306,18 +377,5 @@ class RobotModel:
                 f"TCP at home ({p[0]:.3f}, {p[1]:.3f}, {p[2]:.3f}) m; {self.desc.summary}")
 
 
-def default_robot_for_driver(driver: str) -> str:
-    """The robot model a driver implies when the arm node's config names none (``robot:``): the
-    sim's Panda + Robotiq for ``sim``, the FR3 + Franka Hand for ``franka``.
-
-    Raises:
-        RobotModelError: a driver with no default model (the config must name one).
-    """
-    defaults = {"sim": "panda_robotiq", "franka": "fr3_hand"}
-    if driver not in defaults:
-        raise RobotModelError(f"driver {driver!r} has no default robot model: set the arm node's robot")
-    return defaults[driver]
-
-
 __all__ = ["RobotModel", "RobotDescription", "RobotModelError", "GripperSpec", "load_description",
-           "available_robots", "resolve_source", "build_spec", "default_robot_for_driver"]
+           "available_robots", "resolve_source", "build_spec"]

@@ -194,7 +194,7 @@ class Session:
             from .nodes.arm import ArmParams
             from .robot_model import load_description
 
-            robot = ArmParams.model_validate(self.cfg.nodes[self.arm_name].params).robot_name()
+            robot = ArmParams.model_validate(self.cfg.nodes[self.arm_name].params).robot_name(self.cfg)
             home_q = np.asarray(load_description(robot)[0].home_q)
         self.move_joints(home_q)
         if self.sim is None:

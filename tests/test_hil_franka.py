@@ -49,7 +49,7 @@ def franka_sim(tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"franka-sim did not start:\n{(d / 'franka_sim.log').read_text()[-3000:]}")
             time.sleep(0.3)
-        yield {"log": d / "franka_sim.log"}
+        yield {"log": d / "franka_sim.log", "mjcf": mjcf, "dir": d}
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -164,4 +164,54 @@ def test_stalled_controller_holds_without_comm_violation(stack, franka_sim):
     cycles0 = hb["franka.cycles"]
     time.sleep(0.5)
     assert stack.heartbeat("arm")["franka.cycles"] > cycles0  # the 1 kHz loop is still running
+    assert hb.get("safety.driver_fault", 0) == 0 and not sim_errors(franka_sim), sim_errors(franka_sim)
+
+
+def test_ee_square_through_the_fr3_model(stack, franka_sim, report):
+    """A Cartesian square through the arm node's FR3 model (robot fr3_hand: IK per servo tick) on
+    franka-sim: the TCP follows the commanded square, and the published ee_pose (our FK of the
+    measured joints) agrees with franka-sim's own FK of the same joints with the Franka Hand's
+    TCP (flange rotated -45 deg about z, 0.1034 m along z)."""
+    from scipy.spatial.transform import Rotation
+
+    from robot_stack.arm_client import straight_line
+    from robot_stack.clock import now_ns
+
+    start = np.array(stack.state().ee_pose)
+    side = 0.10
+    corners = [start[:3] + np.array(c) for c in ([0, 0, 0], [0, side, 0], [0, side, -side], [0, 0, -side], [0, 0, 0])]
+    stamps, poses, t = [], [], now_ns() + 300_000_000
+    for a, b in zip(corners[:-1], corners[1:]):
+        st, ps = straight_line(np.r_[a, start[3:]], np.r_[b, start[3:]], t, speed=0.05, step_s=0.02)
+        stamps.append(st)
+        poses.append(ps)
+        t = int(st[-1])
+    stamps, poses = np.concatenate(stamps), np.concatenate(poses)
+    stack.arm.send_schedule(stamps, poses, space="ee")
+    time.sleep((stamps[-1] - now_ns()) / 1e9 + 1.0)
+    hist = [m for m in stack.sub.history("robot/state") if stamps[0] <= m.stamp_ns <= stamps[-1]]
+    tq = np.array([m.stamp_ns for m in hist])
+    ee = np.array([m.ee_pose for m in hist])
+    ref = np.stack([np.interp(tq, stamps, poses[:, j]) for j in range(3)], 1)
+    track = np.linalg.norm(ee[:, :3] - ref, axis=1)
+    # franka-sim's FK of the measured joints (every 10th state), with the Franka Hand TCP
+    q = np.array([m.q for m in hist])[::10]
+    qf, out = franka_sim["dir"] / "q.npy", franka_sim["dir"] / "fk.npy"
+    np.save(qf, q)
+    subprocess.run([str(FS_PY), str(REPO / "tests" / "franka_sim_fk.py"), str(franka_sim["mjcf"]), str(qf), str(out)],
+                   check=True, timeout=120)
+    hand = np.eye(4)
+    hand[:3, :3] = Rotation.from_euler("z", -np.pi / 4).as_matrix()
+    hand[:3, 3] = [0, 0, 0.1034]
+    tcp = np.load(out) @ hand
+    ours = ee[::10]
+    pos_err = np.linalg.norm(tcp[:, :3, 3] - ours[:, :3], axis=1)
+    rot_err = (Rotation.from_matrix(tcp[:, :3, :3]).inv() * Rotation.from_quat(ours[:, 3:])).magnitude()
+    hb = stack.heartbeat("arm")
+    report(f"franka-sim ee square (10 cm, 0.05 m/s, FR3 model): TCP error mean {track.mean() * 1e3:.2f} mm, "
+           f"max {track.max() * 1e3:.2f} mm over {len(track)} states; ee_pose vs franka-sim's FK: "
+           f"max {pos_err.max() * 1e3:.3f} mm, {np.degrees(rot_err.max()):.3f} deg")
+    assert len(hist) > 500
+    assert track.mean() < 0.005, track.mean()
+    assert pos_err.max() < 0.001 and rot_err.max() < np.radians(0.1), (pos_err.max(), rot_err.max())
     assert hb.get("safety.driver_fault", 0) == 0 and not sim_errors(franka_sim), sim_errors(franka_sim)

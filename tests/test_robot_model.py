@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from robot_stack.robot_model import (RobotModel, RobotModelError, available_robots, default_robot_for_driver,
-                                     load_description)
+from robot_stack.robot_model import RobotModel, RobotModelError, available_robots, load_description
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED = {
     "panda_robotiq": (7, "robotiq_2f85", 0.085, True),
     "fr3_hand": (7, "franka_hand", 0.08, True),
+    "panda_hand": (7, "franka_hand", 0.08, True),
     "ur5e_robotiq": (6, "robotiq_2f85", 0.085, True),
     "vx300s": (6, "viperx", 0.072, False),
 }
@@ -101,8 +101,6 @@ def test_bad_descriptions_are_named(tmp_path):
     bad.write_text(bad.read_text().replace("repo:missing.xml", "package:no_such_pkg/x.xml"))
     with pytest.raises(RobotModelError, match="pip install --no-deps no-such-pkg"):
         RobotModel.load(bad)
-    with pytest.raises(RobotModelError, match="no default robot model"):
-        default_robot_for_driver("ur")
 
 
 def test_no_module_outside_the_sim_imports_the_sim_scene():

@@ -40,7 +40,7 @@ class ArmParams(NodeParams):
     driver: DeviceConfig = Field(default_factory=lambda: ARM_DRIVERS.parse("sim"),
                                  description="the arm driver: {type: sim|franka, ...its keys}")
     robot: str | None = Field(None, description="robot model: a shipped name (robot-stack robots) or a "
-                                                "description YAML; default: the driver's (sim: panda_robotiq, franka: fr3_hand)")
+                                                "description YAML; default: the driver's (sim: its world's robot, franka: fr3_hand)")
     rate_hz: float = Field(500.0, gt=0, le=2000)
     state_rate_hz: float = Field(250.0, gt=0, le=2000)
     startup_timeout_s: float = Field(20.0, gt=0)
@@ -60,11 +60,19 @@ class ArmParams(NodeParams):
     def references(self) -> dict[str, str]:
         return self.driver.references()
 
-    def robot_name(self) -> str:
-        """The robot model this arm uses: ``robot``, or the driver's default."""
-        from robot_stack.robot_model import default_robot_for_driver
+    def robot_name(self, config=None) -> str:
+        """The robot model this arm uses: ``robot``, or the driver's default given the setup's
+        config (the sim driver: the robot its sim world plays; franka: fr3_hand or panda_hand).
 
-        return self.robot or default_robot_for_driver(self.driver.type)
+        Raises:
+            RobotModelError: neither names one.
+        """
+        from robot_stack.robot_model import RobotModelError
+
+        name = self.robot or self.driver.default_robot(config)
+        if name is None:
+            raise RobotModelError(f"arm driver {self.driver.type} implies no robot model: set the arm node's robot")
+        return name
 
 
 @dataclass
@@ -87,7 +95,7 @@ class ArmNode(Node):
         p = self.params
         # the arm's own model (kinematics, TCP, limits, gripper): from the config or the driver,
         # never from the sim scene
-        self.model = RobotModel.load(p.robot_name())
+        self.model = RobotModel.load(p.robot_name(self.ctx.config))
         if p.realtime.any:  # before the driver starts its threads, so they inherit it
             self.realtime_report = apply_realtime(p.realtime, f"arm node {self.name}")
         self.driver = p.driver.build(self.ctx, p)

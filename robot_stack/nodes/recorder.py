@@ -95,7 +95,7 @@ class RecorderNode(Node):
         from .arm import ArmParams
 
         ap = ArmParams.model_validate(arm.params)
-        return {"arm_node": self.params.arm, "driver": ap.driver.model_dump(mode="json"), "model": ap.robot_name()}
+        return {"arm_node": self.params.arm, "driver": ap.driver.model_dump(mode="json"), "model": ap.robot_name(self.ctx.config)}
 
     def _meta(self, ev: EpisodeEvent) -> dict:
         cfg = self.ctx.config

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class SimWorldParams(NodeParams):
+    robot: str = Field("panda_robotiq", description="the simulated robot (a robot model with a sim block; "
+                                                    "robot-stack robots lists them)")
     rate_hz: float = Field(500.0, gt=0, le=2000)
     state_rate_hz: float = Field(60.0, gt=0, le=500)
     seed: int = 0
@@ -35,7 +37,7 @@ class SimWorldParams(NodeParams):
         """The SceneSpec every process of this world builds (world and camera renderers)."""
         from robot_stack.drivers.sim_model import SceneSpec
 
-        return SceneSpec(table_board=self.table_board, gripper_board=self.gripper_board)
+        return SceneSpec(robot=self.robot, table_board=self.table_board, gripper_board=self.gripper_board)
 
 
 class SimWorldNode(Node):
@@ -64,7 +66,7 @@ class SimWorldNode(Node):
 
     def _on_message(self, msg) -> None:
         if isinstance(msg, JointTarget):
-            if msg.q.shape == (7,) and np.all(np.isfinite(msg.q)) and np.isfinite(msg.gripper):
+            if msg.q.shape == (len(self.world.arm.qpos),) and np.all(np.isfinite(msg.q)) and np.isfinite(msg.gripper):
                 self.world.set_target(msg.q, msg.gripper)
                 self.targets += 1
             else:
@@ -98,7 +100,7 @@ class SimWorldNode(Node):
         if self._tick % self._obj_every == 0:
             sc = self.world.scene
             self.pub.publish("sim/objects", ObjectState(stamp_ns=stamp, cube_pose=self.world.cube_pose(),
-                                                        target_xy=np.array(sc.target_xy), target_half=sc.target_half))
+                                                        target_xy=self.world.target_xy(), target_half=sc.target_half))
         self._tick += 1
 
     def metrics(self) -> dict[str, float]:
