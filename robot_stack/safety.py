@@ -352,7 +352,7 @@ class ServoGuard:
         step (a chunk switch, a jump), the lag of every joint stays proportional to its share of
         the step, so the TCP stays near the commanded path instead of each joint finishing on its
         own (which bent a straight TCP line by up to 13 mm at async chunk switches)."""
-        from ruckig import ControlInterface, Result, Synchronization
+        from ruckig import ControlInterface, Result, RuckigError, Synchronization
 
         inp, out = self._inp, self._out
         self._otg.delta_time = dt
@@ -377,15 +377,36 @@ class ServoGuard:
             inp.max_velocity = (self.vmax - target_v).tolist()
             inp.min_velocity = (-self.vmax - target_v).tolist()
             base_q = target_q
-        res = self._otg.update(inp, out)
+        try:
+            res = self._otg.update(inp, out)
+        except RuckigError as e:  # an input Ruckig refuses: never let it end the servo loop
+            res = None
+            why = str(e)
+        else:
+            why = str(res)
         if res not in (Result.Working, Result.Finished):
-            if target_q is None:  # cannot happen with valid limits; never command anything unchecked
-                raise RuntimeError(f"ruckig failed to plan a stop: {res}")
             self.counters["servo_plan_error"] += 1
+            if self.counters["servo_plan_error"] <= 5:
+                log.error("servo guard: ruckig could not plan (%s); %s", why.strip(),
+                          "braking" if target_q is not None else "braking at the acceleration limit")
+            if target_q is None:
+                return self._brake(dt)
             return self._run(dt, None, np.zeros(self.n))
+        # the state stays inside the limits exactly (a profile that touches a limit can land a
+        # rounding error outside it, which Ruckig's input check would refuse on the next tick)
         self.q = np.array(out.new_position) + base_q
-        self.v = np.array(out.new_velocity) + base_v
-        self.a = np.array(out.new_acceleration)
+        self.v = np.clip(np.array(out.new_velocity) + base_v, -self.vmax, self.vmax)
+        self.a = np.clip(np.array(out.new_acceleration), -self.amax, self.amax)
+        return self.q.copy()
+
+    def _brake(self, dt: float) -> np.ndarray:
+        """Last resort if Ruckig cannot plan a stop (never seen): velocity toward zero at the
+        acceleration limit (jerk unbounded for this tick), position integrated, joint limits held."""
+        dv = np.clip(-self.v, -self.amax * dt, self.amax * dt)
+        self.a = dv / dt
+        v_new = self.v + dv
+        self.q = np.clip(self.q + 0.5 * (self.v + v_new) * dt, self.lower, self.upper)
+        self.v = v_new
         return self.q.copy()
 
     def track(self, q_des: np.ndarray, dt: float) -> np.ndarray:

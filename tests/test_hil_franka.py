@@ -177,9 +177,15 @@ def test_ee_square_through_the_fr3_model(stack, franka_sim, report):
     from robot_stack.arm_client import straight_line
     from robot_stack.clock import now_ns
 
+    from robot_stack.robot_model import RobotModel
+
+    # from the FR3's home posture: the TCP error of the robot's joint impedance control depends on
+    # the posture, and the earlier tests leave the arm elsewhere
+    stack.move_joints(RobotModel.load("fr3_hand").home_q)
+    time.sleep(1.0)
     start = np.array(stack.state().ee_pose)
     side = 0.10
-    corners = [start[:3] + np.array(c) for c in ([0, 0, 0], [0, side, 0], [0, side, -side], [0, 0, -side], [0, 0, 0])]
+    corners = [start[:3] + np.array(c) for c in ([0, 0, 0], [side, 0, 0], [side, side, 0], [0, side, 0], [0, 0, 0])]
     stamps, poses, t = [], [], now_ns() + 300_000_000
     for a, b in zip(corners[:-1], corners[1:]):
         st, ps = straight_line(np.r_[a, start[3:]], np.r_[b, start[3:]], t, speed=0.05, step_s=0.02)
@@ -193,7 +199,10 @@ def test_ee_square_through_the_fr3_model(stack, franka_sim, report):
     tq = np.array([m.stamp_ns for m in hist])
     ee = np.array([m.ee_pose for m in hist])
     ref = np.stack([np.interp(tq, stamps, poses[:, j]) for j in range(3)], 1)
-    track = np.linalg.norm(ee[:, :3] - ref, axis=1)
+    lag = np.linalg.norm(ee[:, :3] - ref, axis=1)  # against the waypoint due at the same time
+    from robot_stack.demo import _dist_to_path
+
+    track = np.array([_dist_to_path(p, corners) for p in ee[:, :3]])  # off the square's path
     # franka-sim's FK of the measured joints (every 10th state), with the Franka Hand TCP
     q = np.array([m.q for m in hist])[::10]
     qf, out = franka_sim["dir"] / "q.npy", franka_sim["dir"] / "fk.npy"
@@ -208,10 +217,11 @@ def test_ee_square_through_the_fr3_model(stack, franka_sim, report):
     pos_err = np.linalg.norm(tcp[:, :3, 3] - ours[:, :3], axis=1)
     rot_err = (Rotation.from_matrix(tcp[:, :3, :3]).inv() * Rotation.from_quat(ours[:, 3:])).magnitude()
     hb = stack.heartbeat("arm")
-    report(f"franka-sim ee square (10 cm, 0.05 m/s, FR3 model): TCP error mean {track.mean() * 1e3:.2f} mm, "
-           f"max {track.max() * 1e3:.2f} mm over {len(track)} states; ee_pose vs franka-sim's FK: "
+    report(f"franka-sim ee square (10 cm, 0.05 m/s, FR3 model): TCP off the square mean {track.mean() * 1e3:.2f} mm, "
+           f"max {track.max() * 1e3:.2f} mm over {len(track)} states (behind the timed waypoint: mean "
+           f"{lag.mean() * 1e3:.1f} mm); ee_pose vs franka-sim's FK: "
            f"max {pos_err.max() * 1e3:.3f} mm, {np.degrees(rot_err.max()):.3f} deg")
     assert len(hist) > 500
-    assert track.mean() < 0.005, track.mean()
+    assert track.mean() < 0.001, track.mean()  # README: about 0.1 mm; the issue asked < 5 mm
     assert pos_err.max() < 0.001 and rot_err.max() < np.radians(0.1), (pos_err.max(), rot_err.max())
     assert hb.get("safety.driver_fault", 0) == 0 and not sim_errors(franka_sim), sim_errors(franka_sim)

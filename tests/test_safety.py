@@ -167,3 +167,27 @@ def test_joint_workspace_scan_resumes_under_a_budget():
         i = c.joint_workspace(q, i, budget_s=0.0)
     with pytest.raises(SafetyViolation, match="waypoint 40"):
         c.joint_workspace(q, i, budget_s=0.0)
+
+
+def test_servo_guard_survives_an_input_ruckig_refuses():
+    """An exception inside Ruckig never ends the servo loop: the tick is counted and the guard
+    brakes (a stop Ruckig cannot plan either falls back to braking at the acceleration limit)."""
+    from ruckig import RuckigError
+
+    c = checker(max_joint_vel=1.0, max_joint_acc=5.0, max_joint_jerk=100.0)
+    g = ServoGuard(c.cfg, LOWER, UPPER, c.counters, q0=np.zeros(3))
+    for _ in range(100):
+        g.track(np.array([0.3, 0.0, 0.0]), 0.002)  # moving
+    v0 = g.v.copy()
+
+    class Refusing:
+        delta_time = 0.002
+
+        def update(self, inp, out):
+            raise RuckigError("[ruckig] refused input")
+
+    g._otg = Refusing()
+    q = g.track(np.array([0.3, 0.0, 0.0]), 0.002)
+    assert np.all(np.isfinite(q)) and c.counters["servo_plan_error"] == 2  # the track, then its stop
+    assert np.abs(g.v[0]) < np.abs(v0[0])  # braking
+    assert np.abs(g.a).max() <= 5.0 + 1e-9
