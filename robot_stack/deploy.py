@@ -44,7 +44,7 @@ def deploy_nodes(cfg) -> list[str]:
     used = {c for nc in cfg.nodes.values() if nc.kind == "controller" for c in nc.params.get("cameras", [])}
     return [n for n, nc in cfg.nodes.items()
             if nc.kind != "recorder" and (nc.kind != "camera" or n in used)
-            and not (nc.kind == "teleop" and nc.params.get("device", "keyboard") == "scripted")]
+            and not (nc.kind == "teleop" and _teleop_type(nc.params) == "scripted")]
 
 
 def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask = ReachTask(),
@@ -189,3 +189,10 @@ def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: 
     ctl = [n for n in session.nodes if session.cfg.nodes[n].kind == "controller"][0]
     console.print(summary_table(res, f"deploy {Path(policy).name} ({session.cfg.nodes[ctl].params.get('strategy')})"))
     return res
+
+
+def _teleop_type(params: dict) -> str:
+    """The device type of a teleop node's raw params."""
+    from .nodes.teleop import TeleopParams
+
+    return TeleopParams.model_validate(params).device.type

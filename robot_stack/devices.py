@@ -130,5 +130,13 @@ CAMERA_DRIVERS = DeviceRegistry("camera driver", "driver", {
     "opencv": "robot_stack.drivers.opencv_camera:OpenCVCameraConfig",
 })
 
+TELEOP_DEVICES = DeviceRegistry("teleop device", "device", {
+    "keyboard": "robot_stack.teleop.keyboard:KeyboardConfig",
+    "spacemouse": "robot_stack.teleop.spacemouse:SpaceMouseConfig",
+    "gamepad": "robot_stack.teleop.gamepad:GamepadConfig",
+    "scripted": "robot_stack.teleop.scripted:ScriptedConfig",
+    "leader": "robot_stack.teleop.leader:LeaderConfig",
+})
+
 #: node kind -> the registry of the devices it owns (``robot-stack kinds`` lists them)
-FAMILIES: dict[str, DeviceRegistry] = {"arm": ARM_DRIVERS, "camera": CAMERA_DRIVERS}
+FAMILIES: dict[str, DeviceRegistry] = {"arm": ARM_DRIVERS, "camera": CAMERA_DRIVERS, "teleop": TELEOP_DEVICES}

@@ -347,61 +347,74 @@ class ServoGuard:
         (Ruckig's ``min_velocity``/``max_velocity``). A target that really moves at constant
         velocity is then followed without lag, and every limit still holds in the base frame.
 
-        The joints are phase-synchronised (Ruckig's ``Synchronization.Phase``, falling back to
-        time synchronisation where the state does not allow it): when the guard has to smooth a
-        step (a chunk switch, a jump), the lag of every joint stays proportional to its share of
-        the step, so the TCP stays near the commanded path instead of each joint finishing on its
-        own (which bent a straight TCP line by up to 13 mm at async chunk switches)."""
-        from ruckig import ControlInterface, Result, RuckigError, Synchronization
+        The joints are phase-synchronised (Ruckig's ``Synchronization.Phase``): when the guard
+        has to smooth a step (a chunk switch, a jump), the lag of every joint stays proportional
+        to its share of the step, so the TCP stays near the commanded path instead of each joint
+        finishing on its own (which bent a straight TCP line by up to 13 mm at async chunk
+        switches). Phase synchronisation is numerically fragile for near-degenerate states, so
+        every plan is checked: a refused input, an error result or a non-finite output falls back
+        to unsynchronised tracking, then to a jerk-limited stop, then to braking at the
+        acceleration limit (each counted as ``servo_plan_error``). A target already reached
+        (relative state below 1e-9) is held exactly without planning."""
+        from ruckig import ControlInterface, Synchronization
+
+        if target_q is not None:
+            rel_q = self.q - (target_q - target_v * dt)
+            rel_v = self.v - target_v
+            if max(np.abs(rel_q).max(), np.abs(rel_v).max(), np.abs(self.a).max()) < 1e-9:
+                self.q, self.v, self.a = target_q.copy(), np.asarray(target_v, float).copy(), np.zeros(self.n)
+                return self.q.copy()
+            for sync in (Synchronization.Phase, Synchronization.No):
+                if self._plan(dt, ControlInterface.Position, sync, rel_q, rel_v, self.vmax - target_v,
+                              -self.vmax - target_v, target_q, target_v):
+                    return self.q.copy()
+        for sync in (Synchronization.Phase, Synchronization.No):  # brake along the current direction
+            if self._plan(dt, ControlInterface.Velocity, sync, self.q, self.v, self.vmax, -self.vmax, 0.0, 0.0):
+                return self.q.copy()
+        return self._brake(dt)
+
+    def _plan(self, dt: float, interface, sync, cur_q, cur_v, v_hi, v_lo, base_q, base_v) -> bool:
+        """One Ruckig update; adopts its output and returns True only if it is valid and finite."""
+        from ruckig import Result, RuckigError
 
         inp, out = self._inp, self._out
         self._otg.delta_time = dt
+        inp.control_interface = interface
+        inp.synchronization = sync
+        inp.current_position = np.asarray(cur_q, float).tolist()
+        inp.current_velocity = np.asarray(cur_v, float).tolist()
         inp.current_acceleration = self.a.tolist()
-        inp.target_acceleration = [0.0] * self.n
+        inp.target_position = [0.0] * self.n
         inp.target_velocity = [0.0] * self.n
-        if target_q is None:
-            inp.control_interface = ControlInterface.Velocity
-            inp.synchronization = Synchronization.Phase  # brake along the current direction
-            inp.current_position = self.q.tolist()
-            inp.current_velocity = self.v.tolist()
-            inp.max_velocity = self.vmax.tolist()
-            inp.min_velocity = (-self.vmax).tolist()
-            base_q, base_v = 0.0, 0.0
-        else:
-            inp.control_interface = ControlInterface.Position
-            inp.synchronization = Synchronization.Phase  # joints in concert: the TCP keeps its path
-            base_v = target_v
-            inp.current_position = (self.q - (target_q - target_v * dt)).tolist()
-            inp.current_velocity = (self.v - target_v).tolist()
-            inp.target_position = [0.0] * self.n
-            inp.max_velocity = (self.vmax - target_v).tolist()
-            inp.min_velocity = (-self.vmax - target_v).tolist()
-            base_q = target_q
+        inp.target_acceleration = [0.0] * self.n
+        inp.max_velocity = np.asarray(v_hi, float).tolist()
+        inp.min_velocity = np.asarray(v_lo, float).tolist()
         try:
             res = self._otg.update(inp, out)
-        except RuckigError as e:  # an input Ruckig refuses: never let it end the servo loop
-            res = None
-            why = str(e)
-        else:
             why = str(res)
-        if res not in (Result.Working, Result.Finished):
-            self.counters["servo_plan_error"] += 1
-            if self.counters["servo_plan_error"] <= 5:
-                log.error("servo guard: ruckig could not plan (%s); %s", why.strip(),
-                          "braking" if target_q is not None else "braking at the acceleration limit")
-            if target_q is None:
-                return self._brake(dt)
-            return self._run(dt, None, np.zeros(self.n))
+        except RuckigError as e:  # an input Ruckig refuses: never let it end the servo loop
+            res, why = None, " ".join(str(e).split())[:200]
+        q = np.array(out.new_position) + base_q
+        v = np.array(out.new_velocity) + base_v
+        a = np.array(out.new_acceleration)
+        ok = res in (Result.Working, Result.Finished)
+        if ok and not (np.all(np.isfinite(q)) and np.all(np.isfinite(v)) and np.all(np.isfinite(a))):
+            ok, why = False, "non-finite output"
+        if not ok:
+            n = self.counters["servo_plan_error"] = self.counters["servo_plan_error"] + 1
+            if n <= 5 or n % 1000 == 0:
+                log.warning("servo guard: ruckig plan refused (%s, %s: %s); falling back (#%d)", interface, sync, why, n)
+            return False
         # the state stays inside the limits exactly (a profile that touches a limit can land a
         # rounding error outside it, which Ruckig's input check would refuse on the next tick)
-        self.q = np.array(out.new_position) + base_q
-        self.v = np.clip(np.array(out.new_velocity) + base_v, -self.vmax, self.vmax)
-        self.a = np.clip(np.array(out.new_acceleration), -self.amax, self.amax)
-        return self.q.copy()
+        self.q = q
+        self.v = np.clip(v, -self.vmax, self.vmax)
+        self.a = np.clip(a, -self.amax, self.amax)
+        return True
 
     def _brake(self, dt: float) -> np.ndarray:
-        """Last resort if Ruckig cannot plan a stop (never seen): velocity toward zero at the
-        acceleration limit (jerk unbounded for this tick), position integrated, joint limits held."""
+        """Last resort if Ruckig cannot plan a stop: velocity toward zero at the acceleration
+        limit (jerk unbounded for this tick), position integrated, joint limits held."""
         dv = np.clip(-self.v, -self.amax * dt, self.amax * dt)
         self.a = dv / dt
         v_new = self.v + dv

@@ -8,13 +8,15 @@ gripper, B start/stop episode, X discard, Y intervene/hand back.
 
 from __future__ import annotations
 
+from typing import Literal
 import os
 import struct
 
+from pydantic import Field
 import numpy as np
 
+from robot_stack.devices import DeviceConfig
 from robot_stack.messages import TeleopCommand
-
 from .base import TeleopDevice, TeleopError, axes_to_delta, deadzone
 
 EVENT = struct.Struct("<IhBB")
@@ -99,3 +101,16 @@ class GamepadDevice(TeleopDevice):
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+class GamepadConfig(DeviceConfig):
+    """teleop device ``gamepad``: a joystick device file (Linux joystick API)."""
+
+    type: Literal["gamepad"] = "gamepad"
+    path: str = Field("/dev/input/js0", description="joystick device file")
+    deadzone: float = Field(0.1, ge=0, lt=1, description="dead zone (fraction of full scale)")
+    max_lin_vel: float = Field(0.1, gt=0, description="m/s at full deflection")
+    max_ang_vel: float = Field(0.5, gt=0, description="rad/s at full deflection")
+
+    def build(self, ctx, params) -> "GamepadDevice":
+        return GamepadDevice(1.0 / params.rate_hz, self.path, self.deadzone, self.max_lin_vel, self.max_ang_vel)

@@ -12,15 +12,17 @@ Q quit.
 
 from __future__ import annotations
 
+from typing import Literal
 import os
 import select
 import termios
 import tty
 
+from pydantic import Field
 import numpy as np
 
+from robot_stack.devices import DeviceConfig
 from robot_stack.messages import TeleopCommand
-
 from .base import TeleopDevice, TeleopError
 
 MOVES = {"w": (0, 1), "s": (0, -1), "a": (1, 1), "d": (1, -1), "r": (2, 1), "f": (2, -1), "j": (5, 1), "l": (5, -1)}
@@ -91,3 +93,13 @@ class KeyboardDevice(TeleopDevice):
         if self._saved is not None:
             termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
         os.close(self.fd)
+
+
+class KeyboardConfig(DeviceConfig):
+    """teleop device ``keyboard``: key presses on a terminal (works over SSH)."""
+
+    type: Literal["keyboard"] = "keyboard"
+    tty: str | None = Field(None, description="terminal device (default: the launcher's)")
+
+    def build(self, ctx, params) -> "KeyboardDevice":
+        return KeyboardDevice(self.tty)

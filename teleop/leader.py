@@ -11,11 +11,13 @@ controller sends them to the arm node as joint-space waypoints (same safety path
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
+from pydantic import Field
 import numpy as np
 
+from robot_stack.devices import DeviceConfig
 from robot_stack.messages import TeleopCommand
-
 from .base import TeleopError
 
 
@@ -123,3 +125,29 @@ def calibrate_joint_map(raw_at_pose: np.ndarray, q_pose: np.ndarray, signs, grip
     if not (raw.shape == q.shape == sg.shape) or np.any(np.abs(sg) != 1):
         raise TeleopError("calibration needs one raw reading, one pose and one sign (+1/-1) per joint")
     return JointMap(tuple(raw - q / sg), tuple(sg), gripper_open, gripper_closed)
+
+
+class LeaderConfig(DeviceConfig):
+    """teleop device ``leader``: a Dynamixel leader arm (Protocol 2.0, extra ``dynamixel``)."""
+
+    type: Literal["leader"] = "leader"
+    extra = "dynamixel"
+    requires = ("dynamixel_sdk",)
+    port: str = Field("/dev/ttyUSB0", description="serial port of the bus")
+    ids: list[int] = Field(default_factory=lambda: list(range(1, 8)), description="joint servo ids, in order")
+    gripper_id: int | None = Field(None, description="servo id of the gripper trigger")
+    baudrate: int = 1_000_000
+    calibration: str = Field(..., description="calibration file (leaders.<name> section)")
+    name: str = Field("leader", description="name of its calibration entry")
+    max_engage_error: float = Field(0.2, gt=0, description="max joint difference to engage, rad")
+    ramp_s: float = Field(1.0, ge=0, description="blend time after engaging, s")
+    latency_timer_ms: float | None = None
+
+    def build(self, ctx, params):
+        """The leader's bus (torque off: the operator moves it by hand)."""
+        from robot_stack.drivers.dynamixel import DynamixelBus
+
+        ids = list(self.ids) + ([self.gripper_id] if self.gripper_id is not None else [])
+        bus = DynamixelBus(self.port, ids, self.baudrate, self.latency_timer_ms)
+        bus.set_torque(False)
+        return bus

@@ -9,8 +9,12 @@ presses ``episode_stop`` once, as a person would at the end of a demonstration.
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
 import numpy as np
 
+from robot_stack.devices import DeviceConfig
 from robot_stack.messages import TeleopCommand
 from robot_stack.task import ReachTask
 
@@ -73,3 +77,18 @@ class ReachExpert:
             buttons.append("episode_stop")
         return TeleopCommand(kind="ee_absolute", value=np.r_[self.carrot, self.orientation], gripper=1.0,
                              buttons=buttons)
+
+
+class ScriptedConfig(DeviceConfig):
+    """teleop device ``scripted``: the sim reach task's expert (reads the sim's ground truth)."""
+
+    type: Literal["scripted"] = "scripted"
+    speed: float = Field(0.15, gt=0, description="TCP speed, m/s")
+    seed: int = 0
+    world: str = Field("sim", description="node name of the sim world (its object ground truth)")
+
+    def references(self) -> dict[str, str]:
+        return {self.world: "sim_world"}
+
+    def build(self, ctx, params) -> "ReachExpert":
+        return ReachExpert(speed=self.speed, seed=self.seed)

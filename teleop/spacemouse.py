@@ -7,10 +7,13 @@ button toggles the gripper; right button starts/stops an episode (press = toggle
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
 import numpy as np
 
+from robot_stack.devices import DeviceConfig
 from robot_stack.messages import TeleopCommand
-
 from .base import TeleopDevice, TeleopError, axes_to_delta, deadzone
 
 
@@ -65,3 +68,18 @@ class SpaceMouseDevice(TeleopDevice):
 
     def close(self) -> None:
         self.dev.close()
+
+
+class SpaceMouseConfig(DeviceConfig):
+    """teleop device ``spacemouse``: a 3Dconnexion SpaceMouse (pyspacemouse, extra ``spacemouse``;
+    needs libhidapi)."""
+
+    type: Literal["spacemouse"] = "spacemouse"
+    extra = "spacemouse"
+    requires = ("pyspacemouse",)
+    deadzone: float = Field(0.1, ge=0, lt=1, description="dead zone (fraction of full scale)")
+    max_lin_vel: float = Field(0.1, gt=0, description="m/s at full deflection")
+    max_ang_vel: float = Field(0.5, gt=0, description="rad/s at full deflection")
+
+    def build(self, ctx, params) -> "SpaceMouseDevice":
+        return SpaceMouseDevice(1.0 / params.rate_hz, self.deadzone, self.max_lin_vel, self.max_ang_vel)

@@ -32,8 +32,8 @@ def test_leader_refuses_far_then_follower_tracks(tmp_path, run_dir, report):
     cfg = tmp_path / "leader.yaml"
     cfg.write_text(yaml.safe_dump({"name": "leader", "run_dir": str(run_dir), "nodes": {
         "sim": {"kind": "sim_world"}, "arm": {"kind": "arm"},
-        "teleop": {"kind": "teleop", "params": {"device": "leader", "port": bus.port, "calibration": str(calib),
-                                                "rate_hz": 50, "ramp_s": 0.5, "latency_timer_ms": 60}},
+        "teleop": {"kind": "teleop", "params": {"device": {"type": "leader", "port": bus.port, "calibration": str(calib),
+                                                           "ramp_s": 0.5, "latency_timer_ms": 60}, "rate_hz": 50}},
         "controller": {"kind": "controller", "params": {"source": "teleop", "teleop": "teleop", "rate_hz": 20}}}}))
     s = Session(cfg)
     try:

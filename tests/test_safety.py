@@ -170,8 +170,9 @@ def test_joint_workspace_scan_resumes_under_a_budget():
 
 
 def test_servo_guard_survives_an_input_ruckig_refuses():
-    """An exception inside Ruckig never ends the servo loop: the tick is counted and the guard
-    brakes (a stop Ruckig cannot plan either falls back to braking at the acceleration limit)."""
+    """An exception inside Ruckig never ends the servo loop: each refused plan is counted and the
+    guard falls back (phase-synchronised, unsynchronised, then a stop the same two ways, then
+    braking at the acceleration limit)."""
     from ruckig import RuckigError
 
     c = checker(max_joint_vel=1.0, max_joint_acc=5.0, max_joint_jerk=100.0)
@@ -188,6 +189,26 @@ def test_servo_guard_survives_an_input_ruckig_refuses():
 
     g._otg = Refusing()
     q = g.track(np.array([0.3, 0.0, 0.0]), 0.002)
-    assert np.all(np.isfinite(q)) and c.counters["servo_plan_error"] == 2  # the track, then its stop
+    assert np.all(np.isfinite(q)) and c.counters["servo_plan_error"] == 4  # two tracks, two stops
     assert np.abs(g.v[0]) < np.abs(v0[0])  # braking
     assert np.abs(g.a).max() <= 5.0 + 1e-9
+
+
+def test_servo_guard_never_outputs_non_finite_numbers():
+    """Near-degenerate states (rest at the target up to rounding) made phase-synchronised Ruckig
+    return NaN, which reached the sim as joint targets: every output is finite, limits hold."""
+    rng = np.random.default_rng(3)
+    c = checker(max_joint_vel=1.5, max_joint_acc=6.0, max_joint_jerk=150.0)
+    lo, hi = -np.full(7, 3.0), np.full(7, 3.0)
+    g = ServoGuard(c.cfg, lo, hi, c.counters, q0=np.zeros(7))
+    target = np.zeros(7)
+    qs = []
+    for k in range(6000):
+        if k % 500 == 0:  # a step, then rest at it with rounding-level wiggle
+            target = rng.uniform(-0.3, 0.3, 7)
+        q_des = target + rng.normal(0, 1e-14, 7) * (k % 3 == 0)
+        qs.append(g.track(q_des, 0.002 if k % 97 else 0.0021))
+    qs = np.array(qs)
+    assert np.all(np.isfinite(qs))
+    v = np.abs(np.diff(qs, axis=0)) / 0.002
+    assert v.max() <= 1.5 * 1.06  # (periods of 2.1 ms read as 2 ms here)

@@ -288,6 +288,11 @@ class ArmNode(Node):
             if self.grip_traj is not None:
                 self.grip_cmd = float(self.grip_traj.eval(t)[0])
             self.mode = "track" if t < self.traj.end_ns or self.guard.moving else "hold"
+        if not np.all(np.isfinite(q)):  # the last gate before the driver: never a non-finite command
+            self.counters["servo_non_finite_output"] += 1
+            log.error("servo guard produced a non-finite command: holding the last one")
+            q = self.q_cmd.copy()
+            self.guard.reset(q)
         self.q_cmd = q
         self._t_prev = t
         if self.spy is not None:

@@ -1,6 +1,7 @@
 """Teleop node: polls one teleop device at its rate and publishes ``teleop/command``.
 
-Devices: ``keyboard`` (terminal), ``spacemouse``, ``gamepad``, ``scripted`` (the sim reach expert,
+Devices (``device: {type: ..., its keys}``, registry ``robot_stack.devices.TELEOP_DEVICES``):
+``keyboard`` (terminal), ``spacemouse``, ``gamepad``, ``scripted`` (the sim reach expert,
 which also needs the arm's ``robot/state`` and the sim world's ``sim/objects``), ``leader`` (a
 Dynamixel leader arm: joint commands, engaged only when it matches the follower's pose, then
 ramped in). Episode events on
@@ -14,12 +15,12 @@ as it does by default).
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..clock import now_ns
+from ..devices import TELEOP_DEVICES, DeviceConfig
 from ..messages import EpisodeEvent
 from ..node import Node, NodeParams
 
@@ -27,26 +28,21 @@ log = logging.getLogger(__name__)
 
 
 class TeleopParams(NodeParams):
-    device: Literal["keyboard", "spacemouse", "gamepad", "scripted", "leader"] = "keyboard"
+    device: DeviceConfig = Field(default_factory=lambda: TELEOP_DEVICES.parse("keyboard"),
+                                 description="the teleop device: {type: keyboard|spacemouse|gamepad|scripted|leader, ...its keys}")
     rate_hz: float = Field(30.0, gt=0, le=500)
-    arm: str = "arm"
-    sim_world: str = "sim"
-    tty: str | None = Field(None, description="keyboard: terminal device (default: the launcher's)")
-    path: str = Field("/dev/input/js0", description="gamepad device file")
-    deadzone: float = Field(0.1, ge=0, lt=1, description="spacemouse/gamepad dead zone (fraction of full scale)")
-    max_lin_vel: float = Field(0.1, gt=0, description="m/s at full deflection")
-    max_ang_vel: float = Field(0.5, gt=0, description="rad/s at full deflection")
-    speed: float = Field(0.15, gt=0, description="scripted expert speed, m/s")
-    port: str = Field("/dev/ttyUSB0", description="leader: Dynamixel serial port")
-    ids: list[int] = Field(default_factory=lambda: list(range(1, 8)), description="leader: joint servo ids, in order")
-    gripper_id: int | None = Field(None, description="leader: servo id of the gripper trigger")
-    baudrate: int = 1_000_000
-    calibration: str | None = Field(None, description="leader: calibration file (leaders.<device> section)")
-    device_name: str = Field("leader", description="leader: name of its calibration entry")
-    max_engage_error: float = Field(0.2, gt=0, description="leader: max joint difference to engage, rad")
-    ramp_s: float = Field(1.0, ge=0, description="leader: blend time after engaging, s")
-    latency_timer_ms: float | None = None
-    seed: int = 0
+    arm: str = Field("arm", description="arm node (e-stop buttons; the leader's engage check)")
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, v):
+        return TELEOP_DEVICES.parse(v)
+
+    def references(self) -> dict[str, str]:
+        refs = self.device.references()
+        if self.device.type == "leader":
+            refs[self.arm] = "arm"
+        return refs
 
 
 class TeleopNode(Node):
@@ -60,38 +56,19 @@ class TeleopNode(Node):
         self.sub = None
         self.active = True
         self.sent = 0
-        if p.device == "scripted":
-            from robot_stack.teleop.scripted import ReachExpert
-
-            self.device = ReachExpert(speed=p.speed, seed=p.seed)
-            self.sub = self.ctx.subscriber([p.arm, p.sim_world], ("robot/state", "sim/objects"))
+        self.kind = p.device.type
+        self.device = p.device.build(self.ctx, p)
+        if self.kind == "scripted":  # the sim task's expert reads the TCP and the sim's objects
+            self.sub = self.ctx.subscriber([p.arm, p.device.world], ("robot/state", "sim/objects"))
             self.active = False  # acts between episode start and stop
-        elif p.device == "leader":
-            from robot_stack.drivers.dynamixel import DynamixelBus
+        elif self.kind == "leader":
             from robot_stack.teleop.leader import LeaderArm, load_joint_map
 
-            if p.calibration is None:
-                raise ValueError("teleop.device = leader needs params.calibration (the leader's calibration file)")
-            self.jmap = load_joint_map(p.calibration, p.device_name)
-            ids = list(p.ids) + ([p.gripper_id] if p.gripper_id is not None else [])
-            self.device = DynamixelBus(p.port, ids, p.baudrate, p.latency_timer_ms)
-            self.device.set_torque(False)  # the operator moves it by hand
-            self.leader = LeaderArm(p.max_engage_error, p.ramp_s)
+            self.jmap = load_joint_map(p.device.calibration, p.device.name)
+            self.leader = LeaderArm(p.device.max_engage_error, p.device.ramp_s)
             self.sub = self.ctx.subscriber([p.arm], ("robot/state",))
             self.refusals = 0
             self.bus_errors = self.bus_errors_run = 0
-        elif p.device == "keyboard":
-            from robot_stack.teleop.keyboard import KeyboardDevice
-
-            self.device = KeyboardDevice(p.tty)
-        elif p.device == "spacemouse":
-            from robot_stack.teleop.spacemouse import SpaceMouseDevice
-
-            self.device = SpaceMouseDevice(period, p.deadzone, p.max_lin_vel, p.max_ang_vel)
-        else:
-            from robot_stack.teleop.gamepad import GamepadDevice
-
-            self.device = GamepadDevice(period, p.path, p.deadzone, p.max_lin_vel, p.max_ang_vel)
 
     def _leader_step(self) -> None:
         from robot_stack.drivers.dynamixel import DynamixelError
@@ -109,9 +86,9 @@ class TeleopNode(Node):
                 log.error("leader bus failing for 0.5 s: disengaged (match the follower's pose to re-engage)")
             return
         self.bus_errors_run = 0
-        n = len(self.params.ids)
+        n = len(self.params.device.ids)
         q = self.jmap.joints(raw[:n])
-        g = self.jmap.gripper(raw[n]) if self.params.gripper_id is not None else 1.0
+        g = self.jmap.gripper(raw[n]) if self.params.device.gripper_id is not None else 1.0
         t = now_ns() / 1e9
         if not self.leader.engaged:
             st = self.sub.latest("robot/state")
@@ -119,7 +96,7 @@ class TeleopNode(Node):
                 return
             try:
                 self.leader.engage(q, np.asarray(st.q), t)
-                log.info("leader engaged; ramping in over %.1f s", self.params.ramp_s)
+                log.info("leader engaged; ramping in over %.1f s", self.params.device.ramp_s)
             except TeleopError as e:
                 self.refusals += 1
                 if self.refusals == 1 or self.refusals % int(5 * self.rate_hz) == 0:
@@ -129,7 +106,7 @@ class TeleopNode(Node):
         self.sent += 1
 
     def step(self) -> None:
-        if self.params.device == "leader":
+        if self.kind == "leader":
             self._leader_step()
             return
         while (item := self.rx.recv(0.0)) is not None:
@@ -149,7 +126,7 @@ class TeleopNode(Node):
             self.sent += 1
 
     def _on_event(self, ev) -> None:
-        if isinstance(ev, EpisodeEvent) and self.params.device == "scripted":
+        if isinstance(ev, EpisodeEvent) and self.kind == "scripted":
             self.active = ev.kind == "start"
             self.device.reset()
 
