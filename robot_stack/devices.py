@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 
 class DeviceConfig(BaseModel):
@@ -108,6 +108,13 @@ class DeviceRegistry:
                 else:
                     lines.append(f"{loc} = {err.get('input')!r}: {err['msg']}")
             raise ValueError("; ".join(lines)) from None
+
+    def field(self, default: str, description: str = ""):
+        """A params field holding this family's device config: ``(annotation, Field)`` for
+        ``name: annotation = Field`` in a node's params model; ``default`` is a device type."""
+        annotation = Annotated[DeviceConfig, BeforeValidator(self.parse)]
+        return annotation, Field(default_factory=lambda: self.parse(default), description=description or
+                                 f"the {self.family}: {{type: {'|'.join(sorted(self.types))}, ...its keys}}")
 
     def missing_requirements(self, cfg: DeviceConfig) -> str | None:
         """Why the device cannot run on this install (its SDK is missing), or None."""

@@ -23,10 +23,10 @@ import collections
 import logging
 from dataclasses import dataclass
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ..clock import now_ns
-from ..devices import ARM_DRIVERS, DeviceConfig
+from ..devices import ARM_DRIVERS
 from ..drivers.arm import ArmDriverError
 from ..interpolation import Limits, Trajectory
 from ..messages import ArmControl, Heartbeat, RobotState, WaypointSchedule
@@ -36,9 +36,12 @@ from ..safety import SafetyConfig, SafetyViolation, ScheduleChecker, ServoGuard
 
 log = logging.getLogger(__name__)
 
+#: a typed device config from the family's registry (a bare type name is short for {type: ...})
+ArmDriverConfig, _driver_field = ARM_DRIVERS.field("sim")
+
+
 class ArmParams(NodeParams):
-    driver: DeviceConfig = Field(default_factory=lambda: ARM_DRIVERS.parse("sim"),
-                                 description="the arm driver: {type: sim|franka, ...its keys}")
+    driver: ArmDriverConfig = _driver_field
     robot: str | None = Field(None, description="robot model: a shipped name (robot-stack robots) or a "
                                                 "description YAML; default: the driver's (sim: its world's robot, franka: fr3_hand)")
     rate_hz: float = Field(500.0, gt=0, le=2000)
@@ -52,10 +55,6 @@ class ArmParams(NodeParams):
                                      description="SCHED_FIFO priority, CPU affinity, locked memory for the servo loop")
     spy_file: str | None = Field(None, description="record every driver command into this .npz at stop (fault tests)")
 
-    @field_validator("driver", mode="before")
-    @classmethod
-    def _driver(cls, v):
-        return ARM_DRIVERS.parse(v)
 
     def references(self) -> dict[str, str]:
         return self.driver.references()

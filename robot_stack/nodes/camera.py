@@ -6,28 +6,27 @@ Topic: ``camera/<camera_id>`` carrying :class:`~robot_stack.messages.CameraFrame
 from __future__ import annotations
 
 import logging
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from ..devices import CAMERA_DRIVERS, DeviceConfig
+from ..devices import CAMERA_DRIVERS
 from ..messages import CameraFrame
 from ..node import Node, NodeParams
 
 log = logging.getLogger(__name__)
 
 
+#: a typed device config from the family's registry (a bare type name is short for {type: ...})
+CameraDriverConfig, _driver_field = CAMERA_DRIVERS.field("synthetic")
+
+
 class CameraParams(NodeParams):
-    driver: DeviceConfig = Field(default_factory=lambda: CAMERA_DRIVERS.parse("synthetic"),
-                                 description="the camera driver: {type: synthetic|sim|realsense|opencv, ...its keys}")
+    driver: CameraDriverConfig = _driver_field
     camera_id: str = Field("cam0", pattern=r"^[a-z][a-z0-9_]*$")
     width: int = Field(640, gt=0, le=4096)
     height: int = Field(480, gt=0, le=4096)
     rate_hz: float = Field(30.0, gt=0, le=1000)
     depth: bool = True
 
-    @field_validator("driver", mode="before")
-    @classmethod
-    def _driver(cls, v):
-        return CAMERA_DRIVERS.parse(v)
 
     def references(self) -> dict[str, str]:
         return self.driver.references()

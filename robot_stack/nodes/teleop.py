@@ -17,26 +17,25 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ..clock import now_ns
-from ..devices import TELEOP_DEVICES, DeviceConfig
+from ..devices import TELEOP_DEVICES
 from ..messages import EpisodeEvent
 from ..node import Node, NodeParams
 
 log = logging.getLogger(__name__)
 
 
+#: a typed device config from the family's registry (a bare type name is short for {type: ...})
+TeleopDeviceConfig, _device_field = TELEOP_DEVICES.field("keyboard")
+
+
 class TeleopParams(NodeParams):
-    device: DeviceConfig = Field(default_factory=lambda: TELEOP_DEVICES.parse("keyboard"),
-                                 description="the teleop device: {type: keyboard|spacemouse|gamepad|scripted|leader, ...its keys}")
+    device: TeleopDeviceConfig = _device_field
     rate_hz: float = Field(30.0, gt=0, le=500)
     arm: str = Field("arm", description="arm node (e-stop buttons; the leader's engage check)")
 
-    @field_validator("device", mode="before")
-    @classmethod
-    def _device(cls, v):
-        return TELEOP_DEVICES.parse(v)
 
     def references(self) -> dict[str, str]:
         refs = self.device.references()
