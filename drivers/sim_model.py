@@ -16,8 +16,7 @@ joint impedance law the simulated "robot controller box" applies at the physics 
 
 from __future__ import annotations
 
-import importlib.util
-import os
+import functools
 from dataclasses import dataclass
 
 import mujoco
@@ -90,8 +89,10 @@ class SceneSpec:
         return p
 
 
+@functools.lru_cache(maxsize=16)
 def sim_description(robot: str):
-    """The description of a robot the sim can play (its ``sim`` block is required).
+    """The description of a robot the sim can play (its ``sim`` block is required; read once
+    per process: the sim world asks for it at its object rate).
 
     Raises:
         SimModelError: unknown robot, or one without a sim block.
