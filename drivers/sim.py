@@ -8,10 +8,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from robot_stack.devices import DeviceConfig
@@ -36,7 +35,6 @@ class SimArmDriver(ArmDriver):
 
     def __init__(self, state_endpoint: str, command_endpoint: str, source: str, robot: str = "panda_robotiq"):
         from robot_stack.drivers.sim_model import sim_description
-
         from robot_stack.robot_model import RobotModel
 
         desc = sim_description(robot)  # the robot the sim world plays (the robot's controller box)
