@@ -35,12 +35,11 @@ class SimArmDriver(ArmDriver):
 
     def __init__(self, state_endpoint: str, command_endpoint: str, source: str, robot: str = "panda_robotiq"):
         from robot_stack.drivers.sim_model import sim_description
-        from robot_stack.robot_model import RobotModel
 
         desc = sim_description(robot)  # the robot the sim world plays (the robot's controller box)
-        model = RobotModel.load(robot)
-        self.n_joints = model.n_joints
-        self.lower, self.upper = model.lower, model.upper
+        # joint limits are the robot model's, which the arm node holds; the controller box adds none
+        self.n_joints = len(desc.joints)
+        self.lower, self.upper = np.full(self.n_joints, -np.inf), np.full(self.n_joints, np.inf)
         self.stroke = desc.gripper.stroke_m
         self._sub = Subscriber([state_endpoint], ("sim/joint_state",), name=f"{source}<-sim")
         self._tx = Sender(command_endpoint, source, timeout_s=0.05)
@@ -155,9 +154,11 @@ class SimArmConfig(DeviceConfig):
         return {self.world: "sim_world"}
 
     def default_robot(self, config) -> str | None:
-        """The robot the sim world plays."""
+        """The robot the sim world plays (its typed params' ``robot``)."""
+        from robot_stack.nodes.sim_world import SimWorldParams
+
         nc = None if config is None else config.nodes.get(self.world)
-        return (nc.params.get("robot") if nc is not None else None) or "panda_robotiq"
+        return SimWorldParams.model_validate(nc.params if nc is not None else {}).robot
 
     def build(self, ctx, params) -> SimArmDriver:
         cfg, rd = ctx.config, ctx.run_dir

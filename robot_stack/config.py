@@ -213,11 +213,11 @@ def _node_problems(cfg: StackConfig, name: str, params) -> list[str]:
         except RobotModelError as e:
             out.append(f"nodes.{name}.params.robot: {' '.join(str(e).split())}")
         else:
-            world = params.driver.references() if params.driver.type == "sim" else {}
-            for w in world:  # a sim arm must be the robot its world plays
-                plays = (cfg.nodes[w].params.get("robot") if w in cfg.nodes else None) or "panda_robotiq"
-                if w in cfg.nodes and robot != plays:
-                    out.append(f"nodes.{name}.params.robot = {robot!r}: the sim world {w!r} plays {plays!r}")
+            if params.driver.type == "sim" and params.driver.world in cfg.nodes:  # a sim arm is its world's robot
+                plays = params.driver.default_robot(cfg)
+                if robot != plays:
+                    out.append(f"nodes.{name}.params.robot = {robot!r}: the sim world {params.driver.world!r} "
+                               f"plays {plays!r}")
     return out
 
 

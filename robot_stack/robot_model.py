@@ -29,8 +29,9 @@ from typing import Literal
 import mujoco
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from .config import StrictModel
 from .kinematics import Kinematics
 
 #: folder of the shipped robot descriptions
@@ -41,11 +42,7 @@ class RobotModelError(ValueError):
     """A robot description is missing, invalid, or its model files cannot be found or compiled."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GripperSpec(_Strict):
+class GripperSpec(StrictModel):
     """The gripper on the arm's flange.
 
     Attributes:
@@ -58,7 +55,7 @@ class GripperSpec(_Strict):
     stroke_m: float = Field(ge=0.0, le=0.5)
 
 
-class AttachSpec(_Strict):
+class AttachSpec(StrictModel):
     """A second MJCF (a gripper) attached at a site of the arm's MJCF.
 
     Attributes:
@@ -72,7 +69,7 @@ class AttachSpec(_Strict):
     prefix: str = "gripper/"
 
 
-class SimCameraSpec(_Strict):
+class SimCameraSpec(StrictModel):
     """A camera the sim adds to the robot (e.g. a wrist camera on the gripper).
 
     Attributes:
@@ -89,7 +86,7 @@ class SimCameraSpec(_Strict):
     fovy: float = Field(45.0, gt=0, lt=180)
 
 
-class SimSpec(_Strict):
+class SimSpec(StrictModel):
     """How the simulation plays this robot's controller box (the sim world only).
 
     Attributes:
@@ -118,7 +115,7 @@ class SimSpec(_Strict):
     workspace_yaw: float = 0.0
 
 
-class RobotDescription(_Strict):
+class RobotDescription(StrictModel):
     """One robot arm, as data.
 
     Attributes:

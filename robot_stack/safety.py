@@ -312,7 +312,9 @@ class ServoGuard:
 
     def __init__(self, cfg: SafetyConfig, lower: np.ndarray, upper: np.ndarray, counters: SafetyCounters,
                  q0: np.ndarray | None = None):
-        from ruckig import InputParameter, OutputParameter, Ruckig
+        from ruckig import ControlInterface, InputParameter, OutputParameter, Result, Ruckig, Synchronization
+
+        self._ruckig = (ControlInterface, Synchronization, Result)  # looked up once, not per servo tick
 
         self.lower = np.asarray(lower, float) + cfg.joint_margin
         self.upper = np.asarray(upper, float) - cfg.joint_margin
@@ -361,7 +363,7 @@ class ServoGuard:
         to unsynchronised tracking, then to a jerk-limited stop, then to braking at the
         acceleration limit (each counted as ``servo_plan_error``). A target already reached
         (relative state below 1e-9) is held exactly without planning."""
-        from ruckig import ControlInterface, Synchronization
+        ControlInterface, Synchronization, _ = self._ruckig
 
         if target_q is not None:
             rel_q = self.q - (target_q - target_v * dt)
@@ -383,7 +385,9 @@ class ServoGuard:
 
     def _plan(self, dt: float, interface, sync, cur_q, cur_v, v_hi, v_lo, base_q, base_v) -> bool:
         """One Ruckig update; adopts its output and returns True only if it is valid and finite."""
-        from ruckig import Result, RuckigError
+        from ruckig import RuckigError
+
+        Result = self._ruckig[2]
 
         inp, out = self._inp, self._out
         self._otg.delta_time = dt
