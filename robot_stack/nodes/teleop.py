@@ -36,7 +36,6 @@ class TeleopParams(NodeParams):
     rate_hz: float = Field(30.0, gt=0, le=500)
     arm: str = Field("arm", description="arm node (e-stop buttons; the leader's engage check)")
 
-
     def references(self) -> dict[str, str]:
         refs = self.device.references()
         if self.device.type == "leader":
