@@ -67,7 +67,7 @@ nodes:
     params: {{driver: {{type: sim, camera: scene}}, camera_id: scene, width: 96, height: 72, rate_hz: 10}}
   policy:
     kind: policy
-    params: {{goal: {goal}, speed: 0.05, horizon: 16, dt: 0.1, fault: {fault}}}
+    params: {{backend: {{type: goto, goal: {goal}, speed: 0.05, horizon: 16, dt: 0.1}}, fault: {fault}}}
   controller:
     kind: controller
     params: {{strategy: async, rate_hz: 10, cameras: [cam], autostart: true}}

@@ -41,7 +41,7 @@ def run_delay(policy: Path, delay_s: float, episodes: int, max_episode_s: float,
     for s in STRATEGIES:
         c = {**ctl, "params": {**ctl["params"], "strategy": s}}
         base["nodes"][f"controller_{s}"] = c
-    base["nodes"]["policy"]["params"].update(path=str(policy), delay_s=delay_s)
+    base["nodes"]["policy"]["params"].update(backend={"type": "checkpoint", "path": str(policy)}, delay_s=delay_s)
     cfg = Path(os.environ.get("TMPDIR", "/tmp")) / f"rs-bench-strategies-{os.getpid()}.yaml"
     cfg.write_text(yaml.safe_dump(base))
     out = {}

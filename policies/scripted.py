@@ -9,8 +9,12 @@ through any strategy it must reach the goal on a straight path, which makes timi
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
+
+from robot_stack.devices import DeviceConfig
 
 from .base import Policy, PolicyMetadata
 
@@ -68,3 +72,22 @@ class GoToPolicy(Policy):
         else:
             out[:, :3] = self._advance(ee[:3], np.arange(m.horizon) + m.offset)
         return out
+
+
+class GoToConfig(DeviceConfig):
+    """Policy backend ``goto``: the scripted :class:`GoToPolicy` (tests, benchmarks, bring-up).
+
+    Keys: ``goal`` (3,) m and optional ``via`` (3,) m in the base frame, ``speed`` m/s, ``horizon`` H,
+    ``obs_horizon`` To, ``dt`` s (the chunk's action period).
+    """
+
+    type: Literal["goto"] = "goto"
+    goal: tuple[float, float, float] = (0.45, 0.15, 0.30)
+    via: tuple[float, float, float] | None = Field(None, description="waypoint visited before the goal")
+    speed: float = Field(0.05, gt=0, description="TCP speed, m/s")
+    horizon: int = Field(16, ge=1, description="prediction horizon H (actions per chunk)")
+    obs_horizon: int = Field(2, ge=1, description="observation horizon To")
+    dt: float = Field(0.1, gt=0, description="action period, s")
+
+    def build(self, ctx, params) -> GoToPolicy:
+        return GoToPolicy(self.goal, self.speed, self.horizon, self.obs_horizon, self.dt, via=self.via)

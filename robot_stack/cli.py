@@ -215,7 +215,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     if out.with_suffix(".safetensors") != args.checkpoint.resolve():
         shutil.copyfile(args.checkpoint, out.with_suffix(".safetensors"))  # the ONNX policy reads its config there
     enc, den = onnx_paths(out)
-    print(f"wrote {enc} and {den} (serve with: kind: policy, params: {{policy: onnx, path: {out}}})")
+    print(f"wrote {enc} and {den} (serve with: kind: policy, params: {{backend: {{type: onnx, path: {out}}}}})")
     return 0
 
 

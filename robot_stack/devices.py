@@ -145,5 +145,12 @@ TELEOP_DEVICES = DeviceRegistry("teleop device", "device", {
     "leader": "robot_stack.teleop.leader:LeaderConfig",
 })
 
+POLICY_BACKENDS = DeviceRegistry("policy backend", "backend", {
+    "goto": "robot_stack.policies.scripted:GoToConfig",
+    "checkpoint": "robot_stack.policies.backends:CheckpointConfig",
+    "onnx": "robot_stack.policies.backends:OnnxConfig",
+})
+
 #: node kind -> the registry of the devices it owns (``robot-stack kinds`` lists them)
-FAMILIES: dict[str, DeviceRegistry] = {"arm": ARM_DRIVERS, "camera": CAMERA_DRIVERS, "teleop": TELEOP_DEVICES}
+FAMILIES: dict[str, DeviceRegistry] = {"arm": ARM_DRIVERS, "camera": CAMERA_DRIVERS, "teleop": TELEOP_DEVICES,
+                                        "policy": POLICY_BACKENDS}

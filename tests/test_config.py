@@ -119,3 +119,21 @@ def test_missing_sdk_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "NeedsSdk", NeedsSdk, raising=False)
     msg = _check(tmp_path, "nodes:\n  cam: {kind: camera, params: {driver: realsense}}\n")
     assert 'camera driver realsense needs no_such_sdk_module: pip install "robot-stack[realsense]"' in msg
+
+
+def test_policy_backends_are_a_typed_family(tmp_path):
+    from robot_stack.nodes.policy import PolicyParams
+    from robot_stack.policies.backends import OnnxConfig
+    from robot_stack.policies.scripted import GoToConfig
+
+    p = PolicyParams.model_validate({"backend": {"type": "onnx", "path": "x.onnx", "seed": 3}})
+    assert isinstance(p.backend, OnnxConfig) and p.backend.path == "x.onnx" and p.backend.seed == 3
+    assert isinstance(PolicyParams().backend, GoToConfig)  # the default backend
+    # a checkpoint key given to the scripted backend is named as the other backends' key
+    msg = _check(tmp_path, "nodes:\n  policy: {kind: policy, params: {backend: {type: goto, path: p.safetensors}}}\n")
+    assert "path: not a key of policy backend goto (a key of policy backend checkpoint, onnx)" in msg
+    msg = _check(tmp_path, "nodes:\n  policy: {kind: policy, params: {backend: {type: checkpoint}}}\n")
+    assert "path: required key is missing" in msg
+    # the old flat form is refused with the way to write it
+    msg = _check(tmp_path, "nodes:\n  policy: {kind: policy, params: {path: p.safetensors}}\n")
+    assert "nodes.policy.params.path: a key of policy backend checkpoint, onnx; put it inside backend:" in msg

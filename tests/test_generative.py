@@ -111,7 +111,7 @@ def test_policy_node_serves_onnx_export_and_rejects_bad_windows(tmp_path, run_di
     export_onnx(m, tmp_path / "pol.onnx")
     cfg_path = tmp_path / "stack.yaml"
     cfg_path.write_text(f"name: pol\nrun_dir: {run_dir}\nnodes:\n  policy:\n    kind: policy\n"
-                        f"    params: {{policy: onnx, path: \"{tmp_path / 'pol.onnx'}\", seed: 0}}\n")
+                        f"    params: {{backend: {{type: onnx, path: \"{tmp_path / 'pol.onnx'}\", seed: 0}}}}\n")
 
     from conftest import launched
 

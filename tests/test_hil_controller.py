@@ -37,7 +37,7 @@ nodes:
   arm: {{kind: arm}}
   policy:
     kind: policy
-    params: {{goal: [0.45, 0.10, 0.30], speed: 0.08, horizon: 16, dt: 0.1, delay_s: 0.2}}
+    params: {{backend: {{type: goto, goal: [0.45, 0.10, 0.30], speed: 0.08, horizon: 16, dt: 0.1}}, delay_s: 0.2}}
 """
 CONTROLLERS = "".join(f"""  controller_{s}:
     kind: controller
@@ -47,7 +47,7 @@ CONTROLLERS = "".join(f"""  controller_{s}:
     params: {{strategy: {s}, rate_hz: 10, execute_horizon: 8, ensemble_m: 0.1, policy: policy_reach}}
 """ for s in ("sync", "async", "ensemble", "rtc")) + """  policy_reach:
     kind: policy
-    params: {goal: [0.5, 0.05, 0.025], via: [0.5, 0.05, 0.14], speed: 0.08, horizon: 16, dt: 0.1, delay_s: 0.2}
+    params: {backend: {type: goto, goal: [0.5, 0.05, 0.025], via: [0.5, 0.05, 0.14], speed: 0.08, horizon: 16, dt: 0.1}, delay_s: 0.2}
   teleop: {kind: teleop, params: {device: keyboard}}
   controller_intervene:
     kind: controller

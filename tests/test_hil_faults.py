@@ -39,7 +39,7 @@ nodes:
       safety: {{heartbeat_timeout_s: 0.5, max_joint_vel: 1.5, max_joint_acc: 6.0, max_joint_jerk: 150.0}}
   policy:
     kind: policy
-    params: {{goal: [0.45, 0.25, 0.30], speed: 0.05, horizon: 16, dt: 0.1}}
+    params: {{backend: {{type: goto, goal: [0.45, 0.25, 0.30], speed: 0.05, horizon: 16, dt: 0.1}}}}
   controller:
     kind: controller
     params: {{strategy: async, rate_hz: 10}}
@@ -196,7 +196,7 @@ run_dir: {run_dir}
 nodes:
   sim: {{kind: sim_world}}
   cam: {{kind: camera, params: {{driver: {{type: sim, camera: scene}}, camera_id: scene, width: 64, height: 48}}}}
-  policy: {{kind: policy, params: {{policy: checkpoint, path: /nonexistent/p.safetensors}}}}
+  policy: {{kind: policy, params: {{backend: {{type: checkpoint, path: /nonexistent/p.safetensors}}}}}}
 """
 
 
@@ -279,7 +279,7 @@ def test_remote_policy_over_curve_across_a_network_namespace(tmp_path, run_dir, 
             f"    in_endpoint: '{endpoint}'\n    pub_endpoint: 'tcp://{NS_IP}:5612'\n"
             f"    curve_server: {{secret_file: '{keys['server']}', "
             f"authorized_clients_dir: '{tmp_path / 'keys' / 'authorized_clients'}'}}\n"
-            "    params: {goal: [0.45, 0.25, 0.30], speed: 0.05, horizon: 16, dt: 0.1}\n")
+            "    params: {backend: {type: goto, goal: [0.45, 0.25, 0.30], speed: 0.05, horizon: 16, dt: 0.1}}\n")
         (run_dir / "gpu").mkdir(mode=0o700)
         server = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-m", "robot_stack.nodes.main",
                                    str(pol_cfg), "policy", str(run_dir / "gpu")], cwd=REPO,

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from ..devices import POLICY_BACKENDS
 from ..messages import ActionChunk, ErrorReply, Message, ObservationWindow
 from ..node import Node, NodeParams
 from ..transport import ReplyServer
@@ -22,43 +23,18 @@ from ..transport import ReplyServer
 log = logging.getLogger(__name__)
 
 
+PolicyBackendConfig, _backend_field = POLICY_BACKENDS.field("goto")
+
+
 class PolicyParams(NodeParams):
-    policy: Literal["goto", "checkpoint", "onnx"] = "goto"
-    path: str | None = Field(None, description="checkpoint: a .safetensors checkpoint; onnx: the export's X.onnx "
-                                                "name with its checkpoint beside it as X.safetensors")
-    seed: int | None = None
-    goal: tuple[float, float, float] = (0.45, 0.15, 0.30)
-    via: tuple[float, float, float] | None = Field(None, description="goto: waypoint visited before the goal")
-    speed: float = Field(0.05, gt=0)
-    horizon: int = Field(16, ge=1)
-    obs_horizon: int = Field(2, ge=1)
-    dt: float = Field(0.1, gt=0)
-    delay_s: float = Field(0.0, ge=0, description="injected inference delay (benchmarks)")
+    backend: PolicyBackendConfig = _backend_field
+    delay_s: float = Field(0.0, ge=0, description="injected inference delay before every chunk, s (benchmarks)")
     max_obs_age_s: float = Field(1.0, gt=0)
     rate_hz: float = Field(1000.0, gt=0)
     fault: Literal["none", "nan", "limit", "jump", "empty", "flip"] = Field(
         "none", description="fault injection (HIL tests, bench/faults.py): corrupt every chunk this way")
     threads: int | None = Field(1, ge=1, description="torch / ONNX Runtime CPU threads (None: library default). "
                                                      "One avoids fighting the servo loop for cores on small machines")
-
-
-def make_policy(p: PolicyParams):
-    """Build the served policy (scripted, torch checkpoint, or ONNX export)."""
-    if p.policy == "goto":
-        from robot_stack.policies.scripted import GoToPolicy
-
-        return GoToPolicy(p.goal, p.speed, p.horizon, p.obs_horizon, p.dt, p.delay_s, via=p.via)
-    from pathlib import Path
-
-    from robot_stack.policies.generative import GenerativePolicy, OnnxDenoiser, TorchDenoiser, load_checkpoint
-
-    if p.path is None:
-        raise ValueError(f"policy {p.policy!r} needs 'path'")
-    ckpt = Path(p.path) if p.policy == "checkpoint" else Path(p.path).with_suffix(".safetensors")
-    model, _ = load_checkpoint(ckpt)
-    backend = TorchDenoiser(model) if p.policy == "checkpoint" else OnnxDenoiser(p.path, threads=p.threads)
-    log.info("serving %s (%s, %s)", p.path, model.cfg.kind, getattr(backend, "providers", [getattr(backend, "device", "")])[0])
-    return GenerativePolicy(model, backend, seed=p.seed)
 
 
 def inject_fault(actions: np.ndarray, fault: str) -> np.ndarray:
@@ -86,11 +62,11 @@ class PolicyNode(Node):
     Params = PolicyParams
 
     def configure(self) -> None:
-        if self.params.threads is not None and self.params.policy != "goto":
+        if self.params.threads is not None and self.params.backend.type != "goto":
             import torch
 
             torch.set_num_threads(self.params.threads)
-        self.policy = make_policy(self.params)
+        self.policy = self.params.backend.build(self.ctx, self.params)
         nc = self.ctx.node_config
         curve = nc.curve_server.build() if nc.curve_server else None
         self.server = ReplyServer(self.ctx.config.in_endpoint(self.name, self.ctx.run_dir), self.name, curve=curve)
@@ -120,7 +96,7 @@ class PolicyNode(Node):
             return ErrorReply(request_id=msg.request_id, code="bad_observation",
                               reason=f"committed prefix has {prefix.shape[1]} dims, policy acts in {md.action_dim}")
         t0 = time.perf_counter_ns()
-        if self.params.delay_s and self.params.policy != "goto":  # (GoToPolicy sleeps inside predict)
+        if self.params.delay_s:
             time.sleep(self.params.delay_s)
         actions = self.policy.predict(msg.obs, prefix)
         if self.params.fault != "none":

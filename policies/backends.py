@@ -1,0 +1,65 @@
+"""Policy backends for trained models: ``checkpoint`` (torch eager) and ``onnx`` (ONNX Runtime).
+
+Both serve a :class:`robot_stack.policies.generative.GenerativePolicy`. These config classes import
+no torch or ONNX Runtime, so ``robot-stack check`` stays fast; ``build`` loads the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from robot_stack.devices import DeviceConfig
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointConfig(DeviceConfig):
+    """Policy backend ``checkpoint``: a ``.safetensors`` checkpoint run in torch eager mode.
+
+    Keys: ``path`` (the checkpoint), ``seed`` (sampling noise; None: random), ``device``
+    ("cpu", "cuda", "cuda:N"; None: CUDA when present).
+    """
+
+    type: Literal["checkpoint"] = "checkpoint"
+    requires = ("torch", "safetensors")
+    path: str = Field(..., description="a .safetensors checkpoint written by robot-stack train")
+    seed: int | None = Field(None, description="seed of the sampling noise (None: random)")
+    device: str | None = Field(None, description="torch device (None: cuda when available, else cpu)")
+
+    def build(self, ctx, params):
+        from robot_stack.policies.generative import GenerativePolicy, TorchDenoiser, load_checkpoint
+
+        model, _ = load_checkpoint(Path(self.path))
+        backend = TorchDenoiser(model, device=self.device)
+        log.info("serving %s (%s, torch on %s)", self.path, model.cfg.kind, backend.device)
+        return GenerativePolicy(model, backend, seed=self.seed)
+
+
+class OnnxConfig(DeviceConfig):
+    """Policy backend ``onnx``: a ``robot-stack export`` model on ONNX Runtime.
+
+    The encoder and denoiser graphs run on the TensorRT, CUDA or CPU provider, in that order of
+    preference, as installed.
+
+    Keys: ``path`` (the export's ``X.onnx`` name; its checkpoint ``X.safetensors`` lies beside it
+    and supplies the normalization and sampler settings), ``seed``, ``providers`` (None: best
+    available).
+    """
+
+    type: Literal["onnx"] = "onnx"
+    requires = ("onnxruntime", "torch", "safetensors")
+    path: str = Field(..., description="the export's X.onnx name, with X.safetensors beside it")
+    seed: int | None = Field(None, description="seed of the sampling noise (None: random)")
+    providers: list[str] | None = Field(None, description="ONNX Runtime execution providers (None: best available)")
+
+    def build(self, ctx, params):
+        from robot_stack.policies.generative import GenerativePolicy, OnnxDenoiser, load_checkpoint
+
+        model, _ = load_checkpoint(Path(self.path).with_suffix(".safetensors"))
+        backend = OnnxDenoiser(self.path, providers=self.providers, threads=params.threads)
+        log.info("serving %s (%s, %s)", self.path, model.cfg.kind, backend.providers[0])
+        return GenerativePolicy(model, backend, seed=self.seed)
