@@ -37,15 +37,16 @@ import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from robot_stack.clock import now_ns  # noqa: E402
-from robot_stack.codec import encode  # noqa: E402
-from robot_stack.config import load_config  # noqa: E402
+from robot_stack.runtime.clock import now_ns  # noqa: E402
+from robot_stack.comm.codec import encode  # noqa: E402
+from robot_stack.runtime.config import load_config  # noqa: E402
 from robot_stack.drivers.spy import command_limits  # noqa: E402
-from robot_stack.launcher import Launcher  # noqa: E402
-from robot_stack.messages import (ArmControl, EpisodeEvent, Heartbeat, JointTarget,  # noqa: E402
-                                  ObservationWindow, WaypointSchedule)
-from robot_stack.session import LogSink  # noqa: E402
-from robot_stack.transport import Subscriber  # noqa: E402
+from robot_stack.runtime.launcher import Launcher  # noqa: E402
+from robot_stack.comm.messages import (ArmControl, EpisodeEvent, Heartbeat, ObservationWindow,  # noqa: E402
+                                       RobotState, WaypointSchedule)
+from robot_stack.drivers.sim_messages import JointTarget  # noqa: E402
+from robot_stack.apps.session import LogSink  # noqa: E402
+from robot_stack.comm.transport import Subscriber  # noqa: E402
 
 LIMITS = {"vel": 1.5, "acc": 6.0, "jerk": 150.0}
 HB_TIMEOUT_S = 0.5
@@ -102,8 +103,8 @@ class Stack:
         self._w = threading.Thread(target=self._watch_dead, daemon=True)
         self._w.start()
         eps = [self.cfg.pub_endpoint(n, self.run_dir) for n in self.cfg.nodes]
-        self.sub = Subscriber(eps, ("robot/state", "heartbeat/"), history=4000, name="faults")
-        if self.sub.wait_for("robot/state", 60) is None:
+        self.sub = Subscriber(eps, (RobotState.TOPIC, Heartbeat.TOPIC), history=4000, name="faults")
+        if self.sub.wait_for(RobotState.TOPIC, 60) is None:
             raise RuntimeError(f"stack did not come up:\n{self.out.tail()}")
         return self
 
@@ -139,11 +140,11 @@ class Stack:
         return (t[1:][moving[-1]] - t0_ns) / 1e9 if moving[-1] < len(v) - 1 else None
 
     def state(self):
-        return self.sub.latest("robot/state")
+        return self.sub.latest(RobotState.TOPIC)
 
     def metrics(self, node: str, timeout: float = 3.0) -> dict:
-        last = self.sub.latest(f"heartbeat/{node}")
-        hb = self.sub.wait_for(f"heartbeat/{node}", timeout, newer_than_seq=-1 if last is None else last.seq)
+        last = self.sub.latest(Heartbeat.topic(node))
+        hb = self.sub.wait_for(Heartbeat.topic(node), timeout, newer_than_seq=-1 if last is None else last.seq)
         return {} if hb is None else dict(hb.metrics)
 
     def wait_mode(self, mode: str, timeout: float) -> float | None:
@@ -165,13 +166,13 @@ class Stack:
         return self.launcher.nodes[node].proc.pid
 
     def sender(self, node: str):
-        from robot_stack.transport import Sender
+        from robot_stack.comm.transport import Sender
 
         return Sender(self.cfg.in_endpoint(node, self.run_dir), "fuzzer", timeout_s=5.0)
 
     def episode(self, kind: str) -> None:
         tx = self.sender("recorder")
-        tx.send("event", EpisodeEvent(kind=kind, episode=0))
+        tx.send(EpisodeEvent.TOPIC, EpisodeEvent(kind=kind, episode=0))
         tx.close()
 
 
@@ -308,7 +309,7 @@ def _wrong_contents(rng: np.random.Generator, q0: np.ndarray, pose: np.ndarray):
     if k == 3:
         return "control", ArmControl(kind=str(rng.choice(["hold", "release"])))
     if k == 4:
-        return "sim/joint_target", JointTarget(q=rng.choice([np.nan, 1e6, 0.0], size=7), gripper=float(rng.choice([1e9, -3.0])))
+        return JointTarget.TOPIC, JointTarget(q=rng.choice([np.nan, 1e6, 0.0], size=7), gripper=float(rng.choice([1e9, -3.0])))
     return "event", EpisodeEvent(kind=str(rng.choice(["reset", "discard", "quit"])), episode=-5)
 
 
@@ -417,7 +418,7 @@ def disk_full(work: Path) -> None:
             dead = dict(s.launcher.dead)
             arm_mode = s.state().mode
         kept = [p for p in first if (root / p).is_dir()]
-        from robot_stack.dataset import open_episode
+        from robot_stack.data.dataset import open_episode
 
         readable = all(len(open_episode(root / p)) > 0 for p in kept)
         row("disk full", "recording into a 3 MB tmpfs until it fills",

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from robot_stack.comm.messages import CameraFrame, RobotState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -50,15 +51,15 @@ def _du(path: Path) -> int:
 
 
 def live(seconds: float, work: Path) -> dict:
-    from robot_stack.dataset import list_episodes, open_episode
-    from robot_stack.session import Session
+    from robot_stack.data.dataset import list_episodes, open_episode
+    from robot_stack.apps.session import Session
 
     cfg = work / "bench_record.yaml"
     root = work / "episodes"
     cfg.write_text(CONFIG.format(root=root))
     s = Session(cfg)
     try:
-        s.start(("robot/state", "camera/a", "camera/b", "heartbeat/recorder"))
+        s.start((RobotState.TOPIC, "camera/a", "camera/b", "heartbeat/recorder"))
         rec_pid = s.launcher.nodes["recorder"].proc.pid
         time.sleep(1.0)
         cpu0 = _cpu_s(rec_pid)
@@ -85,7 +86,7 @@ def live(seconds: float, work: Path) -> dict:
         gaps = int(np.sum(np.diff(d["frame_index"]) - 1)) if "frame_index" in d and n > 1 else 0
         out["streams"][stream] = {"expected": rate * dur, "written": n, "rate_hz": (n - 1) / span if span else 0.0,
                                   "frame_gaps": gaps, "monotonic": bool(np.all(np.diff(d["stamp_ns"]) > 0))}
-    raw = sum(ep.array(f"camera/{c}", k).nbytes for c in ("a", "b") for k in ("color", "depth"))
+    raw = sum(ep.array(CameraFrame.topic(c), k).nbytes for c in ("a", "b") for k in ("color", "depth"))
     out["raw_bytes"] = raw + sum(a.nbytes for a in ep.load("robot_state").values())
     return out
 

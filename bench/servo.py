@@ -7,7 +7,7 @@ plain/RateLoop. Run: ``python bench/servo.py`` (``--quick``: 2 s per loop instea
 
 ``--load``: the RateLoop in its own process beside one CPU hog per core (busy Python processes at
 normal priority), without and with the arm node's real-time settings
-(``robot_stack.realtime``: SCHED_FIFO 80, memory locked), plus the idle baseline, in the same
+(``robot_stack.runtime.realtime``: SCHED_FIFO 80, memory locked), plus the idle baseline, in the same
 run; prints each, what the kernel granted, and the jitter ratios against idle.
 """
 
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from robot_stack.clock import RateLoop, now_ns
+from robot_stack.runtime.clock import RateLoop, now_ns
 
 RATE = 500.0
 PERIOD_NS = int(1e9 / RATE)
@@ -64,7 +64,7 @@ def _child(seconds: float, rt: bool) -> int:
     """One measurement in this process (``--child``): JSON on stdout."""
     import json
 
-    from robot_stack.realtime import RealtimeConfig, apply_realtime, current_policy
+    from robot_stack.runtime.realtime import RealtimeConfig, apply_realtime, current_policy
 
     granted = apply_realtime(RealtimeConfig(fifo_priority=80, lock_memory=True), "bench") if rt else []
     r = measure("rateloop", seconds)

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from robot_stack.comm.messages import RobotState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,9 +30,9 @@ STRATEGIES = ("sync", "async", "ensemble", "rtc")
 def run_delay(policy: Path, delay_s: float, episodes: int, max_episode_s: float, console) -> dict:
     import yaml
 
-    from robot_stack.demo import config_path
-    from robot_stack.deploy import run_episodes
-    from robot_stack.session import Session
+    from robot_stack.apps.demo import config_path
+    from robot_stack.apps.deploy import run_episodes
+    from robot_stack.apps.session import Session
 
     base = yaml.safe_load(config_path("sim_panda_reach.yaml").read_text())
     ctl = base["nodes"].pop("controller")
@@ -49,7 +50,7 @@ def run_delay(policy: Path, delay_s: float, episodes: int, max_episode_s: float,
     cubes = [[rng.uniform(0.42, 0.58), rng.uniform(-0.18, 0.13), 0.02, 0, 0, 0, 1.0] for _ in range(episodes)]
     s = Session(cfg)
     try:
-        s.start(("robot/state", "heartbeat/policy"))
+        s.start((RobotState.TOPIC, "heartbeat/policy"))
         for strat in STRATEGIES:
             r = run_episodes(s, episodes, max_episode_s, cube_poses=cubes, console=console,
                              label=f"{strat} @ {delay_s * 1e3:.0f} ms", seed=11, controller=f"controller_{strat}")

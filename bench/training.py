@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from robot_stack.dataset import list_episodes
+from robot_stack.data.dataset import list_episodes
 from robot_stack.policies.training import ModelSettings, TrainSettings, train
 
 

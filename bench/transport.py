@@ -36,10 +36,10 @@ from multiprocessing import shared_memory
 import numpy as np
 import zmq
 
-from robot_stack.clock import now_ns
-from robot_stack.codec import DecodeError, decode, encode_deferred
-from robot_stack.messages import CameraFrame
-from robot_stack.shm_ring import ShmRingReader, ShmRingWriter
+from robot_stack.runtime.clock import now_ns
+from robot_stack.comm.codec import DecodeError, decode, encode_deferred
+from robot_stack.comm.messages import CameraFrame
+from robot_stack.comm.shm_ring import ShmRingReader, ShmRingWriter
 
 H, W = 480, 640
 MODES = ("ours-shm", "ours-ipc", "ours-tcp", "pickle-ipc", "shm-memcpy")

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from robot_stack.calibration.hand_eye import CalibrationError
+from robot_stack.comm.messages import CameraFrame, RobotState
 
 
 def estimate_delay(t_ref_ns: np.ndarray, x_ref: np.ndarray, t_obs_ns: np.ndarray, x_obs: np.ndarray,
@@ -86,26 +87,26 @@ def measure(cfg, run_dir, camera_node: str, board, center: np.ndarray | None = N
     Raises:
         CalibrationError: board not seen in enough frames, too little motion or correlation.
     """
-    from robot_stack.arm_client import ArmClient, straight_line
+    from robot_stack.control.arm_client import ArmClient, straight_line
     from robot_stack.calibration.board import BoardNotVisible, board_pose, detect
     from robot_stack.calibration.procedure import camera_id_of
-    from robot_stack.clock import now_ns
-    from robot_stack.transport import Subscriber
+    from robot_stack.runtime.clock import now_ns
+    from robot_stack.comm.transport import Subscriber
 
     cam_id = camera_id_of(cfg, camera_node)
     sub = Subscriber([cfg.pub_endpoint(arm, run_dir), cfg.pub_endpoint(camera_node, run_dir)],
-                     ("robot/state", f"camera/{cam_id}"), history=10, queue_size=20_000, name="latency")
+                     (RobotState.TOPIC, CameraFrame.topic(cam_id)), history=10, queue_size=20_000, name="latency")
     client = ArmClient(cfg, run_dir, arm=arm, source="latency_calibration")
     try:
-        st = sub.wait_for("robot/state", 10)
-        if st is None or sub.wait_for(f"camera/{cam_id}", 20) is None:
+        st = sub.wait_for(RobotState.TOPIC, 10)
+        if st is None or sub.wait_for(CameraFrame.topic(cam_id), 20) is None:
             raise CalibrationError("no robot state or camera frames: is the stack running?")
         p0 = np.array(st.ee_pose)
         if center is not None:
             stamps, wps = straight_line(p0, np.array([*center, *p0[3:]]), now_ns(), speed=0.1)
             client.send_schedule(stamps, wps, space="ee")
             time.sleep((stamps[-1] - now_ns()) / 1e9 + 0.5)
-            p0 = np.array(sub.latest("robot/state").ee_pose)
+            p0 = np.array(sub.latest(RobotState.TOPIC).ee_pose)
         t0 = now_ns() + 200_000_000
         dur = cycles / freq_hz
         ts = np.arange(0.02, dur + 1e-9, 0.02)
@@ -118,7 +119,7 @@ def measure(cfg, run_dir, camera_node: str, board, center: np.ndarray | None = N
         time.sleep((stamps[-1] - now_ns()) / 1e9 + 0.5)
         frames, states = [], []
         while (item := sub.get(0.0)) is not None:
-            (frames if item[0].startswith("camera/") else states).append(item[1])
+            (frames if item[0].startswith(CameraFrame.TOPIC) else states).append(item[1])
     finally:
         client.close()
         sub.close()

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from robot_stack.arm_client import ArmClient, straight_line
+from robot_stack.control.arm_client import ArmClient, straight_line
 from robot_stack.calibration.board import BoardNotVisible, BoardSpec, board_pose, detect
 from robot_stack.calibration.hand_eye import CalibrationError, HandEyeResult, pose_to_T, solve_hand_eye
-from robot_stack.clock import now_ns
-from robot_stack.config import StackConfig
-from robot_stack.transport import Subscriber
+from robot_stack.runtime.clock import now_ns
+from robot_stack.runtime.config import StackConfig
+from robot_stack.comm.transport import Subscriber
+from robot_stack.comm.messages import CameraFrame, RobotState
 
 
 def pose_set(nominal: np.ndarray, n: int, seed: int = 0, rot_deg: float = 15.0, trans_m: float = 0.04
@@ -68,8 +69,8 @@ def board_of(cfg: StackConfig, key: str) -> BoardSpec:
 
 def current_pose(cfg: StackConfig, run_dir: Path, arm: str = "arm") -> np.ndarray:
     """The arm's current TCP pose (7,) from a running stack."""
-    sub = Subscriber([cfg.pub_endpoint(arm, run_dir)], ("robot/state",), name="calibrate-pose")
-    st = sub.wait_for("robot/state", 10)
+    sub = Subscriber([cfg.pub_endpoint(arm, run_dir)], (RobotState.TOPIC,), name="calibrate-pose")
+    st = sub.wait_for(RobotState.TOPIC, 10)
     sub.close()
     if st is None:
         raise CalibrationError("no robot state: is the stack running?")
@@ -81,35 +82,35 @@ def collect(cfg: StackConfig, run_dir: Path, camera_node: str, board: BoardSpec,
     """Drive the arm through ``poses`` and collect board observations (see module doc)."""
     cam_id = camera_id_of(cfg, camera_node)
     sub = Subscriber([cfg.pub_endpoint(arm, run_dir), cfg.pub_endpoint(camera_node, run_dir)],
-                     ("robot/state", f"camera/{cam_id}"), history=4, name="calibrate")
+                     (RobotState.TOPIC, CameraFrame.topic(cam_id)), history=4, name="calibrate")
     client = ArmClient(cfg, run_dir, arm=arm, source="calibrate")
     out = Samples()
     try:
-        if sub.wait_for("robot/state", 10) is None or sub.wait_for(f"camera/{cam_id}", 20) is None:
+        if sub.wait_for(RobotState.TOPIC, 10) is None or sub.wait_for(CameraFrame.topic(cam_id), 20) is None:
             raise CalibrationError("no robot state or camera frames: is the stack running?")
         for i, goal in enumerate(poses):
-            start = np.array(sub.latest("robot/state").ee_pose)
+            start = np.array(sub.latest(RobotState.TOPIC).ee_pose)
             stamps, wps = straight_line(start, goal, now_ns(), speed=speed)
             client.send_schedule(stamps, wps, space="ee")
             # the arm stretches segments that rotate faster than its limits: wait for it to finish
             time.sleep(max(0.0, (stamps[-1] - now_ns()) / 1e9))
             deadline = time.monotonic() + 10.0
-            while sub.latest("robot/state").mode == "track" and time.monotonic() < deadline:
+            while sub.latest(RobotState.TOPIC).mode == "track" and time.monotonic() < deadline:
                 time.sleep(0.02)
             time.sleep(settle_s)
             t_settled = now_ns()
-            st = sub.latest("robot/state")
+            st = sub.latest(RobotState.TOPIC)
             reached = np.linalg.norm(np.array(st.ee_pose[:3]) - goal[:3])
             if reached > 0.005 or st.mode == "estop":
                 out.skipped.append((i, f"arm did not reach the pose ({reached * 1e3:.0f} mm off; refused by safety?)"))
                 continue
-            frame = sub.wait_for(f"camera/{cam_id}", 3.0)
+            frame = sub.wait_for(CameraFrame.topic(cam_id), 3.0)
             while frame is not None and frame.stamp_ns < t_settled:
-                frame = sub.wait_for(f"camera/{cam_id}", 3.0, newer_than_seq=frame.seq)
+                frame = sub.wait_for(CameraFrame.topic(cam_id), 3.0, newer_than_seq=frame.seq)
             if frame is None:
                 out.skipped.append((i, "no camera frame after settling"))
                 continue
-            st = sub.latest("robot/state")
+            st = sub.latest(RobotState.TOPIC)
             try:
                 obj, img = detect(frame.color, board)
                 T_cb, rms = board_pose(obj, img, np.asarray(frame.K))
@@ -147,8 +148,8 @@ def hand_eye(cfg: StackConfig, run_dir: Path, camera_node: str, mode: str, n_pos
     # return to where we started
     client = ArmClient(cfg, run_dir, arm=arm, source="calibrate")
     try:
-        sub = Subscriber([cfg.pub_endpoint(arm, run_dir)], ("robot/state",), name="calibrate-end")
-        cur = sub.wait_for("robot/state", 5)
+        sub = Subscriber([cfg.pub_endpoint(arm, run_dir)], (RobotState.TOPIC,), name="calibrate-end")
+        cur = sub.wait_for(RobotState.TOPIC, 5)
         if cur is not None:
             stamps, wps = straight_line(np.array(cur.ee_pose), start_pose, now_ns(), speed=0.1)
             client.send_schedule(stamps, wps, space="ee")

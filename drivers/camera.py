@@ -14,8 +14,8 @@ import numpy as np
 
 from typing import Literal
 
-from robot_stack.clock import now_ns
-from robot_stack.devices import DeviceConfig
+from robot_stack.runtime.clock import now_ns
+from robot_stack.runtime.devices import DeviceConfig
 
 
 @dataclass

@@ -31,9 +31,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from robot_stack.clock import now_ns
-from robot_stack.devices import DeviceConfig
-from robot_stack.realtime import RealtimeConfig
+from robot_stack.runtime.clock import now_ns
+from robot_stack.runtime.devices import DeviceConfig
+from robot_stack.runtime.realtime import RealtimeConfig
 
 from .arm import ArmDriver, ArmDriverError, JointReading
 
@@ -103,15 +103,15 @@ class _Shared:
 def _franka_process(ip, realtime, use_gripper, automatic_recovery, impedance, shm_name, lock, events,
                     rt: dict | None = None) -> None:
     """The 1 kHz control process (see the module docstring). Reports ("ready", q), ("error", msg).
-    ``rt``: :class:`~robot_stack.realtime.RealtimeConfig` fields for this process (SCHED_FIFO,
+    ``rt``: :class:`~robot_stack.runtime.realtime.RealtimeConfig` fields for this process (SCHED_FIFO,
     affinity, mlockall), applied first and reported in its log."""
     from multiprocessing import shared_memory
 
-    from robot_stack.lifeline import die_with_parent
+    from robot_stack.runtime.lifeline import die_with_parent
 
     die_with_parent()  # never outlive the arm node
     if rt:
-        from robot_stack.realtime import RealtimeConfig, RealtimeError, apply_realtime
+        from robot_stack.runtime.realtime import RealtimeConfig, RealtimeError, apply_realtime
 
         try:
             apply_realtime(RealtimeConfig(**rt), "franka 1 kHz loop")

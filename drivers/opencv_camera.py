@@ -10,8 +10,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from robot_stack.clock import now_ns, s_to_ns
-from robot_stack.devices import DeviceConfig
+from robot_stack.runtime.clock import now_ns, s_to_ns
+from robot_stack.runtime.devices import DeviceConfig
 from robot_stack.drivers.camera import CameraDriver, Frame, pinhole_K
 
 

@@ -4,7 +4,7 @@ Color (rgb8) and depth (z16) are streamed and depth is aligned to the color imag
 ``rs.align(rs.stream.color)``, so one (u, v) addresses both; intrinsics K are the color stream's,
 depth scale comes from the depth sensor (D4xx: 0.001 m per unit). Device timestamps
 (``frame.get_timestamp()``, ms) are mapped to the stack clock by
-:class:`~robot_stack.clock.DeviceClockMapper`; for ``global_time`` domain stamps (host-synchronized
+:class:`~robot_stack.runtime.clock.DeviceClockMapper`; for ``global_time`` domain stamps (host-synchronized
 by librealsense) the same mapper applies. A recorded ``.bag``/``.db3`` file plays back instead of a
 device with ``playback_file`` (every frame delivered: ``set_real_time(False)``).
 Source: librealsense Python wrapper docs and examples (align-depth2color.py, read_bag_example.py).
@@ -18,8 +18,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from robot_stack.clock import DeviceClockMapper, now_ns
-from robot_stack.devices import DeviceConfig
+from robot_stack.runtime.clock import DeviceClockMapper, now_ns
+from robot_stack.runtime.devices import DeviceConfig
 from robot_stack.drivers.camera import CameraDriver, Frame
 
 

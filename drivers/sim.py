@@ -13,12 +13,13 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from robot_stack.devices import DeviceConfig
+from robot_stack.runtime.devices import DeviceConfig
 from robot_stack.drivers.arm import ArmDriver, ArmDriverError, JointReading
 from robot_stack.drivers.camera import CameraDriver, Frame
-from robot_stack.messages import JointTarget
-from robot_stack.clock import now_ns
-from robot_stack.transport import Sender, Subscriber, TransportTimeout
+from robot_stack.drivers.sim_messages import JointTarget
+from robot_stack.runtime.clock import now_ns
+from robot_stack.comm.transport import Sender, Subscriber, TransportTimeout
+from robot_stack.drivers.sim_messages import JointState, SimState
 
 
 class SimArmDriver(ArmDriver):
@@ -41,13 +42,13 @@ class SimArmDriver(ArmDriver):
         self.n_joints = len(desc.joints)
         self.lower, self.upper = np.full(self.n_joints, -np.inf), np.full(self.n_joints, np.inf)
         self.stroke = desc.gripper.stroke_m
-        self._sub = Subscriber([state_endpoint], ("sim/joint_state",), name=f"{source}<-sim")
+        self._sub = Subscriber([state_endpoint], (JointState.TOPIC,), name=f"{source}<-sim")
         self._tx = Sender(command_endpoint, source, timeout_s=0.05)
         self._last: JointReading | None = None
         self.send_timeouts = 0
 
     def start(self, timeout_s: float = 10.0) -> JointReading:
-        msg = self._sub.wait_for("sim/joint_state", timeout_s)
+        msg = self._sub.wait_for(JointState.TOPIC, timeout_s)
         if msg is None:
             raise ArmDriverError(f"no joint state from the sim world within {timeout_s} s (is it running?)")
         first = self.read()
@@ -56,14 +57,14 @@ class SimArmDriver(ArmDriver):
         deadline = now_ns() + int(timeout_s * 1e9)
         while True:
             try:
-                self._tx.send("sim/joint_target", JointTarget(q=first.q, gripper=min(1.0, first.gripper_width / self.stroke)))
+                self._tx.send(JointTarget.TOPIC, JointTarget(q=first.q, gripper=min(1.0, first.gripper_width / self.stroke)))
                 return first
             except TransportTimeout:
                 if now_ns() > deadline:
                     raise ArmDriverError("the sim world does not accept joint targets") from None
 
     def read(self) -> JointReading:
-        m = self._sub.latest("sim/joint_state")
+        m = self._sub.latest(JointState.TOPIC)
         if m is None:
             raise ArmDriverError("no joint state yet")
         if now_ns() - m.stamp_ns > self.STALE_NS:  # the world (the robot's controller box) went silent
@@ -76,7 +77,7 @@ class SimArmDriver(ArmDriver):
         """Send a target; a send that times out is counted and dropped (the controller box holds its
         last target, as a real one does when a command packet is late)."""
         try:
-            self._tx.send("sim/joint_target", JointTarget(q=np.asarray(q, np.float64), gripper=float(gripper_open)))
+            self._tx.send(JointTarget.TOPIC, JointTarget(q=np.asarray(q, np.float64), gripper=float(gripper_open)))
         except TransportTimeout:
             self.send_timeouts += 1
 
@@ -118,12 +119,12 @@ class SimCameraDriver(CameraDriver):
             raise ValueError(f"the sim scene has no camera {self.camera!r}") from None
         self._renderer = SimRenderer(self._world, self.width, self.height)
         self.K = self._renderer.intrinsics(self.camera)
-        self._sub = Subscriber([self.endpoint], ("sim/state",), name=f"camera-{self.camera}")
+        self._sub = Subscriber([self.endpoint], (SimState.TOPIC,), name=f"camera-{self.camera}")
 
     def read(self, timeout_s: float) -> Frame | None:
         from robot_stack.drivers.sim_world import depth_to_mm
 
-        st = self._sub.wait_for("sim/state", timeout_s, newer_than_seq=self._last_seq)
+        st = self._sub.wait_for(SimState.TOPIC, timeout_s, newer_than_seq=self._last_seq)
         if st is None:
             return None
         self._last_seq = st.seq

@@ -97,7 +97,7 @@ def sim_description(robot: str):
     Raises:
         SimModelError: unknown robot, or one without a sim block.
     """
-    from robot_stack.robot_model import RobotModelError, load_description
+    from robot_stack.control.robot_model import RobotModelError, load_description
 
     try:
         desc, _ = load_description(robot)
@@ -127,7 +127,7 @@ def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
     Raises:
         SimModelError: missing robot model or a compile error.
     """
-    from robot_stack.robot_model import build_spec, load_description
+    from robot_stack.control.robot_model import build_spec, load_description
 
     # the scene is built on the robot's own model (robot_stack/robots/<robot>.yaml), the one the
     # arm node uses, so sim and arm node cannot disagree about the robot
@@ -261,7 +261,7 @@ def _mat_to_wxyz(R: np.ndarray) -> list[float]:
 
 def _gripper_board_local_pose(scene: "SceneSpec") -> np.ndarray:
     """Board pose in the gripper base body: in front of the hand, facing the scene camera at home."""
-    from robot_stack.robot_model import build_spec, load_description
+    from robot_stack.control.robot_model import build_spec, load_description
 
     spec = build_spec(*load_description("panda_robotiq"))
     _controller_box(spec, sim_description("panda_robotiq"))

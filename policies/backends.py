@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from robot_stack.devices import DeviceConfig
+from robot_stack.runtime.devices import DeviceConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from robot_stack.devices import DeviceConfig
+from robot_stack.runtime.devices import DeviceConfig
 
 from .base import Policy, PolicyMetadata
 

@@ -1,12 +1,12 @@
 """Training a visuomotor policy on native episodes (``robot-stack train``).
 
 Samples are built the way the controller builds observations at deploy time
-(``robot_stack.observation.assemble``): every frame of the policy's camera is an anchor t_obs; the
+(``robot_stack.control.observation.assemble``): every frame of the policy's camera is an anchor t_obs; the
 window times are t_obs - k dt (k < To), the camera frame nearest each window time is taken (within
 dt/2) and the robot state is interpolated at the window times (linear, slerp). The action chunk is
 the executed action stream (the waypoints sent to the arm, each at its target time) interpolated at
 t_obs + i dt, i < H, holding the first/last action outside the recorded span. Images are resized
-with ``robot_stack.observation.resize_images`` (the controller's) so training and deployment see the same pixels.
+with ``robot_stack.control.observation.resize_images`` (the controller's) so training and deployment see the same pixels.
 
 Training: AdamW with cosine decay, random-shift augmentation (Diffusion Policy), a rich progress
 bar, periodic checkpoints (weights, normalization, settings and the optimizer state, all in
@@ -109,8 +109,8 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
     Raises:
         DatasetError: an episode lacks the camera, robot state or action stream.
     """
-    from robot_stack.dataset import DatasetError, open_episode
-    from robot_stack.observation import interpolate_states, resize_images
+    from robot_stack.data.dataset import DatasetError, open_episode
+    from robot_stack.control.observation import interpolate_states, resize_images
 
     frames, fidx, states, acts, eps = [], [], [], [], []
     base = 0

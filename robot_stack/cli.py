@@ -8,18 +8,19 @@ import sys
 import traceback
 from pathlib import Path
 
-from .config import ConfigError
+from robot_stack.runtime.config import ConfigError
+from robot_stack.comm.messages import RobotState
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from .launcher import up
+    from robot_stack.runtime.launcher import up
 
     only = args.only.split(",") if args.only else None
     return up(args.config, duration_s=args.duration, only=only)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from robot_stack.runtime.config import load_config
 
     cfg = load_config(args.config)
     print(f"{args.config}: OK ({len(cfg.nodes)} nodes: {', '.join(f'{n} [{c.kind}]' for n, c in cfg.nodes.items())})")
@@ -27,8 +28,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_kinds(args: argparse.Namespace) -> int:
-    from .devices import FAMILIES
-    from .nodes.registry import KINDS, node_class
+    from robot_stack.runtime.devices import FAMILIES
+    from robot_stack.nodes.registry import KINDS, node_class
 
     def fields(model, skip=()):
         for name, f in model.model_fields.items():
@@ -55,7 +56,7 @@ def _cmd_kinds(args: argparse.Namespace) -> int:
 
 
 def _cmd_robots(args: argparse.Namespace) -> int:
-    from .robot_model import RobotModel, available_robots
+    from robot_stack.control.robot_model import RobotModel, available_robots
 
     names = [args.robot] if args.robot else list(available_robots())
     for name in names:
@@ -64,7 +65,7 @@ def _cmd_robots(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
-    from .security import generate_keys
+    from robot_stack.comm.security import generate_keys
 
     out = generate_keys(args.dir, tuple(args.names))
     for name, path in out.items():
@@ -74,8 +75,8 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _stack(config: Path):
-    from .config import load_config
-    from .launcher import default_run_dir
+    from robot_stack.runtime.config import load_config
+    from robot_stack.runtime.launcher import default_run_dir
 
     cfg = load_config(config)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
@@ -90,17 +91,17 @@ def _cmd_move(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .arm_client import ArmClient, straight_line
-    from .clock import now_ns
+    from robot_stack.control.arm_client import ArmClient, straight_line
+    from robot_stack.runtime.clock import now_ns
 
     cfg, run_dir = _stack(args.config)
     sub = None
-    from .transport import Subscriber
+    from robot_stack.comm.transport import Subscriber
 
-    sub = Subscriber([cfg.pub_endpoint(args.arm, run_dir)], ("robot/state",), name="cli-move")
+    sub = Subscriber([cfg.pub_endpoint(args.arm, run_dir)], (RobotState.TOPIC,), name="cli-move")
     client = ArmClient(cfg, run_dir, arm=args.arm, source="cli_move")
     try:
-        st = sub.wait_for("robot/state", 5.0)
+        st = sub.wait_for(RobotState.TOPIC, 5.0)
         if st is None:
             print("no robot/state from the arm node within 5 s", file=sys.stderr)
             return 1
@@ -112,7 +113,7 @@ def _cmd_move(args: argparse.Namespace) -> int:
             stamps, poses = straight_line(a, b, now_ns(), args.speed)
             client.send_schedule(stamps, poses, space="ee")
             time.sleep((stamps[-1] - now_ns()) / 1e9 + args.settle)
-            st = sub.latest("robot/state")
+            st = sub.latest(RobotState.TOPIC)
             err = np.linalg.norm(np.array(st.ee_pose[:3]) - b[:3])
             print(f"reached {np.round(st.ee_pose[:3], 4).tolist()} m (target {np.round(b[:3], 4).tolist()}, "
                   f"error {err * 1e3:.1f} mm, mode {st.mode}, safety events {st.safety_events})")
@@ -123,7 +124,7 @@ def _cmd_move(args: argparse.Namespace) -> int:
 
 
 def _cmd_estop(args: argparse.Namespace) -> int:
-    from .arm_client import ArmClient
+    from robot_stack.control.arm_client import ArmClient
 
     cfg, run_dir = _stack(args.config)
     client = ArmClient(cfg, run_dir, arm=args.arm, source="cli_estop", heartbeat_hz=0)
@@ -142,8 +143,8 @@ def _cmd_estop(args: argparse.Namespace) -> int:
 def _cmd_calibrate_hand_eye(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .calibration.hand_eye import CalibrationError
-    from .calibration.procedure import hand_eye
+    from robot_stack.calibration.hand_eye import CalibrationError
+    from robot_stack.calibration.procedure import hand_eye
 
     cfg, run_dir = _stack(args.config)
     try:
@@ -160,8 +161,8 @@ def _cmd_calibrate_hand_eye(args: argparse.Namespace) -> int:
 def _cmd_calibrate_intrinsics(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .calibration.hand_eye import CalibrationError
-    from .calibration.procedure import intrinsics
+    from robot_stack.calibration.hand_eye import CalibrationError
+    from robot_stack.calibration.procedure import intrinsics
 
     cfg, run_dir = _stack(args.config)
     try:
@@ -176,10 +177,10 @@ def _cmd_calibrate_intrinsics(args: argparse.Namespace) -> int:
 def _cmd_calibrate_latency(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .calibration import store
-    from .calibration.hand_eye import CalibrationError
-    from .calibration.latency import measure
-    from .calibration.procedure import board_of, camera_id_of
+    from robot_stack.calibration import store
+    from robot_stack.calibration.hand_eye import CalibrationError
+    from robot_stack.calibration.latency import measure
+    from robot_stack.calibration.procedure import board_of, camera_id_of
 
     cfg, run_dir = _stack(args.config)
     try:
@@ -204,7 +205,7 @@ def _cmd_calibrate_latency(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .policies.generative import export_onnx, load_checkpoint, onnx_paths
+    from robot_stack.policies.generative import export_onnx, load_checkpoint, onnx_paths
 
     import shutil
 
@@ -220,7 +221,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from .collect import run_collect
+    from robot_stack.apps.collect import run_collect
 
     res = run_collect(args.config, args.out, args.episodes, max_episode_s=args.max_episode_s, seed=args.seed,
                       verbose=args.verbose, view=args.view)
@@ -230,13 +231,13 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_yaml
-    from .dataset import list_episodes
-    from .policies.training import TrainSettings, train
+    from robot_stack.runtime.config import load_yaml
+    from robot_stack.data.dataset import list_episodes
+    from robot_stack.policies.training import TrainSettings, train
 
     from pydantic import ValidationError
 
-    from .config import format_validation_error
+    from robot_stack.runtime.config import format_validation_error
 
     data = load_yaml(args.config) if args.config else {}
     if args.steps:
@@ -256,7 +257,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    from .deploy import run_deploy
+    from robot_stack.apps.deploy import run_deploy
 
     res = run_deploy(args.config, args.policy, args.episodes, strategy=args.strategy, max_episode_s=args.max_episode_s,
                      seed=args.seed, verbose=args.verbose, view=args.view)
@@ -264,15 +265,15 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from .replay import run_replay
+    from robot_stack.apps.replay import run_replay
 
     run_replay(args.config, args.episode, verbose=args.verbose)
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .dataset import list_episodes
-    from .lerobot import export_lerobot
+    from robot_stack.data.dataset import list_episodes
+    from robot_stack.data.lerobot import export_lerobot
 
     eps = list_episodes(args.episodes)
     out = export_lerobot(eps, args.out, fps=args.fps, cameras=args.cameras)
@@ -281,7 +282,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from .lerobot import import_lerobot
+    from robot_stack.data.lerobot import import_lerobot
 
     paths = import_lerobot(args.dataset, args.out)
     print(f"imported {len(paths)} episodes into {args.out}")
@@ -289,7 +290,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo, run_square
+    from robot_stack.apps.demo import run_demo, run_square
 
     if args.square:
         return run_square(quick=args.quick, verbose=args.verbose, config=args.config)

@@ -70,7 +70,7 @@ import importlib.util, os
 import numpy, zmq, msgpack, mujoco, pyrealsense2, onnxruntime, torch, cv2, zarr, av, pylibfranka, dynamixel_sdk, ruckig  # noqa: F401
 spec = importlib.util.find_spec("gym_hil")
 assert spec and os.path.isfile(os.path.join(spec.submodule_search_locations[0], "assets", "panda.xml"))
-from robot_stack.robot_model import available_robots, load_description, resolve_source
+from robot_stack.control.robot_model import available_robots, load_description, resolve_source
 for name in available_robots():  # every shipped robot model's files are there
     desc, base = load_description(name)
     resolve_source(desc.source, base)

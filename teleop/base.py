@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from robot_stack.messages import TeleopCommand
+from robot_stack.comm.messages import TeleopCommand
 
 
 class TeleopError(RuntimeError):

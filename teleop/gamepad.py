@@ -15,8 +15,8 @@ import struct
 from pydantic import Field
 import numpy as np
 
-from robot_stack.devices import DeviceConfig
-from robot_stack.messages import TeleopCommand
+from robot_stack.runtime.devices import DeviceConfig
+from robot_stack.comm.messages import TeleopCommand
 from .base import TeleopDevice, TeleopError, axes_to_delta, deadzone
 
 EVENT = struct.Struct("<IhBB")

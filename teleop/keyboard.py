@@ -21,8 +21,8 @@ import tty
 from pydantic import Field
 import numpy as np
 
-from robot_stack.devices import DeviceConfig
-from robot_stack.messages import TeleopCommand
+from robot_stack.runtime.devices import DeviceConfig
+from robot_stack.comm.messages import TeleopCommand
 from .base import TeleopDevice, TeleopError
 
 MOVES = {"w": (0, 1), "s": (0, -1), "a": (1, 1), "d": (1, -1), "r": (2, 1), "f": (2, -1), "j": (5, 1), "l": (5, -1)}

@@ -14,9 +14,9 @@ from typing import Literal
 from pydantic import Field
 import numpy as np
 
-from robot_stack.devices import DeviceConfig
-from robot_stack.messages import TeleopCommand
-from robot_stack.task import ReachTask
+from robot_stack.runtime.devices import DeviceConfig
+from robot_stack.comm.messages import TeleopCommand
+from robot_stack.apps.task import ReachTask
 
 
 class ReachExpert:

@@ -34,7 +34,7 @@ def pid_alive(pid: int) -> bool:
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-from robot_stack.session import LogSink  # noqa: E402  (node logs for failure messages)
+from robot_stack.apps.session import LogSink  # noqa: E402  (node logs for failure messages)
 
 
 import contextlib  # noqa: E402
@@ -46,7 +46,7 @@ def launched(cfg_path, only=None):
     """Start a stack from ``cfg_path`` with the real launcher (supervised on a thread); stop it after.
 
     Yields (launcher, log sink)."""
-    from robot_stack.launcher import Launcher
+    from robot_stack.runtime.launcher import Launcher
 
     out = LogSink()
     launcher = Launcher(Path(cfg_path), only=only, out=out)

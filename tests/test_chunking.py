@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from robot_stack.chunking import (
+from robot_stack.control.chunking import (
     DelayEstimator, TemporalEnsembler, action_times_ns, committed_prefix, plan_chunk, rtc_guidance_weights,
 )
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-import robot_stack.clock as clock
-from robot_stack.clock import RateLoop
+import robot_stack.runtime.clock as clock
+from robot_stack.runtime.clock import RateLoop
 
 
 class FakeTime:

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from robot_stack.codec import DecodeError, EncodeError, decode, encode
-from robot_stack.messages import (
+from robot_stack.comm.codec import DecodeError, EncodeError, decode, encode
+from robot_stack.comm.messages import (
     ActionChunk, CameraFrame, EpisodeEvent, ErrorReply, Heartbeat, ObservationWindow, RobotState,
     TeleopCommand, WaypointSchedule,
 )
@@ -203,7 +203,7 @@ def test_fuzz_mutated_valid_messages(data):
                            st.one_of(st.integers(-5, 10**7), st.text(max_size=20), st.none(),
                                      st.lists(st.lists(st.integers(-1, 10**6), max_size=3), max_size=3))))
 def test_fuzz_shared_memory_references(ref):
-    from robot_stack.shm_ring import ShmRingReader
+    from robot_stack.comm.shm_ring import ShmRingReader
 
     frames = encode("c", camera_frame(4, 4))
     h = msgpack.unpackb(frames[1])
@@ -213,3 +213,25 @@ def test_fuzz_shared_memory_references(ref):
     with pytest.raises(DecodeError):
         decode([frames[0], msgpack.packb(h)], shm=reader)
     reader.close()
+
+
+def test_topics_live_with_their_schemas():
+    from robot_stack.comm.messages import REGISTRY, ArmControl
+    from robot_stack.drivers import sim_messages
+
+    assert CameraFrame.topic("wrist") == "camera/wrist" and Heartbeat.topic("arm") == "heartbeat/arm"
+    assert RobotState.topic() == "robot/state" and TeleopCommand.TOPIC == "teleop/command"
+    assert (WaypointSchedule.TOPIC, ArmControl.TOPIC, EpisodeEvent.TOPIC) == ("waypoints", "control", "event")
+    with pytest.raises(ValueError, match="needs a name"):
+        CameraFrame.topic()
+    with pytest.raises(ValueError, match="takes no name"):
+        RobotState.topic("x")
+    # every streamed or sent schema has a topic; only request/reply payloads have none
+    no_topic = {name for name, cls in REGISTRY.items() if not cls.TOPIC}
+    assert no_topic == {"observation_window", "action_chunk", "error_reply"}
+    # the sim world's protocol is defined next to the sim, under sim/ topics
+    sim = {cls.SCHEMA: cls.TOPIC for cls in vars(sim_messages).values()
+           if isinstance(cls, type) and cls.__module__ == sim_messages.__name__}
+    assert sim == {"joint_state": "sim/joint_state", "joint_target": "sim/joint_target", "sim_command": "sim/command",
+                   "sim_state": "sim/state", "object_state": "sim/objects"}
+    assert not any(cls.TOPIC.startswith("sim/") for name, cls in REGISTRY.items() if name not in sim)

@@ -3,7 +3,7 @@
 import pytest
 
 from robot_stack.cli import main
-from robot_stack.config import ConfigError, load_config
+from robot_stack.runtime.config import ConfigError, load_config
 
 from conftest import REPO
 
@@ -107,7 +107,7 @@ def test_dangling_and_wrong_kind_references_are_refused(tmp_path):
 
 
 def test_missing_sdk_names_the_extra(tmp_path, monkeypatch):
-    from robot_stack.devices import CAMERA_DRIVERS
+    from robot_stack.runtime.devices import CAMERA_DRIVERS
     from robot_stack.drivers.realsense import RealSenseConfig
 
     class NeedsSdk(RealSenseConfig):

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from robot_stack.dataset import (DatasetError, EpisodeWriter, find_interrupted, list_episodes, next_index,
+from robot_stack.data.dataset import (DatasetError, EpisodeWriter, find_interrupted, list_episodes, next_index,
                                  open_episode, recover)
 
 
@@ -58,7 +58,7 @@ def test_shape_change_and_partial_are_clear_errors(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from robot_stack.dataset import EpisodeWriter
+    from robot_stack.data.dataset import EpisodeWriter
     root = sys.argv[1]
     w = EpisodeWriter(root, meta={"task": "t"}); w.add("robot_state", 1, q=np.zeros(7)); w.close()  # finished
     w = EpisodeWriter(root, meta={"task": "t"})

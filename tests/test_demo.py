@@ -8,7 +8,7 @@ demo's figures are in the README).
 import numpy as np
 import pytest
 
-from robot_stack.demo import DemoSettings, run_demo
+from robot_stack.apps.demo import DemoSettings, run_demo
 
 pytestmark = pytest.mark.hil
 

@@ -101,9 +101,9 @@ def test_checkpoint_round_trip_without_pickle(tmp_path):
 
 def test_policy_node_serves_onnx_export_and_rejects_bad_windows(tmp_path, run_dir):
     """The policy node in its own process serves an ONNX export; malformed windows get error replies."""
-    from robot_stack.config import load_config
+    from robot_stack.runtime.config import load_config
     from robot_stack.policies.generative import save_checkpoint
-    from robot_stack.transport import RequestClient
+    from robot_stack.comm.transport import RequestClient
 
     torch.manual_seed(0)
     m = GenerativePolicyModel(ModelConfig(**{**SMALL, "sample_steps": 2}, kind="flow")).eval()
@@ -124,8 +124,8 @@ def test_policy_node_serves_onnx_export_and_rejects_bad_windows(tmp_path, run_di
 
 
 def _check_policy_replies(client):
-    from robot_stack.messages import ObservationWindow
-    from robot_stack.transport import RemoteError
+    from robot_stack.comm.messages import ObservationWindow
+    from robot_stack.comm.transport import RemoteError
 
     rng = np.random.default_rng(0)
     o = obs(rng)

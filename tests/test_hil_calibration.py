@@ -17,10 +17,10 @@ from robot_stack.calibration.board import BoardSpec
 from robot_stack.calibration.hand_eye import CalibrationError, inv, pose_to_T, transform_error
 from robot_stack.calibration.latency import measure
 from robot_stack.calibration.procedure import hand_eye
-from robot_stack.config import load_config
+from robot_stack.runtime.config import load_config
 from robot_stack.drivers.sim_model import SceneSpec, camera_pose_cv
 from robot_stack.drivers.sim_world import SimWorld
-from robot_stack.transport import Subscriber
+from robot_stack.comm.transport import Subscriber
 
 from conftest import launched
 

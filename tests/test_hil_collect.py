@@ -10,12 +10,12 @@ demonstrations succeed; replay of an episode through the controller reproduces i
 import numpy as np
 import pytest
 
-from robot_stack.collect import run_collect
-from robot_stack.dataset import open_episode
-from robot_stack.demo import config_path, expert_successes
-from robot_stack.replay import replay_episode
-from robot_stack.session import Session
-from robot_stack.transport import Subscriber
+from robot_stack.apps.collect import run_collect
+from robot_stack.data.dataset import open_episode
+from robot_stack.apps.demo import config_path, expert_successes
+from robot_stack.apps.replay import replay_episode
+from robot_stack.apps.session import Session
+from robot_stack.comm.transport import Subscriber
 
 pytestmark = pytest.mark.hil
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robot_stack.arm_client import ArmClient, straight_line
-from robot_stack.clock import now_ns
-from robot_stack.config import load_config
-from robot_stack.transport import Subscriber
+from robot_stack.control.arm_client import ArmClient, straight_line
+from robot_stack.runtime.clock import now_ns
+from robot_stack.runtime.config import load_config
+from robot_stack.comm.transport import Subscriber
 
 from conftest import REPO, launched
 
@@ -68,11 +68,11 @@ def stack(tmp_path_factory):
             try:
                 assert state.wait_for("robot/state", 60) is not None, out.tail()
                 # the reach task's cube, placed while the arm is still at home (a reset homes the arm)
-                from robot_stack.messages import SimCommand
-                from robot_stack.transport import Sender
+                from robot_stack.drivers.sim_messages import SimCommand
+                from robot_stack.comm.transport import Sender
 
                 tx = Sender(cfg.in_endpoint("sim", run_dir), "test")
-                tx.send("command", SimCommand(kind="reset", cube_pose=np.r_[CUBE, 0, 0, 0, 1.0]))
+                tx.send(SimCommand.TOPIC, SimCommand(kind="reset", cube_pose=np.r_[CUBE, 0, 0, 0, 1.0]))
                 tx.close()
                 time.sleep(0.5)
                 yield {"cfg": cfg, "cfg_path": cfg_path, "run_dir": run_dir, "state": state}
@@ -161,8 +161,8 @@ def test_teleop_intervention_takes_over_and_hands_back(stack):
     The teleop node of the config is not started: the test binds its publisher endpoint itself and
     publishes what a device would (absolute TCP targets and buttons).
     """
-    from robot_stack.messages import TeleopCommand
-    from robot_stack.transport import Publisher
+    from robot_stack.comm.messages import TeleopCommand
+    from robot_stack.comm.transport import Publisher
 
     move_to_start(stack)
     cfg, rd = stack["cfg"], stack["run_dir"]
@@ -230,7 +230,7 @@ def _move(stack, points, speed=0.15):
 def test_reach_task_with_each_strategy(stack, strategy, report):
     """The sim reach task through the full stack with each strategy: the task's expert as a chunking
     policy (above the cube, then down; 200 ms inference) must end in the task's success region."""
-    from robot_stack.task import ReachTask
+    from robot_stack.apps.task import ReachTask
 
     home_joints(stack)  # the same posture for every strategy: earlier tests leave the redundant joint anywhere
     move_to_start(stack)

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robot_stack.clock import now_ns
-from robot_stack.config import load_config
+from robot_stack.runtime.clock import now_ns
+from robot_stack.runtime.config import load_config
 from robot_stack.drivers.spy import command_limits
-from robot_stack.messages import Heartbeat, WaypointSchedule
-from robot_stack.transport import Sender, Subscriber
+from robot_stack.comm.messages import Heartbeat, WaypointSchedule
+from robot_stack.comm.transport import Sender, Subscriber
 
 from conftest import REPO, launched, pid_alive
 
@@ -262,9 +262,9 @@ def _netns_down():
 
 
 def test_remote_policy_over_curve_across_a_network_namespace(tmp_path, run_dir, report):
-    from robot_stack.messages import ObservationWindow
-    from robot_stack.security import CurveClient, SecurityError, generate_keys
-    from robot_stack.transport import RequestClient, TransportTimeout
+    from robot_stack.comm.messages import ObservationWindow
+    from robot_stack.comm.security import CurveClient, SecurityError, generate_keys
+    from robot_stack.comm.transport import RequestClient, TransportTimeout
 
     _netns_or_skip()
     try:

@@ -62,7 +62,7 @@ def franka_sim(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stack(franka_sim):
-    from robot_stack.session import Session
+    from robot_stack.apps.session import Session
 
     s = Session(REPO / "configs" / "franka_sim.yaml")
     try:
@@ -84,7 +84,7 @@ def unenforced_warnings(franka_sim) -> int:
 
 
 def test_schedule_there_and_back(stack, franka_sim, report):
-    from robot_stack.clock import now_ns
+    from robot_stack.runtime.clock import now_ns
 
     q0 = np.array(stack.state().q)
     delta = np.array([0.3, -0.2, 0.0, 0.25, 0.0, 0.2, -0.3])
@@ -117,7 +117,7 @@ def test_schedule_there_and_back(stack, franka_sim, report):
 
 
 def test_jump_is_refused_before_libfranka(stack, franka_sim):
-    from robot_stack.clock import now_ns
+    from robot_stack.runtime.clock import now_ns
 
     before = stack.heartbeat("arm")
     refused0 = sum(v for k, v in before.items() if k.startswith("safety.") and "jump" in k)
@@ -135,8 +135,8 @@ def test_jump_is_refused_before_libfranka(stack, franka_sim):
 
 
 def test_stalled_controller_holds_without_comm_violation(stack, franka_sim):
-    from robot_stack.arm_client import ArmClient
-    from robot_stack.clock import now_ns
+    from robot_stack.control.arm_client import ArmClient
+    from robot_stack.runtime.clock import now_ns
 
     q0 = np.array(stack.state().q)
     client = ArmClient(stack.cfg, stack.rd, source="stalling", heartbeat_hz=0)  # never heartbeats again
@@ -174,10 +174,10 @@ def test_ee_square_through_the_fr3_model(stack, franka_sim, report):
     TCP (flange rotated -45 deg about z, 0.1034 m along z)."""
     from scipy.spatial.transform import Rotation
 
-    from robot_stack.arm_client import straight_line
-    from robot_stack.clock import now_ns
+    from robot_stack.control.arm_client import straight_line
+    from robot_stack.runtime.clock import now_ns
 
-    from robot_stack.robot_model import RobotModel
+    from robot_stack.control.robot_model import RobotModel
 
     # from the FR3's home posture: the TCP error of the robot's joint impedance control depends on
     # the posture, and the earlier tests leave the arm elsewhere
@@ -200,7 +200,7 @@ def test_ee_square_through_the_fr3_model(stack, franka_sim, report):
     ee = np.array([m.ee_pose for m in hist])
     ref = np.stack([np.interp(tq, stamps, poses[:, j]) for j in range(3)], 1)
     lag = np.linalg.norm(ee[:, :3] - ref, axis=1)  # against the waypoint due at the same time
-    from robot_stack.demo import _dist_to_path
+    from robot_stack.apps.demo import _dist_to_path
 
     track = np.array([_dist_to_path(p, corners) for p in ee[:, :3]])  # off the square's path
     # franka-sim's FK of the measured joints (every 10th state), with the Franka Hand TCP

@@ -11,7 +11,7 @@ import yaml
 from fake_dynamixel import FakeBus
 from robot_stack.drivers.dynamixel import rad_to_ticks
 from robot_stack.drivers.sim_model import HOME_Q
-from robot_stack.session import Session
+from robot_stack.apps.session import Session
 from robot_stack.teleop.leader import JointMap, save_joint_map
 
 pytestmark = pytest.mark.hil

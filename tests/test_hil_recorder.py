@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from robot_stack.dataset import find_interrupted, list_episodes, open_episode
-from robot_stack.session import Session
+from robot_stack.data.dataset import find_interrupted, list_episodes, open_episode
+from robot_stack.apps.session import Session
 
 pytestmark = pytest.mark.hil
 

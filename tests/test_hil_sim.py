@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from robot_stack.arm_client import ArmClient, polyline, square, straight_line
-from robot_stack.clock import now_ns
-from robot_stack.config import load_config
-from robot_stack.transport import Subscriber
+from robot_stack.control.arm_client import ArmClient, polyline, square, straight_line
+from robot_stack.runtime.clock import now_ns
+from robot_stack.runtime.config import load_config
+from robot_stack.comm.transport import Subscriber
 
 from conftest import REPO, launched
 
@@ -195,10 +195,10 @@ def test_huge_jump_refused(stack):
 SENDER = """
 import sys, time, numpy as np
 from pathlib import Path
-from robot_stack.config import load_config
-from robot_stack.arm_client import ArmClient, polyline, square, straight_line
-from robot_stack.clock import now_ns
-from robot_stack.transport import Subscriber
+from robot_stack.runtime.config import load_config
+from robot_stack.control.arm_client import ArmClient, polyline, square, straight_line
+from robot_stack.runtime.clock import now_ns
+from robot_stack.comm.transport import Subscriber
 cfg = load_config(sys.argv[1]); rd = Path(sys.argv[2])
 sub = Subscriber([cfg.pub_endpoint("arm", rd)], ("robot/state",))
 p = np.array(sub.wait_for("robot/state", 10).ee_pose)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from robot_stack.interpolation import Limits, Trajectory
+from robot_stack.control.interpolation import Limits, Trajectory
 
 S = 1_000_000_000
 

@@ -16,7 +16,7 @@ def views():
     """Wrist-camera renders of the table board from 8 tilted poses (640x480)."""
     from robot_stack.drivers.sim_model import HOME_Q, SceneSpec, table_board_spec
     from robot_stack.drivers.sim_world import SimRenderer, SimWorld
-    from robot_stack.robot_model import RobotModel
+    from robot_stack.control.robot_model import RobotModel
 
     world = SimWorld(SceneSpec(table_board=True))
     r = SimRenderer(world, 640, 480)

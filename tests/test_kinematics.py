@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from robot_stack.kinematics import IKError
-from robot_stack.robot_model import RobotModel
+from robot_stack.control.kinematics import IKError
+from robot_stack.control.robot_model import RobotModel
 
 HOME_Q = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])
 

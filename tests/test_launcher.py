@@ -9,7 +9,7 @@ import threading
 import time
 
 
-from robot_stack.launcher import Launcher
+from robot_stack.runtime.launcher import Launcher
 
 from conftest import REPO, pid_alive
 
@@ -140,8 +140,8 @@ def test_launcher_sigkilled_takes_its_nodes_with_it(tmp_path, run_dir):
 HANGING_NODE = """
 import sys, time
 from pathlib import Path
-from robot_stack.config import load_config
-from robot_stack.node import Node, NodeContext, NodeParams
+from robot_stack.runtime.config import load_config
+from robot_stack.runtime.node import Node, NodeContext, NodeParams
 
 class Hangs(Node):
     def step(self):

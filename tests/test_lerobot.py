@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from robot_stack.dataset import list_episodes, open_episode
-from robot_stack.lerobot import LeRobotError, export_lerobot, import_lerobot
+from robot_stack.data.dataset import list_episodes, open_episode
+from robot_stack.data.lerobot import LeRobotError, export_lerobot, import_lerobot
 
 from conftest import SHARED_DATA
 from test_training import make_episode

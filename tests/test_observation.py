@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from robot_stack.messages import CameraFrame, RobotState
-from robot_stack.observation import StaleStreamError, assemble
+from robot_stack.comm.messages import CameraFrame, RobotState
+from robot_stack.control.observation import StaleStreamError, assemble
 
 MS = 1_000_000
 DT = 100 * MS

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from robot_stack.clock import DeviceClockMapper
+from robot_stack.runtime.clock import DeviceClockMapper
 
 from conftest import SHARED_DATA
 
@@ -97,8 +97,8 @@ def test_device_clock_mapper_min_delay_and_resets():
 @needs_bag
 def test_camera_node_publishes_recorded_frames(tmp_path, run_dir):
     """The RealSense camera node in its own process, playing the recording, seen over a socket."""
-    from robot_stack.config import load_config
-    from robot_stack.transport import Subscriber
+    from robot_stack.runtime.config import load_config
+    from robot_stack.comm.transport import Subscriber
 
     from conftest import launched
 
@@ -137,7 +137,7 @@ def _read_one(cam, timeout_s: float = 30.0):
 @needs_bag
 def test_stalled_playback_is_restarted():
     """A looping playback that stops delivering is restarted, and frames come again."""
-    from robot_stack.clock import now_ns
+    from robot_stack.runtime.clock import now_ns
     from robot_stack.drivers.realsense import RealSenseCamera
 
     cam = RealSenseCamera(playback_file=str(BAG), loop=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from robot_stack.robot_model import RobotModel, RobotModelError, available_robots, load_description
+from robot_stack.control.robot_model import RobotModel, RobotModelError, available_robots, load_description
 
 REPO = Path(__file__).resolve().parents[1]
 

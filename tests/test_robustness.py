@@ -36,7 +36,7 @@ def test_import_of_a_folder_that_is_not_a_lerobot_dataset(tmp_path):
 
 
 def test_import_with_a_missing_video_leaves_no_partial_episode(tmp_path):
-    from robot_stack.lerobot import export_lerobot
+    from robot_stack.data.lerobot import export_lerobot
 
     from test_training import make_episode
 
@@ -60,7 +60,7 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
 
 def test_a_dead_node_in_a_job_is_one_line(monkeypatch, capsys):
     from robot_stack import cli
-    from robot_stack.session import SessionError
+    from robot_stack.apps.session import SessionError
 
     def dies(args):
         raise SessionError("node died: controller killed by SIGKILL", "12:00:00 [controller] ...\nmany lines")
@@ -75,7 +75,7 @@ def test_a_dead_node_in_a_job_is_one_line(monkeypatch, capsys):
 
 
 def test_run_folder_is_private_and_refused_when_another_user_owns_it(tmp_path):
-    from robot_stack.launcher import private_run_dir
+    from robot_stack.runtime.launcher import private_run_dir
 
     d = private_run_dir(tmp_path / "run")
     assert (d.stat().st_mode & 0o777) == 0o700
@@ -95,8 +95,8 @@ def test_run_folder_is_private_and_refused_when_another_user_owns_it(tmp_path):
 def test_shared_memory_ring_only_with_x86_store_ordering(monkeypatch, tmp_path):
     import platform
 
-    from robot_stack import transport
-    from robot_stack.shm_ring import ring_supported
+    from robot_stack.comm import transport
+    from robot_stack.comm.shm_ring import ring_supported
 
     assert ring_supported("x86_64") and not ring_supported("aarch64") and not ring_supported("riscv64")
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
@@ -117,8 +117,8 @@ def test_shared_memory_ring_only_with_x86_store_ordering(monkeypatch, tmp_path):
 NODE_SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from robot_stack.config import load_config
-    from robot_stack.node import Node, NodeContext, NodeParams, setup_logging
+    from robot_stack.runtime.config import load_config
+    from robot_stack.runtime.node import Node, NodeContext, NodeParams, setup_logging
 
     class Flaky(Node):
         default_rate_hz = 200.0
@@ -156,7 +156,7 @@ def test_failing_steps_and_handlers_are_counted_and_persistent_failure_ends_the_
 
 
 def test_realtime_settings_report_what_was_refused():
-    from robot_stack.realtime import RealtimeConfig, RealtimeError, apply_realtime
+    from robot_stack.runtime.realtime import RealtimeConfig, RealtimeError, apply_realtime
 
     lines = apply_realtime(RealtimeConfig(cpus=[4096]))
     assert len(lines) == 1 and "refused" in lines[0]
@@ -171,7 +171,7 @@ def test_realtime_settings_report_what_was_refused():
 
 
 def test_the_guarded_handler_counts_by_error():
-    from robot_stack.node import Node, NodeFatal
+    from robot_stack.runtime.node import Node, NodeFatal
 
     n = Node.__new__(Node)
     n.input_rejections = collections.Counter()

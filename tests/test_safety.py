@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from robot_stack.safety import SafetyConfig, SafetyViolation, ScheduleChecker, ServoGuard
+from robot_stack.control.safety import SafetyConfig, SafetyViolation, ScheduleChecker, ServoGuard
 
 LOWER, UPPER = -np.ones(3) * 2, np.ones(3) * 2
 

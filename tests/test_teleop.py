@@ -6,7 +6,7 @@ import pty
 import numpy as np
 import pytest
 
-from robot_stack.task import ReachTask
+from robot_stack.apps.task import ReachTask
 from robot_stack.teleop.base import TeleopError, apply_commands, axes_to_delta, deadzone
 from robot_stack.teleop.gamepad import EVENT, JS_AXIS, JS_BUTTON, JS_INIT, GamepadState, gamepad_command
 from robot_stack.teleop.keyboard import KeyboardDevice, keys_to_command
@@ -78,7 +78,7 @@ def test_gamepad_events():
 
 def test_apply_commands_absolute_and_delta():
     target = np.r_[0.4, 0.0, 0.3, 0, 0, 0, 1, 1.0]
-    from robot_stack.messages import TeleopCommand
+    from robot_stack.comm.messages import TeleopCommand
 
     out = apply_commands(target, [TeleopCommand(kind="ee_delta", value=np.r_[0.01, 0, 0, 0, 0, np.pi / 2], gripper=0.0)])
     np.testing.assert_allclose(out[:3], [0.41, 0, 0.3])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from robot_stack.dataset import DatasetError, EpisodeWriter
+from robot_stack.data.dataset import DatasetError, EpisodeWriter
 from robot_stack.policies.training import (ModelSettings, TrainSettings, _batch_images, actions_at, build_samples,
                                            train)
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import zmq
 
-from robot_stack.codec import encode
-from robot_stack.messages import ActionChunk, ErrorReply, Heartbeat, ObservationWindow, WaypointSchedule
-from robot_stack.security import CurveClient, CurveServer, SecurityError, generate_keys, is_local_endpoint
-from robot_stack.transport import (
+from robot_stack.comm.codec import encode
+from robot_stack.comm.messages import ActionChunk, ErrorReply, Heartbeat, ObservationWindow, WaypointSchedule
+from robot_stack.comm.security import CurveClient, CurveServer, SecurityError, generate_keys, is_local_endpoint
+from robot_stack.comm.transport import (
     Publisher, Receiver, RemoteError, ReplyServer, RequestClient, Sender, Subscriber, TransportTimeout,
     context,
 )
@@ -46,7 +46,7 @@ def test_stalled_reader_never_blocks_publisher(run_dir):
     import subprocess
     import sys
 
-    from robot_stack.messages import CameraFrame
+    from robot_stack.comm.messages import CameraFrame
 
     ep = f"ipc://{run_dir}/pub"
     pub = Publisher(ep, "cam", hwm=4)
@@ -65,7 +65,7 @@ def test_stalled_reader_never_blocks_publisher(run_dir):
 
 def test_slow_subscriber_reads_newest_sample(run_dir):
     """The owner of the subscriber never reads while 300 frames go by; it then gets the newest."""
-    from robot_stack.messages import CameraFrame
+    from robot_stack.comm.messages import CameraFrame
 
     ep = f"ipc://{run_dir}/pub"
     pub = Publisher(ep, "cam")
@@ -181,7 +181,7 @@ def test_request_reply_errors_and_reconnect(run_dir):
         raw.connect(ep)
         raw.send_multipart([b"infer", b"\x00garbage"])
         assert raw.poll(5000)
-        from robot_stack.codec import decode
+        from robot_stack.comm.codec import decode
         _, err = decode(raw.recv_multipart())
         assert isinstance(err, ErrorReply) and err.code == "malformed"
         raw.close(0)
@@ -242,7 +242,7 @@ def test_missing_key_file_is_a_clear_error(tmp_path):
 
 def test_large_messages_go_through_shared_memory_ring(run_dir):
     """On ipc, a camera frame's buffers travel in the shm ring; the header alone crosses the socket."""
-    from robot_stack.messages import CameraFrame
+    from robot_stack.comm.messages import CameraFrame
 
     ep = f"ipc://{run_dir}/pub"
     pub = Publisher(ep, "cam", shm_slots=4)
@@ -267,9 +267,9 @@ def test_large_messages_go_through_shared_memory_ring(run_dir):
 
 
 def test_shm_reference_without_reader_or_after_lap_is_rejected(run_dir):
-    from robot_stack.codec import DecodeError, decode
-    from robot_stack.messages import CameraFrame
-    from robot_stack.shm_ring import ShmRingReader, ShmRingWriter
+    from robot_stack.comm.codec import DecodeError, decode
+    from robot_stack.comm.messages import CameraFrame
+    from robot_stack.comm.shm_ring import ShmRingReader, ShmRingWriter
 
     ring = ShmRingWriter("t", 64 * 48 * 5 + 4096, slots=2)
     msg = CameraFrame(color=np.ones((48, 64, 3), np.uint8), K=np.eye(3))
@@ -299,9 +299,9 @@ def test_shm_header_sent_before_the_copy_waits_for_its_slot():
     """The header may leave before the data is in the slot: the reader waits for exactly that slot."""
     import threading
 
-    from robot_stack.codec import DecodeError, decode, encode_deferred
-    from robot_stack.messages import CameraFrame
-    from robot_stack.shm_ring import ShmRingReader, ShmRingWriter
+    from robot_stack.comm.codec import DecodeError, decode, encode_deferred
+    from robot_stack.comm.messages import CameraFrame
+    from robot_stack.comm.shm_ring import ShmRingReader, ShmRingWriter
 
     ring = ShmRingWriter("t", 64 * 48 * 5 + 4096, slots=4)
     reader = ShmRingReader(wait_s=2.0)
@@ -322,8 +322,8 @@ def test_shm_header_sent_before_the_copy_waits_for_its_slot():
 
 FLOODER = """
 import sys, numpy as np
-from robot_stack.transport import Publisher
-from robot_stack.messages import CameraFrame
+from robot_stack.comm.transport import Publisher
+from robot_stack.comm.messages import CameraFrame
 pub = Publisher(sys.argv[1], "flooder", shm=sys.argv[2] == "1")
 frame = np.zeros((480, 640, 3), np.uint8)
 i = 0
@@ -366,7 +366,7 @@ def test_publisher_killed_mid_stream_does_not_hurt_the_subscriber(run_dir, shm):
 
 def test_message_sent_right_before_close_is_delivered(run_dir):
     """A one-shot sender (e.g. the e-stop CLI) sends and closes at once: nothing may be lost."""
-    from robot_stack.messages import ArmControl
+    from robot_stack.comm.messages import ArmControl
 
     ep = f"ipc://{run_dir}/in"
     rx = Receiver(ep)

@@ -1,12 +1,12 @@
 """Arm node: the servo loop.
 
 Every tick (``rate_hz``): read the driver; take new waypoint schedules, heartbeats and arm-control
-messages from the lossless input; check schedules (``robot_stack.safety``: the cheap, vectorised
+messages from the lossless input; check schedules (``robot_stack.control.safety``: the cheap, vectorised
 checks at once, the per-waypoint workspace check of joint schedules in slices under a time budget,
 so checking never stalls the loop) and merge them into the trajectory
-(``robot_stack.interpolation``); evaluate the trajectory at "now" (per-tick IK for Cartesian
+(``robot_stack.control.interpolation``); evaluate the trajectory at "now" (per-tick IK for Cartesian
 schedules); pass the command through the servo guard (joint limits, and velocity, acceleration and
-jerk limits on every command: :class:`~robot_stack.safety.ServoGuard`); command the driver;
+jerk limits on every command: :class:`~robot_stack.control.safety.ServoGuard`); command the driver;
 publish ``robot/state``.
 
 Holds: when the schedule runs out (the trajectory holds its last point), when the schedule's
@@ -25,14 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
-from ..clock import now_ns
-from ..devices import ARM_DRIVERS
+from robot_stack.runtime.clock import now_ns
+from robot_stack.runtime.devices import ARM_DRIVERS
 from ..drivers.arm import ArmDriverError
-from ..interpolation import Limits, Trajectory
-from ..messages import ArmControl, Heartbeat, RobotState, WaypointSchedule
-from ..node import Node, NodeParams
-from ..realtime import RealtimeConfig, apply_realtime
-from ..safety import SafetyConfig, SafetyViolation, ScheduleChecker, ServoGuard
+from robot_stack.control.interpolation import Limits, Trajectory
+from robot_stack.comm.messages import ArmControl, Heartbeat, RobotState, WaypointSchedule
+from robot_stack.runtime.node import Node, NodeParams
+from robot_stack.runtime.realtime import RealtimeConfig, apply_realtime
+from robot_stack.control.safety import SafetyConfig, SafetyViolation, ScheduleChecker, ServoGuard
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ArmParams(NodeParams):
         Raises:
             RobotModelError: neither names one.
         """
-        from robot_stack.robot_model import RobotModelError
+        from robot_stack.control.robot_model import RobotModelError
 
         name = self.robot or self.driver.default_robot(config)
         if name is None:
@@ -89,7 +89,7 @@ class ArmNode(Node):
     Params = ArmParams
 
     def configure(self) -> None:
-        from robot_stack.robot_model import RobotModel
+        from robot_stack.control.robot_model import RobotModel
 
         p = self.params
         # the arm's own model (kinematics, TCP, limits, gripper): from the config or the driver,
@@ -299,7 +299,7 @@ class ArmNode(Node):
         self.driver.command(q, self.grip_cmd)
         if self._tick % self._state_every == 0 and reading.stamp_ns > self._state_stamp:
             self._state_stamp = reading.stamp_ns  # one message per measurement: stamps strictly increase
-            self.pub.publish("robot/state", RobotState(
+            self.pub.publish(RobotState.TOPIC, RobotState(
                 stamp_ns=reading.stamp_ns, q=reading.q, dq=reading.dq, ee_pose=self.kin.fk(reading.q),
                 gripper_width=reading.gripper_width, mode=self.mode, safety_events=self.counters.total()))
         self._tick += 1

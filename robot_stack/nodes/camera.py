@@ -1,6 +1,6 @@
 """Camera node: owns one camera driver and publishes every frame with its capture stamp.
 
-Topic: ``camera/<camera_id>`` carrying :class:`~robot_stack.messages.CameraFrame`.
+Topic: ``camera/<camera_id>`` carrying :class:`~robot_stack.comm.messages.CameraFrame`.
 """
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 from pydantic import Field
 
-from ..devices import CAMERA_DRIVERS
-from ..messages import CameraFrame
-from ..node import Node, NodeParams
+from robot_stack.runtime.devices import CAMERA_DRIVERS
+from robot_stack.comm.messages import CameraFrame
+from robot_stack.runtime.node import Node, NodeParams
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class CameraNode(Node):
     def configure(self) -> None:
         self.driver = self.params.driver.build(self.ctx, self.params)
         self.driver.start()
-        self.topic = f"camera/{self.params.camera_id}"
+        self.topic = CameraFrame.topic(self.params.camera_id)
         self.published = 0
         self.missed = 0
 

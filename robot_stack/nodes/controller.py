@@ -1,8 +1,8 @@
 """Controller node: runs a policy's action chunks on the arm with a chosen execution strategy.
 
-Observation windows are assembled from the newest samples (``robot_stack.observation``), sent to
+Observation windows are assembled from the newest samples (``robot_stack.control.observation``), sent to
 the policy node (request/reply with timeout and reconnect), and each returned chunk is turned into
-a timed waypoint schedule (``robot_stack.chunking.plan_chunk``) for the arm node, which merges it
+a timed waypoint schedule (``robot_stack.control.chunking.plan_chunk``) for the arm node, which merges it
 into its trajectory at "now". Strategies (DESIGN.md):
 
 - ``sync``: receding horizon (Diffusion Policy): infer, execute s actions, infer again; the next
@@ -37,13 +37,13 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..chunking import DelayEstimator, TemporalEnsembler, committed_prefix, plan_chunk
-from ..clock import now_ns
-from ..messages import EpisodeEvent, ObservationWindow, WaypointSchedule
+from robot_stack.control.chunking import DelayEstimator, TemporalEnsembler, committed_prefix, plan_chunk
+from robot_stack.runtime.clock import now_ns
+from robot_stack.comm.messages import CameraFrame, EpisodeEvent, ObservationWindow, RobotState, TeleopCommand, WaypointSchedule
 from ..teleop.base import apply_commands
-from ..node import Node, NodeParams
-from ..observation import StaleStreamError, assemble, resize_images
-from ..transport import RemoteError, RequestClient, TransportTimeout
+from robot_stack.runtime.node import Node, NodeParams
+from robot_stack.control.observation import StaleStreamError, assemble, resize_images
+from robot_stack.comm.transport import RemoteError, RequestClient, TransportTimeout
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class ControllerNode(Node):
             if nc is None or nc.kind != "camera":
                 raise ValueError(f"controller.cameras: {c!r} is not a camera node")
             self.cam_ids[c] = nc.params.get("camera_id", "cam0")
-        self.sub = self.ctx.subscriber([p.arm, *p.cameras], ("robot/state", "camera/"), history=500)
+        self.sub = self.ctx.subscriber([p.arm, *p.cameras], (RobotState.TOPIC, CameraFrame.TOPIC), history=500)
         # the arm's heartbeat comes from this node's control step itself (``step``), so a hung or
         # stopped control loop reads as silent and the arm holds after its heartbeat timeout
         self.arm = self.ctx.arm_client(p.arm, heartbeat_hz=0)
@@ -150,8 +150,8 @@ class ControllerNode(Node):
 
     # ------------------------------------------------------------------------- observation
     def _observation(self):
-        frames = {cid: self.sub.history(f"camera/{cid}") for cid in self.cam_ids.values()}
-        obs = assemble(frames, self.sub.history("robot/state"), self.params.obs_horizon, self.dt_ns, now_ns(),
+        frames = {cid: self.sub.history(CameraFrame.topic(cid)) for cid in self.cam_ids.values()}
+        obs = assemble(frames, self.sub.history(RobotState.TOPIC), self.params.obs_horizon, self.dt_ns, now_ns(),
                        int(self.params.max_obs_age_s * 1e9), latency_offsets_ns=self.latency_offsets)
         arrays = {"ee_pose": obs.ee_pose.astype(np.float32), "q": obs.q.astype(np.float32),
                   "gripper_width": obs.gripper_width.astype(np.float32)[:, None]}
@@ -334,7 +334,7 @@ class ControllerNode(Node):
                                gripper=gripper, origin=origin)
         try:
             self.arm.send_schedule(msg.stamps_ns, positions, space=space, gripper=gripper, origin=origin)
-            self.pub.publish("controller/action", msg)
+            self.pub.publish(WaypointSchedule.EXECUTED_TOPIC, msg)
         except TransportTimeout as e:
             self.stats["errors"] += 1
             log.error("arm not reachable: %s", e)
@@ -392,7 +392,7 @@ class ControllerNode(Node):
 
     def _teleop_step(self) -> None:
         """Apply new teleop commands: buttons (intervene/release/estop) always, motion when teleop drives."""
-        cmds = [m for m in self.teleop_sub.history("teleop/command") if m.seq > self.teleop_seq]
+        cmds = [m for m in self.teleop_sub.history(TeleopCommand.TOPIC) if m.seq > self.teleop_seq]
         if not cmds:
             return
         self.teleop_seq = cmds[-1].seq
@@ -414,7 +414,7 @@ class ControllerNode(Node):
         fresh = [c for c in cmds if now_ns() - c.stamp_ns < self.params.teleop_timeout_s * 1e9]
         if not fresh:
             return
-        state = self.sub.latest("robot/state")
+        state = self.sub.latest(RobotState.TOPIC)
         if state is None:
             return
         t = now_ns() + self.dt_ns + int(self.params.exec_latency_s * 1e9)

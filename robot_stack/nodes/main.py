@@ -5,7 +5,7 @@ Started by the launcher; also usable by hand to run one node of a config in the 
 
 from __future__ import annotations
 
-from ..lifeline import tie_to_parent
+from robot_stack.runtime.lifeline import tie_to_parent
 
 if __name__ == "__main__":  # (not when multiprocessing's spawn re-imports this module in a child)
     tie_to_parent()  # first act, before the imports below (seconds for torch or MuJoCo)
@@ -15,8 +15,8 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from ..config import ConfigError, load_config  # noqa: E402
-from ..node import NodeContext, setup_logging  # noqa: E402
+from robot_stack.runtime.config import ConfigError, load_config  # noqa: E402
+from robot_stack.runtime.node import NodeContext, setup_logging  # noqa: E402
 from .registry import node_class  # noqa: E402
 
 

@@ -9,9 +9,9 @@ import logging
 
 from pydantic import Field
 
-from ..clock import now_ns
-from ..messages import Heartbeat
-from ..node import Node, NodeParams
+from robot_stack.runtime.clock import now_ns
+from robot_stack.comm.messages import Heartbeat
+from robot_stack.runtime.node import Node, NodeParams
 
 log = logging.getLogger(__name__)
 

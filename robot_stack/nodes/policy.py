@@ -15,10 +15,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..devices import POLICY_BACKENDS
-from ..messages import ActionChunk, ErrorReply, Message, ObservationWindow
-from ..node import Node, NodeParams
-from ..transport import ReplyServer
+from robot_stack.runtime.devices import POLICY_BACKENDS
+from robot_stack.comm.messages import ActionChunk, ErrorReply, Message, ObservationWindow
+from robot_stack.runtime.node import Node, NodeParams
+from robot_stack.comm.transport import ReplyServer
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ counted in ``dropped`` (heartbeat), never silently lost. Episode events on its i
 ``start`` opens a new episode (task text from the event), ``stop`` saves it (samples stamped
 before the stop, after a short grace period for frames still in flight), ``discard`` moves it to
 ``discarded/``, ``quit`` saves the current one. Writing happens in blocks on a flush thread
-(``robot_stack.dataset``): crash-safe, and a full disk stops the recording with a clear error,
+(``robot_stack.data.dataset``): crash-safe, and a full disk stops the recording with a clear error,
 leaving earlier episodes untouched.
 
 On start-up, episodes interrupted by a crash (``*.zarr.partial``) are recovered up to their last
@@ -24,10 +24,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..clock import now_ns
-from ..dataset import ORIGINS, DatasetError, EpisodeWriter, discard_interrupted, find_interrupted, recover
-from ..messages import TELEOP_BUTTONS, CameraFrame, EpisodeEvent, ObjectState, RobotState, TeleopCommand, WaypointSchedule
-from ..node import Node, NodeParams
+from robot_stack.runtime.clock import now_ns
+from robot_stack.data.dataset import ORIGINS, DatasetError, EpisodeWriter, discard_interrupted, find_interrupted, recover
+from robot_stack.comm.messages import TELEOP_BUTTONS, CameraFrame, EpisodeEvent, RobotState, TeleopCommand, WaypointSchedule
+from robot_stack.drivers.sim_messages import ObjectState
+from robot_stack.runtime.node import Node, NodeParams
 
 log = logging.getLogger(__name__)
 TELEOP_KINDS = ("ee_delta", "ee_absolute", "joint")
@@ -71,8 +72,8 @@ class RecorderNode(Node):
             else:
                 self.discarded_on_start += 1
         nodes = [p.arm, *p.cameras] + [n for n in (p.teleop, p.controller, p.sim_world) if n]
-        self.sub = self.ctx.subscriber(nodes, ("robot/state", "camera/", "teleop/command", "controller/action",
-                                               "sim/objects"),
+        self.sub = self.ctx.subscriber(nodes, (RobotState.TOPIC, CameraFrame.TOPIC, TeleopCommand.TOPIC, WaypointSchedule.EXECUTED_TOPIC,
+                                               ObjectState.TOPIC),
                                        queue_size=p.queue_size, hwm=10000)
         self.rx = self.ctx.receiver()
         self.lock = threading.Lock()

@@ -16,9 +16,9 @@ import logging
 import numpy as np
 from pydantic import Field
 
-from ..clock import now_ns
-from ..messages import JointState, JointTarget, ObjectState, SimCommand, SimState
-from ..node import Node, NodeParams
+from robot_stack.runtime.clock import now_ns
+from robot_stack.drivers.sim_messages import JointState, JointTarget, ObjectState, SimCommand, SimState
+from robot_stack.runtime.node import Node, NodeParams
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,12 @@ class SimWorldNode(Node):
             self.steps += int(due)
         stamp = self.t0 + self.steps * self._dt_ns  # sim time on the host clock
         q, dq, tau, width = self.world.joint_state()
-        self.pub.publish("sim/joint_state", JointState(stamp_ns=stamp, q=q, dq=dq, tau=tau, gripper_width=width))
+        self.pub.publish(JointState.TOPIC, JointState(stamp_ns=stamp, q=q, dq=dq, tau=tau, gripper_width=width))
         if self._tick % self._state_every == 0:
-            self.pub.publish("sim/state", SimState(stamp_ns=stamp, qpos=self.world.data.qpos.copy(), step=self.steps))
+            self.pub.publish(SimState.TOPIC, SimState(stamp_ns=stamp, qpos=self.world.data.qpos.copy(), step=self.steps))
         if self._tick % self._obj_every == 0:
             sc = self.world.scene
-            self.pub.publish("sim/objects", ObjectState(stamp_ns=stamp, cube_pose=self.world.cube_pose(),
+            self.pub.publish(ObjectState.TOPIC, ObjectState(stamp_ns=stamp, cube_pose=self.world.cube_pose(),
                                                         target_xy=self.world.target_xy(), target_half=sc.target_half))
         self._tick += 1
 

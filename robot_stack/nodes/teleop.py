@@ -1,6 +1,6 @@
 """Teleop node: polls one teleop device at its rate and publishes ``teleop/command``.
 
-Devices (``device: {type: ..., its keys}``, registry ``robot_stack.devices.TELEOP_DEVICES``):
+Devices (``device: {type: ..., its keys}``, registry ``robot_stack.runtime.devices.TELEOP_DEVICES``):
 ``keyboard`` (terminal), ``spacemouse``, ``gamepad``, ``scripted`` (the sim reach expert,
 which also needs the arm's ``robot/state`` and the sim world's ``sim/objects``), ``leader`` (a
 Dynamixel leader arm: joint commands, engaged only when it matches the follower's pose, then
@@ -19,10 +19,11 @@ import logging
 import numpy as np
 from pydantic import Field
 
-from ..clock import now_ns
-from ..devices import TELEOP_DEVICES
-from ..messages import EpisodeEvent
-from ..node import Node, NodeParams
+from robot_stack.runtime.clock import now_ns
+from robot_stack.runtime.devices import TELEOP_DEVICES
+from robot_stack.comm.messages import EpisodeEvent, RobotState, TeleopCommand
+from robot_stack.runtime.node import Node, NodeParams
+from robot_stack.drivers.sim_messages import ObjectState
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,14 @@ class TeleopNode(Node):
         self.kind = p.device.type
         self.device = p.device.build(self.ctx, p)
         if self.kind == "scripted":  # the sim task's expert reads the TCP and the sim's objects
-            self.sub = self.ctx.subscriber([p.arm, p.device.world], ("robot/state", "sim/objects"))
+            self.sub = self.ctx.subscriber([p.arm, p.device.world], (RobotState.TOPIC, ObjectState.TOPIC))
             self.active = False  # acts between episode start and stop
         elif self.kind == "leader":
             from robot_stack.teleop.leader import LeaderArm, load_joint_map
 
             self.jmap = load_joint_map(p.device.calibration, p.device.name)
             self.leader = LeaderArm(p.device.max_engage_error, p.device.ramp_s)
-            self.sub = self.ctx.subscriber([p.arm], ("robot/state",))
+            self.sub = self.ctx.subscriber([p.arm], (RobotState.TOPIC,))
             self.refusals = 0
             self.bus_errors = self.bus_errors_run = 0
 
@@ -89,7 +90,7 @@ class TeleopNode(Node):
         g = self.jmap.gripper(raw[n]) if self.params.device.gripper_id is not None else 1.0
         t = now_ns() / 1e9
         if not self.leader.engaged:
-            st = self.sub.latest("robot/state")
+            st = self.sub.latest(RobotState.TOPIC)
             if st is None:
                 return
             try:
@@ -100,7 +101,7 @@ class TeleopNode(Node):
                 if self.refusals == 1 or self.refusals % int(5 * self.rate_hz) == 0:
                     log.warning("%s", e)
                 return
-        self.pub.publish("teleop/command", self.leader.command(q, g, t))
+        self.pub.publish(TeleopCommand.TOPIC, self.leader.command(q, g, t))
         self.sent += 1
 
     def step(self) -> None:
@@ -112,7 +113,7 @@ class TeleopNode(Node):
         if self.sub is not None:
             if not self.active:
                 return
-            st, obj = self.sub.latest("robot/state"), self.sub.latest("sim/objects")
+            st, obj = self.sub.latest(RobotState.TOPIC), self.sub.latest(ObjectState.TOPIC)
             if st is None or obj is None:
                 return
             cmd = self.device.step(np.asarray(st.ee_pose), np.asarray(obj.cube_pose[:3]), 1.0 / self.rate_hz)
@@ -120,7 +121,7 @@ class TeleopNode(Node):
             cmd = self.device.poll()
         if cmd is not None:
             self._arm_buttons(cmd.buttons)
-            self.pub.publish("teleop/command", cmd)
+            self.pub.publish(TeleopCommand.TOPIC, cmd)
             self.sent += 1
 
     def _on_event(self, ev) -> None:

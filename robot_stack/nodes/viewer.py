@@ -12,7 +12,8 @@ import logging
 
 from pydantic import Field, model_validator
 
-from ..node import Node, NodeParams
+from robot_stack.runtime.node import Node, NodeParams
+from robot_stack.comm.messages import CameraFrame, RobotState
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class ViewerNode(Node):
             rr.connect_grpc(self.params.connect)
         elif self.params.rrd_path:
             rr.save(self.params.rrd_path)
-        self.sub = self.ctx.subscriber(self.params.watch, ("camera/", "robot/state"))
+        self.sub = self.ctx.subscriber(self.params.watch, (CameraFrame.TOPIC, RobotState.TOPIC))
         self._seen: dict[str, int] = {}
         self.logged = 0
 
@@ -65,7 +66,7 @@ class ViewerNode(Node):
             if m is None:
                 continue
             rr.set_time("capture", timestamp=m.stamp_ns / 1e9)
-            if topic.startswith("camera/"):
+            if topic.startswith(CameraFrame.TOPIC):
                 base = topic
                 h, w = m.color.shape[:2]
                 rr.log(base, rr.Pinhole(image_from_camera=m.K, resolution=[w, h]))

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .security import CurveClient, CurveServer
+from robot_stack.comm.security import CurveClient, CurveServer
 
 
 class ConfigError(ValueError):
@@ -169,7 +169,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def _params_problems(err: ValidationError, name: str, kind: str) -> str:
     """One line per problem of a node's params; a device key put beside ``driver`` (instead of
     inside it) says which device it belongs to."""
-    from .devices import FAMILIES
+    from robot_stack.runtime.devices import FAMILIES
 
     family = FAMILIES.get(kind)
     lines = []
@@ -188,7 +188,7 @@ def _params_problems(err: ValidationError, name: str, kind: str) -> str:
 def _node_problems(cfg: StackConfig, name: str, params) -> list[str]:
     """Cross-node checks of one node's typed params: references name nodes of the right kind,
     the arm's robot model exists, a device's SDK (package extra) is installed."""
-    from .devices import DeviceConfig, FAMILIES
+    from robot_stack.runtime.devices import DeviceConfig, FAMILIES
 
     out = []
     for ref, kind in params.references().items():
@@ -205,7 +205,7 @@ def _node_problems(cfg: StackConfig, name: str, params) -> list[str]:
         if why:
             out.append(f"nodes.{name}.params.driver: {why}")
     if kind == "arm":  # the arm's robot model must exist and be valid (its files are read at start)
-        from .robot_model import RobotModelError, load_description
+        from robot_stack.control.robot_model import RobotModelError, load_description
 
         try:
             robot = params.robot_name(cfg)
@@ -227,7 +227,7 @@ def load_config(path: str | Path) -> StackConfig:
     Raises:
         ConfigError: naming each offending key, its value and the reason.
     """
-    from .nodes.registry import params_model
+    from robot_stack.nodes.registry import params_model
 
     data = load_yaml(path)
     try:

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import StackConfig, load_config
-from .lifeline import PARENT_ENV
+from robot_stack.runtime.config import StackConfig, load_config
+from robot_stack.runtime.lifeline import PARENT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class Launcher:
         for n in names:
             nc = self.config.nodes[n]
             env = dict(os.environ, PYTHONUNBUFFERED="1", **nc.env)
-            env[PARENT_ENV] = str(os.getpid())  # the node checks it is still ours (robot_stack.lifeline)
+            env[PARENT_ENV] = str(os.getpid())  # the node checks it is still ours (robot_stack.runtime.lifeline)
             if sys.stdin is not None and sys.stdin.isatty():  # keyboard teleop reads the launcher's terminal
                 env.setdefault("ROBOT_STACK_TTY", os.ttyname(sys.stdin.fileno()))
             proc = subprocess.Popen(

@@ -4,11 +4,11 @@ A node subclasses :class:`Node`, declares a pydantic ``Params`` model and implem
 :meth:`Node.configure` (open drivers and sockets), :meth:`Node.step` (one iteration of its fixed-rate
 loop) and optionally :meth:`Node.shutdown`. The runtime
 
-- runs ``step`` on a :class:`~robot_stack.clock.RateLoop` at ``rate_hz``;
-- publishes a :class:`~robot_stack.messages.Heartbeat` with loop jitter, overruns and the node's
+- runs ``step`` on a :class:`~robot_stack.runtime.clock.RateLoop` at ``rate_hz``;
+- publishes a :class:`~robot_stack.comm.messages.Heartbeat` with loop jitter, overruns and the node's
   own :meth:`Node.metrics` on topic ``heartbeat/<node>``;
 - stops cleanly on SIGINT/SIGTERM (``shutdown`` always runs), and exits if its parent (the
-  launcher) dies, so no orphan survives (``robot_stack.lifeline`` arms that before any import);
+  launcher) dies, so no orphan survives (``robot_stack.runtime.lifeline`` arms that before any import);
 - treats an unexpected exception while handling one input message as a rejection of that message
   (:meth:`Node.guarded`: logged, counted in ``input_rejected.<what>.<error>``), never as the node's end;
 - counts an exception escaping :meth:`Node.step` in ``step_errors`` and goes on, unless steps keep
@@ -29,12 +29,12 @@ from typing import Any, ClassVar, Iterable
 
 from pydantic import BaseModel, ConfigDict
 
-from .clock import RateLoop, now_ns
-from .lifeline import die_with_parent, parent_gone
-from .config import StackConfig
-from .messages import Heartbeat
-from .security import stop_authenticators
-from .transport import Publisher, Receiver, RequestClient, Sender, Subscriber
+from robot_stack.runtime.clock import RateLoop, now_ns
+from robot_stack.runtime.lifeline import die_with_parent, parent_gone
+from robot_stack.runtime.config import StackConfig
+from robot_stack.comm.messages import Heartbeat
+from robot_stack.comm.security import stop_authenticators
+from robot_stack.comm.transport import Publisher, Receiver, RequestClient, Sender, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class NodeContext:
         """This node's CURVE client settings for a connection to ``endpoint`` (of node ``node``):
         used where the peer binds with CURVE (its ``curve_server``) or the endpoint leaves the
         host; same-host ipc and loopback peers without CURVE are reached without it."""
-        from .security import is_local_endpoint
+        from robot_stack.comm.security import is_local_endpoint
 
         cc = self.node_config.curve_client
         if cc is None:
@@ -113,9 +113,9 @@ class NodeContext:
         return RequestClient(endpoint, self.name, timeout_s=timeout_s, curve=self._curve_client(endpoint))
 
     def arm_client(self, arm: str, heartbeat_hz: float = 0.0, timeout_s: float = 2.0):
-        """An :class:`~robot_stack.arm_client.ArmClient` to arm node ``arm``, with this node's CURVE
+        """An :class:`~robot_stack.control.arm_client.ArmClient` to arm node ``arm``, with this node's CURVE
         client settings; ``heartbeat_hz`` 0: the node heartbeats from its own loop."""
-        from .arm_client import ArmClient
+        from robot_stack.control.arm_client import ArmClient
 
         return ArmClient(self.config, self.run_dir, arm=arm, source=self.name, heartbeat_hz=heartbeat_hz,
                          timeout_s=timeout_s, curve=self._curve_client(self.config.in_endpoint(arm, self.run_dir), arm))
@@ -221,7 +221,7 @@ class Node:
             for k, v in self.loop.stats().as_dict().items():
                 m[f"loop.{k}"] = v
         m.update(self.metrics())
-        self.pub.publish(f"heartbeat/{self.name}", Heartbeat(node=self.name, state=state, metrics=m))
+        self.pub.publish(Heartbeat.topic(self.name), Heartbeat(node=self.name, state=state, metrics=m))
 
     def run(self) -> int:
         """Run until stopped; returns the process exit code (0 on clean stop)."""

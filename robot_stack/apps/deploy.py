@@ -3,7 +3,7 @@
 Each episode: reset period (arm home; sim: cube placed at random, or at given poses), ``start`` to
 the controller, the policy runs through the controller's strategy until the task succeeds or the
 episode times out, ``stop`` (the arm holds). The success check uses the sim's ground truth
-(``robot_stack.task.ReachTask``); on hardware the operator answers. The summary table gives success
+(``robot_stack.apps.task.ReachTask``); on hardware the operator answers. The summary table gives success
 rate, completion time, control-loop jitter, inference latency, dropped actions and end-to-end
 latency (frame capture -> waypoints built from it sent to the arm).
 """
@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .clock import now_ns
-from .task import ReachTask
+from robot_stack.runtime.clock import now_ns
+from robot_stack.apps.task import ReachTask
+from robot_stack.comm.messages import Heartbeat, RobotState, WaypointSchedule
+from robot_stack.drivers.sim_messages import ObjectState
 
 
 @dataclass
@@ -60,7 +62,7 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask =
     ctl = [controller] if controller else [n for n in session.nodes if cfg.nodes[n].kind == "controller"]
     res = DeployResult()
     rng = np.random.default_rng(seed)
-    seq0 = session.sub.latest("controller/action").seq if session.sub.latest("controller/action") else -1
+    seq0 = session.sub.latest(WaypointSchedule.EXECUTED_TOPIC).seq if session.sub.latest(WaypointSchedule.EXECUTED_TOPIC) else -1
     n_policy_wp = 0
     for ep in range(episodes):
         with console.status(f"{label}: reset for episode {ep + 1}/{episodes} ..."):
@@ -76,7 +78,7 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask =
             while (now_ns() - t0) / 1e9 < max_episode_s:
                 time.sleep(0.05)
                 session.raise_if_dead()
-                s, o = session.state(), session.sub.latest("sim/objects")
+                s, o = session.state(), session.sub.latest(ObjectState.TOPIC)
                 if task.success(np.asarray(s.ee_pose[:3]), np.asarray(o.cube_pose[:3]), cube[:3]):
                     t_ok = t_ok or now_ns()
                     if (now_ns() - t_ok) / 1e9 >= 0.3:  # held, not passed through
@@ -87,13 +89,13 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask =
                 st.update(f"{label}: episode {ep + 1}/{episodes}: {(now_ns() - t0) / 1e9:4.1f} s, TCP-cube "
                           f"{task.xy_error(s.ee_pose[:3], o.cube_pose[:3]) * 1e3:5.1f} mm")
         session.send_event("stop", ctl, episode=ep)
-        s, o = session.state(), session.sub.latest("sim/objects")
+        s, o = session.state(), session.sub.latest(ObjectState.TOPIC)
         res.success.append(ok)
         res.final_xy_err_mm.append(task.xy_error(s.ee_pose[:3], o.cube_pose[:3]) * 1e3)
         res.final_tcp.append([float(v) for v in s.ee_pose[:3]])
         if ok:
             res.completion_s.append((t_ok - t0) / 1e9)
-        acts = [m for m in session.sub.history("controller/action") if m.seq > seq0]
+        acts = [m for m in session.sub.history(WaypointSchedule.EXECUTED_TOPIC) if m.seq > seq0]
         if acts:
             seq0 = acts[-1].seq
         n_policy_wp += sum(len(m.stamps_ns) for m in acts if m.origin == "policy")
@@ -145,8 +147,8 @@ def deploy_session(config: str | Path, policy: str | Path, strategy: str | None 
     Raises:
         ValueError: the config has no policy or controller node. FileNotFoundError: no such policy.
     """
-    from .config import load_config
-    from .session import Session, viewer_sets
+    from robot_stack.runtime.config import load_config
+    from robot_stack.apps.session import Session, viewer_sets
 
     cfg = load_config(config)
     pol = [n for n, nc in cfg.nodes.items() if nc.kind == "policy"]
@@ -182,7 +184,7 @@ def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: 
     session, pol = deploy_session(config, policy, strategy, seed, view, verbose)
     try:
         with console.status("starting the stack (the policy node loads its model) ..."):
-            session.start(("robot/state", f"heartbeat/{pol}"))
+            session.start((RobotState.TOPIC, Heartbeat.topic(pol)))
         res = run_episodes(session, episodes, max_episode_s, console=console, seed=1000 if seed is None else seed)
     finally:
         session.close()
@@ -193,6 +195,6 @@ def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: 
 
 def _teleop_type(params: dict) -> str:
     """The device type of a teleop node's raw params."""
-    from .nodes.teleop import TeleopParams
+    from robot_stack.nodes.teleop import TeleopParams
 
     return TeleopParams.model_validate(params).device.type

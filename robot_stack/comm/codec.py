@@ -23,8 +23,8 @@ from typing import Any, Callable, Sequence
 import msgpack
 import numpy as np
 
-from .shm_ring import ShmError, ShmRingReader, ShmRingWriter
-from .messages import (
+from robot_stack.comm.shm_ring import ShmError, ShmRingReader, ShmRingWriter
+from robot_stack.comm.messages import (
     DTYPE_WHITELIST,
     MAX_DICT_ARRAYS,
     REGISTRY,

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from robot_stack.comm.messages import CameraFrame, Heartbeat, RobotState
 
 
 def config_path(name: str) -> Path:
     """Path of a shipped config in ``configs/`` (repository checkout)."""
-    p = Path(__file__).resolve().parents[1] / "configs" / name
+    p = Path(__file__).resolve().parents[2] / "configs" / name
     if not p.is_file():
         raise FileNotFoundError(f"config {name} not found at {p}")
     return p
@@ -44,14 +45,14 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
     from rich.console import Console
     from rich.table import Table
 
-    from .arm_client import ArmClient, polyline, square
-    from .clock import now_ns
-    from .launcher import Launcher
-    from .nodes.arm import ArmParams
-    from .nodes.camera import CameraParams
-    from .robot_model import RobotModel
-    from .session import LogSink
-    from .transport import Subscriber
+    from robot_stack.control.arm_client import ArmClient, polyline, square
+    from robot_stack.runtime.clock import now_ns
+    from robot_stack.runtime.launcher import Launcher
+    from robot_stack.nodes.arm import ArmParams
+    from robot_stack.nodes.camera import CameraParams
+    from robot_stack.control.robot_model import RobotModel
+    from robot_stack.apps.session import LogSink
+    from robot_stack.comm.transport import Subscriber
 
     console = Console()
     out = None if verbose else LogSink()
@@ -70,12 +71,12 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
     sup = threading.Thread(target=launcher.supervise, daemon=True)
     sup.start()
     watched = [arm_node, *cams] + ([sim_node] if sim_node else [])
-    subs = Subscriber([cfg.pub_endpoint(n, rd) for n in watched], ("robot/state", "camera/", "heartbeat/"),
+    subs = Subscriber([cfg.pub_endpoint(n, rd) for n in watched], (RobotState.TOPIC, CameraFrame.TOPIC, Heartbeat.TOPIC),
                       history=5000, name="demo")
     client = None
     try:
         with console.status("waiting for the arm and the cameras ..."):
-            topics = ["robot/state"] + [f"camera/{c.camera_id}" for c in cams.values()]
+            topics = [RobotState.TOPIC] + [CameraFrame.topic(c.camera_id) for c in cams.values()]
             ok = all(subs.wait_for(t, 90) is not None for t in topics)
         if not ok:
             console.print("[red]the stack did not come up[/red]")
@@ -83,7 +84,7 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
                 console.print(out.tail(30))
             return 1
         client = ArmClient(cfg, rd, arm=arm_node, source="demo")
-        start = np.array(subs.latest("robot/state").ee_pose)
+        start = np.array(subs.latest(RobotState.TOPIC).ee_pose)
         side = 0.10 if quick else 0.15
         corners = square(model.work_center, side)
         with console.status("moving to the start corner ..."):
@@ -91,13 +92,13 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
             time.sleep((t_end - now_ns()) / 1e9 + 0.5)
         t0 = now_ns()
         with console.status(f"tracing a {side * 100:.0f} cm square at 0.1 m/s ..."):
-            t_end = polyline(client, np.array(subs.latest("robot/state").ee_pose), corners[1:], t0, speed=0.1)
+            t_end = polyline(client, np.array(subs.latest(RobotState.TOPIC).ee_pose), corners[1:], t0, speed=0.1)
             time.sleep((t_end - now_ns()) / 1e9 + 0.5)
-        states = [m for m in subs.history("robot/state") if m.stamp_ns >= t0]
+        states = [m for m in subs.history(RobotState.TOPIC) if m.stamp_ns >= t0]
         pos = np.array([m.ee_pose[:3] for m in states])
         err = np.array([_dist_to_path(p, corners) for p in pos]) * 1e3
-        hb = {n: subs.latest(f"heartbeat/{n}") for n in watched}
-        frames = {c.camera_id: [m for m in subs.history(f"camera/{c.camera_id}") if m.stamp_ns >= t0]
+        hb = {n: subs.latest(Heartbeat.topic(n)) for n in watched}
+        frames = {c.camera_id: [m for m in subs.history(CameraFrame.topic(c.camera_id)) if m.stamp_ns >= t0]
                   for c in cams.values()}
     finally:
         if client is not None:
@@ -158,8 +159,8 @@ class DemoResult:
 
 def expert_successes(paths: list[Path]) -> int:
     """Demonstrations whose last recorded TCP pose passes the task's success check (sim ground truth)."""
-    from .dataset import open_episode
-    from .task import ReachTask
+    from robot_stack.data.dataset import open_episode
+    from robot_stack.apps.task import ReachTask
 
     n = 0
     for p in paths:
@@ -180,9 +181,9 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
 
     from rich.console import Console
 
-    from .collect import run_collect
-    from .deploy import deploy_session, run_episodes, summary_table
-    from .policies.training import ModelSettings, TrainSettings, train
+    from robot_stack.apps.collect import run_collect
+    from robot_stack.apps.deploy import deploy_session, run_episodes, summary_table
+    from robot_stack.policies.training import ModelSettings, TrainSettings, train
 
     console = Console()
     st = settings or (DemoSettings.quick() if quick else DemoSettings())
@@ -219,7 +220,7 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
     session, pol = deploy_session(cfg_path, policy_path, seed=1000, verbose=verbose)  # cube poses unseen in training
     try:
         with console.status("starting the stack with the policy node ..."):
-            session.start(("robot/state", f"heartbeat/{pol}"))
+            session.start((RobotState.TOPIC, Heartbeat.topic(pol)))
         res = run_episodes(session, st.eval_episodes, st.max_episode_s, console=console)
     finally:
         session.close()

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .clock import now_ns
+from robot_stack.runtime.clock import now_ns
+from robot_stack.comm.messages import RobotState
 
 
 @dataclass
@@ -28,7 +29,7 @@ class ReplayResult:
 
 def replay_episode(session, episode_path: str | Path, lead_s: float = 0.5) -> ReplayResult:
     """Replay one episode on a started session (controller + arm, sim optional); returns the TCP error."""
-    from .dataset import open_episode
+    from robot_stack.data.dataset import open_episode
 
     ep = open_episode(episode_path)
     rs, act = ep.load("robot_state"), ep.load("action")
@@ -47,19 +48,19 @@ def replay_episode(session, episode_path: str | Path, lead_s: float = 0.5) -> Re
     time.sleep(0.2)
     t_new0 = now_ns() + int(lead_s * 1e9)
     shift = t_new0 - int(t_rec[0])
-    from .messages import WaypointSchedule
-    from .transport import Sender
+    from robot_stack.comm.messages import WaypointSchedule
+    from robot_stack.comm.transport import Sender
 
     tx = Sender(cfg.in_endpoint(ctl[0], session.rd), "replay", timeout_s=2.0)
     try:
-        tx.send("replay", WaypointSchedule(stamps_ns=(t_rec + shift).astype(np.int64), positions=poses, space="ee",
+        tx.send(WaypointSchedule.TOPIC, WaypointSchedule(stamps_ns=(t_rec + shift).astype(np.int64), positions=poses, space="ee",
                                            gripper=grip, origin="replay"))
     finally:
         tx.close()
     end = int(t_rec[-1] + shift)
     time.sleep(max(0.0, (end - now_ns()) / 1e9) + 0.8)
     session.send_event("stop", ctl)
-    states = [m for m in session.sub.history("robot/state") if t_new0 <= m.stamp_ns <= end]
+    states = [m for m in session.sub.history(RobotState.TOPIC) if t_new0 <= m.stamp_ns <= end]
     if len(states) < 10:
         raise RuntimeError("replay: the arm published too few states during the replay")
     t_new = np.array([m.stamp_ns for m in states]) - shift
@@ -73,8 +74,8 @@ def run_replay(config: str | Path, episode: str | Path, verbose: bool = False, c
     """Start the stack (no policy, teleop or recorder) and replay ``episode``."""
     from rich.console import Console
 
-    from .config import load_config
-    from .session import Session
+    from robot_stack.runtime.config import load_config
+    from robot_stack.apps.session import Session
 
     console = console or Console()
     cfg = load_config(config)
@@ -87,7 +88,7 @@ def run_replay(config: str | Path, episode: str | Path, verbose: bool = False, c
                       only=only, verbose=verbose)
     try:
         with console.status("starting the stack ..."):
-            session.start(("robot/state",))
+            session.start((RobotState.TOPIC,))
         with console.status(f"replaying {Path(episode).name} ..."):
             res = replay_episode(session, episode)
     finally:

@@ -11,7 +11,7 @@
 - :class:`RequestClient` / :class:`ReplyServer` (REQ/REP) for inference, with timeouts and the
   "lazy pirate" reconnect (close and re-open the REQ socket after a timeout; ZeroMQ Guide ch. 4).
 
-Every socket checks its endpoint with :func:`robot_stack.security.check_endpoint`: a TCP endpoint
+Every socket checks its endpoint with :func:`robot_stack.comm.security.check_endpoint`: a TCP endpoint
 that leaves localhost needs CURVE. Malformed messages are dropped with a logged reason and counted
 (:class:`TransportStats`); they never raise into the caller's loop.
 """
@@ -28,11 +28,11 @@ from typing import Any, Callable, Iterable
 
 import zmq
 
-from .clock import now_ns
-from .codec import DecodeError, buffer_sizes, decode, encode, encode_deferred
-from .messages import ErrorReply, Message
-from .shm_ring import ShmRingReader, ShmRingWriter
-from .security import CurveClient, CurveServer, apply_client, apply_server, check_endpoint
+from robot_stack.runtime.clock import now_ns
+from robot_stack.comm.codec import DecodeError, buffer_sizes, decode, encode, encode_deferred
+from robot_stack.comm.messages import ErrorReply, Message
+from robot_stack.comm.shm_ring import ShmRingReader, ShmRingWriter
+from robot_stack.comm.security import CurveClient, CurveServer, apply_client, apply_server, check_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def _shm_allowed() -> bool:
     global _SHM_NOTED
     import platform
 
-    from .shm_ring import ring_supported
+    from robot_stack.comm.shm_ring import ring_supported
 
     if ring_supported():
         return True
@@ -143,7 +143,7 @@ class Publisher:
     """PUB socket for sensor streams; never blocks.
 
     On an ``ipc://`` endpoint, messages whose arrays total at least ``SHM_MIN_BYTES`` (camera
-    frames) put their buffers in a shared-memory ring (``robot_stack.shm_ring``) and send only the
+    frames) put their buffers in a shared-memory ring (``robot_stack.comm.shm_ring``) and send only the
     header: one copy in, one copy out per subscriber, no bulk data through sockets. Over TCP the
     buffers travel as frames.
 

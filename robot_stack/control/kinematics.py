@@ -19,7 +19,7 @@ class IKError(RuntimeError):
 
 class Kinematics:
     """FK/IK of one arm in a MuJoCo model (uses its own MjData; not thread-safe). A robot's
-    :class:`~robot_stack.robot_model.RobotModel` builds one from the robot's description file.
+    :class:`~robot_stack.control.robot_model.RobotModel` builds one from the robot's description file.
 
     Args:
         model: compiled model containing the arm.

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import StackConfig
-from .messages import ArmControl, Heartbeat, WaypointSchedule
-from .transport import Sender
+from robot_stack.runtime.config import StackConfig
+from robot_stack.comm.messages import ArmControl, Heartbeat, WaypointSchedule
+from robot_stack.comm.transport import Sender
 
 
 class ArmClient:
@@ -63,20 +63,20 @@ class ArmClient:
 
     def send_schedule(self, stamps_ns: np.ndarray, positions: np.ndarray, space: str = "joint",
                       gripper: np.ndarray | None = None, origin: str = "") -> None:
-        """Send a waypoint schedule (see :class:`~robot_stack.messages.WaypointSchedule`)."""
-        self._send("waypoints", WaypointSchedule(
+        """Send a waypoint schedule (see :class:`~robot_stack.comm.messages.WaypointSchedule`)."""
+        self._send(WaypointSchedule.TOPIC, WaypointSchedule(
             stamps_ns=np.asarray(stamps_ns, np.int64), positions=np.asarray(positions, np.float64),
             space=space, gripper=None if gripper is None else np.asarray(gripper, np.float64),
             origin=origin or self.source))
 
     def estop(self, reason: str = "") -> None:
-        self._send("control", ArmControl(kind="estop", reason=reason))
+        self._send(ArmControl.TOPIC, ArmControl(kind="estop", reason=reason))
 
     def release(self) -> None:
-        self._send("control", ArmControl(kind="release"))
+        self._send(ArmControl.TOPIC, ArmControl(kind="release"))
 
     def hold(self) -> None:
-        self._send("control", ArmControl(kind="hold"))
+        self._send(ArmControl.TOPIC, ArmControl(kind="hold"))
 
     def close(self) -> None:
         self._stop.set()

@@ -64,9 +64,9 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .dataset import open_episode
-    from .observation import interpolate_states
-    from .policies.training import actions_at
+    from robot_stack.data.dataset import open_episode
+    from robot_stack.control.observation import interpolate_states
+    from robot_stack.policies.training import actions_at
 
     out = Path(out)
     if out.exists():
@@ -253,7 +253,7 @@ def import_lerobot(root: str | Path, out: str | Path) -> list[Path]:
         raise
     except Exception as e:  # a malformed dataset: say what and where, in one line
         raise LeRobotError(f"{root}: unreadable LeRobot dataset ({type(e).__name__}: {e})") from e
-    from .dataset import EpisodeWriter
+    from robot_stack.data.dataset import EpisodeWriter
 
     out_paths = []
     for e_i, t, vids, task in episodes:

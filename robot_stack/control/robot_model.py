@@ -7,7 +7,7 @@ a PyPI package, ``package:<module>/<path>``, or in this repository, ``repo:<file
 an optional gripper MJCF attached at a site, the arm joints, the TCP (a site, or a body plus an
 offset), the home posture, the joint velocity/acceleration limits from the datasheet, the gripper
 kind and stroke, and the base pose in the world frame. :class:`RobotModel` compiles it with MuJoCo
-(``mujoco.MjSpec``) and serves FK, the TCP Jacobian and IK through :class:`~robot_stack.kinematics.Kinematics`.
+(``mujoco.MjSpec``) and serves FK, the TCP Jacobian and IK through :class:`~robot_stack.control.kinematics.Kinematics`.
 
 Frames: FK and IK work in the robot's base frame (the MJCF world frame after the base body is put at
 the origin); ``base_pose`` places that frame in the setup's world frame. Nothing here reads the sim
@@ -31,11 +31,11 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from .config import StrictModel
-from .kinematics import Kinematics
+from robot_stack.runtime.config import StrictModel
+from robot_stack.control.kinematics import Kinematics
 
 #: folder of the shipped robot descriptions
-ROBOTS_DIR = Path(__file__).resolve().parent / "robots"
+ROBOTS_DIR = Path(__file__).resolve().parents[1] / "robots"
 
 
 class RobotModelError(ValueError):
@@ -230,7 +230,7 @@ def load_description(robot: str | Path) -> tuple[RobotDescription, Path]:
     except yaml.YAMLError as e:
         raise RobotModelError(f"{path}: not valid YAML: {e}") from None
     except ValidationError as e:
-        from .config import format_validation_error
+        from robot_stack.runtime.config import format_validation_error
 
         raise RobotModelError(f"{path}:\n{format_validation_error(e)}") from None
     return desc, path.parent

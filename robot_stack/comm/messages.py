@@ -1,7 +1,7 @@
 """Typed message schemas.
 
 Every message is a dataclass with a schema name and version. Fields are declared with
-:func:`array`, :func:`array_dict` or :func:`scalar`; the codec (``robot_stack.codec``) uses these
+:func:`array`, :func:`array_dict` or :func:`scalar`; the codec (``robot_stack.comm.codec``) uses these
 declarations to validate every message before it is sent and after it is received.
 
 Conventions (see DESIGN.md):
@@ -105,6 +105,9 @@ class Message:
 
     SCHEMA: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    #: the topic this message travels on; one ending in "/" is a prefix completed by a device or
+    #: node name (``CameraFrame.topic("wrist") == "camera/wrist"``); "" for request/reply payloads
+    TOPIC: ClassVar[str] = ""
 
     stamp_ns: int = scalar("int", 0)
     seq: int = scalar("int", 0)
@@ -116,6 +119,17 @@ class Message:
             if cls.SCHEMA in REGISTRY and REGISTRY[cls.SCHEMA] is not cls:
                 raise RuntimeError(f"duplicate message schema {cls.SCHEMA!r}")
             REGISTRY[cls.SCHEMA] = cls
+
+    @classmethod
+    def topic(cls, name: str = "") -> str:
+        """The topic of this schema: ``TOPIC``, completed by ``name`` when ``TOPIC`` is a prefix.
+
+        Raises:
+            ValueError: a prefix topic without a name, or a name for a fixed topic.
+        """
+        if cls.TOPIC.endswith("/") != bool(name):
+            raise ValueError(f"{cls.__name__} topic {cls.TOPIC!r} " + ("needs a name" if not name else "takes no name"))
+        return cls.TOPIC + name
 
     def check(self) -> None:
         """Cross-field consistency checks; subclasses extend. Raises SchemaError."""
@@ -247,6 +261,7 @@ class CameraFrame(Message):
     """
 
     SCHEMA: ClassVar[str] = "camera_frame"
+    TOPIC: ClassVar[str] = "camera/"
     camera_id: str = scalar("str", "")
     frame_index: int = scalar("int", 0)
     color: np.ndarray = array(UINT8, (None, None, 3))
@@ -277,6 +292,7 @@ class RobotState(Message):
     """
 
     SCHEMA: ClassVar[str] = "robot_state"
+    TOPIC: ClassVar[str] = "robot/state"
     q: np.ndarray = array(FLOAT64, (None,))
     dq: np.ndarray = array(FLOAT64, (None,))
     ee_pose: np.ndarray = array(FLOAT64, (7,))
@@ -308,6 +324,7 @@ class TeleopCommand(Message):
     """
 
     SCHEMA: ClassVar[str] = "teleop_command"
+    TOPIC: ClassVar[str] = "teleop/command"
     kind: str = scalar("str", "ee_delta", choices=("ee_delta", "ee_absolute", "joint"))
     value: np.ndarray = array(FLOAT64, (None,))
     gripper: float = scalar("float", 1.0)
@@ -381,6 +398,9 @@ class WaypointSchedule(Message):
     """
 
     SCHEMA: ClassVar[str] = "waypoint_schedule"
+    TOPIC: ClassVar[str] = "waypoints"
+    #: the controller publishes every schedule it sends to the arm here (recorded as the episode's actions)
+    EXECUTED_TOPIC: ClassVar[str] = "controller/action"
     stamps_ns: np.ndarray = array(INT64, (None,))
     positions: np.ndarray = array(FLOAT64, (None, None))
     space: str = scalar("str", "joint", choices=("joint", "ee"))
@@ -404,42 +424,10 @@ class EpisodeEvent(Message):
     """Episode control (lossless channel): start, stop (save), discard, reset, quit."""
 
     SCHEMA: ClassVar[str] = "episode_event"
+    TOPIC: ClassVar[str] = "event"
     kind: str = scalar("str", "start", choices=("start", "stop", "discard", "reset", "quit"))
     episode: int = scalar("int", 0)
     task: str = scalar("str", "")
-
-
-@dataclass(kw_only=True)
-class JointState(Message):
-    """Joint-level state from a robot's own controller (the sim world, or a driver's raw feed).
-
-    Attributes:
-        stamp_ns: measurement time on the stack clock, ns.
-        q: (n,) float64 joint positions, rad.
-        dq: (n,) float64 joint velocities, rad/s.
-        tau: (n,) float64 commanded joint torques, N m.
-        gripper_width: finger opening, m.
-    """
-
-    SCHEMA: ClassVar[str] = "joint_state"
-    q: np.ndarray = array(FLOAT64, (None,))
-    dq: np.ndarray = array(FLOAT64, (None,))
-    tau: np.ndarray = array(FLOAT64, (None,))
-    gripper_width: float = scalar("float", 0.0)
-
-
-@dataclass(kw_only=True)
-class JointTarget(Message):
-    """Servo-rate joint target for a robot's own controller (sim world or hardware).
-
-    Attributes:
-        q: (n,) float64 joint position targets, rad.
-        gripper: gripper opening target in [0, 1] (0 closed, 1 open).
-    """
-
-    SCHEMA: ClassVar[str] = "joint_target"
-    q: np.ndarray = array(FLOAT64, (None,))
-    gripper: float = scalar("float", 1.0)
 
 
 @dataclass(kw_only=True)
@@ -448,50 +436,9 @@ class ArmControl(Message):
     "hold" drops the current schedule and holds."""
 
     SCHEMA: ClassVar[str] = "arm_control"
+    TOPIC: ClassVar[str] = "control"
     kind: str = scalar("str", "hold", choices=("estop", "release", "hold"))
     reason: str = scalar("str", "")
-
-
-@dataclass(kw_only=True)
-class SimCommand(Message):
-    """Simulation world control: "reset" puts the arm home and the cube at ``cube_pose``
-    ([x y z qx qy qz qw] in the base frame) or a random pose when it is None."""
-
-    SCHEMA: ClassVar[str] = "sim_command"
-    kind: str = scalar("str", "reset", choices=("reset",))
-    cube_pose: np.ndarray | None = array(FLOAT64, (7,), optional=True)
-    seed: int = scalar("int", -1)
-
-
-@dataclass(kw_only=True)
-class SimState(Message):
-    """Full MuJoCo ``qpos`` of the sim world at physics step ``step`` (for sim camera renderers).
-
-    Attributes:
-        stamp_ns: host time the state belongs to (sim time follows the host clock), ns.
-        qpos: (nq,) float64 generalized positions.
-        step: physics step index since the last reset.
-    """
-
-    SCHEMA: ClassVar[str] = "sim_state"
-    qpos: np.ndarray = array(FLOAT64, (None,))
-    step: int = scalar("int", 0)
-
-
-@dataclass(kw_only=True)
-class ObjectState(Message):
-    """Ground-truth object poses from the simulation (for success checks and tests only).
-
-    Attributes:
-        cube_pose: (7,) [x y z qx qy qz qw] in the base frame, m.
-        target_xy: (2,) centre of the target region, m.
-        target_half: half size of the target region, m.
-    """
-
-    SCHEMA: ClassVar[str] = "object_state"
-    cube_pose: np.ndarray = array(FLOAT64, (7,))
-    target_xy: np.ndarray = array(FLOAT64, (2,))
-    target_half: float = scalar("float", 0.05)
 
 
 @dataclass(kw_only=True)
@@ -505,6 +452,7 @@ class Heartbeat(Message):
     """
 
     SCHEMA: ClassVar[str] = "heartbeat"
+    TOPIC: ClassVar[str] = "heartbeat/"
     node: str = scalar("str", "")
     state: str = scalar("str", "running")
     metrics: dict[str, float] = scalar("dict_float")

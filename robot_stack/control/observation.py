@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
+from robot_stack.comm.messages import CameraFrame, RobotState
 
 
 class StaleStreamError(RuntimeError):
@@ -64,14 +65,14 @@ def interpolate_states(stamps_ns: np.ndarray, q: np.ndarray, ee_pose: np.ndarray
         StaleStreamError: a time lies outside the history by more than ``max_extrapolation_ns``.
     """
     if len(stamps_ns) == 0:
-        raise StaleStreamError("robot/state", "no robot state received")
+        raise StaleStreamError(RobotState.TOPIC, "no robot state received")
     if len(stamps_ns) > 1 and not np.all(np.diff(stamps_ns) > 0):  # the same measurement published twice
         keep = np.concatenate([[True], np.diff(stamps_ns) > 0])
         stamps_ns, q, ee_pose, gripper = stamps_ns[keep], q[keep], ee_pose[keep], gripper[keep]
     lo, hi = int(stamps_ns[0]), int(stamps_ns[-1])
     for t in times_ns:
         if t < lo - max_extrapolation_ns or t > hi + max_extrapolation_ns:
-            raise StaleStreamError("robot/state", f"no state around t={t} ns (history {lo}..{hi})")
+            raise StaleStreamError(RobotState.TOPIC, f"no state around t={t} ns (history {lo}..{hi})")
     t = np.clip(times_ns, lo, hi).astype(np.float64)
     s = stamps_ns.astype(np.float64)
     q_out = np.stack([np.interp(t, s, q[:, j]) for j in range(q.shape[1])], axis=1)
@@ -95,7 +96,7 @@ def assemble(frames: dict[str, list], states: list, obs_horizon: int, dt_ns: int
         dt_ns: control period (spacing of the window), ns.
         now_ns: current time, ns.
         max_age_ns: the anchor may be at most this old.
-        latency_offsets_ns: camera id (or "robot/state") -> latency subtracted from its stamps.
+        latency_offsets_ns: camera id (or RobotState.TOPIC) -> latency subtracted from its stamps.
         tolerance_ns: max distance between a window time and the frame used (default dt/2).
 
     Raises:
@@ -105,24 +106,24 @@ def assemble(frames: dict[str, list], states: list, obs_horizon: int, dt_ns: int
     tol = dt_ns // 2 if tolerance_ns is None else tolerance_ns
     if not frames:  # proprioception only: the newest robot state is the anchor
         if not states:
-            raise StaleStreamError("robot/state", "no robot state received")
-        t_obs = int(states[-1].stamp_ns - offs.get("robot/state", 0))
+            raise StaleStreamError(RobotState.TOPIC, "no robot state received")
+        t_obs = int(states[-1].stamp_ns - offs.get(RobotState.TOPIC, 0))
         if now_ns - t_obs > max_age_ns:
-            raise StaleStreamError("robot/state", f"newest state is {(now_ns - t_obs) / 1e6:.0f} ms old")
+            raise StaleStreamError(RobotState.TOPIC, f"newest state is {(now_ns - t_obs) / 1e6:.0f} ms old")
         times = t_obs - (np.arange(obs_horizon)[::-1].astype(np.int64)) * dt_ns
-        st = np.array([m.stamp_ns for m in states], np.int64) - offs.get("robot/state", 0)
+        st = np.array([m.stamp_ns for m in states], np.int64) - offs.get(RobotState.TOPIC, 0)
         q, ee, g = interpolate_states(st, np.array([m.q for m in states]), np.array([m.ee_pose for m in states]),
                                       np.array([m.gripper_width for m in states]), times, max_extrapolation_ns=tol)
         return Observation(t_obs, times, {}, {}, {}, q, ee, g)
     stamps = {}
     for cam, fs in frames.items():
         if not fs:
-            raise StaleStreamError(f"camera/{cam}", "no frame received")
+            raise StaleStreamError(CameraFrame.topic(cam), "no frame received")
         stamps[cam] = np.array([f.stamp_ns for f in fs], np.int64) - offs.get(cam, 0)
     t_obs = int(min(s[-1] for s in stamps.values()))
     if now_ns - t_obs > max_age_ns:
         oldest = min(stamps, key=lambda c: stamps[c][-1])
-        raise StaleStreamError(f"camera/{oldest}", f"newest frame is {(now_ns - t_obs) / 1e6:.0f} ms old "
+        raise StaleStreamError(CameraFrame.topic(oldest), f"newest frame is {(now_ns - t_obs) / 1e6:.0f} ms old "
                                                   f"(max {max_age_ns / 1e6:.0f} ms)")
     times = t_obs - (np.arange(obs_horizon)[::-1].astype(np.int64)) * dt_ns
     color, depth, chosen = {}, {}, {}
@@ -131,14 +132,14 @@ def assemble(frames: dict[str, list], states: list, obs_horizon: int, dt_ns: int
         for t in times:
             j = int(np.argmin(np.abs(stamps[cam] - t)))
             if abs(int(stamps[cam][j]) - int(t)) > tol:
-                raise StaleStreamError(f"camera/{cam}", f"no frame within {tol / 1e6:.0f} ms of window time "
+                raise StaleStreamError(CameraFrame.topic(cam), f"no frame within {tol / 1e6:.0f} ms of window time "
                                                         f"{(t - t_obs) / 1e6:.0f} ms")
             idx.append(j)
         color[cam] = np.stack([fs[j].color for j in idx])
         if fs[idx[0]].depth is not None:
             depth[cam] = np.stack([fs[j].depth for j in idx])
         chosen[cam] = stamps[cam][idx]
-    st = np.array([m.stamp_ns for m in states], np.int64) - offs.get("robot/state", 0)
+    st = np.array([m.stamp_ns for m in states], np.int64) - offs.get(RobotState.TOPIC, 0)
     q, ee, g = interpolate_states(
         st, np.array([m.q for m in states]) if states else np.zeros((0, 0)),
         np.array([m.ee_pose for m in states]) if states else np.zeros((0, 7)),

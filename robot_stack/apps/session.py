@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .arm_client import ArmClient
-from .clock import now_ns
-from .config import load_config
-from .launcher import Launcher
-from .messages import EpisodeEvent, SimCommand
-from .transport import Sender, Subscriber
+from robot_stack.control.arm_client import ArmClient
+from robot_stack.runtime.clock import now_ns
+from robot_stack.runtime.config import load_config
+from robot_stack.runtime.launcher import Launcher
+from robot_stack.comm.messages import CameraFrame, EpisodeEvent, Heartbeat, RobotState
+from robot_stack.drivers.sim_messages import SimCommand
+from robot_stack.comm.transport import Sender, Subscriber
+from robot_stack.drivers.sim_messages import ObjectState
 
 HOME_SPEED = 0.6  # rad/s of the largest joint motion when going home
 
@@ -120,7 +122,7 @@ class Session:
         self._senders: dict[str, Sender] = {}
         self._sup: threading.Thread | None = None
 
-    def start(self, wait_topics: tuple[str, ...] = ("robot/state",), timeout_s: float = 120) -> None:
+    def start(self, wait_topics: tuple[str, ...] = (RobotState.TOPIC,), timeout_s: float = 120) -> None:
         """Start the nodes and wait until ``wait_topics`` arrive.
 
         Raises:
@@ -131,7 +133,7 @@ class Session:
         self._sup.start()
         pubs = [n for n in self.nodes if self.cfg.nodes[n].kind != "monitor"]
         self.sub = Subscriber([self.cfg.pub_endpoint(n, self.rd) for n in pubs],
-                              ("robot/state", "camera/", "heartbeat/", "sim/objects", "teleop/", "controller/"),
+                              (RobotState.TOPIC, CameraFrame.TOPIC, Heartbeat.TOPIC, ObjectState.TOPIC, "teleop/", "controller/"),
                               history=4000, name="session")
         for t in wait_topics:
             if self.sub.wait_for(t, timeout_s) is None:
@@ -143,7 +145,7 @@ class Session:
         """Raises SessionError naming the nodes that died (exit code or signal) and why, if any did."""
         d = self.dead()
         if d:
-            from .launcher import describe_exit
+            from robot_stack.runtime.launcher import describe_exit
 
             why = "; ".join(f"{n} {describe_exit(c)}" for n, c in d.items())
             raise SessionError(f"node died: {why}", self.logs.tail())
@@ -156,13 +158,13 @@ class Session:
         for n in nodes:
             if n not in self._senders:
                 self._senders[n] = Sender(self.cfg.in_endpoint(n, self.rd), "session", timeout_s=2.0)
-            self._senders[n].send("event", EpisodeEvent(kind=kind, episode=episode, task=task))
+            self._senders[n].send(EpisodeEvent.TOPIC, EpisodeEvent(kind=kind, episode=episode, task=task))
 
     def state(self):
-        return self.sub.latest("robot/state")
+        return self.sub.latest(RobotState.TOPIC)
 
     def heartbeat(self, node: str) -> dict[str, float]:
-        hb = self.sub.latest(f"heartbeat/{node}")
+        hb = self.sub.latest(Heartbeat.topic(node))
         return dict(hb.metrics) if hb is not None else {}
 
     def move_joints(self, q_goal: np.ndarray, speed: float = HOME_SPEED, settle_s: float = 0.4) -> None:
@@ -179,7 +181,7 @@ class Session:
 
     def move_pose(self, pose: np.ndarray, speed: float = 0.15, settle_s: float = 0.4) -> None:
         """Straight-line TCP move to ``pose`` (7,) base frame; blocks until done."""
-        from .arm_client import straight_line
+        from robot_stack.control.arm_client import straight_line
 
         stamps, poses = straight_line(np.asarray(self.state().ee_pose), np.asarray(pose, float), now_ns(), speed)
         self.arm.send_schedule(stamps, poses, space="ee")
@@ -191,8 +193,8 @@ class Session:
         hardware: waits for the operator (Enter) and returns None. Then, if ``start_pose`` (7,)
         is given, a straight TCP move there (the episode's start)."""
         if home_q is None:  # the arm's own home posture, from its robot model
-            from .nodes.arm import ArmParams
-            from .robot_model import load_description
+            from robot_stack.nodes.arm import ArmParams
+            from robot_stack.control.robot_model import load_description
 
             robot = ArmParams.model_validate(self.cfg.nodes[self.arm_name].params).robot_name(self.cfg)
             home_q = np.asarray(load_description(robot)[0].home_q)
@@ -205,12 +207,12 @@ class Session:
         if "sim" not in self._senders:
             self._senders["sim"] = Sender(self.cfg.in_endpoint(self.sim, self.rd), "session", timeout_s=2.0)
         t_sent = now_ns()
-        self._senders["sim"].send("command", SimCommand(kind="reset", cube_pose=None if cube_pose is None
+        self._senders["sim"].send(SimCommand.TOPIC, SimCommand(kind="reset", cube_pose=None if cube_pose is None
                                                          else np.asarray(cube_pose, float)))
-        obj = self.sub.latest("sim/objects")
+        obj = self.sub.latest(ObjectState.TOPIC)
         # the first object state stamped clearly after the reset (its ticks handle inputs first)
         while obj is None or obj.stamp_ns < t_sent + 50_000_000:
-            obj = self.sub.wait_for("sim/objects", 5, newer_than_seq=-1 if obj is None else obj.seq)
+            obj = self.sub.wait_for(ObjectState.TOPIC, 5, newer_than_seq=-1 if obj is None else obj.seq)
             if obj is None or now_ns() - t_sent > 5e9:
                 raise SessionError("the sim world did not reset within 5 s", self.logs.tail())
         cube = np.asarray(obj.cube_pose, float)

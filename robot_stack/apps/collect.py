@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .clock import now_ns
-from .session import SessionError
-from .task import ReachTask
+from robot_stack.runtime.clock import now_ns
+from robot_stack.apps.session import SessionError
+from robot_stack.apps.task import ReachTask
+from robot_stack.comm.messages import RobotState, TeleopCommand
 
 COLLECT_NODES = ("sim", "arm", "cam_scene", "cam_wrist", "teleop", "controller", "recorder")
 
@@ -46,13 +47,13 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
     """
     from rich.console import Console
 
-    from .dataset import list_episodes
-    from .session import Session, viewer_sets
+    from robot_stack.data.dataset import list_episodes
+    from robot_stack.apps.session import Session, viewer_sets
 
     console = console or Console()
     own = session is None
     if own:
-        from .config import load_config
+        from robot_stack.runtime.config import load_config
 
         cfg = load_config(config)
         only = [n for n, nc in cfg.nodes.items() if nc.kind != "policy"] + (["viewer"] if view else [])
@@ -74,14 +75,14 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
     try:
         if own:
             with console.status("starting the stack ..."):
-                session.start(("robot/state", "camera/wrist", "camera/scene"))
+                session.start((RobotState.TOPIC, "camera/wrist", "camera/scene"))
         n_before = len(list_episodes(out)) if Path(out).is_dir() else 0
         ep = 0
         while len(res.saved) < episodes:
             with console.status(f"reset for episode {ep} ..."):
                 cube = session.reset(start_pose=task.start_pose(rng, session.state().ee_pose[3:]))
             saved_before = session.heartbeat(recorder).get("saved", 0.0)
-            teleop_seq = session.sub.latest("teleop/command").seq if session.sub.latest("teleop/command") else -1
+            teleop_seq = session.sub.latest(TeleopCommand.TOPIC).seq if session.sub.latest(TeleopCommand.TOPIC) else -1
             session.send_event("start", targets, episode=ep)
             t0 = now_ns()
             outcome = "timeout"
@@ -89,7 +90,7 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
                 while True:
                     time.sleep(0.05)
                     session.raise_if_dead()
-                    cmds = [c for c in session.sub.history("teleop/command") if c.seq > teleop_seq]
+                    cmds = [c for c in session.sub.history(TeleopCommand.TOPIC) if c.seq > teleop_seq]
                     if cmds:
                         teleop_seq = cmds[-1].seq
                     buttons = {b for c in cmds for b in c.buttons}
