@@ -10,25 +10,61 @@ same path and safety as a policy's actions.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
 from robot_stack.comm.messages import TeleopCommand
+from robot_stack.runtime.devices import DeviceConfig
 
 
 class TeleopError(RuntimeError):
     """A teleop device cannot be opened or read (the message says which and why)."""
 
 
+@dataclass(frozen=True)
+class TeleopInputs:
+    """What the stack gives a device each teleop period.
+
+    Attributes:
+        latest: topic -> the newest message on it (None before the first), for the topics the
+            device's config asked for in :meth:`TeleopConfig.inputs`.
+        t: now on the stack clock, s.
+        period_s: the teleop period, s.
+    """
+
+    latest: Callable[[str], Any]
+    t: float
+    period_s: float
+
+
 class TeleopDevice(ABC):
     """One input device. ``poll`` must not block longer than one teleop period."""
 
     @abstractmethod
-    def poll(self) -> TeleopCommand | None:
+    def poll(self, inputs: TeleopInputs) -> TeleopCommand | None:
         """The command for this period, or None when the device has nothing new (idle)."""
+
+    def on_episode(self, kind: str) -> None:
+        """An episode event reached the teleop node ("start", "stop", "discard")."""
+
+    def metrics(self) -> dict[str, float]:
+        """Device counters for the node's heartbeat."""
+        return {}
 
     def close(self) -> None:
         """Release the device."""
+
+
+class TeleopConfig(DeviceConfig):
+    """Base of a teleop device's config; ``build(ctx, params)`` returns a :class:`TeleopDevice`."""
+
+    def inputs(self, params) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """The streams the device reads: node name -> (required node kind, topics), given the teleop
+        node's typed params (its ``arm``). The node subscribes to them and checks the references
+        at ``robot-stack check``."""
+        return {}
 
 
 def deadzone(x: np.ndarray, dz: float) -> np.ndarray:

@@ -15,9 +15,8 @@ import struct
 from pydantic import Field
 import numpy as np
 
-from robot_stack.runtime.devices import DeviceConfig
 from robot_stack.comm.messages import TeleopCommand
-from .base import TeleopDevice, TeleopError, axes_to_delta, deadzone
+from .base import TeleopConfig, TeleopDevice, TeleopError, TeleopInputs, axes_to_delta, deadzone
 
 EVENT = struct.Struct("<IhBB")
 JS_BUTTON, JS_AXIS, JS_INIT = 0x01, 0x02, 0x80
@@ -84,7 +83,7 @@ class GamepadDevice(TeleopDevice):
         self.state = GamepadState()
         self.gripper, self.recording, self.intervening = 1.0, False, False
 
-    def poll(self) -> TeleopCommand | None:
+    def poll(self, inputs: TeleopInputs | None = None) -> TeleopCommand | None:
         while True:
             try:
                 data = os.read(self.fd, EVENT.size * 64)
@@ -103,7 +102,7 @@ class GamepadDevice(TeleopDevice):
         os.close(self.fd)
 
 
-class GamepadConfig(DeviceConfig):
+class GamepadConfig(TeleopConfig):
     """teleop device ``gamepad``: a joystick device file (Linux joystick API)."""
 
     type: Literal["gamepad"] = "gamepad"

@@ -21,9 +21,8 @@ import tty
 from pydantic import Field
 import numpy as np
 
-from robot_stack.runtime.devices import DeviceConfig
 from robot_stack.comm.messages import TeleopCommand
-from .base import TeleopDevice, TeleopError
+from .base import TeleopConfig, TeleopDevice, TeleopError, TeleopInputs
 
 MOVES = {"w": (0, 1), "s": (0, -1), "a": (1, 1), "d": (1, -1), "r": (2, 1), "f": (2, -1), "j": (5, 1), "l": (5, -1)}
 BUTTONS = {"b": "episode_start", "n": "episode_stop", "x": "episode_discard", "i": "intervene", "o": "release",
@@ -76,7 +75,7 @@ class KeyboardDevice(TeleopDevice):
         self.step_m, self.step_rad = step_m, step_rad
         self.gripper = 1.0
 
-    def poll(self) -> TeleopCommand | None:
+    def poll(self, inputs: TeleopInputs | None = None) -> TeleopCommand | None:
         keys = b""
         while select.select([self.fd], [], [], 0)[0]:
             try:
@@ -95,7 +94,7 @@ class KeyboardDevice(TeleopDevice):
         os.close(self.fd)
 
 
-class KeyboardConfig(DeviceConfig):
+class KeyboardConfig(TeleopConfig):
     """teleop device ``keyboard``: key presses on a terminal (works over SSH)."""
 
     type: Literal["keyboard"] = "keyboard"

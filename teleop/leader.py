@@ -10,15 +10,18 @@ controller sends them to the arm node as joint-space waypoints (same safety path
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
 import numpy as np
 
-from robot_stack.runtime.devices import DeviceConfig
-from robot_stack.comm.messages import TeleopCommand
-from .base import TeleopError
+from robot_stack.comm.messages import RobotState, TeleopCommand
+
+from .base import TeleopConfig, TeleopDevice, TeleopError, TeleopInputs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,70 @@ def calibrate_joint_map(raw_at_pose: np.ndarray, q_pose: np.ndarray, signs, grip
     return JointMap(tuple(raw - q / sg), tuple(sg), gripper_open, gripper_closed)
 
 
-class LeaderConfig(DeviceConfig):
+class LeaderDevice(TeleopDevice):
+    """A leader arm on its bus as a teleop device: raw positions -> follower joints (:class:`JointMap`),
+    engaged against the follower's measured joints (``robot/state``) by :class:`LeaderArm`.
+
+    A failed bus read skips one period; reads failing for 0.5 s in a row disengage (the operator
+    then matches the follower's pose again to re-engage).
+
+    Args:
+        bus: the servo bus (``read_positions() -> (n [+1],) raw``, ``close()``).
+        jmap: the leader's calibration.
+        n_joints: joint servos on the bus (a gripper servo, when present, is read after them).
+        has_gripper: whether the last servo is the gripper trigger.
+        max_engage_error: rad; ramp_s: s (see :class:`LeaderArm`).
+        rate_hz: the teleop rate (for the 0.5 s failure window).
+    """
+
+    def __init__(self, bus, jmap: JointMap, n_joints: int, has_gripper: bool, max_engage_error: float,
+                 ramp_s: float, rate_hz: float):
+        self.bus, self.jmap, self.n, self.has_gripper = bus, jmap, n_joints, has_gripper
+        self.leader = LeaderArm(max_engage_error, ramp_s)
+        self.ramp_s, self.rate_hz = ramp_s, rate_hz
+        self.refusals = self.bus_errors = self.bus_errors_run = 0
+
+    def poll(self, inputs: TeleopInputs) -> TeleopCommand | None:
+        from robot_stack.drivers.dynamixel import DynamixelError
+
+        try:
+            raw = self.bus.read_positions()
+        except DynamixelError as e:  # one failed read skips a cycle; a failing bus disengages
+            self.bus_errors += 1
+            self.bus_errors_run += 1
+            if self.bus_errors_run == 1 or self.bus_errors_run % 50 == 0:
+                log.warning("leader read failed (%d in a row): %s", self.bus_errors_run, e)
+            if self.bus_errors_run >= max(3, int(0.5 * self.rate_hz)) and self.leader.engaged:
+                self.leader.disengage()
+                log.error("leader bus failing for 0.5 s: disengaged (match the follower's pose to re-engage)")
+            return None
+        self.bus_errors_run = 0
+        q = self.jmap.joints(raw[:self.n])
+        g = self.jmap.gripper(raw[self.n]) if self.has_gripper else 1.0
+        if not self.leader.engaged:
+            st = inputs.latest(RobotState.TOPIC)
+            if st is None:
+                return None
+            try:
+                self.leader.engage(q, np.asarray(st.q), inputs.t)
+                log.info("leader engaged; ramping in over %.1f s", self.ramp_s)
+            except TeleopError as e:
+                self.refusals += 1
+                if self.refusals == 1 or self.refusals % int(5 * self.rate_hz) == 0:
+                    log.warning("%s", e)
+                return None
+        return self.leader.command(q, g, inputs.t)
+
+    def metrics(self) -> dict[str, float]:
+        return {"engaged": float(self.leader.engaged), "engage_refusals": float(self.refusals),
+                "bus_errors": float(self.bus_errors)}
+
+    def close(self) -> None:
+        if hasattr(self.bus, "close"):
+            self.bus.close()
+
+
+class LeaderConfig(TeleopConfig):
     """teleop device ``leader``: a Dynamixel leader arm (Protocol 2.0, extra ``dynamixel``)."""
 
     type: Literal["leader"] = "leader"
@@ -143,11 +209,16 @@ class LeaderConfig(DeviceConfig):
     ramp_s: float = Field(1.0, ge=0, description="blend time after engaging, s")
     latency_timer_ms: float | None = None
 
-    def build(self, ctx, params):
-        """The leader's bus (torque off: the operator moves it by hand)."""
+    def inputs(self, params) -> dict[str, tuple[str, tuple[str, ...]]]:
+        return {params.arm: ("arm", (RobotState.TOPIC,))}  # the engage check reads the follower's joints
+
+    def build(self, ctx, params) -> LeaderDevice:
+        """The leader on its bus (torque off: the operator moves it by hand)."""
         from robot_stack.drivers.dynamixel import DynamixelBus
 
+        jmap = load_joint_map(self.calibration, self.name)
         ids = list(self.ids) + ([self.gripper_id] if self.gripper_id is not None else [])
         bus = DynamixelBus(self.port, ids, self.baudrate, self.latency_timer_ms)
         bus.set_torque(False)
-        return bus
+        return LeaderDevice(bus, jmap, len(self.ids), self.gripper_id is not None, self.max_engage_error,
+                            self.ramp_s, params.rate_hz)

@@ -14,13 +14,19 @@ from typing import Literal
 from pydantic import Field
 import numpy as np
 
-from robot_stack.runtime.devices import DeviceConfig
-from robot_stack.comm.messages import TeleopCommand
 from robot_stack.apps.task import ReachTask
+from robot_stack.comm.messages import RobotState, TeleopCommand
+from robot_stack.drivers.sim_messages import ObjectState
+
+from .base import TeleopConfig, TeleopDevice, TeleopInputs
 
 
-class ReachExpert:
+class ReachExpert(TeleopDevice):
     """Carrot-following reach demonstrations.
+
+    As a teleop device it acts between an episode's start and its stop (the recorder's episode
+    events reach the teleop node), reading the measured TCP (``robot/state``) and the cube's ground
+    truth (``sim/objects``) each period.
 
     Args:
         task: the task (approach and grasp heights).
@@ -35,6 +41,7 @@ class ReachExpert:
                  tol: float = 0.004, jitter: float = 0.01, seed: int = 0):
         self.task, self.speed, self.settle_s, self.tol, self.jitter = task, speed, settle_s, tol, jitter
         self.rng = np.random.default_rng(seed)
+        self.active = False  # as a device: between episode start and stop
         self.reset()
 
     def reset(self) -> None:
@@ -45,6 +52,22 @@ class ReachExpert:
         self.phase = 0
         self.settled_s = 0.0
         self.done = False
+
+    def on_episode(self, kind: str) -> None:
+        self.active = kind == "start"
+        self.reset()
+
+    def poll(self, inputs: TeleopInputs) -> TeleopCommand | None:
+        """One period's command while an episode runs and both the TCP and the cube are known."""
+        if not self.active:
+            return None
+        st, obj = inputs.latest(RobotState.TOPIC), inputs.latest(ObjectState.TOPIC)
+        if st is None or obj is None:
+            return None
+        return self.step(np.asarray(st.ee_pose), np.asarray(obj.cube_pose[:3]), inputs.period_s)
+
+    def metrics(self) -> dict[str, float]:
+        return {"active": float(self.active)}
 
     def waypoints(self, cube_xyz: np.ndarray) -> list[np.ndarray]:
         c = np.asarray(cube_xyz, float)
@@ -79,7 +102,7 @@ class ReachExpert:
                              buttons=buttons)
 
 
-class ScriptedConfig(DeviceConfig):
+class ScriptedConfig(TeleopConfig):
     """teleop device ``scripted``: the sim reach task's expert (reads the sim's ground truth)."""
 
     type: Literal["scripted"] = "scripted"
@@ -87,8 +110,8 @@ class ScriptedConfig(DeviceConfig):
     seed: int = 0
     world: str = Field("sim", description="node name of the sim world (its object ground truth)")
 
-    def references(self) -> dict[str, str]:
-        return {self.world: "sim_world"}
+    def inputs(self, params) -> dict[str, tuple[str, tuple[str, ...]]]:
+        return {params.arm: ("arm", (RobotState.TOPIC,)), self.world: ("sim_world", (ObjectState.TOPIC,))}
 
     def build(self, ctx, params) -> "ReachExpert":
         return ReachExpert(speed=self.speed, seed=self.seed)

@@ -12,9 +12,8 @@ from typing import Literal
 from pydantic import Field
 import numpy as np
 
-from robot_stack.runtime.devices import DeviceConfig
 from robot_stack.comm.messages import TeleopCommand
-from .base import TeleopDevice, TeleopError, axes_to_delta, deadzone
+from .base import TeleopConfig, TeleopDevice, TeleopError, TeleopInputs, axes_to_delta, deadzone
 
 
 def spacemouse_command(axes6: np.ndarray, buttons: list[int], prev_buttons: list[int], gripper: float,
@@ -57,7 +56,7 @@ class SpaceMouseDevice(TeleopDevice):
         self.period_s, self.dz, self.lin, self.ang = period_s, deadzone, max_lin_vel, max_ang_vel
         self.gripper, self.recording, self.prev = 1.0, False, []
 
-    def poll(self) -> TeleopCommand | None:
+    def poll(self, inputs: TeleopInputs | None = None) -> TeleopCommand | None:
         s = self.dev.read()
         buttons = list(s.buttons)
         cmd, self.gripper, self.recording = spacemouse_command(
@@ -70,7 +69,7 @@ class SpaceMouseDevice(TeleopDevice):
         self.dev.close()
 
 
-class SpaceMouseConfig(DeviceConfig):
+class SpaceMouseConfig(TeleopConfig):
     """teleop device ``spacemouse``: a 3Dconnexion SpaceMouse (pyspacemouse, extra ``spacemouse``;
     needs libhidapi)."""
 

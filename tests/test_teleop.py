@@ -130,3 +130,65 @@ def test_leader_arm_refuses_far_engage_then_ramps_in():
     cmd = leader.command(q_lead, 0.3, 12.0)
     assert cmd.kind == "joint" and cmd.gripper == 0.3
     np.testing.assert_allclose(cmd.value, q_lead)
+
+
+class _FlakyBus:
+    """A leader's bus stand-in: raw positions, or a bus error when ``fail`` is set."""
+
+    def __init__(self, raw):
+        self.raw, self.fail = np.asarray(raw, float), False
+
+    def read_positions(self):
+        from robot_stack.drivers.dynamixel import DynamixelError
+
+        if self.fail:
+            raise DynamixelError("no status packet")
+        return self.raw
+
+
+def test_leader_device_engages_on_the_follower_state_and_disengages_on_a_failing_bus():
+    from robot_stack.comm.messages import RobotState
+    from robot_stack.teleop.base import TeleopInputs
+    from robot_stack.teleop.leader import JointMap, LeaderDevice
+
+    bus = _FlakyBus([0.1, 0.0, 0.0, 2.0])  # 3 joints + gripper (open)
+    dev = LeaderDevice(bus, JointMap((0.0, 0.0, 0.0), (1, 1, 1), 2.0, 1.0), 3, True, 0.2, 1.0, rate_hz=30)
+    follower = RobotState(q=np.zeros(3), dq=np.zeros(3), ee_pose=np.r_[0.5, 0, 0.4, 0, 0, 0, 1.0])
+    latest = {RobotState.TOPIC: None}
+    step = lambda t: dev.poll(TeleopInputs(latest.get, t, 1 / 30))  # noqa: E731
+    assert step(0.0) is None and not dev.leader.engaged  # no follower state yet: no engage
+    latest[RobotState.TOPIC] = follower
+    cmd = step(1.0)
+    assert dev.leader.engaged and cmd.kind == "joint" and cmd.gripper == 1.0
+    np.testing.assert_allclose(cmd.value, 0.0)  # ramp starts at the follower's pose
+    bus.fail = True
+    for k in range(14):  # under 0.5 s of failed reads (15 at 30 Hz): skipped periods, still engaged
+        assert step(1.1 + k / 30) is None
+    assert dev.leader.engaged
+    step(1.6)
+    assert not dev.leader.engaged and dev.metrics()["bus_errors"] == 15
+    bus.fail = False
+    bus.raw = np.array([0.6, 0.0, 0.0, 2.0])  # 0.5 rad from the follower: refused until matched
+    assert step(2.0) is None and dev.metrics()["engage_refusals"] == 1
+
+
+def test_scripted_expert_acts_only_inside_an_episode_and_devices_name_their_inputs():
+    from robot_stack.comm.messages import RobotState
+    from robot_stack.drivers.sim_messages import ObjectState
+    from robot_stack.nodes.teleop import TeleopParams
+    from robot_stack.teleop.base import TeleopInputs
+
+    p = TeleopParams.model_validate({"device": {"type": "scripted", "world": "world"}, "arm": "left"})
+    assert p.references() == {"left": "arm", "world": "sim_world"}
+    assert TeleopParams.model_validate({"device": {"type": "leader", "calibration": "c.yaml"}}).references() == {"arm": "arm"}
+    assert TeleopParams.model_validate({"device": "keyboard"}).references() == {}
+    ex = ReachExpert(ReachTask(), jitter=0.0)
+    latest = {RobotState.TOPIC: RobotState(q=np.zeros(7), dq=np.zeros(7), ee_pose=np.r_[0.4, 0, 0.3, 0, 0, 0, 1.0]),
+              ObjectState.TOPIC: ObjectState(cube_pose=np.r_[0.5, 0, 0.02, 0, 0, 0, 1.0], target_xy=np.zeros(2))}
+    inputs = TeleopInputs(latest.get, 0.0, 1 / 30)
+    assert ex.poll(inputs) is None  # before the episode starts
+    ex.on_episode("start")
+    cmd = ex.poll(inputs)
+    assert cmd.kind == "ee_absolute" and np.linalg.norm(cmd.value[:3] - [0.4, 0, 0.3]) == pytest.approx(0.15 / 30)
+    ex.on_episode("stop")
+    assert ex.poll(inputs) is None
