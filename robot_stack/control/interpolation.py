@@ -137,8 +137,7 @@ class Trajectory:
             return 0
         v0 = self.velocity(now_ns)
         current = self.eval(now_ns)
-        first_new = stamps_ns[0]
-        keep_old = (self.t > now_ns) & (self.t < first_new)
+        keep_old = merge_mask(self.t, int(stamps_ns[0]), now_ns)
         t = np.concatenate([[now_ns], self.t[keep_old], stamps_ns])
         x = np.concatenate([current[None], self.x[keep_old], points])
         if self.kind == "pose":
@@ -175,6 +174,28 @@ class Trajectory:
                 stretched += 1
             v_prev = self._delta(x[i - 1], x[i]) / ((t[i] - t[i - 1]) / NS)
         return t, stretched
+
+
+def merge_mask(old_stamps_ns: np.ndarray, first_new_ns: int | None, after_ns: int) -> np.ndarray:
+    """The merge rule of a new schedule into an old one: which old waypoints stay.
+
+    Old waypoints after ``after_ns`` (the arm node: "now") and before the new schedule's first
+    waypoint stay; the new schedule replaces everything from its first waypoint on. The arm node's
+    :meth:`Trajectory.merge` and the controller's :class:`robot_stack.control.strategies.CommittedPlan`
+    both use it, so what the controller believes is committed is what the arm executes.
+
+    Args:
+        old_stamps_ns: (k,) int64 old waypoint times, ns.
+        first_new_ns: time of the new schedule's first waypoint, ns (None: an empty schedule).
+        after_ns: old waypoints at or before this are dropped, ns.
+    Returns:
+        (k,) bool mask of the old waypoints kept.
+    """
+    old = np.asarray(old_stamps_ns, np.int64)
+    keep = old > after_ns
+    if first_new_ns is not None:
+        keep &= old < first_new_ns
+    return keep
 
 
 def _normalize_quat(q: np.ndarray) -> np.ndarray:

@@ -24,6 +24,11 @@ so a recording shows who commanded what. Episode events on the node's input (``s
 starts enabled). An end-effector waypoint schedule on the input (``robot-stack replay``) is executed
 like a chunk, with origin ``replay``.
 
+The strategies themselves are plain classes over an injected clock
+(``robot_stack.control.strategies``: when to request, what prefix to send, what an arriving chunk
+becomes, what each control step sends); this node does the I/O and the threads around them, and
+keeps the committed plan with the arm node's merge rule.
+
 Metrics in the heartbeat: inference latency, delay d, dropped (stale) actions, late steps, chunks
 over budget, the jump in commanded position at chunk switches, observation holds.
 """
@@ -37,7 +42,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from robot_stack.control.chunking import DelayEstimator, TemporalEnsembler, committed_prefix, plan_chunk
+from robot_stack.control.chunking import DelayEstimator
+from robot_stack.control.strategies import STRATEGIES, CommittedPlan
 from robot_stack.runtime.clock import now_ns
 from robot_stack.comm.messages import CameraFrame, EpisodeEvent, ObservationWindow, RobotState, TeleopCommand, WaypointSchedule
 from ..teleop.base import apply_commands
@@ -128,13 +134,12 @@ class ControllerNode(Node):
             from robot_stack.calibration import store
 
             self.latency_offsets = store.latency_offsets_ns(cfg.calibration.file)
-        self.ensembler = TemporalEnsembler(self.dt_ns, p.ensemble_m)
+        kw = dict(m=p.ensemble_m, steps=p.ensemble_steps) if p.strategy == "ensemble" else {}
+        self.strategy = STRATEGIES[p.strategy](self.dt_ns, int(p.exec_latency_s * 1e9), p.execute_horizon, **kw)
         self.replay_stamps = np.zeros(0, np.int64)  # a replayed action stream, fed to the arm piecewise
         self.replay_actions = np.zeros((0, 8))
-        self.plan_stamps = np.zeros(0, np.int64)  # the committed trajectory sent to the arm
-        self.plan_actions = np.zeros((0, 8))
+        self.plan = CommittedPlan(8, self.dt_ns // 2)  # the committed trajectory sent to the arm
         self.request_id = 0
-        self._next_request_ns = 0
         self._unsent_t_obs: int | None = None
         self.stats = {k: 0.0 for k in ("requests", "chunks", "dropped_actions", "late_steps", "over_budget",
                                        "obs_holds", "errors", "teleop_steps", "interventions", "episodes",
@@ -202,12 +207,14 @@ class ControllerNode(Node):
         if not self.enabled or self.source != "policy":
             self._stop.wait(0.01)
             return
-        if self.params.strategy == "sync" and not self._sync_due():
-            self._stop.wait(0.005)
+        now = now_ns()
+        if now < self.strategy.earliest_request_ns:  # at most one request per control period
+            self._stop.wait((self.strategy.earliest_request_ns - now) / 1e9)
             return
-        wait = (self._next_request_ns - now_ns()) / 1e9
-        if wait > 0:  # at most one request per control period: back-to-back inference would replan
-            self._stop.wait(wait)  # on every fresh sample's noise, far faster than the arm can follow
+        with self.lock:
+            due = self.strategy.request_due(now, self.plan, self.delay.steps)
+        if not due:  # sync: the executed part of the plan is not yet ending
+            self._stop.wait(0.005)
             return
         try:
             obs, arrays = self._observation()
@@ -219,13 +226,10 @@ class ControllerNode(Node):
             self._stop.wait(self.dt_ns / 1e9)
             return
         t_send = now_ns()
-        self._next_request_ns = t_send + self.dt_ns
         self.request_id += 1
-        prefix = None
-        if self.params.strategy == "rtc":
-            with self.lock:
-                prefix = committed_prefix(self.plan_stamps, self.plan_actions, obs.t_obs_ns, self.dt_ns,
-                                          self.delay.steps)
+        with self.lock:
+            self.strategy.request_sent(t_send)
+            prefix = self.strategy.request_prefix(obs.t_obs_ns, self.plan, self.delay.steps)
         req = ObservationWindow(request_id=self.request_id, obs=arrays,
                                 obs_age_ns=(t_send - obs.times_ns).astype(np.int64),
                                 committed_prefix=prefix if prefix is not None and len(prefix) else None)
@@ -270,10 +274,9 @@ class ControllerNode(Node):
         """A stream the policy needs went stale: stop executing the current plan now (the arm
         brakes, jerk-limited, and holds) instead of running it open-loop to its end."""
         with self.lock:
-            had_plan = len(self.plan_stamps) > 0 and int(self.plan_stamps[-1]) > now_ns()
-            self.plan_stamps = np.zeros(0, np.int64)
-            self.plan_actions = np.zeros((0, 8))
-            self.ensembler = TemporalEnsembler(self.dt_ns, self.params.ensemble_m)
+            had_plan = self.plan.end_ns is not None and self.plan.end_ns > now_ns()
+            self.plan.clear()
+            self.strategy.reset()
         if had_plan:
             self.stats["stale_holds"] += 1
             log.warning("arm told to hold: %s", why)
@@ -283,26 +286,15 @@ class ControllerNode(Node):
                 self.stats["errors"] += 1
                 log.error("arm not reachable: %s", e)
 
-    def _sync_due(self) -> bool:
-        """Sync: request when the executed part of the plan ends within the expected delay."""
-        with self.lock:
-            if len(self.plan_stamps) == 0:
-                return True
-            end = int(self.plan_stamps[-1])
-        return now_ns() >= end - self.delay.steps * self.dt_ns
-
     def _on_chunk(self, actions: np.ndarray, t_obs: int, arrival: int, dt_ns: int, offset: int) -> None:
-        p = self.params
         if not self.enabled or self.source != "policy":
             return  # an intervention or the episode's end came while the policy was thinking
         self.stats["chunks"] += 1
-        if p.strategy == "ensemble":
-            with self.lock:
-                self.ensembler.add(t_obs, actions, offset)
+        with self.lock:
+            plan = self.strategy.on_chunk(actions, t_obs, arrival, dt_ns, offset)
+            if plan is None:  # the strategy sends from its control steps (ensembling)
                 self._unsent_t_obs = t_obs  # e2e latency is taken when the next step sends it
-            return
-        plan = plan_chunk(actions, t_obs, arrival, dt_ns, offset, int(p.exec_latency_s * 1e9),
-                          execute=p.execute_horizon if p.strategy == "sync" else None)
+                return
         self.stats["dropped_actions"] += plan.dropped
         self.stats["late_steps"] += plan.late_steps
         if plan.over_budget:
@@ -313,16 +305,10 @@ class ControllerNode(Node):
         self.e2e_ms.append((now_ns() - t_obs) / 1e6)
 
     def _send(self, stamps: np.ndarray, actions: np.ndarray, origin: str = "policy") -> None:
-        with self.lock:
-            if len(self.plan_stamps):
-                j = int(np.argmin(np.abs(self.plan_stamps - stamps[0])))
-                if abs(int(self.plan_stamps[j]) - int(stamps[0])) <= self.dt_ns // 2:
-                    self.jumps_m.append(float(np.linalg.norm(self.plan_actions[j, :3] - actions[0, :3])))
-            # the committed trajectory is what the arm will execute: earlier plans up to the new
-            # plan's first waypoint, then the new plan (the arm node merges the same way)
-            keep = (self.plan_stamps < stamps[0]) & (self.plan_stamps > now_ns() - 2_000_000_000)
-            self.plan_stamps = np.concatenate([self.plan_stamps[keep], stamps])
-            self.plan_actions = np.concatenate([self.plan_actions[keep], actions])
+        with self.lock:  # the committed plan merges the way the arm node merges
+            jump = self.plan.merge(stamps, actions, now_ns())
+        if jump is not None:
+            self.jumps_m.append(jump)
         poses = actions[:, :7].copy()
         poses[:, 3:] /= np.linalg.norm(poses[:, 3:], axis=1, keepdims=True)
         gripper = np.clip(actions[:, 7], 0, 1) if actions.shape[1] > 7 else None
@@ -385,9 +371,8 @@ class ControllerNode(Node):
         self.replay_stamps = np.zeros(0, np.int64)
         self.replay_actions = np.zeros((0, 8))
         with self.lock:
-            self.plan_stamps = np.zeros(0, np.int64)
-            self.plan_actions = np.zeros((0, 8))
-            self.ensembler = TemporalEnsembler(self.dt_ns, self.params.ensemble_m)
+            self.plan.clear()
+            self.strategy.reset()
         self.teleop_target = None
 
     def _teleop_step(self) -> None:
@@ -443,21 +428,12 @@ class ControllerNode(Node):
         self._replay_step()
         if self.teleop_sub is not None:
             self._teleop_step()
-        if self.params.strategy != "ensemble" or not self.enabled or self.source != "policy":
+        if not self.enabled or self.source != "policy":
             return
-        t = now_ns() + int(self.params.exec_latency_s * 1e9)
-        t_next = (t // self.dt_ns + 1) * self.dt_ns  # the next control-grid times
-        stamps, acts = [], []
         with self.lock:
-            self.ensembler.prune(now_ns() - 2 * self.dt_ns)
-            for k in range(self.params.ensemble_steps):
-                a = self.ensembler.action_at(t_next + k * self.dt_ns)
-                if a is None:
-                    break
-                stamps.append(t_next + k * self.dt_ns)
-                acts.append(a)
-        if acts:
-            self._send(np.array(stamps, np.int64), np.array(acts))
+            sched = self.strategy.on_tick(now_ns())
+        if sched is not None:
+            self._send(sched.stamps_ns, sched.actions)
             if self._unsent_t_obs is not None:
                 self.e2e_ms.append((now_ns() - self._unsent_t_obs) / 1e6)
                 self._unsent_t_obs = None

@@ -1,0 +1,124 @@
+"""Execution strategies on a fake clock: each test pins behaviour that tells one strategy from the
+others (request times, executed actions, averaged values, frozen prefix), so swapping one strategy
+for another fails here."""
+
+import typing
+
+import numpy as np
+import pytest
+
+from robot_stack.control.interpolation import Trajectory
+from robot_stack.control.strategies import (
+    STRATEGIES, AsyncStrategy, CommittedPlan, EnsembleStrategy, RTCStrategy, SyncStrategy,
+)
+
+MS = 1_000_000
+DT = 100 * MS  # 10 Hz control
+H, S = 16, 8
+
+
+def chunk(value_fn, h=H):
+    """(h, 8) actions: x = value_fn(i), unit quaternion, gripper open."""
+    a = np.zeros((h, 8))
+    a[:, 0] = [value_fn(i) for i in range(h)]
+    a[:, 6] = 1.0
+    a[:, 7] = 1.0
+    return a
+
+
+def test_registry_matches_the_controller_config():
+    from robot_stack.nodes.controller import ControllerParams
+
+    allowed = typing.get_args(ControllerParams.model_fields["strategy"].annotation)
+    assert set(STRATEGIES) == set(allowed)
+
+
+def test_sync_requests_d_steps_before_the_plan_ends_and_no_earlier():
+    st, plan = SyncStrategy(DT, execute_horizon=S), CommittedPlan(8, DT // 2)
+    assert st.request_due(0, plan, delay_steps=2)  # nothing planned: request at once
+    st.request_sent(0)
+    end = 10_000 * MS
+    plan.merge(np.array([end - DT, end]), chunk(lambda i: 0.0, 2), now_ns=0)
+    # d = 2 steps: due exactly 200 ms before the last planned action, not a nanosecond earlier
+    assert not st.request_due(end - 2 * DT - 1, plan, delay_steps=2)
+    assert st.request_due(end - 2 * DT, plan, delay_steps=2)
+    assert st.request_due(end - 3 * DT, plan, delay_steps=3)  # d = 3: due 300 ms before
+    # async does not wait for the plan to run out: due one control period after its last request
+    a = AsyncStrategy(DT)
+    a.request_sent(0)
+    assert not a.request_due(DT - 1, plan, 2) and a.request_due(DT, plan, 2)
+    assert not st.request_due(DT, plan, 2)  # (sync at the same moment is not)
+
+
+def test_sync_executes_s_actions_async_every_fresh_one():
+    acts = chunk(lambda i: 0.01 * i)
+    t_obs, arrival = 10_000 * MS, 10_085 * MS  # DESIGN.md's worked example
+    sync = SyncStrategy(DT, exec_latency_ns=10 * MS, execute_horizon=S).on_chunk(acts, t_obs, arrival, DT)
+    asyn = AsyncStrategy(DT, exec_latency_ns=10 * MS, execute_horizon=S).on_chunk(acts, t_obs, arrival, DT)
+    assert sync.first_index == 1 and len(sync.actions) == S  # actions 1..8
+    np.testing.assert_array_equal(sync.stamps_ns, t_obs + np.arange(1, 9) * DT)
+    assert asyn.first_index == 1 and len(asyn.actions) == H - 1  # actions 1..15
+    assert sync.dropped == asyn.dropped == 1
+
+
+def test_ensemble_averages_overlapping_chunks_where_async_takes_the_newest():
+    m = 0.01
+    ens = EnsembleStrategy(DT, m=m, steps=4)
+    t0 = 10_000 * MS
+    assert ens.on_chunk(chunk(lambda i: 0.0), t0, t0 + 50 * MS, DT) is None  # sent from the ticks
+    assert ens.on_chunk(chunk(lambda i: 1.0), t0 + DT, t0 + DT + 50 * MS, DT) is None
+    sched = ens.on_tick(t0 + DT + 60 * MS)
+    np.testing.assert_array_equal(sched.stamps_ns, t0 + np.arange(2, 6) * DT)  # next 4 grid steps
+    w_old, w_new = 1.0, np.exp(-m)  # i = 0 for the oldest prediction
+    np.testing.assert_allclose(sched.actions[:, 0], w_new / (w_old + w_new), rtol=1e-12)  # 0.4975, not 1.0
+    # async executes the newest chunk as it is
+    a = AsyncStrategy(DT).on_chunk(chunk(lambda i: 1.0), t0 + DT, t0 + DT + 50 * MS, DT)
+    np.testing.assert_array_equal(a.actions[:, 0], 1.0)
+    assert AsyncStrategy(DT).on_tick(t0) is None
+    ens.reset()
+    assert ens.on_tick(t0 + DT + 60 * MS) is None
+
+
+def test_rtc_sends_the_committed_prefix_and_async_sends_none():
+    plan = CommittedPlan(8, DT // 2)
+    t0 = 10_000 * MS
+    committed = chunk(lambda i: 0.5 + 0.01 * i, 10)
+    plan.merge(t0 + np.arange(10) * DT, committed, now_ns=t0)
+    t_obs = t0 + 3 * DT + 2 * MS  # the next observation, 2 ms off the grid
+    pre = RTCStrategy(DT).request_prefix(t_obs, plan, delay_steps=3)
+    np.testing.assert_allclose(pre, committed[3:6], rtol=1e-6)  # the next chunk's indices 0..2, frozen
+    assert AsyncStrategy(DT).request_prefix(t_obs, plan, 3) is None
+    assert SyncStrategy(DT).request_prefix(t_obs, plan, 3) is None
+    # the prefix stops where nothing is committed
+    assert len(RTCStrategy(DT).request_prefix(t0 + 8 * DT, plan, delay_steps=5)) == 2
+
+
+def test_committed_plan_follows_the_arm_nodes_merge_rule():
+    """The controller's plan and the arm's trajectory keep the same future waypoints after any
+    sequence of merges (the arm also starts each merge at its current point)."""
+    rng = np.random.default_rng(0)
+    plan = CommittedPlan(8, DT // 2, memory_ns=0)
+    traj = Trajectory("joint", 0, np.zeros(1))
+    now = 0
+    for _ in range(30):
+        now += int(rng.integers(10, 150)) * MS
+        first = now + int(rng.integers(-2, 6)) * DT // 2
+        stamps = first + np.arange(int(rng.integers(1, 8))) * DT
+        stamps = stamps[stamps > now]
+        if not len(stamps):
+            continue
+        vals = rng.normal(size=len(stamps))
+        plan.merge(stamps, chunk(lambda i: 0.0, len(stamps)) + np.c_[vals, np.zeros((len(vals), 7))], now)
+        traj.merge(stamps, vals[:, None], now)
+        future = plan.stamps_ns > now
+        np.testing.assert_array_equal(plan.stamps_ns[future], traj.t[1:])
+        np.testing.assert_array_equal(plan.actions[future, 0], traj.x[1:, 0])
+
+
+def test_committed_plan_reports_the_switch_jump():
+    plan = CommittedPlan(8, DT // 2)
+    assert plan.merge(np.array([DT, 2 * DT]), chunk(lambda i: 0.0, 2), now_ns=0) is None  # nothing before
+    jump = plan.merge(np.array([2 * DT + 3 * MS, 3 * DT]), chunk(lambda i: 0.004, 2), now_ns=DT)
+    assert jump == pytest.approx(0.004)
+    # merged as the arm merges: old waypoints before the new first one stay
+    np.testing.assert_array_equal(plan.stamps_ns, [DT, 2 * DT, 2 * DT + 3 * MS, 3 * DT])
