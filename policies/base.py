@@ -65,11 +65,14 @@ class Policy(ABC):
     metadata: PolicyMetadata
 
     @abstractmethod
-    def predict(self, obs: dict[str, np.ndarray], committed_prefix: np.ndarray | None = None) -> np.ndarray:
+    def predict(self, obs: dict[str, np.ndarray], committed_prefix: np.ndarray | None = None,
+                frozen: int | None = None) -> np.ndarray:
         """Action chunk (H, action_dim) float32 for a validated observation window.
 
         Args:
             obs: key -> (To, ...) arrays as in the metadata.
-            committed_prefix: (d, action_dim) actions already committed (RTC): the returned chunk's
-                first d actions must equal them, the rest continue from them.
+            committed_prefix: (k, action_dim) the previous chunk's actions over this chunk's first
+                k indices (RTC), or None.
+            frozen: d <= k: the first d of them are committed (the arm executes them whatever this
+                chunk says), the rest is guidance over the overlap; None: all k are committed.
         """

@@ -189,7 +189,10 @@ class TorchDenoiser:
         self.model = model.to(self.device).eval()
 
     def bind(self, images: list[torch.Tensor], proprio: np.ndarray):
-        with torch.inference_mode():
+        """The denoiser for one chunk: ``denoise(x_t, t) -> out`` on numpy arrays, and its
+        differentiable form ``denoise.torch(x_t, t)`` on CPU tensors (RTC's exact guidance takes
+        vector-Jacobian products through it)."""
+        with torch.no_grad():  # (not inference_mode: the guided sampler differentiates through cond's users)
             cond = self.model.net.encode([i.to(self.device) for i in images],
                                          torch.from_numpy(proprio).to(self.device))
 
@@ -198,6 +201,10 @@ class TorchDenoiser:
                 return self.model.net(torch.from_numpy(x).to(self.device), torch.from_numpy(t).to(self.device),
                                       cond).cpu().numpy()
 
+        def differentiable(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.model.net(x.to(self.device), t.to(self.device), cond).cpu()
+
+        denoise.torch = differentiable
         return denoise
 
 
@@ -278,14 +285,49 @@ class GenerativePolicy(Policy):
         self.metadata = PolicyMetadata(**{**self.metadata.__dict__, "obs_shapes": {**self.metadata.obs_shapes, **cams}})
         self.rng = np.random.default_rng(seed)
 
-    def predict(self, obs, committed_prefix=None, noise: np.ndarray | None = None):
+    def predict(self, obs, committed_prefix=None, frozen: int | None = None, noise: np.ndarray | None = None,
+                guidance: str = "auto"):
+        """Sample a chunk (H, D) float32 in world units.
+
+        Args:
+            obs: the validated observation window.
+            committed_prefix: (k, D) the previous chunk's actions over this chunk's indices 0..k-1
+                (RTC), or None.
+            frozen: d, how many of them are committed (None: all k). The soft mask is
+                ``rtc_guidance_weights(H, d, H - k)``: 1 on the first d, decaying to 0 at k.
+            noise: (1, H, D) initial noise (None: drawn from the policy's generator).
+            guidance: "auto" (exact VJP guidance where the backend differentiates and the
+                sampler takes more than one step, else Jacobian-free), "exact", "jacobian_free" or
+                "none" (ignore the prefix: the unguided sample, for comparisons). One step at the
+                clip weight beta = 5 overshoots the previous chunk about 4-fold where W = 1 (the
+                paper samples in 5 steps); one-step policies use the Jacobian-free pull, or
+                training-time RTC.
+        Raises:
+            ValueError: "exact" on a backend without a differentiable denoiser; an unknown mode.
+        """
+        from robot_stack.control.chunking import rtc_guidance_weights
+
         c = self.model.cfg
         denoise = self.backend.bind(self.model.images(obs), np.asarray(obs["state"], np.float32)[None])
         if noise is None:
             noise = self.rng.standard_normal((1, c.horizon, c.action_dim)).astype(np.float32)
-        prefix = None
-        if committed_prefix is not None and len(committed_prefix):
-            pre = torch.as_tensor(np.asarray(committed_prefix, np.float32), device=self.model.a_min.device)
+        if guidance not in ("auto", "exact", "jacobian_free", "none"):
+            raise ValueError(f"guidance must be auto, exact, jacobian_free or none, got {guidance!r}")
+        if guidance == "exact" and getattr(denoise, "torch", None) is None:
+            raise ValueError(f"exact RTC guidance needs a differentiable backend, not {type(self.backend).__name__}")
+        if guidance == "jacobian_free" or (guidance == "auto" and c.sample_steps == 1):
+            denoise = _numpy_only(denoise)
+        prefix = weights = None
+        if committed_prefix is not None and len(committed_prefix) and guidance != "none":
+            k = min(len(committed_prefix), c.horizon)
+            d = k if frozen is None else max(0, min(int(frozen), k))
+            pre = torch.as_tensor(np.asarray(committed_prefix[:k], np.float32), device=self.model.a_min.device)
             prefix = self.model.normalize(pre).cpu().numpy()
-        x = self.model.sampler.sample(denoise, noise, c.sample_steps, prefix=prefix)
+            weights = rtc_guidance_weights(c.horizon, d, c.horizon - k)
+        x = self.model.sampler.sample(denoise, noise, c.sample_steps, prefix=prefix, weights=weights)
         return self.model.denormalize(x[0]).astype(np.float32)
+
+
+def _numpy_only(denoise):
+    """The same denoiser without its differentiable form (forces the Jacobian-free RTC path)."""
+    return lambda x, t: denoise(x, t)

@@ -10,11 +10,25 @@ and the loop is the same code for both.
   (1 - t) noise + t x1, the network predicts v = x1 - noise; Euler sampling with few steps or
   one step (the MP1 / consistency-style regime when trained for it).
 
-Real-time chunking (Black et al. 2025): with a committed prefix and RTC weights W (H,), each
-sampling step pulls the current estimate of the clean chunk toward the prefix,
-``x1_hat <- x1_hat + W * (prefix - x1_hat)``, and continues from the corrected estimate. This is
-the Jacobian-free form of RTC's soft-masked guidance (the guided estimate with the guidance weight
-at its clip value), which applies to both samplers.
+Real-time chunking, inference-time (Black, Galliker and Levine 2025, arXiv 2506.07339): the
+request brings the previous chunk's actions Y over the overlap and the soft mask W (H,)
+(``robot_stack.control.chunking.rtc_guidance_weights``: 1 on the d frozen actions, decaying to 0
+where the previous chunk ends). Two forms:
+
+- exact, pseudo-inverse guidance (the paper's Algorithm 1), when the backend can differentiate the
+  denoiser (``denoise.torch``, torch eager): at each step the clean estimate x1_hat(x_t) is
+  compared with Y, the masked error e = W * (Y - x1_hat) is pulled back through the denoiser with a
+  vector-Jacobian product g = e^T d x1_hat / d x_t, and the step moves by
+  ``v + min(beta, (1 - t) / (t r_t^2)) g`` with r_t^2 = (1 - t)^2 / (t^2 + (1 - t)^2) (flow).
+  DDIM (our adaptation; the paper states the flow form): in flow coordinates A = x_t / (sqrt(a) +
+  sqrt(1 - a)), t = sqrt(a) / (sqrt(a) + sqrt(1 - a)), the clean estimate moves by what that
+  guided Euler step adds, ``(t_next - t) min(beta, ...) VJP_A``, before DDIM's own step. The VJP
+  through an epsilon-predictor is only well conditioned for a trained one (an untrained network's
+  clean estimate x_t / sqrt(a) has a huge Jacobian at high noise);
+- Jacobian-free (ONNX Runtime, where no VJP is exported): the clean estimate itself is pulled
+  toward Y, ``x1_hat <- x1_hat + W * (Y - x1_hat)`` (the guidance with d x1_hat / d x_t taken as
+  the identity and the weight at the value that lands exactly on Y). tests/test_generative.py
+  measures how far it lies from the exact form.
 """
 
 from __future__ import annotations
@@ -45,6 +59,32 @@ def _pad_prefix(prefix: np.ndarray | None, weights: np.ndarray | None, shape) ->
     return target, w[None, :, None]
 
 
+#: RTC's guidance weight clip beta (Black et al. 2025 use 5)
+RTC_BETA = 5.0
+
+
+def _vjp_step(fn, x: np.ndarray, target: np.ndarray, w: np.ndarray):
+    """Torch: (output of ``fn`` at ``x``, clean estimate, VJP of the masked error through the clean
+    estimate). ``fn(x_t) -> (out, clean)`` is differentiable; arrays (B, H, D) float32."""
+    import torch
+
+    xt = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
+    with torch.enable_grad():
+        out, clean = fn(xt)
+        err = torch.from_numpy(w) * (torch.from_numpy(target) - clean)
+        (g,) = torch.autograd.grad(clean, xt, grad_outputs=err)
+    return out.detach().cpu().numpy(), clean.detach().cpu().numpy(), g.cpu().numpy()
+
+
+def guidance_weight(t: float, beta: float = RTC_BETA) -> float:
+    """RTC's pseudo-inverse guidance weight at flow time t in [0, 1) (0 = noise):
+    ``min(beta, (1 - t) / (t r_t^2))``, r_t^2 = (1 - t)^2 / (t^2 + (1 - t)^2); beta at t = 0."""
+    if t <= 0:
+        return beta
+    r2 = (1 - t) ** 2 / (t ** 2 + (1 - t) ** 2)
+    return min(beta, (1 - t) / (t * r2))
+
+
 class DDIM:
     """Diffusion schedule with K training steps (squared-cosine alphas)."""
 
@@ -67,20 +107,40 @@ class DDIM:
         return np.asarray(k, np.float32) / self.K
 
     def sample(self, denoise: Denoise, noise: np.ndarray, steps: int = 10, prefix: np.ndarray | None = None,
-               weights: np.ndarray | None = None) -> np.ndarray:
+               weights: np.ndarray | None = None, beta: float = RTC_BETA) -> np.ndarray:
         """Deterministic DDIM (eta = 0) from ``noise`` (B, H, D) in ``steps`` steps; the clean-chunk
-        estimate is clipped to the normalized action range [-1, 1] (Diffusion Policy's clip_sample)."""
+        estimate is clipped to the normalized action range [-1, 1] (Diffusion Policy's clip_sample).
+        With ``prefix`` (k, D) and ``weights`` (H,): RTC guidance (module doc), exact when
+        ``denoise`` has a differentiable ``torch`` form."""
         guide = _pad_prefix(prefix, weights, noise.shape)
+        exact = guide is not None and getattr(denoise, "torch", None) is not None
         ks = np.linspace(self.K - 1, 0, steps).round().astype(int)
         x = noise.astype(np.float32)
         x0 = x
         for i, k in enumerate(ks):
             a = self.abar[k]
-            eps = denoise(x, np.full(len(x), self.time_input(k), np.float32))
-            x0 = np.clip((x - math.sqrt(1 - a) * eps) / math.sqrt(a), -1.0, 1.0)  # actions live in [-1, 1]
-            if guide is not None:
-                x0 = x0 + guide[1] * (guide[0] - x0)
+            t_in = np.full(len(x), self.time_input(k), np.float32)
+            if exact:
+                import torch
+
+                def fn(xt, a=a, t_in=t_in):
+                    e = denoise.torch(xt, torch.from_numpy(t_in))
+                    return e, torch.clamp((xt - math.sqrt(1 - a) * e) / math.sqrt(a), -1.0, 1.0)
+
+                eps, x0, g = _vjp_step(fn, x, *guide)
+                # in flow coordinates A = x / sc, tau = sqrt(a) / sc (sc = sqrt(a) + sqrt(1 - a)), the
+                # guided Euler step moves the clean estimate by d_tau * weight(tau) * VJP_A, VJP_A = sc * g
+                a_next = self.abar[ks[i + 1]] if i + 1 < len(ks) else 1.0
+                sc, sc_next = math.sqrt(a) + math.sqrt(1 - a), math.sqrt(a_next) + math.sqrt(1 - a_next)
+                tau, tau_next = math.sqrt(a) / sc, math.sqrt(a_next) / sc_next
+                x0 = np.clip(x0 + (tau_next - tau) * guidance_weight(tau, beta) * sc * g, -1.0, 1.0)
                 eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
+            else:
+                eps = denoise(x, t_in)
+                x0 = np.clip((x - math.sqrt(1 - a) * eps) / math.sqrt(a), -1.0, 1.0)  # actions live in [-1, 1]
+                if guide is not None:
+                    x0 = x0 + guide[1] * (guide[0] - x0)
+                    eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
             a_prev = self.abar[ks[i + 1]] if i + 1 < len(ks) else 1.0
             x = (math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps).astype(np.float32)
         return x0.astype(np.float32)
@@ -95,14 +155,28 @@ class Flow:
         return (1 - tt) * noise + tt * x1, x1 - noise
 
     def sample(self, denoise: Denoise, noise: np.ndarray, steps: int = 1, prefix: np.ndarray | None = None,
-               weights: np.ndarray | None = None) -> np.ndarray:
-        """Euler integration from t = 0 (noise) to t = 1 in ``steps`` steps (1 = one-step)."""
+               weights: np.ndarray | None = None, beta: float = RTC_BETA) -> np.ndarray:
+        """Euler integration from t = 0 (noise) to t = 1 in ``steps`` steps (1 = one-step). With
+        ``prefix`` (k, D) and ``weights`` (H,): RTC guidance (module doc), exact when ``denoise``
+        has a differentiable ``torch`` form."""
         guide = _pad_prefix(prefix, weights, noise.shape)
+        exact = guide is not None and getattr(denoise, "torch", None) is not None
         x = noise.astype(np.float32)
         for i in range(steps):
             t = i / steps
-            v = denoise(x, np.full(len(x), t, np.float32))
-            if guide is not None:
+            t_in = np.full(len(x), t, np.float32)
+            if exact:  # Black et al. 2025, Algorithm 1: v + min(beta, (1-t)/(t r^2)) * VJP
+                import torch
+
+                def fn(xt, t=t, t_in=t_in):
+                    v = denoise.torch(xt, torch.from_numpy(t_in))
+                    return v, xt + (1 - t) * v
+
+                v, _, g = _vjp_step(fn, x, *guide)
+                v = v + guidance_weight(t, beta) * g
+            else:
+                v = denoise(x, t_in)
+            if guide is not None and not exact:
                 x1 = x + (1 - t) * v
                 x1 = x1 + guide[1] * (guide[0] - x1)
                 v = (x1 - x) / (1 - t)

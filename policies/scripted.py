@@ -54,7 +54,7 @@ class GoToPolicy(Policy):
             out[k] = pts[i] + f * (pts[i + 1] - pts[i])
         return out
 
-    def predict(self, obs, committed_prefix=None):
+    def predict(self, obs, committed_prefix=None, frozen=None):
         if self.delay_s:
             time.sleep(self.delay_s)
         m = self.metadata
@@ -65,6 +65,8 @@ class GoToPolicy(Policy):
         out[:, 3:7] = self._orientation
         out[:, 7] = 1.0
         d = 0 if committed_prefix is None else min(len(committed_prefix), m.horizon)
+        if frozen is not None:  # only the committed part is followed; the overlap beyond it is free
+            d = min(d, max(0, int(frozen)))
         if d:
             out[:d] = committed_prefix[:d]
             start, k0 = np.asarray(committed_prefix[d - 1, :3], float), 1

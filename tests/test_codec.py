@@ -235,3 +235,13 @@ def test_topics_live_with_their_schemas():
     assert sim == {"joint_state": "sim/joint_state", "joint_target": "sim/joint_target", "sim_command": "sim/command",
                    "sim_state": "sim/state", "object_state": "sim/objects"}
     assert not any(cls.TOPIC.startswith("sim/") for name, cls in REGISTRY.items() if name not in sim)
+
+
+def test_observation_window_prefix_frozen_is_checked():
+    ok = ObservationWindow(request_id=1, obs={"state": np.ones((2, 8), np.float32)}, obs_age_ns=np.zeros(2, np.int64),
+                           committed_prefix=np.ones((5, 8), np.float32), prefix_frozen=3)
+    assert decode(encode("infer", ok))[1].prefix_frozen == 3
+    bad = ObservationWindow(request_id=1, obs={"state": np.ones((2, 8), np.float32)}, obs_age_ns=np.zeros(2, np.int64),
+                            committed_prefix=np.ones((2, 8), np.float32), prefix_frozen=3)
+    with pytest.raises(EncodeError, match="prefix_frozen 3 outside -1..2"):
+        encode("infer", bad)

@@ -1,4 +1,4 @@
-"""Diffusion / flow policies: shapes, learning signal, ONNX parity, RTC prefix inpainting."""
+"""Diffusion / flow policies: shapes, learning signal, ONNX parity, RTC guidance (exact and Jacobian-free)."""
 
 import numpy as np
 import pytest
@@ -64,16 +64,108 @@ def test_onnx_matches_torch_for_the_same_noise(tmp_path, kind, steps):
     assert np.abs(other - a_torch).max() > 1e-3  # the output depends on the noise: parity is not trivial
 
 
-@pytest.mark.parametrize("kind", ["ddim", "flow"])
-def test_rtc_prefix_is_reproduced_and_rest_generated(kind):
+def test_rtc_weights_match_the_reference_formula():
+    """Black et al. 2025, eq. 5, written as their reference code computes it (vectorized, clipped,
+    with start = d and end = H - s): equal to ours on every valid (H, d, s), d <= s <= H - d."""
+    from robot_stack.control.chunking import rtc_guidance_weights
+
+    n = 0
+    for H in (4, 8, 16, 32, 50):
+        for s in range(H + 1):
+            for d in range(0, min(s, H - s) + 1):
+                end = H - s
+                i = np.arange(H)
+                w = np.clip((d - 1 - i) / (end - d + 1) + 1, 0, 1)
+                w = w * np.expm1(w) / (np.e - 1)
+                w = np.where(i >= end, 0.0, w)
+                np.testing.assert_allclose(rtc_guidance_weights(H, d, s), w, atol=1e-12, err_msg=f"H={H} d={d} s={s}")
+                n += 1
+    assert n > 500
+
+
+def _rtc_case(kind, steps):
     torch.manual_seed(0)
-    m = GenerativePolicyModel(ModelConfig(**SMALL, kind=kind)).eval()
-    pol = GenerativePolicy(m, TorchDenoiser(m, "cpu"), seed=0)
+    m = GenerativePolicyModel(ModelConfig(**{**SMALL, "sample_steps": steps}, kind=kind)).eval()
     rng = np.random.default_rng(1)
-    prefix = rng.uniform(-0.5, 0.5, (3, 3)).astype(np.float32)
-    a = pol.predict(obs(rng), committed_prefix=prefix)
-    np.testing.assert_allclose(a[:3], prefix, atol=1e-4)
-    assert np.all(np.isfinite(a[3:])) and not np.allclose(a[3:], 0)
+    o = obs(rng)
+    noise = rng.standard_normal((1, 8, 3)).astype(np.float32)
+    prev = rng.uniform(-0.5, 0.5, (6, 3)).astype(np.float32)  # the previous chunk over indices 0..5
+    return m, o, noise, prev
+
+
+@pytest.mark.parametrize("kind,steps", [("flow", 4), ("flow", 8)])
+def test_rtc_guidance_pulls_the_overlap_toward_the_previous_chunk(kind, steps):
+    """Exact (VJP) guidance: the guided chunk's actions after the frozen d = 2 move toward the
+    previous chunk over the overlap (indices 2..5), compared with the unguided sample from the same
+    noise; beyond the overlap (6, 7) nothing asks them to. Fails when the guidance is removed."""
+    m, o, noise, prev = _rtc_case(kind, steps)
+    pol = GenerativePolicy(m, TorchDenoiser(m, "cpu"))
+    free = pol.predict(o, noise=noise, guidance="none")
+    guided = pol.predict(o, committed_prefix=prev, frozen=2, noise=noise, guidance="exact")
+    err_free = np.linalg.norm(free[2:6] - prev[2:], axis=1)
+    err_guided = np.linalg.norm(guided[2:6] - prev[2:], axis=1)
+    print(f"\n{kind} x{steps}: overlap error unguided {err_free.round(3)}, guided {err_guided.round(3)}")
+    assert err_guided.mean() < 0.5 * err_free.mean()
+    assert np.all(err_guided[:2] < err_free[:2])  # the strongly weighted part of the soft mask
+    assert np.linalg.norm(guided[:2] - prev[:2], axis=1).mean() < 0.5 * np.linalg.norm(free[:2] - prev[:2], axis=1).mean()
+    assert pol.predict(o, committed_prefix=prev, frozen=2, noise=noise, guidance="none") == pytest.approx(free)
+
+
+@pytest.mark.parametrize("kind,steps", [("flow", 4)])
+def test_jacobian_free_guidance_against_the_exact_form(tmp_path, kind, steps):
+    """ONNX Runtime exports no vector-Jacobian product, so its RTC is Jacobian-free (the clean
+    estimate pulled toward the previous chunk). Measured against the exact form on the same noise:
+    both pull the overlap toward the previous chunk, and they differ from each other by less than
+    either differs from the unguided sample."""
+    m, o, noise, prev = _rtc_case(kind, steps)
+    torch_pol = GenerativePolicy(m, TorchDenoiser(m, "cpu"))
+    free = torch_pol.predict(o, noise=noise, guidance="none")
+    exact = torch_pol.predict(o, committed_prefix=prev, frozen=2, noise=noise, guidance="exact")
+    jf = torch_pol.predict(o, committed_prefix=prev, frozen=2, noise=noise, guidance="jacobian_free")
+    onnx_pol = GenerativePolicy(m, OnnxDenoiser(export_onnx(m, tmp_path / "p.onnx"), ["CPUExecutionProvider"]))
+    jf_onnx = onnx_pol.predict(o, committed_prefix=prev, frozen=2, noise=noise)  # auto: Jacobian-free on ORT
+    np.testing.assert_allclose(jf_onnx, jf, atol=2e-3)
+    with pytest.raises(ValueError, match="differentiable backend"):
+        onnx_pol.predict(o, committed_prefix=prev, noise=noise, guidance="exact")
+    ov = slice(0, 6)
+    d_exact, d_jf = np.abs(exact[ov] - prev).mean(), np.abs(jf[ov] - prev).mean()
+    d_free, d_between = np.abs(free[ov] - prev).mean(), np.abs(jf[ov] - exact[ov]).mean()
+    print(f"\n{kind}: mean |chunk - previous| over the overlap: unguided {d_free:.3f}, exact {d_exact:.3f}, "
+          f"Jacobian-free {d_jf:.3f}; |Jacobian-free - exact| {d_between:.3f}")
+    assert d_exact < 0.5 * d_free and d_jf < 0.5 * d_free
+    assert d_between < min(np.abs(free[ov] - exact[ov]).mean(), np.abs(free[ov] - jf[ov]).mean())
+
+
+def test_ddim_exact_guidance_with_an_exact_denoiser():
+    """DDIM's exact guidance on the optimal denoiser of Gaussian data x0 ~ N(0, sigma^2 I)
+    (eps*(x_t) = sqrt(1 - a) x_t / (a sigma^2 + 1 - a), differentiable in closed form): the guided
+    overlap moves toward the previous chunk, the frozen part most, and without a prefix the
+    guided and unguided samplers agree."""
+    from robot_stack.control.chunking import rtc_guidance_weights
+    from robot_stack.policies.samplers import DDIM
+
+    sampler, sig2 = DDIM(100), 0.3 ** 2
+
+    def eps_of(x, t, xp=np):
+        a = sampler.abar[np.clip(np.round(np.asarray(t, float) * 100).astype(int), 0, 99)][0]
+        return (1 - a) ** 0.5 * x / (a * sig2 + 1 - a)
+
+    denoise = lambda x, t: eps_of(x, t).astype(np.float32)  # noqa: E731
+    denoise.torch = lambda x, t: eps_of(x, t.numpy())  # torch in, torch out (a scalar factor) # noqa: E731
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((1, 16, 2)).astype(np.float32)
+    prev = np.full((10, 2), 0.5, np.float32)  # previous chunk over indices 0..9
+    w = rtc_guidance_weights(16, 3, 6)
+    free = sampler.sample(denoise, noise, 8)
+    guided = sampler.sample(denoise, noise, 8, prefix=prev, weights=w)
+    jf = sampler.sample(lambda x, t: denoise(x, t), noise, 8, prefix=prev, weights=w)
+    err = lambda a: np.abs(a[0, :10] - 0.5).mean(axis=1)  # noqa: E731
+    print(f"\nddim: overlap error unguided {err(free).round(3)}, exact {err(guided).round(3)}, "
+          f"Jacobian-free {err(jf).round(3)}")
+    assert np.all(err(guided)[:3] < 0.5 * err(free)[:3])  # frozen: pulled close
+    assert err(guided)[3:10].mean() < err(free)[3:10].mean()  # the decaying rest of the overlap: pulled
+    np.testing.assert_allclose(guided[0, 12:], free[0, 12:], atol=0.05)  # no weight past the overlap
+    np.testing.assert_allclose(sampler.sample(denoise, noise, 8, prefix=None), free)
 
 
 def test_checkpoint_round_trip_without_pickle(tmp_path):

@@ -79,18 +79,27 @@ def test_ensemble_averages_overlapping_chunks_where_async_takes_the_newest():
     assert ens.on_tick(t0 + DT + 60 * MS) is None
 
 
-def test_rtc_sends_the_committed_prefix_and_async_sends_none():
+def test_rtc_sends_the_overlap_with_d_frozen_and_async_sends_none():
     plan = CommittedPlan(8, DT // 2)
     t0 = 10_000 * MS
     committed = chunk(lambda i: 0.5 + 0.01 * i, 10)
     plan.merge(t0 + np.arange(10) * DT, committed, now_ns=t0)
     t_obs = t0 + 3 * DT + 2 * MS  # the next observation, 2 ms off the grid
-    pre = RTCStrategy(DT).request_prefix(t_obs, plan, delay_steps=3)
-    np.testing.assert_allclose(pre, committed[3:6], rtol=1e-6)  # the next chunk's indices 0..2, frozen
+    rtc = RTCStrategy(DT)
+    rtc.on_chunk(chunk(lambda i: 0.0, H), t0, t0, DT)  # learns H = 16
+    pre, frozen = rtc.request_prefix(t_obs, plan, delay_steps=3)
+    # the whole overlap (the plan's steps 3..9 are the next chunk's 0..6), its first d = 3 frozen
+    np.testing.assert_allclose(pre, committed[3:10], rtol=1e-6)
+    assert frozen == 3
     assert AsyncStrategy(DT).request_prefix(t_obs, plan, 3) is None
     assert SyncStrategy(DT).request_prefix(t_obs, plan, 3) is None
-    # the prefix stops where nothing is committed
-    assert len(RTCStrategy(DT).request_prefix(t0 + 8 * DT, plan, delay_steps=5)) == 2
+    # the overlap stops where nothing is planned, and d never exceeds it
+    pre, frozen = rtc.request_prefix(t0 + 8 * DT, plan, delay_steps=5)
+    assert len(pre) == 2 and frozen == 2
+    assert rtc.request_prefix(t0 + 20 * DT, plan, delay_steps=5) is None
+    # the overlap is at most H long
+    plan.merge(t0 + np.arange(10, 40) * DT, chunk(lambda i: 0.0, 30), now_ns=t0)
+    assert len(rtc.request_prefix(t0, plan, 2)[0]) == H
 
 
 def test_committed_plan_follows_the_arm_nodes_merge_rule():

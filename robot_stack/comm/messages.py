@@ -347,7 +347,10 @@ class ObservationWindow(Message):
         obs: key -> array with a leading To axis (e.g. "cam_scene.color": (To, H, W, 3) uint8,
             "state": (To, n) float32).
         obs_age_ns: (To,) int64 age of each observation step when the request was sent, ns.
-        committed_prefix: (d, action_dim) float32 actions already committed (RTC), or None.
+        committed_prefix: (k, action_dim) float32 actions already planned for the next chunk's
+            indices 0..k-1 (RTC: the previous chunk over the overlap), or None.
+        prefix_frozen: d, how many of ``committed_prefix`` the arm executes whatever the new chunk
+            says (the rest is soft guidance); -1: all of them.
     """
 
     SCHEMA: ClassVar[str] = "observation_window"
@@ -355,6 +358,12 @@ class ObservationWindow(Message):
     obs: dict[str, np.ndarray] = array_dict()
     obs_age_ns: np.ndarray = array(INT64, (None,))
     committed_prefix: np.ndarray | None = array(FLOAT, (None, None), optional=True)
+    prefix_frozen: int = scalar("int", -1)
+
+    def check(self) -> None:
+        n = 0 if self.committed_prefix is None else len(self.committed_prefix)
+        if self.prefix_frozen < -1 or self.prefix_frozen > n:
+            raise SchemaError(f"prefix_frozen {self.prefix_frozen} outside -1..{n} (the prefix has {n} actions)")
 
 
 @dataclass(kw_only=True)

@@ -136,8 +136,10 @@ class ExecutionStrategy(ABC):
         back-to-back inference would replan on every sample's noise, faster than the arm follows)."""
         self._next_request_ns = now_ns + self.dt_ns
 
-    def request_prefix(self, t_obs_ns: int, plan: CommittedPlan, delay_steps: int) -> np.ndarray | None:
-        """Committed actions to send with the request (RTC), or None."""
+    def request_prefix(self, t_obs_ns: int, plan: CommittedPlan,
+                       delay_steps: int) -> tuple[np.ndarray, int] | None:
+        """What to send with the request (RTC): the planned actions (k, D) for the next chunk's
+        indices 0..k-1 and how many of them are frozen (d), or None."""
         return None
 
     def on_chunk(self, actions: np.ndarray, t_obs_ns: int, arrival_ns: int, dt_ns: int,
@@ -176,14 +178,27 @@ class AsyncStrategy(ExecutionStrategy):
 
 
 class RTCStrategy(AsyncStrategy):
-    """Real-time chunking: like async, and each request carries the d actions already committed
-    for the next chunk's first d steps (d measured online); the policy continues that prefix."""
+    """Real-time chunking: like async, and each request carries the previous plan over the whole
+    overlap with the next chunk, the first d actions of it frozen (d measured online: the arm
+    executes them while the policy thinks). The policy follows the frozen part and is guided toward
+    the rest with RTC's soft mask (inference-time RTC), or conditions on the frozen part when it
+    was trained to (training-time RTC)."""
 
     name = "rtc"
 
+    def __init__(self, dt_ns: int, exec_latency_ns: int = 0, execute_horizon: int = 8):
+        super().__init__(dt_ns, exec_latency_ns, execute_horizon)
+        self.horizon = 64  # H, learned from the first chunk; the overlap is never longer
+
+    def on_chunk(self, actions, t_obs_ns, arrival_ns, dt_ns, offset=0):
+        self.horizon = len(actions)
+        return super().on_chunk(actions, t_obs_ns, arrival_ns, dt_ns, offset)
+
     def request_prefix(self, t_obs_ns, plan, delay_steps):
-        pre = plan.prefix(t_obs_ns, self.dt_ns, delay_steps)
-        return pre if len(pre) else None
+        overlap = plan.prefix(t_obs_ns, self.dt_ns, self.horizon)
+        if not len(overlap):
+            return None
+        return overlap, min(int(delay_steps), len(overlap))
 
 
 class EnsembleStrategy(ExecutionStrategy):

@@ -232,7 +232,8 @@ class ControllerNode(Node):
             prefix = self.strategy.request_prefix(obs.t_obs_ns, self.plan, self.delay.steps)
         req = ObservationWindow(request_id=self.request_id, obs=arrays,
                                 obs_age_ns=(t_send - obs.times_ns).astype(np.int64),
-                                committed_prefix=prefix if prefix is not None and len(prefix) else None)
+                                committed_prefix=None if prefix is None else prefix[0],
+                                prefix_frozen=-1 if prefix is None else prefix[1])
         self.stats["requests"] += 1
         try:
             chunk = client.request("infer", req)

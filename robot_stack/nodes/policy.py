@@ -98,7 +98,8 @@ class PolicyNode(Node):
         t0 = time.perf_counter_ns()
         if self.params.delay_s:
             time.sleep(self.params.delay_s)
-        actions = self.policy.predict(msg.obs, prefix)
+        frozen = None if msg.prefix_frozen < 0 else msg.prefix_frozen
+        actions = self.policy.predict(msg.obs, prefix, frozen)
         if self.params.fault != "none":
             actions = inject_fault(np.array(actions, np.float32), self.params.fault)
         dt_ns = time.perf_counter_ns() - t0
