@@ -111,6 +111,7 @@ class ArmNode(Node):
             raise ValueError(f"robot model {self.model.name} has {self.model.n_joints} joints, "
                              f"the {p.driver.type} driver {n}")
         self.q_cmd = first.q.copy()  # no jump at start-up: the first target is the measured state
+        self.q_ik: np.ndarray | None = None  # the last IK solution (seed of the next)
         self.grip_cmd = float(np.clip(first.gripper_width / self.model.gripper_stroke_m, 0, 1)
                               if self.model.gripper_stroke_m > 0 else 0.0)
         self.traj: Trajectory | None = None
@@ -236,6 +237,7 @@ class ArmNode(Node):
             self.checker.pose_jump(pts[0], ref)
             if self.traj is None or self.traj.kind != "pose":
                 self.traj = Trajectory("pose", t, ee_now)
+                self.q_ik = None  # the new pose path starts where the arm is
             self.stretched += self.traj.merge(msg.stamps_ns, pts, t, self.ee_limits)
         if msg.gripper is not None:
             g = np.clip(np.asarray(msg.gripper, float), 0.0, 1.0)[:, None]
@@ -263,6 +265,7 @@ class ArmNode(Node):
             log.warning("arm driver recovered from: %s", self.driver_fault)
             self.driver_fault = None
             self.q_cmd = reading.q.copy()
+            self.q_ik = None
             self.guard.reset(self.q_cmd)
         self._inputs(t)
         self._advance_checks(t)
@@ -277,12 +280,18 @@ class ArmNode(Node):
         if self.estop or self.traj is None:
             q = self.guard.stop(dt)  # jerk-limited stop, then hold where it ended
             self.mode = "estop" if self.estop else "hold"
+            self.q_ik = None
         else:
             if self.traj.kind == "joint":
                 q_des = self.traj.eval(t)
             else:
-                q_des = self.kin.ik(self.traj.eval(t), self.q_cmd, iters=self.params.ik_iters_per_tick,
-                                    raise_on_fail=False)
+                # seeded from the last IK solution, not from the guard's command: the command lags
+                # the path wherever the guard smooths, and a lagging seed moves the redundant arm's
+                # solution around its null space tick by tick (a desired stream the guard must then
+                # smooth again); from a hold, seeded from where the arm is
+                seed = self.q_cmd if self.q_ik is None else self.q_ik
+                q_des = self.q_ik = self.kin.ik(self.traj.eval(t), seed, iters=self.params.ik_iters_per_tick,
+                                                raise_on_fail=False)
             q = self.guard.track(q_des, dt)
             if self.grip_traj is not None:
                 self.grip_cmd = float(self.grip_traj.eval(t)[0])
