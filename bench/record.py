@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from robot_stack.comm.messages import CameraFrame, RobotState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from robot_stack.comm.messages import CameraFrame, RobotState  # noqa: E402
 
 CONFIG = """
 name: bench_record

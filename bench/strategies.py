@@ -20,9 +20,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from robot_stack.comm.messages import RobotState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from robot_stack.comm.messages import Heartbeat, RobotState  # noqa: E402
 
 STRATEGIES = ("sync", "async", "ensemble", "rtc")
 
@@ -50,7 +51,7 @@ def run_delay(policy: Path, delay_s: float, episodes: int, max_episode_s: float,
     cubes = [[rng.uniform(0.42, 0.58), rng.uniform(-0.18, 0.13), 0.02, 0, 0, 0, 1.0] for _ in range(episodes)]
     s = Session(cfg)
     try:
-        s.start((RobotState.TOPIC, "heartbeat/policy"))
+        s.start((RobotState.TOPIC, Heartbeat.topic("policy")))
         for strat in STRATEGIES:
             r = run_episodes(s, episodes, max_episode_s, cube_poses=cubes, console=console,
                              label=f"{strat} @ {delay_s * 1e3:.0f} ms", seed=11, controller=f"controller_{strat}")

@@ -63,6 +63,8 @@ class Policy(ABC):
     """A visuomotor policy."""
 
     metadata: PolicyMetadata
+    #: d, the committed actions the last chunk followed (-1: none); set by ``predict``
+    last_frozen: int = -1
 
     @abstractmethod
     def predict(self, obs: dict[str, np.ndarray], committed_prefix: np.ndarray | None = None,

@@ -37,6 +37,10 @@ class ModelConfig:
         proprio_dim, obs_horizon, horizon, action_dim, dt: data layout.
         kind: "ddim" (Diffusion Policy) or "flow" (flow matching).
         sample_steps: DDIM steps or Euler steps (1 = one-step flow).
+        rtc_max_prefix: training-time RTC (Black et al., arXiv 2512.05964): the model is trained
+            with a clean prefix of d ~ U{0..rtc_max_prefix} actions given as input (with a mask
+            channel) and the loss on the rest only, so at inference it continues a committed prefix
+            at no extra cost. 0: not trained for it (inference-time guidance instead). At most H/2.
     """
 
     cameras: dict[str, str] = field(default_factory=lambda: {"scene": "rgb"})
@@ -51,8 +55,12 @@ class ModelConfig:
     train_steps: int = 100
     enc_base: int = 16
     widths: tuple[int, ...] = (64, 128, 256)
+    rtc_max_prefix: int = 0
 
     def __post_init__(self):
+        if not 0 <= self.rtc_max_prefix <= self.horizon // 2:
+            raise ValueError(f"rtc_max_prefix {self.rtc_max_prefix} must be in 0..H/2 = {self.horizon // 2} "
+                             "(d <= s <= H - d)")
         if min(self.image_hw) < 64:
             raise ValueError(f"image_hw {self.image_hw}: the encoder downsamples 32x; use at least 64x64 images")
         if self.kind not in ("ddim", "flow"):
@@ -71,7 +79,7 @@ class GenerativePolicyModel(torch.nn.Module):
         super().__init__()
         self.cfg = cfg
         self.net = PolicyNet(cfg.channels(), cfg.proprio_dim, cfg.obs_horizon, cfg.action_dim,
-                             enc_base=cfg.enc_base, widths=cfg.widths)
+                             enc_base=cfg.enc_base, widths=cfg.widths, prefix_mask=cfg.rtc_max_prefix > 0)
         self.register_buffer("a_min", -torch.ones(cfg.action_dim))
         self.register_buffer("a_max", torch.ones(cfg.action_dim))
         self.sampler = DDIM(cfg.train_steps) if cfg.kind == "ddim" else Flow()
@@ -116,7 +124,15 @@ class GenerativePolicyModel(torch.nn.Module):
             t = torch.rand(b, device=x1.device)
             xt, target = self.sampler.training_pair(x1, noise, t)
         cond = self.net.encode(images, proprio)
-        return torch.nn.functional.mse_loss(self.net(xt, t, cond), target)
+        if not self.cfg.rtc_max_prefix:
+            return torch.nn.functional.mse_loss(self.net(xt, t, cond), target)
+        # training-time RTC: a clean prefix of d ~ U{0..d_max} actions replaces the noisy ones (the
+        # mask channel marks it) and the loss covers the rest only
+        d = torch.randint(0, self.cfg.rtc_max_prefix + 1, (b,), device=x1.device)
+        mask = (torch.arange(x1.shape[1], device=x1.device)[None] < d[:, None])[..., None]  # (B, H, 1)
+        inp = torch.cat([torch.where(mask, x1, xt), mask.float()], dim=-1)
+        err = (self.net(inp, t, cond) - target) ** 2 * (~mask)
+        return err.sum() / ((~mask).sum() * x1.shape[-1]).clamp_min(1)
 
     def normalize(self, a):
         return 2 * (a - self.a_min) / (self.a_max - self.a_min).clamp_min(1e-6) - 1
@@ -258,7 +274,8 @@ def export_onnx(model: GenerativePolicyModel, path: str | Path, opset: int = 17)
                       opset_version=opset, dynamo=False)
     with torch.no_grad():
         cond = model.net.encode(list(images), proprio)
-    torch.onnx.export(_Denoise(model), (torch.zeros(1, c.horizon, c.action_dim), torch.zeros(1), cond), str(den),
+    x_dim = c.action_dim + int(c.rtc_max_prefix > 0)  # the prefix-mask channel (training-time RTC)
+    torch.onnx.export(_Denoise(model), (torch.zeros(1, c.horizon, x_dim), torch.zeros(1), cond), str(den),
                       input_names=["x", "t", "cond"], output_names=["out"], opset_version=opset, dynamo=False)
     return Path(path)
 
@@ -318,14 +335,39 @@ class GenerativePolicy(Policy):
         if guidance == "jacobian_free" or (guidance == "auto" and c.sample_steps == 1):
             denoise = _numpy_only(denoise)
         prefix = weights = None
+        d = 0
         if committed_prefix is not None and len(committed_prefix) and guidance != "none":
             k = min(len(committed_prefix), c.horizon)
             d = k if frozen is None else max(0, min(int(frozen), k))
             pre = torch.as_tensor(np.asarray(committed_prefix[:k], np.float32), device=self.model.a_min.device)
             prefix = self.model.normalize(pre).cpu().numpy()
             weights = rtc_guidance_weights(c.horizon, d, c.horizon - k)
-        x = self.model.sampler.sample(denoise, noise, c.sample_steps, prefix=prefix, weights=weights)
+        if c.rtc_max_prefix:  # training-time RTC: the first d actions are given, the model continues them
+            d = min(d, c.rtc_max_prefix)
+            self.last_frozen = d if prefix is not None else -1
+            x = self.model.sampler.sample(prefix_conditioned(denoise, prefix, d, c.horizon), noise, c.sample_steps)
+            if d:
+                x[:, :d] = prefix[:d]
+        else:
+            self.last_frozen = d if prefix is not None else -1
+            x = self.model.sampler.sample(denoise, noise, c.sample_steps, prefix=prefix, weights=weights)
         return self.model.denormalize(x[0]).astype(np.float32)
+
+
+def prefix_conditioned(denoise, prefix: np.ndarray | None, d: int, horizon: int):
+    """A denoiser for a training-time-RTC model: the first ``d`` noisy actions are replaced by the
+    (normalized) prefix and a mask channel marks them, as in training. Numpy only: the prefix is
+    conditioning, no guidance (and so no VJP) is needed."""
+    mask = np.zeros((1, horizon, 1), np.float32)
+    mask[:, :d] = 1.0
+
+    def f(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        x = x.copy()
+        if d:
+            x[:, :d] = prefix[:d]
+        return denoise(np.concatenate([x, np.broadcast_to(mask, (len(x), horizon, 1))], axis=-1).astype(np.float32), t)
+
+    return f
 
 
 def _numpy_only(denoise):

@@ -105,12 +105,12 @@ class FiLMBlock(nn.Module):
 class ConditionalUnet1D(nn.Module):
     """1-D U-Net over (B, D, H) with FiLM conditioning; H must be divisible by 4."""
 
-    def __init__(self, action_dim: int, cond_dim: int, widths=(64, 128, 256), t_dim: int = 64):
+    def __init__(self, action_dim: int, cond_dim: int, widths=(64, 128, 256), t_dim: int = 64, in_dim: int | None = None):
         super().__init__()
         self.t_dim = t_dim
         cd = cond_dim + t_dim
         self.down = nn.ModuleList()
-        c = action_dim
+        c = in_dim or action_dim  # input channels: the actions, plus a prefix-mask channel (training-time RTC)
         for i, w in enumerate(widths):
             self.down.append(nn.ModuleList([FiLMBlock(c, w, cd), FiLMBlock(w, w, cd),
                                             nn.Conv1d(w, w, 3, 2, 1) if i < len(widths) - 1 else nn.Identity()]))
@@ -124,7 +124,7 @@ class ConditionalUnet1D(nn.Module):
         self.final = nn.Sequential(nn.Conv1d(c, c, 5, padding=2), group_norm(c), nn.Mish(), nn.Conv1d(c, action_dim, 1))
 
     def forward(self, x, t, cond):
-        """x (B, H, D), t (B,), cond (B, cond_dim) -> (B, H, D)."""
+        """x (B, H, in_dim), t (B,), cond (B, cond_dim) -> (B, H, D)."""
         cond = torch.cat([cond, time_embedding(t, self.t_dim)], dim=-1)
         h = x.transpose(1, 2)
         skips = []
@@ -151,12 +151,12 @@ class PolicyNet(nn.Module):
     """
 
     def __init__(self, cameras: dict[str, int], proprio_dim: int, obs_horizon: int, action_dim: int,
-                 feat_dim: int = 64, enc_base: int = 16, widths=(64, 128, 256)):
+                 feat_dim: int = 64, enc_base: int = 16, widths=(64, 128, 256), prefix_mask: bool = False):
         super().__init__()
         self.cameras = list(cameras)
         self.encoders = nn.ModuleDict({k: ConvEncoder(c, enc_base, feat_dim) for k, c in cameras.items()})
         cond_dim = obs_horizon * (feat_dim * len(cameras) + proprio_dim)
-        self.unet = ConditionalUnet1D(action_dim, cond_dim, widths)
+        self.unet = ConditionalUnet1D(action_dim, cond_dim, widths, in_dim=action_dim + int(prefix_mask))
 
     def encode(self, images: list[torch.Tensor], proprio: torch.Tensor) -> torch.Tensor:
         """images: per camera (B, To, C, h, w); proprio (B, To, P) -> cond (B, cond_dim)."""

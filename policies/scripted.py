@@ -67,6 +67,7 @@ class GoToPolicy(Policy):
         d = 0 if committed_prefix is None else min(len(committed_prefix), m.horizon)
         if frozen is not None:  # only the committed part is followed; the overlap beyond it is free
             d = min(d, max(0, int(frozen)))
+        self.last_frozen = d if committed_prefix is not None else -1
         if d:
             out[:d] = committed_prefix[:d]
             start, k0 = np.asarray(committed_prefix[d - 1, :3], float), 1

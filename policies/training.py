@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .generative import GenerativePolicy, GenerativePolicyModel, ModelConfig, TorchDenoiser, load_checkpoint, save_checkpoint
+from .generative import (GenerativePolicy, GenerativePolicyModel, ModelConfig, TorchDenoiser, load_checkpoint,
+                         prefix_conditioned, save_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class ModelSettings(BaseModel):
     dt: float = Field(0.1, gt=0)
     enc_base: int = Field(16, ge=4)
     widths: tuple[int, ...] = (64, 128, 256)
+    rtc_max_prefix: int = Field(0, ge=0, description="training-time RTC: train with clean prefixes of up to "
+                                                    "this many actions (0: off; at most horizon / 2)")
 
 
 class TrainSettings(BaseModel):
@@ -157,7 +160,8 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
 def model_config(ms: ModelSettings) -> ModelConfig:
     return ModelConfig(cameras={ms.camera: ms.mode}, image_hw=tuple(ms.image_hw), proprio_dim=8,
                        obs_horizon=ms.obs_horizon, horizon=ms.horizon, action_dim=8, dt=ms.dt, kind=ms.kind,
-                       sample_steps=ms.sample_steps, enc_base=ms.enc_base, widths=tuple(ms.widths))
+                       sample_steps=ms.sample_steps, enc_base=ms.enc_base, widths=tuple(ms.widths),
+                       rtc_max_prefix=ms.rtc_max_prefix)
 
 
 def _batch_images(s: Samples, rows: np.ndarray, mode: str, shift: int, rng: np.random.Generator | None) -> torch.Tensor:
@@ -212,6 +216,8 @@ def validate(model: GenerativePolicyModel, s: Samples, mode: str, n: int = 128, 
     imgs = _batch_images(s, rows, mode, 0, None)
     for b, r in enumerate(rows):
         denoise = policy.backend.bind([imgs[b:b + 1]], s.state[r][None])
+        if model.cfg.rtc_max_prefix:  # trained for prefixes: validated without one (d = 0)
+            denoise = prefix_conditioned(denoise, None, 0, model.cfg.horizon)
         noise = policy.rng.standard_normal((1, model.cfg.horizon, model.cfg.action_dim)).astype(np.float32)
         x = model.sampler.sample(denoise, noise, model.cfg.sample_steps)
         pred = model.denormalize(x[0])

@@ -243,3 +243,39 @@ def test_export_onnx_cli(tmp_path):
     assert (tmp_path / "out" / "q.encoder.onnx").is_file() and (tmp_path / "out" / "q.denoiser.onnx").is_file()
     assert (tmp_path / "out" / "q.safetensors").is_file()  # the config travels with the export
     OnnxDenoiser(tmp_path / "out" / "q.onnx", ["CPUExecutionProvider"])
+
+
+def test_training_time_rtc_learns_to_continue_a_prefix():
+    """Training-time RTC (arXiv 2512.05964): actions a_i = c + 0.1 i with an offset c that no
+    observation reveals, so only the prefix tells it. After training with random prefixes of
+    d <= 3 (loss on the rest only), a flow model continues a given prefix; without one it cannot
+    know c. The same model with the prefix ignored is the control."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**SMALL, "cameras": {"scene": "rgb"}, "sample_steps": 4, "rtc_max_prefix": 3}, kind="flow")
+    m = GenerativePolicyModel(cfg)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+
+    def batch(n):
+        c = torch.rand(n, 1, 3, generator=g) * 1.2 - 0.6
+        return c + 0.05 * torch.arange(8.0)[None, :, None]
+
+    for _ in range(400):  # (about 30 s on 2 CPU cores)
+        loss = m.loss([torch.zeros(32, 2, 3, 64, 64)], torch.zeros(32, 2, 4), batch(32))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    pol = GenerativePolicy(m, TorchDenoiser(m, "cpu"), seed=0)
+    o = {"scene.color": np.zeros((2, 64, 64, 3), np.uint8), "state": np.zeros((2, 4), np.float32)}
+    errs_pre, errs_free = [], []
+    for c in (-0.5, -0.2, 0.1, 0.4):
+        truth = (c + 0.05 * np.arange(8.0))[:, None].repeat(3, axis=1).astype(np.float32)
+        a = pol.predict(o, committed_prefix=truth[:6], frozen=2)
+        assert pol.last_frozen == 2
+        np.testing.assert_allclose(a[:2], truth[:2], atol=1e-6)  # the frozen prefix is kept
+        errs_pre.append(np.abs(a[2:] - truth[2:]).mean())
+        errs_free.append(np.abs(pol.predict(o, committed_prefix=truth[:6], frozen=2, guidance="none")[2:] - truth[2:]).mean())
+    print(f"\ncontinuation error with the prefix {np.mean(errs_pre):.3f}, without {np.mean(errs_free):.3f}")
+    assert np.mean(errs_pre) < 0.35 * np.mean(errs_free)
+    assert pol.predict(o, committed_prefix=truth[:6], frozen=5) is not None and pol.last_frozen == 3  # capped at d_max

@@ -131,3 +131,24 @@ def test_committed_plan_reports_the_switch_jump():
     assert jump == pytest.approx(0.004)
     # merged as the arm merges: old waypoints before the new first one stay
     np.testing.assert_array_equal(plan.stamps_ns, [DT, 2 * DT, 2 * DT + 3 * MS, 3 * DT])
+
+
+def test_rtc_refuses_a_chunk_later_than_the_prefix_it_followed_and_async_does_not():
+    acts = chunk(lambda i: 0.01 * i)
+    t_obs = 10_000 * MS
+    arrival = t_obs + 250 * MS  # actions 0..2 are due: the first fresh one is index 3
+    rtc = RTCStrategy(DT)
+    late = rtc.on_chunk(acts, t_obs, arrival, DT, frozen=2)
+    assert late.refused and "d = 2" in late.refused and len(late.actions) == 0
+    ok = rtc.on_chunk(acts, t_obs, arrival, DT, frozen=3)
+    assert ok.refused is None and ok.first_index == 3 and len(ok.actions) == H - 3
+    assert rtc.on_chunk(acts, t_obs, arrival, DT, frozen=-1).refused is None  # no prefix was sent
+    assert AsyncStrategy(DT).on_chunk(acts, t_obs, arrival, DT, frozen=2).refused is None
+
+
+def test_rtc_keeps_d_within_s_and_h_minus_s():
+    plan = CommittedPlan(8, DT // 2)
+    plan.merge(np.arange(20) * DT, chunk(lambda i: 0.0, 20), now_ns=0)
+    rtc = RTCStrategy(DT, execute_horizon=5)
+    rtc.on_chunk(chunk(lambda i: 0.0, 8), 0, 0, DT)  # H = 8
+    assert rtc.request_prefix(0, plan, delay_steps=7)[1] == 3  # d <= s = 5 and d <= H - s = 3

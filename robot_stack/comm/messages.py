@@ -379,6 +379,8 @@ class ActionChunk(Message):
         dt: control period, s.
         offset: step offset of action 0.
         inference_ns: time the policy spent, ns.
+        prefix_frozen: d, the committed actions the chunk follows (RTC; a training-time-RTC policy
+            may condition on fewer than it was sent); -1: no prefix.
     """
 
     SCHEMA: ClassVar[str] = "action_chunk"
@@ -387,6 +389,7 @@ class ActionChunk(Message):
     dt: float = scalar("float", 0.1)
     offset: int = scalar("int", 0)
     inference_ns: int = scalar("int", 0)
+    prefix_frozen: int = scalar("int", -1)
 
     def check(self) -> None:
         if self.dt <= 0:

@@ -43,6 +43,7 @@ class ChunkPlan:
         late_steps: stale actions that were meant for after the observation (i + offset > 0):
             how many steps late the chunk arrived ("late by N steps").
         over_budget: every action was stale: the arm holds and the step is counted.
+        refused: why the strategy refused the chunk (nothing is executed), or None.
     """
 
     stamps_ns: np.ndarray
@@ -51,6 +52,7 @@ class ChunkPlan:
     dropped: int
     late_steps: int
     over_budget: bool
+    refused: str | None = None
 
 
 def plan_chunk(actions: np.ndarray, t_obs_ns: int, arrival_ns: int, dt_ns: int, offset: int = 0,

@@ -26,7 +26,7 @@ committed cannot drift from the arm's.
 from __future__ import annotations
 
 from abc import ABC
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -143,10 +143,11 @@ class ExecutionStrategy(ABC):
         return None
 
     def on_chunk(self, actions: np.ndarray, t_obs_ns: int, arrival_ns: int, dt_ns: int,
-                 offset: int = 0) -> ChunkPlan | None:
+                 offset: int = 0, frozen: int = -1) -> ChunkPlan | None:
         """What an arriving chunk (H, D) becomes: the waypoints to send now (``plan.stamps_ns``,
-        ``plan.actions``; ``plan.over_budget`` when all are stale), or None when the strategy
-        sends from :meth:`on_tick` instead."""
+        ``plan.actions``; ``plan.over_budget`` when all are stale, ``plan.refused`` when the
+        strategy will not use it), or None when the strategy sends from :meth:`on_tick` instead.
+        ``frozen``: the d the policy followed or conditioned on (-1: no prefix)."""
         return plan_chunk(actions, t_obs_ns, arrival_ns, dt_ns, offset, self.exec_latency_ns, execute=None)
 
     def on_tick(self, now_ns: int) -> Schedule | None:
@@ -166,7 +167,7 @@ class SyncStrategy(ExecutionStrategy):
         end = plan.end_ns
         return end is None or now_ns >= end - delay_steps * self.dt_ns
 
-    def on_chunk(self, actions, t_obs_ns, arrival_ns, dt_ns, offset=0):
+    def on_chunk(self, actions, t_obs_ns, arrival_ns, dt_ns, offset=0, frozen=-1):
         return plan_chunk(actions, t_obs_ns, arrival_ns, dt_ns, offset, self.exec_latency_ns, execute=self.s)
 
 
@@ -190,15 +191,25 @@ class RTCStrategy(AsyncStrategy):
         super().__init__(dt_ns, exec_latency_ns, execute_horizon)
         self.horizon = 64  # H, learned from the first chunk; the overlap is never longer
 
-    def on_chunk(self, actions, t_obs_ns, arrival_ns, dt_ns, offset=0):
+    def on_chunk(self, actions, t_obs_ns, arrival_ns, dt_ns, offset=0, frozen=-1):
+        """As async; a chunk that arrived later than the d it followed is refused (the actions
+        between d and its first fresh one ran from the old plan while the chunk's own went
+        another way, so continuing it could jump; Black et al., arXiv 2512.05964, do the same)."""
         self.horizon = len(actions)
-        return super().on_chunk(actions, t_obs_ns, arrival_ns, dt_ns, offset)
+        plan = super().on_chunk(actions, t_obs_ns, arrival_ns, dt_ns, offset)
+        if frozen > 0 and not plan.over_budget and plan.first_index > frozen:
+            return replace(plan, stamps_ns=plan.stamps_ns[:0], actions=plan.actions[:0],
+                           refused=f"arrived {plan.first_index} steps after its observation, "
+                                   f"it followed only d = {frozen}")
+        return plan
 
     def request_prefix(self, t_obs_ns, plan, delay_steps):
+        """The overlap and d = min(measured delay, s, H - s) (RTC needs d <= s <= H - d)."""
         overlap = plan.prefix(t_obs_ns, self.dt_ns, self.horizon)
         if not len(overlap):
             return None
-        return overlap, min(int(delay_steps), len(overlap))
+        d = min(int(delay_steps), self.s, max(self.horizon - self.s, 0), len(overlap))
+        return overlap, d
 
 
 class EnsembleStrategy(ExecutionStrategy):
@@ -222,7 +233,7 @@ class EnsembleStrategy(ExecutionStrategy):
     def reset(self) -> None:
         self.ensembler = TemporalEnsembler(self.dt_ns, self.m)
 
-    def on_chunk(self, actions, t_obs_ns, arrival_ns, dt_ns, offset=0):
+    def on_chunk(self, actions, t_obs_ns, arrival_ns, dt_ns, offset=0, frozen=-1):
         self.ensembler.add(t_obs_ns, np.asarray(actions, float), offset)
         return None
 

@@ -143,7 +143,7 @@ class ControllerNode(Node):
         self._unsent_t_obs: int | None = None
         self.stats = {k: 0.0 for k in ("requests", "chunks", "dropped_actions", "late_steps", "over_budget",
                                        "obs_holds", "errors", "teleop_steps", "interventions", "episodes",
-                                       "bad_chunks", "stale_holds")}
+                                       "bad_chunks", "stale_holds", "refused_chunks")}
         self.inference_ms: list[float] = []
         self.e2e_ms: list[float] = []  # capture of the anchor frame -> its chunk's waypoints sent to the arm
         self.jumps_m: list[float] = []
@@ -256,8 +256,8 @@ class ControllerNode(Node):
             return
         self.delay.add(arrival - obs.t_obs_ns)
         self.inference_ms.append((arrival - t_send) / 1e6)
-        self._on_chunk(actions, obs.t_obs_ns, arrival,
-                       int(round(chunk.dt * 1e9)), chunk.offset)
+        self._on_chunk(actions, obs.t_obs_ns, arrival, int(round(chunk.dt * 1e9)), chunk.offset,
+                       chunk.prefix_frozen if prefix is not None else -1)
 
     @staticmethod
     def _chunk_problem(actions: np.ndarray) -> str | None:
@@ -287,15 +287,20 @@ class ControllerNode(Node):
                 self.stats["errors"] += 1
                 log.error("arm not reachable: %s", e)
 
-    def _on_chunk(self, actions: np.ndarray, t_obs: int, arrival: int, dt_ns: int, offset: int) -> None:
+    def _on_chunk(self, actions: np.ndarray, t_obs: int, arrival: int, dt_ns: int, offset: int,
+                  frozen: int = -1) -> None:
         if not self.enabled or self.source != "policy":
             return  # an intervention or the episode's end came while the policy was thinking
         self.stats["chunks"] += 1
         with self.lock:
-            plan = self.strategy.on_chunk(actions, t_obs, arrival, dt_ns, offset)
+            plan = self.strategy.on_chunk(actions, t_obs, arrival, dt_ns, offset, frozen)
             if plan is None:  # the strategy sends from its control steps (ensembling)
                 self._unsent_t_obs = t_obs  # e2e latency is taken when the next step sends it
                 return
+        if plan.refused:
+            self.stats["refused_chunks"] += 1
+            log.warning("chunk refused: %s", plan.refused)
+            return
         self.stats["dropped_actions"] += plan.dropped
         self.stats["late_steps"] += plan.late_steps
         if plan.over_budget:

@@ -105,7 +105,8 @@ class PolicyNode(Node):
         dt_ns = time.perf_counter_ns() - t0
         self.inference_ms.append(dt_ns / 1e6)
         return ActionChunk(request_id=msg.request_id, actions=np.asarray(actions, np.float32), dt=md.dt,
-                           offset=md.offset, inference_ns=dt_ns)
+                           offset=md.offset, inference_ns=dt_ns,
+                           prefix_frozen=-1 if prefix is None else int(self.policy.last_frozen))
 
     def step(self) -> None:
         self.server.serve_once(self.handle, timeout_s=0.0)
