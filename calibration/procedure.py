@@ -57,7 +57,7 @@ def camera_id_of(cfg: StackConfig, camera_node: str) -> str:
     nc = cfg.nodes.get(camera_node)
     if nc is None or nc.kind != "camera":
         raise CalibrationError(f"{camera_node!r} is not a camera node of this config")
-    return nc.params.get("camera_id", "cam0")
+    return nc.typed.camera_id
 
 
 def board_of(cfg: StackConfig, key: str) -> BoardSpec:

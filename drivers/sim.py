@@ -159,7 +159,9 @@ class SimArmConfig(DeviceConfig):
         from robot_stack.nodes.sim_world import SimWorldParams
 
         nc = None if config is None else config.nodes.get(self.world)
-        return SimWorldParams.model_validate(nc.params if nc is not None else {}).robot
+        if nc is None or nc.kind != "sim_world":  # (check reports the dangling reference)
+            return SimWorldParams().robot
+        return nc.typed.robot
 
     def build(self, ctx, params) -> SimArmDriver:
         cfg, rd = ctx.config, ctx.run_dir
@@ -179,8 +181,6 @@ class SimCameraConfig(DeviceConfig):
         return {self.world: "sim_world"}
 
     def build(self, ctx, params) -> SimCameraDriver:
-        from robot_stack.nodes.sim_world import SimWorldParams
-
-        scene = SimWorldParams.model_validate(ctx.config.nodes[self.world].params).scene()
+        scene = ctx.config.nodes[self.world].typed.scene()
         return SimCameraDriver(ctx.config.pub_endpoint(self.world, ctx.run_dir), self.camera, params.width,
                                params.height, scene=scene, inject_latency_s=self.inject_latency_s)

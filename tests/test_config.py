@@ -137,3 +137,23 @@ def test_policy_backends_are_a_typed_family(tmp_path):
     # the old flat form is refused with the way to write it
     msg = _check(tmp_path, "nodes:\n  policy: {kind: policy, params: {path: p.safetensors}}\n")
     assert "nodes.policy.params.path: a key of policy backend checkpoint, onnx; put it inside backend:" in msg
+
+
+def test_nodes_keep_their_typed_params():
+    from robot_stack.nodes.arm import ArmParams
+    from robot_stack.nodes.controller import ControllerParams
+
+    cfg = load_config(REPO / "configs" / "sim_panda_reach.yaml")
+    assert isinstance(cfg.nodes["arm"].typed, ArmParams) and isinstance(cfg.nodes["controller"].typed, ControllerParams)
+    assert cfg.nodes["arm"].typed.safety.max_joint_vel == 1.5  # the file's value, read through the typed model
+    assert cfg.nodes["cam_wrist"].typed.camera_id == "wrist"
+    # no module reads another node's raw params dict with defaults of its own
+    import re
+    import subprocess
+
+    files = subprocess.check_output(["git", "ls-files", "robot_stack", "drivers", "calibration", "teleop", "policies"],
+                                    cwd=REPO, text=True).split()
+    bad = [f"{f}:{i + 1}" for f in files if f.endswith(".py")
+           for i, line in enumerate((REPO / f).read_text().splitlines())
+           if re.search(r"\.params\.get\(|\.params\[|Params\.model_validate\((nc|.*nodes\[.*\])\.params", line)]
+    assert bad == []

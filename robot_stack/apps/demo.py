@@ -48,8 +48,6 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
     from robot_stack.control.arm_client import ArmClient, polyline, square
     from robot_stack.runtime.clock import now_ns
     from robot_stack.runtime.launcher import Launcher
-    from robot_stack.nodes.arm import ArmParams
-    from robot_stack.nodes.camera import CameraParams
     from robot_stack.control.robot_model import RobotModel
     from robot_stack.apps.session import LogSink
     from robot_stack.comm.transport import Subscriber
@@ -62,8 +60,8 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
     arm_node = next((n for n, nc in cfg.nodes.items() if nc.kind == "arm"), None)
     if arm_node is None:
         raise ValueError(f"{path}: the square needs an arm node")
-    model = RobotModel.load(ArmParams.model_validate(cfg.nodes[arm_node].params).robot_name(cfg))
-    cams = {n: CameraParams.model_validate(nc.params) for n, nc in cfg.nodes.items() if nc.kind == "camera"}
+    model = RobotModel.load(cfg.nodes[arm_node].typed.robot_name(cfg))
+    cams = {n: nc.typed for n, nc in cfg.nodes.items() if nc.kind == "camera"}
     sim_node = next((n for n, nc in cfg.nodes.items() if nc.kind == "sim_world"), None)
     console.print(f"[bold]robot-stack demo[/bold]: starting {len(cfg.nodes)} processes "
                   f"({', '.join(cfg.nodes)}) from {path}; robot {model.name}")
@@ -114,7 +112,7 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
     t.add_row("square extent x / y", f"{np.ptp(pos[:, 0]) * 1e3:.1f} / {np.ptp(pos[:, 1]) * 1e3:.1f} mm")
     arm = hb[arm_node].metrics if hb[arm_node] else {}
     if arm:
-        rate = float(cfg.nodes[arm_node].params.get("rate_hz", 500))
+        rate = float(cfg.nodes[arm_node].typed.rate_hz)
         t.add_row(f"servo loop {rate:.0f} Hz: period p50 / p99 / max",
                   f"{arm['loop.period_p50_s'] * 1e3:.3f} / {arm['loop.period_p99_s'] * 1e3:.3f} / "
                   f"{arm['loop.period_max_s'] * 1e3:.1f} ms")

@@ -43,10 +43,10 @@ def deploy_nodes(cfg) -> list[str]:
     """Nodes a deployment needs: everything but the recorder, the scripted expert and cameras no
     controller observes (rendering or streaming them would only take CPU from the loop). A
     person's teleop device stays, for intervention."""
-    used = {c for nc in cfg.nodes.values() if nc.kind == "controller" for c in nc.params.get("cameras", [])}
+    used = {c for nc in cfg.nodes.values() if nc.kind == "controller" for c in nc.typed.cameras}
     return [n for n, nc in cfg.nodes.items()
             if nc.kind != "recorder" and (nc.kind != "camera" or n in used)
-            and not (nc.kind == "teleop" and _teleop_type(nc.params) == "scripted")]
+            and not (nc.kind == "teleop" and nc.typed.device.type == "scripted")]
 
 
 def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask = ReachTask(),
@@ -159,7 +159,7 @@ def deploy_session(config: str | Path, policy: str | Path, strategy: str | None 
     if not policy.exists():
         raise FileNotFoundError(f"policy {policy} not found")
     nodes = deploy_nodes(cfg)
-    teleop = cfg.nodes[ctl[0]].params.get("teleop")
+    teleop = cfg.nodes[ctl[0]].typed.teleop
     sets = {f"nodes.{pol[0]}.params.backend": {"type": "onnx" if policy.suffix == ".onnx" else "checkpoint",
                                                "path": str(policy)},
             f"nodes.{ctl[0]}.params.source": "policy",
@@ -189,12 +189,5 @@ def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: 
     finally:
         session.close()
     ctl = [n for n in session.nodes if session.cfg.nodes[n].kind == "controller"][0]
-    console.print(summary_table(res, f"deploy {Path(policy).name} ({session.cfg.nodes[ctl].params.get('strategy')})"))
+    console.print(summary_table(res, f"deploy {Path(policy).name} ({session.cfg.nodes[ctl].typed.strategy})"))
     return res
-
-
-def _teleop_type(params: dict) -> str:
-    """The device type of a teleop node's raw params."""
-    from robot_stack.nodes.teleop import TeleopParams
-
-    return TeleopParams.model_validate(params).device.type

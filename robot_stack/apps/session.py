@@ -193,10 +193,9 @@ class Session:
         hardware: waits for the operator (Enter) and returns None. Then, if ``start_pose`` (7,)
         is given, a straight TCP move there (the episode's start)."""
         if home_q is None:  # the arm's own home posture, from its robot model
-            from robot_stack.nodes.arm import ArmParams
             from robot_stack.control.robot_model import load_description
 
-            robot = ArmParams.model_validate(self.cfg.nodes[self.arm_name].params).robot_name(self.cfg)
+            robot = self.cfg.nodes[self.arm_name].typed.robot_name(self.cfg)
             home_q = np.asarray(load_description(robot)[0].home_q)
         self.move_joints(home_q)
         if self.sim is None:

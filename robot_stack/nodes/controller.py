@@ -101,14 +101,14 @@ class ControllerNode(Node):
             nc = cfg.nodes.get(c)
             if nc is None or nc.kind != "camera":
                 raise ValueError(f"controller.cameras: {c!r} is not a camera node")
-            self.cam_ids[c] = nc.params.get("camera_id", "cam0")
+            self.cam_ids[c] = nc.typed.camera_id
         self.sub = self.ctx.subscriber([p.arm, *p.cameras], (RobotState.TOPIC, CameraFrame.TOPIC), history=500)
         # the arm's heartbeat comes from this node's control step itself (``step``), so a hung or
         # stopped control loop reads as silent and the arm holds after its heartbeat timeout
         self.arm = self.ctx.arm_client(p.arm, heartbeat_hz=0)
         arm_nc = cfg.nodes.get(p.arm)
         if arm_nc is not None and arm_nc.kind == "arm":
-            hb_timeout = float((arm_nc.params.get("safety") or {}).get("heartbeat_timeout_s", 0.5))
+            hb_timeout = float(arm_nc.typed.safety.heartbeat_timeout_s)
             if 1.0 / p.rate_hz >= 0.5 * hb_timeout:
                 raise ValueError(f"controller.rate_hz {p.rate_hz} Hz: the control period must be under half "
                                  f"the arm's heartbeat timeout ({hb_timeout} s)")

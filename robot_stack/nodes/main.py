@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     nc = cfg.nodes[args.node]
     cls = node_class(nc.kind)
-    params = cls.Params.model_validate(nc.params)
+    params = nc.typed  # validated once, by load_config
     node = cls(NodeContext(args.node, cfg, Path(args.run_dir)), params)
     return node.run()
 

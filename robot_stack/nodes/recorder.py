@@ -93,14 +93,12 @@ class RecorderNode(Node):
         """The recorded arm: node name, typed driver config and robot model name."""
         if arm is None or arm.kind != "arm":
             return {"arm_node": self.params.arm, "driver": None, "model": None}
-        from .arm import ArmParams
-
-        ap = ArmParams.model_validate(arm.params)
+        ap = arm.typed
         return {"arm_node": self.params.arm, "driver": ap.driver.model_dump(mode="json"), "model": ap.robot_name(self.ctx.config)}
 
     def _meta(self, ev: EpisodeEvent) -> dict:
         cfg = self.ctx.config
-        rates = {n: nc.params.get("rate_hz") for n, nc in cfg.nodes.items() if "rate_hz" in nc.params}
+        rates = {n: nc.typed.rate_hz for n, nc in cfg.nodes.items() if hasattr(nc.typed, "rate_hz")}
         arm = cfg.nodes.get(self.params.arm)
         meta = {"task": ev.task or self.params.task, "episode_event": ev.episode, "config_name": cfg.name,
                 "config": cfg.model_dump(mode="json"), "rates_hz": rates,

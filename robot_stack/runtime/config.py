@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from robot_stack.comm.security import CurveClient, CurveServer
 
@@ -67,6 +67,7 @@ class NodeConfig(StrictModel):
 
     kind: str
     params: dict[str, Any] = Field(default_factory=dict)
+    _typed: Any = PrivateAttr(default=None)
     pub_endpoint: str | None = None
     in_endpoint: str | None = None
     curve_server: CurveServerConfig | None = None
@@ -75,6 +76,18 @@ class NodeConfig(StrictModel):
     critical: bool = True
     nice: int = Field(0, ge=0, le=19)
     env: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def typed(self):
+        """The node's params validated by its kind's ``Params`` model (set by :func:`load_config`):
+        read other nodes' settings here, never from the raw ``params`` dict with defaults of one's own.
+
+        Raises:
+            ConfigError: the config was not loaded by :func:`load_config`.
+        """
+        if self._typed is None:
+            raise ConfigError(f"node of kind {self.kind!r}: typed params exist only on a config from load_config")
+        return self._typed
 
 
 class CalibrationConfig(StrictModel):
@@ -243,7 +256,7 @@ def load_config(path: str | Path) -> StackConfig:
             problems.append(f"nodes.{name}.kind = {nc.kind!r}: {e.args[0]}")
             continue
         try:
-            typed[name] = model.model_validate(nc.params)
+            typed[name] = nc._typed = model.model_validate(nc.params)
         except ValidationError as e:
             problems.append(_params_problems(e, name, nc.kind))
     for name, params in typed.items():
