@@ -381,3 +381,33 @@ def test_message_sent_right_before_close_is_delivered(run_dir):
             break
     assert got == [str(i) for i in range(20)]
     rx.close()
+
+
+def test_publisher_is_safe_from_several_threads(run_dir):
+    """A node's loop and its worker threads share one publisher (the controller: heartbeats and
+    executed actions); concurrent publishes must never reach a subscriber as malformed messages."""
+    import threading
+
+    ep = f"ipc://{run_dir}/pub"
+    pub = Publisher(ep, "x", hwm=100_000)
+    sub = Subscriber([ep], topics=("a", "b"), queue_size=100_000)
+    wait_connected(pub, sub, topic="a")
+    while sub.get(0.05) is not None:
+        pass
+    acts = WaypointSchedule(stamps_ns=np.arange(4, dtype=np.int64), positions=np.zeros((4, 7)), space="ee")
+
+    def flood(topic, make):
+        for i in range(3000):
+            pub.publish(topic, make(i))
+
+    threads = [threading.Thread(target=flood, args=("a", hb)),
+               threading.Thread(target=flood, args=("b", lambda i: acts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    deadline = time.monotonic() + 10
+    while sub.stats.received < 6000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sub.stats.decode_errors == 0 and sub.stats.received >= 6000
+    sub.close(); pub.close()

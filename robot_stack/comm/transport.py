@@ -167,6 +167,10 @@ class Publisher:
         self._shm_slots = shm_slots
         self._rings: dict[str, ShmRingWriter] = {}
         self.stats = TransportStats()
+        # a ZeroMQ socket is not thread-safe: a node's loop (heartbeats) and its worker threads
+        # (the controller's inference thread publishing executed actions) share this one, and
+        # interleaved multipart frames would reach subscribers as malformed messages
+        self._lock = threading.Lock()
 
     def _ring_for(self, topic: str, msg: Message) -> ShmRingWriter | None:
         if not self._use_shm:
@@ -183,17 +187,19 @@ class Publisher:
         return ring
 
     def publish(self, topic: str, msg: Message) -> None:
-        """Encode and send ``msg`` on ``topic`` (sets seq/source; stamp_ns defaults to now)."""
-        self._seq.stamp(topic, msg)
-        # a shared-memory header leaves before its data is copied: delivery overlaps the copy
-        frames, commit = encode_deferred(topic, msg, ring=self._ring_for(topic, msg))
-        try:
-            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-            self.stats.sent += 1
-        except zmq.Again:
-            self.stats.dropped += 1
-        finally:
-            commit()
+        """Encode and send ``msg`` on ``topic`` (sets seq/source; stamp_ns defaults to now).
+        Safe to call from several threads."""
+        with self._lock:
+            self._seq.stamp(topic, msg)
+            # a shared-memory header leaves before its data is copied: delivery overlaps the copy
+            frames, commit = encode_deferred(topic, msg, ring=self._ring_for(topic, msg))
+            try:
+                self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                self.stats.sent += 1
+            except zmq.Again:
+                self.stats.dropped += 1
+            finally:
+                commit()
 
     def close(self) -> None:
         self._sock.close(0)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robot_stack.runtime.clock import now_ns
 from robot_stack.runtime.config import StackConfig
 from robot_stack.comm.messages import ArmControl, Heartbeat, WaypointSchedule
 from robot_stack.comm.transport import Sender
@@ -65,6 +66,7 @@ class ArmClient:
                       gripper: np.ndarray | None = None, origin: str = "") -> None:
         """Send a waypoint schedule (see :class:`~robot_stack.comm.messages.WaypointSchedule`)."""
         self._send(WaypointSchedule.TOPIC, WaypointSchedule(
+            stamp_ns=now_ns(),  # the send time: the arm node measures send -> merge from it
             stamps_ns=np.asarray(stamps_ns, np.int64), positions=np.asarray(positions, np.float64),
             space=space, gripper=None if gripper is None else np.asarray(gripper, np.float64),
             origin=origin or self.source))

@@ -112,6 +112,7 @@ class ArmNode(Node):
                              f"the {p.driver.type} driver {n}")
         self.q_cmd = first.q.copy()  # no jump at start-up: the first target is the measured state
         self.q_ik: np.ndarray | None = None  # the last IK solution (seed of the next)
+        self.merge_latency_ms: collections.deque = collections.deque(maxlen=500)
         self.grip_cmd = float(np.clip(first.gripper_width / self.model.gripper_stroke_m, 0, 1)
                               if self.model.gripper_stroke_m > 0 else 0.0)
         self.traj: Trajectory | None = None
@@ -223,6 +224,8 @@ class ArmNode(Node):
 
     def _merge(self, pend: _Pending, t: int) -> None:
         msg, pts = pend.msg, pend.points
+        if msg.stamp_ns and 0 <= t - msg.stamp_ns < 1_000_000_000:  # send -> merge (same-host clock; a
+            self.merge_latency_ms.append((t - msg.stamp_ns) / 1e6)    # sender elsewhere reads out of range)
         t0 = int(msg.stamps_ns[0])
         if msg.space == "joint":
             # a jump is measured against where the current plan is when the new one takes over
@@ -315,6 +318,9 @@ class ArmNode(Node):
 
     def metrics(self) -> dict[str, float]:
         m = {f"safety.{k}": float(v) for k, v in self.counters.items()}
+        if self.merge_latency_ms:  # schedule sent -> merged at this servo tick (the first that uses it)
+            a = np.array(self.merge_latency_ms)
+            m.update(merge_latency_p50_ms=float(np.percentile(a, 50)), merge_latency_p99_ms=float(np.percentile(a, 99)))
         m.update(schedules=float(self.schedules), stretched_segments=float(self.stretched),
                  pending_schedules=float(len(self.pending)),
                  driver_send_timeouts=float(getattr(self.driver, "send_timeouts", 0)))

@@ -35,6 +35,7 @@ over budget, the jump in commanded position at chunk switches, observation holds
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from typing import Literal
@@ -76,6 +77,8 @@ class ControllerParams(NodeParams):
     teleop_timeout_s: float = Field(0.5, gt=0, description="teleop commands older than this are not executed")
     autostart: bool = Field(True, description="execute from start-up (else wait for an episode start event)")
     image_size: tuple[int, int] | None = Field(None, description="(h, w) camera images are resized to (INTER_AREA)")
+    frame_triggered: bool = Field(False, description="async, ensemble, rtc with cameras: request when a newer camera "
+                                                     "window exists instead of once per control period")
 
     def references(self) -> dict[str, str]:
         refs = {self.arm: "arm", **{c: "camera" for c in self.cameras}}
@@ -135,18 +138,26 @@ class ControllerNode(Node):
 
             self.latency_offsets = store.latency_offsets_ns(cfg.calibration.file)
         kw = dict(m=p.ensemble_m, steps=p.ensemble_steps) if p.strategy == "ensemble" else {}
-        self.strategy = STRATEGIES[p.strategy](self.dt_ns, int(p.exec_latency_s * 1e9), p.execute_horizon, **kw)
+        # reacting fast: with cameras, the asynchronous strategies request as soon as a newer window
+        # exists (every camera has a frame newer than the last request's anchor), not on a timer
+        self.frame_triggered = bool(self.cam_ids) and p.strategy != "sync" and p.frame_triggered
+        self.strategy = STRATEGIES[p.strategy](self.dt_ns, int(p.exec_latency_s * 1e9), p.execute_horizon,
+                                               min_request_interval_ns=0 if self.frame_triggered else None, **kw)
+        self._last_anchor_ns = 0
+        self._unsent_t_obs: int | None = None  # ensembling: a chunk not yet in a sent average
         self.replay_stamps = np.zeros(0, np.int64)  # a replayed action stream, fed to the arm piecewise
         self.replay_actions = np.zeros((0, 8))
         self.plan = CommittedPlan(8, self.dt_ns // 2)  # the committed trajectory sent to the arm
         self.request_id = 0
-        self._unsent_t_obs: int | None = None
         self.stats = {k: 0.0 for k in ("requests", "chunks", "dropped_actions", "late_steps", "over_budget",
                                        "obs_holds", "errors", "teleop_steps", "interventions", "episodes",
                                        "bad_chunks", "stale_holds", "refused_chunks")}
         self.inference_ms: list[float] = []
         self.e2e_ms: list[float] = []  # capture of the anchor frame -> its chunk's waypoints sent to the arm
         self.jumps_m: list[float] = []
+        #: latency breakdown of a chunk, ms: capture -> request -> policy -> plan -> sent to the arm
+        self.stages = {k: collections.deque(maxlen=500) for k in ("frame_age", "assembly", "transport", "inference",
+                                                                  "planning", "send")}
         self._stop = threading.Event()
         self._worker = None
         if self.has_policy:
@@ -169,6 +180,17 @@ class ControllerNode(Node):
         if missing:
             raise StaleStreamError("observation", f"no stream provides {sorted(missing)}")
         return obs, {k: arrays[k] for k in self.params.obs_keys}
+
+    def _window_anchor_ns(self) -> int | None:
+        """Capture stamp of the newest window the cameras allow (the oldest of their newest frames),
+        or None before every camera has sent one."""
+        stamps = []
+        for cid in self.cam_ids.values():
+            f = self.sub.latest(CameraFrame.topic(cid))
+            if f is None:
+                return None
+            stamps.append(int(f.stamp_ns))
+        return min(stamps)
 
     # ------------------------------------------------------------------------- inference
     #: unexpected inference errors in a row that end the node (the launcher reports it)
@@ -216,6 +238,13 @@ class ControllerNode(Node):
         if not due:  # sync: the executed part of the plan is not yet ending
             self._stop.wait(0.005)
             return
+        if self.frame_triggered:  # wait (briefly) for the frames of a newer window
+            anchor = self._window_anchor_ns()
+            if anchor is None or anchor <= self._last_anchor_ns:
+                self._stop.wait(0.002)
+                return
+            self._last_anchor_ns = anchor
+        t_assemble = now_ns()
         try:
             obs, arrays = self._observation()
         except StaleStreamError as e:
@@ -256,6 +285,11 @@ class ControllerNode(Node):
             return
         self.delay.add(arrival - obs.t_obs_ns)
         self.inference_ms.append((arrival - t_send) / 1e6)
+        st = self.stages
+        st["frame_age"].append((t_assemble - obs.t_obs_ns) / 1e6)  # newest frame's age when the request began
+        st["assembly"].append((t_send - t_assemble) / 1e6)  # observation window + request build
+        st["transport"].append((arrival - t_send - chunk.inference_ns) / 1e6)  # round trip less policy compute
+        st["inference"].append(chunk.inference_ns / 1e6)
         self._on_chunk(actions, obs.t_obs_ns, arrival, int(round(chunk.dt * 1e9)), chunk.offset,
                        chunk.prefix_frozen if prefix is not None else -1)
 
@@ -292,10 +326,11 @@ class ControllerNode(Node):
         if not self.enabled or self.source != "policy":
             return  # an intervention or the episode's end came while the policy was thinking
         self.stats["chunks"] += 1
+        t0 = now_ns()
         with self.lock:
             plan = self.strategy.on_chunk(actions, t_obs, arrival, dt_ns, offset, frozen)
-            if plan is None:  # the strategy sends from its control steps (ensembling)
-                self._unsent_t_obs = t_obs  # e2e latency is taken when the next step sends it
+            if plan is None:  # ensembling: the chunk joins the average the next control step sends
+                self._unsent_t_obs = t_obs
                 return
         if plan.refused:
             self.stats["refused_chunks"] += 1
@@ -307,10 +342,13 @@ class ControllerNode(Node):
             self.stats["over_budget"] += 1
             log.warning("chunk over budget: every action was stale (inference %.0f ms)", (arrival - t_obs) / 1e6)
             return
-        self._send(plan.stamps_ns, plan.actions)
-        self.e2e_ms.append((now_ns() - t_obs) / 1e6)
+        self.stages["planning"].append((now_ns() - t0) / 1e6)
+        self._send(plan.stamps_ns, plan.actions, t_obs=t_obs)
 
-    def _send(self, stamps: np.ndarray, actions: np.ndarray, origin: str = "policy") -> None:
+    def _send(self, stamps: np.ndarray, actions: np.ndarray, origin: str = "policy", t_obs: int | None = None) -> None:
+        """Send a schedule of (k, 8) actions to the arm; ``t_obs``: capture time of the chunk's
+        newest frame, for the send stage and end-to-end latency."""
+        t0 = now_ns()
         with self.lock:  # the committed plan merges the way the arm node merges
             jump = self.plan.merge(stamps, actions, now_ns())
         if jump is not None:
@@ -319,6 +357,10 @@ class ControllerNode(Node):
         poses[:, 3:] /= np.linalg.norm(poses[:, 3:], axis=1, keepdims=True)
         gripper = np.clip(actions[:, 7], 0, 1) if actions.shape[1] > 7 else None
         self._dispatch(stamps, poses, "ee", gripper, origin)
+        if t_obs is not None:
+            t1 = now_ns()
+            self.stages["send"].append((t1 - t0) / 1e6)
+            self.e2e_ms.append((t1 - t_obs) / 1e6)
 
     def _dispatch(self, stamps: np.ndarray, positions: np.ndarray, space: str, gripper, origin: str) -> None:
         """Send a schedule to the arm node and publish it on ``controller/action`` (for the recorder)."""
@@ -436,13 +478,14 @@ class ControllerNode(Node):
             self._teleop_step()
         if not self.enabled or self.source != "policy":
             return
+        t0 = now_ns()
         with self.lock:
-            sched = self.strategy.on_tick(now_ns())
+            sched = self.strategy.on_tick(t0)
+            t_obs, self._unsent_t_obs = (self._unsent_t_obs, None) if sched is not None else (None, self._unsent_t_obs)
         if sched is not None:
-            self._send(sched.stamps_ns, sched.actions)
-            if self._unsent_t_obs is not None:
-                self.e2e_ms.append((now_ns() - self._unsent_t_obs) / 1e6)
-                self._unsent_t_obs = None
+            if t_obs is not None:  # the first send of a new chunk's average: its latency stages
+                self.stages["planning"].append((now_ns() - t0) / 1e6)
+            self._send(sched.stamps_ns, sched.actions, t_obs=t_obs)
 
     def metrics(self) -> dict[str, float]:
         m = dict(self.stats)
@@ -453,6 +496,10 @@ class ControllerNode(Node):
         if self.e2e_ms:
             a = np.array(self.e2e_ms[-500:])
             m.update(e2e_p50_ms=float(np.percentile(a, 50)), e2e_p99_ms=float(np.percentile(a, 99)))
+        for k, v in self.stages.items():
+            if v:
+                a = np.array(v)
+                m.update({f"stage_{k}_p50_ms": float(np.percentile(a, 50)), f"stage_{k}_p99_ms": float(np.percentile(a, 99))})
         if self.jumps_m:
             j = np.array(self.jumps_m)
             m.update(switch_jump_mean_mm=float(j.mean() * 1e3), switch_jump_max_mm=float(j.max() * 1e3),
