@@ -3,12 +3,12 @@
 :class:`GoToPolicy` moves the TCP in a straight line toward a goal at constant speed: from the
 newest observed TCP pose p(t_obs), action i is the pose at t_obs + (i + offset) dt. Executed
 through any strategy it must reach the goal on a straight path, which makes timing mistakes
-(stale actions, jumps at chunk switches) measurable. ``delay_s`` injects inference time.
+(stale actions, jumps at chunk switches) measurable. (The policy node's ``delay_s`` injects
+inference time for every backend.)
 """
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
 import numpy as np
@@ -30,10 +30,10 @@ class GoToPolicy(Policy):
     """
 
     def __init__(self, goal, speed: float = 0.05, horizon: int = 16, obs_horizon: int = 2, dt: float = 0.1,
-                 delay_s: float = 0.0, offset: int = 0, via=None):
+                 offset: int = 0, via=None):
         self.goal = np.asarray(goal, float)
         self.via = None if via is None else np.asarray(via, float)  # visited first (e.g. above a cube)
-        self.speed, self.delay_s = speed, delay_s
+        self.speed = speed
         self._orientation: np.ndarray | None = None  # held: the orientation first observed
         self.metadata = PolicyMetadata(obs_shapes={"ee_pose": ((7,), "<f4")}, obs_horizon=obs_horizon,
                                        horizon=horizon, action_dim=8, action_space="ee_pose+gripper", dt=dt,
@@ -55,8 +55,6 @@ class GoToPolicy(Policy):
         return out
 
     def predict(self, obs, committed_prefix=None, frozen=None):
-        if self.delay_s:
-            time.sleep(self.delay_s)
         m = self.metadata
         ee = np.asarray(obs["ee_pose"][-1], float)
         if self._orientation is None:

@@ -111,16 +111,12 @@ class ExecutionStrategy(ABC):
         dt_ns: control period, ns.
         exec_latency_ns: command-to-motion latency; actions due before arrival + latency are stale.
         execute_horizon: s, actions executed per chunk (sync).
-        min_request_interval_ns: shortest time between requests (None: one control period). The
-            controller passes 0 when new camera frames trigger the requests instead.
     """
 
     name: ClassVar[str] = ""
 
-    def __init__(self, dt_ns: int, exec_latency_ns: int = 0, execute_horizon: int = 8,
-                 min_request_interval_ns: int | None = None):
+    def __init__(self, dt_ns: int, exec_latency_ns: int = 0, execute_horizon: int = 8):
         self.dt_ns, self.exec_latency_ns, self.s = int(dt_ns), int(exec_latency_ns), int(execute_horizon)
-        self.min_interval_ns = self.dt_ns if min_request_interval_ns is None else int(min_request_interval_ns)
         self._next_request_ns = 0
 
     def reset(self) -> None:
@@ -136,10 +132,9 @@ class ExecutionStrategy(ABC):
         return now_ns >= self._next_request_ns
 
     def request_sent(self, now_ns: int) -> None:
-        """A request left at ``now_ns`` (the next is due ``min_request_interval_ns`` later at the
-        earliest: back-to-back inference on the 100+ Hz robot state would replan on every sample's
-        noise, faster than the arm follows)."""
-        self._next_request_ns = now_ns + self.min_interval_ns
+        """A request left at ``now_ns`` (the next is due one control period later at the earliest:
+        back-to-back inference would replan on every sample's noise, faster than the arm follows)."""
+        self._next_request_ns = now_ns + self.dt_ns
 
     def request_prefix(self, t_obs_ns: int, plan: CommittedPlan,
                        delay_steps: int) -> tuple[np.ndarray, int] | None:
@@ -192,9 +187,8 @@ class RTCStrategy(AsyncStrategy):
 
     name = "rtc"
 
-    def __init__(self, dt_ns: int, exec_latency_ns: int = 0, execute_horizon: int = 8,
-                 min_request_interval_ns: int | None = None):
-        super().__init__(dt_ns, exec_latency_ns, execute_horizon, min_request_interval_ns)
+    def __init__(self, dt_ns: int, exec_latency_ns: int = 0, execute_horizon: int = 8):
+        super().__init__(dt_ns, exec_latency_ns, execute_horizon)
         self.horizon = 64  # H, learned from the first chunk; the overlap is never longer
 
     def on_chunk(self, actions, t_obs_ns, arrival_ns, dt_ns, offset=0, frozen=-1):
@@ -230,9 +224,9 @@ class EnsembleStrategy(ExecutionStrategy):
 
     name = "ensemble"
 
-    def __init__(self, dt_ns: int, exec_latency_ns: int = 0, execute_horizon: int = 8,
-                 min_request_interval_ns: int | None = None, m: float = 0.01, steps: int = 4):
-        super().__init__(dt_ns, exec_latency_ns, execute_horizon, min_request_interval_ns)
+    def __init__(self, dt_ns: int, exec_latency_ns: int = 0, execute_horizon: int = 8, m: float = 0.01,
+                 steps: int = 4):
+        super().__init__(dt_ns, exec_latency_ns, execute_horizon)
         self.m, self.steps = m, steps
         self.reset()
 

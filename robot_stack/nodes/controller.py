@@ -77,8 +77,6 @@ class ControllerParams(NodeParams):
     teleop_timeout_s: float = Field(0.5, gt=0, description="teleop commands older than this are not executed")
     autostart: bool = Field(True, description="execute from start-up (else wait for an episode start event)")
     image_size: tuple[int, int] | None = Field(None, description="(h, w) camera images are resized to (INTER_AREA)")
-    frame_triggered: bool = Field(False, description="async, ensemble, rtc with cameras: request when a newer camera "
-                                                     "window exists instead of once per control period")
 
     def references(self) -> dict[str, str]:
         refs = {self.arm: "arm", **{c: "camera" for c in self.cameras}}
@@ -138,12 +136,7 @@ class ControllerNode(Node):
 
             self.latency_offsets = store.latency_offsets_ns(cfg.calibration.file)
         kw = dict(m=p.ensemble_m, steps=p.ensemble_steps) if p.strategy == "ensemble" else {}
-        # reacting fast: with cameras, the asynchronous strategies request as soon as a newer window
-        # exists (every camera has a frame newer than the last request's anchor), not on a timer
-        self.frame_triggered = bool(self.cam_ids) and p.strategy != "sync" and p.frame_triggered
-        self.strategy = STRATEGIES[p.strategy](self.dt_ns, int(p.exec_latency_s * 1e9), p.execute_horizon,
-                                               min_request_interval_ns=0 if self.frame_triggered else None, **kw)
-        self._last_anchor_ns = 0
+        self.strategy = STRATEGIES[p.strategy](self.dt_ns, int(p.exec_latency_s * 1e9), p.execute_horizon, **kw)
         self._unsent_t_obs: int | None = None  # ensembling: a chunk not yet in a sent average
         self.replay_stamps = np.zeros(0, np.int64)  # a replayed action stream, fed to the arm piecewise
         self.replay_actions = np.zeros((0, 8))
@@ -180,17 +173,6 @@ class ControllerNode(Node):
         if missing:
             raise StaleStreamError("observation", f"no stream provides {sorted(missing)}")
         return obs, {k: arrays[k] for k in self.params.obs_keys}
-
-    def _window_anchor_ns(self) -> int | None:
-        """Capture stamp of the newest window the cameras allow (the oldest of their newest frames),
-        or None before every camera has sent one."""
-        stamps = []
-        for cid in self.cam_ids.values():
-            f = self.sub.latest(CameraFrame.topic(cid))
-            if f is None:
-                return None
-            stamps.append(int(f.stamp_ns))
-        return min(stamps)
 
     # ------------------------------------------------------------------------- inference
     #: unexpected inference errors in a row that end the node (the launcher reports it)
@@ -238,12 +220,6 @@ class ControllerNode(Node):
         if not due:  # sync: the executed part of the plan is not yet ending
             self._stop.wait(0.005)
             return
-        if self.frame_triggered:  # wait (briefly) for the frames of a newer window
-            anchor = self._window_anchor_ns()
-            if anchor is None or anchor <= self._last_anchor_ns:
-                self._stop.wait(0.002)
-                return
-            self._last_anchor_ns = anchor
         t_assemble = now_ns()
         try:
             obs, arrays = self._observation()
