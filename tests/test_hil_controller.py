@@ -75,7 +75,7 @@ def stack(tmp_path_factory):
                 tx.send(SimCommand.TOPIC, SimCommand(kind="reset", cube_pose=np.r_[CUBE, 0, 0, 0, 1.0]))
                 tx.close()
                 time.sleep(0.5)
-                yield {"cfg": cfg, "cfg_path": cfg_path, "run_dir": run_dir, "state": state}
+                yield {"cfg": cfg, "cfg_path": cfg_path, "run_dir": run_dir, "state": state, "out": out}
             finally:
                 state.close()
     finally:
@@ -252,5 +252,6 @@ def test_reach_task_with_each_strategy(stack, strategy, report):
         proc.send_signal(signal.SIGTERM)
         log = proc.communicate(timeout=10)[0].decode(errors="replace")
         _move(stack, [cube0 + np.array([0, 0, 0.14]), START])  # straight up first: never sweep the cube
-    assert ok_at is not None, f"{strategy}: TCP {tcp}, cube {cube}\n{log[-2000:]}"
+    assert ok_at is not None, (f"{strategy}: TCP {tcp}, cube {cube}\ncontroller:\n{log[-2000:]}\n"
+                               f"stack:\n{stack['out'].tail()}")
     report(f"reach task, {strategy:8s} @ 200 ms inference: success after {ok_at:.1f} s")

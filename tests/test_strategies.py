@@ -152,3 +152,18 @@ def test_rtc_keeps_d_within_s_and_h_minus_s():
     rtc = RTCStrategy(DT, execute_horizon=5)
     rtc.on_chunk(chunk(lambda i: 0.0, 8), 0, 0, DT)  # H = 8
     assert rtc.request_prefix(0, plan, delay_steps=7)[1] == 3  # d <= s = 5 and d <= H - s = 3
+
+
+def test_goto_via_funnel_descends_despite_tracking_error_and_climbs_when_far():
+    """The scripted reach policy skips its via point inside a funnel over it: 1 cm of horizontal
+    error 3 cm below the via height still descends (a fixed 5 mm limit climbed back up and
+    limit-cycled under async execution); the same error at the via height goes to the via first."""
+    from policies.scripted import GoToPolicy
+
+    pol = GoToPolicy(goal=(0.5, 0.05, 0.025), via=(0.5, 0.05, 0.14), speed=0.08, horizon=4)
+    q = [0, 0, 0, 1.0]
+    low = pol.predict({"ee_pose": np.array([[0.51, 0.05, 0.11, *q]])})
+    assert np.all(np.diff(low[:, 2]) < -0.005)  # down toward the goal, ~8 mm per step
+    high = GoToPolicy(goal=(0.5, 0.05, 0.025), via=(0.5, 0.05, 0.14), speed=0.08, horizon=4).predict(
+        {"ee_pose": np.array([[0.51, 0.05, 0.14, *q]])})
+    assert abs(high[1, 2] - 0.14) < 1e-9 and high[1, 0] < 0.51  # across to the via point first
