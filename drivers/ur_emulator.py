@@ -105,6 +105,7 @@ class UrController:
         self.robot_mode, self.safety_mode = ROBOT_RUNNING, SAFETY_NORMAL
         self.unlock_delay_s, self.max_joint_speed = unlock_delay_s, max_joint_speed
         self.program: str | None = None  # "rtde_control" while ur_rtde's script runs
+        self.script = ""  # the last control script received
         self.reg_offset_int = self.reg_offset_double = 0
         self.executing = False
         self.servo_target: np.ndarray | None = None
@@ -119,6 +120,7 @@ class UrController:
         self.counters = {"protective_stops": 0, "watchdog_stops": 0, "programs": 0, "unsupported_commands": 0,
                          "servoj": 0, "disconnect_stops": 0}
         self.messages: list[str] = []  # what a teach pendant would show (tests read it)
+        self.feed_gaps_ms: list[float] = []  # time between command-register writes while a program runs
 
     # --------------------------------------------------------------------------- state read-out
     def timestamp(self) -> float:
@@ -193,7 +195,11 @@ class UrController:
                     i = int(n.rsplit("_", 1)[1])
                     self.reg.in_int[i] = int(v)
                     if i == self.reg_offset_int:
-                        self.watchdog_fed_s = time.monotonic()
+                        now = time.monotonic()
+                        if self.running:
+                            self.feed_gaps_ms.append((now - self.watchdog_fed_s) * 1e3)
+                            del self.feed_gaps_ms[:-5000]
+                        self.watchdog_fed_s = now
                 elif n.startswith("input_double_register_"):
                     self.reg.in_double[int(n.rsplit("_", 1)[1])] = float(v)
             if self.running:
@@ -212,6 +218,7 @@ class UrController:
                 self.messages.append("program not started: robot not running or protective stop active")
                 log.warning("program refused: robot mode %d, safety mode %d", self.robot_mode, self.safety_mode)
                 return
+            self.script = text
             self.reg_offset_int = _offset(text, "reg_offset_int")
             self.reg_offset_double = _offset(text, "reg_offset_float")
             self.program = "rtde_control"
@@ -322,6 +329,9 @@ class UrController:
             now = time.monotonic()
             if self.running and self.watchdog_hz > 0 and now - self.watchdog_fed_s > 1.0 / self.watchdog_hz:
                 self.counters["watchdog_stops"] += 1
+                g = np.array(self.feed_gaps_ms[-2000:] or [0.0])
+                log.warning("watchdog: command-register write gaps before the trip: p50 %.1f ms, p99 %.1f ms, "
+                            "max %.1f ms over %d writes", np.percentile(g, 50), np.percentile(g, 99), g.max(), len(g))
                 self._stop_program(f"RTDE watchdog: input_int_register_{self.reg_offset_int} not updated for "
                                    f"{(now - self.watchdog_fed_s) * 1e3:.0f} ms (min frequency {self.watchdog_hz:g} Hz)")
             if self.running:
@@ -351,6 +361,30 @@ class UrController:
                 self._stop_program("the RTDE client writing the command register disconnected")
 
 
+def script_commands(text: str) -> dict[int, str]:
+    """The control script's command numbers and the first word its branch logs or comments,
+    e.g. {11: "servoJ", 16: "servo_stop"}: a check that the installed ur_rtde speaks the numbers
+    this emulator implements."""
+    out: dict[int, str] = {}
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if (s.startswith("elif cmd == ") or s.startswith("if cmd == ")) and s.endswith(":") and " or " not in s:
+            try:
+                n = int(s.split("==", 1)[1].rstrip(":").strip())
+            except ValueError:
+                continue
+            for nxt in lines[i + 1:i + 3]:
+                t = nxt.strip()
+                if t.startswith("#"):
+                    out[n] = t.lstrip("# ").split()[0] if t.lstrip("# ") else ""
+                    break
+                if t.startswith("textmsg(\""):
+                    out[n] = t[len("textmsg(\""):].split("\"")[0].strip()
+                    break
+    return out
+
+
 def _offset(text: str, key: str) -> int:
     """``global reg_offset_int = 24`` -> 24 (0 when the script has none)."""
     for line in text.splitlines():
@@ -376,8 +410,9 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 class _RtdeSession:
     """One RTDE client connection: its recipes and its output stream."""
 
-    def __init__(self, ctl: UrController, sock: socket.socket):
+    def __init__(self, ctl: UrController, sock: socket.socket, refused: list[str]):
         self.ctl, self.sock = ctl, sock
+        self.refused = refused  # variable names answered NOT_FOUND (the emulator's, shared)
         self.out_names: list[str] = []
         self.out_fmt: struct.Struct | None = None
         self.out_types: list[str] = []
@@ -413,6 +448,7 @@ class _RtdeSession:
             names = [n for n in body[8:].decode().split(",") if n]
             types = [w.OUTPUTS.get(n, "NOT_FOUND") for n in names]
             if "NOT_FOUND" in types or not 0 < freq <= 500:
+                self.refused.extend(n for n, t in zip(names, types) if t == "NOT_FOUND")
                 self.send(w.frame(kind, bytes([0]) + ",".join(types).encode()))
                 return
             self.out_names, self.out_types = names, types
@@ -423,6 +459,7 @@ class _RtdeSession:
             names = [n for n in body.decode().split(",") if n]
             types = [w.INPUTS.get(n, "NOT_FOUND") for n in names]
             if "NOT_FOUND" in types:
+                self.refused.extend(n for n, t in zip(names, types) if t == "NOT_FOUND")
                 self.send(w.frame(kind, bytes([0]) + ",".join(types).encode()))
                 return
             rid = len(self.inputs) + 1
@@ -470,6 +507,7 @@ class UrEmulator:
         self._threads: list[threading.Thread] = []
         self._listeners: list[socket.socket] = []
         self.loop_periods_ms: list[float] = []
+        self.refused_recipes: list[str] = []
 
     def start(self) -> "UrEmulator":
         for port, handler in ((RTDE_PORT, self._rtde_client), (DASHBOARD_PORT, self._dashboard_client),
@@ -547,7 +585,7 @@ class UrEmulator:
             time.sleep(max(0.0, next_t - time.monotonic()))
 
     def _rtde_client(self, conn: socket.socket) -> None:
-        sess = _RtdeSession(self.ctl, conn)
+        sess = _RtdeSession(self.ctl, conn, self.refused_recipes)
         conn.settimeout(None)
         self.sessions.append(sess)
         try:
@@ -656,6 +694,16 @@ class UrEmulator:
                 return "true"
             if low == "quit":
                 return "Disconnected"
+            # emulator test hooks (no UR command starts with "emulator")
+            if low == "emulator protective stop":
+                c._protective_stop("injected through the emulator's test hook")
+                return "protective stop injected"
+            if low == "emulator status":
+                import json
+
+                return json.dumps({**c.counters, "running": c.running, "safety_mode": c.safety_mode,
+                                   "refused_recipes": self.refused_recipes, "script_commands": script_commands(c.script),
+                                   "q_target": [round(float(x), 6) for x in c.q_target]})
         return f"could not understand: '{cmd}'"
 
 

@@ -132,6 +132,9 @@ def _cmd_estop(args: argparse.Namespace) -> int:
         if args.release:
             client.release()
             print("e-stop released")
+        elif args.recover:
+            client.recover()
+            print("recovery requested (the arm node's log says how it went)")
         else:
             client.estop(args.reason)
             print("E-STOP sent")
@@ -342,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estop", help="e-stop a running stack's arm (or --release it)")
     p.add_argument("config", type=Path)
     p.add_argument("--release", action="store_true")
+    p.add_argument("--recover", action="store_true",
+                   help="recover the robot from a fault (UR: unlock a protective stop, restart the script)")
     p.add_argument("--reason", default="cli")
     p.add_argument("--arm", default="arm")
     p.set_defaults(fn=_cmd_estop)

@@ -133,6 +133,27 @@ def test_committed_plan_reports_the_switch_jump():
     np.testing.assert_array_equal(plan.stamps_ns, [DT, 2 * DT, 2 * DT + 3 * MS, 3 * DT])
 
 
+def test_committed_plan_jerk_at_a_switch():
+    """Constant velocity has no jerk on any grid; a 5 mm jump at a switch on a 0.1 s grid is
+    2 * 0.005 / 0.1^3 = 10 m/s^3 (third difference f3 - 3 f2 + 3 f1 - f0 = -2 jump)."""
+    v = 0.05  # m/s
+    plan = CommittedPlan(8, DT // 2)
+    stamps = np.arange(1, 7) * DT
+    plan.merge(stamps, chunk(lambda i: v * (i + 1) * 0.1, 6), now_ns=0)
+    assert plan.jerk_at(3 * DT) == pytest.approx(0.0, abs=1e-9)
+    # a continuation on another grid (observed 30 ms later), no jump: still no jerk
+    t_new = 4 * DT + 30 * MS
+    new = t_new + np.arange(3) * DT
+    plan.merge(new, chunk(lambda i: v * (new[i] / 1e9), 3), now_ns=3 * DT)
+    assert plan.jerk_at(t_new) == pytest.approx(0.0, abs=1e-6)
+    # the same switch with a 5 mm jump on the common grid
+    plan = CommittedPlan(8, DT // 2)
+    plan.merge(stamps, chunk(lambda i: v * (i + 1) * 0.1, 6), now_ns=0)
+    plan.merge(stamps[3:], chunk(lambda i: v * (i + 4) * 0.1 + 0.005, 3), now_ns=2 * DT)
+    assert plan.jerk_at(4 * DT) == pytest.approx(10.0, rel=1e-6)
+    assert plan.jerk_at(DT) is None  # no two waypoints before it
+
+
 def test_rtc_refuses_a_chunk_later_than_the_prefix_it_followed_and_async_does_not():
     acts = chunk(lambda i: 0.01 * i)
     t_obs = 10_000 * MS

@@ -445,11 +445,12 @@ class EpisodeEvent(Message):
 @dataclass(kw_only=True)
 class ArmControl(Message):
     """Arm-node control (lossless channel): "estop" stops at once, "release" clears an e-stop,
-    "hold" drops the current schedule and holds."""
+    "hold" drops the current schedule and holds, "recover" asks the driver to recover from a
+    robot fault (a UR protective stop: unlock and restart its control script)."""
 
     SCHEMA: ClassVar[str] = "arm_control"
     TOPIC: ClassVar[str] = "control"
-    kind: str = scalar("str", "hold", choices=("estop", "release", "hold"))
+    kind: str = scalar("str", "hold", choices=("estop", "release", "hold", "recover"))
     reason: str = scalar("str", "")
 
 

@@ -77,6 +77,10 @@ class ArmClient:
     def release(self) -> None:
         self._send(ArmControl.TOPIC, ArmControl(kind="release"))
 
+    def recover(self) -> None:
+        """Ask the arm's driver to recover from a robot fault (sources as for ``release``)."""
+        self._send(ArmControl.TOPIC, ArmControl(kind="recover"))
+
     def hold(self) -> None:
         self._send(ArmControl.TOPIC, ArmControl(kind="hold"))
 

@@ -98,6 +98,25 @@ class CommittedPlan:
         self.actions = np.concatenate([self.actions[keep], actions])
         return jump
 
+    def jerk_at(self, t_ns: int) -> float | None:
+        """Commanded jerk (m/s^3, norm over the first three action dims) at the plan's waypoint
+        at ``t_ns`` (e.g. a switch, the new schedule's first stamp): 3! times the third divided
+        difference over the waypoints two before it and one after (a non-uniform grid is
+        allowed: chunks observed at different times are stamped on different grids). None when
+        the plan has no such four waypoints."""
+        if len(self.stamps_ns) < 4:
+            return None
+        k = int(np.argmin(np.abs(self.stamps_ns - t_ns)))
+        if abs(int(self.stamps_ns[k]) - int(t_ns)) > self.tol_ns or k < 2 or k + 1 >= len(self.stamps_ns):
+            return None
+        t = (self.stamps_ns[k - 2:k + 2] - self.stamps_ns[k - 2]) / 1e9
+        f = [a[:3] for a in self.actions[k - 2:k + 2]]
+        if np.any(np.diff(t) <= 0):
+            return None
+        for order in (1, 2, 3):  # divided differences in place
+            f = [(f[i + 1] - f[i]) / (t[i + order] - t[i]) for i in range(len(f) - 1)]
+        return float(np.linalg.norm(6.0 * f[0]))
+
     def prefix(self, t_obs_ns: int, dt_ns: int, d: int, offset: int = 0) -> np.ndarray:
         """(d', D) planned actions for a chunk observed at ``t_obs_ns``, indices 0..d'-1 (d' <= d,
         stopping at the first step with no planned action); see :func:`committed_prefix`."""

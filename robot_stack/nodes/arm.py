@@ -180,6 +180,18 @@ class ArmNode(Node):
                 log.warning("e-stop released by %s", msg.source)
             self.estop = False
             self._drop_schedule()  # resume from the held command: the guard's state, no jump
+        elif msg.kind == "recover":
+            if msg.source not in self.release_sources:
+                self.counters["recover_refused"] += 1
+                log.error("recovery request from %r refused: not in safety.estop_release %s", msg.source,
+                          sorted(self.release_sources))
+                return
+            self._drop_schedule()
+            if not hasattr(self.driver, "recover"):
+                log.warning("recovery requested by %s: the %s driver recovers by itself or not at all",
+                            msg.source, self.params.driver.type)
+            elif self.driver.recover():
+                log.warning("driver recovery started by %s", msg.source)
         else:
             self._drop_schedule()
 
@@ -189,6 +201,10 @@ class ArmNode(Node):
         self.pending.clear()
 
     def _schedule(self, msg: WaypointSchedule, t: int) -> None:
+        if self.driver_fault is not None:
+            self.counters["refused_driver_fault"] += 1
+            log.warning("schedule from %s refused: the arm driver is in fault (%s)", msg.source, self.driver_fault)
+            return
         if self.estop:
             self.counters["refused_estop"] += 1
             log.warning("schedule from %s refused: e-stop active", msg.source)
@@ -216,10 +232,14 @@ class ArmNode(Node):
                     pend.scanned = self.checker.joint_workspace(pend.points, pend.scanned, budget)
                     if pend.scanned < len(pend.points):
                         return  # resume next tick
-                self.pending.popleft()
-                self._merge(pend, t)
             except SafetyViolation:
                 self.pending.popleft()
+                continue
+            self.pending.popleft()
+            try:
+                self._merge(pend, t)  # may refuse a jump (counted by the checker)
+            except SafetyViolation:
+                pass
             budget = 0.0  # at most one FK per further schedule this tick
 
     def _merge(self, pend: _Pending, t: int) -> None:
@@ -261,6 +281,7 @@ class ArmNode(Node):
                 self.counters["driver_fault"] += 1
                 log.error("arm driver fault, holding: %s", e)
                 self._drop_schedule()
+            self._inputs(t)  # e-stops, heartbeats and recovery requests still count; schedules are refused
             self.mode = "estop"
             self._t_prev = 0
             return

@@ -148,6 +148,7 @@ class ControllerNode(Node):
         self.inference_ms: list[float] = []
         self.e2e_ms: list[float] = []  # capture of the anchor frame -> its chunk's waypoints sent to the arm
         self.jumps_m: list[float] = []
+        self.switch_jerk: list[float] = []  # commanded jerk at each switch, m/s^3 (CommittedPlan.jerk_at)
         #: latency breakdown of a chunk, ms: capture -> request -> policy -> plan -> sent to the arm
         self.stages = {k: collections.deque(maxlen=500) for k in ("frame_age", "assembly", "transport", "inference",
                                                                   "planning", "send")}
@@ -327,8 +328,11 @@ class ControllerNode(Node):
         t0 = now_ns()
         with self.lock:  # the committed plan merges the way the arm node merges
             jump = self.plan.merge(stamps, actions, now_ns())
+            jerk = self.plan.jerk_at(int(stamps[0])) if jump is not None else None
         if jump is not None:
             self.jumps_m.append(jump)
+        if jerk is not None:
+            self.switch_jerk.append(jerk)
         poses = actions[:, :7].copy()
         poses[:, 3:] /= np.linalg.norm(poses[:, 3:], axis=1, keepdims=True)
         gripper = np.clip(actions[:, 7], 0, 1) if actions.shape[1] > 7 else None
@@ -480,6 +484,9 @@ class ControllerNode(Node):
             j = np.array(self.jumps_m)
             m.update(switch_jump_mean_mm=float(j.mean() * 1e3), switch_jump_max_mm=float(j.max() * 1e3),
                      switches=float(len(j)))
+        if self.switch_jerk:  # commanded waypoint jerk at the switches, m/s^3
+            j = np.array(self.switch_jerk)
+            m.update(switch_jerk_mean=float(j.mean()), switch_jerk_p99=float(np.percentile(j, 99)))
         return m
 
     def shutdown(self) -> None:

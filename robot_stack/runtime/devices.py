@@ -128,6 +128,7 @@ class DeviceRegistry:
 ARM_DRIVERS = DeviceRegistry("arm driver", "driver", {
     "sim": "robot_stack.drivers.sim:SimArmConfig",
     "franka": "robot_stack.drivers.franka:FrankaConfig",
+    "ur": "robot_stack.drivers.ur:UrConfig",
 })
 
 CAMERA_DRIVERS = DeviceRegistry("camera driver", "driver", {
