@@ -56,5 +56,10 @@ class ArmDriver(ABC):
     def command(self, q: np.ndarray, gripper_open: float) -> None:
         """Send joint position targets (rad) and a gripper opening in [0, 1]."""
 
+    def set_step_period(self, dt_s: float) -> None:
+        """The period (s) the next :meth:`command`'s step was limited for (the arm node's guard
+        limits each step by the time that really passed, overruns included). Drivers whose
+        protocol carries the step's time (UR ``servoJ``'s ``t``) use it; others ignore it."""
+
     def stop(self) -> None:
         """Disconnect (the robot's controller holds its last target)."""

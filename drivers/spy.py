@@ -41,6 +41,9 @@ class SpyArmDriver(ArmDriver):
     def read(self) -> JointReading:
         return self.inner.read()
 
+    def set_step_period(self, dt_s: float) -> None:
+        self.inner.set_step_period(dt_s)
+
     def command(self, q: np.ndarray, gripper_open: float) -> None:
         self._t.append(int(self.tick_ns))
         self._q.append(np.array(q, np.float64))

@@ -80,6 +80,7 @@ class UrDriver(ArmDriver):
         self._lock = threading.Lock()  # ur_rtde control calls from the servo loop and the recovery thread
         self._last: JointReading | None = None
         self._last_ts = -1.0
+        self._step_s = self.servo_dt  # the period the next command's step was limited for, s
         self.recoveries = 0
         self.faults = 0
 
@@ -91,16 +92,21 @@ class UrDriver(ArmDriver):
             import rtde_receive
         except ImportError as e:
             raise ArmDriverError(f"ur driver needs ur_rtde: pip install \"robot-stack[ur]\" ({e})") from None
-        try:
-            self.rx = rtde_receive.RTDEReceiveInterface(self.host, self.frequency)
-            self.dash = dashboard_client.DashboardClient(self.host)
-            self.dash.connect()
-            self.ctl = rtde_control.RTDEControlInterface(self.host, self.frequency)
-        except RuntimeError as e:
-            self.stop()
-            raise ArmDriverError(f"UR at {self.host}: {e}") from None
-        self._arm_watchdog()
         deadline = time.monotonic() + timeout_s
+        while True:  # the controller may still be booting (or the emulator starting): retry until the deadline
+            try:
+                self.rx = rtde_receive.RTDEReceiveInterface(self.host, self.frequency)
+                self.dash = dashboard_client.DashboardClient(self.host)
+                self.dash.connect()
+                self.ctl = rtde_control.RTDEControlInterface(self.host, self.frequency)
+                break
+            except RuntimeError as e:
+                self.stop()
+                if time.monotonic() > deadline:
+                    raise ArmDriverError(f"UR at {self.host}: {e}") from None
+                log.info("UR at %s not reachable yet (%s): retrying", self.host, e)
+                time.sleep(0.5)
+        self._arm_watchdog()
         while time.monotonic() < deadline:
             try:
                 return self.read()
@@ -160,8 +166,17 @@ class UrDriver(ArmDriver):
     def command(self, q: np.ndarray, gripper_open: float) -> None:
         if self._fault is not None or self._recovering.is_set():
             return  # never command a stopped robot (the arm node holds meanwhile)
+        # t: the time this target is to be reached in. The arm node's guard limits each step by the
+        # period that really passed (overruns included), so that period (set_step_period), not the
+        # nominal one, is the step's time: a late tick's larger step then implies the speed it
+        # really has (with the nominal 2 ms a 7 ms overrun read as 3.5x, over a UR's speed limit)
+        t = min(max(self._step_s, self.servo_dt), 0.05)
+        self._step_s = self.servo_dt
         with self._lock:
-            self.ctl.servoJ([float(x) for x in q], 0.0, 0.0, self.servo_dt, self.lookahead, self.gain)
+            self.ctl.servoJ([float(x) for x in q], 0.0, 0.0, t, self.lookahead, self.gain)
+
+    def set_step_period(self, dt_s: float) -> None:
+        self._step_s = float(dt_s)
 
     def loop_stats(self) -> dict[str, float]:
         return {"ur.faults": float(self.faults), "ur.recoveries": float(self.recoveries),

@@ -94,11 +94,13 @@ class UrController:
         max_joint_speed: servoJ speed limit, rad/s (UR5e datasheet: 180 deg/s every joint).
     """
 
-    def __init__(self, robot: str = "ur5e_robotiq", unlock_delay_s: float = 5.0, max_joint_speed: float = 3.1416):
+    def __init__(self, robot: str = "ur5e_robotiq", unlock_delay_s: float = 5.0, max_joint_speed: float = 3.1416,
+                 world=None):
         from robot_stack.drivers.sim_model import SceneSpec
         from robot_stack.drivers.sim_world import SimWorld
 
-        self.world = SimWorld(SceneSpec(robot=robot, width=64, height=48))
+        # the world: its own, or a sim-world node's (which steps the physics and renders cameras)
+        self.world = world if world is not None else SimWorld(SceneSpec(robot=robot, width=64, height=48))
         self.n_sub = max(1, round(PERIOD_S / self.world.dt))
         self.lock = threading.RLock()
         self.reg = Registers()
@@ -109,6 +111,7 @@ class UrController:
         self.reg_offset_int = self.reg_offset_double = 0
         self.executing = False
         self.servo_target: np.ndarray | None = None
+        self.last_servo: np.ndarray | None = None  # the last servoJ target of this program
         self.servo_t, self.servo_lookahead = PERIOD_S, 0.1
         self.move_goal: tuple[np.ndarray, float, float] | None = None  # moveJ (q, v, a)
         self.q_target = self.world.q_target.copy()
@@ -222,6 +225,7 @@ class UrController:
             self.reg_offset_int = _offset(text, "reg_offset_int")
             self.reg_offset_double = _offset(text, "reg_offset_float")
             self.program = "rtde_control"
+            self.last_servo = None
             self.counters["programs"] += 1
             self.executing = False
             self.watchdog_hz = 0.0
@@ -266,7 +270,9 @@ class UrController:
         if cmd == CMD_SERVOJ:
             q = np.array([self._f(i) for i in range(6)])
             t = max(self._f(8), PERIOD_S)
-            ref = self.servo_target if self.servo_target is not None else self.q_target
+            # the implied speed of the command stream: from the previous servoJ target (the first
+            # one of a program: from the joint target)
+            ref = self.last_servo if self.last_servo is not None else self.q_target
             speed = np.abs(q - ref) / t
             if np.any(speed > self.max_joint_speed):
                 j = int(np.argmax(speed))
@@ -274,6 +280,7 @@ class UrController:
                                       f"{self.max_joint_speed:.2f} rad/s (servoj target)")
                 return True
             self.servo_target, self.servo_t = q, t
+            self.last_servo = q
             self.servo_lookahead = float(np.clip(self._f(9), 0.03, 0.2))
             self.move_goal = None
             self.counters["servoj"] += 1
@@ -324,7 +331,19 @@ class UrController:
 
     # --------------------------------------------------------------------------- 500 Hz loop
     def tick(self) -> None:
-        """One controller period: watchdog, program pass, joint target, physics."""
+        """One controller period: :meth:`control`, then 2 ms of physics."""
+        self.control()
+        self.world.step(self.n_sub)
+
+    def sync_to_world(self) -> None:
+        """After the world was reset (the arm placed at home): targets from where the arm is."""
+        with self.lock:
+            self.q_target = self.world.joint_state()[0]
+            self.servo_target = None
+            self.move_goal = None
+
+    def control(self) -> None:
+        """One controller period without physics: watchdog, program pass, the joint target."""
         with self.lock:
             now = time.monotonic()
             if self.running and self.watchdog_hz > 0 and now - self.watchdog_fed_s > 1.0 / self.watchdog_hz:
@@ -350,8 +369,7 @@ class UrController:
                 if np.abs(q - self.q_target).max() < 1e-6:
                     self.move_goal = None
             self.qd_target = (self.q_target - prev) / PERIOD_S
-            self.world.set_target(self.q_target, 1.0)
-        self.world.step(self.n_sub)
+            self.world.set_target(self.q_target, self.world.gripper_open)
 
     def on_client_lost(self, writes_command_register: bool) -> None:
         """An RTDE client disconnected; the one feeding the program's command register stops it."""
@@ -509,7 +527,9 @@ class UrEmulator:
         self.loop_periods_ms: list[float] = []
         self.refused_recipes: list[str] = []
 
-    def start(self) -> "UrEmulator":
+    def start(self, own_loop: bool = True) -> "UrEmulator":
+        """Listen; ``own_loop``: run the 500 Hz controller loop here (False: the caller calls
+        :meth:`UrController.control`, steps the world and calls :meth:`stream` each period)."""
         for port, handler in ((RTDE_PORT, self._rtde_client), (DASHBOARD_PORT, self._dashboard_client),
                               (SCRIPT_PORT, self._script_client)):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -519,7 +539,8 @@ class UrEmulator:
             s.settimeout(0.2)
             self._listeners.append(s)
             self._spawn(self._accept, s, handler)
-        self._spawn(self._loop)
+        if own_loop:
+            self._spawn(self._loop)
         log.info("UR emulator on %s (RTDE %d, dashboard %d, script %d)", self.host, RTDE_PORT, DASHBOARD_PORT,
                  SCRIPT_PORT)
         return self
@@ -565,15 +586,7 @@ class UrEmulator:
         while not self._stop.is_set():
             self.ctl.tick()
             tick += 1
-            for sess in list(self.sessions):
-                if tick % sess.out_every:
-                    continue
-                try:
-                    pkg = sess.package()
-                    if pkg is not None:
-                        sess.send(pkg)
-                except OSError:
-                    pass  # its reader thread notices and cleans up
+            self.stream(tick)
             now = time.monotonic()
             if last is not None:
                 self.loop_periods_ms.append((now - last) * 1e3)
@@ -583,6 +596,18 @@ class UrEmulator:
             if next_t < now - 0.05:
                 next_t = now  # fell far behind: do not burst
             time.sleep(max(0.0, next_t - time.monotonic()))
+
+    def stream(self, tick: int) -> None:
+        """Send each started RTDE client its output package for controller period ``tick``."""
+        for sess in list(self.sessions):
+            if tick % sess.out_every:
+                continue
+            try:
+                pkg = sess.package()
+                if pkg is not None:
+                    sess.send(pkg)
+            except OSError:
+                pass  # its reader thread notices and cleans up
 
     def _rtde_client(self, conn: socket.socket) -> None:
         sess = _RtdeSession(self.ctl, conn, self.refused_recipes)

@@ -70,7 +70,7 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
     recorder = _nodes_of(cfg, "recorder")[0]
     targets = [n for n in session.nodes if cfg.nodes[n].kind in ("recorder", "controller", "teleop")]
     res = CollectResult()
-    task = ReachTask()
+    task = ReachTask.for_config(cfg)
     rng = np.random.default_rng(seed)
     try:
         if own:

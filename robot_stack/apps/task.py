@@ -30,10 +30,25 @@ class ReachTask:
     approach_height: float = 0.12  # expert: above the cube before descending, m
     grasp_height: float = 0.005    # expert: final TCP height above the cube centre, m
 
+    yaw: float = 0.0  # the robot's workspace_yaw (rad): start_xyz is laid out in front of the robot
+
     def start_pose(self, rng: np.random.Generator, orientation: np.ndarray) -> np.ndarray:
-        """A randomized episode start pose (7,) [x y z qx qy qz qw] with the given TCP orientation."""
+        """A randomized episode start pose (7,) [x y z qx qy qz qw] with the given TCP orientation;
+        ``start_xyz`` is turned by ``yaw`` about the base z axis (a UR5e's front is +y)."""
         xyz = np.asarray(self.start_xyz, float) + np.r_[rng.uniform(-self.start_jitter, self.start_jitter, 2), 0.0]
+        c, s_ = np.cos(self.yaw), np.sin(self.yaw)
+        xyz[:2] = [c * xyz[0] - s_ * xyz[1], s_ * xyz[0] + c * xyz[1]]
         return np.r_[xyz, orientation]
+
+    @staticmethod
+    def for_config(cfg) -> "ReachTask":
+        """The task for a stack config: turned to the front of the sim world's robot (none: 0)."""
+        from robot_stack.drivers.sim_model import sim_description
+
+        sims = [nc for nc in cfg.nodes.values() if nc.kind == "sim_world"]
+        if not sims:
+            return ReachTask()
+        return ReachTask(yaw=float(sim_description(sims[0].typed.robot).sim.workspace_yaw))
 
     def success(self, tcp_xyz: np.ndarray, cube_xyz: np.ndarray, cube_start_xyz: np.ndarray) -> bool:
         """True when the TCP (3,) is in the pre-grasp region of the cube (3,) and the cube stayed put."""

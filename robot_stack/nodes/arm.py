@@ -329,6 +329,7 @@ class ArmNode(Node):
         self._t_prev = t
         if self.spy is not None:
             self.spy.tick_ns = t
+        self.driver.set_step_period(dt)
         self.driver.command(q, self.grip_cmd)
         if self._tick % self._state_every == 0 and reading.stamp_ns > self._state_stamp:
             self._state_stamp = reading.stamp_ns  # one message per measurement: stamps strictly increase
@@ -365,11 +366,13 @@ class ArmNode(Node):
         while self.guard.moving and now_ns() < deadline:
             time.sleep(self._dt)
             t = now_ns()
-            q = self.guard.stop(max((t - t_prev) / 1e9, 1e-5))
+            dt = max((t - t_prev) / 1e9, 1e-5)
+            q = self.guard.stop(dt)
             t_prev = self._t_prev = t
             if self.spy is not None:
                 self.spy.tick_ns = t
             try:
+                self.driver.set_step_period(dt)
                 self.driver.command(q, self.grip_cmd)
             except Exception as e:  # the robot is gone: nothing left to stop
                 log.error("stop at shutdown: %s", e)

@@ -32,6 +32,10 @@ class SimWorldParams(NodeParams):
     max_catchup_steps: int = Field(20, ge=1)
     table_board: bool = Field(False, description="ChArUco board on the table (eye-in-hand calibration)")
     gripper_board: bool = Field(False, description="ChArUco board on the gripper (eye-to-hand calibration)")
+    ur_emulator_host: str | None = Field(
+        None, description="serve the arm as a UR e-Series controller (RTDE, dashboard, script port) on this "
+                          "address, for the ur driver; the sim driver's joint targets are then ignored")
+    ur_unlock_delay_s: float = Field(5.0, ge=0, description="UR emulator: protective stop unlock delay, s")
 
     def scene(self):
         """The SceneSpec every process of this world builds (world and camera renderers)."""
@@ -55,17 +59,31 @@ class SimWorldNode(Node):
         self.rt_violations = 0
         self.lag_steps_max = 0
         self.targets = 0
+        self.targets_ignored = 0
         self._state_every = max(1, round(self.params.rate_hz / self.params.state_rate_hz))
         self._obj_every = max(1, round(self.params.rate_hz / 10.0))
         self._tick = 0
         self._dt_ns = int(round(self.world.dt * 1e9))
+        self.ur = None
+        if self.params.ur_emulator_host:
+            from robot_stack.drivers.ur_emulator import PERIOD_S, UrController, UrEmulator
+
+            if abs(self.params.rate_hz * PERIOD_S - 1.0) > 1e-6:
+                raise ValueError(f"sim_world.ur_emulator_host needs rate_hz 500 (the e-Series controller rate), "
+                                 f"not {self.params.rate_hz:g}")
+            ctl = UrController(unlock_delay_s=self.params.ur_unlock_delay_s, world=self.world)
+            self.ur = UrEmulator(self.params.ur_emulator_host, ctl).start(own_loop=False)
 
     def _inputs(self) -> None:
         while (item := self.rx.recv(0.0)) is not None:
             self.guarded("sim_input", self._on_message, item[1])
 
     def _on_message(self, msg) -> None:
-        if isinstance(msg, JointTarget):
+        if isinstance(msg, JointTarget) and self.ur is not None:
+            self.targets_ignored += 1
+            if self.targets_ignored == 1:
+                log.warning("joint target from %s ignored: the arm is served as a UR controller", msg.source)
+        elif isinstance(msg, JointTarget):
             if msg.q.shape == (len(self.world.arm.qpos),) and np.all(np.isfinite(msg.q)) and np.isfinite(msg.gripper):
                 self.world.set_target(msg.q, msg.gripper)
                 self.targets += 1
@@ -76,6 +94,8 @@ class SimWorldNode(Node):
             self.steps = 0
             self.t0 = now_ns()
             log.info("reset: cube at %s", np.round(pose[:3], 3).tolist())
+            if self.ur is not None:
+                self.ur.ctl.sync_to_world()
 
     def step(self) -> None:
         self._inputs()
@@ -89,9 +109,13 @@ class SimWorldNode(Node):
                             due, due * self._dt_ns / 1e6, self.rt_violations)
             self.t0 += (due - 1) * self._dt_ns
             due = 1
+        if self.ur is not None:
+            self.ur.ctl.control()  # the emulated UR controller's period (this node runs at 500 Hz)
         if due > 0:
             self.world.step(int(due))
             self.steps += int(due)
+        if self.ur is not None:
+            self.ur.stream(self._tick)
         stamp = self.t0 + self.steps * self._dt_ns  # sim time on the host clock
         q, dq, tau, width = self.world.joint_state()
         self.pub.publish(JointState.TOPIC, JointState(stamp_ns=stamp, q=q, dq=dq, tau=tau, gripper_width=width))
@@ -109,5 +133,7 @@ class SimWorldNode(Node):
                 "sim_s": self.steps * self.world.dt, "wall_s": wall, "targets": float(self.targets)}
 
     def shutdown(self) -> None:
+        if getattr(self, "ur", None) is not None:
+            self.ur.close()
         if hasattr(self, "rx"):
             self.rx.close()
