@@ -7,7 +7,7 @@ same randomized reach episodes in turn (same cube poses and start poses for ever
 - ``sync``, ``async``, ``ensemble``: the demo's policy;
 - ``rtc``: inference-time RTC (the demo's policy, guided toward the committed prefix);
 - ``rtc_train``: training-time RTC (a checkpoint trained with clean prefixes, ``--rtc-policy``;
-  ``robot-stack train configs/train_reach_rtc.yaml``), conditioned on the committed prefix.
+  ``robot-stack train configs/train/reach_rtc.yaml``), conditioned on the committed prefix.
 
 Printed per (delay, variant): success over the episodes, completion time of the successes, the
 jump in commanded position at chunk switches (mean / max) and its ratio to sync's in the same run,
@@ -119,7 +119,7 @@ def main() -> int:
                   f"{r['inference']:.0f}")
     console.print(t)
     if args.rtc_policy is None:
-        console.print("rtc_train not run: give --rtc-policy (robot-stack train configs/train_reach_rtc.yaml)")
+        console.print("rtc_train not run: give --rtc-policy (robot-stack train configs/train/reach_rtc.yaml)")
     return 0
 
 

@@ -21,6 +21,10 @@ Watchdog: ``setWatchdog(watchdog_hz)`` arms the controller's RTDE watchdog on th
 so the robot stops its program by itself when our process dies or stalls for longer than
 1 / ``watchdog_hz`` (every ``servoJ`` feeds it).
 
+Gripper: a Robotiq 2F-85 on ``gripper_port`` (:mod:`robot_stack.drivers.robotiq`, Modbus RTU,
+through the tool flange or a USB RS-485 adapter), activated at start and served on its own
+thread; its faults are driver faults. Without one the reported opening is 0.
+
 Clock: the controller ``timestamp`` (s since its start) is mapped to the stack clock with
 :class:`~robot_stack.runtime.clock.DeviceClockMapper` (minimum-offset envelope of the reading time).
 """
@@ -66,7 +70,7 @@ class UrDriver(ArmDriver):
 
     def __init__(self, host: str, frequency: float = 500.0, lookahead_time: float = 0.1, gain: float = 300.0,
                  watchdog_hz: float = 10.0, auto_recover: bool = False, recover_timeout_s: float = 15.0,
-                 lower: np.ndarray | None = None, upper: np.ndarray | None = None):
+                 lower: np.ndarray | None = None, upper: np.ndarray | None = None, gripper_port: str | None = None):
         self.host, self.frequency = host, float(frequency)
         self.lookahead, self.gain, self.watchdog_hz = float(lookahead_time), float(gain), float(watchdog_hz)
         self.auto_recover, self.recover_timeout_s = auto_recover, recover_timeout_s
@@ -83,6 +87,12 @@ class UrDriver(ArmDriver):
         self._step_s = self.servo_dt  # the period the next command's step was limited for, s
         self.recoveries = 0
         self.faults = 0
+        self.gripper_port = gripper_port
+        self.gripper = None  # Robotiq2F85 once started
+        self._grip_cmd = 1.0  # commanded opening, 0..1
+        self._grip_width = 0.0  # measured opening, m (0 without a gripper)
+        self._grip_error: str | None = None
+        self._grip_stop = threading.Event()
 
     # ------------------------------------------------------------------------------- lifecycle
     def start(self, timeout_s: float = 10.0) -> JointReading:
@@ -107,6 +117,8 @@ class UrDriver(ArmDriver):
                 log.info("UR at %s not reachable yet (%s): retrying", self.host, e)
                 time.sleep(0.5)
         self._arm_watchdog()
+        if self.gripper_port:
+            self._start_gripper()
         while time.monotonic() < deadline:
             try:
                 return self.read()
@@ -116,13 +128,42 @@ class UrDriver(ArmDriver):
         self.stop()
         raise ArmDriverError(f"UR at {self.host} not ready within {timeout_s:.0f} s: {err}")
 
+    def _start_gripper(self) -> None:
+        """Activate the Robotiq 2F-85 and serve it on a thread (serial I/O stays off the servo loop)."""
+        from .robotiq import Robotiq2F85, RobotiqError, width_from_position
+
+        try:
+            self.gripper = Robotiq2F85(self.gripper_port)
+            self.gripper.activate()
+        except (RobotiqError, OSError) as e:
+            self.stop()
+            raise ArmDriverError(f"Robotiq 2F-85 on {self.gripper_port}: {e}") from None
+
+        def serve():
+            sent = None
+            while not self._grip_stop.is_set():
+                try:
+                    target = round(255 * (1.0 - min(max(self._grip_cmd, 0.0), 1.0)))
+                    if target != sent:
+                        self.gripper.move(target)
+                        sent = target
+                    st = self.gripper.status()
+                    self._grip_width = width_from_position(st.position)
+                    self._grip_error = st.fault_text
+                except RobotiqError as e:
+                    self._grip_error = str(e)
+                time.sleep(0.02)
+
+        threading.Thread(target=serve, name="robotiq", daemon=True).start()
+
     def _arm_watchdog(self) -> None:
         if self.watchdog_hz > 0:
             self.ctl.setWatchdog(self.watchdog_hz)
 
     def stop(self) -> None:
         """servoStop, stop the control script, disconnect (the controller holds the arm)."""
-        for fn in (lambda: self.ctl.servoStop(), lambda: self.ctl.stopScript(), lambda: self.ctl.disconnect(),
+        self._grip_stop.set()
+        for fn in (lambda: self.gripper.close(), lambda: self.ctl.servoStop(), lambda: self.ctl.stopScript(), lambda: self.ctl.disconnect(),
                    lambda: self.rx.disconnect(), lambda: self.dash.disconnect()):
             try:
                 fn()
@@ -153,6 +194,8 @@ class UrDriver(ArmDriver):
                 if self.auto_recover:
                     self.recover()
             raise ArmDriverError(why)
+        if self._grip_error is not None:
+            raise ArmDriverError(f"Robotiq 2F-85: {self._grip_error}")
         if self._fault is not None:
             log.warning("UR recovered from: %s", self._fault)
             self._fault = None
@@ -160,10 +203,12 @@ class UrDriver(ArmDriver):
         if ts != self._last_ts or self._last is None:
             self._last_ts = ts
             stamp = self.clock.map(int(ts * 1e9), now_ns())
-            self._last = JointReading(stamp, np.array(self.rx.getActualQ()), np.array(self.rx.getActualQd()), 0.0)
+            self._last = JointReading(stamp, np.array(self.rx.getActualQ()), np.array(self.rx.getActualQd()),
+                                      self._grip_width)
         return self._last
 
     def command(self, q: np.ndarray, gripper_open: float) -> None:
+        self._grip_cmd = float(gripper_open)
         if self._fault is not None or self._recovering.is_set():
             return  # never command a stopped robot (the arm node holds meanwhile)
         # t: the time this target is to be reached in. The arm node's guard limits each step by the
@@ -243,6 +288,7 @@ class UrConfig(DeviceConfig):
     watchdog_hz: float = Field(10.0, ge=0, description="RTDE watchdog minimum frequency, Hz (0: off)")
     auto_recover: bool = Field(False, description="after a protective stop or a stopped program, recover by itself")
     recover_timeout_s: float = Field(15.0, gt=0, description="give up unlocking a protective stop after this, s")
+    gripper_port: str | None = Field(None, description="serial port of a Robotiq 2F-85 (Modbus RTU; None: no gripper)")
 
     def default_robot(self, config) -> str:
         """UR5e with a Robotiq 2F-85."""
@@ -253,4 +299,5 @@ class UrConfig(DeviceConfig):
 
         m = RobotModel.load(params.robot_name(ctx.config))
         return UrDriver(self.robot_ip, self.frequency, self.lookahead_time, self.gain, self.watchdog_hz,
-                        self.auto_recover, self.recover_timeout_s, lower=m.lower, upper=m.upper)
+                        self.auto_recover, self.recover_timeout_s, lower=m.lower, upper=m.upper,
+                        gripper_port=self.gripper_port)

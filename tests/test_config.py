@@ -93,7 +93,7 @@ def test_a_key_of_another_driver_is_named(tmp_path):
     msg = _check(tmp_path, "nodes:\n  cam: {kind: camera, params: {driver: realsense, serial: '12'}}\n")
     assert "nodes.cam.params.serial: a key of camera driver realsense; put it inside driver: {type: realsense" in msg
     msg = _check(tmp_path, "nodes:\n  arm: {kind: arm, params: {driver: {type: ur5}}}\n")
-    assert "unknown arm driver 'ur5' (known: franka, sim)" in msg
+    assert "unknown arm driver 'ur5' (known: franka, sim, ur)" in msg
 
 
 def test_dangling_and_wrong_kind_references_are_refused(tmp_path):
@@ -157,3 +157,15 @@ def test_nodes_keep_their_typed_params():
            for i, line in enumerate((REPO / f).read_text().splitlines())
            if re.search(r"\.params\.get\(|\.params\[|Params\.model_validate\((nc|.*nodes\[.*\])\.params", line)]
     assert bad == []
+
+
+def test_shipped_training_settings_validate():
+    import yaml
+
+    from robot_stack.policies.training import TrainSettings
+
+    paths = sorted((REPO / "configs" / "train").glob("*.yaml"))
+    assert paths
+    for p in paths:
+        TrainSettings(**yaml.safe_load(p.read_text()))
+    assert TrainSettings(**yaml.safe_load((REPO / "configs" / "train" / "reach_rtc.yaml").read_text())).model.rtc_max_prefix == 4

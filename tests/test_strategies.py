@@ -179,7 +179,7 @@ def test_goto_via_funnel_descends_despite_tracking_error_and_climbs_when_far():
     """The scripted reach policy skips its via point inside a funnel over it: 1 cm of horizontal
     error 3 cm below the via height still descends (a fixed 5 mm limit climbed back up and
     limit-cycled under async execution); the same error at the via height goes to the via first."""
-    from policies.scripted import GoToPolicy
+    from robot_stack.policies.scripted import GoToPolicy
 
     pol = GoToPolicy(goal=(0.5, 0.05, 0.025), via=(0.5, 0.05, 0.14), speed=0.08, horizon=4)
     q = [0, 0, 0, 1.0]
