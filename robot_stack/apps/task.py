@@ -42,13 +42,15 @@ class ReachTask:
 
     @staticmethod
     def for_config(cfg) -> "ReachTask":
-        """The task for a stack config: turned to the front of the sim world's robot (none: 0)."""
-        from robot_stack.drivers.sim_model import sim_description
+        """The task for a stack config: turned to the front of the sim world's robot (its
+        description's ``sim.workspace_yaw``; no sim world: 0)."""
+        from robot_stack.control.robot_model import load_description
 
         sims = [nc for nc in cfg.nodes.values() if nc.kind == "sim_world"]
         if not sims:
             return ReachTask()
-        return ReachTask(yaw=float(sim_description(sims[0].typed.robot).sim.workspace_yaw))
+        desc, _ = load_description(sims[0].typed.robot)
+        return ReachTask(yaw=float(desc.sim.workspace_yaw) if desc.sim is not None else 0.0)
 
     def success(self, tcp_xyz: np.ndarray, cube_xyz: np.ndarray, cube_start_xyz: np.ndarray) -> bool:
         """True when the TCP (3,) is in the pre-grasp region of the cube (3,) and the cube stayed put."""
