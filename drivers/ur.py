@@ -224,8 +224,12 @@ class UrDriver(ArmDriver):
         self._step_s = float(dt_s)
 
     def loop_stats(self) -> dict[str, float]:
-        return {"ur.faults": float(self.faults), "ur.recoveries": float(self.recoveries),
-                "ur.safety_mode": float(self.rx.getSafetyMode()) if self.rx is not None else -1.0}
+        m = {"ur.faults": float(self.faults), "ur.recoveries": float(self.recoveries)}
+        if self.rx is not None:
+            m.update({"ur.safety_mode": float(self.rx.getSafetyMode()), "ur.robot_mode": float(self.rx.getRobotMode()),
+                      "ur.safety_status_bits": float(self.rx.getSafetyStatusBits()),
+                      "ur.robot_status_bits": float(self.rx.getRobotStatus())})
+        return m
 
     # ------------------------------------------------------------------------------- recovery
     def recover(self) -> bool:
