@@ -205,6 +205,9 @@ def test_protective_stop_fault_recovery_then_tracking(stack, emulator, report):
     assert dash("safetymode") == "Safetymode: PROTECTIVE_STOP"
     time.sleep(0.5)
     assert not dash.status()["running"]
+    # one fault, though the driver sees its reasons in turn (the program stopped, then the
+    # protective stop: two RTDE streams, either may tell first)
+    assert stack.heartbeat("arm").get("safety.driver_fault", 0) == faults0 + 1, stack.logs.tail(20)
     client = ArmClient(stack.cfg, stack.rd, source="cli_estop", heartbeat_hz=0)  # the release source
     try:
         t_req = now_ns()

@@ -276,11 +276,14 @@ class ArmNode(Node):
         try:
             reading = self.driver.read()
         except ArmDriverError as e:  # a reflex or lost connection: the robot stopped; hold and report
-            if self.driver_fault != str(e):
+            if self.driver_fault is None:  # one fault episode is counted once, whatever its reasons
                 self.driver_fault = str(e)
                 self.counters["driver_fault"] += 1
                 log.error("arm driver fault, holding: %s", e)
                 self._drop_schedule()
+            elif self.driver_fault != str(e):  # e.g. a UR's stopped program, then its protective stop
+                self.driver_fault = str(e)
+                log.error("arm driver fault, still holding: %s", e)
             self._inputs(t)  # e-stops, heartbeats and recovery requests still count; schedules are refused
             self.mode = "estop"
             self._t_prev = 0
