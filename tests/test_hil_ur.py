@@ -94,7 +94,7 @@ def _off_path(points: np.ndarray, corners: list[np.ndarray]) -> np.ndarray:
 def test_joint_and_ee_squares_are_tracked(stack, emulator, report):
     """A square in two joints' space and a 10 cm TCP square: the TCP stays within 2 mm (mean) of
     the commanded path; the servo loop's period p99 is reported."""
-    from robot_stack.control.arm_client import straight_line
+    from robot_stack.control.arm_client import polyline_schedule
     from robot_stack.runtime.clock import now_ns
 
     from robot_stack.control.robot_model import RobotModel
@@ -121,13 +121,7 @@ def test_joint_and_ee_squares_are_tracked(stack, emulator, report):
     start = np.array(stack.state().ee_pose)
     side = 0.10
     corners = [start[:3] + np.array(c) for c in ([0, 0, 0], [side, 0, 0], [side, 0, -side], [0, 0, -side], [0, 0, 0])]
-    stamps, poses, t = [], [], now_ns() + 300_000_000
-    for a, b in zip(corners[:-1], corners[1:]):
-        st, ps = straight_line(np.r_[a, start[3:]], np.r_[b, start[3:]], t, speed=0.05, step_s=0.02)
-        stamps.append(st)
-        poses.append(ps)
-        t = int(st[-1])
-    stamps, poses = np.concatenate(stamps), np.concatenate(poses)
+    stamps, poses = polyline_schedule(start, corners[1:], now_ns() + 300_000_000, speed=0.05)
     stack.arm.send_schedule(stamps, poses, space="ee")
     time.sleep((stamps[-1] - now_ns()) / 1e9 + 1.0)
     hist_ee = [m for m in stack.sub.history("robot/state") if stamps[0] <= m.stamp_ns <= stamps[-1]]

@@ -122,6 +122,26 @@ def straight_line(start: np.ndarray, end: np.ndarray, t0_ns: int, speed: float, 
     return stamps, poses
 
 
+def polyline_schedule(start: np.ndarray, points: list[np.ndarray], t0_ns: int, speed: float,
+                      step_s: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """One Cartesian schedule start -> points[0] -> points[1] ... at ``speed`` m/s, the orientation
+    of ``start`` (7,) held; ``points``: (3,) positions in the base frame, m.
+
+    Returns:
+        stamps_ns (N,) int64 from one step after ``t0_ns``, and poses (N, 7).
+    """
+    pose, t = np.asarray(start, float), int(t0_ns)
+    stamps, poses = [], []
+    for p in points:
+        goal = pose.copy()
+        goal[:3] = p
+        st, ps = straight_line(pose, goal, t, speed=speed, step_s=step_s)
+        stamps.append(st)
+        poses.append(ps)
+        pose, t = goal, int(st[-1])
+    return np.concatenate(stamps), np.concatenate(poses)
+
+
 def polyline(client: "ArmClient", start: np.ndarray, points: list[np.ndarray], t0_ns: int, speed: float,
              step_s: float = 0.02) -> int:
     """Send one Cartesian schedule per leg start -> points[0] -> points[1] ... (orientation of ``start``).

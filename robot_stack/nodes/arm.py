@@ -171,20 +171,14 @@ class ArmNode(Node):
                 log.error("E-STOP from %s: %s", msg.source, msg.reason or "(no reason given)")
             self._drop_schedule()
         elif msg.kind == "release":
-            if msg.source not in self.release_sources:
-                self.counters["estop_release_refused"] += 1
-                log.error("e-stop release from %r refused: not in safety.estop_release %s", msg.source,
-                          sorted(self.release_sources))
+            if not self._may_release(msg.source, "estop_release_refused", "e-stop release"):
                 return
             if self.estop:
                 log.warning("e-stop released by %s", msg.source)
             self.estop = False
             self._drop_schedule()  # resume from the held command: the guard's state, no jump
         elif msg.kind == "recover":
-            if msg.source not in self.release_sources:
-                self.counters["recover_refused"] += 1
-                log.error("recovery request from %r refused: not in safety.estop_release %s", msg.source,
-                          sorted(self.release_sources))
+            if not self._may_release(msg.source, "recover_refused", "recovery request"):
                 return
             self._drop_schedule()
             if not hasattr(self.driver, "recover"):
@@ -194,6 +188,14 @@ class ArmNode(Node):
                 log.warning("driver recovery started by %s", msg.source)
         else:
             self._drop_schedule()
+
+    def _may_release(self, source: str, counter: str, what: str) -> bool:
+        """Only sources in ``safety.estop_release`` may release an e-stop or start a recovery."""
+        if source in self.release_sources:
+            return True
+        self.counters[counter] += 1
+        log.error("%s from %r refused: not in safety.estop_release %s", what, source, sorted(self.release_sources))
+        return False
 
     def _drop_schedule(self) -> None:
         self.traj = None
