@@ -379,6 +379,24 @@ class UrController:
                 self._stop_program("the RTDE client writing the command register disconnected")
 
 
+def check_loopback(host: str) -> None:
+    """The emulator serves robot control without authentication (as a UR controller does): it
+    listens on loopback addresses only.
+
+    Raises:
+        ValueError: ``host`` is not a loopback address.
+    """
+    import ipaddress
+
+    try:
+        ok = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"the UR emulator listens on loopback addresses only (127.0.0.0/8), not {host!r}: "
+                         "RTDE and the dashboard carry no authentication")
+
+
 def script_commands(text: str) -> dict[int, str]:
     """The control script's command numbers and the first word its branch logs or comments,
     e.g. {11: "servoJ", 16: "servo_stop"}: a check that the installed ur_rtde speaks the numbers
@@ -529,7 +547,13 @@ class UrEmulator:
 
     def start(self, own_loop: bool = True) -> "UrEmulator":
         """Listen; ``own_loop``: run the 500 Hz controller loop here (False: the caller calls
-        :meth:`UrController.control`, steps the world and calls :meth:`stream` each period)."""
+        :meth:`UrController.control`, steps the world and calls :meth:`stream` each period).
+
+        Raises:
+            ValueError: ``host`` is not a loopback address (:func:`check_loopback`).
+            OSError: a port is taken.
+        """
+        check_loopback(self.host)
         for port, handler in ((RTDE_PORT, self._rtde_client), (DASHBOARD_PORT, self._dashboard_client),
                               (SCRIPT_PORT, self._script_client)):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -741,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         emu = UrEmulator(args.host, UrController(args.robot, args.unlock_delay_s)).start()
-    except OSError as e:
+    except (OSError, ValueError) as e:
         print(f"error: cannot listen on {args.host}: {e}")
         return 2
     try:

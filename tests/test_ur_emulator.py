@@ -149,3 +149,16 @@ def test_dashboard_replies():
 
 def test_script_commands_are_read_from_the_script():
     assert script_commands(SCRIPT) == {1: "movej", 11: "servoJ", 255: "Received stop script!"}
+
+
+def test_the_emulator_listens_on_loopback_only(tmp_path):
+    """RTDE and the dashboard carry no authentication: a non-loopback address is refused, at
+    ``robot-stack check`` for the sim world's ur_emulator_host too."""
+    from robot_stack.runtime.config import ConfigError, load_config
+
+    with pytest.raises(ValueError, match="loopback addresses only"):
+        UrEmulator("0.0.0.0", controller=UrController()).start()
+    p = tmp_path / "c.yaml"
+    p.write_text("nodes:\n  sim: {kind: sim_world, params: {robot: ur5e_robotiq, ur_emulator_host: 192.168.1.5}}\n")
+    with pytest.raises(ConfigError, match="loopback addresses only"):
+        load_config(p)

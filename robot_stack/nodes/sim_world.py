@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from robot_stack.runtime.clock import now_ns
 from robot_stack.drivers.sim_messages import JointState, JointTarget, ObjectState, SimCommand, SimState
@@ -36,6 +36,15 @@ class SimWorldParams(NodeParams):
         None, description="serve the arm as a UR e-Series controller (RTDE, dashboard, script port) on this "
                           "address, for the ur driver; the sim driver's joint targets are then ignored")
     ur_unlock_delay_s: float = Field(5.0, ge=0, description="UR emulator: protective stop unlock delay, s")
+
+    @field_validator("ur_emulator_host")
+    @classmethod
+    def _loopback(cls, v):
+        if v is not None:
+            from robot_stack.drivers.ur_emulator import check_loopback
+
+            check_loopback(v)
+        return v
 
     def scene(self):
         """The SceneSpec every process of this world builds (world and camera renderers)."""
