@@ -119,6 +119,7 @@ class UrDriver(ArmDriver):
         self._arm_watchdog()
         if self.gripper_port:
             self._start_gripper()
+        err: Exception | str = "no state read"
         while time.monotonic() < deadline:
             try:
                 return self.read()
@@ -132,6 +133,7 @@ class UrDriver(ArmDriver):
         """Activate the Robotiq 2F-85 and serve it on a thread (serial I/O stays off the servo loop)."""
         from .robotiq import Robotiq2F85, RobotiqError, width_from_position
 
+        self._grip_stop.clear()  # (a failed connection attempt's stop() set it)
         try:
             self.gripper = Robotiq2F85(self.gripper_port)
             self.gripper.activate()
