@@ -83,3 +83,37 @@ def test_activation_fault_and_silence_are_errors():
     finally:
         g.close()
         fake.close()
+
+
+def test_the_ur_driver_serves_the_gripper_on_its_thread():
+    """The UR driver's gripper thread: activation at start, the commanded opening sent once per
+    change, the measured width read back; a gripper fault becomes a driver fault."""
+    import time
+
+    from robot_stack.drivers.arm import ArmDriverError
+    from robot_stack.drivers.ur import UrDriver
+
+    fake = FakeRobotiq()
+    drv = UrDriver("127.0.0.1", gripper_port=fake.port)
+    try:
+        drv._start_gripper()
+        drv._grip_cmd = 0.5  # what command() stores: half open
+        t0 = time.monotonic()
+        while abs(drv._grip_width - 0.0425) > 0.001 and time.monotonic() - t0 < 3:
+            time.sleep(0.02)
+        assert drv._grip_width == pytest.approx(0.0425, abs=0.001)
+        moves = [r[10] for r in fake.requests if r[1] == 16 and r[7] == 0x09]
+        assert moves == [0, 128]  # open at start, then one request per change (the thread polls at 50 Hz)
+        fake.fault = 0x0E
+        t0 = time.monotonic()
+        while drv._grip_error is None and time.monotonic() - t0 < 2:
+            time.sleep(0.02)
+        drv.rx = None
+        with pytest.raises(ArmDriverError, match="overcurrent"):
+            drv._fault = None
+            drv.fault = lambda: None  # the arm itself is fine; the gripper is not
+            drv.read()
+    finally:
+        drv._grip_stop.set()
+        time.sleep(0.05)
+        fake.close()
