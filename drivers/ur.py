@@ -287,7 +287,6 @@ class UrConfig(DeviceConfig):
     extra = "ur"
     requires = ("rtde_control", "rtde_receive", "dashboard_client")
     robot_ip: str = "192.168.1.102"
-    model: Literal["ur5e"] = "ur5e"
     frequency: float = Field(500.0, description="RTDE rate, Hz: 500 e-Series, 125 CB3 (-1: from the controller version)")
     lookahead_time: float = Field(0.1, ge=0.03, le=0.2, description="servoJ lookahead time, s")
     gain: float = Field(300.0, ge=100, le=2000, description="servoJ proportional gain")
