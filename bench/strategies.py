@@ -86,7 +86,7 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(160, Console().width))  # the table is wide: never elide cells in a log file
     for p in (args.policy, args.rtc_policy):
         if p is not None and not p.is_file():
             print(f"error: no checkpoint at {p}", file=sys.stderr)
