@@ -42,6 +42,7 @@ Run: ``python -m robot_stack.drivers.ur_emulator --host 127.0.0.7`` (Ctrl-C stop
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import socket
 import struct
@@ -123,7 +124,7 @@ class UrController:
         self.counters = {"protective_stops": 0, "watchdog_stops": 0, "programs": 0, "unsupported_commands": 0,
                          "servoj": 0, "disconnect_stops": 0}
         self.messages: list[str] = []  # what a teach pendant would show (tests read it)
-        self.feed_gaps_ms: list[float] = []  # time between command-register writes while a program runs
+        self.feed_gaps_ms: collections.deque = collections.deque(maxlen=2000)  # command-register write gaps, ms
 
     # --------------------------------------------------------------------------- state read-out
     def timestamp(self) -> float:
@@ -201,7 +202,6 @@ class UrController:
                         now = time.monotonic()
                         if self.running:
                             self.feed_gaps_ms.append((now - self.watchdog_fed_s) * 1e3)
-                            del self.feed_gaps_ms[:-5000]
                         self.watchdog_fed_s = now
                 elif n.startswith("input_double_register_"):
                     self.reg.in_double[int(n.rsplit("_", 1)[1])] = float(v)
@@ -241,10 +241,6 @@ class UrController:
         self.servo_target = None
         self.move_goal = None
         self.watchdog_hz = 0.0
-
-    def stop_program(self, why: str) -> None:
-        with self.lock:
-            self._stop_program(why)
 
     def _f(self, i: int) -> float:
         return float(self.reg.in_double[self.reg_offset_double + i])
@@ -348,7 +344,7 @@ class UrController:
             now = time.monotonic()
             if self.running and self.watchdog_hz > 0 and now - self.watchdog_fed_s > 1.0 / self.watchdog_hz:
                 self.counters["watchdog_stops"] += 1
-                g = np.array(self.feed_gaps_ms[-2000:] or [0.0])
+                g = np.array(self.feed_gaps_ms or [0.0])
                 log.warning("watchdog: command-register write gaps before the trip: p50 %.1f ms, p99 %.1f ms, "
                             "max %.1f ms over %d writes", np.percentile(g, 50), np.percentile(g, 99), g.max(), len(g))
                 self._stop_program(f"RTDE watchdog: input_int_register_{self.reg_offset_int} not updated for "
@@ -542,7 +538,6 @@ class UrEmulator:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._listeners: list[socket.socket] = []
-        self.loop_periods_ms: list[float] = []
         self.refused_recipes: list[str] = []
 
     def start(self, own_loop: bool = True) -> "UrEmulator":
@@ -606,16 +601,11 @@ class UrEmulator:
     def _loop(self) -> None:
         next_t = time.monotonic()
         tick = 0
-        last = None
         while not self._stop.is_set():
             self.ctl.tick()
             tick += 1
             self.stream(tick)
             now = time.monotonic()
-            if last is not None:
-                self.loop_periods_ms.append((now - last) * 1e3)
-                del self.loop_periods_ms[:-5000]
-            last = now
             next_t += PERIOD_S
             if next_t < now - 0.05:
                 next_t = now  # fell far behind: do not burst
@@ -745,7 +735,7 @@ class UrEmulator:
                 return "Disconnected"
             # emulator test hooks (no UR command starts with "emulator")
             if low == "emulator protective stop":
-                c._protective_stop("injected through the emulator's test hook")
+                c.inject_protective_stop("injected through the emulator's test hook")
                 return "protective stop injected"
             if low == "emulator status":
                 import json
