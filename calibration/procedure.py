@@ -2,8 +2,9 @@
 
 The arm is driven through a pose set around a nominal TCP pose (random rotations about all three
 tool axes, small translations), in straight lines at a modest speed. At each pose, once the arm
-has settled, the procedure takes the first camera frame captured after settling and the robot
-state, detects the board and records (T_base_gripper, T_camera_board). Poses the arm refuses or
+is still (its measured TCP pose stayed within 0.05 mm / 0.01 deg for 0.3 s, :mod:`stillness`), the
+procedure takes the first camera frame captured after that and the robot state, detects the board
+and records (T_base_gripper, T_camera_board) and the board corners. Poses the arm refuses or
 where the board is not visible are skipped and reported.
 """
 
@@ -19,6 +20,7 @@ from scipy.spatial.transform import Rotation
 
 from robot_stack.control.arm_client import ArmClient, straight_line
 from robot_stack.calibration.board import BoardNotVisible, BoardSpec, board_pose, detect
+from robot_stack.calibration.stillness import StillWindow
 from robot_stack.calibration.hand_eye import CalibrationError, HandEyeResult, pose_to_T, solve_hand_eye
 from robot_stack.runtime.clock import now_ns
 from robot_stack.runtime.config import StackConfig
@@ -48,6 +50,7 @@ class Samples:
     T_base_gripper: list[np.ndarray] = field(default_factory=list)
     T_camera_board: list[np.ndarray] = field(default_factory=list)
     reproj_px: list[float] = field(default_factory=list)
+    corners: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (obj (N,3) m, img (N,2) px)
     images: list[np.ndarray] = field(default_factory=list)
     K: np.ndarray | None = None
     skipped: list[tuple[int, str]] = field(default_factory=list)
@@ -78,8 +81,13 @@ def current_pose(cfg: StackConfig, run_dir: Path, arm: str = "arm") -> np.ndarra
 
 
 def collect(cfg: StackConfig, run_dir: Path, camera_node: str, board: BoardSpec, poses: list[np.ndarray],
-            arm: str = "arm", speed: float = 0.1, settle_s: float = 0.6, log=print) -> Samples:
-    """Drive the arm through ``poses`` and collect board observations (see module doc)."""
+            arm: str = "arm", speed: float = 0.1, settle_timeout_s: float = 5.0,
+            still: StillWindow | None = None, log=print) -> Samples:
+    """Drive the arm through ``poses`` and collect board observations (see module doc).
+
+    A pose where the arm is not still within ``settle_timeout_s`` after its move, or moved while
+    the frame was captured, is skipped with the reason."""
+    still = still or StillWindow()
     cam_id = camera_id_of(cfg, camera_node)
     sub = Subscriber([cfg.pub_endpoint(arm, run_dir), cfg.pub_endpoint(camera_node, run_dir)],
                      (RobotState.TOPIC, CameraFrame.topic(cam_id)), history=4, name="calibrate")
@@ -97,9 +105,11 @@ def collect(cfg: StackConfig, run_dir: Path, camera_node: str, board: BoardSpec,
             deadline = time.monotonic() + 10.0
             while sub.latest(RobotState.TOPIC).mode == "track" and time.monotonic() < deadline:
                 time.sleep(0.02)
-            time.sleep(settle_s)
-            t_settled = now_ns()
-            st = sub.latest(RobotState.TOPIC)
+            st = _wait_still(sub, still, settle_timeout_s)
+            if st is None:
+                out.skipped.append((i, f"arm not still within {settle_timeout_s:.1f} s"))
+                continue
+            t_settled = st.stamp_ns
             reached = np.linalg.norm(np.array(st.ee_pose[:3]) - goal[:3])
             if reached > 0.005 or st.mode == "estop":
                 out.skipped.append((i, f"arm did not reach the pose ({reached * 1e3:.0f} mm off; refused by safety?)"))
@@ -110,7 +120,10 @@ def collect(cfg: StackConfig, run_dir: Path, camera_node: str, board: BoardSpec,
             if frame is None:
                 out.skipped.append((i, "no camera frame after settling"))
                 continue
-            st = sub.latest(RobotState.TOPIC)
+            after = sub.latest(RobotState.TOPIC)
+            if not still.update(after.stamp_ns, np.array(after.ee_pose)):
+                out.skipped.append((i, "the arm moved while the frame was captured"))
+                continue
             try:
                 obj, img = detect(frame.color, board)
                 T_cb, rms = board_pose(obj, img, np.asarray(frame.K))
@@ -120,6 +133,7 @@ def collect(cfg: StackConfig, run_dir: Path, camera_node: str, board: BoardSpec,
             out.T_base_gripper.append(pose_to_T(np.array(st.ee_pose)))
             out.T_camera_board.append(T_cb)
             out.reproj_px.append(rms)
+            out.corners.append((obj, img))
             out.images.append(np.array(frame.color))
             out.K = np.array(frame.K)
             log(f"pose {i + 1}/{len(poses)}: {len(obj)} corners, reprojection {rms:.2f} px")
@@ -127,6 +141,20 @@ def collect(cfg: StackConfig, run_dir: Path, camera_node: str, board: BoardSpec,
         client.close()
         sub.close()
     return out
+
+
+def _wait_still(sub: Subscriber, still: StillWindow, timeout_s: float) -> RobotState | None:
+    """The first robot state at which ``still`` holds, or None after ``timeout_s``."""
+    still.reset()
+    deadline = time.monotonic() + timeout_s
+    st = sub.latest(RobotState.TOPIC)
+    while time.monotonic() < deadline:
+        st = sub.wait_for(RobotState.TOPIC, 0.5, newer_than_seq=st.seq)
+        if st is None:
+            return None
+        if still.update(st.stamp_ns, np.array(st.ee_pose)):
+            return st
+    return None
 
 
 def hand_eye(cfg: StackConfig, run_dir: Path, camera_node: str, mode: str, n_poses: int = 15, seed: int = 0,
@@ -157,9 +185,11 @@ def hand_eye(cfg: StackConfig, run_dir: Path, camera_node: str, mode: str, n_pos
         sub.close()
     finally:
         client.close()
-    res = solve_hand_eye(samples.T_base_gripper, samples.T_camera_board, mode)
+    res = solve_hand_eye(samples.T_base_gripper, samples.T_camera_board, mode, corners=samples.corners,
+                         K=samples.K)
     log(f"{mode}: {res.n_poses} poses, residual rms {res.residual_rms_mm:.2f} mm / {res.residual_rms_deg:.3f} deg "
-        f"(max {res.residual_max_mm:.2f} mm / {res.residual_max_deg:.3f} deg)")
+        f"(max {res.residual_max_mm:.2f} mm / {res.residual_max_deg:.3f} deg), corners reprojected "
+        f"{res.reprojection_rms_px:.2f} px rms")
     if write:
         from robot_stack.calibration import store
 
@@ -169,6 +199,7 @@ def hand_eye(cfg: StackConfig, run_dir: Path, camera_node: str, mode: str, n_pos
             name: np.round(res.T, 6).tolist(),
             "hand_eye": {"mode": mode, "n_poses": res.n_poses, "residual_rms_mm": round(res.residual_rms_mm, 3),
                          "residual_rms_deg": round(res.residual_rms_deg, 4),
+                         "reprojection_rms_px": round(res.reprojection_rms_px, 3),
                          "date": datetime.datetime.now().isoformat(timespec="seconds")},
         })
         log(f"written to {cfg.calibration.file} (cameras.{cam_id}.{name})")

@@ -117,7 +117,8 @@ def test_eye_in_hand_recovers_wrist_camera(table_stack):
     dt, dr = transform_error(res.T, truth(SceneSpec(table_board=True))["T_gripper_wrist"])
     print(f"\neye-in-hand T_gripper_camera: error {dt * 1e3:.2f} mm, {dr:.3f} deg; residual rms "
           f"{res.residual_rms_mm:.2f} mm / {res.residual_rms_deg:.3f} deg over {res.n_poses} poses")
-    assert dt < 0.005 and dr < 0.5
+    assert dt < 0.001 and dr < 0.05  # README: about 0.1 mm / 0.01 deg
+    assert res.reprojection_rms_px < 0.3
     saved = store.load(cfg.calibration.file)["cameras"]["wrist"]
     assert np.allclose(saved["T_gripper_camera"], res.T, atol=1e-5)
     assert saved["hand_eye"]["n_poses"] == res.n_poses
@@ -169,5 +170,8 @@ def test_eye_to_hand_recovers_scene_camera(gripper_stack):
     dt, dr = transform_error(res.T, truth(SceneSpec(gripper_board=True))["T_base_scene"])
     print(f"\neye-to-hand T_base_camera: error {dt * 1e3:.2f} mm, {dr:.3f} deg; residual rms "
           f"{res.residual_rms_mm:.2f} mm / {res.residual_rms_deg:.3f} deg over {res.n_poses} poses")
-    assert dt < 0.007 and dr < 0.5  # README: about 2.5 mm; one CI run 5.4 mm (cause open)
+    # README: about 0.1 mm / 0.01 deg. Before the stillness wait and the corner refinement, CI runs
+    # gave 2.5-9 mm: frames of a still-creeping arm, and the closed form's tilt error x 1 m of lever
+    assert dt < 0.001 and dr < 0.05
+    assert res.reprojection_rms_px < 0.3
     assert np.allclose(store.load(cfg.calibration.file)["cameras"]["scene"]["T_base_camera"], res.T, atol=1e-5)
