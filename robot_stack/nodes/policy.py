@@ -4,11 +4,17 @@ Binds a REP socket at its input endpoint (``ipc://`` by default; a ``tcp://`` en
 GPU server, with CURVE when it leaves localhost). Every request is validated before the model sees
 it: schema (codec), keys/shapes/dtypes (policy metadata), staleness (the window's ages, which are
 durations and need no shared clock). A bad request gets an :class:`ErrorReply` and the node stays up.
+
+With ``openpi:`` set, the node also serves openpi's websocket policy protocol
+(:mod:`robot_stack.comm.openpi`) on loopback, so an unmodified ``openpi-client`` can drive it; its
+requests go through the same checks and the same policy (one at a time, under a lock).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from typing import Literal
 
@@ -18,6 +24,7 @@ from pydantic import Field
 from robot_stack.runtime.devices import POLICY_BACKENDS
 from robot_stack.comm.messages import ActionChunk, ErrorReply, Message, ObservationWindow
 from robot_stack.runtime.node import Node, NodeParams
+from robot_stack.comm.openpi import FROZEN_KEY, PREFIX_KEY, OpenpiServer, OpenpiServerConfig
 from robot_stack.comm.transport import ReplyServer
 
 log = logging.getLogger(__name__)
@@ -33,6 +40,8 @@ class PolicyParams(NodeParams):
     rate_hz: float = Field(1000.0, gt=0)
     fault: Literal["none", "nan", "limit", "jump", "empty", "flip"] = Field(
         "none", description="fault injection (HIL tests, bench/faults.py): corrupt every chunk this way")
+    openpi: OpenpiServerConfig | None = Field(
+        None, description="also serve openpi's websocket policy protocol (loopback; keys: openpi key -> ours)")
     threads: int | None = Field(1, ge=1, description="torch / ONNX Runtime CPU threads (None: library default). "
                                                      "One avoids fighting the servo loop for cores on small machines")
 
@@ -72,8 +81,60 @@ class PolicyNode(Node):
         self.server = ReplyServer(self.ctx.config.in_endpoint(self.name, self.ctx.run_dir), self.name, curve=curve)
         self.inference_ms: list[float] = []
         self.rejected = 0
+        self._lock = threading.Lock()  # the ZeroMQ loop and the openpi thread share the policy
+        self.openpi = None
+        if self.params.openpi is not None:
+            o = self.params.openpi
+            key = None
+            if o.api_key_env is not None:
+                key = os.environ.get(o.api_key_env)
+                if not key:
+                    raise ValueError(f"openpi.api_key_env: environment variable {o.api_key_env} is not set")
+            self.openpi = OpenpiServer(o.host, o.port, self._openpi_metadata(), self._openpi_infer, api_key=key)
+            log.info("openpi websocket policy server on ws://%s:%d", o.host, self.openpi.port)
+
+    def _openpi_metadata(self) -> dict:
+        """The spec an openpi client receives on connect (our policy's metadata, in openpi keys)."""
+        md = self.policy.metadata
+        theirs = {ours: k for k, ours in self.params.openpi.keys.items()}
+        return {"server": "robot_stack", "policy": self.params.backend.type,
+                "observation": {theirs.get(k, k): {"shape": list(shape), "dtype": dtype, "ours": k}
+                                for k, (shape, dtype) in md.obs_shapes.items()},
+                "obs_horizon": md.obs_horizon, "action_horizon": md.horizon, "action_dim": md.action_dim,
+                "action_space": md.action_space, "dt": md.dt, "offset": md.offset,
+                "supports_prefix": md.supports_prefix}
+
+    def _openpi_infer(self, obs: dict) -> tuple[dict | None, str | None]:
+        """One openpi request: map keys, give single frames the To axis, cast floats to the
+        policy's dtypes, then the same checks and inference as a ZeroMQ request."""
+        md = self.policy.metadata
+        arrays = {}
+        for k, a in self.params.openpi.to_ours(obs).items():
+            a = np.asarray(a)
+            spec = md.obs_shapes.get(k)
+            if spec is not None:
+                shape, dtype = spec
+                if a.ndim == len(shape):  # one frame: a stateless server repeats it over To
+                    a = np.repeat(a[None], md.obs_horizon, axis=0)
+                if a.dtype.kind == "f" and np.dtype(dtype).kind == "f":
+                    a = a.astype(dtype)
+            arrays[k] = a
+        prefix = obs.get(PREFIX_KEY)
+        msg = ObservationWindow(request_id=0, obs=arrays, obs_age_ns=np.zeros(0, np.int64),
+                                committed_prefix=None if prefix is None else np.asarray(prefix, np.float32),
+                                prefix_frozen=int(obs.get(FROZEN_KEY, -1)))
+        reply = self.handle("infer", msg)
+        if isinstance(reply, ErrorReply):
+            return None, f"{reply.code}: {reply.reason}"
+        return {"actions": np.asarray(reply.actions, np.float32),
+                "server_timing": {"infer_ms": reply.inference_ns / 1e6}, FROZEN_KEY: reply.prefix_frozen}, None
 
     def handle(self, topic: str, msg: Message) -> Message:
+        """Answer one request (ZeroMQ or openpi): an ActionChunk, or an ErrorReply naming why not."""
+        with self._lock:
+            return self._handle(msg)
+
+    def _handle(self, msg: Message) -> Message:
         from robot_stack.policies.base import ObservationError
 
         if not isinstance(msg, ObservationWindow):
@@ -114,11 +175,16 @@ class PolicyNode(Node):
     def metrics(self) -> dict[str, float]:
         m = {"requests": float(len(self.inference_ms)), "rejected": float(self.rejected),
              "decode_errors": float(self.server.stats.decode_errors)}
+        if self.openpi is not None:
+            m.update(openpi_requests=float(self.openpi.requests), openpi_errors=float(self.openpi.errors),
+                     openpi_unauthorized=float(self.openpi.unauthorized))
         if self.inference_ms:
             a = np.array(self.inference_ms[-500:])
             m.update(inference_p50_ms=float(np.percentile(a, 50)), inference_p99_ms=float(np.percentile(a, 99)))
         return m
 
     def shutdown(self) -> None:
+        if getattr(self, "openpi", None) is not None:
+            self.openpi.close()
         if hasattr(self, "server"):
             self.server.close()
