@@ -29,6 +29,16 @@ START = np.array([0.45, -0.10, 0.30])
 CUBE = np.array([0.5, 0.05, 0.02])
 GOAL = np.array([0.45, 0.10, 0.30])
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
+
+
+WS_PORT = _free_port()  # the openpi-protocol policy server the reach_ws_* controllers use
+
 CONFIG = """
 name: ctl
 run_dir: {run_dir}
@@ -49,6 +59,19 @@ CONTROLLERS = "".join(f"""  controller_{s}:
     kind: policy
     params: {backend: {type: goto, goal: [0.5, 0.05, 0.025], via: [0.5, 0.05, 0.14], speed: 0.08, horizon: 16, dt: 0.1}, delay_s: 0.2}
   teleop: {kind: teleop, params: {device: keyboard}}
+""" + "".join(f"""  reach_ws_{s}:
+    kind: controller
+    params: {{strategy: {s}, rate_hz: 10, execute_horizon: 8, ensemble_m: 0.1, policy_endpoint: "ws://127.0.0.1:{WS_PORT}",
+             openpi_keys: {{"observation/state": ee_pose}}}}
+""" for s in ("sync", "async", "ensemble", "rtc")) + """  cam:
+    kind: camera
+    params: {driver: {type: synthetic}, camera_id: scene, width: 64, height: 48, rate_hz: 7}
+  frame_on:
+    kind: controller
+    params: {strategy: async, rate_hz: 5, cameras: [cam], request_on_frame: true}
+  frame_off:
+    kind: controller
+    params: {strategy: async, rate_hz: 5, cameras: [cam], request_on_frame: false}
   controller_intervene:
     kind: controller
     params: {strategy: async, rate_hz: 10, teleop: teleop}
@@ -61,7 +84,7 @@ def stack(tmp_path_factory):
     cfg_path = tmp_path_factory.mktemp("ctl") / "ctl.yaml"
     cfg_path.write_text(CONFIG.format(run_dir=run_dir) + CONTROLLERS)
     try:
-        with launched(cfg_path, only=["sim", "arm", "policy", "policy_reach"]) as (_, out):
+        with launched(cfg_path, only=["sim", "arm", "policy", "policy_reach", "cam"]) as (_, out):
             cfg = load_config(cfg_path)
             state = Subscriber([cfg.pub_endpoint("arm", run_dir), cfg.pub_endpoint("sim", run_dir)],
                                ("robot/state", "sim/objects"), history=3000)
@@ -226,15 +249,53 @@ def _move(stack, points, speed=0.15):
         client.close()
 
 
-@pytest.mark.parametrize("strategy", ["sync", "async", "ensemble", "rtc"])
-def test_reach_task_with_each_strategy(stack, strategy, report):
+@pytest.fixture(scope="module")
+def openpi_goto_server():
+    """The reach expert behind openpi's websocket protocol, built on openpi-client's own msgpack
+    module and ``websockets`` (as openpi's server is), on WS_PORT; 200 ms inference."""
+    msgpack_numpy = pytest.importorskip("openpi_client.msgpack_numpy", reason="openpi-client is not installed")
+    from websockets.sync.server import serve
+
+    from policies.scripted import GoToPolicy
+
+    policy = GoToPolicy([0.5, 0.05, 0.025], 0.08, 16, 2, 0.1, via=[0.5, 0.05, 0.14])
+    served = []
+
+    def handler(ws):
+        ws.send(msgpack_numpy.packb({"dt": 0.1, "offset": 0}))
+        for data in ws:
+            obs = msgpack_numpy.unpackb(data)
+            state = np.asarray(obs["observation/state"], np.float32)
+            time.sleep(0.2)
+            served.append(1)
+            ws.send(msgpack_numpy.packb({"actions": np.asarray(policy.predict({"ee_pose": np.stack([state, state])},
+                                                                              None, None)),
+                                         "server_timing": {"infer_ms": 200.0}}))
+
+    server = serve(handler, "127.0.0.1", WS_PORT, compression=None, max_size=None)
+    import threading
+
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield served
+    server.shutdown()
+    t.join(5)
+
+
+@pytest.mark.parametrize("node", [f"reach_{s}" for s in ("sync", "async", "ensemble", "rtc")]
+                         + [f"reach_ws_{s}" for s in ("sync", "async", "ensemble", "rtc")])
+def test_reach_task_with_each_strategy(stack, node, report, request):
     """The sim reach task through the full stack with each strategy: the task's expert as a chunking
-    policy (above the cube, then down; 200 ms inference) must end in the task's success region."""
+    policy (above the cube, then down; 200 ms inference) must end in the task's success region;
+    ``reach_ws_*``: the same expert behind an openpi-protocol websocket server."""
     from robot_stack.apps.task import ReachTask
 
+    strategy = node.rsplit("_", 1)[1]
+    if "_ws_" in node:
+        served = request.getfixturevalue("openpi_goto_server")
+        n_served = len(served)
     home_joints(stack)  # the same posture for every strategy: earlier tests leave the redundant joint anywhere
     move_to_start(stack)
-    node = f"reach_{strategy}"
     cube0 = np.array(stack["state"].latest("sim/objects").cube_pose[:3])
     proc = subprocess.Popen([sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node,
                              str(stack["run_dir"])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
@@ -254,4 +315,55 @@ def test_reach_task_with_each_strategy(stack, strategy, report):
         _move(stack, [cube0 + np.array([0, 0, 0.14]), START])  # straight up first: never sweep the cube
     assert ok_at is not None, (f"{strategy}: TCP {tcp}, cube {cube}\ncontroller:\n{log[-2000:]}\n"
                                f"stack:\n{stack['out'].tail()}")
-    report(f"reach task, {strategy:8s} @ 200 ms inference: success after {ok_at:.1f} s")
+    via = " (openpi websocket server)" if "_ws_" in node else ""
+    report(f"reach task, {strategy:8s} @ 200 ms inference{via}: success after {ok_at:.1f} s")
+    if "_ws_" in node:
+        assert len(served) - n_served >= 3  # the chunks came from the websocket server
+
+
+def _request_wait(stack, node):
+    """Run controller ``node`` until it has made 12 requests; return its heartbeat metrics and the
+    p50 of the camera frames' age on arrival (measured beside it, at a subscriber of our own)."""
+    cfg, rd = stack["cfg"], stack["run_dir"]
+    sub = Subscriber([cfg.pub_endpoint(node, rd)], ("heartbeat",))
+    cams = Subscriber([cfg.pub_endpoint("cam", rd)], ("camera/scene",))
+    proc = subprocess.Popen([sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node,
+                             str(rd)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    arrival_ms, m, seq, f = [], {}, -1, None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and m.get("requests", 0) < 12:
+            f = cams.wait_for("camera/scene", 0.5, newer_than_seq=-1 if f is None else f.seq) or f
+            if f is not None and (not arrival_ms or f.seq != last):
+                arrival_ms.append((now_ns() - f.stamp_ns) / 1e6)
+                last = f.seq
+            hb = sub.latest(f"heartbeat/{node}")
+            if hb is not None and hb.seq != seq:
+                m, seq = hb.metrics, hb.seq
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        log = proc.communicate(timeout=10)[0].decode(errors="replace")
+        sub.close()
+        cams.close()
+    assert m.get("requests", 0) >= 12 and "stage_frame_age_p50_ms" in m, log[-2000:]
+    return m, float(np.percentile(arrival_ms, 50))
+
+
+def test_requests_start_when_the_frame_arrives(stack, report):
+    """A 7 Hz camera, 5 Hz control (To = 2 frames 200 ms apart), 200 ms inference. A request timed
+    by the control loop finds the newest frame some 0-143 ms after it arrived (the phase drifts:
+    200 ms is no multiple of the frame period); a frame-triggered one (``request_on_frame``, the
+    default) starts as the next frame arrives, so the frame's age at request is only its age on
+    arrival. The camera is the synthetic test pattern (stamped as it is made, no render time), so
+    the age on arrival is transport only and the difference is the wait alone."""
+    move_to_start(stack)
+    off, arr_off = _request_wait(stack, "frame_off")
+    move_to_start(stack)
+    on, arr_on = _request_wait(stack, "frame_on")
+    wait_off = off["stage_frame_age_p50_ms"] - arr_off
+    wait_on = on["stage_frame_age_p50_ms"] - arr_on
+    report(f"frame age at request p50 (7 Hz camera, 200 ms inference): frame-triggered "
+           f"{on['stage_frame_age_p50_ms']:.0f} ms (on arrival {arr_on:.0f} ms, so {wait_on:.0f} ms of waiting), "
+           f"control-timed {off['stage_frame_age_p50_ms']:.0f} ms (on arrival {arr_off:.0f}, waiting {wait_off:.0f} ms)")
+    assert wait_on < 0.3 * wait_off
+    assert on["anchor_waits_timed_out"] == 0 and off["anchor_waits_timed_out"] == 0

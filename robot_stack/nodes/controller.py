@@ -9,8 +9,8 @@ into its trajectory at "now". Strategies (DESIGN.md):
   request starts so that its chunk should arrive (measured delay d) before the s actions end;
 - ``async``: inference runs while the arm executes, one request per control period at most (or
   back to back when inference is slower); each new chunk takes over at its first action not yet due;
-- ``ensemble``: ACT temporal ensembling: every control step sends the exp(-m i)-weighted average
-  of all chunks' predictions for the next steps;
+- ``ensemble``: ACT temporal ensembling: every control step, and each chunk's arrival, sends the
+  exp(-m i)-weighted average of all chunks' predictions for the next steps;
 - ``rtc``: real-time chunking: like async, but each request carries the d actions already
   committed for the next chunk's first steps; the policy inpaints the rest.
 
@@ -23,6 +23,11 @@ so a recording shows who commanded what. Episode events on the node's input (``s
 ``reset``, ``discard``) enable and disable execution between episodes (``autostart`` says whether it
 starts enabled). An end-effector waypoint schedule on the input (``robot-stack replay``) is executed
 like a chunk, with origin ``replay``.
+
+Latency (async, RTC, ensembling): a due request waits for the camera frame that advances the
+observation anchor (``request_on_frame``), so it starts as that frame arrives, and a chunk goes to
+the arm as it arrives (never at the next tick). A chunk whose request left before the plan was
+dropped (episode event, hold, intervention) is dropped on arrival (``stale_chunks``).
 
 The strategies themselves are plain classes over an injected clock
 (``robot_stack.control.strategies``: when to request, what prefix to send, what an arriving chunk
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 from typing import Literal
 
@@ -58,7 +64,10 @@ log = logging.getLogger(__name__)
 class ControllerParams(NodeParams):
     arm: str = "arm"
     policy: str = Field("policy", description="policy node name (ignored when policy_endpoint is set)")
-    policy_endpoint: str | None = None
+    policy_endpoint: str | None = Field(None, description="a remote policy: tcp://... (our protocol, CURVE off-host) "
+                                        "or ws://127.0.0.1:PORT / wss://... (openpi's websocket protocol)")
+    openpi_keys: dict[str, str] | None = Field(None, description="ws:// policy: openpi observation key -> our key")
+    openpi_api_key_env: str | None = Field(None, description="ws:// policy: environment variable with the API key")
     cameras: list[str] = Field(default_factory=list, description="camera node names")
     obs_keys: list[str] = Field(default_factory=lambda: ["ee_pose"], min_length=1,
                                 description="keys sent to the policy: ee_pose, q, gripper_width, <camera_id>.color/.depth")
@@ -77,6 +86,8 @@ class ControllerParams(NodeParams):
     teleop_timeout_s: float = Field(0.5, gt=0, description="teleop commands older than this are not executed")
     autostart: bool = Field(True, description="execute from start-up (else wait for an episode start event)")
     image_size: tuple[int, int] | None = Field(None, description="(h, w) camera images are resized to (INTER_AREA)")
+    request_on_frame: bool = Field(True, description="async/rtc/ensemble: a due request waits (up to max_obs_age_s) "
+                                   "for the frame that advances the observation anchor")
 
     def references(self) -> dict[str, str]:
         refs = {self.arm: "arm", **{c: "camera" for c in self.cameras}}
@@ -114,6 +125,22 @@ class ControllerNode(Node):
                 raise ValueError(f"controller.rate_hz {p.rate_hz} Hz: the control period must be under half "
                                  f"the arm's heartbeat timeout ({hb_timeout} s)")
         self.has_policy = p.policy_endpoint is not None or p.policy in cfg.nodes
+        self.openpi_keys = self.openpi_client = None
+        if p.policy_endpoint is not None and p.policy_endpoint.startswith(("ws://", "wss://")):
+            from robot_stack.comm.openpi import OpenpiClient, OpenpiKeys
+
+            self.openpi_keys = OpenpiKeys(keys=p.openpi_keys or {"observation/state": "state"})
+            unmapped = set(p.obs_keys) - set(self.openpi_keys.keys.values())
+            if unmapped:
+                raise ValueError(f"controller.openpi_keys: no openpi key for observation keys {sorted(unmapped)}")
+            key = os.environ.get(p.openpi_api_key_env) if p.openpi_api_key_env else None
+            if p.openpi_api_key_env and not key:
+                raise ValueError(f"controller.openpi_api_key_env: environment variable {p.openpi_api_key_env} is not set")
+            # checks the endpoint (plain ws:// to loopback only); connects on the first request
+            self.openpi_client = OpenpiClient(p.policy_endpoint, self.openpi_keys, timeout_s=p.request_timeout_s,
+                                              api_key=key, dt=self.dt_ns / 1e9)
+        elif p.openpi_keys is not None:
+            raise ValueError("controller.openpi_keys is for a ws:// or wss:// policy_endpoint")
         if p.source == "policy" and not self.has_policy:
             raise ValueError(f"controller.policy: no node {p.policy!r} in the config and no policy_endpoint")
         if p.teleop is not None and p.teleop not in cfg.nodes:
@@ -137,14 +164,19 @@ class ControllerNode(Node):
             self.latency_offsets = store.latency_offsets_ns(cfg.calibration.file)
         kw = dict(m=p.ensemble_m, steps=p.ensemble_steps) if p.strategy == "ensemble" else {}
         self.strategy = STRATEGIES[p.strategy](self.dt_ns, int(p.exec_latency_s * 1e9), p.execute_horizon, **kw)
-        self._unsent_t_obs: int | None = None  # ensembling: a chunk not yet in a sent average
         self.replay_stamps = np.zeros(0, np.int64)  # a replayed action stream, fed to the arm piecewise
         self.replay_actions = np.zeros((0, 8))
         self.plan = CommittedPlan(8, self.dt_ns // 2)  # the committed trajectory sent to the arm
         self.request_id = 0
+        #: bumped whenever the plan is dropped (episode events, interventions, holds): a chunk whose
+        #: request left under an older generation was observed in another episode or before the
+        #: hold, and is dropped on arrival (counted as ``stale_chunks``)
+        self.generation = 0
+        self._send_lock = threading.Lock()  # a schedule's merge into the mirror and its send stay in order
         self.stats = {k: 0.0 for k in ("requests", "chunks", "dropped_actions", "late_steps", "over_budget",
                                        "obs_holds", "errors", "teleop_steps", "interventions", "episodes",
-                                       "bad_chunks", "stale_holds", "refused_chunks")}
+                                       "bad_chunks", "stale_holds", "refused_chunks", "stale_chunks",
+                                       "anchor_waits_timed_out")}
         self.inference_ms: list[float] = []
         self.e2e_ms: list[float] = []  # capture of the anchor frame -> its chunk's waypoints sent to the arm
         self.jumps_m: list[float] = []
@@ -185,7 +217,10 @@ class ControllerNode(Node):
         ``MAX_INFERENCE_FAILURES`` of them in a row, or a client that cannot be made (a bad
         endpoint, missing CURVE keys), end the node with a clear error: it never dies silently."""
         try:
-            client = self.ctx.request_client(self.endpoint, timeout_s=self.params.request_timeout_s)
+            if self.openpi_client is not None:
+                client = self.openpi_client
+            else:
+                client = self.ctx.request_client(self.endpoint, timeout_s=self.params.request_timeout_s)
         except Exception as e:
             self.fail(f"cannot reach the policy at {self.endpoint}: {type(e).__name__}: {e}")
             return
@@ -221,6 +256,9 @@ class ControllerNode(Node):
         if not due:  # sync: the executed part of the plan is not yet ending
             self._stop.wait(0.005)
             return
+        if self.params.strategy != "sync" and self.params.request_on_frame:
+            self._wait_for_new_anchor(now + int(self.params.max_obs_age_s * 1e9))
+        generation = self.generation
         t_assemble = now_ns()
         try:
             obs, arrays = self._observation()
@@ -268,7 +306,24 @@ class ControllerNode(Node):
         st["transport"].append((arrival - t_send - chunk.inference_ns) / 1e6)  # round trip less policy compute
         st["inference"].append(chunk.inference_ns / 1e6)
         self._on_chunk(actions, obs.t_obs_ns, arrival, int(round(chunk.dt * 1e9)), chunk.offset,
-                       chunk.prefix_frozen if prefix is not None else -1)
+                       chunk.prefix_frozen if prefix is not None else -1, generation)
+
+    def _wait_for_new_anchor(self, deadline_ns: int) -> None:
+        """Frame-triggered requests (async, RTC, ensembling): a due request waits for the next
+        frame of the camera that holds the observation anchor back (the anchor is the newest time
+        all cameras reached, so that camera's next frame advances it), and starts as it arrives
+        instead of at an arbitrary moment after the newest frame came in. Proprioception-only
+        windows have a fresh anchor at every robot state and do not wait. Gives up at
+        ``deadline_ns`` (``max_obs_age_s`` on: a stalled camera, which assembly then names)."""
+        if not self.cam_ids:
+            return
+        latest = {cid: self.sub.latest(CameraFrame.topic(cid)) for cid in self.cam_ids.values()}
+        if any(f is None for f in latest.values()):
+            return  # assembly names the missing stream
+        cid = min(latest, key=lambda c: latest[c].stamp_ns - self.latency_offsets.get(c, 0))
+        left = (deadline_ns - now_ns()) / 1e9
+        if left <= 0 or self.sub.wait_for(CameraFrame.topic(cid), left, newer_than_seq=latest[cid].seq) is None:
+            self.stats["anchor_waits_timed_out"] += 1
 
     @staticmethod
     def _chunk_problem(actions: np.ndarray) -> str | None:
@@ -289,6 +344,7 @@ class ControllerNode(Node):
             had_plan = self.plan.end_ns is not None and self.plan.end_ns > now_ns()
             self.plan.clear()
             self.strategy.reset()
+            self.generation += 1
         if had_plan:
             self.stats["stale_holds"] += 1
             log.warning("arm told to hold: %s", why)
@@ -299,16 +355,23 @@ class ControllerNode(Node):
                 log.error("arm not reachable: %s", e)
 
     def _on_chunk(self, actions: np.ndarray, t_obs: int, arrival: int, dt_ns: int, offset: int,
-                  frozen: int = -1) -> None:
+                  frozen: int = -1, generation: int | None = None) -> None:
         if not self.enabled or self.source != "policy":
             return  # an intervention or the episode's end came while the policy was thinking
-        self.stats["chunks"] += 1
         t0 = now_ns()
         with self.lock:
-            plan = self.strategy.on_chunk(actions, t_obs, arrival, dt_ns, offset, frozen)
-            if plan is None:  # ensembling: the chunk joins the average the next control step sends
-                self._unsent_t_obs = t_obs
+            if generation is not None and generation != self.generation:
+                # the plan was dropped (new episode, hold, intervention) while the policy was thinking
+                self.stats["stale_chunks"] += 1
                 return
+            self.stats["chunks"] += 1
+            plan = self.strategy.on_chunk(actions, t_obs, arrival, dt_ns, offset, frozen)
+            sched = self.strategy.on_tick(now_ns()) if plan is None else None
+        if plan is None:  # ensembling: the chunk joins the average, which goes out now (and each tick)
+            if sched is not None:
+                self.stages["planning"].append((now_ns() - t0) / 1e6)
+                self._send(sched.stamps_ns, sched.actions, t_obs=t_obs)
+            return
         if plan.refused:
             self.stats["refused_chunks"] += 1
             log.warning("chunk refused: %s", plan.refused)
@@ -325,6 +388,10 @@ class ControllerNode(Node):
     def _send(self, stamps: np.ndarray, actions: np.ndarray, origin: str = "policy", t_obs: int | None = None) -> None:
         """Send a schedule of (k, 8) actions to the arm; ``t_obs``: capture time of the chunk's
         newest frame, for the send stage and end-to-end latency."""
+        with self._send_lock:
+            self._send_locked(stamps, actions, origin, t_obs)
+
+    def _send_locked(self, stamps: np.ndarray, actions: np.ndarray, origin: str, t_obs: int | None) -> None:
         t0 = now_ns()
         with self.lock:  # the committed plan merges the way the arm node merges
             jump = self.plan.merge(stamps, actions, now_ns())
@@ -401,6 +468,7 @@ class ControllerNode(Node):
         with self.lock:
             self.plan.clear()
             self.strategy.reset()
+            self.generation += 1
         self.teleop_target = None
 
     def _teleop_step(self) -> None:
@@ -458,14 +526,10 @@ class ControllerNode(Node):
             self._teleop_step()
         if not self.enabled or self.source != "policy":
             return
-        t0 = now_ns()
         with self.lock:
-            sched = self.strategy.on_tick(t0)
-            t_obs, self._unsent_t_obs = (self._unsent_t_obs, None) if sched is not None else (None, self._unsent_t_obs)
+            sched = self.strategy.on_tick(now_ns())
         if sched is not None:
-            if t_obs is not None:  # the first send of a new chunk's average: its latency stages
-                self.stages["planning"].append((now_ns() - t0) / 1e6)
-            self._send(sched.stamps_ns, sched.actions, t_obs=t_obs)
+            self._send(sched.stamps_ns, sched.actions)
 
     def metrics(self) -> dict[str, float]:
         m = dict(self.stats)
