@@ -287,7 +287,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_import(args: argparse.Namespace) -> int:
     from robot_stack.data.lerobot import import_lerobot
 
-    paths = import_lerobot(args.dataset, args.out)
+    paths = import_lerobot(args.dataset, args.out, require_videos=args.require_videos, log=print)
     print(f"imported {len(paths)} episodes into {args.out}")
     return 0
 
@@ -435,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="import a LeRobot v2.1/v3.0 dataset as native episodes")
     p.add_argument("dataset", type=Path)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--require-videos", action="store_true",
+                   help="refuse a dataset whose video files are missing (default: import the tabular streams)")
     p.set_defaults(fn=_cmd_import)
 
     p = sub.add_parser("demo", help="the main job on the simulated robot")

@@ -66,3 +66,61 @@ def test_export_v30_and_round_trip(tmp_path):
     with pytest.raises(LeRobotError, match="exists"):
         export_lerobot(eps, out)
     assert list_episodes(tmp_path / "back") == back
+
+
+def test_export_meets_lerobots_reader(tmp_path):
+    """What lerobot 0.4.4 tripped over in our earlier export: the task index, whole-number fps,
+    quantile statistics, per-episode image statistics, and a video keyframe interval."""
+    import av
+    import pyarrow as pa
+
+    eps = [make_episode(tmp_path / "native", seed=i) for i in range(2)]
+    with pytest.raises(LeRobotError, match="whole-number frame rate"):
+        export_lerobot(eps, tmp_path / "bad", fps=7.5)
+    assert not (tmp_path / "bad").exists()
+    out = export_lerobot(eps, tmp_path / "lr", fps=10.0)
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["fps"] == 10 and isinstance(info["fps"], int)
+    # tasks.parquet: pandas reads the task string as the index (LeRobot's tasks.iloc[i].name)
+    t = pq.read_table(out / "meta" / "tasks.parquet")
+    pandas_meta = json.loads(t.schema.metadata[b"pandas"])
+    assert pandas_meta["index_columns"] == ["task"] and t.column("task").to_pylist() == [open_episode(eps[0]).meta.get("task", "")]
+    assert t.column("task_index").to_pylist() == [0]
+    # quantiles, global and per episode, for state, action and images
+    stats = json.loads((out / "meta" / "stats.json").read_text())
+    state = np.stack(pq.read_table(out / "data" / "chunk-000" / "file-000.parquet")
+                     .column("observation.state").to_numpy(zero_copy_only=False))
+    for q, v in (("q01", 0.01), ("q50", 0.5), ("q99", 0.99)):
+        np.testing.assert_allclose(stats["observation.state"][q], np.quantile(state.astype(np.float64), v, axis=0), atol=1e-6)
+    assert np.array(stats["observation.images.wrist"]["q99"]).shape == (3, 1, 1)
+    ep_t = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
+    assert np.array(ep_t[0]["stats/observation.images.wrist/mean"]).shape == (3, 1, 1)
+    np.testing.assert_allclose(ep_t[1]["stats/observation.state/q50"], np.quantile(state[20:].astype(np.float64), 0.5, axis=0),
+                               atol=1e-6)
+    # a keyframe every 2 frames: random access never decodes more than 2
+    with av.open(str(out / "videos" / "observation.images.wrist" / "chunk-000" / "file-000.mp4")) as c:
+        keys = [p.is_keyframe for p in c.demux(c.streams.video[0]) if p.size]
+    assert len(keys) == 40 and sum(keys) >= 20
+    assert isinstance(pa.__version__, str)
+
+
+def test_import_without_videos_and_other_formats(tmp_path):
+    eps = [make_episode(tmp_path / "native", seed=i) for i in range(2)]
+    out = export_lerobot(eps, tmp_path / "lr", fps=10)
+    (out / "videos" / "observation.images.wrist" / "chunk-000" / "file-000.mp4").unlink()
+    with pytest.raises(LeRobotError, match="video of episode 0 is missing .*without --require-videos"):
+        import_lerobot(out, tmp_path / "strict", require_videos=True)
+    lines = []
+    back = import_lerobot(out, tmp_path / "tabular", log=lines.append)
+    assert len(back) == 2 and len(lines) == 2 and "video observation.images.wrist missing" in lines[0]
+    ep = open_episode(back[0])
+    assert ep.meta["skipped_videos"] == ["observation.images.wrist"]
+    assert "camera/wrist" not in ep.streams() and len(ep.load("robot_state")["q"]) == 20
+    rlds = tmp_path / "bridge" / "1.0.0"
+    rlds.mkdir(parents=True)
+    (rlds / "bridge-train.tfrecord-00000-of-00001").write_bytes(b"\0" * 16)
+    (rlds / "dataset_info.json").write_text("{}")
+    with pytest.raises(LeRobotError, match="RLDS / Open X-Embodiment .* reads LeRobot v2.1 and v3.0"):
+        import_lerobot(rlds, tmp_path / "x")
+    with pytest.raises(LeRobotError, match="RLDS"):
+        import_lerobot(tmp_path / "bridge", tmp_path / "x")

@@ -28,6 +28,7 @@ import numpy as np
 
 VERSION = "v3.0"
 CHUNK = 1000
+GOP = 2  # video keyframe interval, frames
 
 
 class LeRobotError(ValueError):
@@ -41,16 +42,45 @@ def _grid(ep, fps: float) -> np.ndarray:
     return st[0] + (np.arange(n) * 1e9 / fps).astype(np.int64)
 
 
+#: quantiles LeRobot keeps beside min/max/mean/std (pi0.5-style normalization uses q01/q99)
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+
+
 def _stats(x: np.ndarray) -> dict:
+    """Per-dimension statistics of (n, d) values as LeRobot's ``stats.json`` holds them."""
     x = np.asarray(x, np.float64)
-    return {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
-            "std": x.std(0).tolist(), "count": [int(len(x))]}
+    out = {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
+           "std": x.std(0).tolist(), "count": [int(len(x))]}
+    out.update({k: np.quantile(x, q, axis=0).tolist() for k, q in QUANTILES.items()})
+    return out
 
 
 def _image_stats(frames: np.ndarray) -> dict:
-    x = frames[:: max(1, len(frames) // 100)].astype(np.float64) / 255.0  # (n, h, w, 3) -> per channel (3, 1, 1)
-    per = lambda f: f(x, axis=(0, 1, 2)).reshape(3, 1, 1).tolist()  # noqa: E731
-    return {"min": per(np.min), "max": per(np.max), "mean": per(np.mean), "std": per(np.std), "count": [int(len(frames))]}
+    """Per-channel statistics, shape (3, 1, 1), of (n, h, w, 3) uint8 frames scaled to [0, 1]
+    (a subsample of at most about 100 frames, as LeRobot samples them)."""
+    x = frames[:: max(1, len(frames) // 100)].astype(np.float64) / 255.0
+    per = lambda f, **kw: f(x, axis=(0, 1, 2), **kw).reshape(3, 1, 1).tolist()  # noqa: E731
+    out = {"min": per(np.min), "max": per(np.max), "mean": per(np.mean), "std": per(np.std),
+           "count": [int(len(frames))]}
+    flat = x.reshape(-1, 3)
+    out.update({k: np.quantile(flat, q, axis=0).reshape(3, 1, 1).tolist() for k, q in QUANTILES.items()})
+    return out
+
+
+def _tasks_table(tasks: list[str]):
+    """``meta/tasks.parquet`` as LeRobot v3.0 writes it with pandas: ``task_index`` with the task
+    string as the DataFrame index (LeRobot looks tasks up by that index), written here with
+    pyarrow and pandas' schema metadata so pandas restores the index."""
+    import pyarrow as pa
+
+    meta = {"index_columns": ["task"], "column_indexes": [],
+            "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
+                         "numpy_type": "int64", "metadata": None},
+                        {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
+                         "metadata": None}],
+            "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.0"}
+    t = pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()), "task": pa.array(tasks, pa.string())})
+    return t.replace_schema_metadata({b"pandas": json.dumps(meta).encode()})
 
 
 def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cameras: list[str] | None = None,
@@ -69,6 +99,10 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
     from robot_stack.policies.training import actions_at
 
     out = Path(out)
+    if float(fps) != int(fps) or fps <= 0:
+        raise LeRobotError(f"fps {fps}: LeRobot datasets have a whole-number frame rate (the video is encoded "
+                           f"and decoded at it); choose e.g. {max(1, round(fps))}")
+    fps = int(fps)
     if out.exists():
         raise LeRobotError(f"{out} exists; export writes a new dataset folder")
     if not episodes:
@@ -112,15 +146,19 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
                     path = out / "videos" / keys[c] / "chunk-000" / "file-000.mp4"
                     path.parent.mkdir(parents=True)
                     writers[c] = av.open(str(path), "w")
-                    st = writers[c].add_stream("libx264", rate=int(round(fps)))
+                    st = writers[c].add_stream("libx264", rate=fps)
                     st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-                    st.options = {"crf": "18", "preset": "fast"}
+                    # a keyframe every GOP frames: random access decodes at most that many (LeRobot's
+                    # encoder uses g=2); one group for the whole file would decode from its start
+                    st.options = {"crf": "18", "preset": "fast", "g": str(GOP)}
                     streams[c], shapes[c] = st, (h, w)
                 elif shapes[c] != (h, w):
                     raise LeRobotError(f"{ep.path}: camera {c} is {w}x{h}, earlier episodes {shapes[c][1]}x{shapes[c][0]}")
                 for f in frames:
                     for pkt in streams[c].encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                         writers[c].mux(pkt)
+                for k, v in _image_stats(frames).items():
+                    rec[f"stats/{keys[c]}/{k}"] = v
                 rec.update({f"videos/{keys[c]}/chunk_index": 0, f"videos/{keys[c]}/file_index": 0,
                             f"videos/{keys[c]}/from_timestamp": vt[c], f"videos/{keys[c]}/to_timestamp": vt[c] + n / fps})
                 vt[c] += n / fps
@@ -147,8 +185,7 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
                       **{k: pa.array(rows[k], pa.int64()) for k in ("frame_index", "episode_index", "index", "task_index")}})
     pq.write_table(table, out / "data" / "chunk-000" / "file-000.parquet")
     pq.write_table(pa.Table.from_pylist(ep_rows), out / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
-    pq.write_table(pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()), "task": tasks}),
-                   out / "meta" / "tasks.parquet")
+    pq.write_table(_tasks_table(tasks), out / "meta" / "tasks.parquet")
     names = ["x", "y", "z", "qx", "qy", "qz", "qw"]
     features = {
         "observation.state": {"dtype": "float32", "shape": [8], "names": names + ["gripper_width"]},
@@ -219,7 +256,10 @@ def _read_lerobot_index(root: Path):
             episodes.append((e_i, t, vids, tasks.get(int(t.column("task_index")[0].as_py()), "")))
     elif ver == "v3.0":
         tt = pq.read_table(root / "meta" / "tasks.parquet").to_pydict()
-        tasks = dict(zip(tt["task_index"], tt["task"])) if "task" in tt else {}
+        # the task string is the pandas index: a column "task" (named index, ours) or
+        # "__index_level_0__" (LeRobot's own, unnamed)
+        col = next((c for c in ("task", "__index_level_0__") if c in tt), None)
+        tasks = dict(zip(tt["task_index"], tt[col])) if col else {}
         eps_t = pq.read_table(sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))[0]).to_pylist()
         data = {}
         for r in eps_t:
@@ -237,16 +277,29 @@ def _read_lerobot_index(root: Path):
     return info, ver, fps, episodes
 
 
-def import_lerobot(root: str | Path, out: str | Path) -> list[Path]:
+def _not_lerobot(root: Path) -> str:
+    """Why ``root`` is not importable, naming the format when it is a known other one."""
+    if any(root.glob("**/*.tfrecord*")) or (root / "dataset_info.json").is_file():
+        return (f"{root} is an RLDS / Open X-Embodiment (TFDS TFRecord) dataset; robot-stack import reads "
+                f"LeRobot v2.1 and v3.0 datasets (convert RLDS to LeRobot first)")
+    return f"{root} is not a LeRobot dataset (no meta/info.json); robot-stack import reads LeRobot v2.1 and v3.0"
+
+
+def import_lerobot(root: str | Path, out: str | Path, require_videos: bool = False, log=None) -> list[Path]:
     """Convert every episode present in a LeRobot v2.1 or v3.0 dataset into native episodes in ``out``.
 
+    A video file that is missing (a dataset downloaded without its videos) is skipped: the
+    episode keeps its tabular streams, its metadata lists ``skipped_videos``, and ``log`` (a
+    callable taking one line) names each; ``require_videos`` refuses instead.
+
     Raises:
-        LeRobotError: not a LeRobot dataset, unknown version, missing or unreadable files, or a
-            video/row count mismatch. The episode being imported is removed; those before it stay.
+        LeRobotError: not a LeRobot dataset (RLDS/TFRecord named as such), unknown version,
+            unreadable files, a missing video with ``require_videos``, or a video/row count
+            mismatch. The episode being imported is removed; those before it stay.
     """
     root = Path(root)
     if not (root / "meta" / "info.json").is_file():
-        raise LeRobotError(f"{root} is not a LeRobot dataset (no meta/info.json)")
+        raise LeRobotError(_not_lerobot(root))
     try:
         info, ver, fps, episodes = _read_lerobot_index(root)
     except LeRobotError:
@@ -264,8 +317,16 @@ def import_lerobot(root: str | Path, out: str | Path) -> list[Path]:
                                          "rates_hz": {"dataset": fps},
                                          "features": {k: info["features"][k].get("names")
                                                       for k in ("observation.state", "action")}})
-            _import_episode(w, fps, e_i, t, vids)
-            out_paths.append(w.close())
+            missing = {k: p for k, (p, _) in vids.items() if not Path(p).is_file()}
+            if missing and require_videos:
+                raise LeRobotError(f"{next(iter(missing.values()))}: video of episode {e_i} is missing "
+                                   f"({len(missing)} of {len(vids)} videos; import without --require-videos "
+                                   f"keeps the tabular streams)")
+            if missing and log is not None:
+                for k, p in missing.items():
+                    log(f"episode {e_i}: video {k} missing ({p}), imported without it")
+            _import_episode(w, fps, e_i, t, {k: v for k, v in vids.items() if k not in missing})
+            out_paths.append(w.close({"skipped_videos": sorted(missing)} if missing else None))
         except Exception as e:
             if w is not None:  # nothing in a half-imported episode is worth keeping: no partial left behind
                 import shutil
