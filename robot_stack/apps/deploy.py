@@ -130,7 +130,8 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
         t.add_row("end-to-end: capture -> waypoints sent p50 / p99", f"{c.get('e2e_p50_ms', float('nan')):.0f} / {c.get('e2e_p99_ms', float('nan')):.0f} ms")
         t.add_row("chunks / dropped (stale) actions / over budget", f"{c.get('chunks', 0):.0f} / {c.get('dropped_actions', 0):.0f} / {c.get('over_budget', 0):.0f}")
         t.add_row("observation holds (stale stream)", f"{c.get('obs_holds', 0):.0f}")
-        stages = [("frame age at request", "frame_age"), ("observation assembly", "assembly"),
+        stages = [("camera pipeline (capture -> frame at the controller)", "frame_arrival"),
+                  ("frame age at request", "frame_age"), ("observation assembly", "assembly"),
                   ("transport (round trip - compute)", "transport"), ("inference (policy compute)", "inference"),
                   ("planning (strategy)", "planning"), ("waypoint send", "send")]
         for label, k in stages:

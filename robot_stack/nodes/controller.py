@@ -182,8 +182,8 @@ class ControllerNode(Node):
         self.jumps_m: list[float] = []
         self.switch_jerk: list[float] = []  # commanded jerk at each switch, m/s^3 (CommittedPlan.jerk_at)
         #: latency breakdown of a chunk, ms: capture -> request -> policy -> plan -> sent to the arm
-        self.stages = {k: collections.deque(maxlen=500) for k in ("frame_age", "assembly", "transport", "inference",
-                                                                  "planning", "send")}
+        self.stages = {k: collections.deque(maxlen=500) for k in ("frame_arrival", "frame_age", "assembly", "transport",
+                                                                  "inference", "planning", "send")}
         self._stop = threading.Event()
         self._worker = None
         if self.has_policy:
@@ -322,8 +322,11 @@ class ControllerNode(Node):
             return  # assembly names the missing stream
         cid = min(latest, key=lambda c: latest[c].stamp_ns - self.latency_offsets.get(c, 0))
         left = (deadline_ns - now_ns()) / 1e9
-        if left <= 0 or self.sub.wait_for(CameraFrame.topic(cid), left, newer_than_seq=latest[cid].seq) is None:
+        f = self.sub.wait_for(CameraFrame.topic(cid), left, newer_than_seq=latest[cid].seq) if left > 0 else None
+        if f is None:
             self.stats["anchor_waits_timed_out"] += 1
+        else:  # woken by the frame's arrival: its age now is the camera pipeline's latency
+            self.stages["frame_arrival"].append((now_ns() - f.stamp_ns - self.latency_offsets.get(cid, 0)) / 1e6)
 
     @staticmethod
     def _chunk_problem(actions: np.ndarray) -> str | None:
