@@ -22,8 +22,10 @@ def test_actions_at_interpolates_holds_and_keeps_last_sent():
     np.testing.assert_allclose(a[:, 3:7], np.tile([0, 0, 0, 1], (5, 1)))
 
 
-def make_episode(root, n_frames=30, seed=0):
-    """Camera at 15 Hz, state at 250 Hz moving x = t (m, t in s), actions at 10 Hz leading by 0.1 s."""
+def make_episode(root, n_frames=30, seed=0, task=None, smooth=False):
+    """Camera at 15 Hz, state at 250 Hz moving x = t (m, t in s), actions at 10 Hz leading by 0.1 s;
+    ``task``: the episode's task string (metadata), if any; ``smooth``: camera frames are moving
+    sinusoids (what a video codec keeps nearly intact) instead of noise."""
     rng = np.random.default_rng(seed)
     w = EpisodeWriter(root)
     t0 = 10_000 * MS
@@ -33,13 +35,18 @@ def make_episode(root, n_frames=30, seed=0):
         w.add("robot_state", t, q=np.zeros(7), dq=np.zeros(7), ee_pose=np.r_[x, 0, 0.3, 1, 0, 0, 0],
               gripper_width=np.float64(0.08))
     for k in range(n_frames):
-        w.add("camera/wrist", t0 + k * 66_666_667, frame_index=np.int64(k),
-              color=rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+        if smooth:
+            yy, xx = np.mgrid[0:48, 0:64]
+            color = np.stack([127 + 100 * np.sin(xx / (6 + c) + yy / (9 - c) + k / 5 + seed) for c in range(3)], -1)
+            color = color.astype(np.uint8)
+        else:
+            color = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        w.add("camera/wrist", t0 + k * 66_666_667, frame_index=np.int64(k), color=color)
     for k in range(n_frames * 10 // 15):
         t = t0 + k * 100 * MS
         w.add("action", t, target_ns=np.int64(t + 100 * MS), pose=np.r_[(t - t0) / 1e9 + 0.1, 0, 0.3, 1, 0, 0, 0],
               gripper=np.float64(1.0), origin=np.int8(1))
-    return w.close()
+    return w.close({"task": task} if task is not None else None)
 
 
 def test_samples_are_aligned_like_the_controller_window(tmp_path):

@@ -47,11 +47,28 @@ QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 
 
 def _stats(x: np.ndarray) -> dict:
-    """Per-dimension statistics of (n, d) values as LeRobot's ``stats.json`` holds them."""
+    """Per-dimension statistics of one episode's (n, d) values as LeRobot computes them: quantile
+    q is the smallest value whose empirical CDF reaches q (``inverted_cdf``; LeRobot reads it off
+    a 5000-bin histogram, so the two agree within a bin)."""
     x = np.asarray(x, np.float64)
     out = {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
            "std": x.std(0).tolist(), "count": [int(len(x))]}
-    out.update({k: np.quantile(x, q, axis=0).tolist() for k, q in QUANTILES.items()})
+    out.update({k: np.quantile(x, q, axis=0, method="inverted_cdf").tolist() for k, q in QUANTILES.items()})
+    return out
+
+
+def _aggregate(per_episode: list[dict]) -> dict:
+    """Dataset statistics from per-episode ones, the way LeRobot aggregates them for
+    ``stats.json``: min/max over episodes, count-weighted mean, the parallel-variance std, and
+    quantiles as the count-weighted mean of the episodes' quantiles."""
+    n = np.array([s["count"][0] for s in per_episode], np.float64)
+    arr = lambda k: np.array([s[k] for s in per_episode], np.float64)  # noqa: E731
+    w = n.reshape(-1, *([1] * (arr("mean").ndim - 1)))
+    mean = (arr("mean") * w).sum(0) / n.sum()
+    var = ((arr("std") ** 2 + (arr("mean") - mean) ** 2) * w).sum(0) / n.sum()
+    out = {"min": arr("min").min(0).tolist(), "max": arr("max").max(0).tolist(), "mean": mean.tolist(),
+           "std": np.sqrt(var).tolist(), "count": [int(n.sum())]}
+    out.update({k: ((arr(k) * w).sum(0) / n.sum()).tolist() for k in QUANTILES})
     return out
 
 
@@ -63,7 +80,8 @@ def _image_stats(frames: np.ndarray) -> dict:
     out = {"min": per(np.min), "max": per(np.max), "mean": per(np.mean), "std": per(np.std),
            "count": [int(len(frames))]}
     flat = x.reshape(-1, 3)
-    out.update({k: np.quantile(flat, q, axis=0).reshape(3, 1, 1).tolist() for k, q in QUANTILES.items()})
+    out.update({k: np.quantile(flat, q, axis=0, method="inverted_cdf").reshape(3, 1, 1).tolist()
+                for k, q in QUANTILES.items()})
     return out
 
 
@@ -118,7 +136,7 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
     (out / "data" / "chunk-000").mkdir(parents=True)
     (out / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     shapes = {}
-    all_frames: dict[str, list] = {c: [] for c in cams}
+    ep_stats: dict[str, list[dict]] = {}  # feature -> per-episode statistics
     try:
         index = 0
         for e_i, ep in enumerate(eps):
@@ -140,7 +158,6 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
                 idx = np.abs(cst[None, :] - grid[:, None]).argmin(1)
                 color = ep.array(f"camera/{c}", "color")
                 frames = np.stack([color[int(i)] for i in idx])
-                all_frames[c].append(frames[:: max(1, n // 20)])
                 h, w = frames.shape[1:3]
                 if c not in writers:
                     path = out / "videos" / keys[c] / "chunk-000" / "file-000.mp4"
@@ -157,13 +174,15 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
                 for f in frames:
                     for pkt in streams[c].encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                         writers[c].mux(pkt)
-                for k, v in _image_stats(frames).items():
+                ep_stats.setdefault(keys[c], []).append(_image_stats(frames))
+                for k, v in ep_stats[keys[c]][-1].items():
                     rec[f"stats/{keys[c]}/{k}"] = v
                 rec.update({f"videos/{keys[c]}/chunk_index": 0, f"videos/{keys[c]}/file_index": 0,
                             f"videos/{keys[c]}/from_timestamp": vt[c], f"videos/{keys[c]}/to_timestamp": vt[c] + n / fps})
                 vt[c] += n / fps
             for name, x in (("observation.state", state), ("action", action)):
-                for k, v in _stats(x).items():
+                ep_stats.setdefault(name, []).append(_stats(x))
+                for k, v in ep_stats[name][-1].items():
                     rec[f"stats/{name}/{k}"] = v
             ep_rows.append(rec)
             rows["observation.state"] += list(state)
@@ -204,8 +223,7 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
             "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
             "features": features}
     (out / "meta" / "info.json").write_text(json.dumps(info, indent=2))
-    stats = {"observation.state": _stats(np.array(rows["observation.state"])), "action": _stats(np.array(rows["action"])),
-             **{keys[c]: _image_stats(np.concatenate(all_frames[c])) for c in cams}}
+    stats = {k: _aggregate(v) for k, v in ep_stats.items()}
     (out / "meta" / "stats.json").write_text(json.dumps(stats, indent=2))
     return out
 
