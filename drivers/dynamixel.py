@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from robot_stack.drivers.servo_bus import ServoBusError
+
 ADDR_TORQUE_ENABLE, ADDR_GOAL_POSITION, ADDR_PRESENT_POSITION = 64, 116, 132
 TICKS_PER_REV, CENTER = 4096, 2048
 
 
-class DynamixelError(RuntimeError):
+class DynamixelError(ServoBusError):
     """The bus or a servo failed (the message names which and why)."""
 
 

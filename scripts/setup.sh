@@ -71,7 +71,7 @@ if [ ! -x .venv-franka-sim/bin/run-franka-sim-server ]; then
 fi
 $PY - <<'PY'
 import importlib.util, os
-import numpy, zmq, msgpack, mujoco, pyrealsense2, onnxruntime, torch, cv2, zarr, av, pylibfranka, rtde_control, rtde_receive, dashboard_client, minimalmodbus, dynamixel_sdk, ruckig, websockets, openpi_client.websocket_client_policy  # noqa: F401
+import numpy, zmq, msgpack, mujoco, pyrealsense2, onnxruntime, torch, cv2, zarr, av, pylibfranka, rtde_control, rtde_receive, dashboard_client, minimalmodbus, dynamixel_sdk, scservo_sdk, ruckig, websockets, openpi_client.websocket_client_policy  # noqa: F401
 spec = importlib.util.find_spec("gym_hil")
 assert spec and os.path.isfile(os.path.join(spec.submodule_search_locations[0], "assets", "panda.xml"))
 from robot_stack.control.robot_model import available_robots, load_description, resolve_source

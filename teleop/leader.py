@@ -154,11 +154,11 @@ class LeaderDevice(TeleopDevice):
         self.refusals = self.bus_errors = self.bus_errors_run = 0
 
     def poll(self, inputs: TeleopInputs) -> TeleopCommand | None:
-        from robot_stack.drivers.dynamixel import DynamixelError
+        from robot_stack.drivers.servo_bus import ServoBusError
 
         try:
             raw = self.bus.read_positions()
-        except DynamixelError as e:  # one failed read skips a cycle; a failing bus disengages
+        except ServoBusError as e:  # one failed read skips a cycle; a failing bus disengages
             self.bus_errors += 1
             self.bus_errors_run += 1
             if self.bus_errors_run == 1 or self.bus_errors_run % 50 == 0:
@@ -219,6 +219,32 @@ class LeaderConfig(TeleopConfig):
         jmap = load_joint_map(self.calibration, self.name)
         ids = list(self.ids) + ([self.gripper_id] if self.gripper_id is not None else [])
         bus = DynamixelBus(self.port, ids, self.baudrate, self.latency_timer_ms)
+        bus.set_torque(False)
+        return LeaderDevice(bus, jmap, len(self.ids), self.gripper_id is not None, self.max_engage_error,
+                            self.ramp_s, params.rate_hz)
+
+
+class So101LeaderConfig(LeaderConfig):
+    """teleop device ``so101_leader``: an SO-100/SO-101 leader arm on Feetech STS3215 servos (extra
+    ``feetech``): five joint servos (shoulder pan, shoulder lift, elbow flex, wrist flex, wrist roll)
+    and the gripper trigger, ids 1-6 as LeRobot's SO-101 assembly numbers them. Calibrated and
+    engaged like the Dynamixel leader (:class:`JointMap`, ``leaders.<name>`` in the calibration file)."""
+
+    type: Literal["so101_leader"] = "so101_leader"
+    extra = "feetech"
+    requires = ("scservo_sdk",)
+    port: str = Field("/dev/ttyACM0", description="serial port of the bus (the SO-101's USB servo board)")
+    ids: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], description="joint servo ids, in order")
+    gripper_id: int | None = Field(6, description="servo id of the gripper trigger")
+    name: str = Field("so101_leader", description="name of its calibration entry")
+
+    def build(self, ctx, params) -> LeaderDevice:
+        """The leader on its Feetech bus (torque off: the operator moves it by hand)."""
+        from robot_stack.drivers.feetech import FeetechBus
+
+        jmap = load_joint_map(self.calibration, self.name)
+        ids = list(self.ids) + ([self.gripper_id] if self.gripper_id is not None else [])
+        bus = FeetechBus(self.port, ids, self.baudrate, self.latency_timer_ms)
         bus.set_torque(False)
         return LeaderDevice(bus, jmap, len(self.ids), self.gripper_id is not None, self.max_engage_error,
                             self.ramp_s, params.rate_hz)

@@ -144,6 +144,7 @@ TELEOP_DEVICES = DeviceRegistry("teleop device", "device", {
     "gamepad": "robot_stack.teleop.gamepad:GamepadConfig",
     "scripted": "robot_stack.teleop.scripted:ScriptedConfig",
     "leader": "robot_stack.teleop.leader:LeaderConfig",
+    "so101_leader": "robot_stack.teleop.leader:So101LeaderConfig",
 })
 
 POLICY_BACKENDS = DeviceRegistry("policy backend", "backend", {
