@@ -47,11 +47,11 @@ class GripperSpec(StrictModel):
 
     Attributes:
         kind: ``robotiq_2f85`` (Modbus RTU / the sim), ``franka_hand``, ``viperx`` (ALOHA's
-            parallel gripper), or ``none``.
+            parallel gripper), ``feetech_jaw`` (the SO-100/SO-101 jaw servo), or ``none``.
         stroke_m: full opening between the fingers, m (opening fraction 1.0 = ``stroke_m``).
     """
 
-    kind: Literal["robotiq_2f85", "franka_hand", "viperx", "none"]
+    kind: Literal["robotiq_2f85", "franka_hand", "viperx", "feetech_jaw", "none"]
     stroke_m: float = Field(ge=0.0, le=0.5)
 
 

@@ -129,6 +129,7 @@ ARM_DRIVERS = DeviceRegistry("arm driver", "driver", {
     "sim": "robot_stack.drivers.sim:SimArmConfig",
     "franka": "robot_stack.drivers.franka:FrankaConfig",
     "ur": "robot_stack.drivers.ur:UrConfig",
+    "so101": "robot_stack.drivers.so101:So101Config",
 })
 
 CAMERA_DRIVERS = DeviceRegistry("camera driver", "driver", {
