@@ -292,6 +292,31 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate_servos(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from robot_stack.calibration import servos
+
+    ids = list(args.ids) + ([args.gripper_id] if args.gripper_id is not None else [])
+    signs = args.signs or [1] * len(args.ids)
+    if len(signs) != len(args.ids) or any(s not in (-1, 1) for s in signs):
+        raise ValueError(f"--signs: one +1/-1 per joint id ({len(args.ids)})")
+    if args.bus == "feetech":
+        from robot_stack.drivers.feetech import FeetechBus as Bus
+    else:
+        from robot_stack.drivers.dynamixel import DynamixelBus as Bus
+    bus = Bus(args.port, ids, args.baudrate)
+    try:
+        bus.set_torque(False)  # moved by hand
+        jm, ranges = servos.record(bus, len(args.ids), signs, args.gripper_id is not None)
+    finally:
+        bus.close()
+    servos.save(args.file, args.section, args.name, jm, ranges)
+    print(f"written to {args.file} ({args.section}.{args.name}): offsets {np.round(jm.offsets, 3).tolist()} rad, "
+          f"gripper closed {jm.gripper_closed:.3f} / open {jm.gripper_open:.3f} rad")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from robot_stack.apps.demo import run_demo, run_square
 
@@ -372,6 +397,18 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--center", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"))
     ci.add_argument("--dry-run", action="store_true")
     ci.set_defaults(fn=_cmd_calibrate_intrinsics)
+    sv = cs.add_parser("servos", help="zero offsets and ranges of a servo arm (leader or SO-101 follower), by hand")
+    sv.add_argument("--bus", choices=["feetech", "dynamixel"], required=True)
+    sv.add_argument("--port", required=True)
+    sv.add_argument("--ids", type=int, nargs="+", required=True, help="joint servo ids, in order")
+    sv.add_argument("--gripper-id", type=int, default=None)
+    sv.add_argument("--signs", type=int, nargs="+", default=None, help="+1/-1 per joint (default all +1)")
+    sv.add_argument("--baudrate", type=int, default=1_000_000)
+    sv.add_argument("--file", type=Path, required=True, help="calibration file")
+    sv.add_argument("--section", choices=["leaders", "arms"], required=True,
+                    help="leaders (a teleop leader) or arms (a follower's arm driver)")
+    sv.add_argument("--name", required=True, help="its entry, e.g. so101_leader or so101_follower")
+    sv.set_defaults(fn=_cmd_calibrate_servos)
     la = cs.add_parser("latency", help="camera and robot command latency by cross-correlating motion")
     la.add_argument("config", type=Path)
     la.add_argument("--camera", required=True, help="camera node name")

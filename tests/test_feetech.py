@@ -116,3 +116,63 @@ def test_so101_leader_device_on_the_fake_bus(fake, tmp_path):
         assert cmd.gripper == pytest.approx(0.5, abs=0.01)  # 0.4 rad of 0.8 open
     finally:
         dev.close()
+
+
+def _calibrate_cli(fake, tmp_path, sweep):
+    """``robot-stack calibrate servos`` as an operator runs it: Enter at the zero pose, the sweep
+    (``sweep()`` moves the fake servos), Enter again."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cal = tmp_path / "calibration.yaml"
+    p = subprocess.Popen([sys.executable, "-m", "robot_stack.cli", "calibrate", "servos", "--bus", "feetech",
+                          "--port", fake.port, "--ids", "1", "2", "3", "4", "5", "--gripper-id", "6",
+                          "--signs", "1", "-1", "1", "1", "1", "--file", str(cal), "--section", "arms",
+                          "--name", "so101_follower"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    time.sleep(1.0)  # the CLI pings the bus, then asks for the zero pose
+    p.stdin.write("\n")
+    p.stdin.flush()
+    time.sleep(0.5)
+    sweep()
+    p.stdin.write("\n")
+    p.stdin.flush()
+    out = p.communicate(timeout=20)[0]
+    return p.returncode, out, cal
+
+
+def test_calibrate_servos_cli_records_offsets_and_ranges(fake, tmp_path):
+    from robot_stack.calibration import store
+    from robot_stack.drivers.so101 import load_arm_calibration
+
+    zero = np.array([0.1, -0.2, 0.05, 0.0, 0.3, -0.6])  # raw at the zero pose; the jaw closed at -0.6
+    for i, t in zip(IDS, rad_to_ticks(zero)):
+        fake.set_position(i, int(t))
+
+    def sweep():
+        for a in np.r_[np.linspace(0, 1, 15), np.linspace(1, -1, 30), np.linspace(-1, 0, 15)]:
+            raw = zero + a * np.array([1.5, 1.4, 1.3, 1.2, 2.0, 0.0])
+            raw[5] = zero[5] + max(a, 0) * 1.6  # the jaw opens one way only
+            for i, t in zip(IDS, rad_to_ticks(raw)):
+                fake.set_position(i, int(t))
+            time.sleep(0.02)
+
+    rc, out, cal = _calibrate_cli(fake, tmp_path, sweep)
+    assert rc == 0, out
+    jm = load_arm_calibration(cal, "so101_follower")
+    np.testing.assert_allclose(jm.offsets, zero[:5], atol=2e-3)
+    assert jm.signs == (1.0, -1.0, 1.0, 1.0, 1.0)
+    assert jm.gripper_closed == pytest.approx(-0.6, abs=2e-3) and jm.gripper_open == pytest.approx(1.0, abs=0.05)
+    ranges = np.array(store.load(cal)["arms"]["so101_follower"]["ranges"])
+    np.testing.assert_allclose(ranges[:5, 0], zero[:5] - [1.5, 1.4, 1.3, 1.2, 2.0], atol=0.05)
+    np.testing.assert_allclose(ranges[:5, 1], zero[:5] + [1.5, 1.4, 1.3, 1.2, 2.0], atol=0.05)
+
+
+def test_calibrate_servos_refuses_a_joint_that_never_moved(fake, tmp_path):
+    rc, out, cal = _calibrate_cli(fake, tmp_path, lambda: None)
+    assert rc != 0 and not cal.exists()
+    lines = [l for l in out.strip().splitlines() if l.strip()]
+    assert "joint 1, joint 2, joint 3, joint 4, joint 5, gripper moved less than 0.20 rad" in lines[-1]
+    assert "Traceback" not in out
