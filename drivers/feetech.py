@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robot_stack.drivers.servo_bus import ServoBusError
+from robot_stack.drivers.servo_bus import SdkServoBus, ServoBusError
 
 ADDR_MODEL, ADDR_TORQUE_ENABLE, ADDR_GOAL_POSITION, ADDR_PRESENT_POSITION = 3, 40, 42, 56
 TICKS_PER_REV, CENTER = 4096, 2048
@@ -46,7 +46,7 @@ def decode_error(err: int) -> str:
     return ", ".join(names) if names else f"error byte 0x{err:02x}"
 
 
-class FeetechBus:
+class FeetechBus(SdkServoBus):
     """A chain of STS servos on one serial port.
 
     Args:
@@ -59,6 +59,10 @@ class FeetechBus:
         FeetechError: the port cannot be opened, or a servo does not answer ping.
     """
 
+    Error = FeetechError
+    NAME = "Feetech"
+    ADDR_TORQUE_ENABLE, ADDR_GOAL, ADDR_PRESENT, WIDTH = ADDR_TORQUE_ENABLE, ADDR_GOAL_POSITION, ADDR_PRESENT_POSITION, 2
+
     def __init__(self, port: str, ids: list[int], baudrate: int = 1_000_000, latency_timer_ms: float | None = None):
         import scservo_sdk as sdk
 
@@ -66,67 +70,16 @@ class FeetechBus:
             import scservo_sdk.port_handler as ph_mod
 
             ph_mod.LATENCY_TIMER = latency_timer_ms
-        self.sdk, self.ids = sdk, list(ids)
-        self.port = sdk.PortHandler(port)
-        self.ph = sdk.PacketHandler(0)  # STS: little-endian words
-        try:
-            ok = self.port.openPort() and self.port.setBaudRate(baudrate)
-        except Exception as e:  # noqa: BLE001 - pyserial raises SerialException/OSError
-            raise FeetechError(f"cannot open Feetech port {port}: {e}") from e
-        if not ok:
-            raise FeetechError(f"cannot open Feetech port {port} at {baudrate} baud")
-        self.reader = sdk.GroupSyncRead(self.port, self.ph, ADDR_PRESENT_POSITION, 2)
-        self.writer = sdk.GroupSyncWrite(self.port, self.ph, ADDR_GOAL_POSITION, 2)
-        for i in self.ids:
-            self.reader.addParam(i)
-        self.models = {i: self.ping(i) for i in self.ids}
+        self._open(sdk, sdk.PacketHandler(0), port, ids, baudrate)  # PacketHandler(0): STS little-endian words
 
-    def _flush(self) -> None:
-        """After a failed transaction: drop what is left of the replies (the rest of a sync read's
-        status packets, a corrupt packet's tail) so the next transaction starts clean."""
-        import time
+    def _error_text(self, err: int) -> str:
+        return decode_error(err)
 
-        time.sleep(0.005)
-        # the SDK's clearPort() flushes the *output* (pyserial flush); the input is what holds them
-        ser = getattr(self.port, "ser", None)
-        if ser is not None:
-            ser.reset_input_buffer()
+    def _decode(self, value: int) -> int:
+        return -(value & 0x7FFF) if value & 0x8000 else value  # bit 15: sign
 
-    def _check(self, what: str, sid: int | None, comm: int, err: int = 0) -> None:
-        if comm != self.sdk.COMM_SUCCESS:
-            self._flush()
-            who = f"servo {sid}" if sid is not None else "bus"
-            raise FeetechError(f"{what} on {who}: {self.ph.getTxRxResult(comm)}")
-        if err:
-            raise FeetechError(f"{what}: servo {sid} reports {decode_error(err)}")
-
-    def ping(self, sid: int) -> int:
-        """Model number of servo ``sid`` (PING, then READ of address 3)."""
-        model, comm, err = self.ph.ping(self.port, sid)
-        if comm != self.sdk.COMM_SUCCESS:
-            raise FeetechError(f"servo {sid} did not answer ping ({self.ph.getTxRxResult(comm)}): "
-                               "missing, wrong id, or wrong baud rate")
-        self._check("ping", sid, comm, err)
-        return int(model)
-
-    def set_torque(self, on: bool) -> None:
-        for i in self.ids:
-            comm, err = self.ph.write1ByteTxRx(self.port, i, ADDR_TORQUE_ENABLE, int(on))
-            self._check("torque enable", i, comm, err)
-
-    def read_ticks(self) -> np.ndarray:
-        """Present positions (n,) int64 ticks (sign bit 15 applied), one sync read."""
-        comm = self.reader.txRxPacket()
-        if comm != self.sdk.COMM_SUCCESS:
-            self._flush()
-            silent = [i for i in self.ids if self.ph.ping(self.port, i)[1] != self.sdk.COMM_SUCCESS]
-            who = f"servos {silent} do not answer" if silent else "every servo answers ping"
-            raise FeetechError(f"sync read of present position failed ({self.ph.getTxRxResult(comm)}); {who}")
-        out = []
-        for i in self.ids:
-            v = self.reader.getData(i, ADDR_PRESENT_POSITION, 2)
-            out.append(-(v & 0x7FFF) if v & 0x8000 else v)
-        return np.array(out, np.int64)
+    def _encode(self, ticks: int) -> list[int]:
+        return [ticks & 0xFF, (ticks >> 8) & 0xFF]
 
     def read_positions(self) -> np.ndarray:
         """Present positions (n,) rad."""
@@ -139,15 +92,7 @@ class FeetechBus:
             FeetechError: wrong count, or a goal outside 0..4095 ticks (one turn around 0 rad).
         """
         ticks = rad_to_ticks(q)
-        if ticks.shape != (len(self.ids),):
-            raise FeetechError(f"{ticks.shape[0]} goal positions for {len(self.ids)} servos")
-        if np.any(ticks < 0) or np.any(ticks >= TICKS_PER_REV):
+        if ticks.shape == (len(self.ids),) and (np.any(ticks < 0) or np.any(ticks >= TICKS_PER_REV)):
             raise FeetechError(f"goal positions {np.round(np.asarray(q, float), 3).tolist()} rad leave the servos' "
                                f"single turn (-pi..pi)")
-        self.writer.clearParam()
-        for i, t in zip(self.ids, ticks):
-            self.writer.addParam(i, [int(t) & 0xFF, (int(t) >> 8) & 0xFF])
-        self._check("sync write of goal position", None, self.writer.txPacket())
-
-    def close(self) -> None:
-        self.port.closePort()
+        self.write_ticks(ticks)

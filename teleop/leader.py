@@ -212,13 +212,16 @@ class LeaderConfig(TeleopConfig):
     def inputs(self, params) -> dict[str, tuple[str, tuple[str, ...]]]:
         return {params.arm: ("arm", (RobotState.TOPIC,))}  # the engage check reads the follower's joints
 
-    def build(self, ctx, params) -> LeaderDevice:
-        """The leader on its bus (torque off: the operator moves it by hand)."""
+    def _bus(self, ids: list[int]):
         from robot_stack.drivers.dynamixel import DynamixelBus
 
+        return DynamixelBus(self.port, ids, self.baudrate, self.latency_timer_ms)
+
+    def build(self, ctx, params) -> LeaderDevice:
+        """The leader on its bus (torque off: the operator moves it by hand)."""
         jmap = load_joint_map(self.calibration, self.name)
         ids = list(self.ids) + ([self.gripper_id] if self.gripper_id is not None else [])
-        bus = DynamixelBus(self.port, ids, self.baudrate, self.latency_timer_ms)
+        bus = self._bus(ids)
         bus.set_torque(False)
         return LeaderDevice(bus, jmap, len(self.ids), self.gripper_id is not None, self.max_engage_error,
                             self.ramp_s, params.rate_hz)
@@ -238,13 +241,7 @@ class So101LeaderConfig(LeaderConfig):
     gripper_id: int | None = Field(6, description="servo id of the gripper trigger")
     name: str = Field("so101_leader", description="name of its calibration entry")
 
-    def build(self, ctx, params) -> LeaderDevice:
-        """The leader on its Feetech bus (torque off: the operator moves it by hand)."""
+    def _bus(self, ids: list[int]):
         from robot_stack.drivers.feetech import FeetechBus
 
-        jmap = load_joint_map(self.calibration, self.name)
-        ids = list(self.ids) + ([self.gripper_id] if self.gripper_id is not None else [])
-        bus = FeetechBus(self.port, ids, self.baudrate, self.latency_timer_ms)
-        bus.set_torque(False)
-        return LeaderDevice(bus, jmap, len(self.ids), self.gripper_id is not None, self.max_engage_error,
-                            self.ramp_s, params.rate_hz)
+        return FeetechBus(self.port, ids, self.baudrate, self.latency_timer_ms)
