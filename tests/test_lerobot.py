@@ -90,13 +90,15 @@ def test_export_meets_lerobots_reader(tmp_path):
     stats = json.loads((out / "meta" / "stats.json").read_text())
     state = np.stack(pq.read_table(out / "data" / "chunk-000" / "file-000.parquet")
                      .column("observation.state").to_numpy(zero_copy_only=False))
-    for q, v in (("q01", 0.01), ("q50", 0.5), ("q99", 0.99)):
-        np.testing.assert_allclose(stats["observation.state"][q], np.quantile(state.astype(np.float64), v, axis=0), atol=1e-6)
+    s64 = state.astype(np.float64)
+    for q, v in (("q01", 0.01), ("q50", 0.5), ("q99", 0.99)):  # per episode (inverted CDF), count-weighted
+        per_ep = [np.quantile(s64[k:k + 20], v, axis=0, method="inverted_cdf") for k in (0, 20)]
+        np.testing.assert_allclose(stats["observation.state"][q], np.mean(per_ep, axis=0), atol=1e-6)
     assert np.array(stats["observation.images.wrist"]["q99"]).shape == (3, 1, 1)
     ep_t = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
     assert np.array(ep_t[0]["stats/observation.images.wrist/mean"]).shape == (3, 1, 1)
-    np.testing.assert_allclose(ep_t[1]["stats/observation.state/q50"], np.quantile(state[20:].astype(np.float64), 0.5, axis=0),
-                               atol=1e-6)
+    np.testing.assert_allclose(ep_t[1]["stats/observation.state/q50"],
+                               np.quantile(s64[20:], 0.5, axis=0, method="inverted_cdf"), atol=1e-6)
     # a keyframe every 2 frames: random access never decodes more than 2
     with av.open(str(out / "videos" / "observation.images.wrist" / "chunk-000" / "file-000.mp4")) as c:
         keys = [p.is_keyframe for p in c.demux(c.streams.video[0]) if p.size]

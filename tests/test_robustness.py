@@ -44,9 +44,12 @@ def test_import_with_a_missing_video_leaves_no_partial_episode(tmp_path):
     out = export_lerobot(eps, tmp_path / "lr", fps=10)
     for v in (out / "videos").rglob("*.mp4"):
         v.unlink()
-    r = _cli("import", out, "--out", tmp_path / "back")
+    r = _cli("import", out, "--out", tmp_path / "back", "--require-videos")
     _one_clear_line(r, "is missing")
     assert not list((tmp_path / "back").glob("*.partial")) and not list((tmp_path / "back").glob("episode_*"))
+    # without --require-videos the tabular streams come in, and each skipped video is named
+    r = _cli("import", out, "--out", tmp_path / "tabular")
+    assert r.returncode == 0 and r.stdout.count("imported without it") == 2 and "imported 2 episodes" in r.stdout
 
 
 def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
