@@ -172,7 +172,12 @@ def test_strategy_completes_the_motion(stack, strategy, report):
           f"dropped actions {m['dropped_actions']:.0f}, over budget {m['over_budget']:.0f}; chunk-switch jump mean "
           f"{m.get('switch_jump_mean_mm', 0):.2f} mm max {m.get('switch_jump_max_mm', 0):.2f} mm; "
           f"observation holds {m['obs_holds']:.0f}, stale holds {m['stale_holds']:.0f}")
-    assert dev.max() < 0.007  # README: usually 0.8-1.8 mm; one CI run of async 5.3 mm (cause open)
+    # README: usually 0.8-1.8 mm. Async executes each chunk as the policy planned it from a lagged
+    # observation (this stateless policy starts each line at the measured TCP), so its switches
+    # jump back by the tracking lag x speed; under CI load the lag grows (one run: jumps of 17 mm
+    # mean, 41 mm max, 8.9 mm off the line), and the arm's joint-space guard turns jumps into
+    # deviation. That is the problem RTC and ensembling exist for; async gets the wider bound.
+    assert dev.max() < (0.012 if strategy == "async" else 0.007)
     assert m["errors"] == 0 and m["chunks"] >= 3
     assert m["inference_p50_ms"] == pytest.approx(200, abs=60)  # the injected delay is seen
     assert proc.returncode == 0, log[-2000:]
