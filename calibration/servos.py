@@ -84,11 +84,6 @@ def record(bus, n_joints: int, signs, has_gripper: bool, confirm: Callable[[str]
 def save(path: str | Path, section: str, name: str, jm, ranges: np.ndarray) -> None:
     """Store under ``<section>.<name>`` (``leaders`` or ``arms``): offsets, signs, gripper
     positions and raw ranges (rad)."""
-    from robot_stack.calibration import store
+    from robot_stack.teleop.leader import save_joint_map
 
-    if section not in ("leaders", "arms"):
-        raise ValueError(f"section must be leaders or arms, got {section!r}")
-    store.update(path, section, name, {"offsets": [float(v) for v in jm.offsets], "signs": [float(v) for v in jm.signs],
-                                       "gripper_open": float(jm.gripper_open),
-                                       "gripper_closed": float(jm.gripper_closed),
-                                       "ranges": np.round(np.asarray(ranges, float), 5).tolist()})
+    save_joint_map(path, name, jm, section=section, ranges=ranges)

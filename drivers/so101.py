@@ -3,8 +3,9 @@
 Joint space: five joint servos (ids 1-5: shoulder pan, shoulder lift, elbow flex, wrist flex,
 wrist roll) and the jaw (id 6). A per-arm calibration maps servo positions to the robot model's
 joints, ``q = sign * (raw - offset)`` (rad), and the jaw's raw range to an opening fraction, stored
-under ``arms.<name>`` of the calibration file (:func:`save_arm_calibration`; the leader's
-``JointMap`` format). Torque is switched on at start and off at stop (the arm then rests on its
+under ``arms.<name>`` of the calibration file (the leader's ``JointMap`` format:
+:func:`robot_stack.teleop.leader.save_joint_map` with ``section="arms"``, written by
+``robot-stack calibrate servos``). Torque is switched on at start and off at stop (the arm then rests on its
 own gearing, as LeRobot leaves it). Each :meth:`command` is one sync write of six goal positions;
 each :meth:`read` one sync read. A bus failure is an :class:`ArmDriverError` (the arm node holds and
 counts it as a driver fault). The kinematics come from the robot model ``so101`` (the published
@@ -79,31 +80,6 @@ class So101Driver(ArmDriver):
         self.bus.close()
 
 
-def save_arm_calibration(path, name: str, jmap) -> None:
-    """Store an SO-101 follower's calibration under ``arms.<name>`` (atomic YAML)."""
-    from robot_stack.calibration import store
-
-    store.update(path, "arms", name, {"offsets": [float(v) for v in jmap.offsets],
-                                      "signs": [float(v) for v in jmap.signs],
-                                      "gripper_open": float(jmap.gripper_open),
-                                      "gripper_closed": float(jmap.gripper_closed)})
-
-
-def load_arm_calibration(path, name: str):
-    """The calibration of follower ``name``.
-
-    Raises:
-        ArmDriverError: the file has none for it.
-    """
-    from robot_stack.calibration import store
-    from robot_stack.teleop.leader import JointMap
-
-    d = (store.load(path).get("arms") or {}).get(name)
-    if not d:
-        raise ArmDriverError(f"{path} has no calibration for arm {name!r}: calibrate it first")
-    return JointMap(tuple(d["offsets"]), tuple(d["signs"]), d.get("gripper_open", 1.0), d.get("gripper_closed", 0.0))
-
-
 class So101Config(DeviceConfig):
     """arm driver ``so101``: an SO-100/SO-101 follower on Feetech STS3215 servos (extra ``feetech``)."""
 
@@ -126,7 +102,13 @@ class So101Config(DeviceConfig):
         from robot_stack.drivers.feetech import FeetechBus, FeetechError
 
         m = RobotModel.load(params.robot_name(ctx.config))
-        jmap = load_arm_calibration(self.calibration, self.name)
+        from robot_stack.teleop.base import TeleopError
+        from robot_stack.teleop.leader import load_joint_map
+
+        try:
+            jmap = load_joint_map(self.calibration, self.name, section="arms")
+        except TeleopError as e:
+            raise ArmDriverError(str(e)) from None
         try:
             bus = FeetechBus(self.port, self.ids, self.baudrate, self.latency_timer_ms)
         except FeetechError as e:

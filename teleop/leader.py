@@ -96,27 +96,33 @@ class LeaderArm:
         return TeleopCommand(kind="joint", value=q, gripper=gripper, buttons=buttons or [])
 
 
-def save_joint_map(path, device: str, jm: JointMap) -> None:
-    """Store a leader's calibration under ``leaders.<device>`` of a calibration file (atomic YAML)."""
+def save_joint_map(path, device: str, jm: JointMap, section: str = "leaders", ranges=None) -> None:
+    """Store a servo arm's calibration under ``<section>.<device>`` of a calibration file (atomic
+    YAML): ``leaders`` for teleop leaders, ``arms`` for follower arm drivers (SO-101); ``ranges``:
+    optional (n [+1], 2) raw [min, max] positions, rad (``robot-stack calibrate servos``)."""
     from robot_stack.calibration import store
 
-    store.update(path, "leaders", device, {"offsets": [float(v) for v in jm.offsets],
-                                           "signs": [float(v) for v in jm.signs],
-                                           "gripper_open": float(jm.gripper_open),
-                                           "gripper_closed": float(jm.gripper_closed)})
+    if section not in ("leaders", "arms"):
+        raise ValueError(f"section must be leaders or arms, got {section!r}")
+    values = {"offsets": [float(v) for v in jm.offsets], "signs": [float(v) for v in jm.signs],
+              "gripper_open": float(jm.gripper_open), "gripper_closed": float(jm.gripper_closed)}
+    if ranges is not None:
+        values["ranges"] = np.round(np.asarray(ranges, float), 5).tolist()
+    store.update(path, section, device, values)
 
 
-def load_joint_map(path, device: str) -> JointMap:
-    """The calibration of leader ``device``.
+def load_joint_map(path, device: str, section: str = "leaders") -> JointMap:
+    """The calibration of ``<section>.<device>``.
 
     Raises:
         TeleopError: the file has none for this device.
     """
     from robot_stack.calibration import store
 
-    d = (store.load(path).get("leaders") or {}).get(device)
+    d = (store.load(path).get(section) or {}).get(device)
     if not d:
-        raise TeleopError(f"{path} has no calibration for leader {device!r}: calibrate it first")
+        raise TeleopError(f"{path} has no calibration for {section}.{device}: calibrate it first "
+                          f"(robot-stack calibrate servos)")
     return JointMap(tuple(d["offsets"]), tuple(d["signs"]), d.get("gripper_open", 1.0), d.get("gripper_closed", 0.0))
 
 

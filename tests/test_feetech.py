@@ -145,7 +145,7 @@ def _calibrate_cli(fake, tmp_path, sweep):
 
 def test_calibrate_servos_cli_records_offsets_and_ranges(fake, tmp_path):
     from robot_stack.calibration import store
-    from robot_stack.drivers.so101 import load_arm_calibration
+    from robot_stack.teleop.leader import load_joint_map
 
     zero = np.array([0.1, -0.2, 0.05, 0.0, 0.3, -0.6])  # raw at the zero pose; the jaw closed at -0.6
     for i, t in zip(IDS, rad_to_ticks(zero)):
@@ -161,7 +161,7 @@ def test_calibrate_servos_cli_records_offsets_and_ranges(fake, tmp_path):
 
     rc, out, cal = _calibrate_cli(fake, tmp_path, sweep)
     assert rc == 0, out
-    jm = load_arm_calibration(cal, "so101_follower")
+    jm = load_joint_map(cal, "so101_follower", section="arms")
     np.testing.assert_allclose(jm.offsets, zero[:5], atol=2e-3)
     assert jm.signs == (1.0, -1.0, 1.0, 1.0, 1.0)
     assert jm.gripper_closed == pytest.approx(-0.6, abs=2e-3) and jm.gripper_open == pytest.approx(1.0, abs=0.05)

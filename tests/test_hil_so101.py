@@ -12,7 +12,6 @@ import yaml
 from fake_feetech import FakeFeetechBus
 from robot_stack.apps.session import Session
 from robot_stack.drivers.feetech import rad_to_ticks, ticks_to_rad
-from robot_stack.drivers.so101 import save_arm_calibration
 from robot_stack.teleop.leader import JointMap, save_joint_map
 
 pytestmark = pytest.mark.hil
@@ -30,7 +29,7 @@ def test_so101_leader_drives_the_follower(tmp_path, run_dir, report):
     calib = tmp_path / "calibration.yaml"
     save_joint_map(calib, "so101_leader", JointMap((0.0,) * 5, (1.0,) * 5, gripper_open=0.8, gripper_closed=0.0))
     offs = (0.1, -0.2, 0.05, 0.0, 0.3)  # the follower's servo zero is off the model's zero
-    save_arm_calibration(calib, "so101_follower", JointMap(offs, SIGNS, gripper_open=1.0, gripper_closed=0.1))
+    save_joint_map(calib, "so101_follower", JointMap(offs, SIGNS, gripper_open=1.0, gripper_closed=0.1), section="arms")
     set_raw(follower, np.r_[offs, 0.55])  # the follower rests at the model's zero, jaw half open
     set_raw(leader, np.r_[0.5, 0, 0, 0, 0, 0.4])  # the leader starts 0.5 rad away
     cfg = tmp_path / "so101.yaml"
