@@ -230,9 +230,26 @@ def test_no_orphan_when_the_launcher_dies_while_nodes_import(tmp_path, run_dir, 
     while time.monotonic() < deadline and _node_pids(str(cfg_path)):
         time.sleep(0.1)
     left = _node_pids(str(cfg_path))
+    seen = [_proc_brief(p) for p in left]  # what the orphan was doing, for the failure message
     for p in left:
         os.kill(p, signal.SIGKILL)
-    assert not left, f"orphans left {after_s} s into start-up: {left}"
+    assert not left, f"orphans left {after_s} s into start-up: {seen}"
+
+
+def _proc_brief(pid: int) -> str:
+    """One line on a live process: its node, state, signal masks and each thread's kernel wait."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        st = {k: v.strip() for k, _, v in (ln.partition(":") for ln in
+                                            Path(f"/proc/{pid}/status").read_text().splitlines())}
+        threads = []
+        for t in sorted(Path(f"/proc/{pid}/task").iterdir()):
+            threads.append(f"{(t / 'comm').read_text().strip()}@{(t / 'wchan').read_text() or '-'}")
+        return (f"pid {pid} node {cmd[4].decode() if len(cmd) > 4 else '?'} state {st.get('State')} "
+                f"SigPnd {st.get('SigPnd')} ShdPnd {st.get('ShdPnd')} SigBlk {st.get('SigBlk')} "
+                f"SigCgt {st.get('SigCgt')} threads {threads}")
+    except OSError as e:
+        return f"pid {pid}: {e}"
 
 
 # --------------------------------------------------------------------------- CURVE off-host

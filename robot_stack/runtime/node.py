@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Iterable
 from pydantic import BaseModel, ConfigDict
 
 from robot_stack.runtime.clock import RateLoop, now_ns
-from robot_stack.runtime.lifeline import die_with_parent, parent_gone
+from robot_stack.runtime.lifeline import die_with_parent, parent_gone, set_stop_grace
 from robot_stack.runtime.config import StackConfig
 from robot_stack.comm.messages import Heartbeat
 from robot_stack.comm.security import stop_authenticators
@@ -228,6 +228,7 @@ class Node:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         die_with_parent()  # again: harmless, and covers nodes started without robot_stack.nodes.main
+        set_stop_grace(self.ctx.config.shutdown_timeout_s + 1.0)
         if parent_gone():
             log.error("the launcher died before this node started: exiting")
             return 3
