@@ -107,8 +107,12 @@ def test_schedule_there_and_back(stack, franka_sim, report):
           f"{hb['franka.period_max_ms']:.1f} ms over {hb['franka.cycles']:.0f} cycles; motion-limit warnings "
           f"(not enforced): {unenforced_warnings(franka_sim)}")
     back = np.array(stack.state().q)
+    deadline = time.monotonic() + 5.0  # under load the impedance controller's lag grows: it settles later
+    while np.abs(back - q0).max() >= 0.02 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        back = np.array(stack.state().q)
     assert np.abs(q.max(0) - q0 - np.maximum(delta, 0)).max() < 0.05, stack.logs.tail(60)  # it went there
-    assert np.abs(back - q0).max() < 0.02  # and came back
+    assert np.abs(back - q0).max() < 0.02, back - q0  # and came back
     # franka-sim's server paces the 1 kHz loop; beside the stack on a 2-core machine it falls behind
     # at times (p50 1.0-1.3 ms seen), a real robot does not
     assert err.max() < 0.03 and hb["franka.period_p50_ms"] == pytest.approx(1.0, abs=0.4)

@@ -43,9 +43,15 @@ def test_recorder_sigkill_mid_episode_keeps_saved_and_recovers(tmp_path, run_dir
     saved = list_episodes(root)
     assert len(saved) == 1
     first = open_episode(saved[0])
-    # 1.5 s at 250 Hz is 375 rows; on a loaded 2-core machine the episode's start reaches the
-    # recorder late and the sim delivers fewer states (225 seen), never more
-    assert first.meta["status"] == "complete" and 150 < len(first) < 500
+    assert first.meta["status"] == "complete"
+    # the episode spans most of the 1.5 s between its events (1.23 s on an idle machine: the start
+    # reaches the recorder later than the stop), and holds the arm's states of that span: 250 Hz
+    # when the sim keeps real time; a loaded 2-core machine slows the sim (118 rows in 1.5 s seen in
+    # one CI rehearsal), so the floor is a quarter of real time
+    st = first.load("robot_state")["stamp_ns"]
+    span_s = (st[-1] - st[0]) / 1e9
+    assert 0.5 < span_s < 2.5 and np.all(np.diff(st) > 0), span_s
+    assert 0.25 * 250 * span_s < len(st) <= 250 * span_s + 2 and len(first) == len(st), (len(st), span_s)
     assert len(find_interrupted(root)) == 1
     # next start of the recorder: the interrupted episode is recovered up to its last complete sample
     s = Session(cfg, only=["recorder"])
@@ -61,6 +67,8 @@ def test_recorder_sigkill_mid_episode_keeps_saved_and_recovers(tmp_path, run_dir
     rec = open_episode(eps[1])
     assert rec.meta["status"] == "recovered"
     rs = rec.load("robot_state")
-    assert len(rs["stamp_ns"]) > 250 and np.all(np.diff(rs["stamp_ns"]) > 0)  # > 1 s of the 2 s survived
+    span_s = (rs["stamp_ns"][-1] - rs["stamp_ns"][0]) / 1e9
+    assert span_s > 0.7 and np.all(np.diff(rs["stamp_ns"]) > 0), span_s  # most of the 2 s survived
+    assert len(rs["stamp_ns"]) > 0.25 * 250 * span_s, (len(rs["stamp_ns"]), span_s)
     assert rec.array("camera/c", "stamp_ns").shape[0] > 25
     assert open_episode(saved[0]).meta["rows"] == first.meta["rows"]  # the finished episode is untouched

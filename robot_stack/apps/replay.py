@@ -4,7 +4,9 @@ The arm goes to the episode's first recorded joint state; on the sim the cube is
 was recorded. The executed action stream (the waypoints the controller sent during recording) is
 re-timed to now and sent to the controller's input, which executes it like a chunk (same safety
 path, origin ``replay``). The result compares the replayed TCP trajectory with the recorded one
-(time-aligned at the first action), in mm.
+(time-aligned at the first action), in mm, and also after the best constant time shift within
+±``MAX_LAG_S`` (the replay's tracking lag differs from the recording's when the machine is loaded
+and the sim falls behind real time; a constant lag is timing, not path).
 """
 
 from __future__ import annotations
@@ -19,12 +21,47 @@ from robot_stack.runtime.clock import now_ns
 from robot_stack.comm.messages import RobotState
 
 
+MAX_LAG_S = 0.15  # s: the search range of the constant time shift
+LAG_STEP_S = 0.005
+
+
 @dataclass
 class ReplayResult:
+    """Replayed vs recorded TCP position (base frame), in mm over ``samples`` replayed states.
+
+    ``mean_err_mm``/``max_err_mm``/``final_err_mm`` compare at the same time from the first action;
+    ``lag_ms`` is the constant shift (replay later than recording when > 0) that minimises the mean
+    error, and ``mean_err_lag_mm``/``max_err_lag_mm`` are the errors at that shift.
+    """
+
     mean_err_mm: float
     max_err_mm: float
     final_err_mm: float
     samples: int
+    lag_ms: float = 0.0
+    mean_err_lag_mm: float = 0.0
+    max_err_lag_mm: float = 0.0
+
+
+def path_error_mm(t_new: np.ndarray, p_new: np.ndarray, t_rec: np.ndarray, p_rec: np.ndarray,
+                  lag_s: float = 0.0) -> np.ndarray:
+    """Per-sample distance (mm) of positions ``p_new`` (N, 3, m) at times ``t_new`` (N, int ns) from
+    the recorded path ``p_rec`` (M, 3, m) at ``t_rec`` (M, int ns, increasing), read ``lag_s`` earlier."""
+    t = t_new.astype(np.float64) - lag_s * 1e9
+    rec = np.stack([np.interp(t, t_rec.astype(np.float64), p_rec[:, j]) for j in range(3)], 1)
+    return np.linalg.norm(p_new - rec, axis=1) * 1e3
+
+
+def best_lag(t_new: np.ndarray, p_new: np.ndarray, t_rec: np.ndarray, p_rec: np.ndarray,
+             max_lag_s: float = MAX_LAG_S, step_s: float = LAG_STEP_S) -> tuple[float, np.ndarray]:
+    """The constant shift in [-max_lag_s, max_lag_s] (grid of ``step_s``, s) with the least mean
+    :func:`path_error_mm`; returns (lag_s, errors at it)."""
+    best = (0.0, path_error_mm(t_new, p_new, t_rec, p_rec))
+    for lag in np.arange(-max_lag_s, max_lag_s + step_s / 2, step_s):
+        e = path_error_mm(t_new, p_new, t_rec, p_rec, float(lag))
+        if e.mean() < best[1].mean():
+            best = (float(lag), e)
+    return best
 
 
 def replay_episode(session, episode_path: str | Path, lead_s: float = 0.5) -> ReplayResult:
@@ -65,9 +102,10 @@ def replay_episode(session, episode_path: str | Path, lead_s: float = 0.5) -> Re
         raise RuntimeError("replay: the arm published too few states during the replay")
     t_new = np.array([m.stamp_ns for m in states]) - shift
     p_new = np.array([m.ee_pose[:3] for m in states])
-    rec = np.stack([np.interp(t_new, rs["stamp_ns"], rs["ee_pose"][:, j]) for j in range(3)], 1)
-    err = np.linalg.norm(p_new - rec, axis=1) * 1e3
-    return ReplayResult(float(err.mean()), float(err.max()), float(err[-1]), len(err))
+    err = path_error_mm(t_new, p_new, rs["stamp_ns"], rs["ee_pose"][:, :3])
+    lag, err_lag = best_lag(t_new, p_new, rs["stamp_ns"], rs["ee_pose"][:, :3])
+    return ReplayResult(float(err.mean()), float(err.max()), float(err[-1]), len(err),
+                        lag * 1e3, float(err_lag.mean()), float(err_lag.max()))
 
 
 def run_replay(config: str | Path, episode: str | Path, verbose: bool = False, console=None) -> ReplayResult:
@@ -94,5 +132,7 @@ def run_replay(config: str | Path, episode: str | Path, verbose: bool = False, c
     finally:
         session.close()
     console.print(f"replayed {Path(episode).name}: TCP vs recorded mean {res.mean_err_mm:.2f} mm, "
-                  f"max {res.max_err_mm:.2f} mm, final {res.final_err_mm:.2f} mm ({res.samples} states)")
+                  f"max {res.max_err_mm:.2f} mm, final {res.final_err_mm:.2f} mm ({res.samples} states); "
+                  f"at its best constant lag ({res.lag_ms:+.0f} ms) mean {res.mean_err_lag_mm:.2f} mm, "
+                  f"max {res.max_err_lag_mm:.2f} mm")
     return res
