@@ -78,3 +78,21 @@ class Policy(ABC):
             frozen: d <= k: the first d of them are committed (the arm executes them whatever this
                 chunk says), the rest is guidance over the overlap; None: all k are committed.
         """
+
+    def predict_batch(self, obs: list[dict[str, np.ndarray]], committed_prefixes: list[np.ndarray | None] | None = None,
+                      frozens: list[int | None] | None = None) -> list[tuple[np.ndarray, int]]:
+        """Answer B requests at once (dynamic batching): per request, the chunk (H, action_dim)
+        float32 and its ``last_frozen`` (d the chunk followed, -1: none), in request order. Each
+        request is answered as :meth:`predict` would answer it alone; nothing of one request
+        reaches another's chunk.
+
+        This default runs :meth:`predict` per request; policies that evaluate a network override it
+        with one batched evaluation."""
+        b = len(obs)
+        pres = committed_prefixes if committed_prefixes is not None else [None] * b
+        frs = frozens if frozens is not None else [None] * b
+        out = []
+        for o, p, f in zip(obs, pres, frs):
+            a = self.predict(o, p, f)
+            out.append((a, self.last_frozen))
+        return out

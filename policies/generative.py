@@ -242,6 +242,8 @@ class OnnxDenoiser:
         self.denoiser = ort.InferenceSession(str(den), so, providers=wanted)
         self.providers = self.denoiser.get_providers()
         self.inputs = [i.name for i in self.encoder.get_inputs()]
+        lead = self.denoiser.get_inputs()[0].shape[0]  # a name (dynamic) or an int (an older batch-1 export)
+        self.max_batch = lead if isinstance(lead, int) else 1 << 30
 
     def bind(self, images: list[torch.Tensor], proprio: np.ndarray):
         feeds = {n: i.numpy() for n, i in zip(self.inputs, images)}
@@ -261,7 +263,8 @@ def onnx_paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def export_onnx(model: GenerativePolicyModel, path: str | Path, opset: int = 17) -> Path:
-    """Export the policy as two graphs (batch 1): ``X.encoder.onnx`` (images..., proprio -> cond)
+    """Export the policy as two graphs (any batch size: the leading axis is dynamic, for dynamic
+    batching; traced at batch 1): ``X.encoder.onnx`` (images..., proprio -> cond)
     and ``X.denoiser.onnx`` (x, t, cond -> output); the sampler loop stays outside. Returns ``path``."""
     c = model.cfg
     model = model.eval()
@@ -269,14 +272,16 @@ def export_onnx(model: GenerativePolicyModel, path: str | Path, opset: int = 17)
     images = tuple(torch.zeros(1, c.obs_horizon, ch, h, w) for ch in c.channels().values())
     proprio = torch.zeros(1, c.obs_horizon, c.proprio_dim)
     enc, den = onnx_paths(path)
+    enc_inputs = [f"image_{k}" for k in c.cameras] + ["proprio"]
     torch.onnx.export(_Encode(model), (*images, proprio), str(enc),
-                      input_names=[f"image_{k}" for k in c.cameras] + ["proprio"], output_names=["cond"],
-                      opset_version=opset, dynamo=False)
+                      input_names=enc_inputs, output_names=["cond"], opset_version=opset, dynamo=False,
+                      dynamic_axes={n: {0: "batch"} for n in [*enc_inputs, "cond"]})
     with torch.no_grad():
         cond = model.net.encode(list(images), proprio)
     x_dim = c.action_dim + int(c.rtc_max_prefix > 0)  # the prefix-mask channel (training-time RTC)
     torch.onnx.export(_Denoise(model), (torch.zeros(1, c.horizon, x_dim), torch.zeros(1), cond), str(den),
-                      input_names=["x", "t", "cond"], output_names=["out"], opset_version=opset, dynamo=False)
+                      input_names=["x", "t", "cond"], output_names=["out"], opset_version=opset, dynamo=False,
+                      dynamic_axes={n: {0: "batch"} for n in ("x", "t", "cond", "out")})
     return Path(path)
 
 
@@ -322,50 +327,81 @@ class GenerativePolicy(Policy):
         Raises:
             ValueError: "exact" on a backend without a differentiable denoiser; an unknown mode.
         """
+        a, frozen_used = self._sample([obs], [committed_prefix], [frozen], noise, guidance)[0]
+        self.last_frozen = frozen_used
+        return a
+
+    def predict_batch(self, obs, committed_prefixes=None, frozens=None, noise: np.ndarray | None = None,
+                      guidance: str = "auto"):
+        """B requests in one network evaluation per sampler step (dynamic batching); see
+        :meth:`Policy.predict_batch`. Each request has its own noise row (drawn in request order from
+        the policy's generator, so a batch draws what B single calls would), its own RTC prefix and
+        d. Backends that cannot take a batch (an ONNX export of batch 1) are called per request.
+
+        Args:
+            noise: (B, H, D) initial noise (None: drawn).
+        """
+        b = len(obs)
+        pres = committed_prefixes if committed_prefixes is not None else [None] * b
+        frs = frozens if frozens is not None else [None] * b
+        if b <= getattr(self.backend, "max_batch", b):
+            return self._sample(obs, pres, frs, noise, guidance)
+        return [self._sample([o], [p], [f], None if noise is None else noise[i:i + 1], guidance)[0]
+                for i, (o, p, f) in enumerate(zip(obs, pres, frs))]
+
+    def _sample(self, obs: list, prefixes: list, frozens: list, noise: np.ndarray | None,
+                guidance: str) -> list[tuple[np.ndarray, int]]:
+        """The sampler on B observation windows: [(chunk (H, D) float32 world units, d or -1)]."""
         from robot_stack.control.chunking import rtc_guidance_weights
 
         c = self.model.cfg
-        denoise = self.backend.bind(self.model.images(obs), np.asarray(obs["state"], np.float32)[None])
+        b = len(obs)
+        per_item = [self.model.images(o) for o in obs]
+        images = [torch.cat([imgs[j] for imgs in per_item]) if b > 1 else per_item[0][j]
+                  for j in range(len(per_item[0]))]
+        denoise = self.backend.bind(images, np.stack([np.asarray(o["state"], np.float32) for o in obs]))
         if noise is None:
-            noise = self.rng.standard_normal((1, c.horizon, c.action_dim)).astype(np.float32)
+            noise = self.rng.standard_normal((b, c.horizon, c.action_dim)).astype(np.float32)
         if guidance not in ("auto", "exact", "jacobian_free", "none"):
             raise ValueError(f"guidance must be auto, exact, jacobian_free or none, got {guidance!r}")
         if guidance == "exact" and getattr(denoise, "torch", None) is None:
             raise ValueError(f"exact RTC guidance needs a differentiable backend, not {type(self.backend).__name__}")
         if guidance == "jacobian_free" or (guidance == "auto" and c.sample_steps == 1):
             denoise = _numpy_only(denoise)
-        prefix = weights = None
-        d = 0
-        if committed_prefix is not None and len(committed_prefix) and guidance != "none":
-            k = min(len(committed_prefix), c.horizon)
-            d = k if frozen is None else max(0, min(int(frozen), k))
-            pre = torch.as_tensor(np.asarray(committed_prefix[:k], np.float32), device=self.model.a_min.device)
-            prefix = self.model.normalize(pre).cpu().numpy()
-            weights = rtc_guidance_weights(c.horizon, d, c.horizon - k)
+        target = np.zeros((b, c.horizon, c.action_dim), np.float32)
+        w = np.zeros((b, c.horizon, 1), np.float32)
+        ds = np.zeros(b, int)
+        guided = np.zeros(b, bool)
+        for i, (pre_i, fr_i) in enumerate(zip(prefixes, frozens)):
+            if pre_i is None or not len(pre_i) or guidance == "none":
+                continue
+            k = min(len(pre_i), c.horizon)
+            d = k if fr_i is None else max(0, min(int(fr_i), k))
+            pre = torch.as_tensor(np.asarray(pre_i[:k], np.float32), device=self.model.a_min.device)
+            target[i, :k] = self.model.normalize(pre).cpu().numpy()
+            w[i, :, 0] = rtc_guidance_weights(c.horizon, d, c.horizon - k)
+            w[i, k:, 0] = 0.0  # nothing to follow beyond the prefix
+            ds[i], guided[i] = d, True
         if c.rtc_max_prefix:  # training-time RTC: the first d actions are given, the model continues them
-            d = min(d, c.rtc_max_prefix)
-            self.last_frozen = d if prefix is not None else -1
-            x = self.model.sampler.sample(prefix_conditioned(denoise, prefix, d, c.horizon), noise, c.sample_steps)
-            if d:
-                x[:, :d] = prefix[:d]
+            ds = np.minimum(ds, c.rtc_max_prefix)
+            x = self.model.sampler.sample(prefix_conditioned(denoise, target, ds, c.horizon), noise, c.sample_steps)
+            for i, d in enumerate(ds):
+                x[i, :d] = target[i, :d]
         else:
-            self.last_frozen = d if prefix is not None else -1
-            x = self.model.sampler.sample(denoise, noise, c.sample_steps, prefix=prefix, weights=weights)
-        return self.model.denormalize(x[0]).astype(np.float32)
+            x = self.model.sampler.sample(denoise, noise, c.sample_steps, guide=(target, w) if guided.any() else None)
+        return [(self.model.denormalize(x[i]).astype(np.float32), int(ds[i]) if guided[i] else -1) for i in range(b)]
 
 
-def prefix_conditioned(denoise, prefix: np.ndarray | None, d: int, horizon: int):
-    """A denoiser for a training-time-RTC model: the first ``d`` noisy actions are replaced by the
-    (normalized) prefix and a mask channel marks them, as in training. Numpy only: the prefix is
-    conditioning, no guidance (and so no VJP) is needed."""
-    mask = np.zeros((1, horizon, 1), np.float32)
-    mask[:, :d] = 1.0
+def prefix_conditioned(denoise, prefix: np.ndarray, d: np.ndarray, horizon: int):
+    """A denoiser for a training-time-RTC model: per batch row i, the first ``d[i]`` noisy actions
+    are replaced by the (normalized) ``prefix[i]`` (B, H, D) and a mask channel marks them, as in
+    training. Numpy only: the prefix is conditioning, no guidance (and so no VJP) is needed."""
+    d = np.asarray(d, int)
+    mask = (np.arange(horizon)[None, :] < d[:, None]).astype(np.float32)[..., None]  # (B, H, 1)
 
     def f(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        x = x.copy()
-        if d:
-            x[:, :d] = prefix[:d]
-        return denoise(np.concatenate([x, np.broadcast_to(mask, (len(x), horizon, 1))], axis=-1).astype(np.float32), t)
+        x = np.where(mask > 0, prefix, x).astype(np.float32)
+        return denoise(np.concatenate([x, mask], axis=-1).astype(np.float32), t)
 
     return f
 

@@ -107,13 +107,18 @@ class DDIM:
         return np.asarray(k, np.float32) / self.K
 
     def sample(self, denoise: Denoise, noise: np.ndarray, steps: int = 10, prefix: np.ndarray | None = None,
-               weights: np.ndarray | None = None, beta: float = RTC_BETA) -> np.ndarray:
+               weights: np.ndarray | None = None, beta: float = RTC_BETA,
+               guide: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Deterministic DDIM (eta = 0) from ``noise`` (B, H, D) in ``steps`` steps; the clean-chunk
         estimate is clipped to the normalized action range [-1, 1] (Diffusion Policy's clip_sample).
         With ``prefix`` (k, D) and ``weights`` (H,): RTC guidance (module doc), exact when
-        ``denoise`` has a differentiable ``torch`` form."""
-        guide = _pad_prefix(prefix, weights, noise.shape)
+        ``denoise`` has a differentiable ``torch`` form. ``guide``: per batch row target (B, H, D) and
+        mask (B, H, 1), in place of ``prefix``/``weights`` (a batch of requests with their own prefixes)."""
+        guide = guide if guide is not None else _pad_prefix(prefix, weights, noise.shape)
         exact = guide is not None and getattr(denoise, "torch", None) is not None
+        # rows with a prefix; the others (weight 0 everywhere, in a batch of mixed requests) keep the
+        # unguided step exactly, the network's own noise estimate included
+        rows = None if guide is None else guide[1].reshape(len(guide[1]), -1).any(1)[:, None, None]
         ks = np.linspace(self.K - 1, 0, steps).round().astype(int)
         x = noise.astype(np.float32)
         x0 = x
@@ -134,13 +139,13 @@ class DDIM:
                 sc, sc_next = math.sqrt(a) + math.sqrt(1 - a), math.sqrt(a_next) + math.sqrt(1 - a_next)
                 tau, tau_next = math.sqrt(a) / sc, math.sqrt(a_next) / sc_next
                 x0 = np.clip(x0 + (tau_next - tau) * guidance_weight(tau, beta) * sc * g, -1.0, 1.0)
-                eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
+                eps = np.where(rows, (x - math.sqrt(a) * x0) / math.sqrt(1 - a), eps)
             else:
                 eps = denoise(x, t_in)
                 x0 = np.clip((x - math.sqrt(1 - a) * eps) / math.sqrt(a), -1.0, 1.0)  # actions live in [-1, 1]
                 if guide is not None:
                     x0 = x0 + guide[1] * (guide[0] - x0)
-                    eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
+                    eps = np.where(rows, (x - math.sqrt(a) * x0) / math.sqrt(1 - a), eps)
             a_prev = self.abar[ks[i + 1]] if i + 1 < len(ks) else 1.0
             x = (math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps).astype(np.float32)
         return x0.astype(np.float32)
@@ -155,11 +160,13 @@ class Flow:
         return (1 - tt) * noise + tt * x1, x1 - noise
 
     def sample(self, denoise: Denoise, noise: np.ndarray, steps: int = 1, prefix: np.ndarray | None = None,
-               weights: np.ndarray | None = None, beta: float = RTC_BETA) -> np.ndarray:
+               weights: np.ndarray | None = None, beta: float = RTC_BETA,
+               guide: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Euler integration from t = 0 (noise) to t = 1 in ``steps`` steps (1 = one-step). With
         ``prefix`` (k, D) and ``weights`` (H,): RTC guidance (module doc), exact when ``denoise``
-        has a differentiable ``torch`` form."""
-        guide = _pad_prefix(prefix, weights, noise.shape)
+        has a differentiable ``torch`` form. ``guide``: per batch row target (B, H, D) and mask
+        (B, H, 1), in place of ``prefix``/``weights``."""
+        guide = guide if guide is not None else _pad_prefix(prefix, weights, noise.shape)
         exact = guide is not None and getattr(denoise, "torch", None) is not None
         x = noise.astype(np.float32)
         for i in range(steps):

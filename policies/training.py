@@ -217,7 +217,9 @@ def validate(model: GenerativePolicyModel, s: Samples, mode: str, n: int = 128, 
     for b, r in enumerate(rows):
         denoise = policy.backend.bind([imgs[b:b + 1]], s.state[r][None])
         if model.cfg.rtc_max_prefix:  # trained for prefixes: validated without one (d = 0)
-            denoise = prefix_conditioned(denoise, None, 0, model.cfg.horizon)
+            c = model.cfg
+            denoise = prefix_conditioned(denoise, np.zeros((1, c.horizon, c.action_dim), np.float32), np.zeros(1, int),
+                                         c.horizon)
         noise = policy.rng.standard_normal((1, model.cfg.horizon, model.cfg.action_dim)).astype(np.float32)
         x = model.sampler.sample(denoise, noise, model.cfg.sample_steps)
         pred = model.denormalize(x[0])

@@ -10,6 +10,9 @@
   checks sequence numbers and counts gaps.
 - :class:`RequestClient` / :class:`ReplyServer` (REQ/REP) for inference, with timeouts and the
   "lazy pirate" reconnect (close and re-open the REQ socket after a timeout; ZeroMQ Guide ch. 4).
+- :class:`BatchReplyServer` (ROUTER, for the same REQ clients) holds several requests at once, so
+  a policy server can answer requests of many controllers as one batch (dynamic batching); each
+  reply goes to its own requester by its routing envelope.
 
 Every socket checks its endpoint with :func:`robot_stack.comm.security.check_endpoint`: a TCP endpoint
 that leaves localhost needs CURVE. Malformed messages are dropped with a logged reason and counted
@@ -26,6 +29,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import zmq
 
 from robot_stack.runtime.clock import now_ns
@@ -517,6 +521,101 @@ class ReplyServer:
         self._sock.send_multipart(encode("reply", reply), copy=False)
         self.stats.sent += 1
         return True
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+
+@dataclass
+class PendingRequest:
+    """One decoded request held by a :class:`BatchReplyServer` until :meth:`BatchReplyServer.reply`.
+
+    Attributes:
+        envelope: the ROUTER routing frames (peer identity ... empty delimiter) of the requester.
+        topic: the request's topic.
+        msg: the decoded request.
+        received_ns: arrival time (``now_ns``, ns).
+    """
+
+    envelope: list
+    topic: str
+    msg: Message
+    received_ns: int
+
+
+class BatchReplyServer:
+    """ROUTER server for REQ clients: :meth:`collect` gathers the requests that arrive within a
+    batching window, :meth:`reply` answers each one. Malformed requests are answered at once with an
+    :class:`ErrorReply` (``malformed``) and never join a batch; a reply to a client that has gone
+    (a REQ that timed out and reconnected) is dropped by ZeroMQ, never delivered to the wrong one.
+
+    Args:
+        endpoint: where to bind.
+        source: node name written into every header.
+        curve: CURVE server settings (required for non-local TCP).
+    """
+
+    def __init__(self, endpoint: str, source: str, *, curve: CurveServer | None = None):
+        self.endpoint = endpoint
+        self._sock = _open(zmq.ROUTER, endpoint, True, curve)
+        self._seq = _Sequencer(source)
+        self.stats = TransportStats()
+
+    def _receive(self) -> PendingRequest | None:
+        frames = self._sock.recv_multipart(copy=False)
+        try:
+            split = next(i for i, f in enumerate(frames) if len(f.bytes) == 0) + 1
+        except StopIteration:  # not a REQ peer (no delimiter): nobody to answer
+            self.stats.record_decode_error(DecodeError("request without a REQ envelope"),
+                                           f"server {self.endpoint}")
+            return None
+        envelope, payload = [f.bytes for f in frames[:split]], frames[split:]
+        try:
+            topic_b, msg = decode(payload)
+        except DecodeError as e:
+            self.stats.record_decode_error(e, f"server {self.endpoint}")
+            self._send(envelope, ErrorReply(code="malformed", reason=e.reason))
+            return None
+        self.stats.received += 1
+        return PendingRequest(envelope, topic_b.decode(errors="replace"), msg, now_ns())
+
+    def collect(self, window_s: float, max_batch: int, timeout_s: float = 0.1) -> list[PendingRequest]:
+        """Wait up to ``timeout_s`` for a first request, then keep gathering until ``window_s`` after
+        it or until ``max_batch`` requests are held (``max_batch`` 1: one request, no wait). Returns
+        the batch in arrival order, possibly empty."""
+        from robot_stack.policies.batching import BatchWindow
+
+        out: list[PendingRequest] = []
+        win = BatchWindow(window_s, max_batch)
+        first_by = now_ns() + int(timeout_s * 1e9)
+        while True:
+            t = now_ns()
+            if out:
+                if win.closed(t, len(out)):
+                    return out
+                wait_s = win.remaining_s(t)
+            else:
+                wait_s = (first_by - t) / 1e9
+                if wait_s < 0:
+                    return out
+            if not self._sock.poll(max(0, int(np.ceil(wait_s * 1000)))):
+                if not out:
+                    return out
+                continue
+            req = self._receive()
+            if req is not None:
+                if not out:
+                    win.open(req.received_ns)
+                out.append(req)
+
+    def _send(self, envelope: list, reply: Message) -> None:
+        self._seq.stamp("reply", reply)
+        self._sock.send_multipart([*envelope, *encode("reply", reply)], copy=False)
+        self.stats.sent += 1
+
+    def reply(self, req: PendingRequest, reply: Message) -> None:
+        """Answer ``req`` (its requester only)."""
+        self._send(req.envelope, reply)
 
     def close(self) -> None:
         self._sock.close(0)
