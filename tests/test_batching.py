@@ -188,3 +188,55 @@ def test_the_batch_server_with_max_batch_one_takes_one_request():
     for s in socks:
         s.close(0)
     server.close()
+
+
+# --------------------------------------------------------------------------- the node (real process)
+def test_the_policy_node_batches_controllers_and_answers_a_bad_one_alone(tmp_path, run_dir):
+    """Six clients at once against the node in its own process (scripted goto policy, whose chunk
+    starts at the requester's own TCP): the good ones are answered from their own observation in
+    shared batches; the one with a malformed window gets its error, and the batch is not failed."""
+    from conftest import launched
+    from robot_stack.runtime.config import load_config
+
+    cfg_path = tmp_path / "batch.yaml"
+    cfg_path.write_text(f"name: batch\nrun_dir: {run_dir}\nnodes:\n  policy:\n    kind: policy\n"
+                        "    params: {backend: {type: goto, goal: [0.5, 0.0, 0.2], speed: 0.05}, delay_s: 0.05,\n"
+                        "             batch: {max_batch: 8, window_ms: 30}}\n")
+    n, bad = 6, 3
+    with launched(cfg_path):
+        ep = load_config(cfg_path).in_endpoint("policy", run_dir)
+        clients = [RequestClient(ep, f"ctl{i}", timeout_s=10.0) for i in range(n)]
+        clients[0].request("infer", ObservationWindow(request_id=0, obs={"ee_pose": np.tile(
+            np.array([0.3, 0, 0.4, 0, 0, 0, 1], np.float32), (2, 1))}, obs_age_ns=np.zeros(2, np.int64)))
+        results: dict[int, object] = {}
+        barrier = threading.Barrier(n)
+
+        def ask(i: int) -> None:
+            ee = np.array([0.3 + 0.01 * i, -0.1 + 0.02 * i, 0.4, 0, 0, 0, 1], np.float32)
+            o = {"ee_pose": np.tile(ee, (2, 1))}
+            if i == bad:
+                o = {"ee_pose": np.zeros((2, 5), np.float32)}
+            barrier.wait()
+            try:
+                results[i] = clients[i].request("infer", ObservationWindow(request_id=10 + i, obs=o,
+                                                                           obs_age_ns=np.zeros(2, np.int64)))
+            except RemoteError as e:
+                results[i] = e.reply
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        for c in clients:
+            c.close()
+    assert isinstance(results[bad], ErrorReply) and "ee_pose: shape" in results[bad].reason
+    good = [i for i in range(n) if i != bad]
+    for i in good:
+        r = results[i]
+        assert isinstance(r, ActionChunk) and r.request_id == 10 + i
+        ee = np.array([0.3 + 0.01 * i, -0.1 + 0.02 * i, 0.4])
+        assert np.linalg.norm(r.actions[0, :3] - ee) < 0.0051  # its own TCP + one step at 0.05 m/s
+    # replies of one batch carry the batch's inference time: the five good requests shared batches
+    shared = max(sum(results[i].inference_ns == results[j].inference_ns for j in good) for i in good)
+    assert shared >= 2, [results[i].inference_ns for i in good]

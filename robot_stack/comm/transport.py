@@ -594,15 +594,15 @@ class BatchReplyServer:
                 if win.closed(t, len(out)):
                     return out
                 wait_s = win.remaining_s(t)
-            else:
-                wait_s = (first_by - t) / 1e9
-                if wait_s < 0:
-                    return out
-            if not self._sock.poll(max(0, int(np.ceil(wait_s * 1000)))):
+            else:  # (timeout 0: one look at the socket)
+                wait_s = max(0.0, (first_by - t) / 1e9)
+            if not self._sock.poll(int(np.ceil(wait_s * 1000))):
                 if not out:
                     return out
                 continue
             req = self._receive()
+            if req is None and not out and now_ns() >= first_by:
+                return out
             if req is not None:
                 if not out:
                     win.open(req.received_ns)

@@ -5,6 +5,12 @@ GPU server, with CURVE when it leaves localhost). Every request is validated bef
 it: schema (codec), keys/shapes/dtypes (policy metadata), staleness (the window's ages, which are
 durations and need no shared clock). A bad request gets an :class:`ErrorReply` and the node stays up.
 
+Dynamic batching (``batch: {max_batch: B, window_ms: W}``): requests of many controllers that
+arrive within W ms of the first one (or until B are held) run as one batch
+(:meth:`robot_stack.policies.base.Policy.predict_batch`); each request is checked on its own, gets
+its own reply, noise and RTC prefix, and a bad request is answered alone and never fails the others.
+``max_batch: 1`` (the default) answers one request at a time.
+
 With ``openpi:`` set, the node also serves openpi's websocket policy protocol
 (:mod:`robot_stack.comm.openpi`) on loopback, so an unmodified ``openpi-client`` can drive it; its
 requests go through the same checks and the same policy (one at a time, under a lock).
@@ -19,18 +25,26 @@ import time
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from robot_stack.runtime.devices import POLICY_BACKENDS
 from robot_stack.comm.messages import ActionChunk, ErrorReply, Message, ObservationWindow
 from robot_stack.runtime.node import Node, NodeParams
 from robot_stack.comm.openpi import FROZEN_KEY, PREFIX_KEY, OpenpiServer, OpenpiServerConfig
-from robot_stack.comm.transport import ReplyServer
+from robot_stack.comm.transport import BatchReplyServer, PendingRequest
 
 log = logging.getLogger(__name__)
 
 
 PolicyBackendConfig, _backend_field = POLICY_BACKENDS.field("goto")
+
+
+class BatchParams(BaseModel):
+    """Dynamic batching of the node's ZeroMQ requests (see the module doc)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_batch: int = Field(1, ge=1, le=1024, description="most requests per batch (1: no batching)")
+    window_ms: float = Field(2.0, ge=0, le=1000, description="longest wait after a batch's first request, ms")
 
 
 class PolicyParams(NodeParams):
@@ -42,6 +56,7 @@ class PolicyParams(NodeParams):
         "none", description="fault injection (HIL tests, bench/faults.py): corrupt every chunk this way")
     openpi: OpenpiServerConfig | None = Field(
         None, description="also serve openpi's websocket policy protocol (loopback; keys: openpi key -> ours)")
+    batch: BatchParams = Field(default_factory=BatchParams, description="dynamic batching of requests")
     threads: int | None = Field(1, ge=1, description="torch / ONNX Runtime CPU threads (None: library default). "
                                                      "One avoids fighting the servo loop for cores on small machines")
 
@@ -78,8 +93,9 @@ class PolicyNode(Node):
         self.policy = self.params.backend.build(self.ctx, self.params)
         nc = self.ctx.node_config
         curve = nc.curve_server.build() if nc.curve_server else None
-        self.server = ReplyServer(self.ctx.config.in_endpoint(self.name, self.ctx.run_dir), self.name, curve=curve)
+        self.server = BatchReplyServer(self.ctx.config.in_endpoint(self.name, self.ctx.run_dir), self.name, curve=curve)
         self.inference_ms: list[float] = []
+        self.batch_sizes: list[int] = []
         self.rejected = 0
         self._lock = threading.Lock()  # the ZeroMQ loop and the openpi thread share the policy
         self.openpi = None
@@ -131,10 +147,60 @@ class PolicyNode(Node):
 
     def handle(self, topic: str, msg: Message) -> Message:
         """Answer one request (ZeroMQ or openpi): an ActionChunk, or an ErrorReply naming why not."""
-        with self._lock:
-            return self._handle(msg)
+        return self.handle_batch([msg])[0]
 
-    def _handle(self, msg: Message) -> Message:
+    def handle_batch(self, msgs: list[Message]) -> list[Message]:
+        """Answer requests as one batch: each is checked alone (a bad one gets its ErrorReply), the
+        valid ones run through ``predict_batch`` together; if the batch raises, each valid request
+        is retried alone, so only a request that fails by itself gets a ``handler_error``."""
+        replies: list[Message | None] = [self._check(m) for m in msgs]
+        valid = [i for i, r in enumerate(replies) if r is None]
+        if not valid:
+            return replies
+        with self._lock:
+            t0 = time.perf_counter_ns()
+            if self.params.delay_s:
+                time.sleep(self.params.delay_s)
+            try:
+                out = self.policy.predict_batch([msgs[i].obs for i in valid], [self._prefix(msgs[i]) for i in valid],
+                                                [None if msgs[i].prefix_frozen < 0 else msgs[i].prefix_frozen
+                                                 for i in valid])
+            except Exception as e:
+                if len(valid) == 1:
+                    raise
+                log.warning("a batch of %d failed (%s: %s): answering its requests one by one",
+                            len(valid), type(e).__name__, e)
+                out = []
+                for i in valid:
+                    try:
+                        out.append(self.policy.predict_batch([msgs[i].obs], [self._prefix(msgs[i])],
+                                                             [None if msgs[i].prefix_frozen < 0 else msgs[i].prefix_frozen])[0])
+                    except Exception as e1:
+                        out.append(e1)
+            dt_ns = time.perf_counter_ns() - t0
+        self.batch_sizes.append(len(valid))
+        md = self.policy.metadata
+        for i, res in zip(valid, out):
+            m = msgs[i]
+            if isinstance(res, Exception):
+                replies[i] = ErrorReply(request_id=m.request_id, code="handler_error", reason=f"{type(res).__name__}: {res}")
+                continue
+            actions, frozen = res
+            if self.params.fault != "none":
+                actions = inject_fault(np.array(actions, np.float32), self.params.fault)
+            self.inference_ms.append(dt_ns / 1e6)
+            replies[i] = ActionChunk(request_id=m.request_id, actions=np.asarray(actions, np.float32), dt=md.dt,
+                                     offset=md.offset, inference_ns=dt_ns,
+                                     prefix_frozen=-1 if self._prefix(m) is None else int(frozen))
+        return replies
+
+    @staticmethod
+    def _prefix(msg: ObservationWindow) -> np.ndarray | None:
+        p = msg.committed_prefix
+        return None if p is None or len(p) == 0 else np.asarray(p)
+
+    def _check(self, msg: Message) -> ErrorReply | None:
+        """None for a request the policy may see; else the ErrorReply that names what is wrong."""
         from robot_stack.policies.base import ObservationError
 
         if not isinstance(msg, ObservationWindow):
@@ -151,26 +217,28 @@ class PolicyNode(Node):
             return ErrorReply(request_id=msg.request_id, code="stale",
                               reason=f"observation is {msg.obs_age_ns.max() / 1e6:.0f} ms old "
                                      f"(max {self.params.max_obs_age_s * 1e3:.0f} ms)")
-        prefix = None if msg.committed_prefix is None or len(msg.committed_prefix) == 0 else np.asarray(msg.committed_prefix)
-        if prefix is not None and prefix.shape[1] != md.action_dim:
+        prefix = self._prefix(msg)
+        if prefix is not None and (prefix.ndim != 2 or prefix.shape[1] != md.action_dim):
             self.rejected += 1
             return ErrorReply(request_id=msg.request_id, code="bad_observation",
-                              reason=f"committed prefix has {prefix.shape[1]} dims, policy acts in {md.action_dim}")
-        t0 = time.perf_counter_ns()
-        if self.params.delay_s:
-            time.sleep(self.params.delay_s)
-        frozen = None if msg.prefix_frozen < 0 else msg.prefix_frozen
-        actions = self.policy.predict(msg.obs, prefix, frozen)
-        if self.params.fault != "none":
-            actions = inject_fault(np.array(actions, np.float32), self.params.fault)
-        dt_ns = time.perf_counter_ns() - t0
-        self.inference_ms.append(dt_ns / 1e6)
-        return ActionChunk(request_id=msg.request_id, actions=np.asarray(actions, np.float32), dt=md.dt,
-                           offset=md.offset, inference_ns=dt_ns,
-                           prefix_frozen=-1 if prefix is None else int(self.policy.last_frozen))
+                              reason=f"committed prefix has shape {prefix.shape}, policy acts in {md.action_dim} dims")
+        return None
 
     def step(self) -> None:
-        self.server.serve_once(self.handle, timeout_s=0.0)
+        b = self.params.batch
+        reqs = self.server.collect(b.window_ms / 1e3, b.max_batch, timeout_s=0.0)
+        if reqs:
+            self._answer(reqs)
+
+    def _answer(self, reqs: list[PendingRequest]) -> None:
+        try:
+            replies = self.handle_batch([r.msg for r in reqs])
+        except Exception as e:  # the policy failed on a lone request: answer, log, stay up
+            log.exception("inference failed")
+            replies = [ErrorReply(request_id=getattr(r.msg, "request_id", 0), code="handler_error",
+                                  reason=f"{type(e).__name__}: {e}") for r in reqs]
+        for r, reply in zip(reqs, replies):
+            self.server.reply(r, reply)
 
     def metrics(self) -> dict[str, float]:
         m = {"requests": float(len(self.inference_ms)), "rejected": float(self.rejected),
@@ -181,6 +249,9 @@ class PolicyNode(Node):
         if self.inference_ms:
             a = np.array(self.inference_ms[-500:])
             m.update(inference_p50_ms=float(np.percentile(a, 50)), inference_p99_ms=float(np.percentile(a, 99)))
+        if self.batch_sizes:
+            bs = np.array(self.batch_sizes[-500:])
+            m.update(batches=float(len(self.batch_sizes)), batch_mean=float(bs.mean()), batch_max=float(bs.max()))
         return m
 
     def shutdown(self) -> None:
