@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,8 +165,10 @@ def model_config(ms: ModelSettings) -> ModelConfig:
                        rtc_max_prefix=ms.rtc_max_prefix)
 
 
-def _batch_images(s: Samples, rows: np.ndarray, mode: str, shift: int, rng: np.random.Generator | None) -> torch.Tensor:
-    """(B, To, C, h, w) float in [0, 1] (depth: m / 2, as the model's ``images``), random-shifted."""
+def _batch_images(s: Samples, rows: np.ndarray, mode: str, shift: int, rng: np.random.Generator | None,
+                  shifts: np.ndarray | None = None) -> torch.Tensor:
+    """(B, To, C, h, w) float in [0, 1] (depth: m / 2, as the model's ``images``), random-shifted
+    (per row (dy, dx) in [0, 2 shift]: ``shifts`` (B, 2) when given, else drawn from ``rng``)."""
     x = s.frames[s.frame_idx[rows]]  # (B, To, h, w, C)
     if mode == "rgb":
         t = torch.from_numpy(x.astype(np.float32) / 255.0)
@@ -174,11 +177,11 @@ def _batch_images(s: Samples, rows: np.ndarray, mode: str, shift: int, rng: np.r
         parts = ([x[..., :3].astype(np.float32) / 255.0] if mode == "rgbd" else []) + [np.clip(d, 0, 1)[..., None]]
         t = torch.from_numpy(np.concatenate(parts, -1))
     t = t.permute(0, 1, 4, 2, 3)
-    if shift and rng is not None:
+    if shift and (rng is not None or shifts is not None):
         b, to, c, h, w = t.shape
         pad = torch.nn.functional.pad(t.reshape(b, to * c, h, w), (shift,) * 4, mode="replicate")
         out = torch.empty_like(t.reshape(b, to * c, h, w))
-        for i, (dy, dx) in enumerate(rng.integers(0, 2 * shift + 1, (b, 2))):
+        for i, (dy, dx) in enumerate(shifts if shifts is not None else rng.integers(0, 2 * shift + 1, (b, 2))):
             out[i] = pad[i, :, dy:dy + h, dx:dx + w]
         t = out.reshape(b, to, c, h, w)
     return t
@@ -239,13 +242,24 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from robot_stack.policies import distributed as dd
+
     console = console or Console()
     torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    rng = np.random.default_rng(settings.seed)  # the same on every rank: the global batches
     device = "cuda" if settings.device == "auto" and torch.cuda.is_available() else (
         "cpu" if settings.device == "auto" else settings.device)
+    place = dd.setup(device)
+    device = place.device
+    if settings.batch_size % place.world:
+        raise ValueError(f"batch_size {settings.batch_size} does not split over {place.world} ranks")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    elif place.world > 1 and not device.startswith("cuda"):
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // place.world))  # ranks share the cores
+    if not place.main:
+        console = Console(quiet=True)
+        progress = False
     ms = settings.model
     t0 = time.perf_counter()
     samples = build_samples(episodes, ms)
@@ -255,7 +269,8 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
     is_val = np.isin(samples.episode, list(val_eps))
     train_s, val_s = samples.subset(~is_val), samples.subset(is_val)
     console.print(f"{n_ep} episodes -> {len(train_s.state)} training / {len(val_s.state)} validation samples "
-                  f"({time.perf_counter() - t0:.1f} s to load); device {device}")
+                  f"({time.perf_counter() - t0:.1f} s to load); device {device}"
+                  + (f", {place.world} ranks (DDP)" if place.world > 1 else ""))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     step0 = 0
@@ -271,6 +286,7 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
         model.a_min.copy_(torch.from_numpy(lo - pad))
         model.a_max.copy_(torch.from_numpy(hi + pad))
     model.to(device).train()
+    net = dd.wrap(model, place)  # DDP over the ranks (syncs gradients), the plain loss on one
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     if step0:
         from safetensors.torch import load_file
@@ -281,14 +297,18 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
     losses = []
 
     def save(path: Path, step: int, extra: dict | None = None) -> None:
+        """Rank 0 writes (the unwrapped model: resumable on any world size); all ranks wait for it."""
         from safetensors.torch import save_file
 
-        model.cpu()
-        save_checkpoint(model, path, {"step": step, "settings": settings.model_dump(mode="json"),
-                                      "episodes": [str(p) for p in episodes], **(extra or {})})
-        save_file({k: v.detach().cpu().contiguous() for k, v in _opt_tensors(opt).items()},
-                  str(path.with_suffix(".opt.safetensors")))
-        model.to(device)
+        if place.main:
+            import copy
+
+            save_checkpoint(copy.deepcopy(model).cpu(), path, {
+                "step": step, "settings": settings.model_dump(mode="json"), "world_size": place.world,
+                "episodes": [str(p) for p in episodes], **(extra or {})})
+            save_file({k: v.detach().cpu().contiguous() for k, v in _opt_tensors(opt).items()},
+                      str(path.with_suffix(".opt.safetensors")))
+        dd.barrier(place)
 
     cols = [TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
             TimeRemainingColumn()]
@@ -298,24 +318,34 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
         for step in range(step0, settings.steps):
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, settings)
-            rows = rng.integers(0, len(train_s.state), settings.batch_size)
-            imgs = _batch_images(train_s, rows, ms.mode, settings.shift_px, rng).to(device)
-            loss = model.loss([imgs], torch.from_numpy(train_s.state[rows]).to(device),
-                              torch.from_numpy(train_s.actions[rows]).to(device))
+            rows = rng.integers(0, len(train_s.state), settings.batch_size)  # the global batch
+            shifts = rng.integers(0, 2 * settings.shift_px + 1, (len(rows), 2)) if settings.shift_px else None
+            mine = dd.shard(np.arange(len(rows)), place)  # this rank's slice of it
+            rows = rows[mine]
+            imgs = _batch_images(train_s, rows, ms.mode, settings.shift_px, None,
+                                 None if shifts is None else shifts[mine]).to(device)
+            loss = net(imgs, torch.from_numpy(train_s.state[rows]).to(device),
+                       torch.from_numpy(train_s.actions[rows]).to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(loss.item())
+            losses.append(dd.mean_over_ranks(loss.item(), place))
             bar.update(task, advance=1, loss=float(np.mean(losses[-50:])))
             if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
                 save(out, step + 1)
     train_s_time = time.perf_counter() - t_train
+    # every rank's weights, summarised: DDP keeps the replicas equal (a rank out of step shows here)
+    rank_sums = dd.gather_float(float(sum(p.detach().double().abs().sum() for p in model.parameters())), place)
     model.cpu().eval()
     summary = {"steps": settings.steps, "train_time_s": round(train_s_time, 1),
                "final_loss": float(np.mean(losses[-50:])) if losses else None,
-               "train_samples": int(len(train_s.state)), "val_episodes": sorted(int(v) for v in val_eps)}
-    if len(val_s.state):
+               "train_samples": int(len(train_s.state)), "val_episodes": sorted(int(v) for v in val_eps),
+               "world_size": place.world, "rank_param_abs_sums": rank_sums,
+               "loss_curve": [float(x) for x in losses]}  # per step, the global batch's loss (mean over ranks)
+    if len(val_s.state) and place.main:
         summary.update(validate(model, val_s, ms.mode, seed=settings.seed))
-    save(out, settings.steps, {"summary": summary})
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    save(out, settings.steps, {"summary": {k: v for k, v in summary.items() if k != "loss_curve"}})
+    if place.main:
+        out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    dd.teardown(place)
     return summary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -253,9 +254,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not eps:
         print(f"no finished episodes in {args.episodes}", file=sys.stderr)
         return 1
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # this process launches the ranks
+        import subprocess
+
+        from robot_stack.policies.distributed import torchrun_argv
+
+        if settings.batch_size % args.nproc:
+            raise ConfigError(f"batch_size {settings.batch_size} does not split over --nproc {args.nproc} ranks")
+        argv = ["train", *([str(args.config)] if args.config else []), "--episodes", str(args.episodes),
+                "--out", str(args.out), *(["--steps", str(args.steps)] if args.steps else []),
+                *(["--resume"] if args.resume else [])]
+        return subprocess.call(torchrun_argv(args.nproc, argv))
     summary = train(settings, eps, args.out, resume=args.resume)
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in summary.items() if k != "loss_curve"}, indent=2))
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -440,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("policy.safetensors"), help="checkpoint to write")
     p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
     p.add_argument("--resume", action="store_true", help="continue from --out's last checkpoint")
+    p.add_argument("--nproc", type=int, default=1, help="ranks (processes) for DistributedDataParallel through "
+                   "torchrun: gloo on CPU, NCCL on GPUs; batch_size is the global batch")
     p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("deploy", help="run a trained policy on the robot (sim by default) for N episodes")
