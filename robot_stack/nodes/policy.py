@@ -32,6 +32,7 @@ from robot_stack.comm.messages import ActionChunk, ErrorReply, Message, Observat
 from robot_stack.runtime.node import Node, NodeParams
 from robot_stack.comm.openpi import FROZEN_KEY, PREFIX_KEY, OpenpiServer, OpenpiServerConfig
 from robot_stack.comm.transport import BatchReplyServer, PendingRequest
+from robot_stack.policies.serving import check_request, committed_prefix, frozen_count
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class PolicyNode(Node):
                 time.sleep(self.params.delay_s)
             try:
                 out = self.policy.predict_batch([msgs[i].obs for i in valid], [self._prefix(msgs[i]) for i in valid],
-                                                [None if msgs[i].prefix_frozen < 0 else msgs[i].prefix_frozen
+                                                [frozen_count(msgs[i])
                                                  for i in valid])
             except Exception as e:
                 if len(valid) == 1:
@@ -174,7 +175,7 @@ class PolicyNode(Node):
                 for i in valid:
                     try:
                         out.append(self.policy.predict_batch([msgs[i].obs], [self._prefix(msgs[i])],
-                                                             [None if msgs[i].prefix_frozen < 0 else msgs[i].prefix_frozen])[0])
+                                                             [frozen_count(msgs[i])])[0])
                     except Exception as e1:
                         out.append(e1)
             dt_ns = time.perf_counter_ns() - t0
@@ -196,33 +197,14 @@ class PolicyNode(Node):
 
     @staticmethod
     def _prefix(msg: ObservationWindow) -> np.ndarray | None:
-        p = msg.committed_prefix
-        return None if p is None or len(p) == 0 else np.asarray(p)
+        return committed_prefix(msg)
 
     def _check(self, msg: Message) -> ErrorReply | None:
         """None for a request the policy may see; else the ErrorReply that names what is wrong."""
-        from robot_stack.policies.base import ObservationError
-
-        if not isinstance(msg, ObservationWindow):
+        err = check_request(msg, self.policy.metadata, self.params.max_obs_age_s)
+        if err is not None:
             self.rejected += 1
-            return ErrorReply(code="bad_request", reason=f"expected observation_window, got {msg.SCHEMA}")
-        md = self.policy.metadata
-        try:
-            md.validate(msg.obs)
-        except ObservationError as e:
-            self.rejected += 1
-            return ErrorReply(request_id=msg.request_id, code="bad_observation", reason=str(e))
-        if len(msg.obs_age_ns) and msg.obs_age_ns.max() > self.params.max_obs_age_s * 1e9:
-            self.rejected += 1
-            return ErrorReply(request_id=msg.request_id, code="stale",
-                              reason=f"observation is {msg.obs_age_ns.max() / 1e6:.0f} ms old "
-                                     f"(max {self.params.max_obs_age_s * 1e3:.0f} ms)")
-        prefix = self._prefix(msg)
-        if prefix is not None and (prefix.ndim != 2 or prefix.shape[1] != md.action_dim):
-            self.rejected += 1
-            return ErrorReply(request_id=msg.request_id, code="bad_observation",
-                              reason=f"committed prefix has shape {prefix.shape}, policy acts in {md.action_dim} dims")
-        return None
+        return err
 
     def step(self) -> None:
         b = self.params.batch

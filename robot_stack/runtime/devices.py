@@ -152,6 +152,7 @@ POLICY_BACKENDS = DeviceRegistry("policy backend", "backend", {
     "goto": "robot_stack.policies.scripted:GoToConfig",
     "checkpoint": "robot_stack.policies.backends:CheckpointConfig",
     "onnx": "robot_stack.policies.backends:OnnxConfig",
+    "ray_serve": "robot_stack.policies.ray_serve:RayServeConfig",
 })
 
 #: node kind -> the registry of the devices it owns (``robot-stack kinds`` lists them)
