@@ -5,7 +5,8 @@ RGB-D camera at 96x96, To = 2, H = 16, action_dim = 8. For each model and backen
 per chunk (encoder once + the sampler's denoiser steps), and the ratio ONNX/torch measured in the
 same run. CUDA is used when torch / onnxruntime see a GPU.
 
-Run: ``python bench/inference.py`` (``--quick``: fewer chunks).
+Run: ``python bench/inference.py`` (``--quick``: fewer chunks; ``--device cuda`` on a GPU, with
+``--compile reduce-overhead`` for CUDA graphs; ``--batch B`` for B windows per request).
 """
 
 from __future__ import annotations
@@ -32,15 +33,20 @@ def obs(rng):
             "state": rng.standard_normal((2, 8)).astype(np.float32)}
 
 
-def time_policy(policy, n: int) -> np.ndarray:
+def time_policy(policy, n: int, batch: int = 1) -> np.ndarray:
+    """ms per request of ``batch`` windows (one predict, or one predict_batch), ``n`` requests."""
     rng = np.random.default_rng(0)
-    for _ in range(3):
-        policy.predict(obs(rng))
+
+    def run(os_):
+        return policy.predict(os_[0]) if batch == 1 else policy.predict_batch(os_)
+
+    for _ in range(3):  # warm-up (and, with --compile, the compilation)
+        run([obs(rng) for _ in range(batch)])
     out = []
     for _ in range(n):
-        o = obs(rng)
+        o = [obs(rng) for _ in range(batch)]
         t0 = time.perf_counter()
-        policy.predict(o)
+        run(o)
         out.append((time.perf_counter() - t0) * 1e3)
     return np.array(out)
 
@@ -48,6 +54,11 @@ def time_policy(policy, n: int) -> np.ndarray:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default=None, help="torch device (cpu, cuda; default: cuda when present); "
+                    "ONNX Runtime then asks for TensorRT and CUDA on cuda, CPU on cpu")
+    ap.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"],
+                    help="torch.compile mode of the torch rows (reduce-overhead: CUDA graphs on a GPU)")
+    ap.add_argument("--batch", type=int, default=1, help="observation windows per chunk request (predict_batch)")
     args = ap.parse_args()
     n = 10 if args.quick else 50
     torch.manual_seed(0)
@@ -57,12 +68,17 @@ def main() -> int:
             cfg = ModelConfig(cameras={"scene": "rgbd"}, image_hw=(96, 96), proprio_dim=8, horizon=16, action_dim=8, **kw)
             m = GenerativePolicyModel(cfg).eval()
             path = export_onnx(m, f"{d}/{kw['kind']}{kw['sample_steps']}.onnx")
-            tb = TorchDenoiser(m)
-            ob = OnnxDenoiser(path)
-            t_torch = time_policy(GenerativePolicy(m, tb, seed=0), n)
-            t_onnx = time_policy(GenerativePolicy(m, ob, seed=0), n)
+            tb = TorchDenoiser(m, device=args.device, compile=args.compile)
+            gpu = tb.device.startswith("cuda")
+            ob = OnnxDenoiser(path, providers=["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                               "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"])
+            if ob.fallback:
+                print(ob.fallback)
+            t_torch = time_policy(GenerativePolicy(m, tb, seed=0), n, args.batch)
+            t_onnx = time_policy(GenerativePolicy(m, ob, seed=0), n, args.batch)
             rows.append((name, tb.device, ob.providers[0], t_torch, t_onnx))
-    print(f"\nlatency per action chunk (H=16, one RGB-D camera 96x96, To=2), {n} chunks each, ms\n")
+    print(f"\nlatency per action chunk request (H=16, one RGB-D camera 96x96, To=2, batch {args.batch}, "
+          f"torch compile {args.compile}), {n} requests each, ms\n")
     print(f"{'model':28s} {'torch dev':>9s} {'p50':>8s} {'p99':>8s} {'onnx provider':>22s} {'p50':>8s} {'p99':>8s} {'onnx/torch p50':>15s}")
     for name, dev, prov, a, b in rows:
         print(f"{name:28s} {dev:>9s} {np.percentile(a, 50):8.2f} {np.percentile(a, 99):8.2f} {prov:>22s} "

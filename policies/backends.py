@@ -21,7 +21,7 @@ class CheckpointConfig(DeviceConfig):
     """Policy backend ``checkpoint``: a ``.safetensors`` checkpoint run in torch eager mode.
 
     Keys: ``path`` (the checkpoint), ``seed`` (sampling noise; None: random), ``device``
-    ("cpu", "cuda", "cuda:N"; None: CUDA when present).
+    ("cpu", "cuda", "cuda:N"; None: CUDA when present), ``compile`` (a ``torch.compile`` mode).
     """
 
     type: Literal["checkpoint"] = "checkpoint"
@@ -29,12 +29,20 @@ class CheckpointConfig(DeviceConfig):
     path: str = Field(..., description="a .safetensors checkpoint written by robot-stack train")
     seed: int | None = Field(None, description="seed of the sampling noise (None: random)")
     device: str | None = Field(None, description="torch device (None: cuda when available, else cpu)")
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = Field(
+        "none", description="torch.compile mode (reduce-overhead: CUDA graphs on a GPU); the first chunk compiles")
 
     def build(self, ctx, params):
         from robot_stack.policies.generative import GenerativePolicy, TorchDenoiser, load_checkpoint
 
+        if self.device and self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"backend device {self.device}: this torch sees no GPU "
+                                 f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
         model, _ = load_checkpoint(Path(self.path))
-        backend = TorchDenoiser(model, device=self.device)
+        backend = TorchDenoiser(model, device=self.device, compile=self.compile)
         log.info("serving %s (%s, torch on %s)", self.path, model.cfg.kind, backend.device)
         return GenerativePolicy(model, backend, seed=self.seed)
 

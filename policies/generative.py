@@ -16,6 +16,7 @@ the min/max stats stored in the model.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,8 @@ import torch
 from .base import Policy, PolicyMetadata
 from .networks import PolicyNet
 from .samplers import DDIM, Flow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -197,25 +200,63 @@ class _Denoise(torch.nn.Module):
         return self.model.net(x, t, cond)
 
 
-class TorchDenoiser:
-    """Torch eager backend; the conditioning is computed once per chunk."""
+class WrongDevice(RuntimeError):
+    """A tensor is not on the device its policy runs on (it would fail, or copy, on every call)."""
 
-    def __init__(self, model: GenerativePolicyModel, device: str | None = None):
+
+def check_device(module: torch.nn.Module, device: str) -> None:
+    """Raise :class:`WrongDevice` naming the first parameter or buffer of ``module`` that is not on
+    ``device`` ("cpu", "cuda", "cuda:N"; "cuda" matches any GPU index)."""
+    want = torch.device(device)
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if t.device.type != want.type or (want.index is not None and t.device.index != want.index):
+            raise WrongDevice(f"{name} is on {t.device}, the policy runs on {device}")
+
+
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
+
+class TorchDenoiser:
+    """Torch eager backend; the conditioning is computed once per chunk.
+
+    Args:
+        model: the model; moved to ``device``.
+        device: "cpu", "cuda", "cuda:N" (None: CUDA when present).
+        compile: "none" (eager) or a ``torch.compile`` mode for the encoder and the denoiser:
+            "reduce-overhead" captures CUDA graphs on a GPU (kernel launches dominate one-step
+            sampling there), "default"/"max-autotune" generate fused kernels (also on CPU). The
+            first call of each batch size compiles (seconds to a minute).
+    Raises:
+        ValueError: an unknown compile mode. WrongDevice: a tensor left off ``device``.
+    """
+
+    def __init__(self, model: GenerativePolicyModel, device: str | None = None, compile: str = "none"):
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
+        check_device(self.model, self.device)
+        self.compile = compile
+        self._encode, self._net = self.model.net.encode, self.model.net
+        if compile != "none":
+            self._encode = torch.compile(self.model.net.encode, mode=compile)
+            self._net = torch.compile(self.model.net, mode=compile)
 
     def bind(self, images: list[torch.Tensor], proprio: np.ndarray):
         """The denoiser for one chunk: ``denoise(x_t, t) -> out`` on numpy arrays, and its
         differentiable form ``denoise.torch(x_t, t)`` on CPU tensors (RTC's exact guidance takes
-        vector-Jacobian products through it)."""
+        vector-Jacobian products through it; always the eager network)."""
         with torch.no_grad():  # (not inference_mode: the guided sampler differentiates through cond's users)
-            cond = self.model.net.encode([i.to(self.device) for i in images],
-                                         torch.from_numpy(proprio).to(self.device))
+            cond = self._encode([i.to(self.device) for i in images], torch.from_numpy(proprio).to(self.device))
+        if cond.device.type != torch.device(self.device).type:
+            raise WrongDevice(f"the conditioning came out on {cond.device}, the policy runs on {self.device}")
+        if self.compile != "none":
+            cond = cond.clone()  # (a CUDA-graph output is overwritten by the next replay)
 
         def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return self.model.net(torch.from_numpy(x).to(self.device), torch.from_numpy(t).to(self.device),
-                                      cond).cpu().numpy()
+                return self._net(torch.from_numpy(x).to(self.device), torch.from_numpy(t).to(self.device),
+                                 cond).cpu().numpy()
 
         def differentiable(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.model.net(x.to(self.device), t.to(self.device), cond).cpu()
@@ -231,8 +272,11 @@ class OnnxDenoiser:
         import onnxruntime as ort
 
         avail = ort.get_available_providers()
-        wanted = providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                           "CPUExecutionProvider") if p in avail]
+        missing = [p for p in (providers or []) if p not in avail]
+        wanted = [p for p in providers if p in avail] if providers else [
+            p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+        if "CPUExecutionProvider" not in wanted:
+            wanted.append("CPUExecutionProvider")
         enc, den = onnx_paths(path)
         so = ort.SessionOptions()
         if threads is not None:
@@ -242,6 +286,15 @@ class OnnxDenoiser:
         self.denoiser = ort.InferenceSession(str(den), so, providers=wanted)
         self.providers = self.denoiser.get_providers()
         self.inputs = [i.name for i in self.encoder.get_inputs()]
+        # ONNX Runtime falls back silently when a GPU provider is not built in or fails to load
+        # (CUDA/cuDNN/TensorRT libraries missing): say which, and what runs instead
+        dropped = missing + [p for p in wanted if p not in self.providers]
+        self.fallback = None
+        if dropped:
+            self.fallback = (f"ONNX Runtime: {', '.join(dropped)} not usable here (available: {', '.join(avail)}; "
+                             f"GPU providers need the onnxruntime-gpu package and the CUDA, cuDNN and TensorRT "
+                             f"libraries); running on {self.providers[0]}")
+            log.warning("%s", self.fallback)
         lead = self.denoiser.get_inputs()[0].shape[0]  # a name (dynamic) or an int (an older batch-1 export)
         self.max_batch = lead if isinstance(lead, int) else 1 << 30
 
