@@ -18,6 +18,7 @@ requests go through the same checks and the same policy (one at a time, under a 
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -95,8 +96,10 @@ class PolicyNode(Node):
         nc = self.ctx.node_config
         curve = nc.curve_server.build() if nc.curve_server else None
         self.server = BatchReplyServer(self.ctx.config.in_endpoint(self.name, self.ctx.run_dir), self.name, curve=curve)
-        self.inference_ms: list[float] = []
-        self.batch_sizes: list[int] = []
+        self.inference_ms: collections.deque[float] = collections.deque(maxlen=500)  # the recent ones
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=500)
+        self.requests = 0  # answered with a chunk
+        self.batches = 0
         self.rejected = 0
         self._lock = threading.Lock()  # the ZeroMQ loop and the openpi thread share the policy
         self.openpi = None
@@ -164,22 +167,24 @@ class PolicyNode(Node):
                 time.sleep(self.params.delay_s)
             try:
                 out = self.policy.predict_batch([msgs[i].obs for i in valid], [self._prefix(msgs[i]) for i in valid],
-                                                [frozen_count(msgs[i])
-                                                 for i in valid])
+                                                [frozen_count(msgs[i]) for i in valid])
             except Exception as e:
                 if len(valid) == 1:
-                    raise
-                log.warning("a batch of %d failed (%s: %s): answering its requests one by one",
-                            len(valid), type(e).__name__, e)
-                out = []
-                for i in valid:
-                    try:
-                        out.append(self.policy.predict_batch([msgs[i].obs], [self._prefix(msgs[i])],
-                                                             [frozen_count(msgs[i])])[0])
-                    except Exception as e1:
-                        out.append(e1)
+                    log.exception("inference failed")
+                    out = [e]
+                else:
+                    log.warning("a batch of %d failed (%s: %s): answering its requests one by one",
+                                len(valid), type(e).__name__, e)
+                    out = []
+                    for i in valid:
+                        try:
+                            out.append(self.policy.predict_batch([msgs[i].obs], [self._prefix(msgs[i])],
+                                                                 [frozen_count(msgs[i])])[0])
+                        except Exception as e1:
+                            out.append(e1)
             dt_ns = time.perf_counter_ns() - t0
         self.batch_sizes.append(len(valid))
+        self.batches += 1
         md = self.policy.metadata
         for i, res in zip(valid, out):
             m = msgs[i]
@@ -190,6 +195,7 @@ class PolicyNode(Node):
             if self.params.fault != "none":
                 actions = inject_fault(np.array(actions, np.float32), self.params.fault)
             self.inference_ms.append(dt_ns / 1e6)
+            self.requests += 1
             replies[i] = ActionChunk(request_id=m.request_id, actions=np.asarray(actions, np.float32), dt=md.dt,
                                      offset=md.offset, inference_ns=dt_ns,
                                      prefix_frozen=-1 if self._prefix(m) is None else int(frozen))
@@ -215,25 +221,25 @@ class PolicyNode(Node):
     def _answer(self, reqs: list[PendingRequest]) -> None:
         try:
             replies = self.handle_batch([r.msg for r in reqs])
-        except Exception as e:  # the policy failed on a lone request: answer, log, stay up
-            log.exception("inference failed")
+        except Exception as e:  # a bug outside the policy: answer every request, log, stay up
+            log.exception("answering a batch failed")
             replies = [ErrorReply(request_id=getattr(r.msg, "request_id", 0), code="handler_error",
                                   reason=f"{type(e).__name__}: {e}") for r in reqs]
         for r, reply in zip(reqs, replies):
             self.server.reply(r, reply)
 
     def metrics(self) -> dict[str, float]:
-        m = {"requests": float(len(self.inference_ms)), "rejected": float(self.rejected),
+        m = {"requests": float(self.requests), "rejected": float(self.rejected),
              "decode_errors": float(self.server.stats.decode_errors)}
         if self.openpi is not None:
             m.update(openpi_requests=float(self.openpi.requests), openpi_errors=float(self.openpi.errors),
                      openpi_unauthorized=float(self.openpi.unauthorized))
         if self.inference_ms:
-            a = np.array(self.inference_ms[-500:])
+            a = np.array(self.inference_ms)
             m.update(inference_p50_ms=float(np.percentile(a, 50)), inference_p99_ms=float(np.percentile(a, 99)))
         if self.batch_sizes:
-            bs = np.array(self.batch_sizes[-500:])
-            m.update(batches=float(len(self.batch_sizes)), batch_mean=float(bs.mean()), batch_max=float(bs.max()))
+            bs = np.array(self.batch_sizes)
+            m.update(batches=float(self.batches), batch_mean=float(bs.mean()), batch_max=float(bs.max()))
         return m
 
     def shutdown(self) -> None:
