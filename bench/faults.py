@@ -84,7 +84,10 @@ SPIES: list[Path] = []
 class Stack:
     """One stack from CONFIG, launched in this process, with a subscriber on the arm and heartbeats."""
 
+    last: "Stack | None" = None  # the latest stack, whose node logs a campaign error prints
+
     def __init__(self, work: Path, tag: str, fault: str = "none", goal=(0.45, 0.30, 0.30), root: Path | None = None):
+        Stack.last = self
         self.run_dir = Path(tempfile.mkdtemp(prefix="rs-fc-"))
         self.spy = work / f"spy_{tag}.npz"
         self.root = root or work / f"episodes_{tag}"
@@ -146,6 +149,16 @@ class Stack:
         last = self.sub.latest(Heartbeat.topic(node))
         hb = self.sub.wait_for(Heartbeat.topic(node), timeout, newer_than_seq=-1 if last is None else last.seq)
         return {} if hb is None else dict(hb.metrics)
+
+    def wait_recording(self, timeout: float = 20.0) -> bool:
+        """Wait until the recorder's episode holds rows (its first episode imports the storage
+        libraries, which takes seconds on a cold machine: a fixed sleep recorded nothing in one CI run)."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            m = self.metrics("recorder", timeout=1.0)
+            if m.get("recording", 0) and m.get("rows", 0) > 0:
+                return True
+        return False
 
     def wait_mode(self, mode: str, timeout: float) -> float | None:
         """Seconds until robot/state shows ``mode`` (None: never within ``timeout``)."""
@@ -402,6 +415,7 @@ def disk_full(work: Path) -> None:
         with Stack(work, "diskfull", root=root) as s:
             s.tracking()
             s.episode("start")
+            s.wait_recording()
             time.sleep(0.8)
             s.episode("stop")
             time.sleep(1.5)
@@ -454,18 +468,20 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="rs-faults-"))
     t0 = time.monotonic()
     kills = ["controller", "policy", "sim"] if args.quick else ["controller", "policy", "cam", "recorder", "arm", "sim"]
-    steps = [lambda n=n: kill_node(work, n) for n in kills]
-    steps += [lambda: stop_controller(work), lambda: camera_stops(work), lambda: sim_dies(work),
-              lambda: fuzz(work, 5_000 if args.quick else 100_000)]
-    steps += [lambda f=f: bad_policy(work, f) for f in (["nan", "jump", "flip"] if args.quick else
-                                                        ["nan", "limit", "jump", "empty", "flip"])]
-    steps += [lambda: disk_full(work)]
-    for step in steps:
+    steps = [(f"SIGKILL {n}", lambda n=n: kill_node(work, n)) for n in kills]
+    steps += [("SIGSTOP controller", lambda: stop_controller(work)), ("camera stops", lambda: camera_stops(work)),
+              ("sim world dies", lambda: sim_dies(work)),
+              ("fuzzed messages", lambda: fuzz(work, 5_000 if args.quick else 100_000))]
+    steps += [(f"policy: {f} chunks", lambda f=f: bad_policy(work, f)) for f in (
+        ["nan", "jump", "flip"] if args.quick else ["nan", "limit", "jump", "empty", "flip"])]
+    steps += [("disk full", lambda: disk_full(work))]
+    for name, step in steps:
         try:
             step()
         except Exception as e:  # a fault the campaign could not even run is a failed row, not a crash
-            row(getattr(step, "__name__", "step"), "", f"campaign error: {type(e).__name__}: {str(e)[:300]}",
-                "", "", False)
+            row(name, "", f"campaign error: {type(e).__name__}: {str(e)[:300]}", "", "", False)
+            if Stack.last is not None:  # what the nodes said, for whoever reads the CI log
+                print(f"--- node logs of the {name} stack (last 60 lines):\n{Stack.last.out.tail(60)}\n---")
     worst, n_cmd, per_stack = spy_summary()
     print(f"\nfault campaign on the sim stack ({'quick' if args.quick else 'full'}, {time.monotonic() - t0:.0f} s)\n")
     w = [24, 46, 70, 26, 34]

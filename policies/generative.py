@@ -25,7 +25,7 @@ import torch
 
 from .base import Policy, PolicyMetadata
 from .networks import PolicyNet
-from .samplers import DDIM, Flow
+from .samplers import DDIM, Flow, MeanFlow
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,17 @@ class ModelConfig:
     """Architecture and sampling settings.
 
     Attributes:
-        cameras: camera id -> "rgb" | "depth" | "rgbd".
+        cameras: camera id -> "rgb" | "depth" | "rgbd" | "points" (a point cloud (N, 3) in the base
+            frame, observation key ``<camera>.points``: robot_stack.control.pointcloud).
         image_hw: (h, w) the images are resized to before the encoder.
         proprio_dim, obs_horizon, horizon, action_dim, dt: data layout.
-        kind: "ddim" (Diffusion Policy) or "flow" (flow matching).
-        sample_steps: DDIM steps or Euler steps (1 = one-step flow).
+        kind: "ddim" (Diffusion Policy), "flow" (flow matching) or "meanflow" (MeanFlow, the
+            average velocity over an interval: one-step sampling as in MP1).
+        sample_steps: DDIM steps, Euler steps (1 = one-step flow) or MeanFlow jumps.
+        n_points: N of "points" cameras.
+        dispersive_weight: weight of the dispersive loss on the observation embeddings (MP1; 0: off).
+        meanflow_ratio: MeanFlow training, the fraction of samples with an interval (s < e); the
+            rest are s = e (flow matching). Geng et al. use 25 %.
         rtc_max_prefix: training-time RTC (Black et al., arXiv 2512.05964): the model is trained
             with a clean prefix of d ~ U{0..rtc_max_prefix} actions given as input (with a mask
             channel) and the loss on the rest only, so at inference it continues a committed prefix
@@ -59,20 +65,27 @@ class ModelConfig:
     enc_base: int = 16
     widths: tuple[int, ...] = (64, 128, 256)
     rtc_max_prefix: int = 0
+    meanflow_ratio: float = 0.25
+    n_points: int = 512
+    dispersive_weight: float = 0.0
 
     def __post_init__(self):
         if not 0 <= self.rtc_max_prefix <= self.horizon // 2:
             raise ValueError(f"rtc_max_prefix {self.rtc_max_prefix} must be in 0..H/2 = {self.horizon // 2} "
                              "(d <= s <= H - d)")
-        if min(self.image_hw) < 64:
+        if any(m not in ("rgb", "depth", "rgbd", "points") for m in self.cameras.values()):
+            raise ValueError(f"camera modes must be rgb, depth, rgbd or points, got {self.cameras}")
+        if min(self.image_hw) < 64 and any(m != "points" for m in self.cameras.values()):
             raise ValueError(f"image_hw {self.image_hw}: the encoder downsamples 32x; use at least 64x64 images")
-        if self.kind not in ("ddim", "flow"):
-            raise ValueError(f"kind must be 'ddim' or 'flow', got {self.kind!r}")
+        if self.kind not in ("ddim", "flow", "meanflow"):
+            raise ValueError(f"kind must be 'ddim', 'flow' or 'meanflow', got {self.kind!r}")
+        if self.kind == "meanflow" and self.rtc_max_prefix:
+            raise ValueError("training-time RTC is not implemented for meanflow models")
         if self.horizon % 4:
             raise ValueError(f"horizon {self.horizon} must be divisible by 4 (two U-Net downsamplings)")
 
     def channels(self) -> dict[str, int]:
-        return {k: {"rgb": 3, "depth": 1, "rgbd": 4}[v] for k, v in self.cameras.items()}
+        return {k: {"rgb": 3, "depth": 1, "rgbd": 4, "points": 3}[v] for k, v in self.cameras.items()}
 
 
 class GenerativePolicyModel(torch.nn.Module):
@@ -82,17 +95,22 @@ class GenerativePolicyModel(torch.nn.Module):
         super().__init__()
         self.cfg = cfg
         self.net = PolicyNet(cfg.channels(), cfg.proprio_dim, cfg.obs_horizon, cfg.action_dim,
-                             enc_base=cfg.enc_base, widths=cfg.widths, prefix_mask=cfg.rtc_max_prefix > 0)
+                             enc_base=cfg.enc_base, widths=cfg.widths, prefix_mask=cfg.rtc_max_prefix > 0,
+                             point_cameras=tuple(k for k, m in cfg.cameras.items() if m == "points"))
         self.register_buffer("a_min", -torch.ones(cfg.action_dim))
         self.register_buffer("a_max", torch.ones(cfg.action_dim))
-        self.sampler = DDIM(cfg.train_steps) if cfg.kind == "ddim" else Flow()
+        self.sampler = {"ddim": lambda: DDIM(cfg.train_steps), "flow": Flow, "meanflow": MeanFlow}[cfg.kind]()
 
     # ------------------------------------------------------------------ observation tensors
     def images(self, obs: dict[str, np.ndarray]) -> list[torch.Tensor]:
-        """Per camera (1, To, C, h, w) float32 in [0, 1] (depth: metres / 2, clipped)."""
+        """Per camera (1, To, C, h, w) float32 in [0, 1] (depth: metres / 2, clipped), or for a
+        "points" camera its clouds (1, To, N, 3) in m."""
         out = []
         h, w = self.cfg.image_hw
         for cam, mode in self.cfg.cameras.items():
+            if mode == "points":
+                out.append(torch.from_numpy(np.asarray(obs[f"{cam}.points"], np.float32))[None])
+                continue
             chans = []
             if mode in ("rgb", "rgbd"):
                 chans.append(torch.from_numpy(np.asarray(obs[f"{cam}.color"], np.float32) / 255.0).permute(0, 3, 1, 2))
@@ -116,9 +134,20 @@ class GenerativePolicyModel(torch.nn.Module):
     def loss(self, images: list[torch.Tensor], proprio: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Denoising loss on a batch: images per camera (B, To, C, h, w), proprio (B, To, P),
         actions (B, H, D) in world units."""
+        cond = self.net.encode(images, proprio)
+        loss = self._denoising_loss(cond, actions)
+        if self.cfg.dispersive_weight:
+            from .networks import dispersive_loss
+
+            loss = loss + self.cfg.dispersive_weight * dispersive_loss(cond)
+        return loss
+
+    def _denoising_loss(self, cond: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         x1 = self.normalize(actions)
         noise = torch.randn_like(x1)
         b = x1.shape[0]
+        if self.cfg.kind == "meanflow":
+            return self._meanflow_loss(cond, x1, noise)
         if self.cfg.kind == "ddim":
             k = torch.randint(0, self.cfg.train_steps, (b,), device=x1.device)
             xt, target = self.sampler.training_pair(x1, noise, k)
@@ -126,7 +155,6 @@ class GenerativePolicyModel(torch.nn.Module):
         else:
             t = torch.rand(b, device=x1.device)
             xt, target = self.sampler.training_pair(x1, noise, t)
-        cond = self.net.encode(images, proprio)
         if not self.cfg.rtc_max_prefix:
             return torch.nn.functional.mse_loss(self.net(xt, t, cond), target)
         # training-time RTC: a clean prefix of d ~ U{0..d_max} actions replaces the noisy ones (the
@@ -136,6 +164,23 @@ class GenerativePolicyModel(torch.nn.Module):
         inp = torch.cat([torch.where(mask, x1, xt), mask.float()], dim=-1)
         err = (self.net(inp, t, cond) - target) ** 2 * (~mask)
         return err.sum() / ((~mask).sum() * x1.shape[-1]).clamp_min(1)
+
+    def _meanflow_loss(self, cond, x1, noise) -> torch.Tensor:
+        """MeanFlow's loss (:class:`~robot_stack.policies.samplers.MeanFlow`): intervals (s, e) with
+        s < e for ``meanflow_ratio`` of the batch (two uniform times, sorted), s = e otherwise; the
+        target from one JVP through the denoiser (the observation encoding has no tangent); the
+        paper's adaptive weight 1 / (err + 1e-3)^p, p = 1 (Geng et al. 2025, sec. 4.3)."""
+        b = x1.shape[0]
+        t1, t2 = torch.rand(b, device=x1.device), torch.rand(b, device=x1.device)
+        s, e = torch.minimum(t1, t2), torch.maximum(t1, t2)
+        e = torch.where(torch.rand(b, device=x1.device) < self.cfg.meanflow_ratio, e, s)
+        xs, v = self.sampler.training_pair(x1, noise, s, e)
+        tt = torch.stack([s, e], dim=1)
+        u, du = torch.func.jvp(lambda x, t: self.net(x, t, cond), (xs, tt), (v, torch.stack(
+            [torch.ones_like(s), torch.zeros_like(e)], dim=1)))
+        target = (v + (e - s)[:, None, None] * du).detach()
+        err = ((u - target) ** 2).mean(dim=(1, 2))
+        return (err / (err.detach() + 1e-3)).mean()
 
     def normalize(self, a):
         return 2 * (a - self.a_min) / (self.a_max - self.a_min).clamp_min(1e-6) - 1
@@ -322,7 +367,8 @@ def export_onnx(model: GenerativePolicyModel, path: str | Path, opset: int = 17)
     c = model.cfg
     model = model.eval()
     h, w = c.image_hw
-    images = tuple(torch.zeros(1, c.obs_horizon, ch, h, w) for ch in c.channels().values())
+    images = tuple(torch.zeros(1, c.obs_horizon, c.n_points, 3) if c.cameras[k] == "points"
+                   else torch.zeros(1, c.obs_horizon, ch, h, w) for k, ch in c.channels().items())
     proprio = torch.zeros(1, c.obs_horizon, c.proprio_dim)
     enc, den = onnx_paths(path)
     enc_inputs = [f"image_{k}" for k in c.cameras] + ["proprio"]
@@ -332,7 +378,8 @@ def export_onnx(model: GenerativePolicyModel, path: str | Path, opset: int = 17)
     with torch.no_grad():
         cond = model.net.encode(list(images), proprio)
     x_dim = c.action_dim + int(c.rtc_max_prefix > 0)  # the prefix-mask channel (training-time RTC)
-    torch.onnx.export(_Denoise(model), (torch.zeros(1, c.horizon, x_dim), torch.zeros(1), cond), str(den),
+    t0 = torch.zeros(1, 2) if c.kind == "meanflow" else torch.zeros(1)  # MeanFlow: the interval (s, e)
+    torch.onnx.export(_Denoise(model), (torch.zeros(1, c.horizon, x_dim), t0, cond), str(den),
                       input_names=["x", "t", "cond"], output_names=["out"], opset_version=opset, dynamo=False,
                       dynamic_axes={n: {0: "batch"} for n in ("x", "t", "cond", "out")})
     return Path(path)
@@ -357,6 +404,8 @@ class GenerativePolicy(Policy):
                 cams[f"{cam}.color"] = ((*hw, 3), "|u1")
             if mode in ("depth", "rgbd"):
                 cams[f"{cam}.depth"] = (hw, "<u2")
+            if mode == "points":
+                cams[f"{cam}.points"] = ((model.cfg.n_points, 3), "<f4")
         self.metadata = PolicyMetadata(**{**self.metadata.__dict__, "obs_shapes": {**self.metadata.obs_shapes, **cams}})
         self.rng = np.random.default_rng(seed)
 
@@ -419,6 +468,8 @@ class GenerativePolicy(Policy):
             raise ValueError(f"guidance must be auto, exact, jacobian_free or none, got {guidance!r}")
         if guidance == "exact" and getattr(denoise, "torch", None) is None:
             raise ValueError(f"exact RTC guidance needs a differentiable backend, not {type(self.backend).__name__}")
+        if guidance == "exact" and c.kind == "meanflow":
+            raise ValueError("exact RTC guidance is not defined for meanflow jumps; use auto or jacobian_free")
         if guidance == "jacobian_free" or (guidance == "auto" and c.sample_steps == 1):
             denoise = _numpy_only(denoise)
         target = np.zeros((b, c.horizon, c.action_dim), np.float32)

@@ -3,6 +3,8 @@
 - :class:`ConvEncoder`: a ResNet-18-style CNN (BasicBlocks, GroupNorm instead of BatchNorm, as
   Diffusion Policy does for small batches and EMA) ending in spatial softmax keypoints (Levine et
   al. 2016, "End-to-End Training of Deep Visuomotor Policies"); input RGB (3), depth (1) or RGB-D (4).
+- :class:`PointEncoder`: DP3's point-cloud encoder (Ze et al. 2024, "3D Diffusion Policy"; the
+  MP1 encoder): a per-point MLP with LayerNorm, max-pooled over the points; input (B, N, 3).
 - :class:`ConditionalUnet1D`: Diffusion Policy's 1-D temporal U-Net over the action sequence
   (Chi et al. 2023), every residual block FiLM-conditioned (Perez et al. 2018) on the observation
   features and a sinusoidal embedding of the diffusion / flow time.
@@ -51,6 +53,33 @@ class SpatialSoftmax(nn.Module):
         ys = torch.linspace(-1, 1, h, device=x.device).repeat_interleave(w)
         xs = torch.linspace(-1, 1, w, device=x.device).repeat(h)
         return torch.cat([(p * xs).sum(-1), (p * ys).sum(-1)], dim=-1)
+
+
+class PointEncoder(nn.Module):
+    """DP3 encoder: points (B, N, 3) in the robot base frame, m -> (B, out_dim). Per point
+    Linear-LayerNorm-ReLU 3 -> 64 -> 128 -> 256, max over points, then Linear (Ze et al. 2024,
+    sec. 3.2; order-invariant, as PointNet)."""
+
+    def __init__(self, out_dim: int = 64, widths=(64, 128, 256)):
+        super().__init__()
+        layers, c = [], 3
+        for w in widths:
+            layers += [nn.Linear(c, w), nn.LayerNorm(w), nn.ReLU()]
+            c = w
+        self.mlp = nn.Sequential(*layers)
+        self.out = nn.Sequential(nn.Linear(c, out_dim), nn.LayerNorm(out_dim))
+
+    def forward(self, pts):
+        return self.out(self.mlp(pts).max(dim=1).values)
+
+
+def dispersive_loss(z: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Dispersive loss on embeddings z (B, F) (Wang & He 2025, "Diffuse and Disperse", InfoNCE-L2
+    form; MP1 applies it to the state embeddings): log of the batch mean of exp(-d_ij / tau), d_ij
+    the mean squared difference of z_i and z_j over the F features. 0 when all embeddings are
+    equal, lower as they spread; no positive pairs needed."""
+    d = torch.cdist(z, z).pow(2) / z.shape[1]
+    return torch.logsumexp(-d.flatten() / tau, dim=0) - math.log(d.numel())
 
 
 class ConvEncoder(nn.Module):
@@ -124,8 +153,16 @@ class ConditionalUnet1D(nn.Module):
         self.final = nn.Sequential(nn.Conv1d(c, c, 5, padding=2), group_norm(c), nn.Mish(), nn.Conv1d(c, action_dim, 1))
 
     def forward(self, x, t, cond):
-        """x (B, H, in_dim), t (B,), cond (B, cond_dim) -> (B, H, D)."""
-        cond = torch.cat([cond, time_embedding(t, self.t_dim)], dim=-1)
+        """x (B, H, in_dim), t (B,) or (B, 2), cond (B, cond_dim) -> (B, H, D).
+
+        t (B, 2) is MeanFlow's interval (start, end): half the time embedding is the start, half the
+        interval's length (Geng et al. 2025 condition on (t, t - r) the same way)."""
+        if t.ndim == 2:
+            half = self.t_dim // 2
+            temb = torch.cat([time_embedding(t[:, 0], half), time_embedding(t[:, 1] - t[:, 0], half)], dim=-1)
+        else:
+            temb = time_embedding(t, self.t_dim)
+        cond = torch.cat([cond, temb], dim=-1)
         h = x.transpose(1, 2)
         skips = []
         for b1, b2, down in self.down:
@@ -151,15 +188,18 @@ class PolicyNet(nn.Module):
     """
 
     def __init__(self, cameras: dict[str, int], proprio_dim: int, obs_horizon: int, action_dim: int,
-                 feat_dim: int = 64, enc_base: int = 16, widths=(64, 128, 256), prefix_mask: bool = False):
+                 feat_dim: int = 64, enc_base: int = 16, widths=(64, 128, 256), prefix_mask: bool = False,
+                 point_cameras: tuple[str, ...] = ()):
         super().__init__()
         self.cameras = list(cameras)
-        self.encoders = nn.ModuleDict({k: ConvEncoder(c, enc_base, feat_dim) for k, c in cameras.items()})
+        self.encoders = nn.ModuleDict({k: PointEncoder(feat_dim) if k in point_cameras else ConvEncoder(c, enc_base, feat_dim)
+                                       for k, c in cameras.items()})
         cond_dim = obs_horizon * (feat_dim * len(cameras) + proprio_dim)
         self.unet = ConditionalUnet1D(action_dim, cond_dim, widths, in_dim=action_dim + int(prefix_mask))
 
     def encode(self, images: list[torch.Tensor], proprio: torch.Tensor) -> torch.Tensor:
-        """images: per camera (B, To, C, h, w); proprio (B, To, P) -> cond (B, cond_dim)."""
+        """images: per camera (B, To, C, h, w), or (B, To, N, 3) point clouds; proprio (B, To, P)
+        -> cond (B, cond_dim)."""
         b, to = proprio.shape[:2]
         feats = [self.encoders[k](img.flatten(0, 1)).reshape(b, to, -1) for k, img in zip(self.cameras, images)]
         return torch.cat(feats + [proprio], dim=-1).flatten(1)

@@ -6,6 +6,8 @@ and the loop is the same code for both.
 
 - :class:`DDIM`: DDPM training (noise prediction, squared-cosine schedule, K steps; Ho et al. 2020,
   Nichol & Dhariwal 2021) and deterministic DDIM sampling with any step count (Song et al. 2021).
+- :class:`MeanFlow`: the average velocity over an interval (Geng et al. 2025, arXiv 2505.13447;
+  the MP1 policy, arXiv 2507.10543): one network evaluation jumps from noise to the action chunk.
 - :class:`Flow`: flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023): x_t =
   (1 - t) noise + t x1, the network predicts v = x1 - noise; Euler sampling with few steps or
   one step (the MP1 / consistency-style regime when trained for it).
@@ -188,4 +190,38 @@ class Flow:
                 x1 = x1 + guide[1] * (guide[0] - x1)
                 v = (x1 - x) / (1 - t)
             x = (x + v / steps).astype(np.float32)
+        return x
+
+
+class MeanFlow:
+    """MeanFlow (Geng et al. 2025, arXiv 2505.13447), in :class:`Flow`'s convention: x_tau =
+    (1 - tau) noise + tau x1, tau = 0 noise, 1 data, v = x1 - noise. The network predicts the
+    average velocity u(x_s, s, e) over [s, e] at the interval's start, so that
+    ``x_e = x_s + (e - s) u(x_s, s, e)``; the denoiser's time input is (B, 2) = (s, e).
+
+    Training target (the MeanFlow identity, here for the start of the interval, differentiating
+    (e - s) u = integral of v over [s, e] in s): ``u = v + (e - s) (v . d_x u + d_s u)``, the total
+    derivative taken with a Jacobian-vector product of the network (tangent (v, 1, 0)), the target
+    detached. With s = e the target is v (flow matching).
+    """
+
+    def training_pair(self, x1, noise, s, e):
+        """x_s and v for interval starts s and ends e (B,)."""
+        ss = s.reshape(-1, *([1] * (x1.ndim - 1)))
+        return (1 - ss) * noise + ss * x1, x1 - noise
+
+    def sample(self, denoise: Denoise, noise: np.ndarray, steps: int = 1, prefix: np.ndarray | None = None,
+               weights: np.ndarray | None = None, beta: float = RTC_BETA,
+               guide: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """``steps`` jumps over equal intervals from noise (1: one network evaluation). With a prefix
+        (RTC) the last jump's landing point, the clean chunk, is pulled toward it (the Jacobian-free
+        form; there is no exact form for a jump that covers the rest of the path)."""
+        guide = guide if guide is not None else _pad_prefix(prefix, weights, noise.shape)
+        x = noise.astype(np.float32)
+        for i in range(steps):
+            s, e = i / steps, (i + 1) / steps
+            u = denoise(x, np.tile(np.array([[s, e]], np.float32), (len(x), 1)))
+            x = (x + (e - s) * u).astype(np.float32)
+        if guide is not None:
+            x = (x + guide[1] * (guide[0] - x)).astype(np.float32)
         return x

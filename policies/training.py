@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: str = Field("flow", pattern="^(flow|ddim)$")
+    kind: str = Field("flow", pattern="^(flow|ddim|meanflow)$")
     sample_steps: int = Field(1, ge=1)
     camera: str = "wrist"
     mode: str = Field("rgb", pattern="^(rgb|depth|rgbd)$")
