@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robot_stack.comm.messages import ErrorReply, Message, ObservationWindow
+from robot_stack.comm.messages import ErrorReply, Message, ObservationWindow, PolicySpec
 from robot_stack.policies.base import ObservationError, PolicyMetadata
 
 
@@ -54,3 +54,52 @@ def metadata_from_dict(d: dict) -> PolicyMetadata:
                           obs_horizon=int(d["obs_horizon"]), horizon=int(d["horizon"]), action_dim=int(d["action_dim"]),
                           action_space=str(d["action_space"]), dt=float(d["dt"]), offset=int(d["offset"]),
                           supports_prefix=bool(d["supports_prefix"]))
+
+
+def spec_message(md: PolicyMetadata, request_id: int = 0) -> PolicySpec:
+    """The :class:`PolicySpec` reply for a policy's metadata."""
+    keys = list(md.obs_shapes)
+    return PolicySpec(request_id=request_id, obs_keys=keys,
+                      obs_shapes={k: np.asarray(md.obs_shapes[k][0], np.int64) for k in keys},
+                      obs_dtypes=[str(md.obs_shapes[k][1]) for k in keys], obs_horizon=md.obs_horizon,
+                      horizon=md.horizon, action_dim=md.action_dim, action_space=md.action_space, dt=float(md.dt),
+                      offset=md.offset, supports_prefix=md.supports_prefix)
+
+
+def metadata_from_spec(spec: PolicySpec) -> PolicyMetadata:
+    """Inverse of :func:`spec_message`."""
+    if len(spec.obs_dtypes) != len(spec.obs_keys) or set(spec.obs_shapes) != set(spec.obs_keys):
+        raise ValueError("policy spec: obs_keys, obs_shapes and obs_dtypes disagree")
+    return PolicyMetadata(obs_shapes={k: (tuple(int(v) for v in spec.obs_shapes[k]), d)
+                                      for k, d in zip(spec.obs_keys, spec.obs_dtypes)},
+                          obs_horizon=spec.obs_horizon, horizon=spec.horizon, action_dim=spec.action_dim,
+                          action_space=spec.action_space, dt=spec.dt, offset=spec.offset,
+                          supports_prefix=spec.supports_prefix)
+
+
+def spec_mismatch(md: PolicyMetadata, obs_keys: list[str], obs_horizon: int, image_size: tuple[int, int] | None,
+                  camera_ids: list[str], action_space: str = "ee_pose+gripper", action_dim: int = 8) -> list[str]:
+    """What a controller's setup gets wrong about a policy (empty: nothing), one line per difference:
+    observation keys, To, image size of each image key, a camera key for a camera the controller
+    does not subscribe to, the action layout."""
+    out = []
+    want, have = set(md.obs_shapes), set(obs_keys)
+    if want != have:
+        out.append(f"observation keys: the policy needs {sorted(want)}, the controller sends {sorted(have)}"
+                   + (f" (missing {sorted(want - have)})" if want - have else "")
+                   + (f" (extra {sorted(have - want)})" if have - want else ""))
+    if md.obs_horizon != obs_horizon:
+        out.append(f"obs_horizon: the policy takes To = {md.obs_horizon}, the controller sends {obs_horizon}")
+    for k, (shape, _) in md.obs_shapes.items():
+        cam, _, kind = k.rpartition(".")
+        if kind not in ("color", "depth") or not cam:
+            continue
+        if cam not in camera_ids:
+            out.append(f"{k}: the policy needs camera {cam!r}, the controller's cameras are {sorted(camera_ids)}")
+        if image_size is not None and tuple(shape[:2]) != tuple(image_size):
+            out.append(f"{k}: the policy takes {shape[0]}x{shape[1]} images, the controller resizes to "
+                       f"{image_size[0]}x{image_size[1]}")
+    if md.action_space != action_space or md.action_dim != action_dim:
+        out.append(f"actions: the policy outputs {md.action_dim}-D {md.action_space!r}, the controller executes "
+                   f"{action_dim}-D {action_space!r}")
+    return out

@@ -472,6 +472,42 @@ class Heartbeat(Message):
 
 
 @dataclass(kw_only=True)
+class SpecRequest(Message):
+    """Ask a policy server for its observation/action spec; the answer is a :class:`PolicySpec`."""
+
+    SCHEMA: ClassVar[str] = "spec_request"
+    request_id: int = scalar("int", 0)
+
+
+@dataclass(kw_only=True)
+class PolicySpec(Message):
+    """What a policy consumes and produces (its ``PolicyMetadata``), so a controller can check its
+    setup against it at start-up (compare openpi's server metadata on connect).
+
+    Attributes:
+        obs_keys: the observation keys, in order.
+        obs_shapes: key -> (ndim,) int64, the shape of one step (without the To axis).
+        obs_dtypes: numpy dtype strings, aligned with ``obs_keys``.
+        obs_horizon: To; horizon: H; action_dim: D; action_space: the actions' meaning.
+        dt: control period the policy was trained at, s; offset: step of action 0 after the newest
+            observation; supports_prefix: accepts an RTC prefix.
+    """
+
+    SCHEMA: ClassVar[str] = "policy_spec"
+    request_id: int = scalar("int", 0)
+    obs_keys: list[str] = scalar("list_str")
+    obs_shapes: dict = array_dict()
+    obs_dtypes: list[str] = scalar("list_str")
+    obs_horizon: int = scalar("int", 1)
+    horizon: int = scalar("int", 1)
+    action_dim: int = scalar("int", 1)
+    action_space: str = scalar("str", "")
+    dt: float = scalar("float", 0.1)
+    offset: int = scalar("int", 0)
+    supports_prefix: bool = scalar("bool", False)
+
+
+@dataclass(kw_only=True)
 class ErrorReply(Message):
     """A request/reply error: the request was rejected with ``code`` and a readable ``reason``."""
 

@@ -85,6 +85,7 @@ class ControllerParams(NodeParams):
     teleop: str | None = Field(None, description="teleop node name (teleop source and intervention)")
     teleop_timeout_s: float = Field(0.5, gt=0, description="teleop commands older than this are not executed")
     autostart: bool = Field(True, description="execute from start-up (else wait for an episode start event)")
+    spec_timeout_s: float = Field(60.0, gt=0, description="start-up wait for the policy's spec (it may be loading a model), s")
     image_size: tuple[int, int] | None = Field(None, description="(h, w) camera images are resized to (INTER_AREA)")
     request_on_frame: bool = Field(True, description="async/rtc/ensemble: a due request waits (up to max_obs_age_s) "
                                    "for the frame that advances the observation anchor")
@@ -226,6 +227,8 @@ class ControllerNode(Node):
             return
         failures = 0
         try:
+            if self.openpi_client is None and not self._check_spec(client):
+                return
             while not self._stop.is_set():
                 try:
                     self._inference_once(client)
@@ -241,6 +244,42 @@ class ControllerNode(Node):
                     self._stop.wait(self.dt_ns / 1e9)
         finally:
             client.close()
+
+    def _check_spec(self, client: RequestClient) -> bool:
+        """Ask the policy for its spec (:class:`PolicySpec`) and compare it with this controller's
+        setup: on a difference the node ends at start-up, naming each one (False). A policy that
+        does not answer within ``spec_timeout_s`` (still loading, or gone), or an older server that
+        does not know the request, is logged and left to the per-request checks (True)."""
+        from robot_stack.comm.messages import PolicySpec, SpecRequest
+        from robot_stack.policies.serving import metadata_from_spec, spec_mismatch
+
+        p = self.params
+        deadline = now_ns() + int(p.spec_timeout_s * 1e9)
+        while not self._stop.is_set():
+            try:
+                reply = client.request("spec", SpecRequest(request_id=0), timeout_s=min(2.0, p.spec_timeout_s))
+            except TransportTimeout:
+                if now_ns() > deadline:
+                    log.warning("the policy at %s sent no spec within %.0f s: observations are checked per request",
+                                self.endpoint, p.spec_timeout_s)
+                    return True
+                continue
+            except RemoteError as e:
+                log.warning("the policy at %s does not give its spec (%s): observations are checked per request",
+                            self.endpoint, e)
+                return True
+            if not isinstance(reply, PolicySpec):
+                log.warning("the policy at %s answered a spec request with %s", self.endpoint, reply.SCHEMA)
+                return True
+            md = metadata_from_spec(reply)
+            diffs = spec_mismatch(md, list(p.obs_keys), p.obs_horizon, p.image_size, list(self.cam_ids.values()))
+            if diffs:
+                self.fail("the policy's spec does not match this controller: " + "; ".join(diffs))
+                return False
+            log.info("policy spec: %s, To %d, H %d, %d-D %s actions at %.3f s", sorted(md.obs_shapes), md.obs_horizon,
+                     md.horizon, md.action_dim, md.action_space, md.dt)
+            return True
+        return False
 
     def _inference_once(self, client: RequestClient) -> None:
         """One request: observe, ask the policy, plan and send the chunk (or hold and return)."""

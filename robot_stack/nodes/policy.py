@@ -29,11 +29,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from robot_stack.runtime.devices import POLICY_BACKENDS
-from robot_stack.comm.messages import ActionChunk, ErrorReply, Message, ObservationWindow
+from robot_stack.comm.messages import ActionChunk, ErrorReply, Message, ObservationWindow, SpecRequest
 from robot_stack.runtime.node import Node, NodeParams
 from robot_stack.comm.openpi import FROZEN_KEY, PREFIX_KEY, OpenpiServer, OpenpiServerConfig
 from robot_stack.comm.transport import BatchReplyServer, PendingRequest
-from robot_stack.policies.serving import check_request, committed_prefix, frozen_count
+from robot_stack.policies.serving import check_request, committed_prefix, frozen_count, spec_message
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ class PolicyNode(Node):
         """Answer requests as one batch: each is checked alone (a bad one gets its ErrorReply), the
         valid ones run through ``predict_batch`` together; if the batch raises, each valid request
         is retried alone, so only a request that fails by itself gets a ``handler_error``."""
-        replies: list[Message | None] = [self._check(m) for m in msgs]
+        replies: list[Message | None] = [spec_message(self.policy.metadata, m.request_id) if isinstance(m, SpecRequest)
+                                         else self._check(m) for m in msgs]
         valid = [i for i, r in enumerate(replies) if r is None]
         if not valid:
             return replies
