@@ -36,13 +36,22 @@ class ModelConfig:
 
     Attributes:
         cameras: camera id -> "rgb" | "depth" | "rgbd" | "points" (a point cloud (N, 3) in the base
-            frame, observation key ``<camera>.points``: robot_stack.control.pointcloud).
+            frame, observation key ``<camera>.points``: robot_stack.control.pointcloud) | "layered"
+            (H3DP, Lu et al. 2025, arXiv 2505.07819: the RGB-D image cut into depth layers at
+            ``depth_layers`` edges, each layer its RGB and depth where the pixel's depth falls in
+            it, zero elsewhere; read by a multi-scale encoder whose scales condition the denoiser
+            coarse-to-fine, coarse at the noisy start. Taken from the paper: depth-aware layering,
+            multi-scale features, coarse-to-fine conditioning; simplified: keypoint read-outs per
+            scale instead of feature pyramids, a soft time schedule instead of one action level per
+            scale).
         image_hw: (h, w) the images are resized to before the encoder.
         proprio_dim, obs_horizon, horizon, action_dim, dt: data layout.
         kind: "ddim" (Diffusion Policy), "flow" (flow matching) or "meanflow" (MeanFlow, the
             average velocity over an interval: one-step sampling as in MP1).
         sample_steps: DDIM steps, Euler steps (1 = one-step flow) or MeanFlow jumps.
         n_points: N of "points" cameras.
+        depth_layers: edges (m) of the "layered" cameras' depth layers (K + 1 edges, K layers).
+        scales: feature scales of the "layered" cameras' encoder (1..4).
         dispersive_weight: weight of the dispersive loss on the observation embeddings (MP1; 0: off).
         meanflow_ratio: MeanFlow training, the fraction of samples with an interval (s < e); the
             rest are s = e (flow matching). Geng et al. use 25 %.
@@ -68,13 +77,17 @@ class ModelConfig:
     meanflow_ratio: float = 0.25
     n_points: int = 512
     dispersive_weight: float = 0.0
+    depth_layers: tuple[float, ...] = (0.0, 0.6, 1.2, 10.0)
+    scales: int = 3
 
     def __post_init__(self):
         if not 0 <= self.rtc_max_prefix <= self.horizon // 2:
             raise ValueError(f"rtc_max_prefix {self.rtc_max_prefix} must be in 0..H/2 = {self.horizon // 2} "
                              "(d <= s <= H - d)")
-        if any(m not in ("rgb", "depth", "rgbd", "points") for m in self.cameras.values()):
-            raise ValueError(f"camera modes must be rgb, depth, rgbd or points, got {self.cameras}")
+        if any(m not in ("rgb", "depth", "rgbd", "points", "layered") for m in self.cameras.values()):
+            raise ValueError(f"camera modes must be rgb, depth, rgbd, points or layered, got {self.cameras}")
+        if len(self.depth_layers) < 2 or any(b <= a for a, b in zip(self.depth_layers, self.depth_layers[1:])):
+            raise ValueError(f"depth_layers must be at least 2 increasing edges (m), got {self.depth_layers}")
         if min(self.image_hw) < 64 and any(m != "points" for m in self.cameras.values()):
             raise ValueError(f"image_hw {self.image_hw}: the encoder downsamples 32x; use at least 64x64 images")
         if self.kind not in ("ddim", "flow", "meanflow"):
@@ -85,7 +98,8 @@ class ModelConfig:
             raise ValueError(f"horizon {self.horizon} must be divisible by 4 (two U-Net downsamplings)")
 
     def channels(self) -> dict[str, int]:
-        return {k: {"rgb": 3, "depth": 1, "rgbd": 4, "points": 3}[v] for k, v in self.cameras.items()}
+        k_layers = 4 * (len(self.depth_layers) - 1)
+        return {k: {"rgb": 3, "depth": 1, "rgbd": 4, "points": 3, "layered": k_layers}[v] for k, v in self.cameras.items()}
 
 
 class GenerativePolicyModel(torch.nn.Module):
@@ -96,7 +110,9 @@ class GenerativePolicyModel(torch.nn.Module):
         self.cfg = cfg
         self.net = PolicyNet(cfg.channels(), cfg.proprio_dim, cfg.obs_horizon, cfg.action_dim,
                              enc_base=cfg.enc_base, widths=cfg.widths, prefix_mask=cfg.rtc_max_prefix > 0,
-                             point_cameras=tuple(k for k, m in cfg.cameras.items() if m == "points"))
+                             point_cameras=tuple(k for k, m in cfg.cameras.items() if m == "points"),
+                             multiscale_cameras=tuple(k for k, m in cfg.cameras.items() if m == "layered"),
+                             scales=cfg.scales, progress_from="ddim" if cfg.kind == "ddim" else "flow")
         self.register_buffer("a_min", -torch.ones(cfg.action_dim))
         self.register_buffer("a_max", torch.ones(cfg.action_dim))
         self.sampler = {"ddim": lambda: DDIM(cfg.train_steps), "flow": Flow, "meanflow": MeanFlow}[cfg.kind]()
@@ -112,6 +128,9 @@ class GenerativePolicyModel(torch.nn.Module):
                 out.append(torch.from_numpy(np.asarray(obs[f"{cam}.points"], np.float32))[None])
                 continue
             chans = []
+            if mode == "layered":
+                chans = [depth_layers(np.asarray(obs[f"{cam}.color"]), np.asarray(obs[f"{cam}.depth"]),
+                                      self.cfg.depth_layers)]
             if mode in ("rgb", "rgbd"):
                 chans.append(torch.from_numpy(np.asarray(obs[f"{cam}.color"], np.float32) / 255.0).permute(0, 3, 1, 2))
             if mode in ("depth", "rgbd"):
@@ -190,6 +209,20 @@ class GenerativePolicyModel(torch.nn.Module):
         return (x + 1) / 2 * (hi - lo) + lo
 
 
+def depth_layers(color: np.ndarray, depth: np.ndarray, edges, depth_scale: float = 0.001) -> torch.Tensor:
+    """H3DP's depth-aware layering: color (To, h, w, 3) uint8 and depth (To, h, w) uint16 ->
+    (To, 4 K, h, w) float32, per layer k (depth in [edges[k], edges[k + 1]) m) its RGB in [0, 1]
+    and depth in m / 2 where the pixel lies in the layer, 0 elsewhere. Pixels without depth (0)
+    are in no layer."""
+    rgb = torch.from_numpy(np.asarray(color, np.float32) / 255.0).permute(0, 3, 1, 2)  # (To, 3, h, w)
+    d = torch.from_numpy(np.asarray(depth, np.float32) * depth_scale)[:, None]  # (To, 1, h, w), m
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = ((d >= lo) & (d < hi) & (d > 0)).float()
+        out += [rgb * m, torch.clamp(d / 2.0, 0, 1) * m]
+    return torch.cat(out, dim=1)
+
+
 def save_checkpoint(model: GenerativePolicyModel, path: str | Path, extra: dict | None = None) -> Path:
     """Write ``path`` (.safetensors): weights and normalization as tensors, the model config (and
     ``extra``, e.g. training state) as JSON metadata. No pickle: the file is safe to load."""
@@ -221,6 +254,8 @@ def load_checkpoint(path: str | Path) -> tuple[GenerativePolicyModel, dict]:
     cfg_d = json.loads(meta["config"])
     cfg_d["image_hw"] = tuple(cfg_d["image_hw"])
     cfg_d["widths"] = tuple(cfg_d["widths"])
+    if "depth_layers" in cfg_d:
+        cfg_d["depth_layers"] = tuple(cfg_d["depth_layers"])
     model = GenerativePolicyModel(ModelConfig(**cfg_d))
     model.load_state_dict(load_file(str(path)))
     return model.eval(), json.loads(meta.get("extra", "{}"))
@@ -402,7 +437,9 @@ class GenerativePolicy(Policy):
             hw = model.cfg.image_hw
             if mode in ("rgb", "rgbd"):
                 cams[f"{cam}.color"] = ((*hw, 3), "|u1")
-            if mode in ("depth", "rgbd"):
+            if mode == "layered":
+                cams[f"{cam}.color"] = ((*hw, 3), "|u1")
+            if mode in ("depth", "rgbd", "layered"):
                 cams[f"{cam}.depth"] = (hw, "<u2")
             if mode == "points":
                 cams[f"{cam}.points"] = ((model.cfg.n_points, 3), "<f4")

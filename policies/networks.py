@@ -5,6 +5,8 @@
   al. 2016, "End-to-End Training of Deep Visuomotor Policies"); input RGB (3), depth (1) or RGB-D (4).
 - :class:`PointEncoder`: DP3's point-cloud encoder (Ze et al. 2024, "3D Diffusion Policy"; the
   MP1 encoder): a per-point MLP with LayerNorm, max-pooled over the points; input (B, N, 3).
+- :class:`MultiScaleEncoder` and :func:`scale_weights`: H3DP's multi-scale visual features and
+  their coarse-to-fine use by the denoiser (Lu et al. 2025, arXiv 2505.07819; see ModelConfig).
 - :class:`ConditionalUnet1D`: Diffusion Policy's 1-D temporal U-Net over the action sequence
   (Chi et al. 2023), every residual block FiLM-conditioned (Perez et al. 2018) on the observation
   features and a sinusoidal embedding of the diffusion / flow time.
@@ -53,6 +55,50 @@ class SpatialSoftmax(nn.Module):
         ys = torch.linspace(-1, 1, h, device=x.device).repeat_interleave(w)
         xs = torch.linspace(-1, 1, w, device=x.device).repeat(h)
         return torch.cat([(p * xs).sum(-1), (p * ys).sum(-1)], dim=-1)
+
+
+class MultiScaleEncoder(nn.Module):
+    """The ResNet-18 layout of :class:`ConvEncoder`, read out at its last ``scales`` stages (strides
+    32, 16, 8 for three): each stage's maps -> 32 keypoints by spatial softmax -> Linear(out_dim).
+    Out: (B, scales * out_dim), coarse (deepest) first. H3DP's multi-scale representation, with
+    keypoint read-outs in place of its feature-map pyramid (a simplification)."""
+
+    def __init__(self, in_ch: int, base: int = 16, out_dim: int = 64, scales: int = 3):
+        super().__init__()
+        if not 1 <= scales <= 4:
+            raise ValueError(f"scales must be 1..4, got {scales}")
+        w = [base, base * 2, base * 4, base * 8]
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, w[0], 7, 2, 3, bias=False), group_norm(w[0]), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        self.stages, c = nn.ModuleList(), w[0]
+        for i, cw in enumerate(w):
+            self.stages.append(nn.Sequential(BasicBlock(c, cw, 1 if i == 0 else 2), BasicBlock(cw, cw)))
+            c = cw
+        self.scales = scales
+        self.keypoints = nn.ModuleList(nn.Conv2d(w[i], 32, 1) for i in range(4 - scales, 4))
+        self.pool = SpatialSoftmax()
+        self.outs = nn.ModuleList(nn.Linear(64, out_dim) for _ in range(scales))
+
+    def forward(self, x):
+        h, maps = self.stem(x), []
+        for st in self.stages:
+            h = st(h)
+            maps.append(h)
+        feats = [o(self.pool(k(m))) for k, o, m in zip(self.keypoints, self.outs, maps[4 - self.scales:])]
+        return torch.cat(feats[::-1], dim=-1)  # coarse (deepest) first
+
+
+def scale_weights(progress: torch.Tensor, scales: int, width: float = 0.25) -> torch.Tensor:
+    """Coarse-to-fine weights (B, scales) of multi-scale features at denoising ``progress`` (B,) in
+    [0, 1] (0: pure noise, 1: clean): a Gaussian bump per scale centred at s / (scales - 1), coarse
+    (s = 0) at the noisy start and fine at the end, normalised to mean 1 so the conditioning keeps
+    its scale. H3DP conditions early denoising steps on coarse features and later ones on fine
+    features; this is the soft form of that schedule."""
+    if scales == 1:
+        return torch.ones(len(progress), 1, device=progress.device)
+    c = torch.linspace(0, 1, scales, device=progress.device)
+    w = torch.exp(-0.5 * ((progress[:, None].float() - c[None]) / width) ** 2)
+    return w / w.mean(dim=1, keepdim=True)
 
 
 class PointEncoder(nn.Module):
@@ -189,12 +235,24 @@ class PolicyNet(nn.Module):
 
     def __init__(self, cameras: dict[str, int], proprio_dim: int, obs_horizon: int, action_dim: int,
                  feat_dim: int = 64, enc_base: int = 16, widths=(64, 128, 256), prefix_mask: bool = False,
-                 point_cameras: tuple[str, ...] = ()):
+                 point_cameras: tuple[str, ...] = (), multiscale_cameras: tuple[str, ...] = (), scales: int = 3,
+                 progress_from: str = "flow"):
         super().__init__()
         self.cameras = list(cameras)
-        self.encoders = nn.ModuleDict({k: PointEncoder(feat_dim) if k in point_cameras else ConvEncoder(c, enc_base, feat_dim)
-                                       for k, c in cameras.items()})
-        cond_dim = obs_horizon * (feat_dim * len(cameras) + proprio_dim)
+        self.encoders = nn.ModuleDict({
+            k: PointEncoder(feat_dim) if k in point_cameras else
+            MultiScaleEncoder(c, enc_base, feat_dim, scales) if k in multiscale_cameras else
+            ConvEncoder(c, enc_base, feat_dim) for k, c in cameras.items()})
+        widths_per_cam = [feat_dim * (scales if k in multiscale_cameras else 1) for k in cameras]
+        self.step_dim = sum(widths_per_cam) + proprio_dim
+        self.obs_horizon, self.scales, self.feat_dim = obs_horizon, scales, feat_dim
+        #: (offset, camera) of each multi-scale block inside one step of the conditioning
+        offs = [sum(widths_per_cam[:i]) for i in range(len(widths_per_cam))]
+        self.gated = [o for o, k in zip(offs, cameras) if k in multiscale_cameras]
+        if progress_from not in ("flow", "ddim"):
+            raise ValueError(f"progress_from must be flow or ddim, got {progress_from!r}")
+        self.progress_from = progress_from
+        cond_dim = obs_horizon * self.step_dim
         self.unet = ConditionalUnet1D(action_dim, cond_dim, widths, in_dim=action_dim + int(prefix_mask))
 
     def encode(self, images: list[torch.Tensor], proprio: torch.Tensor) -> torch.Tensor:
@@ -205,4 +263,22 @@ class PolicyNet(nn.Module):
         return torch.cat(feats + [proprio], dim=-1).flatten(1)
 
     def forward(self, x, t, cond):
+        if self.gated:
+            cond = self._coarse_to_fine(cond, t)
         return self.unet(x, t, cond)
+
+    def _coarse_to_fine(self, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Weight each multi-scale block by :func:`scale_weights` at this step's progress (flow,
+        MeanFlow: t, the interval's start; DDIM: 1 - k/K)."""
+        tt = t[:, 0] if t.ndim == 2 else t
+        progress = 1.0 - tt if self.progress_from == "ddim" else tt
+        w = scale_weights(progress, self.scales)  # (B, S)
+        gate = torch.ones(self.step_dim, device=cond.device).repeat(len(cond), 1)  # (B, step_dim)
+        f = self.feat_dim
+        parts, last = [], 0
+        for off in self.gated:
+            parts += [gate[:, last:off], w.repeat_interleave(f, dim=1)]
+            last = off + self.scales * f
+        parts.append(gate[:, last:])
+        gate = torch.cat(parts, dim=1)
+        return (cond.reshape(len(cond), self.obs_horizon, self.step_dim) * gate[:, None]).reshape(cond.shape)

@@ -39,7 +39,8 @@ class ModelSettings(BaseModel):
     kind: str = Field("flow", pattern="^(flow|ddim|meanflow)$")
     sample_steps: int = Field(1, ge=1)
     camera: str = "wrist"
-    mode: str = Field("rgb", pattern="^(rgb|depth|rgbd)$")
+    mode: str = Field("rgb", pattern="^(rgb|depth|rgbd|layered)$",
+                      description="layered: H3DP's depth layers of the RGB-D image (see depth_layers)")
     image_hw: tuple[int, int] = (72, 96)
     obs_horizon: int = Field(2, ge=1)
     horizon: int = Field(16, ge=4)
@@ -48,6 +49,9 @@ class ModelSettings(BaseModel):
     widths: tuple[int, ...] = (64, 128, 256)
     rtc_max_prefix: int = Field(0, ge=0, description="training-time RTC: train with clean prefixes of up to "
                                                     "this many actions (0: off; at most horizon / 2)")
+    depth_layers: tuple[float, ...] = Field((0.0, 0.6, 1.2, 10.0), description="layered mode: layer edges, m")
+    scales: int = Field(3, ge=1, le=4, description="layered mode: feature scales, coarse to fine")
+    dispersive_weight: float = Field(0.0, ge=0, description="dispersive loss on the observation embeddings (MP1)")
 
 
 class TrainSettings(BaseModel):
@@ -130,9 +134,9 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
         if len(a["target_ns"]) == 0:
             raise DatasetError(f"{path}: no executed actions recorded")
         imgs = []
-        if ms.mode in ("rgb", "rgbd"):
+        if ms.mode in ("rgb", "rgbd", "layered"):
             imgs.append(resize_images(c["color"], ms.image_hw))
-        if ms.mode in ("depth", "rgbd"):
+        if ms.mode in ("depth", "rgbd", "layered"):
             imgs.append(resize_images(c["depth"], ms.image_hw)[..., None].view(np.uint8).reshape(
                 *c["depth"].shape[:1], *ms.image_hw, 2))
         frames.append(np.concatenate(imgs, axis=-1))
@@ -162,15 +166,23 @@ def model_config(ms: ModelSettings) -> ModelConfig:
     return ModelConfig(cameras={ms.camera: ms.mode}, image_hw=tuple(ms.image_hw), proprio_dim=8,
                        obs_horizon=ms.obs_horizon, horizon=ms.horizon, action_dim=8, dt=ms.dt, kind=ms.kind,
                        sample_steps=ms.sample_steps, enc_base=ms.enc_base, widths=tuple(ms.widths),
-                       rtc_max_prefix=ms.rtc_max_prefix)
+                       rtc_max_prefix=ms.rtc_max_prefix, depth_layers=tuple(ms.depth_layers), scales=ms.scales,
+                       dispersive_weight=ms.dispersive_weight)
 
 
 def _batch_images(s: Samples, rows: np.ndarray, mode: str, shift: int, rng: np.random.Generator | None,
-                  shifts: np.ndarray | None = None) -> torch.Tensor:
+                  shifts: np.ndarray | None = None, depth_edges: tuple[float, ...] | None = None) -> torch.Tensor:
     """(B, To, C, h, w) float in [0, 1] (depth: m / 2, as the model's ``images``), random-shifted
     (per row (dy, dx) in [0, 2 shift]: ``shifts`` (B, 2) when given, else drawn from ``rng``)."""
     x = s.frames[s.frame_idx[rows]]  # (B, To, h, w, C)
-    if mode == "rgb":
+    if mode == "layered":  # H3DP's depth layers, as the model builds them at deploy time
+        from .generative import depth_layers
+
+        b, to, h, w = x.shape[:4]
+        d = x[..., -2:].copy().view(np.uint16)[..., 0]
+        t = depth_layers(x[..., :3].reshape(b * to, h, w, 3), d.reshape(b * to, h, w),
+                         depth_edges or (0.0, 0.6, 1.2, 10.0)).reshape(b, to, -1, h, w).permute(0, 1, 3, 4, 2)
+    elif mode == "rgb":
         t = torch.from_numpy(x.astype(np.float32) / 255.0)
     else:
         d = x[..., -2:].copy().view(np.uint16)[..., 0].astype(np.float32) / 2000.0
@@ -216,7 +228,7 @@ def validate(model: GenerativePolicyModel, s: Samples, mode: str, n: int = 128, 
     rows = rng.choice(len(s.state), size=min(n, len(s.state)), replace=False)
     policy = GenerativePolicy(model, TorchDenoiser(model, device="cpu"), seed=seed)
     errs, errs8 = [], []
-    imgs = _batch_images(s, rows, mode, 0, None)
+    imgs = _batch_images(s, rows, mode, 0, None, depth_edges=model.cfg.depth_layers)
     for b, r in enumerate(rows):
         denoise = policy.backend.bind([imgs[b:b + 1]], s.state[r][None])
         if model.cfg.rtc_max_prefix:  # trained for prefixes: validated without one (d = 0)
@@ -323,7 +335,7 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
             mine = dd.shard(np.arange(len(rows)), place)  # this rank's slice of it
             rows = rows[mine]
             imgs = _batch_images(train_s, rows, ms.mode, settings.shift_px, None,
-                                 None if shifts is None else shifts[mine]).to(device)
+                                 None if shifts is None else shifts[mine], tuple(ms.depth_layers)).to(device)
             loss = net(imgs, torch.from_numpy(train_s.state[rows]).to(device),
                        torch.from_numpy(train_s.actions[rows]).to(device))
             opt.zero_grad(set_to_none=True)

@@ -22,10 +22,11 @@ def test_actions_at_interpolates_holds_and_keeps_last_sent():
     np.testing.assert_allclose(a[:, 3:7], np.tile([0, 0, 0, 1], (5, 1)))
 
 
-def make_episode(root, n_frames=30, seed=0, task=None, smooth=False):
+def make_episode(root, n_frames=30, seed=0, task=None, smooth=False, depth=False):
     """Camera at 15 Hz, state at 250 Hz moving x = t (m, t in s), actions at 10 Hz leading by 0.1 s;
     ``task``: the episode's task string (metadata), if any; ``smooth``: camera frames are moving
-    sinusoids (what a video codec keeps nearly intact) instead of noise."""
+    sinusoids (what a video codec keeps nearly intact) instead of noise; ``depth``: the camera also
+    records depth (0.3-2.5 m)."""
     rng = np.random.default_rng(seed)
     w = EpisodeWriter(root)
     t0 = 10_000 * MS
@@ -41,7 +42,8 @@ def make_episode(root, n_frames=30, seed=0, task=None, smooth=False):
             color = color.astype(np.uint8)
         else:
             color = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
-        w.add("camera/wrist", t0 + k * 66_666_667, frame_index=np.int64(k), color=color)
+        extra = {"depth": rng.integers(300, 2500, (48, 64)).astype(np.uint16)} if depth else {}
+        w.add("camera/wrist", t0 + k * 66_666_667, frame_index=np.int64(k), color=color, **extra)
     for k in range(n_frames * 10 // 15):
         t = t0 + k * 100 * MS
         w.add("action", t, target_ns=np.int64(t + 100 * MS), pose=np.r_[(t - t0) / 1e9 + 0.1, 0, 0.3, 1, 0, 0, 0],
@@ -92,3 +94,28 @@ def test_train_checkpoints_resumes_and_validates(tmp_path):
     train(more, eps, out, resume=True, progress=False)
     _, extra = load_checkpoint(out)
     assert extra["step"] == 15
+
+
+def test_train_a_layered_meanflow_policy_from_episodes(tmp_path):
+    """H3DP's layered input and MeanFlow with the dispersive loss, from recorded RGB-D episodes to a
+    served checkpoint: the training images are layered as the model layers them at deploy time."""
+    from robot_stack.policies.generative import GenerativePolicy, TorchDenoiser, load_checkpoint
+    from robot_stack.policies.training import _batch_images, build_samples
+
+    eps = [make_episode(tmp_path / "data", seed=i, depth=True) for i in range(3)]
+    ms = ModelSettings(kind="meanflow", mode="layered", image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32),
+                       depth_layers=(0.0, 1.0, 3.0), scales=2, dispersive_weight=0.05)
+    settings = TrainSettings(model=ms, steps=6, batch_size=4, val_fraction=0.34, warmup_steps=1, checkpoint_every=100)
+    summary = train(settings, eps, tmp_path / "p.safetensors", progress=False)
+    assert np.isfinite(summary["final_loss"]) and np.isfinite(summary["val_pos_err_mm"])
+    model, _ = load_checkpoint(tmp_path / "p.safetensors")
+    assert model.cfg.cameras == {"wrist": "layered"} and model.cfg.depth_layers == (0.0, 1.0, 3.0)
+    # the training batch equals what the model builds from the same frames at deploy time
+    s = build_samples(eps[:1], ms)
+    train_img = _batch_images(s, np.array([3]), "layered", 0, None, depth_edges=(0.0, 1.0, 3.0))[0]
+    fr = s.frames[s.frame_idx[3]]
+    obs = {"wrist.color": fr[..., :3], "wrist.depth": fr[..., -2:].copy().view(np.uint16)[..., 0],
+           "state": s.state[3]}
+    torch.testing.assert_close(train_img, model.images(obs)[0][0])
+    a = GenerativePolicy(model, TorchDenoiser(model, "cpu"), seed=0).predict(obs)
+    assert a.shape == (8, 8) and np.isfinite(a).all()
