@@ -77,18 +77,20 @@ def metadata_from_spec(spec: PolicySpec) -> PolicyMetadata:
                           supports_prefix=spec.supports_prefix)
 
 
-def spec_mismatch(md: PolicyMetadata, obs_keys: list[str], obs_horizon: int, image_size: tuple[int, int] | None,
-                  camera_ids: list[str], action_space: str = "ee_pose+gripper", action_dim: int = 8) -> list[str]:
+def spec_mismatch(md: PolicyMetadata, obs_keys: list[str] | None, obs_horizon: int | None,
+                  image_size: tuple[int, int] | None, camera_ids: list[str], action_space: str = "ee_pose+gripper",
+                  action_dim: int = 8) -> list[str]:
     """What a controller's setup gets wrong about a policy (empty: nothing), one line per difference:
     observation keys, To, image size of each image key, a camera key for a camera the controller
-    does not subscribe to, the action layout."""
+    does not subscribe to, the action layout. A setting left None is taken from the spec, so it
+    cannot differ."""
     out = []
-    want, have = set(md.obs_shapes), set(obs_keys)
+    want, have = set(md.obs_shapes), set(obs_keys if obs_keys is not None else md.obs_shapes)
     if want != have:
         out.append(f"observation keys: the policy needs {sorted(want)}, the controller sends {sorted(have)}"
                    + (f" (missing {sorted(want - have)})" if want - have else "")
                    + (f" (extra {sorted(have - want)})" if have - want else ""))
-    if md.obs_horizon != obs_horizon:
+    if obs_horizon is not None and md.obs_horizon != obs_horizon:
         out.append(f"obs_horizon: the policy takes To = {md.obs_horizon}, the controller sends {obs_horizon}")
     for k, (shape, _) in md.obs_shapes.items():
         cam, _, kind = k.rpartition(".")

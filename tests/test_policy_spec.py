@@ -22,7 +22,8 @@ def test_the_spec_travels_through_the_codec_unchanged():
 
 def test_every_difference_is_named():
     assert spec_mismatch(MD, ["scene.color", "state"], 2, (96, 96), ["scene"]) == []
-    assert spec_mismatch(MD, ["scene.color", "state"], 2, None, ["scene"]) == []  # native size: checked per request
+    assert spec_mismatch(MD, ["scene.color", "state"], 2, None, ["scene"]) == []  # size left open: from the spec
+    assert spec_mismatch(MD, None, None, None, ["scene"]) == []  # all left open
     diffs = spec_mismatch(MD, ["scene.color", "ee_pose"], 3, (64, 64), ["wrist"])
     text = "\n".join(diffs)
     assert "missing ['state']" in text and "extra ['ee_pose']" in text
@@ -51,7 +52,9 @@ def test_a_controller_refuses_a_policy_whose_spec_disagrees(tmp_path, run_dir):
         assert "extra ['q']" in log and "To = 3, the controller sends 2" in log
 
 
-def test_a_controller_whose_setup_matches_runs(tmp_path, run_dir):
+def test_a_controller_takes_what_its_setup_leaves_open_from_the_spec(tmp_path, run_dir):
+    """No obs_keys or obs_horizon in the controller's config: it sends what the policy's spec
+    asks for (To = 3 here, where the controller's old default was 2), and the policy accepts it."""
     from conftest import launched
     from robot_stack.comm.messages import Heartbeat
     from robot_stack.comm.transport import Subscriber
@@ -59,7 +62,7 @@ def test_a_controller_whose_setup_matches_runs(tmp_path, run_dir):
 
     cfg = tmp_path / "ok.yaml"
     cfg.write_text(f"name: specok\nrun_dir: {run_dir}\nnodes:\n  sim: {{kind: sim_world}}\n  arm: {{kind: arm}}\n"
-                   "  policy: {kind: policy, params: {backend: {type: goto, goal: [0.5, 0, 0.3]}}}\n"
+                   "  policy: {kind: policy, params: {backend: {type: goto, goal: [0.5, 0, 0.3], obs_horizon: 3}}}\n"
                    "  controller: {kind: controller, params: {autostart: true}}\n")
     with launched(cfg) as (launcher, out):
         c = load_config(cfg)
@@ -74,4 +77,4 @@ def test_a_controller_whose_setup_matches_runs(tmp_path, run_dir):
         finally:
             sub.close()
         assert chunks >= 3 and not launcher.dead, out.tail()
-        assert "policy spec: ['ee_pose'], To 2" in out.tail(400)
+        assert "policy spec: ['ee_pose'], To 3" in out.tail(400)

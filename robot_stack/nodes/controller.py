@@ -69,10 +69,11 @@ class ControllerParams(NodeParams):
     openpi_keys: dict[str, str] | None = Field(None, description="ws:// policy: openpi observation key -> our key")
     openpi_api_key_env: str | None = Field(None, description="ws:// policy: environment variable with the API key")
     cameras: list[str] = Field(default_factory=list, description="camera node names")
-    obs_keys: list[str] = Field(default_factory=lambda: ["ee_pose"], min_length=1,
-                                description="keys sent to the policy: ee_pose, q, gripper_width, <camera_id>.color/.depth")
+    obs_keys: list[str] | None = Field(None, min_length=1,
+                                       description="keys sent to the policy: ee_pose, q, gripper_width, state, "
+                                       "<camera_id>.color/.depth (None: the policy's spec; [ee_pose] without one)")
     rate_hz: float = Field(10.0, gt=0, le=100)
-    obs_horizon: int = Field(2, ge=1)
+    obs_horizon: int | None = Field(None, ge=1, description="To (None: the policy's spec; 2 without one)")
     strategy: Literal["sync", "async", "ensemble", "rtc"] = "sync"
     execute_horizon: int = Field(8, ge=1)
     ensemble_m: float = 0.01
@@ -86,7 +87,8 @@ class ControllerParams(NodeParams):
     teleop_timeout_s: float = Field(0.5, gt=0, description="teleop commands older than this are not executed")
     autostart: bool = Field(True, description="execute from start-up (else wait for an episode start event)")
     spec_timeout_s: float = Field(60.0, gt=0, description="start-up wait for the policy's spec (it may be loading a model), s")
-    image_size: tuple[int, int] | None = Field(None, description="(h, w) camera images are resized to (INTER_AREA)")
+    image_size: tuple[int, int] | None = Field(None, description="(h, w) camera images are resized to (INTER_AREA); "
+                                               "None: each camera's size in the policy's spec (native without one)")
     request_on_frame: bool = Field(True, description="async/rtc/ensemble: a due request waits (up to max_obs_age_s) "
                                    "for the frame that advances the observation anchor")
 
@@ -126,12 +128,16 @@ class ControllerNode(Node):
                 raise ValueError(f"controller.rate_hz {p.rate_hz} Hz: the control period must be under half "
                                  f"the arm's heartbeat timeout ({hb_timeout} s)")
         self.has_policy = p.policy_endpoint is not None or p.policy in cfg.nodes
+        # the observation the policy gets: as configured, else from its spec (_check_spec), else these
+        self.obs_keys: list[str] = list(p.obs_keys or ["ee_pose"])
+        self.obs_horizon: int = p.obs_horizon or 2
+        self.image_sizes: dict[str, tuple[int, int] | None] = {}  # camera id -> (h, w) to resize to
         self.openpi_keys = self.openpi_client = None
         if p.policy_endpoint is not None and p.policy_endpoint.startswith(("ws://", "wss://")):
             from robot_stack.comm.openpi import OpenpiClient, OpenpiKeys
 
             self.openpi_keys = OpenpiKeys(keys=p.openpi_keys or {"observation/state": "state"})
-            unmapped = set(p.obs_keys) - set(self.openpi_keys.keys.values())
+            unmapped = set(p.obs_keys or ["ee_pose"]) - set(self.openpi_keys.keys.values())
             if unmapped:
                 raise ValueError(f"controller.openpi_keys: no openpi key for observation keys {sorted(unmapped)}")
             key = os.environ.get(p.openpi_api_key_env) if p.openpi_api_key_env else None
@@ -194,19 +200,20 @@ class ControllerNode(Node):
     # ------------------------------------------------------------------------- observation
     def _observation(self):
         frames = {cid: self.sub.history(CameraFrame.topic(cid)) for cid in self.cam_ids.values()}
-        obs = assemble(frames, self.sub.history(RobotState.TOPIC), self.params.obs_horizon, self.dt_ns, now_ns(),
+        obs = assemble(frames, self.sub.history(RobotState.TOPIC), self.obs_horizon, self.dt_ns, now_ns(),
                        int(self.params.max_obs_age_s * 1e9), latency_offsets_ns=self.latency_offsets)
         arrays = {"ee_pose": obs.ee_pose.astype(np.float32), "q": obs.q.astype(np.float32),
                   "gripper_width": obs.gripper_width.astype(np.float32)[:, None]}
         arrays["state"] = np.concatenate([arrays["ee_pose"], arrays["gripper_width"]], axis=1)
         for cid in obs.color:
-            arrays[f"{cid}.color"] = resize_images(obs.color[cid], self.params.image_size)
+            size = self.params.image_size or self.image_sizes.get(cid)
+            arrays[f"{cid}.color"] = resize_images(obs.color[cid], size)
             if cid in obs.depth:
-                arrays[f"{cid}.depth"] = resize_images(obs.depth[cid], self.params.image_size)
-        missing = set(self.params.obs_keys) - arrays.keys()
+                arrays[f"{cid}.depth"] = resize_images(obs.depth[cid], size)
+        missing = set(self.obs_keys) - arrays.keys()
         if missing:
             raise StaleStreamError("observation", f"no stream provides {sorted(missing)}")
-        return obs, {k: arrays[k] for k in self.params.obs_keys}
+        return obs, {k: arrays[k] for k in self.obs_keys}
 
     # ------------------------------------------------------------------------- inference
     #: unexpected inference errors in a row that end the node (the launcher reports it)
@@ -247,7 +254,8 @@ class ControllerNode(Node):
 
     def _check_spec(self, client: RequestClient) -> bool:
         """Ask the policy for its spec (:class:`PolicySpec`) and compare it with this controller's
-        setup: on a difference the node ends at start-up, naming each one (False). A policy that
+        setup: on a difference the node ends at start-up, naming each one (False); what the setup
+        leaves open (obs_keys, obs_horizon, image sizes) is taken from the spec. A policy that
         does not answer within ``spec_timeout_s`` (still loading, or gone), or an older server that
         does not know the request, is logged and left to the per-request checks (True)."""
         from robot_stack.comm.messages import PolicySpec, SpecRequest
@@ -272,10 +280,17 @@ class ControllerNode(Node):
                 log.warning("the policy at %s answered a spec request with %s", self.endpoint, reply.SCHEMA)
                 return True
             md = metadata_from_spec(reply)
-            diffs = spec_mismatch(md, list(p.obs_keys), p.obs_horizon, p.image_size, list(self.cam_ids.values()))
+            diffs = spec_mismatch(md, p.obs_keys, p.obs_horizon, p.image_size, list(self.cam_ids.values()))
             if diffs:
                 self.fail("the policy's spec does not match this controller: " + "; ".join(diffs))
                 return False
+            # what the configuration leaves open comes from the spec
+            self.obs_keys = list(p.obs_keys) if p.obs_keys is not None else list(md.obs_shapes)
+            self.obs_horizon = p.obs_horizon or md.obs_horizon
+            for k, (shape, _) in md.obs_shapes.items():
+                cam, _, kind = k.rpartition(".")
+                if kind in ("color", "depth") and cam:
+                    self.image_sizes[cam] = (int(shape[0]), int(shape[1]))
             log.info("policy spec: %s, To %d, H %d, %d-D %s actions at %.3f s", sorted(md.obs_shapes), md.obs_horizon,
                      md.horizon, md.action_dim, md.action_space, md.dt)
             return True
