@@ -75,3 +75,22 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measured figures")
         for line in _REPORT:
             terminalreporter.write_line(line)
+
+
+def d435_playback(bag):
+    """pyrealsense2's own playback of a recording (not real-time): (pipeline, profile, first frameset);
+    the caller stops the pipeline. librealsense's playback now and then delivers nothing on a loaded
+    machine (seen in CI, and here under a CPU hog, in about 1 of 30 starts): a stalled playback is
+    restarted up to 3 times."""
+    import pyrealsense2 as rs
+
+    for _ in range(3):
+        pipe, cfg = rs.pipeline(), rs.config()
+        cfg.enable_device_from_file(str(bag), repeat_playback=True)
+        prof = pipe.start(cfg)
+        prof.get_device().as_playback().set_real_time(False)
+        ok, frames = pipe.try_wait_for_frames(10000)
+        if ok:
+            return pipe, prof, frames
+        pipe.stop()
+    raise RuntimeError(f"pyrealsense2 delivered no frame from {bag} in 3 starts")

@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from robot_stack.control.pointcloud import backproject, crop, farthest_point_sampling, transform, workspace_cloud
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, d435_playback
 
 K = np.array([[500.0, 0, 32.0], [0, 400.0, 24.0], [0, 0, 1]])
 
@@ -92,17 +92,7 @@ def _d435():
     """Raw depth, its intrinsics and scale, and pyrealsense2's own point cloud of it."""
     import pyrealsense2 as rs
 
-    for _ in range(3):  # librealsense playback now and then stalls on a loaded machine
-        pipe, cfg = rs.pipeline(), rs.config()
-        cfg.enable_device_from_file(str(BAG), repeat_playback=True)
-        prof = pipe.start(cfg)
-        prof.get_device().as_playback().set_real_time(False)
-        ok, frames = pipe.try_wait_for_frames(10000)
-        if ok:
-            break
-        pipe.stop()
-    else:
-        raise RuntimeError(f"pyrealsense2 delivered no frame from {BAG} in 3 starts")
+    pipe, prof, frames = d435_playback(BAG)
     scale = prof.get_device().first_depth_sensor().get_depth_scale()
     df = frames.get_depth_frame()
     intr = df.profile.as_video_stream_profile().get_intrinsics()

@@ -8,7 +8,7 @@ import pytest
 
 from robot_stack.runtime.clock import DeviceClockMapper
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, d435_playback
 
 BAG = SHARED_DATA / "realsense_d435_single_frame" / "single_depth_color_640x480.bag"
 needs_bag = pytest.mark.skipif(not BAG.is_file(), reason=f"recorded D435 data not present at {BAG} "
@@ -17,25 +17,11 @@ needs_bag = pytest.mark.skipif(not BAG.is_file(), reason=f"recorded D435 data no
 
 @functools.cache
 def reference_frames():
-    """What pyrealsense2 itself reports for the file: intrinsics, scale, aligned pixels.
-
-    librealsense's playback now and then delivers nothing on a loaded machine (seen in CI, and here
-    under a CPU hog, in about 1 of 30 starts); the reference is read once per session, restarting
-    a stalled playback up to 3 times.
-    """
+    """What pyrealsense2 itself reports for the file: intrinsics, scale, aligned pixels (read once
+    per session, :func:`conftest.d435_playback`)."""
     import pyrealsense2 as rs
 
-    for _ in range(3):
-        pipe, cfg = rs.pipeline(), rs.config()
-        cfg.enable_device_from_file(str(BAG), repeat_playback=True)
-        prof = pipe.start(cfg)
-        prof.get_device().as_playback().set_real_time(False)
-        ok, frames = pipe.try_wait_for_frames(10000)
-        if ok:
-            break
-        pipe.stop()
-    else:
-        raise RuntimeError(f"pyrealsense2 delivered no frame from {BAG} in 3 starts")
+    pipe, prof, frames = d435_playback(BAG)
     scale = prof.get_device().first_depth_sensor().get_depth_scale()
     intr = prof.get_stream(rs.stream.color).as_video_stream_profile().get_intrinsics()
     raw_depth = np.array(frames.get_depth_frame().get_data())
