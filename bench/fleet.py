@@ -4,10 +4,11 @@ N virtual robots (ZeroMQ REQ clients on one asyncio loop, each like a controller
 flight, the next at its 10 Hz tick or, when a reply comes late, right after it) send observation
 windows to one policy node, a real process started by the launcher. The policy is the deployment
 size of ``bench/inference.py`` (one RGB-D camera at 96x96, To = 2, H = 16, one-step flow, untrained:
-latency does not depend on the weights), torch on one CPU thread (the node's default).
+latency does not depend on the weights), torch on every CPU core (``--threads``: a policy server
+has its machine to itself; here the load generator shares it).
 
 Two servers in the same run: ``serial`` (``batch.max_batch: 1``) and ``batched`` (``max_batch``
-32, ``window_ms`` 2). For each N: round trip p50/p99 (ms), achieved request rate (total Hz and
+16, ``window_ms`` 2). For each N: round trip p50/p99 (ms), achieved request rate (total Hz and
 per robot), batch size (mean over the round, and the largest of the node's last 500 batches, from
 its heartbeat), server CPU (% of one core, from
 ``/proc``) and GPU utilisation (``nvidia-smi`` when present). Then, per server, the largest N whose
@@ -43,7 +44,7 @@ from robot_stack.comm.messages import ActionChunk, ObservationWindow  # noqa: E4
 
 RATE_HZ = 10.0
 BUDGET_MS = 100.0
-SERVERS = {"serial": {"max_batch": 1, "window_ms": 0.0}, "batched": {"max_batch": 32, "window_ms": 2.0}}
+SERVERS = {"serial": {"max_batch": 1, "window_ms": 0.0}, "batched": {"max_batch": 16, "window_ms": 2.0}}
 
 
 def make_policy(d: Path, device: str) -> Path:
@@ -114,7 +115,8 @@ def gpu_util() -> str:
         return "n/a"
 
 
-def run_server(name: str, batch: dict, policy: Path, device: str, ns: list[int], seconds: float, console) -> list[dict]:
+def run_server(name: str, batch: dict, policy: Path, device: str, ns: list[int], seconds: float, console,
+               threads: int | None = None) -> list[dict]:
     import yaml
 
     from robot_stack.apps.session import Session
@@ -122,7 +124,7 @@ def run_server(name: str, batch: dict, policy: Path, device: str, ns: list[int],
     d = Path(tempfile.mkdtemp(prefix="fleet-"))
     cfg = {"name": f"fleet_{name}", "nodes": {"policy": {"kind": "policy", "params": {
         "backend": {"type": "checkpoint", "path": str(policy), "seed": 0, "device": device},
-        "batch": batch, "max_obs_age_s": 10.0}}}}
+        "batch": batch, "max_obs_age_s": 10.0, "threads": threads or os.cpu_count() or 1}}}}
     (d / "fleet.yaml").write_text(yaml.safe_dump(cfg))
     s = Session(d / "fleet.yaml")
     rows = []
@@ -180,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="N = 1, 4, 16; 3 s per point")
     ap.add_argument("--device", default="cpu", help="torch device of the policy server (cpu, cuda)")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per point")
+    ap.add_argument("--threads", type=int, default=None, help="the server's torch CPU threads (default: every core)")
     args = ap.parse_args(argv)
     console = Console()
     ns = [1, 4, 16] if args.quick else [1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 48, 64]
@@ -189,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for name, batch in SERVERS.items():
             console.print(f"[bold]{name}[/] server (batch {batch})")
-            rows += run_server(name, batch, policy, args.device, ns, seconds, console)
-    t = Table(title=f"fleet vs one policy server ({args.device}, one-step flow, 96x96 RGB-D, {RATE_HZ:.0f} Hz "
+            rows += run_server(name, batch, policy, args.device, ns, seconds, console, args.threads)
+    t = Table(title=f"fleet vs one policy server ({args.device}, {args.threads or os.cpu_count()} threads, one-step "
+                    f"flow, 96x96 RGB-D, {RATE_HZ:.0f} Hz "
                     f"per robot, {seconds:.0f} s per point)")
     for c in ("server", "N", "RTT p50 ms", "RTT p99 ms", "rate Hz", "per robot Hz", "batch mean/max", "server CPU",
               "GPU"):
