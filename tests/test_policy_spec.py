@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
 from robot_stack.comm.codec import decode, encode
 from robot_stack.policies.base import PolicyMetadata
