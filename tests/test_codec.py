@@ -228,7 +228,7 @@ def test_topics_live_with_their_schemas():
         RobotState.topic("x")
     # every streamed or sent schema has a topic; only request/reply payloads have none
     no_topic = {name for name, cls in REGISTRY.items() if not cls.TOPIC}
-    assert no_topic == {"observation_window", "action_chunk", "error_reply"}
+    assert no_topic == {"observation_window", "action_chunk", "error_reply", "spec_request", "policy_spec"}
     # the sim world's protocol is defined next to the sim, under sim/ topics
     sim = {cls.SCHEMA: cls.TOPIC for cls in vars(sim_messages).values()
            if isinstance(cls, type) and cls.__module__ == sim_messages.__name__}
