@@ -211,6 +211,16 @@ class Launcher:
             (arms if kind == "arm" else sims if kind == "sim_world" else others).append(np_)
         for stage in (others, arms, sims):
             self._stop_stage(stage)
+        # the run folder goes once every node is down (not after the first stage: the arm and sim
+        # nodes still had their sockets in it while they stopped)
+        (self.run_dir / "launcher.pid").unlink(missing_ok=True)
+        if self._own_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        else:
+            for p in self.run_dir.glob("*"):
+                if p.is_socket():
+                    p.unlink(missing_ok=True)
+        self._print(f"{time.strftime('%H:%M:%S')} [launcher] stack {self.config.name} stopped")
 
     def _stop_stage(self, stage: list) -> None:
         for np_ in stage:
@@ -232,14 +242,6 @@ class Launcher:
                 pass
             np_.proc.wait()
             np_.reader.join(timeout=1)
-        (self.run_dir / "launcher.pid").unlink(missing_ok=True)
-        if self._own_run_dir:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-        else:
-            for p in self.run_dir.glob("*"):
-                if p.is_socket():
-                    p.unlink(missing_ok=True)
-        self._print(f"{time.strftime('%H:%M:%S')} [launcher] stack {self.config.name} stopped")
 
 
 def up(config_path: str | Path, duration_s: float | None = None, only: list[str] | None = None) -> int:
