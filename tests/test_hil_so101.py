@@ -58,8 +58,12 @@ def test_so101_leader_drives_the_follower(tmp_path, run_dir, report):
             set_raw(leader, np.r_[q_leader, 0.8])  # jaw fully open
             time.sleep(1 / 30)
             errs.append(np.abs(np.asarray(s.state().q) - q_leader).max())
-        deadline = time.monotonic() + 4.0
-        while time.monotonic() < deadline and np.abs(np.asarray(s.state().q) - goal).max() > 0.01:
+        # the follower settles, and its servos' goals with it (bounded: a loaded CI machine runs the
+        # 20 Hz controller late, and one rehearsal read the goals 14 mrad short after a fixed 4 s)
+        deadline = time.monotonic() + 8.0
+        while time.monotonic() < deadline and (
+                np.abs(np.asarray(s.state().q) - goal).max() > 0.01
+                or np.abs(ticks_to_rad([follower.goal(i) for i in IDS])[:5] - (goal / np.array(SIGNS) + offs)).max() > 0.005):
             time.sleep(0.1)
         q = np.asarray(s.state().q)
         err = np.abs(q - goal)
