@@ -1,4 +1,4 @@
-"""Scripted expert for the sim reach task, driving the same teleop path as a person.
+"""Scripted experts for the sim tasks (reach, pick-and-place), driving the same teleop path as a person.
 
 It reads the cube's ground-truth pose from the sim world (``sim/objects``, privileged: only the
 expert sees it, the policy sees cameras) and the measured TCP from the arm, and emits absolute
@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field
 import numpy as np
 
-from robot_stack.apps.task import ReachTask
+from robot_stack.apps.task import PickTask, ReachTask
 from robot_stack.comm.messages import RobotState, TeleopCommand
 from robot_stack.drivers.sim_messages import ObjectState
 
@@ -102,10 +102,125 @@ class ReachExpert(TeleopDevice):
                              buttons=buttons)
 
 
+class PickExpert(TeleopDevice):
+    """Pick-and-place demonstrations: a carrot through a list of phases, each a goal with a gripper
+    command, as :class:`ReachExpert` does for reach.
+
+    Phases: above the cube (``approach_height``, with a random per-episode offset), down to the
+    grasp height, close the gripper (wait ``close_s``), lift to ``carry_height``, over the target
+    centre, down to ``place_height``, open (wait ``open_s``), up to ``carry_height`` again, then
+    ``episode_stop`` once the TCP rested there ``settle_s``. The TCP orientation stays the episode's
+    start orientation: the Robotiq 2F-85 closes square on the cube at any yaw of the randomized
+    +-45 deg (its pads turn the cube). Until the grasp the cube goals follow the cube's ground truth
+    (``sim/objects``); after it they stay put. A descent waits for the TCP (within ``tol``, at most
+    ``wait_s``) before the gripper moves.
+
+    Args:
+        task: heights and the release width.
+        speed: carrot speed, m/s. close_s, open_s: gripper waits, s.
+        settle_s, tol: as for ReachExpert. wait_s: longest wait for the TCP at a descent goal, s.
+        jitter: std (m) of the approach offset. seed: RNG seed.
+    """
+
+    def __init__(self, task: PickTask = PickTask(), speed: float = 0.15, close_s: float = 0.7, open_s: float = 0.5,
+                 settle_s: float = 0.3, tol: float = 0.006, wait_s: float = 1.5, jitter: float = 0.01, seed: int = 0):
+        self.task, self.speed, self.close_s, self.open_s = task, speed, close_s, open_s
+        self.settle_s, self.tol, self.wait_s, self.jitter = settle_s, tol, wait_s, jitter
+        self.rng = np.random.default_rng(seed)
+        self.active = False
+        self.reset()
+
+    PHASES = ("approach", "descend", "close", "lift", "carry", "lower", "open", "retreat")
+
+    def reset(self) -> None:
+        self.carrot: np.ndarray | None = None
+        self.orientation: np.ndarray | None = None
+        self.offset = np.zeros(3)
+        self.phase = 0
+        self.t_phase = 0.0  # time the carrot has been at this phase's goal, s
+        self.settled_s = 0.0
+        self.grasp_xyz: np.ndarray | None = None
+        self.done = False
+
+    def on_episode(self, kind: str) -> None:
+        self.active = kind == "start"
+        self.reset()
+
+    def poll(self, inputs: TeleopInputs) -> TeleopCommand | None:
+        if not self.active:
+            return None
+        st, obj = inputs.latest(RobotState.TOPIC), inputs.latest(ObjectState.TOPIC)
+        if st is None or obj is None:
+            return None
+        return self.step(np.asarray(st.ee_pose), np.asarray(obj.cube_pose[:3]), np.asarray(obj.target_xy),
+                         inputs.period_s)
+
+    def metrics(self) -> dict[str, float]:
+        return {"active": float(self.active), "phase": float(self.phase)}
+
+    def goal(self, cube_xyz: np.ndarray, target_xy: np.ndarray) -> tuple[np.ndarray, float]:
+        """This phase's TCP goal (3,) in the base frame and gripper command (1 open, 0 closed)."""
+        t = self.task
+        c = self.grasp_xyz if self.grasp_xyz is not None else np.asarray(cube_xyz, float)
+        tgt = np.r_[np.asarray(target_xy, float), 0.0]
+        name = self.PHASES[self.phase]
+        return {
+            "approach": (c + np.r_[0, 0, t.approach_height] + self.offset, 1.0),
+            "descend": (c + np.r_[0, 0, t.grasp_height], 1.0),
+            "close": (c + np.r_[0, 0, t.grasp_height], 0.0),
+            "lift": (np.r_[c[:2], t.carry_height], 0.0),
+            "carry": (tgt + np.r_[0, 0, t.carry_height], 0.0),
+            "lower": (tgt + np.r_[0, 0, t.place_height], 0.0),
+            "open": (tgt + np.r_[0, 0, t.place_height], 1.0),
+            "retreat": (tgt + np.r_[0, 0, t.carry_height], 1.0),
+        }[name]
+
+    def step(self, tcp_pose: np.ndarray, cube_xyz: np.ndarray, target_xy: np.ndarray,
+             period_s: float) -> TeleopCommand:
+        """The command for one teleop period from the measured TCP pose (7,), the cube centre (3,)
+        and the target centre (2,), base frame."""
+        tcp = np.asarray(tcp_pose, float)
+        if self.carrot is None:
+            self.carrot = tcp[:3].copy()
+            self.orientation = tcp[3:] / np.linalg.norm(tcp[3:])
+            self.offset = np.r_[self.rng.normal(0, self.jitter, 2), 0.0]
+        goal, grip = self.goal(cube_xyz, target_xy)
+        d = goal - self.carrot
+        dist = float(np.linalg.norm(d))
+        step = self.speed * period_s
+        name = self.PHASES[self.phase]
+        if dist <= step:
+            self.carrot = goal.copy()
+            self.t_phase += period_s
+            arrived = np.linalg.norm(tcp[:3] - goal) < self.tol
+            if name in ("close", "open"):
+                advance = self.t_phase >= (self.close_s if name == "close" else self.open_s)
+            elif name in ("descend", "lower"):
+                advance = arrived or self.t_phase >= self.wait_s
+            else:
+                advance = True
+            if name == "descend" and advance:
+                self.grasp_xyz = goal - np.r_[0, 0, self.task.grasp_height]
+            if advance and self.phase + 1 < len(self.PHASES):
+                self.phase += 1
+                self.t_phase = 0.0
+        else:
+            self.carrot = self.carrot + d / dist * step
+        buttons = []
+        at_end = self.phase == len(self.PHASES) - 1 and np.linalg.norm(tcp[:3] - goal) < self.tol
+        self.settled_s = self.settled_s + period_s if at_end else 0.0
+        if self.settled_s >= self.settle_s and not self.done:
+            self.done = True
+            buttons.append("episode_stop")
+        return TeleopCommand(kind="ee_absolute", value=np.r_[self.carrot, self.orientation], gripper=grip,
+                             buttons=buttons)
+
+
 class ScriptedConfig(TeleopConfig):
-    """teleop device ``scripted``: the sim reach task's expert (reads the sim's ground truth)."""
+    """teleop device ``scripted``: a sim task's expert (reads the sim's ground truth)."""
 
     type: Literal["scripted"] = "scripted"
+    task: Literal["reach", "pick"] = Field("reach", description="the task it demonstrates (the sim world's task)")
     speed: float = Field(0.15, gt=0, description="TCP speed, m/s")
     seed: int = 0
     world: str = Field("sim", description="node name of the sim world (its object ground truth)")
@@ -113,5 +228,7 @@ class ScriptedConfig(TeleopConfig):
     def inputs(self, params) -> dict[str, tuple[str, tuple[str, ...]]]:
         return {params.arm: ("arm", (RobotState.TOPIC,)), self.world: ("sim_world", (ObjectState.TOPIC,))}
 
-    def build(self, ctx, params) -> "ReachExpert":
+    def build(self, ctx, params) -> "ReachExpert | PickExpert":
+        if self.task == "pick":
+            return PickExpert(speed=self.speed, seed=self.seed)
         return ReachExpert(speed=self.speed, seed=self.seed)

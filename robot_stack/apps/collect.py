@@ -18,7 +18,7 @@ import numpy as np
 
 from robot_stack.runtime.clock import now_ns
 from robot_stack.apps.session import SessionError
-from robot_stack.apps.task import ReachTask
+from robot_stack.apps.task import task_for_config
 from robot_stack.comm.messages import RobotState, TeleopCommand
 
 COLLECT_NODES = ("sim", "arm", "cam_scene", "cam_wrist", "teleop", "controller", "recorder")
@@ -70,7 +70,7 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
     recorder = _nodes_of(cfg, "recorder")[0]
     targets = [n for n in session.nodes if cfg.nodes[n].kind in ("recorder", "controller", "teleop")]
     res = CollectResult()
-    task = ReachTask.for_config(cfg)
+    task = task_for_config(cfg)
     rng = np.random.default_rng(seed)
     try:
         if own:

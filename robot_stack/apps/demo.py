@@ -1,9 +1,10 @@
 """``robot-stack demo``: the main job end to end on the simulated Panda, and a bring-up check.
 
-``run_demo`` (``robot-stack demo``): collect reach demonstrations with the scripted expert through
-the teleop path (``configs/sim_panda_reach.yaml``), train a visuomotor flow policy on them (wrist
-RGB + proprioception), deploy it with receding-horizon execution on randomized cube poses it never
-saw, and print the success rate beside the expert's, with timing figures.
+``run_demo`` (``robot-stack demo [--task reach|pick]``): collect demonstrations of the task with the
+scripted expert through the teleop path (``configs/sim_panda_reach.yaml`` or
+``configs/sim_panda_pick.yaml``), train a visuomotor flow policy on them (wrist RGB +
+proprioception), deploy it with receding-horizon execution on randomized cube poses it never saw,
+and print the success rate beside the expert's, with timing figures.
 
 ``run_square`` (``robot-stack demo --square``): brings up ``configs/sim_panda.yaml``, drives the TCP
 around a square through the waypoint path and prints tracking error, servo-loop timing, camera
@@ -134,16 +135,33 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
 
 @dataclass
 class DemoSettings:
-    """Sizes of a demo run (full: the README's figures; quick: proves the path in CI)."""
+    """Sizes of a demo run (full: the README's figures; quick: proves the path in CI).
+    ``max_episode_s`` bounds a deployed episode; a demonstration may take ``collect_episode_s``."""
 
     demos: int = 50
     train_steps: int = 2500
     eval_episodes: int = 20
     max_episode_s: float = 15.0
+    collect_episode_s: float = 15.0
 
     @staticmethod
-    def quick() -> "DemoSettings":
+    def quick(task: str = "reach") -> "DemoSettings":
+        if task == "pick":
+            return DemoSettings(demos=6, train_steps=300, eval_episodes=2, max_episode_s=12.0, collect_episode_s=25.0)
         return DemoSettings(demos=6, train_steps=300, eval_episodes=3, max_episode_s=8.0)
+
+    @staticmethod
+    def full(task: str = "reach") -> "DemoSettings":
+        if task == "pick":
+            return DemoSettings(demos=PICK_DEMOS, train_steps=PICK_STEPS, eval_episodes=20, max_episode_s=25.0,
+                                collect_episode_s=25.0)
+        return DemoSettings()
+
+
+PICK_DEMOS, PICK_STEPS = 50, 3000
+TASK_CONFIGS = {"reach": "sim_panda_reach.yaml", "pick": "sim_panda_pick.yaml"}
+TASK_TEXT = {"reach": "reach the cube (random pose each episode, seen only through the wrist camera)",
+             "pick": "pick the cube (random pose, seen through the wrist camera) and place it in the target square"}
 
 
 @dataclass
@@ -155,25 +173,34 @@ class DemoResult:
     times_s: dict
 
 
-def expert_successes(paths: list[Path]) -> int:
-    """Demonstrations whose last recorded TCP pose passes the task's success check (sim ground truth)."""
+def expert_successes(paths: list[Path], task=None) -> int:
+    """Demonstrations whose last recorded robot and object state pass ``task``'s success check
+    (sim ground truth; default the reach task)."""
+    from types import SimpleNamespace
+
     from robot_stack.data.dataset import open_episode
     from robot_stack.apps.task import ReachTask
 
+    task = task or ReachTask()
     n = 0
     for p in paths:
         ep = open_episode(p)
         rs, ob = ep.load("robot_state"), ep.load("sim_objects")
-        n += ReachTask().success(rs["ee_pose"][-1, :3], ob["cube_pose"][-1, :3], ob["cube_pose"][0, :3])
+        state = SimpleNamespace(ee_pose=rs["ee_pose"][-1], gripper_width=float(rs["gripper_width"][-1]))
+        obj = SimpleNamespace(cube_pose=ob["cube_pose"][-1],
+                              target_xy=ob["target_xy"][-1] if "target_xy" in ob else np.zeros(2),
+                              target_half=float(ob["target_half"][-1]) if "target_half" in ob else 0.0)
+        n += task.achieved(state, obj, ob["cube_pose"][0, :3])
     return n
 
 
 def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = None,
-             settings: DemoSettings | None = None) -> DemoResult:
-    """Collect -> train -> deploy on the sim; returns the figures (the caller prints/judges them).
+             settings: DemoSettings | None = None, task: str = "reach") -> DemoResult:
+    """Collect -> train -> deploy on the sim for ``task`` (reach or pick); returns the figures (the
+    caller prints/judges them).
 
     Raises:
-        RuntimeError: a stage failed (with the node log tail).
+        ValueError: unknown task. RuntimeError: a stage failed (with the node log tail).
     """
     import tempfile
 
@@ -183,24 +210,28 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
     from robot_stack.apps.deploy import deploy_session, run_episodes, summary_table
     from robot_stack.policies.training import ModelSettings, TrainSettings, train
 
+    from robot_stack.apps.task import TASKS
+
+    if task not in TASK_CONFIGS:
+        raise ValueError(f"unknown demo task {task!r}: one of {', '.join(TASK_CONFIGS)}")
     console = Console()
-    st = settings or (DemoSettings.quick() if quick else DemoSettings())
+    st = settings or (DemoSettings.quick(task) if quick else DemoSettings.full(task))
     work = Path(workdir or tempfile.mkdtemp(prefix="robot-stack-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    cfg_path = config_path("sim_panda_reach.yaml")
+    cfg_path = config_path(TASK_CONFIGS[task])
     times = {}
     console.rule("[bold]robot-stack demo[/bold]: collect -> train -> deploy on the simulated Franka Panda")
-    console.print(f"task: reach the cube (random pose each episode, seen only through the wrist camera); "
+    console.print(f"task: {TASK_TEXT[task]}; "
                   f"{st.demos} demonstrations, {st.train_steps} training steps, {st.eval_episodes} evaluation "
                   f"episodes; work folder {work}")
 
     t0 = time.perf_counter()
     console.rule(f"1/3 collect {st.demos} demonstrations (scripted expert through the teleop path)")
-    col = run_collect(cfg_path, work / "episodes", st.demos, max_episode_s=st.max_episode_s, seed=1,
+    col = run_collect(cfg_path, work / "episodes", st.demos, max_episode_s=st.collect_episode_s, seed=1,
                       verbose=verbose, console=console)
     times["collect"] = time.perf_counter() - t0
     attempts = len(col.saved) + col.discarded
-    expert_ok = expert_successes(col.saved)
+    expert_ok = expert_successes(col.saved, TASKS[task]())
 
     t0 = time.perf_counter()
     console.rule(f"2/3 train a visuomotor flow policy ({st.train_steps} steps on CPU)")
@@ -223,7 +254,7 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
     finally:
         session.close()
     times["deploy"] = time.perf_counter() - t0
-    t = summary_table(res, "robot-stack demo: learned visuomotor policy on the simulated Panda",
+    t = summary_table(res, f"robot-stack demo ({task}): learned visuomotor policy on the simulated Panda",
                       baseline=(expert_ok, attempts))
     t.add_row("demonstrations / training samples", f"{len(col.saved)} / {summary['train_samples']}")
     if "val_pos_err_mm" in summary:

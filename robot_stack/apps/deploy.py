@@ -2,8 +2,8 @@
 
 Each episode: reset period (arm home; sim: cube placed at random, or at given poses), ``start`` to
 the controller, the policy runs through the controller's strategy until the task succeeds or the
-episode times out, ``stop`` (the arm holds). The success check uses the sim's ground truth
-(``robot_stack.apps.task.ReachTask``); on hardware the operator answers. The summary table gives success
+episode times out, ``stop`` (the arm holds). The success check uses the sim's ground truth and
+the config's task (``robot_stack.apps.task``: reach or pick); on hardware the operator answers. The summary table gives success
 rate, completion time, control-loop jitter, inference latency, dropped actions and end-to-end
 latency (frame capture -> waypoints built from it sent to the arm).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from robot_stack.runtime.clock import now_ns
-from robot_stack.apps.task import ReachTask
+from robot_stack.apps.task import ReachTask, task_for_config
 from robot_stack.comm.messages import Heartbeat, RobotState, WaypointSchedule
 from robot_stack.drivers.sim_messages import ObjectState
 
@@ -26,7 +26,8 @@ from robot_stack.drivers.sim_messages import ObjectState
 class DeployResult:
     success: list[bool] = field(default_factory=list)
     completion_s: list[float] = field(default_factory=list)  # time to success (successful episodes)
-    final_xy_err_mm: list[float] = field(default_factory=list)
+    final_xy_err_mm: list[float] = field(default_factory=list)  # the task's error at the end (error_name), mm
+    error_name: str = "TCP-cube"
     final_tcp: list[list[float]] = field(default_factory=list)  # TCP xyz at the episode's end, m
     controller: dict[str, float] = field(default_factory=dict)
     policy: dict[str, float] = field(default_factory=dict)
@@ -49,18 +50,20 @@ def deploy_nodes(cfg) -> list[str]:
             and not (nc.kind == "teleop" and nc.typed.device.type == "scripted")]
 
 
-def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask = ReachTask(),
+def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask | None = None,
                  cube_poses: list | None = None, console=None, label: str = "policy", seed: int = 0,
                  controller: str | None = None) -> DeployResult:
     """Run ``episodes`` policy episodes on a started session (sim world required for success);
-    each starts at a randomized start pose (``task.start_pose``, seeded). ``controller``: the
-    controller node to drive (default: the session's only one)."""
+    each starts at a randomized start pose (``task.start_pose``, seeded). ``task``: default the
+    config's (:func:`task_for_config`). ``controller``: the controller node to drive (default: the
+    session's only one)."""
     from rich.console import Console
 
     console = console or Console()
     cfg = session.cfg
+    task = task or task_for_config(cfg)
     ctl = [controller] if controller else [n for n in session.nodes if cfg.nodes[n].kind == "controller"]
-    res = DeployResult()
+    res = DeployResult(error_name=task.error_name)
     rng = np.random.default_rng(seed)
     seq0 = session.sub.latest(WaypointSchedule.EXECUTED_TOPIC).seq if session.sub.latest(WaypointSchedule.EXECUTED_TOPIC) else -1
     n_policy_wp = 0
@@ -79,19 +82,19 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask =
                 time.sleep(0.05)
                 session.raise_if_dead()
                 s, o = session.state(), session.sub.latest(ObjectState.TOPIC)
-                if task.success(np.asarray(s.ee_pose[:3]), np.asarray(o.cube_pose[:3]), cube[:3]):
+                if task.achieved(s, o, cube[:3]):
                     t_ok = t_ok or now_ns()
                     if (now_ns() - t_ok) / 1e9 >= 0.3:  # held, not passed through
                         ok = True
                         break
                 else:
                     t_ok = None
-                st.update(f"{label}: episode {ep + 1}/{episodes}: {(now_ns() - t0) / 1e9:4.1f} s, TCP-cube "
-                          f"{task.xy_error(s.ee_pose[:3], o.cube_pose[:3]) * 1e3:5.1f} mm")
+                st.update(f"{label}: episode {ep + 1}/{episodes}: {(now_ns() - t0) / 1e9:4.1f} s, "
+                          f"{task.error_name} {task.error_mm(s, o):5.1f} mm")
         session.send_event("stop", ctl, episode=ep)
         s, o = session.state(), session.sub.latest(ObjectState.TOPIC)
         res.success.append(ok)
-        res.final_xy_err_mm.append(task.xy_error(s.ee_pose[:3], o.cube_pose[:3]) * 1e3)
+        res.final_xy_err_mm.append(task.error_mm(s, o))
         res.final_tcp.append([float(v) for v in s.ee_pose[:3]])
         if ok:
             res.completion_s.append((t_ok - t0) / 1e9)
@@ -100,7 +103,7 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask =
             seq0 = acts[-1].seq
         n_policy_wp += sum(len(m.stamps_ns) for m in acts if m.origin == "policy")
         console.print(f"{label} episode {ep + 1}/{episodes}: {'success' if ok else 'failure'} "
-                      f"({(now_ns() - t0) / 1e9:.1f} s, final TCP-cube {res.final_xy_err_mm[-1]:.1f} mm)")
+                      f"({(now_ns() - t0) / 1e9:.1f} s, final {task.error_name} {res.final_xy_err_mm[-1]:.1f} mm)")
     time.sleep(1.2)  # one more heartbeat with the last episode's metrics
     res.policy_waypoints = n_policy_wp
     res.controller = session.heartbeat(ctl[0]) if ctl else {}
@@ -122,7 +125,7 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
         t.add_row("scripted expert success (same task)", f"{baseline[0]}/{baseline[1]} ({100 * baseline[0] / max(1, baseline[1]):.0f} %)")
     if res.completion_s:
         t.add_row("completion time (successes) mean / max", f"{np.mean(res.completion_s):.1f} / {np.max(res.completion_s):.1f} s")
-    t.add_row("final TCP-cube distance median", f"{np.median(res.final_xy_err_mm):.1f} mm")
+    t.add_row(f"final {res.error_name} distance median", f"{np.median(res.final_xy_err_mm):.1f} mm")
     c, p, a = res.controller, res.policy, res.arm
     if c:
         t.add_row("control loop period p50 / p99", f"{c.get('loop.period_p50_s', 0) * 1e3:.1f} / {c.get('loop.period_p99_s', 0) * 1e3:.1f} ms")

@@ -1,4 +1,8 @@
-"""The sim task of the main job: reach the cube.
+"""The sim tasks of the main job: reach the cube (:class:`ReachTask`) and pick-and-place it
+(:class:`PickTask`). A config names its task in the sim world's ``task`` parameter
+(:func:`task_for_config`).
+
+Reach:
 
 The cube is placed at a random position and yaw on the table each episode (``SimWorld.reset``); the
 policy knows it only through the cameras. The arm must bring the gripper down around the cube (a
@@ -40,17 +44,22 @@ class ReachTask:
         xyz[:2] = [c * xyz[0] - s_ * xyz[1], s_ * xyz[0] + c * xyz[1]]
         return np.r_[xyz, orientation]
 
-    @staticmethod
-    def for_config(cfg) -> "ReachTask":
-        """The task for a stack config: turned to the front of the sim world's robot (its
-        description's ``sim.workspace_yaw``; no sim world: 0)."""
-        from robot_stack.control.robot_model import load_description
+    name = "reach"
+    error_name = "TCP-cube"  # what error_mm measures
 
-        sims = [nc for nc in cfg.nodes.values() if nc.kind == "sim_world"]
-        if not sims:
-            return ReachTask()
-        desc, _ = load_description(sims[0].typed.robot)
-        return ReachTask(yaw=float(desc.sim.workspace_yaw) if desc.sim is not None else 0.0)
+    @staticmethod
+    def for_config(cfg) -> "ReachTask | PickTask":
+        """The task for a stack config (alias of :func:`task_for_config`)."""
+        return task_for_config(cfg)
+
+    def achieved(self, state, obj, cube_start_xyz: np.ndarray) -> bool:
+        """Success from a robot state (``ee_pose``, ``gripper_width``) and the sim's object state
+        (``cube_pose``, ``target_xy``, ``target_half``): :meth:`success` of the TCP and cube."""
+        return self.success(np.asarray(state.ee_pose[:3]), np.asarray(obj.cube_pose[:3]), cube_start_xyz)
+
+    def error_mm(self, state, obj) -> float:
+        """Horizontal TCP-to-cube distance, mm."""
+        return self.xy_error(state.ee_pose[:3], obj.cube_pose[:3]) * 1e3
 
     def success(self, tcp_xyz: np.ndarray, cube_xyz: np.ndarray, cube_start_xyz: np.ndarray) -> bool:
         """True when the TCP (3,) is in the pre-grasp region of the cube (3,) and the cube stayed put."""
@@ -62,3 +71,56 @@ class ReachTask:
         """Horizontal TCP-to-cube distance, m."""
         d = np.asarray(tcp_xyz, float)[:2] - np.asarray(cube_xyz, float)[:2]
         return float(np.hypot(*d))
+
+
+@dataclass(frozen=True)
+class PickTask(ReachTask):
+    """Pick-and-place: grasp the cube (random position and yaw) and place it in the target region.
+
+    Success (sim ground truth, base frame): the cube's centre lies inside the target square
+    (``target_xy`` +- ``target_half``, from the sim's object state), the cube rests on the table
+    (centre below ``rest_z``) and it is released (measured gripper opening at least
+    ``release_width``; the cube is 40 mm wide). The start pose is the reach task's.
+
+    Expert heights (TCP above the table unless said otherwise), m: ``approach_height`` above the
+    cube centre before descending, ``grasp_height`` above the cube centre when closing,
+    ``carry_height`` while carrying, ``place_height`` of the TCP when opening.
+    """
+
+    grasp_height: float = 0.0
+    carry_height: float = 0.15
+    place_height: float = 0.035
+    release_width: float = 0.06
+    rest_z: float = 0.05
+
+    name = "pick"
+    error_name = "cube-target"
+
+    def placed(self, cube_xyz: np.ndarray, target_xy: np.ndarray, target_half: float, gripper_width: float) -> bool:
+        """True when the cube (3,) is inside the target square, on the table, and the gripper is open."""
+        c, t = np.asarray(cube_xyz, float), np.asarray(target_xy, float)
+        return bool(abs(c[0] - t[0]) <= target_half and abs(c[1] - t[1]) <= target_half and c[2] < self.rest_z
+                    and gripper_width >= self.release_width)
+
+    def achieved(self, state, obj, cube_start_xyz: np.ndarray) -> bool:
+        return self.placed(obj.cube_pose[:3], obj.target_xy, float(obj.target_half), float(state.gripper_width))
+
+    def error_mm(self, state, obj) -> float:
+        """Horizontal cube-to-target-centre distance, mm."""
+        d = np.asarray(obj.cube_pose[:2], float) - np.asarray(obj.target_xy, float)
+        return float(np.hypot(*d)) * 1e3
+
+
+TASKS = {"reach": ReachTask, "pick": PickTask}
+
+
+def task_for_config(cfg) -> ReachTask:
+    """The task of a stack config: its sim world's ``task`` (reach or pick), turned to the front of
+    the sim world's robot (its description's ``sim.workspace_yaw``). No sim world: the reach task."""
+    from robot_stack.control.robot_model import load_description
+
+    sims = [nc for nc in cfg.nodes.values() if nc.kind == "sim_world"]
+    if not sims:
+        return ReachTask()
+    desc, _ = load_description(sims[0].typed.robot)
+    return TASKS[sims[0].typed.task](yaw=float(desc.sim.workspace_yaw) if desc.sim is not None else 0.0)

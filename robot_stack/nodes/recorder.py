@@ -175,7 +175,8 @@ class RecorderNode(Node):
             w.add("teleop", msg.stamp_ns, kind=np.int8(TELEOP_KINDS.index(msg.kind)), value=v,
                   gripper=np.float64(msg.gripper), buttons=np.int32(mask))
         elif isinstance(msg, ObjectState):
-            w.add("sim_objects", msg.stamp_ns, cube_pose=msg.cube_pose)
+            w.add("sim_objects", msg.stamp_ns, cube_pose=msg.cube_pose, target_xy=msg.target_xy,
+                  target_half=np.float64(msg.target_half))
         elif isinstance(msg, WaypointSchedule):
             origin = np.int8(ORIGINS.index(msg.origin)) if msg.origin in ORIGINS else np.int8(-1)
             # ee waypoints -> "action" (pose); joint waypoints (leader-arm teleop) -> "action_joint" (q)

@@ -12,6 +12,7 @@ slow down: it counts a real-time violation, logs it, and re-anchors to the host 
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -29,6 +30,8 @@ class SimWorldParams(NodeParams):
     rate_hz: float = Field(500.0, gt=0, le=2000)
     state_rate_hz: float = Field(60.0, gt=0, le=500)
     seed: int = 0
+    task: Literal["reach", "pick"] = Field("reach", description="the task whose success collect, deploy and the demo "
+                                                                "check on this world's ground truth")
     max_catchup_steps: int = Field(20, ge=1)
     table_board: bool = Field(False, description="ChArUco board on the table (eye-in-hand calibration)")
     gripper_board: bool = Field(False, description="ChArUco board on the gripper (eye-to-hand calibration)")
