@@ -151,6 +151,21 @@ class SimRenderer:
         self.near = float(m.vis.map.znear * m.stat.extent)
         self.far = float(m.vis.map.zfar * m.stat.extent)
 
+    def extrinsics(self, camera: str) -> np.ndarray:
+        """(4, 4) ``T_base_camera`` of a fixed ``camera``: maps points in the camera frame (OpenCV
+        axes: x right, y down, z forward) into the base frame, m. MuJoCo's camera frame looks
+        along -z with y up, so its rotation is turned by diag(1, -1, -1). The ground truth a
+        hand-eye calibration of this camera estimates."""
+        m, d = self.world.model, self.world.data
+        cid = m.camera(camera).id
+        with self.world.lock:
+            mujoco.mj_kinematics(m, d)
+            R = d.cam_xmat[cid].reshape(3, 3) @ np.diag([1.0, -1.0, -1.0])
+            pos = d.cam_xpos[cid].copy()
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = R, pos
+        return T
+
     def intrinsics(self, camera: str) -> np.ndarray:
         """(3, 3) pinhole intrinsics of ``camera`` at this render size (pixels)."""
         return pinhole_K(self.width, self.height, float(self.world.model.cam_fovy[self.world.model.camera(camera).id]))

@@ -32,6 +32,8 @@ class PolicyMetadata:
         offset: step index of action 0 relative to the newest observation.
         supports_prefix: the policy can inpaint after a committed prefix (RTC).
         norm_stats: normalization statistics (for checkpoints; informational here).
+        points: camera id -> point-cloud settings (``PointCloudSpec.to_dict()``) of the
+            ``<camera>.points`` keys: the observation builder makes the cloud with them.
     """
 
     obs_shapes: dict[str, tuple[tuple[int, ...], str]]
@@ -43,6 +45,7 @@ class PolicyMetadata:
     offset: int = 0
     supports_prefix: bool = False
     norm_stats: dict = field(default_factory=dict)
+    points: dict = field(default_factory=dict)
 
     def validate(self, obs: dict[str, np.ndarray]) -> None:
         """Raise :class:`ObservationError` naming the first mismatch."""

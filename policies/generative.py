@@ -49,7 +49,9 @@ class ModelConfig:
         kind: "ddim" (Diffusion Policy), "flow" (flow matching) or "meanflow" (MeanFlow, the
             average velocity over an interval: one-step sampling as in MP1).
         sample_steps: DDIM steps, Euler steps (1 = one-step flow) or MeanFlow jumps.
-        n_points: N of "points" cameras.
+        n_points: N of "points" cameras; points_lo, points_hi: their workspace box in the base
+            frame, m; points_stride: back-projection pixel stride (``PointCloudSpec``, built by
+            robot_stack.control.features at training and at deploy time alike).
         depth_layers: edges (m) of the "layered" cameras' depth layers (K + 1 edges, K layers).
         scales: feature scales of the "layered" cameras' encoder (1..4).
         dispersive_weight: weight of the dispersive loss on the observation embeddings (MP1; 0: off).
@@ -76,6 +78,9 @@ class ModelConfig:
     rtc_max_prefix: int = 0
     meanflow_ratio: float = 0.25
     n_points: int = 512
+    points_lo: tuple[float, ...] = (0.25, -0.35, 0.003)
+    points_hi: tuple[float, ...] = (0.75, 0.40, 0.30)
+    points_stride: int = 2
     dispersive_weight: float = 0.0
     depth_layers: tuple[float, ...] = (0.0, 0.6, 1.2, 10.0)
     scales: int = 3
@@ -147,7 +152,15 @@ class GenerativePolicyModel(torch.nn.Module):
         shapes = {"state": ((c.proprio_dim,), "<f4")}
         return PolicyMetadata(obs_shapes=shapes, obs_horizon=c.obs_horizon, horizon=c.horizon,
                               action_dim=c.action_dim, action_space="ee_pose+gripper", dt=c.dt,
-                              supports_prefix=True)
+                              supports_prefix=True, points={k: self.point_spec().to_dict()
+                                                            for k, m in c.cameras.items() if m == "points"})
+
+    def point_spec(self):
+        """The :class:`~robot_stack.control.features.PointCloudSpec` of this model's "points" cameras."""
+        from robot_stack.control.features import PointCloudSpec
+
+        c = self.cfg
+        return PointCloudSpec(tuple(c.points_lo), tuple(c.points_hi), c.n_points, c.points_stride)
 
     # --------------------------------------------------------------------------- training
     def loss(self, images: list[torch.Tensor], proprio: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,8 @@ def metadata_to_dict(md: PolicyMetadata) -> dict:
     """Plain data (msgpack-able) for a :class:`PolicyMetadata` (norm_stats left out)."""
     return {"obs_shapes": {k: [list(shape), dtype] for k, (shape, dtype) in md.obs_shapes.items()},
             "obs_horizon": md.obs_horizon, "horizon": md.horizon, "action_dim": md.action_dim,
-            "action_space": md.action_space, "dt": md.dt, "offset": md.offset, "supports_prefix": md.supports_prefix}
+            "action_space": md.action_space, "dt": md.dt, "offset": md.offset, "supports_prefix": md.supports_prefix,
+            "points": md.points}
 
 
 def metadata_from_dict(d: dict) -> PolicyMetadata:
@@ -53,7 +54,7 @@ def metadata_from_dict(d: dict) -> PolicyMetadata:
     return PolicyMetadata(obs_shapes={k: (tuple(v[0]), str(v[1])) for k, v in d["obs_shapes"].items()},
                           obs_horizon=int(d["obs_horizon"]), horizon=int(d["horizon"]), action_dim=int(d["action_dim"]),
                           action_space=str(d["action_space"]), dt=float(d["dt"]), offset=int(d["offset"]),
-                          supports_prefix=bool(d["supports_prefix"]))
+                          supports_prefix=bool(d["supports_prefix"]), points=dict(d.get("points") or {}))
 
 
 def spec_message(md: PolicyMetadata, request_id: int = 0) -> PolicySpec:
@@ -63,7 +64,9 @@ def spec_message(md: PolicyMetadata, request_id: int = 0) -> PolicySpec:
                       obs_shapes={k: np.asarray(md.obs_shapes[k][0], np.int64) for k in keys},
                       obs_dtypes=[str(md.obs_shapes[k][1]) for k in keys], obs_horizon=md.obs_horizon,
                       horizon=md.horizon, action_dim=md.action_dim, action_space=md.action_space, dt=float(md.dt),
-                      offset=md.offset, supports_prefix=md.supports_prefix)
+                      offset=md.offset, supports_prefix=md.supports_prefix,
+                      points={c: np.array([*p["lo"], *p["hi"], p["n_points"], p.get("stride", 2)], np.float64)
+                              for c, p in md.points.items()})
 
 
 def metadata_from_spec(spec: PolicySpec) -> PolicyMetadata:
@@ -74,7 +77,9 @@ def metadata_from_spec(spec: PolicySpec) -> PolicyMetadata:
                                       for k, d in zip(spec.obs_keys, spec.obs_dtypes)},
                           obs_horizon=spec.obs_horizon, horizon=spec.horizon, action_dim=spec.action_dim,
                           action_space=spec.action_space, dt=spec.dt, offset=spec.offset,
-                          supports_prefix=spec.supports_prefix)
+                          supports_prefix=spec.supports_prefix,
+                          points={c: {"lo": v[:3].tolist(), "hi": v[3:6].tolist(), "n_points": int(v[6]),
+                                      "stride": int(v[7])} for c, v in (spec.points or {}).items()})
 
 
 def spec_mismatch(md: PolicyMetadata, obs_keys: list[str] | None, obs_horizon: int | None,
@@ -94,11 +99,13 @@ def spec_mismatch(md: PolicyMetadata, obs_keys: list[str] | None, obs_horizon: i
         out.append(f"obs_horizon: the policy takes To = {md.obs_horizon}, the controller sends {obs_horizon}")
     for k, (shape, _) in md.obs_shapes.items():
         cam, _, kind = k.rpartition(".")
-        if kind not in ("color", "depth") or not cam:
+        if kind not in ("color", "depth", "points") or not cam:
             continue
         if cam not in camera_ids:
             out.append(f"{k}: the policy needs camera {cam!r}, the controller's cameras are {sorted(camera_ids)}")
-        if image_size is not None and tuple(shape[:2]) != tuple(image_size):
+        if kind == "points" and cam not in md.points:
+            out.append(f"{k}: the policy's spec does not say how to build the cloud (no points settings)")
+        if kind != "points" and image_size is not None and tuple(shape[:2]) != tuple(image_size):
             out.append(f"{k}: the policy takes {shape[0]}x{shape[1]} images, the controller resizes to "
                        f"{image_size[0]}x{image_size[1]}")
     if md.action_space != action_space or md.action_dim != action_dim:

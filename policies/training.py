@@ -39,8 +39,10 @@ class ModelSettings(BaseModel):
     kind: str = Field("flow", pattern="^(flow|ddim|meanflow)$")
     sample_steps: int = Field(1, ge=1)
     camera: str = "wrist"
-    mode: str = Field("rgb", pattern="^(rgb|depth|rgbd|layered)$",
-                      description="layered: H3DP's depth layers of the RGB-D image (see depth_layers)")
+    mode: str = Field("rgb", pattern="^(rgb|depth|rgbd|layered|points)$",
+                      description="layered: H3DP's depth layers of the RGB-D image (see depth_layers); points: the "
+                                  "camera's point cloud in the base frame (DP3/MP1; needs its T_base_camera in the "
+                                  "episodes' calibration)")
     image_hw: tuple[int, int] = (72, 96)
     obs_horizon: int = Field(2, ge=1)
     horizon: int = Field(16, ge=4)
@@ -52,6 +54,9 @@ class ModelSettings(BaseModel):
     depth_layers: tuple[float, ...] = Field((0.0, 0.6, 1.2, 10.0), description="layered mode: layer edges, m")
     scales: int = Field(3, ge=1, le=4, description="layered mode: feature scales, coarse to fine")
     dispersive_weight: float = Field(0.0, ge=0, description="dispersive loss on the observation embeddings (MP1)")
+    n_points: int = Field(512, ge=16, description="points mode: N after farthest-point sampling")
+    points_lo: tuple[float, float, float] = Field((0.25, -0.35, 0.003), description="points mode: workspace box min, m")
+    points_hi: tuple[float, float, float] = Field((0.75, 0.40, 0.30), description="points mode: workspace box max, m")
 
 
 class TrainSettings(BaseModel):
@@ -77,7 +82,8 @@ class Samples:
     """Training samples.
 
     Attributes:
-        frames: (F, h, w, C) uint8 resized camera images of all episodes.
+        frames: (F, h, w, C) uint8 resized camera images of all episodes, or for a "points"
+            camera (F, N, 3) float32 point clouds in the base frame (features.PointCloudSpec).
         frame_idx: (N, To) int64 rows of ``frames`` per sample.
         state: (N, To, 8) float32 [ee_pose(7) gripper_width] at the window times.
         actions: (N, H, 8) float32 [ee_pose(7) gripper] at t_obs + i dt.
@@ -118,7 +124,8 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
         DatasetError: an episode lacks the camera, robot state or action stream.
     """
     from robot_stack.data.dataset import DatasetError, open_episode
-    from robot_stack.control.observation import interpolate_states, resize_images
+    from robot_stack.control.features import camera_images, state_vector
+    from robot_stack.control.observation import interpolate_states
 
     frames, fidx, states, acts, eps = [], [], [], [], []
     base = 0
@@ -134,12 +141,15 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
         if len(a["target_ns"]) == 0:
             raise DatasetError(f"{path}: no executed actions recorded")
         imgs = []
+        if ms.mode == "points":
+            frames.append(_episode_clouds(ep, ms, c))
         if ms.mode in ("rgb", "rgbd", "layered"):
-            imgs.append(resize_images(c["color"], ms.image_hw))
+            imgs.append(camera_images(c["color"], ms.image_hw))
         if ms.mode in ("depth", "rgbd", "layered"):
-            imgs.append(resize_images(c["depth"], ms.image_hw)[..., None].view(np.uint8).reshape(
+            imgs.append(camera_images(c["depth"], ms.image_hw)[..., None].view(np.uint8).reshape(
                 *c["depth"].shape[:1], *ms.image_hw, 2))
-        frames.append(np.concatenate(imgs, axis=-1))
+        if imgs:
+            frames.append(np.concatenate(imgs, axis=-1))
         st = c["stamp_ns"]
         win = np.arange(ms.obs_horizon)[::-1] * dt_ns
         for k, t_obs in enumerate(st):
@@ -152,7 +162,7 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
             _, ee, g = interpolate_states(rs["stamp_ns"], rs["q"], rs["ee_pose"], rs["gripper_width"], times,
                                           max_extrapolation_ns=dt_ns)
             fidx.append(base + j)
-            states.append(np.concatenate([ee, g[:, None]], 1))
+            states.append(state_vector(ee, g))
             acts.append(actions_at(a["target_ns"], a["pose"], a["gripper"], t_obs + np.arange(ms.horizon) * dt_ns))
             eps.append(e_i)
         base += len(st)
@@ -162,19 +172,52 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
                    np.array(eps))
 
 
+def point_spec(ms: ModelSettings):
+    """The :class:`~robot_stack.control.features.PointCloudSpec` of a points-mode model."""
+    from robot_stack.control.features import PointCloudSpec
+
+    return PointCloudSpec(tuple(ms.points_lo), tuple(ms.points_hi), ms.n_points)
+
+
+def _episode_clouds(ep, ms: ModelSettings, cam: dict) -> np.ndarray:
+    """(F, N, 3) float32 clouds of every frame of the episode's ``ms.camera``, built as the
+    controller builds them at deploy time: the frame's K and depth scale as recorded, the
+    camera's ``T_base_camera`` from the calibration file recorded with the episode.
+
+    Raises:
+        DatasetError: no depth, or no extrinsics for the camera in the episode's calibration.
+    """
+    import yaml
+
+    from robot_stack.data.dataset import DatasetError
+
+    if "depth" not in cam:
+        raise DatasetError(f"{ep.path}: camera {ms.camera} has no depth (points mode needs it)")
+    meta = (ep.meta.get("cameras") or {}).get(ms.camera) or {}
+    calib = yaml.safe_load(ep.meta.get("calibration") or "") or {}
+    T = ((calib.get("cameras") or {}).get(ms.camera) or {}).get("T_base_camera")
+    if T is None or "K" not in meta:
+        raise DatasetError(f"{ep.path}: no T_base_camera for camera {ms.camera} in the episode's calibration "
+                           "(record with the setup's calibration file: eye-to-hand hand-eye calibration)")
+    return point_spec(ms).clouds(cam["depth"], np.asarray(meta["K"]), float(meta["depth_scale"]), np.asarray(T))
+
+
 def model_config(ms: ModelSettings) -> ModelConfig:
     return ModelConfig(cameras={ms.camera: ms.mode}, image_hw=tuple(ms.image_hw), proprio_dim=8,
                        obs_horizon=ms.obs_horizon, horizon=ms.horizon, action_dim=8, dt=ms.dt, kind=ms.kind,
                        sample_steps=ms.sample_steps, enc_base=ms.enc_base, widths=tuple(ms.widths),
                        rtc_max_prefix=ms.rtc_max_prefix, depth_layers=tuple(ms.depth_layers), scales=ms.scales,
-                       dispersive_weight=ms.dispersive_weight)
+                       dispersive_weight=ms.dispersive_weight, n_points=ms.n_points, points_lo=tuple(ms.points_lo),
+                       points_hi=tuple(ms.points_hi))
 
 
 def _batch_images(s: Samples, rows: np.ndarray, mode: str, shift: int, rng: np.random.Generator | None,
                   shifts: np.ndarray | None = None, depth_edges: tuple[float, ...] | None = None) -> torch.Tensor:
     """(B, To, C, h, w) float in [0, 1] (depth: m / 2, as the model's ``images``), random-shifted
     (per row (dy, dx) in [0, 2 shift]: ``shifts`` (B, 2) when given, else drawn from ``rng``)."""
-    x = s.frames[s.frame_idx[rows]]  # (B, To, h, w, C)
+    x = s.frames[s.frame_idx[rows]]  # (B, To, h, w, C); points: (B, To, N, 3)
+    if mode == "points":
+        return torch.from_numpy(np.ascontiguousarray(x, np.float32))
     if mode == "layered":  # H3DP's depth layers, as the model builds them at deploy time
         from .generative import depth_layers
 

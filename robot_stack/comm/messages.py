@@ -491,6 +491,9 @@ class PolicySpec(Message):
         obs_horizon: To; horizon: H; action_dim: D; action_space: the actions' meaning.
         dt: control period the policy was trained at, s; offset: step of action 0 after the newest
             observation; supports_prefix: accepts an RTC prefix.
+        points: camera id -> (8,) float64 ``[lo(3) hi(3) n_points stride]``: how the controller
+            builds that camera's ``<camera>.points`` cloud
+            (:class:`robot_stack.control.features.PointCloudSpec`); empty for image policies.
     """
 
     SCHEMA: ClassVar[str] = "policy_spec"
@@ -505,6 +508,7 @@ class PolicySpec(Message):
     dt: float = scalar("float", 0.1)
     offset: int = scalar("int", 0)
     supports_prefix: bool = scalar("bool", False)
+    points: dict = array_dict()
 
 
 @dataclass(kw_only=True)

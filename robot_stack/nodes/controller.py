@@ -55,7 +55,8 @@ from robot_stack.runtime.clock import now_ns
 from robot_stack.comm.messages import CameraFrame, EpisodeEvent, ObservationWindow, RobotState, TeleopCommand, WaypointSchedule
 from ..teleop.base import apply_commands
 from robot_stack.runtime.node import Node, NodeParams
-from robot_stack.control.observation import StaleStreamError, assemble, resize_images
+from robot_stack.control.features import camera_images, state_vector
+from robot_stack.control.observation import StaleStreamError, assemble
 from robot_stack.comm.transport import RemoteError, RequestClient, TransportTimeout
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ class ControllerParams(NodeParams):
     cameras: list[str] = Field(default_factory=list, description="camera node names")
     obs_keys: list[str] | None = Field(None, min_length=1,
                                        description="keys sent to the policy: ee_pose, q, gripper_width, state, "
-                                       "<camera_id>.color/.depth (None: the policy's spec; [ee_pose] without one)")
+                                       "<camera_id>.color/.depth/.points (None: the policy's spec; [ee_pose] "
+                                       "without one); .points needs the camera's T_base_camera in the setup's "
+                                       "calibration file and the cloud settings from the policy's spec")
     rate_hz: float = Field(10.0, gt=0, le=100)
     obs_horizon: int | None = Field(None, ge=1, description="To (None: the policy's spec; 2 without one)")
     strategy: Literal["sync", "async", "ensemble", "rtc"] = "sync"
@@ -165,10 +168,15 @@ class ControllerNode(Node):
         self.delay = DelayEstimator(self.dt_ns, initial_steps=2)
         # per-stream capture-stamp corrections from latency calibration, when the setup has one
         self.latency_offsets: dict[str, int] = {}
+        #: camera id -> T_base_camera (4, 4) from the setup's calibration (eye-to-hand), for .points
+        self.extrinsics: dict[str, np.ndarray] = {}
+        #: camera id -> PointCloudSpec, from the policy's spec
+        self.point_specs: dict = {}
         if cfg.calibration is not None:
             from robot_stack.calibration import store
 
             self.latency_offsets = store.latency_offsets_ns(cfg.calibration.file)
+            self.extrinsics = store.base_camera_extrinsics(cfg.calibration.file)
         kw = dict(m=p.ensemble_m, steps=p.ensemble_steps) if p.strategy == "ensemble" else {}
         self.strategy = STRATEGIES[p.strategy](self.dt_ns, int(p.exec_latency_s * 1e9), p.execute_horizon, **kw)
         self.replay_stamps = np.zeros(0, np.int64)  # a replayed action stream, fed to the arm piecewise
@@ -204,16 +212,27 @@ class ControllerNode(Node):
                        int(self.params.max_obs_age_s * 1e9), latency_offsets_ns=self.latency_offsets)
         arrays = {"ee_pose": obs.ee_pose.astype(np.float32), "q": obs.q.astype(np.float32),
                   "gripper_width": obs.gripper_width.astype(np.float32)[:, None]}
-        arrays["state"] = np.concatenate([arrays["ee_pose"], arrays["gripper_width"]], axis=1)
+        arrays["state"] = state_vector(obs.ee_pose, obs.gripper_width)
         for cid in obs.color:
             size = self.params.image_size or self.image_sizes.get(cid)
-            arrays[f"{cid}.color"] = resize_images(obs.color[cid], size)
+            arrays[f"{cid}.color"] = camera_images(obs.color[cid], size)
             if cid in obs.depth:
-                arrays[f"{cid}.depth"] = resize_images(obs.depth[cid], size)
+                arrays[f"{cid}.depth"] = camera_images(obs.depth[cid], size)
+            if f"{cid}.points" in self.obs_keys and cid in obs.depth:
+                arrays[f"{cid}.points"] = self._clouds(cid, obs.depth[cid], frames[cid][-1])
         missing = set(self.obs_keys) - arrays.keys()
         if missing:
             raise StaleStreamError("observation", f"no stream provides {sorted(missing)}")
         return obs, {k: arrays[k] for k in self.obs_keys}
+
+    def _clouds(self, cid: str, depth: np.ndarray, frame) -> np.ndarray:
+        """(To, N, 3) float32 clouds of camera ``cid`` in the base frame (features.PointCloudSpec)."""
+        spec = self.point_specs.get(cid)
+        if spec is None:
+            raise StaleStreamError(f"{cid}.points", "the policy's spec gives no point-cloud settings for this camera")
+        if cid not in self.extrinsics:
+            raise StaleStreamError(f"{cid}.points", "no T_base_camera for this camera in the setup's calibration file")
+        return spec.clouds(depth, frame.K, frame.depth_scale, self.extrinsics[cid])
 
     # ------------------------------------------------------------------------- inference
     #: unexpected inference errors in a row that end the node (the launcher reports it)
@@ -296,6 +315,14 @@ class ControllerNode(Node):
                 cam, _, kind = k.rpartition(".")
                 if kind in ("color", "depth") and cam:
                     self.image_sizes[cam] = (int(shape[0]), int(shape[1]))
+            from robot_stack.control.features import PointCloudSpec
+
+            self.point_specs = {c: PointCloudSpec.from_dict(d) for c, d in md.points.items()}
+            no_ext = sorted(set(self.point_specs) - set(self.extrinsics))
+            if no_ext:
+                self.fail(f"the policy builds point clouds of cameras {no_ext}, but the setup's calibration file "
+                          "has no T_base_camera for them (calibrate: robot-stack calibrate hand-eye, eye-to-hand)")
+                return False
             log.info("policy spec: %s, To %d, H %d, %d-D %s actions at %.3f s", sorted(md.obs_shapes), md.obs_horizon,
                      md.horizon, md.action_dim, md.action_space, md.dt)
             return True
