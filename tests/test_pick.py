@@ -134,3 +134,17 @@ def test_the_config_names_its_task():
     assert isinstance(task_for_config(load_config(config_path("sim_panda_pick.yaml"))), PickTask)
     t = task_for_config(load_config(config_path("sim_panda_reach.yaml")))
     assert type(t) is ReachTask
+
+
+def test_an_overridden_copy_of_the_config_keeps_its_calibration(tmp_path):
+    """Sessions run a copy of the config in a temp folder: its relative calibration file must still
+    be the original's (the controller's and the recorder's T_base_camera)."""
+    from robot_stack.apps.demo import config_path
+    from robot_stack.apps.session import write_overridden
+    from robot_stack.runtime.config import load_config
+
+    src = config_path("sim_panda_pick.yaml")
+    out = write_overridden(src, {"nodes.controller.params.cameras": ["cam_scene"]}, tmp_path)
+    cfg = load_config(out)
+    assert cfg.calibration.file == load_config(src).calibration.file and cfg.calibration.file.is_file()
+    assert cfg.nodes["controller"].typed.cameras == ["cam_scene"]

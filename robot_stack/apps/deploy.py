@@ -154,9 +154,11 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
 
 
 def deploy_session(config: str | Path, policy: str | Path, strategy: str | None = None, seed: int | None = None,
-                   view: str | None = None, verbose: bool = False):
+                   view: str | None = None, verbose: bool = False, sets: dict | None = None):
     """A (not yet started) Session of ``config`` serving ``policy`` (.safetensors or .onnx) with the
-    controller driven by the policy; returns (session, policy node name).
+    controller driven by the policy; returns (session, policy node name). ``sets``: more config
+    overrides (dotted paths, e.g. ``nodes.controller.params.cameras``), applied before the node
+    selection (a camera the controller then observes is started).
 
     Raises:
         ValueError: the config has no policy or controller node. FileNotFoundError: no such policy.
@@ -164,7 +166,12 @@ def deploy_session(config: str | Path, policy: str | Path, strategy: str | None 
     from robot_stack.runtime.config import load_config
     from robot_stack.apps.session import Session, viewer_sets
 
-    cfg = load_config(config)
+    import tempfile
+
+    from robot_stack.apps.session import write_overridden
+
+    with tempfile.TemporaryDirectory() as d:  # the setup as the overrides make it (which cameras it observes)
+        cfg = load_config(write_overridden(config, sets, Path(d)))
     pol = [n for n, nc in cfg.nodes.items() if nc.kind == "policy"]
     ctl = [n for n, nc in cfg.nodes.items() if nc.kind == "controller"]
     if not pol or not ctl:
@@ -174,6 +181,7 @@ def deploy_session(config: str | Path, policy: str | Path, strategy: str | None 
         raise FileNotFoundError(f"policy {policy} not found")
     nodes = deploy_nodes(cfg)
     teleop = cfg.nodes[ctl[0]].typed.teleop
+    extra_sets = sets
     sets = {f"nodes.{pol[0]}.params.backend": {"type": "onnx" if policy.suffix == ".onnx" else "checkpoint",
                                                "path": str(policy)},
             f"nodes.{ctl[0]}.params.source": "policy",
@@ -185,6 +193,7 @@ def deploy_session(config: str | Path, policy: str | Path, strategy: str | None 
         if nc.kind == "sim_world" and seed is not None:
             sets[f"nodes.{n}.params.seed"] = seed
     sets.update(viewer_sets(cfg, view, cameras=[n for n in nodes if cfg.nodes[n].kind == "camera"]))
+    sets = {**(extra_sets or {}), **sets}
     return Session(config, sets=sets, only=nodes + (["viewer"] if view else []), verbose=verbose), pol[0]
 
 

@@ -76,6 +76,20 @@ def override(data: dict, sets: dict[str, object]) -> dict:
     return out
 
 
+def write_overridden(config_path: str | Path, sets: dict | None, folder: Path) -> Path:
+    """Write ``config_path`` with ``sets`` applied (:func:`override`) into ``folder``; a relative
+    calibration file is made absolute (relative to the original config), so the copy still finds it.
+    Returns the written path."""
+    src = Path(config_path).resolve()
+    data = override(yaml.safe_load(src.read_text()), sets or {})
+    calib = data.get("calibration")
+    if isinstance(calib, dict) and calib.get("file") and not Path(calib["file"]).is_absolute():
+        calib["file"] = str((src.parent / calib["file"]).resolve())
+    out = Path(folder) / src.name
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
 def viewer_sets(cfg, view: str | None, cameras: list[str] | None = None) -> dict:
     """Config overrides adding a live-view node: ``view`` is "spawn" (rerun window), a rerun URL
     (connect to a viewer elsewhere) or a ``.rrd`` path (save for later); None adds nothing."""
@@ -105,11 +119,8 @@ class Session:
 
     def __init__(self, config_path: str | Path, sets: dict | None = None, only: list[str] | None = None,
                  verbose: bool = False):
-        data = yaml.safe_load(Path(config_path).read_text())
-        data = override(data, sets or {})
         self.tmp = Path(tempfile.mkdtemp(prefix="rs-session-"))
-        self.config_path = self.tmp / Path(config_path).name
-        self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        self.config_path = write_overridden(config_path, sets, self.tmp)
         load_config(self.config_path)  # validation errors name the key before anything starts
         self.logs = LogSink(echo=verbose)
         self.launcher = Launcher(self.config_path, only=only, out=self.logs)

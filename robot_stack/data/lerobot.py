@@ -113,6 +113,7 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
     import pyarrow.parquet as pq
 
     from robot_stack.data.dataset import open_episode
+    from robot_stack.control.features import state_vector
     from robot_stack.control.observation import interpolate_states
     from robot_stack.policies.training import actions_at
 
@@ -147,7 +148,7 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
             rs, act = ep.load("robot_state"), ep.load("action")
             _, ee, g = interpolate_states(rs["stamp_ns"], rs["q"], rs["ee_pose"], rs["gripper_width"], grid,
                                           max_extrapolation_ns=int(1e9 / fps))
-            state = np.concatenate([ee, g[:, None]], 1).astype(np.float32)
+            state = state_vector(ee, g)
             action = actions_at(act["target_ns"], act["pose"], act["gripper"], grid).astype(np.float32)
             n = len(grid)
             rec = {"episode_index": e_i, "tasks": [ep.meta.get("task", "")], "length": n,
