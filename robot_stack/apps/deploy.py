@@ -74,6 +74,7 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
         if cube is None:
             raise RuntimeError("deploy's success check needs the sim world (hardware: use collect with intervention)")
         res.cube_poses.append(cube.tolist())
+        session.raise_if_dead()  # a node that refused its setup (a spec mismatch) is named, not a send timeout
         session.send_event("start", ctl, episode=ep)
         t0 = now_ns()
         ok, t_ok = False, None
