@@ -267,8 +267,9 @@ def load_checkpoint(path: str | Path) -> tuple[GenerativePolicyModel, dict]:
     cfg_d = json.loads(meta["config"])
     cfg_d["image_hw"] = tuple(cfg_d["image_hw"])
     cfg_d["widths"] = tuple(cfg_d["widths"])
-    if "depth_layers" in cfg_d:
-        cfg_d["depth_layers"] = tuple(cfg_d["depth_layers"])
+    for k in ("depth_layers", "points_lo", "points_hi"):  # JSON lists back to the config's tuples
+        if k in cfg_d:
+            cfg_d[k] = tuple(cfg_d[k])
     model = GenerativePolicyModel(ModelConfig(**cfg_d))
     model.load_state_dict(load_file(str(path)))
     return model.eval(), json.loads(meta.get("extra", "{}"))
