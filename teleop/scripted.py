@@ -21,7 +21,35 @@ from robot_stack.drivers.sim_messages import ObjectState
 from .base import TeleopConfig, TeleopDevice, TeleopInputs
 
 
-class ReachExpert(TeleopDevice):
+class _SimExpert(TeleopDevice):
+    """A scripted expert as a teleop device: it acts between an episode's start and its stop (the
+    recorder's episode events reach the teleop node), each period from the measured TCP
+    (``robot/state``) and the sim's object ground truth (``sim/objects``) through
+    :meth:`command`."""
+
+    active = False
+
+    def reset(self) -> None:
+        """Forget the episode."""
+
+    def on_episode(self, kind: str) -> None:
+        self.active = kind == "start"
+        self.reset()
+
+    def poll(self, inputs: TeleopInputs) -> TeleopCommand | None:
+        """One period's command while an episode runs and both the TCP and the objects are known."""
+        if not self.active:
+            return None
+        st, obj = inputs.latest(RobotState.TOPIC), inputs.latest(ObjectState.TOPIC)
+        if st is None or obj is None:
+            return None
+        return self.command(st, obj, inputs.period_s)
+
+    def command(self, state: RobotState, obj: ObjectState, period_s: float) -> TeleopCommand:
+        raise NotImplementedError
+
+
+class ReachExpert(_SimExpert):
     """Carrot-following reach demonstrations.
 
     As a teleop device it acts between an episode's start and its stop (the recorder's episode
@@ -53,18 +81,8 @@ class ReachExpert(TeleopDevice):
         self.settled_s = 0.0
         self.done = False
 
-    def on_episode(self, kind: str) -> None:
-        self.active = kind == "start"
-        self.reset()
-
-    def poll(self, inputs: TeleopInputs) -> TeleopCommand | None:
-        """One period's command while an episode runs and both the TCP and the cube are known."""
-        if not self.active:
-            return None
-        st, obj = inputs.latest(RobotState.TOPIC), inputs.latest(ObjectState.TOPIC)
-        if st is None or obj is None:
-            return None
-        return self.step(np.asarray(st.ee_pose), np.asarray(obj.cube_pose[:3]), inputs.period_s)
+    def command(self, state: RobotState, obj: ObjectState, period_s: float) -> TeleopCommand:
+        return self.step(np.asarray(state.ee_pose), np.asarray(obj.cube_pose[:3]), period_s)
 
     def metrics(self) -> dict[str, float]:
         return {"active": float(self.active)}
@@ -102,7 +120,7 @@ class ReachExpert(TeleopDevice):
                              buttons=buttons)
 
 
-class PickExpert(TeleopDevice):
+class PickExpert(_SimExpert):
     """Pick-and-place demonstrations: a carrot through a list of phases, each a goal with a gripper
     command, as :class:`ReachExpert` does for reach.
 
@@ -142,18 +160,8 @@ class PickExpert(TeleopDevice):
         self.grasp_xyz: np.ndarray | None = None
         self.done = False
 
-    def on_episode(self, kind: str) -> None:
-        self.active = kind == "start"
-        self.reset()
-
-    def poll(self, inputs: TeleopInputs) -> TeleopCommand | None:
-        if not self.active:
-            return None
-        st, obj = inputs.latest(RobotState.TOPIC), inputs.latest(ObjectState.TOPIC)
-        if st is None or obj is None:
-            return None
-        return self.step(np.asarray(st.ee_pose), np.asarray(obj.cube_pose[:3]), np.asarray(obj.target_xy),
-                         inputs.period_s)
+    def command(self, state: RobotState, obj: ObjectState, period_s: float) -> TeleopCommand:
+        return self.step(np.asarray(state.ee_pose), np.asarray(obj.cube_pose[:3]), np.asarray(obj.target_xy), period_s)
 
     def metrics(self) -> dict[str, float]:
         return {"active": float(self.active), "phase": float(self.phase)}

@@ -182,8 +182,7 @@ def deploy_session(config: str | Path, policy: str | Path, strategy: str | None 
         raise FileNotFoundError(f"policy {policy} not found")
     nodes = deploy_nodes(cfg)
     teleop = cfg.nodes[ctl[0]].typed.teleop
-    extra_sets = sets
-    sets = {f"nodes.{pol[0]}.params.backend": {"type": "onnx" if policy.suffix == ".onnx" else "checkpoint",
+    extra_sets, sets = sets, {f"nodes.{pol[0]}.params.backend": {"type": "onnx" if policy.suffix == ".onnx" else "checkpoint",
                                                "path": str(policy)},
             f"nodes.{ctl[0]}.params.source": "policy",
             f"nodes.{ctl[0]}.params.teleop": teleop if teleop in nodes else None,

@@ -47,11 +47,6 @@ class ReachTask:
     name = "reach"
     error_name = "TCP-cube"  # what error_mm measures
 
-    @staticmethod
-    def for_config(cfg) -> "ReachTask | PickTask":
-        """The task for a stack config (alias of :func:`task_for_config`)."""
-        return task_for_config(cfg)
-
     def achieved(self, state, obj, cube_start_xyz: np.ndarray) -> bool:
         """Success from a robot state (``ee_pose``, ``gripper_width``) and the sim's object state
         (``cube_pose``, ``target_xy``, ``target_half``): :meth:`success` of the TCP and cube."""
