@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from robot_stack.apps.task import PickTask, ReachTask
 from robot_stack.comm.messages import RobotState, TeleopCommand
@@ -99,6 +100,10 @@ class ReachExpert(_SimExpert):
             self.carrot = tcp[:3].copy()
             self.orientation = tcp[3:] / np.linalg.norm(tcp[3:])
             self.offset = np.r_[self.rng.normal(0, self.jitter, 2), 0.0]
+            if self.rng.random() < self.miss_rate:
+                x = Rotation.from_quat(self.orientation).as_matrix()[:, 0]
+                x = np.r_[x[:2], 0.0] / max(np.linalg.norm(x[:2]), 1e-9)
+                self.miss = self.miss_offset * self.rng.choice([-1.0, 1.0]) * x
         goals = self.waypoints(cube_xyz)
         goal = goals[self.phase]
         d = goal - self.carrot
@@ -133,17 +138,36 @@ class PickExpert(_SimExpert):
     (``sim/objects``); after it they stay put. A descent waits for the TCP (within ``tol``, at most
     ``wait_s``) before the gripper moves.
 
+    Recovery: when the lift ends with the cube still on the table (its centre below
+    ``lifted_z``), the grasp missed; the expert opens and starts again from the approach, following
+    the cube where it now lies (at most ``max_attempts`` attempts). So that demonstrations show this
+    recovery, a fraction ``miss_rate`` of episodes aim their first grasp ``miss_offset`` beside the
+    cube along the TCP x axis, the axis along the pads: the fingers close on air beside the cube
+    without pushing it (measured in MuJoCo: 45 mm beside it the cube does not move; along the
+    closing axis it is pushed 13-20 mm). A policy trained on them sees what a missed grasp looks
+    like (the measured gripper width closes to zero, the wrist camera shows the cube below) and what
+    follows it; this is a deliberate, recorded recovery, not noise added to the commands.
+
     Args:
         task: heights and the release width.
         speed: carrot speed, m/s. close_s, open_s: gripper waits, s.
         settle_s, tol: as for ReachExpert. wait_s: longest wait for the TCP at a descent goal, s.
         jitter: std (m) of the approach offset. seed: RNG seed.
+        miss_rate: fraction of episodes whose first grasp is aimed beside the cube, 0..1.
+        miss_offset: how far beside the cube that grasp is aimed, m.
+        lifted_z: cube centre height (m, base frame) above which a lift counts as a grasp.
+        max_attempts: grasp attempts; after the last it finishes the motions and presses stop, and the
+            task's check reports the failure.
     """
 
     def __init__(self, task: PickTask = PickTask(), speed: float = 0.15, close_s: float = 0.7, open_s: float = 0.5,
-                 settle_s: float = 0.3, tol: float = 0.006, wait_s: float = 1.5, jitter: float = 0.01, seed: int = 0):
+                 settle_s: float = 0.3, tol: float = 0.006, wait_s: float = 1.5, jitter: float = 0.01, seed: int = 0,
+                 miss_rate: float = 0.0, miss_offset: float = 0.045, lifted_z: float = 0.05, max_attempts: int = 3):
+        if not 0.0 <= miss_rate <= 1.0:
+            raise ValueError(f"miss_rate must be in [0, 1], got {miss_rate}")
         self.task, self.speed, self.close_s, self.open_s = task, speed, close_s, open_s
         self.settle_s, self.tol, self.wait_s, self.jitter = settle_s, tol, wait_s, jitter
+        self.miss_rate, self.miss_offset, self.lifted_z, self.max_attempts = miss_rate, miss_offset, lifted_z, max_attempts
         self.rng = np.random.default_rng(seed)
         self.active = False
         self.reset()
@@ -159,17 +183,19 @@ class PickExpert(_SimExpert):
         self.settled_s = 0.0
         self.grasp_xyz: np.ndarray | None = None
         self.done = False
+        self.attempt = 0
+        self.miss = np.zeros(3)  # this attempt's deliberate grasp offset, m (base frame)
 
     def command(self, state: RobotState, obj: ObjectState, period_s: float) -> TeleopCommand:
         return self.step(np.asarray(state.ee_pose), np.asarray(obj.cube_pose[:3]), np.asarray(obj.target_xy), period_s)
 
     def metrics(self) -> dict[str, float]:
-        return {"active": float(self.active), "phase": float(self.phase)}
+        return {"active": float(self.active), "phase": float(self.phase), "attempt": float(self.attempt)}
 
     def goal(self, cube_xyz: np.ndarray, target_xy: np.ndarray) -> tuple[np.ndarray, float]:
         """This phase's TCP goal (3,) in the base frame and gripper command (1 open, 0 closed)."""
         t = self.task
-        c = self.grasp_xyz if self.grasp_xyz is not None else np.asarray(cube_xyz, float)
+        c = self.grasp_xyz if self.grasp_xyz is not None else np.asarray(cube_xyz, float) + self.miss
         tgt = np.r_[np.asarray(target_xy, float), 0.0]
         name = self.PHASES[self.phase]
         return {
@@ -192,6 +218,10 @@ class PickExpert(_SimExpert):
             self.carrot = tcp[:3].copy()
             self.orientation = tcp[3:] / np.linalg.norm(tcp[3:])
             self.offset = np.r_[self.rng.normal(0, self.jitter, 2), 0.0]
+            if self.rng.random() < self.miss_rate:
+                x = Rotation.from_quat(self.orientation).as_matrix()[:, 0]
+                x = np.r_[x[:2], 0.0] / max(np.linalg.norm(x[:2]), 1e-9)
+                self.miss = self.miss_offset * self.rng.choice([-1.0, 1.0]) * x
         goal, grip = self.goal(cube_xyz, target_xy)
         d = goal - self.carrot
         dist = float(np.linalg.norm(d))
@@ -209,6 +239,12 @@ class PickExpert(_SimExpert):
                 advance = True
             if name == "descend" and advance:
                 self.grasp_xyz = goal - np.r_[0, 0, self.task.grasp_height]
+            if name == "lift" and cube_xyz[2] < self.lifted_z and self.attempt + 1 < self.max_attempts:
+                # missed: open on the way back up to the approach over where the cube now lies
+                self.attempt += 1
+                self.phase, self.t_phase, self.grasp_xyz, self.miss = 0, 0.0, None, np.zeros(3)
+                self.offset = np.r_[self.rng.normal(0, self.jitter, 2), 0.0]
+                advance = False
             if advance and self.phase + 1 < len(self.PHASES):
                 self.phase += 1
                 self.t_phase = 0.0
@@ -231,6 +267,8 @@ class ScriptedConfig(TeleopConfig):
     task: Literal["reach", "pick"] = Field("reach", description="the task it demonstrates (the sim world's task)")
     speed: float = Field(0.15, gt=0, description="TCP speed, m/s")
     seed: int = 0
+    miss_rate: float = Field(0.0, ge=0, le=1, description="pick: fraction of episodes whose first grasp is aimed "
+                             "beside the cube, so that demonstrations show the recovery from a missed grasp")
     world: str = Field("sim", description="node name of the sim world (its object ground truth)")
 
     def inputs(self, params) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -238,5 +276,5 @@ class ScriptedConfig(TeleopConfig):
 
     def build(self, ctx, params) -> "ReachExpert | PickExpert":
         if self.task == "pick":
-            return PickExpert(speed=self.speed, seed=self.seed)
+            return PickExpert(speed=self.speed, seed=self.seed, miss_rate=self.miss_rate)
         return ReachExpert(speed=self.speed, seed=self.seed)

@@ -28,11 +28,21 @@ def test_placed_needs_the_cube_in_the_square_on_the_table_and_released():
     assert not ReachTask().achieved(st, obj, obj.cube_pose[:3])
 
 
-def _run_expert(ex: PickExpert, cube: np.ndarray, lag: int = 3, width_of=None, max_steps: int = 2000):
-    """TCP follows the carrot ``lag`` periods late; returns (per-period TCP, gripper cmd, phase), stop index."""
+def _run_expert(ex: PickExpert, cube: np.ndarray, lag: int = 3, carry: bool = True, max_steps: int = 2000):
+    """TCP follows the carrot ``lag`` periods late; with ``carry`` the cube rides with a gripper that
+    closed within ``tol`` of it and drops to the table when it opens. Returns (per-period TCP,
+    gripper cmd, phase), stop index."""
     tcp = np.r_[0.42, -0.02, 0.48, 1, 0, 0, 0]
     carrots, log = [tcp[:3].copy()] * lag, []
+    cube, held = np.array(cube, float), None
     for k in range(max_steps):
+        if carry and log and log[-1][1] < 0.5:
+            if held is None and np.linalg.norm(tcp[:3] - cube) < ex.tol:
+                held = cube - tcp[:3]
+            if held is not None:
+                cube = tcp[:3] + held
+        elif held is not None:
+            cube, held = np.r_[cube[:2], 0.02], None
         cmd = ex.step(tcp, cube, TARGET, 1 / 30)
         assert cmd.kind == "ee_absolute"
         assert np.linalg.norm(cmd.value[:3] - carrots[-1]) <= 0.15 / 30 + 1e-9  # carrot speed limit
@@ -148,3 +158,41 @@ def test_an_overridden_copy_of_the_config_keeps_its_calibration(tmp_path):
     cfg = load_config(out)
     assert cfg.calibration.file == load_config(src).calibration.file and cfg.calibration.file.is_file()
     assert cfg.nodes["controller"].typed.cameras == ["cam_scene"]
+
+
+def test_pick_expert_recovers_from_a_missed_grasp():
+    """Kinematic: a first grasp aimed beside the cube (miss_rate 1) closes on air 45 mm off along
+    the TCP x axis; the cube stays on the table through the lift, so the expert opens, goes back to
+    the approach and closes on the cube the second time."""
+    task = PickTask()
+    ex = PickExpert(task, jitter=0.0, miss_rate=1.0)
+    cube = np.array([0.55, -0.12, 0.02])
+    log, stop = _run_expert(ex, cube, carry=False)  # a cube that is never lifted
+    grip = np.array([g for _, g, _ in log])
+    tcp = np.array([p for p, _, _ in log])
+    closes = np.flatnonzero((grip[1:] < 0.5) & (grip[:-1] > 0.5)) + 1
+    assert len(closes) == ex.max_attempts and ex.attempt == ex.max_attempts - 1  # then it gives up
+    first, second = tcp[closes[0]], tcp[closes[1]]
+    assert np.linalg.norm(first[:2] - cube[:2]) == pytest.approx(ex.miss_offset, abs=ex.tol)
+    assert abs(first[1] - cube[1]) < ex.tol  # along the TCP x axis (base x for this orientation)
+    np.testing.assert_allclose(second, cube + [0, 0, task.grasp_height], atol=ex.tol)
+    # between the attempts the gripper opened and the TCP went back up to the approach height
+    between = slice(closes[0], closes[1])
+    assert grip[between].max() == 1.0 and tcp[between, 2].max() > cube[2] + task.approach_height - ex.tol
+
+
+def test_pick_expert_retries_in_physics_and_places():
+    """MuJoCo physics: the deliberately missed first grasp leaves the cube where it was, the second
+    grasp lifts it and the cube ends in the target square."""
+    from robot_stack.control.robot_model import RobotModel
+    from robot_stack.drivers.sim_world import SimWorld
+
+    world = SimWorld(seed=11)
+    model = RobotModel.load("panda_robotiq")
+    task = PickTask()
+    ex = PickExpert(task, seed=2, miss_rate=1.0)
+    lifted, stopped = _sim_episode(world, model, ex, seconds=24.0)
+    c = world.cube_pose()
+    assert stopped and ex.attempt == 1, (stopped, ex.attempt, ex.PHASES[ex.phase])
+    assert lifted > task.carry_height - 0.03
+    assert task.placed(c[:3], world.target_xy(), world.scene.target_half, world.joint_state()[3])
