@@ -24,12 +24,15 @@ class JointReading:
         stamp_ns: measurement time on the stack clock, ns.
         q: (n,) joint positions, rad; dq: (n,) joint velocities, rad/s.
         gripper_width: finger opening, m.
+        wrench: (6,) external wrench on the tool at the TCP, base frame, [fx fy fz] N and
+            [tx ty tz] N m (a wrist F/T sensor, or the arm's own estimate); None without one.
     """
 
     stamp_ns: int
     q: np.ndarray
     dq: np.ndarray
     gripper_width: float
+    wrench: np.ndarray | None = None
 
 
 class ArmDriver(ABC):

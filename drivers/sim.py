@@ -70,7 +70,8 @@ class SimArmDriver(ArmDriver):
         if now_ns() - m.stamp_ns > self.STALE_NS:  # the world (the robot's controller box) went silent
             raise ArmDriverError(f"no joint state from the sim world for {(now_ns() - m.stamp_ns) / 1e6:.0f} ms")
         if self._last is None or self._last.stamp_ns != m.stamp_ns:
-            self._last = JointReading(m.stamp_ns, np.array(m.q), np.array(m.dq), m.gripper_width)
+            self._last = JointReading(m.stamp_ns, np.array(m.q), np.array(m.dq), m.gripper_width,
+                                      None if m.wrench is None else np.array(m.wrench))
         return self._last
 
     def command(self, q: np.ndarray, gripper_open: float) -> None:

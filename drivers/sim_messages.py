@@ -26,6 +26,8 @@ class JointState(Message):
         dq: (n,) float64 joint velocities, rad/s.
         tau: (n,) float64 commanded joint torques, N m.
         gripper_width: finger opening, m.
+        wrench: (6,) float64 external wrench on the tool at the TCP, base frame: N, N m
+            (:meth:`SimWorld.tcp_wrench`); None from a world without the sensor.
     """
 
     SCHEMA: ClassVar[str] = "joint_state"
@@ -34,6 +36,7 @@ class JointState(Message):
     dq: np.ndarray = array(FLOAT64, (None,))
     tau: np.ndarray = array(FLOAT64, (None,))
     gripper_width: float = scalar("float", 0.0)
+    wrench: np.ndarray | None = array(FLOAT64, (6,), optional=True)
 
 
 @dataclass(kw_only=True)

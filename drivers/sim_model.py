@@ -17,7 +17,7 @@ joint impedance law the simulated "robot controller box" applies at the physics 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mujoco
 import numpy as np
@@ -326,6 +326,7 @@ class ArmIndex:
     gripper_stroke: float
     gripper_closed: float
     gripper_ctrl_closed: float
+    tool_bodies: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # bodies past the flange
 
     @staticmethod
     def of(model: mujoco.MjModel, robot: str = "panda_robotiq") -> "ArmIndex":
@@ -351,7 +352,21 @@ class ArmIndex:
             kp=np.asarray(sim.kp, float), kd=np.asarray(sim.kd, float),
             gripper_stroke=desc.gripper.stroke_m, gripper_closed=sim.gripper_joint_closed,
             gripper_ctrl_closed=sim.gripper_ctrl_closed,
+            tool_bodies=_bodies_below(model, int(model.jnt_bodyid[jids[-1]])),
         )
+
+
+def _bodies_below(model: mujoco.MjModel, body: int) -> np.ndarray:
+    """Ids of the bodies whose ancestor chain passes through ``body`` (``body`` itself excluded):
+    what a wrist F/T sensor on that body's flange carries (gripper, fingers, pads)."""
+    out = []
+    for b in range(model.nbody):
+        p = b
+        while p not in (0, body):
+            p = int(model.body_parentid[p])
+        if p == body and b != body:
+            out.append(b)
+    return np.array(out, int)
 
 
 def joint_pd_torque(q: np.ndarray, dq: np.ndarray, q_target: np.ndarray, bias: np.ndarray,

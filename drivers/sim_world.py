@@ -92,6 +92,32 @@ class SimWorld:
         return (d.qpos[a.qpos].copy(), d.qvel[a.dof].copy(), d.ctrl[a.act].copy(),
                 gripper_width_from_driver(float(d.qpos[a.gripper_qpos]), a.gripper_stroke, a.gripper_closed))
 
+    def tcp_wrench(self) -> np.ndarray:
+        """(6,) external wrench on the tool at the TCP: [fx fy fz] N and [tx ty tz] N m about the
+        TCP point, base frame; what the environment exerts on the gripper, as a wrist F/T sensor
+        reports it after gravity compensation (and Franka's ``O_F_ext_hat_K`` in sign and frame;
+        libfranka docs, ``franka::RobotState``). Sum of the contact forces between the bodies past
+        the flange (``ArmIndex.tool_bodies``) and everything else (``mj_contactForce``, MuJoCo
+        docs: the force in the contact frame, acting on geom2 from geom1). Noise-free."""
+        m, d = self.model, self.data
+        tool = self.arm.tool_bodies
+        tcp = d.site_xpos[self.arm.tcp_site]
+        out = np.zeros(6)
+        f6 = np.zeros(6)
+        for i in range(d.ncon):
+            c = d.contact[i]
+            b1, b2 = m.geom_bodyid[c.geom1], m.geom_bodyid[c.geom2]
+            in1, in2 = b1 in tool, b2 in tool
+            if in1 == in2:
+                continue  # within the tool (finger on finger) or not touching it
+            mujoco.mj_contactForce(m, d, i, f6)
+            f = c.frame.reshape(3, 3).T @ f6[:3]  # on geom2 from geom1, world frame
+            if in1:
+                f = -f  # the tool is geom1: it feels the opposite
+            out[:3] += f
+            out[3:] += np.cross(c.pos - tcp, f)
+        return out
+
     def set_qpos(self, qpos: np.ndarray) -> None:
         """Overwrite the full state with ``qpos`` (nq,) and update kinematics (renderer copies)."""
         if qpos.shape != (self.model.nq,):

@@ -300,3 +300,11 @@ def test_live_view_recording_has_cameras_and_robot(stack):
     for entity in ("/camera/scene/color", "/camera/scene/depth", "/camera/wrist/color", "/robot/tcp", "/camera/scene"):
         assert entity in text, text[-2000:]
     assert "Pinhole" in text and "DepthImage" in text
+
+
+def test_robot_state_carries_the_sim_wrist_wrench(stack):
+    """The sim world's wrist F/T reaches RobotState through the arm node: (6,), finite, and zero in
+    free space (nothing touches the gripper at home)."""
+    st = stack["state"].wait_for("robot/state", 10)
+    assert st is not None and st.wrench is not None and st.wrench.shape == (6,)
+    assert np.all(np.isfinite(st.wrench)) and np.abs(st.wrench).max() < 1e-6

@@ -289,6 +289,9 @@ class RobotState(Message):
         gripper_width: finger opening, m.
         mode: arm node mode ("hold", "track", "estop", "init").
         safety_events: safety refusals and clamps since start (details in the arm heartbeat).
+        wrench: (6,) float64 external wrench on the tool at the TCP, base frame, [fx fy fz] N and
+            [tx ty tz] N m: what the environment exerts on the tool (a wrist F/T sensor, Franka's
+            ``O_F_ext_hat_K``, UR's ``actual_TCP_force``); None when the arm measures none.
     """
 
     SCHEMA: ClassVar[str] = "robot_state"
@@ -299,8 +302,11 @@ class RobotState(Message):
     gripper_width: float = scalar("float", 0.0)
     mode: str = scalar("str", "hold", choices=("init", "hold", "track", "estop"))
     safety_events: int = scalar("int", 0)
+    wrench: np.ndarray | None = array(FLOAT64, (6,), optional=True)
 
     def check(self) -> None:
+        if self.wrench is not None and not np.all(np.isfinite(self.wrench)):
+            raise SchemaError("wrench has non-finite values")
         if self.dq.shape != self.q.shape:
             raise SchemaError(f"dq shape {self.dq.shape} != q shape {self.q.shape}")
 

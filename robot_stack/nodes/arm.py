@@ -340,7 +340,8 @@ class ArmNode(Node):
             self._state_stamp = reading.stamp_ns  # one message per measurement: stamps strictly increase
             self.pub.publish(RobotState.TOPIC, RobotState(
                 stamp_ns=reading.stamp_ns, q=reading.q, dq=reading.dq, ee_pose=self.kin.fk(reading.q),
-                gripper_width=reading.gripper_width, mode=self.mode, safety_events=self.counters.total()))
+                gripper_width=reading.gripper_width, mode=self.mode, safety_events=self.counters.total(),
+                wrench=reading.wrench))
         self._tick += 1
 
     def metrics(self) -> dict[str, float]:

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 TELEOP_KINDS = ("ee_delta", "ee_absolute", "joint")
 
 
+_NO_WRENCH = np.full(6, np.nan)
+
+
 class RecorderParams(NodeParams):
     root: str = Field(..., description="dataset folder (episodes are written here)")
     arm: str = "arm"
@@ -158,7 +161,8 @@ class RecorderNode(Node):
         w = self.writer
         if isinstance(msg, RobotState):
             w.add("robot_state", msg.stamp_ns, q=msg.q, dq=msg.dq, ee_pose=msg.ee_pose,
-                  gripper_width=np.float64(msg.gripper_width))
+                  gripper_width=np.float64(msg.gripper_width),
+                  wrench=_NO_WRENCH if msg.wrench is None else msg.wrench)  # NaN: the arm measures none
         elif isinstance(msg, CameraFrame):
             cid = msg.camera_id
             fields = {"color": msg.color}

@@ -130,7 +130,8 @@ class SimWorldNode(Node):
             self.ur.stream(self._tick)
         stamp = self.t0 + self.steps * self._dt_ns  # sim time on the host clock
         q, dq, tau, width = self.world.joint_state()
-        self.pub.publish(JointState.TOPIC, JointState(stamp_ns=stamp, q=q, dq=dq, tau=tau, gripper_width=width))
+        self.pub.publish(JointState.TOPIC, JointState(stamp_ns=stamp, q=q, dq=dq, tau=tau, gripper_width=width,
+                                                        wrench=self.world.tcp_wrench()))
         if self._tick % self._state_every == 0:
             self.pub.publish(SimState.TOPIC, SimState(stamp_ns=stamp, qpos=self.world.data.qpos.copy(), step=self.steps))
         if self._tick % self._obj_every == 0:
