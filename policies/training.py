@@ -88,6 +88,7 @@ class Samples:
         state: (N, To, 8) float32 [ee_pose(7) gripper_width] at the window times.
         actions: (N, H, 8) float32 [ee_pose(7) gripper] at t_obs + i dt.
         episode: (N,) int64 episode number of each sample.
+        t_obs: (N,) int64 anchor time of each sample (its newest frame's stamp), ns.
     """
 
     frames: np.ndarray
@@ -95,9 +96,11 @@ class Samples:
     state: np.ndarray
     actions: np.ndarray
     episode: np.ndarray
+    t_obs: np.ndarray | None = None
 
     def subset(self, mask: np.ndarray) -> "Samples":
-        return Samples(self.frames, self.frame_idx[mask], self.state[mask], self.actions[mask], self.episode[mask])
+        return Samples(self.frames, self.frame_idx[mask], self.state[mask], self.actions[mask], self.episode[mask],
+                       None if self.t_obs is None else self.t_obs[mask])
 
 
 def actions_at(target_ns: np.ndarray, poses: np.ndarray, gripper: np.ndarray, times_ns: np.ndarray) -> np.ndarray:
@@ -127,7 +130,7 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
     from robot_stack.control.features import camera_images, state_vector
     from robot_stack.control.observation import interpolate_states
 
-    frames, fidx, states, acts, eps = [], [], [], [], []
+    frames, fidx, states, acts, eps, anchors = [], [], [], [], [], []
     base = 0
     dt_ns = int(round(ms.dt * 1e9))
     for e_i, path in enumerate(paths):
@@ -165,11 +168,12 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
             states.append(state_vector(ee, g))
             acts.append(actions_at(a["target_ns"], a["pose"], a["gripper"], t_obs + np.arange(ms.horizon) * dt_ns))
             eps.append(e_i)
+            anchors.append(int(t_obs))
         base += len(st)
     if not fidx:
         raise DatasetError("no training samples: episodes too short or camera stamps too sparse")
     return Samples(np.concatenate(frames), np.array(fidx), np.array(states, np.float32), np.array(acts, np.float32),
-                   np.array(eps))
+                   np.array(eps), np.array(anchors, np.int64))
 
 
 def point_spec(ms: ModelSettings):
@@ -209,6 +213,20 @@ def model_config(ms: ModelSettings) -> ModelConfig:
                        rtc_max_prefix=ms.rtc_max_prefix, depth_layers=tuple(ms.depth_layers), scales=ms.scales,
                        dispersive_weight=ms.dispersive_weight, n_points=ms.n_points, points_lo=tuple(ms.points_lo),
                        points_hi=tuple(ms.points_hi))
+
+
+def model_settings(cfg: ModelConfig) -> ModelSettings:
+    """The settings a checkpoint's config was made from (:func:`model_config`'s inverse), for one
+    camera.
+
+    Raises:
+        ValueError: the config has several cameras (not a model ``robot-stack train`` makes).
+    """
+    if len(cfg.cameras) != 1:
+        raise ValueError(f"a model of {len(cfg.cameras)} cameras; training settings name one")
+    (camera, mode), = cfg.cameras.items()
+    keep = set(ModelSettings.model_fields) - {"camera", "mode"}
+    return ModelSettings(camera=camera, mode=mode, **{k: getattr(cfg, k) for k in keep if hasattr(cfg, k)})
 
 
 def _batch_images(s: Samples, rows: np.ndarray, mode: str, shift: int, rng: np.random.Generator | None,

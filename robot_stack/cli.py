@@ -272,6 +272,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_fast(args: argparse.Namespace) -> int:
+    from robot_stack.data.dataset import list_episodes
+    from robot_stack.policies.fast_training import train_fast
+
+    eps = list_episodes(args.episodes)
+    if not eps:
+        print(f"no finished episodes in {args.episodes}", file=sys.stderr)
+        return 1
+    if not args.policy.is_file():
+        raise ConfigError(f"no slow policy checkpoint {args.policy}")
+    summary = train_fast(args.policy, eps, args.out, rate_hz=args.rate_hz, steps=args.steps)
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from robot_stack.apps.deploy import run_deploy
 
@@ -456,6 +472,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="ranks (processes) for DistributedDataParallel through "
                    "torchrun: gloo on CPU, NCCL on GPUs; batch_size is the global batch")
     p.set_defaults(fn=_cmd_train)
+
+    p = sub.add_parser("train-fast", help="slow-fast control: train the fast layer that corrects a slow policy's "
+                       "plan from the wrist wrench (RDP-style) on recorded episodes")
+    p.add_argument("--policy", type=Path, required=True, help="the slow policy checkpoint (.safetensors)")
+    p.add_argument("--episodes", type=Path, required=True, help="dataset folder (recorded with a wrench)")
+    p.add_argument("--out", type=Path, default=Path("fast.safetensors"), help="fast-layer file to write")
+    p.add_argument("--rate-hz", type=float, default=50.0, help="the fast layer's rate")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+    p.set_defaults(fn=_cmd_train_fast)
 
     p = sub.add_parser("deploy", help="run a trained policy on the robot (sim by default) for N episodes")
     p.add_argument("config", type=Path)

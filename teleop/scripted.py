@@ -15,7 +15,7 @@ from pydantic import Field
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from robot_stack.apps.task import PickTask, ReachTask
+from robot_stack.apps.task import PickTask, PressTask, ReachTask
 from robot_stack.comm.messages import RobotState, TeleopCommand
 from robot_stack.drivers.sim_messages import ObjectState
 
@@ -260,11 +260,101 @@ class PickExpert(_SimExpert):
                              buttons=buttons)
 
 
+class PressExpert(_SimExpert):
+    """Press demonstrations: force control from the wrist wrench (``RobotState.wrench``).
+
+    Phases: gripper closed (the fingertips are the probe), a carrot to ``approach_height`` over the
+    cube, down to ``touch_height`` over its centre, then ``press``: the carrot searches down at
+    ``search_speed`` until the push on the tool exceeds ``contact_n``, then moves along z at
+    ``gain`` x (Fz - force_n) (admittance: too hard, it backs off). After the force stayed within
+    ``task.force_tol`` for ``task.hold_s`` plus ``extra_hold_s``, it retreats to the approach height
+    and presses ``episode_stop``. The carrot's z is bounded to ``max_depth`` below the touch height.
+
+    Args:
+        task: the force target and heights. speed: carrot speed outside the press, m/s.
+        gain: admittance gain, m/(N s). extra_hold_s: hold beyond the task's, s.
+        tol: TCP distance that counts as arrived, m. seed: RNG seed (approach jitter).
+    """
+
+    PHASES = ("approach", "descend", "press", "retreat")
+
+    def __init__(self, task: PressTask = PressTask(), speed: float = 0.15, gain: float = 0.004,
+                 extra_hold_s: float = 0.5, tol: float = 0.006, max_depth: float = 0.04, jitter: float = 0.01,
+                 seed: int = 0):
+        self.task, self.speed, self.gain, self.extra_hold_s = task, speed, gain, extra_hold_s
+        self.tol, self.max_depth, self.jitter = tol, max_depth, jitter
+        self.rng = np.random.default_rng(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        self.carrot: np.ndarray | None = None
+        self.orientation: np.ndarray | None = None
+        self.phase = 0
+        self.contact = False
+        self.held_s = 0.0
+        self.cube_xy: np.ndarray | None = None
+        self.offset = np.zeros(3)
+        self.done = False
+
+    def command(self, state: RobotState, obj: ObjectState, period_s: float) -> TeleopCommand:
+        return self.step(np.asarray(state.ee_pose), np.asarray(obj.cube_pose[:3]), PressTask.force_z(state), period_s)
+
+    def metrics(self) -> dict[str, float]:
+        return {"active": float(self.active), "phase": float(self.phase), "contact": float(self.contact)}
+
+    def step(self, tcp_pose: np.ndarray, cube_xyz: np.ndarray, force_z: float, period_s: float) -> TeleopCommand:
+        """The command for one period from the TCP pose (7,), the cube centre (3,) (base frame) and
+        the measured push on the tool along +z (N; NaN: no wrench, the press does not advance)."""
+        t, tcp = self.task, np.asarray(tcp_pose, float)
+        if self.carrot is None:
+            self.carrot = tcp[:3].copy()
+            self.orientation = tcp[3:] / np.linalg.norm(tcp[3:])
+            self.offset = np.r_[self.rng.normal(0, self.jitter, 2), 0.0]
+        c = np.asarray(cube_xyz, float) if self.cube_xy is None else np.r_[self.cube_xy, cube_xyz[2]]
+        name = self.PHASES[self.phase]
+        buttons: list[str] = []
+        if name == "press":
+            z_touch = c[2] + t.touch_height
+            if not np.isfinite(force_z):
+                pass
+            elif not self.contact:
+                self.contact = force_z >= t.contact_n
+                self.carrot[2] -= t.search_speed * period_s
+            else:
+                self.carrot[2] += self.gain * (force_z - t.force_n) * period_s
+            self.carrot[2] = float(np.clip(self.carrot[2], z_touch - self.max_depth, z_touch))
+            ok = self.contact and abs(force_z - t.force_n) <= t.force_tol * t.force_n
+            self.held_s = self.held_s + period_s if ok else 0.0
+            if self.held_s >= t.hold_s + self.extra_hold_s:
+                self.phase += 1
+        else:
+            goal = {"approach": c + np.r_[0, 0, t.approach_height] + self.offset,
+                    "descend": c + np.r_[0, 0, t.touch_height],
+                    "retreat": c + np.r_[0, 0, t.approach_height]}[name]
+            d = goal - self.carrot
+            dist, step = float(np.linalg.norm(d)), self.speed * period_s
+            if dist <= step:
+                self.carrot = goal.copy()
+                arrived = np.linalg.norm(tcp[:3] - goal) < self.tol
+                if name == "descend" and arrived:
+                    self.cube_xy = c[:2].copy()  # from here on the press holds this xy
+                    self.phase += 1
+                elif name == "approach":
+                    self.phase += 1
+                elif name == "retreat" and arrived and not self.done:
+                    self.done = True
+                    buttons.append("episode_stop")
+            else:
+                self.carrot = self.carrot + d / dist * step
+        return TeleopCommand(kind="ee_absolute", value=np.r_[self.carrot, self.orientation], gripper=0.0,
+                             buttons=buttons)
+
+
 class ScriptedConfig(TeleopConfig):
     """teleop device ``scripted``: a sim task's expert (reads the sim's ground truth)."""
 
     type: Literal["scripted"] = "scripted"
-    task: Literal["reach", "pick"] = Field("reach", description="the task it demonstrates (the sim world's task)")
+    task: Literal["reach", "pick", "press"] = Field("reach", description="the task it demonstrates (the sim world's task)")
     speed: float = Field(0.15, gt=0, description="TCP speed, m/s")
     seed: int = 0
     miss_rate: float = Field(0.0, ge=0, le=1, description="pick: fraction of episodes whose first grasp is aimed "
@@ -274,7 +364,9 @@ class ScriptedConfig(TeleopConfig):
     def inputs(self, params) -> dict[str, tuple[str, tuple[str, ...]]]:
         return {params.arm: ("arm", (RobotState.TOPIC,)), self.world: ("sim_world", (ObjectState.TOPIC,))}
 
-    def build(self, ctx, params) -> "ReachExpert | PickExpert":
+    def build(self, ctx, params) -> "ReachExpert | PickExpert | PressExpert":
+        if self.task == "press":
+            return PressExpert(speed=self.speed, seed=self.seed)
         if self.task == "pick":
             return PickExpert(speed=self.speed, seed=self.seed, miss_rate=self.miss_rate)
         return ReachExpert(speed=self.speed, seed=self.seed)

@@ -26,8 +26,9 @@ from robot_stack.drivers.sim_messages import ObjectState
 class DeployResult:
     success: list[bool] = field(default_factory=list)
     completion_s: list[float] = field(default_factory=list)  # time to success (successful episodes)
-    final_xy_err_mm: list[float] = field(default_factory=list)  # the task's error at the end (error_name), mm
+    final_xy_err_mm: list[float] = field(default_factory=list)  # the task's error at the end (error_name), error_unit
     error_name: str = "TCP-cube"
+    error_unit: str = "mm"
     final_tcp: list[list[float]] = field(default_factory=list)  # TCP xyz at the episode's end, m
     controller: dict[str, float] = field(default_factory=dict)
     policy: dict[str, float] = field(default_factory=dict)
@@ -63,7 +64,7 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
     cfg = session.cfg
     task = task or task_for_config(cfg)
     ctl = [controller] if controller else [n for n in session.nodes if cfg.nodes[n].kind == "controller"]
-    res = DeployResult(error_name=task.error_name)
+    res = DeployResult(error_name=task.error_name, error_unit=task.error_unit)
     rng = np.random.default_rng(seed)
     seq0 = session.sub.latest(WaypointSchedule.EXECUTED_TOPIC).seq if session.sub.latest(WaypointSchedule.EXECUTED_TOPIC) else -1
     n_policy_wp = 0
@@ -85,13 +86,13 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
                 s, o = session.state(), session.sub.latest(ObjectState.TOPIC)
                 if task.achieved(s, o, cube[:3]):
                     t_ok = t_ok or now_ns()
-                    if (now_ns() - t_ok) / 1e9 >= 0.3:  # held, not passed through
+                    if (now_ns() - t_ok) / 1e9 >= task.hold_s:  # held, not passed through
                         ok = True
                         break
                 else:
                     t_ok = None
                 st.update(f"{label}: episode {ep + 1}/{episodes}: {(now_ns() - t0) / 1e9:4.1f} s, "
-                          f"{task.error_name} {task.error_mm(s, o):5.1f} mm")
+                          f"{task.error_name} {task.error_mm(s, o):5.1f} {task.error_unit}")
         session.send_event("stop", ctl, episode=ep)
         s, o = session.state(), session.sub.latest(ObjectState.TOPIC)
         res.success.append(ok)
@@ -104,7 +105,7 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
             seq0 = acts[-1].seq
         n_policy_wp += sum(len(m.stamps_ns) for m in acts if m.origin == "policy")
         console.print(f"{label} episode {ep + 1}/{episodes}: {'success' if ok else 'failure'} "
-                      f"({(now_ns() - t0) / 1e9:.1f} s, final {task.error_name} {res.final_xy_err_mm[-1]:.1f} mm)")
+                      f"({(now_ns() - t0) / 1e9:.1f} s, final {task.error_name} {res.final_xy_err_mm[-1]:.1f} {task.error_unit})")
     time.sleep(1.2)  # one more heartbeat with the last episode's metrics
     res.policy_waypoints = n_policy_wp
     res.controller = session.heartbeat(ctl[0]) if ctl else {}
@@ -126,7 +127,7 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
         t.add_row("scripted expert success (same task)", f"{baseline[0]}/{baseline[1]} ({100 * baseline[0] / max(1, baseline[1]):.0f} %)")
     if res.completion_s:
         t.add_row("completion time (successes) mean / max", f"{np.mean(res.completion_s):.1f} / {np.max(res.completion_s):.1f} s")
-    t.add_row(f"final {res.error_name} distance median", f"{np.median(res.final_xy_err_mm):.1f} mm")
+    t.add_row(f"final {res.error_name} median", f"{np.median(res.final_xy_err_mm):.1f} {res.error_unit}")
     c, p, a = res.controller, res.policy, res.arm
     if c:
         t.add_row("control loop period p50 / p99", f"{c.get('loop.period_p50_s', 0) * 1e3:.1f} / {c.get('loop.period_p99_s', 0) * 1e3:.1f} ms")

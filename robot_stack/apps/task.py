@@ -1,5 +1,5 @@
-"""The sim tasks of the main job: reach the cube (:class:`ReachTask`) and pick-and-place it
-(:class:`PickTask`). A config names its task in the sim world's ``task`` parameter
+"""The sim tasks of the main job: reach the cube (:class:`ReachTask`), pick-and-place it
+(:class:`PickTask`) and press it with a set force (:class:`PressTask`, the contact task). A config names its task in the sim world's ``task`` parameter
 (:func:`task_for_config`).
 
 Reach:
@@ -46,6 +46,8 @@ class ReachTask:
 
     name = "reach"
     error_name = "TCP-cube"  # what error_mm measures
+    error_unit = "mm"  # error_mm's unit
+    hold_s: float = 0.3  # deploy: success must hold this long (s), not just be passed through
 
     def achieved(self, state, obj, cube_start_xyz: np.ndarray) -> bool:
         """Success from a robot state (``ee_pose``, ``gripper_width``) and the sim's object state
@@ -106,7 +108,56 @@ class PickTask(ReachTask):
         return float(np.hypot(*d)) * 1e3
 
 
-TASKS = {"reach": ReachTask, "pick": PickTask}
+@dataclass(frozen=True)
+class PressTask(ReachTask):
+    """Press the cube down with a set force: a contact task for slow-fast control (RDP,
+    arXiv 2503.02881, measures reactive policies on such tasks).
+
+    The cube lies at a random position and yaw (as for reach) and its contact softness is random
+    each episode (``SimWorld.randomize_cube_softness``): the depth a given force needs differs by
+    episode and cannot be seen, only felt with the wrist force/torque (``RobotState.wrench``).
+    Success (base frame): the TCP is within ``xy_tol`` of the cube centre horizontally, the
+    measured push on the tool along +z is within ``force_tol`` (fraction) of ``force_n``, the cube
+    moved less than ``push_tol``, and all of it holds ``hold_s``. ``error_mm`` is the force error
+    in N (``error_unit``).
+
+    Expert: closes the gripper (the fingertips are the probe), goes ``approach_height`` over the
+    cube, down to ``touch_height`` above its centre (just short of the top), then searches down
+    at ``search_speed`` until it feels ``contact_n`` and regulates the force (admittance).
+    """
+
+    force_n: float = 8.0
+    force_tol: float = 0.25
+    hold_s: float = 1.0
+    push_tol: float = 0.03
+    approach_height: float = 0.10
+    touch_height: float = 0.045   # TCP over the cube centre where the search starts (touch at ~37 mm), m
+    contact_n: float = 0.5
+    search_speed: float = 0.01    # m/s
+
+    name = "press"
+    error_name = "|Fz - F*|"
+    error_unit = "N"
+
+    @staticmethod
+    def force_z(state) -> float:
+        """Measured push on the tool along base +z, N (NaN without a wrench)."""
+        w = getattr(state, "wrench", None)
+        return float(w[2]) if w is not None else float("nan")
+
+    def achieved(self, state, obj, cube_start_xyz: np.ndarray) -> bool:
+        tcp, cube = np.asarray(state.ee_pose[:3], float), np.asarray(obj.cube_pose[:3], float)
+        moved = np.linalg.norm(cube[:2] - np.asarray(cube_start_xyz, float)[:2])
+        f = self.force_z(state)
+        return bool(self.xy_error(tcp, cube) <= self.xy_tol and abs(f - self.force_n) <= self.force_tol * self.force_n
+                    and moved <= self.push_tol)
+
+    def error_mm(self, state, obj) -> float:
+        """Force error |Fz - force_n|, N (the unit is ``error_unit``)."""
+        return abs(self.force_z(state) - self.force_n)
+
+
+TASKS = {"reach": ReachTask, "pick": PickTask, "press": PressTask}
 
 
 def task_for_config(cfg) -> ReachTask:

@@ -92,6 +92,9 @@ class ControllerParams(NodeParams):
     spec_timeout_s: float = Field(60.0, gt=0, description="start-up wait for the policy's spec (it may be loading a model), s")
     image_size: tuple[int, int] | None = Field(None, description="(h, w) camera images are resized to (INTER_AREA); "
                                                "None: each camera's size in the policy's spec (native without one)")
+    fast: str | None = Field(None, description="slow-fast control: a fast-layer file (robot-stack train-fast) run at "
+                             "its rate in this node, correcting the plan from the arm's wrist wrench (RDP-style)")
+    fast_lookahead_s: float = Field(0.5, gt=0, description="fast layer: how far ahead each tick resends the plan, s")
     request_on_frame: bool = Field(True, description="async/rtc/ensemble: a due request waits (up to max_obs_age_s) "
                                    "for the frame that advances the observation anchor")
 
@@ -200,7 +203,16 @@ class ControllerNode(Node):
         self.stages = {k: collections.deque(maxlen=500) for k in ("frame_arrival", "frame_age", "assembly", "transport",
                                                                   "inference", "planning", "send")}
         self._stop = threading.Event()
-        self._worker = None
+        self._worker = self._fast_thread = None
+        self.fast = None
+        if p.fast is not None:
+            from robot_stack.control.fast import FastCorrector, FastLayer
+
+            self.fast = FastLayer(FastCorrector.load(p.fast), p.fast_lookahead_s)
+            self.fast_ms: collections.deque = collections.deque(maxlen=2000)  # one tick's compute, ms
+            self.fast_period_ms: collections.deque = collections.deque(maxlen=2000)
+            self._fast_thread = threading.Thread(target=self._fast_loop, name="fast", daemon=True)
+            self._fast_thread.start()
         if self.has_policy:
             self._worker = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
             self._worker.start()
@@ -489,6 +501,8 @@ class ControllerNode(Node):
             self.jumps_m.append(jump)
         if jerk is not None:
             self.switch_jerk.append(jerk)
+        if self.fast is not None and origin == "policy":
+            actions = self.fast.shift(actions)  # the plan's next steps keep the fast layer's correction
         poses = actions[:, :7].copy()
         poses[:, 3:] /= np.linalg.norm(poses[:, 3:], axis=1, keepdims=True)
         gripper = np.clip(actions[:, 7], 0, 1) if actions.shape[1] > 7 else None
@@ -508,6 +522,40 @@ class ControllerNode(Node):
         except TransportTimeout as e:
             self.stats["errors"] += 1
             log.error("arm not reachable: %s", e)
+
+    # ------------------------------------------------------------------------- fast layer
+    def _fast_loop(self) -> None:
+        """The fast layer at its own rate (``FastLayer``); its schedules go out as origin "fast"."""
+        period = self.fast.period_ns
+        nxt, last = now_ns(), None
+        while not self._stop.is_set():
+            nxt += period
+            delay = (nxt - now_ns()) / 1e9
+            if delay > 0:
+                self._stop.wait(delay)
+            else:
+                nxt = now_ns()  # fell behind: re-anchor, no burst
+            t = now_ns()
+            if last is not None:
+                self.fast_period_ms.append((t - last) / 1e6)
+            last = t
+            self.guarded("fast_tick", self._fast_tick, t)
+
+    def _fast_tick(self, t: int) -> None:
+        if not self.enabled or self.source != "policy":
+            self.fast.reset()
+            return
+        with self.lock:
+            stamps, acts = self.plan.stamps_ns.copy(), self.plan.actions.copy()
+        out = self.fast.tick(t, self.sub.latest(RobotState.TOPIC), stamps, acts)
+        self.fast_ms.append((now_ns() - t) / 1e6)
+        if out is None:
+            return
+        stamps, actions = out
+        with self._send_lock:
+            poses = actions[:, :7].copy()
+            poses[:, 3:] /= np.linalg.norm(poses[:, 3:], axis=1, keepdims=True)
+            self._dispatch(stamps, poses, "ee", np.clip(actions[:, 7], 0, 1), "fast")
 
     # ------------------------------------------------------------------------- control step
     #: a replayed action stream goes to the arm this far ahead of its waypoints' times, ns
@@ -558,6 +606,8 @@ class ControllerNode(Node):
             self.plan.clear()
             self.strategy.reset()
             self.generation += 1
+            if self.fast is not None:
+                self.fast.reset()
         self.teleop_target = None
 
     def _teleop_step(self) -> None:
@@ -637,6 +687,13 @@ class ControllerNode(Node):
             j = np.array(self.jumps_m)
             m.update(switch_jump_mean_mm=float(j.mean() * 1e3), switch_jump_max_mm=float(j.max() * 1e3),
                      switches=float(len(j)))
+        if self.fast is not None:
+            m.update({f"fast_{k}": float(v) for k, v in self.fast.stats.items()})
+            m["fast_correction_mm"] = float(np.linalg.norm(self.fast.correction) * 1e3)
+            if self.fast_ms:
+                m.update(fast_compute_p99_ms=float(np.percentile(self.fast_ms, 99)),
+                         fast_period_p50_ms=float(np.percentile(self.fast_period_ms, 50)) if self.fast_period_ms else 0.0,
+                         fast_period_p99_ms=float(np.percentile(self.fast_period_ms, 99)) if self.fast_period_ms else 0.0)
         if self.switch_jerk:  # commanded waypoint jerk at the switches, m/s^3
             j = np.array(self.switch_jerk)
             m.update(switch_jerk_mean=float(j.mean()), switch_jerk_p99=float(np.percentile(j, 99)))
@@ -644,8 +701,9 @@ class ControllerNode(Node):
 
     def shutdown(self) -> None:
         self._stop.set()
-        if getattr(self, "_worker", None) is not None:
-            self._worker.join(timeout=3)
+        for th in (getattr(self, "_worker", None), getattr(self, "_fast_thread", None)):
+            if th is not None:
+                th.join(timeout=3)
         for s in ("rx", "teleop_sub"):
             if getattr(self, s, None) is not None:
                 getattr(self, s).close()

@@ -30,8 +30,9 @@ class SimWorldParams(NodeParams):
     rate_hz: float = Field(500.0, gt=0, le=2000)
     state_rate_hz: float = Field(60.0, gt=0, le=500)
     seed: int = 0
-    task: Literal["reach", "pick"] = Field("reach", description="the task whose success collect, deploy and the demo "
-                                                                "check on this world's ground truth")
+    task: Literal["reach", "pick", "press"] = Field(
+        "reach", description="the task whose success collect, deploy and the demo check on this world's ground truth "
+                             "(press: the cube's contact softness is random each episode, unseen by the cameras)")
     max_catchup_steps: int = Field(20, ge=1)
     table_board: bool = Field(False, description="ChArUco board on the table (eye-in-hand calibration)")
     gripper_board: bool = Field(False, description="ChArUco board on the gripper (eye-to-hand calibration)")
@@ -103,6 +104,8 @@ class SimWorldNode(Node):
                 log.warning("ignored joint target of shape %s (finite: %s)", msg.q.shape, np.all(np.isfinite(msg.q)))
         elif isinstance(msg, SimCommand):
             pose = self.world.reset(None if msg.cube_pose is None else np.asarray(msg.cube_pose))
+            if self.params.task == "press":
+                log.info("cube contact time constant %.3f s", self.world.randomize_cube_softness())
             self.steps = 0
             self.t0 = now_ns()
             log.info("reset: cube at %s", np.round(pose[:3], 3).tolist())
