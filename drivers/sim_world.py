@@ -53,8 +53,9 @@ class SimWorld:
         """Physics step, s."""
         return float(self.model.opt.timestep)
 
-    def reset(self, cube_pose: np.ndarray | None = None) -> np.ndarray:
-        """Arm home, gripper open, cube at ``cube_pose`` (7,) or a random pose; returns the cube pose."""
+    def reset(self, cube_pose: np.ndarray | None = None, cube_range: tuple | None = None) -> np.ndarray:
+        """Arm home, gripper open, cube at ``cube_pose`` (7,) or a random pose (x and y uniform in
+        ``cube_range`` ((x lo, x hi), (y lo, y hi)) m, default ``CUBE_X``, ``CUBE_Y``); returns the cube pose."""
         with self.lock:
             mujoco.mj_resetData(self.model, self.data)
             self.data.qpos[self.arm.qpos] = self.arm.home_q
@@ -62,7 +63,8 @@ class SimWorld:
             self.gripper_open = 1.0
             if cube_pose is None:
                 yaw = self.rng.uniform(-np.pi / 4, np.pi / 4)
-                xy = self.scene.to_base([self.rng.uniform(*self.CUBE_X), self.rng.uniform(*self.CUBE_Y)])
+                rx, ry = cube_range or (self.CUBE_X, self.CUBE_Y)
+                xy = self.scene.to_base([self.rng.uniform(*rx), self.rng.uniform(*ry)])
                 cube_pose = np.array([*xy, CUBE_HALF, *Rotation.from_euler("z", yaw + self.scene.yaw).as_quat()])
             q = self.data.qpos
             q[self._cube_qpos:self._cube_qpos + 3] = cube_pose[:3]

@@ -292,7 +292,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from robot_stack.apps.deploy import run_deploy
 
     res = run_deploy(args.config, args.policy, args.episodes, strategy=args.strategy, max_episode_s=args.max_episode_s,
-                     seed=args.seed, verbose=args.verbose, view=args.view)
+                     seed=args.seed, verbose=args.verbose, view=args.view, fast=args.fast)
     return 0 if res.success else 1
 
 
@@ -490,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="execution strategy (default: the config's)")
     p.add_argument("--max-episode-s", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=None, help="sim: seed of the cube placement")
+    p.add_argument("--fast", type=Path, default=None, help="slow-fast control: a fast-layer file (robot-stack "
+                   "train-fast) the controller runs at its rate, correcting the plan from the wrist wrench")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--view", default=None, metavar="spawn|URL|FILE.rrd",
                    help="live view in rerun: a window, a viewer at URL, or a recording file")

@@ -78,11 +78,28 @@ CONTROLLERS = "".join(f"""  controller_{s}:
 """
 
 
+FAST_BIAS = np.array([0.0, 0.0, 0.02])  # the test's fast layer: a constant correction, m
+FAST_CONTROLLER = """  controller_fast:
+    kind: controller
+    params: {{strategy: sync, rate_hz: 10, execute_horizon: 8, fast: "{path}"}}
+"""
+
+
+def _bias_fast_layer(path: Path) -> None:
+    """A fast-layer file whose network outputs FAST_BIAS whatever it feels (zero weights)."""
+    from robot_stack.control.fast import FastCorrector
+
+    n = 6 * 5 + 4
+    FastCorrector([(np.zeros((3, n)), FAST_BIAS.copy())], np.zeros(n), np.ones(n), np.ones(3), 5, 50.0, 0.03).save(path)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     run_dir = Path(tempfile.mkdtemp(prefix="rs-ctl-"))
     cfg_path = tmp_path_factory.mktemp("ctl") / "ctl.yaml"
-    cfg_path.write_text(CONFIG.format(run_dir=run_dir) + CONTROLLERS)
+    fast_path = cfg_path.parent / "bias_fast.safetensors"
+    _bias_fast_layer(fast_path)
+    cfg_path.write_text(CONFIG.format(run_dir=run_dir) + CONTROLLERS + FAST_CONTROLLER.format(path=fast_path))
     try:
         with launched(cfg_path, only=["sim", "arm", "policy", "policy_reach", "cam"]) as (_, out):
             cfg = load_config(cfg_path)
@@ -184,6 +201,45 @@ def test_strategy_completes_the_motion(stack, strategy, report):
     assert dev.max() < (0.012 if strategy == "async" else 0.007)
     assert m["errors"] == 0 and m["chunks"] >= 3
     assert m["inference_p50_ms"] == pytest.approx(200, abs=60)  # the injected delay is seen
+    assert proc.returncode == 0, log[-2000:]
+
+
+def test_fast_layer_corrects_the_plan_at_its_rate(stack, report):
+    """Slow-fast control through real processes: a controller with a fast layer (a constant 2 cm
+    up, whatever the wrist wrench) runs it at 50 Hz on the arm's RobotState; the TCP ends at the
+    slow policy's goal shifted by it, and the fast schedules go out at the fast rate."""
+    move_to_start(stack)
+    node = "controller_fast"
+    sub = Subscriber([stack["cfg"].pub_endpoint(node, stack["run_dir"]), stack["cfg"].pub_endpoint("arm", stack["run_dir"])],
+                     ("heartbeat", "controller/action"), history=5000)
+    proc = subprocess.Popen([sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node,
+                             str(stack["run_dir"])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    goal = GOAL + FAST_BIAS
+    try:
+        reached = False
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline and not reached:
+            reached = np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - goal) < 0.005
+            time.sleep(0.02)
+        time.sleep(1.0)
+        hb = sub.wait_for(f"heartbeat/{node}", 3)
+        sent = [m for m in sub.history("controller/action")]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        log = proc.communicate(timeout=10)[0].decode(errors="replace")
+        sub.close()
+    assert reached, f"never reached the shifted goal\n{log[-3000:]}"
+    m = hb.metrics
+    fast = [s for s in sent if s.origin == "fast"]
+    slow = [s for s in sent if s.origin == "policy"]
+    report(f"fast layer: {m['fast_corrections']:.0f} corrections, tick period p50 {m['fast_period_p50_ms']:.1f} ms "
+           f"p99 {m['fast_period_p99_ms']:.1f} ms, compute p99 {m['fast_compute_p99_ms']:.3f} ms; "
+           f"{len(fast)} fast and {len(slow)} slow schedules")
+    assert m["fast_period_p50_ms"] == pytest.approx(20.0, abs=2.0)  # 50 Hz
+    assert m["fast_corrections"] > 20 and m["fast_correction_mm"] == pytest.approx(20.0, abs=0.01)
+    assert len(fast) > 3 * len(slow) > 0
+    # the slow side's schedules carry the correction too: their last waypoint is the shifted goal
+    assert np.linalg.norm(slow[-1].positions[-1, :3] - goal) < 0.002
     assert proc.returncode == 0, log[-2000:]
 
 

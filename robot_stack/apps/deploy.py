@@ -135,6 +135,11 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
         t.add_row("end-to-end: capture -> waypoints sent p50 / p99", f"{c.get('e2e_p50_ms', float('nan')):.0f} / {c.get('e2e_p99_ms', float('nan')):.0f} ms")
         t.add_row("chunks / dropped (stale) actions / over budget", f"{c.get('chunks', 0):.0f} / {c.get('dropped_actions', 0):.0f} / {c.get('over_budget', 0):.0f}")
         t.add_row("observation holds (stale stream)", f"{c.get('obs_holds', 0):.0f}")
+        if "fast_ticks" in c:
+            t.add_row("fast layer: ticks / corrections, period p50 / p99, compute p99",
+                      f"{c['fast_ticks']:.0f} / {c.get('fast_corrections', 0):.0f}, "
+                      f"{c.get('fast_period_p50_ms', float('nan')):.1f} / {c.get('fast_period_p99_ms', float('nan')):.1f} ms, "
+                      f"{c.get('fast_compute_p99_ms', float('nan')):.2f} ms")
         stages = [("camera pipeline (capture -> frame at the controller)", "frame_arrival"),
                   ("frame age at request", "frame_age"), ("observation assembly", "assembly"),
                   ("transport (round trip - compute)", "transport"), ("inference (policy compute)", "inference"),
@@ -156,9 +161,11 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
 
 
 def deploy_session(config: str | Path, policy: str | Path, strategy: str | None = None, seed: int | None = None,
-                   view: str | None = None, verbose: bool = False, sets: dict | None = None):
+                   view: str | None = None, verbose: bool = False, sets: dict | None = None,
+                   fast: str | Path | None = None):
     """A (not yet started) Session of ``config`` serving ``policy`` (.safetensors or .onnx) with the
-    controller driven by the policy; returns (session, policy node name). ``sets``: more config
+    controller driven by the policy; returns (session, policy node name). ``fast``: a fast-layer
+    file (slow-fast control, ``robot-stack train-fast``) the controller runs. ``sets``: more config
     overrides (dotted paths, e.g. ``nodes.controller.params.cameras``), applied before the node
     selection (a camera the controller then observes is started).
 
@@ -190,6 +197,11 @@ def deploy_session(config: str | Path, policy: str | Path, strategy: str | None 
             f"nodes.{ctl[0]}.params.autostart": False}
     if strategy:
         sets[f"nodes.{ctl[0]}.params.strategy"] = strategy
+    if fast is not None:
+        fast = Path(fast).resolve()
+        if not fast.is_file():
+            raise FileNotFoundError(f"fast layer {fast} not found")
+        sets[f"nodes.{ctl[0]}.params.fast"] = str(fast)
     for n, nc in cfg.nodes.items():
         if nc.kind == "sim_world" and seed is not None:
             sets[f"nodes.{n}.params.seed"] = seed
@@ -200,12 +212,13 @@ def deploy_session(config: str | Path, policy: str | Path, strategy: str | None 
 
 def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: str | None = None,
                max_episode_s: float = 20.0, seed: int | None = None, verbose: bool = False, console=None,
-               view: str | None = None) -> DeployResult:
-    """Start the stack with ``policy`` (a .safetensors checkpoint or an .onnx export) and run episodes."""
+               view: str | None = None, fast: str | Path | None = None) -> DeployResult:
+    """Start the stack with ``policy`` (a .safetensors checkpoint or an .onnx export), and the fast
+    layer ``fast`` when given (slow-fast control), and run episodes."""
     from rich.console import Console
 
     console = console or Console()
-    session, pol = deploy_session(config, policy, strategy, seed, view, verbose)
+    session, pol = deploy_session(config, policy, strategy, seed, view, verbose, fast=fast)
     try:
         with console.status("starting the stack (the policy node loads its model) ..."):
             session.start((RobotState.TOPIC, Heartbeat.topic(pol)))
@@ -213,5 +226,6 @@ def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: 
     finally:
         session.close()
     ctl = [n for n in session.nodes if session.cfg.nodes[n].kind == "controller"][0]
-    console.print(summary_table(res, f"deploy {Path(policy).name} ({session.cfg.nodes[ctl].typed.strategy})"))
+    label = f"deploy {Path(policy).name}" + (f" + fast layer {Path(fast).name}" if fast else "")
+    console.print(summary_table(res, f"{label} ({session.cfg.nodes[ctl].typed.strategy})"))
     return res

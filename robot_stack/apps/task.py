@@ -113,7 +113,7 @@ class PressTask(ReachTask):
     """Press the cube down with a set force: a contact task for slow-fast control (RDP,
     arXiv 2503.02881, measures reactive policies on such tasks).
 
-    The cube lies at a random position and yaw (as for reach) and its contact softness is random
+    The cube lies at a random position (in ``cube_range``, 6 cm square) and yaw, and its contact softness is random
     each episode (``SimWorld.randomize_cube_softness``): the depth a given force needs differs by
     episode and cannot be seen, only felt with the wrist force/torque (``RobotState.wrench``).
     Success (base frame): the TCP is within ``xy_tol`` of the cube centre horizontally, the
@@ -126,6 +126,9 @@ class PressTask(ReachTask):
     at ``search_speed`` until it feels ``contact_n`` and regulates the force (admittance).
     """
 
+    #: the cube's x and y ranges in the sim, m (narrower than reach's: the task is the force, not
+    #: finding the cube)
+    cube_range = ((0.47, 0.53), (-0.05, 0.01))
     force_n: float = 8.0
     force_tol: float = 0.25
     hold_s: float = 1.0

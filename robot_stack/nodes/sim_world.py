@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from robot_stack.apps.task import PressTask
 from robot_stack.runtime.clock import now_ns
 from robot_stack.drivers.sim_messages import JointState, JointTarget, ObjectState, SimCommand, SimState
 from robot_stack.runtime.node import Node, NodeParams
@@ -103,7 +104,8 @@ class SimWorldNode(Node):
             else:
                 log.warning("ignored joint target of shape %s (finite: %s)", msg.q.shape, np.all(np.isfinite(msg.q)))
         elif isinstance(msg, SimCommand):
-            pose = self.world.reset(None if msg.cube_pose is None else np.asarray(msg.cube_pose))
+            pose = self.world.reset(None if msg.cube_pose is None else np.asarray(msg.cube_pose),
+                                    cube_range=PressTask.cube_range if self.params.task == "press" else None)
             if self.params.task == "press":
                 log.info("cube contact time constant %.3f s", self.world.randomize_cube_softness())
             self.steps = 0
