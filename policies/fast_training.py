@@ -5,8 +5,8 @@ The slow policy is frozen. For every observation anchor t_obs of the demonstrati
 slow training, ``policies.training.build_samples``) the slow policy plans its chunk; the chunk is
 what the controller would execute from t_obs + ``latency_s`` until the next slow tick
 (1 / ``slow_rate_hz`` later). At the fast ticks in that window (``rate_hz``) the fast network's
-input is :func:`robot_stack.control.fast.fast_features` of the recorded wrench window, the planned
-position minus the recorded TCP position and the gripper width; its target is the demonstrated
+input is :func:`robot_stack.control.fast.fast_features` of the recorded wrench window and the
+gripper width; its target is the demonstrated
 action's position minus the planned position (the residual the slow plan misses). An MLP (tanh,
 two hidden layers) is fit with Adam on MSE; whole episodes are held out and the residual's RMS
 before (no correction) and after is reported.
@@ -42,7 +42,7 @@ def slow_plans(model, samples, batch: int = 32, seed: int = 0) -> np.ndarray:
 
 def fast_dataset(paths: list[Path], model, window: int = 5, rate_hz: float = 50.0, slow_rate_hz: float = 10.0,
                  latency_s: float = 0.05, console=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(X (M, 6 window + 4) float32, Y (M, 3) residuals m, episode (M,)) from ``paths``.
+    """(X (M, 6 window + 1) float32, Y (M, 3) residuals m, episode (M,)) from ``paths``.
 
     Raises:
         DatasetError: an episode lacks a wrench (recorded on an arm without a force/torque measurement).
@@ -69,10 +69,9 @@ def fast_dataset(paths: list[Path], model, window: int = 5, rate_hz: float = 50.
                     continue
                 hist = t - np.arange(window)[::-1] * per_ns
                 w = rs["wrench"][np.clip(np.searchsorted(st, hist, side="right") - 1, 0, len(st) - 1)]
-                tcp = np.array([np.interp(t, st, rs["ee_pose"][:, j]) for j in range(3)])
                 plan = np.array([np.interp(t, plan_t, plans[k][:, j]) for j in range(3)])
                 demo = actions_at(a["target_ns"], a["pose"], a["gripper"], np.array([t]))[0, :3]
-                xs.append(fast_features(w, plan - tcp, float(np.interp(t, st, rs["gripper_width"]))))
+                xs.append(fast_features(w, float(np.interp(t, st, rs["gripper_width"]))))
                 ys.append(demo - plan)
                 eps.append(e_i)
         if console is not None:

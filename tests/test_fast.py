@@ -9,7 +9,7 @@ import pytest
 from robot_stack.control.fast import WRENCH_SCALE, FastCorrector, FastLayer, WrenchWindow, fast_features
 
 K = 5
-N_IN = 6 * K + 4
+N_IN = 6 * K + 1
 
 
 def _linear(gain_z: float, bias=(0.0, 0.0, 0.0), max_m: float = 0.03) -> FastCorrector:
@@ -26,10 +26,11 @@ def _state(t_ns, fz, tcp=(0.5, 0.0, 0.06)):
 
 def test_features_layout_and_scale():
     w = np.arange(K * 6, dtype=float).reshape(K, 6)
-    x = fast_features(w, [0.01, -0.02, 0.003], 0.085)
+    x = fast_features(w, 0.085)
     assert x.shape == (N_IN,) and x.dtype == np.float32
     np.testing.assert_allclose(x[:6], w[0] / WRENCH_SCALE, rtol=1e-6)  # oldest first
-    np.testing.assert_allclose(x[-4:], [1.0, -2.0, 0.3, 0.85], rtol=1e-6)  # cm and 10 x width
+    np.testing.assert_allclose(x[-7:-1], w[-1] / WRENCH_SCALE, rtol=1e-6)
+    assert x[-1] == pytest.approx(0.85)  # 10 x width
 
 
 def test_corrector_file_round_trip_and_clip(tmp_path):
@@ -41,7 +42,7 @@ def test_corrector_file_round_trip_and_clip(tmp_path):
         x = rng.normal(size=N_IN).astype(np.float32)
         np.testing.assert_allclose(back(x), fc(x), atol=1e-6)  # float32 storage
     big = _linear(-1.0)  # 1 m per N: clipped
-    dp = big(fast_features(np.tile([0, 0, 10.0, 0, 0, 0], (K, 1)), np.zeros(3), 0.0))
+    dp = big(fast_features(np.tile([0, 0, 10.0, 0, 0, 0], (K, 1)), 0.0))
     assert np.linalg.norm(dp) == pytest.approx(0.03)
 
 

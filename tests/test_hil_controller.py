@@ -89,7 +89,7 @@ def _bias_fast_layer(path: Path) -> None:
     """A fast-layer file whose network outputs FAST_BIAS whatever it feels (zero weights)."""
     from robot_stack.control.fast import FastCorrector
 
-    n = 6 * 5 + 4
+    n = 6 * 5 + 1
     FastCorrector([(np.zeros((3, n)), FAST_BIAS.copy())], np.zeros(n), np.ones(n), np.ones(3), 5, 50.0, 0.03).save(path)
 
 
