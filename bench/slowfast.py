@@ -133,8 +133,8 @@ def main() -> int:
     base, sf = results
     console.print(f"slow-fast / slow alone: success {sf['success']}/{sf['episodes']} against {base['success']}/{base['episodes']}; "
                   f"final force error {sf['final_force_err_n'] / max(base['final_force_err_n'], 1e-9):.2f}x; "
-                  f"fast layer held-out residual RMS {fs['residual_rms_mm_with']:.1f} mm against "
-                  f"{fs['residual_rms_mm_without']:.1f} mm without it")
+                  f"fast layer held-out velocity residual RMS {fs['residual_rms_mm_s_with']:.1f} mm/s against "
+                  f"{fs['residual_rms_mm_s_without']:.1f} mm/s without it")
     console.print(f"results: {work / 'results.json'}")
     return 0
 

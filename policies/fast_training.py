@@ -4,12 +4,13 @@
 The slow policy is frozen. For every observation anchor t_obs of the demonstrations (built as for
 slow training, ``policies.training.build_samples``) the slow policy plans its chunk; the chunk is
 what the controller would execute from t_obs + ``latency_s`` until the next slow tick
-(1 / ``slow_rate_hz`` later). At the fast ticks in that window (``rate_hz``) the fast network's
-input is :func:`robot_stack.control.fast.fast_features` of the recorded wrench window and the
-gripper width; its target is the demonstrated
-action's position minus the planned position (the residual the slow plan misses). An MLP (tanh,
-two hidden layers) is fit with Adam on MSE; whole episodes are held out and the residual's RMS
-before (no correction) and after is reported.
+(1 / ``slow_rate_hz`` later). At the fast ticks in that window (``rate_hz``) where the tool is in
+contact (recorded force above ``contact_n``) the fast network's input is
+:func:`robot_stack.control.fast.fast_features` of the recorded wrench window and the gripper
+width; its target is the demonstrated action's velocity minus the planned velocity (central
+differences over one fast period: the correction rate the slow plan misses). An MLP (tanh, two
+hidden layers) is fit with Adam on MSE; whole episodes are held out and the target's RMS before
+(no correction) and after is reported.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def slow_plans(model, samples, batch: int = 32, seed: int = 0) -> np.ndarray:
 
 
 def fast_dataset(paths: list[Path], model, window: int = 5, rate_hz: float = 50.0, slow_rate_hz: float = 10.0,
-                 latency_s: float = 0.05, console=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(X (M, 6 window + 1) float32, Y (M, 3) residuals m, episode (M,)) from ``paths``.
+                 latency_s: float = 0.05, contact_n: float = 0.5, console=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X (M, 6 window + 1) float32, Y (M, 3) velocity residuals m/s, episode (M,)) from the
+    contact samples of ``paths``.
 
     Raises:
         DatasetError: an episode lacks a wrench (recorded on an arm without a force/torque measurement).
@@ -69,10 +71,13 @@ def fast_dataset(paths: list[Path], model, window: int = 5, rate_hz: float = 50.
                     continue
                 hist = t - np.arange(window)[::-1] * per_ns
                 w = rs["wrench"][np.clip(np.searchsorted(st, hist, side="right") - 1, 0, len(st) - 1)]
-                plan = np.array([np.interp(t, plan_t, plans[k][:, j]) for j in range(3)])
-                demo = actions_at(a["target_ns"], a["pose"], a["gripper"], np.array([t]))[0, :3]
+                if np.linalg.norm(w[-1, :3]) <= contact_n:
+                    continue
+                tt = np.array([t - per_ns, t + per_ns])
+                plan = np.stack([np.interp(tt, plan_t, plans[k][:, j]) for j in range(3)], 1)
+                demo = actions_at(a["target_ns"], a["pose"], a["gripper"], tt)[:, :3]
                 xs.append(fast_features(w, float(np.interp(t, st, rs["gripper_width"]))))
-                ys.append(demo - plan)
+                ys.append(((demo[1] - demo[0]) - (plan[1] - plan[0])) / (2 * per_ns / 1e9))
                 eps.append(e_i)
         if console is not None:
             console.print(f"  {path.name}: {len(s.state)} slow plans, {sum(1 for e in eps if e == e_i)} fast samples")
@@ -83,12 +88,19 @@ def train_fast(policy_path: str | Path, episodes: list[Path], out: str | Path, w
                steps: int = 3000, hidden: int = 64, val_fraction: float = 0.15, seed: int = 0,
                max_correction_m: float = 0.03, console=None) -> dict:
     """Fit the fast layer for the slow policy ``policy_path`` on ``episodes``; write ``out``
-    (.safetensors, :meth:`FastCorrector.save`). Returns a summary: residual RMS (mm) on the held-out
-    episodes with no correction and with the fast layer, samples, time."""
+    (.safetensors, :meth:`FastCorrector.save`). Returns a summary: the velocity residual's RMS
+    (mm/s) on the held-out episodes with no correction and with the fast layer, samples, time.
+
+    Raises:
+        DatasetError: no contact samples (demonstrations that never touch anything)."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model, _ = load_checkpoint(policy_path)
     x, y, ep = fast_dataset(list(episodes), model, window, rate_hz, console=console)
+    if not len(x):
+        from robot_stack.data.dataset import DatasetError
+
+        raise DatasetError("no contact in the demonstrations: the fast layer learns from the wrench in contact")
     n_ep = int(ep.max()) + 1
     n_val = max(1, int(round(n_ep * val_fraction))) if n_ep > 1 else 0
     val = ep >= n_ep - n_val
@@ -116,9 +128,9 @@ def train_fast(policy_path: str | Path, episodes: list[Path], out: str | Path, w
     rows = val if n_val else tr
     pred = np.array([fc(v) for v in x[rows]])
     summary = {"fast_samples": int(len(x)), "val_episodes": int(n_val),
-               "residual_rms_mm_without": float(np.sqrt((y[rows] ** 2).sum(1).mean()) * 1e3),
-               "residual_rms_mm_with": float(np.sqrt(((y[rows] - pred) ** 2).sum(1).mean()) * 1e3),
-               "residual_z_rms_mm_without": float(np.sqrt((y[rows, 2] ** 2).mean()) * 1e3),
-               "residual_z_rms_mm_with": float(np.sqrt(((y[rows, 2] - pred[:, 2]) ** 2).mean()) * 1e3),
+               "residual_rms_mm_s_without": float(np.sqrt((y[rows] ** 2).sum(1).mean()) * 1e3),
+               "residual_rms_mm_s_with": float(np.sqrt(((y[rows] - pred) ** 2).sum(1).mean()) * 1e3),
+               "residual_z_rms_mm_s_without": float(np.sqrt((y[rows, 2] ** 2).mean()) * 1e3),
+               "residual_z_rms_mm_s_with": float(np.sqrt(((y[rows, 2] - pred[:, 2]) ** 2).mean()) * 1e3),
                "train_time_s": round(time.perf_counter() - t0, 1)}
     return summary

@@ -157,8 +157,8 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
         win = np.arange(ms.obs_horizon)[::-1] * dt_ns
         for k, t_obs in enumerate(st):
             times = t_obs - win
-            if times[0] < rs["stamp_ns"][0]:
-                continue  # the window starts before the episode
+            if times[0] < rs["stamp_ns"][0] or times[-1] > rs["stamp_ns"][-1]:
+                continue  # the window starts before the robot state does, or ends after it stopped
             j = np.abs(st[None, :] - times[:, None]).argmin(1)
             if np.any(np.abs(st[j] - times) > dt_ns // 2):
                 continue

@@ -12,11 +12,12 @@ K = 5
 N_IN = 6 * K + 1
 
 
-def _linear(gain_z: float, bias=(0.0, 0.0, 0.0), max_m: float = 0.03) -> FastCorrector:
-    """A one-layer corrector: dz = gain_z * (newest fz), plus a bias (m)."""
+def _linear(gain_z: float, bias=(0.0, 0.0, 0.0), max_m: float = 0.03, contact_n: float = 0.5) -> FastCorrector:
+    """A one-layer corrector: vz = gain_z * (newest fz) m/s, plus a bias (m/s)."""
     w = np.zeros((3, N_IN))
     w[2, 6 * (K - 1) + 2] = gain_z * WRENCH_SCALE[2]  # the newest sample's fz feature is fz / 10
-    return FastCorrector([(w, np.asarray(bias, float))], np.zeros(N_IN), np.ones(N_IN), np.ones(3), K, 50.0, max_m)
+    return FastCorrector([(w, np.asarray(bias, float))], np.zeros(N_IN), np.ones(N_IN), np.ones(3), K, 50.0, max_m,
+                         contact_n)
 
 
 def _state(t_ns, fz, tcp=(0.5, 0.0, 0.06)):
@@ -33,17 +34,15 @@ def test_features_layout_and_scale():
     assert x[-1] == pytest.approx(0.85)  # 10 x width
 
 
-def test_corrector_file_round_trip_and_clip(tmp_path):
+def test_corrector_file_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     fc = FastCorrector([(rng.normal(size=(16, N_IN)), rng.normal(size=16)), (rng.normal(size=(3, 16)), rng.normal(size=3))],
-                       rng.normal(size=N_IN), rng.uniform(0.5, 2, N_IN), np.full(3, 0.002), K, 50.0, 0.03)
+                       rng.normal(size=N_IN), rng.uniform(0.5, 2, N_IN), np.full(3, 0.002), K, 50.0, 0.03, 1.5)
     back = FastCorrector.load(fc.save(tmp_path / "fast.safetensors"))
+    assert (back.window, back.rate_hz, back.max_correction_m, back.contact_n) == (K, 50.0, 0.03, 1.5)
     for _ in range(5):
         x = rng.normal(size=N_IN).astype(np.float32)
         np.testing.assert_allclose(back(x), fc(x), atol=1e-6)  # float32 storage
-    big = _linear(-1.0)  # 1 m per N: clipped
-    dp = big(fast_features(np.tile([0, 0, 10.0, 0, 0, 0], (K, 1)), 0.0))
-    assert np.linalg.norm(dp) == pytest.approx(0.03)
 
 
 def test_loading_a_policy_checkpoint_as_a_fast_layer_is_refused(tmp_path):
@@ -61,35 +60,54 @@ def test_window_keeps_the_newest_k():
     assert win.ready and win.array()[:, 0].tolist() == [2, 3, 4]
 
 
-def test_fast_tick_shifts_the_plan_by_the_correction():
-    """Plan: 10 Hz waypoints going down 1 cm per step; the corrector's dz = -1 mm per N of push.
-    With 4 N measured the next schedule is the plan from one fast period ahead, 4 mm higher
-    (the correction backs off), and the schedules the slow side sends carry the same shift."""
-    layer = FastLayer(_linear(0.001), lookahead_s=0.35)
-    t0 = 10_000_000_000
+def _plan(t0):
+    """10 Hz waypoints going down 1 cm per step, gripper closed."""
     stamps = t0 + np.arange(8) * 100_000_000
     plan = np.zeros((8, 8))
     plan[:, 0], plan[:, 2], plan[:, 6], plan[:, 7] = 0.5, 0.10 - 0.01 * np.arange(8), 1.0, 0.0
-    out = None
-    for i in range(K):  # the window fills at the fast period
+    return stamps, plan
+
+
+def test_fast_tick_integrates_the_correction_in_contact_and_shifts_the_plan():
+    """The corrector says vz = 1 mm/s per N of push. With 4 N felt, each tick (20 ms) after the
+    window fills adds 0.08 mm up; the schedule sent is the plan from one fast period ahead,
+    shifted by the correction, and the slow side's schedules carry the same shift."""
+    layer = FastLayer(_linear(0.001), lookahead_s=0.35)
+    t0 = 10_000_000_000
+    stamps, plan = _plan(t0)
+    outs = []
+    for i in range(K + 9):
         t = t0 + i * 20_000_000
-        out = layer.tick(t, _state(t - 1_000_000, 4.0), stamps, plan)
-        assert (out is None) == (i < K - 1)
-    t = t0 + (K - 1) * 20_000_000
-    np.testing.assert_allclose(layer.correction, [0, 0, 0.004], atol=1e-12)
-    o_t, o_a = out
+        outs.append(layer.tick(t, _state(t - 1_000_000, 4.0), stamps, plan))
+    assert all(o is None for o in outs[:K - 1]) and all(o is not None for o in outs[K - 1:])
+    assert layer.correction[2] == pytest.approx(10 * 0.004 * 0.02) and layer.stats["corrections"] == 10
+    t = t0 + (K + 8) * 20_000_000
+    o_t, o_a = outs[-1]
     assert o_t[0] == t + 20_000_000 and np.all(np.diff(o_t) > 0) and o_t[-1] <= t + 350_000_000
-    want_z0 = np.interp(o_t[0], stamps, plan[:, 2]) + 0.004
-    assert o_a[0, 2] == pytest.approx(want_z0)
-    np.testing.assert_allclose(o_a[1:, 2], plan[np.isin(stamps, o_t[1:]), 2] + 0.004)
+    c = layer.correction[2]
+    assert o_a[0, 2] == pytest.approx(np.interp(o_t[0], stamps, plan[:, 2]) + c)
+    np.testing.assert_allclose(o_a[1:, 2], plan[np.isin(stamps, o_t[1:]), 2] + c)
     np.testing.assert_allclose(o_a[:, 6:], plan[:len(o_a), 6:])  # orientation and gripper untouched
-    np.testing.assert_allclose(layer.shift(plan)[:, 2], plan[:, 2] + 0.004)
+    np.testing.assert_allclose(layer.shift(plan)[:, 2], plan[:, 2] + c)
+
+
+def test_out_of_contact_the_correction_decays_and_is_clipped_in_it():
+    layer = FastLayer(_linear(0.0, bias=(0, 0, 1.0), max_m=0.01), release_s=0.3)  # 1 m/s: clipped at once
+    t0 = 1_000_000_000
+    stamps, plan = _plan(t0)
+    for i in range(K + 2):
+        layer.tick(t0 + i * 20_000_000, _state(t0 + i * 20_000_000, 5.0), stamps, plan)
+    assert np.linalg.norm(layer.correction) == pytest.approx(0.01)
+    t = t0 + (K + 2) * 20_000_000
+    for i in range(15):  # 0.3 s without contact: one time constant
+        layer.tick(t + i * 20_000_000, _state(t + i * 20_000_000, 0.1), stamps, plan)
+    assert layer.correction[2] == pytest.approx(0.01 * np.exp(-1.0), rel=1e-6)
 
 
 def test_stale_or_missing_wrench_corrects_nothing_new():
-    layer = FastLayer(_linear(0.001), max_state_age_s=0.05)
+    layer = FastLayer(_linear(0.0, bias=(0, 0, 0.5)), max_state_age_s=0.05)
     t0 = 1_000_000_000
-    stamps, plan = t0 + np.arange(5) * 100_000_000, np.zeros((5, 8))
+    stamps, plan = _plan(t0)
     for i in range(K):
         layer.tick(t0 + i * 20_000_000, _state(t0 + i * 20_000_000, 10.0), stamps, plan)
     assert layer.correction[2] == pytest.approx(0.01)

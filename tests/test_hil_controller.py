@@ -86,11 +86,12 @@ FAST_CONTROLLER = """  controller_fast:
 
 
 def _bias_fast_layer(path: Path) -> None:
-    """A fast-layer file whose network outputs FAST_BIAS whatever it feels (zero weights)."""
+    """A fast-layer file that integrates to FAST_BIAS whatever it feels (zero weights, a bias)."""
     from robot_stack.control.fast import FastCorrector
 
-    n = 6 * 5 + 1
-    FastCorrector([(np.zeros((3, n)), FAST_BIAS.copy())], np.zeros(n), np.ones(n), np.ones(3), 5, 50.0, 0.03).save(path)
+    n = 6 * 5 + 1  # 0.1 m/s up, always "in contact" (contact_n < 0), integrated up to 2 cm
+    FastCorrector([(np.zeros((3, n)), FAST_BIAS * 5)], np.zeros(n), np.ones(n), np.ones(3), 5, 50.0,
+                  float(np.linalg.norm(FAST_BIAS)), -1.0).save(path)
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +206,8 @@ def test_strategy_completes_the_motion(stack, strategy, report):
 
 
 def test_fast_layer_corrects_the_plan_at_its_rate(stack, report):
-    """Slow-fast control through real processes: a controller with a fast layer (a constant 2 cm
-    up, whatever the wrist wrench) runs it at 50 Hz on the arm's RobotState; the TCP ends at the
+    """Slow-fast control through real processes: a controller with a fast layer (2 cm up within
+    0.2 s, whatever the wrist wrench) runs it at 50 Hz on the arm's RobotState; the TCP ends at the
     slow policy's goal shifted by it, and the fast schedules go out at the fast rate."""
     move_to_start(stack)
     node = "controller_fast"

@@ -22,15 +22,15 @@ def test_actions_at_interpolates_holds_and_keeps_last_sent():
     np.testing.assert_allclose(a[:, 3:7], np.tile([0, 0, 0, 1], (5, 1)))
 
 
-def make_episode(root, n_frames=30, seed=0, task=None, smooth=False, depth=False):
+def make_episode(root, n_frames=30, seed=0, task=None, smooth=False, depth=False, state_s=None):
     """Camera at 15 Hz, state at 250 Hz moving x = t (m, t in s), actions at 10 Hz leading by 0.1 s;
     ``task``: the episode's task string (metadata), if any; ``smooth``: camera frames are moving
     sinusoids (what a video codec keeps nearly intact) instead of noise; ``depth``: the camera also
-    records depth (0.3-2.5 m)."""
+    records depth (0.3-2.5 m); ``state_s``: the robot state stops after this long (s)."""
     rng = np.random.default_rng(seed)
     w = EpisodeWriter(root)
     t0 = 10_000 * MS
-    for i in range(int(n_frames / 15 * 250)):
+    for i in range(int((n_frames / 15 if state_s is None else state_s) * 250)):
         t = t0 + i * 4 * MS
         x = (t - t0) / 1e9
         w.add("robot_state", t, q=np.zeros(7), dq=np.zeros(7), ee_pose=np.r_[x, 0, 0.3, 1, 0, 0, 0],
@@ -63,6 +63,21 @@ def test_samples_are_aligned_like_the_controller_window(tmp_path):
     assert list(s.frame_idx[k]) == [10, 11]  # nearest frames to t_obs - 0.1 s (by 1 ns) and t_obs
     np.testing.assert_allclose(s.actions[k, :, 0], t_obs + np.arange(8) * 0.1, atol=1e-5)  # x_cmd(t) = t
     np.testing.assert_allclose(s.state[k, :, 7], 0.08)
+
+
+def test_frames_after_the_last_robot_state_are_no_anchors(tmp_path):
+    """The recorder stops its streams one by one: a camera frame stamped after the last robot
+    state (one demo run: 112 ms after it) is not an anchor (its state would be extrapolated);
+    before, it stopped the whole training."""
+    path = make_episode(tmp_path, n_frames=30, state_s=1.8)  # frames until 1.93 s
+    from robot_stack.data.dataset import open_episode
+
+    rs_last = open_episode(path).load("robot_state")["stamp_ns"][-1]
+    cam = open_episode(path).load("camera/wrist")["stamp_ns"]
+    late = int(np.sum(cam > rs_last))
+    assert late == 3
+    s = build_samples([path], ModelSettings(image_hw=(64, 64), obs_horizon=2, horizon=8, camera="wrist"))
+    assert len(s.state) == 30 - 2 - late and s.t_obs.max() <= rs_last
 
 
 def test_batch_images_shift_and_missing_camera(tmp_path):

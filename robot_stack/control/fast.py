@@ -8,20 +8,25 @@ controller committed it), and the fast part is :class:`FastCorrector`: an MLP ru
 (50 Hz or more) in the controller that maps
 
     (the last ``window`` wrench samples at the fast period, gripper width)
-        ->  a position offset dp (3,) m, base frame,
+        ->  a correction velocity v (3,) m/s, base frame,
 
-which is added to every waypoint the controller sends until the next fast tick. What is taken
-from RDP: a slow chunk policy and a fast learned layer that reacts to force within the chunk;
-simplified: RDP's fast layer is the decoder of an asymmetric action tokenizer trained jointly
-with a latent slow policy, ours is a residual network trained afterwards on a frozen slow policy
-(``policies.fast_training``: target = demonstrated action - the slow policy's planned action at
-the same time), so any slow policy family of the stack can be paired with it.
+which :class:`FastLayer` integrates into a position offset while the tool is in contact (the
+measured force above ``contact_n``; out of contact the offset decays) and adds to every waypoint
+the controller sends. In effect a learned admittance: how fast to give way or push further for
+the force felt. What is taken from RDP: a slow chunk policy and a fast learned layer that reacts
+to force within the chunk; simplified: RDP's fast layer is the decoder of an asymmetric action
+tokenizer trained jointly with a latent slow policy, ours is a residual network trained
+afterwards on a frozen slow policy (``policies.fast_training``: target = the demonstrated
+action's velocity - the slow plan's velocity at the same time, on contact samples), so any slow
+policy family of the stack can be paired with it.
 
 Features are built once, here (:func:`fast_features`), for training and deployment alike. They
 hold no pose: an input such as "planned minus measured TCP position" leaks the target (in the
 demonstrations the TCP follows the corrected command, so the network learns to repeat its own
 offset), and deployed it closed a drifting loop (measured: 55 mm sideways in 2 of 4 press
-episodes).
+episodes). A position offset from force alone explained nothing either (held-out residual RMS
+24.1 -> 23.9 mm): in the demonstrations the force is held near its target whatever the depth,
+so the force says how fast to move, not where to be.
 """
 
 from __future__ import annotations
@@ -82,9 +87,10 @@ class FastCorrector:
 
     Attributes:
         weights: [(W (out, in), b (out,)), ...] per layer.
-        x_mean, x_std: (F,) input normalization; y_scale: (3,) output scale, m.
+        x_mean, x_std: (F,) input normalization; y_scale: (3,) output scale, m/s.
         window: wrench samples per input; rate_hz: the fast rate it was trained for.
-        max_correction_m: the offset's norm is clipped to this, m.
+        max_correction_m: the integrated offset's norm is clipped to this, m.
+        contact_n: force norm (N) above which the tool is in contact (the layer integrates).
     """
 
     weights: list
@@ -94,17 +100,16 @@ class FastCorrector:
     window: int = 5
     rate_hz: float = 50.0
     max_correction_m: float = 0.03
+    contact_n: float = 0.5
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """(F,) features -> (3,) offset, m (norm at most ``max_correction_m``)."""
+        """(F,) features -> (3,) correction velocity, m/s."""
         h = (np.asarray(x, np.float64) - self.x_mean) / self.x_std
         for i, (w, b) in enumerate(self.weights):
             h = w @ h + b
             if i < len(self.weights) - 1:
                 h = np.tanh(h)
-        dp = h * self.y_scale
-        n = float(np.linalg.norm(dp))
-        return dp * (self.max_correction_m / n) if n > self.max_correction_m else dp
+        return h * self.y_scale
 
     def save(self, path: str | Path) -> Path:
         """Write a .safetensors file (numpy tensors and JSON metadata; no pickle)."""
@@ -118,6 +123,7 @@ class FastCorrector:
                  y_scale=self.y_scale.astype(np.float32))
         meta = {"kind": "fast_corrector", "config": json.dumps({"window": self.window, "rate_hz": self.rate_hz,
                                                                   "max_correction_m": self.max_correction_m,
+                                                                  "contact_n": self.contact_n,
                                                                   "layers": len(self.weights)})}
         save_file(t, str(path), metadata=meta)
         return Path(path)
@@ -141,7 +147,7 @@ class FastCorrector:
             t = {k: f.get_tensor(k).astype(np.float64) for k in f.keys()}
         weights = [(t[f"w{i}"], t[f"b{i}"]) for i in range(int(cfg["layers"]))]
         fc = FastCorrector(weights, t["x_mean"], t["x_std"], t["y_scale"], int(cfg["window"]), float(cfg["rate_hz"]),
-                           float(cfg["max_correction_m"]))
+                           float(cfg["max_correction_m"]), float(cfg["contact_n"]))
         n_in = n_features(fc.window)
         if weights[0][0].shape[1] != n_in or weights[-1][0].shape[0] != 3 or fc.x_mean.shape != (n_in,):
             raise ValueError(f"{path}: layer shapes do not fit a window of {fc.window} wrench samples")
@@ -151,20 +157,26 @@ class FastCorrector:
 class FastLayer:
     """The fast loop's logic (the controller runs :meth:`tick` at the corrector's rate).
 
-    Each tick takes the newest robot state; its wrench joins the window; with a full window and a
-    plan, the corrector's offset becomes the current correction, and the schedule to
-    send is the plan from one fast period ahead to ``lookahead_s`` ahead (a waypoint interpolated
-    one period ahead, then the plan's own waypoints) shifted by it. Every other schedule the
-    controller sends passes :meth:`shift` so the plan's next chunk does not undo the correction.
+    Each tick takes the newest robot state; its wrench joins the window. In contact (the newest
+    force's norm above ``corrector.contact_n``) the corrector's velocity times the fast period is
+    added to the correction (its norm clipped to ``max_correction_m``); out of contact the
+    correction decays with time constant ``release_s``. With a full window and a plan, the
+    schedule to send is the plan from one fast period ahead to ``lookahead_s`` ahead (a waypoint
+    interpolated one period ahead, then the plan's own waypoints) shifted by the correction. Every
+    other schedule the controller sends passes :meth:`shift` so the plan's next chunk does not undo
+    the correction.
 
     Args:
         corrector: the fast network.
         lookahead_s: how far ahead a fast tick resends the plan, s.
-        max_state_age_s: a robot state older than this pauses the correction (it decays to zero).
+        max_state_age_s: a robot state older than this pauses the correction (it decays).
+        release_s: decay time constant of the correction out of contact, s.
     """
 
-    def __init__(self, corrector: FastCorrector, lookahead_s: float = 0.5, max_state_age_s: float = 0.05):
+    def __init__(self, corrector: FastCorrector, lookahead_s: float = 0.5, max_state_age_s: float = 0.05,
+                 release_s: float = 0.3):
         self.fc = corrector
+        self.decay = float(np.exp(-1.0 / (corrector.rate_hz * release_s)))
         self.period_ns = int(round(1e9 / corrector.rate_hz))
         self.lookahead_ns = int(lookahead_s * 1e9)
         self.max_age_ns = int(max_state_age_s * 1e9)
@@ -203,9 +215,13 @@ class FastLayer:
         if not self.window.ready or len(stamps) < 2 or stamps[-1] <= now_ns + self.period_ns:
             return None
         acts = np.asarray(plan_actions, float)
-        x = fast_features(self.window.array(), state.gripper_width)
-        self.correction = self.fc(x)
-        self.stats["corrections"] += 1
+        if np.linalg.norm(np.asarray(state.wrench[:3], float)) > self.fc.contact_n:
+            c = self.correction + self.fc(fast_features(self.window.array(), state.gripper_width)) * self.period_ns / 1e9
+            n = float(np.linalg.norm(c))
+            self.correction = c * (self.fc.max_correction_m / n) if n > self.fc.max_correction_m else c
+            self.stats["corrections"] += 1
+        else:
+            self.correction *= self.decay
         t1 = now_ns + self.period_ns
         j = int(np.searchsorted(stamps, t1, side="right"))  # plan waypoints after t1
         first = acts[min(j, len(acts) - 1)].copy()  # orientation and gripper of the next waypoint
