@@ -270,17 +270,25 @@ class PressExpert(_SimExpert):
     ``task.force_tol`` for ``task.hold_s`` plus ``extra_hold_s``, it retreats to the approach height
     and presses ``episode_stop``. The carrot's z is bounded to ``max_depth`` below the touch height.
 
+    ``perturb_m``: every ``perturb_s`` in contact the carrot's z jumps by a uniform draw in
+    +-``perturb_m`` and the admittance brings the force back; demonstrations then show how the
+    command moves for a force away from its target (with a perfect hold they show nothing to learn
+    a force reaction from: DART, Laskey et al. 2017, injects noise into the demonstrator for the
+    same reason). The hold timer restarts after a jump.
+
     Args:
         task: the force target and heights. speed: carrot speed outside the press, m/s.
         gain: admittance gain, m/(N s). extra_hold_s: hold beyond the task's, s.
-        tol: TCP distance that counts as arrived, m. seed: RNG seed (approach jitter).
+        tol: TCP distance that counts as arrived, m. seed: RNG seed (approach jitter, jumps).
+        perturb_m, perturb_s: size (m) and period (s) of the jumps in contact; 0: none.
     """
 
     PHASES = ("approach", "descend", "press", "retreat")
 
     def __init__(self, task: PressTask = PressTask(), speed: float = 0.15, gain: float = 0.004,
                  extra_hold_s: float = 0.5, tol: float = 0.006, max_depth: float = 0.04, jitter: float = 0.01,
-                 seed: int = 0):
+                 seed: int = 0, perturb_m: float = 0.0, perturb_s: float = 0.5, max_perturbs: int = 4):
+        self.perturb_m, self.perturb_s, self.max_perturbs = perturb_m, perturb_s, max_perturbs
         self.task, self.speed, self.gain, self.extra_hold_s = task, speed, gain, extra_hold_s
         self.tol, self.max_depth, self.jitter = tol, max_depth, jitter
         self.rng = np.random.default_rng(seed)
@@ -292,6 +300,8 @@ class PressExpert(_SimExpert):
         self.phase = 0
         self.contact = False
         self.held_s = 0.0
+        self.contact_s = 0.0
+        self.perturbs = 0
         self.cube_xy: np.ndarray | None = None
         self.offset = np.zeros(3)
         self.done = False
@@ -322,6 +332,12 @@ class PressExpert(_SimExpert):
                 self.carrot[2] -= t.search_speed * period_s
             else:
                 self.carrot[2] += self.gain * (force_z - t.force_n) * period_s
+                self.contact_s += period_s
+                if self.perturb_m > 0 and self.perturbs < self.max_perturbs and \
+                        self.contact_s >= (self.perturbs + 1) * self.perturb_s:
+                    self.carrot[2] += self.rng.uniform(-self.perturb_m, self.perturb_m)
+                    self.perturbs += 1
+                    self.held_s = -period_s  # the hold starts again
             self.carrot[2] = float(np.clip(self.carrot[2], z_touch - self.max_depth, z_touch))
             ok = self.contact and abs(force_z - t.force_n) <= t.force_tol * t.force_n
             self.held_s = self.held_s + period_s if ok else 0.0
@@ -357,6 +373,8 @@ class ScriptedConfig(TeleopConfig):
     task: Literal["reach", "pick", "press"] = Field("reach", description="the task it demonstrates (the sim world's task)")
     speed: float = Field(0.15, gt=0, description="TCP speed, m/s")
     seed: int = 0
+    perturb_m: float = Field(0.0, ge=0, le=0.02, description="press: jumps of the command (m) in contact, so that "
+                             "demonstrations show the force reaction (DART-style)")
     miss_rate: float = Field(0.0, ge=0, le=1, description="pick: fraction of episodes whose first grasp is aimed "
                              "beside the cube, so that demonstrations show the recovery from a missed grasp")
     world: str = Field("sim", description="node name of the sim world (its object ground truth)")
@@ -366,7 +384,7 @@ class ScriptedConfig(TeleopConfig):
 
     def build(self, ctx, params) -> "ReachExpert | PickExpert | PressExpert":
         if self.task == "press":
-            return PressExpert(speed=self.speed, seed=self.seed)
+            return PressExpert(speed=self.speed, seed=self.seed, perturb_m=self.perturb_m)
         if self.task == "pick":
             return PickExpert(speed=self.speed, seed=self.seed, miss_rate=self.miss_rate)
         return ReachExpert(speed=self.speed, seed=self.seed)

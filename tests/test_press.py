@@ -85,3 +85,26 @@ def test_press_expert_in_physics_holds_the_force_whatever_the_softness():
         assert phases[-1] == 3, f"softness {tc}: no retreat (phase {ex.PHASES[phases[-1]]})"
         last = f[np.flatnonzero(phases == 2)[-int(30 * task.hold_s):]]
         assert np.all(np.abs(last - task.force_n) <= task.force_tol * task.force_n), (tc, last.round(1))
+
+
+def test_perturbed_press_shows_force_excursions_and_still_holds():
+    """With jumps of up to 4 mm the force leaves its band (what the fast layer learns a reaction
+    from), the admittance brings it back, and the expert still holds and finishes."""
+    task = PressTask()
+    ex = PressExpert(task, jitter=0.0, perturb_m=0.004, seed=3)
+    touch, k = CUBE[2] + 0.037, 1000.0
+    tcp = np.r_[0.42, -0.02, 0.3, 1, 0, 0, 0]
+    lag, forces = [tcp[:3].copy()] * 3, []
+    for _ in range(30 * 25):
+        fz = k * max(0.0, touch - tcp[2])
+        cmd = ex.step(tcp, CUBE, fz, 1 / 30)
+        lag.append(cmd.value[:3].copy())
+        tcp = np.r_[lag[-4], cmd.value[3:]]
+        forces.append(fz)
+        if "episode_stop" in cmd.buttons:
+            break
+    else:
+        pytest.fail("no stop")
+    f = np.array(forces)
+    assert ex.perturbs == ex.max_perturbs
+    assert np.abs(f[f > task.contact_n] - task.force_n).max() > 0.3 * task.force_n  # excursions
