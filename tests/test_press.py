@@ -25,18 +25,13 @@ def test_press_success_needs_the_force_over_the_cube():
     assert t.error_mm(st(CUBE[:2], 5.0), obj) == pytest.approx(3.0) and t.error_unit == "N"
 
 
-@pytest.mark.parametrize("stiffness", [400.0, 1500.0])
-def test_press_expert_regulates_the_force_on_an_unknown_spring(stiffness):
-    """Kinematic: the TCP follows the carrot 100 ms late; the push is stiffness x depth below the
-    touch height. The expert finds contact, holds the force inside the tolerance for the task's
-    hold time, retreats and presses stop."""
-    task = PressTask()
-    ex = PressExpert(task, jitter=0.0)
+def _kinematic_press(ex: PressExpert, stiffness: float) -> np.ndarray:
+    """The TCP follows the carrot 100 ms late; the push is ``stiffness`` x depth below the touch
+    height. Returns the force per 30 Hz period until the expert presses stop (fails without one)."""
     touch = CUBE[2] + 0.037
     tcp = np.r_[0.42, -0.02, 0.3, 1, 0, 0, 0]
-    lag = [tcp[:3].copy()] * 3
-    forces = []
-    for k in range(30 * 25):
+    lag, forces = [tcp[:3].copy()] * 3, []
+    for _ in range(30 * 25):
         fz = stiffness * max(0.0, touch - tcp[2])
         cmd = ex.step(tcp, CUBE, fz, 1 / 30)
         assert cmd.gripper == 0.0
@@ -44,10 +39,16 @@ def test_press_expert_regulates_the_force_on_an_unknown_spring(stiffness):
         tcp = np.r_[lag[-4], cmd.value[3:]]
         forces.append(fz)
         if "episode_stop" in cmd.buttons:
-            break
-    else:
-        pytest.fail(f"no stop: phase {ex.PHASES[ex.phase]}, last force {forces[-1]:.1f} N")
-    f = np.array(forces)
+            return np.array(forces)
+    pytest.fail(f"no stop: phase {ex.PHASES[ex.phase]}, last force {forces[-1]:.1f} N")
+
+
+@pytest.mark.parametrize("stiffness", [400.0, 1500.0])
+def test_press_expert_regulates_the_force_on_an_unknown_spring(stiffness):
+    """Kinematic: the expert finds contact, holds the force inside the tolerance for the task's
+    hold time, retreats and presses stop."""
+    task = PressTask()
+    f = _kinematic_press(PressExpert(task, jitter=0.0), stiffness)
     pressing = np.flatnonzero(f > task.contact_n)
     held = f[pressing[-1] - int(30 * task.hold_s) - 12:pressing[-1] - 12]  # before it lifts off
     assert np.all(np.abs(held - task.force_n) <= task.force_tol * task.force_n), held.round(2)
@@ -92,19 +93,6 @@ def test_perturbed_press_shows_force_excursions_and_still_holds():
     from), the admittance brings it back, and the expert still holds and finishes."""
     task = PressTask()
     ex = PressExpert(task, jitter=0.0, perturb_m=0.004, seed=3)
-    touch, k = CUBE[2] + 0.037, 1000.0
-    tcp = np.r_[0.42, -0.02, 0.3, 1, 0, 0, 0]
-    lag, forces = [tcp[:3].copy()] * 3, []
-    for _ in range(30 * 25):
-        fz = k * max(0.0, touch - tcp[2])
-        cmd = ex.step(tcp, CUBE, fz, 1 / 30)
-        lag.append(cmd.value[:3].copy())
-        tcp = np.r_[lag[-4], cmd.value[3:]]
-        forces.append(fz)
-        if "episode_stop" in cmd.buttons:
-            break
-    else:
-        pytest.fail("no stop")
-    f = np.array(forces)
+    f = _kinematic_press(ex, 1000.0)
     assert ex.perturbs == ex.max_perturbs
     assert np.abs(f[f > task.contact_n] - task.force_n).max() > 0.3 * task.force_n  # excursions
