@@ -45,6 +45,13 @@ def test_corrector_file_round_trip(tmp_path):
         np.testing.assert_allclose(back(x), fc(x), atol=1e-6)  # float32 storage
 
 
+def test_a_fast_layer_file_with_nan_weights_is_refused(tmp_path):
+    fc = _linear(0.001)
+    fc.weights[0][0][2, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        FastCorrector.load(fc.save(tmp_path / "nan.safetensors"))
+
+
 def test_loading_a_policy_checkpoint_as_a_fast_layer_is_refused(tmp_path):
     from safetensors.numpy import save_file
 

@@ -82,8 +82,8 @@ class WrenchWindow:
 
 @dataclass
 class FastCorrector:
-    """An MLP (tanh hidden layers) from :func:`fast_features` to a position offset, in numpy (no
-    torch in the controller; one evaluation is a few microseconds).
+    """An MLP (tanh hidden layers) from :func:`fast_features` to a correction velocity, in numpy
+    (no torch in the controller; one evaluation is a few microseconds).
 
     Attributes:
         weights: [(W (out, in), b (out,)), ...] per layer.
@@ -133,7 +133,8 @@ class FastCorrector:
         """Read :meth:`save`'s file.
 
         Raises:
-            ValueError: not a fast-corrector file, or its shapes do not chain.
+            ValueError: not a fast-corrector file, its shapes do not chain, or it holds
+                non-finite numbers.
         """
         import json
 
@@ -148,6 +149,8 @@ class FastCorrector:
         weights = [(t[f"w{i}"], t[f"b{i}"]) for i in range(int(cfg["layers"]))]
         fc = FastCorrector(weights, t["x_mean"], t["x_std"], t["y_scale"], int(cfg["window"]), float(cfg["rate_hz"]),
                            float(cfg["max_correction_m"]), float(cfg["contact_n"]))
+        if not all(np.all(np.isfinite(v)) for v in t.values()) or not np.all(fc.x_std > 0):
+            raise ValueError(f"{path}: non-finite weights or a zero input scale")
         n_in = n_features(fc.window)
         if weights[0][0].shape[1] != n_in or weights[-1][0].shape[0] != 3 or fc.x_mean.shape != (n_in,):
             raise ValueError(f"{path}: layer shapes do not fit a window of {fc.window} wrench samples")
@@ -183,7 +186,7 @@ class FastLayer:
         self.window = WrenchWindow(corrector.window)
         self.correction = np.zeros(3)
         self.last_stamp = -1
-        self.stats = {"ticks": 0, "corrections": 0, "stale_states": 0, "no_wrench": 0}
+        self.stats = {"ticks": 0, "corrections": 0, "stale_states": 0, "no_wrench": 0, "non_finite": 0}
 
     def reset(self) -> None:
         """Forget the window and the correction (episode boundaries, holds, interventions)."""
@@ -216,7 +219,11 @@ class FastLayer:
             return None
         acts = np.asarray(plan_actions, float)
         if np.linalg.norm(np.asarray(state.wrench[:3], float)) > self.fc.contact_n:
-            c = self.correction + self.fc(fast_features(self.window.array(), state.gripper_width)) * self.period_ns / 1e9
+            v = self.fc(fast_features(self.window.array(), state.gripper_width))
+            if not np.all(np.isfinite(v)):  # (a wrench this large overflows nothing, but never send NaN)
+                self.stats["non_finite"] += 1
+                return None
+            c = self.correction + v * self.period_ns / 1e9
             n = float(np.linalg.norm(c))
             self.correction = c * (self.fc.max_correction_m / n) if n > self.fc.max_correction_m else c
             self.stats["corrections"] += 1
