@@ -116,17 +116,19 @@ class SimWorld:
         the flange (``ArmIndex.tool_bodies``) and everything else (``mj_contactForce``, MuJoCo
         docs: the force in the contact frame, acting on geom2 from geom1). Noise-free."""
         m, d = self.model, self.data
-        tool = self.arm.tool_bodies
-        tcp = d.site_xpos[self.arm.tcp_site]
         out = np.zeros(6)
+        if d.ncon == 0:
+            return out
+        if not hasattr(self, "_tool_geom"):  # per geom: is it on the tool (past the flange)?
+            self._tool_geom = np.isin(m.geom_bodyid, self.arm.tool_bodies)
+        on1 = self._tool_geom[d.contact.geom1[:d.ncon]]
+        on2 = self._tool_geom[d.contact.geom2[:d.ncon]]
+        tcp = d.site_xpos[self.arm.tcp_site]
         f6 = np.zeros(6)
-        for i in range(d.ncon):
+        for i in np.flatnonzero(on1 != on2):  # tool against the rest (not finger on finger)
             c = d.contact[i]
-            b1, b2 = m.geom_bodyid[c.geom1], m.geom_bodyid[c.geom2]
-            in1, in2 = b1 in tool, b2 in tool
-            if in1 == in2:
-                continue  # within the tool (finger on finger) or not touching it
-            mujoco.mj_contactForce(m, d, i, f6)
+            in1 = bool(on1[i])
+            mujoco.mj_contactForce(m, d, int(i), f6)
             f = c.frame.reshape(3, 3).T @ f6[:3]  # on geom2 from geom1, world frame
             if in1:
                 f = -f  # the tool is geom1: it feels the opposite

@@ -100,10 +100,6 @@ class ReachExpert(_SimExpert):
             self.carrot = tcp[:3].copy()
             self.orientation = tcp[3:] / np.linalg.norm(tcp[3:])
             self.offset = np.r_[self.rng.normal(0, self.jitter, 2), 0.0]
-            if self.rng.random() < self.miss_rate:
-                x = Rotation.from_quat(self.orientation).as_matrix()[:, 0]
-                x = np.r_[x[:2], 0.0] / max(np.linalg.norm(x[:2]), 1e-9)
-                self.miss = self.miss_offset * self.rng.choice([-1.0, 1.0]) * x
         goals = self.waypoints(cube_xyz)
         goal = goals[self.phase]
         d = goal - self.carrot
