@@ -277,6 +277,8 @@ class PressExpert(_SimExpert):
         gain: admittance gain, m/(N s). extra_hold_s: hold beyond the task's, s.
         tol: TCP distance that counts as arrived, m. seed: RNG seed (approach jitter, jumps).
         perturb_m, perturb_s: size (m) and period (s) of the jumps in contact; 0: none.
+        max_perturbs: jumps per episode at most.
+        max_depth: how far below the touch height the carrot may go, m.
     """
 
     PHASES = ("approach", "descend", "press", "retreat")
