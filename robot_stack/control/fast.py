@@ -185,14 +185,12 @@ class FastLayer:
         self.max_age_ns = int(max_state_age_s * 1e9)
         self.window = WrenchWindow(corrector.window)
         self.correction = np.zeros(3)
-        self.last_stamp = -1
         self.stats = {"ticks": 0, "corrections": 0, "stale_states": 0, "no_wrench": 0, "non_finite": 0}
 
     def reset(self) -> None:
         """Forget the window and the correction (episode boundaries, holds, interventions)."""
         self.window.clear()
         self.correction = np.zeros(3)
-        self.last_stamp = -1
 
     def shift(self, actions: np.ndarray) -> np.ndarray:
         """(k, D >= 3) actions with the current correction added to their positions (a copy)."""
@@ -213,7 +211,6 @@ class FastLayer:
             self.correction *= 0.5  # decays instead of acting on an old force
             return None
         self.window.push(state.wrench)
-        self.last_stamp = int(state.stamp_ns)
         stamps = np.asarray(plan_stamps, np.int64)
         if not self.window.ready or len(stamps) < 2 or stamps[-1] <= now_ns + self.period_ns:
             return None
