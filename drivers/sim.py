@@ -94,11 +94,13 @@ class SimCameraDriver(CameraDriver):
         state_endpoint: the sim world's PUB endpoint (``sim/state``).
         camera: MJCF camera name ("scene" or "handcam_rgb").
         width, height: render size, pixels.
+        multisample: MSAA samples (0: none, like a real camera; see ``SimRenderer``).
     """
 
     def __init__(self, state_endpoint: str, camera: str, width: int, height: int, scene=None,
-                 inject_latency_s: float = 0.0):
+                 inject_latency_s: float = 0.0, multisample: int = 0):
         self.endpoint, self.camera = state_endpoint, camera
+        self.multisample = multisample
         self.width, self.height = width, height
         self.scene = scene
         # test hook: stamp frames this much later than their true capture time, like an
@@ -118,7 +120,7 @@ class SimCameraDriver(CameraDriver):
             self._world.model.camera(self.camera)
         except KeyError:
             raise ValueError(f"the sim scene has no camera {self.camera!r}") from None
-        self._renderer = SimRenderer(self._world, self.width, self.height)
+        self._renderer = SimRenderer(self._world, self.width, self.height, multisample=self.multisample)
         self.K = self._renderer.intrinsics(self.camera)
         self._sub = Subscriber([self.endpoint], (SimState.TOPIC,), name=f"camera-{self.camera}")
 
@@ -177,6 +179,10 @@ class SimCameraConfig(DeviceConfig):
     world: str = Field("sim", description="node name of the sim world")
     camera: str = Field("scene", description="MJCF camera name (scene, handcam_rgb)")
     inject_latency_s: float = Field(0.0, ge=0, description="test hook: stamp frames this late")
+    multisample: int = Field(0, ge=0, le=16, description=(
+        "MSAA samples of the render (0: none, as a real camera; 4: smoother edges, for ChArUco corner "
+        "accuracy). Mesa llvmpipe, one thread, 320x240: the scene camera renders in about 32 ms with 0 "
+        "and 69 ms with 4, the wrist camera in 17 and 21 ms"))
 
     def references(self) -> dict[str, str]:
         return {self.world: "sim_world"}
@@ -184,4 +190,5 @@ class SimCameraConfig(DeviceConfig):
     def build(self, ctx, params) -> SimCameraDriver:
         scene = ctx.config.nodes[self.world].typed.scene()
         return SimCameraDriver(ctx.config.pub_endpoint(self.world, ctx.run_dir), self.camera, params.width,
-                               params.height, scene=scene, inject_latency_s=self.inject_latency_s)
+                               params.height, scene=scene, inject_latency_s=self.inject_latency_s,
+                               multisample=self.multisample)
