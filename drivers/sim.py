@@ -29,42 +29,49 @@ class SimArmDriver(ArmDriver):
         state_endpoint: the sim world's PUB endpoint.
         command_endpoint: the sim world's input endpoint.
         source: name used in message headers.
+        robot: the robot model the world plays for this arm.
+        arm: its name in a multi-arm world ("" in a one-arm world).
     """
 
     #: joint state older than this means the world is gone: a driver fault, ns
     STALE_NS = 250_000_000
 
-    def __init__(self, state_endpoint: str, command_endpoint: str, source: str, robot: str = "panda_robotiq"):
+    def __init__(self, state_endpoint: str, command_endpoint: str, source: str, robot: str = "panda_robotiq",
+                 arm: str = ""):
         from robot_stack.drivers.sim_model import sim_description
+        from robot_stack.drivers.sim_messages import arm_topic
 
         desc = sim_description(robot)  # the robot the sim world plays (the robot's controller box)
         # joint limits are the robot model's, which the arm node holds; the controller box adds none
         self.n_joints = len(desc.joints)
         self.lower, self.upper = np.full(self.n_joints, -np.inf), np.full(self.n_joints, np.inf)
         self.stroke = desc.gripper.stroke_m
-        self._sub = Subscriber([state_endpoint], (JointState.TOPIC,), name=f"{source}<-sim")
+        self.arm, self._topic = arm, arm_topic(JointState.TOPIC, arm)
+        self._sub = Subscriber([state_endpoint], (self._topic,), name=f"{source}<-sim")
         self._tx = Sender(command_endpoint, source, timeout_s=0.05)
         self._last: JointReading | None = None
         self.send_timeouts = 0
 
     def start(self, timeout_s: float = 10.0) -> JointReading:
-        msg = self._sub.wait_for(JointState.TOPIC, timeout_s)
+        msg = self._sub.wait_for(self._topic, timeout_s)
         if msg is None:
-            raise ArmDriverError(f"no joint state from the sim world within {timeout_s} s (is it running?)")
+            raise ArmDriverError(f"no joint state from the sim world within {timeout_s} s (is it running?"
+                                 + (f" does it have an arm {self.arm!r}?)" if self.arm else ")"))
         first = self.read()
         # the command channel connects asynchronously: wait until the first target (the measured
         # state, so nothing moves) is accepted
         deadline = now_ns() + int(timeout_s * 1e9)
         while True:
             try:
-                self._tx.send(JointTarget.TOPIC, JointTarget(q=first.q, gripper=min(1.0, first.gripper_width / self.stroke)))
+                self._tx.send(JointTarget.TOPIC, JointTarget(q=first.q, gripper=min(1.0, first.gripper_width / self.stroke),
+                                                             arm=self.arm))
                 return first
             except TransportTimeout:
                 if now_ns() > deadline:
                     raise ArmDriverError("the sim world does not accept joint targets") from None
 
     def read(self) -> JointReading:
-        m = self._sub.latest(JointState.TOPIC)
+        m = self._sub.latest(self._topic)
         if m is None:
             raise ArmDriverError("no joint state yet")
         if now_ns() - m.stamp_ns > self.STALE_NS:  # the world (the robot's controller box) went silent
@@ -78,7 +85,8 @@ class SimArmDriver(ArmDriver):
         """Send a target; a send that times out is counted and dropped (the controller box holds its
         last target, as a real one does when a command packet is late)."""
         try:
-            self._tx.send(JointTarget.TOPIC, JointTarget(q=np.asarray(q, np.float64), gripper=float(gripper_open)))
+            self._tx.send(JointTarget.TOPIC, JointTarget(q=np.asarray(q, np.float64), gripper=float(gripper_open),
+                                                         arm=self.arm))
         except TransportTimeout:
             self.send_timeouts += 1
 
@@ -149,27 +157,40 @@ __all__ = ["SimArmDriver", "SimCameraDriver"]
 
 
 class SimArmConfig(DeviceConfig):
-    """arm driver ``sim``: the arm of the sim world (``world``: its node name)."""
+    """arm driver ``sim``: an arm of the sim world (``world``: its node name; ``arm``: which one,
+    in a multi-arm world)."""
 
     type: Literal["sim"] = "sim"
     world: str = Field("sim", description="node name of the sim world")
+    arm: str = Field("", description="the arm's name in a multi-arm sim world (its params.arms); "
+                                     "empty for a one-arm world")
 
     def references(self) -> dict[str, str]:
         return {self.world: "sim_world"}
 
     def default_robot(self, config) -> str | None:
-        """The robot the sim world plays (its typed params' ``robot``)."""
+        """The robot the sim world plays for this arm (its typed params' ``robot``, or the arm's
+        in ``arms``).
+
+        Raises:
+            ValueError: the world has no such arm, or has several and none is named.
+        """
         from robot_stack.nodes.sim_world import SimWorldParams
 
         nc = None if config is None else config.nodes.get(self.world)
         if nc is None or nc.kind != "sim_world":  # (check reports the dangling reference)
             return SimWorldParams().robot
-        return nc.typed.robot
+        arms = nc.typed.arms
+        if not arms and self.arm:
+            raise ValueError(f"driver.arm {self.arm!r}: sim world {self.world!r} has one arm (no params.arms)")
+        if arms and self.arm not in arms:
+            raise ValueError(f"driver.arm {self.arm!r}: sim world {self.world!r} has the arms {sorted(arms)}")
+        return arms[self.arm].robot if arms else nc.typed.robot
 
     def build(self, ctx, params) -> SimArmDriver:
         cfg, rd = ctx.config, ctx.run_dir
         return SimArmDriver(cfg.pub_endpoint(self.world, rd), cfg.in_endpoint(self.world, rd), ctx.name,
-                            robot=self.default_robot(cfg))
+                            robot=self.default_robot(cfg), arm=self.arm)
 
 
 class SimCameraConfig(DeviceConfig):

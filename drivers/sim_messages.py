@@ -16,6 +16,12 @@ import numpy as np
 from robot_stack.comm.messages import FLOAT64, Message, array, scalar
 
 
+def arm_topic(topic: str, arm: str) -> str:
+    """The topic of one arm's joint messages: ``topic`` for the arm of a one-arm world (named ""),
+    ``topic/<arm>`` in a multi-arm world (each arm's driver subscribes to its own)."""
+    return f"{topic}/{arm}" if arm else topic
+
+
 @dataclass(kw_only=True)
 class JointState(Message):
     """Joint-level state from the sim world (the simulated arm's own controller box).
@@ -28,6 +34,7 @@ class JointState(Message):
         gripper_width: finger opening, m.
         wrench: (6,) float64 external wrench on the tool at the TCP, base frame: N, N m
             (:meth:`SimWorld.tcp_wrench`); None from a world without the sensor.
+        arm: the arm ("" in a one-arm world; published on :func:`arm_topic`).
     """
 
     SCHEMA: ClassVar[str] = "joint_state"
@@ -37,6 +44,7 @@ class JointState(Message):
     tau: np.ndarray = array(FLOAT64, (None,))
     gripper_width: float = scalar("float", 0.0)
     wrench: np.ndarray | None = array(FLOAT64, (6,), optional=True)
+    arm: str = scalar("str", "")
 
 
 @dataclass(kw_only=True)
@@ -46,12 +54,14 @@ class JointTarget(Message):
     Attributes:
         q: (n,) float64 joint position targets, rad.
         gripper: gripper opening target in [0, 1] (0 closed, 1 open).
+        arm: the arm it is for ("" in a one-arm world).
     """
 
     SCHEMA: ClassVar[str] = "joint_target"
     TOPIC: ClassVar[str] = "sim/joint_target"
     q: np.ndarray = array(FLOAT64, (None,))
     gripper: float = scalar("float", 1.0)
+    arm: str = scalar("str", "")
 
 
 @dataclass(kw_only=True)

@@ -28,6 +28,7 @@ GRIPPER_ACTUATOR = "fingers_actuator"
 GRIPPER_JOINT = "right_driver_joint"
 TCP_SITE = "pinch"
 SCENE_CAMERA = "scene"
+TOP_CAMERA = "top"  # multi-arm scenes: looking down at the table
 WRIST_CAMERA = "handcam_rgb"
 HOME_Q = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])
 # joint impedance gains (N m / rad, N m s / rad), the defaults of libfranka's joint impedance example
@@ -47,6 +48,36 @@ GRIPPER_BOARD_DICT = "DICT_4X4_50"
 
 
 @dataclass(frozen=True)
+class ArmPlacement:
+    """One arm of a multi-arm scene.
+
+    Attributes:
+        name: the arm's name; its prefix in the scene (joints ``<name>/joint1``, TCP site
+            ``<name>/pinch``, wrist camera ``<name>/handcam_rgb``). Letters, digits and ``_``.
+        robot: its robot model (a shipped name or a description YAML with a sim block).
+        base: its base pose in the world frame: x y z (m) and yaw about z (rad).
+    """
+
+    name: str
+    robot: str = "panda_robotiq"
+    base: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+    def __post_init__(self):
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise ValueError(f"arm name {self.name!r}: use letters, digits and _")
+        if len(self.base) != 4 or not np.all(np.isfinite(self.base)):
+            raise ValueError(f"arm {self.name}: base must be 4 finite numbers (x y z m, yaw rad), got {self.base}")
+
+    def T_world_base(self) -> np.ndarray:
+        """(4, 4) pose of the arm's base in the world frame."""
+        x, y, z, yaw = self.base
+        T = np.eye(4)
+        T[:3, :3] = [[np.cos(yaw), -np.sin(yaw), 0.0], [np.sin(yaw), np.cos(yaw), 0.0], [0.0, 0.0, 1.0]]
+        T[:3, 3] = [x, y, z]
+        return T
+
+
+@dataclass(frozen=True)
 class SceneSpec:
     """Scene options.
 
@@ -60,6 +91,9 @@ class SceneSpec:
         scene_cam_target: point the scene camera looks at, m.
         scene_cam_fovy: vertical field of view, deg.
         target_xy: centre of the target region, m; target_half: its half size, m.
+        arms: a multi-arm scene (bimanual): every arm with its name, robot and base pose in the
+            world frame (the table's), and a ``top`` camera looking down at the table. Empty (the
+            default): one arm, ``robot``, whose base frame is the world frame.
     """
 
     robot: str = "panda_robotiq"
@@ -74,12 +108,21 @@ class SceneSpec:
     gripper_board: bool = False
     table_board_xy: tuple[float, float] = (0.50, -0.05)
     table_board_yaw: float = 0.3
+    arms: tuple[ArmPlacement, ...] = ()
+    top_cam_pos: tuple[float, float, float] = (0.45, 0.0, 1.25)
+    top_cam_fovy: float = 60.0
 
+    def __post_init__(self):
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must differ, got {names}")
+        if self.arms and (self.table_board or self.gripper_board):
+            raise ValueError("the calibration boards are modelled in one-arm scenes only")
 
     @property
     def yaw(self) -> float:
-        """The robot's ``sim.workspace_yaw``, rad."""
-        return float(sim_description(self.robot).sim.workspace_yaw)
+        """The robot's ``sim.workspace_yaw``, rad (0 in a multi-arm scene: its world frame is the table's)."""
+        return 0.0 if self.arms else float(sim_description(self.robot).sim.workspace_yaw)
 
     def to_base(self, p) -> np.ndarray:
         """A point (x y [z]) laid out in front of the robot, in the base frame."""
@@ -127,19 +170,17 @@ def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
     Raises:
         SimModelError: missing robot model or a compile error.
     """
-    from robot_stack.control.robot_model import build_spec, load_description
-
-    # the scene is built on the robot's own model (robot_stack/robots/<robot>.yaml), the one the
-    # arm node uses, so sim and arm node cannot disagree about the robot
-    desc = sim_description(scene.robot)
-    spec = build_spec(*load_description(scene.robot))
-    _controller_box(spec, desc)
-    for cam in desc.sim.cameras:
-        body = spec.body(cam.body)
-        if body is None:
-            raise SimModelError(f"{desc.name}: sim camera {cam.name!r} on a body {cam.body!r} the model lacks")
-        body.add_camera(name=cam.name, pos=list(cam.pos), fovy=cam.fovy,
-                        xyaxes=_look_at_xyaxes(np.array(cam.pos), np.array(cam.look_at), cam.up))
+    if not scene.arms:
+        spec = _robot_spec(scene.robot)
+    else:  # every arm's own model, attached at its base pose under its name
+        spec = mujoco.MjSpec()
+        for a in scene.arms:
+            x, y, z, yaw = a.base
+            frame = spec.worldbody.add_frame(pos=[x, y, z], quat=[np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
+            try:
+                spec.attach(_robot_spec(a.robot), frame=frame, prefix=f"{a.name}/")
+            except ValueError as e:
+                raise SimModelError(f"could not place arm {a.name}: {e}") from None
     spec.visual.global_.offwidth = max(scene.width, 1280)
     spec.visual.global_.offheight = max(scene.height, 960)
     spec.visual.quality.shadowsize = 0  # shadows off: CPU rendering budget
@@ -172,6 +213,10 @@ def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
     wb.add_camera(name=SCENE_CAMERA, pos=pos.tolist(),
                   xyaxes=_look_at_xyaxes(pos, scene.to_base(scene.scene_cam_target)),
                   fovy=scene.scene_cam_fovy)
+    if scene.arms:
+        top = np.asarray(scene.top_cam_pos, float)
+        wb.add_camera(name=TOP_CAMERA, pos=top.tolist(), fovy=scene.top_cam_fovy,
+                      xyaxes=_look_at_xyaxes(top, [top[0], top[1], 0.0], up=(1.0, 0.0, 0.0)))
     if scene.table_board:
         hw, hh = _add_board_material(spec, "table_board", table_board_spec())
         wb.add_geom(name="table_board", type=mujoco.mjtGeom.mjGEOM_BOX,
@@ -192,6 +237,24 @@ def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
     except Exception as e:  # mujoco raises ValueError with the compiler message
         raise SimModelError(f"could not compile the sim scene: {e}") from None
     return model
+
+
+def _robot_spec(robot: str) -> mujoco.MjSpec:
+    """One robot's spec for the scene: its own model (``robot_stack/robots/<robot>.yaml``, the one
+    the arm node uses, so sim and arm node cannot disagree about the robot), the sim's torque
+    motors and the description's sim cameras."""
+    from robot_stack.control.robot_model import build_spec, load_description
+
+    desc = sim_description(robot)
+    spec = build_spec(*load_description(robot))
+    _controller_box(spec, desc)
+    for cam in desc.sim.cameras:
+        body = spec.body(cam.body)
+        if body is None:
+            raise SimModelError(f"{desc.name}: sim camera {cam.name!r} on a body {cam.body!r} the model lacks")
+        body.add_camera(name=cam.name, pos=list(cam.pos), fovy=cam.fovy,
+                        xyaxes=_look_at_xyaxes(np.array(cam.pos), np.array(cam.look_at), cam.up))
+    return spec
 
 
 def _controller_box(spec: mujoco.MjSpec, desc) -> None:
@@ -329,12 +392,13 @@ class ArmIndex:
     tool_bodies: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # bodies past the flange
 
     @staticmethod
-    def of(model: mujoco.MjModel, robot: str = "panda_robotiq") -> "ArmIndex":
+    def of(model: mujoco.MjModel, robot: str = "panda_robotiq", prefix: str = "") -> "ArmIndex":
+        """The arm ``robot`` in ``model``; ``prefix``: its name prefix in a multi-arm scene ("left/")."""
         desc = sim_description(robot)
         sim = desc.sim
-        jids = [model.joint(n).id for n in desc.joints]
+        jids = [model.joint(prefix + n).id for n in desc.joints]
         names = sim.arm_actuators or [f"arm_motor{i + 1}" for i in range(len(jids))]
-        act = np.array([model.actuator(n).id for n in names])
+        act = np.array([model.actuator(prefix + n).id for n in names])
         if desc.joint_range is not None:
             lower, upper = (np.asarray(desc.joint_range, float)[:, k].copy() for k in (0, 1))
         else:
@@ -343,9 +407,9 @@ class ArmIndex:
             qpos=np.array([model.jnt_qposadr[j] for j in jids]),
             dof=np.array([model.jnt_dofadr[j] for j in jids]),
             act=act,
-            gripper_act=model.actuator(sim.gripper_actuator).id,
-            gripper_qpos=int(model.jnt_qposadr[model.joint(sim.gripper_joint).id]),
-            tcp_site=model.site(desc.tcp_site or "tcp").id,
+            gripper_act=model.actuator(prefix + sim.gripper_actuator).id,
+            gripper_qpos=int(model.jnt_qposadr[model.joint(prefix + sim.gripper_joint).id]),
+            tcp_site=model.site(prefix + (desc.tcp_site or "tcp")).id,
             lower=lower, upper=upper,
             torque_limit=np.asarray(sim.torque_limit, float),
             home_q=np.asarray(desc.home_q, float),

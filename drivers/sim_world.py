@@ -24,7 +24,9 @@ from robot_stack.drivers.sim_model import (
 
 
 class SimWorld:
-    """MuJoCo world with the arm (``scene.robot``) under joint impedance control.
+    """MuJoCo world with its arms under joint impedance control: one arm (``scene.robot``, named
+    "") or the arms of a multi-arm scene (``scene.arms``, by name). Methods taking ``arm`` default
+    to the first arm; poses are in the world frame (the one arm's base frame in a one-arm scene).
 
     Args:
         scene: scene options.
@@ -38,15 +40,34 @@ class SimWorld:
         self.scene = scene
         self.model = build_model(scene)
         self.data = mujoco.MjData(self.model)
-        self.arm = ArmIndex.of(self.model, scene.robot)
+        #: arm name -> its addresses ("" in a one-arm scene)
+        self.arms = ({a.name: ArmIndex.of(self.model, a.robot, f"{a.name}/") for a in scene.arms}
+                     or {"": ArmIndex.of(self.model, scene.robot)})
+        self.arm = next(iter(self.arms.values()))
         self.rng = np.random.default_rng(seed)
         cube_j = self.model.joint("cube").id
         self._cube_qpos = int(self.model.jnt_qposadr[cube_j])
         self._cube_dof = int(self.model.jnt_dofadr[cube_j])
         self.lock = threading.Lock()  # held while physics changes data (renderer reads under it)
-        self.q_target = self.arm.home_q.copy()
-        self.gripper_open = 1.0
+        self.targets = {n: (a.home_q.copy(), 1.0) for n, a in self.arms.items()}  # name -> (q rad, gripper open)
+        self._tool_geom: dict[str, np.ndarray] = {}
         self.reset()
+
+    def _index(self, arm: str | None) -> tuple[str, ArmIndex]:
+        name = next(iter(self.arms)) if arm is None else arm
+        if name not in self.arms:
+            raise KeyError(f"no arm {name!r} in this world (arms: {sorted(self.arms)})")
+        return name, self.arms[name]
+
+    @property
+    def q_target(self) -> np.ndarray:
+        """The first arm's joint targets, rad."""
+        return self.targets[next(iter(self.arms))][0]
+
+    @property
+    def gripper_open(self) -> float:
+        """The first arm's gripper opening target in [0, 1]."""
+        return self.targets[next(iter(self.arms))][1]
 
     @property
     def dt(self) -> float:
@@ -58,9 +79,9 @@ class SimWorld:
         ``cube_range`` ((x lo, x hi), (y lo, y hi)) m, default ``CUBE_X``, ``CUBE_Y``); returns the cube pose."""
         with self.lock:
             mujoco.mj_resetData(self.model, self.data)
-            self.data.qpos[self.arm.qpos] = self.arm.home_q
-            self.q_target = self.arm.home_q.copy()
-            self.gripper_open = 1.0
+            for n, a in self.arms.items():
+                self.data.qpos[a.qpos] = a.home_q
+                self.targets[n] = (a.home_q.copy(), 1.0)
             if cube_pose is None:
                 yaw = self.rng.uniform(-np.pi / 4, np.pi / 4)
                 rx, ry = cube_range or (self.CUBE_X, self.CUBE_Y)
@@ -87,43 +108,55 @@ class SimWorld:
             self.model.geom_solref[self.model.geom("cube").id, 0] = timeconst
         return timeconst
 
-    def set_target(self, q_target: np.ndarray, gripper_open: float) -> None:
-        """Joint position targets (rad) and gripper opening in [0, 1] for the impedance controller."""
-        self.q_target = np.asarray(q_target, float).copy()
-        self.gripper_open = float(gripper_open)
+    def set_target(self, q_target: np.ndarray, gripper_open: float, arm: str | None = None) -> None:
+        """Joint position targets (rad) and gripper opening in [0, 1] for ``arm``'s impedance controller.
+
+        Raises:
+            KeyError: no such arm. ValueError: a target of the wrong length.
+        """
+        name, a = self._index(arm)
+        q = np.asarray(q_target, float).copy()
+        if q.shape != a.home_q.shape:
+            raise ValueError(f"arm {name!r} has {len(a.home_q)} joints, the target {q.shape}")
+        self.targets[name] = (q, float(gripper_open))
 
     def step(self, n: int = 1) -> None:
-        """Advance physics by ``n`` steps under the impedance controller."""
-        a, d, m = self.arm, self.data, self.model
+        """Advance physics by ``n`` steps under every arm's impedance controller."""
+        d, m = self.data, self.model
+        arms = [(a, *self.targets[k]) for k, a in self.arms.items()]
         with self.lock:
             for _ in range(n):
-                d.ctrl[a.act] = joint_pd_torque(d.qpos[a.qpos], d.qvel[a.dof], self.q_target,
-                                                d.qfrc_bias[a.dof], a.torque_limit, a.kp, a.kd)
-                d.ctrl[a.gripper_act] = gripper_ctrl_from_open(self.gripper_open, a.gripper_ctrl_closed)
+                for a, q_t, g in arms:
+                    d.ctrl[a.act] = joint_pd_torque(d.qpos[a.qpos], d.qvel[a.dof], q_t,
+                                                    d.qfrc_bias[a.dof], a.torque_limit, a.kp, a.kd)
+                    d.ctrl[a.gripper_act] = gripper_ctrl_from_open(g, a.gripper_ctrl_closed)
                 mujoco.mj_step(m, d)
 
-    def joint_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """(q rad, dq rad/s, tau N m, gripper width m) of the arm."""
-        a, d = self.arm, self.data
+    def joint_state(self, arm: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """(q rad, dq rad/s, tau N m, gripper width m) of ``arm``."""
+        a, d = self._index(arm)[1], self.data
         return (d.qpos[a.qpos].copy(), d.qvel[a.dof].copy(), d.ctrl[a.act].copy(),
                 gripper_width_from_driver(float(d.qpos[a.gripper_qpos]), a.gripper_stroke, a.gripper_closed))
 
-    def tcp_wrench(self) -> np.ndarray:
+    def tcp_wrench(self, arm: str | None = None) -> np.ndarray:
         """(6,) external wrench on the tool at the TCP: [fx fy fz] N and [tx ty tz] N m about the
         TCP point, base frame; what the environment exerts on the gripper, as a wrist F/T sensor
         reports it after gravity compensation (and Franka's ``O_F_ext_hat_K`` in sign and frame;
         libfranka docs, ``franka::RobotState``). Sum of the contact forces between the bodies past
         the flange (``ArmIndex.tool_bodies``) and everything else (``mj_contactForce``, MuJoCo
-        docs: the force in the contact frame, acting on geom2 from geom1). Noise-free."""
+        docs: the force in the contact frame, acting on geom2 from geom1). Noise-free. In a
+        multi-arm scene: in the world frame (the sim world node publishes it in the arm's base frame)."""
         m, d = self.model, self.data
+        name, a = self._index(arm)
         out = np.zeros(6)
         if d.ncon == 0:
             return out
-        if not hasattr(self, "_tool_geom"):  # per geom: is it on the tool (past the flange)?
-            self._tool_geom = np.isin(m.geom_bodyid, self.arm.tool_bodies)
-        on1 = self._tool_geom[d.contact.geom1[:d.ncon]]
-        on2 = self._tool_geom[d.contact.geom2[:d.ncon]]
-        tcp = d.site_xpos[self.arm.tcp_site]
+        if name not in self._tool_geom:  # per geom: is it on this arm's tool (past the flange)?
+            self._tool_geom[name] = np.isin(m.geom_bodyid, a.tool_bodies)
+        tool = self._tool_geom[name]
+        on1 = tool[d.contact.geom1[:d.ncon]]
+        on2 = tool[d.contact.geom2[:d.ncon]]
+        tcp = d.site_xpos[a.tcp_site]
         f6 = np.zeros(6)
         for i in np.flatnonzero(on1 != on2):  # tool against the rest (not finger on finger)
             c = d.contact[i]
@@ -151,9 +184,9 @@ class SimWorld:
         q = self.data.qpos[self._cube_qpos:self._cube_qpos + 7]
         return np.array([*q[:3], q[4], q[5], q[6], q[3]])
 
-    def tcp_pose(self) -> np.ndarray:
-        """(7,) TCP (pinch site) pose in the base frame."""
-        s = self.arm.tcp_site
+    def tcp_pose(self, arm: str | None = None) -> np.ndarray:
+        """(7,) TCP (pinch site) pose of ``arm`` in the world frame (a one-arm scene: its base frame)."""
+        s = self._index(arm)[1].tcp_site
         return np.array([*self.data.site_xpos[s],
                          *Rotation.from_matrix(self.data.site_xmat[s].reshape(3, 3)).as_quat()])
 

@@ -28,7 +28,7 @@ from .training import _batch_images, actions_at, build_samples, model_settings
 
 
 def slow_plans(model, samples, batch: int = 32, seed: int = 0) -> np.ndarray:
-    """(N, H, 8) the slow policy's denormalized chunk for every sample (no augmentation)."""
+    """(N, H, 8) the slow policy's chunk for every sample in the base frame (no augmentation)."""
     policy = GenerativePolicy(model, TorchDenoiser(model, device="cpu"), seed=seed)
     c, out = model.cfg, []
     for b0 in range(0, len(samples.state), batch):
@@ -37,7 +37,7 @@ def slow_plans(model, samples, batch: int = 32, seed: int = 0) -> np.ndarray:
         denoise = policy.backend.bind([imgs], samples.state[rows])
         noise = policy.rng.standard_normal((len(rows), c.horizon, c.action_dim)).astype(np.float32)
         x = model.sampler.sample(denoise, noise, c.sample_steps)
-        out.extend(model.denormalize(x[i]) for i in range(len(rows)))
+        out.extend(model.to_world(model.denormalize(x[i]), samples.state[r]) for i, r in enumerate(rows))
     return np.array(out)
 
 

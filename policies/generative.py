@@ -57,6 +57,12 @@ class ModelConfig:
         dispersive_weight: weight of the dispersive loss on the observation embeddings (MP1; 0: off).
         meanflow_ratio: MeanFlow training, the fraction of samples with an interval (s < e); the
             rest are s = e (flow matching). Geng et al. use 25 %.
+        action_frame: "absolute" (the actions' positions in the base frame) or "relative" (UMI's
+            relative trajectory, Chi et al. 2024, arXiv 2402.10329, sec. 3.2: the positions are
+            offsets, m, from the TCP position of the newest observation, state[-1, :3]; orientation
+            and gripper stay absolute). The model learns and samples in its frame; the policy's
+            chunks are always in the base frame (:meth:`GenerativePolicyModel.to_world`). For a
+            wrist camera, whose image shows where the object lies relative to the gripper.
         rtc_max_prefix: training-time RTC (Black et al., arXiv 2512.05964): the model is trained
             with a clean prefix of d ~ U{0..rtc_max_prefix} actions given as input (with a mask
             channel) and the loss on the rest only, so at inference it continues a committed prefix
@@ -84,8 +90,11 @@ class ModelConfig:
     dispersive_weight: float = 0.0
     depth_layers: tuple[float, ...] = (0.0, 0.6, 1.2, 10.0)
     scales: int = 3
+    action_frame: str = "absolute"
 
     def __post_init__(self):
+        if self.action_frame not in ("absolute", "relative"):
+            raise ValueError(f"action_frame must be 'absolute' or 'relative', got {self.action_frame!r}")
         if not 0 <= self.rtc_max_prefix <= self.horizon // 2:
             raise ValueError(f"rtc_max_prefix {self.rtc_max_prefix} must be in 0..H/2 = {self.horizon // 2} "
                              "(d <= s <= H - d)")
@@ -165,9 +174,9 @@ class GenerativePolicyModel(torch.nn.Module):
     # --------------------------------------------------------------------------- training
     def loss(self, images: list[torch.Tensor], proprio: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Denoising loss on a batch: images per camera (B, To, C, h, w), proprio (B, To, P),
-        actions (B, H, D) in world units."""
+        actions (B, H, D) in world units (base frame)."""
         cond = self.net.encode(images, proprio)
-        loss = self._denoising_loss(cond, actions)
+        loss = self._denoising_loss(cond, self.to_model_frame(actions, proprio))
         if self.cfg.dispersive_weight:
             from .networks import dispersive_loss
 
@@ -213,6 +222,23 @@ class GenerativePolicyModel(torch.nn.Module):
         target = (v + (e - s)[:, None, None] * du).detach()
         err = ((u - target) ** 2).mean(dim=(1, 2))
         return (err / (err.detach() + 1e-3)).mean()
+
+    def to_model_frame(self, actions, state):
+        """Base-frame actions (..., H, D) -> the model's frame (``cfg.action_frame``), given the
+        observation windows' states (..., To, P) (torch or numpy; same leading shape)."""
+        if self.cfg.action_frame == "absolute":
+            return actions
+        out = actions.clone() if torch.is_tensor(actions) else np.array(actions, np.float32, copy=True)
+        out[..., :3] = out[..., :3] - state[..., -1:, :3]
+        return out
+
+    def to_world(self, actions, state):
+        """The model's actions (..., H, D) -> the base frame (inverse of :meth:`to_model_frame`)."""
+        if self.cfg.action_frame == "absolute":
+            return actions
+        out = actions.clone() if torch.is_tensor(actions) else np.array(actions, np.float32, copy=True)
+        out[..., :3] = out[..., :3] + state[..., -1:, :3]
+        return out
 
     def normalize(self, a):
         return 2 * (a - self.a_min) / (self.a_max - self.a_min).clamp_min(1e-6) - 1
@@ -532,7 +558,8 @@ class GenerativePolicy(Policy):
                 continue
             k = min(len(pre_i), c.horizon)
             d = k if fr_i is None else max(0, min(int(fr_i), k))
-            pre = torch.as_tensor(np.asarray(pre_i[:k], np.float32), device=self.model.a_min.device)
+            pre = self.model.to_model_frame(np.asarray(pre_i[:k], np.float32), np.asarray(obs[i]["state"], np.float32))
+            pre = torch.as_tensor(pre, device=self.model.a_min.device)
             target[i, :k] = self.model.normalize(pre).cpu().numpy()
             w[i, :, 0] = rtc_guidance_weights(c.horizon, d, c.horizon - k)
             w[i, k:, 0] = 0.0  # nothing to follow beyond the prefix
@@ -544,7 +571,8 @@ class GenerativePolicy(Policy):
                 x[i, :d] = target[i, :d]
         else:
             x = self.model.sampler.sample(denoise, noise, c.sample_steps, guide=(target, w) if guided.any() else None)
-        return [(self.model.denormalize(x[i]).astype(np.float32), int(ds[i]) if guided[i] else -1) for i in range(b)]
+        return [(self.model.to_world(self.model.denormalize(x[i]), np.asarray(obs[i]["state"], np.float32)).astype(np.float32),
+                 int(ds[i]) if guided[i] else -1) for i in range(b)]
 
 
 def prefix_conditioned(denoise, prefix: np.ndarray, d: np.ndarray, horizon: int):

@@ -57,6 +57,9 @@ class ModelSettings(BaseModel):
     n_points: int = Field(512, ge=16, description="points mode: N after farthest-point sampling")
     points_lo: tuple[float, float, float] = Field((0.25, -0.35, 0.003), description="points mode: workspace box min, m")
     points_hi: tuple[float, float, float] = Field((0.75, 0.40, 0.30), description="points mode: workspace box max, m")
+    action_frame: str = Field("absolute", pattern="^(absolute|relative)$",
+                              description="relative: action positions as offsets from the newest observed TCP "
+                                          "position (UMI's relative trajectory; for wrist cameras)")
 
 
 class TrainSettings(BaseModel):
@@ -212,7 +215,7 @@ def model_config(ms: ModelSettings) -> ModelConfig:
                        sample_steps=ms.sample_steps, enc_base=ms.enc_base, widths=tuple(ms.widths),
                        rtc_max_prefix=ms.rtc_max_prefix, depth_layers=tuple(ms.depth_layers), scales=ms.scales,
                        dispersive_weight=ms.dispersive_weight, n_points=ms.n_points, points_lo=tuple(ms.points_lo),
-                       points_hi=tuple(ms.points_hi))
+                       points_hi=tuple(ms.points_hi), action_frame=ms.action_frame)
 
 
 def model_settings(cfg: ModelConfig) -> ModelSettings:
@@ -298,7 +301,7 @@ def validate(model: GenerativePolicyModel, s: Samples, mode: str, n: int = 128, 
                                          c.horizon)
         noise = policy.rng.standard_normal((1, model.cfg.horizon, model.cfg.action_dim)).astype(np.float32)
         x = model.sampler.sample(denoise, noise, model.cfg.sample_steps)
-        pred = model.denormalize(x[0])
+        pred = model.to_world(model.denormalize(x[0]), s.state[r])
         e = np.linalg.norm(pred[:, :3] - s.actions[r, :, :3], axis=1) * 1e3
         errs.append(e.mean())
         errs8.append(e[:8].mean())
@@ -353,7 +356,7 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
         console.print(f"resuming {out} at step {step0}")
     else:
         model = GenerativePolicyModel(model_config(ms))
-        a = train_s.actions.reshape(-1, 8)
+        a = model.to_model_frame(train_s.actions, train_s.state).reshape(-1, 8)  # the frame it learns in
         lo, hi = a.min(0), a.max(0)
         pad = np.maximum(0.05 * (hi - lo), 1e-3)  # margin so deploy-time actions near the edge stay in range
         model.a_min.copy_(torch.from_numpy(lo - pad))

@@ -279,3 +279,36 @@ def test_training_time_rtc_learns_to_continue_a_prefix():
     print(f"\ncontinuation error with the prefix {np.mean(errs_pre):.3f}, without {np.mean(errs_free):.3f}")
     assert np.mean(errs_pre) < 0.35 * np.mean(errs_free)
     assert pol.predict(o, committed_prefix=truth[:6], frozen=5) is not None and pol.last_frozen == 3  # capped at d_max
+
+
+@pytest.mark.parametrize("frame", ["relative", "absolute"])
+def test_relative_action_frame_follows_the_observed_tcp(frame):
+    """UMI's relative trajectory: with the denoiser's output zeroed (the one-step flow then returns
+    its noise, denormalized), a relative-frame policy's chunk moves with the newest observed TCP
+    position by exactly its shift (orientation and gripper do not); an absolute one does not move."""
+    torch.manual_seed(0)
+    cfg = dict(SMALL, proprio_dim=8, action_dim=8, sample_steps=1)
+    m = GenerativePolicyModel(ModelConfig(**cfg, kind="flow", action_frame=frame)).eval()
+    last = [mod for mod in m.net.unet.modules() if isinstance(mod, torch.nn.Conv1d)][-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    pol = GenerativePolicy(m, TorchDenoiser(m, "cpu"))
+    rng = np.random.default_rng(0)
+    o = obs(rng)
+    o["state"] = rng.standard_normal((2, 8)).astype(np.float32)
+    noise = rng.standard_normal((1, 8, 8)).astype(np.float32)
+    a0 = pol.predict(o, noise=noise)
+    shift = np.array([0.05, -0.02, 0.01], np.float32)
+    o2 = dict(o, state=o["state"].copy())
+    o2["state"][-1, :3] += shift
+    o2["state"][0, :3] -= 1.0  # an older step of the window is not the reference
+    a1 = pol.predict(o2, noise=noise)
+    expect = shift if frame == "relative" else np.zeros(3, np.float32)
+    np.testing.assert_allclose(a1[:, :3] - a0[:, :3], np.broadcast_to(expect, (8, 3)), atol=1e-5)
+    np.testing.assert_allclose(a1[:, 3:], a0[:, 3:], atol=1e-5)
+    # the training loss sees the actions in the model's frame: to_world inverts to_model_frame
+    a = torch.randn(4, 8, 8)
+    s = torch.randn(4, 2, 8)
+    torch.testing.assert_close(m.to_world(m.to_model_frame(a, s), s), a)
+    if frame == "relative":
+        torch.testing.assert_close(m.to_model_frame(a, s)[..., :3], a[..., :3] - s[:, -1:, :3])

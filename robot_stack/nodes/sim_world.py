@@ -15,14 +15,23 @@ import logging
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from robot_stack.apps.task import PressTask
 from robot_stack.runtime.clock import now_ns
-from robot_stack.drivers.sim_messages import JointState, JointTarget, ObjectState, SimCommand, SimState
+from robot_stack.drivers.sim_messages import JointState, JointTarget, ObjectState, SimCommand, SimState, arm_topic
 from robot_stack.runtime.node import Node, NodeParams
 
 log = logging.getLogger(__name__)
+
+
+class SimArmParams(BaseModel):
+    """One arm of a multi-arm sim world: its robot model and base pose in the world frame."""
+
+    model_config = ConfigDict(extra="forbid")
+    robot: str = Field("panda_robotiq", description="the arm's robot model (robot-stack robots lists them)")
+    base: tuple[float, float, float, float] = Field(
+        (0.0, 0.0, 0.0, 0.0), description="base pose in the world frame: x y z (m), yaw about z (rad)")
 
 
 class SimWorldParams(NodeParams):
@@ -34,6 +43,10 @@ class SimWorldParams(NodeParams):
     task: Literal["reach", "pick", "press"] = Field(
         "reach", description="the task whose success collect, deploy and the demo check on this world's ground truth "
                              "(press: the cube's contact softness is random each episode, unseen by the cameras)")
+    arms: dict[str, SimArmParams] = Field(
+        default_factory=dict, description="a multi-arm world (bimanual): arm name -> robot and base pose in the world "
+                                          "frame; each arm node's sim driver names its arm (driver.arm). Empty: one arm, "
+                                          "robot, whose base frame is the world frame")
     max_catchup_steps: int = Field(20, ge=1)
     table_board: bool = Field(False, description="ChArUco board on the table (eye-in-hand calibration)")
     gripper_board: bool = Field(False, description="ChArUco board on the gripper (eye-to-hand calibration)")
@@ -41,6 +54,22 @@ class SimWorldParams(NodeParams):
         None, description="serve the arm as a UR e-Series controller (RTDE, dashboard, script port) on this "
                           "address, for the ur driver; the sim driver's joint targets are then ignored")
     ur_unlock_delay_s: float = Field(5.0, ge=0, description="UR emulator: protective stop unlock delay, s")
+
+    @field_validator("arms")
+    @classmethod
+    def _arm_names(cls, v):
+        from robot_stack.drivers.sim_model import ArmPlacement
+
+        for name, a in v.items():
+            ArmPlacement(name, a.robot, tuple(a.base))  # names and poses checked there
+        return v
+
+    @model_validator(mode="after")
+    def _one_arm_features(self):
+        if self.arms and (self.ur_emulator_host or self.table_board or self.gripper_board or self.task != "reach"):
+            raise ValueError("a multi-arm sim world has no UR emulator, calibration boards or one-arm tasks "
+                             "(task must stay reach)")
+        return self
 
     @field_validator("ur_emulator_host")
     @classmethod
@@ -53,9 +82,10 @@ class SimWorldParams(NodeParams):
 
     def scene(self):
         """The SceneSpec every process of this world builds (world and camera renderers)."""
-        from robot_stack.drivers.sim_model import SceneSpec
+        from robot_stack.drivers.sim_model import ArmPlacement, SceneSpec
 
-        return SceneSpec(robot=self.robot, table_board=self.table_board, gripper_board=self.gripper_board)
+        return SceneSpec(robot=self.robot, table_board=self.table_board, gripper_board=self.gripper_board,
+                         arms=tuple(ArmPlacement(n, a.robot, tuple(a.base)) for n, a in self.arms.items()))
 
 
 class SimWorldNode(Node):
@@ -78,6 +108,8 @@ class SimWorldNode(Node):
         self._obj_every = max(1, round(self.params.rate_hz / 10.0))
         self._tick = 0
         self._dt_ns = int(round(self.world.dt * 1e9))
+        #: multi-arm worlds: arm -> rotation world -> its base frame (wrenches are reported in it)
+        self._R_base_world = {a.name: a.T_world_base()[:3, :3].T for a in self.world.scene.arms}
         self.ur = None
         if self.params.ur_emulator_host:
             from robot_stack.drivers.ur_emulator import PERIOD_S, UrController, UrEmulator
@@ -98,8 +130,13 @@ class SimWorldNode(Node):
             if self.targets_ignored == 1:
                 log.warning("joint target from %s ignored: the arm is served as a UR controller", msg.source)
         elif isinstance(msg, JointTarget):
-            if msg.q.shape == (len(self.world.arm.qpos),) and np.all(np.isfinite(msg.q)) and np.isfinite(msg.gripper):
-                self.world.set_target(msg.q, msg.gripper)
+            arm = self.world.arms.get(msg.arm)
+            if arm is None:
+                self.targets_ignored += 1
+                log.warning("ignored joint target for arm %r from %s: this world has the arms %s", msg.arm, msg.source,
+                            sorted(self.world.arms))
+            elif msg.q.shape == (len(arm.qpos),) and np.all(np.isfinite(msg.q)) and np.isfinite(msg.gripper):
+                self.world.set_target(msg.q, msg.gripper, msg.arm)
                 self.targets += 1
             else:
                 log.warning("ignored joint target of shape %s (finite: %s)", msg.q.shape, np.all(np.isfinite(msg.q)))
@@ -134,9 +171,14 @@ class SimWorldNode(Node):
         if self.ur is not None:
             self.ur.stream(self._tick)
         stamp = self.t0 + self.steps * self._dt_ns  # sim time on the host clock
-        q, dq, tau, width = self.world.joint_state()
-        self.pub.publish(JointState.TOPIC, JointState(stamp_ns=stamp, q=q, dq=dq, tau=tau, gripper_width=width,
-                                                        wrench=self.world.tcp_wrench()))
+        for name in self.world.arms:
+            q, dq, tau, width = self.world.joint_state(name)
+            w = self.world.tcp_wrench(name)
+            R = self._R_base_world.get(name)
+            if R is not None:  # the arm's sensor reports in its own base frame
+                w = np.concatenate([R @ w[:3], R @ w[3:]])
+            self.pub.publish(arm_topic(JointState.TOPIC, name),
+                             JointState(stamp_ns=stamp, q=q, dq=dq, tau=tau, gripper_width=width, wrench=w, arm=name))
         if self._tick % self._state_every == 0:
             self.pub.publish(SimState.TOPIC, SimState(stamp_ns=stamp, qpos=self.world.data.qpos.copy(), step=self.steps))
         if self._tick % self._obj_every == 0:

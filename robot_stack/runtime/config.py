@@ -225,6 +225,8 @@ def _node_problems(cfg: StackConfig, name: str, params) -> list[str]:
             load_description(robot)
         except RobotModelError as e:
             out.append(f"nodes.{name}.params.robot: {' '.join(str(e).split())}")
+        except ValueError as e:  # the driver names no robot its device has (a sim arm the world lacks)
+            out.append(f"nodes.{name}.params.driver: {' '.join(str(e).split())}")
         else:
             if params.driver.type == "sim" and params.driver.world in cfg.nodes:  # a sim arm is its world's robot
                 plays = params.driver.default_robot(cfg)

@@ -1,0 +1,164 @@
+"""A multi-arm (bimanual) sim world: two arms from their own robot models, placed in one world
+frame, each with its own impedance controller, joint messages, wrist camera and wrist wrench;
+and, through real processes, two arm nodes driving their own arm of one world."""
+
+import time
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from robot_stack.drivers.sim_model import ArmPlacement, SceneSpec, build_model
+
+BASES = {"left": (0.0, 0.4, 0.0, 0.0), "right": (0.1, -0.4, 0.0, 0.5)}
+
+
+def bimanual_scene():
+    return SceneSpec(arms=tuple(ArmPlacement(n, "panda_robotiq", b) for n, b in BASES.items()))
+
+
+def test_each_arm_sits_at_its_base_pose_and_matches_its_own_model():
+    """The world's TCP of each arm, brought into the arm's base frame, is what the arm's own
+    robot model computes from the sim's joint angles (the arm node's view), at home and elsewhere."""
+    from robot_stack.control.robot_model import RobotModel
+    from robot_stack.drivers.sim_world import SimWorld
+
+    world = SimWorld(bimanual_scene())
+    model = RobotModel.load("panda_robotiq")
+    assert sorted(world.arms) == ["left", "right"]
+    q_other = model.home_q + np.array([0.3, 0.2, -0.2, 0.3, 0.1, -0.2, 0.4])
+    for name, base in BASES.items():
+        for q in (model.home_q, q_other):
+            world.data.qpos[world.arms[name].qpos] = q
+            world.set_qpos(world.data.qpos.copy())
+            T = ArmPlacement(name, base=base).T_world_base()
+            p_world = world.tcp_pose(name)[:3]
+            p_base = np.linalg.inv(T) @ np.r_[p_world, 1.0]
+            np.testing.assert_allclose(p_base[:3], model.fk(q)[:3], atol=1e-6)
+            R_world = Rotation.from_quat(world.tcp_pose(name)[3:]).as_matrix()
+            np.testing.assert_allclose(T[:3, :3].T @ R_world, Rotation.from_quat(model.fk(q)[3:]).as_matrix(), atol=1e-6)
+    with pytest.raises(KeyError, match="left"):
+        world.joint_state("middle")
+    with pytest.raises(ValueError, match="7 joints"):
+        world.set_target(np.zeros(6), 1.0, "left")
+    m = build_model(bimanual_scene())
+    cams = {m.camera(i).name for i in range(m.ncam)}
+    assert {"top", "scene", "left/handcam_rgb", "right/handcam_rgb"} <= cams
+
+
+def test_each_arm_follows_its_own_target_only():
+    from robot_stack.drivers.sim_world import SimWorld
+
+    world = SimWorld(bimanual_scene())
+    home = {n: world.joint_state(n)[0] for n in world.arms}
+    goal = home["left"] + np.array([0.3, 0.15, 0.0, 0.2, 0.0, 0.0, 0.0])
+    world.set_target(goal, 0.0, "left")
+    world.step(750)  # 1.5 s
+    q_l, _, _, g_l = world.joint_state("left")
+    q_r, _, _, g_r = world.joint_state("right")
+    assert np.abs(q_l - goal).max() < 0.02  # the impedance controller settles on its target
+    assert np.abs(q_r - home["right"]).max() < 0.002  # the other arm holds
+    assert g_l < 0.02 < 0.08 < g_r  # only the left gripper closed
+
+
+def test_wrench_belongs_to_the_arm_that_touches():
+    """Pressing the left gripper on the table loads the left wrist only."""
+    from robot_stack.control.robot_model import RobotModel
+    from robot_stack.drivers.sim_world import SimWorld
+
+    world = SimWorld(bimanual_scene())
+    model = RobotModel.load("panda_robotiq")
+    q = world.joint_state("left")[0]
+    start = model.fk(q)
+    for z in np.linspace(start[2], -0.01, 40):  # the left TCP down into the table, in its base frame
+        q = model.ik(np.r_[start[:2], z, start[3:]], q)
+        world.set_target(q, 0.0, "left")
+        world.step(25)
+    world.step(250)
+    fl, fr = world.tcp_wrench("left"), world.tcp_wrench("right")
+    assert fl[2] > 5.0, fl  # the table pushes the left tool up
+    assert np.abs(fr).max() < 1e-9, fr
+
+
+HIL_CONFIG = """
+name: hil_bimanual
+run_dir: {run_dir}
+nodes:
+  sim:
+    kind: sim_world
+    params:
+      rate_hz: 500
+      state_rate_hz: 30
+      arms:
+        left: {{base: [0.0, 0.4, 0.0, 0.0]}}
+        right: {{base: [0.1, -0.4, 0.0, 0.5]}}
+  arm_left:
+    kind: arm
+    params: {{driver: {{type: sim, arm: left}}, safety: {{heartbeat_timeout_s: 0.5, max_jump_ee: 0.08}}}}
+  arm_right:
+    kind: arm
+    params: {{driver: {{type: sim, arm: right}}, safety: {{heartbeat_timeout_s: 0.5, max_jump_ee: 0.08}}}}
+  cam_left:
+    kind: camera
+    params: {{driver: {{type: sim, camera: left/handcam_rgb}}, camera_id: left_wrist, width: 160, height: 120, rate_hz: 10}}
+"""
+
+
+@pytest.mark.hil
+def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
+    """Real processes: each arm node serves its own arm of one sim world. A TCP line sent to the
+    left arm node moves the left arm to its goal (in its base frame) while the right arm holds
+    still; the left wrist camera renders; a config naming an arm the world lacks fails check."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from conftest import launched
+    from robot_stack.comm.transport import Subscriber
+    from robot_stack.control.arm_client import ArmClient, straight_line
+    from robot_stack.runtime.clock import now_ns
+    from robot_stack.runtime.config import ConfigError, load_config
+
+    run_dir = Path(tempfile.mkdtemp(prefix="rs-bi-"))
+    cfg_path = tmp_path / "bi.yaml"
+    cfg_path.write_text(HIL_CONFIG.format(run_dir=run_dir))
+    try:
+        with launched(cfg_path) as (_, out):
+            cfg = load_config(cfg_path)
+            sub = Subscriber([cfg.pub_endpoint(n, run_dir) for n in ("arm_left", "arm_right", "cam_left")],
+                             ("robot/state", "camera/"), history=4000, name="test-bi")
+            try:
+                for _ in range(600):
+                    if all(m is not None and m.source == n for n in ("arm_left", "arm_right")
+                           for m in [next((x for x in reversed(sub.history("robot/state")) if x.source == n), None)]):
+                        break
+                    time.sleep(0.1)
+                else:
+                    raise AssertionError(f"no robot state from both arms: {out.tail()}")
+
+                def latest(arm):
+                    return next(x for x in reversed(sub.history("robot/state")) if x.source == arm)
+
+                left0, right0 = np.array(latest("arm_left").ee_pose), np.array(latest("arm_right").ee_pose)
+                goal = left0.copy()
+                goal[:3] += [0.05, -0.05, -0.10]
+                client = ArmClient(cfg, run_dir, arm="arm_left", source="test_bimanual")
+                try:
+                    stamps, poses = straight_line(left0, goal, now_ns() + 100_000_000, speed=0.15)
+                    client.send_schedule(stamps, poses, space="ee")
+                    time.sleep((stamps[-1] - now_ns()) / 1e9 + 1.0)
+                finally:
+                    client.close()
+                left1, right1 = np.array(latest("arm_left").ee_pose), np.array(latest("arm_right").ee_pose)
+                assert np.linalg.norm(left1[:3] - goal[:3]) < 0.005, (left1, goal)
+                assert np.linalg.norm(right1[:3] - right0[:3]) < 0.001, (right0, right1)
+                frame = sub.wait_for("camera/left_wrist", 10)
+                assert frame is not None and frame.color.shape == (120, 160, 3) and frame.color.max() > 0
+            finally:
+                sub.close()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(HIL_CONFIG.format(run_dir=run_dir).replace("arm: left}", "arm: middle}"))
+    with pytest.raises((ConfigError, ValueError), match="middle"):
+        load_config(bad)
