@@ -80,6 +80,28 @@ class GoToPolicy(Policy):
         return out
 
 
+class MultiArmGoTo(Policy):
+    """:class:`GoToPolicy` for several arms driven in lockstep: arm i goes to ``goals[i]`` (3,) m
+    in its own base frame. Observation ``ee_pose`` (To, 7 N) and actions (H, 8 N) are the arms'
+    blocks in order (the controller's layout for ``arms``); each block is one GoToPolicy's."""
+
+    def __init__(self, goals, speed: float = 0.05, horizon: int = 16, obs_horizon: int = 2, dt: float = 0.1,
+                 offset: int = 0):
+        self.arms = [GoToPolicy(g, speed, horizon, obs_horizon, dt, offset) for g in goals]
+        n = len(self.arms)
+        self.metadata = PolicyMetadata(obs_shapes={"ee_pose": ((7 * n,), "<f4")}, obs_horizon=obs_horizon,
+                                       horizon=horizon, action_dim=8 * n, action_space="ee_pose+gripper", dt=dt,
+                                       offset=offset, supports_prefix=True)
+
+    def predict(self, obs, committed_prefix=None, frozen=None):
+        ee = np.asarray(obs["ee_pose"])
+        out = [p.predict({"ee_pose": ee[:, 7 * i:7 * i + 7]},
+                         None if committed_prefix is None else np.asarray(committed_prefix)[:, 8 * i:8 * i + 8], frozen)
+               for i, p in enumerate(self.arms)]
+        self.last_frozen = self.arms[0].last_frozen
+        return np.concatenate(out, axis=1)
+
+
 class GoToConfig(DeviceConfig):
     """Policy backend ``goto``: the scripted :class:`GoToPolicy` (tests, benchmarks, bring-up).
 
@@ -94,6 +116,13 @@ class GoToConfig(DeviceConfig):
     horizon: int = Field(16, ge=1, description="prediction horizon H (actions per chunk)")
     obs_horizon: int = Field(2, ge=1, description="observation horizon To")
     dt: float = Field(0.1, gt=0, description="action period, s")
+    goals: list[tuple[float, float, float]] | None = Field(
+        None, min_length=1, description="several arms in lockstep: one goal per arm (its base frame, m), in the "
+                                        "controller's arm order (MultiArmGoTo); replaces goal")
 
-    def build(self, ctx, params) -> GoToPolicy:
+    def build(self, ctx, params) -> Policy:
+        if self.goals is not None:
+            if self.via is not None:
+                raise ValueError("goto: via is for one arm (goal), not with goals")
+            return MultiArmGoTo(self.goals, self.speed, self.horizon, self.obs_horizon, self.dt)
         return GoToPolicy(self.goal, self.speed, self.horizon, self.obs_horizon, self.dt, via=self.via)

@@ -109,6 +109,9 @@ def spec_mismatch(md: PolicyMetadata, obs_keys: list[str] | None, obs_horizon: i
             out.append(f"{k}: the policy takes {shape[0]}x{shape[1]} images, the controller resizes to "
                        f"{image_size[0]}x{image_size[1]}")
     if md.action_space != action_space or md.action_dim != action_dim:
-        out.append(f"actions: the policy outputs {md.action_dim}-D {md.action_space!r}, the controller executes "
-                   f"{action_dim}-D {action_space!r}")
+        def arms(d: int) -> str:
+            return f" ({d // 8} arm{'s' if d // 8 != 1 else ''})" if d % 8 == 0 and action_space == "ee_pose+gripper" else ""
+
+        out.append(f"actions: the policy outputs {md.action_dim}-D {md.action_space!r}{arms(md.action_dim)}, the "
+                   f"controller executes {action_dim}-D {action_space!r}{arms(action_dim)}")
     return out

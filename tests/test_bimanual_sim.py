@@ -162,3 +162,98 @@ def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
     bad.write_text(HIL_CONFIG.format(run_dir=run_dir).replace("arm: left}", "arm: middle}"))
     with pytest.raises((ConfigError, ValueError), match="middle"):
         load_config(bad)
+
+
+LOCKSTEP_CONFIG = """
+name: hil_lockstep
+run_dir: {run_dir}
+nodes:
+  sim:
+    kind: sim_world
+    params:
+      rate_hz: 500
+      state_rate_hz: 30
+      arms:
+        left: {{base: [0.0, 0.4, 0.0, 0.0]}}
+        right: {{base: [0.1, -0.4, 0.0, 0.5]}}
+  arm_left:
+    kind: arm
+    params: {{driver: {{type: sim, arm: left}}, safety: {{heartbeat_timeout_s: 0.5, max_jump_ee: 0.08}}}}
+  arm_right:
+    kind: arm
+    params: {{driver: {{type: sim, arm: right}}, safety: {{heartbeat_timeout_s: 0.5, max_jump_ee: 0.08}}}}
+  policy:
+    kind: policy
+    params: {{backend: {backend}}}
+  controller:
+    kind: controller
+    params: {{arms: [arm_left, arm_right], strategy: async, rate_hz: 10, autostart: true}}
+"""
+
+
+@pytest.mark.hil
+def test_one_controller_drives_two_arms_in_lockstep(tmp_path):
+    """A two-arm chunking policy (16-D actions, each arm toward its own goal in its base frame)
+    through one controller: both arms reach their goals, and every control step's schedules for
+    the two arms carry the same stamps."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from conftest import launched
+    from robot_stack.comm.messages import WaypointSchedule
+    from robot_stack.comm.transport import Subscriber
+    from robot_stack.runtime.config import load_config
+
+    goals = {"arm_left": [0.45, -0.05, 0.25], "arm_right": [0.50, 0.10, 0.35]}
+    run_dir = Path(tempfile.mkdtemp(prefix="rs-ls-"))
+    cfg_path = tmp_path / "ls.yaml"
+    backend = f"{{type: goto, goals: [{goals['arm_left']}, {goals['arm_right']}], speed: 0.1}}"
+    cfg_path.write_text(LOCKSTEP_CONFIG.format(run_dir=run_dir, backend=backend))
+    try:
+        with launched(cfg_path) as (launcher, out):
+            cfg = load_config(cfg_path)
+            sub = Subscriber([cfg.pub_endpoint(n, run_dir) for n in ("arm_left", "arm_right", "controller")],
+                             ("robot/state", WaypointSchedule.EXECUTED_TOPIC), history=5000, name="test-ls")
+            try:
+                def latest(arm):
+                    return next((x for x in reversed(sub.history("robot/state")) if x.source == arm), None)
+
+                deadline = time.monotonic() + 90
+                err = {}
+                while time.monotonic() < deadline:
+                    assert not launcher.dead, out.tail()
+                    for a, g in goals.items():
+                        st = latest(a)
+                        err[a] = np.inf if st is None else float(np.linalg.norm(np.array(st.ee_pose[:3]) - g))
+                    if max(err.values()) < 0.004:
+                        break
+                    time.sleep(0.2)
+                assert max(err.values()) < 0.004, (err, out.tail())
+                acts = sub.history(WaypointSchedule.EXECUTED_TOPIC)
+                by_arm = {a: [m for m in acts if m.arm == a] for a in goals}
+                assert len(by_arm["arm_left"]) > 10 and len(by_arm["arm_left"]) == len(by_arm["arm_right"])
+                for ml, mr in zip(by_arm["arm_left"], by_arm["arm_right"]):
+                    np.testing.assert_array_equal(ml.stamps_ns, mr.stamps_ns)
+            finally:
+                sub.close()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.mark.hil
+def test_a_two_arm_controller_refuses_a_one_arm_policy(tmp_path, run_dir):
+    """The policy's spec says 8-D actions (one arm); the controller drives two: it ends at start-up
+    naming the difference."""
+    from conftest import launched
+
+    cfg_path = tmp_path / "mm.yaml"
+    cfg_path.write_text(LOCKSTEP_CONFIG.format(run_dir=run_dir, backend="{type: goto, goal: [0.5, 0.0, 0.3]}"))
+    with launched(cfg_path) as (launcher, out):
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "controller" not in launcher.dead:
+            time.sleep(0.1)
+        assert launcher.dead.get("controller") == 1, out.tail()
+        log = out.tail(80)
+        assert "the policy's spec does not match this controller" in log
+        assert "8-D 'ee_pose+gripper' (1 arm), the controller executes 16-D 'ee_pose+gripper' (2 arms)" in log

@@ -413,6 +413,8 @@ class WaypointSchedule(Message):
         space: "joint" or "ee".
         gripper: (N,) float64 gripper opening targets in [0, 1], or None to leave it.
         origin: action source ("policy", "teleop", "cli", ...).
+        arm: the arm node it is for, on ``controller/action`` of a multi-arm controller ("" for
+            a one-arm controller).
     """
 
     SCHEMA: ClassVar[str] = "waypoint_schedule"
@@ -424,6 +426,7 @@ class WaypointSchedule(Message):
     space: str = scalar("str", "joint", choices=("joint", "ee"))
     gripper: np.ndarray | None = array(FLOAT64, (None,), optional=True)
     origin: str = scalar("str", "")
+    arm: str = scalar("str", "")
 
     def check(self) -> None:
         n = self.stamps_ns.shape[0]

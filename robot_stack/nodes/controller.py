@@ -34,6 +34,13 @@ The strategies themselves are plain classes over an injected clock
 becomes, what each control step sends); this node does the I/O and the threads around them, and
 keeps the committed plan with the arm node's merge rule.
 
+Several arms (``arms``, bimanual): one controller drives them in lockstep. A chunk covers every
+arm, 8 actions [x y z qx qy qz qw gripper] per arm in the order of ``arms``, each in its arm's base
+frame; each control step's schedule goes to every arm with the same stamps. The observation's
+``state`` is the arms' state vectors in that order, all at the window's times. Safety stays per arm
+(each arm node checks its own schedules); a stale stream, or an arm in e-stop, holds every arm
+(``hold_together``).
+
 Metrics in the heartbeat: inference latency, delay d, dropped (stale) actions, late steps, chunks
 over budget, the jump in commanded position at chunk switches, observation holds.
 """
@@ -64,6 +71,10 @@ log = logging.getLogger(__name__)
 
 class ControllerParams(NodeParams):
     arm: str = "arm"
+    arms: list[str] | None = Field(None, min_length=1, description=(
+        "several arm nodes driven in lockstep (bimanual): a chunk holds 8 actions per arm in this order, each "
+        "in its arm's base frame, and the state is their state vectors in this order. None: the one arm ``arm``"))
+    hold_together: bool = Field(True, description="several arms: an arm in e-stop holds the others too")
     policy: str = Field("policy", description="policy node name (ignored when policy_endpoint is set)")
     policy_endpoint: str | None = Field(None, description="a remote policy: tcp://... (our protocol, CURVE off-host) "
                                         "or ws://127.0.0.1:PORT / wss://... (openpi's websocket protocol)")
@@ -98,8 +109,13 @@ class ControllerParams(NodeParams):
     request_on_frame: bool = Field(True, description="async/rtc/ensemble: a due request waits (up to max_obs_age_s) "
                                    "for the frame that advances the observation anchor")
 
+    @property
+    def arm_nodes(self) -> list[str]:
+        """The arm nodes this controller drives, in action order."""
+        return list(self.arms) if self.arms else [self.arm]
+
     def references(self) -> dict[str, str]:
-        refs = {self.arm: "arm", **{c: "camera" for c in self.cameras}}
+        refs = {**{a: "arm" for a in self.arm_nodes}, **{c: "camera" for c in self.cameras}}
         if self.teleop:
             refs[self.teleop] = "teleop"
         if self.source == "policy" and self.policy_endpoint is None:
@@ -123,16 +139,29 @@ class ControllerNode(Node):
             if nc is None or nc.kind != "camera":
                 raise ValueError(f"controller.cameras: {c!r} is not a camera node")
             self.cam_ids[c] = nc.typed.camera_id
-        self.sub = self.ctx.subscriber([p.arm, *p.cameras], (RobotState.TOPIC, CameraFrame.TOPIC), history=500)
-        # the arm's heartbeat comes from this node's control step itself (``step``), so a hung or
-        # stopped control loop reads as silent and the arm holds after its heartbeat timeout
-        self.arm = self.ctx.arm_client(p.arm, heartbeat_hz=0)
-        arm_nc = cfg.nodes.get(p.arm)
-        if arm_nc is not None and arm_nc.kind == "arm":
-            hb_timeout = float(arm_nc.typed.safety.heartbeat_timeout_s)
-            if 1.0 / p.rate_hz >= 0.5 * hb_timeout:
-                raise ValueError(f"controller.rate_hz {p.rate_hz} Hz: the control period must be under half "
-                                 f"the arm's heartbeat timeout ({hb_timeout} s)")
+        self.arm_names = p.arm_nodes
+        if len(set(self.arm_names)) != len(self.arm_names):
+            raise ValueError(f"controller.arms: an arm is named twice in {self.arm_names}")
+        self.multi = len(self.arm_names) > 1
+        if self.multi and p.source == "teleop":
+            raise ValueError("controller.source teleop drives one arm; several arms take policy or external actions")
+        if self.multi and p.fast is not None:
+            raise ValueError("controller.fast: the fast layer corrects one arm's plan")
+        #: action dimension: 8 per arm [x y z qx qy qz qw gripper]
+        self.action_dim = 8 * len(self.arm_names)
+        self.sub = self.ctx.subscriber([*self.arm_names, *p.cameras], (RobotState.TOPIC, CameraFrame.TOPIC),
+                                       history=500 * len(self.arm_names))
+        # the arms' heartbeats come from this node's control step itself (``step``), so a hung or
+        # stopped control loop reads as silent and the arms hold after their heartbeat timeout
+        self.arm_clients = {a: self.ctx.arm_client(a, heartbeat_hz=0) for a in self.arm_names}
+        self.arm = self.arm_clients[self.arm_names[0]]
+        for a in self.arm_names:
+            arm_nc = cfg.nodes.get(a)
+            if arm_nc is not None and arm_nc.kind == "arm":
+                hb_timeout = float(arm_nc.typed.safety.heartbeat_timeout_s)
+                if 1.0 / p.rate_hz >= 0.5 * hb_timeout:
+                    raise ValueError(f"controller.rate_hz {p.rate_hz} Hz: the control period must be under half "
+                                     f"the heartbeat timeout of arm {a} ({hb_timeout} s)")
         self.has_policy = p.policy_endpoint is not None or p.policy in cfg.nodes
         # the observation the policy gets: as configured, else from its spec (_check_spec), else these
         self.obs_keys: list[str] = list(p.obs_keys or ["ee_pose"])
@@ -183,8 +212,8 @@ class ControllerNode(Node):
         kw = dict(m=p.ensemble_m, steps=p.ensemble_steps) if p.strategy == "ensemble" else {}
         self.strategy = STRATEGIES[p.strategy](self.dt_ns, int(p.exec_latency_s * 1e9), p.execute_horizon, **kw)
         self.replay_stamps = np.zeros(0, np.int64)  # a replayed action stream, fed to the arm piecewise
-        self.replay_actions = np.zeros((0, 8))
-        self.plan = CommittedPlan(8, self.dt_ns // 2)  # the committed trajectory sent to the arm
+        self.replay_actions = np.zeros((0, self.action_dim))
+        self.plan = CommittedPlan(self.action_dim, self.dt_ns // 2)  # the committed trajectory sent to the arms
         self.request_id = 0
         #: bumped whenever the plan is dropped (episode events, interventions, holds): a chunk whose
         #: request left under an older generation was observed in another episode or before the
@@ -218,13 +247,48 @@ class ControllerNode(Node):
             self._worker.start()
 
     # ------------------------------------------------------------------------- observation
+    def _states(self, arm: str) -> list:
+        """Recent RobotState messages of one arm node, oldest first."""
+        hist = self.sub.history(RobotState.TOPIC)
+        return [m for m in hist if m.source == arm] if self.multi else hist
+
+    def _latest_state(self, arm: str):
+        if not self.multi:
+            return self.sub.latest(RobotState.TOPIC)
+        return next((m for m in reversed(self.sub.history(RobotState.TOPIC)) if m.source == arm), None)
+
+    def _arm_windows(self, obs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(q, ee_pose, gripper_width) of every arm at the window's times, concatenated in arm order
+        along the last axis (one arm: the observation's own)."""
+        if not self.multi:
+            return obs.q, obs.ee_pose, obs.gripper_width[:, None]
+        from robot_stack.control.observation import interpolate_states
+
+        tol = self.dt_ns // 2
+        qs, ees, gs = [obs.q], [obs.ee_pose], [obs.gripper_width[:, None]]
+        for a in self.arm_names[1:]:
+            hist = self._states(a)
+            if not hist:
+                raise StaleStreamError(f"{RobotState.TOPIC} of {a}", "no robot state received")
+            st = np.array([m.stamp_ns for m in hist], np.int64) - self.latency_offsets.get(RobotState.TOPIC, 0)
+            if obs.times_ns[-1] - st[-1] > tol:
+                raise StaleStreamError(f"{RobotState.TOPIC} of {a}",
+                                       f"newest state is {(obs.times_ns[-1] - st[-1]) / 1e6:.0f} ms behind the window")
+            q, ee, g = interpolate_states(st, np.array([m.q for m in hist]), np.array([m.ee_pose for m in hist]),
+                                          np.array([m.gripper_width for m in hist]), obs.times_ns, max_extrapolation_ns=tol)
+            qs.append(q)
+            ees.append(ee)
+            gs.append(np.asarray(g)[:, None])
+        return np.concatenate(qs, 1), np.concatenate(ees, 1), np.concatenate(gs, 1)
+
     def _observation(self):
         frames = {cid: self.sub.history(CameraFrame.topic(cid)) for cid in self.cam_ids.values()}
-        obs = assemble(frames, self.sub.history(RobotState.TOPIC), self.obs_horizon, self.dt_ns, now_ns(),
+        obs = assemble(frames, self._states(self.arm_names[0]), self.obs_horizon, self.dt_ns, now_ns(),
                        int(self.params.max_obs_age_s * 1e9), latency_offsets_ns=self.latency_offsets)
-        arrays = {"ee_pose": obs.ee_pose.astype(np.float32), "q": obs.q.astype(np.float32),
-                  "gripper_width": obs.gripper_width.astype(np.float32)[:, None]}
-        arrays["state"] = state_vector(obs.ee_pose, obs.gripper_width)
+        q, ee, g = self._arm_windows(obs)
+        arrays = {"ee_pose": ee.astype(np.float32), "q": q.astype(np.float32), "gripper_width": g.astype(np.float32)}
+        arrays["state"] = np.concatenate([state_vector(ee[:, 7 * i:7 * i + 7], g[:, i])
+                                          for i in range(len(self.arm_names))], axis=1)
         for cid in obs.color:
             size = self.params.image_size or self.image_sizes.get(cid)
             arrays[f"{cid}.color"] = camera_images(obs.color[cid], size)
@@ -316,7 +380,8 @@ class ControllerNode(Node):
                 log.warning("the policy at %s sent a malformed spec (%s): observations are checked per request",
                             self.endpoint, e)
                 return True
-            diffs = spec_mismatch(md, p.obs_keys, p.obs_horizon, p.image_size, list(self.cam_ids.values()))
+            diffs = spec_mismatch(md, p.obs_keys, p.obs_horizon, p.image_size, list(self.cam_ids.values()),
+                                  action_dim=self.action_dim)
             if diffs:
                 self.fail("the policy's spec does not match this controller: " + "; ".join(diffs))
                 return False
@@ -426,15 +491,17 @@ class ControllerNode(Node):
         else:  # woken by the frame's arrival: its age now is the camera pipeline's latency
             self.stages["frame_arrival"].append((now_ns() - f.stamp_ns - self.latency_offsets.get(cid, 0)) / 1e6)
 
-    @staticmethod
-    def _chunk_problem(actions: np.ndarray) -> str | None:
-        """Why a policy's chunk cannot be executed (None if it can): it must be (H >= 1, 8) TCP
-        poses + gripper, finite, with non-zero quaternions. The arm node checks the rest."""
-        if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] != 8:
-            return f"actions of shape {actions.shape}, expected (H >= 1, 8) [x y z qx qy qz qw gripper]"
+    def _chunk_problem(self, actions: np.ndarray) -> str | None:
+        """Why a policy's chunk cannot be executed (None if it can): it must be (H >= 1, 8 per arm)
+        TCP poses + gripper, finite, with non-zero quaternions. The arm nodes check the rest."""
+        d = self.action_dim
+        if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] != d:
+            return (f"actions of shape {actions.shape}, expected (H >= 1, {d}) [x y z qx qy qz qw gripper]"
+                    + (f" for each of {len(self.arm_names)} arms" if self.multi else ""))
         if not np.all(np.isfinite(actions)):
             return "actions contain NaN or inf"
-        if np.any(np.linalg.norm(actions[:, 3:7], axis=1) < 1e-6):
+        quats = actions.reshape(len(actions), -1, 8)[:, :, 3:7]
+        if np.any(np.linalg.norm(quats, axis=2) < 1e-6):
             return "a zero quaternion"
         return None
 
@@ -448,12 +515,13 @@ class ControllerNode(Node):
             self.generation += 1
         if had_plan:
             self.stats["stale_holds"] += 1
-            log.warning("arm told to hold: %s", why)
-            try:
-                self.arm.hold()
-            except TransportTimeout as e:
-                self.stats["errors"] += 1
-                log.error("arm not reachable: %s", e)
+            log.warning("arm%s told to hold: %s", "s" if self.multi else "", why)
+            for client in self.arm_clients.values():
+                try:
+                    client.hold()
+                except TransportTimeout as e:
+                    self.stats["errors"] += 1
+                    log.error("arm not reachable: %s", e)
 
     def _on_chunk(self, actions: np.ndarray, t_obs: int, arrival: int, dt_ns: int, offset: int,
                   frozen: int = -1, generation: int | None = None) -> None:
@@ -503,21 +571,26 @@ class ControllerNode(Node):
             self.switch_jerk.append(jerk)
         if self.fast is not None and origin == "policy":
             actions = self.fast.shift(actions)  # the plan's next steps keep the fast layer's correction
-        poses = actions[:, :7].copy()
-        poses[:, 3:] /= np.linalg.norm(poses[:, 3:], axis=1, keepdims=True)
-        gripper = np.clip(actions[:, 7], 0, 1) if actions.shape[1] > 7 else None
-        self._dispatch(stamps, poses, "ee", gripper, origin)
+        for i, arm in enumerate(self.arm_names):  # every arm, the same stamps (lockstep)
+            a = actions[:, 8 * i:8 * i + 8]
+            poses = a[:, :7].copy()
+            poses[:, 3:] /= np.linalg.norm(poses[:, 3:], axis=1, keepdims=True)
+            gripper = np.clip(a[:, 7], 0, 1) if a.shape[1] > 7 else None
+            self._dispatch(stamps, poses, "ee", gripper, origin, arm)
         if t_obs is not None:
             t1 = now_ns()
             self.stages["send"].append((t1 - t0) / 1e6)
             self.e2e_ms.append((t1 - t_obs) / 1e6)
 
-    def _dispatch(self, stamps: np.ndarray, positions: np.ndarray, space: str, gripper, origin: str) -> None:
-        """Send a schedule to the arm node and publish it on ``controller/action`` (for the recorder)."""
+    def _dispatch(self, stamps: np.ndarray, positions: np.ndarray, space: str, gripper, origin: str,
+                  arm: str | None = None) -> None:
+        """Send a schedule to an arm node (default the first) and publish it on ``controller/action``
+        (for the recorder; with ``arm`` set when this controller drives several)."""
+        arm = arm or self.arm_names[0]
         msg = WaypointSchedule(stamps_ns=np.asarray(stamps, np.int64), positions=positions, space=space,
-                               gripper=gripper, origin=origin)
+                               gripper=gripper, origin=origin, arm=arm if self.multi else "")
         try:
-            self.arm.send_schedule(msg.stamps_ns, positions, space=space, gripper=gripper, origin=origin)
+            self.arm_clients[arm].send_schedule(msg.stamps_ns, positions, space=space, gripper=gripper, origin=origin)
             self.pub.publish(WaypointSchedule.EXECUTED_TOPIC, msg)
         except TransportTimeout as e:
             self.stats["errors"] += 1
@@ -567,6 +640,8 @@ class ControllerNode(Node):
 
     def _on_event(self, ev) -> None:
         if isinstance(ev, WaypointSchedule):
+            if self.multi:
+                raise ValueError("replay schedules drive one arm; this controller drives several")
             if ev.space != "ee" or ev.positions.shape[1] != 7:
                 raise ValueError(f"replay schedules are TCP poses (N, 7), got {ev.space} {ev.positions.shape}")
             if self.enabled:  # a replayed action stream goes the same way as a policy's actions
@@ -601,7 +676,7 @@ class ControllerNode(Node):
 
     def _clear_plan(self) -> None:
         self.replay_stamps = np.zeros(0, np.int64)
-        self.replay_actions = np.zeros((0, 8))
+        self.replay_actions = np.zeros((0, self.action_dim))
         with self.lock:
             self.plan.clear()
             self.strategy.reset()
@@ -618,9 +693,10 @@ class ControllerNode(Node):
         self.teleop_seq = cmds[-1].seq
         for c in cmds:
             if "estop" in c.buttons:
-                self.arm.estop("teleop e-stop button")
+                for client in self.arm_clients.values():
+                    client.estop("teleop e-stop button")
                 log.warning("e-stop from teleop")
-            if "intervene" in c.buttons and self.source != "teleop":
+            if "intervene" in c.buttons and self.source != "teleop" and not self.multi:
                 self.source = "teleop"
                 self.stats["interventions"] += 1
                 self._clear_plan()
@@ -655,11 +731,16 @@ class ControllerNode(Node):
 
     def step(self) -> None:
         if self._fatal is None:
-            try:
-                self.arm.heartbeat()  # from the control loop itself: a hung loop reads as silent
-            except TransportTimeout:
-                self.stats["errors"] += 1
+            for client in self.arm_clients.values():
+                try:
+                    client.heartbeat()  # from the control loop itself: a hung loop reads as silent
+                except TransportTimeout:
+                    self.stats["errors"] += 1
         self._events()
+        if self.multi and self.params.hold_together and self.enabled:
+            stopped = [a for a in self.arm_names if getattr(self._latest_state(a), "mode", None) == "estop"]
+            if stopped:
+                self._hold_arm(f"arm {', '.join(stopped)} is in e-stop")
         self._replay_step()
         if self.teleop_sub is not None:
             self._teleop_step()
@@ -707,8 +788,8 @@ class ControllerNode(Node):
         for s in ("rx", "teleop_sub"):
             if getattr(self, s, None) is not None:
                 getattr(self, s).close()
-        if hasattr(self, "arm"):
-            self.arm.close()
+        for client in getattr(self, "arm_clients", {}).values():
+            client.close()
         if hasattr(self, "sub"):
             self.sub.close()
 
