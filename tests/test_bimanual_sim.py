@@ -257,3 +257,47 @@ def test_a_two_arm_controller_refuses_a_one_arm_policy(tmp_path, run_dir):
         log = out.tail(80)
         assert "the policy's spec does not match this controller" in log
         assert "8-D 'ee_pose+gripper' (1 arm), the controller executes 16-D 'ee_pose+gripper' (2 arms)" in log
+
+
+@pytest.mark.hil
+def test_a_two_arm_episode_records_each_arm_by_name(tmp_path):
+    """The recorder of a two-arm setup writes robot_state/<arm> and action/<arm> for each arm (the
+    controller's lockstep schedules: the same target times for both) and lists both robots."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from robot_stack.apps.session import Session
+    from robot_stack.data.dataset import list_episodes, open_episode
+
+    run_dir = Path(tempfile.mkdtemp(prefix="rs-lr-"))
+    root = tmp_path / "episodes"
+    cfg_path = tmp_path / "rec.yaml"
+    text = LOCKSTEP_CONFIG.format(run_dir=run_dir,
+                                  backend="{type: goto, goals: [[0.45, -0.05, 0.25], [0.5, 0.1, 0.35]], speed: 0.1}")
+    text += (f"  recorder:\n    kind: recorder\n    params: {{root: {root}, arms: [arm_left, arm_right], "
+             "controller: controller, flush_every_s: 0.2}\n")
+    cfg_path.write_text(text)
+    s = Session(cfg_path)
+    try:
+        s.start(("robot/state", "heartbeat/recorder"))
+        s.send_event("start", ["recorder"])
+        time.sleep(3.0)
+        s.send_event("stop", ["recorder"])
+        deadline = time.monotonic() + 15
+        while not list_episodes(root) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        s.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    ep = open_episode(list_episodes(root)[0])
+    streams = set(ep.streams())
+    assert {"robot_state/arm_left", "robot_state/arm_right", "action/arm_left", "action/arm_right"} <= streams, streams
+    assert "robot_state" not in streams and "action" not in streams
+    rl, rr = ep.load("robot_state/arm_left"), ep.load("robot_state/arm_right")
+    assert len(rl["stamp_ns"]) > 200 and len(rr["stamp_ns"]) > 200
+    assert np.abs(rl["ee_pose"][-1, :3] - rr["ee_pose"][-1, :3]).max() > 0.05  # two different arms
+    al, ar = ep.load("action/arm_left"), ep.load("action/arm_right")
+    assert len(al["target_ns"]) > 10
+    np.testing.assert_array_equal(np.sort(al["target_ns"]), np.sort(ar["target_ns"]))
+    assert [r["arm_node"] for r in ep.meta["robots"]] == ["arm_left", "arm_right"]

@@ -11,6 +11,10 @@ before the stop, after a short grace period for frames still in flight), ``disca
 (``robot_stack.data.dataset``): crash-safe, and a full disk stops the recording with a clear error,
 leaving earlier episodes untouched.
 
+Several arms (``arms``, bimanual): each arm's states go to ``robot_state/<arm node>`` and the
+controller's schedules for it (``WaypointSchedule.arm``) to ``action/<arm node>``, with the same
+fields as the one-arm streams; the episode's ``robots`` metadata lists every arm in order.
+
 On start-up, episodes interrupted by a crash (``*.zarr.partial``) are recovered up to their last
 complete sample or discarded, as ``on_interrupted`` says, with a log line for each.
 """
@@ -40,6 +44,9 @@ _NO_WRENCH = np.full(6, np.nan)
 class RecorderParams(NodeParams):
     root: str = Field(..., description="dataset folder (episodes are written here)")
     arm: str = "arm"
+    arms: list[str] | None = Field(None, min_length=1, description=(
+        "several arm nodes (bimanual), in the controller's order: streams robot_state/<arm> and action/<arm>. "
+        "None: the one arm ``arm`` (streams robot_state and action)"))
     cameras: list[str] = Field(default_factory=list, description="camera node names")
     teleop: str | None = None
     controller: str | None = None
@@ -51,8 +58,12 @@ class RecorderParams(NodeParams):
     on_interrupted: Literal["recover", "discard"] = "recover"
     task: str = ""
 
+    @property
+    def arm_nodes(self) -> list[str]:
+        return list(self.arms) if self.arms else [self.arm]
+
     def references(self) -> dict[str, str]:
-        refs = {self.arm: "arm", **{c: "camera" for c in self.cameras}}
+        refs = {**{a: "arm" for a in self.arm_nodes}, **{c: "camera" for c in self.cameras}}
         for key, kind in (("teleop", "teleop"), ("controller", "controller"), ("sim_world", "sim_world")):
             if getattr(self, key):
                 refs[getattr(self, key)] = kind
@@ -74,7 +85,8 @@ class RecorderNode(Node):
                 self.recovered += 1
             else:
                 self.discarded_on_start += 1
-        nodes = [p.arm, *p.cameras] + [n for n in (p.teleop, p.controller, p.sim_world) if n]
+        self.multi = len(p.arm_nodes) > 1
+        nodes = [*p.arm_nodes, *p.cameras] + [n for n in (p.teleop, p.controller, p.sim_world) if n]
         self.sub = self.ctx.subscriber(nodes, (RobotState.TOPIC, CameraFrame.TOPIC, TeleopCommand.TOPIC, WaypointSchedule.EXECUTED_TOPIC,
                                                ObjectState.TOPIC),
                                        queue_size=p.queue_size, hwm=10000)
@@ -92,20 +104,23 @@ class RecorderNode(Node):
         log.info("recording into %s (recovered %d, discarded %d interrupted episodes)", p.root, self.recovered,
                  self.discarded_on_start)
 
-    def _robot_meta(self, arm) -> dict:
-        """The recorded arm: node name, typed driver config and robot model name."""
+    def _robot_meta(self, name: str) -> dict:
+        """A recorded arm: node name, typed driver config and robot model name."""
+        arm = self.ctx.config.nodes.get(name)
         if arm is None or arm.kind != "arm":
-            return {"arm_node": self.params.arm, "driver": None, "model": None}
+            return {"arm_node": name, "driver": None, "model": None}
         ap = arm.typed
-        return {"arm_node": self.params.arm, "driver": ap.driver.model_dump(mode="json"), "model": ap.robot_name(self.ctx.config)}
+        return {"arm_node": name, "driver": ap.driver.model_dump(mode="json"), "model": ap.robot_name(self.ctx.config)}
 
     def _meta(self, ev: EpisodeEvent) -> dict:
         cfg = self.ctx.config
         rates = {n: nc.typed.rate_hz for n, nc in cfg.nodes.items() if hasattr(nc.typed, "rate_hz")}
-        arm = cfg.nodes.get(self.params.arm)
+        arms = self.params.arm_nodes
         meta = {"task": ev.task or self.params.task, "episode_event": ev.episode, "config_name": cfg.name,
                 "config": cfg.model_dump(mode="json"), "rates_hz": rates,
-                "robot": self._robot_meta(arm)}
+                "robot": self._robot_meta(arms[0])}
+        if self.multi:
+            meta["robots"] = [self._robot_meta(a) for a in arms]
         if cfg.calibration is not None:
             from pathlib import Path
 
@@ -160,7 +175,7 @@ class RecorderNode(Node):
     def _add(self, topic: str, msg) -> None:
         w = self.writer
         if isinstance(msg, RobotState):
-            w.add("robot_state", msg.stamp_ns, q=msg.q, dq=msg.dq, ee_pose=msg.ee_pose,
+            w.add(f"robot_state/{msg.source}" if self.multi else "robot_state", msg.stamp_ns, q=msg.q, dq=msg.dq, ee_pose=msg.ee_pose,
                   gripper_width=np.float64(msg.gripper_width),
                   wrench=_NO_WRENCH if msg.wrench is None else msg.wrench)  # NaN: the arm measures none
         elif isinstance(msg, CameraFrame):
@@ -185,6 +200,10 @@ class RecorderNode(Node):
             origin = np.int8(ORIGINS.index(msg.origin)) if msg.origin in ORIGINS else np.int8(-1)
             # ee waypoints -> "action" (pose); joint waypoints (leader-arm teleop) -> "action_joint" (q)
             stream, field = ("action_joint", "q") if msg.space == "joint" else ("action", "pose")
+            if self.multi:
+                if msg.arm not in self.params.arm_nodes:
+                    raise ValueError(f"an action for arm {msg.arm!r}, recording {self.params.arm_nodes}")
+                stream = f"{stream}/{msg.arm}"
             for i in range(len(msg.stamps_ns)):
                 w.add(stream, msg.stamp_ns, target_ns=np.int64(msg.stamps_ns[i]), **{field: msg.positions[i]},
                       gripper=np.float64(1.0 if msg.gripper is None else msg.gripper[i]), origin=origin)
