@@ -124,3 +124,59 @@ def test_import_without_videos_and_other_formats(tmp_path):
         import_lerobot(rlds, tmp_path / "x")
     with pytest.raises(LeRobotError, match="RLDS"):
         import_lerobot(tmp_path / "bridge", tmp_path / "x")
+
+
+def make_bimanual_episode(root, n_frames=30, seed=0):
+    """Two arms (nodes arm_left, arm_right) at 250 Hz: left x = t, right y = -t (m, t in s);
+    each arm's actions at 10 Hz lead its state by 0.1 s; a top camera at 15 Hz."""
+    from robot_stack.data.dataset import EpisodeWriter
+
+    ms = 1_000_000
+    rng = np.random.default_rng(seed)
+    w = EpisodeWriter(root, meta={"robots": [{"arm_node": "arm_left"}, {"arm_node": "arm_right"}]})
+    t0 = 10_000 * ms
+    pose = {"arm_left": lambda s: np.r_[s, 0.2, 0.3, 1, 0, 0, 0], "arm_right": lambda s: np.r_[0.5, -s, 0.4, 0, 1, 0, 0]}
+    grip = {"arm_left": 0.08, "arm_right": 0.02}
+    for i in range(int(n_frames / 15 * 250)):
+        t = t0 + i * 4 * ms
+        for a in pose:
+            w.add(f"robot_state/{a}", t, q=np.zeros(7), dq=np.zeros(7), ee_pose=pose[a]((t - t0) / 1e9),
+                  gripper_width=np.float64(grip[a]))
+    for k in range(n_frames):
+        w.add("camera/top", t0 + k * 66_666_667, frame_index=np.int64(k),
+              color=rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    for k in range(n_frames * 10 // 15):
+        t = t0 + k * 100 * ms
+        for a in pose:
+            w.add(f"action/{a}", t, target_ns=np.int64(t + 100 * ms), pose=pose[a]((t - t0) / 1e9 + 0.1),
+                  gripper=np.float64(1.0 if a == "arm_left" else 0.0), origin=np.int8(0))
+    return w.close()
+
+
+def test_bimanual_export_names_each_arm_and_imports_back_identically(tmp_path):
+    ep_path = make_bimanual_episode(tmp_path / "native")
+    out = export_lerobot([ep_path], tmp_path / "lr", fps=10, robot_type="bimanual_panda_sim")
+    info = json.loads((out / "meta" / "info.json").read_text())
+    names = info["features"]["observation.state"]["names"]
+    assert info["features"]["observation.state"]["shape"] == [16] and info["features"]["action"]["shape"] == [16]
+    assert names[:3] == ["left_x", "left_y", "left_z"] and names[8:11] == ["right_x", "right_y", "right_z"]
+    assert names[7] == "left_gripper_width" and info["features"]["action"]["names"][15] == "right_gripper_open"
+    data = pq.read_table(out / "data" / "chunk-000" / "file-000.parquet")
+    state = np.stack(data.column("observation.state").to_numpy(zero_copy_only=False))
+    action = np.stack(data.column("action").to_numpy(zero_copy_only=False))
+    t = np.arange(len(state)) * 0.1
+    np.testing.assert_allclose(state[:, 0], t, atol=1e-5)  # left x = t
+    np.testing.assert_allclose(state[:, 9], -t, atol=1e-5)  # right y = -t
+    np.testing.assert_allclose(state[:, [7, 15]], np.broadcast_to([0.08, 0.02], (len(t), 2)), atol=1e-6)
+    np.testing.assert_allclose(action[1:-1, 0], t[1:-1], atol=1e-5)  # left x_cmd(t) = t
+    np.testing.assert_allclose(action[1:-1, 9], -t[1:-1], atol=1e-5)
+    np.testing.assert_allclose(action[:, [7, 15]], np.broadcast_to([1.0, 0.0], (len(t), 2)))
+    back = import_lerobot(out, tmp_path / "back")
+    ep = open_episode(back[0])
+    q = ep.load("robot_state")["q"]
+    np.testing.assert_array_equal(q[:, :8], state[:, :8])  # each arm's values, unchanged
+    np.testing.assert_array_equal(q[:, 8:], state[:, 8:])
+    assert ep.meta["features"]["observation.state"] == names
+    one = make_episode(tmp_path / "one", seed=3)  # a one-arm episode does not join a two-arm dataset
+    with pytest.raises(LeRobotError, match="one dataset, one layout"):
+        export_lerobot([ep_path, one], tmp_path / "mixed", fps=10)

@@ -36,8 +36,8 @@ class LeRobotError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ export
-def _grid(ep, fps: float) -> np.ndarray:
-    st = ep.array("robot_state", "stamp_ns")[:]
+def _grid(ep, fps: float, stream: str = "robot_state") -> np.ndarray:
+    st = ep.array(stream, "stamp_ns")[:]
     n = int((st[-1] - st[0]) * fps / 1e9) + 1
     return st[0] + (np.arange(n) * 1e9 / fps).astype(np.int64)
 
@@ -101,9 +101,40 @@ def _tasks_table(tasks: list[str]):
     return t.replace_schema_metadata({b"pandas": json.dumps(meta).encode()})
 
 
+def episode_arms(ep) -> list[str]:
+    """The arm nodes of an episode in action order: [""] for a one-arm episode (stream
+    ``robot_state``), else its ``robots`` metadata's order (streams ``robot_state/<arm>``).
+
+    Raises:
+        LeRobotError: several arm streams and no order for them in the metadata.
+    """
+    streams = ep.streams()
+    if "robot_state" in streams:
+        return [""]
+    order = [r.get("arm_node") for r in ep.meta.get("robots") or []]
+    if not order or any(f"robot_state/{a}" not in streams for a in order):
+        raise LeRobotError(f"{ep.path}: no robot_state stream, and no arm order in its metadata (robots) for "
+                           f"{[s for s in streams if s.startswith('robot_state/')]}")
+    return order
+
+
+def arm_names(arms: list[str], names: list[str]) -> list[str]:
+    """Per-arm feature names: ``names`` as they are for one arm, else ``<arm>_<name>`` per arm in
+    order, the arm node's name without a leading ``arm_`` (``arm_left`` -> ``left_x``)."""
+    if arms == [""]:
+        return list(names)
+    return [f"{a.removeprefix('arm_')}_{n}" for a in arms for n in names]
+
+
 def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cameras: list[str] | None = None,
                    robot_type: str = "franka_panda_sim") -> Path:
     """Write ``episodes`` as a LeRobot v3.0 dataset in ``out`` (must not exist); returns ``out``.
+
+    ``observation.state`` and ``action`` are 8 values per arm ([x y z qx qy qz qw gripper], each
+    arm's base frame). Episodes of several arms (streams ``robot_state/<arm node>``, in the order
+    of their ``robots`` metadata) concatenate the arms in that order and name every value by its
+    arm, as LeRobot's bimanual datasets do (``left_x ... right_gripper_open``): the arm node's name
+    with a leading ``arm_`` dropped.
 
     Raises:
         LeRobotError: ``out`` exists, no episodes, or an episode lacks a needed stream.
@@ -127,6 +158,11 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
     if not episodes:
         raise LeRobotError("no episodes to export")
     eps = [open_episode(p) for p in episodes]
+    arms = episode_arms(eps[0])
+    for ep in eps[1:]:
+        if episode_arms(ep) != arms:
+            raise LeRobotError(f"{ep.path}: arms {episode_arms(ep)}, the first episode's {arms}: one dataset, one layout")
+    dim = 8 * len(arms)
     cams = cameras or sorted(s.split("/", 1)[1] for s in eps[0].streams() if s.startswith("camera/"))
     keys = {c: f"observation.images.{c}" for c in cams}
     tasks = sorted({e.meta.get("task", "") for e in eps})
@@ -141,15 +177,19 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
     try:
         index = 0
         for e_i, ep in enumerate(eps):
-            for s in ["robot_state", "action"] + [f"camera/{c}" for c in cams]:
+            sfx = [f"/{a}" if a else "" for a in arms]
+            for s in [f"robot_state{x}" for x in sfx] + [f"action{x}" for x in sfx] + [f"camera/{c}" for c in cams]:
                 if s not in ep.streams():
                     raise LeRobotError(f"{ep.path}: no {s} stream")
-            grid = _grid(ep, fps)
-            rs, act = ep.load("robot_state"), ep.load("action")
-            _, ee, g = interpolate_states(rs["stamp_ns"], rs["q"], rs["ee_pose"], rs["gripper_width"], grid,
-                                          max_extrapolation_ns=int(1e9 / fps))
-            state = state_vector(ee, g)
-            action = actions_at(act["target_ns"], act["pose"], act["gripper"], grid).astype(np.float32)
+            grid = _grid(ep, fps, f"robot_state{sfx[0]}")
+            states, actions = [], []
+            for x in sfx:
+                rs, act = ep.load(f"robot_state{x}"), ep.load(f"action{x}")
+                _, ee, g = interpolate_states(rs["stamp_ns"], rs["q"], rs["ee_pose"], rs["gripper_width"], grid,
+                                              max_extrapolation_ns=int(1e9 / fps))
+                states.append(state_vector(ee, g))
+                actions.append(actions_at(act["target_ns"], act["pose"], act["gripper"], grid).astype(np.float32))
+            state, action = np.concatenate(states, axis=1), np.concatenate(actions, axis=1)
             n = len(grid)
             rec = {"episode_index": e_i, "tasks": [ep.meta.get("task", "")], "length": n,
                    "data/chunk_index": 0, "data/file_index": 0, "dataset_from_index": index,
@@ -199,7 +239,7 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
             for pkt in streams[c].encode():
                 wtr.mux(pkt)
             wtr.close()
-    vec = lambda a: pa.array([np.asarray(r, np.float32) for r in a], type=pa.list_(pa.float32(), 8))  # noqa: E731
+    vec = lambda a: pa.array([np.asarray(r, np.float32) for r in a], type=pa.list_(pa.float32(), dim))  # noqa: E731
     table = pa.table({"observation.state": vec(rows["observation.state"]), "action": vec(rows["action"]),
                       "timestamp": pa.array(rows["timestamp"], pa.float32()),
                       **{k: pa.array(rows[k], pa.int64()) for k in ("frame_index", "episode_index", "index", "task_index")}})
@@ -208,8 +248,8 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
     pq.write_table(_tasks_table(tasks), out / "meta" / "tasks.parquet")
     names = ["x", "y", "z", "qx", "qy", "qz", "qw"]
     features = {
-        "observation.state": {"dtype": "float32", "shape": [8], "names": names + ["gripper_width"]},
-        "action": {"dtype": "float32", "shape": [8], "names": names + ["gripper_open"]},
+        "observation.state": {"dtype": "float32", "shape": [dim], "names": arm_names(arms, names + ["gripper_width"])},
+        "action": {"dtype": "float32", "shape": [dim], "names": arm_names(arms, names + ["gripper_open"])},
         **{keys[c]: {"dtype": "video", "shape": [*shapes[c], 3], "names": ["height", "width", "channels"],
                      "info": {"video.fps": fps, "video.height": shapes[c][0], "video.width": shapes[c][1],
                               "video.codec": "h264", "video.pix_fmt": "yuv420p", "video.is_depth_map": False,
