@@ -60,7 +60,8 @@ class ModelConfig:
         action_frame: "absolute" (the actions' positions in the base frame) or "relative" (UMI's
             relative trajectory, Chi et al. 2024, arXiv 2402.10329, sec. 3.2: the positions are
             offsets, m, from the TCP position of the newest observation, state[-1, :3]; orientation
-            and gripper stay absolute). The model learns and samples in its frame; the policy's
+            and gripper stay absolute). Several arms (8 values each): every arm's block from its
+            own TCP position. The model learns and samples in its frame; the policy's
             chunks are always in the base frame (:meth:`GenerativePolicyModel.to_world`). For a
             wrist camera, whose image shows where the object lies relative to the gripper.
         rtc_max_prefix: training-time RTC (Black et al., arXiv 2512.05964): the model is trained
@@ -95,6 +96,9 @@ class ModelConfig:
     def __post_init__(self):
         if self.action_frame not in ("absolute", "relative"):
             raise ValueError(f"action_frame must be 'absolute' or 'relative', got {self.action_frame!r}")
+        if self.action_frame == "relative" and (self.action_dim % 8 or self.proprio_dim != self.action_dim):
+            raise ValueError("action_frame relative needs the state and action layout of 8 values per arm "
+                             f"(proprio_dim {self.proprio_dim}, action_dim {self.action_dim})")
         if not 0 <= self.rtc_max_prefix <= self.horizon // 2:
             raise ValueError(f"rtc_max_prefix {self.rtc_max_prefix} must be in 0..H/2 = {self.horizon // 2} "
                              "(d <= s <= H - d)")
@@ -223,21 +227,25 @@ class GenerativePolicyModel(torch.nn.Module):
         err = ((u - target) ** 2).mean(dim=(1, 2))
         return (err / (err.detach() + 1e-3)).mean()
 
+    def _positions(self) -> list[int]:
+        """Indices of the action positions taken relative (x y z of every 8-value arm block)."""
+        return [8 * i + k for i in range(max(1, self.cfg.action_dim // 8)) for k in range(3)]
+
     def to_model_frame(self, actions, state):
         """Base-frame actions (..., H, D) -> the model's frame (``cfg.action_frame``), given the
         observation windows' states (..., To, P) (torch or numpy; same leading shape)."""
-        if self.cfg.action_frame == "absolute":
-            return actions
-        out = actions.clone() if torch.is_tensor(actions) else np.array(actions, np.float32, copy=True)
-        out[..., :3] = out[..., :3] - state[..., -1:, :3]
-        return out
+        return self._shift(actions, state, -1.0)
 
     def to_world(self, actions, state):
         """The model's actions (..., H, D) -> the base frame (inverse of :meth:`to_model_frame`)."""
+        return self._shift(actions, state, 1.0)
+
+    def _shift(self, actions, state, sign: float):
         if self.cfg.action_frame == "absolute":
             return actions
+        idx = self._positions()
         out = actions.clone() if torch.is_tensor(actions) else np.array(actions, np.float32, copy=True)
-        out[..., :3] = out[..., :3] + state[..., -1:, :3]
+        out[..., idx] = out[..., idx] + sign * state[..., -1:, idx]
         return out
 
     def normalize(self, a):

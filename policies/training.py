@@ -88,8 +88,9 @@ class Samples:
         frames: (F, h, w, C) uint8 resized camera images of all episodes, or for a "points"
             camera (F, N, 3) float32 point clouds in the base frame (features.PointCloudSpec).
         frame_idx: (N, To) int64 rows of ``frames`` per sample.
-        state: (N, To, 8) float32 [ee_pose(7) gripper_width] at the window times.
-        actions: (N, H, 8) float32 [ee_pose(7) gripper] at t_obs + i dt.
+        state: (N, To, 8 A) float32 [ee_pose(7) gripper_width] per arm (A arms, recorded order) at
+            the window times.
+        actions: (N, H, 8 A) float32 [ee_pose(7) gripper] per arm at t_obs + i dt.
         episode: (N,) int64 episode number of each sample.
         t_obs: (N,) int64 anchor time of each sample (its newest frame's stamp), ns.
     """
@@ -130,21 +131,34 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
         DatasetError: an episode lacks the camera, robot state or action stream.
     """
     from robot_stack.data.dataset import DatasetError, open_episode
+    from robot_stack.data.lerobot import LeRobotError, episode_arms
     from robot_stack.control.features import camera_images, state_vector
     from robot_stack.control.observation import interpolate_states
 
     frames, fidx, states, acts, eps, anchors = [], [], [], [], [], []
+    arms0 = None
     base = 0
     dt_ns = int(round(ms.dt * 1e9))
     for e_i, path in enumerate(paths):
         ep = open_episode(path)
+        try:
+            arms = episode_arms(ep)  # [""]: one arm; else the arm nodes in recorded (action) order
+        except LeRobotError as e:
+            raise DatasetError(str(e)) from None
+        if arms0 is not None and arms != arms0:
+            raise DatasetError(f"{path}: arms {arms}, the first episode's {arms0}: one model, one layout")
+        arms0 = arms
+        sfx = [f"/{x}" if x else "" for x in arms]
+        for x in sfx:
+            if f"action{x}" not in ep.streams() or f"robot_state{x}" not in ep.streams():
+                raise DatasetError(f"{path}: no action{x} or robot_state{x} stream (has {ep.streams()})")
         cam = f"camera/{ms.camera}"
         if cam not in ep.streams():
             raise DatasetError(f"{path}: no {cam} stream (has {ep.streams()})")
         c = ep.load(cam)
-        rs = ep.load("robot_state")
-        a = ep.load("action")
-        if len(a["target_ns"]) == 0:
+        per_arm = [(ep.load(f"robot_state{x}"), ep.load(f"action{x}")) for x in sfx]
+        rs, a = per_arm[0]
+        if any(len(a_["target_ns"]) == 0 for _, a_ in per_arm):
             raise DatasetError(f"{path}: no executed actions recorded")
         imgs = []
         if ms.mode == "points":
@@ -160,16 +174,20 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
         win = np.arange(ms.obs_horizon)[::-1] * dt_ns
         for k, t_obs in enumerate(st):
             times = t_obs - win
-            if times[0] < rs["stamp_ns"][0] or times[-1] > rs["stamp_ns"][-1]:
+            if any(times[0] < r["stamp_ns"][0] or times[-1] > r["stamp_ns"][-1] for r, _ in per_arm):
                 continue  # the window starts before the robot state does, or ends after it stopped
             j = np.abs(st[None, :] - times[:, None]).argmin(1)
             if np.any(np.abs(st[j] - times) > dt_ns // 2):
                 continue
-            _, ee, g = interpolate_states(rs["stamp_ns"], rs["q"], rs["ee_pose"], rs["gripper_width"], times,
-                                          max_extrapolation_ns=dt_ns)
+            sv, av = [], []
+            for r, a_ in per_arm:
+                _, ee, g = interpolate_states(r["stamp_ns"], r["q"], r["ee_pose"], r["gripper_width"], times,
+                                              max_extrapolation_ns=dt_ns)
+                sv.append(state_vector(ee, g))
+                av.append(actions_at(a_["target_ns"], a_["pose"], a_["gripper"], t_obs + np.arange(ms.horizon) * dt_ns))
             fidx.append(base + j)
-            states.append(state_vector(ee, g))
-            acts.append(actions_at(a["target_ns"], a["pose"], a["gripper"], t_obs + np.arange(ms.horizon) * dt_ns))
+            states.append(np.concatenate(sv, axis=1))
+            acts.append(np.concatenate(av, axis=1))
             eps.append(e_i)
             anchors.append(int(t_obs))
         base += len(st)
@@ -209,9 +227,11 @@ def _episode_clouds(ep, ms: ModelSettings, cam: dict) -> np.ndarray:
     return point_spec(ms).clouds(cam["depth"], np.asarray(meta["K"]), float(meta["depth_scale"]), np.asarray(T))
 
 
-def model_config(ms: ModelSettings) -> ModelConfig:
-    return ModelConfig(cameras={ms.camera: ms.mode}, image_hw=tuple(ms.image_hw), proprio_dim=8,
-                       obs_horizon=ms.obs_horizon, horizon=ms.horizon, action_dim=8, dt=ms.dt, kind=ms.kind,
+def model_config(ms: ModelSettings, arms: int = 1) -> ModelConfig:
+    """The model's config from the training settings, for ``arms`` arms (8 state and 8 action
+    values per arm)."""
+    return ModelConfig(cameras={ms.camera: ms.mode}, image_hw=tuple(ms.image_hw), proprio_dim=8 * arms,
+                       obs_horizon=ms.obs_horizon, horizon=ms.horizon, action_dim=8 * arms, dt=ms.dt, kind=ms.kind,
                        sample_steps=ms.sample_steps, enc_base=ms.enc_base, widths=tuple(ms.widths),
                        rtc_max_prefix=ms.rtc_max_prefix, depth_layers=tuple(ms.depth_layers), scales=ms.scales,
                        dispersive_weight=ms.dispersive_weight, n_points=ms.n_points, points_lo=tuple(ms.points_lo),
@@ -355,8 +375,9 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
         step0 = int(extra.get("step", 0))
         console.print(f"resuming {out} at step {step0}")
     else:
-        model = GenerativePolicyModel(model_config(ms))
-        a = model.to_model_frame(train_s.actions, train_s.state).reshape(-1, 8)  # the frame it learns in
+        model = GenerativePolicyModel(model_config(ms, arms=train_s.actions.shape[-1] // 8))
+        a = model.to_model_frame(train_s.actions, train_s.state)  # the frame it learns in
+        a = a.reshape(-1, a.shape[-1])
         lo, hi = a.min(0), a.max(0)
         pad = np.maximum(0.05 * (hi - lo), 1e-3)  # margin so deploy-time actions near the edge stay in range
         model.a_min.copy_(torch.from_numpy(lo - pad))

@@ -134,3 +134,36 @@ def test_train_a_layered_meanflow_policy_from_episodes(tmp_path):
     torch.testing.assert_close(train_img, model.images(obs)[0][0])
     a = GenerativePolicy(model, TorchDenoiser(model, "cpu"), seed=0).predict(obs)
     assert a.shape == (8, 8) and np.isfinite(a).all()
+
+
+def test_two_arm_episodes_train_a_two_arm_policy(tmp_path):
+    """Episodes of two arms (robot_state/<arm>, action/<arm>): the samples concatenate the arms in
+    recorded order (left x = t, right y = -t), the model has 16 state and 16 action values, its spec
+    says so, and a relative action frame takes every arm from its own TCP."""
+    from robot_stack.policies.generative import GenerativePolicy, TorchDenoiser, load_checkpoint
+    from robot_stack.policies.training import build_samples
+    from test_lerobot import make_bimanual_episode
+
+    eps = [make_bimanual_episode(tmp_path / "data", seed=i) for i in range(3)]
+    ms = ModelSettings(camera="top", image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32), action_frame="relative")
+    s = build_samples(eps[:1], ms)
+    assert s.state.shape[1:] == (2, 16) and s.actions.shape[1:] == (8, 16)
+    k = 9
+    t_obs = (s.t_obs[k] - s.t_obs[0]) / 1e9 + s.state[0, -1, 0]
+    np.testing.assert_allclose(s.state[k, -1, [0, 9]], [t_obs, -t_obs], atol=1e-5)
+    np.testing.assert_allclose(s.actions[k, :, 0], t_obs + np.arange(8) * 0.1, atol=1e-5)
+    np.testing.assert_allclose(s.actions[k, :, 9], -(t_obs + np.arange(8) * 0.1), atol=1e-5)
+    settings = TrainSettings(model=ms, steps=6, batch_size=4, val_fraction=0.34, warmup_steps=1, checkpoint_every=100)
+    summary = train(settings, eps, tmp_path / "p.safetensors", progress=False)
+    assert np.isfinite(summary["final_loss"])
+    model, _ = load_checkpoint(tmp_path / "p.safetensors")
+    assert model.cfg.proprio_dim == 16 and model.cfg.action_dim == 16
+    rel = model.to_model_frame(s.actions[k:k + 1], s.state[k:k + 1])
+    np.testing.assert_allclose(rel[0, :, [0, 9]].T, np.c_[np.arange(8) * 0.1, -np.arange(8) * 0.1], atol=1e-5)
+    pol = GenerativePolicy(model, TorchDenoiser(model, "cpu"), seed=0)
+    assert pol.metadata.action_dim == 16 and pol.metadata.obs_shapes["state"] == ((16,), "<f4")
+    fr = s.frames[s.frame_idx[k]]
+    assert pol.predict({"top.color": fr, "state": s.state[k]}).shape == (8, 16)
+    one = make_episode(tmp_path / "one", seed=5)
+    with pytest.raises(Exception, match="one model, one layout"):
+        build_samples([eps[0], one], ModelSettings(camera="top", image_hw=(64, 64), horizon=8))
