@@ -301,3 +301,63 @@ def test_a_two_arm_episode_records_each_arm_by_name(tmp_path):
     assert len(al["target_ns"]) > 10
     np.testing.assert_array_equal(np.sort(al["target_ns"]), np.sort(ar["target_ns"]))
     assert [r["arm_node"] for r in ep.meta["robots"]] == ["arm_left", "arm_right"]
+
+
+@pytest.mark.hil
+@pytest.mark.parametrize("together", [True, False])
+def test_an_arm_in_estop_holds_the_other(tmp_path, together):
+    """Both arms on their way (a slow two-arm policy); the right arm is e-stopped. With
+    hold_together (the default) the controller holds the left arm too, short of its goal; without
+    it the left arm goes on to its goal."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from conftest import launched
+    from robot_stack.comm.messages import Heartbeat
+    from robot_stack.comm.transport import Subscriber
+    from robot_stack.control.arm_client import ArmClient
+    from robot_stack.runtime.config import load_config
+
+    goal_left = np.array([0.40, 0.0, 0.15])
+    run_dir = Path(tempfile.mkdtemp(prefix="rs-es-"))
+    cfg_path = tmp_path / "es.yaml"
+    text = LOCKSTEP_CONFIG.format(run_dir=run_dir,
+                                  backend=f"{{type: goto, goals: [{goal_left.tolist()}, [0.45, 0.1, 0.2]], speed: 0.05}}")
+    cfg_path.write_text(text.replace("autostart: true}", f"autostart: true, hold_together: {str(together).lower()}}}"))
+    try:
+        with launched(cfg_path) as (launcher, out):
+            cfg = load_config(cfg_path)
+            sub = Subscriber([cfg.pub_endpoint(n, run_dir) for n in ("arm_left", "controller")],
+                             ("robot/state", Heartbeat.topic("controller")), history=3000, name="test-es")
+            cli = None
+            try:
+                def left():
+                    st = next((x for x in reversed(sub.history("robot/state")) if x.source == "arm_left"), None)
+                    return None if st is None else np.array(st.ee_pose[:3])
+
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and (left() is None or sub.latest(Heartbeat.topic("controller")) is None
+                                                        or sub.latest(Heartbeat.topic("controller")).metrics.get("chunks", 0) < 3):
+                    time.sleep(0.1)
+                start = left()
+                assert start is not None and np.linalg.norm(start - goal_left) > 0.1, (start, out.tail())
+                cli = ArmClient(cfg, run_dir, arm="arm_right", source="test_estop", heartbeat_hz=0)
+                cli.estop("test")
+                time.sleep(0.5)
+                at_stop = left()
+                time.sleep(2.0)
+                moved = np.linalg.norm(left() - at_stop)
+                if together:
+                    assert moved < 0.003, (moved, out.tail())
+                    assert np.linalg.norm(left() - goal_left) > 0.05
+                    hb = sub.wait_for(Heartbeat.topic("controller"), 3)
+                    assert hb.metrics["stale_holds"] >= 1
+                else:
+                    assert moved > 0.05, moved  # 0.05 m/s for 2 s: it goes on
+            finally:
+                if cli is not None:
+                    cli.close()
+                sub.close()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)

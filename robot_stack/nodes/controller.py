@@ -247,6 +247,13 @@ class ControllerNode(Node):
             self._worker.start()
 
     # ------------------------------------------------------------------------- observation
+    def _estopped_arms(self) -> list[str]:
+        """Several arms with ``hold_together``: the arms now in e-stop (their robot state says so),
+        for which every arm holds. Empty otherwise."""
+        if not (self.multi and self.params.hold_together):
+            return []
+        return [a for a in self.arm_names if getattr(self._latest_state(a), "mode", None) == "estop"]
+
     def _states(self, arm: str) -> list:
         """Recent RobotState messages of one arm node, oldest first."""
         hist = self.sub.history(RobotState.TOPIC)
@@ -407,7 +414,7 @@ class ControllerNode(Node):
 
     def _inference_once(self, client: RequestClient) -> None:
         """One request: observe, ask the policy, plan and send the chunk (or hold and return)."""
-        if not self.enabled or self.source != "policy":
+        if not self.enabled or self.source != "policy" or self._estopped_arms():
             self._stop.wait(0.01)
             return
         now = now_ns()
@@ -525,8 +532,8 @@ class ControllerNode(Node):
 
     def _on_chunk(self, actions: np.ndarray, t_obs: int, arrival: int, dt_ns: int, offset: int,
                   frozen: int = -1, generation: int | None = None) -> None:
-        if not self.enabled or self.source != "policy":
-            return  # an intervention or the episode's end came while the policy was thinking
+        if not self.enabled or self.source != "policy" or self._estopped_arms():
+            return  # an intervention, the episode's end or an e-stop came while the policy was thinking
         t0 = now_ns()
         with self.lock:
             if generation is not None and generation != self.generation:
@@ -693,8 +700,12 @@ class ControllerNode(Node):
         self.teleop_seq = cmds[-1].seq
         for c in cmds:
             if "estop" in c.buttons:
-                for client in self.arm_clients.values():
-                    client.estop("teleop e-stop button")
+                for name, client in self.arm_clients.items():
+                    try:
+                        client.estop("teleop e-stop button")
+                    except TransportTimeout as e:  # the others still get theirs
+                        self.stats["errors"] += 1
+                        log.error("e-stop could not reach arm %s: %s", name, e)
                 log.warning("e-stop from teleop")
             if "intervene" in c.buttons and self.source != "teleop" and not self.multi:
                 self.source = "teleop"
@@ -737,10 +748,10 @@ class ControllerNode(Node):
                 except TransportTimeout:
                     self.stats["errors"] += 1
         self._events()
-        if self.multi and self.params.hold_together and self.enabled:
-            stopped = [a for a in self.arm_names if getattr(self._latest_state(a), "mode", None) == "estop"]
-            if stopped:
-                self._hold_arm(f"arm {', '.join(stopped)} is in e-stop")
+        stopped = self._estopped_arms()
+        if stopped:  # every arm holds until the e-stop is released (the others' plans are dropped)
+            self._hold_arm(f"arm {', '.join(stopped)} is in e-stop")
+            return
         self._replay_step()
         if self.teleop_sub is not None:
             self._teleop_step()
