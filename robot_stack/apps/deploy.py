@@ -35,6 +35,7 @@ class DeployResult:
     arm: dict[str, float] = field(default_factory=dict)
     cube_poses: list[list[float]] = field(default_factory=list)
     policy_waypoints: int = 0  # waypoints with origin "policy" the controller sent
+    reset_retries: int = 0  # reset moves sent again (Session.move_joints / move_pose)
 
     @property
     def success_rate(self) -> float:
@@ -94,6 +95,9 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
                 st.update(f"{label}: episode {ep + 1}/{episodes}: {(now_ns() - t0) / 1e9:4.1f} s, "
                           f"{task.error_name} {task.error_mm(s, o):5.1f} {task.error_unit}")
         session.send_event("stop", ctl, episode=ep)
+        # the controller reads events once per control step: until then it may still send the
+        # policy's schedules, which would take over the reset's move (the arm merges at "now")
+        time.sleep(2.0 / min(cfg.nodes[c].typed.rate_hz for c in ctl) if ctl else 0.0)
         s, o = session.state(), session.sub.latest(ObjectState.TOPIC)
         res.success.append(ok)
         res.final_xy_err_mm.append(task.error_mm(s, o))
@@ -108,6 +112,7 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
                       f"({(now_ns() - t0) / 1e9:.1f} s, final {task.error_name} {res.final_xy_err_mm[-1]:.1f} {task.error_unit})")
     time.sleep(1.2)  # one more heartbeat with the last episode's metrics
     res.policy_waypoints = n_policy_wp
+    res.reset_retries = getattr(session, "reset_retries", 0)
     res.controller = session.heartbeat(ctl[0]) if ctl else {}
     pol = [n for n in session.nodes if cfg.nodes[n].kind == "policy"]
     res.policy = session.heartbeat(pol[0]) if pol else {}
@@ -157,6 +162,8 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
         t.add_row("servo loop period p99 / overruns", f"{a.get('loop.period_p99_s', 0) * 1e3:.2f} ms / {a.get('loop.overruns', 0):.0f}")
         t.add_row("safety events", f"{sum(v for k, v in a.items() if k.startswith('safety.')):.0f}")
     t.add_row("waypoints sent by the policy", f"{res.policy_waypoints}")
+    if res.reset_retries:
+        t.add_row("reset moves sent again (arm not there)", f"{res.reset_retries}")
     return t
 
 

@@ -10,6 +10,7 @@ pose). On hardware the operator resets the scene; :meth:`reset` waits for a key.
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
 import threading
 import time
@@ -26,6 +27,8 @@ from robot_stack.comm.messages import CameraFrame, EpisodeEvent, Heartbeat, Robo
 from robot_stack.drivers.sim_messages import SimCommand
 from robot_stack.comm.transport import Sender, Subscriber
 from robot_stack.drivers.sim_messages import ObjectState
+
+log = logging.getLogger(__name__)
 
 HOME_SPEED = 0.6  # rad/s of the largest joint motion when going home
 
@@ -128,6 +131,7 @@ class Session:
         self.nodes = only or list(self.cfg.nodes)
         self.sim = next((n for n in self.nodes if self.cfg.nodes[n].kind == "sim_world"), None)
         self.arm_name = next((n for n in self.nodes if self.cfg.nodes[n].kind == "arm"), None)
+        self.reset_retries = 0  # reset moves sent again (refused by the arm node, or not arrived)
         self.sub: Subscriber | None = None
         self.arm: ArmClient | None = None
         self._senders: dict[str, Sender] = {}
@@ -178,25 +182,59 @@ class Session:
         hb = self.sub.latest(Heartbeat.topic(node))
         return dict(hb.metrics) if hb is not None else {}
 
-    def move_joints(self, q_goal: np.ndarray, speed: float = HOME_SPEED, settle_s: float = 0.4) -> None:
-        """Joint-space move to ``q_goal`` (rad) through the arm node; blocks until done."""
-        q0 = np.asarray(self.state().q, float)
-        q_goal = np.asarray(q_goal, float)
-        dur = max(0.5, float(np.max(np.abs(q_goal - q0))) / speed)
-        n = max(2, int(dur / 0.05))
-        s = np.linspace(0, 1, n)[1:]
-        s = 0.5 - 0.5 * np.cos(np.pi * s)  # smooth start and stop
-        stamps = now_ns() + 100_000_000 + (np.linspace(0, dur, n)[1:] * 1e9).astype(np.int64)
-        self.arm.send_schedule(stamps, q0 + s[:, None] * (q_goal - q0), space="joint", gripper=np.ones(n - 1))
-        time.sleep((stamps[-1] - now_ns()) / 1e9 + settle_s)
+    #: a reset move has arrived when the arm is this close to its goal (rad per joint; m for the TCP)
+    REACH_TOL_RAD = 0.05
+    REACH_TOL_M = 0.005
 
-    def move_pose(self, pose: np.ndarray, speed: float = 0.15, settle_s: float = 0.4) -> None:
-        """Straight-line TCP move to ``pose`` (7,) base frame; blocks until done."""
+    def move_joints(self, q_goal: np.ndarray, speed: float = HOME_SPEED, settle_s: float = 0.4,
+                    attempts: int = 3) -> None:
+        """Joint-space move to ``q_goal`` (rad) through the arm node; blocks until the arm is there
+        (within ``REACH_TOL_RAD``). A move the arm node refused (its log and ``safety.*`` counters
+        say why, e.g. a jump against a plan still running when the move went out) is sent again
+        from where the arm is, up to ``attempts`` moves in all.
+
+        Raises:
+            SessionError: the arm is not at the goal after ``attempts`` moves.
+        """
+        q_goal = np.asarray(q_goal, float)
+        for _ in range(attempts):
+            q0 = np.asarray(self.state().q, float)
+            dur = max(0.5, float(np.max(np.abs(q_goal - q0))) / speed)
+            n = max(2, int(dur / 0.05))
+            s = np.linspace(0, 1, n)[1:]
+            s = 0.5 - 0.5 * np.cos(np.pi * s)  # smooth start and stop
+            stamps = now_ns() + 100_000_000 + (np.linspace(0, dur, n)[1:] * 1e9).astype(np.int64)
+            self.arm.send_schedule(stamps, q0 + s[:, None] * (q_goal - q0), space="joint", gripper=np.ones(n - 1))
+            time.sleep((stamps[-1] - now_ns()) / 1e9 + settle_s)
+            err = float(np.max(np.abs(np.asarray(self.state().q, float) - q_goal)))
+            if err < self.REACH_TOL_RAD:
+                return
+            self.reset_retries += 1
+            log.warning("the arm is %.3f rad from the move's goal (the arm node refused it?): sending it again", err)
+        raise SessionError(f"the arm did not reach its joint goal in {attempts} moves ({err:.3f} rad away); "
+                           "the arm node's log says why it refused them", self.logs.tail())
+
+    def move_pose(self, pose: np.ndarray, speed: float = 0.15, settle_s: float = 0.4, attempts: int = 3) -> None:
+        """Straight-line TCP move to ``pose`` (7,) base frame; blocks until the TCP is there (within
+        ``REACH_TOL_M``), sending a refused move again as :meth:`move_joints` does.
+
+        Raises:
+            SessionError: the TCP is not at the goal after ``attempts`` moves.
+        """
         from robot_stack.control.arm_client import straight_line
 
-        stamps, poses = straight_line(np.asarray(self.state().ee_pose), np.asarray(pose, float), now_ns(), speed)
-        self.arm.send_schedule(stamps, poses, space="ee")
-        time.sleep((stamps[-1] - now_ns()) / 1e9 + settle_s)
+        pose = np.asarray(pose, float)
+        for _ in range(attempts):
+            stamps, poses = straight_line(np.asarray(self.state().ee_pose), pose, now_ns(), speed)
+            self.arm.send_schedule(stamps, poses, space="ee")
+            time.sleep((stamps[-1] - now_ns()) / 1e9 + settle_s)
+            err = float(np.linalg.norm(np.asarray(self.state().ee_pose[:3], float) - pose[:3]))
+            if err < self.REACH_TOL_M:
+                return
+            self.reset_retries += 1
+            log.warning("the TCP is %.1f mm from the move's goal (the arm node refused it?): sending it again", err * 1e3)
+        raise SessionError(f"the TCP did not reach its goal in {attempts} moves ({err * 1e3:.1f} mm away); "
+                           "the arm node's log says why it refused them", self.logs.tail())
 
     def reset(self, cube_pose: np.ndarray | None = None, home_q: np.ndarray | None = None,
               start_pose: np.ndarray | None = None) -> np.ndarray | None:
