@@ -236,7 +236,7 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
     t0 = time.perf_counter()
     console.rule(f"2/3 train a visuomotor flow policy ({st.train_steps} steps on CPU)")
     # pick: actions relative to the TCP (UMI's relative trajectory; the wrist camera sees the cube
-    # relative to the gripper): 16/20 against 8/20 absolute on the same task (README)
+    # relative to the gripper): 15/20 and 16/20 where absolute actions gave 8/20 (README)
     ms = ModelSettings(action_frame="relative") if task == "pick" else ModelSettings()
     ts = TrainSettings(model=ms, steps=st.train_steps, val_fraction=0.1 if st.demos >= 10 else 0.25,
                        checkpoint_every=max(1, st.train_steps // 4))
