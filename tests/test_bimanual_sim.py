@@ -80,8 +80,8 @@ def test_wrench_belongs_to_the_arm_that_touches():
     assert np.abs(fr).max() < 1e-9, fr
 
 
-HIL_CONFIG = """
-name: hil_bimanual
+#: a two-arm sim world and its two arm nodes (the nodes every HIL config here starts with)
+WORLD_AND_ARMS = """
 run_dir: {run_dir}
 nodes:
   sim:
@@ -98,7 +98,9 @@ nodes:
   arm_right:
     kind: arm
     params: {{driver: {{type: sim, arm: right}}, safety: {{heartbeat_timeout_s: 0.5, max_jump_ee: 0.08}}}}
-  cam_left:
+"""
+
+HIL_CONFIG = "name: hil_bimanual" + WORLD_AND_ARMS + """  cam_left:
     kind: camera
     params: {{driver: {{type: sim, camera: left/handcam_rgb}}, camera_id: left_wrist, width: 160, height: 120, rate_hz: 10}}
 """
@@ -164,25 +166,7 @@ def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
         load_config(bad)
 
 
-LOCKSTEP_CONFIG = """
-name: hil_lockstep
-run_dir: {run_dir}
-nodes:
-  sim:
-    kind: sim_world
-    params:
-      rate_hz: 500
-      state_rate_hz: 30
-      arms:
-        left: {{base: [0.0, 0.4, 0.0, 0.0]}}
-        right: {{base: [0.1, -0.4, 0.0, 0.5]}}
-  arm_left:
-    kind: arm
-    params: {{driver: {{type: sim, arm: left}}, safety: {{heartbeat_timeout_s: 0.5, max_jump_ee: 0.08}}}}
-  arm_right:
-    kind: arm
-    params: {{driver: {{type: sim, arm: right}}, safety: {{heartbeat_timeout_s: 0.5, max_jump_ee: 0.08}}}}
-  policy:
+LOCKSTEP_CONFIG = "name: hil_lockstep" + WORLD_AND_ARMS + """  policy:
     kind: policy
     params: {{backend: {backend}}}
   controller:
