@@ -130,8 +130,7 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
     Raises:
         DatasetError: an episode lacks the camera, robot state or action stream.
     """
-    from robot_stack.data.dataset import DatasetError, open_episode
-    from robot_stack.data.lerobot import LeRobotError, episode_arms
+    from robot_stack.data.dataset import DatasetError, episode_arms, open_episode
     from robot_stack.control.features import camera_images, state_vector
     from robot_stack.control.observation import interpolate_states
 
@@ -141,10 +140,7 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
     dt_ns = int(round(ms.dt * 1e9))
     for e_i, path in enumerate(paths):
         ep = open_episode(path)
-        try:
-            arms = episode_arms(ep)  # [""]: one arm; else the arm nodes in recorded (action) order
-        except LeRobotError as e:
-            raise DatasetError(str(e)) from None
+        arms = episode_arms(ep)  # [""]: one arm; else the arm nodes in recorded (action) order
         if arms0 is not None and arms != arms0:
             raise DatasetError(f"{path}: arms {arms}, the first episode's {arms0}: one model, one layout")
         arms0 = arms

@@ -180,3 +180,14 @@ def test_bimanual_export_names_each_arm_and_imports_back_identically(tmp_path):
     one = make_episode(tmp_path / "one", seed=3)  # a one-arm episode does not join a two-arm dataset
     with pytest.raises(LeRobotError, match="one dataset, one layout"):
         export_lerobot([ep_path, one], tmp_path / "mixed", fps=10)
+
+
+def test_a_two_arm_episode_knows_its_arms_and_length(tmp_path):
+    from robot_stack.data.dataset import DatasetError, episode_arms
+
+    ep = open_episode(make_bimanual_episode(tmp_path / "bi"))
+    assert episode_arms(ep) == ["arm_left", "arm_right"] and len(ep) == len(ep.load("robot_state/arm_left")["stamp_ns"])
+    assert episode_arms(open_episode(make_episode(tmp_path / "one"))) == [""]
+    ep.meta["robots"] = []  # no order: refused by name, not guessed
+    with pytest.raises(DatasetError, match="no arm order"):
+        episode_arms(ep)

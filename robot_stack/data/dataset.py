@@ -221,7 +221,26 @@ class Episode:
         return {k: a[:] for k, a in g[stream].arrays()}
 
     def __len__(self) -> int:
-        return int(self.array("robot_state", "stamp_ns").shape[0])
+        """Robot states recorded (of the first arm, in an episode of several)."""
+        first = episode_arms(self)[0]
+        return int(self.array(f"robot_state/{first}" if first else "robot_state", "stamp_ns").shape[0])
+
+
+def episode_arms(ep) -> list[str]:
+    """The arm nodes of an episode in action order: [""] for a one-arm episode (stream
+    ``robot_state``), else its ``robots`` metadata's order (streams ``robot_state/<arm>``).
+
+    Raises:
+        DatasetError: several arm streams and no order for them in the metadata.
+    """
+    streams = ep.streams()
+    if "robot_state" in streams:
+        return [""]
+    order = [r.get("arm_node") for r in ep.meta.get("robots") or []]
+    if not order or any(f"robot_state/{a}" not in streams for a in order):
+        raise DatasetError(f"{ep.path}: no robot_state stream, and no arm order in its metadata (robots) for "
+                           f"{[s for s in streams if s.startswith('robot_state/')]}")
+    return order
 
 
 def open_episode(path: str | Path) -> Episode:

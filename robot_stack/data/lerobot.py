@@ -102,20 +102,13 @@ def _tasks_table(tasks: list[str]):
 
 
 def episode_arms(ep) -> list[str]:
-    """The arm nodes of an episode in action order: [""] for a one-arm episode (stream
-    ``robot_state``), else its ``robots`` metadata's order (streams ``robot_state/<arm>``).
+    """:func:`robot_stack.data.dataset.episode_arms`, its error as a :class:`LeRobotError`."""
+    from robot_stack.data.dataset import DatasetError, episode_arms as arms
 
-    Raises:
-        LeRobotError: several arm streams and no order for them in the metadata.
-    """
-    streams = ep.streams()
-    if "robot_state" in streams:
-        return [""]
-    order = [r.get("arm_node") for r in ep.meta.get("robots") or []]
-    if not order or any(f"robot_state/{a}" not in streams for a in order):
-        raise LeRobotError(f"{ep.path}: no robot_state stream, and no arm order in its metadata (robots) for "
-                           f"{[s for s in streams if s.startswith('robot_state/')]}")
-    return order
+    try:
+        return arms(ep)
+    except DatasetError as e:
+        raise LeRobotError(str(e)) from None
 
 
 def arm_names(arms: list[str], names: list[str]) -> list[str]:
