@@ -186,18 +186,37 @@ class Session:
     REACH_TOL_RAD = 0.05
     REACH_TOL_M = 0.005
 
+    def _move_until_there(self, send, error, tol: float, what: str, attempts: int, settle_s: float) -> None:
+        """Send a move (``send()`` -> the schedule's stamps), wait for its end plus ``settle_s``, and
+        check ``error()`` < ``tol``; a move that did not arrive (the arm node refused it: its log
+        and ``safety.*`` counters say why, e.g. a jump against a plan still running when the move
+        went out) is sent again from where the arm is, up to ``attempts`` moves in all.
+
+        Raises:
+            SessionError: not there after ``attempts`` moves.
+        """
+        for _ in range(attempts):
+            stamps = send()
+            time.sleep(max(0.0, (stamps[-1] - now_ns()) / 1e9) + settle_s)
+            err = error()
+            if err < tol:
+                return
+            self.reset_retries += 1
+            log.warning("the %s is %.4g from the move's goal (the arm node refused it?): sending it again", what, err)
+        raise SessionError(f"the {what} did not reach its goal in {attempts} moves ({err:.4g} away); "
+                           "the arm node's log says why it refused them", self.logs.tail())
+
     def move_joints(self, q_goal: np.ndarray, speed: float = HOME_SPEED, settle_s: float = 0.4,
                     attempts: int = 3) -> None:
         """Joint-space move to ``q_goal`` (rad) through the arm node; blocks until the arm is there
-        (within ``REACH_TOL_RAD``). A move the arm node refused (its log and ``safety.*`` counters
-        say why, e.g. a jump against a plan still running when the move went out) is sent again
-        from where the arm is, up to ``attempts`` moves in all.
+        (within ``REACH_TOL_RAD``), sending a refused move again (:meth:`_move_until_there`).
 
         Raises:
             SessionError: the arm is not at the goal after ``attempts`` moves.
         """
         q_goal = np.asarray(q_goal, float)
-        for _ in range(attempts):
+
+        def send():
             q0 = np.asarray(self.state().q, float)
             dur = max(0.5, float(np.max(np.abs(q_goal - q0))) / speed)
             n = max(2, int(dur / 0.05))
@@ -205,18 +224,14 @@ class Session:
             s = 0.5 - 0.5 * np.cos(np.pi * s)  # smooth start and stop
             stamps = now_ns() + 100_000_000 + (np.linspace(0, dur, n)[1:] * 1e9).astype(np.int64)
             self.arm.send_schedule(stamps, q0 + s[:, None] * (q_goal - q0), space="joint", gripper=np.ones(n - 1))
-            time.sleep((stamps[-1] - now_ns()) / 1e9 + settle_s)
-            err = float(np.max(np.abs(np.asarray(self.state().q, float) - q_goal)))
-            if err < self.REACH_TOL_RAD:
-                return
-            self.reset_retries += 1
-            log.warning("the arm is %.3f rad from the move's goal (the arm node refused it?): sending it again", err)
-        raise SessionError(f"the arm did not reach its joint goal in {attempts} moves ({err:.3f} rad away); "
-                           "the arm node's log says why it refused them", self.logs.tail())
+            return stamps
+
+        self._move_until_there(send, lambda: float(np.max(np.abs(np.asarray(self.state().q, float) - q_goal))),
+                               self.REACH_TOL_RAD, "arm (rad)", attempts, settle_s)
 
     def move_pose(self, pose: np.ndarray, speed: float = 0.15, settle_s: float = 0.4, attempts: int = 3) -> None:
         """Straight-line TCP move to ``pose`` (7,) base frame; blocks until the TCP is there (within
-        ``REACH_TOL_M``), sending a refused move again as :meth:`move_joints` does.
+        ``REACH_TOL_M``), sending a refused move again (:meth:`_move_until_there`).
 
         Raises:
             SessionError: the TCP is not at the goal after ``attempts`` moves.
@@ -224,17 +239,14 @@ class Session:
         from robot_stack.control.arm_client import straight_line
 
         pose = np.asarray(pose, float)
-        for _ in range(attempts):
+
+        def send():
             stamps, poses = straight_line(np.asarray(self.state().ee_pose), pose, now_ns(), speed)
             self.arm.send_schedule(stamps, poses, space="ee")
-            time.sleep((stamps[-1] - now_ns()) / 1e9 + settle_s)
-            err = float(np.linalg.norm(np.asarray(self.state().ee_pose[:3], float) - pose[:3]))
-            if err < self.REACH_TOL_M:
-                return
-            self.reset_retries += 1
-            log.warning("the TCP is %.1f mm from the move's goal (the arm node refused it?): sending it again", err * 1e3)
-        raise SessionError(f"the TCP did not reach its goal in {attempts} moves ({err * 1e3:.1f} mm away); "
-                           "the arm node's log says why it refused them", self.logs.tail())
+            return stamps
+
+        self._move_until_there(send, lambda: float(np.linalg.norm(np.asarray(self.state().ee_pose[:3], float) - pose[:3])),
+                               self.REACH_TOL_M, "TCP (m)", attempts, settle_s)
 
     def reset(self, cube_pose: np.ndarray | None = None, home_q: np.ndarray | None = None,
               start_pose: np.ndarray | None = None) -> np.ndarray | None:
