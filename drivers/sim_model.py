@@ -94,6 +94,9 @@ class SceneSpec:
         arms: a multi-arm scene (bimanual): every arm with its name, robot and base pose in the
             world frame (the table's), and a ``top`` camera looking down at the table. Empty (the
             default): one arm, ``robot``, whose base frame is the world frame.
+        cube_half: half sizes (x y z) of the task object (the body and geom named ``cube``), m:
+            the 4 cm cube by default; the bimanual lift task makes it a bar along y.
+        cube_mass: its mass, kg.
     """
 
     robot: str = "panda_robotiq"
@@ -111,8 +114,13 @@ class SceneSpec:
     arms: tuple[ArmPlacement, ...] = ()
     top_cam_pos: tuple[float, float, float] = (0.45, 0.0, 1.25)
     top_cam_fovy: float = 60.0
+    cube_half: tuple[float, float, float] = (CUBE_HALF, CUBE_HALF, CUBE_HALF)
+    cube_mass: float = 0.05
 
     def __post_init__(self):
+        if len(self.cube_half) != 3 or min(self.cube_half) <= 0 or self.cube_mass <= 0:
+            raise ValueError(f"cube_half must be 3 positive half sizes (m) and cube_mass positive, got "
+                             f"{self.cube_half}, {self.cube_mass}")
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arm names must differ, got {names}")
@@ -199,9 +207,9 @@ def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
     wb.add_light(pos=[1.5, -1.0, 2.0], dir=[-1, 0.6, -1.2], diffuse=[0.4, 0.4, 0.4], castshadow=False)
     wb.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[2, 2, 0.01], material="table")
 
-    cube = wb.add_body(name="cube", pos=scene.to_base([0.5, 0.0, CUBE_HALF]).tolist())
+    cube = wb.add_body(name="cube", pos=scene.to_base([0.5, 0.0, scene.cube_half[2]]).tolist())
     cube.add_freejoint(name="cube")
-    cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3, mass=0.05,
+    cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=list(scene.cube_half), mass=scene.cube_mass,
                   rgba=[0.15, 0.35, 0.85, 1], friction=[1.0, 0.01, 0.001])
 
     wb.add_geom(name="target", type=mujoco.mjtGeom.mjGEOM_BOX,

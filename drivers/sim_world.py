@@ -74,19 +74,21 @@ class SimWorld:
         """Physics step, s."""
         return float(self.model.opt.timestep)
 
-    def reset(self, cube_pose: np.ndarray | None = None, cube_range: tuple | None = None) -> np.ndarray:
+    def reset(self, cube_pose: np.ndarray | None = None, cube_range: tuple | None = None,
+              max_yaw: float = np.pi / 4) -> np.ndarray:
         """Arm home, gripper open, cube at ``cube_pose`` (7,) or a random pose (x and y uniform in
-        ``cube_range`` ((x lo, x hi), (y lo, y hi)) m, default ``CUBE_X``, ``CUBE_Y``); returns the cube pose."""
+        ``cube_range`` ((x lo, x hi), (y lo, y hi)) m, default ``CUBE_X``, ``CUBE_Y``; yaw uniform
+        in +-``max_yaw`` rad); returns the cube pose."""
         with self.lock:
             mujoco.mj_resetData(self.model, self.data)
             for n, a in self.arms.items():
                 self.data.qpos[a.qpos] = a.home_q
                 self.targets[n] = (a.home_q.copy(), 1.0)
             if cube_pose is None:
-                yaw = self.rng.uniform(-np.pi / 4, np.pi / 4)
+                yaw = self.rng.uniform(-max_yaw, max_yaw)
                 rx, ry = cube_range or (self.CUBE_X, self.CUBE_Y)
                 xy = self.scene.to_base([self.rng.uniform(*rx), self.rng.uniform(*ry)])
-                cube_pose = np.array([*xy, CUBE_HALF, *Rotation.from_euler("z", yaw + self.scene.yaw).as_quat()])
+                cube_pose = np.array([*xy, self.scene.cube_half[2], *Rotation.from_euler("z", yaw + self.scene.yaw).as_quat()])
             q = self.data.qpos
             q[self._cube_qpos:self._cube_qpos + 3] = cube_pose[:3]
             x, y, z, w = cube_pose[3:]

@@ -32,19 +32,23 @@ class TeleopInputs:
             device's config asked for in :meth:`TeleopConfig.inputs`.
         t: now on the stack clock, s.
         period_s: the teleop period, s.
+        latest_from: (node, topic) -> the newest message on ``topic`` from that node (several arm
+            nodes publish ``robot/state``), or None.
     """
 
     latest: Callable[[str], Any]
     t: float
     period_s: float
+    latest_from: Callable[[str, str], Any] = lambda node, topic: None
 
 
 class TeleopDevice(ABC):
     """One input device. ``poll`` must not block longer than one teleop period."""
 
     @abstractmethod
-    def poll(self, inputs: TeleopInputs) -> TeleopCommand | None:
-        """The command for this period, or None when the device has nothing new (idle)."""
+    def poll(self, inputs: TeleopInputs) -> TeleopCommand | list[TeleopCommand] | None:
+        """The command for this period (a list: one per arm, each naming its ``arm``), or None when
+        the device has nothing new (idle)."""
 
     def on_episode(self, kind: str) -> None:
         """An episode event reached the teleop node ("start", "stop", "discard")."""

@@ -7,7 +7,7 @@ continuous motion while a key is held.
 
 Keys: w/s +x/-x, a/d +y/-y, r/f +z/-z, j/l yaw +/-, g toggle gripper, b start episode,
 n stop and save, x discard, i intervene (take over from the policy), o hand back, space e-stop,
-Q quit.
+Q quit, Tab switch arm (a teleop node with ``arms``: the next arm).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .base import TeleopConfig, TeleopDevice, TeleopError, TeleopInputs
 
 MOVES = {"w": (0, 1), "s": (0, -1), "a": (1, 1), "d": (1, -1), "r": (2, 1), "f": (2, -1), "j": (5, 1), "l": (5, -1)}
 BUTTONS = {"b": "episode_start", "n": "episode_stop", "x": "episode_discard", "i": "intervene", "o": "release",
-           " ": "estop", "E": "estop_release", "Q": "quit"}
+           " ": "estop", "E": "estop_release", "Q": "quit", "\t": "switch_arm"}
 
 
 def keys_to_command(keys: str, gripper: float, step_m: float = 0.005, step_rad: float = 0.03

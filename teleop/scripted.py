@@ -1,4 +1,5 @@
-"""Scripted experts for the sim tasks (reach, pick-and-place), driving the same teleop path as a person.
+"""Scripted experts for the sim tasks (reach, pick-and-place, press, the bimanual lift), driving the
+same teleop path as a person.
 
 It reads the cube's ground-truth pose from the sim world (``sim/objects``, privileged: only the
 expert sees it, the policy sees cameras) and the measured TCP from the arm, and emits absolute
@@ -13,9 +14,9 @@ from typing import Literal
 
 from pydantic import Field
 import numpy as np
-from scipy.spatial.transform import Rotation
+from scipy.spatial.transform import Rotation, Slerp
 
-from robot_stack.apps.task import PickTask, PressTask, ReachTask
+from robot_stack.apps.task import LiftTask, PickTask, PressTask, ReachTask
 from robot_stack.comm.messages import RobotState, TeleopCommand
 from robot_stack.drivers.sim_messages import ObjectState
 
@@ -364,11 +365,144 @@ class PressExpert(_SimExpert):
                              buttons=buttons)
 
 
+class LiftExpert(TeleopDevice):
+    """Bimanual lift demonstrations (:class:`~robot_stack.apps.task.LiftTask`): both arms move in
+    lockstep through the phases, each to its own grasp point at the bar end nearest its base.
+
+    Phases: ``approach`` (``approach_height`` over the grasp points, each with a random per-episode
+    offset; the TCP turns at ``turn_speed`` to close across the bar: its home orientation turned
+    90 deg plus the bar's yaw about z), ``descend`` (down to the grasp points; waits for both TCPs,
+    within ``tol``, at most ``wait_s``), ``close`` (``close_s``), ``lift`` (``carry_height`` over
+    the grasp points at ``lift_speed``, both carrots together), ``hold`` (``hold_s``), then
+    ``episode_stop`` once, holding the bar up. Goals follow the bar's ground truth until the grasp.
+
+    As a teleop device it polls once per period and returns one ``ee_absolute`` command per arm
+    (``TeleopCommand.arm`` = the arm node), each in that arm's base frame.
+
+    Args:
+        arms: arm node -> (4, 4) pose of its base in the world frame (the sim world's placement).
+        task: the bar, heights and offsets. speed: carrot speed, m/s. lift_speed: while lifting, m/s.
+        turn_speed: TCP turn rate, rad/s. close_s, hold_s: waits, s. tol, wait_s: arrival check, m and s.
+        jitter: std of the per-arm approach offset, m. seed: RNG seed.
+    """
+
+    PHASES = ("approach", "descend", "close", "lift", "hold")
+
+    def __init__(self, arms: dict[str, np.ndarray], task: LiftTask = LiftTask(), speed: float = 0.15,
+                 lift_speed: float = 0.08, turn_speed: float = 1.5, close_s: float = 0.7, hold_s: float = 1.0,
+                 tol: float = 0.006, wait_s: float = 1.5, jitter: float = 0.01, seed: int = 0):
+        if len(arms) != 2:
+            raise ValueError(f"the lift expert drives two arms, got {list(arms)}")
+        self.T = {a: np.asarray(T, float) for a, T in arms.items()}
+        self.task, self.speed, self.lift_speed, self.turn_speed = task, speed, lift_speed, turn_speed
+        self.close_s, self.hold_s, self.tol, self.wait_s, self.jitter = close_s, hold_s, tol, wait_s, jitter
+        self.rng = np.random.default_rng(seed)
+        self.active = False
+        self.reset()
+
+    def reset(self) -> None:
+        self.carrot: dict[str, np.ndarray] = {}   # world frame
+        self.rot: dict[str, Rotation] = {}        # world frame
+        self.home_rot: dict[str, Rotation] = {}
+        self.offset: dict[str, np.ndarray] = {}
+        self.phase, self.t_phase = 0, 0.0
+        self.grasp: dict[str, np.ndarray] | None = None  # grasp points, frozen at the grasp
+        self.grasp_rot: Rotation | None = None
+        self.done = False
+
+    def on_episode(self, kind: str) -> None:
+        self.active = kind == "start"
+        self.reset()
+
+    def metrics(self) -> dict[str, float]:
+        return {"active": float(self.active), "phase": float(self.phase)}
+
+    def poll(self, inputs: TeleopInputs) -> list[TeleopCommand] | None:
+        if not self.active:
+            return None
+        obj = inputs.latest(ObjectState.TOPIC)
+        states = {a: inputs.latest_from(a, RobotState.TOPIC) for a in self.T}
+        if obj is None or any(s is None for s in states.values()):
+            return None
+        return self.step({a: np.asarray(s.ee_pose, float) for a, s in states.items()}, np.asarray(obj.cube_pose, float),
+                         inputs.period_s)
+
+    def _to_world(self, arm: str, pose: np.ndarray) -> tuple[np.ndarray, Rotation]:
+        T = self.T[arm]
+        return T[:3, :3] @ pose[:3] + T[:3, 3], Rotation.from_matrix(T[:3, :3]) * Rotation.from_quat(pose[3:])
+
+    def _to_base(self, arm: str, p: np.ndarray, r: Rotation) -> np.ndarray:
+        T = self.T[arm]
+        Rb = T[:3, :3].T
+        return np.r_[Rb @ (p - T[:3, 3]), (Rotation.from_matrix(Rb) * r).as_quat()]
+
+    def grasp_points(self, bar_pose: np.ndarray) -> tuple[dict[str, np.ndarray], Rotation]:
+        """Each arm's grasp point (3,) in the world frame (the bar end nearest its base) and the
+        bar's yaw rotation (about world z; its axis folded into +-90 deg)."""
+        axis = Rotation.from_quat(bar_pose[3:]).apply([0.0, 1.0, 0.0])
+        yaw = float(np.arctan2(-axis[0], axis[1]))
+        yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2
+        ax = np.array([-np.sin(yaw), np.cos(yaw), 0.0])
+        pts = {}
+        for a, T in self.T.items():
+            side = np.sign(np.dot(T[:3, 3] - bar_pose[:3], ax)) or 1.0
+            pts[a] = bar_pose[:3] + side * self.task.grasp_offset * ax + np.r_[0, 0, self.task.grasp_height]
+        return pts, Rotation.from_euler("z", yaw)
+
+    def step(self, tcp: dict[str, np.ndarray], bar_pose: np.ndarray, period_s: float) -> list[TeleopCommand]:
+        """One period: TCP poses (7,) per arm in its base frame and the bar pose (7,) in the world
+        frame -> one command per arm (its base frame); ``episode_stop`` on the first after the hold."""
+        t = self.task
+        if not self.carrot:
+            for a in self.T:
+                p, r = self._to_world(a, tcp[a])
+                self.carrot[a], self.rot[a], self.home_rot[a] = p, r, r
+                self.offset[a] = np.r_[self.rng.normal(0, self.jitter, 2), 0.0]
+        pts, yaw = self.grasp_points(bar_pose) if self.grasp is None else (self.grasp, self.grasp_rot)
+        name = self.PHASES[self.phase]
+        lift = np.r_[0, 0, t.carry_height] if name in ("lift", "hold") else np.zeros(3)
+        goals = {a: pts[a] + (np.r_[0, 0, t.approach_height] + self.offset[a] if name == "approach" else lift)
+                 for a in self.T}
+        speed = self.lift_speed if name == "lift" else self.speed
+        arrived_all, press = True, False
+        for a in self.T:
+            d = goals[a] - self.carrot[a]
+            dist = float(np.linalg.norm(d))
+            if dist <= speed * period_s:
+                self.carrot[a] = goals[a].copy()
+            else:
+                self.carrot[a] = self.carrot[a] + d / dist * speed * period_s
+                arrived_all = False
+            want = yaw * Rotation.from_euler("z", np.pi / 2) * self.home_rot[a]
+            turn = (want * self.rot[a].inv()).magnitude()
+            k = min(1.0, self.turn_speed * period_s / max(turn, 1e-9))
+            self.rot[a] = Slerp([0.0, 1.0], Rotation.concatenate([self.rot[a], want]))([k])[0]
+            arrived_all &= turn <= self.turn_speed * period_s
+        if arrived_all:
+            self.t_phase += period_s
+            at = all(np.linalg.norm(self._to_world(a, tcp[a])[0] - goals[a]) < self.tol for a in self.T)
+            advance = {"approach": True, "descend": at or self.t_phase >= self.wait_s,
+                       "close": self.t_phase >= self.close_s, "lift": True, "hold": False}[name]
+            if name == "descend" and advance:
+                self.grasp, self.grasp_rot = pts, yaw
+            if name == "hold" and self.t_phase >= self.hold_s and not self.done:
+                self.done = press = True
+            elif advance:
+                self.phase, self.t_phase = self.phase + 1, 0.0
+        grip = 0.0 if name in ("close", "lift", "hold") else 1.0
+        out = [TeleopCommand(kind="ee_absolute", value=self._to_base(a, self.carrot[a], self.rot[a]), gripper=grip, arm=a)
+               for a in self.T]
+        if press:
+            out[0].buttons = ["episode_stop"]
+        return out
+
+
 class ScriptedConfig(TeleopConfig):
     """teleop device ``scripted``: a sim task's expert (reads the sim's ground truth)."""
 
     type: Literal["scripted"] = "scripted"
-    task: Literal["reach", "pick", "press"] = Field("reach", description="the task it demonstrates (the sim world's task)")
+    task: Literal["reach", "pick", "press", "lift"] = Field(
+        "reach", description="the task it demonstrates (the sim world's task); lift drives the teleop node's two arms")
     speed: float = Field(0.15, gt=0, description="TCP speed, m/s")
     seed: int = 0
     perturb_m: float = Field(0.0, ge=0, le=0.02, description="press: jumps of the command (m) in contact, so that "
@@ -378,11 +512,35 @@ class ScriptedConfig(TeleopConfig):
     world: str = Field("sim", description="node name of the sim world (its object ground truth)")
 
     def inputs(self, params) -> dict[str, tuple[str, tuple[str, ...]]]:
-        return {params.arm: ("arm", (RobotState.TOPIC,)), self.world: ("sim_world", (ObjectState.TOPIC,))}
+        return {**{a: ("arm", (RobotState.TOPIC,)) for a in params.arm_nodes}, self.world: ("sim_world", (ObjectState.TOPIC,))}
 
-    def build(self, ctx, params) -> "ReachExpert | PickExpert | PressExpert":
+    def build(self, ctx, params) -> "ReachExpert | PickExpert | PressExpert | LiftExpert":
+        if self.task == "lift":
+            return LiftExpert(self.arm_bases(ctx.config, params.arm_nodes), speed=self.speed, seed=self.seed)
         if self.task == "press":
             return PressExpert(speed=self.speed, seed=self.seed, perturb_m=self.perturb_m)
         if self.task == "pick":
             return PickExpert(speed=self.speed, seed=self.seed, miss_rate=self.miss_rate)
         return ReachExpert(speed=self.speed, seed=self.seed)
+
+    def arm_bases(self, cfg, arm_nodes: list[str]) -> dict[str, np.ndarray]:
+        """Arm node -> (4, 4) pose of its base in the world frame, from the sim world's placement of
+        the arm its sim driver names (privileged, like the object ground truth).
+
+        Raises:
+            ValueError: the world or an arm's sim driver is missing, or the world has no such arm.
+        """
+        from robot_stack.drivers.sim_model import ArmPlacement
+
+        if self.world not in cfg.nodes or cfg.nodes[self.world].kind != "sim_world":
+            raise ValueError(f"teleop scripted lift: no sim world node {self.world!r}")
+        world = cfg.nodes[self.world].typed
+        out = {}
+        for node in arm_nodes:
+            name = getattr(cfg.nodes[node].typed.driver, "arm", None) if node in cfg.nodes else None
+            if name not in world.arms:
+                raise ValueError(f"teleop scripted lift: arm node {node!r} drives no arm of the sim world "
+                                 f"(its arms: {sorted(world.arms)})")
+            a = world.arms[name]
+            out[node] = ArmPlacement(name, a.robot, tuple(a.base)).T_world_base()
+        return out

@@ -21,7 +21,6 @@ from robot_stack.apps.session import SessionError
 from robot_stack.apps.task import task_for_config
 from robot_stack.comm.messages import RobotState, TeleopCommand
 
-COLLECT_NODES = ("sim", "arm", "cam_scene", "cam_wrist", "teleop", "controller", "recorder")
 
 
 @dataclass
@@ -35,6 +34,13 @@ class CollectResult:
 
 def _nodes_of(cfg, kind: str) -> list[str]:
     return [n for n, nc in cfg.nodes.items() if nc.kind == kind]
+
+
+def camera_topics(cfg, nodes: list[str]) -> list[str]:
+    """The frame topics of the config's camera nodes among ``nodes`` (what a session waits for)."""
+    from robot_stack.comm.messages import CameraFrame
+
+    return [CameraFrame.topic(cfg.nodes[n].typed.camera_id) for n in nodes if cfg.nodes[n].kind == "camera"]
 
 
 def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_s: float = 30.0,
@@ -75,7 +81,7 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
     try:
         if own:
             with console.status("starting the stack ..."):
-                session.start((RobotState.TOPIC, "camera/wrist", "camera/scene"))
+                session.start((RobotState.TOPIC, *camera_topics(cfg, session.nodes)))
         n_before = len(list_episodes(out)) if Path(out).is_dir() else 0
         ep = 0
         while len(res.saved) < episodes:

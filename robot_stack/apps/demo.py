@@ -178,14 +178,15 @@ def expert_successes(paths: list[Path], task=None) -> int:
     (sim ground truth; default the reach task)."""
     from types import SimpleNamespace
 
-    from robot_stack.data.dataset import open_episode
+    from robot_stack.data.dataset import episode_arms, open_episode
     from robot_stack.apps.task import ReachTask
 
     task = task or ReachTask()
     n = 0
     for p in paths:
         ep = open_episode(p)
-        rs, ob = ep.load("robot_state"), ep.load("sim_objects")
+        arms = episode_arms(ep)  # several arms: the first arm's state (the lift task judges the bar)
+        rs, ob = ep.load(f"robot_state/{arms[0]}" if arms[0] else "robot_state"), ep.load("sim_objects")
         state = SimpleNamespace(ee_pose=rs["ee_pose"][-1], gripper_width=float(rs["gripper_width"][-1]))
         obj = SimpleNamespace(cube_pose=ob["cube_pose"][-1],
                               target_xy=ob["target_xy"][-1] if "target_xy" in ob else np.zeros(2),

@@ -130,7 +130,10 @@ class Session:
         self.cfg, self.rd = self.launcher.config, self.launcher.run_dir
         self.nodes = only or list(self.cfg.nodes)
         self.sim = next((n for n in self.nodes if self.cfg.nodes[n].kind == "sim_world"), None)
-        self.arm_name = next((n for n in self.nodes if self.cfg.nodes[n].kind == "arm"), None)
+        #: the arm nodes (several in a bimanual setup); ``arm_name`` / ``arm``: the first
+        self.arm_names = [n for n in self.nodes if self.cfg.nodes[n].kind == "arm"]
+        self.arm_name = self.arm_names[0] if self.arm_names else None
+        self.arms: dict[str, ArmClient] = {}
         self.reset_retries = 0  # reset moves sent again (refused by the arm node, or not arrived)
         self.sub: Subscriber | None = None
         self.arm: ArmClient | None = None
@@ -153,8 +156,14 @@ class Session:
         for t in wait_topics:
             if self.sub.wait_for(t, timeout_s) is None:
                 raise SessionError(f"the stack did not come up ({t} never arrived)", self.logs.tail())
-        if self.arm_name is not None:
-            self.arm = ArmClient(self.cfg, self.rd, arm=self.arm_name, source="session")
+        deadline = time.monotonic() + timeout_s
+        for n in self.arm_names:
+            self.arms[n] = ArmClient(self.cfg, self.rd, arm=n, source="session")
+            while self.state(n) is None:  # several arms: every one's state, not just the first to come
+                if time.monotonic() > deadline:
+                    raise SessionError(f"the stack did not come up (no robot state from {n})", self.logs.tail())
+                time.sleep(0.05)
+        self.arm = self.arms.get(self.arm_name)
 
     def raise_if_dead(self) -> None:
         """Raises SessionError naming the nodes that died (exit code or signal) and why, if any did."""
@@ -175,8 +184,12 @@ class Session:
                 self._senders[n] = Sender(self.cfg.in_endpoint(n, self.rd), "session", timeout_s=2.0)
             self._senders[n].send(EpisodeEvent.TOPIC, EpisodeEvent(kind=kind, episode=episode, task=task))
 
-    def state(self):
-        return self.sub.latest(RobotState.TOPIC)
+    def state(self, arm: str | None = None):
+        """The newest RobotState of ``arm`` (default the first arm node), or None."""
+        if len(self.arm_names) <= 1:
+            return self.sub.latest(RobotState.TOPIC)
+        arm = arm or self.arm_name
+        return next((m for m in reversed(self.sub.history(RobotState.TOPIC)) if m.source == arm), None)
 
     def heartbeat(self, node: str) -> dict[str, float]:
         hb = self.sub.latest(Heartbeat.topic(node))
@@ -207,31 +220,35 @@ class Session:
                            "the arm node's log says why it refused them", self.logs.tail())
 
     def move_joints(self, q_goal: np.ndarray, speed: float = HOME_SPEED, settle_s: float = 0.4,
-                    attempts: int = 3) -> None:
-        """Joint-space move to ``q_goal`` (rad) through the arm node; blocks until the arm is there
-        (within ``REACH_TOL_RAD``), sending a refused move again (:meth:`_move_until_there`).
+                    attempts: int = 3, arm: str | None = None) -> None:
+        """Joint-space move to ``q_goal`` (rad) through the arm node ``arm`` (default the first);
+        blocks until the arm is there (within ``REACH_TOL_RAD``), sending a refused move again
+        (:meth:`_move_until_there`).
 
         Raises:
             SessionError: the arm is not at the goal after ``attempts`` moves.
         """
         q_goal = np.asarray(q_goal, float)
+        arm = arm or self.arm_name
 
         def send():
-            q0 = np.asarray(self.state().q, float)
+            q0 = np.asarray(self.state(arm).q, float)
             dur = max(0.5, float(np.max(np.abs(q_goal - q0))) / speed)
             n = max(2, int(dur / 0.05))
             s = np.linspace(0, 1, n)[1:]
             s = 0.5 - 0.5 * np.cos(np.pi * s)  # smooth start and stop
             stamps = now_ns() + 100_000_000 + (np.linspace(0, dur, n)[1:] * 1e9).astype(np.int64)
-            self.arm.send_schedule(stamps, q0 + s[:, None] * (q_goal - q0), space="joint", gripper=np.ones(n - 1))
+            self.arms[arm].send_schedule(stamps, q0 + s[:, None] * (q_goal - q0), space="joint", gripper=np.ones(n - 1))
             return stamps
 
-        self._move_until_there(send, lambda: float(np.max(np.abs(np.asarray(self.state().q, float) - q_goal))),
-                               self.REACH_TOL_RAD, "arm (rad)", attempts, settle_s)
+        self._move_until_there(send, lambda: float(np.max(np.abs(np.asarray(self.state(arm).q, float) - q_goal))),
+                               self.REACH_TOL_RAD, f"{arm} (rad)", attempts, settle_s)
 
-    def move_pose(self, pose: np.ndarray, speed: float = 0.15, settle_s: float = 0.4, attempts: int = 3) -> None:
-        """Straight-line TCP move to ``pose`` (7,) base frame; blocks until the TCP is there (within
-        ``REACH_TOL_M``), sending a refused move again (:meth:`_move_until_there`).
+    def move_pose(self, pose: np.ndarray, speed: float = 0.15, settle_s: float = 0.4, attempts: int = 3,
+                  arm: str | None = None) -> None:
+        """Straight-line TCP move of ``arm`` (default the first) to ``pose`` (7,) in its base frame;
+        blocks until the TCP is there (within ``REACH_TOL_M``), sending a refused move again
+        (:meth:`_move_until_there`).
 
         Raises:
             SessionError: the TCP is not at the goal after ``attempts`` moves.
@@ -239,26 +256,29 @@ class Session:
         from robot_stack.control.arm_client import straight_line
 
         pose = np.asarray(pose, float)
+        arm = arm or self.arm_name
 
         def send():
-            stamps, poses = straight_line(np.asarray(self.state().ee_pose), pose, now_ns(), speed)
-            self.arm.send_schedule(stamps, poses, space="ee")
+            stamps, poses = straight_line(np.asarray(self.state(arm).ee_pose), pose, now_ns(), speed)
+            self.arms[arm].send_schedule(stamps, poses, space="ee")
             return stamps
 
-        self._move_until_there(send, lambda: float(np.linalg.norm(np.asarray(self.state().ee_pose[:3], float) - pose[:3])),
+        self._move_until_there(send, lambda: float(np.linalg.norm(np.asarray(self.state(arm).ee_pose[:3], float) - pose[:3])),
                                self.REACH_TOL_M, "TCP (m)", attempts, settle_s)
 
     def reset(self, cube_pose: np.ndarray | None = None, home_q: np.ndarray | None = None,
               start_pose: np.ndarray | None = None) -> np.ndarray | None:
         """Reset period: arm home; sim: cube placed (random when None) and its pose returned;
         hardware: waits for the operator (Enter) and returns None. Then, if ``start_pose`` (7,)
-        is given, a straight TCP move there (the episode's start)."""
-        if home_q is None:  # the arm's own home posture, from its robot model
-            from robot_stack.control.robot_model import load_description
+        is given, a straight TCP move there (the episode's start). Several arms: each goes to its
+        own home posture (``home_q`` is the first arm's), one after the other; the grippers open."""
+        from robot_stack.control.robot_model import load_description
 
-            robot = self.cfg.nodes[self.arm_name].typed.robot_name(self.cfg)
-            home_q = np.asarray(load_description(robot)[0].home_q)
-        self.move_joints(home_q)
+        for arm in self.arm_names:  # each arm's own home posture, from its robot model
+            q = home_q if home_q is not None and arm == self.arm_name else None
+            if q is None:
+                q = np.asarray(load_description(self.cfg.nodes[arm].typed.robot_name(self.cfg))[0].home_q)
+            self.move_joints(q, arm=arm)
         if self.sim is None:
             input("reset the scene, then press Enter to start the next episode ")
             if start_pose is not None:
@@ -284,8 +304,8 @@ class Session:
     def close(self) -> None:
         for s in self._senders.values():
             s.close()
-        if self.arm is not None:
-            self.arm.close()
+        for client in self.arms.values():
+            client.close()
         if self.sub is not None:
             self.sub.close()
         self.launcher.stop()

@@ -1,5 +1,6 @@
 """The sim tasks of the main job: reach the cube (:class:`ReachTask`), pick-and-place it
-(:class:`PickTask`) and press it with a set force (:class:`PressTask`, the contact task). A config names its task in the sim world's ``task`` parameter
+(:class:`PickTask`), press it with a set force (:class:`PressTask`, the contact task) and, with two
+arms, lift a bar together (:class:`LiftTask`, the bimanual task). A config names its task in the sim world's ``task`` parameter
 (:func:`task_for_config`).
 
 Reach:
@@ -160,16 +161,72 @@ class PressTask(ReachTask):
         return abs(self.force_z(state) - self.force_n)
 
 
-TASKS = {"reach": ReachTask, "pick": PickTask, "press": PressTask}
+@dataclass(frozen=True)
+class LiftTask(ReachTask):
+    """Bimanual: two arms grasp a bar at its two ends and lift it together, level.
+
+    The bar (``bar_half`` half sizes, along the world y axis between the arms, ``bar_mass``) lies
+    at a random position in ``cube_range`` and yaw within +-``max_yaw`` (rad) each episode.
+    Success (sim ground truth, world frame): the bar's centre is at least ``lift_height`` above
+    where it lay and its long axis is within ``max_tilt`` (rad) of horizontal, held ``hold_s``:
+    one arm lifting alone tilts it, so both must lift. ``error_mm`` is how far the bar's centre
+    is above where it lay, mm.
+
+    Expert (``teleop/scripted.py: LiftExpert``): each arm's grasp point is ``grasp_offset`` from
+    the bar's centre along its axis; fingers close across the bar (the TCP turned 90 deg about z
+    from the arm's home orientation, plus the bar's yaw); ``approach_height`` over the grasp
+    points, down to them, close, lift to ``carry_height`` above them, hold.
+    """
+
+    cube_range = ((0.45, 0.55), (-0.03, 0.03))
+    max_yaw: float = 0.17  # rad, about 10 deg
+    bar_half: tuple[float, float, float] = (0.02, 0.18, 0.02)
+    bar_mass: float = 0.15
+    grasp_offset: float = 0.13
+    approach_height: float = 0.10
+    grasp_height: float = 0.0
+    carry_height: float = 0.12
+    lift_height: float = 0.06
+    max_tilt: float = 0.17  # rad, about 10 deg
+    hold_s: float = 0.5
+
+    name = "lift"
+    error_name = "bar lift"
+
+    def start_pose(self, rng: np.random.Generator, orientation: np.ndarray) -> None:
+        """Episodes start with every arm at its home posture (no start pose)."""
+        return None
+
+    def lifted(self, bar_pose: np.ndarray, bar_start_xyz: np.ndarray) -> bool:
+        """True when the bar (pose (7,) [x y z qx qy qz qw]) is ``lift_height`` above its start
+        centre (3,) and level within ``max_tilt``."""
+        from scipy.spatial.transform import Rotation
+
+        p = np.asarray(bar_pose, float)
+        axis = Rotation.from_quat(p[3:]).apply([0.0, 1.0, 0.0])
+        tilt = float(np.arcsin(min(1.0, abs(axis[2]))))
+        return bool(p[2] - float(bar_start_xyz[2]) >= self.lift_height and tilt <= self.max_tilt)
+
+    def achieved(self, state, obj, cube_start_xyz: np.ndarray) -> bool:
+        return self.lifted(obj.cube_pose, cube_start_xyz)
+
+    def error_mm(self, state, obj) -> float:
+        """Height of the bar's centre above the table's rest height, mm."""
+        return (float(obj.cube_pose[2]) - self.bar_half[2]) * 1e3
+
+
+TASKS = {"reach": ReachTask, "pick": PickTask, "press": PressTask, "lift": LiftTask}
 
 
 def task_for_config(cfg) -> ReachTask:
-    """The task of a stack config: its sim world's ``task`` (reach or pick), turned to the front of
+    """The task of a stack config: its sim world's ``task`` (reach, pick, press or lift), turned to the front of
     the sim world's robot (its description's ``sim.workspace_yaw``). No sim world: the reach task."""
     from robot_stack.control.robot_model import load_description
 
     sims = [nc for nc in cfg.nodes.values() if nc.kind == "sim_world"]
     if not sims:
         return ReachTask()
+    if sims[0].typed.task == "lift":
+        return LiftTask()
     desc, _ = load_description(sims[0].typed.robot)
     return TASKS[sims[0].typed.task](yaw=float(desc.sim.workspace_yaw) if desc.sim is not None else 0.0)

@@ -313,7 +313,7 @@ class RobotState(Message):
 
 TELEOP_BUTTONS = (
     "episode_start", "episode_stop", "episode_discard", "quit", "intervene", "release", "estop",
-    "estop_release",
+    "estop_release", "switch_arm",
 )
 
 
@@ -327,6 +327,7 @@ class TeleopCommand(Message):
         value: float64 command vector, shape per ``kind``.
         gripper: commanded gripper opening in [0, 1] (0 closed, 1 open).
         buttons: button events in this command (see ``TELEOP_BUTTONS``).
+        arm: the arm node it moves, for a controller driving several arms ("": its first arm).
     """
 
     SCHEMA: ClassVar[str] = "teleop_command"
@@ -335,6 +336,7 @@ class TeleopCommand(Message):
     value: np.ndarray = array(FLOAT64, (None,))
     gripper: float = scalar("float", 1.0)
     buttons: list[str] = scalar("list_str", choices=TELEOP_BUTTONS)
+    arm: str = scalar("str", "")
 
     def check(self) -> None:
         want = {"ee_delta": 6, "ee_absolute": 7}.get(self.kind)

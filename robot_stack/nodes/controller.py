@@ -39,7 +39,10 @@ arm, 8 actions [x y z qx qy qz qw gripper] per arm in the order of ``arms``, eac
 frame; each control step's schedule goes to every arm with the same stamps. The observation's
 ``state`` is the arms' state vectors in that order, all at the window's times. Safety stays per arm
 (each arm node checks its own schedules); a stale stream, or an arm in e-stop, holds every arm
-(``hold_together``).
+(``hold_together``). Teleop drives several arms too: each command names its arm
+(``TeleopCommand.arm``, "" for the first), the controller keeps a target per arm and sends every
+arm its target each step a command arrives (an arm no command moved holds where it is), so the
+recorded actions cover every arm on the same stamps. Intervention stays one-arm.
 
 Metrics in the heartbeat: inference latency, delay d, dropped (stale) actions, late steps, chunks
 over budget, the jump in commanded position at chunk switches, observation holds.
@@ -143,8 +146,6 @@ class ControllerNode(Node):
         if len(set(self.arm_names)) != len(self.arm_names):
             raise ValueError(f"controller.arms: an arm is named twice in {self.arm_names}")
         self.multi = len(self.arm_names) > 1
-        if self.multi and p.source == "teleop":
-            raise ValueError("controller.source teleop drives one arm; several arms take policy or external actions")
         if self.multi and p.fast is not None:
             raise ValueError("controller.fast: the fast layer corrects one arm's plan")
         #: action dimension: 8 per arm [x y z qx qy qz qw gripper]
@@ -194,7 +195,7 @@ class ControllerNode(Node):
         self.rx = self.ctx.receiver()
         self.teleop_sub = self.ctx.subscriber([p.teleop], ("teleop/",), history=200) if p.teleop else None
         self.teleop_seq = -1
-        self.teleop_target: np.ndarray | None = None  # (8,) pose + gripper
+        self.teleop_target: dict[str, np.ndarray] = {}  # arm -> (8,) pose + gripper, its base frame
         self.endpoint = (p.policy_endpoint or cfg.in_endpoint(p.policy, rd)) if self.has_policy else None
         self.lock = threading.Lock()
         self.delay = DelayEstimator(self.dt_ns, initial_steps=2)
@@ -690,7 +691,7 @@ class ControllerNode(Node):
             self.generation += 1
             if self.fast is not None:
                 self.fast.reset()
-        self.teleop_target = None
+        self.teleop_target = {}
 
     def _teleop_step(self) -> None:
         """Apply new teleop commands: buttons (intervene/release/estop) always, motion when teleop drives."""
@@ -721,24 +722,37 @@ class ControllerNode(Node):
         fresh = [c for c in cmds if now_ns() - c.stamp_ns < self.params.teleop_timeout_s * 1e9]
         if not fresh:
             return
-        state = self.sub.latest(RobotState.TOPIC)
-        if state is None:
-            return
+        per_arm = {a: [c for c in fresh if (c.arm or self.arm_names[0]) == a] for a in self.arm_names}
+        unknown = {c.arm for c in fresh if c.arm and c.arm not in per_arm}
+        if unknown:
+            self.stats["errors"] += 1
+            log.warning("teleop commands for arms this controller does not drive were ignored: %s", sorted(unknown))
         t = now_ns() + self.dt_ns + int(self.params.exec_latency_s * 1e9)
-        if fresh[-1].kind == "joint":  # leader arm: joint-space waypoint, same arm-node safety
-            c = fresh[-1]
-            self.teleop_target = None
-            self.stats["teleop_steps"] += 1
-            self._dispatch(np.array([t]), np.asarray(c.value, float)[None], "joint",
-                           np.array([np.clip(c.gripper, 0, 1)]), "teleop")
+        states = {a: self._latest_state(a) for a in self.arm_names}
+        if any(st is None for st in states.values()):
             return
-        target = self.teleop_target
-        if target is None:
-            target = np.r_[np.asarray(state.ee_pose, float), 1.0]
-        target = apply_commands(target, fresh)
-        self.teleop_target = target
+        joint_arms = []
+        for arm, mine in per_arm.items():
+            if mine and mine[-1].kind == "joint":  # leader arm: joint-space waypoint, same arm-node safety
+                c = mine[-1]
+                joint_arms.append(arm)
+                self.teleop_target.pop(arm, None)
+                self._dispatch(np.array([t]), np.asarray(c.value, float)[None], "joint",
+                               np.array([np.clip(c.gripper, 0, 1)]), "teleop", arm)
+                continue
+            target = self.teleop_target.get(arm)
+            if target is None:  # from where the arm is (an arm no command moved yet holds there)
+                target = np.r_[np.asarray(states[arm].ee_pose, float), 1.0]
+            self.teleop_target[arm] = apply_commands(target, mine)
         self.stats["teleop_steps"] += 1
-        self._send(np.array([t], np.int64), target[None], origin="teleop")
+        if not joint_arms:  # every arm its target, the same stamp (lockstep), through the committed plan
+            self._send(np.array([t], np.int64), np.concatenate([self.teleop_target[a] for a in self.arm_names])[None],
+                       origin="teleop")
+            return
+        for arm in self.arm_names:  # mixed: the end-effector arms that were moved, each on its own
+            if arm not in joint_arms and per_arm[arm]:
+                tg = self.teleop_target[arm]
+                self._dispatch(np.array([t]), tg[None, :7], "ee", tg[7:8], "teleop", arm)
 
     def step(self) -> None:
         if self._fatal is None:

@@ -17,7 +17,12 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from robot_stack.apps.task import PressTask
+from robot_stack.apps.task import LiftTask, PressTask, TASKS
+
+
+def task_for_world(name: str):
+    """The task object whose object placement (``cube_range``, ``max_yaw``) a reset uses."""
+    return TASKS[name]()
 from robot_stack.runtime.clock import now_ns
 from robot_stack.drivers.sim_messages import JointState, JointTarget, ObjectState, SimCommand, SimState, arm_topic
 from robot_stack.runtime.node import Node, NodeParams
@@ -40,9 +45,10 @@ class SimWorldParams(NodeParams):
     rate_hz: float = Field(500.0, gt=0, le=2000)
     state_rate_hz: float = Field(60.0, gt=0, le=500)
     seed: int = 0
-    task: Literal["reach", "pick", "press"] = Field(
+    task: Literal["reach", "pick", "press", "lift"] = Field(
         "reach", description="the task whose success collect, deploy and the demo check on this world's ground truth "
-                             "(press: the cube's contact softness is random each episode, unseen by the cameras)")
+                             "(press: the cube's contact softness is random each episode, unseen by the cameras; "
+                             "lift: two arms lift a bar, a multi-arm world's task)")
     arms: dict[str, SimArmParams] = Field(
         default_factory=dict, description="a multi-arm world (bimanual): arm name -> robot and base pose in the world "
                                           "frame; each arm node's sim driver names its arm (driver.arm). Empty: one arm, "
@@ -66,9 +72,12 @@ class SimWorldParams(NodeParams):
 
     @model_validator(mode="after")
     def _one_arm_features(self):
-        if self.arms and (self.ur_emulator_host or self.table_board or self.gripper_board or self.task != "reach"):
+        if self.arms and (self.ur_emulator_host or self.table_board or self.gripper_board
+                          or self.task not in ("reach", "lift")):
             raise ValueError("a multi-arm sim world has no UR emulator, calibration boards or one-arm tasks "
-                             "(task must stay reach)")
+                             "(task: reach or lift)")
+        if self.task == "lift" and len(self.arms) != 2:
+            raise ValueError(f"task lift needs two arms (arms: left and right), this world has {len(self.arms)}")
         return self
 
     @field_validator("ur_emulator_host")
@@ -84,8 +93,11 @@ class SimWorldParams(NodeParams):
         """The SceneSpec every process of this world builds (world and camera renderers)."""
         from robot_stack.drivers.sim_model import ArmPlacement, SceneSpec
 
+        obj = {}
+        if self.task == "lift":  # the object is the bar
+            obj = {"cube_half": tuple(LiftTask.bar_half), "cube_mass": LiftTask.bar_mass}
         return SceneSpec(robot=self.robot, table_board=self.table_board, gripper_board=self.gripper_board,
-                         arms=tuple(ArmPlacement(n, a.robot, tuple(a.base)) for n, a in self.arms.items()))
+                         arms=tuple(ArmPlacement(n, a.robot, tuple(a.base)) for n, a in self.arms.items()), **obj)
 
 
 class SimWorldNode(Node):
@@ -141,8 +153,10 @@ class SimWorldNode(Node):
             else:
                 log.warning("ignored joint target of shape %s (finite: %s)", msg.q.shape, np.all(np.isfinite(msg.q)))
         elif isinstance(msg, SimCommand):
+            task = task_for_world(self.params.task)
             pose = self.world.reset(None if msg.cube_pose is None else np.asarray(msg.cube_pose),
-                                    cube_range=PressTask.cube_range if self.params.task == "press" else None)
+                                    cube_range=getattr(task, "cube_range", None), **(
+                                        {"max_yaw": task.max_yaw} if hasattr(task, "max_yaw") else {}))
             if self.params.task == "press":
                 log.info("cube contact time constant %.3f s", self.world.randomize_cube_softness())
             self.steps = 0

@@ -7,6 +7,12 @@ Dynamixel leader arm: joint commands, engaged only when it matches the follower'
 ramped in). Each device's config names the streams it reads; episode events on the node's input
 (start/stop/discard) reach the device (the scripted expert acts between start and stop; a
 person's devices ignore them).
+Two arms (a controller with ``arms``): the node's ``arms`` lists the arm nodes; a person's one
+device drives one of them at a time and its ``switch_arm`` button (keyboard: Tab) passes it to the
+next; the node stamps each command with the arm it moves (``TeleopCommand.arm``). The arm not
+being driven holds its target: the controller keeps a target per arm. A device that addresses the
+arms itself (the scripted bimanual expert: one command per arm each period) sets ``arm`` and the
+node leaves it. E-stop buttons go to every arm.
 A device that fails to open stops the node with the device's error message. The e-stop button
 goes straight to the arm node (not through the controller, which may be the part that hung), and
 so does ``estop_release`` (honoured only where the arm's ``safety.estop_release`` allows this node,
@@ -36,9 +42,17 @@ class TeleopParams(NodeParams):
     device: TeleopDeviceConfig = _device_field
     rate_hz: float = Field(30.0, gt=0, le=500)
     arm: str = Field("arm", description="arm node (e-stop buttons; the state a device reads)")
+    arms: list[str] = Field(default_factory=list, description="several arms: the arm nodes, in the controller's "
+                            "order; one device is switched between them (switch_arm button)")
+
+    @property
+    def arm_nodes(self) -> list[str]:
+        """The arm nodes this node's commands and e-stop buttons are for."""
+        return list(self.arms) or [self.arm]
 
     def references(self) -> dict[str, str]:
         refs = self.device.references()
+        refs.update({a: "arm" for a in self.arms})
         refs.update({node: kind for node, (kind, _) in self.device.inputs(self).items()})
         return refs
 
@@ -59,21 +73,35 @@ class TeleopNode(Node):
         p = self.params
         self.rx = self.ctx.receiver()
         self.sent = 0
+        self.selected = 0  # several arms: the index of the arm a person's device drives now
+        self.arm_tx: dict = {}
         self.device = p.device.build(self.ctx, p)
         ins = p.device.inputs(p)
         self.sub = None
         if ins:
             topics = tuple(sorted({t for _, ts in ins.values() for t in ts}))
-            self.sub = self.ctx.subscriber(list(ins), topics)
+            # several sources of one topic (two arms' robot/state): enough history for the newest of each
+            self.sub = self.ctx.subscriber(list(ins), topics, history=1 if len(ins) <= 2 else 64)
 
     def _latest(self, topic: str):
         return None if self.sub is None else self.sub.latest(topic)
 
+    def _latest_from(self, node: str, topic: str):
+        if self.sub is None:
+            return None
+        return next((m for m in reversed(self.sub.history(topic)) if m.source == node), None)
+
     def step(self) -> None:
         while (item := self.rx.recv(0.0)) is not None:
             self.guarded("teleop_input", self._on_event, item[1])
-        cmd = self.device.poll(TeleopInputs(self._latest, now_ns() / 1e9, 1.0 / self.rate_hz))
-        if cmd is not None:
+        out = self.device.poll(TeleopInputs(self._latest, now_ns() / 1e9, 1.0 / self.rate_hz, self._latest_from))
+        for cmd in ([] if out is None else out if isinstance(out, list) else [out]):
+            arms = self.params.arm_nodes
+            if "switch_arm" in cmd.buttons and len(arms) > 1:
+                self.selected = (self.selected + 1) % len(arms)
+                log.info("teleop now drives arm %s", arms[self.selected])
+            if not cmd.arm and self.params.arms:
+                cmd.arm = arms[self.selected]
             self._arm_buttons(cmd.buttons)
             self.pub.publish(TeleopCommand.TOPIC, cmd)
             self.sent += 1
@@ -83,29 +111,33 @@ class TeleopNode(Node):
             self.device.on_episode(ev.kind)
 
     def _arm_buttons(self, buttons) -> None:
-        """E-stop (and its release) go to the arm node directly."""
+        """E-stop (and its release) go to the arm nodes directly (every arm of the node)."""
         wanted = [b for b in buttons if b in ("estop", "estop_release")]
-        if not wanted or self.params.arm not in self.ctx.config.nodes:
-            return
-        if getattr(self, "arm_tx", None) is None:
-            self.arm_tx = self.ctx.arm_client(self.params.arm, heartbeat_hz=0)
-        for b in wanted:
-            try:
-                if b == "estop":
-                    self.arm_tx.estop(f"e-stop button on {self.name}")
-                    log.warning("e-stop sent to %s", self.params.arm)
-                else:
-                    self.arm_tx.release()
-                    log.warning("e-stop release sent to %s", self.params.arm)
-            except Exception as e:  # the arm is gone or busy: say so, the button is not lost silently
-                log.error("could not send %s to %s: %s", b, self.params.arm, e)
+        for arm in self.params.arm_nodes:
+            if not wanted or arm not in self.ctx.config.nodes:
+                continue
+            if arm not in self.arm_tx:
+                self.arm_tx[arm] = self.ctx.arm_client(arm, heartbeat_hz=0)
+            for b in wanted:
+                try:
+                    if b == "estop":
+                        self.arm_tx[arm].estop(f"e-stop button on {self.name}")
+                        log.warning("e-stop sent to %s", arm)
+                    else:
+                        self.arm_tx[arm].release()
+                        log.warning("e-stop release sent to %s", arm)
+                except Exception as e:  # the arm is gone or busy: say so, the button is not lost silently
+                    log.error("could not send %s to %s: %s", b, arm, e)
 
     def metrics(self) -> dict[str, float]:
-        return {"commands": float(self.sent), **(self.device.metrics() if hasattr(self, "device") else {})}
+        return {"commands": float(self.sent), "selected_arm": float(getattr(self, "selected", 0)),
+                **(self.device.metrics() if hasattr(self, "device") else {})}
 
     def shutdown(self) -> None:
         if hasattr(self, "device") and hasattr(self.device, "close"):
             self.device.close()
-        for s in ("rx", "sub", "arm_tx"):
+        for s in ("rx", "sub"):
             if getattr(self, s, None) is not None:
                 getattr(self, s).close()
+        for tx in getattr(self, "arm_tx", {}).values():
+            tx.close()
