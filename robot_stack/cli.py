@@ -352,7 +352,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.square:
         return run_square(quick=args.quick, verbose=args.verbose, config=args.config)
     if args.config is not None:
-        raise ValueError("--config goes with --square (the main job runs on configs/sim_panda_<task>.yaml)")
+        raise ValueError("--config goes with --square (the main job runs on the task's own config)")
     res = run_demo(quick=args.quick, verbose=args.verbose, workdir=args.workdir, task=args.task)
     return 0 if res.deploy.policy_waypoints > 0 else 1
 
@@ -520,8 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the simulated robot")
     p.add_argument("--quick", action="store_true", help="short run that proves the path (CI)")
-    p.add_argument("--task", choices=("reach", "pick"), default="reach",
-                   help="reach the cube (quick to learn), or pick it and place it in the target square")
+    p.add_argument("--task", choices=("reach", "pick", "bimanual"), default="reach",
+                   help="reach the cube (quick to learn), pick it and place it in the target square, or lift a bar "
+                        "with two arms")
     p.add_argument("--square", action="store_true", help="bring-up check instead: trace a square, print tracking and timing")
     p.add_argument("--config", type=Path, default=None, help="--square on this setup (default configs/sim_panda.yaml)")
     p.add_argument("--workdir", type=Path, default=None, help="folder for episodes and the policy (default: a temp folder)")

@@ -1,9 +1,10 @@
-"""``robot-stack demo``: the main job end to end on the simulated Panda, and a bring-up check.
+"""``robot-stack demo``: the main job end to end on the simulated Panda (two of them for
+``--task bimanual``), and a bring-up check.
 
-``run_demo`` (``robot-stack demo [--task reach|pick]``): collect demonstrations of the task with the
-scripted expert through the teleop path (``configs/sim_panda_reach.yaml`` or
-``configs/sim_panda_pick.yaml``), train a visuomotor flow policy on them (wrist RGB +
-proprioception), deploy it with receding-horizon execution on randomized cube poses it never saw,
+``run_demo`` (``robot-stack demo [--task reach|pick|bimanual]``): collect demonstrations of the task
+with the scripted expert through the teleop path (``configs/sim_panda_reach.yaml``,
+``configs/sim_panda_pick.yaml`` or ``configs/sim_bimanual_lift.yaml``), train a visuomotor flow
+policy on them (wrist RGB + proprioception; bimanual: the top camera and both arms), deploy it with receding-horizon execution on randomized cube poses it never saw,
 and print the success rate beside the expert's, with timing figures.
 
 ``run_square`` (``robot-stack demo --square``): brings up ``configs/sim_panda.yaml``, drives the TCP
@@ -148,6 +149,8 @@ class DemoSettings:
     def quick(task: str = "reach") -> "DemoSettings":
         if task == "pick":
             return DemoSettings(demos=6, train_steps=300, eval_episodes=2, max_episode_s=12.0, collect_episode_s=25.0)
+        if task == "bimanual":
+            return DemoSettings(demos=4, train_steps=300, eval_episodes=2, max_episode_s=10.0, collect_episode_s=20.0)
         return DemoSettings(demos=6, train_steps=300, eval_episodes=3, max_episode_s=8.0)
 
     @staticmethod
@@ -155,13 +158,20 @@ class DemoSettings:
         if task == "pick":
             return DemoSettings(demos=PICK_DEMOS, train_steps=PICK_STEPS, eval_episodes=20, max_episode_s=25.0,
                                 collect_episode_s=25.0)
+        if task == "bimanual":
+            return DemoSettings(demos=BIMANUAL_DEMOS, train_steps=BIMANUAL_STEPS, eval_episodes=20, max_episode_s=20.0,
+                                collect_episode_s=20.0)
         return DemoSettings()
 
 
 PICK_DEMOS, PICK_STEPS = 50, 3000
-TASK_CONFIGS = {"reach": "sim_panda_reach.yaml", "pick": "sim_panda_pick.yaml"}
+BIMANUAL_DEMOS, BIMANUAL_STEPS = 40, 3000
+TASK_CONFIGS = {"reach": "sim_panda_reach.yaml", "pick": "sim_panda_pick.yaml", "bimanual": "sim_bimanual_lift.yaml"}
+#: the sim task (``robot_stack.apps.task.TASKS``) each demo task checks
+TASK_OF = {"reach": "reach", "pick": "pick", "bimanual": "lift"}
 TASK_TEXT = {"reach": "reach the cube (random pose each episode, seen only through the wrist camera)",
-             "pick": "pick the cube (random pose, seen through the wrist camera) and place it in the target square"}
+             "pick": "pick the cube (random pose, seen through the wrist camera) and place it in the target square",
+             "bimanual": "two Pandas lift a bar together, level (random pose, seen through the top camera)"}
 
 
 @dataclass
@@ -197,7 +207,7 @@ def expert_successes(paths: list[Path], task=None) -> int:
 
 def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = None,
              settings: DemoSettings | None = None, task: str = "reach") -> DemoResult:
-    """Collect -> train -> deploy on the sim for ``task`` (reach or pick); returns the figures (the
+    """Collect -> train -> deploy on the sim for ``task`` (reach, pick or bimanual); returns the figures (the
     caller prints/judges them).
 
     Raises:
@@ -221,7 +231,8 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = config_path(TASK_CONFIGS[task])
     times = {}
-    console.rule("[bold]robot-stack demo[/bold]: collect -> train -> deploy on the simulated Franka Panda")
+    console.rule("[bold]robot-stack demo[/bold]: collect -> train -> deploy on the simulated Franka Panda"
+                 + (" pair" if task == "bimanual" else ""))
     console.print(f"task: {TASK_TEXT[task]}; "
                   f"{st.demos} demonstrations, {st.train_steps} training steps, {st.eval_episodes} evaluation "
                   f"episodes; work folder {work}")
@@ -232,13 +243,14 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
                       verbose=verbose, console=console)
     times["collect"] = time.perf_counter() - t0
     attempts = len(col.saved) + col.discarded
-    expert_ok = expert_successes(col.saved, TASKS[task]())
+    expert_ok = expert_successes(col.saved, TASKS[TASK_OF[task]]())
 
     t0 = time.perf_counter()
     console.rule(f"2/3 train a visuomotor flow policy ({st.train_steps} steps on CPU)")
     # pick: actions relative to the TCP (UMI's relative trajectory; the wrist camera sees the cube
     # relative to the gripper): 15/20 and 16/20 where absolute actions gave 8/20 (README)
-    ms = ModelSettings(action_frame="relative") if task == "pick" else ModelSettings()
+    # bimanual: the top camera (it sees the bar and both grippers), actions in each arm's base frame
+    ms = {"pick": ModelSettings(action_frame="relative"), "bimanual": ModelSettings(camera="top")}.get(task, ModelSettings())
     ts = TrainSettings(model=ms, steps=st.train_steps, val_fraction=0.1 if st.demos >= 10 else 0.25,
                        checkpoint_every=max(1, st.train_steps // 4))
     policy_path = work / "policy.safetensors"
@@ -258,7 +270,8 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
     finally:
         session.close()
     times["deploy"] = time.perf_counter() - t0
-    t = summary_table(res, f"robot-stack demo ({task}): learned visuomotor policy on the simulated Panda",
+    t = summary_table(res, f"robot-stack demo ({task}): learned visuomotor policy on the simulated Panda"
+                      + (" pair" if task == "bimanual" else ""),
                       baseline=(expert_ok, attempts))
     t.add_row("demonstrations / training samples", f"{len(col.saved)} / {summary['train_samples']}")
     if "val_pos_err_mm" in summary:
