@@ -71,6 +71,38 @@ class TeleopConfig(DeviceConfig):
         return {}
 
 
+class ArmSelector:
+    """Which arm a person's one device drives when a controller drives several (bimanual).
+
+    The device's ``switch_arm`` button passes it to the next arm in ``arms`` (cyclic); every
+    command that names no arm is stamped with the arm it moves (``TeleopCommand.arm``). Commands
+    that name their arm (a device that drives both, such as the scripted bimanual expert) pass
+    as they are. With one arm or none (``arms`` empty) nothing is stamped: the controller's first
+    arm is meant.
+
+    Args:
+        arms: the arm node names, in the controller's order.
+    """
+
+    def __init__(self, arms: list[str]):
+        self.arms = list(arms)
+        self.index = 0
+
+    @property
+    def current(self) -> str:
+        """The arm the device drives now ("" when there is no choice)."""
+        return self.arms[self.index] if self.arms else ""
+
+    def route(self, cmd: TeleopCommand) -> TeleopCommand:
+        """Apply a ``switch_arm`` in ``cmd`` first (the command then moves the new arm), then stamp
+        ``cmd.arm`` if it names none; returns ``cmd``."""
+        if "switch_arm" in cmd.buttons and len(self.arms) > 1:
+            self.index = (self.index + 1) % len(self.arms)
+        if not cmd.arm and len(self.arms) > 1:
+            cmd.arm = self.current
+        return cmd
+
+
 def deadzone(x: np.ndarray, dz: float) -> np.ndarray:
     """Zero components with ``|x| < dz`` and rescale the rest so the output is continuous at the edge.
 

@@ -1,5 +1,6 @@
-"""The bimanual lift task: its success check, and its scripted expert driving two arms in
-MuJoCo physics (two Pandas with Robotiq 2F-85s at a shared table), without processes."""
+"""The bimanual lift task: its success check, its scripted expert driving two arms in MuJoCo
+physics (two Pandas with Robotiq 2F-85s at a shared table, without processes), and one teleop
+device switched between two arms."""
 
 import numpy as np
 import pytest
@@ -110,3 +111,20 @@ def test_lift_expert_in_physics_lifts_the_bar_level():
         assert bar[2] - bar0[2] == pytest.approx(task.carry_height, abs=0.015)
     bar0, _ = episode(broken="arm_right")
     assert not task.lifted(world.cube_pose(), bar0[:3])
+
+
+def test_one_device_is_switched_between_two_arms():
+    """A person's one device drives one arm at a time: its commands are stamped with that arm,
+    switch_arm passes it to the other (cyclic), and commands that name their arm pass unchanged."""
+    from robot_stack.comm.messages import TeleopCommand
+    from robot_stack.teleop.base import ArmSelector
+
+    sel = ArmSelector(["arm_left", "arm_right"])
+    cmd = lambda **kw: TeleopCommand(kind="ee_delta", value=np.zeros(6), **kw)  # noqa: E731
+    assert sel.route(cmd()).arm == "arm_left"
+    assert sel.route(cmd(buttons=["switch_arm"])).arm == "arm_right"  # the switching command moves the new arm
+    assert sel.route(cmd()).arm == "arm_right"
+    assert sel.route(cmd(arm="arm_left")).arm == "arm_left" and sel.current == "arm_right"
+    assert sel.route(cmd(buttons=["switch_arm"])).arm == "arm_left"
+    one = ArmSelector([])
+    assert one.route(cmd(buttons=["switch_arm"])).arm == ""  # one arm: the controller's first

@@ -32,7 +32,9 @@ class DeployResult:
     final_tcp: list[list[float]] = field(default_factory=list)  # TCP xyz at the episode's end, m
     controller: dict[str, float] = field(default_factory=dict)
     policy: dict[str, float] = field(default_factory=dict)
-    arm: dict[str, float] = field(default_factory=dict)
+    arm: dict[str, float] = field(default_factory=dict)  # the (first) arm node's heartbeat metrics
+    arms: dict[str, dict[str, float]] = field(default_factory=dict)  # every arm node's, by name
+    final_tcp_arms: dict[str, list[list[float]]] = field(default_factory=dict)  # several arms: each one's final TCP, m
     cube_poses: list[list[float]] = field(default_factory=list)
     policy_waypoints: int = 0  # waypoints with origin "policy" the controller sent
     reset_retries: int = 0  # reset moves sent again (Session.move_joints / move_pose)
@@ -102,6 +104,9 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
         res.success.append(ok)
         res.final_xy_err_mm.append(task.error_mm(s, o))
         res.final_tcp.append([float(v) for v in s.ee_pose[:3]])
+        arms = getattr(session, "arm_names", [])
+        for arm in arms if len(arms) > 1 else []:  # several arms: each one's final TCP
+            res.final_tcp_arms.setdefault(arm, []).append([float(v) for v in session.state(arm).ee_pose[:3]])
         if ok:
             res.completion_s.append((t_ok - t0) / 1e9)
         acts = [m for m in session.sub.history(WaypointSchedule.EXECUTED_TOPIC) if m.seq > seq0]
@@ -117,6 +122,7 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
     pol = [n for n in session.nodes if cfg.nodes[n].kind == "policy"]
     res.policy = session.heartbeat(pol[0]) if pol else {}
     res.arm = session.heartbeat(session.arm_name)
+    res.arms = {a: session.heartbeat(a) for a in getattr(session, "arm_names", [session.arm_name])}
     return res
 
 
@@ -158,9 +164,11 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
                   f"{a['merge_latency_p50_ms']:.1f} / {a['merge_latency_p99_ms']:.1f} ms")
     if p:
         t.add_row("policy compute p50 / p99", f"{p.get('inference_p50_ms', float('nan')):.1f} / {p.get('inference_p99_ms', float('nan')):.1f} ms")
-    if a:
-        t.add_row("servo loop period p99 / overruns", f"{a.get('loop.period_p99_s', 0) * 1e3:.2f} ms / {a.get('loop.overruns', 0):.0f}")
-        t.add_row("safety events", f"{sum(v for k, v in a.items() if k.startswith('safety.')):.0f}")
+    for name, m in (res.arms.items() if len(res.arms) > 1 else [("", a)] if a else []):
+        at = f" ({name})" if name else ""
+        t.add_row(f"servo loop period p99 / overruns{at}",
+                  f"{m.get('loop.period_p99_s', 0) * 1e3:.2f} ms / {m.get('loop.overruns', 0):.0f}")
+        t.add_row(f"safety events{at}", f"{sum(v for k, v in m.items() if k.startswith('safety.')):.0f}")
     t.add_row("waypoints sent by the policy", f"{res.policy_waypoints}")
     if res.reset_retries:
         t.add_row("reset moves sent again (arm not there)", f"{res.reset_retries}")

@@ -22,7 +22,8 @@ back to the policy; the executed waypoints are published on ``controller/action`
 so a recording shows who commanded what. Episode events on the node's input (``start``; ``stop``,
 ``reset``, ``discard``) enable and disable execution between episodes (``autostart`` says whether it
 starts enabled). An end-effector waypoint schedule on the input (``robot-stack replay``) is executed
-like a chunk, with origin ``replay``.
+like a chunk, with origin ``replay``; with several arms, one schedule per arm (``arm`` set, the same
+stamps), executed together once every arm's has come.
 
 Latency (async, RTC, ensembling): a due request waits for the camera frame that advances the
 observation anchor (``request_on_frame``), so it starts as that frame arrives, and a chunk goes to
@@ -214,6 +215,7 @@ class ControllerNode(Node):
         self.strategy = STRATEGIES[p.strategy](self.dt_ns, int(p.exec_latency_s * 1e9), p.execute_horizon, **kw)
         self.replay_stamps = np.zeros(0, np.int64)  # a replayed action stream, fed to the arm piecewise
         self.replay_actions = np.zeros((0, self.action_dim))
+        self.replay_pending: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # arm -> its replay part, until all came
         self.plan = CommittedPlan(self.action_dim, self.dt_ns // 2)  # the committed trajectory sent to the arms
         self.request_id = 0
         #: bumped whenever the plan is dropped (episode events, interventions, holds): a chunk whose
@@ -648,15 +650,24 @@ class ControllerNode(Node):
 
     def _on_event(self, ev) -> None:
         if isinstance(ev, WaypointSchedule):
-            if self.multi:
-                raise ValueError("replay schedules drive one arm; this controller drives several")
             if ev.space != "ee" or ev.positions.shape[1] != 7:
                 raise ValueError(f"replay schedules are TCP poses (N, 7), got {ev.space} {ev.positions.shape}")
-            if self.enabled:  # a replayed action stream goes the same way as a policy's actions
-                g = np.ones(len(ev.stamps_ns)) if ev.gripper is None else np.asarray(ev.gripper)
-                self.replay_stamps = np.asarray(ev.stamps_ns, np.int64)
-                self.replay_actions = np.c_[ev.positions, g]
-                self._replay_step()
+            arm = ev.arm or self.arm_names[0]
+            if arm not in self.arm_names:
+                raise ValueError(f"replay schedule for arm {ev.arm!r}: this controller drives {self.arm_names}")
+            if not self.enabled:
+                return
+            g = np.ones(len(ev.stamps_ns)) if ev.gripper is None else np.asarray(ev.gripper)
+            self.replay_pending[arm] = (np.asarray(ev.stamps_ns, np.int64), np.c_[ev.positions, g])
+            if len(self.replay_pending) < len(self.arm_names):
+                return  # several arms: every arm's part first (lockstep: one schedule per arm, the same stamps)
+            parts = [self.replay_pending.pop(a) for a in self.arm_names]
+            if any(not np.array_equal(p[0], parts[0][0]) for p in parts[1:]):
+                raise ValueError("replay schedules of the arms differ in their stamps; lockstep needs the same")
+            # a replayed action stream goes the same way as a policy's actions
+            self.replay_stamps = parts[0][0]
+            self.replay_actions = np.concatenate([p[1] for p in parts], axis=1)
+            self._replay_step()
             return
         if isinstance(ev, EpisodeEvent):
             self._episode_event(ev)
@@ -685,6 +696,7 @@ class ControllerNode(Node):
     def _clear_plan(self) -> None:
         self.replay_stamps = np.zeros(0, np.int64)
         self.replay_actions = np.zeros((0, self.action_dim))
+        self.replay_pending = {}
         with self.lock:
             self.plan.clear()
             self.strategy.reset()

@@ -29,7 +29,7 @@ from robot_stack.comm.messages import EpisodeEvent, TeleopCommand
 from robot_stack.runtime.clock import now_ns
 from robot_stack.runtime.devices import TELEOP_DEVICES
 from robot_stack.runtime.node import Node, NodeParams
-from robot_stack.teleop.base import TeleopInputs
+from robot_stack.teleop.base import ArmSelector, TeleopInputs
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class TeleopNode(Node):
         p = self.params
         self.rx = self.ctx.receiver()
         self.sent = 0
-        self.selected = 0  # several arms: the index of the arm a person's device drives now
+        self.selector = ArmSelector(p.arms)  # several arms: the arm a person's device drives now
         self.arm_tx: dict = {}
         self.device = p.device.build(self.ctx, p)
         ins = p.device.inputs(p)
@@ -96,12 +96,10 @@ class TeleopNode(Node):
             self.guarded("teleop_input", self._on_event, item[1])
         out = self.device.poll(TeleopInputs(self._latest, now_ns() / 1e9, 1.0 / self.rate_hz, self._latest_from))
         for cmd in ([] if out is None else out if isinstance(out, list) else [out]):
-            arms = self.params.arm_nodes
-            if "switch_arm" in cmd.buttons and len(arms) > 1:
-                self.selected = (self.selected + 1) % len(arms)
-                log.info("teleop now drives arm %s", arms[self.selected])
-            if not cmd.arm and self.params.arms:
-                cmd.arm = arms[self.selected]
+            before = self.selector.current
+            self.selector.route(cmd)
+            if self.selector.current != before:
+                log.info("teleop now drives arm %s", self.selector.current)
             self._arm_buttons(cmd.buttons)
             self.pub.publish(TeleopCommand.TOPIC, cmd)
             self.sent += 1
@@ -130,7 +128,8 @@ class TeleopNode(Node):
                     log.error("could not send %s to %s: %s", b, arm, e)
 
     def metrics(self) -> dict[str, float]:
-        return {"commands": float(self.sent), "selected_arm": float(getattr(self, "selected", 0)),
+        return {"commands": float(self.sent),
+                "selected_arm": float(self.selector.index) if hasattr(self, "selector") else 0.0,
                 **(self.device.metrics() if hasattr(self, "device") else {})}
 
     def shutdown(self) -> None:
