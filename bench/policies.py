@@ -44,10 +44,10 @@ ROWS = {
     "flow1": dict(model=dict(kind="flow", sample_steps=1), label="flow matching, 1 step, wrist RGB"),
     # To = 1: the scene camera renders at about 4 Hz beside the rest of the sim stack on 2 cores,
     # too sparse for a 2-step window at 10 Hz (a frame within 50 ms of each window time)
-    "meanflow_points": dict(model=dict(kind="meanflow", sample_steps=1, camera="scene", mode="points", n_points=512,
+    "meanflow_points": dict(model=dict(kind="meanflow", sample_steps=1, cameras={"scene": "points"}, n_points=512,
                                        dispersive_weight=0.1, obs_horizon=1),
                             cameras=["cam_scene"], label="MP1: MeanFlow 1 step, scene point cloud"),
-    "h3dp": dict(model=dict(kind="ddim", sample_steps=16, mode="layered", depth_layers=(0.0, 0.3, 0.45, 2.0)),
+    "h3dp": dict(model=dict(kind="ddim", sample_steps=16, cameras={"wrist": "layered"}, depth_layers=(0.0, 0.3, 0.45, 2.0)),
                  label="H3DP: depth layers of wrist RGB-D, DDIM 16 steps"),
     "slowfast": dict(model=None, label="RDP-style slow-fast", note="contact task: bench/slowfast.py"),
 }
@@ -93,13 +93,14 @@ def run_row(name: str, spec: dict, episodes: list[Path], work: Path, args, confi
     from robot_stack.apps.deploy import deploy_session, run_episodes
     from robot_stack.comm.messages import Heartbeat, RobotState
     from robot_stack.policies.generative import export_onnx, load_checkpoint
-    from robot_stack.policies.training import ModelSettings, TrainSettings, train
+    from robot_stack.policies.generative import ModelConfig
+    from robot_stack.policies.training import TrainSettings, train
 
     out = {"row": name, "label": spec["label"]}
     if spec["model"] is None:
         out["note"] = spec["note"]
         return out
-    ms = ModelSettings(**spec["model"])
+    ms = ModelConfig(**spec["model"])
     ts = TrainSettings(model=ms, steps=args.steps, val_fraction=0.1 if len(episodes) >= 10 else 0.25,
                        checkpoint_every=max(1, args.steps))
     path = work / f"{name}.safetensors"

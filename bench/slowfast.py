@@ -81,7 +81,8 @@ def main() -> int:
     from robot_stack.apps.demo import config_path
     from robot_stack.data.dataset import list_episodes
     from robot_stack.policies.fast_training import train_fast
-    from robot_stack.policies.training import ModelSettings, TrainSettings, train
+    from robot_stack.policies.generative import ModelConfig
+    from robot_stack.policies.training import TrainSettings, train
 
     console = Console(width=max(Console().width, 140))
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-slowfast-"))
@@ -96,7 +97,7 @@ def main() -> int:
         episodes = run_collect(config, work / "episodes", args.demos, max_episode_s=20.0, seed=1, console=console).saved
     console.rule(f"slow policy: {args.steps} steps on {len(episodes)} demonstrations")
     t0 = time.perf_counter()
-    ts = TrainSettings(model=ModelSettings(), steps=args.steps, val_fraction=0.1 if len(episodes) >= 10 else 0.34,
+    ts = TrainSettings(model=ModelConfig(), steps=args.steps, val_fraction=0.1 if len(episodes) >= 10 else 0.34,
                        checkpoint_every=max(1, args.steps))
     train(ts, episodes, work / "slow.safetensors", progress=not args.quick)
     slow_s = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """Training speed per device: ``robot-stack train``'s loop on recorded episodes, CPU vs CUDA.
 
-Trains the default model (``policies/training.py: ModelSettings``) on the given episodes with
+Trains the default model (``policies/generative.py: ModelConfig``) on the given episodes with
 ``policies.training.train`` (the same loop, batching and augmentation as ``robot-stack train``),
 once on each device present: CUDA when torch sees a GPU, and the CPU with torch's default thread
 count. Prints steps/s per device and the CUDA/CPU ratio from the same run; checkpoints go to a
@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from robot_stack.data.dataset import list_episodes
-from robot_stack.policies.training import ModelSettings, TrainSettings, train
+from robot_stack.policies.generative import ModelConfig
+from robot_stack.policies.training import TrainSettings, train
 
 
 def main() -> int:
@@ -39,7 +40,7 @@ def main() -> int:
     res = {}
     with tempfile.TemporaryDirectory() as d:
         for dev in devices:
-            s = TrainSettings(model=ModelSettings(), steps=steps[dev], val_fraction=0.25, device=dev,
+            s = TrainSettings(model=ModelConfig(), steps=steps[dev], val_fraction=0.25, device=dev,
                               checkpoint_every=10**6)
             out = train(s, episodes, Path(d) / f"policy_{dev}.safetensors", progress=False)
             res[dev] = out["steps"] / out["train_time_s"]

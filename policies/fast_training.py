@@ -24,7 +24,7 @@ import torch
 from robot_stack.control.fast import FastCorrector, fast_features
 
 from .generative import GenerativePolicy, TorchDenoiser, load_checkpoint
-from .training import _batch_images, actions_at, build_samples, model_settings
+from .training import _batch_images, actions_at, build_samples
 
 
 def slow_plans(model, samples, batch: int = 32, seed: int = 0) -> np.ndarray:
@@ -33,7 +33,7 @@ def slow_plans(model, samples, batch: int = 32, seed: int = 0) -> np.ndarray:
     c, out = model.cfg, []
     for b0 in range(0, len(samples.state), batch):
         rows = np.arange(b0, min(b0 + batch, len(samples.state)))
-        imgs = _batch_images(samples, rows, model_settings(c).mode, 0, None, depth_edges=c.depth_layers)
+        imgs = _batch_images(samples, rows, c.mode, 0, None, depth_edges=c.depth_layers)
         denoise = policy.backend.bind([imgs], samples.state[rows])
         noise = policy.rng.standard_normal((len(rows), c.horizon, c.action_dim)).astype(np.float32)
         x = model.sampler.sample(denoise, noise, c.sample_steps)
@@ -51,7 +51,7 @@ def fast_dataset(paths: list[Path], model, window: int = 5, rate_hz: float = 50.
     """
     from robot_stack.data.dataset import DatasetError, open_episode
 
-    ms = model_settings(model.cfg)
+    ms = model.cfg
     xs, ys, eps = [], [], []
     per_ns, dt_ns = int(1e9 / rate_hz), int(round(model.cfg.dt * 1e9))
     ticks = np.arange(int(round(rate_hz / slow_rate_hz))) * per_ns + int(latency_s * 1e9)

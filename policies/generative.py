@@ -17,6 +17,7 @@ the min/max stats stored in the model.
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ModelConfig:
-    """Architecture and sampling settings.
+    """Architecture and sampling settings: the one definition of a model's settings, stored in its
+    checkpoint and written under ``model:`` in ``robot-stack train`` settings (YAML; pydantic
+    validates it there, unknown keys refused). Defaults: the demo's policy (one-step flow on the
+    wrist camera's RGB, 72x96, H = 16, To = 2, dt = 0.1 s).
 
     Attributes:
         cameras: camera id -> "rgb" | "depth" | "rgbd" | "points" (a point cloud (N, 3) in the base
@@ -45,7 +49,8 @@ class ModelConfig:
             scale instead of feature pyramids, a soft time schedule instead of one action level per
             scale).
         image_hw: (h, w) the images are resized to before the encoder.
-        proprio_dim, obs_horizon, horizon, action_dim, dt: data layout.
+        proprio_dim, obs_horizon, horizon, action_dim, dt: data layout. Training takes
+            ``proprio_dim`` and ``action_dim`` from the episodes (8 per arm: :meth:`with_arms`).
         kind: "ddim" (Diffusion Policy), "flow" (flow matching) or "meanflow" (MeanFlow, the
             average velocity over an interval: one-step sampling as in MP1).
         sample_steps: DDIM steps, Euler steps (1 = one-step flow) or MeanFlow jumps.
@@ -70,15 +75,15 @@ class ModelConfig:
             at no extra cost. 0: not trained for it (inference-time guidance instead). At most H/2.
     """
 
-    cameras: dict[str, str] = field(default_factory=lambda: {"scene": "rgb"})
-    image_hw: tuple[int, int] = (96, 96)
+    cameras: dict[str, str] = field(default_factory=lambda: {"wrist": "rgb"})
+    image_hw: tuple[int, int] = (72, 96)
     proprio_dim: int = 8
     obs_horizon: int = 2
     horizon: int = 16
     action_dim: int = 8
     dt: float = 0.1
-    kind: str = "ddim"
-    sample_steps: int = 10
+    kind: str = "flow"
+    sample_steps: int = 1
     train_steps: int = 100
     enc_base: int = 16
     widths: tuple[int, ...] = (64, 128, 256)
@@ -94,6 +99,19 @@ class ModelConfig:
     action_frame: str = "absolute"
 
     def __post_init__(self):
+        self.image_hw, self.widths = tuple(self.image_hw), tuple(self.widths)
+        self.depth_layers = tuple(self.depth_layers)
+        self.points_lo, self.points_hi = tuple(self.points_lo), tuple(self.points_hi)
+        low = {"sample_steps": 1, "obs_horizon": 1, "horizon": 4, "enc_base": 4, "n_points": 16, "proprio_dim": 1,
+               "action_dim": 1, "scales": 1}
+        for k, lo in low.items():
+            if getattr(self, k) < lo:
+                raise ValueError(f"{k} must be at least {lo}, got {getattr(self, k)}")
+        if self.scales > 4 or self.dt <= 0 or self.dispersive_weight < 0 or not self.cameras:
+            raise ValueError(f"scales must be 1..4, dt > 0, dispersive_weight >= 0 and a camera named, got scales "
+                             f"{self.scales}, dt {self.dt}, dispersive_weight {self.dispersive_weight}, cameras {self.cameras}")
+        if len(self.points_lo) != 3 or len(self.points_hi) != 3:
+            raise ValueError(f"points_lo and points_hi are x y z (m), got {self.points_lo}, {self.points_hi}")
         if self.action_frame not in ("absolute", "relative"):
             raise ValueError(f"action_frame must be 'absolute' or 'relative', got {self.action_frame!r}")
         if self.action_frame == "relative" and (self.action_dim % 8 or self.proprio_dim != self.action_dim):
@@ -115,9 +133,40 @@ class ModelConfig:
         if self.horizon % 4:
             raise ValueError(f"horizon {self.horizon} must be divisible by 4 (two U-Net downsamplings)")
 
+    @property
+    def camera(self) -> str:
+        """The camera of a one-camera model (what ``robot-stack train`` makes).
+
+        Raises:
+            ValueError: the model has several cameras."""
+        if len(self.cameras) != 1:
+            raise ValueError(f"a model of {len(self.cameras)} cameras ({sorted(self.cameras)}); one was expected")
+        return next(iter(self.cameras))
+
+    @property
+    def mode(self) -> str:
+        """The input mode of a one-camera model's camera (rgb, depth, rgbd, points, layered)."""
+        return self.cameras[self.camera]
+
+    def with_arms(self, arms: int) -> "ModelConfig":
+        """This config for ``arms`` arms: 8 state and 8 action values per arm (the data's layout).
+
+        Raises:
+            ValueError: the config names another state or action size than 8 or 8 x ``arms``."""
+        want = 8 * arms
+        for k in ("proprio_dim", "action_dim"):
+            if getattr(self, k) not in (8, want):
+                raise ValueError(f"model.{k} {getattr(self, k)}: the episodes have {arms} arm(s), {want} values "
+                                 "(it is taken from them; leave it out)")
+        return dataclasses.replace(self, proprio_dim=want, action_dim=want)
+
     def channels(self) -> dict[str, int]:
         k_layers = 4 * (len(self.depth_layers) - 1)
         return {k: {"rgb": 3, "depth": 1, "rgbd": 4, "points": 3, "layered": k_layers}[v] for k, v in self.cameras.items()}
+
+
+#: pydantic (``robot-stack train`` settings) validates this dataclass by its annotations; unknown keys are refused
+ModelConfig.__pydantic_config__ = {"extra": "forbid"}
 
 
 class GenerativePolicyModel(torch.nn.Module):

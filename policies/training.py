@@ -34,39 +34,11 @@ from .generative import (GenerativePolicy, GenerativePolicyModel, ModelConfig, T
 log = logging.getLogger(__name__)
 
 
-class ModelSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: str = Field("flow", pattern="^(flow|ddim|meanflow)$")
-    sample_steps: int = Field(1, ge=1)
-    camera: str = "wrist"
-    mode: str = Field("rgb", pattern="^(rgb|depth|rgbd|layered|points)$",
-                      description="layered: H3DP's depth layers of the RGB-D image (see depth_layers); points: the "
-                                  "camera's point cloud in the base frame (DP3/MP1; needs its T_base_camera in the "
-                                  "episodes' calibration)")
-    image_hw: tuple[int, int] = (72, 96)
-    obs_horizon: int = Field(2, ge=1)
-    horizon: int = Field(16, ge=4)
-    dt: float = Field(0.1, gt=0)
-    enc_base: int = Field(16, ge=4)
-    widths: tuple[int, ...] = (64, 128, 256)
-    rtc_max_prefix: int = Field(0, ge=0, description="training-time RTC: train with clean prefixes of up to "
-                                                    "this many actions (0: off; at most horizon / 2)")
-    depth_layers: tuple[float, ...] = Field((0.0, 0.6, 1.2, 10.0), description="layered mode: layer edges, m")
-    scales: int = Field(3, ge=1, le=4, description="layered mode: feature scales, coarse to fine")
-    dispersive_weight: float = Field(0.0, ge=0, description="dispersive loss on the observation embeddings (MP1)")
-    n_points: int = Field(512, ge=16, description="points mode: N after farthest-point sampling")
-    points_lo: tuple[float, float, float] = Field((0.25, -0.35, 0.003), description="points mode: workspace box min, m")
-    points_hi: tuple[float, float, float] = Field((0.75, 0.40, 0.30), description="points mode: workspace box max, m")
-    action_frame: str = Field("absolute", pattern="^(absolute|relative)$",
-                              description="relative: action positions as offsets from the newest observed TCP "
-                                          "position (UMI's relative trajectory; for wrist cameras)")
-
-
 class TrainSettings(BaseModel):
     """``robot-stack train`` settings (YAML): ``model:`` and the training keys below."""
 
     model_config = ConfigDict(extra="forbid")
-    model: ModelSettings = ModelSettings()
+    model: ModelConfig = Field(default_factory=ModelConfig)
     steps: int = Field(3000, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -124,7 +96,7 @@ def actions_at(target_ns: np.ndarray, poses: np.ndarray, gripper: np.ndarray, ti
     return np.concatenate([pos, rot, np.interp(q, t, g)[:, None]], axis=1)
 
 
-def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
+def build_samples(paths: list[Path], ms: ModelConfig) -> Samples:
     """Samples from finished episodes (see the module docstring).
 
     Raises:
@@ -193,14 +165,14 @@ def build_samples(paths: list[Path], ms: ModelSettings) -> Samples:
                    np.array(eps), np.array(anchors, np.int64))
 
 
-def point_spec(ms: ModelSettings):
+def point_spec(ms: ModelConfig):
     """The :class:`~robot_stack.control.features.PointCloudSpec` of a points-mode model."""
     from robot_stack.control.features import PointCloudSpec
 
     return PointCloudSpec(tuple(ms.points_lo), tuple(ms.points_hi), ms.n_points)
 
 
-def _episode_clouds(ep, ms: ModelSettings, cam: dict) -> np.ndarray:
+def _episode_clouds(ep, ms: ModelConfig, cam: dict) -> np.ndarray:
     """(F, N, 3) float32 clouds of every frame of the episode's ``ms.camera``, built as the
     controller builds them at deploy time: the frame's K and depth scale as recorded, the
     camera's ``T_base_camera`` from the calibration file recorded with the episode.
@@ -221,31 +193,6 @@ def _episode_clouds(ep, ms: ModelSettings, cam: dict) -> np.ndarray:
         raise DatasetError(f"{ep.path}: no T_base_camera for camera {ms.camera} in the episode's calibration "
                            "(record with the setup's calibration file: eye-to-hand hand-eye calibration)")
     return point_spec(ms).clouds(cam["depth"], np.asarray(meta["K"]), float(meta["depth_scale"]), np.asarray(T))
-
-
-def model_config(ms: ModelSettings, arms: int = 1) -> ModelConfig:
-    """The model's config from the training settings, for ``arms`` arms (8 state and 8 action
-    values per arm)."""
-    return ModelConfig(cameras={ms.camera: ms.mode}, image_hw=tuple(ms.image_hw), proprio_dim=8 * arms,
-                       obs_horizon=ms.obs_horizon, horizon=ms.horizon, action_dim=8 * arms, dt=ms.dt, kind=ms.kind,
-                       sample_steps=ms.sample_steps, enc_base=ms.enc_base, widths=tuple(ms.widths),
-                       rtc_max_prefix=ms.rtc_max_prefix, depth_layers=tuple(ms.depth_layers), scales=ms.scales,
-                       dispersive_weight=ms.dispersive_weight, n_points=ms.n_points, points_lo=tuple(ms.points_lo),
-                       points_hi=tuple(ms.points_hi), action_frame=ms.action_frame)
-
-
-def model_settings(cfg: ModelConfig) -> ModelSettings:
-    """The settings a checkpoint's config was made from (:func:`model_config`'s inverse), for one
-    camera.
-
-    Raises:
-        ValueError: the config has several cameras (not a model ``robot-stack train`` makes).
-    """
-    if len(cfg.cameras) != 1:
-        raise ValueError(f"a model of {len(cfg.cameras)} cameras; training settings name one")
-    (camera, mode), = cfg.cameras.items()
-    keep = set(ModelSettings.model_fields) - {"camera", "mode"}
-    return ModelSettings(camera=camera, mode=mode, **{k: getattr(cfg, k) for k in keep if hasattr(cfg, k)})
 
 
 def _batch_images(s: Samples, rows: np.ndarray, mode: str, shift: int, rng: np.random.Generator | None,
@@ -371,7 +318,7 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
         step0 = int(extra.get("step", 0))
         console.print(f"resuming {out} at step {step0}")
     else:
-        model = GenerativePolicyModel(model_config(ms, arms=train_s.actions.shape[-1] // 8))
+        model = GenerativePolicyModel(ms.with_arms(train_s.actions.shape[-1] // 8))
         a = model.to_model_frame(train_s.actions, train_s.state)  # the frame it learns in
         a = a.reshape(-1, a.shape[-1])
         lo, hi = a.min(0), a.max(0)

@@ -69,11 +69,12 @@ def test_training_builds_the_clouds_the_controller_builds(tmp_path):
     (features.PointCloudSpec with the frame's K and depth scale, T_base_camera from the calibration
     file recorded with the episode)."""
     from robot_stack.calibration.store import base_camera_extrinsics
-    from robot_stack.policies.training import ModelSettings, build_samples, point_spec
+    from robot_stack.policies.generative import ModelConfig
+    from robot_stack.policies.training import build_samples, point_spec
 
     calib = {"cameras": {"scene": {"T_base_camera": T_DOWN.tolist()}}}
     path, K = _points_episode(tmp_path / "d", calib)
-    ms = ModelSettings(camera="scene", mode="points", n_points=16, points_lo=(0.0, -1, 0.01), points_hi=(1, 1, 0.2),
+    ms = ModelConfig(cameras={"scene": "points"}, n_points=16, points_lo=(0.0, -1, 0.01), points_hi=(1, 1, 0.2),
                        horizon=8)
     s = build_samples([path], ms)
     assert s.frames.shape == (12, 16, 3) and s.frames.dtype == np.float32

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from robot_stack.data.dataset import DatasetError, EpisodeWriter
-from robot_stack.policies.training import (ModelSettings, TrainSettings, _batch_images, actions_at, build_samples,
+from robot_stack.policies.generative import ModelConfig
+from robot_stack.policies.training import (TrainSettings, _batch_images, actions_at, build_samples,
                                            train)
 
 MS = 1_000_000
@@ -53,7 +54,7 @@ def make_episode(root, n_frames=30, seed=0, task=None, smooth=False, depth=False
 
 def test_samples_are_aligned_like_the_controller_window(tmp_path):
     path = make_episode(tmp_path)
-    ms = ModelSettings(image_hw=(64, 64), obs_horizon=2, horizon=8, camera="wrist")
+    ms = ModelConfig(image_hw=(64, 64), obs_horizon=2, horizon=8, cameras={"wrist": "rgb"})
     s = build_samples([path], ms)
     # frames 0 and 1 have a window time before the first robot state; the other 28 are anchors
     assert len(s.state) == 28 and s.frames.shape == (30, 64, 64, 3)
@@ -76,25 +77,25 @@ def test_frames_after_the_last_robot_state_are_no_anchors(tmp_path):
     cam = open_episode(path).load("camera/wrist")["stamp_ns"]
     late = int(np.sum(cam > rs_last))
     assert late == 3
-    s = build_samples([path], ModelSettings(image_hw=(64, 64), obs_horizon=2, horizon=8, camera="wrist"))
+    s = build_samples([path], ModelConfig(image_hw=(64, 64), obs_horizon=2, horizon=8, cameras={"wrist": "rgb"}))
     assert len(s.state) == 30 - 2 - late and s.t_obs.max() <= rs_last
 
 
 def test_batch_images_shift_and_missing_camera(tmp_path):
     path = make_episode(tmp_path)
-    s = build_samples([path], ModelSettings(image_hw=(64, 64), horizon=8))
+    s = build_samples([path], ModelConfig(image_hw=(64, 64), horizon=8))
     x = _batch_images(s, np.array([0, 1]), "rgb", 0, None)
     assert x.shape == (2, 2, 3, 64, 64) and float(x.max()) <= 1.0
     torch.testing.assert_close(x[0, 1], torch.from_numpy(s.frames[s.frame_idx[0, 1]] / 255.0).float().permute(2, 0, 1))
     y = _batch_images(s, np.array([0, 1]), "rgb", 4, np.random.default_rng(0))
     assert y.shape == x.shape and not torch.equal(x, y)
     with pytest.raises(DatasetError, match="no camera/scene"):
-        build_samples([path], ModelSettings(camera="scene"))
+        build_samples([path], ModelConfig(cameras={"scene": "rgb"}))
 
 
 def test_train_checkpoints_resumes_and_validates(tmp_path):
     eps = [make_episode(tmp_path / "data", seed=i) for i in range(3)]
-    settings = TrainSettings(model=ModelSettings(image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32)),
+    settings = TrainSettings(model=ModelConfig(image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32)),
                              steps=12, batch_size=8, checkpoint_every=6, val_fraction=0.34, warmup_steps=2)
     out = tmp_path / "p.safetensors"
     summary = train(settings, eps, out, progress=False)
@@ -118,7 +119,7 @@ def test_train_a_layered_meanflow_policy_from_episodes(tmp_path):
     from robot_stack.policies.training import _batch_images, build_samples
 
     eps = [make_episode(tmp_path / "data", seed=i, depth=True) for i in range(3)]
-    ms = ModelSettings(kind="meanflow", mode="layered", image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32),
+    ms = ModelConfig(kind="meanflow", cameras={"wrist": "layered"}, image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32),
                        depth_layers=(0.0, 1.0, 3.0), scales=2, dispersive_weight=0.05)
     settings = TrainSettings(model=ms, steps=6, batch_size=4, val_fraction=0.34, warmup_steps=1, checkpoint_every=100)
     summary = train(settings, eps, tmp_path / "p.safetensors", progress=False)
@@ -145,7 +146,7 @@ def test_two_arm_episodes_train_a_two_arm_policy(tmp_path):
     from test_lerobot import make_bimanual_episode
 
     eps = [make_bimanual_episode(tmp_path / "data", seed=i) for i in range(3)]
-    ms = ModelSettings(camera="top", image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32), action_frame="relative")
+    ms = ModelConfig(cameras={"top": "rgb"}, image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32), action_frame="relative")
     s = build_samples(eps[:1], ms)
     assert s.state.shape[1:] == (2, 16) and s.actions.shape[1:] == (8, 16)
     k = 9
@@ -166,4 +167,4 @@ def test_two_arm_episodes_train_a_two_arm_policy(tmp_path):
     assert pol.predict({"top.color": fr, "state": s.state[k]}).shape == (8, 16)
     one = make_episode(tmp_path / "one", seed=5)
     with pytest.raises(Exception, match="one model, one layout"):
-        build_samples([eps[0], one], ModelSettings(camera="top", image_hw=(64, 64), horizon=8))
+        build_samples([eps[0], one], ModelConfig(cameras={"top": "rgb"}, image_hw=(64, 64), horizon=8))

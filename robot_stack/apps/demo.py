@@ -219,7 +219,8 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
 
     from robot_stack.apps.collect import run_collect
     from robot_stack.apps.deploy import deploy_session, run_episodes, summary_table
-    from robot_stack.policies.training import ModelSettings, TrainSettings, train
+    from robot_stack.policies.generative import ModelConfig
+    from robot_stack.policies.training import TrainSettings, train
 
     from robot_stack.apps.task import TASKS
 
@@ -249,8 +250,9 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
     console.rule(f"2/3 train a visuomotor flow policy ({st.train_steps} steps on CPU)")
     # pick: actions relative to the TCP (UMI's relative trajectory; the wrist camera sees the cube
     # relative to the gripper): 15/20 and 16/20 where absolute actions gave 8/20 (README)
-    # bimanual: the top camera (it sees the bar and both grippers), actions in each arm's base frame
-    ms = {"pick": ModelSettings(action_frame="relative"), "bimanual": ModelSettings(camera="top")}.get(task, ModelSettings())
+    # bimanual: the top camera (it sees the bar and both grippers; To = 1: it renders 3-6 frames/s
+    # beside the two arms on 2 cores), actions in each arm's base frame
+    ms = {"pick": ModelConfig(action_frame="relative"), "bimanual": ModelConfig(cameras={"top": "rgb"}, obs_horizon=1)}.get(task, ModelConfig())
     ts = TrainSettings(model=ms, steps=st.train_steps, val_fraction=0.1 if st.demos >= 10 else 0.25,
                        checkpoint_every=max(1, st.train_steps // 4))
     policy_path = work / "policy.safetensors"
