@@ -23,6 +23,10 @@ def test_import_real_v21_unitree_g1(tmp_path):
         ep = open_episode(p)
         assert ep.meta["task"] == "Pick up the yellow bottle on the table." and ep.meta["source"] == "lerobot v2.1"
         assert ep.meta["features"]["action"][0][0] == "kLeftShoulderPitch"
+        # the 26-D layout, named per arm and hand: 7 joints per arm, then 6 per hand
+        for key in ("observation.state", "action"):
+            assert ep.meta["layout"][key] == {"left_arm": list(range(0, 7)), "right_arm": list(range(7, 14)),
+                                              "left_hand": list(range(14, 20)), "right_hand": list(range(20, 26))}
         src = pq.read_table(G1 / "data" / "chunk-000" / f"episode_{ep.meta['source_episode_index']:06d}.parquet")
         rs, act = ep.load("robot_state"), ep.load("action")
         assert len(rs["q"]) == rows and rs["q"].shape[1] == 26
@@ -177,6 +181,8 @@ def test_bimanual_export_names_each_arm_and_imports_back_identically(tmp_path):
     np.testing.assert_array_equal(q[:, :8], state[:, :8])  # each arm's values, unchanged
     np.testing.assert_array_equal(q[:, 8:], state[:, 8:])
     assert ep.meta["features"]["observation.state"] == names
+    assert ep.meta["layout"]["observation.state"] == {"left_arm": list(range(7)), "left_gripper": [7],
+                                                      "right_arm": list(range(8, 15)), "right_gripper": [15]}
     one = make_episode(tmp_path / "one", seed=3)  # a one-arm episode does not join a two-arm dataset
     with pytest.raises(LeRobotError, match="one dataset, one layout"):
         export_lerobot([ep_path, one], tmp_path / "mixed", fps=10)

@@ -337,6 +337,24 @@ def _not_lerobot(root: Path) -> str:
     return f"{root} is not a LeRobot dataset (no meta/info.json); robot-stack import reads LeRobot v2.1 and v3.0"
 
 
+def name_groups(names) -> dict[str, list[int]]:
+    """Per-arm (and per-hand) groups of a state or action vector from its value names, as
+    LeRobot's bimanual datasets name them (``left_x``, ``kRightWristYaw``, ``kLeftHandIndex``):
+    group ``<side>_<part>`` -> the value indices, side ``left``/``right`` (or none), part ``hand``,
+    ``gripper`` or ``arm``. ``names`` may be a flat list or LeRobot's one-element list of lists;
+    None gives no groups."""
+    if not names:
+        return {}
+    flat = names[0] if len(names) == 1 and isinstance(names[0], list) else names
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(flat):
+        low = str(n).lower()
+        side = "left" if "left" in low else "right" if "right" in low else ""
+        part = "hand" if "hand" in low else "gripper" if "gripper" in low else "arm"
+        groups.setdefault(f"{side}_{part}" if side else part, []).append(i)
+    return groups
+
+
 def import_lerobot(root: str | Path, out: str | Path, require_videos: bool = False, log=None) -> list[Path]:
     """Convert every episode present in a LeRobot v2.1 or v3.0 dataset into native episodes in ``out``.
 
@@ -368,7 +386,9 @@ def import_lerobot(root: str | Path, out: str | Path, require_videos: bool = Fal
                                          "source_episode_index": int(e_i), "robot": {"type": info.get("robot_type")},
                                          "rates_hz": {"dataset": fps},
                                          "features": {k: info["features"][k].get("names")
-                                                      for k in ("observation.state", "action")}})
+                                                      for k in ("observation.state", "action")},
+                                         "layout": {k: name_groups(info["features"][k].get("names"))
+                                                    for k in ("observation.state", "action")}})
             missing = {k: p for k, (p, _) in vids.items() if not Path(p).is_file()}
             if missing and require_videos:
                 raise LeRobotError(f"{next(iter(missing.values()))}: video of episode {e_i} is missing "
