@@ -159,7 +159,7 @@ class Session:
         deadline = time.monotonic() + timeout_s
         for n in self.arm_names:
             self.arms[n] = ArmClient(self.cfg, self.rd, arm=n, source="session")
-            while self.state(n) is None:  # several arms: every one's state, not just the first to come
+            while len(self.arm_names) > 1 and self.state(n) is None:  # every arm's state, not just the first's
                 if time.monotonic() > deadline:
                     raise SessionError(f"the stack did not come up (no robot state from {n})", self.logs.tail())
                 time.sleep(0.05)
