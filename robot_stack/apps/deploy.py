@@ -37,6 +37,7 @@ class DeployResult:
     final_tcp_arms: dict[str, list[list[float]]] = field(default_factory=dict)  # several arms: each one's final TCP, m
     cube_poses: list[list[float]] = field(default_factory=list)
     policy_waypoints: int = 0  # waypoints with origin "policy" the controller sent
+    policy_waypoints_arms: dict[str, int] = field(default_factory=dict)  # several arms: each one's
     reset_retries: int = 0  # reset moves sent again (Session.move_joints / move_pose)
 
     @property
@@ -113,6 +114,9 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
         if acts:
             seq0 = acts[-1].seq
         n_policy_wp += sum(len(m.stamps_ns) for m in acts if m.origin == "policy")
+        for m in acts:  # several arms: each one's (its schedules name it)
+            if m.origin == "policy" and m.arm:
+                res.policy_waypoints_arms[m.arm] = res.policy_waypoints_arms.get(m.arm, 0) + len(m.stamps_ns)
         console.print(f"{label} episode {ep + 1}/{episodes}: {'success' if ok else 'failure'} "
                       f"({(now_ns() - t0) / 1e9:.1f} s, final {task.error_name} {res.final_xy_err_mm[-1]:.1f} {task.error_unit})")
     time.sleep(1.2)  # one more heartbeat with the last episode's metrics
