@@ -530,8 +530,6 @@ class ScriptedConfig(TeleopConfig):
         Raises:
             ValueError: the world or an arm's sim driver is missing, or the world has no such arm.
         """
-        from robot_stack.drivers.sim_model import ArmPlacement
-
         if self.world not in cfg.nodes or cfg.nodes[self.world].kind != "sim_world":
             raise ValueError(f"teleop scripted lift: no sim world node {self.world!r}")
         world = cfg.nodes[self.world].typed
@@ -541,6 +539,5 @@ class ScriptedConfig(TeleopConfig):
             if name not in world.arms:
                 raise ValueError(f"teleop scripted lift: arm node {node!r} drives no arm of the sim world "
                                  f"(its arms: {sorted(world.arms)})")
-            a = world.arms[name]
-            out[node] = ArmPlacement(name, a.robot, tuple(a.base)).T_world_base()
+            out[node] = world.arms[name].T_world_base()
         return out

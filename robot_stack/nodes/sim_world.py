@@ -38,6 +38,12 @@ class SimArmParams(BaseModel):
     base: tuple[float, float, float, float] = Field(
         (0.0, 0.0, 0.0, 0.0), description="base pose in the world frame: x y z (m), yaw about z (rad)")
 
+    def T_world_base(self):
+        """(4, 4) pose of the arm's base in the world frame (``ArmPlacement.T_world_base``)."""
+        from robot_stack.drivers.sim_model import ArmPlacement
+
+        return ArmPlacement("arm", self.robot, tuple(self.base)).T_world_base()
+
 
 class SimWorldParams(NodeParams):
     robot: str = Field("panda_robotiq", description="the simulated robot (a robot model with a sim block; "
