@@ -37,6 +37,11 @@ class ReachTask:
 
     yaw: float = 0.0  # the robot's workspace_yaw (rad): start_xyz is laid out in front of the robot
 
+    #: where the sim places the cube each episode: ((x lo, x hi), (y lo, y hi)) m (None: the sim
+    #: world's default range) and yaw within +-max_yaw, rad
+    cube_range = None
+    max_yaw: float = float(np.pi / 4)
+
     def start_pose(self, rng: np.random.Generator, orientation: np.ndarray) -> np.ndarray:
         """A randomized episode start pose (7,) [x y z qx qy qz qw] with the given TCP orientation;
         ``start_xyz`` is turned by ``yaw`` about the base z axis (a UR5e's front is +y)."""

@@ -18,11 +18,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from robot_stack.apps.task import LiftTask, PressTask, TASKS
-
-
-def task_for_world(name: str):
-    """The task object whose object placement (``cube_range``, ``max_yaw``) a reset uses."""
-    return TASKS[name]()
 from robot_stack.runtime.clock import now_ns
 from robot_stack.drivers.sim_messages import JointState, JointTarget, ObjectState, SimCommand, SimState, arm_topic
 from robot_stack.runtime.node import Node, NodeParams
@@ -159,10 +154,9 @@ class SimWorldNode(Node):
             else:
                 log.warning("ignored joint target of shape %s (finite: %s)", msg.q.shape, np.all(np.isfinite(msg.q)))
         elif isinstance(msg, SimCommand):
-            task = task_for_world(self.params.task)
+            task = TASKS[self.params.task]()  # where its object is placed: cube_range, max_yaw
             pose = self.world.reset(None if msg.cube_pose is None else np.asarray(msg.cube_pose),
-                                    cube_range=getattr(task, "cube_range", None), **(
-                                        {"max_yaw": task.max_yaw} if hasattr(task, "max_yaw") else {}))
+                                    cube_range=task.cube_range, max_yaw=task.max_yaw)
             if self.params.task == "press":
                 log.info("cube contact time constant %.3f s", self.world.randomize_cube_softness())
             self.steps = 0

@@ -80,8 +80,9 @@ class TeleopNode(Node):
         self.sub = None
         if ins:
             topics = tuple(sorted({t for _, ts in ins.values() for t in ts}))
-            # several sources of one topic (two arms' robot/state): enough history for the newest of each
-            self.sub = self.ctx.subscriber(list(ins), topics, history=1 if len(ins) <= 2 else 64)
+            # a topic from several nodes (two arms' robot/state): enough history for the newest of each
+            shared = len(topics) < sum(len(ts) for _, ts in ins.values())
+            self.sub = self.ctx.subscriber(list(ins), topics, history=64 if shared else 1)
 
     def _latest(self, topic: str):
         return None if self.sub is None else self.sub.latest(topic)
