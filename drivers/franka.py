@@ -14,6 +14,14 @@ The loop runs in a child process (spawned) rather than a thread: pylibfranka's b
 ``readOnce`` keeps the GIL, and a 1 kHz thread starved the arm node's 500 Hz servo loop to about
 100 Hz. Targets and state cross over shared memory under a lock; errors come back on a queue.
 
+Wrench: the robot's estimate of the external wrench on the end effector, ``O_F_ext_hat_K`` (base
+frame, [fx fy fz] N and [tx ty tz] N m about the stiffness frame K, which is the TCP unless
+``setK`` moved it; from the joint torque sensors, so errors of a few N in free space and more
+near singular postures), becomes ``JointReading.wrench``. Its sign has been reported both ways
+between libfranka versions and simulators (libfranka issue 26, franka_ros issue 254): check it
+once on the robot (push the hand down: the stack's convention is fz < 0, what the environment
+exerts on the tool) before a fast layer trained on the sim uses it.
+
 Errors: a ``ControlException`` (a reflex, a communication-constraint violation) ends the control
 loop; :meth:`read` then raises :class:`ArmDriverError` naming libfranka's reason, and the arm
 node holds. ``automatic_error_recovery`` (on request, or by ``recover()``) clears reflexes and
@@ -89,8 +97,9 @@ class _Shared:
     """Shared-memory exchange between the arm node and the 1 kHz process (float64 slots)."""
 
     # layout: [0:7] target q, [7] gripper target, [8] state stamp ns, [9:16] q, [16:23] dq,
-    # [23] gripper width, [24] cycles, [25] period p50 ms, [26] p99 ms, [27] max ms, [28] recoveries
-    N = 29
+    # [23] gripper width, [24] cycles, [25] period p50 ms, [26] p99 ms, [27] max ms, [28] recoveries,
+    # [29:35] O_F_ext_hat_K
+    N = 35
 
     def __init__(self):
         from multiprocessing import shared_memory
@@ -150,6 +159,7 @@ def _franka_process(ip, realtime, use_gripper, automatic_recovery, impedance, sh
         a[8] = now_ns()
         a[9:16] = s.q
         a[16:23] = s.dq
+        a[29:35] = s.O_F_ext_hat_K
         a[23] = gripper.read_once().width if gripper else 0.0
     events.put(("ready", list(s.q)))
     stop = threading.Event()
@@ -200,6 +210,7 @@ def _control(pf, robot, a, lock, periods) -> None:
             a[8] = t
             a[9:16] = state.q
             a[16:23] = state.dq
+            a[29:35] = state.O_F_ext_hat_K
             a[24] += 1
         ctrl.writeOnce(pf.JointPositions(list(tracker.step(target, max(dur.to_sec(), 1e-3)))))
         if len(periods) >= 1000:
@@ -299,7 +310,7 @@ class FrankaDriver(ArmDriver):
             raise ArmDriverError(f"the Franka control process exited (code {self.proc.exitcode})")
         a = self.shared.a
         with self.lock:
-            return JointReading(int(a[8]), a[9:16].copy(), a[16:23].copy(), float(a[23]))
+            return JointReading(int(a[8]), a[9:16].copy(), a[16:23].copy(), float(a[23]), wrench=a[29:35].copy())
 
     def command(self, q: np.ndarray, gripper_open: float) -> None:
         a = self.shared.a

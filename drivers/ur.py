@@ -2,7 +2,7 @@
 
 ``ur_rtde`` (SDU Robotics, pinned 1.6.1, extra ``ur``) uploads its control script to the robot
 and talks RTDE: :class:`rtde_receive.RTDEReceiveInterface` streams the state (q, dq, TCP pose,
-robot/safety status bits, the controller timestamp), :class:`rtde_control.RTDEControlInterface`
+robot/safety status bits, the controller timestamp, ``actual_TCP_force``), :class:`rtde_control.RTDEControlInterface`
 sends ``servoJ`` targets, one per arm-node tick: 500 Hz on an e-Series, 125 Hz on a CB3 (the arm
 node's ``rate_hz`` should match), with ``lookahead_time`` and ``gain`` from the config
 (URScript manual, ``servoj``: lookahead 0.03-0.2 s smooths the trajectory, gain 100-2000 is the
@@ -24,6 +24,13 @@ so the robot stops its program by itself when our process dies or stalls for lon
 Gripper: a Robotiq 2F-85 on ``gripper_port`` (:mod:`robot_stack.drivers.robotiq`, Modbus RTU,
 through the tool flange or a USB RS-485 adapter), activated at start and served on its own
 thread; its faults are driver faults. Without one the reported opening is 0.
+
+Wrench: ``actual_TCP_force`` (``getActualTCPForce``) becomes ``JointReading.wrench``: the external
+wrench at the TCP in the controller's base frame, [Fx Fy Fz] N and [Tx Ty Tz] N m, payload
+compensated (RTDE guide, ``actual_TCP_force``). An e-Series measures it with its flange F/T sensor
+(call ``zero_ftsensor`` with the tool free first); a CB3 estimates it from joint currents, with
+errors of several N. The Menagerie UR5e's base frame is the controller's (its FK at q = 0 puts
+the TCP at x = -0.817 m, as on the robot), so ``ee_pose`` and the wrench share the frame.
 
 Clock: the controller ``timestamp`` (s since its start) is mapped to the stack clock with
 :class:`~robot_stack.runtime.clock.DeviceClockMapper` (minimum-offset envelope of the reading time).
@@ -206,7 +213,7 @@ class UrDriver(ArmDriver):
             self._last_ts = ts
             stamp = self.clock.map(int(ts * 1e9), now_ns())
             self._last = JointReading(stamp, np.array(self.rx.getActualQ()), np.array(self.rx.getActualQd()),
-                                      self._grip_width)
+                                      self._grip_width, wrench=np.array(self.rx.getActualTCPForce(), np.float64))
         return self._last
 
     def command(self, q: np.ndarray, gripper_open: float) -> None:

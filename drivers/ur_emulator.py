@@ -25,7 +25,9 @@ Ports (on ``host``; each emulator takes its own loopback address in tests, e.g. 
 Controller model: every 2 ms (the e-Series rate) the joint target moves toward the servoJ target
 (first-order, time constant lookahead_time / 4) and the MuJoCo UR5e follows it under the sim's
 joint impedance law (``robot_stack/robots/ur5e_robotiq.yaml``). ``actual_TCP_pose`` is the model's
-TCP site ([x y z rx ry rz], rotation vector) in the base frame.
+TCP site ([x y z rx ry rz], rotation vector) in the base frame; ``actual_TCP_force`` is the sim's wrist
+wrench (:meth:`SimWorld.tcp_wrench`: the contacts on the tool, base frame, N and N m about the TCP),
+what an e-Series reports from its flange F/T sensor, payload-compensated and noise-free here.
 
 Failures, as a real controller has them:
 
@@ -161,6 +163,8 @@ class UrController:
         if name in ("actual_TCP_pose", "target_TCP_pose", "actual_tool_flange_pose"):
             p = self.world.tcp_pose()
             return [*p[:3], *Rotation.from_quat(p[3:]).as_rotvec()]
+        if name == "actual_TCP_force":
+            return [float(x) for x in self.world.tcp_wrench()]
         if name in ("actual_current", "target_current", "target_moment", "joint_control_output"):
             return tau
         if name == "robot_mode":

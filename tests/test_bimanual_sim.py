@@ -94,10 +94,10 @@ nodes:
         right: {{base: [0.1, -0.4, 0.0, 0.5]}}
   arm_left:
     kind: arm
-    params: {{driver: {{type: sim, arm: left}}, safety: {{heartbeat_timeout_s: 0.5, max_jump_ee: 0.08}}}}
+    params: {{driver: {{type: sim, arm: left}}, safety: {{heartbeat_timeout_s: 1.0, max_jump_ee: 0.08}}}}
   arm_right:
     kind: arm
-    params: {{driver: {{type: sim, arm: right}}, safety: {{heartbeat_timeout_s: 0.5, max_jump_ee: 0.08}}}}
+    params: {{driver: {{type: sim, arm: right}}, safety: {{heartbeat_timeout_s: 1.0, max_jump_ee: 0.08}}}}
 """
 
 HIL_CONFIG = "name: hil_bimanual" + WORLD_AND_ARMS + """  cam_left:

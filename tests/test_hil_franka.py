@@ -118,6 +118,10 @@ def test_schedule_there_and_back(stack, franka_sim, report):
     assert err.max() < 0.03 and hb["franka.period_p50_ms"] == pytest.approx(1.0, abs=0.4)
     assert stack.state().gripper_width == pytest.approx(0.02, abs=0.01)  # 0.25 of 80 mm
     assert hb.get("safety.driver_fault", 0) == 0 and not sim_errors(franka_sim), sim_errors(franka_sim)
+    # O_F_ext_hat_K reaches RobotState.wrench (franka-sim models no external force: it sends zeros;
+    # a missing field would read None, a misplaced one the joint values)
+    w = stack.state().wrench
+    assert w is not None and np.array_equal(w, np.zeros(6)), w
 
 
 def test_jump_is_refused_before_libfranka(stack, franka_sim):

@@ -33,7 +33,9 @@ nodes:
     params:
       rate_hz: 500
       state_rate_hz: 250
-      safety: {{heartbeat_timeout_s: 0.5, max_jump_ee: 0.08, on_limit: refuse}}
+      # 1 s: on the 2-core CI machine a test's 20 Hz heartbeat thread was once kept off the CPU for
+      # > 500 ms mid-square (the arm then holds, as it must); the timeout's value is not under test here
+      safety: {{heartbeat_timeout_s: 1.0, max_jump_ee: 0.08, on_limit: refuse}}
   cam_scene:
     kind: camera
     params: {{driver: {{type: sim, camera: scene}}, camera_id: scene, width: 160, height: 120, rate_hz: 10}}
@@ -151,7 +153,8 @@ def test_square_tracking_and_servo_jitter(stack):
           f"final {end_err * 1e3:.2f} mm, extent {np.round(extent * 1e3, 1).tolist()} mm; servo period "
           f"p50 {m['loop.period_p50_s'] * 1e3:.3f} ms p99 {m['loop.period_p99_s'] * 1e3:.3f} ms "
           f"max {m['loop.period_max_s'] * 1e3:.3f} ms, overruns {m['loop.overruns']:.0f}/{m['loop.periods']:.0f}")
-    assert m.get("safety.heartbeat_stale", 0) == stale_before, "the arm held: the test's heartbeat thread was starved"
+    assert m.get("safety.heartbeat_stale", 0) == stale_before, (
+        f"the arm held: the test's heartbeat thread was starved (longest gap {client.max_beat_gap_s * 1e3:.0f} ms)")
     assert extent[0] == pytest.approx(0.15, abs=0.01) and extent[1] == pytest.approx(0.15, abs=0.01)
     assert path_err.mean() < 0.005 and path_err.max() < 0.02 and end_err < 0.005
     assert m["loop.period_p50_s"] == pytest.approx(0.002, rel=0.1)
@@ -241,8 +244,8 @@ def test_killed_sender_makes_arm_hold_within_timeout(stack):
     finally:
         if proc.poll() is None:
             proc.kill()
-    print(f"\narm held {latency * 1e3:.0f} ms after its sender was killed (timeout 500 ms)")
-    assert 0.4 < latency < 1.2  # the last heartbeat left up to 50 ms before the kill
+    print(f"\narm held {latency * 1e3:.0f} ms after its sender was killed (timeout 1000 ms)")
+    assert 0.9 < latency < 1.7  # the last heartbeat left up to 50 ms before the kill
     assert np.linalg.norm(p2[:3] - p1[:3]) < 0.0005  # standing still
     assert arm_metrics(stack)["safety.heartbeat_stale"] >= 1
 

@@ -56,7 +56,9 @@ def stack():
 
     if _port_open(30004):
         pytest.fail(f"{HOST}:30004 is already in use: another UR emulator is running")
-    s = Session(CFG, sets={"nodes.sim.params.ur_unlock_delay_s": 1.0}, only=["sim", "arm"])
+    # the workspace floor 1 cm below the table: the force test presses the open fingertips into it
+    s = Session(CFG, sets={"nodes.sim.params.ur_unlock_delay_s": 1.0,
+                           "nodes.arm.params.safety.workspace_min": [-0.6, 0.15, -0.01]}, only=["sim", "arm"])
     try:
         s.start(("robot/state",), timeout_s=60)
         yield s
@@ -137,6 +139,33 @@ def test_joint_and_ee_squares_are_tracked(stack, emulator, report):
     assert np.linalg.norm(np.array([m.ee_pose[:3] for m in hist_ee]) - corners[2], axis=1).min() < 0.01, (
         f"{emulator['dash'].status()}\n{stack.logs.tail(30)}")
     assert hb.get("safety.driver_fault", 0) == 0 and emulator["dash"].status()["protective_stops"] == 0
+
+
+def test_tcp_force_reaches_robot_state_through_ur_rtde(stack, emulator, report):
+    """The UR's ``actual_TCP_force`` through ur_rtde into ``RobotState.wrench``: zero with the tool
+    free, the table pushing back (+z, base frame) with the fingertips pressed into it."""
+    from robot_stack.control.arm_client import polyline_schedule
+    from robot_stack.runtime.clock import now_ns
+
+    start = np.array(stack.state().ee_pose)
+    free = stack.state().wrench
+    assert free is not None and np.abs(free).max() < 1e-6, free
+    # no Robotiq here: the fingers stay open, their tips level with the TCP (they touch the table
+    # at TCP z = 1 mm in the sim), so a TCP target 2 mm below the table presses them in
+    low = np.r_[start[:2], -0.002]
+    stamps, poses = polyline_schedule(start, [low], now_ns() + 300_000_000, speed=0.06)
+    stack.arm.send_schedule(stamps, poses, space="ee")
+    time.sleep((stamps[-1] - now_ns()) / 1e9 + 1.0)
+    pressed = np.array(stack.state().wrench)
+    st = stack.state()
+    stamps, poses = polyline_schedule(np.r_[low, start[3:]], [start[:3]], now_ns() + 300_000_000, speed=0.06)
+    stack.arm.send_schedule(stamps, poses, space="ee")
+    time.sleep((stamps[-1] - now_ns()) / 1e9 + 0.5)
+    report(f"UR5e emulator through ur_rtde: TCP force pressing the open fingertips into the table {np.round(pressed[:3], 1)} N "
+           f"(TCP z {st.ee_pose[2] * 1e3:.1f} mm)")
+    assert pressed[2] > 3.0 and np.abs(pressed[:2]).max() < 0.5 * pressed[2], pressed  # mostly up, some friction
+    assert np.abs(np.array(stack.state().wrench)).max() < 1e-6  # lifted off: free again
+    assert emulator["dash"].status()["protective_stops"] == 0
 
 
 def test_jump_is_refused_and_the_robot_never_moves(stack, emulator):

@@ -162,3 +162,24 @@ def test_the_emulator_listens_on_loopback_only(tmp_path):
     p.write_text("nodes:\n  sim: {kind: sim_world, params: {robot: ur5e_robotiq, ur_emulator_host: 192.168.1.5}}\n")
     with pytest.raises(ConfigError, match="loopback addresses only"):
         load_config(p)
+
+
+def test_actual_tcp_force_is_the_sim_wrench_zero_in_free_space_and_up_when_pressing():
+    """``actual_TCP_force`` (what ur_rtde's ``getActualTCPForce`` reads) is the sim's wrist wrench
+    in the base frame: zero with the tool free, about +z (the table pushing back) with the closed
+    gripper pressed 1 cm into the cube's top."""
+    from robot_stack.control.robot_model import RobotModel
+
+    c = UrController()
+    world, model = c.world, RobotModel.load("ur5e_robotiq")
+    world.step(200)
+    np.testing.assert_array_equal(c.output("actual_TCP_force"), np.zeros(6))
+    q = world.data.qpos[world.arm.qpos].copy()
+    tcp, cube = world.tcp_pose(), world.cube_pose()
+    for z in (0.10, 0.025):  # the closed fingertips touch the cube's top about 37 mm above its centre
+        q = model.ik(np.r_[cube[:2], cube[2] + z, tcp[3:]], q)
+        world.set_target(q, 0.0)
+        world.step(600)
+    f = np.array(c.output("actual_TCP_force"))
+    np.testing.assert_array_equal(f, world.tcp_wrench())
+    assert f[2] > 5.0 and np.abs(f[:2]).max() < 0.1 * f[2], f

@@ -10,6 +10,7 @@ thread (the socket is shared under a lock).
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,8 @@ class ArmClient:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
+        #: longest gap between two heartbeats of the thread, s (a starved process shows here)
+        self.max_beat_gap_s = 0.0
         if heartbeat_hz > 0:
             try:  # at once: the arm counts only heartbeats as signs of life, and may remember this
                 self.heartbeat()  # source name as silent from an earlier client
@@ -52,7 +55,11 @@ class ArmClient:
             self._tx.send(topic, msg)
 
     def _beat(self, period: float) -> None:
+        last = time.monotonic()
         while not self._stop.wait(period):
+            now = time.monotonic()
+            self.max_beat_gap_s = max(self.max_beat_gap_s, now - last)  # this thread's own scheduling delays
+            last = now
             try:
                 self.heartbeat()
             except Exception:  # the arm node is gone: nothing to keep alive

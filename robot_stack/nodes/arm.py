@@ -301,7 +301,9 @@ class ArmNode(Node):
         if (self.traj is not None and t < self.traj.end_ns
                 and t - self.last_heard.get(self.active_source, 0) > self.timeout_ns):
             self.counters["heartbeat_stale"] += 1
-            log.error("command source %r silent for > %.0f ms: holding", self.active_source, self.timeout_ns / 1e6)
+            heard = self.last_heard.get(self.active_source)
+            log.error("command source %r silent for %s (> %.0f ms): holding", self.active_source,
+                      "ever" if heard is None else f"{(t - heard) / 1e6:.0f} ms", self.timeout_ns / 1e6)
             self._drop_schedule()
         # the period that really passed since the last command, overruns included: the guard's
         # profile is then the command stream the driver really sees, limits held in real time
@@ -338,10 +340,14 @@ class ArmNode(Node):
         self.driver.command(q, self.grip_cmd)
         if self._tick % self._state_every == 0 and reading.stamp_ns > self._state_stamp:
             self._state_stamp = reading.stamp_ns  # one message per measurement: stamps strictly increase
+            wrench = reading.wrench
+            if wrench is not None and not np.all(np.isfinite(wrench)):  # never published: read as "none"
+                self.counters["wrench_nonfinite"] += 1
+                wrench = None
             self.pub.publish(RobotState.TOPIC, RobotState(
                 stamp_ns=reading.stamp_ns, q=reading.q, dq=reading.dq, ee_pose=self.kin.fk(reading.q),
                 gripper_width=reading.gripper_width, mode=self.mode, safety_events=self.counters.total(),
-                wrench=reading.wrench))
+                wrench=wrench))
         self._tick += 1
 
     def metrics(self) -> dict[str, float]:
