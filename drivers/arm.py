@@ -35,6 +35,15 @@ class JointReading:
     wrench: np.ndarray | None = None
 
 
+def usable_wrench(wrench) -> np.ndarray | None:
+    """A driver's wrench as the stack publishes it: (6,) float64 when it has 6 finite values, else
+    None (no wrench: a sensor glitch never reaches a fast layer as NaN or as a wrong shape)."""
+    if wrench is None:
+        return None
+    w = np.asarray(wrench, np.float64).ravel()
+    return w if w.shape == (6,) and np.all(np.isfinite(w)) else None
+
+
 class ArmDriver(ABC):
     """A robot arm with an optional gripper.
 

@@ -52,3 +52,16 @@ def test_robot_state_wrench_is_optional_and_finite():
     np.testing.assert_array_equal(decode(encode(RobotState.TOPIC, RobotState(**base, wrench=w)))[1].wrench, w)
     with pytest.raises(EncodeError, match="wrench has non-finite"):
         encode(RobotState.TOPIC, RobotState(**base, wrench=np.r_[w[:5], np.nan]))
+
+
+def test_only_six_finite_values_are_published_as_a_wrench():
+    """What the arm node publishes from a driver's wrench: 6 finite values, or None (a glitch
+    with NaN or the wrong length is "no wrench", never passed on)."""
+    from robot_stack.drivers.arm import usable_wrench
+
+    np.testing.assert_array_equal(usable_wrench([1, 2, 3, 0.1, 0.2, 0.3]), [1, 2, 3, 0.1, 0.2, 0.3])
+    assert usable_wrench([1, 2, 3, 0.1, 0.2, 0.3]).dtype == np.float64
+    assert usable_wrench(None) is None
+    assert usable_wrench([1, 2, np.nan, 0, 0, 0]) is None
+    assert usable_wrench([1, 2, np.inf, 0, 0, 0]) is None
+    assert usable_wrench([1, 2, 3]) is None

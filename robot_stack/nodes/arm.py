@@ -27,7 +27,7 @@ from pydantic import Field
 
 from robot_stack.runtime.clock import now_ns
 from robot_stack.runtime.devices import ARM_DRIVERS
-from ..drivers.arm import ArmDriverError
+from ..drivers.arm import ArmDriverError, usable_wrench
 from robot_stack.control.interpolation import Limits, Trajectory
 from robot_stack.comm.messages import ArmControl, Heartbeat, RobotState, WaypointSchedule
 from robot_stack.runtime.node import Node, NodeParams
@@ -340,10 +340,9 @@ class ArmNode(Node):
         self.driver.command(q, self.grip_cmd)
         if self._tick % self._state_every == 0 and reading.stamp_ns > self._state_stamp:
             self._state_stamp = reading.stamp_ns  # one message per measurement: stamps strictly increase
-            wrench = reading.wrench
-            if wrench is not None and not np.all(np.isfinite(wrench)):  # never published: read as "none"
-                self.counters["wrench_nonfinite"] += 1
-                wrench = None
+            wrench = usable_wrench(reading.wrench)
+            if wrench is None and reading.wrench is not None:  # never published: read as "none"
+                self.counters["wrench_unusable"] += 1
             self.pub.publish(RobotState.TOPIC, RobotState(
                 stamp_ns=reading.stamp_ns, q=reading.q, dq=reading.dq, ee_pose=self.kin.fk(reading.q),
                 gripper_width=reading.gripper_width, mode=self.mode, safety_events=self.counters.total(),
