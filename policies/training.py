@@ -8,7 +8,9 @@ the executed action stream (the waypoints sent to the arm, each at its target ti
 t_obs + i dt, i < H, holding the first/last action outside the recorded span. Images are resized
 with ``robot_stack.control.observation.resize_images`` (the controller's) so training and deployment see the same pixels.
 
-Training: AdamW with cosine decay, random-shift augmentation (Diffusion Policy), a rich progress
+Training: AdamW with cosine decay, random-shift augmentation (Diffusion Policy), an exponential
+moving average of the weights as the saved model (Diffusion Policy's EMA: decay
+1 - (1 + step)^-0.75 up to ``ema_max_decay``; torch's ``AveragedModel``), a rich progress
 bar, periodic checkpoints (weights, normalization, settings and the optimizer state, all in
 safetensors: no pickle) from which a run resumes. Validation holds out whole episodes and reports
 the position error (mm) of sampled chunks against the recorded actions.
@@ -47,6 +49,9 @@ class TrainSettings(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     checkpoint_every: int = Field(500, ge=1)
     shift_px: int = Field(4, ge=0, description="random-shift augmentation, pixels")
+    ema_max_decay: float = Field(0.9999, ge=0, lt=1, description="the saved weights are an EMA of the trained ones "
+                                 "(Diffusion Policy: decay 1 - (1 + step)^-ema_power, at most this); 0: off")
+    ema_power: float = Field(0.75, gt=0, description="EMA warm-up power (Diffusion Policy's 0.75)")
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda")
     threads: int | None = Field(None, description="torch CPU threads (default: torch's)")
@@ -271,6 +276,25 @@ def validate(model: GenerativePolicyModel, s: Samples, mode: str, n: int = 128, 
     return {"val_pos_err_mm": float(np.mean(errs)), "val_pos_err_first8_mm": float(np.mean(errs8)), "val_samples": len(rows)}
 
 
+def _ema(model: torch.nn.Module, settings: TrainSettings, step0: int):
+    """The EMA of ``model``'s parameters (``torch.optim.swa_utils.AveragedModel``), or None when
+    ``ema_max_decay`` is 0. Decay at optimizer step k (counted from 0, ``step0`` on resume, which
+    continues from the saved averaged weights): min(ema_max_decay, 1 - (1 + k)^-ema_power), so the
+    first steps copy the weights and the average lengthens as training settles (Chi et al. 2023,
+    Diffusion Policy, its EMAModel with inv_gamma 1). Buffers (the action normalization) are copied
+    once: they do not change while training."""
+    if settings.ema_max_decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    def avg(avg_p: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        k = step0 + int(n) - 1  # n: updates so far, this one excluded after the first (a copy)
+        decay = min(settings.ema_max_decay, 1.0 - (1.0 + k) ** -settings.ema_power)
+        return avg_p + (p - avg_p) * (1.0 - decay)
+
+    return AveragedModel(model, avg_fn=avg, use_buffers=False)
+
+
 def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool = False, console=None,
           progress: bool = True) -> dict:
     """Train and write ``out`` (.safetensors, plus ``out``-step checkpoints); returns the summary.
@@ -335,6 +359,8 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
         if ot.exists():
             _load_opt(opt, {k: v.to(device) for k, v in load_file(str(ot)).items()})
     losses = []
+    ema = _ema(model, settings, step0)
+    saved = ema.module if ema is not None else model  # what checkpoints, validation and deployment get
 
     def save(path: Path, step: int, extra: dict | None = None) -> None:
         """Rank 0 writes (the unwrapped model: resumable on any world size); all ranks wait for it."""
@@ -343,7 +369,7 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
         if place.main:
             import copy
 
-            save_checkpoint(copy.deepcopy(model).cpu(), path, {
+            save_checkpoint(copy.deepcopy(saved).cpu(), path, {
                 "step": step, "settings": settings.model_dump(mode="json"), "world_size": place.world,
                 "episodes": [str(p) for p in episodes], **(extra or {})})
             save_file({k: v.detach().cpu().contiguous() for k, v in _opt_tensors(opt).items()},
@@ -369,6 +395,8 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             losses.append(dd.mean_over_ranks(loss.item(), place))
             bar.update(task, advance=1, loss=float(np.mean(losses[-50:])))
             if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
@@ -376,14 +404,14 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
     train_s_time = time.perf_counter() - t_train
     # every rank's weights, summarised: DDP keeps the replicas equal (a rank out of step shows here)
     rank_sums = dd.gather_float(float(sum(p.detach().double().abs().sum() for p in model.parameters())), place)
-    model.cpu().eval()
-    summary = {"steps": settings.steps, "train_time_s": round(train_s_time, 1),
+    saved.cpu().eval()
+    summary = {"ema_max_decay": settings.ema_max_decay,"steps": settings.steps, "train_time_s": round(train_s_time, 1),
                "final_loss": float(np.mean(losses[-50:])) if losses else None,
                "train_samples": int(len(train_s.state)), "val_episodes": sorted(int(v) for v in val_eps),
                "world_size": place.world, "rank_param_abs_sums": rank_sums,
                "loss_curve": [float(x) for x in losses]}  # per step, the global batch's loss (mean over ranks)
     if len(val_s.state) and place.main:
-        summary.update(validate(model, val_s, ms.mode, seed=settings.seed))
+        summary.update(validate(saved, val_s, ms.mode, seed=settings.seed))
     save(out, settings.steps, {"summary": {k: v for k, v in summary.items() if k != "loss_curve"}})
     if place.main:
         out.with_suffix(".json").write_text(json.dumps(summary, indent=2))

@@ -168,3 +168,29 @@ def test_two_arm_episodes_train_a_two_arm_policy(tmp_path):
     one = make_episode(tmp_path / "one", seed=5)
     with pytest.raises(Exception, match="one model, one layout"):
         build_samples([eps[0], one], ModelConfig(cameras={"top": "rgb"}, image_hw=(64, 64), horizon=8))
+
+
+def test_saved_weights_are_diffusion_policys_ema_of_the_trained_ones():
+    """The EMA follows Diffusion Policy's schedule: the first update copies, then each step k moves
+    the average by (1 - decay_k) toward the weights, decay_k = min(max, 1 - (1 + k)^-0.75)."""
+    import torch
+
+    from robot_stack.policies.training import TrainSettings, _ema
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    ema = _ema(net, TrainSettings(ema_max_decay=0.5), step0=0)
+    ref = None
+    for k in range(6):
+        with torch.no_grad():
+            net.weight.add_(torch.randn_like(net.weight))
+        ema.update_parameters(net)
+        w = net.weight.detach().clone()
+        if ref is None:
+            ref = w
+        else:
+            decay = min(0.5, 1 - (1 + (k - 1)) ** -0.75)
+            ref = ref + (w - ref) * (1 - decay)
+        torch.testing.assert_close(ema.module.weight, ref)
+    assert not torch.allclose(ema.module.weight, net.weight)  # it averages, it does not copy
+    assert _ema(net, TrainSettings(ema_max_decay=0.0), 0) is None
