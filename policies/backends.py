@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 class CheckpointConfig(DeviceConfig):
     """Policy backend ``checkpoint``: a ``.safetensors`` checkpoint run in torch eager mode.
 
-    Keys: ``path`` (the checkpoint), ``seed`` (sampling noise; None: random), ``device``
+    Keys: ``path`` (the checkpoint), ``seed`` (sampling noise; None: random), ``noise_scale``
+    (the sampler's initial noise, 0..: 1 samples the learned distribution, 0 gives one
+    deterministic chunk per observation; :class:`GenerativePolicy`), ``device``
     ("cpu", "cuda", "cuda:N"; None: CUDA when present), ``compile`` (a ``torch.compile`` mode).
     """
 
@@ -28,6 +30,7 @@ class CheckpointConfig(DeviceConfig):
     requires = ("torch", "safetensors")
     path: str = Field(..., description="a .safetensors checkpoint written by robot-stack train")
     seed: int | None = Field(None, description="seed of the sampling noise (None: random)")
+    noise_scale: float = Field(1.0, ge=0, description="scale of the sampler's initial noise (0: deterministic chunks)")
     device: str | None = Field(None, description="torch device (None: cuda when available, else cpu)")
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = Field(
         "none", description="torch.compile mode (reduce-overhead: CUDA graphs on a GPU); the first chunk compiles")
@@ -44,7 +47,7 @@ class CheckpointConfig(DeviceConfig):
         model, _ = load_checkpoint(Path(self.path))
         backend = TorchDenoiser(model, device=self.device, compile=self.compile)
         log.info("serving %s (%s, torch on %s)", self.path, model.cfg.kind, backend.device)
-        return GenerativePolicy(model, backend, seed=self.seed)
+        return GenerativePolicy(model, backend, seed=self.seed, noise_scale=self.noise_scale)
 
 
 class OnnxConfig(DeviceConfig):
@@ -54,14 +57,15 @@ class OnnxConfig(DeviceConfig):
     preference, as installed.
 
     Keys: ``path`` (the export's ``X.onnx`` name; its checkpoint ``X.safetensors`` lies beside it
-    and supplies the normalization and sampler settings), ``seed``, ``providers`` (None: best
-    available).
+    and supplies the normalization and sampler settings), ``seed``, ``noise_scale`` (as for
+    ``checkpoint``), ``providers`` (None: best available).
     """
 
     type: Literal["onnx"] = "onnx"
     requires = ("onnxruntime", "torch", "safetensors")
     path: str = Field(..., description="the export's X.onnx name, with X.safetensors beside it")
     seed: int | None = Field(None, description="seed of the sampling noise (None: random)")
+    noise_scale: float = Field(1.0, ge=0, description="scale of the sampler's initial noise (0: deterministic chunks)")
     providers: list[str] | None = Field(None, description="ONNX Runtime execution providers (None: best available)")
 
     def build(self, ctx, params):
@@ -70,4 +74,4 @@ class OnnxConfig(DeviceConfig):
         model, _ = load_checkpoint(Path(self.path).with_suffix(".safetensors"))
         backend = OnnxDenoiser(self.path, providers=self.providers, threads=params.threads)
         log.info("serving %s (%s, %s)", self.path, model.cfg.kind, backend.providers[0])
-        return GenerativePolicy(model, backend, seed=self.seed)
+        return GenerativePolicy(model, backend, seed=self.seed, noise_scale=self.noise_scale)

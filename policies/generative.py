@@ -524,9 +524,18 @@ class GenerativePolicy(Policy):
         model: the model (its config and normalization).
         backend: a TorchDenoiser or OnnxDenoiser.
         seed: seed of the sampling noise (deterministic chunks for tests).
+        noise_scale: scale of the sampler's initial noise, >= 0 (a sampling temperature): 1 samples
+            the learned distribution; 0 starts every chunk from the same point, so the sampler
+            returns one deterministic chunk per observation (for a one-step flow or MeanFlow
+            model, its estimate of the mean chunk; for DDIM, DDIM's deterministic map of x_T = 0).
+    Raises:
+        ValueError: a negative or non-finite ``noise_scale``.
     """
 
-    def __init__(self, model: GenerativePolicyModel, backend, seed: int | None = None):
+    def __init__(self, model: GenerativePolicyModel, backend, seed: int | None = None, noise_scale: float = 1.0):
+        if not (np.isfinite(noise_scale) and noise_scale >= 0):
+            raise ValueError(f"noise_scale must be a finite number >= 0, got {noise_scale}")
+        self.noise_scale = float(noise_scale)
         self.model, self.backend = model, backend
         self.metadata = model.metadata()
         cams = {}
@@ -596,8 +605,8 @@ class GenerativePolicy(Policy):
         images = [torch.cat([imgs[j] for imgs in per_item]) if b > 1 else per_item[0][j]
                   for j in range(len(per_item[0]))]
         denoise = self.backend.bind(images, np.stack([np.asarray(o["state"], np.float32) for o in obs]))
-        if noise is None:
-            noise = self.rng.standard_normal((b, c.horizon, c.action_dim)).astype(np.float32)
+        if noise is None:  # drawn even at scale 0: the generator's sequence does not depend on the scale
+            noise = (self.noise_scale * self.rng.standard_normal((b, c.horizon, c.action_dim))).astype(np.float32)
         if guidance not in ("auto", "exact", "jacobian_free", "none"):
             raise ValueError(f"guidance must be auto, exact, jacobian_free or none, got {guidance!r}")
         if guidance == "exact" and getattr(denoise, "torch", None) is None:

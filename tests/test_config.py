@@ -169,3 +169,16 @@ def test_shipped_training_settings_validate():
     for p in paths:
         TrainSettings(**yaml.safe_load(p.read_text()))
     assert TrainSettings(**yaml.safe_load((REPO / "configs" / "train" / "reach_rtc.yaml").read_text())).model.rtc_max_prefix == 4
+
+
+def test_deploy_keeps_the_configs_backend_keys_and_replaces_the_path(tmp_path):
+    """robot-stack deploy --policy P: the config's sampling settings (noise_scale, seed) survive,
+    device too when the backend type stays; the file decides the type and the path."""
+    from robot_stack.apps.deploy import deploy_backend
+
+    own = {"type": "checkpoint", "path": "policy.safetensors", "noise_scale": 0.0, "seed": 3, "device": "cpu"}
+    assert deploy_backend(own, tmp_path / "p.safetensors") == {
+        "type": "checkpoint", "path": str(tmp_path / "p.safetensors"), "noise_scale": 0.0, "seed": 3, "device": "cpu"}
+    assert deploy_backend(own, tmp_path / "p.onnx") == {
+        "type": "onnx", "path": str(tmp_path / "p.onnx"), "noise_scale": 0.0, "seed": 3}
+    assert deploy_backend(None, tmp_path / "p.safetensors") == {"type": "checkpoint", "path": str(tmp_path / "p.safetensors")}

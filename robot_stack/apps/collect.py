@@ -86,7 +86,7 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
         ep = 0
         while len(res.saved) < episodes:
             with console.status(f"reset for episode {ep} ..."):
-                cube = session.reset(start_pose=task.start_pose(rng, session.state().ee_pose[3:]))
+                cube = session.reset(start_pose=task.start_pose(rng, session.home_pose()[3:]))
             saved_before = session.heartbeat(recorder).get("saved", 0.0)
             teleop_seq = session.sub.latest(TeleopCommand.TOPIC).seq if session.sub.latest(TeleopCommand.TOPIC) else -1
             session.send_event("start", targets, episode=ep)

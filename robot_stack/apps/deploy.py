@@ -59,7 +59,9 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
                  cube_poses: list | None = None, console=None, label: str = "policy", seed: int = 0,
                  controller: str | None = None) -> DeployResult:
     """Run ``episodes`` policy episodes on a started session (sim world required for success);
-    each starts at a randomized start pose (``task.start_pose``, seeded). ``task``: default the
+    each starts at a randomized start pose (``task.start_pose``, seeded) with the TCP orientation of
+    the arm's home posture (not where the previous episode left it: demonstrations start there
+    too, since the experts never turn the TCP). ``task``: default the
     config's (:func:`task_for_config`). ``controller``: the controller node to drive (default: the
     session's only one)."""
     from rich.console import Console
@@ -75,7 +77,7 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
     for ep in range(episodes):
         with console.status(f"{label}: reset for episode {ep + 1}/{episodes} ..."):
             cube = session.reset(None if cube_poses is None else cube_poses[ep],
-                                 start_pose=task.start_pose(rng, session.state().ee_pose[3:]))
+                                 start_pose=task.start_pose(rng, session.home_pose()[3:]))
         if cube is None:
             raise RuntimeError("deploy's success check needs the sim world (hardware: use collect with intervention)")
         res.cube_poses.append(cube.tolist())
@@ -179,6 +181,16 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
     return t
 
 
+def deploy_backend(own: dict | None, policy: Path) -> dict:
+    """The policy node's backend for ``policy`` (a .safetensors checkpoint or an .onnx export): the
+    config's own backend keys stay (``seed``, ``noise_scale``; all of them when the config names
+    the same backend type, e.g. a checkpoint's ``device``), the file replaces its ``path``."""
+    kind = "onnx" if Path(policy).suffix == ".onnx" else "checkpoint"
+    own = dict(own or {})
+    own = own if own.get("type") == kind else {k: v for k, v in own.items() if k in ("seed", "noise_scale")}
+    return {**own, "type": kind, "path": str(policy)}
+
+
 def deploy_session(config: str | Path, policy: str | Path, strategy: str | None = None, seed: int | None = None,
                    view: str | None = None, verbose: bool = False, sets: dict | None = None,
                    fast: str | Path | None = None):
@@ -209,8 +221,7 @@ def deploy_session(config: str | Path, policy: str | Path, strategy: str | None 
         raise FileNotFoundError(f"policy {policy} not found")
     nodes = deploy_nodes(cfg)
     teleop = cfg.nodes[ctl[0]].typed.teleop
-    extra_sets, sets = sets, {f"nodes.{pol[0]}.params.backend": {"type": "onnx" if policy.suffix == ".onnx" else "checkpoint",
-                                               "path": str(policy)},
+    extra_sets, sets = sets, {f"nodes.{pol[0]}.params.backend": deploy_backend(cfg.nodes[pol[0]].typed.backend.model_dump(mode="json"), policy),
             f"nodes.{ctl[0]}.params.source": "policy",
             f"nodes.{ctl[0]}.params.teleop": teleop if teleop in nodes else None,
             f"nodes.{ctl[0]}.params.autostart": False}

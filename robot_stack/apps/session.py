@@ -266,6 +266,15 @@ class Session:
         self._move_until_there(send, lambda: float(np.linalg.norm(np.asarray(self.state(arm).ee_pose[:3], float) - pose[:3])),
                                self.REACH_TOL_M, "TCP (m)", attempts, settle_s)
 
+    def home_pose(self, arm: str | None = None) -> np.ndarray:
+        """(7,) the arm's TCP pose at its home posture [x y z qx qy qz qw] (m, base frame): the
+        forward kinematics of its robot model's ``home_q``, where :meth:`reset` sends it."""
+        from robot_stack.control.robot_model import RobotModel
+
+        arm = arm or self.arm_name
+        model = RobotModel.load(self.cfg.nodes[arm].typed.robot_name(self.cfg))
+        return np.asarray(model.fk(model.home_q), float)
+
     def reset(self, cube_pose: np.ndarray | None = None, home_q: np.ndarray | None = None,
               start_pose: np.ndarray | None = None) -> np.ndarray | None:
         """Reset period: arm home; sim: cube placed (random when None) and its pose returned;

@@ -10,7 +10,8 @@ policy knows it only through the cameras. The arm must bring the gripper down ar
 pre-grasp pose: TCP, the pinch point between the fingertips, over the cube's centre, fingers
 straddling it) without knocking it away.
 
-Each episode starts at a randomized pose above the workspace (``start_pose``) from which the
+Each episode starts at a randomized pose above the workspace (``start_pose``, with the home
+posture's TCP orientation in collect and deploy) from which the
 wrist camera sees the whole cube range. Success (all in the base frame): the TCP is within ``xy_tol`` (m) of the cube centre horizontally
 and between 0 and ``z_tol`` above the cube centre, and the cube moved less than ``push_tol`` from
 where it was placed.
