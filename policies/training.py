@@ -405,7 +405,7 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
     # every rank's weights, summarised: DDP keeps the replicas equal (a rank out of step shows here)
     rank_sums = dd.gather_float(float(sum(p.detach().double().abs().sum() for p in model.parameters())), place)
     saved.cpu().eval()
-    summary = {"ema_max_decay": settings.ema_max_decay,"steps": settings.steps, "train_time_s": round(train_s_time, 1),
+    summary = {"ema_max_decay": settings.ema_max_decay, "steps": settings.steps, "train_time_s": round(train_s_time, 1),
                "final_loss": float(np.mean(losses[-50:])) if losses else None,
                "train_samples": int(len(train_s.state)), "val_episodes": sorted(int(v) for v in val_eps),
                "world_size": place.world, "rank_param_abs_sums": rank_sums,

@@ -272,8 +272,11 @@ class Session:
         from robot_stack.control.robot_model import RobotModel
 
         arm = arm or self.arm_name
-        model = RobotModel.load(self.cfg.nodes[arm].typed.robot_name(self.cfg))
-        return np.asarray(model.fk(model.home_q), float)
+        cache = self.__dict__.setdefault("_home_poses", {})  # one model compile per arm, not per episode
+        if arm not in cache:
+            model = RobotModel.load(self.cfg.nodes[arm].typed.robot_name(self.cfg))
+            cache[arm] = np.asarray(model.fk(model.home_q), float)
+        return cache[arm].copy()
 
     def reset(self, cube_pose: np.ndarray | None = None, home_q: np.ndarray | None = None,
               start_pose: np.ndarray | None = None) -> np.ndarray | None:
