@@ -27,6 +27,7 @@ def test_recorder_sigkill_mid_episode_keeps_saved_and_recovers(tmp_path, run_dir
     s = Session(cfg)
     try:
         s.start(("robot/state", "camera/c", "heartbeat/recorder"))
+        assert root.is_dir()  # the recorder makes its root at start-up, before any episode
         s.send_event("start", ["recorder"])
         time.sleep(1.5)
         s.send_event("stop", ["recorder"])

@@ -191,6 +191,27 @@ class Session:
         arm = arm or self.arm_name
         return next((m for m in reversed(self.sub.history(RobotState.TOPIC)) if m.source == arm), None)
 
+    def fresh_state(self, arm: str | None = None, not_before_ns: int | None = None, timeout_s: float = 10.0):
+        """The newest RobotState of ``arm`` (default the first arm node) once one stamped at or after
+        ``not_before_ns`` (default: 20 ms ago) has arrived. :meth:`state` can be seconds old when
+        this process's reader falls behind a 500 Hz state stream on a loaded machine; a move planned
+        from, or checked against, such a state goes wrong.
+
+        Raises:
+            SessionError: none arrived within ``timeout_s``.
+        """
+        after = now_ns() - 20_000_000 if not_before_ns is None else int(not_before_ns)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            st = self.state(arm)
+            if st is not None and st.stamp_ns >= after:
+                return st
+            if time.monotonic() > deadline:
+                age = "none" if st is None else f"the newest is {(after - st.stamp_ns) / 1e6:.0f} ms too old"
+                raise SessionError(f"no fresh robot state from {arm or self.arm_name} within {timeout_s:g} s ({age})",
+                                   self.logs.tail())
+            time.sleep(0.005)
+
     def heartbeat(self, node: str) -> dict[str, float]:
         hb = self.sub.latest(Heartbeat.topic(node))
         return dict(hb.metrics) if hb is not None else {}
@@ -199,19 +220,22 @@ class Session:
     REACH_TOL_RAD = 0.05
     REACH_TOL_M = 0.005
 
-    def _move_until_there(self, send, error, tol: float, what: str, attempts: int, settle_s: float) -> None:
+    def _move_until_there(self, send, error, tol: float, what: str, attempts: int, settle_s: float,
+                          arm: str) -> None:
         """Send a move (``send()`` -> the schedule's stamps), wait for its end plus ``settle_s``, and
-        check ``error()`` < ``tol``; a move that did not arrive (the arm node refused it: its log
-        and ``safety.*`` counters say why, e.g. a jump against a plan still running when the move
-        went out) is sent again from where the arm is, up to ``attempts`` moves in all.
+        check ``error(state)`` < ``tol`` on a robot state of ``arm`` stamped after that (not on an
+        older one still queued in this process); a move that did not arrive (the arm node refused
+        it: its log and ``safety.*`` counters say why, e.g. a jump against a plan still running when
+        the move went out) is sent again from where the arm is, up to ``attempts`` moves in all.
 
         Raises:
-            SessionError: not there after ``attempts`` moves.
+            SessionError: not there after ``attempts`` moves, or no fresh robot state.
         """
         for _ in range(attempts):
             stamps = send()
-            time.sleep(max(0.0, (stamps[-1] - now_ns()) / 1e9) + settle_s)
-            err = error()
+            done_ns = int(stamps[-1]) + int(settle_s * 1e9)
+            time.sleep(max(0.0, (done_ns - now_ns()) / 1e9))
+            err = error(self.fresh_state(arm, not_before_ns=done_ns))
             if err < tol:
                 return
             self.reset_retries += 1
@@ -221,9 +245,9 @@ class Session:
 
     def move_joints(self, q_goal: np.ndarray, speed: float = HOME_SPEED, settle_s: float = 0.4,
                     attempts: int = 3, arm: str | None = None) -> None:
-        """Joint-space move to ``q_goal`` (rad) through the arm node ``arm`` (default the first);
-        blocks until the arm is there (within ``REACH_TOL_RAD``), sending a refused move again
-        (:meth:`_move_until_there`).
+        """Joint-space move to ``q_goal`` (rad) through the arm node ``arm`` (default the first),
+        planned from a fresh robot state; blocks until the arm is there (within ``REACH_TOL_RAD``),
+        sending a refused move again (:meth:`_move_until_there`).
 
         Raises:
             SessionError: the arm is not at the goal after ``attempts`` moves.
@@ -232,7 +256,7 @@ class Session:
         arm = arm or self.arm_name
 
         def send():
-            q0 = np.asarray(self.state(arm).q, float)
+            q0 = np.asarray(self.fresh_state(arm).q, float)
             dur = max(0.5, float(np.max(np.abs(q_goal - q0))) / speed)
             n = max(2, int(dur / 0.05))
             s = np.linspace(0, 1, n)[1:]
@@ -241,14 +265,14 @@ class Session:
             self.arms[arm].send_schedule(stamps, q0 + s[:, None] * (q_goal - q0), space="joint", gripper=np.ones(n - 1))
             return stamps
 
-        self._move_until_there(send, lambda: float(np.max(np.abs(np.asarray(self.state(arm).q, float) - q_goal))),
-                               self.REACH_TOL_RAD, f"{arm} (rad)", attempts, settle_s)
+        self._move_until_there(send, lambda st: float(np.max(np.abs(np.asarray(st.q, float) - q_goal))),
+                               self.REACH_TOL_RAD, f"{arm} (rad)", attempts, settle_s, arm)
 
     def move_pose(self, pose: np.ndarray, speed: float = 0.15, settle_s: float = 0.4, attempts: int = 3,
                   arm: str | None = None) -> None:
-        """Straight-line TCP move of ``arm`` (default the first) to ``pose`` (7,) in its base frame;
-        blocks until the TCP is there (within ``REACH_TOL_M``), sending a refused move again
-        (:meth:`_move_until_there`).
+        """Straight-line TCP move of ``arm`` (default the first) to ``pose`` (7,) in its base frame,
+        planned from a fresh robot state; blocks until the TCP is there (within ``REACH_TOL_M``),
+        sending a refused move again (:meth:`_move_until_there`).
 
         Raises:
             SessionError: the TCP is not at the goal after ``attempts`` moves.
@@ -259,12 +283,12 @@ class Session:
         arm = arm or self.arm_name
 
         def send():
-            stamps, poses = straight_line(np.asarray(self.state(arm).ee_pose), pose, now_ns(), speed)
+            stamps, poses = straight_line(np.asarray(self.fresh_state(arm).ee_pose), pose, now_ns(), speed)
             self.arms[arm].send_schedule(stamps, poses, space="ee")
             return stamps
 
-        self._move_until_there(send, lambda: float(np.linalg.norm(np.asarray(self.state(arm).ee_pose[:3], float) - pose[:3])),
-                               self.REACH_TOL_M, "TCP (m)", attempts, settle_s)
+        self._move_until_there(send, lambda st: float(np.linalg.norm(np.asarray(st.ee_pose[:3], float) - pose[:3])),
+                               self.REACH_TOL_M, "TCP (m)", attempts, settle_s, arm)
 
     def home_pose(self, arm: str | None = None) -> np.ndarray:
         """(7,) the arm's TCP pose at its home posture [x y z qx qy qz qw] (m, base frame): the

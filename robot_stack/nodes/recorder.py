@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -76,6 +77,10 @@ class RecorderNode(Node):
 
     def configure(self) -> None:
         p = self.params
+        try:  # made now, so a bad root fails at start-up and the folder exists once the node is up
+            Path(p.root).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"recorder root {p.root} cannot be created: {e}") from e
         self.recovered = self.discarded_on_start = 0
         for path in find_interrupted(p.root):
             if p.on_interrupted == "discard":
