@@ -99,3 +99,18 @@ def test_delay_estimator_quantile_in_steps():
     for _ in range(50):
         est.add(230 * MS)
     assert est.steps == 3
+
+
+def test_chunk_anchor_from_rest_is_the_arrival():
+    from robot_stack.control.chunking import chunk_anchor_ns
+
+    ms = 1_000_000
+    # nothing planned (episode start): the chunk is stamped from its arrival, so plan_chunk keeps action 1 on
+    assert chunk_anchor_ns(1000 * ms, 1800 * ms, None) == 1800 * ms
+    p = plan_chunk(np.arange(16.0)[:, None], chunk_anchor_ns(1000 * ms, 1800 * ms, None), 1800 * ms, 100 * ms)
+    assert p.first_index == 1 and p.late_steps == 0
+    # a plan that ended before the observation (a hold, an over-budget stop): at rest too
+    assert chunk_anchor_ns(1000 * ms, 1800 * ms, 900 * ms) == 1800 * ms
+    # a plan ran since the observation: the arm moved, latency compensation stays (8 actions dropped)
+    assert chunk_anchor_ns(1000 * ms, 1800 * ms, 1500 * ms) == 1000 * ms
+    assert plan_chunk(np.arange(16.0)[:, None], 1000 * ms, 1800 * ms, 100 * ms).first_index == 9

@@ -75,7 +75,13 @@ CONTROLLERS = "".join(f"""  controller_{s}:
   controller_intervene:
     kind: controller
     params: {strategy: async, rate_hz: 10, teleop: teleop}
-"""
+  policy_slow:
+    kind: policy
+    params: {backend: {type: goto, goal: [0.45, 0.10, 0.30], speed: 0.08, horizon: 16, dt: 0.1}, delay_s: 0.8}
+""" + "".join(f"""  rest_{s}_{on}:
+    kind: controller
+    params: {{strategy: {s}, rate_hz: 10, execute_horizon: 8, policy: policy_slow, start_from_rest: {on}}}
+""" for s in ("sync", "ensemble") for on in ("true", "false"))
 
 
 FAST_BIAS = np.array([0.0, 0.0, 0.02])  # the test's fast layer: a constant correction, m
@@ -102,7 +108,7 @@ def stack(tmp_path_factory):
     _bias_fast_layer(fast_path)
     cfg_path.write_text(CONFIG.format(run_dir=run_dir) + CONTROLLERS + FAST_CONTROLLER.format(path=fast_path))
     try:
-        with launched(cfg_path, only=["sim", "arm", "policy", "policy_reach", "cam"]) as (_, out):
+        with launched(cfg_path, only=["sim", "arm", "policy", "policy_reach", "policy_slow", "cam"]) as (_, out):
             cfg = load_config(cfg_path)
             state = Subscriber([cfg.pub_endpoint("arm", run_dir), cfg.pub_endpoint("sim", run_dir)],
                                ("robot/state", "sim/objects"), history=3000)
@@ -433,3 +439,41 @@ def test_requests_start_when_the_frame_arrives(stack, report):
            f"control-timed {off['stage_frame_age_p50_ms']:.0f} ms (on arrival {arr_off:.0f}, waiting {wait_off:.0f} ms)")
     assert wait_on < 0.3 * wait_off
     assert on["anchor_waits_timed_out"] == 0 and off["anchor_waits_timed_out"] == 0
+
+
+def _first_lead(stack, node):
+    """Run controller ``node`` from rest until its first schedule went out; return its heartbeat
+    metrics (``first_lead_max_mm``: that schedule's first waypoint -> the TCP)."""
+    cfg, rd = stack["cfg"], stack["run_dir"]
+    sub = Subscriber([cfg.pub_endpoint(node, rd)], ("heartbeat",))
+    proc = subprocess.Popen([sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node,
+                             str(rd)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    m = {}
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "first_lead_max_mm" not in m:
+            hb = sub.wait_for(f"heartbeat/{node}", 1.0, newer_than_seq=-1)
+            m = hb.metrics if hb is not None else m
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        log = proc.communicate(timeout=10)[0].decode(errors="replace")
+        sub.close()
+    assert "first_lead_max_mm" in m, log[-2000:]
+    return m
+
+
+@pytest.mark.parametrize("strategy", ["sync", "ensemble"])
+def test_first_chunk_from_rest_starts_at_its_beginning(stack, strategy, report):
+    """800 ms inference, 0.08 m/s: a chunk stamped from its observation finds its first 8+ actions
+    due during inference, so its first waypoint lies 64+ mm ahead of the resting TCP (the arm node
+    refuses beyond ``max_jump_ee``); stamped from its arrival (``start_from_rest``) it starts with
+    its own first actions, within a step (8 mm) of the TCP."""
+    move_to_start(stack)
+    on = _first_lead(stack, f"rest_{strategy}_true")
+    move_to_start(stack)
+    off = _first_lead(stack, f"rest_{strategy}_false")
+    report(f"{strategy}: first waypoint from rest {on['first_lead_max_mm']:.1f} mm from the TCP with start_from_rest, "
+           f"{off['first_lead_max_mm']:.1f} mm without (800 ms inference, 0.08 m/s)")
+    assert on["first_lead_max_mm"] < 20 and on["chunks_from_rest"] >= 1
+    assert off["first_lead_max_mm"] > 55 and off["chunks_from_rest"] == 0

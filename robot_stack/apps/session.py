@@ -149,13 +149,20 @@ class Session:
         self.launcher.start()
         self._sup = threading.Thread(target=self.launcher.supervise, daemon=True)
         self._sup.start()
-        pubs = [n for n in self.nodes if self.cfg.nodes[n].kind != "monitor"]
-        self.sub = Subscriber([self.cfg.pub_endpoint(n, self.rd) for n in pubs],
-                              (RobotState.TOPIC, CameraFrame.TOPIC, Heartbeat.TOPIC, ObjectState.TOPIC, "teleop/", "controller/"),
+        pubs = [self.cfg.pub_endpoint(n, self.rd) for n in self.nodes if self.cfg.nodes[n].kind != "monitor"]
+        # no camera frames here: 4000 of them per camera held 1.2 GB and more in a collect, and their
+        # decoding kept this reader behind its robot states; start-up checks them on their own
+        self.sub = Subscriber(pubs, (RobotState.TOPIC, Heartbeat.TOPIC, ObjectState.TOPIC, "teleop/", "controller/"),
                               history=4000, name="session")
-        for t in wait_topics:
-            if self.sub.wait_for(t, timeout_s) is None:
-                raise SessionError(f"the stack did not come up ({t} never arrived)", self.logs.tail())
+        frames = [t for t in wait_topics if t.startswith(CameraFrame.TOPIC)]
+        cams = Subscriber(pubs, frames, history=1, name="session-cameras") if frames else None
+        try:
+            for t in wait_topics:
+                if (cams if t in frames else self.sub).wait_for(t, timeout_s) is None:
+                    raise SessionError(f"the stack did not come up ({t} never arrived)", self.logs.tail())
+        finally:
+            if cams is not None:
+                cams.close()
         deadline = time.monotonic() + timeout_s
         for n in self.arm_names:
             self.arms[n] = ArmClient(self.cfg, self.rd, arm=n, source="session")

@@ -31,6 +31,31 @@ def action_times_ns(t_obs_ns: int, horizon: int, dt_ns: int, offset: int = 0) ->
     return t_obs_ns + (np.arange(horizon, dtype=np.int64) + offset) * dt_ns
 
 
+def chunk_anchor_ns(t_obs_ns: int, arrival_ns: int, plan_end_ns: int | None) -> int:
+    """The time a chunk's actions are stamped from (``t_obs`` in :func:`action_times_ns`), ns.
+
+    Latency compensation (:func:`plan_chunk` dropping the actions due during inference) is right
+    while the arm executes an earlier plan: it kept moving while the policy thought. A chunk that
+    arrives with nothing planned since its observation (``plan_end_ns`` None or before
+    ``t_obs_ns``: an episode's first chunk, the first after a hold) found the arm at rest, where
+    it still is; dropping the actions of the inference time would start the arm d steps into a
+    motion it never made (on the pick task, first waypoints 135-157 mm from the resting TCP, which
+    the arm node refuses as jumps). Such a chunk is stamped from its arrival instead, so that its
+    first actions run first. Diffusion Policy's real-robot evaluation sidesteps the same thing
+    by running the policy once before the episode starts (Chi et al. 2023, ``eval_real_robot.py``).
+
+    Args:
+        t_obs_ns: capture time of the chunk's newest observation, ns.
+        arrival_ns: when the chunk arrived, ns.
+        plan_end_ns: time of the last planned action when the chunk arrived, or None.
+    Returns:
+        ``t_obs_ns`` while a plan ran since the observation, else ``max(t_obs_ns, arrival_ns)``.
+    """
+    if plan_end_ns is not None and plan_end_ns >= t_obs_ns:
+        return int(t_obs_ns)
+    return int(max(t_obs_ns, arrival_ns))
+
+
 @dataclass(frozen=True)
 class ChunkPlan:
     """What to execute of one chunk.

@@ -60,7 +60,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from robot_stack.control.chunking import DelayEstimator
+from robot_stack.control.chunking import DelayEstimator, chunk_anchor_ns
 from robot_stack.control.strategies import STRATEGIES, CommittedPlan
 from robot_stack.runtime.clock import now_ns
 from robot_stack.comm.messages import CameraFrame, EpisodeEvent, ObservationWindow, RobotState, TeleopCommand, WaypointSchedule
@@ -97,6 +97,9 @@ class ControllerParams(NodeParams):
     ensemble_m: float = 0.01
     ensemble_steps: int = Field(4, ge=1, description="ensemble: steps sent ahead each control step")
     exec_latency_s: float = Field(0.01, ge=0)
+    start_from_rest: bool = Field(True, description="a chunk that finds nothing planned since its observation "
+                                  "(the arm at rest) is stamped from its arrival, so its first actions run first "
+                                  "(chunking.chunk_anchor_ns); false: from its observation, d steps dropped")
     max_obs_age_s: float = Field(0.3, gt=0)
     request_timeout_s: float = Field(2.0, gt=0)
     source: Literal["policy", "teleop", "external"] = Field(
@@ -226,10 +229,11 @@ class ControllerNode(Node):
         self.stats = {k: 0.0 for k in ("requests", "chunks", "dropped_actions", "late_steps", "over_budget",
                                        "obs_holds", "errors", "teleop_steps", "interventions", "episodes",
                                        "bad_chunks", "stale_holds", "refused_chunks", "stale_chunks",
-                                       "anchor_waits_timed_out")}
+                                       "anchor_waits_timed_out", "chunks_from_rest")}
         self.inference_ms: list[float] = []
         self.e2e_ms: list[float] = []  # capture of the anchor frame -> its chunk's waypoints sent to the arm
         self.jumps_m: list[float] = []
+        self.first_leads_mm: list[float] = []  # first waypoint of a plan from rest -> the TCP, mm (first arm)
         self.switch_jerk: list[float] = []  # commanded jerk at each switch, m/s^3 (CommittedPlan.jerk_at)
         #: latency breakdown of a chunk, ms: capture -> request -> policy -> plan -> sent to the arm
         self.stages = {k: collections.deque(maxlen=500) for k in ("frame_arrival", "frame_age", "assembly", "transport",
@@ -544,7 +548,9 @@ class ControllerNode(Node):
                 self.stats["stale_chunks"] += 1
                 return
             self.stats["chunks"] += 1
-            plan = self.strategy.on_chunk(actions, t_obs, arrival, dt_ns, offset, frozen)
+            anchor = chunk_anchor_ns(t_obs, arrival, self.plan.end_ns) if self.params.start_from_rest else t_obs
+            self.stats["chunks_from_rest"] += anchor != t_obs
+            plan = self.strategy.on_chunk(actions, anchor, arrival, dt_ns, offset, frozen)
             sched = self.strategy.on_tick(now_ns()) if plan is None else None
         if plan is None:  # ensembling: the chunk joins the average, which goes out now (and each tick)
             if sched is not None:
@@ -573,10 +579,17 @@ class ControllerNode(Node):
     def _send_locked(self, stamps: np.ndarray, actions: np.ndarray, origin: str, t_obs: int | None) -> None:
         t0 = now_ns()
         with self.lock:  # the committed plan merges the way the arm node merges
+            from_rest = self.plan.end_ns is None or self.plan.end_ns < t0
             jump = self.plan.merge(stamps, actions, now_ns())
             jerk = self.plan.jerk_at(int(stamps[0])) if jump is not None else None
         if jump is not None:
             self.jumps_m.append(jump)
+        if from_rest and origin == "policy" and t_obs is not None:  # nothing planned: the arm is at rest
+            st = self._latest_state(self.arm_names[0])
+            lead = float(np.linalg.norm(actions[0, :3] - np.asarray(st.ee_pose[:3]))) if st is not None else float("nan")
+            self.first_leads_mm.append(lead * 1e3)
+            log.info("first schedule from rest: its chunk was observed %.0f ms ago, its first waypoint is %.0f ms "
+                     "ahead and %.0f mm from the TCP", (t0 - t_obs) / 1e6, (int(stamps[0]) - t0) / 1e6, lead * 1e3)
         if jerk is not None:
             self.switch_jerk.append(jerk)
         if self.fast is not None and origin == "policy":
@@ -805,6 +818,8 @@ class ControllerNode(Node):
             j = np.array(self.jumps_m)
             m.update(switch_jump_mean_mm=float(j.mean() * 1e3), switch_jump_max_mm=float(j.max() * 1e3),
                      switches=float(len(j)))
+        if self.first_leads_mm:  # the arm node refuses a first waypoint beyond its max_jump_ee
+            m.update(first_lead_max_mm=float(np.max(self.first_leads_mm)))
         if self.fast is not None:
             m.update({f"fast_{k}": float(v) for k, v in self.fast.stats.items()})
             m["fast_correction_mm"] = float(np.linalg.norm(self.fast.correction) * 1e3)
