@@ -35,7 +35,7 @@ def collected(tmp_path_factory):
     witness = None
     try:
         s.start(("robot/state", "camera/wrist", "camera/scene"))
-        witness = Subscriber([s.cfg.pub_endpoint("arm", s.rd)], ("robot/state",), history=100_000, name="witness")
+        witness = Subscriber([s.cfg.pub_endpoint("arm", s.rd)], ("robot/state",), history=100_000, hwm=100_000, name="witness")
         res = run_collect(None, out, 3, max_episode_s=20, session=s)
         yield {"session": s, "res": res, "witness": witness.history("robot/state"), "out": out}
     finally:

@@ -22,7 +22,7 @@ def test_collect_three_episodes_on_the_emulated_ur5e(tmp_path, report):
     witness = None
     try:
         s.start(("robot/state", "camera/wrist", "camera/scene"))
-        witness = Subscriber([s.cfg.pub_endpoint("arm", s.rd)], ("robot/state",), history=100_000, name="witness")
+        witness = Subscriber([s.cfg.pub_endpoint("arm", s.rd)], ("robot/state",), history=100_000, hwm=100_000, name="witness")
         res = run_collect(None, tmp_path, 3, max_episode_s=20, session=s)
         seen_stamps = np.array([m.stamp_ns for m in witness.history("robot/state")])
         hb = s.heartbeat("arm")
