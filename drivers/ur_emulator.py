@@ -121,6 +121,7 @@ class UrController:
         self.qd_target = np.zeros_like(self.q_target)
         self.watchdog_hz = 0.0
         self.watchdog_fed_s = time.monotonic()
+        self.watchdog_trip_gap_ms = 0.0  # time from the last feed to the last watchdog stop, ms
         self.protective_stop_at: float | None = None
         self.t0 = time.monotonic()
         self.counters = {"protective_stops": 0, "watchdog_stops": 0, "programs": 0, "unsupported_commands": 0,
@@ -348,6 +349,7 @@ class UrController:
             now = time.monotonic()
             if self.running and self.watchdog_hz > 0 and now - self.watchdog_fed_s > 1.0 / self.watchdog_hz:
                 self.counters["watchdog_stops"] += 1
+                self.watchdog_trip_gap_ms = (now - self.watchdog_fed_s) * 1e3  # feed -> trip, as this loop saw it
                 g = np.array(self.feed_gaps_ms or [0.0])
                 log.warning("watchdog: command-register write gaps before the trip: p50 %.1f ms, p99 %.1f ms, "
                             "max %.1f ms over %d writes", np.percentile(g, 50), np.percentile(g, 99), g.max(), len(g))
@@ -745,6 +747,7 @@ class UrEmulator:
                 import json
 
                 return json.dumps({**c.counters, "running": c.running, "safety_mode": c.safety_mode,
+                                   "watchdog_trip_gap_ms": round(c.watchdog_trip_gap_ms, 1),
                                    "refused_recipes": self.refused_recipes, "script_commands": script_commands(c.script),
                                    "q_target": [round(float(x), 6) for x in c.q_target]})
         return f"could not understand: '{cmd}'"

@@ -279,6 +279,11 @@ def test_hung_arm_node_stops_the_robot_through_the_watchdog(stack, emulator, rep
         os.kill(pid, signal.SIGKILL)
     st = dash.status()
     report(f"UR5e emulator: arm node hung (SIGSTOP) -> program stopped by the RTDE watchdog after "
-           f"{stopped_s * 1e3:.0f} ms ({hz:g} Hz watchdog: {1e3 / hz:.0f} ms)")
+           f"{stopped_s * 1e3:.0f} ms seen by this test, {st['watchdog_trip_gap_ms']:.0f} ms after the last feed "
+           f"seen by the emulator ({hz:g} Hz watchdog: {1e3 / hz:.0f} ms)")
     assert st["watchdog_stops"] == stops0 + 1 and not st["running"]
-    assert 0.8 / hz < stopped_s < 1.0 / hz + 0.15  # the watchdog's period, plus this test's polling under load
+    # the trip: the watchdog's period after the last feed, plus the emulator's 2 ms loop (a loaded
+    # 2-core machine delays that loop now and then); this test's own view adds its dashboard
+    # polling, which one CI rehearsal saw 380 ms late under load
+    assert 1e3 / hz <= st["watchdog_trip_gap_ms"] < 1e3 / hz + 250
+    assert 0.8 / hz < stopped_s < 1.0 / hz + 1.0
