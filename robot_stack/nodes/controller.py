@@ -233,7 +233,7 @@ class ControllerNode(Node):
         self.inference_ms: list[float] = []
         self.e2e_ms: list[float] = []  # capture of the anchor frame -> its chunk's waypoints sent to the arm
         self.jumps_m: list[float] = []
-        self.first_leads_mm: list[float] = []  # first waypoint of a plan from rest -> the TCP, mm (first arm)
+        self.first_lead_max_mm: float | None = None  # largest first waypoint -> TCP of a plan from rest, mm (first arm)
         self.switch_jerk: list[float] = []  # commanded jerk at each switch, m/s^3 (CommittedPlan.jerk_at)
         #: latency breakdown of a chunk, ms: capture -> request -> policy -> plan -> sent to the arm
         self.stages = {k: collections.deque(maxlen=500) for k in ("frame_arrival", "frame_age", "assembly", "transport",
@@ -587,7 +587,7 @@ class ControllerNode(Node):
         if from_rest and origin == "policy" and t_obs is not None:  # nothing planned: the arm is at rest
             st = self._latest_state(self.arm_names[0])
             lead = float(np.linalg.norm(actions[0, :3] - np.asarray(st.ee_pose[:3]))) if st is not None else float("nan")
-            self.first_leads_mm.append(lead * 1e3)
+            self.first_lead_max_mm = max(self.first_lead_max_mm or 0.0, lead * 1e3)
             log.info("first schedule from rest: its chunk was observed %.0f ms ago, its first waypoint is %.0f ms "
                      "ahead and %.0f mm from the TCP", (t0 - t_obs) / 1e6, (int(stamps[0]) - t0) / 1e6, lead * 1e3)
         if jerk is not None:
@@ -818,8 +818,8 @@ class ControllerNode(Node):
             j = np.array(self.jumps_m)
             m.update(switch_jump_mean_mm=float(j.mean() * 1e3), switch_jump_max_mm=float(j.max() * 1e3),
                      switches=float(len(j)))
-        if self.first_leads_mm:  # the arm node refuses a first waypoint beyond its max_jump_ee
-            m.update(first_lead_max_mm=float(np.max(self.first_leads_mm)))
+        if self.first_lead_max_mm is not None:  # the arm node refuses a first waypoint beyond its max_jump_ee
+            m["first_lead_max_mm"] = self.first_lead_max_mm
         if self.fast is not None:
             m.update({f"fast_{k}": float(v) for k, v in self.fast.stats.items()})
             m["fast_correction_mm"] = float(np.linalg.norm(self.fast.correction) * 1e3)
