@@ -216,7 +216,10 @@ def test_one_controller_drives_two_arms_in_lockstep(tmp_path):
                 assert max(err.values()) < 0.004, (err, out.tail())
                 acts = sub.history(WaypointSchedule.EXECUTED_TOPIC)
                 by_arm = {a: [m for m in acts if m.arm == a] for a in goals}
-                assert len(by_arm["arm_left"]) > 10 and len(by_arm["arm_left"]) == len(by_arm["arm_right"])
+                # The history is read while the controller runs: the last step may be caught
+                # between its left and its right schedule, so one trailing left may lack its pair.
+                nl, nr = len(by_arm["arm_left"]), len(by_arm["arm_right"])
+                assert nr > 10 and nl - nr in (0, 1), (nl, nr)
                 for ml, mr in zip(by_arm["arm_left"], by_arm["arm_right"]):
                     np.testing.assert_array_equal(ml.stamps_ns, mr.stamps_ns)
             finally:
