@@ -69,6 +69,9 @@ class ModelConfig:
             own TCP position. The model learns and samples in its frame; the policy's
             chunks are always in the base frame (:meth:`GenerativePolicyModel.to_world`). For a
             wrist camera, whose image shows where the object lies relative to the gripper.
+            "relative_xy": x and y as in "relative", z absolute (the table's height is fixed in
+            the base frame; a fully relative z lets a policy unsure whether it is still
+            descending command another descent from the grasp height, into the table).
         rtc_max_prefix: training-time RTC (Black et al., arXiv 2512.05964): the model is trained
             with a clean prefix of d ~ U{0..rtc_max_prefix} actions given as input (with a mask
             channel) and the loss on the rest only, so at inference it continues a committed prefix
@@ -112,9 +115,9 @@ class ModelConfig:
                              f"{self.scales}, dt {self.dt}, dispersive_weight {self.dispersive_weight}, cameras {self.cameras}")
         if len(self.points_lo) != 3 or len(self.points_hi) != 3:
             raise ValueError(f"points_lo and points_hi are x y z (m), got {self.points_lo}, {self.points_hi}")
-        if self.action_frame not in ("absolute", "relative"):
-            raise ValueError(f"action_frame must be 'absolute' or 'relative', got {self.action_frame!r}")
-        if self.action_frame == "relative" and (self.action_dim % 8 or self.proprio_dim != self.action_dim):
+        if self.action_frame not in ("absolute", "relative", "relative_xy"):
+            raise ValueError(f"action_frame must be 'absolute', 'relative' or 'relative_xy', got {self.action_frame!r}")
+        if self.action_frame != "absolute" and (self.action_dim % 8 or self.proprio_dim != self.action_dim):
             raise ValueError("action_frame relative needs the state and action layout of 8 values per arm "
                              f"(proprio_dim {self.proprio_dim}, action_dim {self.action_dim})")
         if not 0 <= self.rtc_max_prefix <= self.horizon // 2:
@@ -277,8 +280,10 @@ class GenerativePolicyModel(torch.nn.Module):
         return (err / (err.detach() + 1e-3)).mean()
 
     def _positions(self) -> list[int]:
-        """Indices of the action positions taken relative (x y z of every 8-value arm block)."""
-        return [8 * i + k for i in range(max(1, self.cfg.action_dim // 8)) for k in range(3)]
+        """Indices of the action positions taken relative (x y z, or x y for "relative_xy", of
+        every 8-value arm block)."""
+        axes = 2 if self.cfg.action_frame == "relative_xy" else 3
+        return [8 * i + k for i in range(max(1, self.cfg.action_dim // 8)) for k in range(axes)]
 
     def to_model_frame(self, actions, state):
         """Base-frame actions (..., H, D) -> the model's frame (``cfg.action_frame``), given the

@@ -281,11 +281,12 @@ def test_training_time_rtc_learns_to_continue_a_prefix():
     assert pol.predict(o, committed_prefix=truth[:6], frozen=5) is not None and pol.last_frozen == 3  # capped at d_max
 
 
-@pytest.mark.parametrize("frame", ["relative", "absolute"])
+@pytest.mark.parametrize("frame", ["relative", "relative_xy", "absolute"])
 def test_relative_action_frame_follows_the_observed_tcp(frame):
     """UMI's relative trajectory: with the denoiser's output zeroed (the one-step flow then returns
     its noise, denormalized), a relative-frame policy's chunk moves with the newest observed TCP
-    position by exactly its shift (orientation and gripper do not); an absolute one does not move."""
+    position by exactly its shift (orientation and gripper do not); "relative_xy" moves in x and y
+    only (z stays in the base frame); an absolute one does not move."""
     torch.manual_seed(0)
     cfg = dict(SMALL, proprio_dim=8, action_dim=8, sample_steps=1)
     m = GenerativePolicyModel(ModelConfig(**cfg, kind="flow", action_frame=frame)).eval()
@@ -303,7 +304,7 @@ def test_relative_action_frame_follows_the_observed_tcp(frame):
     o2["state"][-1, :3] += shift
     o2["state"][0, :3] -= 1.0  # an older step of the window is not the reference
     a1 = pol.predict(o2, noise=noise)
-    expect = shift if frame == "relative" else np.zeros(3, np.float32)
+    expect = {"relative": shift, "relative_xy": shift * [1, 1, 0], "absolute": np.zeros(3, np.float32)}[frame]
     np.testing.assert_allclose(a1[:, :3] - a0[:, :3], np.broadcast_to(expect, (8, 3)), atol=1e-5)
     np.testing.assert_allclose(a1[:, 3:], a0[:, 3:], atol=1e-5)
     # the training loss sees the actions in the model's frame: to_world inverts to_model_frame
@@ -312,6 +313,9 @@ def test_relative_action_frame_follows_the_observed_tcp(frame):
     torch.testing.assert_close(m.to_world(m.to_model_frame(a, s), s), a)
     if frame == "relative":
         torch.testing.assert_close(m.to_model_frame(a, s)[..., :3], a[..., :3] - s[:, -1:, :3])
+    if frame == "relative_xy":
+        torch.testing.assert_close(m.to_model_frame(a, s)[..., :2], a[..., :2] - s[:, -1:, :2])
+        torch.testing.assert_close(m.to_model_frame(a, s)[..., 2:], a[..., 2:])
 
 
 @pytest.mark.parametrize("kind,steps", [("flow", 1), ("ddim", 4)])
