@@ -70,8 +70,8 @@ class ModelConfig:
             chunks are always in the base frame (:meth:`GenerativePolicyModel.to_world`). For a
             wrist camera, whose image shows where the object lies relative to the gripper.
             "relative_xy": x and y as in "relative", z absolute (the table's height is fixed in
-            the base frame; a fully relative z lets a policy unsure whether it is still
-            descending command another descent from the grasp height, into the table).
+            the base frame). On the pick task it was not better than "relative" over two
+            collections (README).
         rtc_max_prefix: training-time RTC (Black et al., arXiv 2512.05964): the model is trained
             with a clean prefix of d ~ U{0..rtc_max_prefix} actions given as input (with a mask
             channel) and the loss on the rest only, so at inference it continues a committed prefix
