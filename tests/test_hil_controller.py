@@ -151,16 +151,27 @@ def home_joints(stack):
     """A joint-space move to the sim's home posture (as a deploy episode's reset does)."""
     from robot_stack.drivers.sim_model import HOME_Q
 
+    arm_hb = Subscriber([stack["cfg"].pub_endpoint("arm", stack["run_dir"])], ("heartbeat",))
     client = ArmClient(stack["cfg"], stack["run_dir"], source="test_home")
     try:
+        before = arm_hb.wait_for("heartbeat/arm", 3)
         q0 = np.array(stack["state"].latest("robot/state").q)
         dur = max(0.5, float(np.abs(HOME_Q - q0).max()) / 0.5)
         s = np.linspace(0, 1, int(dur / 0.05) + 1)[1:]
         client.send_schedule(now_ns() + (s * dur * 1e9).astype(np.int64), q0 + s[:, None] * (HOME_Q - q0))
         time.sleep(dur + 0.8)
+        deadline = time.monotonic() + 5.0  # under load the arm can arrive late
+        while (np.abs(np.array(stack["state"].latest("robot/state").q) - HOME_Q).max() > 0.02
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        after = arm_hb.wait_for("heartbeat/arm", 3, newer_than_seq=before.seq)
     finally:
         client.close()
-    assert np.abs(np.array(stack["state"].latest("robot/state").q) - HOME_Q).max() < 0.02
+        arm_hb.close()
+    changed = {k: (before.metrics.get(k), v) for k, v in after.metrics.items() if before.metrics.get(k) != v}
+    q = np.array(stack["state"].latest("robot/state").q)
+    assert np.abs(q - HOME_Q).max() < 0.02, (f"home move from {q0.round(3)} ended at {q.round(3)}; arm metrics "
+                                             f"that changed: {changed}\nstack:\n{stack['out'].tail()}")
 
 
 def deviation_from_line(p):
