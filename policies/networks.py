@@ -149,11 +149,13 @@ class ConvEncoder(nn.Module):
         return self.out(self.pool(self.keypoints(self.layers(self.stem(x)))))
 
 
-def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of t (B,) -> (B, dim) (Vaswani et al. 2017)."""
+def time_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t (B,) -> (B, dim) (Vaswani et al. 2017), of ``scale * t``: with t in
+    [0, 1] and scale 1000 the fastest feature turns 1000 rad per unit of t (DDPM's integer steps);
+    scale 1 keeps the embedding smooth in t, which MeanFlow needs (its target holds du/dt)."""
     half = dim // 2
     f = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    a = t[:, None].float() * 1000.0 * f[None]
+    a = t[:, None].float() * scale * f[None]
     return torch.cat([a.sin(), a.cos()], dim=-1)
 
 
@@ -180,9 +182,10 @@ class FiLMBlock(nn.Module):
 class ConditionalUnet1D(nn.Module):
     """1-D U-Net over (B, D, H) with FiLM conditioning; H must be divisible by 4."""
 
-    def __init__(self, action_dim: int, cond_dim: int, widths=(64, 128, 256), t_dim: int = 64, in_dim: int | None = None):
+    def __init__(self, action_dim: int, cond_dim: int, widths=(64, 128, 256), t_dim: int = 64, in_dim: int | None = None,
+                 t_scale: float = 1000.0):
         super().__init__()
-        self.t_dim = t_dim
+        self.t_dim, self.t_scale = t_dim, t_scale
         cd = cond_dim + t_dim
         self.down = nn.ModuleList()
         c = in_dim or action_dim  # input channels: the actions, plus a prefix-mask channel (training-time RTC)
@@ -205,9 +208,10 @@ class ConditionalUnet1D(nn.Module):
         interval's length (Geng et al. 2025 condition on (t, t - r) the same way)."""
         if t.ndim == 2:
             half = self.t_dim // 2
-            temb = torch.cat([time_embedding(t[:, 0], half), time_embedding(t[:, 1] - t[:, 0], half)], dim=-1)
+            temb = torch.cat([time_embedding(t[:, 0], half, self.t_scale),
+                              time_embedding(t[:, 1] - t[:, 0], half, self.t_scale)], dim=-1)
         else:
-            temb = time_embedding(t, self.t_dim)
+            temb = time_embedding(t, self.t_dim, self.t_scale)
         cond = torch.cat([cond, temb], dim=-1)
         h = x.transpose(1, 2)
         skips = []
@@ -236,7 +240,7 @@ class PolicyNet(nn.Module):
     def __init__(self, cameras: dict[str, int], proprio_dim: int, obs_horizon: int, action_dim: int,
                  feat_dim: int = 64, enc_base: int = 16, widths=(64, 128, 256), prefix_mask: bool = False,
                  point_cameras: tuple[str, ...] = (), multiscale_cameras: tuple[str, ...] = (), scales: int = 3,
-                 progress_from: str = "flow"):
+                 progress_from: str = "flow", t_scale: float = 1000.0):
         super().__init__()
         self.cameras = list(cameras)
         self.encoders = nn.ModuleDict({
@@ -253,7 +257,7 @@ class PolicyNet(nn.Module):
             raise ValueError(f"progress_from must be flow or ddim, got {progress_from!r}")
         self.progress_from = progress_from
         cond_dim = obs_horizon * self.step_dim
-        self.unet = ConditionalUnet1D(action_dim, cond_dim, widths, in_dim=action_dim + int(prefix_mask))
+        self.unet = ConditionalUnet1D(action_dim, cond_dim, widths, in_dim=action_dim + int(prefix_mask), t_scale=t_scale)
 
     def encode(self, images: list[torch.Tensor], proprio: torch.Tensor) -> torch.Tensor:
         """images: per camera (B, To, C, h, w), or (B, To, N, 3) point clouds; proprio (B, To, P)

@@ -105,3 +105,35 @@ def test_meanflow_onnx_matches_torch(tmp_path):
     with pytest.raises(ValueError, match="not defined for meanflow"):
         GenerativePolicy(m, TorchDenoiser(m, "cpu"), seed=0).predict(o, committed_prefix=np.zeros((2, 3), np.float32),
                                                                     guidance="exact")
+
+
+def test_meanflow_embeds_time_at_scale_one_and_old_checkpoints_keep_theirs(tmp_path):
+    """MeanFlow's target holds the network's time derivative: its time embedding reads t at scale
+    1 (ddim and flow keep DDPM's 1000). A checkpoint written before the setting existed was trained
+    at 1000 and loads at 1000, predicting what it predicted before."""
+    import dataclasses
+    import json
+
+    from safetensors.torch import save_file
+
+    from robot_stack.policies.generative import load_checkpoint
+
+    assert ModelConfig(**SMALL, kind="meanflow").time_scale == 1.0
+    assert ModelConfig(**SMALL, kind="flow").time_scale == ModelConfig(**SMALL, kind="ddim").time_scale == 1000.0
+    with pytest.raises(ValueError, match="time_scale"):
+        ModelConfig(**SMALL, kind="meanflow", time_scale=0.0)
+    torch.manual_seed(0)
+    old = GenerativePolicyModel(ModelConfig(**SMALL, kind="meanflow", time_scale=1000.0)).eval()
+    cfg = dataclasses.asdict(old.cfg)
+    del cfg["time_scale"]  # as written before the field existed
+    save_file({k: v.contiguous() for k, v in old.state_dict().items()}, str(tmp_path / "old.safetensors"),
+              metadata={"config": json.dumps(cfg), "extra": "{}"})
+    loaded, _ = load_checkpoint(tmp_path / "old.safetensors")
+    assert loaded.cfg.time_scale == 1000.0
+    x, cond = torch.randn(2, 8, 3), torch.randn(2, old.net.unet.down[0][0].film.in_features - 64)
+    t = torch.tensor([[0.0, 1.0], [0.3, 0.6]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(x, t, cond), old.net(x, t, cond))
+        rescaled = GenerativePolicyModel(ModelConfig(**SMALL, kind="meanflow"))
+        rescaled.load_state_dict(old.state_dict())
+        assert (rescaled.eval().net(x, t, cond) - old.net(x, t, cond)).abs().max() > 1e-3  # the scale matters
