@@ -164,11 +164,12 @@ def home_joints(stack):
         while (np.abs(np.array(stack["state"].latest("robot/state").q) - HOME_Q).max() > 0.02
                and time.monotonic() < deadline):
             time.sleep(0.05)
-        after = arm_hb.wait_for("heartbeat/arm", 3, newer_than_seq=before.seq)
+        after = arm_hb.wait_for("heartbeat/arm", 3, newer_than_seq=before.seq if before else -1)
     finally:
         client.close()
         arm_hb.close()
-    changed = {k: (before.metrics.get(k), v) for k, v in after.metrics.items() if before.metrics.get(k) != v}
+    m0, m1 = (before.metrics if before else {}), (after.metrics if after else {})
+    changed = {k: (m0.get(k), v) for k, v in m1.items() if m0.get(k) != v}
     q = np.array(stack["state"].latest("robot/state").q)
     assert np.abs(q - HOME_Q).max() < 0.02, (f"home move from {q0.round(3)} ended at {q.round(3)}; arm metrics "
                                              f"that changed: {changed}\nstack:\n{stack['out'].tail()}")
