@@ -129,6 +129,13 @@ def stack(tmp_path_factory):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _wait_until(arrived, timeout_s: float = 5.0) -> None:
+    """Poll ``arrived()`` every 50 ms for up to ``timeout_s``: under load the arm can arrive late."""
+    deadline = time.monotonic() + timeout_s
+    while not arrived() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def move_to_start(stack):
     client = ArmClient(stack["cfg"], stack["run_dir"], source="test_reset")
     try:
@@ -138,10 +145,8 @@ def move_to_start(stack):
         stamps, poses = straight_line(p, goal, now_ns(), speed=0.15)
         client.send_schedule(stamps, poses, space="ee")
         time.sleep((stamps[-1] - now_ns()) / 1e9 + 0.6)
-        deadline = time.monotonic() + 5.0  # under load the arm can arrive late (one CI run: 68 mm short)
-        while (np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - START) > 0.005
-               and time.monotonic() < deadline):
-            time.sleep(0.05)
+        # under load the arm can arrive late (one CI run: 68 mm short)
+        _wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - START) <= 0.005)
     finally:
         client.close()
     assert np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - START) < 0.005
@@ -160,10 +165,7 @@ def home_joints(stack):
         s = np.linspace(0, 1, int(dur / 0.05) + 1)[1:]
         client.send_schedule(now_ns() + (s * dur * 1e9).astype(np.int64), q0 + s[:, None] * (HOME_Q - q0))
         time.sleep(dur + 0.8)
-        deadline = time.monotonic() + 5.0  # under load the arm can arrive late
-        while (np.abs(np.array(stack["state"].latest("robot/state").q) - HOME_Q).max() > 0.02
-               and time.monotonic() < deadline):
-            time.sleep(0.05)
+        _wait_until(lambda: np.abs(np.array(stack["state"].latest("robot/state").q) - HOME_Q).max() <= 0.02)
         after = arm_hb.wait_for("heartbeat/arm", 3, newer_than_seq=before.seq if before else -1)
     finally:
         client.close()

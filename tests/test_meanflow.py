@@ -130,7 +130,7 @@ def test_meanflow_embeds_time_at_scale_one_and_old_checkpoints_keep_theirs(tmp_p
               metadata={"config": json.dumps(cfg), "extra": "{}"})
     loaded, _ = load_checkpoint(tmp_path / "old.safetensors")
     assert loaded.cfg.time_scale == 1000.0
-    x, cond = torch.randn(2, 8, 3), torch.randn(2, old.net.unet.down[0][0].film.in_features - 64)
+    x, cond = torch.randn(2, 8, 3), torch.randn(2, old.net.obs_horizon * old.net.step_dim)
     t = torch.tensor([[0.0, 1.0], [0.3, 0.6]])
     with torch.no_grad():
         torch.testing.assert_close(loaded.net(x, t, cond), old.net(x, t, cond))
