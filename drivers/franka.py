@@ -25,15 +25,21 @@ exerts on the tool) before a fast layer trained on the sim uses it.
 Errors: a ``ControlException`` (a reflex, a communication-constraint violation) ends the control
 loop; :meth:`read` then raises :class:`ArmDriverError` naming libfranka's reason, and the arm
 node holds. ``automatic_error_recovery`` (on request, or by ``recover()``) clears reflexes and
-restarts control from the measured state. Gripper: ``franka::Gripper`` on its own thread
-(homing at start, ``move`` when the commanded opening changes). Sources: libfranka documentation
+restarts control from the measured state. Gripper: ``franka::Gripper`` in a second child process
+(homing at start, ``move`` when the commanded opening changes), not a thread beside the 1 kHz
+loop: its blocking calls keep the GIL too (``readOnce`` waits for the hand's next UDP state,
+up to 17 ms at franka-sim's 60 Hz), so a thread stalled the loop toward the FCI's limit of 20
+lost cycles in a row, and a thread frozen while holding the shared lock (at that process's exit)
+would have blocked the arm node for good. The arm node never waits on the lock for more than
+:data:`LOCK_TIMEOUT_S`: a control process that holds it longer (stuck, or died holding it) is a
+driver fault, and the node holds and reports instead of freezing. Sources: libfranka documentation
 (``franka::Robot``, ``franka::ActiveControl``, ``franka::Gripper``), FR3 datasheet limits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
 from typing import Literal
 
 import numpy as np
@@ -48,6 +54,9 @@ from .arm import ArmDriver, ArmDriverError, JointReading
 log = logging.getLogger(__name__)
 
 MAX_WIDTH = 0.08  # Franka Hand opening, m
+#: longest the arm node waits for the shared state's lock, s (the 1 kHz process holds it for
+#: microseconds a cycle; longer means that process is stuck or died holding it)
+LOCK_TIMEOUT_S = 0.1
 # joint position limits, rad (FR3 and Panda datasheets)
 LIMITS = {
     "fr3": (np.array([-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.0159]),
@@ -109,13 +118,26 @@ class _Shared:
         self.a[:] = 0
 
 
-def _franka_process(ip, realtime, use_gripper, automatic_recovery, impedance, shm_name, lock, events,
+def _attach(shm_name: str):
+    """Attach to the arm node's shared segment (the node owns and unlinks it): (shm, float64 view)."""
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(name=shm_name)
+    try:
+        from multiprocessing import resource_tracker
+
+        resource_tracker.unregister(shm._name, "shared_memory")
+    except Exception:  # noqa: BLE001 - tracker internals differ across Python versions
+        pass
+    return shm, np.ndarray((_Shared.N,), np.float64, buffer=shm.buf)
+
+
+def _franka_process(ip, realtime, automatic_recovery, impedance, shm_name, lock, events,
                     rt: dict | None = None) -> None:
     """The 1 kHz control process (see the module docstring). Reports ("ready", q), ("error", msg).
     ``rt``: :class:`~robot_stack.runtime.realtime.RealtimeConfig` fields for this process (SCHED_FIFO,
-    affinity, mlockall), applied first and reported in its log."""
-    from multiprocessing import shared_memory
-
+    affinity, mlockall), applied first and reported in its log. The only thread that takes ``lock``
+    here is this process's main thread."""
     from robot_stack.runtime.lifeline import die_with_parent
 
     die_with_parent()  # never outlive the arm node
@@ -132,39 +154,23 @@ def _franka_process(ip, realtime, use_gripper, automatic_recovery, impedance, sh
     except ImportError as e:
         events.put(("fatal", f"the franka driver needs pylibfranka: {e}"))
         return
-    shm = shared_memory.SharedMemory(name=shm_name)
-    try:  # the arm node owns (and unlinks) the segment; this process only attaches to it
-        from multiprocessing import resource_tracker
-
-        resource_tracker.unregister(shm._name, "shared_memory")
-    except Exception:  # noqa: BLE001 - tracker internals differ across Python versions
-        pass
-    a = np.ndarray((_Shared.N,), np.float64, buffer=shm.buf)
+    shm, a = _attach(shm_name)
     cfg = pf.RealtimeConfig.kEnforce if realtime == "enforce" else pf.RealtimeConfig.kIgnore
     try:
         robot = pf.Robot(ip, cfg)
         if impedance is not None:
             robot.set_joint_impedance(list(impedance))
         s = robot.read_once()
-        gripper = None
-        if use_gripper:
-            gripper = pf.Gripper(ip)
-            gripper.homing()
     except Exception as e:  # noqa: BLE001 - NetworkException, RealtimeException, ...
         events.put(("fatal", f"cannot connect to the Franka at {ip}: {e}"))
         return
     with lock:
         a[0:7] = s.q
-        a[7] = 1.0
         a[8] = now_ns()
         a[9:16] = s.q
         a[16:23] = s.dq
         a[29:35] = s.O_F_ext_hat_K
-        a[23] = gripper.read_once().width if gripper else 0.0
     events.put(("ready", list(s.q)))
-    stop = threading.Event()
-    if gripper is not None:
-        threading.Thread(target=_gripper_loop, args=(gripper, a, lock, stop), daemon=True).start()
     periods: list[int] = []
     recoveries = 0
     try:
@@ -188,7 +194,7 @@ def _franka_process(ip, realtime, use_gripper, automatic_recovery, impedance, sh
                     a[28] = recoveries
                 events.put(("recovered", recoveries))
     finally:
-        stop.set()
+        del a
         shm.close()
 
 
@@ -220,23 +226,49 @@ def _control(pf, robot, a, lock, periods) -> None:
             del periods[:]
 
 
-def _gripper_loop(gripper, a, lock, stop) -> None:
-    sent = None
-    while not stop.wait(0.05):
-        with lock:
+def _gripper_process(ip, shm_name, events, period_s: float = 0.05) -> None:
+    """The Franka Hand's process: connect and home, report ("gripper_ready", width m), then every
+    ``period_s`` s ``move`` when the commanded opening (slot 7, 0..1) changed by over 5 % and
+    publish the measured width (slot 23, m). Both slots are single aligned float64 words with one
+    writer each, read and written without the lock, so this process can never hold the 1 kHz
+    loop's lock (see the module docstring)."""
+    import time
+
+    from robot_stack.runtime.lifeline import die_with_parent
+
+    die_with_parent()  # never outlive the arm node
+    try:
+        import pylibfranka as pf
+
+        gripper = pf.Gripper(ip)
+        gripper.homing()
+        width = float(gripper.read_once().width)
+    except Exception as e:  # noqa: BLE001 - ImportError, NetworkException, CommandException
+        events.put(("fatal", f"cannot start the Franka Hand at {ip}: {e}"))
+        return
+    shm, a = _attach(shm_name)
+    try:
+        a[23] = width
+        a[7] = sent = float(np.clip(width / MAX_WIDTH, 0, 1))  # hold the homed opening until commanded
+        events.put(("gripper_ready", width))
+        failed = 0
+        while True:
+            time.sleep(period_s)
             target = float(a[7])
-        if sent is None or abs(target - sent) > 0.05:
+            if abs(target - sent) > 0.05:
+                try:
+                    gripper.move(float(np.clip(target, 0, 1)) * MAX_WIDTH, 0.1)
+                except Exception as e:  # noqa: BLE001 - a failed move is reported, not fatal
+                    failed += 1
+                    events.put(("gripper_warning", f"gripper move failed ({failed} so far): {e}"))
+                sent = target
             try:
-                gripper.move(float(np.clip(target, 0, 1)) * MAX_WIDTH, 0.1)
-            except Exception as e:  # noqa: BLE001 - a failed move is reported, not fatal
-                log.warning("gripper move failed: %s", e)
-            sent = target
-        try:
-            w = gripper.read_once().width
-            with lock:
-                a[23] = w
-        except Exception:  # noqa: BLE001
-            pass
+                a[23] = float(gripper.read_once().width)
+            except Exception:  # noqa: BLE001 - the next period reads again
+                pass
+    finally:
+        del a
+        shm.close()
 
 
 class FrankaDriver(ArmDriver):
@@ -265,26 +297,42 @@ class FrankaDriver(ArmDriver):
         self.ip = robot_ip
         self._error: str | None = None
         self.proc = None
+        self.gripper_proc = None
 
     def start(self, timeout_s: float = 10.0) -> JointReading:
         import multiprocessing as mp
         import queue
+        import time
 
         ctx = mp.get_context("spawn")
         self.shared = _Shared()
         self.lock = ctx.Lock()
         self.events = ctx.Queue()
-        self.proc = ctx.Process(target=_franka_process, args=(*self.args, self.shared.shm.name, self.lock, self.events),
+        robot_ip, realtime, gripper, automatic_recovery, impedance = self.args
+        self.proc = ctx.Process(target=_franka_process,
+                                args=(robot_ip, realtime, automatic_recovery, impedance, self.shared.shm.name,
+                                      self.lock, self.events),
                                 kwargs={"rt": self.rt}, name="franka-1khz", daemon=True)
         self.proc.start()
-        try:
-            kind, payload = self.events.get(timeout=timeout_s)
-        except queue.Empty:
-            self.stop()
-            raise ArmDriverError(f"the Franka at {self.ip} did not answer within {timeout_s:.0f} s") from None
-        if kind != "ready":
-            self.stop()
-            raise ArmDriverError(str(payload))
+        waiting = {"ready"}
+        if gripper:
+            self.gripper_proc = ctx.Process(target=_gripper_process, args=(robot_ip, self.shared.shm.name, self.events),
+                                            name="franka-hand", daemon=True)
+            self.gripper_proc.start()
+            waiting.add("gripper_ready")
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            try:
+                kind, payload = self.events.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                self.stop()
+                what = "robot" if "ready" in waiting else "Franka Hand"
+                raise ArmDriverError(f"the Franka at {self.ip} did not answer within {timeout_s:.0f} s "
+                                     f"(no {what})") from None
+            if kind in ("error", "fatal"):
+                self.stop()
+                raise ArmDriverError(str(payload))
+            waiting.discard(kind)
         return self.read()
 
     def _poll_events(self) -> None:
@@ -301,38 +349,70 @@ class FrankaDriver(ArmDriver):
             elif kind == "recovered":
                 self._error = None
                 log.warning("franka recovered from a reflex (%s so far)", payload)
+            elif kind == "gripper_warning":
+                log.warning("franka hand: %s", payload)
 
-    def read(self) -> JointReading:
+    @contextlib.contextmanager
+    def _locked(self):
+        """The shared state's lock, waited for at most :data:`LOCK_TIMEOUT_S`.
+
+        Raises:
+            ArmDriverError: the control process held it longer (stuck, or died holding it).
+        """
+        if not self.lock.acquire(timeout=LOCK_TIMEOUT_S):
+            self._poll_events()
+            alive = self.proc is not None and self.proc.is_alive()
+            raise ArmDriverError(self._error or (
+                f"the Franka control process held the shared state for over {LOCK_TIMEOUT_S * 1e3:.0f} ms "
+                f"({'stuck' if alive else f'exited with code {self.proc.exitcode if self.proc else None}'} "
+                f"while holding it)"))
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    def _check_processes(self) -> None:
         self._poll_events()
         if self._error is not None:
             raise ArmDriverError(self._error)
         if self.proc is not None and not self.proc.is_alive():
             raise ArmDriverError(f"the Franka control process exited (code {self.proc.exitcode})")
+        g = self.gripper_proc
+        if g is not None and not g.is_alive():
+            raise ArmDriverError(f"the Franka Hand process exited (code {g.exitcode})")
+
+    def read(self) -> JointReading:
+        self._check_processes()
         a = self.shared.a
-        with self.lock:
+        with self._locked():
             return JointReading(int(a[8]), a[9:16].copy(), a[16:23].copy(), float(a[23]), wrench=a[29:35].copy())
 
     def command(self, q: np.ndarray, gripper_open: float) -> None:
         a = self.shared.a
-        with self.lock:
+        with self._locked():
             a[0:7] = q
-            a[7] = gripper_open
+        a[7] = gripper_open  # one aligned word, read by the hand's process without the lock
 
     def loop_stats(self) -> dict[str, float]:
-        """1 kHz control-loop statistics (period in ms over the last 1000 cycles)."""
+        """1 kHz control-loop statistics (period in ms over the last 1000 cycles); empty while
+        the control process holds the lock too long (:meth:`read` reports that)."""
         a = self.shared.a
-        with self.lock:
-            return {"franka.cycles": float(a[24]), "franka.period_p50_ms": float(a[25]),
-                    "franka.period_p99_ms": float(a[26]), "franka.period_max_ms": float(a[27]),
-                    "franka.recoveries": float(a[28])}
+        try:
+            with self._locked():
+                return {"franka.cycles": float(a[24]), "franka.period_p50_ms": float(a[25]),
+                        "franka.period_p99_ms": float(a[26]), "franka.period_max_ms": float(a[27]),
+                        "franka.recoveries": float(a[28])}
+        except ArmDriverError:
+            return {}
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.is_alive():
-            self.proc.terminate()  # the robot stops the motion when the FCI connection closes
-            self.proc.join(3)
-            if self.proc.is_alive():
-                self.proc.kill()
-                self.proc.join(2)
+        for p in (self.proc, self.gripper_proc):
+            if p is not None and p.is_alive():
+                p.terminate()  # the robot stops the motion when the FCI connection closes
+                p.join(3)
+                if p.is_alive():
+                    p.kill()
+                    p.join(2)
         if hasattr(self, "shared"):
             self.shared.shm.close()
             try:
