@@ -3,6 +3,8 @@ it) is a driver fault the arm node can hold on, never a blocked servo loop. The 
 a stand-in (no pylibfranka needed): a spawned process that takes the lock and keeps it."""
 
 import multiprocessing as mp
+import re
+import threading
 import time
 
 import numpy as np
@@ -50,15 +52,31 @@ def test_reads_and_commands_without_contention(driver):
     assert d.loop_stats()["franka.cycles"] == 0.0
 
 
+def _bounded(call, limit_s: float = LOCK_TIMEOUT_S + 2.0):
+    """Run ``call`` on a thread; what it raised, or a failed test (not a hung one) past ``limit_s``."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = call()
+        except Exception as e:  # noqa: BLE001 - handed back to the test
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(limit_s)
+    assert not t.is_alive(), f"blocked for over {limit_s:.1f} s: the servo loop would stop"
+    return out
+
+
 def test_a_stuck_control_process_is_a_fault_not_a_hang(driver):
     d, ctx = driver
     _start_holder(d, ctx)
     for call in (d.read, lambda: d.command(np.zeros(7), 1.0)):
-        t0 = time.monotonic()
-        with pytest.raises(ArmDriverError, match="held the shared state.*stuck"):
-            call()
-        assert time.monotonic() - t0 < LOCK_TIMEOUT_S + 2.0  # bounded: the servo loop goes on
-    assert d.loop_stats() == {}  # heartbeat metrics go on without the loop's counters
+        out = _bounded(call)
+        assert isinstance(out.get("error"), ArmDriverError), out
+        assert re.search("held the shared state.*stuck", str(out["error"])), out
+    assert _bounded(d.loop_stats)["value"] == {}  # heartbeat metrics go on without the loop's counters
 
 
 def test_a_control_process_that_died_holding_the_lock_is_named(driver):
@@ -67,5 +85,5 @@ def test_a_control_process_that_died_holding_the_lock_is_named(driver):
     d.proc.join(10)
     with pytest.raises(ArmDriverError, match=r"control process exited \(code 3\)"):
         d.read()
-    with pytest.raises(ArmDriverError, match="exited with code 3 while holding it"):
-        d.command(np.zeros(7), 1.0)  # the command path has no liveness check first: the lock's timeout names it
+    out = _bounded(lambda: d.command(np.zeros(7), 1.0))  # no liveness check first: the lock's timeout names it
+    assert re.search("exited with code 3 while holding it", str(out.get("error"))), out
