@@ -49,6 +49,9 @@ class TrainSettings(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     checkpoint_every: int = Field(500, ge=1)
     shift_px: int = Field(4, ge=0, description="random-shift augmentation, pixels")
+    skip_missed_grasps: bool = Field(False, description="leave out the samples of grasp attempts that were undone "
+                                     "(approach and descent up to a close that a later close repeats; "
+                                     "missed_grasp_spans): the recovery after them stays")
     ema_max_decay: float = Field(0.9999, ge=0, lt=1, description="the saved weights are an EMA of the trained ones "
                                  "(Diffusion Policy: decay 1 - (1 + step)^-ema_power, at most this); 0: off")
     ema_power: float = Field(0.75, gt=0, description="EMA warm-up power (Diffusion Policy's 0.75)")
@@ -101,8 +104,39 @@ def actions_at(target_ns: np.ndarray, poses: np.ndarray, gripper: np.ndarray, ti
     return np.concatenate([pos, rot, np.interp(q, t, g)[:, None]], axis=1)
 
 
-def build_samples(paths: list[Path], ms: ModelConfig) -> Samples:
-    """Samples from finished episodes (see the module docstring).
+def missed_grasp_spans(target_ns: np.ndarray, gripper: np.ndarray) -> list[tuple[int, int]]:
+    """The missed grasp attempts of one arm's recorded action stream: (start_ns, close_ns) per
+    attempt whose close a later close repeats (the gripper reopened and grasped again).
+
+    ``target_ns`` (T,) int64 ns and ``gripper`` (T,) the commanded gripper (1 open, 0 closed, as
+    teleop commands it), in any order. An attempt starts at the episode's start or at the reopen
+    after the previous missed close, and ends at its own close: the approach and descent that led
+    to it. What follows a missed close (lifting nothing, opening, going again) is the recovery and
+    is not in a span. An episode with one close (or none) has no missed attempt.
+
+    Why: recovery demonstrations made by aiming a grasp beside the object on purpose (our pick
+    expert's ``miss_rate``) would otherwise teach the policy to aim beside it too; DART (Laskey et
+    al. 2017, arXiv 1703.09327) likewise keeps the states a perturbation leads to but labels them
+    with the expert's intended action, not the perturbed one.
+    """
+    o = np.argsort(np.asarray(target_ns), kind="stable")
+    t, closed = np.asarray(target_ns, np.int64)[o], np.asarray(gripper, float)[o] < 0.5
+    closes = t[1:][closed[1:] & ~closed[:-1]]
+    if len(closed) and closed[0]:
+        closes = np.r_[t[0], closes]
+    opens = t[1:][~closed[1:] & closed[:-1]]
+    spans, start = [], np.iinfo(np.int64).min
+    for c in closes[:-1]:
+        spans.append((int(start), int(c)))
+        later = opens[opens > c]
+        start = int(later[0]) if len(later) else int(c)
+    return spans
+
+
+def build_samples(paths: list[Path], ms: ModelConfig, skip_missed_grasps: bool = False) -> Samples:
+    """Samples from finished episodes (see the module docstring). ``skip_missed_grasps``: leave out
+    the samples whose observation time lies in a missed grasp attempt of any arm
+    (:func:`missed_grasp_spans`).
 
     Raises:
         DatasetError: an episode lacks the camera, robot state or action stream.
@@ -145,7 +179,11 @@ def build_samples(paths: list[Path], ms: ModelConfig) -> Samples:
             frames.append(np.concatenate(imgs, axis=-1))
         st = c["stamp_ns"]
         win = np.arange(ms.obs_horizon)[::-1] * dt_ns
+        skip = [sp for _, a_ in per_arm for sp in missed_grasp_spans(a_["target_ns"], a_["gripper"])] \
+            if skip_missed_grasps else []
         for k, t_obs in enumerate(st):
+            if any(lo <= t_obs <= hi for lo, hi in skip):
+                continue  # a missed grasp attempt: not an action to imitate
             times = t_obs - win
             if any(times[0] < r["stamp_ns"][0] or times[-1] > r["stamp_ns"][-1] for r, _ in per_arm):
                 continue  # the window starts before the robot state does, or ends after it stopped
@@ -325,7 +363,7 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
         progress = False
     ms = settings.model
     t0 = time.perf_counter()
-    samples = build_samples(episodes, ms)
+    samples = build_samples(episodes, ms, skip_missed_grasps=settings.skip_missed_grasps)
     n_ep = len(episodes)
     n_val = int(round(n_ep * settings.val_fraction)) if n_ep > 1 else 0
     val_eps = set(rng.choice(n_ep, size=n_val, replace=False).tolist()) if n_val else set()

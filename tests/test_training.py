@@ -23,11 +23,12 @@ def test_actions_at_interpolates_holds_and_keeps_last_sent():
     np.testing.assert_allclose(a[:, 3:7], np.tile([0, 0, 0, 1], (5, 1)))
 
 
-def make_episode(root, n_frames=30, seed=0, task=None, smooth=False, depth=False, state_s=None):
+def make_episode(root, n_frames=30, seed=0, task=None, smooth=False, depth=False, state_s=None, gripper=None):
     """Camera at 15 Hz, state at 250 Hz moving x = t (m, t in s), actions at 10 Hz leading by 0.1 s;
     ``task``: the episode's task string (metadata), if any; ``smooth``: camera frames are moving
     sinusoids (what a video codec keeps nearly intact) instead of noise; ``depth``: the camera also
-    records depth (0.3-2.5 m); ``state_s``: the robot state stops after this long (s)."""
+    records depth (0.3-2.5 m); ``state_s``: the robot state stops after this long (s); ``gripper``:
+    the commanded gripper per action (sequence, default all open)."""
     rng = np.random.default_rng(seed)
     w = EpisodeWriter(root)
     t0 = 10_000 * MS
@@ -48,7 +49,7 @@ def make_episode(root, n_frames=30, seed=0, task=None, smooth=False, depth=False
     for k in range(n_frames * 10 // 15):
         t = t0 + k * 100 * MS
         w.add("action", t, target_ns=np.int64(t + 100 * MS), pose=np.r_[(t - t0) / 1e9 + 0.1, 0, 0.3, 1, 0, 0, 0],
-              gripper=np.float64(1.0), origin=np.int8(1))
+              gripper=np.float64(1.0 if gripper is None else gripper[k]), origin=np.int8(1))
     return w.close({"task": task} if task is not None else None)
 
 
@@ -64,6 +65,36 @@ def test_samples_are_aligned_like_the_controller_window(tmp_path):
     assert list(s.frame_idx[k]) == [10, 11]  # nearest frames to t_obs - 0.1 s (by 1 ns) and t_obs
     np.testing.assert_allclose(s.actions[k, :, 0], t_obs + np.arange(8) * 0.1, atol=1e-5)  # x_cmd(t) = t
     np.testing.assert_allclose(s.state[k, :, 7], 0.08)
+
+
+def test_missed_grasp_attempts_are_left_out_and_their_recovery_kept(tmp_path):
+    """A pick demonstration that closed on nothing, reopened and grasped again: with
+    skip_missed_grasps the samples observed up to the missed close are left out (their actions aim
+    beside the object), those after it (the recovery) and every sample of a one-grasp episode stay."""
+    from robot_stack.policies.training import missed_grasp_spans
+
+    t0 = 10_000 * MS
+    # actions every 100 ms, target 100 ms later: close (target 500 ms), reopen (900), close (1300), open (1700)
+    g = np.ones(20)
+    g[4:8], g[12:16] = 0, 0
+    path = make_episode(tmp_path / "missed", gripper=g)
+    from robot_stack.data.dataset import open_episode
+
+    a = open_episode(path).load("action")
+    spans = missed_grasp_spans(a["target_ns"], a["gripper"])
+    assert [hi for _, hi in spans] == [t0 + 500 * MS] and spans[0][0] < t0
+    ms = ModelConfig(image_hw=(64, 64), obs_horizon=2, horizon=8, cameras={"wrist": "rgb"})
+    full, kept = build_samples([path], ms), build_samples([path], ms, skip_missed_grasps=True)
+    assert set(kept.t_obs.tolist()) == {t for t in full.t_obs.tolist() if t > t0 + 500 * MS}
+    assert 0 < len(kept.t_obs) < len(full.t_obs) and len(full.t_obs) - len(kept.t_obs) == 6  # frames 2..7 (133-467 ms)
+    # a second missed attempt starts at the reopen after the first: the recovery between them stays
+    assert missed_grasp_spans(np.arange(10) * 100, np.array([1, 0, 0, 1, 1, 0, 1, 1, 0, 1])) == [
+        (np.iinfo(np.int64).min, 100), (300, 500)]
+    g1 = np.ones(20)
+    g1[4:12] = 0  # one grasp, released at the target
+    one = make_episode(tmp_path / "one", gripper=g1)
+    assert len(build_samples([one], ms, skip_missed_grasps=True).t_obs) == len(build_samples([one], ms).t_obs)
+    assert TrainSettings(skip_missed_grasps=True).skip_missed_grasps
 
 
 def test_frames_after_the_last_robot_state_are_no_anchors(tmp_path):
