@@ -284,7 +284,8 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
     # beside the two arms on 2 cores), actions in each arm's base frame
     ms = {"pick": ModelConfig(action_frame="relative"), "bimanual": ModelConfig(cameras={"top": "rgb"}, obs_horizon=1)}.get(task, ModelConfig())
     # pick: the deliberately missed grasps of the recovery demonstrations are left out, their
-    # recovery kept (17/20 where the same 50 demonstrations gave 15/20 and 14/20 with them; README)
+    # recovery kept (18/20 in a whole demo run; 17/20 where the same 50 demonstrations gave 15/20
+    # and 14/20 with them; README)
     ts = TrainSettings(model=ms, steps=st.train_steps, val_fraction=0.1 if st.demos >= 10 else 0.25,
                        checkpoint_every=max(1, st.train_steps // 4), skip_missed_grasps=task == "pick")
     policy_path = work / "policy.safetensors"
