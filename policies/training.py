@@ -73,6 +73,8 @@ class Samples:
         actions: (N, H, 8 A) float32 [ee_pose(7) gripper] per arm at t_obs + i dt.
         episode: (N,) int64 episode number of each sample.
         t_obs: (N,) int64 anchor time of each sample (its newest frame's stamp), ns.
+        left_out: anchors left out as missed grasp attempts (``skip_missed_grasps``), and the
+            episodes they came from.
     """
 
     frames: np.ndarray
@@ -81,6 +83,7 @@ class Samples:
     actions: np.ndarray
     episode: np.ndarray
     t_obs: np.ndarray | None = None
+    left_out: tuple[int, int] = (0, 0)
 
     def subset(self, mask: np.ndarray) -> "Samples":
         return Samples(self.frames, self.frame_idx[mask], self.state[mask], self.actions[mask], self.episode[mask],
@@ -146,6 +149,7 @@ def build_samples(paths: list[Path], ms: ModelConfig, skip_missed_grasps: bool =
     from robot_stack.control.observation import interpolate_states
 
     frames, fidx, states, acts, eps, anchors = [], [], [], [], [], []
+    left_out, left_eps = 0, 0
     arms0 = None
     base = 0
     dt_ns = int(round(ms.dt * 1e9))
@@ -181,15 +185,17 @@ def build_samples(paths: list[Path], ms: ModelConfig, skip_missed_grasps: bool =
         win = np.arange(ms.obs_horizon)[::-1] * dt_ns
         skip = [sp for _, a_ in per_arm for sp in missed_grasp_spans(a_["target_ns"], a_["gripper"])] \
             if skip_missed_grasps else []
+        left_eps += bool(skip)
         for k, t_obs in enumerate(st):
-            if any(lo <= t_obs <= hi for lo, hi in skip):
-                continue  # a missed grasp attempt: not an action to imitate
             times = t_obs - win
             if any(times[0] < r["stamp_ns"][0] or times[-1] > r["stamp_ns"][-1] for r, _ in per_arm):
                 continue  # the window starts before the robot state does, or ends after it stopped
             j = np.abs(st[None, :] - times[:, None]).argmin(1)
             if np.any(np.abs(st[j] - times) > dt_ns // 2):
                 continue
+            if any(lo <= t_obs <= hi for lo, hi in skip):
+                left_out += 1
+                continue  # a missed grasp attempt: not an action to imitate
             sv, av = [], []
             for r, a_ in per_arm:
                 _, ee, g = interpolate_states(r["stamp_ns"], r["q"], r["ee_pose"], r["gripper_width"], times,
@@ -205,7 +211,7 @@ def build_samples(paths: list[Path], ms: ModelConfig, skip_missed_grasps: bool =
     if not fidx:
         raise DatasetError("no training samples: episodes too short or camera stamps too sparse")
     return Samples(np.concatenate(frames), np.array(fidx), np.array(states, np.float32), np.array(acts, np.float32),
-                   np.array(eps), np.array(anchors, np.int64))
+                   np.array(eps), np.array(anchors, np.int64), (left_out, left_eps))
 
 
 def point_spec(ms: ModelConfig):
@@ -372,6 +378,9 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
     console.print(f"{n_ep} episodes -> {len(train_s.state)} training / {len(val_s.state)} validation samples "
                   f"({time.perf_counter() - t0:.1f} s to load); device {device}"
                   + (f", {place.world} ranks (DDP)" if place.world > 1 else ""))
+    if settings.skip_missed_grasps:
+        console.print(f"left out {samples.left_out[0]} samples of missed grasp attempts "
+                      f"({samples.left_out[1]} of {n_ep} episodes had one)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     step0 = 0

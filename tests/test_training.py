@@ -87,6 +87,7 @@ def test_missed_grasp_attempts_are_left_out_and_their_recovery_kept(tmp_path):
     full, kept = build_samples([path], ms), build_samples([path], ms, skip_missed_grasps=True)
     assert set(kept.t_obs.tolist()) == {t for t in full.t_obs.tolist() if t > t0 + 500 * MS}
     assert 0 < len(kept.t_obs) < len(full.t_obs) and len(full.t_obs) - len(kept.t_obs) == 6  # frames 2..7 (133-467 ms)
+    assert kept.left_out == (6, 1) and full.left_out == (0, 0)
     # a second missed attempt starts at the reopen after the first: the recovery between them stays
     assert missed_grasp_spans(np.arange(10) * 100, np.array([1, 0, 0, 1, 1, 0, 1, 1, 0, 1])) == [
         (np.iinfo(np.int64).min, 100), (300, 500)]

@@ -249,7 +249,6 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
 
     from robot_stack.apps.collect import run_collect
     from robot_stack.apps.deploy import deploy_session, run_episodes, summary_table
-    from robot_stack.policies.generative import ModelConfig
     from robot_stack.policies.training import TrainSettings, train
 
     from robot_stack.apps.task import TASKS
@@ -278,16 +277,13 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
 
     t0 = time.perf_counter()
     console.rule(f"2/3 train a visuomotor flow policy ({st.train_steps} steps on CPU)")
-    # pick: actions relative to the TCP (UMI's relative trajectory; the wrist camera sees the cube
-    # relative to the gripper): 15/20 and 16/20 where absolute actions gave 8/20 (README)
-    # bimanual: the top camera (it sees the bar and both grippers; To = 1: it renders 3-6 frames/s
-    # beside the two arms on 2 cores), actions in each arm's base frame
-    ms = {"pick": ModelConfig(action_frame="relative"), "bimanual": ModelConfig(cameras={"top": "rgb"}, obs_horizon=1)}.get(task, ModelConfig())
-    # pick: the deliberately missed grasps of the recovery demonstrations are left out, their
-    # recovery kept (18/20 in a whole demo run; 17/20 where the same 50 demonstrations gave 15/20
-    # and 14/20 with them; README)
-    ts = TrainSettings(model=ms, steps=st.train_steps, val_fraction=0.1 if st.demos >= 10 else 0.25,
-                       checkpoint_every=max(1, st.train_steps // 4), skip_missed_grasps=task == "pick")
+    # the model and training settings of configs/train/<task>.yaml (`robot-stack train` reads the
+    # same file; why each task's settings are what they are is written there), sized to this run
+    from robot_stack.runtime.config import load_yaml
+
+    ts = TrainSettings.model_validate({**(load_yaml(config_path(f"train/{task}.yaml")) or {}), "steps": st.train_steps,
+                                       "val_fraction": 0.1 if st.demos >= 10 else 0.25,
+                                       "checkpoint_every": max(1, st.train_steps // 4)})
     policy_path = work / "policy.safetensors"
     summary = train(ts, col.saved, policy_path, console=console)
     times["train"] = time.perf_counter() - t0
