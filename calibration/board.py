@@ -8,12 +8,14 @@ Source: OpenCV docs, "Detection of ChArUco Boards" and ``cv2.solvePnP``.
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class BoardNotVisible(RuntimeError):
+class BoardNotVisible(RobotStackError, RuntimeError):
     """Too few ChArUco corners were found in an image to use it."""
 
 
@@ -96,3 +98,25 @@ def board_pose(obj: np.ndarray, img: np.ndarray, K: np.ndarray, dist: np.ndarray
     T[:3, :3] = cv2.Rodrigues(rvec)[0]
     T[:3, 3] = tvec.ravel()
     return T, rms
+
+
+def _board_problem(spec: dict) -> str | None:
+    """Why a setup's board spec is invalid (None when it is valid): the check the config runs."""
+    from pydantic import ValidationError
+
+    from robot_stack.runtime.config import format_validation_error
+
+    try:
+        BoardSpec.model_validate(spec)
+    except ValidationError as e:
+        return " ".join(format_validation_error(e).split())
+    return None
+
+
+def _register() -> None:
+    from robot_stack.runtime.config import CalibrationConfig
+
+    CalibrationConfig.board_check = staticmethod(_board_problem)
+
+
+_register()

@@ -25,6 +25,8 @@ spread (RMS and max deviation from the mean) is reported in mm and degrees.
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 from dataclasses import dataclass
 
 import cv2
@@ -34,7 +36,7 @@ from scipy.spatial.transform import Rotation
 MIN_POSES = 5
 
 
-class CalibrationError(RuntimeError):
+class CalibrationError(RobotStackError, RuntimeError):
     """Calibration inputs cannot give a trustworthy result (too few poses, degenerate motion, ...)."""
 
 

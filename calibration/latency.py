@@ -87,7 +87,8 @@ def measure(cfg, run_dir, camera_node: str, board, center: np.ndarray | None = N
     Raises:
         CalibrationError: board not seen in enough frames, too little motion or correlation.
     """
-    from robot_stack.control.arm_client import ArmClient, straight_line
+    from robot_stack.runtime.arm_client import ArmClient
+    from robot_stack.control.paths import straight_line
     from robot_stack.calibration.board import BoardNotVisible, board_pose, detect
     from robot_stack.calibration.procedure import camera_id_of
     from robot_stack.runtime.clock import now_ns

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from robot_stack.control.arm_client import ArmClient, straight_line
+from robot_stack.runtime.arm_client import ArmClient
+from robot_stack.control.paths import straight_line
 from robot_stack.calibration.board import BoardNotVisible, BoardSpec, board_pose, detect
 from robot_stack.calibration.stillness import StillWindow
 from robot_stack.calibration.hand_eye import CalibrationError, HandEyeResult, pose_to_T, solve_hand_eye

@@ -11,6 +11,8 @@ leader's: ``leaders.<name>`` (teleop) or ``arms.<name>`` (a follower arm driver)
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import threading
 from pathlib import Path
 from typing import Callable
@@ -18,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 
-class ServoCalibrationError(RuntimeError):
+class ServoCalibrationError(RobotStackError, RuntimeError):
     """The recorded motion cannot calibrate the arm (a joint that never moved, a failing bus)."""
 
 

@@ -6,13 +6,15 @@ position targets at servo rate (the arm node does interpolation, IK and safety a
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
 
 
-class ArmDriverError(RuntimeError):
+class ArmDriverError(RobotStackError, RuntimeError):
     """The arm is unreachable or reported a fault."""
 
 

@@ -12,6 +12,8 @@ Source: librealsense Python wrapper docs and examples (align-depth2color.py, rea
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import os
 from typing import Literal
 
@@ -23,7 +25,7 @@ from robot_stack.runtime.devices import DeviceConfig
 from robot_stack.drivers.camera import CameraDriver, Frame
 
 
-class RealSenseError(RuntimeError):
+class RealSenseError(RobotStackError, RuntimeError):
     """No device / bad recording / stream configuration refused by the device."""
 
 

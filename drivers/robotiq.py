@@ -22,6 +22,8 @@ Wiring (both documented in the manual, section 3):
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import logging
 import threading
 import time
@@ -49,7 +51,7 @@ FAULTS = {
 OBJECT = {0: "moving", 1: "contact while opening", 2: "contact while closing (object detected)", 3: "at position"}
 
 
-class RobotiqError(RuntimeError):
+class RobotiqError(RobotStackError, RuntimeError):
     """The gripper reported a fault, or did not answer."""
 
 

@@ -14,6 +14,8 @@ tests use it; the driver talks RTDE through ``ur_rtde``.
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import struct
 
 REQUEST_PROTOCOL_VERSION = ord("V")
@@ -78,7 +80,7 @@ INPUTS: dict[str, str] = {
 }
 
 
-class RTDEProtocolError(ValueError):
+class RTDEProtocolError(RobotStackError, ValueError):
     """A malformed RTDE message."""
 
 

@@ -10,12 +10,14 @@ the SDK module, the control-table addresses and the byte encoding.
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import time
 
 import numpy as np
 
 
-class ServoBusError(RuntimeError):
+class ServoBusError(RobotStackError, RuntimeError):
     """A servo bus or one of its servos failed (the message names which and why)."""
 
 

@@ -16,6 +16,8 @@ joint impedance law the simulated "robot controller box" applies at the physics 
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import functools
 from dataclasses import dataclass, field
 
@@ -39,7 +41,7 @@ GRIPPER_DRIVER_RANGE = 0.8  # rad, driver joint range of the model
 CUBE_HALF = 0.02
 
 
-class SimModelError(RuntimeError):
+class SimModelError(RobotStackError, RuntimeError):
     """The robot model could not be found or built."""
 
 

@@ -7,13 +7,15 @@ can reject malformed requests before they reach the model and the controller kno
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
 
 
-class ObservationError(ValueError):
+class ObservationError(RobotStackError, ValueError):
     """An observation window does not match the policy's metadata (wrong keys, shapes, dtypes)."""
 
 

@@ -9,6 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from robot_stack.errors import RobotStackError
 from robot_stack.runtime.config import ConfigError
 from robot_stack.comm.messages import RobotState
 
@@ -92,7 +93,8 @@ def _cmd_move(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from robot_stack.control.arm_client import ArmClient, straight_line
+    from robot_stack.runtime.arm_client import ArmClient
+    from robot_stack.control.paths import straight_line
     from robot_stack.runtime.clock import now_ns
 
     cfg, run_dir = _stack(args.config)
@@ -125,7 +127,7 @@ def _cmd_move(args: argparse.Namespace) -> int:
 
 
 def _cmd_estop(args: argparse.Namespace) -> int:
-    from robot_stack.control.arm_client import ArmClient
+    from robot_stack.runtime.arm_client import ArmClient
 
     cfg, run_dir = _stack(args.config)
     client = ArmClient(cfg, run_dir, arm=args.arm, source="cli_estop", heartbeat_hz=0)
@@ -562,11 +564,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_domain_error(e: BaseException) -> bool:
-    """Errors whose message is the whole story for a user (no need to point at --debug)."""
-    names = {c.__name__ for c in type(e).__mro__}
-    return bool(names & {"DatasetError", "LeRobotError", "SessionError", "CalibrationError", "SafetyViolation",
-                         "TransportTimeout", "SecurityError", "ArmDriverError", "TeleopError", "DeployError",
-                         "FileNotFoundError", "PermissionError", "TrainingError", "RobotModelError"})
+    """Errors whose message is the whole story for a user (no need to point at --debug): every
+    :class:`~robot_stack.errors.RobotStackError`, and a missing or unreadable file."""
+    return isinstance(e, (RobotStackError, FileNotFoundError, PermissionError))
 
 
 if __name__ == "__main__":

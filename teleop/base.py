@@ -9,6 +9,8 @@ same path and safety as a policy's actions.
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -19,7 +21,7 @@ from robot_stack.comm.messages import TeleopCommand
 from robot_stack.runtime.devices import DeviceConfig
 
 
-class TeleopError(RuntimeError):
+class TeleopError(RobotStackError, RuntimeError):
     """A teleop device cannot be opened or read (the message says which and why)."""
 
 

@@ -117,7 +117,8 @@ def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
 
     from conftest import launched
     from robot_stack.comm.transport import Subscriber
-    from robot_stack.control.arm_client import ArmClient, straight_line
+    from robot_stack.runtime.arm_client import ArmClient
+    from robot_stack.control.paths import straight_line
     from robot_stack.runtime.clock import now_ns
     from robot_stack.runtime.config import ConfigError, load_config
 
@@ -303,7 +304,7 @@ def test_an_arm_in_estop_holds_the_other(tmp_path, together):
     from conftest import launched
     from robot_stack.comm.messages import Heartbeat
     from robot_stack.comm.transport import Subscriber
-    from robot_stack.control.arm_client import ArmClient
+    from robot_stack.runtime.arm_client import ArmClient
     from robot_stack.runtime.config import load_config
 
     goal_left = np.array([0.40, 0.0, 0.15])

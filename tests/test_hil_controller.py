@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robot_stack.control.arm_client import ArmClient, straight_line
+from robot_stack.runtime.arm_client import ArmClient
+from robot_stack.control.paths import straight_line
 from robot_stack.runtime.clock import now_ns
 from robot_stack.runtime.config import load_config
 from robot_stack.comm.transport import Subscriber

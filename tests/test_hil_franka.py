@@ -143,7 +143,7 @@ def test_jump_is_refused_before_libfranka(stack, franka_sim):
 
 
 def test_stalled_controller_holds_without_comm_violation(stack, franka_sim):
-    from robot_stack.control.arm_client import ArmClient
+    from robot_stack.runtime.arm_client import ArmClient
     from robot_stack.runtime.clock import now_ns
 
     q0 = np.array(stack.state().q)
@@ -182,7 +182,7 @@ def test_ee_square_through_the_fr3_model(stack, franka_sim, report):
     TCP (flange rotated -45 deg about z, 0.1034 m along z)."""
     from scipy.spatial.transform import Rotation
 
-    from robot_stack.control.arm_client import polyline_schedule
+    from robot_stack.control.paths import polyline_schedule
     from robot_stack.runtime.clock import now_ns
 
     from robot_stack.control.robot_model import RobotModel

@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from robot_stack.control.arm_client import ArmClient, polyline, square, straight_line
+from robot_stack.runtime.arm_client import ArmClient
+from robot_stack.control.paths import polyline, square, straight_line
 from robot_stack.runtime.clock import now_ns
 from robot_stack.runtime.config import load_config
 from robot_stack.comm.transport import Subscriber
@@ -204,7 +205,8 @@ SENDER = """
 import sys, time, numpy as np
 from pathlib import Path
 from robot_stack.runtime.config import load_config
-from robot_stack.control.arm_client import ArmClient, polyline, square, straight_line
+from robot_stack.runtime.arm_client import ArmClient
+from robot_stack.control.paths import polyline, square, straight_line
 from robot_stack.runtime.clock import now_ns
 from robot_stack.comm.transport import Subscriber
 cfg = load_config(sys.argv[1]); rd = Path(sys.argv[2])

@@ -96,7 +96,7 @@ def _off_path(points: np.ndarray, corners: list[np.ndarray]) -> np.ndarray:
 def test_joint_and_ee_squares_are_tracked(stack, emulator, report):
     """A square in two joints' space and a 10 cm TCP square: the TCP stays within 2 mm (mean) of
     the commanded path; the servo loop's period p99 is reported."""
-    from robot_stack.control.arm_client import polyline_schedule
+    from robot_stack.control.paths import polyline_schedule
     from robot_stack.runtime.clock import now_ns
 
     from robot_stack.control.robot_model import RobotModel
@@ -144,7 +144,7 @@ def test_joint_and_ee_squares_are_tracked(stack, emulator, report):
 def test_tcp_force_reaches_robot_state_through_ur_rtde(stack, emulator, report):
     """The UR's ``actual_TCP_force`` through ur_rtde into ``RobotState.wrench``: zero with the tool
     free, the table pushing back (+z, base frame) with the fingertips pressed into it."""
-    from robot_stack.control.arm_client import polyline_schedule
+    from robot_stack.control.paths import polyline_schedule
     from robot_stack.runtime.clock import now_ns
 
     start = np.array(stack.state().ee_pose)
@@ -189,7 +189,7 @@ def test_jump_is_refused_and_the_robot_never_moves(stack, emulator):
 
 
 def test_stalled_controller_holds_without_protective_stop(stack, emulator):
-    from robot_stack.control.arm_client import ArmClient
+    from robot_stack.runtime.arm_client import ArmClient
     from robot_stack.runtime.clock import now_ns
 
     q0 = np.array(stack.state().q)
@@ -215,7 +215,7 @@ def test_stalled_controller_holds_without_protective_stop(stack, emulator):
 
 
 def test_protective_stop_fault_recovery_then_tracking(stack, emulator, report):
-    from robot_stack.control.arm_client import ArmClient
+    from robot_stack.runtime.arm_client import ArmClient
     from robot_stack.runtime.clock import now_ns
 
     dash = emulator["dash"]

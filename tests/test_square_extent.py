@@ -4,7 +4,7 @@ middles, so corner overshoot is not size, and a wrong scale still shows (pure lo
 import numpy as np
 
 from robot_stack.apps.demo import _square_extent
-from robot_stack.control.arm_client import square
+from robot_stack.control.paths import square
 
 
 def trace(center, side, overshoot=0.0, n=200):

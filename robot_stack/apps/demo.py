@@ -63,7 +63,8 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
     from rich.console import Console
     from rich.table import Table
 
-    from robot_stack.control.arm_client import ArmClient, polyline, square
+    from robot_stack.runtime.arm_client import ArmClient
+    from robot_stack.control.paths import polyline, square
     from robot_stack.runtime.clock import now_ns
     from robot_stack.runtime.launcher import Launcher
     from robot_stack.control.robot_model import RobotModel

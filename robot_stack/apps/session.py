@@ -9,6 +9,8 @@ pose). On hardware the operator resets the scene; :meth:`reset` waits for a key.
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import copy
 import logging
 import tempfile
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from robot_stack.control.arm_client import ArmClient
+from robot_stack.runtime.arm_client import ArmClient
 from robot_stack.runtime.clock import now_ns
 from robot_stack.runtime.config import load_config
 from robot_stack.runtime.launcher import Launcher
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 HOME_SPEED = 0.6  # rad/s of the largest joint motion when going home
 
 
-class SessionError(RuntimeError):
+class SessionError(RobotStackError, RuntimeError):
     """A job's stack failed (a node died, the stack did not come up, the sim did not reset).
 
     ``summary`` is one line for the user (what the CLI prints); ``log_tail`` holds the nodes' last
@@ -284,7 +286,7 @@ class Session:
         Raises:
             SessionError: the TCP is not at the goal after ``attempts`` moves.
         """
-        from robot_stack.control.arm_client import straight_line
+        from robot_stack.control.paths import straight_line
 
         pose = np.asarray(pose, float)
         arm = arm or self.arm_name

@@ -17,6 +17,8 @@ No pickle anywhere.
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import math
 from typing import Any, Callable, Sequence
 
@@ -55,7 +57,7 @@ _UNPACK_LIMITS = dict(
 )
 
 
-class DecodeError(ValueError):
+class DecodeError(RobotStackError, ValueError):
     """A received message is malformed. ``reason`` says why; the message must be dropped."""
 
     def __init__(self, reason: str, topic: bytes | None = None):
@@ -64,7 +66,7 @@ class DecodeError(ValueError):
         self.topic = topic
 
 
-class EncodeError(ValueError):
+class EncodeError(RobotStackError, ValueError):
     """A message to send does not satisfy its schema (a bug in the sender)."""
 
 

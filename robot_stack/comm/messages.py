@@ -16,6 +16,8 @@ Conventions (see DESIGN.md):
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ MAX_DICT_LEN = 256
 MAX_DICT_ARRAYS = 32
 
 
-class SchemaError(ValueError):
+class SchemaError(RobotStackError, ValueError):
     """A message does not satisfy its schema (raised on encode; wrapped in DecodeError on decode)."""
 
 

@@ -29,6 +29,8 @@ ways (no pickle, ever).
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import contextlib
 import ipaddress
 import logging
@@ -51,7 +53,7 @@ PREFIX_KEY = "robot_stack/committed_prefix"
 FROZEN_KEY = "robot_stack/prefix_frozen"
 
 
-class OpenpiProtocolError(ValueError):
+class OpenpiProtocolError(RobotStackError, ValueError):
     """A message that is not valid openpi msgpack (bad array map, object dtype, size mismatch)."""
 
 

@@ -12,6 +12,8 @@ Source: ZeroMQ RFC 26 (CurveZMQ) and RFC 27 (ZAP), pyzmq ``zmq.auth`` docs.
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 
-class SecurityError(RuntimeError):
+class SecurityError(RobotStackError, RuntimeError):
     """An endpoint would leave localhost without CURVE, or key material is missing/invalid."""
 
 

@@ -27,6 +27,8 @@ filled for this very message) yields until it turns even, for at most ``wait_s``
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import os
 import re
 import secrets
@@ -53,7 +55,7 @@ def ring_supported(machine: str | None = None) -> bool:
 NAME_RE = re.compile(r"^rs_[A-Za-z0-9_]{1,60}$")
 
 
-class ShmError(RuntimeError):
+class ShmError(RobotStackError, RuntimeError):
     """A shared-memory slot could not be read (segment gone, lapped by the writer, bad reference)."""
 
 

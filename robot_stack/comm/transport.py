@@ -21,6 +21,8 @@ that leaves localhost needs CURVE. Malformed messages are dropped with a logged 
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import collections
 import logging
 import os
@@ -41,11 +43,11 @@ from robot_stack.comm.security import CurveClient, CurveServer, apply_client, ap
 log = logging.getLogger(__name__)
 
 
-class TransportTimeout(TimeoutError):
+class TransportTimeout(RobotStackError, TimeoutError):
     """No peer accepted or answered within the timeout."""
 
 
-class RemoteError(RuntimeError):
+class RemoteError(RobotStackError, RuntimeError):
     """The server answered a request with an :class:`ErrorReply`."""
 
     def __init__(self, reply: ErrorReply):

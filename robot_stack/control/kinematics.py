@@ -8,12 +8,14 @@ Poses are [x y z qx qy qz qw] in the robot base frame (= MuJoCo world frame of t
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import mujoco
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 
-class IKError(RuntimeError):
+class IKError(RobotStackError, RuntimeError):
     """IK did not reach the target within tolerance (target out of reach or at a singularity)."""
 
 

@@ -18,6 +18,8 @@ sample.
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +27,7 @@ from scipy.spatial.transform import Rotation, Slerp
 from robot_stack.comm.messages import CameraFrame, RobotState
 
 
-class StaleStreamError(RuntimeError):
+class StaleStreamError(RobotStackError, RuntimeError):
     """A stream is missing or too old to build the observation; ``stream`` names it."""
 
     def __init__(self, stream: str, reason: str):

@@ -21,6 +21,8 @@ gym-aloha).
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import importlib.util
 from functools import cached_property
 from pathlib import Path
@@ -38,7 +40,7 @@ from robot_stack.control.kinematics import Kinematics
 ROBOTS_DIR = Path(__file__).resolve().parents[1] / "robots"
 
 
-class RobotModelError(ValueError):
+class RobotModelError(RobotStackError, ValueError):
     """A robot description is missing, invalid, or its model files cannot be found or compiled."""
 
 

@@ -9,6 +9,8 @@ A violation is clamped or refused as configured, logged and counted in :class:`S
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import collections
 import logging
 import time
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 log = logging.getLogger(__name__)
 
 
-class SafetyViolation(ValueError):
+class SafetyViolation(RobotStackError, ValueError):
     """A schedule was refused; ``check`` names the failed check."""
 
     def __init__(self, check: str, reason: str):

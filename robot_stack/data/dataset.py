@@ -24,6 +24,8 @@ Compression: Blosc (lz4 for color, zstd + bit shuffle for depth and low-dim stre
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import datetime
 import errno
 import json
@@ -43,7 +45,7 @@ _NAME = re.compile(r"^episode_(\d{6})\.zarr(\.partial)?$")
 ORIGINS = ("policy", "teleop", "replay", "cli")  # action origin codes
 
 
-class DatasetError(RuntimeError):
+class DatasetError(RobotStackError, RuntimeError):
     """An episode folder cannot be read or written (missing, malformed, disk full)."""
 
 

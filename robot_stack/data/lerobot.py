@@ -21,6 +21,8 @@ metadata. Videos are decoded with PyAV (AV1, H.264, ...).
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import json
 from pathlib import Path
 
@@ -31,7 +33,7 @@ CHUNK = 1000
 GOP = 2  # video keyframe interval, frames
 
 
-class LeRobotError(ValueError):
+class LeRobotError(RobotStackError, ValueError):
     """A LeRobot dataset cannot be read or written (the message names the file and problem)."""
 
 

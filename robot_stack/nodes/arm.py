@@ -59,6 +59,24 @@ class ArmParams(NodeParams):
     def references(self) -> dict[str, str]:
         return self.driver.references()
 
+    def problems(self, config) -> list[str]:
+        """The arm's robot model must exist and be valid (its files are read at start), and a sim
+        arm must be the robot its world plays."""
+        from robot_stack.control.robot_model import RobotModelError, load_description
+
+        try:
+            robot = self.robot_name(config)
+            load_description(robot)
+        except RobotModelError as e:
+            return [f"robot: {' '.join(str(e).split())}"]
+        except ValueError as e:  # the driver names no robot its device has (a sim arm the world lacks)
+            return [f"driver: {' '.join(str(e).split())}"]
+        if self.driver.type == "sim" and self.driver.world in config.nodes:  # a sim arm is its world's robot
+            plays = self.driver.default_robot(config)
+            if robot != plays:
+                return [f"robot = {robot!r}: the sim world {self.driver.world!r} plays {plays!r}"]
+        return []
+
     def robot_name(self, config=None) -> str:
         """The robot model this arm uses: ``robot``, or the driver's default given the setup's
         config (the sim driver: the robot its sim world plays; franka: fr3_hand or panda_hand).

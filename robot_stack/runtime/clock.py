@@ -17,8 +17,51 @@ from dataclasses import dataclass
 
 import numpy as np
 
-now_ns = time.monotonic_ns
-"""The stack's clock: ``now_ns() -> int`` nanoseconds on CLOCK_MONOTONIC."""
+class Clock:
+    """A time source: the host's CLOCK_MONOTONIC by default; ``robot_stack.testing.FakeClock``
+    replaces it in tests (:func:`use_clock`), so every place that reads or waits for time through
+    this module (:func:`now_ns`, :func:`sleep`, :class:`RateLoop`) follows the test's clock.
+
+    Attributes:
+        real: True for a clock that advances by itself (busy-waiting on it terminates).
+    """
+
+    real = True
+
+    def now_ns(self) -> int:
+        """Current time, ns."""
+        return time.monotonic_ns()
+
+    def sleep(self, seconds: float) -> None:
+        """Block for ``seconds`` (a fake clock advances instead)."""
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+_clock: Clock = Clock()
+
+
+def now_ns() -> int:
+    """The stack's clock: nanoseconds on CLOCK_MONOTONIC (or the test's clock, :func:`use_clock`)."""
+    return _clock.now_ns()
+
+
+def sleep(seconds: float) -> None:
+    """Sleep on the stack's clock, s (a fake clock advances by ``seconds`` at once)."""
+    _clock.sleep(seconds)
+
+
+def current_clock() -> Clock:
+    """The clock now in use."""
+    return _clock
+
+
+def use_clock(clock: Clock) -> Clock:
+    """Make ``clock`` the stack's clock in this process; returns the previous one (restore it with
+    another call). Meant for tests: production code never calls it."""
+    global _clock
+    prev, _clock = _clock, clock
+    return prev
 
 NS_PER_S = 1_000_000_000
 
@@ -118,9 +161,9 @@ class RateLoop:
             self._k = (t - self._start_ns) // self.period_ns
             wake = t
         else:
-            remaining = deadline - t - self.spin_ns
+            remaining = deadline - t - (self.spin_ns if _clock.real else 0)
             if remaining > 0:
-                time.sleep(remaining / NS_PER_S)
+                sleep(remaining / NS_PER_S)
             while True:
                 wake = now_ns()
                 if wake >= deadline:

@@ -14,8 +14,10 @@ traffic, pulls on ``ipc://<run_dir>/<node>.in``, unless the node config override
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -23,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from robot_stack.comm.security import CurveClient, CurveServer
 
 
-class ConfigError(ValueError):
+class ConfigError(RobotStackError, ValueError):
     """A config file is missing, not YAML, or fails validation; the message names key, value, reason."""
 
 
@@ -102,6 +104,29 @@ class CalibrationConfig(StrictModel):
     file: Path
     table_board: dict[str, Any] | None = None
     gripper_board: dict[str, Any] | None = None
+
+    #: ``check(spec: dict) -> str | None`` for a board spec, set by ``robot_stack.calibration.board``
+    #: when it is imported (the runtime layer does not import the calibration package)
+    board_check: ClassVar[Any] = None
+
+    def problems(self) -> list[str]:
+        """What is wrong with the board specs (empty when nothing is, or when no check is known)."""
+        check = CalibrationConfig.board_check
+        if check is None:
+            try:  # the calibration package registers its check on import, when it is installed
+                import importlib
+
+                importlib.import_module("robot_stack.calibration.board")
+            except ImportError:
+                return []
+            check = CalibrationConfig.board_check
+        out = []
+        for key in ("table_board", "gripper_board"):
+            spec = getattr(self, key)
+            why = check(spec) if spec is not None and check is not None else None
+            if why:
+                out.append(f"calibration.{key}: {why}")
+        return out
 
 
 class StackConfig(StrictModel):
@@ -217,22 +242,7 @@ def _node_problems(cfg: StackConfig, name: str, params) -> list[str]:
         why = FAMILIES[kind].missing_requirements(device)
         if why:
             out.append(f"nodes.{name}.params.driver: {why}")
-    if kind == "arm":  # the arm's robot model must exist and be valid (its files are read at start)
-        from robot_stack.control.robot_model import RobotModelError, load_description
-
-        try:
-            robot = params.robot_name(cfg)
-            load_description(robot)
-        except RobotModelError as e:
-            out.append(f"nodes.{name}.params.robot: {' '.join(str(e).split())}")
-        except ValueError as e:  # the driver names no robot its device has (a sim arm the world lacks)
-            out.append(f"nodes.{name}.params.driver: {' '.join(str(e).split())}")
-        else:
-            if params.driver.type == "sim" and params.driver.world in cfg.nodes:  # a sim arm is its world's robot
-                plays = params.driver.default_robot(cfg)
-                if robot != plays:
-                    out.append(f"nodes.{name}.params.robot = {robot!r}: the sim world {params.driver.world!r} "
-                               f"plays {plays!r}")
+    out += [f"nodes.{name}.params.{p}" for p in params.problems(cfg)]
     return out
 
 
@@ -242,13 +252,23 @@ def load_config(path: str | Path) -> StackConfig:
     Raises:
         ConfigError: naming each offending key, its value and the reason.
     """
-    from robot_stack.nodes.registry import params_model
+    return config_from_dict(load_yaml(path), where=str(path), base_dir=Path(path).resolve().parent)
 
-    data = load_yaml(path)
+
+def config_from_dict(data: dict[str, Any], where: str = "<config>", base_dir: Path | None = None) -> StackConfig:
+    """Validate a setup given as a mapping (what :func:`load_config` reads from YAML), every
+    node's params included; relative calibration paths resolve against ``base_dir`` (default: the
+    working directory). Tests and benches build their setups this way, not through YAML text.
+
+    Raises:
+        ConfigError: naming each offending key, its value and the reason.
+    """
+    from robot_stack.runtime.kinds import params_model
+
     try:
         cfg = StackConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{path}:\n{format_validation_error(e)}") from None
+        raise ConfigError(f"{where}:\n{format_validation_error(e)}") from None
     problems = []
     typed = {}
     for name, nc in cfg.nodes.items():
@@ -264,17 +284,9 @@ def load_config(path: str | Path) -> StackConfig:
     for name, params in typed.items():
         problems += _node_problems(cfg, name, params)
     if cfg.calibration is not None:
-        from robot_stack.calibration.board import BoardSpec
-
         if not cfg.calibration.file.is_absolute():
-            cfg.calibration.file = (Path(path).resolve().parent / cfg.calibration.file).resolve()
-        for key in ("table_board", "gripper_board"):
-            spec = getattr(cfg.calibration, key)
-            if spec is not None:
-                try:
-                    BoardSpec.model_validate(spec)
-                except ValidationError as e:
-                    problems.append(format_validation_error(e, prefix=f"calibration.{key}"))
+            cfg.calibration.file = ((base_dir or Path.cwd()).resolve() / cfg.calibration.file).resolve()
+        problems += cfg.calibration.problems()
     if problems:
-        raise ConfigError(f"{path}:\n" + "\n".join(problems))
+        raise ConfigError(f"{where}:\n" + "\n".join(problems))
     return cfg

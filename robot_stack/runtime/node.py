@@ -18,6 +18,8 @@ loop) and optionally :meth:`Node.shutdown`. The runtime
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import collections
 import logging
 import os
@@ -48,6 +50,11 @@ class NodeParams(BaseModel):
         """Other nodes of the setup these params name: node name -> the node kind it must be
         (``robot-stack check`` refuses a dangling or wrong reference)."""
         return {}
+
+    def problems(self, config) -> list[str]:
+        """What is wrong with these params in the setup ``config`` beyond their own fields (a
+        robot model that does not exist, ...): each entry ``"<key>: <reason>"``; empty if nothing."""
+        return []
 
 
 @dataclass
@@ -113,15 +120,15 @@ class NodeContext:
         return RequestClient(endpoint, self.name, timeout_s=timeout_s, curve=self._curve_client(endpoint))
 
     def arm_client(self, arm: str, heartbeat_hz: float = 0.0, timeout_s: float = 2.0):
-        """An :class:`~robot_stack.control.arm_client.ArmClient` to arm node ``arm``, with this node's CURVE
+        """An :class:`~robot_stack.runtime.arm_client.ArmClient` to arm node ``arm``, with this node's CURVE
         client settings; ``heartbeat_hz`` 0: the node heartbeats from its own loop."""
-        from robot_stack.control.arm_client import ArmClient
+        from robot_stack.runtime.arm_client import ArmClient
 
         return ArmClient(self.config, self.run_dir, arm=arm, source=self.name, heartbeat_hz=heartbeat_hz,
                          timeout_s=timeout_s, curve=self._curve_client(self.config.in_endpoint(arm, self.run_dir), arm))
 
 
-class NodeFatal(RuntimeError):
+class NodeFatal(RobotStackError, RuntimeError):
     """Raised (or handed to :meth:`Node.fail`) when a node cannot go on: the node ends with code 1."""
 
 

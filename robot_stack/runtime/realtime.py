@@ -10,6 +10,8 @@ and a refusal is never fatal unless ``required``.
 
 from __future__ import annotations
 
+from robot_stack.errors import RobotStackError
+
 import ctypes
 import logging
 import os
@@ -44,7 +46,7 @@ class RealtimeConfig(BaseModel):
         return self.fifo_priority is not None or self.cpus is not None or self.lock_memory
 
 
-class RealtimeError(RuntimeError):
+class RealtimeError(RobotStackError, RuntimeError):
     """A required real-time setting was refused by the kernel."""
 
 
