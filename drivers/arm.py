@@ -77,3 +77,22 @@ class ArmDriver(ABC):
 
     def stop(self) -> None:
         """Disconnect (the robot's controller holds its last target)."""
+
+    # --- optional capabilities: every driver has them; these defaults mean "not supported" ----
+    #: True when :meth:`recover` can clear a robot fault (UR: unlock a protective stop, restart
+    #: the program); False for drivers that recover by themselves or not at all
+    can_recover: bool = False
+    #: commands the driver could not hand to the robot in time (a full queue, a slow link)
+    send_timeouts: int = 0
+
+    def recover(self) -> bool:
+        """Start clearing a robot fault; True when a recovery started (default: not supported)."""
+        return False
+
+    def fault(self) -> str | None:
+        """Why the robot will not follow commands now, or None (default: no fault known)."""
+        return None
+
+    def loop_stats(self) -> dict[str, float]:
+        """The driver's own figures for the heartbeat (its control loop's period, ...); default none."""
+        return {}

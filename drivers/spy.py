@@ -32,8 +32,26 @@ class SpyArmDriver(ArmDriver):
         self._g: list[float] = []
         self.tick_ns = 0
 
-    def __getattr__(self, name):  # counters and stats of the wrapped driver (send_timeouts, loop_stats)
+    def __getattr__(self, name):  # anything else of the wrapped driver
         return getattr(self.__dict__["inner"], name)
+
+    # the optional capabilities are the wrapped driver's (the base's defaults would hide them)
+    @property
+    def can_recover(self) -> bool:  # type: ignore[override]
+        return self.inner.can_recover
+
+    @property
+    def send_timeouts(self) -> int:  # type: ignore[override]
+        return self.inner.send_timeouts
+
+    def recover(self) -> bool:
+        return self.inner.recover()
+
+    def fault(self) -> str | None:
+        return self.inner.fault()
+
+    def loop_stats(self) -> dict[str, float]:
+        return self.inner.loop_stats()
 
     def start(self, timeout_s: float) -> JointReading:
         return self.inner.start(timeout_s)

@@ -241,6 +241,8 @@ class UrDriver(ArmDriver):
         return m
 
     # ------------------------------------------------------------------------------- recovery
+    can_recover = True
+
     def recover(self) -> bool:
         """Start recovery on a worker thread (no-op while one runs); True when started."""
         if self._recovering.is_set():

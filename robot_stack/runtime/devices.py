@@ -130,6 +130,7 @@ ARM_DRIVERS = DeviceRegistry("arm driver", "driver", {
     "franka": "robot_stack.drivers.franka:FrankaConfig",
     "ur": "robot_stack.drivers.ur:UrConfig",
     "so101": "robot_stack.drivers.so101:So101Config",
+    "ideal": "robot_stack.testing.arm:IdealArmConfig",  # in-process tests: tracks every command exactly
 })
 
 CAMERA_DRIVERS = DeviceRegistry("camera driver", "driver", {

@@ -21,6 +21,7 @@ from __future__ import annotations
 from robot_stack.errors import RobotStackError
 
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -157,6 +158,9 @@ class Node:
         self.step_errors = 0
         self.input_rejections: collections.Counter[str] = collections.Counter()
         self._fatal: str | None = None
+        #: what the node opened (sockets, drivers, threads to join), released in reverse order
+        #: after :meth:`shutdown` whatever state ``configure`` reached (:meth:`own`)
+        self.resources = contextlib.ExitStack()
 
     # --- to override -------------------------------------------------------------------------
     def configure(self) -> None:
@@ -171,6 +175,20 @@ class Node:
     def metrics(self) -> dict[str, float]:
         """Node-specific metrics for the heartbeat (flat str -> float)."""
         return {}
+
+    def own(self, resource, close=None):
+        """Register ``resource`` to be released when the node ends (``close()``, or the callable
+        ``close``), after :meth:`shutdown`, in reverse order of registration; returns ``resource``."""
+        self.resources.callback(close if close is not None else resource.close)
+        return resource
+
+    def close(self) -> None:
+        """End the node: :meth:`shutdown`, then release every resource it :meth:`own`\ s, even when
+        ``shutdown`` fails (its error is raised after)."""
+        try:
+            self.shutdown()
+        finally:
+            self.resources.close()
 
     # --- input handling ----------------------------------------------------------------------
     def guarded(self, what: str, handler, *args: Any) -> bool:
@@ -281,7 +299,7 @@ class Node:
             except Exception:
                 pass
             try:
-                self.shutdown()
+                self.close()
             except Exception:
                 log.exception("shutdown of %s failed", self.name)
                 code = code or 1

@@ -1,0 +1,309 @@
+"""The arm node's servo state machine as a pure core: no sockets, no driver, time passed in.
+
+:class:`ServoCore` takes the arm node's inputs as events (a heartbeat, a waypoint schedule, an
+arm-control message, a driver reading or fault) with the time they are handled at, and each servo
+tick returns the joint command for the driver. It owns:
+
+- the modes ``hold`` (no trajectory, or at its end), ``track`` (following the merged schedule),
+  ``estop`` (e-stop, or a driver fault: jerk-limited stop, then hold);
+- the schedule pipeline: admission checks at once, the joint-space workspace scan in slices under
+  a time budget per tick, then the merge at "now" into the trajectory (DESIGN: "trims at now and
+  appends"), with the jump check against where the current plan is when the new one takes over;
+- heartbeat staleness of the schedule's sender (``heartbeat_timeout_s``: schedule dropped, stop);
+- e-stop and its release sources (only sources in ``safety.estop_release`` release an e-stop or
+  ask for a driver recovery);
+- the servo guard (:class:`~robot_stack.control.safety.ServoGuard`): joint limits and velocity,
+  acceleration and jerk limits on every command, holds and stops included.
+
+Every refusal is counted in :attr:`ServoCore.counters` (the ``safety.*`` metrics) and logged with
+its reason. The node (``robot_stack.nodes.arm``) reads the driver, feeds the events, sends the
+command and publishes the state.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from robot_stack.comm.messages import ArmControl, Heartbeat, Message, WaypointSchedule
+from robot_stack.control.interpolation import Limits, Trajectory
+from robot_stack.control.safety import SafetyConfig, SafetyViolation, ScheduleChecker, ServoGuard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    """A schedule whose static checks passed; its workspace scan may still run (joint space)."""
+
+    msg: WaypointSchedule
+    points: np.ndarray
+    scanned: int
+
+
+class ServoCore:
+    """Servo state machine of one arm (see the module docstring).
+
+    Args:
+        kin: the arm's kinematics (``fk(q) -> (7,) pose``, ``ik(pose, seed, iters, raise_on_fail)``).
+        safety: the arm's safety limits (already capped by the robot model's).
+        lower, upper: (n,) joint limits, rad.
+        q0: (n,) measured joint positions at start-up, rad: the first command (no jump).
+        grip0: measured gripper opening at start-up in [0, 1].
+        rate_hz: servo rate (the nominal tick for the first command), Hz.
+        release_sources: sender names allowed to release an e-stop or request a recovery.
+        check_budget_s: time a tick may spend on joint-space workspace scans, s.
+        max_pending: schedules waiting for their checks beyond which new ones are refused.
+        ik_iters: IK iterations per tick for Cartesian schedules.
+    """
+
+    def __init__(self, kin, safety: SafetyConfig, lower: np.ndarray, upper: np.ndarray, q0: np.ndarray,
+                 grip0: float, rate_hz: float, release_sources: set[str], check_budget_s: float,
+                 max_pending: int = 16, ik_iters: int = 4):
+        n = len(q0)
+        self.kin = kin
+        self.checker = ScheduleChecker(safety, lower, upper, fk=kin.fk)
+        self.counters = self.checker.counters
+        self.q_cmd = np.array(q0, float)
+        self.guard = ServoGuard(safety, lower, upper, self.counters, q0=self.q_cmd)
+        # the interpolator stretches segments to 90 % of the limits, so the guard rarely has to act
+        self.joint_limits = Limits(vel=0.9 * safety.per_joint("max_joint_vel", n),
+                                   acc=0.9 * safety.per_joint("max_joint_acc", n))
+        self.ee_limits = Limits(vel=(safety.max_ee_vel, safety.max_ee_ang_vel), acc=safety.max_ee_acc)
+        self.release_sources = set(release_sources)
+        self.timeout_ns = int(safety.heartbeat_timeout_s * 1e9)
+        self.budget_s = check_budget_s
+        self.max_pending = max_pending
+        self.ik_iters = ik_iters
+        self.grip_cmd = float(grip0)
+        self.traj: Trajectory | None = None
+        self.grip_traj: Trajectory | None = None
+        self.q_ik: np.ndarray | None = None  # the last IK solution (seed of the next)
+        self.pending: collections.deque[_Pending] = collections.deque()
+        self.estop = False
+        self.driver_fault: str | None = None
+        self.active_source = ""
+        self.last_heard: dict[str, int] = {}
+        self.schedules = 0
+        self.stretched = 0
+        self.mode = "hold"
+        self.merge_latency_ms: collections.deque = collections.deque(maxlen=500)
+        #: a recovery request that passed the release check, for the node to hand to its driver
+        self.recover_requested_by: str | None = None
+        self._dt = 1.0 / rate_hz
+        self._t_prev = 0
+
+    # ------------------------------------------------------------------------------- events
+    def on_message(self, msg: Message, t: int) -> bool:
+        """Handle one message from the arm's input at time ``t`` (ns). Returns False for a message
+        of a schema the arm does not take (the node counts it).
+
+        Raises:
+            Exception: only for a bug; refusals are counted and logged, never raised.
+        """
+        if isinstance(msg, Heartbeat):
+            self.last_heard[msg.source] = t
+        elif isinstance(msg, WaypointSchedule):
+            self._schedule(msg, t)
+        elif isinstance(msg, ArmControl):
+            self._control(msg)
+        else:
+            return False
+        return True
+
+    def _control(self, msg: ArmControl) -> None:
+        if msg.kind == "estop":
+            if not self.estop:
+                self.estop = True
+                self.counters["estop"] += 1
+                log.error("E-STOP from %s: %s", msg.source, msg.reason or "(no reason given)")
+            self.drop_schedule()
+        elif msg.kind == "release":
+            if not self._may_release(msg.source, "estop_release_refused", "e-stop release"):
+                return
+            if self.estop:
+                log.warning("e-stop released by %s", msg.source)
+            self.estop = False
+            self.drop_schedule()  # resume from the held command: the guard's state, no jump
+        elif msg.kind == "recover":
+            if not self._may_release(msg.source, "recover_refused", "recovery request"):
+                return
+            self.drop_schedule()
+            self.recover_requested_by = msg.source
+        else:  # hold
+            self.drop_schedule()
+
+    def _may_release(self, source: str, counter: str, what: str) -> bool:
+        """Only sources in ``safety.estop_release`` may release an e-stop or start a recovery."""
+        if source in self.release_sources:
+            return True
+        self.counters[counter] += 1
+        log.error("%s from %r refused: not in safety.estop_release %s", what, source, sorted(self.release_sources))
+        return False
+
+    def drop_schedule(self) -> None:
+        """Forget the trajectory and every schedule still being checked (the arm stops and holds)."""
+        self.traj = None
+        self.grip_traj = None
+        self.pending.clear()
+
+    def _schedule(self, msg: WaypointSchedule, t: int) -> None:
+        if self.driver_fault is not None:
+            self.counters["refused_driver_fault"] += 1
+            log.warning("schedule from %s refused: the arm driver is in fault (%s)", msg.source, self.driver_fault)
+            return
+        if self.estop:
+            self.counters["refused_estop"] += 1
+            log.warning("schedule from %s refused: e-stop active", msg.source)
+            return
+        if len(self.pending) >= self.max_pending:
+            self.counters["refused_backlog"] += 1
+            log.warning("schedule from %s refused: %d schedules still being checked", msg.source, len(self.pending))
+            return
+        try:
+            self.checker.admit(msg.stamps_ns, msg.positions, msg.space, msg.gripper, t)
+            pts = self.checker.joint_static(msg.positions) if msg.space == "joint" else self.checker.pose_static(msg.positions)
+        except SafetyViolation:
+            return  # logged and counted by the checker; the current plan continues
+        # a sender that never heartbeated gets one timeout from its first schedule, then must beat
+        self.last_heard.setdefault(msg.source, t)
+        self.pending.append(_Pending(msg, pts, 0 if msg.space == "joint" else len(pts)))
+
+    def on_driver_fault(self, reason: str) -> None:
+        """The driver reported a fault (a reflex, a lost connection): drop the plan and hold until
+        it reads again; one fault episode is counted once, whatever its reasons."""
+        if self.driver_fault is None:
+            self.driver_fault = reason
+            self.counters["driver_fault"] += 1
+            log.error("arm driver fault, holding: %s", reason)
+            self.drop_schedule()
+        elif self.driver_fault != reason:  # e.g. a UR's stopped program, then its protective stop
+            self.driver_fault = reason
+            log.error("arm driver fault, still holding: %s", reason)
+        self.mode = "estop"
+        self._t_prev = 0
+
+    def on_reading(self, q: np.ndarray) -> None:
+        """A good driver reading with joints ``q`` (rad): after a fault, resume from there (no jump)."""
+        if self.driver_fault is not None:
+            log.warning("arm driver recovered from: %s", self.driver_fault)
+            self.driver_fault = None
+            self.q_cmd = np.array(q, float)
+            self.q_ik = None
+            self.guard.reset(self.q_cmd)
+
+    # ------------------------------------------------------------------------------- checks
+    def _advance_checks(self, t: int) -> None:
+        """Finish the checks of waiting schedules within this tick's budget; merge those done."""
+        budget = self.budget_s
+        while self.pending:
+            pend = self.pending[0]
+            try:
+                if pend.scanned < len(pend.points):
+                    pend.scanned = self.checker.joint_workspace(pend.points, pend.scanned, budget)
+                    if pend.scanned < len(pend.points):
+                        return  # resume next tick
+            except SafetyViolation:
+                self.pending.popleft()
+                continue
+            self.pending.popleft()
+            try:
+                self._merge(pend, t)  # may refuse a jump (counted by the checker)
+            except SafetyViolation:
+                pass
+            budget = 0.0  # at most one FK per further schedule this tick
+
+    def _merge(self, pend: _Pending, t: int) -> None:
+        msg, pts = pend.msg, pend.points
+        if msg.stamp_ns and 0 <= t - msg.stamp_ns < 1_000_000_000:  # send -> merge (same-host clock; a
+            self.merge_latency_ms.append((t - msg.stamp_ns) / 1e6)    # sender elsewhere reads out of range)
+        t0 = int(msg.stamps_ns[0])
+        if msg.space == "joint":
+            # a jump is measured against where the current plan is when the new one takes over
+            ref = self.traj.eval(t0) if self.traj is not None and self.traj.kind == "joint" else self.q_cmd
+            self.checker.joint_jump(pts[0], ref)
+            if self.traj is None or self.traj.kind != "joint":
+                self.traj = Trajectory("joint", t, self.q_cmd)
+            self.stretched += self.traj.merge(msg.stamps_ns, pts, t, self.joint_limits)
+        else:
+            ee_now = self.kin.fk(self.q_cmd)
+            ref = self.traj.eval(t0) if self.traj is not None and self.traj.kind == "pose" else ee_now
+            self.checker.pose_jump(pts[0], ref)
+            if self.traj is None or self.traj.kind != "pose":
+                self.traj = Trajectory("pose", t, ee_now)
+                self.q_ik = None  # the new pose path starts where the arm is
+            self.stretched += self.traj.merge(msg.stamps_ns, pts, t, self.ee_limits)
+        if msg.gripper is not None:
+            g = np.clip(np.asarray(msg.gripper, float), 0.0, 1.0)[:, None]
+            if self.grip_traj is None:
+                self.grip_traj = Trajectory("joint", t, np.array([self.grip_cmd]))
+            self.grip_traj.merge(msg.stamps_ns, g, t)
+        self.active_source = msg.source
+        self.schedules += 1
+
+    # ------------------------------------------------------------------------------- tick
+    def tick(self, t: int) -> tuple[np.ndarray, float, float]:
+        """One servo tick at time ``t`` (ns), after this tick's messages.
+
+        Returns:
+            (q (n,) joint command in rad, gripper opening in [0, 1], dt in s: the period that really
+            passed since the last command, overruns included, which the guard limited the step by).
+        """
+        self._advance_checks(t)
+        if (self.traj is not None and t < self.traj.end_ns
+                and t - self.last_heard.get(self.active_source, 0) > self.timeout_ns):
+            self.counters["heartbeat_stale"] += 1
+            heard = self.last_heard.get(self.active_source)
+            log.error("command source %r silent for %s (> %.0f ms): holding", self.active_source,
+                      "ever" if heard is None else f"{(t - heard) / 1e6:.0f} ms", self.timeout_ns / 1e6)
+            self.drop_schedule()
+        dt = max((t - self._t_prev) / 1e9, 1e-5) if self._t_prev else self._dt
+        if self.estop or self.traj is None:
+            q = self.guard.stop(dt)  # jerk-limited stop, then hold where it ended
+            self.mode = "estop" if self.estop else "hold"
+            self.q_ik = None
+        else:
+            if self.traj.kind == "joint":
+                q_des = self.traj.eval(t)
+            else:
+                # seeded from the last IK solution, not from the guard's command: the command lags
+                # the path wherever the guard smooths, and a lagging seed moves the redundant arm's
+                # solution around its null space tick by tick (a desired stream the guard must then
+                # smooth again); from a hold, seeded from where the arm is
+                seed = self.q_cmd if self.q_ik is None else self.q_ik
+                q_des = self.q_ik = self.kin.ik(self.traj.eval(t), seed, iters=self.ik_iters, raise_on_fail=False)
+            q = self.guard.track(q_des, dt)
+            if self.grip_traj is not None:
+                self.grip_cmd = float(self.grip_traj.eval(t)[0])
+            self.mode = "track" if t < self.traj.end_ns or self.guard.moving else "hold"
+        if not np.all(np.isfinite(q)):  # the last gate before the driver: never a non-finite command
+            self.counters["servo_non_finite_output"] += 1
+            log.error("servo guard produced a non-finite command: holding the last one")
+            q = self.q_cmd.copy()
+            self.guard.reset(q)
+        self.q_cmd = q
+        self._t_prev = t
+        return q, self.grip_cmd, dt
+
+    def stop_tick(self, t: int) -> tuple[np.ndarray, float] | None:
+        """One tick of the jerk-limited stop at shutdown: the command, or None once at rest (or in
+        a driver fault, where there is nothing to stop)."""
+        if self.driver_fault is not None or not self.guard.moving:
+            return None
+        dt = max((t - (self._t_prev or t)) / 1e9, 1e-5) if self._t_prev else self._dt
+        q = self.guard.stop(dt)
+        self._t_prev = t
+        return q, dt
+
+    def metrics(self) -> dict[str, float]:
+        """The core's counters and figures (flat str -> float)."""
+        m = {f"safety.{k}": float(v) for k, v in self.counters.items()}
+        if self.merge_latency_ms:  # schedule sent -> merged at this servo tick (the first that uses it)
+            a = np.array(self.merge_latency_ms)
+            m.update(merge_latency_p50_ms=float(np.percentile(a, 50)), merge_latency_p99_ms=float(np.percentile(a, 99)))
+        m.update(schedules=float(self.schedules), stretched_segments=float(self.stretched),
+                 pending_schedules=float(len(self.pending)))
+        return m

@@ -1,0 +1,178 @@
+"""The arm node in-process: its servo core on the fake context, a fake clock and the ideal arm.
+
+No processes, no sockets, no sleeping: each test steps the node tick by tick.
+"""
+
+import numpy as np
+import pytest
+
+from robot_stack.comm.codec import encode
+from robot_stack.comm.messages import ArmControl, Heartbeat, RobotState, WaypointSchedule
+from robot_stack.runtime.arm_client import ArmClient
+from robot_stack.control.paths import straight_line
+
+RATE = 500.0
+
+
+def arm_setup(**safety):
+    return {"name": "arm_test", "nodes": {
+        "arm": {"kind": "arm", "params": {"driver": {"type": "ideal", "robot": "panda_robotiq"}, "rate_hz": RATE,
+                                          "state_rate_hz": 100.0, "safety": {"estop_release": ["operator"], **safety}}},
+    }}
+
+
+def run(node, clock, seconds, beat: ArmClient | None = None):
+    """Step ``node`` for ``seconds`` of fake time at its rate (``beat``: heartbeat every 20 ms)."""
+    n = int(round(seconds * RATE))
+    for i in range(n):
+        if beat is not None and i % 10 == 0:
+            beat.heartbeat()
+        node.step()
+        clock.advance(1.0 / RATE)
+
+
+def client(node, source):
+    return ArmClient(None, None, arm="arm", source=source, heartbeat_hz=0, tx=node.ctx.bus.sender("arm", source))
+
+
+def tcp(node):
+    return node.kin.fk(node.driver.q)[:3]
+
+
+def move_schedule(node, dx, t0_ns, speed=0.1):
+    start = node.kin.fk(node.driver.q)
+    goal = start.copy()
+    goal[:3] += dx
+    return straight_line(start, goal, t0_ns, speed=speed)
+
+
+def test_a_schedule_is_tracked_to_its_end_and_the_state_published(node_builder, fake_clock):
+    arm = node_builder(arm_setup(), "arm")
+    ctl = client(arm, "controller")
+    start = tcp(arm)
+    stamps, poses = move_schedule(arm, [0.05, 0.0, 0.0], fake_clock.now_ns())
+    ctl.heartbeat()
+    ctl.send_schedule(stamps, poses, space="ee")
+    run(arm, fake_clock, 1.0, beat=ctl)
+    assert np.allclose(tcp(arm), start + [0.05, 0, 0], atol=1e-3)
+    assert arm.mode == "hold"
+    states = [m for t, m in arm.ctx.bus.published["arm"] if t == RobotState.TOPIC]
+    assert len(states) == pytest.approx(100, abs=2)  # 100 Hz of the 500 Hz loop, one per measurement
+    assert all(b.stamp_ns > a.stamp_ns for a, b in zip(states, states[1:]))
+    assert arm.metrics()["schedules"] == 1
+
+
+def test_a_silent_sender_makes_the_arm_hold_after_its_heartbeat_timeout(node_builder, fake_clock):
+    arm = node_builder(arm_setup(heartbeat_timeout_s=0.2), "arm")
+    ctl = client(arm, "controller")
+    start = tcp(arm)
+    stamps, poses = move_schedule(arm, [0.1, 0.0, 0.0], fake_clock.now_ns(), speed=0.05)  # a 2 s move
+    ctl.heartbeat()
+    ctl.send_schedule(stamps, poses, space="ee")
+    run(arm, fake_clock, 0.5, beat=ctl)  # beating: it moves
+    moved = tcp(arm)[0] - start[0]
+    assert moved > 0.01 and arm.mode == "track"
+    run(arm, fake_clock, 0.3)  # silent for 0.3 s > 0.2 s: the schedule is dropped, the arm stops
+    assert arm.metrics()["safety.heartbeat_stale"] == 1
+    run(arm, fake_clock, 0.5)
+    assert arm.mode == "hold"
+    x_stop = tcp(arm)[0]
+    run(arm, fake_clock, 1.0)
+    assert tcp(arm)[0] == pytest.approx(x_stop, abs=1e-6)  # held, not following the rest of the plan
+    assert x_stop - start[0] < 0.06  # it stopped well short of the 0.1 m goal
+
+
+def test_estop_stops_refuses_schedules_and_only_an_allowed_source_releases_it(node_builder, fake_clock):
+    arm = node_builder(arm_setup(), "arm")
+    ctl, intruder, operator = client(arm, "controller"), client(arm, "intruder"), client(arm, "operator")
+    stamps, poses = move_schedule(arm, [0.1, 0.0, 0.0], fake_clock.now_ns())
+    ctl.send_schedule(stamps, poses, space="ee")
+    run(arm, fake_clock, 0.3, beat=ctl)
+    ctl.estop("test")
+    run(arm, fake_clock, 0.5, beat=ctl)
+    assert arm.mode == "estop" and arm.metrics()["safety.estop"] == 1
+    q_held = arm.driver.q.copy()
+    stamps, poses = move_schedule(arm, [0.02, 0.0, 0.0], fake_clock.now_ns())
+    ctl.send_schedule(stamps, poses, space="ee")
+    run(arm, fake_clock, 0.5, beat=ctl)
+    assert arm.metrics()["safety.refused_estop"] == 1 and np.allclose(arm.driver.q, q_held)
+    intruder.release()  # not in safety.estop_release
+    run(arm, fake_clock, 0.1)
+    assert arm.mode == "estop" and arm.metrics()["safety.estop_release_refused"] == 1
+    operator.release()
+    run(arm, fake_clock, 0.1)
+    assert arm.mode == "hold"
+    stamps, poses = move_schedule(arm, [0.02, 0.0, 0.0], fake_clock.now_ns())
+    ctl.send_schedule(stamps, poses, space="ee")
+    run(arm, fake_clock, 0.6, beat=ctl)
+    assert arm.metrics()["schedules"] == 2  # the first schedule and this one after the release
+
+
+def test_every_command_keeps_the_joint_limits_of_velocity_acceleration_and_jerk(node_builder, fake_clock):
+    arm = node_builder(arm_setup(), "arm")
+    ctl = client(arm, "controller")
+    stamps, poses = move_schedule(arm, [0.07, 0.05, -0.05], fake_clock.now_ns(), speed=0.4)
+    ctl.send_schedule(stamps, poses, space="ee")
+    run(arm, fake_clock, 0.25, beat=ctl)
+    ctl.estop("mid-motion")  # a stop at speed: still within the limits
+    run(arm, fake_clock, 0.5, beat=ctl)
+    t = np.array([c[0] for c in arm.driver.commands]) / 1e9
+    q = np.array([c[1] for c in arm.driver.commands])
+    dt = np.diff(t)[:, None]
+    v = np.diff(q, axis=0) / dt
+    a = np.diff(v, axis=0) / dt[1:]
+    s = arm.core.guard
+    assert np.max(np.abs(v)) > 0.1  # it did move
+    assert np.all(np.abs(v) <= np.asarray(s.vmax) * (1 + 1e-6))
+    assert np.all(np.abs(a) <= np.asarray(s.amax) * (1 + 1e-3))
+
+
+def test_a_driver_fault_holds_refuses_schedules_and_recovery_is_for_allowed_sources(node_builder, fake_clock):
+    arm = node_builder(arm_setup(), "arm")
+    ctl, operator = client(arm, "controller"), client(arm, "operator")
+    arm.driver.fault = "reflex: cartesian reflex"
+    run(arm, fake_clock, 0.05)
+    assert arm.mode == "estop" and arm.metrics()["safety.driver_fault"] == 1
+    stamps, poses = move_schedule(arm, [0.02, 0.0, 0.0], fake_clock.now_ns())
+    ctl.send_schedule(stamps, poses, space="ee")
+    run(arm, fake_clock, 0.05)
+    assert arm.metrics()["safety.refused_driver_fault"] == 1
+    ctl.recover()
+    run(arm, fake_clock, 0.05)
+    assert arm.driver.recoveries == 0 and arm.metrics()["safety.recover_refused"] == 1
+    operator.recover()
+    run(arm, fake_clock, 0.05)
+    assert arm.driver.recoveries == 1 and arm.mode == "hold"
+    assert arm.metrics()["safety.driver_fault"] == 1  # one fault episode, counted once
+
+
+def test_a_message_that_decodes_but_is_wrong_never_reaches_the_driver(node_builder, fake_clock):
+    arm = node_builder(arm_setup(), "arm")
+    ctl = client(arm, "controller")
+    q0 = arm.driver.q.copy()
+    stamps, poses = move_schedule(arm, [0.02, 0.0, 0.0], fake_clock.now_ns())
+    poses[3, 0] = np.nan
+    ctl.send_schedule(stamps, poses, space="ee")
+    far = poses.copy()
+    far[:, 0] = np.nan_to_num(far[:, 0]) + 0.5  # a jump of half a metre
+    ctl.send_schedule(stamps, far, space="ee")
+    arm.ctx.bus.inject("arm", [b"heartbeat", b"\x81\xa1x\x01"])  # undecodable header
+    run(arm, fake_clock, 0.5, beat=ctl)
+    assert np.allclose(arm.driver.q, q0)
+    m = arm.metrics()
+    assert m["schedules"] == 0 and m["safety.non_finite"] == 1 and m["safety.jump"] == 1
+    assert all(np.all(np.isfinite(c[1])) for c in arm.driver.commands)
+    assert arm.rx.stats.decode_errors >= 1
+
+
+def test_shutdown_brings_a_moving_arm_to_rest_and_releases_the_driver(node_builder, fake_clock):
+    arm = node_builder(arm_setup(), "arm")
+    ctl = client(arm, "controller")
+    stamps, poses = move_schedule(arm, [0.1, 0.0, 0.0], fake_clock.now_ns(), speed=0.3)
+    ctl.send_schedule(stamps, poses, space="ee")
+    run(arm, fake_clock, 0.2, beat=ctl)
+    assert arm.core.guard.moving
+    arm.close()
+    assert arm.driver.stopped and not arm.core.guard.moving
+    v_last = np.abs(arm.driver.commands[-1][1] - arm.driver.commands[-2][1])
+    assert np.max(v_last) < 1e-6
