@@ -175,11 +175,11 @@ class SimArmConfig(DeviceConfig):
         Raises:
             ValueError: the world has no such arm, or has several and none is named.
         """
-        from robot_stack.nodes.sim_world import SimWorldParams
+        from robot_stack.drivers.sim_model import DEFAULT_ROBOT
 
         nc = None if config is None else config.nodes.get(self.world)
         if nc is None or nc.kind != "sim_world":  # (check reports the dangling reference)
-            return SimWorldParams().robot
+            return DEFAULT_ROBOT
         arms = nc.typed.arms
         if not arms and self.arm:
             raise ValueError(f"driver.arm {self.arm!r}: sim world {self.world!r} has one arm (no params.arms)")

@@ -41,6 +41,10 @@ GRIPPER_DRIVER_RANGE = 0.8  # rad, driver joint range of the model
 CUBE_HALF = 0.02
 
 
+#: the robot a sim world plays when its params name none
+DEFAULT_ROBOT = "panda_robotiq"
+
+
 class SimModelError(RobotStackError, RuntimeError):
     """The robot model could not be found or built."""
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from robot_stack.control.features import actions_at  # noqa: F401  (the executed action stream; used here and re-exported)
 from .generative import (GenerativePolicy, GenerativePolicyModel, ModelConfig, TorchDenoiser, load_checkpoint,
                          prefix_conditioned, save_checkpoint)
 
@@ -88,23 +89,6 @@ class Samples:
     def subset(self, mask: np.ndarray) -> "Samples":
         return Samples(self.frames, self.frame_idx[mask], self.state[mask], self.actions[mask], self.episode[mask],
                        None if self.t_obs is None else self.t_obs[mask])
-
-
-def actions_at(target_ns: np.ndarray, poses: np.ndarray, gripper: np.ndarray, times_ns: np.ndarray) -> np.ndarray:
-    """The executed action stream at ``times_ns``: (T, 8) [x y z qx qy qz qw gripper].
-
-    Rows sharing a target time keep the one sent last; outside the span the first/last action is held.
-    """
-    from scipy.spatial.transform import Rotation, Slerp
-
-    order = np.argsort(target_ns, kind="stable")
-    t, p, g = target_ns[order], poses[order], gripper[order]
-    keep = np.r_[t[1:] != t[:-1], True]  # last sent per target time
-    t, p, g = t[keep].astype(np.float64), p[keep], g[keep]
-    q = np.clip(times_ns.astype(np.float64), t[0], t[-1])
-    pos = np.stack([np.interp(q, t, p[:, j]) for j in range(3)], axis=1)
-    rot = np.repeat(p[:1, 3:], len(q), 0) if len(t) == 1 else Slerp(t, Rotation.from_quat(p[:, 3:]))(q).as_quat()
-    return np.concatenate([pos, rot, np.interp(q, t, g)[:, None]], axis=1)
 
 
 def missed_grasp_spans(target_ns: np.ndarray, gripper: np.ndarray) -> list[tuple[int, int]]:

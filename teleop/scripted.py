@@ -16,7 +16,7 @@ from pydantic import Field
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
-from robot_stack.apps.task import LiftTask, PickTask, PressTask, ReachTask
+from robot_stack.tasks.definitions import LiftTask, PickTask, PressTask, ReachTask
 from robot_stack.comm.messages import RobotState, TeleopCommand
 from robot_stack.drivers.sim_messages import ObjectState
 
@@ -366,7 +366,7 @@ class PressExpert(_SimExpert):
 
 
 class LiftExpert(TeleopDevice):
-    """Bimanual lift demonstrations (:class:`~robot_stack.apps.task.LiftTask`): both arms move in
+    """Bimanual lift demonstrations (:class:`~robot_stack.tasks.definitions.LiftTask`): both arms move in
     lockstep through the phases, each to its own grasp point at the bar end nearest its base.
 
     Phases: ``approach`` (``approach_height`` over the grasp points, each with a random per-episode

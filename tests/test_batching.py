@@ -14,7 +14,7 @@ import zmq
 from robot_stack.comm.codec import encode
 from robot_stack.comm.messages import ActionChunk, ErrorReply, ObservationWindow
 from robot_stack.comm.transport import BatchReplyServer, RemoteError, RequestClient
-from robot_stack.policies.batching import BatchWindow
+from robot_stack.comm.batching import BatchWindow
 from robot_stack.policies.generative import (GenerativePolicy, GenerativePolicyModel, ModelConfig, OnnxDenoiser,
                                              TorchDenoiser, export_onnx)
 

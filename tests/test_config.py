@@ -93,7 +93,7 @@ def test_a_key_of_another_driver_is_named(tmp_path):
     msg = _check(tmp_path, "nodes:\n  cam: {kind: camera, params: {driver: realsense, serial: '12'}}\n")
     assert "nodes.cam.params.serial: a key of camera driver realsense; put it inside driver: {type: realsense" in msg
     msg = _check(tmp_path, "nodes:\n  arm: {kind: arm, params: {driver: {type: ur5}}}\n")
-    assert "unknown arm driver 'ur5' (known: franka, sim, so101, ur)" in msg
+    assert "unknown arm driver 'ur5' (known: franka, ideal, sim, so101, ur)" in msg
 
 
 def test_dangling_and_wrong_kind_references_are_refused(tmp_path):

@@ -375,7 +375,7 @@ def test_reach_task_with_each_strategy(stack, node, report, request):
     """The sim reach task through the full stack with each strategy: the task's expert as a chunking
     policy (above the cube, then down; 200 ms inference) must end in the task's success region;
     ``reach_ws_*``: the same expert behind an openpi-protocol websocket server."""
-    from robot_stack.apps.task import ReachTask
+    from robot_stack.tasks.definitions import ReachTask
 
     strategy = node.rsplit("_", 1)[1]
     if "_ws_" in node:

@@ -198,7 +198,7 @@ class DemoSettings:
 PICK_DEMOS, PICK_STEPS = 50, 3000
 BIMANUAL_DEMOS, BIMANUAL_STEPS = 40, 3000
 TASK_CONFIGS = {"reach": "sim_panda_reach.yaml", "pick": "sim_panda_pick.yaml", "bimanual": "sim_bimanual_lift.yaml"}
-#: the sim task (``robot_stack.apps.task.TASKS``) each demo task checks
+#: the sim task (``robot_stack.tasks.definitions.TASKS``) each demo task checks
 TASK_OF = {"reach": "reach", "pick": "pick", "bimanual": "lift"}
 TASK_TEXT = {"reach": "reach the cube (random pose each episode, seen only through the wrist camera)",
              "pick": "pick the cube (random pose, seen through the wrist camera) and place it in the target square",
@@ -220,7 +220,7 @@ def expert_successes(paths: list[Path], task=None) -> int:
     from types import SimpleNamespace
 
     from robot_stack.data.dataset import episode_arms, open_episode
-    from robot_stack.apps.task import ReachTask
+    from robot_stack.tasks.definitions import ReachTask
 
     task = task or ReachTask()
     n = 0
@@ -252,7 +252,7 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
     from robot_stack.apps.deploy import deploy_session, run_episodes, summary_table
     from robot_stack.policies.training import TrainSettings, train
 
-    from robot_stack.apps.task import TASKS
+    from robot_stack.tasks.definitions import TASKS
 
     if task not in TASK_CONFIGS:
         raise ValueError(f"unknown demo task {task!r}: one of {', '.join(TASK_CONFIGS)}")

@@ -585,7 +585,7 @@ class BatchReplyServer:
         """Wait up to ``timeout_s`` for a first request, then keep gathering until ``window_s`` after
         it or until ``max_batch`` requests are held (``max_batch`` 1: one request, no wait). Returns
         the batch in arrival order, possibly empty."""
-        from robot_stack.policies.batching import BatchWindow
+        from robot_stack.comm.batching import BatchWindow
 
         out: list[PendingRequest] = []
         win = BatchWindow(window_s, max_batch)

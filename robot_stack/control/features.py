@@ -77,3 +77,20 @@ class PointCloudSpec:
     def from_dict(d: dict) -> "PointCloudSpec":
         return PointCloudSpec(tuple(map(float, d["lo"])), tuple(map(float, d["hi"])), int(d["n_points"]),
                               int(d.get("stride", 2)))
+
+
+def actions_at(target_ns: np.ndarray, poses: np.ndarray, gripper: np.ndarray, times_ns: np.ndarray) -> np.ndarray:
+    """The executed action stream at ``times_ns``: (T, 8) [x y z qx qy qz qw gripper].
+
+    Rows sharing a target time keep the one sent last; outside the span the first/last action is held.
+    """
+    from scipy.spatial.transform import Rotation, Slerp
+
+    order = np.argsort(target_ns, kind="stable")
+    t, p, g = target_ns[order], poses[order], gripper[order]
+    keep = np.r_[t[1:] != t[:-1], True]  # last sent per target time
+    t, p, g = t[keep].astype(np.float64), p[keep], g[keep]
+    q = np.clip(times_ns.astype(np.float64), t[0], t[-1])
+    pos = np.stack([np.interp(q, t, p[:, j]) for j in range(3)], axis=1)
+    rot = np.repeat(p[:1, 3:], len(q), 0) if len(t) == 1 else Slerp(t, Rotation.from_quat(p[:, 3:]))(q).as_quat()
+    return np.concatenate([pos, rot, np.interp(q, t, g)[:, None]], axis=1)

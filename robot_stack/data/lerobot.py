@@ -141,7 +141,7 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
     from robot_stack.data.dataset import open_episode
     from robot_stack.control.features import state_vector
     from robot_stack.control.observation import interpolate_states
-    from robot_stack.policies.training import actions_at
+    from robot_stack.control.features import actions_at
 
     out = Path(out)
     if float(fps) != int(fps) or fps <= 0:

@@ -17,7 +17,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from robot_stack.apps.task import LiftTask, PressTask, TASKS
+from robot_stack.drivers.sim_model import DEFAULT_ROBOT
+from robot_stack.tasks.definitions import LiftTask, PressTask, TASKS
 from robot_stack.runtime.clock import now_ns
 from robot_stack.drivers.sim_messages import JointState, JointTarget, ObjectState, SimCommand, SimState, arm_topic
 from robot_stack.runtime.node import Node, NodeParams
@@ -41,7 +42,7 @@ class SimArmParams(BaseModel):
 
 
 class SimWorldParams(NodeParams):
-    robot: str = Field("panda_robotiq", description="the simulated robot (a robot model with a sim block; "
+    robot: str = Field(DEFAULT_ROBOT, description="the simulated robot (a robot model with a sim block; "
                                                     "robot-stack robots lists them)")
     rate_hz: float = Field(500.0, gt=0, le=2000)
     state_rate_hz: float = Field(60.0, gt=0, le=500)
