@@ -615,7 +615,7 @@ class GenerativePolicy(Policy):
     def _sample(self, obs: list, prefixes: list, frozens: list, noise: np.ndarray | None,
                 guidance: str) -> list[tuple[np.ndarray, int]]:
         """The sampler on B observation windows: [(chunk (H, D) float32 world units, d or -1)]."""
-        from robot_stack.control.chunking import rtc_guidance_weights
+        from robot_stack.control.chunking import edge_padded, rtc_guidance_weights
 
         c = self.model.cfg
         b = len(obs)
@@ -644,7 +644,7 @@ class GenerativePolicy(Policy):
             d = k if fr_i is None else max(0, min(int(fr_i), k))
             pre = self.model.to_model_frame(np.asarray(pre_i[:k], np.float32), np.asarray(obs[i]["state"], np.float32))
             pre = torch.as_tensor(pre, device=self.model.a_min.device)
-            target[i, :k] = self.model.normalize(pre).cpu().numpy()
+            target[i] = edge_padded(self.model.normalize(pre).cpu().numpy(), c.horizon)  # never zeros (= the mean)
             w[i, :, 0] = rtc_guidance_weights(c.horizon, d, c.horizon - k)
             w[i, k:, 0] = 0.0  # nothing to follow beyond the prefix
             ds[i], guided[i] = d, True

@@ -114,3 +114,31 @@ def test_chunk_anchor_from_rest_is_the_arrival():
     # a plan ran since the observation: the arm moved, latency compensation stays (8 actions dropped)
     assert chunk_anchor_ns(1000 * ms, 1800 * ms, 1500 * ms) == 1000 * ms
     assert plan_chunk(np.arange(16.0)[:, None], 1000 * ms, 1800 * ms, 100 * ms).first_index == 9
+
+
+def test_edge_padded_repeats_the_last_real_action_and_refuses_bad_prefixes():
+    from robot_stack.control.chunking import edge_padded
+
+    pre = np.array([[1.0, 2.0], [3.0, 4.0]])
+    out = edge_padded(pre, 5)
+    assert out.shape == (5, 2) and np.array_equal(out[:2], pre) and np.all(out[2:] == [3.0, 4.0])
+    with pytest.raises(ValueError, match="1 <= k <= H"):
+        edge_padded(np.zeros((0, 2)), 5)
+    with pytest.raises(ValueError, match="1 <= k <= H"):
+        edge_padded(np.zeros((6, 2)), 5)
+
+
+def test_the_first_inference_is_kept_out_of_the_delay_estimate():
+    """A 2 s warm-up inference followed by 60 ms ones: d is 1 step at 10 Hz, not 20 (lerobot#4223);
+    with the warm-up counted (warmup=0) the same samples give 10 or more."""
+    from robot_stack.control.chunking import DelayEstimator
+
+    dt = 100_000_000
+    est, naive = DelayEstimator(dt, initial_steps=2), DelayEstimator(dt, initial_steps=2, warmup=0)
+    for e in (est, naive):
+        e.add(2_000_000_000)
+        assert e.steps in (2, 20)
+        for _ in range(5):
+            e.add(60_000_000)
+    assert est.steps == 1 and est.warmup_left_out == 1
+    assert naive.steps >= 10  # the 0.9 quantile of six samples still sits near the warm-up

@@ -334,3 +334,25 @@ def test_noise_scale_zero_gives_one_deterministic_chunk(kind, steps):
     assert np.abs(c.predict(o) - c.predict(o)).max() > 1e-3  # scale 1: each call its own noise
     with pytest.raises(ValueError, match="noise_scale"):
         GenerativePolicy(m, TorchDenoiser(m, "cpu"), noise_scale=-1.0)
+
+
+def test_a_short_rtc_prefix_is_padded_with_its_last_action_never_with_the_dataset_mean(monkeypatch):
+    """The guidance target beyond a k-action prefix holds the prefix's last action (normalized),
+    not zeros, which decode to the dataset's mean action (lerobot#4454)."""
+    m, o, noise, prev = _rtc_case("flow", 4)
+    pol = GenerativePolicy(m, TorchDenoiser(m, "cpu"))
+    seen = {}
+    sample = m.sampler.sample
+
+    def spy(denoise, x, steps, guide=None):
+        seen["target"] = None if guide is None else guide[0].copy()
+        return sample(denoise, x, steps, guide=guide)
+
+    monkeypatch.setattr(m.sampler, "sample", spy)
+    pol.predict(o, committed_prefix=prev[:3], frozen=2, noise=noise, guidance="jacobian_free")
+    target = seen["target"][0]
+    assert target.shape == (8, 3)
+    assert np.abs(target[3:] - target[2]).max() == 0.0  # every padded row is the last real action
+    last = m.denormalize(torch.as_tensor(target[7:8])).numpy()
+    mean = m.denormalize(torch.zeros(1, 3)).numpy()
+    assert np.abs(last - mean).max() > 1e-3  # and that is not the mean the zeros would have given

@@ -204,13 +204,24 @@ class DelayEstimator:
         window: samples kept.
         quantile: in (0, 1].
         initial_steps: d before any sample.
+        warmup: the first samples left out of the estimate: the first inference pays for lazy
+            initialisation, compilation and caches (often 10-100x a steady one), and kept in a
+            high quantile it would inflate d for a whole window and skip most of every chunk
+            (lerobot#4223: 21 of 30 actions skipped). Counted in :attr:`warmup_left_out`.
     """
 
-    def __init__(self, dt_ns: int, window: int = 50, quantile: float = 0.9, initial_steps: int = 1):
+    def __init__(self, dt_ns: int, window: int = 50, quantile: float = 0.9, initial_steps: int = 1,
+                 warmup: int = 1):
         self.dt_ns, self.quantile, self.initial = dt_ns, quantile, initial_steps
         self._samples: collections.deque = collections.deque(maxlen=window)
+        self._warmup = int(warmup)
+        self.warmup_left_out = 0
 
     def add(self, delay_ns: int) -> None:
+        """Record one observation-capture-to-arrival time, ns (the first ``warmup`` are left out)."""
+        if self.warmup_left_out < self._warmup:
+            self.warmup_left_out += 1
+            return
         self._samples.append(int(delay_ns))
 
     @property
@@ -218,3 +229,21 @@ class DelayEstimator:
         if not self._samples:
             return self.initial
         return int(math.ceil(float(np.quantile(np.array(self._samples), self.quantile)) / self.dt_ns))
+
+
+def edge_padded(prefix: np.ndarray, horizon: int) -> np.ndarray:
+    """An RTC prefix (k, D), 1 <= k, extended to (horizon, D) by repeating its last real action.
+
+    A prefix shorter than the chunk must never be padded with zeros: in a policy's normalized space
+    zero decodes to the dataset's mean action, and any weight that reaches the padding (a soft
+    mask, a bug, a model trained on full-length prefixes) pulls the arm toward that mean (the
+    failure LeRobot's RTC engine had, lerobot#4454). Repeating the last action makes the padding
+    mean "stay where the prefix ends".
+
+    Raises:
+        ValueError: an empty prefix, or one longer than ``horizon``.
+    """
+    prefix = np.asarray(prefix)
+    if prefix.ndim != 2 or not 1 <= len(prefix) <= horizon:
+        raise ValueError(f"an RTC prefix is (k, D) with 1 <= k <= H = {horizon}, got shape {prefix.shape}")
+    return np.concatenate([prefix, np.repeat(prefix[-1:], horizon - len(prefix), axis=0)])
