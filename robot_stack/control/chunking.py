@@ -247,3 +247,25 @@ def edge_padded(prefix: np.ndarray, horizon: int) -> np.ndarray:
     if prefix.ndim != 2 or not 1 <= len(prefix) <= horizon:
         raise ValueError(f"an RTC prefix is (k, D) with 1 <= k <= H = {horizon}, got shape {prefix.shape}")
     return np.concatenate([prefix, np.repeat(prefix[-1:], horizon - len(prefix), axis=0)])
+
+
+def chunk_problem(actions: np.ndarray, n_arms: int = 1) -> str | None:
+    """Why a policy's chunk cannot be executed (None if it can): it must be (H >= 1, 8 per arm)
+    TCP poses + gripper [x y z qx qy qz qw gripper] per arm, finite, with non-zero quaternions. The
+    arm nodes check the rest (limits, workspace, jumps).
+
+    Args:
+        actions: the chunk as received.
+        n_arms: arms the chunk covers, in the controller's arm order.
+    """
+    d = 8 * n_arms
+    actions = np.asarray(actions)
+    if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] != d:
+        return (f"actions of shape {actions.shape}, expected (H >= 1, {d}) [x y z qx qy qz qw gripper]"
+                + (f" for each of {n_arms} arms" if n_arms > 1 else ""))
+    if not np.all(np.isfinite(actions)):
+        return "actions contain NaN or inf"
+    quats = actions.reshape(len(actions), -1, 8)[:, :, 3:7]
+    if np.any(np.linalg.norm(quats, axis=2) < 1e-6):
+        return "a zero quaternion"
+    return None

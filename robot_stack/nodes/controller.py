@@ -60,7 +60,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from robot_stack.control.chunking import DelayEstimator, chunk_anchor_ns
+from robot_stack.control.chunking import DelayEstimator, chunk_anchor_ns, chunk_problem
+from robot_stack.control.modes import ModeMachine
 from robot_stack.control.strategies import STRATEGIES, CommittedPlan
 from robot_stack.runtime.clock import now_ns
 from robot_stack.comm.messages import CameraFrame, EpisodeEvent, ObservationWindow, RobotState, TeleopCommand, WaypointSchedule
@@ -194,8 +195,8 @@ class ControllerNode(Node):
             raise ValueError(f"controller.teleop: no node {p.teleop!r} in the config")
         if p.source == "teleop" and p.teleop is None:
             raise ValueError("controller.source = teleop needs controller.teleop (the teleop node name)")
-        self.source = p.source
-        self.enabled = p.autostart
+        #: who drives (idle / policy / teleop / external / held) and the plan's generation
+        self.modes = ModeMachine(p.source, p.autostart, self.has_policy, len(self.arm_names), p.hold_together)
         self.rx = self.ctx.receiver()
         self.teleop_sub = self.ctx.subscriber([p.teleop], ("teleop/",), history=200) if p.teleop else None
         self.teleop_seq = -1
@@ -221,13 +222,9 @@ class ControllerNode(Node):
         self.replay_pending: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # arm -> its replay part, until all came
         self.plan = CommittedPlan(self.action_dim, self.dt_ns // 2)  # the committed trajectory sent to the arms
         self.request_id = 0
-        #: bumped whenever the plan is dropped (episode events, interventions, holds): a chunk whose
-        #: request left under an older generation was observed in another episode or before the
-        #: hold, and is dropped on arrival (counted as ``stale_chunks``)
-        self.generation = 0
         self._send_lock = threading.Lock()  # a schedule's merge into the mirror and its send stay in order
         self.stats = {k: 0.0 for k in ("requests", "chunks", "dropped_actions", "late_steps", "over_budget",
-                                       "obs_holds", "errors", "teleop_steps", "interventions", "episodes",
+                                       "obs_holds", "errors", "teleop_steps",
                                        "bad_chunks", "stale_holds", "refused_chunks", "stale_chunks",
                                        "anchor_waits_timed_out", "chunks_from_rest")}
         self.inference_ms: list[float] = []
@@ -248,18 +245,18 @@ class ControllerNode(Node):
             self.fast_ms: collections.deque = collections.deque(maxlen=2000)  # one tick's compute, ms
             self.fast_period_ms: collections.deque = collections.deque(maxlen=2000)
             self._fast_thread = threading.Thread(target=self._fast_loop, name="fast", daemon=True)
-            self._fast_thread.start()
+            if self.ctx.start_threads:
+                self._fast_thread.start()
+        self._client = None
         if self.has_policy:
             self._worker = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
-            self._worker.start()
+            if self.ctx.start_threads:
+                self._worker.start()
 
     # ------------------------------------------------------------------------- observation
     def _estopped_arms(self) -> list[str]:
-        """Several arms with ``hold_together``: the arms now in e-stop (their robot state says so),
-        for which every arm holds. Empty otherwise."""
-        if not (self.multi and self.params.hold_together):
-            return []
-        return [a for a in self.arm_names if getattr(self._latest_state(a), "mode", None) == "estop"]
+        """The arms whose newest state says e-stop."""
+        return [a for a in self.arm_names if (st := self._latest_state(a)) is not None and st.mode == "estop"]
 
     def _states(self, arm: str) -> list:
         """Recent RobotState messages of one arm node, oldest first."""
@@ -361,6 +358,17 @@ class ControllerNode(Node):
         finally:
             client.close()
 
+    def inference_step(self) -> None:
+        """One pass of the inference thread's loop, in the caller's thread (in-process tests, where
+        the context starts no threads): the spec check on the first call, then one
+        :meth:`_inference_once`."""
+        if self._client is None:
+            self._client = self.openpi_client or self.ctx.request_client(self.endpoint,
+                                                                          timeout_s=self.params.request_timeout_s)
+            if self.openpi_client is None and not self._check_spec(self._client):
+                return
+        self._inference_once(self._client)
+
     def _check_spec(self, client: RequestClient) -> bool:
         """Ask the policy for its spec (:class:`PolicySpec`) and compare it with this controller's
         setup: on a difference the node ends at start-up, naming each one (False); what the setup
@@ -421,7 +429,7 @@ class ControllerNode(Node):
 
     def _inference_once(self, client: RequestClient) -> None:
         """One request: observe, ask the policy, plan and send the chunk (or hold and return)."""
-        if not self.enabled or self.source != "policy" or self._estopped_arms():
+        if not self.modes.policy_driving:
             self._stop.wait(0.01)
             return
         now = now_ns()
@@ -435,7 +443,7 @@ class ControllerNode(Node):
             return
         if self.params.strategy != "sync" and self.params.request_on_frame:
             self._wait_for_new_anchor(now + int(self.params.max_obs_age_s * 1e9))
-        generation = self.generation
+        generation = self.modes.generation
         t_assemble = now_ns()
         try:
             obs, arrays = self._observation()
@@ -469,7 +477,7 @@ class ControllerNode(Node):
             return
         arrival = now_ns()
         actions = np.asarray(chunk.actions, np.float64)
-        bad = self._chunk_problem(actions)
+        bad = chunk_problem(actions, len(self.arm_names))
         if bad:
             self.stats["bad_chunks"] += 1
             if self.stats["bad_chunks"] <= 5 or self.stats["bad_chunks"] % 50 == 0:
@@ -505,20 +513,6 @@ class ControllerNode(Node):
         else:  # woken by the frame's arrival: its age now is the camera pipeline's latency
             self.stages["frame_arrival"].append((now_ns() - f.stamp_ns - self.latency_offsets.get(cid, 0)) / 1e6)
 
-    def _chunk_problem(self, actions: np.ndarray) -> str | None:
-        """Why a policy's chunk cannot be executed (None if it can): it must be (H >= 1, 8 per arm)
-        TCP poses + gripper, finite, with non-zero quaternions. The arm nodes check the rest."""
-        d = self.action_dim
-        if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] != d:
-            return (f"actions of shape {actions.shape}, expected (H >= 1, {d}) [x y z qx qy qz qw gripper]"
-                    + (f" for each of {len(self.arm_names)} arms" if self.multi else ""))
-        if not np.all(np.isfinite(actions)):
-            return "actions contain NaN or inf"
-        quats = actions.reshape(len(actions), -1, 8)[:, :, 3:7]
-        if np.any(np.linalg.norm(quats, axis=2) < 1e-6):
-            return "a zero quaternion"
-        return None
-
     def _hold_arm(self, why: str) -> None:
         """A stream the policy needs went stale: stop executing the current plan now (the arm
         brakes, jerk-limited, and holds) instead of running it open-loop to its end."""
@@ -526,7 +520,7 @@ class ControllerNode(Node):
             had_plan = self.plan.end_ns is not None and self.plan.end_ns > now_ns()
             self.plan.clear()
             self.strategy.reset()
-            self.generation += 1
+            self.modes.drop_plan()
         if had_plan:
             self.stats["stale_holds"] += 1
             log.warning("arm%s told to hold: %s", "s" if self.multi else "", why)
@@ -539,14 +533,14 @@ class ControllerNode(Node):
 
     def _on_chunk(self, actions: np.ndarray, t_obs: int, arrival: int, dt_ns: int, offset: int,
                   frozen: int = -1, generation: int | None = None) -> None:
-        if not self.enabled or self.source != "policy" or self._estopped_arms():
-            return  # an intervention, the episode's end or an e-stop came while the policy was thinking
+        if generation is not None and generation != self.modes.generation:
+            # the plan was dropped (episode event, hold, intervention) while the policy was thinking
+            self.stats["stale_chunks"] += 1
+            return
+        if not self.modes.policy_driving:
+            return
         t0 = now_ns()
         with self.lock:
-            if generation is not None and generation != self.generation:
-                # the plan was dropped (new episode, hold, intervention) while the policy was thinking
-                self.stats["stale_chunks"] += 1
-                return
             self.stats["chunks"] += 1
             anchor = chunk_anchor_ns(t_obs, arrival, self.plan.end_ns) if self.params.start_from_rest else t_obs
             self.stats["chunks_from_rest"] += anchor != t_obs
@@ -638,7 +632,7 @@ class ControllerNode(Node):
             self.guarded("fast_tick", self._fast_tick, t)
 
     def _fast_tick(self, t: int) -> None:
-        if not self.enabled or self.source != "policy":
+        if not self.modes.policy_driving:
             self.fast.reset()
             return
         with self.lock:
@@ -668,7 +662,7 @@ class ControllerNode(Node):
             arm = ev.arm or self.arm_names[0]
             if arm not in self.arm_names:
                 raise ValueError(f"replay schedule for arm {ev.arm!r}: this controller drives {self.arm_names}")
-            if not self.enabled:
+            if not self.modes.enabled:
                 return
             g = np.ones(len(ev.stamps_ns)) if ev.gripper is None else np.asarray(ev.gripper)
             self.replay_pending[arm] = (np.asarray(ev.stamps_ns, np.int64), np.c_[ev.positions, g])
@@ -691,20 +685,16 @@ class ControllerNode(Node):
         if not len(self.replay_stamps):
             return
         n = int(np.searchsorted(self.replay_stamps, now_ns() + self.REPLAY_LEAD_NS, side="right"))
-        n = max(n, 1)
+        if n == 0:  # the next waypoint is more than the lead ahead: it goes out on a later step
+            return
         stamps, acts = self.replay_stamps[:n], self.replay_actions[:n]
         self.replay_stamps, self.replay_actions = self.replay_stamps[n:], self.replay_actions[n:]
         self._send(stamps, acts, origin="replay")
 
     def _episode_event(self, ev: EpisodeEvent) -> None:
-        if ev.kind == "start":
-            self._clear_plan()
-            self.enabled = True
-            self.stats["episodes"] += 1
-        elif ev.kind in ("stop", "reset", "discard"):
-            self.enabled = False
-            self._clear_plan()
-        log.info("episode event %s: execution %s", ev.kind, "on" if self.enabled else "off")
+        self.modes.episode(ev.kind)
+        self._clear_plan()
+        log.info("episode event %s: execution %s", ev.kind, "on" if self.modes.enabled else "off")
 
     def _clear_plan(self) -> None:
         self.replay_stamps = np.zeros(0, np.int64)
@@ -713,7 +703,7 @@ class ControllerNode(Node):
         with self.lock:
             self.plan.clear()
             self.strategy.reset()
-            self.generation += 1
+            self.modes.drop_plan()
             if self.fast is not None:
                 self.fast.reset()
         self.teleop_target = {}
@@ -733,16 +723,11 @@ class ControllerNode(Node):
                         self.stats["errors"] += 1
                         log.error("e-stop could not reach arm %s: %s", name, e)
                 log.warning("e-stop from teleop")
-            if "intervene" in c.buttons and self.source != "teleop" and not self.multi:
-                self.source = "teleop"
-                self.stats["interventions"] += 1
+            if "intervene" in c.buttons and self.modes.intervene():
                 self._clear_plan()
-                log.info("intervention: teleop takes over")
-            elif "release" in c.buttons and self.source == "teleop" and self.has_policy:
-                self.source = "policy"
+            elif "release" in c.buttons and self.modes.release():
                 self._clear_plan()
-                log.info("teleop hands back to the policy")
-        if not self.enabled or self.source != "teleop":
+        if not self.modes.teleop_driving:
             return
         fresh = [c for c in cmds if now_ns() - c.stamp_ns < self.params.teleop_timeout_s * 1e9]
         if not fresh:
@@ -787,14 +772,14 @@ class ControllerNode(Node):
                 except TransportTimeout:
                     self.stats["errors"] += 1
         self._events()
-        stopped = self._estopped_arms()
-        if stopped:  # every arm holds until the e-stop is released (the others' plans are dropped)
-            self._hold_arm(f"arm {', '.join(stopped)} is in e-stop")
+        self.modes.arms_in_estop(self._estopped_arms())
+        if self.modes.held:  # every arm holds until the e-stop is released (the others' plans are dropped)
+            self._hold_arm(f"arm {', '.join(self.modes.estopped)} is in e-stop")
             return
         self._replay_step()
         if self.teleop_sub is not None:
             self._teleop_step()
-        if not self.enabled or self.source != "policy":
+        if not self.modes.policy_driving:
             return
         with self.lock:
             sched = self.strategy.on_tick(now_ns())
@@ -803,6 +788,8 @@ class ControllerNode(Node):
 
     def metrics(self) -> dict[str, float]:
         m = dict(self.stats)
+        m.update(interventions=float(self.modes.interventions), episodes=float(self.modes.episodes),
+                 refused_interventions=float(self.modes.refused_interventions))
         m["delay_steps"] = float(self.delay.steps)
         if self.inference_ms:
             a = np.array(self.inference_ms[-500:])
@@ -835,7 +822,7 @@ class ControllerNode(Node):
     def shutdown(self) -> None:
         self._stop.set()
         for th in (getattr(self, "_worker", None), getattr(self, "_fast_thread", None)):
-            if th is not None:
+            if th is not None and th.is_alive():
                 th.join(timeout=3)
         for s in ("rx", "teleop_sub"):
             if getattr(self, s, None) is not None:

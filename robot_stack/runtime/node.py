@@ -65,6 +65,9 @@ class NodeContext:
     name: str
     config: StackConfig
     run_dir: Path
+    #: whether the node starts its worker threads (inference, fast layer); the fake context sets
+    #: False so a test drives them step by step (``ControllerNode.inference_step``)
+    start_threads: bool = True
 
     @property
     def node_config(self):

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 
 from robot_stack.comm.codec import DecodeError, decode, encode
 from robot_stack.comm.messages import ErrorReply, Message
+from robot_stack.runtime import clock
 from robot_stack.comm.transport import RemoteError, TransportStats, TransportTimeout, _Sequencer
 
 
@@ -224,9 +225,11 @@ class FakeRequestClient:
     def request(self, topic: str, msg: Message, timeout_s: float | None = None) -> Message:
         self._seq.stamp(topic, msg)
         handler = self.bus.handlers.get(self.endpoint)
-        if handler is None:
+        if handler is None:  # as a socket would: the caller's timeout passes (on the stack's clock)
+            timeout = self.timeout_s if timeout_s is None else timeout_s
+            clock.sleep(timeout)
             self.reconnects += 1
-            raise TransportTimeout(f"no reply from {self.endpoint} within {timeout_s or self.timeout_s:.3f} s")
+            raise TransportTimeout(f"no reply from {self.endpoint} within {timeout:.3f} s")
         t, req = decode(_wire(topic, msg))
         self.stats.sent += 1
         try:

@@ -23,6 +23,7 @@ class FakeNodeContext(NodeContext):
     """
 
     bus: FakeBus = field(default_factory=FakeBus)
+    start_threads: bool = False
 
     def publisher(self, hwm: int = 64):
         return self.bus.publisher(self.name)
@@ -51,8 +52,8 @@ def build_node(config: StackConfig | dict, name: str, bus: FakeBus | None = None
     """Build node ``name`` of a setup on the fake context and run its ``configure``, as the
     launcher would in its own process; step it with ``node.step()`` (on a
     :class:`~robot_stack.testing.clock.FakeClock`, advancing the clock between steps), end it with
-    ``node.shutdown()``. Threads the node starts in ``configure`` still start; a test of the
-    stepped behaviour configures the node without them where the node allows it.
+    ``node.close()``. Worker threads are not started (``ctx.start_threads`` False): the test runs
+    their steps itself (the controller's ``inference_step``), so every run is the same.
 
     Args:
         config: a validated setup, or its mapping (validated with
