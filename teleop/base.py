@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from robot_stack.comm.messages import TeleopCommand
+from robot_stack.control.teleop_mix import apply_commands  # noqa: F401  (moved; kept importable here)
 from robot_stack.runtime.devices import DeviceConfig
 
 
@@ -128,25 +129,3 @@ def axes_to_delta(axes6: np.ndarray, period_s: float, max_lin_vel: float, max_an
     return np.concatenate([a[:3] * max_lin_vel * period_s, a[3:] * max_ang_vel * period_s])
 
 
-def apply_commands(target: np.ndarray, cmds: list[TeleopCommand]) -> np.ndarray:
-    """Fold teleop commands into the TCP target (8,) [x y z qx qy qz qw gripper], base frame.
-
-    ``ee_absolute`` replaces the pose; ``ee_delta`` adds the translation (m) and pre-multiplies the
-    rotation vector (rad, base frame). The gripper follows the newest command. Joint commands are
-    not end-effector targets and are skipped here.
-    """
-    from scipy.spatial.transform import Rotation
-
-    out = np.asarray(target, float).copy()
-    for c in cmds:
-        v = np.asarray(c.value, float)
-        if c.kind == "ee_absolute":
-            out[:7] = v
-        elif c.kind == "ee_delta":
-            out[:3] += v[:3]
-            if np.any(v[3:]):
-                out[3:7] = (Rotation.from_rotvec(v[3:]) * Rotation.from_quat(out[3:7])).as_quat()
-        else:
-            continue
-        out[7] = float(np.clip(c.gripper, 0, 1))
-    return out

@@ -225,6 +225,8 @@ class Subscriber:
             samples that do not fit are counted in ``stats.dropped``.
         curve: CURVE client settings (required for non-local TCP).
         name: label for logs.
+        on_message: ``on_message(topic, msg)``, called in the receive thread after each sample is
+            stored (keep it short: post to a queue); its exceptions are counted, never raised.
     """
 
     def __init__(
@@ -237,8 +239,10 @@ class Subscriber:
         curve: CurveClient | None = None,
         name: str = "subscriber",
         hwm: int = 1000,
+        on_message: Callable[[str, Message], None] | None = None,
     ):
         self.endpoints = list(endpoints)
+        self.on_message = on_message
         self.name = name
         self.stats = TransportStats()
         self._history = history
@@ -303,6 +307,11 @@ class Subscriber:
                 self._queue.put_nowait((topic, msg))
             except queue.Full:
                 self.stats.dropped += 1
+        if self.on_message is not None:
+            try:
+                self.on_message(topic, msg)
+            except Exception as e:  # a reader's callback must not end the receive thread
+                self.stats.record_decode_error(DecodeError(f"on_message failed: {type(e).__name__}: {e}"), self.name)
 
     def latest(self, topic: str) -> Message | None:
         """Newest sample on ``topic``, or None if none arrived yet."""

@@ -136,3 +136,19 @@ class ModeMachine:
             self.drop_plan()
         self.estopped = now
         return True
+
+    def buttons(self, pressed: list[list[str]]) -> tuple[bool, bool]:
+        """The buttons of this step's teleop commands, oldest first: ``(estop, replan)``: an
+        e-stop was pressed (every arm must stop), the plan must be dropped (an intervention or a
+        hand-back took effect)."""
+        estop = replan = False
+        for b in pressed:
+            estop |= "estop" in b
+            if ("intervene" in b and self.intervene()) or ("release" in b and self.release()):
+                replan = True
+        return estop, replan
+
+    def metrics(self) -> dict[str, float]:
+        """``interventions``, ``refused_interventions``, ``episodes``."""
+        return {"interventions": float(self.interventions), "refused_interventions": float(self.refused_interventions),
+                "episodes": float(self.episodes)}

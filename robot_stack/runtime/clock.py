@@ -12,6 +12,7 @@ ur_rtde's ``waitPeriod``).
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -146,11 +147,16 @@ class RateLoop:
         """Restart the grid at now and clear statistics."""
         self.__init__(self.rate_hz, self.spin_ns / NS_PER_S, len(self._periods))
 
-    def sleep(self) -> int:
+    def sleep(self, waiter=None) -> int:
         """Sleep until the next deadline on the grid; return the wake-up time, ns.
 
         If the deadline has already passed, counts an overrun, skips to the next future
         deadline on the grid and returns immediately (no catch-up burst).
+
+        Args:
+            waiter: ``waiter(timeout_s)``, called instead of sleeping while the deadline is ahead;
+                it returns early to do work between deadlines (a node's inbox: a chunk that arrives
+                goes out at once, not at the next tick) and is called again until the deadline.
         """
         self._k += 1
         deadline = self._start_ns + self._k * self.period_ns
@@ -161,8 +167,13 @@ class RateLoop:
             self._k = (t - self._start_ns) // self.period_ns
             wake = t
         else:
-            remaining = deadline - t - (self.spin_ns if _clock.real else 0)
-            if remaining > 0:
+            spin = self.spin_ns if _clock.real else 0
+            remaining = deadline - t - spin
+            if waiter is not None:
+                while remaining > 0:
+                    waiter(remaining / NS_PER_S)
+                    remaining = deadline - now_ns() - spin
+            elif remaining > 0:
                 sleep(remaining / NS_PER_S)
             while True:
                 wake = now_ns()
@@ -228,3 +239,36 @@ class DeviceClockMapper:
         if len(self._diffs) > self.window:
             del self._diffs[0]
         return min(device_ns + min(self._diffs), host_recv_ns)
+
+
+class Ticker:
+    """Posts ``(tag, now_ns())`` to a queue every ``period_ns`` on its own thread (absolute
+    deadlines; a late tick re-anchors, no burst) until :meth:`close`: a rate for work that an owner
+    thread does (a node's inbox), without that thread's state being touched here.
+
+    Args:
+        period_ns: tick period, ns (> 0).
+        inbox: a queue with ``put``.
+        tag: the first element of each posted tuple.
+    """
+
+    def __init__(self, period_ns: int, inbox, tag: str = "tick"):
+        self.period_ns, self.inbox, self.tag = int(period_ns), inbox, tag
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"ticker-{tag}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        nxt = now_ns()
+        while not self._stop.is_set():
+            nxt += self.period_ns
+            delay = (nxt - now_ns()) / NS_PER_S
+            if delay > 0:
+                self._stop.wait(delay)
+            else:
+                nxt = now_ns()
+            self.inbox.put((self.tag, now_ns()))
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=2)

@@ -24,6 +24,7 @@ import collections
 import contextlib
 import logging
 import os
+import queue
 import signal
 import threading
 from dataclasses import dataclass
@@ -145,6 +146,12 @@ class Node:
     """
 
     Params: ClassVar[type[NodeParams]] = NodeParams
+    #: a node that sets an inbox in ``configure`` (a :class:`queue.SimpleQueue`) is woken between
+    #: its steps by every item other threads put there: :meth:`on_post` handles it in the owner
+    #: thread at once. Its worker threads only post; they share no other state with the owner.
+    inbox: "queue.SimpleQueue | None" = None
+    #: the owner thread also wakes at this time (ns) between steps and calls :meth:`on_wake`
+    wake_at_ns: int | None = None
     default_rate_hz: ClassVar[float] = 100.0
     #: steps failing without a single success for this long end the node, s
     MAX_FAILING_S: ClassVar[float] = 1.0
@@ -192,6 +199,36 @@ class Node:
             self.shutdown()
         finally:
             self.resources.close()
+
+    def on_post(self, item: Any) -> None:
+        """An item another thread put in :attr:`inbox`, handled in the owner thread."""
+
+    def on_wake(self) -> None:
+        """:attr:`wake_at_ns` has come (owner thread, between steps)."""
+
+    def drain_inbox(self, timeout_s: float = 0.0) -> int:
+        """Handle what is in the inbox, waiting up to ``timeout_s`` for a first item (and up to
+        :attr:`wake_at_ns`, which then calls :meth:`on_wake`); returns the items handled."""
+        import queue as _queue
+
+        if self.inbox is None:
+            return 0
+        wake = self.wake_at_ns
+        if wake is not None:
+            timeout_s = min(timeout_s, max(0.0, (wake - now_ns()) / 1e9))
+        n = 0
+        try:
+            item = self.inbox.get(timeout=timeout_s) if timeout_s > 0 else self.inbox.get_nowait()
+            while True:
+                self.guarded("post", self.on_post, item)
+                n += 1
+                item = self.inbox.get_nowait()
+        except _queue.Empty:
+            pass
+        if self.wake_at_ns is not None and now_ns() >= self.wake_at_ns:
+            self.wake_at_ns = None
+            self.guarded("wake", self.on_wake)
+        return n
 
     # --- input handling ----------------------------------------------------------------------
     def guarded(self, what: str, handler, *args: Any) -> bool:
@@ -290,7 +327,7 @@ class Node:
                 if t >= next_hb:
                     self.heartbeat("running")
                     next_hb = t + hb_period_ns
-                self.loop.sleep()
+                self.loop.sleep(self.drain_inbox if self.inbox is not None else None)
             if self._fatal is not None:
                 code = 1
         except Exception:

@@ -111,8 +111,9 @@ class FakeSubscriber:
     """In-memory :class:`~robot_stack.comm.transport.Subscriber` (per-topic histories, optional queue)."""
 
     def __init__(self, bus: FakeBus, nodes: Iterable[str], topics: Iterable[str] = ("",), *, history: int = 1,
-                 queue_size: int = 0, name: str = "subscriber", **_: Any):
+                 queue_size: int = 0, name: str = "subscriber", on_message=None, **_: Any):
         self.bus, self.nodes, self.topics, self.name = bus, set(nodes), tuple(topics), name
+        self.on_message = on_message
         self._history = history
         self._hist: dict[str, collections.deque] = {}
         self._queue: collections.deque | None = collections.deque() if queue_size > 0 else None
@@ -135,6 +136,8 @@ class FakeSubscriber:
                 self.stats.dropped += 1
             else:
                 self._queue.append((topic, msg))
+        if self.on_message is not None:
+            self.on_message(topic, msg)
 
     def latest(self, topic: str) -> Message | None:
         h = self._hist.get(topic)

@@ -30,7 +30,7 @@ class FakeNodeContext(NodeContext):
 
     def subscriber(self, nodes: Iterable[str], topics: Iterable[str] = ("",), **kw: Any):
         return self.bus.subscriber(nodes, topics, name=f"{self.name}<-{','.join(nodes)}",
-                                   **{k: v for k, v in kw.items() if k in ("history", "queue_size")})
+                                   **{k: v for k, v in kw.items() if k in ("history", "queue_size", "on_message")})
 
     def receiver(self):
         return self.bus.receiver(self.name)
