@@ -8,6 +8,7 @@ from robot_stack.comm.messages import (ActionChunk, ArmControl, EpisodeEvent, Ob
                                        SpecRequest, TeleopCommand, WaypointSchedule)
 from robot_stack.policies.base import PolicyMetadata
 from robot_stack.policies.serving import spec_message
+from robot_stack.testing import run_workers
 
 ENDPOINT = "tcp://127.0.0.1:5999"
 HOME = np.array([0.5, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0])
@@ -96,8 +97,8 @@ def rig(node_builder, fake_bus, fake_clock):
 def test_a_policy_chunk_becomes_a_timed_schedule_for_the_arm(rig):
     r = rig()
     r.tick(2)
-    r.ctl.inference_step()  # spec check
-    r.ctl.inference_step()  # first request
+    run_workers(r.ctl)  # spec check
+    run_workers(r.ctl)  # first request
     sched = r.schedules()
     assert len(sched) == 1 and sched[0].origin == "policy"
     s = sched[0]
@@ -109,14 +110,14 @@ def test_a_policy_chunk_becomes_a_timed_schedule_for_the_arm(rig):
 def test_intervention_hands_the_arm_to_teleop_and_release_hands_it_back(rig):
     r = rig()
     r.tick(2)
-    r.ctl.inference_step()
-    r.ctl.inference_step()
+    run_workers(r.ctl)
+    run_workers(r.ctl)
     assert [s.origin for s in r.schedules()] == ["policy"]
     r.teleop(buttons=["intervene"])
     r.tick()
     assert r.ctl.modes.mode == "teleop" and r.ctl.metrics()["interventions"] == 1
     n_req = len(r.policy.requests)
-    r.ctl.inference_step()  # the policy is not asked while teleop drives
+    run_workers(r.ctl)  # the policy is not asked while teleop drives
     assert len(r.policy.requests) == n_req
     r.teleop(value=[0.01, 0, 0, 0, 0, 0])
     r.tick()
@@ -127,7 +128,7 @@ def test_intervention_hands_the_arm_to_teleop_and_release_hands_it_back(rig):
     r.tick()
     assert r.ctl.modes.mode == "policy"
     r.tick(4)  # sync: the next request is due when the (dropped) plan would have ended
-    r.ctl.inference_step()
+    run_workers(r.ctl)
     assert [s.origin for s in r.schedules()][-1:] == ["policy"]
 
 
@@ -140,8 +141,8 @@ def test_a_chunk_in_flight_when_the_episode_ends_is_dropped_on_arrival(rig):
 
     r = holder["rig"] = rig(policy=FakePolicy(on_infer=episode_ends_while_thinking))
     r.tick(2)
-    r.ctl.inference_step()  # spec
-    r.ctl.inference_step()
+    run_workers(r.ctl)  # spec
+    run_workers(r.ctl)
     assert r.schedules() == []
     m = r.ctl.metrics()
     assert m["stale_chunks"] == 1 and m["chunks"] == 0 and r.ctl.modes.mode == "idle"
@@ -150,7 +151,7 @@ def test_a_chunk_in_flight_when_the_episode_ends_is_dropped_on_arrival(rig):
 def test_a_policy_whose_spec_does_not_match_the_arms_is_refused_at_start(rig):
     r = rig(policy=FakePolicy(action_dim=16))
     r.tick()
-    r.ctl.inference_step()
+    run_workers(r.ctl)
     assert r.ctl._fatal is not None and "does not match" in r.ctl._fatal and "16" in r.ctl._fatal
     assert r.policy.requests == []
 
@@ -167,8 +168,8 @@ def test_bad_chunks_are_refused_and_counted_never_sent(rig):
 
     r = rig(policy=NanPolicy())
     r.tick(2)
-    r.ctl.inference_step()
-    r.ctl.inference_step()
+    run_workers(r.ctl)
+    run_workers(r.ctl)
     assert r.schedules() == [] and r.ctl.metrics()["bad_chunks"] == 1
 
 

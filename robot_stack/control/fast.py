@@ -192,6 +192,8 @@ class FastLayer:
         self.window.clear()
         self.correction = np.zeros(3)
 
+    clear = reset
+
     def shift(self, actions: np.ndarray) -> np.ndarray:
         """(k, D >= 3) actions with the current correction added to their positions (a copy)."""
         out = np.array(actions, float)

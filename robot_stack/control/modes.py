@@ -79,6 +79,10 @@ class ModeMachine:
         return generation == self.generation and self.policy_driving
 
     # ----------------------------------------------------------------------------- events
+    def clear(self) -> None:
+        """The plan is dropped (:meth:`drop_plan`)."""
+        self.drop_plan()
+
     def drop_plan(self) -> int:
         """The plan is dropped (chunks in flight become stale); returns the new generation."""
         self.generation += 1

@@ -124,3 +124,11 @@ class ObservationBuilder:
         if not latest or any(f is None for f in latest.values()):
             return None
         return min(latest, key=lambda c: latest[c].stamp_ns - self.offsets.get(c, 0))
+
+    def anchor(self, latest) -> tuple[str, int] | None:
+        """(topic, seq) of the newest frame of the camera whose next frame advances the anchor,
+        given ``latest(camera_id) -> CameraFrame | None``; None without cameras or while one has
+        sent nothing."""
+        frames = {cid: latest(cid) for cid in self.camera_ids}
+        cid = self.anchor_camera(frames)
+        return None if cid is None else (CameraFrame.topic(cid), frames[cid].seq)

@@ -103,7 +103,7 @@ class RequestGate:
             return f"inference failed {self.failures} times in a row, last: {type(error).__name__}: {error}"
         return None
 
-    def reset(self) -> None:
+    def clear(self) -> None:
         """The plan was dropped: a frame wait is abandoned."""
         self.waiting = None
 

@@ -13,11 +13,14 @@ waits for every arm's part (the same stamps) before it starts.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from robot_stack.comm.messages import RobotState, TeleopCommand
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,6 +65,8 @@ class TeleopMixer:
             return out
         per_arm = {a: [c for c in fresh if (c.arm or self.arms[0]) == a] for a in self.arms}
         out.unknown_arms = {c.arm for c in fresh if c.arm and c.arm not in per_arm}
+        if out.unknown_arms:
+            log.warning("teleop commands for arms this controller does not drive were ignored: %s", sorted(out.unknown_arms))
         if any(st is None for st in states.values()):
             return out
         t = np.array([now_ns + self.lead_ns], np.int64)

@@ -44,6 +44,7 @@ class ArmFanout:
         self._each("hold", lambda c: c.hold())
 
     def estop(self, reason: str) -> None:
+        log.warning("e-stop to every arm: %s", reason)
         self._each("e-stop", lambda c: c.estop(reason))
 
     def send(self, stamps: np.ndarray, actions: np.ndarray, origin: str) -> None:

@@ -40,6 +40,7 @@ class CameraNode(Node):
     def configure(self) -> None:
         self.driver = self.params.driver.build(self.ctx, self.params)
         self.driver.start()
+        self.own(self.driver, self.driver.stop)
         self.topic = CameraFrame.topic(self.params.camera_id)
         self.published = 0
         self.missed = 0
@@ -58,6 +59,3 @@ class CameraNode(Node):
     def metrics(self) -> dict[str, float]:
         return {"frames": float(self.published), "missed": float(self.missed)}
 
-    def shutdown(self) -> None:
-        if hasattr(self, "driver"):
-            self.driver.stop()

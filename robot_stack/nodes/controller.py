@@ -1,15 +1,11 @@
 """Controller node: wiring that runs a policy's action chunks on the arms.
 
-Decisions live in pure cores with their own tests: who drives (``control.modes``), what chunks become
-(``control.executor``: sync / async / ensemble / rtc strategy, committed plan, delay d), when a request
-leaves (``control.requests``), what the policy sees (``control.obs_builder``), teleop and replay
-(``control.teleop_mix``). The policy is reached through ``nodes.policy_client`` (our protocol or
-openpi's), the arms through ``nodes.arm_fanout``; settings in ``nodes.controller_params``.
-
-Threads: one owner thread (the node's loop) changes all state. It steps at ``rate_hz`` and, between
-steps, wakes on every post to its inbox: a policy reply (the worker only makes the blocking call),
-a camera frame (async requests wait for the frame that advances the anchor), a fast-layer tick. A
-chunk reaches the arms as it arrives. No lock is shared between threads; only the inbox.
+Decisions live in pure cores with their own tests (``control.modes``: who drives; ``control.executor``:
+strategy, committed plan, delay d; ``control.requests``: when a request leaves; ``control.obs_builder``;
+``control.teleop_mix``). The policy is reached through ``nodes.policy_client``, the arms through
+``nodes.arm_fanout``; settings in ``nodes.controller_params``. One owner thread changes all state: it
+steps at ``rate_hz`` and, between steps, wakes on every post to its inbox (a policy reply, a camera
+frame, a fast-layer tick), so a chunk reaches the arms as it arrives. Threads share only the inbox.
 """
 
 from __future__ import annotations
@@ -84,6 +80,7 @@ class ControllerNode(Node):
             setup = SetupView(p.obs_keys, p.obs_horizon, p.image_size, list(self.cam_ids.values()), 8 * n, extrinsics, p.spec_timeout_s)
             self.worker = self.own(PolicyWorker(make_policy_client(p, self.ctx, self.dt_ns / 1e9), setup, self.inbox,
                                                 threaded=self.ctx.start_threads))
+            self.workers.append(self.worker)
 
     # ------------------------------------------------------------------------- posts (owner thread)
     def _on_sample(self, topic: str, msg) -> None:  # the subscriber's thread: post frames, nothing else
@@ -95,8 +92,7 @@ class ControllerNode(Node):
         if kind == "reply":
             self._on_reply(*item[1:])
         elif kind == "negotiated":
-            n = item[1]
-            self.obs.agree(n.obs_keys, n.obs_horizon, n.image_sizes, n.point_specs)
+            self.obs.agree(**vars(item[1]))
             self.gate.ready = True
         elif kind == "failed":
             return self.fail(item[1])
@@ -109,21 +105,12 @@ class ControllerNode(Node):
 
     def on_wake(self) -> None:
         now = now_ns()
-        cams = {cid: self.sub.latest(CameraFrame.topic(cid)) for cid in self.cam_ids.values()}
-        cid = self.obs.anchor_camera(cams)
         d = self.gate.decide(now, self.modes.policy_driving and self.worker is not None, self.exec.request_due(now),
-                             self.exec.next_request_ns(), None if cid is None else (CameraFrame.topic(cid), cams[cid].seq))
+                             self.exec.next_request_ns(), self.obs.anchor(lambda cid: self.sub.latest(CameraFrame.topic(cid))))
         self.wake_at_ns = d.wake_at_ns
         self.stats["anchor_waits_timed_out"] += d.timed_out
         if d.request:
             self._request(now)
-
-    def inference_step(self) -> None:
-        """In-process (no worker thread): a due request leaves, the worker answers, the owner handles it."""
-        self.on_wake()
-        if self.worker is not None:
-            self.worker.run_pending()
-        self.drain_inbox(0.0)
 
     # ------------------------------------------------------------------------- requests and replies
     def _request(self, now: int) -> None:
@@ -135,7 +122,7 @@ class ControllerNode(Node):
             self.stats["obs_holds"] += 1
             if self.stats["obs_holds"] <= 5 or self.stats["obs_holds"] % 50 == 0:
                 log.warning("holding: %s", e)
-            self._hold(f"stale observation: {e}")
+            self._clear_plan(hold=f"stale observation: {e}")
             return self.gate.held(now, self.dt_ns)
         window, with_prefix = self.exec.request(t_send := now_ns(), obs, arrays)
         self.stats["requests"] += 1
@@ -176,24 +163,16 @@ class ControllerNode(Node):
             self.exec.stages.add("send", (now_ns() - t0) / MS)
             self.timing.add("e2e", (now_ns() - t_obs) / MS)
 
-    def _hold(self, why: str) -> None:
-        """Stop the plan now (the arms brake, jerk-limited, and hold); chunks in flight become stale."""
+    def _clear_plan(self, hold: str | None = None) -> None:
+        """Drop the plan (chunks in flight become stale). ``hold``: why the arms must stop now
+        (they brake, jerk-limited, and hold), keeping a replay and teleop targets; else all goes."""
         had_plan = self.exec.planned_until(now_ns())
-        self._clear_plan(keep_replay=True)
-        if had_plan:
+        for core in filter(None, [self.exec, self.modes, self.gate] + ([] if hold else [self.replay, self.teleop_mix, self.fast])):
+            core.clear()
+        if hold and had_plan:
             self.stats["stale_holds"] += 1
-            log.warning("arms told to hold: %s", why)
+            log.warning("arms told to hold: %s", hold)
             self.arms.hold()
-
-    def _clear_plan(self, keep_replay: bool = False) -> None:
-        self.exec.clear()
-        self.modes.drop_plan()
-        self.gate.reset()
-        if not keep_replay:
-            self.replay.clear()
-            self.teleop_mix.clear()
-            if self.fast is not None:
-                self.fast.reset()
 
     def _latest_state(self, arm: str):
         return next((m for m in reversed(self.sub.history(RobotState.TOPIC)) if m.source == arm), None)
@@ -216,9 +195,9 @@ class ControllerNode(Node):
             self.arms.heartbeat()  # from the control loop itself: a hung loop reads as silent
         while (item := self.rx.recv(0.0)) is not None:
             self.guarded("controller_input", self._on_event, item[1])
-        self.modes.arms_in_estop([a for a in self.arm_names if getattr(self._latest_state(a), "mode", "") == "estop"])
+        self.modes.arms_in_estop([a for a in self.arm_names if (st := self._latest_state(a)) is not None and st.mode == "estop"])
         if self.modes.held:  # every arm holds until the e-stop is released (the others' plans are dropped)
-            return self._hold(f"arm {', '.join(self.modes.estopped)} is in e-stop")
+            return self._clear_plan(hold=f"arm {', '.join(self.modes.estopped)} is in e-stop")
         if (part := self.replay.due(now_ns())) is not None:
             self._send(*part, origin="replay")
         if self.teleop_sub is not None:
@@ -232,9 +211,9 @@ class ControllerNode(Node):
         if isinstance(ev, WaypointSchedule):  # a replayed stream (robot-stack replay), one schedule per arm
             if ev.space != "ee":
                 raise ValueError(f"replay schedules are TCP poses (N, 7), got {ev.space} {ev.positions.shape}")
-            if self.modes.enabled and self.replay.add(ev.arm, ev.stamps_ns, ev.positions, ev.gripper):
-                if (part := self.replay.due(now_ns())) is not None:
-                    self._send(*part, origin="replay")
+            if self.modes.enabled and self.replay.add(ev.arm, ev.stamps_ns, ev.positions, ev.gripper) and \
+                    (part := self.replay.due(now_ns())) is not None:
+                self._send(*part, origin="replay")
         elif isinstance(ev, EpisodeEvent) and ev.kind != "quit":
             self.modes.episode(ev.kind)
             self._clear_plan()
@@ -248,16 +227,13 @@ class ControllerNode(Node):
         self.teleop_seq = cmds[-1].seq
         estop, replan = self.modes.buttons([c.buttons for c in cmds])
         if estop:
-            log.warning("e-stop from teleop")
             self.arms.estop("teleop e-stop button")
-        if replan:
+        if replan:  # an intervention or a hand-back
             self._clear_plan()
         if not self.modes.teleop_driving:
             return
         step = self.teleop_mix.step(cmds, {a: self._latest_state(a) for a in self.arm_names}, now_ns())
-        if step.unknown_arms:
-            self.stats["errors"] += 1
-            log.warning("teleop commands for arms this controller does not drive were ignored: %s", sorted(step.unknown_arms))
+        self.stats["errors"] += bool(step.unknown_arms)  # (the mixer logs them)
         self.stats["teleop_steps"] += bool(step.lockstep is not None or step.each)
         if step.lockstep is not None:
             self._send(*step.lockstep, origin="teleop")

@@ -30,7 +30,7 @@ class MonitorNode(Node):
     def configure(self) -> None:
         for n in self.params.watch:
             self.ctx.config.pub_endpoint(n, self.ctx.run_dir)  # raises ConfigError for unknown names
-        self.sub = self.ctx.subscriber(self.params.watch)
+        self.sub = self.own(self.ctx.subscriber(self.params.watch))
         self._last_report = now_ns()
         self._last_counts: dict[str, int] = {}
         self._counts: dict[str, int] = {}
@@ -60,6 +60,3 @@ class MonitorNode(Node):
     def metrics(self) -> dict[str, float]:
         return {"decode_errors": float(self.sub.stats.decode_errors), "received": float(self.sub.stats.received)}
 
-    def shutdown(self) -> None:
-        if hasattr(self, "sub"):
-            self.sub.close()

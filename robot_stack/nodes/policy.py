@@ -95,7 +95,7 @@ class PolicyNode(Node):
         self.policy = self.params.backend.build(self.ctx, self.params)
         nc = self.ctx.node_config
         curve = nc.curve_server.build() if nc.curve_server else None
-        self.server = BatchReplyServer(self.ctx.config.in_endpoint(self.name, self.ctx.run_dir), self.name, curve=curve)
+        self.server = self.own(BatchReplyServer(self.ctx.config.in_endpoint(self.name, self.ctx.run_dir), self.name, curve=curve))
         self.inference_ms: collections.deque[float] = collections.deque(maxlen=500)  # the recent ones
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=500)
         self.requests = 0  # answered with a chunk
@@ -110,7 +110,7 @@ class PolicyNode(Node):
                 key = os.environ.get(o.api_key_env)
                 if not key:
                     raise ValueError(f"openpi.api_key_env: environment variable {o.api_key_env} is not set")
-            self.openpi = OpenpiServer(o.host, o.port, self._openpi_metadata(), self._openpi_infer, api_key=key)
+            self.openpi = self.own(OpenpiServer(o.host, o.port, self._openpi_metadata(), self._openpi_infer, api_key=key))
             log.info("openpi websocket policy server on ws://%s:%d", o.host, self.openpi.port)
 
     def _openpi_metadata(self) -> dict:
@@ -224,7 +224,7 @@ class PolicyNode(Node):
             replies = self.handle_batch([r.msg for r in reqs])
         except Exception as e:  # a bug outside the policy: answer every request, log, stay up
             log.exception("answering a batch failed")
-            replies = [ErrorReply(request_id=getattr(r.msg, "request_id", 0), code="handler_error",
+            replies = [ErrorReply(request_id=int(r.msg.request_id) if isinstance(r.msg, ObservationWindow) else 0, code="handler_error",
                                   reason=f"{type(e).__name__}: {e}") for r in reqs]
         for r, reply in zip(reqs, replies):
             self.server.reply(r, reply)
@@ -243,8 +243,3 @@ class PolicyNode(Node):
             m.update(batches=float(self.batches), batch_mean=float(bs.mean()), batch_max=float(bs.max()))
         return m
 
-    def shutdown(self) -> None:
-        if getattr(self, "openpi", None) is not None:
-            self.openpi.close()
-        if hasattr(self, "server"):
-            self.server.close()

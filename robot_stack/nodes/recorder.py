@@ -65,9 +65,9 @@ class RecorderParams(NodeParams):
 
     def references(self) -> dict[str, str]:
         refs = {**{a: "arm" for a in self.arm_nodes}, **{c: "camera" for c in self.cameras}}
-        for key, kind in (("teleop", "teleop"), ("controller", "controller"), ("sim_world", "sim_world")):
-            if getattr(self, key):
-                refs[getattr(self, key)] = kind
+        for name, kind in ((self.teleop, "teleop"), (self.controller, "controller"), (self.sim_world, "sim_world")):
+            if name:
+                refs[name] = kind
         return refs
 
 
@@ -92,10 +92,10 @@ class RecorderNode(Node):
                 self.discarded_on_start += 1
         self.multi = len(p.arm_nodes) > 1
         nodes = [*p.arm_nodes, *p.cameras] + [n for n in (p.teleop, p.controller, p.sim_world) if n]
-        self.sub = self.ctx.subscriber(nodes, (RobotState.TOPIC, CameraFrame.TOPIC, TeleopCommand.TOPIC, WaypointSchedule.EXECUTED_TOPIC,
+        self.sub = self.own(self.ctx.subscriber(nodes, (RobotState.TOPIC, CameraFrame.TOPIC, TeleopCommand.TOPIC, WaypointSchedule.EXECUTED_TOPIC,
                                                ObjectState.TOPIC),
-                                       queue_size=p.queue_size, hwm=10000)
-        self.rx = self.ctx.receiver()
+                                       queue_size=p.queue_size, hwm=10000))
+        self.rx = self.own(self.ctx.receiver())
         self.lock = threading.Lock()
         self.writer: EpisodeWriter | None = None
         self.t_start = self.t_stop = 0
@@ -106,6 +106,7 @@ class RecorderNode(Node):
         self._stop_flush = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
         self._flusher.start()
+        self.own(self._flusher, self._finish)  # before the sockets close (released in reverse order)
         log.info("recording into %s (recovered %d, discarded %d interrupted episodes)", p.root, self.recovered,
                  self.discarded_on_start)
 
@@ -119,7 +120,7 @@ class RecorderNode(Node):
 
     def _meta(self, ev: EpisodeEvent) -> dict:
         cfg = self.ctx.config
-        rates = {n: nc.typed.rate_hz for n, nc in cfg.nodes.items() if hasattr(nc.typed, "rate_hz")}
+        rates = {n: nc.typed.rate_hz for n, nc in cfg.nodes.items() if "rate_hz" in type(nc.typed).model_fields}
         arms = self.params.arm_nodes
         meta = {"task": ev.task or self.params.task, "episode_event": ev.episode, "config_name": cfg.name,
                 "config": cfg.model_dump(mode="json"), "rates_hz": rates,
@@ -252,12 +253,12 @@ class RecorderNode(Node):
                  dropped=float(self.sub.stats.dropped), recovered_on_start=float(self.recovered))
         return m
 
-    def shutdown(self) -> None:
-        if hasattr(self, "_stop_flush"):
-            self._stop_flush.set()
-            self._flusher.join(timeout=5)
-        # an episode still open is left as .partial: the next start recovers it (a stop is explicit)
-        if getattr(self, "writer", None) is not None:
+    def _finish(self) -> None:
+        """Stop the flusher; an episode still open is left as .partial: the next start recovers it
+        (a stop is explicit)."""
+        self._stop_flush.set()
+        self._flusher.join(timeout=5)
+        if self.writer is not None:
             with self.lock:
                 try:
                     self.writer.flush()
@@ -265,6 +266,4 @@ class RecorderNode(Node):
                     log.error("%s", e)
                 log.warning("stopped while recording episode %d: left for recovery on the next start",
                             self.writer.index)
-        for s in ("sub", "rx"):
-            if getattr(self, s, None) is not None:
-                getattr(self, s).close()
+

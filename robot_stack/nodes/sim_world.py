@@ -111,7 +111,7 @@ class SimWorldNode(Node):
         from robot_stack.drivers.sim_world import SimWorld
 
         self.world = SimWorld(self.params.scene(), seed=self.params.seed)
-        self.rx = self.ctx.receiver()
+        self.rx = self.own(self.ctx.receiver())
         self.steps = 0
         self.t0 = now_ns()
         self.rt_violations = 0
@@ -132,7 +132,7 @@ class SimWorldNode(Node):
                 raise ValueError(f"sim_world.ur_emulator_host needs rate_hz 500 (the e-Series controller rate), "
                                  f"not {self.params.rate_hz:g}")
             ctl = UrController(unlock_delay_s=self.params.ur_unlock_delay_s, world=self.world)
-            self.ur = UrEmulator(self.params.ur_emulator_host, ctl).start(own_loop=False)
+            self.ur = self.own(UrEmulator(self.params.ur_emulator_host, ctl).start(own_loop=False))
 
     def _inputs(self) -> None:
         while (item := self.rx.recv(0.0)) is not None:
@@ -207,8 +207,3 @@ class SimWorldNode(Node):
         return {"realtime_violations": float(self.rt_violations), "lag_steps_max": float(self.lag_steps_max),
                 "sim_s": self.steps * self.world.dt, "wall_s": wall, "targets": float(self.targets)}
 
-    def shutdown(self) -> None:
-        if getattr(self, "ur", None) is not None:
-            self.ur.close()
-        if hasattr(self, "rx"):
-            self.rx.close()

@@ -71,18 +71,19 @@ class TeleopNode(Node):
 
     def configure(self) -> None:
         p = self.params
-        self.rx = self.ctx.receiver()
+        self.rx = self.own(self.ctx.receiver())
         self.sent = 0
         self.selector = ArmSelector(p.arms)  # several arms: the arm a person's device drives now
         self.arm_tx: dict = {}
-        self.device = p.device.build(self.ctx, p)
+        self.own(self.arm_tx, lambda: [tx.close() for tx in self.arm_tx.values()])
+        self.device = self.own(p.device.build(self.ctx, p))
         ins = p.device.inputs(p)
         self.sub = None
         if ins:
             topics = tuple(sorted({t for _, ts in ins.values() for t in ts}))
             # a topic from several nodes (two arms' robot/state): enough history for the newest of each
             shared = len(topics) < sum(len(ts) for _, ts in ins.values())
-            self.sub = self.ctx.subscriber(list(ins), topics, history=64 if shared else 1)
+            self.sub = self.own(self.ctx.subscriber(list(ins), topics, history=64 if shared else 1))
 
     def _latest(self, topic: str):
         return None if self.sub is None else self.sub.latest(topic)
@@ -129,15 +130,4 @@ class TeleopNode(Node):
                     log.error("could not send %s to %s: %s", b, arm, e)
 
     def metrics(self) -> dict[str, float]:
-        return {"commands": float(self.sent),
-                "selected_arm": float(self.selector.index) if hasattr(self, "selector") else 0.0,
-                **(self.device.metrics() if hasattr(self, "device") else {})}
-
-    def shutdown(self) -> None:
-        if hasattr(self, "device") and hasattr(self.device, "close"):
-            self.device.close()
-        for s in ("rx", "sub"):
-            if getattr(self, s, None) is not None:
-                getattr(self, s).close()
-        for tx in getattr(self, "arm_tx", {}).values():
-            tx.close()
+        return {"commands": float(self.sent), "selected_arm": float(self.selector.index), **self.device.metrics()}

@@ -43,12 +43,13 @@ class ViewerNode(Node):
         except ImportError:
             raise RuntimeError("the viewer needs rerun-sdk: pip install rerun-sdk") from None
         self.rr = rr
+        self.own(rr, self._disconnect)
         rr.init(f"robot_stack/{self.ctx.config.name}", spawn=self.params.spawn)
         if self.params.connect:
             rr.connect_grpc(self.params.connect)
         elif self.params.rrd_path:
             rr.save(self.params.rrd_path)
-        self.sub = self.ctx.subscriber(self.params.watch, (CameraFrame.TOPIC, RobotState.TOPIC))
+        self.sub = self.own(self.ctx.subscriber(self.params.watch, (CameraFrame.TOPIC, RobotState.TOPIC)))
         self._seen: dict[str, int] = {}
         self.logged = 0
 
@@ -83,11 +84,8 @@ class ViewerNode(Node):
     def metrics(self) -> dict[str, float]:
         return {"logged": float(self.logged)}
 
-    def shutdown(self) -> None:
-        if hasattr(self, "sub"):
-            self.sub.close()
-        if hasattr(self, "rr"):
-            try:
-                self.rr.disconnect()
-            except Exception:
-                pass
+    def _disconnect(self) -> None:
+        try:
+            self.rr.disconnect()
+        except Exception:  # the viewer is gone already: nothing to release
+            pass

@@ -67,7 +67,7 @@ class NodeContext:
     config: StackConfig
     run_dir: Path
     #: whether the node starts its worker threads (inference, fast layer); the fake context sets
-    #: False so a test drives them step by step (``ControllerNode.inference_step``)
+    #: False so a test runs their work step by step (``robot_stack.testing.run_workers``)
     start_threads: bool = True
 
     @property
@@ -171,6 +171,9 @@ class Node:
         #: what the node opened (sockets, drivers, threads to join), released in reverse order
         #: after :meth:`shutdown` whatever state ``configure`` reached (:meth:`own`)
         self.resources = contextlib.ExitStack()
+        #: helpers that do blocking work for the owner and post results to its inbox; each has
+        #: ``run_pending()``, which the fake context calls instead of a thread (``testing.run_workers``)
+        self.workers: list = []
 
     # --- to override -------------------------------------------------------------------------
     def configure(self) -> None:

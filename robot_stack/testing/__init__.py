@@ -6,7 +6,8 @@ Public API, for our tests and a lab's own:
   rate loop in the process follows it);
 - :class:`FakeBus` and :class:`FakeNodeContext`: an in-memory transport behind the publisher,
   subscriber, receiver, sender and request-client interfaces, every message through the real codec;
-- :func:`build_node`: any node of a setup, configured in-process, to step deterministically;
+- :func:`build_node`: any node of a setup, configured in-process, to step deterministically, and
+  :func:`run_workers` for the work its threads would do between steps;
 - :func:`wait_until`: waiting for a condition with a deadline (for tests that do run processes);
 - the pytest plugin :mod:`robot_stack.testing.plugin` (fixtures ``fake_clock``, ``fake_bus``,
   ``node_builder``), loaded with ``-p robot_stack.testing.plugin`` or ``pytest_plugins``.
@@ -14,8 +15,8 @@ Public API, for our tests and a lab's own:
 
 from robot_stack.testing.bus import FakeBus, FakePublisher, FakeReceiver, FakeRequestClient, FakeSender, FakeSubscriber
 from robot_stack.testing.clock import FakeClock
-from robot_stack.testing.context import FakeNodeContext, build_node
+from robot_stack.testing.context import FakeNodeContext, build_node, run_workers
 from robot_stack.testing.waiting import WaitTimeout, wait_until
 
 __all__ = ["FakeBus", "FakeClock", "FakeNodeContext", "FakePublisher", "FakeReceiver", "FakeRequestClient",
-           "FakeSender", "FakeSubscriber", "WaitTimeout", "build_node", "wait_until"]
+           "FakeSender", "FakeSubscriber", "WaitTimeout", "build_node", "run_workers", "wait_until"]

@@ -53,7 +53,7 @@ def build_node(config: StackConfig | dict, name: str, bus: FakeBus | None = None
     launcher would in its own process; step it with ``node.step()`` (on a
     :class:`~robot_stack.testing.clock.FakeClock`, advancing the clock between steps), end it with
     ``node.close()``. Worker threads are not started (``ctx.start_threads`` False): the test runs
-    their steps itself (the controller's ``inference_step``), so every run is the same.
+    their work itself (:func:`run_workers`), so every run is the same.
 
     Args:
         config: a validated setup, or its mapping (validated with
@@ -79,3 +79,14 @@ def build_node(config: StackConfig | dict, name: str, bus: FakeBus | None = None
     node.pub = ctx.publisher()
     node.configure()
     return node
+
+
+def run_workers(node: Node) -> None:
+    """In-process, what a node's worker threads and its owner would do between two steps: the
+    owner's wake-up check (:meth:`~robot_stack.runtime.node.Node.on_wake`: a due request leaves),
+    every owned worker's pending jobs (``run_pending``: the controller's policy calls), then the
+    owner handles what they posted (:meth:`~robot_stack.runtime.node.Node.drain_inbox`)."""
+    node.on_wake()
+    for worker in node.workers:
+        worker.run_pending()
+    node.drain_inbox(0.0)
