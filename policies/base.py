@@ -36,6 +36,8 @@ class PolicyMetadata:
         norm_stats: normalization statistics (for checkpoints; informational here).
         points: camera id -> point-cloud settings (``PointCloudSpec.to_dict()``) of the
             ``<camera>.points`` keys: the observation builder makes the cloud with them.
+        action_names: the name of each action dimension, in order (``control.features.action_names``);
+            empty: the policy names none (the controller then needs matching dimensions, and warns).
     """
 
     obs_shapes: dict[str, tuple[tuple[int, ...], str]]
@@ -48,6 +50,7 @@ class PolicyMetadata:
     supports_prefix: bool = False
     norm_stats: dict = field(default_factory=dict)
     points: dict = field(default_factory=dict)
+    action_names: tuple[str, ...] = ()
 
     def validate(self, obs: dict[str, np.ndarray]) -> None:
         """Raise :class:`ObservationError` naming the first mismatch."""

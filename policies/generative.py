@@ -78,6 +78,8 @@ class ModelConfig:
             "relative_xy": x and y as in "relative", z absolute (the table's height is fixed in
             the base frame). On the pick task it was not better than "relative" over two
             collections (README).
+        action_names: the name of each action dimension (set from the episodes' arms by ``robot-stack
+            train``; empty in older checkpoints): served in the spec, matched by name by the controller.
         rtc_max_prefix: training-time RTC (Black et al., arXiv 2512.05964): the model is trained
             with a clean prefix of d ~ U{0..rtc_max_prefix} actions given as input (with a mask
             channel) and the loss on the rest only, so at inference it continues a committed prefix
@@ -97,6 +99,7 @@ class ModelConfig:
     enc_base: int = 16
     widths: tuple[int, ...] = (64, 128, 256)
     rtc_max_prefix: int = 0
+    action_names: tuple[str, ...] = ()
     meanflow_ratio: float = 0.25
     time_scale: float | None = None
     n_points: int = 512
@@ -162,17 +165,25 @@ class ModelConfig:
         """The input mode of a one-camera model's camera (rgb, depth, rgbd, points, layered)."""
         return self.cameras[self.camera]
 
-    def with_arms(self, arms: int) -> "ModelConfig":
-        """This config for ``arms`` arms: 8 state and 8 action values per arm (the data's layout).
+    def with_arms(self, arms: int | list[str]) -> "ModelConfig":
+        """This config for ``arms`` arms: 8 state and 8 action values per arm (the data's layout);
+        given the recorded arm nodes (in action order; ``[""]`` for one arm), the action dimensions
+        are named after them too (``control.features.action_names``), so a controller matches them
+        to its robot by name.
 
         Raises:
             ValueError: the config names another state or action size than 8 or 8 x ``arms``."""
+        names: tuple[str, ...] = ()
+        if not isinstance(arms, int):
+            from robot_stack.control.features import action_names
+
+            names, arms = tuple(action_names(list(arms))), len(arms)
         want = 8 * arms
         for k in ("proprio_dim", "action_dim"):
             if getattr(self, k) not in (8, want):
                 raise ValueError(f"model.{k} {getattr(self, k)}: the episodes have {arms} arm(s), {want} values "
                                  "(it is taken from them; leave it out)")
-        return dataclasses.replace(self, proprio_dim=want, action_dim=want)
+        return dataclasses.replace(self, proprio_dim=want, action_dim=want, action_names=names or self.action_names)
 
     def channels(self) -> dict[str, int]:
         k_layers = 4 * (len(self.depth_layers) - 1)
@@ -230,7 +241,8 @@ class GenerativePolicyModel(torch.nn.Module):
         return PolicyMetadata(obs_shapes=shapes, obs_horizon=c.obs_horizon, horizon=c.horizon,
                               action_dim=c.action_dim, action_space="ee_pose+gripper", dt=c.dt,
                               supports_prefix=True, points={k: self.point_spec().to_dict()
-                                                            for k, m in c.cameras.items() if m == "points"})
+                                                            for k, m in c.cameras.items() if m == "points"},
+                              action_names=tuple(c.action_names))
 
     def point_spec(self):
         """The :class:`~robot_stack.control.features.PointCloudSpec` of this model's "points" cameras."""
@@ -367,7 +379,7 @@ def load_checkpoint(path: str | Path) -> tuple[GenerativePolicyModel, dict]:
     cfg_d = json.loads(meta["config"])
     cfg_d["image_hw"] = tuple(cfg_d["image_hw"])
     cfg_d["widths"] = tuple(cfg_d["widths"])
-    for k in ("depth_layers", "points_lo", "points_hi"):  # JSON lists back to the config's tuples
+    for k in ("depth_layers", "points_lo", "points_hi", "action_names"):  # JSON lists back to the config's tuples
         if k in cfg_d:
             cfg_d[k] = tuple(cfg_d[k])
     cfg_d.setdefault("time_scale", 1000.0)  # checkpoints from before the field were trained at 1000

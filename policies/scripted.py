@@ -16,6 +16,7 @@ from pydantic import Field
 
 from robot_stack.runtime.devices import DeviceConfig
 
+from robot_stack.control.features import ACTION_NAMES
 from .base import Policy, PolicyMetadata
 
 
@@ -38,7 +39,7 @@ class GoToPolicy(Policy):
         self._orientation: np.ndarray | None = None  # held: the orientation first observed
         self.metadata = PolicyMetadata(obs_shapes={"ee_pose": ((7,), "<f4")}, obs_horizon=obs_horizon,
                                        horizon=horizon, action_dim=8, action_space="ee_pose+gripper", dt=dt,
-                                       offset=offset, supports_prefix=True)
+                                       offset=offset, supports_prefix=True, action_names=ACTION_NAMES)
 
     def _advance(self, p: np.ndarray, n_steps: np.ndarray) -> np.ndarray:
         """Points ``speed * dt * n`` along the path from ``p`` (through ``via`` if not yet reached)."""

@@ -46,7 +46,7 @@ def metadata_to_dict(md: PolicyMetadata) -> dict:
     return {"obs_shapes": {k: [list(shape), dtype] for k, (shape, dtype) in md.obs_shapes.items()},
             "obs_horizon": md.obs_horizon, "horizon": md.horizon, "action_dim": md.action_dim,
             "action_space": md.action_space, "dt": md.dt, "offset": md.offset, "supports_prefix": md.supports_prefix,
-            "points": md.points}
+            "points": md.points, "action_names": list(md.action_names)}
 
 
 def metadata_from_dict(d: dict) -> PolicyMetadata:
@@ -54,7 +54,8 @@ def metadata_from_dict(d: dict) -> PolicyMetadata:
     return PolicyMetadata(obs_shapes={k: (tuple(v[0]), str(v[1])) for k, v in d["obs_shapes"].items()},
                           obs_horizon=int(d["obs_horizon"]), horizon=int(d["horizon"]), action_dim=int(d["action_dim"]),
                           action_space=str(d["action_space"]), dt=float(d["dt"]), offset=int(d["offset"]),
-                          supports_prefix=bool(d["supports_prefix"]), points=dict(d.get("points") or {}))
+                          supports_prefix=bool(d["supports_prefix"]), points=dict(d.get("points") or {}),
+                          action_names=tuple(d.get("action_names") or ()))
 
 
 def spec_message(md: PolicyMetadata, request_id: int = 0) -> PolicySpec:
@@ -66,7 +67,7 @@ def spec_message(md: PolicyMetadata, request_id: int = 0) -> PolicySpec:
                       horizon=md.horizon, action_dim=md.action_dim, action_space=md.action_space, dt=float(md.dt),
                       offset=md.offset, supports_prefix=md.supports_prefix,
                       points={c: np.array([*p["lo"], *p["hi"], p["n_points"], p.get("stride", 2)], np.float64)
-                              for c, p in md.points.items()})
+                              for c, p in md.points.items()}, action_names=list(md.action_names))
 
 
 def metadata_from_spec(spec: PolicySpec) -> PolicyMetadata:
@@ -79,7 +80,8 @@ def metadata_from_spec(spec: PolicySpec) -> PolicyMetadata:
                           action_space=spec.action_space, dt=spec.dt, offset=spec.offset,
                           supports_prefix=spec.supports_prefix,
                           points={c: {"lo": v[:3].tolist(), "hi": v[3:6].tolist(), "n_points": int(v[6]),
-                                      "stride": int(v[7])} for c, v in (spec.points or {}).items()})
+                                      "stride": int(v[7])} for c, v in (spec.points or {}).items()},
+                          action_names=tuple(spec.action_names))
 
 
 def spec_mismatch(md: PolicyMetadata, obs_keys: list[str] | None, obs_horizon: int | None,

@@ -76,6 +76,7 @@ class Samples:
         t_obs: (N,) int64 anchor time of each sample (its newest frame's stamp), ns.
         left_out: anchors left out as missed grasp attempts (``skip_missed_grasps``), and the
             episodes they came from.
+        arms: the recorded arm nodes in action order ([""]: one arm).
     """
 
     frames: np.ndarray
@@ -85,10 +86,11 @@ class Samples:
     episode: np.ndarray
     t_obs: np.ndarray | None = None
     left_out: tuple[int, int] = (0, 0)
+    arms: tuple[str, ...] = ("",)
 
     def subset(self, mask: np.ndarray) -> "Samples":
         return Samples(self.frames, self.frame_idx[mask], self.state[mask], self.actions[mask], self.episode[mask],
-                       None if self.t_obs is None else self.t_obs[mask])
+                       None if self.t_obs is None else self.t_obs[mask], arms=self.arms)
 
 
 def missed_grasp_spans(target_ns: np.ndarray, gripper: np.ndarray) -> list[tuple[int, int]]:
@@ -195,7 +197,7 @@ def build_samples(paths: list[Path], ms: ModelConfig, skip_missed_grasps: bool =
     if not fidx:
         raise DatasetError("no training samples: episodes too short or camera stamps too sparse")
     return Samples(np.concatenate(frames), np.array(fidx), np.array(states, np.float32), np.array(acts, np.float32),
-                   np.array(eps), np.array(anchors, np.int64), (left_out, left_eps))
+                   np.array(eps), np.array(anchors, np.int64), (left_out, left_eps), tuple(arms0))
 
 
 def point_spec(ms: ModelConfig):
@@ -373,7 +375,7 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
         step0 = int(extra.get("step", 0))
         console.print(f"resuming {out} at step {step0}")
     else:
-        model = GenerativePolicyModel(ms.with_arms(train_s.actions.shape[-1] // 8))
+        model = GenerativePolicyModel(ms.with_arms(list(samples.arms)))
         a = model.to_model_frame(train_s.actions, train_s.state)  # the frame it learns in
         a = a.reshape(-1, a.shape[-1])
         lo, hi = a.min(0), a.max(0)

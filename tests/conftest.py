@@ -9,6 +9,37 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+# Test tiers (docs/testing.md): unmarked tests run in-process (fake context, fake clock) and must be
+# fast; ``processes`` start real processes or sockets; ``slow`` train a model or run a demo;
+# ``hardware`` need a device attached. Each tier has its own limit per test (pytest-timeout).
+TIER_TIMEOUT_S = {"slow": 1800, "processes": 300, "unit": 60}
+#: single tests that start processes or sockets in modules that are otherwise in-process
+PROCESS_TESTS = {
+    "test_batching.py::test_the_batch_server_routes_each_reply_to_its_requester",
+    "test_batching.py::test_the_batch_server_with_max_batch_one_takes_one_request",
+    "test_feetech.py::test_so101_leader_device_on_the_fake_bus",
+    "test_feetech.py::test_calibrate_servos_cli_records_offsets_and_ranges",
+    "test_feetech.py::test_calibrate_servos_refuses_a_joint_that_never_moved",
+    "test_dataset.py::test_sigkill_mid_episode_loses_nothing_saved_and_recovers",
+    "test_generative.py::test_export_onnx_cli",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tiers: the older ``hil`` marker, a test that uses the ``run_dir`` fixture (ipc sockets) or is
+    listed in PROCESS_TESTS is a ``processes`` test; hardware tests skip without
+    ``ROBOT_STACK_HARDWARE=1``; every test gets its tier's timeout unless it sets its own."""
+    hardware = os.environ.get("ROBOT_STACK_HARDWARE") == "1"
+    for item in items:
+        name = f"{Path(item.fspath).name}::{item.originalname}"
+        if item.get_closest_marker("hil") or "run_dir" in item.fixturenames or name in PROCESS_TESTS:
+            item.add_marker(pytest.mark.processes)
+        if item.get_closest_marker("hardware") and not hardware:
+            item.add_marker(pytest.mark.skip(reason="needs the device attached: set ROBOT_STACK_HARDWARE=1 to run it"))
+        if item.get_closest_marker("timeout") is None:
+            tier = "slow" if item.get_closest_marker("slow") else "processes" if item.get_closest_marker("processes") else "unit"
+            item.add_marker(pytest.mark.timeout(TIER_TIMEOUT_S[tier]))
+
 
 @pytest.fixture
 def run_dir(tmp_path):

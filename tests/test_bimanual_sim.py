@@ -106,7 +106,7 @@ HIL_CONFIG = "name: hil_bimanual" + WORLD_AND_ARMS + """  cam_left:
 """
 
 
-@pytest.mark.hil
+@pytest.mark.processes
 def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
     """Real processes: each arm node serves its own arm of one sim world. A TCP line sent to the
     left arm node moves the left arm to its goal (in its base frame) while the right arm holds
@@ -176,7 +176,7 @@ LOCKSTEP_CONFIG = "name: hil_lockstep" + WORLD_AND_ARMS + """  policy:
 """
 
 
-@pytest.mark.hil
+@pytest.mark.processes
 def test_one_controller_drives_two_arms_in_lockstep(tmp_path):
     """A two-arm chunking policy (16-D actions, each arm toward its own goal in its base frame)
     through one controller: both arms reach their goals, and every control step's schedules for
@@ -229,7 +229,7 @@ def test_one_controller_drives_two_arms_in_lockstep(tmp_path):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-@pytest.mark.hil
+@pytest.mark.processes
 def test_a_two_arm_controller_refuses_a_one_arm_policy(tmp_path, run_dir):
     """The policy's spec says 8-D actions (one arm); the controller drives two: it ends at start-up
     naming the difference."""
@@ -247,7 +247,7 @@ def test_a_two_arm_controller_refuses_a_one_arm_policy(tmp_path, run_dir):
         assert "8-D 'ee_pose+gripper' (1 arm), the controller executes 16-D 'ee_pose+gripper' (2 arms)" in log
 
 
-@pytest.mark.hil
+@pytest.mark.processes
 def test_a_two_arm_episode_records_each_arm_by_name(tmp_path):
     """The recorder of a two-arm setup writes robot_state/<arm> and action/<arm> for each arm (the
     controller's lockstep schedules: the same target times for both) and lists both robots."""
@@ -291,7 +291,7 @@ def test_a_two_arm_episode_records_each_arm_by_name(tmp_path):
     assert [r["arm_node"] for r in ep.meta["robots"]] == ["arm_left", "arm_right"]
 
 
-@pytest.mark.hil
+@pytest.mark.processes
 @pytest.mark.parametrize("together", [True, False])
 def test_an_arm_in_estop_holds_the_other(tmp_path, together):
     """Both arms on their way (a slow two-arm policy); the right arm is e-stopped. With

@@ -142,3 +142,22 @@ def test_the_first_inference_is_kept_out_of_the_delay_estimate():
             e.add(60_000_000)
     assert est.steps == 1 and est.warmup_left_out == 1
     assert naive.steps >= 10  # the 0.9 quantile of six samples still sits near the warm-up
+
+
+def test_action_order_matches_by_name_and_refuses_other_names():
+    from robot_stack.control.chunking import action_order
+    from robot_stack.control.features import ACTION_NAMES, action_names
+
+    assert action_order(ACTION_NAMES, ACTION_NAMES) is None
+    pol = ["x", "y", "z", "qw", "qx", "qy", "qz", "gripper_open"]
+    order = action_order(pol, ACTION_NAMES)
+    chunk = np.array([[1, 2, 3, 0.5, 0.1, 0.2, 0.3, 1.0]])  # in the policy's order
+    np.testing.assert_array_equal(chunk[:, order], [[1, 2, 3, 0.1, 0.2, 0.3, 0.5, 1.0]])
+    two = action_names(["arm_left", "arm_right"])
+    assert two[:2] == ["left_x", "left_y"] and two[8] == "right_x"
+    swapped = two[8:] + two[:8]  # the other arm first
+    assert list(action_order(swapped, two)) == list(range(8, 16)) + list(range(8))
+    with pytest.raises(ValueError, match=r"missing \['gripper_open'\], unknown \['gripper'\]"):
+        action_order(list(ACTION_NAMES[:7]) + ["gripper"], ACTION_NAMES)
+    with pytest.raises(ValueError, match="twice"):
+        action_order(["x", "x"], ["x", "y"])

@@ -6,6 +6,7 @@ import pytest
 
 from robot_stack.comm.messages import (ActionChunk, ArmControl, EpisodeEvent, ObservationWindow, RobotState,
                                        SpecRequest, TeleopCommand, WaypointSchedule)
+from robot_stack.control.features import ACTION_NAMES
 from robot_stack.policies.base import PolicyMetadata
 from robot_stack.policies.serving import spec_message
 from robot_stack.testing import run_workers
@@ -27,10 +28,12 @@ def setup(strategy="sync", **ctl):
 class FakePolicy:
     """Answers spec and inference requests: a chunk of H poses stepping +x from the newest state."""
 
-    def __init__(self, action_dim=8, horizon=8, on_infer=None):
+    def __init__(self, action_dim=8, horizon=8, on_infer=None, names=None):
+        names = (ACTION_NAMES if action_dim == 8 else ()) if names is None else names
         self.md = PolicyMetadata(obs_shapes={"state": ((8,), "<f4")}, obs_horizon=2, horizon=horizon,
                                  action_dim=action_dim, action_space="ee_pose+gripper", dt=0.1, offset=0,
-                                 supports_prefix=True, norm_stats={}, points={})
+                                 supports_prefix=True, norm_stats={}, points={}, action_names=tuple(names))
+        self.order = [ACTION_NAMES.index(n) for n in names] if set(names) == set(ACTION_NAMES) else list(range(8))
         self.requests: list[ObservationWindow] = []
         self.on_infer = on_infer
 
@@ -43,6 +46,7 @@ class FakePolicy:
         state = np.asarray(msg.obs["state"])[-1]
         acts = np.tile(np.r_[state[:7], 1.0], (self.md.horizon, 1))
         acts[:, 0] += 0.01 * np.arange(1, self.md.horizon + 1)
+        acts = acts[:, self.order]  # in the order its names say
         return ActionChunk(request_id=msg.request_id, actions=acts.astype(np.float32), dt=0.1,
                            inference_ns=5_000_000)
 
@@ -225,3 +229,27 @@ def test_teleop_drives_two_arms_each_with_its_own_target(node_builder, fake_bus,
     assert got["arm_left"][-1].positions[0] == pytest.approx(HOME)  # the left arm holds where it is
     assert got["arm_right"][-1].positions[0, 2] == pytest.approx(right_home[2] + 0.02)
     assert got["arm_left"][-1].stamps_ns[0] == got["arm_right"][-1].stamps_ns[0]  # lockstep
+
+
+def test_a_policy_whose_actions_come_in_another_order_is_matched_by_name_never_by_position(rig):
+    """A checkpoint with the quaternion scalar first (qw qx qy qz): its chunks are remapped by name,
+    so the arm gets the TCP orientation the policy meant; by position it would get another one
+    (lerobot#4122)."""
+    names = ("x", "y", "z", "qw", "qx", "qy", "qz", "gripper_open")
+    r = rig(policy=FakePolicy(names=names))
+    r.tick(2)
+    run_workers(r.ctl)
+    run_workers(r.ctl)
+    sched = r.schedules()
+    assert len(sched) == 1
+    np.testing.assert_allclose(sched[0].positions[:, 3:], np.tile(HOME[3:], (len(sched[0].positions), 1)), atol=1e-9)
+    assert sched[0].gripper == pytest.approx(np.ones(len(sched[0].positions)))
+
+
+def test_a_policy_whose_action_names_are_not_the_robots_is_refused_at_start(rig):
+    names = ("x", "y", "z", "qx", "qy", "qz", "qw", "wrist_roll")
+    r = rig(policy=FakePolicy(names=names))
+    r.tick()
+    run_workers(r.ctl)
+    assert r.ctl._fatal is not None and "missing ['gripper_open']" in r.ctl._fatal and "wrist_roll" in r.ctl._fatal
+    assert r.policy.requests == []

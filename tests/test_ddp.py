@@ -14,6 +14,9 @@ from conftest import REPO
 from test_training import make_episode
 from robot_stack.policies.distributed import Place, shard
 
+pytestmark = [pytest.mark.processes, pytest.mark.slow]  # torch.distributed ranks that train
+
+
 SETTINGS = {"model": {"image_hw": [64, 64], "horizon": 8, "enc_base": 4, "widths": [16, 32]},
             "steps": 40, "batch_size": 8, "checkpoint_every": 20, "val_fraction": 0.0, "warmup_steps": 2,
             "lr": 3e-3, "shift_px": 2}

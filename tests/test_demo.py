@@ -10,7 +10,7 @@ import pytest
 
 from robot_stack.apps.demo import DemoSettings, run_demo
 
-pytestmark = pytest.mark.hil
+pytestmark = [pytest.mark.processes, pytest.mark.slow]  # whole collect -> train -> deploy runs
 
 
 def test_quick_demo_deploys_a_learned_policy(tmp_path, report):

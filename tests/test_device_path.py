@@ -41,6 +41,7 @@ def test_a_conditioning_off_the_device_is_refused():
         be.bind(m.images(_obs()), _obs()["state"][None])
 
 
+@pytest.mark.slow  # trains a model
 def test_compiled_denoiser_matches_eager():
     """torch.compile (inductor; on a GPU "reduce-overhead" adds CUDA graphs) gives eager's chunk."""
     m = _model(steps=2)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fake_dynamixel import FakeBus, crc16, packet, stuff, unstuff
+from robot_stack.testing.dynamixel_bus import FakeDynamixelBus as FakeBus, crc16, packet, stuff, unstuff
 from robot_stack.drivers.dynamixel import DynamixelBus, DynamixelError, rad_to_ticks, ticks_to_rad
 
 IDS = [1, 2, 3, 4, 5, 6, 7]

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from fake_feetech import FakeFeetechBus, checksum, packet
+from robot_stack.testing.feetech_bus import FakeFeetechBus, checksum, packet
 from robot_stack.drivers.feetech import FeetechBus, FeetechError, decode_error, rad_to_ticks
 
 IDS = [1, 2, 3, 4, 5, 6]  # SO-101: shoulder pan, shoulder lift, elbow flex, wrist flex, wrist roll, gripper

@@ -14,6 +14,9 @@ from robot_stack.drivers.arm import ArmDriverError
 from robot_stack.drivers.franka import LOCK_TIMEOUT_S, FrankaDriver, _Shared
 
 
+pytestmark = pytest.mark.processes  # processes sharing a lock
+
+
 def _hold_lock(lock, ready, exit_after_s):
     lock.acquire()
     ready.set()

@@ -245,6 +245,7 @@ def test_export_onnx_cli(tmp_path):
     OnnxDenoiser(tmp_path / "out" / "q.onnx", ["CPUExecutionProvider"])
 
 
+@pytest.mark.slow  # trains a model
 def test_training_time_rtc_learns_to_continue_a_prefix():
     """Training-time RTC (arXiv 2512.05964): actions a_i = c + 0.1 i with an offset c that no
     observation reveals, so only the prefix tells it. After training with random prefixes of

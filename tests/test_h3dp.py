@@ -51,6 +51,7 @@ def test_the_encoder_reads_three_scales_and_the_gate_follows_the_time():
         assert torch.all(g0[:, 3 * f:] == 1)  # proprioception is not gated
 
 
+@pytest.mark.slow  # trains a model
 def test_a_layered_policy_learns_where_the_near_object_is_and_exports(tmp_path):
     """The chunk is the image position of the one near object (0.3 m); a far one (2 m) is clutter
     the depth layers separate."""

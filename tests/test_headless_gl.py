@@ -7,6 +7,9 @@ import sys
 import pytest
 
 
+pytestmark = pytest.mark.processes  # fresh interpreters
+
+
 def _env(**kw):
     env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "DISPLAY", "WAYLAND_DISPLAY", "PYOPENGL_PLATFORM")}
     env.update(kw)

@@ -24,7 +24,7 @@ from robot_stack.comm.transport import Subscriber
 
 from conftest import launched
 
-pytestmark = pytest.mark.hil
+pytestmark = pytest.mark.processes
 
 BOARDS = """
 calibration:

@@ -17,7 +17,7 @@ from robot_stack.apps.replay import replay_episode
 from robot_stack.apps.session import Session
 from robot_stack.comm.transport import Subscriber
 
-pytestmark = pytest.mark.hil
+pytestmark = pytest.mark.processes
 
 # tolerance of replay vs recording: on an idle 2-core machine 2.37 mm mean at equal times, 2.27 mm at
 # the best constant lag (-5 ms); a loaded CI rehearsal gave 3.18 mm at equal times, so the bounds are

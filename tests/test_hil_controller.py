@@ -24,7 +24,7 @@ from robot_stack.comm.transport import Subscriber
 
 from conftest import REPO, launched
 
-pytestmark = pytest.mark.hil
+pytestmark = pytest.mark.processes
 
 START = np.array([0.45, -0.10, 0.30])
 CUBE = np.array([0.5, 0.05, 0.02])

@@ -23,7 +23,7 @@ from robot_stack.comm.transport import Sender, Subscriber
 
 from conftest import REPO, launched, pid_alive
 
-pytestmark = pytest.mark.hil
+pytestmark = pytest.mark.processes
 
 LIMITS = {"vel": 1.5, "acc": 6.0, "jerk": 150.0}
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.hil
+pytestmark = pytest.mark.processes
 FS_PY = REPO / ".venv-franka-sim" / "bin" / "python"
 
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
-from fake_dynamixel import FakeBus
+from robot_stack.testing.dynamixel_bus import FakeDynamixelBus as FakeBus
 from robot_stack.drivers.dynamixel import rad_to_ticks
 from robot_stack.drivers.sim_model import HOME_Q
 from robot_stack.apps.session import Session
 from robot_stack.teleop.leader import JointMap, save_joint_map
 
-pytestmark = pytest.mark.hil
+pytestmark = pytest.mark.processes
 IDS = [1, 2, 3, 4, 5, 6, 7]
 
 

@@ -11,7 +11,7 @@ import yaml
 from robot_stack.data.dataset import find_interrupted, list_episodes, open_episode
 from robot_stack.apps.session import Session
 
-pytestmark = pytest.mark.hil
+pytestmark = pytest.mark.processes
 
 
 def test_recorder_sigkill_mid_episode_keeps_saved_and_recovers(tmp_path, run_dir):

@@ -20,7 +20,7 @@ from robot_stack.comm.transport import Subscriber
 
 from conftest import REPO, launched
 
-pytestmark = pytest.mark.hil
+pytestmark = pytest.mark.processes
 
 CONFIG = """
 name: hil

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from fake_feetech import FakeFeetechBus
+from robot_stack.testing.feetech_bus import FakeFeetechBus
 from robot_stack.apps.session import Session
 from robot_stack.drivers.feetech import rad_to_ticks, ticks_to_rad
 from robot_stack.teleop.leader import JointMap, save_joint_map
 
-pytestmark = pytest.mark.hil
+pytestmark = pytest.mark.processes
 IDS = [1, 2, 3, 4, 5, 6]
 SIGNS = (1.0, -1.0, 1.0, 1.0, -1.0)  # two joints mounted the other way round on the follower
 

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.hil
+pytestmark = pytest.mark.processes
 HOST = "127.0.0.7"
 CFG = REPO / "configs" / "ur5e_emulated.yaml"
 

@@ -12,7 +12,7 @@ from robot_stack.apps.session import Session
 from robot_stack.comm.transport import Subscriber
 from robot_stack.data.dataset import open_episode
 
-pytestmark = pytest.mark.hil
+pytestmark = pytest.mark.processes
 
 
 def test_collect_three_episodes_on_the_emulated_ur5e(tmp_path, report):

@@ -1,6 +1,7 @@
 """Launcher with real node processes: death reporting, clean Ctrl-C, no orphans, no ipc leftovers."""
 
 import os
+import pytest
 import re
 import signal
 import subprocess
@@ -12,6 +13,9 @@ import time
 from robot_stack.runtime.launcher import Launcher
 
 from conftest import REPO, pid_alive
+
+pytestmark = pytest.mark.processes  # the launcher's process lifecycle
+
 
 CONFIG = """
 name: t

@@ -14,8 +14,8 @@ from test_training import make_episode
 
 VENV_PY = REPO / ".venv-lerobot" / "bin" / "python"
 
-pytestmark = pytest.mark.skipif(not VENV_PY.exists(), reason="lerobot is not installed: run scripts/setup_lerobot.sh "
-                                "(lerobot 0.4.4 in its own virtual environment .venv-lerobot)")
+pytestmark = [pytest.mark.processes, pytest.mark.skipif(not VENV_PY.exists(), reason="lerobot is not installed: run scripts/setup_lerobot.sh "
+                                "(lerobot 0.4.4 in its own virtual environment .venv-lerobot)")]
 
 
 def test_lerobot_loads_our_export(tmp_path, report):

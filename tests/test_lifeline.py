@@ -14,6 +14,8 @@ import pytest
 from conftest import REPO, pid_alive
 from robot_stack.runtime.lifeline import ParentWatch
 
+pytestmark = pytest.mark.processes  # processes outliving their parent
+
 # The child: tied to its parent, a SIGTERM handler that only records the signal (as a node's does),
 # and a main thread parked in a lock wait that the handler cannot end (as a blocked driver call).
 CHILD = textwrap.dedent("""

@@ -85,6 +85,7 @@ def _mode_error(m: GenerativePolicyModel) -> float:
     return float(np.mean(errs))
 
 
+@pytest.mark.slow  # trains a model
 def test_one_step_meanflow_keeps_both_modes_where_one_step_flow_averages_them():
     mf, fl = _mode_error(_train("meanflow")), _mode_error(_train("flow"))
     print(f"\none-step chunk distance from the nearer mode: meanflow {mf:.3f}, flow {fl:.3f}")

@@ -20,6 +20,9 @@ from conftest import launched
 openpi_msgpack = pytest.importorskip("openpi_client.msgpack_numpy", reason="openpi-client is not installed "
                                      "(scripts/setup.sh installs it: pip install --no-deps openpi-client==0.1.2)")
 
+pytestmark = pytest.mark.processes  # websocket servers and clients
+
+
 GOAL = [0.45, 0.10, 0.30]
 
 

@@ -4,6 +4,7 @@ policy on point clouds (learns, exports to ONNX with parity)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from robot_stack.policies.generative import (GenerativePolicy, GenerativePolicyModel, ModelConfig, OnnxDenoiser,
@@ -34,6 +35,7 @@ def test_the_dispersive_loss_is_zero_for_equal_embeddings_and_pushes_them_apart(
     assert float(dispersive_loss(z2)) < float(dispersive_loss(z.detach())) and torch.pdist(z2).mean().item() > before
 
 
+@pytest.mark.slow  # trains a model
 def test_a_meanflow_policy_on_point_clouds_learns_and_exports(tmp_path):
     """The chunk is the position of an object (a cluster of points above a table plane): only the
     point encoder can see it. One-step MeanFlow with the dispersive loss learns it (0.067 error

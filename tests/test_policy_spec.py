@@ -4,11 +4,15 @@ setup disagrees ends at start-up naming each difference."""
 from __future__ import annotations
 
 import time
+import pytest
 
 
 from robot_stack.comm.codec import decode, encode
 from robot_stack.policies.base import PolicyMetadata
 from robot_stack.policies.serving import metadata_from_spec, spec_message, spec_mismatch
+
+pytestmark = pytest.mark.processes  # controller and policy processes
+
 
 MD = PolicyMetadata(obs_shapes={"scene.color": ((96, 96, 3), "|u1"), "state": ((8,), "<f4")}, obs_horizon=2,
                     horizon=16, action_dim=8, action_space="ee_pose+gripper", dt=0.1, supports_prefix=True)

@@ -13,6 +13,9 @@ from robot_stack.comm.codec import decode, encode
 from robot_stack.comm.messages import ActionChunk, ErrorReply, ObservationWindow
 from robot_stack.policies.ray_serve import PolicyReplica, policy_app
 
+pytestmark = pytest.mark.processes  # a Ray cluster
+
+
 GOTO = {"type": "goto", "goal": [0.5, 0.0, 0.2], "speed": 0.05}
 
 

@@ -3,7 +3,7 @@ open and close to a width, object detection, a fault byte giving a named error."
 
 import pytest
 
-from fake_robotiq import FakeRobotiq, crc16_modbus
+from robot_stack.testing.robotiq import FakeRobotiq, crc16_modbus
 
 pytest.importorskip("minimalmodbus", reason="minimalmodbus is installed by scripts/setup.sh (extra ur)")
 

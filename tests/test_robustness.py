@@ -13,6 +13,9 @@ import pytest
 from conftest import REPO
 
 
+pytestmark = pytest.mark.processes  # CLI and node processes
+
+
 def _cli(*args, cwd=REPO):
     return subprocess.run([sys.executable, "-m", "robot_stack.cli", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=120)

@@ -17,6 +17,9 @@ from robot_stack.comm.transport import (
 )
 
 
+pytestmark = pytest.mark.processes  # real sockets
+
+
 def hb(i):
     return Heartbeat(node="n", metrics={"i": float(i)})
 

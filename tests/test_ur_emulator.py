@@ -14,6 +14,9 @@ from robot_stack.drivers.ur_emulator import (
     UrController, UrEmulator, _RtdeSession, script_commands,
 )
 
+pytestmark = pytest.mark.processes  # the UR emulator's TCP servers
+
+
 SCRIPT = """def rtde_control():
     global reg_offset_float = 0
     global reg_offset_int = 0

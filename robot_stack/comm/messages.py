@@ -507,6 +507,7 @@ class PolicySpec(Message):
         points: camera id -> (8,) float64 ``[lo(3) hi(3) n_points stride]``: how the controller
             builds that camera's ``<camera>.points`` cloud
             (:class:`robot_stack.control.features.PointCloudSpec`); empty for image policies.
+        action_names: the name of each action dimension in order (empty: none given).
     """
 
     SCHEMA: ClassVar[str] = "policy_spec"
@@ -522,6 +523,11 @@ class PolicySpec(Message):
     offset: int = scalar("int", 0)
     supports_prefix: bool = scalar("bool", False)
     points: dict = array_dict()
+    action_names: list[str] = scalar("list_str")
+
+    def check(self) -> None:
+        if self.action_names and len(self.action_names) != self.action_dim:
+            raise SchemaError(f"{len(self.action_names)} action names for {self.action_dim} action dimensions")
 
 
 @dataclass(kw_only=True)

@@ -269,3 +269,26 @@ def chunk_problem(actions: np.ndarray, n_arms: int = 1) -> str | None:
     if np.any(np.linalg.norm(quats, axis=2) < 1e-6):
         return "a zero quaternion"
     return None
+
+
+def action_order(policy_names, robot_names) -> np.ndarray | None:
+    """Match a policy's action dimensions to the robot's by name, never by position.
+
+    Returns the index array ``order`` with ``chunk[:, order]`` in the robot's order (None when the
+    orders already agree). A checkpoint whose action names come in another order than the robot's
+    (a ``qw`` first quaternion, another arm first, joints listed differently) is remapped instead
+    of commanding each dimension with another's value (the failure of lerobot#4122 and #4452).
+
+    Raises:
+        ValueError: the names differ (missing or extra ones named), or a name repeats.
+    """
+    pol, rob = list(policy_names), list(robot_names)
+    if len(set(pol)) != len(pol):
+        raise ValueError(f"the policy names an action dimension twice: {sorted({n for n in pol if pol.count(n) > 1})}")
+    if set(pol) != set(rob):
+        missing, extra = sorted(set(rob) - set(pol)), sorted(set(pol) - set(rob))
+        raise ValueError("the policy's action names do not match the robot's"
+                         + (f": missing {missing}" if missing else "") + (f", unknown {extra}" if extra else ""))
+    if pol == rob:
+        return None
+    return np.array([pol.index(n) for n in rob], np.int64)

@@ -49,6 +49,9 @@ class ChunkExecutor:
         self.delay = DelayEstimator(dt_ns, initial_steps=2)
         self.start_from_rest = start_from_rest
         self.request_id = 0
+        #: (D,) index array putting the policy's action dimensions in the robot's order (matched by
+        #: name at start-up, ``control.chunking.action_order``); None: the same order
+        self.action_order: np.ndarray | None = None
         self.counts: collections.Counter[str] = collections.Counter(dict.fromkeys((
             "chunks", "dropped_actions", "late_steps", "over_budget", "refused_chunks", "chunks_from_rest",
             "bad_chunks", "stale_chunks"), 0))
@@ -77,6 +80,8 @@ class ChunkExecutor:
         sends one; and whether it does."""
         self.strategy.request_sent(now_ns)
         prefix = self.strategy.request_prefix(obs.t_obs_ns, self.plan, self.delay.steps)
+        if prefix is not None and self.action_order is not None:  # the policy's own order for its prefix
+            prefix = (prefix[0][:, np.argsort(self.action_order)], prefix[1])
         self.request_id += 1
         return ObservationWindow(request_id=self.request_id, obs=arrays, obs_age_ns=(now_ns - obs.times_ns).astype(np.int64),
                                  committed_prefix=None if prefix is None else prefix[0],
@@ -91,6 +96,8 @@ class ChunkExecutor:
         while the policy was thinking (``current`` False: ``stale_chunks``), then :meth:`on_chunk`.
         Returns ``(schedule or None, why not or None)``."""
         actions = np.asarray(reply.actions, np.float64)
+        if self.action_order is not None and actions.ndim == 2 and actions.shape[1] == len(self.action_order):
+            actions = actions[:, self.action_order]  # matched by name, never applied by position
         bad = chunk_problem(actions, n_arms)
         if bad is not None:
             self.counts["bad_chunks"] += 1

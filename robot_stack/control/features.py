@@ -94,3 +94,21 @@ def actions_at(target_ns: np.ndarray, poses: np.ndarray, gripper: np.ndarray, ti
     pos = np.stack([np.interp(q, t, p[:, j]) for j in range(3)], axis=1)
     rot = np.repeat(p[:1, 3:], len(q), 0) if len(t) == 1 else Slerp(t, Rotation.from_quat(p[:, 3:]))(q).as_quat()
     return np.concatenate([pos, rot, np.interp(q, t, g)[:, None]], axis=1)
+
+
+#: the names of one arm's action values, in the order of the action vector (LeRobot ``names``)
+ACTION_NAMES = ("x", "y", "z", "qx", "qy", "qz", "qw", "gripper_open")
+
+
+def feature_names(arms: list[str], names) -> list[str]:
+    """Per-arm feature names: ``names`` as they are for one arm, else ``<arm>_<name>`` per arm in
+    order, the arm node's ``arm_`` prefix left out (``arm_left`` -> ``left_x``), as in the LeRobot
+    export's ``names``."""
+    if len(arms) <= 1:
+        return list(names)
+    return [f"{a.removeprefix('arm_')}_{n}" for a in arms for n in names]
+
+
+def action_names(arms: list[str]) -> list[str]:
+    """The names of a chunk's action dimensions for these arms (8 per arm, :data:`ACTION_NAMES`)."""
+    return feature_names(arms, ACTION_NAMES)

@@ -113,7 +113,7 @@ def episode_arms(ep) -> list[str]:
         raise LeRobotError(str(e)) from None
 
 
-def arm_names(arms: list[str], names: list[str]) -> list[str]:
+def arm_names(arms: list[str], names: list[str]) -> list[str]:  # (control.features.feature_names)
     """Per-arm feature names: ``names`` as they are for one arm, else ``<arm>_<name>`` per arm in
     order, the arm node's name without a leading ``arm_`` (``arm_left`` -> ``left_x``)."""
     if arms == [""]:

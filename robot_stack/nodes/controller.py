@@ -77,7 +77,7 @@ class ControllerNode(Node):
             if self.ctx.start_threads:  # its ticker only posts; the owner computes and sends
                 self.own(Ticker(self.fast.period_ns, self.inbox, "fast"))
         if self.has_policy:
-            setup = SetupView(p.obs_keys, p.obs_horizon, p.image_size, list(self.cam_ids.values()), 8 * n, extrinsics, p.spec_timeout_s)
+            setup = SetupView(p.obs_keys, p.obs_horizon, p.image_size, list(self.cam_ids.values()), self.arm_names, extrinsics, p.spec_timeout_s)
             self.worker = self.own(PolicyWorker(make_policy_client(p, self.ctx, self.dt_ns / 1e9), setup, self.inbox,
                                                 threaded=self.ctx.start_threads))
             self.workers.append(self.worker)
@@ -92,8 +92,9 @@ class ControllerNode(Node):
         if kind == "reply":
             self._on_reply(*item[1:])
         elif kind == "negotiated":
-            self.obs.agree(**vars(item[1]))
-            self.gate.ready = True
+            n = item[1]
+            self.obs.agree(n.obs_keys, n.obs_horizon, n.image_sizes, n.point_specs)
+            self.exec.action_order, self.gate.ready = n.action_order, True
         elif kind == "failed":
             return self.fail(item[1])
         elif kind == "frame" and self.gate.on_frame(item[1], item[2]):  # its age now: the camera pipeline's latency

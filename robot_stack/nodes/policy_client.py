@@ -39,6 +39,31 @@ class Negotiated:
     obs_horizon: int | None = None
     image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     point_specs: dict = field(default_factory=dict)
+    #: index array putting the policy's action dimensions in the robot's order (None: the same order)
+    action_order: object = None
+
+
+def matched_actions(policy_names, setup: "SetupView"):
+    """The index array that puts a policy's action dimensions in the robot's order, matched by
+    name (:func:`robot_stack.control.chunking.action_order`); a policy that names none is applied by
+    position, its dimensions already checked, with one warning.
+
+    Raises:
+        SpecMismatch: the names differ from the robot's.
+    """
+    from robot_stack.control.chunking import action_order
+
+    if not policy_names:
+        log.warning("the policy names no action dimensions: they are applied by position as %s", setup.action_names)
+        return None
+    try:
+        order = action_order(policy_names, setup.action_names)
+    except ValueError as e:
+        raise SpecMismatch(f"the policy's spec does not match this controller: {e}") from None
+    if order is not None:
+        log.warning("the policy's actions come in another order (%s): remapped by name to %s",
+                    list(policy_names), setup.action_names)
+    return order
 
 
 class PolicyClient(Protocol):
@@ -62,15 +87,26 @@ class PolicyClient(Protocol):
 
 @dataclass
 class SetupView:
-    """What the negotiation compares the spec with: the controller's settings (None: open)."""
+    """What the negotiation compares the spec with: the controller's settings (None: open) and
+    its arms in action order (8 actions each, named by ``control.features.action_names``)."""
 
     obs_keys: list[str] | None
     obs_horizon: int | None
     image_size: tuple[int, int] | None
     camera_ids: list[str]
-    action_dim: int
+    arms: list[str]
     extrinsics: dict
     spec_timeout_s: float
+
+    @property
+    def action_dim(self) -> int:
+        return 8 * len(self.arms)
+
+    @property
+    def action_names(self) -> list[str]:
+        from robot_stack.control.features import action_names
+
+        return action_names(self.arms)
 
 
 class ZmqPolicyClient:
@@ -125,7 +161,7 @@ class ZmqPolicyClient:
             if diffs:
                 raise SpecMismatch("the policy's spec does not match this controller: " + "; ".join(diffs))
             out = Negotiated(obs_keys=list(setup.obs_keys) if setup.obs_keys is not None else list(md.obs_shapes),
-                             obs_horizon=setup.obs_horizon or md.obs_horizon)
+                             obs_horizon=setup.obs_horizon or md.obs_horizon, action_order=matched_actions(md.action_names, setup))
             for k, (shape, _) in md.obs_shapes.items():
                 cam, _, kind = k.rpartition(".")
                 if kind in ("color", "depth") and cam:
@@ -161,7 +197,10 @@ class OpenpiPolicyClient:
         self.endpoint = client.endpoint
 
     def negotiate(self, setup: SetupView, stop) -> Negotiated:
-        """openpi's server describes itself on connect; the keys are the setup's mapping."""
+        """openpi's server describes itself on connect; the keys are the setup's mapping. Its
+        actions carry no names: they are applied by position (dimensions checked per chunk)."""
+        log.warning("the openpi policy at %s names no action dimensions: they are applied by position as %s",
+                    self.endpoint, setup.action_names)
         return Negotiated()
 
     def infer(self, window: ObservationWindow) -> ActionChunk:

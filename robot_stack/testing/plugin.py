@@ -6,7 +6,15 @@ Load it in a lab's own ``conftest.py`` with ``pytest_plugins = ["robot_stack.tes
 - ``fake_clock``: a :class:`~robot_stack.testing.FakeClock` installed for the test, removed after;
 - ``fake_bus``: a fresh :class:`~robot_stack.testing.FakeBus`;
 - ``node_builder``: ``node_builder(config, name)`` builds a node on ``fake_bus`` (with the fake
-  clock installed) and shuts every node it built down after the test.
+  clock installed) and shuts every node it built down after the test;
+- ``stack``: ``stack(config_path, only=None)`` starts a real stack (one process per node, the real
+  launcher) and stops it after the test; returns the launcher and its log sink;
+- ``fake_feetech_bus``, ``fake_dynamixel_bus``, ``fake_robotiq``: ``make(...)`` starts a byte-exact
+  fake bus on a pseudo-terminal (its ``port`` is the path to open), closed after the test;
+- ``ur_emulator``: our UR controller emulator (RTDE, dashboard, script ports on 127.0.0.1), closed
+  after the test;
+- fault injection: :mod:`robot_stack.testing.faults` builds malformed frames for
+  ``fake_bus.inject`` or a socket.
 
 It also registers the markers ``slow``, ``processes`` and ``hardware`` (see the docs' testing page).
 """
@@ -53,3 +61,86 @@ def node_builder(fake_clock, fake_bus):
     yield build
     for node in reversed(built):
         node.shutdown()
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """``stack(config_path, only=None)``: a real stack under the real launcher (supervised on a
+    thread), stopped after the test. Returns ``(launcher, log_sink)``."""
+    import threading
+    from pathlib import Path
+
+    from robot_stack.runtime.launcher import Launcher
+
+    started = []
+
+    def start(config_path, only=None):
+        from robot_stack.apps.session import LogSink
+
+        out = LogSink()
+        launcher = Launcher(Path(config_path), only=only, out=out)
+        launcher.start()
+        t = threading.Thread(target=launcher.supervise, daemon=True)
+        t.start()
+        started.append((launcher, t))
+        return launcher, out
+
+    yield start
+    for launcher, t in reversed(started):
+        launcher.stop()
+        t.join(10)
+
+
+def _closing(factory):
+    made = []
+
+    def make(*args, **kw):
+        obj = factory(*args, **kw)
+        made.append(obj)
+        return obj
+
+    return made, make
+
+
+@pytest.fixture
+def fake_feetech_bus():
+    """``make(ids, follow=False)``: STS3215 servos on a pty (:class:`~robot_stack.testing.feetech_bus.FakeFeetechBus`)."""
+    from robot_stack.testing.feetech_bus import FakeFeetechBus
+
+    made, make = _closing(FakeFeetechBus)
+    yield make
+    for bus in made:
+        bus.close()
+
+
+@pytest.fixture
+def fake_dynamixel_bus():
+    """``make(ids)``: Dynamixel XL330-M288 servos on a pty (:class:`~robot_stack.testing.dynamixel_bus.FakeDynamixelBus`)."""
+    from robot_stack.testing.dynamixel_bus import FakeDynamixelBus
+
+    made, make = _closing(FakeDynamixelBus)
+    yield make
+    for bus in made:
+        bus.close()
+
+
+@pytest.fixture
+def fake_robotiq():
+    """``make(slave_id=9, ...)``: a Robotiq 2F-85 on Modbus RTU over a pty (:class:`~robot_stack.testing.robotiq.FakeRobotiq`)."""
+    from robot_stack.testing.robotiq import FakeRobotiq
+
+    made, make = _closing(FakeRobotiq)
+    yield make
+    for g in made:
+        g.close()
+
+
+@pytest.fixture
+def ur_emulator():
+    """Our UR e-Series controller emulator on 127.0.0.1 (RTDE 30004, dashboard 29999, script
+    30002), started for the test and closed after it; ``ur_emulator.ctl`` is its robot."""
+    from robot_stack.drivers.ur_emulator import UrController, UrEmulator
+
+    emu = UrEmulator("127.0.0.1", UrController()).start()
+    yield emu
+    emu.close()

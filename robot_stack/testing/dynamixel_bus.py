@@ -60,7 +60,7 @@ def packet(dxl_id: int, inst: int, params: bytes) -> bytes:
     return head + body + struct.pack("<H", crc16(head + body))
 
 
-class FakeBus:
+class FakeDynamixelBus:
     """Servos with a 256-byte control table each, behind a pty.
 
     Attributes:
