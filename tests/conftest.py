@@ -66,6 +66,25 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 from robot_stack.apps.session import LogSink  # noqa: E402  (node logs for failure messages)
+from robot_stack.runtime.clock import now_ns  # noqa: E402
+from robot_stack.testing import wait_until  # noqa: E402,F401  (tests import it from here too)
+
+
+def wait_samples(sub, topic: str, n: int, timeout_s: float = 10.0) -> list:
+    """Wait for ``n`` samples on ``topic`` newer than the newest now, and return them: a window
+    measured in samples (a real stream's own clock), not a fixed sleep."""
+    last = sub.latest(topic)
+    seq0 = -1 if last is None else last.seq
+    wait_until(lambda: sum(m.seq > seq0 for m in sub.history(topic)) >= n, timeout_s,
+               what=f"{n} new samples on {topic}")
+    return [m for m in sub.history(topic) if m.seq > seq0]
+
+
+def wait_past(t_ns: int, condition=None, extra_s: float = 10.0, what: str = ""):
+    """Wait until the stack's clock has passed ``t_ns`` (a planned motion's end) and ``condition()``
+    holds (e.g. the arm holds again); at most until ``extra_s`` after ``t_ns``."""
+    return wait_until(lambda: now_ns() >= t_ns and (condition is None or condition()),
+                      max(0.0, (t_ns - now_ns()) / 1e9) + extra_s, what=what or "the planned end")
 
 
 import contextlib  # noqa: E402

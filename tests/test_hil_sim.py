@@ -18,7 +18,7 @@ from robot_stack.runtime.clock import now_ns
 from robot_stack.runtime.config import load_config
 from robot_stack.comm.transport import Subscriber
 
-from conftest import REPO, launched
+from conftest import REPO, launched, wait_past, wait_samples, wait_until
 
 pytestmark = pytest.mark.processes
 
@@ -86,13 +86,17 @@ def current_pose(stack):
     return np.array(stack["state"].latest("robot/state").ee_pose)
 
 
-def wait_still(stack, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = stack["state"].latest("robot/state")
-        if np.abs(st.dq).max() < 0.01 and st.mode == "hold":
-            return
-        time.sleep(0.05)
+def still(stack):
+    st = stack["state"].latest("robot/state")
+    return np.abs(st.dq).max() < 0.01 and st.mode == "hold"
+
+
+def still_dq(stack):
+    return np.abs(stack["state"].latest("robot/state").dq).max() < 0.01
+
+
+def wait_still(stack, timeout=10.0):
+    wait_until(lambda: still(stack), timeout, what="the arm at rest")
 
 
 def dist_to_polyline(p, corners):
@@ -132,15 +136,12 @@ def test_square_tracking_and_servo_jitter(stack):
     try:
         # go to the first corner and settle, then around the square at 0.1 m/s
         t_end = polyline(client, start, corners[:1], now_ns(), speed=0.1)
-        time.sleep((t_end - now_ns()) / 1e9 + 0.5)
         # under load the approach can end late: the square starts once the TCP is at its corner
         # (one CI run started 2 cm short, and the approach's tail counted as square)
-        deadline = time.monotonic() + 5.0
-        while np.linalg.norm(current_pose(stack)[:3] - corners[0][:3]) > 0.002 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_past(t_end, lambda: np.linalg.norm(current_pose(stack)[:3] - corners[0][:3]) < 0.002, what="the first corner")
         t_square = now_ns()
         t_end = polyline(client, current_pose(stack), corners[1:], t_square, speed=0.1)
-        time.sleep((t_end - now_ns()) / 1e9 + 0.5)
+        wait_past(t_end, lambda: still(stack), what="the square's end, at rest")
         samples = [m for m in stack["state"].history("robot/state") if m.stamp_ns >= t_square]
     finally:
         client.close()
@@ -171,7 +172,8 @@ def _refused(stack, positions, check):
         t = now_ns()
         stamps = t + (np.arange(1, len(positions) + 1) * 0.05e9).astype(np.int64)
         client.send_schedule(stamps, positions, space="ee")
-        time.sleep(0.6)
+        wait_until(lambda: arm_metrics(stack).get(f"safety.{check}", 0.0) > before, 10, what=f"{check} counted")
+        wait_samples(stack["state"], "robot/state", 100)  # 0.4 s of states after the refusal
     finally:
         client.close()
     after = arm_metrics(stack).get(f"safety.{check}", 0.0)
@@ -202,7 +204,7 @@ def test_huge_jump_refused(stack):
 
 
 SENDER = """
-import sys, time, numpy as np
+import signal, sys, numpy as np
 from pathlib import Path
 from robot_stack.runtime.config import load_config
 from robot_stack.runtime.arm_client import ArmClient
@@ -217,7 +219,7 @@ client = ArmClient(cfg, rd, source="doomed_controller")
 stamps, poses = straight_line(p, goal, now_ns(), speed=0.05)
 client.send_schedule(stamps, poses, space="ee")
 print("sent", flush=True)
-time.sleep(60)
+signal.pause()  # heartbeating on its thread until the test kills it
 """
 
 
@@ -227,21 +229,17 @@ def test_killed_sender_makes_arm_hold_within_timeout(stack):
                             stdout=subprocess.PIPE, cwd=REPO)
     try:
         assert proc.stdout.readline().strip() == b"sent"
-        deadline = time.monotonic() + 5
-        while stack["state"].latest("robot/state").mode != "track":
-            assert time.monotonic() < deadline, "arm never started tracking"
-            time.sleep(0.01)
-        time.sleep(0.5)
+        wait_until(lambda: stack["state"].latest("robot/state").mode == "track", 5, what="the arm tracking")
+        wait_samples(stack["state"], "robot/state", 125)  # 0.5 s of tracking
         proc.send_signal(signal.SIGKILL)
         t_kill = time.monotonic()
         proc.wait()
-        while stack["state"].latest("robot/state").mode != "hold":
-            assert time.monotonic() - t_kill < 3, "arm did not hold after its sender died"
-            time.sleep(0.005)
+        wait_until(lambda: stack["state"].latest("robot/state").mode == "hold", 3, poll_s=0.005,
+                   what="the arm holding after its sender died")
         latency = time.monotonic() - t_kill
-        time.sleep(0.5)
+        wait_until(lambda: still(stack), 5, what="the arm at rest")
         p1 = current_pose(stack)
-        time.sleep(0.5)
+        wait_samples(stack["state"], "robot/state", 125)  # 0.5 s at rest
         p2 = current_pose(stack)
     finally:
         if proc.poll() is None:
@@ -261,31 +259,29 @@ def test_estop_stops_at_once_and_refuses_until_release(stack):
         goal[1] -= 0.2
         stamps, poses = straight_line(p, goal, now_ns(), speed=0.1)
         client.send_schedule(stamps, poses, space="ee")
-        time.sleep(0.8)
+        wait_until(lambda: np.linalg.norm(current_pose(stack)[:3] - p[:3]) > 0.03, 10, what="the arm 30 mm on its way")
         client.estop("test")
-        time.sleep(0.3)
-        st = stack["state"].latest("robot/state")
-        assert st.mode == "estop"
+        wait_until(lambda: stack["state"].latest("robot/state").mode == "estop" and still_dq(stack), 2,
+                   what="the arm stopped in e-stop")
         p1 = current_pose(stack)
-        time.sleep(0.5)
+        wait_samples(stack["state"], "robot/state", 125)  # 0.5 s in e-stop
         assert np.linalg.norm(current_pose(stack)[:3] - p1[:3]) < 0.001
         assert abs(p1[1] - goal[1]) > 0.05  # stopped well before the goal
+        refused = arm_metrics(stack).get("safety.refused_estop", 0)
         stamps, poses = straight_line(p1, goal, now_ns(), speed=0.1)
         client.send_schedule(stamps, poses, space="ee")
-        time.sleep(0.3)
+        wait_until(lambda: arm_metrics(stack).get("safety.refused_estop", 0) > refused, 5, what="the schedule refused")
         assert np.linalg.norm(current_pose(stack)[:3] - p1[:3]) < 0.001  # refused while e-stopped
         client.release()  # this sender is not authorised to release (safety.estop_release)
-        time.sleep(0.3)
+        wait_until(lambda: arm_metrics(stack).get("safety.estop_release_refused", 0) >= 1, 5, what="the release refused")
         assert stack["state"].latest("robot/state").mode == "estop"
-        assert arm_metrics(stack)["safety.estop_release_refused"] >= 1
         cli = ArmClient(stack["cfg"], stack["run_dir"], source="cli_estop", heartbeat_hz=0)  # as `robot-stack estop --release`
         cli.release()
         cli.close()
-        time.sleep(0.2)
+        wait_until(lambda: stack["state"].latest("robot/state").mode == "hold", 5, what="the e-stop released")
         stamps, poses = straight_line(current_pose(stack), goal, now_ns(), speed=0.1)
         client.send_schedule(stamps, poses, space="ee")
-        time.sleep((stamps[-1] - now_ns()) / 1e9 + 0.5)
-        assert np.linalg.norm(current_pose(stack)[:3] - goal[:3]) < 0.005
+        wait_past(int(stamps[-1]), lambda: np.linalg.norm(current_pose(stack)[:3] - goal[:3]) < 0.005, what="the goal")
         assert arm_metrics(stack)["safety.refused_estop"] >= 1
     finally:
         client.close()
@@ -296,9 +292,7 @@ def test_live_view_recording_has_cameras_and_robot(stack):
     import os
 
     rrd = stack["run_dir"] / "view.rrd"
-    deadline = time.monotonic() + 20
-    while (not rrd.exists() or rrd.stat().st_size < 50_000) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: rrd.exists() and rrd.stat().st_size >= 50_000, 20, poll_s=0.2, what="the viewer's .rrd file")
     out = subprocess.run([sys.executable, "-m", "rerun", "rrd", "print", str(rrd)], capture_output=True,
                          text=True, timeout=60, env=dict(os.environ, RERUN_ANALYTICS="0"))
     text = out.stdout + out.stderr
