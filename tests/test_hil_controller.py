@@ -22,7 +22,8 @@ from robot_stack.runtime.clock import now_ns
 from robot_stack.runtime.config import load_config
 from robot_stack.comm.transport import Subscriber
 
-from conftest import REPO, launched
+from conftest import REPO, launched, wait_past, wait_samples, wait_until
+from robot_stack.testing import WaitTimeout
 
 pytestmark = pytest.mark.processes
 
@@ -122,7 +123,8 @@ def stack(tmp_path_factory):
                 tx = Sender(cfg.in_endpoint("sim", run_dir), "test")
                 tx.send(SimCommand.TOPIC, SimCommand(kind="reset", cube_pose=np.r_[CUBE, 0, 0, 0, 1.0]))
                 tx.close()
-                time.sleep(0.5)
+                wait_until(lambda: (o := state.latest("sim/objects")) is not None
+                           and np.linalg.norm(np.asarray(o.cube_pose[:3]) - CUBE) < 0.01, 10, what="the cube placed")
                 yield {"cfg": cfg, "cfg_path": cfg_path, "run_dir": run_dir, "state": state, "out": out}
             finally:
                 state.close()
@@ -130,11 +132,13 @@ def stack(tmp_path_factory):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _wait_until(arrived, timeout_s: float = 5.0) -> None:
-    """Poll ``arrived()`` every 50 ms for up to ``timeout_s``: under load the arm can arrive late."""
-    deadline = time.monotonic() + timeout_s
-    while not arrived() and time.monotonic() < deadline:
-        time.sleep(0.05)
+def _wait_until(arrived, t_end_ns: int | None = None, timeout_s: float = 5.0) -> None:
+    """Wait past ``t_end_ns`` (a planned motion's end) until ``arrived()`` for up to ``timeout_s``
+    more (under load the arm can arrive late); the caller asserts, with the state that explains."""
+    try:
+        wait_past(t_end_ns or now_ns(), arrived, extra_s=timeout_s)
+    except WaitTimeout:
+        pass
 
 
 def move_to_start(stack):
@@ -145,9 +149,9 @@ def move_to_start(stack):
         goal[:3] = START
         stamps, poses = straight_line(p, goal, now_ns(), speed=0.15)
         client.send_schedule(stamps, poses, space="ee")
-        time.sleep((stamps[-1] - now_ns()) / 1e9 + 0.6)
         # under load the arm can arrive late (one CI run: 68 mm short)
-        _wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - START) <= 0.005)
+        _wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - START) <= 0.005,
+                    int(stamps[-1]))
     finally:
         client.close()
     assert np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - START) < 0.005
@@ -164,9 +168,10 @@ def home_joints(stack):
         q0 = np.array(stack["state"].latest("robot/state").q)
         dur = max(0.5, float(np.abs(HOME_Q - q0).max()) / 0.5)
         s = np.linspace(0, 1, int(dur / 0.05) + 1)[1:]
-        client.send_schedule(now_ns() + (s * dur * 1e9).astype(np.int64), q0 + s[:, None] * (HOME_Q - q0))
-        time.sleep(dur + 0.8)
-        _wait_until(lambda: np.abs(np.array(stack["state"].latest("robot/state").q) - HOME_Q).max() <= 0.02)
+        t_send = now_ns()
+        client.send_schedule(t_send + (s * dur * 1e9).astype(np.int64), q0 + s[:, None] * (HOME_Q - q0))
+        _wait_until(lambda: np.abs(np.array(stack["state"].latest("robot/state").q) - HOME_Q).max() <= 0.02,
+                    t_send + int(dur * 1e9))
         after = arm_hb.wait_for("heartbeat/arm", 3, newer_than_seq=before.seq if before else -1)
     finally:
         client.close()
@@ -194,13 +199,12 @@ def test_strategy_completes_the_motion(stack, strategy, report):
                              str(stack["run_dir"])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         reached_at = None
-        deadline = time.monotonic() + 25
-        while time.monotonic() < deadline:
-            p = np.array(stack["state"].latest("robot/state").ee_pose[:3])
-            if np.linalg.norm(p - GOAL) < 0.005:
-                reached_at = now_ns()
-                break
-            time.sleep(0.02)
+        try:
+            wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - GOAL) < 0.005,
+                       25, poll_s=0.02)
+            reached_at = now_ns()
+        except WaitTimeout:
+            pass
         hb = sub.wait_for(f"heartbeat/{node}", 3)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -238,12 +242,13 @@ def test_fast_layer_corrects_the_plan_at_its_rate(stack, report):
                              str(stack["run_dir"])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
     goal = GOAL + FAST_BIAS
     try:
-        reached = False
-        deadline = time.monotonic() + 25
-        while time.monotonic() < deadline and not reached:
-            reached = np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - goal) < 0.005
-            time.sleep(0.02)
-        time.sleep(1.0)
+        reached = True
+        try:
+            wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - goal) < 0.005,
+                       25, poll_s=0.02)
+            wait_samples(sub, "controller/action", 50)  # a second of the fast layer's schedules after arriving
+        except WaitTimeout:
+            reached = False
         hb = sub.wait_for(f"heartbeat/{node}", 3)
         sent = [m for m in sub.history("controller/action")]
     finally:
@@ -285,31 +290,24 @@ def test_teleop_intervention_takes_over_and_hands_back(stack):
     try:
         # the policy drives toward GOAL; once it has moved the TCP 2 cm (the node's start-up takes
         # seconds on a loaded machine) the operator intervenes and lifts the TCP 5 cm above START
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            p_before = np.array(stack["state"].latest("robot/state").ee_pose[:3])
-            if p_before[1] > START[1] + 0.02:
-                break
-            time.sleep(0.02)
-        assert p_before[1] > START[1] + 0.02, "the policy did not move the arm before the intervention"
+        wait_until(lambda: np.array(stack["state"].latest("robot/state").ee_pose)[1] > START[1] + 0.02, 15,
+                   what="the policy moving the arm before the intervention")
+        p_before = np.array(stack["state"].latest("robot/state").ee_pose[:3])
         t_int = now_ns()
         for k in range(60):  # 2 s of absolute targets at 30 Hz, from where the arm is toward `hold`
             a = min(1.0, (k + 1) / 30)
             target = np.r_[(1 - a) * p_before + a * hold[:3], hold[3:]]
             teleop.publish("teleop/command", TeleopCommand(kind="ee_absolute", value=target,
                                                            buttons=["intervene"] if k == 0 else []))
-            time.sleep(1 / 30)
-        time.sleep(0.8)
+            time.sleep(1 / 30)  # (pacing: a teleop device's 30 Hz stream)
+        _wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - hold[:3]) < 0.01)
         p_held = np.array(stack["state"].latest("robot/state").ee_pose[:3])
         acts = [m for m in sub.history("controller/action") if m.stamp_ns > t_int + 200_000_000]
         assert acts and all(m.origin == "teleop" for m in acts), {m.origin for m in acts}
         assert np.linalg.norm(p_held - hold[:3]) < 0.01, (p_held, hold)
         teleop.publish("teleop/command", TeleopCommand(kind="ee_absolute", value=hold, buttons=["release"]))
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - GOAL) < 0.005:
-                break
-            time.sleep(0.05)
+        _wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - GOAL) < 0.005,
+                    timeout_s=15)
         p_end = np.array(stack["state"].latest("robot/state").ee_pose[:3])
         hb = sub.wait_for(f"heartbeat/{node}", 3)
     finally:
@@ -330,7 +328,8 @@ def _move(stack, points, speed=0.15):
             goal[:3] = q
             stamps, poses = straight_line(p, goal, now_ns(), speed=speed)
             client.send_schedule(stamps, poses, space="ee")
-            time.sleep((stamps[-1] - now_ns()) / 1e9 + 0.5)
+            _wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - q) < 0.005,
+                        int(stamps[-1]))
             p = np.array(stack["state"].latest("robot/state").ee_pose)
     finally:
         client.close()
@@ -353,7 +352,7 @@ def openpi_goto_server():
         for data in ws:
             obs = msgpack_numpy.unpackb(data)
             state = np.asarray(obs["observation/state"], np.float32)
-            time.sleep(0.2)
+            time.sleep(0.2)  # (the injected inference time of the served policy)
             served.append(1)
             ws.send(msgpack_numpy.packb({"actions": np.asarray(policy.predict({"ee_pose": np.stack([state, state])},
                                                                               None, None)),
@@ -389,13 +388,19 @@ def test_reach_task_with_each_strategy(stack, node, report, request):
     t0 = time.monotonic()
     try:
         ok_at = None
-        while time.monotonic() - t0 < 25:
+
+        def success():
+            nonlocal tcp, cube
             tcp = np.array(stack["state"].latest("robot/state").ee_pose[:3])
             cube = np.array(stack["state"].latest("sim/objects").cube_pose[:3])
-            if ReachTask().success(tcp, cube, cube0):
-                ok_at = time.monotonic() - t0
-                break
-            time.sleep(0.05)
+            return ReachTask().success(tcp, cube, cube0)
+
+        tcp = cube = None
+        try:
+            wait_until(success, 25, poll_s=0.05)
+            ok_at = time.monotonic() - t0
+        except WaitTimeout:
+            pass
     finally:
         proc.send_signal(signal.SIGTERM)
         log = proc.communicate(timeout=10)[0].decode(errors="replace")
@@ -465,11 +470,16 @@ def _first_lead(stack, node):
                              str(rd)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
     m = {}
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "first_lead_max_mm" not in m:
+        def led():
+            nonlocal m
             hb = sub.wait_for(f"heartbeat/{node}", 1.0, newer_than_seq=-1)
             m = hb.metrics if hb is not None else m
-            time.sleep(0.1)
+            return "first_lead_max_mm" in m
+
+        try:
+            wait_until(led, 30, poll_s=0.1)
+        except WaitTimeout:
+            pass
     finally:
         proc.send_signal(signal.SIGTERM)
         log = proc.communicate(timeout=10)[0].decode(errors="replace")
