@@ -50,6 +50,8 @@ import socket
 import struct
 import threading
 import time
+
+from robot_stack.runtime.clock import now_ns as _now_ns
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +76,11 @@ CMD_MOVEJ, CMD_SPEED_STOP, CMD_SERVOJ, CMD_SERVO_STOP, CMD_WATCHDOG = 1, 15, 11,
 CMD_PROTECTIVE_STOP, CMD_STOPL, CMD_STOPJ, CMD_SET_WATCHDOG, CMD_STOP_SCRIPT = 31, 33, 34, 35, 255
 #: commands the script handles "real-time": processed and answered "ready", never "done"
 REALTIME_CMDS = {24, 11, 9, 10, 6, 25, 26, 27, 38, 58}
+
+
+def _now_s() -> float:
+    """The controller's time, s: the stack's clock (a test's fake clock steps it)."""
+    return _now_ns() / 1e9
 
 
 @dataclass
@@ -120,10 +127,10 @@ class UrController:
         self.q_target = self.world.q_target.copy()
         self.qd_target = np.zeros_like(self.q_target)
         self.watchdog_hz = 0.0
-        self.watchdog_fed_s = time.monotonic()
+        self.watchdog_fed_s = _now_s()
         self.watchdog_trip_gap_ms = 0.0  # time from the last feed to the last watchdog stop, ms
         self.protective_stop_at: float | None = None
-        self.t0 = time.monotonic()
+        self.t0 = _now_s()
         self.counters = {"protective_stops": 0, "watchdog_stops": 0, "programs": 0, "unsupported_commands": 0,
                          "servoj": 0, "disconnect_stops": 0}
         self.messages: list[str] = []  # what a teach pendant would show (tests read it)
@@ -132,7 +139,7 @@ class UrController:
     # --------------------------------------------------------------------------- state read-out
     def timestamp(self) -> float:
         """Controller time since start, s (RTDE ``timestamp``)."""
-        return time.monotonic() - self.t0
+        return _now_s() - self.t0
 
     @property
     def running(self) -> bool:
@@ -204,7 +211,7 @@ class UrController:
                     i = int(n.rsplit("_", 1)[1])
                     self.reg.in_int[i] = int(v)
                     if i == self.reg_offset_int:
-                        now = time.monotonic()
+                        now = _now_s()
                         if self.running:
                             self.feed_gaps_ms.append((now - self.watchdog_fed_s) * 1e3)
                         self.watchdog_fed_s = now
@@ -295,7 +302,7 @@ class UrController:
             self.move_goal = None
         elif cmd == CMD_SET_WATCHDOG:
             self.watchdog_hz = max(0.0, self._f(0))
-            self.watchdog_fed_s = time.monotonic()
+            self.watchdog_fed_s = _now_s()
         elif cmd == CMD_PROTECTIVE_STOP:
             self._protective_stop("protective stop requested by the program")
         elif cmd == CMD_STOP_SCRIPT:
@@ -308,7 +315,7 @@ class UrController:
 
     def _protective_stop(self, why: str) -> None:
         self.safety_mode = SAFETY_PROTECTIVE_STOP
-        self.protective_stop_at = time.monotonic()
+        self.protective_stop_at = _now_s()
         self.counters["protective_stops"] += 1
         self.messages.append(f"protective stop: {why}")
         log.warning("PROTECTIVE STOP: %s", why)
@@ -324,7 +331,7 @@ class UrController:
         with self.lock:
             if self.safety_mode != SAFETY_PROTECTIVE_STOP:
                 return "Protective stop releasing"  # a no-op on a real controller too
-            if time.monotonic() - (self.protective_stop_at or 0) < self.unlock_delay_s:
+            if _now_s() - (self.protective_stop_at or 0) < self.unlock_delay_s:
                 return (f"Cannot unlock protective stop until {self.unlock_delay_s:g}s after occurrence. "
                         "Always inspect cause of protective stop before unlocking")
             self.safety_mode = SAFETY_NORMAL
@@ -346,7 +353,7 @@ class UrController:
     def control(self) -> None:
         """One controller period without physics: watchdog, program pass, the joint target."""
         with self.lock:
-            now = time.monotonic()
+            now = _now_s()
             if self.running and self.watchdog_hz > 0 and now - self.watchdog_fed_s > 1.0 / self.watchdog_hz:
                 self.counters["watchdog_stops"] += 1
                 self.watchdog_trip_gap_ms = (now - self.watchdog_fed_s) * 1e3  # feed -> trip, as this loop saw it

@@ -1,7 +1,7 @@
 """robot_stack: a real-robot visuomotor control stack.
 
 Separate processes (camera, arm, teleop, policy, controller, recorder) talk over ZeroMQ with
-msgpack headers and raw array buffers. See DESIGN.md for the contracts.
+msgpack headers and raw array buffers. See docs/design.md for the contracts.
 
 On Linux without a display (no ``DISPLAY`` or ``WAYLAND_DISPLAY``) and with ``MUJOCO_GL`` unset,
 importing the package sets ``MUJOCO_GL=egl`` (headless offscreen rendering, Mesa or a GPU), so the

@@ -2,9 +2,10 @@
 frame, each with its own impedance controller, joint messages, wrist camera and wrist wrench;
 and, through real processes, two arm nodes driving their own arm of one world."""
 
-import time
 
 import numpy as np
+
+from conftest import wait_until
 import pytest
 from scipy.spatial.transform import Rotation
 
@@ -115,7 +116,7 @@ def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
     import tempfile
     from pathlib import Path
 
-    from conftest import launched
+    from conftest import launched, wait_past, wait_samples_of, wait_until
     from robot_stack.comm.transport import Subscriber
     from robot_stack.runtime.arm_client import ArmClient
     from robot_stack.control.paths import straight_line
@@ -131,13 +132,8 @@ def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
             sub = Subscriber([cfg.pub_endpoint(n, run_dir) for n in ("arm_left", "arm_right", "cam_left")],
                              ("robot/state", "camera/"), history=4000, name="test-bi")
             try:
-                for _ in range(600):
-                    if all(m is not None and m.source == n for n in ("arm_left", "arm_right")
-                           for m in [next((x for x in reversed(sub.history("robot/state")) if x.source == n), None)]):
-                        break
-                    time.sleep(0.1)
-                else:
-                    raise AssertionError(f"no robot state from both arms: {out.tail()}")
+                wait_until(lambda: {m.source for m in sub.history("robot/state")} >= {"arm_left", "arm_right"}, 60,
+                           poll_s=0.1, describe=out.tail, what="robot state from both arms")
 
                 def latest(arm):
                     return next(x for x in reversed(sub.history("robot/state")) if x.source == arm)
@@ -149,7 +145,8 @@ def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
                 try:
                     stamps, poses = straight_line(left0, goal, now_ns() + 100_000_000, speed=0.15)
                     client.send_schedule(stamps, poses, space="ee")
-                    time.sleep((stamps[-1] - now_ns()) / 1e9 + 1.0)
+                    wait_past(int(stamps[-1]), lambda: np.linalg.norm(np.array(latest("arm_left").ee_pose[:3]) - goal[:3]) < 0.005
+                              and latest("arm_left").mode == "hold", what="the left arm at its goal, holding")
                 finally:
                     client.close()
                 left1, right1 = np.array(latest("arm_left").ee_pose), np.array(latest("arm_right").ee_pose)
@@ -185,7 +182,7 @@ def test_one_controller_drives_two_arms_in_lockstep(tmp_path):
     import tempfile
     from pathlib import Path
 
-    from conftest import launched
+    from conftest import launched, wait_past, wait_samples_of, wait_until
     from robot_stack.comm.messages import WaypointSchedule
     from robot_stack.comm.transport import Subscriber
     from robot_stack.runtime.config import load_config
@@ -204,17 +201,16 @@ def test_one_controller_drives_two_arms_in_lockstep(tmp_path):
                 def latest(arm):
                     return next((x for x in reversed(sub.history("robot/state")) if x.source == arm), None)
 
-                deadline = time.monotonic() + 90
                 err = {}
-                while time.monotonic() < deadline:
+
+                def arrived():
                     assert not launcher.dead, out.tail()
                     for a, g in goals.items():
                         st = latest(a)
                         err[a] = np.inf if st is None else float(np.linalg.norm(np.array(st.ee_pose[:3]) - g))
-                    if max(err.values()) < 0.004:
-                        break
-                    time.sleep(0.2)
-                assert max(err.values()) < 0.004, (err, out.tail())
+                    return max(err.values()) < 0.004
+
+                wait_until(arrived, 90, poll_s=0.2, describe=lambda: f"{err}\n{out.tail()}", what="both arms at their goals")
                 acts = sub.history(WaypointSchedule.EXECUTED_TOPIC)
                 by_arm = {a: [m for m in acts if m.arm == a] for a in goals}
                 # The history is read while the controller runs: the last step may be caught
@@ -233,14 +229,12 @@ def test_one_controller_drives_two_arms_in_lockstep(tmp_path):
 def test_a_two_arm_controller_refuses_a_one_arm_policy(tmp_path, run_dir):
     """The policy's spec says 8-D actions (one arm); the controller drives two: it ends at start-up
     naming the difference."""
-    from conftest import launched
+    from conftest import launched, wait_past, wait_samples_of, wait_until
 
     cfg_path = tmp_path / "mm.yaml"
     cfg_path.write_text(LOCKSTEP_CONFIG.format(run_dir=run_dir, backend="{type: goto, goal: [0.5, 0.0, 0.3]}"))
     with launched(cfg_path) as (launcher, out):
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and "controller" not in launcher.dead:
-            time.sleep(0.1)
+        wait_until(lambda: "controller" in launcher.dead, 90, describe=out.tail, what="the controller to end")
         assert launcher.dead.get("controller") == 1, out.tail()
         log = out.tail(80)
         assert "the policy's spec does not match this controller" in log
@@ -270,11 +264,9 @@ def test_a_two_arm_episode_records_each_arm_by_name(tmp_path):
     try:
         s.start(("robot/state", "heartbeat/recorder"))
         s.send_event("start", ["recorder"])
-        time.sleep(3.0)
+        wait_until(lambda: s.heartbeat("recorder").get("duration_s", 0) >= 3.0, 30, what="3 s recorded")
         s.send_event("stop", ["recorder"])
-        deadline = time.monotonic() + 15
-        while not list_episodes(root) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: list_episodes(root), 15, poll_s=0.1, what="the episode saved")
     finally:
         s.close()
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -301,7 +293,7 @@ def test_an_arm_in_estop_holds_the_other(tmp_path, together):
     import tempfile
     from pathlib import Path
 
-    from conftest import launched
+    from conftest import launched, wait_past, wait_samples_of, wait_until
     from robot_stack.comm.messages import Heartbeat
     from robot_stack.comm.transport import Subscriber
     from robot_stack.runtime.arm_client import ArmClient
@@ -320,21 +312,29 @@ def test_an_arm_in_estop_holds_the_other(tmp_path, together):
                              ("robot/state", Heartbeat.topic("controller")), history=3000, name="test-es")
             cli = None
             try:
+                def left_state():
+                    return next((x for x in reversed(sub.history("robot/state")) if x.source == "arm_left"), None)
+
                 def left():
-                    st = next((x for x in reversed(sub.history("robot/state")) if x.source == "arm_left"), None)
+                    st = left_state()
                     return None if st is None else np.array(st.ee_pose[:3])
 
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and (left() is None or sub.latest(Heartbeat.topic("controller")) is None
-                                                        or sub.latest(Heartbeat.topic("controller")).metrics.get("chunks", 0) < 3):
-                    time.sleep(0.1)
+                wait_until(lambda: left() is not None and (hb := sub.latest(Heartbeat.topic("controller"))) is not None
+                           and hb.metrics.get("chunks", 0) >= 3, 60, poll_s=0.1, describe=out.tail, what="3 chunks executed")
                 start = left()
                 assert start is not None and np.linalg.norm(start - goal_left) > 0.1, (start, out.tail())
                 cli = ArmClient(cfg, run_dir, arm="arm_right", source="test_estop", heartbeat_hz=0)
                 cli.estop("test")
-                time.sleep(0.5)
+                if together:  # the left arm brakes and holds too
+                    wait_until(lambda: (st := left_state()).mode == "hold" and np.abs(st.dq).max() < 0.01, 5,
+                               what="the left arm held")
+                else:
+                    wait_samples_of(sub, "arm_left", 125)  # half a second on
                 at_stop = left()
-                time.sleep(2.0)
+                if together:
+                    wait_samples_of(sub, "arm_left", 500)  # 2 s held
+                else:
+                    wait_until(lambda: np.linalg.norm(left() - at_stop) > 0.05, 10, what="the left arm going on")
                 moved = np.linalg.norm(left() - at_stop)
                 if together:
                     assert moved < 0.003, (moved, out.tail())

@@ -1,4 +1,4 @@
-"""Chunk timing math pinned with exact values (DESIGN.md worked example)."""
+"""Chunk timing math pinned with exact values (docs/design.md worked example)."""
 
 import math
 

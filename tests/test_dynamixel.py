@@ -5,6 +5,7 @@ import pytest
 
 from robot_stack.testing.dynamixel_bus import FakeDynamixelBus as FakeBus, crc16, packet, stuff, unstuff
 from robot_stack.drivers.dynamixel import DynamixelBus, DynamixelError, rad_to_ticks, ticks_to_rad
+from conftest import wait_until
 
 IDS = [1, 2, 3, 4, 5, 6, 7]
 LT = 60.0  # reply timeout margin, ms: the fake answers from a Python thread on a loaded 2-core machine
@@ -34,10 +35,7 @@ def test_ping_sync_read_and_sync_write(bus):
         insts = [inst for _, inst, _ in bus.received]
         assert insts.count(0x82) == 1  # one sync read for all seven joints
         dxl.write_goal_positions(q[::-1])
-        import time
-
-        time.sleep(0.1)
-        assert [bus.goal(i) for i in IDS] == list(rad_to_ticks(q[::-1]))
+        wait_until(lambda: [bus.goal(i) for i in IDS] == list(rad_to_ticks(q[::-1])), 2, what="the goals on the bus")
         dxl.set_torque(False)
         assert all(bus.tables[i][64] == 0 for i in IDS)
     finally:

@@ -8,6 +8,7 @@ import pytest
 
 from robot_stack.testing.feetech_bus import FakeFeetechBus, checksum, packet
 from robot_stack.drivers.feetech import FeetechBus, FeetechError, decode_error, rad_to_ticks
+from conftest import wait_until
 
 IDS = [1, 2, 3, 4, 5, 6]  # SO-101: shoulder pan, shoulder lift, elbow flex, wrist flex, wrist roll, gripper
 LT = 60.0  # reply timeout margin, ms: the fake answers from a Python thread on a loaded 2-core machine
@@ -44,8 +45,7 @@ def test_sdk_speaks_the_protocol(fake):
         assert fake.received == [b"\xff\xff" + body + bytes([checksum(body)])]
         fake.received.clear()
         bus.write_goal_positions(q[::-1])
-        time.sleep(0.1)
-        assert [fake.goal(i) for i in IDS] == list(rad_to_ticks(q[::-1]))
+        wait_until(lambda: [fake.goal(i) for i in IDS] == list(rad_to_ticks(q[::-1])), 2, what="the goals on the bus")
         t = rad_to_ticks(q[::-1])
         params = b"".join(bytes([i, int(v) & 0xFF, int(v) >> 8]) for i, v in zip(IDS, t))
         body = bytes([0xFE, len(params) + 4, 0x83, 0x2A, 0x02]) + params
@@ -132,15 +132,31 @@ def _calibrate_cli(fake, tmp_path, sweep):
                           "--signs", "1", "-1", "1", "1", "1", "--file", str(cal), "--section", "arms",
                           "--name", "so101_follower"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    time.sleep(1.0)  # the CLI pings the bus, then asks for the zero pose
+    import os
+    import select
+
+    seen = ""
+
+    def prompted(text):  # what the CLI printed so far holds ``text`` (or it ended)
+        def check():
+            nonlocal seen
+            if select.select([p.stdout.fileno()], [], [], 0)[0]:
+                chunk = os.read(p.stdout.fileno(), 4096).decode(errors="replace")
+                seen += chunk
+                if not chunk:
+                    return True
+            return text in seen
+        return check
+
+    wait_until(prompted("zero pose"), 20, what="the CLI asking for the zero pose")  # after it pinged the bus
     p.stdin.write("\n")
     p.stdin.flush()
-    time.sleep(0.5)
+    wait_until(prompted("whole range"), 20, what="the CLI asking for the sweep")
     sweep()
     p.stdin.write("\n")
     p.stdin.flush()
     out = p.communicate(timeout=20)[0]
-    return p.returncode, out, cal
+    return p.returncode, seen + out, cal
 
 
 def test_calibrate_servos_cli_records_offsets_and_ranges(fake, tmp_path):
@@ -157,7 +173,7 @@ def test_calibrate_servos_cli_records_offsets_and_ranges(fake, tmp_path):
             raw[5] = zero[5] + max(a, 0) * 1.6  # the jaw opens one way only
             for i, t in zip(IDS, rad_to_ticks(raw)):
                 fake.set_position(i, int(t))
-            time.sleep(0.02)
+            time.sleep(0.02)  # (pacing: a person sweeping the joints)
 
     rc, out, cal = _calibrate_cli(fake, tmp_path, sweep)
     assert rc == 0, out

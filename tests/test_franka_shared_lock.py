@@ -21,9 +21,9 @@ def _hold_lock(lock, ready, exit_after_s):
     lock.acquire()
     ready.set()
     if exit_after_s is None:
-        time.sleep(60)
+        threading.Event().wait()  # holds it until killed
     else:
-        time.sleep(exit_after_s)
+        time.sleep(exit_after_s)  # (the case's parameter: how long it holds the lock before dying)
         import os
 
         os._exit(3)  # dies holding the lock: a POSIX semaphore is not released for it

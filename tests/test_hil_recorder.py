@@ -2,7 +2,7 @@
 
 import os
 import signal
-import time
+from conftest import wait_until
 
 import numpy as np
 import pytest
@@ -29,16 +29,14 @@ def test_recorder_sigkill_mid_episode_keeps_saved_and_recovers(tmp_path, run_dir
         s.start(("robot/state", "camera/c", "heartbeat/recorder"))
         assert root.is_dir()  # the recorder makes its root at start-up, before any episode
         s.send_event("start", ["recorder"])
-        time.sleep(1.5)
+        wait_until(lambda: s.heartbeat("recorder").get("duration_s", 0) >= 1.5, 20, what="1.5 s recorded")
         s.send_event("stop", ["recorder"])
-        deadline = time.monotonic() + 10
-        while not list_episodes(root) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: list_episodes(root), 10, poll_s=0.1, what="the first episode saved")
         s.send_event("start", ["recorder"])
-        time.sleep(2.0)  # several flushes of the second episode
+        # several flushes of the second episode (every 0.2 s)
+        wait_until(lambda: s.heartbeat("recorder").get("duration_s", 0) >= 2.0, 20, what="2 s of the second episode")
         os.kill(s.launcher.nodes["recorder"].proc.pid, signal.SIGKILL)
-        time.sleep(0.5)
-        assert "recorder" in s.dead()
+        wait_until(lambda: "recorder" in s.dead(), 10, what="the launcher seeing the recorder dead")
     finally:
         s.close()
     saved = list_episodes(root)
@@ -58,9 +56,7 @@ def test_recorder_sigkill_mid_episode_keeps_saved_and_recovers(tmp_path, run_dir
     s = Session(cfg, only=["recorder"])
     try:
         s.launcher.start()
-        deadline = time.monotonic() + 30
-        while len(list_episodes(root)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: len(list_episodes(root)) >= 2, 30, poll_s=0.1, what="the interrupted episode recovered")
     finally:
         s.close()
     eps = list_episodes(root)

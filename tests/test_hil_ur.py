@@ -17,11 +17,17 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, wait_past, wait_samples, wait_until
 
 pytestmark = pytest.mark.processes
 HOST = "127.0.0.7"
 CFG = REPO / "configs" / "ur5e_emulated.yaml"
+
+
+def at_rest(stack, tol: float = 0.002) -> bool:
+    """The arm holds and the robot's joints have stopped (contact forces settled)."""
+    st = stack.state()
+    return st.mode == "hold" and float(np.abs(st.dq).max()) < tol
 
 
 def _port_open(port: int) -> bool:
@@ -114,7 +120,7 @@ def test_joint_and_ee_squares_are_tracked(stack, emulator, report):
         t += 2_000_000_000
     stamps, path = np.concatenate(stamps), np.concatenate(path)
     stack.arm.send_schedule(stamps, path, space="joint")
-    time.sleep((stamps[-1] - now_ns()) / 1e9 + 1.0)
+    wait_past(int(stamps[-1]), lambda: stack.state().mode == "hold", what="the joint square's end, holding")
     hist = [m for m in stack.sub.history("robot/state") if stamps[0] <= m.stamp_ns <= stamps[-1]]
     dense = np.concatenate([a + np.linspace(0, 1, 50)[:, None] * (b - a) for a, b in zip(jc[:-1], jc[1:])])
     tcp_path = np.array([kin.fk(q)[:3] for q in dense])
@@ -125,7 +131,7 @@ def test_joint_and_ee_squares_are_tracked(stack, emulator, report):
     corners = [start[:3] + np.array(c) for c in ([0, 0, 0], [side, 0, 0], [side, 0, -side], [0, 0, -side], [0, 0, 0])]
     stamps, poses = polyline_schedule(start, corners[1:], now_ns() + 300_000_000, speed=0.05)
     stack.arm.send_schedule(stamps, poses, space="ee")
-    time.sleep((stamps[-1] - now_ns()) / 1e9 + 1.0)
+    wait_past(int(stamps[-1]), lambda: stack.state().mode == "hold", what="the TCP square's end, holding")
     hist_ee = [m for m in stack.sub.history("robot/state") if stamps[0] <= m.stamp_ns <= stamps[-1]]
     ee_err = _off_path(np.array([m.ee_pose[:3] for m in hist_ee]), corners)
     hb = stack.heartbeat("arm")
@@ -155,12 +161,12 @@ def test_tcp_force_reaches_robot_state_through_ur_rtde(stack, emulator, report):
     low = np.r_[start[:2], -0.002]
     stamps, poses = polyline_schedule(start, [low], now_ns() + 300_000_000, speed=0.06)
     stack.arm.send_schedule(stamps, poses, space="ee")
-    time.sleep((stamps[-1] - now_ns()) / 1e9 + 1.0)
+    wait_past(int(stamps[-1]), lambda: at_rest(stack), what="pressing, at rest")
     pressed = np.array(stack.state().wrench)
     st = stack.state()
     stamps, poses = polyline_schedule(np.r_[low, start[3:]], [start[:3]], now_ns() + 300_000_000, speed=0.06)
     stack.arm.send_schedule(stamps, poses, space="ee")
-    time.sleep((stamps[-1] - now_ns()) / 1e9 + 0.5)
+    wait_past(int(stamps[-1]), lambda: at_rest(stack), what="lifted off, at rest")
     report(f"UR5e emulator through ur_rtde: TCP force pressing the open fingertips into the table {np.round(pressed[:3], 1)} N "
            f"(TCP z {st.ee_pose[2] * 1e3:.1f} mm)")
     assert pressed[2] > 3.0 and np.abs(pressed[:2]).max() < 0.5 * pressed[2], pressed  # mostly up, some friction
@@ -177,7 +183,9 @@ def test_jump_is_refused_and_the_robot_never_moves(stack, emulator):
     jump = q0 + np.r_[0.6, 0, 0, 0, 0, 0]  # 0.6 rad at once: over max_jump_joint (0.35)
     stack.arm.send_schedule(np.array([now_ns() + 50_000_000, now_ns() + 1_000_000_000]), np.stack([jump, jump]),
                             space="joint")
-    time.sleep(1.5)
+    wait_until(lambda: sum(v for k, v in stack.heartbeat("arm").items() if k.startswith("safety.") and "jump" in k) > refused0,
+               5, what="the jump refused")
+    wait_samples(stack.sub, "robot/state", 250)  # a second after the refusal
     after = stack.heartbeat("arm")
     assert sum(v for k, v in after.items() if k.startswith("safety.") and "jump" in k) == refused0 + 1, after
     # the refusal is a counted safety event, not a loop error (a refused merge once popped its
@@ -200,9 +208,10 @@ def test_stalled_controller_holds_without_protective_stop(stack, emulator):
         path = q0 + np.linspace(0, 1, 41)[:, None] * np.r_[0.4, 0, 0, 0, 0, 0]
         client.heartbeat()
         client.send_schedule(stamps, path, space="joint")
-        time.sleep(3.0)
+        wait_until(lambda: stack.heartbeat("arm").get("safety.heartbeat_stale", 0) >= 1 and stack.state().mode == "hold"
+                   and np.abs(stack.state().dq).max() < 0.01, 10, what="the arm holding at rest")
         q_hold = np.array(stack.state().q)
-        time.sleep(1.0)
+        wait_samples(stack.sub, "robot/state", 250)  # a second held
         q_later = np.array(stack.state().q)
     finally:
         client.close()
@@ -221,13 +230,10 @@ def test_protective_stop_fault_recovery_then_tracking(stack, emulator, report):
     dash = emulator["dash"]
     faults0 = stack.heartbeat("arm").get("safety.driver_fault", 0)
     assert dash("emulator protective stop") == "protective stop injected"
-    t_stop = time.monotonic()
-    while stack.heartbeat("arm").get("safety.driver_fault", 0) == faults0 and time.monotonic() - t_stop < 3:
-        time.sleep(0.05)
-    assert stack.heartbeat("arm").get("safety.driver_fault", 0) == faults0 + 1, stack.logs.tail(20)
+    wait_until(lambda: stack.heartbeat("arm").get("safety.driver_fault", 0) > faults0, 3, describe=lambda: stack.logs.tail(20),
+               what="the driver fault")
     assert dash("safetymode") == "Safetymode: PROTECTIVE_STOP"
-    time.sleep(0.5)
-    assert not dash.status()["running"]
+    wait_until(lambda: not dash.status()["running"], 5, what="the program stopped")
     # one fault, though the driver sees its reasons in turn (the program stopped, then the
     # protective stop: two RTDE streams, either may tell first)
     assert stack.heartbeat("arm").get("safety.driver_fault", 0) == faults0 + 1, stack.logs.tail(20)
@@ -237,11 +243,8 @@ def test_protective_stop_fault_recovery_then_tracking(stack, emulator, report):
         client.recover()
         t0 = time.monotonic()
         # the arm node publishes states again once the driver reads without a fault
-        while time.monotonic() - t0 < 15:
-            st = stack.state()
-            if st.stamp_ns > t_req and st.mode != "estop":
-                break
-            time.sleep(0.05)
+        wait_until(lambda: (st := stack.state()).stamp_ns > t_req and st.mode != "estop", 15, poll_s=0.05,
+                   describe=lambda: stack.logs.tail(30), what="the recovery")
         recovered_s = time.monotonic() - t0
     finally:
         client.close()
@@ -253,7 +256,7 @@ def test_protective_stop_fault_recovery_then_tracking(stack, emulator, report):
     t0 = now_ns() + 200_000_000
     s = np.linspace(0, 1, 21)
     stack.arm.send_schedule(t0 + (s * 1.5e9).astype(np.int64), q0 + s[:, None] * (goal - q0), space="joint")
-    time.sleep(2.5)
+    wait_past(t0 + 1_500_000_000, lambda: stack.state().mode == "hold", what="the move after the recovery")
     report(f"UR5e emulator: protective stop -> driver fault -> recovery (unlock after the 1 s delay, script "
            f"re-uploaded) in {recovered_s:.1f} s -> tracking again")
     assert np.abs(np.array(stack.state().q) - goal).max() < 0.01, stack.logs.tail(20)
@@ -272,8 +275,7 @@ def test_hung_arm_node_stops_the_robot_through_the_watchdog(stack, emulator, rep
     os.kill(pid, signal.SIGSTOP)
     t0 = time.monotonic()
     try:
-        while dash("running") != "Program running: false" and time.monotonic() - t0 < 3:
-            time.sleep(0.005)
+        wait_until(lambda: dash("running") == "Program running: false", 3, poll_s=0.005, what="the watchdog's stop")
         stopped_s = time.monotonic() - t0
     finally:
         os.kill(pid, signal.SIGKILL)

@@ -12,7 +12,7 @@ import time
 
 from robot_stack.runtime.launcher import Launcher
 
-from conftest import REPO, pid_alive
+from conftest import REPO, pid_alive, wait_until
 
 pytestmark = pytest.mark.processes  # the launcher's process lifecycle
 
@@ -52,14 +52,12 @@ class Lines:
         pass
 
     def wait_for(self, pattern, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def matching():
             with self.lock:
-                for l in self.lines:
-                    if re.search(pattern, l):
-                        return l
-            time.sleep(0.02)
-        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
+                return next((l for l in self.lines if re.search(pattern, l)), None)
+
+        return wait_until(matching, timeout, poll_s=0.02, what=f"a line matching {pattern!r}",
+                          describe=lambda: "\n".join(self.lines))
 
 
 def test_sigkill_of_a_node_is_reported_within_1s_and_stack_stops(tmp_path, run_dir):
@@ -135,14 +133,11 @@ def test_launcher_sigkilled_takes_its_nodes_with_it(tmp_path, run_dir):
     pids = _pids(proc)
     proc.kill()
     proc.wait()
-    deadline = time.monotonic() + 10
-    while any(pid_alive(p) for p in pids.values()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(pid_alive(p) for p in pids.values())
+    wait_until(lambda: not any(pid_alive(p) for p in pids.values()), 10, what="every node gone")
 
 
 HANGING_NODE = """
-import sys, time
+import sys, threading
 from pathlib import Path
 from robot_stack.runtime.config import load_config
 from robot_stack.runtime.node import Node, NodeContext, NodeParams
@@ -153,7 +148,7 @@ class Hangs(Node):
 
     def shutdown(self):
         print("shutdown started", flush=True)
-        time.sleep(3600)  # a shutdown that never ends (a stuck driver, say)
+        threading.Event().wait()  # a shutdown that never ends (a stuck driver, say)
 
 cfg = load_config(sys.argv[1])
 sys.exit(Hangs(NodeContext("camera", cfg, Path(sys.argv[2])), NodeParams()).run())
@@ -167,10 +162,9 @@ def test_node_whose_clean_stop_hangs_exits_after_the_grace_period(tmp_path, run_
     cfg.write_text(cfg.read_text().replace("run_dir:", "shutdown_timeout_s: 1.0\nrun_dir:"))
     proc = subprocess.Popen([sys.executable, "-c", HANGING_NODE, str(cfg), str(run_dir)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while not any(run_dir.glob("*.pub")):  # publishing: the signal handlers are installed
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    # publishing: the signal handlers are installed
+    wait_until(lambda: proc.poll() is not None or any(run_dir.glob("*.pub")), 30, what="the node publishing")
+    assert proc.poll() is None
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=30)[0].decode()

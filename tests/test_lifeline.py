@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from conftest import REPO, pid_alive
+from conftest import REPO, pid_alive, wait_until
+from robot_stack.testing import WaitTimeout
 from robot_stack.runtime.lifeline import ParentWatch
 
 pytestmark = pytest.mark.processes  # processes outliving their parent
@@ -48,17 +49,17 @@ def _start(tmp_path, grace_s: float):
 
 def _wait_gone(pid: int, timeout_s: float) -> float | None:
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if not pid_alive(pid):
-            return time.monotonic() - t0
-        time.sleep(0.02)
-    return None
+    try:
+        wait_until(lambda: not pid_alive(pid), timeout_s, poll_s=0.02)
+    except WaitTimeout:
+        return None
+    return time.monotonic() - t0
 
 
 def test_a_blocked_node_exits_after_the_grace_when_its_launcher_is_killed(tmp_path):
     parent, child, marks = _start(tmp_path, grace_s=1.0)
     try:
-        time.sleep(0.5)
+        time.sleep(0.5)  # (a negative check in another process: ten of its watch's periods with the parent alive)
         assert pid_alive(child), "the watch must leave a child with a live parent alone"
         parent.kill()
         parent.wait()
@@ -74,7 +75,7 @@ def test_a_blocked_node_exits_after_the_grace_when_its_launcher_is_killed(tmp_pa
 
 def test_the_watch_waits_while_the_parent_lives():
     w = ParentWatch(os.getppid(), grace_s=0.1, period_s=0.01).start()
-    time.sleep(0.2)
+    wait_until(lambda: w.checks >= 20, 5, what="20 looks at the parent")  # twice the grace
     assert w.gone_at is None and w._thread.is_alive()
 
 

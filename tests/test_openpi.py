@@ -15,7 +15,7 @@ import pytest
 from robot_stack.comm.openpi import OpenpiClient, OpenpiKeys, OpenpiProtocolError, OpenpiServer, packb, unpackb
 from robot_stack.comm.security import SecurityError
 
-from conftest import launched
+from conftest import launched, wait_until
 
 openpi_msgpack = pytest.importorskip("openpi_client.msgpack_numpy", reason="openpi-client is not installed "
                                      "(scripts/setup.sh installs it: pip install --no-deps openpi-client==0.1.2)")
@@ -87,16 +87,14 @@ nodes:
 """)
     try:
         with launched(cfg) as (_, out):
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
+            def healthy():
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                        health = (r.status, r.read())
-                    break
+                        return (r.status, r.read())
                 except OSError:
-                    time.sleep(0.2)
-            else:
-                pytest.fail(f"the policy node's openpi server did not come up\n{out.tail()}")
+                    return None
+
+            health = wait_until(healthy, 30, poll_s=0.2, describe=out.tail, what="the policy node's openpi server")
             yield port, health
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -10,6 +10,8 @@ import pytest
 from robot_stack.comm.codec import decode, encode
 from robot_stack.policies.base import PolicyMetadata
 from robot_stack.policies.serving import metadata_from_spec, spec_message, spec_mismatch
+from conftest import wait_until
+from robot_stack.testing import WaitTimeout
 
 pytestmark = pytest.mark.processes  # controller and policy processes
 
@@ -46,9 +48,7 @@ def test_a_controller_refuses_a_policy_whose_spec_disagrees(tmp_path, run_dir):
                    "  policy: {kind: policy, params: {backend: {type: goto, goal: [0.5, 0, 0.3], obs_horizon: 3}}}\n"
                    "  controller:\n    kind: controller\n    params: {obs_keys: [ee_pose, q], obs_horizon: 2}\n")
     with launched(cfg) as (launcher, out):
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and "controller" not in launcher.dead:
-            time.sleep(0.1)
+        wait_until(lambda: "controller" in launcher.dead, 90, describe=out.tail, what="the controller to end")
         assert launcher.dead.get("controller") == 1, out.tail()
         log = out.tail(80)
         assert "the policy's spec does not match this controller" in log
@@ -72,11 +72,13 @@ def test_a_controller_takes_what_its_setup_leaves_open_from_the_spec(tmp_path, r
         sub = Subscriber([c.pub_endpoint("controller", run_dir)], (Heartbeat.topic("controller"),), name="t")
         try:
             chunks = 0.0
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and chunks < 3:
-                hb = sub.latest(Heartbeat.topic("controller"))
-                chunks = hb.metrics.get("chunks", 0.0) if hb is not None else 0.0
-                time.sleep(0.2)
+            try:
+                wait_until(lambda: (hb := sub.latest(Heartbeat.topic("controller"))) is not None
+                           and hb.metrics.get("chunks", 0.0) >= 3, 60, poll_s=0.2)
+            except WaitTimeout:
+                pass
+            hb = sub.latest(Heartbeat.topic("controller"))
+            chunks = hb.metrics.get("chunks", 0.0) if hb is not None else 0.0
         finally:
             sub.close()
         assert chunks >= 3 and not launcher.dead, out.tail()

@@ -8,6 +8,7 @@ from robot_stack.testing.robotiq import FakeRobotiq, crc16_modbus
 pytest.importorskip("minimalmodbus", reason="minimalmodbus is installed by scripts/setup.sh (extra ur)")
 
 from robot_stack.drivers.robotiq import Robotiq2F85, RobotiqError, width_from_position  # noqa: E402
+from conftest import wait_until
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def test_activation_fault_and_silence_are_errors():
 def test_the_ur_driver_serves_the_gripper_on_its_thread():
     """The UR driver's gripper thread: activation at start, the commanded opening sent once per
     change, the measured width read back; a gripper fault becomes a driver fault."""
-    import time
+    import threading
 
     from robot_stack.drivers.arm import ArmDriverError
     from robot_stack.drivers.ur import UrDriver
@@ -98,16 +99,12 @@ def test_the_ur_driver_serves_the_gripper_on_its_thread():
     try:
         drv._start_gripper()
         drv._grip_cmd = 0.5  # what command() stores: half open
-        t0 = time.monotonic()
-        while abs(drv._grip_width - 0.0425) > 0.001 and time.monotonic() - t0 < 3:
-            time.sleep(0.02)
+        wait_until(lambda: abs(drv._grip_width - 0.0425) <= 0.001, 3, poll_s=0.02, what="half open")
         assert drv._grip_width == pytest.approx(0.0425, abs=0.001)
         moves = [r[10] for r in fake.requests if r[1] == 16 and r[7] == 0x09]
         assert moves == [0, 128]  # open at start, then one request per change (the thread polls at 50 Hz)
         fake.fault = 0x0E
-        t0 = time.monotonic()
-        while drv._grip_error is None and time.monotonic() - t0 < 2:
-            time.sleep(0.02)
+        wait_until(lambda: drv._grip_error is not None, 2, poll_s=0.02, what="the gripper's fault")
         drv.rx = None
         with pytest.raises(ArmDriverError, match="overcurrent"):
             drv._fault = None
@@ -115,5 +112,5 @@ def test_the_ur_driver_serves_the_gripper_on_its_thread():
             drv.read()
     finally:
         drv._grip_stop.set()
-        time.sleep(0.05)
+        wait_until(lambda: not any(t.name == "robotiq" for t in threading.enumerate()), 2, what="the gripper thread ended")
         fake.close()

@@ -52,7 +52,7 @@ def test_sync_requests_d_steps_before_the_plan_ends_and_no_earlier():
 
 def test_sync_executes_s_actions_async_every_fresh_one():
     acts = chunk(lambda i: 0.01 * i)
-    t_obs, arrival = 10_000 * MS, 10_085 * MS  # DESIGN.md's worked example
+    t_obs, arrival = 10_000 * MS, 10_085 * MS  # docs/design.md's worked example
     sync = SyncStrategy(DT, exec_latency_ns=10 * MS, execute_horizon=S).on_chunk(acts, t_obs, arrival, DT)
     asyn = AsyncStrategy(DT, exec_latency_ns=10 * MS, execute_horizon=S).on_chunk(acts, t_obs, arrival, DT)
     assert sync.first_index == 1 and len(sync.actions) == S  # actions 1..8

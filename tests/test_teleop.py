@@ -48,10 +48,9 @@ def test_keyboard_reads_a_terminal():
         dev = KeyboardDevice(os.ttyname(slave))
         assert dev.poll() is None
         os.write(master, b"rrd i")
-        import time
+        from conftest import wait_until
 
-        time.sleep(0.05)
-        cmd = dev.poll()
+        cmd = wait_until(dev.poll, 2, what="the keys read")
         np.testing.assert_allclose(cmd.value[:3], [0, -0.005, 0.01])
         assert cmd.buttons == ["estop", "intervene"]
         dev.close()

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import zmq
 
+from conftest import wait_until
+
 from robot_stack.comm.codec import encode
 from robot_stack.comm.messages import ActionChunk, ErrorReply, Heartbeat, ObservationWindow, WaypointSchedule
 from robot_stack.comm.security import CurveClient, CurveServer, SecurityError, generate_keys, is_local_endpoint
@@ -34,13 +36,13 @@ def wait_connected(pub, sub, topic="warmup"):
 
 
 STALLED_READER = """
-import sys, time, zmq
+import sys, threading, zmq
 s = zmq.Context.instance().socket(zmq.SUB)
 s.rcvhwm = 2
 s.subscribe(b"")
 s.connect(sys.argv[1])
 print("connected", flush=True)
-time.sleep(60)  # never reads
+threading.Event().wait()  # never reads; the test kills it
 """
 
 
@@ -56,7 +58,6 @@ def test_stalled_reader_never_blocks_publisher(run_dir):
     reader = subprocess.Popen([sys.executable, "-c", STALLED_READER, ep], stdout=subprocess.PIPE)
     try:
         assert reader.stdout.readline().strip() == b"connected"
-        time.sleep(0.2)
         frame = np.zeros((480, 640, 3), np.uint8)
         for i in range(500):  # would hang here if PUB blocked on the full peer
             pub.publish("camera/a", CameraFrame(color=frame, K=np.eye(3), frame_index=i))
@@ -78,7 +79,7 @@ def test_slow_subscriber_reads_newest_sample(run_dir):
     n = 300
     for i in range(n):  # 1 kHz, far above any camera rate
         pub.publish("camera/a", CameraFrame(color=frame, K=np.eye(3), frame_index=i))
-        time.sleep(0.001)
+        time.sleep(0.001)  # (pacing: a 1 kHz stream)
     newest = sub.wait_for("camera/a", 5.0, newer_than_seq=n - 2)
     assert newest is not None and newest.frame_index == n - 1
     assert [m.frame_index for m in sub.history("camera/a")] == [n - 3, n - 2, n - 1]
@@ -96,9 +97,7 @@ def test_bounded_queue_counts_drops(run_dir):
     for i in range(50):
         pub.publish("data", hb(i))
     sub.wait_for("data", 5.0, newer_than_seq=49 + 0)  # all delivered
-    deadline = time.monotonic() + 5
-    while sub.stats.received < 50 + 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: sub.stats.received >= 50 + 1, 5, what="every sample received")
     got = []
     while (item := sub.get(0.05)) is not None:
         got.append(item[1].metrics["i"])
@@ -350,17 +349,13 @@ def test_publisher_killed_mid_stream_does_not_hurt_the_subscriber(run_dir, shm):
         proc = subprocess.Popen([sys.executable, "-c", FLOODER, ep, "1" if shm else "0"])
         try:
             got = sub.wait_for("camera/x", 20)  # history is cleared between rounds: any sample is new
-            deadline = time.monotonic() + 20
-            while (got is None or got.frame_index < 20) and time.monotonic() < deadline:
-                got = sub.latest("camera/x")
-                time.sleep(0.01)
-            assert got is not None and got.frame_index >= 20
+            wait_until(lambda: (f := sub.latest("camera/x")) is not None and f.frame_index >= 20, 20,
+                       what="frame 20 of the flooding publisher")
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         before = sub.stats.received
-        time.sleep(0.3)
-        assert sub._thread.is_alive()  # the drain thread survived the dead peer
+        assert sub._thread.is_alive()  # the drain thread survived the dead peer (the next round receives again)
         with sub._lock:
             sub._hist.clear()  # next round must see fresh samples
         assert sub.stats.received >= before
@@ -409,8 +404,6 @@ def test_publisher_is_safe_from_several_threads(run_dir):
         t.start()
     for t in threads:
         t.join()
-    deadline = time.monotonic() + 10
-    while sub.stats.received < 6000 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: sub.stats.received >= 6000, 10, what="6000 samples")
     assert sub.stats.decode_errors == 0 and sub.stats.received >= 6000
     sub.close(); pub.close()

@@ -99,7 +99,7 @@ def test_register_protocol_ready_done_and_realtime_servoj(ctl_factory):
     assert not c.running
 
 
-def test_servoj_over_the_speed_limit_is_a_protective_stop_and_unlock_waits(ctl_factory):
+def test_servoj_over_the_speed_limit_is_a_protective_stop_and_unlock_waits(ctl_factory, fake_clock):
     c = ctl_factory(unlock_delay_s=0.3)
     q = c.world.joint_state()[0]
     _servoj(c, q + np.r_[0.02, 0, 0, 0, 0, 0])  # 0.02 rad in 2 ms: 10 rad/s, over 3.14
@@ -109,7 +109,7 @@ def test_servoj_over_the_speed_limit_is_a_protective_stop_and_unlock_waits(ctl_f
         c.tick()
     assert np.abs(c.q_target - held).max() < 0.01  # holds where it was
     assert c.unlock_protective_stop().startswith("Cannot unlock protective stop until")
-    time.sleep(0.35)
+    fake_clock.advance(0.35)
     assert c.unlock_protective_stop() == "Protective stop releasing" and c.safety_mode == SAFETY_NORMAL
     c.load_script(SCRIPT)
     assert c.running
@@ -117,16 +117,16 @@ def test_servoj_over_the_speed_limit_is_a_protective_stop_and_unlock_waits(ctl_f
     assert c.safety_mode == SAFETY_NORMAL
 
 
-def test_watchdog_stops_a_program_whose_client_went_silent(ctl_factory):
+def test_watchdog_stops_a_program_whose_client_went_silent(ctl_factory, fake_clock):
     c = ctl_factory()
     c.write_inputs(["input_int_register_0", "input_double_register_0"], [CMD_SET_WATCHDOG, 20.0])  # 50 ms
     c.write_inputs(["input_int_register_0"], [0])
     for _ in range(10):  # fed every tick: keeps running
         c.write_inputs(["input_int_register_0"], [0])
         c.tick()
-        time.sleep(0.002)
+        fake_clock.advance(0.002)
     assert c.running
-    time.sleep(0.06)
+    fake_clock.advance(0.06)
     c.tick()
     assert not c.running and c.counters["watchdog_stops"] == 1
 

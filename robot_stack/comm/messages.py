@@ -4,7 +4,7 @@ Every message is a dataclass with a schema name and version. Fields are declared
 :func:`array`, :func:`array_dict` or :func:`scalar`; the codec (``robot_stack.comm.codec``) uses these
 declarations to validate every message before it is sent and after it is received.
 
-Conventions (see DESIGN.md):
+Conventions (see docs/design.md):
 
 - ``stamp_ns``: time on the stack clock (``time.monotonic_ns``) the message is *about* (a camera
   frame's capture time, a robot state's measurement time), ns.

@@ -1,6 +1,6 @@
 """Endpoint locality and ZeroMQ CURVE security.
 
-Rule (DESIGN.md): a TCP endpoint that leaves localhost must use CURVE authentication and
+Rule (docs/design.md): a TCP endpoint that leaves localhost must use CURVE authentication and
 encryption. :func:`check_endpoint` enforces it for every socket the transport opens.
 
 Keys are ZeroMQ certificate files written by ``zmq.auth.create_certificates`` (text, Z85): a

@@ -1,4 +1,4 @@
-"""Timing math of action-chunk execution (DESIGN.md, "Action chunks and receding-horizon execution").
+"""Timing math of action-chunk execution (docs/design.md, "Action chunks and receding-horizon execution").
 
 Terms: prediction horizon H (actions per chunk), execution horizon s, inference delay d (control
 steps), control period dt, offset (step index of action 0 relative to the observation).
@@ -94,7 +94,7 @@ def plan_chunk(actions: np.ndarray, t_obs_ns: int, arrival_ns: int, dt_ns: int, 
         execute: execution horizon s (None: every non-stale action).
 
     Returns:
-        A :class:`ChunkPlan`. Worked example (DESIGN.md): dt = 0.1 s, H = 16, s = 8, latency 10 ms,
+        A :class:`ChunkPlan`. Worked example (docs/design.md): dt = 0.1 s, H = 16, s = 8, latency 10 ms,
         t_obs = 10.000 s, arrival 10.085 s -> actions 1..8 at 10.1..10.8 s.
     """
     actions = np.asarray(actions)

@@ -1,5 +1,5 @@
 """Robot models: each arm's kinematics, limits, TCP, gripper and base pose, read from its own
-description file (DESIGN.md, "Robots as data").
+description file (docs/design.md, "Robots as data").
 
 A robot is described by one YAML file in ``robot_stack/robots/`` (or any path given in a setup's
 ``robot:`` block), validated into :class:`RobotDescription`. It names the robot's MJCF (shipped in

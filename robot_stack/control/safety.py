@@ -1,4 +1,4 @@
-"""Safety checks of the arm node (DESIGN.md, "Safety contract").
+"""Safety checks of the arm node (docs/design.md, "Safety contract").
 
 Nothing reaches a driver unless it passes: schedule sanity (not empty, not too long, not too far
 ahead, right dimensions, gripper targets finite and in range); finite numbers; joint limits;

@@ -1,4 +1,4 @@
-"""Execution strategies for action chunks, as plain classes over an injected clock (DESIGN.md,
+"""Execution strategies for action chunks, as plain classes over an injected clock (docs/design.md,
 "Action chunks and receding-horizon execution").
 
 A strategy answers four questions; the controller node only does the I/O and the threads:

@@ -12,12 +12,16 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from robot_stack.runtime.clock import now_ns
 from robot_stack.comm.messages import ArmControl, Heartbeat, WaypointSchedule
 from robot_stack.comm.transport import Sender
+
+if TYPE_CHECKING:
+    from robot_stack.runtime.config import StackConfig
 
 
 class ArmClient:

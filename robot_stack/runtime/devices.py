@@ -1,5 +1,5 @@
 """Device registries: every driver family (arm, camera, teleop device, policy backend) chooses its
-device by a typed config with a ``type`` field (DESIGN.md, "Robots as data").
+device by a typed config with a ``type`` field (docs/design.md, "Robots as data").
 
 Each device has its own pydantic config model (a :class:`DeviceConfig` subclass, in the device's own
 file, with the device's keys and nothing else) and one line in its family's registry below:

@@ -72,6 +72,7 @@ class ParentWatch:
         self.period_s = float(period_s)
         self.code = code
         self.gone_at: float | None = None  # time.monotonic() when the parent was seen gone
+        self.checks = 0  # looks at the parent so far
         self._thread = threading.Thread(target=self._run, name="parent-watch", daemon=True)
 
     def start(self) -> "ParentWatch":
@@ -86,6 +87,7 @@ class ParentWatch:
 
     def _run(self) -> None:
         while os.getppid() == self.expected:
+            self.checks += 1
             time.sleep(self.period_s)
         self.gone_at = time.monotonic()
         try:
