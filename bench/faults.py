@@ -47,42 +47,31 @@ from robot_stack.comm.messages import (ArmControl, EpisodeEvent, Heartbeat, Obse
 from robot_stack.drivers.sim_messages import JointTarget  # noqa: E402
 from robot_stack.apps.session import LogSink  # noqa: E402
 from robot_stack.comm.transport import Subscriber  # noqa: E402
+from robot_stack.testing.setups import node, setup, write_setup  # noqa: E402
 
 LIMITS = {"vel": 1.5, "acc": 6.0, "jerk": 150.0}
 HB_TIMEOUT_S = 0.5
 
-CONFIG = """
-name: faults{tag}
-run_dir: {run_dir}
-nodes:
-  sim: {{kind: sim_world}}
-  arm:
-    kind: arm
-    params:
-      spy_file: "{spy}"
-      safety: {{heartbeat_timeout_s: {hb}, max_joint_vel: 1.5, max_joint_acc: 6.0, max_joint_jerk: 150.0}}
-  cam:
-    kind: camera
-    nice: 10
-    env: {{LP_NUM_THREADS: "1"}}
-    params: {{driver: {{type: sim, camera: scene}}, camera_id: scene, width: 96, height: 72, rate_hz: 10}}
-  policy:
-    kind: policy
-    params: {{backend: {{type: goto, goal: {goal}, speed: 0.05, horizon: 16, dt: 0.1}}, fault: {fault}}}
-  controller:
-    kind: controller
-    params: {{strategy: async, rate_hz: 10, cameras: [cam], autostart: true}}
-  recorder:
-    kind: recorder
-    params: {{root: "{root}", flush_every_s: 0.5, cameras: [cam], controller: controller}}
-"""
+def fault_setup(tag: str, run_dir, spy, goal, fault: str, root) -> dict:
+    """One campaign stack: sim, an arm whose driver commands are recorded (the spy), a sim camera, a
+    scripted policy (with the fault it injects), an async controller and a recorder."""
+    return setup(f"faults{tag}", run_dir, sim=node("sim_world"),
+                 arm=node("arm", spy_file=str(spy), safety={"heartbeat_timeout_s": HB_TIMEOUT_S, "max_joint_vel": LIMITS["vel"],
+                                                           "max_joint_acc": LIMITS["acc"], "max_joint_jerk": LIMITS["jerk"]}),
+                 cam=node("camera", {"nice": 10, "env": {"LP_NUM_THREADS": "1"}}, driver={"type": "sim", "camera": "scene"},
+                          camera_id="scene", width=96, height=72, rate_hz=10),
+                 policy=node("policy", backend={"type": "goto", "goal": list(goal), "speed": 0.05, "horizon": 16, "dt": 0.1},
+                             fault=fault),
+                 controller=node("controller", strategy="async", rate_hz=10, cameras=["cam"], autostart=True),
+                 recorder=node("recorder", root=str(root), flush_every_s=0.5, cameras=["cam"], controller="controller"))
+
 
 ROWS: list[dict] = []
 SPIES: list[Path] = []
 
 
 class Stack:
-    """One stack from CONFIG, launched in this process, with a subscriber on the arm and heartbeats."""
+    """One campaign stack (:func:`fault_setup`), launched in this process, with a subscriber on the arm and heartbeats."""
 
     last: "Stack | None" = None  # the latest stack, whose node logs a campaign error prints
 
@@ -92,8 +81,7 @@ class Stack:
         self.spy = work / f"spy_{tag}.npz"
         self.root = root or work / f"episodes_{tag}"
         self.cfg_path = work / f"{tag}.yaml"
-        self.cfg_path.write_text(CONFIG.format(tag=tag, run_dir=self.run_dir, spy=self.spy, hb=HB_TIMEOUT_S,
-                                               goal=list(goal), fault=fault, root=self.root))
+        write_setup(self.cfg_path, fault_setup(tag, self.run_dir, self.spy, goal, fault, self.root))
         self.cfg = load_config(self.cfg_path)
         self.out = LogSink()
         self.launcher = Launcher(self.cfg_path, out=self.out)
@@ -341,11 +329,11 @@ def fuzz(work: Path, per_node: int) -> None:
         ctx = zmq.Context.instance()
         sent = {}
         t0 = time.monotonic()
-        for node in ("arm", "controller", "recorder", "sim"):
+        for target in ("arm", "controller", "recorder", "sim"):
             sock = ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 1000)
-            sock.connect(s.cfg.in_endpoint(node, s.run_dir))
+            sock.connect(s.cfg.in_endpoint(target, s.run_dir))
             count = 0
             for frames in _mutations(valid, per_node // 2, rng):
                 sock.send_multipart(frames)
@@ -355,7 +343,7 @@ def fuzz(work: Path, per_node: int) -> None:
                 msg.source, msg.seq, msg.stamp_ns = "fuzzer", count, now_ns()
                 sock.send_multipart(encode(topic, msg), copy=False)
                 count += 1
-            sent[node] = count
+            sent[target] = count
             sock.close(1000)
         # the policy's request/reply input: one request at a time
         req = ctx.socket(zmq.REQ)
@@ -386,7 +374,7 @@ def fuzz(work: Path, per_node: int) -> None:
     refusals = sum(v for k, v in m_arm.items() if k.startswith("safety.") and k not in ("safety.servo_limited",))
     row(f"fuzzed messages x {total}", f"{per_node} per input of arm, controller, recorder, sim; {sent['policy']} "
         f"requests to the policy ({answered} answered with an error); {took:.0f} s",
-        f"{crashes} node crashes; arm refused {refusals:.0f} schedules by name, moved {moved * 1e3:.1f} mrad",
+        f"{crashes} target crashes; arm refused {refusals:.0f} schedules by name, moved {moved * 1e3:.1f} mrad",
         "n/a", "0", crashes == 0 and held and answered == sent["policy"])
 
 

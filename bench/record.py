@@ -30,16 +30,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from robot_stack.comm.messages import CameraFrame, RobotState  # noqa: E402
+from robot_stack.testing.setups import node, setup, write_setup  # noqa: E402
 
-CONFIG = """
-name: bench_record
-nodes:
-  sim: {{kind: sim_world, params: {{rate_hz: 500}}}}
-  arm: {{kind: arm, params: {{rate_hz: 500, state_rate_hz: 500}}}}
-  cam_a: {{kind: camera, params: {{driver: synthetic, camera_id: a, width: 640, height: 480, rate_hz: 30}}}}
-  cam_b: {{kind: camera, params: {{driver: synthetic, camera_id: b, width: 640, height: 480, rate_hz: 30}}}}
-  recorder: {{kind: recorder, params: {{root: {root}, cameras: [cam_a, cam_b]}}}}
-"""
+def record_setup(root) -> dict:
+    """Sim and arm (500 Hz states), two synthetic 640x480 cameras at 30 Hz, the recorder."""
+    def cam(camera_id):
+        return node("camera", driver="synthetic", camera_id=camera_id, width=640, height=480, rate_hz=30)
+
+    return setup("bench_record", sim=node("sim_world", rate_hz=500), arm=node("arm", rate_hz=500, state_rate_hz=500),
+                 cam_a=cam("a"), cam_b=cam("b"), recorder=node("recorder", root=str(root), cameras=["cam_a", "cam_b"]))
 
 
 def _cpu_s(pid: int) -> float:
@@ -57,7 +56,7 @@ def live(seconds: float, work: Path) -> dict:
 
     cfg = work / "bench_record.yaml"
     root = work / "episodes"
-    cfg.write_text(CONFIG.format(root=root))
+    write_setup(cfg, record_setup(root))
     s = Session(cfg)
     try:
         s.start((RobotState.TOPIC, "camera/a", "camera/b", "heartbeat/recorder"))

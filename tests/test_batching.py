@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from robot_stack.testing.setups import node, setup, write_setup
 import torch
 import zmq
 
@@ -199,9 +200,9 @@ def test_the_policy_node_batches_controllers_and_answers_a_bad_one_alone(tmp_pat
     from robot_stack.runtime.config import load_config
 
     cfg_path = tmp_path / "batch.yaml"
-    cfg_path.write_text(f"name: batch\nrun_dir: {run_dir}\nnodes:\n  policy:\n    kind: policy\n"
-                        "    params: {backend: {type: goto, goal: [0.5, 0.0, 0.2], speed: 0.05}, delay_s: 0.05,\n"
-                        "             batch: {max_batch: 8, window_ms: 30}}\n")
+    write_setup(cfg_path, setup("batch", run_dir, policy=node(
+        "policy", backend={"type": "goto", "goal": [0.5, 0.0, 0.2], "speed": 0.05}, delay_s=0.05,
+        batch={"max_batch": 8, "window_ms": 30})))
     n, bad = 6, 3
     with launched(cfg_path):
         ep = load_config(cfg_path).in_endpoint("policy", run_dir)

@@ -6,6 +6,7 @@ and, through real processes, two arm nodes driving their own arm of one world.""
 import numpy as np
 
 from conftest import wait_until
+from robot_stack.testing.setups import node, setup, write_setup
 import pytest
 from scipy.spatial.transform import Rotation
 
@@ -81,30 +82,20 @@ def test_wrench_belongs_to_the_arm_that_touches():
     assert np.abs(fr).max() < 1e-9, fr
 
 
-#: a two-arm sim world and its two arm nodes (the nodes every HIL config here starts with)
-WORLD_AND_ARMS = """
-run_dir: {run_dir}
-nodes:
-  sim:
-    kind: sim_world
-    params:
-      rate_hz: 500
-      state_rate_hz: 30
-      arms:
-        left: {{base: [0.0, 0.4, 0.0, 0.0]}}
-        right: {{base: [0.1, -0.4, 0.0, 0.5]}}
-  arm_left:
-    kind: arm
-    params: {{driver: {{type: sim, arm: left}}, safety: {{heartbeat_timeout_s: 1.0, max_jump_ee: 0.08}}}}
-  arm_right:
-    kind: arm
-    params: {{driver: {{type: sim, arm: right}}, safety: {{heartbeat_timeout_s: 1.0, max_jump_ee: 0.08}}}}
-"""
+def world_and_arms(left: str = "left") -> dict:
+    """A two-arm sim world and its two arm nodes (the nodes every HIL setup here starts with)."""
+    def arm(which):
+        return node("arm", driver={"type": "sim", "arm": which}, safety={"heartbeat_timeout_s": 1.0, "max_jump_ee": 0.08})
 
-HIL_CONFIG = "name: hil_bimanual" + WORLD_AND_ARMS + """  cam_left:
-    kind: camera
-    params: {{driver: {{type: sim, camera: left/handcam_rgb}}, camera_id: left_wrist, width: 160, height: 120, rate_hz: 10}}
-"""
+    return {"sim": node("sim_world", rate_hz=500, state_rate_hz=30,
+                        arms={"left": {"base": [0.0, 0.4, 0.0, 0.0]}, "right": {"base": [0.1, -0.4, 0.0, 0.5]}}),
+            "arm_left": arm(left), "arm_right": arm("right")}
+
+
+def hil_setup(run_dir, left: str = "left") -> dict:
+    return setup("hil_bimanual", run_dir, **world_and_arms(left),
+                 cam_left=node("camera", driver={"type": "sim", "camera": "left/handcam_rgb"}, camera_id="left_wrist",
+                               width=160, height=120, rate_hz=10))
 
 
 @pytest.mark.processes
@@ -125,7 +116,7 @@ def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
 
     run_dir = Path(tempfile.mkdtemp(prefix="rs-bi-"))
     cfg_path = tmp_path / "bi.yaml"
-    cfg_path.write_text(HIL_CONFIG.format(run_dir=run_dir))
+    write_setup(cfg_path, hil_setup(run_dir))
     try:
         with launched(cfg_path) as (_, out):
             cfg = load_config(cfg_path)
@@ -159,18 +150,16 @@ def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     bad = tmp_path / "bad.yaml"
-    bad.write_text(HIL_CONFIG.format(run_dir=run_dir).replace("arm: left}", "arm: middle}"))
+    write_setup(bad, hil_setup(run_dir, left="middle"))
     with pytest.raises((ConfigError, ValueError), match="middle"):
         load_config(bad)
 
 
-LOCKSTEP_CONFIG = "name: hil_lockstep" + WORLD_AND_ARMS + """  policy:
-    kind: policy
-    params: {{backend: {backend}}}
-  controller:
-    kind: controller
-    params: {{arms: [arm_left, arm_right], strategy: async, rate_hz: 10, autostart: true}}
-"""
+def lockstep_setup(run_dir, backend: dict, **controller) -> dict:
+    """Both arms, a two-arm policy and one controller driving them in lockstep."""
+    return setup("hil_lockstep", run_dir, **world_and_arms(), policy=node("policy", backend=backend),
+                 controller=node("controller", arms=["arm_left", "arm_right"], strategy="async", rate_hz=10,
+                                 autostart=True, **controller))
 
 
 @pytest.mark.processes
@@ -190,8 +179,8 @@ def test_one_controller_drives_two_arms_in_lockstep(tmp_path):
     goals = {"arm_left": [0.45, -0.05, 0.25], "arm_right": [0.50, 0.10, 0.35]}
     run_dir = Path(tempfile.mkdtemp(prefix="rs-ls-"))
     cfg_path = tmp_path / "ls.yaml"
-    backend = f"{{type: goto, goals: [{goals['arm_left']}, {goals['arm_right']}], speed: 0.1}}"
-    cfg_path.write_text(LOCKSTEP_CONFIG.format(run_dir=run_dir, backend=backend))
+    write_setup(cfg_path, lockstep_setup(run_dir, {"type": "goto", "goals": [goals["arm_left"], goals["arm_right"]],
+                                                   "speed": 0.1}))
     try:
         with launched(cfg_path) as (launcher, out):
             cfg = load_config(cfg_path)
@@ -232,7 +221,7 @@ def test_a_two_arm_controller_refuses_a_one_arm_policy(tmp_path, run_dir):
     from conftest import launched, wait_past, wait_samples_of, wait_until
 
     cfg_path = tmp_path / "mm.yaml"
-    cfg_path.write_text(LOCKSTEP_CONFIG.format(run_dir=run_dir, backend="{type: goto, goal: [0.5, 0.0, 0.3]}"))
+    write_setup(cfg_path, lockstep_setup(run_dir, {"type": "goto", "goal": [0.5, 0.0, 0.3]}))
     with launched(cfg_path) as (launcher, out):
         wait_until(lambda: "controller" in launcher.dead, 90, describe=out.tail, what="the controller to end")
         assert launcher.dead.get("controller") == 1, out.tail()
@@ -255,11 +244,10 @@ def test_a_two_arm_episode_records_each_arm_by_name(tmp_path):
     run_dir = Path(tempfile.mkdtemp(prefix="rs-lr-"))
     root = tmp_path / "episodes"
     cfg_path = tmp_path / "rec.yaml"
-    text = LOCKSTEP_CONFIG.format(run_dir=run_dir,
-                                  backend="{type: goto, goals: [[0.45, -0.05, 0.25], [0.5, 0.1, 0.35]], speed: 0.1}")
-    text += (f"  recorder:\n    kind: recorder\n    params: {{root: {root}, arms: [arm_left, arm_right], "
-             "controller: controller, flush_every_s: 0.2}\n")
-    cfg_path.write_text(text)
+    cfg = lockstep_setup(run_dir, {"type": "goto", "goals": [[0.45, -0.05, 0.25], [0.5, 0.1, 0.35]], "speed": 0.1})
+    cfg["nodes"]["recorder"] = node("recorder", root=str(root), arms=["arm_left", "arm_right"], controller="controller",
+                                    flush_every_s=0.2)
+    write_setup(cfg_path, cfg)
     s = Session(cfg_path)
     try:
         s.start(("robot/state", "heartbeat/recorder"))
@@ -302,9 +290,8 @@ def test_an_arm_in_estop_holds_the_other(tmp_path, together):
     goal_left = np.array([0.40, 0.0, 0.15])
     run_dir = Path(tempfile.mkdtemp(prefix="rs-es-"))
     cfg_path = tmp_path / "es.yaml"
-    text = LOCKSTEP_CONFIG.format(run_dir=run_dir,
-                                  backend=f"{{type: goto, goals: [{goal_left.tolist()}, [0.45, 0.1, 0.2]], speed: 0.05}}")
-    cfg_path.write_text(text.replace("autostart: true}", f"autostart: true, hold_together: {str(together).lower()}}}"))
+    write_setup(cfg_path, lockstep_setup(run_dir, {"type": "goto", "goals": [goal_left, [0.45, 0.1, 0.2]], "speed": 0.05},
+                                         hold_together=together))
     try:
         with launched(cfg_path) as (launcher, out):
             cfg = load_config(cfg_path)

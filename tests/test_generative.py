@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from robot_stack.testing.setups import node, setup, write_setup
 import torch
 
 from robot_stack.policies.generative import (
@@ -202,8 +203,8 @@ def test_policy_node_serves_onnx_export_and_rejects_bad_windows(tmp_path, run_di
     save_checkpoint(m, tmp_path / "pol.safetensors")
     export_onnx(m, tmp_path / "pol.onnx")
     cfg_path = tmp_path / "stack.yaml"
-    cfg_path.write_text(f"name: pol\nrun_dir: {run_dir}\nnodes:\n  policy:\n    kind: policy\n"
-                        f"    params: {{backend: {{type: onnx, path: \"{tmp_path / 'pol.onnx'}\", seed: 0}}}}\n")
+    write_setup(cfg_path, setup("pol", run_dir, policy=node("policy", backend={"type": "onnx", "path": str(tmp_path / "pol.onnx"),
+                                                                         "seed": 0})))
 
     from conftest import launched
 

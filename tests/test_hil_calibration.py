@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from robot_stack.testing.setups import node, setup, write_setup
+
 from robot_stack.calibration import store
 from robot_stack.calibration.board import BoardSpec
 from robot_stack.calibration.hand_eye import CalibrationError, inv, pose_to_T, transform_error
@@ -26,51 +28,32 @@ from conftest import launched
 
 pytestmark = pytest.mark.processes
 
-BOARDS = """
-calibration:
-  file: {calib_file}
-  table_board: {{squares_x: 7, squares_y: 5, square_m: 0.03, marker_m: 0.022, dictionary: DICT_5X5_100, min_corners: 12}}
-  gripper_board: {{squares_x: 7, squares_y: 5, square_m: 0.032, marker_m: 0.024, dictionary: DICT_4X4_50, min_corners: 12}}
-"""
+def boards(calib_file) -> dict:
+    """The setup's calibration file and its two ChArUco boards (fixed on the table, held by the gripper)."""
+    board = {"squares_x": 7, "squares_y": 5, "min_corners": 12}
+    return {"calibration": {"file": str(calib_file),
+                            "table_board": {**board, "square_m": 0.03, "marker_m": 0.022, "dictionary": "DICT_5X5_100"},
+                            "gripper_board": {**board, "square_m": 0.032, "marker_m": 0.024, "dictionary": "DICT_4X4_50"}}}
 
-TABLE_STACK = """
-name: calib_table
-run_dir: {run_dir}
-""" + BOARDS + """
-nodes:
-  sim:
-    kind: sim_world
-    params: {{state_rate_hz: 60, table_board: true}}
-  arm:
-    kind: arm
-    params: {{safety: {{max_ee_ang_vel: 1.0}}}}
-  cam_wrist:
-    kind: camera
-    nice: 10
-    params: {{driver: {{type: sim, camera: handcam_rgb}}, camera_id: wrist, width: 640, height: 480, rate_hz: 5}}
-  cam_delayed:
-    kind: camera
-    nice: 10
-    params: {{driver: {{type: sim, camera: handcam_rgb, inject_latency_s: 0.08}}, camera_id: delayed, width: 320,
-             height: 240, rate_hz: 15}}
-"""
 
-GRIPPER_STACK = """
-name: calib_gripper
-run_dir: {run_dir}
-""" + BOARDS + """
-nodes:
-  sim:
-    kind: sim_world
-    params: {{state_rate_hz: 30, gripper_board: true}}
-  arm:
-    kind: arm
-    params: {{safety: {{max_ee_ang_vel: 1.0}}}}
-  cam_scene:
-    kind: camera
-    nice: 10
-    params: {{driver: {{type: sim, camera: scene}}, camera_id: scene, width: 1280, height: 960, rate_hz: 3}}
-"""
+def table_setup(run_dir, calib_file) -> dict:
+    """Eye-in-hand: a board on the table, the wrist camera (and a copy of it 80 ms late)."""
+    return setup("calib_table", run_dir, boards(calib_file),
+                 sim=node("sim_world", state_rate_hz=60, table_board=True),
+                 arm=node("arm", safety={"max_ee_ang_vel": 1.0}),
+                 cam_wrist=node("camera", {"nice": 10}, driver={"type": "sim", "camera": "handcam_rgb"}, camera_id="wrist",
+                                width=640, height=480, rate_hz=5),
+                 cam_delayed=node("camera", {"nice": 10}, driver={"type": "sim", "camera": "handcam_rgb", "inject_latency_s": 0.08},
+                                  camera_id="delayed", width=320, height=240, rate_hz=15))
+
+
+def gripper_setup(run_dir, calib_file) -> dict:
+    """Eye-to-hand: a board in the gripper, the fixed scene camera."""
+    return setup("calib_gripper", run_dir, boards(calib_file),
+                 sim=node("sim_world", state_rate_hz=30, gripper_board=True),
+                 arm=node("arm", safety={"max_ee_ang_vel": 1.0}),
+                 cam_scene=node("camera", {"nice": 10}, driver={"type": "sim", "camera": "scene"}, camera_id="scene",
+                                width=1280, height=960, rate_hz=3))
 
 
 @contextlib.contextmanager
@@ -78,7 +61,7 @@ def calibration_stack(tmp_path_factory, template):
     run_dir = Path(tempfile.mkdtemp(prefix="rs-cal-"))
     d = tmp_path_factory.mktemp("cal")
     cfg_path = d / "stack.yaml"
-    cfg_path.write_text(template.format(run_dir=run_dir, calib_file=d / "calibration.yaml"))
+    write_setup(cfg_path, template(run_dir, d / "calibration.yaml"))
     try:
         with launched(cfg_path) as (_, out):
             cfg = load_config(cfg_path)
@@ -93,13 +76,13 @@ def calibration_stack(tmp_path_factory, template):
 
 @pytest.fixture(scope="module")
 def table_stack(tmp_path_factory):
-    with calibration_stack(tmp_path_factory, TABLE_STACK) as s:
+    with calibration_stack(tmp_path_factory, table_setup) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def gripper_stack(tmp_path_factory):
-    with calibration_stack(tmp_path_factory, GRIPPER_STACK) as s:
+    with calibration_stack(tmp_path_factory, gripper_setup) as s:
         yield s
 
 

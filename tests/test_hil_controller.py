@@ -24,6 +24,7 @@ from robot_stack.comm.transport import Subscriber
 
 from conftest import REPO, launched, wait_past, wait_samples, wait_until
 from robot_stack.testing import WaitTimeout
+from robot_stack.testing.setups import node, setup, write_setup
 
 pytestmark = pytest.mark.processes
 
@@ -41,56 +42,40 @@ def _free_port() -> int:
 
 WS_PORT = _free_port()  # the openpi-protocol policy server the reach_ws_* controllers use
 
-CONFIG = """
-name: ctl
-run_dir: {run_dir}
-nodes:
-  sim: {{kind: sim_world}}
-  arm: {{kind: arm}}
-  policy:
-    kind: policy
-    params: {{backend: {{type: goto, goal: [0.45, 0.10, 0.30], speed: 0.08, horizon: 16, dt: 0.1}}, delay_s: 0.2}}
-"""
-CONTROLLERS = "".join(f"""  controller_{s}:
-    kind: controller
-    params: {{strategy: {s}, rate_hz: 10, execute_horizon: 8, ensemble_m: 0.1}}
-""" for s in ("sync", "async", "ensemble", "rtc")) + "".join(f"""  reach_{s}:
-    kind: controller
-    params: {{strategy: {s}, rate_hz: 10, execute_horizon: 8, ensemble_m: 0.1, policy: policy_reach}}
-""" for s in ("sync", "async", "ensemble", "rtc")) + """  policy_reach:
-    kind: policy
-    params: {backend: {type: goto, goal: [0.5, 0.05, 0.025], via: [0.5, 0.05, 0.14], speed: 0.08, horizon: 16, dt: 0.1}, delay_s: 0.2}
-  teleop: {kind: teleop, params: {device: keyboard}}
-""" + "".join(f"""  reach_ws_{s}:
-    kind: controller
-    params: {{strategy: {s}, rate_hz: 10, execute_horizon: 8, ensemble_m: 0.1, policy_endpoint: "ws://127.0.0.1:{WS_PORT}",
-             openpi_keys: {{"observation/state": ee_pose}}}}
-""" for s in ("sync", "async", "ensemble", "rtc")) + """  cam:
-    kind: camera
-    params: {driver: {type: synthetic}, camera_id: scene, width: 64, height: 48, rate_hz: 7}
-  frame_on:
-    kind: controller
-    params: {strategy: async, rate_hz: 5, cameras: [cam], request_on_frame: true}
-  frame_off:
-    kind: controller
-    params: {strategy: async, rate_hz: 5, cameras: [cam], request_on_frame: false}
-  controller_intervene:
-    kind: controller
-    params: {strategy: async, rate_hz: 10, teleop: teleop}
-  policy_slow:
-    kind: policy
-    params: {backend: {type: goto, goal: [0.45, 0.10, 0.30], speed: 0.08, horizon: 16, dt: 0.1}, delay_s: 0.8}
-""" + "".join(f"""  rest_{s}_{on}:
-    kind: controller
-    params: {{strategy: {s}, rate_hz: 10, execute_horizon: 8, policy: policy_slow, start_from_rest: {on}}}
-""" for s in ("sync", "ensemble") for on in ("true", "false"))
+STRATEGIES = ("sync", "async", "ensemble", "rtc")
+GOTO = {"type": "goto", "goal": [0.45, 0.10, 0.30], "speed": 0.08, "horizon": 16, "dt": 0.1}
+
+
+def stack_setup(run_dir, fast_path) -> dict:
+    """The module's stack: the sim, its arm, scripted policies (200 ms and 800 ms inference) and one
+    controller per case, started by each test."""
+    def ctl(**p):
+        return node("controller", **p)
+
+    chunked = {"rate_hz": 10, "execute_horizon": 8, "ensemble_m": 0.1}
+    nodes = {
+        "sim": node("sim_world"), "arm": node("arm"),
+        "policy": node("policy", backend=GOTO, delay_s=0.2),
+        **{f"controller_{s}": ctl(strategy=s, **chunked) for s in STRATEGIES},
+        **{f"reach_{s}": ctl(strategy=s, policy="policy_reach", **chunked) for s in STRATEGIES},
+        "policy_reach": node("policy", backend={"type": "goto", "goal": [0.5, 0.05, 0.025], "via": [0.5, 0.05, 0.14],
+                                                "speed": 0.08, "horizon": 16, "dt": 0.1}, delay_s=0.2),
+        "teleop": node("teleop", device="keyboard"),
+        **{f"reach_ws_{s}": ctl(strategy=s, policy_endpoint=f"ws://127.0.0.1:{WS_PORT}",
+                                openpi_keys={"observation/state": "ee_pose"}, **chunked) for s in STRATEGIES},
+        "cam": node("camera", driver={"type": "synthetic"}, camera_id="scene", width=64, height=48, rate_hz=7),
+        "frame_on": ctl(strategy="async", rate_hz=5, cameras=["cam"], request_on_frame=True),
+        "frame_off": ctl(strategy="async", rate_hz=5, cameras=["cam"], request_on_frame=False),
+        "controller_intervene": ctl(strategy="async", rate_hz=10, teleop="teleop"),
+        "policy_slow": node("policy", backend=GOTO, delay_s=0.8),
+        **{f"rest_{s}_{str(on).lower()}": ctl(strategy=s, rate_hz=10, execute_horizon=8, policy="policy_slow",
+                                              start_from_rest=on) for s in ("sync", "ensemble") for on in (True, False)},
+        "controller_fast": ctl(strategy="sync", rate_hz=10, execute_horizon=8, fast=str(fast_path)),
+    }
+    return setup("ctl", run_dir, **nodes)
 
 
 FAST_BIAS = np.array([0.0, 0.0, 0.02])  # the test's fast layer: a constant correction, m
-FAST_CONTROLLER = """  controller_fast:
-    kind: controller
-    params: {{strategy: sync, rate_hz: 10, execute_horizon: 8, fast: "{path}"}}
-"""
 
 
 def _bias_fast_layer(path: Path) -> None:
@@ -108,7 +93,7 @@ def stack(tmp_path_factory):
     cfg_path = tmp_path_factory.mktemp("ctl") / "ctl.yaml"
     fast_path = cfg_path.parent / "bias_fast.safetensors"
     _bias_fast_layer(fast_path)
-    cfg_path.write_text(CONFIG.format(run_dir=run_dir) + CONTROLLERS + FAST_CONTROLLER.format(path=fast_path))
+    write_setup(cfg_path, stack_setup(run_dir, fast_path))
     try:
         with launched(cfg_path, only=["sim", "arm", "policy", "policy_reach", "policy_slow", "cam"]) as (_, out):
             cfg = load_config(cfg_path)
@@ -123,8 +108,13 @@ def stack(tmp_path_factory):
                 tx = Sender(cfg.in_endpoint("sim", run_dir), "test")
                 tx.send(SimCommand.TOPIC, SimCommand(kind="reset", cube_pose=np.r_[CUBE, 0, 0, 0, 1.0]))
                 tx.close()
+                # the reset homes the arm too: wait for the cube in place and the arm at rest again
                 wait_until(lambda: (o := state.latest("sim/objects")) is not None
-                           and np.linalg.norm(np.asarray(o.cube_pose[:3]) - CUBE) < 0.01, 10, what="the cube placed")
+                           and np.linalg.norm(np.asarray(o.cube_pose[:3]) - CUBE) < 0.01
+                           and (st := state.latest("robot/state")).mode == "hold" and np.abs(st.dq).max() < 0.01
+                           and len(state.history("robot/state")) > 100
+                           and np.ptp([m.q for m in state.history("robot/state")[-100:]], axis=0).max() < 1e-3,
+                           20, what="the cube placed and the arm at rest after the reset")
                 yield {"cfg": cfg, "cfg_path": cfg_path, "run_dir": run_dir, "state": state, "out": out}
             finally:
                 state.close()

@@ -23,28 +23,21 @@ from robot_stack.comm.transport import Sender, Subscriber
 
 from conftest import REPO, launched, pid_alive, wait_samples, wait_until
 from robot_stack.testing import WaitTimeout
+from robot_stack.testing.setups import node, setup, write_setup
 
 pytestmark = pytest.mark.processes
 
 LIMITS = {"vel": 1.5, "acc": 6.0, "jerk": 150.0}
 
-STACK = """
-name: faults
-run_dir: {run_dir}
-nodes:
-  sim: {{kind: sim_world}}
-  arm:
-    kind: arm
-    params:
-      spy_file: "{spy}"
-      safety: {{heartbeat_timeout_s: 0.5, max_joint_vel: 1.5, max_joint_acc: 6.0, max_joint_jerk: 150.0}}
-  policy:
-    kind: policy
-    params: {{backend: {{type: goto, goal: [0.45, 0.25, 0.30], speed: 0.05, horizon: 16, dt: 0.1}}}}
-  controller:
-    kind: controller
-    params: {{strategy: async, rate_hz: 10}}
-"""
+GOTO = {"type": "goto", "goal": [0.45, 0.25, 0.30], "speed": 0.05, "horizon": 16, "dt": 0.1}
+
+
+def fault_setup(run_dir, spy) -> dict:
+    """Sim, an arm whose driver commands are recorded (the spy), a scripted policy, a controller."""
+    return setup("faults", run_dir, sim=node("sim_world"),
+                 arm=node("arm", spy_file=str(spy), safety={"heartbeat_timeout_s": 0.5, "max_joint_vel": LIMITS["vel"],
+                                                           "max_joint_acc": LIMITS["acc"], "max_joint_jerk": LIMITS["jerk"]}),
+                 policy=node("policy", backend=GOTO), controller=node("controller", strategy="async", rate_hz=10))
 
 
 def _metrics(sub, node, timeout=5.0):
@@ -59,7 +52,7 @@ def stack(tmp_path):
     run_dir = Path(tempfile.mkdtemp(prefix="rs-flt-"))
     spy = tmp_path / "spy.npz"
     cfg_path = tmp_path / "faults.yaml"
-    cfg_path.write_text(STACK.format(run_dir=run_dir, spy=spy))
+    write_setup(cfg_path, fault_setup(run_dir, spy))
     try:
         yield {"cfg_path": cfg_path, "run_dir": run_dir, "spy": spy, "cfg": load_config(cfg_path)}
     finally:
@@ -177,23 +170,19 @@ def test_stopped_controller_makes_the_arm_hold_within_the_heartbeat_timeout(stac
 def test_inference_that_cannot_go_on_ends_the_node_and_the_launcher_reports_it(tmp_path, run_dir):
     cfg_path = tmp_path / "s.yaml"
     # a policy endpoint that leaves the host, without CURVE keys: the client is refused at once
-    cfg_path.write_text(f"name: fatal\nrun_dir: {run_dir}\nnodes:\n  sim: {{kind: sim_world}}\n  arm: {{kind: arm}}\n"
-                        "  controller:\n    kind: controller\n"
-                        "    params: {policy_endpoint: 'tcp://10.213.99.2:5599'}\n")
+    write_setup(cfg_path, setup("fatal", run_dir, sim=node("sim_world"), arm=node("arm"),
+                                controller=node("controller", policy_endpoint="tcp://10.213.99.2:5599")))
     with launched(cfg_path) as (launcher, out):
         wait_until(lambda: "controller" in launcher.dead, 60, describe=out.tail, what="the controller to end")
         assert launcher.dead.get("controller") == 1, out.tail()
         assert "cannot reach the policy" in out.tail() and "CURVE" in out.tail()
 
 
-ORPHAN_CFG = """
-name: orphans
-run_dir: {run_dir}
-nodes:
-  sim: {{kind: sim_world}}
-  cam: {{kind: camera, params: {{driver: {{type: sim, camera: scene}}, camera_id: scene, width: 64, height: 48}}}}
-  policy: {{kind: policy, params: {{backend: {{type: checkpoint, path: /nonexistent/p.safetensors}}}}}}
-"""
+def orphan_setup(run_dir) -> dict:
+    """Nodes whose imports take seconds (MuJoCo, torch): the launcher dies while they import."""
+    return setup("orphans", run_dir, sim=node("sim_world"),
+                 cam=node("camera", driver={"type": "sim", "camera": "scene"}, camera_id="scene", width=64, height=48),
+                 policy=node("policy", backend={"type": "checkpoint", "path": "/nonexistent/p.safetensors"}))
 
 
 def _node_pids(marker: str) -> list[int]:
@@ -212,7 +201,7 @@ def _node_pids(marker: str) -> list[int]:
 @pytest.mark.parametrize("after_s", [0.05, 0.4, 1.0])
 def test_no_orphan_when_the_launcher_dies_while_nodes_import(tmp_path, run_dir, after_s):
     cfg_path = tmp_path / f"orphans{int(after_s * 1000)}.yaml"
-    cfg_path.write_text(ORPHAN_CFG.format(run_dir=run_dir))
+    write_setup(cfg_path, orphan_setup(run_dir))
     proc = subprocess.Popen([sys.executable, "-m", "robot_stack.cli", "up", str(cfg_path)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until(lambda: len(_node_pids(str(cfg_path))) >= 3, 20, poll_s=0.005, what="the launcher's 3 nodes")
@@ -285,22 +274,19 @@ def test_remote_policy_over_curve_across_a_network_namespace(tmp_path, run_dir, 
         endpoint = f"tcp://{NS_IP}:5611"
         # the policy server: its own stack config, its node run inside the namespace (another host)
         pol_cfg = tmp_path / "policy.yaml"
-        pol_cfg.write_text(
-            f"name: gpu\nrun_dir: {run_dir}/gpu\nnodes:\n  policy:\n    kind: policy\n"
-            f"    in_endpoint: '{endpoint}'\n    pub_endpoint: 'tcp://{NS_IP}:5612'\n"
-            f"    curve_server: {{secret_file: '{keys['server']}', "
-            f"authorized_clients_dir: '{tmp_path / 'keys' / 'authorized_clients'}'}}\n"
-            "    params: {backend: {type: goto, goal: [0.45, 0.25, 0.30], speed: 0.05, horizon: 16, dt: 0.1}}\n")
+        write_setup(pol_cfg, setup("gpu", run_dir / "gpu", policy=node("policy", {
+            "in_endpoint": endpoint, "pub_endpoint": f"tcp://{NS_IP}:5612",
+            "curve_server": {"secret_file": str(keys["server"]),
+                             "authorized_clients_dir": str(tmp_path / "keys" / "authorized_clients")}}, backend=GOTO)))
         (run_dir / "gpu").mkdir(mode=0o700)
         server = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-m", "robot_stack.nodes.main",
                                    str(pol_cfg), "policy", str(run_dir / "gpu")], cwd=REPO,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         robot_cfg = tmp_path / "robot.yaml"
-        robot_cfg.write_text(
-            f"name: robot\nrun_dir: {run_dir}/robot\nnodes:\n  sim: {{kind: sim_world}}\n  arm: {{kind: arm}}\n"
-            f"  controller:\n    kind: controller\n"
-            f"    curve_client: {{secret_file: '{keys['client']}', server_public_file: '{server_pub}'}}\n"
-            f"    params: {{strategy: async, rate_hz: 10, policy_endpoint: '{endpoint}'}}\n")
+        write_setup(robot_cfg, setup("robot", run_dir / "robot", sim=node("sim_world"), arm=node("arm"),
+                                     controller=node("controller", {"curve_client": {
+                                         "secret_file": str(keys["client"]), "server_public_file": str(server_pub)}},
+                                         strategy="async", rate_hz=10, policy_endpoint=endpoint)))
         try:
             with launched(robot_cfg) as (launcher, out):
                 cfg = load_config(robot_cfg)

@@ -19,35 +19,25 @@ from robot_stack.runtime.config import load_config
 from robot_stack.comm.transport import Subscriber
 
 from conftest import REPO, launched, wait_past, wait_samples, wait_until
+from robot_stack.testing.setups import node, setup, write_setup
 
 pytestmark = pytest.mark.processes
 
-CONFIG = """
-name: hil
-run_dir: {run_dir}
-nodes:
-  sim:
-    kind: sim_world
-    params: {{rate_hz: 500, state_rate_hz: 30}}
-  arm:
-    kind: arm
-    params:
-      rate_hz: 500
-      state_rate_hz: 250
-      # 1 s: on the 2-core CI machine a test's 20 Hz heartbeat thread was once kept off the CPU for
-      # > 500 ms mid-square (the arm then holds, as it must); the timeout's value is not under test here
-      safety: {{heartbeat_timeout_s: 1.0, max_jump_ee: 0.08, on_limit: refuse}}
-  cam_scene:
-    kind: camera
-    params: {{driver: {{type: sim, camera: scene}}, camera_id: scene, width: 160, height: 120, rate_hz: 10}}
-  cam_wrist:
-    kind: camera
-    params: {{driver: {{type: sim, camera: handcam_rgb}}, camera_id: wrist, width: 160, height: 120, rate_hz: 10}}
-  viewer:
-    kind: viewer
-    critical: false
-    params: {{watch: [arm, cam_scene, cam_wrist], rrd_path: "{run_dir}/view.rrd", rate_hz: 5}}
-"""
+def hil_setup(run_dir) -> dict:
+    """The module's stack: sim world, arm node, two sim cameras, the viewer writing an .rrd file."""
+    def sim_cam(camera, camera_id):
+        return node("camera", driver={"type": "sim", "camera": camera}, camera_id=camera_id, width=160, height=120,
+                    rate_hz=10)
+
+    return setup("hil", run_dir,
+                 sim=node("sim_world", rate_hz=500, state_rate_hz=30),
+                 # heartbeat 1 s: on the 2-core CI machine a test's 20 Hz heartbeat thread was once kept off
+                 # the CPU for > 500 ms mid-square (the arm then holds, as it must); its value is not under test
+                 arm=node("arm", rate_hz=500, state_rate_hz=250,
+                          safety={"heartbeat_timeout_s": 1.0, "max_jump_ee": 0.08, "on_limit": "refuse"}),
+                 cam_scene=sim_cam("scene", "scene"), cam_wrist=sim_cam("handcam_rgb", "wrist"),
+                 viewer=node("viewer", {"critical": False}, watch=["arm", "cam_scene", "cam_wrist"],
+                             rrd_path=f"{run_dir}/view.rrd", rate_hz=5))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +48,7 @@ def stack(tmp_path_factory):
 
     run_dir = Path(tempfile.mkdtemp(prefix="rs-hil-"))
     cfg_path = tmp_path_factory.mktemp("hil") / "hil.yaml"
-    cfg_path.write_text(CONFIG.format(run_dir=run_dir))
+    write_setup(cfg_path, hil_setup(run_dir))
     try:
         with launched(cfg_path) as (launcher, out):
             cfg = load_config(cfg_path)

@@ -44,7 +44,7 @@ def test_so101_leader_drives_the_follower(tmp_path, run_dir, report):
         "controller": {"kind": "controller", "params": {"source": "teleop", "teleop": "teleop", "rate_hz": 20}}}}))
     s = Session(cfg)
     try:
-        s.start(("robot/state", "heartbeat/teleop"))
+        s.start(("robot/state", "heartbeat/teleop"), timeout_s=300)  # (a bound for a loaded machine)
         wait_until(lambda: s.heartbeat("teleop").get("engage_refusals", 0) > 0, 10, what="the leader refused to engage")
         hb = s.heartbeat("teleop")
         assert hb["engaged"] == 0 and hb["engage_refusals"] > 0

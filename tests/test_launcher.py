@@ -2,6 +2,7 @@
 
 import os
 import pytest
+from robot_stack.testing.setups import node, setup, write_setup
 import re
 import signal
 import subprocess
@@ -17,24 +18,12 @@ from conftest import REPO, pid_alive, wait_until
 pytestmark = pytest.mark.processes  # the launcher's process lifecycle
 
 
-CONFIG = """
-name: t
-run_dir: {run_dir}
-nodes:
-  camera:
-    kind: camera
-    params: {{driver: synthetic, camera_id: cam0, width: 64, height: 48, rate_hz: 30}}
-  monitor:
-    kind: monitor
-    critical: {monitor_critical}
-    params: {{watch: [camera], report_every_s: 0.5}}
-"""
-
-
-def write_config(tmp_path, run_dir, monitor_critical="true"):
-    p = tmp_path / "stack.yaml"
-    p.write_text(CONFIG.format(run_dir=run_dir, monitor_critical=monitor_critical))
-    return p
+def write_config(tmp_path, run_dir, monitor_critical=True, **settings):
+    """A synthetic camera and a monitor watching it."""
+    return write_setup(tmp_path / "stack.yaml", setup(
+        "t", run_dir, settings,
+        camera=node("camera", driver="synthetic", camera_id="cam0", width=64, height=48, rate_hz=30),
+        monitor=node("monitor", {"critical": monitor_critical}, watch=["camera"], report_every_s=0.5)))
 
 
 class Lines:
@@ -84,7 +73,7 @@ def test_sigkill_of_a_node_is_reported_within_1s_and_stack_stops(tmp_path, run_d
 
 def test_non_critical_node_death_is_reported_and_stack_keeps_running(tmp_path, run_dir):
     out = Lines()
-    launcher = Launcher(write_config(tmp_path, run_dir, monitor_critical="false"), out=out)
+    launcher = Launcher(write_config(tmp_path, run_dir, monitor_critical=False), out=out)
     launcher.start()
     stop_at = []
     t = threading.Thread(target=lambda: stop_at.append(launcher.supervise(duration_s=4)))
@@ -158,8 +147,7 @@ sys.exit(Hangs(NodeContext("camera", cfg, Path(sys.argv[2])), NodeParams()).run(
 def test_node_whose_clean_stop_hangs_exits_after_the_grace_period(tmp_path, run_dir):
     """After a SIGTERM (e.g. the kernel's, when the launcher died) a node exits by itself at the latest
     shutdown_timeout_s + 1 s later: nobody else would SIGKILL it."""
-    cfg = write_config(tmp_path, run_dir)
-    cfg.write_text(cfg.read_text().replace("run_dir:", "shutdown_timeout_s: 1.0\nrun_dir:"))
+    cfg = write_config(tmp_path, run_dir, shutdown_timeout_s=1.0)
     proc = subprocess.Popen([sys.executable, "-c", HANGING_NODE, str(cfg), str(run_dir)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     # publishing: the signal handlers are installed

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from robot_stack.testing.setups import node, setup, write_setup
 
 from robot_stack.comm.openpi import OpenpiClient, OpenpiKeys, OpenpiProtocolError, OpenpiServer, packb, unpackb
 from robot_stack.comm.security import SecurityError
@@ -75,16 +76,9 @@ def policy_stack(tmp_path_factory):
     port = free_port()
     run_dir = Path(tempfile.mkdtemp(prefix="rs-openpi-"))
     cfg = tmp_path_factory.mktemp("openpi") / "stack.yaml"
-    cfg.write_text(f"""
-name: openpi_test
-run_dir: {run_dir}
-nodes:
-  policy:
-    kind: policy
-    params:
-      backend: {{type: goto, goal: {GOAL}, speed: 0.08, horizon: 16, dt: 0.1}}
-      openpi: {{port: {port}, keys: {{"observation/state": ee_pose}}}}
-""")
+    write_setup(cfg, setup("openpi_test", run_dir, policy=node(
+        "policy", backend={"type": "goto", "goal": list(GOAL), "speed": 0.08, "horizon": 16, "dt": 0.1},
+        openpi={"port": port, "keys": {"observation/state": "ee_pose"}})))
     try:
         with launched(cfg) as (_, out):
             def healthy():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import pytest
+from robot_stack.testing.setups import node, setup, write_setup
 
 
 from robot_stack.comm.codec import decode, encode
@@ -44,9 +45,8 @@ def test_a_controller_refuses_a_policy_whose_spec_disagrees(tmp_path, run_dir):
     from conftest import launched
 
     cfg = tmp_path / "spec.yaml"
-    cfg.write_text(f"name: spec\nrun_dir: {run_dir}\nnodes:\n  sim: {{kind: sim_world}}\n  arm: {{kind: arm}}\n"
-                   "  policy: {kind: policy, params: {backend: {type: goto, goal: [0.5, 0, 0.3], obs_horizon: 3}}}\n"
-                   "  controller:\n    kind: controller\n    params: {obs_keys: [ee_pose, q], obs_horizon: 2}\n")
+    write_setup(cfg, setup("spec", run_dir, sim=node("sim_world"), arm=node("arm"), policy=node("policy", backend={"type": "goto", "goal": [0.5, 0, 0.3], "obs_horizon": 3}),
+                           controller=node("controller", obs_keys=["ee_pose", "q"], obs_horizon=2)))
     with launched(cfg) as (launcher, out):
         wait_until(lambda: "controller" in launcher.dead, 90, describe=out.tail, what="the controller to end")
         assert launcher.dead.get("controller") == 1, out.tail()
@@ -64,9 +64,8 @@ def test_a_controller_takes_what_its_setup_leaves_open_from_the_spec(tmp_path, r
     from robot_stack.runtime.config import load_config
 
     cfg = tmp_path / "ok.yaml"
-    cfg.write_text(f"name: specok\nrun_dir: {run_dir}\nnodes:\n  sim: {{kind: sim_world}}\n  arm: {{kind: arm}}\n"
-                   "  policy: {kind: policy, params: {backend: {type: goto, goal: [0.5, 0, 0.3], obs_horizon: 3}}}\n"
-                   "  controller: {kind: controller, params: {autostart: true}}\n")
+    write_setup(cfg, setup("specok", run_dir, sim=node("sim_world"), arm=node("arm"), policy=node("policy", backend={"type": "goto", "goal": [0.5, 0, 0.3], "obs_horizon": 3}),
+                           controller=node("controller", autostart=True)))
     with launched(cfg) as (launcher, out):
         c = load_config(cfg)
         sub = Subscriber([c.pub_endpoint("controller", run_dir)], (Heartbeat.topic("controller"),), name="t")

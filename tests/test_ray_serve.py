@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from robot_stack.testing.setups import node, setup, write_setup
 
 from robot_stack.comm.codec import decode, encode
 from robot_stack.comm.messages import ActionChunk, ErrorReply, ObservationWindow
@@ -68,9 +69,9 @@ def test_two_controllers_through_the_adapter_on_two_replicas(tmp_path, run_dir, 
     from robot_stack.runtime.config import load_config
 
     cfg_path = tmp_path / "gateway.yaml"
-    cfg_path.write_text(f"name: gateway\nrun_dir: {run_dir}\nnodes:\n  policy:\n    kind: policy\n"
-                        f"    params: {{backend: {{type: ray_serve, address: '{serve_app}', app: rs_test, timeout_s: 10}},\n"
-                        "             batch: {max_batch: 8, window_ms: 5}}\n")
+    write_setup(cfg_path, setup("gateway", run_dir, policy=node(
+        "policy", backend={"type": "ray_serve", "address": serve_app, "app": "rs_test", "timeout_s": 10},
+        batch={"max_batch": 8, "window_ms": 5})))
     n_req, results, errors = 25, {0: [], 1: []}, []
     with launched(cfg_path) as (_, out):
         ep = load_config(cfg_path).in_endpoint("policy", run_dir)

@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+from robot_stack.testing.setups import node, setup, write_setup
 
 from robot_stack.runtime.clock import DeviceClockMapper
 
@@ -89,14 +90,8 @@ def test_camera_node_publishes_recorded_frames(tmp_path, run_dir):
     from conftest import launched
 
     cfg_path = tmp_path / "rs.yaml"
-    cfg_path.write_text(f"""
-name: rs
-run_dir: {run_dir}
-nodes:
-  cam:
-    kind: camera
-    params: {{driver: {{type: realsense, playback_file: "{BAG}"}}, camera_id: d435, rate_hz: 6}}
-""")
+    write_setup(cfg_path, setup("rs", run_dir, cam=node("camera", driver={"type": "realsense", "playback_file": str(BAG)},
+                                                         camera_id="d435", rate_hz=6)))
 
     _, _, color_ref, depth_ref, _ = reference_frames()  # before the node plays the same file
     with launched(cfg_path) as (_, out):

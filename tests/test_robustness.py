@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+from robot_stack.testing.setups import node, setup, write_setup
 
 from conftest import REPO
 
@@ -150,7 +151,7 @@ NODE_SCRIPT = textwrap.dedent("""
 
 def test_failing_steps_and_handlers_are_counted_and_persistent_failure_ends_the_node(tmp_path, run_dir):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"name: flaky\nrun_dir: {run_dir}\nnodes:\n  flaky: {{kind: monitor, params: {{watch: [flaky]}}}}\n")
+    write_setup(cfg, setup("flaky", run_dir, flaky=node("monitor", watch=["flaky"])))
     r = subprocess.run([sys.executable, "-c", NODE_SCRIPT, cfg, run_dir], capture_output=True, text=True,
                        timeout=60, cwd=REPO)
     out = r.stdout + r.stderr

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from robot_stack.testing.setups import node, setup, write_setup
 
 from robot_stack.drivers import rtde_wire as w
 from robot_stack.drivers.ur_emulator import (
@@ -162,7 +163,7 @@ def test_the_emulator_listens_on_loopback_only(tmp_path):
     with pytest.raises(ValueError, match="loopback addresses only"):
         UrEmulator("0.0.0.0", controller=UrController()).start()
     p = tmp_path / "c.yaml"
-    p.write_text("nodes:\n  sim: {kind: sim_world, params: {robot: ur5e_robotiq, ur_emulator_host: 192.168.1.5}}\n")
+    write_setup(p, {"nodes": {"sim": node("sim_world", robot="ur5e_robotiq", ur_emulator_host="192.168.1.5")}})
     with pytest.raises(ConfigError, match="loopback addresses only"):
         load_config(p)
 

@@ -196,8 +196,8 @@ class Node:
         return resource
 
     def close(self) -> None:
-        """End the node: :meth:`shutdown`, then release every resource it :meth:`own`\ s, even when
-        ``shutdown`` fails (its error is raised after)."""
+        """End the node: :meth:`shutdown`, then release every resource registered with :meth:`own`,
+        even when ``shutdown`` fails (its error is raised after)."""
         try:
             self.shutdown()
         finally:
@@ -212,8 +212,6 @@ class Node:
     def drain_inbox(self, timeout_s: float = 0.0) -> int:
         """Handle what is in the inbox, waiting up to ``timeout_s`` for a first item (and up to
         :attr:`wake_at_ns`, which then calls :meth:`on_wake`); returns the items handled."""
-        import queue as _queue
-
         if self.inbox is None:
             return 0
         wake = self.wake_at_ns
@@ -226,7 +224,7 @@ class Node:
                 self.guarded("post", self.on_post, item)
                 n += 1
                 item = self.inbox.get_nowait()
-        except _queue.Empty:
+        except queue.Empty:
             pass
         if self.wake_at_ns is not None and now_ns() >= self.wake_at_ns:
             self.wake_at_ns = None
