@@ -224,7 +224,7 @@ class PolicyNode(Node):
             replies = self.handle_batch([r.msg for r in reqs])
         except Exception as e:  # a bug outside the policy: answer every request, log, stay up
             log.exception("answering a batch failed")
-            replies = [ErrorReply(request_id=int(r.msg.request_id) if isinstance(r.msg, ObservationWindow) else 0, code="handler_error",
+            replies = [ErrorReply(request_id=int(r.msg.request_id) if isinstance(r.msg, (ObservationWindow, SpecRequest)) else 0, code="handler_error",
                                   reason=f"{type(e).__name__}: {e}") for r in reqs]
         for r, reply in zip(reqs, replies):
             self.server.reply(r, reply)
