@@ -42,8 +42,14 @@ from robot_stack.comm.codec import encode  # noqa: E402
 from robot_stack.runtime.config import load_config  # noqa: E402
 from robot_stack.drivers.spy import command_limits  # noqa: E402
 from robot_stack.runtime.launcher import Launcher  # noqa: E402
-from robot_stack.comm.messages import (ArmControl, EpisodeEvent, Heartbeat, ObservationWindow,  # noqa: E402
-                                       RobotState, WaypointSchedule)
+from robot_stack.comm.messages import (
+    ArmControl,
+    EpisodeEvent,
+    Heartbeat,
+    ObservationWindow,  # noqa: E402
+    RobotState,
+    WaypointSchedule,
+)
 from robot_stack.drivers.sim_messages import JointTarget  # noqa: E402
 from robot_stack.apps.session import LogSink  # noqa: E402
 from robot_stack.comm.transport import Subscriber  # noqa: E402
@@ -52,18 +58,39 @@ from robot_stack.testing.setups import node, setup, write_setup  # noqa: E402
 LIMITS = {"vel": 1.5, "acc": 6.0, "jerk": 150.0}
 HB_TIMEOUT_S = 0.5
 
+
 def fault_setup(tag: str, run_dir, spy, goal, fault: str, root) -> dict:
     """One campaign stack: sim, an arm whose driver commands are recorded (the spy), a sim camera, a
     scripted policy (with the fault it injects), an async controller and a recorder."""
-    return setup(f"faults{tag}", run_dir, sim=node("sim_world"),
-                 arm=node("arm", spy_file=str(spy), safety={"heartbeat_timeout_s": HB_TIMEOUT_S, "max_joint_vel": LIMITS["vel"],
-                                                           "max_joint_acc": LIMITS["acc"], "max_joint_jerk": LIMITS["jerk"]}),
-                 cam=node("camera", {"nice": 10, "env": {"LP_NUM_THREADS": "1"}}, driver={"type": "sim", "camera": "scene"},
-                          camera_id="scene", width=96, height=72, rate_hz=10),
-                 policy=node("policy", backend={"type": "goto", "goal": list(goal), "speed": 0.05, "horizon": 16, "dt": 0.1},
-                             fault=fault),
-                 controller=node("controller", strategy="async", rate_hz=10, cameras=["cam"], autostart=True),
-                 recorder=node("recorder", root=str(root), flush_every_s=0.5, cameras=["cam"], controller="controller"))
+    return setup(
+        f"faults{tag}",
+        run_dir,
+        sim=node("sim_world"),
+        arm=node(
+            "arm",
+            spy_file=str(spy),
+            safety={
+                "heartbeat_timeout_s": HB_TIMEOUT_S,
+                "max_joint_vel": LIMITS["vel"],
+                "max_joint_acc": LIMITS["acc"],
+                "max_joint_jerk": LIMITS["jerk"],
+            },
+        ),
+        cam=node(
+            "camera",
+            {"nice": 10, "env": {"LP_NUM_THREADS": "1"}},
+            driver={"type": "sim", "camera": "scene"},
+            camera_id="scene",
+            width=96,
+            height=72,
+            rate_hz=10,
+        ),
+        policy=node(
+            "policy", backend={"type": "goto", "goal": list(goal), "speed": 0.05, "horizon": 16, "dt": 0.1}, fault=fault
+        ),
+        controller=node("controller", strategy="async", rate_hz=10, cameras=["cam"], autostart=True),
+        recorder=node("recorder", root=str(root), flush_every_s=0.5, cameras=["cam"], controller="controller"),
+    )
 
 
 ROWS: list[dict] = []
@@ -73,7 +100,7 @@ SPIES: list[Path] = []
 class Stack:
     """One campaign stack (:func:`fault_setup`), launched in this process, with a subscriber on the arm and heartbeats."""
 
-    last: "Stack | None" = None  # the latest stack, whose node logs a campaign error prints
+    last: Stack | None = None  # the latest stack, whose node logs a campaign error prints
 
     def __init__(self, work: Path, tag: str, fault: str = "none", goal=(0.45, 0.30, 0.30), root: Path | None = None):
         Stack.last = self
@@ -87,7 +114,7 @@ class Stack:
         self.launcher = Launcher(self.cfg_path, out=self.out)
         self.dead_at: dict[str, int] = {}
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         self.launcher.start()
         self._t = threading.Thread(target=self.launcher.supervise, daemon=True)
         self._t.start()
@@ -209,12 +236,20 @@ def kill_node(work: Path, node: str) -> None:
     lost = "0 finished episodes" if (node == "recorder" or finished) else "the finished episode!"
     rest_ok = node in ("arm", "sim") or (rest is not None and rest <= HB_TIMEOUT_S + 0.5)
     did = ("launcher reported it, stopped the stack" if reported is not None else "not reported!") + (
-        "; the robot holds its last target" if node == "arm" else
-        "; robot controller lost: arm node faulted, no commands" if node == "sim" else
-        f"; arm {'brought to rest' if rest is not None else 'never at rest'} before shutdown")
-    row(f"SIGKILL {node}", "SIGKILL while the policy drives the arm", did,
-        f"report {_ms(reported)}" + ("" if node in ("arm", "sim") else f", at rest {_ms(rest)}"), lost,
-        reported is not None and reported < 1.0 and rest_ok and lost.startswith("0"))
+        "; the robot holds its last target"
+        if node == "arm"
+        else "; robot controller lost: arm node faulted, no commands"
+        if node == "sim"
+        else f"; arm {'brought to rest' if rest is not None else 'never at rest'} before shutdown"
+    )
+    row(
+        f"SIGKILL {node}",
+        "SIGKILL while the policy drives the arm",
+        did,
+        f"report {_ms(reported)}" + ("" if node in ("arm", "sim") else f", at rest {_ms(rest)}"),
+        lost,
+        reported is not None and reported < 1.0 and rest_ok and lost.startswith("0"),
+    )
 
 
 def stop_controller(work: Path) -> None:
@@ -226,10 +261,14 @@ def stop_controller(work: Path) -> None:
         os.kill(pid, signal.SIGCONT)
         resumed = s.wait_mode("track", 10.0)
         dead = dict(s.launcher.dead)
-    row("SIGSTOP controller", "SIGSTOP (every thread, heartbeat included), SIGCONT after",
+    row(
+        "SIGSTOP controller",
+        "SIGSTOP (every thread, heartbeat included), SIGCONT after",
         f"arm held (heartbeat stale){', resumed after SIGCONT' if resumed is not None else ', did not resume'}",
-        f"hold {_ms(hold)} (timeout {HB_TIMEOUT_S * 1e3:.0f} ms)", "0",
-        hold is not None and hold <= HB_TIMEOUT_S + 0.2 and resumed is not None and not dead)
+        f"hold {_ms(hold)} (timeout {HB_TIMEOUT_S * 1e3:.0f} ms)",
+        "0",
+        hold is not None and hold <= HB_TIMEOUT_S + 0.2 and resumed is not None and not dead,
+    )
 
 
 def camera_stops(work: Path) -> None:
@@ -250,11 +289,15 @@ def camera_stops(work: Path) -> None:
         rec = s.metrics("recorder")
         dead = dict(s.launcher.dead)
     del t0
-    row("camera stops", "SIGSTOP of the camera node mid-episode, SIGCONT after",
+    row(
+        "camera stops",
+        "SIGSTOP of the camera node mid-episode, SIGCONT after",
         f"controller held ({holds:.0f} stale-observation holds) and told the arm to hold"
         f"{', resumed' if resumed is not None else ''}; episode saved",
-        f"hold {_ms(hold)}", f"{rec.get('dropped', 0):.0f} samples dropped",
-        hold is not None and hold <= HB_TIMEOUT_S + 0.2 and holds > 0 and not dead and rec.get("saved", 0) >= 1)
+        f"hold {_ms(hold)}",
+        f"{rec.get('dropped', 0):.0f} samples dropped",
+        hold is not None and hold <= HB_TIMEOUT_S + 0.2 and holds > 0 and not dead and rec.get("saved", 0) >= 1,
+    )
 
 
 def sim_dies(work: Path) -> None:
@@ -266,9 +309,14 @@ def sim_dies(work: Path) -> None:
             time.sleep(0.002)
         reported = (s.dead_at["sim"] - t0) / 1e9 if "sim" in s.dead_at else None
         faults = s.metrics("arm", 1.0).get("safety.driver_fault", 0)
-    row("sim world dies", "SIGKILL of the sim world (the robot) under the arm node",
+    row(
+        "sim world dies",
+        "SIGKILL of the sim world (the robot) under the arm node",
         f"arm: driver fault ({faults:.0f}), no commands; launcher reported it",
-        f"report {_ms(reported)}", "0", reported is not None and reported < 1.0)
+        f"report {_ms(reported)}",
+        "0",
+        reported is not None and reported < 1.0,
+    )
 
 
 def _mutations(valid: list[list[bytes]], n: int, rng: np.random.Generator):
@@ -296,21 +344,28 @@ def _wrong_contents(rng: np.random.Generator, q0: np.ndarray, pose: np.ndarray):
     """A well-formed message with wrong contents for the arm/controller/sim inputs."""
     k = int(rng.integers(6))
     n = int(rng.integers(0, 40))
-    t = now_ns() + int(rng.integers(-10**9, 20 * 10**9))
+    t = now_ns() + int(rng.integers(-(10**9), 20 * 10**9))
     stamps = t + np.arange(n, dtype=np.int64) * 10**7
     vals = rng.choice([0.0, 1.0, -1e9, 1e9, np.nan, np.inf], size=(n, 7)) * rng.random((n, 7))
     if k == 0:
-        return "waypoints", WaypointSchedule(stamps_ns=stamps, positions=q0 + vals * 0.1, space="joint",
-                                             gripper=rng.choice([np.nan, 0.5, 7.0], size=n) if n else None)
+        return "waypoints", WaypointSchedule(
+            stamps_ns=stamps,
+            positions=q0 + vals * 0.1,
+            space="joint",
+            gripper=rng.choice([np.nan, 0.5, 7.0], size=n) if n else None,
+        )
     if k == 1:
         return "waypoints", WaypointSchedule(stamps_ns=stamps, positions=pose + vals * 0.05, space="ee")
     if k == 2:
-        return "waypoints", WaypointSchedule(stamps_ns=stamps, positions=rng.random((n, int(rng.integers(1, 12)))),
-                                             space="joint")
+        return "waypoints", WaypointSchedule(
+            stamps_ns=stamps, positions=rng.random((n, int(rng.integers(1, 12)))), space="joint"
+        )
     if k == 3:
         return "control", ArmControl(kind=str(rng.choice(["hold", "release"])))
     if k == 4:
-        return JointTarget.TOPIC, JointTarget(q=rng.choice([np.nan, 1e6, 0.0], size=7), gripper=float(rng.choice([1e9, -3.0])))
+        return JointTarget.TOPIC, JointTarget(
+            q=rng.choice([np.nan, 1e6, 0.0], size=7), gripper=float(rng.choice([1e9, -3.0]))
+        )
     return "event", EpisodeEvent(kind=str(rng.choice(["reset", "discard", "quit"])), episode=-5)
 
 
@@ -350,8 +405,9 @@ def fuzz(work: Path, per_node: int) -> None:
         req.setsockopt(zmq.LINGER, 0)
         req.setsockopt(zmq.REQ_RELAXED, 1)
         req.connect(s.cfg.in_endpoint("policy", s.run_dir))
-        win = ObservationWindow(request_id=1, obs={"ee_pose": np.zeros((2, 7), np.float32)},
-                                obs_age_ns=np.zeros(2, np.int64))
+        win = ObservationWindow(
+            request_id=1, obs={"ee_pose": np.zeros((2, 7), np.float32)}, obs_age_ns=np.zeros(2, np.int64)
+        )
         win.source, win.seq, win.stamp_ns = "fuzzer", 0, now_ns()
         pvalid = [[bytes(f) for f in encode("infer", win)]]
         answered = 0
@@ -372,10 +428,15 @@ def fuzz(work: Path, per_node: int) -> None:
     crashes = len(dead)
     total = sum(sent.values())
     refusals = sum(v for k, v in m_arm.items() if k.startswith("safety.") and k not in ("safety.servo_limited",))
-    row(f"fuzzed messages x {total}", f"{per_node} per input of arm, controller, recorder, sim; {sent['policy']} "
+    row(
+        f"fuzzed messages x {total}",
+        f"{per_node} per input of arm, controller, recorder, sim; {sent['policy']} "
         f"requests to the policy ({answered} answered with an error); {took:.0f} s",
         f"{crashes} target crashes; arm refused {refusals:.0f} schedules by name, moved {moved * 1e3:.1f} mrad",
-        "n/a", "0", crashes == 0 and held and answered == sent["policy"])
+        "n/a",
+        "0",
+        crashes == 0 and held and answered == sent["policy"],
+    )
 
 
 def bad_policy(work: Path, fault: str) -> None:
@@ -384,20 +445,31 @@ def bad_policy(work: Path, fault: str) -> None:
         m_arm, m_ctl = s.metrics("arm"), s.metrics("controller")
         dead = dict(s.launcher.dead)
         st = s.state()
-    refused = {k[7:]: v for k, v in m_arm.items() if k.startswith("safety.") and v and k not in
-               ("safety.servo_limited",)}
+    refused = {
+        k[7:]: v for k, v in m_arm.items() if k.startswith("safety.") and v and k not in ("safety.servo_limited",)
+    }
     by_ctl = m_ctl.get("bad_chunks", 0)
-    row(f"policy: {fault} chunks", f"every chunk {fault}",
+    row(
+        f"policy: {fault} chunks",
+        f"every chunk {fault}",
         f"controller refused {by_ctl:.0f} chunks; arm refused {refused or 'none'}; arm mode {st.mode}",
-        "n/a", "0", not dead and (by_ctl > 0 or bool(refused)) and st.mode in ("hold", "estop"))
+        "n/a",
+        "0",
+        not dead and (by_ctl > 0 or bool(refused)) and st.mode in ("hold", "estop"),
+    )
 
 
 def disk_full(work: Path) -> None:
     root = work / "tiny"
     root.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(root)],
-                                           capture_output=True).returncode != 0:
-        row("disk full", "3 MB tmpfs as the recorder's root", "skipped: needs root to mount a tmpfs", "n/a", "n/a", True)
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(root)], capture_output=True).returncode
+        != 0
+    ):
+        row(
+            "disk full", "3 MB tmpfs as the recorder's root", "skipped: needs root to mount a tmpfs", "n/a", "n/a", True
+        )
         return
     try:
         with Stack(work, "diskfull", root=root) as s:
@@ -423,10 +495,14 @@ def disk_full(work: Path) -> None:
         from robot_stack.data.dataset import open_episode
 
         readable = all(len(open_episode(root / p)) > 0 for p in kept)
-        row("disk full", "recording into a 3 MB tmpfs until it fills",
+        row(
+            "disk full",
+            "recording into a 3 MB tmpfs until it fills",
             f"recorder: {m.get('write_errors', 0):.0f} write errors reported, node up; arm {arm_mode}",
-            "n/a", f"0 finished episodes ({len(kept)} kept, readable: {readable})",
-            not dead and m.get("write_errors", 0) > 0 and len(first) >= 1 and readable)
+            "n/a",
+            f"0 finished episodes ({len(kept)} kept, readable: {readable})",
+            not dead and m.get("write_errors", 0) > 0 and len(first) >= 1 and readable,
+        )
     finally:
         subprocess.run(["umount", str(root)], capture_output=True)
 
@@ -457,11 +533,16 @@ def main() -> int:
     t0 = time.monotonic()
     kills = ["controller", "policy", "sim"] if args.quick else ["controller", "policy", "cam", "recorder", "arm", "sim"]
     steps = [(f"SIGKILL {n}", lambda n=n: kill_node(work, n)) for n in kills]
-    steps += [("SIGSTOP controller", lambda: stop_controller(work)), ("camera stops", lambda: camera_stops(work)),
-              ("sim world dies", lambda: sim_dies(work)),
-              ("fuzzed messages", lambda: fuzz(work, 5_000 if args.quick else 100_000))]
-    steps += [(f"policy: {f} chunks", lambda f=f: bad_policy(work, f)) for f in (
-        ["nan", "jump", "flip"] if args.quick else ["nan", "limit", "jump", "empty", "flip"])]
+    steps += [
+        ("SIGSTOP controller", lambda: stop_controller(work)),
+        ("camera stops", lambda: camera_stops(work)),
+        ("sim world dies", lambda: sim_dies(work)),
+        ("fuzzed messages", lambda: fuzz(work, 5_000 if args.quick else 100_000)),
+    ]
+    steps += [
+        (f"policy: {f} chunks", lambda f=f: bad_policy(work, f))
+        for f in (["nan", "jump", "flip"] if args.quick else ["nan", "limit", "jump", "empty", "flip"])
+    ]
     steps += [("disk full", lambda: disk_full(work))]
     for name, step in steps:
         try:
@@ -481,8 +562,10 @@ def main() -> int:
         print(" | ".join(str(c)[:x].ljust(x) for c, x in zip(cells, w)) + ("" if r["ok"] else "  <-- FAIL"))
     ratios = ", ".join(f"{k} {worst[k]:.2f}/{LIMITS[k]:g} ({worst[k] / LIMITS[k]:.2f})" for k in LIMITS)
     over = [k for k in LIMITS if worst[k] > LIMITS[k] * (1 + 1e-3)]  # (divided differences round at ~1e-5)
-    print(f"\ncommands at the driver over the campaign: {n_cmd}; max/limit: {ratios}; "
-          f"limit-breaking: {'none' if not over else over}")
+    print(
+        f"\ncommands at the driver over the campaign: {n_cmd}; max/limit: {ratios}; "
+        f"limit-breaking: {'none' if not over else over}"
+    )
     print("max/limit per stack (every command, holds and stops included):")
     print("\n".join(per_stack))
     failed = [r["fault"] for r in ROWS if not r["ok"]]

@@ -53,16 +53,28 @@ def make_policy(d: Path, device: str) -> Path:
     from robot_stack.policies.generative import GenerativePolicyModel, ModelConfig, save_checkpoint
 
     torch.manual_seed(0)
-    cfg = ModelConfig(cameras={"scene": "rgbd"}, image_hw=(96, 96), proprio_dim=8, horizon=16, action_dim=8,
-                      kind="flow", sample_steps=1)
+    cfg = ModelConfig(
+        cameras={"scene": "rgbd"},
+        image_hw=(96, 96),
+        proprio_dim=8,
+        horizon=16,
+        action_dim=8,
+        kind="flow",
+        sample_steps=1,
+    )
     return save_checkpoint(GenerativePolicyModel(cfg).eval(), d / "fleet.safetensors")
 
 
 def windows(n: int = 8) -> list[dict]:
     rng = np.random.default_rng(0)
-    return [{"scene.color": rng.integers(0, 255, (2, 96, 96, 3), dtype=np.uint8),
-             "scene.depth": rng.integers(300, 1500, (2, 96, 96), dtype=np.uint16),
-             "state": rng.standard_normal((2, 8)).astype(np.float32)} for _ in range(n)]
+    return [
+        {
+            "scene.color": rng.integers(0, 255, (2, 96, 96, 3), dtype=np.uint8),
+            "scene.depth": rng.integers(300, 1500, (2, 96, 96), dtype=np.uint16),
+            "state": rng.standard_normal((2, 8)).astype(np.float32),
+        }
+        for _ in range(n)
+    ]
 
 
 async def robot(i: int, endpoint: str, obs: list[dict], t_end: float, rtts: list, errors: list) -> int:
@@ -81,8 +93,9 @@ async def robot(i: int, endpoint: str, obs: list[dict], t_end: float, rtts: list
             await asyncio.sleep(max(0.0, t_next - time.monotonic()))
             if time.monotonic() >= t_end:
                 return sent
-            msg = ObservationWindow(request_id=i * 1_000_000 + sent, obs=obs[(i + sent) % len(obs)],
-                                    obs_age_ns=np.zeros(2, np.int64))
+            msg = ObservationWindow(
+                request_id=i * 1_000_000 + sent, obs=obs[(i + sent) % len(obs)], obs_age_ns=np.zeros(2, np.int64)
+            )
             t0 = time.perf_counter()
             await sock.send_multipart(encode("infer", msg), copy=False)
             if not await sock.poll(5000):
@@ -108,23 +121,46 @@ def gpu_util() -> str:
     if shutil.which("nvidia-smi") is None:
         return "n/a"
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=5).stdout.split()
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.split()
         return f"{out[0]} %" if out else "n/a"
     except (OSError, subprocess.SubprocessError):
         return "n/a"
 
 
-def run_server(name: str, batch: dict, policy: Path, device: str, ns: list[int], seconds: float, console,
-               threads: int | None = None) -> list[dict]:
+def run_server(
+    name: str,
+    batch: dict,
+    policy: Path,
+    device: str,
+    ns: list[int],
+    seconds: float,
+    console,
+    threads: int | None = None,
+) -> list[dict]:
     import yaml
 
     from robot_stack.apps.session import Session
 
     d = Path(tempfile.mkdtemp(prefix="fleet-"))
-    cfg = {"name": f"fleet_{name}", "nodes": {"policy": {"kind": "policy", "params": {
-        "backend": {"type": "checkpoint", "path": str(policy), "seed": 0, "device": device},
-        "batch": batch, "max_obs_age_s": 10.0, "threads": threads or os.cpu_count() or 1}}}}
+    cfg = {
+        "name": f"fleet_{name}",
+        "nodes": {
+            "policy": {
+                "kind": "policy",
+                "params": {
+                    "backend": {"type": "checkpoint", "path": str(policy), "seed": 0, "device": device},
+                    "batch": batch,
+                    "max_obs_age_s": 10.0,
+                    "threads": threads or os.cpu_count() or 1,
+                },
+            }
+        },
+    }
     (d / "fleet.yaml").write_text(yaml.safe_dump(cfg))
     s = Session(d / "fleet.yaml")
     rows = []
@@ -147,15 +183,27 @@ def run_server(name: str, batch: dict, policy: Path, device: str, ns: list[int],
             nb = hb.get("batches", 0) - hb0.get("batches", 0)
             nreq = hb.get("requests", 0) - hb0.get("requests", 0)
             a = np.array(rtts) if rtts else np.array([np.nan])
-            row = {"server": name, "n": n, "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
-                   "rate": len(rtts) / wall, "per_robot": len(rtts) / wall / n, "batch_mean": nreq / nb if nb else float("nan"),
-                   "batch_max": hb.get("batch_max", 1.0), "batches": nb, "cpu": cpu, "gpu": gpu_util(),
-                   "errors": errors}
+            row = {
+                "server": name,
+                "n": n,
+                "p50": float(np.percentile(a, 50)),
+                "p99": float(np.percentile(a, 99)),
+                "rate": len(rtts) / wall,
+                "per_robot": len(rtts) / wall / n,
+                "batch_mean": nreq / nb if nb else float("nan"),
+                "batch_max": hb.get("batch_max", 1.0),
+                "batches": nb,
+                "cpu": cpu,
+                "gpu": gpu_util(),
+                "errors": errors,
+            }
             rows.append(row)
-            console.print(f"  {name:8s} N={n:3d}: p50 {row['p50']:7.1f} ms  p99 {row['p99']:7.1f} ms  "
-                          f"{row['rate']:6.1f} Hz ({row['per_robot']:4.1f} per robot)  batch mean "
-                          f"{row['batch_mean']:4.1f} max {row['batch_max']:3.0f}  CPU {cpu:4.0f} %"
-                          + (f"  ERRORS {len(errors)}: {errors[0]}" if errors else ""))
+            console.print(
+                f"  {name:8s} N={n:3d}: p50 {row['p50']:7.1f} ms  p99 {row['p99']:7.1f} ms  "
+                f"{row['rate']:6.1f} Hz ({row['per_robot']:4.1f} per robot)  batch mean "
+                f"{row['batch_mean']:4.1f} max {row['batch_max']:3.0f}  CPU {cpu:4.0f} %"
+                + (f"  ERRORS {len(errors)}: {errors[0]}" if errors else "")
+            )
             if row["p99"] > 4 * BUDGET_MS:  # saturated: larger fleets only queue longer
                 break
         s.raise_if_dead()
@@ -193,25 +241,49 @@ def main(argv: list[str] | None = None) -> int:
         for name, batch in SERVERS.items():
             console.print(f"[bold]{name}[/] server (batch {batch})")
             rows += run_server(name, batch, policy, args.device, ns, seconds, console, args.threads)
-    t = Table(title=f"fleet vs one policy server ({args.device}, {args.threads or os.cpu_count()} threads, one-step "
-                    f"flow, 96x96 RGB-D, {RATE_HZ:.0f} Hz "
-                    f"per robot, {seconds:.0f} s per point)")
-    for c in ("server", "N", "RTT p50 ms", "RTT p99 ms", "rate Hz", "per robot Hz", "batch mean/max", "server CPU",
-              "GPU"):
+    t = Table(
+        title=f"fleet vs one policy server ({args.device}, {args.threads or os.cpu_count()} threads, one-step "
+        f"flow, 96x96 RGB-D, {RATE_HZ:.0f} Hz "
+        f"per robot, {seconds:.0f} s per point)"
+    )
+    for c in (
+        "server",
+        "N",
+        "RTT p50 ms",
+        "RTT p99 ms",
+        "rate Hz",
+        "per robot Hz",
+        "batch mean/max",
+        "server CPU",
+        "GPU",
+    ):
         t.add_column(c, justify="right")
     for r in rows:
-        t.add_row(r["server"], str(r["n"]), f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['rate']:.1f}",
-                  f"{r['per_robot']:.1f}", f"{r['batch_mean']:.1f}/{r['batch_max']:.0f}", f"{r['cpu']:.0f} %", r["gpu"])
+        t.add_row(
+            r["server"],
+            str(r["n"]),
+            f"{r['p50']:.1f}",
+            f"{r['p99']:.1f}",
+            f"{r['rate']:.1f}",
+            f"{r['per_robot']:.1f}",
+            f"{r['batch_mean']:.1f}/{r['batch_max']:.0f}",
+            f"{r['cpu']:.0f} %",
+            r["gpu"],
+        )
     console.print(t)
     for budget in (BUDGET_MS, 1.5 * BUDGET_MS, 2 * BUDGET_MS):
         serial = within_budget([r for r in rows if r["server"] == "serial"], budget)
         batched = within_budget([r for r in rows if r["server"] == "batched"], budget)
         ratio = batched / serial if serial else float("inf")
-        console.print(f"robots served within a {budget:.0f} ms p99 budget at >= 90 % of {RATE_HZ:.0f} Hz: "
-                      f"serial {serial}, batched {batched} (ratio {ratio:.1f}x; largest N measured {max(ns)})")
+        console.print(
+            f"robots served within a {budget:.0f} ms p99 budget at >= 90 % of {RATE_HZ:.0f} Hz: "
+            f"serial {serial}, batched {batched} (ratio {ratio:.1f}x; largest N measured {max(ns)})"
+        )
     peak = {k: max((r["rate"] for r in rows if r["server"] == k), default=0.0) for k in SERVERS}
-    console.print(f"peak request rate: serial {peak['serial']:.0f} Hz, batched {peak['batched']:.0f} Hz "
-                  f"(ratio {peak['batched'] / max(peak['serial'], 1e-9):.1f}x)")
+    console.print(
+        f"peak request rate: serial {peak['serial']:.0f} Hz, batched {peak['batched']:.0f} Hz "
+        f"(ratio {peak['batched'] / max(peak['serial'], 1e-9):.1f}x)"
+    )
     errors = [e for r in rows for e in r["errors"]]
     if errors:
         console.print(f"[red]{len(errors)} errors, first: {errors[0]}[/]")

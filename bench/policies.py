@@ -44,11 +44,22 @@ ROWS = {
     "flow1": dict(model=dict(kind="flow", sample_steps=1), label="flow matching, 1 step, wrist RGB"),
     # To = 1: the scene camera renders at about 4 Hz beside the rest of the sim stack on 2 cores,
     # too sparse for a 2-step window at 10 Hz (a frame within 50 ms of each window time)
-    "meanflow_points": dict(model=dict(kind="meanflow", sample_steps=1, cameras={"scene": "points"}, n_points=512,
-                                       dispersive_weight=0.1, obs_horizon=1),
-                            cameras=["cam_scene"], label="MP1: MeanFlow 1 step, scene point cloud"),
-    "h3dp": dict(model=dict(kind="ddim", sample_steps=16, cameras={"wrist": "layered"}, depth_layers=(0.0, 0.3, 0.45, 2.0)),
-                 label="H3DP: depth layers of wrist RGB-D, DDIM 16 steps"),
+    "meanflow_points": dict(
+        model=dict(
+            kind="meanflow",
+            sample_steps=1,
+            cameras={"scene": "points"},
+            n_points=512,
+            dispersive_weight=0.1,
+            obs_horizon=1,
+        ),
+        cameras=["cam_scene"],
+        label="MP1: MeanFlow 1 step, scene point cloud",
+    ),
+    "h3dp": dict(
+        model=dict(kind="ddim", sample_steps=16, cameras={"wrist": "layered"}, depth_layers=(0.0, 0.3, 0.45, 2.0)),
+        label="H3DP: depth layers of wrist RGB-D, DDIM 16 steps",
+    ),
     "slowfast": dict(model=None, label="RDP-style slow-fast", note="contact task: bench/slowfast.py"),
 }
 
@@ -59,21 +70,27 @@ def time_inference(model, onnx_path: Path, n: int, device: str) -> dict[str, np.
     from robot_stack.policies.generative import GenerativePolicy, OnnxDenoiser, TorchDenoiser
 
     gpu = device.startswith("cuda")
-    backends = {"torch": TorchDenoiser(model, device=device),
-                "onnx": OnnxDenoiser(onnx_path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
-                                     if gpu else ["CPUExecutionProvider"])}
+    backends = {
+        "torch": TorchDenoiser(model, device=device),
+        "onnx": OnnxDenoiser(
+            onnx_path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        ),
+    }
     rng = np.random.default_rng(0)
     out = {}
     for name, b in backends.items():
         pol = GenerativePolicy(model, b, seed=0)
         md = pol.metadata
 
-        def window():
+        def window(md=md):
             o = {}
             for k, (shape, dt) in md.obs_shapes.items():
                 shp = (md.obs_horizon, *shape)
-                o[k] = (rng.integers(0, 255, shp).astype(dt) if np.dtype(dt).kind in "ui"
-                        else rng.uniform(0, 0.5, shp).astype(dt))
+                o[k] = (
+                    rng.integers(0, 255, shp).astype(dt)
+                    if np.dtype(dt).kind in "ui"
+                    else rng.uniform(0, 0.5, shp).astype(dt)
+                )
             return o
 
         for _ in range(3):
@@ -101,8 +118,12 @@ def run_row(name: str, spec: dict, episodes: list[Path], work: Path, args, confi
         out["note"] = spec["note"]
         return out
     ms = ModelConfig(**spec["model"])
-    ts = TrainSettings(model=ms, steps=args.steps, val_fraction=0.1 if len(episodes) >= 10 else 0.25,
-                       checkpoint_every=max(1, args.steps))
+    ts = TrainSettings(
+        model=ms,
+        steps=args.steps,
+        val_fraction=0.1 if len(episodes) >= 10 else 0.25,
+        checkpoint_every=max(1, args.steps),
+    )
     path = work / f"{name}.safetensors"
     t0 = time.perf_counter()
     summary = train(ts, episodes, path, progress=not args.quick)
@@ -114,8 +135,11 @@ def run_row(name: str, spec: dict, episodes: list[Path], work: Path, args, confi
     for k, v in t.items():
         out[f"{k}_p50_ms"], out[f"{k}_p99_ms"] = float(np.percentile(v, 50)), float(np.percentile(v, 99))
     # the observation (keys, To, image size) from the policy's spec; the cameras the row observes
-    sets = {"nodes.controller.params.obs_keys": None, "nodes.controller.params.obs_horizon": None,
-            "nodes.controller.params.image_size": None}
+    sets = {
+        "nodes.controller.params.obs_keys": None,
+        "nodes.controller.params.obs_horizon": None,
+        "nodes.controller.params.image_size": None,
+    }
     if "cameras" in spec:
         sets["nodes.controller.params.cameras"] = spec["cameras"]
     session, pol = deploy_session(config, path, seed=1000, sets=sets)
@@ -188,9 +212,24 @@ def main() -> int:
     results = []
     for r in rows:  # each row in its own process: one row's threads and sockets never meet the next's
         console.rule(f"{r}: {ROWS[r]['label']}")
-        cmd = [sys.executable, __file__, "--one-row", r, "--episodes", str(episodes[0].parent), "--work", str(work),
-               "--steps", str(args.steps), "--eval", str(args.eval), "--max-episode-s", str(args.max_episode_s),
-               "--device", args.device] + (["--quick"] if args.quick else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one-row",
+            r,
+            "--episodes",
+            str(episodes[0].parent),
+            "--work",
+            str(work),
+            "--steps",
+            str(args.steps),
+            "--eval",
+            str(args.eval),
+            "--max-episode-s",
+            str(args.max_episode_s),
+            "--device",
+            args.device,
+        ] + (["--quick"] if args.quick else [])
         rc = subprocess.run(cmd).returncode
         f = work / f"{r}.json"
         if rc != 0 or not f.exists():
@@ -202,24 +241,41 @@ def main() -> int:
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    t = Table(title=f"pick-and-place: {len(episodes)} demonstrations, {args.steps} training steps per policy, "
-                    f"{args.eval} evaluation episodes; inference on {args.device} (expert {expert[0]}/{expert[1]})")
-    for c in ("policy", "success", "completion s", "torch p50 / p99 ms", "ONNX RT p50 / p99 ms", "train s",
-              "obs build p50 ms"):
+    t = Table(
+        title=f"pick-and-place: {len(episodes)} demonstrations, {args.steps} training steps per policy, "
+        f"{args.eval} evaluation episodes; inference on {args.device} (expert {expert[0]}/{expert[1]})"
+    )
+    for c in (
+        "policy",
+        "success",
+        "completion s",
+        "torch p50 / p99 ms",
+        "ONNX RT p50 / p99 ms",
+        "train s",
+        "obs build p50 ms",
+    ):
         t.add_column(c, justify="left" if c == "policy" else "right")
     for o in results:
         if "note" in o:
             t.add_row(o["label"], o["note"], "-", "-", "-", "-", "-")
             continue
-        t.add_row(o["label"], f"{o['success']}/{o['episodes']}", f(o["completion_s"], ".1f"),
-                  f"{o['torch_p50_ms']:.1f} / {o['torch_p99_ms']:.1f}", f"{o['onnx_p50_ms']:.1f} / {o['onnx_p99_ms']:.1f}",
-                  f"{o['train_s']:.0f}", f(o["assembly_p50_ms"], ".1f"))
+        t.add_row(
+            o["label"],
+            f"{o['success']}/{o['episodes']}",
+            f(o["completion_s"], ".1f"),
+            f"{o['torch_p50_ms']:.1f} / {o['torch_p99_ms']:.1f}",
+            f"{o['onnx_p50_ms']:.1f} / {o['onnx_p99_ms']:.1f}",
+            f"{o['train_s']:.0f}",
+            f(o["assembly_p50_ms"], ".1f"),
+        )
     console.print(t)
     by = {o["row"]: o for o in results}
     if "meanflow_points" in by and "ddim16" in by:
         m, d = by["meanflow_points"], by["ddim16"]
-        console.print(f"MeanFlow (points) / DDIM-16 inference time, torch p50: {m['torch_p50_ms'] / d['torch_p50_ms']:.2f}x; "
-                      f"success {m['success']}/{m['episodes']} against {d['success']}/{d['episodes']}")
+        console.print(
+            f"MeanFlow (points) / DDIM-16 inference time, torch p50: {m['torch_p50_ms'] / d['torch_p50_ms']:.2f}x; "
+            f"success {m['success']}/{m['episodes']} against {d['success']}/{d['episodes']}"
+        )
     console.print(f"results: {work / 'results.json'}")
     return 0
 

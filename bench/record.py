@@ -32,13 +32,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robot_stack.comm.messages import CameraFrame, RobotState  # noqa: E402
 from robot_stack.testing.setups import node, setup, write_setup  # noqa: E402
 
+
 def record_setup(root) -> dict:
     """Sim and arm (500 Hz states), two synthetic 640x480 cameras at 30 Hz, the recorder."""
+
     def cam(camera_id):
         return node("camera", driver="synthetic", camera_id=camera_id, width=640, height=480, rate_hz=30)
 
-    return setup("bench_record", sim=node("sim_world", rate_hz=500), arm=node("arm", rate_hz=500, state_rate_hz=500),
-                 cam_a=cam("a"), cam_b=cam("b"), recorder=node("recorder", root=str(root), cameras=["cam_a", "cam_b"]))
+    return setup(
+        "bench_record",
+        sim=node("sim_world", rate_hz=500),
+        arm=node("arm", rate_hz=500, state_rate_hz=500),
+        cam_a=cam("a"),
+        cam_b=cam("b"),
+        recorder=node("recorder", root=str(root), cameras=["cam_a", "cam_b"]),
+    )
 
 
 def _cpu_s(pid: int) -> float:
@@ -76,16 +84,30 @@ def live(seconds: float, work: Path) -> dict:
     finally:
         s.close()
     ep = open_episode(list_episodes(root)[-1])
-    out = {"duration_s": dur, "recorder_cpu_s": cpu, "queue_dropped": dropped, "disk_bytes": _du(ep.path),
-           "episode": ep, "streams": {}}
+    out = {
+        "duration_s": dur,
+        "recorder_cpu_s": cpu,
+        "queue_dropped": dropped,
+        "disk_bytes": _du(ep.path),
+        "episode": ep,
+        "streams": {},
+    }
     for stream, rate in (("robot_state", 500.0), ("camera/a", 30.0), ("camera/b", 30.0)):
-        d = ep.load(stream) if stream == "robot_state" else {"stamp_ns": ep.array(stream, "stamp_ns")[:],
-                                                              "frame_index": ep.array(stream, "frame_index")[:]}
+        d = (
+            ep.load(stream)
+            if stream == "robot_state"
+            else {"stamp_ns": ep.array(stream, "stamp_ns")[:], "frame_index": ep.array(stream, "frame_index")[:]}
+        )
         n = len(d["stamp_ns"])
         span = (d["stamp_ns"][-1] - d["stamp_ns"][0]) / 1e9 if n > 1 else 0.0
         gaps = int(np.sum(np.diff(d["frame_index"]) - 1)) if "frame_index" in d and n > 1 else 0
-        out["streams"][stream] = {"expected": rate * dur, "written": n, "rate_hz": (n - 1) / span if span else 0.0,
-                                  "frame_gaps": gaps, "monotonic": bool(np.all(np.diff(d["stamp_ns"]) > 0))}
+        out["streams"][stream] = {
+            "expected": rate * dur,
+            "written": n,
+            "rate_hz": (n - 1) / span if span else 0.0,
+            "frame_gaps": gaps,
+            "monotonic": bool(np.all(np.diff(d["stamp_ns"]) > 0)),
+        }
     raw = sum(ep.array(CameraFrame.topic(c), k).nbytes for c in ("a", "b") for k in ("color", "depth"))
     out["raw_bytes"] = raw + sum(a.nbytes for a in ep.load("robot_state").values())
     return out
@@ -99,10 +121,15 @@ def color_codecs(frames: np.ndarray, fps: float, work: Path) -> dict:
 
     res = {}
     t = time.process_time()
-    a = zarr.create_array(str(work / "color.zarr"), shape=frames.shape, chunks=(30, *frames.shape[1:]),
-                          dtype=np.uint8, compressors=[BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")])
+    a = zarr.create_array(
+        str(work / "color.zarr"),
+        shape=frames.shape,
+        chunks=(30, *frames.shape[1:]),
+        dtype=np.uint8,
+        compressors=[BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")],
+    )
     for i in range(0, len(frames), 30):
-        a[i:i + 30] = frames[i:i + 30]
+        a[i : i + 30] = frames[i : i + 30]
     res["zarr_lz4"] = {"cpu_s": time.process_time() - t, "bytes": _du(work / "color.zarr"), "lossless": True}
     t = time.process_time()
     path = work / "color.mp4"
@@ -133,19 +160,27 @@ def main() -> int:
         print(f"recorded {r['duration_s']:.1f} s: 2 x RGB-D 640x480 @ 30 Hz + robot state @ 500 Hz (live processes)")
         print(f"{'stream':<12} {'expected':>9} {'written':>8} {'rate Hz':>8} {'frame gaps':>10} {'monotonic':>9}")
         for k, v in r["streams"].items():
-            print(f"{k:<12} {v['expected']:9.0f} {v['written']:8d} {v['rate_hz']:8.1f} {v['frame_gaps']:10d} {str(v['monotonic']):>9}")
+            print(
+                f"{k:<12} {v['expected']:9.0f} {v['written']:8d} {v['rate_hz']:8.1f} {v['frame_gaps']:10d} {str(v['monotonic']):>9}"
+            )
         print(f"recorder queue drops: {r['queue_dropped']:.0f}")
-        print(f"write throughput: raw {r['raw_bytes'] / r['duration_s'] / 1e6:.1f} MB/s -> disk "
-              f"{r['disk_bytes'] / r['duration_s'] / 1e6:.1f} MB/s (compression {r['raw_bytes'] / r['disk_bytes']:.1f}x)")
-        print(f"per minute of demonstration: disk {r['disk_bytes'] * per_min / 1e9:.2f} GB, recorder CPU "
-              f"{r['recorder_cpu_s'] * per_min:.1f} s ({100 * r['recorder_cpu_s'] / r['duration_s']:.0f} % of one core)")
+        print(
+            f"write throughput: raw {r['raw_bytes'] / r['duration_s'] / 1e6:.1f} MB/s -> disk "
+            f"{r['disk_bytes'] / r['duration_s'] / 1e6:.1f} MB/s (compression {r['raw_bytes'] / r['disk_bytes']:.1f}x)"
+        )
+        print(
+            f"per minute of demonstration: disk {r['disk_bytes'] * per_min / 1e9:.2f} GB, recorder CPU "
+            f"{r['recorder_cpu_s'] * per_min:.1f} s ({100 * r['recorder_cpu_s'] / r['duration_s']:.0f} % of one core)"
+        )
         frames = r["episode"].array("camera/a", "color")[: int(30 * min(seconds, 10))]
         c = color_codecs(np.asarray(frames), 30.0, work)
         n_min = len(frames) / 30.0 / 60.0
         print(f"\ncolor storage, one camera, {len(frames)} frames (offline, same run):")
         for k, v in c.items():
-            print(f"  {k:<9} CPU {v['cpu_s'] / n_min:6.1f} s/min   disk {v['bytes'] / n_min / 1e6:7.1f} MB/min   "
-                  f"{'lossless' if v['lossless'] else 'lossy'}")
+            print(
+                f"  {k:<9} CPU {v['cpu_s'] / n_min:6.1f} s/min   disk {v['bytes'] / n_min / 1e6:7.1f} MB/min   "
+                f"{'lossless' if v['lossless'] else 'lossy'}"
+            )
         z, h = c["zarr_lz4"], c["h264"]
         print(f"  ratio H.264/zarr: CPU {h['cpu_s'] / z['cpu_s']:.1f}x, disk {h['bytes'] / z['bytes']:.2f}x")
     finally:

@@ -50,9 +50,17 @@ def measure(kind: str, seconds: float) -> dict:
     jitter = np.abs(periods - PERIOD_NS / 1e6)
     if kind != "rateloop":
         overruns = int((periods > 2 * PERIOD_NS / 1e6).sum())
-    return {"p50": np.percentile(periods, 50), "p99": np.percentile(periods, 99), "max": periods.max(),
-            "j50": np.percentile(jitter, 50), "j99": np.percentile(jitter, 99), "jmax": jitter.max(),
-            "overruns": overruns, "drift_ms": (wakes[-1] - t0 - n * PERIOD_NS) / 1e6, "n": n}
+    return {
+        "p50": np.percentile(periods, 50),
+        "p99": np.percentile(periods, 99),
+        "max": periods.max(),
+        "j50": np.percentile(jitter, 50),
+        "j99": np.percentile(jitter, 99),
+        "jmax": jitter.max(),
+        "overruns": overruns,
+        "drift_ms": (wakes[-1] - t0 - n * PERIOD_NS) / 1e6,
+        "n": n,
+    }
 
 
 def _hog() -> None:
@@ -98,17 +106,23 @@ def _load(secs: float) -> int:
     finally:
         for h in hogs:
             h.terminate()
-    print(f"\nRateLoop at {RATE:.0f} Hz, {secs:.0f} s each, beside {len(hogs)} CPU hogs; jitter |period - 2 ms| in us\n")
+    print(
+        f"\nRateLoop at {RATE:.0f} Hz, {secs:.0f} s each, beside {len(hogs)} CPU hogs; jitter |period - 2 ms| in us\n"
+    )
     print(f"{'case':16s} {'scheduling':14s} {'jitter p50':>10s} {'p99':>8s} {'max':>9s} {'overruns':>9s}")
     for k, r in rows.items():
-        print(f"{k:16s} {r['policy']:14s} {r['j50'] * 1e3:10.1f} {r['j99'] * 1e3:8.1f} {r['jmax'] * 1e3:9.1f} "
-              f"{int(r['overruns']):9d}")
+        print(
+            f"{k:16s} {r['policy']:14s} {r['j50'] * 1e3:10.1f} {r['j99'] * 1e3:8.1f} {r['jmax'] * 1e3:9.1f} "
+            f"{int(r['overruns']):9d}"
+        )
     for line in rows["load + realtime"]["granted"]:
         print(f"  {line}")
     i, a, b = rows["idle"], rows["load"], rows["load + realtime"]
-    print(f"\njitter p99 vs idle: load {a['j99'] / max(i['j99'], 1e-6):.1f}x, load + realtime "
-          f"{b['j99'] / max(i['j99'], 1e-6):.1f}x; load/realtime {a['j99'] / max(b['j99'], 1e-6):.1f}x "
-          f"(target: p99 <= 50 us with realtime: {'met' if b['j99'] * 1e3 <= 50 else 'NOT met'})")
+    print(
+        f"\njitter p99 vs idle: load {a['j99'] / max(i['j99'], 1e-6):.1f}x, load + realtime "
+        f"{b['j99'] / max(i['j99'], 1e-6):.1f}x; load/realtime {a['j99'] / max(b['j99'], 1e-6):.1f}x "
+        f"(target: p99 <= 50 us with realtime: {'met' if b['j99'] * 1e3 <= 50 else 'NOT met'})"
+    )
     return 0
 
 
@@ -126,15 +140,21 @@ def main() -> int:
         return _load(secs)
     res = {k: measure(k, secs) for k in ("rateloop", "plain_sleep")}
     print(f"\nservo loop at {RATE:.0f} Hz for {secs:.0f} s each (period 2.000 ms), times in ms\n")
-    print(f"{'loop':12s} {'period p50':>10s} {'p99':>7s} {'max':>7s} {'jitter p50':>10s} {'p99':>7s} {'max':>7s} "
-          f"{'overruns':>9s} {'drift':>9s}")
+    print(
+        f"{'loop':12s} {'period p50':>10s} {'p99':>7s} {'max':>7s} {'jitter p50':>10s} {'p99':>7s} {'max':>7s} "
+        f"{'overruns':>9s} {'drift':>9s}"
+    )
     for k, r in res.items():
-        print(f"{k:12s} {r['p50']:10.3f} {r['p99']:7.3f} {r['max']:7.3f} {r['j50']:10.4f} {r['j99']:7.3f} "
-              f"{r['jmax']:7.3f} {r['overruns']:9d} {r['drift_ms']:9.1f}")
+        print(
+            f"{k:12s} {r['p50']:10.3f} {r['p99']:7.3f} {r['max']:7.3f} {r['j50']:10.4f} {r['j99']:7.3f} "
+            f"{r['jmax']:7.3f} {r['overruns']:9d} {r['drift_ms']:9.1f}"
+        )
     a, b = res["rateloop"], res["plain_sleep"]
-    print(f"\nplain/RateLoop: jitter p50 {b['j50'] / max(a['j50'], 1e-6):.1f}x, jitter p99 "
-          f"{b['j99'] / max(a['j99'], 1e-6):.1f}x; drift after {a['n']} periods: RateLoop {a['drift_ms']:.1f} ms, "
-          f"plain {b['drift_ms']:.1f} ms")
+    print(
+        f"\nplain/RateLoop: jitter p50 {b['j50'] / max(a['j50'], 1e-6):.1f}x, jitter p99 "
+        f"{b['j99'] / max(a['j99'], 1e-6):.1f}x; drift after {a['n']} periods: RateLoop {a['drift_ms']:.1f} ms, "
+        f"plain {b['drift_ms']:.1f} ms"
+    )
     return 0
 
 

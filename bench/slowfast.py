@@ -48,11 +48,17 @@ def run_variant(name: str, work: Path, args, config: Path) -> dict:
     finally:
         session.close()
     c = res.controller
-    return {"variant": name, "success": int(sum(res.success)), "episodes": len(res.success),
-            "completion_s": float(np.mean(res.completion_s)) if res.completion_s else None,
-            "final_force_err_n": float(np.median(res.final_xy_err_mm)),
-            "fast_period_p50_ms": c.get("fast_period_p50_ms"), "fast_period_p99_ms": c.get("fast_period_p99_ms"),
-            "fast_compute_p99_ms": c.get("fast_compute_p99_ms"), "fast_corrections": c.get("fast_corrections")}
+    return {
+        "variant": name,
+        "success": int(sum(res.success)),
+        "episodes": len(res.success),
+        "completion_s": float(np.mean(res.completion_s)) if res.completion_s else None,
+        "final_force_err_n": float(np.median(res.final_xy_err_mm)),
+        "fast_period_p50_ms": c.get("fast_period_p50_ms"),
+        "fast_period_p99_ms": c.get("fast_period_p99_ms"),
+        "fast_compute_p99_ms": c.get("fast_compute_p99_ms"),
+        "fast_corrections": c.get("fast_corrections"),
+    }
 
 
 def main() -> int:
@@ -97,8 +103,12 @@ def main() -> int:
         episodes = run_collect(config, work / "episodes", args.demos, max_episode_s=20.0, seed=1, console=console).saved
     console.rule(f"slow policy: {args.steps} steps on {len(episodes)} demonstrations")
     t0 = time.perf_counter()
-    ts = TrainSettings(model=ModelConfig(), steps=args.steps, val_fraction=0.1 if len(episodes) >= 10 else 0.34,
-                       checkpoint_every=max(1, args.steps))
+    ts = TrainSettings(
+        model=ModelConfig(),
+        steps=args.steps,
+        val_fraction=0.1 if len(episodes) >= 10 else 0.34,
+        checkpoint_every=max(1, args.steps),
+    )
     train(ts, episodes, work / "slow.safetensors", progress=not args.quick)
     slow_s = time.perf_counter() - t0
     console.rule(f"fast layer: {args.fast_steps} steps")
@@ -107,35 +117,63 @@ def main() -> int:
     results = []
     for v in VARIANTS:
         console.rule(f"deploy: {VARIANTS[v]}")
-        cmd = [sys.executable, __file__, "--one", v, "--work", str(work), "--eval", str(args.eval),
-               "--max-episode-s", str(args.max_episode_s)] + (["--quick"] if args.quick else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            v,
+            "--work",
+            str(work),
+            "--eval",
+            str(args.eval),
+            "--max-episode-s",
+            str(args.max_episode_s),
+        ] + (["--quick"] if args.quick else [])
         rc = subprocess.run(cmd).returncode
         f = work / f"{v}.json"
         if rc != 0 or not f.exists():
             console.print(f"[red]{v} failed (exit {rc})[/red]")
             return 1
         results.append(json.loads(f.read_text()))
-    (work / "results.json").write_text(json.dumps({"fast_training": fs, "slow_train_s": slow_s, "rows": results}, indent=1))
+    (work / "results.json").write_text(
+        json.dumps({"fast_training": fs, "slow_train_s": slow_s, "rows": results}, indent=1)
+    )
 
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    t = Table(title=f"press 8 N (random unseen softness): {len(episodes)} demonstrations, slow {args.steps} steps "
-                    f"({slow_s:.0f} s), fast {args.fast_steps} steps ({fs['train_time_s']:.0f} s), {args.eval} episodes each")
-    for c in ("controller", "success", "completion s", "final |Fz - 8 N| median", "fast tick p50 / p99 ms",
-              "fast compute p99 ms"):
+    t = Table(
+        title=f"press 8 N (random unseen softness): {len(episodes)} demonstrations, slow {args.steps} steps "
+        f"({slow_s:.0f} s), fast {args.fast_steps} steps ({fs['train_time_s']:.0f} s), {args.eval} episodes each"
+    )
+    for c in (
+        "controller",
+        "success",
+        "completion s",
+        "final |Fz - 8 N| median",
+        "fast tick p50 / p99 ms",
+        "fast compute p99 ms",
+    ):
         t.add_column(c, justify="left" if c == "controller" else "right")
     for o in results:
-        t.add_row(VARIANTS[o["variant"]], f"{o['success']}/{o['episodes']}", f(o["completion_s"], ".1f"),
-                  f"{o['final_force_err_n']:.1f} N",
-                  "-" if o["fast_period_p50_ms"] is None else f"{o['fast_period_p50_ms']:.1f} / {o['fast_period_p99_ms']:.1f}",
-                  f(o["fast_compute_p99_ms"], ".2f"))
+        t.add_row(
+            VARIANTS[o["variant"]],
+            f"{o['success']}/{o['episodes']}",
+            f(o["completion_s"], ".1f"),
+            f"{o['final_force_err_n']:.1f} N",
+            "-"
+            if o["fast_period_p50_ms"] is None
+            else f"{o['fast_period_p50_ms']:.1f} / {o['fast_period_p99_ms']:.1f}",
+            f(o["fast_compute_p99_ms"], ".2f"),
+        )
     console.print(t)
     base, sf = results
-    console.print(f"slow-fast / slow alone: success {sf['success']}/{sf['episodes']} against {base['success']}/{base['episodes']}; "
-                  f"final force error {sf['final_force_err_n'] / max(base['final_force_err_n'], 1e-9):.2f}x; "
-                  f"fast layer held-out velocity residual RMS {fs['residual_rms_mm_s_with']:.1f} mm/s against "
-                  f"{fs['residual_rms_mm_s_without']:.1f} mm/s without it")
+    console.print(
+        f"slow-fast / slow alone: success {sf['success']}/{sf['episodes']} against {base['success']}/{base['episodes']}; "
+        f"final force error {sf['final_force_err_n'] / max(base['final_force_err_n'], 1e-9):.2f}x; "
+        f"fast layer held-out velocity residual RMS {fs['residual_rms_mm_s_with']:.1f} mm/s against "
+        f"{fs['residual_rms_mm_s_without']:.1f} mm/s without it"
+    )
     console.print(f"results: {work / 'results.json'}")
     return 0
 

@@ -32,12 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robot_stack.comm.messages import Heartbeat, RobotState  # noqa: E402
 
 #: variant -> (strategy, policy node)
-VARIANTS = {"sync": ("sync", "policy"), "async": ("async", "policy"), "ensemble": ("ensemble", "policy"),
-            "rtc": ("rtc", "policy"), "rtc_train": ("rtc", "policy_rtc")}
+VARIANTS = {
+    "sync": ("sync", "policy"),
+    "async": ("async", "policy"),
+    "ensemble": ("ensemble", "policy"),
+    "rtc": ("rtc", "policy"),
+    "rtc_train": ("rtc", "policy_rtc"),
+}
 
 
-def run_delay(policy: Path, rtc_policy: Path | None, delay_s: float, episodes: int, max_episode_s: float,
-              console) -> dict:
+def run_delay(
+    policy: Path, rtc_policy: Path | None, delay_s: float, episodes: int, max_episode_s: float, console
+) -> dict:
     import yaml
 
     from robot_stack.apps.demo import config_path
@@ -54,8 +60,10 @@ def run_delay(policy: Path, rtc_policy: Path | None, delay_s: float, episodes: i
         base["nodes"][f"controller_{v}"] = {**ctl, "params": {**ctl["params"], "strategy": strategy, "policy": pol}}
     base["nodes"]["policy"]["params"].update(backend={"type": "checkpoint", "path": str(policy)}, delay_s=delay_s)
     if rtc_policy is not None:
-        base["nodes"]["policy_rtc"] = {**base["nodes"]["policy"], "params": {
-            **base["nodes"]["policy"]["params"], "backend": {"type": "checkpoint", "path": str(rtc_policy)}}}
+        base["nodes"]["policy_rtc"] = {
+            **base["nodes"]["policy"],
+            "params": {**base["nodes"]["policy"]["params"], "backend": {"type": "checkpoint", "path": str(rtc_policy)}},
+        }
     cfg = Path(os.environ.get("TMPDIR", "/tmp")) / f"rs-bench-strategies-{os.getpid()}.yaml"
     cfg.write_text(yaml.safe_dump(base))
     out = {}
@@ -65,8 +73,16 @@ def run_delay(policy: Path, rtc_policy: Path | None, delay_s: float, episodes: i
     try:
         s.start((RobotState.TOPIC, Heartbeat.topic("policy")))
         for v in variants:
-            out[v] = run_episodes(s, episodes, max_episode_s, cube_poses=cubes, console=console,
-                                  label=f"{v} @ {delay_s * 1e3:.0f} ms", seed=11, controller=f"controller_{v}")
+            out[v] = run_episodes(
+                s,
+                episodes,
+                max_episode_s,
+                cube_poses=cubes,
+                console=console,
+                label=f"{v} @ {delay_s * 1e3:.0f} ms",
+                seed=11,
+                controller=f"controller_{v}",
+            )
     finally:
         s.close()
         cfg.unlink(missing_ok=True)
@@ -76,8 +92,12 @@ def run_delay(policy: Path, rtc_policy: Path | None, delay_s: float, episodes: i
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policy", type=Path, required=True, help="the demo's checkpoint (.safetensors)")
-    ap.add_argument("--rtc-policy", type=Path, default=None,
-                    help="a checkpoint trained for training-time RTC (model.rtc_max_prefix > 0)")
+    ap.add_argument(
+        "--rtc-policy",
+        type=Path,
+        default=None,
+        help="a checkpoint trained for training-time RTC (model.rtc_max_prefix > 0)",
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--episodes", type=int, default=None)
     ap.add_argument("--delays-ms", type=float, nargs="+", default=None)
@@ -91,32 +111,66 @@ def main() -> int:
         if p is not None and not p.is_file():
             print(f"error: no checkpoint at {p}", file=sys.stderr)
             return 2
-    delays = tuple(d / 1e3 for d in args.delays_ms) if args.delays_ms else (0.0, 0.2) if args.quick else (0.0, 0.1, 0.2, 0.3)
+    delays = (
+        tuple(d / 1e3 for d in args.delays_ms) if args.delays_ms else (0.0, 0.2) if args.quick else (0.0, 0.1, 0.2, 0.3)
+    )
     episodes = args.episodes or (2 if args.quick else 10)
     rows = []
     nan = float("nan")
     for d in delays:
-        res = run_delay(args.policy.resolve(), args.rtc_policy.resolve() if args.rtc_policy else None, d,
-                        episodes, 20.0, console)
+        res = run_delay(
+            args.policy.resolve(), args.rtc_policy.resolve() if args.rtc_policy else None, d, episodes, 20.0, console
+        )
         for v, r in res.items():
             c = r.controller
-            rows.append(dict(delay=d, variant=v, ok=sum(r.success), n=len(r.success),
-                             completion=np.mean(r.completion_s) if r.completion_s else nan,
-                             jump_mean=c.get("switch_jump_mean_mm", nan), jump_max=c.get("switch_jump_max_mm", nan),
-                             jerk_mean=c.get("switch_jerk_mean", nan), jerk_p99=c.get("switch_jerk_p99", nan),
-                             dropped=c.get("dropped_actions", 0.0), refused=c.get("refused_chunks", 0.0),
-                             inference=c.get("inference_p50_ms", nan)))
+            rows.append(
+                dict(
+                    delay=d,
+                    variant=v,
+                    ok=sum(r.success),
+                    n=len(r.success),
+                    completion=np.mean(r.completion_s) if r.completion_s else nan,
+                    jump_mean=c.get("switch_jump_mean_mm", nan),
+                    jump_max=c.get("switch_jump_max_mm", nan),
+                    jerk_mean=c.get("switch_jerk_mean", nan),
+                    jerk_p99=c.get("switch_jerk_p99", nan),
+                    dropped=c.get("dropped_actions", 0.0),
+                    refused=c.get("refused_chunks", 0.0),
+                    inference=c.get("inference_p50_ms", nan),
+                )
+            )
     t = Table(title=f"strategies under injected inference delay ({episodes} episodes each, the demo's policy)")
-    for h in ("delay", "variant", "success", "completion s", "jump mean mm", "jump max mm", "jump / sync",
-              "jerk mean m/s³", "jerk p99 m/s³", "dropped", "refused", "inference p50 ms"):
+    for h in (
+        "delay",
+        "variant",
+        "success",
+        "completion s",
+        "jump mean mm",
+        "jump max mm",
+        "jump / sync",
+        "jerk mean m/s³",
+        "jerk p99 m/s³",
+        "dropped",
+        "refused",
+        "inference p50 ms",
+    ):
         t.add_column(h, justify="right")
     for r in rows:
         sync = next(x for x in rows if x["delay"] == r["delay"] and x["variant"] == "sync")
-        t.add_row(f"{r['delay'] * 1e3:.0f} ms", r["variant"], f"{r['ok']}/{r['n']}", f"{r['completion']:.1f}",
-                  f"{r['jump_mean']:.1f}", f"{r['jump_max']:.1f}",
-                  f"{r['jump_mean'] / sync['jump_mean']:.2f}" if sync["jump_mean"] > 0 else "-",
-                  f"{r['jerk_mean']:.1f}", f"{r['jerk_p99']:.1f}", f"{r['dropped']:.0f}", f"{r['refused']:.0f}",
-                  f"{r['inference']:.0f}")
+        t.add_row(
+            f"{r['delay'] * 1e3:.0f} ms",
+            r["variant"],
+            f"{r['ok']}/{r['n']}",
+            f"{r['completion']:.1f}",
+            f"{r['jump_mean']:.1f}",
+            f"{r['jump_max']:.1f}",
+            f"{r['jump_mean'] / sync['jump_mean']:.2f}" if sync["jump_mean"] > 0 else "-",
+            f"{r['jerk_mean']:.1f}",
+            f"{r['jerk_p99']:.1f}",
+            f"{r['dropped']:.0f}",
+            f"{r['refused']:.0f}",
+            f"{r['inference']:.0f}",
+        )
     console.print(t)
     if args.rtc_policy is None:
         console.print("rtc_train not run: give --rtc-policy (robot-stack train configs/train/reach_rtc.yaml)")

@@ -40,8 +40,9 @@ def main() -> int:
     res = {}
     with tempfile.TemporaryDirectory() as d:
         for dev in devices:
-            s = TrainSettings(model=ModelConfig(), steps=steps[dev], val_fraction=0.25, device=dev,
-                              checkpoint_every=10**6)
+            s = TrainSettings(
+                model=ModelConfig(), steps=steps[dev], val_fraction=0.25, device=dev, checkpoint_every=10**6
+            )
             out = train(s, episodes, Path(d) / f"policy_{dev}.safetensors", progress=False)
             res[dev] = out["steps"] / out["train_time_s"]
     print(f"\n{len(episodes)} episodes, default model, batch {TrainSettings().batch_size}")

@@ -68,11 +68,11 @@ def receiver(mode: str, endpoint: str, n: int) -> dict:
         buf = np.ndarray((H * W * 3 + H * W * 2,), np.uint8, buffer=shm.buf)
         out = np.empty_like(buf)
         print("ready", flush=True)
-        for k in range(n):
+        for _ in range(n):
             stamp = int.from_bytes(os.read(rfd, 8), "little")
             np.copyto(out, buf)
             color = out[: H * W * 3].reshape(H, W, 3)
-            depth = out[H * W * 3:].view(np.uint16).reshape(H, W)
+            depth = out[H * W * 3 :].view(np.uint16).reshape(H, W)
             t = now_ns()
             os.write(ackfd, b"a")
             lat.append(t - stamp)
@@ -127,9 +127,12 @@ def run_mode(mode: str, n: int, rate_hz: float | None) -> dict:
         endpoint = "tcp://127.0.0.1:47901"
     else:
         endpoint = f"ipc://{tmp}/bench"
-    proc = subprocess.Popen([sys.executable, __file__, "--role", "receiver", "--mode", mode,
-                             "--endpoint", endpoint, "-n", str(n)],
-                            stdout=subprocess.PIPE, env=env, pass_fds=pass_fds)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--role", "receiver", "--mode", mode, "--endpoint", endpoint, "-n", str(n)],
+        stdout=subprocess.PIPE,
+        env=env,
+        pass_fds=pass_fds,
+    )
     assert proc.stdout.readline().strip() == b"ready"
     frames = [make_frame(i) for i in range(4)]
     period = None if rate_hz is None else int(1e9 / rate_hz)
@@ -147,7 +150,7 @@ def run_mode(mode: str, n: int, rate_hz: float | None) -> dict:
             color, depth = frames[i % 4]
             stamp = now_ns()
             buf[: H * W * 3] = color.reshape(-1)
-            buf[H * W * 3:] = depth.view(np.uint8).reshape(-1)
+            buf[H * W * 3 :] = depth.view(np.uint8).reshape(-1)
             os.write(w, stamp.to_bytes(8, "little"))
             os.read(ra, 1)  # wait until the reader copied it out (one slot)
         del buf
@@ -163,11 +166,20 @@ def run_mode(mode: str, n: int, rate_hz: float | None) -> dict:
             color, depth = frames[i % 4]
             stamp = now_ns()
             if mode == "pickle-ipc":
-                sock.send_pyobj({"stamp_ns": stamp, "camera_id": "cam", "color": color, "depth": depth,
-                                 "depth_scale": 0.001, "K": K})
+                sock.send_pyobj(
+                    {
+                        "stamp_ns": stamp,
+                        "camera_id": "cam",
+                        "color": color,
+                        "depth": depth,
+                        "depth_scale": 0.001,
+                        "K": K,
+                    }
+                )
             else:
-                msg = CameraFrame(stamp_ns=stamp, camera_id="cam", frame_index=i, color=color,
-                                  depth=depth, depth_scale=0.001, K=K)
+                msg = CameraFrame(
+                    stamp_ns=stamp, camera_id="cam", frame_index=i, color=color, depth=depth, depth_scale=0.001, K=K
+                )
                 parts, commit = encode_deferred("camera/cam", msg, ring=ring)  # as Publisher.publish
                 sock.send_multipart(parts, copy=False)
                 commit()
@@ -184,8 +196,12 @@ def run_mode(mode: str, n: int, rate_hz: float | None) -> dict:
     lat = np.array(res["lat_ns"], np.float64) / 1e6
     span_s = res["span_ns"] / 1e9
     delivered = len(res["lat_ns"])
-    return {"lost": res["lost"], "lat_ms": lat, "fps": (delivered - 1) / span_s if span_s > 0 else float("nan"),
-            "dropped": res["dropped"]}
+    return {
+        "lost": res["lost"],
+        "lat_ms": lat,
+        "fps": (delivered - 1) / span_s if span_s > 0 else float("nan"),
+        "dropped": res["dropped"],
+    }
 
 
 def main() -> int:
@@ -207,33 +223,50 @@ def main() -> int:
     lat: dict[str, list] = {m: [] for m in MODES}
     dropped = dict.fromkeys(MODES, 0)
     for r in range(rounds):
-        for mode in MODES[r % len(MODES):] + MODES[: r % len(MODES)]:
+        for mode in MODES[r % len(MODES) :] + MODES[: r % len(MODES)]:
             paced = run_mode(mode, n_round, 30.0)
             lat[mode].extend(paced["lat_ms"])
             dropped[mode] += paced["dropped"]
     results = {}
     for mode in MODES:
         flat = run_mode(mode, n_flat, None)
-        results[mode] = {"p50_ms": float(np.percentile(lat[mode], 50)), "p99_ms": float(np.percentile(lat[mode], 99)),
-                         "fps": flat["fps"], "dropped_paced": dropped[mode], "dropped_flat": flat["dropped"]}
+        results[mode] = {
+            "p50_ms": float(np.percentile(lat[mode], 50)),
+            "p99_ms": float(np.percentile(lat[mode], 99)),
+            "fps": flat["fps"],
+            "dropped_paced": dropped[mode],
+            "dropped_flat": flat["dropped"],
+        }
     base, shm = results["pickle-ipc"], results["shm-memcpy"]
-    print(f"\nRGB-D frame 640x480 (color uint8 + depth uint16, {H * W * 5 / 1e6:.2f} MB) between two processes; "
-          f"{n_rate} frames at 30 Hz ({rounds} interleaved rounds), {n_flat} flat out\n")
-    print(f"{'mode':12s} {'p50 ms @30Hz':>13s} {'p99 ms @30Hz':>13s} {'frames/s flat':>14s} {'drops @30Hz':>12s} "
-          f"{'drops flat':>11s} {'pickle/ours p50':>16s} {'ours/pickle fps':>16s} {'ours/shm p50':>13s}")
+    print(
+        f"\nRGB-D frame 640x480 (color uint8 + depth uint16, {H * W * 5 / 1e6:.2f} MB) between two processes; "
+        f"{n_rate} frames at 30 Hz ({rounds} interleaved rounds), {n_flat} flat out\n"
+    )
+    print(
+        f"{'mode':12s} {'p50 ms @30Hz':>13s} {'p99 ms @30Hz':>13s} {'frames/s flat':>14s} {'drops @30Hz':>12s} "
+        f"{'drops flat':>11s} {'pickle/ours p50':>16s} {'ours/pickle fps':>16s} {'ours/shm p50':>13s}"
+    )
     for mode, r in results.items():
-        print(f"{mode:12s} {r['p50_ms']:13.3f} {r['p99_ms']:13.3f} {r['fps']:14.1f} {r['dropped_paced']:12d} "
-              f"{r['dropped_flat']:11d} {base['p50_ms'] / r['p50_ms']:16.2f} {r['fps'] / base['fps']:16.2f} "
-              f"{r['p50_ms'] / shm['p50_ms']:13.2f}")
-    print("(flat-out drops of ours-shm are ring slots the writer reused before the reader copied them: a "
-          "latest-value stream sheds load)")
-    for mode, what in (("ours-shm", "the stack's same-host camera path (Publisher on ipc://)"),
-                       ("ours-ipc", "codec frames through the ipc socket (shared memory off)"),
-                       ("ours-tcp", "codec frames over TCP (the cross-host path)")):
+        print(
+            f"{mode:12s} {r['p50_ms']:13.3f} {r['p99_ms']:13.3f} {r['fps']:14.1f} {r['dropped_paced']:12d} "
+            f"{r['dropped_flat']:11d} {base['p50_ms'] / r['p50_ms']:16.2f} {r['fps'] / base['fps']:16.2f} "
+            f"{r['p50_ms'] / shm['p50_ms']:13.2f}"
+        )
+    print(
+        "(flat-out drops of ours-shm are ring slots the writer reused before the reader copied them: a "
+        "latest-value stream sheds load)"
+    )
+    for mode, what in (
+        ("ours-shm", "the stack's same-host camera path (Publisher on ipc://)"),
+        ("ours-ipc", "codec frames through the ipc socket (shared memory off)"),
+        ("ours-tcp", "codec frames over TCP (the cross-host path)"),
+    ):
         speedup = base["p50_ms"] / results[mode]["p50_ms"]
-        print(f"{mode}: {speedup:.2f}x faster than pickle at p50 (target >= 2x: "
-              f"{'MET' if speedup >= 2 else 'NOT MET'}); p50 is {results[mode]['p50_ms'] / shm['p50_ms']:.2f}x "
-              f"the shared-memory memcpy baseline; {what}")
+        print(
+            f"{mode}: {speedup:.2f}x faster than pickle at p50 (target >= 2x: "
+            f"{'MET' if speedup >= 2 else 'NOT MET'}); p50 is {results[mode]['p50_ms'] / shm['p50_ms']:.2f}x "
+            f"the shared-memory memcpy baseline; {what}"
+        )
     return 0
 
 

@@ -38,7 +38,7 @@ class BoardSpec(BaseModel):
     min_corners: int = Field(6, ge=4)
 
     @model_validator(mode="after")
-    def _check(self) -> "BoardSpec":
+    def _check(self) -> BoardSpec:
         if self.marker_m >= self.square_m:
             raise ValueError("marker_m must be smaller than square_m")
         if not hasattr(cv2.aruco, self.dictionary):
@@ -50,7 +50,7 @@ class BoardSpec(BaseModel):
         """Board width and height, m."""
         return self.squares_x * self.square_m, self.squares_y * self.square_m
 
-    def board(self) -> "cv2.aruco.CharucoBoard":
+    def board(self) -> cv2.aruco.CharucoBoard:
         d = cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, self.dictionary))
         return cv2.aruco.CharucoBoard((self.squares_x, self.squares_y), self.square_m, self.marker_m, d)
 
@@ -80,8 +80,9 @@ def detect(image: np.ndarray, spec: BoardSpec) -> tuple[np.ndarray, np.ndarray]:
     return obj.reshape(-1, 3).astype(np.float32), img.reshape(-1, 2).astype(np.float32)
 
 
-def board_pose(obj: np.ndarray, img: np.ndarray, K: np.ndarray, dist: np.ndarray | None = None
-               ) -> tuple[np.ndarray, float]:
+def board_pose(
+    obj: np.ndarray, img: np.ndarray, K: np.ndarray, dist: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
     """Pose of the board in the camera frame from corner correspondences.
 
     Returns:

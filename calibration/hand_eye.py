@@ -102,12 +102,15 @@ def check_motion(T_base_gripper: list[np.ndarray], min_rotation_deg: float = 10.
             if a > 1e-6:
                 axes.append(rv / a)
     if max(angles, default=0.0) < min_rotation_deg:
-        raise CalibrationError(f"degenerate motion: the poses differ by at most {max(angles, default=0):.1f} deg of "
-                               f"rotation; rotate the gripper by at least {min_rotation_deg:.0f} deg between poses")
+        raise CalibrationError(
+            f"degenerate motion: the poses differ by at most {max(angles, default=0):.1f} deg of "
+            f"rotation; rotate the gripper by at least {min_rotation_deg:.0f} deg between poses"
+        )
     sv = np.linalg.svd(np.array(axes), compute_uv=False)
     if len(sv) < 2 or sv[1] / sv[0] < 0.2:
-        raise CalibrationError("degenerate motion: all rotations are about (nearly) one axis; "
-                               "rotate about at least two different axes")
+        raise CalibrationError(
+            "degenerate motion: all rotations are about (nearly) one axis; rotate about at least two different axes"
+        )
 
 
 def _chain(mode: str, Tg: np.ndarray, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
@@ -126,9 +129,14 @@ def _T_to_vec(T: np.ndarray) -> np.ndarray:
     return np.concatenate([Rotation.from_matrix(T[:3, :3]).as_rotvec(), T[:3, 3]])
 
 
-def refine_reprojection(T_base_gripper: list[np.ndarray], corners: list[tuple[np.ndarray, np.ndarray]],
-                        K: np.ndarray, mode: str, X0: np.ndarray, Y0: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray, float]:
+def refine_reprojection(
+    T_base_gripper: list[np.ndarray],
+    corners: list[tuple[np.ndarray, np.ndarray]],
+    K: np.ndarray,
+    mode: str,
+    X0: np.ndarray,
+    Y0: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Jointly refine the hand-eye transform X and the board transform Y on corner pixel error.
 
     Model: board corner ``p`` (board frame, m) of sample i projects to
@@ -165,13 +173,17 @@ def refine_reprojection(T_base_gripper: list[np.ndarray], corners: list[tuple[np
 
     sol = least_squares(residual, np.concatenate([_T_to_vec(X0), _T_to_vec(Y0)]), x_scale="jac", method="lm")
     r = sol.fun.reshape(-1, 2)
-    return _vec_to_T(sol.x[:6]), _vec_to_T(sol.x[6:]), float(np.sqrt(np.mean(np.sum(r ** 2, axis=1))))
+    return _vec_to_T(sol.x[:6]), _vec_to_T(sol.x[6:]), float(np.sqrt(np.mean(np.sum(r**2, axis=1))))
 
 
-def solve_hand_eye(T_base_gripper: list[np.ndarray], T_camera_board: list[np.ndarray], mode: str,
-                   method: int = cv2.CALIB_HAND_EYE_PARK,
-                   corners: list[tuple[np.ndarray, np.ndarray]] | None = None,
-                   K: np.ndarray | None = None) -> HandEyeResult:
+def solve_hand_eye(
+    T_base_gripper: list[np.ndarray],
+    T_camera_board: list[np.ndarray],
+    mode: str,
+    method: int = cv2.CALIB_HAND_EYE_PARK,
+    corners: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    K: np.ndarray | None = None,
+) -> HandEyeResult:
     """Solve hand-eye calibration: closed form, then (given ``corners`` and ``K``) refined on the
     corners' reprojection error (:func:`refine_reprojection`).
 
@@ -192,16 +204,22 @@ def solve_hand_eye(T_base_gripper: list[np.ndarray], T_camera_board: list[np.nda
         raise CalibrationError(f"{len(T_base_gripper)} robot poses but {len(T_camera_board)} board poses")
     check_motion(T_base_gripper)
     robot = T_base_gripper if mode == "eye_in_hand" else [inv(T) for T in T_base_gripper]
-    R, t = cv2.calibrateHandEye([T[:3, :3] for T in robot], [T[:3, 3] for T in robot],
-                                [T[:3, :3] for T in T_camera_board], [T[:3, 3] for T in T_camera_board],
-                                method=method)
+    R, t = cv2.calibrateHandEye(
+        [T[:3, :3] for T in robot],
+        [T[:3, 3] for T in robot],
+        [T[:3, :3] for T in T_camera_board],
+        [T[:3, 3] for T in T_camera_board],
+        method=method,
+    )
     X = np.eye(4)
     X[:3, :3], X[:3, 3] = R, t.ravel()
     reproj = None
     if corners is not None:
         if K is None or len(corners) != len(T_base_gripper):
-            raise CalibrationError(f"corner refinement needs K and one corner set per pose "
-                                   f"({len(corners)} sets for {len(T_base_gripper)} poses)")
+            raise CalibrationError(
+                f"corner refinement needs K and one corner set per pose "
+                f"({len(corners)} sets for {len(T_base_gripper)} poses)"
+            )
         inv_ = _invariants(mode, T_base_gripper, T_camera_board, X)
         Y0 = np.eye(4)
         Y0[:3, 3] = np.mean([T[:3, 3] for T in inv_], axis=0)
@@ -213,8 +231,16 @@ def solve_hand_eye(T_base_gripper: list[np.ndarray], T_camera_board: list[np.nda
     rots = Rotation.from_matrix(np.array([T[:3, :3] for T in inv_]))
     mean_rot = rots.mean()
     drot = np.degrees((mean_rot.inv() * rots).magnitude())
-    return HandEyeResult(mode, X, float(np.sqrt(np.mean(dpos ** 2))), float(dpos.max()),
-                         float(np.sqrt(np.mean(drot ** 2))), float(drot.max()), len(inv_), reproj)
+    return HandEyeResult(
+        mode,
+        X,
+        float(np.sqrt(np.mean(dpos**2))),
+        float(dpos.max()),
+        float(np.sqrt(np.mean(drot**2))),
+        float(drot.max()),
+        len(inv_),
+        reproj,
+    )
 
 
 def _invariants(mode: str, T_base_gripper, T_camera_board, X: np.ndarray) -> list[np.ndarray]:

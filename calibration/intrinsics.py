@@ -50,9 +50,15 @@ def _views(images: list[np.ndarray], board: BoardSpec) -> list[tuple[np.ndarray,
     return views
 
 
-def verify_intrinsics(images: list[np.ndarray], K: np.ndarray, dist: np.ndarray | None, board: BoardSpec,
-                      max_rms_px: float = 0.5, max_focal_error: float = 0.02, max_pp_error_px: float = 10.0
-                      ) -> IntrinsicsCheck:
+def verify_intrinsics(
+    images: list[np.ndarray],
+    K: np.ndarray,
+    dist: np.ndarray | None,
+    board: BoardSpec,
+    max_rms_px: float = 0.5,
+    max_focal_error: float = 0.02,
+    max_pp_error_px: float = 10.0,
+) -> IntrinsicsCheck:
     """Check intrinsics K (3x3, px) and distortion against board images (at least 5 tilted views).
 
     Raises:
@@ -65,7 +71,7 @@ def verify_intrinsics(images: list[np.ndarray], K: np.ndarray, dist: np.ndarray 
     for obj, img in views:
         _, rms = board_pose(obj, img, K, dist)
         per_image.append(rms)
-        errs.append(rms ** 2 * len(obj))
+        errs.append(rms**2 * len(obj))
     rms = float(np.sqrt(sum(errs) / sum(len(o) for o, _ in views)))
     K_cal, _, _ = calibrate_intrinsics(images, board)
     focal = float(max(abs(K[0, 0] / K_cal[0, 0] - 1), abs(K[1, 1] / K_cal[1, 1] - 1)))
@@ -85,8 +91,9 @@ def calibrate_intrinsics(images: list[np.ndarray], board: BoardSpec) -> tuple[np
     """
     views = _views(images, board)
     if len(views) < 5:
-        raise CalibrationError(f"the board is visible in {len(views)} of {len(images)} images; need at least 5 "
-                               "views at different tilts")
+        raise CalibrationError(
+            f"the board is visible in {len(views)} of {len(images)} images; need at least 5 views at different tilts"
+        )
     h, w = images[0].shape[:2]
     rms, K, dist, _, _ = cv2.calibrateCamera([o for o, _ in views], [i for _, i in views], (w, h), None, None)
     return K, dist.ravel()[:5], float(rms)

@@ -27,8 +27,15 @@ from robot_stack.calibration.hand_eye import CalibrationError
 from robot_stack.comm.messages import CameraFrame, RobotState
 
 
-def estimate_delay(t_ref_ns: np.ndarray, x_ref: np.ndarray, t_obs_ns: np.ndarray, x_obs: np.ndarray,
-                   max_lag_s: float = 0.3, grid_s: float = 0.001, min_corr: float = 0.8) -> tuple[float, float]:
+def estimate_delay(
+    t_ref_ns: np.ndarray,
+    x_ref: np.ndarray,
+    t_obs_ns: np.ndarray,
+    x_obs: np.ndarray,
+    max_lag_s: float = 0.3,
+    grid_s: float = 0.001,
+    min_corr: float = 0.8,
+) -> tuple[float, float]:
     """Delay d (s) such that x_obs(t) ~ a * x_ref(t - d) + b, and the correlation at d.
 
     The sign of a is free (a camera may see the motion mirrored).
@@ -71,9 +78,21 @@ def main_axis(points: np.ndarray) -> np.ndarray:
     return c @ vt[0]
 
 
-def measure(cfg, run_dir, camera_node: str, board, center: np.ndarray | None = None, axis: int = 1,
-            amplitude_m: float = 0.04, freq_hz: float = 0.5, cycles: int = 4, arm: str = "arm",
-            moving: str = "camera", T_gripper_camera: np.ndarray | None = None, log=print) -> dict[str, float]:
+def measure(
+    cfg,
+    run_dir,
+    camera_node: str,
+    board,
+    center: np.ndarray | None = None,
+    axis: int = 1,
+    amplitude_m: float = 0.04,
+    freq_hz: float = 0.5,
+    cycles: int = 4,
+    arm: str = "arm",
+    moving: str = "camera",
+    T_gripper_camera: np.ndarray | None = None,
+    log=print,
+) -> dict[str, float]:
     """Run the motion on a live stack and estimate camera and robot command latencies (s).
 
     ``moving`` says what the arm moves: "camera" (wrist camera, board fixed) -> the observed signal
@@ -95,8 +114,13 @@ def measure(cfg, run_dir, camera_node: str, board, center: np.ndarray | None = N
     from robot_stack.comm.transport import Subscriber
 
     cam_id = camera_id_of(cfg, camera_node)
-    sub = Subscriber([cfg.pub_endpoint(arm, run_dir), cfg.pub_endpoint(camera_node, run_dir)],
-                     (RobotState.TOPIC, CameraFrame.topic(cam_id)), history=10, queue_size=20_000, name="latency")
+    sub = Subscriber(
+        [cfg.pub_endpoint(arm, run_dir), cfg.pub_endpoint(camera_node, run_dir)],
+        (RobotState.TOPIC, CameraFrame.topic(cam_id)),
+        history=10,
+        queue_size=20_000,
+        name="latency",
+    )
     client = ArmClient(cfg, run_dir, arm=arm, source="latency_calibration")
     try:
         st = sub.wait_for(RobotState.TOPIC, 10)
@@ -145,6 +169,8 @@ def measure(cfg, run_dir, camera_node: str, board, center: np.ndarray | None = N
         raise CalibrationError(f"the board was detected in only {len(pos)} of {len(frames)} frames")
     cam_delay, cam_corr = estimate_delay(t_state, x_ref, np.array(t_cam), main_axis(np.array(pos)))
     cmd_delay, cmd_corr = estimate_delay(stamps, cmd[:, axis], t_state, x_state)
-    log(f"camera {cam_id}: latency {cam_delay * 1e3:.1f} ms (correlation {cam_corr:.3f}, {len(pos)} frames); "
-        f"robot command-to-motion latency {cmd_delay * 1e3:.1f} ms (correlation {cmd_corr:.3f})")
+    log(
+        f"camera {cam_id}: latency {cam_delay * 1e3:.1f} ms (correlation {cam_corr:.3f}, {len(pos)} frames); "
+        f"robot command-to-motion latency {cmd_delay * 1e3:.1f} ms (correlation {cmd_corr:.3f})"
+    )
     return {"camera_latency_s": cam_delay, "command_latency_s": cmd_delay, "camera_frames": float(len(pos))}

@@ -29,8 +29,9 @@ from robot_stack.comm.transport import Subscriber
 from robot_stack.comm.messages import CameraFrame, RobotState
 
 
-def pose_set(nominal: np.ndarray, n: int, seed: int = 0, rot_deg: float = 15.0, trans_m: float = 0.04
-             ) -> list[np.ndarray]:
+def pose_set(
+    nominal: np.ndarray, n: int, seed: int = 0, rot_deg: float = 15.0, trans_m: float = 0.04
+) -> list[np.ndarray]:
     """``n`` TCP poses around ``nominal`` (7,): rotations uniform in +-rot_deg about each tool axis,
     translations uniform in +-trans_m per axis (base frame)."""
     rng = np.random.default_rng(seed)
@@ -81,17 +82,30 @@ def current_pose(cfg: StackConfig, run_dir: Path, arm: str = "arm") -> np.ndarra
     return np.array(st.ee_pose)
 
 
-def collect(cfg: StackConfig, run_dir: Path, camera_node: str, board: BoardSpec, poses: list[np.ndarray],
-            arm: str = "arm", speed: float = 0.1, settle_timeout_s: float = 5.0,
-            still: StillWindow | None = None, log=print) -> Samples:
+def collect(
+    cfg: StackConfig,
+    run_dir: Path,
+    camera_node: str,
+    board: BoardSpec,
+    poses: list[np.ndarray],
+    arm: str = "arm",
+    speed: float = 0.1,
+    settle_timeout_s: float = 5.0,
+    still: StillWindow | None = None,
+    log=print,
+) -> Samples:
     """Drive the arm through ``poses`` and collect board observations (see module doc).
 
     A pose where the arm is not still within ``settle_timeout_s`` after its move, or moved while
     the frame was captured, is skipped with the reason."""
     still = still or StillWindow()
     cam_id = camera_id_of(cfg, camera_node)
-    sub = Subscriber([cfg.pub_endpoint(arm, run_dir), cfg.pub_endpoint(camera_node, run_dir)],
-                     (RobotState.TOPIC, CameraFrame.topic(cam_id)), history=4, name="calibrate")
+    sub = Subscriber(
+        [cfg.pub_endpoint(arm, run_dir), cfg.pub_endpoint(camera_node, run_dir)],
+        (RobotState.TOPIC, CameraFrame.topic(cam_id)),
+        history=4,
+        name="calibrate",
+    )
     client = ArmClient(cfg, run_dir, arm=arm, source="calibrate")
     out = Samples()
     try:
@@ -158,9 +172,19 @@ def _wait_still(sub: Subscriber, still: StillWindow, timeout_s: float) -> RobotS
     return None
 
 
-def hand_eye(cfg: StackConfig, run_dir: Path, camera_node: str, mode: str, n_poses: int = 15, seed: int = 0,
-             center: np.ndarray | None = None, rot_deg: float = 15.0, arm: str = "arm", write: bool = True,
-             log=print) -> HandEyeResult:
+def hand_eye(
+    cfg: StackConfig,
+    run_dir: Path,
+    camera_node: str,
+    mode: str,
+    n_poses: int = 15,
+    seed: int = 0,
+    center: np.ndarray | None = None,
+    rot_deg: float = 15.0,
+    arm: str = "arm",
+    write: bool = True,
+    log=print,
+) -> HandEyeResult:
     """Collect, solve, report and (``write``) store a hand-eye calibration.
 
     Raises:
@@ -186,30 +210,50 @@ def hand_eye(cfg: StackConfig, run_dir: Path, camera_node: str, mode: str, n_pos
         sub.close()
     finally:
         client.close()
-    res = solve_hand_eye(samples.T_base_gripper, samples.T_camera_board, mode, corners=samples.corners,
-                         K=samples.K)
-    log(f"{mode}: {res.n_poses} poses, residual rms {res.residual_rms_mm:.2f} mm / {res.residual_rms_deg:.3f} deg "
+    res = solve_hand_eye(samples.T_base_gripper, samples.T_camera_board, mode, corners=samples.corners, K=samples.K)
+    log(
+        f"{mode}: {res.n_poses} poses, residual rms {res.residual_rms_mm:.2f} mm / {res.residual_rms_deg:.3f} deg "
         f"(max {res.residual_max_mm:.2f} mm / {res.residual_max_deg:.3f} deg), corners reprojected "
-        f"{res.reprojection_rms_px:.2f} px rms")
+        f"{res.reprojection_rms_px:.2f} px rms"
+    )
     if write:
         from robot_stack.calibration import store
 
         cam_id = camera_id_of(cfg, camera_node)
         name = "T_gripper_camera" if mode == "eye_in_hand" else "T_base_camera"
-        store.update(cfg.calibration.file, "cameras", cam_id, {
-            name: np.round(res.T, 6).tolist(),
-            "hand_eye": {"mode": mode, "n_poses": res.n_poses, "residual_rms_mm": round(res.residual_rms_mm, 3),
-                         "residual_rms_deg": round(res.residual_rms_deg, 4),
-                         "reprojection_rms_px": round(res.reprojection_rms_px, 3),
-                         "date": datetime.datetime.now().isoformat(timespec="seconds")},
-        })
+        store.update(
+            cfg.calibration.file,
+            "cameras",
+            cam_id,
+            {
+                name: np.round(res.T, 6).tolist(),
+                "hand_eye": {
+                    "mode": mode,
+                    "n_poses": res.n_poses,
+                    "residual_rms_mm": round(res.residual_rms_mm, 3),
+                    "residual_rms_deg": round(res.residual_rms_deg, 4),
+                    "reprojection_rms_px": round(res.reprojection_rms_px, 3),
+                    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                },
+            },
+        )
         log(f"written to {cfg.calibration.file} (cameras.{cam_id}.{name})")
     return res
 
 
-def intrinsics(cfg: StackConfig, run_dir: Path, camera_node: str, board_key: str = "table_board", n_poses: int = 12,
-               seed: int = 0, center: np.ndarray | None = None, rot_deg: float = 15.0, arm: str = "arm",
-               write: bool = True, log=print):
+def intrinsics(
+    cfg: StackConfig,
+    run_dir: Path,
+    camera_node: str,
+    board_key: str = "table_board",
+    n_poses: int = 12,
+    seed: int = 0,
+    center: np.ndarray | None = None,
+    rot_deg: float = 15.0,
+    arm: str = "arm",
+    write: bool = True,
+    log=print,
+):
     """Collect board views and check the camera's reported intrinsics against a calibration from them.
 
     Returns:
@@ -229,13 +273,25 @@ def intrinsics(cfg: StackConfig, run_dir: Path, camera_node: str, board_key: str
         raise CalibrationError("the board was not seen in any pose")
     check = verify_intrinsics(s.images, s.K, None, board)
     K, dist, rms = calibrate_intrinsics(s.images, board)
-    log(f"reported K: reprojection {check.rms_px:.3f} px, focal {check.focal_error * 100:.2f} % and principal "
+    log(
+        f"reported K: reprojection {check.rms_px:.3f} px, focal {check.focal_error * 100:.2f} % and principal "
         f"point {check.principal_point_error_px:.1f} px from the calibration ({'OK' if check.ok else 'MISMATCH'}); "
-        f"calibrated fx {K[0, 0]:.1f} fy {K[1, 1]:.1f} cx {K[0, 2]:.1f} cy {K[1, 2]:.1f}, rms {rms:.3f} px")
+        f"calibrated fx {K[0, 0]:.1f} fy {K[1, 1]:.1f} cx {K[0, 2]:.1f} cy {K[1, 2]:.1f}, rms {rms:.3f} px"
+    )
     if write:
-        store.update(cfg.calibration.file, "cameras", camera_id_of(cfg, camera_node), {
-            "intrinsics_check": {"reported_K": np.round(s.K, 4).tolist(), "rms_px": round(check.rms_px, 4),
-                                 "focal_error": round(check.focal_error, 5), "ok": bool(check.ok)},
-            "K_calibrated": np.round(K, 4).tolist(), "distortion_calibrated": np.round(dist, 6).tolist(),
-        })
+        store.update(
+            cfg.calibration.file,
+            "cameras",
+            camera_id_of(cfg, camera_node),
+            {
+                "intrinsics_check": {
+                    "reported_K": np.round(s.K, 4).tolist(),
+                    "rms_px": round(check.rms_px, 4),
+                    "focal_error": round(check.focal_error, 5),
+                    "ok": bool(check.ok),
+                },
+                "K_calibrated": np.round(K, 4).tolist(),
+                "distortion_calibrated": np.round(dist, 6).tolist(),
+            },
+        )
     return check, K, dist

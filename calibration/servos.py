@@ -15,7 +15,7 @@ from robot_stack.errors import RobotStackError
 
 import threading
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -24,8 +24,15 @@ class ServoCalibrationError(RobotStackError, RuntimeError):
     """The recorded motion cannot calibrate the arm (a joint that never moved, a failing bus)."""
 
 
-def record(bus, n_joints: int, signs, has_gripper: bool, confirm: Callable[[str], object] = input,
-           period_s: float = 0.02, min_range_rad: float = 0.2):
+def record(
+    bus,
+    n_joints: int,
+    signs,
+    has_gripper: bool,
+    confirm: Callable[[str], object] = input,
+    period_s: float = 0.02,
+    min_range_rad: float = 0.2,
+):
     """Run the two steps on ``bus`` (``read_positions() -> (n [+1],) rad``).
 
     Args:
@@ -73,11 +80,15 @@ def record(bus, n_joints: int, signs, has_gripper: bool, confirm: Callable[[str]
     still = [j + 1 for j in range(len(span)) if span[j] < min_range_rad]
     if still:
         names = ", ".join("gripper" if j > n_joints else f"joint {j}" for j in still)
-        raise ServoCalibrationError(f"{names} moved less than {min_range_rad:.2f} rad during the sweep: "
-                                    f"move each through its whole range")
+        raise ServoCalibrationError(
+            f"{names} moved less than {min_range_rad:.2f} rad during the sweep: move each through its whole range"
+        )
     closed = raw0[n_joints] if has_gripper else 0.0
-    opened = (hi[n_joints] if abs(hi[n_joints] - closed) >= abs(lo[n_joints] - closed) else lo[n_joints]) \
-        if has_gripper else 1.0
+    opened = (
+        (hi[n_joints] if abs(hi[n_joints] - closed) >= abs(lo[n_joints] - closed) else lo[n_joints])
+        if has_gripper
+        else 1.0
+    )
     base = calibrate_joint_map(raw0[:n_joints], np.zeros(n_joints), signs)
     jm = JointMap(base.offsets, base.signs, gripper_open=float(opened), gripper_closed=float(closed))
     return jm, np.stack([lo, hi], axis=1)

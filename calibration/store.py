@@ -21,9 +21,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -53,11 +56,14 @@ def update(path: str | Path, section: str, key: str, values: dict[str, Any]) -> 
 def latency_offsets_ns(path: str | Path) -> dict[str, int]:
     """Per-stream latency offsets for observation assembly: camera id -> ns (from ``latency_s``)."""
     data = load(path)
-    return {cam: int(round(float(v["latency_s"]) * 1e9))
-            for cam, v in (data.get("cameras") or {}).items() if isinstance(v, dict) and "latency_s" in v}
+    return {
+        cam: int(round(float(v["latency_s"]) * 1e9))
+        for cam, v in (data.get("cameras") or {}).items()
+        if isinstance(v, dict) and "latency_s" in v
+    }
 
 
-def base_camera_extrinsics(path: str | Path) -> dict[str, "np.ndarray"]:
+def base_camera_extrinsics(path: str | Path) -> dict[str, np.ndarray]:
     """Fixed cameras' extrinsics: camera id -> ``T_base_camera`` (4, 4) float64 (eye-to-hand
     calibration; maps camera-frame points, OpenCV axes, into the base frame, m).
 
@@ -71,8 +77,11 @@ def base_camera_extrinsics(path: str | Path) -> dict[str, "np.ndarray"]:
         if not isinstance(v, dict) or "T_base_camera" not in v:
             continue
         T = np.asarray(v["T_base_camera"], float)
-        if T.shape != (4, 4) or not np.allclose(T[3], [0, 0, 0, 1]) or not np.allclose(
-                T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-4):
+        if (
+            T.shape != (4, 4)
+            or not np.allclose(T[3], [0, 0, 0, 1])
+            or not np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-4)
+        ):
             raise ValueError(f"{path}: cameras.{cam}.T_base_camera is not a 4x4 rigid transform")
         out[cam] = T
     return out

@@ -106,5 +106,5 @@ class SyntheticCameraConfig(DeviceConfig):
 
     type: Literal["synthetic"] = "synthetic"
 
-    def build(self, ctx, params) -> "SyntheticCamera":
+    def build(self, ctx, params) -> SyntheticCamera:
         return SyntheticCamera(params.width, params.height, params.rate_hz, params.depth)

@@ -45,7 +45,12 @@ class DynamixelBus(SdkServoBus):
 
     Error = DynamixelError
     NAME = "Dynamixel"
-    ADDR_TORQUE_ENABLE, ADDR_GOAL, ADDR_PRESENT, WIDTH = ADDR_TORQUE_ENABLE, ADDR_GOAL_POSITION, ADDR_PRESENT_POSITION, 4
+    ADDR_TORQUE_ENABLE, ADDR_GOAL, ADDR_PRESENT, WIDTH = (
+        ADDR_TORQUE_ENABLE,
+        ADDR_GOAL_POSITION,
+        ADDR_PRESENT_POSITION,
+        4,
+    )
 
     def __init__(self, port: str, ids: list[int], baudrate: int = 1_000_000, latency_timer_ms: float | None = None):
         import dynamixel_sdk as sdk

@@ -24,8 +24,7 @@ from robot_stack.drivers.servo_bus import SdkServoBus, ServoBusError
 ADDR_MODEL, ADDR_TORQUE_ENABLE, ADDR_GOAL_POSITION, ADDR_PRESENT_POSITION = 3, 40, 42, 56
 TICKS_PER_REV, CENTER = 4096, 2048
 STS3215_MODEL = 777  # model number the STS3215 reports at address 3
-ERROR_BITS = {0x01: "input voltage", 0x02: "angle limit", 0x04: "overheating", 0x08: "overcurrent",
-              0x20: "overload"}
+ERROR_BITS = {0x01: "input voltage", 0x02: "angle limit", 0x04: "overheating", 0x08: "overcurrent", 0x20: "overload"}
 
 
 class FeetechError(ServoBusError):
@@ -61,7 +60,12 @@ class FeetechBus(SdkServoBus):
 
     Error = FeetechError
     NAME = "Feetech"
-    ADDR_TORQUE_ENABLE, ADDR_GOAL, ADDR_PRESENT, WIDTH = ADDR_TORQUE_ENABLE, ADDR_GOAL_POSITION, ADDR_PRESENT_POSITION, 2
+    ADDR_TORQUE_ENABLE, ADDR_GOAL, ADDR_PRESENT, WIDTH = (
+        ADDR_TORQUE_ENABLE,
+        ADDR_GOAL_POSITION,
+        ADDR_PRESENT_POSITION,
+        2,
+    )
 
     def __init__(self, port: str, ids: list[int], baudrate: int = 1_000_000, latency_timer_ms: float | None = None):
         import scservo_sdk as sdk
@@ -93,6 +97,8 @@ class FeetechBus(SdkServoBus):
         """
         ticks = rad_to_ticks(q)
         if ticks.shape == (len(self.ids),) and (np.any(ticks < 0) or np.any(ticks >= TICKS_PER_REV)):
-            raise FeetechError(f"goal positions {np.round(np.asarray(q, float), 3).tolist()} rad leave the servos' "
-                               f"single turn (-pi..pi)")
+            raise FeetechError(
+                f"goal positions {np.round(np.asarray(q, float), 3).tolist()} rad leave the servos' "
+                f"single turn (-pi..pi)"
+            )
         self.write_ticks(ticks)

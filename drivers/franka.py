@@ -59,10 +59,14 @@ MAX_WIDTH = 0.08  # Franka Hand opening, m
 LOCK_TIMEOUT_S = 0.1
 # joint position limits, rad (FR3 and Panda datasheets)
 LIMITS = {
-    "fr3": (np.array([-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.0159]),
-            np.array([2.7437, 1.7837, 2.9007, -0.1518, 2.8065, 4.5169, 3.0159])),
-    "panda": (np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973]),
-              np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])),
+    "fr3": (
+        np.array([-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.0159]),
+        np.array([2.7437, 1.7837, 2.9007, -0.1518, 2.8065, 4.5169, 3.0159]),
+    ),
+    "panda": (
+        np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973]),
+        np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973]),
+    ),
 }
 
 
@@ -75,8 +79,15 @@ class JerkLimitedTracker:
     clipped in its change (``jerk * dt``) and in size (``acc``). Units rad, s.
     """
 
-    def __init__(self, q0: np.ndarray, wn: float = 25.0, vel: float = 1.0, acc: float = 4.0, jerk: float = 400.0,
-                 kv: float = 30.0):
+    def __init__(
+        self,
+        q0: np.ndarray,
+        wn: float = 25.0,
+        vel: float = 1.0,
+        acc: float = 4.0,
+        jerk: float = 400.0,
+        kv: float = 30.0,
+    ):
         self.q = np.asarray(q0, float).copy()
         self.dq = np.zeros_like(self.q)
         self.ddq = np.zeros_like(self.q)
@@ -92,14 +103,17 @@ class JerkLimitedTracker:
         e = target - self.q
         v_brake = np.sqrt(self.acc * np.abs(e))
         v_des = self.v_ff + self.wn * e
-        v_des = np.where(np.sign(v_des) == np.sign(e), np.clip(v_des, -v_brake - np.abs(self.v_ff), v_brake + np.abs(self.v_ff)), v_des)
+        v_des = np.where(
+            np.sign(v_des) == np.sign(e),
+            np.clip(v_des, -v_brake - np.abs(self.v_ff), v_brake + np.abs(self.v_ff)),
+            v_des,
+        )
         v_des = np.clip(v_des, -self.vel, self.vel)
         a_des = np.clip(self.kv * (v_des - self.dq), -self.acc, self.acc)
         self.ddq = self.ddq + np.clip(a_des - self.ddq, -self.jerk * dt, self.jerk * dt)
         self.dq = self.dq + self.ddq * dt
         self.q = self.q + self.dq * dt
         return self.q
-
 
 
 class _Shared:
@@ -132,8 +146,9 @@ def _attach(shm_name: str):
     return shm, np.ndarray((_Shared.N,), np.float64, buffer=shm.buf)
 
 
-def _franka_process(ip, realtime, automatic_recovery, impedance, shm_name, lock, events,
-                    rt: dict | None = None) -> None:
+def _franka_process(
+    ip, realtime, automatic_recovery, impedance, shm_name, lock, events, rt: dict | None = None
+) -> None:
     """The 1 kHz control process (see the module docstring). Reports ("ready", q), ("error", msg).
     ``rt``: :class:`~robot_stack.runtime.realtime.RealtimeConfig` fields for this process (SCHED_FIFO,
     affinity, mlockall), applied first and reported in its log. The only thread that takes ``lock``
@@ -286,9 +301,16 @@ class FrankaDriver(ArmDriver):
 
     n_joints = 7
 
-    def __init__(self, robot_ip: str, realtime: str = "ignore", gripper: bool = True,
-                 automatic_recovery: bool = False, impedance: list[float] | None = None, model: str = "fr3",
-                 rt: dict | None = None):
+    def __init__(
+        self,
+        robot_ip: str,
+        realtime: str = "ignore",
+        gripper: bool = True,
+        automatic_recovery: bool = False,
+        impedance: list[float] | None = None,
+        model: str = "fr3",
+        rt: dict | None = None,
+    ):
         if model not in LIMITS:
             raise ArmDriverError(f"franka model {model!r}: choose one of {sorted(LIMITS)}")
         self.lower, self.upper = LIMITS[model]
@@ -309,15 +331,22 @@ class FrankaDriver(ArmDriver):
         self.lock = ctx.Lock()
         self.events = ctx.Queue()
         robot_ip, realtime, gripper, automatic_recovery, impedance = self.args
-        self.proc = ctx.Process(target=_franka_process,
-                                args=(robot_ip, realtime, automatic_recovery, impedance, self.shared.shm.name,
-                                      self.lock, self.events),
-                                kwargs={"rt": self.rt}, name="franka-1khz", daemon=True)
+        self.proc = ctx.Process(
+            target=_franka_process,
+            args=(robot_ip, realtime, automatic_recovery, impedance, self.shared.shm.name, self.lock, self.events),
+            kwargs={"rt": self.rt},
+            name="franka-1khz",
+            daemon=True,
+        )
         self.proc.start()
         waiting = {"ready"}
         if gripper:
-            self.gripper_proc = ctx.Process(target=_gripper_process, args=(robot_ip, self.shared.shm.name, self.events),
-                                            name="franka-hand", daemon=True)
+            self.gripper_proc = ctx.Process(
+                target=_gripper_process,
+                args=(robot_ip, self.shared.shm.name, self.events),
+                name="franka-hand",
+                daemon=True,
+            )
             self.gripper_proc.start()
             waiting.add("gripper_ready")
         deadline = time.monotonic() + timeout_s
@@ -327,8 +356,9 @@ class FrankaDriver(ArmDriver):
             except queue.Empty:
                 self.stop()
                 what = "robot" if "ready" in waiting else "Franka Hand"
-                raise ArmDriverError(f"the Franka at {self.ip} did not answer within {timeout_s:.0f} s "
-                                     f"(no {what})") from None
+                raise ArmDriverError(
+                    f"the Franka at {self.ip} did not answer within {timeout_s:.0f} s (no {what})"
+                ) from None
             if kind in ("error", "fatal"):
                 self.stop()
                 raise ArmDriverError(str(payload))
@@ -362,10 +392,14 @@ class FrankaDriver(ArmDriver):
         if not self.lock.acquire(timeout=LOCK_TIMEOUT_S):
             self._poll_events()
             alive = self.proc is not None and self.proc.is_alive()
-            raise ArmDriverError(self._error or (
-                f"the Franka control process held the shared state for over {LOCK_TIMEOUT_S * 1e3:.0f} ms "
-                f"({'stuck' if alive else f'exited with code {self.proc.exitcode if self.proc else None}'} "
-                f"while holding it)"))
+            raise ArmDriverError(
+                self._error
+                or (
+                    f"the Franka control process held the shared state for over {LOCK_TIMEOUT_S * 1e3:.0f} ms "
+                    f"({'stuck' if alive else f'exited with code {self.proc.exitcode if self.proc else None}'} "
+                    f"while holding it)"
+                )
+            )
         try:
             yield
         finally:
@@ -399,9 +433,13 @@ class FrankaDriver(ArmDriver):
         a = self.shared.a
         try:
             with self._locked():
-                return {"franka.cycles": float(a[24]), "franka.period_p50_ms": float(a[25]),
-                        "franka.period_p99_ms": float(a[26]), "franka.period_max_ms": float(a[27]),
-                        "franka.recoveries": float(a[28])}
+                return {
+                    "franka.cycles": float(a[24]),
+                    "franka.period_p50_ms": float(a[25]),
+                    "franka.period_p99_ms": float(a[26]),
+                    "franka.period_max_ms": float(a[27]),
+                    "franka.recoveries": float(a[28]),
+                }
         except ArmDriverError:
             return {}
 
@@ -436,13 +474,22 @@ class FrankaConfig(DeviceConfig):
     automatic_recovery: bool = Field(False, description="after a reflex, recover automatically and resume")
     impedance: list[float] | None = Field(None, min_length=7, max_length=7, description="joint stiffness, N m/rad")
     model: Literal["fr3", "panda"] = "fr3"
-    loop_realtime: RealtimeConfig = Field(default_factory=RealtimeConfig,
-                                          description="SCHED_FIFO priority, CPU affinity, locked memory for the 1 kHz process")
+    loop_realtime: RealtimeConfig = Field(
+        default_factory=RealtimeConfig,
+        description="SCHED_FIFO priority, CPU affinity, locked memory for the 1 kHz process",
+    )
 
     def default_robot(self, config) -> str:
         """FR3 or Panda with a Franka Hand, as ``model`` says."""
         return "fr3_hand" if self.model == "fr3" else "panda_hand"
 
     def build(self, ctx, params) -> FrankaDriver:
-        return FrankaDriver(self.robot_ip, self.realtime, self.gripper, self.automatic_recovery, self.impedance,
-                            self.model, rt=self.loop_realtime.model_dump() if self.loop_realtime.any else None)
+        return FrankaDriver(
+            self.robot_ip,
+            self.realtime,
+            self.gripper,
+            self.automatic_recovery,
+            self.impedance,
+            self.model,
+            rt=self.loop_realtime.model_dump() if self.loop_realtime.any else None,
+        )

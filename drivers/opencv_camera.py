@@ -25,8 +25,15 @@ class OpenCVCamera(CameraDriver):
         latency_s: receive-to-capture latency subtracted from the receive time.
     """
 
-    def __init__(self, device: int | str = 0, width: int = 640, height: int = 480, fps: float = 30.0,
-                 fovy_deg: float = 45.0, latency_s: float = 0.0):
+    def __init__(
+        self,
+        device: int | str = 0,
+        width: int = 640,
+        height: int = 480,
+        fps: float = 30.0,
+        fovy_deg: float = 45.0,
+        latency_s: float = 0.0,
+    ):
         self.device, self.width, self.height, self.fps = device, width, height, fps
         self.fovy_deg, self.latency_ns = fovy_deg, s_to_ns(latency_s)
         self.depth_scale = 0.0

@@ -39,8 +39,15 @@ class RealSenseCamera(CameraDriver):
         loop: repeat the recording.
     """
 
-    def __init__(self, width: int = 640, height: int = 480, fps: int = 30, serial: str | None = None,
-                 playback_file: str | None = None, loop: bool = True):
+    def __init__(
+        self,
+        width: int = 640,
+        height: int = 480,
+        fps: int = 30,
+        serial: str | None = None,
+        playback_file: str | None = None,
+        loop: bool = True,
+    ):
         self.width, self.height, self.fps = width, height, fps
         self.serial, self.playback_file, self.loop = serial, playback_file, loop
         self._clock = DeviceClockMapper()
@@ -130,5 +137,11 @@ class RealSenseConfig(DeviceConfig):
     loop_playback: bool = True
 
     def build(self, ctx, params) -> RealSenseCamera:
-        return RealSenseCamera(params.width, params.height, int(params.rate_hz), serial=self.serial,
-                               playback_file=self.playback_file, loop=self.loop_playback)
+        return RealSenseCamera(
+            params.width,
+            params.height,
+            int(params.rate_hz),
+            serial=self.serial,
+            playback_file=self.playback_file,
+            loop=self.loop_playback,
+        )

@@ -65,7 +65,7 @@ class GripperStatus:
         self.activated = bool(b0 & 0x01)
         self.going = bool(b0 & 0x08)
         self.activation = (b0 >> 4) & 0x03  # gSTA: 0 reset, 1 activating, 3 activated
-        self.object = (b0 >> 6) & 0x03       # gOBJ
+        self.object = (b0 >> 6) & 0x03  # gOBJ
         self.fault = raw[2] & 0x0F
         self.position_request = raw[3]
         self.position = raw[4]
@@ -100,8 +100,7 @@ class Robotiq2F85:
         RobotiqError: activation failed or timed out, or the gripper reported a fault.
     """
 
-    def __init__(self, port: str, slave_id: int = SLAVE_ID, speed: int = 255, force: int = 150,
-                 timeout_s: float = 0.2):
+    def __init__(self, port: str, slave_id: int = SLAVE_ID, speed: int = 255, force: int = 150, timeout_s: float = 0.2):
         import minimalmodbus
 
         self.inst = minimalmodbus.Instrument(port, slave_id, mode=minimalmodbus.MODE_RTU)

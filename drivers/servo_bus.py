@@ -80,8 +80,10 @@ class SdkServoBus:
         model, comm, err = self.ph.ping(self.port, sid)
         if comm != self.sdk.COMM_SUCCESS:
             self._flush()
-            raise self.Error(f"servo {sid} did not answer ping ({self.ph.getTxRxResult(comm)}): "
-                             "missing, wrong id, or wrong baud rate")
+            raise self.Error(
+                f"servo {sid} did not answer ping ({self.ph.getTxRxResult(comm)}): "
+                "missing, wrong id, or wrong baud rate"
+            )
         self._check("ping", sid, comm, err)
         return int(model)
 
@@ -98,8 +100,9 @@ class SdkServoBus:
             silent = [i for i in self.ids if self.ph.ping(self.port, i)[1] != self.sdk.COMM_SUCCESS]
             who = f"servos {silent} do not answer" if silent else "every servo answers ping"
             raise self.Error(f"sync read of present position failed ({self.ph.getTxRxResult(comm)}); {who}")
-        return np.array([self._decode(self.reader.getData(i, self.ADDR_PRESENT, self.WIDTH)) for i in self.ids],
-                        np.int64)
+        return np.array(
+            [self._decode(self.reader.getData(i, self.ADDR_PRESENT, self.WIDTH)) for i in self.ids], np.int64
+        )
 
     def write_ticks(self, ticks: np.ndarray) -> None:
         """Goal positions (n,) ticks with one sync write (no status replies)."""

@@ -36,8 +36,9 @@ class SimArmDriver(ArmDriver):
     #: joint state older than this means the world is gone: a driver fault, ns
     STALE_NS = 250_000_000
 
-    def __init__(self, state_endpoint: str, command_endpoint: str, source: str, robot: str = "panda_robotiq",
-                 arm: str = ""):
+    def __init__(
+        self, state_endpoint: str, command_endpoint: str, source: str, robot: str = "panda_robotiq", arm: str = ""
+    ):
         from robot_stack.drivers.sim_model import sim_description
         from robot_stack.drivers.sim_messages import arm_topic
 
@@ -55,16 +56,20 @@ class SimArmDriver(ArmDriver):
     def start(self, timeout_s: float = 10.0) -> JointReading:
         msg = self._sub.wait_for(self._topic, timeout_s)
         if msg is None:
-            raise ArmDriverError(f"no joint state from the sim world within {timeout_s} s (is it running?"
-                                 + (f" does it have an arm {self.arm!r}?)" if self.arm else ")"))
+            raise ArmDriverError(
+                f"no joint state from the sim world within {timeout_s} s (is it running?"
+                + (f" does it have an arm {self.arm!r}?)" if self.arm else ")")
+            )
         first = self.read()
         # the command channel connects asynchronously: wait until the first target (the measured
         # state, so nothing moves) is accepted
         deadline = now_ns() + int(timeout_s * 1e9)
         while True:
             try:
-                self._tx.send(JointTarget.TOPIC, JointTarget(q=first.q, gripper=min(1.0, first.gripper_width / self.stroke),
-                                                             arm=self.arm))
+                self._tx.send(
+                    JointTarget.TOPIC,
+                    JointTarget(q=first.q, gripper=min(1.0, first.gripper_width / self.stroke), arm=self.arm),
+                )
                 return first
             except TransportTimeout:
                 if now_ns() > deadline:
@@ -77,16 +82,22 @@ class SimArmDriver(ArmDriver):
         if now_ns() - m.stamp_ns > self.STALE_NS:  # the world (the robot's controller box) went silent
             raise ArmDriverError(f"no joint state from the sim world for {(now_ns() - m.stamp_ns) / 1e6:.0f} ms")
         if self._last is None or self._last.stamp_ns != m.stamp_ns:
-            self._last = JointReading(m.stamp_ns, np.array(m.q), np.array(m.dq), m.gripper_width,
-                                      None if m.wrench is None else np.array(m.wrench))
+            self._last = JointReading(
+                m.stamp_ns,
+                np.array(m.q),
+                np.array(m.dq),
+                m.gripper_width,
+                None if m.wrench is None else np.array(m.wrench),
+            )
         return self._last
 
     def command(self, q: np.ndarray, gripper_open: float) -> None:
         """Send a target; a send that times out is counted and dropped (the controller box holds its
         last target, as a real one does when a command packet is late)."""
         try:
-            self._tx.send(JointTarget.TOPIC, JointTarget(q=np.asarray(q, np.float64), gripper=float(gripper_open),
-                                                         arm=self.arm))
+            self._tx.send(
+                JointTarget.TOPIC, JointTarget(q=np.asarray(q, np.float64), gripper=float(gripper_open), arm=self.arm)
+            )
         except TransportTimeout:
             self.send_timeouts += 1
 
@@ -105,8 +116,16 @@ class SimCameraDriver(CameraDriver):
         multisample: MSAA samples (0: none, like a real camera; see ``SimRenderer``).
     """
 
-    def __init__(self, state_endpoint: str, camera: str, width: int, height: int, scene=None,
-                 inject_latency_s: float = 0.0, multisample: int = 0):
+    def __init__(
+        self,
+        state_endpoint: str,
+        camera: str,
+        width: int,
+        height: int,
+        scene=None,
+        inject_latency_s: float = 0.0,
+        multisample: int = 0,
+    ):
         self.endpoint, self.camera = state_endpoint, camera
         self.multisample = multisample
         self.width, self.height = width, height
@@ -143,8 +162,9 @@ class SimCameraDriver(CameraDriver):
         color, depth = self._renderer.render(self.camera)
         self._k += 1
         # capture time = the time of the physics state that was rendered
-        return Frame(stamp_ns=st.stamp_ns + self.inject_latency_ns, frame_index=self._k, color=color,
-                     depth=depth_to_mm(depth))
+        return Frame(
+            stamp_ns=st.stamp_ns + self.inject_latency_ns, frame_index=self._k, color=color, depth=depth_to_mm(depth)
+        )
 
     def stop(self) -> None:
         if hasattr(self, "_sub"):
@@ -162,8 +182,9 @@ class SimArmConfig(DeviceConfig):
 
     type: Literal["sim"] = "sim"
     world: str = Field("sim", description="node name of the sim world")
-    arm: str = Field("", description="the arm's name in a multi-arm sim world (its params.arms); "
-                                     "empty for a one-arm world")
+    arm: str = Field(
+        "", description="the arm's name in a multi-arm sim world (its params.arms); empty for a one-arm world"
+    )
 
     def references(self) -> dict[str, str]:
         return {self.world: "sim_world"}
@@ -189,8 +210,13 @@ class SimArmConfig(DeviceConfig):
 
     def build(self, ctx, params) -> SimArmDriver:
         cfg, rd = ctx.config, ctx.run_dir
-        return SimArmDriver(cfg.pub_endpoint(self.world, rd), cfg.in_endpoint(self.world, rd), ctx.name,
-                            robot=self.default_robot(cfg), arm=self.arm)
+        return SimArmDriver(
+            cfg.pub_endpoint(self.world, rd),
+            cfg.in_endpoint(self.world, rd),
+            ctx.name,
+            robot=self.default_robot(cfg),
+            arm=self.arm,
+        )
 
 
 class SimCameraConfig(DeviceConfig):
@@ -200,16 +226,28 @@ class SimCameraConfig(DeviceConfig):
     world: str = Field("sim", description="node name of the sim world")
     camera: str = Field("scene", description="MJCF camera name (scene, handcam_rgb)")
     inject_latency_s: float = Field(0.0, ge=0, description="test hook: stamp frames this late")
-    multisample: int = Field(0, ge=0, le=16, description=(
-        "MSAA samples of the render (0: none, as a real camera; 4: smoother edges, for ChArUco corner "
-        "accuracy). Mesa llvmpipe, one thread, 320x240: the scene camera renders in about 32 ms with 0 "
-        "and 69 ms with 4, the wrist camera in 17 and 21 ms"))
+    multisample: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description=(
+            "MSAA samples of the render (0: none, as a real camera; 4: smoother edges, for ChArUco corner "
+            "accuracy). Mesa llvmpipe, one thread, 320x240: the scene camera renders in about 32 ms with 0 "
+            "and 69 ms with 4, the wrist camera in 17 and 21 ms"
+        ),
+    )
 
     def references(self) -> dict[str, str]:
         return {self.world: "sim_world"}
 
     def build(self, ctx, params) -> SimCameraDriver:
         scene = ctx.config.nodes[self.world].typed.scene()
-        return SimCameraDriver(ctx.config.pub_endpoint(self.world, ctx.run_dir), self.camera, params.width,
-                               params.height, scene=scene, inject_latency_s=self.inject_latency_s,
-                               multisample=self.multisample)
+        return SimCameraDriver(
+            ctx.config.pub_endpoint(self.world, ctx.run_dir),
+            self.camera,
+            params.width,
+            params.height,
+            scene=scene,
+            inject_latency_s=self.inject_latency_s,
+            multisample=self.multisample,
+        )

@@ -125,8 +125,10 @@ class SceneSpec:
 
     def __post_init__(self):
         if len(self.cube_half) != 3 or min(self.cube_half) <= 0 or self.cube_mass <= 0:
-            raise ValueError(f"cube_half must be 3 positive half sizes (m) and cube_mass positive, got "
-                             f"{self.cube_half}, {self.cube_mass}")
+            raise ValueError(
+                f"cube_half must be 3 positive half sizes (m) and cube_mass positive, got "
+                f"{self.cube_half}, {self.cube_mass}"
+            )
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arm names must differ, got {names}")
@@ -200,9 +202,15 @@ def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
     spec.visual.quality.shadowsize = 0  # shadows off: CPU rendering budget
     spec.option.timestep = 0.002
 
-    tex = spec.add_texture(name="grid", type=mujoco.mjtTexture.mjTEXTURE_2D,
-                           builtin=mujoco.mjtBuiltin.mjBUILTIN_CHECKER, width=256, height=256,
-                           rgb1=[0.55, 0.5, 0.45], rgb2=[0.5, 0.45, 0.4])
+    tex = spec.add_texture(
+        name="grid",
+        type=mujoco.mjtTexture.mjTEXTURE_2D,
+        builtin=mujoco.mjtBuiltin.mjBUILTIN_CHECKER,
+        width=256,
+        height=256,
+        rgb1=[0.55, 0.5, 0.45],
+        rgb2=[0.5, 0.45, 0.4],
+    )
     mat = spec.add_material(name="table")
     mat.textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = "grid"
     mat.texrepeat = [8, 8]
@@ -215,37 +223,68 @@ def build_model(scene: SceneSpec = SceneSpec()) -> mujoco.MjModel:
 
     cube = wb.add_body(name="cube", pos=scene.to_base([0.5, 0.0, scene.cube_half[2]]).tolist())
     cube.add_freejoint(name="cube")
-    cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=list(scene.cube_half), mass=scene.cube_mass,
-                  rgba=[0.15, 0.35, 0.85, 1], friction=[1.0, 0.01, 0.001])
+    cube.add_geom(
+        name="cube",
+        type=mujoco.mjtGeom.mjGEOM_BOX,
+        size=list(scene.cube_half),
+        mass=scene.cube_mass,
+        rgba=[0.15, 0.35, 0.85, 1],
+        friction=[1.0, 0.01, 0.001],
+    )
 
-    wb.add_geom(name="target", type=mujoco.mjtGeom.mjGEOM_BOX,
-                pos=[*scene.to_base(scene.target_xy), 0.0005], euler=[0, 0, scene.yaw],
-                size=[scene.target_half, scene.target_half, 0.0005],
-                rgba=[0.85, 0.2, 0.2, 1], contype=0, conaffinity=0)
+    wb.add_geom(
+        name="target",
+        type=mujoco.mjtGeom.mjGEOM_BOX,
+        pos=[*scene.to_base(scene.target_xy), 0.0005],
+        euler=[0, 0, scene.yaw],
+        size=[scene.target_half, scene.target_half, 0.0005],
+        rgba=[0.85, 0.2, 0.2, 1],
+        contype=0,
+        conaffinity=0,
+    )
 
     pos = scene.to_base(scene.scene_cam_pos)
-    wb.add_camera(name=SCENE_CAMERA, pos=pos.tolist(),
-                  xyaxes=_look_at_xyaxes(pos, scene.to_base(scene.scene_cam_target)),
-                  fovy=scene.scene_cam_fovy)
+    wb.add_camera(
+        name=SCENE_CAMERA,
+        pos=pos.tolist(),
+        xyaxes=_look_at_xyaxes(pos, scene.to_base(scene.scene_cam_target)),
+        fovy=scene.scene_cam_fovy,
+    )
     if scene.arms:
         top = np.asarray(scene.top_cam_pos, float)
-        wb.add_camera(name=TOP_CAMERA, pos=top.tolist(), fovy=scene.top_cam_fovy,
-                      xyaxes=_look_at_xyaxes(top, [top[0], top[1], 0.0], up=(1.0, 0.0, 0.0)))
+        wb.add_camera(
+            name=TOP_CAMERA,
+            pos=top.tolist(),
+            fovy=scene.top_cam_fovy,
+            xyaxes=_look_at_xyaxes(top, [top[0], top[1], 0.0], up=(1.0, 0.0, 0.0)),
+        )
     if scene.table_board:
         hw, hh = _add_board_material(spec, "table_board", table_board_spec())
-        wb.add_geom(name="table_board", type=mujoco.mjtGeom.mjGEOM_BOX,
-                    pos=[*scene.to_base(scene.table_board_xy), BOARD_HALF_THICK],
-                    euler=[0, 0, scene.table_board_yaw + scene.yaw],
-                    size=[hw, hh, BOARD_HALF_THICK], material="table_board", contype=0, conaffinity=0)
+        wb.add_geom(
+            name="table_board",
+            type=mujoco.mjtGeom.mjGEOM_BOX,
+            pos=[*scene.to_base(scene.table_board_xy), BOARD_HALF_THICK],
+            euler=[0, 0, scene.table_board_yaw + scene.yaw],
+            size=[hw, hh, BOARD_HALF_THICK],
+            material="table_board",
+            contype=0,
+            conaffinity=0,
+        )
     if scene.gripper_board:
         if scene.robot != "panda_robotiq":
             raise SimModelError("the gripper-held calibration board is modelled on the Panda only")
         local = _gripper_board_local_pose(scene)
         hw, hh = _add_board_material(spec, "gripper_board", gripper_board_spec())
         spec.body(GRIPPER_BOARD_BODY).add_geom(
-            name="gripper_board", type=mujoco.mjtGeom.mjGEOM_BOX, pos=local[:3, 3].tolist(),
-            quat=_mat_to_wxyz(local[:3, :3]), size=[hw, hh, BOARD_HALF_THICK], material="gripper_board",
-            contype=0, conaffinity=0)
+            name="gripper_board",
+            type=mujoco.mjtGeom.mjGEOM_BOX,
+            pos=local[:3, 3].tolist(),
+            quat=_mat_to_wxyz(local[:3, :3]),
+            size=[hw, hh, BOARD_HALF_THICK],
+            material="gripper_board",
+            contype=0,
+            conaffinity=0,
+        )
     try:
         model = spec.compile()
     except Exception as e:  # mujoco raises ValueError with the compiler message
@@ -266,8 +305,12 @@ def _robot_spec(robot: str) -> mujoco.MjSpec:
         body = spec.body(cam.body)
         if body is None:
             raise SimModelError(f"{desc.name}: sim camera {cam.name!r} on a body {cam.body!r} the model lacks")
-        body.add_camera(name=cam.name, pos=list(cam.pos), fovy=cam.fovy,
-                        xyaxes=_look_at_xyaxes(np.array(cam.pos), np.array(cam.look_at), cam.up))
+        body.add_camera(
+            name=cam.name,
+            pos=list(cam.pos),
+            fovy=cam.fovy,
+            xyaxes=_look_at_xyaxes(np.array(cam.pos), np.array(cam.look_at), cam.up),
+        )
     return spec
 
 
@@ -311,8 +354,9 @@ def gripper_board_spec():
 def _add_board_material(spec: mujoco.MjSpec, name: str, board) -> tuple[float, float]:
     """Texture + material of a board image with a half-square white margin; returns box half sizes (m)."""
     img = board.image(px_per_square=64, margin_squares=0.5)
-    tex = spec.add_texture(name=name, type=mujoco.mjtTexture.mjTEXTURE_2D, width=img.shape[1],
-                           height=img.shape[0], nchannel=3)
+    tex = spec.add_texture(
+        name=name, type=mujoco.mjtTexture.mjTEXTURE_2D, width=img.shape[1], height=img.shape[0], nchannel=3
+    )
     tex.data = np.repeat(img[..., None], 3, axis=2).tobytes()
     mat = spec.add_material(name=name)
     mat.textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = name
@@ -336,7 +380,7 @@ def _mat_to_wxyz(R: np.ndarray) -> list[float]:
     return [w, x, y, z]
 
 
-def _gripper_board_local_pose(scene: "SceneSpec") -> np.ndarray:
+def _gripper_board_local_pose(scene: SceneSpec) -> np.ndarray:
     """Board pose in the gripper base body: in front of the hand, facing the scene camera at home."""
     from robot_stack.control.robot_model import build_spec, load_description
 
@@ -406,7 +450,7 @@ class ArmIndex:
     tool_bodies: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # bodies past the flange
 
     @staticmethod
-    def of(model: mujoco.MjModel, robot: str = "panda_robotiq", prefix: str = "") -> "ArmIndex":
+    def of(model: mujoco.MjModel, robot: str = "panda_robotiq", prefix: str = "") -> ArmIndex:
         """The arm ``robot`` in ``model``; ``prefix``: its name prefix in a multi-arm scene ("left/")."""
         desc = sim_description(robot)
         sim = desc.sim
@@ -424,11 +468,14 @@ class ArmIndex:
             gripper_act=model.actuator(prefix + sim.gripper_actuator).id,
             gripper_qpos=int(model.jnt_qposadr[model.joint(prefix + sim.gripper_joint).id]),
             tcp_site=model.site(prefix + (desc.tcp_site or "tcp")).id,
-            lower=lower, upper=upper,
+            lower=lower,
+            upper=upper,
             torque_limit=np.asarray(sim.torque_limit, float),
             home_q=np.asarray(desc.home_q, float),
-            kp=np.asarray(sim.kp, float), kd=np.asarray(sim.kd, float),
-            gripper_stroke=desc.gripper.stroke_m, gripper_closed=sim.gripper_joint_closed,
+            kp=np.asarray(sim.kp, float),
+            kd=np.asarray(sim.kd, float),
+            gripper_stroke=desc.gripper.stroke_m,
+            gripper_closed=sim.gripper_joint_closed,
             gripper_ctrl_closed=sim.gripper_ctrl_closed,
             tool_bodies=_bodies_below(model, int(model.jnt_bodyid[jids[-1]])),
         )
@@ -447,8 +494,15 @@ def _bodies_below(model: mujoco.MjModel, body: int) -> np.ndarray:
     return np.array(out, int)
 
 
-def joint_pd_torque(q: np.ndarray, dq: np.ndarray, q_target: np.ndarray, bias: np.ndarray,
-                    limit: np.ndarray, kp: np.ndarray = KP, kd: np.ndarray = KD) -> np.ndarray:
+def joint_pd_torque(
+    q: np.ndarray,
+    dq: np.ndarray,
+    q_target: np.ndarray,
+    bias: np.ndarray,
+    limit: np.ndarray,
+    kp: np.ndarray = KP,
+    kd: np.ndarray = KD,
+) -> np.ndarray:
     """Joint impedance with gravity/Coriolis compensation: tau = KP (q* - q) - KD dq + bias.
 
     Args:
@@ -464,8 +518,9 @@ def joint_pd_torque(q: np.ndarray, dq: np.ndarray, q_target: np.ndarray, bias: n
     return np.clip(tau, -limit, limit)
 
 
-def gripper_width_from_driver(q_driver: float, stroke: float = GRIPPER_MAX_WIDTH,
-                              closed: float = GRIPPER_DRIVER_RANGE) -> float:
+def gripper_width_from_driver(
+    q_driver: float, stroke: float = GRIPPER_MAX_WIDTH, closed: float = GRIPPER_DRIVER_RANGE
+) -> float:
     """Approximate finger opening (m) from a gripper joint position (0 open .. ``closed``; the
     2F-85 driver joint: 0.8 rad closed), for a gripper of ``stroke`` m."""
     return float(stroke * np.clip(1.0 - q_driver / closed, 0.0, 1.0))

@@ -19,7 +19,13 @@ from scipy.spatial.transform import Rotation
 
 from robot_stack.drivers.camera import pinhole_K
 from robot_stack.drivers.sim_model import (
-    CUBE_HALF, ArmIndex, SceneSpec, build_model, gripper_ctrl_from_open, gripper_width_from_driver, joint_pd_torque,
+    CUBE_HALF,
+    ArmIndex,
+    SceneSpec,
+    build_model,
+    gripper_ctrl_from_open,
+    gripper_width_from_driver,
+    joint_pd_torque,
 )
 
 
@@ -41,8 +47,9 @@ class SimWorld:
         self.model = build_model(scene)
         self.data = mujoco.MjData(self.model)
         #: arm name -> its addresses ("" in a one-arm scene)
-        self.arms = ({a.name: ArmIndex.of(self.model, a.robot, f"{a.name}/") for a in scene.arms}
-                     or {"": ArmIndex.of(self.model, scene.robot)})
+        self.arms = {a.name: ArmIndex.of(self.model, a.robot, f"{a.name}/") for a in scene.arms} or {
+            "": ArmIndex.of(self.model, scene.robot)
+        }
         self.arm = next(iter(self.arms.values()))
         self.rng = np.random.default_rng(seed)
         cube_j = self.model.joint("cube").id
@@ -74,8 +81,9 @@ class SimWorld:
         """Physics step, s."""
         return float(self.model.opt.timestep)
 
-    def reset(self, cube_pose: np.ndarray | None = None, cube_range: tuple | None = None,
-              max_yaw: float = np.pi / 4) -> np.ndarray:
+    def reset(
+        self, cube_pose: np.ndarray | None = None, cube_range: tuple | None = None, max_yaw: float = np.pi / 4
+    ) -> np.ndarray:
         """Arm home, gripper open, cube at ``cube_pose`` (7,) or a random pose (x and y uniform in
         ``cube_range`` ((x lo, x hi), (y lo, y hi)) m, default ``CUBE_X``, ``CUBE_Y``; yaw uniform
         in +-``max_yaw`` rad); returns the cube pose."""
@@ -88,11 +96,13 @@ class SimWorld:
                 yaw = self.rng.uniform(-max_yaw, max_yaw)
                 rx, ry = cube_range or (self.CUBE_X, self.CUBE_Y)
                 xy = self.scene.to_base([self.rng.uniform(*rx), self.rng.uniform(*ry)])
-                cube_pose = np.array([*xy, self.scene.cube_half[2], *Rotation.from_euler("z", yaw + self.scene.yaw).as_quat()])
+                cube_pose = np.array(
+                    [*xy, self.scene.cube_half[2], *Rotation.from_euler("z", yaw + self.scene.yaw).as_quat()]
+                )
             q = self.data.qpos
-            q[self._cube_qpos:self._cube_qpos + 3] = cube_pose[:3]
+            q[self._cube_qpos : self._cube_qpos + 3] = cube_pose[:3]
             x, y, z, w = cube_pose[3:]
-            q[self._cube_qpos + 3:self._cube_qpos + 7] = [w, x, y, z]  # MuJoCo quaternions are scalar-first
+            q[self._cube_qpos + 3 : self._cube_qpos + 7] = [w, x, y, z]  # MuJoCo quaternions are scalar-first
             mujoco.mj_forward(self.model, self.data)
         return np.asarray(cube_pose, float)
 
@@ -129,16 +139,21 @@ class SimWorld:
         with self.lock:
             for _ in range(n):
                 for a, q_t, g in arms:
-                    d.ctrl[a.act] = joint_pd_torque(d.qpos[a.qpos], d.qvel[a.dof], q_t,
-                                                    d.qfrc_bias[a.dof], a.torque_limit, a.kp, a.kd)
+                    d.ctrl[a.act] = joint_pd_torque(
+                        d.qpos[a.qpos], d.qvel[a.dof], q_t, d.qfrc_bias[a.dof], a.torque_limit, a.kp, a.kd
+                    )
                     d.ctrl[a.gripper_act] = gripper_ctrl_from_open(g, a.gripper_ctrl_closed)
                 mujoco.mj_step(m, d)
 
     def joint_state(self, arm: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """(q rad, dq rad/s, tau N m, gripper width m) of ``arm``."""
         a, d = self._index(arm)[1], self.data
-        return (d.qpos[a.qpos].copy(), d.qvel[a.dof].copy(), d.ctrl[a.act].copy(),
-                gripper_width_from_driver(float(d.qpos[a.gripper_qpos]), a.gripper_stroke, a.gripper_closed))
+        return (
+            d.qpos[a.qpos].copy(),
+            d.qvel[a.dof].copy(),
+            d.ctrl[a.act].copy(),
+            gripper_width_from_driver(float(d.qpos[a.gripper_qpos]), a.gripper_stroke, a.gripper_closed),
+        )
 
     def tcp_wrench(self, arm: str | None = None) -> np.ndarray:
         """(6,) external wrench on the tool at the TCP: [fx fy fz] N and [tx ty tz] N m about the
@@ -156,8 +171,8 @@ class SimWorld:
         if name not in self._tool_geom:  # per geom: is it on this arm's tool (past the flange)?
             self._tool_geom[name] = np.isin(m.geom_bodyid, a.tool_bodies)
         tool = self._tool_geom[name]
-        on1 = tool[d.contact.geom1[:d.ncon]]
-        on2 = tool[d.contact.geom2[:d.ncon]]
+        on1 = tool[d.contact.geom1[: d.ncon]]
+        on2 = tool[d.contact.geom2[: d.ncon]]
         tcp = d.site_xpos[a.tcp_site]
         f6 = np.zeros(6)
         for i in np.flatnonzero(on1 != on2):  # tool against the rest (not finger on finger)
@@ -174,8 +189,10 @@ class SimWorld:
     def set_qpos(self, qpos: np.ndarray) -> None:
         """Overwrite the full state with ``qpos`` (nq,) and update kinematics (renderer copies)."""
         if qpos.shape != (self.model.nq,):
-            raise ValueError(f"qpos has shape {qpos.shape}, this model needs ({self.model.nq},): "
-                             "the world and the camera were built from different scenes")
+            raise ValueError(
+                f"qpos has shape {qpos.shape}, this model needs ({self.model.nq},): "
+                "the world and the camera were built from different scenes"
+            )
         with self.lock:
             self.data.qpos[:] = qpos
             mujoco.mj_kinematics(self.model, self.data)
@@ -183,14 +200,15 @@ class SimWorld:
 
     def cube_pose(self) -> np.ndarray:
         """(7,) cube pose [x y z qx qy qz qw] in the base frame."""
-        q = self.data.qpos[self._cube_qpos:self._cube_qpos + 7]
+        q = self.data.qpos[self._cube_qpos : self._cube_qpos + 7]
         return np.array([*q[:3], q[4], q[5], q[6], q[3]])
 
     def tcp_pose(self, arm: str | None = None) -> np.ndarray:
         """(7,) TCP (pinch site) pose of ``arm`` in the world frame (a one-arm scene: its base frame)."""
         s = self._index(arm)[1].tcp_site
-        return np.array([*self.data.site_xpos[s],
-                         *Rotation.from_matrix(self.data.site_xmat[s].reshape(3, 3)).as_quat()])
+        return np.array(
+            [*self.data.site_xpos[s], *Rotation.from_matrix(self.data.site_xmat[s].reshape(3, 3)).as_quat()]
+        )
 
     def target_xy(self) -> np.ndarray:
         """(2,) centre of the target region in the base frame, m."""
@@ -264,8 +282,15 @@ class SimRenderer:
         """
         self._cam.fixedcamid = self.world.model.camera(camera).id
         with self.world.lock:  # copy the scene out of MjData; render outside the lock
-            mujoco.mjv_updateScene(self.world.model, self.world.data, self._opt, self._pert, self._cam,
-                                   mujoco.mjtCatBit.mjCAT_ALL, self._scn)
+            mujoco.mjv_updateScene(
+                self.world.model,
+                self.world.data,
+                self._opt,
+                self._pert,
+                self._cam,
+                mujoco.mjtCatBit.mjCAT_ALL,
+                self._scn,
+            )
         mujoco.mjr_render(self._vp, self._scn, self._con)
         mujoco.mjr_readPixels(self._rgb, self._z, self._vp, self._con)
         color = np.flipud(self._rgb).copy()

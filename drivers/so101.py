@@ -26,11 +26,11 @@ from robot_stack.runtime.devices import DeviceConfig
 
 class So101Driver(ArmDriver):
     """Args:
-        bus: a :class:`~robot_stack.drivers.feetech.FeetechBus` on ids 1-5 + the jaw's.
-        jmap: the arm's calibration (a :class:`~robot_stack.teleop.leader.JointMap`: offsets and
-            signs of the five joints, the jaw's raw open/closed positions).
-        lower, upper: (5,) joint limits from the robot model, rad.
-        stroke_m: the jaw's opening at full stroke, m (for ``gripper_width``).
+    bus: a :class:`~robot_stack.drivers.feetech.FeetechBus` on ids 1-5 + the jaw's.
+    jmap: the arm's calibration (a :class:`~robot_stack.teleop.leader.JointMap`: offsets and
+        signs of the five joints, the jaw's raw open/closed positions).
+    lower, upper: (5,) joint limits from the robot model, rad.
+    stroke_m: the jaw's opening at full stroke, m (for ``gripper_width``).
     """
 
     def __init__(self, bus, jmap, lower: np.ndarray, upper: np.ndarray, stroke_m: float):
@@ -87,8 +87,12 @@ class So101Config(DeviceConfig):
     extra = "feetech"
     requires = ("scservo_sdk",)
     port: str = Field("/dev/ttyACM0", description="serial port of the servo bus")
-    ids: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5, 6], min_length=6, max_length=6,
-                           description="servo ids: five joints in order, then the jaw")
+    ids: list[int] = Field(
+        default_factory=lambda: [1, 2, 3, 4, 5, 6],
+        min_length=6,
+        max_length=6,
+        description="servo ids: five joints in order, then the jaw",
+    )
     baudrate: int = 1_000_000
     calibration: str = Field(..., description="calibration file (arms.<name> section)")
     name: str = Field("so101_follower", description="name of its calibration entry")

@@ -73,8 +73,12 @@ class SpyArmDriver(ArmDriver):
     def save(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
-        np.savez(tmp, t_ns=np.array(self._t, np.int64),
-                 q=np.array(self._q, np.float64).reshape(-1, self.n_joints), gripper=np.array(self._g, np.float64))
+        np.savez(
+            tmp,
+            t_ns=np.array(self._t, np.int64),
+            q=np.array(self._q, np.float64).reshape(-1, self.n_joints),
+            gripper=np.array(self._g, np.float64),
+        )
         tmp.replace(self.path)
         return self.path
 

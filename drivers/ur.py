@@ -53,10 +53,21 @@ from .arm import ArmDriver, ArmDriverError, JointReading
 
 log = logging.getLogger(__name__)
 
-SAFETY_MODES = {1: "normal", 2: "reduced", 3: "protective stop", 4: "recovery", 5: "safeguard stop",
-                6: "system emergency stop", 7: "robot emergency stop", 8: "violation", 9: "fault",
-                10: "validate joint id", 11: "undefined safety mode", 12: "automatic mode safeguard stop",
-                13: "system three position enabling stop"}
+SAFETY_MODES = {
+    1: "normal",
+    2: "reduced",
+    3: "protective stop",
+    4: "recovery",
+    5: "safeguard stop",
+    6: "system emergency stop",
+    7: "robot emergency stop",
+    8: "violation",
+    9: "fault",
+    10: "validate joint id",
+    11: "undefined safety mode",
+    12: "automatic mode safeguard stop",
+    13: "system three position enabling stop",
+}
 
 
 class UrDriver(ArmDriver):
@@ -75,9 +86,19 @@ class UrDriver(ArmDriver):
 
     n_joints = 6
 
-    def __init__(self, host: str, frequency: float = 500.0, lookahead_time: float = 0.1, gain: float = 300.0,
-                 watchdog_hz: float = 10.0, auto_recover: bool = False, recover_timeout_s: float = 15.0,
-                 lower: np.ndarray | None = None, upper: np.ndarray | None = None, gripper_port: str | None = None):
+    def __init__(
+        self,
+        host: str,
+        frequency: float = 500.0,
+        lookahead_time: float = 0.1,
+        gain: float = 300.0,
+        watchdog_hz: float = 10.0,
+        auto_recover: bool = False,
+        recover_timeout_s: float = 15.0,
+        lower: np.ndarray | None = None,
+        upper: np.ndarray | None = None,
+        gripper_port: str | None = None,
+    ):
         self.host, self.frequency = host, float(frequency)
         self.lookahead, self.gain, self.watchdog_hz = float(lookahead_time), float(gain), float(watchdog_hz)
         self.auto_recover, self.recover_timeout_s = auto_recover, recover_timeout_s
@@ -172,8 +193,14 @@ class UrDriver(ArmDriver):
     def stop(self) -> None:
         """servoStop, stop the control script, disconnect (the controller holds the arm)."""
         self._grip_stop.set()
-        for fn in (lambda: self.gripper.close(), lambda: self.ctl.servoStop(), lambda: self.ctl.stopScript(), lambda: self.ctl.disconnect(),
-                   lambda: self.rx.disconnect(), lambda: self.dash.disconnect()):
+        for fn in (
+            lambda: self.gripper.close(),
+            lambda: self.ctl.servoStop(),
+            lambda: self.ctl.stopScript(),
+            lambda: self.ctl.disconnect(),
+            lambda: self.rx.disconnect(),
+            lambda: self.dash.disconnect(),
+        ):
             try:
                 fn()
             except Exception:  # noqa: BLE001  (best effort at shutdown: the robot may be gone already)
@@ -212,8 +239,13 @@ class UrDriver(ArmDriver):
         if ts != self._last_ts or self._last is None:
             self._last_ts = ts
             stamp = self.clock.map(int(ts * 1e9), now_ns())
-            self._last = JointReading(stamp, np.array(self.rx.getActualQ()), np.array(self.rx.getActualQd()),
-                                      self._grip_width, wrench=np.array(self.rx.getActualTCPForce(), np.float64))
+            self._last = JointReading(
+                stamp,
+                np.array(self.rx.getActualQ()),
+                np.array(self.rx.getActualQd()),
+                self._grip_width,
+                wrench=np.array(self.rx.getActualTCPForce(), np.float64),
+            )
         return self._last
 
     def command(self, q: np.ndarray, gripper_open: float) -> None:
@@ -235,9 +267,14 @@ class UrDriver(ArmDriver):
     def loop_stats(self) -> dict[str, float]:
         m = {"ur.faults": float(self.faults), "ur.recoveries": float(self.recoveries)}
         if self.rx is not None:
-            m.update({"ur.safety_mode": float(self.rx.getSafetyMode()), "ur.robot_mode": float(self.rx.getRobotMode()),
-                      "ur.safety_status_bits": float(self.rx.getSafetyStatusBits()),
-                      "ur.robot_status_bits": float(self.rx.getRobotStatus())})
+            m.update(
+                {
+                    "ur.safety_mode": float(self.rx.getSafetyMode()),
+                    "ur.robot_mode": float(self.rx.getRobotMode()),
+                    "ur.safety_status_bits": float(self.rx.getSafetyStatusBits()),
+                    "ur.robot_status_bits": float(self.rx.getRobotStatus()),
+                }
+            )
         return m
 
     # ------------------------------------------------------------------------------- recovery
@@ -264,13 +301,16 @@ class UrDriver(ArmDriver):
                 if int(self.rx.getSafetyMode()) != 3:
                     break
                 if time.monotonic() > deadline:
-                    log.error("UR recovery: protective stop still locked after %.0f s (%s)", self.recover_timeout_s,
-                              reply)
+                    log.error(
+                        "UR recovery: protective stop still locked after %.0f s (%s)", self.recover_timeout_s, reply
+                    )
                     return
                 time.sleep(0.5)
             if int(self.rx.getSafetyMode()) not in (1, 2):
-                log.error("UR recovery: safety mode %s needs a person at the pendant",
-                          SAFETY_MODES.get(int(self.rx.getSafetyMode())))
+                log.error(
+                    "UR recovery: safety mode %s needs a person at the pendant",
+                    SAFETY_MODES.get(int(self.rx.getSafetyMode())),
+                )
                 return
             self.dash.closeSafetyPopup()
             with self._lock:
@@ -296,7 +336,9 @@ class UrConfig(DeviceConfig):
     extra = "ur"
     requires = ("rtde_control", "rtde_receive", "dashboard_client")
     robot_ip: str = "192.168.1.102"
-    frequency: float = Field(500.0, description="RTDE rate, Hz: 500 e-Series, 125 CB3 (-1: from the controller version)")
+    frequency: float = Field(
+        500.0, description="RTDE rate, Hz: 500 e-Series, 125 CB3 (-1: from the controller version)"
+    )
     lookahead_time: float = Field(0.1, ge=0.03, le=0.2, description="servoJ lookahead time, s")
     gain: float = Field(300.0, ge=100, le=2000, description="servoJ proportional gain")
     watchdog_hz: float = Field(10.0, ge=0, description="RTDE watchdog minimum frequency, Hz (0: off)")
@@ -312,6 +354,15 @@ class UrConfig(DeviceConfig):
         from robot_stack.control.robot_model import RobotModel
 
         m = RobotModel.load(params.robot_name(ctx.config))
-        return UrDriver(self.robot_ip, self.frequency, self.lookahead_time, self.gain, self.watchdog_hz,
-                        self.auto_recover, self.recover_timeout_s, lower=m.lower, upper=m.upper,
-                        gripper_port=self.gripper_port)
+        return UrDriver(
+            self.robot_ip,
+            self.frequency,
+            self.lookahead_time,
+            self.gain,
+            self.watchdog_hz,
+            self.auto_recover,
+            self.recover_timeout_s,
+            lower=m.lower,
+            upper=m.upper,
+            gripper_port=self.gripper_port,
+        )

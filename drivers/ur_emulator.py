@@ -104,8 +104,9 @@ class UrController:
         max_joint_speed: servoJ speed limit, rad/s (UR5e datasheet: 180 deg/s every joint).
     """
 
-    def __init__(self, robot: str = "ur5e_robotiq", unlock_delay_s: float = 5.0, max_joint_speed: float = 3.1416,
-                 world=None):
+    def __init__(
+        self, robot: str = "ur5e_robotiq", unlock_delay_s: float = 5.0, max_joint_speed: float = 3.1416, world=None
+    ):
         from robot_stack.drivers.sim_model import SceneSpec
         from robot_stack.drivers.sim_world import SimWorld
 
@@ -131,8 +132,14 @@ class UrController:
         self.watchdog_trip_gap_ms = 0.0  # time from the last feed to the last watchdog stop, ms
         self.protective_stop_at: float | None = None
         self.t0 = _now_s()
-        self.counters = {"protective_stops": 0, "watchdog_stops": 0, "programs": 0, "unsupported_commands": 0,
-                         "servoj": 0, "disconnect_stops": 0}
+        self.counters = {
+            "protective_stops": 0,
+            "watchdog_stops": 0,
+            "programs": 0,
+            "unsupported_commands": 0,
+            "servoj": 0,
+            "disconnect_stops": 0,
+        }
         self.messages: list[str] = []  # what a teach pendant would show (tests read it)
         self.feed_gaps_ms: collections.deque = collections.deque(maxlen=2000)  # command-register write gaps, ms
 
@@ -242,8 +249,11 @@ class UrController:
             self.executing = False
             self.watchdog_hz = 0.0
             self.reg.out_int[self.reg_offset_int] = READY
-            log.info("program rtde_control started (register offsets int %d, double %d)",
-                     self.reg_offset_int, self.reg_offset_double)
+            log.info(
+                "program rtde_control started (register offsets int %d, double %d)",
+                self.reg_offset_int,
+                self.reg_offset_double,
+            )
 
     def _stop_program(self, why: str) -> None:
         if self.program is not None:
@@ -284,8 +294,10 @@ class UrController:
             speed = np.abs(q - ref) / t
             if np.any(speed > self.max_joint_speed):
                 j = int(np.argmax(speed))
-                self._protective_stop(f"C153A1: joint {j} speed {speed[j]:.2f} rad/s over the limit "
-                                      f"{self.max_joint_speed:.2f} rad/s (servoj target)")
+                self._protective_stop(
+                    f"C153A1: joint {j} speed {speed[j]:.2f} rad/s over the limit "
+                    f"{self.max_joint_speed:.2f} rad/s (servoj target)"
+                )
                 return True
             self.servo_target, self.servo_t = q, t
             self.last_servo = q
@@ -332,8 +344,10 @@ class UrController:
             if self.safety_mode != SAFETY_PROTECTIVE_STOP:
                 return "Protective stop releasing"  # a no-op on a real controller too
             if _now_s() - (self.protective_stop_at or 0) < self.unlock_delay_s:
-                return (f"Cannot unlock protective stop until {self.unlock_delay_s:g}s after occurrence. "
-                        "Always inspect cause of protective stop before unlocking")
+                return (
+                    f"Cannot unlock protective stop until {self.unlock_delay_s:g}s after occurrence. "
+                    "Always inspect cause of protective stop before unlocking"
+                )
             self.safety_mode = SAFETY_NORMAL
             return "Protective stop releasing"
 
@@ -358,10 +372,18 @@ class UrController:
                 self.counters["watchdog_stops"] += 1
                 self.watchdog_trip_gap_ms = (now - self.watchdog_fed_s) * 1e3  # feed -> trip, as this loop saw it
                 g = np.array(self.feed_gaps_ms or [0.0])
-                log.warning("watchdog: command-register write gaps before the trip: p50 %.1f ms, p99 %.1f ms, "
-                            "max %.1f ms over %d writes", np.percentile(g, 50), np.percentile(g, 99), g.max(), len(g))
-                self._stop_program(f"RTDE watchdog: input_int_register_{self.reg_offset_int} not updated for "
-                                   f"{(now - self.watchdog_fed_s) * 1e3:.0f} ms (min frequency {self.watchdog_hz:g} Hz)")
+                log.warning(
+                    "watchdog: command-register write gaps before the trip: p50 %.1f ms, p99 %.1f ms, "
+                    "max %.1f ms over %d writes",
+                    np.percentile(g, 50),
+                    np.percentile(g, 99),
+                    g.max(),
+                    len(g),
+                )
+                self._stop_program(
+                    f"RTDE watchdog: input_int_register_{self.reg_offset_int} not updated for "
+                    f"{(now - self.watchdog_fed_s) * 1e3:.0f} ms (min frequency {self.watchdog_hz:g} Hz)"
+                )
             if self.running:
                 self._program_step()
             prev = self.q_target.copy()
@@ -402,8 +424,10 @@ def check_loopback(host: str) -> None:
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError(f"the UR emulator listens on loopback addresses only (127.0.0.0/8), not {host!r}: "
-                         "RTDE and the dashboard carry no authentication")
+        raise ValueError(
+            f"the UR emulator listens on loopback addresses only (127.0.0.0/8), not {host!r}: "
+            "RTDE and the dashboard carry no authentication"
+        )
 
 
 def script_commands(text: str) -> dict[int, str]:
@@ -419,13 +443,13 @@ def script_commands(text: str) -> dict[int, str]:
                 n = int(s.split("==", 1)[1].rstrip(":").strip())
             except ValueError:
                 continue
-            for nxt in lines[i + 1:i + 3]:
+            for nxt in lines[i + 1 : i + 3]:
                 t = nxt.strip()
                 if t.startswith("#"):
                     out[n] = t.lstrip("# ").split()[0] if t.lstrip("# ") else ""
                     break
                 if t.startswith("textmsg(\""):
-                    out[n] = t[len("textmsg(\""):].split("\"")[0].strip()
+                    out[n] = t[len("textmsg(\"") :].split("\"")[0].strip()
                     break
     return out
 
@@ -553,7 +577,7 @@ class UrEmulator:
         self._listeners: list[socket.socket] = []
         self.refused_recipes: list[str] = []
 
-    def start(self, own_loop: bool = True) -> "UrEmulator":
+    def start(self, own_loop: bool = True) -> UrEmulator:
         """Listen; ``own_loop``: run the 500 Hz controller loop here (False: the caller calls
         :meth:`UrController.control`, steps the world and calls :meth:`stream` each period).
 
@@ -562,8 +586,11 @@ class UrEmulator:
             OSError: a port is taken.
         """
         check_loopback(self.host)
-        for port, handler in ((RTDE_PORT, self._rtde_client), (DASHBOARD_PORT, self._dashboard_client),
-                              (SCRIPT_PORT, self._script_client)):
+        for port, handler in (
+            (RTDE_PORT, self._rtde_client),
+            (DASHBOARD_PORT, self._dashboard_client),
+            (SCRIPT_PORT, self._script_client),
+        ):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((self.host, port))
@@ -573,8 +600,9 @@ class UrEmulator:
             self._spawn(self._accept, s, handler)
         if own_loop:
             self._spawn(self._loop)
-        log.info("UR emulator on %s (RTDE %d, dashboard %d, script %d)", self.host, RTDE_PORT, DASHBOARD_PORT,
-                 SCRIPT_PORT)
+        log.info(
+            "UR emulator on %s (RTDE %d, dashboard %d, script %d)", self.host, RTDE_PORT, DASHBOARD_PORT, SCRIPT_PORT
+        )
         return self
 
     def _spawn(self, fn, *args) -> None:
@@ -604,7 +632,7 @@ class UrEmulator:
         while not self._stop.is_set():
             try:
                 conn, _ = listener.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -660,7 +688,7 @@ class UrEmulator:
                     if not chunk:
                         break
                     buf += chunk
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     if buf:
                         self.ctl.load_script(buf.decode(errors="replace"))
                         buf = b""
@@ -724,8 +752,9 @@ class UrEmulator:
                 c.messages.append(cmd[6:])
                 return "showing popup"
             if low == "robotmode":
-                return "Robotmode: " + {ROBOT_POWER_OFF: "POWER_OFF", ROBOT_IDLE: "IDLE",
-                                        ROBOT_RUNNING: "RUNNING"}.get(c.robot_mode, "IDLE")
+                return "Robotmode: " + {ROBOT_POWER_OFF: "POWER_OFF", ROBOT_IDLE: "IDLE", ROBOT_RUNNING: "RUNNING"}.get(
+                    c.robot_mode, "IDLE"
+                )
             if low == "safetymode":
                 return "Safetymode: " + ("PROTECTIVE_STOP" if c.safety_mode == SAFETY_PROTECTIVE_STOP else "NORMAL")
             if low == "safetystatus":
@@ -753,10 +782,17 @@ class UrEmulator:
             if low == "emulator status":
                 import json
 
-                return json.dumps({**c.counters, "running": c.running, "safety_mode": c.safety_mode,
-                                   "watchdog_trip_gap_ms": round(c.watchdog_trip_gap_ms, 1),
-                                   "refused_recipes": self.refused_recipes, "script_commands": script_commands(c.script),
-                                   "q_target": [round(float(x), 6) for x in c.q_target]})
+                return json.dumps(
+                    {
+                        **c.counters,
+                        "running": c.running,
+                        "safety_mode": c.safety_mode,
+                        "watchdog_trip_gap_ms": round(c.watchdog_trip_gap_ms, 1),
+                        "refused_recipes": self.refused_recipes,
+                        "script_commands": script_commands(c.script),
+                        "q_target": [round(float(x), 6) for x in c.q_target],
+                    }
+                )
         return f"could not understand: '{cmd}'"
 
 

@@ -33,7 +33,8 @@ class CheckpointConfig(DeviceConfig):
     noise_scale: float = Field(1.0, ge=0, description="scale of the sampler's initial noise (0: deterministic chunks)")
     device: str | None = Field(None, description="torch device (None: cuda when available, else cpu)")
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = Field(
-        "none", description="torch.compile mode (reduce-overhead: CUDA graphs on a GPU); the first chunk compiles")
+        "none", description="torch.compile mode (reduce-overhead: CUDA graphs on a GPU); the first chunk compiles"
+    )
 
     def build(self, ctx, params):
         from robot_stack.policies.generative import GenerativePolicy, TorchDenoiser, load_checkpoint
@@ -42,8 +43,10 @@ class CheckpointConfig(DeviceConfig):
             import torch
 
             if not torch.cuda.is_available():
-                raise ValueError(f"backend device {self.device}: this torch sees no GPU "
-                                 f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+                raise ValueError(
+                    f"backend device {self.device}: this torch sees no GPU "
+                    f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})"
+                )
         model, _ = load_checkpoint(Path(self.path))
         backend = TorchDenoiser(model, device=self.device, compile=self.compile)
         log.info("serving %s (%s, torch on %s)", self.path, model.cfg.kind, backend.device)

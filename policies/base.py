@@ -75,8 +75,9 @@ class Policy(ABC):
     last_frozen: int = -1
 
     @abstractmethod
-    def predict(self, obs: dict[str, np.ndarray], committed_prefix: np.ndarray | None = None,
-                frozen: int | None = None) -> np.ndarray:
+    def predict(
+        self, obs: dict[str, np.ndarray], committed_prefix: np.ndarray | None = None, frozen: int | None = None
+    ) -> np.ndarray:
         """Action chunk (H, action_dim) float32 for a validated observation window.
 
         Args:
@@ -87,8 +88,12 @@ class Policy(ABC):
                 chunk says), the rest is guidance over the overlap; None: all k are committed.
         """
 
-    def predict_batch(self, obs: list[dict[str, np.ndarray]], committed_prefixes: list[np.ndarray | None] | None = None,
-                      frozens: list[int | None] | None = None) -> list[tuple[np.ndarray, int]]:
+    def predict_batch(
+        self,
+        obs: list[dict[str, np.ndarray]],
+        committed_prefixes: list[np.ndarray | None] | None = None,
+        frozens: list[int | None] | None = None,
+    ) -> list[tuple[np.ndarray, int]]:
         """Answer B requests at once (dynamic batching): per request, the chunk (H, action_dim)
         float32 and its ``last_frozen`` (d the chunk followed, -1: none), in request order. Each
         request is answered as :meth:`predict` would answer it alone; nothing of one request

@@ -71,7 +71,7 @@ def shard(rows: np.ndarray, place: Place) -> np.ndarray:
     """
     if len(rows) % place.world:
         raise ValueError(f"batch_size {len(rows)} does not split over {place.world} ranks")
-    return rows[place.rank::place.world]
+    return rows[place.rank :: place.world]
 
 
 def mean_over_ranks(x: float, place: Place) -> float:
@@ -130,12 +130,22 @@ def wrap(model: torch.nn.Module, place: Place) -> torch.nn.Module:
         return m
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(m, device_ids=[int(place.device.split(":")[1])] if place.device.startswith("cuda") else None)
+    return DistributedDataParallel(
+        m, device_ids=[int(place.device.split(":")[1])] if place.device.startswith("cuda") else None
+    )
 
 
 def torchrun_argv(nproc: int, module_argv: list[str]) -> list[str]:
     """The command that runs ``python -m robot_stack.cli <module_argv>`` on ``nproc`` local ranks."""
     import sys
 
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "robot_stack.cli", *module_argv]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "robot_stack.cli",
+        *module_argv,
+    ]

@@ -41,8 +41,16 @@ def slow_plans(model, samples, batch: int = 32, seed: int = 0) -> np.ndarray:
     return np.array(out)
 
 
-def fast_dataset(paths: list[Path], model, window: int = 5, rate_hz: float = 50.0, slow_rate_hz: float = 10.0,
-                 latency_s: float = 0.05, contact_n: float = 0.5, console=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fast_dataset(
+    paths: list[Path],
+    model,
+    window: int = 5,
+    rate_hz: float = 50.0,
+    slow_rate_hz: float = 10.0,
+    latency_s: float = 0.05,
+    contact_n: float = 0.5,
+    console=None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(X (M, 6 window + 1) float32, Y (M, 3) velocity residuals m/s, episode (M,)) from the
     contact samples of ``paths``.
 
@@ -84,9 +92,19 @@ def fast_dataset(paths: list[Path], model, window: int = 5, rate_hz: float = 50.
     return np.array(xs, np.float32), np.array(ys, np.float32), np.array(eps)
 
 
-def train_fast(policy_path: str | Path, episodes: list[Path], out: str | Path, window: int = 5, rate_hz: float = 50.0,
-               steps: int = 3000, hidden: int = 64, val_fraction: float = 0.15, seed: int = 0,
-               max_correction_m: float = 0.03, console=None) -> dict:
+def train_fast(
+    policy_path: str | Path,
+    episodes: list[Path],
+    out: str | Path,
+    window: int = 5,
+    rate_hz: float = 50.0,
+    steps: int = 3000,
+    hidden: int = 64,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    max_correction_m: float = 0.03,
+    console=None,
+) -> dict:
     """Fit the fast layer for the slow policy ``policy_path`` on ``episodes``; write ``out``
     (.safetensors, :meth:`FastCorrector.save`). Returns a summary: the velocity residual's RMS
     (mm/s) on the held-out episodes with no correction and with the fast layer, samples, time.
@@ -107,30 +125,44 @@ def train_fast(policy_path: str | Path, episodes: list[Path], out: str | Path, w
     tr = ~val if n_val else np.ones(len(ep), bool)
     x_mean, x_std = x[tr].mean(0), x[tr].std(0) + 1e-3
     y_scale = np.maximum(y[tr].std(0), 1e-3)
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden),
-                              torch.nn.Tanh(), torch.nn.Linear(hidden, 3))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], hidden),
+        torch.nn.Tanh(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.Tanh(),
+        torch.nn.Linear(hidden, 3),
+    )
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     xt = torch.from_numpy((x - x_mean) / x_std)
     yt = torch.from_numpy(y / y_scale)
     idx = np.flatnonzero(tr)
     rng = np.random.default_rng(seed)
-    for i in range(steps):
+    for _ in range(steps):
         b = torch.from_numpy(rng.choice(idx, size=min(256, len(idx))))
         loss = torch.nn.functional.mse_loss(net(xt[b]), yt[b])
         opt.zero_grad()
         loss.backward()
         opt.step()
     layers = [m for m in net if isinstance(m, torch.nn.Linear)]
-    fc = FastCorrector([(m.weight.detach().numpy().astype(np.float64), m.bias.detach().numpy().astype(np.float64))
-                        for m in layers], x_mean.astype(np.float64), x_std.astype(np.float64),
-                       y_scale.astype(np.float64), window, rate_hz, max_correction_m)
+    fc = FastCorrector(
+        [(m.weight.detach().numpy().astype(np.float64), m.bias.detach().numpy().astype(np.float64)) for m in layers],
+        x_mean.astype(np.float64),
+        x_std.astype(np.float64),
+        y_scale.astype(np.float64),
+        window,
+        rate_hz,
+        max_correction_m,
+    )
     fc.save(out)
     rows = val if n_val else tr
     pred = np.array([fc(v) for v in x[rows]])
-    summary = {"fast_samples": int(len(x)), "val_episodes": int(n_val),
-               "residual_rms_mm_s_without": float(np.sqrt((y[rows] ** 2).sum(1).mean()) * 1e3),
-               "residual_rms_mm_s_with": float(np.sqrt(((y[rows] - pred) ** 2).sum(1).mean()) * 1e3),
-               "residual_z_rms_mm_s_without": float(np.sqrt((y[rows, 2] ** 2).mean()) * 1e3),
-               "residual_z_rms_mm_s_with": float(np.sqrt(((y[rows, 2] - pred[:, 2]) ** 2).mean()) * 1e3),
-               "train_time_s": round(time.perf_counter() - t0, 1)}
+    summary = {
+        "fast_samples": int(len(x)),
+        "val_episodes": int(n_val),
+        "residual_rms_mm_s_without": float(np.sqrt((y[rows] ** 2).sum(1).mean()) * 1e3),
+        "residual_rms_mm_s_with": float(np.sqrt(((y[rows] - pred) ** 2).sum(1).mean()) * 1e3),
+        "residual_z_rms_mm_s_without": float(np.sqrt((y[rows, 2] ** 2).mean()) * 1e3),
+        "residual_z_rms_mm_s_with": float(np.sqrt(((y[rows, 2] - pred[:, 2]) ** 2).mean()) * 1e3),
+        "train_time_s": round(time.perf_counter() - t0, 1),
+    }
     return summary

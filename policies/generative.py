@@ -115,24 +115,37 @@ class ModelConfig:
         self.image_hw, self.widths = tuple(self.image_hw), tuple(self.widths)
         self.depth_layers = tuple(self.depth_layers)
         self.points_lo, self.points_hi = tuple(self.points_lo), tuple(self.points_hi)
-        low = {"sample_steps": 1, "obs_horizon": 1, "horizon": 4, "enc_base": 4, "n_points": 16, "proprio_dim": 1,
-               "action_dim": 1, "scales": 1}
+        low = {
+            "sample_steps": 1,
+            "obs_horizon": 1,
+            "horizon": 4,
+            "enc_base": 4,
+            "n_points": 16,
+            "proprio_dim": 1,
+            "action_dim": 1,
+            "scales": 1,
+        }
         for k, lo in low.items():
             if getattr(self, k) < lo:
                 raise ValueError(f"{k} must be at least {lo}, got {getattr(self, k)}")
         if self.scales > 4 or self.dt <= 0 or self.dispersive_weight < 0 or not self.cameras:
-            raise ValueError(f"scales must be 1..4, dt > 0, dispersive_weight >= 0 and a camera named, got scales "
-                             f"{self.scales}, dt {self.dt}, dispersive_weight {self.dispersive_weight}, cameras {self.cameras}")
+            raise ValueError(
+                f"scales must be 1..4, dt > 0, dispersive_weight >= 0 and a camera named, got scales "
+                f"{self.scales}, dt {self.dt}, dispersive_weight {self.dispersive_weight}, cameras {self.cameras}"
+            )
         if len(self.points_lo) != 3 or len(self.points_hi) != 3:
             raise ValueError(f"points_lo and points_hi are x y z (m), got {self.points_lo}, {self.points_hi}")
         if self.action_frame not in ("absolute", "relative", "relative_xy"):
             raise ValueError(f"action_frame must be 'absolute', 'relative' or 'relative_xy', got {self.action_frame!r}")
         if self.action_frame != "absolute" and (self.action_dim % 8 or self.proprio_dim != self.action_dim):
-            raise ValueError("action_frame relative needs the state and action layout of 8 values per arm "
-                             f"(proprio_dim {self.proprio_dim}, action_dim {self.action_dim})")
+            raise ValueError(
+                "action_frame relative needs the state and action layout of 8 values per arm "
+                f"(proprio_dim {self.proprio_dim}, action_dim {self.action_dim})"
+            )
         if not 0 <= self.rtc_max_prefix <= self.horizon // 2:
-            raise ValueError(f"rtc_max_prefix {self.rtc_max_prefix} must be in 0..H/2 = {self.horizon // 2} "
-                             "(d <= s <= H - d)")
+            raise ValueError(
+                f"rtc_max_prefix {self.rtc_max_prefix} must be in 0..H/2 = {self.horizon // 2} (d <= s <= H - d)"
+            )
         if any(m not in ("rgb", "depth", "rgbd", "points", "layered") for m in self.cameras.values()):
             raise ValueError(f"camera modes must be rgb, depth, rgbd, points or layered, got {self.cameras}")
         if len(self.depth_layers) < 2 or any(b <= a for a, b in zip(self.depth_layers, self.depth_layers[1:])):
@@ -165,7 +178,7 @@ class ModelConfig:
         """The input mode of a one-camera model's camera (rgb, depth, rgbd, points, layered)."""
         return self.cameras[self.camera]
 
-    def with_arms(self, arms: int | list[str]) -> "ModelConfig":
+    def with_arms(self, arms: int | list[str]) -> ModelConfig:
         """This config for ``arms`` arms: 8 state and 8 action values per arm (the data's layout);
         given the recorded arm nodes (in action order; ``[""]`` for one arm), the action dimensions
         are named after them too (``control.features.action_names``), so a controller matches them
@@ -181,13 +194,17 @@ class ModelConfig:
         want = 8 * arms
         for k in ("proprio_dim", "action_dim"):
             if getattr(self, k) not in (8, want):
-                raise ValueError(f"model.{k} {getattr(self, k)}: the episodes have {arms} arm(s), {want} values "
-                                 "(it is taken from them; leave it out)")
+                raise ValueError(
+                    f"model.{k} {getattr(self, k)}: the episodes have {arms} arm(s), {want} values "
+                    "(it is taken from them; leave it out)"
+                )
         return dataclasses.replace(self, proprio_dim=want, action_dim=want, action_names=names or self.action_names)
 
     def channels(self) -> dict[str, int]:
         k_layers = 4 * (len(self.depth_layers) - 1)
-        return {k: {"rgb": 3, "depth": 1, "rgbd": 4, "points": 3, "layered": k_layers}[v] for k, v in self.cameras.items()}
+        return {
+            k: {"rgb": 3, "depth": 1, "rgbd": 4, "points": 3, "layered": k_layers}[v] for k, v in self.cameras.items()
+        }
 
 
 #: pydantic (``robot-stack train`` settings) validates this dataclass by its annotations; unknown keys are refused
@@ -200,12 +217,20 @@ class GenerativePolicyModel(torch.nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.net = PolicyNet(cfg.channels(), cfg.proprio_dim, cfg.obs_horizon, cfg.action_dim,
-                             enc_base=cfg.enc_base, widths=cfg.widths, prefix_mask=cfg.rtc_max_prefix > 0,
-                             point_cameras=tuple(k for k, m in cfg.cameras.items() if m == "points"),
-                             multiscale_cameras=tuple(k for k, m in cfg.cameras.items() if m == "layered"),
-                             scales=cfg.scales, progress_from="ddim" if cfg.kind == "ddim" else "flow",
-                             t_scale=cfg.time_scale)
+        self.net = PolicyNet(
+            cfg.channels(),
+            cfg.proprio_dim,
+            cfg.obs_horizon,
+            cfg.action_dim,
+            enc_base=cfg.enc_base,
+            widths=cfg.widths,
+            prefix_mask=cfg.rtc_max_prefix > 0,
+            point_cameras=tuple(k for k, m in cfg.cameras.items() if m == "points"),
+            multiscale_cameras=tuple(k for k, m in cfg.cameras.items() if m == "layered"),
+            scales=cfg.scales,
+            progress_from="ddim" if cfg.kind == "ddim" else "flow",
+            t_scale=cfg.time_scale,
+        )
         self.register_buffer("a_min", -torch.ones(cfg.action_dim))
         self.register_buffer("a_max", torch.ones(cfg.action_dim))
         self.sampler = {"ddim": lambda: DDIM(cfg.train_steps), "flow": Flow, "meanflow": MeanFlow}[cfg.kind]()
@@ -222,8 +247,11 @@ class GenerativePolicyModel(torch.nn.Module):
                 continue
             chans = []
             if mode == "layered":
-                chans = [depth_layers(np.asarray(obs[f"{cam}.color"]), np.asarray(obs[f"{cam}.depth"]),
-                                      self.cfg.depth_layers)]
+                chans = [
+                    depth_layers(
+                        np.asarray(obs[f"{cam}.color"]), np.asarray(obs[f"{cam}.depth"]), self.cfg.depth_layers
+                    )
+                ]
             if mode in ("rgb", "rgbd"):
                 chans.append(torch.from_numpy(np.asarray(obs[f"{cam}.color"], np.float32) / 255.0).permute(0, 3, 1, 2))
             if mode in ("depth", "rgbd"):
@@ -238,11 +266,17 @@ class GenerativePolicyModel(torch.nn.Module):
     def metadata(self) -> PolicyMetadata:
         c = self.cfg
         shapes = {"state": ((c.proprio_dim,), "<f4")}
-        return PolicyMetadata(obs_shapes=shapes, obs_horizon=c.obs_horizon, horizon=c.horizon,
-                              action_dim=c.action_dim, action_space="ee_pose+gripper", dt=c.dt,
-                              supports_prefix=True, points={k: self.point_spec().to_dict()
-                                                            for k, m in c.cameras.items() if m == "points"},
-                              action_names=tuple(c.action_names))
+        return PolicyMetadata(
+            obs_shapes=shapes,
+            obs_horizon=c.obs_horizon,
+            horizon=c.horizon,
+            action_dim=c.action_dim,
+            action_space="ee_pose+gripper",
+            dt=c.dt,
+            supports_prefix=True,
+            points={k: self.point_spec().to_dict() for k, m in c.cameras.items() if m == "points"},
+            action_names=tuple(c.action_names),
+        )
 
     def point_spec(self):
         """The :class:`~robot_stack.control.features.PointCloudSpec` of this model's "points" cameras."""
@@ -297,8 +331,11 @@ class GenerativePolicyModel(torch.nn.Module):
         e = torch.where(torch.rand(b, device=x1.device) < self.cfg.meanflow_ratio, e, s)
         xs, v = self.sampler.training_pair(x1, noise, s, e)
         tt = torch.stack([s, e], dim=1)
-        u, du = torch.func.jvp(lambda x, t: self.net(x, t, cond), (xs, tt), (v, torch.stack(
-            [torch.ones_like(s), torch.zeros_like(e)], dim=1)))
+        u, du = torch.func.jvp(
+            lambda x, t: self.net(x, t, cond),
+            (xs, tt),
+            (v, torch.stack([torch.ones_like(s), torch.zeros_like(e)], dim=1)),
+        )
         target = (v + (e - s)[:, None, None] * du).detach()
         err = ((u - target) ** 2).mean(dim=(1, 2))
         return (err / (err.detach() + 1e-3)).mean()
@@ -462,8 +499,11 @@ class TorchDenoiser:
 
         def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return self._net(torch.from_numpy(x).to(self.device), torch.from_numpy(t).to(self.device),
-                                 cond).cpu().numpy()
+                return (
+                    self._net(torch.from_numpy(x).to(self.device), torch.from_numpy(t).to(self.device), cond)
+                    .cpu()
+                    .numpy()
+                )
 
         def differentiable(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.model.net(x.to(self.device), t.to(self.device), cond).cpu()
@@ -480,8 +520,13 @@ class OnnxDenoiser:
 
         avail = ort.get_available_providers()
         missing = [p for p in (providers or []) if p not in avail]
-        wanted = [p for p in providers if p in avail] if providers else [
-            p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+        wanted = (
+            [p for p in providers if p in avail]
+            if providers
+            else [
+                p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider") if p in avail
+            ]
+        )
         if "CPUExecutionProvider" not in wanted:
             wanted.append("CPUExecutionProvider")
         enc, den = onnx_paths(path)
@@ -498,9 +543,11 @@ class OnnxDenoiser:
         dropped = missing + [p for p in wanted if p not in self.providers]
         self.fallback = None
         if dropped:
-            self.fallback = (f"ONNX Runtime: {', '.join(dropped)} not usable here (available: {', '.join(avail)}; "
-                             f"GPU providers need the onnxruntime-gpu package and the CUDA, cuDNN and TensorRT "
-                             f"libraries); running on {self.providers[0]}")
+            self.fallback = (
+                f"ONNX Runtime: {', '.join(dropped)} not usable here (available: {', '.join(avail)}; "
+                f"GPU providers need the onnxruntime-gpu package and the CUDA, cuDNN and TensorRT "
+                f"libraries); running on {self.providers[0]}"
+            )
             log.warning("%s", self.fallback)
         lead = self.denoiser.get_inputs()[0].shape[0]  # a name (dynamic) or an int (an older batch-1 export)
         self.max_batch = lead if isinstance(lead, int) else 1 << 30
@@ -529,21 +576,39 @@ def export_onnx(model: GenerativePolicyModel, path: str | Path, opset: int = 17)
     c = model.cfg
     model = model.eval()
     h, w = c.image_hw
-    images = tuple(torch.zeros(1, c.obs_horizon, c.n_points, 3) if c.cameras[k] == "points"
-                   else torch.zeros(1, c.obs_horizon, ch, h, w) for k, ch in c.channels().items())
+    images = tuple(
+        torch.zeros(1, c.obs_horizon, c.n_points, 3)
+        if c.cameras[k] == "points"
+        else torch.zeros(1, c.obs_horizon, ch, h, w)
+        for k, ch in c.channels().items()
+    )
     proprio = torch.zeros(1, c.obs_horizon, c.proprio_dim)
     enc, den = onnx_paths(path)
     enc_inputs = [f"image_{k}" for k in c.cameras] + ["proprio"]
-    torch.onnx.export(_Encode(model), (*images, proprio), str(enc),
-                      input_names=enc_inputs, output_names=["cond"], opset_version=opset, dynamo=False,
-                      dynamic_axes={n: {0: "batch"} for n in [*enc_inputs, "cond"]})
+    torch.onnx.export(
+        _Encode(model),
+        (*images, proprio),
+        str(enc),
+        input_names=enc_inputs,
+        output_names=["cond"],
+        opset_version=opset,
+        dynamo=False,
+        dynamic_axes={n: {0: "batch"} for n in [*enc_inputs, "cond"]},
+    )
     with torch.no_grad():
         cond = model.net.encode(list(images), proprio)
     x_dim = c.action_dim + int(c.rtc_max_prefix > 0)  # the prefix-mask channel (training-time RTC)
     t0 = torch.zeros(1, 2) if c.kind == "meanflow" else torch.zeros(1)  # MeanFlow: the interval (s, e)
-    torch.onnx.export(_Denoise(model), (torch.zeros(1, c.horizon, x_dim), t0, cond), str(den),
-                      input_names=["x", "t", "cond"], output_names=["out"], opset_version=opset, dynamo=False,
-                      dynamic_axes={n: {0: "batch"} for n in ("x", "t", "cond", "out")})
+    torch.onnx.export(
+        _Denoise(model),
+        (torch.zeros(1, c.horizon, x_dim), t0, cond),
+        str(den),
+        input_names=["x", "t", "cond"],
+        output_names=["out"],
+        opset_version=opset,
+        dynamo=False,
+        dynamic_axes={n: {0: "batch"} for n in ("x", "t", "cond", "out")},
+    )
     return Path(path)
 
 
@@ -582,8 +647,14 @@ class GenerativePolicy(Policy):
         self.metadata = PolicyMetadata(**{**self.metadata.__dict__, "obs_shapes": {**self.metadata.obs_shapes, **cams}})
         self.rng = np.random.default_rng(seed)
 
-    def predict(self, obs, committed_prefix=None, frozen: int | None = None, noise: np.ndarray | None = None,
-                guidance: str = "auto"):
+    def predict(
+        self,
+        obs,
+        committed_prefix=None,
+        frozen: int | None = None,
+        noise: np.ndarray | None = None,
+        guidance: str = "auto",
+    ):
         """Sample a chunk (H, D) float32 in world units.
 
         Args:
@@ -606,8 +677,9 @@ class GenerativePolicy(Policy):
         self.last_frozen = frozen_used
         return a
 
-    def predict_batch(self, obs, committed_prefixes=None, frozens=None, noise: np.ndarray | None = None,
-                      guidance: str = "auto"):
+    def predict_batch(
+        self, obs, committed_prefixes=None, frozens=None, noise: np.ndarray | None = None, guidance: str = "auto"
+    ):
         """B requests in one network evaluation per sampler step (dynamic batching); see
         :meth:`Policy.predict_batch`. Each request has its own noise row (drawn in request order from
         the policy's generator, so a batch draws what B single calls would), its own RTC prefix and
@@ -621,19 +693,23 @@ class GenerativePolicy(Policy):
         frs = frozens if frozens is not None else [None] * b
         if b <= getattr(self.backend, "max_batch", b):
             return self._sample(obs, pres, frs, noise, guidance)
-        return [self._sample([o], [p], [f], None if noise is None else noise[i:i + 1], guidance)[0]
-                for i, (o, p, f) in enumerate(zip(obs, pres, frs))]
+        return [
+            self._sample([o], [p], [f], None if noise is None else noise[i : i + 1], guidance)[0]
+            for i, (o, p, f) in enumerate(zip(obs, pres, frs))
+        ]
 
-    def _sample(self, obs: list, prefixes: list, frozens: list, noise: np.ndarray | None,
-                guidance: str) -> list[tuple[np.ndarray, int]]:
+    def _sample(
+        self, obs: list, prefixes: list, frozens: list, noise: np.ndarray | None, guidance: str
+    ) -> list[tuple[np.ndarray, int]]:
         """The sampler on B observation windows: [(chunk (H, D) float32 world units, d or -1)]."""
         from robot_stack.control.chunking import edge_padded, rtc_guidance_weights
 
         c = self.model.cfg
         b = len(obs)
         per_item = [self.model.images(o) for o in obs]
-        images = [torch.cat([imgs[j] for imgs in per_item]) if b > 1 else per_item[0][j]
-                  for j in range(len(per_item[0]))]
+        images = [
+            torch.cat([imgs[j] for imgs in per_item]) if b > 1 else per_item[0][j] for j in range(len(per_item[0]))
+        ]
         denoise = self.backend.bind(images, np.stack([np.asarray(o["state"], np.float32) for o in obs]))
         if noise is None:  # drawn even at scale 0: the generator's sequence does not depend on the scale
             noise = (self.noise_scale * self.rng.standard_normal((b, c.horizon, c.action_dim))).astype(np.float32)
@@ -667,8 +743,15 @@ class GenerativePolicy(Policy):
                 x[i, :d] = target[i, :d]
         else:
             x = self.model.sampler.sample(denoise, noise, c.sample_steps, guide=(target, w) if guided.any() else None)
-        return [(self.model.to_world(self.model.denormalize(x[i]), np.asarray(obs[i]["state"], np.float32)).astype(np.float32),
-                 int(ds[i]) if guided[i] else -1) for i in range(b)]
+        return [
+            (
+                self.model.to_world(self.model.denormalize(x[i]), np.asarray(obs[i]["state"], np.float32)).astype(
+                    np.float32
+                ),
+                int(ds[i]) if guided[i] else -1,
+            )
+            for i in range(b)
+        ]
 
 
 def prefix_conditioned(denoise, prefix: np.ndarray, d: np.ndarray, horizon: int):

@@ -37,8 +37,11 @@ class BasicBlock(nn.Module):
         self.n1 = group_norm(cout)
         self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.n2 = group_norm(cout)
-        self.skip = None if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), group_norm(cout))
+        self.skip = (
+            None
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), group_norm(cout))
+        )
 
     def forward(self, x):
         y = F.relu(self.n1(self.c1(x)))
@@ -68,8 +71,9 @@ class MultiScaleEncoder(nn.Module):
         if not 1 <= scales <= 4:
             raise ValueError(f"scales must be 1..4, got {scales}")
         w = [base, base * 2, base * 4, base * 8]
-        self.stem = nn.Sequential(nn.Conv2d(in_ch, w[0], 7, 2, 3, bias=False), group_norm(w[0]), nn.ReLU(),
-                                  nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_ch, w[0], 7, 2, 3, bias=False), group_norm(w[0]), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
         self.stages, c = nn.ModuleList(), w[0]
         for i, cw in enumerate(w):
             self.stages.append(nn.Sequential(BasicBlock(c, cw, 1 if i == 0 else 2), BasicBlock(cw, cw)))
@@ -84,7 +88,7 @@ class MultiScaleEncoder(nn.Module):
         for st in self.stages:
             h = st(h)
             maps.append(h)
-        feats = [o(self.pool(k(m))) for k, o, m in zip(self.keypoints, self.outs, maps[4 - self.scales:])]
+        feats = [o(self.pool(k(m))) for k, o, m in zip(self.keypoints, self.outs, maps[4 - self.scales :])]
         return torch.cat(feats[::-1], dim=-1)  # coarse (deepest) first
 
 
@@ -134,8 +138,9 @@ class ConvEncoder(nn.Module):
     def __init__(self, in_ch: int = 3, base: int = 16, out_dim: int = 64):
         super().__init__()
         w = [base, base * 2, base * 4, base * 8]
-        self.stem = nn.Sequential(nn.Conv2d(in_ch, w[0], 7, 2, 3, bias=False), group_norm(w[0]), nn.ReLU(),
-                                  nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_ch, w[0], 7, 2, 3, bias=False), group_norm(w[0]), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
         layers, c = [], w[0]
         for i, cw in enumerate(w):
             layers += [BasicBlock(c, cw, 1 if i == 0 else 2), BasicBlock(cw, cw)]
@@ -182,22 +187,37 @@ class FiLMBlock(nn.Module):
 class ConditionalUnet1D(nn.Module):
     """1-D U-Net over (B, D, H) with FiLM conditioning; H must be divisible by 4."""
 
-    def __init__(self, action_dim: int, cond_dim: int, widths=(64, 128, 256), t_dim: int = 64, in_dim: int | None = None,
-                 t_scale: float = 1000.0):
+    def __init__(
+        self,
+        action_dim: int,
+        cond_dim: int,
+        widths=(64, 128, 256),
+        t_dim: int = 64,
+        in_dim: int | None = None,
+        t_scale: float = 1000.0,
+    ):
         super().__init__()
         self.t_dim, self.t_scale = t_dim, t_scale
         cd = cond_dim + t_dim
         self.down = nn.ModuleList()
         c = in_dim or action_dim  # input channels: the actions, plus a prefix-mask channel (training-time RTC)
         for i, w in enumerate(widths):
-            self.down.append(nn.ModuleList([FiLMBlock(c, w, cd), FiLMBlock(w, w, cd),
-                                            nn.Conv1d(w, w, 3, 2, 1) if i < len(widths) - 1 else nn.Identity()]))
+            self.down.append(
+                nn.ModuleList(
+                    [
+                        FiLMBlock(c, w, cd),
+                        FiLMBlock(w, w, cd),
+                        nn.Conv1d(w, w, 3, 2, 1) if i < len(widths) - 1 else nn.Identity(),
+                    ]
+                )
+            )
             c = w
         self.mid = nn.ModuleList([FiLMBlock(c, c, cd), FiLMBlock(c, c, cd)])
         self.up = nn.ModuleList()
         for w in reversed(widths[:-1]):
-            self.up.append(nn.ModuleList([nn.ConvTranspose1d(c, c, 4, 2, 1), FiLMBlock(c + w, w, cd),
-                                          FiLMBlock(w, w, cd)]))
+            self.up.append(
+                nn.ModuleList([nn.ConvTranspose1d(c, c, 4, 2, 1), FiLMBlock(c + w, w, cd), FiLMBlock(w, w, cd)])
+            )
             c = w
         self.final = nn.Sequential(nn.Conv1d(c, c, 5, padding=2), group_norm(c), nn.Mish(), nn.Conv1d(c, action_dim, 1))
 
@@ -208,8 +228,10 @@ class ConditionalUnet1D(nn.Module):
         interval's length (Geng et al. 2025 condition on (t, t - r) the same way)."""
         if t.ndim == 2:
             half = self.t_dim // 2
-            temb = torch.cat([time_embedding(t[:, 0], half, self.t_scale),
-                              time_embedding(t[:, 1] - t[:, 0], half, self.t_scale)], dim=-1)
+            temb = torch.cat(
+                [time_embedding(t[:, 0], half, self.t_scale), time_embedding(t[:, 1] - t[:, 0], half, self.t_scale)],
+                dim=-1,
+            )
         else:
             temb = time_embedding(t, self.t_dim, self.t_scale)
         cond = torch.cat([cond, temb], dim=-1)
@@ -237,16 +259,34 @@ class PolicyNet(nn.Module):
         obs_horizon: To; action_dim: D.
     """
 
-    def __init__(self, cameras: dict[str, int], proprio_dim: int, obs_horizon: int, action_dim: int,
-                 feat_dim: int = 64, enc_base: int = 16, widths=(64, 128, 256), prefix_mask: bool = False,
-                 point_cameras: tuple[str, ...] = (), multiscale_cameras: tuple[str, ...] = (), scales: int = 3,
-                 progress_from: str = "flow", t_scale: float = 1000.0):
+    def __init__(
+        self,
+        cameras: dict[str, int],
+        proprio_dim: int,
+        obs_horizon: int,
+        action_dim: int,
+        feat_dim: int = 64,
+        enc_base: int = 16,
+        widths=(64, 128, 256),
+        prefix_mask: bool = False,
+        point_cameras: tuple[str, ...] = (),
+        multiscale_cameras: tuple[str, ...] = (),
+        scales: int = 3,
+        progress_from: str = "flow",
+        t_scale: float = 1000.0,
+    ):
         super().__init__()
         self.cameras = list(cameras)
-        self.encoders = nn.ModuleDict({
-            k: PointEncoder(feat_dim) if k in point_cameras else
-            MultiScaleEncoder(c, enc_base, feat_dim, scales) if k in multiscale_cameras else
-            ConvEncoder(c, enc_base, feat_dim) for k, c in cameras.items()})
+        self.encoders = nn.ModuleDict(
+            {
+                k: PointEncoder(feat_dim)
+                if k in point_cameras
+                else MultiScaleEncoder(c, enc_base, feat_dim, scales)
+                if k in multiscale_cameras
+                else ConvEncoder(c, enc_base, feat_dim)
+                for k, c in cameras.items()
+            }
+        )
         widths_per_cam = [feat_dim * (scales if k in multiscale_cameras else 1) for k in cameras]
         self.step_dim = sum(widths_per_cam) + proprio_dim
         self.obs_horizon, self.scales, self.feat_dim = obs_horizon, scales, feat_dim
@@ -257,7 +297,9 @@ class PolicyNet(nn.Module):
             raise ValueError(f"progress_from must be flow or ddim, got {progress_from!r}")
         self.progress_from = progress_from
         cond_dim = obs_horizon * self.step_dim
-        self.unet = ConditionalUnet1D(action_dim, cond_dim, widths, in_dim=action_dim + int(prefix_mask), t_scale=t_scale)
+        self.unet = ConditionalUnet1D(
+            action_dim, cond_dim, widths, in_dim=action_dim + int(prefix_mask), t_scale=t_scale
+        )
 
     def encode(self, images: list[torch.Tensor], proprio: torch.Tensor) -> torch.Tensor:
         """images: per camera (B, To, C, h, w), or (B, To, N, 3) point clouds; proprio (B, To, P)

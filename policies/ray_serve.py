@@ -41,8 +41,13 @@ from pydantic import Field
 from robot_stack.comm.codec import decode, encode
 from robot_stack.comm.messages import ActionChunk, ErrorReply
 from robot_stack.policies.base import Policy
-from robot_stack.policies.serving import (check_request, committed_prefix, frozen_count, metadata_from_dict,
-                                          metadata_to_dict)
+from robot_stack.policies.serving import (
+    check_request,
+    committed_prefix,
+    frozen_count,
+    metadata_from_dict,
+    metadata_to_dict,
+)
 from robot_stack.runtime.devices import DeviceConfig
 
 DEFAULT_APP = "robot_stack_policy"
@@ -94,22 +99,37 @@ class PolicyReplica:
         valid = [i for i, r in enumerate(replies) if r is None]
         if valid:
             t0 = time.perf_counter_ns()
-            out = self.policy.predict_batch([msgs[i].obs for i in valid], [committed_prefix(msgs[i]) for i in valid],
-                                            [frozen_count(msgs[i]) for i in valid])
+            out = self.policy.predict_batch(
+                [msgs[i].obs for i in valid],
+                [committed_prefix(msgs[i]) for i in valid],
+                [frozen_count(msgs[i]) for i in valid],
+            )
             dt = time.perf_counter_ns() - t0
             md = self.policy.metadata
             for i, (actions, frozen) in zip(valid, out):
                 m = msgs[i]
-                replies[i] = ActionChunk(request_id=m.request_id, actions=np.asarray(actions, np.float32), dt=md.dt,
-                                         offset=md.offset, inference_ns=dt,
-                                         prefix_frozen=-1 if committed_prefix(m) is None else int(frozen))
+                replies[i] = ActionChunk(
+                    request_id=m.request_id,
+                    actions=np.asarray(actions, np.float32),
+                    dt=md.dt,
+                    offset=md.offset,
+                    inference_ns=dt,
+                    prefix_frozen=-1 if committed_prefix(m) is None else int(frozen),
+                )
             self.batches += 1
             self.requests += len(valid)
         return [[bytes(f) for f in encode("reply", r)] for r in replies]
 
 
-def policy_app(backend: dict, num_replicas: int = 2, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.002,
-               max_obs_age_s: float = 1.0, threads: int = 1, num_cpus: float = 1.0):
+def policy_app(
+    backend: dict,
+    num_replicas: int = 2,
+    max_batch_size: int = 16,
+    batch_wait_timeout_s: float = 0.002,
+    max_obs_age_s: float = 1.0,
+    threads: int = 1,
+    num_cpus: float = 1.0,
+):
     """The Serve application (``serve.run(policy_app(...), name=DEFAULT_APP, route_prefix=None)``).
 
     Args:
@@ -121,8 +141,9 @@ def policy_app(backend: dict, num_replicas: int = 2, max_batch_size: int = 16, b
     """
     from ray import serve
 
-    @serve.deployment(num_replicas=num_replicas, ray_actor_options={"num_cpus": num_cpus},
-                      max_ongoing_requests=4 * max_batch_size)
+    @serve.deployment(
+        num_replicas=num_replicas, ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=4 * max_batch_size
+    )
     class PolicyDeployment:
         def __init__(self, backend: dict, max_obs_age_s: float, threads: int):
             self.work = PolicyReplica(backend, max_obs_age_s, threads)
@@ -160,9 +181,13 @@ class RayServePolicy(Policy):
         frs = frozens if frozens is not None else [None] * b
         pending = []
         for i, (o, p, f) in enumerate(zip(obs, pres, frs)):
-            msg = ObservationWindow(request_id=i, obs=o, obs_age_ns=np.zeros(0, np.int64),
-                                    committed_prefix=None if p is None else np.asarray(p, np.float32),
-                                    prefix_frozen=-1 if f is None else int(f))
+            msg = ObservationWindow(
+                request_id=i,
+                obs=o,
+                obs_age_ns=np.zeros(0, np.int64),
+                committed_prefix=None if p is None else np.asarray(p, np.float32),
+                prefix_frozen=-1 if f is None else int(f),
+            )
             pending.append(self.handle.infer.remote([bytes(x) for x in encode("infer", msg)]))  # all in flight
         out = []
         for i, resp in enumerate(pending):
@@ -205,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    ap = argparse.ArgumentParser(description="deploy a policy on Ray Serve (the backend YAML: a policy node's backend:)")
+    ap = argparse.ArgumentParser(
+        description="deploy a policy on Ray Serve (the backend YAML: a policy node's backend:)"
+    )
     ap.add_argument("backend", help="YAML with the backend config, e.g. {type: checkpoint, path: p.safetensors}")
     ap.add_argument("--address", default="auto")
     ap.add_argument("--app", default=DEFAULT_APP)
@@ -218,10 +245,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(address=args.address)
     serve.start(proxy_location="Disabled")
-    serve.run(policy_app(yaml.safe_load(open(args.backend)), args.replicas, args.max_batch, args.wait_ms / 1e3),
-              name=args.app, route_prefix=None)
-    print(f"deployed {args.app}: {args.replicas} replicas; policy nodes reach it with "
-          f"backend: {{type: ray_serve, address: {args.address}, app: {args.app}}}")
+    serve.run(
+        policy_app(yaml.safe_load(open(args.backend)), args.replicas, args.max_batch, args.wait_ms / 1e3),
+        name=args.app,
+        route_prefix=None,
+    )
+    print(
+        f"deployed {args.app}: {args.replicas} replicas; policy nodes reach it with "
+        f"backend: {{type: ray_serve, address: {args.address}, app: {args.app}}}"
+    )
     return 0
 
 

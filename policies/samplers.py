@@ -36,7 +36,7 @@ where the previous chunk ends). Two forms:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -83,7 +83,7 @@ def guidance_weight(t: float, beta: float = RTC_BETA) -> float:
     ``min(beta, (1 - t) / (t r_t^2))``, r_t^2 = (1 - t)^2 / (t^2 + (1 - t)^2); beta at t = 0."""
     if t <= 0:
         return beta
-    r2 = (1 - t) ** 2 / (t ** 2 + (1 - t) ** 2)
+    r2 = (1 - t) ** 2 / (t**2 + (1 - t) ** 2)
     return min(beta, (1 - t) / (t * r2))
 
 
@@ -103,14 +103,21 @@ class DDIM:
         """x_t and the target (noise) for integer steps k (torch or numpy arrays, batch-first)."""
         a = self.abar[k] if isinstance(k, np.ndarray) else k.new_tensor(self.abar, dtype=x0.dtype)[k]
         a = a.reshape(-1, *([1] * (x0.ndim - 1)))
-        return a ** 0.5 * x0 + (1 - a) ** 0.5 * noise, noise
+        return a**0.5 * x0 + (1 - a) ** 0.5 * noise, noise
 
     def time_input(self, k) -> np.ndarray:
         return np.asarray(k, np.float32) / self.K
 
-    def sample(self, denoise: Denoise, noise: np.ndarray, steps: int = 10, prefix: np.ndarray | None = None,
-               weights: np.ndarray | None = None, beta: float = RTC_BETA,
-               guide: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    def sample(
+        self,
+        denoise: Denoise,
+        noise: np.ndarray,
+        steps: int = 10,
+        prefix: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+        beta: float = RTC_BETA,
+        guide: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Deterministic DDIM (eta = 0) from ``noise`` (B, H, D) in ``steps`` steps; the clean-chunk
         estimate is clipped to the normalized action range [-1, 1] (Diffusion Policy's clip_sample).
         With ``prefix`` (k, D) and ``weights`` (H,): RTC guidance (module doc), exact when
@@ -161,9 +168,16 @@ class Flow:
         tt = t.reshape(-1, *([1] * (x1.ndim - 1)))
         return (1 - tt) * noise + tt * x1, x1 - noise
 
-    def sample(self, denoise: Denoise, noise: np.ndarray, steps: int = 1, prefix: np.ndarray | None = None,
-               weights: np.ndarray | None = None, beta: float = RTC_BETA,
-               guide: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    def sample(
+        self,
+        denoise: Denoise,
+        noise: np.ndarray,
+        steps: int = 1,
+        prefix: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+        beta: float = RTC_BETA,
+        guide: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Euler integration from t = 0 (noise) to t = 1 in ``steps`` steps (1 = one-step). With
         ``prefix`` (k, D) and ``weights`` (H,): RTC guidance (module doc), exact when ``denoise``
         has a differentiable ``torch`` form. ``guide``: per batch row target (B, H, D) and mask
@@ -210,9 +224,16 @@ class MeanFlow:
         ss = s.reshape(-1, *([1] * (x1.ndim - 1)))
         return (1 - ss) * noise + ss * x1, x1 - noise
 
-    def sample(self, denoise: Denoise, noise: np.ndarray, steps: int = 1, prefix: np.ndarray | None = None,
-               weights: np.ndarray | None = None, beta: float = RTC_BETA,
-               guide: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    def sample(
+        self,
+        denoise: Denoise,
+        noise: np.ndarray,
+        steps: int = 1,
+        prefix: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+        beta: float = RTC_BETA,
+        guide: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """``steps`` jumps over equal intervals from noise (1: one network evaluation). With a prefix
         (RTC) the last jump's landing point, the clean chunk, is pulled toward it (the Jacobian-free
         form; there is no exact form for a jump that covers the rest of the path)."""

@@ -31,15 +31,31 @@ class GoToPolicy(Policy):
     its last action (hard inpainting, the limit of RTC's soft mask with full guidance).
     """
 
-    def __init__(self, goal, speed: float = 0.05, horizon: int = 16, obs_horizon: int = 2, dt: float = 0.1,
-                 offset: int = 0, via=None):
+    def __init__(
+        self,
+        goal,
+        speed: float = 0.05,
+        horizon: int = 16,
+        obs_horizon: int = 2,
+        dt: float = 0.1,
+        offset: int = 0,
+        via=None,
+    ):
         self.goal = np.asarray(goal, float)
         self.via = None if via is None else np.asarray(via, float)  # visited first (e.g. above a cube)
         self.speed = speed
         self._orientation: np.ndarray | None = None  # held: the orientation first observed
-        self.metadata = PolicyMetadata(obs_shapes={"ee_pose": ((7,), "<f4")}, obs_horizon=obs_horizon,
-                                       horizon=horizon, action_dim=8, action_space="ee_pose+gripper", dt=dt,
-                                       offset=offset, supports_prefix=True, action_names=ACTION_NAMES)
+        self.metadata = PolicyMetadata(
+            obs_shapes={"ee_pose": ((7,), "<f4")},
+            obs_horizon=obs_horizon,
+            horizon=horizon,
+            action_dim=8,
+            action_space="ee_pose+gripper",
+            dt=dt,
+            offset=offset,
+            supports_prefix=True,
+            action_names=ACTION_NAMES,
+        )
 
     def _advance(self, p: np.ndarray, n_steps: np.ndarray) -> np.ndarray:
         """Points ``speed * dt * n`` along the path from ``p`` (through ``via`` if not yet reached)."""
@@ -48,7 +64,8 @@ class GoToPolicy(Policy):
         # limit-cycled under async execution: a few mm of tracking error during the descent sent
         # the next chunk back up to the via point, whose jump made more tracking error (CI, async)
         use_via = self.via is not None and (
-            np.linalg.norm((self.via - p)[:2]) > 0.005 + 0.5 * max(0.0, float(self.via[2] - p[2])))
+            np.linalg.norm((self.via - p)[:2]) > 0.005 + 0.5 * max(0.0, float(self.via[2] - p[2]))
+        )
         pts = [p] + ([self.via] if use_via else []) + [self.goal]
         seg = np.array([np.linalg.norm(b - a) for a, b in zip(pts[:-1], pts[1:])])
         cum = np.r_[0.0, np.cumsum(seg)]
@@ -86,19 +103,32 @@ class MultiArmGoTo(Policy):
     in its own base frame. Observation ``ee_pose`` (To, 7 N) and actions (H, 8 N) are the arms'
     blocks in order (the controller's layout for ``arms``); each block is one GoToPolicy's."""
 
-    def __init__(self, goals, speed: float = 0.05, horizon: int = 16, obs_horizon: int = 2, dt: float = 0.1,
-                 offset: int = 0):
+    def __init__(
+        self, goals, speed: float = 0.05, horizon: int = 16, obs_horizon: int = 2, dt: float = 0.1, offset: int = 0
+    ):
         self.arms = [GoToPolicy(g, speed, horizon, obs_horizon, dt, offset) for g in goals]
         n = len(self.arms)
-        self.metadata = PolicyMetadata(obs_shapes={"ee_pose": ((7 * n,), "<f4")}, obs_horizon=obs_horizon,
-                                       horizon=horizon, action_dim=8 * n, action_space="ee_pose+gripper", dt=dt,
-                                       offset=offset, supports_prefix=True)
+        self.metadata = PolicyMetadata(
+            obs_shapes={"ee_pose": ((7 * n,), "<f4")},
+            obs_horizon=obs_horizon,
+            horizon=horizon,
+            action_dim=8 * n,
+            action_space="ee_pose+gripper",
+            dt=dt,
+            offset=offset,
+            supports_prefix=True,
+        )
 
     def predict(self, obs, committed_prefix=None, frozen=None):
         ee = np.asarray(obs["ee_pose"])
-        out = [p.predict({"ee_pose": ee[:, 7 * i:7 * i + 7]},
-                         None if committed_prefix is None else np.asarray(committed_prefix)[:, 8 * i:8 * i + 8], frozen)
-               for i, p in enumerate(self.arms)]
+        out = [
+            p.predict(
+                {"ee_pose": ee[:, 7 * i : 7 * i + 7]},
+                None if committed_prefix is None else np.asarray(committed_prefix)[:, 8 * i : 8 * i + 8],
+                frozen,
+            )
+            for i, p in enumerate(self.arms)
+        ]
         self.last_frozen = self.arms[0].last_frozen
         return np.concatenate(out, axis=1)
 
@@ -118,8 +148,11 @@ class GoToConfig(DeviceConfig):
     obs_horizon: int = Field(2, ge=1, description="observation horizon To")
     dt: float = Field(0.1, gt=0, description="action period, s")
     goals: list[tuple[float, float, float]] | None = Field(
-        None, min_length=1, description="several arms in lockstep: one goal per arm (its base frame, m), in the "
-                                        "controller's arm order (MultiArmGoTo); replaces goal")
+        None,
+        min_length=1,
+        description="several arms in lockstep: one goal per arm (its base frame, m), in the "
+        "controller's arm order (MultiArmGoTo); replaces goal",
+    )
 
     def build(self, ctx, params) -> Policy:
         if self.goals is not None:

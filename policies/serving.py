@@ -31,62 +31,106 @@ def check_request(msg: Message, md: PolicyMetadata, max_obs_age_s: float) -> Err
     except ObservationError as e:
         return ErrorReply(request_id=msg.request_id, code="bad_observation", reason=str(e))
     if len(msg.obs_age_ns) and msg.obs_age_ns.max() > max_obs_age_s * 1e9:
-        return ErrorReply(request_id=msg.request_id, code="stale",
-                          reason=f"observation is {msg.obs_age_ns.max() / 1e6:.0f} ms old "
-                                 f"(max {max_obs_age_s * 1e3:.0f} ms)")
+        return ErrorReply(
+            request_id=msg.request_id,
+            code="stale",
+            reason=f"observation is {msg.obs_age_ns.max() / 1e6:.0f} ms old (max {max_obs_age_s * 1e3:.0f} ms)",
+        )
     prefix = committed_prefix(msg)
     if prefix is not None and (prefix.ndim != 2 or prefix.shape[1] != md.action_dim):
-        return ErrorReply(request_id=msg.request_id, code="bad_observation",
-                          reason=f"committed prefix has shape {prefix.shape}, policy acts in {md.action_dim} dims")
+        return ErrorReply(
+            request_id=msg.request_id,
+            code="bad_observation",
+            reason=f"committed prefix has shape {prefix.shape}, policy acts in {md.action_dim} dims",
+        )
     return None
 
 
 def metadata_to_dict(md: PolicyMetadata) -> dict:
     """Plain data (msgpack-able) for a :class:`PolicyMetadata` (norm_stats left out)."""
-    return {"obs_shapes": {k: [list(shape), dtype] for k, (shape, dtype) in md.obs_shapes.items()},
-            "obs_horizon": md.obs_horizon, "horizon": md.horizon, "action_dim": md.action_dim,
-            "action_space": md.action_space, "dt": md.dt, "offset": md.offset, "supports_prefix": md.supports_prefix,
-            "points": md.points, "action_names": list(md.action_names)}
+    return {
+        "obs_shapes": {k: [list(shape), dtype] for k, (shape, dtype) in md.obs_shapes.items()},
+        "obs_horizon": md.obs_horizon,
+        "horizon": md.horizon,
+        "action_dim": md.action_dim,
+        "action_space": md.action_space,
+        "dt": md.dt,
+        "offset": md.offset,
+        "supports_prefix": md.supports_prefix,
+        "points": md.points,
+        "action_names": list(md.action_names),
+    }
 
 
 def metadata_from_dict(d: dict) -> PolicyMetadata:
     """Inverse of :func:`metadata_to_dict`."""
-    return PolicyMetadata(obs_shapes={k: (tuple(v[0]), str(v[1])) for k, v in d["obs_shapes"].items()},
-                          obs_horizon=int(d["obs_horizon"]), horizon=int(d["horizon"]), action_dim=int(d["action_dim"]),
-                          action_space=str(d["action_space"]), dt=float(d["dt"]), offset=int(d["offset"]),
-                          supports_prefix=bool(d["supports_prefix"]), points=dict(d.get("points") or {}),
-                          action_names=tuple(d.get("action_names") or ()))
+    return PolicyMetadata(
+        obs_shapes={k: (tuple(v[0]), str(v[1])) for k, v in d["obs_shapes"].items()},
+        obs_horizon=int(d["obs_horizon"]),
+        horizon=int(d["horizon"]),
+        action_dim=int(d["action_dim"]),
+        action_space=str(d["action_space"]),
+        dt=float(d["dt"]),
+        offset=int(d["offset"]),
+        supports_prefix=bool(d["supports_prefix"]),
+        points=dict(d.get("points") or {}),
+        action_names=tuple(d.get("action_names") or ()),
+    )
 
 
 def spec_message(md: PolicyMetadata, request_id: int = 0) -> PolicySpec:
     """The :class:`PolicySpec` reply for a policy's metadata."""
     keys = list(md.obs_shapes)
-    return PolicySpec(request_id=request_id, obs_keys=keys,
-                      obs_shapes={k: np.asarray(md.obs_shapes[k][0], np.int64) for k in keys},
-                      obs_dtypes=[str(md.obs_shapes[k][1]) for k in keys], obs_horizon=md.obs_horizon,
-                      horizon=md.horizon, action_dim=md.action_dim, action_space=md.action_space, dt=float(md.dt),
-                      offset=md.offset, supports_prefix=md.supports_prefix,
-                      points={c: np.array([*p["lo"], *p["hi"], p["n_points"], p.get("stride", 2)], np.float64)
-                              for c, p in md.points.items()}, action_names=list(md.action_names))
+    return PolicySpec(
+        request_id=request_id,
+        obs_keys=keys,
+        obs_shapes={k: np.asarray(md.obs_shapes[k][0], np.int64) for k in keys},
+        obs_dtypes=[str(md.obs_shapes[k][1]) for k in keys],
+        obs_horizon=md.obs_horizon,
+        horizon=md.horizon,
+        action_dim=md.action_dim,
+        action_space=md.action_space,
+        dt=float(md.dt),
+        offset=md.offset,
+        supports_prefix=md.supports_prefix,
+        points={
+            c: np.array([*p["lo"], *p["hi"], p["n_points"], p.get("stride", 2)], np.float64)
+            for c, p in md.points.items()
+        },
+        action_names=list(md.action_names),
+    )
 
 
 def metadata_from_spec(spec: PolicySpec) -> PolicyMetadata:
     """Inverse of :func:`spec_message`."""
     if len(spec.obs_dtypes) != len(spec.obs_keys) or set(spec.obs_shapes) != set(spec.obs_keys):
         raise ValueError("policy spec: obs_keys, obs_shapes and obs_dtypes disagree")
-    return PolicyMetadata(obs_shapes={k: (tuple(int(v) for v in spec.obs_shapes[k]), d)
-                                      for k, d in zip(spec.obs_keys, spec.obs_dtypes)},
-                          obs_horizon=spec.obs_horizon, horizon=spec.horizon, action_dim=spec.action_dim,
-                          action_space=spec.action_space, dt=spec.dt, offset=spec.offset,
-                          supports_prefix=spec.supports_prefix,
-                          points={c: {"lo": v[:3].tolist(), "hi": v[3:6].tolist(), "n_points": int(v[6]),
-                                      "stride": int(v[7])} for c, v in (spec.points or {}).items()},
-                          action_names=tuple(spec.action_names))
+    return PolicyMetadata(
+        obs_shapes={k: (tuple(int(v) for v in spec.obs_shapes[k]), d) for k, d in zip(spec.obs_keys, spec.obs_dtypes)},
+        obs_horizon=spec.obs_horizon,
+        horizon=spec.horizon,
+        action_dim=spec.action_dim,
+        action_space=spec.action_space,
+        dt=spec.dt,
+        offset=spec.offset,
+        supports_prefix=spec.supports_prefix,
+        points={
+            c: {"lo": v[:3].tolist(), "hi": v[3:6].tolist(), "n_points": int(v[6]), "stride": int(v[7])}
+            for c, v in (spec.points or {}).items()
+        },
+        action_names=tuple(spec.action_names),
+    )
 
 
-def spec_mismatch(md: PolicyMetadata, obs_keys: list[str] | None, obs_horizon: int | None,
-                  image_size: tuple[int, int] | None, camera_ids: list[str], action_space: str = "ee_pose+gripper",
-                  action_dim: int = 8) -> list[str]:
+def spec_mismatch(
+    md: PolicyMetadata,
+    obs_keys: list[str] | None,
+    obs_horizon: int | None,
+    image_size: tuple[int, int] | None,
+    camera_ids: list[str],
+    action_space: str = "ee_pose+gripper",
+    action_dim: int = 8,
+) -> list[str]:
     """What a controller's setup gets wrong about a policy (empty: nothing), one line per difference:
     observation keys, To, image size of each image key, a camera key for a camera the controller
     does not subscribe to, the action layout. A setting left None is taken from the spec, so it
@@ -94,9 +138,11 @@ def spec_mismatch(md: PolicyMetadata, obs_keys: list[str] | None, obs_horizon: i
     out = []
     want, have = set(md.obs_shapes), set(obs_keys if obs_keys is not None else md.obs_shapes)
     if want != have:
-        out.append(f"observation keys: the policy needs {sorted(want)}, the controller sends {sorted(have)}"
-                   + (f" (missing {sorted(want - have)})" if want - have else "")
-                   + (f" (extra {sorted(have - want)})" if have - want else ""))
+        out.append(
+            f"observation keys: the policy needs {sorted(want)}, the controller sends {sorted(have)}"
+            + (f" (missing {sorted(want - have)})" if want - have else "")
+            + (f" (extra {sorted(have - want)})" if have - want else "")
+        )
     if obs_horizon is not None and md.obs_horizon != obs_horizon:
         out.append(f"obs_horizon: the policy takes To = {md.obs_horizon}, the controller sends {obs_horizon}")
     for k, (shape, _) in md.obs_shapes.items():
@@ -108,12 +154,21 @@ def spec_mismatch(md: PolicyMetadata, obs_keys: list[str] | None, obs_horizon: i
         if kind == "points" and cam not in md.points:
             out.append(f"{k}: the policy's spec does not say how to build the cloud (no points settings)")
         if kind != "points" and image_size is not None and tuple(shape[:2]) != tuple(image_size):
-            out.append(f"{k}: the policy takes {shape[0]}x{shape[1]} images, the controller resizes to "
-                       f"{image_size[0]}x{image_size[1]}")
+            out.append(
+                f"{k}: the policy takes {shape[0]}x{shape[1]} images, the controller resizes to "
+                f"{image_size[0]}x{image_size[1]}"
+            )
     if md.action_space != action_space or md.action_dim != action_dim:
-        def arms(d: int) -> str:
-            return f" ({d // 8} arm{'s' if d // 8 != 1 else ''})" if d % 8 == 0 and action_space == "ee_pose+gripper" else ""
 
-        out.append(f"actions: the policy outputs {md.action_dim}-D {md.action_space!r}{arms(md.action_dim)}, the "
-                   f"controller executes {action_dim}-D {action_space!r}{arms(action_dim)}")
+        def arms(d: int) -> str:
+            return (
+                f" ({d // 8} arm{'s' if d // 8 != 1 else ''})"
+                if d % 8 == 0 and action_space == "ee_pose+gripper"
+                else ""
+            )
+
+        out.append(
+            f"actions: the policy outputs {md.action_dim}-D {md.action_space!r}{arms(md.action_dim)}, the "
+            f"controller executes {action_dim}-D {action_space!r}{arms(action_dim)}"
+        )
     return out

@@ -31,8 +31,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from robot_stack.control.features import actions_at  # noqa: F401  (the executed action stream; used here and re-exported)
-from .generative import (GenerativePolicy, GenerativePolicyModel, ModelConfig, TorchDenoiser, load_checkpoint,
-                         prefix_conditioned, save_checkpoint)
+from .generative import (
+    GenerativePolicy,
+    GenerativePolicyModel,
+    ModelConfig,
+    TorchDenoiser,
+    load_checkpoint,
+    prefix_conditioned,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +57,19 @@ class TrainSettings(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     checkpoint_every: int = Field(500, ge=1)
     shift_px: int = Field(4, ge=0, description="random-shift augmentation, pixels")
-    skip_missed_grasps: bool = Field(False, description="leave out the samples of grasp attempts that were undone "
-                                     "(approach and descent up to a close that a later close repeats; "
-                                     "missed_grasp_spans): the recovery after them stays")
-    ema_max_decay: float = Field(0.9999, ge=0, lt=1, description="the saved weights are an EMA of the trained ones "
-                                 "(Diffusion Policy: decay 1 - (1 + step)^-ema_power, at most this); 0: off")
+    skip_missed_grasps: bool = Field(
+        False,
+        description="leave out the samples of grasp attempts that were undone "
+        "(approach and descent up to a close that a later close repeats; "
+        "missed_grasp_spans): the recovery after them stays",
+    )
+    ema_max_decay: float = Field(
+        0.9999,
+        ge=0,
+        lt=1,
+        description="the saved weights are an EMA of the trained ones "
+        "(Diffusion Policy: decay 1 - (1 + step)^-ema_power, at most this); 0: off",
+    )
     ema_power: float = Field(0.75, gt=0, description="EMA warm-up power (Diffusion Policy's 0.75)")
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda")
@@ -88,9 +103,16 @@ class Samples:
     left_out: tuple[int, int] = (0, 0)
     arms: tuple[str, ...] = ("",)
 
-    def subset(self, mask: np.ndarray) -> "Samples":
-        return Samples(self.frames, self.frame_idx[mask], self.state[mask], self.actions[mask], self.episode[mask],
-                       None if self.t_obs is None else self.t_obs[mask], arms=self.arms)
+    def subset(self, mask: np.ndarray) -> Samples:
+        return Samples(
+            self.frames,
+            self.frame_idx[mask],
+            self.state[mask],
+            self.actions[mask],
+            self.episode[mask],
+            None if self.t_obs is None else self.t_obs[mask],
+            arms=self.arms,
+        )
 
 
 def missed_grasp_spans(target_ns: np.ndarray, gripper: np.ndarray) -> list[tuple[int, int]]:
@@ -163,16 +185,22 @@ def build_samples(paths: list[Path], ms: ModelConfig, skip_missed_grasps: bool =
         if ms.mode in ("rgb", "rgbd", "layered"):
             imgs.append(camera_images(c["color"], ms.image_hw))
         if ms.mode in ("depth", "rgbd", "layered"):
-            imgs.append(camera_images(c["depth"], ms.image_hw)[..., None].view(np.uint8).reshape(
-                *c["depth"].shape[:1], *ms.image_hw, 2))
+            imgs.append(
+                camera_images(c["depth"], ms.image_hw)[..., None]
+                .view(np.uint8)
+                .reshape(*c["depth"].shape[:1], *ms.image_hw, 2)
+            )
         if imgs:
             frames.append(np.concatenate(imgs, axis=-1))
         st = c["stamp_ns"]
         win = np.arange(ms.obs_horizon)[::-1] * dt_ns
-        skip = [sp for _, a_ in per_arm for sp in missed_grasp_spans(a_["target_ns"], a_["gripper"])] \
-            if skip_missed_grasps else []
+        skip = (
+            [sp for _, a_ in per_arm for sp in missed_grasp_spans(a_["target_ns"], a_["gripper"])]
+            if skip_missed_grasps
+            else []
+        )
         left_eps += bool(skip)
-        for k, t_obs in enumerate(st):
+        for t_obs in st:
             times = t_obs - win
             if any(times[0] < r["stamp_ns"][0] or times[-1] > r["stamp_ns"][-1] for r, _ in per_arm):
                 continue  # the window starts before the robot state does, or ends after it stopped
@@ -184,8 +212,9 @@ def build_samples(paths: list[Path], ms: ModelConfig, skip_missed_grasps: bool =
                 continue  # a missed grasp attempt: not an action to imitate
             sv, av = [], []
             for r, a_ in per_arm:
-                _, ee, g = interpolate_states(r["stamp_ns"], r["q"], r["ee_pose"], r["gripper_width"], times,
-                                              max_extrapolation_ns=dt_ns)
+                _, ee, g = interpolate_states(
+                    r["stamp_ns"], r["q"], r["ee_pose"], r["gripper_width"], times, max_extrapolation_ns=dt_ns
+                )
                 sv.append(state_vector(ee, g))
                 av.append(actions_at(a_["target_ns"], a_["pose"], a_["gripper"], t_obs + np.arange(ms.horizon) * dt_ns))
             fidx.append(base + j)
@@ -196,8 +225,16 @@ def build_samples(paths: list[Path], ms: ModelConfig, skip_missed_grasps: bool =
         base += len(st)
     if not fidx:
         raise DatasetError("no training samples: episodes too short or camera stamps too sparse")
-    return Samples(np.concatenate(frames), np.array(fidx), np.array(states, np.float32), np.array(acts, np.float32),
-                   np.array(eps), np.array(anchors, np.int64), (left_out, left_eps), tuple(arms0))
+    return Samples(
+        np.concatenate(frames),
+        np.array(fidx),
+        np.array(states, np.float32),
+        np.array(acts, np.float32),
+        np.array(eps),
+        np.array(anchors, np.int64),
+        (left_out, left_eps),
+        tuple(arms0),
+    )
 
 
 def point_spec(ms: ModelConfig):
@@ -225,13 +262,22 @@ def _episode_clouds(ep, ms: ModelConfig, cam: dict) -> np.ndarray:
     calib = yaml.safe_load(ep.meta.get("calibration") or "") or {}
     T = ((calib.get("cameras") or {}).get(ms.camera) or {}).get("T_base_camera")
     if T is None or "K" not in meta:
-        raise DatasetError(f"{ep.path}: no T_base_camera for camera {ms.camera} in the episode's calibration "
-                           "(record with the setup's calibration file: eye-to-hand hand-eye calibration)")
+        raise DatasetError(
+            f"{ep.path}: no T_base_camera for camera {ms.camera} in the episode's calibration "
+            "(record with the setup's calibration file: eye-to-hand hand-eye calibration)"
+        )
     return point_spec(ms).clouds(cam["depth"], np.asarray(meta["K"]), float(meta["depth_scale"]), np.asarray(T))
 
 
-def _batch_images(s: Samples, rows: np.ndarray, mode: str, shift: int, rng: np.random.Generator | None,
-                  shifts: np.ndarray | None = None, depth_edges: tuple[float, ...] | None = None) -> torch.Tensor:
+def _batch_images(
+    s: Samples,
+    rows: np.ndarray,
+    mode: str,
+    shift: int,
+    rng: np.random.Generator | None,
+    shifts: np.ndarray | None = None,
+    depth_edges: tuple[float, ...] | None = None,
+) -> torch.Tensor:
     """(B, To, C, h, w) float in [0, 1] (depth: m / 2, as the model's ``images``), random-shifted
     (per row (dy, dx) in [0, 2 shift]: ``shifts`` (B, 2) when given, else drawn from ``rng``)."""
     x = s.frames[s.frame_idx[rows]]  # (B, To, h, w, C); points: (B, To, N, 3)
@@ -242,8 +288,13 @@ def _batch_images(s: Samples, rows: np.ndarray, mode: str, shift: int, rng: np.r
 
         b, to, h, w = x.shape[:4]
         d = x[..., -2:].copy().view(np.uint16)[..., 0]
-        t = depth_layers(x[..., :3].reshape(b * to, h, w, 3), d.reshape(b * to, h, w),
-                         depth_edges or (0.0, 0.6, 1.2, 10.0)).reshape(b, to, -1, h, w).permute(0, 1, 3, 4, 2)
+        t = (
+            depth_layers(
+                x[..., :3].reshape(b * to, h, w, 3), d.reshape(b * to, h, w), depth_edges or (0.0, 0.6, 1.2, 10.0)
+            )
+            .reshape(b, to, -1, h, w)
+            .permute(0, 1, 3, 4, 2)
+        )
     elif mode == "rgb":
         t = torch.from_numpy(x.astype(np.float32) / 255.0)
     else:
@@ -256,7 +307,7 @@ def _batch_images(s: Samples, rows: np.ndarray, mode: str, shift: int, rng: np.r
         pad = torch.nn.functional.pad(t.reshape(b, to * c, h, w), (shift,) * 4, mode="replicate")
         out = torch.empty_like(t.reshape(b, to * c, h, w))
         for i, (dy, dx) in enumerate(shifts if shifts is not None else rng.integers(0, 2 * shift + 1, (b, 2))):
-            out[i] = pad[i, :, dy:dy + h, dx:dx + w]
+            out[i] = pad[i, :, dy : dy + h, dx : dx + w]
         t = out.reshape(b, to, c, h, w)
     return t
 
@@ -292,18 +343,23 @@ def validate(model: GenerativePolicyModel, s: Samples, mode: str, n: int = 128, 
     errs, errs8 = [], []
     imgs = _batch_images(s, rows, mode, 0, None, depth_edges=model.cfg.depth_layers)
     for b, r in enumerate(rows):
-        denoise = policy.backend.bind([imgs[b:b + 1]], s.state[r][None])
+        denoise = policy.backend.bind([imgs[b : b + 1]], s.state[r][None])
         if model.cfg.rtc_max_prefix:  # trained for prefixes: validated without one (d = 0)
             c = model.cfg
-            denoise = prefix_conditioned(denoise, np.zeros((1, c.horizon, c.action_dim), np.float32), np.zeros(1, int),
-                                         c.horizon)
+            denoise = prefix_conditioned(
+                denoise, np.zeros((1, c.horizon, c.action_dim), np.float32), np.zeros(1, int), c.horizon
+            )
         noise = policy.rng.standard_normal((1, model.cfg.horizon, model.cfg.action_dim)).astype(np.float32)
         x = model.sampler.sample(denoise, noise, model.cfg.sample_steps)
         pred = model.to_world(model.denormalize(x[0]), s.state[r])
         e = np.linalg.norm(pred[:, :3] - s.actions[r, :, :3], axis=1) * 1e3
         errs.append(e.mean())
         errs8.append(e[:8].mean())
-    return {"val_pos_err_mm": float(np.mean(errs)), "val_pos_err_first8_mm": float(np.mean(errs8)), "val_samples": len(rows)}
+    return {
+        "val_pos_err_mm": float(np.mean(errs)),
+        "val_pos_err_first8_mm": float(np.mean(errs8)),
+        "val_samples": len(rows),
+    }
 
 
 def _ema(model: torch.nn.Module, settings: TrainSettings, step0: int):
@@ -325,8 +381,9 @@ def _ema(model: torch.nn.Module, settings: TrainSettings, step0: int):
     return AveragedModel(model, avg_fn=avg, use_buffers=False)
 
 
-def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool = False, console=None,
-          progress: bool = True) -> dict:
+def train(
+    settings: TrainSettings, episodes: list[Path], out: Path, resume: bool = False, console=None, progress: bool = True
+) -> dict:
     """Train and write ``out`` (.safetensors, plus ``out``-step checkpoints); returns the summary.
 
     Raises:
@@ -340,8 +397,11 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
     console = console or Console()
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)  # the same on every rank: the global batches
-    device = "cuda" if settings.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if settings.device == "auto" else settings.device)
+    device = (
+        "cuda"
+        if settings.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if settings.device == "auto" else settings.device)
+    )
     place = dd.setup(device)
     device = place.device
     if settings.batch_size % place.world:
@@ -361,12 +421,16 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
     val_eps = set(rng.choice(n_ep, size=n_val, replace=False).tolist()) if n_val else set()
     is_val = np.isin(samples.episode, list(val_eps))
     train_s, val_s = samples.subset(~is_val), samples.subset(is_val)
-    console.print(f"{n_ep} episodes -> {len(train_s.state)} training / {len(val_s.state)} validation samples "
-                  f"({time.perf_counter() - t0:.1f} s to load); device {device}"
-                  + (f", {place.world} ranks (DDP)" if place.world > 1 else ""))
+    console.print(
+        f"{n_ep} episodes -> {len(train_s.state)} training / {len(val_s.state)} validation samples "
+        f"({time.perf_counter() - t0:.1f} s to load); device {device}"
+        + (f", {place.world} ranks (DDP)" if place.world > 1 else "")
+    )
     if settings.skip_missed_grasps:
-        console.print(f"left out {samples.left_out[0]} samples of missed grasp attempts "
-                      f"({samples.left_out[1]} of {n_ep} episodes had one)")
+        console.print(
+            f"left out {samples.left_out[0]} samples of missed grasp attempts "
+            f"({samples.left_out[1]} of {n_ep} episodes had one)"
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     step0 = 0
@@ -402,15 +466,29 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
         if place.main:
             import copy
 
-            save_checkpoint(copy.deepcopy(saved).cpu(), path, {
-                "step": step, "settings": settings.model_dump(mode="json"), "world_size": place.world,
-                "episodes": [str(p) for p in episodes], **(extra or {})})
-            save_file({k: v.detach().cpu().contiguous() for k, v in _opt_tensors(opt).items()},
-                      str(path.with_suffix(".opt.safetensors")))
+            save_checkpoint(
+                copy.deepcopy(saved).cpu(),
+                path,
+                {
+                    "step": step,
+                    "settings": settings.model_dump(mode="json"),
+                    "world_size": place.world,
+                    "episodes": [str(p) for p in episodes],
+                    **(extra or {}),
+                },
+            )
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in _opt_tensors(opt).items()},
+                str(path.with_suffix(".opt.safetensors")),
+            )
         dd.barrier(place)
 
-    cols = [TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
-            TimeRemainingColumn()]
+    cols = [
+        TextColumn("training"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+    ]
     t_train = time.perf_counter()
     with Progress(*cols, console=console, disable=not progress) as bar:
         task = bar.add_task("train", total=settings.steps, completed=step0, loss=float("nan"))
@@ -421,10 +499,20 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
             shifts = rng.integers(0, 2 * settings.shift_px + 1, (len(rows), 2)) if settings.shift_px else None
             mine = dd.shard(np.arange(len(rows)), place)  # this rank's slice of it
             rows = rows[mine]
-            imgs = _batch_images(train_s, rows, ms.mode, settings.shift_px, None,
-                                 None if shifts is None else shifts[mine], tuple(ms.depth_layers)).to(device)
-            loss = net(imgs, torch.from_numpy(train_s.state[rows]).to(device),
-                       torch.from_numpy(train_s.actions[rows]).to(device))
+            imgs = _batch_images(
+                train_s,
+                rows,
+                ms.mode,
+                settings.shift_px,
+                None,
+                None if shifts is None else shifts[mine],
+                tuple(ms.depth_layers),
+            ).to(device)
+            loss = net(
+                imgs,
+                torch.from_numpy(train_s.state[rows]).to(device),
+                torch.from_numpy(train_s.actions[rows]).to(device),
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -438,11 +526,17 @@ def train(settings: TrainSettings, episodes: list[Path], out: Path, resume: bool
     # every rank's weights, summarised: DDP keeps the replicas equal (a rank out of step shows here)
     rank_sums = dd.gather_float(float(sum(p.detach().double().abs().sum() for p in model.parameters())), place)
     saved.cpu().eval()
-    summary = {"ema_max_decay": settings.ema_max_decay, "steps": settings.steps, "train_time_s": round(train_s_time, 1),
-               "final_loss": float(np.mean(losses[-50:])) if losses else None,
-               "train_samples": int(len(train_s.state)), "val_episodes": sorted(int(v) for v in val_eps),
-               "world_size": place.world, "rank_param_abs_sums": rank_sums,
-               "loss_curve": [float(x) for x in losses]}  # per step, the global batch's loss (mean over ranks)
+    summary = {
+        "ema_max_decay": settings.ema_max_decay,
+        "steps": settings.steps,
+        "train_time_s": round(train_s_time, 1),
+        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "train_samples": int(len(train_s.state)),
+        "val_episodes": sorted(int(v) for v in val_eps),
+        "world_size": place.world,
+        "rank_param_abs_sums": rank_sums,
+        "loss_curve": [float(x) for x in losses],
+    }  # per step, the global batch's loss (mean over ranks)
     if len(val_s.state) and place.main:
         summary.update(validate(saved, val_s, ms.mode, seed=settings.seed))
     save(out, settings.steps, {"summary": {k: v for k, v in summary.items() if k != "loss_curve"}})

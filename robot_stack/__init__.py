@@ -12,8 +12,12 @@ and every node process imports this package before MuJoCo. An explicit ``MUJOCO_
 import os as _os
 import sys as _sys
 
-if (_sys.platform.startswith("linux") and "MUJOCO_GL" not in _os.environ
-        and not _os.environ.get("DISPLAY") and not _os.environ.get("WAYLAND_DISPLAY")):
+if (
+    _sys.platform.startswith("linux")
+    and "MUJOCO_GL" not in _os.environ
+    and not _os.environ.get("DISPLAY")
+    and not _os.environ.get("WAYLAND_DISPLAY")
+):
     _os.environ["MUJOCO_GL"] = "egl"
 
 __version__ = "0.1.0"

@@ -37,8 +37,11 @@ def _cmd_kinds(args: argparse.Namespace) -> int:
         for name, f in model.model_fields.items():
             if name in skip:
                 continue
-            default = "required" if f.is_required() else (
-                "(default factory)" if f.default_factory is not None else repr(f.default))
+            default = (
+                "required"
+                if f.is_required()
+                else ("(default factory)" if f.default_factory is not None else repr(f.default))
+            )
             print(f"    {name}: {f.annotation!s} = {default}")
 
     for kind in sorted(KINDS):
@@ -83,8 +86,9 @@ def _stack(config: Path):
     cfg = load_config(config)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     if not (run_dir / "launcher.pid").exists():
-        raise SystemExit(f"stack {cfg.name!r} is not running (no {run_dir / 'launcher.pid'}); "
-                         f"start it with: robot-stack up {config}")
+        raise SystemExit(
+            f"stack {cfg.name!r} is not running (no {run_dir / 'launcher.pid'}); start it with: robot-stack up {config}"
+        )
     return cfg, run_dir
 
 
@@ -118,8 +122,10 @@ def _cmd_move(args: argparse.Namespace) -> int:
             time.sleep((stamps[-1] - now_ns()) / 1e9 + args.settle)
             st = sub.latest(RobotState.TOPIC)
             err = np.linalg.norm(np.array(st.ee_pose[:3]) - b[:3])
-            print(f"reached {np.round(st.ee_pose[:3], 4).tolist()} m (target {np.round(b[:3], 4).tolist()}, "
-                  f"error {err * 1e3:.1f} mm, mode {st.mode}, safety events {st.safety_events})")
+            print(
+                f"reached {np.round(st.ee_pose[:3], 4).tolist()} m (target {np.round(b[:3], 4).tolist()}, "
+                f"error {err * 1e3:.1f} mm, mode {st.mode}, safety events {st.safety_events})"
+            )
         return 0
     finally:
         client.close()
@@ -154,9 +160,17 @@ def _cmd_calibrate_hand_eye(args: argparse.Namespace) -> int:
 
     cfg, run_dir = _stack(args.config)
     try:
-        res = hand_eye(cfg, run_dir, args.camera, args.mode, n_poses=args.poses, seed=args.seed,
-                       center=None if args.center is None else np.array(args.center), rot_deg=args.rot_deg,
-                       write=not args.dry_run)
+        res = hand_eye(
+            cfg,
+            run_dir,
+            args.camera,
+            args.mode,
+            n_poses=args.poses,
+            seed=args.seed,
+            center=None if args.center is None else np.array(args.center),
+            rot_deg=args.rot_deg,
+            write=not args.dry_run,
+        )
     except CalibrationError as e:
         print(f"calibration failed: {e}", file=sys.stderr)
         return 1
@@ -172,8 +186,15 @@ def _cmd_calibrate_intrinsics(args: argparse.Namespace) -> int:
 
     cfg, run_dir = _stack(args.config)
     try:
-        check, _, _ = intrinsics(cfg, run_dir, args.camera, args.board, n_poses=args.poses,
-                                 center=None if args.center is None else np.array(args.center), write=not args.dry_run)
+        check, _, _ = intrinsics(
+            cfg,
+            run_dir,
+            args.camera,
+            args.board,
+            n_poses=args.poses,
+            center=None if args.center is None else np.array(args.center),
+            write=not args.dry_run,
+        )
     except CalibrationError as e:
         print(f"calibration failed: {e}", file=sys.stderr)
         return 1
@@ -197,15 +218,23 @@ def _cmd_calibrate_latency(args: argparse.Namespace) -> int:
     cam = camera_id_of(cfg, args.camera)
     T_gc = (store.load(cfg.calibration.file).get("cameras") or {}).get(cam, {}).get("T_gripper_camera")
     try:
-        res = measure(cfg, run_dir, args.camera, board, center=None if args.center is None else np.array(args.center),
-                      moving="camera" if args.board == "table_board" else "board",
-                      T_gripper_camera=None if T_gc is None else np.array(T_gc))
+        res = measure(
+            cfg,
+            run_dir,
+            args.camera,
+            board,
+            center=None if args.center is None else np.array(args.center),
+            moving="camera" if args.board == "table_board" else "board",
+            T_gripper_camera=None if T_gc is None else np.array(T_gc),
+        )
     except CalibrationError as e:
         print(f"calibration failed: {e}", file=sys.stderr)
         return 1
     if not args.dry_run:
         store.update(cfg.calibration.file, "cameras", cam, {"latency_s": round(res["camera_latency_s"], 4)})
-        store.update(cfg.calibration.file, "robot", "latency", {"command_latency_s": round(res["command_latency_s"], 4)})
+        store.update(
+            cfg.calibration.file, "robot", "latency", {"command_latency_s": round(res["command_latency_s"], 4)}
+        )
         print(f"written to {cfg.calibration.file}")
     return 0
 
@@ -229,10 +258,18 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 def _cmd_collect(args: argparse.Namespace) -> int:
     from robot_stack.apps.collect import run_collect
 
-    res = run_collect(args.config, args.out, args.episodes, max_episode_s=args.max_episode_s, seed=args.seed,
-                      verbose=args.verbose, view=args.view)
-    print(f"{len(res.saved)} episodes saved in {args.out}, {res.discarded} discarded, "
-          f"{res.dropped:.0f} samples dropped")
+    res = run_collect(
+        args.config,
+        args.out,
+        args.episodes,
+        max_episode_s=args.max_episode_s,
+        seed=args.seed,
+        verbose=args.verbose,
+        view=args.view,
+    )
+    print(
+        f"{len(res.saved)} episodes saved in {args.out}, {res.discarded} discarded, {res.dropped:.0f} samples dropped"
+    )
     return 0
 
 
@@ -263,9 +300,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         if settings.batch_size % args.nproc:
             raise ConfigError(f"batch_size {settings.batch_size} does not split over --nproc {args.nproc} ranks")
-        argv = ["train", *([str(args.config)] if args.config else []), "--episodes", str(args.episodes),
-                "--out", str(args.out), *(["--steps", str(args.steps)] if args.steps else []),
-                *(["--resume"] if args.resume else [])]
+        argv = [
+            "train",
+            *([str(args.config)] if args.config else []),
+            "--episodes",
+            str(args.episodes),
+            "--out",
+            str(args.out),
+            *(["--steps", str(args.steps)] if args.steps else []),
+            *(["--resume"] if args.resume else []),
+        ]
         return subprocess.call(torchrun_argv(args.nproc, argv))
     summary = train(settings, eps, args.out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -293,8 +337,17 @@ def _cmd_train_fast(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from robot_stack.apps.deploy import run_deploy
 
-    res = run_deploy(args.config, args.policy, args.episodes, strategy=args.strategy, max_episode_s=args.max_episode_s,
-                     seed=args.seed, verbose=args.verbose, view=args.view, fast=args.fast)
+    res = run_deploy(
+        args.config,
+        args.policy,
+        args.episodes,
+        strategy=args.strategy,
+        max_episode_s=args.max_episode_s,
+        seed=args.seed,
+        verbose=args.verbose,
+        view=args.view,
+        fast=args.fast,
+    )
     return 0 if res.success else 1
 
 
@@ -343,8 +396,10 @@ def _cmd_calibrate_servos(args: argparse.Namespace) -> int:
     finally:
         bus.close()
     servos.save(args.file, args.section, args.name, jm, ranges)
-    print(f"written to {args.file} ({args.section}.{args.name}): offsets {np.round(jm.offsets, 3).tolist()} rad, "
-          f"gripper closed {jm.gripper_closed:.3f} / open {jm.gripper_open:.3f} rad")
+    print(
+        f"written to {args.file} ({args.section}.{args.name}): offsets {np.round(jm.offsets, 3).tolist()} rad, "
+        f"gripper closed {jm.gripper_closed:.3f} / open {jm.gripper_open:.3f} rad"
+    )
     return 0
 
 
@@ -390,8 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("move", help="move the TCP of a running stack's arm to a position (and back)")
     p.add_argument("config", type=Path)
-    p.add_argument("--to", type=float, nargs=3, required=True, metavar=("X", "Y", "Z"),
-                   help="target TCP position in the base frame, m (orientation kept)")
+    p.add_argument(
+        "--to",
+        type=float,
+        nargs=3,
+        required=True,
+        metavar=("X", "Y", "Z"),
+        help="target TCP position in the base frame, m (orientation kept)",
+    )
     p.add_argument("--back", action="store_true", help="return to the start afterwards")
     p.add_argument("--speed", type=float, default=0.1, help="TCP speed, m/s")
     p.add_argument("--settle", type=float, default=0.5, help="wait after each leg, s")
@@ -401,8 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estop", help="e-stop a running stack's arm (or --release it)")
     p.add_argument("config", type=Path)
     p.add_argument("--release", action="store_true")
-    p.add_argument("--recover", action="store_true",
-                   help="recover the robot from a fault (UR: unlock a protective stop, restart the script)")
+    p.add_argument(
+        "--recover",
+        action="store_true",
+        help="recover the robot from a fault (UR: unlock a protective stop, restart the script)",
+    )
     p.add_argument("--reason", default="cli")
     p.add_argument("--arm", default="arm")
     p.set_defaults(fn=_cmd_estop)
@@ -416,8 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--poses", type=int, default=15)
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--rot-deg", type=float, default=15.0, help="rotation range about each tool axis, deg")
-    h.add_argument("--center", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                   help="nominal TCP position (default: where the arm is)")
+    h.add_argument(
+        "--center",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="nominal TCP position (default: where the arm is)",
+    )
     h.add_argument("--dry-run", action="store_true", help="do not write the calibration file")
     h.set_defaults(fn=_cmd_calibrate_hand_eye)
     ci = cs.add_parser("intrinsics", help="check a camera's intrinsics against board views and calibrate them")
@@ -436,15 +506,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--signs", type=int, nargs="+", default=None, help="+1/-1 per joint (default all +1)")
     sv.add_argument("--baudrate", type=int, default=1_000_000)
     sv.add_argument("--file", type=Path, required=True, help="calibration file")
-    sv.add_argument("--section", choices=["leaders", "arms"], required=True,
-                    help="leaders (a teleop leader) or arms (a follower's arm driver)")
+    sv.add_argument(
+        "--section",
+        choices=["leaders", "arms"],
+        required=True,
+        help="leaders (a teleop leader) or arms (a follower's arm driver)",
+    )
     sv.add_argument("--name", required=True, help="its entry, e.g. so101_leader or so101_follower")
     sv.set_defaults(fn=_cmd_calibrate_servos)
     la = cs.add_parser("latency", help="camera and robot command latency by cross-correlating motion")
     la.add_argument("config", type=Path)
     la.add_argument("--camera", required=True, help="camera node name")
-    la.add_argument("--board", choices=["table_board", "gripper_board"], default="table_board",
-                    help="the board this camera watches")
+    la.add_argument(
+        "--board", choices=["table_board", "gripper_board"], default="table_board", help="the board this camera watches"
+    )
     la.add_argument("--center", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"))
     la.add_argument("--dry-run", action="store_true")
     la.set_defaults(fn=_cmd_calibrate_latency)
@@ -461,22 +536,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-episode-s", type=float, default=30.0, help="an episode running longer is discarded")
     p.add_argument("--seed", type=int, default=None, help="sim: seed of the cube placement")
     p.add_argument("--verbose", action="store_true", help="stream every node's log")
-    p.add_argument("--view", default=None, metavar="spawn|URL|FILE.rrd",
-                   help="live view in rerun: a window, a viewer at URL, or a recording file")
+    p.add_argument(
+        "--view",
+        default=None,
+        metavar="spawn|URL|FILE.rrd",
+        help="live view in rerun: a window, a viewer at URL, or a recording file",
+    )
     p.set_defaults(fn=_cmd_collect)
 
     p = sub.add_parser("train", help="train a visuomotor policy on recorded episodes")
-    p.add_argument("config", type=Path, nargs="?", default=None, help="training settings YAML (default settings if omitted)")
+    p.add_argument(
+        "config", type=Path, nargs="?", default=None, help="training settings YAML (default settings if omitted)"
+    )
     p.add_argument("--episodes", type=Path, required=True, help="dataset folder")
     p.add_argument("--out", type=Path, default=Path("policy.safetensors"), help="checkpoint to write")
     p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
     p.add_argument("--resume", action="store_true", help="continue from --out's last checkpoint")
-    p.add_argument("--nproc", type=int, default=1, help="ranks (processes) for DistributedDataParallel through "
-                   "torchrun: gloo on CPU, NCCL on GPUs; batch_size is the global batch")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="ranks (processes) for DistributedDataParallel through "
+        "torchrun: gloo on CPU, NCCL on GPUs; batch_size is the global batch",
+    )
     p.set_defaults(fn=_cmd_train)
 
-    p = sub.add_parser("train-fast", help="slow-fast control: train the fast layer that corrects a slow policy's "
-                       "plan from the wrist wrench (RDP-style) on recorded episodes")
+    p = sub.add_parser(
+        "train-fast",
+        help="slow-fast control: train the fast layer that corrects a slow policy's "
+        "plan from the wrist wrench (RDP-style) on recorded episodes",
+    )
     p.add_argument("--policy", type=Path, required=True, help="the slow policy checkpoint (.safetensors)")
     p.add_argument("--episodes", type=Path, required=True, help="dataset folder (recorded with a wrench)")
     p.add_argument("--out", type=Path, default=Path("fast.safetensors"), help="fast-layer file to write")
@@ -488,15 +577,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path)
     p.add_argument("--policy", type=Path, required=True, help="checkpoint (.safetensors) or ONNX export (.onnx)")
     p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--strategy", choices=["sync", "async", "ensemble", "rtc"], default=None,
-                   help="execution strategy (default: the config's)")
+    p.add_argument(
+        "--strategy",
+        choices=["sync", "async", "ensemble", "rtc"],
+        default=None,
+        help="execution strategy (default: the config's)",
+    )
     p.add_argument("--max-episode-s", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=None, help="sim: seed of the cube placement")
-    p.add_argument("--fast", type=Path, default=None, help="slow-fast control: a fast-layer file (robot-stack "
-                   "train-fast) the controller runs at its rate, correcting the plan from the wrist wrench")
+    p.add_argument(
+        "--fast",
+        type=Path,
+        default=None,
+        help="slow-fast control: a fast-layer file (robot-stack "
+        "train-fast) the controller runs at its rate, correcting the plan from the wrist wrench",
+    )
     p.add_argument("--verbose", action="store_true")
-    p.add_argument("--view", default=None, metavar="spawn|URL|FILE.rrd",
-                   help="live view in rerun: a window, a viewer at URL, or a recording file")
+    p.add_argument(
+        "--view",
+        default=None,
+        metavar="spawn|URL|FILE.rrd",
+        help="live view in rerun: a window, a viewer at URL, or a recording file",
+    )
     p.set_defaults(fn=_cmd_deploy)
 
     p = sub.add_parser("replay", help="replay a recorded episode's actions through the controller")
@@ -516,18 +618,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="import a LeRobot v2.1/v3.0 dataset as native episodes")
     p.add_argument("dataset", type=Path)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--require-videos", action="store_true",
-                   help="refuse a dataset whose video files are missing (default: import the tabular streams)")
+    p.add_argument(
+        "--require-videos",
+        action="store_true",
+        help="refuse a dataset whose video files are missing (default: import the tabular streams)",
+    )
     p.set_defaults(fn=_cmd_import)
 
     p = sub.add_parser("demo", help="the main job on the simulated robot")
     p.add_argument("--quick", action="store_true", help="short run that proves the path (CI)")
-    p.add_argument("--task", choices=("reach", "pick", "bimanual"), default="reach",
-                   help="reach the cube (quick to learn), pick it and place it in the target square, or lift a bar "
-                        "with two arms")
-    p.add_argument("--square", action="store_true", help="bring-up check instead: trace a square, print tracking and timing")
+    p.add_argument(
+        "--task",
+        choices=("reach", "pick", "bimanual"),
+        default="reach",
+        help="reach the cube (quick to learn), pick it and place it in the target square, or lift a bar with two arms",
+    )
+    p.add_argument(
+        "--square", action="store_true", help="bring-up check instead: trace a square, print tracking and timing"
+    )
     p.add_argument("--config", type=Path, default=None, help="--square on this setup (default configs/sim_panda.yaml)")
-    p.add_argument("--workdir", type=Path, default=None, help="folder for episodes and the policy (default: a temp folder)")
+    p.add_argument(
+        "--workdir", type=Path, default=None, help="folder for episodes and the policy (default: a temp folder)"
+    )
     p.add_argument("--verbose", action="store_true", help="stream every node's log")
     p.set_defaults(fn=_cmd_demo)
     return ap

@@ -30,7 +30,11 @@ def main(root: Path) -> dict:
     import pyarrow.parquet as pq
     import torch
     from lerobot.datasets.compute_stats import (
-        DEFAULT_QUANTILES, aggregate_stats, auto_downsample_height_width, compute_episode_stats, get_feature_stats,
+        DEFAULT_QUANTILES,
+        aggregate_stats,
+        auto_downsample_height_width,
+        compute_episode_stats,
+        get_feature_stats,
         sample_indices,
     )
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -41,8 +45,16 @@ def main(root: Path) -> dict:
     action = np.stack(table.column("action").to_numpy(zero_copy_only=False))
     ts = np.asarray(table.column("timestamp"), np.float32)
     cams = [k for k, f in ds.meta.features.items() if f["dtype"] == "video"]
-    out = {"frames": len(ds), "rows": table.num_rows, "state_equal": True, "action_equal": True,
-           "timestamp_equal": True, "tasks": {}, "video_frames": {c: 0 for c in cams}, "video_shape": {}}
+    out = {
+        "frames": len(ds),
+        "rows": table.num_rows,
+        "state_equal": True,
+        "action_equal": True,
+        "timestamp_equal": True,
+        "tasks": {},
+        "video_frames": {c: 0 for c in cams},
+        "video_shape": {},
+    }
     per_episode: dict[int, dict[str, list]] = {}
     for i in range(len(ds)):
         item = ds[i]
@@ -63,7 +75,7 @@ def main(root: Path) -> dict:
     # lerobot's statistics of the same frames, as its writer computes them per episode
     features = {k: ds.meta.features[k] for k in ["observation.state", "action"]}
     ep_stats = []
-    for e, d in sorted(per_episode.items()):
+    for _, d in sorted(per_episode.items()):
         st = compute_episode_stats({k: np.stack(d[k]) for k in features}, features)
         for c in cams:  # compute_episode_stats samples image *files*; the same steps on the decoded frames
             frames = np.stack(d[c])  # (n, 3, h, w) uint8
@@ -71,11 +83,14 @@ def main(root: Path) -> dict:
             # lerobot 0.4.4 feeds uint8 samples to RunningQuantileStats, whose mean of squares
             # (batch**2) wraps around in uint8, so its image std is wrong; computed here on the same
             # samples as float (the uint8 result is reported beside it)
-            fs = get_feature_stats(arr.astype(np.float64), axis=(0, 2, 3), keepdims=True, quantile_list=DEFAULT_QUANTILES)
+            fs = get_feature_stats(
+                arr.astype(np.float64), axis=(0, 2, 3), keepdims=True, quantile_list=DEFAULT_QUANTILES
+            )
             st[c] = {k: v if k == "count" else np.squeeze(v / 255.0, axis=0) for k, v in fs.items()}
             u8 = get_feature_stats(arr, axis=(0, 2, 3), keepdims=True, quantile_list=DEFAULT_QUANTILES)
             out.setdefault("image_std_uint8_bug", {}).setdefault(c, []).append(
-                float(np.squeeze(u8["std"] / 255.0).mean()))
+                float(np.squeeze(u8["std"] / 255.0).mean())
+            )
         ep_stats.append(st)
     theirs = aggregate_stats(ep_stats)
     ours = json.loads((root / "meta" / "stats.json").read_text())
@@ -83,8 +98,9 @@ def main(root: Path) -> dict:
     for k, st in theirs.items():
         for s, v in st.items():
             if s in ours.get(k, {}):
-                diff[f"{k}/{s}"] = float(np.max(np.abs(np.asarray(ours[k][s], np.float64).reshape(np.shape(v))
-                                                       - np.asarray(v, np.float64))))
+                diff[f"{k}/{s}"] = float(
+                    np.max(np.abs(np.asarray(ours[k][s], np.float64).reshape(np.shape(v)) - np.asarray(v, np.float64)))
+                )
             else:
                 diff[f"{k}/{s}"] = None  # a statistic lerobot computes that we do not write
     out["stats_max_abs_diff"] = diff

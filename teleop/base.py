@@ -13,7 +13,8 @@ from robot_stack.errors import RobotStackError
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -127,5 +128,3 @@ def axes_to_delta(axes6: np.ndarray, period_s: float, max_lin_vel: float, max_an
     """
     a = np.asarray(axes6, float)
     return np.concatenate([a[:3] * max_lin_vel * period_s, a[3:] * max_ang_vel * period_s])
-
-

@@ -42,8 +42,16 @@ class GamepadState:
                 self.pressed.append(number)
 
 
-def gamepad_command(st: GamepadState, gripper: float, recording: bool, intervening: bool, period_s: float,
-                    dz: float = 0.15, max_lin_vel: float = 0.1, max_ang_vel: float = 0.5):
+def gamepad_command(
+    st: GamepadState,
+    gripper: float,
+    recording: bool,
+    intervening: bool,
+    period_s: float,
+    dz: float = 0.15,
+    max_lin_vel: float = 0.1,
+    max_ang_vel: float = 0.5,
+):
     """One period's command; consumes ``st.pressed``. Returns (command, gripper, recording, intervening)."""
     axes6 = np.zeros(6)
     for n, (i, sign) in AXIS_MAP.items():
@@ -63,7 +71,12 @@ def gamepad_command(st: GamepadState, gripper: float, recording: bool, interveni
             intervening = not intervening
     st.pressed.clear()
     delta = axes_to_delta(deadzone(axes6, dz), period_s, max_lin_vel, max_ang_vel)
-    return TeleopCommand(kind="ee_delta", value=delta, gripper=gripper, buttons=buttons), gripper, recording, intervening
+    return (
+        TeleopCommand(kind="ee_delta", value=delta, gripper=gripper, buttons=buttons),
+        gripper,
+        recording,
+        intervening,
+    )
 
 
 class GamepadDevice(TeleopDevice):
@@ -73,8 +86,14 @@ class GamepadDevice(TeleopDevice):
         TeleopError: the device cannot be opened or read.
     """
 
-    def __init__(self, period_s: float, path: str = "/dev/input/js0", deadzone: float = 0.15,
-                 max_lin_vel: float = 0.1, max_ang_vel: float = 0.5):
+    def __init__(
+        self,
+        period_s: float,
+        path: str = "/dev/input/js0",
+        deadzone: float = 0.15,
+        max_lin_vel: float = 0.1,
+        max_ang_vel: float = 0.5,
+    ):
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
@@ -95,7 +114,8 @@ class GamepadDevice(TeleopDevice):
                 break
             self.state.feed(data)
         cmd, self.gripper, self.recording, self.intervening = gamepad_command(
-            self.state, self.gripper, self.recording, self.intervening, self.period_s, self.dz, self.lin, self.ang)
+            self.state, self.gripper, self.recording, self.intervening, self.period_s, self.dz, self.lin, self.ang
+        )
         return cmd
 
     def close(self) -> None:
@@ -111,5 +131,5 @@ class GamepadConfig(TeleopConfig):
     max_lin_vel: float = Field(0.1, gt=0, description="m/s at full deflection")
     max_ang_vel: float = Field(0.5, gt=0, description="rad/s at full deflection")
 
-    def build(self, ctx, params) -> "GamepadDevice":
+    def build(self, ctx, params) -> GamepadDevice:
         return GamepadDevice(1.0 / params.rate_hz, self.path, self.deadzone, self.max_lin_vel, self.max_ang_vel)

@@ -25,12 +25,22 @@ from robot_stack.comm.messages import TeleopCommand
 from .base import TeleopConfig, TeleopDevice, TeleopError, TeleopInputs
 
 MOVES = {"w": (0, 1), "s": (0, -1), "a": (1, 1), "d": (1, -1), "r": (2, 1), "f": (2, -1), "j": (5, 1), "l": (5, -1)}
-BUTTONS = {"b": "episode_start", "n": "episode_stop", "x": "episode_discard", "i": "intervene", "o": "release",
-           " ": "estop", "E": "estop_release", "Q": "quit", "\t": "switch_arm"}
+BUTTONS = {
+    "b": "episode_start",
+    "n": "episode_stop",
+    "x": "episode_discard",
+    "i": "intervene",
+    "o": "release",
+    " ": "estop",
+    "E": "estop_release",
+    "Q": "quit",
+    "\t": "switch_arm",
+}
 
 
-def keys_to_command(keys: str, gripper: float, step_m: float = 0.005, step_rad: float = 0.03
-                    ) -> tuple[TeleopCommand | None, float]:
+def keys_to_command(
+    keys: str, gripper: float, step_m: float = 0.005, step_rad: float = 0.03
+) -> tuple[TeleopCommand | None, float]:
     """Map the keys typed in one period to a command; returns (command or None if no key, gripper).
 
     Unknown keys are ignored. The delta is [dx dy dz rx ry rz] (m, rad) in the base frame.
@@ -66,8 +76,9 @@ class KeyboardDevice(TeleopDevice):
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError as e:
-            raise TeleopError(f"keyboard teleop cannot open terminal {path}: {e} "
-                              "(run the stack from a terminal, or set params.tty)") from e
+            raise TeleopError(
+                f"keyboard teleop cannot open terminal {path}: {e} (run the stack from a terminal, or set params.tty)"
+            ) from e
         self._saved = None
         if os.isatty(self.fd):
             self._saved = termios.tcgetattr(self.fd)
@@ -100,5 +111,5 @@ class KeyboardConfig(TeleopConfig):
     type: Literal["keyboard"] = "keyboard"
     tty: str | None = Field(None, description="terminal device (default: the launcher's)")
 
-    def build(self, ctx, params) -> "KeyboardDevice":
+    def build(self, ctx, params) -> KeyboardDevice:
         return KeyboardDevice(self.tty)

@@ -37,7 +37,9 @@ class JointMap:
     def joints(self, raw: np.ndarray) -> np.ndarray:
         raw = np.asarray(raw, float)
         if raw.shape != (len(self.offsets),):
-            raise TeleopError(f"leader reports {raw.shape[0] if raw.ndim else 0} joints, calibration has {len(self.offsets)}")
+            raise TeleopError(
+                f"leader reports {raw.shape[0] if raw.ndim else 0} joints, calibration has {len(self.offsets)}"
+            )
         return np.asarray(self.signs) * (raw - np.asarray(self.offsets))
 
     def gripper(self, raw: float) -> float:
@@ -76,14 +78,18 @@ class LeaderArm:
         err = np.abs(ql - qf)
         j = int(np.argmax(err))
         if err[j] > self.max_err:
-            raise TeleopError(f"leader and follower too far apart to engage: joint {j + 1} leader {ql[j]:+.3f} rad, "
-                              f"follower {qf[j]:+.3f} rad (max {self.max_err:.3f}); match the follower's pose first")
+            raise TeleopError(
+                f"leader and follower too far apart to engage: joint {j + 1} leader {ql[j]:+.3f} rad, "
+                f"follower {qf[j]:+.3f} rad (max {self.max_err:.3f}); match the follower's pose first"
+            )
         self.t0, self.q_start = t, qf.copy()
 
     def disengage(self) -> None:
         self.t0 = self.q_start = None
 
-    def command(self, q_leader: np.ndarray, gripper: float, t: float, buttons: list[str] | None = None) -> TeleopCommand:
+    def command(
+        self, q_leader: np.ndarray, gripper: float, t: float, buttons: list[str] | None = None
+    ) -> TeleopCommand:
         """The joint command at time ``t``: blended from the follower's pose during the ramp.
 
         Raises:
@@ -104,8 +110,12 @@ def save_joint_map(path, device: str, jm: JointMap, section: str = "leaders", ra
 
     if section not in ("leaders", "arms"):
         raise ValueError(f"section must be leaders or arms, got {section!r}")
-    values = {"offsets": [float(v) for v in jm.offsets], "signs": [float(v) for v in jm.signs],
-              "gripper_open": float(jm.gripper_open), "gripper_closed": float(jm.gripper_closed)}
+    values = {
+        "offsets": [float(v) for v in jm.offsets],
+        "signs": [float(v) for v in jm.signs],
+        "gripper_open": float(jm.gripper_open),
+        "gripper_closed": float(jm.gripper_closed),
+    }
     if ranges is not None:
         values["ranges"] = np.round(np.asarray(ranges, float), 5).tolist()
     store.update(path, section, device, values)
@@ -121,13 +131,15 @@ def load_joint_map(path, device: str, section: str = "leaders") -> JointMap:
 
     d = (store.load(path).get(section) or {}).get(device)
     if not d:
-        raise TeleopError(f"{path} has no calibration for {section}.{device}: calibrate it first "
-                          f"(robot-stack calibrate servos)")
+        raise TeleopError(
+            f"{path} has no calibration for {section}.{device}: calibrate it first (robot-stack calibrate servos)"
+        )
     return JointMap(tuple(d["offsets"]), tuple(d["signs"]), d.get("gripper_open", 1.0), d.get("gripper_closed", 0.0))
 
 
-def calibrate_joint_map(raw_at_pose: np.ndarray, q_pose: np.ndarray, signs, gripper_open: float = 1.0,
-                        gripper_closed: float = 0.0) -> JointMap:
+def calibrate_joint_map(
+    raw_at_pose: np.ndarray, q_pose: np.ndarray, signs, gripper_open: float = 1.0, gripper_closed: float = 0.0
+) -> JointMap:
     """Offsets from one reading of the leader held in a known follower pose ``q_pose`` (rad):
     q = sign * (raw - offset)  =>  offset = raw - q / sign."""
     raw, q, sg = (np.asarray(v, float) for v in (raw_at_pose, q_pose, signs))
@@ -152,8 +164,16 @@ class LeaderDevice(TeleopDevice):
         rate_hz: the teleop rate (for the 0.5 s failure window).
     """
 
-    def __init__(self, bus, jmap: JointMap, n_joints: int, has_gripper: bool, max_engage_error: float,
-                 ramp_s: float, rate_hz: float):
+    def __init__(
+        self,
+        bus,
+        jmap: JointMap,
+        n_joints: int,
+        has_gripper: bool,
+        max_engage_error: float,
+        ramp_s: float,
+        rate_hz: float,
+    ):
         self.bus, self.jmap, self.n, self.has_gripper = bus, jmap, n_joints, has_gripper
         self.leader = LeaderArm(max_engage_error, ramp_s)
         self.ramp_s, self.rate_hz = ramp_s, rate_hz
@@ -174,7 +194,7 @@ class LeaderDevice(TeleopDevice):
                 log.error("leader bus failing for 0.5 s: disengaged (match the follower's pose to re-engage)")
             return None
         self.bus_errors_run = 0
-        q = self.jmap.joints(raw[:self.n])
+        q = self.jmap.joints(raw[: self.n])
         g = self.jmap.gripper(raw[self.n]) if self.has_gripper else 1.0
         if not self.leader.engaged:
             st = inputs.latest(RobotState.TOPIC)
@@ -191,8 +211,11 @@ class LeaderDevice(TeleopDevice):
         return self.leader.command(q, g, inputs.t)
 
     def metrics(self) -> dict[str, float]:
-        return {"engaged": float(self.leader.engaged), "engage_refusals": float(self.refusals),
-                "bus_errors": float(self.bus_errors)}
+        return {
+            "engaged": float(self.leader.engaged),
+            "engage_refusals": float(self.refusals),
+            "bus_errors": float(self.bus_errors),
+        }
 
     def close(self) -> None:
         if hasattr(self.bus, "close"):
@@ -229,8 +252,9 @@ class LeaderConfig(TeleopConfig):
         ids = list(self.ids) + ([self.gripper_id] if self.gripper_id is not None else [])
         bus = self._bus(ids)
         bus.set_torque(False)
-        return LeaderDevice(bus, jmap, len(self.ids), self.gripper_id is not None, self.max_engage_error,
-                            self.ramp_s, params.rate_hz)
+        return LeaderDevice(
+            bus, jmap, len(self.ids), self.gripper_id is not None, self.max_engage_error, self.ramp_s, params.rate_hz
+        )
 
 
 class So101LeaderConfig(LeaderConfig):

@@ -67,8 +67,15 @@ class ReachExpert(_SimExpert):
         seed: RNG seed.
     """
 
-    def __init__(self, task: ReachTask = ReachTask(), speed: float = 0.15, settle_s: float = 0.4,
-                 tol: float = 0.004, jitter: float = 0.01, seed: int = 0):
+    def __init__(
+        self,
+        task: ReachTask = ReachTask(),
+        speed: float = 0.15,
+        settle_s: float = 0.4,
+        tol: float = 0.004,
+        jitter: float = 0.01,
+        seed: int = 0,
+    ):
         self.task, self.speed, self.settle_s, self.tol, self.jitter = task, speed, settle_s, tol, jitter
         self.rng = np.random.default_rng(seed)
         self.active = False  # as a device: between episode start and stop
@@ -118,8 +125,9 @@ class ReachExpert(_SimExpert):
         if self.settled_s >= self.settle_s and not self.done:
             self.done = True
             buttons.append("episode_stop")
-        return TeleopCommand(kind="ee_absolute", value=np.r_[self.carrot, self.orientation], gripper=1.0,
-                             buttons=buttons)
+        return TeleopCommand(
+            kind="ee_absolute", value=np.r_[self.carrot, self.orientation], gripper=1.0, buttons=buttons
+        )
 
 
 class PickExpert(_SimExpert):
@@ -157,14 +165,32 @@ class PickExpert(_SimExpert):
             task's check reports the failure.
     """
 
-    def __init__(self, task: PickTask = PickTask(), speed: float = 0.15, close_s: float = 0.7, open_s: float = 0.5,
-                 settle_s: float = 0.3, tol: float = 0.006, wait_s: float = 1.5, jitter: float = 0.01, seed: int = 0,
-                 miss_rate: float = 0.0, miss_offset: float = 0.045, lifted_z: float = 0.05, max_attempts: int = 3):
+    def __init__(
+        self,
+        task: PickTask = PickTask(),
+        speed: float = 0.15,
+        close_s: float = 0.7,
+        open_s: float = 0.5,
+        settle_s: float = 0.3,
+        tol: float = 0.006,
+        wait_s: float = 1.5,
+        jitter: float = 0.01,
+        seed: int = 0,
+        miss_rate: float = 0.0,
+        miss_offset: float = 0.045,
+        lifted_z: float = 0.05,
+        max_attempts: int = 3,
+    ):
         if not 0.0 <= miss_rate <= 1.0:
             raise ValueError(f"miss_rate must be in [0, 1], got {miss_rate}")
         self.task, self.speed, self.close_s, self.open_s = task, speed, close_s, open_s
         self.settle_s, self.tol, self.wait_s, self.jitter = settle_s, tol, wait_s, jitter
-        self.miss_rate, self.miss_offset, self.lifted_z, self.max_attempts = miss_rate, miss_offset, lifted_z, max_attempts
+        self.miss_rate, self.miss_offset, self.lifted_z, self.max_attempts = (
+            miss_rate,
+            miss_offset,
+            lifted_z,
+            max_attempts,
+        )
         self.rng = np.random.default_rng(seed)
         self.active = False
         self.reset()
@@ -206,8 +232,7 @@ class PickExpert(_SimExpert):
             "retreat": (tgt + np.r_[0, 0, t.carry_height], 1.0),
         }[name]
 
-    def step(self, tcp_pose: np.ndarray, cube_xyz: np.ndarray, target_xy: np.ndarray,
-             period_s: float) -> TeleopCommand:
+    def step(self, tcp_pose: np.ndarray, cube_xyz: np.ndarray, target_xy: np.ndarray, period_s: float) -> TeleopCommand:
         """The command for one teleop period from the measured TCP pose (7,), the cube centre (3,)
         and the target centre (2,), base frame."""
         tcp = np.asarray(tcp_pose, float)
@@ -253,8 +278,9 @@ class PickExpert(_SimExpert):
         if self.settled_s >= self.settle_s and not self.done:
             self.done = True
             buttons.append("episode_stop")
-        return TeleopCommand(kind="ee_absolute", value=np.r_[self.carrot, self.orientation], gripper=grip,
-                             buttons=buttons)
+        return TeleopCommand(
+            kind="ee_absolute", value=np.r_[self.carrot, self.orientation], gripper=grip, buttons=buttons
+        )
 
 
 class PressExpert(_SimExpert):
@@ -284,9 +310,20 @@ class PressExpert(_SimExpert):
 
     PHASES = ("approach", "descend", "press", "retreat")
 
-    def __init__(self, task: PressTask = PressTask(), speed: float = 0.15, gain: float = 0.004,
-                 extra_hold_s: float = 0.5, tol: float = 0.006, max_depth: float = 0.04, jitter: float = 0.01,
-                 seed: int = 0, perturb_m: float = 0.0, perturb_s: float = 0.5, max_perturbs: int = 4):
+    def __init__(
+        self,
+        task: PressTask = PressTask(),
+        speed: float = 0.15,
+        gain: float = 0.004,
+        extra_hold_s: float = 0.5,
+        tol: float = 0.006,
+        max_depth: float = 0.04,
+        jitter: float = 0.01,
+        seed: int = 0,
+        perturb_m: float = 0.0,
+        perturb_s: float = 0.5,
+        max_perturbs: int = 4,
+    ):
         self.perturb_m, self.perturb_s, self.max_perturbs = perturb_m, perturb_s, max_perturbs
         self.task, self.speed, self.gain, self.extra_hold_s = task, speed, gain, extra_hold_s
         self.tol, self.max_depth, self.jitter = tol, max_depth, jitter
@@ -332,8 +369,11 @@ class PressExpert(_SimExpert):
             else:
                 self.carrot[2] += self.gain * (force_z - t.force_n) * period_s
                 self.contact_s += period_s
-                if self.perturb_m > 0 and self.perturbs < self.max_perturbs and \
-                        self.contact_s >= (self.perturbs + 1) * self.perturb_s:
+                if (
+                    self.perturb_m > 0
+                    and self.perturbs < self.max_perturbs
+                    and self.contact_s >= (self.perturbs + 1) * self.perturb_s
+                ):
                     self.carrot[2] += self.rng.uniform(-self.perturb_m, self.perturb_m)
                     self.perturbs += 1
                     self.held_s = -period_s  # the hold starts again
@@ -343,9 +383,11 @@ class PressExpert(_SimExpert):
             if self.held_s >= t.hold_s + self.extra_hold_s:
                 self.phase += 1
         else:
-            goal = {"approach": c + np.r_[0, 0, t.approach_height] + self.offset,
-                    "descend": c + np.r_[0, 0, t.touch_height],
-                    "retreat": c + np.r_[0, 0, t.approach_height]}[name]
+            goal = {
+                "approach": c + np.r_[0, 0, t.approach_height] + self.offset,
+                "descend": c + np.r_[0, 0, t.touch_height],
+                "retreat": c + np.r_[0, 0, t.approach_height],
+            }[name]
             d = goal - self.carrot
             dist, step = float(np.linalg.norm(d)), self.speed * period_s
             if dist <= step:
@@ -361,8 +403,9 @@ class PressExpert(_SimExpert):
                     buttons.append("episode_stop")
             else:
                 self.carrot = self.carrot + d / dist * step
-        return TeleopCommand(kind="ee_absolute", value=np.r_[self.carrot, self.orientation], gripper=0.0,
-                             buttons=buttons)
+        return TeleopCommand(
+            kind="ee_absolute", value=np.r_[self.carrot, self.orientation], gripper=0.0, buttons=buttons
+        )
 
 
 class LiftExpert(TeleopDevice):
@@ -388,9 +431,20 @@ class LiftExpert(TeleopDevice):
 
     PHASES = ("approach", "descend", "close", "lift", "hold")
 
-    def __init__(self, arms: dict[str, np.ndarray], task: LiftTask = LiftTask(), speed: float = 0.15,
-                 lift_speed: float = 0.08, turn_speed: float = 1.5, close_s: float = 0.7, hold_s: float = 1.0,
-                 tol: float = 0.006, wait_s: float = 1.5, jitter: float = 0.01, seed: int = 0):
+    def __init__(
+        self,
+        arms: dict[str, np.ndarray],
+        task: LiftTask = LiftTask(),
+        speed: float = 0.15,
+        lift_speed: float = 0.08,
+        turn_speed: float = 1.5,
+        close_s: float = 0.7,
+        hold_s: float = 1.0,
+        tol: float = 0.006,
+        wait_s: float = 1.5,
+        jitter: float = 0.01,
+        seed: int = 0,
+    ):
         if len(arms) != 2:
             raise ValueError(f"the lift expert drives two arms, got {list(arms)}")
         self.T = {a: np.asarray(T, float) for a, T in arms.items()}
@@ -401,8 +455,8 @@ class LiftExpert(TeleopDevice):
         self.reset()
 
     def reset(self) -> None:
-        self.carrot: dict[str, np.ndarray] = {}   # world frame
-        self.rot: dict[str, Rotation] = {}        # world frame
+        self.carrot: dict[str, np.ndarray] = {}  # world frame
+        self.rot: dict[str, Rotation] = {}  # world frame
         self.home_rot: dict[str, Rotation] = {}
         self.offset: dict[str, np.ndarray] = {}
         self.phase, self.t_phase = 0, 0.0
@@ -424,8 +478,11 @@ class LiftExpert(TeleopDevice):
         states = {a: inputs.latest_from(a, RobotState.TOPIC) for a in self.T}
         if obj is None or any(s is None for s in states.values()):
             return None
-        return self.step({a: np.asarray(s.ee_pose, float) for a, s in states.items()}, np.asarray(obj.cube_pose, float),
-                         inputs.period_s)
+        return self.step(
+            {a: np.asarray(s.ee_pose, float) for a, s in states.items()},
+            np.asarray(obj.cube_pose, float),
+            inputs.period_s,
+        )
 
     def _to_world(self, arm: str, pose: np.ndarray) -> tuple[np.ndarray, Rotation]:
         T = self.T[arm]
@@ -461,8 +518,10 @@ class LiftExpert(TeleopDevice):
         pts, yaw = self.grasp_points(bar_pose) if self.grasp is None else (self.grasp, self.grasp_rot)
         name = self.PHASES[self.phase]
         lift = np.r_[0, 0, t.carry_height] if name in ("lift", "hold") else np.zeros(3)
-        goals = {a: pts[a] + (np.r_[0, 0, t.approach_height] + self.offset[a] if name == "approach" else lift)
-                 for a in self.T}
+        goals = {
+            a: pts[a] + (np.r_[0, 0, t.approach_height] + self.offset[a] if name == "approach" else lift)
+            for a in self.T
+        }
         speed = self.lift_speed if name == "lift" else self.speed
         arrived_all, press = True, False
         for a in self.T:
@@ -481,8 +540,13 @@ class LiftExpert(TeleopDevice):
         if arrived_all:
             self.t_phase += period_s
             at = all(np.linalg.norm(self._to_world(a, tcp[a])[0] - goals[a]) < self.tol for a in self.T)
-            advance = {"approach": True, "descend": at or self.t_phase >= self.wait_s,
-                       "close": self.t_phase >= self.close_s, "lift": True, "hold": False}[name]
+            advance = {
+                "approach": True,
+                "descend": at or self.t_phase >= self.wait_s,
+                "close": self.t_phase >= self.close_s,
+                "lift": True,
+                "hold": False,
+            }[name]
             if name == "descend" and advance:
                 self.grasp, self.grasp_rot = pts, yaw
             if name == "hold" and self.t_phase >= self.hold_s and not self.done:
@@ -490,8 +554,10 @@ class LiftExpert(TeleopDevice):
             elif advance:
                 self.phase, self.t_phase = self.phase + 1, 0.0
         grip = 0.0 if name in ("close", "lift", "hold") else 1.0
-        out = [TeleopCommand(kind="ee_absolute", value=self._to_base(a, self.carrot[a], self.rot[a]), gripper=grip, arm=a)
-               for a in self.T]
+        out = [
+            TeleopCommand(kind="ee_absolute", value=self._to_base(a, self.carrot[a], self.rot[a]), gripper=grip, arm=a)
+            for a in self.T
+        ]
         if press:
             out[0].buttons = ["episode_stop"]
         return out
@@ -502,19 +568,33 @@ class ScriptedConfig(TeleopConfig):
 
     type: Literal["scripted"] = "scripted"
     task: Literal["reach", "pick", "press", "lift"] = Field(
-        "reach", description="the task it demonstrates (the sim world's task); lift drives the teleop node's two arms")
+        "reach", description="the task it demonstrates (the sim world's task); lift drives the teleop node's two arms"
+    )
     speed: float = Field(0.15, gt=0, description="TCP speed, m/s")
     seed: int = 0
-    perturb_m: float = Field(0.0, ge=0, le=0.02, description="press: jumps of the command (m) in contact, so that "
-                             "demonstrations show the force reaction (DART-style)")
-    miss_rate: float = Field(0.0, ge=0, le=1, description="pick: fraction of episodes whose first grasp is aimed "
-                             "beside the cube, so that demonstrations show the recovery from a missed grasp")
+    perturb_m: float = Field(
+        0.0,
+        ge=0,
+        le=0.02,
+        description="press: jumps of the command (m) in contact, so that "
+        "demonstrations show the force reaction (DART-style)",
+    )
+    miss_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="pick: fraction of episodes whose first grasp is aimed "
+        "beside the cube, so that demonstrations show the recovery from a missed grasp",
+    )
     world: str = Field("sim", description="node name of the sim world (its object ground truth)")
 
     def inputs(self, params) -> dict[str, tuple[str, tuple[str, ...]]]:
-        return {**{a: ("arm", (RobotState.TOPIC,)) for a in params.arm_nodes}, self.world: ("sim_world", (ObjectState.TOPIC,))}
+        return {
+            **{a: ("arm", (RobotState.TOPIC,)) for a in params.arm_nodes},
+            self.world: ("sim_world", (ObjectState.TOPIC,)),
+        }
 
-    def build(self, ctx, params) -> "ReachExpert | PickExpert | PressExpert | LiftExpert":
+    def build(self, ctx, params) -> ReachExpert | PickExpert | PressExpert | LiftExpert:
         if self.task == "lift":
             return LiftExpert(self.arm_bases(ctx.config, params.arm_nodes), speed=self.speed, seed=self.seed)
         if self.task == "press":
@@ -537,7 +617,9 @@ class ScriptedConfig(TeleopConfig):
         for node in arm_nodes:
             name = getattr(cfg.nodes[node].typed.driver, "arm", None) if node in cfg.nodes else None
             if name not in world.arms:
-                raise ValueError(f"teleop scripted lift: arm node {node!r} drives no arm of the sim world "
-                                 f"(its arms: {sorted(world.arms)})")
+                raise ValueError(
+                    f"teleop scripted lift: arm node {node!r} drives no arm of the sim world "
+                    f"(its arms: {sorted(world.arms)})"
+                )
             out[node] = world.arms[name].T_world_base()
         return out

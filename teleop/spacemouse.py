@@ -16,9 +16,17 @@ from robot_stack.comm.messages import TeleopCommand
 from .base import TeleopConfig, TeleopDevice, TeleopError, TeleopInputs, axes_to_delta, deadzone
 
 
-def spacemouse_command(axes6: np.ndarray, buttons: list[int], prev_buttons: list[int], gripper: float,
-                       recording: bool, period_s: float, dz: float = 0.1, max_lin_vel: float = 0.1,
-                       max_ang_vel: float = 0.5) -> tuple[TeleopCommand, float, bool]:
+def spacemouse_command(
+    axes6: np.ndarray,
+    buttons: list[int],
+    prev_buttons: list[int],
+    gripper: float,
+    recording: bool,
+    period_s: float,
+    dz: float = 0.1,
+    max_lin_vel: float = 0.1,
+    max_ang_vel: float = 0.5,
+) -> tuple[TeleopCommand, float, bool]:
     """One period's command from raw axes [x y z roll pitch yaw] in [-1, 1] and button states.
 
     Returns (command, gripper, recording). Buttons act on press (0 -> 1 edges).
@@ -41,8 +49,14 @@ class SpaceMouseDevice(TeleopDevice):
         TeleopError: pyspacemouse or libhidapi missing, or no device connected.
     """
 
-    def __init__(self, period_s: float, deadzone: float = 0.1, max_lin_vel: float = 0.1, max_ang_vel: float = 0.5,
-                 device: str | None = None):
+    def __init__(
+        self,
+        period_s: float,
+        deadzone: float = 0.1,
+        max_lin_vel: float = 0.1,
+        max_ang_vel: float = 0.5,
+        device: str | None = None,
+    ):
         try:
             import pyspacemouse
         except Exception as e:  # ImportError, or OSError when libhidapi is missing
@@ -60,8 +74,16 @@ class SpaceMouseDevice(TeleopDevice):
         s = self.dev.read()
         buttons = list(s.buttons)
         cmd, self.gripper, self.recording = spacemouse_command(
-            np.array([s.x, s.y, s.z, s.roll, s.pitch, s.yaw]), buttons, self.prev, self.gripper, self.recording,
-            self.period_s, self.dz, self.lin, self.ang)
+            np.array([s.x, s.y, s.z, s.roll, s.pitch, s.yaw]),
+            buttons,
+            self.prev,
+            self.gripper,
+            self.recording,
+            self.period_s,
+            self.dz,
+            self.lin,
+            self.ang,
+        )
         self.prev = buttons
         return cmd
 
@@ -80,5 +102,5 @@ class SpaceMouseConfig(TeleopConfig):
     max_lin_vel: float = Field(0.1, gt=0, description="m/s at full deflection")
     max_ang_vel: float = Field(0.5, gt=0, description="rad/s at full deflection")
 
-    def build(self, ctx, params) -> "SpaceMouseDevice":
+    def build(self, ctx, params) -> SpaceMouseDevice:
         return SpaceMouseDevice(1.0 / params.rate_hz, self.deadzone, self.max_lin_vel, self.max_ang_vel)

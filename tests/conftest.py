@@ -37,7 +37,13 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("hardware") and not hardware:
             item.add_marker(pytest.mark.skip(reason="needs the device attached: set ROBOT_STACK_HARDWARE=1 to run it"))
         if item.get_closest_marker("timeout") is None:
-            tier = "slow" if item.get_closest_marker("slow") else "processes" if item.get_closest_marker("processes") else "unit"
+            tier = (
+                "slow"
+                if item.get_closest_marker("slow")
+                else "processes"
+                if item.get_closest_marker("processes")
+                else "unit"
+            )
             item.add_marker(pytest.mark.timeout(TIER_TIMEOUT_S[tier]))
 
 
@@ -75,8 +81,9 @@ def wait_samples(sub, topic: str, n: int, timeout_s: float = 10.0) -> list:
     measured in samples (a real stream's own clock), not a fixed sleep."""
     last = sub.latest(topic)
     seq0 = -1 if last is None else last.seq
-    wait_until(lambda: sum(m.seq > seq0 for m in sub.history(topic)) >= n, timeout_s,
-               what=f"{n} new samples on {topic}")
+    wait_until(
+        lambda: sum(m.seq > seq0 for m in sub.history(topic)) >= n, timeout_s, what=f"{n} new samples on {topic}"
+    )
     return [m for m in sub.history(topic) if m.seq > seq0]
 
 
@@ -84,15 +91,22 @@ def wait_samples_of(sub, source: str, n: int, topic: str = "robot/state", timeou
     """Wait for ``n`` new samples of one publisher (``source``) on a topic several publish on."""
     seqs = [m.seq for m in sub.history(topic) if m.source == source]
     seq0 = seqs[-1] if seqs else -1
-    wait_until(lambda: sum(m.source == source and m.seq > seq0 for m in sub.history(topic)) >= n, timeout_s,
-               what=f"{n} new samples of {source} on {topic}")
+    wait_until(
+        lambda: sum(m.source == source and m.seq > seq0 for m in sub.history(topic)) >= n,
+        timeout_s,
+        what=f"{n} new samples of {source} on {topic}",
+    )
 
 
 def wait_past(t_ns: int, condition=None, extra_s: float = 10.0, what: str = "", describe=None):
     """Wait until the stack's clock has passed ``t_ns`` (a planned motion's end) and ``condition()``
     holds (e.g. the arm holds again); at most until ``extra_s`` after ``t_ns``."""
-    return wait_until(lambda: now_ns() >= t_ns and (condition is None or condition()),
-                      max(0.0, (t_ns - now_ns()) / 1e9) + extra_s, what=what or "the planned end", describe=describe)
+    return wait_until(
+        lambda: now_ns() >= t_ns and (condition is None or condition()),
+        max(0.0, (t_ns - now_ns()) / 1e9) + extra_s,
+        what=what or "the planned end",
+        describe=describe,
+    )
 
 
 import contextlib  # noqa: E402

@@ -6,8 +6,7 @@ No processes, no sockets, no sleeping: each test steps the node tick by tick.
 import numpy as np
 import pytest
 
-from robot_stack.comm.codec import encode
-from robot_stack.comm.messages import ArmControl, Heartbeat, RobotState, WaypointSchedule
+from robot_stack.comm.messages import RobotState
 from robot_stack.runtime.arm_client import ArmClient
 from robot_stack.control.paths import straight_line
 
@@ -15,10 +14,20 @@ RATE = 500.0
 
 
 def arm_setup(**safety):
-    return {"name": "arm_test", "nodes": {
-        "arm": {"kind": "arm", "params": {"driver": {"type": "ideal", "robot": "panda_robotiq"}, "rate_hz": RATE,
-                                          "state_rate_hz": 100.0, "safety": {"estop_release": ["operator"], **safety}}},
-    }}
+    return {
+        "name": "arm_test",
+        "nodes": {
+            "arm": {
+                "kind": "arm",
+                "params": {
+                    "driver": {"type": "ideal", "robot": "panda_robotiq"},
+                    "rate_hz": RATE,
+                    "state_rate_hz": 100.0,
+                    "safety": {"estop_release": ["operator"], **safety},
+                },
+            },
+        },
+    }
 
 
 def run(node, clock, seconds, beat: ArmClient | None = None):

@@ -16,8 +16,14 @@ from robot_stack.comm.codec import encode
 from robot_stack.comm.messages import ActionChunk, ErrorReply, ObservationWindow
 from robot_stack.comm.transport import BatchReplyServer, RemoteError, RequestClient
 from robot_stack.comm.batching import BatchWindow
-from robot_stack.policies.generative import (GenerativePolicy, GenerativePolicyModel, ModelConfig, OnnxDenoiser,
-                                             TorchDenoiser, export_onnx)
+from robot_stack.policies.generative import (
+    GenerativePolicy,
+    GenerativePolicyModel,
+    ModelConfig,
+    OnnxDenoiser,
+    TorchDenoiser,
+    export_onnx,
+)
 
 MS = 1_000_000
 
@@ -40,8 +46,15 @@ def test_the_window_closes_at_its_time_or_its_size():
 # --------------------------------------------------------------------------- the policy
 def _model(kind: str, steps: int, rtc_max_prefix: int = 0) -> GenerativePolicyModel:
     torch.manual_seed(0)
-    cfg = ModelConfig(cameras={"scene": "rgbd"}, image_hw=(64, 64), horizon=8, kind=kind, sample_steps=steps,
-                      widths=(32, 64), rtc_max_prefix=rtc_max_prefix)
+    cfg = ModelConfig(
+        cameras={"scene": "rgbd"},
+        image_hw=(64, 64),
+        horizon=8,
+        kind=kind,
+        sample_steps=steps,
+        widths=(32, 64),
+        rtc_max_prefix=rtc_max_prefix,
+    )
     m = GenerativePolicyModel(cfg).eval()
     with torch.no_grad():  # a spread action range, so chunks differ visibly between requests
         m.a_min.copy_(torch.full_like(m.a_min, -0.5))
@@ -50,15 +63,23 @@ def _model(kind: str, steps: int, rtc_max_prefix: int = 0) -> GenerativePolicyMo
 
 
 def _obs(rng, n: int) -> list[dict]:
-    return [{"scene.color": rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8),
-             "scene.depth": rng.integers(300, 1500, (2, 64, 64), dtype=np.uint16),
-             "state": rng.standard_normal((2, 8)).astype(np.float32)} for _ in range(n)]
+    return [
+        {
+            "scene.color": rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8),
+            "scene.depth": rng.integers(300, 1500, (2, 64, 64), dtype=np.uint16),
+            "state": rng.standard_normal((2, 8)).astype(np.float32),
+        }
+        for _ in range(n)
+    ]
 
 
 def _prefixes(rng, n: int):
     """Mixed requests: no prefix, a 3-action prefix with d = 2, a 5-action one with all committed."""
-    choices = [(None, None), (rng.uniform(-0.3, 0.3, (3, 8)).astype(np.float32), 2),
-               (rng.uniform(-0.3, 0.3, (5, 8)).astype(np.float32), None)]
+    choices = [
+        (None, None),
+        (rng.uniform(-0.3, 0.3, (3, 8)).astype(np.float32), 2),
+        (rng.uniform(-0.3, 0.3, (5, 8)).astype(np.float32), None),
+    ]
     return [choices[i % 3][0] for i in range(n)], [choices[i % 3][1] for i in range(n)]
 
 
@@ -70,7 +91,7 @@ def _assert_batch_equals_alone(policy: GenerativePolicy, n: int = 5, atol: float
     batch = policy.predict_batch(obs, pres, frs, noise=noise)
     alone = []
     for i in range(n):
-        a = policy.predict(obs[i], pres[i], frs[i], noise=noise[i:i + 1])
+        a = policy.predict(obs[i], pres[i], frs[i], noise=noise[i : i + 1])
         alone.append((a, policy.last_frozen))
     for i in range(n):
         np.testing.assert_allclose(batch[i][0], alone[i][0], atol=atol, err_msg=f"request {i}")
@@ -121,8 +142,9 @@ def test_the_batch_server_routes_each_reply_to_its_requester(tmp_path):
     results: dict[int, object] = {}
 
     def ask(i: int) -> None:
-        msg = ObservationWindow(request_id=100 + i, obs={"state": np.full((2, 8), i, np.float32)},
-                                obs_age_ns=np.zeros(1, np.int64))
+        msg = ObservationWindow(
+            request_id=100 + i, obs={"state": np.full((2, 8), i, np.float32)}, obs_age_ns=np.zeros(1, np.int64)
+        )
         try:
             results[i] = clients[i].request("infer", msg)
         except RemoteError as e:
@@ -150,8 +172,17 @@ def test_the_batch_server_routes_each_reply_to_its_requester(tmp_path):
         if i == 3:
             server.reply(r, ErrorReply(request_id=r.msg.request_id, code="bad_observation", reason="client 3 only"))
         else:
-            server.reply(r, ActionChunk(request_id=r.msg.request_id, actions=np.full((4, 8), i, np.float32),
-                                        dt=0.1, offset=0, inference_ns=1, prefix_frozen=-1))
+            server.reply(
+                r,
+                ActionChunk(
+                    request_id=r.msg.request_id,
+                    actions=np.full((4, 8), i, np.float32),
+                    dt=0.1,
+                    offset=0,
+                    inference_ns=1,
+                    prefix_frozen=-1,
+                ),
+            )
     for t in threads:
         t.join(5)
     for i in range(n):
@@ -168,6 +199,7 @@ def test_the_batch_server_routes_each_reply_to_its_requester(tmp_path):
 
 def test_the_batch_server_with_max_batch_one_takes_one_request():
     import tempfile
+
     d = tempfile.mkdtemp()
     ep = f"ipc://{d}/one.sock"
     server = BatchReplyServer(ep, "policy")
@@ -175,8 +207,9 @@ def test_the_batch_server_with_max_batch_one_takes_one_request():
     for i in range(3):
         s = zmq.Context.instance().socket(zmq.REQ)
         s.connect(ep)
-        s.send_multipart(encode("infer", ObservationWindow(request_id=i, obs={}, obs_age_ns=np.zeros(0, np.int64))),
-                         copy=False)
+        s.send_multipart(
+            encode("infer", ObservationWindow(request_id=i, obs={}, obs_age_ns=np.zeros(0, np.int64))), copy=False
+        )
         socks.append(s)
     got = []
     for _ in range(20):
@@ -200,15 +233,31 @@ def test_the_policy_node_batches_controllers_and_answers_a_bad_one_alone(tmp_pat
     from robot_stack.runtime.config import load_config
 
     cfg_path = tmp_path / "batch.yaml"
-    write_setup(cfg_path, setup("batch", run_dir, policy=node(
-        "policy", backend={"type": "goto", "goal": [0.5, 0.0, 0.2], "speed": 0.05}, delay_s=0.05,
-        batch={"max_batch": 8, "window_ms": 30})))
+    write_setup(
+        cfg_path,
+        setup(
+            "batch",
+            run_dir,
+            policy=node(
+                "policy",
+                backend={"type": "goto", "goal": [0.5, 0.0, 0.2], "speed": 0.05},
+                delay_s=0.05,
+                batch={"max_batch": 8, "window_ms": 30},
+            ),
+        ),
+    )
     n, bad = 6, 3
     with launched(cfg_path):
         ep = load_config(cfg_path).in_endpoint("policy", run_dir)
         clients = [RequestClient(ep, f"ctl{i}", timeout_s=10.0) for i in range(n)]
-        clients[0].request("infer", ObservationWindow(request_id=0, obs={"ee_pose": np.tile(
-            np.array([0.3, 0, 0.4, 0, 0, 0, 1], np.float32), (2, 1))}, obs_age_ns=np.zeros(2, np.int64)))
+        clients[0].request(
+            "infer",
+            ObservationWindow(
+                request_id=0,
+                obs={"ee_pose": np.tile(np.array([0.3, 0, 0.4, 0, 0, 0, 1], np.float32), (2, 1))},
+                obs_age_ns=np.zeros(2, np.int64),
+            ),
+        )
         results: dict[int, object] = {}
         barrier = threading.Barrier(n)
 
@@ -219,8 +268,9 @@ def test_the_policy_node_batches_controllers_and_answers_a_bad_one_alone(tmp_pat
                 o = {"ee_pose": np.zeros((2, 5), np.float32)}
             barrier.wait()
             try:
-                results[i] = clients[i].request("infer", ObservationWindow(request_id=10 + i, obs=o,
-                                                                           obs_age_ns=np.zeros(2, np.int64)))
+                results[i] = clients[i].request(
+                    "infer", ObservationWindow(request_id=10 + i, obs=o, obs_age_ns=np.zeros(2, np.int64))
+                )
             except RemoteError as e:
                 results[i] = e.reply
 

@@ -2,7 +2,6 @@
 frame, each with its own impedance controller, joint messages, wrist camera and wrist wrench;
 and, through real processes, two arm nodes driving their own arm of one world."""
 
-
 import numpy as np
 
 from conftest import wait_until
@@ -38,7 +37,9 @@ def test_each_arm_sits_at_its_base_pose_and_matches_its_own_model():
             p_base = np.linalg.inv(T) @ np.r_[p_world, 1.0]
             np.testing.assert_allclose(p_base[:3], model.fk(q)[:3], atol=1e-6)
             R_world = Rotation.from_quat(world.tcp_pose(name)[3:]).as_matrix()
-            np.testing.assert_allclose(T[:3, :3].T @ R_world, Rotation.from_quat(model.fk(q)[3:]).as_matrix(), atol=1e-6)
+            np.testing.assert_allclose(
+                T[:3, :3].T @ R_world, Rotation.from_quat(model.fk(q)[3:]).as_matrix(), atol=1e-6
+            )
     with pytest.raises(KeyError, match="left"):
         world.joint_state("middle")
     with pytest.raises(ValueError, match="7 joints"):
@@ -84,18 +85,38 @@ def test_wrench_belongs_to_the_arm_that_touches():
 
 def world_and_arms(left: str = "left") -> dict:
     """A two-arm sim world and its two arm nodes (the nodes every HIL setup here starts with)."""
-    def arm(which):
-        return node("arm", driver={"type": "sim", "arm": which}, safety={"heartbeat_timeout_s": 1.0, "max_jump_ee": 0.08})
 
-    return {"sim": node("sim_world", rate_hz=500, state_rate_hz=30,
-                        arms={"left": {"base": [0.0, 0.4, 0.0, 0.0]}, "right": {"base": [0.1, -0.4, 0.0, 0.5]}}),
-            "arm_left": arm(left), "arm_right": arm("right")}
+    def arm(which):
+        return node(
+            "arm", driver={"type": "sim", "arm": which}, safety={"heartbeat_timeout_s": 1.0, "max_jump_ee": 0.08}
+        )
+
+    return {
+        "sim": node(
+            "sim_world",
+            rate_hz=500,
+            state_rate_hz=30,
+            arms={"left": {"base": [0.0, 0.4, 0.0, 0.0]}, "right": {"base": [0.1, -0.4, 0.0, 0.5]}},
+        ),
+        "arm_left": arm(left),
+        "arm_right": arm("right"),
+    }
 
 
 def hil_setup(run_dir, left: str = "left") -> dict:
-    return setup("hil_bimanual", run_dir, **world_and_arms(left),
-                 cam_left=node("camera", driver={"type": "sim", "camera": "left/handcam_rgb"}, camera_id="left_wrist",
-                               width=160, height=120, rate_hz=10))
+    return setup(
+        "hil_bimanual",
+        run_dir,
+        **world_and_arms(left),
+        cam_left=node(
+            "camera",
+            driver={"type": "sim", "camera": "left/handcam_rgb"},
+            camera_id="left_wrist",
+            width=160,
+            height=120,
+            rate_hz=10,
+        ),
+    )
 
 
 @pytest.mark.processes
@@ -107,7 +128,7 @@ def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
     import tempfile
     from pathlib import Path
 
-    from conftest import launched, wait_past, wait_samples_of, wait_until
+    from conftest import launched, wait_past, wait_until
     from robot_stack.comm.transport import Subscriber
     from robot_stack.runtime.arm_client import ArmClient
     from robot_stack.control.paths import straight_line
@@ -120,11 +141,20 @@ def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
     try:
         with launched(cfg_path) as (_, out):
             cfg = load_config(cfg_path)
-            sub = Subscriber([cfg.pub_endpoint(n, run_dir) for n in ("arm_left", "arm_right", "cam_left")],
-                             ("robot/state", "camera/"), history=4000, name="test-bi")
+            sub = Subscriber(
+                [cfg.pub_endpoint(n, run_dir) for n in ("arm_left", "arm_right", "cam_left")],
+                ("robot/state", "camera/"),
+                history=4000,
+                name="test-bi",
+            )
             try:
-                wait_until(lambda: {m.source for m in sub.history("robot/state")} >= {"arm_left", "arm_right"}, 60,
-                           poll_s=0.1, describe=out.tail, what="robot state from both arms")
+                wait_until(
+                    lambda: {m.source for m in sub.history("robot/state")} >= {"arm_left", "arm_right"},
+                    60,
+                    poll_s=0.1,
+                    describe=out.tail,
+                    what="robot state from both arms",
+                )
 
                 def latest(arm):
                     return next(x for x in reversed(sub.history("robot/state")) if x.source == arm)
@@ -136,8 +166,14 @@ def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
                 try:
                     stamps, poses = straight_line(left0, goal, now_ns() + 100_000_000, speed=0.15)
                     client.send_schedule(stamps, poses, space="ee")
-                    wait_past(int(stamps[-1]), lambda: np.linalg.norm(np.array(latest("arm_left").ee_pose[:3]) - goal[:3]) < 0.005
-                              and latest("arm_left").mode == "hold", what="the left arm at its goal, holding")
+                    wait_past(
+                        int(stamps[-1]),
+                        lambda: (
+                            np.linalg.norm(np.array(latest("arm_left").ee_pose[:3]) - goal[:3]) < 0.005
+                            and latest("arm_left").mode == "hold"
+                        ),
+                        what="the left arm at its goal, holding",
+                    )
                 finally:
                     client.close()
                 left1, right1 = np.array(latest("arm_left").ee_pose), np.array(latest("arm_right").ee_pose)
@@ -157,9 +193,15 @@ def test_two_arm_nodes_drive_their_own_arms_of_one_world(tmp_path):
 
 def lockstep_setup(run_dir, backend: dict, **controller) -> dict:
     """Both arms, a two-arm policy and one controller driving them in lockstep."""
-    return setup("hil_lockstep", run_dir, **world_and_arms(), policy=node("policy", backend=backend),
-                 controller=node("controller", arms=["arm_left", "arm_right"], strategy="async", rate_hz=10,
-                                 autostart=True, **controller))
+    return setup(
+        "hil_lockstep",
+        run_dir,
+        **world_and_arms(),
+        policy=node("policy", backend=backend),
+        controller=node(
+            "controller", arms=["arm_left", "arm_right"], strategy="async", rate_hz=10, autostart=True, **controller
+        ),
+    )
 
 
 @pytest.mark.processes
@@ -171,7 +213,7 @@ def test_one_controller_drives_two_arms_in_lockstep(tmp_path):
     import tempfile
     from pathlib import Path
 
-    from conftest import launched, wait_past, wait_samples_of, wait_until
+    from conftest import launched, wait_until
     from robot_stack.comm.messages import WaypointSchedule
     from robot_stack.comm.transport import Subscriber
     from robot_stack.runtime.config import load_config
@@ -179,14 +221,21 @@ def test_one_controller_drives_two_arms_in_lockstep(tmp_path):
     goals = {"arm_left": [0.45, -0.05, 0.25], "arm_right": [0.50, 0.10, 0.35]}
     run_dir = Path(tempfile.mkdtemp(prefix="rs-ls-"))
     cfg_path = tmp_path / "ls.yaml"
-    write_setup(cfg_path, lockstep_setup(run_dir, {"type": "goto", "goals": [goals["arm_left"], goals["arm_right"]],
-                                                   "speed": 0.1}))
+    write_setup(
+        cfg_path,
+        lockstep_setup(run_dir, {"type": "goto", "goals": [goals["arm_left"], goals["arm_right"]], "speed": 0.1}),
+    )
     try:
         with launched(cfg_path) as (launcher, out):
             cfg = load_config(cfg_path)
-            sub = Subscriber([cfg.pub_endpoint(n, run_dir) for n in ("arm_left", "arm_right", "controller")],
-                             ("robot/state", WaypointSchedule.EXECUTED_TOPIC), history=5000, name="test-ls")
+            sub = Subscriber(
+                [cfg.pub_endpoint(n, run_dir) for n in ("arm_left", "arm_right", "controller")],
+                ("robot/state", WaypointSchedule.EXECUTED_TOPIC),
+                history=5000,
+                name="test-ls",
+            )
             try:
+
                 def latest(arm):
                     return next((x for x in reversed(sub.history("robot/state")) if x.source == arm), None)
 
@@ -199,7 +248,9 @@ def test_one_controller_drives_two_arms_in_lockstep(tmp_path):
                         err[a] = np.inf if st is None else float(np.linalg.norm(np.array(st.ee_pose[:3]) - g))
                     return max(err.values()) < 0.004
 
-                wait_until(arrived, 90, poll_s=0.2, describe=lambda: f"{err}\n{out.tail()}", what="both arms at their goals")
+                wait_until(
+                    arrived, 90, poll_s=0.2, describe=lambda: f"{err}\n{out.tail()}", what="both arms at their goals"
+                )
                 acts = sub.history(WaypointSchedule.EXECUTED_TOPIC)
                 by_arm = {a: [m for m in acts if m.arm == a] for a in goals}
                 # The history is read while the controller runs: the last step may be caught
@@ -218,7 +269,7 @@ def test_one_controller_drives_two_arms_in_lockstep(tmp_path):
 def test_a_two_arm_controller_refuses_a_one_arm_policy(tmp_path, run_dir):
     """The policy's spec says 8-D actions (one arm); the controller drives two: it ends at start-up
     naming the difference."""
-    from conftest import launched, wait_past, wait_samples_of, wait_until
+    from conftest import launched, wait_until
 
     cfg_path = tmp_path / "mm.yaml"
     write_setup(cfg_path, lockstep_setup(run_dir, {"type": "goto", "goal": [0.5, 0.0, 0.3]}))
@@ -245,8 +296,9 @@ def test_a_two_arm_episode_records_each_arm_by_name(tmp_path):
     root = tmp_path / "episodes"
     cfg_path = tmp_path / "rec.yaml"
     cfg = lockstep_setup(run_dir, {"type": "goto", "goals": [[0.45, -0.05, 0.25], [0.5, 0.1, 0.35]], "speed": 0.1})
-    cfg["nodes"]["recorder"] = node("recorder", root=str(root), arms=["arm_left", "arm_right"], controller="controller",
-                                    flush_every_s=0.2)
+    cfg["nodes"]["recorder"] = node(
+        "recorder", root=str(root), arms=["arm_left", "arm_right"], controller="controller", flush_every_s=0.2
+    )
     write_setup(cfg_path, cfg)
     s = Session(cfg_path)
     try:
@@ -281,7 +333,7 @@ def test_an_arm_in_estop_holds_the_other(tmp_path, together):
     import tempfile
     from pathlib import Path
 
-    from conftest import launched, wait_past, wait_samples_of, wait_until
+    from conftest import launched, wait_samples_of, wait_until
     from robot_stack.comm.messages import Heartbeat
     from robot_stack.comm.transport import Subscriber
     from robot_stack.runtime.arm_client import ArmClient
@@ -290,15 +342,24 @@ def test_an_arm_in_estop_holds_the_other(tmp_path, together):
     goal_left = np.array([0.40, 0.0, 0.15])
     run_dir = Path(tempfile.mkdtemp(prefix="rs-es-"))
     cfg_path = tmp_path / "es.yaml"
-    write_setup(cfg_path, lockstep_setup(run_dir, {"type": "goto", "goals": [goal_left, [0.45, 0.1, 0.2]], "speed": 0.05},
-                                         hold_together=together))
+    write_setup(
+        cfg_path,
+        lockstep_setup(
+            run_dir, {"type": "goto", "goals": [goal_left, [0.45, 0.1, 0.2]], "speed": 0.05}, hold_together=together
+        ),
+    )
     try:
         with launched(cfg_path) as (launcher, out):
             cfg = load_config(cfg_path)
-            sub = Subscriber([cfg.pub_endpoint(n, run_dir) for n in ("arm_left", "controller")],
-                             ("robot/state", Heartbeat.topic("controller")), history=3000, name="test-es")
+            sub = Subscriber(
+                [cfg.pub_endpoint(n, run_dir) for n in ("arm_left", "controller")],
+                ("robot/state", Heartbeat.topic("controller")),
+                history=3000,
+                name="test-es",
+            )
             cli = None
             try:
+
                 def left_state():
                     return next((x for x in reversed(sub.history("robot/state")) if x.source == "arm_left"), None)
 
@@ -306,15 +367,27 @@ def test_an_arm_in_estop_holds_the_other(tmp_path, together):
                     st = left_state()
                     return None if st is None else np.array(st.ee_pose[:3])
 
-                wait_until(lambda: left() is not None and (hb := sub.latest(Heartbeat.topic("controller"))) is not None
-                           and hb.metrics.get("chunks", 0) >= 3, 60, poll_s=0.1, describe=out.tail, what="3 chunks executed")
+                wait_until(
+                    lambda: (
+                        left() is not None
+                        and (hb := sub.latest(Heartbeat.topic("controller"))) is not None
+                        and hb.metrics.get("chunks", 0) >= 3
+                    ),
+                    60,
+                    poll_s=0.1,
+                    describe=out.tail,
+                    what="3 chunks executed",
+                )
                 start = left()
                 assert start is not None and np.linalg.norm(start - goal_left) > 0.1, (start, out.tail())
                 cli = ArmClient(cfg, run_dir, arm="arm_right", source="test_estop", heartbeat_hz=0)
                 cli.estop("test")
                 if together:  # the left arm brakes and holds too
-                    wait_until(lambda: (st := left_state()).mode == "hold" and np.abs(st.dq).max() < 0.01, 5,
-                               what="the left arm held")
+                    wait_until(
+                        lambda: (st := left_state()).mode == "hold" and np.abs(st.dq).max() < 0.01,
+                        5,
+                        what="the left arm held",
+                    )
                 else:
                     wait_samples_of(sub, "arm_left", 125)  # half a second on
                 at_stop = left()

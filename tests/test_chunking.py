@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from robot_stack.control.chunking import (
-    DelayEstimator, TemporalEnsembler, action_times_ns, committed_prefix, plan_chunk, rtc_guidance_weights,
+    DelayEstimator,
+    TemporalEnsembler,
+    action_times_ns,
+    committed_prefix,
+    plan_chunk,
+    rtc_guidance_weights,
 )
 
 MS = 1_000_000

@@ -9,34 +9,53 @@ from hypothesis.extra import numpy as hnp
 
 from robot_stack.comm.codec import DecodeError, EncodeError, decode, encode
 from robot_stack.comm.messages import (
-    ActionChunk, CameraFrame, EpisodeEvent, ErrorReply, Heartbeat, ObservationWindow, RobotState,
-    TeleopCommand, WaypointSchedule,
+    ActionChunk,
+    CameraFrame,
+    EpisodeEvent,
+    ErrorReply,
+    Heartbeat,
+    ObservationWindow,
+    RobotState,
+    TeleopCommand,
+    WaypointSchedule,
 )
 
 
 def camera_frame(h=48, w=64):
     rng = np.random.default_rng(0)
     return CameraFrame(
-        stamp_ns=123, camera_id="scene", frame_index=7,
+        stamp_ns=123,
+        camera_id="scene",
+        frame_index=7,
         color=rng.integers(0, 255, (h, w, 3), dtype=np.uint8),
         depth=rng.integers(0, 5000, (h, w), dtype=np.uint16),
-        depth_scale=0.001, K=np.array([[600.0, 0, 320], [0, 600, 240], [0, 0, 1]]),
+        depth_scale=0.001,
+        K=np.array([[600.0, 0, 320], [0, 600, 240], [0, 0, 1]]),
     )
 
 
 def all_messages():
     return [
         camera_frame(),
-        RobotState(q=np.arange(7.0), dq=np.zeros(7), ee_pose=np.array([0.5, 0, 0.4, 0, 0, 0, 1.0]),
-                   gripper_width=0.04, mode="track", safety_events=2),
+        RobotState(
+            q=np.arange(7.0),
+            dq=np.zeros(7),
+            ee_pose=np.array([0.5, 0, 0.4, 0, 0, 0, 1.0]),
+            gripper_width=0.04,
+            mode="track",
+            safety_events=2,
+        ),
         TeleopCommand(kind="ee_delta", value=np.arange(6.0), gripper=0.5, buttons=["episode_start"]),
-        ObservationWindow(request_id=5, obs={"scene.color": np.zeros((2, 8, 8, 3), np.uint8),
-                                             "state": np.ones((2, 8), np.float32)},
-                          obs_age_ns=np.array([40_000_000, 7_000_000], np.int64),
-                          committed_prefix=np.ones((3, 8), np.float32)),
+        ObservationWindow(
+            request_id=5,
+            obs={"scene.color": np.zeros((2, 8, 8, 3), np.uint8), "state": np.ones((2, 8), np.float32)},
+            obs_age_ns=np.array([40_000_000, 7_000_000], np.int64),
+            committed_prefix=np.ones((3, 8), np.float32),
+        ),
         ActionChunk(request_id=5, actions=np.ones((16, 8), np.float32), dt=0.1, offset=0, inference_ns=12345),
-        WaypointSchedule(stamps_ns=np.array([1, 2, 3], np.int64), positions=np.zeros((3, 7)),
-                         gripper=np.ones(3), origin="policy"),
+        WaypointSchedule(
+            stamps_ns=np.array([1, 2, 3], np.int64), positions=np.zeros((3, 7)), gripper=np.ones(3), origin="policy"
+        ),
         EpisodeEvent(kind="stop", episode=3, task="push the cube"),
         Heartbeat(node="arm", state="running", metrics={"loop.jitter_p99_s": 1e-4}),
         ErrorReply(request_id=1, code="bad_request", reason="wrong keys"),
@@ -136,8 +155,12 @@ def test_encode_refuses_invalid_messages():
     with pytest.raises(EncodeError, match="not one of"):
         encode("x", RobotState(q=np.zeros(7), dq=np.zeros(7), ee_pose=np.zeros(7), mode="fly"))
     with pytest.raises(EncodeError, match="depth shape"):
-        encode("x", CameraFrame(color=np.zeros((4, 4, 3), np.uint8), depth=np.zeros((4, 5), np.uint16),
-                                depth_scale=0.001, K=np.eye(3)))
+        encode(
+            "x",
+            CameraFrame(
+                color=np.zeros((4, 4, 3), np.uint8), depth=np.zeros((4, 5), np.uint16), depth_scale=0.001, K=np.eye(3)
+            ),
+        )
 
 
 WIRE_DTYPES = st.sampled_from([np.uint8, np.uint16, np.int32, np.int64, np.float32, np.float64, np.bool_])
@@ -149,8 +172,9 @@ def test_property_observation_window_round_trip(data, dtype):
     keys = data.draw(st.lists(st.text("abcdefgh._", min_size=1, max_size=12), min_size=0, max_size=5, unique=True))
     obs = {k: data.draw(hnp.arrays(dtype, hnp.array_shapes(min_dims=0, max_dims=4, max_side=6))) for k in keys}
     ages = data.draw(hnp.arrays(np.int64, st.integers(0, 5)))
-    msg = ObservationWindow(request_id=data.draw(st.integers(0, 2**62)), obs=obs, obs_age_ns=ages,
-                            stamp_ns=data.draw(st.integers(0, 2**62)))
+    msg = ObservationWindow(
+        request_id=data.draw(st.integers(0, 2**62)), obs=obs, obs_age_ns=ages, stamp_ns=data.draw(st.integers(0, 2**62))
+    )
     _, out = decode(encode("obs", msg))
     assert out.request_id == msg.request_id and out.stamp_ns == msg.stamp_ns
     assert out.obs.keys() == obs.keys()
@@ -199,9 +223,17 @@ def test_fuzz_mutated_valid_messages(data):
 
 
 @settings(max_examples=300, deadline=None)
-@given(ref=st.dictionaries(st.sampled_from(["name", "slots", "cap", "slot", "gen", "spans", "x"]),
-                           st.one_of(st.integers(-5, 10**7), st.text(max_size=20), st.none(),
-                                     st.lists(st.lists(st.integers(-1, 10**6), max_size=3), max_size=3))))
+@given(
+    ref=st.dictionaries(
+        st.sampled_from(["name", "slots", "cap", "slot", "gen", "spans", "x"]),
+        st.one_of(
+            st.integers(-5, 10**7),
+            st.text(max_size=20),
+            st.none(),
+            st.lists(st.lists(st.integers(-1, 10**6), max_size=3), max_size=3),
+        ),
+    )
+)
 def test_fuzz_shared_memory_references(ref):
     from robot_stack.comm.shm_ring import ShmRingReader
 
@@ -230,18 +262,36 @@ def test_topics_live_with_their_schemas():
     no_topic = {name for name, cls in REGISTRY.items() if not cls.TOPIC}
     assert no_topic == {"observation_window", "action_chunk", "error_reply", "spec_request", "policy_spec"}
     # the sim world's protocol is defined next to the sim, under sim/ topics
-    sim = {cls.SCHEMA: cls.TOPIC for cls in vars(sim_messages).values()
-           if isinstance(cls, type) and cls.__module__ == sim_messages.__name__}
-    assert sim == {"joint_state": "sim/joint_state", "joint_target": "sim/joint_target", "sim_command": "sim/command",
-                   "sim_state": "sim/state", "object_state": "sim/objects"}
+    sim = {
+        cls.SCHEMA: cls.TOPIC
+        for cls in vars(sim_messages).values()
+        if isinstance(cls, type) and cls.__module__ == sim_messages.__name__
+    }
+    assert sim == {
+        "joint_state": "sim/joint_state",
+        "joint_target": "sim/joint_target",
+        "sim_command": "sim/command",
+        "sim_state": "sim/state",
+        "object_state": "sim/objects",
+    }
     assert not any(cls.TOPIC.startswith("sim/") for name, cls in REGISTRY.items() if name not in sim)
 
 
 def test_observation_window_prefix_frozen_is_checked():
-    ok = ObservationWindow(request_id=1, obs={"state": np.ones((2, 8), np.float32)}, obs_age_ns=np.zeros(2, np.int64),
-                           committed_prefix=np.ones((5, 8), np.float32), prefix_frozen=3)
+    ok = ObservationWindow(
+        request_id=1,
+        obs={"state": np.ones((2, 8), np.float32)},
+        obs_age_ns=np.zeros(2, np.int64),
+        committed_prefix=np.ones((5, 8), np.float32),
+        prefix_frozen=3,
+    )
     assert decode(encode("infer", ok))[1].prefix_frozen == 3
-    bad = ObservationWindow(request_id=1, obs={"state": np.ones((2, 8), np.float32)}, obs_age_ns=np.zeros(2, np.int64),
-                            committed_prefix=np.ones((2, 8), np.float32), prefix_frozen=3)
+    bad = ObservationWindow(
+        request_id=1,
+        obs={"state": np.ones((2, 8), np.float32)},
+        obs_age_ns=np.zeros(2, np.int64),
+        committed_prefix=np.ones((2, 8), np.float32),
+        prefix_frozen=3,
+    )
     with pytest.raises(EncodeError, match="prefix_frozen 3 outside -1..2"):
         encode("infer", bad)

@@ -97,10 +97,15 @@ def test_a_key_of_another_driver_is_named(tmp_path):
 
 
 def test_dangling_and_wrong_kind_references_are_refused(tmp_path):
-    msg = _check(tmp_path, "nodes:\n  sim: {kind: sim_world}\n  arm: {kind: arm, params: {driver: {type: sim, world: world}}}\n")
+    msg = _check(
+        tmp_path, "nodes:\n  sim: {kind: sim_world}\n  arm: {kind: arm, params: {driver: {type: sim, world: world}}}\n"
+    )
     assert "nodes.arm.params: names node 'world', which is not in this config" in msg
-    msg = _check(tmp_path, "nodes:\n  sim: {kind: sim_world}\n  arm: {kind: arm}\n  cam: {kind: camera}\n"
-                           "  controller: {kind: controller, params: {cameras: [arm], source: external}}\n")
+    msg = _check(
+        tmp_path,
+        "nodes:\n  sim: {kind: sim_world}\n  arm: {kind: arm}\n  cam: {kind: camera}\n"
+        "  controller: {kind: controller, params: {cameras: [arm], source: external}}\n",
+    )
     assert "nodes.controller.params: node 'arm' must be a camera node, it is a arm node" in msg
     msg = _check(tmp_path, "nodes:\n  sim: {kind: sim_world}\n  arm: {kind: arm, params: {robot: ur10}}\n")
     assert "nodes.arm.params.robot: unknown robot 'ur10'" in msg
@@ -151,11 +156,16 @@ def test_nodes_keep_their_typed_params():
     import re
     import subprocess
 
-    files = subprocess.check_output(["git", "ls-files", "robot_stack", "drivers", "calibration", "teleop", "policies"],
-                                    cwd=REPO, text=True).split()
-    bad = [f"{f}:{i + 1}" for f in files if f.endswith(".py")
-           for i, line in enumerate((REPO / f).read_text().splitlines())
-           if re.search(r"\.params\.get\(|\.params\[|Params\.model_validate\((nc|.*nodes\[.*\])\.params", line)]
+    files = subprocess.check_output(
+        ["git", "ls-files", "robot_stack", "drivers", "calibration", "teleop", "policies"], cwd=REPO, text=True
+    ).split()
+    bad = [
+        f"{f}:{i + 1}"
+        for f in files
+        if f.endswith(".py")
+        for i, line in enumerate((REPO / f).read_text().splitlines())
+        if re.search(r"\.params\.get\(|\.params\[|Params\.model_validate\((nc|.*nodes\[.*\])\.params", line)
+    ]
     assert bad == []
 
 
@@ -168,7 +178,12 @@ def test_shipped_training_settings_validate():
     assert paths
     for p in paths:
         TrainSettings(**yaml.safe_load(p.read_text()))
-    assert TrainSettings(**yaml.safe_load((REPO / "configs" / "train" / "reach_rtc.yaml").read_text())).model.rtc_max_prefix == 4
+    assert (
+        TrainSettings(
+            **yaml.safe_load((REPO / "configs" / "train" / "reach_rtc.yaml").read_text())
+        ).model.rtc_max_prefix
+        == 4
+    )
 
 
 def test_deploy_keeps_the_configs_backend_keys_and_replaces_the_path(tmp_path):
@@ -178,7 +193,19 @@ def test_deploy_keeps_the_configs_backend_keys_and_replaces_the_path(tmp_path):
 
     own = {"type": "checkpoint", "path": "policy.safetensors", "noise_scale": 0.0, "seed": 3, "device": "cpu"}
     assert deploy_backend(own, tmp_path / "p.safetensors") == {
-        "type": "checkpoint", "path": str(tmp_path / "p.safetensors"), "noise_scale": 0.0, "seed": 3, "device": "cpu"}
+        "type": "checkpoint",
+        "path": str(tmp_path / "p.safetensors"),
+        "noise_scale": 0.0,
+        "seed": 3,
+        "device": "cpu",
+    }
     assert deploy_backend(own, tmp_path / "p.onnx") == {
-        "type": "onnx", "path": str(tmp_path / "p.onnx"), "noise_scale": 0.0, "seed": 3}
-    assert deploy_backend(None, tmp_path / "p.safetensors") == {"type": "checkpoint", "path": str(tmp_path / "p.safetensors")}
+        "type": "onnx",
+        "path": str(tmp_path / "p.onnx"),
+        "noise_scale": 0.0,
+        "seed": 3,
+    }
+    assert deploy_backend(None, tmp_path / "p.safetensors") == {
+        "type": "checkpoint",
+        "path": str(tmp_path / "p.safetensors"),
+    }

@@ -140,7 +140,9 @@ def test_the_builder_makes_the_window_in_the_policys_keys_and_names_a_stale_stre
 
 def test_the_builder_lines_two_arms_up_in_action_order():
     b = ObservationBuilder(["arm_left", "arm_right"], [], ["state"], 2, DT, 300 * MS)
-    states = [s for i in range(30) for s in (_state(i * 10 * MS, 0.4, "arm_left"), _state(i * 10 * MS, 0.6, "arm_right"))]
+    states = [
+        s for i in range(30) for s in (_state(i * 10 * MS, 0.4, "arm_left"), _state(i * 10 * MS, 0.6, "arm_right"))
+    ]
     _, arrays = b.build({}, states, 290 * MS)
     assert arrays["state"].shape == (2, 16)
     np.testing.assert_allclose(arrays["state"][:, [0, 8]], [[0.4, 0.6], [0.4, 0.6]], atol=1e-6)

@@ -4,8 +4,16 @@ on the in-memory bus and the arm's state published by the test. No processes, no
 import numpy as np
 import pytest
 
-from robot_stack.comm.messages import (ActionChunk, ArmControl, EpisodeEvent, ObservationWindow, RobotState,
-                                       SpecRequest, TeleopCommand, WaypointSchedule)
+from robot_stack.comm.messages import (
+    ActionChunk,
+    ArmControl,
+    EpisodeEvent,
+    ObservationWindow,
+    RobotState,
+    SpecRequest,
+    TeleopCommand,
+    WaypointSchedule,
+)
 from robot_stack.control.features import ACTION_NAMES
 from robot_stack.policies.base import PolicyMetadata
 from robot_stack.policies.serving import spec_message
@@ -16,13 +24,25 @@ HOME = np.array([0.5, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0])
 
 
 def setup(strategy="sync", **ctl):
-    params = {"policy_endpoint": ENDPOINT, "teleop": "teleop", "rate_hz": 10, "strategy": strategy,
-              "execute_horizon": 4, "obs_keys": ["state"], "obs_horizon": 2, "spec_timeout_s": 1.0, **ctl}
-    return {"name": "ctl_test", "nodes": {
-        "arm": {"kind": "arm", "params": {"driver": {"type": "ideal"}}},
-        "teleop": {"kind": "teleop", "params": {"device": {"type": "keyboard"}}},
-        "controller": {"kind": "controller", "params": params},
-    }}
+    params = {
+        "policy_endpoint": ENDPOINT,
+        "teleop": "teleop",
+        "rate_hz": 10,
+        "strategy": strategy,
+        "execute_horizon": 4,
+        "obs_keys": ["state"],
+        "obs_horizon": 2,
+        "spec_timeout_s": 1.0,
+        **ctl,
+    }
+    return {
+        "name": "ctl_test",
+        "nodes": {
+            "arm": {"kind": "arm", "params": {"driver": {"type": "ideal"}}},
+            "teleop": {"kind": "teleop", "params": {"device": {"type": "keyboard"}}},
+            "controller": {"kind": "controller", "params": params},
+        },
+    }
 
 
 class FakePolicy:
@@ -30,9 +50,19 @@ class FakePolicy:
 
     def __init__(self, action_dim=8, horizon=8, on_infer=None, names=None):
         names = (ACTION_NAMES if action_dim == 8 else ()) if names is None else names
-        self.md = PolicyMetadata(obs_shapes={"state": ((8,), "<f4")}, obs_horizon=2, horizon=horizon,
-                                 action_dim=action_dim, action_space="ee_pose+gripper", dt=0.1, offset=0,
-                                 supports_prefix=True, norm_stats={}, points={}, action_names=tuple(names))
+        self.md = PolicyMetadata(
+            obs_shapes={"state": ((8,), "<f4")},
+            obs_horizon=2,
+            horizon=horizon,
+            action_dim=action_dim,
+            action_space="ee_pose+gripper",
+            dt=0.1,
+            offset=0,
+            supports_prefix=True,
+            norm_stats={},
+            points={},
+            action_names=tuple(names),
+        )
         self.order = [ACTION_NAMES.index(n) for n in names] if set(names) == set(ACTION_NAMES) else list(range(8))
         self.requests: list[ObservationWindow] = []
         self.on_infer = on_infer
@@ -47,8 +77,7 @@ class FakePolicy:
         acts = np.tile(np.r_[state[:7], 1.0], (self.md.horizon, 1))
         acts[:, 0] += 0.01 * np.arange(1, self.md.horizon + 1)
         acts = acts[:, self.order]  # in the order its names say
-        return ActionChunk(request_id=msg.request_id, actions=acts.astype(np.float32), dt=0.1,
-                           inference_ns=5_000_000)
+        return ActionChunk(request_id=msg.request_id, actions=acts.astype(np.float32), dt=0.1, inference_ns=5_000_000)
 
 
 class Rig:
@@ -67,8 +96,10 @@ class Rig:
         self.teleop_seq = 0
 
     def state(self, pose=HOME, mode="track"):
-        self.arm_pub.publish(RobotState.TOPIC, RobotState(q=np.zeros(7), dq=np.zeros(7), ee_pose=np.asarray(pose, float),
-                                                          gripper_width=0.08, mode=mode))
+        self.arm_pub.publish(
+            RobotState.TOPIC,
+            RobotState(q=np.zeros(7), dq=np.zeros(7), ee_pose=np.asarray(pose, float), gripper_width=0.08, mode=mode),
+        )
 
     def tick(self, n=1, mode="track"):
         """n control steps of 100 ms, the arm's state published every 20 ms between them."""
@@ -79,8 +110,10 @@ class Rig:
             self.ctl.step()
 
     def teleop(self, buttons=(), value=(0.0, 0.0, 0.0, 0.0, 0.0, 0.0), kind="ee_delta", arm=""):
-        self.teleop_pub.publish(TeleopCommand.TOPIC, TeleopCommand(kind=kind, value=np.asarray(value, float),
-                                                                   buttons=list(buttons), arm=arm))
+        self.teleop_pub.publish(
+            TeleopCommand.TOPIC,
+            TeleopCommand(kind=kind, value=np.asarray(value, float), buttons=list(buttons), arm=arm),
+        )
 
     def sent(self):
         """Everything the controller sent the arm since the last call: (topic, message)."""
@@ -203,13 +236,18 @@ def test_a_replayed_schedule_goes_to_the_arm_piecewise_as_origin_replay(rig):
 
 
 def test_teleop_drives_two_arms_each_with_its_own_target(node_builder, fake_bus, fake_clock):
-    cfg = {"name": "bi", "nodes": {
-        "arm_left": {"kind": "arm", "params": {"driver": {"type": "ideal"}}},
-        "arm_right": {"kind": "arm", "params": {"driver": {"type": "ideal"}}},
-        "teleop": {"kind": "teleop", "params": {"device": {"type": "keyboard"}}},
-        "controller": {"kind": "controller", "params": {"arms": ["arm_left", "arm_right"], "source": "teleop",
-                                                        "teleop": "teleop", "rate_hz": 10}},
-    }}
+    cfg = {
+        "name": "bi",
+        "nodes": {
+            "arm_left": {"kind": "arm", "params": {"driver": {"type": "ideal"}}},
+            "arm_right": {"kind": "arm", "params": {"driver": {"type": "ideal"}}},
+            "teleop": {"kind": "teleop", "params": {"device": {"type": "keyboard"}}},
+            "controller": {
+                "kind": "controller",
+                "params": {"arms": ["arm_left", "arm_right"], "source": "teleop", "teleop": "teleop", "rate_hz": 10},
+            },
+        },
+    }
     rx = {a: fake_bus.receiver(a) for a in ("arm_left", "arm_right")}
     pubs = {a: fake_bus.publisher(a) for a in ("arm_left", "arm_right")}
     tele = fake_bus.publisher("teleop")
@@ -221,10 +259,14 @@ def test_teleop_drives_two_arms_each_with_its_own_target(node_builder, fake_bus,
         for a, p in pubs.items():
             p.publish(RobotState.TOPIC, RobotState(q=np.zeros(7), dq=np.zeros(7), ee_pose=homes[a], gripper_width=0.08))
         ctl.step()
-    tele.publish(TeleopCommand.TOPIC, TeleopCommand(kind="ee_delta", value=np.array([0, 0, 0.02, 0, 0, 0.0]), arm="arm_right"))
+    tele.publish(
+        TeleopCommand.TOPIC, TeleopCommand(kind="ee_delta", value=np.array([0, 0, 0.02, 0, 0, 0.0]), arm="arm_right")
+    )
     fake_clock.advance(0.1)
     ctl.step()
-    got = {a: [m for t, m in iter(lambda r=r: r.recv(), None) if isinstance(m, WaypointSchedule)] for a, r in rx.items()}
+    got = {
+        a: [m for t, m in iter(lambda r=r: r.recv(), None) if isinstance(m, WaypointSchedule)] for a, r in rx.items()
+    }
     assert got["arm_left"] and got["arm_right"]
     assert got["arm_left"][-1].positions[0] == pytest.approx(HOME)  # the left arm holds where it is
     assert got["arm_right"][-1].positions[0, 2] == pytest.approx(right_home[2] + 0.02)

@@ -10,16 +10,28 @@ import textwrap
 import numpy as np
 import pytest
 
-from robot_stack.data.dataset import (DatasetError, EpisodeWriter, find_interrupted, list_episodes, next_index,
-                                 open_episode, recover)
+from robot_stack.data.dataset import (
+    DatasetError,
+    EpisodeWriter,
+    find_interrupted,
+    list_episodes,
+    next_index,
+    open_episode,
+    recover,
+)
 
 
 def _fill(w, n_frames=40, n_states=400, t0=1_000_000_000):
     rng = np.random.default_rng(0)
     colors = rng.integers(0, 255, (n_frames, 24, 32, 3), dtype=np.uint8)
     for i in range(n_states):
-        w.add("robot_state", t0 + i * 2_000_000, q=np.full(7, i, float), ee_pose=np.r_[i, 0, 0, 0, 0, 0, 1.0],
-              gripper_width=np.float64(0.08))
+        w.add(
+            "robot_state",
+            t0 + i * 2_000_000,
+            q=np.full(7, i, float),
+            ee_pose=np.r_[i, 0, 0, 0, 0, 0, 1.0],
+            gripper_width=np.float64(0.08),
+        )
         if i % 10 == 0 and i // 10 < n_frames:
             k = i // 10
             w.add("camera/scene", t0 + i * 2_000_000, color=colors[k], depth=np.full((24, 32), k, np.uint16))

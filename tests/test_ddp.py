@@ -17,9 +17,16 @@ from robot_stack.policies.distributed import Place, shard
 pytestmark = [pytest.mark.processes, pytest.mark.slow]  # torch.distributed ranks that train
 
 
-SETTINGS = {"model": {"image_hw": [64, 64], "horizon": 8, "enc_base": 4, "widths": [16, 32]},
-            "steps": 40, "batch_size": 8, "checkpoint_every": 20, "val_fraction": 0.0, "warmup_steps": 2,
-            "lr": 3e-3, "shift_px": 2}
+SETTINGS = {
+    "model": {"image_hw": [64, 64], "horizon": 8, "enc_base": 4, "widths": [16, 32]},
+    "steps": 40,
+    "batch_size": 8,
+    "checkpoint_every": 20,
+    "val_fraction": 0.0,
+    "warmup_steps": 2,
+    "lr": 3e-3,
+    "shift_px": 2,
+}
 
 
 def test_ranks_split_the_global_batch():
@@ -33,9 +40,26 @@ def test_ranks_split_the_global_batch():
 
 def _train(tmp_path, name: str, nproc: int, extra: list[str] = ()) -> dict:
     out = tmp_path / f"{name}.safetensors"
-    r = subprocess.run([sys.executable, "-m", "robot_stack.cli", "train", str(tmp_path / "s.yaml"), "--episodes",
-                        str(tmp_path / "data"), "--out", str(out), "--nproc", str(nproc), *extra],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "robot_stack.cli",
+            "train",
+            str(tmp_path / "s.yaml"),
+            "--episodes",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--nproc",
+            str(nproc),
+            *extra,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return json.loads(out.with_suffix(".json").read_text())
 

@@ -16,8 +16,10 @@ pytestmark = [pytest.mark.processes, pytest.mark.slow]  # whole collect -> train
 def test_quick_demo_deploys_a_learned_policy(tmp_path, report):
     res = run_demo(workdir=tmp_path, settings=DemoSettings.quick())
     d = res.deploy
-    report(f"quick demo: policy success {sum(d.success)}/{len(d.success)}, expert {res.expert_success}/"
-          f"{res.expert_attempts}, final TCP-cube xy {np.round(d.final_xy_err_mm, 1)} mm, times {res.times_s}")
+    report(
+        f"quick demo: policy success {sum(d.success)}/{len(d.success)}, expert {res.expert_success}/"
+        f"{res.expert_attempts}, final TCP-cube xy {np.round(d.final_xy_err_mm, 1)} mm, times {res.times_s}"
+    )
     assert res.expert_attempts == 6 and res.expert_success == 6
     assert (tmp_path / "policy.safetensors").exists() and len(list((tmp_path / "episodes").glob("episode_*.zarr"))) == 6
     assert d.policy_waypoints > 100  # the learned policy's chunks reached the arm
@@ -37,8 +39,10 @@ def test_quick_pick_demo_runs_the_pick_task_end_to_end(tmp_path, report):
     stack (300 steps do not make it pick: the full run's figures are in the README)."""
     res = run_demo(workdir=tmp_path, settings=DemoSettings.quick("pick"), task="pick")
     d = res.deploy
-    report(f"quick pick demo: policy success {sum(d.success)}/{len(d.success)}, expert {res.expert_success}/"
-           f"{res.expert_attempts}, final cube-target {np.round(d.final_xy_err_mm, 1)} mm, times {res.times_s}")
+    report(
+        f"quick pick demo: policy success {sum(d.success)}/{len(d.success)}, expert {res.expert_success}/"
+        f"{res.expert_attempts}, final cube-target {np.round(d.final_xy_err_mm, 1)} mm, times {res.times_s}"
+    )
     assert res.expert_attempts == 6 and res.expert_success == 6
     assert d.error_name == "cube-target"
     assert d.policy_waypoints > 100 and d.controller["teleop_steps"] == 0
@@ -55,8 +59,10 @@ def test_quick_bimanual_demo_lifts_with_two_arms_end_to_end(tmp_path, report):
 
     res = run_demo(workdir=tmp_path, settings=DemoSettings.quick("bimanual"), task="bimanual")
     d = res.deploy
-    report(f"quick bimanual demo: policy success {sum(d.success)}/{len(d.success)}, expert {res.expert_success}/"
-           f"{res.expert_attempts}, final bar lift {np.round(d.final_xy_err_mm, 1)} mm, times {res.times_s}")
+    report(
+        f"quick bimanual demo: policy success {sum(d.success)}/{len(d.success)}, expert {res.expert_success}/"
+        f"{res.expert_attempts}, final bar lift {np.round(d.final_xy_err_mm, 1)} mm, times {res.times_s}"
+    )
     assert res.expert_attempts == 4 and res.expert_success == 4
     ep = open_episode(list_episodes(tmp_path / "episodes")[0])
     assert {"action/arm_left", "action/arm_right", "robot_state/arm_left", "robot_state/arm_right"} <= set(ep.streams())

@@ -8,21 +8,35 @@ import numpy as np
 import pytest
 import torch
 
-from robot_stack.policies.generative import (GenerativePolicy, GenerativePolicyModel, ModelConfig, OnnxDenoiser,
-                                             TorchDenoiser, WrongDevice, check_device, export_onnx, save_checkpoint)
+from robot_stack.policies.generative import (
+    GenerativePolicy,
+    GenerativePolicyModel,
+    ModelConfig,
+    OnnxDenoiser,
+    TorchDenoiser,
+    WrongDevice,
+    check_device,
+    export_onnx,
+    save_checkpoint,
+)
 
 
 def _model(steps: int = 1) -> GenerativePolicyModel:
     torch.manual_seed(0)
-    return GenerativePolicyModel(ModelConfig(cameras={"scene": "rgbd"}, image_hw=(64, 64), horizon=8, kind="flow",
-                                             sample_steps=steps, widths=(32, 64))).eval()
+    return GenerativePolicyModel(
+        ModelConfig(
+            cameras={"scene": "rgbd"}, image_hw=(64, 64), horizon=8, kind="flow", sample_steps=steps, widths=(32, 64)
+        )
+    ).eval()
 
 
 def _obs(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    return {"scene.color": rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8),
-            "scene.depth": rng.integers(300, 1500, (2, 64, 64), dtype=np.uint16),
-            "state": rng.standard_normal((2, 8)).astype(np.float32)}
+    return {
+        "scene.color": rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8),
+        "scene.depth": rng.integers(300, 1500, (2, 64, 64), dtype=np.uint16),
+        "state": rng.standard_normal((2, 8)).astype(np.float32),
+    }
 
 
 def test_the_device_check_names_a_stray_tensor():
@@ -47,7 +61,9 @@ def test_compiled_denoiser_matches_eager():
     m = _model(steps=2)
     noise = np.random.default_rng(1).standard_normal((1, 8, 8)).astype(np.float32)
     eager = GenerativePolicy(m, TorchDenoiser(m, device="cpu"), seed=0).predict(_obs(), noise=noise)
-    compiled = GenerativePolicy(m, TorchDenoiser(m, device="cpu", compile="default"), seed=0).predict(_obs(), noise=noise)
+    compiled = GenerativePolicy(m, TorchDenoiser(m, device="cpu", compile="default"), seed=0).predict(
+        _obs(), noise=noise
+    )
     np.testing.assert_allclose(compiled, eager, atol=1e-4)
     with pytest.raises(ValueError, match="compile must be"):
         TorchDenoiser(m, device="cpu", compile="fast")
@@ -85,5 +101,6 @@ def test_on_a_gpu_every_tensor_stays_there(compile):
     assert out.shape == (1, 8, 8) and np.isfinite(out).all()
     eager = GenerativePolicy(_model(), TorchDenoiser(_model(), device="cpu"), seed=0)
     noise = np.random.default_rng(1).standard_normal((1, 8, 8)).astype(np.float32)
-    np.testing.assert_allclose(GenerativePolicy(m, be, seed=0).predict(_obs(), noise=noise),
-                               eager.predict(_obs(), noise=noise), atol=2e-3)
+    np.testing.assert_allclose(
+        GenerativePolicy(m, be, seed=0).predict(_obs(), noise=noise), eager.predict(_obs(), noise=noise), atol=2e-3
+    )

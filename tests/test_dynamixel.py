@@ -21,7 +21,10 @@ def bus():
 def test_packet_bytes_match_the_emanual_example():
     assert packet(1, 0x01, b"") == bytes.fromhex("FFFFFD0001030001194E")  # PING id 1
     assert crc16(bytes.fromhex("FFFFFD0001030001")) == 0x4E19
-    assert stuff(b"\xff\xff\xfd\x01") == b"\xff\xff\xfd\xfd\x01" and unstuff(b"\xff\xff\xfd\xfd\x01") == b"\xff\xff\xfd\x01"
+    assert (
+        stuff(b"\xff\xff\xfd\x01") == b"\xff\xff\xfd\xfd\x01"
+        and unstuff(b"\xff\xff\xfd\xfd\x01") == b"\xff\xff\xfd\x01"
+    )
 
 
 def test_ping_sync_read_and_sync_write(bus):

@@ -16,13 +16,15 @@ def _linear(gain_z: float, bias=(0.0, 0.0, 0.0), max_m: float = 0.03, contact_n:
     """A one-layer corrector: vz = gain_z * (newest fz) m/s, plus a bias (m/s)."""
     w = np.zeros((3, N_IN))
     w[2, 6 * (K - 1) + 2] = gain_z * WRENCH_SCALE[2]  # the newest sample's fz feature is fz / 10
-    return FastCorrector([(w, np.asarray(bias, float))], np.zeros(N_IN), np.ones(N_IN), np.ones(3), K, 50.0, max_m,
-                         contact_n)
+    return FastCorrector(
+        [(w, np.asarray(bias, float))], np.zeros(N_IN), np.ones(N_IN), np.ones(3), K, 50.0, max_m, contact_n
+    )
 
 
 def _state(t_ns, fz, tcp=(0.5, 0.0, 0.06)):
-    return SimpleNamespace(stamp_ns=t_ns, ee_pose=np.r_[tcp, 1.0, 0, 0, 0], gripper_width=0.0,
-                           wrench=np.r_[0, 0, fz, 0, 0, 0.0])
+    return SimpleNamespace(
+        stamp_ns=t_ns, ee_pose=np.r_[tcp, 1.0, 0, 0, 0], gripper_width=0.0, wrench=np.r_[0, 0, fz, 0, 0, 0.0]
+    )
 
 
 def test_features_layout_and_scale():
@@ -36,8 +38,16 @@ def test_features_layout_and_scale():
 
 def test_corrector_file_round_trip(tmp_path):
     rng = np.random.default_rng(0)
-    fc = FastCorrector([(rng.normal(size=(16, N_IN)), rng.normal(size=16)), (rng.normal(size=(3, 16)), rng.normal(size=3))],
-                       rng.normal(size=N_IN), rng.uniform(0.5, 2, N_IN), np.full(3, 0.002), K, 50.0, 0.03, 1.5)
+    fc = FastCorrector(
+        [(rng.normal(size=(16, N_IN)), rng.normal(size=16)), (rng.normal(size=(3, 16)), rng.normal(size=3))],
+        rng.normal(size=N_IN),
+        rng.uniform(0.5, 2, N_IN),
+        np.full(3, 0.002),
+        K,
+        50.0,
+        0.03,
+        1.5,
+    )
     back = FastCorrector.load(fc.save(tmp_path / "fast.safetensors"))
     assert (back.window, back.rate_hz, back.max_correction_m, back.contact_n) == (K, 50.0, 0.03, 1.5)
     for _ in range(5):
@@ -86,7 +96,7 @@ def test_fast_tick_integrates_the_correction_in_contact_and_shifts_the_plan():
     for i in range(K + 9):
         t = t0 + i * 20_000_000
         outs.append(layer.tick(t, _state(t - 1_000_000, 4.0), stamps, plan))
-    assert all(o is None for o in outs[:K - 1]) and all(o is not None for o in outs[K - 1:])
+    assert all(o is None for o in outs[: K - 1]) and all(o is not None for o in outs[K - 1 :])
     assert layer.correction[2] == pytest.approx(10 * 0.004 * 0.02) and layer.stats["corrections"] == 10
     t = t0 + (K + 8) * 20_000_000
     o_t, o_a = outs[-1]
@@ -94,7 +104,7 @@ def test_fast_tick_integrates_the_correction_in_contact_and_shifts_the_plan():
     c = layer.correction[2]
     assert o_a[0, 2] == pytest.approx(np.interp(o_t[0], stamps, plan[:, 2]) + c)
     np.testing.assert_allclose(o_a[1:, 2], plan[np.isin(stamps, o_t[1:]), 2] + c)
-    np.testing.assert_allclose(o_a[:, 6:], plan[:len(o_a), 6:])  # orientation and gripper untouched
+    np.testing.assert_allclose(o_a[:, 6:], plan[: len(o_a), 6:])  # orientation and gripper untouched
     np.testing.assert_allclose(layer.shift(plan)[:, 2], plan[:, 2] + c)
 
 

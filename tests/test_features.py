@@ -29,15 +29,32 @@ def _points_episode(root, calib: dict | None, n_frames=12):
     t0 = 10_000 * MS
     for i in range(int(n_frames / 15 * 250)):
         t = t0 + i * 4 * MS
-        w.add("robot_state", t, q=np.zeros(7), dq=np.zeros(7), ee_pose=np.r_[0.4 + (t - t0) / 1e9, 0, 0.3, 1, 0, 0, 0],
-              gripper_width=np.float64(0.08))
+        w.add(
+            "robot_state",
+            t,
+            q=np.zeros(7),
+            dq=np.zeros(7),
+            ee_pose=np.r_[0.4 + (t - t0) / 1e9, 0, 0.3, 1, 0, 0, 0],
+            gripper_width=np.float64(0.08),
+        )
     for k in range(n_frames):
-        w.add("camera/scene", t0 + k * 66_666_667, frame_index=np.int64(k), color=np.zeros((48, 64, 3), np.uint8),
-              depth=_depth_with_box(K))
+        w.add(
+            "camera/scene",
+            t0 + k * 66_666_667,
+            frame_index=np.int64(k),
+            color=np.zeros((48, 64, 3), np.uint8),
+            depth=_depth_with_box(K),
+        )
     for k in range(n_frames * 10 // 15):
         t = t0 + k * 100 * MS
-        w.add("action", t, target_ns=np.int64(t + 100 * MS), pose=np.r_[0.5, 0, 0.3, 1, 0, 0, 0],
-              gripper=np.float64(1.0), origin=np.int8(1))
+        w.add(
+            "action",
+            t,
+            target_ns=np.int64(t + 100 * MS),
+            pose=np.r_[0.5, 0, 0.3, 1, 0, 0, 0],
+            gripper=np.float64(1.0),
+            origin=np.int8(1),
+        )
     return w.close({"cameras": {"scene": {"K": K.tolist(), "depth_scale": 0.001, "height": 48, "width": 64}}}), K
 
 
@@ -58,7 +75,10 @@ def test_point_cloud_is_exact_on_synthetic_depth():
     # its pixels' rays at 0.95 m, mapped through T: x = 0.5 + X, y = -Y
     u = np.arange(28, 36) - K[0, 2]
     v = np.arange(20, 28) - K[1, 2]
-    assert 0.5 + 0.95 * u.min() / K[0, 0] - 1e-6 <= c[:, 0].min() and c[:, 0].max() <= 0.5 + 0.95 * u.max() / K[0, 0] + 1e-6
+    assert (
+        0.5 + 0.95 * u.min() / K[0, 0] - 1e-6 <= c[:, 0].min()
+        and c[:, 0].max() <= 0.5 + 0.95 * u.max() / K[0, 0] + 1e-6
+    )
     assert -0.95 * v.max() / K[1, 1] - 1e-6 <= c[:, 1].min() and c[:, 1].max() <= -0.95 * v.min() / K[1, 1] + 1e-6
     with pytest.raises(ValueError, match="T_base_camera"):
         spec.clouds(_depth_with_box(K)[None], K, 0.001, None)
@@ -74,8 +94,9 @@ def test_training_builds_the_clouds_the_controller_builds(tmp_path):
 
     calib = {"cameras": {"scene": {"T_base_camera": T_DOWN.tolist()}}}
     path, K = _points_episode(tmp_path / "d", calib)
-    ms = ModelConfig(cameras={"scene": "points"}, n_points=16, points_lo=(0.0, -1, 0.01), points_hi=(1, 1, 0.2),
-                       horizon=8)
+    ms = ModelConfig(
+        cameras={"scene": "points"}, n_points=16, points_lo=(0.0, -1, 0.01), points_hi=(1, 1, 0.2), horizon=8
+    )
     s = build_samples([path], ms)
     assert s.frames.shape == (12, 16, 3) and s.frames.dtype == np.float32
     f = tmp_path / "calib.yaml"
@@ -104,11 +125,20 @@ def test_points_spec_travels_to_the_controller():
     """A points policy's spec names how to build its cloud; a controller without that camera is
     refused at start-up."""
     from robot_stack.comm.codec import decode, encode
-    from robot_stack.policies.generative import GenerativePolicy, GenerativePolicyModel, ModelConfig, TorchDenoiser
+    from robot_stack.policies.generative import GenerativePolicy, GenerativePolicyModel, ModelConfig
     from robot_stack.policies.serving import metadata_from_spec, spec_message, spec_mismatch
 
-    cfg = ModelConfig(cameras={"scene": "points"}, n_points=64, points_lo=(0.1, -0.2, 0.0), points_hi=(0.9, 0.3, 0.4),
-                      horizon=8, enc_base=4, widths=(16, 32), kind="meanflow", sample_steps=1)
+    cfg = ModelConfig(
+        cameras={"scene": "points"},
+        n_points=64,
+        points_lo=(0.1, -0.2, 0.0),
+        points_hi=(0.9, 0.3, 0.4),
+        horizon=8,
+        enc_base=4,
+        widths=(16, 32),
+        kind="meanflow",
+        sample_steps=1,
+    )
     md = GenerativePolicy(GenerativePolicyModel(cfg), None).metadata
     assert md.obs_shapes["scene.points"] == ((64, 3), "<f4")
     back = metadata_from_spec(decode(encode("", spec_message(md)))[1])

@@ -97,15 +97,24 @@ def test_so101_leader_device_on_the_fake_bus(fake, tmp_path):
         fake.set_position(i, int(t))
         fake.tables[i][40] = 1  # torque on before: the device must switch it off
     # calibrate: the leader held in the follower's zero pose reads 0 rad raw; joint 2 mounted reversed
-    save_joint_map(cal, "so101_leader", calibrate_joint_map(np.zeros(5), np.zeros(5), [1, -1, 1, 1, 1],
-                                                           gripper_open=0.8, gripper_closed=0.0))
-    p = TeleopParams.model_validate({"device": {"type": "so101_leader", "port": fake.port, "calibration": str(cal),
-                                                "latency_timer_ms": LT}, "rate_hz": 30})
+    save_joint_map(
+        cal,
+        "so101_leader",
+        calibrate_joint_map(np.zeros(5), np.zeros(5), [1, -1, 1, 1, 1], gripper_open=0.8, gripper_closed=0.0),
+    )
+    p = TeleopParams.model_validate(
+        {
+            "device": {"type": "so101_leader", "port": fake.port, "calibration": str(cal), "latency_timer_ms": LT},
+            "rate_hz": 30,
+        }
+    )
     assert p.references() == {"arm": "arm"}
     dev = p.device.build(None, p)
     try:
         assert all(fake.torque(i) == 0 for i in IDS)
-        follower = {RobotState.TOPIC: RobotState(q=np.zeros(5), dq=np.zeros(5), ee_pose=np.r_[0.2, 0, 0.1, 0, 0, 0, 1.0])}
+        follower = {
+            RobotState.TOPIC: RobotState(q=np.zeros(5), dq=np.zeros(5), ee_pose=np.r_[0.2, 0, 0.1, 0, 0, 0, 1.0])
+        }
         cmd = dev.poll(TeleopInputs(follower.get, 0.0, 1 / 30))
         assert dev.leader.engaged and cmd.kind == "joint"
         raw = np.array([0.1, 0.2, -0.3, 0.0, 0.5, 0.4])
@@ -127,11 +136,44 @@ def _calibrate_cli(fake, tmp_path, sweep):
     from conftest import REPO
 
     cal = tmp_path / "calibration.yaml"
-    p = subprocess.Popen([sys.executable, "-m", "robot_stack.cli", "calibrate", "servos", "--bus", "feetech",
-                          "--port", fake.port, "--ids", "1", "2", "3", "4", "5", "--gripper-id", "6",
-                          "--signs", "1", "-1", "1", "1", "1", "--file", str(cal), "--section", "arms",
-                          "--name", "so101_follower"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "robot_stack.cli",
+            "calibrate",
+            "servos",
+            "--bus",
+            "feetech",
+            "--port",
+            fake.port,
+            "--ids",
+            "1",
+            "2",
+            "3",
+            "4",
+            "5",
+            "--gripper-id",
+            "6",
+            "--signs",
+            "1",
+            "-1",
+            "1",
+            "1",
+            "1",
+            "--file",
+            str(cal),
+            "--section",
+            "arms",
+            "--name",
+            "so101_follower",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
     import os
     import select
 
@@ -146,6 +188,7 @@ def _calibrate_cli(fake, tmp_path, sweep):
                 if not chunk:
                     return True
             return text in seen
+
         return check
 
     wait_until(prompted("zero pose"), 20, what="the CLI asking for the zero pose")  # after it pinged the bus

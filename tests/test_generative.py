@@ -6,17 +6,33 @@ from robot_stack.testing.setups import node, setup, write_setup
 import torch
 
 from robot_stack.policies.generative import (
-    GenerativePolicy, GenerativePolicyModel, ModelConfig, OnnxDenoiser, TorchDenoiser, export_onnx,
+    GenerativePolicy,
+    GenerativePolicyModel,
+    ModelConfig,
+    OnnxDenoiser,
+    TorchDenoiser,
+    export_onnx,
 )
 
-SMALL = dict(cameras={"scene": "rgbd"}, image_hw=(64, 64), proprio_dim=4, obs_horizon=2, horizon=8, action_dim=3,
-             enc_base=8, widths=(32, 64), sample_steps=4)
+SMALL = dict(
+    cameras={"scene": "rgbd"},
+    image_hw=(64, 64),
+    proprio_dim=4,
+    obs_horizon=2,
+    horizon=8,
+    action_dim=3,
+    enc_base=8,
+    widths=(32, 64),
+    sample_steps=4,
+)
 
 
 def obs(rng):
-    return {"scene.color": rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8),
-            "scene.depth": rng.integers(300, 1500, (2, 64, 64), dtype=np.uint16),
-            "state": rng.standard_normal((2, 4)).astype(np.float32)}
+    return {
+        "scene.color": rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8),
+        "scene.depth": rng.integers(300, 1500, (2, 64, 64), dtype=np.uint16),
+        "state": rng.standard_normal((2, 4)).astype(np.float32),
+    }
 
 
 @pytest.mark.parametrize("kind", ["ddim", "flow"])
@@ -28,7 +44,7 @@ def test_training_reduces_loss_on_a_learnable_task(kind):
     opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(1)
     losses = []
-    for step in range(60):
+    for _ in range(60):
         proprio = torch.randn(16, 2, 4, generator=g)
         actions = torch.tanh(proprio[:, -1:, :3]).repeat(1, 8, 1) * 0.8
         images = [torch.rand(16, 2, 4, 64, 64, generator=g)]
@@ -56,8 +72,11 @@ def test_onnx_matches_torch_for_the_same_noise(tmp_path, kind, steps):
     # one denoiser evaluation agrees to float32 precision ...
     imgs, st = m.images(o), np.asarray(o["state"], np.float32)[None]
     t = np.array([0.7], np.float32)
-    np.testing.assert_allclose(OnnxDenoiser(path, ["CPUExecutionProvider"]).bind(imgs, st)(noise, t),
-                               TorchDenoiser(m, "cpu").bind(imgs, st)(noise, t), atol=1e-4)
+    np.testing.assert_allclose(
+        OnnxDenoiser(path, ["CPUExecutionProvider"]).bind(imgs, st)(noise, t),
+        TorchDenoiser(m, "cpu").bind(imgs, st)(noise, t),
+        atol=1e-4,
+    )
     # ... and the whole chunk to 0.1 % of the normalized range (DDIM's 1/sqrt(alpha_bar) at the first,
     # noisiest step amplifies the last-bit differences)
     np.testing.assert_allclose(a_onnx, a_torch, atol=2e-3)
@@ -108,7 +127,9 @@ def test_rtc_guidance_pulls_the_overlap_toward_the_previous_chunk(kind, steps):
     print(f"\n{kind} x{steps}: overlap error unguided {err_free.round(3)}, guided {err_guided.round(3)}")
     assert err_guided.mean() < 0.5 * err_free.mean()
     assert np.all(err_guided[:2] < err_free[:2])  # the strongly weighted part of the soft mask
-    assert np.linalg.norm(guided[:2] - prev[:2], axis=1).mean() < 0.5 * np.linalg.norm(free[:2] - prev[:2], axis=1).mean()
+    assert (
+        np.linalg.norm(guided[:2] - prev[:2], axis=1).mean() < 0.5 * np.linalg.norm(free[:2] - prev[:2], axis=1).mean()
+    )
     assert pol.predict(o, committed_prefix=prev, frozen=2, noise=noise, guidance="none") == pytest.approx(free)
 
 
@@ -131,8 +152,10 @@ def test_jacobian_free_guidance_against_the_exact_form(tmp_path, kind, steps):
     ov = slice(0, 6)
     d_exact, d_jf = np.abs(exact[ov] - prev).mean(), np.abs(jf[ov] - prev).mean()
     d_free, d_between = np.abs(free[ov] - prev).mean(), np.abs(jf[ov] - exact[ov]).mean()
-    print(f"\n{kind}: mean |chunk - previous| over the overlap: unguided {d_free:.3f}, exact {d_exact:.3f}, "
-          f"Jacobian-free {d_jf:.3f}; |Jacobian-free - exact| {d_between:.3f}")
+    print(
+        f"\n{kind}: mean |chunk - previous| over the overlap: unguided {d_free:.3f}, exact {d_exact:.3f}, "
+        f"Jacobian-free {d_jf:.3f}; |Jacobian-free - exact| {d_between:.3f}"
+    )
     assert d_exact < 0.5 * d_free and d_jf < 0.5 * d_free
     assert d_between < min(np.abs(free[ov] - exact[ov]).mean(), np.abs(free[ov] - jf[ov]).mean())
 
@@ -145,7 +168,7 @@ def test_ddim_exact_guidance_with_an_exact_denoiser():
     from robot_stack.control.chunking import rtc_guidance_weights
     from robot_stack.policies.samplers import DDIM
 
-    sampler, sig2 = DDIM(100), 0.3 ** 2
+    sampler, sig2 = DDIM(100), 0.3**2
 
     def eps_of(x, t, xp=np):
         a = sampler.abar[np.clip(np.round(np.asarray(t, float) * 100).astype(int), 0, 99)][0]
@@ -161,8 +184,10 @@ def test_ddim_exact_guidance_with_an_exact_denoiser():
     guided = sampler.sample(denoise, noise, 8, prefix=prev, weights=w)
     jf = sampler.sample(lambda x, t: denoise(x, t), noise, 8, prefix=prev, weights=w)
     err = lambda a: np.abs(a[0, :10] - 0.5).mean(axis=1)  # noqa: E731
-    print(f"\nddim: overlap error unguided {err(free).round(3)}, exact {err(guided).round(3)}, "
-          f"Jacobian-free {err(jf).round(3)}")
+    print(
+        f"\nddim: overlap error unguided {err(free).round(3)}, exact {err(guided).round(3)}, "
+        f"Jacobian-free {err(jf).round(3)}"
+    )
     assert np.all(err(guided)[:3] < 0.5 * err(free)[:3])  # frozen: pulled close
     assert err(guided)[3:10].mean() < err(free)[3:10].mean()  # the decaying rest of the overlap: pulled
     np.testing.assert_allclose(guided[0, 12:], free[0, 12:], atol=0.05)  # no weight past the overlap
@@ -182,8 +207,10 @@ def test_checkpoint_round_trip_without_pickle(tmp_path):
     rng = np.random.default_rng(0)
     o = obs(rng)
     noise = rng.standard_normal((1, 8, 3)).astype(np.float32)
-    np.testing.assert_array_equal(GenerativePolicy(m, TorchDenoiser(m, "cpu")).predict(o, noise=noise),
-                                  GenerativePolicy(m2, TorchDenoiser(m2, "cpu")).predict(o, noise=noise))
+    np.testing.assert_array_equal(
+        GenerativePolicy(m, TorchDenoiser(m, "cpu")).predict(o, noise=noise),
+        GenerativePolicy(m2, TorchDenoiser(m2, "cpu")).predict(o, noise=noise),
+    )
     bad = tmp_path / "other.safetensors"
     from safetensors.torch import save_file
 
@@ -203,8 +230,14 @@ def test_policy_node_serves_onnx_export_and_rejects_bad_windows(tmp_path, run_di
     save_checkpoint(m, tmp_path / "pol.safetensors")
     export_onnx(m, tmp_path / "pol.onnx")
     cfg_path = tmp_path / "stack.yaml"
-    write_setup(cfg_path, setup("pol", run_dir, policy=node("policy", backend={"type": "onnx", "path": str(tmp_path / "pol.onnx"),
-                                                                         "seed": 0})))
+    write_setup(
+        cfg_path,
+        setup(
+            "pol",
+            run_dir,
+            policy=node("policy", backend={"type": "onnx", "path": str(tmp_path / "pol.onnx"), "seed": 0}),
+        ),
+    )
 
     from conftest import launched
 
@@ -231,7 +264,10 @@ def _check_policy_replies(client):
     with pytest.raises(RemoteError, match="stale"):
         client.request("infer", ObservationWindow(request_id=3, obs=o, obs_age_ns=np.full(2, 5 * 10**9)))
     # still serving after the bad requests
-    assert client.request("infer", ObservationWindow(request_id=4, obs=o, obs_age_ns=np.zeros(2, np.int64))).request_id == 4
+    assert (
+        client.request("infer", ObservationWindow(request_id=4, obs=o, obs_age_ns=np.zeros(2, np.int64))).request_id
+        == 4
+    )
 
 
 def test_export_onnx_cli(tmp_path):
@@ -277,7 +313,9 @@ def test_training_time_rtc_learns_to_continue_a_prefix():
         assert pol.last_frozen == 2
         np.testing.assert_allclose(a[:2], truth[:2], atol=1e-6)  # the frozen prefix is kept
         errs_pre.append(np.abs(a[2:] - truth[2:]).mean())
-        errs_free.append(np.abs(pol.predict(o, committed_prefix=truth[:6], frozen=2, guidance="none")[2:] - truth[2:]).mean())
+        errs_free.append(
+            np.abs(pol.predict(o, committed_prefix=truth[:6], frozen=2, guidance="none")[2:] - truth[2:]).mean()
+        )
     print(f"\ncontinuation error with the prefix {np.mean(errs_pre):.3f}, without {np.mean(errs_free):.3f}")
     assert np.mean(errs_pre) < 0.35 * np.mean(errs_free)
     assert pol.predict(o, committed_prefix=truth[:6], frozen=5) is not None and pol.last_frozen == 3  # capped at d_max

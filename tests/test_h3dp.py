@@ -7,12 +7,29 @@ import numpy as np
 import pytest
 import torch
 
-from robot_stack.policies.generative import (GenerativePolicy, GenerativePolicyModel, ModelConfig, OnnxDenoiser,
-                                             TorchDenoiser, depth_layers, export_onnx)
+from robot_stack.policies.generative import (
+    GenerativePolicy,
+    GenerativePolicyModel,
+    ModelConfig,
+    OnnxDenoiser,
+    TorchDenoiser,
+    depth_layers,
+    export_onnx,
+)
 from robot_stack.policies.networks import MultiScaleEncoder, scale_weights
 
-H3 = dict(cameras={"scene": "layered"}, image_hw=(64, 64), proprio_dim=4, obs_horizon=2, horizon=8, action_dim=3,
-          enc_base=8, widths=(32, 64), sample_steps=2, depth_layers=(0.0, 0.5, 1.0, 3.0))
+H3 = dict(
+    cameras={"scene": "layered"},
+    image_hw=(64, 64),
+    proprio_dim=4,
+    obs_horizon=2,
+    horizon=8,
+    action_dim=3,
+    enc_base=8,
+    widths=(32, 64),
+    sample_steps=2,
+    depth_layers=(0.0, 0.5, 1.0, 3.0),
+)
 
 
 def test_depth_layering_puts_each_pixel_in_its_layer():
@@ -48,7 +65,7 @@ def test_the_encoder_reads_three_scales_and_the_gate_follows_the_time():
         f = net.feat_dim
         coarse, fine = slice(0, f), slice(2 * f, 3 * f)
         assert g0[0, coarse].mean() > 2 * g0[0, fine].mean() and g1[0, fine].mean() > 2 * g1[0, coarse].mean(), kind
-        assert torch.all(g0[:, 3 * f:] == 1)  # proprioception is not gated
+        assert torch.all(g0[:, 3 * f :] == 1)  # proprioception is not gated
 
 
 @pytest.mark.slow  # trains a model
@@ -64,10 +81,10 @@ def test_a_layered_policy_learns_where_the_near_object_is_and_exports(tmp_path):
         color = np.full((2, 64, 64, 3), 128, np.uint8)
         depth = np.full((2, 64, 64), 2500, np.uint16)
         (ny, nx), (fy, fx) = rng.integers(8, 56, 2), rng.integers(8, 56, 2)
-        depth[:, ny - 6:ny + 6, nx - 6:nx + 6] = 300
-        depth[:, fy - 6:fy + 6, fx - 6:fx + 6] = 2000
-        color[:, ny - 6:ny + 6, nx - 6:nx + 6] = 200
-        color[:, fy - 6:fy + 6, fx - 6:fx + 6] = 200
+        depth[:, ny - 6 : ny + 6, nx - 6 : nx + 6] = 300
+        depth[:, fy - 6 : fy + 6, fx - 6 : fx + 6] = 2000
+        color[:, ny - 6 : ny + 6, nx - 6 : nx + 6] = 200
+        color[:, fy - 6 : fy + 6, fx - 6 : fx + 6] = 200
         target = np.tile(np.array([(nx - 32) / 32, (ny - 32) / 32, 0.0], np.float32), (8, 1))
         return {"scene.color": color, "scene.depth": depth, "state": np.zeros((2, 4), np.float32)}, target
 
@@ -90,7 +107,10 @@ def test_a_layered_policy_learns_where_the_near_object_is_and_exports(tmp_path):
     path = export_onnx(m, tmp_path / "h3.onnx")
     noise = np.random.default_rng(1).standard_normal((1, 8, 3)).astype(np.float32)
     o = tests[0][0]
-    np.testing.assert_allclose(pol.predict(o, noise=noise), GenerativePolicy(
-        m, OnnxDenoiser(path, ["CPUExecutionProvider"]), seed=0).predict(o, noise=noise), atol=1e-4)
+    np.testing.assert_allclose(
+        pol.predict(o, noise=noise),
+        GenerativePolicy(m, OnnxDenoiser(path, ["CPUExecutionProvider"]), seed=0).predict(o, noise=noise),
+        atol=1e-4,
+    )
     with pytest.raises(ValueError, match="depth_layers"):
         ModelConfig(**{**H3, "depth_layers": (1.0, 0.5)})

@@ -5,7 +5,10 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from robot_stack.calibration.hand_eye import (
-    CalibrationError, inv, solve_hand_eye, transform_error,
+    CalibrationError,
+    inv,
+    solve_hand_eye,
+    transform_error,
 )
 
 
@@ -109,8 +112,10 @@ def test_corner_refinement_beats_closed_form_under_pixel_noise(mode):
     refined = solve_hand_eye(Tg, Tc, mode, corners=corners, K=K)
     dt_c, dr_c = transform_error(closed.T, truth_X)
     dt_r, dr_r = transform_error(refined.T, truth_X)
-    print(f"\n{mode}: closed form {dt_c * 1e3:.2f} mm {dr_c:.3f} deg, refined {dt_r * 1e3:.2f} mm {dr_r:.3f} deg, "
-          f"{refined.reprojection_rms_px:.3f} px")
+    print(
+        f"\n{mode}: closed form {dt_c * 1e3:.2f} mm {dr_c:.3f} deg, refined {dt_r * 1e3:.2f} mm {dr_r:.3f} deg, "
+        f"{refined.reprojection_rms_px:.3f} px"
+    )
     assert closed.reprojection_rms_px is None
     assert refined.reprojection_rms_px == pytest.approx(0.1 * np.sqrt(2), rel=0.2)  # the injected noise (2-D)
     assert dt_r < 0.001 and dr_r < 0.05

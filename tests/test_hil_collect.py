@@ -29,13 +29,17 @@ REPLAY_MEAN_MM, REPLAY_MAX_MM, REPLAY_RAW_MEAN_MM, REPLAY_MAX_LAG_MS = 4.0, 15.0
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     out = tmp_path_factory.mktemp("episodes")
-    s = Session(config_path("sim_panda_reach.yaml"), sets={"nodes.recorder.params.root": str(out),
-                                                         "nodes.sim.params.seed": 7},
-                only=["sim", "arm", "cam_scene", "cam_wrist", "teleop", "controller", "recorder"])
+    s = Session(
+        config_path("sim_panda_reach.yaml"),
+        sets={"nodes.recorder.params.root": str(out), "nodes.sim.params.seed": 7},
+        only=["sim", "arm", "cam_scene", "cam_wrist", "teleop", "controller", "recorder"],
+    )
     witness = None
     try:
         s.start(("robot/state", "camera/wrist", "camera/scene"))
-        witness = Subscriber([s.cfg.pub_endpoint("arm", s.rd)], ("robot/state",), history=100_000, hwm=100_000, name="witness")
+        witness = Subscriber(
+            [s.cfg.pub_endpoint("arm", s.rd)], ("robot/state",), history=100_000, hwm=100_000, name="witness"
+        )
         res = run_collect(None, out, 3, max_episode_s=20, session=s)
         yield {"session": s, "res": res, "witness": witness.history("robot/state"), "out": out}
     finally:
@@ -69,8 +73,9 @@ def test_every_sample_kept_with_increasing_stamps(collected):
         for cam in ("camera/wrist", "camera/scene"):
             fi = ep.array(cam, "frame_index")[:]
             missing = np.setdiff1d(np.arange(fi[0], fi[-1] + 1), fi)
-            assert np.array_equal(fi, np.arange(fi[0], fi[0] + len(fi))), \
+            assert np.array_equal(fi, np.arange(fi[0], fi[0] + len(fi))), (
                 f"{cam}: frames {missing[:10]} missing; recorder: dropped {ep.meta.get('dropped')}, {ep.meta.get('receive')}"
+            )
         # teleop commands at 30 Hz and executed teleop waypoints at 10 Hz, each over its own span
         # (the teleop stream starts when the device does, up to a second after the robot state:
         # one CI run counted 96 commands against the robot state's 4.36 s)
@@ -109,7 +114,9 @@ def test_recorded_images_are_the_sims_renders(collected):
 
 def test_replay_reproduces_the_tcp_path(collected, report):
     res = replay_episode(collected["session"], collected["res"].saved[0])
-    report(f"replay vs recording: mean {res.mean_err_mm:.2f} mm, max {res.max_err_mm:.2f} mm over {res.samples} states; "
-           f"at the best lag ({res.lag_ms:+.0f} ms) mean {res.mean_err_lag_mm:.2f} mm, max {res.max_err_lag_mm:.2f} mm")
+    report(
+        f"replay vs recording: mean {res.mean_err_mm:.2f} mm, max {res.max_err_mm:.2f} mm over {res.samples} states; "
+        f"at the best lag ({res.lag_ms:+.0f} ms) mean {res.mean_err_lag_mm:.2f} mm, max {res.max_err_lag_mm:.2f} mm"
+    )
     assert res.mean_err_lag_mm < REPLAY_MEAN_MM and res.max_err_lag_mm < REPLAY_MAX_MM, res
     assert res.mean_err_mm < REPLAY_RAW_MEAN_MM and abs(res.lag_ms) < REPLAY_MAX_LAG_MS, res

@@ -32,6 +32,7 @@ START = np.array([0.45, -0.10, 0.30])
 CUBE = np.array([0.5, 0.05, 0.02])
 GOAL = np.array([0.45, 0.10, 0.30])
 
+
 def _free_port() -> int:
     import socket
 
@@ -49,27 +50,51 @@ GOTO = {"type": "goto", "goal": [0.45, 0.10, 0.30], "speed": 0.08, "horizon": 16
 def stack_setup(run_dir, fast_path) -> dict:
     """The module's stack: the sim, its arm, scripted policies (200 ms and 800 ms inference) and one
     controller per case, started by each test."""
+
     def ctl(**p):
         return node("controller", **p)
 
     chunked = {"rate_hz": 10, "execute_horizon": 8, "ensemble_m": 0.1}
     nodes = {
-        "sim": node("sim_world"), "arm": node("arm"),
+        "sim": node("sim_world"),
+        "arm": node("arm"),
         "policy": node("policy", backend=GOTO, delay_s=0.2),
         **{f"controller_{s}": ctl(strategy=s, **chunked) for s in STRATEGIES},
         **{f"reach_{s}": ctl(strategy=s, policy="policy_reach", **chunked) for s in STRATEGIES},
-        "policy_reach": node("policy", backend={"type": "goto", "goal": [0.5, 0.05, 0.025], "via": [0.5, 0.05, 0.14],
-                                                "speed": 0.08, "horizon": 16, "dt": 0.1}, delay_s=0.2),
+        "policy_reach": node(
+            "policy",
+            backend={
+                "type": "goto",
+                "goal": [0.5, 0.05, 0.025],
+                "via": [0.5, 0.05, 0.14],
+                "speed": 0.08,
+                "horizon": 16,
+                "dt": 0.1,
+            },
+            delay_s=0.2,
+        ),
         "teleop": node("teleop", device="keyboard"),
-        **{f"reach_ws_{s}": ctl(strategy=s, policy_endpoint=f"ws://127.0.0.1:{WS_PORT}",
-                                openpi_keys={"observation/state": "ee_pose"}, **chunked) for s in STRATEGIES},
+        **{
+            f"reach_ws_{s}": ctl(
+                strategy=s,
+                policy_endpoint=f"ws://127.0.0.1:{WS_PORT}",
+                openpi_keys={"observation/state": "ee_pose"},
+                **chunked,
+            )
+            for s in STRATEGIES
+        },
         "cam": node("camera", driver={"type": "synthetic"}, camera_id="scene", width=64, height=48, rate_hz=7),
         "frame_on": ctl(strategy="async", rate_hz=5, cameras=["cam"], request_on_frame=True),
         "frame_off": ctl(strategy="async", rate_hz=5, cameras=["cam"], request_on_frame=False),
         "controller_intervene": ctl(strategy="async", rate_hz=10, teleop="teleop"),
         "policy_slow": node("policy", backend=GOTO, delay_s=0.8),
-        **{f"rest_{s}_{str(on).lower()}": ctl(strategy=s, rate_hz=10, execute_horizon=8, policy="policy_slow",
-                                              start_from_rest=on) for s in ("sync", "ensemble") for on in (True, False)},
+        **{
+            f"rest_{s}_{str(on).lower()}": ctl(
+                strategy=s, rate_hz=10, execute_horizon=8, policy="policy_slow", start_from_rest=on
+            )
+            for s in ("sync", "ensemble")
+            for on in (True, False)
+        },
         "controller_fast": ctl(strategy="sync", rate_hz=10, execute_horizon=8, fast=str(fast_path)),
     }
     return setup("ctl", run_dir, **nodes)
@@ -83,8 +108,16 @@ def _bias_fast_layer(path: Path) -> None:
     from robot_stack.control.fast import FastCorrector
 
     n = 6 * 5 + 1  # 0.1 m/s up, always "in contact" (contact_n < 0), integrated up to 2 cm
-    FastCorrector([(np.zeros((3, n)), FAST_BIAS * 5)], np.zeros(n), np.ones(n), np.ones(3), 5, 50.0,
-                  float(np.linalg.norm(FAST_BIAS)), -1.0).save(path)
+    FastCorrector(
+        [(np.zeros((3, n)), FAST_BIAS * 5)],
+        np.zeros(n),
+        np.ones(n),
+        np.ones(3),
+        5,
+        50.0,
+        float(np.linalg.norm(FAST_BIAS)),
+        -1.0,
+    ).save(path)
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +130,11 @@ def stack(tmp_path_factory):
     try:
         with launched(cfg_path, only=["sim", "arm", "policy", "policy_reach", "policy_slow", "cam"]) as (_, out):
             cfg = load_config(cfg_path)
-            state = Subscriber([cfg.pub_endpoint("arm", run_dir), cfg.pub_endpoint("sim", run_dir)],
-                               ("robot/state", "sim/objects"), history=3000)
+            state = Subscriber(
+                [cfg.pub_endpoint("arm", run_dir), cfg.pub_endpoint("sim", run_dir)],
+                ("robot/state", "sim/objects"),
+                history=3000,
+            )
             try:
                 assert state.wait_for("robot/state", 60) is not None, out.tail()
                 # the reach task's cube, placed while the arm is still at home (a reset homes the arm)
@@ -109,12 +145,18 @@ def stack(tmp_path_factory):
                 tx.send(SimCommand.TOPIC, SimCommand(kind="reset", cube_pose=np.r_[CUBE, 0, 0, 0, 1.0]))
                 tx.close()
                 # the reset homes the arm too: wait for the cube in place and the arm at rest again
-                wait_until(lambda: (o := state.latest("sim/objects")) is not None
-                           and np.linalg.norm(np.asarray(o.cube_pose[:3]) - CUBE) < 0.01
-                           and (st := state.latest("robot/state")).mode == "hold" and np.abs(st.dq).max() < 0.01
-                           and len(state.history("robot/state")) > 100
-                           and np.ptp([m.q for m in state.history("robot/state")[-100:]], axis=0).max() < 1e-3,
-                           20, what="the cube placed and the arm at rest after the reset")
+                wait_until(
+                    lambda: (
+                        (o := state.latest("sim/objects")) is not None
+                        and np.linalg.norm(np.asarray(o.cube_pose[:3]) - CUBE) < 0.01
+                        and (st := state.latest("robot/state")).mode == "hold"
+                        and np.abs(st.dq).max() < 0.01
+                        and len(state.history("robot/state")) > 100
+                        and np.ptp([m.q for m in state.history("robot/state")[-100:]], axis=0).max() < 1e-3
+                    ),
+                    20,
+                    what="the cube placed and the arm at rest after the reset",
+                )
                 yield {"cfg": cfg, "cfg_path": cfg_path, "run_dir": run_dir, "state": state, "out": out}
             finally:
                 state.close()
@@ -140,8 +182,10 @@ def move_to_start(stack):
         stamps, poses = straight_line(p, goal, now_ns(), speed=0.15)
         client.send_schedule(stamps, poses, space="ee")
         # under load the arm can arrive late (one CI run: 68 mm short)
-        _wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - START) <= 0.005,
-                    int(stamps[-1]))
+        _wait_until(
+            lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - START) <= 0.005,
+            int(stamps[-1]),
+        )
     finally:
         client.close()
     assert np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - START) < 0.005
@@ -160,8 +204,10 @@ def home_joints(stack):
         s = np.linspace(0, 1, int(dur / 0.05) + 1)[1:]
         t_send = now_ns()
         client.send_schedule(t_send + (s * dur * 1e9).astype(np.int64), q0 + s[:, None] * (HOME_Q - q0))
-        _wait_until(lambda: np.abs(np.array(stack["state"].latest("robot/state").q) - HOME_Q).max() <= 0.02,
-                    t_send + int(dur * 1e9))
+        _wait_until(
+            lambda: np.abs(np.array(stack["state"].latest("robot/state").q) - HOME_Q).max() <= 0.02,
+            t_send + int(dur * 1e9),
+        )
         after = arm_hb.wait_for("heartbeat/arm", 3, newer_than_seq=before.seq if before else -1)
     finally:
         client.close()
@@ -169,8 +215,10 @@ def home_joints(stack):
     m0, m1 = (before.metrics if before else {}), (after.metrics if after else {})
     changed = {k: (m0.get(k), v) for k, v in m1.items() if m0.get(k) != v}
     q = np.array(stack["state"].latest("robot/state").q)
-    assert np.abs(q - HOME_Q).max() < 0.02, (f"home move from {q0.round(3)} ended at {q.round(3)}; arm metrics "
-                                             f"that changed: {changed}\nstack:\n{stack['out'].tail()}")
+    assert np.abs(q - HOME_Q).max() < 0.02, (
+        f"home move from {q0.round(3)} ended at {q.round(3)}; arm metrics "
+        f"that changed: {changed}\nstack:\n{stack['out'].tail()}"
+    )
 
 
 def deviation_from_line(p):
@@ -185,13 +233,20 @@ def test_strategy_completes_the_motion(stack, strategy, report):
     node = f"controller_{strategy}"
     sub = Subscriber([stack["cfg"].pub_endpoint(node, stack["run_dir"])], ("heartbeat",))
     t0 = now_ns()
-    proc = subprocess.Popen([sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node,
-                             str(stack["run_dir"])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node, str(stack["run_dir"])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
     try:
         reached_at = None
         try:
-            wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - GOAL) < 0.005,
-                       25, poll_s=0.02)
+            wait_until(
+                lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - GOAL) < 0.005,
+                25,
+                poll_s=0.02,
+            )
             reached_at = now_ns()
         except WaitTimeout:
             pass
@@ -204,11 +259,13 @@ def test_strategy_completes_the_motion(stack, strategy, report):
     path = np.array([m.ee_pose[:3] for m in stack["state"].history("robot/state") if m.stamp_ns >= t0])
     dev = deviation_from_line(path)
     m = hb.metrics
-    report(f"controller {strategy:8s}: reached the goal in {(reached_at - t0) / 1e9:.2f} s; path deviation max {dev.max() * 1e3:.2f} mm; "
-          f"inference p50 {m.get('inference_p50_ms', 0):.0f} ms, d = {m['delay_steps']:.0f} steps; chunks {m['chunks']:.0f}, "
-          f"dropped actions {m['dropped_actions']:.0f}, over budget {m['over_budget']:.0f}; chunk-switch jump mean "
-          f"{m.get('switch_jump_mean_mm', 0):.2f} mm max {m.get('switch_jump_max_mm', 0):.2f} mm; "
-          f"observation holds {m['obs_holds']:.0f}, stale holds {m['stale_holds']:.0f}")
+    report(
+        f"controller {strategy:8s}: reached the goal in {(reached_at - t0) / 1e9:.2f} s; path deviation max {dev.max() * 1e3:.2f} mm; "
+        f"inference p50 {m.get('inference_p50_ms', 0):.0f} ms, d = {m['delay_steps']:.0f} steps; chunks {m['chunks']:.0f}, "
+        f"dropped actions {m['dropped_actions']:.0f}, over budget {m['over_budget']:.0f}; chunk-switch jump mean "
+        f"{m.get('switch_jump_mean_mm', 0):.2f} mm max {m.get('switch_jump_max_mm', 0):.2f} mm; "
+        f"observation holds {m['obs_holds']:.0f}, stale holds {m['stale_holds']:.0f}"
+    )
     # README: usually 0.8-1.8 mm. Async executes each chunk as the policy planned it from a lagged
     # observation (this stateless policy starts each line at the measured TCP), so its switches
     # jump back by the tracking lag x speed; under CI load the lag grows (one run: jumps of 17 mm
@@ -226,16 +283,26 @@ def test_fast_layer_corrects_the_plan_at_its_rate(stack, report):
     slow policy's goal shifted by it, and the fast schedules go out at the fast rate."""
     move_to_start(stack)
     node = "controller_fast"
-    sub = Subscriber([stack["cfg"].pub_endpoint(node, stack["run_dir"]), stack["cfg"].pub_endpoint("arm", stack["run_dir"])],
-                     ("heartbeat", "controller/action"), history=5000)
-    proc = subprocess.Popen([sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node,
-                             str(stack["run_dir"])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    sub = Subscriber(
+        [stack["cfg"].pub_endpoint(node, stack["run_dir"]), stack["cfg"].pub_endpoint("arm", stack["run_dir"])],
+        ("heartbeat", "controller/action"),
+        history=5000,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node, str(stack["run_dir"])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
     goal = GOAL + FAST_BIAS
     try:
         reached = True
         try:
-            wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - goal) < 0.005,
-                       25, poll_s=0.02)
+            wait_until(
+                lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - goal) < 0.005,
+                25,
+                poll_s=0.02,
+            )
             wait_samples(sub, "controller/action", 50)  # a second of the fast layer's schedules after arriving
         except WaitTimeout:
             reached = False
@@ -249,9 +316,11 @@ def test_fast_layer_corrects_the_plan_at_its_rate(stack, report):
     m = hb.metrics
     fast = [s for s in sent if s.origin == "fast"]
     slow = [s for s in sent if s.origin == "policy"]
-    report(f"fast layer: {m['fast_corrections']:.0f} corrections, tick period p50 {m['fast_period_p50_ms']:.1f} ms "
-           f"p99 {m['fast_period_p99_ms']:.1f} ms, compute p99 {m['fast_compute_p99_ms']:.3f} ms; "
-           f"{len(fast)} fast and {len(slow)} slow schedules")
+    report(
+        f"fast layer: {m['fast_corrections']:.0f} corrections, tick period p50 {m['fast_period_p50_ms']:.1f} ms "
+        f"p99 {m['fast_period_p99_ms']:.1f} ms, compute p99 {m['fast_compute_p99_ms']:.3f} ms; "
+        f"{len(fast)} fast and {len(slow)} slow schedules"
+    )
     assert m["fast_period_p50_ms"] == pytest.approx(20.0, abs=2.0)  # 50 Hz
     assert m["fast_corrections"] > 20 and m["fast_correction_mm"] == pytest.approx(20.0, abs=0.01)
     assert len(fast) > 3 * len(slow) > 0
@@ -274,30 +343,43 @@ def test_teleop_intervention_takes_over_and_hands_back(stack):
     node = "controller_intervene"
     teleop = Publisher(cfg.pub_endpoint("teleop", rd), "teleop")
     sub = Subscriber([cfg.pub_endpoint(node, rd)], ("controller/action", "heartbeat"), history=2000)
-    proc = subprocess.Popen([sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node,
-                             str(rd)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node, str(rd)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
     hold = np.r_[START + np.array([0.0, 0.0, 0.05]), np.array(stack["state"].latest("robot/state").ee_pose[3:])]
     try:
         # the policy drives toward GOAL; once it has moved the TCP 2 cm (the node's start-up takes
         # seconds on a loaded machine) the operator intervenes and lifts the TCP 5 cm above START
-        wait_until(lambda: np.array(stack["state"].latest("robot/state").ee_pose)[1] > START[1] + 0.02, 15,
-                   what="the policy moving the arm before the intervention")
+        wait_until(
+            lambda: np.array(stack["state"].latest("robot/state").ee_pose)[1] > START[1] + 0.02,
+            15,
+            what="the policy moving the arm before the intervention",
+        )
         p_before = np.array(stack["state"].latest("robot/state").ee_pose[:3])
         t_int = now_ns()
         for k in range(60):  # 2 s of absolute targets at 30 Hz, from where the arm is toward `hold`
             a = min(1.0, (k + 1) / 30)
             target = np.r_[(1 - a) * p_before + a * hold[:3], hold[3:]]
-            teleop.publish("teleop/command", TeleopCommand(kind="ee_absolute", value=target,
-                                                           buttons=["intervene"] if k == 0 else []))
+            teleop.publish(
+                "teleop/command",
+                TeleopCommand(kind="ee_absolute", value=target, buttons=["intervene"] if k == 0 else []),
+            )
             time.sleep(1 / 30)  # (pacing: a teleop device's 30 Hz stream)
-        _wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - hold[:3]) < 0.01)
+        _wait_until(
+            lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - hold[:3]) < 0.01
+        )
         p_held = np.array(stack["state"].latest("robot/state").ee_pose[:3])
         acts = [m for m in sub.history("controller/action") if m.stamp_ns > t_int + 200_000_000]
         assert acts and all(m.origin == "teleop" for m in acts), {m.origin for m in acts}
         assert np.linalg.norm(p_held - hold[:3]) < 0.01, (p_held, hold)
         teleop.publish("teleop/command", TeleopCommand(kind="ee_absolute", value=hold, buttons=["release"]))
-        _wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - GOAL) < 0.005,
-                    timeout_s=15)
+        _wait_until(
+            lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - GOAL) < 0.005,
+            timeout_s=15,
+        )
         p_end = np.array(stack["state"].latest("robot/state").ee_pose[:3])
         hb = sub.wait_for(f"heartbeat/{node}", 3)
     finally:
@@ -318,8 +400,10 @@ def _move(stack, points, speed=0.15):
             goal[:3] = q
             stamps, poses = straight_line(p, goal, now_ns(), speed=speed)
             client.send_schedule(stamps, poses, space="ee")
-            _wait_until(lambda: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - q) < 0.005,
-                        int(stamps[-1]))
+            _wait_until(
+                lambda q=q: np.linalg.norm(np.array(stack["state"].latest("robot/state").ee_pose[:3]) - q) < 0.005,
+                int(stamps[-1]),
+            )
             p = np.array(stack["state"].latest("robot/state").ee_pose)
     finally:
         client.close()
@@ -344,9 +428,14 @@ def openpi_goto_server():
             state = np.asarray(obs["observation/state"], np.float32)
             time.sleep(0.2)  # (the injected inference time of the served policy)
             served.append(1)
-            ws.send(msgpack_numpy.packb({"actions": np.asarray(policy.predict({"ee_pose": np.stack([state, state])},
-                                                                              None, None)),
-                                         "server_timing": {"infer_ms": 200.0}}))
+            ws.send(
+                msgpack_numpy.packb(
+                    {
+                        "actions": np.asarray(policy.predict({"ee_pose": np.stack([state, state])}, None, None)),
+                        "server_timing": {"infer_ms": 200.0},
+                    }
+                )
+            )
 
     server = serve(handler, "127.0.0.1", WS_PORT, compression=None, max_size=None)
     import threading
@@ -358,8 +447,11 @@ def openpi_goto_server():
     t.join(5)
 
 
-@pytest.mark.parametrize("node", [f"reach_{s}" for s in ("sync", "async", "ensemble", "rtc")]
-                         + [f"reach_ws_{s}" for s in ("sync", "async", "ensemble", "rtc")])
+@pytest.mark.parametrize(
+    "node",
+    [f"reach_{s}" for s in ("sync", "async", "ensemble", "rtc")]
+    + [f"reach_ws_{s}" for s in ("sync", "async", "ensemble", "rtc")],
+)
 def test_reach_task_with_each_strategy(stack, node, report, request):
     """The sim reach task through the full stack with each strategy: the task's expert as a chunking
     policy (above the cube, then down; 200 ms inference) must end in the task's success region;
@@ -373,8 +465,12 @@ def test_reach_task_with_each_strategy(stack, node, report, request):
     home_joints(stack)  # the same posture for every strategy: earlier tests leave the redundant joint anywhere
     move_to_start(stack)
     cube0 = np.array(stack["state"].latest("sim/objects").cube_pose[:3])
-    proc = subprocess.Popen([sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node,
-                             str(stack["run_dir"])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node, str(stack["run_dir"])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
     t0 = time.monotonic()
     try:
         ok_at = None
@@ -395,8 +491,9 @@ def test_reach_task_with_each_strategy(stack, node, report, request):
         proc.send_signal(signal.SIGTERM)
         log = proc.communicate(timeout=10)[0].decode(errors="replace")
         _move(stack, [cube0 + np.array([0, 0, 0.14]), START])  # straight up first: never sweep the cube
-    assert ok_at is not None, (f"{strategy}: TCP {tcp}, cube {cube}\ncontroller:\n{log[-2000:]}\n"
-                               f"stack:\n{stack['out'].tail()}")
+    assert ok_at is not None, (
+        f"{strategy}: TCP {tcp}, cube {cube}\ncontroller:\n{log[-2000:]}\nstack:\n{stack['out'].tail()}"
+    )
     via = " (openpi websocket server)" if "_ws_" in node else ""
     report(f"reach task, {strategy:8s} @ 200 ms inference{via}: success after {ok_at:.1f} s")
     if "_ws_" in node:
@@ -409,14 +506,18 @@ def _request_wait(stack, node):
     cfg, rd = stack["cfg"], stack["run_dir"]
     sub = Subscriber([cfg.pub_endpoint(node, rd)], ("heartbeat",))
     cams = Subscriber([cfg.pub_endpoint("cam", rd)], ("camera/scene",))
-    proc = subprocess.Popen([sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node,
-                             str(rd)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
-    arrival_ms, m, seq, f = [], {}, -1, None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node, str(rd)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    arrival_ms, m, seq, f, last = [], {}, -1, None, -1
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and m.get("requests", 0) < 12:
             f = cams.wait_for("camera/scene", 0.5, newer_than_seq=-1 if f is None else f.seq) or f
-            if f is not None and (not arrival_ms or f.seq != last):
+            if f is not None and f.seq != last:
                 arrival_ms.append((now_ns() - f.stamp_ns) / 1e6)
                 last = f.seq
             hb = sub.latest(f"heartbeat/{node}")
@@ -444,9 +545,11 @@ def test_requests_start_when_the_frame_arrives(stack, report):
     on, arr_on = _request_wait(stack, "frame_on")
     wait_off = off["stage_frame_age_p50_ms"] - arr_off
     wait_on = on["stage_frame_age_p50_ms"] - arr_on
-    report(f"frame age at request p50 (7 Hz camera, 200 ms inference): frame-triggered "
-           f"{on['stage_frame_age_p50_ms']:.0f} ms (on arrival {arr_on:.0f} ms, so {wait_on:.0f} ms of waiting), "
-           f"control-timed {off['stage_frame_age_p50_ms']:.0f} ms (on arrival {arr_off:.0f}, waiting {wait_off:.0f} ms)")
+    report(
+        f"frame age at request p50 (7 Hz camera, 200 ms inference): frame-triggered "
+        f"{on['stage_frame_age_p50_ms']:.0f} ms (on arrival {arr_on:.0f} ms, so {wait_on:.0f} ms of waiting), "
+        f"control-timed {off['stage_frame_age_p50_ms']:.0f} ms (on arrival {arr_off:.0f}, waiting {wait_off:.0f} ms)"
+    )
     assert wait_on < 0.3 * wait_off
     assert on["anchor_waits_timed_out"] == 0 and off["anchor_waits_timed_out"] == 0
 
@@ -456,10 +559,15 @@ def _first_lead(stack, node):
     metrics (``first_lead_max_mm``: that schedule's first waypoint -> the TCP)."""
     cfg, rd = stack["cfg"], stack["run_dir"]
     sub = Subscriber([cfg.pub_endpoint(node, rd)], ("heartbeat",))
-    proc = subprocess.Popen([sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node,
-                             str(rd)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robot_stack.nodes.main", str(stack["cfg_path"]), node, str(rd)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
     m = {}
     try:
+
         def led():
             nonlocal m
             hb = sub.wait_for(f"heartbeat/{node}", 1.0, newer_than_seq=-1)
@@ -488,7 +596,9 @@ def test_first_chunk_from_rest_starts_at_its_beginning(stack, strategy, report):
     on = _first_lead(stack, f"rest_{strategy}_true")
     move_to_start(stack)
     off = _first_lead(stack, f"rest_{strategy}_false")
-    report(f"{strategy}: first waypoint from rest {on['first_lead_max_mm']:.1f} mm from the TCP with start_from_rest, "
-           f"{off['first_lead_max_mm']:.1f} mm without (800 ms inference, 0.08 m/s)")
+    report(
+        f"{strategy}: first waypoint from rest {on['first_lead_max_mm']:.1f} mm from the TCP with start_from_rest, "
+        f"{off['first_lead_max_mm']:.1f} mm without (800 ms inference, 0.08 m/s)"
+    )
     assert on["first_lead_max_mm"] < 20 and on["chunks_from_rest"] >= 1
     assert off["first_lead_max_mm"] > 55 and off["chunks_from_rest"] == 0

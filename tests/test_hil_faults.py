@@ -34,10 +34,23 @@ GOTO = {"type": "goto", "goal": [0.45, 0.25, 0.30], "speed": 0.05, "horizon": 16
 
 def fault_setup(run_dir, spy) -> dict:
     """Sim, an arm whose driver commands are recorded (the spy), a scripted policy, a controller."""
-    return setup("faults", run_dir, sim=node("sim_world"),
-                 arm=node("arm", spy_file=str(spy), safety={"heartbeat_timeout_s": 0.5, "max_joint_vel": LIMITS["vel"],
-                                                           "max_joint_acc": LIMITS["acc"], "max_joint_jerk": LIMITS["jerk"]}),
-                 policy=node("policy", backend=GOTO), controller=node("controller", strategy="async", rate_hz=10))
+    return setup(
+        "faults",
+        run_dir,
+        sim=node("sim_world"),
+        arm=node(
+            "arm",
+            spy_file=str(spy),
+            safety={
+                "heartbeat_timeout_s": 0.5,
+                "max_joint_vel": LIMITS["vel"],
+                "max_joint_acc": LIMITS["acc"],
+                "max_joint_jerk": LIMITS["jerk"],
+            },
+        ),
+        policy=node("policy", backend=GOTO),
+        controller=node("controller", strategy="async", rate_hz=10),
+    )
 
 
 def _metrics(sub, node, timeout=5.0):
@@ -76,16 +89,25 @@ def test_wrong_messages_are_refused_by_name_and_never_reach_the_driver(stack, re
         tx = Sender(cfg.in_endpoint("arm", rd), "fuzzer", timeout_s=2.0)
         try:
             assert sub.wait_for("robot/state", 60) is not None, out.tail()
-            wait_until(lambda: sub.latest("robot/state").mode == "hold" and np.abs(sub.latest("robot/state").dq).max() < 0.01,
-                       10, what="the arm at rest")
+            wait_until(
+                lambda: sub.latest("robot/state").mode == "hold" and np.abs(sub.latest("robot/state").dq).max() < 0.01,
+                10,
+                what="the arm at rest",
+            )
             st = sub.latest("robot/state")
             q0, p0 = np.array(st.q), np.array(st.ee_pose)
             tx.send("heartbeat", Heartbeat(node="fuzzer"))
 
             def sched(stamps, pos, space="joint", gripper=None):
-                tx.send("waypoints", WaypointSchedule(stamps_ns=np.asarray(stamps, np.int64),
-                                                      positions=np.asarray(pos, np.float64), space=space,
-                                                      gripper=None if gripper is None else np.asarray(gripper, float)))
+                tx.send(
+                    "waypoints",
+                    WaypointSchedule(
+                        stamps_ns=np.asarray(stamps, np.int64),
+                        positions=np.asarray(pos, np.float64),
+                        space=space,
+                        gripper=None if gripper is None else np.asarray(gripper, float),
+                    ),
+                )
 
             t = now_ns() + 200_000_000
             sched(np.zeros(0), np.zeros((0, 7)))  # empty
@@ -110,8 +132,10 @@ def test_wrong_messages_are_refused_by_name_and_never_reach_the_driver(stack, re
             st = sub.latest("robot/state")
             assert np.abs(np.array(st.q) - q0).max() < 2e-3  # nothing moved the arm
             # the servo loop never stalled while it checked (a 100k schedule used to take > 1 s)
-            report(f"arm servo loop while refusing bad schedules: worst period deviation "
-                   f"{m['loop.jitter_max_s'] * 1e3:.2f} ms")
+            report(
+                f"arm servo loop while refusing bad schedules: worst period deviation "
+                f"{m['loop.jitter_max_s'] * 1e3:.2f} ms"
+            )
             assert m["loop.jitter_max_s"] < 0.05
             # a long valid joint schedule is checked in slices and executed
             n = 1000
@@ -140,15 +164,23 @@ def test_stopped_controller_makes_the_arm_hold_within_the_heartbeat_timeout(stac
         sub = Subscriber([cfg.pub_endpoint("arm", rd)], ("robot/state", "heartbeat/"), history=3000)
         try:
             assert sub.wait_for("robot/state", 60) is not None, out.tail()
-            wait_until(lambda: sub.latest("robot/state").mode == "track", 30, describe=out.tail,
-                       what="the policy moving the arm")
+            wait_until(
+                lambda: sub.latest("robot/state").mode == "track",
+                30,
+                describe=out.tail,
+                what="the policy moving the arm",
+            )
             wait_samples(sub, "robot/state", 250)  # a second of moving along the policy's line
             pid = launcher.nodes["controller"].proc.pid
             os.kill(pid, signal.SIGSTOP)  # hung: every thread of it, the heartbeat too
             t_stop = now_ns()
             try:
-                wait_until(lambda: sub.latest("robot/state").mode == "hold", 3, poll_s=0.005,
-                           what="the arm holding after its controller stopped")
+                wait_until(
+                    lambda: sub.latest("robot/state").mode == "hold",
+                    3,
+                    poll_s=0.005,
+                    what="the arm holding after its controller stopped",
+                )
                 held = (now_ns() - t_stop) / 1e9
                 assert 0.3 < held < 0.5 + 0.25, held  # the heartbeat timeout, not the schedule's end
                 wait_until(lambda: np.abs(sub.latest("robot/state").dq).max() < 0.01, 5, what="the arm at rest")
@@ -160,7 +192,9 @@ def test_stopped_controller_makes_the_arm_hold_within_the_heartbeat_timeout(stac
             finally:
                 os.kill(pid, signal.SIGCONT)
             # it resumes: new schedules, new heartbeats
-            wait_until(lambda: sub.latest("robot/state").mode == "track", 10, describe=out.tail, what="the arm tracking again")
+            wait_until(
+                lambda: sub.latest("robot/state").mode == "track", 10, describe=out.tail, what="the arm tracking again"
+            )
             assert not launcher.dead, out.tail()
         finally:
             sub.close()
@@ -170,8 +204,16 @@ def test_stopped_controller_makes_the_arm_hold_within_the_heartbeat_timeout(stac
 def test_inference_that_cannot_go_on_ends_the_node_and_the_launcher_reports_it(tmp_path, run_dir):
     cfg_path = tmp_path / "s.yaml"
     # a policy endpoint that leaves the host, without CURVE keys: the client is refused at once
-    write_setup(cfg_path, setup("fatal", run_dir, sim=node("sim_world"), arm=node("arm"),
-                                controller=node("controller", policy_endpoint="tcp://10.213.99.2:5599")))
+    write_setup(
+        cfg_path,
+        setup(
+            "fatal",
+            run_dir,
+            sim=node("sim_world"),
+            arm=node("arm"),
+            controller=node("controller", policy_endpoint="tcp://10.213.99.2:5599"),
+        ),
+    )
     with launched(cfg_path) as (launcher, out):
         wait_until(lambda: "controller" in launcher.dead, 60, describe=out.tail, what="the controller to end")
         assert launcher.dead.get("controller") == 1, out.tail()
@@ -180,9 +222,13 @@ def test_inference_that_cannot_go_on_ends_the_node_and_the_launcher_reports_it(t
 
 def orphan_setup(run_dir) -> dict:
     """Nodes whose imports take seconds (MuJoCo, torch): the launcher dies while they import."""
-    return setup("orphans", run_dir, sim=node("sim_world"),
-                 cam=node("camera", driver={"type": "sim", "camera": "scene"}, camera_id="scene", width=64, height=48),
-                 policy=node("policy", backend={"type": "checkpoint", "path": "/nonexistent/p.safetensors"}))
+    return setup(
+        "orphans",
+        run_dir,
+        sim=node("sim_world"),
+        cam=node("camera", driver={"type": "sim", "camera": "scene"}, camera_id="scene", width=64, height=48),
+        policy=node("policy", backend={"type": "checkpoint", "path": "/nonexistent/p.safetensors"}),
+    )
 
 
 def _node_pids(marker: str) -> list[int]:
@@ -202,8 +248,12 @@ def _node_pids(marker: str) -> list[int]:
 def test_no_orphan_when_the_launcher_dies_while_nodes_import(tmp_path, run_dir, after_s):
     cfg_path = tmp_path / f"orphans{int(after_s * 1000)}.yaml"
     write_setup(cfg_path, orphan_setup(run_dir))
-    proc = subprocess.Popen([sys.executable, "-m", "robot_stack.cli", "up", str(cfg_path)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robot_stack.cli", "up", str(cfg_path)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_until(lambda: len(_node_pids(str(cfg_path))) >= 3, 20, poll_s=0.005, what="the launcher's 3 nodes")
     time.sleep(after_s)  # (the case's own parameter: kill the launcher this long into the nodes' imports)
     proc.kill()
@@ -223,14 +273,18 @@ def _proc_brief(pid: int) -> str:
     """One line on a live process: its node, state, signal masks and each thread's kernel wait."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        st = {k: v.strip() for k, _, v in (ln.partition(":") for ln in
-                                            Path(f"/proc/{pid}/status").read_text().splitlines())}
+        st = {
+            k: v.strip()
+            for k, _, v in (ln.partition(":") for ln in Path(f"/proc/{pid}/status").read_text().splitlines())
+        }
         threads = []
         for t in sorted(Path(f"/proc/{pid}/task").iterdir()):
             threads.append(f"{(t / 'comm').read_text().strip()}@{(t / 'wchan').read_text() or '-'}")
-        return (f"pid {pid} node {cmd[4].decode() if len(cmd) > 4 else '?'} state {st.get('State')} "
-                f"SigPnd {st.get('SigPnd')} ShdPnd {st.get('ShdPnd')} SigBlk {st.get('SigBlk')} "
-                f"SigCgt {st.get('SigCgt')} threads {threads}")
+        return (
+            f"pid {pid} node {cmd[4].decode() if len(cmd) > 4 else '?'} state {st.get('State')} "
+            f"SigPnd {st.get('SigPnd')} ShdPnd {st.get('ShdPnd')} SigBlk {st.get('SigBlk')} "
+            f"SigCgt {st.get('SigCgt')} threads {threads}"
+        )
     except OSError as e:
         return f"pid {pid}: {e}"
 
@@ -243,12 +297,16 @@ HOST_IP, NS_IP = "10.213.7.1", "10.213.7.2"
 def _netns_or_skip():
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2 to create a network namespace with a veth pair")
-    cmds = [["ip", "netns", "add", NS], ["ip", "link", "add", f"{NS}a", "type", "veth", "peer", "name", f"{NS}b"],
-            ["ip", "link", "set", f"{NS}b", "netns", NS], ["ip", "addr", "add", f"{HOST_IP}/30", "dev", f"{NS}a"],
-            ["ip", "link", "set", f"{NS}a", "up"],
-            ["ip", "netns", "exec", NS, "ip", "addr", "add", f"{NS_IP}/30", "dev", f"{NS}b"],
-            ["ip", "netns", "exec", NS, "ip", "link", "set", f"{NS}b", "up"],
-            ["ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up"]]
+    cmds = [
+        ["ip", "netns", "add", NS],
+        ["ip", "link", "add", f"{NS}a", "type", "veth", "peer", "name", f"{NS}b"],
+        ["ip", "link", "set", f"{NS}b", "netns", NS],
+        ["ip", "addr", "add", f"{HOST_IP}/30", "dev", f"{NS}a"],
+        ["ip", "link", "set", f"{NS}a", "up"],
+        ["ip", "netns", "exec", NS, "ip", "addr", "add", f"{NS_IP}/30", "dev", f"{NS}b"],
+        ["ip", "netns", "exec", NS, "ip", "link", "set", f"{NS}b", "up"],
+        ["ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up"],
+    ]
     for c in cmds:
         r = subprocess.run(c, capture_output=True, text=True)
         if r.returncode != 0:
@@ -274,24 +332,69 @@ def test_remote_policy_over_curve_across_a_network_namespace(tmp_path, run_dir, 
         endpoint = f"tcp://{NS_IP}:5611"
         # the policy server: its own stack config, its node run inside the namespace (another host)
         pol_cfg = tmp_path / "policy.yaml"
-        write_setup(pol_cfg, setup("gpu", run_dir / "gpu", policy=node("policy", {
-            "in_endpoint": endpoint, "pub_endpoint": f"tcp://{NS_IP}:5612",
-            "curve_server": {"secret_file": str(keys["server"]),
-                             "authorized_clients_dir": str(tmp_path / "keys" / "authorized_clients")}}, backend=GOTO)))
+        write_setup(
+            pol_cfg,
+            setup(
+                "gpu",
+                run_dir / "gpu",
+                policy=node(
+                    "policy",
+                    {
+                        "in_endpoint": endpoint,
+                        "pub_endpoint": f"tcp://{NS_IP}:5612",
+                        "curve_server": {
+                            "secret_file": str(keys["server"]),
+                            "authorized_clients_dir": str(tmp_path / "keys" / "authorized_clients"),
+                        },
+                    },
+                    backend=GOTO,
+                ),
+            ),
+        )
         (run_dir / "gpu").mkdir(mode=0o700)
-        server = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-m", "robot_stack.nodes.main",
-                                   str(pol_cfg), "policy", str(run_dir / "gpu")], cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        server = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                NS,
+                sys.executable,
+                "-m",
+                "robot_stack.nodes.main",
+                str(pol_cfg),
+                "policy",
+                str(run_dir / "gpu"),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         robot_cfg = tmp_path / "robot.yaml"
-        write_setup(robot_cfg, setup("robot", run_dir / "robot", sim=node("sim_world"), arm=node("arm"),
-                                     controller=node("controller", {"curve_client": {
-                                         "secret_file": str(keys["client"]), "server_public_file": str(server_pub)}},
-                                         strategy="async", rate_hz=10, policy_endpoint=endpoint)))
+        write_setup(
+            robot_cfg,
+            setup(
+                "robot",
+                run_dir / "robot",
+                sim=node("sim_world"),
+                arm=node("arm"),
+                controller=node(
+                    "controller",
+                    {"curve_client": {"secret_file": str(keys["client"]), "server_public_file": str(server_pub)}},
+                    strategy="async",
+                    rate_hz=10,
+                    policy_endpoint=endpoint,
+                ),
+            ),
+        )
         try:
             with launched(robot_cfg) as (launcher, out):
                 cfg = load_config(robot_cfg)
-                sub = Subscriber([cfg.pub_endpoint("arm", run_dir / "robot"), cfg.pub_endpoint("controller", run_dir / "robot")],
-                                 ("robot/state", "heartbeat/"), history=2000)
+                sub = Subscriber(
+                    [cfg.pub_endpoint("arm", run_dir / "robot"), cfg.pub_endpoint("controller", run_dir / "robot")],
+                    ("robot/state", "heartbeat/"),
+                    history=2000,
+                )
                 try:
                     assert sub.wait_for("robot/state", 60) is not None, out.tail()
                     p0 = np.array(sub.latest("robot/state").ee_pose)
@@ -302,11 +405,16 @@ def test_remote_policy_over_curve_across_a_network_namespace(tmp_path, run_dir, 
                         if m.get("chunks", 0) >= 10:
                             break
                     assert m.get("chunks", 0) >= 10, (m, out.tail())
-                    wait_until(lambda: np.array(sub.latest("robot/state").ee_pose)[1] - p0[1] > 0.02, 10,
-                               what="the TCP 20 mm toward the goal at +y, through the encrypted link")
+                    wait_until(
+                        lambda: np.array(sub.latest("robot/state").ee_pose)[1] - p0[1] > 0.02,
+                        10,
+                        what="the TCP 20 mm toward the goal at +y, through the encrypted link",
+                    )
                     moved = np.array(sub.latest("robot/state").ee_pose)[1] - p0[1]
-                    report(f"remote policy over CURVE ({endpoint}, namespace {NS}): {m['chunks']:.0f} chunks, "
-                           f"inference p50 {m.get('inference_p50_ms', float('nan')):.1f} ms, TCP moved {moved * 1e3:.0f} mm")
+                    report(
+                        f"remote policy over CURVE ({endpoint}, namespace {NS}): {m['chunks']:.0f} chunks, "
+                        f"inference p50 {m.get('inference_p50_ms', float('nan')):.1f} ms, TCP moved {moved * 1e3:.0f} mm"
+                    )
                     assert not launcher.dead, out.tail()
                 finally:
                     sub.close()
@@ -314,8 +422,9 @@ def test_remote_policy_over_curve_across_a_network_namespace(tmp_path, run_dir, 
             with pytest.raises(SecurityError, match="leaves localhost"):
                 RequestClient(endpoint, "nokeys")
             c = RequestClient(endpoint, "rogue", timeout_s=1.0, curve=CurveClient(rogue["client"], server_pub))
-            win = ObservationWindow(request_id=1, obs={"ee_pose": np.zeros((2, 7), np.float32)},
-                                    obs_age_ns=np.zeros(2, np.int64))
+            win = ObservationWindow(
+                request_id=1, obs={"ee_pose": np.zeros((2, 7), np.float32)}, obs_age_ns=np.zeros(2, np.int64)
+            )
             with pytest.raises(TransportTimeout):
                 c.request("infer", win)
             c.close()

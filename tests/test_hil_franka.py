@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -34,6 +33,7 @@ def settled(stack, tol: float = 0.002) -> bool:
     after our command)."""
     q = _recent_q(stack)
     return stack.state().mode == "hold" and len(q) >= 50 and float(np.ptp(q, axis=0).max()) < tol
+
 
 pytestmark = pytest.mark.processes
 FS_PY = REPO / ".venv-franka-sim" / "bin" / "python"
@@ -59,16 +59,27 @@ def franka_sim(tmp_path_factory):
     # --enforce-motion-limits stays off: on a shared 2-core machine without a real-time kernel the
     # 1 kHz loop has late cycles (p99 ~7 ms), and the FCI's discontinuity check (a real robot's
     # too) reads a late cycle as an acceleration jump; the real robot runs with realtime: enforce
-    proc = subprocess.Popen([str(FS_PY.parent / "run-franka-sim-server"), "--enforce-comm-constraints"], env={**os.environ, "FR3_MJCF": str(mjcf)},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(FS_PY.parent / "run-franka-sim-server"), "--enforce-comm-constraints"],
+        env={**os.environ, "FR3_MJCF": str(mjcf)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
+
         def serving():
             if proc.poll() is not None:
                 raise RuntimeError(f"franka-sim ended:\n{(d / 'franka_sim.log').read_text()[-3000:]}")
             return _port_open(1337) and _port_open(1338)
 
-        wait_until(serving, 90, poll_s=0.3, describe=lambda: (d / "franka_sim.log").read_text()[-3000:],
-                   what="franka-sim's ports")
+        wait_until(
+            serving,
+            90,
+            poll_s=0.3,
+            describe=lambda: (d / "franka_sim.log").read_text()[-3000:],
+            what="franka-sim's ports",
+        )
         yield {"log": d / "franka_sim.log", "mjcf": mjcf, "dir": d}
     finally:
         os.killpg(proc.pid, signal.SIGINT)
@@ -95,8 +106,11 @@ def stack(franka_sim):
 def sim_errors(franka_sim) -> list[str]:
     """Errors franka-sim enforced (aborted motions, communication-constraint violations)."""
     text = franka_sim["log"].read_text()
-    return [ln for ln in text.splitlines()
-            if ("violation" in ln.lower() or "reflex" in ln.lower() or "abort" in ln.lower()) and "not enforced" not in ln]
+    return [
+        ln
+        for ln in text.splitlines()
+        if ("violation" in ln.lower() or "reflex" in ln.lower() or "abort" in ln.lower()) and "not enforced" not in ln
+    ]
 
 
 def unenforced_warnings(franka_sim) -> int:
@@ -114,19 +128,25 @@ def test_schedule_there_and_back(stack, franka_sim, report):
     stamps = np.r_[t0 + (s * 3e9).astype(np.int64), t0 + 3_500_000_000 + (s * 3e9).astype(np.int64)]
     path = np.r_[q0 + ease[:, None] * delta, q0 + (1 - ease)[:, None] * delta]
     stack.arm.send_schedule(stamps, path, space="joint", gripper=np.r_[np.ones(41), np.full(41, 0.25)])
-    wait_past(int(stamps[-1]), lambda: settled(stack), what="the there-and-back move's end, settled",
-              describe=lambda: state_text(stack))
+    wait_past(
+        int(stamps[-1]),
+        lambda: settled(stack),
+        what="the there-and-back move's end, settled",
+        describe=lambda: state_text(stack),
+    )
     hist = [m for m in stack.sub.history("robot/state") if stamps[0] <= m.stamp_ns <= stamps[-1]]
     tq = np.array([m.stamp_ns for m in hist])
     q = np.array([m.q for m in hist])
     ref = np.stack([np.interp(tq, stamps, path[:, j]) for j in range(7)], 1)
     err = np.abs(q - ref).max(1)
     hb = stack.heartbeat("arm")
-    report(f"franka-sim tracking: max {err.max():.4f} rad, mean {err.mean():.4f} rad (lag of the robot's "
-          f"impedance controller and our jerk limiter included); 1 kHz loop period p50 "
-          f"{hb['franka.period_p50_ms']:.3f} ms, p99 {hb['franka.period_p99_ms']:.3f} ms, max "
-          f"{hb['franka.period_max_ms']:.1f} ms over {hb['franka.cycles']:.0f} cycles; motion-limit warnings "
-          f"(not enforced): {unenforced_warnings(franka_sim)}")
+    report(
+        f"franka-sim tracking: max {err.max():.4f} rad, mean {err.mean():.4f} rad (lag of the robot's "
+        f"impedance controller and our jerk limiter included); 1 kHz loop period p50 "
+        f"{hb['franka.period_p50_ms']:.3f} ms, p99 {hb['franka.period_p99_ms']:.3f} ms, max "
+        f"{hb['franka.period_max_ms']:.1f} ms over {hb['franka.cycles']:.0f} cycles; motion-limit warnings "
+        f"(not enforced): {unenforced_warnings(franka_sim)}"
+    )
     try:  # under load the impedance controller's lag grows: it settles later
         wait_until(lambda: np.abs(np.array(stack.state().q) - q0).max() < 0.02, 5, poll_s=0.1)
     except WaitTimeout:
@@ -152,10 +172,14 @@ def test_jump_is_refused_before_libfranka(stack, franka_sim):
     refused0 = sum(v for k, v in before.items() if k.startswith("safety.") and "jump" in k)
     q0 = np.array(stack.state().q)
     jump = q0 + np.r_[0.6, 0, 0, 0, 0, 0, 0]  # 0.6 rad at once: over max_jump_joint (0.2)
-    stack.arm.send_schedule(np.array([now_ns() + 50_000_000, now_ns() + 1_000_000_000]), np.stack([jump, jump]),
-                            space="joint")
-    wait_until(lambda: sum(v for k, v in stack.heartbeat("arm").items() if k.startswith("safety.") and "jump" in k) > refused0,
-               5, what="the jump refused")
+    stack.arm.send_schedule(
+        np.array([now_ns() + 50_000_000, now_ns() + 1_000_000_000]), np.stack([jump, jump]), space="joint"
+    )
+    wait_until(
+        lambda: sum(v for k, v in stack.heartbeat("arm").items() if k.startswith("safety.") and "jump" in k) > refused0,
+        5,
+        what="the jump refused",
+    )
     wait_samples(stack.sub, "robot/state", 250)  # a second after the refusal
     after = stack.heartbeat("arm")
     refused = sum(v for k, v in after.items() if k.startswith("safety.") and "jump" in k)
@@ -180,8 +204,12 @@ def test_stalled_controller_holds_without_comm_violation(stack, franka_sim):
         # heartbeat timeout 0.5 s: the arm holds well before the schedule's end. Stopping from
         # 0.1 rad/s, the arm overshoots the hold point and comes back (in one CI rehearsal still
         # 0.012 rad off 2.5 s after the schedule began): the hold is measured once it settled
-        wait_until(lambda: stack.heartbeat("arm").get("safety.heartbeat_stale", 0) >= 1 and settled(stack), 10,
-                   what="the arm holding, settled", describe=lambda: state_text(stack))
+        wait_until(
+            lambda: stack.heartbeat("arm").get("safety.heartbeat_stale", 0) >= 1 and settled(stack),
+            10,
+            what="the arm holding, settled",
+            describe=lambda: state_text(stack),
+        )
         q_hold = np.array(stack.state().q)
         wait_samples(stack.sub, "robot/state", 375)  # 1.5 s held
         q_later = np.array(stack.state().q)
@@ -232,8 +260,11 @@ def test_ee_square_through_the_fr3_model(stack, franka_sim, report):
     q = np.array([m.q for m in hist])[::10]
     qf, out = franka_sim["dir"] / "q.npy", franka_sim["dir"] / "fk.npy"
     np.save(qf, q)
-    subprocess.run([str(FS_PY), str(REPO / "tests" / "franka_sim_fk.py"), str(franka_sim["mjcf"]), str(qf), str(out)],
-                   check=True, timeout=120)
+    subprocess.run(
+        [str(FS_PY), str(REPO / "tests" / "franka_sim_fk.py"), str(franka_sim["mjcf"]), str(qf), str(out)],
+        check=True,
+        timeout=120,
+    )
     hand = np.eye(4)
     hand[:3, :3] = Rotation.from_euler("z", -np.pi / 4).as_matrix()
     hand[:3, 3] = [0, 0, 0.1034]
@@ -242,10 +273,12 @@ def test_ee_square_through_the_fr3_model(stack, franka_sim, report):
     pos_err = np.linalg.norm(tcp[:, :3, 3] - ours[:, :3], axis=1)
     rot_err = (Rotation.from_matrix(tcp[:, :3, :3]).inv() * Rotation.from_quat(ours[:, 3:])).magnitude()
     hb = stack.heartbeat("arm")
-    report(f"franka-sim ee square (10 cm, 0.05 m/s, FR3 model): TCP off the square mean {track.mean() * 1e3:.2f} mm, "
-           f"max {track.max() * 1e3:.2f} mm over {len(track)} states (behind the timed waypoint: mean "
-           f"{lag.mean() * 1e3:.1f} mm); ee_pose vs franka-sim's FK: "
-           f"max {pos_err.max() * 1e3:.3f} mm, {np.degrees(rot_err.max()):.3f} deg")
+    report(
+        f"franka-sim ee square (10 cm, 0.05 m/s, FR3 model): TCP off the square mean {track.mean() * 1e3:.2f} mm, "
+        f"max {track.max() * 1e3:.2f} mm over {len(track)} states (behind the timed waypoint: mean "
+        f"{lag.mean() * 1e3:.1f} mm); ee_pose vs franka-sim's FK: "
+        f"max {pos_err.max() * 1e3:.3f} mm, {np.degrees(rot_err.max()):.3f} deg"
+    )
     assert len(hist) > 500
     assert track.mean() < 0.001, track.mean()  # README: about 0.1 mm; the issue asked < 5 mm
     assert pos_err.max() < 0.001 and rot_err.max() < np.radians(0.1), (pos_err.max(), rot_err.max())

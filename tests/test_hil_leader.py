@@ -32,11 +32,35 @@ def test_leader_refuses_far_then_follower_tracks(tmp_path, run_dir, report):
     far = HOME_Q + np.r_[0.5, 0, 0, 0, 0, 0, 0]
     set_leader(bus, far)
     cfg = tmp_path / "leader.yaml"
-    cfg.write_text(yaml.safe_dump({"name": "leader", "run_dir": str(run_dir), "nodes": {
-        "sim": {"kind": "sim_world"}, "arm": {"kind": "arm"},
-        "teleop": {"kind": "teleop", "params": {"device": {"type": "leader", "port": bus.port, "calibration": str(calib),
-                                                           "ramp_s": 0.5, "latency_timer_ms": 60}, "rate_hz": 50}},
-        "controller": {"kind": "controller", "params": {"source": "teleop", "teleop": "teleop", "rate_hz": 20}}}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "leader",
+                "run_dir": str(run_dir),
+                "nodes": {
+                    "sim": {"kind": "sim_world"},
+                    "arm": {"kind": "arm"},
+                    "teleop": {
+                        "kind": "teleop",
+                        "params": {
+                            "device": {
+                                "type": "leader",
+                                "port": bus.port,
+                                "calibration": str(calib),
+                                "ramp_s": 0.5,
+                                "latency_timer_ms": 60,
+                            },
+                            "rate_hz": 50,
+                        },
+                    },
+                    "controller": {
+                        "kind": "controller",
+                        "params": {"source": "teleop", "teleop": "teleop", "rate_hz": 20},
+                    },
+                },
+            }
+        )
+    )
     s = Session(cfg)
     try:
         s.start(("robot/state", "heartbeat/teleop"))

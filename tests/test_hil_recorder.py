@@ -17,13 +17,27 @@ pytestmark = pytest.mark.processes
 def test_recorder_sigkill_mid_episode_keeps_saved_and_recovers(tmp_path, run_dir):
     root = tmp_path / "episodes"
     cfg = tmp_path / "rec.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "name": "rec", "run_dir": str(run_dir), "on_node_exit": "continue",
-        "nodes": {"sim": {"kind": "sim_world"}, "arm": {"kind": "arm"},
-                  "cam": {"kind": "camera", "params": {"driver": "synthetic", "camera_id": "c", "width": 64,
-                                                       "height": 48, "rate_hz": 30}},
-                  "recorder": {"kind": "recorder", "params": {"root": str(root), "cameras": ["cam"],
-                                                              "flush_every_s": 0.2}}}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "rec",
+                "run_dir": str(run_dir),
+                "on_node_exit": "continue",
+                "nodes": {
+                    "sim": {"kind": "sim_world"},
+                    "arm": {"kind": "arm"},
+                    "cam": {
+                        "kind": "camera",
+                        "params": {"driver": "synthetic", "camera_id": "c", "width": 64, "height": 48, "rate_hz": 30},
+                    },
+                    "recorder": {
+                        "kind": "recorder",
+                        "params": {"root": str(root), "cameras": ["cam"], "flush_every_s": 0.2},
+                    },
+                },
+            }
+        )
+    )
     s = Session(cfg)
     try:
         s.start(("robot/state", "camera/c", "heartbeat/recorder"))

@@ -23,21 +23,37 @@ from robot_stack.testing.setups import node, setup, write_setup
 
 pytestmark = pytest.mark.processes
 
+
 def hil_setup(run_dir) -> dict:
     """The module's stack: sim world, arm node, two sim cameras, the viewer writing an .rrd file."""
-    def sim_cam(camera, camera_id):
-        return node("camera", driver={"type": "sim", "camera": camera}, camera_id=camera_id, width=160, height=120,
-                    rate_hz=10)
 
-    return setup("hil", run_dir,
-                 sim=node("sim_world", rate_hz=500, state_rate_hz=30),
-                 # heartbeat 1 s: on the 2-core CI machine a test's 20 Hz heartbeat thread was once kept off
-                 # the CPU for > 500 ms mid-square (the arm then holds, as it must); its value is not under test
-                 arm=node("arm", rate_hz=500, state_rate_hz=250,
-                          safety={"heartbeat_timeout_s": 1.0, "max_jump_ee": 0.08, "on_limit": "refuse"}),
-                 cam_scene=sim_cam("scene", "scene"), cam_wrist=sim_cam("handcam_rgb", "wrist"),
-                 viewer=node("viewer", {"critical": False}, watch=["arm", "cam_scene", "cam_wrist"],
-                             rrd_path=f"{run_dir}/view.rrd", rate_hz=5))
+    def sim_cam(camera, camera_id):
+        return node(
+            "camera", driver={"type": "sim", "camera": camera}, camera_id=camera_id, width=160, height=120, rate_hz=10
+        )
+
+    return setup(
+        "hil",
+        run_dir,
+        sim=node("sim_world", rate_hz=500, state_rate_hz=30),
+        # heartbeat 1 s: on the 2-core CI machine a test's 20 Hz heartbeat thread was once kept off
+        # the CPU for > 500 ms mid-square (the arm then holds, as it must); its value is not under test
+        arm=node(
+            "arm",
+            rate_hz=500,
+            state_rate_hz=250,
+            safety={"heartbeat_timeout_s": 1.0, "max_jump_ee": 0.08, "on_limit": "refuse"},
+        ),
+        cam_scene=sim_cam("scene", "scene"),
+        cam_wrist=sim_cam("handcam_rgb", "wrist"),
+        viewer=node(
+            "viewer",
+            {"critical": False},
+            watch=["arm", "cam_scene", "cam_wrist"],
+            rrd_path=f"{run_dir}/view.rrd",
+            rate_hz=5,
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +68,25 @@ def stack(tmp_path_factory):
     try:
         with launched(cfg_path) as (launcher, out):
             cfg = load_config(cfg_path)
-            state = Subscriber([cfg.pub_endpoint("arm", run_dir)], ("robot/state", "heartbeat"), history=2000,
-                               name="test-arm")
-            cams = Subscriber([cfg.pub_endpoint("cam_scene", run_dir), cfg.pub_endpoint("cam_wrist", run_dir)],
-                              ("camera/",), name="test-cams")
+            state = Subscriber(
+                [cfg.pub_endpoint("arm", run_dir)], ("robot/state", "heartbeat"), history=2000, name="test-arm"
+            )
+            cams = Subscriber(
+                [cfg.pub_endpoint("cam_scene", run_dir), cfg.pub_endpoint("cam_wrist", run_dir)],
+                ("camera/",),
+                name="test-cams",
+            )
             try:
                 assert state.wait_for("robot/state", 60) is not None, out.tail()
-                yield {"cfg": cfg, "run_dir": run_dir, "state": state, "cams": cams, "launcher": launcher,
-                       "out": out, "cfg_path": cfg_path}
+                yield {
+                    "cfg": cfg,
+                    "run_dir": run_dir,
+                    "state": state,
+                    "cams": cams,
+                    "launcher": launcher,
+                    "out": out,
+                    "cfg_path": cfg_path,
+                }
             finally:
                 state.close()
                 cams.close()
@@ -128,7 +155,9 @@ def test_square_tracking_and_servo_jitter(stack):
         t_end = polyline(client, start, corners[:1], now_ns(), speed=0.1)
         # under load the approach can end late: the square starts once the TCP is at its corner
         # (one CI run started 2 cm short, and the approach's tail counted as square)
-        wait_past(t_end, lambda: np.linalg.norm(current_pose(stack)[:3] - corners[0][:3]) < 0.002, what="the first corner")
+        wait_past(
+            t_end, lambda: np.linalg.norm(current_pose(stack)[:3] - corners[0][:3]) < 0.002, what="the first corner"
+        )
         t_square = now_ns()
         t_end = polyline(client, current_pose(stack), corners[1:], t_square, speed=0.1)
         wait_past(t_end, lambda: still(stack), what="the square's end, at rest")
@@ -141,12 +170,15 @@ def test_square_tracking_and_servo_jitter(stack):
     end_err = np.linalg.norm(pos[-1] - corners[-1])
     extent = pos.max(0) - pos.min(0)
     m = arm_metrics(stack)
-    print(f"\nsquare 150 mm at 0.1 m/s: path error mean {path_err.mean() * 1e3:.2f} mm, max {path_err.max() * 1e3:.2f} mm, "
-          f"final {end_err * 1e3:.2f} mm, extent {np.round(extent * 1e3, 1).tolist()} mm; servo period "
-          f"p50 {m['loop.period_p50_s'] * 1e3:.3f} ms p99 {m['loop.period_p99_s'] * 1e3:.3f} ms "
-          f"max {m['loop.period_max_s'] * 1e3:.3f} ms, overruns {m['loop.overruns']:.0f}/{m['loop.periods']:.0f}")
+    print(
+        f"\nsquare 150 mm at 0.1 m/s: path error mean {path_err.mean() * 1e3:.2f} mm, max {path_err.max() * 1e3:.2f} mm, "
+        f"final {end_err * 1e3:.2f} mm, extent {np.round(extent * 1e3, 1).tolist()} mm; servo period "
+        f"p50 {m['loop.period_p50_s'] * 1e3:.3f} ms p99 {m['loop.period_p99_s'] * 1e3:.3f} ms "
+        f"max {m['loop.period_max_s'] * 1e3:.3f} ms, overruns {m['loop.overruns']:.0f}/{m['loop.periods']:.0f}"
+    )
     assert m.get("safety.heartbeat_stale", 0) == stale_before, (
-        f"the arm held: the test's heartbeat thread was starved (longest gap {client.max_beat_gap_s * 1e3:.0f} ms)")
+        f"the arm held: the test's heartbeat thread was starved (longest gap {client.max_beat_gap_s * 1e3:.0f} ms)"
+    )
     assert extent[0] == pytest.approx(0.15, abs=0.01) and extent[1] == pytest.approx(0.15, abs=0.01)
     assert path_err.mean() < 0.005 and path_err.max() < 0.02 and end_err < 0.005
     assert m["loop.period_p50_s"] == pytest.approx(0.002, rel=0.1)
@@ -215,8 +247,9 @@ signal.pause()  # heartbeating on its thread until the test kills it
 
 def test_killed_sender_makes_arm_hold_within_timeout(stack):
     wait_still(stack)
-    proc = subprocess.Popen([sys.executable, "-c", SENDER, str(stack["cfg_path"]), str(stack["run_dir"])],
-                            stdout=subprocess.PIPE, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SENDER, str(stack["cfg_path"]), str(stack["run_dir"])], stdout=subprocess.PIPE, cwd=REPO
+    )
     try:
         assert proc.stdout.readline().strip() == b"sent"
         wait_until(lambda: stack["state"].latest("robot/state").mode == "track", 5, what="the arm tracking")
@@ -224,8 +257,12 @@ def test_killed_sender_makes_arm_hold_within_timeout(stack):
         proc.send_signal(signal.SIGKILL)
         t_kill = time.monotonic()
         proc.wait()
-        wait_until(lambda: stack["state"].latest("robot/state").mode == "hold", 3, poll_s=0.005,
-                   what="the arm holding after its sender died")
+        wait_until(
+            lambda: stack["state"].latest("robot/state").mode == "hold",
+            3,
+            poll_s=0.005,
+            what="the arm holding after its sender died",
+        )
         latency = time.monotonic() - t_kill
         wait_until(lambda: still(stack), 5, what="the arm at rest")
         p1 = current_pose(stack)
@@ -251,8 +288,11 @@ def test_estop_stops_at_once_and_refuses_until_release(stack):
         client.send_schedule(stamps, poses, space="ee")
         wait_until(lambda: np.linalg.norm(current_pose(stack)[:3] - p[:3]) > 0.03, 10, what="the arm 30 mm on its way")
         client.estop("test")
-        wait_until(lambda: stack["state"].latest("robot/state").mode == "estop" and still_dq(stack), 2,
-                   what="the arm stopped in e-stop")
+        wait_until(
+            lambda: stack["state"].latest("robot/state").mode == "estop" and still_dq(stack),
+            2,
+            what="the arm stopped in e-stop",
+        )
         p1 = current_pose(stack)
         wait_samples(stack["state"], "robot/state", 125)  # 0.5 s in e-stop
         assert np.linalg.norm(current_pose(stack)[:3] - p1[:3]) < 0.001
@@ -263,9 +303,13 @@ def test_estop_stops_at_once_and_refuses_until_release(stack):
         wait_until(lambda: arm_metrics(stack).get("safety.refused_estop", 0) > refused, 5, what="the schedule refused")
         assert np.linalg.norm(current_pose(stack)[:3] - p1[:3]) < 0.001  # refused while e-stopped
         client.release()  # this sender is not authorised to release (safety.estop_release)
-        wait_until(lambda: arm_metrics(stack).get("safety.estop_release_refused", 0) >= 1, 5, what="the release refused")
+        wait_until(
+            lambda: arm_metrics(stack).get("safety.estop_release_refused", 0) >= 1, 5, what="the release refused"
+        )
         assert stack["state"].latest("robot/state").mode == "estop"
-        cli = ArmClient(stack["cfg"], stack["run_dir"], source="cli_estop", heartbeat_hz=0)  # as `robot-stack estop --release`
+        cli = ArmClient(
+            stack["cfg"], stack["run_dir"], source="cli_estop", heartbeat_hz=0
+        )  # as `robot-stack estop --release`
         cli.release()
         cli.close()
         wait_until(lambda: stack["state"].latest("robot/state").mode == "hold", 5, what="the e-stop released")
@@ -283,8 +327,13 @@ def test_live_view_recording_has_cameras_and_robot(stack):
 
     rrd = stack["run_dir"] / "view.rrd"
     wait_until(lambda: rrd.exists() and rrd.stat().st_size >= 50_000, 20, poll_s=0.2, what="the viewer's .rrd file")
-    out = subprocess.run([sys.executable, "-m", "rerun", "rrd", "print", str(rrd)], capture_output=True,
-                         text=True, timeout=60, env=dict(os.environ, RERUN_ANALYTICS="0"))
+    out = subprocess.run(
+        [sys.executable, "-m", "rerun", "rrd", "print", str(rrd)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, RERUN_ANALYTICS="0"),
+    )
     text = out.stdout + out.stderr
     for entity in ("/camera/scene/color", "/camera/scene/depth", "/camera/wrist/color", "/robot/tcp", "/camera/scene"):
         assert entity in text, text[-2000:]

@@ -35,13 +35,46 @@ def test_so101_leader_drives_the_follower(tmp_path, run_dir, report):
     set_raw(follower, np.r_[offs, 0.55])  # the follower rests at the model's zero, jaw half open
     set_raw(leader, np.r_[0.5, 0, 0, 0, 0, 0.4])  # the leader starts 0.5 rad away
     cfg = tmp_path / "so101.yaml"
-    cfg.write_text(yaml.safe_dump({"name": "so101", "run_dir": str(run_dir), "nodes": {
-        "arm": {"kind": "arm", "params": {"rate_hz": 100, "state_rate_hz": 50, "driver": {
-            "type": "so101", "port": follower.port, "calibration": str(calib), "latency_timer_ms": 60}}},
-        "teleop": {"kind": "teleop", "params": {"device": {"type": "so101_leader", "port": leader.port,
-                                                           "calibration": str(calib), "ramp_s": 0.5,
-                                                           "latency_timer_ms": 60}, "rate_hz": 30}},
-        "controller": {"kind": "controller", "params": {"source": "teleop", "teleop": "teleop", "rate_hz": 20}}}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "so101",
+                "run_dir": str(run_dir),
+                "nodes": {
+                    "arm": {
+                        "kind": "arm",
+                        "params": {
+                            "rate_hz": 100,
+                            "state_rate_hz": 50,
+                            "driver": {
+                                "type": "so101",
+                                "port": follower.port,
+                                "calibration": str(calib),
+                                "latency_timer_ms": 60,
+                            },
+                        },
+                    },
+                    "teleop": {
+                        "kind": "teleop",
+                        "params": {
+                            "device": {
+                                "type": "so101_leader",
+                                "port": leader.port,
+                                "calibration": str(calib),
+                                "ramp_s": 0.5,
+                                "latency_timer_ms": 60,
+                            },
+                            "rate_hz": 30,
+                        },
+                    },
+                    "controller": {
+                        "kind": "controller",
+                        "params": {"source": "teleop", "teleop": "teleop", "rate_hz": 20},
+                    },
+                },
+            }
+        )
+    )
     s = Session(cfg)
     try:
         s.start(("robot/state", "heartbeat/teleop"), timeout_s=300)  # (a bound for a loaded machine)
@@ -62,9 +95,17 @@ def test_so101_leader_drives_the_follower(tmp_path, run_dir, report):
         # the follower settles, and its servos' goals with it (bounded: a loaded CI machine runs the
         # 20 Hz controller late, and one rehearsal read the goals 14 mrad short after a fixed 4 s)
         try:
-            wait_until(lambda: np.abs(np.asarray(s.state().q) - goal).max() <= 0.01
-                       and np.abs(ticks_to_rad([follower.goal(i) for i in IDS])[:5] - (goal / np.array(SIGNS) + offs)).max() <= 0.005,
-                       8, poll_s=0.1)
+            wait_until(
+                lambda: (
+                    np.abs(np.asarray(s.state().q) - goal).max() <= 0.01
+                    and np.abs(
+                        ticks_to_rad([follower.goal(i) for i in IDS])[:5] - (goal / np.array(SIGNS) + offs)
+                    ).max()
+                    <= 0.005
+                ),
+                8,
+                poll_s=0.1,
+            )
         except WaitTimeout:
             pass  # asserted below, with the errors
         q = np.asarray(s.state().q)
@@ -73,8 +114,10 @@ def test_so101_leader_drives_the_follower(tmp_path, run_dir, report):
         raw = ticks_to_rad([follower.goal(i) for i in IDS])
         np.testing.assert_allclose(raw[:5], goal / np.array(SIGNS) + offs, atol=0.01)
         assert raw[5] == pytest.approx(1.0, abs=0.01)  # jaw open = the follower's open position
-        report(f"SO-101 leader -> follower (fake Feetech buses): joint error after the move max {err.max():.4f} rad; "
-               f"while moving (up to 0.3 rad/s, 20 Hz control) p50 {np.percentile(errs, 50):.3f} max {max(errs):.3f} rad")
+        report(
+            f"SO-101 leader -> follower (fake Feetech buses): joint error after the move max {err.max():.4f} rad; "
+            f"while moving (up to 0.3 rad/s, 20 Hz control) p50 {np.percentile(errs, 50):.3f} max {max(errs):.3f} rad"
+        )
         assert err.max() < 0.02, (q, goal, s.heartbeat("teleop"), s.logs.tail(40))
         assert s.state().gripper_width == pytest.approx(0.06, abs=0.002)
     finally:

@@ -73,9 +73,15 @@ def stack():
     # the heartbeat timeout 2 s: beside a CPU hog on a 2-core machine this test process's heartbeat
     # thread was once kept off the CPU for 1 s (the arm then holds, as it must); the stall test below
     # measures the hold against this value
-    s = Session(CFG, sets={"nodes.sim.params.ur_unlock_delay_s": 1.0,
-                           "nodes.arm.params.safety.heartbeat_timeout_s": HB_TIMEOUT_S,
-                           "nodes.arm.params.safety.workspace_min": [-0.6, 0.15, -0.01]}, only=["sim", "arm"])
+    s = Session(
+        CFG,
+        sets={
+            "nodes.sim.params.ur_unlock_delay_s": 1.0,
+            "nodes.arm.params.safety.heartbeat_timeout_s": HB_TIMEOUT_S,
+            "nodes.arm.params.safety.workspace_min": [-0.6, 0.15, -0.01],
+        },
+        only=["sim", "arm"],
+    )
     try:
         s.start(("robot/state",), timeout_s=60)
         yield s
@@ -97,8 +103,17 @@ def test_installed_ur_rtde_speaks_what_the_emulator_implements(stack, emulator):
     st = emulator["dash"].status()
     assert st["refused_recipes"] == [], f"ur_rtde asked for RTDE variables the emulator lacks: {st['refused_recipes']}"
     cmds = {int(k): v for k, v in st["script_commands"].items()}
-    expected = {1: "movej", 11: "servoJ", 15: "speed_stop", 16: "servo_stop", 31: "protective_stop",
-                33: "stopl", 34: "stopj", 35: "set_watchdog", 255: "Received stop script"}
+    expected = {
+        1: "movej",
+        11: "servoJ",
+        15: "speed_stop",
+        16: "servo_stop",
+        31: "protective_stop",
+        33: "stopl",
+        34: "stopj",
+        35: "set_watchdog",
+        255: "Received stop script",
+    }
     wrong = {n: (name, cmds.get(n)) for n, name in expected.items() if not str(cmds.get(n, "")).startswith(name)}
     assert not wrong, f"ur_rtde's control script numbers its commands differently: {wrong}"
     assert st["running"] and st["programs"] >= 1
@@ -146,15 +161,18 @@ def test_joint_and_ee_squares_are_tracked(stack, emulator, report):
     hist_ee = [m for m in stack.sub.history("robot/state") if stamps[0] <= m.stamp_ns <= stamps[-1]]
     ee_err = _off_path(np.array([m.ee_pose[:3] for m in hist_ee]), corners)
     hb = stack.heartbeat("arm")
-    report(f"UR5e emulator through ur_rtde: joint square TCP off path mean {joint_err.mean() * 1e3:.2f} mm, "
-           f"max {joint_err.max() * 1e3:.2f} mm over {len(joint_err)} states; ee square (10 cm, 0.05 m/s) mean "
-           f"{ee_err.mean() * 1e3:.2f} mm, max {ee_err.max() * 1e3:.2f} mm over {len(ee_err)} states; servo loop "
-           f"period p50 {hb['loop.period_p50_s'] * 1e3:.2f} ms, p99 {hb['loop.period_p99_s'] * 1e3:.2f} ms")
+    report(
+        f"UR5e emulator through ur_rtde: joint square TCP off path mean {joint_err.mean() * 1e3:.2f} mm, "
+        f"max {joint_err.max() * 1e3:.2f} mm over {len(joint_err)} states; ee square (10 cm, 0.05 m/s) mean "
+        f"{ee_err.mean() * 1e3:.2f} mm, max {ee_err.max() * 1e3:.2f} mm over {len(ee_err)} states; servo loop "
+        f"period p50 {hb['loop.period_p50_s'] * 1e3:.2f} ms, p99 {hb['loop.period_p99_s'] * 1e3:.2f} ms"
+    )
     assert len(hist) > 500 and len(hist_ee) > 500
     assert joint_err.mean() < 0.002 and ee_err.mean() < 0.002, (joint_err.mean(), ee_err.mean())
     # it really went around: the far corner was reached
     assert np.linalg.norm(np.array([m.ee_pose[:3] for m in hist_ee]) - corners[2], axis=1).min() < 0.01, (
-        f"{emulator['dash'].status()}\n{stack.logs.tail(30)}")
+        f"{emulator['dash'].status()}\n{stack.logs.tail(30)}"
+    )
     assert hb.get("safety.driver_fault", 0) == 0 and emulator["dash"].status()["protective_stops"] == 0
 
 
@@ -172,14 +190,18 @@ def test_tcp_force_reaches_robot_state_through_ur_rtde(stack, emulator, report):
     low = np.r_[start[:2], -0.002]
     stamps, poses = polyline_schedule(start, [low], now_ns() + 300_000_000, speed=0.06)
     stack.arm.send_schedule(stamps, poses, space="ee")
-    wait_past(int(stamps[-1]), lambda: at_rest(stack) and force_settled(stack), what="pressing, at rest, the force settled")
+    wait_past(
+        int(stamps[-1]), lambda: at_rest(stack) and force_settled(stack), what="pressing, at rest, the force settled"
+    )
     pressed = np.array(stack.state().wrench)
     st = stack.state()
     stamps, poses = polyline_schedule(np.r_[low, start[3:]], [start[:3]], now_ns() + 300_000_000, speed=0.06)
     stack.arm.send_schedule(stamps, poses, space="ee")
     wait_past(int(stamps[-1]), lambda: at_rest(stack), what="lifted off, at rest")
-    report(f"UR5e emulator through ur_rtde: TCP force pressing the open fingertips into the table {np.round(pressed[:3], 1)} N "
-           f"(TCP z {st.ee_pose[2] * 1e3:.1f} mm)")
+    report(
+        f"UR5e emulator through ur_rtde: TCP force pressing the open fingertips into the table {np.round(pressed[:3], 1)} N "
+        f"(TCP z {st.ee_pose[2] * 1e3:.1f} mm)"
+    )
     assert pressed[2] > 3.0 and np.abs(pressed[:2]).max() < 0.5 * pressed[2], pressed  # mostly up, some friction
     assert np.abs(np.array(stack.state().wrench)).max() < 1e-6  # lifted off: free again
     assert emulator["dash"].status()["protective_stops"] == 0
@@ -192,10 +214,14 @@ def test_jump_is_refused_and_the_robot_never_moves(stack, emulator):
     refused0 = sum(v for k, v in before.items() if k.startswith("safety.") and "jump" in k)
     q0 = np.array(stack.state().q)
     jump = q0 + np.r_[0.6, 0, 0, 0, 0, 0]  # 0.6 rad at once: over max_jump_joint (0.35)
-    stack.arm.send_schedule(np.array([now_ns() + 50_000_000, now_ns() + 1_000_000_000]), np.stack([jump, jump]),
-                            space="joint")
-    wait_until(lambda: sum(v for k, v in stack.heartbeat("arm").items() if k.startswith("safety.") and "jump" in k) > refused0,
-               5, what="the jump refused")
+    stack.arm.send_schedule(
+        np.array([now_ns() + 50_000_000, now_ns() + 1_000_000_000]), np.stack([jump, jump]), space="joint"
+    )
+    wait_until(
+        lambda: sum(v for k, v in stack.heartbeat("arm").items() if k.startswith("safety.") and "jump" in k) > refused0,
+        5,
+        what="the jump refused",
+    )
     wait_samples(stack.sub, "robot/state", 250)  # a second after the refusal
     after = stack.heartbeat("arm")
     assert sum(v for k, v in after.items() if k.startswith("safety.") and "jump" in k) == refused0 + 1, after
@@ -221,8 +247,15 @@ def test_stalled_controller_holds_without_protective_stop(stack, emulator):
         path = q0 + np.linspace(0, 1, 41)[:, None] * np.r_[0.4, 0, 0, 0, 0, 0]
         client.heartbeat()
         client.send_schedule(stamps, path, space="joint")
-        wait_until(lambda: stack.heartbeat("arm").get("safety.heartbeat_stale", 0) > stale0 and stack.state().mode == "hold"
-                   and np.abs(stack.state().dq).max() < 0.01, 3 * HB_TIMEOUT_S + 5, what="the arm holding at rest")
+        wait_until(
+            lambda: (
+                stack.heartbeat("arm").get("safety.heartbeat_stale", 0) > stale0
+                and stack.state().mode == "hold"
+                and np.abs(stack.state().dq).max() < 0.01
+            ),
+            3 * HB_TIMEOUT_S + 5,
+            what="the arm holding at rest",
+        )
         q_hold = np.array(stack.state().q)
         wait_samples(stack.sub, "robot/state", 250)  # a second held
         q_later = np.array(stack.state().q)
@@ -243,8 +276,12 @@ def test_protective_stop_fault_recovery_then_tracking(stack, emulator, report):
     dash = emulator["dash"]
     faults0 = stack.heartbeat("arm").get("safety.driver_fault", 0)
     assert dash("emulator protective stop") == "protective stop injected"
-    wait_until(lambda: stack.heartbeat("arm").get("safety.driver_fault", 0) > faults0, 3, describe=lambda: stack.logs.tail(20),
-               what="the driver fault")
+    wait_until(
+        lambda: stack.heartbeat("arm").get("safety.driver_fault", 0) > faults0,
+        3,
+        describe=lambda: stack.logs.tail(20),
+        what="the driver fault",
+    )
     assert dash("safetymode") == "Safetymode: PROTECTIVE_STOP"
     wait_until(lambda: not dash.status()["running"], 5, what="the program stopped")
     # one fault, though the driver sees its reasons in turn (the program stopped, then the
@@ -256,8 +293,13 @@ def test_protective_stop_fault_recovery_then_tracking(stack, emulator, report):
         client.recover()
         t0 = time.monotonic()
         # the arm node publishes states again once the driver reads without a fault
-        wait_until(lambda: (st := stack.state()).stamp_ns > t_req and st.mode != "estop", 15, poll_s=0.05,
-                   describe=lambda: stack.logs.tail(30), what="the recovery")
+        wait_until(
+            lambda: (st := stack.state()).stamp_ns > t_req and st.mode != "estop",
+            15,
+            poll_s=0.05,
+            describe=lambda: stack.logs.tail(30),
+            what="the recovery",
+        )
         recovered_s = time.monotonic() - t0
     finally:
         client.close()
@@ -270,8 +312,10 @@ def test_protective_stop_fault_recovery_then_tracking(stack, emulator, report):
     s = np.linspace(0, 1, 21)
     stack.arm.send_schedule(t0 + (s * 1.5e9).astype(np.int64), q0 + s[:, None] * (goal - q0), space="joint")
     wait_past(t0 + 1_500_000_000, lambda: stack.state().mode == "hold", what="the move after the recovery")
-    report(f"UR5e emulator: protective stop -> driver fault -> recovery (unlock after the 1 s delay, script "
-           f"re-uploaded) in {recovered_s:.1f} s -> tracking again")
+    report(
+        f"UR5e emulator: protective stop -> driver fault -> recovery (unlock after the 1 s delay, script "
+        f"re-uploaded) in {recovered_s:.1f} s -> tracking again"
+    )
     assert np.abs(np.array(stack.state().q) - goal).max() < 0.01, stack.logs.tail(20)
     assert stack.heartbeat("arm")["ur.recoveries"] >= 1
 
@@ -293,9 +337,11 @@ def test_hung_arm_node_stops_the_robot_through_the_watchdog(stack, emulator, rep
     finally:
         os.kill(pid, signal.SIGKILL)
     st = dash.status()
-    report(f"UR5e emulator: arm node hung (SIGSTOP) -> program stopped by the RTDE watchdog after "
-           f"{stopped_s * 1e3:.0f} ms seen by this test, {st['watchdog_trip_gap_ms']:.0f} ms after the last feed "
-           f"seen by the emulator ({hz:g} Hz watchdog: {1e3 / hz:.0f} ms)")
+    report(
+        f"UR5e emulator: arm node hung (SIGSTOP) -> program stopped by the RTDE watchdog after "
+        f"{stopped_s * 1e3:.0f} ms seen by this test, {st['watchdog_trip_gap_ms']:.0f} ms after the last feed "
+        f"seen by the emulator ({hz:g} Hz watchdog: {1e3 / hz:.0f} ms)"
+    )
     assert st["watchdog_stops"] == stops0 + 1 and not st["running"]
     # the trip: the watchdog's period after the last feed, plus the emulator's 2 ms loop (a loaded
     # 2-core machine delays that loop now and then); this test's own view adds its dashboard

@@ -17,12 +17,17 @@ pytestmark = pytest.mark.processes
 
 def test_collect_three_episodes_on_the_emulated_ur5e(tmp_path, report):
     pytest.importorskip("rtde_control", reason="ur_rtde is installed by scripts/setup.sh (extra ur)")
-    s = Session(config_path("ur5e_emulated.yaml"), sets={"nodes.recorder.params.root": str(tmp_path)},
-                only=["sim", "arm", "cam_scene", "cam_wrist", "teleop", "controller", "recorder"])
+    s = Session(
+        config_path("ur5e_emulated.yaml"),
+        sets={"nodes.recorder.params.root": str(tmp_path)},
+        only=["sim", "arm", "cam_scene", "cam_wrist", "teleop", "controller", "recorder"],
+    )
     witness = None
     try:
         s.start(("robot/state", "camera/wrist", "camera/scene"))
-        witness = Subscriber([s.cfg.pub_endpoint("arm", s.rd)], ("robot/state",), history=100_000, hwm=100_000, name="witness")
+        witness = Subscriber(
+            [s.cfg.pub_endpoint("arm", s.rd)], ("robot/state",), history=100_000, hwm=100_000, name="witness"
+        )
         res = run_collect(None, tmp_path, 3, max_episode_s=20, session=s)
         seen_stamps = np.array([m.stamp_ns for m in witness.history("robot/state")])
         hb = s.heartbeat("arm")
@@ -47,6 +52,8 @@ def test_collect_three_episodes_on_the_emulated_ur5e(tmp_path, report):
             fi = ep.array(cam, "frame_index")[:]
             assert np.array_equal(fi, np.arange(fi[0], fi[0] + len(fi))), f"{cam}: frames missing"
         rows.append(len(rs))
-    report(f"collect on the emulated UR5e (ur_rtde): 3/3 episodes saved and successful, robot states per "
-           f"episode {rows}, driver faults {hb.get('safety.driver_fault', 0):.0f}")
+    report(
+        f"collect on the emulated UR5e (ur_rtde): 3/3 episodes saved and successful, robot states per "
+        f"episode {rows}, driver faults {hb.get('safety.driver_fault', 0):.0f}"
+    )
     assert hb.get("safety.driver_fault", 0) == 0

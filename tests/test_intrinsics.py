@@ -45,8 +45,10 @@ def test_true_intrinsics_pass_and_wrong_ones_fail(views):
     K_bad[0, 0] *= 1.05
     K_bad[1, 1] *= 1.05
     bad = verify_intrinsics(images, K_bad, None, board)
-    print(f"\ntrue K: rms {good.rms_px:.3f} px, focal error {good.focal_error * 100:.2f} %; "
-          f"K with focal +5%: rms {bad.rms_px:.3f} px, focal error {bad.focal_error * 100:.2f} %")
+    print(
+        f"\ntrue K: rms {good.rms_px:.3f} px, focal error {good.focal_error * 100:.2f} %; "
+        f"K with focal +5%: rms {bad.rms_px:.3f} px, focal error {bad.focal_error * 100:.2f} %"
+    )
     assert good.ok and good.rms_px < 0.3 and good.focal_error < 0.015 and good.n_images >= 6
     assert not bad.ok and bad.focal_error > 0.03
     K_shift = K.copy()
@@ -57,7 +59,9 @@ def test_true_intrinsics_pass_and_wrong_ones_fail(views):
 def test_full_calibration_recovers_K(views):
     images, K, board = views
     K_est, dist, rms = calibrate_intrinsics(images, board)
-    print(f"\ncalibrated fx {K_est[0, 0]:.1f} (true {K[0, 0]:.1f}), cx {K_est[0, 2]:.1f} (true {K[0, 2]:.1f}), rms {rms:.3f} px")
+    print(
+        f"\ncalibrated fx {K_est[0, 0]:.1f} (true {K[0, 0]:.1f}), cx {K_est[0, 2]:.1f} (true {K[0, 2]:.1f}), rms {rms:.3f} px"
+    )
     assert K_est[0, 0] == pytest.approx(K[0, 0], rel=0.01) and K_est[1, 1] == pytest.approx(K[1, 1], rel=0.01)
     assert K_est[0, 2] == pytest.approx(K[0, 2], abs=5) and K_est[1, 2] == pytest.approx(K[1, 2], abs=5)
     assert rms < 0.5
@@ -108,7 +112,7 @@ def test_d435_depth_aligned_to_color_grid():
         if not (0 <= ui < c_intr.width and 0 <= vi < c_intr.height):
             continue
         checked += 1
-        patch = aligned[max(vi - 1, 0):vi + 2, max(ui - 1, 0):ui + 2].astype(float) * scale
+        patch = aligned[max(vi - 1, 0) : vi + 2, max(ui - 1, 0) : ui + 2].astype(float) * scale
         if np.any(np.abs(patch - pc[2]) < 0.02):  # same depth within 2 cm in the 3x3 neighbourhood
             hits += 1
     print(f"\n{hits}/{checked} depth pixels land on the aligned depth image where the calibration predicts")
@@ -123,7 +127,11 @@ def test_sim_board_pose_matches_model_ground_truth():
     from robot_stack.calibration.board import board_pose, detect
     from robot_stack.calibration.hand_eye import inv, transform_error
     from robot_stack.drivers.sim_model import (
-        SceneSpec, board_frame_in_geom, camera_pose_cv, geom_pose, table_board_spec,
+        SceneSpec,
+        board_frame_in_geom,
+        camera_pose_cv,
+        geom_pose,
+        table_board_spec,
     )
     from robot_stack.drivers.sim_world import SimRenderer, SimWorld
 

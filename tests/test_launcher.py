@@ -20,10 +20,16 @@ pytestmark = pytest.mark.processes  # the launcher's process lifecycle
 
 def write_config(tmp_path, run_dir, monitor_critical=True, **settings):
     """A synthetic camera and a monitor watching it."""
-    return write_setup(tmp_path / "stack.yaml", setup(
-        "t", run_dir, settings,
-        camera=node("camera", driver="synthetic", camera_id="cam0", width=64, height=48, rate_hz=30),
-        monitor=node("monitor", {"critical": monitor_critical}, watch=["camera"], report_every_s=0.5)))
+    return write_setup(
+        tmp_path / "stack.yaml",
+        setup(
+            "t",
+            run_dir,
+            settings,
+            camera=node("camera", driver="synthetic", camera_id="cam0", width=64, height=48, rate_hz=30),
+            monitor=node("monitor", {"critical": monitor_critical}, watch=["camera"], report_every_s=0.5),
+        ),
+    )
 
 
 class Lines:
@@ -45,8 +51,9 @@ class Lines:
             with self.lock:
                 return next((l for l in self.lines if re.search(pattern, l)), None)
 
-        return wait_until(matching, timeout, poll_s=0.02, what=f"a line matching {pattern!r}",
-                          describe=lambda: "\n".join(self.lines))
+        return wait_until(
+            matching, timeout, poll_s=0.02, what=f"a line matching {pattern!r}", describe=lambda: "\n".join(self.lines)
+        )
 
 
 def test_sigkill_of_a_node_is_reported_within_1s_and_stack_stops(tmp_path, run_dir):
@@ -87,8 +94,12 @@ def test_non_critical_node_death_is_reported_and_stack_keeps_running(tmp_path, r
 
 
 def _start_cli(config):
-    return subprocess.Popen([sys.executable, "-m", "robot_stack.cli", "up", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "robot_stack.cli", "up", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
 
 
 def _pids(proc):
@@ -148,8 +159,12 @@ def test_node_whose_clean_stop_hangs_exits_after_the_grace_period(tmp_path, run_
     """After a SIGTERM (e.g. the kernel's, when the launcher died) a node exits by itself at the latest
     shutdown_timeout_s + 1 s later: nobody else would SIGKILL it."""
     cfg = write_config(tmp_path, run_dir, shutdown_timeout_s=1.0)
-    proc = subprocess.Popen([sys.executable, "-c", HANGING_NODE, str(cfg), str(run_dir)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HANGING_NODE, str(cfg), str(run_dir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     # publishing: the signal handlers are installed
     wait_until(lambda: proc.poll() is not None or any(run_dir.glob("*.pub")), 30, what="the node publishing")
     assert proc.poll() is None

@@ -16,11 +16,18 @@ REPO = Path(__file__).resolve().parents[1]
 #: package -> its row; a module may import its own row and the rows below, never a row above
 RANK = {
     "errors": 0,
-    "comm": 1, "runtime": 1,
-    "control": 2, "tasks": 2,
-    "data": 3, "drivers": 3, "policies": 3, "teleop": 3, "calibration": 3,
+    "comm": 1,
+    "runtime": 1,
+    "control": 2,
+    "tasks": 2,
+    "data": 3,
+    "drivers": 3,
+    "policies": 3,
+    "teleop": 3,
+    "calibration": 3,
     "nodes": 4,
-    "apps": 5, "cli": 5,
+    "apps": 5,
+    "cli": 5,
     "testing": 6,
 }
 #: rows whose packages may not import each other, except the pairs in ALLOWED_ACROSS
@@ -106,5 +113,8 @@ def test_the_layer_check_finds_an_upward_import_added_on_purpose(tmp_path, monke
 
 @pytest.mark.parametrize("pkg", sorted(RANK))
 def test_every_layer_named_in_the_rule_exists(pkg):
-    assert (REPO / "robot_stack" / pkg).exists() or (REPO / "robot_stack" / f"{pkg}.py").exists() \
+    assert (
+        (REPO / "robot_stack" / pkg).exists()
+        or (REPO / "robot_stack" / f"{pkg}.py").exists()
         or (REPO / ROOTS.get(pkg, "-")).exists()
+    )

@@ -15,7 +15,9 @@ from test_training import make_episode
 G1 = SHARED_DATA / "lerobot_v21_unitree_g1"
 
 
-@pytest.mark.skipif(not G1.is_dir(), reason=f"real LeRobot v2.1 data not found at {G1} (it ships with CI's shared folder)")
+@pytest.mark.skipif(
+    not G1.is_dir(), reason=f"real LeRobot v2.1 data not found at {G1} (it ships with CI's shared folder)"
+)
 def test_import_real_v21_unitree_g1(tmp_path):
     paths = import_lerobot(G1, tmp_path)
     assert [open_episode(p).meta["source_episode_index"] for p in paths] == [1, 2, 4]
@@ -25,14 +27,20 @@ def test_import_real_v21_unitree_g1(tmp_path):
         assert ep.meta["features"]["action"][0][0] == "kLeftShoulderPitch"
         # the 26-D layout, named per arm and hand: 7 joints per arm, then 6 per hand
         for key in ("observation.state", "action"):
-            assert ep.meta["layout"][key] == {"left_arm": list(range(0, 7)), "right_arm": list(range(7, 14)),
-                                              "left_hand": list(range(14, 20)), "right_hand": list(range(20, 26))}
+            assert ep.meta["layout"][key] == {
+                "left_arm": list(range(0, 7)),
+                "right_arm": list(range(7, 14)),
+                "left_hand": list(range(14, 20)),
+                "right_hand": list(range(20, 26)),
+            }
         src = pq.read_table(G1 / "data" / "chunk-000" / f"episode_{ep.meta['source_episode_index']:06d}.parquet")
         rs, act = ep.load("robot_state"), ep.load("action")
         assert len(rs["q"]) == rows and rs["q"].shape[1] == 26
         np.testing.assert_array_equal(rs["q"], np.stack(src.column("observation.state").to_numpy(zero_copy_only=False)))
         np.testing.assert_array_equal(act["value"], np.stack(src.column("action").to_numpy(zero_copy_only=False)))
-        assert np.all(np.diff(rs["stamp_ns"]) > 0) and np.all(np.abs(np.diff(rs["stamp_ns"]) - 33_333_333) < 2_000)  # float32 timestamps
+        assert np.all(np.diff(rs["stamp_ns"]) > 0) and np.all(
+            np.abs(np.diff(rs["stamp_ns"]) - 33_333_333) < 2_000
+        )  # float32 timestamps
         color = ep.array("camera/cam_high", "color")
         assert color.shape == (rows, 480, 640, 3)
         assert 20 < float(np.asarray(color[rows // 2]).mean()) < 235  # a decoded picture, not a blank frame
@@ -87,21 +95,27 @@ def test_export_meets_lerobots_reader(tmp_path):
     # tasks.parquet: pandas reads the task string as the index (LeRobot's tasks.iloc[i].name)
     t = pq.read_table(out / "meta" / "tasks.parquet")
     pandas_meta = json.loads(t.schema.metadata[b"pandas"])
-    assert pandas_meta["index_columns"] == ["task"] and t.column("task").to_pylist() == [open_episode(eps[0]).meta.get("task", "")]
+    assert pandas_meta["index_columns"] == ["task"] and t.column("task").to_pylist() == [
+        open_episode(eps[0]).meta.get("task", "")
+    ]
     assert t.column("task_index").to_pylist() == [0]
     # quantiles, global and per episode, for state, action and images
     stats = json.loads((out / "meta" / "stats.json").read_text())
-    state = np.stack(pq.read_table(out / "data" / "chunk-000" / "file-000.parquet")
-                     .column("observation.state").to_numpy(zero_copy_only=False))
+    state = np.stack(
+        pq.read_table(out / "data" / "chunk-000" / "file-000.parquet")
+        .column("observation.state")
+        .to_numpy(zero_copy_only=False)
+    )
     s64 = state.astype(np.float64)
     for q, v in (("q01", 0.01), ("q50", 0.5), ("q99", 0.99)):  # per episode (inverted CDF), count-weighted
-        per_ep = [np.quantile(s64[k:k + 20], v, axis=0, method="inverted_cdf") for k in (0, 20)]
+        per_ep = [np.quantile(s64[k : k + 20], v, axis=0, method="inverted_cdf") for k in (0, 20)]
         np.testing.assert_allclose(stats["observation.state"][q], np.mean(per_ep, axis=0), atol=1e-6)
     assert np.array(stats["observation.images.wrist"]["q99"]).shape == (3, 1, 1)
     ep_t = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
     assert np.array(ep_t[0]["stats/observation.images.wrist/mean"]).shape == (3, 1, 1)
-    np.testing.assert_allclose(ep_t[1]["stats/observation.state/q50"],
-                               np.quantile(s64[20:], 0.5, axis=0, method="inverted_cdf"), atol=1e-6)
+    np.testing.assert_allclose(
+        ep_t[1]["stats/observation.state/q50"], np.quantile(s64[20:], 0.5, axis=0, method="inverted_cdf"), atol=1e-6
+    )
     # a keyframe every 2 frames: random access never decodes more than 2
     with av.open(str(out / "videos" / "observation.images.wrist" / "chunk-000" / "file-000.mp4")) as c:
         keys = [p.is_keyframe for p in c.demux(c.streams.video[0]) if p.size]
@@ -139,21 +153,40 @@ def make_bimanual_episode(root, n_frames=30, seed=0):
     rng = np.random.default_rng(seed)
     w = EpisodeWriter(root, meta={"robots": [{"arm_node": "arm_left"}, {"arm_node": "arm_right"}]})
     t0 = 10_000 * ms
-    pose = {"arm_left": lambda s: np.r_[s, 0.2, 0.3, 1, 0, 0, 0], "arm_right": lambda s: np.r_[0.5, -s, 0.4, 0, 1, 0, 0]}
+    pose = {
+        "arm_left": lambda s: np.r_[s, 0.2, 0.3, 1, 0, 0, 0],
+        "arm_right": lambda s: np.r_[0.5, -s, 0.4, 0, 1, 0, 0],
+    }
     grip = {"arm_left": 0.08, "arm_right": 0.02}
     for i in range(int(n_frames / 15 * 250)):
         t = t0 + i * 4 * ms
         for a in pose:
-            w.add(f"robot_state/{a}", t, q=np.zeros(7), dq=np.zeros(7), ee_pose=pose[a]((t - t0) / 1e9),
-                  gripper_width=np.float64(grip[a]))
+            w.add(
+                f"robot_state/{a}",
+                t,
+                q=np.zeros(7),
+                dq=np.zeros(7),
+                ee_pose=pose[a]((t - t0) / 1e9),
+                gripper_width=np.float64(grip[a]),
+            )
     for k in range(n_frames):
-        w.add("camera/top", t0 + k * 66_666_667, frame_index=np.int64(k),
-              color=rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+        w.add(
+            "camera/top",
+            t0 + k * 66_666_667,
+            frame_index=np.int64(k),
+            color=rng.integers(0, 255, (48, 64, 3), dtype=np.uint8),
+        )
     for k in range(n_frames * 10 // 15):
         t = t0 + k * 100 * ms
         for a in pose:
-            w.add(f"action/{a}", t, target_ns=np.int64(t + 100 * ms), pose=pose[a]((t - t0) / 1e9 + 0.1),
-                  gripper=np.float64(1.0 if a == "arm_left" else 0.0), origin=np.int8(0))
+            w.add(
+                f"action/{a}",
+                t,
+                target_ns=np.int64(t + 100 * ms),
+                pose=pose[a]((t - t0) / 1e9 + 0.1),
+                gripper=np.float64(1.0 if a == "arm_left" else 0.0),
+                origin=np.int8(0),
+            )
     return w.close()
 
 
@@ -181,8 +214,12 @@ def test_bimanual_export_names_each_arm_and_imports_back_identically(tmp_path):
     np.testing.assert_array_equal(q[:, :8], state[:, :8])  # each arm's values, unchanged
     np.testing.assert_array_equal(q[:, 8:], state[:, 8:])
     assert ep.meta["features"]["observation.state"] == names
-    assert ep.meta["layout"]["observation.state"] == {"left_arm": list(range(7)), "left_gripper": [7],
-                                                      "right_arm": list(range(8, 15)), "right_gripper": [15]}
+    assert ep.meta["layout"]["observation.state"] == {
+        "left_arm": list(range(7)),
+        "left_gripper": [7],
+        "right_arm": list(range(8, 15)),
+        "right_gripper": [15],
+    }
     one = make_episode(tmp_path / "one", seed=3)  # a one-arm episode does not join a two-arm dataset
     with pytest.raises(LeRobotError, match="one dataset, one layout"):
         export_lerobot([ep_path, one], tmp_path / "mixed", fps=10)

@@ -14,16 +14,27 @@ from test_training import make_episode
 
 VENV_PY = REPO / ".venv-lerobot" / "bin" / "python"
 
-pytestmark = [pytest.mark.processes, pytest.mark.skipif(not VENV_PY.exists(), reason="lerobot is not installed: run scripts/setup_lerobot.sh "
-                                "(lerobot 0.4.4 in its own virtual environment .venv-lerobot)")]
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.skipif(
+        not VENV_PY.exists(),
+        reason="lerobot is not installed: run scripts/setup_lerobot.sh "
+        "(lerobot 0.4.4 in its own virtual environment .venv-lerobot)",
+    ),
+]
 
 
 def test_lerobot_loads_our_export(tmp_path, report):
     tasks = ["reach the cube", "push the cube", "reach the cube"]
     eps = [make_episode(tmp_path / "native", seed=i, task=t, smooth=True) for i, t in enumerate(tasks)]
     out = export_lerobot(eps, tmp_path / "lr", fps=10)
-    r = subprocess.run([str(VENV_PY), str(REPO / "scripts" / "lerobot_check.py"), str(out)], capture_output=True,
-                       text=True, timeout=600, cwd=tmp_path)
+    r = subprocess.run(
+        [str(VENV_PY), str(REPO / "scripts" / "lerobot_check.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["frames"] == res["rows"] == 60
@@ -45,7 +56,9 @@ def test_lerobot_loads_our_export(tmp_path, report):
     assert max(img[s] for s in ("mean", "std", "q50")) < 0.01, img
     assert max(img[s] for s in ("q01", "q99")) < 0.03, img
     assert max(img[s] for s in ("min", "max")) < 0.1, img  # single pixels: yuv420 chroma at the extremes
-    report(f"lerobot 0.4.4 LeRobotDataset on our export: 60/60 frames, state/action/timestamp bit-equal, "
-           f"stats diff state {max(d[f'observation.state/{s}'] for s in ('min', 'max', 'mean', 'std')):.1e}, "
-           f"image mean {img['mean']:.4f}, std {img['std']:.4f} (lerobot's own uint8 std, which wraps: "
-           f"{np.mean(res['image_std_uint8_bug']['observation.images.wrist']):.3f})")
+    report(
+        f"lerobot 0.4.4 LeRobotDataset on our export: 60/60 frames, state/action/timestamp bit-equal, "
+        f"stats diff state {max(d[f'observation.state/{s}'] for s in ('min', 'max', 'mean', 'std')):.1e}, "
+        f"image mean {img['mean']:.4f}, std {img['std']:.4f} (lerobot's own uint8 std, which wraps: "
+        f"{np.mean(res['image_std_uint8_bug']['observation.images.wrist']):.3f})"
+    )

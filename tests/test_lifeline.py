@@ -41,8 +41,9 @@ PARENT = textwrap.dedent("""
 
 def _start(tmp_path, grace_s: float):
     marks = tmp_path / "signals.txt"
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, str(marks), str(grace_s)], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, CHILD, str(marks), str(grace_s)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     child = int(parent.stdout.readline())
     return parent, child, marks
 

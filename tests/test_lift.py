@@ -68,8 +68,11 @@ def test_lift_expert_in_physics_lifts_the_bar_level():
     from robot_stack.drivers.sim_world import SimWorld
 
     task = LiftTask()
-    scene = SceneSpec(arms=tuple(ArmPlacement(a.removeprefix("arm_"), base=b) for a, b in BASES.items()),
-                      cube_half=task.bar_half, cube_mass=task.bar_mass)
+    scene = SceneSpec(
+        arms=tuple(ArmPlacement(a.removeprefix("arm_"), base=b) for a, b in BASES.items()),
+        cube_half=task.bar_half,
+        cube_mass=task.bar_mass,
+    )
     world = SimWorld(scene, seed=5)
     model = RobotModel.load("panda_robotiq")
     names = {a: a.removeprefix("arm_") for a in BASES}

@@ -8,12 +8,27 @@ import numpy as np
 import pytest
 import torch
 
-from robot_stack.policies.generative import (GenerativePolicy, GenerativePolicyModel, ModelConfig, OnnxDenoiser,
-                                             TorchDenoiser, export_onnx)
+from robot_stack.policies.generative import (
+    GenerativePolicy,
+    GenerativePolicyModel,
+    ModelConfig,
+    OnnxDenoiser,
+    TorchDenoiser,
+    export_onnx,
+)
 from robot_stack.policies.samplers import MeanFlow
 
-SMALL = dict(cameras={"scene": "rgb"}, image_hw=(64, 64), proprio_dim=4, obs_horizon=2, horizon=8, action_dim=3,
-             enc_base=8, widths=(32, 64), sample_steps=1)
+SMALL = dict(
+    cameras={"scene": "rgb"},
+    image_hw=(64, 64),
+    proprio_dim=4,
+    obs_horizon=2,
+    horizon=8,
+    action_dim=3,
+    enc_base=8,
+    widths=(32, 64),
+    sample_steps=1,
+)
 C = np.array([0.3, -0.2, 0.5], np.float32)
 
 
@@ -39,7 +54,7 @@ def test_the_training_target_is_a_fixed_point_of_the_exact_average_velocity():
     mu, sig = 0.7, 0.3
 
     def std(t):
-        return torch.sqrt((1 - t) ** 2 + t ** 2 * sig ** 2)
+        return torch.sqrt((1 - t) ** 2 + t**2 * sig**2)
 
     def u_fn(x, tt):
         s, e = tt[:, 0, None], tt[:, 1, None]
@@ -47,7 +62,7 @@ def test_the_training_target_is_a_fixed_point_of_the_exact_average_velocity():
         return (xe - x) / (e - s)
 
     def v_fn(x, t):
-        dstd = (-(1 - t) + t * sig ** 2) / std(t)
+        dstd = (-(1 - t) + t * sig**2) / std(t)
         return mu + (x - t * mu) * dstd / std(t)
 
     x = torch.tensor([[-1.0], [0.2], [0.5], [1.3]])
@@ -97,15 +112,18 @@ def test_meanflow_onnx_matches_torch(tmp_path):
     torch.manual_seed(0)
     m = GenerativePolicyModel(ModelConfig(**{**SMALL, "sample_steps": 2}, kind="meanflow")).eval()
     path = export_onnx(m, tmp_path / "mf.onnx")
-    o = {"scene.color": np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8),
-         "state": np.ones((2, 4), np.float32)}
+    o = {
+        "scene.color": np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8),
+        "state": np.ones((2, 4), np.float32),
+    }
     noise = np.random.default_rng(1).standard_normal((1, 8, 3)).astype(np.float32)
     a = GenerativePolicy(m, TorchDenoiser(m, "cpu"), seed=0).predict(o, noise=noise)
     b = GenerativePolicy(m, OnnxDenoiser(path, ["CPUExecutionProvider"]), seed=0).predict(o, noise=noise)
     np.testing.assert_allclose(a, b, atol=1e-4)
     with pytest.raises(ValueError, match="not defined for meanflow"):
-        GenerativePolicy(m, TorchDenoiser(m, "cpu"), seed=0).predict(o, committed_prefix=np.zeros((2, 3), np.float32),
-                                                                    guidance="exact")
+        GenerativePolicy(m, TorchDenoiser(m, "cpu"), seed=0).predict(
+            o, committed_prefix=np.zeros((2, 3), np.float32), guidance="exact"
+        )
 
 
 def test_meanflow_embeds_time_at_scale_one_and_old_checkpoints_keep_theirs(tmp_path):
@@ -127,8 +145,11 @@ def test_meanflow_embeds_time_at_scale_one_and_old_checkpoints_keep_theirs(tmp_p
     old = GenerativePolicyModel(ModelConfig(**SMALL, kind="meanflow", time_scale=1000.0)).eval()
     cfg = dataclasses.asdict(old.cfg)
     del cfg["time_scale"]  # as written before the field existed
-    save_file({k: v.contiguous() for k, v in old.state_dict().items()}, str(tmp_path / "old.safetensors"),
-              metadata={"config": json.dumps(cfg), "extra": "{}"})
+    save_file(
+        {k: v.contiguous() for k, v in old.state_dict().items()},
+        str(tmp_path / "old.safetensors"),
+        metadata={"config": json.dumps(cfg), "extra": "{}"},
+    )
     loaded, _ = load_checkpoint(tmp_path / "old.safetensors")
     assert loaded.cfg.time_scale == 1000.0
     x, cond = torch.randn(2, 8, 3), torch.randn(2, old.net.obs_horizon * old.net.step_dim)

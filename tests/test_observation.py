@@ -12,15 +12,20 @@ DT = 100 * MS
 
 
 def frame(t_ms, value, depth=True):
-    return CameraFrame(stamp_ns=t_ms * MS, color=np.full((2, 2, 3), value, np.uint8),
-                       depth=np.full((2, 2), value, np.uint16) if depth else None,
-                       depth_scale=0.001 if depth else 0.0, K=np.eye(3))
+    return CameraFrame(
+        stamp_ns=t_ms * MS,
+        color=np.full((2, 2, 3), value, np.uint8),
+        depth=np.full((2, 2), value, np.uint16) if depth else None,
+        depth_scale=0.001 if depth else 0.0,
+        K=np.eye(3),
+    )
 
 
 def state(t_ms, x, yaw_deg):
     q = Rotation.from_euler("z", yaw_deg, degrees=True).as_quat()
-    return RobotState(stamp_ns=t_ms * MS, q=np.full(7, x), dq=np.zeros(7), ee_pose=np.array([x, 0, 0, *q]),
-                      gripper_width=x / 10)
+    return RobotState(
+        stamp_ns=t_ms * MS, q=np.full(7, x), dq=np.zeros(7), ee_pose=np.array([x, 0, 0, *q]), gripper_width=x / 10
+    )
 
 
 def cams():
@@ -55,8 +60,15 @@ def test_state_interpolated_with_slerp_at_window_times():
 
 
 def test_latency_offset_shifts_a_stream():
-    obs = assemble(cams(), states(), obs_horizon=1, dt_ns=DT, now_ns=1000 * MS, max_age_ns=200 * MS,
-                   latency_offsets_ns={"wrist": 20 * MS})
+    obs = assemble(
+        cams(),
+        states(),
+        obs_horizon=1,
+        dt_ns=DT,
+        now_ns=1000 * MS,
+        max_age_ns=200 * MS,
+        latency_offsets_ns={"wrist": 20 * MS},
+    )
     assert obs.t_obs_ns == 949 * MS  # wrist frames were captured 20 ms before their stamps
     assert obs.frame_stamps_ns["wrist"][0] == 949 * MS
 
@@ -73,5 +85,4 @@ def test_stale_or_missing_streams_raise_with_the_stream_name():
     with pytest.raises(StaleStreamError, match="camera/scene: no frame within 50 ms"):
         assemble(gap, states(), 2, DT, now_ns=1000 * MS, max_age_ns=200 * MS)
     with pytest.raises(StaleStreamError, match="robot/state: no state around"):
-        assemble(cams(), [s for s in states() if s.stamp_ns < 800 * MS], 1, DT, now_ns=1000 * MS,
-                 max_age_ns=200 * MS)
+        assemble(cams(), [s for s in states() if s.stamp_ns < 800 * MS], 1, DT, now_ns=1000 * MS, max_age_ns=200 * MS)

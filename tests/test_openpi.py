@@ -5,7 +5,6 @@ health check, API key and the loopback rule."""
 import shutil
 import socket
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,8 +17,10 @@ from robot_stack.comm.security import SecurityError
 
 from conftest import launched, wait_until
 
-openpi_msgpack = pytest.importorskip("openpi_client.msgpack_numpy", reason="openpi-client is not installed "
-                                     "(scripts/setup.sh installs it: pip install --no-deps openpi-client==0.1.2)")
+openpi_msgpack = pytest.importorskip(
+    "openpi_client.msgpack_numpy",
+    reason="openpi-client is not installed (scripts/setup.sh installs it: pip install --no-deps openpi-client==0.1.2)",
+)
 
 pytestmark = pytest.mark.processes  # websocket servers and clients
 
@@ -34,9 +35,12 @@ def free_port() -> int:
 
 
 def test_codec_matches_openpi_client_both_ways():
-    obs = {"observation/image": np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3),
-           "observation/state": np.linspace(-1, 1, 7), "prompt": "reach the cube",
-           "nested": {"f32": np.float32(1.5), "i64": np.arange(3, dtype=np.int64), "empty": np.zeros((0, 8), np.float32)}}
+    obs = {
+        "observation/image": np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3),
+        "observation/state": np.linspace(-1, 1, 7),
+        "prompt": "reach the cube",
+        "nested": {"f32": np.float32(1.5), "i64": np.arange(3, dtype=np.int64), "empty": np.zeros((0, 8), np.float32)},
+    }
     for got in (openpi_msgpack.unpackb(packb(obs)), unpackb(openpi_msgpack.packb(obs))):
         assert got["prompt"] == "reach the cube"
         for k in ("observation/image", "observation/state"):
@@ -76,11 +80,21 @@ def policy_stack(tmp_path_factory):
     port = free_port()
     run_dir = Path(tempfile.mkdtemp(prefix="rs-openpi-"))
     cfg = tmp_path_factory.mktemp("openpi") / "stack.yaml"
-    write_setup(cfg, setup("openpi_test", run_dir, policy=node(
-        "policy", backend={"type": "goto", "goal": list(GOAL), "speed": 0.08, "horizon": 16, "dt": 0.1},
-        openpi={"port": port, "keys": {"observation/state": "ee_pose"}})))
+    write_setup(
+        cfg,
+        setup(
+            "openpi_test",
+            run_dir,
+            policy=node(
+                "policy",
+                backend={"type": "goto", "goal": list(GOAL), "speed": 0.08, "horizon": 16, "dt": 0.1},
+                openpi={"port": port, "keys": {"observation/state": "ee_pose"}},
+            ),
+        ),
+    )
     try:
         with launched(cfg) as (_, out):
+
             def healthy():
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
@@ -109,15 +123,17 @@ def test_openpi_client_drives_our_policy_node(policy_stack, report):
     rng = np.random.default_rng(0)
     quat = np.array([1.0, 0.0, 0.0, 0.0])
     infer_ms = []
-    for i in range(20):
+    for _ in range(20):
         state = np.r_[0.45 + rng.uniform(-0.05, 0.05, 3), quat]  # float64, as openpi clients send
         reply = client.infer({"observation/state": state, "prompt": "reach"})
         want = local.predict({"ee_pose": np.repeat(state[None].astype(np.float32), 2, axis=0)}, None, None)
         assert reply["actions"].shape == (16, 8)
         np.testing.assert_array_equal(reply["actions"], np.asarray(want, np.float32))
         infer_ms.append(reply["server_timing"]["infer_ms"])
-    report(f"openpi-client -> policy node: 20 inferences equal to in-process, server infer p50 "
-           f"{np.percentile(infer_ms, 50):.2f} ms")
+    report(
+        f"openpi-client -> policy node: 20 inferences equal to in-process, server infer p50 "
+        f"{np.percentile(infer_ms, 50):.2f} ms"
+    )
     # a bad observation: a text frame with the reason, then close code 1011; the node stays up
     with pytest.raises(RuntimeError, match="bad_observation: ee_pose: shape"):
         client.infer({"observation/state": np.zeros(5)})
@@ -134,15 +150,18 @@ def test_our_client_with_an_api_key_server():
     def infer(obs):
         if "observation/state" not in obs:
             return None, "missing observation/state"
-        return {"actions": np.tile(obs["observation/state"], (4, 1)).astype(np.float32),
-                "server_timing": {"infer_ms": 1.5}}, None
+        return {
+            "actions": np.tile(obs["observation/state"], (4, 1)).astype(np.float32),
+            "server_timing": {"infer_ms": 1.5},
+        }, None
 
     server = OpenpiServer("127.0.0.1", 0, {"dt": 0.05, "offset": 1}, infer, api_key="s3cret")
     try:
         url = f"ws://127.0.0.1:{server.port}"
         keys = OpenpiKeys(keys={"observation/state": "state"})
-        win = ObservationWindow(request_id=7, obs={"state": np.ones((2, 8), np.float32)},
-                                obs_age_ns=np.zeros(2, np.int64))
+        win = ObservationWindow(
+            request_id=7, obs={"state": np.ones((2, 8), np.float32)}, obs_age_ns=np.zeros(2, np.int64)
+        )
         from robot_stack.comm.transport import TransportTimeout
 
         with pytest.raises((RemoteError, TransportTimeout)):

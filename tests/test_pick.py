@@ -71,7 +71,7 @@ def test_pick_expert_closes_at_the_cube_and_opens_over_the_target():
     np.testing.assert_allclose(tcp[k_open, :2], TARGET, atol=ex.tol)
     assert tcp[k_open, 2] == pytest.approx(task.place_height, abs=ex.tol)
     # closed for close_s before it lifts: the TCP stays at the grasp point meanwhile
-    still = tcp[k_close:k_close + int(ex.close_s * 30) - 1]
+    still = tcp[k_close : k_close + int(ex.close_s * 30) - 1]
     assert np.ptp(still, axis=0).max() < 1e-9
     assert tcp[stop, 2] == pytest.approx(task.carry_height, abs=ex.tol)
     # the cube goals stop following the cube once it is grasped (it moves with the gripper)

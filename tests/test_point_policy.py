@@ -7,12 +7,27 @@ import numpy as np
 import pytest
 import torch
 
-from robot_stack.policies.generative import (GenerativePolicy, GenerativePolicyModel, ModelConfig, OnnxDenoiser,
-                                             TorchDenoiser, export_onnx)
+from robot_stack.policies.generative import (
+    GenerativePolicy,
+    GenerativePolicyModel,
+    ModelConfig,
+    OnnxDenoiser,
+    TorchDenoiser,
+    export_onnx,
+)
 from robot_stack.policies.networks import PointEncoder, dispersive_loss
 
-PTS = dict(cameras={"scene": "points"}, n_points=64, proprio_dim=4, obs_horizon=2, horizon=8, action_dim=3,
-           widths=(32, 64), sample_steps=1, kind="meanflow")
+PTS = dict(
+    cameras={"scene": "points"},
+    n_points=64,
+    proprio_dim=4,
+    obs_horizon=2,
+    horizon=8,
+    action_dim=3,
+    widths=(32, 64),
+    sample_steps=1,
+    kind="meanflow",
+)
 
 
 def test_the_point_encoder_ignores_point_order():
@@ -63,13 +78,20 @@ def test_a_meanflow_policy_on_point_clouds_learns_and_exports(tmp_path):
     pol = GenerativePolicy(m, TorchDenoiser(m, "cpu"), seed=0)
     assert pol.metadata.obs_shapes["scene.points"] == ((64, 3), "<f4")
     clouds, actions = batch(16)
-    errs = [np.abs(pol.predict({"scene.points": clouds[i].numpy(), "state": np.zeros((2, 4), np.float32)})
-                   - actions[i].numpy()).mean() for i in range(16)]
+    errs = [
+        np.abs(
+            pol.predict({"scene.points": clouds[i].numpy(), "state": np.zeros((2, 4), np.float32)}) - actions[i].numpy()
+        ).mean()
+        for i in range(16)
+    ]
     spread = actions[:, 0].std(0).mean().item()
     print(f"\npoint-cloud MeanFlow: one-step error {np.mean(errs):.3f} (targets spread {spread:.3f})")
     assert np.mean(errs) < 0.5 * spread
     path = export_onnx(m, tmp_path / "mp1.onnx")
     o = {"scene.points": clouds[0].numpy(), "state": np.zeros((2, 4), np.float32)}
     noise = np.random.default_rng(1).standard_normal((1, 8, 3)).astype(np.float32)
-    np.testing.assert_allclose(pol.predict(o, noise=noise), GenerativePolicy(
-        m, OnnxDenoiser(path, ["CPUExecutionProvider"]), seed=0).predict(o, noise=noise), atol=1e-4)
+    np.testing.assert_allclose(
+        pol.predict(o, noise=noise),
+        GenerativePolicy(m, OnnxDenoiser(path, ["CPUExecutionProvider"]), seed=0).predict(o, noise=noise),
+        atol=1e-4,
+    )

@@ -103,8 +103,10 @@ def _d435():
     return depth, Kd, scale, verts
 
 
-@pytest.mark.skipif(not BAG.is_file(), reason=f"recorded D435 data not present at {BAG} "
-                    "(it ships only beside the project's CI checkout)")
+@pytest.mark.skipif(
+    not BAG.is_file(),
+    reason=f"recorded D435 data not present at {BAG} (it ships only beside the project's CI checkout)",
+)
 def test_d435_cloud_matches_pyrealsense2_and_the_documented_scene():
     depth, Kd, scale, verts = _d435()
     assert Kd[0, 0] == pytest.approx(390.43, abs=0.01) and scale == pytest.approx(0.001)

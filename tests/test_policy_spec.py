@@ -3,7 +3,6 @@ setup disagrees ends at start-up naming each difference."""
 
 from __future__ import annotations
 
-import time
 import pytest
 from robot_stack.testing.setups import node, setup, write_setup
 
@@ -17,8 +16,15 @@ from robot_stack.testing import WaitTimeout
 pytestmark = pytest.mark.processes  # controller and policy processes
 
 
-MD = PolicyMetadata(obs_shapes={"scene.color": ((96, 96, 3), "|u1"), "state": ((8,), "<f4")}, obs_horizon=2,
-                    horizon=16, action_dim=8, action_space="ee_pose+gripper", dt=0.1, supports_prefix=True)
+MD = PolicyMetadata(
+    obs_shapes={"scene.color": ((96, 96, 3), "|u1"), "state": ((8,), "<f4")},
+    obs_horizon=2,
+    horizon=16,
+    action_dim=8,
+    action_space="ee_pose+gripper",
+    dt=0.1,
+    supports_prefix=True,
+)
 
 
 def test_the_spec_travels_through_the_codec_unchanged():
@@ -45,8 +51,17 @@ def test_a_controller_refuses_a_policy_whose_spec_disagrees(tmp_path, run_dir):
     from conftest import launched
 
     cfg = tmp_path / "spec.yaml"
-    write_setup(cfg, setup("spec", run_dir, sim=node("sim_world"), arm=node("arm"), policy=node("policy", backend={"type": "goto", "goal": [0.5, 0, 0.3], "obs_horizon": 3}),
-                           controller=node("controller", obs_keys=["ee_pose", "q"], obs_horizon=2)))
+    write_setup(
+        cfg,
+        setup(
+            "spec",
+            run_dir,
+            sim=node("sim_world"),
+            arm=node("arm"),
+            policy=node("policy", backend={"type": "goto", "goal": [0.5, 0, 0.3], "obs_horizon": 3}),
+            controller=node("controller", obs_keys=["ee_pose", "q"], obs_horizon=2),
+        ),
+    )
     with launched(cfg) as (launcher, out):
         wait_until(lambda: "controller" in launcher.dead, 90, describe=out.tail, what="the controller to end")
         assert launcher.dead.get("controller") == 1, out.tail()
@@ -64,16 +79,31 @@ def test_a_controller_takes_what_its_setup_leaves_open_from_the_spec(tmp_path, r
     from robot_stack.runtime.config import load_config
 
     cfg = tmp_path / "ok.yaml"
-    write_setup(cfg, setup("specok", run_dir, sim=node("sim_world"), arm=node("arm"), policy=node("policy", backend={"type": "goto", "goal": [0.5, 0, 0.3], "obs_horizon": 3}),
-                           controller=node("controller", autostart=True)))
+    write_setup(
+        cfg,
+        setup(
+            "specok",
+            run_dir,
+            sim=node("sim_world"),
+            arm=node("arm"),
+            policy=node("policy", backend={"type": "goto", "goal": [0.5, 0, 0.3], "obs_horizon": 3}),
+            controller=node("controller", autostart=True),
+        ),
+    )
     with launched(cfg) as (launcher, out):
         c = load_config(cfg)
         sub = Subscriber([c.pub_endpoint("controller", run_dir)], (Heartbeat.topic("controller"),), name="t")
         try:
             chunks = 0.0
             try:
-                wait_until(lambda: (hb := sub.latest(Heartbeat.topic("controller"))) is not None
-                           and hb.metrics.get("chunks", 0.0) >= 3, 60, poll_s=0.2)
+                wait_until(
+                    lambda: (
+                        (hb := sub.latest(Heartbeat.topic("controller"))) is not None
+                        and hb.metrics.get("chunks", 0.0) >= 3
+                    ),
+                    60,
+                    poll_s=0.2,
+                )
             except WaitTimeout:
                 pass
             hb = sub.latest(Heartbeat.topic("controller"))

@@ -15,13 +15,15 @@ CUBE = np.array([0.5, -0.05, 0.02])
 def test_press_success_needs_the_force_over_the_cube():
     t = PressTask()
     obj = SimpleNamespace(cube_pose=np.r_[CUBE, 0, 0, 0, 1.0])
-    st = lambda xy, fz: SimpleNamespace(ee_pose=np.r_[xy, 0.057, 0, 0, 0, 1.0], gripper_width=0.0,
-                                        wrench=np.r_[0, 0, fz, 0, 0, 0])
+    st = lambda xy, fz: SimpleNamespace(
+        ee_pose=np.r_[xy, 0.057, 0, 0, 0, 1.0], gripper_width=0.0, wrench=np.r_[0, 0, fz, 0, 0, 0]
+    )
     assert t.achieved(st(CUBE[:2], 8.0), obj, CUBE) and t.achieved(st(CUBE[:2], 9.9), obj, CUBE)
     assert not t.achieved(st(CUBE[:2], 10.1), obj, CUBE)  # 26 % over
     assert not t.achieved(st(CUBE[:2] + [0.03, 0], 8.0), obj, CUBE)  # beside the cube
-    assert not t.achieved(SimpleNamespace(ee_pose=np.r_[CUBE[:2], 0.057, 0, 0, 0, 1.0], gripper_width=0.0, wrench=None),
-                          obj, CUBE)  # no wrench measured: never a success
+    assert not t.achieved(
+        SimpleNamespace(ee_pose=np.r_[CUBE[:2], 0.057, 0, 0, 0, 1.0], gripper_width=0.0, wrench=None), obj, CUBE
+    )  # no wrench measured: never a success
     assert t.error_mm(st(CUBE[:2], 5.0), obj) == pytest.approx(3.0) and t.error_unit == "N"
 
 
@@ -50,7 +52,7 @@ def test_press_expert_regulates_the_force_on_an_unknown_spring(stiffness):
     task = PressTask()
     f = _kinematic_press(PressExpert(task, jitter=0.0), stiffness)
     pressing = np.flatnonzero(f > task.contact_n)
-    held = f[pressing[-1] - int(30 * task.hold_s) - 12:pressing[-1] - 12]  # before it lifts off
+    held = f[pressing[-1] - int(30 * task.hold_s) - 12 : pressing[-1] - 12]  # before it lifts off
     assert np.all(np.abs(held - task.force_n) <= task.force_tol * task.force_n), held.round(2)
     assert f.max() < 2 * task.force_n  # no slam
 
@@ -84,7 +86,7 @@ def test_press_expert_in_physics_holds_the_force_whatever_the_softness():
         phases = np.array([p for p, _ in log])
         f = np.array([f for _, f in log])
         assert phases[-1] == 3, f"softness {tc}: no retreat (phase {ex.PHASES[phases[-1]]})"
-        last = f[np.flatnonzero(phases == 2)[-int(30 * task.hold_s):]]
+        last = f[np.flatnonzero(phases == 2)[-int(30 * task.hold_s) :]]
         assert np.all(np.abs(last - task.force_n) <= task.force_tol * task.force_n), (tc, last.round(1))
 
 

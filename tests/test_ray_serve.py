@@ -21,8 +21,9 @@ GOTO = {"type": "goto", "goal": [0.5, 0.0, 0.2], "speed": 0.05}
 
 
 def _window(rid: int, ee: np.ndarray) -> ObservationWindow:
-    return ObservationWindow(request_id=rid, obs={"ee_pose": np.tile(ee.astype(np.float32), (2, 1))},
-                             obs_age_ns=np.zeros(2, np.int64))
+    return ObservationWindow(
+        request_id=rid, obs={"ee_pose": np.tile(ee.astype(np.float32), (2, 1))}, obs_age_ns=np.zeros(2, np.int64)
+    )
 
 
 def _ee(robot: int, k: int) -> np.ndarray:
@@ -32,8 +33,15 @@ def _ee(robot: int, k: int) -> np.ndarray:
 def test_a_replica_answers_each_request_of_a_batch_alone():
     rep = PolicyReplica(GOTO)
     good = [[bytes(f) for f in encode("infer", _window(i, _ee(0, i)))] for i in range(3)]
-    bad_shape = [bytes(f) for f in encode("infer", ObservationWindow(
-        request_id=7, obs={"ee_pose": np.zeros((2, 5), np.float32)}, obs_age_ns=np.zeros(2, np.int64)))]
+    bad_shape = [
+        bytes(f)
+        for f in encode(
+            "infer",
+            ObservationWindow(
+                request_id=7, obs={"ee_pose": np.zeros((2, 5), np.float32)}, obs_age_ns=np.zeros(2, np.int64)
+            ),
+        )
+    ]
     out = [decode(r)[1] for r in rep.answer([good[0], [b"garbage"], good[1], bad_shape, good[2]])]
     assert isinstance(out[1], ErrorReply) and out[1].code == "malformed"
     assert isinstance(out[3], ErrorReply) and out[3].code == "bad_observation" and out[3].request_id == 7
@@ -53,8 +61,11 @@ def serve_app():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(proxy_location="Disabled")
-        serve.run(policy_app(GOTO, num_replicas=2, max_batch_size=8, batch_wait_timeout_s=0.005, num_cpus=0.5),
-                  name="rs_test", route_prefix=None)
+        serve.run(
+            policy_app(GOTO, num_replicas=2, max_batch_size=8, batch_wait_timeout_s=0.005, num_cpus=0.5),
+            name="rs_test",
+            route_prefix=None,
+        )
         yield ray.get_runtime_context().gcs_address
     finally:
         serve.shutdown()
@@ -69,9 +80,18 @@ def test_two_controllers_through_the_adapter_on_two_replicas(tmp_path, run_dir, 
     from robot_stack.runtime.config import load_config
 
     cfg_path = tmp_path / "gateway.yaml"
-    write_setup(cfg_path, setup("gateway", run_dir, policy=node(
-        "policy", backend={"type": "ray_serve", "address": serve_app, "app": "rs_test", "timeout_s": 10},
-        batch={"max_batch": 8, "window_ms": 5})))
+    write_setup(
+        cfg_path,
+        setup(
+            "gateway",
+            run_dir,
+            policy=node(
+                "policy",
+                backend={"type": "ray_serve", "address": serve_app, "app": "rs_test", "timeout_s": 10},
+                batch={"max_batch": 8, "window_ms": 5},
+            ),
+        ),
+    )
     n_req, results, errors = 25, {0: [], 1: []}, []
     with launched(cfg_path) as (_, out):
         ep = load_config(cfg_path).in_endpoint("policy", run_dir)

@@ -12,8 +12,10 @@ from robot_stack.runtime.clock import DeviceClockMapper
 from conftest import SHARED_DATA, d435_playback
 
 BAG = SHARED_DATA / "realsense_d435_single_frame" / "single_depth_color_640x480.bag"
-needs_bag = pytest.mark.skipif(not BAG.is_file(), reason=f"recorded D435 data not present at {BAG} "
-                               "(it ships only beside the project's CI checkout)")
+needs_bag = pytest.mark.skipif(
+    not BAG.is_file(),
+    reason=f"recorded D435 data not present at {BAG} (it ships only beside the project's CI checkout)",
+)
 
 
 @functools.cache
@@ -90,8 +92,14 @@ def test_camera_node_publishes_recorded_frames(tmp_path, run_dir):
     from conftest import launched
 
     cfg_path = tmp_path / "rs.yaml"
-    write_setup(cfg_path, setup("rs", run_dir, cam=node("camera", driver={"type": "realsense", "playback_file": str(BAG)},
-                                                         camera_id="d435", rate_hz=6)))
+    write_setup(
+        cfg_path,
+        setup(
+            "rs",
+            run_dir,
+            cam=node("camera", driver={"type": "realsense", "playback_file": str(BAG)}, camera_id="d435", rate_hz=6),
+        ),
+    )
 
     _, _, color_ref, depth_ref, _ = reference_frames()  # before the node plays the same file
     with launched(cfg_path) as (_, out):
@@ -125,6 +133,7 @@ def test_stalled_playback_is_restarted():
     cam.start()
     try:
         assert _read_one(cam) is not None
+
         class Stalled:  # the pipeline as a stalled playback answers
             def __init__(self, pipe):
                 self.stop = pipe.stop

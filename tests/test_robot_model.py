@@ -66,10 +66,12 @@ def test_fr3_and_panda_share_franka_kinematics():
     rng = np.random.default_rng(2)
     for _ in range(3):
         q = fr3.home_q + rng.uniform(-0.3, 0.3, 7)
+
         # flange = TCP moved back along the tool z axis by each tool's length
-        def flange(m, length):
+        def flange(m, length, q=q):
             p = m.fk(q)
             return p[:3] - length * Rotation.from_quat(p[3:]).as_matrix()[:, 2]
+
         fr3_tool = 0.1034
         d = np.linalg.norm(flange(fr3, fr3_tool) - flange(panda, _panda_tool_length(panda)))
         assert d < 2e-3, d
@@ -91,8 +93,10 @@ def test_bad_descriptions_are_named(tmp_path):
     with pytest.raises(RobotModelError, match="unknown robot 'nope'"):
         RobotModel.load("nope")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\nsource: repo:missing.xml\njoints: [a]\ntcp_site: t\nhome_q: [0, 0]\n"
-                   "max_joint_vel: [1]\nmax_joint_acc: [1]\ngripper: {kind: none, stroke_m: 0}\n")
+    bad.write_text(
+        "name: bad\nsource: repo:missing.xml\njoints: [a]\ntcp_site: t\nhome_q: [0, 0]\n"
+        "max_joint_vel: [1]\nmax_joint_acc: [1]\ngripper: {kind: none, stroke_m: 0}\n"
+    )
     with pytest.raises(RobotModelError, match="home_q has 2 values for 1 joints"):
         load_description(bad)
     bad.write_text(bad.read_text().replace("home_q: [0, 0]", "home_q: [0]"))
@@ -106,8 +110,13 @@ def test_bad_descriptions_are_named(tmp_path):
 def test_no_module_outside_the_sim_imports_the_sim_scene():
     """Kinematics, limits and gripper come from the robot model; only the sim itself (its world,
     its drivers, its node) may import the sim scene module."""
-    allowed = {"drivers/sim_model.py", "drivers/sim_world.py", "drivers/sim.py", "robot_stack/nodes/sim_world.py",
-               "drivers/ur_emulator.py"}  # the emulated UR controller is a sim too
+    allowed = {
+        "drivers/sim_model.py",
+        "drivers/sim_world.py",
+        "drivers/sim.py",
+        "robot_stack/nodes/sim_world.py",
+        "drivers/ur_emulator.py",
+    }  # the emulated UR controller is a sim too
     offenders = []
     for folder in ("robot_stack", "drivers", "calibration", "policies", "teleop"):
         for path in (REPO / folder).rglob("*.py"):

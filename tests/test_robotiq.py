@@ -32,7 +32,9 @@ def test_activation_is_the_manuals_frames_and_completes(gripper):
     # ("... 01 00 00 00 00 00 72 E1"); our speed/force bytes follow in bytes 4-5
     assert fake.requests[0][:13] == bytes.fromhex("091003E800030600000000") + bytes([255, 150])
     assert fake.requests[1][:8] == bytes.fromhex("091003E800030601")
-    assert fake.requests[2] == bytes.fromhex("090307D00003") + crc16_modbus(bytes.fromhex("090307D00003")).to_bytes(2, "little")
+    assert fake.requests[2] == bytes.fromhex("090307D00003") + crc16_modbus(bytes.fromhex("090307D00003")).to_bytes(
+        2, "little"
+    )
     st = g.status()
     assert st.activated and st.activation == 3 and st.fault_text is None
 
@@ -112,5 +114,7 @@ def test_the_ur_driver_serves_the_gripper_on_its_thread():
             drv.read()
     finally:
         drv._grip_stop.set()
-        wait_until(lambda: not any(t.name == "robotiq" for t in threading.enumerate()), 2, what="the gripper thread ended")
+        wait_until(
+            lambda: not any(t.name == "robotiq" for t in threading.enumerate()), 2, what="the gripper thread ended"
+        )
         fake.close()

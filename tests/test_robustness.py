@@ -18,8 +18,9 @@ pytestmark = pytest.mark.processes  # CLI and node processes
 
 
 def _cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "robot_stack.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "robot_stack.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def _one_clear_line(r, pattern):
@@ -57,11 +58,24 @@ def test_import_with_a_missing_video_leaves_no_partial_episode(tmp_path):
 
 
 def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
-    r = _cli("deploy", REPO / "configs" / "sim_panda_reach.yaml", "--policy", tmp_path / "nope.safetensors",
-             "--episodes", "1")
+    r = _cli(
+        "deploy",
+        REPO / "configs" / "sim_panda_reach.yaml",
+        "--policy",
+        tmp_path / "nope.safetensors",
+        "--episodes",
+        "1",
+    )
     _one_clear_line(r, "not found")
-    r = _cli("--debug", "deploy", REPO / "configs" / "sim_panda_reach.yaml", "--policy",
-             tmp_path / "nope.safetensors", "--episodes", "1")
+    r = _cli(
+        "--debug",
+        "deploy",
+        REPO / "configs" / "sim_panda_reach.yaml",
+        "--policy",
+        tmp_path / "nope.safetensors",
+        "--episodes",
+        "1",
+    )
     assert r.returncode == 1 and "Traceback" in r.stderr
 
 
@@ -152,8 +166,9 @@ NODE_SCRIPT = textwrap.dedent("""
 def test_failing_steps_and_handlers_are_counted_and_persistent_failure_ends_the_node(tmp_path, run_dir):
     cfg = tmp_path / "c.yaml"
     write_setup(cfg, setup("flaky", run_dir, flaky=node("monitor", watch=["flaky"])))
-    r = subprocess.run([sys.executable, "-c", NODE_SCRIPT, cfg, run_dir], capture_output=True, text=True,
-                       timeout=60, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-c", NODE_SCRIPT, cfg, run_dir], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 1, out  # every step failing for MAX_FAILING_S ends it, with a clear line
     assert "every step failed for 0.3 s" in out
@@ -187,4 +202,3 @@ def test_the_guarded_handler_counts_by_error():
     assert n.input_rejections == {"x.ZeroDivisionError": 1}
     with pytest.raises(NodeFatal):
         n.guarded("x", lambda: (_ for _ in ()).throw(NodeFatal("stop")))
-

@@ -83,9 +83,12 @@ def test_servo_guard_holds_velocity_acceleration_and_jerk_in_every_mode():
     g = ServoGuard(c.cfg, LOWER, UPPER, c.counters, q0=np.zeros(3))
     # a step (the guard smooths it), a fast sine it cannot follow, a sudden stop from full speed,
     # and a NaN (turned into a stop)
-    plan = ([("track", np.array([0.3, 0, 0]))] * 300
-            + [("track", np.array([0.3, 1.5 * np.sin(k * 0.05), -0.5])) for k in range(300)]
-            + [("stop", None)] * 400 + [("track", np.array([np.nan, 0, 0]))] * 50)
+    plan = (
+        [("track", np.array([0.3, 0, 0]))] * 300
+        + [("track", np.array([0.3, 1.5 * np.sin(k * 0.05), -0.5])) for k in range(300)]
+        + [("stop", None)] * 400
+        + [("track", np.array([np.nan, 0, 0]))] * 50
+    )
     ts, q = _drive(g, plan)
     v, a, j = _derivatives(ts, q)
     assert np.all(v <= 1.0 + 1e-6) and np.all(a <= 5.0 + 1e-5) and np.all(j <= 100.0 + 1e-3), (v, a, j)
@@ -98,6 +101,7 @@ def test_servo_guard_holds_velocity_acceleration_and_jerk_in_every_mode():
 def test_servo_guard_passes_a_feasible_trajectory_with_small_lag():
     c = checker(max_joint_vel=1.5, max_joint_acc=6.0, max_joint_jerk=150.0)
     g = ServoGuard(c.cfg, LOWER, UPPER, c.counters, q0=np.zeros(3))
+
     def want(t):  # from rest; 0.6 rad/s, 1.2 rad/s^2 at most
         return np.array([0.3 * (1 - np.cos(2 * t)), -0.2 * (1 - np.cos(3 * t)), 0.0])
 

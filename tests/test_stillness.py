@@ -29,7 +29,9 @@ def test_creep_and_rotation_are_not_still():
     w = StillWindow(window_s=0.3, tol_m=5e-5, tol_deg=0.01)
     assert not any(w.update(k * 10 * MS, pose(0.5 + 2e-6 * k)) for k in range(100))  # 0.2 mm/s: 60 um per window
     w.reset()
-    assert not any(w.update(k * 10 * MS, pose(yaw_deg=0.0005 * k)) for k in range(100))  # 0.05 deg/s: 0.015 deg per window
+    assert not any(
+        w.update(k * 10 * MS, pose(yaw_deg=0.0005 * k)) for k in range(100)
+    )  # 0.05 deg/s: 0.015 deg per window
     w.reset()
     assert [w.update(k * 10 * MS, pose()) for k in range(32)][-1]  # holding still
 

@@ -9,7 +9,12 @@ import pytest
 
 from robot_stack.control.interpolation import Trajectory
 from robot_stack.control.strategies import (
-    STRATEGIES, AsyncStrategy, CommittedPlan, EnsembleStrategy, RTCStrategy, SyncStrategy,
+    STRATEGIES,
+    AsyncStrategy,
+    CommittedPlan,
+    EnsembleStrategy,
+    RTCStrategy,
+    SyncStrategy,
 )
 
 MS = 1_000_000
@@ -186,5 +191,6 @@ def test_goto_via_funnel_descends_despite_tracking_error_and_climbs_when_far():
     low = pol.predict({"ee_pose": np.array([[0.51, 0.05, 0.11, *q]])})
     assert np.all(np.diff(low[:, 2]) < -0.005)  # down toward the goal, ~8 mm per step
     high = GoToPolicy(goal=(0.5, 0.05, 0.025), via=(0.5, 0.05, 0.14), speed=0.08, horizon=4).predict(
-        {"ee_pose": np.array([[0.51, 0.05, 0.14, *q]])})
+        {"ee_pose": np.array([[0.51, 0.05, 0.14, *q]])}
+    )
     assert abs(high[1, 2] - 0.14) < 1e-9 and high[1, 0] < 0.51  # across to the via point first

@@ -63,9 +63,11 @@ def test_keyboard_reads_a_terminal():
 
 def test_gamepad_events():
     st = GamepadState()
-    data = (EVENT.pack(0, 0, JS_BUTTON | JS_INIT, 0)  # init state, not a press
-            + EVENT.pack(1, -32767, JS_AXIS, 1)  # left stick up: +x
-            + EVENT.pack(2, 1, JS_BUTTON, 1))  # B pressed
+    data = (
+        EVENT.pack(0, 0, JS_BUTTON | JS_INIT, 0)  # init state, not a press
+        + EVENT.pack(1, -32767, JS_AXIS, 1)  # left stick up: +x
+        + EVENT.pack(2, 1, JS_BUTTON, 1)
+    )  # B pressed
     st.feed(data)
     cmd, g, rec, inter = gamepad_command(st, 1.0, False, False, 0.1)
     assert cmd.value[0] == pytest.approx(0.01) and cmd.buttons == ["episode_start"] and rec and g == 1.0
@@ -79,7 +81,9 @@ def test_apply_commands_absolute_and_delta():
     target = np.r_[0.4, 0.0, 0.3, 0, 0, 0, 1, 1.0]
     from robot_stack.comm.messages import TeleopCommand
 
-    out = apply_commands(target, [TeleopCommand(kind="ee_delta", value=np.r_[0.01, 0, 0, 0, 0, np.pi / 2], gripper=0.0)])
+    out = apply_commands(
+        target, [TeleopCommand(kind="ee_delta", value=np.r_[0.01, 0, 0, 0, 0, np.pi / 2], gripper=0.0)]
+    )
     np.testing.assert_allclose(out[:3], [0.41, 0, 0.3])
     np.testing.assert_allclose(np.abs(out[3:7]), [0, 0, np.sqrt(0.5), np.sqrt(0.5)], atol=1e-9)
     assert out[7] == 0.0
@@ -179,11 +183,15 @@ def test_scripted_expert_acts_only_inside_an_episode_and_devices_name_their_inpu
 
     p = TeleopParams.model_validate({"device": {"type": "scripted", "world": "world"}, "arm": "left"})
     assert p.references() == {"left": "arm", "world": "sim_world"}
-    assert TeleopParams.model_validate({"device": {"type": "leader", "calibration": "c.yaml"}}).references() == {"arm": "arm"}
+    assert TeleopParams.model_validate({"device": {"type": "leader", "calibration": "c.yaml"}}).references() == {
+        "arm": "arm"
+    }
     assert TeleopParams.model_validate({"device": "keyboard"}).references() == {}
     ex = ReachExpert(ReachTask(), jitter=0.0)
-    latest = {RobotState.TOPIC: RobotState(q=np.zeros(7), dq=np.zeros(7), ee_pose=np.r_[0.4, 0, 0.3, 0, 0, 0, 1.0]),
-              ObjectState.TOPIC: ObjectState(cube_pose=np.r_[0.5, 0, 0.02, 0, 0, 0, 1.0], target_xy=np.zeros(2))}
+    latest = {
+        RobotState.TOPIC: RobotState(q=np.zeros(7), dq=np.zeros(7), ee_pose=np.r_[0.4, 0, 0.3, 0, 0, 0, 1.0]),
+        ObjectState.TOPIC: ObjectState(cube_pose=np.r_[0.5, 0, 0.02, 0, 0, 0, 1.0], target_xy=np.zeros(2)),
+    }
     inputs = TeleopInputs(latest.get, 0.0, 1 / 30)
     assert ex.poll(inputs) is None  # before the episode starts
     ex.on_episode("start")

@@ -43,8 +43,13 @@ EXAMPLE_TEST = textwrap.dedent('''
 def test_a_project_outside_the_repository_runs_the_plugins_fixtures(tmp_path):
     (tmp_path / "conftest.py").write_text(EXAMPLE_CONFTEST)
     (tmp_path / "test_lab.py").write_text(EXAMPLE_TEST)
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "1 passed" in out.stdout
 
@@ -54,8 +59,12 @@ def test_malformed_frames_are_refused_and_counted_by_a_node_input(fake_bus):
     hb = Heartbeat(node="x")
     stamps = np.array([1, 2], np.int64) * 10**9
     sched = WaypointSchedule(stamps_ns=stamps, positions=np.tile([0.5, 0, 0.3, 1.0, 0, 0, 0], (2, 1)), space="ee")
-    for frames in (faults.undecodable(), faults.truncated_buffer(WaypointSchedule.TOPIC, sched),
-                   faults.extra_frame(WaypointSchedule.TOPIC, sched), faults.wrong_schema_version("heartbeat", hb)):
+    for frames in (
+        faults.undecodable(),
+        faults.truncated_buffer(WaypointSchedule.TOPIC, sched),
+        faults.extra_frame(WaypointSchedule.TOPIC, sched),
+        faults.wrong_schema_version("heartbeat", hb),
+    ):
         fake_bus.inject("arm", frames)
     fake_bus.inject("arm", faults.wire("heartbeat", hb))
     got = rx.recv()

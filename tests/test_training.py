@@ -6,8 +6,7 @@ import torch
 
 from robot_stack.data.dataset import DatasetError, EpisodeWriter
 from robot_stack.policies.generative import ModelConfig
-from robot_stack.policies.training import (TrainSettings, _batch_images, actions_at, build_samples,
-                                           train)
+from robot_stack.policies.training import TrainSettings, _batch_images, actions_at, build_samples, train
 
 MS = 1_000_000
 
@@ -35,8 +34,14 @@ def make_episode(root, n_frames=30, seed=0, task=None, smooth=False, depth=False
     for i in range(int((n_frames / 15 if state_s is None else state_s) * 250)):
         t = t0 + i * 4 * MS
         x = (t - t0) / 1e9
-        w.add("robot_state", t, q=np.zeros(7), dq=np.zeros(7), ee_pose=np.r_[x, 0, 0.3, 1, 0, 0, 0],
-              gripper_width=np.float64(0.08))
+        w.add(
+            "robot_state",
+            t,
+            q=np.zeros(7),
+            dq=np.zeros(7),
+            ee_pose=np.r_[x, 0, 0.3, 1, 0, 0, 0],
+            gripper_width=np.float64(0.08),
+        )
     for k in range(n_frames):
         if smooth:
             yy, xx = np.mgrid[0:48, 0:64]
@@ -48,8 +53,14 @@ def make_episode(root, n_frames=30, seed=0, task=None, smooth=False, depth=False
         w.add("camera/wrist", t0 + k * 66_666_667, frame_index=np.int64(k), color=color, **extra)
     for k in range(n_frames * 10 // 15):
         t = t0 + k * 100 * MS
-        w.add("action", t, target_ns=np.int64(t + 100 * MS), pose=np.r_[(t - t0) / 1e9 + 0.1, 0, 0.3, 1, 0, 0, 0],
-              gripper=np.float64(1.0 if gripper is None else gripper[k]), origin=np.int8(1))
+        w.add(
+            "action",
+            t,
+            target_ns=np.int64(t + 100 * MS),
+            pose=np.r_[(t - t0) / 1e9 + 0.1, 0, 0.3, 1, 0, 0, 0],
+            gripper=np.float64(1.0 if gripper is None else gripper[k]),
+            origin=np.int8(1),
+        )
     return w.close({"task": task} if task is not None else None)
 
 
@@ -90,7 +101,9 @@ def test_missed_grasp_attempts_are_left_out_and_their_recovery_kept(tmp_path):
     assert kept.left_out == (6, 1) and full.left_out == (0, 0)
     # a second missed attempt starts at the reopen after the first: the recovery between them stays
     assert missed_grasp_spans(np.arange(10) * 100, np.array([1, 0, 0, 1, 1, 0, 1, 1, 0, 1])) == [
-        (np.iinfo(np.int64).min, 100), (300, 500)]
+        (np.iinfo(np.int64).min, 100),
+        (300, 500),
+    ]
     g1 = np.ones(20)
     g1[4:12] = 0  # one grasp, released at the target
     one = make_episode(tmp_path / "one", gripper=g1)
@@ -127,8 +140,14 @@ def test_batch_images_shift_and_missing_camera(tmp_path):
 
 def test_train_checkpoints_resumes_and_validates(tmp_path):
     eps = [make_episode(tmp_path / "data", seed=i) for i in range(3)]
-    settings = TrainSettings(model=ModelConfig(image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32)),
-                             steps=12, batch_size=8, checkpoint_every=6, val_fraction=0.34, warmup_steps=2)
+    settings = TrainSettings(
+        model=ModelConfig(image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32)),
+        steps=12,
+        batch_size=8,
+        checkpoint_every=6,
+        val_fraction=0.34,
+        warmup_steps=2,
+    )
     out = tmp_path / "p.safetensors"
     summary = train(settings, eps, out, progress=False)
     assert out.exists() and out.with_suffix(".opt.safetensors").exists()
@@ -151,8 +170,17 @@ def test_train_a_layered_meanflow_policy_from_episodes(tmp_path):
     from robot_stack.policies.training import _batch_images, build_samples
 
     eps = [make_episode(tmp_path / "data", seed=i, depth=True) for i in range(3)]
-    ms = ModelConfig(kind="meanflow", cameras={"wrist": "layered"}, image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32),
-                       depth_layers=(0.0, 1.0, 3.0), scales=2, dispersive_weight=0.05)
+    ms = ModelConfig(
+        kind="meanflow",
+        cameras={"wrist": "layered"},
+        image_hw=(64, 64),
+        horizon=8,
+        enc_base=4,
+        widths=(16, 32),
+        depth_layers=(0.0, 1.0, 3.0),
+        scales=2,
+        dispersive_weight=0.05,
+    )
     settings = TrainSettings(model=ms, steps=6, batch_size=4, val_fraction=0.34, warmup_steps=1, checkpoint_every=100)
     summary = train(settings, eps, tmp_path / "p.safetensors", progress=False)
     assert np.isfinite(summary["final_loss"]) and np.isfinite(summary["val_pos_err_mm"])
@@ -162,8 +190,7 @@ def test_train_a_layered_meanflow_policy_from_episodes(tmp_path):
     s = build_samples(eps[:1], ms)
     train_img = _batch_images(s, np.array([3]), "layered", 0, None, depth_edges=(0.0, 1.0, 3.0))[0]
     fr = s.frames[s.frame_idx[3]]
-    obs = {"wrist.color": fr[..., :3], "wrist.depth": fr[..., -2:].copy().view(np.uint16)[..., 0],
-           "state": s.state[3]}
+    obs = {"wrist.color": fr[..., :3], "wrist.depth": fr[..., -2:].copy().view(np.uint16)[..., 0], "state": s.state[3]}
     torch.testing.assert_close(train_img, model.images(obs)[0][0])
     a = GenerativePolicy(model, TorchDenoiser(model, "cpu"), seed=0).predict(obs)
     assert a.shape == (8, 8) and np.isfinite(a).all()
@@ -178,7 +205,9 @@ def test_two_arm_episodes_train_a_two_arm_policy(tmp_path):
     from test_lerobot import make_bimanual_episode
 
     eps = [make_bimanual_episode(tmp_path / "data", seed=i) for i in range(3)]
-    ms = ModelConfig(cameras={"top": "rgb"}, image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32), action_frame="relative")
+    ms = ModelConfig(
+        cameras={"top": "rgb"}, image_hw=(64, 64), horizon=8, enc_base=4, widths=(16, 32), action_frame="relative"
+    )
     s = build_samples(eps[:1], ms)
     assert s.state.shape[1:] == (2, 16) and s.actions.shape[1:] == (8, 16)
     k = 9
@@ -191,7 +220,7 @@ def test_two_arm_episodes_train_a_two_arm_policy(tmp_path):
     assert np.isfinite(summary["final_loss"])
     model, _ = load_checkpoint(tmp_path / "p.safetensors")
     assert model.cfg.proprio_dim == 16 and model.cfg.action_dim == 16
-    rel = model.to_model_frame(s.actions[k:k + 1], s.state[k:k + 1])
+    rel = model.to_model_frame(s.actions[k : k + 1], s.state[k : k + 1])
     np.testing.assert_allclose(rel[0, :, [0, 9]].T, np.c_[np.arange(8) * 0.1, -np.arange(8) * 0.1], atol=1e-5)
     pol = GenerativePolicy(model, TorchDenoiser(model, "cpu"), seed=0)
     assert pol.metadata.action_dim == 16 and pol.metadata.obs_shapes["state"] == ((16,), "<f4")

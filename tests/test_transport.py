@@ -14,7 +14,14 @@ from robot_stack.comm.codec import encode
 from robot_stack.comm.messages import ActionChunk, ErrorReply, Heartbeat, ObservationWindow, WaypointSchedule
 from robot_stack.comm.security import CurveClient, CurveServer, SecurityError, generate_keys, is_local_endpoint
 from robot_stack.comm.transport import (
-    Publisher, Receiver, RemoteError, ReplyServer, RequestClient, Sender, Subscriber, TransportTimeout,
+    Publisher,
+    Receiver,
+    RemoteError,
+    ReplyServer,
+    RequestClient,
+    Sender,
+    Subscriber,
+    TransportTimeout,
     context,
 )
 
@@ -63,7 +70,8 @@ def test_stalled_reader_never_blocks_publisher(run_dir):
             pub.publish("camera/a", CameraFrame(color=frame, K=np.eye(3), frame_index=i))
         assert pub.stats.sent + pub.stats.dropped == 500
     finally:
-        reader.kill(); reader.wait()
+        reader.kill()
+        reader.wait()
         pub.close()
 
 
@@ -84,7 +92,8 @@ def test_slow_subscriber_reads_newest_sample(run_dir):
     assert newest is not None and newest.frame_index == n - 1
     assert [m.frame_index for m in sub.history("camera/a")] == [n - 3, n - 2, n - 1]
     assert sub.latest("camera/a").frame_index == n - 1
-    sub.close(); pub.close()
+    sub.close()
+    pub.close()
 
 
 def test_bounded_queue_counts_drops(run_dir):
@@ -103,7 +112,8 @@ def test_bounded_queue_counts_drops(run_dir):
         got.append(item[1].metrics["i"])
     assert got == [float(i) for i in range(10)]  # the first 10 fit, in order
     assert sub.stats.dropped == 40  # the rest are counted, not silently lost
-    sub.close(); pub.close()
+    sub.close()
+    pub.close()
 
 
 def test_malformed_messages_are_counted_and_stream_continues(run_dir):
@@ -118,13 +128,15 @@ def test_malformed_messages_are_counted_and_stream_continues(run_dir):
     before = sub.stats.decode_errors
     raw.send_multipart([b"t", b"garbage"])
     raw.send_multipart([b"t", msgpack.packb({"schema": "heartbeat"})])
-    msg = hb(42); msg.seq = 10**6
+    msg = hb(42)
+    msg.seq = 10**6
     raw.send_multipart(encode("t", msg))
     got = sub.wait_for("t", 5.0, newer_than_seq=10**6 - 1)
     assert got is not None and got.metrics["i"] == 42.0
     assert sub.stats.decode_errors - before == 2
     assert "header" in sub.stats.last_error
-    sub.close(); raw.close(0)
+    sub.close()
+    raw.close(0)
 
 
 def test_lossless_ordered_channel(run_dir):
@@ -133,7 +145,9 @@ def test_lossless_ordered_channel(run_dir):
     tx = Sender(ep, "controller", timeout_s=2.0)
     n = 2000
     for i in range(n):
-        tx.send("waypoints", WaypointSchedule(stamps_ns=np.array([i + 1], np.int64), positions=np.full((1, 7), i, float)))
+        tx.send(
+            "waypoints", WaypointSchedule(stamps_ns=np.array([i + 1], np.int64), positions=np.full((1, 7), i, float))
+        )
     got = []
     while len(got) < n:
         item = rx.recv(2.0)
@@ -141,7 +155,8 @@ def test_lossless_ordered_channel(run_dir):
         got.append(int(item[1].positions[0, 0]))
     assert got == list(range(n))
     assert rx.stats.seq_gaps == 0
-    tx.close(); rx.close()
+    tx.close()
+    rx.close()
 
 
 def test_sender_without_receiver_times_out(run_dir):
@@ -184,12 +199,16 @@ def test_request_reply_errors_and_reconnect(run_dir):
         raw.send_multipart([b"infer", b"\x00garbage"])
         assert raw.poll(5000)
         from robot_stack.comm.codec import decode
+
         _, err = decode(raw.recv_multipart())
         assert isinstance(err, ErrorReply) and err.code == "malformed"
         raw.close(0)
         assert client.request("infer", req, timeout_s=5).request_id == 3
     finally:
-        stop.set(); t.join(); server.close(); client.close()
+        stop.set()
+        t.join()
+        server.close()
+        client.close()
 
 
 def test_endpoint_locality():
@@ -213,28 +232,37 @@ def test_non_local_tcp_without_curve_is_refused():
 def test_curve_admits_authorized_client_and_refuses_others(tmp_path):
     keys = generate_keys(tmp_path / "keys", ("server", "client"))
     rogue = generate_keys(tmp_path / "rogue", ("client",))
-    server = ReplyServer("tcp://127.0.0.1:0".replace(":0", ":47811"), "policy",
-                         curve=CurveServer(keys["server"], tmp_path / "keys" / "authorized_clients"))
+    server = ReplyServer(
+        "tcp://127.0.0.1:0".replace(":0", ":47811"),
+        "policy",
+        curve=CurveServer(keys["server"], tmp_path / "keys" / "authorized_clients"),
+    )
     stop = threading.Event()
     t = threading.Thread(target=_serve, args=(server, echo_handler, stop), daemon=True)
     t.start()
     server_pub = tmp_path / "keys" / "server.key"
     req = ObservationWindow(request_id=9, obs_age_ns=np.zeros(1, np.int64))
     try:
-        good = RequestClient("tcp://127.0.0.1:47811", "controller", timeout_s=5,
-                             curve=CurveClient(keys["client"], server_pub))
+        good = RequestClient(
+            "tcp://127.0.0.1:47811", "controller", timeout_s=5, curve=CurveClient(keys["client"], server_pub)
+        )
         assert good.request("infer", req).request_id == 9
-        bad = RequestClient("tcp://127.0.0.1:47811", "intruder", timeout_s=0.5,
-                            curve=CurveClient(rogue["client"], server_pub))
+        bad = RequestClient(
+            "tcp://127.0.0.1:47811", "intruder", timeout_s=0.5, curve=CurveClient(rogue["client"], server_pub)
+        )
         with pytest.raises(TransportTimeout):
             bad.request("infer", req)
         plain = RequestClient("tcp://127.0.0.1:47811", "plain", timeout_s=0.5)
         with pytest.raises(TransportTimeout):
             plain.request("infer", req)
         assert server.stats.received == 1  # only the authorized request reached the handler
-        good.close(); bad.close(); plain.close()
+        good.close()
+        bad.close()
+        plain.close()
     finally:
-        stop.set(); t.join(); server.close()
+        stop.set()
+        t.join()
+        server.close()
 
 
 def test_missing_key_file_is_a_clear_error(tmp_path):
@@ -265,7 +293,8 @@ def test_large_messages_go_through_shared_memory_ring(run_dir):
     # a reader holding older samples keeps valid data after the writer reuses their slots
     old = sub.history("camera/a")[0]
     assert np.array_equal(old.color, sent[old.frame_index][0])
-    sub.close(); pub.close()
+    sub.close()
+    pub.close()
 
 
 def test_shm_reference_without_reader_or_after_lap_is_rejected(run_dir):
@@ -294,7 +323,8 @@ def test_shm_reference_without_reader_or_after_lap_is_rejected(run_dir):
     h["shm"]["spans"] = [[0, 10**9]]
     with pytest.raises(DecodeError, match="out of bounds"):
         decode([frames[0], msgpack.packb(h)], shm=reader)
-    reader.close(); ring.close()
+    reader.close()
+    ring.close()
 
 
 def test_shm_header_sent_before_the_copy_waits_for_its_slot():
@@ -319,7 +349,9 @@ def test_shm_header_sent_before_the_copy_waits_for_its_slot():
     frames2, _ = encode_deferred("c", CameraFrame(color=color, K=np.eye(3)), ring=ring)
     with pytest.raises(DecodeError, match="did not complete the slot within 50 ms"):
         decode(frames2, shm=impatient)
-    reader.close(); impatient.close(); ring.close()
+    reader.close()
+    impatient.close()
+    ring.close()
 
 
 FLOODER = """
@@ -348,9 +380,12 @@ def test_publisher_killed_mid_stream_does_not_hurt_the_subscriber(run_dir, shm):
     for _ in range(3):
         proc = subprocess.Popen([sys.executable, "-c", FLOODER, ep, "1" if shm else "0"])
         try:
-            got = sub.wait_for("camera/x", 20)  # history is cleared between rounds: any sample is new
-            wait_until(lambda: (f := sub.latest("camera/x")) is not None and f.frame_index >= 20, 20,
-                       what="frame 20 of the flooding publisher")
+            sub.wait_for("camera/x", 20)  # history is cleared between rounds: any sample is new
+            wait_until(
+                lambda: (f := sub.latest("camera/x")) is not None and f.frame_index >= 20,
+                20,
+                what="frame 20 of the flooding publisher",
+            )
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -398,12 +433,15 @@ def test_publisher_is_safe_from_several_threads(run_dir):
         for i in range(3000):
             pub.publish(topic, make(i))
 
-    threads = [threading.Thread(target=flood, args=("a", hb)),
-               threading.Thread(target=flood, args=("b", lambda i: acts))]
+    threads = [
+        threading.Thread(target=flood, args=("a", hb)),
+        threading.Thread(target=flood, args=("b", lambda i: acts)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wait_until(lambda: sub.stats.received >= 6000, 10, what="6000 samples")
     assert sub.stats.decode_errors == 0 and sub.stats.received >= 6000
-    sub.close(); pub.close()
+    sub.close()
+    pub.close()

@@ -3,16 +3,24 @@ ur_rtde): the RTDE wire format, the control script's register protocol, and the 
 controller has (speed limit -> protective stop, watchdog, a dropped client, the unlock delay)."""
 
 import struct
-import time
 
 import numpy as np
 import pytest
-from robot_stack.testing.setups import node, setup, write_setup
+from robot_stack.testing.setups import node, write_setup
 
 from robot_stack.drivers import rtde_wire as w
 from robot_stack.drivers.ur_emulator import (
-    CMD_SERVOJ, CMD_SET_WATCHDOG, CMD_STOP_SCRIPT, DONE, READY, SAFETY_NORMAL, SAFETY_PROTECTIVE_STOP,
-    UrController, UrEmulator, _RtdeSession, script_commands,
+    CMD_SERVOJ,
+    CMD_SET_WATCHDOG,
+    CMD_STOP_SCRIPT,
+    DONE,
+    READY,
+    SAFETY_NORMAL,
+    SAFETY_PROTECTIVE_STOP,
+    UrController,
+    UrEmulator,
+    _RtdeSession,
+    script_commands,
 )
 
 pytestmark = pytest.mark.processes  # the UR emulator's TCP servers
@@ -41,6 +49,7 @@ def ctl_factory():
         c = UrController(**kw)
         c.load_script(SCRIPT)
         return c
+
     return make
 
 

@@ -22,7 +22,6 @@ from robot_stack.tasks.definitions import task_for_config
 from robot_stack.comm.messages import RobotState, TeleopCommand
 
 
-
 @dataclass
 class CollectResult:
     saved: list[Path] = field(default_factory=list)
@@ -43,9 +42,17 @@ def camera_topics(cfg, nodes: list[str]) -> list[str]:
     return [CameraFrame.topic(cfg.nodes[n].typed.camera_id) for n in nodes if cfg.nodes[n].kind == "camera"]
 
 
-def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_s: float = 30.0,
-                seed: int | None = None, verbose: bool = False, console=None, session=None,
-                view: str | None = None) -> CollectResult:
+def run_collect(
+    config: str | Path,
+    out: str | Path,
+    episodes: int,
+    max_episode_s: float = 30.0,
+    seed: int | None = None,
+    verbose: bool = False,
+    console=None,
+    session=None,
+    view: str | None = None,
+) -> CollectResult:
     """Collect ``episodes`` saved demonstrations into ``out``; returns what was saved.
 
     Raises:
@@ -66,12 +73,17 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
         rec = _nodes_of(cfg, "recorder")
         if not rec:
             raise ValueError(f"{config}: collect needs a recorder node")
-        session = Session(config, sets={f"nodes.{rec[0]}.params.root": str(Path(out).resolve()),
-                                        **{f"nodes.{c}.params.source": "teleop" for c in _nodes_of(cfg, "controller")},
-                                        **({f"nodes.{n}.params.seed": seed for n in _nodes_of(cfg, "sim_world")}
-                                           if seed is not None else {}),
-                                        **viewer_sets(cfg, view)},
-                          only=only, verbose=verbose)
+        session = Session(
+            config,
+            sets={
+                f"nodes.{rec[0]}.params.root": str(Path(out).resolve()),
+                **{f"nodes.{c}.params.source": "teleop" for c in _nodes_of(cfg, "controller")},
+                **({f"nodes.{n}.params.seed": seed for n in _nodes_of(cfg, "sim_world")} if seed is not None else {}),
+                **viewer_sets(cfg, view),
+            },
+            only=only,
+            verbose=verbose,
+        )
     cfg = session.cfg
     recorder = _nodes_of(cfg, "recorder")[0]
     targets = [n for n in session.nodes if cfg.nodes[n].kind in ("recorder", "controller", "teleop")]
@@ -110,9 +122,11 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
                         outcome = "timeout"
                     else:
                         m = session.heartbeat(recorder)
-                        st.update(f"episode {ep} ({len(res.saved)}/{episodes} saved): "
-                                  f"{(now_ns() - t0) / 1e9:4.1f} s, {m.get('rows', 0):.0f} samples, "
-                                  f"dropped {m.get('dropped', 0):.0f}")
+                        st.update(
+                            f"episode {ep} ({len(res.saved)}/{episodes} saved): "
+                            f"{(now_ns() - t0) / 1e9:4.1f} s, {m.get('rows', 0):.0f} samples, "
+                            f"dropped {m.get('dropped', 0):.0f}"
+                        )
                         continue
                     break
             dur = (now_ns() - t0) / 1e9
@@ -142,4 +156,3 @@ def run_collect(config: str | Path, out: str | Path, episodes: int, max_episode_
         if own:
             session.close()
     return res
-

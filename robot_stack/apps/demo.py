@@ -82,14 +82,20 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
     model = RobotModel.load(cfg.nodes[arm_node].typed.robot_name(cfg))
     cams = {n: nc.typed for n, nc in cfg.nodes.items() if nc.kind == "camera"}
     sim_node = next((n for n, nc in cfg.nodes.items() if nc.kind == "sim_world"), None)
-    console.print(f"[bold]robot-stack demo[/bold]: starting {len(cfg.nodes)} processes "
-                  f"({', '.join(cfg.nodes)}) from {path}; robot {model.name}")
+    console.print(
+        f"[bold]robot-stack demo[/bold]: starting {len(cfg.nodes)} processes "
+        f"({', '.join(cfg.nodes)}) from {path}; robot {model.name}"
+    )
     launcher.start()
     sup = threading.Thread(target=launcher.supervise, daemon=True)
     sup.start()
     watched = [arm_node, *cams] + ([sim_node] if sim_node else [])
-    subs = Subscriber([cfg.pub_endpoint(n, rd) for n in watched], (RobotState.TOPIC, CameraFrame.TOPIC, Heartbeat.TOPIC),
-                      history=5000, name="demo")
+    subs = Subscriber(
+        [cfg.pub_endpoint(n, rd) for n in watched],
+        (RobotState.TOPIC, CameraFrame.TOPIC, Heartbeat.TOPIC),
+        history=5000,
+        name="demo",
+    )
     client = None
     try:
         with console.status("waiting for the arm and the cameras ..."):
@@ -111,8 +117,10 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
             # tail of this move would then count as part of the square (one CI run measured the
             # UR5e's 11 mm too wide in x, with its servo loop's max period at 64 ms)
             deadline = time.monotonic() + 5.0
-            while (np.linalg.norm(np.array(subs.latest(RobotState.TOPIC).ee_pose[:3]) - corners[0][:3]) > 0.002
-                   and time.monotonic() < deadline):
+            while (
+                np.linalg.norm(np.array(subs.latest(RobotState.TOPIC).ee_pose[:3]) - corners[0][:3]) > 0.002
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
         t0 = now_ns()
         with console.status(f"tracing a {side * 100:.0f} cm square at 0.1 m/s ..."):
@@ -122,8 +130,10 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
         pos = np.array([m.ee_pose[:3] for m in states])
         err = np.array([_dist_to_path(p, corners) for p in pos]) * 1e3
         hb = {n: subs.latest(Heartbeat.topic(n)) for n in watched}
-        frames = {c.camera_id: [m for m in subs.history(CameraFrame.topic(c.camera_id)) if m.stamp_ns >= t0]
-                  for c in cams.values()}
+        frames = {
+            c.camera_id: [m for m in subs.history(CameraFrame.topic(c.camera_id)) if m.stamp_ns >= t0]
+            for c in cams.values()
+        }
     finally:
         if client is not None:
             client.close()
@@ -137,16 +147,21 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
     t.add_row("TCP path error vs the commanded square (mean / max)", f"{err.mean():.2f} / {err.max():.2f} mm")
     ext = _square_extent(pos, model.work_center, side)
     t.add_row("square extent x / y (between the sides' middles)", f"{ext[0] * 1e3:.1f} / {ext[1] * 1e3:.1f} mm")
-    t.add_row("TCP span x / y (corner overshoot included)", f"{np.ptp(pos[:, 0]) * 1e3:.1f} / {np.ptp(pos[:, 1]) * 1e3:.1f} mm")
+    t.add_row(
+        "TCP span x / y (corner overshoot included)",
+        f"{np.ptp(pos[:, 0]) * 1e3:.1f} / {np.ptp(pos[:, 1]) * 1e3:.1f} mm",
+    )
     arm = hb[arm_node].metrics if hb[arm_node] else {}
     if arm:
         rate = float(cfg.nodes[arm_node].typed.rate_hz)
-        t.add_row(f"servo loop {rate:.0f} Hz: period p50 / p99 / max",
-                  f"{arm['loop.period_p50_s'] * 1e3:.3f} / {arm['loop.period_p99_s'] * 1e3:.3f} / "
-                  f"{arm['loop.period_max_s'] * 1e3:.1f} ms")
+        t.add_row(
+            f"servo loop {rate:.0f} Hz: period p50 / p99 / max",
+            f"{arm['loop.period_p50_s'] * 1e3:.3f} / {arm['loop.period_p99_s'] * 1e3:.3f} / "
+            f"{arm['loop.period_max_s'] * 1e3:.1f} ms",
+        )
         t.add_row("servo loop overruns", f"{arm['loop.overruns']:.0f} of {arm['loop.periods']:.0f}")
         t.add_row("safety events", f"{sum(v for k, v in arm.items() if k.startswith('safety.')):.0f}")
-    for n, c in cams.items():
+    for c in cams.values():
         fs = frames[c.camera_id]
         if len(fs) > 1:
             dur = (fs[-1].stamp_ns - fs[0].stamp_ns) / 1e9
@@ -155,11 +170,17 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
     if sim:
         t.add_row("physics real-time violations", f"{sim['realtime_violations']:.0f}")
     console.print(t)
-    failed = [why for bad, why in (
-        (err.mean() >= 5.0, f"mean path error {err.mean():.2f} mm >= 5 mm"),
-        *((not abs(e - side) < 0.005, f"{ax} extent {e * 1e3:.1f} mm, not {side * 1e3:.0f} +- 5")
-          for ax, e in zip("xy", ext)),
-    ) if bad]
+    failed = [
+        why
+        for bad, why in (
+            (err.mean() >= 5.0, f"mean path error {err.mean():.2f} mm >= 5 mm"),
+            *(
+                (not abs(e - side) < 0.005, f"{ax} extent {e * 1e3:.1f} mm, not {side * 1e3:.0f} +- 5")
+                for ax, e in zip("xy", ext)
+            ),
+        )
+        if bad
+    ]
     ok = not failed
     console.print("[green]OK[/green]" if ok else f"[red]tracking failed: {'; '.join(failed)}[/red]")
     return 0 if ok else 1
@@ -177,7 +198,7 @@ class DemoSettings:
     collect_episode_s: float = 15.0
 
     @staticmethod
-    def quick(task: str = "reach") -> "DemoSettings":
+    def quick(task: str = "reach") -> DemoSettings:
         if task == "pick":
             return DemoSettings(demos=6, train_steps=300, eval_episodes=2, max_episode_s=12.0, collect_episode_s=25.0)
         if task == "bimanual":
@@ -185,13 +206,19 @@ class DemoSettings:
         return DemoSettings(demos=6, train_steps=300, eval_episodes=3, max_episode_s=8.0)
 
     @staticmethod
-    def full(task: str = "reach") -> "DemoSettings":
+    def full(task: str = "reach") -> DemoSettings:
         if task == "pick":
-            return DemoSettings(demos=PICK_DEMOS, train_steps=PICK_STEPS, eval_episodes=20, max_episode_s=25.0,
-                                collect_episode_s=25.0)
+            return DemoSettings(
+                demos=PICK_DEMOS, train_steps=PICK_STEPS, eval_episodes=20, max_episode_s=25.0, collect_episode_s=25.0
+            )
         if task == "bimanual":
-            return DemoSettings(demos=BIMANUAL_DEMOS, train_steps=BIMANUAL_STEPS, eval_episodes=20, max_episode_s=20.0,
-                                collect_episode_s=20.0)
+            return DemoSettings(
+                demos=BIMANUAL_DEMOS,
+                train_steps=BIMANUAL_STEPS,
+                eval_episodes=20,
+                max_episode_s=20.0,
+                collect_episode_s=20.0,
+            )
         return DemoSettings()
 
 
@@ -200,9 +227,11 @@ BIMANUAL_DEMOS, BIMANUAL_STEPS = 40, 3000
 TASK_CONFIGS = {"reach": "sim_panda_reach.yaml", "pick": "sim_panda_pick.yaml", "bimanual": "sim_bimanual_lift.yaml"}
 #: the sim task (``robot_stack.tasks.definitions.TASKS``) each demo task checks
 TASK_OF = {"reach": "reach", "pick": "pick", "bimanual": "lift"}
-TASK_TEXT = {"reach": "reach the cube (random pose each episode, seen only through the wrist camera)",
-             "pick": "pick the cube (random pose, seen through the wrist camera) and place it in the target square",
-             "bimanual": "two Pandas lift a bar together, level (random pose, seen through the top camera)"}
+TASK_TEXT = {
+    "reach": "reach the cube (random pose each episode, seen only through the wrist camera)",
+    "pick": "pick the cube (random pose, seen through the wrist camera) and place it in the target square",
+    "bimanual": "two Pandas lift a bar together, level (random pose, seen through the top camera)",
+}
 
 
 @dataclass
@@ -229,15 +258,22 @@ def expert_successes(paths: list[Path], task=None) -> int:
         arms = episode_arms(ep)  # several arms: the first arm's state (the lift task judges the bar)
         rs, ob = ep.load(f"robot_state/{arms[0]}" if arms[0] else "robot_state"), ep.load("sim_objects")
         state = SimpleNamespace(ee_pose=rs["ee_pose"][-1], gripper_width=float(rs["gripper_width"][-1]))
-        obj = SimpleNamespace(cube_pose=ob["cube_pose"][-1],
-                              target_xy=ob["target_xy"][-1] if "target_xy" in ob else np.zeros(2),
-                              target_half=float(ob["target_half"][-1]) if "target_half" in ob else 0.0)
+        obj = SimpleNamespace(
+            cube_pose=ob["cube_pose"][-1],
+            target_xy=ob["target_xy"][-1] if "target_xy" in ob else np.zeros(2),
+            target_half=float(ob["target_half"][-1]) if "target_half" in ob else 0.0,
+        )
         n += task.achieved(state, obj, ob["cube_pose"][0, :3])
     return n
 
 
-def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = None,
-             settings: DemoSettings | None = None, task: str = "reach") -> DemoResult:
+def run_demo(
+    quick: bool = False,
+    verbose: bool = False,
+    workdir: Path | None = None,
+    settings: DemoSettings | None = None,
+    task: str = "reach",
+) -> DemoResult:
     """Collect -> train -> deploy on the sim for ``task`` (reach, pick or bimanual); returns the figures (the
     caller prints/judges them).
 
@@ -262,16 +298,27 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = config_path(TASK_CONFIGS[task])
     times = {}
-    console.rule("[bold]robot-stack demo[/bold]: collect -> train -> deploy on the simulated Franka Panda"
-                 + (" pair" if task == "bimanual" else ""))
-    console.print(f"task: {TASK_TEXT[task]}; "
-                  f"{st.demos} demonstrations, {st.train_steps} training steps, {st.eval_episodes} evaluation "
-                  f"episodes; work folder {work}")
+    console.rule(
+        "[bold]robot-stack demo[/bold]: collect -> train -> deploy on the simulated Franka Panda"
+        + (" pair" if task == "bimanual" else "")
+    )
+    console.print(
+        f"task: {TASK_TEXT[task]}; "
+        f"{st.demos} demonstrations, {st.train_steps} training steps, {st.eval_episodes} evaluation "
+        f"episodes; work folder {work}"
+    )
 
     t0 = time.perf_counter()
     console.rule(f"1/3 collect {st.demos} demonstrations (scripted expert through the teleop path)")
-    col = run_collect(cfg_path, work / "episodes", st.demos, max_episode_s=st.collect_episode_s, seed=1,
-                      verbose=verbose, console=console)
+    col = run_collect(
+        cfg_path,
+        work / "episodes",
+        st.demos,
+        max_episode_s=st.collect_episode_s,
+        seed=1,
+        verbose=verbose,
+        console=console,
+    )
     times["collect"] = time.perf_counter() - t0
     attempts = len(col.saved) + col.discarded
     expert_ok = expert_successes(col.saved, TASKS[TASK_OF[task]]())
@@ -282,15 +329,22 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
     # same file; why each task's settings are what they are is written there), sized to this run
     from robot_stack.runtime.config import load_yaml
 
-    ts = TrainSettings.model_validate({**(load_yaml(config_path(f"train/{task}.yaml")) or {}), "steps": st.train_steps,
-                                       "val_fraction": 0.1 if st.demos >= 10 else 0.25,
-                                       "checkpoint_every": max(1, st.train_steps // 4)})
+    ts = TrainSettings.model_validate(
+        {
+            **(load_yaml(config_path(f"train/{task}.yaml")) or {}),
+            "steps": st.train_steps,
+            "val_fraction": 0.1 if st.demos >= 10 else 0.25,
+            "checkpoint_every": max(1, st.train_steps // 4),
+        }
+    )
     policy_path = work / "policy.safetensors"
     summary = train(ts, col.saved, policy_path, console=console)
     times["train"] = time.perf_counter() - t0
     if "val_pos_err_mm" in summary:
-        console.print(f"validation: chunk position error {summary['val_pos_err_mm']:.1f} mm "
-                      f"(first 8 actions {summary['val_pos_err_first8_mm']:.1f} mm) on held-out episodes")
+        console.print(
+            f"validation: chunk position error {summary['val_pos_err_mm']:.1f} mm "
+            f"(first 8 actions {summary['val_pos_err_first8_mm']:.1f} mm) on held-out episodes"
+        )
 
     t0 = time.perf_counter()
     console.rule(f"3/3 deploy the policy on {st.eval_episodes} new random cube poses")
@@ -302,13 +356,17 @@ def run_demo(quick: bool = False, verbose: bool = False, workdir: Path | None = 
     finally:
         session.close()
     times["deploy"] = time.perf_counter() - t0
-    t = summary_table(res, f"robot-stack demo ({task}): learned visuomotor policy on the simulated Panda"
-                      + (" pair" if task == "bimanual" else ""),
-                      baseline=(expert_ok, attempts))
+    t = summary_table(
+        res,
+        f"robot-stack demo ({task}): learned visuomotor policy on the simulated Panda"
+        + (" pair" if task == "bimanual" else ""),
+        baseline=(expert_ok, attempts),
+    )
     t.add_row("demonstrations / training samples", f"{len(col.saved)} / {summary['train_samples']}")
     if "val_pos_err_mm" in summary:
         t.add_row("validation chunk position error", f"{summary['val_pos_err_mm']:.1f} mm")
-    t.add_row("time: collect / train / deploy",
-              f"{times['collect']:.0f} / {times['train']:.0f} / {times['deploy']:.0f} s")
+    t.add_row(
+        "time: collect / train / deploy", f"{times['collect']:.0f} / {times['train']:.0f} / {times['deploy']:.0f} s"
+    )
     console.print(t)
     return DemoResult(expert_ok, attempts, res, summary, times)

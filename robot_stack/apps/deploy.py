@@ -50,14 +50,26 @@ def deploy_nodes(cfg) -> list[str]:
     controller observes (rendering or streaming them would only take CPU from the loop). A
     person's teleop device stays, for intervention."""
     used = {c for nc in cfg.nodes.values() if nc.kind == "controller" for c in nc.typed.cameras}
-    return [n for n, nc in cfg.nodes.items()
-            if nc.kind != "recorder" and (nc.kind != "camera" or n in used)
-            and not (nc.kind == "teleop" and nc.typed.device.type == "scripted")]
+    return [
+        n
+        for n, nc in cfg.nodes.items()
+        if nc.kind != "recorder"
+        and (nc.kind != "camera" or n in used)
+        and not (nc.kind == "teleop" and nc.typed.device.type == "scripted")
+    ]
 
 
-def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask | None = None,
-                 cube_poses: list | None = None, console=None, label: str = "policy", seed: int = 0,
-                 controller: str | None = None) -> DeployResult:
+def run_episodes(
+    session,
+    episodes: int,
+    max_episode_s: float,
+    task: ReachTask | None = None,
+    cube_poses: list | None = None,
+    console=None,
+    label: str = "policy",
+    seed: int = 0,
+    controller: str | None = None,
+) -> DeployResult:
     """Run ``episodes`` policy episodes on a started session (sim world required for success);
     each starts at a randomized start pose (``task.start_pose``, seeded) with the TCP orientation of
     the arm's home posture (not where the previous episode left it: demonstrations start there
@@ -72,12 +84,17 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
     ctl = [controller] if controller else [n for n in session.nodes if cfg.nodes[n].kind == "controller"]
     res = DeployResult(error_name=task.error_name, error_unit=task.error_unit)
     rng = np.random.default_rng(seed)
-    seq0 = session.sub.latest(WaypointSchedule.EXECUTED_TOPIC).seq if session.sub.latest(WaypointSchedule.EXECUTED_TOPIC) else -1
+    seq0 = (
+        session.sub.latest(WaypointSchedule.EXECUTED_TOPIC).seq
+        if session.sub.latest(WaypointSchedule.EXECUTED_TOPIC)
+        else -1
+    )
     n_policy_wp = 0
     for ep in range(episodes):
         with console.status(f"{label}: reset for episode {ep + 1}/{episodes} ..."):
-            cube = session.reset(None if cube_poses is None else cube_poses[ep],
-                                 start_pose=task.start_pose(rng, session.home_pose()[3:]))
+            cube = session.reset(
+                None if cube_poses is None else cube_poses[ep], start_pose=task.start_pose(rng, session.home_pose()[3:])
+            )
         if cube is None:
             raise RuntimeError("deploy's success check needs the sim world (hardware: use collect with intervention)")
         res.cube_poses.append(cube.tolist())
@@ -97,8 +114,10 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
                         break
                 else:
                     t_ok = None
-                st.update(f"{label}: episode {ep + 1}/{episodes}: {(now_ns() - t0) / 1e9:4.1f} s, "
-                          f"{task.error_name} {task.error_mm(s, o):5.1f} {task.error_unit}")
+                st.update(
+                    f"{label}: episode {ep + 1}/{episodes}: {(now_ns() - t0) / 1e9:4.1f} s, "
+                    f"{task.error_name} {task.error_mm(s, o):5.1f} {task.error_unit}"
+                )
         session.send_event("stop", ctl, episode=ep)
         # the controller reads events once per control step: until then it may still send the
         # policy's schedules, which would take over the reset's move (the arm merges at "now")
@@ -119,8 +138,10 @@ def run_episodes(session, episodes: int, max_episode_s: float, task: ReachTask |
         for m in acts:  # several arms: each one's (its schedules name it)
             if m.origin == "policy" and m.arm:
                 res.policy_waypoints_arms[m.arm] = res.policy_waypoints_arms.get(m.arm, 0) + len(m.stamps_ns)
-        console.print(f"{label} episode {ep + 1}/{episodes}: {'success' if ok else 'failure'} "
-                      f"({(now_ns() - t0) / 1e9:.1f} s, final {task.error_name} {res.final_xy_err_mm[-1]:.1f} {task.error_unit})")
+        console.print(
+            f"{label} episode {ep + 1}/{episodes}: {'success' if ok else 'failure'} "
+            f"({(now_ns() - t0) / 1e9:.1f} s, final {task.error_name} {res.final_xy_err_mm[-1]:.1f} {task.error_unit})"
+        )
     time.sleep(1.2)  # one more heartbeat with the last episode's metrics
     res.policy_waypoints = n_policy_wp
     res.reset_retries = getattr(session, "reset_retries", 0)
@@ -141,39 +162,72 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
     t.add_column("value", justify="right")
     t.add_row("policy success", f"{sum(res.success)}/{len(res.success)} ({100 * res.success_rate:.0f} %)")
     if baseline is not None:
-        t.add_row("scripted expert success (same task)", f"{baseline[0]}/{baseline[1]} ({100 * baseline[0] / max(1, baseline[1]):.0f} %)")
+        t.add_row(
+            "scripted expert success (same task)",
+            f"{baseline[0]}/{baseline[1]} ({100 * baseline[0] / max(1, baseline[1]):.0f} %)",
+        )
     if res.completion_s:
-        t.add_row("completion time (successes) mean / max", f"{np.mean(res.completion_s):.1f} / {np.max(res.completion_s):.1f} s")
+        t.add_row(
+            "completion time (successes) mean / max",
+            f"{np.mean(res.completion_s):.1f} / {np.max(res.completion_s):.1f} s",
+        )
     t.add_row(f"final {res.error_name} median", f"{np.median(res.final_xy_err_mm):.1f} {res.error_unit}")
     c, p, a = res.controller, res.policy, res.arm
     if c:
-        t.add_row("control loop period p50 / p99", f"{c.get('loop.period_p50_s', 0) * 1e3:.1f} / {c.get('loop.period_p99_s', 0) * 1e3:.1f} ms")
-        t.add_row("inference round trip p50 / p99", f"{c.get('inference_p50_ms', float('nan')):.1f} / {c.get('inference_p99_ms', float('nan')):.1f} ms")
-        t.add_row("end-to-end: capture -> waypoints sent p50 / p99", f"{c.get('e2e_p50_ms', float('nan')):.0f} / {c.get('e2e_p99_ms', float('nan')):.0f} ms")
-        t.add_row("chunks / dropped (stale) actions / over budget", f"{c.get('chunks', 0):.0f} / {c.get('dropped_actions', 0):.0f} / {c.get('over_budget', 0):.0f}")
+        t.add_row(
+            "control loop period p50 / p99",
+            f"{c.get('loop.period_p50_s', 0) * 1e3:.1f} / {c.get('loop.period_p99_s', 0) * 1e3:.1f} ms",
+        )
+        t.add_row(
+            "inference round trip p50 / p99",
+            f"{c.get('inference_p50_ms', float('nan')):.1f} / {c.get('inference_p99_ms', float('nan')):.1f} ms",
+        )
+        t.add_row(
+            "end-to-end: capture -> waypoints sent p50 / p99",
+            f"{c.get('e2e_p50_ms', float('nan')):.0f} / {c.get('e2e_p99_ms', float('nan')):.0f} ms",
+        )
+        t.add_row(
+            "chunks / dropped (stale) actions / over budget",
+            f"{c.get('chunks', 0):.0f} / {c.get('dropped_actions', 0):.0f} / {c.get('over_budget', 0):.0f}",
+        )
         t.add_row("observation holds (stale stream)", f"{c.get('obs_holds', 0):.0f}")
         if "fast_ticks" in c:
-            t.add_row("fast layer: ticks / corrections, period p50 / p99, compute p99",
-                      f"{c['fast_ticks']:.0f} / {c.get('fast_corrections', 0):.0f}, "
-                      f"{c.get('fast_period_p50_ms', float('nan')):.1f} / {c.get('fast_period_p99_ms', float('nan')):.1f} ms, "
-                      f"{c.get('fast_compute_p99_ms', float('nan')):.2f} ms")
-        stages = [("camera pipeline (capture -> frame at the controller)", "frame_arrival"),
-                  ("frame age at request", "frame_age"), ("observation assembly", "assembly"),
-                  ("transport (round trip - compute)", "transport"), ("inference (policy compute)", "inference"),
-                  ("planning (strategy)", "planning"), ("waypoint send", "send")]
+            t.add_row(
+                "fast layer: ticks / corrections, period p50 / p99, compute p99",
+                f"{c['fast_ticks']:.0f} / {c.get('fast_corrections', 0):.0f}, "
+                f"{c.get('fast_period_p50_ms', float('nan')):.1f} / {c.get('fast_period_p99_ms', float('nan')):.1f} ms, "
+                f"{c.get('fast_compute_p99_ms', float('nan')):.2f} ms",
+            )
+        stages = [
+            ("camera pipeline (capture -> frame at the controller)", "frame_arrival"),
+            ("frame age at request", "frame_age"),
+            ("observation assembly", "assembly"),
+            ("transport (round trip - compute)", "transport"),
+            ("inference (policy compute)", "inference"),
+            ("planning (strategy)", "planning"),
+            ("waypoint send", "send"),
+        ]
         for label, k in stages:
             if f"stage_{k}_p50_ms" in c:
-                t.add_row(f"  latency: {label} p50 / p99",
-                          f"{c[f'stage_{k}_p50_ms']:.1f} / {c[f'stage_{k}_p99_ms']:.1f} ms")
+                t.add_row(
+                    f"  latency: {label} p50 / p99", f"{c[f'stage_{k}_p50_ms']:.1f} / {c[f'stage_{k}_p99_ms']:.1f} ms"
+                )
     if a and "merge_latency_p50_ms" in a:
-        t.add_row("  latency: arm merge (send -> first servo tick) p50 / p99",
-                  f"{a['merge_latency_p50_ms']:.1f} / {a['merge_latency_p99_ms']:.1f} ms")
+        t.add_row(
+            "  latency: arm merge (send -> first servo tick) p50 / p99",
+            f"{a['merge_latency_p50_ms']:.1f} / {a['merge_latency_p99_ms']:.1f} ms",
+        )
     if p:
-        t.add_row("policy compute p50 / p99", f"{p.get('inference_p50_ms', float('nan')):.1f} / {p.get('inference_p99_ms', float('nan')):.1f} ms")
-    for name, m in (res.arms.items() if len(res.arms) > 1 else [("", a)] if a else []):
+        t.add_row(
+            "policy compute p50 / p99",
+            f"{p.get('inference_p50_ms', float('nan')):.1f} / {p.get('inference_p99_ms', float('nan')):.1f} ms",
+        )
+    for name, m in res.arms.items() if len(res.arms) > 1 else [("", a)] if a else []:
         at = f" ({name})" if name else ""
-        t.add_row(f"servo loop period p99 / overruns{at}",
-                  f"{m.get('loop.period_p99_s', 0) * 1e3:.2f} ms / {m.get('loop.overruns', 0):.0f}")
+        t.add_row(
+            f"servo loop period p99 / overruns{at}",
+            f"{m.get('loop.period_p99_s', 0) * 1e3:.2f} ms / {m.get('loop.overruns', 0):.0f}",
+        )
         t.add_row(f"safety events{at}", f"{sum(v for k, v in m.items() if k.startswith('safety.')):.0f}")
     t.add_row("waypoints sent by the policy", f"{res.policy_waypoints}")
     if res.reset_retries:
@@ -191,9 +245,16 @@ def deploy_backend(own: dict | None, policy: Path) -> dict:
     return {**own, "type": kind, "path": str(policy)}
 
 
-def deploy_session(config: str | Path, policy: str | Path, strategy: str | None = None, seed: int | None = None,
-                   view: str | None = None, verbose: bool = False, sets: dict | None = None,
-                   fast: str | Path | None = None):
+def deploy_session(
+    config: str | Path,
+    policy: str | Path,
+    strategy: str | None = None,
+    seed: int | None = None,
+    view: str | None = None,
+    verbose: bool = False,
+    sets: dict | None = None,
+    fast: str | Path | None = None,
+):
     """A (not yet started) Session of ``config`` serving ``policy`` (.safetensors or .onnx) with the
     controller driven by the policy; returns (session, policy node name). ``fast``: a fast-layer
     file (slow-fast control, ``robot-stack train-fast``) the controller runs. ``sets``: more config
@@ -221,10 +282,17 @@ def deploy_session(config: str | Path, policy: str | Path, strategy: str | None 
         raise FileNotFoundError(f"policy {policy} not found")
     nodes = deploy_nodes(cfg)
     teleop = cfg.nodes[ctl[0]].typed.teleop
-    extra_sets, sets = sets, {f"nodes.{pol[0]}.params.backend": deploy_backend(cfg.nodes[pol[0]].typed.backend.model_dump(mode="json"), policy),
+    extra_sets, sets = (
+        sets,
+        {
+            f"nodes.{pol[0]}.params.backend": deploy_backend(
+                cfg.nodes[pol[0]].typed.backend.model_dump(mode="json"), policy
+            ),
             f"nodes.{ctl[0]}.params.source": "policy",
             f"nodes.{ctl[0]}.params.teleop": teleop if teleop in nodes else None,
-            f"nodes.{ctl[0]}.params.autostart": False}
+            f"nodes.{ctl[0]}.params.autostart": False,
+        },
+    )
     if strategy:
         sets[f"nodes.{ctl[0]}.params.strategy"] = strategy
     if fast is not None:
@@ -240,9 +308,18 @@ def deploy_session(config: str | Path, policy: str | Path, strategy: str | None 
     return Session(config, sets=sets, only=nodes + (["viewer"] if view else []), verbose=verbose), pol[0]
 
 
-def run_deploy(config: str | Path, policy: str | Path, episodes: int, strategy: str | None = None,
-               max_episode_s: float = 20.0, seed: int | None = None, verbose: bool = False, console=None,
-               view: str | None = None, fast: str | Path | None = None) -> DeployResult:
+def run_deploy(
+    config: str | Path,
+    policy: str | Path,
+    episodes: int,
+    strategy: str | None = None,
+    max_episode_s: float = 20.0,
+    seed: int | None = None,
+    verbose: bool = False,
+    console=None,
+    view: str | None = None,
+    fast: str | Path | None = None,
+) -> DeployResult:
     """Start the stack with ``policy`` (a .safetensors checkpoint or an .onnx export), and the fast
     layer ``fast`` when given (slow-fast control), and run episodes."""
     from rich.console import Console

@@ -44,8 +44,9 @@ class ReplayResult:
     per_arm: dict[str, float] = field(default_factory=dict)  # several arms: arm node -> mean error, mm
 
 
-def path_error_mm(t_new: np.ndarray, p_new: np.ndarray, t_rec: np.ndarray, p_rec: np.ndarray,
-                  lag_s: float = 0.0) -> np.ndarray:
+def path_error_mm(
+    t_new: np.ndarray, p_new: np.ndarray, t_rec: np.ndarray, p_rec: np.ndarray, lag_s: float = 0.0
+) -> np.ndarray:
     """Per-sample distance (mm) of positions ``p_new`` (N, 3, m) at times ``t_new`` (N, int ns) from
     the recorded path ``p_rec`` (M, 3, m) at ``t_rec`` (M, int ns, increasing), read ``lag_s`` earlier."""
     t = t_new.astype(np.float64) - lag_s * 1e9
@@ -53,8 +54,14 @@ def path_error_mm(t_new: np.ndarray, p_new: np.ndarray, t_rec: np.ndarray, p_rec
     return np.linalg.norm(p_new - rec, axis=1) * 1e3
 
 
-def best_lag(t_new: np.ndarray, p_new: np.ndarray, t_rec: np.ndarray, p_rec: np.ndarray,
-             max_lag_s: float = MAX_LAG_S, step_s: float = LAG_STEP_S) -> tuple[float, np.ndarray]:
+def best_lag(
+    t_new: np.ndarray,
+    p_new: np.ndarray,
+    t_rec: np.ndarray,
+    p_rec: np.ndarray,
+    max_lag_s: float = MAX_LAG_S,
+    step_s: float = LAG_STEP_S,
+) -> tuple[float, np.ndarray]:
     """The constant shift in [-max_lag_s, max_lag_s] (grid of ``step_s``, s) with the least mean
     :func:`path_error_mm`; returns (lag_s, errors at it)."""
     best = (0.0, path_error_mm(t_new, p_new, t_rec, p_rec))
@@ -107,8 +114,17 @@ def replay_episode(session, episode_path: str | Path, lead_s: float = 0.5) -> Re
     tx = Sender(cfg.in_endpoint(ctl[0], session.rd), "replay", timeout_s=2.0)
     try:
         for a, (t_rec, poses, grip) in parts.items():
-            tx.send(WaypointSchedule.TOPIC, WaypointSchedule(stamps_ns=(t_rec + shift).astype(np.int64), positions=poses,
-                                                             space="ee", gripper=grip, origin="replay", arm=a))
+            tx.send(
+                WaypointSchedule.TOPIC,
+                WaypointSchedule(
+                    stamps_ns=(t_rec + shift).astype(np.int64),
+                    positions=poses,
+                    space="ee",
+                    gripper=grip,
+                    origin="replay",
+                    arm=a,
+                ),
+            )
     finally:
         tx.close()
     end = int(max(p[0][-1] for p in parts.values()) + shift)
@@ -128,9 +144,16 @@ def replay_episode(session, episode_path: str | Path, lead_s: float = 0.5) -> Re
         errs_lag.append(e)
         per_arm[a] = float(errs[-1].mean())
     err, err_lag = np.concatenate(errs), np.concatenate(errs_lag)
-    return ReplayResult(float(err.mean()), float(err.max()), float(max(e[-1] for e in errs)), len(err),
-                        float(np.mean(lags)) * 1e3, float(err_lag.mean()), float(err_lag.max()),
-                        per_arm if arms != [""] else {})
+    return ReplayResult(
+        float(err.mean()),
+        float(err.max()),
+        float(max(e[-1] for e in errs)),
+        len(err),
+        float(np.mean(lags)) * 1e3,
+        float(err_lag.mean()),
+        float(err_lag.max()),
+        per_arm if arms != [""] else {},
+    )
 
 
 def run_replay(config: str | Path, episode: str | Path, verbose: bool = False, console=None) -> ReplayResult:
@@ -146,9 +169,17 @@ def run_replay(config: str | Path, episode: str | Path, verbose: bool = False, c
     if not ctl:
         raise ValueError(f"{config}: replay needs a controller node")
     only = [n for n, nc in cfg.nodes.items() if nc.kind not in ("teleop", "recorder", "policy", "camera")]
-    session = Session(config, sets={f"nodes.{ctl[0]}.params.source": "external", f"nodes.{ctl[0]}.params.teleop": None,
-                                    f"nodes.{ctl[0]}.params.autostart": False, f"nodes.{ctl[0]}.params.cameras": []},
-                      only=only, verbose=verbose)
+    session = Session(
+        config,
+        sets={
+            f"nodes.{ctl[0]}.params.source": "external",
+            f"nodes.{ctl[0]}.params.teleop": None,
+            f"nodes.{ctl[0]}.params.autostart": False,
+            f"nodes.{ctl[0]}.params.cameras": [],
+        },
+        only=only,
+        verbose=verbose,
+    )
     try:
         with console.status("starting the stack ..."):
             session.start((RobotState.TOPIC,))
@@ -156,9 +187,11 @@ def run_replay(config: str | Path, episode: str | Path, verbose: bool = False, c
             res = replay_episode(session, episode)
     finally:
         session.close()
-    console.print(f"replayed {Path(episode).name}: TCP vs recorded mean {res.mean_err_mm:.2f} mm, "
-                  f"max {res.max_err_mm:.2f} mm, final {res.final_err_mm:.2f} mm ({res.samples} states); "
-                  f"at its best constant lag ({res.lag_ms:+.0f} ms) mean {res.mean_err_lag_mm:.2f} mm, "
-                  f"max {res.max_err_lag_mm:.2f} mm"
-                  + ("; per arm mean " + ", ".join(f"{a} {e:.2f} mm" for a, e in res.per_arm.items()) if res.per_arm else ""))
+    console.print(
+        f"replayed {Path(episode).name}: TCP vs recorded mean {res.mean_err_mm:.2f} mm, "
+        f"max {res.max_err_mm:.2f} mm, final {res.final_err_mm:.2f} mm ({res.samples} states); "
+        f"at its best constant lag ({res.lag_ms:+.0f} ms) mean {res.mean_err_lag_mm:.2f} mm, "
+        f"max {res.max_err_lag_mm:.2f} mm"
+        + ("; per arm mean " + ", ".join(f"{a} {e:.2f} mm" for a, e in res.per_arm.items()) if res.per_arm else "")
+    )
     return res

@@ -122,8 +122,9 @@ class Session:
         verbose: stream node logs to stdout (else kept in ``self.logs``).
     """
 
-    def __init__(self, config_path: str | Path, sets: dict | None = None, only: list[str] | None = None,
-                 verbose: bool = False):
+    def __init__(
+        self, config_path: str | Path, sets: dict | None = None, only: list[str] | None = None, verbose: bool = False
+    ):
         self.tmp = Path(tempfile.mkdtemp(prefix="rs-session-"))
         self.config_path = write_overridden(config_path, sets, self.tmp)
         load_config(self.config_path)  # validation errors name the key before anything starts
@@ -154,8 +155,12 @@ class Session:
         pubs = [self.cfg.pub_endpoint(n, self.rd) for n in self.nodes if self.cfg.nodes[n].kind != "monitor"]
         # no camera frames here: 4000 of them per camera held 1.2 GB and more in a collect, and their
         # decoding kept this reader behind its robot states; start-up checks them on their own
-        self.sub = Subscriber(pubs, (RobotState.TOPIC, Heartbeat.TOPIC, ObjectState.TOPIC, "teleop/", "controller/"),
-                              history=4000, name="session")
+        self.sub = Subscriber(
+            pubs,
+            (RobotState.TOPIC, Heartbeat.TOPIC, ObjectState.TOPIC, "teleop/", "controller/"),
+            history=4000,
+            name="session",
+        )
         frames = [t for t in wait_topics if t.startswith(CameraFrame.TOPIC)]
         cams = Subscriber(pubs, frames, history=1, name="session-cameras") if frames else None
         try:
@@ -217,8 +222,9 @@ class Session:
                 return st
             if time.monotonic() > deadline:
                 age = "none" if st is None else f"the newest is {(after - st.stamp_ns) / 1e6:.0f} ms too old"
-                raise SessionError(f"no fresh robot state from {arm or self.arm_name} within {timeout_s:g} s ({age})",
-                                   self.logs.tail())
+                raise SessionError(
+                    f"no fresh robot state from {arm or self.arm_name} within {timeout_s:g} s ({age})", self.logs.tail()
+                )
             time.sleep(0.005)
 
     def heartbeat(self, node: str) -> dict[str, float]:
@@ -229,8 +235,7 @@ class Session:
     REACH_TOL_RAD = 0.05
     REACH_TOL_M = 0.005
 
-    def _move_until_there(self, send, error, tol: float, what: str, attempts: int, settle_s: float,
-                          arm: str) -> None:
+    def _move_until_there(self, send, error, tol: float, what: str, attempts: int, settle_s: float, arm: str) -> None:
         """Send a move (``send()`` -> the schedule's stamps), wait for its end plus ``settle_s``, and
         check ``error(state)`` < ``tol`` on a robot state of ``arm`` stamped after that (not on an
         older one still queued in this process); a move that did not arrive (the arm node refused
@@ -249,11 +254,20 @@ class Session:
                 return
             self.reset_retries += 1
             log.warning("the %s is %.4g from the move's goal (the arm node refused it?): sending it again", what, err)
-        raise SessionError(f"the {what} did not reach its goal in {attempts} moves ({err:.4g} away); "
-                           "the arm node's log says why it refused them", self.logs.tail())
+        raise SessionError(
+            f"the {what} did not reach its goal in {attempts} moves ({err:.4g} away); "
+            "the arm node's log says why it refused them",
+            self.logs.tail(),
+        )
 
-    def move_joints(self, q_goal: np.ndarray, speed: float = HOME_SPEED, settle_s: float = 0.4,
-                    attempts: int = 3, arm: str | None = None) -> None:
+    def move_joints(
+        self,
+        q_goal: np.ndarray,
+        speed: float = HOME_SPEED,
+        settle_s: float = 0.4,
+        attempts: int = 3,
+        arm: str | None = None,
+    ) -> None:
         """Joint-space move to ``q_goal`` (rad) through the arm node ``arm`` (default the first),
         planned from a fresh robot state; blocks until the arm is there (within ``REACH_TOL_RAD``),
         sending a refused move again (:meth:`_move_until_there`).
@@ -274,11 +288,19 @@ class Session:
             self.arms[arm].send_schedule(stamps, q0 + s[:, None] * (q_goal - q0), space="joint", gripper=np.ones(n - 1))
             return stamps
 
-        self._move_until_there(send, lambda st: float(np.max(np.abs(np.asarray(st.q, float) - q_goal))),
-                               self.REACH_TOL_RAD, f"{arm} (rad)", attempts, settle_s, arm)
+        self._move_until_there(
+            send,
+            lambda st: float(np.max(np.abs(np.asarray(st.q, float) - q_goal))),
+            self.REACH_TOL_RAD,
+            f"{arm} (rad)",
+            attempts,
+            settle_s,
+            arm,
+        )
 
-    def move_pose(self, pose: np.ndarray, speed: float = 0.15, settle_s: float = 0.4, attempts: int = 3,
-                  arm: str | None = None) -> None:
+    def move_pose(
+        self, pose: np.ndarray, speed: float = 0.15, settle_s: float = 0.4, attempts: int = 3, arm: str | None = None
+    ) -> None:
         """Straight-line TCP move of ``arm`` (default the first) to ``pose`` (7,) in its base frame,
         planned from a fresh robot state; blocks until the TCP is there (within ``REACH_TOL_M``),
         sending a refused move again (:meth:`_move_until_there`).
@@ -296,8 +318,15 @@ class Session:
             self.arms[arm].send_schedule(stamps, poses, space="ee")
             return stamps
 
-        self._move_until_there(send, lambda st: float(np.linalg.norm(np.asarray(st.ee_pose[:3], float) - pose[:3])),
-                               self.REACH_TOL_M, "TCP (m)", attempts, settle_s, arm)
+        self._move_until_there(
+            send,
+            lambda st: float(np.linalg.norm(np.asarray(st.ee_pose[:3], float) - pose[:3])),
+            self.REACH_TOL_M,
+            "TCP (m)",
+            attempts,
+            settle_s,
+            arm,
+        )
 
     def home_pose(self, arm: str | None = None) -> np.ndarray:
         """(7,) the arm's TCP pose at its home posture [x y z qx qy qz qw] (m, base frame): the
@@ -311,8 +340,12 @@ class Session:
             cache[arm] = np.asarray(model.fk(model.home_q), float)
         return cache[arm].copy()
 
-    def reset(self, cube_pose: np.ndarray | None = None, home_q: np.ndarray | None = None,
-              start_pose: np.ndarray | None = None) -> np.ndarray | None:
+    def reset(
+        self,
+        cube_pose: np.ndarray | None = None,
+        home_q: np.ndarray | None = None,
+        start_pose: np.ndarray | None = None,
+    ) -> np.ndarray | None:
         """Reset period: arm home; sim: cube placed (random when None) and its pose returned;
         hardware: waits for the operator (Enter) and returns None. Then, if ``start_pose`` (7,)
         is given, a straight TCP move there (the episode's start). Several arms: each goes to its
@@ -332,8 +365,10 @@ class Session:
         if "sim" not in self._senders:
             self._senders["sim"] = Sender(self.cfg.in_endpoint(self.sim, self.rd), "session", timeout_s=2.0)
         t_sent = now_ns()
-        self._senders["sim"].send(SimCommand.TOPIC, SimCommand(kind="reset", cube_pose=None if cube_pose is None
-                                                         else np.asarray(cube_pose, float)))
+        self._senders["sim"].send(
+            SimCommand.TOPIC,
+            SimCommand(kind="reset", cube_pose=None if cube_pose is None else np.asarray(cube_pose, float)),
+        )
         obj = self.sub.latest(ObjectState.TOPIC)
         # the first object state stamped clearly after the reset (its ticks handle inputs first)
         while obj is None or obj.stamp_ns < t_sent + 50_000_000:

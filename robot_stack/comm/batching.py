@@ -32,7 +32,9 @@ class BatchWindow:
 
     def __post_init__(self) -> None:
         if self.window_s < 0 or self.max_batch < 1:
-            raise ValueError(f"batch window needs window_s >= 0 and max_batch >= 1, got {self.window_s}, {self.max_batch}")
+            raise ValueError(
+                f"batch window needs window_s >= 0 and max_batch >= 1, got {self.window_s}, {self.max_batch}"
+            )
 
     def open(self, t_ns: int) -> None:
         """The first request of the batch arrived at ``t_ns``."""

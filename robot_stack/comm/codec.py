@@ -20,7 +20,8 @@ from __future__ import annotations
 from robot_stack.errors import RobotStackError
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import msgpack
 import numpy as np
@@ -78,7 +79,7 @@ def _as_wire_array(name: str, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def encode(topic: str | bytes, msg: Message, ring: "ShmRingWriter | None" = None) -> list[Any]:
+def encode(topic: str | bytes, msg: Message, ring: ShmRingWriter | None = None) -> list[Any]:
     """Encode ``msg`` for ``topic`` into multipart frames.
 
     Args:
@@ -102,8 +103,9 @@ def encode(topic: str | bytes, msg: Message, ring: "ShmRingWriter | None" = None
     return frames
 
 
-def encode_deferred(topic: str | bytes, msg: Message,
-                    ring: "ShmRingWriter | None" = None) -> tuple[list[Any], Callable[[], None]]:
+def encode_deferred(
+    topic: str | bytes, msg: Message, ring: ShmRingWriter | None = None
+) -> tuple[list[Any], Callable[[], None]]:
     """:func:`encode`, with the shared-memory copy left to the returned ``commit()``.
 
     With ``ring``, the slot is reserved and the header is ready before the array data is copied, so
@@ -197,7 +199,7 @@ def _buf(frame: Any) -> memoryview:
     return memoryview(b)
 
 
-def decode(frames: Sequence[Any], shm: "ShmRingReader | None" = None) -> tuple[bytes, Message]:
+def decode(frames: Sequence[Any], shm: ShmRingReader | None = None) -> tuple[bytes, Message]:
     """Decode and validate multipart ``frames``.
 
     Args:

@@ -90,7 +90,7 @@ def scalar(kind: str, default: Any = dataclasses.MISSING, choices: tuple[str, ..
     return dataclasses.field(default=default, metadata={"spec": spec})
 
 
-REGISTRY: dict[str, type["Message"]] = {}
+REGISTRY: dict[str, type[Message]] = {}
 _SPECS: dict[type, dict] = {}
 _DEFAULTS: dict[type, dict] = {}
 
@@ -145,7 +145,7 @@ class Message:
         return cached
 
     @classmethod
-    def _from_fields(cls, values: dict[str, Any]) -> "Message":
+    def _from_fields(cls, values: dict[str, Any]) -> Message:
         """Build a message from already-validated field values without running ``__init__``
         (the codec's hot path); absent fields take their declared defaults."""
         defaults = _DEFAULTS.get(cls)
@@ -273,9 +273,7 @@ class CameraFrame(Message):
 
     def check(self) -> None:
         if self.depth is not None and self.depth.shape != self.color.shape[:2]:
-            raise SchemaError(
-                f"depth shape {self.depth.shape} does not match color {self.color.shape[:2]}"
-            )
+            raise SchemaError(f"depth shape {self.depth.shape} does not match color {self.color.shape[:2]}")
         if self.depth is not None and self.depth_scale <= 0:
             raise SchemaError("depth_scale must be > 0 when depth is present")
 
@@ -314,8 +312,15 @@ class RobotState(Message):
 
 
 TELEOP_BUTTONS = (
-    "episode_start", "episode_stop", "episode_discard", "quit", "intervene", "release", "estop",
-    "estop_release", "switch_arm",
+    "episode_start",
+    "episode_stop",
+    "episode_discard",
+    "quit",
+    "intervene",
+    "release",
+    "estop",
+    "estop_release",
+    "switch_arm",
 )
 
 

@@ -37,7 +37,8 @@ import logging
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import msgpack
 import numpy as np
@@ -183,18 +184,27 @@ class OpenpiServer:
         OSError: the port cannot be bound.
     """
 
-    def __init__(self, host: str, port: int, metadata: dict, infer: Callable[[dict], tuple[dict | None, str | None]],
-                 api_key: str | None = None):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metadata: dict,
+        infer: Callable[[dict], tuple[dict | None, str | None]],
+        api_key: str | None = None,
+    ):
         from websockets.sync.server import serve
 
         if not _is_loopback(host):
-            raise SecurityError(f"openpi websocket server on {host}: the protocol has no authentication of its "
-                                f"own; bind 127.0.0.1 and reach it through an SSH tunnel (ssh -N -L "
-                                f"{port}:localhost:{port} <this host>)")
+            raise SecurityError(
+                f"openpi websocket server on {host}: the protocol has no authentication of its "
+                f"own; bind 127.0.0.1 and reach it through an SSH tunnel (ssh -N -L "
+                f"{port}:localhost:{port} <this host>)"
+            )
         self.metadata, self._infer, self._api_key = metadata, infer, api_key
         self.requests = self.errors = self.unauthorized = 0
-        self._server = serve(self._handler, host, port, compression=None, max_size=None,
-                             process_request=self._process_request)
+        self._server = serve(
+            self._handler, host, port, compression=None, max_size=None, process_request=self._process_request
+        )
         self.port = self._server.socket.getsockname()[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="openpi-ws", daemon=True)
         self._thread.start()
@@ -263,14 +273,25 @@ class OpenpiClient:
         ValueError: not a ws:// or wss:// URL.
     """
 
-    def __init__(self, endpoint: str, keys: OpenpiKeys, *, timeout_s: float = 2.0, api_key: str | None = None,
-                 dt: float = 0.1, offset: int = 0, send_window: bool = False):
+    def __init__(
+        self,
+        endpoint: str,
+        keys: OpenpiKeys,
+        *,
+        timeout_s: float = 2.0,
+        api_key: str | None = None,
+        dt: float = 0.1,
+        offset: int = 0,
+        send_window: bool = False,
+    ):
         u = urllib.parse.urlparse(endpoint)
         if u.scheme not in ("ws", "wss") or not u.hostname:
             raise ValueError(f"openpi endpoint {endpoint!r}: expected ws://host:port or wss://host:port")
         if u.scheme == "ws" and not _is_loopback(u.hostname):
-            raise SecurityError(f"openpi endpoint {endpoint}: plain ws:// leaves this host unauthenticated and "
-                                f"unencrypted; use an SSH tunnel (ws://127.0.0.1:PORT) or wss://")
+            raise SecurityError(
+                f"openpi endpoint {endpoint}: plain ws:// leaves this host unauthenticated and "
+                f"unencrypted; use an SSH tunnel (ws://127.0.0.1:PORT) or wss://"
+            )
         self.endpoint, self.keys, self.timeout_s, self.api_key = endpoint, keys, timeout_s, api_key
         self.dt, self.offset, self.send_window = dt, offset, send_window
         self._ws = self._stack = None
@@ -282,8 +303,15 @@ class OpenpiClient:
         headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else None
         try:
             self._stack = contextlib.ExitStack()  # websockets >= 17 wants connect() as a context manager
-            self._ws = self._stack.enter_context(connect(self.endpoint, compression=None, max_size=None,
-                                                         additional_headers=headers, open_timeout=self.timeout_s))
+            self._ws = self._stack.enter_context(
+                connect(
+                    self.endpoint,
+                    compression=None,
+                    max_size=None,
+                    additional_headers=headers,
+                    open_timeout=self.timeout_s,
+                )
+            )
             self.metadata = unpackb(self._ws.recv(timeout=self.timeout_s))
         except TimeoutError:
             self.close()
@@ -332,9 +360,14 @@ class OpenpiClient:
             raise _remote("bad_reply", f"openpi reply without usable actions: {e}") from None
         infer_ms = float((r.get("server_timing") or {}).get("infer_ms", (time.perf_counter_ns() - t0) / 1e6))
         frozen = int(r.get(FROZEN_KEY, -1))
-        return ActionChunk(request_id=msg.request_id, actions=actions.reshape(len(actions), -1),
-                           dt=float(self.metadata.get("dt", self.dt)), offset=int(self.metadata.get("offset", self.offset)),
-                           inference_ns=int(infer_ms * 1e6), prefix_frozen=frozen)
+        return ActionChunk(
+            request_id=msg.request_id,
+            actions=actions.reshape(len(actions), -1),
+            dt=float(self.metadata.get("dt", self.dt)),
+            offset=int(self.metadata.get("offset", self.offset)),
+            inference_ns=int(infer_ms * 1e6),
+            prefix_frozen=frozen,
+        )
 
     def close(self) -> None:
         if self._stack is not None:

@@ -34,7 +34,7 @@ import re
 import secrets
 import time
 from multiprocessing import resource_tracker, shared_memory
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -119,11 +119,13 @@ class ShmRingWriter:
         def commit(buffers: list[memoryview]) -> None:
             for (o, n), b in zip(spans, buffers):
                 if n:
-                    self._data[base + o: base + o + n] = np.frombuffer(b, np.uint8)
+                    self._data[base + o : base + o + n] = np.frombuffer(b, np.uint8)
             self._gen[k] = g + 2  # even: complete
 
-        return ({"name": self.name, "slots": self.slots, "cap": self.capacity, "slot": k, "gen": g + 2,
-                 "spans": spans}, commit)
+        return (
+            {"name": self.name, "slots": self.slots, "cap": self.capacity, "slot": k, "gen": g + 2, "spans": spans},
+            commit,
+        )
 
     def close(self) -> None:
         """Release and unlink the segment."""
@@ -212,8 +214,11 @@ class ShmRingReader:
             raise ShmError("invalid spans")
         total = 0
         for span in spans:
-            if not (isinstance(span, list) and len(span) == 2
-                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in span)):
+            if not (
+                isinstance(span, list)
+                and len(span) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in span)
+            ):
                 raise ShmError("invalid span")
             total = max(total, span[0] + span[1])
         m = self._maps.get(name)
@@ -251,13 +256,13 @@ class ShmRingReader:
             self.lapped += 1
             raise ShmError("slot was overwritten before it was read (reader too slow)")
         out = self._buffer(total)[:total]
-        np.copyto(out, m.buf[start: start + total])
+        np.copyto(out, m.buf[start : start + total])
         if int(gen_view[slot]) != gen:
             self.lapped += 1
             raise ShmError("slot was overwritten while it was read (reader too slow)")
         out.flags.writeable = False
         mv = memoryview(out)
-        return [mv[o: o + n] for o, n in spans]
+        return [mv[o : o + n] for o, n in spans]
 
     def close(self) -> None:
         for m in self._maps.values():

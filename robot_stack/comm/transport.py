@@ -29,7 +29,8 @@ import os
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import zmq
@@ -83,7 +84,7 @@ def context() -> zmq.Context:
 
 def _ipc_dir_ready(endpoint: str) -> None:
     if endpoint.startswith("ipc://"):
-        d = os.path.dirname(endpoint[len("ipc://"):])
+        d = os.path.dirname(endpoint[len("ipc://") :])
         if d:
             os.makedirs(d, exist_ok=True)
 
@@ -140,8 +141,10 @@ def _shm_allowed() -> bool:
         return True
     if not _SHM_NOTED:
         _SHM_NOTED = True
-        log.warning("shared-memory ring off on %s (it relies on x86's store ordering): frames go over plain ipc",
-                    platform.machine())
+        log.warning(
+            "shared-memory ring off on %s (it relies on x86's store ordering): frames go over plain ipc",
+            platform.machine(),
+        )
     return False
 
 
@@ -163,8 +166,16 @@ class Publisher:
             messages behind loses (and counts) samples.
     """
 
-    def __init__(self, endpoint: str, source: str, *, hwm: int = 64, curve: CurveServer | None = None,
-                 shm: bool = True, shm_slots: int = 8):
+    def __init__(
+        self,
+        endpoint: str,
+        source: str,
+        *,
+        hwm: int = 64,
+        curve: CurveServer | None = None,
+        shm: bool = True,
+        shm_slots: int = 8,
+    ):
         self.endpoint = endpoint
         self.source = source
         self._sock = _open(zmq.PUB, endpoint, True, curve, SNDHWM=hwm)
@@ -188,8 +199,9 @@ class Publisher:
         if ring is None or not ring.fits(sizes):
             if ring is not None:
                 ring.close()  # readers re-map the new segment by name
-            ring = self._rings[topic] = ShmRingWriter(f"{self.source}_{topic}", int(sum(sizes) * 1.25) + 4096,
-                                                      self._shm_slots)
+            ring = self._rings[topic] = ShmRingWriter(
+                f"{self.source}_{topic}", int(sum(sizes) * 1.25) + 4096, self._shm_slots
+            )
         return ring
 
     def publish(self, topic: str, msg: Message) -> None:
@@ -365,11 +377,17 @@ class Sender:
         flush_s: how long :meth:`close` lets queued messages leave.
     """
 
-    def __init__(self, endpoint: str, source: str, *, timeout_s: float = 1.0, curve: CurveClient | None = None,
-                 flush_s: float = 1.0):
+    def __init__(
+        self,
+        endpoint: str,
+        source: str,
+        *,
+        timeout_s: float = 1.0,
+        curve: CurveClient | None = None,
+        flush_s: float = 1.0,
+    ):
         self.endpoint = endpoint
-        self._sock = _open(zmq.PUSH, endpoint, False, curve, IMMEDIATE=1, SNDHWM=10_000,
-                           SNDTIMEO=int(timeout_s * 1000))
+        self._sock = _open(zmq.PUSH, endpoint, False, curve, IMMEDIATE=1, SNDHWM=10_000, SNDTIMEO=int(timeout_s * 1000))
         self._flush_ms = int(flush_s * 1000)
         self._seq = _Sequencer(source)
         self.stats = TransportStats()
@@ -422,8 +440,9 @@ class Receiver:
             exp = self._expect.get(key)
             if exp is not None and msg.seq != exp:
                 self.stats.seq_gaps += 1
-                log.warning("%s: sequence gap on %s from %s: expected %d, got %d",
-                            self.name, topic, msg.source, exp, msg.seq)
+                log.warning(
+                    "%s: sequence gap on %s from %s: expected %d, got %d", self.name, topic, msg.source, exp, msg.seq
+                )
             self._expect[key] = msg.seq + 1
             self.stats.received += 1
             return topic, msg
@@ -577,8 +596,7 @@ class BatchReplyServer:
         try:
             split = next(i for i, f in enumerate(frames) if len(f.bytes) == 0) + 1
         except StopIteration:  # not a REQ peer (no delimiter): nobody to answer
-            self.stats.record_decode_error(DecodeError("request without a REQ envelope"),
-                                           f"server {self.endpoint}")
+            self.stats.record_decode_error(DecodeError("request without a REQ envelope"), f"server {self.endpoint}")
             return None
         envelope, payload = [f.bytes for f in frames[:split]], frames[split:]
         try:

@@ -80,8 +80,15 @@ class ChunkPlan:
     refused: str | None = None
 
 
-def plan_chunk(actions: np.ndarray, t_obs_ns: int, arrival_ns: int, dt_ns: int, offset: int = 0,
-               exec_latency_ns: int = 0, execute: int | None = None) -> ChunkPlan:
+def plan_chunk(
+    actions: np.ndarray,
+    t_obs_ns: int,
+    arrival_ns: int,
+    dt_ns: int,
+    offset: int = 0,
+    exec_latency_ns: int = 0,
+    execute: int | None = None,
+) -> ChunkPlan:
     """Turn a chunk into the timed waypoints to execute.
 
     Args:
@@ -150,8 +157,9 @@ class TemporalEnsembler:
             self._chunks.popleft()
 
 
-def committed_prefix(stamps_ns: np.ndarray, actions: np.ndarray, t_obs_ns: int, dt_ns: int, d: int,
-                     offset: int = 0) -> np.ndarray:
+def committed_prefix(
+    stamps_ns: np.ndarray, actions: np.ndarray, t_obs_ns: int, dt_ns: int, d: int, offset: int = 0
+) -> np.ndarray:
     """The first ``d`` actions of the next chunk, frozen to what is already committed (RTC).
 
     Args:
@@ -210,8 +218,7 @@ class DelayEstimator:
             (lerobot#4223: 21 of 30 actions skipped). Counted in :attr:`warmup_left_out`.
     """
 
-    def __init__(self, dt_ns: int, window: int = 50, quantile: float = 0.9, initial_steps: int = 1,
-                 warmup: int = 1):
+    def __init__(self, dt_ns: int, window: int = 50, quantile: float = 0.9, initial_steps: int = 1, warmup: int = 1):
         self.dt_ns, self.quantile, self.initial = dt_ns, quantile, initial_steps
         self._samples: collections.deque = collections.deque(maxlen=window)
         self._warmup = int(warmup)
@@ -261,8 +268,9 @@ def chunk_problem(actions: np.ndarray, n_arms: int = 1) -> str | None:
     d = 8 * n_arms
     actions = np.asarray(actions)
     if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] != d:
-        return (f"actions of shape {actions.shape}, expected (H >= 1, {d}) [x y z qx qy qz qw gripper]"
-                + (f" for each of {n_arms} arms" if n_arms > 1 else ""))
+        return f"actions of shape {actions.shape}, expected (H >= 1, {d}) [x y z qx qy qz qw gripper]" + (
+            f" for each of {n_arms} arms" if n_arms > 1 else ""
+        )
     if not np.all(np.isfinite(actions)):
         return "actions contain NaN or inf"
     quats = actions.reshape(len(actions), -1, 8)[:, :, 3:7]
@@ -287,8 +295,11 @@ def action_order(policy_names, robot_names) -> np.ndarray | None:
         raise ValueError(f"the policy names an action dimension twice: {sorted({n for n in pol if pol.count(n) > 1})}")
     if set(pol) != set(rob):
         missing, extra = sorted(set(rob) - set(pol)), sorted(set(pol) - set(rob))
-        raise ValueError("the policy's action names do not match the robot's"
-                         + (f": missing {missing}" if missing else "") + (f", unknown {extra}" if extra else ""))
+        raise ValueError(
+            "the policy's action names do not match the robot's"
+            + (f": missing {missing}" if missing else "")
+            + (f", unknown {extra}" if extra else "")
+        )
     if pol == rob:
         return None
     return np.array([pol.index(n) for n in rob], np.int64)

@@ -39,8 +39,17 @@ class ChunkExecutor:
         delay: the inference delay estimate; the owner records each chunk's capture-to-arrival time.
     """
 
-    def __init__(self, strategy: str, dt_ns: int, exec_latency_ns: int, execute_horizon: int, action_dim: int,
-                 start_from_rest: bool = True, ensemble_m: float = 0.01, ensemble_steps: int = 4):
+    def __init__(
+        self,
+        strategy: str,
+        dt_ns: int,
+        exec_latency_ns: int,
+        execute_horizon: int,
+        action_dim: int,
+        start_from_rest: bool = True,
+        ensemble_m: float = 0.01,
+        ensemble_steps: int = 4,
+    ):
         kw = dict(m=ensemble_m, steps=ensemble_steps) if strategy == "ensemble" else {}
         self.strategy = STRATEGIES[strategy](dt_ns, exec_latency_ns, execute_horizon, **kw)
         self.name = strategy
@@ -52,9 +61,21 @@ class ChunkExecutor:
         #: (D,) index array putting the policy's action dimensions in the robot's order (matched by
         #: name at start-up, ``control.chunking.action_order``); None: the same order
         self.action_order: np.ndarray | None = None
-        self.counts: collections.Counter[str] = collections.Counter(dict.fromkeys((
-            "chunks", "dropped_actions", "late_steps", "over_budget", "refused_chunks", "chunks_from_rest",
-            "bad_chunks", "stale_chunks"), 0))
+        self.counts: collections.Counter[str] = collections.Counter(
+            dict.fromkeys(
+                (
+                    "chunks",
+                    "dropped_actions",
+                    "late_steps",
+                    "over_budget",
+                    "refused_chunks",
+                    "chunks_from_rest",
+                    "bad_chunks",
+                    "stale_chunks",
+                ),
+                0,
+            )
+        )
         self.stages = StageTimer()
         self.first_lead_max_mm: float | None = None  # largest first waypoint -> TCP of a plan from rest, mm
         self.jumps_m: list[float] = []
@@ -83,13 +104,18 @@ class ChunkExecutor:
         if prefix is not None and self.action_order is not None:  # the policy's own order for its prefix
             prefix = (prefix[0][:, np.argsort(self.action_order)], prefix[1])
         self.request_id += 1
-        return ObservationWindow(request_id=self.request_id, obs=arrays, obs_age_ns=(now_ns - obs.times_ns).astype(np.int64),
-                                 committed_prefix=None if prefix is None else prefix[0],
-                                 prefix_frozen=-1 if prefix is None else prefix[1]), prefix is not None
+        return ObservationWindow(
+            request_id=self.request_id,
+            obs=arrays,
+            obs_age_ns=(now_ns - obs.times_ns).astype(np.int64),
+            committed_prefix=None if prefix is None else prefix[0],
+            prefix_frozen=-1 if prefix is None else prefix[1],
+        ), prefix is not None
 
     # ------------------------------------------------------------------------------ chunks
-    def on_reply(self, reply, job, arrival_ns: int, now_ns: int, current: bool, driving: bool,
-                 n_arms: int = 1) -> tuple[Schedule | None, str | None]:
+    def on_reply(
+        self, reply, job, arrival_ns: int, now_ns: int, current: bool, driving: bool, n_arms: int = 1
+    ) -> tuple[Schedule | None, str | None]:
         """A policy's reply (an :class:`~robot_stack.comm.messages.ActionChunk`) to request ``job``
         (:class:`~robot_stack.control.requests.Job`): checked (:func:`chunk_problem`: counted as
         ``bad_chunks``), timed (the delay d and the latency stages), dropped when the plan changed
@@ -103,19 +129,38 @@ class ChunkExecutor:
             self.counts["bad_chunks"] += 1
             return None, f"refused (#{self.counts['bad_chunks']}): {bad}"
         self.delay.add(arrival_ns - job.t_obs_ns)
-        for stage, ns in (("frame_age", job.t_assemble_ns - job.t_obs_ns), ("assembly", job.t_send_ns - job.t_assemble_ns),
-                          ("transport", arrival_ns - job.t_send_ns - reply.inference_ns), ("inference", reply.inference_ns)):
+        for stage, ns in (
+            ("frame_age", job.t_assemble_ns - job.t_obs_ns),
+            ("assembly", job.t_send_ns - job.t_assemble_ns),
+            ("transport", arrival_ns - job.t_send_ns - reply.inference_ns),
+            ("inference", reply.inference_ns),
+        ):
             self.stages.add(stage, ns / 1e6)
         if not current:
             self.counts["stale_chunks"] += 1
             return None, None
         if not driving:
             return None, None
-        return self.on_chunk(actions, job.t_obs_ns, arrival_ns, now_ns, int(round(reply.dt * 1e9)), reply.offset,
-                             reply.prefix_frozen if job.with_prefix else -1)
+        return self.on_chunk(
+            actions,
+            job.t_obs_ns,
+            arrival_ns,
+            now_ns,
+            int(round(reply.dt * 1e9)),
+            reply.offset,
+            reply.prefix_frozen if job.with_prefix else -1,
+        )
 
-    def on_chunk(self, actions: np.ndarray, t_obs_ns: int, arrival_ns: int, now_ns: int, dt_ns: int, offset: int,
-                 frozen: int = -1) -> tuple[Schedule | None, str | None]:
+    def on_chunk(
+        self,
+        actions: np.ndarray,
+        t_obs_ns: int,
+        arrival_ns: int,
+        now_ns: int,
+        dt_ns: int,
+        offset: int,
+        frozen: int = -1,
+    ) -> tuple[Schedule | None, str | None]:
         """A checked, current chunk (H, D) arrived: ``(schedule to send now or None, why not)``.
         None without a reason: ensembling sends from :meth:`on_tick`; a reason: the strategy
         refused it, or every action was stale (counted as over budget).
@@ -145,7 +190,9 @@ class ChunkExecutor:
         """What this control step sends (ensembling), or None."""
         return self.strategy.on_tick(now_ns)
 
-    def committed(self, stamps_ns: np.ndarray, actions: np.ndarray, now_ns: int, tcp: np.ndarray | None = None) -> float | None:
+    def committed(
+        self, stamps_ns: np.ndarray, actions: np.ndarray, now_ns: int, tcp: np.ndarray | None = None
+    ) -> float | None:
         """A schedule goes to the arms (any origin): merge it into the plan as the arm node merges,
         measure the position jump and the commanded jerk at the switch. When nothing was planned up
         to now (the arm at rest) and ``tcp`` (the first arm's TCP position, m) is given, returns the
@@ -180,8 +227,11 @@ class ChunkExecutor:
             m["first_lead_max_mm"] = self.first_lead_max_mm
         if self.jumps_m:
             j = np.array(self.jumps_m)
-            m.update(switch_jump_mean_mm=float(j.mean() * 1e3), switch_jump_max_mm=float(j.max() * 1e3),
-                     switches=float(len(j)))
+            m.update(
+                switch_jump_mean_mm=float(j.mean() * 1e3),
+                switch_jump_max_mm=float(j.max() * 1e3),
+                switches=float(len(j)),
+            )
         if self.switch_jerk:  # commanded waypoint jerk at the switches, m/s^3
             j = np.array(self.switch_jerk)
             m.update(switch_jerk_mean=float(j.mean()), switch_jerk_p99=float(np.percentile(j, 99)))

@@ -66,7 +66,7 @@ class WrenchWindow:
 
     def push(self, wrench: np.ndarray) -> None:
         self._buf.append(np.asarray(wrench, np.float64).copy())
-        del self._buf[:-self.k]
+        del self._buf[: -self.k]
 
     @property
     def ready(self) -> bool:
@@ -119,17 +119,28 @@ class FastCorrector:
 
         t = {f"w{i}": np.ascontiguousarray(w, np.float32) for i, (w, _) in enumerate(self.weights)}
         t.update({f"b{i}": np.ascontiguousarray(b, np.float32) for i, (_, b) in enumerate(self.weights)})
-        t.update(x_mean=self.x_mean.astype(np.float32), x_std=self.x_std.astype(np.float32),
-                 y_scale=self.y_scale.astype(np.float32))
-        meta = {"kind": "fast_corrector", "config": json.dumps({"window": self.window, "rate_hz": self.rate_hz,
-                                                                  "max_correction_m": self.max_correction_m,
-                                                                  "contact_n": self.contact_n,
-                                                                  "layers": len(self.weights)})}
+        t.update(
+            x_mean=self.x_mean.astype(np.float32),
+            x_std=self.x_std.astype(np.float32),
+            y_scale=self.y_scale.astype(np.float32),
+        )
+        meta = {
+            "kind": "fast_corrector",
+            "config": json.dumps(
+                {
+                    "window": self.window,
+                    "rate_hz": self.rate_hz,
+                    "max_correction_m": self.max_correction_m,
+                    "contact_n": self.contact_n,
+                    "layers": len(self.weights),
+                }
+            ),
+        }
         save_file(t, str(path), metadata=meta)
         return Path(path)
 
     @staticmethod
-    def load(path: str | Path) -> "FastCorrector":
+    def load(path: str | Path) -> FastCorrector:
         """Read :meth:`save`'s file.
 
         Raises:
@@ -147,8 +158,16 @@ class FastCorrector:
             cfg = json.loads(meta["config"])
             t = {k: f.get_tensor(k).astype(np.float64) for k in f.keys()}
         weights = [(t[f"w{i}"], t[f"b{i}"]) for i in range(int(cfg["layers"]))]
-        fc = FastCorrector(weights, t["x_mean"], t["x_std"], t["y_scale"], int(cfg["window"]), float(cfg["rate_hz"]),
-                           float(cfg["max_correction_m"]), float(cfg["contact_n"]))
+        fc = FastCorrector(
+            weights,
+            t["x_mean"],
+            t["x_std"],
+            t["y_scale"],
+            int(cfg["window"]),
+            float(cfg["rate_hz"]),
+            float(cfg["max_correction_m"]),
+            float(cfg["contact_n"]),
+        )
         if not all(np.all(np.isfinite(v)) for v in t.values()) or not np.all(fc.x_std > 0):
             raise ValueError(f"{path}: non-finite weights or a zero input scale")
         n_in = n_features(fc.window)
@@ -176,8 +195,9 @@ class FastLayer:
         release_s: decay time constant of the correction out of contact, s.
     """
 
-    def __init__(self, corrector: FastCorrector, lookahead_s: float = 0.5, max_state_age_s: float = 0.05,
-                 release_s: float = 0.3):
+    def __init__(
+        self, corrector: FastCorrector, lookahead_s: float = 0.5, max_state_age_s: float = 0.05, release_s: float = 0.3
+    ):
         self.fc = corrector
         self.decay = float(np.exp(-1.0 / (corrector.rate_hz * release_s)))
         self.period_ns = int(round(1e9 / corrector.rate_hz))

@@ -67,16 +67,18 @@ class PointCloudSpec:
         if d.ndim != 3:
             raise ValueError(f"depth must be (T, H, W), got {d.shape}")
         T = np.asarray(T_base_camera, float)
-        return np.stack([workspace_cloud(x, K, depth_scale, T, self.lo, self.hi, self.n_points, stride=self.stride)[0]
-                         for x in d]).astype(np.float32)
+        return np.stack(
+            [workspace_cloud(x, K, depth_scale, T, self.lo, self.hi, self.n_points, stride=self.stride)[0] for x in d]
+        ).astype(np.float32)
 
     def to_dict(self) -> dict:
         return {"lo": list(self.lo), "hi": list(self.hi), "n_points": self.n_points, "stride": self.stride}
 
     @staticmethod
-    def from_dict(d: dict) -> "PointCloudSpec":
-        return PointCloudSpec(tuple(map(float, d["lo"])), tuple(map(float, d["hi"])), int(d["n_points"]),
-                              int(d.get("stride", 2)))
+    def from_dict(d: dict) -> PointCloudSpec:
+        return PointCloudSpec(
+            tuple(map(float, d["lo"])), tuple(map(float, d["hi"])), int(d["n_points"]), int(d.get("stride", 2))
+        )
 
 
 def actions_at(target_ns: np.ndarray, poses: np.ndarray, gripper: np.ndarray, times_ns: np.ndarray) -> np.ndarray:

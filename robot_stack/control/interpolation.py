@@ -116,8 +116,7 @@ class Trajectory:
     def _delta(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return b - a if self.kind == "joint" else b[:3] - a[:3]
 
-    def merge(self, stamps_ns: np.ndarray, points: np.ndarray, now_ns: int,
-              limits: Limits | None = None) -> int:
+    def merge(self, stamps_ns: np.ndarray, points: np.ndarray, now_ns: int, limits: Limits | None = None) -> int:
         """Merge a new schedule at ``now_ns`` (see module doc).
 
         Args:

@@ -30,8 +30,15 @@ class Kinematics:
         lower, upper: (n,) joint limits, rad.
     """
 
-    def __init__(self, model: mujoco.MjModel, qpos_adr: np.ndarray, dof_adr: np.ndarray, site_id: int,
-                 lower: np.ndarray, upper: np.ndarray):
+    def __init__(
+        self,
+        model: mujoco.MjModel,
+        qpos_adr: np.ndarray,
+        dof_adr: np.ndarray,
+        site_id: int,
+        lower: np.ndarray,
+        upper: np.ndarray,
+    ):
         self.model = model
         self.data = mujoco.MjData(model)
         self.qpos_adr, self.dof_adr, self.site = qpos_adr, dof_adr, site_id
@@ -57,9 +64,17 @@ class Kinematics:
         mujoco.mj_jacSite(self.model, self.data, self._jp, self._jr, self.site)
         return np.vstack([self._jp[:, self.dof_adr], self._jr[:, self.dof_adr]])
 
-    def ik(self, target: np.ndarray, q_seed: np.ndarray, iters: int = 50, tol_m: float = 1e-4,
-           tol_rad: float = 1e-3, damping: float = 0.05, raise_on_fail: bool = True,
-           margin: float = 0.0) -> np.ndarray:
+    def ik(
+        self,
+        target: np.ndarray,
+        q_seed: np.ndarray,
+        iters: int = 50,
+        tol_m: float = 1e-4,
+        tol_rad: float = 1e-3,
+        damping: float = 0.05,
+        raise_on_fail: bool = True,
+        margin: float = 0.0,
+    ) -> np.ndarray:
         """Joint positions reaching the TCP pose ``target``, starting from ``q_seed``, kept
         ``margin`` (rad) inside the joint limits at every iteration (so a caller that clamps with
         that margin, like the servo guard, never has to: the other joints make up for it).
@@ -74,7 +89,7 @@ class Kinematics:
         q_t = np.array([w, x, y, z]) / np.linalg.norm(target[3:])
         q_c = np.empty(4)
         e_rot = np.empty(3)
-        lam2 = damping ** 2
+        lam2 = damping**2
         e = np.empty(6)
         for _ in range(iters):
             self.data.qpos[self.qpos_adr] = q
@@ -92,6 +107,8 @@ class Kinematics:
             dq = J.T @ np.linalg.solve(J @ J.T + lam2 * np.eye(6), e)
             q = np.clip(q + dq, lo, hi)
         if raise_on_fail:
-            raise IKError(f"IK did not converge: position error {np.linalg.norm(e_pos) * 1e3:.1f} mm, "
-                          f"rotation error {np.degrees(np.linalg.norm(e_rot)):.2f} deg")
+            raise IKError(
+                f"IK did not converge: position error {np.linalg.norm(e_pos) * 1e3:.1f} mm, "
+                f"rotation error {np.degrees(np.linalg.norm(e_rot)):.2f} deg"
+            )
         return q

@@ -20,7 +20,8 @@ the setup has one.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Literal
+from typing import Literal
+from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,7 @@ class ModeMachine:
         hold_together: with several arms, an arm in e-stop holds every arm.
     """
 
-    def __init__(self, source: Source, autostart: bool, has_policy: bool, n_arms: int = 1,
-                 hold_together: bool = True):
+    def __init__(self, source: Source, autostart: bool, has_policy: bool, n_arms: int = 1, hold_together: bool = True):
         self.source: Source = source
         self.enabled = bool(autostart)
         self.has_policy = has_policy
@@ -154,5 +154,8 @@ class ModeMachine:
 
     def metrics(self) -> dict[str, float]:
         """``interventions``, ``refused_interventions``, ``episodes``."""
-        return {"interventions": float(self.interventions), "refused_interventions": float(self.refused_interventions),
-                "episodes": float(self.episodes)}
+        return {
+            "interventions": float(self.interventions),
+            "refused_interventions": float(self.refused_interventions),
+            "episodes": float(self.episodes),
+        }

@@ -34,9 +34,18 @@ class ObservationBuilder:
         extrinsics: camera id -> T_base_camera (4, 4), for ``.points``.
     """
 
-    def __init__(self, arms: list[str], camera_ids: list[str], obs_keys: list[str], obs_horizon: int, dt_ns: int,
-                 max_obs_age_ns: int, latency_offsets_ns: dict[str, int] | None = None,
-                 image_size: tuple[int, int] | None = None, extrinsics: dict | None = None):
+    def __init__(
+        self,
+        arms: list[str],
+        camera_ids: list[str],
+        obs_keys: list[str],
+        obs_horizon: int,
+        dt_ns: int,
+        max_obs_age_ns: int,
+        latency_offsets_ns: dict[str, int] | None = None,
+        image_size: tuple[int, int] | None = None,
+        extrinsics: dict | None = None,
+    ):
         self.arms, self.camera_ids = list(arms), list(camera_ids)
         self.obs_keys, self.obs_horizon = list(obs_keys), obs_horizon
         self.dt_ns, self.max_obs_age_ns = dt_ns, max_obs_age_ns
@@ -56,8 +65,9 @@ class ObservationBuilder:
         """One arm's states out of a mixed history (one arm: all of them)."""
         return [m for m in states if m.source == arm] if len(self.arms) > 1 else list(states)
 
-    def build(self, frames: dict[str, list[CameraFrame]], states: list[RobotState],
-              now_ns: int) -> tuple[Observation, dict[str, np.ndarray]]:
+    def build(
+        self, frames: dict[str, list[CameraFrame]], states: list[RobotState], now_ns: int
+    ) -> tuple[Observation, dict[str, np.ndarray]]:
         """The window at ``now_ns`` and the arrays to send, keyed and ordered as ``obs_keys``.
 
         Args:
@@ -68,12 +78,20 @@ class ObservationBuilder:
             StaleStreamError: a stream is missing, too old, or has no sample near a window time;
                 or no stream provides a requested key.
         """
-        obs = assemble(frames, self.states_of(states, self.arms[0]), self.obs_horizon, self.dt_ns, now_ns,
-                       self.max_obs_age_ns, latency_offsets_ns=self.offsets)
+        obs = assemble(
+            frames,
+            self.states_of(states, self.arms[0]),
+            self.obs_horizon,
+            self.dt_ns,
+            now_ns,
+            self.max_obs_age_ns,
+            latency_offsets_ns=self.offsets,
+        )
         q, ee, g = self._arm_windows(obs, states)
         arrays = {"ee_pose": ee.astype(np.float32), "q": q.astype(np.float32), "gripper_width": g.astype(np.float32)}
-        arrays["state"] = np.concatenate([state_vector(ee[:, 7 * i:7 * i + 7], g[:, i])
-                                          for i in range(len(self.arms))], axis=1)
+        arrays["state"] = np.concatenate(
+            [state_vector(ee[:, 7 * i : 7 * i + 7], g[:, i]) for i in range(len(self.arms))], axis=1
+        )
         for cid in obs.color:
             size = self.image_size or self.image_sizes.get(cid)
             arrays[f"{cid}.color"] = camera_images(obs.color[cid], size)
@@ -99,11 +117,18 @@ class ObservationBuilder:
                 raise StaleStreamError(f"{RobotState.TOPIC} of {a}", "no robot state received")
             st = np.array([m.stamp_ns for m in hist], np.int64) - self.offsets.get(RobotState.TOPIC, 0)
             if obs.times_ns[-1] - st[-1] > tol:
-                raise StaleStreamError(f"{RobotState.TOPIC} of {a}",
-                                       f"newest state is {(obs.times_ns[-1] - st[-1]) / 1e6:.0f} ms behind the window")
-            q, ee, g = interpolate_states(st, np.array([m.q for m in hist]), np.array([m.ee_pose for m in hist]),
-                                          np.array([m.gripper_width for m in hist]), obs.times_ns,
-                                          max_extrapolation_ns=tol)
+                raise StaleStreamError(
+                    f"{RobotState.TOPIC} of {a}",
+                    f"newest state is {(obs.times_ns[-1] - st[-1]) / 1e6:.0f} ms behind the window",
+                )
+            q, ee, g = interpolate_states(
+                st,
+                np.array([m.q for m in hist]),
+                np.array([m.ee_pose for m in hist]),
+                np.array([m.gripper_width for m in hist]),
+                obs.times_ns,
+                max_extrapolation_ns=tol,
+            )
             qs.append(q)
             ees.append(ee)
             gs.append(np.asarray(g)[:, None])

@@ -59,8 +59,14 @@ class Observation:
     gripper_width: np.ndarray
 
 
-def interpolate_states(stamps_ns: np.ndarray, q: np.ndarray, ee_pose: np.ndarray, gripper: np.ndarray,
-                       times_ns: np.ndarray, max_extrapolation_ns: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def interpolate_states(
+    stamps_ns: np.ndarray,
+    q: np.ndarray,
+    ee_pose: np.ndarray,
+    gripper: np.ndarray,
+    times_ns: np.ndarray,
+    max_extrapolation_ns: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Robot state at ``times_ns`` from a state history (stamps strictly increasing).
 
     Raises:
@@ -87,8 +93,16 @@ def interpolate_states(stamps_ns: np.ndarray, q: np.ndarray, ee_pose: np.ndarray
     return q_out, np.concatenate([pos, rot], axis=1), g
 
 
-def assemble(frames: dict[str, list], states: list, obs_horizon: int, dt_ns: int, now_ns: int, max_age_ns: int,
-             latency_offsets_ns: dict[str, int] | None = None, tolerance_ns: int | None = None) -> Observation:
+def assemble(
+    frames: dict[str, list],
+    states: list,
+    obs_horizon: int,
+    dt_ns: int,
+    now_ns: int,
+    max_age_ns: int,
+    latency_offsets_ns: dict[str, int] | None = None,
+    tolerance_ns: int | None = None,
+) -> Observation:
     """Build an :class:`Observation` from recent samples.
 
     Args:
@@ -114,8 +128,14 @@ def assemble(frames: dict[str, list], states: list, obs_horizon: int, dt_ns: int
             raise StaleStreamError(RobotState.TOPIC, f"newest state is {(now_ns - t_obs) / 1e6:.0f} ms old")
         times = t_obs - (np.arange(obs_horizon)[::-1].astype(np.int64)) * dt_ns
         st = np.array([m.stamp_ns for m in states], np.int64) - offs.get(RobotState.TOPIC, 0)
-        q, ee, g = interpolate_states(st, np.array([m.q for m in states]), np.array([m.ee_pose for m in states]),
-                                      np.array([m.gripper_width for m in states]), times, max_extrapolation_ns=tol)
+        q, ee, g = interpolate_states(
+            st,
+            np.array([m.q for m in states]),
+            np.array([m.ee_pose for m in states]),
+            np.array([m.gripper_width for m in states]),
+            times,
+            max_extrapolation_ns=tol,
+        )
         return Observation(t_obs, times, {}, {}, {}, q, ee, g)
     stamps = {}
     for cam, fs in frames.items():
@@ -125,8 +145,10 @@ def assemble(frames: dict[str, list], states: list, obs_horizon: int, dt_ns: int
     t_obs = int(min(s[-1] for s in stamps.values()))
     if now_ns - t_obs > max_age_ns:
         oldest = min(stamps, key=lambda c: stamps[c][-1])
-        raise StaleStreamError(CameraFrame.topic(oldest), f"newest frame is {(now_ns - t_obs) / 1e6:.0f} ms old "
-                                                  f"(max {max_age_ns / 1e6:.0f} ms)")
+        raise StaleStreamError(
+            CameraFrame.topic(oldest),
+            f"newest frame is {(now_ns - t_obs) / 1e6:.0f} ms old (max {max_age_ns / 1e6:.0f} ms)",
+        )
     times = t_obs - (np.arange(obs_horizon)[::-1].astype(np.int64)) * dt_ns
     color, depth, chosen = {}, {}, {}
     for cam, fs in frames.items():
@@ -134,8 +156,10 @@ def assemble(frames: dict[str, list], states: list, obs_horizon: int, dt_ns: int
         for t in times:
             j = int(np.argmin(np.abs(stamps[cam] - t)))
             if abs(int(stamps[cam][j]) - int(t)) > tol:
-                raise StaleStreamError(CameraFrame.topic(cam), f"no frame within {tol / 1e6:.0f} ms of window time "
-                                                        f"{(t - t_obs) / 1e6:.0f} ms")
+                raise StaleStreamError(
+                    CameraFrame.topic(cam),
+                    f"no frame within {tol / 1e6:.0f} ms of window time {(t - t_obs) / 1e6:.0f} ms",
+                )
             idx.append(j)
         color[cam] = np.stack([fs[j].color for j in idx])
         if fs[idx[0]].depth is not None:
@@ -143,10 +167,13 @@ def assemble(frames: dict[str, list], states: list, obs_horizon: int, dt_ns: int
         chosen[cam] = stamps[cam][idx]
     st = np.array([m.stamp_ns for m in states], np.int64) - offs.get(RobotState.TOPIC, 0)
     q, ee, g = interpolate_states(
-        st, np.array([m.q for m in states]) if states else np.zeros((0, 0)),
+        st,
+        np.array([m.q for m in states]) if states else np.zeros((0, 0)),
         np.array([m.ee_pose for m in states]) if states else np.zeros((0, 7)),
         np.array([m.gripper_width for m in states]) if states else np.zeros(0),
-        times, max_extrapolation_ns=tol)
+        times,
+        max_extrapolation_ns=tol,
+    )
     return Observation(t_obs, times, color, depth, chosen, q, ee, g)
 
 
@@ -157,4 +184,3 @@ def resize_images(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarra
     import cv2
 
     return np.stack([cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_AREA) for im in images])
-

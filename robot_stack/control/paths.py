@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def straight_line(start: np.ndarray, end: np.ndarray, t0_ns: int, speed: float, step_s: float = 0.05,
-                  ang_speed: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def straight_line(
+    start: np.ndarray, end: np.ndarray, t0_ns: int, speed: float, step_s: float = 0.05, ang_speed: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """Timed TCP waypoints along the segment start -> end (positions linear, orientation slerped, so
     no waypoint jumps in rotation; the duration covers both ``speed`` and ``ang_speed``).
 
@@ -41,8 +42,9 @@ def straight_line(start: np.ndarray, end: np.ndarray, t0_ns: int, speed: float, 
     return stamps, poses
 
 
-def polyline_schedule(start: np.ndarray, points: list[np.ndarray], t0_ns: int, speed: float,
-                      step_s: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+def polyline_schedule(
+    start: np.ndarray, points: list[np.ndarray], t0_ns: int, speed: float, step_s: float = 0.02
+) -> tuple[np.ndarray, np.ndarray]:
     """One Cartesian schedule start -> points[0] -> points[1] ... at ``speed`` m/s, the orientation
     of ``start`` (7,) held; ``points``: (3,) positions in the base frame, m.
 
@@ -61,8 +63,9 @@ def polyline_schedule(start: np.ndarray, points: list[np.ndarray], t0_ns: int, s
     return np.concatenate(stamps), np.concatenate(poses)
 
 
-def polyline(client, start: np.ndarray, points: list[np.ndarray], t0_ns: int, speed: float,
-             step_s: float = 0.02) -> int:
+def polyline(
+    client, start: np.ndarray, points: list[np.ndarray], t0_ns: int, speed: float, step_s: float = 0.02
+) -> int:
     """Send one Cartesian schedule per leg start -> points[0] -> points[1] ... (orientation of ``start``).
 
     Legs are queued back to back (each leg's schedule starts where the previous one ends).

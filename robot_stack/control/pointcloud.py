@@ -16,8 +16,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def backproject(depth: np.ndarray, K: np.ndarray, depth_scale: float, max_depth_m: float = 10.0,
-                stride: int = 1, color: np.ndarray | None = None) -> np.ndarray:
+def backproject(
+    depth: np.ndarray,
+    K: np.ndarray,
+    depth_scale: float,
+    max_depth_m: float = 10.0,
+    stride: int = 1,
+    color: np.ndarray | None = None,
+) -> np.ndarray:
     """Pixels with a valid depth as 3-D points in the camera's optical frame.
 
     Args:
@@ -99,9 +105,19 @@ def farthest_point_sampling(points: np.ndarray, n: int, start: int = 0) -> np.nd
     return idx
 
 
-def workspace_cloud(depth: np.ndarray, K: np.ndarray, depth_scale: float, T_base_camera: np.ndarray, lo, hi,
-                    n_points: int = 1024, color: np.ndarray | None = None, stride: int = 2,
-                    max_candidates: int = 20_000, seed: int = 0) -> tuple[np.ndarray, int]:
+def workspace_cloud(
+    depth: np.ndarray,
+    K: np.ndarray,
+    depth_scale: float,
+    T_base_camera: np.ndarray,
+    lo,
+    hi,
+    n_points: int = 1024,
+    color: np.ndarray | None = None,
+    stride: int = 2,
+    max_candidates: int = 20_000,
+    seed: int = 0,
+) -> tuple[np.ndarray, int]:
     """The policy's point cloud: back-project, move into the base frame, crop to [lo, hi], then
     ``n_points`` by farthest-point sampling (after a uniform random pre-subsample to at most
     ``max_candidates`` points, which bounds the cost; seeded, so deterministic).

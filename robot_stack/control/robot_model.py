@@ -165,7 +165,7 @@ class RobotDescription(StrictModel):
     sim: SimSpec | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RobotDescription":
+    def _consistent(self) -> RobotDescription:
         n = len(self.joints)
         sizes = {k: len(getattr(self, k)) for k in ("home_q", "max_joint_vel", "max_joint_acc")}
         if self.joint_range is not None:
@@ -249,9 +249,11 @@ def build_spec(desc: RobotDescription, base_dir: Path) -> mujoco.MjSpec:
     try:
         if desc.fragment_includes:
             incs = [resolve_source(s, base_dir) for s in desc.fragment_includes]
-            xml = (f'<mujoco><compiler meshdir="{path.parent}" angle="radian"/>'
-                   + "".join(f'<include file="{p}"/>' for p in incs)
-                   + f'<worldbody><include file="{path}"/></worldbody></mujoco>')
+            xml = (
+                f'<mujoco><compiler meshdir="{path.parent}" angle="radian"/>'
+                + "".join(f'<include file="{p}"/>' for p in incs)
+                + f'<worldbody><include file="{path}"/></worldbody></mujoco>'
+            )
             spec = mujoco.MjSpec.from_string(xml)
         else:
             spec = mujoco.MjSpec.from_file(str(path))
@@ -333,7 +335,7 @@ class RobotModel:
         self.kin = Kinematics(m, self.qpos_adr, self.dof_adr, site, self.lower, self.upper)
 
     @classmethod
-    def load(cls, robot: str | Path) -> "RobotModel":
+    def load(cls, robot: str | Path) -> RobotModel:
         """The model of a shipped robot name or a description YAML path (raises RobotModelError)."""
         desc, base_dir = load_description(robot)
         return cls(desc, base_dir)
@@ -372,9 +374,19 @@ class RobotModel:
     def describe(self) -> str:
         """One line: name, joints, gripper, TCP reach at home."""
         p = self.home_pose
-        return (f"{self.name}: {self.n_joints} joints, gripper {self.gripper_kind} ({self.gripper_stroke_m * 1e3:.0f} mm), "
-                f"TCP at home ({p[0]:.3f}, {p[1]:.3f}, {p[2]:.3f}) m; {self.desc.summary}")
+        return (
+            f"{self.name}: {self.n_joints} joints, gripper {self.gripper_kind} ({self.gripper_stroke_m * 1e3:.0f} mm), "
+            f"TCP at home ({p[0]:.3f}, {p[1]:.3f}, {p[2]:.3f}) m; {self.desc.summary}"
+        )
 
 
-__all__ = ["RobotModel", "RobotDescription", "RobotModelError", "GripperSpec", "load_description",
-           "available_robots", "resolve_source", "build_spec"]
+__all__ = [
+    "RobotModel",
+    "RobotDescription",
+    "RobotModelError",
+    "GripperSpec",
+    "load_description",
+    "available_robots",
+    "resolve_source",
+    "build_spec",
+]

@@ -75,7 +75,7 @@ class SafetyConfig(BaseModel):
     estop_release: list[str] | None = None
 
     @model_validator(mode="after")
-    def _box(self) -> "SafetyConfig":
+    def _box(self) -> SafetyConfig:
         if any(a >= b for a, b in zip(self.workspace_min, self.workspace_max)):
             raise ValueError("workspace_min must be below workspace_max on every axis")
         for k in ("max_joint_vel", "max_joint_acc", "max_joint_jerk"):
@@ -84,7 +84,7 @@ class SafetyConfig(BaseModel):
                 raise ValueError(f"{k} must be > 0 (every joint)")
         return self
 
-    def capped_by(self, max_vel: np.ndarray, max_acc: np.ndarray, robot: str = "robot") -> "SafetyConfig":
+    def capped_by(self, max_vel: np.ndarray, max_acc: np.ndarray, robot: str = "robot") -> SafetyConfig:
         """A copy whose per-joint velocity and acceleration limits are at most the robot model's
         (datasheet) limits, (n,) rad/s and rad/s^2; a config that asked for more is logged.
 
@@ -95,10 +95,18 @@ class SafetyConfig(BaseModel):
         vel = self.per_joint("max_joint_vel", n)
         acc = self.per_joint("max_joint_acc", n)
         if np.any(vel > max_vel) or np.any(acc > max_acc):
-            log.warning("safety limits above %s's datasheet limits are capped to them (vel %s, acc %s)", robot,
-                        np.round(max_vel, 2).tolist(), np.round(max_acc, 2).tolist())
-        return self.model_copy(update={"max_joint_vel": np.minimum(vel, max_vel).tolist(),
-                                       "max_joint_acc": np.minimum(acc, max_acc).tolist()})
+            log.warning(
+                "safety limits above %s's datasheet limits are capped to them (vel %s, acc %s)",
+                robot,
+                np.round(max_vel, 2).tolist(),
+                np.round(max_acc, 2).tolist(),
+            )
+        return self.model_copy(
+            update={
+                "max_joint_vel": np.minimum(vel, max_vel).tolist(),
+                "max_joint_acc": np.minimum(acc, max_acc).tolist(),
+            }
+        )
 
     def per_joint(self, key: str, n: int) -> np.ndarray:
         """Limit ``key`` (e.g. "max_joint_vel") as an (n,) array. Raises ValueError on a wrong length."""
@@ -156,8 +164,9 @@ class ScheduleChecker:
         log.warning("safety: clamped schedule (%s): %s", check, reason)
 
     # ------------------------------------------------------------------ whole-schedule checks
-    def admit(self, stamps_ns: np.ndarray, positions: np.ndarray, space: str, gripper: np.ndarray | None,
-              now_ns: int) -> None:
+    def admit(
+        self, stamps_ns: np.ndarray, positions: np.ndarray, space: str, gripper: np.ndarray | None, now_ns: int
+    ) -> None:
         """Checks that need no model: size, dimensions, timing, gripper targets.
 
         Args:
@@ -197,7 +206,9 @@ class ScheduleChecker:
         bad = (q < self.lower) | (q > self.upper)
         if bad.any():
             j = int(np.argwhere(bad)[0][1])
-            reason = f"joint {j + 1} at {q[bad.any(1)][0, j]:.3f} rad outside [{self.lower[j]:.3f}, {self.upper[j]:.3f}]"
+            reason = (
+                f"joint {j + 1} at {q[bad.any(1)][0, j]:.3f} rad outside [{self.lower[j]:.3f}, {self.upper[j]:.3f}]"
+            )
             if self.cfg.on_limit == "refuse":
                 raise self._violation("joint_limit", reason)
             self._clamped("joint_limit", reason)
@@ -215,8 +226,11 @@ class ScheduleChecker:
         while i < len(q):
             p = np.asarray(self.fk(q[i])[:3])
             if np.any(p < self.box_min) or np.any(p > self.box_max):
-                raise self._violation("workspace", f"waypoint {i}: TCP {np.round(p, 3).tolist()} m outside the "
-                                                   f"workspace box {self.box_min.tolist()}..{self.box_max.tolist()}")
+                raise self._violation(
+                    "workspace",
+                    f"waypoint {i}: TCP {np.round(p, 3).tolist()} m outside the "
+                    f"workspace box {self.box_min.tolist()}..{self.box_max.tolist()}",
+                )
             i += 1
             if time.perf_counter() > deadline:
                 break
@@ -226,8 +240,9 @@ class ScheduleChecker:
         """First waypoint vs where the plan is at that time (rad, max over joints)."""
         jump = float(np.abs(np.asarray(q0) - q_ref).max())
         if jump > self.cfg.max_jump_joint:
-            raise self._violation("jump", f"first waypoint is {jump:.3f} rad from the current position "
-                                          f"(max {self.cfg.max_jump_joint})")
+            raise self._violation(
+                "jump", f"first waypoint is {jump:.3f} rad from the current position (max {self.cfg.max_jump_joint})"
+            )
 
     def joint(self, q: np.ndarray, q_now: np.ndarray) -> np.ndarray:
         """Check an (N, n) joint schedule at once; returns it (possibly clamped). Raises SafetyViolation."""
@@ -256,14 +271,19 @@ class ScheduleChecker:
         """First waypoint vs the plan's pose at that time: translation (m) and rotation angle (rad)."""
         jump = float(np.linalg.norm(p0[:3] - ref[:3]))
         if jump > self.cfg.max_jump_ee:
-            raise self._violation("jump", f"first waypoint is {jump * 1e3:.0f} mm from the current TCP "
-                                          f"(max {self.cfg.max_jump_ee * 1e3:.0f} mm)")
+            raise self._violation(
+                "jump",
+                f"first waypoint is {jump * 1e3:.0f} mm from the current TCP (max {self.cfg.max_jump_ee * 1e3:.0f} mm)",
+            )
         # angle between unit quaternions: 2 acos |<a, b>| (sign-invariant: q and -q are one rotation)
         d = abs(float(np.dot(p0[3:] / np.linalg.norm(p0[3:]), ref[3:] / np.linalg.norm(ref[3:]))))
         ang = 2.0 * float(np.arccos(min(1.0, d)))
         if ang > self.cfg.max_jump_ee_rad:
-            raise self._violation("jump", f"first waypoint is rotated {np.degrees(ang):.0f} deg from the current "
-                                          f"TCP (max {np.degrees(self.cfg.max_jump_ee_rad):.0f} deg)")
+            raise self._violation(
+                "jump",
+                f"first waypoint is rotated {np.degrees(ang):.0f} deg from the current "
+                f"TCP (max {np.degrees(self.cfg.max_jump_ee_rad):.0f} deg)",
+            )
 
     def pose(self, poses: np.ndarray, ee_now: np.ndarray) -> np.ndarray:
         """Check an (N, 7) TCP pose schedule at once; returns it (possibly clamped). Raises SafetyViolation."""
@@ -312,8 +332,14 @@ class ServoGuard:
     #: distance to the target above which the guard is smoothing a step (phase-synchronised), rad
     STEP_TOL = 2e-3
 
-    def __init__(self, cfg: SafetyConfig, lower: np.ndarray, upper: np.ndarray, counters: SafetyCounters,
-                 q0: np.ndarray | None = None):
+    def __init__(
+        self,
+        cfg: SafetyConfig,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        counters: SafetyCounters,
+        q0: np.ndarray | None = None,
+    ):
         from ruckig import ControlInterface, InputParameter, OutputParameter, Result, Ruckig, Synchronization
 
         self._ruckig = (ControlInterface, Synchronization, Result)  # looked up once, not per servo tick
@@ -374,11 +400,23 @@ class ServoGuard:
                 self.q, self.v, self.a = target_q.copy(), np.asarray(target_v, float).copy(), np.zeros(self.n)
                 return self.q.copy()
             # a step to smooth (a jump, a chunk switch): joints in concert; fine tracking: each its own
-            syncs = ((Synchronization.Phase, Synchronization.No) if np.abs(rel_q).max() > self.STEP_TOL
-                     else (Synchronization.No,))
+            syncs = (
+                (Synchronization.Phase, Synchronization.No)
+                if np.abs(rel_q).max() > self.STEP_TOL
+                else (Synchronization.No,)
+            )
             for sync in syncs:
-                if self._plan(dt, ControlInterface.Position, sync, rel_q, rel_v, self.vmax - target_v,
-                              -self.vmax - target_v, target_q, target_v):
+                if self._plan(
+                    dt,
+                    ControlInterface.Position,
+                    sync,
+                    rel_q,
+                    rel_v,
+                    self.vmax - target_v,
+                    -self.vmax - target_v,
+                    target_q,
+                    target_v,
+                ):
                     return self.q.copy()
         for sync in (Synchronization.Phase, Synchronization.No):  # brake along the current direction
             if self._plan(dt, ControlInterface.Velocity, sync, self.q, self.v, self.vmax, -self.vmax, 0.0, 0.0):
@@ -417,7 +455,9 @@ class ServoGuard:
         if not ok:
             n = self.counters["servo_plan_error"] = self.counters["servo_plan_error"] + 1
             if n <= 5 or n % 1000 == 0:
-                log.warning("servo guard: ruckig plan refused (%s, %s: %s); falling back (#%d)", interface, sync, why, n)
+                log.warning(
+                    "servo guard: ruckig plan refused (%s, %s: %s); falling back (#%d)", interface, sync, why, n
+                )
             return False
         # the state stays inside the limits exactly (a profile that touches a limit can land a
         # rounding error outside it, which Ruckig's input check would refuse on the next tick)

@@ -60,9 +60,20 @@ class ServoCore:
         ik_iters: IK iterations per tick for Cartesian schedules.
     """
 
-    def __init__(self, kin, safety: SafetyConfig, lower: np.ndarray, upper: np.ndarray, q0: np.ndarray,
-                 grip0: float, rate_hz: float, release_sources: set[str], check_budget_s: float,
-                 max_pending: int = 16, ik_iters: int = 4):
+    def __init__(
+        self,
+        kin,
+        safety: SafetyConfig,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        q0: np.ndarray,
+        grip0: float,
+        rate_hz: float,
+        release_sources: set[str],
+        check_budget_s: float,
+        max_pending: int = 16,
+        ik_iters: int = 4,
+    ):
         n = len(q0)
         self.kin = kin
         self.checker = ScheduleChecker(safety, lower, upper, fk=kin.fk)
@@ -70,8 +81,9 @@ class ServoCore:
         self.q_cmd = np.array(q0, float)
         self.guard = ServoGuard(safety, lower, upper, self.counters, q0=self.q_cmd)
         # the interpolator stretches segments to 90 % of the limits, so the guard rarely has to act
-        self.joint_limits = Limits(vel=0.9 * safety.per_joint("max_joint_vel", n),
-                                   acc=0.9 * safety.per_joint("max_joint_acc", n))
+        self.joint_limits = Limits(
+            vel=0.9 * safety.per_joint("max_joint_vel", n), acc=0.9 * safety.per_joint("max_joint_acc", n)
+        )
         self.ee_limits = Limits(vel=(safety.max_ee_vel, safety.max_ee_ang_vel), acc=safety.max_ee_acc)
         self.release_sources = set(release_sources)
         self.timeout_ns = int(safety.heartbeat_timeout_s * 1e9)
@@ -165,7 +177,11 @@ class ServoCore:
             return
         try:
             self.checker.admit(msg.stamps_ns, msg.positions, msg.space, msg.gripper, t)
-            pts = self.checker.joint_static(msg.positions) if msg.space == "joint" else self.checker.pose_static(msg.positions)
+            pts = (
+                self.checker.joint_static(msg.positions)
+                if msg.space == "joint"
+                else self.checker.pose_static(msg.positions)
+            )
         except SafetyViolation:
             return  # logged and counted by the checker; the current plan continues
         # a sender that never heartbeated gets one timeout from its first schedule, then must beat
@@ -219,7 +235,7 @@ class ServoCore:
     def _merge(self, pend: _Pending, t: int) -> None:
         msg, pts = pend.msg, pend.points
         if msg.stamp_ns and 0 <= t - msg.stamp_ns < 1_000_000_000:  # send -> merge (same-host clock; a
-            self.merge_latency_ms.append((t - msg.stamp_ns) / 1e6)    # sender elsewhere reads out of range)
+            self.merge_latency_ms.append((t - msg.stamp_ns) / 1e6)  # sender elsewhere reads out of range)
         t0 = int(msg.stamps_ns[0])
         if msg.space == "joint":
             # a jump is measured against where the current plan is when the new one takes over
@@ -253,12 +269,19 @@ class ServoCore:
             passed since the last command, overruns included, which the guard limited the step by).
         """
         self._advance_checks(t)
-        if (self.traj is not None and t < self.traj.end_ns
-                and t - self.last_heard.get(self.active_source, 0) > self.timeout_ns):
+        if (
+            self.traj is not None
+            and t < self.traj.end_ns
+            and t - self.last_heard.get(self.active_source, 0) > self.timeout_ns
+        ):
             self.counters["heartbeat_stale"] += 1
             heard = self.last_heard.get(self.active_source)
-            log.error("command source %r silent for %s (> %.0f ms): holding", self.active_source,
-                      "ever" if heard is None else f"{(t - heard) / 1e6:.0f} ms", self.timeout_ns / 1e6)
+            log.error(
+                "command source %r silent for %s (> %.0f ms): holding",
+                self.active_source,
+                "ever" if heard is None else f"{(t - heard) / 1e6:.0f} ms",
+                self.timeout_ns / 1e6,
+            )
             self.drop_schedule()
         dt = max((t - self._t_prev) / 1e9, 1e-5) if self._t_prev else self._dt
         if self.estop or self.traj is None:
@@ -304,6 +327,9 @@ class ServoCore:
         if self.merge_latency_ms:  # schedule sent -> merged at this servo tick (the first that uses it)
             a = np.array(self.merge_latency_ms)
             m.update(merge_latency_p50_ms=float(np.percentile(a, 50)), merge_latency_p99_ms=float(np.percentile(a, 99)))
-        m.update(schedules=float(self.schedules), stretched_segments=float(self.stretched),
-                 pending_schedules=float(len(self.pending)))
+        m.update(
+            schedules=float(self.schedules),
+            stretched_segments=float(self.stretched),
+            pending_schedules=float(len(self.pending)),
+        )
         return m

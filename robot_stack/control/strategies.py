@@ -109,8 +109,8 @@ class CommittedPlan:
         k = int(np.argmin(np.abs(self.stamps_ns - t_ns)))
         if abs(int(self.stamps_ns[k]) - int(t_ns)) > self.tol_ns or k < 2 or k + 1 >= len(self.stamps_ns):
             return None
-        t = (self.stamps_ns[k - 2:k + 2] - self.stamps_ns[k - 2]) / 1e9
-        f = [a[:3] for a in self.actions[k - 2:k + 2]]
+        t = (self.stamps_ns[k - 2 : k + 2] - self.stamps_ns[k - 2]) / 1e9
+        f = [a[:3] for a in self.actions[k - 2 : k + 2]]
         if np.any(np.diff(t) <= 0):
             return None
         for order in (1, 2, 3):  # divided differences in place
@@ -155,14 +155,14 @@ class ExecutionStrategy(ABC):
         back-to-back inference would replan on every sample's noise, faster than the arm follows)."""
         self._next_request_ns = now_ns + self.dt_ns
 
-    def request_prefix(self, t_obs_ns: int, plan: CommittedPlan,
-                       delay_steps: int) -> tuple[np.ndarray, int] | None:
+    def request_prefix(self, t_obs_ns: int, plan: CommittedPlan, delay_steps: int) -> tuple[np.ndarray, int] | None:
         """What to send with the request (RTC): the planned actions (k, D) for the next chunk's
         indices 0..k-1 and how many of them are frozen (d), or None."""
         return None
 
-    def on_chunk(self, actions: np.ndarray, t_obs_ns: int, arrival_ns: int, dt_ns: int,
-                 offset: int = 0, frozen: int = -1) -> ChunkPlan | None:
+    def on_chunk(
+        self, actions: np.ndarray, t_obs_ns: int, arrival_ns: int, dt_ns: int, offset: int = 0, frozen: int = -1
+    ) -> ChunkPlan | None:
         """What an arriving chunk (H, D) becomes: the waypoints to send now (``plan.stamps_ns``,
         ``plan.actions``; ``plan.over_budget`` when all are stale, ``plan.refused`` when the
         strategy will not use it), or None when the strategy sends from :meth:`on_tick` instead.
@@ -217,9 +217,12 @@ class RTCStrategy(AsyncStrategy):
         self.horizon = len(actions)
         plan = super().on_chunk(actions, t_obs_ns, arrival_ns, dt_ns, offset)
         if frozen > 0 and not plan.over_budget and plan.first_index > frozen:
-            return replace(plan, stamps_ns=plan.stamps_ns[:0], actions=plan.actions[:0],
-                           refused=f"arrived {plan.first_index} steps after its observation, "
-                                   f"it followed only d = {frozen}")
+            return replace(
+                plan,
+                stamps_ns=plan.stamps_ns[:0],
+                actions=plan.actions[:0],
+                refused=f"arrived {plan.first_index} steps after its observation, it followed only d = {frozen}",
+            )
         return plan
 
     def request_prefix(self, t_obs_ns, plan, delay_steps):
@@ -243,8 +246,7 @@ class EnsembleStrategy(ExecutionStrategy):
 
     name = "ensemble"
 
-    def __init__(self, dt_ns: int, exec_latency_ns: int = 0, execute_horizon: int = 8, m: float = 0.01,
-                 steps: int = 4):
+    def __init__(self, dt_ns: int, exec_latency_ns: int = 0, execute_horizon: int = 8, m: float = 0.01, steps: int = 4):
         super().__init__(dt_ns, exec_latency_ns, execute_horizon)
         self.m, self.steps = m, steps
         self.reset()
@@ -273,4 +275,5 @@ class EnsembleStrategy(ExecutionStrategy):
 
 
 STRATEGIES: dict[str, type[ExecutionStrategy]] = {
-    c.name: c for c in (SyncStrategy, AsyncStrategy, EnsembleStrategy, RTCStrategy)}
+    c.name: c for c in (SyncStrategy, AsyncStrategy, EnsembleStrategy, RTCStrategy)
+}

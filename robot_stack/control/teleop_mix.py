@@ -66,7 +66,9 @@ class TeleopMixer:
         per_arm = {a: [c for c in fresh if (c.arm or self.arms[0]) == a] for a in self.arms}
         out.unknown_arms = {c.arm for c in fresh if c.arm and c.arm not in per_arm}
         if out.unknown_arms:
-            log.warning("teleop commands for arms this controller does not drive were ignored: %s", sorted(out.unknown_arms))
+            log.warning(
+                "teleop commands for arms this controller does not drive were ignored: %s", sorted(out.unknown_arms)
+            )
         if any(st is None for st in states.values()):
             return out
         t = np.array([now_ns + self.lead_ns], np.int64)
@@ -76,7 +78,9 @@ class TeleopMixer:
                 c = mine[-1]
                 joint_arms.append(arm)
                 self.targets.pop(arm, None)
-                out.each.append((arm, t, np.asarray(c.value, float)[None], "joint", np.array([np.clip(c.gripper, 0, 1)])))
+                out.each.append(
+                    (arm, t, np.asarray(c.value, float)[None], "joint", np.array([np.clip(c.gripper, 0, 1)]))
+                )
                 continue
             target = self.targets.get(arm)
             if target is None:  # from where the arm is (an arm no command moved yet holds there)

@@ -83,8 +83,13 @@ class EpisodeWriter:
         DatasetError: the folder cannot be written (the message names the cause, e.g. disk full).
     """
 
-    def __init__(self, root: str | Path, index: int | None = None, meta: dict | None = None,
-                 rows_per_chunk: dict[str, int] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        index: int | None = None,
+        meta: dict | None = None,
+        rows_per_chunk: dict[str, int] | None = None,
+    ):
         import zarr
 
         self.root = Path(root)
@@ -98,8 +103,13 @@ class EpisodeWriter:
         self._buf: dict[str, list[dict[str, np.ndarray]]] = {}
         self._arrays: dict[str, dict] = {}
         self.rows: dict[str, int] = {}
-        attrs = {"format": FORMAT, "status": "recording", "index": self.index,
-                 "start_date": datetime.datetime.now().astimezone().isoformat(), **(meta or {})}
+        attrs = {
+            "format": FORMAT,
+            "status": "recording",
+            "index": self.index,
+            "start_date": datetime.datetime.now().astimezone().isoformat(),
+            **(meta or {}),
+        }
         try:
             self.group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
             self.group.attrs.update(_jsonable(attrs))
@@ -144,9 +154,13 @@ class EpisodeWriter:
             g = self.group.require_group(stream)
             for k in fields:
                 a0 = rows[0][k]
-                arrays[k] = g.create_array(k, shape=(0, *a0.shape), dtype=a0.dtype,
-                                           chunks=(self._chunk_rows(stream), *a0.shape),
-                                           compressors=[_compressor(k, a0.dtype)])
+                arrays[k] = g.create_array(
+                    k,
+                    shape=(0, *a0.shape),
+                    dtype=a0.dtype,
+                    chunks=(self._chunk_rows(stream), *a0.shape),
+                    compressors=[_compressor(k, a0.dtype)],
+                )
         for k in fields:
             try:
                 block = np.stack([r[k] for r in rows])
@@ -161,9 +175,16 @@ class EpisodeWriter:
     def close(self, extra_meta: dict | None = None) -> Path:
         """Flush, mark complete and atomically move to the final name; returns the episode path."""
         self.flush()
-        self.group.attrs.update(_jsonable({"status": "complete", "rows": self.rows,
-                                           "end_date": datetime.datetime.now().astimezone().isoformat(),
-                                           **(extra_meta or {})}))
+        self.group.attrs.update(
+            _jsonable(
+                {
+                    "status": "complete",
+                    "rows": self.rows,
+                    "end_date": datetime.datetime.now().astimezone().isoformat(),
+                    **(extra_meta or {}),
+                }
+            )
+        )
         self.path.rename(self.final)
         return self.final
 
@@ -240,8 +261,10 @@ def episode_arms(ep) -> list[str]:
         return [""]
     order = [r.get("arm_node") for r in ep.meta.get("robots") or []]
     if not order or any(f"robot_state/{a}" not in streams for a in order):
-        raise DatasetError(f"{ep.path}: no robot_state stream, and no arm order in its metadata (robots) for "
-                           f"{[s for s in streams if s.startswith('robot_state/')]}")
+        raise DatasetError(
+            f"{ep.path}: no robot_state stream, and no arm order in its metadata (robots) for "
+            f"{[s for s in streams if s.startswith('robot_state/')]}"
+        )
     return order
 
 
@@ -255,8 +278,9 @@ def open_episode(path: str | Path) -> Episode:
 
     path = Path(path)
     if path.name.endswith(PARTIAL):
-        raise DatasetError(f"{path} was interrupted while recording: recover or discard it first "
-                           "(the recorder does this on start)")
+        raise DatasetError(
+            f"{path} was interrupted while recording: recover or discard it first (the recorder does this on start)"
+        )
     try:
         meta = dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception as e:  # noqa: BLE001 - zarr raises several types for a missing/broken store

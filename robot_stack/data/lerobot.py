@@ -53,8 +53,13 @@ def _stats(x: np.ndarray) -> dict:
     q is the smallest value whose empirical CDF reaches q (``inverted_cdf``; LeRobot reads it off
     a 5000-bin histogram, so the two agree within a bin)."""
     x = np.asarray(x, np.float64)
-    out = {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
-           "std": x.std(0).tolist(), "count": [int(len(x))]}
+    out = {
+        "min": x.min(0).tolist(),
+        "max": x.max(0).tolist(),
+        "mean": x.mean(0).tolist(),
+        "std": x.std(0).tolist(),
+        "count": [int(len(x))],
+    }
     out.update({k: np.quantile(x, q, axis=0, method="inverted_cdf").tolist() for k, q in QUANTILES.items()})
     return out
 
@@ -68,8 +73,13 @@ def _aggregate(per_episode: list[dict]) -> dict:
     w = n.reshape(-1, *([1] * (arr("mean").ndim - 1)))
     mean = (arr("mean") * w).sum(0) / n.sum()
     var = ((arr("std") ** 2 + (arr("mean") - mean) ** 2) * w).sum(0) / n.sum()
-    out = {"min": arr("min").min(0).tolist(), "max": arr("max").max(0).tolist(), "mean": mean.tolist(),
-           "std": np.sqrt(var).tolist(), "count": [int(n.sum())]}
+    out = {
+        "min": arr("min").min(0).tolist(),
+        "max": arr("max").max(0).tolist(),
+        "mean": mean.tolist(),
+        "std": np.sqrt(var).tolist(),
+        "count": [int(n.sum())],
+    }
     out.update({k: ((arr(k) * w).sum(0) / n.sum()).tolist() for k in QUANTILES})
     return out
 
@@ -79,11 +89,17 @@ def _image_stats(frames: np.ndarray) -> dict:
     (a subsample of at most about 100 frames, as LeRobot samples them)."""
     x = frames[:: max(1, len(frames) // 100)].astype(np.float64) / 255.0
     per = lambda f, **kw: f(x, axis=(0, 1, 2), **kw).reshape(3, 1, 1).tolist()  # noqa: E731
-    out = {"min": per(np.min), "max": per(np.max), "mean": per(np.mean), "std": per(np.std),
-           "count": [int(len(frames))]}
+    out = {
+        "min": per(np.min),
+        "max": per(np.max),
+        "mean": per(np.mean),
+        "std": per(np.std),
+        "count": [int(len(frames))],
+    }
     flat = x.reshape(-1, 3)
-    out.update({k: np.quantile(flat, q, axis=0, method="inverted_cdf").reshape(3, 1, 1).tolist()
-                for k, q in QUANTILES.items()})
+    out.update(
+        {k: np.quantile(flat, q, axis=0, method="inverted_cdf").reshape(3, 1, 1).tolist() for k, q in QUANTILES.items()}
+    )
     return out
 
 
@@ -93,12 +109,22 @@ def _tasks_table(tasks: list[str]):
     pyarrow and pandas' schema metadata so pandas restores the index."""
     import pyarrow as pa
 
-    meta = {"index_columns": ["task"], "column_indexes": [],
-            "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
-                         "numpy_type": "int64", "metadata": None},
-                        {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
-                         "metadata": None}],
-            "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.0"}
+    meta = {
+        "index_columns": ["task"],
+        "column_indexes": [],
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
+        ],
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.0",
+    }
     t = pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()), "task": pa.array(tasks, pa.string())})
     return t.replace_schema_metadata({b"pandas": json.dumps(meta).encode()})
 
@@ -121,8 +147,13 @@ def arm_names(arms: list[str], names: list[str]) -> list[str]:  # (control.featu
     return [f"{a.removeprefix('arm_')}_{n}" for a in arms for n in names]
 
 
-def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cameras: list[str] | None = None,
-                   robot_type: str = "franka_panda_sim") -> Path:
+def export_lerobot(
+    episodes: list[Path],
+    out: str | Path,
+    fps: float = 10.0,
+    cameras: list[str] | None = None,
+    robot_type: str = "franka_panda_sim",
+) -> Path:
     """Write ``episodes`` as a LeRobot v3.0 dataset in ``out`` (must not exist); returns ``out``.
 
     ``observation.state`` and ``action`` are 8 values per arm ([x y z qx qy qz qw gripper], each
@@ -145,8 +176,10 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
 
     out = Path(out)
     if float(fps) != int(fps) or fps <= 0:
-        raise LeRobotError(f"fps {fps}: LeRobot datasets have a whole-number frame rate (the video is encoded "
-                           f"and decoded at it); choose e.g. {max(1, round(fps))}")
+        raise LeRobotError(
+            f"fps {fps}: LeRobot datasets have a whole-number frame rate (the video is encoded "
+            f"and decoded at it); choose e.g. {max(1, round(fps))}"
+        )
     fps = int(fps)
     if out.exists():
         raise LeRobotError(f"{out} exists; export writes a new dataset folder")
@@ -156,13 +189,17 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
     arms = episode_arms(eps[0])
     for ep in eps[1:]:
         if episode_arms(ep) != arms:
-            raise LeRobotError(f"{ep.path}: arms {episode_arms(ep)}, the first episode's {arms}: one dataset, one layout")
+            raise LeRobotError(
+                f"{ep.path}: arms {episode_arms(ep)}, the first episode's {arms}: one dataset, one layout"
+            )
     dim = 8 * len(arms)
     cams = cameras or sorted(s.split("/", 1)[1] for s in eps[0].streams() if s.startswith("camera/"))
     keys = {c: f"observation.images.{c}" for c in cams}
     tasks = sorted({e.meta.get("task", "") for e in eps})
-    rows: dict[str, list] = {k: [] for k in ("observation.state", "action", "timestamp", "frame_index",
-                                            "episode_index", "index", "task_index")}
+    rows: dict[str, list] = {
+        k: []
+        for k in ("observation.state", "action", "timestamp", "frame_index", "episode_index", "index", "task_index")
+    }
     ep_rows = []
     writers, streams, vt = {}, {}, {c: 0.0 for c in cams}
     (out / "data" / "chunk-000").mkdir(parents=True)
@@ -180,15 +217,29 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
             states, actions = [], []
             for x in sfx:
                 rs, act = ep.load(f"robot_state{x}"), ep.load(f"action{x}")
-                _, ee, g = interpolate_states(rs["stamp_ns"], rs["q"], rs["ee_pose"], rs["gripper_width"], grid,
-                                              max_extrapolation_ns=int(1e9 / fps))
+                _, ee, g = interpolate_states(
+                    rs["stamp_ns"],
+                    rs["q"],
+                    rs["ee_pose"],
+                    rs["gripper_width"],
+                    grid,
+                    max_extrapolation_ns=int(1e9 / fps),
+                )
                 states.append(state_vector(ee, g))
                 actions.append(actions_at(act["target_ns"], act["pose"], act["gripper"], grid).astype(np.float32))
             state, action = np.concatenate(states, axis=1), np.concatenate(actions, axis=1)
             n = len(grid)
-            rec = {"episode_index": e_i, "tasks": [ep.meta.get("task", "")], "length": n,
-                   "data/chunk_index": 0, "data/file_index": 0, "dataset_from_index": index,
-                   "dataset_to_index": index + n, "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
+            rec = {
+                "episode_index": e_i,
+                "tasks": [ep.meta.get("task", "")],
+                "length": n,
+                "data/chunk_index": 0,
+                "data/file_index": 0,
+                "dataset_from_index": index,
+                "dataset_to_index": index + n,
+                "meta/episodes/chunk_index": 0,
+                "meta/episodes/file_index": 0,
+            }
             for c in cams:
                 cst = ep.array(f"camera/{c}", "stamp_ns")[:]
                 idx = np.abs(cst[None, :] - grid[:, None]).argmin(1)
@@ -206,15 +257,23 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
                     st.options = {"crf": "18", "preset": "fast", "g": str(GOP)}
                     streams[c], shapes[c] = st, (h, w)
                 elif shapes[c] != (h, w):
-                    raise LeRobotError(f"{ep.path}: camera {c} is {w}x{h}, earlier episodes {shapes[c][1]}x{shapes[c][0]}")
+                    raise LeRobotError(
+                        f"{ep.path}: camera {c} is {w}x{h}, earlier episodes {shapes[c][1]}x{shapes[c][0]}"
+                    )
                 for f in frames:
                     for pkt in streams[c].encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                         writers[c].mux(pkt)
                 ep_stats.setdefault(keys[c], []).append(_image_stats(frames))
                 for k, v in ep_stats[keys[c]][-1].items():
                     rec[f"stats/{keys[c]}/{k}"] = v
-                rec.update({f"videos/{keys[c]}/chunk_index": 0, f"videos/{keys[c]}/file_index": 0,
-                            f"videos/{keys[c]}/from_timestamp": vt[c], f"videos/{keys[c]}/to_timestamp": vt[c] + n / fps})
+                rec.update(
+                    {
+                        f"videos/{keys[c]}/chunk_index": 0,
+                        f"videos/{keys[c]}/file_index": 0,
+                        f"videos/{keys[c]}/from_timestamp": vt[c],
+                        f"videos/{keys[c]}/to_timestamp": vt[c] + n / fps,
+                    }
+                )
                 vt[c] += n / fps
             for name, x in (("observation.state", state), ("action", action)):
                 ep_stats.setdefault(name, []).append(_stats(x))
@@ -235,9 +294,14 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
                 wtr.mux(pkt)
             wtr.close()
     vec = lambda a: pa.array([np.asarray(r, np.float32) for r in a], type=pa.list_(pa.float32(), dim))  # noqa: E731
-    table = pa.table({"observation.state": vec(rows["observation.state"]), "action": vec(rows["action"]),
-                      "timestamp": pa.array(rows["timestamp"], pa.float32()),
-                      **{k: pa.array(rows[k], pa.int64()) for k in ("frame_index", "episode_index", "index", "task_index")}})
+    table = pa.table(
+        {
+            "observation.state": vec(rows["observation.state"]),
+            "action": vec(rows["action"]),
+            "timestamp": pa.array(rows["timestamp"], pa.float32()),
+            **{k: pa.array(rows[k], pa.int64()) for k in ("frame_index", "episode_index", "index", "task_index")},
+        }
+    )
     pq.write_table(table, out / "data" / "chunk-000" / "file-000.parquet")
     pq.write_table(pa.Table.from_pylist(ep_rows), out / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
     pq.write_table(_tasks_table(tasks), out / "meta" / "tasks.parquet")
@@ -245,19 +309,44 @@ def export_lerobot(episodes: list[Path], out: str | Path, fps: float = 10.0, cam
     features = {
         "observation.state": {"dtype": "float32", "shape": [dim], "names": arm_names(arms, names + ["gripper_width"])},
         "action": {"dtype": "float32", "shape": [dim], "names": arm_names(arms, names + ["gripper_open"])},
-        **{keys[c]: {"dtype": "video", "shape": [*shapes[c], 3], "names": ["height", "width", "channels"],
-                     "info": {"video.fps": fps, "video.height": shapes[c][0], "video.width": shapes[c][1],
-                              "video.codec": "h264", "video.pix_fmt": "yuv420p", "video.is_depth_map": False,
-                              "video.channels": 3, "has_audio": False}} for c in cams},
-        **{k: {"dtype": "float32" if k == "timestamp" else "int64", "shape": [1], "names": None}
-           for k in ("timestamp", "frame_index", "episode_index", "index", "task_index")},
+        **{
+            keys[c]: {
+                "dtype": "video",
+                "shape": [*shapes[c], 3],
+                "names": ["height", "width", "channels"],
+                "info": {
+                    "video.fps": fps,
+                    "video.height": shapes[c][0],
+                    "video.width": shapes[c][1],
+                    "video.codec": "h264",
+                    "video.pix_fmt": "yuv420p",
+                    "video.is_depth_map": False,
+                    "video.channels": 3,
+                    "has_audio": False,
+                },
+            }
+            for c in cams
+        },
+        **{
+            k: {"dtype": "float32" if k == "timestamp" else "int64", "shape": [1], "names": None}
+            for k in ("timestamp", "frame_index", "episode_index", "index", "task_index")
+        },
     }
-    info = {"codebase_version": VERSION, "robot_type": robot_type, "total_episodes": len(eps), "total_frames": index,
-            "total_tasks": len(tasks), "chunks_size": CHUNK, "data_files_size_in_mb": 100, "video_files_size_in_mb": 500,
-            "fps": fps, "splits": {"train": f"0:{len(eps)}"},
-            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
-            "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
-            "features": features}
+    info = {
+        "codebase_version": VERSION,
+        "robot_type": robot_type,
+        "total_episodes": len(eps),
+        "total_frames": index,
+        "total_tasks": len(tasks),
+        "chunks_size": CHUNK,
+        "data_files_size_in_mb": 100,
+        "video_files_size_in_mb": 500,
+        "fps": fps,
+        "splits": {"train": f"0:{len(eps)}"},
+        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+        "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+        "features": features,
+    }
     (out / "meta" / "info.json").write_text(json.dumps(info, indent=2))
     stats = {k: _aggregate(v) for k, v in ep_stats.items()}
     (out / "meta" / "stats.json").write_text(json.dumps(stats, indent=2))
@@ -305,8 +394,10 @@ def _read_lerobot_index(root: Path):
             t = pq.read_table(p)
             e_i = int(t.column("episode_index")[0].as_py())
             chunk = e_i // int(info.get("chunks_size", CHUNK))
-            vids = {k: (root / info["video_path"].format(episode_chunk=chunk, video_key=k, episode_index=e_i), 0.0)
-                    for k in vkeys}
+            vids = {
+                k: (root / info["video_path"].format(episode_chunk=chunk, video_key=k, episode_index=e_i), 0.0)
+                for k in vkeys
+            }
             episodes.append((e_i, t, vids, tasks.get(int(t.column("task_index")[0].as_py()), "")))
     elif ver == "v3.0":
         tt = pq.read_table(root / "meta" / "tasks.parquet").to_pydict()
@@ -322,9 +413,16 @@ def _read_lerobot_index(root: Path):
                 data[dp] = pq.read_table(dp)
             t = data[dp]
             sel = np.nonzero(np.asarray(t.column("episode_index")) == r["episode_index"])[0]
-            vids = {k: (root / info["video_path"].format(video_key=k, chunk_index=r[f"videos/{k}/chunk_index"],
-                                                         file_index=r[f"videos/{k}/file_index"]),
-                        float(r[f"videos/{k}/from_timestamp"])) for k in vkeys}
+            vids = {
+                k: (
+                    root
+                    / info["video_path"].format(
+                        video_key=k, chunk_index=r[f"videos/{k}/chunk_index"], file_index=r[f"videos/{k}/file_index"]
+                    ),
+                    float(r[f"videos/{k}/from_timestamp"]),
+                )
+                for k in vkeys
+            }
             episodes.append((r["episode_index"], t.take(sel), vids, (r.get("tasks") or [""])[0]))
     else:
         raise LeRobotError(f"{root}: codebase_version {ver!r} (supported: v2.1, v3.0)")
@@ -334,8 +432,10 @@ def _read_lerobot_index(root: Path):
 def _not_lerobot(root: Path) -> str:
     """Why ``root`` is not importable, naming the format when it is a known other one."""
     if any(root.glob("**/*.tfrecord*")) or (root / "dataset_info.json").is_file():
-        return (f"{root} is an RLDS / Open X-Embodiment (TFDS TFRecord) dataset; robot-stack import reads "
-                f"LeRobot v2.1 and v3.0 datasets (convert RLDS to LeRobot first)")
+        return (
+            f"{root} is an RLDS / Open X-Embodiment (TFDS TFRecord) dataset; robot-stack import reads "
+            f"LeRobot v2.1 and v3.0 datasets (convert RLDS to LeRobot first)"
+        )
     return f"{root} is not a LeRobot dataset (no meta/info.json); robot-stack import reads LeRobot v2.1 and v3.0"
 
 
@@ -384,18 +484,28 @@ def import_lerobot(root: str | Path, out: str | Path, require_videos: bool = Fal
     for e_i, t, vids, task in episodes:
         w = None
         try:
-            w = EpisodeWriter(out, meta={"task": task, "source": f"lerobot {ver}", "source_path": str(root),
-                                         "source_episode_index": int(e_i), "robot": {"type": info.get("robot_type")},
-                                         "rates_hz": {"dataset": fps},
-                                         "features": {k: info["features"][k].get("names")
-                                                      for k in ("observation.state", "action")},
-                                         "layout": {k: name_groups(info["features"][k].get("names"))
-                                                    for k in ("observation.state", "action")}})
+            w = EpisodeWriter(
+                out,
+                meta={
+                    "task": task,
+                    "source": f"lerobot {ver}",
+                    "source_path": str(root),
+                    "source_episode_index": int(e_i),
+                    "robot": {"type": info.get("robot_type")},
+                    "rates_hz": {"dataset": fps},
+                    "features": {k: info["features"][k].get("names") for k in ("observation.state", "action")},
+                    "layout": {
+                        k: name_groups(info["features"][k].get("names")) for k in ("observation.state", "action")
+                    },
+                },
+            )
             missing = {k: p for k, (p, _) in vids.items() if not Path(p).is_file()}
             if missing and require_videos:
-                raise LeRobotError(f"{next(iter(missing.values()))}: video of episode {e_i} is missing "
-                                   f"({len(missing)} of {len(vids)} videos; import without --require-videos "
-                                   f"keeps the tabular streams)")
+                raise LeRobotError(
+                    f"{next(iter(missing.values()))}: video of episode {e_i} is missing "
+                    f"({len(missing)} of {len(vids)} videos; import without --require-videos "
+                    f"keeps the tabular streams)"
+                )
             if missing and log is not None:
                 for k, p in missing.items():
                     log(f"episode {e_i}: video {k} missing ({p}), imported without it")
@@ -434,4 +544,3 @@ def _import_episode(w, fps: float, e_i: int, t, vids: dict) -> None:
             w.add(f"camera/{cam}", stamps[i], frame_index=np.int64(i), color=frames[i])
             if i % 60 == 59:
                 w.flush()
-

@@ -31,6 +31,7 @@ __all__ = ["ArmNode", "ArmParams"]
 
 log = logging.getLogger(__name__)
 
+
 class ArmNode(Node):
     """Servo loop: the driver and the sockets around :class:`~robot_stack.control.servo.ServoCore`."""
 
@@ -56,27 +57,47 @@ class ArmNode(Node):
         self.kin = self.model.kin
         n = self.driver.n_joints
         if n != self.model.n_joints:
-            raise ValueError(f"robot model {self.model.name} has {self.model.n_joints} joints, "
-                             f"the {p.driver.type} driver {n}")
+            raise ValueError(
+                f"robot model {self.model.name} has {self.model.n_joints} joints, the {p.driver.type} driver {n}"
+            )
         # joint limits: the model's and the driver's, whichever is tighter
         lower = np.maximum(self.model.lower, self.driver.lower)
         upper = np.minimum(self.model.upper, self.driver.upper)
         s = p.safety.capped_by(self.model.max_vel, self.model.max_acc, self.model.name)
-        release = set(s.estop_release) if s.estop_release is not None else (
-            {"cli_estop"} | {k for k, nc in self.ctx.config.nodes.items() if nc.kind == "teleop"})
-        grip0 = float(np.clip(first.gripper_width / self.model.gripper_stroke_m, 0, 1)
-                      if self.model.gripper_stroke_m > 0 else 0.0)
+        release = (
+            set(s.estop_release)
+            if s.estop_release is not None
+            else ({"cli_estop"} | {k for k, nc in self.ctx.config.nodes.items() if nc.kind == "teleop"})
+        )
+        grip0 = float(
+            np.clip(first.gripper_width / self.model.gripper_stroke_m, 0, 1) if self.model.gripper_stroke_m > 0 else 0.0
+        )
         # no jump at start-up: the first command is the measured state
-        self.core = ServoCore(self.kin, s, lower, upper, first.q.copy(), grip0, p.rate_hz, release,
-                              p.check_budget / p.rate_hz, p.max_pending, p.ik_iters_per_tick)
+        self.core = ServoCore(
+            self.kin,
+            s,
+            lower,
+            upper,
+            first.q.copy(),
+            grip0,
+            p.rate_hz,
+            release,
+            p.check_budget / p.rate_hz,
+            p.max_pending,
+            p.ik_iters_per_tick,
+        )
         self.counters = self.core.counters
         self.own(self.core, self._stop_motion)  # runs before the driver's release (reverse order)
         self.rx = self.own(self.ctx.receiver())
         self._state_every = max(1, round(p.rate_hz / p.state_rate_hz))
         self._tick = 0
         self._state_stamp = -1
-        log.info("arm ready (%s) at q=%s; e-stop release allowed from %s", self.model.name,
-                 np.round(first.q, 3).tolist(), sorted(release))
+        log.info(
+            "arm ready (%s) at q=%s; e-stop release allowed from %s",
+            self.model.name,
+            np.round(first.q, 3).tolist(),
+            sorted(release),
+        )
 
     @property
     def mode(self) -> str:
@@ -91,8 +112,11 @@ class ArmNode(Node):
         if who is not None:
             self.core.recover_requested_by = None
             if not self.driver.can_recover:
-                log.warning("recovery requested by %s: the %s driver recovers by itself or not at all",
-                            who, self.params.driver.type)
+                log.warning(
+                    "recovery requested by %s: the %s driver recovers by itself or not at all",
+                    who,
+                    self.params.driver.type,
+                )
             elif self.driver.recover():
                 log.warning("driver recovery started by %s", who)
 
@@ -122,10 +146,19 @@ class ArmNode(Node):
             wrench = usable_wrench(reading.wrench)
             if wrench is None and reading.wrench is not None:  # never published: read as "none"
                 self.counters["wrench_unusable"] += 1
-            self.pub.publish(RobotState.TOPIC, RobotState(
-                stamp_ns=reading.stamp_ns, q=reading.q, dq=reading.dq, ee_pose=self.kin.fk(reading.q),
-                gripper_width=reading.gripper_width, mode=self.core.mode, safety_events=self.counters.total(),
-                wrench=wrench))
+            self.pub.publish(
+                RobotState.TOPIC,
+                RobotState(
+                    stamp_ns=reading.stamp_ns,
+                    q=reading.q,
+                    dq=reading.dq,
+                    ee_pose=self.kin.fk(reading.q),
+                    gripper_width=reading.gripper_width,
+                    mode=self.core.mode,
+                    safety_events=self.counters.total(),
+                    wrench=wrench,
+                ),
+            )
         self._tick += 1
 
     def metrics(self) -> dict[str, float]:

@@ -50,7 +50,7 @@ class ArmFanout:
     def send(self, stamps: np.ndarray, actions: np.ndarray, origin: str) -> None:
         """(k, 8 per arm) [x y z qx qy qz qw gripper] actions, every arm on the same stamps (lockstep)."""
         for i, arm in enumerate(self.arms):
-            a = actions[:, 8 * i:8 * i + 8]
+            a = actions[:, 8 * i : 8 * i + 8]
             self.dispatch(arm, stamps, a[:, :7], "ee", np.clip(a[:, 7], 0, 1), origin)
 
     def dispatch(self, arm: str, stamps, positions, space: str, gripper, origin: str) -> None:
@@ -58,8 +58,14 @@ class ArmFanout:
         positions = np.array(positions, np.float64)
         if space == "ee":
             positions[:, 3:] /= np.linalg.norm(positions[:, 3:], axis=1, keepdims=True)
-        msg = WaypointSchedule(stamps_ns=np.asarray(stamps, np.int64), positions=positions, space=space,
-                               gripper=gripper, origin=origin, arm=arm if self.multi else "")
+        msg = WaypointSchedule(
+            stamps_ns=np.asarray(stamps, np.int64),
+            positions=positions,
+            space=space,
+            gripper=gripper,
+            origin=origin,
+            arm=arm if self.multi else "",
+        )
         try:
             self.clients[arm].send_schedule(msg.stamps_ns, positions, space=space, gripper=gripper, origin=origin)
             self.pub.publish(WaypointSchedule.EXECUTED_TOPIC, msg)

@@ -15,8 +15,11 @@ ArmDriverConfig, _driver_field = ARM_DRIVERS.field("sim")
 
 class ArmParams(NodeParams):
     driver: ArmDriverConfig = _driver_field
-    robot: str | None = Field(None, description="robot model: a shipped name (robot-stack robots) or a "
-                                                "description YAML; default: the driver's (sim: its world's robot, franka: fr3_hand)")
+    robot: str | None = Field(
+        None,
+        description="robot model: a shipped name (robot-stack robots) or a "
+        "description YAML; default: the driver's (sim: its world's robot, franka: fr3_hand)",
+    )
     rate_hz: float = Field(500.0, gt=0, le=2000)
     state_rate_hz: float = Field(250.0, gt=0, le=2000)
     startup_timeout_s: float = Field(20.0, gt=0)
@@ -24,10 +27,11 @@ class ArmParams(NodeParams):
     check_budget: float = Field(0.25, gt=0, le=0.8, description="fraction of a servo period spent checking schedules")
     max_pending: int = Field(16, ge=1, description="schedules waiting for their checks; more are refused")
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
-    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig,
-                                     description="SCHED_FIFO priority, CPU affinity, locked memory for the servo loop")
+    realtime: RealtimeConfig = Field(
+        default_factory=RealtimeConfig,
+        description="SCHED_FIFO priority, CPU affinity, locked memory for the servo loop",
+    )
     spy_file: str | None = Field(None, description="record every driver command into this .npz at stop (fault tests)")
-
 
     def references(self) -> dict[str, str]:
         return self.driver.references()

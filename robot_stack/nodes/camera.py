@@ -27,7 +27,6 @@ class CameraParams(NodeParams):
     rate_hz: float = Field(30.0, gt=0, le=1000)
     depth: bool = True
 
-
     def references(self) -> dict[str, str]:
         return self.driver.references()
 
@@ -50,12 +49,19 @@ class CameraNode(Node):
         if f is None:
             self.missed += 1
             return
-        self.pub.publish(self.topic, CameraFrame(
-            stamp_ns=f.stamp_ns, camera_id=self.params.camera_id, frame_index=f.frame_index,
-            color=f.color, depth=f.depth, depth_scale=self.driver.depth_scale, K=self.driver.K,
-        ))
+        self.pub.publish(
+            self.topic,
+            CameraFrame(
+                stamp_ns=f.stamp_ns,
+                camera_id=self.params.camera_id,
+                frame_index=f.frame_index,
+                color=f.color,
+                depth=f.depth,
+                depth_scale=self.driver.depth_scale,
+                K=self.driver.K,
+            ),
+        )
         self.published += 1
 
     def metrics(self) -> dict[str, float]:
         return {"frames": float(self.published), "missed": float(self.missed)}
-

@@ -51,20 +51,43 @@ class ControllerNode(Node):
         if cfg.calibration is not None:  # latency corrections and T_base_camera (eye-to-hand), when calibrated
             from robot_stack.calibration import store
 
-            offsets, extrinsics = store.latency_offsets_ns(cfg.calibration.file), store.base_camera_extrinsics(cfg.calibration.file)
-        self.obs = ObservationBuilder(self.arm_names, list(self.cam_ids.values()), p.obs_keys or ["ee_pose"], p.obs_horizon or 2,
-                                      self.dt_ns, int(p.max_obs_age_s * 1e9), offsets, p.image_size, extrinsics)
-        self.exec = ChunkExecutor(p.strategy, self.dt_ns, lat_ns, p.execute_horizon, 8 * n, p.start_from_rest,
-                                  p.ensemble_m, p.ensemble_steps)
+            offsets, extrinsics = (
+                store.latency_offsets_ns(cfg.calibration.file),
+                store.base_camera_extrinsics(cfg.calibration.file),
+            )
+        self.obs = ObservationBuilder(
+            self.arm_names,
+            list(self.cam_ids.values()),
+            p.obs_keys or ["ee_pose"],
+            p.obs_horizon or 2,
+            self.dt_ns,
+            int(p.max_obs_age_s * 1e9),
+            offsets,
+            p.image_size,
+            extrinsics,
+        )
+        self.exec = ChunkExecutor(
+            p.strategy, self.dt_ns, lat_ns, p.execute_horizon, 8 * n, p.start_from_rest, p.ensemble_m, p.ensemble_steps
+        )
         self.modes = ModeMachine(p.source, p.autostart, self.has_policy, n, p.hold_together)
-        self.gate = RequestGate(p.strategy != "sync" and p.request_on_frame, int(p.max_obs_age_s * 1e9), self.MAX_INFERENCE_FAILURES)
+        self.gate = RequestGate(
+            p.strategy != "sync" and p.request_on_frame, int(p.max_obs_age_s * 1e9), self.MAX_INFERENCE_FAILURES
+        )
         self.teleop_mix = TeleopMixer(self.arm_names, self.dt_ns + lat_ns, int(p.teleop_timeout_s * 1e9))
         self.replay = ReplayQueue(self.arm_names)
-        self.stats = collections.Counter(dict.fromkeys(("requests", "obs_holds", "teleop_steps", "stale_holds", "anchor_waits_timed_out"), 0))
+        self.stats = collections.Counter(
+            dict.fromkeys(("requests", "obs_holds", "teleop_steps", "stale_holds", "anchor_waits_timed_out"), 0)
+        )
         self.timing = StageTimer(("inference", "e2e", "fast_compute", "fast_period"), maxlen=2000)
         self.inbox, self.teleop_seq, self._last_fast = queue.SimpleQueue(), -1, None
-        self.sub = self.own(self.ctx.subscriber([*self.arm_names, *p.cameras], (RobotState.TOPIC, CameraFrame.TOPIC),
-                                                history=500 * n, on_message=self._on_sample))
+        self.sub = self.own(
+            self.ctx.subscriber(
+                [*self.arm_names, *p.cameras],
+                (RobotState.TOPIC, CameraFrame.TOPIC),
+                history=500 * n,
+                on_message=self._on_sample,
+            )
+        )
         # the arms' heartbeats come from this loop's step: a hung loop reads as silent and they hold
         self.arms = ArmFanout({a: self.own(self.ctx.arm_client(a, heartbeat_hz=0)) for a in self.arm_names}, self.pub)
         self.rx = self.own(self.ctx.receiver())
@@ -77,9 +100,23 @@ class ControllerNode(Node):
             if self.ctx.start_threads:  # its ticker only posts; the owner computes and sends
                 self.own(Ticker(self.fast.period_ns, self.inbox, "fast"))
         if self.has_policy:
-            setup = SetupView(p.obs_keys, p.obs_horizon, p.image_size, list(self.cam_ids.values()), self.arm_names, extrinsics, p.spec_timeout_s)
-            self.worker = self.own(PolicyWorker(make_policy_client(p, self.ctx, self.dt_ns / 1e9), setup, self.inbox,
-                                                threaded=self.ctx.start_threads))
+            setup = SetupView(
+                p.obs_keys,
+                p.obs_horizon,
+                p.image_size,
+                list(self.cam_ids.values()),
+                self.arm_names,
+                extrinsics,
+                p.spec_timeout_s,
+            )
+            self.worker = self.own(
+                PolicyWorker(
+                    make_policy_client(p, self.ctx, self.dt_ns / 1e9),
+                    setup,
+                    self.inbox,
+                    threaded=self.ctx.start_threads,
+                )
+            )
             self.workers.append(self.worker)
 
     # ------------------------------------------------------------------------- posts (owner thread)
@@ -98,7 +135,9 @@ class ControllerNode(Node):
         elif kind == "failed":
             return self.fail(item[1])
         elif kind == "frame" and self.gate.on_frame(item[1], item[2]):  # its age now: the camera pipeline's latency
-            self.exec.stages.add("frame_arrival", (now - item[3] - self.obs.offsets.get(item[1].rpartition("/")[2], 0)) / MS)
+            self.exec.stages.add(
+                "frame_arrival", (now - item[3] - self.obs.offsets.get(item[1].rpartition("/")[2], 0)) / MS
+            )
             return self._request(now)
         elif kind == "fast":
             return self._fast_tick(item[1])
@@ -106,8 +145,13 @@ class ControllerNode(Node):
 
     def on_wake(self) -> None:
         now = now_ns()
-        d = self.gate.decide(now, self.modes.policy_driving and self.worker is not None, self.exec.request_due(now),
-                             self.exec.next_request_ns(), self.obs.anchor(lambda cid: self.sub.latest(CameraFrame.topic(cid))))
+        d = self.gate.decide(
+            now,
+            self.modes.policy_driving and self.worker is not None,
+            self.exec.request_due(now),
+            self.exec.next_request_ns(),
+            self.obs.anchor(lambda cid: self.sub.latest(CameraFrame.topic(cid))),
+        )
         self.wake_at_ns = d.wake_at_ns
         self.stats["anchor_waits_timed_out"] += d.timed_out
         if d.request:
@@ -117,8 +161,11 @@ class ControllerNode(Node):
     def _request(self, now: int) -> None:
         generation, t0 = self.modes.generation, now_ns()
         try:
-            obs, arrays = self.obs.build({cid: self.sub.history(CameraFrame.topic(cid)) for cid in self.cam_ids.values()},
-                                         self.sub.history(RobotState.TOPIC), t0)
+            obs, arrays = self.obs.build(
+                {cid: self.sub.history(CameraFrame.topic(cid)) for cid in self.cam_ids.values()},
+                self.sub.history(RobotState.TOPIC),
+                t0,
+            )
         except StaleStreamError as e:
             self.stats["obs_holds"] += 1
             if self.stats["obs_holds"] <= 5 or self.stats["obs_holds"] % 50 == 0:
@@ -133,7 +180,13 @@ class ControllerNode(Node):
     def _on_reply(self, job: Job, reply, arrival: int) -> None:
         if isinstance(reply, Exception):
             self.stats["errors"] += 1
-            transient = "refused" if isinstance(reply, RemoteError) else "timeout" if isinstance(reply, TransportTimeout) else None
+            transient = (
+                "refused"
+                if isinstance(reply, RemoteError)
+                else "timeout"
+                if isinstance(reply, TransportTimeout)
+                else None
+            )
             log.error("inference: %s: %s", transient or type(reply).__name__, reply)
             if (why := self.gate.replied(arrival, reply, transient, self.dt_ns)) is not None:
                 self.fail(why)
@@ -141,8 +194,15 @@ class ControllerNode(Node):
         self.gate.replied(arrival, None, None, self.dt_ns)
         self.timing.add("inference", (arrival - job.t_send_ns) / MS)
         t0 = now_ns()
-        sched, why = self.exec.on_reply(reply, job, arrival, t0, job.generation == self.modes.generation,
-                                        self.modes.policy_driving, len(self.arm_names))
+        sched, why = self.exec.on_reply(
+            reply,
+            job,
+            arrival,
+            t0,
+            job.generation == self.modes.generation,
+            self.modes.policy_driving,
+            len(self.arm_names),
+        )
         if why is not None and (self.exec.counts["bad_chunks"] <= 5 or not why.startswith("refused (#")):
             log.warning("chunk %s (inference %.0f ms)", why, (arrival - job.t_obs_ns) / MS)
         if sched is not None:
@@ -155,8 +215,13 @@ class ControllerNode(Node):
         t0, st = now_ns(), self._latest_state(self.arm_names[0])
         tcp = st.ee_pose if origin == "policy" and t_obs is not None and st is not None else None
         if (lead := self.exec.committed(stamps, actions, t0, tcp)) is not None:  # the arm was at rest
-            log.info("first schedule from rest: its chunk was observed %.0f ms ago, its first waypoint is %.0f ms "
-                     "ahead and %.0f mm from the TCP", (t0 - t_obs) / MS, (int(stamps[0]) - t0) / MS, lead * 1e3)
+            log.info(
+                "first schedule from rest: its chunk was observed %.0f ms ago, its first waypoint is %.0f ms "
+                "ahead and %.0f mm from the TCP",
+                (t0 - t_obs) / MS,
+                (int(stamps[0]) - t0) / MS,
+                lead * 1e3,
+            )
         if self.fast is not None and origin == "policy":
             actions = self.fast.shift(actions)  # the plan's next steps keep the fast layer's correction
         self.arms.send(stamps, actions, origin)
@@ -168,7 +233,9 @@ class ControllerNode(Node):
         """Drop the plan (chunks in flight become stale). ``hold``: why the arms must stop now
         (they brake, jerk-limited, and hold), keeping a replay and teleop targets; else all goes."""
         had_plan = self.exec.planned_until(now_ns())
-        for core in filter(None, [self.exec, self.modes, self.gate] + ([] if hold else [self.replay, self.teleop_mix, self.fast])):
+        for core in filter(
+            None, [self.exec, self.modes, self.gate] + ([] if hold else [self.replay, self.teleop_mix, self.fast])
+        ):
             core.clear()
         if hold and had_plan:
             self.stats["stale_holds"] += 1
@@ -185,7 +252,9 @@ class ControllerNode(Node):
         self._last_fast = t
         if not self.modes.policy_driving:
             return self.fast.reset()
-        out = self.fast.tick(t, self.sub.latest(RobotState.TOPIC), self.exec.plan.stamps_ns.copy(), self.exec.plan.actions.copy())
+        out = self.fast.tick(
+            t, self.sub.latest(RobotState.TOPIC), self.exec.plan.stamps_ns.copy(), self.exec.plan.actions.copy()
+        )
         self.timing.add("fast_compute", (now_ns() - t) / MS)
         if out is not None:
             self.arms.dispatch(self.arm_names[0], out[0], out[1][:, :7], "ee", np.clip(out[1][:, 7], 0, 1), "fast")
@@ -196,7 +265,9 @@ class ControllerNode(Node):
             self.arms.heartbeat()  # from the control loop itself: a hung loop reads as silent
         while (item := self.rx.recv(0.0)) is not None:
             self.guarded("controller_input", self._on_event, item[1])
-        self.modes.arms_in_estop([a for a in self.arm_names if (st := self._latest_state(a)) is not None and st.mode == "estop"])
+        self.modes.arms_in_estop(
+            [a for a in self.arm_names if (st := self._latest_state(a)) is not None and st.mode == "estop"]
+        )
         if self.modes.held:  # every arm holds until the e-stop is released (the others' plans are dropped)
             return self._clear_plan(hold=f"arm {', '.join(self.modes.estopped)} is in e-stop")
         if (part := self.replay.due(now_ns())) is not None:
@@ -212,8 +283,11 @@ class ControllerNode(Node):
         if isinstance(ev, WaypointSchedule):  # a replayed stream (robot-stack replay), one schedule per arm
             if ev.space != "ee":
                 raise ValueError(f"replay schedules are TCP poses (N, 7), got {ev.space} {ev.positions.shape}")
-            if self.modes.enabled and self.replay.add(ev.arm, ev.stamps_ns, ev.positions, ev.gripper) and \
-                    (part := self.replay.due(now_ns())) is not None:
+            if (
+                self.modes.enabled
+                and self.replay.add(ev.arm, ev.stamps_ns, ev.positions, ev.gripper)
+                and (part := self.replay.due(now_ns())) is not None
+            ):
                 self._send(*part, origin="replay")
         elif isinstance(ev, EpisodeEvent) and ev.kind != "quit":
             self.modes.episode(ev.kind)
@@ -242,9 +316,16 @@ class ControllerNode(Node):
             self.arms.dispatch(arm, stamps, positions, space, gripper, "teleop")
 
     def metrics(self) -> dict[str, float]:
-        m = {**{k: float(v) for k, v in self.stats.items()}, **self.exec.metrics(), **self.timing.metrics(prefix=""),
-             **self.modes.metrics(), "errors": float(self.stats["errors"] + self.arms.errors)}
+        m = {
+            **{k: float(v) for k, v in self.stats.items()},
+            **self.exec.metrics(),
+            **self.timing.metrics(prefix=""),
+            **self.modes.metrics(),
+            "errors": float(self.stats["errors"] + self.arms.errors),
+        }
         if self.fast is not None:
-            m.update({f"fast_{k}": float(v) for k, v in self.fast.stats.items()},
-                     fast_correction_mm=float(np.linalg.norm(self.fast.correction) * 1e3))
+            m.update(
+                {f"fast_{k}": float(v) for k, v in self.fast.stats.items()},
+                fast_correction_mm=float(np.linalg.norm(self.fast.correction) * 1e3),
+            )
         return m

@@ -18,21 +18,32 @@ from robot_stack.runtime.node import NodeParams
 
 class ControllerParams(NodeParams):
     arm: str = "arm"
-    arms: list[str] | None = Field(None, min_length=1, description=(
-        "several arm nodes driven in lockstep (bimanual): a chunk holds 8 actions per arm in this order, each "
-        "in its arm's base frame, and the state is their state vectors in this order. None: the one arm ``arm``"))
+    arms: list[str] | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "several arm nodes driven in lockstep (bimanual): a chunk holds 8 actions per arm in this order, each "
+            "in its arm's base frame, and the state is their state vectors in this order. None: the one arm ``arm``"
+        ),
+    )
     hold_together: bool = Field(True, description="several arms: an arm in e-stop holds the others too")
     policy: str = Field("policy", description="policy node name (ignored when policy_endpoint is set)")
-    policy_endpoint: str | None = Field(None, description="a remote policy: tcp://... (our protocol, CURVE off-host) "
-                                        "or ws://127.0.0.1:PORT / wss://... (openpi's websocket protocol)")
+    policy_endpoint: str | None = Field(
+        None,
+        description="a remote policy: tcp://... (our protocol, CURVE off-host) "
+        "or ws://127.0.0.1:PORT / wss://... (openpi's websocket protocol)",
+    )
     openpi_keys: dict[str, str] | None = Field(None, description="ws:// policy: openpi observation key -> our key")
     openpi_api_key_env: str | None = Field(None, description="ws:// policy: environment variable with the API key")
     cameras: list[str] = Field(default_factory=list, description="camera node names")
-    obs_keys: list[str] | None = Field(None, min_length=1,
-                                       description="keys sent to the policy: ee_pose, q, gripper_width, state, "
-                                       "<camera_id>.color/.depth/.points (None: the policy's spec; [ee_pose] "
-                                       "without one); .points needs the camera's T_base_camera in the setup's "
-                                       "calibration file and the cloud settings from the policy's spec")
+    obs_keys: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="keys sent to the policy: ee_pose, q, gripper_width, state, "
+        "<camera_id>.color/.depth/.points (None: the policy's spec; [ee_pose] "
+        "without one); .points needs the camera's T_base_camera in the setup's "
+        "calibration file and the cloud settings from the policy's spec",
+    )
     rate_hz: float = Field(10.0, gt=0, le=100)
     obs_horizon: int | None = Field(None, ge=1, description="To (None: the policy's spec; 2 without one)")
     strategy: Literal["sync", "async", "ensemble", "rtc"] = "sync"
@@ -40,24 +51,39 @@ class ControllerParams(NodeParams):
     ensemble_m: float = 0.01
     ensemble_steps: int = Field(4, ge=1, description="ensemble: steps sent ahead each control step")
     exec_latency_s: float = Field(0.01, ge=0)
-    start_from_rest: bool = Field(True, description="a chunk that finds nothing planned since its observation "
-                                  "(the arm at rest) is stamped from its arrival, so its first actions run first "
-                                  "(chunking.chunk_anchor_ns); false: from its observation, d steps dropped")
+    start_from_rest: bool = Field(
+        True,
+        description="a chunk that finds nothing planned since its observation "
+        "(the arm at rest) is stamped from its arrival, so its first actions run first "
+        "(chunking.chunk_anchor_ns); false: from its observation, d steps dropped",
+    )
     max_obs_age_s: float = Field(0.3, gt=0)
     request_timeout_s: float = Field(2.0, gt=0)
     source: Literal["policy", "teleop", "external"] = Field(
-        "policy", description="who drives: the policy, a teleop device, or only schedules sent to the input (replay)")
+        "policy", description="who drives: the policy, a teleop device, or only schedules sent to the input (replay)"
+    )
     teleop: str | None = Field(None, description="teleop node name (teleop source and intervention)")
     teleop_timeout_s: float = Field(0.5, gt=0, description="teleop commands older than this are not executed")
     autostart: bool = Field(True, description="execute from start-up (else wait for an episode start event)")
-    spec_timeout_s: float = Field(60.0, gt=0, description="start-up wait for the policy's spec (it may be loading a model), s")
-    image_size: tuple[int, int] | None = Field(None, description="(h, w) camera images are resized to (INTER_AREA); "
-                                               "None: each camera's size in the policy's spec (native without one)")
-    fast: str | None = Field(None, description="slow-fast control: a fast-layer file (robot-stack train-fast) run at "
-                             "its rate in this node, correcting the plan from the arm's wrist wrench (RDP-style)")
+    spec_timeout_s: float = Field(
+        60.0, gt=0, description="start-up wait for the policy's spec (it may be loading a model), s"
+    )
+    image_size: tuple[int, int] | None = Field(
+        None,
+        description="(h, w) camera images are resized to (INTER_AREA); "
+        "None: each camera's size in the policy's spec (native without one)",
+    )
+    fast: str | None = Field(
+        None,
+        description="slow-fast control: a fast-layer file (robot-stack train-fast) run at "
+        "its rate in this node, correcting the plan from the arm's wrist wrench (RDP-style)",
+    )
     fast_lookahead_s: float = Field(0.5, gt=0, description="fast layer: how far ahead each tick resends the plan, s")
-    request_on_frame: bool = Field(True, description="async/rtc/ensemble: a due request waits (up to max_obs_age_s) "
-                                   "for the frame that advances the observation anchor")
+    request_on_frame: bool = Field(
+        True,
+        description="async/rtc/ensemble: a due request waits (up to max_obs_age_s) "
+        "for the frame that advances the observation anchor",
+    )
 
     @property
     def arm_nodes(self) -> list[str]:
@@ -98,8 +124,10 @@ def check_setup(p: ControllerParams, cfg: StackConfig) -> dict[str, str]:
         if arm_nc is not None and arm_nc.kind == "arm":
             hb_timeout = float(arm_nc.typed.safety.heartbeat_timeout_s)
             if 1.0 / p.rate_hz >= 0.5 * hb_timeout:
-                raise ConfigError(f"controller.rate_hz {p.rate_hz} Hz: the control period must be under half "
-                                  f"the heartbeat timeout of arm {a} ({hb_timeout} s)")
+                raise ConfigError(
+                    f"controller.rate_hz {p.rate_hz} Hz: the control period must be under half "
+                    f"the heartbeat timeout of arm {a} ({hb_timeout} s)"
+                )
     ws = p.policy_endpoint is not None and p.policy_endpoint.startswith(("ws://", "wss://"))
     if ws:
         mapped = set((p.openpi_keys or {"observation/state": "state"}).values())

@@ -52,11 +52,9 @@ class MonitorNode(Node):
                 age_ms = (t - m.stamp_ns) / 1e6 if m is not None else float("nan")
                 extra = f" {m.node}:{m.state}" if isinstance(m, Heartbeat) else ""
                 parts.append(f"{topic} {n / dt:.1f}/s age {age_ms:.1f} ms{extra}")
-            log.info("topics: %s | decode errors %d", "; ".join(parts) or "none yet",
-                     self.sub.stats.decode_errors)
+            log.info("topics: %s | decode errors %d", "; ".join(parts) or "none yet", self.sub.stats.decode_errors)
             self._last_counts = dict(self._counts)
             self._last_report = t
 
     def metrics(self) -> dict[str, float]:
         return {"decode_errors": float(self.sub.stats.decode_errors), "received": float(self.sub.stats.received)}
-

@@ -55,12 +55,18 @@ class PolicyParams(NodeParams):
     max_obs_age_s: float = Field(1.0, gt=0)
     rate_hz: float = Field(1000.0, gt=0)
     fault: Literal["none", "nan", "limit", "jump", "empty", "flip"] = Field(
-        "none", description="fault injection (HIL tests, bench/faults.py): corrupt every chunk this way")
+        "none", description="fault injection (HIL tests, bench/faults.py): corrupt every chunk this way"
+    )
     openpi: OpenpiServerConfig | None = Field(
-        None, description="also serve openpi's websocket policy protocol (loopback; keys: openpi key -> ours)")
+        None, description="also serve openpi's websocket policy protocol (loopback; keys: openpi key -> ours)"
+    )
     batch: BatchParams = Field(default_factory=BatchParams, description="dynamic batching of requests")
-    threads: int | None = Field(1, ge=1, description="torch / ONNX Runtime CPU threads (None: library default). "
-                                                     "One avoids fighting the servo loop for cores on small machines")
+    threads: int | None = Field(
+        1,
+        ge=1,
+        description="torch / ONNX Runtime CPU threads (None: library default). "
+        "One avoids fighting the servo loop for cores on small machines",
+    )
 
 
 def inject_fault(actions: np.ndarray, fault: str) -> np.ndarray:
@@ -95,7 +101,9 @@ class PolicyNode(Node):
         self.policy = self.params.backend.build(self.ctx, self.params)
         nc = self.ctx.node_config
         curve = nc.curve_server.build() if nc.curve_server else None
-        self.server = self.own(BatchReplyServer(self.ctx.config.in_endpoint(self.name, self.ctx.run_dir), self.name, curve=curve))
+        self.server = self.own(
+            BatchReplyServer(self.ctx.config.in_endpoint(self.name, self.ctx.run_dir), self.name, curve=curve)
+        )
         self.inference_ms: collections.deque[float] = collections.deque(maxlen=500)  # the recent ones
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=500)
         self.requests = 0  # answered with a chunk
@@ -110,19 +118,30 @@ class PolicyNode(Node):
                 key = os.environ.get(o.api_key_env)
                 if not key:
                     raise ValueError(f"openpi.api_key_env: environment variable {o.api_key_env} is not set")
-            self.openpi = self.own(OpenpiServer(o.host, o.port, self._openpi_metadata(), self._openpi_infer, api_key=key))
+            self.openpi = self.own(
+                OpenpiServer(o.host, o.port, self._openpi_metadata(), self._openpi_infer, api_key=key)
+            )
             log.info("openpi websocket policy server on ws://%s:%d", o.host, self.openpi.port)
 
     def _openpi_metadata(self) -> dict:
         """The spec an openpi client receives on connect (our policy's metadata, in openpi keys)."""
         md = self.policy.metadata
         theirs = {ours: k for k, ours in self.params.openpi.keys.items()}
-        return {"server": "robot_stack", "policy": self.params.backend.type,
-                "observation": {theirs.get(k, k): {"shape": list(shape), "dtype": dtype, "ours": k}
-                                for k, (shape, dtype) in md.obs_shapes.items()},
-                "obs_horizon": md.obs_horizon, "action_horizon": md.horizon, "action_dim": md.action_dim,
-                "action_space": md.action_space, "dt": md.dt, "offset": md.offset,
-                "supports_prefix": md.supports_prefix}
+        return {
+            "server": "robot_stack",
+            "policy": self.params.backend.type,
+            "observation": {
+                theirs.get(k, k): {"shape": list(shape), "dtype": dtype, "ours": k}
+                for k, (shape, dtype) in md.obs_shapes.items()
+            },
+            "obs_horizon": md.obs_horizon,
+            "action_horizon": md.horizon,
+            "action_dim": md.action_dim,
+            "action_space": md.action_space,
+            "dt": md.dt,
+            "offset": md.offset,
+            "supports_prefix": md.supports_prefix,
+        }
 
     def _openpi_infer(self, obs: dict) -> tuple[dict | None, str | None]:
         """One openpi request: map keys, give single frames the To axis, cast floats to the
@@ -140,14 +159,21 @@ class PolicyNode(Node):
                     a = a.astype(dtype)
             arrays[k] = a
         prefix = obs.get(PREFIX_KEY)
-        msg = ObservationWindow(request_id=0, obs=arrays, obs_age_ns=np.zeros(0, np.int64),
-                                committed_prefix=None if prefix is None else np.asarray(prefix, np.float32),
-                                prefix_frozen=int(obs.get(FROZEN_KEY, -1)))
+        msg = ObservationWindow(
+            request_id=0,
+            obs=arrays,
+            obs_age_ns=np.zeros(0, np.int64),
+            committed_prefix=None if prefix is None else np.asarray(prefix, np.float32),
+            prefix_frozen=int(obs.get(FROZEN_KEY, -1)),
+        )
         reply = self.handle("infer", msg)
         if isinstance(reply, ErrorReply):
             return None, f"{reply.code}: {reply.reason}"
-        return {"actions": np.asarray(reply.actions, np.float32),
-                "server_timing": {"infer_ms": reply.inference_ns / 1e6}, FROZEN_KEY: reply.prefix_frozen}, None
+        return {
+            "actions": np.asarray(reply.actions, np.float32),
+            "server_timing": {"infer_ms": reply.inference_ns / 1e6},
+            FROZEN_KEY: reply.prefix_frozen,
+        }, None
 
     def handle(self, topic: str, msg: Message) -> Message:
         """Answer one request (ZeroMQ or openpi): an ActionChunk, or an ErrorReply naming why not."""
@@ -157,8 +183,10 @@ class PolicyNode(Node):
         """Answer requests as one batch: each is checked alone (a bad one gets its ErrorReply), the
         valid ones run through ``predict_batch`` together; if the batch raises, each valid request
         is retried alone, so only a request that fails by itself gets a ``handler_error``."""
-        replies: list[Message | None] = [spec_message(self.policy.metadata, m.request_id) if isinstance(m, SpecRequest)
-                                         else self._check(m) for m in msgs]
+        replies: list[Message | None] = [
+            spec_message(self.policy.metadata, m.request_id) if isinstance(m, SpecRequest) else self._check(m)
+            for m in msgs
+        ]
         valid = [i for i, r in enumerate(replies) if r is None]
         if not valid:
             return replies
@@ -167,20 +195,30 @@ class PolicyNode(Node):
             if self.params.delay_s:
                 time.sleep(self.params.delay_s)
             try:
-                out = self.policy.predict_batch([msgs[i].obs for i in valid], [self._prefix(msgs[i]) for i in valid],
-                                                [frozen_count(msgs[i]) for i in valid])
+                out = self.policy.predict_batch(
+                    [msgs[i].obs for i in valid],
+                    [self._prefix(msgs[i]) for i in valid],
+                    [frozen_count(msgs[i]) for i in valid],
+                )
             except Exception as e:
                 if len(valid) == 1:
                     log.exception("inference failed")
                     out = [e]
                 else:
-                    log.warning("a batch of %d failed (%s: %s): answering its requests one by one",
-                                len(valid), type(e).__name__, e)
+                    log.warning(
+                        "a batch of %d failed (%s: %s): answering its requests one by one",
+                        len(valid),
+                        type(e).__name__,
+                        e,
+                    )
                     out = []
                     for i in valid:
                         try:
-                            out.append(self.policy.predict_batch([msgs[i].obs], [self._prefix(msgs[i])],
-                                                                 [frozen_count(msgs[i])])[0])
+                            out.append(
+                                self.policy.predict_batch(
+                                    [msgs[i].obs], [self._prefix(msgs[i])], [frozen_count(msgs[i])]
+                                )[0]
+                            )
                         except Exception as e1:
                             out.append(e1)
             dt_ns = time.perf_counter_ns() - t0
@@ -190,16 +228,23 @@ class PolicyNode(Node):
         for i, res in zip(valid, out):
             m = msgs[i]
             if isinstance(res, Exception):
-                replies[i] = ErrorReply(request_id=m.request_id, code="handler_error", reason=f"{type(res).__name__}: {res}")
+                replies[i] = ErrorReply(
+                    request_id=m.request_id, code="handler_error", reason=f"{type(res).__name__}: {res}"
+                )
                 continue
             actions, frozen = res
             if self.params.fault != "none":
                 actions = inject_fault(np.array(actions, np.float32), self.params.fault)
             self.inference_ms.append(dt_ns / 1e6)
             self.requests += 1
-            replies[i] = ActionChunk(request_id=m.request_id, actions=np.asarray(actions, np.float32), dt=md.dt,
-                                     offset=md.offset, inference_ns=dt_ns,
-                                     prefix_frozen=-1 if self._prefix(m) is None else int(frozen))
+            replies[i] = ActionChunk(
+                request_id=m.request_id,
+                actions=np.asarray(actions, np.float32),
+                dt=md.dt,
+                offset=md.offset,
+                inference_ns=dt_ns,
+                prefix_frozen=-1 if self._prefix(m) is None else int(frozen),
+            )
         return replies
 
     @staticmethod
@@ -224,17 +269,29 @@ class PolicyNode(Node):
             replies = self.handle_batch([r.msg for r in reqs])
         except Exception as e:  # a bug outside the policy: answer every request, log, stay up
             log.exception("answering a batch failed")
-            replies = [ErrorReply(request_id=int(r.msg.request_id) if isinstance(r.msg, (ObservationWindow, SpecRequest)) else 0, code="handler_error",
-                                  reason=f"{type(e).__name__}: {e}") for r in reqs]
+            replies = [
+                ErrorReply(
+                    request_id=int(r.msg.request_id) if isinstance(r.msg, (ObservationWindow, SpecRequest)) else 0,
+                    code="handler_error",
+                    reason=f"{type(e).__name__}: {e}",
+                )
+                for r in reqs
+            ]
         for r, reply in zip(reqs, replies):
             self.server.reply(r, reply)
 
     def metrics(self) -> dict[str, float]:
-        m = {"requests": float(self.requests), "rejected": float(self.rejected),
-             "decode_errors": float(self.server.stats.decode_errors)}
+        m = {
+            "requests": float(self.requests),
+            "rejected": float(self.rejected),
+            "decode_errors": float(self.server.stats.decode_errors),
+        }
         if self.openpi is not None:
-            m.update(openpi_requests=float(self.openpi.requests), openpi_errors=float(self.openpi.errors),
-                     openpi_unauthorized=float(self.openpi.unauthorized))
+            m.update(
+                openpi_requests=float(self.openpi.requests),
+                openpi_errors=float(self.openpi.errors),
+                openpi_unauthorized=float(self.openpi.unauthorized),
+            )
         if self.inference_ms:
             a = np.array(self.inference_ms)
             m.update(inference_p50_ms=float(np.percentile(a, 50)), inference_p99_ms=float(np.percentile(a, 99)))
@@ -242,4 +299,3 @@ class PolicyNode(Node):
             bs = np.array(self.batch_sizes)
             m.update(batches=float(self.batches), batch_mean=float(bs.mean()), batch_max=float(bs.max()))
         return m
-

@@ -43,7 +43,7 @@ class Negotiated:
     action_order: object = None
 
 
-def matched_actions(policy_names, setup: "SetupView"):
+def matched_actions(policy_names, setup: SetupView):
     """The index array that puts a policy's action dimensions in the robot's order, matched by
     name (:func:`robot_stack.control.chunking.action_order`); a policy that names none is applied by
     position, its dimensions already checked, with one warning.
@@ -61,8 +61,11 @@ def matched_actions(policy_names, setup: "SetupView"):
     except ValueError as e:
         raise SpecMismatch(f"the policy's spec does not match this controller: {e}") from None
     if order is not None:
-        log.warning("the policy's actions come in another order (%s): remapped by name to %s",
-                    list(policy_names), setup.action_names)
+        log.warning(
+            "the policy's actions come in another order (%s): remapped by name to %s",
+            list(policy_names),
+            setup.action_names,
+        )
     return order
 
 
@@ -71,7 +74,7 @@ class PolicyClient(Protocol):
 
     endpoint: str
 
-    def negotiate(self, setup: "SetupView", stop) -> Negotiated:
+    def negotiate(self, setup: SetupView, stop) -> Negotiated:
         """Agree on the observation with the policy before the first request.
 
         Raises:
@@ -81,8 +84,7 @@ class PolicyClient(Protocol):
     def infer(self, window: ObservationWindow) -> ActionChunk:
         """One inference. Raises TransportTimeout (no reply in time) or RemoteError (refused)."""
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -139,13 +141,19 @@ class ZmqPolicyClient:
                 reply = self.client.request("spec", SpecRequest(request_id=0), timeout_s=min(2.0, setup.spec_timeout_s))
             except TransportTimeout:
                 if now_ns() > deadline:
-                    log.warning("the policy at %s sent no spec within %.0f s: observations are checked per request",
-                                self.endpoint, setup.spec_timeout_s)
+                    log.warning(
+                        "the policy at %s sent no spec within %.0f s: observations are checked per request",
+                        self.endpoint,
+                        setup.spec_timeout_s,
+                    )
                     return Negotiated()
                 continue
             except RemoteError as e:
-                log.warning("the policy at %s does not give its spec (%s): observations are checked per request",
-                            self.endpoint, e)
+                log.warning(
+                    "the policy at %s does not give its spec (%s): observations are checked per request",
+                    self.endpoint,
+                    e,
+                )
                 return Negotiated()
             if not isinstance(reply, PolicySpec):
                 log.warning("the policy at %s answered a spec request with %s", self.endpoint, reply.SCHEMA)
@@ -153,15 +161,22 @@ class ZmqPolicyClient:
             try:
                 md = metadata_from_spec(reply)
             except ValueError as e:  # it decoded, but does not hold together: the per-request checks remain
-                log.warning("the policy at %s sent a malformed spec (%s): observations are checked per request",
-                            self.endpoint, e)
+                log.warning(
+                    "the policy at %s sent a malformed spec (%s): observations are checked per request",
+                    self.endpoint,
+                    e,
+                )
                 return Negotiated()
-            diffs = spec_mismatch(md, setup.obs_keys, setup.obs_horizon, setup.image_size, setup.camera_ids,
-                                  action_dim=setup.action_dim)
+            diffs = spec_mismatch(
+                md, setup.obs_keys, setup.obs_horizon, setup.image_size, setup.camera_ids, action_dim=setup.action_dim
+            )
             if diffs:
                 raise SpecMismatch("the policy's spec does not match this controller: " + "; ".join(diffs))
-            out = Negotiated(obs_keys=list(setup.obs_keys) if setup.obs_keys is not None else list(md.obs_shapes),
-                             obs_horizon=setup.obs_horizon or md.obs_horizon, action_order=matched_actions(md.action_names, setup))
+            out = Negotiated(
+                obs_keys=list(setup.obs_keys) if setup.obs_keys is not None else list(md.obs_shapes),
+                obs_horizon=setup.obs_horizon or md.obs_horizon,
+                action_order=matched_actions(md.action_names, setup),
+            )
             for k, (shape, _) in md.obs_shapes.items():
                 cam, _, kind = k.rpartition(".")
                 if kind in ("color", "depth") and cam:
@@ -169,11 +184,20 @@ class ZmqPolicyClient:
             out.point_specs = {c: PointCloudSpec.from_dict(d) for c, d in md.points.items()}
             no_ext = sorted(set(out.point_specs) - set(setup.extrinsics))
             if no_ext:
-                raise SpecMismatch(f"the policy builds point clouds of cameras {no_ext}, but the setup's calibration "
-                                   "file has no T_base_camera for them (calibrate: robot-stack calibrate hand-eye, "
-                                   "eye-to-hand)")
-            log.info("policy spec: %s, To %d, H %d, %d-D %s actions at %.3f s", sorted(md.obs_shapes), md.obs_horizon,
-                     md.horizon, md.action_dim, md.action_space, md.dt)
+                raise SpecMismatch(
+                    f"the policy builds point clouds of cameras {no_ext}, but the setup's calibration "
+                    "file has no T_base_camera for them (calibrate: robot-stack calibrate hand-eye, "
+                    "eye-to-hand)"
+                )
+            log.info(
+                "policy spec: %s, To %d, H %d, %d-D %s actions at %.3f s",
+                sorted(md.obs_shapes),
+                md.obs_horizon,
+                md.horizon,
+                md.action_dim,
+                md.action_space,
+                md.dt,
+            )
             return out
         return Negotiated()
 
@@ -199,8 +223,11 @@ class OpenpiPolicyClient:
     def negotiate(self, setup: SetupView, stop) -> Negotiated:
         """openpi's server describes itself on connect; the keys are the setup's mapping. Its
         actions carry no names: they are applied by position (dimensions checked per chunk)."""
-        log.warning("the openpi policy at %s names no action dimensions: they are applied by position as %s",
-                    self.endpoint, setup.action_names)
+        log.warning(
+            "the openpi policy at %s names no action dimensions: they are applied by position as %s",
+            self.endpoint,
+            setup.action_names,
+        )
         return Negotiated()
 
     def infer(self, window: ObservationWindow) -> ActionChunk:
@@ -314,8 +341,15 @@ def make_policy_client(p, ctx, dt_s: float):
         from robot_stack.comm.openpi import OpenpiClient, OpenpiKeys
 
         key = os.environ.get(p.openpi_api_key_env) if p.openpi_api_key_env else None
-        client = OpenpiPolicyClient(OpenpiClient(p.policy_endpoint, OpenpiKeys(keys=p.openpi_keys or {"observation/state": "state"}),
-                                                 timeout_s=p.request_timeout_s, api_key=key, dt=dt_s))
+        client = OpenpiPolicyClient(
+            OpenpiClient(
+                p.policy_endpoint,
+                OpenpiKeys(keys=p.openpi_keys or {"observation/state": "state"}),
+                timeout_s=p.request_timeout_s,
+                api_key=key,
+                dt=dt_s,
+            )
+        )
         return lambda: client
     endpoint = p.policy_endpoint or ctx.config.in_endpoint(p.policy, ctx.run_dir)
     return lambda: ZmqPolicyClient(ctx.request_client(endpoint, timeout_s=p.request_timeout_s))

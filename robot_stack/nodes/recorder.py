@@ -30,8 +30,22 @@ import numpy as np
 from pydantic import Field
 
 from robot_stack.runtime.clock import now_ns
-from robot_stack.data.dataset import ORIGINS, DatasetError, EpisodeWriter, discard_interrupted, find_interrupted, recover
-from robot_stack.comm.messages import TELEOP_BUTTONS, CameraFrame, EpisodeEvent, RobotState, TeleopCommand, WaypointSchedule
+from robot_stack.data.dataset import (
+    ORIGINS,
+    DatasetError,
+    EpisodeWriter,
+    discard_interrupted,
+    find_interrupted,
+    recover,
+)
+from robot_stack.comm.messages import (
+    TELEOP_BUTTONS,
+    CameraFrame,
+    EpisodeEvent,
+    RobotState,
+    TeleopCommand,
+    WaypointSchedule,
+)
 from robot_stack.drivers.sim_messages import ObjectState
 from robot_stack.runtime.node import Node, NodeParams
 
@@ -45,9 +59,14 @@ _NO_WRENCH = np.full(6, np.nan)
 class RecorderParams(NodeParams):
     root: str = Field(..., description="dataset folder (episodes are written here)")
     arm: str = "arm"
-    arms: list[str] | None = Field(None, min_length=1, description=(
-        "several arm nodes (bimanual), in the controller's order: streams robot_state/<arm> and action/<arm>. "
-        "None: the one arm ``arm`` (streams robot_state and action)"))
+    arms: list[str] | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "several arm nodes (bimanual), in the controller's order: streams robot_state/<arm> and action/<arm>. "
+            "None: the one arm ``arm`` (streams robot_state and action)"
+        ),
+    )
     cameras: list[str] = Field(default_factory=list, description="camera node names")
     teleop: str | None = None
     controller: str | None = None
@@ -92,9 +111,20 @@ class RecorderNode(Node):
                 self.discarded_on_start += 1
         self.multi = len(p.arm_nodes) > 1
         nodes = [*p.arm_nodes, *p.cameras] + [n for n in (p.teleop, p.controller, p.sim_world) if n]
-        self.sub = self.own(self.ctx.subscriber(nodes, (RobotState.TOPIC, CameraFrame.TOPIC, TeleopCommand.TOPIC, WaypointSchedule.EXECUTED_TOPIC,
-                                               ObjectState.TOPIC),
-                                       queue_size=p.queue_size, hwm=10000))
+        self.sub = self.own(
+            self.ctx.subscriber(
+                nodes,
+                (
+                    RobotState.TOPIC,
+                    CameraFrame.TOPIC,
+                    TeleopCommand.TOPIC,
+                    WaypointSchedule.EXECUTED_TOPIC,
+                    ObjectState.TOPIC,
+                ),
+                queue_size=p.queue_size,
+                hwm=10000,
+            )
+        )
         self.rx = self.own(self.ctx.receiver())
         self.lock = threading.Lock()
         self.writer: EpisodeWriter | None = None
@@ -107,8 +137,12 @@ class RecorderNode(Node):
         self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
         self._flusher.start()
         self.own(self._flusher, self._finish)  # before the sockets close (released in reverse order)
-        log.info("recording into %s (recovered %d, discarded %d interrupted episodes)", p.root, self.recovered,
-                 self.discarded_on_start)
+        log.info(
+            "recording into %s (recovered %d, discarded %d interrupted episodes)",
+            p.root,
+            self.recovered,
+            self.discarded_on_start,
+        )
 
     def _robot_meta(self, name: str) -> dict:
         """A recorded arm: node name, typed driver config and robot model name."""
@@ -122,9 +156,14 @@ class RecorderNode(Node):
         cfg = self.ctx.config
         rates = {n: nc.typed.rate_hz for n, nc in cfg.nodes.items() if "rate_hz" in type(nc.typed).model_fields}
         arms = self.params.arm_nodes
-        meta = {"task": ev.task or self.params.task, "episode_event": ev.episode, "config_name": cfg.name,
-                "config": cfg.model_dump(mode="json"), "rates_hz": rates,
-                "robot": self._robot_meta(arms[0])}
+        meta = {
+            "task": ev.task or self.params.task,
+            "episode_event": ev.episode,
+            "config_name": cfg.name,
+            "config": cfg.model_dump(mode="json"),
+            "rates_hz": rates,
+            "robot": self._robot_meta(arms[0]),
+        }
         if self.multi:
             meta["robots"] = [self._robot_meta(a) for a in arms]
         if cfg.calibration is not None:
@@ -167,9 +206,13 @@ class RecorderNode(Node):
         w, self.writer = self.writer, None
         try:
             st = self.sub.stats  # session totals so far: what a gap in an episode's frame counters may stem from
-            path = w.close({"cameras": self.cam_meta, "dropped": float(st.dropped),
-                            "receive": {"decode_errors": st.decode_errors,
-                                        "errors_by_reason": dict(st.errors_by_reason)}})
+            path = w.close(
+                {
+                    "cameras": self.cam_meta,
+                    "dropped": float(st.dropped),
+                    "receive": {"decode_errors": st.decode_errors, "errors_by_reason": dict(st.errors_by_reason)},
+                }
+            )
         except DatasetError as e:
             self.counts["write_errors"] += 1
             log.error("%s", e)
@@ -181,9 +224,15 @@ class RecorderNode(Node):
     def _add(self, topic: str, msg) -> None:
         w = self.writer
         if isinstance(msg, RobotState):
-            w.add(f"robot_state/{msg.source}" if self.multi else "robot_state", msg.stamp_ns, q=msg.q, dq=msg.dq, ee_pose=msg.ee_pose,
-                  gripper_width=np.float64(msg.gripper_width),
-                  wrench=_NO_WRENCH if msg.wrench is None else msg.wrench)  # NaN: the arm measures none
+            w.add(
+                f"robot_state/{msg.source}" if self.multi else "robot_state",
+                msg.stamp_ns,
+                q=msg.q,
+                dq=msg.dq,
+                ee_pose=msg.ee_pose,
+                gripper_width=np.float64(msg.gripper_width),
+                wrench=_NO_WRENCH if msg.wrench is None else msg.wrench,
+            )  # NaN: the arm measures none
         elif isinstance(msg, CameraFrame):
             cid = msg.camera_id
             fields = {"color": msg.color}
@@ -191,17 +240,32 @@ class RecorderNode(Node):
                 fields["depth"] = msg.depth
             w.add(f"camera/{cid}", msg.stamp_ns, frame_index=np.int64(msg.frame_index), **fields)
             if cid not in self.cam_meta:
-                self.cam_meta[cid] = {"K": msg.K.tolist(), "depth_scale": msg.depth_scale,
-                                      "height": int(msg.color.shape[0]), "width": int(msg.color.shape[1])}
+                self.cam_meta[cid] = {
+                    "K": msg.K.tolist(),
+                    "depth_scale": msg.depth_scale,
+                    "height": int(msg.color.shape[0]),
+                    "width": int(msg.color.shape[1]),
+                }
         elif isinstance(msg, TeleopCommand):
             v = np.zeros(8)
             v[: min(8, len(msg.value))] = msg.value[:8]
             mask = sum(1 << TELEOP_BUTTONS.index(b) for b in msg.buttons)
-            w.add("teleop", msg.stamp_ns, kind=np.int8(TELEOP_KINDS.index(msg.kind)), value=v,
-                  gripper=np.float64(msg.gripper), buttons=np.int32(mask))
+            w.add(
+                "teleop",
+                msg.stamp_ns,
+                kind=np.int8(TELEOP_KINDS.index(msg.kind)),
+                value=v,
+                gripper=np.float64(msg.gripper),
+                buttons=np.int32(mask),
+            )
         elif isinstance(msg, ObjectState):
-            w.add("sim_objects", msg.stamp_ns, cube_pose=msg.cube_pose, target_xy=msg.target_xy,
-                  target_half=np.float64(msg.target_half))
+            w.add(
+                "sim_objects",
+                msg.stamp_ns,
+                cube_pose=msg.cube_pose,
+                target_xy=msg.target_xy,
+                target_half=np.float64(msg.target_half),
+            )
         elif isinstance(msg, WaypointSchedule):
             origin = np.int8(ORIGINS.index(msg.origin)) if msg.origin in ORIGINS else np.int8(-1)
             # ee waypoints -> "action" (pose); joint waypoints (leader-arm teleop) -> "action_joint" (q)
@@ -211,8 +275,14 @@ class RecorderNode(Node):
                     raise ValueError(f"an action for arm {msg.arm!r}, recording {self.params.arm_nodes}")
                 stream = f"{stream}/{msg.arm}"
             for i in range(len(msg.stamps_ns)):
-                w.add(stream, msg.stamp_ns, target_ns=np.int64(msg.stamps_ns[i]), **{field: msg.positions[i]},
-                      gripper=np.float64(1.0 if msg.gripper is None else msg.gripper[i]), origin=origin)
+                w.add(
+                    stream,
+                    msg.stamp_ns,
+                    target_ns=np.int64(msg.stamps_ns[i]),
+                    **{field: msg.positions[i]},
+                    gripper=np.float64(1.0 if msg.gripper is None else msg.gripper[i]),
+                    origin=origin,
+                )
         self.episode_rows += 1
 
     def step(self) -> None:
@@ -248,9 +318,14 @@ class RecorderNode(Node):
     def metrics(self) -> dict[str, float]:
         w = self.writer
         m = dict(self.counts)
-        m.update(recording=float(w is not None), episode=float(w.index if w else -1),
-                 duration_s=(now_ns() - self.t_start) / 1e9 if w else 0.0, rows=float(self.episode_rows),
-                 dropped=float(self.sub.stats.dropped), recovered_on_start=float(self.recovered))
+        m.update(
+            recording=float(w is not None),
+            episode=float(w.index if w else -1),
+            duration_s=(now_ns() - self.t_start) / 1e9 if w else 0.0,
+            rows=float(self.episode_rows),
+            dropped=float(self.sub.stats.dropped),
+            recovered_on_start=float(self.recovered),
+        )
         return m
 
     def _finish(self) -> None:
@@ -264,6 +339,6 @@ class RecorderNode(Node):
                     self.writer.flush()
                 except DatasetError as e:
                     log.error("%s", e)
-                log.warning("stopped while recording episode %d: left for recovery on the next start",
-                            self.writer.index)
-
+                log.warning(
+                    "stopped while recording episode %d: left for recovery on the next start", self.writer.index
+                )

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from robot_stack.drivers.sim_model import DEFAULT_ROBOT
-from robot_stack.tasks.definitions import LiftTask, PressTask, TASKS
+from robot_stack.tasks.definitions import LiftTask, TASKS
 from robot_stack.runtime.clock import now_ns
 from robot_stack.drivers.sim_messages import JointState, JointTarget, ObjectState, SimCommand, SimState, arm_topic
 from robot_stack.runtime.node import Node, NodeParams
@@ -32,7 +32,8 @@ class SimArmParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     robot: str = Field("panda_robotiq", description="the arm's robot model (robot-stack robots lists them)")
     base: tuple[float, float, float, float] = Field(
-        (0.0, 0.0, 0.0, 0.0), description="base pose in the world frame: x y z (m), yaw about z (rad)")
+        (0.0, 0.0, 0.0, 0.0), description="base pose in the world frame: x y z (m), yaw about z (rad)"
+    )
 
     def T_world_base(self):
         """(4, 4) pose of the arm's base in the world frame (``ArmPlacement.T_world_base``)."""
@@ -42,25 +43,32 @@ class SimArmParams(BaseModel):
 
 
 class SimWorldParams(NodeParams):
-    robot: str = Field(DEFAULT_ROBOT, description="the simulated robot (a robot model with a sim block; "
-                                                    "robot-stack robots lists them)")
+    robot: str = Field(
+        DEFAULT_ROBOT, description="the simulated robot (a robot model with a sim block; robot-stack robots lists them)"
+    )
     rate_hz: float = Field(500.0, gt=0, le=2000)
     state_rate_hz: float = Field(60.0, gt=0, le=500)
     seed: int = 0
     task: Literal["reach", "pick", "press", "lift"] = Field(
-        "reach", description="the task whose success collect, deploy and the demo check on this world's ground truth "
-                             "(press: the cube's contact softness is random each episode, unseen by the cameras; "
-                             "lift: two arms lift a bar, a multi-arm world's task)")
+        "reach",
+        description="the task whose success collect, deploy and the demo check on this world's ground truth "
+        "(press: the cube's contact softness is random each episode, unseen by the cameras; "
+        "lift: two arms lift a bar, a multi-arm world's task)",
+    )
     arms: dict[str, SimArmParams] = Field(
-        default_factory=dict, description="a multi-arm world (bimanual): arm name -> robot and base pose in the world "
-                                          "frame; each arm node's sim driver names its arm (driver.arm). Empty: one arm, "
-                                          "robot, whose base frame is the world frame")
+        default_factory=dict,
+        description="a multi-arm world (bimanual): arm name -> robot and base pose in the world "
+        "frame; each arm node's sim driver names its arm (driver.arm). Empty: one arm, "
+        "robot, whose base frame is the world frame",
+    )
     max_catchup_steps: int = Field(20, ge=1)
     table_board: bool = Field(False, description="ChArUco board on the table (eye-in-hand calibration)")
     gripper_board: bool = Field(False, description="ChArUco board on the gripper (eye-to-hand calibration)")
     ur_emulator_host: str | None = Field(
-        None, description="serve the arm as a UR e-Series controller (RTDE, dashboard, script port) on this "
-                          "address, for the ur driver; the sim driver's joint targets are then ignored")
+        None,
+        description="serve the arm as a UR e-Series controller (RTDE, dashboard, script port) on this "
+        "address, for the ur driver; the sim driver's joint targets are then ignored",
+    )
     ur_unlock_delay_s: float = Field(5.0, ge=0, description="UR emulator: protective stop unlock delay, s")
 
     @field_validator("arms")
@@ -74,10 +82,12 @@ class SimWorldParams(NodeParams):
 
     @model_validator(mode="after")
     def _one_arm_features(self):
-        if self.arms and (self.ur_emulator_host or self.table_board or self.gripper_board
-                          or self.task not in ("reach", "lift")):
-            raise ValueError("a multi-arm sim world has no UR emulator, calibration boards or one-arm tasks "
-                             "(task: reach or lift)")
+        if self.arms and (
+            self.ur_emulator_host or self.table_board or self.gripper_board or self.task not in ("reach", "lift")
+        ):
+            raise ValueError(
+                "a multi-arm sim world has no UR emulator, calibration boards or one-arm tasks (task: reach or lift)"
+            )
         if self.task == "lift" and len(self.arms) != 2:
             raise ValueError(f"task lift needs two arms (arms: left and right), this world has {len(self.arms)}")
         return self
@@ -98,8 +108,13 @@ class SimWorldParams(NodeParams):
         obj = {}
         if self.task == "lift":  # the object is the bar
             obj = {"cube_half": tuple(LiftTask.bar_half), "cube_mass": LiftTask.bar_mass}
-        return SceneSpec(robot=self.robot, table_board=self.table_board, gripper_board=self.gripper_board,
-                         arms=tuple(ArmPlacement(n, a.robot, tuple(a.base)) for n, a in self.arms.items()), **obj)
+        return SceneSpec(
+            robot=self.robot,
+            table_board=self.table_board,
+            gripper_board=self.gripper_board,
+            arms=tuple(ArmPlacement(n, a.robot, tuple(a.base)) for n, a in self.arms.items()),
+            **obj,
+        )
 
 
 class SimWorldNode(Node):
@@ -129,8 +144,10 @@ class SimWorldNode(Node):
             from robot_stack.drivers.ur_emulator import PERIOD_S, UrController, UrEmulator
 
             if abs(self.params.rate_hz * PERIOD_S - 1.0) > 1e-6:
-                raise ValueError(f"sim_world.ur_emulator_host needs rate_hz 500 (the e-Series controller rate), "
-                                 f"not {self.params.rate_hz:g}")
+                raise ValueError(
+                    f"sim_world.ur_emulator_host needs rate_hz 500 (the e-Series controller rate), "
+                    f"not {self.params.rate_hz:g}"
+                )
             ctl = UrController(unlock_delay_s=self.params.ur_unlock_delay_s, world=self.world)
             self.ur = self.own(UrEmulator(self.params.ur_emulator_host, ctl).start(own_loop=False))
 
@@ -147,8 +164,12 @@ class SimWorldNode(Node):
             arm = self.world.arms.get(msg.arm)
             if arm is None:
                 self.targets_ignored += 1
-                log.warning("ignored joint target for arm %r from %s: this world has the arms %s", msg.arm, msg.source,
-                            sorted(self.world.arms))
+                log.warning(
+                    "ignored joint target for arm %r from %s: this world has the arms %s",
+                    msg.arm,
+                    msg.source,
+                    sorted(self.world.arms),
+                )
             elif msg.q.shape == (len(arm.qpos),) and np.all(np.isfinite(msg.q)) and np.isfinite(msg.gripper):
                 self.world.set_target(msg.q, msg.gripper, msg.arm)
                 self.targets += 1
@@ -156,8 +177,11 @@ class SimWorldNode(Node):
                 log.warning("ignored joint target of shape %s (finite: %s)", msg.q.shape, np.all(np.isfinite(msg.q)))
         elif isinstance(msg, SimCommand):
             task = TASKS[self.params.task]()  # where its object is placed: cube_range, max_yaw
-            pose = self.world.reset(None if msg.cube_pose is None else np.asarray(msg.cube_pose),
-                                    cube_range=task.cube_range, max_yaw=task.max_yaw)
+            pose = self.world.reset(
+                None if msg.cube_pose is None else np.asarray(msg.cube_pose),
+                cube_range=task.cube_range,
+                max_yaw=task.max_yaw,
+            )
             if self.params.task == "press":
                 log.info("cube contact time constant %.3f s", self.world.randomize_cube_softness())
             self.steps = 0
@@ -174,8 +198,12 @@ class SimWorldNode(Node):
             self.rt_violations += 1
             self.lag_steps_max = max(self.lag_steps_max, int(due))
             if self.rt_violations <= 5 or self.rt_violations % 100 == 0:
-                log.warning("physics cannot keep real time: %d steps (%.1f ms) behind; re-anchoring (#%d)",
-                            due, due * self._dt_ns / 1e6, self.rt_violations)
+                log.warning(
+                    "physics cannot keep real time: %d steps (%.1f ms) behind; re-anchoring (#%d)",
+                    due,
+                    due * self._dt_ns / 1e6,
+                    self.rt_violations,
+                )
             self.t0 += (due - 1) * self._dt_ns
             due = 1
         if self.ur is not None:
@@ -192,18 +220,33 @@ class SimWorldNode(Node):
             R = self._R_base_world.get(name)
             if R is not None:  # the arm's sensor reports in its own base frame
                 w = np.concatenate([R @ w[:3], R @ w[3:]])
-            self.pub.publish(arm_topic(JointState.TOPIC, name),
-                             JointState(stamp_ns=stamp, q=q, dq=dq, tau=tau, gripper_width=width, wrench=w, arm=name))
+            self.pub.publish(
+                arm_topic(JointState.TOPIC, name),
+                JointState(stamp_ns=stamp, q=q, dq=dq, tau=tau, gripper_width=width, wrench=w, arm=name),
+            )
         if self._tick % self._state_every == 0:
-            self.pub.publish(SimState.TOPIC, SimState(stamp_ns=stamp, qpos=self.world.data.qpos.copy(), step=self.steps))
+            self.pub.publish(
+                SimState.TOPIC, SimState(stamp_ns=stamp, qpos=self.world.data.qpos.copy(), step=self.steps)
+            )
         if self._tick % self._obj_every == 0:
             sc = self.world.scene
-            self.pub.publish(ObjectState.TOPIC, ObjectState(stamp_ns=stamp, cube_pose=self.world.cube_pose(),
-                                                        target_xy=self.world.target_xy(), target_half=sc.target_half))
+            self.pub.publish(
+                ObjectState.TOPIC,
+                ObjectState(
+                    stamp_ns=stamp,
+                    cube_pose=self.world.cube_pose(),
+                    target_xy=self.world.target_xy(),
+                    target_half=sc.target_half,
+                ),
+            )
         self._tick += 1
 
     def metrics(self) -> dict[str, float]:
         wall = (now_ns() - self.t0) / 1e9
-        return {"realtime_violations": float(self.rt_violations), "lag_steps_max": float(self.lag_steps_max),
-                "sim_s": self.steps * self.world.dt, "wall_s": wall, "targets": float(self.targets)}
-
+        return {
+            "realtime_violations": float(self.rt_violations),
+            "lag_steps_max": float(self.lag_steps_max),
+            "sim_s": self.steps * self.world.dt,
+            "wall_s": wall,
+            "targets": float(self.targets),
+        }

@@ -42,8 +42,11 @@ class TeleopParams(NodeParams):
     device: TeleopDeviceConfig = _device_field
     rate_hz: float = Field(30.0, gt=0, le=500)
     arm: str = Field("arm", description="arm node (e-stop buttons; the state a device reads)")
-    arms: list[str] = Field(default_factory=list, description="several arms: the arm nodes, in the controller's "
-                            "order; one device is switched between them (switch_arm button)")
+    arms: list[str] = Field(
+        default_factory=list,
+        description="several arms: the arm nodes, in the controller's "
+        "order; one device is switched between them (switch_arm button)",
+    )
 
     @property
     def arm_nodes(self) -> list[str]:
@@ -97,7 +100,7 @@ class TeleopNode(Node):
         while (item := self.rx.recv(0.0)) is not None:
             self.guarded("teleop_input", self._on_event, item[1])
         out = self.device.poll(TeleopInputs(self._latest, now_ns() / 1e9, 1.0 / self.rate_hz, self._latest_from))
-        for cmd in ([] if out is None else out if isinstance(out, list) else [out]):
+        for cmd in [] if out is None else out if isinstance(out, list) else [out]:
             before = self.selector.current
             self.selector.route(cmd)
             if self.selector.current != before:

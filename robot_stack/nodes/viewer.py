@@ -26,7 +26,7 @@ class ViewerParams(NodeParams):
     rrd_path: str | None = None
 
     @model_validator(mode="after")
-    def _sink(self) -> "ViewerParams":
+    def _sink(self) -> ViewerParams:
         if sum([self.spawn, self.connect is not None, self.rrd_path is not None]) != 1:
             raise ValueError("choose exactly one of spawn: true, connect: URL, rrd_path: FILE")
         return self

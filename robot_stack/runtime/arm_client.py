@@ -38,12 +38,22 @@ class ArmClient:
             in-memory sender, ``robot_stack.testing``); ``config``/``run_dir`` are then unused.
     """
 
-    def __init__(self, config: "StackConfig | None", run_dir: Path | None, arm: str = "arm", source: str = "client",
-                 heartbeat_hz: float = 20.0, timeout_s: float = 2.0, curve=None, tx=None):
+    def __init__(
+        self,
+        config: StackConfig | None,
+        run_dir: Path | None,
+        arm: str = "arm",
+        source: str = "client",
+        heartbeat_hz: float = 20.0,
+        timeout_s: float = 2.0,
+        curve=None,
+        tx=None,
+    ):
         self.source = source
         self.arm = arm
-        self._tx = tx if tx is not None else Sender(config.in_endpoint(arm, run_dir), source, timeout_s=timeout_s,
-                                                    curve=curve)
+        self._tx = (
+            tx if tx is not None else Sender(config.in_endpoint(arm, run_dir), source, timeout_s=timeout_s, curve=curve)
+        )
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
@@ -76,14 +86,26 @@ class ArmClient:
         """Tell the arm node this sender is alive."""
         self._send("heartbeat", Heartbeat(node=self.source))
 
-    def send_schedule(self, stamps_ns: np.ndarray, positions: np.ndarray, space: str = "joint",
-                      gripper: np.ndarray | None = None, origin: str = "") -> None:
+    def send_schedule(
+        self,
+        stamps_ns: np.ndarray,
+        positions: np.ndarray,
+        space: str = "joint",
+        gripper: np.ndarray | None = None,
+        origin: str = "",
+    ) -> None:
         """Send a waypoint schedule (see :class:`~robot_stack.comm.messages.WaypointSchedule`)."""
-        self._send(WaypointSchedule.TOPIC, WaypointSchedule(
-            stamp_ns=now_ns(),  # the send time: the arm node measures send -> merge from it
-            stamps_ns=np.asarray(stamps_ns, np.int64), positions=np.asarray(positions, np.float64),
-            space=space, gripper=None if gripper is None else np.asarray(gripper, np.float64),
-            origin=origin or self.source))
+        self._send(
+            WaypointSchedule.TOPIC,
+            WaypointSchedule(
+                stamp_ns=now_ns(),  # the send time: the arm node measures send -> merge from it
+                stamps_ns=np.asarray(stamps_ns, np.int64),
+                positions=np.asarray(positions, np.float64),
+                space=space,
+                gripper=None if gripper is None else np.asarray(gripper, np.float64),
+                origin=origin or self.source,
+            ),
+        )
 
     def estop(self, reason: str = "") -> None:
         self._send(ArmControl.TOPIC, ArmControl(kind="estop", reason=reason))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
 class Clock:
     """A time source: the host's CLOCK_MONOTONIC by default; ``robot_stack.testing.FakeClock``
     replaces it in tests (:func:`use_clock`), so every place that reads or waits for time through
@@ -63,6 +64,7 @@ def use_clock(clock: Clock) -> Clock:
     global _clock
     prev, _clock = _clock, clock
     return prev
+
 
 NS_PER_S = 1_000_000_000
 

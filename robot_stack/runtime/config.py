@@ -148,7 +148,7 @@ class StackConfig(StrictModel):
     nodes: dict[str, NodeConfig]
 
     @model_validator(mode="after")
-    def _names(self) -> "StackConfig":
+    def _names(self) -> StackConfig:
         import re
 
         for n in self.nodes:
@@ -215,11 +215,16 @@ def _params_problems(err: ValidationError, name: str, kind: str) -> str:
         key = str(e["loc"][0]) if e["loc"] else ""
         owners = family.owners(key) if family is not None and e["type"] == "extra_forbidden" else []
         if owners:
-            lines.append(f"nodes.{name}.params.{key}: a key of {family.family} {', '.join(owners)}; put it inside "
-                         f"{family.key}: {{type: {owners[0]}, {key}: ...}}")
+            lines.append(
+                f"nodes.{name}.params.{key}: a key of {family.family} {', '.join(owners)}; put it inside "
+                f"{family.key}: {{type: {owners[0]}, {key}: ...}}"
+            )
         else:
-            lines.append(format_validation_error(ValidationError.from_exception_data(err.title, [e]),
-                                                 prefix=f"nodes.{name}.params"))
+            lines.append(
+                format_validation_error(
+                    ValidationError.from_exception_data(err.title, [e]), prefix=f"nodes.{name}.params"
+                )
+            )
     return "\n".join(lines)
 
 
@@ -232,8 +237,10 @@ def _node_problems(cfg: StackConfig, name: str, params) -> list[str]:
     for ref, kind in params.references().items():
         other = cfg.nodes.get(ref)
         if other is None:
-            out.append(f"nodes.{name}.params: names node {ref!r}, which is not in this config "
-                       f"(have: {', '.join(sorted(cfg.nodes))})")
+            out.append(
+                f"nodes.{name}.params: names node {ref!r}, which is not in this config "
+                f"(have: {', '.join(sorted(cfg.nodes))})"
+            )
         elif other.kind != kind:
             out.append(f"nodes.{name}.params: node {ref!r} must be a {kind} node, it is a {other.kind} node")
     device = getattr(params, "driver", None)

@@ -113,8 +113,10 @@ class DeviceRegistry:
         """A params field holding this family's device config: ``(annotation, Field)`` for
         ``name: annotation = Field`` in a node's params model; ``default`` is a device type."""
         annotation = Annotated[DeviceConfig, BeforeValidator(self.parse)]
-        return annotation, Field(default_factory=lambda: self.parse(default), description=description or
-                                 f"the {self.family}: {{type: {'|'.join(sorted(self.types))}, ...its keys}}")
+        return annotation, Field(
+            default_factory=lambda: self.parse(default),
+            description=description or f"the {self.family}: {{type: {'|'.join(sorted(self.types))}, ...its keys}}",
+        )
 
     def missing_requirements(self, cfg: DeviceConfig) -> str | None:
         """Why the device cannot run on this install (its SDK is missing), or None."""
@@ -125,37 +127,57 @@ class DeviceRegistry:
         return f"{self.family} {cfg.type} needs {', '.join(missing)}: {hint}"
 
 
-ARM_DRIVERS = DeviceRegistry("arm driver", "driver", {
-    "sim": "robot_stack.drivers.sim:SimArmConfig",
-    "franka": "robot_stack.drivers.franka:FrankaConfig",
-    "ur": "robot_stack.drivers.ur:UrConfig",
-    "so101": "robot_stack.drivers.so101:So101Config",
-    "ideal": "robot_stack.testing.arm:IdealArmConfig",  # in-process tests: tracks every command exactly
-})
+ARM_DRIVERS = DeviceRegistry(
+    "arm driver",
+    "driver",
+    {
+        "sim": "robot_stack.drivers.sim:SimArmConfig",
+        "franka": "robot_stack.drivers.franka:FrankaConfig",
+        "ur": "robot_stack.drivers.ur:UrConfig",
+        "so101": "robot_stack.drivers.so101:So101Config",
+        "ideal": "robot_stack.testing.arm:IdealArmConfig",  # in-process tests: tracks every command exactly
+    },
+)
 
-CAMERA_DRIVERS = DeviceRegistry("camera driver", "driver", {
-    "synthetic": "robot_stack.drivers.camera:SyntheticCameraConfig",
-    "sim": "robot_stack.drivers.sim:SimCameraConfig",
-    "realsense": "robot_stack.drivers.realsense:RealSenseConfig",
-    "opencv": "robot_stack.drivers.opencv_camera:OpenCVCameraConfig",
-})
+CAMERA_DRIVERS = DeviceRegistry(
+    "camera driver",
+    "driver",
+    {
+        "synthetic": "robot_stack.drivers.camera:SyntheticCameraConfig",
+        "sim": "robot_stack.drivers.sim:SimCameraConfig",
+        "realsense": "robot_stack.drivers.realsense:RealSenseConfig",
+        "opencv": "robot_stack.drivers.opencv_camera:OpenCVCameraConfig",
+    },
+)
 
-TELEOP_DEVICES = DeviceRegistry("teleop device", "device", {
-    "keyboard": "robot_stack.teleop.keyboard:KeyboardConfig",
-    "spacemouse": "robot_stack.teleop.spacemouse:SpaceMouseConfig",
-    "gamepad": "robot_stack.teleop.gamepad:GamepadConfig",
-    "scripted": "robot_stack.teleop.scripted:ScriptedConfig",
-    "leader": "robot_stack.teleop.leader:LeaderConfig",
-    "so101_leader": "robot_stack.teleop.leader:So101LeaderConfig",
-})
+TELEOP_DEVICES = DeviceRegistry(
+    "teleop device",
+    "device",
+    {
+        "keyboard": "robot_stack.teleop.keyboard:KeyboardConfig",
+        "spacemouse": "robot_stack.teleop.spacemouse:SpaceMouseConfig",
+        "gamepad": "robot_stack.teleop.gamepad:GamepadConfig",
+        "scripted": "robot_stack.teleop.scripted:ScriptedConfig",
+        "leader": "robot_stack.teleop.leader:LeaderConfig",
+        "so101_leader": "robot_stack.teleop.leader:So101LeaderConfig",
+    },
+)
 
-POLICY_BACKENDS = DeviceRegistry("policy backend", "backend", {
-    "goto": "robot_stack.policies.scripted:GoToConfig",
-    "checkpoint": "robot_stack.policies.backends:CheckpointConfig",
-    "onnx": "robot_stack.policies.backends:OnnxConfig",
-    "ray_serve": "robot_stack.policies.ray_serve:RayServeConfig",
-})
+POLICY_BACKENDS = DeviceRegistry(
+    "policy backend",
+    "backend",
+    {
+        "goto": "robot_stack.policies.scripted:GoToConfig",
+        "checkpoint": "robot_stack.policies.backends:CheckpointConfig",
+        "onnx": "robot_stack.policies.backends:OnnxConfig",
+        "ray_serve": "robot_stack.policies.ray_serve:RayServeConfig",
+    },
+)
 
 #: node kind -> the registry of the devices it owns (``robot-stack kinds`` lists them)
-FAMILIES: dict[str, DeviceRegistry] = {"arm": ARM_DRIVERS, "camera": CAMERA_DRIVERS, "teleop": TELEOP_DEVICES,
-                                        "policy": POLICY_BACKENDS}
+FAMILIES: dict[str, DeviceRegistry] = {
+    "arm": ARM_DRIVERS,
+    "camera": CAMERA_DRIVERS,
+    "teleop": TELEOP_DEVICES,
+    "policy": POLICY_BACKENDS,
+}

@@ -48,8 +48,9 @@ def private_run_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.stat()
     if st.st_uid != os.getuid():
-        raise RuntimeError(f"run folder {path} belongs to uid {st.st_uid}, not to this user ({os.getuid()}); "
-                           "refusing to use it")
+        raise RuntimeError(
+            f"run folder {path} belongs to uid {st.st_uid}, not to this user ({os.getuid()}); refusing to use it"
+        )
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
     return path
@@ -114,8 +115,10 @@ class Launcher:
             except ValueError:
                 other = -1
             if other > 0 and other != os.getpid() and _alive(other):
-                raise RuntimeError(f"stack {self.config.name!r} is already running (launcher pid {other}, "
-                                   f"run folder {self.run_dir}); stop it first")
+                raise RuntimeError(
+                    f"stack {self.config.name!r} is already running (launcher pid {other}, "
+                    f"run folder {self.run_dir}); stop it first"
+                )
         pidfile.write_text(str(os.getpid()))
         self._lock = threading.Lock()
         self._stopping = False
@@ -153,7 +156,9 @@ class Launcher:
             t = threading.Thread(target=self._pump, args=(n, proc.stdout), daemon=True)
             t.start()
             self.nodes[n] = NodeProcess(n, proc, t)
-            self._print(f"{time.strftime('%H:%M:%S')} [launcher] started {n} (pid {proc.pid}, kind {self.config.nodes[n].kind})")
+            self._print(
+                f"{time.strftime('%H:%M:%S')} [launcher] started {n} (pid {proc.pid}, kind {self.config.nodes[n].kind})"
+            )
 
     def poll(self) -> list[str]:
         """Report nodes that exited since the last call; returns their names."""
@@ -186,7 +191,9 @@ class Launcher:
                 for n in self.poll():
                     crit = self.config.nodes[n].critical
                     if self.config.on_node_exit == "shutdown" and crit:
-                        self._print(f"{time.strftime('%H:%M:%S')} [launcher] critical node {n} is gone: stopping the stack")
+                        self._print(
+                            f"{time.strftime('%H:%M:%S')} [launcher] critical node {n} is gone: stopping the stack"
+                        )
                         rc = 1
                         stop.set()
                 if t_end is not None and time.monotonic() >= t_end:

@@ -75,7 +75,7 @@ class ParentWatch:
         self.checks = 0  # looks at the parent so far
         self._thread = threading.Thread(target=self._run, name="parent-watch", daemon=True)
 
-    def start(self) -> "ParentWatch":
+    def start(self) -> ParentWatch:
         self._thread.start()
         return self
 
@@ -97,8 +97,13 @@ class ParentWatch:
         while time.monotonic() - self.gone_at < self.grace_s:
             time.sleep(self.period_s)
         try:
-            os.write(2, (f"robot_stack: the launcher died and this process did not stop within "
-                         f"{self.grace_s:.1f} s: exiting now\n").encode())
+            os.write(
+                2,
+                (
+                    f"robot_stack: the launcher died and this process did not stop within "
+                    f"{self.grace_s:.1f} s: exiting now\n"
+                ).encode(),
+            )
         except OSError:
             pass
         os._exit(self.code)

@@ -29,7 +29,8 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
+from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -101,8 +102,13 @@ class NodeContext:
         nodes = list(nodes)
         eps = [self.config.pub_endpoint(n, self.run_dir) for n in nodes]
         curves = {self._curve_client(e, n) is not None for e, n in zip(eps, nodes)}
-        return Subscriber(eps, topics, name=f"{self.name}<-{','.join(nodes)}",
-                          curve=self._curve_client(eps[0], nodes[0]) if curves == {True} else None, **kw)
+        return Subscriber(
+            eps,
+            topics,
+            name=f"{self.name}<-{','.join(nodes)}",
+            curve=self._curve_client(eps[0], nodes[0]) if curves == {True} else None,
+            **kw,
+        )
 
     def receiver(self) -> Receiver:
         """This node's lossless input (PULL, bound at its in endpoint)."""
@@ -129,8 +135,15 @@ class NodeContext:
         client settings; ``heartbeat_hz`` 0: the node heartbeats from its own loop."""
         from robot_stack.runtime.arm_client import ArmClient
 
-        return ArmClient(self.config, self.run_dir, arm=arm, source=self.name, heartbeat_hz=heartbeat_hz,
-                         timeout_s=timeout_s, curve=self._curve_client(self.config.in_endpoint(arm, self.run_dir), arm))
+        return ArmClient(
+            self.config,
+            self.run_dir,
+            arm=arm,
+            source=self.name,
+            heartbeat_hz=heartbeat_hz,
+            timeout_s=timeout_s,
+            curve=self._curve_client(self.config.in_endpoint(arm, self.run_dir), arm),
+        )
 
 
 class NodeFatal(RobotStackError, RuntimeError):
@@ -149,7 +162,7 @@ class Node:
     #: a node that sets an inbox in ``configure`` (a :class:`queue.SimpleQueue`) is woken between
     #: its steps by every item other threads put there: :meth:`on_post` handles it in the owner
     #: thread at once. Its worker threads only post; they share no other state with the owner.
-    inbox: "queue.SimpleQueue | None" = None
+    inbox: queue.SimpleQueue | None = None
     #: the owner thread also wakes at this time (ns) between steps and calls :meth:`on_wake`
     wake_at_ns: int | None = None
     default_rate_hz: ClassVar[float] = 100.0
@@ -246,8 +259,9 @@ class Node:
             self.input_rejections[key] += 1
             n = self.input_rejections[key]
             if n <= 3 or n % 100 == 0:
-                log.error("rejected one %s message (%s #%d): %s: %s", what, key, n, type(e).__name__, e,
-                          exc_info=n == 1)
+                log.error(
+                    "rejected one %s message (%s #%d): %s: %s", what, key, n, type(e).__name__, e, exc_info=n == 1
+                )
             return False
 
     def fail(self, reason: str) -> None:
@@ -280,8 +294,11 @@ class Node:
     def heartbeat(self, state: str) -> None:
         if self.pub is None:
             return
-        m = {"rate_hz": self.rate_hz, "step_errors": float(self.step_errors),
-             "input_rejected": float(sum(self.input_rejections.values()))}
+        m = {
+            "rate_hz": self.rate_hz,
+            "step_errors": float(self.step_errors),
+            "input_rejected": float(sum(self.input_rejections.values())),
+        }
         m.update({f"input_rejected.{k}": float(v) for k, v in self.input_rejections.items()})
         if self.loop is not None:
             for k, v in self.loop.stats().as_dict().items():
@@ -319,8 +336,13 @@ class Node:
                     t_err = now_ns()
                     failing_since = failing_since or t_err
                     if self.step_errors <= 3 or self.step_errors % 100 == 0:
-                        log.error("step failed (#%d): %s: %s", self.step_errors, type(e).__name__, e,
-                                  exc_info=self.step_errors == 1)
+                        log.error(
+                            "step failed (#%d): %s: %s",
+                            self.step_errors,
+                            type(e).__name__,
+                            e,
+                            exc_info=self.step_errors == 1,
+                        )
                     if t_err - failing_since > self.MAX_FAILING_S * 1e9:
                         self.fail(f"every step failed for {self.MAX_FAILING_S:.1f} s, last: {type(e).__name__}: {e}")
                         break
@@ -349,8 +371,12 @@ class Node:
             stop_authenticators()  # CURVE ZAP threads, if this node started any
             st = self.loop.stats() if self.loop else None
             if st is not None:
-                log.info("stopped: %d periods, %d overruns, jitter p99 %.3f ms",
-                         st.periods, st.overruns, st.jitter_p99_s * 1e3)
+                log.info(
+                    "stopped: %d periods, %d overruns, jitter p99 %.3f ms",
+                    st.periods,
+                    st.overruns,
+                    st.jitter_p99_s * 1e3,
+                )
         return code
 
 

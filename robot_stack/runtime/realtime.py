@@ -62,23 +62,28 @@ def apply_realtime(cfg: RealtimeConfig, what: str = "servo loop") -> list[str]:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(cfg.fifo_priority))
             lines.append(f"{what}: SCHED_FIFO priority {cfg.fifo_priority} granted")
         except (PermissionError, OSError, AttributeError) as e:
-            refused.append(f"{what}: SCHED_FIFO priority {cfg.fifo_priority} refused by the kernel ({e}); "
-                           "needs root, CAP_SYS_NICE or an rtprio limit (/etc/security/limits.conf)")
+            refused.append(
+                f"{what}: SCHED_FIFO priority {cfg.fifo_priority} refused by the kernel ({e}); "
+                "needs root, CAP_SYS_NICE or an rtprio limit (/etc/security/limits.conf)"
+            )
     if cfg.cpus is not None:
         try:
             os.sched_setaffinity(0, set(cfg.cpus))
             lines.append(f"{what}: pinned to CPUs {sorted(os.sched_getaffinity(0))}")
         except (OSError, ValueError, AttributeError) as e:
-            refused.append(f"{what}: CPU affinity {cfg.cpus} refused ({e}); this machine has CPUs "
-                           f"{sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}")
+            refused.append(
+                f"{what}: CPU affinity {cfg.cpus} refused ({e}); this machine has CPUs "
+                f"{sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}"
+            )
     if cfg.lock_memory:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.mlockall(_MCL_CURRENT | _MCL_FUTURE) == 0:
             lines.append(f"{what}: memory locked (mlockall)")
         else:
             err = ctypes.get_errno()
-            refused.append(f"{what}: mlockall refused ({os.strerror(err)}); needs CAP_IPC_LOCK or a "
-                           "memlock limit (ulimit -l)")
+            refused.append(
+                f"{what}: mlockall refused ({os.strerror(err)}); needs CAP_IPC_LOCK or a memlock limit (ulimit -l)"
+            )
     for line in lines:
         log.info("%s", line)
     for line in refused:

@@ -32,9 +32,9 @@ class ReachTask:
     z_tol: float = 0.03
     push_tol: float = 0.02
     start_xyz: tuple[float, float, float] = (0.42, -0.02, 0.48)  # episode start: the wrist camera sees the
-    start_jitter: float = 0.03     # whole cube range from here; uniform +-jitter in x and y, m
+    start_jitter: float = 0.03  # whole cube range from here; uniform +-jitter in x and y, m
     approach_height: float = 0.12  # expert: above the cube before descending, m
-    grasp_height: float = 0.005    # expert: final TCP height above the cube centre, m
+    grasp_height: float = 0.005  # expert: final TCP height above the cube centre, m
 
     yaw: float = 0.0  # the robot's workspace_yaw (rad): start_xyz is laid out in front of the robot
 
@@ -103,8 +103,12 @@ class PickTask(ReachTask):
     def placed(self, cube_xyz: np.ndarray, target_xy: np.ndarray, target_half: float, gripper_width: float) -> bool:
         """True when the cube (3,) is inside the target square, on the table, and the gripper is open."""
         c, t = np.asarray(cube_xyz, float), np.asarray(target_xy, float)
-        return bool(abs(c[0] - t[0]) <= target_half and abs(c[1] - t[1]) <= target_half and c[2] < self.rest_z
-                    and gripper_width >= self.release_width)
+        return bool(
+            abs(c[0] - t[0]) <= target_half
+            and abs(c[1] - t[1]) <= target_half
+            and c[2] < self.rest_z
+            and gripper_width >= self.release_width
+        )
 
     def achieved(self, state, obj, cube_start_xyz: np.ndarray) -> bool:
         return self.placed(obj.cube_pose[:3], obj.target_xy, float(obj.target_half), float(state.gripper_width))
@@ -141,9 +145,9 @@ class PressTask(ReachTask):
     hold_s: float = 1.0
     push_tol: float = 0.03
     approach_height: float = 0.10
-    touch_height: float = 0.045   # TCP over the cube centre where the search starts (touch at ~37 mm), m
+    touch_height: float = 0.045  # TCP over the cube centre where the search starts (touch at ~37 mm), m
     contact_n: float = 0.5
-    search_speed: float = 0.01    # m/s
+    search_speed: float = 0.01  # m/s
 
     name = "press"
     error_name = "|Fz - F*|"
@@ -159,8 +163,11 @@ class PressTask(ReachTask):
         tcp, cube = np.asarray(state.ee_pose[:3], float), np.asarray(obj.cube_pose[:3], float)
         moved = np.linalg.norm(cube[:2] - np.asarray(cube_start_xyz, float)[:2])
         f = self.force_z(state)
-        return bool(self.xy_error(tcp, cube) <= self.xy_tol and abs(f - self.force_n) <= self.force_tol * self.force_n
-                    and moved <= self.push_tol)
+        return bool(
+            self.xy_error(tcp, cube) <= self.xy_tol
+            and abs(f - self.force_n) <= self.force_tol * self.force_n
+            and moved <= self.push_tol
+        )
 
     def error_mm(self, state, obj) -> float:
         """Force error |Fz - force_n|, N (the unit is ``error_unit``)."""

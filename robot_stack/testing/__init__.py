@@ -18,5 +18,17 @@ from robot_stack.testing.clock import FakeClock
 from robot_stack.testing.context import FakeNodeContext, build_node, run_workers
 from robot_stack.testing.waiting import WaitTimeout, wait_until
 
-__all__ = ["FakeBus", "FakeClock", "FakeNodeContext", "FakePublisher", "FakeReceiver", "FakeRequestClient",
-           "FakeSender", "FakeSubscriber", "WaitTimeout", "build_node", "run_workers", "wait_until"]
+__all__ = [
+    "FakeBus",
+    "FakeClock",
+    "FakeNodeContext",
+    "FakePublisher",
+    "FakeReceiver",
+    "FakeRequestClient",
+    "FakeSender",
+    "FakeSubscriber",
+    "WaitTimeout",
+    "build_node",
+    "run_workers",
+    "wait_until",
+]

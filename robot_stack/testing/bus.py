@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 from robot_stack.comm.codec import DecodeError, decode, encode
 from robot_stack.comm.messages import ErrorReply, Message
@@ -45,19 +46,19 @@ class FakeBus:
         self.lock = threading.RLock()
 
     # the socket-like objects
-    def publisher(self, node: str) -> "FakePublisher":
+    def publisher(self, node: str) -> FakePublisher:
         return FakePublisher(self, node)
 
-    def subscriber(self, nodes: Iterable[str], topics: Iterable[str] = ("",), **kw: Any) -> "FakeSubscriber":
+    def subscriber(self, nodes: Iterable[str], topics: Iterable[str] = ("",), **kw: Any) -> FakeSubscriber:
         return FakeSubscriber(self, nodes, topics, **kw)
 
-    def receiver(self, node: str) -> "FakeReceiver":
+    def receiver(self, node: str) -> FakeReceiver:
         return FakeReceiver(self, node)
 
-    def sender(self, node: str, source: str) -> "FakeSender":
+    def sender(self, node: str, source: str) -> FakeSender:
         return FakeSender(self, node, source)
 
-    def request_client(self, endpoint: str, source: str, timeout_s: float = 2.0) -> "FakeRequestClient":
+    def request_client(self, endpoint: str, source: str, timeout_s: float = 2.0) -> FakeRequestClient:
         return FakeRequestClient(self, endpoint, source, timeout_s)
 
     # delivery
@@ -110,8 +111,18 @@ class FakePublisher:
 class FakeSubscriber:
     """In-memory :class:`~robot_stack.comm.transport.Subscriber` (per-topic histories, optional queue)."""
 
-    def __init__(self, bus: FakeBus, nodes: Iterable[str], topics: Iterable[str] = ("",), *, history: int = 1,
-                 queue_size: int = 0, name: str = "subscriber", on_message=None, **_: Any):
+    def __init__(
+        self,
+        bus: FakeBus,
+        nodes: Iterable[str],
+        topics: Iterable[str] = ("",),
+        *,
+        history: int = 1,
+        queue_size: int = 0,
+        name: str = "subscriber",
+        on_message=None,
+        **_: Any,
+    ):
         self.bus, self.nodes, self.topics, self.name = bus, set(nodes), tuple(topics), name
         self.on_message = on_message
         self._history = history
@@ -241,8 +252,9 @@ class FakeRequestClient:
             self.reconnects += 1
             raise
         except Exception as e:  # as the reply server does: the handler failed, the client hears why
-            reply = ErrorReply(request_id=getattr(req, "request_id", 0), code="handler_error",
-                               reason=f"{type(e).__name__}: {e}")
+            reply = ErrorReply(
+                request_id=getattr(req, "request_id", 0), code="handler_error", reason=f"{type(e).__name__}: {e}"
+            )
         self._reply_seq.stamp("reply", reply)
         _, reply = decode(_wire("reply", reply))
         self.stats.received += 1

@@ -58,7 +58,7 @@ class FakeClock(_clock_mod.Clock):
                 raise ValueError(f"a monotonic clock cannot go back ({t_ns} < {self._t})")
             self._t = int(t_ns)
 
-    def install(self) -> "FakeClock":
+    def install(self) -> FakeClock:
         """Make this the stack's clock in this process (undo with :meth:`uninstall`)."""
         self._prev = _clock_mod.use_clock(self)
         return self
@@ -68,7 +68,7 @@ class FakeClock(_clock_mod.Clock):
             _clock_mod.use_clock(self._prev)
             self._prev = None
 
-    def __enter__(self) -> "FakeClock":
+    def __enter__(self) -> FakeClock:
         return self.install()
 
     def __exit__(self, *exc) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from robot_stack.runtime.config import StackConfig, config_from_dict
 from robot_stack.runtime.kinds import node_class
@@ -29,8 +30,12 @@ class FakeNodeContext(NodeContext):
         return self.bus.publisher(self.name)
 
     def subscriber(self, nodes: Iterable[str], topics: Iterable[str] = ("",), **kw: Any):
-        return self.bus.subscriber(nodes, topics, name=f"{self.name}<-{','.join(nodes)}",
-                                   **{k: v for k, v in kw.items() if k in ("history", "queue_size", "on_message")})
+        return self.bus.subscriber(
+            nodes,
+            topics,
+            name=f"{self.name}<-{','.join(nodes)}",
+            **{k: v for k, v in kw.items() if k in ("history", "queue_size", "on_message")},
+        )
 
     def receiver(self):
         return self.bus.receiver(self.name)
@@ -47,8 +52,9 @@ class FakeNodeContext(NodeContext):
         return ArmClient(None, None, arm=arm, source=self.name, heartbeat_hz=0.0, tx=self.sender(arm))
 
 
-def build_node(config: StackConfig | dict, name: str, bus: FakeBus | None = None,
-               run_dir: str | Path = "/tmp/robot_stack_fake") -> Node:
+def build_node(
+    config: StackConfig | dict, name: str, bus: FakeBus | None = None, run_dir: str | Path = "/tmp/robot_stack_fake"
+) -> Node:
     """Build node ``name`` of a setup on the fake context and run its ``configure``, as the
     launcher would in its own process; step it with ``node.step()`` (on a
     :class:`~robot_stack.testing.clock.FakeClock`, advancing the clock between steps), end it with

@@ -105,7 +105,7 @@ class FakeDynamixelBus:
             addr, n = struct.unpack("<HH", params[:4])
             for i in params[4:]:
                 if i in self.tables and i not in self.missing:
-                    out += self._status(i, bytes(self.tables[i][addr:addr + n]))
+                    out += self._status(i, bytes(self.tables[i][addr : addr + n]))
                 else:
                     break  # a missing servo breaks the chain: the ones after it wait for it
             return out
@@ -115,7 +115,7 @@ class FakeDynamixelBus:
             for k in range(0, len(data), n + 1):
                 i = data[k]
                 if i in self.tables:
-                    self.tables[i][addr:addr + n] = data[k + 1:k + 1 + n]
+                    self.tables[i][addr : addr + n] = data[k + 1 : k + 1 + n]
             return b""
         if dxl_id not in self.tables or dxl_id in self.missing:
             return b""
@@ -124,10 +124,10 @@ class FakeDynamixelBus:
             return self._status(dxl_id, struct.pack("<HB", self.MODEL, 52))
         if inst == READ:
             addr, n = struct.unpack("<HH", params[:4])
-            return self._status(dxl_id, bytes(t[addr:addr + n]))
+            return self._status(dxl_id, bytes(t[addr : addr + n]))
         if inst == WRITE:
             addr = struct.unpack("<H", params[:2])[0]
-            t[addr:addr + len(params) - 2] = params[2:]
+            t[addr : addr + len(params) - 2] = params[2:]
             return self._status(dxl_id)
         return b""
 
@@ -143,10 +143,10 @@ class FakeDynamixelBus:
                 k = self._buf.find(HEADER)
                 if k < 0 or len(self._buf) < k + 7:
                     break
-                n = struct.unpack("<H", self._buf[k + 5:k + 7])[0]
+                n = struct.unpack("<H", self._buf[k + 5 : k + 7])[0]
                 if len(self._buf) < k + 7 + n:
                     break
-                pkt, self._buf = self._buf[k:k + 7 + n], self._buf[k + 7 + n:]
+                pkt, self._buf = self._buf[k : k + 7 + n], self._buf[k + 7 + n :]
                 if struct.unpack("<H", pkt[-2:])[0] != crc16(pkt[:-2]):
                     continue  # a servo ignores a packet with a bad CRC
                 body = unstuff(pkt[7:-2])

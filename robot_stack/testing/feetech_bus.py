@@ -78,7 +78,7 @@ class FakeFeetechBus:
 
     def _write(self, sid: int, addr: int, data: bytes) -> None:
         t = self.tables[sid]
-        t[addr:addr + len(data)] = data
+        t[addr : addr + len(data)] = data
         if self.follow and addr <= 42 < addr + len(data):
             t[56:58] = t[42:44]
 
@@ -88,14 +88,14 @@ class FakeFeetechBus:
             out = b""
             for i in params[2:]:
                 if i in self.tables and i not in self.missing:
-                    out += self._status(i, bytes(self.tables[i][addr:addr + n]))
+                    out += self._status(i, bytes(self.tables[i][addr : addr + n]))
             return out
         if inst == SYNC_WRITE and sid == BROADCAST:
             addr, n = params[0], params[1]
             data = params[2:]
             for k in range(0, len(data), n + 1):
                 if data[k] in self.tables:
-                    self._write(data[k], addr, data[k + 1:k + 1 + n])
+                    self._write(data[k], addr, data[k + 1 : k + 1 + n])
             return b""
         if sid not in self.tables or sid in self.missing:
             return b""
@@ -103,7 +103,7 @@ class FakeFeetechBus:
             return self._status(sid)
         if inst == READ:
             addr, n = params[0], params[1]
-            return self._status(sid, bytes(self.tables[sid][addr:addr + n]))
+            return self._status(sid, bytes(self.tables[sid][addr : addr + n]))
         if inst == WRITE:
             self._write(sid, params[0], params[1:])
             return self._status(sid)
@@ -124,7 +124,7 @@ class FakeFeetechBus:
                 n = self._buf[k + 3]
                 if len(self._buf) < k + 4 + n:
                     break
-                pkt, self._buf = self._buf[k:k + 4 + n], self._buf[k + 4 + n:]
+                pkt, self._buf = self._buf[k : k + 4 + n], self._buf[k + 4 + n :]
                 if checksum(pkt[2:-1]) != pkt[-1]:
                     continue  # a servo ignores a packet with a bad checksum
                 self.received.append(pkt)

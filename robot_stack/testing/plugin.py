@@ -29,9 +29,11 @@ from robot_stack.testing.context import build_node
 
 
 def pytest_configure(config) -> None:
-    for line in ("slow: trains a model or runs a demo (minutes)",
-                 "processes: starts real processes or sockets (lifecycle, transport, physics, drivers against stand-ins)",
-                 "hardware: needs a device attached (skipped without it, with the reason)"):
+    for line in (
+        "slow: trains a model or runs a demo (minutes)",
+        "processes: starts real processes or sockets (lifecycle, transport, physics, drivers against stand-ins)",
+        "hardware: needs a device attached (skipped without it, with the reason)",
+    ):
         config.addinivalue_line("markers", line)
 
 

@@ -64,7 +64,11 @@ class FakeRobotiq:
 
     @property
     def activated(self) -> bool:
-        return (self.out[0] & 0x01) and self.activated_at is not None and time.monotonic() - self.activated_at >= self.activation_s
+        return (
+            (self.out[0] & 0x01)
+            and self.activated_at is not None
+            and time.monotonic() - self.activated_at >= self.activation_s
+        )
 
     def status_bytes(self) -> bytes:
         self._advance()
@@ -87,7 +91,7 @@ class FakeRobotiq:
         fc = frame[1]
         if fc == 16:
             addr, n, nbytes = struct.unpack(">HHB", frame[2:7])
-            data = frame[7:7 + nbytes]
+            data = frame[7 : 7 + nbytes]
             if addr != 0x03E8 or n != 3 or nbytes != 6:
                 return with_crc(bytes([self.id, 0x90, 0x02]))  # illegal data address
             was_active = self.out[0] & 0x01
@@ -101,7 +105,7 @@ class FakeRobotiq:
             addr, n = struct.unpack(">HH", frame[2:6])
             if addr != 0x07D0 or not 1 <= n <= 3:
                 return with_crc(bytes([self.id, 0x80 | fc, 0x02]))
-            st = self.status_bytes()[:2 * n]
+            st = self.status_bytes()[: 2 * n]
             return with_crc(bytes([self.id, fc, len(st)]) + st)
         return with_crc(bytes([self.id, 0x80 | fc, 0x01]))  # illegal function
 

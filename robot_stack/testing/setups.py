@@ -35,8 +35,9 @@ def node(kind: str, node_keys: dict[str, Any] | None = None, **params: Any) -> d
     return out
 
 
-def setup(name: str, run_dir: str | Path | None = None, settings: dict[str, Any] | None = None,
-          **nodes: dict[str, Any]) -> dict[str, Any]:
+def setup(
+    name: str, run_dir: str | Path | None = None, settings: dict[str, Any] | None = None, **nodes: dict[str, Any]
+) -> dict[str, Any]:
     """A whole setup: its name, run folder (ipc sockets), top-level ``settings`` (``on_node_exit``,
     ``shutdown_timeout_s``, ``calibration``) and its nodes by name."""
     out: dict[str, Any] = {"name": name}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
 T = TypeVar("T")
 
@@ -13,8 +14,14 @@ class WaitTimeout(AssertionError):
     a failed check, with the message naming what was awaited)."""
 
 
-def wait_until(condition: Callable[[], T], timeout_s: float, *, what: str = "", poll_s: float = 0.01,
-               describe: Callable[[], str] | None = None) -> T:
+def wait_until(
+    condition: Callable[[], T],
+    timeout_s: float,
+    *,
+    what: str = "",
+    poll_s: float = 0.01,
+    describe: Callable[[], str] | None = None,
+) -> T:
     """Poll ``condition()`` until it returns a truthy value and return that value.
 
     Waits on the host clock (``time.monotonic``), not the stack's clock: it is for tests that run
@@ -36,7 +43,9 @@ def wait_until(condition: Callable[[], T], timeout_s: float, *, what: str = "", 
         if value:
             return value
         if time.monotonic() >= deadline:
-            msg = f"timed out after {timeout_s:.1f} s waiting for {what or getattr(condition, '__name__', 'a condition')}"
+            msg = (
+                f"timed out after {timeout_s:.1f} s waiting for {what or getattr(condition, '__name__', 'a condition')}"
+            )
             if describe is not None:
                 msg += f": {describe()}"
             raise WaitTimeout(msg)
