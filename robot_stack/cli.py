@@ -31,7 +31,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_kinds(args: argparse.Namespace) -> int:
     from robot_stack.runtime.devices import FAMILIES
-    from robot_stack.nodes.registry import KINDS, node_class
+    from robot_stack.runtime.kinds import KINDS, node_class
 
     def fields(model, skip=()):
         for name, f in model.model_fields.items():

@@ -111,17 +111,32 @@ class SetupView:
         return action_names(self.arms)
 
 
-class ZmqPolicyClient:
+class _RequestPolicyClient:
+    """What both protocols share: one request client, ``infer`` as a request, ``close``.
+
+    Args:
+        client: anything with ``endpoint``, ``request(topic, msg)`` and ``close()``.
+    """
+
+    def __init__(self, client):
+        self.client = client
+        self.endpoint = client.endpoint
+
+    def infer(self, window: ObservationWindow) -> ActionChunk:
+        """One chunk for ``window`` (raises what the request client raises: timeout, remote error)."""
+        return self.client.request("infer", window)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ZmqPolicyClient(_RequestPolicyClient):
     """Our request/reply protocol (see the module docstring).
 
     Args:
         client: a request client (:class:`~robot_stack.comm.transport.RequestClient`, or the fake
             context's in-memory one).
     """
-
-    def __init__(self, client):
-        self.client = client
-        self.endpoint = client.endpoint
 
     def negotiate(self, setup: SetupView, stop) -> Negotiated:
         """Ask for the spec until ``setup.spec_timeout_s`` passes (the policy may still be loading
@@ -201,24 +216,14 @@ class ZmqPolicyClient:
             return out
         return Negotiated()
 
-    def infer(self, window: ObservationWindow) -> ActionChunk:
-        return self.client.request("infer", window)
 
-    def close(self) -> None:
-        self.client.close()
-
-
-class OpenpiPolicyClient:
+class OpenpiPolicyClient(_RequestPolicyClient):
     """openpi's websocket protocol (see the module docstring).
 
     Args:
         client: an :class:`~robot_stack.comm.openpi.OpenpiClient` (checks the endpoint; connects on
             the first request).
     """
-
-    def __init__(self, client):
-        self.client = client
-        self.endpoint = client.endpoint
 
     def negotiate(self, setup: SetupView, stop) -> Negotiated:
         """openpi's server describes itself on connect; the keys are the setup's mapping. Its
@@ -229,12 +234,6 @@ class OpenpiPolicyClient:
             setup.action_names,
         )
         return Negotiated()
-
-    def infer(self, window: ObservationWindow) -> ActionChunk:
-        return self.client.request("infer", window)
-
-    def close(self) -> None:
-        self.client.close()
 
 
 class PolicyWorker:

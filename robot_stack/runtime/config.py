@@ -1,7 +1,7 @@
 """Setup configs: YAML files validated into typed (pydantic) models.
 
 A setup config lists the nodes of one robot setup. Each node names a ``kind`` (registered in
-``robot_stack.nodes.registry``) and ``params`` validated by that kind's own model, so any typo or
+``robot_stack.runtime.kinds``) and ``params`` validated by that kind's own model, so any typo or
 bad value is caught before a single process starts. Errors name the key path, the value and the
 reason::
 

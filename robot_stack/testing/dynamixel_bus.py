@@ -11,12 +11,9 @@ can corrupt CRCs, stop answering (timeout), or report a hardware error bit.
 
 from __future__ import annotations
 
-import os
-import pty
-import select
 import struct
-import threading
-import tty
+
+from robot_stack.testing.pty_device import PtyDevice
 
 HEADER = b"\xff\xff\xfd\x00"
 PING, READ, WRITE, SYNC_READ, SYNC_WRITE, STATUS = 0x01, 0x02, 0x03, 0x82, 0x83, 0x55
@@ -60,7 +57,7 @@ def packet(dxl_id: int, inst: int, params: bytes) -> bytes:
     return head + body + struct.pack("<H", crc16(head + body))
 
 
-class FakeDynamixelBus:
+class FakeDynamixelBus(PtyDevice):
     """Servos with a 256-byte control table each, behind a pty.
 
     Attributes:
@@ -73,18 +70,13 @@ class FakeDynamixelBus:
     MODEL = 1200  # XL330-M288
 
     def __init__(self, ids):
-        self.master, self.slave = pty.openpty()
-        tty.setraw(self.slave)
-        self.port = os.ttyname(self.slave)
+        super().__init__()
         self.tables = {i: bytearray(256) for i in ids}
         self.missing: set[int] = set()
-        self.corrupt_crc = self.silent = False
+        self.corrupt_crc = False
         self.hw_error = 0
         self.received: list[tuple[int, int, bytes]] = []
-        self._stop = threading.Event()
-        self._buf = b""
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        self.start()
 
     def set_position(self, dxl_id: int, ticks: int) -> None:
         self.tables[dxl_id][132:136] = struct.pack("<i", ticks)
@@ -131,31 +123,17 @@ class FakeDynamixelBus:
             return self._status(dxl_id)
         return b""
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not select.select([self.master], [], [], 0.02)[0]:
-                continue
-            try:
-                self._buf += os.read(self.master, 4096)
-            except OSError:
-                return
-            while True:
-                k = self._buf.find(HEADER)
-                if k < 0 or len(self._buf) < k + 7:
-                    break
-                n = struct.unpack("<H", self._buf[k + 5 : k + 7])[0]
-                if len(self._buf) < k + 7 + n:
-                    break
-                pkt, self._buf = self._buf[k : k + 7 + n], self._buf[k + 7 + n :]
-                if struct.unpack("<H", pkt[-2:])[0] != crc16(pkt[:-2]):
-                    continue  # a servo ignores a packet with a bad CRC
-                body = unstuff(pkt[7:-2])
-                reply = self._answer(pkt[4], body[0], body[1:])
-                if reply and not self.silent:
-                    os.write(self.master, reply)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(1)
-        os.close(self.master)
-        os.close(self.slave)
+    def handle(self, data: bytes) -> tuple[bytes, bytes]:
+        out = b""
+        while True:
+            k = data.find(HEADER)
+            if k < 0 or len(data) < k + 7:
+                return out, data
+            n = struct.unpack("<H", data[k + 5 : k + 7])[0]
+            if len(data) < k + 7 + n:
+                return out, data
+            pkt, data = data[k : k + 7 + n], data[k + 7 + n :]
+            if struct.unpack("<H", pkt[-2:])[0] != crc16(pkt[:-2]):
+                continue  # a servo ignores a packet with a bad CRC
+            body = unstuff(pkt[7:-2])
+            out += self._answer(pkt[4], body[0], body[1:])

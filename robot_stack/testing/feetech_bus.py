@@ -11,12 +11,9 @@ Faults: a missing servo (never answers), corrupt checksums, a silent bus, an err
 
 from __future__ import annotations
 
-import os
-import pty
-import select
 import struct
-import threading
-import tty
+
+from robot_stack.testing.pty_device import PtyDevice
 
 PING, READ, WRITE, SYNC_READ, SYNC_WRITE = 0x01, 0x02, 0x03, 0x82, 0x83
 BROADCAST = 0xFE
@@ -32,7 +29,7 @@ def packet(sid: int, inst_or_err: int, params: bytes = b"") -> bytes:
     return b"\xff\xff" + body + bytes([checksum(body)])
 
 
-class FakeFeetechBus:
+class FakeFeetechBus(PtyDevice):
     """STS3215 servos with a 256-byte memory table each, behind a pty.
 
     Attributes:
@@ -46,22 +43,17 @@ class FakeFeetechBus:
     MODEL = 777  # STS3215
 
     def __init__(self, ids, follow: bool = False):
-        self.master, self.slave = pty.openpty()
-        tty.setraw(self.slave)
-        self.port = os.ttyname(self.slave)
+        super().__init__()
         self.tables = {i: bytearray(256) for i in ids}
         for t in self.tables.values():
             t[3:5] = struct.pack("<H", self.MODEL)
             t[56:58] = struct.pack("<H", 2048)
         self.follow = follow
         self.missing: set[int] = set()
-        self.corrupt = self.silent = False
+        self.corrupt = False
         self.error_byte = 0
         self.received: list[bytes] = []  # every instruction packet, whole
-        self._stop = threading.Event()
-        self._buf = b""
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        self.start()
 
     def set_position(self, sid: int, ticks: int) -> None:
         self.tables[sid][56:58] = struct.pack("<H", ticks & 0xFFFF)
@@ -109,31 +101,17 @@ class FakeFeetechBus:
             return self._status(sid)
         return b""
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not select.select([self.master], [], [], 0.02)[0]:
-                continue
-            try:
-                self._buf += os.read(self.master, 4096)
-            except OSError:
-                return
-            while True:
-                k = self._buf.find(b"\xff\xff")
-                if k < 0 or len(self._buf) < k + 4:
-                    break
-                n = self._buf[k + 3]
-                if len(self._buf) < k + 4 + n:
-                    break
-                pkt, self._buf = self._buf[k : k + 4 + n], self._buf[k + 4 + n :]
-                if checksum(pkt[2:-1]) != pkt[-1]:
-                    continue  # a servo ignores a packet with a bad checksum
-                self.received.append(pkt)
-                reply = self._answer(pkt[2], pkt[4], pkt[5:-1])
-                if reply and not self.silent:
-                    os.write(self.master, reply)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(1)
-        os.close(self.master)
-        os.close(self.slave)
+    def handle(self, data: bytes) -> tuple[bytes, bytes]:
+        out = b""
+        while True:
+            k = data.find(b"\xff\xff")
+            if k < 0 or len(data) < k + 4:
+                return out, data
+            n = data[k + 3]
+            if len(data) < k + 4 + n:
+                return out, data
+            pkt, data = data[k : k + 4 + n], data[k + 4 + n :]
+            if checksum(pkt[2:-1]) != pkt[-1]:
+                continue  # a servo ignores a packet with a bad checksum
+            self.received.append(pkt)
+            out += self._answer(pkt[2], pkt[4], pkt[5:-1])

@@ -93,48 +93,38 @@ def stack(tmp_path):
         t.join(10)
 
 
-def _closing(factory):
+def _made_and_closed(module: str, cls: str):
+    """A fixture body: ``make(*args)`` builds ``module.cls`` objects, each closed after the test."""
+    import importlib
+
+    factory = getattr(importlib.import_module(module), cls)
     made = []
 
     def make(*args, **kw):
-        obj = factory(*args, **kw)
-        made.append(obj)
-        return obj
+        made.append(factory(*args, **kw))
+        return made[-1]
 
-    return made, make
+    yield make
+    for obj in reversed(made):
+        obj.close()
 
 
 @pytest.fixture
 def fake_feetech_bus():
     """``make(ids, follow=False)``: STS3215 servos on a pty (:class:`~robot_stack.testing.feetech_bus.FakeFeetechBus`)."""
-    from robot_stack.testing.feetech_bus import FakeFeetechBus
-
-    made, make = _closing(FakeFeetechBus)
-    yield make
-    for bus in made:
-        bus.close()
+    yield from _made_and_closed("robot_stack.testing.feetech_bus", "FakeFeetechBus")
 
 
 @pytest.fixture
 def fake_dynamixel_bus():
     """``make(ids)``: Dynamixel XL330-M288 servos on a pty (:class:`~robot_stack.testing.dynamixel_bus.FakeDynamixelBus`)."""
-    from robot_stack.testing.dynamixel_bus import FakeDynamixelBus
-
-    made, make = _closing(FakeDynamixelBus)
-    yield make
-    for bus in made:
-        bus.close()
+    yield from _made_and_closed("robot_stack.testing.dynamixel_bus", "FakeDynamixelBus")
 
 
 @pytest.fixture
 def fake_robotiq():
     """``make(slave_id=9, ...)``: a Robotiq 2F-85 on Modbus RTU over a pty (:class:`~robot_stack.testing.robotiq.FakeRobotiq`)."""
-    from robot_stack.testing.robotiq import FakeRobotiq
-
-    made, make = _closing(FakeRobotiq)
-    yield make
-    for g in made:
-        g.close()
+    yield from _made_and_closed("robot_stack.testing.robotiq", "FakeRobotiq")
 
 
 @pytest.fixture

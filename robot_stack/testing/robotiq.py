@@ -11,13 +11,10 @@ an object can be placed between them (they stop on it: gOBJ 2); a fault code can
 
 from __future__ import annotations
 
-import os
-import pty
-import select
 import struct
-import threading
 import time
-import tty
+
+from robot_stack.testing.pty_device import PtyDevice
 
 
 def crc16_modbus(data: bytes) -> int:
@@ -33,13 +30,13 @@ def with_crc(body: bytes) -> bytes:
     return body + struct.pack("<H", crc16_modbus(body))
 
 
-class FakeRobotiq:
+class FakeRobotiq(PtyDevice):
     """The gripper: position 0 (open) .. 255 (closed), ``object_at``: a position the fingers stop at."""
 
+    read_size = 256
+
     def __init__(self, slave_id: int = 9, activation_s: float = 0.2, steps_per_s: float = 600.0):
-        self.master, self.slave = pty.openpty()
-        tty.setraw(self.slave)
-        self.port = os.ttyname(self.slave)
+        super().__init__()
         self.id, self.activation_s, self.rate = slave_id, activation_s, steps_per_s
         self.out = bytearray(6)  # the robot output registers (commands) as bytes
         self.pos = 0.0
@@ -48,9 +45,7 @@ class FakeRobotiq:
         self.activated_at: float | None = None
         self.requests: list[bytes] = []
         self._t = time.monotonic()
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        self.start()
 
     # ------------------------------------------------------------------ the gripper
     def _advance(self) -> None:
@@ -117,27 +112,10 @@ class FakeRobotiq:
             return 9 + buf[6] if len(buf) >= 7 else None
         return 8
 
-    def _run(self) -> None:
-        buf = b""
-        while not self._stop.is_set():
-            if not select.select([self.master], [], [], 0.02)[0]:
-                continue
-            try:
-                buf += os.read(self.master, 256)
-            except OSError:
-                return
-            while (n := self._frame_len(buf)) is not None and len(buf) >= n:
-                frame, buf = buf[:n], buf[n:]
-                self.requests.append(frame)
-                reply = self._answer(frame)
-                if reply is not None:
-                    os.write(self.master, reply)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(1)
-        for fd in (self.master, self.slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    def handle(self, data: bytes) -> tuple[bytes, bytes]:
+        out = b""
+        while (n := self._frame_len(data)) is not None and len(data) >= n:
+            frame, data = data[:n], data[n:]
+            self.requests.append(frame)
+            out += self._answer(frame) or b""
+        return out, data
