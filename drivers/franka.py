@@ -468,12 +468,12 @@ class FrankaConfig(DeviceConfig):
     type: Literal["franka"] = "franka"
     extra = "franka"
     requires = ("pylibfranka",)
-    robot_ip: str = "172.16.0.2"
+    robot_ip: str = Field("172.16.0.2", description="the robot's FCI address")
     realtime: Literal["enforce", "ignore"] = Field("enforce", description="enforce needs a real-time kernel")
-    gripper: bool = True
+    gripper: bool = Field(True, description="drive the Franka Hand (in its own process)")
     automatic_recovery: bool = Field(False, description="after a reflex, recover automatically and resume")
     impedance: list[float] | None = Field(None, min_length=7, max_length=7, description="joint stiffness, N m/rad")
-    model: Literal["fr3", "panda"] = "fr3"
+    model: Literal["fr3", "panda"] = Field("fr3", description="fr3 or panda: the joint limits the driver enforces")
     loop_realtime: RealtimeConfig = Field(
         default_factory=RealtimeConfig,
         description="SCHED_FIFO priority, CPU affinity, locked memory for the 1 kHz process",

@@ -134,7 +134,7 @@ class RealSenseConfig(DeviceConfig):
     requires = ("pyrealsense2",)
     serial: str | None = Field(None, description="device serial (None: the first device found)")
     playback_file: str | None = Field(None, description=".bag/.db3 recording to play instead of a device")
-    loop_playback: bool = True
+    loop_playback: bool = Field(True, description="a recording starts over at its end")
 
     def build(self, ctx, params) -> RealSenseCamera:
         return RealSenseCamera(

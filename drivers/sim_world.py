@@ -112,8 +112,8 @@ class SimWorld:
     def randomize_cube_softness(self, timeconst: float | None = None) -> float:
         """Give the cube a contact time constant (MuJoCo ``geom_solref[0]``, s; default a
         log-uniform draw from ``SOFTNESS``): how far a press sinks in for a given force, which the
-        cameras cannot see (the press task's hidden variable). Measured at a 5 mm deeper TCP target
-        than the touch height: 11.7 N at 0.02 s, 8.9 N at 0.05 s, 5.1 N at 0.1 s. Returns it."""
+        cameras cannot see (the press task's hidden variable; the force it gives at a fixed depth
+        is on the press task's results page, docs/results/press.md). Returns it."""
         if timeconst is None:
             timeconst = float(np.exp(self.rng.uniform(*np.log(self.SOFTNESS))))
         with self.lock:

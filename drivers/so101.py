@@ -93,10 +93,12 @@ class So101Config(DeviceConfig):
         max_length=6,
         description="servo ids: five joints in order, then the jaw",
     )
-    baudrate: int = 1_000_000
+    baudrate: int = Field(1_000_000, description="bus baud rate (STS3215 default 1 Mbit/s)")
     calibration: str = Field(..., description="calibration file (arms.<name> section)")
     name: str = Field("so101_follower", description="name of its calibration entry")
-    latency_timer_ms: float | None = None
+    latency_timer_ms: float | None = Field(
+        None, description="USB serial adapter latency timer to set, ms (None: leave it)"
+    )
 
     def default_robot(self, config) -> str:
         return "so101"

@@ -335,7 +335,7 @@ class UrConfig(DeviceConfig):
     type: Literal["ur"] = "ur"
     extra = "ur"
     requires = ("rtde_control", "rtde_receive", "dashboard_client")
-    robot_ip: str = "192.168.1.102"
+    robot_ip: str = Field("192.168.1.102", description="the controller's address (RTDE 30004, dashboard 29999)")
     frequency: float = Field(
         500.0, description="RTDE rate, Hz: 500 e-Series, 125 CB3 (-1: from the controller version)"
     )

@@ -141,7 +141,9 @@ class GoToConfig(DeviceConfig):
     """
 
     type: Literal["goto"] = "goto"
-    goal: tuple[float, float, float] = (0.45, 0.15, 0.30)
+    goal: tuple[float, float, float] = Field(
+        (0.45, 0.15, 0.30), description="the TCP goal [x y z] in the base frame, m"
+    )
     via: tuple[float, float, float] | None = Field(None, description="waypoint visited before the goal")
     speed: float = Field(0.05, gt=0, description="TCP speed, m/s")
     horizon: int = Field(16, ge=1, description="prediction horizon H (actions per chunk)")

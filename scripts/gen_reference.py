@@ -100,6 +100,8 @@ def _rows(model: type[BaseModel], prefix: str = "", depth: int = 0) -> list[str]
     for name, field in model.model_fields.items():
         nested = _nested_model(field.annotation)
         desc = field.description or attrs.get(name, "")
+        if name == "type" and not desc:
+            desc = "the device type: this section's name"
         if nested is not None and depth < 2:
             keyed = typing.get_origin(field.annotation) is dict
             label = f"map of {nested.__name__}" if keyed else nested.__name__

@@ -231,12 +231,14 @@ class LeaderConfig(TeleopConfig):
     port: str = Field("/dev/ttyUSB0", description="serial port of the bus")
     ids: list[int] = Field(default_factory=lambda: list(range(1, 8)), description="joint servo ids, in order")
     gripper_id: int | None = Field(None, description="servo id of the gripper trigger")
-    baudrate: int = 1_000_000
+    baudrate: int = Field(1_000_000, description="bus baud rate")
     calibration: str = Field(..., description="calibration file (leaders.<name> section)")
     name: str = Field("leader", description="name of its calibration entry")
     max_engage_error: float = Field(0.2, gt=0, description="max joint difference to engage, rad")
     ramp_s: float = Field(1.0, ge=0, description="blend time after engaging, s")
-    latency_timer_ms: float | None = None
+    latency_timer_ms: float | None = Field(
+        None, description="USB serial adapter latency timer to set, ms (None: leave it)"
+    )
 
     def inputs(self, params) -> dict[str, tuple[str, tuple[str, ...]]]:
         return {params.arm: ("arm", (RobotState.TOPIC,))}  # the engage check reads the follower's joints

@@ -571,7 +571,7 @@ class ScriptedConfig(TeleopConfig):
         "reach", description="the task it demonstrates (the sim world's task); lift drives the teleop node's two arms"
     )
     speed: float = Field(0.15, gt=0, description="TCP speed, m/s")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the expert's randomness (approach jitter, deliberate misses)")
     perturb_m: float = Field(
         0.0,
         ge=0,

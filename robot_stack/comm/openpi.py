@@ -125,7 +125,10 @@ class OpenpiKeys(BaseModel):
     """
 
     model_config = {"extra": "forbid"}
-    keys: dict[str, str] = Field(default_factory=lambda: {"observation/state": "state"})
+    keys: dict[str, str] = Field(
+        default_factory=lambda: {"observation/state": "state"},
+        description="openpi observation key -> our observation key",
+    )
 
     def to_ours(self, obs: dict) -> dict[str, np.ndarray]:
         """openpi observation dict -> our keys (missing openpi keys are simply absent)."""

@@ -57,14 +57,25 @@ class SafetyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     joint_margin: float = Field(0.02, ge=0)
-    workspace_min: tuple[float, float, float] = (0.15, -0.6, 0.005)
-    workspace_max: tuple[float, float, float] = (0.85, 0.6, 0.8)
-    max_joint_vel: float | list[float] = 1.5
-    max_joint_acc: float | list[float] = 6.0
-    max_joint_jerk: float | list[float] = 150.0
-    max_ee_vel: float = Field(0.5, gt=0)
-    max_ee_ang_vel: float = Field(1.5, gt=0)
-    max_ee_acc: float = Field(3.0, gt=0)
+    workspace_min: tuple[float, float, float] = Field(
+        (0.15, -0.6, 0.005), description="TCP workspace box, lower corner [x y z] in the base frame, m"
+    )
+    workspace_max: tuple[float, float, float] = Field(
+        (0.85, 0.6, 0.8), description="TCP workspace box, upper corner [x y z] in the base frame, m"
+    )
+    max_joint_vel: float | list[float] = Field(
+        1.5,
+        description="joint velocity limit, rad/s (one value or one per joint; capped at the robot's datasheet values)",
+    )
+    max_joint_acc: float | list[float] = Field(
+        6.0, description="joint acceleration limit, rad/s^2 (one value or one per joint)"
+    )
+    max_joint_jerk: float | list[float] = Field(
+        150.0, description="joint jerk limit of the servo guard, rad/s^3 (one value or one per joint)"
+    )
+    max_ee_vel: float = Field(0.5, gt=0, description="TCP speed limit of Cartesian schedules, m/s")
+    max_ee_ang_vel: float = Field(1.5, gt=0, description="TCP angular speed limit of Cartesian schedules, rad/s")
+    max_ee_acc: float = Field(3.0, gt=0, description="TCP acceleration limit of Cartesian schedules, m/s^2")
     max_jump_joint: float = Field(0.35, gt=0)
     max_jump_ee: float = Field(0.08, gt=0)
     max_jump_ee_rad: float = Field(0.5, gt=0)

@@ -20,13 +20,16 @@ class ArmParams(NodeParams):
         description="robot model: a shipped name (robot-stack robots) or a "
         "description YAML; default: the driver's (sim: its world's robot, franka: fr3_hand)",
     )
-    rate_hz: float = Field(500.0, gt=0, le=2000)
-    state_rate_hz: float = Field(250.0, gt=0, le=2000)
-    startup_timeout_s: float = Field(20.0, gt=0)
-    ik_iters_per_tick: int = Field(4, ge=1, le=50)
+    rate_hz: float = Field(500.0, gt=0, le=2000, description="servo loop rate, Hz (the driver's command rate)")
+    state_rate_hz: float = Field(250.0, gt=0, le=2000, description="robot/state publish rate, Hz")
+    startup_timeout_s: float = Field(20.0, gt=0, description="wait for the driver's first measured state, s")
+    ik_iters_per_tick: int = Field(4, ge=1, le=50, description="IK iterations per servo tick for Cartesian schedules")
     check_budget: float = Field(0.25, gt=0, le=0.8, description="fraction of a servo period spent checking schedules")
     max_pending: int = Field(16, ge=1, description="schedules waiting for their checks; more are refused")
-    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    safety: SafetyConfig = Field(
+        default_factory=SafetyConfig,
+        description="limits and checks every schedule passes before the driver (the safety contract)",
+    )
     realtime: RealtimeConfig = Field(
         default_factory=RealtimeConfig,
         description="SCHED_FIFO priority, CPU affinity, locked memory for the servo loop",

@@ -21,11 +21,13 @@ CameraDriverConfig, _driver_field = CAMERA_DRIVERS.field("synthetic")
 
 class CameraParams(NodeParams):
     driver: CameraDriverConfig = _driver_field
-    camera_id: str = Field("cam0", pattern=r"^[a-z][a-z0-9_]*$")
-    width: int = Field(640, gt=0, le=4096)
-    height: int = Field(480, gt=0, le=4096)
-    rate_hz: float = Field(30.0, gt=0, le=1000)
-    depth: bool = True
+    camera_id: str = Field(
+        "cam0", pattern=r"^[a-z][a-z0-9_]*$", description="the camera's name: its topic is camera/<camera_id>"
+    )
+    width: int = Field(640, gt=0, le=4096, description="image width, pixels")
+    height: int = Field(480, gt=0, le=4096, description="image height, pixels")
+    rate_hz: float = Field(30.0, gt=0, le=1000, description="frame rate asked of the driver, Hz")
+    depth: bool = Field(True, description="publish depth aligned to color (where the driver has it)")
 
     def references(self) -> dict[str, str]:
         return self.driver.references()

@@ -17,7 +17,7 @@ from robot_stack.runtime.node import NodeParams
 
 
 class ControllerParams(NodeParams):
-    arm: str = "arm"
+    arm: str = Field("arm", description="the arm node driven (one arm)")
     arms: list[str] | None = Field(
         None,
         min_length=1,
@@ -44,21 +44,34 @@ class ControllerParams(NodeParams):
         "without one); .points needs the camera's T_base_camera in the setup's "
         "calibration file and the cloud settings from the policy's spec",
     )
-    rate_hz: float = Field(10.0, gt=0, le=100)
+    rate_hz: float = Field(10.0, gt=0, le=100, description="control rate, Hz (1/dt)")
     obs_horizon: int | None = Field(None, ge=1, description="To (None: the policy's spec; 2 without one)")
-    strategy: Literal["sync", "async", "ensemble", "rtc"] = "sync"
-    execute_horizon: int = Field(8, ge=1)
-    ensemble_m: float = 0.01
+    strategy: Literal["sync", "async", "ensemble", "rtc"] = Field(
+        "sync",
+        description="execution strategy: sync (receding horizon), async, ensemble (temporal ensembling) or rtc (real-time chunking)",
+    )
+    execute_horizon: int = Field(
+        8, ge=1, description="s: actions executed per chunk before the next request (sync and async)"
+    )
+    ensemble_m: float = Field(0.01, description="ensemble: weight exp(-m i) of the i-th oldest prediction (ACT)")
     ensemble_steps: int = Field(4, ge=1, description="ensemble: steps sent ahead each control step")
-    exec_latency_s: float = Field(0.01, ge=0)
+    exec_latency_s: float = Field(
+        0.01,
+        ge=0,
+        description="time from sending a schedule to the arm acting on it; actions due sooner are dropped, s",
+    )
     start_from_rest: bool = Field(
         True,
         description="a chunk that finds nothing planned since its observation "
         "(the arm at rest) is stamped from its arrival, so its first actions run first "
         "(chunking.chunk_anchor_ns); false: from its observation, d steps dropped",
     )
-    max_obs_age_s: float = Field(0.3, gt=0)
-    request_timeout_s: float = Field(2.0, gt=0)
+    max_obs_age_s: float = Field(
+        0.3, gt=0, description="a stream older than this holds the arm instead of feeding the policy, s"
+    )
+    request_timeout_s: float = Field(
+        2.0, gt=0, description="an inference request without a reply in this time fails, s"
+    )
     source: Literal["policy", "teleop", "external"] = Field(
         "policy", description="who drives: the policy, a teleop device, or only schedules sent to the input (replay)"
     )

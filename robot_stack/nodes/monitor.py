@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 class MonitorParams(NodeParams):
     watch: list[str] = Field(min_length=1, description="node names to subscribe to")
-    rate_hz: float = Field(10.0, gt=0, le=100)
-    report_every_s: float = Field(2.0, gt=0)
+    rate_hz: float = Field(10.0, gt=0, le=100, description="loop rate, Hz")
+    report_every_s: float = Field(2.0, gt=0, description="one report line per topic rate every this many s")
 
 
 class MonitorNode(Node):

@@ -52,8 +52,8 @@ class BatchParams(BaseModel):
 class PolicyParams(NodeParams):
     backend: PolicyBackendConfig = _backend_field
     delay_s: float = Field(0.0, ge=0, description="injected inference delay before every chunk, s (benchmarks)")
-    max_obs_age_s: float = Field(1.0, gt=0)
-    rate_hz: float = Field(1000.0, gt=0)
+    max_obs_age_s: float = Field(1.0, gt=0, description="an observation window older than this is refused, s")
+    rate_hz: float = Field(1000.0, gt=0, description="request polling rate, Hz")
     fault: Literal["none", "nan", "limit", "jump", "empty", "flip"] = Field(
         "none", description="fault injection (HIL tests, bench/faults.py): corrupt every chunk this way"
     )

@@ -58,7 +58,7 @@ _NO_WRENCH = np.full(6, np.nan)
 
 class RecorderParams(NodeParams):
     root: str = Field(..., description="dataset folder (episodes are written here)")
-    arm: str = "arm"
+    arm: str = Field("arm", description="the arm node recorded (one arm)")
     arms: list[str] | None = Field(
         None,
         min_length=1,
@@ -68,15 +68,22 @@ class RecorderParams(NodeParams):
         ),
     )
     cameras: list[str] = Field(default_factory=list, description="camera node names")
-    teleop: str | None = None
-    controller: str | None = None
+    teleop: str | None = Field(
+        None, description="teleop node whose commands are recorded, and whose buttons start and save episodes"
+    )
+    controller: str | None = Field(None, description="controller node whose waypoints are recorded as actions")
     sim_world: str | None = Field(None, description="sim world node: its object ground truth is recorded too")
-    rate_hz: float = Field(200.0, gt=0)
-    flush_every_s: float = Field(0.5, gt=0)
+    rate_hz: float = Field(200.0, gt=0, description="loop rate draining the sample queue, Hz")
+    flush_every_s: float = Field(0.5, gt=0, description="buffered samples are written to disk this often, s")
     stop_grace_s: float = Field(0.3, ge=0, description="after stop, wait this long for samples still in flight")
-    queue_size: int = Field(20000, ge=100)
-    on_interrupted: Literal["recover", "discard"] = "recover"
-    task: str = ""
+    queue_size: int = Field(
+        20000, ge=100, description="samples held between socket and disk; overflow is dropped and counted"
+    )
+    on_interrupted: Literal["recover", "discard"] = Field(
+        "recover",
+        description="an episode interrupted by a crash: recover it up to its last complete sample, or discard it",
+    )
+    task: str = Field("", description="the task's text, stored with each episode (LeRobot's task string)")
 
     @property
     def arm_nodes(self) -> list[str]:

@@ -46,9 +46,11 @@ class SimWorldParams(NodeParams):
     robot: str = Field(
         DEFAULT_ROBOT, description="the simulated robot (a robot model with a sim block; robot-stack robots lists them)"
     )
-    rate_hz: float = Field(500.0, gt=0, le=2000)
-    state_rate_hz: float = Field(60.0, gt=0, le=500)
-    seed: int = 0
+    rate_hz: float = Field(
+        500.0, gt=0, le=2000, description="physics step rate on the host clock, Hz (500: a 2 ms step)"
+    )
+    state_rate_hz: float = Field(60.0, gt=0, le=500, description="full world state for the camera renderers, Hz")
+    seed: int = Field(0, description="seed of the object placement and randomisation")
     task: Literal["reach", "pick", "press", "lift"] = Field(
         "reach",
         description="the task whose success collect, deploy and the demo check on this world's ground truth "
@@ -61,7 +63,11 @@ class SimWorldParams(NodeParams):
         "frame; each arm node's sim driver names its arm (driver.arm). Empty: one arm, "
         "robot, whose base frame is the world frame",
     )
-    max_catchup_steps: int = Field(20, ge=1)
+    max_catchup_steps: int = Field(
+        20,
+        ge=1,
+        description="physics behind the host clock by more steps than this counts a real-time violation and re-anchors",
+    )
     table_board: bool = Field(False, description="ChArUco board on the table (eye-in-hand calibration)")
     gripper_board: bool = Field(False, description="ChArUco board on the gripper (eye-to-hand calibration)")
     ur_emulator_host: str | None = Field(

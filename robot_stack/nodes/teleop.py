@@ -40,7 +40,7 @@ TeleopDeviceConfig, _device_field = TELEOP_DEVICES.field("keyboard")
 
 class TeleopParams(NodeParams):
     device: TeleopDeviceConfig = _device_field
-    rate_hz: float = Field(30.0, gt=0, le=500)
+    rate_hz: float = Field(30.0, gt=0, le=500, description="device polling rate, Hz")
     arm: str = Field("arm", description="arm node (e-stop buttons; the state a device reads)")
     arms: list[str] = Field(
         default_factory=list,

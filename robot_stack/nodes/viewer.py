@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 
 class ViewerParams(NodeParams):
     watch: list[str] = Field(min_length=1, description="nodes whose cameras / robot state to show")
-    rate_hz: float = Field(15.0, gt=0, le=60)
-    spawn: bool = False
-    connect: str | None = None
-    rrd_path: str | None = None
+    rate_hz: float = Field(15.0, gt=0, le=60, description="how often the watched streams are logged, Hz")
+    spawn: bool = Field(False, description="open a rerun viewer window (needs a display)")
+    connect: str | None = Field(None, description="a running viewer's URL (rerun+http://HOST:9876/proxy)")
+    rrd_path: str | None = Field(None, description="write a .rrd recording instead (open it with rerun FILE)")
 
     @model_validator(mode="after")
     def _sink(self) -> ViewerParams:

@@ -36,16 +36,18 @@ class StrictModel(BaseModel):
 
 
 class CurveServerConfig(StrictModel):
-    secret_file: Path
-    authorized_clients_dir: Path
+    secret_file: Path = Field(
+        ..., description="this node's CURVE secret key file (robot-stack keys generate), mode 600"
+    )
+    authorized_clients_dir: Path = Field(..., description="folder of the public keys of the clients allowed to connect")
 
     def build(self) -> CurveServer:
         return CurveServer(self.secret_file, self.authorized_clients_dir)
 
 
 class CurveClientConfig(StrictModel):
-    secret_file: Path
-    server_public_file: Path
+    secret_file: Path = Field(..., description="this client's CURVE secret key file")
+    server_public_file: Path = Field(..., description="the server's public key file")
 
     def build(self) -> CurveClient:
         return CurveClient(self.secret_file, self.server_public_file)
@@ -144,7 +146,9 @@ class StackConfig(StrictModel):
     run_dir: Path | None = None
     on_node_exit: Literal["shutdown", "continue"] = "shutdown"
     shutdown_timeout_s: float = Field(5.0, gt=0, le=60)
-    calibration: CalibrationConfig | None = None
+    calibration: CalibrationConfig | None = Field(
+        None, description="the setup's calibration file and boards (None: no calibration)"
+    )
     nodes: dict[str, NodeConfig]
 
     @model_validator(mode="after")
