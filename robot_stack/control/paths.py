@@ -17,13 +17,18 @@ def straight_line(
     no waypoint jumps in rotation; the duration covers both ``speed`` and ``ang_speed``).
 
     Args:
-        start, end: (7,) poses [x y z qx qy qz qw] in the base frame.
+        start: (7,) pose [x y z qx qy qz qw] in the base frame (m), where the line starts.
+        end: (7,) pose in the base frame, where it ends.
         t0_ns: time of ``start``, ns.
         speed: TCP speed, m/s (> 0).
         step_s: waypoint spacing, s.
         ang_speed: TCP rotation speed, rad/s (> 0).
+
     Returns:
         stamps_ns (N,) int64 and poses (N, 7), the first waypoint one step after ``t0_ns``.
+
+    Raises:
+        ValueError: ``speed`` is not positive.
     """
     if speed <= 0:
         raise ValueError("speed must be > 0")

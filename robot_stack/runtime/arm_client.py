@@ -21,6 +21,7 @@ from robot_stack.comm.messages import ArmControl, Heartbeat, WaypointSchedule
 from robot_stack.comm.transport import Sender
 
 if TYPE_CHECKING:
+    from robot_stack.comm.security import CurveClient
     from robot_stack.runtime.config import StackConfig
 
 
@@ -46,8 +47,8 @@ class ArmClient:
         source: str = "client",
         heartbeat_hz: float = 20.0,
         timeout_s: float = 2.0,
-        curve=None,
-        tx=None,
+        curve: CurveClient | None = None,
+        tx: Sender | None = None,
     ):
         self.source = source
         self.arm = arm
