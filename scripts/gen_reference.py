@@ -106,8 +106,9 @@ def _rows(model: type[BaseModel], prefix: str = "", depth: int = 0) -> list[str]
             rows.append(f"| `{prefix}{name}` | {_cell(label)} | | {_cell(desc)} |")
             rows += _rows(nested, f"{prefix}{name}.<name>." if keyed else f"{prefix}{name}.", depth + 1)
             continue
-        rows.append(f"| `{prefix}{name}` | {_cell(_type(field.annotation))} | {_cell(_default(field))} | "
-                    f"{_cell(desc)} |")
+        rows.append(
+            f"| `{prefix}{name}` | {_cell(_type(field.annotation))} | {_cell(_default(field))} | {_cell(desc)} |"
+        )
     return rows
 
 
@@ -127,23 +128,37 @@ def config_page() -> str:
     from robot_stack.runtime.devices import FAMILIES
     from robot_stack.runtime.kinds import KINDS, node_class
 
-    parts = [HEADER, "# Setup config reference\n\n",
-             "A setup is one YAML file: the keys below, validated by pydantic models (an unknown key "
-             "is an error that names it). `robot-stack check SETUP` validates a file without starting "
-             "anything; `robot-stack kinds` prints the same parameters in the terminal.\n\n",
-             "## The setup\n\n", _table(StackConfig), "\n",
-             "## A node\n\n", "Every entry under `nodes:`.\n\n", _table(NodeConfig), "\n",
-             "## Calibration\n\n", _table(CalibrationConfig), "\n",
-             "## Node kinds\n\n",
-             "Each node's `params:` are validated by its kind's model. Kinds: "
-             + ", ".join(f"[`{k}`](#kind-{k})" for k in sorted(KINDS)) + ".\n\n"]
+    parts = [
+        HEADER,
+        "# Setup config reference\n\n",
+        "A setup is one YAML file: the keys below, validated by pydantic models (an unknown key "
+        "is an error that names it). `robot-stack check SETUP` validates a file without starting "
+        "anything; `robot-stack kinds` prints the same parameters in the terminal.\n\n",
+        "## The setup\n\n",
+        _table(StackConfig),
+        "\n",
+        "## A node\n\n",
+        "Every entry under `nodes:`.\n\n",
+        _table(NodeConfig),
+        "\n",
+        "## Calibration\n\n",
+        _table(CalibrationConfig),
+        "\n",
+        "## Node kinds\n\n",
+        "Each node's `params:` are validated by its kind's model. Kinds: "
+        + ", ".join(f"[`{k}`](#kind-{k})" for k in sorted(KINDS))
+        + ".\n\n",
+    ]
     for kind in sorted(KINDS):
         cls = node_class(kind)
         parts += [f"### `{kind}` {{#kind-{kind}}}\n\n", f"`{KINDS[kind]}`: {_cell(_summary(cls))}\n\n"]
         family = FAMILIES.get(kind)
         if family is not None:
-            parts.append(f"Its `{family.key}:` is a {family.family}: "
-                         + ", ".join(f"[`{t}`](#{kind}-{t})" for t in sorted(family.types)) + ".\n\n")
+            parts.append(
+                f"Its `{family.key}:` is a {family.family}: "
+                + ", ".join(f"[`{t}`](#{kind}-{t})" for t in sorted(family.types))
+                + ".\n\n"
+            )
         parts += [_table(cls.Params), "\n"]
     parts.append("## Device types\n\n")
     for kind, family in sorted(FAMILIES.items()):
@@ -151,8 +166,12 @@ def config_page() -> str:
         for t in sorted(family.types):
             cfg = family.config_class(t)
             extra = f" Extra: `{cfg.extra}`." if getattr(cfg, "extra", "") else ""
-            parts += [f"#### `{t}` {{#{kind}-{t}}}\n\n",
-                      f"`{family.types[t]}`: {_cell(_summary(cfg))}{extra}\n\n", _table(cfg), "\n"]
+            parts += [
+                f"#### `{t}` {{#{kind}-{t}}}\n\n",
+                f"`{family.types[t]}`: {_cell(_summary(cfg))}{extra}\n\n",
+                _table(cfg),
+                "\n",
+            ]
     return "".join(parts)
 
 
@@ -160,9 +179,12 @@ def cli_page() -> str:
     from robot_stack.cli import build_parser
 
     parser = build_parser()
-    parts = [HEADER, "# Command-line reference\n\n",
-             "Every command turns an error into one line on stderr and a non-zero exit code (2 for a "
-             "config error); `robot-stack --debug CMD ...` also shows the traceback.\n\n"]
+    parts = [
+        HEADER,
+        "# Command-line reference\n\n",
+        "Every command turns an error into one line on stderr and a non-zero exit code (2 for a "
+        "config error); `robot-stack --debug CMD ...` also shows the traceback.\n\n",
+    ]
 
     def walk(p: argparse.ArgumentParser, name: str, help_text: str) -> None:
         subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
@@ -194,17 +216,21 @@ def cli_page() -> str:
 def messages_page() -> str:
     from robot_stack.comm import messages as m
 
-    parts = [HEADER, "# Message schemas\n\n",
-             "A message is one ZeroMQ multipart `[topic, msgpack header, raw buffer 0, ...]`. Each "
-             "schema below is a class in `robot_stack/comm/messages.py`; the codec checks every field "
-             "against its spec (dtype, shape, choices) and the class's `check()` on decode. Shapes: "
-             "`None` is any length.\n\n"]
+    parts = [
+        HEADER,
+        "# Message schemas\n\n",
+        "A message is one ZeroMQ multipart `[topic, msgpack header, raw buffer 0, ...]`. Each "
+        "schema below is a class in `robot_stack/comm/messages.py`; the codec checks every field "
+        "against its spec (dtype, shape, choices) and the class's `check()` on decode. Shapes: "
+        "`None` is any length.\n\n",
+    ]
     for name, cls in sorted(m.REGISTRY.items()):
         if cls.__module__ != m.__name__:
             continue
         topic = f"`{cls.TOPIC}`" + (" + name" if cls.TOPIC.endswith("/") else "") if cls.TOPIC else "request/reply"
-        parts.append(f"## `{cls.__name__}` (schema `{name}`, v{cls.VERSION})\n\n"
-                     f"{_cell(_summary(cls))} Topic: {topic}.\n\n")
+        parts.append(
+            f"## `{cls.__name__}` (schema `{name}`, v{cls.VERSION})\n\n{_cell(_summary(cls))} Topic: {topic}.\n\n"
+        )
         attrs = _doc_attrs(cls)
         rows = []
         for field, spec in cls.specs().items():
@@ -225,16 +251,21 @@ def messages_page() -> str:
 def robots_page() -> str:
     from robot_stack.control.robot_model import RobotDescription, available_robots, load_description
 
-    parts = [HEADER, "# Robot models\n\n",
-             "The shipped robot descriptions (`robot_stack/robots/*.yaml`); `robot-stack robots NAME` "
-             "loads one and prints its joints and TCP at home. An arm node's `robot:` names one of "
-             "these or a description file of your own with the keys at the end of this page.\n\n",
-             "| name | robot | joints | gripper (stroke) | max joint velocity, rad/s |\n| --- | --- | --- | --- | --- |\n"]
+    parts = [
+        HEADER,
+        "# Robot models\n\n",
+        "The shipped robot descriptions (`robot_stack/robots/*.yaml`); `robot-stack robots NAME` "
+        "loads one and prints its joints and TCP at home. An arm node's `robot:` names one of "
+        "these or a description file of your own with the keys at the end of this page.\n\n",
+        "| name | robot | joints | gripper (stroke) | max joint velocity, rad/s |\n| --- | --- | --- | --- | --- |\n",
+    ]
     for name in sorted(available_robots()):
         desc, _ = load_description(name)
         vel = ", ".join(f"{v:g}" for v in desc.max_joint_vel)
-        parts.append(f"| `{name}` | {_cell(desc.summary or desc.name)} | {len(desc.joints)} | "
-                     f"{_cell(desc.gripper.kind)} ({desc.gripper.stroke_m * 1000:g} mm) | {vel} |\n")
+        parts.append(
+            f"| `{name}` | {_cell(desc.summary or desc.name)} | {len(desc.joints)} | "
+            f"{_cell(desc.gripper.kind)} ({desc.gripper.stroke_m * 1000:g} mm) | {vel} |\n"
+        )
     parts += ["\n## Description keys\n\n", _table(RobotDescription)]
     return "".join(parts)
 

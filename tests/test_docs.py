@@ -69,9 +69,16 @@ def test_relative_links_resolve():
 def test_readme_fits_on_a_screen_and_nothing_cites_outside_the_repository():
     assert len((REPO / "README.md").read_text().splitlines()) <= 200
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    citing = [f for f in files if f.endswith((".py", ".md", ".yaml", ".toml")) and f != "tests/test_docs.py"
-              and ("DESIGN.md" in (REPO / f).read_text(errors="replace")
-                   or "../shared" in (REPO / f).read_text(errors="replace"))]
+    citing = [
+        f
+        for f in files
+        if f.endswith((".py", ".md", ".yaml", ".toml"))
+        and f != "tests/test_docs.py"
+        and (
+            "DESIGN.md" in (REPO / f).read_text(errors="replace")
+            or "../shared" in (REPO / f).read_text(errors="replace")
+        )
+    ]
     assert not citing, f"cite DESIGN.md or ../shared (use docs/design.md): {citing}"
 
 
