@@ -50,7 +50,9 @@ def run_delay(
     from robot_stack.apps.deploy import run_episodes
     from robot_stack.apps.session import Session
 
-    base = yaml.safe_load(config_path("sim_panda_reach.yaml").read_text())
+    from robot_stack.runtime.config import resolve_setup
+
+    base, _ = resolve_setup(config_path("sim_panda_reach.yaml"))
     ctl = base["nodes"].pop("controller")
     for n in ("teleop", "recorder", "cam_scene"):
         base["nodes"].pop(n)

@@ -22,9 +22,18 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from robot_stack.runtime.config import load_config
+    import yaml
 
-    cfg = load_config(args.config)
+    from robot_stack.runtime.config import apply_sets, config_from_dict, resolve_setup
+
+    data, chain = resolve_setup(args.config)
+    data = apply_sets(data, args.set)
+    cfg = config_from_dict(data, where=str(args.config), base_dir=Path(args.config).resolve().parent)
+    if args.explain:
+        print("extends chain (each file overrides the next): " + " <- ".join(str(p) for p in chain))
+        for expr in args.set:
+            print(f"--set {expr}")
+        print(yaml.safe_dump(data, sort_keys=False), end="")
     print(f"{args.config}: OK ({len(cfg.nodes)} nodes: {', '.join(f'{n} [{c.kind}]' for n, c in cfg.nodes.items())})")
     return 0
 
@@ -414,19 +423,48 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if res.deploy.policy_waypoints > 0 else 1
 
 
+def _setup_args(p: argparse.ArgumentParser) -> None:
+    """The setup argument and ``--set`` of every command that takes a setup."""
+    p.add_argument("config", type=Path, help="setup config (YAML; may extend another)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override one setup key, e.g. nodes.arm.params.rate_hz=250 (repeatable; the value is YAML)",
+    )
+
+
+def _resolve_sets(args: argparse.Namespace) -> None:
+    """A command given ``--set`` runs on the setup written flat with the overrides applied, in a
+    folder removed at exit: every node process then reads the same setup."""
+    if not getattr(args, "set", None) or args.cmd == "check":  # check applies them itself
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    from robot_stack.runtime.config import write_resolved
+
+    folder = tempfile.mkdtemp(prefix="rs-setup-")
+    atexit.register(shutil.rmtree, folder, True)
+    args.config = write_resolved(args.config, args.set, folder)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="robot-stack", description="Real-robot visuomotor control stack")
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("up", help="start every node of a setup config and supervise them")
-    p.add_argument("config", type=Path)
+    _setup_args(p)
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--only", default=None, help="comma-separated node names to start")
     p.set_defaults(fn=_cmd_up)
 
     p = sub.add_parser("check", help="validate a setup config without starting anything")
-    p.add_argument("config", type=Path)
+    _setup_args(p)
+    p.add_argument("--explain", action="store_true", help="print the extends chain and the setup as it resolves")
     p.set_defaults(fn=_cmd_check)
 
     p = sub.add_parser("kinds", help="list node kinds and their parameters")
@@ -444,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=_cmd_keys)
 
     p = sub.add_parser("move", help="move the TCP of a running stack's arm to a position (and back)")
-    p.add_argument("config", type=Path)
+    _setup_args(p)
     p.add_argument(
         "--to",
         type=float,
@@ -460,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_move)
 
     p = sub.add_parser("estop", help="e-stop a running stack's arm (or --release it)")
-    p.add_argument("config", type=Path)
+    _setup_args(p)
     p.add_argument("--release", action="store_true")
     p.add_argument(
         "--recover",
@@ -474,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="calibration procedures on a running stack")
     cs = p.add_subparsers(dest="calib_cmd", required=True)
     h = cs.add_parser("hand-eye", help="drive the arm through a pose set, solve and store hand-eye extrinsics")
-    h.add_argument("config", type=Path)
+    _setup_args(h)
     h.add_argument("--camera", required=True, help="camera node name")
     h.add_argument("--mode", choices=["eye_in_hand", "eye_to_hand"], required=True)
     h.add_argument("--poses", type=int, default=15)
@@ -491,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--dry-run", action="store_true", help="do not write the calibration file")
     h.set_defaults(fn=_cmd_calibrate_hand_eye)
     ci = cs.add_parser("intrinsics", help="check a camera's intrinsics against board views and calibrate them")
-    ci.add_argument("config", type=Path)
+    _setup_args(ci)
     ci.add_argument("--camera", required=True)
     ci.add_argument("--board", choices=["table_board", "gripper_board"], default="table_board")
     ci.add_argument("--poses", type=int, default=12)
@@ -515,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--name", required=True, help="its entry, e.g. so101_leader or so101_follower")
     sv.set_defaults(fn=_cmd_calibrate_servos)
     la = cs.add_parser("latency", help="camera and robot command latency by cross-correlating motion")
-    la.add_argument("config", type=Path)
+    _setup_args(la)
     la.add_argument("--camera", required=True, help="camera node name")
     la.add_argument(
         "--board", choices=["table_board", "gripper_board"], default="table_board", help="the board this camera watches"
@@ -530,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_export_onnx)
 
     p = sub.add_parser("collect", help="collect teleoperated demonstrations (teleop + recorder)")
-    p.add_argument("config", type=Path)
+    _setup_args(p)
     p.add_argument("--out", type=Path, default=Path("episodes"), help="dataset folder")
     p.add_argument("--episodes", type=int, default=10, help="episodes to save")
     p.add_argument("--max-episode-s", type=float, default=30.0, help="an episode running longer is discarded")
@@ -574,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_train_fast)
 
     p = sub.add_parser("deploy", help="run a trained policy on the robot (sim by default) for N episodes")
-    p.add_argument("config", type=Path)
+    _setup_args(p)
     p.add_argument("--policy", type=Path, required=True, help="checkpoint (.safetensors) or ONNX export (.onnx)")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument(
@@ -602,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_deploy)
 
     p = sub.add_parser("replay", help="replay a recorded episode's actions through the controller")
-    p.add_argument("config", type=Path)
+    _setup_args(p)
     p.add_argument("episode", type=Path)
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(fn=_cmd_replay)
@@ -656,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     (2: config error; 1: anything else); ``--debug`` shows the traceback too."""
     args = build_parser().parse_args(argv)
     try:
+        _resolve_sets(args)
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:
         return 130

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from robot_stack.errors import RobotStackError
 
-import copy
 import logging
 import tempfile
 import threading
@@ -19,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from robot_stack.runtime.arm_client import ArmClient
 from robot_stack.runtime.clock import now_ns
@@ -67,32 +65,12 @@ class LogSink:
         return "\n".join(self.lines[-n:])
 
 
-def override(data: dict, sets: dict[str, object]) -> dict:
-    """Copy of a config dict with dotted-key overrides, e.g. {"nodes.policy.params.path": "x"}."""
-    out = copy.deepcopy(data)
-    for key, value in sets.items():
-        d = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            d = d.setdefault(p, {})
-            if not isinstance(d, dict):
-                raise ValueError(f"override {key}: {p} is not a mapping")
-        d[parts[-1]] = value
-    return out
+def write_overridden(config_path: str | Path, sets: dict | list[str] | None, folder: Path) -> Path:
+    """The setup at ``config_path`` written flat into ``folder`` with ``sets`` applied
+    (:func:`robot_stack.runtime.config.write_resolved`); returns the written path."""
+    from robot_stack.runtime.config import write_resolved
 
-
-def write_overridden(config_path: str | Path, sets: dict | None, folder: Path) -> Path:
-    """Write ``config_path`` with ``sets`` applied (:func:`override`) into ``folder``; a relative
-    calibration file is made absolute (relative to the original config), so the copy still finds it.
-    Returns the written path."""
-    src = Path(config_path).resolve()
-    data = override(yaml.safe_load(src.read_text()), sets or {})
-    calib = data.get("calibration")
-    if isinstance(calib, dict) and calib.get("file") and not Path(calib["file"]).is_absolute():
-        calib["file"] = str((src.parent / calib["file"]).resolve())
-    out = Path(folder) / src.name
-    out.write_text(yaml.safe_dump(data, sort_keys=False))
-    return out
+    return write_resolved(config_path, sets, folder)
 
 
 def viewer_sets(cfg, view: str | None, cameras: list[str] | None = None) -> dict:

@@ -208,6 +208,129 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def deep_merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``delta``: mappings merge key by key, anything else (lists included) is
+    replaced; a ``None`` in ``delta`` removes the key (how a derived setup drops a node). A device
+    config (a mapping with ``type``) of another type replaces the base's whole: a UR driver keeps
+    none of a Franka driver's keys."""
+    out = dict(base)
+    for key, value in delta.items():
+        if value is None:
+            out.pop(key, None)
+        elif (
+            isinstance(value, dict)
+            and isinstance(out.get(key), dict)
+            and not ("type" in value and value["type"] != out[key].get("type"))
+        ):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _absolute_calibration(data: dict[str, Any], folder: Path) -> None:
+    calib = data.get("calibration")
+    if isinstance(calib, dict) and calib.get("file") and not Path(str(calib["file"])).is_absolute():
+        calib["file"] = str((folder / str(calib["file"])).resolve())
+
+
+def resolve_setup(path: str | Path) -> tuple[dict[str, Any], list[Path]]:
+    """Read a setup and the chain of setups it ``extends:`` (a path relative to the file), merged
+    with :func:`deep_merge`, base first. A relative calibration file is made absolute against the
+    file that names it.
+
+    Returns:
+        (the merged mapping without ``extends``, the chain of files from the setup itself to its root).
+
+    Raises:
+        ConfigError: a missing or unreadable file in the chain, ``extends`` not a path, or a cycle
+            (each names the files involved).
+    """
+    chain: list[Path] = []
+    layers: list[dict[str, Any]] = []
+    p = Path(path).resolve()
+    while True:
+        if p in chain:
+            raise ConfigError(f"{chain[0]}: extends makes a cycle: " + " -> ".join(str(c) for c in [*chain, p]))
+        data = load_yaml(p)
+        _absolute_calibration(data, p.parent)
+        chain.append(p)
+        base = data.pop("extends", None)
+        layers.append(data)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{p}: extends = {base!r}: must be the path of another setup file")
+        p = (p.parent / base).resolve()
+        if not p.is_file():
+            raise ConfigError(f"{chain[-1]}: extends = {base!r}: no such setup ({p})")
+    merged: dict[str, Any] = {}
+    for layer in reversed(layers):
+        merged = deep_merge(merged, layer)
+    return merged, chain
+
+
+def parse_set(expr: str) -> tuple[str, Any]:
+    """One ``--set key.path=value``: the dotted path and the value read as YAML (``0.05`` a
+    float, ``[a, b]`` a list, ``true`` a bool, ``null`` removes the key; anything else a string).
+    The setup's models then check and convert the value like one written in the file.
+
+    Raises:
+        ConfigError: no ``=``, an empty path or path part, or a value that is not YAML.
+    """
+    key, sep, text = expr.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {expr!r}: expected key.path=value (e.g. nodes.arm.params.rate_hz=250)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({' '.join(str(e).split())})") from None
+    return key, value
+
+
+def apply_sets(data: dict[str, Any], sets: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    """A copy of a setup mapping with dotted-path overrides applied (a dict path -> value, or
+    ``--set`` expressions); missing intermediate mappings are created, a ``None`` value removes
+    the key.
+
+    Raises:
+        ConfigError: a path that runs through a value that is not a mapping (names the path).
+    """
+    import copy
+
+    items = [parse_set(e) for e in sets] if isinstance(sets, list) else list((sets or {}).items())
+    out = copy.deepcopy(data)
+    for key, value in items:
+        d = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            d = d.setdefault(part, {})
+            if not isinstance(d, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a mapping")
+        if value is None:
+            d.pop(parts[-1], None)
+        else:
+            d[parts[-1]] = value
+    return out
+
+
+def write_resolved(path: str | Path, sets: dict[str, Any] | list[str] | None, folder: str | Path) -> Path:
+    """Write the setup at ``path`` flat (its ``extends`` chain merged, ``sets`` applied, relative
+    calibration paths absolute) into ``folder`` under the same file name, and validate it: what
+    the launcher hands its node processes when a command was given ``--set``.
+
+    Raises:
+        ConfigError: as :func:`load_config`, naming the original file.
+    """
+    data, _ = resolve_setup(path)
+    data = apply_sets(data, sets)
+    config_from_dict(data, where=str(path), base_dir=Path(path).resolve().parent)
+    out = Path(folder) / Path(path).name
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
 def _params_problems(err: ValidationError, name: str, kind: str) -> str:
     """One line per problem of a node's params; a device key put beside ``driver`` (instead of
     inside it) says which device it belongs to."""
@@ -257,13 +380,15 @@ def _node_problems(cfg: StackConfig, name: str, params) -> list[str]:
     return out
 
 
-def load_config(path: str | Path) -> StackConfig:
-    """Load and fully validate a setup config, including every node's params.
+def load_config(path: str | Path, sets: dict[str, Any] | list[str] | None = None) -> StackConfig:
+    """Load and fully validate a setup config, including every node's params: its ``extends``
+    chain merged (:func:`resolve_setup`), then ``sets`` applied (:func:`apply_sets`).
 
     Raises:
         ConfigError: naming each offending key, its value and the reason.
     """
-    return config_from_dict(load_yaml(path), where=str(path), base_dir=Path(path).resolve().parent)
+    data, _ = resolve_setup(path)
+    return config_from_dict(apply_sets(data, sets), where=str(path), base_dir=Path(path).resolve().parent)
 
 
 def config_from_dict(data: dict[str, Any], where: str = "<config>", base_dir: Path | None = None) -> StackConfig:
