@@ -17,7 +17,7 @@ from pathlib import Path  # noqa: E402
 
 from robot_stack.runtime.config import ConfigError, load_config  # noqa: E402
 from robot_stack.runtime.node import NodeContext, setup_logging  # noqa: E402
-from .registry import node_class  # noqa: E402
+from robot_stack.runtime.kinds import node_class  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
