@@ -133,16 +133,15 @@ class _Shared:
 
 
 def _attach(shm_name: str):
-    """Attach to the arm node's shared segment (the node owns and unlinks it): (shm, float64 view)."""
+    """Attach to the arm node's shared segment (the node owns and unlinks it): (shm, float64 view).
+
+    The child is started with the spawn context, so it shares the arm node's resource tracker,
+    which tracks names as a set: attaching registers a name already there, and the child must not
+    unregister it (that removed the node's own entry, and the node's unlink then made the tracker
+    print a KeyError traceback)."""
     from multiprocessing import shared_memory
 
     shm = shared_memory.SharedMemory(name=shm_name)
-    try:
-        from multiprocessing import resource_tracker
-
-        resource_tracker.unregister(shm._name, "shared_memory")
-    except Exception:  # noqa: BLE001 - tracker internals differ across Python versions
-        pass
     return shm, np.ndarray((_Shared.N,), np.float64, buffer=shm.buf)
 
 
