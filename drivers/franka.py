@@ -360,7 +360,10 @@ class FrankaDriver(ArmDriver):
                 ) from None
             if kind in ("error", "fatal"):
                 self.stop()
-                raise ArmDriverError(str(payload))
+                err = ArmDriverError(str(payload))
+                if "realtime" in str(payload):
+                    err.with_fix("run the arm node on a real-time (PREEMPT_RT) kernel, or set driver.realtime: ignore")
+                raise err
             waiting.discard(kind)
         return self.read()
 

@@ -72,7 +72,9 @@ class RealSenseCamera(CameraDriver):
             ctx = rs.context()
             serials = [d.get_info(rs.camera_info.serial_number) for d in ctx.query_devices()]
             if not serials:
-                raise RealSenseError("no RealSense device connected")
+                raise RealSenseError("no RealSense device connected").with_fix(
+                    "plug the camera into a USB 3 port; rs-enumerate-devices lists what the host sees; set its serial"
+                )
             if self.serial is not None:
                 if self.serial not in serials:
                     raise RealSenseError(f"RealSense {self.serial} not found (connected: {serials})")

@@ -693,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     """``robot-stack``: every domain error becomes one line on stderr and a non-zero exit code
     (2: config error; 1: anything else); ``--debug`` shows the traceback too."""
     args = build_parser().parse_args(argv)
+    if args.debug:  # node processes log the traceback of a failed start too
+        os.environ["ROBOT_STACK_DEBUG"] = "1"
     try:
         _resolve_sets(args)
         return int(args.fn(args) or 0)

@@ -11,4 +11,16 @@ from __future__ import annotations
 
 
 class RobotStackError(Exception):
-    """Base of every robot_stack domain error: its message is the whole story for a user."""
+    """Base of every robot_stack domain error: its message is the whole story for a user.
+
+    Attributes:
+        fix: what to do about it, in a sentence ("" when the message says it); a node that cannot
+            start shows it in the launcher's summary.
+    """
+
+    fix: str = ""
+
+    def with_fix(self, fix: str) -> RobotStackError:
+        """This error with ``fix`` set (``raise SomeError(...).with_fix("plug it in")``)."""
+        self.fix = fix
+        return self

@@ -64,7 +64,9 @@ class SpaceMouseDevice(TeleopDevice):
         try:
             self.dev = pyspacemouse.open(device=device)
         except Exception as e:  # noqa: BLE001 - RuntimeError when none is connected
-            raise TeleopError(f"no SpaceMouse found: {e}") from e
+            raise TeleopError(f"no SpaceMouse found: {e}").with_fix(
+                "plug it in; the user needs read access to /dev/hidraw* (a udev rule for vendor 256f or 046d)"
+            ) from e
         if not self.dev:
             raise TeleopError("no SpaceMouse found (is it plugged in, and is /dev/hidraw* readable?)")
         self.period_s, self.dz, self.lin, self.ang = period_s, deadzone, max_lin_vel, max_ang_vel

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from robot_stack.runtime.config import StackConfig, load_config
 from robot_stack.runtime.lifeline import PARENT_ENV
+from robot_stack.runtime.node import START_FAILED, START_FAILED_MARK
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ def describe_exit(code: int) -> str:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
+    if code == START_FAILED:
+        return "could not start"
     return f"exited with code {code}"
 
 
@@ -101,6 +105,8 @@ class Launcher:
     run_dir: Path = field(init=False)
     nodes: dict[str, NodeProcess] = field(default_factory=dict, init=False)
     dead: dict[str, int] = field(default_factory=dict, init=False)
+    #: node -> {"node", "device", "reason", "fix"} of each node that could not start
+    start_failures: dict[str, dict] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.config = load_config(self.config_path)  # raises ConfigError before anything starts
@@ -129,8 +135,22 @@ class Launcher:
 
     def _pump(self, name: str, stream) -> None:
         for raw in iter(stream.readline, b""):
-            self._print(f"{time.strftime('%H:%M:%S')} [{name}] {raw.decode(errors='replace').rstrip()}")
+            line = raw.decode(errors="replace").rstrip()
+            if line.startswith(START_FAILED_MARK):  # the node's own one-line report: kept for the summary
+                try:
+                    self.start_failures[name] = json.loads(line[len(START_FAILED_MARK) :])
+                except ValueError:
+                    self.start_failures[name] = {"node": name, "device": "", "reason": line, "fix": ""}
+                continue
+            self._print(f"{time.strftime('%H:%M:%S')} [{name}] {line}")
         stream.close()
+
+    def summary(self) -> list[str]:
+        """One line per node that could not start: node, device, reason, fix (empty when all started)."""
+        return [
+            f"{n}: {f.get('device', '')}: {f.get('reason', '')} (fix: {f.get('fix', '')})"
+            for n, f in sorted(self.start_failures.items())
+        ]
 
     def start(self) -> None:
         """Start every node process (no waiting for readiness)."""
@@ -227,7 +247,14 @@ class Launcher:
             for p in self.run_dir.glob("*"):
                 if p.is_socket():
                     p.unlink(missing_ok=True)
+        for np_ in self.nodes.values():  # the report line may still have been in the pipe
+            np_.reader.join(timeout=1)
         self._print(f"{time.strftime('%H:%M:%S')} [launcher] stack {self.config.name} stopped")
+        lines = self.summary()
+        if lines:
+            self._print(f"{len(lines)} node{'s' if len(lines) > 1 else ''} could not start:")
+            for line in lines:
+                self._print(f"  {line}")
 
     def _stop_stage(self, stage: list) -> None:
         for np_ in stage:

@@ -43,6 +43,42 @@ from robot_stack.comm.transport import Publisher, Receiver, RequestClient, Sende
 
 log = logging.getLogger(__name__)
 
+#: exit code of a node that could not start (its device or file is absent: it never ran)
+START_FAILED = 4
+#: prefix of the one machine-readable line a node that could not start writes for the launcher
+START_FAILED_MARK = "ROBOT_STACK_START_FAILED "
+
+
+def start_failure(name: str, kind: str, params: Any, err: BaseException) -> dict[str, str]:
+    """What a person needs about a node that could not start: ``{"node", "device", "reason", "fix"}``.
+
+    ``device`` names the node's device (its ``driver``/``device``/``backend`` type and the keys
+    that find it), ``reason`` is the error in one line, ``fix`` the error's own ``fix`` attribute
+    or a hint by error type (a missing package, a missing file, a device that does not answer)."""
+    device = kind
+    for key in ("driver", "device", "backend"):
+        cfg = getattr(params, key, None)
+        if cfg is not None and getattr(cfg, "type", None):
+            where = [
+                f"{k} {getattr(cfg, k)}"
+                for k in ("robot_ip", "serial", "port", "path", "device", "address")
+                if getattr(cfg, k, None) not in (None, "")
+            ]
+            device = f"{kind} {key} {cfg.type}" + (f" ({', '.join(where)})" if where else "")
+            break
+    reason = " ".join(str(err).split()) or type(err).__name__
+    fix = getattr(err, "fix", "") or ""
+    if not fix:
+        if isinstance(err, ImportError):
+            fix = "install its SDK: robot-stack check SETUP names the package extra"
+        elif isinstance(err, FileNotFoundError):
+            fix = "check the file's path in the setup"
+        elif kind in ("arm", "camera", "teleop"):
+            fix = "check that the device is connected and powered and that the setup names it (address, serial, port)"
+        else:
+            fix = "see the node's log above (robot-stack --debug up shows the traceback)"
+    return {"node": name, "device": device, "reason": reason, "fix": fix}
+
 
 class NodeParams(BaseModel):
     """Base of node parameter models (unknown keys are errors)."""
@@ -306,8 +342,20 @@ class Node:
         m.update(self.metrics())
         self.pub.publish(Heartbeat.topic(self.name), Heartbeat(node=self.name, state=state, metrics=m))
 
+    def _report_start_failure(self, err: BaseException) -> None:
+        """Log why the node could not start in one line (the traceback only with
+        ``ROBOT_STACK_DEBUG=1``, which ``robot-stack --debug`` sets) and tell the launcher."""
+        import json
+        import sys
+
+        info = start_failure(self.name, self.ctx.node_config.kind, self.params, err)
+        debug = os.environ.get("ROBOT_STACK_DEBUG") == "1"
+        log.error("could not start: %s", info["reason"], exc_info=err if debug else None)
+        print(START_FAILED_MARK + json.dumps(info), file=sys.stderr, flush=True)
+
     def run(self) -> int:
-        """Run until stopped; returns the process exit code (0 on clean stop)."""
+        """Run until stopped; returns the process exit code (0 on clean stop, :data:`START_FAILED`
+        when :meth:`configure` raised: the device or a file is absent)."""
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         die_with_parent()  # again: harmless, and covers nodes started without robot_stack.nodes.main
@@ -318,8 +366,12 @@ class Node:
         hb_period_ns = int(1e9 / self.ctx.node_config.heartbeat_hz)
         code = 0
         try:
-            self.pub = self.ctx.publisher()
-            self.configure()
+            try:
+                self.pub = self.ctx.publisher()
+                self.configure()
+            except Exception as e:  # the node never ran: one line for the launcher's summary
+                self._report_start_failure(e)
+                return START_FAILED
             log.info("running at %.1f Hz", self.rate_hz)
             self.loop = RateLoop(self.rate_hz)
             next_hb = 0
