@@ -38,6 +38,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from robot_stack.runtime.config import load_config
+    from robot_stack.runtime.graph import render
+
+    text = render(load_config(args.config), args.format)
+    if args.out:
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def _cmd_kinds(args: argparse.Namespace) -> int:
     from robot_stack.runtime.devices import FAMILIES
     from robot_stack.runtime.kinds import KINDS, node_class
@@ -466,6 +479,17 @@ def build_parser() -> argparse.ArgumentParser:
     _setup_args(p)
     p.add_argument("--explain", action="store_true", help="print the extends chain and the setup as it resolves")
     p.set_defaults(fn=_cmd_check)
+
+    p = sub.add_parser("graph", help="print a setup's dataflow: which node sends what to which")
+    _setup_args(p)
+    p.add_argument(
+        "--format",
+        choices=["text", "dot", "mermaid"],
+        default="text",
+        help="text (one line per link), Graphviz DOT or a Mermaid flowchart",
+    )
+    p.add_argument("--out", type=Path, default=None, help="write to this file instead of printing")
+    p.set_defaults(fn=_cmd_graph)
 
     p = sub.add_parser("kinds", help="list node kinds and their parameters")
     p.set_defaults(fn=_cmd_kinds)

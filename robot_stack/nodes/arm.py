@@ -37,6 +37,10 @@ class ArmNode(Node):
 
     Params = ArmParams
 
+    @classmethod
+    def publishes(cls, params) -> list[str]:
+        return [RobotState.TOPIC]
+
     def configure(self) -> None:
         from robot_stack.control.robot_model import RobotModel
 

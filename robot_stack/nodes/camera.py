@@ -38,6 +38,10 @@ class CameraNode(Node):
 
     Params = CameraParams
 
+    @classmethod
+    def publishes(cls, params) -> list[str]:
+        return [CameraFrame.topic(params.camera_id)]
+
     def configure(self) -> None:
         self.driver = self.params.driver.build(self.ctx, self.params)
         self.driver.start()

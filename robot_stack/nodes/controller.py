@@ -38,6 +38,11 @@ class ControllerNode(Node):
     """Executes action chunks with receding-horizon strategies (see the module docstring)."""
 
     Params = ControllerParams
+
+    @classmethod
+    def publishes(cls, params) -> list[str]:
+        return [WaypointSchedule.EXECUTED_TOPIC]  # what it sent each arm, with its origin (the recorder's actions)
+
     default_rate_hz = 10.0
     #: unexpected inference errors in a row that end the node (the launcher reports it)
     MAX_INFERENCE_FAILURES = 20

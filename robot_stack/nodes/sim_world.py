@@ -128,6 +128,11 @@ class SimWorldNode(Node):
 
     Params = SimWorldParams
 
+    @classmethod
+    def publishes(cls, params) -> list[str]:
+        joints = [arm_topic(JointState.TOPIC, a) for a in params.arms] or [JointState.TOPIC]
+        return [*joints, SimState.TOPIC, ObjectState.TOPIC]
+
     def configure(self) -> None:
         from robot_stack.drivers.sim_world import SimWorld
 

@@ -70,6 +70,11 @@ class TeleopNode(Node):
     """
 
     Params = TeleopParams
+
+    @classmethod
+    def publishes(cls, params) -> list[str]:
+        return [TeleopCommand.TOPIC]
+
     default_rate_hz = 30.0
 
     def configure(self) -> None:

@@ -365,8 +365,8 @@ def _node_problems(cfg: StackConfig, name: str, params) -> list[str]:
         other = cfg.nodes.get(ref)
         if other is None:
             out.append(
-                f"nodes.{name}.params: names node {ref!r}, which is not in this config "
-                f"(have: {', '.join(sorted(cfg.nodes))})"
+                f"nodes.{name}.params: names {kind} node {ref!r}, which is not in this config: nothing "
+                f"publishes what {name} expects from it (have: {', '.join(sorted(cfg.nodes))})"
             )
         elif other.kind != kind:
             out.append(f"nodes.{name}.params: node {ref!r} must be a {kind} node, it is a {other.kind} node")

@@ -225,6 +225,13 @@ class Node:
         self.workers: list = []
 
     # --- to override -------------------------------------------------------------------------
+    @classmethod
+    def publishes(cls, params) -> list[str]:
+        """The topics this kind publishes with ``params`` (besides ``heartbeat/<name>``), for the
+        setup's dataflow graph (:mod:`robot_stack.runtime.graph`); a kind that only answers
+        requests or only listens publishes none."""
+        return []
+
     def configure(self) -> None:
         """Open drivers and sockets. ``self.pub`` is ready. Raise to abort start-up."""
 
