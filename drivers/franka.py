@@ -46,7 +46,7 @@ import numpy as np
 from pydantic import Field
 
 from robot_stack.runtime.clock import now_ns
-from robot_stack.runtime.devices import DeviceConfig
+from robot_stack.runtime.devices import DeviceConfig, Check, realtime_kernel, tcp_port_open
 from robot_stack.runtime.realtime import RealtimeConfig
 
 from .arm import ArmDriver, ArmDriverError, JointReading
@@ -484,6 +484,34 @@ class FrankaConfig(DeviceConfig):
     def default_robot(self, config) -> str:
         """FR3 or Panda with a Franka Hand, as ``model`` says."""
         return "fr3_hand" if self.model == "fr3" else "panda_hand"
+
+    def doctor(self) -> list[Check]:
+        why = tcp_port_open(self.robot_ip, 1337)  # libfranka's command connection (franka::kCommandPort)
+        out = [
+            Check(
+                why is None,
+                f"Franka at {self.robot_ip}",
+                "FCI port 1337 answers" if why is None else why,
+                ""
+                if why is None
+                else "power the robot, unlock the joints and enable FCI in Desk; check the "
+                "network (the robot's control port, a static address on its subnet)",
+            )
+        ]
+        if self.realtime == "enforce":
+            rt = realtime_kernel()
+            out.append(
+                Check(
+                    rt,
+                    "real-time kernel",
+                    "PREEMPT_RT" if rt else "this kernel is not real-time",
+                    ""
+                    if rt
+                    else "boot a PREEMPT_RT kernel (libfranka refuses to run without one), or "
+                    "set driver.realtime: ignore for a test",
+                )
+            )
+        return out
 
     def build(self, ctx, params) -> FrankaDriver:
         return FrankaDriver(

@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import Field
 
 from robot_stack.runtime.clock import now_ns, s_to_ns
-from robot_stack.runtime.devices import DeviceConfig
+from robot_stack.runtime.devices import DeviceConfig, Check, path_check
 from robot_stack.drivers.camera import CameraDriver, Frame, pinhole_K
 
 
@@ -75,6 +75,10 @@ class OpenCVCameraConfig(DeviceConfig):
     requires = ("cv2",)
     device: int | str = Field(0, description="device index or path (/dev/video0, or a video file)")
     latency_s: float = Field(0.0, ge=0, description="receive-to-capture latency (latency calibration)")
+
+    def doctor(self) -> list[Check]:
+        path = self.device if isinstance(self.device, str) else f"/dev/video{self.device}"
+        return [path_check(f"UVC camera {self.device}", path, "plug it in; ls /dev/video* lists the host's cameras")]
 
     def build(self, ctx, params) -> OpenCVCamera:
         return OpenCVCamera(self.device, params.width, params.height, params.rate_hz, latency_s=self.latency_s)

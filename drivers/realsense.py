@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from robot_stack.runtime.clock import DeviceClockMapper, now_ns
-from robot_stack.runtime.devices import DeviceConfig
+from robot_stack.runtime.devices import DeviceConfig, Check, path_check
 from robot_stack.drivers.camera import CameraDriver, Frame
 
 
@@ -137,6 +137,48 @@ class RealSenseConfig(DeviceConfig):
     serial: str | None = Field(None, description="device serial (None: the first device found)")
     playback_file: str | None = Field(None, description=".bag/.db3 recording to play instead of a device")
     loop_playback: bool = Field(True, description="a recording starts over at its end")
+
+    def doctor(self) -> list[Check]:
+        if self.playback_file:
+            return [path_check(f"RealSense recording {self.playback_file}", self.playback_file, "check the path")]
+        import pyrealsense2 as rs
+
+        found = {}
+        for d in rs.context().query_devices():
+            info = {
+                k: d.get_info(getattr(rs.camera_info, k)) if d.supports(getattr(rs.camera_info, k)) else "?"
+                for k in ("serial_number", "firmware_version", "usb_type_descriptor", "name")
+            }
+            found[info["serial_number"]] = info
+        listed = (
+            ", ".join(
+                f"{s} ({i['name']}, firmware {i['firmware_version']}, USB {i['usb_type_descriptor']})"
+                for s, i in found.items()
+            )
+            or "none connected"
+        )
+        want = self.serial or (next(iter(found)) if found else None)
+        if want is None or want not in found:
+            return [
+                Check(
+                    False,
+                    f"RealSense {self.serial or '(any)'}",
+                    f"not found; connected: {listed}",
+                    "plug it into a USB 3 port (rs-enumerate-devices lists what the host sees); set its serial",
+                )
+            ]
+        usb = found[want]["usb_type_descriptor"]
+        out = [Check(True, f"RealSense {want}", f"{found[want]['name']}, firmware {found[want]['firmware_version']}")]
+        out.append(
+            Check(
+                usb.startswith("3"),
+                f"RealSense {want} link",
+                f"USB {usb}",
+                "" if usb.startswith("3") else "use a USB 3 port and cable (USB 2 offers fewer modes)",
+                blocking=False,
+            )
+        )
+        return out
 
     def build(self, ctx, params) -> RealSenseCamera:
         return RealSenseCamera(

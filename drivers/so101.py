@@ -21,7 +21,7 @@ from pydantic import Field
 
 from robot_stack.drivers.arm import ArmDriver, ArmDriverError, JointReading
 from robot_stack.runtime.clock import now_ns
-from robot_stack.runtime.devices import DeviceConfig
+from robot_stack.runtime.devices import DeviceConfig, Check, servo_bus_check
 
 
 class So101Driver(ArmDriver):
@@ -102,6 +102,14 @@ class So101Config(DeviceConfig):
 
     def default_robot(self, config) -> str:
         return "so101"
+
+    def doctor(self) -> list[Check]:
+        return servo_bus_check("SO-101", self.port, self.ids, lambda: self._open_bus())
+
+    def _open_bus(self):
+        from robot_stack.drivers.feetech import FeetechBus
+
+        return FeetechBus(self.port, self.ids, self.baudrate, self.latency_timer_ms)
 
     def build(self, ctx, params) -> So101Driver:
         from robot_stack.control.robot_model import RobotModel

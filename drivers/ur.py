@@ -47,7 +47,7 @@ import numpy as np
 from pydantic import Field
 
 from robot_stack.runtime.clock import DeviceClockMapper, now_ns
-from robot_stack.runtime.devices import DeviceConfig
+from robot_stack.runtime.devices import DeviceConfig, Check, path_check, tcp_port_open
 
 from .arm import ArmDriver, ArmDriverError, JointReading
 
@@ -349,6 +349,31 @@ class UrConfig(DeviceConfig):
     def default_robot(self, config) -> str:
         """UR5e with a Robotiq 2F-85."""
         return "ur5e_robotiq"
+
+    def doctor(self) -> list[Check]:
+        out = []
+        for port, what in ((30004, "RTDE"), (29999, "dashboard")):
+            why = tcp_port_open(self.robot_ip, port)
+            out.append(
+                Check(
+                    why is None,
+                    f"UR at {self.robot_ip} ({what} {port})",
+                    "answers" if why is None else why,
+                    ""
+                    if why is None
+                    else "power the robot and turn Remote Control on (Settings -> System); "
+                    "check the network and robot_ip",
+                )
+            )
+        if self.gripper_port:
+            out.append(
+                path_check(
+                    f"Robotiq 2F-85 port {self.gripper_port}",
+                    self.gripper_port,
+                    "start socat for the tool flange, or plug in the USB RS-485 adapter",
+                )
+            )
+        return out
 
     def build(self, ctx, params) -> UrDriver:
         from robot_stack.control.robot_model import RobotModel

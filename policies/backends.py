@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from robot_stack.runtime.devices import DeviceConfig
+from robot_stack.runtime.devices import Check, DeviceConfig, path_check
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ class CheckpointConfig(DeviceConfig):
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = Field(
         "none", description="torch.compile mode (reduce-overhead: CUDA graphs on a GPU); the first chunk compiles"
     )
+
+    def doctor(self) -> list[Check]:
+        return [path_check(f"checkpoint {self.path}", self.path, "train one (robot-stack train) or fix the path")]
 
     def build(self, ctx, params):
         from robot_stack.policies.generative import GenerativePolicy, TorchDenoiser, load_checkpoint
@@ -70,6 +73,11 @@ class OnnxConfig(DeviceConfig):
     seed: int | None = Field(None, description="seed of the sampling noise (None: random)")
     noise_scale: float = Field(1.0, ge=0, description="scale of the sampler's initial noise (0: deterministic chunks)")
     providers: list[str] | None = Field(None, description="ONNX Runtime execution providers (None: best available)")
+
+    def doctor(self) -> list[Check]:
+        return [
+            path_check(f"ONNX export {self.path}", self.path, "export one (robot-stack export-onnx) or fix the path")
+        ]
 
     def build(self, ctx, params):
         from robot_stack.policies.generative import GenerativePolicy, OnnxDenoiser, load_checkpoint

@@ -38,6 +38,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from robot_stack.apps.doctor import run_doctor
+
+    return run_doctor(args.config)
+
+
 def _cmd_graph(args: argparse.Namespace) -> int:
     from robot_stack.runtime.config import load_config
     from robot_stack.runtime.graph import render
@@ -453,6 +459,10 @@ def _resolve_sets(args: argparse.Namespace) -> None:
     folder removed at exit: every node process then reads the same setup."""
     if not getattr(args, "set", None) or args.cmd == "check":  # check applies them itself
         return
+    if args.config is None:
+        from robot_stack.runtime.config import ConfigError
+
+        raise ConfigError("--set changes a setup: name one")
     import atexit
     import shutil
     import tempfile
@@ -479,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     _setup_args(p)
     p.add_argument("--explain", action="store_true", help="print the extends chain and the setup as it resolves")
     p.set_defaults(fn=_cmd_check)
+
+    p = sub.add_parser("doctor", help="preflight: is every device of this host (and of a setup) there? starts nothing")
+    p.add_argument("config", type=Path, nargs="?", default=None, help="a setup to check device by device")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override one setup key")
+    p.set_defaults(fn=_cmd_doctor)
 
     p = sub.add_parser("graph", help="print a setup's dataflow: which node sends what to which")
     _setup_args(p)

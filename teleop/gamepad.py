@@ -15,6 +15,7 @@ import struct
 from pydantic import Field
 import numpy as np
 
+from robot_stack.runtime.devices import Check, path_check
 from robot_stack.comm.messages import TeleopCommand
 from .base import TeleopConfig, TeleopDevice, TeleopError, TeleopInputs, axes_to_delta, deadzone
 
@@ -130,6 +131,9 @@ class GamepadConfig(TeleopConfig):
     deadzone: float = Field(0.1, ge=0, lt=1, description="dead zone (fraction of full scale)")
     max_lin_vel: float = Field(0.1, gt=0, description="m/s at full deflection")
     max_ang_vel: float = Field(0.5, gt=0, description="rad/s at full deflection")
+
+    def doctor(self) -> list[Check]:
+        return [path_check(f"gamepad {self.path}", self.path, "plug it in; ls /dev/input/js* lists joysticks")]
 
     def build(self, ctx, params) -> GamepadDevice:
         return GamepadDevice(1.0 / params.rate_hz, self.path, self.deadzone, self.max_lin_vel, self.max_ang_vel)

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field
 import numpy as np
 
+from robot_stack.runtime.devices import Check, servo_bus_check
 from robot_stack.comm.messages import RobotState, TeleopCommand
 
 from .base import TeleopConfig, TeleopDevice, TeleopError, TeleopInputs
@@ -247,6 +248,11 @@ class LeaderConfig(TeleopConfig):
         from robot_stack.drivers.dynamixel import DynamixelBus
 
         return DynamixelBus(self.port, ids, self.baudrate, self.latency_timer_ms)
+
+    def doctor(self) -> list[Check]:
+        ids = list(self.ids) + ([self.gripper_id] if self.gripper_id is not None else [])
+        label = "SO-101 leader" if self.type == "so101_leader" else "Dynamixel leader"
+        return servo_bus_check(label, self.port, ids, lambda: self._bus(ids))
 
     def build(self, ctx, params) -> LeaderDevice:
         """The leader on its bus (torque off: the operator moves it by hand)."""

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field
 import numpy as np
 
+from robot_stack.runtime.devices import Check
 from robot_stack.comm.messages import TeleopCommand
 from .base import TeleopConfig, TeleopDevice, TeleopError, TeleopInputs, axes_to_delta, deadzone
 
@@ -103,6 +104,32 @@ class SpaceMouseConfig(TeleopConfig):
     deadzone: float = Field(0.1, ge=0, lt=1, description="dead zone (fraction of full scale)")
     max_lin_vel: float = Field(0.1, gt=0, description="m/s at full deflection")
     max_ang_vel: float = Field(0.5, gt=0, description="rad/s at full deflection")
+
+    def doctor(self) -> list[Check]:
+        import glob
+        import os
+
+        nodes = sorted(glob.glob("/dev/hidraw*"))
+        readable = [n for n in nodes if os.access(n, os.R_OK)]
+        if not nodes:
+            return [Check(False, "SpaceMouse", "no HID device (/dev/hidraw*) on this host", "plug it in")]
+        if not readable:
+            return [
+                Check(
+                    False,
+                    "SpaceMouse",
+                    f"{len(nodes)} HID devices, none readable by this user",
+                    "add a udev rule for vendor 256f or 046d (read access to /dev/hidraw*)",
+                )
+            ]
+        return [
+            Check(
+                True,
+                "SpaceMouse",
+                f"{len(readable)} readable HID devices (which one is the SpaceMouse shows when the node starts)",
+                blocking=False,
+            )
+        ]
 
     def build(self, ctx, params) -> SpaceMouseDevice:
         return SpaceMouseDevice(1.0 / params.rate_hz, self.deadzone, self.max_lin_vel, self.max_ang_vel)

@@ -20,9 +20,95 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+
+@dataclass(frozen=True)
+class Check:
+    """One preflight answer (``robot-stack doctor``): is something there and usable.
+
+    Attributes:
+        ok: it is.
+        what: the thing checked ("RealSense 123456", "UR at 192.168.1.102").
+        detail: what was found, or why not, in one line.
+        fix: what to do when not ok ("" when ok).
+        blocking: a failure means the setup cannot start (else it is information).
+    """
+
+    ok: bool
+    what: str
+    detail: str
+    fix: str = ""
+    blocking: bool = True
+
+
+def tcp_port_open(host: str, port: int, timeout_s: float = 1.0) -> str | None:
+    """None when a TCP connection to ``host:port`` opens within ``timeout_s``, else why not."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as e:
+        return f"{host}:{port}: {e.strerror or e}"
+
+
+def path_check(what: str, path: str, fix: str) -> Check:
+    """A file or device node that must exist."""
+    import os
+
+    if os.path.exists(path):
+        return Check(True, what, f"{path} exists")
+    return Check(False, what, f"{path} does not exist", fix)
+
+
+def realtime_kernel() -> bool:
+    """The running kernel is real-time (PREEMPT_RT): ``/sys/kernel/realtime`` reads 1, or the
+    version string names PREEMPT_RT."""
+    import os
+
+    try:
+        with open("/sys/kernel/realtime") as f:
+            if f.read().strip() == "1":
+                return True
+    except OSError:
+        pass
+    return "PREEMPT_RT" in os.uname().version
+
+
+def servo_bus_check(what: str, port: str, ids: list[int], open_bus) -> list[Check]:
+    """The port exists and every servo answers a ping (``open_bus()`` opens the bus and pings each
+    id, raising an error that names the one that does not answer)."""
+    import os
+
+    if not os.path.exists(port):
+        return [
+            Check(
+                False,
+                f"{what} port {port}",
+                "does not exist",
+                "plug in the bus adapter; ls /dev/ttyACM* /dev/ttyUSB* lists the host's serial ports",
+            )
+        ]
+    try:
+        bus = open_bus()
+    except Exception as e:  # noqa: BLE001 - the SDK's and pyserial's errors: each names its cause
+        return [
+            Check(
+                False,
+                f"{what} on {port}",
+                " ".join(str(e).split()),
+                "check the servos' power, ids and baud rate (robot-stack calibrate servos pings them)",
+            )
+        ]
+    try:
+        models = getattr(bus, "models", {})
+        return [Check(True, f"{what} on {port}", "servos " + ", ".join(f"{i} (model {m})" for i, m in models.items()))]
+    finally:
+        bus.close()
 
 
 class DeviceConfig(BaseModel):
@@ -50,6 +136,12 @@ class DeviceConfig(BaseModel):
     def build(self, ctx, params):
         """The driver object, from this config, the node's context and its typed params."""
         raise NotImplementedError(f"{type(self).__name__}.build")
+
+    def doctor(self) -> list[Check]:
+        """Preflight checks that start nothing (``robot-stack doctor``): is the device there (its
+        address answers, its serial is connected, its port exists and its servos answer, its
+        file exists). Default: none beyond the SDK check every device gets."""
+        return []
 
 
 class DeviceRegistry:
