@@ -13,7 +13,7 @@ import pytest
 from robot_stack.apps.doctor import format_check, run_doctor, setup_checks
 from robot_stack.runtime.config import config_from_dict
 from robot_stack.runtime.devices import Check
-from robot_stack.testing.setups import node, setup, write_setup
+from robot_stack.testing.setups import node, setup
 
 REPO = Path(__file__).resolve().parents[1]
 
