@@ -100,7 +100,8 @@ def test_dangling_and_wrong_kind_references_are_refused(tmp_path):
     msg = _check(
         tmp_path, "nodes:\n  sim: {kind: sim_world}\n  arm: {kind: arm, params: {driver: {type: sim, world: world}}}\n"
     )
-    assert "nodes.arm.params: names node 'world', which is not in this config" in msg
+    assert "nodes.arm.params: names sim_world node 'world', which is not in this config" in msg
+    assert "nothing publishes what arm expects from it (have: arm, sim)" in msg
     msg = _check(
         tmp_path,
         "nodes:\n  sim: {kind: sim_world}\n  arm: {kind: arm}\n  cam: {kind: camera}\n"

@@ -132,7 +132,7 @@ def truth(scene: SceneSpec):
 def test_eye_in_hand_recovers_wrist_camera(table_stack):
     cfg, run_dir = table_stack
     res = hand_eye(
-        cfg, run_dir, "cam_wrist", "eye_in_hand", n_poses=20, rot_deg=12, center=np.array([0.5, -0.05, 0.27])
+        cfg, run_dir, "cam_wrist", "eye_in_hand", n_poses=12, rot_deg=12, center=np.array([0.5, -0.05, 0.27])
     )
     dt, dr = transform_error(res.T, truth(SceneSpec(table_board=True))["T_gripper_wrist"])
     print(
@@ -167,7 +167,7 @@ def test_intrinsics_check_through_the_stack(table_stack):
     from robot_stack.calibration.procedure import intrinsics
 
     cfg, run_dir = table_stack
-    check, K, _ = intrinsics(cfg, run_dir, "cam_wrist", n_poses=16, center=np.array([0.5, -0.05, 0.27]), rot_deg=25.0)
+    check, K, _ = intrinsics(cfg, run_dir, "cam_wrist", n_poses=10, center=np.array([0.5, -0.05, 0.27]), rot_deg=25.0)
     from robot_stack.drivers.camera import pinhole_K
 
     K_true = pinhole_K(640, 480, 42.5)
@@ -192,7 +192,7 @@ def test_board_not_visible_is_a_clear_error(table_stack):
 
 def test_eye_to_hand_recovers_scene_camera(gripper_stack):
     cfg, run_dir = gripper_stack
-    res = hand_eye(cfg, run_dir, "cam_scene", "eye_to_hand", n_poses=20, rot_deg=20)
+    res = hand_eye(cfg, run_dir, "cam_scene", "eye_to_hand", n_poses=12, rot_deg=20)
     dt, dr = transform_error(res.T, truth(SceneSpec(gripper_board=True))["T_base_scene"])
     print(
         f"\neye-to-hand T_base_camera: error {dt * 1e3:.2f} mm, {dr:.3f} deg; residual rms "

@@ -58,6 +58,7 @@ def test_up_ends_with_one_line_per_node_that_could_not_start(tmp_path, run_dir):
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     assert "Traceback" not in out, out
+    assert "2 nodes could not start:" in out, out
     summary = [line.strip() for line in out.split("2 nodes could not start:")[1].strip().splitlines()]
     assert len(summary) == 2, out
     assert summary[0].startswith("cam: camera driver opencv (device "), out
