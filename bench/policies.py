@@ -191,7 +191,7 @@ def main() -> int:
 
     from robot_stack.apps.collect import run_collect
     from robot_stack.apps.demo import config_path, expert_successes
-    from robot_stack.tasks.definitions import PickTask
+    from robot_stack.tasks import PickTask
     from robot_stack.data.dataset import list_episodes
 
     console = Console(width=max(Console().width, 150))

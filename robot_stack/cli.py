@@ -706,9 +706,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="short run that proves the path (CI)")
     p.add_argument(
         "--task",
-        choices=("reach", "pick", "bimanual"),
         default="reach",
-        help="reach the cube (quick to learn), pick it and place it in the target square, or lift a bar with two arms",
+        metavar="NAME",
+        help="a task of the registry (robot_stack/tasks/registry.py) with a demo setup: reach the cube (quick to "
+        "learn, the default), pick (pick it and place it in the target square), bimanual (lift a bar with two arms)",
     )
     p.add_argument(
         "--square", action="store_true", help="bring-up check instead: trace a square, print tracking and timing"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation, Slerp
 
-from robot_stack.tasks.definitions import LiftTask
+from robot_stack.tasks import LiftTask
 from robot_stack.teleop.scripted import LiftExpert
 
 BASES = {"arm_left": (0.0, 0.4, 0.0, 0.0), "arm_right": (0.0, -0.4, 0.0, 0.0)}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation, Slerp
 
-from robot_stack.tasks.definitions import PickTask, ReachTask, task_for_config
+from robot_stack.tasks import PickTask, ReachTask, task_for_config
 from robot_stack.teleop.scripted import PickExpert
 
 TARGET = np.array([0.45, 0.25])

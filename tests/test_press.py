@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from robot_stack.tasks.definitions import PressTask
+from robot_stack.tasks import PressTask
 from robot_stack.teleop.scripted import PressExpert
 
 CUBE = np.array([0.5, -0.05, 0.02])

@@ -6,7 +6,7 @@ import pty
 import numpy as np
 import pytest
 
-from robot_stack.tasks.definitions import ReachTask
+from robot_stack.tasks import ReachTask
 from robot_stack.teleop.base import TeleopError, apply_commands, axes_to_delta, deadzone
 from robot_stack.teleop.gamepad import EVENT, JS_AXIS, JS_BUTTON, JS_INIT, GamepadState, gamepad_command
 from robot_stack.teleop.keyboard import KeyboardDevice, keys_to_command

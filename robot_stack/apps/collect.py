@@ -18,7 +18,7 @@ import numpy as np
 
 from robot_stack.runtime.clock import now_ns
 from robot_stack.apps.session import SessionError
-from robot_stack.tasks.definitions import task_for_config
+from robot_stack.tasks import task_for_config
 from robot_stack.comm.messages import RobotState, TeleopCommand
 
 

@@ -199,39 +199,69 @@ class DemoSettings:
 
     @staticmethod
     def quick(task: str = "reach") -> DemoSettings:
-        if task == "pick":
-            return DemoSettings(demos=6, train_steps=300, eval_episodes=2, max_episode_s=12.0, collect_episode_s=25.0)
-        if task == "bimanual":
-            return DemoSettings(demos=4, train_steps=300, eval_episodes=2, max_episode_s=10.0, collect_episode_s=20.0)
-        return DemoSettings(demos=6, train_steps=300, eval_episodes=3, max_episode_s=8.0)
+        """The task's ``demo_quick`` sizes (its file in ``robot_stack/tasks/``)."""
+        return DemoSettings(**demo_task(task).demo_quick)
 
     @staticmethod
     def full(task: str = "reach") -> DemoSettings:
-        if task == "pick":
-            return DemoSettings(
-                demos=PICK_DEMOS, train_steps=PICK_STEPS, eval_episodes=20, max_episode_s=25.0, collect_episode_s=25.0
-            )
-        if task == "bimanual":
-            return DemoSettings(
-                demos=BIMANUAL_DEMOS,
-                train_steps=BIMANUAL_STEPS,
-                eval_episodes=20,
-                max_episode_s=20.0,
-                collect_episode_s=20.0,
-            )
-        return DemoSettings()
+        """The task's ``demo_full`` sizes (the defaults above where it names none)."""
+        return DemoSettings(**demo_task(task).demo_full)
 
 
-PICK_DEMOS, PICK_STEPS = 50, 3000
-BIMANUAL_DEMOS, BIMANUAL_STEPS = 40, 3000
-TASK_CONFIGS = {"reach": "sim_panda_reach.yaml", "pick": "sim_panda_pick.yaml", "bimanual": "sim_bimanual_lift.yaml"}
-#: the sim task (``robot_stack.tasks.definitions.TASKS``) each demo task checks
-TASK_OF = {"reach": "reach", "pick": "pick", "bimanual": "lift"}
-TASK_TEXT = {
-    "reach": "reach the cube (random pose each episode, seen only through the wrist camera)",
-    "pick": "pick the cube (random pose, seen through the wrist camera) and place it in the target square",
-    "bimanual": "two Pandas lift a bar together, level (random pose, seen through the top camera)",
-}
+def demo_task(task: str):
+    """The task class that ``robot-stack demo --task NAME`` runs (a registry name or alias).
+
+    Raises:
+        ValueError: an unknown task, or one without a demo setup (its ``setup`` is None).
+    """
+    from robot_stack.tasks.registry import task_class
+
+    cls = task_class(task)
+    if cls.setup is None:
+        raise ValueError(f"task {task!r} has no demo setup (its class names none in setup)")
+    return cls
+
+
+def task_setup(task: str, folder: Path) -> Path:
+    """The setup the demo runs for ``task``: the task's ``setup`` from ``configs/``, with every sim
+    world and scripted teleop device set to the task when the file names another (so a new task
+    can run on the reach setup unchanged); written flat into ``folder`` then.
+
+    Raises:
+        ValueError: as :func:`demo_task`. ConfigError: the result does not validate.
+    """
+    from robot_stack.runtime.config import resolve_setup, write_resolved
+
+    cls = demo_task(task)
+    path = config_path(cls.setup)
+    data, _ = resolve_setup(path)
+    sets = {}
+    for name, node in (data.get("nodes") or {}).items():
+        params = (node or {}).get("params") or {}
+        if node.get("kind") == "sim_world" and params.get("task", "reach") != cls.name:
+            sets[f"nodes.{name}.params.task"] = cls.name
+        device = params.get("device") or {}
+        if (
+            node.get("kind") == "teleop"
+            and device.get("type") == "scripted"
+            and device.get("task", "reach") != cls.name
+        ):
+            sets[f"nodes.{name}.params.device.task"] = cls.name
+    return write_resolved(path, sets, folder) if sets else path
+
+
+def train_defaults(task: str) -> dict:
+    """Training settings for ``task``: ``configs/train/<task>.yaml`` (the demo name, then the
+    task's registered name), else the task's own ``train`` mapping."""
+    from robot_stack.runtime.config import load_yaml
+
+    cls = demo_task(task)
+    for name in dict.fromkeys((task, cls.name)):
+        try:
+            return load_yaml(config_path(f"train/{name}.yaml")) or {}
+        except FileNotFoundError:
+            continue
+    return dict(cls.train)
 
 
 @dataclass
@@ -249,7 +279,7 @@ def expert_successes(paths: list[Path], task=None) -> int:
     from types import SimpleNamespace
 
     from robot_stack.data.dataset import episode_arms, open_episode
-    from robot_stack.tasks.definitions import ReachTask
+    from robot_stack.tasks import ReachTask
 
     task = task or ReachTask()
     n = 0
@@ -274,11 +304,13 @@ def run_demo(
     settings: DemoSettings | None = None,
     task: str = "reach",
 ) -> DemoResult:
-    """Collect -> train -> deploy on the sim for ``task`` (reach, pick or bimanual); returns the figures (the
-    caller prints/judges them).
+    """Collect -> train -> deploy on the sim for ``task`` (a registered task with a demo setup:
+    reach, pick, bimanual, or one added to the registry); returns the figures (the caller
+    prints/judges them).
 
     Raises:
-        ValueError: unknown task. RuntimeError: a stage failed (with the node log tail).
+        ValueError: unknown task or one without a demo setup. RuntimeError: a stage failed (with
+            the node log tail).
     """
     import tempfile
 
@@ -288,22 +320,19 @@ def run_demo(
     from robot_stack.apps.deploy import deploy_session, run_episodes, summary_table
     from robot_stack.policies.training import TrainSettings, train
 
-    from robot_stack.tasks.definitions import TASKS
-
-    if task not in TASK_CONFIGS:
-        raise ValueError(f"unknown demo task {task!r}: one of {', '.join(TASK_CONFIGS)}")
+    cls = demo_task(task)
     console = Console()
     st = settings or (DemoSettings.quick(task) if quick else DemoSettings.full(task))
     work = Path(workdir or tempfile.mkdtemp(prefix="robot-stack-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    cfg_path = config_path(TASK_CONFIGS[task])
+    cfg_path = task_setup(task, work)
     times = {}
     console.rule(
         "[bold]robot-stack demo[/bold]: collect -> train -> deploy on the simulated Franka Panda"
-        + (" pair" if task == "bimanual" else "")
+        + (" pair" if cls.arms == 2 else "")
     )
     console.print(
-        f"task: {TASK_TEXT[task]}; "
+        f"task: {cls.text}; "
         f"{st.demos} demonstrations, {st.train_steps} training steps, {st.eval_episodes} evaluation "
         f"episodes; work folder {work}"
     )
@@ -321,17 +350,15 @@ def run_demo(
     )
     times["collect"] = time.perf_counter() - t0
     attempts = len(col.saved) + col.discarded
-    expert_ok = expert_successes(col.saved, TASKS[TASK_OF[task]]())
+    expert_ok = expert_successes(col.saved, cls())
 
     t0 = time.perf_counter()
     console.rule(f"2/3 train a visuomotor flow policy ({st.train_steps} steps on CPU)")
     # the model and training settings of configs/train/<task>.yaml (`robot-stack train` reads the
     # same file; why each task's settings are what they are is written there), sized to this run
-    from robot_stack.runtime.config import load_yaml
-
     ts = TrainSettings.model_validate(
         {
-            **(load_yaml(config_path(f"train/{task}.yaml")) or {}),
+            **train_defaults(task),
             "steps": st.train_steps,
             "val_fraction": 0.1 if st.demos >= 10 else 0.25,
             "checkpoint_every": max(1, st.train_steps // 4),
@@ -359,7 +386,7 @@ def run_demo(
     t = summary_table(
         res,
         f"robot-stack demo ({task}): learned visuomotor policy on the simulated Panda"
-        + (" pair" if task == "bimanual" else ""),
+        + (" pair" if cls.arms == 2 else ""),
         baseline=(expert_ok, attempts),
     )
     t.add_row("demonstrations / training samples", f"{len(col.saved)} / {summary['train_samples']}")

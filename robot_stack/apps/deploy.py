@@ -3,7 +3,7 @@
 Each episode: reset period (arm home; sim: cube placed at random, or at given poses), ``start`` to
 the controller, the policy runs through the controller's strategy until the task succeeds or the
 episode times out, ``stop`` (the arm holds). The success check uses the sim's ground truth and
-the config's task (``robot_stack.tasks.definitions``: reach or pick); on hardware the operator answers. The summary table gives success
+the config's task (``robot_stack.tasks``: reach, pick, press or lift); on hardware the operator answers. The summary table gives success
 rate, completion time, control-loop jitter, inference latency, dropped actions and end-to-end
 latency (frame capture -> waypoints built from it sent to the arm).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from robot_stack.runtime.clock import now_ns
-from robot_stack.tasks.definitions import ReachTask, task_for_config
+from robot_stack.tasks import ReachTask, task_for_config
 from robot_stack.comm.messages import Heartbeat, RobotState, WaypointSchedule
 from robot_stack.drivers.sim_messages import ObjectState
 

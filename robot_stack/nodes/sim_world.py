@@ -12,13 +12,12 @@ slow down: it counts a real-time violation, logs it, and re-anchors to the host 
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from robot_stack.drivers.sim_model import DEFAULT_ROBOT
-from robot_stack.tasks.definitions import LiftTask, TASKS
+from robot_stack.tasks.registry import canonical, task_class
 from robot_stack.runtime.clock import now_ns
 from robot_stack.drivers.sim_messages import JointState, JointTarget, ObjectState, SimCommand, SimState, arm_topic
 from robot_stack.runtime.node import Node, NodeParams
@@ -51,9 +50,10 @@ class SimWorldParams(NodeParams):
     )
     state_rate_hz: float = Field(60.0, gt=0, le=500, description="full world state for the camera renderers, Hz")
     seed: int = Field(0, description="seed of the object placement and randomisation")
-    task: Literal["reach", "pick", "press", "lift"] = Field(
+    task: str = Field(
         "reach",
-        description="the task whose success collect, deploy and the demo check on this world's ground truth "
+        description="the task (a name in the task registry, robot_stack/tasks/registry.py) whose scene "
+        "this world builds and whose success collect, deploy and the demo check on its ground truth "
         "(press: the cube's contact softness is random each episode, unseen by the cameras; "
         "lift: two arms lift a bar, a multi-arm world's task)",
     )
@@ -86,16 +86,25 @@ class SimWorldParams(NodeParams):
             ArmPlacement(name, a.robot, tuple(a.base))  # names and poses checked there
         return v
 
+    @field_validator("task")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        return canonical(v)
+
     @model_validator(mode="after")
     def _one_arm_features(self):
+        need = task_class(self.task).arms
         if self.arms and (
-            self.ur_emulator_host or self.table_board or self.gripper_board or self.task not in ("reach", "lift")
+            self.ur_emulator_host or self.table_board or self.gripper_board or (need == 1 and self.task != "reach")
         ):
             raise ValueError(
-                "a multi-arm sim world has no UR emulator, calibration boards or one-arm tasks (task: reach or lift)"
+                "a multi-arm sim world has no UR emulator, calibration boards or one-arm tasks "
+                "(task: reach or a several-arm task such as lift)"
             )
-        if self.task == "lift" and len(self.arms) != 2:
-            raise ValueError(f"task lift needs two arms (arms: left and right), this world has {len(self.arms)}")
+        if need > 1 and len(self.arms) != need:
+            raise ValueError(
+                f"task {self.task} needs {need} arms (arms: left and right), this world has {len(self.arms)}"
+            )
         return self
 
     @field_validator("ur_emulator_host")
@@ -111,9 +120,7 @@ class SimWorldParams(NodeParams):
         """The SceneSpec every process of this world builds (world and camera renderers)."""
         from robot_stack.drivers.sim_model import ArmPlacement, SceneSpec
 
-        obj = {}
-        if self.task == "lift":  # the object is the bar
-            obj = {"cube_half": tuple(LiftTask.bar_half), "cube_mass": LiftTask.bar_mass}
+        obj = task_class(self.task)().scene()  # what the task adds or changes (lift: the bar)
         return SceneSpec(
             robot=self.robot,
             table_board=self.table_board,
@@ -187,14 +194,15 @@ class SimWorldNode(Node):
             else:
                 log.warning("ignored joint target of shape %s (finite: %s)", msg.q.shape, np.all(np.isfinite(msg.q)))
         elif isinstance(msg, SimCommand):
-            task = TASKS[self.params.task]()  # where its object is placed: cube_range, max_yaw
+            task = task_class(self.params.task)()  # where its object is placed: cube_range, max_yaw
             pose = self.world.reset(
                 None if msg.cube_pose is None else np.asarray(msg.cube_pose),
                 cube_range=task.cube_range,
                 max_yaw=task.max_yaw,
             )
-            if self.params.task == "press":
-                log.info("cube contact time constant %.3f s", self.world.randomize_cube_softness())
+            line = task.on_reset(self.world)  # what else the task randomises (press: the cube's softness)
+            if line:
+                log.info("%s", line)
             self.steps = 0
             self.t0 = now_ns()
             log.info("reset: cube at %s", np.round(pose[:3], 3).tolist())

@@ -1,0 +1,54 @@
+"""What every sim task shares: the scripted expert's base (:class:`Expert`) and the topic of the
+sim's object ground truth. Pure: imports the message layer only (the task layer sits beside
+``control``, below drivers, teleop and nodes, which all read the tasks)."""
+
+from __future__ import annotations
+
+from robot_stack.comm.messages import RobotState, TeleopCommand
+
+#: the sim world's object ground truth (``robot_stack.drivers.sim_messages.ObjectState.TOPIC``,
+#: named here because the task layer sits below the drivers; tests/test_tasks.py checks they agree)
+OBJECTS_TOPIC = "sim/objects"
+
+
+class Expert:
+    """A task's scripted expert as a teleop device: it acts between an episode's start and its stop
+    (the recorder's episode events reach the teleop node), each period from the measured TCP
+    (``robot/state``) and the sim's object ground truth (``sim/objects``) through :meth:`command`,
+    and ends its demonstration by pressing ``episode_stop`` once, as a person would.
+
+    It has the teleop device interface (``poll``, ``on_episode``, ``metrics``, ``close``;
+    ``robot_stack.teleop.base.TeleopDevice``) without importing the teleop layer; a one-arm
+    expert overrides :meth:`command`, a several-arm expert overrides :meth:`poll`.
+    """
+
+    active = False
+
+    def reset(self) -> None:
+        """Forget the episode."""
+
+    def on_episode(self, kind: str) -> None:
+        self.active = kind == "start"
+        self.reset()
+
+    def metrics(self) -> dict[str, float]:
+        """Counters for the teleop node's heartbeat."""
+        return {"active": float(self.active)}
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def poll(self, inputs) -> TeleopCommand | list[TeleopCommand] | None:
+        """One period's command while an episode runs and both the TCP and the objects are known
+        (``inputs``: the teleop node's ``TeleopInputs``)."""
+        if not self.active:
+            return None
+        st, obj = inputs.latest(RobotState.TOPIC), inputs.latest(OBJECTS_TOPIC)
+        if st is None or obj is None:
+            return None
+        return self.command(st, obj, inputs.period_s)
+
+    def command(self, state: RobotState, obj, period_s: float) -> TeleopCommand:
+        """The command from the measured robot state and the sim's object state (``ObjectState``:
+        ``cube_pose`` (7,), ``target_xy`` (2,), ``target_half``), one period of ``period_s`` s."""
+        raise NotImplementedError
