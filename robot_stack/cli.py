@@ -442,6 +442,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if res.deploy.policy_waypoints > 0 else 1
 
 
+def _strategies() -> tuple[str, ...]:
+    """The execution strategies the controller's setup model accepts (its ``strategy`` field)."""
+    import typing
+
+    from robot_stack.nodes.controller_params import ControllerParams
+
+    return typing.get_args(ControllerParams.model_fields["strategy"].annotation)
+
+
 def _setup_args(p: argparse.ArgumentParser) -> None:
     """The setup argument and ``--set`` of every command that takes a setup."""
     p.add_argument("config", type=Path, help="setup config (YAML; may extend another)")
@@ -656,9 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument(
         "--strategy",
-        choices=["sync", "async", "ensemble", "rtc"],
+        choices=_strategies(),
         default=None,
-        help="execution strategy (default: the config's)",
+        help="short for --set nodes.CONTROLLER.params.strategy=NAME (the setup's controller; default: the setup's)",
     )
     p.add_argument("--max-episode-s", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=None, help="sim: seed of the cube placement")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -35,6 +36,34 @@ INTENDED: dict[str, dict[str, tuple]] = {
 }
 
 
+#: setups whose arms' safety blocks moved (in whole or in part) into their robot's description
+#: (``safety:`` in robot_stack/robots/*.yaml): the YAML differs, the limits each arm enforces must not
+LIMITS_FROM_DESCRIPTION = {
+    "franka_sim.yaml",
+    "sim_bimanual.yaml",
+    "sim_bimanual_lift.yaml",
+    "sim_panda.yaml",
+    "sim_panda_pick.yaml",
+    "sim_panda_press.yaml",
+    "sim_panda_reach.yaml",
+    "sim_ur5e.yaml",
+    "so101_teleop.yaml",
+    "ur5e_emulated.yaml",
+}
+
+
+def _limits(data: dict) -> dict:
+    """Arm node -> the limits it enforces (the setup's over the robot's defaults), and the data
+    without the arms' safety blocks."""
+    from robot_stack.runtime.config import config_from_dict
+
+    cfg = config_from_dict(data, base_dir=CONFIGS)
+    out = {n: nc.typed.effective_safety(cfg).model_dump() for n, nc in cfg.nodes.items() if nc.kind == "arm"}
+    for n in out:
+        data["nodes"][n].get("params", {}).pop("safety", None)
+    return out
+
+
 def _flat(path: Path) -> dict:
     data, _ = resolve_setup(path)
     calib = data.get("calibration")
@@ -56,6 +85,10 @@ def test_each_shipped_setup_resolves_to_the_flat_file_it_replaced(name):
     for key, (old, new) in INTENDED.get(name, {}).items():
         assert _get(before, key) == old and _get(now, key) == new, key
         before = apply_sets(before, {key: new})
+    arms = lambda d: {n: v.get("params", {}).get("safety") for n, v in d["nodes"].items() if v.get("kind") == "arm"}  # noqa: E731
+    if name in LIMITS_FROM_DESCRIPTION:
+        assert arms(now) != arms(before)  # listed: the YAML changed ...
+        assert _limits(now) == _limits(before)  # ... and what each arm enforces did not
     assert now == before
     load_config(CONFIGS / name)  # and it validates
 
@@ -150,3 +183,32 @@ def test_the_cli_takes_set_and_explains_the_chain(capsys):
     assert main(["check", str(CONFIGS / "sim_panda_pick.yaml"), "--set", "nodes.arm.params.rate_hz=-1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nodes.arm.params.rate_hz = -1" in err
+
+
+def test_an_arm_takes_its_robots_limits_and_a_setup_overrides_them_key_by_key():
+    from robot_stack.control.safety import SafetyConfig
+
+    desc = {"workspace_min": [-0.6, 0.15, 0.005], "workspace_max": [0.6, 0.85, 0.8], "max_joint_vel": 1.5}
+    s = SafetyConfig.model_validate({"max_joint_vel": 0.8}).over(desc)
+    assert s.max_joint_vel == 0.8 and s.workspace_min == (-0.6, 0.15, 0.005) and s.max_jump_ee == 0.08
+    with pytest.raises(ValueError, match="workspace_min must be below workspace_max"):
+        SafetyConfig.model_validate({"workspace_max": [0.0, 0.1, 0.5]}).over(desc)
+    cfg = load_config(CONFIGS / "sim_ur5e.yaml", ["nodes.arm.params.safety.max_joint_vel=0.5"])
+    e = cfg.nodes["arm"].typed.effective_safety(cfg)
+    assert e.max_joint_vel == 0.5 and e.workspace_min == (-0.6, 0.15, 0.005)  # the UR5e faces +y
+    so101 = load_config(CONFIGS / "so101_teleop.yaml")
+    assert so101.nodes["arm"].typed.effective_safety(so101).workspace_max == (0.45, 0.35, 0.4)
+
+
+def test_the_arm_node_enforces_its_robots_workspace(node_builder):
+    """In-process: an arm on the UR5e model with no safety block checks schedules against the UR5e
+    description's box (in front of the arm, +y), not the generic default box (+x)."""
+    arm = node_builder(
+        {
+            "name": "ur",
+            "nodes": {"arm": {"kind": "arm", "params": {"driver": {"type": "ideal", "robot": "ur5e_robotiq"}}}},
+        },
+        "arm",
+    )
+    assert arm.core.checker.cfg.workspace_min == (-0.6, 0.15, 0.005)
+    np.testing.assert_allclose(arm.core.checker.box_max, [0.6, 0.85, 0.8])

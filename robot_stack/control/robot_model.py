@@ -26,7 +26,7 @@ from robot_stack.errors import RobotStackError
 import importlib.util
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import mujoco
 import numpy as np
@@ -142,6 +142,9 @@ class RobotDescription(StrictModel):
         work_center: (3,) centre of the robot's usual workspace in the base frame, m (bring-up
             checks trace their square around it); None: the TCP at home.
         sim: how the sim plays the robot, or None (the robot cannot be simulated).
+        safety: default safety limits of an arm node driving this robot (``SafetyConfig`` fields:
+            the datasheet's joint limits with a margin, the workspace in front of the robot); a
+            setup's ``safety`` block overrides them field by field.
     """
 
     name: str
@@ -163,9 +166,16 @@ class RobotDescription(StrictModel):
     joint_range: list[tuple[float, float]] | None = None
     work_center: tuple[float, float, float] | None = None
     sim: SimSpec | None = None
+    safety: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> RobotDescription:
+        from robot_stack.control.safety import SafetyConfig
+
+        try:
+            SafetyConfig.model_validate(self.safety)
+        except ValidationError as e:
+            raise ValueError(f"safety: {' '.join(str(e).split())}") from None
         n = len(self.joints)
         sizes = {k: len(getattr(self, k)) for k in ("home_q", "max_joint_vel", "max_joint_acc")}
         if self.joint_range is not None:

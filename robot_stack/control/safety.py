@@ -95,6 +95,16 @@ class SafetyConfig(BaseModel):
                 raise ValueError(f"{k} must be > 0 (every joint)")
         return self
 
+    def over(self, defaults: dict) -> SafetyConfig:
+        """These limits over a robot description's defaults (its ``safety`` block): each field the
+        setup wrote wins, each field it left out takes the description's value, else this model's
+        default.
+
+        Raises:
+            pydantic.ValidationError: the combination is invalid (such as an empty workspace box).
+        """
+        return SafetyConfig.model_validate({**defaults, **self.model_dump(include=self.model_fields_set)})
+
     def capped_by(self, max_vel: np.ndarray, max_acc: np.ndarray, robot: str = "robot") -> SafetyConfig:
         """A copy whose per-joint velocity and acceleration limits are at most the robot model's
         (datasheet) limits, (n,) rad/s and rad/s^2; a config that asked for more is logged.

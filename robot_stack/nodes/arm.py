@@ -67,7 +67,8 @@ class ArmNode(Node):
         # joint limits: the model's and the driver's, whichever is tighter
         lower = np.maximum(self.model.lower, self.driver.lower)
         upper = np.minimum(self.model.upper, self.driver.upper)
-        s = p.safety.capped_by(self.model.max_vel, self.model.max_acc, self.model.name)
+        # the setup's limits over the robot description's defaults, capped at its datasheet's
+        s = p.safety.over(self.model.desc.safety).capped_by(self.model.max_vel, self.model.max_acc, self.model.name)
         release = (
             set(s.estop_release)
             if s.estop_release is not None

@@ -28,7 +28,8 @@ class ArmParams(NodeParams):
     max_pending: int = Field(16, ge=1, description="schedules waiting for their checks; more are refused")
     safety: SafetyConfig = Field(
         default_factory=SafetyConfig,
-        description="limits and checks every schedule passes before the driver (the safety contract)",
+        description="limits and checks every schedule passes before the driver (the safety contract); "
+        "each key left out takes the robot description's safety default (robot-stack robots)",
     )
     realtime: RealtimeConfig = Field(
         default_factory=RealtimeConfig,
@@ -47,6 +48,7 @@ class ArmParams(NodeParams):
         try:
             robot = self.robot_name(config)
             load_description(robot)
+            self.effective_safety(config)
         except RobotModelError as e:
             return [f"robot: {' '.join(str(e).split())}"]
         except ValueError as e:  # the driver names no robot its device has (a sim arm the world lacks)
@@ -56,6 +58,18 @@ class ArmParams(NodeParams):
             if robot != plays:
                 return [f"robot = {robot!r}: the sim world {self.driver.world!r} plays {plays!r}"]
         return []
+
+    def effective_safety(self, config=None) -> SafetyConfig:
+        """The limits this arm enforces: the setup's ``safety`` keys over the robot description's
+        ``safety`` defaults (:meth:`SafetyConfig.over`).
+
+        Raises:
+            RobotModelError: no robot model, or its description does not load.
+        """
+        from robot_stack.control.robot_model import load_description
+
+        desc, _ = load_description(self.robot_name(config))
+        return self.safety.over(desc.safety)
 
     def robot_name(self, config=None) -> str:
         """The robot model this arm uses: ``robot``, or the driver's default given the setup's

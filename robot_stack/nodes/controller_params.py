@@ -135,7 +135,10 @@ def check_setup(p: ControllerParams, cfg: StackConfig) -> dict[str, str]:
     for a in arms:
         arm_nc = cfg.nodes.get(a)
         if arm_nc is not None and arm_nc.kind == "arm":
-            hb_timeout = float(arm_nc.typed.safety.heartbeat_timeout_s)
+            try:  # the arm's own limits (its setup over its robot's defaults)
+                hb_timeout = float(arm_nc.typed.effective_safety(cfg).heartbeat_timeout_s)
+            except (ValueError, OSError):  # no robot model: check() reports it at the arm
+                hb_timeout = float(arm_nc.typed.safety.heartbeat_timeout_s)
             if 1.0 / p.rate_hz >= 0.5 * hb_timeout:
                 raise ConfigError(
                     f"controller.rate_hz {p.rate_hz} Hz: the control period must be under half "
