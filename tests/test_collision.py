@@ -1,0 +1,100 @@
+"""Collision checks on the robot model (robot_stack/control/collision.py): links against the
+table with the TCP inside the workspace box, the arm against itself, paths, and the speed
+profile near an obstacle. In-process, MuJoCo only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from robot_stack.control.collision import CollisionChecker, CollisionConfig, Obstacle
+from robot_stack.control.robot_model import RobotModel
+from robot_stack.control.safety import SafetyConfig
+
+
+@pytest.fixture(scope="module")
+def panda():
+    return RobotModel.load("panda_robotiq")
+
+
+@pytest.fixture(scope="module")
+def checker(panda):
+    return CollisionChecker(panda, CollisionConfig(enabled=True))
+
+
+#: a Panda configuration whose wrist (link6) is 14 mm into the table while the TCP stays inside
+#: the default workspace box, 0.28 m above the table (found by sampling the joint space)
+THROUGH_TABLE = np.array([2.662, -1.186, -2.385, -2.156, 0.827, 0.999, 1.193])
+
+
+def _in_box(p, s=SafetyConfig()):
+    return bool(np.all(p >= s.workspace_min) and np.all(p <= s.workspace_max))
+
+
+def test_a_link_in_the_table_is_refused_though_the_tcp_is_in_the_box(panda, checker):
+    tcp = panda.fk(THROUGH_TABLE)[:3]
+    assert _in_box(tcp) and tcp[2] > 0.2
+    c = checker.violation(THROUGH_TABLE)
+    assert c is not None and c.group == "scene" and c.b == "table" and c.a.startswith("link")
+    assert c.distance < 0 and c.clearance == 0.02
+    assert "mm from table (clearance 20 mm)" in c.describe()
+
+
+def test_a_path_into_the_table_is_refused_at_its_segment(panda, checker):
+    path = np.linspace(panda.home_q, THROUGH_TABLE, 5)
+    hit = checker.check_path(path)
+    assert hit is not None
+    i, c = hit
+    assert 1 <= i <= 4 and c.group in ("scene", "self")
+    assert checker.check_path(path[:1]) is None  # home alone is fine
+
+
+def test_a_path_that_keeps_twice_the_clearance_is_accepted(panda, checker):
+    goal = panda.ik(np.r_[0.5, 0.1, 0.25, panda.home_pose[3:]], panda.home_q)
+    path = np.linspace(panda.home_q, goal, 8)
+    assert checker.check_path(path) is None
+    dense = np.linspace(panda.home_q, goal, 200)
+    scene = CollisionChecker(panda, CollisionConfig(enabled=True, clearance_self_m=0.0, slowdown_m=1.0))
+    margins = [scene.closest(q) for q in dense]
+    assert min(c.distance for c in margins if c.group == "scene") >= 2 * 0.02  # the links' distance to the table
+
+
+def test_the_arm_folded_into_itself_is_refused(panda, checker):
+    rng = np.random.default_rng(1)
+    for _ in range(2000):  # sample until a self-collision with the links well above the table
+        q = rng.uniform(panda.lower, panda.upper)
+        c = checker.closest(q)
+        if c is not None and c.group == "self" and c.distance < 0:
+            break
+    else:
+        pytest.fail("no self-collision in 2000 samples")
+    v = checker.violation(q)
+    assert v is not None and v.group == "self" and v.a != v.b
+
+
+def test_speed_scales_linearly_between_the_slowdown_distance_and_the_clearance(panda):
+    """An obstacle ball beside the gripper at home, brought closer step by step: the speed factor
+    is 1 while the margin exceeds ``slowdown_m``, margin / slowdown_m below it, 0 at the clearance."""
+    tcp = panda.fk(panda.home_q)[:3]
+    scales, margins = [], []
+    for h in np.linspace(0.25, 0.0, 26):
+        ob = Obstacle(name="ball", shape="sphere", pos=tuple(tcp + [0, 0.05 + h, 0.05]), size=(0.03,))
+        cfg = CollisionConfig(
+            enabled=True, obstacles=[ob], table_z=None, clearance_self_m=0.0, clearance_fingers_m=0.01, slowdown_m=0.05
+        )
+        cc = CollisionChecker(panda, cfg)
+        c = cc.closest(panda.home_q)
+        scales.append(cc.speed_scale(panda.home_q))
+        margins.append(np.inf if c is None else c.margin)
+    scales, margins = np.array(scales), np.array(margins)
+    assert np.all(np.diff(scales) <= 1e-12)  # never faster as the ball comes closer
+    far, near, inside = margins >= 0.05, (margins > 0) & (margins < 0.05), margins <= 0
+    assert far.any() and near.sum() >= 3 and inside.any()
+    np.testing.assert_allclose(scales[far], 1.0)
+    np.testing.assert_allclose(scales[near], margins[near] / 0.05, atol=1e-9)
+    np.testing.assert_allclose(scales[inside], 0.0)
+
+
+def test_a_bad_obstacle_is_named():
+    with pytest.raises(ValueError, match="obstacle wall: a box takes 3 positive sizes"):
+        Obstacle(name="wall", shape="box", size=(0.1, 0.2))
