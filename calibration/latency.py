@@ -145,11 +145,20 @@ def measure(
         frames, states = [], []
         while (item := sub.get(0.0)) is not None:
             (frames if item[0].startswith(CameraFrame.TOPIC) else states).append(item[1])
+        beat_gap_s = client.max_beat_gap_s
     finally:
         client.close()
         sub.close()
     t_state = np.array([m.stamp_ns for m in states], np.int64)
     x_state = np.array([m.ee_pose[axis] for m in states])
+    moved = float(np.ptp(x_state)) if len(x_state) else 0.0
+    off_end = float(abs(x_state[-1] - cmd[-1, axis])) if len(x_state) else float("inf")
+    if moved < 0.8 * 2 * amplitude_m or off_end > 0.25 * amplitude_m:
+        raise CalibrationError(
+            f"the arm did not follow the calibration motion (moved {moved * 1e3:.0f} of {2e3 * amplitude_m:.0f} "
+            f"mm, ended {off_end * 1e3:.0f} mm from its end; longest heartbeat gap {beat_gap_s * 1e3:.0f} ms): "
+            "did the arm hold (its log says why)?"
+        )
     if T_gripper_camera is not None and moving == "camera":
         from robot_stack.calibration.hand_eye import pose_to_T
 

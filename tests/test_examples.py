@@ -98,7 +98,7 @@ def test_serve_checkpoint_answers_its_spec_and_a_chunk(tmp_path):
     model = GenerativePolicyModel(
         ModelConfig(
             cameras={"scene": "rgb"},
-            image_hw=(32, 32),
+            image_hw=(64, 64),
             horizon=8,
             kind="flow",
             sample_steps=1,
