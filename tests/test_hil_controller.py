@@ -449,9 +449,10 @@ def openpi_goto_server():
 
 @pytest.mark.parametrize(
     "node",
-    # over websockets, the two strategies that differ most in how requests overlap execution (the
-    # strategies themselves are told apart in-process, tests/test_controller_cores.py)
-    [f"reach_{s}" for s in ("sync", "async", "ensemble", "rtc")] + ["reach_ws_sync", "reach_ws_rtc"],
+    # the blocking and the overlapping extremes through the stack, RTC over websockets too (each
+    # strategy is told apart in-process, tests/test_controller_cores.py, and completes a motion
+    # through the stack in test_strategy_completes_the_motion)
+    ["reach_sync", "reach_rtc", "reach_ws_rtc"],
 )
 def test_reach_task_with_each_strategy(stack, node, report, request):
     """The sim reach task through the full stack with each strategy: the task's expert as a chunking

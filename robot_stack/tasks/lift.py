@@ -51,7 +51,7 @@ class LiftTask(ReachTask):
     arms: ClassVar[int] = 2
     demo_quick: ClassVar[dict] = {
         "demos": 2,
-        "train_steps": 150,
+        "train_steps": 100,
         "eval_episodes": 1,
         "max_episode_s": 10.0,
         "collect_episode_s": 20.0,

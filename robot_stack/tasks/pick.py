@@ -39,8 +39,8 @@ class PickTask(ReachTask):
     text = "pick the cube (random pose, seen through the wrist camera) and place it in the target square"
     setup: ClassVar[str | None] = "sim_panda_pick.yaml"
     demo_quick: ClassVar[dict] = {
-        "demos": 3,
-        "train_steps": 150,
+        "demos": 2,
+        "train_steps": 100,
         "eval_episodes": 1,
         "max_episode_s": 12.0,
         "collect_episode_s": 25.0,
