@@ -64,7 +64,7 @@ class ReachTask:
     #: arms the task needs (a two-arm task runs in a two-arm sim world)
     arms: ClassVar[int] = 1
     #: ``robot-stack demo`` sizes: ``DemoSettings`` fields for --quick (CI) and the full run
-    demo_quick: ClassVar[dict] = {"demos": 6, "train_steps": 300, "eval_episodes": 3, "max_episode_s": 8.0}
+    demo_quick: ClassVar[dict] = {"demos": 5, "train_steps": 300, "eval_episodes": 2, "max_episode_s": 8.0}
     demo_full: ClassVar[dict] = {}
     #: training settings (``TrainSettings`` fields) when ``configs/train/<name>.yaml`` does not exist
     train: ClassVar[dict] = {}
