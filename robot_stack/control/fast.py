@@ -214,6 +214,13 @@ class FastLayer:
 
     clear = reset
 
+    def metrics(self) -> dict[str, float]:
+        """The tick counters as ``fast_<name>`` and the correction's norm, ``fast_correction_mm`` (mm)."""
+        return {
+            **{f"fast_{k}": float(v) for k, v in self.stats.items()},
+            "fast_correction_mm": float(np.linalg.norm(self.correction) * 1e3),
+        }
+
     def shift(self, actions: np.ndarray) -> np.ndarray:
         """(k, D >= 3) actions with the current correction added to their positions (a copy)."""
         out = np.array(actions, float)

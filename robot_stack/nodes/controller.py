@@ -3,9 +3,10 @@
 Decisions live in pure cores with their own tests (``control.modes``: who drives; ``control.executor``:
 strategy, committed plan, delay d; ``control.requests``: when a request leaves; ``control.obs_builder``;
 ``control.teleop_mix``). The policy is reached through ``nodes.policy_client``, the arms through
-``nodes.arm_fanout``; settings in ``nodes.controller_params``. One owner thread changes all state: it
-steps at ``rate_hz`` and, between steps, wakes on every post to its inbox (a policy reply, a camera
-frame, a fast-layer tick), so a chunk reaches the arms as it arrives. Threads share only the inbox.
+``nodes.arm_fanout``; settings in ``nodes.controller_params``, the cores built from them by
+``nodes.controller_cores``. One owner thread changes all state: it steps at ``rate_hz`` and, between
+steps, wakes on every post to its inbox (a policy reply, a camera frame, a fast-layer tick), so a
+chunk reaches the arms as it arrives. Threads share only the inbox.
 """
 
 from __future__ import annotations
@@ -17,21 +18,19 @@ import queue
 import numpy as np
 
 from robot_stack.comm.messages import CameraFrame, EpisodeEvent, RobotState, TeleopCommand, WaypointSchedule
-from robot_stack.comm.transport import RemoteError, TransportTimeout
-from robot_stack.control.executor import ChunkExecutor, StageTimer
-from robot_stack.control.modes import ModeMachine
-from robot_stack.control.obs_builder import ObservationBuilder
+from robot_stack.control.executor import StageTimer
 from robot_stack.control.observation import StaleStreamError
-from robot_stack.control.requests import RequestGate
-from robot_stack.control.teleop_mix import ReplayQueue, TeleopMixer
 from robot_stack.nodes.arm_fanout import ArmFanout
-from robot_stack.nodes.controller_params import ControllerParams, check_setup, has_policy
-from robot_stack.nodes.policy_client import Job, PolicyWorker, SetupView, make_policy_client
+from robot_stack.nodes.controller_cores import build_cores
+from robot_stack.nodes.controller_params import ControllerParams
+from robot_stack.nodes.policy_client import Job, PolicyWorker, make_policy_client, transient_kind
 from robot_stack.runtime.clock import Ticker, now_ns
 from robot_stack.runtime.node import Node
 
 log = logging.getLogger(__name__)
 MS = 1_000_000
+_FROM_REST = "first schedule from rest: its chunk was observed %.0f ms ago, its first waypoint is %.0f ms ahead and "
+_FROM_REST += "%.0f mm from the TCP"
 
 
 class ControllerNode(Node):
@@ -46,82 +45,29 @@ class ControllerNode(Node):
     default_rate_hz = 10.0
     #: unexpected inference errors in a row that end the node (the launcher reports it)
     MAX_INFERENCE_FAILURES = 20
+    COUNTERS = ("requests", "obs_holds", "teleop_steps", "stale_holds", "anchor_waits_timed_out", "errors")
 
     def configure(self) -> None:
-        p, cfg = self.params, self.ctx.config
-        self.cam_ids = check_setup(p, cfg)
-        self.arm_names, self.has_policy = p.arm_nodes, has_policy(p, cfg)
-        self.dt_ns, lat_ns, n = int(round(1e9 / p.rate_hz)), int(p.exec_latency_s * 1e9), len(p.arm_nodes)
-        offsets, extrinsics = {}, {}
-        if cfg.calibration is not None:  # latency corrections and T_base_camera (eye-to-hand), when calibrated
-            from robot_stack.calibration import store
-
-            offsets, extrinsics = (
-                store.latency_offsets_ns(cfg.calibration.file),
-                store.base_camera_extrinsics(cfg.calibration.file),
-            )
-        self.obs = ObservationBuilder(
-            self.arm_names,
-            list(self.cam_ids.values()),
-            p.obs_keys or ["ee_pose"],
-            p.obs_horizon or 2,
-            self.dt_ns,
-            int(p.max_obs_age_s * 1e9),
-            offsets,
-            p.image_size,
-            extrinsics,
-        )
-        self.exec = ChunkExecutor(
-            p.strategy, self.dt_ns, lat_ns, p.execute_horizon, 8 * n, p.start_from_rest, p.ensemble_m, p.ensemble_steps
-        )
-        self.modes = ModeMachine(p.source, p.autostart, self.has_policy, n, p.hold_together)
-        self.gate = RequestGate(
-            p.strategy != "sync" and p.request_on_frame, int(p.max_obs_age_s * 1e9), self.MAX_INFERENCE_FAILURES
-        )
-        self.teleop_mix = TeleopMixer(self.arm_names, self.dt_ns + lat_ns, int(p.teleop_timeout_s * 1e9))
-        self.replay = ReplayQueue(self.arm_names)
-        self.stats = collections.Counter(
-            dict.fromkeys(("requests", "obs_holds", "teleop_steps", "stale_holds", "anchor_waits_timed_out"), 0)
-        )
+        p, c = self.params, build_cores(self.params, self.ctx.config, self.MAX_INFERENCE_FAILURES)
+        self.cam_ids, self.arm_names, self.has_policy, self.dt_ns = c.cam_ids, c.arm_names, c.has_policy, c.dt_ns
+        self.obs, self.exec, self.modes, self.gate = c.obs, c.exec, c.modes, c.gate
+        self.teleop_mix, self.replay, self.fast, self.worker = c.teleop_mix, c.replay, c.fast, None
+        self.stats = collections.Counter(dict.fromkeys(self.COUNTERS, 0))
         self.timing = StageTimer(("inference", "e2e", "fast_compute", "fast_period"), maxlen=2000)
         self.inbox, self.teleop_seq, self._last_fast = queue.SimpleQueue(), -1, None
+        topics, n = (RobotState.TOPIC, CameraFrame.TOPIC), len(self.arm_names)
         self.sub = self.own(
-            self.ctx.subscriber(
-                [*self.arm_names, *p.cameras],
-                (RobotState.TOPIC, CameraFrame.TOPIC),
-                history=500 * n,
-                on_message=self._on_sample,
-            )
+            self.ctx.subscriber([*self.arm_names, *p.cameras], topics, history=500 * n, on_message=self._on_sample)
         )
         # the arms' heartbeats come from this loop's step: a hung loop reads as silent and they hold
         self.arms = ArmFanout({a: self.own(self.ctx.arm_client(a, heartbeat_hz=0)) for a in self.arm_names}, self.pub)
         self.rx = self.own(self.ctx.receiver())
         self.teleop_sub = self.own(self.ctx.subscriber([p.teleop], ("teleop/",), history=200)) if p.teleop else None
-        self.fast = self.worker = None
-        if p.fast is not None:
-            from robot_stack.control.fast import FastCorrector, FastLayer
-
-            self.fast = FastLayer(FastCorrector.load(p.fast), p.fast_lookahead_s)
-            if self.ctx.start_threads:  # its ticker only posts; the owner computes and sends
-                self.own(Ticker(self.fast.period_ns, self.inbox, "fast"))
-        if self.has_policy:
-            setup = SetupView(
-                p.obs_keys,
-                p.obs_horizon,
-                p.image_size,
-                list(self.cam_ids.values()),
-                self.arm_names,
-                extrinsics,
-                p.spec_timeout_s,
-            )
-            self.worker = self.own(
-                PolicyWorker(
-                    make_policy_client(p, self.ctx, self.dt_ns / 1e9),
-                    setup,
-                    self.inbox,
-                    threaded=self.ctx.start_threads,
-                )
-            )
+        if self.fast is not None and self.ctx.start_threads:  # its ticker only posts; the owner computes and sends
+            self.own(Ticker(self.fast.period_ns, self.inbox, "fast"))
+        if c.setup is not None:
+            client = make_policy_client(p, self.ctx, self.dt_ns / 1e9)
+            self.worker = self.own(PolicyWorker(client, c.setup, self.inbox, threaded=self.ctx.start_threads))
             self.workers.append(self.worker)
 
     # ------------------------------------------------------------------------- posts (owner thread)
@@ -150,13 +96,8 @@ class ControllerNode(Node):
 
     def on_wake(self) -> None:
         now = now_ns()
-        d = self.gate.decide(
-            now,
-            self.modes.policy_driving and self.worker is not None,
-            self.exec.request_due(now),
-            self.exec.next_request_ns(),
-            self.obs.anchor(lambda cid: self.sub.latest(CameraFrame.topic(cid))),
-        )
+        driving, anchor = self.modes.policy_driving and self.worker is not None, self.obs.anchor(self._latest_frame)
+        d = self.gate.decide(now, driving, self.exec.request_due(now), self.exec.next_request_ns(), anchor)
         self.wake_at_ns = d.wake_at_ns
         self.stats["anchor_waits_timed_out"] += d.timed_out
         if d.request:
@@ -166,11 +107,8 @@ class ControllerNode(Node):
     def _request(self, now: int) -> None:
         generation, t0 = self.modes.generation, now_ns()
         try:
-            obs, arrays = self.obs.build(
-                {cid: self.sub.history(CameraFrame.topic(cid)) for cid in self.cam_ids.values()},
-                self.sub.history(RobotState.TOPIC),
-                t0,
-            )
+            frames = {cid: self.sub.history(CameraFrame.topic(cid)) for cid in self.cam_ids.values()}
+            obs, arrays = self.obs.build(frames, self.sub.history(RobotState.TOPIC), t0)
         except StaleStreamError as e:
             self.stats["obs_holds"] += 1
             if self.stats["obs_holds"] <= 5 or self.stats["obs_holds"] % 50 == 0:
@@ -185,13 +123,7 @@ class ControllerNode(Node):
     def _on_reply(self, job: Job, reply, arrival: int) -> None:
         if isinstance(reply, Exception):
             self.stats["errors"] += 1
-            transient = (
-                "refused"
-                if isinstance(reply, RemoteError)
-                else "timeout"
-                if isinstance(reply, TransportTimeout)
-                else None
-            )
+            transient = transient_kind(reply)
             log.error("inference: %s: %s", transient or type(reply).__name__, reply)
             if (why := self.gate.replied(arrival, reply, transient, self.dt_ns)) is not None:
                 self.fail(why)
@@ -199,15 +131,8 @@ class ControllerNode(Node):
         self.gate.replied(arrival, None, None, self.dt_ns)
         self.timing.add("inference", (arrival - job.t_send_ns) / MS)
         t0 = now_ns()
-        sched, why = self.exec.on_reply(
-            reply,
-            job,
-            arrival,
-            t0,
-            job.generation == self.modes.generation,
-            self.modes.policy_driving,
-            len(self.arm_names),
-        )
+        current, driving = job.generation == self.modes.generation, self.modes.policy_driving
+        sched, why = self.exec.on_reply(reply, job, arrival, t0, current, driving, len(self.arm_names))
         if why is not None and (self.exec.counts["bad_chunks"] <= 5 or not why.startswith("refused (#")):
             log.warning("chunk %s (inference %.0f ms)", why, (arrival - job.t_obs_ns) / MS)
         if sched is not None:
@@ -220,13 +145,8 @@ class ControllerNode(Node):
         t0, st = now_ns(), self._latest_state(self.arm_names[0])
         tcp = st.ee_pose if origin == "policy" and t_obs is not None and st is not None else None
         if (lead := self.exec.committed(stamps, actions, t0, tcp)) is not None:  # the arm was at rest
-            log.info(
-                "first schedule from rest: its chunk was observed %.0f ms ago, its first waypoint is %.0f ms "
-                "ahead and %.0f mm from the TCP",
-                (t0 - t_obs) / MS,
-                (int(stamps[0]) - t0) / MS,
-                lead * 1e3,
-            )
+            age_ms, ahead_ms = (t0 - t_obs) / MS, (int(stamps[0]) - t0) / MS
+            log.info(_FROM_REST, age_ms, ahead_ms, lead * 1e3)
         if self.fast is not None and origin == "policy":
             actions = self.fast.shift(actions)  # the plan's next steps keep the fast layer's correction
         self.arms.send(stamps, actions, origin)
@@ -247,6 +167,9 @@ class ControllerNode(Node):
             log.warning("arms told to hold: %s", hold)
             self.arms.hold()
 
+    def _latest_frame(self, cam_id: str):
+        return self.sub.latest(CameraFrame.topic(cam_id))
+
     def _latest_state(self, arm: str):
         return next((m for m in reversed(self.sub.history(RobotState.TOPIC)) if m.source == arm), None)
 
@@ -257,9 +180,8 @@ class ControllerNode(Node):
         self._last_fast = t
         if not self.modes.policy_driving:
             return self.fast.reset()
-        out = self.fast.tick(
-            t, self.sub.latest(RobotState.TOPIC), self.exec.plan.stamps_ns.copy(), self.exec.plan.actions.copy()
-        )
+        plan = self.exec.plan
+        out = self.fast.tick(t, self.sub.latest(RobotState.TOPIC), plan.stamps_ns.copy(), plan.actions.copy())
         self.timing.add("fast_compute", (now_ns() - t) / MS)
         if out is not None:
             self.arms.dispatch(self.arm_names[0], out[0], out[1][:, :7], "ee", np.clip(out[1][:, 7], 0, 1), "fast")
@@ -321,16 +243,6 @@ class ControllerNode(Node):
             self.arms.dispatch(arm, stamps, positions, space, gripper, "teleop")
 
     def metrics(self) -> dict[str, float]:
-        m = {
-            **{k: float(v) for k, v in self.stats.items()},
-            **self.exec.metrics(),
-            **self.timing.metrics(prefix=""),
-            **self.modes.metrics(),
-            "errors": float(self.stats["errors"] + self.arms.errors),
-        }
-        if self.fast is not None:
-            m.update(
-                {f"fast_{k}": float(v) for k, v in self.fast.stats.items()},
-                fast_correction_mm=float(np.linalg.norm(self.fast.correction) * 1e3),
-            )
-        return m
+        m = {k: float(v) for k, v in self.stats.items()} | self.exec.metrics() | self.timing.metrics(prefix="")
+        m |= self.modes.metrics() | (self.fast.metrics() if self.fast is not None else {})
+        return m | {"errors": float(self.stats["errors"] + self.arms.errors)}

@@ -25,6 +25,15 @@ from robot_stack.runtime.clock import now_ns
 log = logging.getLogger(__name__)
 
 
+def transient_kind(error: Exception) -> str | None:
+    """How the request gate treats an inference error: "refused" (the policy refused the request:
+    retry after a pause), "timeout" (no reply in time: retry at once), or None (unexpected: counts
+    toward the failures that end the node)."""
+    if isinstance(error, RemoteError):
+        return "refused"
+    return "timeout" if isinstance(error, TransportTimeout) else None
+
+
 class SpecMismatch(RobotStackError, ValueError):
     """The policy's spec does not fit this setup: the controller must not start."""
 
