@@ -195,3 +195,39 @@ def test_a_replay_waits_for_every_arm_and_goes_out_within_its_lead():
     assert len(r.due(2000 * MS)[0]) == 20  # up to 3 s: the rest
     with pytest.raises(ValueError, match=r"\(N, 7\)"):
         r.add("arm_left", stamps, np.zeros((30, 6)), None)
+
+
+# ----------------------------------------------------------------------------- built from a setup
+def _setup(**ctl):
+    return {
+        "name": "cores",
+        "nodes": {
+            "left": {"kind": "arm", "params": {"driver": {"type": "ideal"}}},
+            "right": {"kind": "arm", "params": {"driver": {"type": "ideal"}}},
+            "controller": {"kind": "controller", "params": {"policy_endpoint": "tcp://127.0.0.1:5999", **ctl}},
+        },
+    }
+
+
+@pytest.mark.parametrize("strategy", ["sync", "async", "ensemble", "rtc"])
+def test_build_cores_makes_what_the_params_say(strategy):
+    from robot_stack.nodes.controller_cores import build_cores
+    from robot_stack.runtime.config import config_from_dict
+
+    cfg = config_from_dict(
+        _setup(arms=["left", "right"], rate_hz=20, strategy=strategy, exec_latency_s=0.03, obs_keys=["state"])
+    )
+    c = build_cores(cfg.nodes["controller"].typed, cfg, max_failures=3)
+    assert c.arm_names == ["left", "right"] and c.dt_ns == 50 * MS and c.has_policy and c.fast is None
+    assert c.exec.strategy.name == strategy and c.modes.n_arms == 2 and c.gate.max_failures == 3
+    assert c.gate.frame_triggered == (strategy != "sync")  # request_on_frame by default, never for sync
+    assert c.teleop_mix is not None and c.setup.arms == ["left", "right"] and c.setup.action_dim == 16
+
+
+def test_build_cores_refuses_a_setup_that_does_not_fit():
+    from robot_stack.nodes.controller_cores import build_cores
+    from robot_stack.runtime.config import ConfigError, config_from_dict
+
+    cfg = config_from_dict(_setup(arms=["left", "left"]))
+    with pytest.raises(ConfigError, match="named twice"):
+        build_cores(cfg.nodes["controller"].typed, cfg)
