@@ -185,3 +185,61 @@ def test_shutdown_brings_a_moving_arm_to_rest_and_releases_the_driver(node_build
     assert arm.driver.stopped and not arm.core.guard.moving
     v_last = np.abs(arm.driver.commands[-1][1] - arm.driver.commands[-2][1])
     assert np.max(v_last) < 1e-6
+
+
+# ----------------------------------------------------------------------------- collision checks
+#: the Panda's wrist 14 mm into the table with the TCP in the workspace box (tests/test_collision.py)
+THROUGH_TABLE = np.array([2.662, -1.186, -2.385, -2.156, 0.827, 0.999, 1.193])
+
+
+def test_a_joint_schedule_through_the_table_is_refused_by_name(node_builder, fake_clock):
+    arm = node_builder(arm_setup(max_jump_joint=10.0), "arm")
+    ctl = client(arm, "controller")
+    q0 = arm.driver.q.copy()
+    stamps = fake_clock.now_ns() + np.arange(1, 9) * 500_000_000
+    ctl.heartbeat()
+    ctl.send_schedule(stamps, np.linspace(q0, THROUGH_TABLE, 8), space="joint")
+    run(arm, fake_clock, 0.5, beat=ctl)
+    m = arm.metrics()
+    assert m["safety.collision"] == 1 and m["schedules"] == 0
+    assert np.allclose(arm.driver.q, q0, atol=1e-9)  # never moved
+
+
+def test_a_tcp_driven_into_the_table_slows_and_stops_above_it(node_builder, fake_clock):
+    """Straight down at 0.1 m/s to 6 mm over the table (inside the workspace box): within the
+    slow-down distance of its pair group (links against the scene 50 mm, the gripper against it
+    20 mm, the arm against itself 20 mm) the
+    schedule's clock runs at margin / slow-down (MoveIt Servo's linear profile), at full speed
+    outside; the arm stops before the pads' 3 mm clearance and the schedule is dropped."""
+    arm = node_builder(arm_setup(), "arm")
+    ctl = client(arm, "controller")
+    core, checker = arm.core, arm.core.collision
+    start = arm.kin.fk(arm.driver.q)
+    goal = start.copy()
+    goal[2] = 0.006
+    stamps, poses = straight_line(start, goal, fake_clock.now_ns(), speed=0.1)
+    ctl.heartbeat()
+    ctl.send_schedule(stamps, poses, space="ee")
+    actual, expected, clock_rate, groups = [], [], [], set()
+    for i in range(int(7.0 * RATE)):
+        if i % 10 == 0:
+            ctl.heartbeat()
+        lag = core.lag_ns
+        arm.step()
+        fake_clock.advance(1.0 / RATE)
+        c = checker.closest(arm.driver.q)
+        actual.append(np.inf if c is None else c.margin)
+        if core.traj is not None:  # tracking: this tick's clock rate against the profile
+            c = core.contact
+            expected.append(1.0 if c is None else min(1.0, c.margin / checker.cfg.slowdown_for(c.group)))
+            clock_rate.append(1.0 - (core.lag_ns - lag) * RATE / 1e9)
+            groups |= {c.group} if c is not None and c.margin < checker.cfg.slowdown_for(c.group) else set()
+    m = arm.metrics()
+    assert m["safety.collision_stop"] == 1 and m["safety.collision_slowdown"] > 100
+    assert min(actual) > -0.5e-3, min(actual)  # at most the stop's creep past the clearance (3 mm)
+    assert arm.mode == "hold" and tcp(arm)[2] > 0.007  # stopped above the schedule's end
+    expected, clock_rate = np.array(expected), np.array(clock_rate)
+    slowed = expected < 1.0
+    assert slowed.sum() > 100 and "fingers" in groups
+    assert np.allclose(clock_rate[slowed], expected[slowed], atol=1e-3)
+    assert np.all(clock_rate[~slowed] >= 1.0 - 1e-6)  # full speed outside (a lagging clock catches up)

@@ -45,7 +45,7 @@ def test_a_path_into_the_table_is_refused_at_its_segment(panda, checker):
     hit = checker.check_path(path)
     assert hit is not None
     i, c = hit
-    assert 1 <= i <= 4 and c.group in ("scene", "self")
+    assert 1 <= i <= 4 and c.group in ("scene", "fingers", "self")
     assert checker.check_path(path[:1]) is None  # home alone is fine
 
 
@@ -74,16 +74,24 @@ def test_the_arm_folded_into_itself_is_refused(panda, checker):
 
 def test_speed_scales_linearly_between_the_slowdown_distance_and_the_clearance(panda):
     """An obstacle ball beside the gripper at home, brought closer step by step: the speed factor
-    is 1 while the margin exceeds ``slowdown_m``, margin / slowdown_m below it, 0 at the clearance."""
+    is 1 while the margin exceeds the gripper's slow-down distance (``slowdown_fingers_m``, not
+    the links' ``slowdown_m``), margin / that distance below it, 0 at the clearance."""
     tcp = panda.fk(panda.home_q)[:3]
     scales, margins = [], []
     for h in np.linspace(0.25, 0.0, 26):
         ob = Obstacle(name="ball", shape="sphere", pos=tuple(tcp + [0, 0.05 + h, 0.05]), size=(0.03,))
         cfg = CollisionConfig(
-            enabled=True, obstacles=[ob], table_z=None, clearance_self_m=0.0, clearance_fingers_m=0.01, slowdown_m=0.05
+            enabled=True,
+            obstacles=[ob],
+            table_z=None,
+            clearance_self_m=0.0,
+            clearance_fingers_m=0.01,
+            slowdown_fingers_m=0.05,
+            slowdown_m=0.2,
         )
         cc = CollisionChecker(panda, cfg)
         c = cc.closest(panda.home_q)
+        assert c is None or c.group == "fingers"
         scales.append(cc.speed_scale(panda.home_q))
         margins.append(np.inf if c is None else c.margin)
     scales, margins = np.array(scales), np.array(margins)
@@ -98,3 +106,36 @@ def test_speed_scales_linearly_between_the_slowdown_distance_and_the_clearance(p
 def test_a_bad_obstacle_is_named():
     with pytest.raises(ValueError, match="obstacle wall: a box takes 3 positive sizes"):
         Obstacle(name="wall", shape="box", size=(0.1, 0.2))
+
+
+def test_the_pick_experts_grasps_keep_every_default_clearance(panda):
+    """The robot description's defaults let the scripted pick expert do what it does: two
+    episodes in MuJoCo physics (a missed first grasp and its retry included), every posture
+    checked: no pair closer than its clearance, and the only slowed pairs are the gripper over
+    the table at the bottom of a grasp (pads about 11 mm over it)."""
+    from test_pick import _sim_episode
+
+    from robot_stack.control.robot_model import load_description
+    from robot_stack.drivers.sim_world import SimWorld
+    from robot_stack.tasks.pick import PickExpert, PickTask
+
+    desc, _ = load_description("panda_robotiq")
+    cfg = CollisionConfig().over(desc.collision)
+    assert cfg.enabled and cfg.table_z == 0.0
+    checker = CollisionChecker(panda, cfg)
+    world = SimWorld(seed=7)
+    qs, step = [], world.step
+
+    def recorded(n):
+        step(n)
+        qs.append(world.data.qpos[world.arm.qpos].copy())
+
+    world.step = recorded
+    for seed in range(2):
+        _sim_episode(world, panda, PickExpert(PickTask(), seed=seed, miss_rate=0.5), seconds=20)
+    contacts = [checker.closest(q) for q in qs[::2]]
+    near = [c for c in contacts if c is not None]
+    assert len(qs) > 1000 and min(c.margin for c in near) > 0.004
+    slowed = {c.group for c in near if checker.scale_of(c) < 1.0}
+    assert slowed == {"fingers"}, slowed
+    assert min(c.distance for c in near if c.group == "fingers") < 0.02  # the grasps did reach down

@@ -24,6 +24,8 @@ import mujoco
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+_NATIVE_CCD = int(mujoco.mjtDisableBit.mjDSBL_NATIVECCD)
+
 
 class Obstacle(BaseModel):
     """A fixed obstacle in the robot's base frame: a ``box`` (``size`` = half sizes x y z, m), a
@@ -58,6 +60,10 @@ class CollisionConfig(BaseModel):
             the fingertips to 1-2 cm over the table).
         clearance_self_m: the arm against itself.
         slowdown_m: margin over the clearance below which the servo guard scales speed down.
+        slowdown_fingers_m: the same for the gripper against the scene (shorter: a grasp ends
+            8-12 mm over the table, and a long slow-down would slow every grasp).
+        slowdown_self_m: the same for the arm against itself (its links pass within 60 mm of
+            each other in ordinary reaches).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -68,12 +74,30 @@ class CollisionConfig(BaseModel):
     clearance_fingers_m: float = Field(0.003, ge=0)
     clearance_self_m: float = Field(0.01, ge=0)
     slowdown_m: float = Field(0.05, gt=0)
+    slowdown_fingers_m: float = Field(0.02, gt=0)
+    slowdown_self_m: float = Field(0.02, gt=0)
+
+    def slowdown_for(self, group: str) -> float:
+        """The slow-down distance of a pair group, m: ``slowdown_m`` for ``scene`` (links against
+        the scene), ``slowdown_fingers_m`` for ``fingers`` (the gripper against the scene),
+        ``slowdown_self_m`` for ``self``."""
+        return {"fingers": self.slowdown_fingers_m, "self": self.slowdown_self_m}.get(group, self.slowdown_m)
+
+    def over(self, defaults: dict) -> CollisionConfig:
+        """These settings over a robot description's ``collision`` defaults: each key the setup
+        wrote wins, each key it left out takes the description's value, else this model's default.
+
+        Raises:
+            pydantic.ValidationError: the combination is invalid.
+        """
+        return CollisionConfig.model_validate({**defaults, **self.model_dump(include=self.model_fields_set)})
 
 
 @dataclass(frozen=True)
 class Contact:
     """The closest checked pair at a configuration: bodies ``a`` and ``b``, their distance and
-    clearance (m; ``distance < clearance`` is a violation) and the pair group (``scene`` or ``self``)."""
+    clearance (m; ``distance < clearance`` is a violation) and the pair group (``scene``: a link
+    against the scene, ``fingers``: the gripper against the scene, ``self``: the arm against itself)."""
 
     a: str
     b: str
@@ -126,6 +150,8 @@ class CollisionChecker:
             raise ValueError(f"collision scene of {model.name}: {e}") from None
         self.m, self.d = m, mujoco.MjData(m)
         self._fromto = np.zeros(6)
+        #: native distance queries repeated with libccd (see :meth:`_distance`)
+        self.fallbacks = 0
         self.qpos_adr = model.qpos_adr
         self.body_name = [m.body(b).name for b in range(m.nbody)]
         arm_joint_bodies = {int(m.jnt_bodyid[m.joint(j).id]) for j in model.desc.joints}
@@ -148,14 +174,21 @@ class CollisionChecker:
             if (m.geom_contype[g] or m.geom_conaffinity[g]) and int(m.geom_bodyid[g]) in robot and g not in scene_geoms
         ]
         pairs: list[tuple[int, int, float, str]] = []
+        self._set(model.home_q)
+        # the links that only the first joint moves keep their height when its axis is vertical (a
+        # UR's shoulder turns 3 mm over its mounting surface): never checked against the table
+        j1 = m.joint(model.desc.joints[0]).id
+        first = {b for b in moving if arm_joint_bodies & set(ancestors(b)) == {int(m.jnt_bodyid[j1])}}
+        level = abs(float(self.d.xaxis[j1][2])) > 0.999
+        table = m.geom("rs_table").id if cfg.table_z is not None else -1
         for g in col:
             b = int(m.geom_bodyid[g])
             if b not in moving:
                 continue
             clear = cfg.clearance_fingers_m if b in gripper else cfg.clearance_scene_m
-            pairs += [(g, s, clear, "scene") for s in scene_geoms]
+            group = "fingers" if b in gripper else "scene"
+            pairs += [(g, s, clear, group) for s in scene_geoms if not (s == table and level and b in first)]
         # self pairs: not parent and child, not both in the gripper, not within the clearance at home
-        self._set(model.home_q)
         for i, g1 in enumerate(col):
             for g2 in col[i + 1 :]:
                 b1, b2 = int(m.geom_bodyid[g1]), int(m.geom_bodyid[g2])
@@ -170,21 +203,59 @@ class CollisionChecker:
                     continue  # near at home (the wrist's links): a pair the mechanism keeps apart itself
                 pairs.append((g1, g2, cfg.clearance_self_m, "self"))
         self.pairs = pairs
-        self.distmax = max(cfg.clearance_scene_m, cfg.clearance_fingers_m, cfg.clearance_self_m) + cfg.slowdown_m
+        slowdowns = (cfg.slowdown_m, cfg.slowdown_fingers_m, cfg.slowdown_self_m)
+        self.distmax = max(cfg.clearance_scene_m, cfg.clearance_fingers_m, cfg.clearance_self_m) + max(slowdowns)
+
+    @property
+    def pairs(self) -> list[tuple[int, int, float, str]]:
+        """The checked pairs: (geom id, geom id, clearance m, group)."""
+        return self._pairs
+
+    @pairs.setter
+    def pairs(self, pairs: list[tuple[int, int, float, str]]) -> None:
+        self._pairs = list(pairs)
+        self._g1 = np.array([p[0] for p in self._pairs], int)
+        self._g2 = np.array([p[1] for p in self._pairs], int)
+        self._plane = self.m.geom_type[self._g2] == mujoco.mjtGeom.mjGEOM_PLANE  # (the table: level)
+
+    def _lower_bounds(self) -> np.ndarray:
+        """A lower bound of every pair's distance at the current posture, m: bounding spheres
+        (``geom_rbound``) apart, or a sphere's height over the level table. Pairs whose bound
+        exceeds the search distance need no exact query (broad phase)."""
+        x, r = self.d.geom_xpos, self.m.geom_rbound
+        g1, g2 = self._g1, self._g2
+        spheres = np.linalg.norm(x[g1] - x[g2], axis=1) - r[g1] - r[g2]
+        return np.where(self._plane, x[g1, 2] - r[g1] - x[g2, 2], spheres)
 
     def _set(self, q: np.ndarray) -> None:
         self.d.qpos[self.qpos_adr] = q
         mujoco.mj_kinematics(self.m, self.d)
 
     def _distance(self, g1: int, g2: int, distmax: float) -> float:
-        return float(mujoco.mj_geomDistance(self.m, self.d, g1, g2, distmax, self._fromto))
+        """Signed distance of two geoms (m; capped at ``distmax``), MuJoCo's native GJK/EPA.
+
+        MuJoCo 3.8.1's native query returns exactly 0 for about 0.2 % of the arm's mesh-mesh and
+        mesh-box pairs at random postures, the shapes centimetres apart (its witness points apart,
+        or both at one point); for those the query is repeated with libccd
+        (``mjDSBL_NATIVECCD``), whose distance is at most the true one (its witness points lie
+        inside the shapes), so the fallback errs on the safe side."""
+        d = float(mujoco.mj_geomDistance(self.m, self.d, g1, g2, distmax, self._fromto))
+        if d == 0.0:  # exactly touching is a measure-zero event; this is the failure described above
+            self.fallbacks += 1
+            self.m.opt.disableflags |= _NATIVE_CCD
+            try:
+                d = float(mujoco.mj_geomDistance(self.m, self.d, g1, g2, distmax, self._fromto))
+            finally:
+                self.m.opt.disableflags &= ~_NATIVE_CCD
+        return d
 
     def closest(self, q: np.ndarray) -> Contact | None:
         """The checked pair with the smallest margin over its clearance at joint configuration
         ``q`` (n,) rad, or None when every pair is farther than clearance + ``slowdown_m``."""
         self._set(np.asarray(q, float))
         best, best_margin = None, np.inf
-        for g1, g2, clear, group in self.pairs:
+        for k in np.flatnonzero(self._lower_bounds() < self.distmax):
+            g1, g2, clear, group = self._pairs[k]
             dist = self._distance(g1, g2, self.distmax)
             if dist - clear < best_margin and dist < self.distmax:
                 best, best_margin = (g1, g2, dist, clear, group), dist - clear
@@ -193,7 +264,7 @@ class CollisionChecker:
         g1, g2, dist, clear, group = best
         name = lambda g: self.m.geom(g).name or self.body_name[int(self.m.geom_bodyid[g])]  # noqa: E731
         a = self.body_name[int(self.m.geom_bodyid[g1])]
-        b = name(g2) if group == "scene" else self.body_name[int(self.m.geom_bodyid[g2])]
+        b = name(g2) if group != "self" else self.body_name[int(self.m.geom_bodyid[g2])]
         return Contact(a, b.removeprefix("rs_ob_").removeprefix("rs_"), dist, clear, group)
 
     def violation(self, q: np.ndarray) -> Contact | None:
@@ -202,12 +273,16 @@ class CollisionChecker:
         return c if c is not None and c.margin < 0 else None
 
     def speed_scale(self, q: np.ndarray) -> float:
-        """Servo speed factor at ``q``: 1 beyond ``slowdown_m`` of margin, 0 at the clearance or
-        closer, linear between (MoveIt Servo's collision velocity scaling)."""
-        c = self.closest(q)
+        """Servo speed factor at ``q`` (:meth:`scale_of` its closest pair)."""
+        return self.scale_of(self.closest(q))
+
+    def scale_of(self, c: Contact | None) -> float:
+        """Speed factor for the closest pair ``c``: 1 beyond its group's slow-down distance of
+        margin (:meth:`CollisionConfig.slowdown_for`), 0 at the clearance or closer, linear
+        between (MoveIt Servo's collision velocity scaling); 1 for None."""
         if c is None:
             return 1.0
-        return float(np.clip(c.margin / self.cfg.slowdown_m, 0.0, 1.0))
+        return float(np.clip(c.margin / self.cfg.slowdown_for(c.group), 0.0, 1.0))
 
     def check_path(self, qs: np.ndarray, lever_m: float = 1.0) -> tuple[int, Contact] | None:
         """Check a joint path (k, n) rad, linear between waypoints, by conservative advancement

@@ -145,6 +145,9 @@ class RobotDescription(StrictModel):
         safety: default safety limits of an arm node driving this robot (``SafetyConfig`` fields:
             the datasheet's joint limits with a margin, the workspace in front of the robot); a
             setup's ``safety`` block overrides them field by field.
+        collision: default scene and clearances of an arm node driving this robot
+            (``CollisionConfig`` fields: the table top's height in the base frame, ``enabled``); a
+            setup's ``collision`` block overrides them field by field.
     """
 
     name: str
@@ -167,6 +170,7 @@ class RobotDescription(StrictModel):
     work_center: tuple[float, float, float] | None = None
     sim: SimSpec | None = None
     safety: dict[str, Any] = Field(default_factory=dict)
+    collision: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> RobotDescription:
@@ -176,6 +180,12 @@ class RobotDescription(StrictModel):
             SafetyConfig.model_validate(self.safety)
         except ValidationError as e:
             raise ValueError(f"safety: {' '.join(str(e).split())}") from None
+        from robot_stack.control.collision import CollisionConfig
+
+        try:
+            CollisionConfig.model_validate(self.collision)
+        except ValidationError as e:
+            raise ValueError(f"collision: {' '.join(str(e).split())}") from None
         n = len(self.joints)
         sizes = {k: len(getattr(self, k)) for k in ("home_q", "max_joint_vel", "max_joint_acc")}
         if self.joint_range is not None:

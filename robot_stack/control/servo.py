@@ -13,7 +13,15 @@ tick returns the joint command for the driver. It owns:
 - e-stop and its release sources (only sources in ``safety.estop_release`` release an e-stop or
   ask for a driver recovery);
 - the servo guard (:class:`~robot_stack.control.safety.ServoGuard`): joint limits and velocity,
-  acceleration and jerk limits on every command, holds and stops included.
+  acceleration and jerk limits on every command, holds and stops included;
+- collision checks (with a :class:`~robot_stack.control.collision.CollisionChecker`): a joint
+  schedule whose interpolated path comes closer to the scene or to the arm itself than the
+  clearance is refused by name (``collision``), in slices like the workspace scan; at servo rate
+  the desired configuration is checked every tick: closer than the clearance stops the arm and
+  drops the schedule (``collision_stop``), and while it approaches within the slow-down distance
+  the schedule's clock runs slower in proportion to the margin (MoveIt Servo's collision
+  velocity scaling, applied as time scaling so that the path stays the commanded one), then
+  catches up at :attr:`ServoCore.CATCH_UP` once free.
 
 Every refusal is counted in :attr:`ServoCore.counters` (the ``safety.*`` metrics) and logged with
 its reason. The node (``robot_stack.nodes.arm``) reads the driver, feeds the events, sends the
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +51,7 @@ class _Pending:
     msg: WaypointSchedule
     points: np.ndarray
     scanned: int
+    collision_scanned: int = 0
 
 
 class ServoCore:
@@ -58,7 +68,11 @@ class ServoCore:
         check_budget_s: time a tick may spend on joint-space workspace scans, s.
         max_pending: schedules waiting for their checks beyond which new ones are refused.
         ik_iters: IK iterations per tick for Cartesian schedules.
+        collision: collision checker of this arm and its scene, or None (no collision checks).
     """
+
+    #: extra clock rate at which a slowed schedule catches up once free (0.25: 25 % faster)
+    CATCH_UP = 0.25
 
     def __init__(
         self,
@@ -73,6 +87,7 @@ class ServoCore:
         check_budget_s: float,
         max_pending: int = 16,
         ik_iters: int = 4,
+        collision=None,
     ):
         n = len(q0)
         self.kin = kin
@@ -107,6 +122,12 @@ class ServoCore:
         self.recover_requested_by: str | None = None
         self._dt = 1.0 / rate_hz
         self._t_prev = 0
+        self.collision = collision
+        #: how far the schedule's clock lags real time after collision slow-downs, ns
+        self.lag_ns = 0
+        #: the closest pair at the last tick's desired configuration (None: all beyond the slow-down)
+        self.contact = None
+        self.min_margin_m = float("inf")  # smallest collision margin commanded, m (metrics)
 
     # ------------------------------------------------------------------------------- events
     def on_message(self, msg: Message, t: int) -> bool:
@@ -161,6 +182,8 @@ class ServoCore:
         self.traj = None
         self.grip_traj = None
         self.pending.clear()
+        self.lag_ns = 0
+        self.contact = None
 
     def _schedule(self, msg: WaypointSchedule, t: int) -> None:
         if self.driver_fault is not None:
@@ -186,7 +209,8 @@ class ServoCore:
             return  # logged and counted by the checker; the current plan continues
         # a sender that never heartbeated gets one timeout from its first schedule, then must beat
         self.last_heard.setdefault(msg.source, t)
-        self.pending.append(_Pending(msg, pts, 0 if msg.space == "joint" else len(pts)))
+        joint = msg.space == "joint"
+        self.pending.append(_Pending(msg, pts, 0 if joint else len(pts), 0 if joint else len(pts)))
 
     def on_driver_fault(self, reason: str) -> None:
         """The driver reported a fault (a reflex, a lost connection): drop the plan and hold until
@@ -222,6 +246,10 @@ class ServoCore:
                     pend.scanned = self.checker.joint_workspace(pend.points, pend.scanned, budget)
                     if pend.scanned < len(pend.points):
                         return  # resume next tick
+                if self.collision is not None and pend.collision_scanned < len(pend.points):
+                    pend.collision_scanned = self._collision_scan(pend, budget)
+                    if pend.collision_scanned < len(pend.points):
+                        return
             except SafetyViolation:
                 self.pending.popleft()
                 continue
@@ -232,10 +260,49 @@ class ServoCore:
                 pass
             budget = 0.0  # at most one FK per further schedule this tick
 
+    def _collision_scan(self, pend: _Pending, budget_s: float) -> int:
+        """Collision check of a joint schedule's path, segment by segment from the last one
+        checked, until ``budget_s`` is spent; returns the waypoint index to resume from.
+
+        Raises:
+            SafetyViolation: "collision", naming the waypoint whose segment comes too close and
+                the pair (counted and logged by the checker).
+        """
+        pts, i = pend.points, pend.collision_scanned
+        deadline = time.perf_counter() + budget_s
+        while i < len(pts):
+            hit = self.collision.check_path(pts[max(i - 1, 0) : i + 1])
+            if hit is not None:
+                raise self.checker._violation("collision", f"waypoint {i}: {hit[1].describe()}")
+            i += 1
+            if time.perf_counter() > deadline:
+                break
+        return i
+
+    def _collision_guard(self, q_des: np.ndarray, dt: float) -> bool:
+        """Servo-rate collision check of this tick's desired configuration: False to stop (the
+        schedule is dropped); else the slow-down, as the lag of the schedule's clock."""
+        c = self.contact = self.collision.closest(q_des)
+        if c is not None and c.margin < 0:
+            self.counters["collision_stop"] += 1
+            log.error("collision: stopping the arm before %s", c.describe())
+            self.drop_schedule()
+            return False
+        margin = np.inf if c is None else c.margin
+        self.min_margin_m = min(self.min_margin_m, margin)
+        scale = self.collision.scale_of(c)
+        if scale < 1.0:
+            self.counters["collision_slowdown"] += 1
+            self.lag_ns += int((1.0 - scale) * dt * 1e9)
+        elif self.lag_ns:
+            self.lag_ns = max(0, self.lag_ns - int(self.CATCH_UP * dt * 1e9))
+        return True
+
     def _merge(self, pend: _Pending, t: int) -> None:
         msg, pts = pend.msg, pend.points
         if msg.stamp_ns and 0 <= t - msg.stamp_ns < 1_000_000_000:  # send -> merge (same-host clock; a
             self.merge_latency_ms.append((t - msg.stamp_ns) / 1e6)  # sender elsewhere reads out of range)
+        t -= self.lag_ns  # the schedule's clock (behind real time after a collision slow-down)
         t0 = int(msg.stamps_ns[0])
         if msg.space == "joint":
             # a jump is measured against where the current plan is when the new one takes over
@@ -271,7 +338,7 @@ class ServoCore:
         self._advance_checks(t)
         if (
             self.traj is not None
-            and t < self.traj.end_ns
+            and t - self.lag_ns < self.traj.end_ns
             and t - self.last_heard.get(self.active_source, 0) > self.timeout_ns
         ):
             self.counters["heartbeat_stale"] += 1
@@ -289,19 +356,23 @@ class ServoCore:
             self.mode = "estop" if self.estop else "hold"
             self.q_ik = None
         else:
+            te = t - self.lag_ns  # the schedule's clock
             if self.traj.kind == "joint":
-                q_des = self.traj.eval(t)
+                q_des = self.traj.eval(te)
             else:
                 # seeded from the last IK solution, not from the guard's command: the command lags
                 # the path wherever the guard smooths, and a lagging seed moves the redundant arm's
                 # solution around its null space tick by tick (a desired stream the guard must then
                 # smooth again); from a hold, seeded from where the arm is
                 seed = self.q_cmd if self.q_ik is None else self.q_ik
-                q_des = self.q_ik = self.kin.ik(self.traj.eval(t), seed, iters=self.ik_iters, raise_on_fail=False)
-            q = self.guard.track(q_des, dt)
-            if self.grip_traj is not None:
-                self.grip_cmd = float(self.grip_traj.eval(t)[0])
-            self.mode = "track" if t < self.traj.end_ns or self.guard.moving else "hold"
+                q_des = self.q_ik = self.kin.ik(self.traj.eval(te), seed, iters=self.ik_iters, raise_on_fail=False)
+            if self.collision is not None and np.all(np.isfinite(q_des)) and not self._collision_guard(q_des, dt):
+                q, self.mode, self.q_ik = self.guard.stop(dt), "hold", None
+            else:
+                q = self.guard.track(q_des, dt)
+                if self.grip_traj is not None:
+                    self.grip_cmd = float(self.grip_traj.eval(te)[0])
+                self.mode = "track" if te < self.traj.end_ns or self.guard.moving else "hold"
         if not np.all(np.isfinite(q)):  # the last gate before the driver: never a non-finite command
             self.counters["servo_non_finite_output"] += 1
             log.error("servo guard produced a non-finite command: holding the last one")
@@ -327,6 +398,8 @@ class ServoCore:
         if self.merge_latency_ms:  # schedule sent -> merged at this servo tick (the first that uses it)
             a = np.array(self.merge_latency_ms)
             m.update(merge_latency_p50_ms=float(np.percentile(a, 50)), merge_latency_p99_ms=float(np.percentile(a, 99)))
+        if self.collision is not None:
+            m.update(collision_lag_ms=self.lag_ns / 1e6, collision_min_margin_mm=self.min_margin_m * 1e3)
         m.update(
             schedules=float(self.schedules),
             stretched_segments=float(self.stretched),

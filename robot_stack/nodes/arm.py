@@ -42,6 +42,7 @@ class ArmNode(Node):
         return [RobotState.TOPIC]
 
     def configure(self) -> None:
+        from robot_stack.control.collision import CollisionChecker
         from robot_stack.control.robot_model import RobotModel
 
         p = self.params
@@ -77,20 +78,11 @@ class ArmNode(Node):
         grip0 = float(
             np.clip(first.gripper_width / self.model.gripper_stroke_m, 0, 1) if self.model.gripper_stroke_m > 0 else 0.0
         )
-        # no jump at start-up: the first command is the measured state
-        self.core = ServoCore(
-            self.kin,
-            s,
-            lower,
-            upper,
-            first.q.copy(),
-            grip0,
-            p.rate_hz,
-            release,
-            p.check_budget / p.rate_hz,
-            p.max_pending,
-            p.ik_iters_per_tick,
-        )
+        coll = p.collision.over(self.model.desc.collision)  # the setup's scene over the robot's default
+        checker = CollisionChecker(self.model, coll) if coll.enabled else None
+        budget = p.check_budget / p.rate_hz  # no jump at start-up: the first command is the measured state
+        args = (self.kin, s, lower, upper, first.q.copy(), grip0, p.rate_hz, release, budget, p.max_pending)
+        self.core = ServoCore(*args, p.ik_iters_per_tick, collision=checker)
         self.counters = self.core.counters
         self.own(self.core, self._stop_motion)  # runs before the driver's release (reverse order)
         self.rx = self.own(self.ctx.receiver())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from robot_stack.control.collision import CollisionConfig
 from robot_stack.control.safety import SafetyConfig
 from robot_stack.runtime.devices import ARM_DRIVERS
 from robot_stack.runtime.node import NodeParams
@@ -31,6 +32,11 @@ class ArmParams(NodeParams):
         description="limits and checks every schedule passes before the driver (the safety contract); "
         "each key left out takes the robot description's safety default (robot-stack robots)",
     )
+    collision: CollisionConfig = Field(
+        default_factory=CollisionConfig,
+        description="the scene around the arm (table top, obstacles in the base frame) and the clearances "
+        "every schedule and servo command keeps; each key left out takes the robot description's default",
+    )
     realtime: RealtimeConfig = Field(
         default_factory=RealtimeConfig,
         description="SCHED_FIFO priority, CPU affinity, locked memory for the servo loop",
@@ -49,6 +55,7 @@ class ArmParams(NodeParams):
             robot = self.robot_name(config)
             load_description(robot)
             self.effective_safety(config)
+            self.effective_collision(config)
         except RobotModelError as e:
             return [f"robot: {' '.join(str(e).split())}"]
         except ValueError as e:  # the driver names no robot its device has (a sim arm the world lacks)
@@ -70,6 +77,18 @@ class ArmParams(NodeParams):
 
         desc, _ = load_description(self.robot_name(config))
         return self.safety.over(desc.safety)
+
+    def effective_collision(self, config=None) -> CollisionConfig:
+        """The scene and clearances this arm checks: the setup's ``collision`` keys over the robot
+        description's ``collision`` defaults (:meth:`CollisionConfig.over`).
+
+        Raises:
+            RobotModelError: no robot model, or its description does not load.
+        """
+        from robot_stack.control.robot_model import load_description
+
+        desc, _ = load_description(self.robot_name(config))
+        return self.collision.over(desc.collision)
 
     def robot_name(self, config=None) -> str:
         """The robot model this arm uses: ``robot``, or the driver's default given the setup's
