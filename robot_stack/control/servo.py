@@ -7,8 +7,9 @@ tick returns the joint command for the driver. It owns:
 - the modes ``hold`` (no trajectory, or at its end), ``track`` (following the merged schedule),
   ``estop`` (e-stop, or a driver fault: jerk-limited stop, then hold);
 - the schedule pipeline: admission checks at once, the joint-space workspace scan in slices under
-  a time budget per tick, then the merge at "now" into the trajectory (DESIGN: "trims at now and
-  appends"), with the jump check against where the current plan is when the new one takes over;
+  a time budget per tick, then the merge at "now" into the trajectory (docs/design.md, "Action
+  chunks and receding-horizon execution": the old plan's tail is replaced from now), with the jump
+  check against where the current plan is when the new one takes over;
 - heartbeat staleness of the schedule's sender (``heartbeat_timeout_s``: schedule dropped, stop);
 - e-stop and its release sources (only sources in ``safety.estop_release`` release an e-stop or
   ask for a driver recovery);
