@@ -12,8 +12,11 @@ joint configurations whose TCP lies in the default workspace box:
 - a schedule check (``check_path``) of 16 waypoints (a 1.6 s action chunk at 10 Hz) and of 1,024
   (a 10 s joint trajectory at 100 Hz), each joint at a random speed within 0.3 rad/s.
 
-Run: ``python3 bench/collision.py`` (``--quick``: fewer samples). The two-arm scene is not
-measured yet: the checker holds one arm.
+The two-arm scene is the right arm of ``configs/sim_bimanual.yaml`` with the left arm 0.8 m to its
++y, both at random in-box postures: every link of one arm against every link of the other, with
+the table and the arm itself.
+
+Run: ``python3 bench/collision.py`` (``--quick``: fewer samples).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 import mujoco
 import numpy as np
 
-from robot_stack.control.collision import CollisionChecker, CollisionConfig
+from robot_stack.control.collision import CollisionChecker, CollisionConfig, OtherArm
 from robot_stack.control.robot_model import RobotModel
 from robot_stack.control.safety import SafetyConfig
 
@@ -63,6 +66,15 @@ def main() -> int:
     scene = CollisionChecker(model, CollisionConfig(enabled=True))
     scene.pairs = [p for p in scene.pairs if p[3] != "self"]
     qs = in_box_configs(model, n, rng)
+    # the right arm of configs/sim_bimanual.yaml: the left arm 0.8 m to its +y, at random postures too
+    two = CollisionChecker(
+        model, CollisionConfig(enabled=True, arms=[OtherArm(node="left", robot=model.name, base=(0, 0.8, 0, 0))])
+    )
+    others = in_box_configs(model, n, rng)
+
+    def two_arm(i):
+        two.set_other("left", others[i])
+        two.closest(qs[i])
 
     def fk(q):
         full.d.qpos[full.qpos_adr] = q
@@ -72,6 +84,7 @@ def main() -> int:
         ("forward kinematics (baseline)", timed(fk, qs)),
         (f"full check ({len(full.pairs)} pairs)", timed(full.closest, qs)),
         (f"scene pairs only ({len(scene.pairs)} pairs)", timed(scene.closest, qs)),
+        (f"two-arm scene ({len(two.pairs)} pairs)", timed(two_arm, range(n))),
     ]
     for k in (16, 1024):  # 16: a 1.6 s action chunk at 10 Hz; 1,024: a 10 s joint trajectory at 100 Hz
         dt = 0.1 if k == 16 else 0.01

@@ -243,3 +243,71 @@ def test_a_tcp_driven_into_the_table_slows_and_stops_above_it(node_builder, fake
     assert slowed.sum() > 100 and "fingers" in groups
     assert np.allclose(clock_rate[slowed], expected[slowed], atol=1e-3)
     assert np.all(clock_rate[~slowed] >= 1.0 - 1e-6)  # full speed outside (a lagging clock catches up)
+
+
+#: the right arm's wrist (link6) 15 mm into the left arm's forearm (link4) when the left arm, 0.8 m
+#: to the right arm's +y as in configs/sim_bimanual.yaml, is at home; the TCP inside the
+#: bimanual setup's workspace box (found by sampling the joint space)
+INTO_LEFT = np.array([-0.87, -1.458, 1.097, -1.189, -0.121, 1.807, 1.097])
+BIMANUAL_BOX = {"workspace_min": [0.15, -0.8, 0.005], "workspace_max": [0.85, 0.8, 0.9]}  # (z: the path passes 0.8)
+
+
+def two_arms(left_base_y: float):
+    arm = lambda **extra: {  # noqa: E731
+        "kind": "arm",
+        "params": {
+            "driver": {"type": "ideal", "robot": "panda_robotiq"},
+            "rate_hz": RATE,
+            "state_rate_hz": 100.0,
+            "safety": BIMANUAL_BOX,
+            **extra,
+        },
+    }
+    others = [{"node": "left", "robot": "panda_robotiq", "base": [0.0, left_base_y, 0.0, 0.0]}]
+    return {"name": "two_arms", "nodes": {"left": arm(), "right": arm(collision={"arms": others})}}
+
+
+@pytest.mark.parametrize("left_base_y, refused", [(0.8, True), (1.6, False)])
+def test_a_joint_path_into_the_other_arm_is_refused(node_builder, fake_clock, caplog, left_base_y, refused):
+    """The right arm's joint schedule from home into the left arm's measured links is refused by
+    name; the same schedule with the left arm declared twice as far away is run."""
+    cfg = two_arms(left_base_y)
+    left, right = node_builder(cfg, "left"), node_builder(cfg, "right")
+    ctl = ArmClient(None, None, arm="right", source="controller", heartbeat_hz=0, tx=right.ctx.bus.sender("right", "c"))
+    q0 = right.driver.q.copy()
+    for _ in range(10):  # the left arm's first states reach the right arm's checker
+        left.step()
+        right.step()
+        fake_clock.advance(1.0 / RATE)
+    assert np.allclose(right.core.collision.d.qpos[right.core.collision.other_qpos["left"]], left.driver.q)
+    stamps = fake_clock.now_ns() + np.arange(1, 9) * 500_000_000
+    ctl.heartbeat()
+    ctl.send_schedule(stamps, np.linspace(q0, INTO_LEFT, 8), space="joint")
+    for i in range(int(5.0 * RATE)):
+        if i % 10 == 0:
+            ctl.heartbeat()
+        left.step()
+        right.step()
+        fake_clock.advance(1.0 / RATE)
+    m = right.metrics()
+    if refused:
+        assert m["safety.collision"] == 1 and m["schedules"] == 0
+        assert "refused schedule (collision)" in caplog.text and "from left/" in caplog.text
+        assert np.allclose(right.driver.q, q0, atol=1e-9)
+    else:
+        assert m.get("safety.collision", 0) == 0 and m["schedules"] == 1
+        assert np.allclose(right.driver.q, INTO_LEFT, atol=1e-3)
+
+
+def test_a_bad_or_stale_state_of_the_other_arm_is_counted_and_the_last_good_one_kept(node_builder, fake_clock):
+    from types import SimpleNamespace
+
+    right = node_builder(two_arms(0.8), "right")
+    core, t = right.core, fake_clock.now_ns()
+    good = SimpleNamespace(q=INTO_LEFT, stamp_ns=t)
+    core.on_other_arm("left", good, t)
+    for bad in (np.full(7, np.nan), np.zeros(6)):
+        core.on_other_arm("left", SimpleNamespace(q=bad, stamp_ns=t), t)
+    core.on_other_arm("left", SimpleNamespace(q=INTO_LEFT, stamp_ns=t - 2_000_000_000), t)  # 2 s old
+    assert core.counters["collision_bad_peer_state"] == 2 and core.counters["collision_stale_peer"] == 1
+    assert np.allclose(core.collision.d.qpos[core.collision.other_qpos["left"]], INTO_LEFT)

@@ -23,6 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "setups"
 
+
+def _OTHER_ARM(node: str, y: float) -> dict:
+    return {"node": node, "robot": "panda_robotiq", "base": [0.0, y, 0.0, 0.0]}
+
+
 #: setup file -> {dotted key: (value in the flat file it replaced, value now)}: every intended
 #: difference between a resolved setup and its snapshot
 INTENDED: dict[str, dict[str, tuple]] = {
@@ -32,6 +37,14 @@ INTENDED: dict[str, dict[str, tuple]] = {
     },
     "ur5e_realsense.yaml": {
         "calibration.file": ("configs/calibration/ur5e_realsense.yaml", "calibration/ur5e_realsense.yaml")
+    },
+    # each arm checks its links against the other arm's (None: the key was not there)
+    **{
+        name: {
+            "nodes.arm_left.params.collision": (None, {"arms": [_OTHER_ARM("arm_right", -0.8)]}),
+            "nodes.arm_right.params.collision": (None, {"arms": [_OTHER_ARM("arm_left", 0.8)]}),
+        }
+        for name in ("sim_bimanual.yaml", "sim_bimanual_lift.yaml")
     },
 }
 
@@ -74,7 +87,7 @@ def _flat(path: Path) -> dict:
 
 def _get(data: dict, key: str):
     for part in key.split("."):
-        data = data[part]
+        data = data.get(part) if isinstance(data, dict) else None
     return data
 
 

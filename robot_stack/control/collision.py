@@ -48,6 +48,17 @@ class Obstacle(BaseModel):
         return self
 
 
+class OtherArm(BaseModel):
+    """Another arm sharing this arm's workspace: its arm node (whose ``robot/state`` gives its
+    joints), its robot model, and its base in this arm's base frame: ``base`` = (x, y, z) m and a
+    yaw about z, rad (arms on one table)."""
+
+    model_config = ConfigDict(extra="forbid")
+    node: str
+    robot: str
+    base: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+
 class CollisionConfig(BaseModel):
     """The scene around one arm and the clearances it keeps (m).
 
@@ -64,6 +75,9 @@ class CollisionConfig(BaseModel):
             8-12 mm over the table, and a long slow-down would slow every grasp).
         slowdown_self_m: the same for the arm against itself (its links pass within 60 mm of
             each other in ordinary reaches).
+        arms: the other arms in this arm's workspace (multi-arm setups), checked at their measured
+            joints; every link of this arm against every link of theirs.
+        clearance_arms_m, slowdown_arms_m: clearance and slow-down distance against another arm.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -76,12 +90,16 @@ class CollisionConfig(BaseModel):
     slowdown_m: float = Field(0.05, gt=0)
     slowdown_fingers_m: float = Field(0.02, gt=0)
     slowdown_self_m: float = Field(0.02, gt=0)
+    arms: list[OtherArm] = Field(default_factory=list)
+    clearance_arms_m: float = Field(0.03, ge=0)
+    slowdown_arms_m: float = Field(0.05, gt=0)
 
     def slowdown_for(self, group: str) -> float:
         """The slow-down distance of a pair group, m: ``slowdown_m`` for ``scene`` (links against
         the scene), ``slowdown_fingers_m`` for ``fingers`` (the gripper against the scene),
         ``slowdown_self_m`` for ``self``."""
-        return {"fingers": self.slowdown_fingers_m, "self": self.slowdown_self_m}.get(group, self.slowdown_m)
+        by_group = {"fingers": self.slowdown_fingers_m, "self": self.slowdown_self_m, "arms": self.slowdown_arms_m}
+        return by_group.get(group, self.slowdown_m)
 
     def over(self, defaults: dict) -> CollisionConfig:
         """These settings over a robot description's ``collision`` defaults: each key the setup
@@ -144,15 +162,33 @@ class CollisionChecker:
             size = list(ob.size) + [0.0] * (3 - len(ob.size))
             wb.add_geom(name=f"rs_ob_{ob.name}", type=types[ob.shape], size=size, pos=list(ob.pos), quat=[w, x, y, z])
             scene_names.append(f"rs_ob_{ob.name}")
+        from robot_stack.control.robot_model import RobotModel
+
+        others = {}
+        for o in cfg.arms:  # every other arm's own model at its base pose, under its node's name
+            other = RobotModel.load(o.robot)
+            x, y, z, yaw = o.base
+            frame = wb.add_frame(pos=[x, y, z], quat=[np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
+            try:
+                spec.attach(other.spec(), frame=frame, prefix=f"{o.node}/")
+            except ValueError as e:
+                raise ValueError(f"collision scene of {model.name}: other arm {o.node}: {e}") from None
+            others[o.node] = other
         try:
             m = spec.compile()
         except ValueError as e:
             raise ValueError(f"collision scene of {model.name}: {e}") from None
         self.m, self.d = m, mujoco.MjData(m)
+        #: other arm node -> qpos addresses of its joints (:meth:`set_other`)
+        self.other_qpos = {
+            n: np.array([m.joint(f"{n}/{j}").qposadr[0] for j in o.desc.joints]) for n, o in others.items()
+        }
+        for n, o in others.items():
+            self.d.qpos[self.other_qpos[n]] = o.home_q  # until its first state
         self._fromto = np.zeros(6)
         #: native distance queries repeated with libccd (see :meth:`_distance`)
         self.fallbacks = 0
-        self.qpos_adr = model.qpos_adr
+        self.qpos_adr = np.array([m.joint(j).qposadr[0] for j in model.desc.joints])
         self.body_name = [m.body(b).name for b in range(m.nbody)]
         arm_joint_bodies = {int(m.jnt_bodyid[m.joint(j).id]) for j in model.desc.joints}
         last = int(m.jnt_bodyid[m.joint(model.desc.joints[-1]).id])
@@ -166,7 +202,15 @@ class CollisionChecker:
 
         moving = {b for b in range(1, m.nbody) if arm_joint_bodies & set(ancestors(b))}
         gripper = {b for b in range(1, m.nbody) if last in ancestors(b)[1:]}
-        robot = {b for b in range(1, m.nbody)}
+        prefixes = tuple(f"{n}/" for n in others)
+        robot = {b for b in range(1, m.nbody) if not (prefixes and m.body(b).name.startswith(prefixes))}
+        other_geoms = [
+            g
+            for g in range(m.ngeom)
+            if (m.geom_contype[g] or m.geom_conaffinity[g])
+            and prefixes
+            and m.body(m.geom_bodyid[g]).name.startswith(prefixes)
+        ]
         scene_geoms = [m.geom(n).id for n in scene_names]
         col = [
             g
@@ -188,6 +232,7 @@ class CollisionChecker:
             clear = cfg.clearance_fingers_m if b in gripper else cfg.clearance_scene_m
             group = "fingers" if b in gripper else "scene"
             pairs += [(g, s, clear, group) for s in scene_geoms if not (s == table and level and b in first)]
+            pairs += [(g, o, cfg.clearance_arms_m, "arms") for o in other_geoms]
         # self pairs: not parent and child, not both in the gripper, not within the clearance at home
         for i, g1 in enumerate(col):
             for g2 in col[i + 1 :]:
@@ -203,8 +248,9 @@ class CollisionChecker:
                     continue  # near at home (the wrist's links): a pair the mechanism keeps apart itself
                 pairs.append((g1, g2, cfg.clearance_self_m, "self"))
         self.pairs = pairs
-        slowdowns = (cfg.slowdown_m, cfg.slowdown_fingers_m, cfg.slowdown_self_m)
-        self.distmax = max(cfg.clearance_scene_m, cfg.clearance_fingers_m, cfg.clearance_self_m) + max(slowdowns)
+        slowdowns = (cfg.slowdown_m, cfg.slowdown_fingers_m, cfg.slowdown_self_m, cfg.slowdown_arms_m)
+        clearances = (cfg.clearance_scene_m, cfg.clearance_fingers_m, cfg.clearance_self_m, cfg.clearance_arms_m)
+        self.distmax = max(clearances) + max(slowdowns)
 
     @property
     def pairs(self) -> list[tuple[int, int, float, str]]:
@@ -226,6 +272,14 @@ class CollisionChecker:
         g1, g2 = self._g1, self._g2
         spheres = np.linalg.norm(x[g1] - x[g2], axis=1) - r[g1] - r[g2]
         return np.where(self._plane, x[g1, 2] - r[g1] - x[g2, 2], spheres)
+
+    def set_other(self, node: str, q: np.ndarray) -> None:
+        """The measured joints (n,) rad of the other arm ``node``, used by every later check.
+
+        Raises:
+            KeyError: ``node`` is not one of ``cfg.arms``.
+        """
+        self.d.qpos[self.other_qpos[node]] = q
 
     def _set(self, q: np.ndarray) -> None:
         self.d.qpos[self.qpos_adr] = q
@@ -264,7 +318,7 @@ class CollisionChecker:
         g1, g2, dist, clear, group = best
         name = lambda g: self.m.geom(g).name or self.body_name[int(self.m.geom_bodyid[g])]  # noqa: E731
         a = self.body_name[int(self.m.geom_bodyid[g1])]
-        b = name(g2) if group != "self" else self.body_name[int(self.m.geom_bodyid[g2])]
+        b = name(g2) if group in ("scene", "fingers") else self.body_name[int(self.m.geom_bodyid[g2])]
         return Contact(a, b.removeprefix("rs_ob_").removeprefix("rs_"), dist, clear, group)
 
     def violation(self, q: np.ndarray) -> Contact | None:

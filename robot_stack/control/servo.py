@@ -213,6 +213,23 @@ class ServoCore:
         joint = msg.space == "joint"
         self.pending.append(_Pending(msg, pts, 0 if joint else len(pts), 0 if joint else len(pts)))
 
+    def on_other_arm(self, node: str, state, t: int) -> None:
+        """The newest ``robot/state`` of another arm in this arm's workspace (``q`` (n,) rad,
+        ``stamp_ns``), or None before its first: its joints for the collision checks. A state of
+        the wrong size or with non-finite joints is counted (``collision_bad_peer_state``) and the
+        last good one kept; one older than the heartbeat timeout is counted once per tick
+        (``collision_stale_peer``) and kept (the other arm's own node holds it when its sender is
+        silent)."""
+        if state is None:
+            return
+        q = np.asarray(state.q, float)
+        if q.shape != self.collision.other_qpos[node].shape or not np.all(np.isfinite(q)):
+            self.counters["collision_bad_peer_state"] += 1
+            return
+        if t - int(state.stamp_ns) > self.timeout_ns:
+            self.counters["collision_stale_peer"] += 1
+        self.collision.set_other(node, q)
+
     def on_driver_fault(self, reason: str) -> None:
         """The driver reported a fault (a reflex, a lost connection): drop the plan and hold until
         it reads again; one fault episode is counted once, whatever its reasons."""

@@ -86,6 +86,8 @@ class ArmNode(Node):
         self.counters = self.core.counters
         self.own(self.core, self._stop_motion)  # runs before the driver's release (reverse order)
         self.rx = self.own(self.ctx.receiver())
+        sub = lambda node: self.own(self.ctx.subscriber([node], (RobotState.TOPIC,), history=1))  # noqa: E731
+        self.peers = {o.node: sub(o.node) for o in coll.arms} if checker is not None else {}  # other arms' states
         self._state_every = max(1, round(p.rate_hz / p.state_rate_hz))
         self._tick = 0
         self._state_stamp = -1
@@ -105,6 +107,8 @@ class ArmNode(Node):
     def _inputs(self, t: int) -> None:
         while (item := self.rx.recv(0.0)) is not None:
             self.guarded("arm_input", self._on_message, item[1], t)
+        for node, peer in self.peers.items():  # where the other arms are (their measured joints)
+            self.core.on_other_arm(node, peer.latest(RobotState.TOPIC), t)
         who = self.core.recover_requested_by
         if who is not None:
             self.core.recover_requested_by = None

@@ -44,7 +44,8 @@ class ArmParams(NodeParams):
     spy_file: str | None = Field(None, description="record every driver command into this .npz at stop (fault tests)")
 
     def references(self) -> dict[str, str]:
-        return self.driver.references()
+        """The driver's nodes, and the other arms whose states the collision checks read."""
+        return {**self.driver.references(), **{o.node: "arm" for o in self.collision.arms}}
 
     def problems(self, config) -> list[str]:
         """The arm's robot model must exist and be valid (its files are read at start), and a sim
