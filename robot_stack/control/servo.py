@@ -124,6 +124,8 @@ class ServoCore:
         self._dt = 1.0 / rate_hz
         self._t_prev = 0
         self.collision = collision
+        if collision is not None and not collision.pairs:
+            log.warning("collision checks enabled, but the robot model has no collision geometry: nothing is checked")
         #: how far the schedule's clock lags real time after collision slow-downs, ns
         self.lag_ns = 0
         #: the closest pair at the last tick's desired configuration (None: all beyond the slow-down)
