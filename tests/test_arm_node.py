@@ -311,3 +311,30 @@ def test_a_bad_or_stale_state_of_the_other_arm_is_counted_and_the_last_good_one_
     core.on_other_arm("left", SimpleNamespace(q=INTO_LEFT, stamp_ns=t - 2_000_000_000), t)  # 2 s old
     assert core.counters["collision_bad_peer_state"] == 2 and core.counters["collision_stale_peer"] == 1
     assert np.allclose(core.collision.d.qpos[core.collision.other_qpos["left"]], INTO_LEFT)
+
+
+def test_a_grasp_held_inside_the_slow_down_zone_adds_no_lag_and_the_lift_follows(node_builder, fake_clock):
+    """Down to the pick's grasp height (TCP 20 mm over the table: the pads inside their slow-down
+    distance), held 3 s, then lifted: the held target adds no lag (a lag that grew while holding
+    once froze a demo's lift), and the lift reaches its goal in about its own duration."""
+    arm = node_builder(arm_setup(), "arm")
+    ctl = client(arm, "controller")
+    core = arm.core
+    start = arm.kin.fk(arm.driver.q)
+    down = start.copy()
+    down[2] = 0.02
+    ctl.heartbeat()
+    ctl.send_schedule(*straight_line(start, down, fake_clock.now_ns(), speed=0.1), space="ee")
+    run(arm, fake_clock, 6.0, beat=ctl)
+    assert tcp(arm)[2] == pytest.approx(0.02, abs=1e-3) and core.contact is not None
+    assert core.collision.scale_of(core.contact) < 1.0  # inside the slow-down zone
+    lag = core.lag_ns
+    run(arm, fake_clock, 3.0, beat=ctl)
+    assert core.lag_ns == lag  # holding adds none
+    up = down.copy()
+    up[2] = 0.12
+    stamps, poses = straight_line(arm.kin.fk(arm.driver.q), up, fake_clock.now_ns(), speed=0.1)
+    ctl.send_schedule(stamps, poses, space="ee")
+    run(arm, fake_clock, (stamps[-1] - stamps[0]) / 1e9 + 0.5, beat=ctl)
+    assert tcp(arm)[2] == pytest.approx(0.12, abs=2e-3)
+    assert arm.metrics().get("safety.collision_stop", 0) == 0

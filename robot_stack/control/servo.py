@@ -19,10 +19,11 @@ tick returns the joint command for the driver. It owns:
   schedule whose interpolated path comes closer to the scene or to the arm itself than the
   clearance is refused by name (``collision``), in slices like the workspace scan; at servo rate
   the desired configuration is checked every tick: closer than the clearance stops the arm and
-  drops the schedule (``collision_stop``), and while it approaches within the slow-down distance
-  the schedule's clock runs slower in proportion to the margin (MoveIt Servo's collision
-  velocity scaling, applied as time scaling so that the path stays the commanded one), then
-  catches up at :attr:`ServoCore.CATCH_UP` once free.
+  drops the schedule (``collision_stop``), and while a moving plan is within the slow-down
+  distance the schedule's clock runs slower in proportion to the margin (MoveIt Servo's collision
+  velocity scaling, applied as time scaling so that the path stays the commanded one; a held
+  target adds no lag, and a plan slowed by :attr:`ServoCore.MAX_LAG_NS` in all is stopped like one
+  at the clearance), then catches up at :attr:`ServoCore.CATCH_UP` once free.
 
 Every refusal is counted in :attr:`ServoCore.counters` (the ``safety.*`` metrics) and logged with
 its reason. The node (``robot_stack.nodes.arm``) reads the driver, feeds the events, sends the
@@ -74,6 +75,10 @@ class ServoCore:
 
     #: extra clock rate at which a slowed schedule catches up once free (0.25: 25 % faster)
     CATCH_UP = 0.25
+    #: longest lag of the schedule's clock behind real time, ns: a plan still approaching an obstacle
+    #: with that much lag is stopped like one that reaches the clearance (a sender's stream is not
+    #: delayed much more)
+    MAX_LAG_NS = 500_000_000
 
     def __init__(
         self,
@@ -130,6 +135,8 @@ class ServoCore:
         self.lag_ns = 0
         #: the closest pair at the last tick's desired configuration (None: all beyond the slow-down)
         self.contact = None
+        self._x_prev: np.ndarray | None = None  # the plan's point at the last tick
+        self._margin_prev = np.inf  # the collision margin at the last tick, m
         self.min_margin_m = float("inf")  # smallest collision margin commanded, m (metrics)
 
     # ------------------------------------------------------------------------------- events
@@ -187,6 +194,8 @@ class ServoCore:
         self.pending.clear()
         self.lag_ns = 0
         self.contact = None
+        self._x_prev = None
+        self._margin_prev = np.inf
 
     def _schedule(self, msg: WaypointSchedule, t: int) -> None:
         if self.driver_fault is not None:
@@ -299,22 +308,29 @@ class ServoCore:
                 break
         return i
 
-    def _collision_guard(self, q_des: np.ndarray, dt: float) -> bool:
+    def _collision_guard(self, q_des: np.ndarray, x: np.ndarray, dt: float) -> bool:
         """Servo-rate collision check of this tick's desired configuration: False to stop (the
-        schedule is dropped); else the slow-down, as the lag of the schedule's clock."""
+        schedule is dropped); else the slow-down, as the lag of the schedule's clock. ``x``: the
+        plan's point this tick (joints or TCP pose): only a plan that moves is slowed."""
         c = self.contact = self.collision.closest(q_des)
-        if c is not None and c.margin < 0:
+        margin = np.inf if c is None else c.margin
+        approaching, self._margin_prev = margin < self._margin_prev, margin
+        if c is not None and (c.margin < 0 or (self.lag_ns >= self.MAX_LAG_NS and approaching)):
             self.counters["collision_stop"] += 1
-            log.error("collision: stopping the arm before %s", c.describe())
+            why = "" if c.margin < 0 else f" (slowed by {self.lag_ns / 1e6:.0f} ms and still approaching)"
+            log.error("collision: stopping the arm before %s%s", c.describe(), why)
             self.drop_schedule()
             return False
-        margin = np.inf if c is None else c.margin
         self.min_margin_m = min(self.min_margin_m, margin)
         scale = self.collision.scale_of(c)
-        if scale < 1.0:
+        # only a moving plan is slowed: a held target (a trajectory's end, a grasp) adds no lag
+        prev = self._x_prev  # (a joint plan and a pose plan differ in size: a switch counts as moving)
+        moving = prev is None or prev.shape != x.shape or float(np.max(np.abs(x - prev))) > 1e-12
+        self._x_prev = np.array(x, float)
+        if scale < 1.0 and moving:
             self.counters["collision_slowdown"] += 1
             self.lag_ns += int((1.0 - scale) * dt * 1e9)
-        elif self.lag_ns:
+        elif self.lag_ns and scale >= 1.0:
             self.lag_ns = max(0, self.lag_ns - int(self.CATCH_UP * dt * 1e9))
         return True
 
@@ -377,16 +393,17 @@ class ServoCore:
             self.q_ik = None
         else:
             te = t - self.lag_ns  # the schedule's clock
+            x = self.traj.eval(te)  # the plan's joints or TCP pose now
             if self.traj.kind == "joint":
-                q_des = self.traj.eval(te)
+                q_des = x
             else:
                 # seeded from the last IK solution, not from the guard's command: the command lags
                 # the path wherever the guard smooths, and a lagging seed moves the redundant arm's
                 # solution around its null space tick by tick (a desired stream the guard must then
                 # smooth again); from a hold, seeded from where the arm is
                 seed = self.q_cmd if self.q_ik is None else self.q_ik
-                q_des = self.q_ik = self.kin.ik(self.traj.eval(te), seed, iters=self.ik_iters, raise_on_fail=False)
-            if self.collision is not None and np.all(np.isfinite(q_des)) and not self._collision_guard(q_des, dt):
+                q_des = self.q_ik = self.kin.ik(x, seed, iters=self.ik_iters, raise_on_fail=False)
+            if self.collision is not None and np.all(np.isfinite(q_des)) and not self._collision_guard(q_des, x, dt):
                 q, self.mode, self.q_ik = self.guard.stop(dt), "hold", None
             else:
                 q = self.guard.track(q_des, dt)
