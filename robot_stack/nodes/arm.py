@@ -80,7 +80,8 @@ class ArmNode(Node):
         )
         coll = p.collision.over(self.model.desc.collision)  # the setup's scene over the robot's default
         checker = CollisionChecker(self.model, coll) if coll.enabled else None
-        budget = p.check_budget / p.rate_hz  # no jump at start-up: the first command is the measured state
+        budget = p.check_budget / p.rate_hz
+        # no jump at start-up: the first command is the measured state
         args = (self.kin, s, lower, upper, first.q.copy(), grip0, p.rate_hz, release, budget, p.max_pending)
         self.core = ServoCore(*args, p.ik_iters_per_tick, collision=checker)
         self.counters = self.core.counters
