@@ -97,7 +97,7 @@ class CollisionConfig(BaseModel):
     def slowdown_for(self, group: str) -> float:
         """The slow-down distance of a pair group, m: ``slowdown_m`` for ``scene`` (links against
         the scene), ``slowdown_fingers_m`` for ``fingers`` (the gripper against the scene),
-        ``slowdown_self_m`` for ``self``."""
+        ``slowdown_self_m`` for ``self``, ``slowdown_arms_m`` for ``arms`` (another arm)."""
         by_group = {"fingers": self.slowdown_fingers_m, "self": self.slowdown_self_m, "arms": self.slowdown_arms_m}
         return by_group.get(group, self.slowdown_m)
 
@@ -115,7 +115,8 @@ class CollisionConfig(BaseModel):
 class Contact:
     """The closest checked pair at a configuration: bodies ``a`` and ``b``, their distance and
     clearance (m; ``distance < clearance`` is a violation) and the pair group (``scene``: a link
-    against the scene, ``fingers``: the gripper against the scene, ``self``: the arm against itself)."""
+    against the scene, ``fingers``: the gripper against the scene, ``self``: the arm against itself,
+    ``arms``: this arm against another arm, ``b`` then named ``<its node>/<body>``)."""
 
     a: str
     b: str
