@@ -92,7 +92,7 @@ def test_speed_scales_linearly_between_the_slowdown_distance_and_the_clearance(p
         cc = CollisionChecker(panda, cfg)
         c = cc.closest(panda.home_q)
         assert c is None or c.group == "fingers"
-        scales.append(cc.speed_scale(panda.home_q))
+        scales.append(cc.scale_of(c))
         margins.append(np.inf if c is None else c.margin)
     scales, margins = np.array(scales), np.array(margins)
     assert np.all(np.diff(scales) <= 1e-12)  # never faster as the ball comes closer

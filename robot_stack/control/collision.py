@@ -17,10 +17,12 @@ Frames: obstacles and the table are given in the robot's base frame (m); quatern
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal
 
 import mujoco
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -327,10 +329,6 @@ class CollisionChecker:
         c = self.closest(q)
         return c if c is not None and c.margin < 0 else None
 
-    def speed_scale(self, q: np.ndarray) -> float:
-        """Servo speed factor at ``q`` (:meth:`scale_of` its closest pair)."""
-        return self.scale_of(self.closest(q))
-
     def scale_of(self, c: Contact | None) -> float:
         """Speed factor for the closest pair ``c``: 1 beyond its group's slow-down distance of
         margin (:meth:`CollisionConfig.slowdown_for`), 0 at the clearance or closer, linear
@@ -340,28 +338,48 @@ class CollisionChecker:
         return float(np.clip(c.margin / self.cfg.slowdown_for(c.group), 0.0, 1.0))
 
     def check_path(self, qs: np.ndarray, lever_m: float = 1.0) -> tuple[int, Contact] | None:
-        """Check a joint path (k, n) rad, linear between waypoints, by conservative advancement
-        (Mirtich, "Timewarp rigid body simulation", 2000; the continuous-collision scheme of FCL):
-        from each sample the path advances so that no point of the arm moves more than half the
-        current margin, at least half the smallest clearance, so no violation deeper than that
-        floor is stepped over. A point's motion is bounded by ``lever_m`` (the arm's reach, m)
-        times the sum of the joints' motions.
+        """Check a joint path (k, n) rad, linear between waypoints (:meth:`scan_path` whole).
 
         Returns:
             (index of the waypoint whose segment reaches the first violation, the contact), or
             None when the path keeps every clearance.
         """
+        i, c = self.scan_path(qs, lever_m=lever_m)
+        return None if c is None else (i, c)
+
+    def scan_path(
+        self, qs: np.ndarray, start: int = 0, deadline: float | None = None, lever_m: float = 1.0
+    ) -> tuple[int, Contact | None]:
+        """Check a joint path (k, n) rad, linear between waypoints, from waypoint ``start`` on (the
+        waypoints before it already checked), by conservative advancement (Mirtich, "Timewarp
+        rigid body simulation", 2000; the continuous-collision scheme of FCL): from each sample
+        the path advances so that no point of the arm moves more than half the current margin, at
+        least half the smallest clearance, so no violation deeper than that floor is stepped over.
+        A point's motion is bounded by ``lever_m`` (the arm's reach, m) times the sum of the
+        joints' motions. Each waypoint is checked once, as the end of the segment that reaches it.
+
+        Args:
+            deadline: ``time.perf_counter()`` value after which the scan stops at the next
+                waypoint (at least one segment is checked per call).
+
+        Returns:
+            (i, contact) with i the waypoint whose segment reaches the first violation, or
+            (i, None): waypoints before i keep every clearance (i == k: the whole path).
+        """
         qs = np.atleast_2d(np.asarray(qs, float))
-        floor = 0.5 * max(
-            min(self.cfg.clearance_scene_m, self.cfg.clearance_fingers_m, self.cfg.clearance_self_m), 1e-3
-        )
-        free_far = self.distmax - max(
-            self.cfg.clearance_scene_m, self.cfg.clearance_fingers_m, self.cfg.clearance_self_m
-        )
-        c = self.closest(qs[0])
-        if c is not None and c.margin < 0:
-            return 0, c
-        for i in range(1, len(qs)):
+        cfg = self.cfg
+        clear_min = min(cfg.clearance_scene_m, cfg.clearance_fingers_m, cfg.clearance_self_m)
+        floor = 0.5 * max(clear_min, 1e-3)
+        free_far = self.distmax - max(cfg.clearance_scene_m, cfg.clearance_fingers_m, cfg.clearance_self_m)
+        i = max(int(start), 0)
+        if i >= len(qs):
+            return len(qs), None
+        c = self.closest(qs[max(i - 1, 0)])  # the margin the advancement starts from
+        if i == 0:
+            if c is not None and c.margin < 0:
+                return 0, c
+            i = 1
+        while i < len(qs):
             a, dq = qs[i - 1], qs[i] - qs[i - 1]
             reach = lever_m * float(np.abs(dq).sum())  # bound on any point's motion over the segment, m
             t = 0.0
@@ -371,4 +389,7 @@ class CollisionChecker:
                 c = self.closest(a + dq * t)
                 if c is not None and c.margin < 0:
                     return i, c
-        return None
+            i += 1
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+        return i, None

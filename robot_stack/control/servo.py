@@ -138,6 +138,9 @@ class ServoCore:
         self._x_prev: np.ndarray | None = None  # the plan's point at the last tick
         self._margin_prev = np.inf  # the collision margin at the last tick, m
         self.min_margin_m = float("inf")  # smallest collision margin commanded, m (metrics)
+        self._slowed = False  # inside a collision slow-down at the last tick
+        self._peer_stamp: dict[str, int] = {}  # the other arms' states taken (stamp_ns per node)
+        self._peer_stale: set[str] = set()  # other arms whose newest state is stale
 
     # ------------------------------------------------------------------------------- events
     def on_message(self, msg: Message, t: int) -> bool:
@@ -226,19 +229,26 @@ class ServoCore:
 
     def on_other_arm(self, node: str, state, t: int) -> None:
         """The newest ``robot/state`` of another arm in this arm's workspace (``q`` (n,) rad,
-        ``stamp_ns``), or None before its first: its joints for the collision checks. A state of
-        the wrong size or with non-finite joints is counted (``collision_bad_peer_state``) and the
-        last good one kept; one older than the heartbeat timeout is counted once per tick
-        (``collision_stale_peer``) and kept (the other arm's own node holds it when its sender is
-        silent)."""
+        ``stamp_ns``), or None before its first: its joints for the collision checks, taken once
+        per state (the same state again only has its age checked). A state of the wrong size or
+        with non-finite joints is counted once (``collision_bad_peer_state``) and the last good one
+        kept; a peer whose newest state is older than the heartbeat timeout is counted once per
+        silence (``collision_stale_peer``) and its last joints kept (the other arm's own node
+        holds it when its sender is silent)."""
         if state is None:
             return
+        stale = t - int(state.stamp_ns) > self.timeout_ns
+        if stale and node not in self._peer_stale:
+            self.counters["collision_stale_peer"] += 1
+        (self._peer_stale.add if stale else self._peer_stale.discard)(node)
+        stamp = int(state.stamp_ns)
+        if self._peer_stamp.get(node) == stamp:
+            return
+        self._peer_stamp[node] = stamp
         q = np.asarray(state.q, float)
         if q.shape != self.collision.other_qpos[node].shape or not np.all(np.isfinite(q)):
             self.counters["collision_bad_peer_state"] += 1
             return
-        if t - int(state.stamp_ns) > self.timeout_ns:
-            self.counters["collision_stale_peer"] += 1
         self.collision.set_other(node, q)
 
     def on_driver_fault(self, reason: str) -> None:
@@ -297,15 +307,9 @@ class ServoCore:
             SafetyViolation: "collision", naming the waypoint whose segment comes too close and
                 the pair (counted and logged by the checker).
         """
-        pts, i = pend.points, pend.collision_scanned
-        deadline = time.perf_counter() + budget_s
-        while i < len(pts):
-            hit = self.collision.check_path(pts[max(i - 1, 0) : i + 1])
-            if hit is not None:
-                raise self.checker._violation("collision", f"waypoint {i}: {hit[1].describe()}")
-            i += 1
-            if time.perf_counter() > deadline:
-                break
+        i, hit = self.collision.scan_path(pend.points, pend.collision_scanned, time.perf_counter() + budget_s)
+        if hit is not None:
+            raise self.checker._violation("collision", f"waypoint {i}: {hit.describe()}")
         return i
 
     def _collision_guard(self, q_des: np.ndarray, x: np.ndarray, dt: float) -> bool:
@@ -328,10 +332,12 @@ class ServoCore:
         moving = prev is None or prev.shape != x.shape or float(np.max(np.abs(x - prev))) > 1e-12
         self._x_prev = np.array(x, float)
         if scale < 1.0 and moving:
-            self.counters["collision_slowdown"] += 1
+            if not self._slowed:  # one count per slow-down, not per tick
+                self.counters["collision_slowdown"] += 1
             self.lag_ns += int((1.0 - scale) * dt * 1e9)
         elif self.lag_ns and scale >= 1.0:
             self.lag_ns = max(0, self.lag_ns - int(self.CATCH_UP * dt * 1e9))
+        self._slowed = scale < 1.0
         return True
 
     def _merge(self, pend: _Pending, t: int) -> None:
