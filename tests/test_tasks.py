@@ -160,3 +160,34 @@ def test_a_task_added_by_one_file_and_one_registry_line_runs_the_demo(hover, tmp
     report(f"hover task demo: {len(episodes)} demonstrations, its own check passed {own}, the reach check {reach}")
     assert len(episodes) == 2 and own == 2 and reach == 0
     assert (work / "policy.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind", ["reach", "pick"])
+def test_an_experts_carrot_waits_for_an_arm_that_is_held(kind):
+    """An arm held for 3 s mid-demonstration (a driver fault, a stop): the expert's carrot waits
+    within MAX_LEAD_M of the TCP instead of running on to the goal (whose distance the arm would
+    refuse as a jump, for the rest of the episode), and the demonstration ends once the arm
+    follows again (the TCP tracks each command with a lag of 3 periods)."""
+    from robot_stack.tasks.base import MAX_LEAD_M
+    from robot_stack.tasks.pick import PickExpert
+    from robot_stack.tasks.reach import ReachExpert
+
+    cube, target, dt = np.array([0.55, 0.1, 0.02]), np.array([0.4, -0.15]), 1 / 30
+    ex = ReachExpert(jitter=0.0) if kind == "reach" else PickExpert(jitter=0.0)
+    step = (lambda tcp: ex.step(tcp, cube, dt)) if kind == "reach" else (lambda tcp: ex.step(tcp, cube, target, dt))
+    tcp = np.array([0.3, 0.0, 0.45, 1.0, 0.0, 0.0, 0.0])
+    sent, leads, stop_at = [], [], None
+    for i in range(int(40 / dt)):
+        held = 30 <= i < 30 + int(3 / dt)
+        if not held and len(sent) > 3:
+            tcp = sent[-3].copy()  # the arm follows the command three periods late
+        cmd = step(tcp)
+        sent.append(np.asarray(cmd.value, float))
+        leads.append(np.linalg.norm(cmd.value[:3] - tcp[:3]))
+        if "episode_stop" in cmd.buttons:
+            stop_at = i
+            break
+    held_leads = leads[31 : 30 + int(3 / dt)]
+    assert max(held_leads) <= MAX_LEAD_M + ex.speed * dt + 1e-9  # waited for the arm
+    assert max(held_leads) > 0.5 * MAX_LEAD_M  # (it did run ahead up to the bound)
+    assert stop_at is not None  # and the demonstration still ends

@@ -4,11 +4,26 @@ sim's object ground truth. Pure: imports the message layer only (the task layer 
 
 from __future__ import annotations
 
+import numpy as np
+
 from robot_stack.comm.messages import RobotState, TeleopCommand
 
 #: the sim world's object ground truth (``robot_stack.drivers.sim_messages.ObjectState.TOPIC``,
 #: named here because the task layer sits below the drivers; tests/test_tasks.py checks they agree)
 OBJECTS_TOPIC = "sim/objects"
+
+
+#: how far an expert's carrot may lead the measured TCP, m. Beyond it the carrot waits for the arm
+#: (pure pursuit with a bounded look-ahead): an arm held by a driver fault, a stop or a slow-down is
+#: never left further behind than the arm node's jump limit (``max_jump_ee``, 8 cm by default), whose
+#: refusals would otherwise keep it held for the rest of the episode (seen under CPU load)
+MAX_LEAD_M = 0.04
+
+
+def carrot_step(carrot: np.ndarray, tcp_xyz: np.ndarray, step_m: float, max_lead_m: float = MAX_LEAD_M) -> float:
+    """How far (m) a carrot at ``carrot`` (3,) may advance this period: ``step_m``, or 0 while it
+    leads the measured TCP ``tcp_xyz`` (3,), same frame, by ``max_lead_m`` or more."""
+    return step_m if float(np.linalg.norm(np.asarray(carrot) - np.asarray(tcp_xyz))) < max_lead_m else 0.0
 
 
 class Expert:

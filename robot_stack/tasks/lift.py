@@ -10,7 +10,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 from robot_stack.comm.messages import RobotState, TeleopCommand
-from robot_stack.tasks.base import OBJECTS_TOPIC, Expert
+from robot_stack.tasks.base import OBJECTS_TOPIC, Expert, carrot_step
 from robot_stack.tasks.reach import ReachTask
 
 
@@ -214,10 +214,11 @@ class LiftExpert(Expert):
         for a in self.T:
             d = goals[a] - self.carrot[a]
             dist = float(np.linalg.norm(d))
-            if dist <= speed * period_s:
+            step = carrot_step(self.carrot[a], self._to_world(a, tcp[a])[0], speed * period_s)
+            if dist <= step:
                 self.carrot[a] = goals[a].copy()
             else:
-                self.carrot[a] = self.carrot[a] + d / dist * speed * period_s
+                self.carrot[a] = self.carrot[a] + d / dist * step
                 arrived_all = False
             want = yaw * Rotation.from_euler("z", np.pi / 2) * self.home_rot[a]
             turn = (want * self.rot[a].inv()).magnitude()

@@ -9,7 +9,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from robot_stack.comm.messages import RobotState, TeleopCommand
-from robot_stack.tasks.base import Expert
+from robot_stack.tasks.base import Expert, carrot_step
 from robot_stack.tasks.reach import ReachTask
 
 
@@ -192,7 +192,7 @@ class PickExpert(Expert):
         goal, grip = self.goal(cube_xyz, target_xy)
         d = goal - self.carrot
         dist = float(np.linalg.norm(d))
-        step = self.speed * period_s
+        step = carrot_step(self.carrot, tcp[:3], self.speed * period_s)
         name = self.PHASES[self.phase]
         if dist <= step:
             self.carrot = goal.copy()

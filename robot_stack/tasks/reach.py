@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 
 from robot_stack.comm.messages import RobotState, TeleopCommand
-from robot_stack.tasks.base import Expert
+from robot_stack.tasks.base import Expert, carrot_step
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ class ReachExpert(Expert):
         goal = goals[self.phase]
         d = goal - self.carrot
         dist = float(np.linalg.norm(d))
-        step = self.speed * period_s
+        step = carrot_step(self.carrot, tcp[:3], self.speed * period_s)
         if dist <= step:
             self.carrot = goal.copy()
             if self.phase + 1 < len(goals):
