@@ -25,6 +25,23 @@ PROCESS_TESTS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """torch in the test process on one thread: the tests share 2 cores with the nodes they start
+    (and CI with whatever else runs), and torch's default of one thread per core, oversubscribed,
+    made a 4 s training test take 61 s beside one CPU hog per core (7 s on one thread). Code under
+    test that sets its own thread count (training's ``threads``) still does."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tiers: the older ``hil`` marker, a test that uses the ``run_dir`` fixture (ipc sockets) or is
     listed in PROCESS_TESTS is a ``processes`` test; hardware tests skip without
