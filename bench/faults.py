@@ -9,6 +9,9 @@ controller with the async strategy, recorder) and the stack's answer is measured
 - fuzzed and mutated messages into each node's input (random frames, byte flips of valid
   messages, and well-formed messages with wrong contents), node crashes counted;
 - NaN / limit / jump / empty / flipped chunks from a policy;
+- collision: a policy that drives the hand into the table with the TCP inside the box, one that
+  folds the arm onto itself, and a two-arm policy that drives both arms to one point; measured on
+  the sim's own contact data (0 contacts of a robot with the table, itself or the other arm);
 - disk full while recording (a 3 MB tmpfs; needs root, else the row says why it was skipped).
 
 Columns: what was injected, what the stack did, time to hold (arm) / report (launcher), samples or
@@ -56,6 +59,7 @@ from robot_stack.comm.transport import Subscriber  # noqa: E402
 from robot_stack.testing.setups import node, setup, write_setup  # noqa: E402
 
 LIMITS = {"vel": 1.5, "acc": 6.0, "jerk": 150.0}
+COLLISION = {"enabled": True}  # the arm nodes' collision checks (--collision-off: the control run)
 HB_TIMEOUT_S = 0.5
 
 
@@ -69,6 +73,7 @@ def fault_setup(tag: str, run_dir, spy, goal, fault: str, root) -> dict:
         arm=node(
             "arm",
             spy_file=str(spy),
+            collision=COLLISION,
             safety={
                 "heartbeat_timeout_s": HB_TIMEOUT_S,
                 "max_joint_vel": LIMITS["vel"],
@@ -102,13 +107,21 @@ class Stack:
 
     last: Stack | None = None  # the latest stack, whose node logs a campaign error prints
 
-    def __init__(self, work: Path, tag: str, fault: str = "none", goal=(0.45, 0.30, 0.30), root: Path | None = None):
+    def __init__(
+        self,
+        work: Path,
+        tag: str,
+        fault: str = "none",
+        goal=(0.45, 0.30, 0.30),
+        root: Path | None = None,
+        make_setup=fault_setup,
+    ):
         Stack.last = self
         self.run_dir = Path(tempfile.mkdtemp(prefix="rs-fc-"))
         self.spy = work / f"spy_{tag}.npz"
         self.root = root or work / f"episodes_{tag}"
         self.cfg_path = work / f"{tag}.yaml"
-        write_setup(self.cfg_path, fault_setup(tag, self.run_dir, self.spy, goal, fault, self.root))
+        write_setup(self.cfg_path, make_setup(tag, self.run_dir, self.spy, goal, fault, self.root))
         self.cfg = load_config(self.cfg_path)
         self.out = LogSink()
         self.launcher = Launcher(self.cfg_path, out=self.out)
@@ -459,6 +472,98 @@ def bad_policy(work: Path, fault: str) -> None:
     )
 
 
+def _collision_outcome(s: Stack, arms: list[str]) -> tuple[dict, dict, dict]:
+    """Watch a stack whose policy drives into an obstacle until every arm has been stopped or
+    refused by its collision checks (or 12 s), then 1 s more for anything that would still reach
+    it; (the arms' collision counters, the sim's metrics, dead nodes)."""
+    def counts(arm: str) -> dict:
+        m = s.metrics(arm)
+        return {k[7:]: v for k, v in m.items() if k.startswith("safety.collision") and v}
+
+    deadline = time.monotonic() + 12.0
+    while time.monotonic() < deadline:
+        if all(c.get("collision_stop") or c.get("collision") for c in map(counts, arms)):
+            break
+    time.sleep(1.0)  # after the stop: a contact would come now
+    by_arm = {a: counts(a) for a in arms}
+    m_sim = s.metrics("sim")
+    pairs = [ln.split("robot contact: ", 1)[1].strip() for ln in s.out.tail(400).splitlines() if "robot contact: " in ln]
+    m_sim["pairs"] = ", ".join(pairs[:3])  # the sim node logs each new pair of bodies in contact
+    return by_arm, m_sim, dict(s.launcher.dead)
+
+
+def collision_policy(work: Path, fault: str) -> None:
+    """A policy whose chunks keep every check but the collision checks satisfied ("table": the
+    hand and wrist into the table with the TCP inside the box; "fold": the arm onto itself).
+    Required: the arm stops or refuses it, and the sim's own contact data shows no contact of the
+    robot with the table or itself."""
+    with Stack(work, f"policy_{fault}", fault=fault, goal=(0.5, 0.0, 0.3)) as s:
+        s.tracking()
+        by_arm, m_sim, dead = _collision_outcome(s, ["arm"])
+        st = s.state()
+    contacts = m_sim.get("robot_contacts", float("nan"))
+    what = {"table": "the hand into the table, TCP in the box", "fold": "the arm folded onto itself"}[fault]
+    row(
+        f"policy: {fault} (collision)",
+        f"every chunk drives {what}",
+        f"arm: {by_arm['arm'] or 'nothing'}; mode {st.mode}; robot contacts in the sim {contacts:.0f} {m_sim['pairs']}",
+        "n/a",
+        "0",
+        not dead and contacts == 0 and bool(by_arm["arm"]),
+    )
+
+
+def bimanual_setup(tag: str, run_dir, spy, goal, fault: str, root) -> dict:
+    """Two Pandas 0.8 m apart (as configs/sim_bimanual.yaml), each arm node checking against the
+    other arm, and a two-arm scripted policy whose goals are the same point of the table's frame
+    between them (``goal``), so the arms drive into each other."""
+    x, y, z = goal
+    safety = {"heartbeat_timeout_s": HB_TIMEOUT_S, "workspace_min": [0.15, -0.8, 0.005], "workspace_max": [0.85, 0.8, 0.8]}
+
+    def arm(which: str, other: str, dy: float, extra: dict) -> dict:
+        return node(
+            "arm",
+            driver={"type": "sim", "arm": which},
+            safety=safety,
+            collision={**COLLISION, "arms": [{"node": other, "robot": "panda_robotiq", "base": [0.0, dy, 0.0, 0.0]}]},
+            **extra,
+        )
+
+    return setup(
+        f"faults{tag}",
+        run_dir,
+        sim=node(
+            "sim_world",
+            rate_hz=500,
+            state_rate_hz=30,
+            arms={"left": {"base": [0.0, 0.4, 0.0, 0.0]}, "right": {"base": [0.0, -0.4, 0.0, 0.0]}},
+        ),
+        arm_left=arm("left", "arm_right", -0.8, {"spy_file": str(spy)}),
+        arm_right=arm("right", "arm_left", 0.8, {}),
+        policy=node("policy", backend={"type": "goto", "goals": [[x, y - 0.4, z], [x, y + 0.4, z]], "speed": 0.1}),
+        controller=node("controller", arms=["arm_left", "arm_right"], strategy="async", rate_hz=10, autostart=True),
+    )
+
+
+def arms_collide(work: Path) -> None:
+    """Bimanual: a two-arm policy drives both TCPs to one point between the arms. Required: the
+    arm nodes stop them, and the sim's contact data shows no contact between the arms (or with
+    the table)."""
+    with Stack(work, "arms_cross", goal=(0.5, 0.0, 0.25), make_setup=bimanual_setup) as s:
+        s.tracking()
+        by_arm, m_sim, dead = _collision_outcome(s, ["arm_left", "arm_right"])
+    contacts = m_sim.get("robot_contacts", float("nan"))
+    row(
+        "bimanual: arms collide",
+        "both TCPs sent to one point",
+        f"left {by_arm['arm_left'] or 'nothing'}, right {by_arm['arm_right'] or 'nothing'}; "
+        f"robot contacts in the sim {contacts:.0f} {m_sim['pairs']}",
+        "n/a",
+        "0",
+        not dead and contacts == 0 and any(by_arm.values()),
+    )
+
+
 def disk_full(work: Path) -> None:
     root = work / "tiny"
     root.mkdir()
@@ -528,6 +633,11 @@ def spy_summary() -> tuple[dict, int, list[str]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--collision-off",
+        action="store_true",
+        help="the control run: only the collision rows, with the arms' collision checks off (their rows must fail)",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rs-faults-"))
     t0 = time.monotonic()
@@ -543,7 +653,12 @@ def main() -> int:
         (f"policy: {f} chunks", lambda f=f: bad_policy(work, f))
         for f in (["nan", "jump", "flip"] if args.quick else ["nan", "limit", "jump", "empty", "flip"])
     ]
+    steps += [(f"policy: {f} (collision)", lambda f=f: collision_policy(work, f)) for f in ("table", "fold")]
+    steps += [("bimanual: arms collide", lambda: arms_collide(work))]
     steps += [("disk full", lambda: disk_full(work))]
+    if args.collision_off:
+        COLLISION["enabled"] = False
+        steps = [st for st in steps if "collision" in st[0] or "collide" in st[0]]
     for name, step in steps:
         try:
             step()

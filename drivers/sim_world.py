@@ -58,7 +58,30 @@ class SimWorld:
         self.lock = threading.Lock()  # held while physics changes data (renderer reads under it)
         self.targets = {n: (a.home_q.copy(), 1.0) for n, a in self.arms.items()}  # name -> (q rad, gripper open)
         self._tool_geom: dict[str, np.ndarray] = {}
+        self._contact_classes()
         self.reset()
+
+    def _contact_classes(self) -> None:
+        """Who owns each body, for :attr:`robot_contacts`: arm k (its moving links and tool),
+        scene (welded to the world: the floor as table top, the arms' bases, fixtures) or object
+        (free bodies such as the cube)."""
+        m = self.model
+        self._owner = np.where(m.body_weldid == 0, -1, -2)  # -1 scene, -2 object
+        self._tool = np.zeros(m.nbody, bool)
+        for k, a in enumerate(self.arms.values()):
+            first = int(m.jnt_bodyid[m.dof_jntid[a.dof[0]]])
+            for b in range(m.nbody):
+                p = b
+                while p not in (0, first):
+                    p = int(m.body_parentid[p])
+                if p == first:
+                    self._owner[b] = k
+            self._tool[a.tool_bodies] = True
+        #: physics steps with a contact between a robot and the scene or another robot (or itself),
+        #: other than its tool with an object or the tool's own parts (bench/faults.py counts these)
+        self.robot_contacts = 0
+        #: the first such pairs seen, as (body, body) names
+        self.robot_contact_pairs: list[tuple[str, str]] = []
 
     def _index(self, arm: str | None) -> tuple[str, ArmIndex]:
         name = next(iter(self.arms)) if arm is None else arm
@@ -144,6 +167,25 @@ class SimWorld:
                     )
                     d.ctrl[a.gripper_act] = gripper_ctrl_from_open(g, a.gripper_ctrl_closed)
                 mujoco.mj_step(m, d)
+                if d.ncon:
+                    self._count_contacts()
+
+    def _count_contacts(self) -> None:
+        d, m = self.data, self.model
+        n = d.ncon
+        b1 = m.geom_bodyid[d.contact.geom1[:n]]
+        b2 = m.geom_bodyid[d.contact.geom2[:n]]
+        o1, o2, t1, t2 = self._owner[b1], self._owner[b2], self._tool[b1], self._tool[b2]
+        robot = (o1 >= 0) | (o2 >= 0)
+        allowed = (t1 & (o2 == -2)) | (t2 & (o1 == -2)) | ((o1 == o2) & t1 & t2)
+        bad = robot & ~allowed & (d.contact.dist[:n] <= 0)
+        if bad.any():
+            self.robot_contacts += 1
+            if len(self.robot_contact_pairs) < 8:
+                i = int(np.flatnonzero(bad)[0])
+                pair = (m.body(int(b1[i])).name, m.body(int(b2[i])).name)
+                if pair not in self.robot_contact_pairs:
+                    self.robot_contact_pairs.append(pair)
 
     def joint_state(self, arm: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """(q rad, dq rad/s, tau N m, gripper width m) of ``arm``."""

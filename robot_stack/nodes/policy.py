@@ -54,7 +54,7 @@ class PolicyParams(NodeParams):
     delay_s: float = Field(0.0, ge=0, description="injected inference delay before every chunk, s (benchmarks)")
     max_obs_age_s: float = Field(1.0, gt=0, description="an observation window older than this is refused, s")
     rate_hz: float = Field(1000.0, gt=0, description="request polling rate, Hz")
-    fault: Literal["none", "nan", "limit", "jump", "empty", "flip"] = Field(
+    fault: Literal["none", "nan", "limit", "jump", "empty", "flip", "table", "fold"] = Field(
         "none", description="fault injection (HIL tests, bench/faults.py): corrupt every chunk this way"
     )
     openpi: OpenpiServerConfig | None = Field(
@@ -69,10 +69,24 @@ class PolicyParams(NodeParams):
     )
 
 
+#: "fold": a TCP pose inside the Panda's box whose IK solution, tracked from home, folds the elbow
+#: (link2 into link5), and the distance from home over which the gripper turns toward it, m
+FOLD_POSE = np.array([0.2432, 0.1523, 0.2588, 0.0469, 0.6839, -0.1706, 0.7078])
+FOLD_FROM_M = 0.245
+
+
 def inject_fault(actions: np.ndarray, fault: str) -> np.ndarray:
     """A chunk (H, 8) [x y z qx qy qz qw gripper] corrupted the way a broken policy would:
     "nan" (NaN in the middle), "limit" (the TCP 2 m away, outside any workspace), "jump" (the
-    whole chunk shifted 0.3 m), "empty" (no actions), "flip" (orientation turned 180 deg)."""
+    whole chunk shifted 0.3 m), "empty" (no actions), "flip" (orientation turned 180 deg).
+
+    Two faults keep every check but the collision checks satisfied (the TCP inside the Panda's
+    workspace box, no jump, TCP speeds under the limits), from the chunk's first action on:
+    "table" descends 0.2 m/s to 3 cm over the table while the gripper pitches forward with
+    falling height (90 deg at 5 cm), so the hand and the wrist go into the table; "fold" moves the
+    TCP at 0.05 m/s to :data:`FOLD_POSE`, turning the gripper toward its orientation with the
+    distance covered, which folds the elbow onto the shoulder. Stateless: the orientation is a
+    function of the position, so consecutive chunks agree."""
     a = actions.copy()
     if fault == "nan":
         a[len(a) // 2, 2] = np.nan
@@ -85,6 +99,26 @@ def inject_fault(actions: np.ndarray, fault: str) -> np.ndarray:
     elif fault == "flip":  # q -> q * (1, 0, 0, 0): 180 deg about x
         x, y, z, w = a[:, 3].copy(), a[:, 4].copy(), a[:, 5].copy(), a[:, 6].copy()
         a[:, 3], a[:, 4], a[:, 5], a[:, 6] = w, z, -y, -x
+    elif fault == "table" and len(a):
+        from scipy.spatial.transform import Rotation
+
+        p0 = a[0, :3].astype(float)
+        d = np.array([0.55, p0[1], 0.03]) - p0  # forward and down, 0.2 m/s at the policy's 0.1 s
+        dist = float(np.linalg.norm(d))
+        a[:, :3] = p0 + np.minimum(0.02 * np.arange(len(a)), dist)[:, None] * d / max(dist, 1e-9)
+        pitch = -0.5 * np.pi * np.clip((0.30 - a[:, 2]) / (0.30 - 0.05), 0.0, 1.0)
+        R = Rotation.from_euler("y", pitch[:, None]) * Rotation.from_quat(a[:, 3:7].astype(float))
+        a[:, 3:7] = R.as_quat()
+    elif fault == "fold" and len(a):
+        from scipy.spatial.transform import Rotation, Slerp
+
+        p0 = a[0, :3].astype(float)
+        d = FOLD_POSE[:3] - p0
+        dist = float(np.linalg.norm(d))
+        a[:, :3] = p0 + np.minimum(0.005 * np.arange(len(a)), dist)[:, None] * d / max(dist, 1e-9)
+        start = Rotation.from_quat(a[0, 3:7].astype(float))
+        s = np.clip(1.0 - np.linalg.norm(a[:, :3] - FOLD_POSE[:3], axis=1) / FOLD_FROM_M, 0.0, 1.0)
+        a[:, 3:7] = Slerp([0.0, 1.0], Rotation.concatenate([start, Rotation.from_quat(FOLD_POSE[3:])]))(s).as_quat()
     return a
 
 

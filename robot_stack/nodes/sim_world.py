@@ -148,6 +148,7 @@ class SimWorldNode(Node):
         self.steps = 0
         self.t0 = now_ns()
         self.rt_violations = 0
+        self._pairs_logged = 0  # robot contact pairs logged (SimWorld.robot_contact_pairs)
         self.lag_steps_max = 0
         self.targets = 0
         self.targets_ignored = 0
@@ -230,6 +231,10 @@ class SimWorldNode(Node):
         if due > 0:
             self.world.step(int(due))
             self.steps += int(due)
+            pairs = self.world.robot_contact_pairs
+            while self._pairs_logged < len(pairs):
+                log.warning("robot contact: %s with %s", *pairs[self._pairs_logged])
+                self._pairs_logged += 1
         if self.ur is not None:
             self.ur.stream(self._tick)
         stamp = self.t0 + self.steps * self._dt_ns  # sim time on the host clock
@@ -268,4 +273,5 @@ class SimWorldNode(Node):
             "sim_s": self.steps * self.world.dt,
             "wall_s": wall,
             "targets": float(self.targets),
+            "robot_contacts": float(self.world.robot_contacts),
         }
