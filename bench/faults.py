@@ -476,6 +476,7 @@ def _collision_outcome(s: Stack, arms: list[str]) -> tuple[dict, dict, dict]:
     """Watch a stack whose policy drives into an obstacle until every arm has been stopped or
     refused by its collision checks (or 12 s), then 1 s more for anything that would still reach
     it; (the arms' collision counters, the sim's metrics, dead nodes)."""
+
     def counts(arm: str) -> dict:
         m = s.metrics(arm)
         return {k[7:]: v for k, v in m.items() if k.startswith("safety.collision") and v}
@@ -487,7 +488,9 @@ def _collision_outcome(s: Stack, arms: list[str]) -> tuple[dict, dict, dict]:
     time.sleep(1.0)  # after the stop: a contact would come now
     by_arm = {a: counts(a) for a in arms}
     m_sim = s.metrics("sim")
-    pairs = [ln.split("robot contact: ", 1)[1].strip() for ln in s.out.tail(400).splitlines() if "robot contact: " in ln]
+    pairs = [
+        ln.split("robot contact: ", 1)[1].strip() for ln in s.out.tail(400).splitlines() if "robot contact: " in ln
+    ]
     m_sim["pairs"] = ", ".join(pairs[:3])  # the sim node logs each new pair of bodies in contact
     return by_arm, m_sim, dict(s.launcher.dead)
 
@@ -518,7 +521,11 @@ def bimanual_setup(tag: str, run_dir, spy, goal, fault: str, root) -> dict:
     other arm, and a two-arm scripted policy whose goals are the same point of the table's frame
     between them (``goal``), so the arms drive into each other."""
     x, y, z = goal
-    safety = {"heartbeat_timeout_s": HB_TIMEOUT_S, "workspace_min": [0.15, -0.8, 0.005], "workspace_max": [0.85, 0.8, 0.8]}
+    safety = {
+        "heartbeat_timeout_s": HB_TIMEOUT_S,
+        "workspace_min": [0.15, -0.8, 0.005],
+        "workspace_max": [0.85, 0.8, 0.8],
+    }
 
     def arm(which: str, other: str, dy: float, extra: dict) -> dict:
         return node(
