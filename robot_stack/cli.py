@@ -35,7 +35,32 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(f"--set {expr}")
         print(yaml.safe_dump(data, sort_keys=False), end="")
     print(f"{args.config}: OK ({len(cfg.nodes)} nodes: {', '.join(f'{n} [{c.kind}]' for n, c in cfg.nodes.items())})")
+    for line in _collision_warnings(cfg):
+        print(f"warning: {line}")
     return 0
+
+
+def _collision_warnings(cfg) -> list[str]:
+    """One line per arm node whose collision checks are on while its robot model has no collision
+    geometry (visual meshes only): the arm node would start and check nothing."""
+    from robot_stack.control.collision import CollisionChecker
+    from robot_stack.control.robot_model import RobotModel
+
+    out = []
+    for name, nc in cfg.nodes.items():
+        if nc.kind != "arm":
+            continue
+        p = nc.typed
+        coll = p.effective_collision(cfg)
+        if coll.enabled:
+            robot = p.robot_name(cfg)
+            if not CollisionChecker(RobotModel.load(robot), coll).pairs:
+                out.append(
+                    f"nodes.{name}.params.collision: enabled, but the robot model {robot!r} has no collision "
+                    "geometry: nothing would be checked (add collision geoms to its description, or set "
+                    "collision.enabled: false)"
+                )
+    return out
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

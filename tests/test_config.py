@@ -61,6 +61,19 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
     assert "nodes.camera.params.width = 0" in err
 
 
+def test_check_warns_of_collision_checks_on_a_robot_without_collision_geometry(capsys):
+    """fr3_hand has visual meshes only: with its collision checks switched on, ``check`` says
+    that nothing would be checked; panda_robotiq (checks on by default) gets no warning."""
+    franka = str(REPO / "configs" / "franka_sim.yaml")
+    assert main(["check", franka]) == 0
+    assert "warning" not in capsys.readouterr().out
+    assert main(["check", franka, "--set", "nodes.arm.params.collision.enabled=true"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: nodes.arm.params.collision: enabled, but the robot model 'fr3_hand' has no collision" in out
+    assert main(["check", str(REPO / "configs" / "sim_panda.yaml")]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- typed devices, references
 
 
