@@ -304,16 +304,16 @@ def test_a_bad_or_stale_state_of_the_other_arm_is_counted_and_the_last_good_one_
 
     right = node_builder(two_arms(0.8), "right")
     core, t = right.core, fake_clock.now_ns()
-    good = SimpleNamespace(q=INTO_LEFT, stamp_ns=t)
+    good = SimpleNamespace(q=INTO_LEFT, q_plan=None, stamp_ns=t)
     core.on_other_arm("left", good, t)
     for k, bad in enumerate((np.full(7, np.nan), np.zeros(6))):
         for _ in range(3):  # the same bad state, read at three ticks: counted once
-            core.on_other_arm("left", SimpleNamespace(q=bad, stamp_ns=t + k + 1), t + k + 1)
-    old = SimpleNamespace(q=INTO_LEFT, stamp_ns=t - 2_000_000_000)  # 2 s old
+            core.on_other_arm("left", SimpleNamespace(q=bad, q_plan=None, stamp_ns=t + k + 1), t + k + 1)
+    old = SimpleNamespace(q=INTO_LEFT, q_plan=None, stamp_ns=t - 2_000_000_000)  # 2 s old
     for k in range(5):  # one silence, counted once however many ticks see it
         core.on_other_arm("left", old, t + k)
     assert core.counters["collision_bad_peer_state"] == 2 and core.counters["collision_stale_peer"] == 1
-    core.on_other_arm("left", SimpleNamespace(q=INTO_LEFT, stamp_ns=t + 10), t + 10)  # fresh again
+    core.on_other_arm("left", SimpleNamespace(q=INTO_LEFT, q_plan=None, stamp_ns=t + 10), t + 10)  # fresh again
     core.on_other_arm("left", old, t + 20)  # a second silence
     assert core.counters["collision_stale_peer"] == 2
     assert np.allclose(core.collision.d.qpos[core.collision.other_qpos["left"]], INTO_LEFT)
@@ -344,3 +344,31 @@ def test_a_grasp_held_inside_the_slow_down_zone_adds_no_lag_and_the_lift_follows
     run(arm, fake_clock, (stamps[-1] - stamps[0]) / 1e9 + 0.5, beat=ctl)
     assert tcp(arm)[2] == pytest.approx(0.12, abs=2e-3)
     assert arm.metrics().get("safety.collision_stop", 0) == 0
+
+
+def test_an_arm_publishes_where_its_commands_are_headed_and_the_other_arm_reads_it(node_builder, fake_clock):
+    """The left arm runs a joint schedule: its robot/state carries q_plan, its commanded joints
+    PLAN_AHEAD_S ahead (ahead of the measured joints in the direction of motion); the right arm's
+    checker places the left arm's planned copy there, and back on the measured joints at rest.
+    (While the guard brakes at the end, the extrapolation points back: a look-ahead, not a plan.)"""
+    cfg = two_arms(0.8)
+    left, right = node_builder(cfg, "left"), node_builder(cfg, "right")
+    ctl = ArmClient(None, None, arm="left", source="controller", heartbeat_hz=0, tx=left.ctx.bus.sender("left", "c"))
+    q0 = left.driver.q.copy()
+    goal = q0 + np.array([0.0, -0.3, 0.0, 0.0, 0.0, 0.0, 0.0])
+    ctl.heartbeat()
+    ctl.send_schedule(fake_clock.now_ns() + np.array([500_000_000, 1_500_000_000]), np.stack([q0, goal]), space="joint")
+    cc, ahead = right.core.collision, []
+    for i in range(int(2.5 * RATE)):
+        if i % 10 == 0:
+            ctl.heartbeat()
+        left.step()
+        right.step()
+        fake_clock.advance(1.0 / RATE)
+        measured, plan = cc.d.qpos[cc.other_qpos["left"]], cc.d.qpos[cc._plan_qpos["left"]]
+        ahead.append(float(measured[1] - plan[1]))  # joint 2 falls: the plan is below the measured
+    ahead = np.array(ahead)
+    assert ahead.max() > 0.02  # mid-motion: the planned copy leads (the guard's speed x 0.25 s)
+    moving = np.abs(ahead) > 1e-9
+    assert (ahead[moving] > 0).mean() > 0.8  # ahead in the direction of motion (not while braking)
+    assert abs(ahead[-1]) < 1e-9 and np.allclose(left.driver.q, goal, atol=1e-3)  # at rest: one copy

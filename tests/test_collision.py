@@ -139,3 +139,26 @@ def test_the_pick_experts_grasps_keep_every_default_clearance(panda):
     slowed = {c.group for c in near if checker.scale_of(c) < 1.0}
     assert slowed == {"fingers"}, slowed
     assert min(c.distance for c in near if c.group == "fingers") < 0.02  # the grasps did reach down
+
+
+def test_the_other_arms_planned_joints_are_kept_clear_as_well_as_its_measured_ones(panda):
+    """The right arm's wrist at INTO_LEFT (tests/test_arm_node.py) clears the left arm leaning back,
+    and comes 14.5 mm into it at home. With the left arm leaning back but headed home (its
+    ``q_plan``), the same configuration is a violation against the planned copy; once the plan is
+    where the arm is, the planned copy is no longer checked."""
+    from robot_stack.control.collision import OtherArm
+
+    into_left = np.array([-0.87, -1.458, 1.097, -1.189, -0.121, 1.807, 1.097])
+    cfg = CollisionConfig(table_z=0.0, arms=[OtherArm(node="left", robot="panda_robotiq", base=(0.0, 0.8, 0.0, 0.0))])
+    cc = CollisionChecker(panda, cfg)
+    back = panda.home_q.copy()
+    back[1] -= 0.6  # the left arm's upper arm leans back, away from the right arm's wrist
+    cc.set_other("left", back)
+    c = cc.closest(into_left)
+    assert c is None or c.margin > 0
+    cc.set_other("left", back, panda.home_q)  # headed home
+    v = cc.violation(into_left)
+    assert v is not None and v.b.startswith("left/plan/") and v.distance < 0
+    cc.set_other("left", back, back)  # still: only the measured copy counts
+    c = cc.closest(into_left)
+    assert c is None or (c.margin > 0 and not c.b.startswith("left/plan/"))

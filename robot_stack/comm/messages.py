@@ -292,6 +292,9 @@ class RobotState(Message):
         wrench: (6,) float64 external wrench on the tool at the TCP, base frame, [fx fy fz] N and
             [tx ty tz] N m: what the environment exerts on the tool (a wrist F/T sensor, Franka's
             ``O_F_ext_hat_K``, UR's ``actual_TCP_force``); None when the arm measures none.
+        q_plan: (n,) float64 joints where the arm node's commands are headed, rad: its commanded
+            joints a short look-ahead ahead at their commanded velocity (the other arms'
+            collision checks use it beside ``q``); None from a sender that does not say.
     """
 
     SCHEMA: ClassVar[str] = "robot_state"
@@ -303,10 +306,13 @@ class RobotState(Message):
     mode: str = scalar("str", "hold", choices=("init", "hold", "track", "estop"))
     safety_events: int = scalar("int", 0)
     wrench: np.ndarray | None = array(FLOAT64, (6,), optional=True)
+    q_plan: np.ndarray | None = array(FLOAT64, (None,), optional=True)
 
     def check(self) -> None:
         if self.wrench is not None and not np.all(np.isfinite(self.wrench)):
             raise SchemaError("wrench has non-finite values")
+        if self.q_plan is not None and (self.q_plan.shape != self.q.shape or not np.all(np.isfinite(self.q_plan))):
+            raise SchemaError(f"q_plan of shape {self.q_plan.shape} for q of shape {self.q.shape}, or not finite")
         if self.dq.shape != self.q.shape:
             raise SchemaError(f"dq shape {self.dq.shape} != q shape {self.q.shape}")
 

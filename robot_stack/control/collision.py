@@ -29,6 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 _NATIVE_CCD = int(mujoco.mjtDisableBit.mjDSBL_NATIVECCD)
 
 
+#: name of the copy of another arm placed at its planned joints (bodies ``<node>/plan/<body>``)
+PLAN = "plan"
+
+
 class Obstacle(BaseModel):
     """A fixed obstacle in the robot's base frame: a ``box`` (``size`` = half sizes x y z, m), a
     ``sphere`` (``size`` = (radius,)), a ``capsule`` or ``cylinder`` (radius, half length along z)."""
@@ -118,7 +122,8 @@ class Contact:
     """The closest checked pair at a configuration: bodies ``a`` and ``b``, their distance and
     clearance (m; ``distance < clearance`` is a violation) and the pair group (``scene``: a link
     against the scene, ``fingers``: the gripper against the scene, ``self``: the arm against itself,
-    ``arms``: this arm against another arm, ``b`` then named ``<its node>/<body>``)."""
+    ``arms``: this arm against another arm, ``b`` then named ``<its node>/<body>``, or
+    ``<its node>/plan/<body>`` for its planned position)."""
 
     a: str
     b: str
@@ -168,26 +173,31 @@ class CollisionChecker:
         from robot_stack.control.robot_model import RobotModel
 
         others = {}
-        for o in cfg.arms:  # every other arm's own model at its base pose, under its node's name
-            other = RobotModel.load(o.robot)
+        for o in cfg.arms:  # every other arm's own model at its base pose, under its node's name,
+            other = RobotModel.load(o.robot)  # twice: at its measured joints and at its planned ones
             x, y, z, yaw = o.base
-            frame = wb.add_frame(pos=[x, y, z], quat=[np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
-            try:
-                spec.attach(other.spec(), frame=frame, prefix=f"{o.node}/")
-            except ValueError as e:
-                raise ValueError(f"collision scene of {model.name}: other arm {o.node}: {e}") from None
+            for prefix in (f"{o.node}/", f"{o.node}/{PLAN}/"):
+                frame = wb.add_frame(pos=[x, y, z], quat=[np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
+                try:
+                    spec.attach(other.spec(), frame=frame, prefix=prefix)
+                except ValueError as e:
+                    raise ValueError(f"collision scene of {model.name}: other arm {o.node}: {e}") from None
             others[o.node] = other
         try:
             m = spec.compile()
         except ValueError as e:
             raise ValueError(f"collision scene of {model.name}: {e}") from None
         self.m, self.d = m, mujoco.MjData(m)
-        #: other arm node -> qpos addresses of its joints (:meth:`set_other`)
+        #: other arm node -> qpos addresses of its joints (:meth:`set_other`), and of its planned copy
         self.other_qpos = {
             n: np.array([m.joint(f"{n}/{j}").qposadr[0] for j in o.desc.joints]) for n, o in others.items()
         }
+        self._plan_qpos = {
+            n: np.array([m.joint(f"{n}/{PLAN}/{j}").qposadr[0] for j in o.desc.joints]) for n, o in others.items()
+        }
         for n, o in others.items():
             self.d.qpos[self.other_qpos[n]] = o.home_q  # until its first state
+            self.d.qpos[self._plan_qpos[n]] = o.home_q
         self._fromto = np.zeros(6)
         #: native distance queries repeated with libccd (see :meth:`_distance`)
         self.fallbacks = 0
@@ -266,6 +276,11 @@ class CollisionChecker:
         self._g1 = np.array([p[0] for p in self._pairs], int)
         self._g2 = np.array([p[1] for p in self._pairs], int)
         self._plane = self.m.geom_type[self._g2] == mujoco.mjtGeom.mjGEOM_PLANE  # (the table: level)
+        # the other arm whose planned copy each pair holds ("" for none): such a pair is checked
+        # only while that arm's plan is away from where it is (:meth:`set_other`)
+        names = [self.m.body(int(self.m.geom_bodyid[g])).name for g in self._g2]
+        self._plan_of = np.array([n.split("/")[0] if f"/{PLAN}/" in n else "" for n in names], dtype=object)
+        self._active = self._plan_of == ""
 
     def _lower_bounds(self) -> np.ndarray:
         """A lower bound of every pair's distance at the current posture, m: bounding spheres
@@ -276,13 +291,19 @@ class CollisionChecker:
         spheres = np.linalg.norm(x[g1] - x[g2], axis=1) - r[g1] - r[g2]
         return np.where(self._plane, x[g1, 2] - r[g1] - x[g2, 2], spheres)
 
-    def set_other(self, node: str, q: np.ndarray) -> None:
-        """The measured joints (n,) rad of the other arm ``node``, used by every later check.
+    def set_other(self, node: str, q: np.ndarray, q_plan: np.ndarray | None = None) -> None:
+        """The measured joints ``q`` (n,) rad of the other arm ``node`` and where its commands are
+        headed, ``q_plan`` (n,) rad (its ``robot/state``; None: unknown), used by every later
+        check: this arm keeps its clearances from both (the planned copy is checked only while
+        it differs from the measured one).
 
         Raises:
             KeyError: ``node`` is not one of ``cfg.arms``.
         """
         self.d.qpos[self.other_qpos[node]] = q
+        moving = q_plan is not None and float(np.max(np.abs(np.asarray(q_plan) - q))) > 1e-6
+        self.d.qpos[self._plan_qpos[node]] = q_plan if moving else q
+        self._active[self._plan_of == node] = moving
 
     def _set(self, q: np.ndarray) -> None:
         self.d.qpos[self.qpos_adr] = q
@@ -311,7 +332,7 @@ class CollisionChecker:
         ``q`` (n,) rad, or None when every pair is farther than clearance + ``slowdown_m``."""
         self._set(np.asarray(q, float))
         best, best_margin = None, np.inf
-        for k in np.flatnonzero(self._lower_bounds() < self.distmax):
+        for k in np.flatnonzero((self._lower_bounds() < self.distmax) & self._active):
             g1, g2, clear, group = self._pairs[k]
             dist = self._distance(g1, g2, self.distmax)
             if dist - clear < best_margin and dist < self.distmax:

@@ -79,6 +79,9 @@ class ServoCore:
     #: with that much lag is stopped like one that reaches the clearance (a sender's stream is not
     #: delayed much more)
     MAX_LAG_NS = 500_000_000
+    #: look-ahead of :meth:`planned_q`, s: about the time an arm at its usual TCP speeds (0.2-0.5
+    #: m/s) takes to cross the arms' slow-down distance (50 mm)
+    PLAN_AHEAD_S = 0.25
 
     def __init__(
         self,
@@ -229,7 +232,8 @@ class ServoCore:
 
     def on_other_arm(self, node: str, state, t: int) -> None:
         """The newest ``robot/state`` of another arm in this arm's workspace (``q`` (n,) rad,
-        ``stamp_ns``), or None before its first: its joints for the collision checks, taken once
+        ``q_plan`` (n,) rad or None, ``stamp_ns``), or None before its first: its measured and
+        planned joints for the collision checks (:meth:`CollisionChecker.set_other`), taken once
         per state (the same state again only has its age checked). A state of the wrong size or
         with non-finite joints is counted once (``collision_bad_peer_state``) and the last good one
         kept; a peer whose newest state is older than the heartbeat timeout is counted once per
@@ -246,10 +250,12 @@ class ServoCore:
             return
         self._peer_stamp[node] = stamp
         q = np.asarray(state.q, float)
-        if q.shape != self.collision.other_qpos[node].shape or not np.all(np.isfinite(q)):
+        plan = None if state.q_plan is None else np.asarray(state.q_plan, float)
+        shape = self.collision.other_qpos[node].shape
+        if q.shape != shape or not np.all(np.isfinite(q)) or (plan is not None and plan.shape != shape):
             self.counters["collision_bad_peer_state"] += 1
             return
-        self.collision.set_other(node, q)
+        self.collision.set_other(node, q, plan if plan is not None and np.all(np.isfinite(plan)) else None)
 
     def on_driver_fault(self, reason: str) -> None:
         """The driver reported a fault (a reflex, a lost connection): drop the plan and hold until
@@ -434,6 +440,14 @@ class ServoCore:
         q = self.guard.stop(dt)
         self._t_prev = t
         return q, dt
+
+    def planned_q(self) -> np.ndarray:
+        """(n,) rad: where this arm's commands are headed, the commanded joints ``PLAN_AHEAD_S``
+        ahead at the guard's commanded velocity, within the joint limits (the commanded joints
+        when still). Published in ``robot/state`` (``q_plan``) for the other arms' collision
+        checks."""
+        g = self.guard
+        return np.clip(self.q_cmd + g.v * self.PLAN_AHEAD_S, g.lower, g.upper)
 
     def metrics(self) -> dict[str, float]:
         """The core's counters and figures (flat str -> float)."""

@@ -159,6 +159,7 @@ class ArmNode(Node):
                     mode=self.core.mode,
                     safety_events=self.counters.total(),
                     wrench=wrench,
+                    q_plan=self.core.planned_q(),
                 ),
             )
         self._tick += 1
