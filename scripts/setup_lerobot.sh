@@ -21,7 +21,10 @@ if ! ldconfig -p 2>/dev/null | grep -q "libavcodec.so"; then
   $SUDO apt-get update -qq >/dev/null
   $SUDO apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
 fi
-[ -x .venv-lerobot/bin/python ] || "$PY" -m venv .venv-lerobot
+# --system-site-packages: the CPU torch 2.13.0 that scripts/setup.sh installed is used from there
+# (a second copy in this venv cost CI most of a minute); what lerobot needs in other versions is
+# installed into the venv, which comes first on its path
+[ -x .venv-lerobot/bin/python ] || "$PY" -m venv --system-site-packages .venv-lerobot
 V=.venv-lerobot/bin/python
 $V -m pip install -q --disable-pip-version-check "torch==2.13.0"
 $V -m pip install -q --disable-pip-version-check --no-deps "lerobot==0.4.4"

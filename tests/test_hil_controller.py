@@ -322,7 +322,14 @@ def test_fast_layer_corrects_the_plan_at_its_rate(stack, report):
         f"{len(fast)} fast and {len(slow)} slow schedules"
     )
     assert m["fast_period_p50_ms"] == pytest.approx(20.0, abs=2.0)  # 50 Hz
-    assert m["fast_corrections"] > 20 and m["fast_correction_mm"] == pytest.approx(20.0, abs=0.01)
+    assert m["fast_corrections"] > 20
+    # the correction is the full 20 mm, unless a stale state (the arm's, late on a loaded machine)
+    # halved it since (the fast layer decays rather than act on an old force); the TCP reaching the
+    # shifted goal above is what shows the correction applied
+    if m["fast_stale_states"] == 0:
+        assert m["fast_correction_mm"] == pytest.approx(20.0, abs=0.01)
+    else:
+        assert 0.0 < m["fast_correction_mm"] <= 20.0 + 0.01
     assert len(fast) > 3 * len(slow) > 0
     # the slow side's schedules carry the correction too: their last waypoint is the shifted goal
     assert np.linalg.norm(slow[-1].positions[-1, :3] - goal) < 0.002
