@@ -13,8 +13,9 @@ joint configurations whose TCP lies in the default workspace box:
   (a 10 s joint trajectory at 100 Hz), each joint at a random speed within 0.3 rad/s.
 
 The two-arm scene is the right arm of ``configs/sim_bimanual.yaml`` with the left arm 0.8 m to its
-+y, both at random in-box postures: every link of one arm against every link of the other, with
-the table and the arm itself.
++y, both at random in-box postures, and the left arm's planned posture (``q_plan``) another random
+in-box posture, so both of its copies are checked (the worst case): every link of one arm against
+every link of the other, with the table and the arm itself.
 
 Run: ``python3 bench/collision.py`` (``--quick``: fewer samples).
 """
@@ -73,7 +74,7 @@ def main() -> int:
     others = in_box_configs(model, n, rng)
 
     def two_arm(i):
-        two.set_other("left", others[i])
+        two.set_other("left", others[i], others[(i + 1) % n])  # measured and planned: both copies checked
         two.closest(qs[i])
 
     def fk(q):
