@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import mujoco
-
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
