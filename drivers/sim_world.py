@@ -22,6 +22,7 @@ from robot_stack.drivers.sim_model import (
     CUBE_HALF,
     ArmIndex,
     SceneSpec,
+    _bodies_below,
     build_model,
     gripper_ctrl_from_open,
     gripper_width_from_driver,
@@ -69,13 +70,9 @@ class SimWorld:
         self._owner = np.where(m.body_weldid == 0, -1, -2)  # -1 scene, -2 object
         self._tool = np.zeros(m.nbody, bool)
         for k, a in enumerate(self.arms.values()):
-            first = int(m.jnt_bodyid[m.dof_jntid[a.dof[0]]])
-            for b in range(m.nbody):
-                p = b
-                while p not in (0, first):
-                    p = int(m.body_parentid[p])
-                if p == first:
-                    self._owner[b] = k
+            first = int(m.jnt_bodyid[m.dof_jntid[a.dof[0]]])  # the arm's first moving body
+            self._owner[first] = k
+            self._owner[_bodies_below(m, first)] = k
             self._tool[a.tool_bodies] = True
         #: physics steps with a contact between a robot and the scene or another robot (or itself),
         #: other than its tool with an object or the tool's own parts (bench/faults.py counts these)

@@ -252,6 +252,19 @@ INTO_LEFT = np.array([-0.87, -1.458, 1.097, -1.189, -0.121, 1.807, 1.097])
 BIMANUAL_BOX = {"workspace_min": [0.15, -0.8, 0.005], "workspace_max": [0.85, 0.8, 0.9]}  # (z: the path passes 0.8)
 
 
+def step_both(ctl, left, right, fake_clock, seconds: float, each=None) -> None:
+    """Both arm nodes ticked at RATE for ``seconds`` of fake time, the sender heartbeating every
+    10 ticks; ``each()`` after every tick."""
+    for i in range(int(seconds * RATE)):
+        if i % 10 == 0:
+            ctl.heartbeat()
+        left.step()
+        right.step()
+        fake_clock.advance(1.0 / RATE)
+        if each is not None:
+            each()
+
+
 def two_arms(left_base_y: float):
     arm = lambda **extra: {  # noqa: E731
         "kind": "arm",
@@ -283,12 +296,7 @@ def test_a_joint_path_into_the_other_arm_is_refused(node_builder, fake_clock, ca
     stamps = fake_clock.now_ns() + np.arange(1, 9) * 500_000_000
     ctl.heartbeat()
     ctl.send_schedule(stamps, np.linspace(q0, INTO_LEFT, 8), space="joint")
-    for i in range(int(5.0 * RATE)):
-        if i % 10 == 0:
-            ctl.heartbeat()
-        left.step()
-        right.step()
-        fake_clock.advance(1.0 / RATE)
+    step_both(ctl, left, right, fake_clock, 5.0)
     m = right.metrics()
     if refused:
         assert m["safety.collision"] == 1 and m["schedules"] == 0
@@ -359,14 +367,11 @@ def test_an_arm_publishes_where_its_commands_are_headed_and_the_other_arm_reads_
     ctl.heartbeat()
     ctl.send_schedule(fake_clock.now_ns() + np.array([500_000_000, 1_500_000_000]), np.stack([q0, goal]), space="joint")
     cc, ahead = right.core.collision, []
-    for i in range(int(2.5 * RATE)):
-        if i % 10 == 0:
-            ctl.heartbeat()
-        left.step()
-        right.step()
-        fake_clock.advance(1.0 / RATE)
-        measured, plan = cc.d.qpos[cc.other_qpos["left"]], cc.d.qpos[cc._plan_qpos["left"]]
-        ahead.append(float(measured[1] - plan[1]))  # joint 2 falls: the plan is below the measured
+
+    def lead():  # joint 2 falls: the planned copy is below the measured one
+        ahead.append(float(cc.d.qpos[cc.other_qpos["left"]][1] - cc.d.qpos[cc.plan_qpos["left"]][1]))
+
+    step_both(ctl, left, right, fake_clock, 2.5, each=lead)
     ahead = np.array(ahead)
     assert ahead.max() > 0.02  # mid-motion: the planned copy leads (the guard's speed x 0.25 s)
     moving = np.abs(ahead) > 1e-9

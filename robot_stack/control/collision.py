@@ -187,16 +187,16 @@ class CollisionChecker:
         except ValueError as e:
             raise ValueError(f"collision scene of {model.name}: {e}") from None
         self.m, self.d = m, mujoco.MjData(m)
-        #: other arm node -> qpos addresses of its joints (:meth:`set_other`), and of its planned copy
+        #: other arm node -> qpos addresses of its joints (:meth:`set_other`); ``plan_qpos``: of its planned copy
         self.other_qpos = {
             n: np.array([m.joint(f"{n}/{j}").qposadr[0] for j in o.desc.joints]) for n, o in others.items()
         }
-        self._plan_qpos = {
+        self.plan_qpos = {
             n: np.array([m.joint(f"{n}/{PLAN}/{j}").qposadr[0] for j in o.desc.joints]) for n, o in others.items()
         }
         for n, o in others.items():
             self.d.qpos[self.other_qpos[n]] = o.home_q  # until its first state
-            self.d.qpos[self._plan_qpos[n]] = o.home_q
+            self.d.qpos[self.plan_qpos[n]] = o.home_q
         self._fromto = np.zeros(6)
         #: native distance queries repeated with libccd (see :meth:`_distance`)
         self.fallbacks = 0
@@ -301,7 +301,7 @@ class CollisionChecker:
         """
         self.d.qpos[self.other_qpos[node]] = q
         moving = q_plan is not None and float(np.max(np.abs(np.asarray(q_plan) - q))) > 1e-6
-        self.d.qpos[self._plan_qpos[node]] = q_plan if moving else q
+        self.d.qpos[self.plan_qpos[node]] = q_plan if moving else q
         self._active[self._plan_of == node] = moving
 
     def _set(self, q: np.ndarray) -> None:
