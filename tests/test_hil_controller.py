@@ -57,7 +57,10 @@ def stack_setup(run_dir, fast_path) -> dict:
     chunked = {"rate_hz": 10, "execute_horizon": 8, "ensemble_m": 0.1}
     nodes = {
         "sim": node("sim_world"),
-        "arm": node("arm"),
+        # CI's loaded 2-core machine has starved a controller process and this test process for
+        # 0.5 s each (the default timeout, which dropped a schedule mid-move): here the arm waits 2 s.
+        # Heartbeat loss itself is tested in-process on a fake clock (tests/test_arm_node.py).
+        "arm": node("arm", safety={"heartbeat_timeout_s": 2.0}),
         "policy": node("policy", backend=GOTO, delay_s=0.2),
         **{f"controller_{s}": ctl(strategy=s, **chunked) for s in STRATEGIES},
         **{f"reach_{s}": ctl(strategy=s, policy="policy_reach", **chunked) for s in STRATEGIES},
