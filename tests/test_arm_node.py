@@ -245,6 +245,53 @@ def test_a_tcp_driven_into_the_table_slows_and_stops_above_it(node_builder, fake
     assert np.all(clock_rate[~slowed] >= 1.0 - 1e-6)  # full speed outside (a lagging clock catches up)
 
 
+def test_late_ticks_cannot_carry_the_arm_past_the_clearance(node_builder, fake_clock):
+    """The same descent at 0.3 m/s with every 20th tick 60 ms late (a starved process): the plan's
+    point jumps 18 mm at once and the guard's command brakes from speed, so a check of the desired
+    configuration is outrun; the brake point's check is not: the arm stops, never more than 0.5 mm
+    past the pads' 3 mm clearance."""
+    arm = node_builder(arm_setup(), "arm")
+    ctl = client(arm, "controller")
+    checker = arm.core.collision
+    start = arm.kin.fk(arm.driver.q)
+    goal = start.copy()
+    goal[2] = 0.006
+    stamps, poses = straight_line(start, goal, fake_clock.now_ns(), speed=0.3)
+    ctl.heartbeat()
+    ctl.send_schedule(stamps, poses, space="ee")
+    actual = []
+    for i in range(int(4.0 * RATE)):
+        if i % 10 == 0:
+            ctl.heartbeat()
+        arm.step()
+        fake_clock.advance(0.06 if i % 20 == 19 else 1.0 / RATE)
+        c = checker.closest(arm.driver.q)
+        actual.append(np.inf if c is None else c.margin)
+    assert arm.metrics()["safety.collision_stop"] == 1
+    assert min(actual) > -0.5e-3, min(actual)
+    assert arm.mode == "hold" and tcp(arm)[2] > 0.007
+
+
+def test_a_stop_ends_at_the_brake_point():
+    """ServoGuard.brake_point: a stop begun now, stepped at 2 ms to rest, ends there (1e-6 rad)."""
+    from robot_stack.control.safety import SafetyConfig, SafetyCounters, ServoGuard
+
+    cfg = SafetyConfig()
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        g = ServoGuard(cfg, -np.full(7, 3.0), np.full(7, 3.0), SafetyCounters(), q0=np.zeros(7))
+        target = rng.uniform(-1.0, 1.0, 7)
+        for _ in range(int(rng.integers(5, 200))):  # somewhere along a move: speed and acceleration
+            g.track(target, 0.002)
+        assert g.moving
+        end = g.brake_point()
+        for _ in range(5000):
+            if not g.moving:
+                break
+            q = g.stop(0.002)
+        assert not g.moving and np.abs(q - end).max() < 1e-6, np.abs(q - end).max()
+
+
 #: the right arm's wrist (link6) 15 mm into the left arm's forearm (link4) when the left arm, 0.8 m
 #: to the right arm's +y as in configs/sim_bimanual.yaml, is at home; the TCP inside the
 #: bimanual setup's workspace box (found by sampling the joint space)

@@ -383,6 +383,7 @@ class ServoGuard:
         self.v = np.zeros(n)
         self.a = np.zeros(n)
         self._prev_des: np.ndarray | None = None
+        self._brake_otg = None  # (Ruckig, InputParameter, Trajectory) of brake_point
 
     def reset(self, q: np.ndarray) -> None:
         """Restart at rest at ``q`` (rad): start-up, or after the robot itself stopped (driver fault)."""
@@ -526,3 +527,52 @@ class ServoGuard:
     def moving(self) -> bool:
         """The commanded state still has velocity or acceleration (beyond 1e-9)."""
         return bool(np.any(np.abs(self.v) > 1e-9) or np.any(np.abs(self.a) > 1e-9))
+
+    def brake_point(self) -> np.ndarray:
+        """(n,) rad: where the commanded state would come to rest if a stop began now: the end of
+        the jerk-limited profile to zero velocity and acceleration from (q, v, a) that :meth:`stop`
+        follows (Ruckig's velocity interface, phase-synchronised, else unsynchronised), within the
+        joint limits; the commanded joints when at rest. A servo-rate collision check of this
+        configuration cannot be outrun: a stop begun at any tick ends at the brake point checked on
+        the tick before (Ruckig: Berscheid & Kroeger, "Jerk-limited Real-time Trajectory
+        Generation with Arbitrary Target States", RSS 2021)."""
+        if not self.moving:
+            return self.q.copy()
+        if self._brake_otg is None:  # offline calculation (whole profile): built on first use
+            from ruckig import InputParameter, Ruckig, Trajectory
+
+            self._brake_otg = (Ruckig(self.n), InputParameter(self.n), Trajectory(self.n))
+            inp = self._brake_otg[1]
+            inp.max_velocity, inp.max_acceleration = self.vmax.tolist(), self.amax.tolist()
+            inp.max_jerk = self.jmax.tolist()
+        ControlInterface, Synchronization, Result = self._ruckig
+        otg, inp, traj = self._brake_otg
+        inp.control_interface = ControlInterface.Velocity
+        inp.current_position, inp.current_velocity = self.q.tolist(), self.v.tolist()
+        inp.current_acceleration = self.a.tolist()
+        inp.target_velocity = inp.target_acceleration = [0.0] * self.n
+        for sync in (Synchronization.Phase, Synchronization.No):
+            inp.synchronization = sync
+            try:
+                ok = otg.calculate(inp, traj) in (Result.Working, Result.Finished)
+            except Exception:  # an input Ruckig refuses (RuckigError): try the next, then the bound
+                ok = False
+            if ok:
+                q_end = np.array(traj.at_time(traj.duration)[0])
+                if np.all(np.isfinite(q_end)):
+                    return np.clip(q_end, self.lower, self.upper)
+        # estimate without Ruckig: the acceleration ramped to zero at the jerk limit, then a brake at
+        # the acceleration limit (per joint; the jerk of the brake itself neglected)
+        v, a = self.v, self.a
+        t_ramp = np.abs(a) / self.jmax
+        v1 = v + a * t_ramp / 2  # velocity once the acceleration is back to zero
+        dq = v * t_ramp + a * t_ramp**2 / 3 + v1 * np.abs(v1) / (2 * self.amax)
+        return np.clip(self.q + dq, self.lower, self.upper)
+
+    def save(self) -> tuple:
+        """The commanded state (q, v, a and the last desired position), for :meth:`restore`."""
+        return self.q.copy(), self.v.copy(), self.a.copy(), None if self._prev_des is None else self._prev_des.copy()
+
+    def restore(self, state: tuple) -> None:
+        """Go back to a state from :meth:`save` (a tick's command withdrawn before it was sent)."""
+        self.q, self.v, self.a, self._prev_des = (None if x is None else x.copy() for x in state)

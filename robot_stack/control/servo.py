@@ -18,8 +18,10 @@ tick returns the joint command for the driver. It owns:
 - collision checks (with a :class:`~robot_stack.control.collision.CollisionChecker`): a joint
   schedule whose interpolated path comes closer to the scene or to the arm itself than the
   clearance is refused by name (``collision``), in slices like the workspace scan; at servo rate
-  the desired configuration is checked every tick: closer than the clearance stops the arm and
-  drops the schedule (``collision_stop``), and while a moving plan is within the slow-down
+  every tick's command is checked at its brake point (where a jerk-limited stop begun after it
+  would end: :meth:`~robot_stack.control.safety.ServoGuard.brake_point`): closer than the
+  clearance withdraws the command, stops the arm from the last one (whose brake point was
+  checked clear) and drops the schedule (``collision_stop``), and while a moving plan is within the slow-down
   distance the schedule's clock runs slower in proportion to the margin (MoveIt Servo's collision
   velocity scaling, applied as time scaling so that the path stays the commanded one; a held
   target adds no lag, and a plan slowed by :attr:`ServoCore.MAX_LAG_NS` in all is stopped like one
@@ -318,11 +320,12 @@ class ServoCore:
             raise self.checker._violation("collision", f"waypoint {i}: {hit.describe()}")
         return i
 
-    def _collision_guard(self, q_des: np.ndarray, x: np.ndarray, dt: float) -> bool:
-        """Servo-rate collision check of this tick's desired configuration: False to stop (the
-        schedule is dropped); else the slow-down, as the lag of the schedule's clock. ``x``: the
-        plan's point this tick (joints or TCP pose): only a plan that moves is slowed."""
-        c = self.contact = self.collision.closest(q_des)
+    def _collision_guard(self, q_brake: np.ndarray, x: np.ndarray, dt: float) -> bool:
+        """Servo-rate collision check of the brake point of this tick's command (``q_brake``, rad:
+        :meth:`ServoGuard.brake_point`): False to stop (the schedule is dropped); else the
+        slow-down, as the lag of the schedule's clock. ``x``: the plan's point this tick (joints or
+        TCP pose): only a plan that moves is slowed."""
+        c = self.contact = self.collision.closest(q_brake)
         margin = np.inf if c is None else c.margin
         approaching, self._margin_prev = margin < self._margin_prev, margin
         if c is not None and (c.margin < 0 or (self.lag_ns >= self.MAX_LAG_NS and approaching)):
@@ -415,10 +418,22 @@ class ServoCore:
                 # smooth again); from a hold, seeded from where the arm is
                 seed = self.q_cmd if self.q_ik is None else self.q_ik
                 q_des = self.q_ik = self.kin.ik(x, seed, iters=self.ik_iters, raise_on_fail=False)
-            if self.collision is not None and np.all(np.isfinite(q_des)) and not self._collision_guard(q_des, x, dt):
-                q, self.mode, self.q_ik = self.guard.stop(dt), "hold", None
+            withdrawn = False
+            if self.collision is not None and np.all(np.isfinite(q_des)):
+                # the tick's command is kept only if a stop begun after it ends clear of collision:
+                # checked at its brake point, not at q_des (the guard's command lags q_des and brakes
+                # from speed, and a late tick moves q_des far at once); else withdrawn, and the stop
+                # from the last command ends at the brake point the last tick checked
+                before = self.guard.save()
+                q = self.guard.track(q_des, dt)
+                if not self._collision_guard(self.guard.brake_point(), x, dt):
+                    self.guard.restore(before)
+                    withdrawn = True
             else:
                 q = self.guard.track(q_des, dt)
+            if withdrawn:
+                q, self.mode, self.q_ik = self.guard.stop(dt), "hold", None
+            else:
                 if self.grip_traj is not None:
                     self.grip_cmd = float(self.grip_traj.eval(te)[0])
                 self.mode = "track" if te < self.traj.end_ns or self.guard.moving else "hold"
