@@ -22,8 +22,12 @@ class OpenCVCamera(CameraDriver):
         device: index (0) or path (/dev/video0, or a video file for tests).
         width, height, fps: requested settings.
         fovy_deg: nominal vertical field of view for K until the camera is calibrated.
-        latency_s: receive-to-capture latency subtracted from the receive time.
+        latency_s: receive-to-capture latency subtracted from the receive time (measure it with
+            ``robot-stack calibrate latency``).
     """
+
+    #: ``frame_index`` counts reads, not the device's frames: a repeated image is found by content
+    has_counter = False
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ import os
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from robot_stack.runtime.clock import DeviceClockMapper, now_ns
 from robot_stack.runtime.devices import DeviceConfig, Check, path_check
@@ -37,6 +37,8 @@ class RealSenseCamera(CameraDriver):
         serial: device serial number to open (None: the first device).
         playback_file: path of a ``.bag``/``.db3`` recording to play instead of a device.
         loop: repeat the recording.
+        sync: inter-camera hardware sync of a live D4xx (``off``, ``master``, ``slave``; see
+            :func:`apply_sync`), set and checked at start.
     """
 
     def __init__(
@@ -47,10 +49,11 @@ class RealSenseCamera(CameraDriver):
         serial: str | None = None,
         playback_file: str | None = None,
         loop: bool = True,
+        sync: str = "off",
     ):
-        self.width, self.height, self.fps = width, height, fps
+        self.width, self.height, self.fps, self.sync = width, height, fps, sync
         self.serial, self.playback_file, self.loop = serial, playback_file, loop
-        self._clock = DeviceClockMapper()
+        self.clock = self._clock = DeviceClockMapper()
         self._pipe = None
         self._last_frame_ns = 0
         self.playback_restarts = 0  # stalled playbacks restarted (librealsense can stall under load)
@@ -82,6 +85,12 @@ class RealSenseCamera(CameraDriver):
             cfg.enable_stream(rs.stream.color, self.width, self.height, rs.format.rgb8, self.fps)
             cfg.enable_stream(rs.stream.depth, self.width, self.height, rs.format.z16, self.fps)
         self._pipe = rs.pipeline()
+        if self.sync != "off" and not self.playback_file:  # before streaming starts
+            try:
+                dev = cfg.resolve(rs.pipeline_wrapper(self._pipe)).get_device()
+            except RuntimeError as e:
+                raise RealSenseError(f"cannot open the RealSense for its sync setting: {e}") from None
+            apply_sync(dev.first_depth_sensor(), self.sync, rs)
         try:
             profile = self._pipe.start(cfg)
         except RuntimeError as e:
@@ -115,8 +124,16 @@ class RealSenseCamera(CameraDriver):
             return None
         color = np.array(cf.get_data(), dtype=np.uint8, copy=True)
         depth = np.array(df.get_data(), dtype=np.uint16, copy=True)
-        stamp = self._clock.map(int(cf.get_timestamp() * 1e6), t_recv)
-        return Frame(stamp_ns=stamp, frame_index=int(cf.get_frame_number()), color=color, depth=depth)
+        dev_ns = int(cf.get_timestamp() * 1e6)  # readout start (librealsense: frame timestamp)
+        stamp = self._clock.map(dev_ns, t_recv)
+        mid = _mid_exposure_lead_ns(cf, self._rs)  # readout start - middle of exposure, when reported
+        return Frame(
+            stamp_ns=stamp - mid,
+            frame_index=int(cf.get_frame_number()),
+            color=color,
+            depth=depth,
+            device_stamp_ns=dev_ns - mid,
+        )
 
     def stop(self) -> None:
         if self._pipe is not None:
@@ -125,6 +142,49 @@ class RealSenseCamera(CameraDriver):
             except RuntimeError:
                 pass
             self._pipe = None
+
+
+def _mid_exposure_lead_ns(frame, rs) -> int:
+    """How long before its readout a frame's exposure was half done, ns: the frame timestamp
+    metadata (readout start) minus the sensor timestamp (middle of exposure), both device-clock
+    microseconds (librealsense ``rs2_frame_metadata_value``); 0 where the device does not report
+    both (a kernel without the metadata patch) or they disagree by over 100 ms."""
+    md = rs.frame_metadata_value
+    try:
+        if not (
+            frame.supports_frame_metadata(md.frame_timestamp) and frame.supports_frame_metadata(md.sensor_timestamp)
+        ):
+            return 0
+        lead = int(frame.get_frame_metadata(md.frame_timestamp) - frame.get_frame_metadata(md.sensor_timestamp)) * 1000
+    except RuntimeError:
+        return 0
+    return lead if 0 <= lead < 100_000_000 else 0
+
+
+#: D4xx inter-camera sync modes (librealsense ``RS2_OPTION_INTER_CAM_SYNC_MODE`` on the stereo
+#: module; Intel, "Multi-camera configurations with the Intel RealSense D400 series", white paper)
+SYNC_MODES = {"off": 0, "master": 1, "slave": 2}
+
+
+def apply_sync(sensor, mode: str, rs) -> None:
+    """Set a D4xx stereo module's inter-camera sync mode (``off``, ``master``: drives the sync
+    cable, ``slave``: triggered by it) and check what the device reports back.
+
+    Raises:
+        RealSenseError: the sensor has no sync option (not a D4xx stereo module, or firmware too
+            old), or reports another mode than the one set.
+    """
+    want = SYNC_MODES[mode]
+    opt = rs.option.inter_cam_sync_mode
+    if not sensor.supports(opt):
+        raise RealSenseError(f"sync {mode}: this sensor has no inter-camera sync option").with_fix(
+            "hardware sync needs a D4xx stereo module (firmware 5.9.15 or later); set sync: off"
+        )
+    sensor.set_option(opt, float(want))
+    got = int(round(sensor.get_option(opt)))
+    if got != want:
+        names = {v: k for k, v in SYNC_MODES.items()}
+        raise RealSenseError(f"sync {mode}: the device reports mode {names.get(got, got)} after setting it")
 
 
 class RealSenseConfig(DeviceConfig):
@@ -137,6 +197,17 @@ class RealSenseConfig(DeviceConfig):
     serial: str | None = Field(None, description="device serial (None: the first device found)")
     playback_file: str | None = Field(None, description=".bag/.db3 recording to play instead of a device")
     loop_playback: bool = Field(True, description="a recording starts over at its end")
+    sync: Literal["off", "master", "slave"] = Field(
+        "off",
+        description="D4xx inter-camera hardware sync over the sync cable: one master, the others slave "
+        "(set and checked at start)",
+    )
+
+    @model_validator(mode="after")
+    def _sync_is_for_devices(self):
+        if self.sync != "off" and self.playback_file:
+            raise ValueError("sync is a live device's setting; a recording plays as it was recorded")
+        return self
 
     def doctor(self) -> list[Check]:
         if self.playback_file:
@@ -188,4 +259,5 @@ class RealSenseConfig(DeviceConfig):
             serial=self.serial,
             playback_file=self.playback_file,
             loop=self.loop_playback,
+            sync=self.sync,
         )

@@ -256,6 +256,8 @@ class CameraFrame(Message):
             minus calibrated latency), ns.
         camera_id: camera name in the setup config.
         frame_index: device frame counter.
+        device_stamp_ns: the frame's capture time on the device's own clock (mid-exposure where
+            the device reports it), ns; 0 for a camera without a device clock.
         color: (H, W, 3) uint8 RGB.
         depth: (H, W) uint16 depth aligned to the color image, or None; metres = depth * depth_scale.
         depth_scale: metres per depth unit (RealSense D4xx: 0.001); 0.0 when there is no depth.
@@ -266,6 +268,7 @@ class CameraFrame(Message):
     TOPIC: ClassVar[str] = "camera/"
     camera_id: str = scalar("str", "")
     frame_index: int = scalar("int", 0)
+    device_stamp_ns: int = scalar("int", 0)
     color: np.ndarray = array(UINT8, (None, None, 3))
     depth: np.ndarray | None = array(UINT16, (None, None), optional=True)
     depth_scale: float = scalar("float", 0.0)

@@ -5,16 +5,35 @@ first, as the controller's subscriber keeps them) and the time, and returns the 
 gets: ``ee_pose``, ``q``, ``gripper_width`` and ``state`` of every arm in action order at the
 window's times, camera images resized to the policy's size, depth, and point clouds in the base
 frame. A missing or stale stream raises :class:`~robot_stack.control.observation.StaleStreamError`
-naming it (the controller holds the arms).
+naming it (the controller holds the arms). So does a window whose streams disagree in time by more
+than the setup's bound (:class:`SkewError`): the cameras' frames for one of the window's times
+spread wider than ``max_skew_ns``, or the robot state extrapolated further than that to reach the
+anchor. The skews of every
+window built are kept for the latency breakdown (:meth:`ObservationBuilder.metrics`).
 """
 
 from __future__ import annotations
+
+import collections
 
 import numpy as np
 
 from robot_stack.comm.messages import CameraFrame, RobotState
 from robot_stack.control.features import camera_images, state_vector
 from robot_stack.control.observation import Observation, StaleStreamError, assemble, interpolate_states
+
+
+class SkewError(StaleStreamError):
+    """The streams of an observation window disagree in time by more than the setup's bound."""
+
+
+def default_max_skew_ns(camera_rates_hz: list[float], margin_ns: int = 10_000_000) -> int | None:
+    """The skew bound two unsynchronised cameras at their configured rates meet: half the slower
+    camera's period (the nearest frame of a free-running camera is at most that far from any
+    time) plus ``margin_ns`` (stamp jitter); None without cameras."""
+    if not camera_rates_hz:
+        return None
+    return int(0.5e9 / min(camera_rates_hz)) + margin_ns
 
 
 class ObservationBuilder:
@@ -32,6 +51,11 @@ class ObservationBuilder:
         image_size: (h, w) every image is resized to; None: each camera's size in ``image_sizes``
             (native without one).
         extrinsics: camera id -> T_base_camera (4, 4), for ``.points``.
+        max_skew_ns: bound on the cameras' spread at the anchor and on the state's extrapolation,
+            ns (None: no bound; :func:`default_max_skew_ns` gives the setup's default).
+
+    Attributes:
+        skew_holds: windows refused for their skew.
     """
 
     def __init__(
@@ -45,7 +69,10 @@ class ObservationBuilder:
         latency_offsets_ns: dict[str, int] | None = None,
         image_size: tuple[int, int] | None = None,
         extrinsics: dict | None = None,
+        max_skew_ns: int | None = None,
     ):
+        self.max_skew_ns, self.skew_holds = max_skew_ns, 0
+        self.skews = {k: collections.deque(maxlen=2000) for k in ("camera_skew", "state_skew")}  # ms
         self.arms, self.camera_ids = list(arms), list(camera_ids)
         self.obs_keys, self.obs_horizon = list(obs_keys), obs_horizon
         self.dt_ns, self.max_obs_age_ns = dt_ns, max_obs_age_ns
@@ -87,6 +114,15 @@ class ObservationBuilder:
             self.max_obs_age_ns,
             latency_offsets_ns=self.offsets,
         )
+        self.skews["camera_skew"].append(obs.camera_skew_ns / 1e6)
+        self.skews["state_skew"].append(obs.state_skew_ns / 1e6)
+        if self.max_skew_ns is not None and max(obs.camera_skew_ns, obs.state_skew_ns) > self.max_skew_ns:
+            self.skew_holds += 1
+            if obs.camera_skew_ns > self.max_skew_ns:
+                why = f"the cameras' frames spread {obs.camera_skew_ns / 1e6:.1f} ms"
+            else:
+                why = f"the robot state extrapolated {obs.state_skew_ns / 1e6:.1f} ms"
+            raise SkewError("observation", f"{why} (bound {self.max_skew_ns / 1e6:.1f} ms)")
         q, ee, g = self._arm_windows(obs, states)
         arrays = {"ee_pose": ee.astype(np.float32), "q": q.astype(np.float32), "gripper_width": g.astype(np.float32)}
         arrays["state"] = np.concatenate(
@@ -157,3 +193,16 @@ class ObservationBuilder:
         frames = {cid: latest(cid) for cid in self.camera_ids}
         cid = self.anchor_camera(frames)
         return None if cid is None else (CameraFrame.topic(cid), frames[cid].seq)
+
+    def metrics(self) -> dict[str, float]:
+        """``skew_holds`` and the p50/p99 of the windows' camera and state skews, ms
+        (``stage_camera_skew_p50_ms`` ...: part of the latency breakdown)."""
+        m = {"skew_holds": float(self.skew_holds)}
+        for k, v in self.skews.items():
+            if v:
+                a = np.array(v)
+                m[f"stage_{k}_p50_ms"], m[f"stage_{k}_p99_ms"] = (
+                    float(np.percentile(a, 50)),
+                    float(np.percentile(a, 99)),
+                )
+        return m

@@ -47,6 +47,10 @@ class Observation:
         frame_stamps_ns: camera id -> (To,) corrected capture stamps of the chosen frames.
         q: (To, n) joint positions, rad; ee_pose: (To, 7) TCP poses in the base frame;
         gripper_width: (To,) m.
+        camera_skew_ns: spread (newest - oldest) of the cameras' chosen stamps at a window time,
+            the largest over the window's times, ns (0 with one camera or none).
+        state_skew_ns: how far the robot state was extrapolated to reach the anchor (0 when
+            states on both sides of it were interpolated), ns.
     """
 
     t_obs_ns: int
@@ -57,6 +61,8 @@ class Observation:
     q: np.ndarray
     ee_pose: np.ndarray
     gripper_width: np.ndarray
+    camera_skew_ns: int = 0
+    state_skew_ns: int = 0
 
 
 def interpolate_states(
@@ -136,7 +142,7 @@ def assemble(
             times,
             max_extrapolation_ns=tol,
         )
-        return Observation(t_obs, times, {}, {}, {}, q, ee, g)
+        return Observation(t_obs, times, {}, {}, {}, q, ee, g, 0, _extrapolated(st, t_obs))
     stamps = {}
     for cam, fs in frames.items():
         if not fs:
@@ -174,7 +180,16 @@ def assemble(
         times,
         max_extrapolation_ns=tol,
     )
-    return Observation(t_obs, times, color, depth, chosen, q, ee, g)
+    per_time = np.stack(list(chosen.values()))  # (cameras, To)
+    spread = int((per_time.max(0) - per_time.min(0)).max())
+    return Observation(t_obs, times, color, depth, chosen, q, ee, g, spread, _extrapolated(st, t_obs))
+
+
+def _extrapolated(stamps_ns: np.ndarray, t_ns: int) -> int:
+    """How far ``t_ns`` lies outside the span of ``stamps_ns`` (0 inside it), ns."""
+    if len(stamps_ns) == 0:
+        return 0
+    return int(max(0, int(stamps_ns[0]) - t_ns, t_ns - int(stamps_ns[-1])))
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:

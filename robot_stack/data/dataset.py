@@ -7,8 +7,13 @@ text, robot model, rates, start date, status):
     <stream>/<field>       (N, ...) one row per sample
 
 Streams: ``robot_state`` (q, dq, ee_pose, gripper_width at servo rate), ``camera/<id>`` (color
-(H, W, 3) uint8, depth (H, W) uint16 mm), ``teleop`` (value, gripper), ``action`` (the waypoints
-sent to the arm: target stamp, pose, gripper, origin code), ``event`` (interventions).
+(H, W, 3) uint8, depth (H, W) uint16 mm, the device's frame counter ``frame_index`` and, from
+format version 2, the device's own capture stamp ``device_stamp_ns`` (0 without a device clock);
+``stamp_ns`` is the capture time on the host clock), ``teleop`` (value, gripper), ``action`` (the
+waypoints sent to the arm: target stamp, pose, gripper, origin code), ``event`` (interventions).
+
+Versions: ``robot_stack.episode/2`` adds ``camera/<id>/device_stamp_ns``; version 1 episodes
+stay readable (:meth:`Episode.device_stamps` gives zeros for them).
 
 Crash safety: an episode is written into ``episode_N.zarr.partial`` and renamed to its final name
 (atomic on POSIX) only when it is complete, so a finished episode is never touched again. Rows are
@@ -39,7 +44,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-FORMAT = "robot_stack.episode/1"
+FORMAT = "robot_stack.episode/2"
+#: formats this version reads (an older one lacks only what the newer added)
+READABLE = ("robot_stack.episode/1", FORMAT)
 PARTIAL = ".partial"
 _NAME = re.compile(r"^episode_(\d{6})\.zarr(\.partial)?$")
 ORIGINS = ("policy", "teleop", "replay", "cli")  # action origin codes
@@ -243,6 +250,14 @@ class Episode:
             raise DatasetError(f"{self.path}: no stream {stream!r} (streams: {self.streams()})")
         return {k: a[:] for k, a in g[stream].arrays()}
 
+    def device_stamps(self, camera: str) -> np.ndarray:
+        """(N,) int64 device capture stamps of ``camera/<camera>``'s frames, ns (zeros where the
+        camera has no device clock, and for a format version 1 episode, which did not store them)."""
+        g = self._group
+        if f"camera/{camera}/device_stamp_ns" in g:
+            return g[f"camera/{camera}/device_stamp_ns"][:]
+        return np.zeros(self.array(f"camera/{camera}", "stamp_ns").shape[0], np.int64)
+
     def __len__(self) -> int:
         """Robot states recorded (of the first arm, in an episode of several)."""
         first = episode_arms(self)[0]
@@ -285,8 +300,8 @@ def open_episode(path: str | Path) -> Episode:
         meta = dict(zarr.open_group(str(path), mode="r").attrs)
     except Exception as e:  # noqa: BLE001 - zarr raises several types for a missing/broken store
         raise DatasetError(f"{path} is not a readable episode: {e}") from e
-    if meta.get("format") != FORMAT:
-        raise DatasetError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format") not in READABLE:
+        raise DatasetError(f"{path}: format {meta.get('format')!r}, expected one of {READABLE}")
     return Episode(path, meta)
 
 

@@ -4,7 +4,9 @@ Export (``robot-stack export --format lerobot``): each native episode is resampl
 grid at ``fps`` (LeRobot stores one row per frame): ``observation.state`` = [ee_pose(7),
 gripper_width] interpolated at the grid times (linear, slerp), ``action`` = the executed action
 stream [ee_pose(7), gripper] at the grid times, and per camera the frame nearest each grid time as
-``observation.images.<camera>`` video (H.264 yuv420p through PyAV). Layout as LeRobot v3.0 writes
+``observation.images.<camera>`` video (H.264 yuv420p through PyAV), with that frame's host capture
+stamp, device stamp and device counter in the int64 columns ``camera.<camera>.stamp_ns``,
+``.device_stamp_ns`` and ``.frame_counter``. Layout as LeRobot v3.0 writes
 it: ``data/chunk-000/file-000.parquet`` (all episodes), ``videos/<key>/chunk-000/file-000.mp4``
 (episodes concatenated; per-episode from/to timestamps in the episode table),
 ``meta/info.json``, ``meta/stats.json``, ``meta/tasks.parquet`` and
@@ -243,6 +245,11 @@ def export_lerobot(
             for c in cams:
                 cst = ep.array(f"camera/{c}", "stamp_ns")[:]
                 idx = np.abs(cst[None, :] - grid[:, None]).argmin(1)
+                # each row's frame: its host capture stamp, device stamp and device counter
+                rows.setdefault(f"camera.{c}.stamp_ns", []).extend(cst[idx].tolist())
+                rows.setdefault(f"camera.{c}.device_stamp_ns", []).extend(ep.device_stamps(c)[idx].tolist())
+                counter = ep.array(f"camera/{c}", "frame_index")[:]
+                rows.setdefault(f"camera.{c}.frame_counter", []).extend(counter[idx].tolist())
                 color = ep.array(f"camera/{c}", "color")
                 frames = np.stack([color[int(i)] for i in idx])
                 h, w = frames.shape[1:3]
@@ -300,6 +307,7 @@ def export_lerobot(
             "action": vec(rows["action"]),
             "timestamp": pa.array(rows["timestamp"], pa.float32()),
             **{k: pa.array(rows[k], pa.int64()) for k in ("frame_index", "episode_index", "index", "task_index")},
+            **{k: pa.array(rows[k], pa.int64()) for k in _stamp_columns(cams)},
         }
     )
     pq.write_table(table, out / "data" / "chunk-000" / "file-000.parquet")
@@ -329,7 +337,7 @@ def export_lerobot(
         },
         **{
             k: {"dtype": "float32" if k == "timestamp" else "int64", "shape": [1], "names": None}
-            for k in ("timestamp", "frame_index", "episode_index", "index", "task_index")
+            for k in ("timestamp", "frame_index", "episode_index", "index", "task_index", *_stamp_columns(cams))
         },
     }
     info = {
@@ -351,6 +359,13 @@ def export_lerobot(
     stats = {k: _aggregate(v) for k, v in ep_stats.items()}
     (out / "meta" / "stats.json").write_text(json.dumps(stats, indent=2))
     return out
+
+
+def _stamp_columns(cams: list[str]) -> list[str]:
+    """The extra int64 columns of each camera's frame per row: host capture stamp (ns), device
+    capture stamp (ns, 0 without a device clock) and device frame counter. Named outside
+    ``observation.*``, which LeRobot's policies take as inputs."""
+    return [f"camera.{c}.{k}" for c in cams for k in ("stamp_ns", "device_stamp_ns", "frame_counter")]
 
 
 # ------------------------------------------------------------------------------------------ import

@@ -244,5 +244,5 @@ class ControllerNode(Node):
 
     def metrics(self) -> dict[str, float]:
         m = {k: float(v) for k, v in self.stats.items()} | self.exec.metrics() | self.timing.metrics(prefix="")
-        m |= self.modes.metrics() | (self.fast.metrics() if self.fast is not None else {})
+        m |= self.modes.metrics() | self.obs.metrics() | (self.fast.metrics() if self.fast is not None else {})
         return m | {"errors": float(self.stats["errors"] + self.arms.errors)}

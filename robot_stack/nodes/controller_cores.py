@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from robot_stack.control.executor import ChunkExecutor
 from robot_stack.control.fast import FastCorrector, FastLayer
 from robot_stack.control.modes import ModeMachine
-from robot_stack.control.obs_builder import ObservationBuilder
+from robot_stack.control.obs_builder import ObservationBuilder, default_max_skew_ns
 from robot_stack.control.requests import RequestGate
 from robot_stack.control.teleop_mix import ReplayQueue, TeleopMixer
 from robot_stack.nodes.controller_params import ControllerParams, check_setup, has_policy
@@ -72,7 +72,9 @@ def build_cores(p: ControllerParams, cfg: StackConfig, max_failures: int = 20) -
         arm_names=arms,
         has_policy=policy,
         dt_ns=dt_ns,
-        obs=ObservationBuilder(arms, cams, keys, horizon, dt_ns, max_age_ns, offsets, p.image_size, extrinsics),
+        obs=ObservationBuilder(
+            arms, cams, keys, horizon, dt_ns, max_age_ns, offsets, p.image_size, extrinsics, max_skew_ns(p, cfg)
+        ),
         exec=ChunkExecutor(
             p.strategy, dt_ns, lat_ns, p.execute_horizon, 8 * n, p.start_from_rest, p.ensemble_m, p.ensemble_steps
         ),
@@ -85,3 +87,11 @@ def build_cores(p: ControllerParams, cfg: StackConfig, max_failures: int = 20) -
         if policy
         else None,
     )
+
+
+def max_skew_ns(p, cfg) -> int | None:
+    """The controller's skew bound, ns: ``max_skew_s``, else the default for its cameras' rates
+    (:func:`~robot_stack.control.obs_builder.default_max_skew_ns`)."""
+    if p.max_skew_s is not None:
+        return int(p.max_skew_s * 1e9)
+    return default_max_skew_ns([float(cfg.nodes[c].typed.rate_hz) for c in p.cameras])

@@ -69,6 +69,13 @@ class ControllerParams(NodeParams):
     max_obs_age_s: float = Field(
         0.3, gt=0, description="a stream older than this holds the arm instead of feeding the policy, s"
     )
+    max_skew_s: float | None = Field(
+        None,
+        gt=0,
+        description="an observation whose camera frames spread wider than this at its anchor (or whose "
+        "robot state is extrapolated further) holds the arm, s; default: half the slowest camera's period "
+        "+ 10 ms",
+    )
     request_timeout_s: float = Field(
         2.0, gt=0, description="an inference request without a reply in this time fails, s"
     )

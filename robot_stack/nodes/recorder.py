@@ -245,7 +245,13 @@ class RecorderNode(Node):
             fields = {"color": msg.color}
             if msg.depth is not None:
                 fields["depth"] = msg.depth
-            w.add(f"camera/{cid}", msg.stamp_ns, frame_index=np.int64(msg.frame_index), **fields)
+            w.add(
+                f"camera/{cid}",
+                msg.stamp_ns,
+                frame_index=np.int64(msg.frame_index),
+                device_stamp_ns=np.int64(msg.device_stamp_ns),
+                **fields,
+            )
             if cid not in self.cam_meta:
                 self.cam_meta[cid] = {
                     "K": msg.K.tolist(),

@@ -211,36 +211,145 @@ class RateLoop:
 
 
 class DeviceClockMapper:
-    """Maps a device's timestamps (its own clock) onto the stack clock.
+    """Maps a device's timestamps (its own clock) onto the stack clock, with its drift.
 
-    Estimate: ``offset = min over a sliding window of (host receive time - device time)``; the
-    sample with the least transport delay bounds the offset best (the minimum-delay filter of
-    clock synchronization, as in NTP's clock filter). ``host stamp = device time + offset``,
-    never later than the receive time. When the device clock jumps backwards (device reset, a
-    looping recording) or forwards by more than ``max_gap_ns``, the window restarts.
+    Each sample gives a point (device time x, host receive time - device time y); y is the clock
+    offset plus that sample's transport delay, so the offset line lies under every point. The
+    estimate is the line under all points of a sliding window that lies closest to them on
+    average: the edge of their lower convex hull over the window's mean device time (the linear
+    programme of Moon, Skelly & Towsley, "Estimation and removal of clock skew from network delay
+    measurements", INFOCOM 1999; the convex-hull view of TICSync, Harrison & Newman, ICRA 2011).
+    Its slope gives the drift of the device clock against the host's. While the window spans less
+    than ``min_span_ns`` of device time, or the slope exceeds ``max_drift_ppm`` (a crystal drifts
+    by tens of ppm), the slope is taken as 0: the offset is then the minimum of y over the window
+    (the minimum-delay filter of NTP's clock filter). ``host stamp = device time + offset``, never
+    later than the receive time.
+
+    Discontinuities restart the estimate and are counted in :attr:`jumps`: the device clock jumping
+    backwards (device reset, a looping recording; also :attr:`resets`) or forwards by more than
+    ``max_gap_ns``, and the offset stepping by more than ``jump_ns``: down at once (a sample far
+    under the line), or up (``step_samples`` samples in a row above the line by more than that).
 
     Args:
-        window: number of recent samples in the minimum.
-        max_gap_ns: a forward jump larger than this restarts the estimate.
+        window: number of recent samples in the estimate.
+        max_gap_ns: a forward device-clock jump larger than this restarts the estimate.
+        min_span_ns: device time the window must span before the drift is estimated.
+        max_drift_ppm: a larger estimated drift is not believed (slope 0).
+        jump_ns: an offset step larger than this is a clock jump.
+        step_samples: samples in a row above the line by ``jump_ns`` that make an upward step.
+
+    Attributes:
+        drift_ppm: estimated drift of the device clock against the host's, ppm (positive: the
+            device clock runs fast).
+        residual_ns: median delay of the window's samples above the offset line, ns (the
+            transport's delay beyond its fastest delivery).
+        resets: device-clock jumps; jumps: every restart (device-clock jumps and offset steps).
     """
 
-    def __init__(self, window: int = 300, max_gap_ns: int = 5 * NS_PER_S):
-        self.window = window
-        self.max_gap_ns = max_gap_ns
-        self._diffs: list[int] = []
-        self._last_dev: int | None = None
+    def __init__(
+        self,
+        window: int = 300,
+        max_gap_ns: int = 5 * NS_PER_S,
+        min_span_ns: int = 2 * NS_PER_S,
+        max_drift_ppm: float = 500.0,
+        jump_ns: int = 5_000_000,
+        step_samples: int = 60,
+    ):
+        self.window, self.max_gap_ns, self.min_span_ns = window, max_gap_ns, min_span_ns
+        self.max_drift, self.jump_ns, self.step_samples = max_drift_ppm * 1e-6, jump_ns, step_samples
+        self._x: list[int] = []  # device times, ns
+        self._y: list[int] = []  # receive - device, ns
+        self._line: tuple[int, float, float] | None = None  # (x0, offset at x0, slope)
+        self._above = 0  # samples in a row above the line by more than jump_ns
+        self._n = 0  # samples since start
+        self.drift_ppm = 0.0
         self.resets = 0
+        self.jumps = 0
+
+    #: the hull is refitted every this many samples (a fit costs about 1 ms for 300 samples); in
+    #: between, the line keeps its slope and moves down under any sample below it
+    REFIT_EVERY = 10
+
+    def _restart(self) -> None:
+        self._x.clear()
+        self._y.clear()
+        self._line, self._above = None, 0
+        self.jumps += 1
+
+    def _offset(self, x: int) -> float:
+        x0, b0, slope = self._line
+        return b0 + slope * (x - x0)
 
     def map(self, device_ns: int, host_recv_ns: int) -> int:
         """Host-clock capture time (ns) of a sample stamped ``device_ns`` and received at ``host_recv_ns``."""
-        if self._last_dev is not None and (device_ns <= self._last_dev or device_ns - self._last_dev > self.max_gap_ns):
-            self._diffs.clear()
+        device_ns, host_recv_ns = int(device_ns), int(host_recv_ns)
+        if self._x and (device_ns <= self._x[-1] or device_ns - self._x[-1] > self.max_gap_ns):
             self.resets += 1
-        self._last_dev = device_ns
-        self._diffs.append(host_recv_ns - device_ns)
-        if len(self._diffs) > self.window:
-            del self._diffs[0]
-        return min(device_ns + min(self._diffs), host_recv_ns)
+            self._restart()
+        y = host_recv_ns - device_ns
+        if self._line is not None:
+            above = y - self._offset(device_ns)
+            if above < -self.jump_ns:  # far under the line: the offset stepped down
+                self._restart()
+            elif above > self.jump_ns:
+                self._above += 1
+                if self._above >= self.step_samples:  # stayed far above: the offset stepped up
+                    self._restart()
+            else:
+                self._above = 0
+        self._x.append(device_ns)
+        self._y.append(y)
+        if len(self._x) > self.window:
+            del self._x[0], self._y[0]
+        self._n += 1
+        if (
+            self._line is None
+            or self._n % self.REFIT_EVERY == 0
+            or (self._line[2] == 0.0 and self._x[-1] - self._x[0] < self.min_span_ns)
+        ):
+            self._fit()
+        elif (below := self._offset(device_ns) - y) > 0:  # between fits: the line stays under every point
+            x0, b0, slope = self._line
+            self._line = (x0, b0 - below, slope)
+        return min(int(round(device_ns + self._offset(device_ns))), host_recv_ns)
+
+    def _fit(self) -> None:
+        xs, ys = self._x, self._y
+        x0 = xs[0]
+        slope = 0.0
+        if xs[-1] - x0 >= self.min_span_ns and len(xs) >= 3:
+            hull: list[int] = []  # indices of the lower convex hull (xs strictly increase)
+            for i in range(len(xs)):
+                while len(hull) >= 2:
+                    a, b = hull[-2], hull[-1]
+                    # b is not under the chord a-i: drop it
+                    if (ys[b] - ys[a]) * (xs[i] - xs[a]) >= (ys[i] - ys[a]) * (xs[b] - xs[a]):
+                        hull.pop()
+                    else:
+                        break
+                hull.append(i)
+            mean_x = x0 + sum(x - x0 for x in xs) / len(xs)
+            for a, b in zip(hull, hull[1:]):
+                if xs[b] >= mean_x:
+                    slope = (ys[b] - ys[a]) / (xs[b] - xs[a])
+                    break
+            if abs(slope) > self.max_drift:
+                slope = 0.0
+        if slope == 0.0:
+            base = min(ys)
+            self._line = (x0, float(base), 0.0)
+        else:
+            base = min(y - slope * (x - x0) for x, y in zip(xs, ys))  # the edge's line, under every point
+            self._line = (x0, float(base), slope)
+        self.drift_ppm = -slope / (1.0 + slope) * 1e6  # y = offset - drift * x / (1 + drift)
+
+    @property
+    def residual_ns(self) -> float:
+        """Median delay of the window's samples above the offset line, ns (0 before a sample)."""
+        if self._line is None:
+            return 0.0
+        res = sorted(y - self._offset(x) for x, y in zip(self._x, self._y))
+        return float(res[len(res) // 2])
 
 
 class Ticker:
