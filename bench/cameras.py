@@ -252,7 +252,7 @@ def report(r: dict) -> list[str]:
     names = {"receipt": "on receipt (host)", "device": "device, unmapped", "mapped": "device, mapped (camera node)"}
     for k, e in r["errors_ms"].items():
         t.add_row(names[k], *(f"{np.percentile(e, q):.3f}" for q in (50, 99)), f"{e.max():.3f}")
-    Console().print(t)
+    Console(width=120).print(t)
     if np.percentile(r["errors_ms"]["mapped"], 99) > 1.0:
         fails.append("mapped skew error p99 over 1 ms")
     t = Table(title="faults per camera: injected / detected")
@@ -268,7 +268,7 @@ def report(r: dict) -> list[str]:
         )
         if inj != det:
             fails.append(f"{c}: faults injected {inj}, detected {det}")
-    Console().print(t)
+    Console(width=120).print(t)
     print(
         f"controller: {r['requests']} windows to the policy, {r['skew_holds']} skew holds, "
         f"{r['obs_holds']} observation holds in all; bound {r['bound_ms']:.1f} ms, largest true skew "

@@ -2,6 +2,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,6 +99,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from robot_stack.apps.session import LogSink  # noqa: E402  (node logs for failure messages)
 from robot_stack.runtime.clock import now_ns  # noqa: E402
 from robot_stack.testing import wait_until  # noqa: E402,F401  (tests import it from here too)
+
+
+def published_between(witness_msgs, t0_ns: int, t1_ns: int) -> tuple[int, int]:
+    """(at least, at most) messages a publisher sent with stamps from ``t0_ns`` to ``t1_ns``,
+    from what a witness subscriber received (one topic, one publisher): its sequence numbers count
+    what it missed too (a starved witness loses messages, the publisher's numbers go on). At least:
+    the span of the witness's messages inside; at most: the span between its last message before
+    and its first after (unbounded without them)."""
+    seen = np.array([(m.stamp_ns, m.seq) for m in witness_msgs], dtype=np.int64).reshape(-1, 2)
+    inside = np.flatnonzero((seen[:, 0] >= t0_ns) & (seen[:, 0] <= t1_ns))
+    if len(inside) == 0:
+        return 0, 10**9
+    i0, i1 = inside[0], inside[-1]
+    at_most = int(seen[i1 + 1, 1] - seen[i0 - 1, 1] - 1) if i0 > 0 and i1 + 1 < len(seen) else 10**9
+    return int(seen[i1, 1] - seen[i0, 1] + 1), at_most
 
 
 def wait_samples(sub, topic: str, n: int, timeout_s: float = 10.0) -> list:

@@ -36,6 +36,7 @@ class ArmNode(Node):
     """Servo loop: the driver and the sockets around :class:`~robot_stack.control.servo.ServoCore`."""
 
     Params = ArmParams
+    pub_hwm = 4000  # 8 s of states at 500 Hz per subscriber (a starved recorder loses none)
 
     @classmethod
     def publishes(cls, params) -> list[str]:

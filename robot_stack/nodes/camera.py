@@ -44,6 +44,7 @@ class CameraNode(Node):
     """Publishes frames of one camera at ``rate_hz`` on ``camera/<camera_id>``."""
 
     Params = CameraParams
+    pub_hwm = 64  # frames are MBs: a subscriber that falls 64 frames behind loses the newest
 
     @classmethod
     def publishes(cls, params) -> list[str]:

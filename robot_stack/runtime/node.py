@@ -202,6 +202,10 @@ class Node:
     #: the owner thread also wakes at this time (ns) between steps and calls :meth:`on_wake`
     wake_at_ns: int | None = None
     default_rate_hz: ClassVar[float] = 100.0
+    #: messages the node's publisher queues for each subscriber before it drops that subscriber's
+    #: newest (ZeroMQ's send high-water mark): a starved subscriber, such as a recorder beside a CPU
+    #: hog, catches up afterwards instead of losing samples (camera nodes keep 64: frames are MBs)
+    pub_hwm: ClassVar[int] = 1000
     #: steps failing without a single success for this long end the node, s
     MAX_FAILING_S: ClassVar[float] = 1.0
 
@@ -374,7 +378,7 @@ class Node:
         code = 0
         try:
             try:
-                self.pub = self.ctx.publisher()
+                self.pub = self.ctx.publisher(self.pub_hwm)
                 self.configure()
             except Exception as e:  # the node never ran: one line for the launcher's summary
                 self._report_start_failure(e)

@@ -82,7 +82,7 @@ def build_node(
     nc = cfg.nodes[name]
     ctx = FakeNodeContext(name, cfg, Path(run_dir), bus=bus or FakeBus())
     node = node_class(nc.kind)(ctx, nc.typed)
-    node.pub = ctx.publisher()
+    node.pub = ctx.publisher(node.pub_hwm)
     node.configure()
     return node
 
