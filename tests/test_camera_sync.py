@@ -280,3 +280,14 @@ def test_episodes_keep_each_frames_device_stamp_and_the_export_its_stamp_columns
     del g["camera/c/device_stamp_ns"]
     old = open_episode(path)
     assert np.array_equal(old.device_stamps("c"), np.zeros(30, np.int64))
+
+
+def test_the_bring_up_table_measures_the_skew_of_nearest_frames():
+    from robot_stack.apps.demo import frame_skews_ms
+
+    a = [_frame("a", 10**9 + k * 33_333_333) for k in range(30)]
+    b = [_frame("b", 10**9 + 5_000_000 + k * 33_333_333) for k in range(30)]
+    sk = frame_skews_ms(a, b)
+    assert len(sk) == 29 and np.allclose(sk, 5.0, atol=1e-6)  # a's first frame is before b's span
+    synced = frame_skews_ms(a, [_frame("b", f.stamp_ns + 100_000) for f in a])
+    assert synced.max() == pytest.approx(0.1)

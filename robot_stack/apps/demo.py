@@ -40,6 +40,18 @@ def _dist_to_path(p: np.ndarray, corners: list[np.ndarray]) -> float:
     return best
 
 
+def frame_skews_ms(a: list, b: list) -> np.ndarray:
+    """(len(a),) ms: for each frame of ``a``, how far the nearest frame of ``b`` is in capture time
+    (``stamp_ns``), over the frames of ``a`` inside ``b``'s span."""
+    ta = np.array([f.stamp_ns for f in a], np.int64)
+    tb = np.array([f.stamp_ns for f in b], np.int64)
+    ta = ta[(ta >= tb[0]) & (ta <= tb[-1])]
+    if len(ta) == 0:
+        return np.array([np.nan])
+    j = np.clip(np.searchsorted(tb, ta), 1, len(tb) - 1)
+    return np.minimum(np.abs(ta - tb[j - 1]), np.abs(tb[j] - ta)) / 1e6
+
+
 def _square_extent(pos: np.ndarray, center: np.ndarray, side: float) -> np.ndarray:
     """The traced square's size (x, y), m: between the median positions of opposite sides, each
     from the samples along the middle half of that side (base frame, m), so corner overshoot (the
@@ -166,6 +178,10 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
         if len(fs) > 1:
             dur = (fs[-1].stamp_ns - fs[0].stamp_ns) / 1e9
             t.add_row(f"camera {c.camera_id}: rate (configured {c.rate_hz:.0f} Hz)", f"{(len(fs) - 1) / dur:.1f} Hz")
+    ids = [c.camera_id for c in cams.values() if len(frames[c.camera_id]) > 1]
+    for other in ids[1:]:  # hardware-synced cameras: near 0; free-running ones: up to half a period
+        sk = frame_skews_ms(frames[ids[0]], frames[other])
+        t.add_row(f"cameras {ids[0]} / {other}: skew of nearest frames p50 / max", f"{np.median(sk):.1f} / {sk.max():.1f} ms")
     sim = hb[sim_node].metrics if sim_node and hb[sim_node] else {}
     if sim:
         t.add_row("physics real-time violations", f"{sim['realtime_violations']:.0f}")

@@ -230,6 +230,7 @@ class CollisionChecker:
             if (m.geom_contype[g] or m.geom_conaffinity[g]) and int(m.geom_bodyid[g]) in robot and g not in scene_geoms
         ]
         pairs: list[tuple[int, int, float, str]] = []
+        self._own_geoms = np.array([g for g in col if int(m.geom_bodyid[g]) in moving], int)  # (motion_bound)
         self._set(model.home_q)
         # the links that only the first joint moves keep their height when its axis is vertical (a
         # UR's shoulder turns 3 mm over its mounting surface): never checked against the table
@@ -326,15 +327,17 @@ class CollisionChecker:
                 self.m.opt.disableflags &= ~_NATIVE_CCD
         return d
 
-    def closest(self, q: np.ndarray) -> Contact | None:
+    def closest(self, q: np.ndarray, beyond_m: float = 0.0) -> Contact | None:
         """The checked pair with the smallest margin over its clearance at joint configuration
-        ``q`` (n,) rad, or None when every pair is farther than clearance + ``slowdown_m``."""
+        ``q`` (n,) rad, or None when every pair is farther than clearance + slow-down distance
+        (+ ``beyond_m``, m: a wider search, for an arm that may still move that far)."""
         self._set(np.asarray(q, float))
         best, best_margin = None, np.inf
-        for k in np.flatnonzero((self._lower_bounds() < self.distmax) & self._active):
+        distmax = self.distmax + beyond_m
+        for k in np.flatnonzero((self._lower_bounds() < distmax) & self._active):
             g1, g2, clear, group = self._pairs[k]
-            dist = self._distance(g1, g2, self.distmax)
-            if dist - clear < best_margin and dist < self.distmax:
+            dist = self._distance(g1, g2, distmax)
+            if dist - clear < best_margin and dist < distmax:
                 best, best_margin = (g1, g2, dist, clear, group), dist - clear
         if best is None:
             return None
@@ -343,6 +346,18 @@ class CollisionChecker:
         a = self.body_name[int(self.m.geom_bodyid[g1])]
         b = name(g2) if group in ("scene", "fingers") else self.body_name[int(self.m.geom_bodyid[g2])]
         return Contact(a, b.removeprefix("rs_ob_").removeprefix("rs_"), dist, clear, group)
+
+    def motion_bound(self, q_a: np.ndarray, q_b: np.ndarray) -> float:
+        """An upper bound (m) on how far any point of this arm's collision geometry lies apart
+        between joint configurations ``q_a`` and ``q_b`` (n,) rad: per geom, its bounding sphere's
+        centre displacement plus its rotation angle times the sphere's radius. For a short move (a
+        brake), the distance any point travels, to first order."""
+        g, r = self._own_geoms, self.m.geom_rbound[self._own_geoms]
+        self._set(np.asarray(q_a, float))
+        xa, ra = self.d.geom_xpos[g].copy(), self.d.geom_xmat[g].copy()
+        self._set(np.asarray(q_b, float))
+        cos = np.clip((np.sum(ra * self.d.geom_xmat[g], axis=1) - 1.0) / 2.0, -1.0, 1.0)  # trace(Ra^T Rb)
+        return float(np.max(np.linalg.norm(self.d.geom_xpos[g] - xa, axis=1) + np.arccos(cos) * r))
 
     def violation(self, q: np.ndarray) -> Contact | None:
         """The closest pair if it is closer than its clearance at ``q``, else None."""

@@ -35,6 +35,7 @@ command and publishes the state.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ class ServoCore:
         self._margin_prev = np.inf  # the collision margin at the last tick, m
         self.min_margin_m = float("inf")  # smallest collision margin commanded, m (metrics)
         self._slowed = False  # inside a collision slow-down at the last tick
+        self._free_s = 0.0  # time since the last slowed tick, s
         self._peer_stamp: dict[str, int] = {}  # the other arms' states taken (stamp_ns per node)
         self._peer_stale: set[str] = set()  # other arms whose newest state is stale
 
@@ -320,18 +322,26 @@ class ServoCore:
             raise self.checker._violation("collision", f"waypoint {i}: {hit.describe()}")
         return i
 
-    def _collision_guard(self, q_brake: np.ndarray, x: np.ndarray, dt: float) -> bool:
-        """Servo-rate collision check of the brake point of this tick's command (``q_brake``, rad:
-        :meth:`ServoGuard.brake_point`): False to stop (the schedule is dropped); else the
-        slow-down, as the lag of the schedule's clock. ``x``: the plan's point this tick (joints or
-        TCP pose): only a plan that moves is slowed."""
-        c = self.contact = self.collision.closest(q_brake)
+    def _collision_guard(self, q_cmd: np.ndarray, q_brake: np.ndarray, x: np.ndarray, dt: float) -> bool:
+        """Servo-rate collision check of this tick's command ``q_cmd`` and of the stop that could
+        follow it: the margin counted is the command's closest pair's margin less how far any
+        point of the arm moves from ``q_cmd`` to its brake point ``q_brake``
+        (:meth:`ServoGuard.brake_point`, :meth:`CollisionChecker.motion_bound`), so an arm
+        approaching fast keeps its braking distance clear as well. False to stop (the schedule is
+        dropped; the caller withdraws the command); else the slow-down, as the lag of the schedule's
+        clock. ``x``: the plan's point this tick (joints or TCP pose): only a plan that moves is
+        slowed."""
+        reach = self.collision.motion_bound(q_cmd, q_brake) if self.guard.moving else 0.0
+        c = self.collision.closest(q_cmd, beyond_m=reach)
+        if c is not None:  # the pair's distance once braked, at worst
+            c = dataclasses.replace(c, distance=c.distance - reach)
+        self.contact = c
         margin = np.inf if c is None else c.margin
         approaching, self._margin_prev = margin < self._margin_prev, margin
         if c is not None and (c.margin < 0 or (self.lag_ns >= self.MAX_LAG_NS and approaching)):
             self.counters["collision_stop"] += 1
             why = "" if c.margin < 0 else f" (slowed by {self.lag_ns / 1e6:.0f} ms and still approaching)"
-            log.error("collision: stopping the arm before %s%s", c.describe(), why)
+            log.error("collision: stopping the arm before %s, braking %.1f mm included%s", c.describe(), reach * 1e3, why)
             self.drop_schedule()
             return False
         self.min_margin_m = min(self.min_margin_m, margin)
@@ -346,7 +356,10 @@ class ServoCore:
             self.lag_ns += int((1.0 - scale) * dt * 1e9)
         elif self.lag_ns and scale >= 1.0:
             self.lag_ns = max(0, self.lag_ns - int(self.CATCH_UP * dt * 1e9))
-        self._slowed = scale < 1.0
+        # a slow-down ends after 50 ms free (slowing shortens the braking distance, which can lift
+        # the margin over the slow-down distance for a tick: one slow-down, not two)
+        self._free_s = 0.0 if scale < 1.0 else self._free_s + dt
+        self._slowed = scale < 1.0 or (self._slowed and self._free_s < 0.05)
         return True
 
     def _merge(self, pend: _Pending, t: int) -> None:
@@ -426,7 +439,7 @@ class ServoCore:
                 # from the last command ends at the brake point the last tick checked
                 before = self.guard.save()
                 q = self.guard.track(q_des, dt)
-                if not self._collision_guard(self.guard.brake_point(), x, dt):
+                if not self._collision_guard(q, self.guard.brake_point(), x, dt):
                     self.guard.restore(before)
                     withdrawn = True
             else:
