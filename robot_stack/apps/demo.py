@@ -181,7 +181,9 @@ def run_square(quick: bool = False, verbose: bool = False, config: str | Path | 
     ids = [c.camera_id for c in cams.values() if len(frames[c.camera_id]) > 1]
     for other in ids[1:]:  # hardware-synced cameras: near 0; free-running ones: up to half a period
         sk = frame_skews_ms(frames[ids[0]], frames[other])
-        t.add_row(f"cameras {ids[0]} / {other}: skew of nearest frames p50 / max", f"{np.median(sk):.1f} / {sk.max():.1f} ms")
+        t.add_row(
+            f"cameras {ids[0]} / {other}: skew of nearest frames p50 / max", f"{np.median(sk):.1f} / {sk.max():.1f} ms"
+        )
     sim = hb[sim_node].metrics if sim_node and hb[sim_node] else {}
     if sim:
         t.add_row("physics real-time violations", f"{sim['realtime_violations']:.0f}")

@@ -327,17 +327,25 @@ class CollisionChecker:
                 self.m.opt.disableflags &= ~_NATIVE_CCD
         return d
 
-    def closest(self, q: np.ndarray, beyond_m: float = 0.0) -> Contact | None:
+    def closest(self, q: np.ndarray, motion: np.ndarray | None = None) -> Contact | None:
         """The checked pair with the smallest margin over its clearance at joint configuration
-        ``q`` (n,) rad, or None when every pair is farther than clearance + slow-down distance
-        (+ ``beyond_m``, m: a wider search, for an arm that may still move that far)."""
+        ``q`` (n,) rad, or None when every pair is farther than clearance + slow-down distance.
+
+        Args:
+            motion: (ngeom,) m, how far each geom may still move (:meth:`motion_bound`: an arm
+                that brakes from ``q``); a pair's distance is then counted less both its geoms'
+                motions (the pair's distance once they have moved, at worst), and the search
+                reaches that much further.
+        """
         self._set(np.asarray(q, float))
         best, best_margin = None, np.inf
-        distmax = self.distmax + beyond_m
-        for k in np.flatnonzero((self._lower_bounds() < distmax) & self._active):
+        lower = self._lower_bounds()
+        extra = 0.0 if motion is None else motion[self._g1] + motion[self._g2]
+        for k in np.flatnonzero((lower - extra < self.distmax) & self._active):
             g1, g2, clear, group = self._pairs[k]
-            dist = self._distance(g1, g2, distmax)
-            if dist - clear < best_margin and dist < distmax:
+            more = 0.0 if motion is None else float(extra[k])
+            dist = self._distance(g1, g2, self.distmax + more) - more
+            if dist - clear < best_margin and dist < self.distmax:
                 best, best_margin = (g1, g2, dist, clear, group), dist - clear
         if best is None:
             return None
@@ -347,17 +355,19 @@ class CollisionChecker:
         b = name(g2) if group in ("scene", "fingers") else self.body_name[int(self.m.geom_bodyid[g2])]
         return Contact(a, b.removeprefix("rs_ob_").removeprefix("rs_"), dist, clear, group)
 
-    def motion_bound(self, q_a: np.ndarray, q_b: np.ndarray) -> float:
-        """An upper bound (m) on how far any point of this arm's collision geometry lies apart
-        between joint configurations ``q_a`` and ``q_b`` (n,) rad: per geom, its bounding sphere's
-        centre displacement plus its rotation angle times the sphere's radius. For a short move (a
-        brake), the distance any point travels, to first order."""
+    def motion_bound(self, q_a: np.ndarray, q_b: np.ndarray) -> np.ndarray:
+        """(ngeom,) m: for each geom of this arm, an upper bound on how far its points lie apart
+        between joint configurations ``q_a`` and ``q_b`` (n,) rad: its bounding sphere's centre
+        displacement plus its rotation angle times the sphere's radius (0 for every other geom).
+        For a short move (a brake), how far any of its points travels, to first order."""
         g, r = self._own_geoms, self.m.geom_rbound[self._own_geoms]
         self._set(np.asarray(q_a, float))
         xa, ra = self.d.geom_xpos[g].copy(), self.d.geom_xmat[g].copy()
         self._set(np.asarray(q_b, float))
         cos = np.clip((np.sum(ra * self.d.geom_xmat[g], axis=1) - 1.0) / 2.0, -1.0, 1.0)  # trace(Ra^T Rb)
-        return float(np.max(np.linalg.norm(self.d.geom_xpos[g] - xa, axis=1) + np.arccos(cos) * r))
+        out = np.zeros(self.m.ngeom)
+        out[g] = np.linalg.norm(self.d.geom_xpos[g] - xa, axis=1) + np.arccos(cos) * r
+        return out
 
     def violation(self, q: np.ndarray) -> Contact | None:
         """The closest pair if it is closer than its clearance at ``q``, else None."""

@@ -35,7 +35,6 @@ command and publishes the state.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -324,24 +323,27 @@ class ServoCore:
 
     def _collision_guard(self, q_cmd: np.ndarray, q_brake: np.ndarray, x: np.ndarray, dt: float) -> bool:
         """Servo-rate collision check of this tick's command ``q_cmd`` and of the stop that could
-        follow it: the margin counted is the command's closest pair's margin less how far any
-        point of the arm moves from ``q_cmd`` to its brake point ``q_brake``
-        (:meth:`ServoGuard.brake_point`, :meth:`CollisionChecker.motion_bound`), so an arm
-        approaching fast keeps its braking distance clear as well. False to stop (the schedule is
+        follow it: each pair's distance at ``q_cmd`` is counted less how far its geoms can move
+        on the way to the brake point ``q_brake`` (:meth:`ServoGuard.brake_point`,
+        :meth:`CollisionChecker.motion_bound`), so an arm approaching fast keeps its braking
+        distance clear as well. False to stop (the schedule is
         dropped; the caller withdraws the command); else the slow-down, as the lag of the schedule's
         clock. ``x``: the plan's point this tick (joints or TCP pose): only a plan that moves is
         slowed."""
-        reach = self.collision.motion_bound(q_cmd, q_brake) if self.guard.moving else 0.0
-        c = self.collision.closest(q_cmd, beyond_m=reach)
-        if c is not None:  # the pair's distance once braked, at worst
-            c = dataclasses.replace(c, distance=c.distance - reach)
-        self.contact = c
+        motion = self.collision.motion_bound(q_cmd, q_brake) if self.guard.moving else None
+        reach = 0.0 if motion is None else float(motion.max())
+        c = self.contact = self.collision.closest(q_cmd, motion)  # its distance once braked, at worst
         margin = np.inf if c is None else c.margin
         approaching, self._margin_prev = margin < self._margin_prev, margin
         if c is not None and (c.margin < 0 or (self.lag_ns >= self.MAX_LAG_NS and approaching)):
             self.counters["collision_stop"] += 1
             why = "" if c.margin < 0 else f" (slowed by {self.lag_ns / 1e6:.0f} ms and still approaching)"
-            log.error("collision: stopping the arm before %s, braking %.1f mm included%s", c.describe(), reach * 1e3, why)
+            log.error(
+                "collision: stopping the arm before %s (braking up to %.1f mm counted)%s",
+                c.describe(),
+                reach * 1e3,
+                why,
+            )
             self.drop_schedule()
             return False
         self.min_margin_m = min(self.min_margin_m, margin)
