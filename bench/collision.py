@@ -9,6 +9,9 @@ joint configurations whose TCP lies in the default workspace box:
   p50/p99, and its share of the 2 ms servo period (500 Hz): what the arm node pays every tick;
 - the scene pairs alone (links against the table: what a servo-rate check needs between
   schedule checks);
+- the servo tick's check as the arm node runs it: the braking motion of every geom to a brake
+  point a few centimetres on (``motion_bound``), then the full check with each pair's distance
+  less its geoms' motions (``closest(q, motion)``), for one arm and for the two-arm scene;
 - a schedule check (``check_path``) of 16 waypoints (a 1.6 s action chunk at 10 Hz) and of 1,024
   (a 10 s joint trajectory at 100 Hz), each joint at a random speed within 0.3 rad/s.
 
@@ -77,6 +80,17 @@ def main() -> int:
         two.set_other("left", others[i], others[(i + 1) % n])  # measured and planned: both copies checked
         two.closest(qs[i])
 
+    # the servo tick's check: the command and the stop that could follow it, its brake point a
+    # few centimetres on (each joint up to 0.03 rad: about a brake from 0.5 rad/s)
+    brakes = qs + rng.uniform(-0.03, 0.03, qs.shape)
+
+    def tick(checker, i):
+        checker.closest(qs[i], checker.motion_bound(qs[i], brakes[i]))
+
+    def two_arm_tick(i):
+        two.set_other("left", others[i], others[(i + 1) % n])
+        tick(two, i)
+
     def fk(q):
         full.d.qpos[full.qpos_adr] = q
         mujoco.mj_kinematics(full.m, full.d)
@@ -86,6 +100,8 @@ def main() -> int:
         (f"full check ({len(full.pairs)} pairs)", timed(full.closest, qs)),
         (f"scene pairs only ({len(scene.pairs)} pairs)", timed(scene.closest, qs)),
         (f"two-arm scene ({len(two.pairs)} pairs)", timed(two_arm, range(n))),
+        ("servo tick, one arm (braking motion)", timed(lambda i: tick(full, i), range(n))),
+        ("servo tick, two-arm scene", timed(two_arm_tick, range(n))),
     ]
     for k in (16, 1024):  # 16: a 1.6 s action chunk at 10 Hz; 1,024: a 10 s joint trajectory at 100 Hz
         dt = 0.1 if k == 16 else 0.01

@@ -12,7 +12,8 @@ frames is one ``freezes`` and 100 ``duplicates``) and logged when it starts and 
 - **gap**: the counter skipped frames (``frames_lost`` counts them; a counter that goes backwards
   is a device reset, counted as a gap of 0 frames).
 - **rate low**: fewer frames delivered than ``min_rate_fraction`` of the configured rate over the
-  last ``window_s`` (repeated frames count as delivered: a freeze is not a rate drop).
+  last ``window_s`` (repeated frames count as delivered: a freeze is not a rate drop); it ends
+  once the rate is back over ``min_rate_fraction`` + 0.1 of it.
 - **clock jump**: the driver's device-clock mapping restarted
   (:class:`~robot_stack.runtime.clock.DeviceClockMapper` ``jumps``).
 """
@@ -115,7 +116,9 @@ class FrameHealth:
         if self._t_first is None or t_ns - self._t_first < self.window_ns:
             return
         self.rate_hz = len(self._delivered) * 1e9 / self.window_ns
-        low = self.rate_hz < self.min_fraction * self.rate
+        # back to normal only at 90 % of the configured rate (hysteresis: no flapping at the bound)
+        bound = (self.min_fraction + 0.1) if self._rate_low else self.min_fraction
+        low = self.rate_hz < bound * self.rate
         if low and not self._rate_low:
             self.counts["rate_drops"] += 1
             log.warning(

@@ -230,7 +230,8 @@ class CollisionChecker:
             if (m.geom_contype[g] or m.geom_conaffinity[g]) and int(m.geom_bodyid[g]) in robot and g not in scene_geoms
         ]
         pairs: list[tuple[int, int, float, str]] = []
-        self._own_geoms = np.array([g for g in col if int(m.geom_bodyid[g]) in moving], int)  # (motion_bound)
+        self._own_mask = np.zeros(m.ngeom, bool)  # this arm's moving geoms (motion_bound)
+        self._own_mask[[g for g in col if int(m.geom_bodyid[g]) in moving]] = True
         self._set(model.home_q)
         # the links that only the first joint moves keep their height when its axis is vertical (a
         # UR's shoulder turns 3 mm over its mounting surface): never checked against the table
@@ -281,6 +282,7 @@ class CollisionChecker:
         names = [self.m.body(int(self.m.geom_bodyid[g])).name for g in self._g2]
         self._plan_of = np.array([n.split("/")[0] if f"/{PLAN}/" in n else "" for n in names], dtype=object)
         self._active = self._plan_of == ""
+        self._self_pairs = np.array([k for k, p in enumerate(self._pairs) if p[3] == "self"], int)
 
     def _lower_bounds(self) -> np.ndarray:
         """A lower bound of every pair's distance at the current posture, m: bounding spheres
@@ -332,15 +334,15 @@ class CollisionChecker:
         ``q`` (n,) rad, or None when every pair is farther than clearance + slow-down distance.
 
         Args:
-            motion: (ngeom,) m, how far each geom may still move (:meth:`motion_bound`: an arm
-                that brakes from ``q``); a pair's distance is then counted less both its geoms'
-                motions (the pair's distance once they have moved, at worst), and the search
-                reaches that much further.
+            motion: (pairs,) m, how much closer each pair may still come (:meth:`motion_bound`:
+                an arm that brakes from ``q``); a pair's distance is then counted less that (its
+                distance once the arm has moved, at worst), and the search reaches that much
+                further.
         """
         self._set(np.asarray(q, float))
         best, best_margin = None, np.inf
         lower = self._lower_bounds()
-        extra = 0.0 if motion is None else motion[self._g1] + motion[self._g2]
+        extra = 0.0 if motion is None else motion
         for k in np.flatnonzero((lower - extra < self.distmax) & self._active):
             g1, g2, clear, group = self._pairs[k]
             more = 0.0 if motion is None else float(extra[k])
@@ -356,17 +358,33 @@ class CollisionChecker:
         return Contact(a, b.removeprefix("rs_ob_").removeprefix("rs_"), dist, clear, group)
 
     def motion_bound(self, q_a: np.ndarray, q_b: np.ndarray) -> np.ndarray:
-        """(ngeom,) m: for each geom of this arm, an upper bound on how far its points lie apart
-        between joint configurations ``q_a`` and ``q_b`` (n,) rad: its bounding sphere's centre
-        displacement plus its rotation angle times the sphere's radius (0 for every other geom).
-        For a short move (a brake), how far any of its points travels, to first order."""
-        g, r = self._own_geoms, self.m.geom_rbound[self._own_geoms]
+        """(pairs,) m: for each checked pair, an upper bound on how much closer its two geoms can
+        be at joint configuration ``q_b`` (n,) rad than at ``q_a``, for a short move between them
+        (a brake; to first order along the way). A geom's points move by at most its bounding
+        sphere's centre displacement plus its rotation angle times the sphere's radius; for a pair
+        with the scene or another arm, that of this arm's geom; for a pair within this arm, the
+        same measured in the first geom's frame (the motion of the links both hang from cancels).
+        """
+        g1, g2, r = self._g1, self._g2, self.m.geom_rbound
         self._set(np.asarray(q_a, float))
-        xa, ra = self.d.geom_xpos[g].copy(), self.d.geom_xmat[g].copy()
+        xa, ra = self.d.geom_xpos.copy(), self.d.geom_xmat.reshape(-1, 3, 3).copy()
         self._set(np.asarray(q_b, float))
-        cos = np.clip((np.sum(ra * self.d.geom_xmat[g], axis=1) - 1.0) / 2.0, -1.0, 1.0)  # trace(Ra^T Rb)
-        out = np.zeros(self.m.ngeom)
-        out[g] = np.linalg.norm(self.d.geom_xpos[g] - xa, axis=1) + np.arccos(cos) * r
+        xb, rb = self.d.geom_xpos, self.d.geom_xmat.reshape(-1, 3, 3)
+
+        def angle(a, b):  # rotation angle between rotation matrices (k, 3, 3): trace(a^T b)
+            return np.arccos(np.clip((np.einsum("kij,kij->k", a, b) - 1.0) / 2.0, -1.0, 1.0))
+
+        own = self._own_mask
+        moved = np.where(own, np.linalg.norm(xb - xa, axis=1) + angle(ra, rb) * r, 0.0)  # per geom
+        out = moved[g1] + moved[g2]
+        s = self._self_pairs
+        if len(s):
+            a1, b1 = ra[g1[s]], rb[g1[s]]  # the first geom's frames
+            rel_a = np.einsum("kji,kj->ki", a1, xa[g2[s]] - xa[g1[s]])
+            rel_b = np.einsum("kji,kj->ki", b1, xb[g2[s]] - xb[g1[s]])
+            rot_a = np.einsum("kji,kjl->kil", a1, ra[g2[s]])
+            rot_b = np.einsum("kji,kjl->kil", b1, rb[g2[s]])
+            out[s] = np.linalg.norm(rel_b - rel_a, axis=1) + angle(rot_a, rot_b) * r[g2[s]]
         return out
 
     def violation(self, q: np.ndarray) -> Contact | None:

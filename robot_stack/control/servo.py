@@ -18,10 +18,11 @@ tick returns the joint command for the driver. It owns:
 - collision checks (with a :class:`~robot_stack.control.collision.CollisionChecker`): a joint
   schedule whose interpolated path comes closer to the scene or to the arm itself than the
   clearance is refused by name (``collision``), in slices like the workspace scan; at servo rate
-  every tick's command is checked at its brake point (where a jerk-limited stop begun after it
-  would end: :meth:`~robot_stack.control.safety.ServoGuard.brake_point`): closer than the
-  clearance withdraws the command, stops the arm from the last one (whose brake point was
-  checked clear) and drops the schedule (``collision_stop``), and while a moving plan is within the slow-down
+  every tick's command is checked with the stop that could follow it (each pair's distance less
+  how far its geoms can move until the brake point, where a jerk-limited stop begun after the
+  command would end: :meth:`~robot_stack.control.safety.ServoGuard.brake_point`): closer than the
+  clearance withdraws the command, stops the arm from the last one (whose braking was checked
+  clear) and drops the schedule (``collision_stop``), and while a moving plan is within the slow-down
   distance the schedule's clock runs slower in proportion to the margin (MoveIt Servo's collision
   velocity scaling, applied as time scaling so that the path stays the commanded one; a held
   target adds no lag, and a plan slowed by :attr:`ServoCore.MAX_LAG_NS` in all is stopped like one
