@@ -327,9 +327,8 @@ class ServoCore:
         follow it: each pair's distance at ``q_cmd`` is counted less how far its geoms can move
         on the way to the brake point ``q_brake`` (:meth:`ServoGuard.brake_point`,
         :meth:`CollisionChecker.motion_bound`), so an arm approaching fast keeps its braking
-        distance clear as well. False to stop (the schedule is
-        dropped; the caller withdraws the command); else the slow-down, as the lag of the schedule's
-        clock. ``x``: the plan's point this tick (joints or TCP pose): only a plan that moves is
+        distance clear as well. False to stop (the schedule is dropped; the caller withdraws the
+        command); else the slow-down, as the lag of the schedule's clock. ``x``: the plan's point this tick (joints or TCP pose): only a plan that moves is
         slowed."""
         motion = self.collision.motion_bound(q_cmd, q_brake) if self.guard.moving else None
         reach = 0.0 if motion is None else float(motion.max())
@@ -436,10 +435,10 @@ class ServoCore:
                 q_des = self.q_ik = self.kin.ik(x, seed, iters=self.ik_iters, raise_on_fail=False)
             withdrawn = False
             if self.collision is not None and np.all(np.isfinite(q_des)):
-                # the tick's command is kept only if a stop begun after it ends clear of collision:
-                # checked at its brake point, not at q_des (the guard's command lags q_des and brakes
-                # from speed, and a late tick moves q_des far at once); else withdrawn, and the stop
-                # from the last command ends at the brake point the last tick checked
+                # the tick's command is kept only if it and a stop begun after it stay clear: the
+                # command checked with its braking motion, not q_des (the guard's command lags q_des
+                # and brakes from speed, and a late tick moves q_des far at once); else withdrawn,
+                # and the arm stops from the last command, whose braking the last tick checked
                 before = self.guard.save()
                 q = self.guard.track(q_des, dt)
                 if not self._collision_guard(q, self.guard.brake_point(), x, dt):
