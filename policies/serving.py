@@ -22,14 +22,24 @@ def frozen_count(msg: ObservationWindow) -> int | None:
 
 def check_request(msg: Message, md: PolicyMetadata, max_obs_age_s: float) -> ErrorReply | None:
     """None for a request the policy may see; else the ErrorReply naming what is wrong: not an
-    observation window (``bad_request``), keys/shapes/dtypes against ``md`` or a prefix of the wrong
-    width (``bad_observation``), an observation older than ``max_obs_age_s`` s (``stale``)."""
+    observation window (``bad_request``), keys/shapes/dtypes against ``md``, a non-finite value in
+    a float observation or in the prefix, or a prefix of the wrong width (``bad_observation``), an
+    observation older than ``max_obs_age_s`` s (``stale``)."""
     if not isinstance(msg, ObservationWindow):
         return ErrorReply(code="bad_request", reason=f"expected observation_window, got {msg.SCHEMA}")
     try:
         md.validate(msg.obs)
     except ObservationError as e:
         return ErrorReply(request_id=msg.request_id, code="bad_observation", reason=str(e))
+    arrays = [(k, np.asarray(a)) for k, a in msg.obs.items()]
+    if msg.committed_prefix is not None:
+        arrays.append(("committed prefix", np.asarray(msg.committed_prefix)))
+    for k, a in arrays:
+        if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            return ErrorReply(
+                request_id=msg.request_id, code="bad_observation", reason=f"{k}: {bad} non-finite values (NaN or inf)"
+            )
     if len(msg.obs_age_ns) and msg.obs_age_ns.max() > max_obs_age_s * 1e9:
         return ErrorReply(
             request_id=msg.request_id,

@@ -143,6 +143,7 @@ class PolicyNode(Node):
         self.requests = 0  # answered with a chunk
         self.batches = 0
         self.rejected = 0
+        self.non_finite = 0  # inferences whose actions were not all finite (refused)
         self._lock = threading.Lock()  # the ZeroMQ loop and the openpi thread share the policy
         self.openpi = None
         if self.params.openpi is not None:
@@ -267,7 +268,17 @@ class PolicyNode(Node):
                 )
                 continue
             actions, frozen = res
-            if self.params.fault != "none":
+            if not np.all(np.isfinite(actions)):  # no reply carries a non-finite action
+                self.non_finite += 1
+                log.error(
+                    "policy answered %d non-finite actions: refused",
+                    int(np.size(actions) - np.count_nonzero(np.isfinite(actions))),
+                )
+                replies[i] = ErrorReply(
+                    request_id=m.request_id, code="non_finite_actions", reason="the policy's actions are not all finite"
+                )
+                continue
+            if self.params.fault != "none":  # (after the check: the campaign's stand-in for a broken remote server)
                 actions = inject_fault(np.array(actions, np.float32), self.params.fault)
             self.inference_ms.append(dt_ns / 1e6)
             self.requests += 1
@@ -318,6 +329,7 @@ class PolicyNode(Node):
         m = {
             "requests": float(self.requests),
             "rejected": float(self.rejected),
+            "non_finite_actions": float(self.non_finite),
             "decode_errors": float(self.server.stats.decode_errors),
         }
         if self.openpi is not None:
