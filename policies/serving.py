@@ -56,6 +56,23 @@ def check_request(msg: Message, md: PolicyMetadata, max_obs_age_s: float) -> Err
     return None
 
 
+#: what a request may carry beyond its arrays (msgpack header, keys, an openpi client's extras), bytes
+REQUEST_SLACK_BYTES = 1 << 20
+
+
+def request_size_cap(md: PolicyMetadata) -> int:
+    """The largest request a policy with metadata ``md`` needs to read, bytes: twice its
+    observation window (every key at To x shape x itemsize, as float64 where it is a float: an
+    openpi client may send doubles) plus an RTC prefix of H x action_dim float32, plus
+    :data:`REQUEST_SLACK_BYTES`. Servers refuse larger requests before reading them."""
+    obs = 0
+    for shape, dtype in md.obs_shapes.values():
+        dt = np.dtype(dtype)
+        itemsize = 8 if dt.kind == "f" else dt.itemsize
+        obs += md.obs_horizon * int(np.prod(shape, dtype=np.int64)) * itemsize
+    return 2 * (obs + md.horizon * md.action_dim * 4) + REQUEST_SLACK_BYTES
+
+
 def metadata_to_dict(md: PolicyMetadata) -> dict:
     """Plain data (msgpack-able) for a :class:`PolicyMetadata` (norm_stats left out)."""
     return {

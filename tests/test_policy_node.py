@@ -84,3 +84,70 @@ def test_a_policy_that_answers_nan_sends_no_chunk(policy, monkeypatch):
     out, err = policy._openpi_infer({"observation/state": GOOD})
     assert out is None and err.startswith("non_finite_actions")
     assert policy.metrics()["non_finite_actions"] == 2 and policy.metrics()["requests"] == 0
+
+
+@pytest.mark.processes
+def test_a_request_over_the_size_cap_is_refused_unread_and_stalls_no_other_client(node_builder, tmp_path):
+    """The policy node's ZeroMQ server refuses a request frame larger than its cap (from the
+    policy's spec) as it arrives (ZeroMQ's MAXMSGSIZE: the sender is disconnected and times out);
+    a client with a normal request is answered meanwhile. Over openpi's protocol the websocket
+    closes with 1009 (message too big) and the other connection is served."""
+    import threading
+
+    import socket
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from robot_stack.comm.openpi import OpenpiServerConfig, packb, unpackb
+    from robot_stack.comm.transport import RequestClient, TransportTimeout
+    from robot_stack.testing import build_node
+
+    with socket.socket() as probe:  # a free loopback port for the websocket server
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    setup = {"name": "pol_cap", "run_dir": str(tmp_path), "nodes": {"policy": {**SETUP["nodes"]["policy"]}}}
+    setup["nodes"]["policy"]["params"] = {
+        **setup["nodes"]["policy"]["params"],
+        "openpi": OpenpiServerConfig(port=free_port, keys={"observation/state": "ee_pose"}).model_dump(),
+    }
+    node = build_node(setup, "policy", run_dir=tmp_path)
+    cap = node.max_request_bytes
+    assert 1 << 20 < cap < 2 << 20  # 1 MiB of slack over a goto policy's tiny window
+    stop = threading.Event()
+    loop = threading.Thread(target=lambda: [node.step() for _ in iter(stop.is_set, True)], daemon=True)
+    loop.start()
+    endpoint = node.ctx.config.in_endpoint("policy", tmp_path)
+    big, small = RequestClient(endpoint, "big", timeout_s=1.0), RequestClient(endpoint, "small", timeout_s=5.0)
+    try:
+        huge = _window(GOOD)
+        huge.obs["extra"] = np.zeros(cap, np.float32)  # 4x the cap in bytes: never read
+        result = {}
+
+        def send_big():
+            try:
+                result["big"] = big.request("infer", huge)
+            except TransportTimeout as e:
+                result["big"] = e
+
+        t = threading.Thread(target=send_big)
+        t.start()
+        assert isinstance(small.request("infer", _window(GOOD)), ActionChunk)
+        t.join(5)
+        assert isinstance(result["big"], TransportTimeout)
+        assert node.metrics()["requests"] == 1 and node.metrics()["decode_errors"] == 0
+        port = node.openpi.port
+        with connect(f"ws://127.0.0.1:{port}", max_size=None) as ws_big, connect(f"ws://127.0.0.1:{port}") as ws_ok:
+            ws_big.recv(), ws_ok.recv()  # the metadata
+            ws_big.send(packb({"observation/state": np.zeros(cap, np.float32)}))
+            with pytest.raises(ConnectionClosed) as closed:
+                ws_big.recv(timeout=5)
+            assert closed.value.rcvd.code == 1009
+            ws_ok.send(packb({"observation/state": GOOD}))
+            assert np.asarray(unpackb(ws_ok.recv(timeout=5))["actions"]).shape[1] == 8
+    finally:
+        stop.set()
+        loop.join(5)
+        big.close()
+        small.close()
+        node.shutdown()

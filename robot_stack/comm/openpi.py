@@ -181,6 +181,8 @@ class OpenpiServer:
         infer: called per request with the decoded observation dict; returns the reply dict
             (``actions`` and ``server_timing`` at least) or an error string.
         api_key: required ``Api-Key`` when set.
+        max_size: a message larger than this (bytes) is refused as it arrives, before it is read
+            whole (the websockets library closes that connection with code 1009); None: no cap.
 
     Raises:
         SecurityError: a non-loopback bind address.
@@ -194,6 +196,7 @@ class OpenpiServer:
         metadata: dict,
         infer: Callable[[dict], tuple[dict | None, str | None]],
         api_key: str | None = None,
+        max_size: int | None = None,
     ):
         from websockets.sync.server import serve
 
@@ -206,7 +209,7 @@ class OpenpiServer:
         self.metadata, self._infer, self._api_key = metadata, infer, api_key
         self.requests = self.errors = self.unauthorized = 0
         self._server = serve(
-            self._handler, host, port, compression=None, max_size=None, process_request=self._process_request
+            self._handler, host, port, compression=None, max_size=max_size, process_request=self._process_request
         )
         self.port = self._server.socket.getsockname()[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="openpi-ws", daemon=True)

@@ -583,11 +583,16 @@ class BatchReplyServer:
         endpoint: where to bind.
         source: node name written into every header.
         curve: CURVE server settings (required for non-local TCP).
+        max_msg_bytes: a request frame larger than this is refused before it is read (ZeroMQ's
+            ``ZMQ_MAXMSGSIZE``: the sending peer is disconnected, its REQ times out); None: no cap.
     """
 
-    def __init__(self, endpoint: str, source: str, *, curve: CurveServer | None = None):
+    def __init__(
+        self, endpoint: str, source: str, *, curve: CurveServer | None = None, max_msg_bytes: int | None = None
+    ):
         self.endpoint = endpoint
-        self._sock = _open(zmq.ROUTER, endpoint, True, curve)
+        opts = {} if max_msg_bytes is None else {"MAXMSGSIZE": int(max_msg_bytes)}
+        self._sock = _open(zmq.ROUTER, endpoint, True, curve, **opts)
         self._seq = _Sequencer(source)
         self.stats = TransportStats()
 

@@ -33,7 +33,7 @@ from robot_stack.comm.messages import ActionChunk, ErrorReply, Message, Observat
 from robot_stack.runtime.node import Node, NodeParams
 from robot_stack.comm.openpi import FROZEN_KEY, PREFIX_KEY, OpenpiServer, OpenpiServerConfig
 from robot_stack.comm.transport import BatchReplyServer, PendingRequest
-from robot_stack.policies.serving import check_request, committed_prefix, frozen_count, spec_message
+from robot_stack.policies.serving import check_request, committed_prefix, frozen_count, request_size_cap, spec_message
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,14 @@ class PolicyNode(Node):
         self.policy = self.params.backend.build(self.ctx, self.params)
         nc = self.ctx.node_config
         curve = nc.curve_server.build() if nc.curve_server else None
+        self.max_request_bytes = request_size_cap(self.policy.metadata)  # refused unread beyond it
         self.server = self.own(
-            BatchReplyServer(self.ctx.config.in_endpoint(self.name, self.ctx.run_dir), self.name, curve=curve)
+            BatchReplyServer(
+                self.ctx.config.in_endpoint(self.name, self.ctx.run_dir),
+                self.name,
+                curve=curve,
+                max_msg_bytes=self.max_request_bytes,
+            )
         )
         self.inference_ms: collections.deque[float] = collections.deque(maxlen=500)  # the recent ones
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=500)
@@ -154,7 +160,14 @@ class PolicyNode(Node):
                 if not key:
                     raise ValueError(f"openpi.api_key_env: environment variable {o.api_key_env} is not set")
             self.openpi = self.own(
-                OpenpiServer(o.host, o.port, self._openpi_metadata(), self._openpi_infer, api_key=key)
+                OpenpiServer(
+                    o.host,
+                    o.port,
+                    self._openpi_metadata(),
+                    self._openpi_infer,
+                    api_key=key,
+                    max_size=self.max_request_bytes,
+                )
             )
             log.info("openpi websocket policy server on ws://%s:%d", o.host, self.openpi.port)
 
