@@ -291,3 +291,50 @@ def test_the_bring_up_table_measures_the_skew_of_nearest_frames():
     assert len(sk) == 29 and np.allclose(sk, 5.0, atol=1e-6)  # a's first frame is before b's span
     synced = frame_skews_ms(a, [_frame("b", f.stamp_ns + 100_000) for f in a])
     assert synced.max() == pytest.approx(0.1)
+
+
+def test_the_recorder_keeps_each_frames_device_stamp(node_builder, fake_clock, fake_bus, tmp_path):
+    """The camera node (a device clock 20 ms ahead) and the recorder node in-process: the episode
+    holds every frame's host stamp, device stamp and counter as published."""
+    from robot_stack.comm.messages import EpisodeEvent
+    from robot_stack.data.dataset import list_episodes, open_episode
+
+    setup = {
+        "name": "rec_stamps",
+        "nodes": {
+            "arm": {"kind": "arm", "params": {"driver": {"type": "ideal"}}},
+            "cam": {
+                "kind": "camera",
+                "params": {
+                    "driver": {"type": "synthetic", "inject": {"clock_offset_ms": 20, "jitter_ms": 1}},
+                    "camera_id": "c",
+                    "width": 16,
+                    "height": 12,
+                    "rate_hz": 30,
+                    "depth": False,
+                },
+            },
+            "recorder": {"kind": "recorder", "params": {"root": str(tmp_path), "cameras": ["cam"]}},
+        },
+    }
+    cam, rec = node_builder(setup, "cam"), node_builder(setup, "recorder")
+    witness = fake_bus.subscriber(["cam"], ("camera/",), history=1000)
+    events = fake_bus.sender("recorder", "test")
+    events.send(EpisodeEvent.TOPIC, EpisodeEvent(kind="start"))
+    rec.step()
+    for _ in range(30):
+        cam.step()
+        rec.step()
+        fake_clock.advance(1 / 30)
+    events.send(EpisodeEvent.TOPIC, EpisodeEvent(kind="stop"))
+    rec.step()
+    fake_clock.advance(1.0)  # past the stop's grace period
+    rec.step()
+    ep = open_episode(list_episodes(tmp_path)[0])
+    sent = [f for f in witness.history("camera/c")]
+    kept = ep.array("camera/c", "stamp_ns")[:]
+    mine = [f for f in sent if kept[0] <= f.stamp_ns <= kept[-1]]
+    assert len(kept) == len(mine) > 20
+    assert np.array_equal(ep.device_stamps("c"), [f.device_stamp_ns for f in mine])
+    assert np.array_equal(ep.array("camera/c", "frame_index")[:], [f.frame_index for f in mine])
+    assert np.all(ep.device_stamps("c") > 10**12)

@@ -191,6 +191,8 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
             f"{c.get('chunks', 0):.0f} / {c.get('dropped_actions', 0):.0f} / {c.get('over_budget', 0):.0f}",
         )
         t.add_row("observation holds (stale stream)", f"{c.get('obs_holds', 0):.0f}")
+        if c.get("skew_holds"):
+            t.add_row("  of them: cameras out of sync (skew bound)", f"{c['skew_holds']:.0f}")
         if "fast_ticks" in c:
             t.add_row(
                 "fast layer: ticks / corrections, period p50 / p99, compute p99",
@@ -206,6 +208,8 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
             ("inference (policy compute)", "inference"),
             ("planning (strategy)", "planning"),
             ("waypoint send", "send"),
+            ("camera skew (spread of an observation's frames)", "camera_skew"),
+            ("robot state extrapolated to the anchor", "state_skew"),
         ]
         for label, k in stages:
             if f"stage_{k}_p50_ms" in c:
