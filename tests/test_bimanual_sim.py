@@ -316,7 +316,10 @@ def test_a_two_arm_episode_records_each_arm_by_name(tmp_path):
     assert {"robot_state/arm_left", "robot_state/arm_right", "action/arm_left", "action/arm_right"} <= streams, streams
     assert "robot_state" not in streams and "action" not in streams
     rl, rr = ep.load("robot_state/arm_left"), ep.load("robot_state/arm_right")
-    assert len(rl["stamp_ns"]) > 200 and len(rr["stamp_ns"]) > 200
+    # both arms' states through the 3 s (a loaded machine slows the sim: 188 per arm beside two
+    # CPU hogs, against about 300 idle)
+    for st in (rl["stamp_ns"], rr["stamp_ns"]):
+        assert len(st) > 60 and (st[-1] - st[0]) / 1e9 > 2.5, (len(st), (st[-1] - st[0]) / 1e9)
     assert np.abs(rl["ee_pose"][-1, :3] - rr["ee_pose"][-1, :3]).max() > 0.05  # two different arms
     al, ar = ep.load("action/arm_left"), ep.load("action/arm_right")
     assert len(al["target_ns"]) > 10
