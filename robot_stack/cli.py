@@ -400,6 +400,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         view=args.view,
         fast=args.fast,
+        endpoint=args.policy_endpoint,
     )
     return 0 if res.success else 1
 
@@ -686,7 +687,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deploy", help="run a trained policy on the robot (sim by default) for N episodes")
     _setup_args(p)
-    p.add_argument("--policy", type=Path, required=True, help="checkpoint (.safetensors) or ONNX export (.onnx)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--policy", type=Path, help="checkpoint (.safetensors) or ONNX export (.onnx)")
+    which.add_argument(
+        "--policy-endpoint",
+        metavar="URL",
+        help="a policy served elsewhere (ws:// or wss://: openpi's protocol, with the controller's "
+        "openpi_keys; tcp://: ours): the controller calls it and no local policy node starts",
+    )
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument(
         "--strategy",

@@ -151,3 +151,30 @@ def test_a_request_over_the_size_cap_is_refused_unread_and_stalls_no_other_clien
         big.close()
         small.close()
         node.shutdown()
+
+
+def test_a_deploy_against_a_remote_endpoint_starts_no_local_policy_node(tmp_path):
+    """``robot-stack deploy --policy-endpoint URL``: the controller calls the endpoint, the setup's
+    policy node is not started; a local policy file and an endpoint together are refused, as is
+    neither."""
+    from robot_stack.apps.deploy import deploy_session
+    from robot_stack.apps.demo import config_path
+
+    cfg = config_path("sim_panda_reach.yaml")
+    session, pol = deploy_session(cfg, None, endpoint="tcp://127.0.0.1:5557")
+    kinds = {n: session.cfg.nodes[n].kind for n in session.nodes}
+    assert pol is None and "policy" not in kinds.values() and "controller" in kinds.values()
+    ctl = next(n for n, k in kinds.items() if k == "controller")
+    assert session.cfg.nodes[ctl].typed.policy_endpoint == "tcp://127.0.0.1:5557"
+    local, pol = deploy_session(cfg, _a_policy_file(tmp_path))
+    assert pol is not None and pol in local.nodes
+    with pytest.raises(ValueError, match="either a policy file or a policy endpoint"):
+        deploy_session(cfg, _a_policy_file(tmp_path), endpoint="tcp://127.0.0.1:5557")
+    with pytest.raises(ValueError, match="either a policy file or a policy endpoint"):
+        deploy_session(cfg, None)
+
+
+def _a_policy_file(tmp_path):
+    p = tmp_path / "policy.safetensors"
+    p.write_bytes(b"not read here")
+    return p

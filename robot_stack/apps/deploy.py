@@ -45,15 +45,17 @@ class DeployResult:
         return float(np.mean(self.success)) if self.success else 0.0
 
 
-def deploy_nodes(cfg) -> list[str]:
+def deploy_nodes(cfg, remote: bool = False) -> list[str]:
     """Nodes a deployment needs: everything but the recorder, the scripted expert and cameras no
-    controller observes (rendering or streaming them would only take CPU from the loop). A
-    person's teleop device stays, for intervention."""
+    controller observes (rendering or streaming them would only take CPU from the loop); with
+    ``remote`` (the policy served elsewhere), no policy node either. A person's teleop device
+    stays, for intervention."""
     used = {c for nc in cfg.nodes.values() if nc.kind == "controller" for c in nc.typed.cameras}
     return [
         n
         for n, nc in cfg.nodes.items()
         if nc.kind != "recorder"
+        and not (remote and nc.kind == "policy")
         and (nc.kind != "camera" or n in used)
         and not (nc.kind == "teleop" and nc.typed.device.type == "scripted")
     ]
@@ -251,22 +253,27 @@ def deploy_backend(own: dict | None, policy: Path) -> dict:
 
 def deploy_session(
     config: str | Path,
-    policy: str | Path,
+    policy: str | Path | None,
     strategy: str | None = None,
     seed: int | None = None,
     view: str | None = None,
     verbose: bool = False,
     sets: dict | None = None,
     fast: str | Path | None = None,
+    endpoint: str | None = None,
 ):
     """A (not yet started) Session of ``config`` serving ``policy`` (.safetensors or .onnx) with the
-    controller driven by the policy; returns (session, policy node name). ``fast``: a fast-layer
-    file (slow-fast control, ``robot-stack train-fast``) the controller runs. ``sets``: more config
-    overrides (dotted paths, e.g. ``nodes.controller.params.cameras``), applied before the node
-    selection (a camera the controller then observes is started).
+    controller driven by the policy; returns (session, policy node name). ``endpoint``: instead of
+    ``policy``, a policy served elsewhere (``ws://``/``wss://``: openpi's protocol; ``tcp://``:
+    ours), which the controller calls; no local policy node is started (the name returned is
+    None). ``fast``: a fast-layer file (slow-fast control, ``robot-stack train-fast``) the
+    controller runs. ``sets``: more config overrides (dotted paths, e.g.
+    ``nodes.controller.params.cameras``), applied before the node selection (a camera the
+    controller then observes is started).
 
     Raises:
-        ValueError: the config has no policy or controller node. FileNotFoundError: no such policy.
+        ValueError: neither or both of ``policy`` and ``endpoint``; the config has no controller
+            node, or no policy node for a local policy. FileNotFoundError: no such policy.
     """
     from robot_stack.runtime.config import load_config
     from robot_stack.apps.session import Session, viewer_sets
@@ -277,26 +284,32 @@ def deploy_session(
 
     with tempfile.TemporaryDirectory() as d:  # the setup as the overrides make it (which cameras it observes)
         cfg = load_config(write_overridden(config, sets, Path(d)))
+    if (policy is None) == (endpoint is None):
+        raise ValueError("deploy needs either a policy file or a policy endpoint (not both)")
     pol = [n for n, nc in cfg.nodes.items() if nc.kind == "policy"]
     ctl = [n for n, nc in cfg.nodes.items() if nc.kind == "controller"]
-    if not pol or not ctl:
-        raise ValueError(f"{config}: deploy needs a policy node and a controller node")
-    policy = Path(policy).resolve()
-    if not policy.exists():
-        raise FileNotFoundError(f"policy {policy} not found")
-    nodes = deploy_nodes(cfg)
+    if not ctl or (endpoint is None and not pol):
+        raise ValueError(f"{config}: deploy needs a controller node" + ("" if endpoint else " and a policy node"))
+    nodes = deploy_nodes(cfg, remote=endpoint is not None)
     teleop = cfg.nodes[ctl[0]].typed.teleop
     extra_sets, sets = (
         sets,
         {
-            f"nodes.{pol[0]}.params.backend": deploy_backend(
-                cfg.nodes[pol[0]].typed.backend.model_dump(mode="json"), policy
-            ),
             f"nodes.{ctl[0]}.params.source": "policy",
             f"nodes.{ctl[0]}.params.teleop": teleop if teleop in nodes else None,
             f"nodes.{ctl[0]}.params.autostart": False,
         },
     )
+    if endpoint is not None:
+        sets[f"nodes.{ctl[0]}.params.policy_endpoint"] = endpoint
+        pol = [None]
+    else:
+        policy = Path(policy).resolve()
+        if not policy.exists():
+            raise FileNotFoundError(f"policy {policy} not found")
+        sets[f"nodes.{pol[0]}.params.backend"] = deploy_backend(
+            cfg.nodes[pol[0]].typed.backend.model_dump(mode="json"), policy
+        )
     if strategy:
         sets[f"nodes.{ctl[0]}.params.strategy"] = strategy
     if fast is not None:
@@ -323,20 +336,22 @@ def run_deploy(
     console=None,
     view: str | None = None,
     fast: str | Path | None = None,
+    endpoint: str | None = None,
 ) -> DeployResult:
-    """Start the stack with ``policy`` (a .safetensors checkpoint or an .onnx export), and the fast
-    layer ``fast`` when given (slow-fast control), and run episodes."""
+    """Start the stack with ``policy`` (a .safetensors checkpoint or an .onnx export) or a policy
+    served at ``endpoint`` (no local policy node), and the fast layer ``fast`` when given
+    (slow-fast control), and run episodes."""
     from rich.console import Console
 
     console = console or Console()
-    session, pol = deploy_session(config, policy, strategy, seed, view, verbose, fast=fast)
+    session, pol = deploy_session(config, policy, strategy, seed, view, verbose, fast=fast, endpoint=endpoint)
     try:
         with console.status("starting the stack (the policy node loads its model) ..."):
-            session.start((RobotState.TOPIC, Heartbeat.topic(pol)))
+            session.start((RobotState.TOPIC,) + ((Heartbeat.topic(pol),) if pol else ()))
         res = run_episodes(session, episodes, max_episode_s, console=console, seed=1000 if seed is None else seed)
     finally:
         session.close()
     ctl = [n for n in session.nodes if session.cfg.nodes[n].kind == "controller"][0]
-    label = f"deploy {Path(policy).name}" + (f" + fast layer {Path(fast).name}" if fast else "")
+    label = f"deploy {Path(policy).name if policy else endpoint}" + (f" + fast layer {Path(fast).name}" if fast else "")
     console.print(summary_table(res, f"{label} ({session.cfg.nodes[ctl].typed.strategy})"))
     return res
