@@ -295,3 +295,19 @@ def test_a_policy_whose_action_names_are_not_the_robots_is_refused_at_start(rig)
     run_workers(r.ctl)
     assert r.ctl._fatal is not None and "missing ['gripper_open']" in r.ctl._fatal and "wrist_roll" in r.ctl._fatal
     assert r.policy.requests == []
+
+
+def test_every_request_carries_the_episodes_task_text_as_its_prompt(rig):
+    """The setup's ``prompt`` until an episode's start event brings its own task text; a start
+    without one goes back to the setup's."""
+    r = rig(prompt="reach the cube")
+    r.tick(2)
+    run_workers(r.ctl)  # spec
+    run_workers(r.ctl)
+    assert [w.prompt for w in r.policy.requests] == ["reach the cube"]
+    for task, want in (("pick the red cube", "pick the red cube"), ("", "reach the cube")):
+        r.ctl_tx.send(EpisodeEvent.TOPIC, EpisodeEvent(kind="start", task=task))
+        for _ in range(12):
+            r.tick()
+            run_workers(r.ctl)
+        assert r.policy.requests[-1].prompt == want

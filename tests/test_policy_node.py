@@ -178,3 +178,32 @@ def _a_policy_file(tmp_path):
     p = tmp_path / "policy.safetensors"
     p.write_bytes(b"not read here")
     return p
+
+
+def test_the_prompt_travels_to_an_openpi_server_and_from_an_openpi_client(policy, monkeypatch):
+    """Our openpi client puts the window's prompt under openpi's ``prompt`` key (none when empty);
+    our policy node hands an openpi client's ``prompt`` to the policy's window."""
+    from robot_stack.comm.openpi import OpenpiClient, OpenpiKeys, packb, unpackb
+
+    class FakeWs:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, data):
+            self.sent.append(unpackb(data))
+
+        def recv(self, timeout=None):
+            return packb({"actions": np.zeros((4, 8), np.float32)})
+
+    client = OpenpiClient("ws://127.0.0.1:1", OpenpiKeys(keys={"observation/state": "ee_pose"}))
+    client._ws, client.metadata = FakeWs(), {}
+    window = _window(GOOD)
+    window.prompt = "pick the red cube"
+    client.request("infer", window)
+    client.request("infer", _window(GOOD))
+    assert client._ws.sent[0]["prompt"] == "pick the red cube" and "prompt" not in client._ws.sent[1]
+    seen = []
+    real = policy.handle
+    monkeypatch.setattr(policy, "handle", lambda topic, msg: seen.append(msg.prompt) or real(topic, msg))
+    out, err = policy._openpi_infer({"observation/state": GOOD, "prompt": "stack the cups"})
+    assert err is None and seen == ["stack the cups"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from robot_stack.runtime.clock import now_ns
-from robot_stack.apps.session import SessionError
+from robot_stack.apps.session import SessionError, episode_task_text
 from robot_stack.tasks import task_for_config
 from robot_stack.comm.messages import RobotState, TeleopCommand
 
@@ -101,7 +101,7 @@ def run_collect(
                 cube = session.reset(start_pose=task.start_pose(rng, session.home_pose()[3:]))
             saved_before = session.heartbeat(recorder).get("saved", 0.0)
             teleop_seq = session.sub.latest(TeleopCommand.TOPIC).seq if session.sub.latest(TeleopCommand.TOPIC) else -1
-            session.send_event("start", targets, episode=ep)
+            session.send_event("start", targets, episode=ep, task=episode_task_text(cfg, task))
             t0 = now_ns()
             outcome = "timeout"
             with console.status("") as st:

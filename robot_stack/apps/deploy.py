@@ -18,6 +18,7 @@ import numpy as np
 
 from robot_stack.runtime.clock import now_ns
 from robot_stack.tasks import ReachTask, task_for_config
+from robot_stack.apps.session import episode_task_text
 from robot_stack.comm.messages import Heartbeat, RobotState, WaypointSchedule
 from robot_stack.drivers.sim_messages import ObjectState
 
@@ -101,7 +102,7 @@ def run_episodes(
             raise RuntimeError("deploy's success check needs the sim world (hardware: use collect with intervention)")
         res.cube_poses.append(cube.tolist())
         session.raise_if_dead()  # a node that refused its setup (a spec mismatch) is named, not a send timeout
-        session.send_event("start", ctl, episode=ep)
+        session.send_event("start", ctl, episode=ep, task=episode_task_text(cfg, task))
         t0 = now_ns()
         ok, t_ok = False, None
         with console.status(f"{label}: episode {ep + 1}/{episodes} running ...") as st:

@@ -73,6 +73,14 @@ def write_overridden(config_path: str | Path, sets: dict | list[str] | None, fol
     return write_resolved(config_path, sets, folder)
 
 
+def episode_task_text(cfg, task) -> str:
+    """An episode's task text (the recorder keeps it; the controller sends it as the policy's
+    prompt): the setup's recorder ``task`` where set (``--set nodes.recorder.params.task=...``),
+    else the task definition's ``text``."""
+    set_ = next((nc.typed.task for nc in cfg.nodes.values() if nc.kind == "recorder" and nc.typed.task), "")
+    return set_ or getattr(task, "text", "")
+
+
 def viewer_sets(cfg, view: str | None, cameras: list[str] | None = None) -> dict:
     """Config overrides adding a live-view node: ``view`` is "spawn" (rerun window), a rerun URL
     (connect to a viewer elsewhere) or a ``.rrd`` path (save for later); None adds nothing."""

@@ -375,6 +375,8 @@ class ObservationWindow(Message):
             indices 0..k-1 (RTC: the previous chunk over the overlap), or None.
         prefix_frozen: d, how many of ``committed_prefix`` the arm executes whatever the new chunk
             says (the rest is soft guidance); -1: all of them.
+        prompt: the episode's task text, for a language-conditioned policy ("" for none; sent as
+            openpi's ``prompt``).
     """
 
     SCHEMA: ClassVar[str] = "observation_window"
@@ -383,6 +385,7 @@ class ObservationWindow(Message):
     obs_age_ns: np.ndarray = array(INT64, (None,))
     committed_prefix: np.ndarray | None = array(FLOAT, (None, None), optional=True)
     prefix_frozen: int = scalar("int", -1)
+    prompt: str = scalar("str", "")
 
     def check(self) -> None:
         n = 0 if self.committed_prefix is None else len(self.committed_prefix)

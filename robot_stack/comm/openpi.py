@@ -346,6 +346,8 @@ class OpenpiClient:
         if msg.committed_prefix is not None and len(msg.committed_prefix):
             out[PREFIX_KEY] = np.asarray(msg.committed_prefix, np.float32)
             out[FROZEN_KEY] = int(msg.prefix_frozen)
+        if msg.prompt:  # a language-conditioned policy's instruction (openpi's key)
+            out["prompt"] = msg.prompt
         t0 = time.perf_counter_ns()
         try:
             self._ws.send(packb(out))

@@ -37,6 +37,8 @@ class ChunkExecutor:
         counts: ``chunks``, ``dropped_actions``, ``late_steps``, ``over_budget``, ``refused_chunks``,
             ``chunks_from_rest``.
         delay: the inference delay estimate; the owner records each chunk's capture-to-arrival time.
+        prompt: the task text every request carries (the owner sets it: the setup's, or an
+            episode's start event's).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class ChunkExecutor:
         self.delay = DelayEstimator(dt_ns, initial_steps=2)
         self.start_from_rest = start_from_rest
         self.request_id = 0
+        self.prompt = ""
         #: (D,) index array putting the policy's action dimensions in the robot's order (matched by
         #: name at start-up, ``control.chunking.action_order``); None: the same order
         self.action_order: np.ndarray | None = None
@@ -110,6 +113,7 @@ class ChunkExecutor:
             obs_age_ns=(now_ns - obs.times_ns).astype(np.int64),
             committed_prefix=None if prefix is None else prefix[0],
             prefix_frozen=-1 if prefix is None else prefix[1],
+            prompt=self.prompt,
         ), prefix is not None
 
     # ------------------------------------------------------------------------------ chunks

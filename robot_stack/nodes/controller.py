@@ -217,6 +217,7 @@ class ControllerNode(Node):
             ):
                 self._send(*part, origin="replay")
         elif isinstance(ev, EpisodeEvent) and ev.kind != "quit":
+            self.exec.prompt = (ev.task or self.params.prompt) if ev.kind == "start" else self.exec.prompt
             self.modes.episode(ev.kind)
             self._clear_plan()
             log.info("episode event %s: execution %s", ev.kind, "on" if self.modes.enabled else "off")

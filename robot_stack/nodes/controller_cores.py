@@ -67,6 +67,10 @@ def build_cores(p: ControllerParams, cfg: StackConfig, max_failures: int = 20) -
     cams, keys, horizon = list(cam_ids.values()), p.obs_keys or ["ee_pose"], p.obs_horizon or 2
     fast = FastLayer(FastCorrector.load(p.fast), p.fast_lookahead_s) if p.fast is not None else None
     policy = has_policy(p, cfg)
+    executor = ChunkExecutor(
+        p.strategy, dt_ns, lat_ns, p.execute_horizon, 8 * n, p.start_from_rest, p.ensemble_m, p.ensemble_steps
+    )
+    executor.prompt = p.prompt
     return ControllerCores(
         cam_ids=cam_ids,
         arm_names=arms,
@@ -75,9 +79,7 @@ def build_cores(p: ControllerParams, cfg: StackConfig, max_failures: int = 20) -
         obs=ObservationBuilder(
             arms, cams, keys, horizon, dt_ns, max_age_ns, offsets, p.image_size, extrinsics, max_skew_ns(p, cfg)
         ),
-        exec=ChunkExecutor(
-            p.strategy, dt_ns, lat_ns, p.execute_horizon, 8 * n, p.start_from_rest, p.ensemble_m, p.ensemble_steps
-        ),
+        exec=executor,
         modes=ModeMachine(p.source, p.autostart, policy, n, p.hold_together),
         gate=RequestGate(p.strategy != "sync" and p.request_on_frame, max_age_ns, max_failures),
         teleop_mix=TeleopMixer(arms, dt_ns + lat_ns, int(p.teleop_timeout_s * 1e9)),

@@ -69,6 +69,11 @@ class ControllerParams(NodeParams):
     max_obs_age_s: float = Field(
         0.3, gt=0, description="a stream older than this holds the arm instead of feeding the policy, s"
     )
+    prompt: str = Field(
+        "",
+        description="the task text sent with every request (openpi's prompt) until an episode's start "
+        "event brings its own",
+    )
     max_skew_s: float | None = Field(
         None,
         gt=0,

@@ -213,6 +213,7 @@ class PolicyNode(Node):
             obs_age_ns=np.zeros(0, np.int64),
             committed_prefix=None if prefix is None else np.asarray(prefix, np.float32),
             prefix_frozen=int(obs.get(FROZEN_KEY, -1)),
+            prompt=str(obs.get("prompt", "")),
         )
         reply = self.handle("infer", msg)
         if isinstance(reply, ErrorReply):
