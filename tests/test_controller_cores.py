@@ -231,3 +231,38 @@ def test_build_cores_refuses_a_setup_that_does_not_fit():
     cfg = config_from_dict(_setup(arms=["left", "left"]))
     with pytest.raises(ConfigError, match="named twice"):
         build_cores(cfg.nodes["controller"].typed, cfg)
+
+
+def test_an_outage_backs_off_logs_its_start_summary_and_end_once_and_ends_the_node_when_long(caplog):
+    """Refusals back off 200, 400, 800, 1600, 2000 ms; 100 failed requests over 12 s log one start,
+    two summaries (every 5 s), and end the node after 10 s by name, once the policy has answered
+    (before its first answer a loading policy is not lost); a good reply logs the end once."""
+    import logging
+
+    g = RequestGate(frame_triggered=False, max_wait_ns=0, lost_after_ns=10_000 * MS)
+    g.ready = True
+    waits = []
+    for i in range(6):
+        g.sent()
+        assert g.replied(i * MS, ConnectionRefusedError("refused"), "refused", DT) is None
+        waits.append((g.backoff_until - i * MS) // MS)
+    assert waits == [200, 400, 800, 1600, 2000, 2000]
+    g.sent()
+    assert g.replied(20_000 * MS, TimeoutError("late"), "timeout", DT) is None  # never answered: not lost
+    g.sent()
+    g.replied(20_001 * MS, None, None, DT)
+    assert g.outage_since is None and g.answered
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="robot_stack.control.requests"):
+        why = None
+        for k in range(100):  # a request every 120 ms: 12 s
+            g.sent()
+            r = g.replied(30_000 * MS + k * 120 * MS, TimeoutError("late"), "timeout", DT)
+            why = why or r
+        g.sent()
+        g.replied(50_000 * MS, None, None, DT)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert why is not None and why.startswith("policy unreachable for 10.1 s (85 failed requests")
+    assert sum(m.startswith("inference failed") for m in msgs) == 1
+    assert sum(m.startswith("inference still failing") for m in msgs) == 2
+    assert sum(m.startswith("policy answering again after 100 failed requests in 20.0 s") for m in msgs) == 1

@@ -316,6 +316,9 @@ class OpenpiClient:
                     max_size=None,
                     additional_headers=headers,
                     open_timeout=self.timeout_s,
+                    # a hung server never answers the closing handshake: give up on it after 0.5 s
+                    # (the library's 10 s default made a hang known 12 s after the request)
+                    close_timeout=min(0.5, self.timeout_s),
                 )
             )
             self.metadata = unpackb(self._ws.recv(timeout=self.timeout_s))

@@ -123,8 +123,7 @@ class ControllerNode(Node):
     def _on_reply(self, job: Job, reply, arrival: int) -> None:
         if isinstance(reply, Exception):
             self.stats["errors"] += 1
-            transient = transient_kind(reply)
-            log.error("inference: %s: %s", transient or type(reply).__name__, reply)
+            transient = transient_kind(reply)  # (the gate logs an outage's start, summary and end)
             if (why := self.gate.replied(arrival, reply, transient, self.dt_ns)) is not None:
                 self.fail(why)
             return

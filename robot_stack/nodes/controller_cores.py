@@ -81,7 +81,12 @@ def build_cores(p: ControllerParams, cfg: StackConfig, max_failures: int = 20) -
         ),
         exec=executor,
         modes=ModeMachine(p.source, p.autostart, policy, n, p.hold_together),
-        gate=RequestGate(p.strategy != "sync" and p.request_on_frame, max_age_ns, max_failures),
+        gate=RequestGate(
+            p.strategy != "sync" and p.request_on_frame,
+            max_age_ns,
+            max_failures,
+            lost_after_ns=None if p.policy_lost_s is None else int(p.policy_lost_s * 1e9),
+        ),
         teleop_mix=TeleopMixer(arms, dt_ns + lat_ns, int(p.teleop_timeout_s * 1e9)),
         replay=ReplayQueue(arms),
         fast=fast,

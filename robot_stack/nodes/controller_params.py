@@ -84,6 +84,13 @@ class ControllerParams(NodeParams):
     request_timeout_s: float = Field(
         2.0, gt=0, description="an inference request without a reply in this time fails, s"
     )
+    policy_lost_s: float | None = Field(
+        10.0,
+        gt=0,
+        description="once the policy has answered, requests failing for this long in a row (timeouts, "
+        "refusals, errors) end the controller by name: the launcher reports it and the arms hold, s "
+        "(None: retry for ever)",
+    )
     source: Literal["policy", "teleop", "external"] = Field(
         "policy", description="who drives: the policy, a teleop device, or only schedules sent to the input (replay)"
     )
