@@ -232,6 +232,8 @@ class CollisionChecker:
         pairs: list[tuple[int, int, float, str]] = []
         self._own_mask = np.zeros(m.ngeom, bool)  # this arm's moving geoms (motion_bound)
         self._own_mask[[g for g in col if int(m.geom_bodyid[g]) in moving]] = True
+        self._own_idx = np.flatnonzero(self._own_mask)
+        self._q_set: np.ndarray | None = None  # the arm's joints the kinematics were last run at
         self._set(model.home_q)
         # the links that only the first joint moves keep their height when its axis is vertical (a
         # UR's shoulder turns 3 mm over its mounting surface): never checked against the table
@@ -303,13 +305,18 @@ class CollisionChecker:
             KeyError: ``node`` is not one of ``cfg.arms``.
         """
         self.d.qpos[self.other_qpos[node]] = q
+        self._q_set = None  # the other arm moved: kinematics again at the next check
         moving = q_plan is not None and float(np.max(np.abs(np.asarray(q_plan) - q))) > 1e-6
         self.d.qpos[self.plan_qpos[node]] = q_plan if moving else q
         self._active[self._plan_of == node] = moving
 
     def _set(self, q: np.ndarray) -> None:
+        """Kinematics at this arm's joints ``q`` (skipped when they are already there)."""
+        if self._q_set is not None and np.array_equal(self._q_set, q):
+            return
         self.d.qpos[self.qpos_adr] = q
         mujoco.mj_kinematics(self.m, self.d)
+        self._q_set = np.array(q, float)
 
     def _distance(self, g1: int, g2: int, distmax: float) -> float:
         """Signed distance of two geoms (m; capped at ``distmax``), MuJoCo's native GJK/EPA.
@@ -366,20 +373,19 @@ class CollisionChecker:
         same measured in the first geom's frame (the motion of the links both hang from cancels).
         """
         g1, g2, r = self._g1, self._g2, self.m.geom_rbound
+        self._set(np.asarray(q_b, float))  # q_b first: the check that follows is at q_a
+        xb, rb = self.d.geom_xpos.copy(), self.d.geom_xmat.reshape(-1, 3, 3).copy()
         self._set(np.asarray(q_a, float))
-        xa, ra = self.d.geom_xpos.copy(), self.d.geom_xmat.reshape(-1, 3, 3).copy()
-        self._set(np.asarray(q_b, float))
-        xb, rb = self.d.geom_xpos, self.d.geom_xmat.reshape(-1, 3, 3)
+        xa, ra = self.d.geom_xpos, self.d.geom_xmat.reshape(-1, 3, 3)
 
         def angle(a, b):  # rotation angle between rotation matrices (k, 3, 3): trace(a^T b)
             return np.arccos(np.clip((np.einsum("kij,kij->k", a, b) - 1.0) / 2.0, -1.0, 1.0))
 
-        own = self._own_mask
-        moved = np.where(own, np.linalg.norm(xb - xa, axis=1) + angle(ra, rb) * r, 0.0)  # per geom
+        moved = np.where(self._own_mask, np.linalg.norm(xb - xa, axis=1) + angle(ra, rb) * r, 0.0)  # per geom
         out = moved[g1] + moved[g2]
         s = self._self_pairs
-        if len(s):
-            a1, b1 = ra[g1[s]], rb[g1[s]]  # the first geom's frames
+        if len(s):  # within the arm: the second geom's motion in the first one's frame
+            a1, b1 = ra[g1[s]], rb[g1[s]]
             rel_a = np.einsum("kji,kj->ki", a1, xa[g2[s]] - xa[g1[s]])
             rel_b = np.einsum("kji,kj->ki", b1, xb[g2[s]] - xb[g1[s]])
             rot_a = np.einsum("kji,kjl->kil", a1, ra[g2[s]])
