@@ -161,13 +161,21 @@ def test_a_deploy_against_a_remote_endpoint_starts_no_local_policy_node(tmp_path
     from robot_stack.apps.demo import config_path
 
     cfg = config_path("sim_panda_reach.yaml")
+    # (a Session holds its stack's run folder from construction: closed here, or a later test that
+    # starts this setup in another process finds it "already running")
     session, pol = deploy_session(cfg, None, endpoint="tcp://127.0.0.1:5557")
-    kinds = {n: session.cfg.nodes[n].kind for n in session.nodes}
-    assert pol is None and "policy" not in kinds.values() and "controller" in kinds.values()
-    ctl = next(n for n, k in kinds.items() if k == "controller")
-    assert session.cfg.nodes[ctl].typed.policy_endpoint == "tcp://127.0.0.1:5557"
+    try:
+        kinds = {n: session.cfg.nodes[n].kind for n in session.nodes}
+        assert pol is None and "policy" not in kinds.values() and "controller" in kinds.values()
+        ctl = next(n for n, k in kinds.items() if k == "controller")
+        assert session.cfg.nodes[ctl].typed.policy_endpoint == "tcp://127.0.0.1:5557"
+    finally:
+        session.close()
     local, pol = deploy_session(cfg, _a_policy_file(tmp_path))
-    assert pol is not None and pol in local.nodes
+    try:
+        assert pol is not None and pol in local.nodes
+    finally:
+        local.close()
     with pytest.raises(ValueError, match="either a policy file or a policy endpoint"):
         deploy_session(cfg, _a_policy_file(tmp_path), endpoint="tcp://127.0.0.1:5557")
     with pytest.raises(ValueError, match="either a policy file or a policy endpoint"):
