@@ -88,6 +88,12 @@ class SyntheticCamera(CameraDriver):
     Frame k: color is a gradient shifted by k pixels with the frame index written into pixel
     (0, 0..7) as little-endian int64 bytes; depth is a ramp 500..1500 mm plus k (mod 1000). Frames are
     paced at ``fps`` by the caller's loop; ``read`` never blocks.
+
+    Args:
+        width, height: image size, pixels; fps: the nominal rate, Hz; depth: deliver depth.
+        inject: a device clock (offset, drift), delivery latency and jitter, and faults (freeze,
+            counter gap, rate drop): :class:`Injection`; the stamps are then mapped by
+            :attr:`clock` and each frame's true capture time is kept in ``truth``.
     """
 
     def __init__(
