@@ -115,11 +115,12 @@ def test_recorded_images_are_the_sims_renders(collected):
 
 def test_replay_reproduces_the_tcp_path(collected, report):
     res = replay_episode(collected["session"], collected["res"].saved[0])
-    report(
-        f"replay vs recording: mean {res.mean_err_mm:.2f} mm, max {res.max_err_mm:.2f} mm over {res.samples} states; "
-        f"at the best lag ({res.lag_ms:+.0f} ms) mean {res.mean_err_lag_mm:.2f} mm, max {res.max_err_lag_mm:.2f} mm"
-    )
     # (what the arm refused or stopped for, should the path differ: collision stops, stale heartbeats)
     safety = {k: v for k, v in collected["session"].heartbeat("arm").items() if k.startswith("safety.") and v}
+    report(
+        f"replay vs recording: mean {res.mean_err_mm:.2f} mm, max {res.max_err_mm:.2f} mm over {res.samples} states; "
+        f"at the best lag ({res.lag_ms:+.0f} ms) mean {res.mean_err_lag_mm:.2f} mm, max {res.max_err_lag_mm:.2f} mm; "
+        f"arm safety counters since start {safety}"
+    )
     assert res.mean_err_lag_mm < REPLAY_MEAN_MM and res.max_err_lag_mm < REPLAY_MAX_MM, (res, safety)
     assert res.mean_err_mm < REPLAY_RAW_MEAN_MM and abs(res.lag_ms) < REPLAY_MAX_LAG_MS, res
