@@ -205,6 +205,17 @@ def test_a_joint_schedule_through_the_table_is_refused_by_name(node_builder, fak
     assert np.allclose(arm.driver.q, q0, atol=1e-9)  # never moved
 
 
+def _descend_to_the_table(arm, fake_clock, speed: float) -> ArmClient:
+    """A controller's straight TCP schedule from where the arm is down to 6 mm over the table
+    (inside the workspace box), at ``speed`` m/s; returns the client (heartbeat it)."""
+    ctl = client(arm, "controller")
+    start = arm.kin.fk(arm.driver.q)
+    stamps, poses = move_schedule(arm, np.r_[0.0, 0.0, 0.006 - start[2]], fake_clock.now_ns(), speed=speed)
+    ctl.heartbeat()
+    ctl.send_schedule(stamps, poses, space="ee")
+    return ctl
+
+
 def test_a_tcp_driven_into_the_table_slows_and_stops_above_it(node_builder, fake_clock):
     """Straight down at 0.1 m/s to 6 mm over the table (inside the workspace box): within the
     slow-down distance of its pair group (links against the scene 50 mm, the gripper against it
@@ -212,14 +223,8 @@ def test_a_tcp_driven_into_the_table_slows_and_stops_above_it(node_builder, fake
     schedule's clock runs at margin / slow-down (MoveIt Servo's linear profile), at full speed
     outside; the arm stops before the pads' 3 mm clearance and the schedule is dropped."""
     arm = node_builder(arm_setup(), "arm")
-    ctl = client(arm, "controller")
+    ctl = _descend_to_the_table(arm, fake_clock, speed=0.1)
     core, checker = arm.core, arm.core.collision
-    start = arm.kin.fk(arm.driver.q)
-    goal = start.copy()
-    goal[2] = 0.006
-    stamps, poses = straight_line(start, goal, fake_clock.now_ns(), speed=0.1)
-    ctl.heartbeat()
-    ctl.send_schedule(stamps, poses, space="ee")
     actual, expected, clock_rate, groups = [], [], [], set()
     for i in range(int(7.0 * RATE)):
         if i % 10 == 0:
@@ -248,17 +253,11 @@ def test_a_tcp_driven_into_the_table_slows_and_stops_above_it(node_builder, fake
 def test_late_ticks_cannot_carry_the_arm_past_the_clearance(node_builder, fake_clock):
     """The same descent at 0.3 m/s with every 20th tick 60 ms late (a starved process): the plan's
     point jumps 18 mm at once and the guard's command brakes from speed, so a check of the desired
-    configuration is outrun; the brake point's check is not: the arm stops, never more than 0.5 mm
-    past the pads' 3 mm clearance."""
+    configuration is outrun; a check that counts the braking motion is not: the arm stops, never
+    more than 0.5 mm past the pads' 3 mm clearance."""
     arm = node_builder(arm_setup(), "arm")
-    ctl = client(arm, "controller")
+    ctl = _descend_to_the_table(arm, fake_clock, speed=0.3)
     checker = arm.core.collision
-    start = arm.kin.fk(arm.driver.q)
-    goal = start.copy()
-    goal[2] = 0.006
-    stamps, poses = straight_line(start, goal, fake_clock.now_ns(), speed=0.3)
-    ctl.heartbeat()
-    ctl.send_schedule(stamps, poses, space="ee")
     actual = []
     for i in range(int(4.0 * RATE)):
         if i % 10 == 0:

@@ -92,20 +92,18 @@ def test_a_recorder_starved_for_two_seconds_loses_no_robot_state(tmp_path, run_d
     arm's publisher queues its states for it (``ArmNode.pub_hwm``; with ZeroMQ's default 64 about
     440 of the 500 states of those 2 s were lost), and the episode holds every state the arm
     published in its span (counted by sequence number through a witness subscriber)."""
+    from robot_stack.testing.setups import node, setup, write_setup
+
     root = tmp_path / "episodes"
-    cfg = tmp_path / "rec.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "name": "rec_stop",
-                "run_dir": str(run_dir),
-                "nodes": {
-                    "sim": {"kind": "sim_world"},
-                    "arm": {"kind": "arm"},
-                    "recorder": {"kind": "recorder", "params": {"root": str(root), "flush_every_s": 0.2}},
-                },
-            }
-        )
+    cfg = write_setup(
+        tmp_path / "rec.yaml",
+        setup(
+            "rec_stop",
+            run_dir,
+            sim=node("sim_world"),
+            arm=node("arm"),
+            recorder=node("recorder", root=str(root), flush_every_s=0.2),
+        ),
     )
     s = Session(cfg)
     witness = None

@@ -331,7 +331,6 @@ class ServoCore:
         command); else the slow-down, as the lag of the schedule's clock. ``x``: the plan's point this tick (joints or TCP pose): only a plan that moves is
         slowed."""
         motion = self.collision.motion_bound(q_cmd, q_brake) if self.guard.moving else None
-        reach = 0.0 if motion is None else float(motion.max())
         c = self.contact = self.collision.closest(q_cmd, motion)  # its distance once braked, at worst
         margin = np.inf if c is None else c.margin
         approaching, self._margin_prev = margin < self._margin_prev, margin
@@ -341,7 +340,7 @@ class ServoCore:
             log.error(
                 "collision: stopping the arm before %s (braking up to %.1f mm counted)%s",
                 c.describe(),
-                reach * 1e3,
+                0.0 if motion is None else float(motion.max()) * 1e3,
                 why,
             )
             self.drop_schedule()
