@@ -6,7 +6,9 @@ depth scale comes from the depth sensor (D4xx: 0.001 m per unit). Device timesta
 (``frame.get_timestamp()``, ms) are mapped to the stack clock by
 :class:`~robot_stack.runtime.clock.DeviceClockMapper`; for ``global_time`` domain stamps (host-synchronized
 by librealsense) the same mapper applies. A recorded ``.bag``/``.db3`` file plays back instead of a
-device with ``playback_file`` (every frame delivered: ``set_real_time(False)``).
+device with ``playback_file`` (every frame delivered: ``set_real_time(False)``): it plays at the
+reader's pace, so its frames are stamped on receipt, and a looping recording plays as one
+continuous device (frame counter and device stamps go on across loops).
 Source: librealsense Python wrapper docs and examples (align-depth2color.py, read_bag_example.py).
 """
 
@@ -53,10 +55,15 @@ class RealSenseCamera(CameraDriver):
     ):
         self.width, self.height, self.fps, self.sync = width, height, fps, sync
         self.serial, self.playback_file, self.loop = serial, playback_file, loop
-        self.clock = self._clock = DeviceClockMapper()
+        # a recording plays at the reader's pace (not real time): its device clock says nothing
+        # about when a frame is read, so a playback's frames are stamped when they are received
+        self.clock = None if playback_file else DeviceClockMapper()
         self._pipe = None
         self._last_frame_ns = 0
         self.playback_restarts = 0  # stalled playbacks restarted (librealsense can stall under load)
+        self.playback_loops = 0  # times a looping recording started over
+        self._unloop_last: tuple[int, int, int] | None = None  # (raw index, index out, device ns out)
+        self._unloop_off = (0, 0)  # (index offset, device ns offset) added to the recording's own
 
     #: a playback that delivers nothing for this long is restarted (live devices are not: a silent
     #: device is reported by the camera node as missing frames)
@@ -99,8 +106,9 @@ class RealSenseCamera(CameraDriver):
         if self.playback_file:
             dev.as_playback().set_real_time(False)
         self.depth_scale = float(dev.first_depth_sensor().get_depth_scale())
-        intr = profile.get_stream(rs.stream.color).as_video_stream_profile().get_intrinsics()
-        self.width, self.height = intr.width, intr.height
+        color_profile = profile.get_stream(rs.stream.color).as_video_stream_profile()
+        intr = color_profile.get_intrinsics()
+        self.width, self.height, self.fps = intr.width, intr.height, int(color_profile.fps())
         self.K = np.array([[intr.fx, 0, intr.ppx], [0, intr.fy, intr.ppy], [0, 0, 1]], dtype=np.float64)
         self.distortion = np.array(intr.coeffs, dtype=np.float64)
         self.serial_number = dev.get_info(rs.camera_info.serial_number)
@@ -124,16 +132,33 @@ class RealSenseCamera(CameraDriver):
             return None
         color = np.array(cf.get_data(), dtype=np.uint8, copy=True)
         depth = np.array(df.get_data(), dtype=np.uint16, copy=True)
+        index = int(cf.get_frame_number())
         dev_ns = int(cf.get_timestamp() * 1e6)  # readout start (librealsense: frame timestamp)
-        stamp = self._clock.map(dev_ns, t_recv)
+        if self.playback_file and self.loop:
+            index, dev_ns = self._unloop(index, dev_ns)
+        stamp = t_recv if self.clock is None else self.clock.map(dev_ns, t_recv)
         mid = _mid_exposure_lead_ns(cf, self._rs)  # readout start - middle of exposure, when reported
         return Frame(
             stamp_ns=stamp - mid,
-            frame_index=int(cf.get_frame_number()),
+            frame_index=index,
             color=color,
             depth=depth,
             device_stamp_ns=dev_ns - mid,
         )
+
+    def _unloop(self, index: int, dev_ns: int) -> tuple[int, int]:
+        """A looping recording plays as one continuous device: when the recording starts over (its
+        frame counter does not increase), frame counter and device clock go on from where the last
+        loop ended, one frame period (``1/fps``) later. Without this every loop would read as a
+        frozen camera (the counter repeats) and a device-clock jump."""
+        if self._unloop_last is not None:
+            raw_last, idx_last, ns_last = self._unloop_last
+            if index <= raw_last:  # started over
+                self.playback_loops += 1
+                self._unloop_off = (idx_last + 1 - index, ns_last + int(1e9 / max(self.fps, 1)) - dev_ns)
+        out = (index + self._unloop_off[0], dev_ns + self._unloop_off[1])
+        self._unloop_last = (index, *out)
+        return out
 
     def stop(self) -> None:
         if self._pipe is not None:

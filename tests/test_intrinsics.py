@@ -84,12 +84,10 @@ def test_d435_depth_aligned_to_color_grid():
     """Aligned depth lands where the depth->color extrinsics and color intrinsics put each depth pixel."""
     import pyrealsense2 as rs
 
-    pipe, cfg = rs.pipeline(), rs.config()
-    cfg.enable_device_from_file(str(BAG), repeat_playback=False)
-    prof = pipe.start(cfg)
-    prof.get_device().as_playback().set_real_time(False)
+    from conftest import d435_playback
+
+    pipe, prof, frames = d435_playback(BAG)  # restarts a playback that stalls on a loaded machine
     scale = prof.get_device().first_depth_sensor().get_depth_scale()
-    frames = pipe.wait_for_frames(30000)  # a bound for a loaded machine (playback is not real time)
     dprof = frames.get_depth_frame().profile.as_video_stream_profile()
     cprof = frames.get_color_frame().profile.as_video_stream_profile()
     d_intr, c_intr = dprof.get_intrinsics(), cprof.get_intrinsics()

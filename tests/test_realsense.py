@@ -62,6 +62,11 @@ def test_driver_matches_pyrealsense2_on_recorded_d435():
     assert np.median(raw_depth[raw_depth > 0]) == pytest.approx(np.median(valid), rel=0.05)
     stamps = [f.stamp_ns for f in frames]
     assert stamps == sorted(stamps) and len(set(stamps)) == 3  # looping keeps capture stamps increasing
+    # the one-frame recording looped: it plays as one continuous device, not a frozen, restarted one
+    assert cam.playback_loops >= 2
+    assert [f.frame_index for f in frames] == list(range(frames[0].frame_index, frames[0].frame_index + 3))
+    period = int(1e9 / cam.fps)
+    assert np.diff([f.device_stamp_ns for f in frames]).tolist() == [period, period]
 
 
 def test_missing_recording_is_a_clear_error(tmp_path):
@@ -105,10 +110,16 @@ def test_camera_node_publishes_recorded_frames(tmp_path, run_dir):
     with launched(cfg_path) as (_, out):
         sub = Subscriber([load_config(cfg_path).pub_endpoint("cam", run_dir)], ("camera/",))
         try:
-            f = sub.wait_for("camera/d435", 30)
-            assert f is not None, out.tail()
-            assert np.array_equal(f.color, color_ref) and np.array_equal(f.depth, depth_ref)
-            assert f.K[0, 0] == pytest.approx(613.2037, abs=1e-3) and f.depth_scale == pytest.approx(0.001)
+            got = []
+            for _ in range(3):  # the looping one-frame recording keeps publishing (it is not a frozen camera)
+                f = sub.wait_for("camera/d435", 30, newer_than_seq=got[-1].seq if got else -1)
+                assert f is not None, out.tail()
+                got.append(f)
+            for f in got:
+                assert np.array_equal(f.color, color_ref) and np.array_equal(f.depth, depth_ref)
+                assert f.K[0, 0] == pytest.approx(613.2037, abs=1e-3) and f.depth_scale == pytest.approx(0.001)
+            assert np.all(np.diff([f.frame_index for f in got]) > 0)
+            assert "jumped" not in out.tail() and "delivered again" not in out.tail()
         finally:
             sub.close()
 
