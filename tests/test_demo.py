@@ -74,3 +74,45 @@ def test_quick_bimanual_demo_lifts_with_two_arms_end_to_end(tmp_path, report):
     # chunk can start beyond the arm's jump limit, which the arm refuses (README)
     assert set(d.policy_waypoints_arms) == {"arm_left", "arm_right"}
     assert min(d.policy_waypoints_arms.values()) > 100, d.policy_waypoints_arms
+
+
+def test_deploy_names_why_its_episodes_failed(tmp_path, run_dir, report):
+    """Deploy made to fail in two known ways through the real stack (sim, arm, policies, controllers),
+    one episode each: a scripted policy aiming 0.2 m beside every cube the sim can place times out far
+    from it; one aiming under the table has its chunks refused by the arm's workspace check. The
+    failure table names each cause (``robot_stack.apps.failures``)."""
+    from robot_stack.apps.demo import config_path
+    from robot_stack.apps.deploy import failure_table, run_episodes
+    from robot_stack.apps.session import Session
+    from robot_stack.comm.messages import RobotState
+    from robot_stack.testing.setups import node, write_setup
+
+    goto = {"type": "goto", "speed": 0.1, "horizon": 16, "dt": 0.1}
+    ctl = {"source": "policy", "autostart": False, "rate_hz": 10, "strategy": "sync", "execute_horizon": 8}
+    cfg = {
+        "extends": str(config_path("sim_panda_reach.yaml")),
+        "name": "deploy_failures",
+        "run_dir": str(run_dir),
+        "nodes": {
+            "policy_beside": node("policy", backend=goto | {"goal": [0.5, 0.35, 0.10]}),  # cube y <= 0.15
+            "policy_under": node("policy", backend=goto | {"goal": [0.5, 0.0, -0.30]}),  # table top: z 0
+            "ctl_beside": node("controller", policy="policy_beside", **ctl),
+            "ctl_under": node("controller", policy="policy_under", **ctl),
+        },
+    }
+    only = ["sim", "arm", "policy_beside", "policy_under", "ctl_beside", "ctl_under"]
+    s = Session(write_setup(tmp_path / "failures.yaml", cfg), only=only)
+    try:
+        s.start((RobotState.TOPIC,))
+        beside = run_episodes(s, 1, 8.0, controller="ctl_beside", label="beside", seed=3)
+        under = run_episodes(s, 1, 8.0, controller="ctl_under", label="under", seed=4)
+    finally:
+        s.close()
+    for name, res in (("beside", beside), ("under", under)):
+        report(f"deploy failures ({name}): {[(f.cause, f.detail, f.notes) for f in res.failures]}")
+    assert beside.success == [False] and under.success == [False]
+    (fb,), (fu,) = beside.failures, under.failures
+    assert fb.cause == "timeout_far" and beside.final_xy_err_mm[0] > 150, fb
+    assert fu.cause == "arm_refused" and "workspace" in fu.detail, fu
+    assert beside.controller["chunks"] > 3  # the far one was driven, not held
+    assert failure_table(beside) is not None and failure_table(under) is not None

@@ -335,7 +335,7 @@ def run_demo(
     from rich.console import Console
 
     from robot_stack.apps.collect import run_collect
-    from robot_stack.apps.deploy import deploy_session, run_episodes, summary_table
+    from robot_stack.apps.deploy import deploy_session, failure_table, run_episodes, summary_table
     from robot_stack.policies.training import TrainSettings, train
 
     cls = demo_task(task)
@@ -414,4 +414,6 @@ def run_demo(
         "time: collect / train / deploy", f"{times['collect']:.0f} / {times['train']:.0f} / {times['deploy']:.0f} s"
     )
     console.print(t)
+    if (ft := failure_table(res)) is not None:
+        console.print(ft)
     return DemoResult(expert_ok, attempts, res, summary, times)

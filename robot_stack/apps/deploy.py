@@ -18,6 +18,7 @@ import numpy as np
 
 from robot_stack.runtime.clock import now_ns
 from robot_stack.tasks import ReachTask, task_for_config
+from robot_stack.apps.failures import EpisodeEvidence, Failure, classify, counter_delta, failure_counts
 from robot_stack.apps.session import episode_task_text
 from robot_stack.comm.messages import Heartbeat, RobotState, WaypointSchedule
 from robot_stack.drivers.sim_messages import ObjectState
@@ -40,6 +41,7 @@ class DeployResult:
     policy_waypoints: int = 0  # waypoints with origin "policy" the controller sent
     policy_waypoints_arms: dict[str, int] = field(default_factory=dict)  # several arms: each one's
     reset_retries: int = 0  # reset moves sent again (Session.move_joints / move_pose)
+    failures: list[Failure] = field(default_factory=list)  # each failed episode's named cause
 
     @property
     def success_rate(self) -> float:
@@ -93,6 +95,23 @@ def run_episodes(
         else -1
     )
     n_policy_wp = 0
+    arm_names = list(getattr(session, "arm_names", [session.arm_name]))
+    evidence: list[EpisodeEvidence] = []
+    before: tuple[dict, dict] | None = None  # (controller, arms) heartbeat counters at an episode's start
+
+    def snapshot() -> tuple[dict, dict]:
+        return (session.heartbeat(ctl[0]) if ctl else {}), {a: session.heartbeat(a) for a in arm_names}
+
+    def close_evidence() -> None:
+        # an episode's counters run to the next episode's start (the heartbeats after its reset),
+        # or to the last heartbeat after the last episode
+        nonlocal before
+        c1, a1 = snapshot()
+        if evidence and before is not None:
+            evidence[-1].controller = counter_delta(before[0], c1)
+            evidence[-1].arms = {a: counter_delta(before[1].get(a, {}), a1[a]) for a in arm_names}
+        before = (c1, a1)
+
     for ep in range(episodes):
         with console.status(f"{label}: reset for episode {ep + 1}/{episodes} ..."):
             cube = session.reset(
@@ -102,14 +121,18 @@ def run_episodes(
             raise RuntimeError("deploy's success check needs the sim world (hardware: use collect with intervention)")
         res.cube_poses.append(cube.tolist())
         session.raise_if_dead()  # a node that refused its setup (a spec mismatch) is named, not a send timeout
+        close_evidence()
         session.send_event("start", ctl, episode=ep, task=episode_task_text(cfg, task))
         t0 = now_ns()
         ok, t_ok = False, None
+        rise_max = 0.0  # the object's highest rise over where it lay (grasping tasks), m
         with console.status(f"{label}: episode {ep + 1}/{episodes} running ...") as st:
             while (now_ns() - t0) / 1e9 < max_episode_s:
                 time.sleep(0.05)
                 session.raise_if_dead()
                 s, o = session.state(), session.sub.latest(ObjectState.TOPIC)
+                if o is not None:
+                    rise_max = max(rise_max, float(o.cube_pose[2]) - float(cube[2]))
                 if task.achieved(s, o, cube[:3]):
                     t_ok = t_ok or now_ns()
                     if (now_ns() - t_ok) / 1e9 >= task.hold_s:  # held, not passed through
@@ -129,6 +152,20 @@ def run_episodes(
         res.success.append(ok)
         res.final_xy_err_mm.append(task.error_mm(s, o))
         res.final_tcp.append([float(v) for v in s.ee_pose[:3]])
+        grasps = getattr(task, "grasps", False) and o is not None
+        evidence.append(
+            EpisodeEvidence(
+                episode=ep,
+                success=ok,
+                final_error=res.final_xy_err_mm[-1],
+                near_goal=task.near_goal(res.final_xy_err_mm[-1]),
+                error_name=task.error_name,
+                error_unit=task.error_unit,
+                object_rise_max_m=rise_max if grasps else None,
+                object_rise_end_m=float(o.cube_pose[2]) - float(cube[2]) if grasps else None,
+                gripper_end_m=float(s.gripper_width) if grasps else None,
+            )
+        )
         arms = getattr(session, "arm_names", [])
         for arm in arms if len(arms) > 1 else []:  # several arms: each one's final TCP
             res.final_tcp_arms.setdefault(arm, []).append([float(v) for v in session.state(arm).ee_pose[:3]])
@@ -146,6 +183,8 @@ def run_episodes(
             f"({(now_ns() - t0) / 1e9:.1f} s, final {task.error_name} {res.final_xy_err_mm[-1]:.1f} {task.error_unit})"
         )
     time.sleep(1.2)  # one more heartbeat with the last episode's metrics
+    close_evidence()
+    res.failures = [f for f in map(classify, evidence) if f is not None]
     res.policy_waypoints = n_policy_wp
     res.reset_retries = getattr(session, "reset_retries", 0)
     res.controller = session.heartbeat(ctl[0]) if ctl else {}
@@ -239,6 +278,28 @@ def summary_table(res: DeployResult, title: str, baseline: tuple[int, int] | Non
     t.add_row("waypoints sent by the policy", f"{res.policy_waypoints}")
     if res.reset_retries:
         t.add_row("reset moves sent again (arm not there)", f"{res.reset_retries}")
+    return t
+
+
+def failure_table(res: DeployResult, title: str = "failed episodes"):
+    """A rich table of a deployment's failed episodes, by named cause
+    (:mod:`robot_stack.apps.failures`): each cause's count, then each failed episode's cause,
+    detail and other signals. None when every episode succeeded."""
+    from rich.table import Table
+
+    from robot_stack.apps.failures import CAUSES
+
+    if not res.failures:
+        return None
+    t = Table(title=f"{title}: {len(res.failures)} of {len(res.success)}")
+    t.add_column("episode / cause")
+    t.add_column("why")
+    t.add_column("also counted")
+    for cause, n in failure_counts(res.failures).items():
+        t.add_row(f"[bold]{cause}[/bold]", f"[bold]{CAUSES[cause]}: {n}[/bold]", "")
+    t.add_section()
+    for f in res.failures:
+        t.add_row(f"episode {f.episode + 1}: {f.cause}", f.detail, ", ".join(f.notes))
     return t
 
 
@@ -355,4 +416,6 @@ def run_deploy(
     ctl = [n for n in session.nodes if session.cfg.nodes[n].kind == "controller"][0]
     label = f"deploy {Path(policy).name if policy else endpoint}" + (f" + fast layer {Path(fast).name}" if fast else "")
     console.print(summary_table(res, f"{label} ({session.cfg.nodes[ctl].typed.strategy})"))
+    if (ft := failure_table(res)) is not None:
+        console.print(ft)
     return res

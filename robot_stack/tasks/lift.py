@@ -44,6 +44,11 @@ class LiftTask(ReachTask):
     hold_s: float = 0.5
 
     error_name = "bar lift"
+    grasps = True
+
+    def near_goal(self, error: float) -> bool:
+        """The bar's centre rose at least half the lift height (``error_mm`` is its height, mm)."""
+        return error >= 1e3 * self.lift_height / 2
 
     name = "lift"
     text = "two Pandas lift a bar together, level (random pose, seen through the top camera)"

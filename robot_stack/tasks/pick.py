@@ -34,6 +34,11 @@ class PickTask(ReachTask):
     rest_z: float = 0.05
 
     error_name = "cube-target"
+    grasps = True
+
+    def near_goal(self, error: float) -> bool:
+        """Within 100 mm of the target's centre (twice the sim target square's half size)."""
+        return error <= 100.0
 
     name = "pick"
     text = "pick the cube (random pose, seen through the wrist camera) and place it in the target square"

@@ -45,6 +45,10 @@ class PressTask(ReachTask):
     error_name = "|Fz - F*|"
     error_unit = "N"
 
+    def near_goal(self, error: float) -> bool:
+        """Within twice the force tolerance (``error_mm`` is the force error, N)."""
+        return error <= 2 * self.force_tol * self.force_n
+
     name = "press"
     text = "press the cube down with 8 N (its softness is random each episode, felt only through the wrist force)"
     #: no demo: bench/slowfast.py runs it (configs/sim_panda_press.yaml), with the slow-fast policy

@@ -53,6 +53,12 @@ class ReachTask:
     error_name = "TCP-cube"  # what error_mm measures
     error_unit = "mm"  # error_mm's unit
     hold_s: float = 0.3  # deploy: success must hold this long (s), not just be passed through
+    grasps = False  # deploy's failure naming: the task grasps an object (dropped object, missed grasp)
+
+    def near_goal(self, error: float) -> bool:
+        """A failed episode ending with this ``error_mm`` was near the goal (deploy's failure
+        naming, :mod:`robot_stack.apps.failures`): within twice the horizontal tolerance."""
+        return error <= 2e3 * self.xy_tol
 
     # ---- the task as data: what the registry, the sim world, the scripted device and the demo read
     name = "reach"
