@@ -91,14 +91,23 @@ class Rig:
         self.arm_pub = fake_bus.publisher("arm")
         self.teleop_pub = fake_bus.publisher("teleop")
         self.ctl_tx = fake_bus.sender("controller", "session")
+        self.pose, self.refused = HOME, 0  # what the arm's states say: TCP pose, schedules refused
         self.state(mode="hold")
         self.ctl = node_builder(setup(**kw), "controller")
         self.teleop_seq = 0
 
-    def state(self, pose=HOME, mode="track"):
+    def state(self, pose=None, mode="track"):
+        pose = self.pose if pose is None else pose
         self.arm_pub.publish(
             RobotState.TOPIC,
-            RobotState(q=np.zeros(7), dq=np.zeros(7), ee_pose=np.asarray(pose, float), gripper_width=0.08, mode=mode),
+            RobotState(
+                q=np.zeros(7),
+                dq=np.zeros(7),
+                ee_pose=np.asarray(pose, float),
+                gripper_width=0.08,
+                mode=mode,
+                schedules_refused=self.refused,
+            ),
         )
 
     def tick(self, n=1, mode="track"):
@@ -311,3 +320,52 @@ def test_every_request_carries_the_episodes_task_text_as_its_prompt(rig):
             r.tick()
             run_workers(r.ctl)
         assert r.policy.requests[-1].prompt == want
+
+
+def test_a_chunk_the_arm_refused_is_not_sent_again_and_requests_back_off(rig):
+    """A deterministic policy whose observation does not change answers with the chunk the arm
+    refused: it is not sent again, the next request waits (0.5 s, doubling), and a different chunk
+    goes out as usual."""
+    r = rig()
+    r.tick(2)
+    run_workers(r.ctl)  # spec
+    run_workers(r.ctl)
+    assert len(r.schedules()) == 1
+    r.refused = 1  # the arm refused it: its states count one refusal from now on
+    r.tick(4)  # sync: the next request is due when the plan would have ended
+    m = r.ctl.metrics()
+    assert m["arm_refusals"] == 1
+    n_req = len(r.policy.requests)
+    run_workers(r.ctl)
+    assert len(r.policy.requests) == n_req + 1  # asked again: the same observation, the same chunk
+    assert r.schedules() == [] and r.ctl.metrics()["refused_repeats"] == 1
+    r.tick(4)  # 0.4 s: inside the 0.5 s wait
+    run_workers(r.ctl)
+    assert len(r.policy.requests) == n_req + 1
+    r.tick(2)  # past it: asked once more, the same chunk again, not sent; the wait doubles
+    run_workers(r.ctl)
+    assert len(r.policy.requests) == n_req + 2 and r.schedules() == []
+    assert r.ctl.metrics()["refused_repeats"] == 2
+    r.tick(8)  # 0.8 s: inside the 1 s wait
+    run_workers(r.ctl)
+    assert len(r.policy.requests) == n_req + 2
+    r.pose = HOME + np.r_[0.0, 0.02, 0, 0, 0, 0, 0]  # the arm moved (an intervention, a person): a new chunk
+    r.tick(4)
+    run_workers(r.ctl)
+    sent = r.schedules()
+    assert len(sent) == 1 and sent[0].positions[0, 1] == pytest.approx(HOME[1] + 0.02, abs=1e-6)
+    assert r.ctl.metrics()["refused_repeats"] == 2
+
+
+def test_holds_are_counted_by_their_reason(rig):
+    r = rig(strategy="async")
+    r.tick(2)
+    run_workers(r.ctl)
+    run_workers(r.ctl)
+    assert len(r.schedules()) == 1
+    for _ in range(6):  # the arm's state stops coming while the plan runs: a request finds it stale
+        r.clock.advance(0.1)
+        r.ctl.step()
+        run_workers(r.ctl)
+    m = r.ctl.metrics()
+    assert m["holds.stale_observation"] == 1 and m["obs_holds"] >= 1 and "holds.estop" not in m

@@ -30,6 +30,11 @@ CTL_OK = {"requests": 40.0, "chunks": 40.0}
             "arm_refused",
             "14 schedules refused: workspace x12, jump x2",
         ),
+        (
+            ev(controller=CTL_OK | {"refused_repeats": 6.0}, arms={"arm": {"safety.jump": 1.0}}),
+            "arm_refused",
+            "1 schedules refused: jump x1; 6 equal chunks not sent again",
+        ),
         (ev(controller=CTL_OK, arms={"arm": {"safety.collision_stop": 1.0}}), "collision_stop", "collision_stop x1"),
         (
             ev(controller=CTL_OK | {"bad_chunks": 5.0}),

@@ -13,7 +13,7 @@ cause                   evidence
 ======================  ==========================================================================
 ``no_chunks``           requests were sent and no action chunk came back (errors, outage)
 ``arm_fault``           the arm was in e-stop, lost its sender's heartbeat, or its driver faulted
-``arm_refused``         the arm refused schedules (the checks that refused them are named)
+``arm_refused``         the arm refused schedules (the checks named), or one and the policy repeated it
 ``collision_stop``      the arm's collision guard stopped it
 ``controller_refused``  the controller refused chunks (non-finite, wrong shape, strategy refusal)
 ``obs_hold``            the controller held on stale observations (``skew_hold``: cameras out of sync)
@@ -139,7 +139,7 @@ def classify(ev: EpisodeEvidence) -> Failure | None:
     c = ev.controller
     faults, refusals, stops = _arm_events(ev.arms)
     n = {k: int(c.get(k, 0)) for k in ("requests", "chunks", "errors", "bad_chunks", "refused_chunks")}
-    n |= {k: int(c.get(k, 0)) for k in ("over_budget", "obs_holds", "skew_holds")}
+    n |= {k: int(c.get(k, 0)) for k in ("over_budget", "obs_holds", "skew_holds", "refused_repeats")}
     notes = [f"{k} {v}" for k, v in n.items() if v and k not in ("requests", "chunks")]
     notes += [f"arm {k} x{v}" for k, v in (faults + refusals + stops).items()]
     err = f"ended {ev.final_error:.1f} {ev.error_unit} from the goal ({ev.error_name})"
@@ -152,8 +152,10 @@ def classify(ev: EpisodeEvidence) -> Failure | None:
         return out("no_chunks", f"{n['requests']} requests, no chunk ({n['errors']} errors)")
     if sum(faults.values()) >= 1:  # one fault holds the arm for the rest of the episode
         return out("arm_fault", _named(faults))
-    if sum(refusals.values()) >= MIN_EVENTS:
-        return out("arm_refused", f"{sum(refusals.values())} schedules refused: {_named(refusals)}")
+    if sum(refusals.values()) >= MIN_EVENTS or (refusals and n["refused_repeats"]):
+        # (the controller does not send a refused chunk again: one refusal and its repeats count)
+        repeats = f"; {n['refused_repeats']} equal chunks not sent again" if n["refused_repeats"] else ""
+        return out("arm_refused", f"{sum(refusals.values())} schedules refused: {_named(refusals)}{repeats}")
     if sum(stops.values()) >= 1:
         return out("collision_stop", _named(stops))
     if (bad := n["bad_chunks"] + n["refused_chunks"] + n["over_budget"]) >= MIN_EVENTS:

@@ -292,6 +292,8 @@ class RobotState(Message):
         gripper_width: finger opening, m.
         mode: arm node mode ("hold", "track", "estop", "init").
         safety_events: safety refusals and clamps since start (details in the arm heartbeat).
+        schedules_refused: schedules the arm node refused since start, any sender (the
+            controller's refusal watch, :mod:`robot_stack.control.refusals`).
         wrench: (6,) float64 external wrench on the tool at the TCP, base frame, [fx fy fz] N and
             [tx ty tz] N m: what the environment exerts on the tool (a wrist F/T sensor, Franka's
             ``O_F_ext_hat_K``, UR's ``actual_TCP_force``); None when the arm measures none.
@@ -308,6 +310,7 @@ class RobotState(Message):
     gripper_width: float = scalar("float", 0.0)
     mode: str = scalar("str", "hold", choices=("init", "hold", "track", "estop"))
     safety_events: int = scalar("int", 0)
+    schedules_refused: int = scalar("int", 0)
     wrench: np.ndarray | None = array(FLOAT64, (6,), optional=True)
     q_plan: np.ndarray | None = array(FLOAT64, (None,), optional=True)
 

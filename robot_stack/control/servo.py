@@ -127,6 +127,7 @@ class ServoCore:
         self.active_source = ""
         self.last_heard: dict[str, int] = {}
         self.schedules = 0
+        self.schedules_refused = 0  # refused at admission or by a staged check (published in the state)
         self.stretched = 0
         self.mode = "hold"
         self.merge_latency_ms: collections.deque = collections.deque(maxlen=500)
@@ -208,18 +209,24 @@ class ServoCore:
         self._margin_prev = np.inf
 
     def _schedule(self, msg: WaypointSchedule, t: int) -> None:
+        if not self._admit(msg, t):
+            self.schedules_refused += 1
+
+    def _admit(self, msg: WaypointSchedule, t: int) -> bool:
+        """A schedule's admission: refused (False; logged and counted) or queued for its staged
+        checks (True)."""
         if self.driver_fault is not None:
             self.counters["refused_driver_fault"] += 1
             log.warning("schedule from %s refused: the arm driver is in fault (%s)", msg.source, self.driver_fault)
-            return
+            return False
         if self.estop:
             self.counters["refused_estop"] += 1
             log.warning("schedule from %s refused: e-stop active", msg.source)
-            return
+            return False
         if len(self.pending) >= self.max_pending:
             self.counters["refused_backlog"] += 1
             log.warning("schedule from %s refused: %d schedules still being checked", msg.source, len(self.pending))
-            return
+            return False
         try:
             self.checker.admit(msg.stamps_ns, msg.positions, msg.space, msg.gripper, t)
             pts = (
@@ -228,11 +235,12 @@ class ServoCore:
                 else self.checker.pose_static(msg.positions)
             )
         except SafetyViolation:
-            return  # logged and counted by the checker; the current plan continues
+            return False  # logged and counted by the checker; the current plan continues
         # a sender that never heartbeated gets one timeout from its first schedule, then must beat
         self.last_heard.setdefault(msg.source, t)
         joint = msg.space == "joint"
         self.pending.append(_Pending(msg, pts, 0 if joint else len(pts), 0 if joint else len(pts)))
+        return True
 
     def on_other_arm(self, node: str, state, t: int) -> None:
         """The newest ``robot/state`` of another arm in this arm's workspace (``q`` (n,) rad,
@@ -301,12 +309,13 @@ class ServoCore:
                         return
             except SafetyViolation:
                 self.pending.popleft()
+                self.schedules_refused += 1
                 continue
             self.pending.popleft()
             try:
                 self._merge(pend, t)  # may refuse a jump (counted by the checker)
             except SafetyViolation:
-                pass
+                self.schedules_refused += 1
             budget = 0.0  # at most one FK per further schedule this tick
 
     def _collision_scan(self, pend: _Pending, budget_s: float) -> int:
@@ -488,6 +497,7 @@ class ServoCore:
             m.update(collision_lag_ms=self.lag_ns / 1e6, collision_min_margin_mm=self.min_margin_m * 1e3)
         m.update(
             schedules=float(self.schedules),
+            schedules_refused=float(self.schedules_refused),
             stretched_segments=float(self.stretched),
             pending_schedules=float(len(self.pending)),
         )

@@ -159,6 +159,7 @@ class ArmNode(Node):
                     gripper_width=reading.gripper_width,
                     mode=self.core.mode,
                     safety_events=self.counters.total(),
+                    schedules_refused=self.core.schedules_refused,
                     wrench=wrench,
                     q_plan=self.core.planned_q(),
                 ),

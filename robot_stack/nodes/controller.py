@@ -20,6 +20,7 @@ import numpy as np
 from robot_stack.comm.messages import CameraFrame, EpisodeEvent, RobotState, TeleopCommand, WaypointSchedule
 from robot_stack.control.executor import StageTimer
 from robot_stack.control.observation import StaleStreamError
+from robot_stack.control.refusals import RefusalWatch
 from robot_stack.nodes.arm_fanout import ArmFanout
 from robot_stack.nodes.controller_cores import build_cores
 from robot_stack.nodes.controller_params import ControllerParams
@@ -53,6 +54,8 @@ class ControllerNode(Node):
         self.obs, self.exec, self.modes, self.gate = c.obs, c.exec, c.modes, c.gate
         self.teleop_mix, self.replay, self.fast, self.worker = c.teleop_mix, c.replay, c.fast, None
         self.stats = collections.Counter(dict.fromkeys(self.COUNTERS, 0))
+        self.holds: collections.Counter[str] = collections.Counter()  # arm holds by reason (``holds.<reason>``)
+        self.refusals = RefusalWatch()
         self.timing = StageTimer(("inference", "e2e", "fast_compute", "fast_period"), maxlen=2000)
         self.inbox, self.teleop_seq, self._last_fast = queue.SimpleQueue(), -1, None
         topics, n = (RobotState.TOPIC, CameraFrame.TOPIC), len(self.arm_names)
@@ -113,7 +116,7 @@ class ControllerNode(Node):
             self.stats["obs_holds"] += 1
             if self.stats["obs_holds"] <= 5 or self.stats["obs_holds"] % 50 == 0:
                 log.warning("holding: %s", e)
-            self._clear_plan(hold=f"stale observation: {e}")
+            self._clear_plan(hold=f"stale observation: {e}", reason="stale_observation")
             return self.gate.held(now, self.dt_ns)
         window, with_prefix = self.exec.request(t_send := now_ns(), obs, arrays)
         self.stats["requests"] += 1
@@ -131,12 +134,21 @@ class ControllerNode(Node):
         self.timing.add("inference", (arrival - job.t_send_ns) / MS)
         t0 = now_ns()
         current, driving = job.generation == self.modes.generation, self.modes.policy_driving
+        if current and driving and self.refusals.repeats(reply.actions):
+            # the chunk the arm refused, again (its observation did not change): not sent; the next
+            # request waits, longer per repeat in a row
+            self.gate.backoff_until = max(self.gate.backoff_until, self.refusals.backoff_until(t0))
+            n = self.refusals.refused_repeats
+            if n <= 3 or n % 20 == 0:
+                log.warning("chunk equal to the one the arm refused: not sent (%d so far); next request waits", n)
+            return
         sched, why = self.exec.on_reply(reply, job, arrival, t0, current, driving, len(self.arm_names))
         if why is not None and (self.exec.counts["bad_chunks"] <= 5 or not why.startswith("refused (#")):
             log.warning("chunk %s (inference %.0f ms)", why, (arrival - job.t_obs_ns) / MS)
         if sched is not None:
             self.exec.stages.add("planning", (now_ns() - t0) / MS)
             self._send(sched.stamps_ns, sched.actions, t_obs=job.t_obs_ns)
+            self.refusals.sent(reply.actions, now_ns())
 
     # ------------------------------------------------------------------------- sending
     def _send(self, stamps: np.ndarray, actions: np.ndarray, origin: str = "policy", t_obs: int | None = None) -> None:
@@ -153,16 +165,20 @@ class ControllerNode(Node):
             self.exec.stages.add("send", (now_ns() - t0) / MS)
             self.timing.add("e2e", (now_ns() - t_obs) / MS)
 
-    def _clear_plan(self, hold: str | None = None) -> None:
+    def _clear_plan(self, hold: str | None = None, reason: str = "") -> None:
         """Drop the plan (chunks in flight become stale). ``hold``: why the arms must stop now
-        (they brake, jerk-limited, and hold), keeping a replay and teleop targets; else all goes."""
+        (they brake, jerk-limited, and hold), keeping a replay and teleop targets; else all goes.
+        ``reason``: the hold's name, counted as ``holds.<reason>`` when a plan was running."""
         had_plan = self.exec.planned_until(now_ns())
         for core in filter(
-            None, [self.exec, self.modes, self.gate] + ([] if hold else [self.replay, self.teleop_mix, self.fast])
+            None,
+            [self.exec, self.modes, self.gate, self.refusals]
+            + ([] if hold else [self.replay, self.teleop_mix, self.fast]),
         ):
             core.clear()
         if hold and had_plan:
             self.stats["stale_holds"] += 1
+            self.holds[reason or "other"] += 1
             log.warning("arms told to hold: %s", hold)
             self.arms.hold()
 
@@ -191,11 +207,13 @@ class ControllerNode(Node):
             self.arms.heartbeat()  # from the control loop itself: a hung loop reads as silent
         while (item := self.rx.recv(0.0)) is not None:
             self.guarded("controller_input", self._on_event, item[1])
-        self.modes.arms_in_estop(
-            [a for a in self.arm_names if (st := self._latest_state(a)) is not None and st.mode == "estop"]
-        )
+        states = {a: self._latest_state(a) for a in self.arm_names}
+        self.modes.arms_in_estop([a for a, st in states.items() if st is not None and st.mode == "estop"])
+        for a, st in states.items():
+            if st is not None and self.refusals.arm_state(a, st.schedules_refused, st.stamp_ns):
+                log.warning("arm %s refused the policy's last chunk (its log names the check)", a)
         if self.modes.held:  # every arm holds until the e-stop is released (the others' plans are dropped)
-            return self._clear_plan(hold=f"arm {', '.join(self.modes.estopped)} is in e-stop")
+            return self._clear_plan(hold=f"arm {', '.join(self.modes.estopped)} is in e-stop", reason="estop")
         if (part := self.replay.due(now_ns())) is not None:
             self._send(*part, origin="replay")
         if self.teleop_sub is not None:
@@ -245,4 +263,5 @@ class ControllerNode(Node):
     def metrics(self) -> dict[str, float]:
         m = {k: float(v) for k, v in self.stats.items()} | self.exec.metrics() | self.timing.metrics(prefix="")
         m |= self.modes.metrics() | self.obs.metrics() | (self.fast.metrics() if self.fast is not None else {})
+        m |= self.refusals.metrics() | {f"holds.{k}": float(v) for k, v in self.holds.items()}
         return m | {"errors": float(self.stats["errors"] + self.arms.errors)}
