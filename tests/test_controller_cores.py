@@ -113,6 +113,29 @@ def test_the_rtc_prefix_goes_back_in_the_policys_own_order():
     np.testing.assert_allclose(pre[:, 4], 1.0)  # qx
 
 
+def test_rtc_freezes_every_action_that_runs_while_the_policy_thinks_at_50_hz():
+    """50 Hz, H = 50, s = 25, 10 ms execution latency, 235 ms of inference: 13 actions (indices
+    0..12) are due before a chunk arrives, so d must be 13. ceil(235 / 20) = 12 froze one short, and
+    RTC refused the chunk (it continued from the 13th as if it were free): 15 of 33 chunks in a
+    deploy through the stack."""
+    dt, lat, delay = 20 * MS, 10 * MS, 235 * MS
+    ex = ChunkExecutor("rtc", dt, lat, 25, 8)
+    now, refused = 10_000 * MS, 0
+    for k in range(8):
+        ex.committed(now + np.arange(1, 51) * dt, _chunk(50), now)
+        window, with_prefix = ex.request(now, Obs(now), {"state": np.zeros((2, 8), np.float32)})
+        reply = ActionChunk(request_id=window.request_id, actions=_chunk(50).astype(np.float32), dt=0.02)
+        reply.prefix_frozen = window.prefix_frozen
+        job = Job(0, window, now, now, now, with_prefix)
+        _, why = ex.on_reply(reply, job, now + delay, now + delay, current=True, driving=True)
+        refused += why is not None and "refused" in why
+        if k >= 2:  # past the estimator's warm-up (its first sample is left out; d starts at 2)
+            assert window.prefix_frozen == 13, k
+        now += 25 * dt
+    assert ex.delay.steps == 12 and ex.delay.stale_steps(lat) == 13
+    assert refused <= 2 and ex.counts["refused_chunks"] == refused
+
+
 def test_the_stage_timer_reports_each_stage():
     t = StageTimer(("a", "b"), maxlen=3)
     for v in (1.0, 2.0, 3.0, 10.0):

@@ -103,7 +103,8 @@ class ChunkExecutor:
         committed actions over the next chunk's first indices, d of them frozen) when the strategy
         sends one; and whether it does."""
         self.strategy.request_sent(now_ns)
-        prefix = self.strategy.request_prefix(obs.t_obs_ns, self.plan, self.delay.steps)
+        d = self.delay.stale_steps(self.strategy.exec_latency_ns)  # what runs from the old plan meanwhile
+        prefix = self.strategy.request_prefix(obs.t_obs_ns, self.plan, d)
         if prefix is not None and self.action_order is not None:  # the policy's own order for its prefix
             prefix = (prefix[0][:, np.argsort(self.action_order)], prefix[1])
         self.request_id += 1

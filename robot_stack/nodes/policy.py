@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from robot_stack.runtime.devices import POLICY_BACKENDS
 from robot_stack.comm.messages import ActionChunk, ErrorReply, Message, ObservationWindow, SpecRequest
+from robot_stack.runtime.clock import now_ns
 from robot_stack.runtime.node import Node, NodeParams
 from robot_stack.comm.openpi import FROZEN_KEY, PREFIX_KEY, OpenpiServer, OpenpiServerConfig
 from robot_stack.comm.transport import BatchReplyServer, PendingRequest
@@ -128,7 +129,7 @@ class PolicyNode(Node):
     Params = PolicyParams
 
     def configure(self) -> None:
-        if self.params.threads is not None and self.params.backend.type != "goto":
+        if self.params.threads is not None and self.params.backend.type not in ("goto", "oracle"):
             import torch
 
             torch.set_num_threads(self.params.threads)
@@ -239,7 +240,10 @@ class PolicyNode(Node):
         valid = [i for i, r in enumerate(replies) if r is None]
         if not valid:
             return replies
+        t_recv = now_ns()
         with self._lock:
+            if hasattr(self.policy, "observed_at"):  # (the oracle: each request's observation time, ns)
+                self.policy.observed_at([t_recv - int(np.asarray(msgs[i].obs_age_ns)[-1]) for i in valid])
             t0 = time.perf_counter_ns()
             if self.params.delay_s:
                 time.sleep(self.params.delay_s)

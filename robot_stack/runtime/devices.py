@@ -260,6 +260,7 @@ POLICY_BACKENDS = DeviceRegistry(
     "backend",
     {
         "goto": "robot_stack.policies.scripted:GoToConfig",
+        "oracle": "robot_stack.policies.oracle:OracleConfig",
         "checkpoint": "robot_stack.policies.backends:CheckpointConfig",
         "onnx": "robot_stack.policies.backends:OnnxConfig",
         "ray_serve": "robot_stack.policies.ray_serve:RayServeConfig",
