@@ -19,9 +19,7 @@ def oracle_setup(run_dir, task: str, **ctl) -> dict:
         "name": f"oracle_{task}",
         "run_dir": str(run_dir),
         "nodes": {
-            "oracle": node(
-                "policy", backend={"type": "oracle", "task": task, "horizon": 50, "dt": 0.02}, delay_s=0.2
-            ),
+            "oracle": node("policy", backend={"type": "oracle", "task": task, "horizon": 50, "dt": 0.02}, delay_s=0.2),
             "ctl_oracle": node(
                 "controller", policy="oracle", source="policy", autostart=False, cameras=[], obs_keys=["ee_pose"], **ctl
             ),
