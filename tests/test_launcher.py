@@ -175,3 +175,16 @@ def test_node_whose_clean_stop_hangs_exits_after_the_grace_period(tmp_path, run_
     assert "shutdown started" in out and "took longer than 2.0 s: exiting now" in out, out
     assert proc.returncode == 1
     assert 2.0 <= took < 20, took  # not before the grace period; the upper bound only guards a hang
+
+
+def test_the_run_folder_is_claimed_when_nodes_start_not_when_the_launcher_is_made(tmp_path, run_dir):
+    """A launcher (or a Session) made and never started holds nothing: another process may start the
+    same setup. One that another live launcher holds is refused at once, by name."""
+    cfg = write_setup(tmp_path / "claim.yaml", setup("claim", run_dir, sim=node("sim_world")))
+    idle = Launcher(cfg)
+    assert not (run_dir / "launcher.pid").exists()
+    idle.stop()  # stopping one that never started releases nothing it did not claim
+    (run_dir / "launcher.pid").write_text(str(os.getppid()))  # another live launcher holds it
+    with pytest.raises(RuntimeError, match="'claim' is already running"):
+        Launcher(cfg)
+    assert (run_dir / "launcher.pid").read_text() == str(os.getppid())

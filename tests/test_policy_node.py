@@ -161,8 +161,6 @@ def test_a_deploy_against_a_remote_endpoint_starts_no_local_policy_node(tmp_path
     from robot_stack.apps.demo import config_path
 
     cfg = config_path("sim_panda_reach.yaml")
-    # (a Session holds its stack's run folder from construction: closed here, or a later test that
-    # starts this setup in another process finds it "already running")
     session, pol = deploy_session(cfg, None, endpoint="tcp://127.0.0.1:5557")
     try:
         kinds = {n: session.cfg.nodes[n].kind for n in session.nodes}

@@ -114,6 +114,13 @@ class Launcher:
         self._own_run_dir = self.config.run_dir is None
         self.run_dir = default_run_dir(self.config) if self.config.run_dir is None else Path(self.config.run_dir)
         private_run_dir(self.run_dir)
+        self._check_not_running()  # early, for a clear error; the run folder is claimed at start()
+        self._claimed = False
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def _check_not_running(self) -> None:
+        """Raise if another live launcher holds this stack's run folder (its ``launcher.pid``)."""
         pidfile = self.run_dir / "launcher.pid"
         if pidfile.exists():
             try:
@@ -125,9 +132,6 @@ class Launcher:
                     f"stack {self.config.name!r} is already running (launcher pid {other}, "
                     f"run folder {self.run_dir}); stop it first"
                 )
-        pidfile.write_text(str(os.getpid()))
-        self._lock = threading.Lock()
-        self._stopping = False
 
     def _print(self, line: str) -> None:
         with self._lock:
@@ -158,6 +162,11 @@ class Launcher:
         for n in names:
             if n not in self.config.nodes:
                 raise ValueError(f"no node named {n!r} in {self.config_path}")
+        # the run folder is claimed when nodes start, not when the launcher is made: a launcher
+        # (or a Session) made and never started holds nothing
+        self._check_not_running()
+        (self.run_dir / "launcher.pid").write_text(str(os.getpid()))
+        self._claimed = True
         for n in names:
             nc = self.config.nodes[n]
             env = dict(os.environ, PYTHONUNBUFFERED="1", **nc.env)
@@ -240,7 +249,9 @@ class Launcher:
             self._stop_stage(stage)
         # the run folder goes once every node is down (not after the first stage: the arm and sim
         # nodes still had their sockets in it while they stopped)
-        (self.run_dir / "launcher.pid").unlink(missing_ok=True)
+        if self._claimed:
+            (self.run_dir / "launcher.pid").unlink(missing_ok=True)
+            self._claimed = False
         if self._own_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         else:
