@@ -11,7 +11,8 @@ the project's CPU torch (see that script). Prints one JSON object:
 - ``video_frames``: per camera, frames lerobot decoded (one per item) and their shape;
 - ``stats_max_abs_diff``: per feature and statistic, the largest difference between our
   ``meta/stats.json`` and lerobot's ``compute_episode_stats`` + ``aggregate_stats`` over the same
-  frames (images: lerobot's own sampling and statistics of the decoded frames, as float: see
+  frames; ``stats_max_rel_diff``: the same relative to each dimension's range (lerobot's own
+  precision: float32 sums, quantiles from a 5000-bin histogram over the range) (images: lerobot's own sampling and statistics of the decoded frames, as float: see
   ``image_std_uint8_bug``, lerobot's own std of uint8 samples, which overflows).
 
 Usage: .venv-lerobot/bin/python scripts/lerobot_check.py DATASET_DIR
@@ -94,16 +95,22 @@ def main(root: Path) -> dict:
         ep_stats.append(st)
     theirs = aggregate_stats(ep_stats)
     ours = json.loads((root / "meta" / "stats.json").read_text())
-    diff = {}
+    diff, rel = {}, {}
     for k, st in theirs.items():
+        # lerobot's own precision is relative to the feature's range: float32 sums (std) and a
+        # 5000-bin histogram (quantiles) over [min, max]
+        # (a constant dimension's range is 0: its float32 rounding is relative to its magnitude)
+        lo, hi = np.asarray(st["min"], np.float64), np.asarray(st["max"], np.float64)
+        span = np.maximum(hi - lo, np.maximum(1e-3 * np.maximum(np.abs(lo), np.abs(hi)), 1e-6))
         for s, v in st.items():
             if s in ours.get(k, {}):
-                diff[f"{k}/{s}"] = float(
-                    np.max(np.abs(np.asarray(ours[k][s], np.float64).reshape(np.shape(v)) - np.asarray(v, np.float64)))
-                )
+                d = np.abs(np.asarray(ours[k][s], np.float64).reshape(np.shape(v)) - np.asarray(v, np.float64))
+                diff[f"{k}/{s}"] = float(np.max(d))
+                rel[f"{k}/{s}"] = float(np.max(d / span)) if s != "count" else float(np.max(d))
             else:
-                diff[f"{k}/{s}"] = None  # a statistic lerobot computes that we do not write
+                diff[f"{k}/{s}"] = rel[f"{k}/{s}"] = None  # a statistic lerobot computes that we do not write
     out["stats_max_abs_diff"] = diff
+    out["stats_max_rel_diff"] = rel  # per feature dimension, relative to its range (count: absolute)
     return out
 
 
