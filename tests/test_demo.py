@@ -76,38 +76,60 @@ def test_quick_bimanual_demo_lifts_with_two_arms_end_to_end(tmp_path, report):
     assert min(d.policy_waypoints_arms.values()) > 100, d.policy_waypoints_arms
 
 
-def test_deploy_names_why_its_episodes_failed(tmp_path, run_dir, report):
-    """Deploy made to fail in two known ways through the real stack (sim, arm, policies, controllers),
-    one episode each: a scripted policy aiming 0.2 m beside every cube the sim can place times out far
-    from it; one aiming under the table has its chunks refused by the arm's workspace check. The
-    failure table names each cause (``robot_stack.apps.failures``)."""
+@pytest.fixture(scope="module")
+def scripted_stack(tmp_path_factory):
+    """One sim stack for the scripted deploys below: the reach setup's sim and arm, scripted
+    policies that fail in known ways (one aiming 0.2 m beside every cube the sim can place, one
+    under the table), the oracle (the reach expert from ground truth, 50 Hz, H 50, 200 ms of
+    latency), and a controller for each."""
+    import tempfile
+
     from robot_stack.apps.demo import config_path
-    from robot_stack.apps.deploy import failure_table, run_episodes
     from robot_stack.apps.session import Session
     from robot_stack.comm.messages import RobotState
     from robot_stack.testing.setups import node, write_setup
 
+    tmp = tmp_path_factory.mktemp("scripted")
+    run_dir = tempfile.mkdtemp(prefix="rs-")  # short: ipc socket paths
     goto = {"type": "goto", "speed": 0.1, "horizon": 16, "dt": 0.1}
-    ctl = {"source": "policy", "autostart": False, "rate_hz": 10, "strategy": "sync", "execute_horizon": 8}
+    ctl = {"source": "policy", "autostart": False, "cameras": [], "obs_keys": ["ee_pose"]}
+    chunked = ctl | {"rate_hz": 10, "strategy": "sync", "execute_horizon": 8}
+    oracle = {"type": "oracle", "task": "reach", "horizon": 50, "dt": 0.02}
     cfg = {
         "extends": str(config_path("sim_panda_reach.yaml")),
-        "name": "deploy_failures",
-        "run_dir": str(run_dir),
+        "name": "scripted_deploys",
+        "run_dir": run_dir,
         "nodes": {
             "policy_beside": node("policy", backend=goto | {"goal": [0.5, 0.35, 0.10]}),  # cube y <= 0.15
             "policy_under": node("policy", backend=goto | {"goal": [0.5, 0.0, -0.30]}),  # table top: z 0
-            "ctl_beside": node("controller", policy="policy_beside", **ctl),
-            "ctl_under": node("controller", policy="policy_under", **ctl),
+            "oracle": node("policy", backend=oracle, delay_s=0.2),
+            "ctl_beside": node("controller", policy="policy_beside", **chunked),
+            "ctl_under": node("controller", policy="policy_under", **chunked),
+            "ctl_oracle": node("controller", policy="oracle", rate_hz=50, strategy="rtc", execute_horizon=25, **ctl),
         },
     }
-    only = ["sim", "arm", "policy_beside", "policy_under", "ctl_beside", "ctl_under"]
-    s = Session(write_setup(tmp_path / "failures.yaml", cfg), only=only)
+    only = ["sim", "arm", "policy_beside", "policy_under", "oracle", "ctl_beside", "ctl_under", "ctl_oracle"]
+    s = Session(write_setup(tmp / "scripted.yaml", cfg), only=only)
     try:
         s.start((RobotState.TOPIC,))
-        beside = run_episodes(s, 1, 8.0, controller="ctl_beside", label="beside", seed=3)
-        under = run_episodes(s, 1, 8.0, controller="ctl_under", label="under", seed=4)
+        yield s
     finally:
         s.close()
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_deploy_names_why_its_episodes_failed(scripted_stack, report):
+    """Deploy made to fail in two known ways through the real stack, one episode each: the policy
+    aiming beside every cube times out far from it; the one aiming under the table has its chunks
+    refused by the arm's workspace check. The failure table names each cause
+    (``robot_stack.apps.failures``)."""
+    from robot_stack.apps.deploy import failure_table, run_episodes
+
+    s = scripted_stack
+    beside = run_episodes(s, 1, 8.0, controller="ctl_beside", label="beside", seed=3)
+    under = run_episodes(s, 1, 8.0, controller="ctl_under", label="under", seed=4)
     for name, res in (("beside", beside), ("under", under)):
         report(f"deploy failures ({name}): {[(f.cause, f.detail, f.notes) for f in res.failures]}")
     assert beside.success == [False] and under.success == [False]
@@ -116,3 +138,19 @@ def test_deploy_names_why_its_episodes_failed(tmp_path, run_dir, report):
     assert fu.cause == "arm_refused" and "workspace" in fu.detail, fu
     assert beside.controller["chunks"] > 3  # the far one was driven, not held
     assert failure_table(beside) is not None and failure_table(under) is not None
+
+
+def test_the_oracle_reaches_through_the_stack_with_rtc_at_50_hz(scripted_stack, report):
+    """The oracle policy (sim only) through the policy node and a controller at 50 Hz, RTC, 50-action
+    chunks behind 200 ms of inference: deploy's episodes succeed, and RTC refuses a chunk only while
+    d is still being measured."""
+    from robot_stack.apps.deploy import run_episodes
+
+    res = run_episodes(scripted_stack, 2, 15.0, controller="ctl_oracle", label="oracle", seed=5)
+    report(
+        f"oracle reach, rtc 50 Hz H=50 s=25, 200 ms latency: {sum(res.success)}/2, "
+        f"completion {res.completion_s} s, refused {res.controller.get('refused_chunks')}, "
+        f"failures {[(f.cause, f.detail) for f in res.failures]}"
+    )
+    assert res.success == [True, True], res.failures
+    assert res.controller["chunks"] > 10 and res.controller.get("refused_chunks", 0) <= 2, res.controller
