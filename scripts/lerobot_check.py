@@ -11,8 +11,9 @@ the project's CPU torch (see that script). Prints one JSON object:
 - ``video_frames``: per camera, frames lerobot decoded (one per item) and their shape;
 - ``stats_max_abs_diff``: per feature and statistic, the largest difference between our
   ``meta/stats.json`` and lerobot's ``compute_episode_stats`` + ``aggregate_stats`` over the same
-  frames; ``stats_max_rel_diff``: the same relative to each dimension's range (lerobot's own
-  precision: float32 sums, quantiles from a 5000-bin histogram over the range) (images: lerobot's own sampling and statistics of the decoded frames, as float: see
+  frames; ``stats_max_rel_diff``: the same relative to each dimension's scale, the larger of its
+  range and magnitude (lerobot's own precision: float32 sums, quantiles from a 5000-bin histogram
+  over the range) (images: lerobot's own sampling and statistics of the decoded frames, as float: see
   ``image_std_uint8_bug``, lerobot's own std of uint8 samples, which overflows).
 
 Usage: .venv-lerobot/bin/python scripts/lerobot_check.py DATASET_DIR
@@ -99,9 +100,10 @@ def main(root: Path) -> dict:
     for k, st in theirs.items():
         # lerobot's own precision is relative to the feature's range: float32 sums (std) and a
         # 5000-bin histogram (quantiles) over [min, max]
-        # (a constant dimension's range is 0: its float32 rounding is relative to its magnitude)
+        # (float32 sums err relative to the magnitude: a constant dimension's std in float32 is
+        # sqrt(E[x^2] - E[x]^2), up to ~3e-4 of |x| where ours is 0)
         lo, hi = np.asarray(st["min"], np.float64), np.asarray(st["max"], np.float64)
-        span = np.maximum(hi - lo, np.maximum(1e-3 * np.maximum(np.abs(lo), np.abs(hi)), 1e-6))
+        span = np.maximum(np.maximum(hi - lo, np.maximum(np.abs(lo), np.abs(hi))), 1e-6)
         for s, v in st.items():
             if s in ours.get(k, {}):
                 d = np.abs(np.asarray(ours[k][s], np.float64).reshape(np.shape(v)) - np.asarray(v, np.float64))
@@ -110,7 +112,7 @@ def main(root: Path) -> dict:
             else:
                 diff[f"{k}/{s}"] = rel[f"{k}/{s}"] = None  # a statistic lerobot computes that we do not write
     out["stats_max_abs_diff"] = diff
-    out["stats_max_rel_diff"] = rel  # per feature dimension, relative to its range (count: absolute)
+    out["stats_max_rel_diff"] = rel  # per dimension, relative to max(range, |min|, |max|) (count: absolute)
     return out
 
 

@@ -31,6 +31,33 @@ def test_quick_demo_deploys_a_learned_policy(tmp_path, report):
     tcp, cube = np.array(d.final_tcp), np.array(d.cube_poses)[:, :3]
     assert np.median(tcp[:, 2]) < 0.25  # from 0.48 m
     assert np.median(np.linalg.norm(tcp - cube, axis=1)) < 0.25
+    _lerobot_loads_a_demo_episode(tmp_path, report)
+
+
+def _lerobot_loads_a_demo_episode(tmp_path, report) -> None:
+    """One of the quick demo's recorded episodes, exported to LeRobot v3.0 and loaded by lerobot's
+    own LeRobotDataset (.venv-lerobot; skipped without it): every frame as written, and our
+    statistics within lerobot's own precision of its statistics of the same frames. One episode:
+    lerobot opens a video decoder per item and camera."""
+    from robot_stack.data.dataset import list_episodes
+    from robot_stack.data.lerobot import export_lerobot
+
+    from test_lerobot_check import VENV_PY, assert_state_action_stats_agree, lerobot_check
+
+    if not VENV_PY.exists():
+        report("lerobot check of a demo episode: skipped (no .venv-lerobot: scripts/setup_lerobot.sh)")
+        return
+    out = export_lerobot(list_episodes(tmp_path / "episodes")[:1], tmp_path / "lr", fps=10)
+    res = lerobot_check(out)
+    assert res["frames"] == res["rows"] and res["state_equal"] and res["action_equal"] and res["timestamp_equal"]
+    assert set(res["tasks"].values()) == {"reach the cube"}
+    assert_state_action_stats_agree(res)
+    rel = res["stats_max_rel_diff"]
+    report(
+        f"lerobot on a demo episode ({res['frames']} frames): stats within "
+        f"{max(rel[f'{f}/{s}'] for f in ('observation.state', 'action') for s in ('mean', 'std', 'q01', 'q99')):.1e} "
+        "of each dimension's scale"
+    )
 
 
 def test_quick_pick_demo_runs_the_pick_task_end_to_end(tmp_path, report):

@@ -37,21 +37,26 @@ def lerobot_check(dataset) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-#: lerobot's own precision, relative to each dimension's range: its std sums in float32, its
-#: quantiles come from a 5000-bin histogram over [min, max] (a bin is 2e-4 of the range)
+#: lerobot's own precision, relative to each dimension's scale (the larger of its range and its
+#: magnitude): its std sums in float32, its quantiles come from a 5000-bin histogram over [min, max]
+#: (a bin is 2e-4 of the range)
 STATS_REL_TOL = 1e-3
+#: std alone: lerobot computes it as sqrt(E[x^2] - E[x]^2) in float32, whose rounding (eps 1.2e-7 of
+#: E[x^2]) leaves up to sqrt(k eps) |x| for a nearly constant dimension (a held quaternion
+#: component: 8.3e-4 of |x| seen on recorded episodes), so its bound is that square root, not eps
+STD_REL_TOL = 2e-3
 
 
 def assert_state_action_stats_agree(res: dict) -> None:
     """Our meta/stats.json against lerobot's statistics of the same frames, for state and action:
-    every statistic within lerobot's precision of the range, the counts equal."""
+    every statistic within lerobot's precision of the dimension's scale, the counts equal."""
     d = res["stats_max_rel_diff"]
     missing = sorted(k for k, v in d.items() if v is None)
     assert not missing, f"statistics lerobot computes that the export lacks: {missing}"
     for feat in ("observation.state", "action"):
         assert d[f"{feat}/count"] == 0, feat
         for s in ("min", "max", "mean", "std", "q01", "q10", "q50", "q90", "q99"):
-            assert d[f"{feat}/{s}"] < STATS_REL_TOL, (feat, s, d[f"{feat}/{s}"])
+            assert d[f"{feat}/{s}"] < (STD_REL_TOL if s == "std" else STATS_REL_TOL), (feat, s, d[f"{feat}/{s}"])
 
 
 def test_lerobot_loads_our_export(tmp_path, report):
