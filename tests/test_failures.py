@@ -33,7 +33,7 @@ CTL_OK = {"requests": 40.0, "chunks": 40.0}
         (
             ev(controller=CTL_OK | {"refused_repeats": 6.0}, arms={"arm": {"safety.jump": 1.0}}),
             "arm_refused",
-            "1 schedules refused: jump x1; 6 equal chunks not sent again",
+            "1 schedules refused: jump x1; 6 equal chunks held back",
         ),
         (ev(controller=CTL_OK, arms={"arm": {"safety.collision_stop": 1.0}}), "collision_stop", "collision_stop x1"),
         (

@@ -153,8 +153,8 @@ def classify(ev: EpisodeEvidence) -> Failure | None:
     if sum(faults.values()) >= 1:  # one fault holds the arm for the rest of the episode
         return out("arm_fault", _named(faults))
     if sum(refusals.values()) >= MIN_EVENTS or (refusals and n["refused_repeats"]):
-        # (the controller does not send a refused chunk again: one refusal and its repeats count)
-        repeats = f"; {n['refused_repeats']} equal chunks not sent again" if n["refused_repeats"] else ""
+        # (the controller holds back a refused chunk that comes again: one refusal and its repeats count)
+        repeats = f"; {n['refused_repeats']} equal chunks held back" if n["refused_repeats"] else ""
         return out("arm_refused", f"{sum(refusals.values())} schedules refused: {_named(refusals)}{repeats}")
     if sum(stops.values()) >= 1:
         return out("collision_stop", _named(stops))

@@ -134,13 +134,13 @@ class ControllerNode(Node):
         self.timing.add("inference", (arrival - job.t_send_ns) / MS)
         t0 = now_ns()
         current, driving = job.generation == self.modes.generation, self.modes.policy_driving
-        if current and driving and self.refusals.repeats(reply.actions):
-            # the chunk the arm refused, again (its observation did not change): not sent; the next
-            # request waits, longer per repeat in a row
-            self.gate.backoff_until = max(self.gate.backoff_until, self.refusals.backoff_until(t0))
+        if current and driving and self.refusals.repeats(reply.actions, t0):
+            # the chunk the arm refused, again, before the wait is over (its observation did not
+            # change): held back; no request leaves until the wait ends
+            self.gate.backoff_until = max(self.gate.backoff_until, self.refusals.retry_at_ns)
             n = self.refusals.refused_repeats
             if n <= 3 or n % 20 == 0:
-                log.warning("chunk equal to the one the arm refused: not sent (%d so far); next request waits", n)
+                log.warning("chunk equal to the one the arm refused: held back (%d so far) until the wait ends", n)
             return
         sched, why = self.exec.on_reply(reply, job, arrival, t0, current, driving, len(self.arm_names))
         if why is not None and (self.exec.counts["bad_chunks"] <= 5 or not why.startswith("refused (#")):
