@@ -65,10 +65,12 @@ def run_cell(
     max_episode_s: float,
     console,
     ctl_params: dict | None = None,
+    on_variant=None,
 ) -> dict:
     """One stack: the task's sim setup with ``policies`` (node name -> backend) behind ``delay_s``
     of injected inference and one controller per variant (name -> (strategy, policy node)), each
-    running the same ``episodes`` (cube and start poses) in turn; variant -> DeployResult."""
+    running the same ``episodes`` (cube and start poses) in turn; variant -> DeployResult.
+    ``on_variant(variant, result)``: called as each variant finishes (the grid keeps it at once)."""
     import yaml
 
     from robot_stack.apps.demo import config_path
@@ -108,6 +110,8 @@ def run_cell(
                 seed=11,
                 controller=f"controller_{v}",
             )
+            if on_variant is not None:
+                on_variant(v, out[v])
     finally:
         s.close()
         cfg.unlink(missing_ok=True)
@@ -167,7 +171,12 @@ def oracle_grid(args, console) -> list[dict]:
                 if not todo:
                     continue
                 backend = {"type": "oracle", "task": task, "horizon": H, "dt": 1.0 / rate}
-                res = run_cell(
+
+                def keep(v, r, task=task, rate=rate, H=H, d=d, cell=cell):
+                    done[f"{cell}|{v}|{episodes}"] = row(r, task=task, rate=rate, H=H, delay=d, variant=v)
+                    results.write_text(json.dumps(done, indent=1))  # kept as each variant's cell finishes
+
+                run_cell(
                     task,
                     {"oracle": backend},
                     todo,
@@ -176,10 +185,8 @@ def oracle_grid(args, console) -> list[dict]:
                     20.0 if task == "reach" else 30.0,
                     console,
                     dict(rate_hz=rate, execute_horizon=H // 2, cameras=[], obs_keys=["ee_pose"]),
+                    on_variant=keep,
                 )
-                for v, r in res.items():
-                    done[f"{cell}|{v}|{episodes}"] = row(r, task=task, rate=rate, H=H, delay=d, variant=v)
-                results.write_text(json.dumps(done, indent=1))  # kept as each cell finishes
     return [
         r
         for r in done.values()

@@ -326,6 +326,21 @@ class Session:
             cache[arm] = np.asarray(model.fk(model.home_q), float)
         return cache[arm].copy()
 
+    #: a TCP lower than this over the base (m) is first lifted straight up to it before the joint
+    #: move home: from a low pose (a pick ends with the hand at the table) the joint-space path
+    #: to home can sweep the fingers into the table, which the arm's collision guard stops
+    RESET_LIFT_Z = 0.12
+
+    def _lift_if_low(self, arm: str) -> None:
+        st = self.fresh_state(arm)
+        pose = np.asarray(st.ee_pose, float)
+        if pose[2] >= self.RESET_LIFT_Z:
+            return
+        try:
+            self.move_pose(np.r_[pose[:2], self.RESET_LIFT_Z, pose[3:]], arm=arm, attempts=2)
+        except SessionError as e:  # the joint move home still goes (and names its own refusal)
+            log.warning("reset: could not lift %s's TCP before going home: %s", arm, e)
+
     def reset(
         self,
         cube_pose: np.ndarray | None = None,
@@ -339,6 +354,7 @@ class Session:
         from robot_stack.control.robot_model import load_description
 
         for arm in self.arm_names:  # each arm's own home posture, from its robot model
+            self._lift_if_low(arm)
             q = home_q if home_q is not None and arm == self.arm_name else None
             if q is None:
                 q = np.asarray(load_description(self.cfg.nodes[arm].typed.robot_name(self.cfg))[0].home_q)
