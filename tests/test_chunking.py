@@ -166,3 +166,14 @@ def test_action_order_matches_by_name_and_refuses_other_names():
         action_order(list(ACTION_NAMES[:7]) + ["gripper"], ACTION_NAMES)
     with pytest.raises(ValueError, match="twice"):
         action_order(["x", "x"], ["x", "y"])
+
+
+def test_the_frozen_prefix_covers_the_tail_of_the_delays():
+    """RTC refuses a chunk that arrives after the d it followed, so d covers the delays' tail (the
+    98th percentile), while the request timing keeps the 90th: 1 delay in 10 at 275 ms, the rest
+    at 235 ms, 50 Hz, 10 ms of execution latency."""
+    est = DelayEstimator(20 * MS, window=50, warmup=0)
+    for i in range(50):
+        est.add((275 if i % 10 == 0 else 235) * MS)
+    assert est.steps == 12  # ceil(q90 = 239 ms / 20 ms)
+    assert est.stale_steps(10 * MS) == 15  # floor((275 + 10) / 20) + 1: every arrival's stale actions

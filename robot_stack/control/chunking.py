@@ -237,16 +237,21 @@ class DelayEstimator:
             return self.initial
         return int(math.ceil(float(np.quantile(np.array(self._samples), self.quantile)) / self.dt_ns))
 
+    #: the quantile of the delays the frozen prefix covers: higher than the request timing's, since
+    #: a chunk arriving after the d it followed is refused whole (RTC), while a larger d only
+    #: freezes a few more actions of the overlap
+    FREEZE_QUANTILE = 0.98
+
     def stale_steps(self, exec_latency_ns: int = 0, offset: int = 0) -> int:
-        """The chunk indices a chunk arriving after the quantile delay finds due (stale, run from
-        the old plan): ``floor((quantile + exec_latency_ns) / dt) + 1 - offset``, as
+        """The chunk indices a chunk arriving after the ``FREEZE_QUANTILE`` delay finds due (stale,
+        run from the old plan): ``floor((q + exec_latency_ns) / dt) + 1 - offset``, as
         :func:`plan_chunk` drops them (an action is stale at or before arrival + latency). RTC's
         frozen prefix d must cover them: ``ceil(delay / dt)`` alone is one short whenever the
         latency or a delay just past a step boundary crosses into the next step (at 50 Hz with
         235 ms of inference and 10 ms of latency: 12 against the 13 that ran)."""
         if not self._samples:
             return self.initial
-        q = float(np.quantile(np.array(self._samples), self.quantile))
+        q = float(np.quantile(np.array(self._samples), max(self.quantile, self.FREEZE_QUANTILE)))
         return max(0, int((q + exec_latency_ns) // self.dt_ns) + 1 - int(offset))
 
 
