@@ -37,8 +37,8 @@ def test_quick_demo_deploys_a_learned_policy(tmp_path, report):
 def _lerobot_loads_a_demo_episode(tmp_path, report) -> None:
     """One of the quick demo's recorded episodes, exported to LeRobot v3.0 and loaded by lerobot's
     own LeRobotDataset (.venv-lerobot; skipped without it): every frame as written, and our
-    statistics within lerobot's own precision of its statistics of the same frames. One episode:
-    lerobot opens a video decoder per item and camera."""
+    statistics within lerobot's own precision of its statistics of the same frames. One episode
+    keeps it to about 8 s."""
     from robot_stack.data.dataset import list_episodes
     from robot_stack.data.lerobot import export_lerobot
 
