@@ -120,6 +120,8 @@ def run_cell(
 
 def row(r, **cell) -> dict:
     """A cell's figures from its DeployResult."""
+    from robot_stack.apps.failures import failure_counts
+
     c, nan = r.controller, float("nan")
     return dict(
         cell,
@@ -133,14 +135,8 @@ def row(r, **cell) -> dict:
         dropped=c.get("dropped_actions", 0.0),
         refused=c.get("refused_chunks", 0.0),
         inference=c.get("inference_p50_ms", nan),
-        failures=_counts(r.failures),
+        failures=dict(failure_counts(r.failures)),
     )
-
-
-def _counts(failures) -> dict:
-    from collections import Counter
-
-    return dict(Counter(f.cause for f in failures))
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

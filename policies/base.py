@@ -109,3 +109,12 @@ class Policy(ABC):
             a = self.predict(o, p, f)
             out.append((a, self.last_frozen))
         return out
+
+
+def followed_prefix(committed_prefix, frozen: int | None, horizon: int) -> int:
+    """How many actions of an RTC prefix a scripted policy keeps as they are (hard inpainting): the
+    whole prefix up to H, or only its first ``frozen`` (d) when given; 0 without a prefix."""
+    d = 0 if committed_prefix is None else min(len(committed_prefix), horizon)
+    if frozen is not None:  # only the committed part is followed; the overlap beyond it is free
+        d = min(d, max(0, int(frozen)))
+    return d

@@ -31,7 +31,7 @@ from robot_stack.control.features import ACTION_NAMES
 from robot_stack.runtime.clock import now_ns
 from robot_stack.runtime.devices import DeviceConfig
 
-from .base import Policy, PolicyMetadata
+from .base import Policy, PolicyMetadata, followed_prefix
 
 
 class OraclePolicy(Policy):
@@ -71,7 +71,7 @@ class OraclePolicy(Policy):
         if isinstance(task, PickTask):
             self._new = lambda: PickExpert(task, speed=speed, jitter=0.0, miss_rate=0.0)
             self.grasps = True
-        elif type(task).__name__ in ("ReachTask",) or getattr(task, "name", "") == "reach":
+        elif getattr(task, "name", "") == "reach":
             self._new = lambda: ReachExpert(task, speed=speed, jitter=0.0)
             self.grasps = False
         else:
@@ -145,9 +145,7 @@ class OraclePolicy(Policy):
         self._prev = (t_obs, first, after)
         if self.noise_std:
             out[:, :3] += self.rng.normal(0.0, self.noise_std, (m.horizon, 3)).astype(np.float32)
-        d = 0 if committed_prefix is None else min(len(committed_prefix), m.horizon)
-        if frozen is not None:
-            d = min(d, max(0, int(frozen)))
+        d = followed_prefix(committed_prefix, frozen, m.horizon)
         self.last_frozen = d if committed_prefix is not None else -1
         if d:
             out[:d] = np.asarray(committed_prefix[:d], np.float32)

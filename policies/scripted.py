@@ -17,7 +17,7 @@ from pydantic import Field
 from robot_stack.runtime.devices import DeviceConfig
 
 from robot_stack.control.features import ACTION_NAMES
-from .base import Policy, PolicyMetadata
+from .base import Policy, PolicyMetadata, followed_prefix
 
 
 class GoToPolicy(Policy):
@@ -85,9 +85,7 @@ class GoToPolicy(Policy):
         out = np.empty((m.horizon, 8), np.float32)
         out[:, 3:7] = self._orientation
         out[:, 7] = 1.0
-        d = 0 if committed_prefix is None else min(len(committed_prefix), m.horizon)
-        if frozen is not None:  # only the committed part is followed; the overlap beyond it is free
-            d = min(d, max(0, int(frozen)))
+        d = followed_prefix(committed_prefix, frozen, m.horizon)
         self.last_frozen = d if committed_prefix is not None else -1
         if d:
             out[:d] = committed_prefix[:d]
