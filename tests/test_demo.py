@@ -187,4 +187,6 @@ def test_the_oracle_reaches_through_the_stack_with_rtc_at_50_hz(scripted_stack, 
         f"failures {[(f.cause, f.detail) for f in res.failures]}"
     )
     assert res.success == [True, True], res.failures
-    assert res.controller["chunks"] > 10 and res.controller.get("refused_chunks", 0) <= 2, res.controller
+    # (0-1 idle, 2 beside one busy loop per core: the first chunks, before d is measured; 15 of 33
+    # with the old one-short d)
+    assert res.controller["chunks"] > 10 and res.controller.get("refused_chunks", 0) <= 4, res.controller
